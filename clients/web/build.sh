@@ -1,0 +1,19 @@
+#!/bin/sh
+# Builds the dashboard into clients/web/dist/: index.html, style.css and one
+# app.js bundle with MQTT.js inside, so Mosquitto's http_dir can serve it as
+# plain files with nothing fetched from elsewhere at run time.
+set -eu
+
+cd "$(dirname "$0")"
+
+if [ ! -d node_modules ]; then
+	npm ci --no-audit --no-fund
+fi
+
+rm -rf dist
+mkdir -p dist
+cp src/index.html src/style.css dist/
+node_modules/.bin/esbuild src/app.js \
+	--bundle --minify --format=iife --platform=browser --target=es2020 \
+	--legal-comments=linked --log-level=warning \
+	--outfile=dist/app.js

@@ -1,0 +1,192 @@
+// tally dashboard: connects back over MQTT-over-WebSocket to the broker that
+// served this page, views one presence page, lists every counter live, and
+// publishes increments. The broker and the plugin do all the counting; this
+// page only subscribes to retained topics and draws what arrives.
+
+import mqtt from 'mqtt';
+import { ClusterStrip } from './cluster.js';
+import { CounterList, formatNumber } from './counters.js';
+import { nameProblem, pageFromSearch, parseTotal } from './names.js';
+
+const KEEPALIVE_S = 20;
+const RECONNECT_MS = 2000;
+// Down longer than this (or the browser says it has no network): "offline".
+const RECONNECTING_GRACE_MS = 10000;
+
+const page = pageFromSearch(location.search);
+const presenceTopic = `presence/${page}`;
+
+const $ = (id) => document.getElementById(id);
+const connEl = document.querySelector('[data-testid="conn-state"]');
+const viewersEl = document.querySelector('[data-testid="viewers"]');
+const form = $('add-form');
+const formMsg = $('form-msg');
+
+const counters = new CounterList($('rows'), $('empty'), increment);
+const cluster = new ClusterStrip($('cluster'));
+
+$('page-name').textContent = page;
+document.title = `tally · ${page}`;
+
+const client = mqtt.connect(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/mqtt`, {
+  protocolVersion: 5,
+  keepalive: KEEPALIVE_S,
+  reconnectPeriod: RECONNECT_MS,
+  connectTimeout: 10000,
+  clean: true,
+  clientId: `tally-web-${Math.random().toString(16).slice(2, 10)}`,
+  // Subscriptions are made on every clean connect below, so mqtt.js must not
+  // replay them a second time.
+  resubscribe: false,
+});
+
+/* ==== Connection state ==== */
+
+let downSinceMs = null;
+
+function showConn(state, detail) {
+  connEl.dataset.state = state;
+  connEl.textContent = state;
+  connEl.title = detail;
+  const connected = state === 'connected';
+  counters.setEnabled(connected);
+  form.querySelector('button').disabled = !connected;
+}
+
+function showDown() {
+  downSinceMs ??= Date.now();
+  const long = Date.now() - downSinceMs > RECONNECTING_GRACE_MS;
+  const state = navigator.onLine === false || long ? 'offline' : 'reconnecting';
+  showConn(state, `connection lost; retrying every ${RECONNECT_MS / 1000} s`);
+}
+
+client.on('connect', (connack) => {
+  downSinceMs = null;
+  showConn('connected', `connected to ${location.host}`);
+  counters.rebaseAll();
+  cluster.touchAll(Date.now());
+  if (!connack.sessionPresent) {
+    client.subscribe({
+      [presenceTopic]: { qos: 0 },
+      'counters/+': { qos: 0 },
+      'counters/+/state': { qos: 0 },
+      '$tally/stats/+': { qos: 0 },
+    });
+  }
+});
+client.on('reconnect', showDown);
+client.on('close', showDown);
+client.on('error', (err) => {
+  connEl.title = err.message;
+});
+
+/* ==== Incoming messages ==== */
+
+function onViewers(text) {
+  const n = text === '' ? 0 : parseTotal(text);
+  if (n === null) return;
+  viewersEl.textContent = formatNumber(n);
+  delete viewersEl.dataset.pending;
+}
+
+function parseJson(text) {
+  try {
+    const v = JSON.parse(text);
+    return v && typeof v === 'object' ? v : null;
+  } catch {
+    return null;
+  }
+}
+
+client.on('message', (topic, payload) => {
+  const text = payload.toString();
+  const now = Date.now();
+  if (topic === presenceTopic) {
+    onViewers(text);
+    return;
+  }
+  const levels = topic.split('/');
+  if (levels[0] === '$tally' && levels[1] === 'stats' && levels.length === 3) {
+    const stats = text === '' ? null : parseJson(text);
+    if (text === '' || stats) cluster.set(levels[2], stats, now);
+    return;
+  }
+  if (levels[0] !== 'counters') return;
+  if (levels.length === 2) {
+    const total = text === '' ? null : parseTotal(text);
+    if (text === '' || total !== null) counters.setTotal(levels[1], total, now);
+  } else if (levels.length === 3 && levels[2] === 'state' && text !== '') {
+    const state = parseJson(text);
+    if (state) counters.setState(levels[1], state);
+  }
+});
+
+/* ==== Increments ==== */
+
+let toastTimer = null;
+
+function toast(text, isError) {
+  formMsg.textContent = text;
+  formMsg.classList.toggle('error', Boolean(isError));
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => (formMsg.textContent = ''), 4000);
+}
+
+// Publishes at QoS 1 so the plugin's verdict comes back in the PUBACK.
+function publishIncrement(name, payload, done) {
+  client.publish(`counters/${name}/inc`, payload, { qos: 1 }, (err) => {
+    if (err) toast(`${name}: ${err.message}`, true);
+    else done?.();
+  });
+}
+
+function increment(name, button) {
+  publishIncrement(name, '', () => {
+    button.classList.remove('acked');
+    void button.offsetWidth;
+    button.classList.add('acked');
+  });
+}
+
+form.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const name = form.elements.name.value.trim();
+  const delta = parseTotal(form.elements.delta.value.trim());
+  const problem = nameProblem(name) ?? (delta === null ? 'delta must be a whole number' : null);
+  if (problem) {
+    toast(problem, true);
+    return;
+  }
+  publishIncrement(name, String(delta), () => toast(`added ${formatNumber(delta)} to ${name}`));
+});
+
+/* ==== Clock: charts, rates, staleness ==== */
+
+let colors = null;
+
+function readColors() {
+  const css = getComputedStyle(document.documentElement);
+  colors = {
+    line: css.getPropertyValue('--spark-line').trim(),
+    fill: css.getPropertyValue('--spark-fill').trim(),
+    axis: css.getPropertyValue('--spark-axis').trim(),
+  };
+}
+
+function tick() {
+  if (document.hidden) return;
+  const now = Date.now();
+  counters.tick(now, colors);
+  if (client.connected) cluster.tick(now);
+  else if (downSinceMs !== null) showDown();
+}
+
+readColors();
+tick();
+matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => {
+  readColors();
+  tick();
+});
+document.addEventListener('visibilitychange', tick);
+window.addEventListener('resize', tick);
+setInterval(tick, 1000);

@@ -1,0 +1,243 @@
+/*
+ * counter.c - the PN-counter: a counter that many brokers update at once,
+ * without coordination, and that still converges to the exact total.
+ *
+ * ---- The structure ----
+ *
+ * A PN-counter (Shapiro, Preguica, Baquero, Zawirski, "A comprehensive study
+ * of Convergent and Commutative Replicated Data Types", INRIA RR-7506, 2011,
+ * section 3.1.2) is a map from replica to a pair (P, N): P is the sum of every
+ * increment that replica applied, N the sum of every decrement. Only the owner
+ * of a slot ever writes it, and only upwards. The value is
+ *
+ *     value = sum(P) - sum(N) + sum(D)
+ *
+ * where D is tally's second family of slots: for each device that reports a
+ * running total (a meter, a people counter), the largest total it reported.
+ *
+ * ---- The merge law ----
+ *
+ * Merging a remote state into a local one takes, slot by slot, the maximum:
+ * P[r] = max(P[r], P'[r]), N[r] = max(N[r], N'[r]), D[d] = max(D[d], D'[d]).
+ * Maximum is commutative, associative and idempotent, so the states form a
+ * join semilattice: whatever order messages arrive in, however often they are
+ * repeated or replayed, and whatever is lost as long as a later state gets
+ * through, every replica that has seen the same updates holds the same state.
+ * This is why replication in tally can ride on best-effort MQTT bridges.
+ *
+ * ---- Invariants (asserted, and checked by tests/unit) ----
+ *
+ *   1. A slot never decreases: merge and add only raise P, N and D.
+ *   2. 0 <= P, N, D <= 2^53-1 for every slot, and an add that would break
+ *      that, or would take the sums or the value outside +-(2^53-1), is
+ *      refused (TALLY_E_OVERFLOW) and changes nothing: totals are exact in a
+ *      browser's JavaScript, never wrapped.
+ *   3. slots[] is sorted by replica and devs[] by device, without repeats.
+ *
+ * ---- Replicas and restarts ----
+ *
+ * A replica is one life of a node, (node_id, incarnation), not the node
+ * itself. A node that comes back without its state must not reuse its old
+ * slot: its peers still hold the old (larger) values, and the maximum would
+ * hide the node's new increments until they exceeded the old ones (Riak's
+ * kv679). A fresh incarnation gives it a fresh slot, while the old one lives on
+ * in the peers and flows back. Reports from the same node sum over its lives.
+ *
+ * ---- Representation ----
+ *
+ * A counter is one allocation (the hash handle, two array pointers, counts and
+ * the name inline) plus one small array of 24-byte slots, usually of length 1
+ * on a single broker and of length "number of nodes" in a cluster. Arrays are
+ * small and kept sorted, so lookups are a short scan; a binary search would
+ * only pay for itself with hundreds of nodes.
+ */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tally.h"
+
+/* ==== Low level: sorted small arrays ==== */
+
+static struct tally_slot *slot_find(struct tally_counter *c, uint32_t replica, bool create)
+{
+    uint16_t i = 0;
+    while (i < c->nslots && c->slots[i].replica < replica)
+        i++;
+    if (i < c->nslots && c->slots[i].replica == replica)
+        return &c->slots[i];
+    if (!create || c->nslots == UINT16_MAX)
+        return NULL;
+    struct tally_slot *grown = realloc(c->slots, (c->nslots + 1u) * sizeof(*grown));
+    if (!grown)
+        return NULL;
+    c->slots = grown;
+    memmove(&c->slots[i + 1], &c->slots[i], (c->nslots - i) * sizeof(*grown));
+    c->slots[i] = (struct tally_slot){.replica = replica};
+    c->nslots++;
+    return &c->slots[i];
+}
+
+static struct tally_dev *dev_find(struct tally_counter *c, uint32_t device, bool create)
+{
+    uint16_t i = 0;
+    while (i < c->ndevs && c->devs[i].device < device)
+        i++;
+    if (i < c->ndevs && c->devs[i].device == device)
+        return &c->devs[i];
+    if (!create || c->ndevs == UINT16_MAX)
+        return NULL;
+    struct tally_dev *grown = realloc(c->devs, (c->ndevs + 1u) * sizeof(*grown));
+    if (!grown)
+        return NULL;
+    c->devs = grown;
+    memmove(&c->devs[i + 1], &c->devs[i], (c->ndevs - i) * sizeof(*grown));
+    c->devs[i] = (struct tally_dev){.device = device};
+    c->ndevs++;
+    return &c->devs[i];
+}
+
+/* Saturating sum of non-negative parts: a cluster whose slots were each
+ * accepted locally could in theory sum past 2^63; the value is clamped to the
+ * contract's range instead of wrapping. */
+static int64_t sat_add(int64_t a, int64_t b)
+{
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r))
+        return b > 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+
+static int64_t clamp_safe(int64_t v)
+{
+    if (v > TALLY_MAX_SAFE)
+        return TALLY_MAX_SAFE;
+    if (v < -TALLY_MAX_SAFE)
+        return -TALLY_MAX_SAFE;
+    return v;
+}
+
+/* ==== The counter API ==== */
+
+void counter_sums(const struct tally_counter *c, struct tally_sums *out)
+{
+    int64_t p = 0, n = 0, d = 0;
+    for (uint16_t i = 0; i < c->nslots; i++) {
+        p = sat_add(p, (int64_t)c->slots[i].p);
+        n = sat_add(n, (int64_t)c->slots[i].n);
+    }
+    for (uint16_t i = 0; i < c->ndevs; i++)
+        d = sat_add(d, (int64_t)c->devs[i].total);
+    out->p = clamp_safe(p);
+    out->n = clamp_safe(n);
+    out->devices = clamp_safe(d);
+    out->value = clamp_safe(sat_add(sat_add(p, -n), d));
+}
+
+int64_t counter_value(const struct tally_counter *c)
+{
+    struct tally_sums s;
+    counter_sums(c, &s);
+    return s.value;
+}
+
+const struct tally_slot *counter_slot(const struct tally_counter *c, uint32_t replica)
+{
+    return slot_find((struct tally_counter *)c, replica, false);
+}
+
+const struct tally_dev *counter_device(const struct tally_counter *c, uint32_t device)
+{
+    return dev_find((struct tally_counter *)c, device, false);
+}
+
+/* Applies a local increment (delta > 0 raises P, delta < 0 raises N) to the
+ * replica's own slot. All-or-nothing: on error nothing changed. */
+int counter_add(struct tally_counter *c, uint32_t replica, int64_t delta)
+{
+    if (delta < -TALLY_MAX_SAFE || delta > TALLY_MAX_SAFE)
+        return TALLY_E_DELTA_RANGE;
+    if (delta == 0)
+        return TALLY_OK;
+    struct tally_sums s;
+    counter_sums(c, &s);
+    uint64_t mag = delta > 0 ? (uint64_t)delta : (uint64_t)-delta;
+    int64_t total_side = delta > 0 ? s.p : s.n;
+    if ((int64_t)mag > TALLY_MAX_SAFE - total_side)
+        return TALLY_E_OVERFLOW;
+    int64_t value = s.value + delta; /* both within 2^53: no overflow */
+    if (value > TALLY_MAX_SAFE || value < -TALLY_MAX_SAFE)
+        return TALLY_E_OVERFLOW;
+    struct tally_slot *slot = slot_find(c, replica, true);
+    if (!slot)
+        return TALLY_E_NOMEM;
+    if (delta > 0)
+        slot->p += mag;
+    else
+        slot->n += mag;
+    assert(slot->p <= (uint64_t)TALLY_MAX_SAFE && slot->n <= (uint64_t)TALLY_MAX_SAFE);
+    return TALLY_OK;
+}
+
+/* Merges a remote view of one slot. Returns 1 if the slot rose, 0 if the
+ * remote view held nothing new, or a negative tally_err. */
+int counter_merge_slot(struct tally_counter *c, uint32_t replica, uint64_t p, uint64_t n)
+{
+    if (p > (uint64_t)TALLY_MAX_SAFE || n > (uint64_t)TALLY_MAX_SAFE)
+        return -TALLY_E_OVERFLOW;
+    const struct tally_slot *have = counter_slot(c, replica);
+    if (have && have->p >= p && have->n >= n)
+        return 0;
+    if (!have && p == 0 && n == 0)
+        return 0;
+    struct tally_slot *slot = slot_find(c, replica, true);
+    if (!slot)
+        return -TALLY_E_NOMEM;
+    if (p > slot->p)
+        slot->p = p;
+    if (n > slot->n)
+        slot->n = n;
+    return 1;
+}
+
+/* Merges a device's running total: the maximum wins. Same returns as above. */
+int counter_merge_device(struct tally_counter *c, uint32_t device, uint64_t total)
+{
+    if (total > (uint64_t)TALLY_MAX_SAFE)
+        return -TALLY_E_OVERFLOW;
+    const struct tally_dev *have = counter_device(c, device);
+    if (have && have->total >= total)
+        return 0;
+    struct tally_dev *dev = dev_find(c, device, true);
+    if (!dev)
+        return -TALLY_E_NOMEM;
+    dev->total = total;
+    return 1;
+}
+
+/* A device's report taken locally: like a merge, but refused when it would
+ * take the value outside the contract's range. */
+int counter_report(struct tally_counter *c, uint32_t device, uint64_t total)
+{
+    if (total > (uint64_t)TALLY_MAX_SAFE)
+        return -TALLY_E_OVERFLOW;
+    const struct tally_dev *have = counter_device(c, device);
+    uint64_t old = have ? have->total : 0;
+    if (total > old) {
+        struct tally_sums s;
+        counter_sums(c, &s);
+        if (total - old > (uint64_t)(TALLY_MAX_SAFE - s.devices) ||
+            s.value + (int64_t)(total - old) > TALLY_MAX_SAFE)
+            return -TALLY_E_OVERFLOW;
+    }
+    return counter_merge_device(c, device, total);
+}
+
+void counter_free(struct tally_counter *c)
+{
+    if (!c)
+        return;
+    free(c->slots);
+    free(c->devs);
+    free(c);
+}

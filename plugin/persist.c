@@ -1,0 +1,611 @@
+/*
+ * persist.c - what a node keeps on disk so that a `kill -9` loses nothing it
+ * acknowledged, and a restart never counts anything twice.
+ *
+ * ---- Files in state_dir ----
+ *
+ *   meta         text: node id, incarnation (hex), kernel boot id
+ *   state.log    "TALLYLOG" u32 version, then records, appended as changes
+ *                are applied
+ *   state.snap   "TALLYSNP" u32 version, then records, then an 'E' record;
+ *                written to state.snap.tmp, fsynced and renamed over
+ *
+ * A record is u32 length, u32 CRC-32 (zlib) of the payload, the payload:
+ *
+ *   'S' str8 name, str8 node_id, u64 incarnation, varint p, varint n,
+ *       u8 has_key, [u64 key.a, u64 key.b]      a slot's whole state
+ *   'D' str8 name, str8 device, varint total    a device's maximum
+ *   'K' u64 key.a, u64 key.b                    an idempotency key (snapshot)
+ *   'E' u64 records                             end of snapshot
+ *
+ * Records hold states, not deltas, so replaying one twice, or replaying the
+ * log over a snapshot that already contains it, changes nothing: the merge is
+ * idempotent (counter.c). That makes the crash windows harmless: between the
+ * rename of a new snapshot and the truncation of the log, both are replayed.
+ *
+ * ---- When is it on disk ----
+ *
+ * A record is write(2)n in the MESSAGE callback, before Mosquitto sends the
+ * PUBACK, so an acknowledged increment is in the kernel when the client hears
+ * of it and survives `kill -9` of the broker. fsync_interval_ms bounds what a
+ * power loss can take: 0 fsyncs every record before the acknowledgement;
+ * N > 0 fsyncs at most N ms after a change.
+ *
+ * ---- Incarnations ----
+ *
+ * After a power loss inside the fsync window the log may miss records whose
+ * states were already replicated; reusing the old slot would let the peers'
+ * larger values hide new increments. So a node keeps its incarnation only
+ * when nothing can have been lost: fsync_interval_ms is 0, or the kernel's
+ * boot id is unchanged (the process died, the page cache did not). Otherwise
+ * it starts a fresh incarnation and its old slot lives on in peers.
+ *
+ * ---- Recovery ----
+ *
+ * Load the snapshot (any damage: refuse to start, naming file and offset),
+ * replay the log, cut a torn last record with a warning, and refuse to start
+ * on damage anywhere else: never start silently from zero.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <zlib.h>
+
+#include "persist.h"
+
+#define LOG_MAGIC "TALLYLOG"
+#define SNAP_MAGIC "TALLYSNP"
+#define FILE_VERSION 1
+#define HEADER_LEN 12
+#define RECORD_MAX (1u << 20)
+#define COMPACT_MIN_BYTES (4u << 20)
+
+struct persist {
+    int log_fd;
+    char dir[512];
+    long long fsync_interval_ms, snapshot_interval_ms;
+    uint64_t last_fsync_ms, last_snapshot_ms;
+    uint64_t log_bytes;
+    bool unsynced;
+    struct wire_buf payload, frame;
+};
+
+/* ==== Records ==== */
+
+static uint32_t crc(const uint8_t *p, size_t n)
+{
+    return (uint32_t)crc32(crc32(0L, Z_NULL, 0), p, (uInt)n);
+}
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+void record_frame(struct wire_buf *out, const struct wire_buf *payload)
+{
+    uint8_t h[8];
+    put_u32(h, (uint32_t)payload->len);
+    put_u32(h + 4, crc(payload->data, payload->len));
+    wbuf_reset(out);
+    wbuf_bytes(out, h, sizeof(h));
+    wbuf_bytes(out, payload->data, payload->len);
+}
+
+enum record_status record_next(const uint8_t *data, size_t size, size_t *off,
+                               const uint8_t **payload, size_t *len)
+{
+    size_t left = size - *off;
+    if (left < 8)
+        return RECORD_TORN;
+    uint32_t n = get_u32(data + *off);
+    if (n == 0 || n > RECORD_MAX)
+        return RECORD_CORRUPT;
+    if (left - 8 < n)
+        return RECORD_TORN;
+    if (crc(data + *off + 8, n) != get_u32(data + *off + 4))
+        return *off + 8 + n == size ? RECORD_TORN : RECORD_CORRUPT;
+    *payload = data + *off + 8;
+    *len = n;
+    *off += 8 + n;
+    return RECORD_OK;
+}
+
+static void slot_payload(struct wire_buf *b, const struct tally_table *t,
+                         const struct tally_counter *c, uint32_t replica,
+                         const struct tally_key *key)
+{
+    const struct tally_replica *r = t->replicas[replica];
+    const struct tally_slot *s = counter_slot(c, replica);
+    wbuf_reset(b);
+    wbuf_u8(b, 'S');
+    wbuf_str8(b, c->name, c->name_len);
+    wbuf_str8(b, r->key, r->id_len);
+    wbuf_u64(b, r->incarnation);
+    wbuf_varint(b, s ? s->p : 0);
+    wbuf_varint(b, s ? s->n : 0);
+    wbuf_u8(b, key != NULL);
+    if (key) {
+        wbuf_u64(b, key->a);
+        wbuf_u64(b, key->b);
+    }
+}
+
+static void device_payload(struct wire_buf *b, const struct tally_table *t,
+                           const struct tally_counter *c, uint32_t device)
+{
+    const struct tally_dev *d = counter_device(c, device);
+    const char *id = t->devices[device]->id;
+    wbuf_reset(b);
+    wbuf_u8(b, 'D');
+    wbuf_str8(b, c->name, c->name_len);
+    wbuf_str8(b, id, strlen(id));
+    wbuf_varint(b, d ? d->total : 0);
+}
+
+static int apply_slot(struct wire_reader *r, struct tally_table *t, struct tally_dedup *d)
+{
+    size_t nlen, idlen;
+    const char *name = wr_str8(r, &nlen);
+    const char *id = wr_str8(r, &idlen);
+    uint64_t inc = wr_u64(r), p = wr_varint(r), n = wr_varint(r);
+    uint8_t has_key = wr_u8(r);
+    struct tally_key key = {0, 0};
+    if (has_key) {
+        key.a = wr_u64(r);
+        key.b = wr_u64(r);
+    }
+    if (r->bad || r->p != r->end || has_key > 1 || name_check(name, nlen) != TALLY_OK ||
+        node_id_check(id, idlen) != TALLY_OK)
+        return TALLY_E_WIRE;
+    char node[TALLY_NODE_ID_MAX + 1];
+    memcpy(node, id, idlen);
+    node[idlen] = '\0';
+    uint32_t replica;
+    struct tally_counter *c;
+    int rc = table_replica(t, node, inc, &replica);
+    if (rc == TALLY_OK)
+        rc = table_get(t, name, nlen, &c);
+    if (rc == TALLY_OK && table_merge_slot(t, c, replica, p, n) < 0)
+        rc = TALLY_E_WIRE;
+    if (rc == TALLY_OK && has_key)
+        dedup_insert(d, key);
+    return rc;
+}
+
+static int apply_device(struct wire_reader *r, struct tally_table *t)
+{
+    size_t nlen, dlen;
+    const char *name = wr_str8(r, &nlen);
+    const char *dev = wr_str8(r, &dlen);
+    uint64_t total = wr_varint(r);
+    if (r->bad || r->p != r->end || name_check(name, nlen) != TALLY_OK ||
+        device_id_check(dev, dlen) != TALLY_OK)
+        return TALLY_E_WIRE;
+    uint32_t idx;
+    struct tally_counter *c;
+    int rc = table_device(t, dev, dlen, DEVICE_PEER, &idx);
+    if (rc == TALLY_OK)
+        rc = table_get(t, name, nlen, &c);
+    if (rc == TALLY_OK && table_merge_device(t, c, idx, total, false) < 0)
+        rc = TALLY_E_WIRE;
+    return rc;
+}
+
+int record_apply(const uint8_t *payload, size_t len, struct tally_table *t, struct tally_dedup *d)
+{
+    struct wire_reader r = {payload, payload + len, false};
+    switch (wr_u8(&r)) {
+    case 'S':
+        return apply_slot(&r, t, d);
+    case 'D':
+        return apply_device(&r, t);
+    case 'K': {
+        struct tally_key key = {wr_u64(&r), wr_u64(&r)};
+        if (r.bad || r.p != r.end)
+            return TALLY_E_WIRE;
+        dedup_insert(d, key);
+        return TALLY_OK;
+    }
+    default:
+        return TALLY_E_WIRE;
+    }
+}
+
+/* ==== Files ==== */
+
+static char *path(const struct persist *p, const char *file, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s/%s", p->dir, file);
+    return buf;
+}
+
+static int read_file(const char *file, uint8_t **data, size_t *size)
+{
+    *data = NULL;
+    *size = 0;
+    int fd = open(file, O_RDONLY);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        close(fd);
+        return -1;
+    }
+    *data = malloc((size_t)st.st_size + 1);
+    size_t got = 0;
+    while (*data && got < (size_t)st.st_size) {
+        ssize_t n = read(fd, *data + got, (size_t)st.st_size - got);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fd);
+    *size = got;
+    return *data ? 1 : -1;
+}
+
+static bool has_header(const uint8_t *data, size_t size, const char *magic)
+{
+    return size >= HEADER_LEN && memcmp(data, magic, 8) == 0 && get_u32(data + 8) == FILE_VERSION;
+}
+
+static int load_snapshot(struct persist *p, struct tally_table *t, struct tally_dedup *d, char *err,
+                         size_t errlen)
+{
+    char file[600];
+    uint8_t *data;
+    size_t size, off = HEADER_LEN;
+    int have = read_file(path(p, "state.snap", file, sizeof(file)), &data, &size);
+    if (have <= 0) {
+        if (have < 0)
+            snprintf(err, errlen, "cannot read %s: %s", file, strerror(errno));
+        return have;
+    }
+    int rc = -1;
+    bool ended = false;
+    if (!has_header(data, size, SNAP_MAGIC)) {
+        snprintf(err, errlen, "%s is damaged at offset 0 (bad header); refusing to start", file);
+        goto out;
+    }
+    while (off < size && !ended) {
+        const uint8_t *rec;
+        size_t len, at = off;
+        if (record_next(data, size, &off, &rec, &len) != RECORD_OK ||
+            (rec[0] == 'E' ? (ended = true, false) : record_apply(rec, len, t, d) != TALLY_OK)) {
+            snprintf(err, errlen, "%s is damaged at offset %zu; refusing to start", file, at);
+            goto out;
+        }
+    }
+    if (!ended || off != size) {
+        snprintf(err, errlen, "%s is damaged at offset %zu (no end record); refusing to start",
+                 file, off);
+        goto out;
+    }
+    rc = 1;
+out:
+    free(data);
+    return rc;
+}
+
+/* Replays state.log; cuts a torn tail (a record the file ends inside). */
+static int load_log(struct persist *p, struct tally_table *t, struct tally_dedup *d, char *err,
+                    size_t errlen)
+{
+    char file[600];
+    uint8_t *data;
+    size_t size, off = HEADER_LEN;
+    int have = read_file(path(p, "state.log", file, sizeof(file)), &data, &size);
+    if (have < 0) {
+        snprintf(err, errlen, "cannot read %s: %s", file, strerror(errno));
+        return -1;
+    }
+    if (have == 0 || size < HEADER_LEN) {
+        free(data);
+        p->log_bytes = 0;
+        return have == 0 ? 0 : (truncate(file, 0), 0);
+    }
+    int rc = 1;
+    if (!has_header(data, size, LOG_MAGIC)) {
+        snprintf(err, errlen, "%s is damaged at offset 0 (bad header); refusing to start", file);
+        rc = -1;
+    }
+    while (rc > 0 && off < size) {
+        const uint8_t *rec;
+        size_t len, at = off;
+        enum record_status s = record_next(data, size, &off, &rec, &len);
+        if (s == RECORD_TORN) {
+            snprintf(err, errlen, "%s: torn last record at offset %zu (%zu bytes) cut off", file,
+                     at, size - at);
+            if (truncate(file, (off_t)at) < 0)
+                rc = -1;
+            size = at;
+            break;
+        }
+        if (s == RECORD_CORRUPT || record_apply(rec, len, t, d) != TALLY_OK) {
+            snprintf(err, errlen, "%s is damaged at offset %zu; refusing to start", file, at);
+            rc = -1;
+        }
+    }
+    p->log_bytes = size;
+    free(data);
+    return rc;
+}
+
+static bool boot_id(char *out, size_t len)
+{
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    bool ok = f && fgets(out, (int)len, f);
+    if (f)
+        fclose(f);
+    if (ok)
+        out[strcspn(out, "\n")] = '\0';
+    return ok;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+static int write_atomic(struct persist *p, const char *file, const void *data, size_t len)
+{
+    char tmp[620], dst[600];
+    snprintf(tmp, sizeof(tmp), "%s/%s.tmp", p->dir, file);
+    path(p, file, dst, sizeof(dst));
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0)
+        return -1;
+    const uint8_t *b = data;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = write(fd, b + done, len - done);
+        if (n <= 0)
+            break;
+        done += (size_t)n;
+    }
+    int rc = done == len && fsync(fd) == 0 ? 0 : -1;
+    close(fd);
+    if (rc == 0)
+        rc = rename(tmp, dst);
+    return rc == 0 ? fsync_dir(p->dir) : -1;
+}
+
+/* Reads meta; returns 1 with the stored incarnation and boot id, 0 if none. */
+static int read_meta(struct persist *p, const char *node_id, uint64_t *inc, char *boot,
+                     size_t bootlen, char *err, size_t errlen)
+{
+    char file[600], line[256], node[TALLY_NODE_ID_MAX + 2] = "";
+    FILE *f = fopen(path(p, "meta", file, sizeof(file)), "r");
+    if (!f)
+        return 0;
+    int found = 0;
+    while (fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "node %65s", node) == 1)
+            found |= 1;
+        else if (sscanf(line, "incarnation %" SCNx64, inc) == 1)
+            found |= 2;
+        else if (sscanf(line, "boot %63s", boot) == 1)
+            found |= 4;
+    }
+    (void)bootlen;
+    fclose(f);
+    if (found != 7) {
+        snprintf(err, errlen, "%s is damaged; refusing to start", file);
+        return -1;
+    }
+    if (strcmp(node, node_id) != 0) {
+        snprintf(err, errlen, "%s belongs to node '%s', not '%s'; refusing to start", p->dir, node,
+                 node_id);
+        return -1;
+    }
+    return 1;
+}
+
+/* ==== Snapshots ==== */
+
+static void append_record(struct persist *p, struct wire_buf *out)
+{
+    record_frame(&p->frame, &p->payload);
+    wbuf_bytes(out, p->frame.data, p->frame.len);
+}
+
+static int snapshot(struct persist *p, const struct tally_table *t, const struct tally_dedup *d)
+{
+    struct wire_buf out = {0};
+    uint64_t records = 0;
+    uint8_t h[4];
+    wbuf_bytes(&out, SNAP_MAGIC, 8);
+    put_u32(h, FILE_VERSION);
+    wbuf_bytes(&out, h, 4);
+    struct tally_counter *c, *tmp;
+    HASH_ITER(hh, t->counters, c, tmp)
+    {
+        for (uint16_t i = 0; i < c->nslots; i++, records++) {
+            slot_payload(&p->payload, t, c, c->slots[i].replica, NULL);
+            append_record(p, &out);
+        }
+        for (uint16_t i = 0; i < c->ndevs; i++, records++) {
+            device_payload(&p->payload, t, c, c->devs[i].device);
+            append_record(p, &out);
+        }
+    }
+    for (uint32_t i = 0; i < d->count; i++, records++) {
+        const struct tally_key *k = &d->ring[(d->head + i) % d->window];
+        wbuf_reset(&p->payload);
+        wbuf_u8(&p->payload, 'K');
+        wbuf_u64(&p->payload, k->a);
+        wbuf_u64(&p->payload, k->b);
+        append_record(p, &out);
+    }
+    wbuf_reset(&p->payload);
+    wbuf_u8(&p->payload, 'E');
+    wbuf_u64(&p->payload, records);
+    append_record(p, &out);
+    int rc = out.failed || p->payload.failed || p->frame.failed
+                 ? -1
+                 : write_atomic(p, "state.snap", out.data, out.len);
+    wbuf_free(&out);
+    if (rc == 0 && ftruncate(p->log_fd, HEADER_LEN) == 0 && fdatasync(p->log_fd) == 0) {
+        p->log_bytes = HEADER_LEN;
+        p->unsynced = false;
+    }
+    return rc;
+}
+
+/* ==== API ==== */
+
+static int open_log(struct persist *p, char *err, size_t errlen)
+{
+    char file[600];
+    path(p, "state.log", file, sizeof(file));
+    p->log_fd = open(file, O_WRONLY | O_APPEND | O_CREAT, 0600);
+    if (p->log_fd < 0) {
+        snprintf(err, errlen, "cannot open %s: %s", file, strerror(errno));
+        return -1;
+    }
+    if (p->log_bytes < HEADER_LEN) {
+        uint8_t h[HEADER_LEN];
+        memcpy(h, LOG_MAGIC, 8);
+        put_u32(h + 8, FILE_VERSION);
+        if (ftruncate(p->log_fd, 0) < 0 || write(p->log_fd, h, sizeof(h)) != sizeof(h) ||
+            fdatasync(p->log_fd) < 0) {
+            snprintf(err, errlen, "cannot write %s: %s", file, strerror(errno));
+            return -1;
+        }
+        p->log_bytes = HEADER_LEN;
+    }
+    return 0;
+}
+
+struct persist *persist_open(const char *state_dir, const char *node_id,
+                             long long fsync_interval_ms, long long snapshot_interval_ms,
+                             struct tally_table *t, struct tally_dedup *d, uint64_t *incarnation,
+                             char *err, size_t errlen)
+{
+    struct persist *p = calloc(1, sizeof(*p));
+    char boot[64] = "", old_boot[64] = "", meta[256];
+    uint64_t old_inc = 0;
+    err[0] = '\0';
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->log_fd = -1;
+    snprintf(p->dir, sizeof(p->dir), "%s", state_dir);
+    p->fsync_interval_ms = fsync_interval_ms;
+    p->snapshot_interval_ms = snapshot_interval_ms;
+    if (mkdir(state_dir, 0700) < 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create plugin_opt_state_dir %s: %s", state_dir,
+                 strerror(errno));
+        goto fail;
+    }
+    int had = read_meta(p, node_id, &old_inc, old_boot, sizeof(old_boot), err, errlen);
+    if (had < 0 || load_snapshot(p, t, d, err, errlen) < 0 || load_log(p, t, d, err, errlen) < 0)
+        goto fail;
+    boot_id(boot, sizeof(boot));
+    bool keep = had > 0 && (fsync_interval_ms == 0 || (boot[0] && strcmp(boot, old_boot) == 0));
+    if (keep) {
+        *incarnation = old_inc;
+    } else if (getrandom(incarnation, sizeof(*incarnation), 0) != sizeof(*incarnation)) {
+        snprintf(err, errlen, "getrandom failed: %s", strerror(errno));
+        goto fail;
+    }
+    int n = snprintf(meta, sizeof(meta), "node %s\nincarnation %016" PRIx64 "\nboot %s\n", node_id,
+                     *incarnation, boot[0] ? boot : "unknown");
+    if (write_atomic(p, "meta", meta, (size_t)n) < 0) {
+        snprintf(err, errlen, "cannot write %s/meta: %s", state_dir, strerror(errno));
+        goto fail;
+    }
+    if (open_log(p, err, errlen) < 0)
+        goto fail;
+    return p;
+fail:
+    if (p->log_fd >= 0)
+        close(p->log_fd);
+    wbuf_free(&p->payload);
+    wbuf_free(&p->frame);
+    free(p);
+    return NULL;
+}
+
+static void log_write(struct persist *p)
+{
+    record_frame(&p->frame, &p->payload);
+    if (p->frame.failed || p->payload.failed)
+        return;
+    size_t done = 0;
+    while (done < p->frame.len) {
+        ssize_t n = write(p->log_fd, p->frame.data + done, p->frame.len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return;
+        done += (size_t)n;
+    }
+    p->log_bytes += done;
+    if (p->fsync_interval_ms == 0)
+        fdatasync(p->log_fd);
+    else
+        p->unsynced = true;
+}
+
+void persist_slot(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
+                  uint32_t replica, const struct tally_key *key)
+{
+    slot_payload(&p->payload, t, c, replica, key);
+    log_write(p);
+}
+
+void persist_device(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
+                    uint32_t device)
+{
+    device_payload(&p->payload, t, c, device);
+    log_write(p);
+}
+
+void persist_tick(struct persist *p, const struct tally_table *t, const struct tally_dedup *d,
+                  uint64_t now_ms)
+{
+    if (p->unsynced && now_ms - p->last_fsync_ms >= (uint64_t)p->fsync_interval_ms) {
+        fdatasync(p->log_fd);
+        p->unsynced = false;
+        p->last_fsync_ms = now_ms;
+    }
+    if (p->last_snapshot_ms == 0)
+        p->last_snapshot_ms = now_ms;
+    if (now_ms - p->last_snapshot_ms >= (uint64_t)p->snapshot_interval_ms &&
+        p->log_bytes >= COMPACT_MIN_BYTES) {
+        snapshot(p, t, d);
+        p->last_snapshot_ms = now_ms;
+    }
+}
+
+void persist_close(struct persist *p, const struct tally_table *t, const struct tally_dedup *d)
+{
+    if (!p)
+        return;
+    snapshot(p, t, d);
+    close(p->log_fd);
+    wbuf_free(&p->payload);
+    wbuf_free(&p->frame);
+    free(p);
+}

@@ -1,0 +1,46 @@
+/*
+ * persist.h - the node's state on disk: an append-only log of changes and a
+ * snapshot that compacts it. See persist.c for the format and the guarantees.
+ */
+#ifndef TALLY_PERSIST_H
+#define TALLY_PERSIST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tally.h"
+
+struct persist;
+
+/* Opens state_dir, loads the snapshot and replays the log into t and d, and
+ * chooses this life's incarnation (*incarnation). Returns NULL with a message
+ * naming the file and offset in err on corruption; on success err may hold a
+ * warning (a torn log tail that was repaired). */
+struct persist *persist_open(const char *state_dir, const char *node_id,
+                             long long fsync_interval_ms, long long snapshot_interval_ms,
+                             struct tally_table *t, struct tally_dedup *d, uint64_t *incarnation,
+                             char *err, size_t errlen);
+/* Appends one slot's state (and the idempotency key that raised it, if any). */
+void persist_slot(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
+                  uint32_t replica, const struct tally_key *key);
+void persist_device(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
+                    uint32_t device);
+/* fsyncs on the configured interval and compacts the log into a snapshot. */
+void persist_tick(struct persist *p, const struct tally_table *t, const struct tally_dedup *d,
+                  uint64_t now_ms);
+/* Writes a final snapshot and frees p (NULL is fine). */
+void persist_close(struct persist *p, const struct tally_table *t, const struct tally_dedup *d);
+
+/* ==== The record codec, exposed for tests and fuzzers ==== */
+
+/* Frames payload as one record: u32 length, u32 CRC-32 of the payload. */
+void record_frame(struct wire_buf *out, const struct wire_buf *payload);
+enum record_status { RECORD_OK, RECORD_TORN, RECORD_CORRUPT };
+/* Reads the record at data[*off]; on RECORD_OK sets payload/len and advances
+ * *off. RECORD_TORN: the file ends inside this record. */
+enum record_status record_next(const uint8_t *data, size_t size, size_t *off,
+                               const uint8_t **payload, size_t *len);
+/* Applies one record's payload to the state. Returns TALLY_OK or TALLY_E_WIRE. */
+int record_apply(const uint8_t *payload, size_t len, struct tally_table *t, struct tally_dedup *d);
+
+#endif

@@ -1,0 +1,1052 @@
+/*
+ * plugin.c - the only file of tally that speaks to Mosquitto.
+ *
+ * Events in, through the plugin API v5:
+ *   MESSAGE     increments and reports from clients; replication from peers
+ *   ACL_CHECK   refuses writes to the plugin's own topics; watches exact
+ *               subscriptions to presence/<page> (viewers)
+ *   DISCONNECT  ends a client's views
+ *   TICK        the clock: publish totals, replicate, reconcile, stats
+ *
+ * Everything else (parsing, the CRDT, the tables, the wire format) lives in
+ * pure C files that know nothing of Mosquitto. See README.md for the topics
+ * and options, and wire.c for what nodes say to each other.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+
+#include "persist.h"
+#include "tally.h"
+
+/* ==== Options ==== */
+
+struct options {
+    char node_id[TALLY_NODE_ID_MAX + 1];
+    char prefix[128];
+    char presence_prefix[128];
+    char bridge_clientids[1024];
+    char bridge_usernames[1024];
+    char acl[16];
+    char state_dir[512];
+    long long publish_interval_ms;
+    long long max_counters;
+    long long max_devices;
+    long long max_viewers;
+    long long dedup_window;
+    long long sync_interval_ms;
+    long long peer_timeout_ms;
+    long long stats_interval_ms;
+    long long max_message_bytes;
+    long long publish_qos;
+    long long fsync_interval_ms;
+    long long snapshot_interval_ms;
+    long long log_rate;
+};
+
+enum opt_kind { OPT_INT, OPT_STR };
+
+struct opt_spec {
+    const char *key;
+    enum opt_kind kind;
+    size_t offset;
+    long long min, max; /* OPT_INT range; OPT_STR: max length */
+    const char *help;
+};
+
+#define OPT_I(k, lo, hi, h)                                                                        \
+    {                                                                                              \
+#k, OPT_INT, offsetof(struct options, k), lo, hi, h                                        \
+    }
+#define OPT_S(k, h)                                                                                \
+    {                                                                                              \
+#k, OPT_STR, offsetof(struct options, k), 0, sizeof(((struct options *)0)->k) - 1, h       \
+    }
+
+static const struct opt_spec opt_specs[] = {
+    OPT_S(node_id, "[A-Za-z0-9_.-], 1 to 64 bytes, unique in the cluster"),
+    OPT_S(prefix, "a topic level without / + # or a leading $"),
+    OPT_S(presence_prefix, "a topic level without / + # or a leading $"),
+    OPT_S(bridge_clientids, "comma-separated client ids; a trailing * matches a prefix"),
+    OPT_S(bridge_usernames, "comma-separated usernames; a trailing * matches a prefix"),
+    OPT_S(acl, "'allow' (tally allows what it does not refuse) or 'defer' (leave it to "
+               "acl_file or other plugins)"),
+    OPT_S(state_dir, "a directory the broker can write"),
+    OPT_I(publish_interval_ms, 1, 60000, "an integer from 1 to 60000"),
+    OPT_I(max_counters, 1, 1000000000, "an integer from 1 to 1000000000"),
+    OPT_I(max_devices, 1, 100000000, "an integer from 1 to 100000000"),
+    OPT_I(max_viewers, 1, 100000000, "an integer from 1 to 100000000"),
+    OPT_I(dedup_window, 1, 100000000, "an integer from 1 to 100000000"),
+    OPT_I(sync_interval_ms, 100, 3600000, "an integer from 100 to 3600000"),
+    OPT_I(peer_timeout_ms, 500, 3600000, "an integer from 500 to 3600000"),
+    OPT_I(stats_interval_ms, 100, 5000, "an integer from 100 to 5000"),
+    OPT_I(max_message_bytes, 1024, 100000000, "an integer from 1024 to 100000000"),
+    OPT_I(publish_qos, 0, 2, "0, 1 or 2"),
+    OPT_I(fsync_interval_ms, 0, 60000, "an integer from 0 (fsync every change) to 60000"),
+    OPT_I(snapshot_interval_ms, 1000, 86400000, "an integer from 1000 to 86400000"),
+    OPT_I(log_rate, 1, 100000, "an integer from 1 to 100000 (rejection log lines a second)"),
+};
+
+static void options_defaults(struct options *o)
+{
+    memset(o, 0, sizeof(*o));
+    char host[256] = "";
+    gethostname(host, sizeof(host) - 1);
+    size_t j = 0;
+    for (size_t i = 0; host[i] && j < TALLY_NODE_ID_MAX; i++)
+        if (node_id_check(&host[i], 1) == TALLY_OK)
+            o->node_id[j++] = host[i];
+    if (j == 0)
+        strcpy(o->node_id, "tally");
+    strcpy(o->prefix, "counters");
+    strcpy(o->presence_prefix, "presence");
+    strcpy(o->acl, "allow");
+    o->publish_interval_ms = 100;
+    o->max_counters = 1000000;
+    o->max_devices = 100000;
+    o->max_viewers = 1000000;
+    o->dedup_window = 100000;
+    o->sync_interval_ms = 5000;
+    o->peer_timeout_ms = 15000;
+    o->stats_interval_ms = 5000;
+    o->max_message_bytes = 65536;
+    o->publish_qos = 1;
+    o->fsync_interval_ms = 1000;
+    o->snapshot_interval_ms = 60000;
+    o->log_rate = 20;
+}
+
+static int option_set(struct options *o, const char *key, const char *value)
+{
+    for (size_t i = 0; i < sizeof(opt_specs) / sizeof(opt_specs[0]); i++) {
+        const struct opt_spec *s = &opt_specs[i];
+        if (strcasecmp(key, s->key) != 0)
+            continue;
+        char *field = (char *)o + s->offset;
+        if (s->kind == OPT_STR) {
+            if (strlen(value) > (size_t)s->max)
+                goto bad;
+            strcpy(field, value);
+            return MOSQ_ERR_SUCCESS;
+        }
+        char *end;
+        errno = 0;
+        long long v = strtoll(value, &end, 10);
+        if (errno || end == value || *end || v < s->min || v > s->max)
+            goto bad;
+        *(long long *)field = v;
+        return MOSQ_ERR_SUCCESS;
+    bad:
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: bad value '%s' for plugin_opt_%s: %s", value,
+                             s->key, s->help);
+        return MOSQ_ERR_INVAL;
+    }
+    mosquitto_log_printf(MOSQ_LOG_ERR,
+                         "tally: unknown option plugin_opt_%s; known options are:", key);
+    for (size_t i = 0; i < sizeof(opt_specs) / sizeof(opt_specs[0]); i++)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally:   plugin_opt_%s (%s)", opt_specs[i].key,
+                             opt_specs[i].help);
+    return MOSQ_ERR_INVAL;
+}
+
+static int options_check(const struct options *o)
+{
+    const char *bad = NULL, *help = NULL;
+    if (node_id_check(o->node_id, strlen(o->node_id)) != TALLY_OK)
+        bad = "node_id", help = opt_specs[0].help;
+    else if (name_check(o->prefix, strlen(o->prefix)) != TALLY_OK)
+        bad = "prefix", help = opt_specs[1].help;
+    else if (name_check(o->presence_prefix, strlen(o->presence_prefix)) != TALLY_OK ||
+             strcmp(o->prefix, o->presence_prefix) == 0)
+        bad = "presence_prefix", help = "a topic level, different from prefix";
+    else if (strcmp(o->acl, "allow") != 0 && strcmp(o->acl, "defer") != 0)
+        bad = "acl", help = opt_specs[5].help;
+    if (!bad)
+        return MOSQ_ERR_SUCCESS;
+    mosquitto_log_printf(MOSQ_LOG_ERR, "tally: bad value for plugin_opt_%s: %s", bad, help);
+    return MOSQ_ERR_INVAL;
+}
+
+/* ==== State ==== */
+
+struct stats {
+    uint64_t applied, duplicates, reports, reports_stale;
+    uint64_t rejected[TALLY_E__COUNT];
+    uint64_t repl_msgs_in, repl_bytes_in, repl_msgs_out, repl_bytes_out;
+    uint64_t repl_rejected, repair_counters;
+    uint64_t log_suppressed;
+};
+
+static struct tally {
+    mosquitto_plugin_id_t *id;
+    struct options opt;
+    struct tally_table table;
+    struct tally_dedup dedup;
+    struct tally_presence presence;
+    struct persist *persist;
+    struct wire_sync_writer writer;
+    struct wire_buf buf;
+    struct stats st;
+    uint64_t incarnation;
+    uint32_t self; /* our replica index */
+    uint64_t start_ms, last_flush_ms, last_digest_ms, last_announce_ms, last_stats_ms;
+    uint64_t presence_seq, stats_seq;
+    uint64_t log_window_ms, log_count;
+    size_t prefix_len, presence_prefix_len;
+    bool acl_defer;
+    char topic[512];
+} g;
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ==== Logging of refused input, rate-limited ==== */
+
+/* Logs a refusal at most log_rate times a second; a flood of bad input
+ * cannot fill the log, and what was left out is counted and said once. */
+static void refuse_log(const char *client, const char *topic, int reason)
+{
+    uint64_t now = mono_ms();
+    if (now - g.log_window_ms >= 1000) {
+        if (g.st.log_suppressed)
+            mosquitto_log_printf(MOSQ_LOG_WARNING,
+                                 "tally: %" PRIu64 " more refusals not logged in the last second",
+                                 g.st.log_suppressed);
+        g.log_window_ms = now;
+        g.log_count = 0;
+        g.st.log_suppressed = 0;
+    }
+    if (g.log_count++ < (uint64_t)g.opt.log_rate)
+        mosquitto_log_printf(MOSQ_LOG_WARNING,
+                             "tally: refused publish from client '%s' to '%s': %s",
+                             client ? client : "?", topic, tally_strerror(reason));
+    else
+        g.st.log_suppressed++;
+}
+
+static int refuse(struct mosquitto *client, const char *topic, int reason)
+{
+    if (reason < 0)
+        reason = -reason;
+    if (reason < TALLY_E__COUNT)
+        g.st.rejected[reason]++;
+    refuse_log(mosquitto_client_id(client), topic, reason);
+    return MOSQ_ERR_ACL_DENIED;
+}
+
+/* ==== Who may write $tally/ ==== */
+
+static bool list_match(const char *list, const char *s)
+{
+    if (!s || !*list)
+        return false;
+    size_t slen = strlen(s);
+    for (const char *p = list; *p;) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n > 0 && p[n - 1] == '*') {
+            if (slen >= n - 1 && strncmp(s, p, n - 1) == 0)
+                return true;
+        } else if (n == slen && strncmp(s, p, n) == 0) {
+            return true;
+        }
+        p += n + (end ? 1 : 0);
+    }
+    return false;
+}
+
+static bool is_bridge(const struct mosquitto *client)
+{
+    return list_match(g.opt.bridge_clientids, mosquitto_client_id(client)) ||
+           list_match(g.opt.bridge_usernames, mosquitto_client_username(client));
+}
+
+/* ==== Topics ==== */
+
+enum topic_kind { T_OTHER, T_INC, T_REPORT, T_TOTAL, T_STATE, T_PRESENCE, T_TALLY };
+
+struct topic {
+    enum topic_kind kind;
+    const char *name; /* the <name> level, not NUL-terminated */
+    size_t len;
+};
+
+static bool has_prefix(const char *topic, const char *prefix, size_t plen)
+{
+    return strncmp(topic, prefix, plen) == 0 && topic[plen] == '/';
+}
+
+static struct topic topic_parse(const char *topic)
+{
+    struct topic t = {T_OTHER, NULL, 0};
+    if (strncmp(topic, "$tally/", 7) == 0) {
+        t.kind = T_TALLY;
+        return t;
+    }
+    if (has_prefix(topic, g.opt.presence_prefix, g.presence_prefix_len)) {
+        t.name = topic + g.presence_prefix_len + 1;
+        t.len = strlen(t.name);
+        t.kind = T_PRESENCE;
+        return t;
+    }
+    if (!has_prefix(topic, g.opt.prefix, g.prefix_len))
+        return t;
+    t.name = topic + g.prefix_len + 1;
+    const char *slash = strrchr(t.name, '/');
+    if (!slash) {
+        t.len = strlen(t.name);
+        t.kind = T_TOTAL;
+        return t;
+    }
+    t.len = (size_t)(slash - t.name);
+    if (strcmp(slash, "/inc") == 0)
+        t.kind = T_INC;
+    else if (strcmp(slash, "/report") == 0)
+        t.kind = T_REPORT;
+    else if (strcmp(slash, "/state") == 0)
+        t.kind = T_STATE;
+    return t;
+}
+
+/* ==== Increments and reports ==== */
+
+static int on_increment(struct mosquitto_evt_message *ev, struct topic t)
+{
+    struct tally_inc inc;
+    struct tally_counter *c;
+    int rc = name_check(t.name, t.len);
+    if (rc == TALLY_OK)
+        rc = parse_increment(ev->payload, ev->payloadlen, &inc);
+    if (rc != TALLY_OK)
+        return refuse(ev->client, ev->topic, rc);
+    struct tally_key key;
+    if (inc.id[0]) {
+        key = dedup_key(t.name, t.len, inc.id, strlen(inc.id));
+        if (dedup_contains(&g.dedup, key)) {
+            g.st.duplicates++;
+            return MOSQ_ERR_SUCCESS;
+        }
+    }
+    rc = table_get(&g.table, t.name, t.len, &c);
+    if (rc == TALLY_OK && (rc = table_add(&g.table, c, g.self, inc.delta)) >= 0)
+        rc = TALLY_OK;
+    if (rc != TALLY_OK)
+        return refuse(ev->client, ev->topic, rc);
+    if (inc.id[0])
+        dedup_insert(&g.dedup, key);
+    if (g.persist)
+        persist_slot(g.persist, &g.table, c, g.self, inc.id[0] ? &key : NULL);
+    g.st.applied++;
+    return MOSQ_ERR_SUCCESS;
+}
+
+static int on_report(struct mosquitto_evt_message *ev, struct topic t)
+{
+    struct tally_report rep;
+    struct tally_counter *c;
+    uint32_t dev;
+    int rc = name_check(t.name, t.len);
+    if (rc == TALLY_OK)
+        rc = parse_report(ev->payload, ev->payloadlen, &rep);
+    const char *device = rep.device[0] ? rep.device : mosquitto_client_id(ev->client);
+    if (rc == TALLY_OK && (!device || device_id_check(device, strlen(device)) != TALLY_OK))
+        rc = TALLY_E_DEVICE;
+    if (rc == TALLY_OK)
+        rc = table_get(&g.table, t.name, t.len, &c);
+    if (rc == TALLY_OK)
+        rc = table_device(&g.table, device, strlen(device), DEVICE_LOCAL, &dev);
+    if (rc == TALLY_OK && (rc = table_merge_device(&g.table, c, dev, rep.total, true)) >= 0) {
+        g.st.reports++;
+        if (rc == 0)
+            g.st.reports_stale++;
+        else if (g.persist)
+            persist_device(g.persist, &g.table, c, dev);
+        return MOSQ_ERR_SUCCESS;
+    }
+    return refuse(ev->client, ev->topic, rc);
+}
+
+static void publish(const char *topic, const void *payload, size_t len, int qos, bool retain);
+
+/* ==== Replication in ==== */
+
+static bool is_self(const char *id, size_t len)
+{
+    return len == strlen(g.opt.node_id) && memcmp(id, g.opt.node_id, len) == 0;
+}
+
+static struct tally_origin *heard_from(const char *id, size_t len)
+{
+    char node[TALLY_NODE_ID_MAX + 1];
+    memcpy(node, id, len);
+    node[len] = '\0';
+    struct tally_origin *o = presence_origin(&g.presence, node);
+    if (o)
+        o->last_heard_ms = mono_ms();
+    return o;
+}
+
+static int merge_sync_counter(const struct wire_sync *s, const struct wire_sync_counter *wc,
+                              const uint32_t *reps, const uint32_t *devs)
+{
+    struct tally_counter *c;
+    int rc = table_get(&g.table, wc->name, wc->name_len, &c);
+    if (rc != TALLY_OK)
+        return rc;
+    for (uint32_t i = 0; i < wc->nslots; i++) {
+        const struct wire_sync_slot *sl = &s->slots[wc->first_slot + i];
+        uint32_t replica = reps[sl->replica_ref];
+        if (table_merge_slot(&g.table, c, replica, sl->p, sl->n) > 0 && g.persist)
+            persist_slot(g.persist, &g.table, c, replica, NULL);
+    }
+    for (uint32_t i = 0; i < wc->ndevs; i++) {
+        const struct wire_sync_dev *d = &s->devs[wc->first_dev + i];
+        if (table_merge_device(&g.table, c, devs[d->device_ref], d->total, false) > 0 && g.persist)
+            persist_device(g.persist, &g.table, c, devs[d->device_ref]);
+    }
+    return TALLY_OK;
+}
+
+static int on_sync(const void *payload, size_t len)
+{
+    struct wire_sync s;
+    int rc = wire_decode_sync(payload, len, &s);
+    if (rc != TALLY_OK)
+        return rc;
+    if (is_self(s.sender, s.sender_len))
+        goto done;
+    heard_from(s.sender, s.sender_len);
+    uint32_t *reps = calloc(s.nreplicas + 1, sizeof(*reps));
+    uint32_t *devs = calloc(s.ndevices + 1, sizeof(*devs));
+    rc = reps && devs ? TALLY_OK : TALLY_E_NOMEM;
+    for (uint32_t i = 0; i < s.nreplicas && rc == TALLY_OK; i++) {
+        char node[TALLY_NODE_ID_MAX + 1];
+        memcpy(node, s.replicas[i].node_id, s.replicas[i].len);
+        node[s.replicas[i].len] = '\0';
+        rc = table_replica(&g.table, node, s.replicas[i].incarnation, &reps[i]);
+    }
+    for (uint32_t i = 0; i < s.ndevices && rc == TALLY_OK; i++)
+        rc = table_device(&g.table, s.devices[i].id, s.devices[i].len, DEVICE_PEER, &devs[i]);
+    for (uint32_t i = 0; i < s.ncounters && rc == TALLY_OK; i++)
+        rc = merge_sync_counter(&s, &s.counters[i], reps, devs);
+    free(reps);
+    free(devs);
+done:
+    wire_sync_free(&s);
+    return rc;
+}
+
+static void dump_buckets(const uint64_t *mask);
+
+static int on_digest(const void *payload, size_t len)
+{
+    const char *sender;
+    size_t slen;
+    uint64_t theirs[TALLY_BUCKETS];
+    int rc = wire_decode_digest(payload, len, &sender, &slen, theirs);
+    if (rc != TALLY_OK || is_self(sender, slen))
+        return rc;
+    struct tally_origin *o = heard_from(sender, slen);
+    if (!o)
+        return TALLY_E_NOMEM;
+    /* A bucket that differs now may only be in flight. Send it when it
+     * differed in the previous digest too, or at once when the peer has
+     * nothing there (it is new, or came back empty). */
+    uint64_t dump[TALLY_BUCKETS / 64] = {0};
+    bool any = false;
+    for (unsigned b = 0; b < TALLY_BUCKETS; b++) {
+        uint64_t bit = 1ULL << (b % 64);
+        bool differs = theirs[b] != g.table.digest[b];
+        bool send = differs && ((o->mismatch[b / 64] & bit) || theirs[b] == 0);
+        o->mismatch[b / 64] = differs ? (o->mismatch[b / 64] | bit) : (o->mismatch[b / 64] & ~bit);
+        if (send) {
+            dump[b / 64] |= bit;
+            any = true;
+        }
+    }
+    if (any)
+        dump_buckets(dump);
+    return TALLY_OK;
+}
+
+/* A flooded message (presence, stats) from origin: true if it is newer than
+ * the last one seen, in which case the caller applies it and sends it on. */
+static bool flood_is_new(struct tally_origin *o, uint64_t incarnation, uint64_t seq)
+{
+    if (o->incarnation == incarnation && seq <= o->seq)
+        return false;
+    o->incarnation = incarnation;
+    o->seq = seq;
+    return true;
+}
+
+static int on_presence(const char *topic, const void *payload, size_t len)
+{
+    struct wire_presence wp;
+    int rc = wire_decode_presence(payload, len, &wp);
+    if (rc != TALLY_OK)
+        return rc;
+    if (is_self(wp.origin, wp.origin_len))
+        goto done;
+    struct tally_origin *o = heard_from(wp.origin, wp.origin_len);
+    if (!o) {
+        rc = TALLY_E_NOMEM;
+        goto done;
+    }
+    if (!flood_is_new(o, wp.incarnation, wp.seq))
+        goto done;
+    presence_origin_begin(&g.presence, o);
+    for (uint32_t i = 0; i < wp.npages; i++)
+        presence_origin_set(&g.presence, o, wp.pages[i].page, wp.pages[i].len, wp.pages[i].count);
+    if (mosquitto_broker_publish_copy(NULL, topic, (int)len, payload, 1, false, NULL) ==
+        MOSQ_ERR_SUCCESS) {
+        g.st.repl_msgs_out++;
+        g.st.repl_bytes_out += len;
+    }
+done:
+    free(wp.pages);
+    return rc;
+}
+
+/* Stats are JSON for people; they carry "incarnation" and "seq" so they can be
+ * flooded like presence: each node keeps every node's latest, retained. */
+static int on_stats(const char *topic, const void *payload, size_t len)
+{
+    const char *id = topic + strlen("$tally/stats/");
+    size_t idlen = strlen(id);
+    uint64_t inc = 0, seq = 0;
+    char text[4096];
+    if (node_id_check(id, idlen) != TALLY_OK || len >= sizeof(text))
+        return TALLY_E_WIRE;
+    if (is_self(id, idlen))
+        return TALLY_OK;
+    memcpy(text, payload, len);
+    text[len] = '\0';
+    const char *pi = strstr(text, "\"incarnation\":\""), *ps = strstr(text, "\"seq\":");
+    if (!pi || !ps || sscanf(pi + 15, "%" SCNu64, &inc) != 1 ||
+        sscanf(ps + 6, "%" SCNu64, &seq) != 1)
+        return TALLY_E_WIRE;
+    struct tally_origin *o = heard_from(id, idlen);
+    if (!o)
+        return TALLY_E_NOMEM;
+    if (o->stats_incarnation == inc && seq <= o->stats_seq)
+        return TALLY_OK;
+    o->stats_incarnation = inc;
+    o->stats_seq = seq;
+    publish(topic, payload, len, 0, true);
+    return TALLY_OK;
+}
+
+static int on_replication(struct mosquitto_evt_message *ev)
+{
+    const char *topic = ev->topic;
+    int rc = TALLY_E_WIRE;
+    g.st.repl_msgs_in++;
+    g.st.repl_bytes_in += ev->payloadlen;
+    if (strncmp(topic, "$tally/v1/sync/", 15) == 0)
+        rc = on_sync(ev->payload, ev->payloadlen);
+    else if (strncmp(topic, "$tally/v1/digest/", 17) == 0)
+        rc = on_digest(ev->payload, ev->payloadlen);
+    else if (strncmp(topic, "$tally/v1/presence/", 19) == 0)
+        rc = on_presence(topic, ev->payload, ev->payloadlen);
+    else if (strncmp(topic, "$tally/stats/", 13) == 0)
+        rc = on_stats(topic, ev->payload, ev->payloadlen);
+    if (rc != TALLY_OK) {
+        g.st.repl_rejected++;
+        refuse(ev->client, topic, rc);
+    }
+    /* Consumed either way: replication is never routed on by the broker, so
+     * it cannot loop through a ring of bridges. */
+    return MOSQ_ERR_ACL_DENIED;
+}
+
+static int on_message(int event, void *event_data, void *userdata)
+{
+    struct mosquitto_evt_message *ev = event_data;
+    (void)event;
+    (void)userdata;
+    struct topic t = topic_parse(ev->topic);
+    switch (t.kind) {
+    case T_INC:
+        return on_increment(ev, t);
+    case T_REPORT:
+        return on_report(ev, t);
+    case T_TALLY:
+        /* ACL_CHECK let only bridges write here (the connecting side of a
+         * bridge is never ACL-checked by Mosquitto, and is trusted). */
+        return on_replication(ev);
+    default:
+        return MOSQ_ERR_SUCCESS;
+    }
+}
+
+/* ==== Access control and viewers ==== */
+
+static int allow(void)
+{
+    return g.acl_defer ? MOSQ_ERR_PLUGIN_DEFER : MOSQ_ERR_SUCCESS;
+}
+
+static void on_subscribe(struct mosquitto *client, struct topic t, bool subscribe)
+{
+    const char *id = mosquitto_client_id(client);
+    if (t.kind != T_PRESENCE || !id || name_check(t.name, t.len) != TALLY_OK)
+        return;
+    if (!subscribe) {
+        presence_unview(&g.presence, id, t.name, t.len);
+        return;
+    }
+    int rc = presence_view(&g.presence, id, t.name, t.len);
+    if (rc < 0)
+        refuse_log(id, "presence", -rc);
+}
+
+static int on_acl_check(int event, void *event_data, void *userdata)
+{
+    struct mosquitto_evt_acl_check *ev = event_data;
+    (void)event;
+    (void)userdata;
+    if (ev->access == MOSQ_ACL_READ && ev->topic[0] != '$')
+        return allow();
+    struct topic t = topic_parse(ev->topic);
+    switch (ev->access) {
+    case MOSQ_ACL_SUBSCRIBE:
+    case MOSQ_ACL_UNSUBSCRIBE:
+        on_subscribe(ev->client, t, ev->access == MOSQ_ACL_SUBSCRIBE);
+        return allow();
+    case MOSQ_ACL_READ:
+        if (t.kind == T_TALLY && strncmp(ev->topic, "$tally/stats/", 13) != 0 &&
+            !is_bridge(ev->client))
+            return MOSQ_ERR_ACL_DENIED;
+        return allow();
+    case MOSQ_ACL_WRITE:
+        if ((t.kind == T_TALLY && !is_bridge(ev->client)) || t.kind == T_TOTAL ||
+            t.kind == T_STATE || t.kind == T_PRESENCE)
+            return refuse(ev->client, ev->topic, TALLY_E_FORBIDDEN);
+        if (t.kind == T_TALLY)
+            return MOSQ_ERR_SUCCESS; /* a bridge: tally decides, whatever acl says */
+        return allow();
+    default:
+        return allow();
+    }
+}
+
+static int on_disconnect(int event, void *event_data, void *userdata)
+{
+    struct mosquitto_evt_disconnect *ev = event_data;
+    (void)event;
+    (void)userdata;
+    const char *id = mosquitto_client_id(ev->client);
+    if (id)
+        presence_drop_client(&g.presence, id);
+    return MOSQ_ERR_SUCCESS;
+}
+
+/* ==== Publishing ==== */
+
+static void publish(const char *topic, const void *payload, size_t len, int qos, bool retain)
+{
+    int rc = mosquitto_broker_publish_copy(NULL, topic, (int)len, payload, qos, retain, NULL);
+    if (rc != MOSQ_ERR_SUCCESS)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot publish to %s: %s", topic,
+                             mosquitto_strerror(rc));
+}
+
+static void replicate(const char *kind, const struct wire_buf *b)
+{
+    if (b->failed)
+        return;
+    snprintf(g.topic, sizeof(g.topic), "$tally/v1/%s/%s", kind, g.opt.node_id);
+    publish(g.topic, b->data, b->len, 1, false);
+    g.st.repl_msgs_out++;
+    g.st.repl_bytes_out += b->len;
+}
+
+static void sync_flush(void)
+{
+    if (sync_writer_empty(&g.writer))
+        return;
+    if (sync_writer_finish(&g.writer, g.opt.node_id) == TALLY_OK)
+        replicate("sync", &g.writer.out);
+}
+
+static void sync_add(const struct tally_counter *c)
+{
+    if (sync_writer_add(&g.writer, &g.table, c) != TALLY_OK)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory replicating %s", c->name);
+    if (sync_writer_size(&g.writer) >= (size_t)g.opt.max_message_bytes)
+        sync_flush();
+}
+
+/* Appends s to b as a JSON string. Names and device ids hold no control
+ * characters (codec.c), so only " and \ need escaping. */
+static void json_str(struct wire_buf *b, const char *s, size_t len)
+{
+    wbuf_u8(b, '"');
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '"' || s[i] == '\\')
+            wbuf_u8(b, '\\');
+        wbuf_u8(b, (uint8_t)s[i]);
+    }
+    wbuf_u8(b, '"');
+}
+
+static void json_fmt(struct wire_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void json_fmt(struct wire_buf *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        wbuf_bytes(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+/* counters/<name>/state: the value, its parts, and each node's share summed
+ * over its incarnations. Written by hand rather than with cJSON because it
+ * runs for every changed counter on every flush. */
+static void state_json(struct wire_buf *b, const struct tally_counter *c,
+                       const struct tally_sums *s)
+{
+    wbuf_reset(b);
+    json_fmt(b, "{\"name\":");
+    json_str(b, c->name, c->name_len);
+    json_fmt(b,
+             ",\"value\":%" PRId64 ",\"p\":%" PRId64 ",\"n\":%" PRId64 ",\"devices_total\":%" PRId64
+             ",\"nodes\":{",
+             s->value, s->p, s->n, s->devices);
+    bool first = true;
+    for (uint16_t i = 0; i < c->nslots; i++) {
+        const struct tally_replica *r = g.table.replicas[c->slots[i].replica];
+        bool seen = false;
+        for (uint16_t j = 0; j < i && !seen; j++)
+            seen = strcmp(g.table.replicas[c->slots[j].replica]->key, r->key) == 0;
+        if (seen)
+            continue;
+        uint64_t p = 0, n = 0;
+        for (uint16_t j = i; j < c->nslots; j++) {
+            if (strcmp(g.table.replicas[c->slots[j].replica]->key, r->key) == 0) {
+                p += c->slots[j].p;
+                n += c->slots[j].n;
+            }
+        }
+        json_fmt(b, first ? "" : ",");
+        json_str(b, r->key, r->id_len);
+        json_fmt(b, ":{\"p\":%" PRIu64 ",\"n\":%" PRIu64 "}", p, n);
+        first = false;
+    }
+    json_fmt(b, "},\"devices\":{");
+    for (uint16_t i = 0; i < c->ndevs; i++) {
+        const char *id = g.table.devices[c->devs[i].device]->id;
+        json_fmt(b, i ? "," : "");
+        json_str(b, id, strlen(id));
+        json_fmt(b, ":%" PRIu64, c->devs[i].total);
+    }
+    json_fmt(b, "},\"node\":\"%s\",\"updated_ms\":%" PRIu64 "}", g.opt.node_id, wall_ms());
+}
+
+static void publish_counter(const struct tally_counter *c)
+{
+    struct tally_sums s;
+    char value[32];
+    counter_sums(c, &s);
+    int n = snprintf(value, sizeof(value), "%" PRId64, s.value);
+    snprintf(g.topic, sizeof(g.topic), "%s/%.*s", g.opt.prefix, (int)c->name_len, c->name);
+    publish(g.topic, value, (size_t)n, (int)g.opt.publish_qos, true);
+    state_json(&g.buf, c, &s);
+    snprintf(g.topic, sizeof(g.topic), "%s/%.*s/state", g.opt.prefix, (int)c->name_len, c->name);
+    if (!g.buf.failed)
+        publish(g.topic, g.buf.data, g.buf.len, (int)g.opt.publish_qos, true);
+}
+
+static void publish_page(const char *page, size_t len, uint64_t total, void *ud)
+{
+    char value[32];
+    (void)ud;
+    int n = snprintf(value, sizeof(value), "%" PRIu64, total);
+    snprintf(g.topic, sizeof(g.topic), "%s/%.*s", g.opt.presence_prefix, (int)len, page);
+    publish(g.topic, value, (size_t)n, (int)g.opt.publish_qos, true);
+}
+
+static void announce_page(const char *page, size_t len, uint64_t n, void *ud)
+{
+    (void)ud;
+    wire_presence_page(&g.buf, page, len, n);
+}
+
+static void count_page(const char *page, size_t len, uint64_t n, void *ud)
+{
+    (void)page;
+    (void)len;
+    (void)n;
+    (*(uint32_t *)ud)++;
+}
+
+/* Our own viewer counts, to every node; also the heartbeat that keeps us
+ * alive in their eyes. */
+static void announce_presence(void)
+{
+    uint32_t npages = 0;
+    presence_each_local(&g.presence, count_page, &npages);
+    wire_presence_begin(&g.buf, g.opt.node_id, g.incarnation, ++g.presence_seq, npages);
+    presence_each_local(&g.presence, announce_page, NULL);
+    replicate("presence", &g.buf);
+    g.presence.local_changed = false;
+    g.last_announce_ms = mono_ms();
+}
+
+/* Sends the whole state of every counter in the buckets set in mask. */
+static void dump_buckets(const uint64_t *mask)
+{
+    struct tally_counter *c, *tmp;
+    HASH_ITER(hh, g.table.counters, c, tmp)
+    {
+        unsigned b = name_bucket(c->name, c->name_len);
+        if (mask[b / 64] & (1ULL << (b % 64))) {
+            sync_add(c);
+            g.st.repair_counters++;
+        }
+    }
+    sync_flush();
+}
+
+static void flush(uint64_t now)
+{
+    for (struct tally_counter *c = table_take_dirty(&g.table), *next; c; c = next) {
+        next = c->dirty_next;
+        publish_counter(c);
+        sync_add(c);
+    }
+    sync_flush();
+    presence_flush(&g.presence, publish_page, NULL);
+    if (g.presence.local_changed)
+        announce_presence();
+    g.last_flush_ms = now;
+}
+
+/* ==== Stats ==== */
+
+static void publish_stats(uint64_t now)
+{
+    struct wire_buf *b = &g.buf;
+    uint64_t rejected = 0;
+    wbuf_reset(b);
+    json_fmt(b, "{\"node\":\"%s\",\"incarnation\":\"%" PRIu64 "\",\"seq\":%" PRIu64, g.opt.node_id,
+             g.incarnation, ++g.stats_seq);
+    json_fmt(b, ",\"time_ms\":%" PRIu64 ",\"uptime_ms\":%" PRIu64, wall_ms(), now - g.start_ms);
+    json_fmt(b, ",\"counters\":%zu,\"devices\":%" PRIu32 ",\"viewers\":%" PRIu64, g.table.ncounters,
+             g.table.ndevices, g.presence.nviews);
+    json_fmt(b, ",\"applied\":%" PRIu64 ",\"duplicates\":%" PRIu64, g.st.applied, g.st.duplicates);
+    json_fmt(b, ",\"reports\":%" PRIu64 ",\"reports_unchanged\":%" PRIu64, g.st.reports,
+             g.st.reports_stale);
+    json_fmt(b, ",\"rejected\":{");
+    for (int i = 1; i < TALLY_E__COUNT; i++) {
+        json_fmt(b, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", tally_strerror(i), g.st.rejected[i]);
+        rejected += g.st.rejected[i];
+    }
+    json_fmt(b, "},\"rejected_total\":%" PRIu64, rejected);
+    json_fmt(b,
+             ",\"repl\":{\"msgs_in\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"msgs_out\":%" PRIu64
+             ",\"bytes_out\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"repaired\":%" PRIu64 "}",
+             g.st.repl_msgs_in, g.st.repl_bytes_in, g.st.repl_msgs_out, g.st.repl_bytes_out,
+             g.st.repl_rejected, g.st.repair_counters);
+    json_fmt(b, ",\"dedup\":{\"ids\":%" PRIu32 ",\"window\":%" PRIu32 "}", g.dedup.count,
+             g.dedup.window);
+    json_fmt(b, ",\"limits\":{\"max_counters\":%lld,\"max_devices\":%lld,\"max_viewers\":%lld}",
+             g.opt.max_counters, g.opt.max_devices, g.opt.max_viewers);
+    json_fmt(b, ",\"persist\":\"%s\"", g.persist ? g.opt.state_dir : "memory");
+    json_fmt(b, ",\"peers\":{");
+    struct tally_origin *o, *tmp;
+    bool first = true;
+    HASH_ITER(hh, g.presence.origins, o, tmp)
+    {
+        json_fmt(b, "%s\"%s\":{\"last_heard_ms\":%" PRIu64 ",\"alive\":%s}", first ? "" : ",",
+                 o->node_id, wall_ms() - (now - o->last_heard_ms), o->alive ? "true" : "false");
+        first = false;
+    }
+    json_fmt(b, "}}");
+    if (b->failed)
+        return;
+    snprintf(g.topic, sizeof(g.topic), "$tally/stats/%s", g.opt.node_id);
+    publish(g.topic, b->data, b->len, 0, true);
+    g.last_stats_ms = now;
+}
+
+/* ==== The clock ==== */
+
+static void expire_peers(uint64_t now)
+{
+    struct tally_origin *o, *tmp;
+    HASH_ITER(hh, g.presence.origins, o, tmp)
+    {
+        if (o->alive && now - o->last_heard_ms > (uint64_t)g.opt.peer_timeout_ms) {
+            mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                                 "tally: peer %s silent for %lld ms; its viewers are dropped",
+                                 o->node_id, g.opt.peer_timeout_ms);
+            presence_origin_expire(&g.presence, o);
+        }
+    }
+}
+
+static int on_tick(int event, void *event_data, void *userdata)
+{
+    (void)event;
+    (void)event_data;
+    (void)userdata;
+    uint64_t now = mono_ms();
+    uint64_t heartbeat = (uint64_t)g.opt.peer_timeout_ms / 5;
+    if (heartbeat > 1000)
+        heartbeat = 1000;
+    expire_peers(now);
+    if (now - g.last_flush_ms >= (uint64_t)g.opt.publish_interval_ms &&
+        (g.table.dirty_head || g.presence.dirty_head || g.presence.local_changed))
+        flush(now);
+    if (now - g.last_announce_ms >= heartbeat)
+        announce_presence();
+    if (now - g.last_digest_ms >= (uint64_t)g.opt.sync_interval_ms) {
+        wire_encode_digest(&g.buf, g.opt.node_id, g.table.digest);
+        replicate("digest", &g.buf);
+        g.last_digest_ms = now;
+    }
+    if (now - g.last_stats_ms >= (uint64_t)g.opt.stats_interval_ms)
+        publish_stats(now);
+    if (g.persist)
+        persist_tick(g.persist, &g.table, &g.dedup, now);
+    return MOSQ_ERR_SUCCESS;
+}
+
+/* ==== Plugin entry points ==== */
+
+static const struct {
+    int event;
+    MOSQ_FUNC_generic_callback cb;
+} callbacks[] = {
+    {MOSQ_EVT_MESSAGE, on_message},
+    {MOSQ_EVT_ACL_CHECK, on_acl_check},
+    {MOSQ_EVT_DISCONNECT, on_disconnect},
+    {MOSQ_EVT_TICK, on_tick},
+};
+
+int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+{
+    for (int i = 0; i < supported_version_count; i++)
+        if (supported_versions[i] == 5)
+            return 5;
+    return -1;
+}
+
+static int load_state(void)
+{
+    if (!g.opt.state_dir[0]) {
+        if (getrandom(&g.incarnation, sizeof(g.incarnation), 0) != sizeof(g.incarnation))
+            g.incarnation = wall_ms();
+        mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                             "tally: no plugin_opt_state_dir: state is in memory only and a "
+                             "restart starts this node empty (its peers hand its counts back)");
+        return MOSQ_ERR_SUCCESS;
+    }
+    char err[512] = "";
+    g.persist = persist_open(g.opt.state_dir, g.opt.node_id, g.opt.fsync_interval_ms,
+                             g.opt.snapshot_interval_ms, &g.table, &g.dedup, &g.incarnation, err,
+                             sizeof(err));
+    if (!g.persist) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: %s", err);
+        return MOSQ_ERR_UNKNOWN;
+    }
+    if (err[0])
+        mosquitto_log_printf(MOSQ_LOG_WARNING, "tally: %s", err);
+    return MOSQ_ERR_SUCCESS;
+}
+
+int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
+                          struct mosquitto_opt *opts, int opt_count)
+{
+    memset(&g, 0, sizeof(g));
+    g.id = identifier;
+    *userdata = &g;
+    options_defaults(&g.opt);
+    for (int i = 0; i < opt_count; i++)
+        if (option_set(&g.opt, opts[i].key, opts[i].value ? opts[i].value : ""))
+            return MOSQ_ERR_INVAL;
+    if (options_check(&g.opt))
+        return MOSQ_ERR_INVAL;
+    g.prefix_len = strlen(g.opt.prefix);
+    g.presence_prefix_len = strlen(g.opt.presence_prefix);
+    g.acl_defer = strcmp(g.opt.acl, "defer") == 0;
+    table_init(&g.table, (size_t)g.opt.max_counters, (uint32_t)g.opt.max_devices);
+    presence_init(&g.presence, (uint64_t)g.opt.max_viewers);
+    if (dedup_init(&g.dedup, (uint32_t)g.opt.dedup_window) != TALLY_OK)
+        goto error;
+    if (load_state() != MOSQ_ERR_SUCCESS)
+        goto error;
+    if (table_replica(&g.table, g.opt.node_id, g.incarnation, &g.self) != TALLY_OK)
+        goto error;
+    g.start_ms = mono_ms();
+    for (size_t i = 0; i < sizeof(callbacks) / sizeof(callbacks[0]); i++) {
+        if (mosquitto_callback_register(identifier, callbacks[i].event, callbacks[i].cb, NULL,
+                                        NULL) != MOSQ_ERR_SUCCESS) {
+            mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot register callback for event %d",
+                                 callbacks[i].event);
+            goto error;
+        }
+    }
+    mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                         "tally: node %s (incarnation %016" PRIx64 "), %zu counters loaded, "
+                         "totals on %s/<name>, viewers on %s/<page>",
+                         g.opt.node_id, g.incarnation, g.table.ncounters, g.opt.prefix,
+                         g.opt.presence_prefix);
+    /* Everything loaded from disk is dirty: the first flush publishes it and
+     * offers it to the peers. */
+    return MOSQ_ERR_SUCCESS;
+error:
+    mosquitto_log_printf(MOSQ_LOG_ERR, "tally: initialisation failed");
+    persist_close(g.persist, &g.table, &g.dedup);
+    g.persist = NULL;
+    dedup_free(&g.dedup);
+    table_free(&g.table);
+    presence_free(&g.presence);
+    return MOSQ_ERR_UNKNOWN;
+}
+
+int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt_count)
+{
+    (void)userdata;
+    (void)opts;
+    (void)opt_count;
+    for (size_t i = 0; i < sizeof(callbacks) / sizeof(callbacks[0]); i++)
+        mosquitto_callback_unregister(g.id, callbacks[i].event, callbacks[i].cb, NULL);
+    persist_close(g.persist, &g.table, &g.dedup);
+    g.persist = NULL;
+    sync_writer_free(&g.writer);
+    wbuf_free(&g.buf);
+    dedup_free(&g.dedup);
+    table_free(&g.table);
+    presence_free(&g.presence);
+    return MOSQ_ERR_SUCCESS;
+}

@@ -1,0 +1,301 @@
+/*
+ * presence.c - who is viewing which page, here and on the other nodes.
+ *
+ * A client views page P while it holds a subscription to exactly
+ * `presence/P`. Locally we keep a set of (client id, page) pairs: a client
+ * that subscribes twice still counts once, and one that disconnects, is taken
+ * over or unsubscribes stops counting. Each node announces its own per-page
+ * counts (flooded through the cluster, see plugin.c); the published number
+ * for a page is
+ *
+ *     local viewers + sum over live origins of their last announced count
+ *
+ * An origin's announcement replaces all of its previous counts (it is a
+ * last-writer-wins register per origin, ordered by the origin's own sequence
+ * number), so a lost announcement is healed by the next one, and an origin
+ * that falls silent for peer_timeout_ms is expired: its columns go to zero.
+ *
+ * Pages live in a uthash table; each keeps its local count and one column
+ * per origin. A page whose total is zero is freed once that zero has been
+ * published, so a flood of one-off page names does not accumulate.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tally.h"
+
+struct tally_page {
+    UT_hash_handle hh;
+    struct tally_page *dirty_next;
+    uint64_t local;
+    uint64_t *remote; /* indexed by origin slot */
+    uint32_t remote_cap;
+    uint64_t published; /* UINT64_MAX until first published */
+    bool dirty;
+    uint8_t name_len;
+    char name[];
+};
+
+struct tally_viewer {
+    UT_hash_handle hh;
+    struct tally_page **pages;
+    uint32_t npages;
+    char client[];
+};
+
+void presence_init(struct tally_presence *pr, uint64_t max_views)
+{
+    memset(pr, 0, sizeof(*pr));
+    pr->max_views = max_views;
+}
+
+static void page_free(struct tally_page *pg)
+{
+    free(pg->remote);
+    free(pg);
+}
+
+void presence_free(struct tally_presence *pr)
+{
+    struct tally_page *pg, *ptmp;
+    HASH_ITER(hh, pr->pages, pg, ptmp)
+    {
+        HASH_DEL(pr->pages, pg);
+        page_free(pg);
+    }
+    struct tally_viewer *v, *vtmp;
+    HASH_ITER(hh, pr->viewers, v, vtmp)
+    {
+        HASH_DEL(pr->viewers, v);
+        free(v->pages);
+        free(v);
+    }
+    struct tally_origin *o, *otmp;
+    HASH_ITER(hh, pr->origins, o, otmp)
+    {
+        HASH_DEL(pr->origins, o);
+        free(o);
+    }
+    memset(pr, 0, sizeof(*pr));
+}
+
+static void page_dirty(struct tally_presence *pr, struct tally_page *pg)
+{
+    if (pg->dirty)
+        return;
+    pg->dirty = true;
+    pg->dirty_next = pr->dirty_head;
+    pr->dirty_head = pg;
+}
+
+static struct tally_page *page_get(struct tally_presence *pr, const char *name, size_t len,
+                                   bool create)
+{
+    struct tally_page *pg = NULL;
+    HASH_FIND(hh, pr->pages, name, len, pg);
+    if (pg || !create)
+        return pg;
+    pg = calloc(1, sizeof(*pg) + len + 1);
+    if (!pg)
+        return NULL;
+    memcpy(pg->name, name, len);
+    pg->name_len = (uint8_t)len;
+    pg->published = UINT64_MAX;
+    HASH_ADD(hh, pr->pages, name, len, pg);
+    return pg;
+}
+
+static uint64_t page_total(const struct tally_page *pg)
+{
+    uint64_t total = pg->local;
+    for (uint32_t i = 0; i < pg->remote_cap; i++)
+        total += pg->remote[i];
+    return total;
+}
+
+/* ==== Local viewers ==== */
+
+/* Returns 1 if (client, page) is a new view, 0 if it was already counted, or
+ * a negative tally_err (max_views reached, out of memory). */
+int presence_view(struct tally_presence *pr, const char *client, const char *page, size_t len)
+{
+    struct tally_viewer *v = NULL;
+    HASH_FIND_STR(pr->viewers, client, v);
+    if (v)
+        for (uint32_t i = 0; i < v->npages; i++)
+            if (v->pages[i]->name_len == len && memcmp(v->pages[i]->name, page, len) == 0)
+                return 0;
+    if (pr->nviews >= pr->max_views)
+        return -TALLY_E_MAX_COUNTERS;
+    if (!v) {
+        size_t clen = strlen(client);
+        v = calloc(1, sizeof(*v) + clen + 1);
+        if (!v)
+            return -TALLY_E_NOMEM;
+        memcpy(v->client, client, clen);
+        HASH_ADD(hh, pr->viewers, client[0], clen, v);
+    }
+    struct tally_page *pg = page_get(pr, page, len, true);
+    struct tally_page **grown = pg ? realloc(v->pages, (v->npages + 1) * sizeof(*grown)) : NULL;
+    if (!grown) {
+        if (v->npages == 0) {
+            HASH_DEL(pr->viewers, v);
+            free(v);
+        }
+        return -TALLY_E_NOMEM;
+    }
+    v->pages = grown;
+    v->pages[v->npages++] = pg;
+    pg->local++;
+    pr->nviews++;
+    pr->local_changed = true;
+    page_dirty(pr, pg);
+    return 1;
+}
+
+static void viewer_forget(struct tally_presence *pr, struct tally_viewer *v, uint32_t i)
+{
+    struct tally_page *pg = v->pages[i];
+    pg->local--;
+    pr->nviews--;
+    pr->local_changed = true;
+    page_dirty(pr, pg);
+    v->pages[i] = v->pages[--v->npages];
+}
+
+static void viewer_free_if_empty(struct tally_presence *pr, struct tally_viewer *v)
+{
+    if (v->npages)
+        return;
+    HASH_DEL(pr->viewers, v);
+    free(v->pages);
+    free(v);
+}
+
+void presence_unview(struct tally_presence *pr, const char *client, const char *page, size_t len)
+{
+    struct tally_viewer *v = NULL;
+    HASH_FIND_STR(pr->viewers, client, v);
+    if (!v)
+        return;
+    for (uint32_t i = 0; i < v->npages; i++) {
+        if (v->pages[i]->name_len == len && memcmp(v->pages[i]->name, page, len) == 0) {
+            viewer_forget(pr, v, i);
+            break;
+        }
+    }
+    viewer_free_if_empty(pr, v);
+}
+
+void presence_drop_client(struct tally_presence *pr, const char *client)
+{
+    struct tally_viewer *v = NULL;
+    HASH_FIND_STR(pr->viewers, client, v);
+    if (!v)
+        return;
+    while (v->npages)
+        viewer_forget(pr, v, v->npages - 1);
+    viewer_free_if_empty(pr, v);
+}
+
+void presence_each_local(struct tally_presence *pr,
+                         void (*fn)(const char *page, size_t len, uint64_t n, void *ud), void *ud)
+{
+    struct tally_page *pg, *tmp;
+    HASH_ITER(hh, pr->pages, pg, tmp)
+    {
+        if (pg->local)
+            fn(pg->name, pg->name_len, pg->local, ud);
+    }
+}
+
+/* ==== Other nodes' announcements ==== */
+
+struct tally_origin *presence_origin(struct tally_presence *pr, const char *node_id)
+{
+    struct tally_origin *o = NULL;
+    HASH_FIND_STR(pr->origins, node_id, o);
+    if (o)
+        return o;
+    o = calloc(1, sizeof(*o));
+    if (!o)
+        return NULL;
+    strncpy(o->node_id, node_id, TALLY_NODE_ID_MAX);
+    o->slot = pr->norigins++;
+    HASH_ADD_STR(pr->origins, node_id, o);
+    return o;
+}
+
+static void origin_zero(struct tally_presence *pr, const struct tally_origin *o)
+{
+    struct tally_page *pg, *tmp;
+    HASH_ITER(hh, pr->pages, pg, tmp)
+    {
+        if (o->slot < pg->remote_cap && pg->remote[o->slot]) {
+            pg->remote[o->slot] = 0;
+            page_dirty(pr, pg);
+        }
+    }
+}
+
+void presence_origin_begin(struct tally_presence *pr, struct tally_origin *o)
+{
+    origin_zero(pr, o);
+    o->alive = true;
+}
+
+int presence_origin_set(struct tally_presence *pr, struct tally_origin *o, const char *page,
+                        size_t len, uint64_t n)
+{
+    struct tally_page *pg = page_get(pr, page, len, n > 0);
+    if (!pg)
+        return n > 0 ? -TALLY_E_NOMEM : 0;
+    if (o->slot >= pg->remote_cap) {
+        uint32_t cap = o->slot + 1;
+        uint64_t *grown = realloc(pg->remote, cap * sizeof(*grown));
+        if (!grown)
+            return -TALLY_E_NOMEM;
+        memset(grown + pg->remote_cap, 0, (cap - pg->remote_cap) * sizeof(*grown));
+        pg->remote = grown;
+        pg->remote_cap = cap;
+    }
+    pg->remote[o->slot] = n;
+    page_dirty(pr, pg);
+    return 0;
+}
+
+void presence_origin_expire(struct tally_presence *pr, struct tally_origin *o)
+{
+    origin_zero(pr, o);
+    o->alive = false;
+}
+
+/* ==== Publishing ==== */
+
+void presence_flush(struct tally_presence *pr,
+                    void (*fn)(const char *page, size_t len, uint64_t total, void *ud), void *ud)
+{
+    struct tally_page *pg = pr->dirty_head;
+    pr->dirty_head = NULL;
+    while (pg) {
+        struct tally_page *next = pg->dirty_next;
+        uint64_t total = page_total(pg);
+        pg->dirty = false;
+        if (total != pg->published) {
+            fn(pg->name, pg->name_len, total, ud);
+            pg->published = total;
+        }
+        if (total == 0) {
+            HASH_DEL(pr->pages, pg);
+            page_free(pg);
+        }
+        pg = next;
+    }
+}
+
+uint64_t presence_total(const struct tally_presence *pr, const char *page, size_t len)
+{
+    struct tally_page *pg = NULL;
+    HASH_FIND(hh, pr->pages, page, len, pg);
+    return pg ? page_total(pg) : 0;
+}

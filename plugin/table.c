@@ -1,0 +1,289 @@
+/*
+ * table.c - the named counters of one node, and the registries of replicas
+ * and devices that the counters' slots refer to by index.
+ *
+ * Counters live in a uthash table keyed by name. A counter that changed is put
+ * once on the dirty list (a FIFO threaded through the counters themselves), so
+ * that a tick touches only what changed: a burst of 10,000 increments to one
+ * name is one entry, published once.
+ *
+ * Replicas ((node_id, incarnation) pairs) and devices are interned: a slot
+ * holds a 32-bit index, not a string, and the registries never shrink while
+ * the broker runs (replicas are few; devices are bounded by max_devices).
+ *
+ * Every change also keeps digest[] current: for each of TALLY_BUCKETS buckets
+ * of names, the wrapping sum of a 64-bit hash of every (name, slot, value) in
+ * it. Two nodes with the same state have the same digests whatever order they
+ * learned it in, so comparing 256 numbers tells which buckets need repair
+ * (anti-entropy, see wire.c and plugin.c).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tally.h"
+
+/* ==== Hashing ==== */
+
+static uint64_t fmix64(uint64_t k)
+{
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    k ^= k >> 33;
+    return k;
+}
+
+/* FNV-1a with a MurmurHash3 finaliser: stable across machines and builds,
+ * which the digests exchanged between nodes require. */
+uint64_t tally_hash64(const void *data, size_t len, uint64_t seed)
+{
+    const uint8_t *p = data;
+    uint64_t h = 0xcbf29ce484222325ULL ^ fmix64(seed);
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return fmix64(h ^ len);
+}
+
+unsigned name_bucket(const char *name, size_t len)
+{
+    return (unsigned)(tally_hash64(name, len, 0) % TALLY_BUCKETS);
+}
+
+static uint64_t slot_hash(uint64_t name_hash, uint64_t owner_hash, uint64_t p, uint64_t n)
+{
+    return fmix64(name_hash ^ fmix64(owner_hash + p * 0x9e3779b97f4a7c15ULL) ^
+                  fmix64(n + 0x632be59bd9b4e019ULL));
+}
+
+/* ==== Setup ==== */
+
+void table_init(struct tally_table *t, size_t max_counters, uint32_t max_devices)
+{
+    memset(t, 0, sizeof(*t));
+    t->max_counters = max_counters;
+    t->max_devices = max_devices;
+    t->dirty_tail = &t->dirty_head;
+}
+
+void table_free(struct tally_table *t)
+{
+    struct tally_counter *c, *tmp;
+    HASH_ITER(hh, t->counters, c, tmp)
+    {
+        HASH_DEL(t->counters, c);
+        counter_free(c);
+    }
+    HASH_CLEAR(hh, t->replica_hash);
+    for (uint32_t i = 0; i < t->nreplicas; i++)
+        free(t->replicas[i]);
+    free(t->replicas);
+    HASH_CLEAR(hh, t->device_hash);
+    for (uint32_t i = 0; i < t->ndevices; i++)
+        free(t->devices[i]);
+    free(t->devices);
+    memset(t, 0, sizeof(*t));
+}
+
+/* ==== Counters ==== */
+
+struct tally_counter *table_find(struct tally_table *t, const char *name, size_t len)
+{
+    struct tally_counter *c = NULL;
+    HASH_FIND(hh, t->counters, name, len, c);
+    return c;
+}
+
+/* Finds or creates the counter `name` (already validated by name_check). */
+int table_get(struct tally_table *t, const char *name, size_t len, struct tally_counter **out)
+{
+    struct tally_counter *c = table_find(t, name, len);
+    if (!c) {
+        if (t->ncounters >= t->max_counters)
+            return TALLY_E_MAX_COUNTERS;
+        c = calloc(1, sizeof(*c) + len + 1);
+        if (!c)
+            return TALLY_E_NOMEM;
+        memcpy(c->name, name, len);
+        c->name_len = (uint8_t)len;
+        HASH_ADD(hh, t->counters, name, len, c);
+        t->ncounters++;
+    }
+    *out = c;
+    return TALLY_OK;
+}
+
+static void mark_dirty(struct tally_table *t, struct tally_counter *c)
+{
+    if (c->dirty)
+        return;
+    c->dirty = 1;
+    c->dirty_next = NULL;
+    *t->dirty_tail = c;
+    t->dirty_tail = &c->dirty_next;
+    t->ndirty++;
+}
+
+struct tally_counter *table_take_dirty(struct tally_table *t)
+{
+    struct tally_counter *head = t->dirty_head;
+    for (struct tally_counter *c = head; c; c = c->dirty_next)
+        c->dirty = 0;
+    t->dirty_head = NULL;
+    t->dirty_tail = &t->dirty_head;
+    t->ndirty = 0;
+    return head;
+}
+
+/* ==== Changes that keep the digest current ==== */
+
+static uint64_t replica_owner_hash(const struct tally_table *t, uint32_t replica)
+{
+    return t->replicas[replica]->hash;
+}
+
+static uint64_t device_owner_hash(const struct tally_table *t, uint32_t device)
+{
+    return t->devices[device]->hash ^ 0xd1b54a32d192ed03ULL;
+}
+
+static void digest_slot(struct tally_table *t, const struct tally_counter *c, uint32_t replica,
+                        const struct tally_slot *before, const struct tally_slot *after)
+{
+    uint64_t nh = tally_hash64(c->name, c->name_len, 0);
+    uint64_t oh = replica_owner_hash(t, replica);
+    uint64_t *d = &t->digest[nh % TALLY_BUCKETS];
+    if (before)
+        *d -= slot_hash(nh, oh, before->p, before->n);
+    *d += slot_hash(nh, oh, after->p, after->n);
+}
+
+int table_add(struct tally_table *t, struct tally_counter *c, uint32_t replica, int64_t delta)
+{
+    const struct tally_slot *s = counter_slot(c, replica);
+    struct tally_slot before = s ? *s : (struct tally_slot){0};
+    int rc = counter_add(c, replica, delta);
+    if (rc != TALLY_OK)
+        return -rc;
+    if (delta == 0)
+        return 0;
+    digest_slot(t, c, replica, s ? &before : NULL, counter_slot(c, replica));
+    mark_dirty(t, c);
+    return 1;
+}
+
+int table_merge_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica, uint64_t p,
+                     uint64_t n)
+{
+    const struct tally_slot *s = counter_slot(c, replica);
+    struct tally_slot before = s ? *s : (struct tally_slot){0};
+    int rc = counter_merge_slot(c, replica, p, n);
+    if (rc <= 0)
+        return rc;
+    digest_slot(t, c, replica, s ? &before : NULL, counter_slot(c, replica));
+    mark_dirty(t, c);
+    return 1;
+}
+
+int table_merge_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
+                       uint64_t total, bool local)
+{
+    const struct tally_dev *d = counter_device(c, device);
+    bool existed = d != NULL;
+    uint64_t old = existed ? d->total : 0;
+    int rc = local ? counter_report(c, device, total) : counter_merge_device(c, device, total);
+    if (rc <= 0)
+        return rc;
+    uint64_t nh = tally_hash64(c->name, c->name_len, 0);
+    uint64_t oh = device_owner_hash(t, device);
+    uint64_t *dg = &t->digest[nh % TALLY_BUCKETS];
+    if (existed)
+        *dg -= slot_hash(nh, oh, old, 0);
+    *dg += slot_hash(nh, oh, total, 0);
+    mark_dirty(t, c);
+    return 1;
+}
+
+/* ==== Registries ==== */
+
+static int grow(void *arrp, uint32_t *cap, uint32_t need)
+{
+    void **arr = arrp;
+    if (need <= *cap)
+        return TALLY_OK;
+    uint32_t ncap = *cap ? *cap * 2 : 16;
+    while (ncap < need)
+        ncap *= 2;
+    void *n = realloc(*arr, ncap * sizeof(void *));
+    if (!n)
+        return TALLY_E_NOMEM;
+    *arr = n;
+    *cap = ncap;
+    return TALLY_OK;
+}
+
+/* Interns (node_id, incarnation) and returns its index in *out. */
+int table_replica(struct tally_table *t, const char *node_id, uint64_t incarnation, uint32_t *out)
+{
+    size_t len = strlen(node_id);
+    if (len == 0 || len > TALLY_NODE_ID_MAX)
+        return TALLY_E_WIRE;
+    char key[TALLY_NODE_ID_MAX + 1 + 8];
+    memcpy(key, node_id, len);
+    key[len] = '\0';
+    memcpy(key + len + 1, &incarnation, 8);
+    size_t keylen = len + 1 + 8;
+    struct tally_replica *r = NULL;
+    HASH_FIND(hh, t->replica_hash, key, keylen, r);
+    if (r) {
+        *out = r->index;
+        return TALLY_OK;
+    }
+    if (grow(&t->replicas, &t->replicas_cap, t->nreplicas + 1))
+        return TALLY_E_NOMEM;
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        return TALLY_E_NOMEM;
+    memcpy(r->key, key, keylen);
+    r->id_len = (uint8_t)len;
+    r->incarnation = incarnation;
+    r->hash = tally_hash64(key, keylen, 1);
+    r->index = t->nreplicas;
+    t->replicas[t->nreplicas++] = r;
+    HASH_ADD(hh, t->replica_hash, key, keylen, r);
+    *out = r->index;
+    return TALLY_OK;
+}
+
+/* Looks up, and unless mode is DEVICE_FIND interns, a device id. New devices
+ * reporting here are bounded by max_devices; devices learned from peers are
+ * not refused, since refusing part of a peer's state would stop convergence
+ * (each of them was bounded at the node it reported to). */
+int table_device(struct tally_table *t, const char *id, size_t len, enum device_mode mode,
+                 uint32_t *out)
+{
+    struct tally_device *d = NULL;
+    HASH_FIND(hh, t->device_hash, id, len, d);
+    if (d) {
+        *out = d->index;
+        return TALLY_OK;
+    }
+    if (mode == DEVICE_FIND)
+        return TALLY_E_DEVICE;
+    if (mode == DEVICE_LOCAL && t->ndevices >= t->max_devices)
+        return TALLY_E_MAX_DEVICES;
+    if (grow(&t->devices, &t->devices_cap, t->ndevices + 1))
+        return TALLY_E_NOMEM;
+    d = calloc(1, sizeof(*d) + len + 1);
+    if (!d)
+        return TALLY_E_NOMEM;
+    memcpy(d->id, id, len);
+    d->index = t->ndevices;
+    d->hash = tally_hash64(id, len, 2);
+    t->devices[t->ndevices++] = d;
+    HASH_ADD(hh, t->device_hash, id[0], len, d);
+    *out = d->index;
+    return TALLY_OK;
+}

@@ -1,0 +1,356 @@
+/*
+ * tally.h - the private header of the tally plugin: every type and function
+ * that more than one file of plugin/ shares.
+ *
+ * Everything declared here is pure C with no Mosquitto header, so the unit
+ * tests, benchmarks and fuzzers link these files directly. plugin.c is the
+ * only file that speaks to Mosquitto.
+ *
+ * Data flows one way: an event in plugin.c -> parse (codec.c) -> apply
+ * (counter.c, table.c, dedup.c, presence.c) -> mark dirty -> on tick, publish
+ * totals and replicate (wire.c).
+ */
+#ifndef TALLY_H
+#define TALLY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uthash.h>
+
+/* 2^53-1: the largest integer a browser's JavaScript holds exactly. No delta,
+ * total, P or N ever leaves [-TALLY_MAX_SAFE, TALLY_MAX_SAFE]. */
+#define TALLY_MAX_SAFE 9007199254740991LL
+#define TALLY_NAME_MAX 200
+#define TALLY_ID_MAX 64
+#define TALLY_NODE_ID_MAX 64
+#define TALLY_DEVICE_MAX 128
+#define TALLY_PAYLOAD_MAX 1024
+
+#define TALLY_BUCKETS 256
+
+/* ==== Errors ==== */
+
+/* Every rejection has a reason; the log line and the stats quote its name. */
+enum tally_err {
+    TALLY_OK = 0,
+    TALLY_E_NAME_EMPTY,
+    TALLY_E_NAME_TOO_LONG,
+    TALLY_E_NAME_UTF8,
+    TALLY_E_NAME_CHAR,
+    TALLY_E_NAME_DOLLAR,
+    TALLY_E_PAYLOAD_TOO_LARGE,
+    TALLY_E_NOT_INTEGER,
+    TALLY_E_DELTA_RANGE,
+    TALLY_E_JSON,
+    TALLY_E_JSON_KEY,
+    TALLY_E_ID,
+    TALLY_E_DEVICE,
+    TALLY_E_OVERFLOW,
+    TALLY_E_MAX_COUNTERS,
+    TALLY_E_MAX_DEVICES,
+    TALLY_E_FORBIDDEN,
+    TALLY_E_WIRE,
+    TALLY_E_NOMEM,
+    TALLY_E__COUNT
+};
+
+/* A short stable name for err ("name_too_long"), for logs and stats keys. */
+const char *tally_strerror(int err);
+
+/* ==== Codec (codec.c): names, increments, reports ==== */
+
+int name_check(const char *name, size_t len);
+int node_id_check(const char *id, size_t len);
+
+struct tally_inc {
+    int64_t delta;
+    char id[TALLY_ID_MAX + 1]; /* "" when the increment has no idempotency key */
+};
+int parse_increment(const void *payload, size_t len, struct tally_inc *out);
+
+struct tally_report {
+    uint64_t total;
+    char device[TALLY_DEVICE_MAX + 1]; /* "" means: the publishing client */
+};
+int parse_report(const void *payload, size_t len, struct tally_report *out);
+int device_id_check(const char *id, size_t len);
+
+/* Parses a signed decimal integer of exactly len bytes ("5", "-3", "+2"),
+ * |value| <= TALLY_MAX_SAFE. */
+int parse_int(const char *s, size_t len, int64_t *out);
+
+/* ==== The PN-counter (counter.c) ==== */
+
+struct tally_slot {
+    uint32_t replica; /* index into the table's replica registry */
+    uint64_t p, n;
+};
+
+struct tally_dev {
+    uint32_t device; /* index into the table's device registry */
+    uint64_t total;
+};
+
+struct tally_counter {
+    UT_hash_handle hh;
+    struct tally_counter *dirty_next;
+    struct tally_slot *slots; /* sorted by replica */
+    struct tally_dev *devs;   /* sorted by device */
+    uint16_t nslots;
+    uint16_t ndevs;
+    uint8_t dirty;
+    uint8_t name_len;
+    char name[];
+};
+
+struct tally_sums {
+    int64_t p, n, devices, value; /* value = p - n + devices, saturated */
+};
+
+int counter_add(struct tally_counter *c, uint32_t replica, int64_t delta);
+int counter_merge_slot(struct tally_counter *c, uint32_t replica, uint64_t p, uint64_t n);
+int counter_merge_device(struct tally_counter *c, uint32_t device, uint64_t total);
+int counter_report(struct tally_counter *c, uint32_t device, uint64_t total);
+void counter_sums(const struct tally_counter *c, struct tally_sums *out);
+int64_t counter_value(const struct tally_counter *c);
+const struct tally_slot *counter_slot(const struct tally_counter *c, uint32_t replica);
+const struct tally_dev *counter_device(const struct tally_counter *c, uint32_t device);
+void counter_free(struct tally_counter *c);
+
+/* ==== The table of counters, replicas and devices (table.c) ==== */
+
+/* A replica is one life of one node: (node_id, incarnation). */
+struct tally_replica {
+    UT_hash_handle hh;
+    uint64_t incarnation;
+    uint64_t hash;
+    uint32_t index;
+    uint8_t id_len;
+    char key[TALLY_NODE_ID_MAX + 1 + 8]; /* node id, NUL, incarnation: the hash key */
+};
+
+struct tally_device {
+    UT_hash_handle hh;
+    uint32_t index;
+    uint64_t hash;
+    char id[];
+};
+
+struct tally_table {
+    struct tally_counter *counters;
+    size_t ncounters, max_counters;
+    struct tally_counter *dirty_head, **dirty_tail;
+    size_t ndirty;
+
+    struct tally_replica *replica_hash, **replicas;
+    uint32_t nreplicas, replicas_cap;
+
+    struct tally_device *device_hash, **devices;
+    uint32_t ndevices, devices_cap, max_devices;
+
+    /* Anti-entropy: the sum of the hashes of every slot and device maximum,
+     * per bucket of names; kept up to date on every change. */
+    uint64_t digest[TALLY_BUCKETS];
+};
+
+void table_init(struct tally_table *t, size_t max_counters, uint32_t max_devices);
+void table_free(struct tally_table *t);
+struct tally_counter *table_find(struct tally_table *t, const char *name, size_t len);
+int table_get(struct tally_table *t, const char *name, size_t len, struct tally_counter **out);
+int table_replica(struct tally_table *t, const char *node_id, uint64_t incarnation, uint32_t *out);
+enum device_mode { DEVICE_FIND, DEVICE_LOCAL, DEVICE_PEER };
+int table_device(struct tally_table *t, const char *id, size_t len, enum device_mode mode,
+                 uint32_t *out);
+
+/* Changes that keep the digest and the dirty list up to date. Each returns
+ * 1 if the counter changed, 0 if not, or a negative tally_err. */
+int table_add(struct tally_table *t, struct tally_counter *c, uint32_t replica, int64_t delta);
+int table_merge_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica, uint64_t p,
+                     uint64_t n);
+int table_merge_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
+                       uint64_t total, bool local);
+
+/* Detaches the dirty list: the caller walks it through dirty_next and must
+ * clear each counter's dirty flag (table_take_dirty does that on return). */
+struct tally_counter *table_take_dirty(struct tally_table *t);
+
+unsigned name_bucket(const char *name, size_t len);
+uint64_t tally_hash64(const void *data, size_t len, uint64_t seed);
+
+/* ==== Idempotency window (dedup.c) ==== */
+
+struct tally_key {
+    uint64_t a, b;
+};
+
+struct tally_dedup {
+    struct tally_key *ring; /* insertion order, oldest at head */
+    uint32_t *index;        /* open addressing: ring position + 1, 0 = empty */
+    uint32_t window, head, count, mask;
+};
+
+int dedup_init(struct tally_dedup *d, uint32_t window);
+void dedup_free(struct tally_dedup *d);
+struct tally_key dedup_key(const char *name, size_t name_len, const char *id, size_t id_len);
+bool dedup_contains(const struct tally_dedup *d, struct tally_key k);
+void dedup_insert(struct tally_dedup *d, struct tally_key k);
+
+/* ==== Presence (presence.c) ==== */
+
+struct tally_page;
+struct tally_viewer;
+
+struct tally_origin {
+    UT_hash_handle hh;
+    uint64_t incarnation, seq;
+    uint64_t last_heard_ms;
+    uint32_t slot;                         /* column in every page's remote counts */
+    uint64_t mismatch[TALLY_BUCKETS / 64]; /* buckets that differed in its last digest */
+    uint64_t stats_incarnation, stats_seq;
+    bool alive;
+    char node_id[TALLY_NODE_ID_MAX + 1];
+};
+
+struct tally_presence {
+    struct tally_page *pages;
+    struct tally_viewer *viewers;
+    struct tally_origin *origins;
+    struct tally_page *dirty_head;
+    uint32_t norigins;
+    uint64_t nviews; /* local (client, page) pairs */
+    uint64_t max_views;
+    bool local_changed; /* our own counts changed since the last announce */
+};
+
+void presence_init(struct tally_presence *pr, uint64_t max_views);
+void presence_free(struct tally_presence *pr);
+int presence_view(struct tally_presence *pr, const char *client, const char *page, size_t len);
+void presence_unview(struct tally_presence *pr, const char *client, const char *page, size_t len);
+void presence_drop_client(struct tally_presence *pr, const char *client);
+/* Calls fn for each page with local viewers (for announcing our counts). */
+void presence_each_local(struct tally_presence *pr,
+                         void (*fn)(const char *page, size_t len, uint64_t n, void *ud), void *ud);
+struct tally_origin *presence_origin(struct tally_presence *pr, const char *node_id);
+/* Replaces origin's counts with the pages given; missing pages become 0. */
+void presence_origin_begin(struct tally_presence *pr, struct tally_origin *o);
+int presence_origin_set(struct tally_presence *pr, struct tally_origin *o, const char *page,
+                        size_t len, uint64_t n);
+void presence_origin_expire(struct tally_presence *pr, struct tally_origin *o);
+/* Walks pages whose cluster total changed; fn gets the new total. */
+void presence_flush(struct tally_presence *pr,
+                    void (*fn)(const char *page, size_t len, uint64_t total, void *ud), void *ud);
+uint64_t presence_total(const struct tally_presence *pr, const char *page, size_t len);
+
+/* ==== Replication wire format (wire.c) ==== */
+
+#define WIRE_VERSION 1
+enum wire_type { WIRE_SYNC = 1, WIRE_DIGEST = 2, WIRE_PRESENCE = 3 };
+
+struct wire_buf {
+    uint8_t *data;
+    size_t len, cap;
+    bool failed; /* an allocation failed: the buffer is unusable */
+};
+
+void wbuf_free(struct wire_buf *b);
+void wbuf_reset(struct wire_buf *b);
+void wbuf_bytes(struct wire_buf *b, const void *p, size_t n);
+void wbuf_u8(struct wire_buf *b, uint8_t v);
+void wbuf_u64(struct wire_buf *b, uint64_t v);
+void wbuf_varint(struct wire_buf *b, uint64_t v);
+void wbuf_str8(struct wire_buf *b, const char *s, size_t n);
+
+struct wire_reader {
+    const uint8_t *p, *end;
+    bool bad;
+};
+uint8_t wr_u8(struct wire_reader *r);
+uint64_t wr_u64(struct wire_reader *r);
+uint64_t wr_varint(struct wire_reader *r);
+/* Returns a pointer into the message (not NUL-terminated) and its length. */
+const char *wr_str8(struct wire_reader *r, size_t *len);
+
+/* A SYNC message under construction: counters are appended to body while the
+ * replicas and devices they name are collected into per-message dictionaries. */
+struct wire_sync_writer {
+    struct wire_buf dict, body, out;
+    int32_t *rep_ref, *dev_ref; /* registry index -> dictionary position, -1 if absent */
+    uint32_t rep_cap, dev_cap;
+    uint32_t *rep_used, *dev_used;
+    uint32_t nrep, ndev, ncounters;
+    struct wire_buf dev_dict;
+};
+
+void sync_writer_free(struct wire_sync_writer *w);
+int sync_writer_add(struct wire_sync_writer *w, const struct tally_table *t,
+                    const struct tally_counter *c);
+size_t sync_writer_size(const struct wire_sync_writer *w);
+bool sync_writer_empty(const struct wire_sync_writer *w);
+/* Assembles the message into w->out and resets the writer for the next one. */
+int sync_writer_finish(struct wire_sync_writer *w, const char *sender);
+
+struct wire_sync_counter {
+    const char *name;
+    size_t name_len;
+    uint32_t nslots, ndevs;
+    uint32_t first_slot, first_dev; /* into wire_sync.slots / devs */
+};
+struct wire_sync_slot {
+    uint32_t replica_ref;
+    uint64_t p, n;
+};
+struct wire_sync_dev {
+    uint32_t device_ref;
+    uint64_t total;
+};
+struct wire_sync_replica {
+    const char *node_id;
+    size_t len;
+    uint64_t incarnation;
+};
+struct wire_sync_device {
+    const char *id;
+    size_t len;
+};
+
+/* A decoded SYNC message. Strings point into the message bytes (borrowed);
+ * arrays are owned: wire_sync_free releases them. */
+struct wire_sync {
+    const char *sender;
+    size_t sender_len;
+    struct wire_sync_replica *replicas;
+    struct wire_sync_device *devices;
+    struct wire_sync_counter *counters;
+    struct wire_sync_slot *slots;
+    struct wire_sync_dev *devs;
+    uint32_t nreplicas, ndevices, ncounters, nslots, ndevs;
+};
+
+int wire_peek_type(const void *msg, size_t len);
+int wire_decode_sync(const void *msg, size_t len, struct wire_sync *out);
+void wire_sync_free(struct wire_sync *s);
+
+void wire_encode_digest(struct wire_buf *b, const char *sender, const uint64_t *digest);
+int wire_decode_digest(const void *msg, size_t len, const char **sender, size_t *sender_len,
+                       uint64_t *digest);
+
+struct wire_presence_page {
+    const char *page;
+    size_t len;
+    uint64_t count;
+};
+struct wire_presence {
+    const char *origin;
+    size_t origin_len;
+    uint64_t incarnation, seq;
+    uint32_t npages;
+    struct wire_presence_page *pages; /* owned */
+};
+void wire_presence_begin(struct wire_buf *b, const char *origin, uint64_t incarnation, uint64_t seq,
+                         uint32_t npages);
+void wire_presence_page(struct wire_buf *b, const char *page, size_t len, uint64_t count);
+int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out);
+
+#endif

@@ -1,0 +1,502 @@
+/*
+ * wire.c - the replication wire format: what one tally node tells another
+ * over a Mosquitto bridge, under `$tally/`.
+ *
+ * ---- Why state, not operations ----
+ *
+ * Nodes send states of counters (every slot of every counter that changed
+ * since the last send), never "add 5". Merging a state is idempotent, so a
+ * bridge may drop, repeat, reorder or replay messages and, as long as some
+ * later state gets through, the totals converge (see counter.c). The traffic
+ * grows with the number of counters that changed per publish interval, not
+ * with the increment rate: 10,000 increments to one counter in 100 ms cost one
+ * entry of a few bytes.
+ *
+ * ---- Topics ----
+ *
+ *   $tally/v1/sync/<node>      SYNC: counter states; the receiver merges,
+ *                              and what changed its state it sends on at its
+ *                              next flush, so any connected topology converges
+ *                              and a message that changes nothing goes no
+ *                              further (no loops, even in a ring of bridges)
+ *   $tally/v1/digest/<node>    DIGEST: 256 bucket hashes (anti-entropy)
+ *   $tally/v1/presence/<node>  PRESENCE: a node's own viewer counts, flooded
+ *                              by (origin, incarnation, seq), also the
+ *                              liveness heartbeat behind peer_timeout_ms
+ *   $tally/stats/<node>        JSON stats, retained, flooded the same way
+ *
+ * ---- Encoding (version 1) ----
+ *
+ * All integers are unsigned. varint = LEB128 (7 bits a byte, low first, at
+ * most 10 bytes); u64 = 8 bytes little-endian; str8 = one length byte then
+ * that many bytes (no NUL).
+ *
+ *   header    'T' 'L' version=1 type            4 bytes
+ *   SYNC      str8 sender
+ *             varint R, R x { str8 node_id, u64 incarnation }    replicas
+ *             varint D, D x { str8 device_id }                   devices
+ *             varint C, C x { str8 name,
+ *                             varint S, S x { varint r, varint p, varint n },
+ *                             varint E, E x { varint d, varint total } }
+ *   DIGEST    str8 sender, varint B (=256), B x u64 bucket hash
+ *   PRESENCE  str8 origin, u64 incarnation, u64 seq,
+ *             varint G, G x { str8 page, varint viewers }
+ *
+ * r and d index the message's own replica and device lists, so a counter's
+ * slot costs 3 to 20 bytes whatever the lengths of node and device ids.
+ * Decoding validates everything (lengths, indexes, names, p/n/total at most
+ * 2^53-1, no bytes left over) before any of it is applied: a malformed
+ * message is refused whole. A receiver refuses versions it does not know.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tally.h"
+
+/* ==== Writing ==== */
+
+static void wbuf_reserve(struct wire_buf *b, size_t more)
+{
+    if (b->failed || b->len + more <= b->cap)
+        return;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + more)
+        cap *= 2;
+    uint8_t *n = realloc(b->data, cap);
+    if (!n) {
+        b->failed = true;
+        return;
+    }
+    b->data = n;
+    b->cap = cap;
+}
+
+void wbuf_free(struct wire_buf *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+void wbuf_reset(struct wire_buf *b)
+{
+    b->len = 0;
+}
+
+void wbuf_bytes(struct wire_buf *b, const void *p, size_t n)
+{
+    wbuf_reserve(b, n);
+    if (b->failed || n == 0)
+        return;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+
+void wbuf_u8(struct wire_buf *b, uint8_t v)
+{
+    wbuf_bytes(b, &v, 1);
+}
+
+void wbuf_u64(struct wire_buf *b, uint64_t v)
+{
+    uint8_t x[8];
+    for (int i = 0; i < 8; i++)
+        x[i] = (uint8_t)(v >> (8 * i));
+    wbuf_bytes(b, x, 8);
+}
+
+void wbuf_varint(struct wire_buf *b, uint64_t v)
+{
+    uint8_t x[10];
+    size_t n = 0;
+    do {
+        x[n] = (uint8_t)(v & 0x7f);
+        v >>= 7;
+        if (v)
+            x[n] |= 0x80;
+        n++;
+    } while (v);
+    wbuf_bytes(b, x, n);
+}
+
+void wbuf_str8(struct wire_buf *b, const char *s, size_t n)
+{
+    wbuf_u8(b, (uint8_t)n);
+    wbuf_bytes(b, s, n);
+}
+
+static void header(struct wire_buf *b, enum wire_type type)
+{
+    const uint8_t h[4] = {'T', 'L', WIRE_VERSION, (uint8_t)type};
+    wbuf_bytes(b, h, sizeof(h));
+}
+
+/* ==== Reading ==== */
+
+static bool need(struct wire_reader *r, size_t n)
+{
+    if (r->bad || (size_t)(r->end - r->p) < n) {
+        r->bad = true;
+        return false;
+    }
+    return true;
+}
+
+uint8_t wr_u8(struct wire_reader *r)
+{
+    return need(r, 1) ? *r->p++ : 0;
+}
+
+uint64_t wr_u64(struct wire_reader *r)
+{
+    if (!need(r, 8))
+        return 0;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)r->p[i] << (8 * i);
+    r->p += 8;
+    return v;
+}
+
+uint64_t wr_varint(struct wire_reader *r)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+        uint8_t byte = wr_u8(r);
+        if (r->bad)
+            return 0;
+        if (shift == 63 && byte > 1) /* more than 64 bits */
+            break;
+        v |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80))
+            return v;
+    }
+    r->bad = true;
+    return 0;
+}
+
+const char *wr_str8(struct wire_reader *r, size_t *len)
+{
+    *len = wr_u8(r);
+    if (!need(r, *len))
+        return NULL;
+    const char *s = (const char *)r->p;
+    r->p += *len;
+    return s;
+}
+
+/* A count that must fit in what is left of the message, `min` bytes each:
+ * a forged count can never make the decoder allocate more than the message
+ * could describe. */
+static uint32_t wr_count(struct wire_reader *r, size_t min)
+{
+    uint64_t n = wr_varint(r);
+    if (!r->bad && n > (uint64_t)(r->end - r->p) / min)
+        r->bad = true;
+    return r->bad ? 0 : (uint32_t)n;
+}
+
+static bool read_header(struct wire_reader *r, const void *msg, size_t len, enum wire_type type)
+{
+    r->p = msg;
+    r->end = r->p + len;
+    r->bad = false;
+    uint8_t t = wr_u8(r), l = wr_u8(r), v = wr_u8(r), ty = wr_u8(r);
+    return !r->bad && t == 'T' && l == 'L' && v == WIRE_VERSION && ty == type;
+}
+
+static bool sender_ok(const char *s, size_t len)
+{
+    return s && node_id_check(s, len) == TALLY_OK;
+}
+
+int wire_peek_type(const void *msg, size_t len)
+{
+    const uint8_t *p = msg;
+    if (len < 4 || p[0] != 'T' || p[1] != 'L' || p[2] != WIRE_VERSION)
+        return -1;
+    return p[3];
+}
+
+/* ==== SYNC ==== */
+
+void sync_writer_free(struct wire_sync_writer *w)
+{
+    wbuf_free(&w->dict);
+    wbuf_free(&w->dev_dict);
+    wbuf_free(&w->body);
+    wbuf_free(&w->out);
+    free(w->rep_ref);
+    free(w->dev_ref);
+    free(w->rep_used);
+    free(w->dev_used);
+    memset(w, 0, sizeof(*w));
+}
+
+/* Grows a registry-index -> message-ref map to hold n entries, new ones -1. */
+static int ref_grow(int32_t **ref, uint32_t **used, uint32_t *cap, uint32_t n)
+{
+    if (n <= *cap)
+        return TALLY_OK;
+    uint32_t ncap = *cap ? *cap : 16;
+    while (ncap < n)
+        ncap *= 2;
+    int32_t *r = realloc(*ref, ncap * sizeof(*r));
+    if (r)
+        *ref = r;
+    uint32_t *u = realloc(*used, ncap * sizeof(*u));
+    if (u)
+        *used = u;
+    if (!r || !u)
+        return TALLY_E_NOMEM;
+    for (uint32_t i = *cap; i < ncap; i++)
+        r[i] = -1;
+    *cap = ncap;
+    return TALLY_OK;
+}
+
+static uint32_t rep_ref(struct wire_sync_writer *w, const struct tally_table *t, uint32_t idx)
+{
+    if (w->rep_ref[idx] < 0) {
+        const struct tally_replica *rep = t->replicas[idx];
+        wbuf_str8(&w->dict, rep->key, rep->id_len);
+        wbuf_u64(&w->dict, rep->incarnation);
+        w->rep_used[w->nrep] = idx;
+        w->rep_ref[idx] = (int32_t)w->nrep++;
+    }
+    return (uint32_t)w->rep_ref[idx];
+}
+
+static uint32_t dev_ref(struct wire_sync_writer *w, const struct tally_table *t, uint32_t idx)
+{
+    if (w->dev_ref[idx] < 0) {
+        const char *id = t->devices[idx]->id;
+        wbuf_str8(&w->dev_dict, id, strlen(id));
+        w->dev_used[w->ndev] = idx;
+        w->dev_ref[idx] = (int32_t)w->ndev++;
+    }
+    return (uint32_t)w->dev_ref[idx];
+}
+
+/* Appends counter c's whole state to the message under construction. */
+int sync_writer_add(struct wire_sync_writer *w, const struct tally_table *t,
+                    const struct tally_counter *c)
+{
+    if (ref_grow(&w->rep_ref, &w->rep_used, &w->rep_cap, t->nreplicas) ||
+        ref_grow(&w->dev_ref, &w->dev_used, &w->dev_cap, t->ndevices))
+        return TALLY_E_NOMEM;
+    wbuf_str8(&w->body, c->name, c->name_len);
+    wbuf_varint(&w->body, c->nslots);
+    for (uint16_t i = 0; i < c->nslots; i++) {
+        wbuf_varint(&w->body, rep_ref(w, t, c->slots[i].replica));
+        wbuf_varint(&w->body, c->slots[i].p);
+        wbuf_varint(&w->body, c->slots[i].n);
+    }
+    wbuf_varint(&w->body, c->ndevs);
+    for (uint16_t i = 0; i < c->ndevs; i++) {
+        wbuf_varint(&w->body, dev_ref(w, t, c->devs[i].device));
+        wbuf_varint(&w->body, c->devs[i].total);
+    }
+    w->ncounters++;
+    return w->body.failed || w->dict.failed || w->dev_dict.failed ? TALLY_E_NOMEM : TALLY_OK;
+}
+
+size_t sync_writer_size(const struct wire_sync_writer *w)
+{
+    return w->dict.len + w->dev_dict.len + w->body.len + 96;
+}
+
+bool sync_writer_empty(const struct wire_sync_writer *w)
+{
+    return w->ncounters == 0;
+}
+
+int sync_writer_finish(struct wire_sync_writer *w, const char *sender)
+{
+    wbuf_reset(&w->out);
+    header(&w->out, WIRE_SYNC);
+    wbuf_str8(&w->out, sender, strlen(sender));
+    wbuf_varint(&w->out, w->nrep);
+    wbuf_bytes(&w->out, w->dict.data, w->dict.len);
+    wbuf_varint(&w->out, w->ndev);
+    wbuf_bytes(&w->out, w->dev_dict.data, w->dev_dict.len);
+    wbuf_varint(&w->out, w->ncounters);
+    wbuf_bytes(&w->out, w->body.data, w->body.len);
+    for (uint32_t i = 0; i < w->nrep; i++)
+        w->rep_ref[w->rep_used[i]] = -1;
+    for (uint32_t i = 0; i < w->ndev; i++)
+        w->dev_ref[w->dev_used[i]] = -1;
+    w->nrep = w->ndev = w->ncounters = 0;
+    wbuf_reset(&w->dict);
+    wbuf_reset(&w->dev_dict);
+    wbuf_reset(&w->body);
+    return w->out.failed ? TALLY_E_NOMEM : TALLY_OK;
+}
+
+void wire_sync_free(struct wire_sync *s)
+{
+    free(s->replicas);
+    free(s->devices);
+    free(s->counters);
+    free(s->slots);
+    free(s->devs);
+    memset(s, 0, sizeof(*s));
+}
+
+static bool read_value(struct wire_reader *r, uint64_t *v)
+{
+    *v = wr_varint(r);
+    if (*v > (uint64_t)TALLY_MAX_SAFE)
+        r->bad = true;
+    return !r->bad;
+}
+
+/* Reads one counter's slots and device maxima into s's flat arrays, which
+ * have room for everything the message could hold. */
+static void read_counter(struct wire_reader *r, struct wire_sync *s, struct wire_sync_counter *c)
+{
+    c->name = wr_str8(r, &c->name_len);
+    if (r->bad || name_check(c->name, c->name_len) != TALLY_OK) {
+        r->bad = true;
+        return;
+    }
+    c->nslots = wr_count(r, 3);
+    c->first_slot = s->nslots;
+    for (uint32_t i = 0; i < c->nslots && !r->bad; i++) {
+        struct wire_sync_slot *sl = &s->slots[s->nslots++];
+        sl->replica_ref = (uint32_t)wr_varint(r);
+        if (sl->replica_ref >= s->nreplicas)
+            r->bad = true;
+        read_value(r, &sl->p);
+        read_value(r, &sl->n);
+    }
+    c->ndevs = wr_count(r, 2);
+    c->first_dev = s->ndevs;
+    for (uint32_t i = 0; i < c->ndevs && !r->bad; i++) {
+        struct wire_sync_dev *d = &s->devs[s->ndevs++];
+        d->device_ref = (uint32_t)wr_varint(r);
+        if (d->device_ref >= s->ndevices)
+            r->bad = true;
+        read_value(r, &d->total);
+    }
+}
+
+int wire_decode_sync(const void *msg, size_t len, struct wire_sync *s)
+{
+    struct wire_reader r;
+    memset(s, 0, sizeof(*s));
+    if (!read_header(&r, msg, len, WIRE_SYNC))
+        return TALLY_E_WIRE;
+    s->sender = wr_str8(&r, &s->sender_len);
+    if (!sender_ok(s->sender, s->sender_len))
+        return TALLY_E_WIRE;
+    uint32_t n = wr_count(&r, 9);
+    s->replicas = calloc(n + 1, sizeof(*s->replicas));
+    for (uint32_t i = 0; i < n && s->replicas && !r.bad; i++) {
+        s->replicas[i].node_id = wr_str8(&r, &s->replicas[i].len);
+        s->replicas[i].incarnation = wr_u64(&r);
+        if (!r.bad && !sender_ok(s->replicas[i].node_id, s->replicas[i].len))
+            r.bad = true;
+        s->nreplicas++;
+    }
+    n = wr_count(&r, 2);
+    s->devices = calloc(n + 1, sizeof(*s->devices));
+    for (uint32_t i = 0; i < n && s->devices && !r.bad; i++) {
+        s->devices[i].id = wr_str8(&r, &s->devices[i].len);
+        if (!r.bad && device_id_check(s->devices[i].id, s->devices[i].len) != TALLY_OK)
+            r.bad = true;
+        s->ndevices++;
+    }
+    /* Every counter takes at least 3 bytes and every slot or device at least
+     * 2, so what remains bounds all three arrays. */
+    size_t left = (size_t)(r.end - r.p);
+    n = wr_count(&r, 3);
+    s->counters = calloc(n + 1, sizeof(*s->counters));
+    s->slots = calloc(left / 3 + 1, sizeof(*s->slots));
+    s->devs = calloc(left / 2 + 1, sizeof(*s->devs));
+    if (!s->replicas || !s->devices || !s->counters || !s->slots || !s->devs) {
+        wire_sync_free(s);
+        return TALLY_E_NOMEM;
+    }
+    for (uint32_t i = 0; i < n && !r.bad; i++)
+        read_counter(&r, s, &s->counters[s->ncounters++]);
+    if (r.bad || r.p != r.end) {
+        wire_sync_free(s);
+        return TALLY_E_WIRE;
+    }
+    return TALLY_OK;
+}
+
+/* ==== DIGEST ==== */
+
+void wire_encode_digest(struct wire_buf *b, const char *sender, const uint64_t *digest)
+{
+    wbuf_reset(b);
+    header(b, WIRE_DIGEST);
+    wbuf_str8(b, sender, strlen(sender));
+    wbuf_varint(b, TALLY_BUCKETS);
+    for (unsigned i = 0; i < TALLY_BUCKETS; i++)
+        wbuf_u64(b, digest[i]);
+}
+
+int wire_decode_digest(const void *msg, size_t len, const char **sender, size_t *sender_len,
+                       uint64_t *digest)
+{
+    struct wire_reader r;
+    if (!read_header(&r, msg, len, WIRE_DIGEST))
+        return TALLY_E_WIRE;
+    *sender = wr_str8(&r, sender_len);
+    if (!sender_ok(*sender, *sender_len) || wr_varint(&r) != TALLY_BUCKETS)
+        return TALLY_E_WIRE;
+    for (unsigned i = 0; i < TALLY_BUCKETS; i++)
+        digest[i] = wr_u64(&r);
+    return r.bad || r.p != r.end ? TALLY_E_WIRE : TALLY_OK;
+}
+
+/* ==== PRESENCE ==== */
+
+void wire_presence_begin(struct wire_buf *b, const char *origin, uint64_t incarnation, uint64_t seq,
+                         uint32_t npages)
+{
+    wbuf_reset(b);
+    header(b, WIRE_PRESENCE);
+    wbuf_str8(b, origin, strlen(origin));
+    wbuf_u64(b, incarnation);
+    wbuf_u64(b, seq);
+    wbuf_varint(b, npages);
+}
+
+void wire_presence_page(struct wire_buf *b, const char *page, size_t len, uint64_t count)
+{
+    wbuf_str8(b, page, len);
+    wbuf_varint(b, count);
+}
+
+int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out)
+{
+    struct wire_reader r;
+    memset(out, 0, sizeof(*out));
+    if (!read_header(&r, msg, len, WIRE_PRESENCE))
+        return TALLY_E_WIRE;
+    out->origin = wr_str8(&r, &out->origin_len);
+    if (!sender_ok(out->origin, out->origin_len))
+        return TALLY_E_WIRE;
+    out->incarnation = wr_u64(&r);
+    out->seq = wr_u64(&r);
+    uint32_t n = wr_count(&r, 3);
+    out->pages = calloc(n + 1, sizeof(*out->pages));
+    if (!out->pages)
+        return TALLY_E_NOMEM;
+    for (uint32_t i = 0; i < n && !r.bad; i++) {
+        struct wire_presence_page *pg = &out->pages[out->npages++];
+        pg->page = wr_str8(&r, &pg->len);
+        pg->count = wr_varint(&r);
+        if (!r.bad && (name_check(pg->page, pg->len) != TALLY_OK || pg->count > UINT32_MAX))
+            r.bad = true;
+    }
+    if (r.bad || r.p != r.end) {
+        free(out->pages);
+        memset(out, 0, sizeof(*out));
+        return TALLY_E_WIRE;
+    }
+    return TALLY_OK;
+}

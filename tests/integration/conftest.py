@@ -1,0 +1,285 @@
+"""Shared fixtures: real mosquitto processes loading the built plugin on
+127.0.0.1 ports, and small real clients (paho-mqtt, mosquitto_pub/sub).
+
+Environment:
+  TALLY_BUILD    build directory (default: <repo>/build)
+  TALLY_PRELOAD  a runtime to LD_PRELOAD into every broker (sanitizer runs)
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("TALLY_BUILD", os.path.join(REPO, "build"))
+PLUGIN = os.path.join(BUILD, "plugin", "mosquitto_tally.so")
+CLI = os.path.join(BUILD, "clients", "tally")
+LOAD = os.path.join(BUILD, "clients", "tally-load")
+WSLOAD = os.path.join(BUILD, "clients", "tally-wsload")
+
+_used_ports = set()
+
+
+def free_port():
+    """A free TCP port on 127.0.0.1, never handed out twice in one run."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _used_ports and 20000 <= port <= 60999:
+            _used_ports.add(port)
+            return port
+    raise RuntimeError("no free port")
+
+
+def wait_for(predicate, timeout=10.0, interval=0.05, what="condition"):
+    """Polls predicate until it returns a truthy value; fails after timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Broker:
+    """One mosquitto process with the tally plugin (or without, plain=True)."""
+
+    def __init__(self, workdir, name="n1", plain=False, options=None, extra="", ws=False,
+                 bridges=(), http_dir=None):
+        self.name = name
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.port = free_port()
+        self.ws_port = free_port() if ws else None
+        self.plain = plain
+        self.options = {"node_id": name, "sync_interval_ms": "1000"}
+        self.options.update(options or {})
+        self.extra = extra
+        self.bridges = list(bridges)
+        self.http_dir = http_dir
+        self.log = os.path.join(self.dir, "mosquitto.log")
+        self.conf = os.path.join(self.dir, "mosquitto.conf")
+        self.proc = None
+
+    def config(self):
+        lines = [
+            "user root",
+            "per_listener_settings false",
+            "allow_anonymous true",
+            f"log_dest file {self.log}",
+            "log_type all",
+            "persistence false",
+            "max_queued_messages 100000",
+            f"listener {self.port} 127.0.0.1",
+        ]
+        if self.ws_port:
+            lines += [f"listener {self.ws_port} 127.0.0.1", "protocol websockets",
+                      "socket_domain ipv4"]
+            if self.http_dir:
+                lines.append(f"http_dir {self.http_dir}")
+        if not self.plain:
+            lines.append(f"plugin {PLUGIN}")
+            for k, v in self.options.items():
+                if v is not None:
+                    lines.append(f"plugin_opt_{k} {v}")
+        for b in self.bridges:
+            lines += [
+                f"connection {b['name']}",
+                f"address 127.0.0.1:{b['port']}",
+                f"clientid {b['name']}",
+                "topic $tally/# both 1",
+                "restart_timeout 1 1",
+                "cleansession true",
+                "try_private true",
+            ]
+        lines.append(self.extra)
+        return "\n".join(lines) + "\n"
+
+    def start(self, wait=True):
+        with open(self.conf, "w") as f:
+            f.write(self.config())
+        env = dict(os.environ)
+        if os.environ.get("TALLY_PRELOAD") and not self.plain:
+            env["LD_PRELOAD"] = os.environ["TALLY_PRELOAD"]
+        self.stderr = open(os.path.join(self.dir, "stderr.log"), "a")
+        self.proc = subprocess.Popen(["mosquitto", "-c", self.conf], stdout=self.stderr,
+                                     stderr=self.stderr, env=env)
+        if wait:
+            wait_for(self._listening, 10, what=f"broker {self.name} to listen on {self.port}")
+        return self
+
+    def _listening(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"broker {self.name} exited with {self.proc.returncode}:\n"
+                                 + self.read_log()[-3000:])
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def read_log(self):
+        text = ""
+        for p in (self.log, os.path.join(self.dir, "stderr.log")):
+            if os.path.exists(p):
+                with open(p, errors="replace") as f:
+                    text += f.read()
+        return text
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(15)
+
+    def stop(self):
+        """Stops cleanly (SIGTERM) so sanitizers can report; returns the exit code."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode if self.proc else None
+
+    def restart(self):
+        self.kill()
+        return self.start()
+
+    # -- small clients ---------------------------------------------------
+    def pub(self, topic, payload="", qos=1, retain=False, extra=()):
+        args = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(self.port), "-t", topic,
+                "-q", str(qos)] + (["-r"] if retain else []) + list(extra)
+        if payload == "":
+            args.append("-n")
+        else:
+            args += ["-m", payload]
+        return subprocess.run(args, capture_output=True, text=True, timeout=20)
+
+    def retained(self, topic, timeout=2.0):
+        """The retained payload on topic, or None."""
+        r = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.port), "-t",
+                            topic, "-C", "1", "-W", str(max(1, int(timeout)))],
+                           capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 and r.stdout else None
+
+    def total(self, name, timeout=2.0):
+        v = self.retained(f"counters/{name}", timeout)
+        return int(v) if v is not None else None
+
+    def wait_total(self, name, expected, timeout=15.0):
+        return wait_for(lambda: self.total(name) == expected, timeout,
+                        what=f"{self.name}: counters/{name} == {expected} (is {self.total(name)})")
+
+    def client(self, client_id=None, protocol=mqtt.MQTTv311, **kw):
+        return Client(self.port, client_id, protocol, **kw)
+
+
+class Client:
+    """A paho client that records every message it receives."""
+
+    def __init__(self, port, client_id=None, protocol=mqtt.MQTTv311, keepalive=30):
+        kwargs = {"client_id": client_id or "", "protocol": protocol}
+        if protocol != mqtt.MQTTv5:
+            kwargs["clean_session"] = True
+        self.c = mqtt.Client(**kwargs)
+        self.messages = []
+        self.acks = {}
+        self.lock = threading.Lock()
+        self.c.on_message = self._on_message
+        self.c.on_publish = self._on_publish
+        self.connected = threading.Event()
+        self.c.on_connect = lambda *a, **k: self.connected.set()
+        self.c.connect("127.0.0.1", port, keepalive)
+        self.c.loop_start()
+        assert self.connected.wait(10), "client did not connect"
+
+    def _on_message(self, c, u, m):
+        with self.lock:
+            self.messages.append((m.topic, m.payload.decode(errors="replace"), m.retain))
+
+    def _on_publish(self, c, u, mid):
+        with self.lock:
+            self.acks[mid] = True
+
+    def subscribe(self, topic, qos=1):
+        result, mid = self.c.subscribe(topic, qos)
+        assert result == mqtt.MQTT_ERR_SUCCESS
+        return mid
+
+    def last(self, topic):
+        with self.lock:
+            for t, p, _ in reversed(self.messages):
+                if t == topic:
+                    return p
+        return None
+
+    def values(self, topic):
+        with self.lock:
+            return [p for t, p, _ in self.messages if t == topic]
+
+    def publish(self, topic, payload=None, qos=1, **kw):
+        info = self.c.publish(topic, payload, qos, **kw)
+        return info
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def workdir():
+    d = tempfile.mkdtemp(prefix="tally-test-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def brokers(workdir):
+    """A factory of brokers that are all stopped at the end of the test; with
+    TALLY_PRELOAD set, a sanitizer report in any broker's output fails it."""
+    made = []
+
+    def make(*args, start=True, **kw):
+        b = Broker(workdir, *args, **kw)
+        made.append(b)
+        return b.start() if start else b
+
+    yield make
+    reports = []
+    for b in made:
+        b.stop()
+        text = b.read_log()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            if marker in text:
+                reports.append(f"{b.name}: {marker}\n{text[-4000:]}")
+    assert not reports, "\n".join(reports)
+
+
+@pytest.fixture
+def broker(brokers):
+    return brokers("n1")
+
+
+def chain(brokers, names, **kw):
+    """Brokers bridged in a line: each bridges to the previous one."""
+    nodes = []
+    for i, name in enumerate(names):
+        bridges = []
+        if i > 0:
+            bridges.append({"name": f"{name}-to-{names[i - 1]}", "port": nodes[i - 1].port})
+        opts = dict(kw.pop("options", {}) if False else kw.get("options", {}))
+        opts["bridge_clientids"] = "*-to-*"
+        nodes.append(brokers(name, bridges=bridges, options=opts,
+                             **{k: v for k, v in kw.items() if k != "options"}))
+    return nodes
