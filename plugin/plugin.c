@@ -13,6 +13,7 @@
  * and options, and wire.c for what nodes say to each other.
  */
 #include <errno.h>
+#include <fnmatch.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <inttypes.h>
@@ -79,8 +80,8 @@ static const struct opt_spec opt_specs[] = {
     OPT_S(node_id, "[A-Za-z0-9_.-], 1 to 64 bytes, unique in the cluster"),
     OPT_S(prefix, "a topic level without / + # or a leading $"),
     OPT_S(presence_prefix, "a topic level without / + # or a leading $"),
-    OPT_S(bridge_clientids, "comma-separated client ids; a trailing * matches a prefix"),
-    OPT_S(bridge_usernames, "comma-separated usernames; a trailing * matches a prefix"),
+    OPT_S(bridge_clientids, "comma-separated client ids or shell patterns (b-to-a,*-to-*)"),
+    OPT_S(bridge_usernames, "comma-separated usernames or shell patterns"),
     OPT_S(acl, "'allow' (tally allows what it does not refuse) or 'defer' (leave it to "
                "acl_file or other plugins)"),
     OPT_S(state_dir, "a directory the broker can write"),
@@ -259,21 +260,20 @@ static int refuse(struct mosquitto *client, const char *topic, int reason)
 
 /* ==== Who may write $tally/ ==== */
 
+/* True if s matches one of the comma-separated shell patterns in list
+ * ("b-to-a,*-to-*"), matched with fnmatch(3). */
 static bool list_match(const char *list, const char *s)
 {
+    char pattern[sizeof(g.opt.bridge_clientids)];
     if (!s || !*list)
         return false;
-    size_t slen = strlen(s);
     for (const char *p = list; *p;) {
-        const char *end = strchr(p, ',');
-        size_t n = end ? (size_t)(end - p) : strlen(p);
-        if (n > 0 && p[n - 1] == '*') {
-            if (slen >= n - 1 && strncmp(s, p, n - 1) == 0)
-                return true;
-        } else if (n == slen && strncmp(s, p, n) == 0) {
+        size_t n = strcspn(p, ",");
+        memcpy(pattern, p, n);
+        pattern[n] = '\0';
+        if (n > 0 && fnmatch(pattern, s, 0) == 0)
             return true;
-        }
-        p += n + (end ? 1 : 0);
+        p += n + (p[n] == ',');
     }
     return false;
 }
