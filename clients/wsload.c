@@ -777,6 +777,26 @@ out:
     free(since_pub);
 }
 
+/* Where the clients that never got subscribed stopped. */
+static cJSON *unfinished_json(const struct load *L)
+{
+    int not_started = L->total - L->next_to_start, handshake = 0, connack = 0, suback = 0;
+    cJSON *o = cJSON_CreateObject();
+
+    for (int i = 0; i < L->next_to_start; i++) {
+        const struct client *c = &L->clients[i];
+
+        handshake += c->handshaking;
+        connack += !c->handshaking && !c->closed && !c->connacked;
+        suback += c->connacked && !c->subscribed && !c->failed;
+    }
+    cJSON_AddNumberToObject(o, "not_started", not_started);
+    cJSON_AddNumberToObject(o, "in_handshake", handshake);
+    cJSON_AddNumberToObject(o, "awaiting_connack", connack);
+    cJSON_AddNumberToObject(o, "awaiting_suback", suback);
+    return o;
+}
+
 static cJSON *range_json(const struct range *r)
 {
     cJSON *o = cJSON_CreateObject();
@@ -798,6 +818,7 @@ static cJSON *build_report(struct load *L)
     cJSON_AddNumberToObject(rep, "subscribed", L->subscribed);
     cJSON_AddItemToObject(rep, "connect_ms", connect_stats(L));
     cJSON_AddNumberToObject(rep, "failures", L->failures);
+    cJSON_AddItemToObject(rep, "unfinished", unfinished_json(L));
     for (int i = 0; i < FAIL_COUNT; i++)
         cJSON_AddNumberToObject(fails, failure_names[i], L->fail_by[i]);
     cJSON_AddItemToObject(rep, "failure_reasons", fails);

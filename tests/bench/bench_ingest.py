@@ -7,8 +7,9 @@ over K counters, and the clock stops at the last PUBACK. Plain and tally runs al
 both alike; the table gives each side's median and the ratio tally/plain.
 
 Until build/plugin/mosquitto_tally.so exists only the plain side runs.
-Client and broker share the machine's cores: on a 2-core machine the figures are a lower bound
-of what the broker alone could take.
+Client and broker share the machine's cores: on a 2-core machine the rates are a lower bound
+of what the broker alone could take, and anything else running skews them. The broker's CPU
+time per increment (us/msg) is steadier under such noise, and is tabulated too.
 """
 
 import argparse
@@ -31,42 +32,44 @@ def parse_args():
 
 
 def one_run(workdir, load, kind, k, args):
-    """tally-load's report of one run against a fresh broker of this kind."""
+    """tally-load's report of one run against a fresh broker of this kind, plus "cpu_us": the
+    broker's CPU time per increment during the run."""
     with common.Broker(workdir, "%s-k%d" % (kind, k), with_plugin=(kind == "tally"),
                        plugin_opts=PLUGIN_OPTS) as broker:
+        cpu_before = broker.cpu_seconds()
         report = common.run_load(load, broker.port, [
             "--count", args.count, "--qos", 1, "--inflight", args.inflight, "--counters", k])
+        report["cpu_us"] = (broker.cpu_seconds() - cpu_before) * 1e6 / args.count
     return report
 
 
-def print_table(kinds, rates):
-    print()
-    header = "%-8s" % "K" + "".join("%14s" % ("%s msg/s" % kind) for kind in kinds)
-    if len(kinds) == 2:
-        header += "%13s" % "tally/plain"
-    print(header)
-    for k, by_kind in rates.items():
-        medians = [statistics.median(by_kind[kind]) for kind in kinds]
-        row = "%-8d" % k + "".join("%14.0f" % m for m in medians)
-        if len(kinds) == 2:
-            row += "%13.2f" % (medians[1] / medians[0])
-        print(row)
+def print_table(kinds, reports):
+    """Per K, the median of each figure per broker kind, and tally/plain when both ran."""
+    for key, unit, fmt in (("rate", "msg/s", "%14.0f"), ("cpu_us", "us/msg", "%14.2f")):
+        print()
+        header = "%-8s" % "K" + "".join("%14s" % ("%s %s" % (kind, unit)) for kind in kinds)
+        print(header + ("%13s" % "tally/plain" if len(kinds) == 2 else ""))
+        for k, by_kind in reports.items():
+            medians = [statistics.median(r[key] for r in by_kind[kind]) for kind in kinds]
+            row = "%-8d" % k + "".join(fmt % m for m in medians)
+            print(row + ("%13.2f" % (medians[1] / medians[0]) if len(kinds) == 2 else ""))
 
 
 def bench(workdir, args):
     load = common.tally_load(workdir)
     kinds = common.broker_kinds(args.plain_only)
-    rates = {}
+    reports = {}
     for k in args.counters:
-        rates[k] = {kind: [] for kind in kinds}
+        reports[k] = {kind: [] for kind in kinds}
         for rnd in range(1, args.rounds + 1):
             for kind in kinds:
                 report = one_run(workdir, load, kind, k, args)
-                rates[k][kind].append(report["rate"])
-                print("K=%-7d round %d %-5s %8.0f msg/s  %6.2f s  ack p50 %.1f ms p99 %.1f ms" % (
-                    k, rnd, kind, report["rate"], report["seconds"], report["ack_p50_ms"],
-                    report["ack_p99_ms"]), flush=True)
-    print_table(kinds, rates)
+                reports[k][kind].append(report)
+                print("K=%-7d round %d %-5s %8.0f msg/s %6.2f s  broker %5.2f us/msg  "
+                      "ack p50 %.1f ms p99 %.1f ms" % (
+                          k, rnd, kind, report["rate"], report["seconds"], report["cpu_us"],
+                          report["ack_p50_ms"], report["ack_p99_ms"]), flush=True)
+    print_table(kinds, reports)
 
 
 def main():

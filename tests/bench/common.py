@@ -57,8 +57,9 @@ def free_port():
 
 
 def tally_load(workdir):
-    """Path of the tally-load binary: the CMake build's, else compiled from source into workdir."""
-    if LOAD_BUILT.is_file() and os.access(LOAD_BUILT, os.X_OK):
+    """Path of the tally-load binary: the CMake build's when it is not older than load.c,
+    else one compiled from source into workdir."""
+    if LOAD_BUILT.is_file() and LOAD_BUILT.stat().st_mtime >= LOAD_SOURCE.stat().st_mtime:
         return LOAD_BUILT
     binary = Path(workdir) / "tally-load"
     if not binary.exists():
@@ -150,6 +151,13 @@ class Broker:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
         raise BenchError("no VmRSS for pid %d" % self.proc.pid)
+
+    def cpu_seconds(self):
+        """User plus system CPU time the broker has used so far, from /proc/<pid>/stat."""
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is field 3 of proc(5): utime and stime are fields 14 and 15.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def retained(self, topic, wait=3):
         """The payload of the retained message on topic, or None if none arrives within wait s."""
