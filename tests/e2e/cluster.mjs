@@ -15,6 +15,19 @@ export const PLUGIN = path.resolve(REPO, process.env.TALLY_PLUGIN ?? 'build/plug
 export const DIST = path.join(REPO, 'clients/web/dist');
 const MOSQUITTO = process.env.MOSQUITTO ?? '/usr/sbin/mosquitto';
 
+// Every broker and client process still running: whatever way the test run
+// ends, none of them outlives it.
+const live = new Set();
+process.on('exit', () => {
+  for (const proc of live) proc.kill('SIGKILL');
+});
+
+function track(proc) {
+  live.add(proc);
+  proc.once('exit', () => live.delete(proc));
+  return proc;
+}
+
 // Polls check() every 50 ms until it returns a truthy value or timeoutMs passes.
 export async function waitFor(what, check, timeoutMs) {
   const deadline = Date.now() + timeoutMs;
@@ -105,7 +118,7 @@ class Node {
   }
 
   async start() {
-    const proc = spawn(MOSQUITTO, ['-c', this.confFile], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const proc = track(spawn(MOSQUITTO, ['-c', this.confFile], { stdio: ['ignore', 'ignore', 'pipe'] }));
     let stderr = '';
     proc.stderr.on('data', (d) => (stderr += d));
     this.proc = proc;
@@ -141,9 +154,8 @@ class Node {
 
   // Starts mosquitto_sub on this node; lines() holds what it printed so far.
   sub(topic) {
-    const proc = spawn('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(this.mqttPort), '-t', topic, '-W', '30'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const args = ['-h', '127.0.0.1', '-p', String(this.mqttPort), '-t', topic, '-W', '30'];
+    const proc = track(spawn('mosquitto_sub', args, { stdio: ['ignore', 'pipe', 'pipe'] }));
     let out = '';
     proc.stdout.on('data', (d) => (out += d));
     return {
@@ -158,16 +170,17 @@ export async function startCluster() {
   const [pa, wa, pb, wb] = await freePorts(4);
   const a = new Node('a', dir, pa, wa, null);
   const b = new Node('b', dir, pb, wb, pa);
-  await a.start();
-  await b.start();
-  await waitFor('bridge b-to-a to connect to node a', () => / as b-to-a /.test(a.log()), 10000);
-  return {
-    dir,
-    a,
-    b,
-    stop: async () => {
-      await b.stop();
-      await a.stop();
-    },
+  const stop = async () => {
+    await b.stop();
+    await a.stop();
   };
+  try {
+    await a.start();
+    await b.start();
+    await waitFor('bridge b-to-a to connect to node a', () => / as b-to-a /.test(a.log()), 10000);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { dir, a, b, stop };
 }

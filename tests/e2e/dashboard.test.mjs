@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
 import { PLUGIN, REPO, startCluster, waitFor } from './cluster.mjs';
 
@@ -78,8 +79,11 @@ describe('web dashboard', () => {
   });
 
   after(async () => {
-    await browser?.close();
-    await cluster?.stop();
+    try {
+      await browser?.close();
+    } finally {
+      await cluster?.stop();
+    }
   });
 
   test('the tally plugin is built', () => {
@@ -96,11 +100,11 @@ describe('web dashboard', () => {
     cluster.a.pub('counters/e2e/inc', '1');
     await page.getByTestId('counter-row-e2e').waitFor({ timeout: 5000 });
     await waitFor('the first total of e2e', () => shownValue(page, 'e2e'), 5000);
-    const before = await shownValue(page, 'e2e');
+    const was = await shownValue(page, 'e2e');
 
     const start = Date.now();
     cluster.a.pub('counters/e2e/inc', '1');
-    await waitForValue(page, 'e2e', before + 1, 1000);
+    await waitForValue(page, 'e2e', was + 1, 1000);
     assert.ok(Date.now() - start < 1000, `took ${Date.now() - start} ms`);
   });
 
@@ -135,8 +139,8 @@ describe('web dashboard', () => {
   });
 
   test('the form adds any delta to any counter', async () => {
-    await page.getByLabel('Name').fill('e2e-form');
-    await page.getByLabel('Delta').fill('5');
+    await page.getByLabel('Name', { exact: true }).fill('e2e-form');
+    await page.getByLabel('Delta', { exact: true }).fill('5');
     await page.getByRole('button', { name: 'Add', exact: true }).click();
     await waitForValue(page, 'e2e-form', 5, 5000);
     const names = await page.locator('[data-testid^="counter-row-"]').evaluateAll((rows) =>
@@ -145,17 +149,19 @@ describe('web dashboard', () => {
     assert.deepEqual(names, [...names].sort(), 'rows are sorted by name');
   });
 
-  test('looks right on a desktop and a phone', async () => {
-    // Some traffic so the rate charts have a shape.
-    for (let i = 0; i < 10; i++) {
-      cluster.b.pub('counters/signups/inc', String(1 + (i % 3)));
-      cluster.a.pub('counters/visits/inc', String(5 * i));
-      await new Promise((r) => setTimeout(r, 250));
-    }
-    await waitForValue(page, 'visits', 225, 5000);
-    await page.waitForTimeout(1100); // one chart tick
-    await page.screenshot({ path: SCREENSHOT_DESKTOP, fullPage: true });
+  test('an increment the plugin refuses is reported and changes nothing', async () => {
+    // 5 + (2^53 - 1) would leave the exact range, so the PUBACK carries a failure.
+    await page.getByLabel('Name', { exact: true }).fill('e2e-form');
+    await page.getByLabel('Delta', { exact: true }).fill(String(Number.MAX_SAFE_INTEGER));
+    await page.getByRole('button', { name: 'Add', exact: true }).click();
+    const message = page.locator('#form-msg.error');
+    await message.waitFor({ timeout: 5000 });
+    assert.match(await message.textContent(), /^e2e-form: /);
+    await sleep(500);
+    assert.equal(await shownValue(page, 'e2e-form'), 5);
+  });
 
+  test('looks right on a desktop and a phone', async () => {
     const phone = await browser.newContext({
       viewport: { width: 390, height: 844 },
       deviceScaleFactor: 2,
@@ -165,7 +171,15 @@ describe('web dashboard', () => {
     });
     try {
       const p = await openDashboard(phone);
-      await waitForValue(p, 'visits', 225, 5000);
+      // Some traffic through both nodes so the rate charts have a shape.
+      for (let i = 0; i < 12; i++) {
+        cluster.b.pub('counters/signups/inc', String(1 + (i % 3)));
+        cluster.a.pub('counters/visits/inc', String(5 * i));
+        await sleep(250);
+      }
+      await Promise.all([waitForValue(page, 'visits', 330, 5000), waitForValue(p, 'visits', 330, 5000)]);
+      await sleep(1100); // one chart tick, and the value highlight fades
+      await page.screenshot({ path: SCREENSHOT_DESKTOP, fullPage: true });
       const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
       assert.ok(overflow <= 0, `page is ${overflow} px wider than the phone`);
       await p.screenshot({ path: SCREENSHOT_PHONE, fullPage: true });
@@ -181,12 +195,16 @@ describe('web dashboard', () => {
     assert.deepEqual(pageErrors, []);
   });
 
-  test('shows reconnecting when the broker goes, and reconnects when it returns', async () => {
+  test('shows reconnecting, then offline, while the broker is gone, and reconnects when it returns', async () => {
+    const was = await shownValue(page, 'e2e');
     await cluster.a.stop();
     await waitForText(page, 'conn-state', 'reconnecting', 5000);
     assert.equal(await page.getByTestId('inc-e2e').isDisabled(), true, '+1 is disabled while not connected');
+    await waitForText(page, 'conn-state', 'offline', 15000);
     await cluster.a.start();
     await waitForText(page, 'conn-state', 'connected', 15000);
-    await page.getByTestId('counter-row-e2e').waitFor({ timeout: 5000 });
+    // Subscribed again: it counts as a viewer and gets the totals back.
+    await waitForText(page, 'viewers', '1', 5000);
+    await waitForValue(page, 'e2e', was, 10000);
   });
 });
