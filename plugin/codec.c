@@ -193,9 +193,18 @@ typedef int (*member_fn)(const cJSON *member, void *out);
 static int parse_object(const char *s, size_t len, const char *const *keys, member_fn take,
                         void *out)
 {
-    cJSON *root = cJSON_ParseWithLength(s, len);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(s, len, &end, false);
     if (!root)
         return TALLY_E_JSON;
+    /* cJSON stops after the object; anything but white space after it
+     * ("{"delta":2}garbage") makes the payload bad JSON. */
+    for (; end < s + len; end++) {
+        if (*end != ' ' && *end != '\t' && *end != '\r' && *end != '\n') {
+            cJSON_Delete(root);
+            return TALLY_E_JSON;
+        }
+    }
     int rc = cJSON_IsObject(root) ? TALLY_OK : TALLY_E_JSON;
     for (const cJSON *m = root->child; m && rc == TALLY_OK; m = m->next) {
         bool known = false;

@@ -1,0 +1,236 @@
+"""Bad input on one broker: every class of refusal in the contract leaves totals unchanged,
+answers an MQTT v5 client with reason 0x87 without disconnecting it, is logged once with the
+client id, the topic and the reason, and is counted in $tally/stats rejected{reason}. A flood of
+bad input is logged at most log_rate lines a second, and the broker keeps serving."""
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+
+from conftest import RawClient, wait_for
+
+MAX_SAFE = 2**53 - 1
+NOT_AUTHORIZED = 0x87
+
+# (topic, payload, reason): every kind of increment or report the plugin must refuse.
+BAD = [
+    ("counters//inc", "1", "name_empty"),
+    ("counters/" + "a" * 201 + "/inc", "1", "name_too_long"),
+    ("counters/" + "é" * 100 + "a/inc", "1", "name_too_long"),  # 201 bytes, 101 characters
+    ("counters/a/b/inc", "1", "name_bad_char"),
+    ("counters/$x/inc", "1", "name_starts_with_dollar"),
+    ("counters/ok/inc", "abc", "not_an_integer"),
+    ("counters/ok/inc", "1.5", "not_an_integer"),
+    ("counters/ok/inc", "1e3", "not_an_integer"),
+    ("counters/ok/inc", " 5", "not_an_integer"),
+    ("counters/ok/inc", "5 ", "not_an_integer"),
+    ("counters/ok/inc", "--1", "not_an_integer"),
+    ("counters/ok/inc", "+", "not_an_integer"),
+    ("counters/ok/inc", "0x10", "not_an_integer"),
+    ("counters/ok/inc", "[1]", "not_an_integer"),
+    ("counters/ok/inc", "\u0665", "not_an_integer"),  # an Arabic-Indic digit
+    ("counters/ok/inc", '{"delta":1.5}', "not_an_integer"),
+    ("counters/ok/inc", str(MAX_SAFE + 1), "delta_out_of_range"),
+    ("counters/ok/inc", str(-MAX_SAFE - 1), "delta_out_of_range"),
+    ("counters/ok/inc", "9" * 40, "delta_out_of_range"),
+    ("counters/ok/inc", json.dumps({"delta": MAX_SAFE + 1}), "delta_out_of_range"),
+    ("counters/ok/inc", '{"delta":1e300}', "delta_out_of_range"),
+    ("counters/ok/inc", "{", "bad_json"),
+    ("counters/ok/inc", '{"delta":}', "bad_json"),
+    ("counters/ok/inc", '{"delta":1', "bad_json"),
+    ("counters/ok/inc", '{"detla":5}', "bad_json_field"),
+    ("counters/ok/inc", '{"delta":1,"extra":true}', "bad_json_field"),
+    ("counters/ok/inc", '{"delta":"5"}', "bad_json_field"),
+    ("counters/ok/inc", '{"delta":null}', "bad_json_field"),
+    ("counters/ok/inc", json.dumps({"delta": 1, "id": "k" * 65}), "bad_id"),
+    ("counters/ok/inc", '{"delta":1,"id":""}', "bad_id"),
+    ("counters/ok/inc", '{"delta":1,"id":7}', "bad_id"),
+    ("counters/ok/inc", "1" + "0" * 1024, "payload_too_large"),
+    ("counters/ok/inc", '{"delta":1}' + " " * 1020, "payload_too_large"),
+    ("counters/ok/report", "-1", "not_an_integer"),
+    ("counters/ok/report", "x", "not_an_integer"),
+    ("counters/ok/report", '{"device":"d","total":-1}', "delta_out_of_range"),
+    ("counters/ok/report", '{"device":"d"}', "bad_json_field"),
+    ("counters/ok/report", json.dumps({"device": "d" * 129, "total": 1}), "bad_device"),
+    ("counters/ok/report", '{"device":"a\\u0001","total":1}', "bad_device"),
+    ("counters/ok/report", b'{"device":"\xff\xfe","total":1}', "bad_device"),
+    ("counters/ok/report", "1" * 1025, "payload_too_large"),
+]
+
+
+def stats(broker):
+    raw = broker.retained(f"$tally/stats/{broker.name}")
+    return json.loads(raw) if raw else {}
+
+
+def refusal(client_id, topic, reason):
+    return f"tally: refused publish from client '{client_id}' to '{topic}': {reason}"
+
+
+def log_count(broker, text):
+    """How many log lines end with text (reasons such as bad_json prefix others)."""
+    return sum(1 for line in broker.read_log().splitlines() if line.endswith(text))
+
+
+@pytest.fixture
+def fast(brokers):
+    """A broker that logs every refusal and publishes its stats often."""
+    return brokers("n1", options={"stats_interval_ms": "200", "log_rate": "10000"})
+
+
+def test_every_bad_input_is_refused_and_the_client_goes_on(fast):
+    c = RawClient(fast.port, "bad-client")
+    try:
+        assert c.publish("counters/ok/inc", "100") < 0x80
+        expected_total = 100
+        for topic, payload, reason in BAD:
+            rc = c.publish(topic, payload)
+            assert rc == NOT_AUTHORIZED, (topic, payload[:40], reason, rc)
+            assert c.publish("counters/ok/inc", "1") < 0x80  # same connection, still counting
+            expected_total += 1
+        fast.wait_total("ok", expected_total)
+        state = json.loads(fast.retained("counters/ok/state"))
+        assert state["devices"] == {} and state["p"] == expected_total
+
+        want = {}
+        for topic, _, reason in BAD:
+            line = refusal("bad-client", topic, reason)
+            want[line] = want.get(line, 0) + 1
+        for line, n in want.items():
+            got = log_count(fast, line)
+            assert got == n, f"{line!r} logged {got} times, want {n}"
+
+        by_reason = {}
+        for _, _, reason in BAD:
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+        wait_for(lambda: stats(fast).get("rejected_total") == len(BAD), 5,
+                 what=f"rejected_total {len(BAD)} (stats {stats(fast).get('rejected')})")
+        rejected = stats(fast)["rejected"]
+        for reason, n in by_reason.items():
+            assert rejected[reason] == n, (reason, rejected)
+        assert stats(fast)["applied"] == len(BAD) + 1
+        lister = fast.client("lister")
+        lister.subscribe("counters/+")
+        wait_for(lambda: lister.messages, 5, what="counters/+")
+        time.sleep(0.3)
+        lister.close()
+        assert lister.messages == [("counters/ok", str(expected_total), True)]  # nothing else
+    finally:
+        c.disconnect()
+
+
+def test_json_followed_by_anything_but_whitespace_is_refused(fast):
+    """A payload is one JSON object or not JSON at all: '{"delta":2}garbage' must not count 2."""
+    c = RawClient(fast.port, "trailing")
+    try:
+        for payload in ('{"delta":2}garbage', '{"delta":2}{"delta":3}', '{"delta":2},'):
+            assert c.publish("counters/t/inc", payload) == NOT_AUTHORIZED, payload
+        assert log_count(fast, refusal("trailing", "counters/t/inc", "bad_json")) == 3
+        assert c.publish("counters/t/inc", '{"delta":2} \n\t') < 0x80
+        fast.wait_total("t", 2)
+    finally:
+        c.disconnect()
+
+
+def test_names_at_the_limits_are_accepted(fast):
+    c = RawClient(fast.port, "limits")
+    names = ["a" * 200, "é" * 100, "with space", "ünï😀", "x.y-z_1", "a$"]
+    try:
+        for name in names:
+            assert c.publish(f"counters/{name}/inc", "2") < 0x80, name
+            assert c.publish(f"counters/{name}/inc", json.dumps({"id": "i" * 64})) < 0x80
+        for name in names:
+            fast.wait_total(name, 3)
+        assert c.publish("counters/ok/inc", str(MAX_SAFE)) < 0x80
+        assert c.publish("counters/ok2/inc", json.dumps({"delta": -MAX_SAFE})) < 0x80
+        assert c.publish("counters/ok3/inc", "+0") < 0x80
+        assert c.publish("counters/ok3/inc", "-0") < 0x80
+        assert c.publish("counters/ok3/inc", " " * 1000 + '{"delta":3}') < 0x80
+        fast.wait_total("ok", MAX_SAFE)
+        fast.wait_total("ok2", -MAX_SAFE)
+        fast.wait_total("ok3", 3)
+        assert "refused" not in fast.read_log()
+    finally:
+        c.disconnect()
+
+
+def test_a_v311_client_is_not_disconnected_by_bad_input(fast):
+    c = fast.client("v311")
+    try:
+        for payload in ("abc", "{", str(MAX_SAFE + 1), "1" * 2000):
+            c.publish("counters/v/inc", payload, qos=1).wait_for_publish()
+        c.publish("counters/v/inc", "3", qos=1).wait_for_publish()
+        fast.wait_total("v", 3)
+        assert c.c.is_connected()
+        assert log_count(fast, refusal("v311", "counters/v/inc", "payload_too_large")) == 1
+    finally:
+        c.close()
+
+
+def test_malformed_utf8_topic_is_dropped_by_mosquitto_and_totals_stay(fast):
+    """Mosquitto itself disconnects a client whose topic is not valid UTF-8 (MQTT 1.5.4)
+    before the plugin sees it; the broker and the totals are unaffected."""
+    fast.pub("counters/u/inc", "4")
+    fast.wait_total("u", 4)
+    for topic in (b"counters/\xff/inc", b"counters/\xc3/inc", b"counters/\xed\xa0\x80/inc",
+                  b"counters/a\x01/inc", b"counters/a\x00b/inc"):
+        c = RawClient(fast.port, "utf8")
+        try:
+            c.publish(topic, "1000")
+        except ConnectionError:
+            pass
+        else:
+            raise AssertionError(f"{topic!r} was answered")
+        finally:
+            c.close()
+    assert fast.pub("counters/u/inc", "1").returncode == 0
+    fast.wait_total("u", 5)
+
+
+def test_a_flood_of_bad_input_is_rate_limited_in_the_log(brokers):
+    broker = brokers("n1", options={"stats_interval_ms": "200"})  # log_rate 20
+    n = 5000
+    lines = [f"bad{i}" for i in range(n)]
+    t0 = time.monotonic()
+    flood = subprocess.Popen(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-t",
+                              "counters/flood/inc", "-q", "1", "-l", "-i", "flooder"],
+                             stdin=subprocess.PIPE, text=True)
+    good = RawClient(broker.port, "good")
+    try:
+        flood.stdin.write("\n".join(lines) + "\n")
+        flood.stdin.close()
+        # The broker keeps answering others while the flood goes on.
+        for _ in range(5):
+            t = time.monotonic()
+            assert good.publish("counters/fine/inc", "1") < 0x80
+            assert time.monotonic() - t < 2
+        assert flood.wait(60) == 0
+        elapsed = time.monotonic() - t0
+        time.sleep(1.1)  # the next refusal closes the last window and reports its count
+        assert good.publish("counters/flood/inc", "still bad") == NOT_AUTHORIZED
+        broker.wait_total("fine", 5)
+        assert broker.retained("counters/flood", timeout=1) is None
+        wait_for(lambda: stats(broker).get("rejected", {}).get("not_an_integer") == n + 1, 10,
+                 what="every refusal counted in stats")
+
+        log = broker.read_log()
+        refused = re.findall(r"^(\d+): tally: refused publish from client '(\w+)' to "
+                             r"'counters/flood/inc': not_an_integer$", log, re.M)
+        summaries = [int(x) for x in re.findall(
+            r"tally: (\d+) more refusals not logged in the last second", log)]
+        assert summaries, "no summary of the refusals left out"
+        assert len(refused) + sum(summaries) == n + 1
+        assert {cid for _, cid in refused} <= {"flooder", "good"}
+        windows = int(elapsed) + 3
+        assert len(refused) <= 20 * windows, (len(refused), elapsed)
+        per_second = {}
+        for ts, _ in refused:
+            per_second[ts] = per_second.get(ts, 0) + 1
+        assert max(per_second.values()) <= 40, per_second  # two windows may share a second
+    finally:
+        if flood.poll() is None:
+            flood.kill()
+        good.disconnect()
