@@ -10,10 +10,11 @@
  * client over WebSocket (its MQTT role runs on raw TCP only), so the packets
  * are framed by the small codec in mqtt_min.c.
  *
- * All clients live in one libwebsockets service loop, one thread: they are
- * started together because Mosquitto services its WebSocket listener once
- * per broker loop, and connecting one after another would measure that
- * loop period, not the broker's capacity. A periodic timer (the "tick")
+ * All clients live in one libwebsockets service loop, one thread, and
+ * connect concurrently (up to --max-handshakes WebSocket handshakes in
+ * flight, see start_clients): Mosquitto services its WebSocket listener once
+ * per broker loop, and connecting one after another would measure that loop
+ * period, not the broker's capacity. A periodic timer (the "tick")
  * drives everything that is not I/O: keepalive pings, the --leave and
  * --silence events, progress lines and the --duration bound.
  *
@@ -100,6 +101,7 @@ struct client {
     bool subscribed;
     bool closed;
     bool handshaking; /* connect started, WebSocket not yet open */
+    bool ws_open;     /* the WebSocket handshake completed */
     bool leaving;     /* closing on purpose: not a failure */
     bool silent;
     bool failed;
@@ -472,6 +474,7 @@ static int callback_mqtt(struct lws *wsi, enum lws_callback_reasons reason, void
     switch (reason) {
     case LWS_CALLBACK_CLIENT_ESTABLISHED:
         c->wsi = wsi;
+        c->ws_open = true;
         want_send(c, SEND_CONNECT);
         handshake_over(L, c);
         return 0;
@@ -700,7 +703,8 @@ static cJSON *stats_json(double *v, size_t n)
 {
     cJSON *o = cJSON_CreateObject();
 
-    qsort(v, n, sizeof(*v), cmp_double);
+    if (v && n > 1)
+        qsort(v, n, sizeof(*v), cmp_double);
     cJSON_AddNumberToObject(o, "samples", (double)n);
     cJSON_AddNumberToObject(o, "p50", percentile(v, n, 50));
     cJSON_AddNumberToObject(o, "p99", percentile(v, n, 99));
@@ -777,7 +781,7 @@ out:
     free(since_pub);
 }
 
-/* Where the clients that never got subscribed stopped. */
+/* Where the clients that neither failed nor got subscribed stopped. */
 static cJSON *unfinished_json(const struct load *L)
 {
     int not_started = L->total - L->next_to_start, handshake = 0, connack = 0, suback = 0;
@@ -786,9 +790,11 @@ static cJSON *unfinished_json(const struct load *L)
     for (int i = 0; i < L->next_to_start; i++) {
         const struct client *c = &L->clients[i];
 
-        handshake += c->handshaking;
-        connack += !c->handshaking && !c->closed && !c->connacked;
-        suback += c->connacked && !c->subscribed && !c->failed;
+        if (c->failed)
+            continue;
+        handshake += !c->ws_open;
+        connack += c->ws_open && !c->connacked;
+        suback += c->connacked && !c->subscribed;
     }
     cJSON_AddNumberToObject(o, "not_started", not_started);
     cJSON_AddNumberToObject(o, "in_handshake", handshake);
