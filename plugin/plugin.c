@@ -538,13 +538,16 @@ static int on_stats(const char *topic, const void *payload, size_t len)
     const char *id = topic + strlen("$tally/stats/");
     size_t idlen = strlen(id);
     uint64_t inc = 0, seq = 0;
-    char text[4096];
-    if (node_id_check(id, idlen) != TALLY_OK || len >= sizeof(text))
+    char text[256];
+    if (node_id_check(id, idlen) != TALLY_OK || len > (size_t)g.opt.max_message_bytes)
         return TALLY_E_WIRE;
     if (is_self(id, idlen))
         return TALLY_OK;
-    memcpy(text, payload, len);
-    text[len] = '\0';
+    /* publish_stats writes "incarnation" and "seq" first: the head is enough,
+     * however many peers the rest lists. */
+    size_t head = len < sizeof(text) - 1 ? len : sizeof(text) - 1;
+    memcpy(text, payload, head);
+    text[head] = '\0';
     const char *pi = strstr(text, "\"incarnation\":\""), *ps = strstr(text, "\"seq\":");
     if (!pi || !ps || sscanf(pi + 15, "%" SCNu64, &inc) != 1 ||
         sscanf(ps + 6, "%" SCNu64, &seq) != 1)
