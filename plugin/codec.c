@@ -206,11 +206,18 @@ static int parse_object(const char *s, size_t len, const char *const *keys, memb
         }
     }
     int rc = cJSON_IsObject(root) ? TALLY_OK : TALLY_E_JSON;
+    unsigned seen = 0;
     for (const cJSON *m = root->child; m && rc == TALLY_OK; m = m->next) {
-        bool known = false;
-        for (const char *const *k = keys; *k; k++)
-            known = known || strcmp(m->string, *k) == 0;
-        rc = known ? take(m, out) : TALLY_E_JSON_KEY;
+        unsigned k = 0;
+        while (keys[k] && strcmp(m->string, keys[k]) != 0)
+            k++;
+        if (!keys[k])
+            rc = TALLY_E_JSON_KEY;
+        else if (seen & (1u << k))
+            rc = TALLY_E_JSON; /* {"delta":3,"delta":4}: which one was meant? */
+        else
+            rc = take(m, out);
+        seen |= 1u << k;
     }
     cJSON_Delete(root);
     return rc;

@@ -64,7 +64,10 @@
 #define SNAP_MAGIC "TALLYSNP"
 #define FILE_VERSION 1
 #define HEADER_LEN 12
-#define RECORD_MAX (1u << 20)
+/* The largest record tally writes is about 350 bytes (a 200-byte name and a
+ * 128-byte device id). A length field above this bound is damage, not a torn
+ * write: it is refused instead of being taken for the tail and cut off. */
+#define RECORD_MAX 1024u
 #define COMPACT_MIN_BYTES (4u << 20)
 
 struct persist {
@@ -105,6 +108,18 @@ void record_frame(struct wire_buf *out, const struct wire_buf *payload)
     wbuf_bytes(out, payload->data, payload->len);
 }
 
+/* True if a whole, checksummed record starts anywhere in data[from, size). */
+static bool record_after(const uint8_t *data, size_t size, size_t from)
+{
+    for (size_t j = from; j + 8 <= size; j++) {
+        uint32_t n = get_u32(data + j);
+        if (n > 0 && n <= RECORD_MAX && size - j - 8 >= n &&
+            crc(data + j + 8, n) == get_u32(data + j + 4))
+            return true;
+    }
+    return false;
+}
+
 enum record_status record_next(const uint8_t *data, size_t size, size_t *off,
                                const uint8_t **payload, size_t *len)
 {
@@ -114,8 +129,11 @@ enum record_status record_next(const uint8_t *data, size_t size, size_t *off,
     uint32_t n = get_u32(data + *off);
     if (n == 0 || n > RECORD_MAX)
         return RECORD_CORRUPT;
+    /* A write torn by a crash leaves part of one record at the very end; a
+     * damaged length in the middle claims bytes past the end while whole
+     * records still follow it. */
     if (left - 8 < n)
-        return RECORD_TORN;
+        return record_after(data, size, *off + 8) ? RECORD_CORRUPT : RECORD_TORN;
     if (crc(data + *off + 8, n) != get_u32(data + *off + 4))
         return *off + 8 + n == size ? RECORD_TORN : RECORD_CORRUPT;
     *payload = data + *off + 8;

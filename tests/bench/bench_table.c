@@ -1,0 +1,101 @@
+/*
+ * bench_table.c - what one counter costs the plugin in memory and time.
+ *
+ * Builds a table of 1,000,000 counters ("c0" .. "c999999", one slot each, as
+ * on a single broker), then the same with 3 replicas per counter (a cluster
+ * of 3), and reports the heap bytes per counter measured by mallinfo2()
+ * (table, counters, slots and uthash buckets: everything the table allocated)
+ * and the time of table_get + table_add. Figures, not pass/fail: prints one
+ * JSON line and one line for people.
+ */
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tally.h"
+
+#define COUNTERS 1000000
+
+static size_t heap_in_use(void)
+{
+    return mallinfo2().uordblks;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void die(const char *what, int rc)
+{
+    fprintf(stderr, "bench_table: %s: %s\n", what, tally_strerror(rc));
+    exit(1);
+}
+
+/* table_get + table_add(+1) for every counter; returns seconds taken. */
+static double get_and_add(struct tally_table *t, uint32_t replica)
+{
+    char name[16];
+    double start = now_s();
+    for (int i = 0; i < COUNTERS; i++) {
+        struct tally_counter *c;
+        int len = snprintf(name, sizeof(name), "c%d", i);
+        int rc = table_get(t, name, (size_t)len, &c);
+        if (rc != TALLY_OK)
+            die("table_get", rc);
+        rc = table_add(t, c, replica, 1);
+        if (rc < 0)
+            die("table_add", -rc);
+    }
+    double took = now_s() - start;
+    table_take_dirty(t);
+    return took;
+}
+
+/* Gives every counter the slots of two more nodes, as merged from peers. */
+static void add_peer_slots(struct tally_table *t)
+{
+    uint32_t peers[2];
+    if (table_replica(t, "n2", 2, &peers[0]) || table_replica(t, "n3", 3, &peers[1]))
+        die("table_replica", TALLY_E_NOMEM);
+    struct tally_counter *c, *tmp;
+    HASH_ITER(hh, t->counters, c, tmp)
+    {
+        for (int k = 0; k < 2; k++)
+            if (table_merge_slot(t, c, peers[k], 5, 1) < 0)
+                die("table_merge_slot", TALLY_E_NOMEM);
+    }
+    table_take_dirty(t);
+}
+
+int main(void)
+{
+    struct tally_table t;
+    uint32_t self;
+
+    size_t base = heap_in_use();
+    table_init(&t, COUNTERS, 1000);
+    if (table_replica(&t, "n1", 1, &self))
+        die("table_replica", TALLY_E_NOMEM);
+    double insert_s = get_and_add(&t, self);
+    size_t one = heap_in_use() - base;
+    double update_s = get_and_add(&t, self);
+    add_peer_slots(&t);
+    size_t three = heap_in_use() - base;
+    table_free(&t);
+
+    double per_one = (double)one / COUNTERS, per_three = (double)three / COUNTERS;
+    double insert_ns = insert_s * 1e9 / COUNTERS, update_ns = update_s * 1e9 / COUNTERS;
+    printf("{\"bench\":\"table\",\"counters\":%d,\"bytes_per_counter\":%.1f,"
+           "\"bytes_per_counter_3_replicas\":%.1f,\"ns_per_get_add_new\":%.1f,"
+           "\"ns_per_get_add_existing\":%.1f}\n",
+           COUNTERS, per_one, per_three, insert_ns, update_ns);
+    printf("%d counters: %.1f bytes/counter with 1 replica, %.1f with 3; "
+           "table_get+table_add %.0f ns (new counter), %.0f ns (existing)\n",
+           COUNTERS, per_one, per_three, insert_ns, update_ns);
+    return 0;
+}

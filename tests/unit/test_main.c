@@ -1,0 +1,28 @@
+/*
+ * test_main.c - runs every unit suite of the pure core (plugin/ without
+ * plugin.c). Exits non-zero when any test fails.
+ */
+#include <stdlib.h>
+
+#include <check.h>
+
+Suite *codec_suite(void);
+Suite *counter_suite(void);
+Suite *dedup_suite(void);
+Suite *wire_suite(void);
+Suite *presence_suite(void);
+Suite *persist_suite(void);
+
+int main(void)
+{
+    SRunner *sr = srunner_create(codec_suite());
+    srunner_add_suite(sr, counter_suite());
+    srunner_add_suite(sr, dedup_suite());
+    srunner_add_suite(sr, wire_suite());
+    srunner_add_suite(sr, presence_suite());
+    srunner_add_suite(sr, persist_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

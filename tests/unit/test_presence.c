@@ -1,0 +1,273 @@
+/*
+ * test_presence.c - viewer counts (presence.c): local views per distinct
+ * client, other nodes' announced counts, expiry, and what a flush publishes.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <check.h>
+
+#include "tally.h"
+
+static struct tally_presence pr;
+
+static void setup(void)
+{
+    presence_init(&pr, 100000);
+}
+
+static void teardown(void)
+{
+    presence_free(&pr);
+}
+
+static uint64_t total(const char *page)
+{
+    return presence_total(&pr, page, strlen(page));
+}
+
+static int view(const char *client, const char *page)
+{
+    return presence_view(&pr, client, page, strlen(page));
+}
+
+static void unview(const char *client, const char *page)
+{
+    presence_unview(&pr, client, page, strlen(page));
+}
+
+/* What one presence_flush published. */
+struct flushed {
+    int n;
+    char page[16][32];
+    uint64_t total[16];
+};
+
+static void record(const char *page, size_t len, uint64_t n, void *ud)
+{
+    struct flushed *f = ud;
+    ck_assert_int_lt(f->n, 16);
+    memcpy(f->page[f->n], page, len);
+    f->page[f->n][len] = '\0';
+    f->total[f->n++] = n;
+}
+
+static struct flushed flush(void)
+{
+    struct flushed f = {0};
+    presence_flush(&pr, record, &f);
+    return f;
+}
+
+static uint64_t flushed_total(const struct flushed *f, const char *page)
+{
+    for (int i = 0; i < f->n; i++)
+        if (strcmp(f->page[i], page) == 0)
+            return f->total[i];
+    ck_abort_msg("page %s was not published", page);
+    return 0;
+}
+
+START_TEST(test_views_counted_once)
+{
+    ck_assert_int_eq(view("a", "p"), 1);
+    ck_assert_int_eq(view("a", "p"), 0);
+    ck_assert_int_eq(view("b", "p"), 1);
+    ck_assert_int_eq(view("a", "q"), 1);
+    ck_assert_uint_eq(total("p"), 2);
+    ck_assert_uint_eq(total("q"), 1);
+    ck_assert_uint_eq(total("none"), 0);
+    ck_assert_uint_eq(pr.nviews, 3);
+    ck_assert(pr.local_changed);
+
+    unview("a", "p");
+    ck_assert_uint_eq(total("p"), 1);
+    unview("a", "p"); /* not viewing any more: nothing to undo */
+    unview("zz", "p");
+    ck_assert_uint_eq(total("p"), 1);
+    ck_assert_uint_eq(total("q"), 1);
+
+    ck_assert_int_eq(view("b", "q"), 1);
+    presence_drop_client(&pr, "b");
+    presence_drop_client(&pr, "b");
+    ck_assert_uint_eq(total("p"), 0);
+    ck_assert_uint_eq(total("q"), 1);
+    ck_assert_uint_eq(pr.nviews, 1);
+    /* A client that comes back counts again. */
+    ck_assert_int_eq(view("b", "p"), 1);
+    ck_assert_uint_eq(total("p"), 1);
+}
+END_TEST
+
+START_TEST(test_max_views)
+{
+    struct tally_presence small;
+    presence_init(&small, 2);
+    ck_assert_int_eq(presence_view(&small, "a", "p", 1), 1);
+    ck_assert_int_eq(presence_view(&small, "b", "p", 1), 1);
+    ck_assert_int_eq(presence_view(&small, "c", "p", 1), -TALLY_E_MAX_COUNTERS);
+    ck_assert_int_eq(presence_view(&small, "a", "q", 1), -TALLY_E_MAX_COUNTERS);
+    ck_assert_int_eq(presence_view(&small, "a", "p", 1), 0); /* already counted */
+    ck_assert_uint_eq(presence_total(&small, "p", 1), 2);
+    ck_assert_uint_eq(small.nviews, 2);
+    presence_unview(&small, "a", "p", 1);
+    ck_assert_int_eq(presence_view(&small, "c", "p", 1), 1);
+    presence_free(&small);
+}
+END_TEST
+
+static void each_local(const char *page, size_t len, uint64_t n, void *ud)
+{
+    record(page, len, n, ud);
+}
+
+START_TEST(test_each_local)
+{
+    view("a", "p");
+    view("b", "p");
+    view("a", "q");
+    unview("a", "q");
+    struct tally_origin *o = presence_origin(&pr, "n2");
+    presence_origin_begin(&pr, o);
+    presence_origin_set(&pr, o, "r", 1, 9);
+    struct flushed f = {0};
+    presence_each_local(&pr, each_local, &f);
+    ck_assert_int_eq(f.n, 1); /* only pages with local viewers, only ours */
+    ck_assert_str_eq(f.page[0], "p");
+    ck_assert_uint_eq(f.total[0], 2);
+}
+END_TEST
+
+START_TEST(test_origins_summed_and_replaced)
+{
+    view("a", "p");
+    struct tally_origin *n2 = presence_origin(&pr, "n2"), *n3 = presence_origin(&pr, "n3");
+    ck_assert_ptr_nonnull(n2);
+    ck_assert_ptr_eq(presence_origin(&pr, "n2"), n2);
+    ck_assert_uint_ne(n2->slot, n3->slot);
+    presence_origin_begin(&pr, n2);
+    ck_assert_int_eq(presence_origin_set(&pr, n2, "p", 1, 5), 0);
+    ck_assert_int_eq(presence_origin_set(&pr, n2, "q", 1, 2), 0);
+    presence_origin_begin(&pr, n3);
+    ck_assert_int_eq(presence_origin_set(&pr, n3, "p", 1, 10), 0);
+    ck_assert(n2->alive && n3->alive);
+    ck_assert_uint_eq(total("p"), 16);
+    ck_assert_uint_eq(total("q"), 2);
+
+    /* n2's next announcement replaces all its counts: q missing means 0. */
+    presence_origin_begin(&pr, n2);
+    ck_assert_int_eq(presence_origin_set(&pr, n2, "p", 1, 1), 0);
+    ck_assert_uint_eq(total("p"), 12);
+    ck_assert_uint_eq(total("q"), 0);
+
+    /* n3 falls silent: its viewers are dropped, n2's and ours stay. */
+    presence_origin_expire(&pr, n3);
+    ck_assert(!n3->alive);
+    ck_assert_uint_eq(total("p"), 2);
+    presence_origin_expire(&pr, n2);
+    ck_assert_uint_eq(total("p"), 1);
+    /* It comes back. */
+    presence_origin_begin(&pr, n3);
+    presence_origin_set(&pr, n3, "p", 1, 4);
+    ck_assert_uint_eq(total("p"), 5);
+}
+END_TEST
+
+START_TEST(test_flush_reports_changes_only)
+{
+    view("a", "p");
+    view("b", "p");
+    view("a", "q");
+    struct flushed f = flush();
+    ck_assert_int_eq(f.n, 2);
+    ck_assert_uint_eq(flushed_total(&f, "p"), 2);
+    ck_assert_uint_eq(flushed_total(&f, "q"), 1);
+    ck_assert_int_eq(flush().n, 0);
+
+    /* A change undone before the flush publishes nothing. */
+    view("c", "p");
+    unview("c", "p");
+    ck_assert_int_eq(flush().n, 0);
+
+    /* A remote count that changes the total is published. */
+    struct tally_origin *o = presence_origin(&pr, "n2");
+    presence_origin_begin(&pr, o);
+    presence_origin_set(&pr, o, "p", 1, 3);
+    f = flush();
+    ck_assert_int_eq(f.n, 1);
+    ck_assert_uint_eq(flushed_total(&f, "p"), 5);
+    /* The same announcement again: no change, nothing published. */
+    presence_origin_begin(&pr, o);
+    presence_origin_set(&pr, o, "p", 1, 3);
+    ck_assert_int_eq(flush().n, 0);
+}
+END_TEST
+
+START_TEST(test_flush_frees_zero_pages)
+{
+    view("a", "p");
+    struct tally_origin *o = presence_origin(&pr, "n2");
+    presence_origin_begin(&pr, o);
+    presence_origin_set(&pr, o, "r", 1, 2);
+    flush();
+    ck_assert_ptr_nonnull(pr.pages);
+    presence_drop_client(&pr, "a");
+    presence_origin_expire(&pr, o);
+    struct flushed f = flush();
+    ck_assert_int_eq(f.n, 2);
+    ck_assert_uint_eq(flushed_total(&f, "p"), 0);
+    ck_assert_uint_eq(flushed_total(&f, "r"), 0);
+    ck_assert_ptr_null(pr.pages); /* both pages freed once their 0 went out */
+    ck_assert_ptr_null(pr.viewers);
+    /* A page that is created and emptied before any flush is freed quietly
+     * or published as 0, never left behind. */
+    view("x", "tmp");
+    unview("x", "tmp");
+    flush();
+    ck_assert_ptr_null(pr.pages);
+    /* A zero count for an unknown page creates nothing. */
+    presence_origin_begin(&pr, o);
+    ck_assert_int_eq(presence_origin_set(&pr, o, "ghost", 5, 0), 0);
+    ck_assert_ptr_null(pr.pages);
+}
+END_TEST
+
+START_TEST(test_many_pages_and_clients)
+{
+    char client[16], page[16];
+    for (int c = 0; c < 200; c++) {
+        snprintf(client, sizeof(client), "cl%d", c);
+        for (int p = 0; p <= c % 10; p++) {
+            snprintf(page, sizeof(page), "pg%d", p);
+            ck_assert_int_eq(view(client, page), 1);
+        }
+    }
+    for (int p = 0; p < 10; p++) {
+        snprintf(page, sizeof(page), "pg%d", p);
+        ck_assert_uint_eq(total(page), (uint64_t)(200 - 20 * p));
+    }
+    for (int c = 0; c < 200; c++) {
+        snprintf(client, sizeof(client), "cl%d", c);
+        presence_drop_client(&pr, client);
+    }
+    ck_assert_uint_eq(pr.nviews, 0);
+    flush();
+    ck_assert_ptr_null(pr.pages);
+}
+END_TEST
+
+Suite *presence_suite(void)
+{
+    Suite *s = suite_create("presence");
+    TCase *tc = tcase_create("presence");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_views_counted_once);
+    tcase_add_test(tc, test_max_views);
+    tcase_add_test(tc, test_each_local);
+    tcase_add_test(tc, test_origins_summed_and_replaced);
+    tcase_add_test(tc, test_flush_reports_changes_only);
+    tcase_add_test(tc, test_flush_frees_zero_pages);
+    tcase_add_test(tc, test_many_pages_and_clients);
+    suite_add_tcase(s, tc);
+    return s;
+}

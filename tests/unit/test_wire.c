@@ -1,0 +1,568 @@
+/*
+ * test_wire.c - the replication wire format (wire.c): what a writer encodes
+ * a reader decodes to the same state; anything truncated, forged or garbled
+ * is refused whole, never crashes and never allocates more than the message
+ * could describe.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include <check.h>
+
+#include "tally.h"
+
+static uint64_t rng;
+
+static uint64_t rnd(void)
+{
+    uint64_t z = (rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rnd_below(uint64_t n)
+{
+    return rnd() % n;
+}
+
+/* ==== Building random tables ==== */
+
+static void random_name(char *buf, size_t cap, size_t *len)
+{
+    switch (rnd_below(5)) {
+    case 0: /* the longest name: 200 bytes */
+        memset(buf, 'L', TALLY_NAME_MAX);
+        *len = TALLY_NAME_MAX - 4;
+        *len += (size_t)snprintf(buf + *len, cap - *len, "%04u", (unsigned)rnd_below(10000));
+        break;
+    case 1: /* multi-byte */
+        *len =
+            (size_t)snprintf(buf, cap, "caf\xc3\xa9-\xf0\x9f\x98\x80-%u", (unsigned)rnd_below(500));
+        break;
+    default:
+        *len = (size_t)snprintf(buf, cap, "c%u", (unsigned)rnd_below(2000));
+    }
+}
+
+static uint64_t random_value(void)
+{
+    switch (rnd_below(4)) {
+    case 0:
+        return rnd_below(128);
+    case 1:
+        return TALLY_MAX_SAFE - rnd_below(2);
+    default:
+        return rnd_below((uint64_t)TALLY_MAX_SAFE + 1);
+    }
+}
+
+static void random_table(struct tally_table *t, int ncounters)
+{
+    char name[TALLY_NAME_MAX + 8], node[TALLY_NODE_ID_MAX + 1], dev[TALLY_DEVICE_MAX + 1];
+    size_t len;
+    table_init(t, 100000, 100000);
+    for (int i = 0; i < ncounters; i++) {
+        struct tally_counter *c;
+        random_name(name, sizeof(name), &len);
+        ck_assert_int_eq(table_get(t, name, len, &c), TALLY_OK);
+        int nslots = (int)rnd_below(5);
+        for (int k = 0; k < nslots; k++) {
+            uint32_t r;
+            if (rnd_below(10) == 0) {
+                memset(node, 'N', TALLY_NODE_ID_MAX);
+                node[TALLY_NODE_ID_MAX] = '\0';
+            } else {
+                snprintf(node, sizeof(node), "node-%u", (unsigned)rnd_below(5));
+            }
+            ck_assert_int_eq(table_replica(t, node, rnd_below(3) ? rnd() : 0, &r), TALLY_OK);
+            ck_assert_int_ge(table_merge_slot(t, c, r, random_value(), random_value()), 0);
+        }
+        int ndevs = (int)rnd_below(3);
+        for (int k = 0; k < ndevs; k++) {
+            uint32_t d;
+            size_t dlen;
+            if (rnd_below(10) == 0) {
+                memset(dev, 'D', TALLY_DEVICE_MAX);
+                dlen = TALLY_DEVICE_MAX;
+            } else {
+                dlen = (size_t)snprintf(dev, sizeof(dev), "meter-%u", (unsigned)rnd_below(50));
+            }
+            ck_assert_int_eq(table_device(t, dev, dlen, DEVICE_PEER, &d), TALLY_OK);
+            ck_assert_int_ge(table_merge_device(t, c, d, random_value(), false), 0);
+        }
+    }
+}
+
+/* Merges a decoded SYNC into t the way the plugin does (plugin.c on_sync). */
+static void merge_sync(struct tally_table *t, const struct wire_sync *s)
+{
+    uint32_t *reps = calloc(s->nreplicas + 1, sizeof(*reps));
+    uint32_t *devs = calloc(s->ndevices + 1, sizeof(*devs));
+    ck_assert(reps && devs);
+    for (uint32_t i = 0; i < s->nreplicas; i++) {
+        char node[TALLY_NODE_ID_MAX + 1];
+        ck_assert_uint_le(s->replicas[i].len, TALLY_NODE_ID_MAX);
+        memcpy(node, s->replicas[i].node_id, s->replicas[i].len);
+        node[s->replicas[i].len] = '\0';
+        ck_assert_int_eq(table_replica(t, node, s->replicas[i].incarnation, &reps[i]), TALLY_OK);
+    }
+    for (uint32_t i = 0; i < s->ndevices; i++)
+        ck_assert_int_eq(
+            table_device(t, s->devices[i].id, s->devices[i].len, DEVICE_PEER, &devs[i]), TALLY_OK);
+    for (uint32_t i = 0; i < s->ncounters; i++) {
+        const struct wire_sync_counter *wc = &s->counters[i];
+        struct tally_counter *c;
+        ck_assert_int_eq(table_get(t, wc->name, wc->name_len, &c), TALLY_OK);
+        for (uint32_t k = 0; k < wc->nslots; k++) {
+            const struct wire_sync_slot *sl = &s->slots[wc->first_slot + k];
+            ck_assert_uint_lt(sl->replica_ref, s->nreplicas);
+            ck_assert_int_ge(table_merge_slot(t, c, reps[sl->replica_ref], sl->p, sl->n), 0);
+        }
+        for (uint32_t k = 0; k < wc->ndevs; k++) {
+            const struct wire_sync_dev *d = &s->devs[wc->first_dev + k];
+            ck_assert_uint_lt(d->device_ref, s->ndevices);
+            ck_assert_int_ge(table_merge_device(t, c, devs[d->device_ref], d->total, false), 0);
+        }
+    }
+    free(reps);
+    free(devs);
+}
+
+/* Encodes all of t as one SYNC message from sender into w->out. */
+static void encode_table(struct wire_sync_writer *w, const struct tally_table *t,
+                         const char *sender)
+{
+    const struct tally_counter *c, *tmp;
+    HASH_ITER(hh, t->counters, c, tmp)
+    {
+        ck_assert_int_eq(sync_writer_add(w, t, c), TALLY_OK);
+    }
+    ck_assert_int_eq(sync_writer_finish(w, sender), TALLY_OK);
+}
+
+static void assert_tables_equal(const struct tally_table *a, const struct tally_table *b)
+{
+    ck_assert_mem_eq(a->digest, b->digest, sizeof(a->digest));
+    ck_assert_uint_eq(a->ncounters, b->ncounters);
+    const struct tally_counter *c, *tmp;
+    HASH_ITER(hh, a->counters, c, tmp)
+    {
+        const struct tally_counter *o = table_find((struct tally_table *)b, c->name, c->name_len);
+        ck_assert_ptr_nonnull(o);
+        ck_assert_int_eq(counter_value(c), counter_value(o));
+        ck_assert_uint_eq(c->nslots, o->nslots);
+        ck_assert_uint_eq(c->ndevs, o->ndevs);
+    }
+}
+
+/* A message literal and its length, embedded NULs included. */
+#define MSG(lit) lit, sizeof(lit) - 1
+
+/* ==== SYNC ==== */
+
+START_TEST(test_sync_round_trip)
+{
+    rng = 1;
+    for (int round = 0; round < 50; round++) {
+        struct tally_table t1, t2;
+        struct wire_sync_writer w = {0};
+        struct wire_sync s;
+        random_table(&t1, (int)rnd_below(200));
+        encode_table(&w, &t1, "n1");
+        ck_assert_int_eq(wire_peek_type(w.out.data, w.out.len), WIRE_SYNC);
+        ck_assert_int_eq(wire_decode_sync(w.out.data, w.out.len, &s), TALLY_OK);
+        ck_assert_uint_eq(s.sender_len, 2);
+        ck_assert_mem_eq(s.sender, "n1", 2);
+        ck_assert_uint_eq(s.ncounters, t1.ncounters);
+        table_init(&t2, 100000, 1);
+        merge_sync(&t2, &s);
+        assert_tables_equal(&t1, &t2);
+        ck_assert_ptr_nonnull(table_take_dirty(&t2));
+        /* Replaying the same message changes nothing. */
+        merge_sync(&t2, &s);
+        ck_assert_ptr_null(table_take_dirty(&t2));
+        ck_assert_mem_eq(t1.digest, t2.digest, sizeof(t1.digest));
+        wire_sync_free(&s);
+        sync_writer_free(&w);
+        table_free(&t1);
+        table_free(&t2);
+    }
+}
+END_TEST
+
+START_TEST(test_sync_writer_reuse)
+{
+    /* One writer, several messages: each carries only its own dictionaries. */
+    rng = 2;
+    struct tally_table t1, t2;
+    struct wire_sync_writer w = {0};
+    random_table(&t1, 300);
+    table_init(&t2, 100000, 1);
+    const struct tally_counter *c, *tmp;
+    int in_msg = 0, messages = 0;
+    HASH_ITER(hh, t1.counters, c, tmp)
+    {
+        ck_assert_int_eq(sync_writer_add(&w, &t1, c), TALLY_OK);
+        if (++in_msg == 37 || c->hh.next == NULL) {
+            struct wire_sync s;
+            ck_assert(!sync_writer_empty(&w));
+            size_t estimate = sync_writer_size(&w); /* callers split messages by it */
+            ck_assert_int_eq(sync_writer_finish(&w, "n1"), TALLY_OK);
+            ck_assert_uint_le(w.out.len, estimate);
+            ck_assert(sync_writer_empty(&w));
+            ck_assert_int_eq(wire_decode_sync(w.out.data, w.out.len, &s), TALLY_OK);
+            ck_assert_uint_eq(s.ncounters, (uint32_t)in_msg);
+            merge_sync(&t2, &s);
+            wire_sync_free(&s);
+            in_msg = 0;
+            messages++;
+        }
+    }
+    ck_assert_int_gt(messages, 5);
+    assert_tables_equal(&t1, &t2);
+    sync_writer_free(&w);
+    table_free(&t1);
+    table_free(&t2);
+}
+END_TEST
+
+START_TEST(test_sync_truncations_refused)
+{
+    rng = 3;
+    struct tally_table t;
+    struct wire_sync_writer w = {0};
+    random_table(&t, 20);
+    encode_table(&w, &t, "n1");
+    for (size_t len = 0; len < w.out.len; len++) {
+        struct wire_sync s;
+        uint8_t *copy = malloc(len + 1); /* exact size: ASan sees overreads */
+        memcpy(copy, w.out.data, len);
+        ck_assert_msg(wire_decode_sync(copy, len, &s) == TALLY_E_WIRE, "prefix %zu of %zu", len,
+                      w.out.len);
+        free(copy);
+    }
+    /* Extra bytes after a valid message are refused too. */
+    struct wire_sync s;
+    wbuf_u8(&w.out, 0);
+    ck_assert_int_eq(wire_decode_sync(w.out.data, w.out.len, &s), TALLY_E_WIRE);
+    sync_writer_free(&w);
+    table_free(&t);
+}
+END_TEST
+
+/* Everything a decoded message holds is valid, and it merges cleanly. */
+static void assert_valid_and_merge(const struct wire_sync *s)
+{
+    ck_assert_int_eq(node_id_check(s->sender, s->sender_len), TALLY_OK);
+    for (uint32_t i = 0; i < s->ncounters; i++)
+        ck_assert_int_eq(name_check(s->counters[i].name, s->counters[i].name_len), TALLY_OK);
+    for (uint32_t i = 0; i < s->nslots; i++)
+        ck_assert(s->slots[i].p <= (uint64_t)TALLY_MAX_SAFE &&
+                  s->slots[i].n <= (uint64_t)TALLY_MAX_SAFE);
+    for (uint32_t i = 0; i < s->ndevs; i++)
+        ck_assert(s->devs[i].total <= (uint64_t)TALLY_MAX_SAFE);
+    struct tally_table t;
+    table_init(&t, 100000, 1);
+    merge_sync(&t, s);
+    table_free(&t);
+}
+
+START_TEST(test_sync_garbled_bytes)
+{
+    rng = 4;
+    struct tally_table t;
+    struct wire_sync_writer w = {0};
+    random_table(&t, 10);
+    encode_table(&w, &t, "n1");
+    int refused = 0;
+    uint8_t *copy = malloc(w.out.len);
+    for (int round = 0; round < 20000; round++) {
+        memcpy(copy, w.out.data, w.out.len);
+        int flips = 1 + (int)rnd_below(4);
+        for (int f = 0; f < flips; f++)
+            copy[rnd_below(w.out.len)] ^= (uint8_t)(1u << rnd_below(8));
+        struct wire_sync s;
+        int rc = wire_decode_sync(copy, w.out.len, &s);
+        if (rc == TALLY_OK) {
+            assert_valid_and_merge(&s);
+            wire_sync_free(&s);
+        } else {
+            ck_assert_int_eq(rc, TALLY_E_WIRE);
+            refused++;
+        }
+    }
+    ck_assert_int_gt(refused, 0);
+    free(copy);
+    /* Pure garbage, with and without a valid header. */
+    uint8_t buf[512];
+    for (int round = 0; round < 20000; round++) {
+        size_t len = rnd_below(sizeof(buf));
+        for (size_t i = 0; i < len; i++)
+            buf[i] = (uint8_t)rnd();
+        if (len >= 4 && round % 2)
+            memcpy(buf, "TL\x01\x01", 4);
+        struct wire_sync s;
+        if (wire_decode_sync(buf, len, &s) == TALLY_OK) {
+            assert_valid_and_merge(&s);
+            wire_sync_free(&s);
+        }
+    }
+    sync_writer_free(&w);
+    table_free(&t);
+}
+END_TEST
+
+/* Caps this (forked) test process's address space near its current size, so
+ * a large allocation fails instead of succeeding quietly. */
+static rlim_t cap_address_space(rlim_t extra)
+{
+    struct rlimit old, lim;
+    long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fscanf(f, "%ld", &pages), 1);
+    fclose(f);
+    getrlimit(RLIMIT_AS, &old);
+    lim = old;
+    lim.rlim_cur = (rlim_t)pages * 4096 + extra;
+    setrlimit(RLIMIT_AS, &lim);
+    return old.rlim_cur;
+}
+
+static void restore_address_space(rlim_t cur)
+{
+    struct rlimit lim;
+    getrlimit(RLIMIT_AS, &lim);
+    lim.rlim_cur = cur;
+    setrlimit(RLIMIT_AS, &lim);
+}
+
+START_TEST(test_sync_forged_counts)
+{
+    /* Each message claims 2^32-1 (or 2^40) entries somewhere and holds a few
+     * bytes: refused as malformed (not out-of-memory), with no allocation
+     * near what the count claims. */
+    static const struct {
+        const char *bytes;
+        size_t len;
+    } forged[] = {
+        /* replicas: R = 2^32-1 */
+        {MSG("TL\x01\x01\x02n1\xff\xff\xff\xff\x0f\x02n2")},
+        /* replicas: R = 2^40 */
+        {MSG("TL\x01\x01\x02n1\x80\x80\x80\x80\x80\x20\x00\x00")},
+        /* devices: D = 2^32-1 */
+        {MSG("TL\x01\x01\x02n1\x00\xff\xff\xff\xff\x0f\x01m")},
+        /* counters: C = 2^32-1 */
+        {MSG("TL\x01\x01\x02n1\x00\x00\xff\xff\xff\xff\x0f\x01x\x00\x00")},
+        /* one counter, S = 2^32-1 slots */
+        {MSG("TL\x01\x01\x02n1\x00\x00\x01\x01x\xff\xff\xff\xff\x0f\x00")},
+        /* one counter, E = 2^32-1 devices */
+        {MSG("TL\x01\x01\x02n1\x00\x00\x01\x01x\x00\xff\xff\xff\xff\x0f")},
+        /* a varint longer than 64 bits */
+        {MSG("TL\x01\x01\x02n1\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f")},
+    };
+    rlim_t old = cap_address_space(64u << 20);
+    for (size_t i = 0; i < sizeof(forged) / sizeof(forged[0]); i++) {
+        struct wire_sync s;
+        ck_assert_msg(wire_decode_sync(forged[i].bytes, forged[i].len, &s) == TALLY_E_WIRE,
+                      "forged message %zu", i);
+    }
+    restore_address_space(old);
+}
+END_TEST
+
+START_TEST(test_sync_bad_references_and_values)
+{
+    static const struct {
+        const char *bytes;
+        size_t len;
+        int want;
+    } cases[] = {
+        /* one replica n1/0, one counter x with slot (r0, 1, 2): valid */
+        {MSG("TL\x01\x01\x02n1\x01\x02n1\0\0\0\0\0\0\0\0\x00\x01\x01x\x01\x00\x01\x02\x00"),
+         TALLY_OK},
+        /* the slot names replica 1 of 1 */
+        {MSG("TL\x01\x01\x02n1\x01\x02n1\0\0\0\0\0\0\0\0\x00\x01\x01x\x01\x01\x01\x02\x00"),
+         TALLY_E_WIRE},
+        /* p = 2^53 */
+        {MSG("TL\x01\x01\x02n1\x01\x02n1\0\0\0\0\0\0\0\0\x00\x01\x01x\x01\x00\x80\x80\x80\x80\x80"
+             "\x80\x80\x10\x02\x00"),
+         TALLY_E_WIRE},
+        /* a device maximum naming device 0 of 0 */
+        {MSG("TL\x01\x01\x02n1\x00\x00\x01\x01x\x00\x01\x00\x05"), TALLY_E_WIRE},
+        /* counter name "a/b" */
+        {MSG("TL\x01\x01\x02n1\x00\x00\x01\x03"
+             "a/b\x00\x00"),
+         TALLY_E_WIRE},
+        /* empty counter name */
+        {MSG("TL\x01\x01\x02n1\x00\x00\x01\x00\x00\x00"), TALLY_E_WIRE},
+        /* sender "n 1" */
+        {MSG("TL\x01\x01\x03n 1\x00\x00\x00"), TALLY_E_WIRE},
+        /* device id with a newline */
+        {MSG("TL\x01\x01\x02n1\x00\x01\x02m\n\x00"), TALLY_E_WIRE},
+        /* version 2 */
+        {MSG("TL\x02\x01\x02n1\x00\x00\x00"), TALLY_E_WIRE},
+        /* version 0 */
+        {MSG("TL\x00\x01\x02n1\x00\x00\x00"), TALLY_E_WIRE},
+        /* a DIGEST type byte */
+        {MSG("TL\x01\x02\x02n1\x00\x00\x00"), TALLY_E_WIRE},
+        /* empty, and valid */
+        {MSG("TL\x01\x01\x02n1\x00\x00\x00"), TALLY_OK},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct wire_sync s;
+        int rc = wire_decode_sync(cases[i].bytes, cases[i].len, &s);
+        ck_assert_msg(rc == cases[i].want, "case %zu: got %s", i, tally_strerror(rc));
+        if (rc == TALLY_OK)
+            wire_sync_free(&s);
+    }
+    ck_assert_int_eq(wire_peek_type("TL\x02\x01", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x01", 3), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x01\x03", 4), WIRE_PRESENCE);
+}
+END_TEST
+
+/* ==== DIGEST ==== */
+
+START_TEST(test_digest_round_trip)
+{
+    rng = 5;
+    struct tally_table t;
+    struct wire_buf b = {0};
+    random_table(&t, 100);
+    wire_encode_digest(&b, "node-7", t.digest);
+    ck_assert_int_eq(wire_peek_type(b.data, b.len), WIRE_DIGEST);
+    const char *sender;
+    size_t slen;
+    uint64_t got[TALLY_BUCKETS];
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &sender, &slen, got), TALLY_OK);
+    ck_assert_uint_eq(slen, 6);
+    ck_assert_mem_eq(sender, "node-7", 6);
+    ck_assert_mem_eq(got, t.digest, sizeof(got));
+    for (size_t len = 0; len < b.len; len++) {
+        uint8_t *copy = malloc(len + 1);
+        memcpy(copy, b.data, len);
+        ck_assert_int_eq(wire_decode_digest(copy, len, &sender, &slen, got), TALLY_E_WIRE);
+        free(copy);
+    }
+    b.data[2] = 2;
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &sender, &slen, got), TALLY_E_WIRE);
+    b.data[2] = 1;
+    wbuf_u8(&b, 0);
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &sender, &slen, got), TALLY_E_WIRE);
+    /* A bucket count other than 256 is refused. */
+    wbuf_reset(&b);
+    wbuf_bytes(&b, "TL\x01\x02", 4);
+    wbuf_str8(&b, "n1", 2);
+    wbuf_varint(&b, 2);
+    wbuf_u64(&b, 1);
+    wbuf_u64(&b, 2);
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &sender, &slen, got), TALLY_E_WIRE);
+    wbuf_free(&b);
+    table_free(&t);
+}
+END_TEST
+
+/* ==== PRESENCE ==== */
+
+START_TEST(test_presence_round_trip)
+{
+    struct wire_buf b = {0};
+    static const char *pages[] = {"dashboard", "caf\xc3\xa9", "p3"};
+    static const uint64_t counts[] = {3, 0, 4294967295u};
+    wire_presence_begin(&b, "n2", 0x1122334455667788ULL, 42, 3);
+    for (int i = 0; i < 3; i++)
+        wire_presence_page(&b, pages[i], strlen(pages[i]), counts[i]);
+    ck_assert_int_eq(wire_peek_type(b.data, b.len), WIRE_PRESENCE);
+    struct wire_presence p;
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_OK);
+    ck_assert_uint_eq(p.origin_len, 2);
+    ck_assert_mem_eq(p.origin, "n2", 2);
+    ck_assert_uint_eq(p.incarnation, 0x1122334455667788ULL);
+    ck_assert_uint_eq(p.seq, 42);
+    ck_assert_uint_eq(p.npages, 3);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_uint_eq(p.pages[i].len, strlen(pages[i]));
+        ck_assert_mem_eq(p.pages[i].page, pages[i], p.pages[i].len);
+        ck_assert_uint_eq(p.pages[i].count, counts[i]);
+    }
+    free(p.pages);
+    for (size_t len = 0; len < b.len; len++) {
+        uint8_t *copy = malloc(len + 1);
+        memcpy(copy, b.data, len);
+        ck_assert_int_eq(wire_decode_presence(copy, len, &p), TALLY_E_WIRE);
+        ck_assert_ptr_null(p.pages);
+        free(copy);
+    }
+    b.data[2] = 2;
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
+    wbuf_free(&b);
+}
+END_TEST
+
+START_TEST(test_presence_refusals)
+{
+    struct wire_buf b = {0};
+    struct wire_presence p;
+    /* A count above 2^32-1 */
+    wire_presence_begin(&b, "n2", 1, 1, 1);
+    wire_presence_page(&b, "x", 1, 4294967296ULL);
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
+    /* A bad page name */
+    wire_presence_begin(&b, "n2", 1, 1, 1);
+    wire_presence_page(&b, "$x", 2, 1);
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
+    /* A bad origin */
+    wire_presence_begin(&b, "n/2", 1, 1, 0);
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
+    /* A forged page count */
+    rlim_t old = cap_address_space(64u << 20);
+    wire_presence_begin(&b, "n2", 1, 1, 0xffffffffu);
+    wire_presence_page(&b, "x", 1, 1);
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
+    restore_address_space(old);
+    /* Garbled bytes: refused or valid. */
+    rng = 6;
+    wire_presence_begin(&b, "n2", 1, 1, 2);
+    wire_presence_page(&b, "abc", 3, 5);
+    wire_presence_page(&b, "def", 3, 500);
+    uint8_t copy[64];
+    ck_assert_uint_le(b.len, sizeof(copy));
+    for (int round = 0; round < 20000; round++) {
+        memcpy(copy, b.data, b.len);
+        copy[rnd_below(b.len)] ^= (uint8_t)(1u << rnd_below(8));
+        if (wire_decode_presence(copy, b.len, &p) == TALLY_OK) {
+            ck_assert_int_eq(node_id_check(p.origin, p.origin_len), TALLY_OK);
+            for (uint32_t i = 0; i < p.npages; i++) {
+                ck_assert_int_eq(name_check(p.pages[i].page, p.pages[i].len), TALLY_OK);
+                ck_assert_uint_le(p.pages[i].count, UINT32_MAX);
+            }
+            free(p.pages);
+        }
+    }
+    wbuf_free(&b);
+}
+END_TEST
+
+Suite *wire_suite(void)
+{
+    Suite *s = suite_create("wire");
+    TCase *tc = tcase_create("sync");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_sync_round_trip);
+    tcase_add_test(tc, test_sync_writer_reuse);
+    tcase_add_test(tc, test_sync_truncations_refused);
+    tcase_add_test(tc, test_sync_garbled_bytes);
+    tcase_add_test(tc, test_sync_forged_counts);
+    tcase_add_test(tc, test_sync_bad_references_and_values);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("digest_presence");
+    tcase_add_test(tc, test_digest_round_trip);
+    tcase_add_test(tc, test_presence_round_trip);
+    tcase_add_test(tc, test_presence_refusals);
+    suite_add_tcase(s, tc);
+    return s;
+}
