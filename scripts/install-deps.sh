@@ -9,8 +9,12 @@ packages=(
   mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
   libcjson-dev check uthash-dev libwebsockets-dev zlib1g-dev
   python3 python3-pytest python3-paho-mqtt
-  nodejs npm esbuild chromium iproute2 procps
+  esbuild chromium iproute2 procps
 )
+# Node.js may come from Debian or from NodeSource (whose nodejs package has
+# npm inside and conflicts with Debian's npm): ask for the commands.
+command -v node >/dev/null || packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
