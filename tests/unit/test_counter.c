@@ -162,28 +162,33 @@ static void assert_sorted(const struct tally_counter *c)
         ck_assert_uint_lt(c->devs[i - 1].device, c->devs[i].device);
 }
 
-START_TEST(test_merge_law_random)
+/* A new, empty counter for one role in one round. */
+static struct tally_counter *fresh(const char *role, int round)
 {
     char name[32];
+    snprintf(name, sizeof(name), "%s-%d", role, round);
+    return counter(name);
+}
+
+START_TEST(test_merge_law_random)
+{
     for (int round = 0; round < 3000; round++) {
         struct state sa, sb, sc;
         random_state(&sa);
         random_state(&sb);
         random_state(&sc);
-#define NEW(var, tag)                                                                              \
-    snprintf(name, sizeof(name), "%s-%d", tag, round);                                             \
-    struct tally_counter *var = counter(name)
-        NEW(a, "a");
-        NEW(b, "b");
-        NEW(c, "c");
+
+        struct tally_counter *a = fresh("a", round);
+        struct tally_counter *b = fresh("b", round);
+        struct tally_counter *c = fresh("c", round);
         apply_state(a, &sa);
         apply_state(b, &sb);
         apply_state(c, &sc);
         assert_sorted(a);
 
         /* Commutative: a+b == b+a */
-        NEW(ab, "ab");
-        NEW(ba, "ba");
+        struct tally_counter *ab = fresh("ab", round);
+        struct tally_counter *ba = fresh("ba", round);
         merge_counter(ab, a);
         merge_counter(ab, b);
         merge_counter(ba, b);
@@ -191,13 +196,13 @@ START_TEST(test_merge_law_random)
         assert_same(ab, ba);
 
         /* Associative: (a+b)+c == a+(b+c) */
-        NEW(bc, "bc");
+        struct tally_counter *bc = fresh("bc", round);
         merge_counter(bc, b);
         merge_counter(bc, c);
-        NEW(left, "l");
+        struct tally_counter *left = fresh("l", round);
         merge_counter(left, ab);
         merge_counter(left, c);
-        NEW(right, "r");
+        struct tally_counter *right = fresh("r", round);
         merge_counter(right, a);
         merge_counter(right, bc);
         assert_same(left, right);
@@ -226,7 +231,6 @@ START_TEST(test_merge_law_random)
         /* Whatever the merged parts, the value stays in the contract's range. */
         int64_t v = counter_value(left);
         ck_assert(v >= -MAX && v <= MAX);
-#undef NEW
     }
 }
 END_TEST
