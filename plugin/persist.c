@@ -65,8 +65,7 @@
 #define FILE_VERSION 1
 #define HEADER_LEN 12
 /* The largest record tally writes is about 350 bytes (a 200-byte name and a
- * 128-byte device id). A length field above this bound is damage, not a torn
- * write: it is refused instead of being taken for the tail and cut off. */
+ * 128-byte device id). */
 #define RECORD_MAX 1024u
 #define COMPACT_MIN_BYTES (4u << 20)
 
@@ -127,15 +126,11 @@ enum record_status record_next(const uint8_t *data, size_t size, size_t *off,
     if (left < 8)
         return RECORD_TORN;
     uint32_t n = get_u32(data + *off);
-    if (n == 0 || n > RECORD_MAX)
-        return RECORD_CORRUPT;
-    /* A write torn by a crash leaves part of one record at the very end; a
-     * damaged length in the middle claims bytes past the end while whole
-     * records still follow it. */
-    if (left - 8 < n)
-        return record_after(data, size, *off + 8) ? RECORD_CORRUPT : RECORD_TORN;
-    if (crc(data + *off + 8, n) != get_u32(data + *off + 4))
-        return *off + 8 + n == size ? RECORD_TORN : RECORD_CORRUPT;
+    /* A write torn by a crash (or the zeros a power cut leaves) is followed by
+     * no whole record; damage in the middle of the file is. */
+    if (n == 0 || n > RECORD_MAX || left - 8 < n ||
+        crc(data + *off + 8, n) != get_u32(data + *off + 4))
+        return record_after(data, size, *off + 1) ? RECORD_CORRUPT : RECORD_TORN;
     *payload = data + *off + 8;
     *len = n;
     *off += 8 + n;
