@@ -288,6 +288,7 @@ def state(node):
     return json.loads(raw) if raw else {}
 
 
+@pytest.mark.nosan  # runs once, without sanitizers: its timeouts are tuned for native speed
 def test_chaos_every_node_counts_exactly(brokers, workdir):
     seconds = float(os.environ.get("TALLY_CHAOS_SECONDS", "45"))
     seed = int(os.environ.get("TALLY_CHAOS_SEED", str(random.randrange(1 << 30))))
