@@ -13,6 +13,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 import paho.mqtt.client as mqtt
 
 from conftest import free_port
