@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TALLY = os.environ.get("TALLY_CLI", str(REPO / "build" / "clients" / "tally"))
+TALLY = os.environ.get("TALLY_CLI", os.path.join(os.environ.get("TALLY_BUILD", str(REPO / "build")), "clients", "tally"))
 STEP_TIMEOUT = 5  # seconds any single expected event may take
 
 
