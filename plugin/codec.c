@@ -29,8 +29,10 @@ static const char *const err_names[TALLY_E__COUNT] = {
     [TALLY_E_OVERFLOW] = "total_out_of_range",
     [TALLY_E_MAX_COUNTERS] = "max_counters_reached",
     [TALLY_E_MAX_DEVICES] = "max_devices_reached",
+    [TALLY_E_MAX_VIEWERS] = "max_viewers_reached",
     [TALLY_E_FORBIDDEN] = "forbidden_topic",
     [TALLY_E_WIRE] = "bad_replication_message",
+    [TALLY_E_DISK] = "state_not_written",
     [TALLY_E_NOMEM] = "out_of_memory",
 };
 

@@ -151,12 +151,17 @@ const struct tally_dev *counter_device(const struct tally_counter *c, uint32_t d
     return dev_find((struct tally_counter *)c, device, false);
 }
 
-/* Applies a local increment (delta > 0 raises P, delta < 0 raises N) to the
- * replica's own slot. All-or-nothing: on error nothing changed. */
-int counter_add(struct tally_counter *c, uint32_t replica, int64_t delta)
+/* What the replica's slot would hold after a local increment (delta > 0
+ * raises P, delta < 0 raises N), in *next, without changing anything; or the
+ * reason the increment is refused. Lets the caller log the new state to disk
+ * before applying it. */
+int counter_add_preview(const struct tally_counter *c, uint32_t replica, int64_t delta,
+                        struct tally_slot *next)
 {
     if (delta < -TALLY_MAX_SAFE || delta > TALLY_MAX_SAFE)
         return TALLY_E_DELTA_RANGE;
+    const struct tally_slot *have = counter_slot(c, replica);
+    *next = have ? *have : (struct tally_slot){.replica = replica};
     if (delta == 0)
         return TALLY_OK;
     struct tally_sums s;
@@ -168,13 +173,25 @@ int counter_add(struct tally_counter *c, uint32_t replica, int64_t delta)
     int64_t value = s.value + delta; /* both within 2^53: no overflow */
     if (value > TALLY_MAX_SAFE || value < -TALLY_MAX_SAFE)
         return TALLY_E_OVERFLOW;
+    if (delta > 0)
+        next->p += mag;
+    else
+        next->n += mag;
+    return TALLY_OK;
+}
+
+/* Applies a local increment to the replica's own slot. All-or-nothing: on
+ * error nothing changed. */
+int counter_add(struct tally_counter *c, uint32_t replica, int64_t delta)
+{
+    struct tally_slot next;
+    int rc = counter_add_preview(c, replica, delta, &next);
+    if (rc != TALLY_OK || delta == 0)
+        return rc;
     struct tally_slot *slot = slot_find(c, replica, true);
     if (!slot)
         return TALLY_E_NOMEM;
-    if (delta > 0)
-        slot->p += mag;
-    else
-        slot->n += mag;
+    *slot = next;
     assert(slot->p <= (uint64_t)TALLY_MAX_SAFE && slot->n <= (uint64_t)TALLY_MAX_SAFE);
     return TALLY_OK;
 }
@@ -215,22 +232,31 @@ int counter_merge_device(struct tally_counter *c, uint32_t device, uint64_t tota
     return 1;
 }
 
-/* A device's report taken locally: like a merge, but refused when it would
- * take the value outside the contract's range. */
-int counter_report(struct tally_counter *c, uint32_t device, uint64_t total)
+/* Checks a device's report taken locally: 1 if it raises the device's
+ * maximum, 0 if it changes nothing, or a negative tally_err when the value
+ * would leave the contract's range. Changes nothing. */
+int counter_report_check(const struct tally_counter *c, uint32_t device, uint64_t total)
 {
     if (total > (uint64_t)TALLY_MAX_SAFE)
         return -TALLY_E_OVERFLOW;
     const struct tally_dev *have = counter_device(c, device);
     uint64_t old = have ? have->total : 0;
-    if (total > old) {
-        struct tally_sums s;
-        counter_sums(c, &s);
-        if (total - old > (uint64_t)(TALLY_MAX_SAFE - s.devices) ||
-            s.value + (int64_t)(total - old) > TALLY_MAX_SAFE)
-            return -TALLY_E_OVERFLOW;
-    }
-    return counter_merge_device(c, device, total);
+    if (have && total <= old)
+        return 0;
+    struct tally_sums s;
+    counter_sums(c, &s);
+    if (total - old > (uint64_t)(TALLY_MAX_SAFE - s.devices) ||
+        s.value + (int64_t)(total - old) > TALLY_MAX_SAFE)
+        return -TALLY_E_OVERFLOW;
+    return 1;
+}
+
+/* A device's report taken locally: like a merge, but refused when it would
+ * take the value outside the contract's range. */
+int counter_report(struct tally_counter *c, uint32_t device, uint64_t total)
+{
+    int rc = counter_report_check(c, device, total);
+    return rc <= 0 ? rc : counter_merge_device(c, device, total);
 }
 
 void counter_free(struct tally_counter *c)

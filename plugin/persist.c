@@ -7,6 +7,7 @@
  *   meta         text: node id, incarnation (hex), kernel boot id
  *   state.log    "TALLYLOG" u32 version, then records, appended as changes
  *                are applied
+ *   state.log.N  a log set aside while a snapshot is written (see below)
  *   state.snap   "TALLYSNP" u32 version, then records, then an 'E' record;
  *                written to state.snap.tmp, fsynced and renamed over
  *
@@ -46,6 +47,7 @@
  * replay the log, cut a torn last record with a warning, and refuse to start
  * on damage anywhere else: never start silently from zero.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -54,6 +56,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <zlib.h>
@@ -71,6 +74,10 @@
 
 struct persist {
     int log_fd;
+    pid_t child;             /* a background snapshot, or 0 */
+    uint32_t rotation;       /* the newest state.log.<n> */
+    uint32_t oldest;         /* the oldest state.log.<n> that may exist */
+    uint32_t child_rotation; /* the rotation the running child compacts */
     char dir[512];
     long long fsync_interval_ms, snapshot_interval_ms;
     uint64_t last_fsync_ms, last_snapshot_ms;
@@ -138,18 +145,17 @@ enum record_status record_next(const uint8_t *data, size_t size, size_t *off,
 }
 
 static void slot_payload(struct wire_buf *b, const struct tally_table *t,
-                         const struct tally_counter *c, uint32_t replica,
+                         const struct tally_counter *c, const struct tally_slot *s,
                          const struct tally_key *key)
 {
-    const struct tally_replica *r = t->replicas[replica];
-    const struct tally_slot *s = counter_slot(c, replica);
+    const struct tally_replica *r = t->replicas[s->replica];
     wbuf_reset(b);
     wbuf_u8(b, 'S');
     wbuf_str8(b, c->name, c->name_len);
     wbuf_str8(b, r->key, r->id_len);
     wbuf_u64(b, r->incarnation);
-    wbuf_varint(b, s ? s->p : 0);
-    wbuf_varint(b, s ? s->n : 0);
+    wbuf_varint(b, s->p);
+    wbuf_varint(b, s->n);
     wbuf_u8(b, key != NULL);
     if (key) {
         wbuf_u64(b, key->a);
@@ -158,15 +164,14 @@ static void slot_payload(struct wire_buf *b, const struct tally_table *t,
 }
 
 static void device_payload(struct wire_buf *b, const struct tally_table *t,
-                           const struct tally_counter *c, uint32_t device)
+                           const struct tally_counter *c, const struct tally_dev *d)
 {
-    const struct tally_dev *d = counter_device(c, device);
-    const char *id = t->devices[device]->id;
+    const char *id = t->devices[d->device]->id;
     wbuf_reset(b);
     wbuf_u8(b, 'D');
     wbuf_str8(b, c->name, c->name_len);
     wbuf_str8(b, id, strlen(id));
-    wbuf_varint(b, d ? d->total : 0);
+    wbuf_varint(b, d->total);
 }
 
 static int apply_slot(struct wire_reader *r, struct tally_table *t, struct tally_dedup *d)
@@ -314,14 +319,14 @@ out:
     return rc;
 }
 
-/* Replays state.log; cuts a torn tail (a record the file ends inside). */
-static int load_log(struct persist *p, struct tally_table *t, struct tally_dedup *d, char *err,
-                    size_t errlen)
+/* Replays one log file; cuts a torn tail (a record the file ends inside). */
+static int load_log(struct persist *p, const char *name, struct tally_table *t,
+                    struct tally_dedup *d, char *err, size_t errlen)
 {
     char file[600];
     uint8_t *data;
     size_t size, off = HEADER_LEN;
-    int have = read_file(path(p, "state.log", file, sizeof(file)), &data, &size);
+    int have = read_file(path(p, name, file, sizeof(file)), &data, &size);
     if (have < 0) {
         snprintf(err, errlen, "cannot read %s: %s", file, strerror(errno));
         return -1;
@@ -435,30 +440,69 @@ static int read_meta(struct persist *p, const char *node_id, uint64_t *inc, char
 
 /* ==== Snapshots ==== */
 
-static void append_record(struct persist *p, struct wire_buf *out)
+/* Compaction runs in a forked child, as Redis's BGSAVE does: the parent
+ * renames state.log to state.log.<n> and goes on appending to a new
+ * state.log, while the child, holding a copy-on-write image of the state at
+ * that instant, writes state.snap.tmp, fsyncs it, renames it over state.snap
+ * and deletes state.log.<= n>. A start replays state.snap, then every
+ * state.log.<n> left by a snapshot that did not finish, then state.log;
+ * records are states, so a replay of what the snapshot already holds is
+ * harmless. */
+
+struct snap_writer {
+    int fd;
+    bool failed;
+    struct wire_buf buf;
+};
+
+static void snap_flush(struct snap_writer *w)
 {
-    record_frame(&p->frame, &p->payload);
-    wbuf_bytes(out, p->frame.data, p->frame.len);
+    size_t done = 0;
+    while (!w->failed && done < w->buf.len) {
+        ssize_t n = write(w->fd, w->buf.data + done, w->buf.len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            w->failed = true;
+        else
+            done += (size_t)n;
+    }
+    wbuf_reset(&w->buf);
 }
 
-static int snapshot(struct persist *p, const struct tally_table *t, const struct tally_dedup *d)
+static void snap_record(struct persist *p, struct snap_writer *w)
 {
-    struct wire_buf out = {0};
+    record_frame(&p->frame, &p->payload);
+    wbuf_bytes(&w->buf, p->frame.data, p->frame.len);
+    w->failed = w->failed || w->buf.failed || p->frame.failed || p->payload.failed;
+    if (w->buf.len >= (1u << 20))
+        snap_flush(w);
+}
+
+/* Writes the whole state to state.snap, atomically. Returns 0 or -1. */
+static int write_snapshot(struct persist *p, const struct tally_table *t,
+                          const struct tally_dedup *d)
+{
+    char tmp[620], dst[600];
     uint64_t records = 0;
     uint8_t h[4];
-    wbuf_bytes(&out, SNAP_MAGIC, 8);
+    snprintf(tmp, sizeof(tmp), "%s/state.snap.tmp", p->dir);
+    struct snap_writer w = {.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600)};
+    if (w.fd < 0)
+        return -1;
+    wbuf_bytes(&w.buf, SNAP_MAGIC, 8);
     put_u32(h, FILE_VERSION);
-    wbuf_bytes(&out, h, 4);
-    struct tally_counter *c, *tmp;
-    HASH_ITER(hh, t->counters, c, tmp)
+    wbuf_bytes(&w.buf, h, 4);
+    struct tally_counter *c, *ctmp;
+    HASH_ITER(hh, t->counters, c, ctmp)
     {
         for (uint16_t i = 0; i < c->nslots; i++, records++) {
-            slot_payload(&p->payload, t, c, c->slots[i].replica, NULL);
-            append_record(p, &out);
+            slot_payload(&p->payload, t, c, &c->slots[i], NULL);
+            snap_record(p, &w);
         }
         for (uint16_t i = 0; i < c->ndevs; i++, records++) {
-            device_payload(&p->payload, t, c, c->devs[i].device);
-            append_record(p, &out);
+            device_payload(&p->payload, t, c, &c->devs[i]);
+            snap_record(p, &w);
         }
     }
     for (uint32_t i = 0; i < d->count; i++, records++) {
@@ -467,21 +511,116 @@ static int snapshot(struct persist *p, const struct tally_table *t, const struct
         wbuf_u8(&p->payload, 'K');
         wbuf_u64(&p->payload, k->a);
         wbuf_u64(&p->payload, k->b);
-        append_record(p, &out);
+        snap_record(p, &w);
     }
     wbuf_reset(&p->payload);
     wbuf_u8(&p->payload, 'E');
     wbuf_u64(&p->payload, records);
-    append_record(p, &out);
-    int rc = out.failed || p->payload.failed || p->frame.failed
-                 ? -1
-                 : write_atomic(p, "state.snap", out.data, out.len);
-    wbuf_free(&out);
-    if (rc == 0 && ftruncate(p->log_fd, HEADER_LEN) == 0 && fdatasync(p->log_fd) == 0) {
-        p->log_bytes = HEADER_LEN;
-        p->unsynced = false;
+    snap_record(p, &w);
+    snap_flush(&w);
+    wbuf_free(&w.buf);
+    int rc = !w.failed && fsync(w.fd) == 0 ? 0 : -1;
+    close(w.fd);
+    if (rc == 0)
+        rc = rename(tmp, path(p, "state.snap", dst, sizeof(dst)));
+    return rc == 0 ? fsync_dir(p->dir) : -1;
+}
+
+static void remove_rotated(struct persist *p, uint32_t upto)
+{
+    char name[64], file[600];
+    for (uint32_t n = p->oldest; n && n <= upto; n++) {
+        snprintf(name, sizeof(name), "state.log.%" PRIu32, n);
+        unlink(path(p, name, file, sizeof(file)));
     }
-    return rc;
+    fsync_dir(p->dir);
+}
+
+static int open_log(struct persist *p, char *err, size_t errlen);
+
+/* Moves state.log aside as state.log.<n> and starts an empty one. */
+static int rotate_log(struct persist *p)
+{
+    char from[600], to[600], name[64], err[256];
+    if (fdatasync(p->log_fd) < 0)
+        return -1;
+    snprintf(name, sizeof(name), "state.log.%" PRIu32, p->rotation + 1);
+    if (rename(path(p, "state.log", from, sizeof(from)), path(p, name, to, sizeof(to))) < 0)
+        return -1;
+    close(p->log_fd);
+    p->rotation++;
+    if (!p->oldest)
+        p->oldest = p->rotation;
+    p->log_bytes = 0;
+    p->unsynced = false;
+    return open_log(p, err, sizeof(err)) == 0 && fsync_dir(p->dir) == 0 ? 0 : -1;
+}
+
+/* Compacts the log into a snapshot, in a child process when background. */
+static int snapshot(struct persist *p, const struct tally_table *t, const struct tally_dedup *d,
+                    bool background)
+{
+    if (p->child || rotate_log(p) < 0)
+        return -1;
+    pid_t pid = background ? fork() : -1;
+    if (pid == 0)
+        _exit(write_snapshot(p, t, d) == 0 ? 0 : 1);
+    if (pid > 0) {
+        p->child = pid;
+        p->child_rotation = p->rotation;
+        return 0;
+    }
+    if (write_snapshot(p, t, d) < 0)
+        return -1;
+    remove_rotated(p, p->rotation);
+    p->oldest = 0;
+    return 0;
+}
+
+/* Collects a finished background snapshot: -1 if it failed. */
+static int reap(struct persist *p, bool wait)
+{
+    int status;
+    if (!p->child || waitpid(p->child, &status, wait ? 0 : WNOHANG) <= 0)
+        return 0;
+    p->child = 0;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return -1;
+    remove_rotated(p, p->child_rotation);
+    p->oldest = p->child_rotation < p->rotation ? p->child_rotation + 1 : 0;
+    return 0;
+}
+
+/* Finds the state.log.<n> files left by snapshots that did not finish. */
+static int scan_rotated(struct persist *p)
+{
+    DIR *dir = opendir(p->dir);
+    if (!dir)
+        return -1;
+    for (struct dirent *e; (e = readdir(dir));) {
+        unsigned n;
+        char tail;
+        if (sscanf(e->d_name, "state.log.%u%c", &n, &tail) == 1 && n > 0) {
+            if (n > p->rotation)
+                p->rotation = n;
+            if (!p->oldest || n < p->oldest)
+                p->oldest = n;
+        }
+    }
+    closedir(dir);
+    return 0;
+}
+
+static int load_rotated(struct persist *p, struct tally_table *t, struct tally_dedup *d, char *err,
+                        size_t errlen)
+{
+    char name[64];
+    for (uint32_t n = p->oldest; n && n <= p->rotation; n++) {
+        snprintf(name, sizeof(name), "state.log.%" PRIu32, n);
+        if (load_log(p, name, t, d, err, errlen) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 /* ==== API ==== */
@@ -532,7 +671,8 @@ struct persist *persist_open(const char *state_dir, const char *node_id,
         goto fail;
     }
     int had = read_meta(p, node_id, &old_inc, old_boot, sizeof(old_boot), err, errlen);
-    if (had < 0 || load_snapshot(p, t, d, err, errlen) < 0 || load_log(p, t, d, err, errlen) < 0)
+    if (had < 0 || load_snapshot(p, t, d, err, errlen) < 0 || scan_rotated(p) < 0 ||
+        load_rotated(p, t, d, err, errlen) < 0 || load_log(p, "state.log", t, d, err, errlen) < 0)
         goto fail;
     boot_id(boot, sizeof(boot));
     bool keep = had > 0 && (fsync_interval_ms == 0 || (boot[0] && strcmp(boot, old_boot) == 0));
@@ -560,44 +700,57 @@ fail:
     return NULL;
 }
 
-static void log_write(struct persist *p)
+/* Appends the framed payload; on any failure cuts what was written of it,
+ * so the log never holds half a record followed by whole ones. */
+static int log_write(struct persist *p)
 {
     record_frame(&p->frame, &p->payload);
     if (p->frame.failed || p->payload.failed)
-        return;
+        return -1;
     size_t done = 0;
     while (done < p->frame.len) {
         ssize_t n = write(p->log_fd, p->frame.data + done, p->frame.len - done);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0)
-            return;
+        if (n <= 0) {
+            int saved = errno;
+            if (done && ftruncate(p->log_fd, (off_t)p->log_bytes) < 0)
+                saved = errno;
+            errno = n == 0 ? ENOSPC : saved;
+            return -1;
+        }
         done += (size_t)n;
     }
+    if (p->fsync_interval_ms == 0 && fdatasync(p->log_fd) < 0) {
+        int saved = errno;
+        if (ftruncate(p->log_fd, (off_t)p->log_bytes) < 0)
+            saved = errno;
+        errno = saved;
+        return -1;
+    }
     p->log_bytes += done;
-    if (p->fsync_interval_ms == 0)
-        fdatasync(p->log_fd);
-    else
-        p->unsynced = true;
+    p->unsynced = p->fsync_interval_ms != 0;
+    return 0;
 }
 
-void persist_slot(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
-                  uint32_t replica, const struct tally_key *key)
+int persist_slot(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
+                 const struct tally_slot *s, const struct tally_key *key)
 {
-    slot_payload(&p->payload, t, c, replica, key);
-    log_write(p);
+    slot_payload(&p->payload, t, c, s, key);
+    return log_write(p);
 }
 
-void persist_device(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
-                    uint32_t device)
+int persist_device(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
+                   const struct tally_dev *d)
 {
-    device_payload(&p->payload, t, c, device);
-    log_write(p);
+    device_payload(&p->payload, t, c, d);
+    return log_write(p);
 }
 
-void persist_tick(struct persist *p, const struct tally_table *t, const struct tally_dedup *d,
-                  uint64_t now_ms)
+int persist_tick(struct persist *p, const struct tally_table *t, const struct tally_dedup *d,
+                 uint64_t now_ms)
 {
+    int rc = reap(p, false);
     if (p->unsynced && now_ms - p->last_fsync_ms >= (uint64_t)p->fsync_interval_ms) {
         fdatasync(p->log_fd);
         p->unsynced = false;
@@ -606,17 +759,20 @@ void persist_tick(struct persist *p, const struct tally_table *t, const struct t
     if (p->last_snapshot_ms == 0)
         p->last_snapshot_ms = now_ms;
     if (now_ms - p->last_snapshot_ms >= (uint64_t)p->snapshot_interval_ms &&
-        p->log_bytes >= COMPACT_MIN_BYTES) {
-        snapshot(p, t, d);
+        p->log_bytes >= COMPACT_MIN_BYTES && !p->child) {
+        if (snapshot(p, t, d, true) < 0)
+            rc = -1;
         p->last_snapshot_ms = now_ms;
     }
+    return rc;
 }
 
 void persist_close(struct persist *p, const struct tally_table *t, const struct tally_dedup *d)
 {
     if (!p)
         return;
-    snapshot(p, t, d);
+    reap(p, true);
+    snapshot(p, t, d, false);
     close(p->log_fd);
     wbuf_free(&p->payload);
     wbuf_free(&p->frame);

@@ -20,14 +20,18 @@ struct persist *persist_open(const char *state_dir, const char *node_id,
                              long long fsync_interval_ms, long long snapshot_interval_ms,
                              struct tally_table *t, struct tally_dedup *d, uint64_t *incarnation,
                              char *err, size_t errlen);
-/* Appends one slot's state (and the idempotency key that raised it, if any). */
-void persist_slot(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
-                  uint32_t replica, const struct tally_key *key);
-void persist_device(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
-                    uint32_t device);
-/* fsyncs on the configured interval and compacts the log into a snapshot. */
-void persist_tick(struct persist *p, const struct tally_table *t, const struct tally_dedup *d,
-                  uint64_t now_ms);
+/* Appends one slot's state s of counter c (and the idempotency key that
+ * raised it, if any). Returns 0, or -1 with errno when it is not in the log
+ * (nothing of it is): the caller must not acknowledge what it stands for. */
+int persist_slot(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
+                 const struct tally_slot *s, const struct tally_key *key);
+/* Appends a device's maximum d of counter c; returns as persist_slot. */
+int persist_device(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
+                   const struct tally_dev *d);
+/* fsyncs on the configured interval and compacts the log into a snapshot in
+ * a child process. Returns -1 when a background snapshot failed. */
+int persist_tick(struct persist *p, const struct tally_table *t, const struct tally_dedup *d,
+                 uint64_t now_ms);
 /* Writes a final snapshot and frees p (NULL is fine). */
 void persist_close(struct persist *p, const struct tally_table *t, const struct tally_dedup *d);
 

@@ -204,7 +204,7 @@ static struct tally {
     uint32_t self; /* our replica index */
     uint64_t start_ms, last_flush_ms, last_digest_ms, last_announce_ms, last_stats_ms;
     uint64_t presence_seq, stats_seq;
-    uint64_t log_window_ms, log_count;
+    uint64_t log_window_ms, log_count, last_disk_log_ms;
     size_t prefix_len, presence_prefix_len;
     bool acl_defer;
     char topic[512];
@@ -333,10 +333,29 @@ static struct topic topic_parse(const char *topic)
 
 /* ==== Increments and reports ==== */
 
+/* The change could not be written to state_dir (disk full, I/O error): it is
+ * not applied, and the client is not acknowledged. Mosquitto drops a client
+ * whose publish a plugin fails with an error other than ACL_DENIED, so it
+ * reconnects and retries, whatever its protocol version. */
+static int not_written(struct mosquitto *client, const char *topic)
+{
+    g.st.rejected[TALLY_E_DISK]++;
+    uint64_t now = mono_ms();
+    if (now - g.last_disk_log_ms >= 1000) {
+        mosquitto_log_printf(MOSQ_LOG_ERR,
+                             "tally: cannot write %s/state.log (%s): publish from '%s' to '%s' "
+                             "not acknowledged",
+                             g.opt.state_dir, strerror(errno), mosquitto_client_id(client), topic);
+        g.last_disk_log_ms = now;
+    }
+    return MOSQ_ERR_UNKNOWN;
+}
+
 static int on_increment(struct mosquitto_evt_message *ev, struct topic t)
 {
     struct tally_inc inc;
     struct tally_counter *c;
+    struct tally_slot next;
     int rc = name_check(t.name, t.len);
     if (rc == TALLY_OK)
         rc = parse_increment(ev->payload, ev->payloadlen, &inc);
@@ -351,14 +370,23 @@ static int on_increment(struct mosquitto_evt_message *ev, struct topic t)
         }
     }
     rc = table_get(&g.table, t.name, t.len, &c);
-    if (rc == TALLY_OK && (rc = table_add(&g.table, c, g.self, inc.delta)) >= 0)
-        rc = TALLY_OK;
     if (rc != TALLY_OK)
         return refuse(ev->client, ev->topic, rc);
+    rc = counter_add_preview(c, g.self, inc.delta, &next);
+    if (rc != TALLY_OK) {
+        table_drop_if_empty(&g.table, c);
+        return refuse(ev->client, ev->topic, rc);
+    }
+    /* On disk before it is applied, and so before the PUBACK. */
+    if (g.persist && inc.delta != 0 &&
+        persist_slot(g.persist, &g.table, c, &next, inc.id[0] ? &key : NULL) < 0) {
+        table_drop_if_empty(&g.table, c);
+        return not_written(ev->client, ev->topic);
+    }
+    if (table_add(&g.table, c, g.self, inc.delta) < 0)
+        return refuse(ev->client, ev->topic, TALLY_E_NOMEM);
     if (inc.id[0])
         dedup_insert(&g.dedup, key);
-    if (g.persist)
-        persist_slot(g.persist, &g.table, c, g.self, inc.id[0] ? &key : NULL);
     g.st.applied++;
     return MOSQ_ERR_SUCCESS;
 }
@@ -366,7 +394,7 @@ static int on_increment(struct mosquitto_evt_message *ev, struct topic t)
 static int on_report(struct mosquitto_evt_message *ev, struct topic t)
 {
     struct tally_report rep;
-    struct tally_counter *c;
+    struct tally_counter *c = NULL;
     uint32_t dev;
     int rc = name_check(t.name, t.len);
     if (rc == TALLY_OK)
@@ -378,15 +406,25 @@ static int on_report(struct mosquitto_evt_message *ev, struct topic t)
         rc = table_get(&g.table, t.name, t.len, &c);
     if (rc == TALLY_OK)
         rc = table_device(&g.table, device, strlen(device), DEVICE_LOCAL, &dev);
-    if (rc == TALLY_OK && (rc = table_merge_device(&g.table, c, dev, rep.total, true)) >= 0) {
-        g.st.reports++;
-        if (rc == 0)
-            g.st.reports_stale++;
-        else if (g.persist)
-            persist_device(g.persist, &g.table, c, dev);
+    int raises = rc == TALLY_OK ? counter_report_check(c, dev, rep.total) : -rc;
+    if (raises < 0) {
+        if (c)
+            table_drop_if_empty(&g.table, c);
+        return refuse(ev->client, ev->topic, -raises);
+    }
+    g.st.reports++;
+    if (raises == 0) {
+        g.st.reports_stale++;
         return MOSQ_ERR_SUCCESS;
     }
-    return refuse(ev->client, ev->topic, rc);
+    struct tally_dev next = {.device = dev, .total = rep.total};
+    if (g.persist && persist_device(g.persist, &g.table, c, &next) < 0) {
+        table_drop_if_empty(&g.table, c);
+        return not_written(ev->client, ev->topic);
+    }
+    if (table_merge_device(&g.table, c, dev, rep.total, true) < 0)
+        return refuse(ev->client, ev->topic, TALLY_E_NOMEM);
+    return MOSQ_ERR_SUCCESS;
 }
 
 static void publish(const char *topic, const void *payload, size_t len, int qos, bool retain);
@@ -419,13 +457,15 @@ static int merge_sync_counter(const struct wire_sync *s, const struct wire_sync_
     for (uint32_t i = 0; i < wc->nslots; i++) {
         const struct wire_sync_slot *sl = &s->slots[wc->first_slot + i];
         uint32_t replica = reps[sl->replica_ref];
+        /* Peers' states need no acknowledgement: what fails to reach the
+         * log here is sent again by anti-entropy. */
         if (table_merge_slot(&g.table, c, replica, sl->p, sl->n) > 0 && g.persist)
-            persist_slot(g.persist, &g.table, c, replica, NULL);
+            persist_slot(g.persist, &g.table, c, counter_slot(c, replica), NULL);
     }
     for (uint32_t i = 0; i < wc->ndevs; i++) {
         const struct wire_sync_dev *d = &s->devs[wc->first_dev + i];
         if (table_merge_device(&g.table, c, devs[d->device_ref], d->total, false) > 0 && g.persist)
-            persist_device(g.persist, &g.table, c, devs[d->device_ref]);
+            persist_device(g.persist, &g.table, c, counter_device(c, devs[d->device_ref]));
     }
     return TALLY_OK;
 }
@@ -939,8 +979,11 @@ static int on_tick(int event, void *event_data, void *userdata)
     }
     if (now - g.last_stats_ms >= (uint64_t)g.opt.stats_interval_ms)
         publish_stats(now);
-    if (g.persist)
-        persist_tick(g.persist, &g.table, &g.dedup, now);
+    if (g.persist && persist_tick(g.persist, &g.table, &g.dedup, now) < 0)
+        mosquitto_log_printf(MOSQ_LOG_ERR,
+                             "tally: a snapshot of %s failed; the log is kept and replayed "
+                             "at the next start",
+                             g.opt.state_dir);
     return MOSQ_ERR_SUCCESS;
 }
 

@@ -126,7 +126,7 @@ int presence_view(struct tally_presence *pr, const char *client, const char *pag
             if (v->pages[i]->name_len == len && memcmp(v->pages[i]->name, page, len) == 0)
                 return 0;
     if (pr->nviews >= pr->max_views)
-        return -TALLY_E_MAX_COUNTERS;
+        return -TALLY_E_MAX_VIEWERS;
     if (!v) {
         size_t clen = strlen(client);
         v = calloc(1, sizeof(*v) + clen + 1);

@@ -115,6 +115,16 @@ int table_get(struct tally_table *t, const char *name, size_t len, struct tally_
     return TALLY_OK;
 }
 
+/* Forgets a counter created for an increment that was then not applied. */
+void table_drop_if_empty(struct tally_table *t, struct tally_counter *c)
+{
+    if (c->nslots || c->ndevs || c->dirty)
+        return;
+    HASH_DEL(t->counters, c);
+    counter_free(c);
+    t->ncounters--;
+}
+
 static void mark_dirty(struct tally_table *t, struct tally_counter *c)
 {
     if (c->dirty)

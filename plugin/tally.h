@@ -50,8 +50,10 @@ enum tally_err {
     TALLY_E_OVERFLOW,
     TALLY_E_MAX_COUNTERS,
     TALLY_E_MAX_DEVICES,
+    TALLY_E_MAX_VIEWERS,
     TALLY_E_FORBIDDEN,
     TALLY_E_WIRE,
+    TALLY_E_DISK,
     TALLY_E_NOMEM,
     TALLY_E__COUNT
 };
@@ -109,9 +111,12 @@ struct tally_sums {
     int64_t p, n, devices, value; /* value = p - n + devices, saturated */
 };
 
+int counter_add_preview(const struct tally_counter *c, uint32_t replica, int64_t delta,
+                        struct tally_slot *next);
 int counter_add(struct tally_counter *c, uint32_t replica, int64_t delta);
 int counter_merge_slot(struct tally_counter *c, uint32_t replica, uint64_t p, uint64_t n);
 int counter_merge_device(struct tally_counter *c, uint32_t device, uint64_t total);
+int counter_report_check(const struct tally_counter *c, uint32_t device, uint64_t total);
 int counter_report(struct tally_counter *c, uint32_t device, uint64_t total);
 void counter_sums(const struct tally_counter *c, struct tally_sums *out);
 int64_t counter_value(const struct tally_counter *c);
@@ -159,6 +164,7 @@ void table_init(struct tally_table *t, size_t max_counters, uint32_t max_devices
 void table_free(struct tally_table *t);
 struct tally_counter *table_find(struct tally_table *t, const char *name, size_t len);
 int table_get(struct tally_table *t, const char *name, size_t len, struct tally_counter **out);
+void table_drop_if_empty(struct tally_table *t, struct tally_counter *c);
 int table_replica(struct tally_table *t, const char *node_id, uint64_t incarnation, uint32_t *out);
 enum device_mode { DEVICE_FIND, DEVICE_LOCAL, DEVICE_PEER };
 int table_device(struct tally_table *t, const char *id, size_t len, enum device_mode mode,

@@ -420,8 +420,6 @@ def tiny_fs(workdir):
     subprocess.run(["umount", "-l", mnt], capture_output=True)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (closing note of issue 4): a failed write to "
-                   "state.log is not yet turned into a withheld acknowledgement")
 def test_disk_full_never_acknowledges_what_it_did_not_write(brokers, tiny_fs):
     """A write(2) that fails (ENOSPC) must not end in a success PUBACK: after a kill -9 and a
     restart, at least every increment acknowledged with success is still counted."""

@@ -286,8 +286,10 @@ START_TEST(test_strerror)
         {TALLY_E_OVERFLOW, "total_out_of_range"},
         {TALLY_E_MAX_COUNTERS, "max_counters_reached"},
         {TALLY_E_MAX_DEVICES, "max_devices_reached"},
+        {TALLY_E_MAX_VIEWERS, "max_viewers_reached"},
         {TALLY_E_FORBIDDEN, "forbidden_topic"},
         {TALLY_E_WIRE, "bad_replication_message"},
+        {TALLY_E_DISK, "state_not_written"},
         {TALLY_E_NOMEM, "out_of_memory"},
     };
     ck_assert_int_eq(sizeof(names) / sizeof(names[0]), TALLY_E__COUNT);

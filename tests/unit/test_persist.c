@@ -332,7 +332,8 @@ static void node_increment(struct node *n, const char *name, int64_t delta, int 
     struct tally_key k = key_of(name, id);
     if (id >= 0)
         dedup_insert(&n->d, k);
-    persist_slot(n->p, &n->t, c, n->self, id >= 0 ? &k : NULL);
+    ck_assert_int_eq(persist_slot(n->p, &n->t, c, counter_slot(c, n->self), id >= 0 ? &k : NULL),
+                     0);
 }
 
 static void node_report(struct node *n, const char *name, const char *device, uint64_t total)
@@ -342,7 +343,7 @@ static void node_report(struct node *n, const char *name, const char *device, ui
     ck_assert_int_eq(table_get(&n->t, name, strlen(name), &c), TALLY_OK);
     ck_assert_int_eq(table_device(&n->t, device, strlen(device), DEVICE_LOCAL, &dev), TALLY_OK);
     ck_assert_int_eq(table_merge_device(&n->t, c, dev, total, true), 1);
-    persist_device(n->p, &n->t, c, dev);
+    ck_assert_int_eq(persist_device(n->p, &n->t, c, counter_device(c, dev)), 0);
 }
 
 static void node_merge_peer(struct node *n, const char *name, uint64_t p, uint64_t neg)
@@ -352,7 +353,7 @@ static void node_merge_peer(struct node *n, const char *name, uint64_t p, uint64
     ck_assert_int_eq(table_get(&n->t, name, strlen(name), &c), TALLY_OK);
     ck_assert_int_eq(table_replica(&n->t, "n2", 99, &r), TALLY_OK);
     ck_assert_int_eq(table_merge_slot(&n->t, c, r, p, neg), 1);
-    persist_slot(n->p, &n->t, c, r, NULL);
+    ck_assert_int_eq(persist_slot(n->p, &n->t, c, counter_slot(c, r), NULL), 0);
 }
 
 /* Some state of every kind: own slots with and without ids, device reports

@@ -105,8 +105,8 @@ START_TEST(test_max_views)
     presence_init(&small, 2);
     ck_assert_int_eq(presence_view(&small, "a", "p", 1), 1);
     ck_assert_int_eq(presence_view(&small, "b", "p", 1), 1);
-    ck_assert_int_eq(presence_view(&small, "c", "p", 1), -TALLY_E_MAX_COUNTERS);
-    ck_assert_int_eq(presence_view(&small, "a", "q", 1), -TALLY_E_MAX_COUNTERS);
+    ck_assert_int_eq(presence_view(&small, "c", "p", 1), -TALLY_E_MAX_VIEWERS);
+    ck_assert_int_eq(presence_view(&small, "a", "q", 1), -TALLY_E_MAX_VIEWERS);
     ck_assert_int_eq(presence_view(&small, "a", "p", 1), 0); /* already counted */
     ck_assert_uint_eq(presence_total(&small, "p", 1), 2);
     ck_assert_uint_eq(small.nviews, 2);
