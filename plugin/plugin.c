@@ -32,6 +32,8 @@
 #include "persist.h"
 #include "tally.h"
 
+#define CONTROL_TOPIC "$CONTROL/tally/v1"
+
 /* ==== Options ==== */
 
 struct options {
@@ -40,6 +42,8 @@ struct options {
     char presence_prefix[128];
     char bridge_clientids[1024];
     char bridge_usernames[1024];
+    char admin_usernames[1024];
+    char admin_clientids[1024];
     char acl[16];
     char state_dir[512];
     long long publish_interval_ms;
@@ -82,6 +86,10 @@ static const struct opt_spec opt_specs[] = {
     OPT_S(presence_prefix, "a topic level without / + # or a leading $"),
     OPT_S(bridge_clientids, "comma-separated client ids or shell patterns (b-to-a,*-to-*)"),
     OPT_S(bridge_usernames, "comma-separated usernames or shell patterns"),
+    OPT_S(admin_usernames, "comma-separated usernames or shell patterns allowed to use "
+                           "$CONTROL/tally/v1"),
+    OPT_S(admin_clientids, "comma-separated client ids or shell patterns allowed to use "
+                           "$CONTROL/tally/v1"),
     OPT_S(acl, "'allow' (tally allows what it does not refuse) or 'defer' (leave it to "
                "acl_file or other plugins)"),
     OPT_S(state_dir, "a directory the broker can write"),
@@ -162,18 +170,26 @@ static int option_set(struct options *o, const char *key, const char *value)
     return MOSQ_ERR_INVAL;
 }
 
+static const char *opt_help(const char *key)
+{
+    for (size_t i = 0; i < sizeof(opt_specs) / sizeof(opt_specs[0]); i++)
+        if (strcmp(opt_specs[i].key, key) == 0)
+            return opt_specs[i].help;
+    return "";
+}
+
 static int options_check(const struct options *o)
 {
     const char *bad = NULL, *help = NULL;
     if (node_id_check(o->node_id, strlen(o->node_id)) != TALLY_OK)
-        bad = "node_id", help = opt_specs[0].help;
+        bad = "node_id", help = opt_help(bad);
     else if (name_check(o->prefix, strlen(o->prefix)) != TALLY_OK)
-        bad = "prefix", help = opt_specs[1].help;
+        bad = "prefix", help = opt_help(bad);
     else if (name_check(o->presence_prefix, strlen(o->presence_prefix)) != TALLY_OK ||
              strcmp(o->prefix, o->presence_prefix) == 0)
         bad = "presence_prefix", help = "a topic level, different from prefix";
     else if (strcmp(o->acl, "allow") != 0 && strcmp(o->acl, "defer") != 0)
-        bad = "acl", help = opt_specs[5].help;
+        bad = "acl", help = opt_help(bad);
     if (!bad)
         return MOSQ_ERR_SUCCESS;
     mosquitto_log_printf(MOSQ_LOG_ERR, "tally: bad value for plugin_opt_%s: %s", bad, help);
@@ -276,6 +292,12 @@ static bool list_match(const char *list, const char *s)
         p += n + (p[n] == ',');
     }
     return false;
+}
+
+static bool is_admin(const struct mosquitto *client)
+{
+    return list_match(g.opt.admin_clientids, mosquitto_client_id(client)) ||
+           list_match(g.opt.admin_usernames, mosquitto_client_username(client));
 }
 
 static bool is_bridge(const struct mosquitto *client)
@@ -686,6 +708,9 @@ static int on_acl_check(int event, void *event_data, void *userdata)
             return MOSQ_ERR_ACL_DENIED;
         return allow();
     case MOSQ_ACL_WRITE:
+        if (strcmp(ev->topic, CONTROL_TOPIC) == 0)
+            return is_admin(ev->client) ? MOSQ_ERR_SUCCESS
+                                        : refuse(ev->client, ev->topic, TALLY_E_FORBIDDEN);
         if ((t.kind == T_TALLY && !is_bridge(ev->client)) || t.kind == T_TOTAL ||
             t.kind == T_STATE || t.kind == T_PRESENCE)
             return refuse(ev->client, ev->topic, TALLY_E_FORBIDDEN);
@@ -744,76 +769,6 @@ static void sync_add(const struct tally_counter *c)
         sync_flush();
 }
 
-/* Appends s to b as a JSON string. Names and device ids hold no control
- * characters (codec.c), so only " and \ need escaping. */
-static void json_str(struct wire_buf *b, const char *s, size_t len)
-{
-    wbuf_u8(b, '"');
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] == '"' || s[i] == '\\')
-            wbuf_u8(b, '\\');
-        wbuf_u8(b, (uint8_t)s[i]);
-    }
-    wbuf_u8(b, '"');
-}
-
-static void json_fmt(struct wire_buf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void json_fmt(struct wire_buf *b, const char *fmt, ...)
-{
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        wbuf_bytes(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
-}
-
-/* counters/<name>/state: the value, its parts, and each node's share summed
- * over its incarnations. Written by hand rather than with cJSON because it
- * runs for every changed counter on every flush. */
-static void state_json(struct wire_buf *b, const struct tally_counter *c,
-                       const struct tally_sums *s)
-{
-    wbuf_reset(b);
-    json_fmt(b, "{\"name\":");
-    json_str(b, c->name, c->name_len);
-    json_fmt(b,
-             ",\"value\":%" PRId64 ",\"p\":%" PRId64 ",\"n\":%" PRId64 ",\"devices_total\":%" PRId64
-             ",\"nodes\":{",
-             s->value, s->p, s->n, s->devices);
-    bool first = true;
-    for (uint16_t i = 0; i < c->nslots; i++) {
-        const struct tally_replica *r = g.table.replicas[c->slots[i].replica];
-        bool seen = false;
-        for (uint16_t j = 0; j < i && !seen; j++)
-            seen = strcmp(g.table.replicas[c->slots[j].replica]->key, r->key) == 0;
-        if (seen)
-            continue;
-        uint64_t p = 0, n = 0;
-        for (uint16_t j = i; j < c->nslots; j++) {
-            if (strcmp(g.table.replicas[c->slots[j].replica]->key, r->key) == 0) {
-                p += c->slots[j].p;
-                n += c->slots[j].n;
-            }
-        }
-        json_fmt(b, first ? "" : ",");
-        json_str(b, r->key, r->id_len);
-        json_fmt(b, ":{\"p\":%" PRIu64 ",\"n\":%" PRIu64 "}", p, n);
-        first = false;
-    }
-    json_fmt(b, "},\"devices\":{");
-    for (uint16_t i = 0; i < c->ndevs; i++) {
-        const char *id = g.table.devices[c->devs[i].device]->id;
-        json_fmt(b, i ? "," : "");
-        json_str(b, id, strlen(id));
-        json_fmt(b, ":%" PRIu64, c->devs[i].total);
-    }
-    json_fmt(b, "},\"node\":\"%s\",\"updated_ms\":%" PRIu64 "}", g.opt.node_id, wall_ms());
-}
-
 static void publish_counter(const struct tally_counter *c)
 {
     struct tally_sums s;
@@ -822,7 +777,7 @@ static void publish_counter(const struct tally_counter *c)
     int n = snprintf(value, sizeof(value), "%" PRId64, s.value);
     snprintf(g.topic, sizeof(g.topic), "%s/%.*s", g.opt.prefix, (int)c->name_len, c->name);
     publish(g.topic, value, (size_t)n, (int)g.opt.publish_qos, true);
-    state_json(&g.buf, c, &s);
+    counter_state_json(&g.buf, &g.table, c, g.opt.node_id, wall_ms());
     snprintf(g.topic, sizeof(g.topic), "%s/%.*s/state", g.opt.prefix, (int)c->name_len, c->name);
     if (!g.buf.failed)
         publish(g.topic, g.buf.data, g.buf.len, (int)g.opt.publish_qos, true);
@@ -900,40 +855,41 @@ static void publish_stats(uint64_t now)
     struct wire_buf *b = &g.buf;
     uint64_t rejected = 0;
     wbuf_reset(b);
-    json_fmt(b, "{\"node\":\"%s\",\"incarnation\":\"%" PRIu64 "\",\"seq\":%" PRIu64, g.opt.node_id,
-             g.incarnation, ++g.stats_seq);
-    json_fmt(b, ",\"time_ms\":%" PRIu64 ",\"uptime_ms\":%" PRIu64, wall_ms(), now - g.start_ms);
-    json_fmt(b, ",\"counters\":%zu,\"devices\":%" PRIu32 ",\"viewers\":%" PRIu64, g.table.ncounters,
-             g.table.ndevices, g.presence.nviews);
-    json_fmt(b, ",\"applied\":%" PRIu64 ",\"duplicates\":%" PRIu64, g.st.applied, g.st.duplicates);
-    json_fmt(b, ",\"reports\":%" PRIu64 ",\"reports_unchanged\":%" PRIu64, g.st.reports,
-             g.st.reports_stale);
-    json_fmt(b, ",\"rejected\":{");
+    wbuf_printf(b, "{\"node\":\"%s\",\"incarnation\":\"%" PRIu64 "\",\"seq\":%" PRIu64,
+                g.opt.node_id, g.incarnation, ++g.stats_seq);
+    wbuf_printf(b, ",\"time_ms\":%" PRIu64 ",\"uptime_ms\":%" PRIu64, wall_ms(), now - g.start_ms);
+    wbuf_printf(b, ",\"counters\":%zu,\"devices\":%" PRIu32 ",\"viewers\":%" PRIu64,
+                g.table.ncounters, g.table.ndevices, g.presence.nviews);
+    wbuf_printf(b, ",\"applied\":%" PRIu64 ",\"duplicates\":%" PRIu64, g.st.applied,
+                g.st.duplicates);
+    wbuf_printf(b, ",\"reports\":%" PRIu64 ",\"reports_unchanged\":%" PRIu64, g.st.reports,
+                g.st.reports_stale);
+    wbuf_printf(b, ",\"rejected\":{");
     for (int i = 1; i < TALLY_E__COUNT; i++) {
-        json_fmt(b, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", tally_strerror(i), g.st.rejected[i]);
+        wbuf_printf(b, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", tally_strerror(i), g.st.rejected[i]);
         rejected += g.st.rejected[i];
     }
-    json_fmt(b, "},\"rejected_total\":%" PRIu64, rejected);
-    json_fmt(b,
-             ",\"repl\":{\"msgs_in\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"msgs_out\":%" PRIu64
-             ",\"bytes_out\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"repaired\":%" PRIu64 "}",
-             g.st.repl_msgs_in, g.st.repl_bytes_in, g.st.repl_msgs_out, g.st.repl_bytes_out,
-             g.st.repl_rejected, g.st.repair_counters);
-    json_fmt(b, ",\"dedup\":{\"ids\":%" PRIu32 ",\"window\":%" PRIu32 "}", g.dedup.count,
-             g.dedup.window);
-    json_fmt(b, ",\"limits\":{\"max_counters\":%lld,\"max_devices\":%lld,\"max_viewers\":%lld}",
-             g.opt.max_counters, g.opt.max_devices, g.opt.max_viewers);
-    json_fmt(b, ",\"persist\":\"%s\"", g.persist ? g.opt.state_dir : "memory");
-    json_fmt(b, ",\"peers\":{");
+    wbuf_printf(b, "},\"rejected_total\":%" PRIu64, rejected);
+    wbuf_printf(b,
+                ",\"repl\":{\"msgs_in\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"msgs_out\":%" PRIu64
+                ",\"bytes_out\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"repaired\":%" PRIu64 "}",
+                g.st.repl_msgs_in, g.st.repl_bytes_in, g.st.repl_msgs_out, g.st.repl_bytes_out,
+                g.st.repl_rejected, g.st.repair_counters);
+    wbuf_printf(b, ",\"dedup\":{\"ids\":%" PRIu32 ",\"window\":%" PRIu32 "}", g.dedup.count,
+                g.dedup.window);
+    wbuf_printf(b, ",\"limits\":{\"max_counters\":%lld,\"max_devices\":%lld,\"max_viewers\":%lld}",
+                g.opt.max_counters, g.opt.max_devices, g.opt.max_viewers);
+    wbuf_printf(b, ",\"persist\":\"%s\"", g.persist ? g.opt.state_dir : "memory");
+    wbuf_printf(b, ",\"peers\":{");
     struct tally_origin *o, *tmp;
     bool first = true;
     HASH_ITER(hh, g.presence.origins, o, tmp)
     {
-        json_fmt(b, "%s\"%s\":{\"last_heard_ms\":%" PRIu64 ",\"alive\":%s}", first ? "" : ",",
-                 o->node_id, wall_ms() - (now - o->last_heard_ms), o->alive ? "true" : "false");
+        wbuf_printf(b, "%s\"%s\":{\"last_heard_ms\":%" PRIu64 ",\"alive\":%s}", first ? "" : ",",
+                    o->node_id, wall_ms() - (now - o->last_heard_ms), o->alive ? "true" : "false");
         first = false;
     }
-    json_fmt(b, "}}");
+    wbuf_printf(b, "}}");
     if (b->failed)
         return;
     snprintf(g.topic, sizeof(g.topic), "$tally/stats/%s", g.opt.node_id);
@@ -987,16 +943,34 @@ static int on_tick(int event, void *event_data, void *userdata)
     return MOSQ_ERR_SUCCESS;
 }
 
+/* ==== The control API ==== */
+
+/* $CONTROL/tally/v1: only admins get here (on_acl_check); the answer goes
+ * to the asking client alone, as dynamic-security's does. */
+static int on_control(int event, void *event_data, void *userdata)
+{
+    struct mosquitto_evt_control *ev = event_data;
+    (void)event;
+    (void)userdata;
+    char *resp = control_process(ev->payload, ev->payloadlen, &g.table, g.opt.node_id, wall_ms());
+    if (!resp)
+        return MOSQ_ERR_NOMEM;
+    mosquitto_broker_publish_copy(mosquitto_client_id(ev->client), CONTROL_TOPIC "/response",
+                                  (int)strlen(resp), resp, 1, false, NULL);
+    free(resp);
+    return MOSQ_ERR_SUCCESS;
+}
+
 /* ==== Plugin entry points ==== */
 
 static const struct {
     int event;
     MOSQ_FUNC_generic_callback cb;
+    const char *event_data;
 } callbacks[] = {
-    {MOSQ_EVT_MESSAGE, on_message},
-    {MOSQ_EVT_ACL_CHECK, on_acl_check},
-    {MOSQ_EVT_DISCONNECT, on_disconnect},
-    {MOSQ_EVT_TICK, on_tick},
+    {MOSQ_EVT_MESSAGE, on_message, NULL},          {MOSQ_EVT_ACL_CHECK, on_acl_check, NULL},
+    {MOSQ_EVT_DISCONNECT, on_disconnect, NULL},    {MOSQ_EVT_TICK, on_tick, NULL},
+    {MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC},
 };
 
 int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
@@ -1055,8 +1029,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
         goto error;
     g.start_ms = mono_ms();
     for (size_t i = 0; i < sizeof(callbacks) / sizeof(callbacks[0]); i++) {
-        if (mosquitto_callback_register(identifier, callbacks[i].event, callbacks[i].cb, NULL,
-                                        NULL) != MOSQ_ERR_SUCCESS) {
+        if (mosquitto_callback_register(identifier, callbacks[i].event, callbacks[i].cb,
+                                        callbacks[i].event_data, NULL) != MOSQ_ERR_SUCCESS) {
             mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot register callback for event %d",
                                  callbacks[i].event);
             goto error;
@@ -1086,7 +1060,8 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
     (void)opts;
     (void)opt_count;
     for (size_t i = 0; i < sizeof(callbacks) / sizeof(callbacks[0]); i++)
-        mosquitto_callback_unregister(g.id, callbacks[i].event, callbacks[i].cb, NULL);
+        mosquitto_callback_unregister(g.id, callbacks[i].event, callbacks[i].cb,
+                                      callbacks[i].event_data);
     persist_close(g.persist, &g.table, &g.dedup);
     g.persist = NULL;
     sync_writer_free(&g.writer);

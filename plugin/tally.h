@@ -267,6 +267,8 @@ void wbuf_u8(struct wire_buf *b, uint8_t v);
 void wbuf_u64(struct wire_buf *b, uint64_t v);
 void wbuf_varint(struct wire_buf *b, uint64_t v);
 void wbuf_str8(struct wire_buf *b, const char *s, size_t n);
+void wbuf_printf(struct wire_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
 
 struct wire_reader {
     const uint8_t *p, *end;
@@ -358,5 +360,15 @@ void wire_presence_begin(struct wire_buf *b, const char *origin, uint64_t incarn
                          uint32_t npages);
 void wire_presence_page(struct wire_buf *b, const char *page, size_t len, uint64_t count);
 int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out);
+
+/* ==== JSON views of the state and the control API (control.c) ==== */
+
+/* counters/<name>/state into b (reset first). */
+void counter_state_json(struct wire_buf *b, const struct tally_table *t,
+                        const struct tally_counter *c, const char *node_id, uint64_t updated_ms);
+/* Runs the commands of one $CONTROL/tally/v1 request; returns the response
+ * JSON (caller frees) or NULL when out of memory. */
+char *control_process(const void *payload, size_t len, const struct tally_table *t,
+                      const char *node_id, uint64_t now_ms);
 
 #endif

@@ -48,6 +48,8 @@
  * 2^53-1, no bytes left over) before any of it is applied: a malformed
  * message is refused whole. A receiver refuses versions it does not know.
  */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -122,6 +124,30 @@ void wbuf_str8(struct wire_buf *b, const char *s, size_t n)
 {
     wbuf_u8(b, (uint8_t)n);
     wbuf_bytes(b, s, n);
+}
+
+void wbuf_printf(struct wire_buf *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        wbuf_bytes(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+/* Appends s as a JSON string. Names and ids reaching here hold no control
+ * characters (codec.c), so only " and \ need escaping. */
+void wbuf_json_str(struct wire_buf *b, const char *s, size_t len)
+{
+    wbuf_u8(b, '"');
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '"' || s[i] == '\\')
+            wbuf_u8(b, '\\');
+        wbuf_u8(b, (uint8_t)s[i]);
+    }
+    wbuf_u8(b, '"');
 }
 
 static void header(struct wire_buf *b, enum wire_type type)
