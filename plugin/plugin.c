@@ -220,6 +220,7 @@ static struct tally {
     uint32_t self; /* our replica index */
     uint64_t start_ms, last_flush_ms, last_digest_ms, last_announce_ms, last_stats_ms;
     uint64_t presence_seq, stats_seq;
+    size_t flush_left; /* counters of the current flush round still to publish */
     uint64_t log_window_ms, log_count, last_disk_log_ms;
     size_t prefix_len, presence_prefix_len;
     bool acl_defer;
@@ -834,10 +835,23 @@ static void dump_buckets(const uint64_t *mask)
     sync_flush();
 }
 
+/* A flush round publishes every counter that was dirty when it began, at
+ * most FLUSH_BUDGET a tick, so that a huge backlog (a million counters
+ * loaded from disk, or replicated after a long partition) never stalls the
+ * broker for seconds: the round goes on at the next tick. A counter changed
+ * during a round waits for the next one, so no name is published twice
+ * within publish_interval_ms. */
+#define FLUSH_BUDGET 20000
+
 static void flush(uint64_t now)
 {
-    for (struct tally_counter *c = table_take_dirty(&g.table), *next; c; c = next) {
-        next = c->dirty_next;
+    if (g.flush_left == 0) {
+        g.flush_left = g.table.ndirty;
+        g.last_flush_ms = now;
+    }
+    size_t budget = FLUSH_BUDGET;
+    for (struct tally_counter *c; g.flush_left && budget && (c = table_pop_dirty(&g.table));
+         g.flush_left--, budget--) {
         publish_counter(c);
         sync_add(c);
     }
@@ -845,7 +859,6 @@ static void flush(uint64_t now)
     presence_flush(&g.presence, publish_page, NULL);
     if (g.presence.local_changed)
         announce_presence();
-    g.last_flush_ms = now;
 }
 
 /* ==== Stats ==== */
@@ -923,8 +936,8 @@ static int on_tick(int event, void *event_data, void *userdata)
     if (heartbeat > 1000)
         heartbeat = 1000;
     expire_peers(now);
-    if (now - g.last_flush_ms >= (uint64_t)g.opt.publish_interval_ms &&
-        (g.table.dirty_head || g.presence.dirty_head || g.presence.local_changed))
+    if (g.flush_left || (now - g.last_flush_ms >= (uint64_t)g.opt.publish_interval_ms &&
+                         (g.table.dirty_head || g.presence.dirty_head || g.presence.local_changed)))
         flush(now);
     if (now - g.last_announce_ms >= heartbeat)
         announce_presence();

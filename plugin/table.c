@@ -147,6 +147,22 @@ struct tally_counter *table_take_dirty(struct tally_table *t)
     return head;
 }
 
+/* Takes the oldest counter off the dirty list and clears its flag: a change
+ * after this puts it back at the end. NULL when nothing is dirty. */
+struct tally_counter *table_pop_dirty(struct tally_table *t)
+{
+    struct tally_counter *c = t->dirty_head;
+    if (!c)
+        return NULL;
+    t->dirty_head = c->dirty_next;
+    if (!t->dirty_head)
+        t->dirty_tail = &t->dirty_head;
+    c->dirty = 0;
+    c->dirty_next = NULL;
+    t->ndirty--;
+    return c;
+}
+
 /* ==== Changes that keep the digest current ==== */
 
 static uint64_t replica_owner_hash(const struct tally_table *t, uint32_t replica)

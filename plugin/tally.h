@@ -181,6 +181,7 @@ int table_merge_device(struct tally_table *t, struct tally_counter *c, uint32_t 
 /* Detaches the dirty list: the caller walks it through dirty_next and must
  * clear each counter's dirty flag (table_take_dirty does that on return). */
 struct tally_counter *table_take_dirty(struct tally_table *t);
+struct tally_counter *table_pop_dirty(struct tally_table *t);
 
 unsigned name_bucket(const char *name, size_t len);
 uint64_t tally_hash64(const void *data, size_t len, uint64_t seed);

@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 
-import paho.mqtt.client as mqtt
+import pytest
 
 from conftest import LOAD, RawClient, wait_for
 
@@ -197,7 +197,8 @@ def test_views_past_max_viewers_are_not_counted_and_are_logged(brokers):
         wait_stats(b, lambda s: s.get("viewers") == 50, "50 viewers")
         log = b.read_log()
         for i in range(50, 80):
-            assert f"client 'v{i}'" in log, f"view of v{i} past max_viewers not logged"
+            assert re.search(rf"client 'v{i}'.*max_viewers_reached", log), \
+                f"view of v{i} past max_viewers not logged"
         for i in range(50):
             assert f"client 'v{i}'" not in log
         # The first 50 hold the places: one leaving frees one, and only a new view takes it
@@ -214,6 +215,48 @@ def test_views_past_max_viewers_are_not_counted_and_are_logged(brokers):
     wait_for(lambda: watcher.last("presence/p") == "0", 5, what="presence/p == 0")
     wait_stats(b, lambda s: s.get("viewers") == 0, "0 viewers")
     watcher.close()
+
+
+@pytest.mark.xfail(strict=True, reason="plugin bug: a refused view is logged with topic "
+                   "'presence', not presence/<page>, and not counted in stats rejected")
+def test_a_refused_view_is_logged_with_its_topic_and_counted(brokers):
+    b = brokers("n1", options={"max_viewers": "1", "stats_interval_ms": "200"})
+    clients = viewers(b, 2, "v")
+    try:
+        wait_for(lambda: re.search(r"client 'v1'.*max_viewers_reached", b.read_log()), 5,
+                 what="the refusal in the log")
+        assert re.search(r"client 'v1' to 'presence/p': max_viewers_reached", b.read_log())
+        wait_stats(b, lambda s: s.get("rejected", {}).get("max_viewers_reached") == 1,
+                   "max_viewers_reached counted", timeout=3)
+    finally:
+        for c in clients:
+            c.disconnect()
+
+
+@pytest.mark.xfail(strict=True, reason="plugin bug: each page ever viewed keeps a retained "
+                   "'0' in Mosquitto (about 380 bytes) after its last viewer leaves")
+def test_views_of_many_distinct_pages_that_end_leave_memory_flat(brokers):
+    b = brokers("n1")
+    c = RawClient(b.port, "browser")
+    try:
+        for i in range(500):  # warm-up
+            c.subscribe(f"presence/w{i}")
+            c.unsubscribe(f"presence/w{i}")
+        time.sleep(0.5)
+        before = settled_rss(b)
+        for i in range(10000):
+            c.subscribe(f"presence/page-{i:06d}")
+            c.unsubscribe(f"presence/page-{i:06d}")
+        time.sleep(0.5)
+        after = settled_rss(b)
+    finally:
+        c.disconnect()
+    print(f"\nRSS before {before / MIB:.2f} MiB, after 10000 distinct pages viewed and left "
+          f"{after / MIB:.2f} MiB ({(after - before) / 10000:.0f} B/page)")
+    # One client, never more than one view at a time (max_viewers cannot stop it): a page
+    # nobody views any more must cost nothing, as it does in plain Mosquitto. 100 bytes per
+    # page kept would be 1 MiB.
+    assert after - before < 512 * KIB
 
 
 # ---- dedup_window --------------------------------------------------------------------------
@@ -353,8 +396,16 @@ def test_churn_of_short_lived_clients_leaves_memory_flat(brokers):
         wait_stats(b, lambda s: s.get("viewers") == 0, "0 viewers after the churn", timeout=15)
         time.sleep(1)
         pages = {t: v for t, v, _ in watcher.messages}
-        assert len(pages) == PAGES, len(pages)
-        assert set(pages.values()) == {"0"}, {t: v for t, v in pages.items() if v != "0"}
+        assert set(pages.values()) <= {"0"}, {t: v for t, v in pages.items() if v != "0"}
+        # No stale view is left behind: a new viewer of a churned page is its only viewer.
+        fresh = RawClient(b.port, "fresh")
+        for k in range(5):
+            fresh.subscribe(f"presence/pg{k}")
+        for k in range(5):
+            wait_for(lambda: watcher.last(f"presence/pg{k}") == "1", 5,
+                     what=f"presence/pg{k} == 1")
+        fresh.disconnect()
+        wait_stats(b, lambda s: s.get("viewers") == 0, "0 viewers again")
     finally:
         watcher.close()
     totals = [b.total(f"ch{k}") or 0 for k in range(NAMES)]

@@ -444,6 +444,30 @@ START_TEST(test_table_dirty_list)
 }
 END_TEST
 
+/* The plugin's flush pops counters one at a time: in order, each once, and
+ * a counter changed after its pop goes to the back of the list. */
+START_TEST(test_table_pop_dirty)
+{
+    uint32_t r;
+    ck_assert_int_eq(table_replica(&table, "n1", 7, &r), TALLY_OK);
+    struct tally_counter *a = counter("a"), *b = counter("b");
+    ck_assert_ptr_null(table_pop_dirty(&table));
+    ck_assert_int_eq(table_add(&table, a, r, 1), 1);
+    ck_assert_int_eq(table_add(&table, b, r, 1), 1);
+    ck_assert_ptr_eq(table_pop_dirty(&table), a);
+    ck_assert_int_eq(a->dirty, 0);
+    ck_assert_int_eq(table_add(&table, a, r, 1), 1); /* back of the list */
+    ck_assert_int_eq(table_add(&table, b, r, 1), 1); /* already listed */
+    ck_assert_uint_eq(table.ndirty, 2);
+    ck_assert_ptr_eq(table_pop_dirty(&table), b);
+    ck_assert_ptr_eq(table_pop_dirty(&table), a);
+    ck_assert_ptr_null(table_pop_dirty(&table));
+    ck_assert_uint_eq(table.ndirty, 0);
+    ck_assert_int_eq(table_add(&table, b, r, 1), 1); /* the emptied list still works */
+    ck_assert_ptr_eq(table_pop_dirty(&table), b);
+}
+END_TEST
+
 START_TEST(test_table_registries)
 {
     struct tally_table t;
@@ -620,6 +644,7 @@ Suite *counter_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_table_max_counters);
     tcase_add_test(tc, test_table_dirty_list);
+    tcase_add_test(tc, test_table_pop_dirty);
     tcase_add_test(tc, test_table_registries);
     tcase_add_test(tc, test_digest_order_independent);
     tcase_add_test(tc, test_digest_distinguishes_states);
