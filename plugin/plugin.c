@@ -43,6 +43,7 @@ struct options {
     char bridge_clientids[1024];
     char bridge_usernames[1024];
     char admin_usernames[1024];
+    char viewer_usernames[1024];
     char admin_clientids[1024];
     char acl[16];
     char state_dir[512];
@@ -88,6 +89,8 @@ static const struct opt_spec opt_specs[] = {
     OPT_S(bridge_usernames, "comma-separated usernames or shell patterns"),
     OPT_S(admin_usernames, "comma-separated usernames or shell patterns allowed to use "
                            "$CONTROL/tally/v1"),
+    OPT_S(viewer_usernames, "comma-separated usernames or shell patterns allowed to view pages "
+                            "(unset: everyone)"),
     OPT_S(admin_clientids, "comma-separated client ids or shell patterns allowed to use "
                            "$CONTROL/tally/v1"),
     OPT_S(acl, "'allow' (tally allows what it does not refuse) or 'defer' (leave it to "
@@ -245,7 +248,7 @@ static uint64_t wall_ms(void)
 
 /* Logs a refusal at most log_rate times a second; a flood of bad input
  * cannot fill the log, and what was left out is counted and said once. */
-static void refuse_log(const char *client, const char *topic, int reason)
+static void refuse_log(const char *client, const char *action, const char *topic, int reason)
 {
     uint64_t now = mono_ms();
     if (now - g.log_window_ms >= 1000) {
@@ -258,9 +261,8 @@ static void refuse_log(const char *client, const char *topic, int reason)
         g.st.log_suppressed = 0;
     }
     if (g.log_count++ < (uint64_t)g.opt.log_rate)
-        mosquitto_log_printf(MOSQ_LOG_WARNING,
-                             "tally: refused publish from client '%s' to '%s': %s",
-                             client ? client : "?", topic, tally_strerror(reason));
+        mosquitto_log_printf(MOSQ_LOG_WARNING, "tally: refused %s from client '%s' to '%s': %s",
+                             action, client ? client : "?", topic, tally_strerror(reason));
     else
         g.st.log_suppressed++;
 }
@@ -271,7 +273,7 @@ static int refuse(struct mosquitto *client, const char *topic, int reason)
         reason = -reason;
     if (reason < TALLY_E__COUNT)
         g.st.rejected[reason]++;
-    refuse_log(mosquitto_client_id(client), topic, reason);
+    refuse_log(mosquitto_client_id(client), "publish", topic, reason);
     return MOSQ_ERR_ACL_DENIED;
 }
 
@@ -676,7 +678,8 @@ static int allow(void)
     return g.acl_defer ? MOSQ_ERR_PLUGIN_DEFER : MOSQ_ERR_SUCCESS;
 }
 
-static void on_subscribe(struct mosquitto *client, struct topic t, bool subscribe)
+static void on_subscribe(struct mosquitto *client, const char *topic, struct topic t,
+                         bool subscribe)
 {
     const char *id = mosquitto_client_id(client);
     if (t.kind != T_PRESENCE || !id || name_check(t.name, t.len) != TALLY_OK)
@@ -686,8 +689,10 @@ static void on_subscribe(struct mosquitto *client, struct topic t, bool subscrib
         return;
     }
     int rc = presence_view(&g.presence, id, t.name, t.len);
-    if (rc < 0)
-        refuse_log(id, "presence", -rc);
+    if (rc < 0) {
+        g.st.rejected[-rc]++;
+        refuse_log(id, "view", topic, -rc);
+    }
 }
 
 static int on_acl_check(int event, void *event_data, void *userdata)
@@ -700,8 +705,15 @@ static int on_acl_check(int event, void *event_data, void *userdata)
     struct topic t = topic_parse(ev->topic);
     switch (ev->access) {
     case MOSQ_ACL_SUBSCRIBE:
+        /* acl_file never refuses a subscription, so who may be counted as a
+         * viewer is decided here. */
+        if (t.kind == T_PRESENCE && g.opt.viewer_usernames[0] &&
+            !list_match(g.opt.viewer_usernames, mosquitto_client_username(ev->client)))
+            return MOSQ_ERR_ACL_DENIED;
+        on_subscribe(ev->client, ev->topic, t, true);
+        return allow();
     case MOSQ_ACL_UNSUBSCRIBE:
-        on_subscribe(ev->client, t, ev->access == MOSQ_ACL_SUBSCRIBE);
+        on_subscribe(ev->client, ev->topic, t, false);
         return allow();
     case MOSQ_ACL_READ:
         if (t.kind == T_TALLY && strncmp(ev->topic, "$tally/stats/", 13) != 0 &&

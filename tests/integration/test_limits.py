@@ -217,8 +217,6 @@ def test_views_past_max_viewers_are_not_counted_and_are_logged(brokers):
     watcher.close()
 
 
-@pytest.mark.xfail(strict=True, reason="plugin bug: a refused view is logged with topic "
-                   "'presence', not presence/<page>, and not counted in stats rejected")
 def test_a_refused_view_is_logged_with_its_topic_and_counted(brokers):
     b = brokers("n1", options={"max_viewers": "1", "stats_interval_ms": "200"})
     clients = viewers(b, 2, "v")

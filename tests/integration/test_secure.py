@@ -8,6 +8,7 @@ what is tested is what is shipped.
 """
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -81,6 +82,17 @@ class Node:
         options, extra = shipped(conf, etc, ports)
         self.broker = brokers(name, options=options, extra=extra)
         self.etc = etc
+        for port in ports.values():
+            wait_for(lambda: self._accepts(port), 10, what=f"{name} to listen on {port}")
+
+    def _accepts(self, port):
+        if self.broker.proc.poll() is not None:
+            raise AssertionError(f"broker exited:\n{self.broker.read_log()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            return False
 
     @property
     def plain(self):
@@ -164,7 +176,7 @@ class AuthRawClient(RawClient):
         self.version = 5
         self.mid = 0
         self.messages = []
-        self.sock = __import__("socket").create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         body = (self._str(b"MQTT") + bytes([5, 0x02 | 0x80 | 0x40]) + (60).to_bytes(2, "big")
                 + b"\x00" + self._str(client_id.encode()) + self._str(user.encode())
                 + self._str(password.encode()))
@@ -301,9 +313,6 @@ def test_presser_is_a_browser_with_the_button(node, transport):
         s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="plugin counts any subscriber of presence/<page> as a "
-                   "viewer: Mosquitto 2.0 acl_file grants every SUBSCRIBE, so only tally could "
-                   "refuse a device's view (see conf/secure/README.md)")
 def test_only_readers_of_presence_count_as_viewers(node):
     web = login(node.plain, "browser", client_id="web-1")
     web.subscribe("presence/v")
@@ -316,16 +325,33 @@ def test_only_readers_of_presence_count_as_viewers(node):
         s.close()
 
 
-def test_admin_alone_writes_the_control_topic(node):
+def test_admin_alone_uses_the_control_api(node):
+    watch(node).close()
+    login(node.plain, "device").publish("counters/ctl/inc", "7")
+    request = '{"commands": [{"command": "getCounter", "name": "ctl"}]}'
+    spy = login(node.plain, "browser")
+    spy.subscribe("$CONTROL/#")
+    asker = login(node.plain, "admin", client_id="admin-asks")
+    asker.subscribe("$CONTROL/tally/v1/response")
+    asker.publish("$CONTROL/tally/v1", request)
+    wait_for(lambda: '"value":7' in (asker.last("$CONTROL/tally/v1/response") or "")
+             .replace(" ", ""), 10, what="the control API's answer")
+    assert spy.topics() == set()
+    for c in (asker, spy):
+        c.close()
     admin = AuthRawClient(node.plain, "admin-1", "admin", PASSWORD["admin"])
-    assert admin.publish("$CONTROL/tally/v1", '{"commands": []}') in ACCEPTED
+    assert admin.publish("$CONTROL/tally/v1", request) in ACCEPTED
     assert admin.publish("$CONTROL/tally/v1/response", "{}") == NOT_AUTHORIZED
     assert admin.publish("counters/a/inc") == NOT_AUTHORIZED
     admin.disconnect()
     for user in ("device", "browser", "presser", "tally-bridge"):
         c = AuthRawClient(node.plain, f"{user}-1", user, PASSWORD[user])
-        assert c.publish("$CONTROL/tally/v1", '{"commands": []}') == NOT_AUTHORIZED, user
+        assert c.publish("$CONTROL/tally/v1", request) == NOT_AUTHORIZED, user
         c.disconnect()
+    # Taking the admin's client id does not make a device an admin.
+    c = AuthRawClient(node.plain, "admin", "device", PASSWORD["device"])
+    assert c.publish("$CONTROL/tally/v1", request) == NOT_AUTHORIZED
+    c.disconnect()
 
 
 @pytest.mark.parametrize("transport", ["tcp", "websockets"])
