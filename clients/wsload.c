@@ -750,7 +750,8 @@ static void counter_stats(struct load *L, cJSON *report)
 
     if (!spread || !since_pub)
         goto out;
-    qsort(L->receipts, L->n_receipts, sizeof(*L->receipts), cmp_receipt);
+    if (L->n_receipts) /* qsort of NULL, even of 0 items, is undefined */
+        qsort(L->receipts, L->n_receipts, sizeof(*L->receipts), cmp_receipt);
     for (size_t i = 0; i < L->n_receipts;) {
         size_t end = i;
         int64_t first = INT64_MAX;
