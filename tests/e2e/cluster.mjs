@@ -1,9 +1,21 @@
-// Two real Mosquitto nodes on free 127.0.0.1 ports, bridged B -> A, each with
-// the tally plugin and a WebSocket listener that serves the built dashboard.
-// Everything they write goes to one temporary folder; stop() ends them.
+// Real Mosquitto nodes on free 127.0.0.1 ports, each with the tally plugin and
+// a WebSocket listener that serves the built dashboard: two bridged B -> A
+// that let anyone in (startCluster), or one that wants a login and applies
+// conf/secure's acl (startSecureNode). Everything they write goes to one
+// temporary folder; stop() ends them.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  cpSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -12,7 +24,8 @@ import { fileURLToPath } from 'node:url';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const PLUGIN = path.resolve(REPO, process.env.TALLY_PLUGIN ?? 'build/plugin/mosquitto_tally.so');
-export const DIST = path.join(REPO, 'clients/web/dist');
+const DIST = path.join(REPO, 'clients/web/dist');
+const BUILD_LOCK = path.join(tmpdir(), 'tally-e2e-web-build.lock');
 const MOSQUITTO = process.env.MOSQUITTO ?? '/usr/sbin/mosquitto';
 
 // Every broker and client process still running: whatever way the test run
@@ -36,6 +49,45 @@ export async function waitFor(what, check, timeoutMs) {
     if (value) return value;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(50);
+  }
+}
+
+// Takes BUILD_LOCK, waiting up to 2 minutes; a lock older than that was left
+// by a run that died, and is taken over.
+async function lockBuild() {
+  await waitFor(
+    'the dashboard build lock',
+    () => {
+      try {
+        closeSync(openSync(BUILD_LOCK, 'wx'));
+        return true;
+      } catch {
+        try {
+          if (Date.now() - statSync(BUILD_LOCK).mtimeMs > 120000) rmSync(BUILD_LOCK, { force: true });
+        } catch {
+          // removed by its owner meanwhile: try again
+        }
+        return false;
+      }
+    },
+    120000,
+  );
+}
+
+// Builds the dashboard with clients/web/build.sh and returns a copy of it in a
+// new temporary folder, for one test file's brokers to serve: test files run
+// in parallel, and another one's rebuild then never pulls files from under
+// this one's pages.
+export async function buildDashboard() {
+  await lockBuild();
+  try {
+    const build = spawnSync(path.join(REPO, 'clients/web/build.sh'), { encoding: 'utf8', timeout: 300000 });
+    if (build.status !== 0) throw new Error(`clients/web/build.sh failed:\n${build.stdout}${build.stderr}`);
+    const copy = mkdtempSync(path.join(tmpdir(), 'tally-e2e-www-'));
+    cpSync(DIST, copy, { recursive: true });
+    return copy;
+  } finally {
+    rmSync(BUILD_LOCK, { force: true });
   }
 }
 
@@ -69,21 +121,39 @@ function portAccepts(port) {
   });
 }
 
-function nodeConfig({ id, mqttPort, wsPort, logFile, bridgeTo }) {
+// conf/secure/mosquitto.conf's login and acl lines, with the files in dir.
+function secureConfig(dir) {
+  return [
+    'allow_anonymous false',
+    `password_file ${path.join(dir, 'passwords')}`,
+    `acl_file ${path.join(REPO, 'conf/secure/acl')}`,
+  ];
+}
+
+const SECURE_PLUGIN_OPTIONS = [
+  'plugin_opt_acl defer',
+  'plugin_opt_bridge_usernames tally-bridge',
+  'plugin_opt_admin_usernames admin',
+  'plugin_opt_viewer_usernames browser,presser,admin',
+];
+
+function nodeConfig({ id, mqttPort, wsPort, logFile, httpDir, bridgeTo, secureDir }) {
   const lines = [
     'user root',
     'per_listener_settings false',
-    'allow_anonymous true',
+    ...(secureDir ? secureConfig(secureDir) : ['allow_anonymous true']),
     `log_dest file ${logFile}`,
     'log_type all',
     `listener ${mqttPort} 127.0.0.1`,
     `listener ${wsPort} 127.0.0.1`,
     'protocol websockets',
     'socket_domain ipv4',
-    `http_dir ${DIST}`,
+    `http_dir ${httpDir}`,
   ];
   if (existsSync(PLUGIN)) {
-    lines.push(`plugin ${PLUGIN}`, `plugin_opt_node_id ${id}`, 'plugin_opt_bridge_clientids b-to-a');
+    lines.push(`plugin ${PLUGIN}`, `plugin_opt_node_id ${id}`);
+    // Where users log in, only usernames may be trusted: anyone picks any client id.
+    lines.push(...(secureDir ? SECURE_PLUGIN_OPTIONS : ['plugin_opt_bridge_clientids b-to-a']));
   }
   if (bridgeTo) {
     lines.push(
@@ -99,14 +169,23 @@ function nodeConfig({ id, mqttPort, wsPort, logFile, bridgeTo }) {
 }
 
 class Node {
-  constructor(id, dir, mqttPort, wsPort, bridgeTo) {
+  // login: {username, password} for pub() and sub(), where the node wants one.
+  constructor(id, dir, mqttPort, wsPort, httpDir, { bridgeTo = null, secureDir = null, login = null } = {}) {
     this.id = id;
     this.mqttPort = mqttPort;
     this.wsPort = wsPort;
+    this.login = login;
     this.logFile = path.join(dir, `${id}.log`);
     this.confFile = path.join(dir, `${id}.conf`);
-    writeFileSync(this.confFile, nodeConfig({ id, mqttPort, wsPort, logFile: this.logFile, bridgeTo }));
+    const config = nodeConfig({ id, mqttPort, wsPort, logFile: this.logFile, httpDir, bridgeTo, secureDir });
+    writeFileSync(this.confFile, config);
     this.proc = null;
+  }
+
+  clientArgs(login) {
+    const args = ['-h', '127.0.0.1', '-p', String(this.mqttPort)];
+    if (login) args.push('-u', login.username, '-P', login.password);
+    return args;
   }
 
   get url() {
@@ -145,16 +224,17 @@ class Node {
     clearTimeout(timer);
   }
 
-  // Runs mosquitto_pub against this node's plain MQTT listener.
-  pub(topic, message) {
-    const args = ['-h', '127.0.0.1', '-p', String(this.mqttPort), '-t', topic, '-m', message];
+  // Runs mosquitto_pub against this node's plain MQTT listener (as login, by default the node's).
+  pub(topic, message, login = this.login) {
+    const args = [...this.clientArgs(login), '-t', topic, '-m', message];
     const r = spawnSync('mosquitto_pub', args, { encoding: 'utf8', timeout: 5000 });
     if (r.status !== 0) throw new Error(`mosquitto_pub ${args.join(' ')} failed: ${r.stderr}`);
   }
 
-  // Starts mosquitto_sub on this node; lines() holds what it printed so far.
-  sub(topic) {
-    const args = ['-h', '127.0.0.1', '-p', String(this.mqttPort), '-t', topic, '-W', '30'];
+  // Starts mosquitto_sub on this node (as login, by default the node's);
+  // lines() holds what it printed so far.
+  sub(topic, login = this.login) {
+    const args = [...this.clientArgs(login), '-t', topic, '-W', '30'];
     const proc = track(spawn('mosquitto_sub', args, { stdio: ['ignore', 'pipe', 'pipe'] }));
     let out = '';
     proc.stdout.on('data', (d) => (out += d));
@@ -165,11 +245,12 @@ class Node {
   }
 }
 
-export async function startCluster() {
+// httpDir: the dashboard the nodes serve, from buildDashboard().
+export async function startCluster(httpDir) {
   const dir = mkdtempSync(path.join(tmpdir(), 'tally-e2e-'));
   const [pa, wa, pb, wb] = await freePorts(4);
-  const a = new Node('a', dir, pa, wa, null);
-  const b = new Node('b', dir, pb, wb, pa);
+  const a = new Node('a', dir, pa, wa, httpDir);
+  const b = new Node('b', dir, pb, wb, httpDir, { bridgeTo: pa });
   const stop = async () => {
     await b.stop();
     await a.stop();
@@ -183,4 +264,35 @@ export async function startCluster() {
     throw err;
   }
   return { dir, a, b, stop };
+}
+
+// The demo passwords of conf/secure/make-passwords.sh.
+export const PASSWORDS = {
+  device: 'device-demo',
+  browser: 'browser-demo',
+  presser: 'presser-demo',
+  admin: 'admin-demo',
+};
+
+// One node set up as conf/secure/mosquitto.conf is: every client logs in with
+// a password from make-passwords.sh and is held to conf/secure/acl. Its pub()
+// and sub() log in as login (default device, who may count but not read).
+export async function startSecureNode(httpDir, login = { username: 'device', password: PASSWORDS.device }) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'tally-e2e-secure-'));
+  const made = spawnSync(path.join(REPO, 'conf/secure/make-passwords.sh'), [path.join(dir, 'passwords')], {
+    encoding: 'utf8',
+    timeout: 30000,
+    env: {
+      ...process.env,
+      TALLY_DEVICE_PASSWORD: PASSWORDS.device,
+      TALLY_BROWSER_PASSWORD: PASSWORDS.browser,
+      TALLY_PRESSER_PASSWORD: PASSWORDS.presser,
+      TALLY_ADMIN_PASSWORD: PASSWORDS.admin,
+    },
+  });
+  if (made.status !== 0) throw new Error(`make-passwords.sh failed: ${made.stdout}${made.stderr}`);
+  const [port, wsPort] = await freePorts(2);
+  const node = new Node('solo', dir, port, wsPort, httpDir, { secureDir: dir, login });
+  await node.start();
+  return node;
 }

@@ -3,13 +3,11 @@
 // person sees when counting, viewing, clicking +1 and losing the broker.
 
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
-import { PLUGIN, REPO, startCluster, waitFor } from './cluster.mjs';
+import { PLUGIN, buildDashboard, startCluster, waitFor } from './cluster.mjs';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const SCREENSHOT_DESKTOP = '/tmp/tally-dashboard.png';
@@ -59,9 +57,7 @@ describe('web dashboard', () => {
   }
 
   before(async () => {
-    const build = spawnSync(path.join(REPO, 'clients/web/build.sh'), { encoding: 'utf8', timeout: 300000 });
-    assert.equal(build.status, 0, `clients/web/build.sh failed:\n${build.stdout}${build.stderr}`);
-    cluster = await startCluster();
+    cluster = await startCluster(await buildDashboard());
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       args: [

@@ -1,11 +1,13 @@
 // tally dashboard: connects back over MQTT-over-WebSocket to the broker that
-// served this page, views one presence page, lists every counter live, and
-// publishes increments. The broker and the plugin do all the counting; this
+// served this page (signing in first when the broker asks for a login),
+// views one presence page, lists every counter live, and publishes
+// increments. The broker and the plugin do all the counting; this
 // page only subscribes to retained topics and draws what arrives.
 
 import mqtt from 'mqtt';
 import { ClusterStrip } from './cluster.js';
 import { CounterList, formatNumber } from './counters.js';
+import { forgetLogin, isLoginRefusal, LoginPanel, loadLogin, refusalText, saveLogin } from './login.js';
 import { nameProblem, pageFromSearch, parseTotal } from './names.js';
 
 const KEEPALIVE_S = 20;
@@ -28,17 +30,8 @@ const cluster = new ClusterStrip($('cluster'));
 $('page-name').textContent = page;
 document.title = `tally · ${page}`;
 
-const client = mqtt.connect(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/mqtt`, {
-  protocolVersion: 5,
-  keepalive: KEEPALIVE_S,
-  reconnectPeriod: RECONNECT_MS,
-  connectTimeout: 10000,
-  clean: true,
-  clientId: `tally-web-${Math.random().toString(16).slice(2, 10)}`,
-  // Subscriptions are made on every clean connect below, so mqtt.js must not
-  // replay them a second time.
-  resubscribe: false,
-});
+const CLIENT_ID = `tally-web-${Math.random().toString(16).slice(2, 10)}`;
+const BROKER_URL = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/mqtt`;
 
 /* ==== Connection state ==== */
 
@@ -60,9 +53,19 @@ function showDown() {
   showConn(state, `connection lost; retrying every ${RECONNECT_MS / 1000} s`);
 }
 
-client.on('connect', (connack) => {
+/* ==== Connecting, as a user or anonymously ==== */
+
+// The credentials of this tab, or null to connect anonymously.
+let login = loadLogin();
+// null while the broker waits for credentials: nothing to reconnect.
+let client = null;
+
+const loginPanel = new LoginPanel($('login-form'), $('account'), signIn, signOut);
+
+function onConnect(connack) {
   downSinceMs = null;
-  showConn('connected', `connected to ${location.host}`);
+  loginPanel.signedIn(login?.username ?? null);
+  showConn('connected', `connected to ${location.host}${login ? ` as ${login.username}` : ''}`);
   counters.rebaseAll();
   cluster.touchAll(Date.now());
   if (!connack.sessionPresent) {
@@ -73,12 +76,77 @@ client.on('connect', (connack) => {
       '$tally/stats/+': { qos: 0 },
     });
   }
-});
-client.on('reconnect', showDown);
-client.on('close', showDown);
-client.on('error', (err) => {
-  connEl.title = err.message;
-});
+}
+
+// A refused login is final for these credentials: retrying them every 2 s
+// would only fill the broker's log, so the page asks for others instead.
+function onError(err) {
+  if (!isLoginRefusal(err)) {
+    connEl.title = err.message;
+    return;
+  }
+  const refused = login;
+  disconnect();
+  if (refused) forgetLogin();
+  login = null;
+  showConn('signed out', err.message);
+  loginPanel.ask(refusalText(err.code, refused), refused?.username);
+}
+
+// Drops the current connection, if any, and everything it would still report.
+function disconnect() {
+  if (!client) return;
+  const old = client;
+  client = null;
+  old.removeAllListeners();
+  old.on('error', () => {});
+  old.end(true);
+  downSinceMs = null;
+}
+
+function connect() {
+  disconnect();
+  client = mqtt.connect(BROKER_URL, {
+    protocolVersion: 5,
+    keepalive: KEEPALIVE_S,
+    reconnectPeriod: RECONNECT_MS,
+    connectTimeout: 10000,
+    clean: true,
+    clientId: CLIENT_ID,
+    username: login?.username,
+    password: login?.password,
+    // Subscriptions are made on every clean connect, so mqtt.js must not
+    // replay them a second time.
+    resubscribe: false,
+  });
+  client.on('connect', onConnect);
+  client.on('reconnect', showDown);
+  client.on('close', showDown);
+  client.on('error', onError);
+  client.on('message', onMessage);
+}
+
+function signIn(credentials) {
+  login = credentials;
+  saveLogin(login);
+  showConn('connecting', `signing in as ${login.username}`);
+  connect();
+}
+
+// Forgets the credentials and what they let us read, then connects
+// anonymously: a broker that allows that shows its public view, any other
+// asks for a login again.
+function signOut() {
+  forgetLogin();
+  login = null;
+  counters.clear();
+  cluster.clear();
+  viewersEl.textContent = '–';
+  viewersEl.dataset.pending = '';
+  loginPanel.signedIn(null);
+  showConn('connecting', 'signed out');
+  connect();
+}
 
 /* ==== Incoming messages ==== */
 
@@ -98,7 +166,7 @@ function parseJson(text) {
   }
 }
 
-client.on('message', (topic, payload) => {
+function onMessage(topic, payload) {
   const text = payload.toString();
   const now = Date.now();
   if (topic === presenceTopic) {
@@ -119,7 +187,7 @@ client.on('message', (topic, payload) => {
     const state = parseJson(text);
     if (state) counters.setState(levels[1], state);
   }
-});
+}
 
 /* ==== Increments ==== */
 
@@ -134,6 +202,7 @@ function toast(text, isError) {
 
 // Publishes at QoS 1 so the plugin's verdict comes back in the PUBACK.
 function publishIncrement(name, payload, done) {
+  if (!client) return;
   client.publish(`counters/${name}/inc`, payload, { qos: 1 }, (err) => {
     if (err) toast(`${name}: ${err.message}`, true);
     else done?.();
@@ -177,7 +246,7 @@ function tick() {
   if (document.hidden) return;
   const now = Date.now();
   counters.tick(now, colors);
-  if (client.connected) cluster.tick(now);
+  if (client?.connected) cluster.tick(now);
   else if (downSinceMs !== null) showDown();
 }
 
@@ -190,3 +259,4 @@ matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => {
 document.addEventListener('visibilitychange', tick);
 window.addEventListener('resize', tick);
 setInterval(tick, 1000);
+connect();

@@ -84,6 +84,10 @@ export class ClusterStrip {
     }
   }
 
+  clear() {
+    for (const node of [...this.chips.keys()]) this.set(node, null);
+  }
+
   // After a reconnect the retained stats arrive again; give them time to.
   touchAll(nowMs) {
     for (const entry of this.chips.values()) entry.seenMs = nowMs;

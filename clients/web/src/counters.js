@@ -134,6 +134,11 @@ export class CounterList {
     this.emptyEl.hidden = this.rows.size > 0;
   }
 
+  // Forgets every counter: what another user was allowed to read is not shown to the next.
+  clear() {
+    for (const name of [...this.rows.keys()]) this.remove(name);
+  }
+
   insertionIndex(name) {
     let lo = 0;
     let hi = this.sorted.length;
