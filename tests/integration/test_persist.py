@@ -185,13 +185,14 @@ def state_file(workdir, name, file):
 
 
 def records(path):
-    """(offset, length) of every whole record in a state file."""
+    """(offset, length) of every whole record in a state file (state.log is allocated ahead:
+    zeros after its last record)."""
     with open(path, "rb") as f:
         data = f.read()
     out, off = [], HEADER_LEN
     while off + 8 <= len(data):
         n, crc = struct.unpack_from("<II", data, off)
-        if off + 8 + n > len(data) or zlib.crc32(data[off + 8:off + 8 + n]) != crc:
+        if n == 0 or off + 8 + n > len(data) or zlib.crc32(data[off + 8:off + 8 + n]) != crc:
             break
         out.append((off, n))
         off += 8 + n
@@ -265,7 +266,8 @@ def test_garbage_tail_whose_length_field_is_insane_is_still_a_torn_tail(brokers,
     b.start(wait=False)
     wait_for(lambda: b.proc.poll() is not None or b._listening(), 10, what="start or exit")
     assert b.proc.poll() is None, "refused to start on a torn tail:\n" + tally_lines(b)
-    assert "torn last record" in b.read_log()
+    if tail.strip(b"\x00"):  # zeros are the log's space allocated ahead: cut silently
+        assert "torn last record" in b.read_log()
     assert_totals(b)
 
 
@@ -351,7 +353,7 @@ def test_totals_survive_clean_stop_and_a_second_kill(brokers, workdir):
     assert b.stop() == 0
     b.start()
     assert_totals(b)
-    assert os.path.getsize(state_file(workdir, "n1", "state.log")) == HEADER_LEN
+    assert records(state_file(workdir, "n1", "state.log"))[1] == []  # all in the snapshot
     publish_all_acked(b.port, [("counters/c1/inc", "-40")])
     b.wait_total("c1", 0)
     b.kill()
@@ -421,7 +423,7 @@ def tiny_fs(workdir):
 
 
 def test_disk_full_never_acknowledges_what_it_did_not_write(brokers, tiny_fs):
-    """A write(2) that fails (ENOSPC) must not end in a success PUBACK: after a kill -9 and a
+    """A log that cannot grow (ENOSPC) must not end in a success PUBACK: after a kill -9 and a
     restart, at least every increment acknowledged with success is still counted."""
     if not os.path.exists(LOAD):
         pytest.skip("tally-load not built")
