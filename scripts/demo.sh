@@ -33,6 +33,14 @@ for port in 11884 11885 11886; do
     sleep 0.2
   done
 done
+for i in "${!pids[@]}"; do
+  if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+    node=$(printf '%s' abc | cut -c$((i + 1)))
+    echo "demo: node $node did not start:" >&2
+    tail -5 "$run/node-$node.log" >&2
+    exit 1
+  fi
+done
 
 # A device: a loop that publishes an increment to one of a few counters,
 # through one of the three nodes, a few times a second.
