@@ -20,13 +20,16 @@ Until build/plugin/mosquitto_tally.so exists only the plain side runs.
 import argparse
 import json
 import multiprocessing
+import os
 import random
-import socket
 import sys
 import threading
 import time
 
 import common
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rawmqtt import RawClient  # noqa: E402
 
 REPORT_EVERY_S = 30
 MIB = 1024.0 * 1024.0
@@ -45,97 +48,11 @@ def parse_args():
     return p.parse_args()
 
 
-# ---- a minimal MQTT client on a blocking socket -------------------------------------------
-
-class Mqtt:
-    """Just enough MQTT for the churn: CONNECT, QoS 1 PUBLISH, SUBSCRIBE, UNSUBSCRIBE,
-    DISCONNECT; waits for each answer, acknowledging PUBLISHes that arrive meanwhile."""
-
-    def __init__(self, port, client_id, version):
-        self.version = version
-        self.mid = 0
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-        body = (self._str(b"MQTT") + bytes([version, 0x02]) + (30).to_bytes(2, "big")
-                + self._props() + self._str(client_id.encode()))
-        self._send(0x10, body)
-        kind, _, rest = self._recv()
-        if kind != 0x20 or rest[1] != 0:
-            raise common.BenchError("CONNACK refused: %r" % rest)
-
-    @staticmethod
-    def _str(b):
-        return len(b).to_bytes(2, "big") + b
-
-    def _props(self):
-        return b"\x00" if self.version == 5 else b""
-
-    def _send(self, first, body):
-        n, length = len(body), b""
-        while True:
-            byte, n = n % 128, n // 128
-            length += bytes([byte | (0x80 if n else 0)])
-            if not n:
-                break
-        self.sock.sendall(bytes([first]) + length + body)
-
-    def _read(self, n):
-        data = b""
-        while len(data) < n:
-            chunk = self.sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("broker closed the connection")
-            data += chunk
-        return data
-
-    def _recv(self):
-        first = self._read(1)[0]
-        n, mult = 0, 1
-        while True:
-            b = self._read(1)[0]
-            n += (b & 0x7F) * mult
-            mult *= 128
-            if not b & 0x80:
-                break
-        return first & 0xF0, first & 0x0F, self._read(n)
-
-    def _call(self, first, body, answer):
-        self.mid = self.mid % 65535 + 1
-        mid = self.mid.to_bytes(2, "big")
-        self._send(first, body(mid))
-        while True:
-            kind, flags, rest = self._recv()
-            if kind == 0x30 and flags & 0x06:
-                tlen = int.from_bytes(rest[:2], "big")
-                self._send(0x40, rest[2 + tlen:4 + tlen])
-            elif kind == answer and rest[:2] == mid:
-                return rest
-
-    def publish(self, topic, payload):
-        """QoS 1; returns the PUBACK reason code (0 for MQTT 3.1.1)."""
-        ans = self._call(0x32, lambda mid: self._str(topic.encode()) + mid + self._props()
-                         + payload.encode(), 0x40)
-        return ans[2] if len(ans) > 2 else 0
-
-    def subscribe(self, topic):
-        self._call(0x82, lambda mid: mid + self._props() + self._str(topic.encode()) + b"\x01",
-                   0x90)
-
-    def unsubscribe(self, topic):
-        self._call(0xA2, lambda mid: mid + self._props() + self._str(topic.encode()), 0xB0)
-
-    def disconnect(self):
-        self._send(0xE0, b"\x00" if self.version == 5 else b"")
-        self.sock.close()
-
-    def drop(self):
-        self.sock.close()
-
-
 # ---- the churn -----------------------------------------------------------------------------
 
 def one_client(port, rnd, cid, pages, names, serial):
     """One short-lived client; returns the number of pages it viewed."""
-    c = Mqtt(port, cid, rnd.choice((4, 5)))
+    c = RawClient(port, cid, rnd.choice((4, 5)), keepalive=30)
     name = "churn%d" % rnd.randrange(names)
     count = rnd.choice((1, 2))
     if pages:
@@ -151,7 +68,7 @@ def one_client(port, rnd, cid, pages, names, serial):
     if rnd.random() < 0.3:
         c.unsubscribe(viewed[0])
     if serial % 4 == 3:
-        c.drop()
+        c.close()
     else:
         c.disconnect()
     return len(viewed)
