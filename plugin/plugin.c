@@ -418,7 +418,7 @@ static int on_increment(struct mosquitto_evt_message *ev, struct topic t)
 
 static int on_report(struct mosquitto_evt_message *ev, struct topic t)
 {
-    struct tally_report rep;
+    struct tally_report rep = {0};
     struct tally_counter *c = NULL;
     uint32_t dev;
     int rc = name_check(t.name, t.len);
