@@ -21,6 +21,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const PLUGIN = path.resolve(REPO, process.env.TALLY_PLUGIN ?? 'build/plugin/mosquitto_tally.so');
@@ -295,4 +296,21 @@ export async function startSecureNode(httpDir, login = { username: 'device', pas
   const node = new Node('solo', dir, port, wsPort, httpDir, { secureDir: dir, login });
   await node.start();
   return node;
+}
+
+/* Debian's Chromium, headless, with nothing that would reach for the
+ * network: this machine's closed network refuses (and slows) such calls. */
+export function launchChromium() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
 }

@@ -6,10 +6,8 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { chromium } from 'playwright-core';
-import { PLUGIN, buildDashboard, startCluster, waitFor } from './cluster.mjs';
+import { PLUGIN, buildDashboard, launchChromium, startCluster, waitFor } from './cluster.mjs';
 
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const SCREENSHOT_DESKTOP = '/tmp/tally-dashboard.png';
 const SCREENSHOT_PHONE = '/tmp/tally-dashboard-phone.png';
 
@@ -58,18 +56,7 @@ describe('web dashboard', () => {
 
   before(async () => {
     cluster = await startCluster(await buildDashboard());
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    browser = await launchChromium();
     context = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: 'light' });
     context.on('request', (req) => requests.push(req.url()));
   });

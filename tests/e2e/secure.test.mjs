@@ -9,10 +9,15 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { chromium } from 'playwright-core';
-import { PASSWORDS, PLUGIN, buildDashboard, startSecureNode, waitFor } from './cluster.mjs';
+import {
+  PASSWORDS,
+  PLUGIN,
+  buildDashboard,
+  launchChromium,
+  startSecureNode,
+  waitFor,
+} from './cluster.mjs';
 
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const STORAGE_KEY = 'tally.login';
 const SCREENSHOT_LOGIN = '/tmp/tally-dashboard-login.png';
 const SCREENSHOT_SIGNED_IN = '/tmp/tally-dashboard-signed-in.png';
@@ -68,18 +73,7 @@ describe('web dashboard on a broker that wants a login', () => {
 
   before(async () => {
     node = await startSecureNode(await buildDashboard());
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    browser = await launchChromium();
     context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     context.on('request', (req) => requests.push(req.url()));
   });
