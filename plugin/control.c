@@ -35,10 +35,10 @@
  * Written by hand rather than with cJSON because it runs for every changed
  * counter on every flush. */
 void counter_state_json(struct wire_buf *b, const struct tally_table *t,
-                        const struct tally_counter *c, const char *node_id, uint64_t updated_ms)
+                        const struct tally_counter *c, const struct tally_sums *sums,
+                        const char *node_id, uint64_t updated_ms)
 {
-    struct tally_sums s;
-    counter_sums(c, &s);
+    const struct tally_sums s = *sums;
     wbuf_reset(b);
     wbuf_printf(b, "{\"name\":");
     wbuf_json_str(b, c->name, c->name_len);
@@ -125,7 +125,9 @@ static const char *get_counter(const cJSON *cmd, cJSON *data, const struct tally
     if (!c)
         return "counter not found";
     struct wire_buf b = {0};
-    counter_state_json(&b, t, c, node_id, now_ms);
+    struct tally_sums sums;
+    counter_sums(c, &sums);
+    counter_state_json(&b, t, c, &sums, node_id, now_ms);
     cJSON *state = b.failed ? NULL : cJSON_ParseWithLength((const char *)b.data, b.len);
     wbuf_free(&b);
     if (!state)

@@ -782,7 +782,7 @@ static void sync_add(const struct tally_counter *c)
         sync_flush();
 }
 
-static void publish_counter(const struct tally_counter *c)
+static void publish_counter(const struct tally_counter *c, uint64_t now_wall_ms)
 {
     struct tally_sums s;
     char value[32];
@@ -790,7 +790,7 @@ static void publish_counter(const struct tally_counter *c)
     int n = snprintf(value, sizeof(value), "%" PRId64, s.value);
     snprintf(g.topic, sizeof(g.topic), "%s/%.*s", g.opt.prefix, (int)c->name_len, c->name);
     publish(g.topic, value, (size_t)n, (int)g.opt.publish_qos, true);
-    counter_state_json(&g.buf, &g.table, c, g.opt.node_id, wall_ms());
+    counter_state_json(&g.buf, &g.table, c, &s, g.opt.node_id, now_wall_ms);
     snprintf(g.topic, sizeof(g.topic), "%s/%.*s/state", g.opt.prefix, (int)c->name_len, c->name);
     if (!g.buf.failed)
         publish(g.topic, g.buf.data, g.buf.len, (int)g.opt.publish_qos, true);
@@ -862,9 +862,10 @@ static void flush(uint64_t now)
         g.last_flush_ms = now;
     }
     size_t budget = FLUSH_BUDGET;
+    uint64_t wall = wall_ms();
     for (struct tally_counter *c; g.flush_left && budget && (c = table_pop_dirty(&g.table));
          g.flush_left--, budget--) {
-        publish_counter(c);
+        publish_counter(c, wall);
         sync_add(c);
     }
     sync_flush();

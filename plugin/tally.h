@@ -364,9 +364,10 @@ int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out)
 
 /* ==== JSON views of the state and the control API (control.c) ==== */
 
-/* counters/<name>/state into b (reset first). */
+/* counters/<name>/state into b (reset first); sums are c's (counter_sums). */
 void counter_state_json(struct wire_buf *b, const struct tally_table *t,
-                        const struct tally_counter *c, const char *node_id, uint64_t updated_ms);
+                        const struct tally_counter *c, const struct tally_sums *sums,
+                        const char *node_id, uint64_t updated_ms);
 /* Runs the commands of one $CONTROL/tally/v1 request; returns the response
  * JSON (caller frees) or NULL when out of memory. */
 char *control_process(const void *payload, size_t len, const struct tally_table *t,
