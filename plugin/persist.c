@@ -401,27 +401,58 @@ static int fsync_dir(const char *dir)
     return rc;
 }
 
+/* A file written whole or not at all: into <file>.tmp, then fsynced and
+ * renamed over <file>, and the directory fsynced. */
+struct file_writer {
+    int fd;
+    bool failed;
+    struct wire_buf buf; /* written out at 1 MiB and at commit */
+    char tmp[620];
+};
+
+static int fw_open(struct persist *p, struct file_writer *w, const char *file)
+{
+    memset(w, 0, sizeof(*w));
+    snprintf(w->tmp, sizeof(w->tmp), "%s/%s.tmp", p->dir, file);
+    w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    return w->fd < 0 ? -1 : 0;
+}
+
+static void fw_flush(struct file_writer *w)
+{
+    size_t done = 0;
+    w->failed = w->failed || w->buf.failed;
+    while (!w->failed && done < w->buf.len) {
+        ssize_t n = write(w->fd, w->buf.data + done, w->buf.len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            w->failed = true;
+        else
+            done += (size_t)n;
+    }
+    wbuf_reset(&w->buf);
+}
+
+static int fw_commit(struct persist *p, struct file_writer *w, const char *file)
+{
+    char dst[600];
+    fw_flush(w);
+    wbuf_free(&w->buf);
+    int rc = !w->failed && fsync(w->fd) == 0 ? 0 : -1;
+    close(w->fd);
+    if (rc == 0)
+        rc = rename(w->tmp, path(p, file, dst, sizeof(dst)));
+    return rc == 0 ? fsync_dir(p->dir) : -1;
+}
+
 static int write_atomic(struct persist *p, const char *file, const void *data, size_t len)
 {
-    char tmp[620], dst[600];
-    snprintf(tmp, sizeof(tmp), "%s/%s.tmp", p->dir, file);
-    path(p, file, dst, sizeof(dst));
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0)
+    struct file_writer w;
+    if (fw_open(p, &w, file) < 0)
         return -1;
-    const uint8_t *b = data;
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = write(fd, b + done, len - done);
-        if (n <= 0)
-            break;
-        done += (size_t)n;
-    }
-    int rc = done == len && fsync(fd) == 0 ? 0 : -1;
-    close(fd);
-    if (rc == 0)
-        rc = rename(tmp, dst);
-    return rc == 0 ? fsync_dir(p->dir) : -1;
+    wbuf_bytes(&w.buf, data, len);
+    return fw_commit(p, &w, file);
 }
 
 /* Reads meta; returns 1 with the stored incarnation and boot id, 0 if none. */
@@ -466,46 +497,23 @@ static int read_meta(struct persist *p, const char *node_id, uint64_t *inc, char
  * records are states, so a replay of what the snapshot already holds is
  * harmless. */
 
-struct snap_writer {
-    int fd;
-    bool failed;
-    struct wire_buf buf;
-};
-
-static void snap_flush(struct snap_writer *w)
-{
-    size_t done = 0;
-    while (!w->failed && done < w->buf.len) {
-        ssize_t n = write(w->fd, w->buf.data + done, w->buf.len - done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            w->failed = true;
-        else
-            done += (size_t)n;
-    }
-    wbuf_reset(&w->buf);
-}
-
-static void snap_record(struct persist *p, struct snap_writer *w)
+static void snap_record(struct persist *p, struct file_writer *w)
 {
     record_frame(&p->frame, &p->payload);
     wbuf_bytes(&w->buf, p->frame.data, p->frame.len);
-    w->failed = w->failed || w->buf.failed || p->frame.failed || p->payload.failed;
+    w->failed = w->failed || p->frame.failed || p->payload.failed;
     if (w->buf.len >= (1u << 20))
-        snap_flush(w);
+        fw_flush(w);
 }
 
 /* Writes the whole state to state.snap, atomically. Returns 0 or -1. */
 static int write_snapshot(struct persist *p, const struct tally_table *t,
                           const struct tally_dedup *d)
 {
-    char tmp[620], dst[600];
+    struct file_writer w;
     uint64_t records = 0;
     uint8_t h[4];
-    snprintf(tmp, sizeof(tmp), "%s/state.snap.tmp", p->dir);
-    struct snap_writer w = {.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600)};
-    if (w.fd < 0)
+    if (fw_open(p, &w, "state.snap") < 0)
         return -1;
     wbuf_bytes(&w.buf, SNAP_MAGIC, 8);
     put_u32(h, FILE_VERSION);
@@ -534,13 +542,7 @@ static int write_snapshot(struct persist *p, const struct tally_table *t,
     wbuf_u8(&p->payload, 'E');
     wbuf_u64(&p->payload, records);
     snap_record(p, &w);
-    snap_flush(&w);
-    wbuf_free(&w.buf);
-    int rc = !w.failed && fsync(w.fd) == 0 ? 0 : -1;
-    close(w.fd);
-    if (rc == 0)
-        rc = rename(tmp, path(p, "state.snap", dst, sizeof(dst)));
-    return rc == 0 ? fsync_dir(p->dir) : -1;
+    return fw_commit(p, &w, "state.snap");
 }
 
 static void remove_rotated(struct persist *p, uint32_t upto)
