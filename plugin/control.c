@@ -40,12 +40,17 @@ void counter_state_json(struct wire_buf *b, const struct tally_table *t,
 {
     const struct tally_sums s = *sums;
     wbuf_reset(b);
-    wbuf_printf(b, "{\"name\":");
+    wbuf_str(b, "{\"name\":");
     wbuf_json_str(b, c->name, c->name_len);
-    wbuf_printf(b,
-                ",\"value\":%" PRId64 ",\"p\":%" PRId64 ",\"n\":%" PRId64
-                ",\"devices_total\":%" PRId64 ",\"nodes\":{",
-                s.value, s.p, s.n, s.devices);
+    wbuf_str(b, ",\"value\":");
+    wbuf_dec(b, s.value);
+    wbuf_str(b, ",\"p\":");
+    wbuf_dec(b, s.p);
+    wbuf_str(b, ",\"n\":");
+    wbuf_dec(b, s.n);
+    wbuf_str(b, ",\"devices_total\":");
+    wbuf_dec(b, s.devices);
+    wbuf_str(b, ",\"nodes\":{");
     bool first = true;
     for (uint16_t i = 0; i < c->nslots; i++) {
         const struct tally_replica *r = t->replicas[c->slots[i].replica];
@@ -61,21 +66,30 @@ void counter_state_json(struct wire_buf *b, const struct tally_table *t,
                 n += c->slots[j].n;
             }
         }
-        wbuf_printf(b, first ? "" : ",");
+        if (!first)
+            wbuf_u8(b, ',');
         wbuf_json_str(b, r->key, r->id_len);
-        wbuf_printf(b, ":{\"p\":%" PRIu64 ",\"n\":%" PRIu64 "}", p, n);
+        wbuf_str(b, ":{\"p\":");
+        wbuf_dec(b, (int64_t)p);
+        wbuf_str(b, ",\"n\":");
+        wbuf_dec(b, (int64_t)n);
+        wbuf_u8(b, '}');
         first = false;
     }
-    wbuf_printf(b, "},\"devices\":{");
+    wbuf_str(b, "},\"devices\":{");
     for (uint16_t i = 0; i < c->ndevs; i++) {
         const char *id = t->devices[c->devs[i].device]->id;
-        wbuf_printf(b, i ? "," : "");
+        if (i)
+            wbuf_u8(b, ',');
         wbuf_json_str(b, id, strlen(id));
-        wbuf_printf(b, ":%" PRIu64, c->devs[i].total);
+        wbuf_u8(b, ':');
+        wbuf_dec(b, (int64_t)c->devs[i].total);
     }
-    wbuf_printf(b, "},\"node\":");
+    wbuf_str(b, "},\"node\":");
     wbuf_json_str(b, node_id, strlen(node_id));
-    wbuf_printf(b, ",\"updated_ms\":%" PRIu64 "}", updated_ms);
+    wbuf_str(b, ",\"updated_ms\":");
+    wbuf_dec(b, (int64_t)updated_ms);
+    wbuf_u8(b, '}');
 }
 
 /* ==== The control API ==== */

@@ -782,18 +782,28 @@ static void sync_add(const struct tally_counter *c)
         sync_flush();
 }
 
+/* g.topic = "<prefix>/<name><suffix>" (at most 127 + 1 + 200 + 6 bytes). */
+static const char *counter_topic(const struct tally_counter *c, const char *suffix)
+{
+    char *p = g.topic;
+    memcpy(p, g.opt.prefix, g.prefix_len);
+    p += g.prefix_len;
+    *p++ = '/';
+    memcpy(p, c->name, c->name_len);
+    p += c->name_len;
+    strcpy(p, suffix);
+    return g.topic;
+}
+
 static void publish_counter(const struct tally_counter *c, uint64_t now_wall_ms)
 {
     struct tally_sums s;
-    char value[32];
+    char value[21];
     counter_sums(c, &s);
-    int n = snprintf(value, sizeof(value), "%" PRId64, s.value);
-    snprintf(g.topic, sizeof(g.topic), "%s/%.*s", g.opt.prefix, (int)c->name_len, c->name);
-    publish(g.topic, value, (size_t)n, (int)g.opt.publish_qos, true);
+    publish(counter_topic(c, ""), value, fmt_i64(value, s.value), (int)g.opt.publish_qos, true);
     counter_state_json(&g.buf, &g.table, c, &s, g.opt.node_id, now_wall_ms);
-    snprintf(g.topic, sizeof(g.topic), "%s/%.*s/state", g.opt.prefix, (int)c->name_len, c->name);
     if (!g.buf.failed)
-        publish(g.topic, g.buf.data, g.buf.len, (int)g.opt.publish_qos, true);
+        publish(counter_topic(c, "/state"), g.buf.data, g.buf.len, (int)g.opt.publish_qos, true);
 }
 
 static void publish_page(const char *page, size_t len, uint64_t total, void *ud)

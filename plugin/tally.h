@@ -268,6 +268,9 @@ void wbuf_u8(struct wire_buf *b, uint8_t v);
 void wbuf_u64(struct wire_buf *b, uint64_t v);
 void wbuf_varint(struct wire_buf *b, uint64_t v);
 void wbuf_str8(struct wire_buf *b, const char *s, size_t n);
+void wbuf_str(struct wire_buf *b, const char *s);
+void wbuf_dec(struct wire_buf *b, int64_t v); /* v as a decimal integer */
+size_t fmt_i64(char out[21], int64_t v);      /* the same into out, no NUL; returns length */
 void wbuf_printf(struct wire_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
 

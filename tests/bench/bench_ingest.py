@@ -7,6 +7,12 @@ over K counters, and the clock stops at the last PUBACK. Plain and tally runs al
 both alike; the table gives each side's median and the ratio tally/plain.
 
 Until build/plugin/mosquitto_tally.so exists only the plain side runs.
+For K of 10,000 and more (--floor-min), where each counter comes round less often than once per
+publish_interval_ms, two reference plugins run too (tests/bench/floor_plugin.c): "floor" does only
+the publishing the contract asks for such an increment, a retained total and a retained state
+document, and "floor-tot" the total alone. floor/plain is the most any plugin keeping the
+contract can reach there; tally/floor is what tally's own work costs on top.
+
 Client and broker share the machine's cores: on a 2-core machine the rates are a lower bound
 of what the broker alone could take, and anything else running skews them. The broker's CPU
 time per increment (us/msg) is steadier under such noise, and is tabulated too.
@@ -19,6 +25,7 @@ import sys
 import common
 
 PLUGIN_OPTS = {"node_id": "bench", "max_counters": 2000000}
+KINDS = ["plain", "tally", "floor", "floor-tot"]
 
 
 def parse_args():
@@ -28,14 +35,22 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=3, help="runs per broker kind and K")
     p.add_argument("--counters", type=int, nargs="+", default=[1, 100000], metavar="K")
     p.add_argument("--plain-only", action="store_true", help="skip tally even if it is built")
+    p.add_argument("--floor-min", type=int, default=10000, metavar="K",
+                   help="run the reference plugins for K at least this")
     return p.parse_args()
 
 
 def one_run(workdir, load, kind, k, args):
     """tally-load's report of one run against a fresh broker of this kind, plus "cpu_us": the
     broker's CPU time per increment during the run."""
-    with common.Broker(workdir, "%s-k%d" % (kind, k), with_plugin=(kind == "tally"),
-                       plugin_opts=PLUGIN_OPTS) as broker:
+    plugin, opts = {
+        "plain": (None, None),
+        "tally": (common.PLUGIN, PLUGIN_OPTS),
+        "floor": (common.FLOOR_PLUGIN, {"state": "true"}),
+        "floor-tot": (common.FLOOR_PLUGIN, {"state": "false"}),
+    }[kind]
+    with common.Broker(workdir, "%s-k%d" % (kind, k), with_plugin=plugin is not None,
+                       plugin_opts=opts, plugin=plugin) as broker:
         cpu_before = broker.cpu_seconds()
         report = common.run_load(load, broker.port, [
             "--count", args.count, "--qos", 1, "--inflight", args.inflight, "--counters", k])
@@ -43,33 +58,48 @@ def one_run(workdir, load, kind, k, args):
     return report
 
 
-def print_table(kinds, reports):
-    """Per K, the median of each figure per broker kind, and tally/plain when both ran."""
-    for key, unit, fmt in (("rate", "msg/s", "%14.0f"), ("cpu_us", "us/msg", "%14.2f")):
+def ratio_columns(kinds):
+    """(numerator, denominator) pairs worth printing for these broker kinds."""
+    pairs = [(kind, "plain") for kind in kinds if kind != "plain"]
+    if "floor" in kinds and "tally" in kinds:
+        pairs.append(("tally", "floor"))
+    return pairs
+
+
+def print_table(reports):
+    """Per K, the median of each figure per broker kind, and the ratios between kinds."""
+    kinds = [kind for kind in KINDS if any(kind in by_kind for by_kind in reports.values())]
+    pairs = ratio_columns(kinds)
+    for key, unit, fmt in (("rate", "msg/s", "%16.0f"), ("cpu_us", "us/msg", "%16.2f")):
         print()
-        header = "%-8s" % "K" + "".join("%14s" % ("%s %s" % (kind, unit)) for kind in kinds)
-        print(header + ("%13s" % "tally/plain" if len(kinds) == 2 else ""))
+        print("%-8s" % "K" + "".join("%16s" % ("%s %s" % (kind, unit)) for kind in kinds) +
+              "".join("%16s" % ("%s/%s" % pair) for pair in pairs))
         for k, by_kind in reports.items():
-            medians = [statistics.median(r[key] for r in by_kind[kind]) for kind in kinds]
-            row = "%-8d" % k + "".join(fmt % m for m in medians)
-            print(row + ("%13.2f" % (medians[1] / medians[0]) if len(kinds) == 2 else ""))
+            med = {kind: statistics.median(r[key] for r in runs) for kind, runs in by_kind.items()}
+            row = "%-8d" % k + "".join(fmt % med[kind] if kind in med else "%16s" % "-"
+                                       for kind in kinds)
+            row += "".join("%16.2f" % (med[a] / med[b]) if a in med and b in med else "%16s" % "-"
+                           for a, b in pairs)
+            print(row)
 
 
 def bench(workdir, args):
     load = common.tally_load(workdir)
-    kinds = common.broker_kinds(args.plain_only)
+    base = common.broker_kinds(args.plain_only)
+    floors = [] if args.plain_only or not common.FLOOR_PLUGIN.is_file() else ["floor", "floor-tot"]
     reports = {}
     for k in args.counters:
+        kinds = base + (floors if k >= args.floor_min else [])
         reports[k] = {kind: [] for kind in kinds}
         for rnd in range(1, args.rounds + 1):
             for kind in kinds:
                 report = one_run(workdir, load, kind, k, args)
                 reports[k][kind].append(report)
-                print("K=%-7d round %d %-5s %8.0f msg/s %6.2f s  broker %5.2f us/msg  "
+                print("K=%-7d round %d %-9s %8.0f msg/s %6.2f s  broker %5.2f us/msg  "
                       "ack p50 %.1f ms p99 %.1f ms" % (
                           k, rnd, kind, report["rate"], report["seconds"], report["cpu_us"],
                           report["ack_p50_ms"], report["ack_p99_ms"]), flush=True)
-    print_table(kinds, reports)
+    print_table(reports)
 
 
 def main():

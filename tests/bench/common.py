@@ -16,6 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "build" / "plugin" / "mosquitto_tally.so"
+FLOOR_PLUGIN = REPO / "build" / "tests" / "tally_floor.so"
 LOAD_SOURCE = REPO / "clients" / "load.c"
 LOAD_BUILT = REPO / "build" / "clients" / "tally-load"
 
@@ -91,11 +92,13 @@ def run_load(binary, port, args, timeout=120):
 class Broker:
     """A mosquitto on a free 127.0.0.1 port, logging to <workdir>/<name>.log.
 
-    with_plugin loads build/plugin/mosquitto_tally.so with the given plugin_opt_ lines.
-    Use as a context manager: the broker is stopped (and killed if it will not stop) on exit.
+    with_plugin loads build/plugin/mosquitto_tally.so (or the plugin at path `plugin`) with the
+    given plugin_opt_ lines. Use as a context manager: the broker is stopped (and killed if it
+    will not stop) on exit.
     """
 
-    def __init__(self, workdir, name, with_plugin=False, plugin_opts=None, extra=()):
+    def __init__(self, workdir, name, with_plugin=False, plugin_opts=None, extra=(),
+                 plugin=PLUGIN):
         self.workdir = Path(workdir)
         self.name = name
         self.port = free_port()
@@ -110,7 +113,7 @@ class Broker:
             "listener %d 127.0.0.1" % self.port,
         ]
         if with_plugin:
-            lines.append("plugin %s" % PLUGIN)
+            lines.append("plugin %s" % plugin)
             lines += ["plugin_opt_%s %s" % kv for kv in (plugin_opts or {}).items()]
         lines += list(extra)
         self.conf.write_text("\n".join(lines) + "\n")

@@ -4,12 +4,14 @@
  * is refused whole, never crashes and never allocates more than the message
  * could describe.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 
 #include <check.h>
+#include <cjson/cJSON.h>
 
 #include "tally.h"
 
@@ -547,6 +549,77 @@ START_TEST(test_presence_refusals)
 }
 END_TEST
 
+/* ==== Text: decimals and the state document ==== */
+
+START_TEST(test_fmt_i64_matches_printf)
+{
+    const int64_t fixed[] = {
+        0, 1, -1, 9, 10, -10, INT64_MAX, INT64_MIN, TALLY_MAX_SAFE, -TALLY_MAX_SAFE};
+    char mine[22], ref[32];
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]) + 100000; i++) {
+        int64_t v =
+            i < sizeof(fixed) / sizeof(fixed[0]) ? fixed[i] : (int64_t)(rnd() >> rnd_below(64));
+        if (i % 2)
+            v = -v;
+        size_t n = fmt_i64(mine, v);
+        mine[n] = 0;
+        snprintf(ref, sizeof(ref), "%" PRId64, v);
+        ck_assert_str_eq(mine, ref);
+    }
+}
+END_TEST
+
+static int64_t json_int(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    ck_assert_msg(cJSON_IsNumber(v), "%s is not a number", key);
+    return (int64_t)v->valuedouble;
+}
+
+START_TEST(test_state_document)
+{
+    struct tally_table t;
+    table_init(&t, 10, 10);
+    struct tally_counter *c;
+    const char name[] = "say \"hi\" \\ \u00e9t\u00e9";
+    uint32_t a1, a2, b, dev;
+    ck_assert_int_eq(table_get(&t, name, strlen(name), &c), TALLY_OK);
+    ck_assert_int_eq(table_replica(&t, "a", 1, &a1), TALLY_OK);
+    ck_assert_int_eq(table_replica(&t, "a", 2, &a2), TALLY_OK);
+    ck_assert_int_eq(table_replica(&t, "b\"", 1, &b), TALLY_OK);
+    ck_assert_int_eq(table_device(&t, "meter-\"7", 8, DEVICE_LOCAL, &dev), TALLY_OK);
+    ck_assert_int_eq(table_add(&t, c, a1, TALLY_MAX_SAFE - 5), 1);
+    ck_assert_int_eq(table_add(&t, c, a2, 5), 1);
+    ck_assert_int_eq(table_add(&t, c, a2, -3), 1);
+    ck_assert_int_eq(table_add(&t, c, b, -(TALLY_MAX_SAFE - 3)), 1);
+    ck_assert_int_eq(table_merge_device(&t, c, dev, 1234, true), 1);
+    struct tally_sums s;
+    counter_sums(c, &s);
+    struct wire_buf out = {0};
+    counter_state_json(&out, &t, c, &s, "node-\\x", 1795828380135ULL);
+    ck_assert(!out.failed);
+    cJSON *doc = cJSON_ParseWithLength((const char *)out.data, out.len);
+    ck_assert_msg(doc, "not JSON: %.*s", (int)out.len, (const char *)out.data);
+    ck_assert_str_eq(cJSON_GetObjectItem(doc, "name")->valuestring, name);
+    ck_assert_str_eq(cJSON_GetObjectItem(doc, "node")->valuestring, "node-\\x");
+    ck_assert_int_eq(json_int(doc, "p"), TALLY_MAX_SAFE);
+    ck_assert_int_eq(json_int(doc, "n"), TALLY_MAX_SAFE);
+    ck_assert_int_eq(json_int(doc, "devices_total"), 1234);
+    ck_assert_int_eq(json_int(doc, "value"), s.value);
+    ck_assert_int_eq(json_int(doc, "updated_ms"), 1795828380135LL);
+    const cJSON *nodes = cJSON_GetObjectItem(doc, "nodes");
+    ck_assert_int_eq(cJSON_GetArraySize(nodes), 2);
+    /* a node's two incarnations are one entry */
+    ck_assert_int_eq(json_int(cJSON_GetObjectItem(nodes, "a"), "p"), TALLY_MAX_SAFE);
+    ck_assert_int_eq(json_int(cJSON_GetObjectItem(nodes, "a"), "n"), 3);
+    ck_assert_int_eq(json_int(cJSON_GetObjectItem(nodes, "b\""), "n"), TALLY_MAX_SAFE - 3);
+    ck_assert_int_eq(json_int(cJSON_GetObjectItem(doc, "devices"), "meter-\"7"), 1234);
+    cJSON_Delete(doc);
+    wbuf_free(&out);
+    table_free(&t);
+}
+END_TEST
+
 Suite *wire_suite(void)
 {
     Suite *s = suite_create("wire");
@@ -563,6 +636,10 @@ Suite *wire_suite(void)
     tcase_add_test(tc, test_digest_round_trip);
     tcase_add_test(tc, test_presence_round_trip);
     tcase_add_test(tc, test_presence_refusals);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("text");
+    tcase_add_test(tc, test_fmt_i64_matches_printf);
+    tcase_add_test(tc, test_state_document);
     suite_add_tcase(s, tc);
     return s;
 }
