@@ -782,15 +782,17 @@ static void sync_add(const struct tally_counter *c)
         sync_flush();
 }
 
-/* g.topic = "<prefix>/<name><suffix>" (at most 127 + 1 + 200 + 6 bytes). */
-static const char *counter_topic(const struct tally_counter *c, const char *suffix)
+/* g.topic = "<prefix>/<name><suffix>" (at most 127 + 1 + 200 + 6 bytes), for
+ * the retained outputs of counters and pages. */
+static const char *name_topic(const char *prefix, size_t prefix_len, const char *name, size_t len,
+                              const char *suffix)
 {
     char *p = g.topic;
-    memcpy(p, g.opt.prefix, g.prefix_len);
-    p += g.prefix_len;
+    memcpy(p, prefix, prefix_len);
+    p += prefix_len;
     *p++ = '/';
-    memcpy(p, c->name, c->name_len);
-    p += c->name_len;
+    memcpy(p, name, len);
+    p += len;
     strcpy(p, suffix);
     return g.topic;
 }
@@ -800,19 +802,21 @@ static void publish_counter(const struct tally_counter *c, uint64_t now_wall_ms)
     struct tally_sums s;
     char value[21];
     counter_sums(c, &s);
-    publish(counter_topic(c, ""), value, fmt_i64(value, s.value), (int)g.opt.publish_qos, true);
+    publish(name_topic(g.opt.prefix, g.prefix_len, c->name, c->name_len, ""), value,
+            fmt_i64(value, s.value), (int)g.opt.publish_qos, true);
     counter_state_json(&g.buf, &g.table, c, &s, g.opt.node_id, now_wall_ms);
     if (!g.buf.failed)
-        publish(counter_topic(c, "/state"), g.buf.data, g.buf.len, (int)g.opt.publish_qos, true);
+        publish(name_topic(g.opt.prefix, g.prefix_len, c->name, c->name_len, "/state"), g.buf.data,
+                g.buf.len, (int)g.opt.publish_qos, true);
 }
 
 static void publish_page(const char *page, size_t len, uint64_t total, void *ud)
 {
-    char value[32];
+    char value[21];
     (void)ud;
-    int n = snprintf(value, sizeof(value), "%" PRIu64, total);
-    snprintf(g.topic, sizeof(g.topic), "%s/%.*s", g.opt.presence_prefix, (int)len, page);
-    publish(g.topic, value, (size_t)n, (int)g.opt.publish_qos, true);
+    /* a sum of per-node counts of at most 2^32 - 1 each: far below 2^63 */
+    publish(name_topic(g.opt.presence_prefix, g.presence_prefix_len, page, len, ""), value,
+            fmt_i64(value, (int64_t)total), (int)g.opt.publish_qos, true);
 }
 
 static void announce_page(const char *page, size_t len, uint64_t n, void *ud)

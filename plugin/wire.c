@@ -131,8 +131,9 @@ void wbuf_str(struct wire_buf *b, const char *s)
     wbuf_bytes(b, s, strlen(s));
 }
 
-/* Decimal without printf: the state document of every changed counter is
- * written on the broker's thread, and vsnprintf was a tenth of its time. */
+/* Decimal without printf: the totals and state document of every changed
+ * counter are written on the broker's thread, where vsnprintf and its helpers
+ * took about 8% of the user-space time at 100,000 changing counters. */
 size_t fmt_i64(char out[21], int64_t v)
 {
     char tmp[20];
