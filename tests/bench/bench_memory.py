@@ -33,19 +33,6 @@ def parse_args():
     return p.parse_args()
 
 
-def settled_rss(broker, limit_s=10):
-    """VmRSS once it stops moving (two reads 0.5 s apart within 1%), or after limit_s."""
-    deadline = time.monotonic() + limit_s
-    last = broker.rss_bytes()
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        rss = broker.rss_bytes()
-        if abs(rss - last) <= last // 100:
-            return rss
-        last = rss
-    return last
-
-
 def stats_counters(broker, want):
     """Waits until the stats report `want` counters or STATS_WAIT_S pass; returns the last
     figure seen, or None when no stats arrived at all."""
@@ -69,14 +56,14 @@ def measure(workdir, load, kind, count):
     with_plugin = kind == "tally"
     with common.Broker(workdir, kind, with_plugin=with_plugin,
                        plugin_opts=PLUGIN_OPTS) as broker:
-        before = settled_rss(broker)
+        before = broker.settled_rss(10, 100)
         args = ["--count", count, "--counters", count, "--qos", 1,
                 "--inflight", common.BENCH_INFLIGHT]
         if not with_plugin:
             args += ["--topic-format", "counters/c%u", "--retain"]
         report = common.run_load(load, broker.port, args, timeout=LOAD_TIMEOUT_S)
         counters = stats_counters(broker, count) if with_plugin else count
-        after = settled_rss(broker)
+        after = broker.settled_rss(10, 100)
     return {"kind": kind, "before": before, "after": after, "rate": report["rate"],
             "counters": counters}
 

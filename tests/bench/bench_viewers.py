@@ -66,19 +66,6 @@ def ws_broker(workdir, kind):
     return b
 
 
-def settled_rss(broker, limit_s=SETTLE_S):
-    """VmRSS once two reads 0.5 s apart are within 0.5%, or after limit_s."""
-    deadline = time.monotonic() + limit_s
-    last = broker.rss_bytes()
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        rss = broker.rss_bytes()
-        if abs(rss - last) <= last // 200:
-            return rss
-        last = rss
-    return last
-
-
 def wsload_cmd(broker, *args):
     return [str(WSLOAD), "--port", str(broker.ws_port), "--json", *map(str, args)]
 
@@ -170,7 +157,7 @@ def run_one(workdir, kind, args):
     fig = {}
     with ws_broker(workdir, kind) as broker:
         publish_update(broker, kind, 1)  # the counter exists before anyone watches it
-        rss_before = settled_rss(broker, 3)
+        rss_before = broker.settled_rss(3, 200)
         pub_at_ms = int(time.time() * 1000) + CONNECT_BUDGET_S * 1000
         duration = CONNECT_BUDGET_S + 15 + args.waves * 2 + 30
         proc = subprocess.Popen(
@@ -184,7 +171,7 @@ def run_one(workdir, kind, args):
         fig["connect_cpu_s"] = broker.cpu_seconds() - cpu_before
         if kind == "tally":
             fig["presence_ok"], fig["presence"] = wait_presence(broker, "p", args.viewers, 15)
-        rss_after = settled_rss(broker)
+        rss_after = broker.settled_rss(SETTLE_S, 200)
         fig["rss_per_viewer"] = (rss_after - rss_before) / args.viewers
         fig["rss_before"], fig["rss_after"] = rss_before, rss_after
         # The update goes out at the moment promised to the load with --pub-ts.

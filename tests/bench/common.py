@@ -155,6 +155,19 @@ class Broker:
                     return int(line.split()[1]) * 1024
         raise BenchError("no VmRSS for pid %d" % self.proc.pid)
 
+    def settled_rss(self, limit_s, divisor):
+        """VmRSS once two reads 0.5 s apart differ by at most 1/divisor of the first, or after
+        limit_s."""
+        deadline = time.monotonic() + limit_s
+        last = self.rss_bytes()
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            rss = self.rss_bytes()
+            if abs(rss - last) <= last // divisor:
+                return rss
+            last = rss
+        return last
+
     def cpu_seconds(self):
         """User plus system CPU time the broker has used so far, from /proc/<pid>/stat."""
         with open("/proc/%d/stat" % self.proc.pid) as f:
