@@ -1,6 +1,7 @@
 /*
  * control.c - JSON views of the state: the retained counters/<name>/state
- * document, and the control API on $CONTROL/tally/v1.
+ * document, the answer on an increment's MQTT v5 Response Topic, and the
+ * control API on $CONTROL/tally/v1.
  *
  * The control API follows Mosquitto's dynamic-security plugin: a request is
  *
@@ -89,6 +90,40 @@ void counter_state_json(struct wire_buf *b, const struct tally_table *t,
     wbuf_json_str(b, node_id, strlen(node_id));
     wbuf_str(b, ",\"updated_ms\":");
     wbuf_dec(b, (int64_t)updated_ms);
+    wbuf_u8(b, '}');
+}
+
+/* ==== Answers on an MQTT v5 Response Topic ==== */
+
+static const char *const result_names[] = {
+    [RESULT_APPLIED] = "applied",
+    [RESULT_DUPLICATE] = "duplicate",
+    [RESULT_UNCHANGED] = "unchanged",
+    [RESULT_REFUSED] = "refused",
+};
+
+/* Written by hand, like the state document: it runs on the broker's thread
+ * for every increment that asks for an answer. */
+void answer_json(struct wire_buf *b, const char *name, size_t len, enum tally_result result,
+                 int64_t value, int reason)
+{
+    wbuf_reset(b);
+    wbuf_u8(b, '{');
+    if (name) {
+        wbuf_str(b, "\"name\":");
+        wbuf_json_str(b, name, len);
+        wbuf_u8(b, ',');
+    }
+    wbuf_str(b, "\"result\":\"");
+    wbuf_str(b, result_names[result]);
+    if (result == RESULT_REFUSED) {
+        wbuf_str(b, "\",\"reason\":\"");
+        wbuf_str(b, tally_strerror(reason));
+        wbuf_str(b, "\"}");
+        return;
+    }
+    wbuf_str(b, "\",\"value\":");
+    wbuf_dec(b, value);
     wbuf_u8(b, '}');
 }
 

@@ -28,6 +28,7 @@
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
+#include <mqtt_protocol.h>
 
 #include "persist.h"
 #include "tally.h"
@@ -376,7 +377,9 @@ static int not_written(struct mosquitto *client, const char *topic)
     return MOSQ_ERR_UNKNOWN;
 }
 
-static int on_increment(struct mosquitto_evt_message *ev, struct topic t)
+/* Each of the two returns TALLY_OK with what happened in *result, or the
+ * reason the input is refused (TALLY_E_DISK: it could not be logged). */
+static int on_increment(struct mosquitto_evt_message *ev, struct topic t, enum tally_result *result)
 {
     struct tally_inc inc;
     struct tally_counter *c;
@@ -385,38 +388,40 @@ static int on_increment(struct mosquitto_evt_message *ev, struct topic t)
     if (rc == TALLY_OK)
         rc = parse_increment(ev->payload, ev->payloadlen, &inc);
     if (rc != TALLY_OK)
-        return refuse(ev->client, ev->topic, rc);
+        return rc;
     struct tally_key key;
     if (inc.id[0]) {
         key = dedup_key(t.name, t.len, inc.id, strlen(inc.id));
         if (dedup_contains(&g.dedup, key)) {
             g.st.duplicates++;
-            return MOSQ_ERR_SUCCESS;
+            *result = RESULT_DUPLICATE;
+            return TALLY_OK;
         }
     }
     rc = table_get(&g.table, t.name, t.len, &c);
     if (rc != TALLY_OK)
-        return refuse(ev->client, ev->topic, rc);
+        return rc;
     rc = counter_add_preview(c, g.self, inc.delta, &next);
     if (rc != TALLY_OK) {
         table_drop_if_empty(&g.table, c);
-        return refuse(ev->client, ev->topic, rc);
+        return rc;
     }
     /* On disk before it is applied, and so before the PUBACK. */
     if (g.persist && inc.delta != 0 &&
         persist_slot(g.persist, &g.table, c, &next, inc.id[0] ? &key : NULL) < 0) {
         table_drop_if_empty(&g.table, c);
-        return not_written(ev->client, ev->topic);
+        return TALLY_E_DISK;
     }
     if (table_add(&g.table, c, g.self, inc.delta) < 0)
-        return refuse(ev->client, ev->topic, TALLY_E_NOMEM);
+        return TALLY_E_NOMEM;
     if (inc.id[0])
         dedup_insert(&g.dedup, key);
     g.st.applied++;
-    return MOSQ_ERR_SUCCESS;
+    *result = RESULT_APPLIED;
+    return TALLY_OK;
 }
 
-static int on_report(struct mosquitto_evt_message *ev, struct topic t)
+static int on_report(struct mosquitto_evt_message *ev, struct topic t, enum tally_result *result)
 {
     struct tally_report rep = {0};
     struct tally_counter *c = NULL;
@@ -435,21 +440,82 @@ static int on_report(struct mosquitto_evt_message *ev, struct topic t)
     if (raises < 0) {
         if (c)
             table_drop_if_empty(&g.table, c);
-        return refuse(ev->client, ev->topic, -raises);
+        return -raises;
     }
     g.st.reports++;
+    *result = raises ? RESULT_APPLIED : RESULT_UNCHANGED;
     if (raises == 0) {
         g.st.reports_stale++;
-        return MOSQ_ERR_SUCCESS;
+        return TALLY_OK;
     }
     struct tally_dev next = {.device = dev, .total = rep.total};
     if (g.persist && persist_device(g.persist, &g.table, c, &next) < 0) {
         table_drop_if_empty(&g.table, c);
-        return not_written(ev->client, ev->topic);
+        return TALLY_E_DISK;
     }
     if (table_merge_device(&g.table, c, dev, rep.total, true) < 0)
-        return refuse(ev->client, ev->topic, TALLY_E_NOMEM);
-    return MOSQ_ERR_SUCCESS;
+        return TALLY_E_NOMEM;
+    return TALLY_OK;
+}
+
+/* ==== Answers on the MQTT v5 Response Topic ==== */
+
+/* A response topic tally publishes to: a valid topic without wildcards, and
+ * none of the topics clients may not write (the plugin's own publishes are
+ * not checked by Mosquitto's ACLs, so an answer must not land where a
+ * forged total, state or replication message would). */
+static bool response_topic_ok(const char *topic)
+{
+    return mosquitto_pub_topic_check(topic) == MOSQ_ERR_SUCCESS && topic[0] != '$' &&
+           !has_prefix(topic, g.opt.prefix, g.prefix_len) &&
+           !has_prefix(topic, g.opt.presence_prefix, g.presence_prefix_len) &&
+           strcmp(topic, g.opt.prefix) != 0 && strcmp(topic, g.opt.presence_prefix) != 0;
+}
+
+/* Answers an increment or report that carries a Response Topic there, with
+ * its Correlation Data: the total on this node after it, or why it was
+ * refused. An unusable response topic is logged and not answered. */
+static void answer(struct mosquitto_evt_message *ev, struct topic t, enum tally_result result,
+                   int reason)
+{
+    char *topic = NULL;
+    void *corr = NULL;
+    uint16_t corr_len = 0;
+    mosquitto_property *props = NULL;
+    if (!mosquitto_property_read_string(ev->properties, MQTT_PROP_RESPONSE_TOPIC, &topic, false))
+        return;
+    /* An empty Response Topic reads as present with topic NULL. */
+    if (!topic || !response_topic_ok(topic)) {
+        refuse_log(mosquitto_client_id(ev->client), "response topic", topic ? topic : "",
+                   TALLY_E_FORBIDDEN);
+        goto out;
+    }
+    bool named = name_check(t.name, t.len) == TALLY_OK;
+    const struct tally_counter *c = named ? table_find(&g.table, t.name, t.len) : NULL;
+    answer_json(&g.buf, named ? t.name : NULL, t.len, result, c ? counter_value(c) : 0, reason);
+    if (mosquitto_property_read_binary(ev->properties, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len,
+                                       false) &&
+        mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, corr_len) !=
+            MOSQ_ERR_SUCCESS)
+        goto out;
+    if (g.buf.failed || mosquitto_broker_publish_copy(NULL, topic, (int)g.buf.len, g.buf.data, 1,
+                                                      false, props) != MOSQ_ERR_SUCCESS)
+        mosquitto_property_free_all(&props);
+out:
+    free(topic); /* libmosquitto's property readers allocate with calloc */
+    free(corr);
+}
+
+/* An increment or report: applied, answered where asked, and refused (or
+ * not acknowledged, when it could not be logged) as the contract says. */
+static int on_counter_input(struct mosquitto_evt_message *ev, struct topic t)
+{
+    enum tally_result result = RESULT_REFUSED;
+    int rc = t.kind == T_INC ? on_increment(ev, t, &result) : on_report(ev, t, &result);
+    if (rc == TALLY_E_DISK)
+        return not_written(ev->client, ev->topic);
+    answer(ev, t, rc == TALLY_OK ? result : RESULT_REFUSED, rc);
+    return rc == TALLY_OK ? MOSQ_ERR_SUCCESS : refuse(ev->client, ev->topic, rc);
 }
 
 static void publish(const char *topic, const void *payload, size_t len, int qos, bool retain);
@@ -659,9 +725,8 @@ static int on_message(int event, void *event_data, void *userdata)
     struct topic t = topic_parse(ev->topic);
     switch (t.kind) {
     case T_INC:
-        return on_increment(ev, t);
     case T_REPORT:
-        return on_report(ev, t);
+        return on_counter_input(ev, t);
     case T_TALLY:
         /* ACL_CHECK let only bridges write here (the connecting side of a
          * bridge is never ACL-checked by Mosquitto, and is trusted). */

@@ -371,6 +371,16 @@ int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out)
 void counter_state_json(struct wire_buf *b, const struct tally_table *t,
                         const struct tally_counter *c, const struct tally_sums *sums,
                         const char *node_id, uint64_t updated_ms);
+/* What an increment or report did, as its publisher's Response Topic hears. */
+enum tally_result { RESULT_APPLIED, RESULT_DUPLICATE, RESULT_UNCHANGED, RESULT_REFUSED };
+
+/* The answer to an increment or report into b (reset first):
+ * {"name","result","value"}, or {"name","result":"refused","reason"} where
+ * reason is tally_strerror(reason). name is NULL when the name itself was
+ * refused (it is then left out); value is the counter's total after it. */
+void answer_json(struct wire_buf *b, const char *name, size_t len, enum tally_result result,
+                 int64_t value, int reason);
+
 /* Runs the commands of one $CONTROL/tally/v1 request; returns the response
  * JSON (caller frees) or NULL when out of memory. */
 char *control_process(const void *payload, size_t len, const struct tally_table *t,

@@ -12,6 +12,7 @@ Suite *dedup_suite(void);
 Suite *wire_suite(void);
 Suite *presence_suite(void);
 Suite *persist_suite(void);
+Suite *control_suite(void);
 
 int main(void)
 {
@@ -21,6 +22,7 @@ int main(void)
     srunner_add_suite(sr, wire_suite());
     srunner_add_suite(sr, presence_suite());
     srunner_add_suite(sr, persist_suite());
+    srunner_add_suite(sr, control_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
