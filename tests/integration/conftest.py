@@ -254,8 +254,8 @@ def brokers(workdir):
     TALLY_PRELOAD set, a sanitizer report in any broker's output fails it."""
     made = []
 
-    def make(*args, start=True, **kw):
-        b = Broker(workdir, *args, **kw)
+    def make(*args, start=True, cls=None, **kw):
+        b = (cls or Broker)(workdir, *args, **kw)
         made.append(b)
         return b.start() if start else b
 
