@@ -138,7 +138,13 @@ const SECURE_PLUGIN_OPTIONS = [
   'plugin_opt_viewer_usernames browser,presser,admin',
 ];
 
-function nodeConfig({ id, mqttPort, wsPort, logFile, httpDir, bridgeTo, secureDir }) {
+// Every test needs the plugin: a broker without it would pass for one that counts.
+function requirePlugin() {
+  if (!existsSync(PLUGIN)) throw new Error(`no plugin at ${PLUGIN}: run scripts/build.sh, or set TALLY_PLUGIN`);
+}
+
+function nodeConfig({ id, mqttPort, wsPort, logFile, httpDir, bridgeTo, secureDir, options }) {
+  requirePlugin();
   const lines = [
     'user root',
     'per_listener_settings false',
@@ -151,11 +157,10 @@ function nodeConfig({ id, mqttPort, wsPort, logFile, httpDir, bridgeTo, secureDi
     'socket_domain ipv4',
     `http_dir ${httpDir}`,
   ];
-  if (existsSync(PLUGIN)) {
-    lines.push(`plugin ${PLUGIN}`, `plugin_opt_node_id ${id}`);
-    // Where users log in, only usernames may be trusted: anyone picks any client id.
-    lines.push(...(secureDir ? SECURE_PLUGIN_OPTIONS : ['plugin_opt_bridge_clientids b-to-a']));
-  }
+  lines.push(`plugin ${PLUGIN}`, `plugin_opt_node_id ${id}`);
+  // Where users log in, only usernames may be trusted: anyone picks any client id.
+  lines.push(...(secureDir ? SECURE_PLUGIN_OPTIONS : ['plugin_opt_bridge_clientids b-to-a']));
+  lines.push(...options);
   if (bridgeTo) {
     lines.push(
       'connection b-to-a',
@@ -171,14 +176,15 @@ function nodeConfig({ id, mqttPort, wsPort, logFile, httpDir, bridgeTo, secureDi
 
 class Node {
   // login: {username, password} for pub() and sub(), where the node wants one.
-  constructor(id, dir, mqttPort, wsPort, httpDir, { bridgeTo = null, secureDir = null, login = null } = {}) {
+  // options: more plugin_opt_ lines.
+  constructor(id, dir, mqttPort, wsPort, httpDir, { bridgeTo = null, secureDir = null, login = null, options = [] } = {}) {
     this.id = id;
     this.mqttPort = mqttPort;
     this.wsPort = wsPort;
     this.login = login;
     this.logFile = path.join(dir, `${id}.log`);
     this.confFile = path.join(dir, `${id}.conf`);
-    const config = nodeConfig({ id, mqttPort, wsPort, logFile: this.logFile, httpDir, bridgeTo, secureDir });
+    const config = nodeConfig({ id, mqttPort, wsPort, logFile: this.logFile, httpDir, bridgeTo, secureDir, options });
     writeFileSync(this.confFile, config);
     this.proc = null;
   }
@@ -214,15 +220,21 @@ class Node {
     );
   }
 
-  async stop() {
+  // signal: SIGTERM (a clean stop, SIGKILL after 5 s) or SIGKILL (a crash).
+  async stop(signal = 'SIGTERM') {
     const proc = this.proc;
     this.proc = null;
     if (!proc || proc.exitCode !== null) return;
     const exited = new Promise((resolve) => proc.once('exit', resolve));
-    proc.kill('SIGTERM');
+    proc.kill(signal);
     const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
     await exited;
     clearTimeout(timer);
+  }
+
+  // The dashboard this node serves, with a query string ('?page=x').
+  dashboard(search = '') {
+    return `${this.url}${search}`;
   }
 
   // Runs mosquitto_pub against this node's plain MQTT listener (as login, by default the node's).
@@ -246,12 +258,13 @@ class Node {
   }
 }
 
-// httpDir: the dashboard the nodes serve, from buildDashboard().
-export async function startCluster(httpDir) {
+// httpDir: the dashboard the nodes serve, from buildDashboard(); options:
+// more plugin_opt_ lines for both nodes.
+export async function startCluster(httpDir, { options = [] } = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'tally-e2e-'));
   const [pa, wa, pb, wb] = await freePorts(4);
-  const a = new Node('a', dir, pa, wa, httpDir);
-  const b = new Node('b', dir, pb, wb, httpDir, { bridgeTo: pa });
+  const a = new Node('a', dir, pa, wa, httpDir, { options });
+  const b = new Node('b', dir, pb, wb, httpDir, { bridgeTo: pa, options });
   const stop = async () => {
     await b.stop();
     await a.stop();

@@ -1,26 +1,35 @@
-// tally dashboard: connects back over MQTT-over-WebSocket to the broker that
+// tally dashboard: connects over MQTT-over-WebSocket to the broker that
 // served this page (signing in first when the broker asks for a login),
 // views one presence page, lists every counter live, and publishes
 // increments. The broker and the plugin do all the counting; this
 // page only subscribes to retained topics and draws what arrives.
+// When its broker stays away, the page says how old its numbers are and
+// moves to another node of the cluster when it was told of one (?nodes=).
 
 import mqtt from 'mqtt';
 import { ClusterStrip } from './cluster.js';
 import { CounterList, formatNumber } from './counters.js';
 import { forgetLogin, isLoginRefusal, LoginPanel, loadLogin, refusalText, saveLogin } from './login.js';
-import { nameProblem, pageFromSearch, parseTotal } from './names.js';
+import { nameProblem, parseTotal } from './names.js';
+import { brokerUrl, readSettings } from './settings.js';
 
 const KEEPALIVE_S = 20;
 const RECONNECT_MS = 2000;
 // Down longer than this (or the browser says it has no network): "offline".
 const RECONNECTING_GRACE_MS = 10000;
+// Down this long on one node, with others known: try the next one.
+const FAILOVER_MS = 6000;
 
-const page = pageFromSearch(location.search);
-const presenceTopic = `presence/${page}`;
+const settings = readSettings(location.search, location.origin);
+const { page, prefix, presencePrefix } = settings;
+const presenceTopic = `${presencePrefix}/${page}`;
 
 const $ = (id) => document.getElementById(id);
 const connEl = document.querySelector('[data-testid="conn-state"]');
+const viaEl = document.querySelector('[data-testid="via"]');
 const viewersEl = document.querySelector('[data-testid="viewers"]');
+const staleEl = document.querySelector('[data-testid="stale"]');
+const asOfEl = document.querySelector('[data-testid="as-of"]');
 const form = $('add-form');
 const formMsg = $('form-msg');
 
@@ -28,14 +37,20 @@ const counters = new CounterList($('rows'), $('empty'), increment);
 const cluster = new ClusterStrip($('cluster'));
 
 $('page-name').textContent = page;
+$('inc-topic').textContent = `${prefix}/<name>/inc`;
 document.title = `tally · ${page}`;
 
 const CLIENT_ID = `tally-web-${Math.random().toString(16).slice(2, 10)}`;
-const BROKER_URL = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/mqtt`;
+const clock = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' });
 
 /* ==== Connection state ==== */
 
+// The node the page talks to: an index into settings.nodes (0: this page's own).
+let nodeIndex = 0;
+let nodeSinceMs = Date.now();
+// When the connection was lost (the numbers are as of then), or null.
 let downSinceMs = null;
+let everConnected = false;
 
 function showConn(state, detail) {
   connEl.dataset.state = state;
@@ -46,11 +61,50 @@ function showConn(state, detail) {
   form.querySelector('button').disabled = !connected;
 }
 
+// Greys every number and says how old it is, or (sinceMs null) undoes that.
+function showStale(sinceMs) {
+  const stale = sinceMs !== null && everConnected;
+  document.body.classList.toggle('stale', stale);
+  staleEl.hidden = !stale;
+  if (!stale) return;
+  asOfEl.textContent = clock.format(sinceMs);
+  asOfEl.dateTime = new Date(sinceMs).toISOString();
+}
+
 function showDown() {
-  downSinceMs ??= Date.now();
-  const long = Date.now() - downSinceMs > RECONNECTING_GRACE_MS;
+  const now = Date.now();
+  if (downSinceMs === null) {
+    downSinceMs = now;
+    counters.pause(now);
+    showStale(now);
+  }
+  const long = now - downSinceMs > RECONNECTING_GRACE_MS;
   const state = navigator.onLine === false || long ? 'offline' : 'reconnecting';
-  showConn(state, `connection lost; retrying every ${RECONNECT_MS / 1000} s`);
+  showConn(state, `connection to ${nodeHost()} lost; retrying every ${RECONNECT_MS / 1000} s`);
+}
+
+function nodeHost() {
+  return new URL(settings.nodes[nodeIndex]).host;
+}
+
+// Down on this node for FAILOVER_MS: the next node of ?nodes= gets its turn.
+function failOver(now) {
+  if (settings.nodes.length < 2 || now - Math.max(downSinceMs, nodeSinceMs) < FAILOVER_MS) return;
+  nodeIndex = (nodeIndex + 1) % settings.nodes.length;
+  connect();
+}
+
+// Links to the other nodes' dashboards, with this page's settings.
+function listOtherNodes() {
+  const nav = $('other-nodes');
+  const links = settings.nodes.slice(1).map((origin) => {
+    const a = document.createElement('a');
+    a.href = `${origin}/${location.search}`;
+    a.textContent = new URL(origin).host;
+    return a;
+  });
+  nav.hidden = links.length === 0;
+  nav.querySelector('span').replaceChildren(...links.flatMap((a, i) => (i ? [', ', a] : [a])));
 }
 
 /* ==== Connecting, as a user or anonymously ==== */
@@ -63,16 +117,21 @@ let client = null;
 const loginPanel = new LoginPanel($('login-form'), $('account'), signIn, signOut);
 
 function onConnect(connack) {
+  const now = Date.now();
   downSinceMs = null;
+  everConnected = true;
+  showStale(null);
   loginPanel.signedIn(login?.username ?? null);
-  showConn('connected', `connected to ${location.host}${login ? ` as ${login.username}` : ''}`);
-  counters.rebaseAll();
-  cluster.touchAll(Date.now());
+  showConn('connected', `connected to ${nodeHost()}${login ? ` as ${login.username}` : ''}`);
+  viaEl.hidden = nodeIndex === 0;
+  viaEl.textContent = `via ${nodeHost()}`;
+  counters.resume(now);
+  cluster.touchAll(now);
   if (!connack.sessionPresent) {
     client.subscribe({
       [presenceTopic]: { qos: 0 },
-      'counters/+': { qos: 0 },
-      'counters/+/state': { qos: 0 },
+      [`${prefix}/+`]: { qos: 0 },
+      [`${prefix}/+/state`]: { qos: 0 },
       '$tally/stats/+': { qos: 0 },
     });
   }
@@ -89,6 +148,8 @@ function onError(err) {
   disconnect();
   if (refused) forgetLogin();
   login = null;
+  downSinceMs = null;
+  showStale(null);
   showConn('signed out', err.message);
   loginPanel.ask(refusalText(err.code, refused), refused?.username);
 }
@@ -101,12 +162,12 @@ function disconnect() {
   old.removeAllListeners();
   old.on('error', () => {});
   old.end(true);
-  downSinceMs = null;
 }
 
 function connect() {
   disconnect();
-  client = mqtt.connect(BROKER_URL, {
+  nodeSinceMs = Date.now();
+  client = mqtt.connect(brokerUrl(settings.nodes[nodeIndex]), {
     protocolVersion: 5,
     keepalive: KEEPALIVE_S,
     reconnectPeriod: RECONNECT_MS,
@@ -139,6 +200,8 @@ function signIn(credentials) {
 function signOut() {
   forgetLogin();
   login = null;
+  downSinceMs = null;
+  showStale(null);
   counters.clear();
   cluster.clear();
   viewersEl.textContent = '–';
@@ -179,7 +242,7 @@ function onMessage(topic, payload) {
     if (text === '' || stats) cluster.set(levels[2], stats, now);
     return;
   }
-  if (levels[0] !== 'counters') return;
+  if (levels[0] !== prefix) return;
   if (levels.length === 2) {
     const total = text === '' ? null : parseTotal(text);
     if (text === '' || total !== null) counters.setTotal(levels[1], total, now);
@@ -203,7 +266,7 @@ function toast(text, isError) {
 // Publishes at QoS 1 so the plugin's verdict comes back in the PUBACK.
 function publishIncrement(name, payload, done) {
   if (!client) return;
-  client.publish(`counters/${name}/inc`, payload, { qos: 1 }, (err) => {
+  client.publish(`${prefix}/${name}/inc`, payload, { qos: 1 }, (err) => {
     if (err) toast(`${name}: ${err.message}`, true);
     else done?.();
   });
@@ -243,13 +306,17 @@ function readColors() {
 }
 
 function tick() {
-  if (document.hidden) return;
   const now = Date.now();
+  if (!client?.connected && downSinceMs !== null) {
+    showDown();
+    failOver(now);
+  }
+  if (document.hidden) return;
   counters.tick(now, colors);
   if (client?.connected) cluster.tick(now);
-  else if (downSinceMs !== null) showDown();
 }
 
+listOtherNodes();
 readColors();
 tick();
 matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => {

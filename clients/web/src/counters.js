@@ -12,7 +12,9 @@ export function formatNumber(n) {
   return number.format(n);
 }
 
+// r: changes per second, or null when nothing is known (the page was away).
 function formatRate(r) {
+  if (r === null) return '–/s';
   const abs = Math.abs(r);
   const digits = abs === 0 || abs >= 10 ? 0 : abs >= 1 ? 1 : 2;
   return `${r.toFixed(digits)}/s`;
@@ -78,10 +80,15 @@ export class CounterList {
     if (!row.hasTotal && Number.isSafeInteger(state.value)) this.showValue(row, state.value);
   }
 
+  // The connection was lost at nowMs: the charts show a gap from then.
+  pause(nowMs) {
+    for (const row of this.rows.values()) row.rate.pause(nowMs);
+  }
+
   // After a reconnect the retained totals arrive again; they are baselines,
   // not changes, or the chart would show whatever moved while we were away.
-  rebaseAll() {
-    for (const row of this.rows.values()) row.rate.rebase();
+  resume(nowMs) {
+    for (const row of this.rows.values()) row.rate.resume(nowMs);
   }
 
   setEnabled(enabled) {
@@ -98,7 +105,7 @@ export class CounterList {
   draw(row, nowMs) {
     if (!this.colors) return;
     row.rateEl.textContent = formatRate(row.rate.recent(nowMs));
-    drawSparkline(row.canvas, row.rate.series(nowMs), this.colors);
+    drawSparkline(row.canvas, row.rate.series(nowMs), nowMs, this.colors);
   }
 
   showValue(row, value) {

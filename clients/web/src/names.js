@@ -3,8 +3,6 @@
 // starting with `$`. Checked here so the form can say why before the broker
 // refuses, and so a bad ?page= falls back instead of subscribing to a wildcard.
 
-export const DEFAULT_PAGE = 'dashboard';
-
 const encoder = new TextEncoder();
 
 // Returns null for a valid name, else the reason it is not.
@@ -15,12 +13,6 @@ export function nameProblem(name) {
   if (/[/+#]/.test(name)) return 'name may not contain / + or #';
   if (/\p{Cc}/u.test(name)) return 'name may not contain control characters';
   return null;
-}
-
-// The page this dashboard views: ?page=<name> when valid, else the default.
-export function pageFromSearch(search) {
-  const page = new URLSearchParams(search).get('page');
-  return page !== null && nameProblem(page) === null ? page : DEFAULT_PAGE;
 }
 
 // Signed decimal integer within what JavaScript holds exactly, or null.

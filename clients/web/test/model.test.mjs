@@ -1,10 +1,11 @@
-// The dashboard's pure parts: rate bookkeeping and name rules.
+// The dashboard's pure parts: rate bookkeeping, name rules and settings.
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { nameProblem, pageFromSearch, parseTotal } from '../src/names.js';
+import { nameProblem, parseTotal } from '../src/names.js';
 import { RateTracker, WINDOW_S } from '../src/rate.js';
-import { bucketRates } from '../src/sparkline.js';
+import { brokerUrl, readSettings } from '../src/settings.js';
+import { bucketRates, knownRuns } from '../src/sparkline.js';
 
 const T0 = 1_700_000_000_000;
 
@@ -14,16 +15,37 @@ test('the first total is a baseline, later totals are changes', () => {
   assert.equal(r.recent(T0), 0);
   r.observe(105, T0 + 200);
   r.observe(110, T0 + 1200);
-  assert.equal(r.recent(T0 + 1500, 10), 1);
+  // Two seconds seen, 10 changes: 5 a second (the seconds before the
+  // tracker existed are unknown, not idle).
+  assert.equal(r.recent(T0 + 1500, 10), 5);
   const s = r.series(T0 + 1500);
   assert.equal(s.length, WINDOW_S);
   assert.deepEqual(s.slice(-2), [5, 5]);
+  assert.ok(Number.isNaN(s[0]));
 });
 
-test('rebase drops what changed while away', () => {
+test('seconds while disconnected are unknown, not zero', () => {
+  const r = new RateTracker();
+  r.observe(0, T0);
+  r.observe(4, T0 + 1000);
+  r.pause(T0 + 1500);
+  const away = r.series(T0 + 20000);
+  assert.deepEqual(away.slice(-21, -19), [0, 4]);
+  assert.ok(away.slice(-19).every(Number.isNaN), 'the outage is a gap');
+  assert.equal(r.recent(T0 + 20000, 10), null, 'no rate is known');
+  r.resume(T0 + 20000);
+  r.observe(100, T0 + 20100); // a baseline: what changed while away is no rate
+  assert.equal(r.recent(T0 + 20500, 10), 0);
+  r.observe(103, T0 + 21000);
+  assert.equal(r.recent(T0 + 21000, 10), 1.5);
+});
+
+
+test('a reconnect is a new baseline: what changed while away is no rate', () => {
   const r = new RateTracker();
   r.observe(1, T0);
-  r.rebase();
+  r.pause(T0 + 500);
+  r.resume(T0 + 900);
   r.observe(1000, T0 + 1000);
   assert.equal(r.recent(T0 + 1000), 0);
 });
@@ -36,6 +58,7 @@ test('changes older than the window fall out, decreases count negative', () => {
   assert.equal(r.series(T0 + (WINDOW_S + 1) * 1000).reduce((a, b) => a + b, 0), 0);
   r.observe(40, T0 + (WINDOW_S + 1) * 1000);
   assert.equal(r.recent(T0 + (WINDOW_S + 1) * 1000, 10), -1);
+  r.observe(40, T0 + (WINDOW_S + 2) * 1000);
   r.observe(40, T0 + 10 * WINDOW_S * 1000);
   assert.equal(r.recent(T0 + 10 * WINDOW_S * 1000, 10), 0);
 });
@@ -46,6 +69,24 @@ test('the chart averages per-second changes into 5 s buckets', () => {
   const rates = bucketRates(perSecond);
   assert.equal(rates.length, WINDOW_S / 5);
   assert.equal(rates.at(-1), 2);
+  // Aligned on the clock: two seconds into the current bucket, it holds two.
+  const aligned = bucketRates(perSecond, 2);
+  assert.equal(aligned.length, WINDOW_S / 5 + 1);
+  assert.deepEqual([aligned[0], aligned.at(-2), aligned.at(-1)], [0, 0, 5]);
+});
+
+test('a bucket with an unknown second is a gap in the chart', () => {
+  const perSecond = new Array(WINDOW_S).fill(NaN);
+  perSecond.fill(0, 0, 16);
+  perSecond[12] = 5;
+  perSecond.fill(3, WINDOW_S - 5);
+  const rates = bucketRates(perSecond);
+  assert.deepEqual(rates.slice(0, 4).map(String), ['0', '0', '1', 'NaN']);
+  assert.equal(rates.at(-1), 3);
+  assert.deepEqual(knownRuns(rates), [
+    [0, 2],
+    [rates.length - 1, rates.length - 1],
+  ]);
 });
 
 test('names follow the contract', () => {
@@ -59,11 +100,25 @@ test('names follow the contract', () => {
   assert.match(nameProblem('a\nb'), /control/);
 });
 
-test('the page comes from ?page= when valid', () => {
-  assert.equal(pageFromSearch(''), 'dashboard');
-  assert.equal(pageFromSearch('?page=shop'), 'shop');
-  assert.equal(pageFromSearch('?page=a%2Fb'), 'dashboard');
-  assert.equal(pageFromSearch('?page='), 'dashboard');
+test('the page and the topic roots come from the URL when valid', () => {
+  const page = (search) => readSettings(search, 'http://h:1').page;
+  assert.equal(page(''), 'dashboard');
+  assert.equal(page('?page=shop'), 'shop');
+  assert.equal(page('?page=a%2Fb'), 'dashboard');
+  assert.equal(page('?page='), 'dashboard');
+  const s = readSettings('?prefix=votes&presence_prefix=here', 'http://h:1');
+  assert.deepEqual([s.prefix, s.presencePrefix], ['votes', 'here']);
+  const d = readSettings('?prefix=a%2Fb&presence_prefix=%23', 'http://h:1');
+  assert.deepEqual([d.prefix, d.presencePrefix], ['counters', 'presence']);
+  const same = readSettings('?prefix=x&presence_prefix=x', 'http://h:1');
+  assert.deepEqual([same.prefix, same.presencePrefix], ['x', 'presence']);
+});
+
+test('other nodes come from ?nodes=, this one first, each once', () => {
+  const s = readSettings('?nodes=http://b:2/,nonsense,ftp://c,https://d:4/x,http://h:1', 'http://h:1');
+  assert.deepEqual(s.nodes, ['http://h:1', 'http://b:2', 'https://d:4']);
+  assert.equal(brokerUrl('http://b:2'), 'ws://b:2/mqtt');
+  assert.equal(brokerUrl('https://d:4'), 'wss://d:4/mqtt');
 });
 
 test('totals are exact integers or nothing', () => {
