@@ -10,6 +10,8 @@ packages=(
   libcjson-dev check uthash-dev libwebsockets-dev zlib1g-dev
   python3 python3-pytest python3-paho-mqtt
   esbuild chromium iproute2 procps
+  libmicrohttpd-dev prometheus
+  debhelper devscripts fakeroot lintian
 )
 # Node.js may come from Debian or from NodeSource (whose nodejs package has
 # npm inside and conflicts with Debian's npm): ask for the commands.
