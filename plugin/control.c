@@ -6,7 +6,8 @@
  * The control API follows Mosquitto's dynamic-security plugin: a request is
  *
  *     {"commands": [{"command": "listCounters", "offset": 0, "count": 100,
- *                    "prefix": "votes-"},
+ *                    "prefix": "votes-", "order": "natural"},
+ *                   {"command": "topCounters", "count": 20},
  *                   {"command": "getCounter", "name": "likes",
  *                    "correlationData": "anything"}]}
  *
@@ -14,14 +15,23 @@
  * $CONTROL/tally/v1/response, holds one entry per command, in order:
  *
  *     {"responses": [{"command": "listCounters",
- *                     "data": {"totalCount": 2, "counters": [{"name","value"}..]}},
+ *                     "data": {"totalCount": 9, "matched": 2, "offset": 0,
+ *                              "counters": [{"name","value"}..]}},
+ *                    {"command": "topCounters",
+ *                     "data": {"counters": [{"name","value","rate"}..]}},
  *                    {"command": "getCounter", "correlationData": "anything",
  *                     "data": {"counter": <state>, "replicas": [...]}}]}
  *
  * or an "error" string in place of "data". Who may send requests is decided
- * in plugin.c (plugin_opt_admin_usernames / admin_clientids).
+ * in plugin.c (admin_usernames / admin_clientids for everything,
+ * reader_usernames for requests that only read: control_read_only).
+ *
+ * Listing and ranking visit each counter once and keep the first k in a
+ * bounded heap (O(n log k) time, k entries of memory), so a page of a million
+ * counters is not a sort of a million names.
  */
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,28 +148,203 @@ static int int_field(const cJSON *cmd, const char *key, int dflt, int min, int m
     return d < min ? min : d > max ? max : (int)d;
 }
 
+/* ---- Orders ---- */
+
+static bool is_digit(char ch)
+{
+    return ch >= '0' && ch <= '9';
+}
+
+static int bytes_cmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+    int c = memcmp(a, b, alen < blen ? alen : blen);
+    if (c)
+        return c;
+    return alen < blen ? -1 : alen > blen;
+}
+
+int name_natural_cmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+    size_t i = 0, j = 0;
+    while (i < alen && j < blen) {
+        if (!is_digit(a[i]) || !is_digit(b[j])) {
+            if (a[i] != b[j])
+                return (unsigned char)a[i] < (unsigned char)b[j] ? -1 : 1;
+            i++, j++;
+            continue;
+        }
+        /* Two runs of digits: without leading zeros, the longer is larger,
+         * and runs of one length compare as their bytes do. */
+        while (i < alen && a[i] == '0')
+            i++;
+        while (j < blen && b[j] == '0')
+            j++;
+        size_t ei = i, ej = j;
+        while (ei < alen && is_digit(a[ei]))
+            ei++;
+        while (ej < blen && is_digit(b[ej]))
+            ej++;
+        if (ei - i != ej - j)
+            return ei - i < ej - j ? -1 : 1;
+        int c = memcmp(a + i, b + j, ei - i);
+        if (c)
+            return c;
+        i = ei, j = ej;
+    }
+    if (i < alen || j < blen)
+        return i < alen ? 1 : -1;
+    return bytes_cmp(a, alen, b, blen);
+}
+
+/* ---- Selecting the first k of many ---- */
+
+/* A counter and what it is ranked by. */
+struct ranked {
+    const struct tally_counter *c;
+    double rate;
+};
+typedef int (*rank_cmp)(const void *, const void *); /* < 0: a comes first */
+
+static int by_natural(const void *x, const void *y)
+{
+    const struct ranked *a = x, *b = y;
+    return name_natural_cmp(a->c->name, a->c->name_len, b->c->name, b->c->name_len);
+}
+
+static int by_bytes(const void *x, const void *y)
+{
+    const struct ranked *a = x, *b = y;
+    return bytes_cmp(a->c->name, a->c->name_len, b->c->name, b->c->name_len);
+}
+
+static int by_rate(const void *x, const void *y)
+{
+    const struct ranked *a = x, *b = y;
+    if (a->rate != b->rate)
+        return a->rate > b->rate ? -1 : 1;
+    return by_natural(x, y);
+}
+
+/* The first k counters in an order, out of many, without sorting them all:
+ * a heap holds the k best seen so far with the last of them at its root, so
+ * a pass over n counters costs O(n log k) and k entries of memory. */
+struct top_k {
+    struct ranked *v;
+    size_t n, k;
+    rank_cmp cmp;
+};
+
+static void heap_swap(struct ranked *v, size_t a, size_t b)
+{
+    struct ranked tmp = v[a];
+    v[a] = v[b];
+    v[b] = tmp;
+}
+
+static void heap_down(struct top_k *h, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, last = i;
+        if (l < h->n && h->cmp(&h->v[l], &h->v[last]) > 0)
+            last = l;
+        if (r < h->n && h->cmp(&h->v[r], &h->v[last]) > 0)
+            last = r;
+        if (last == i)
+            return;
+        heap_swap(h->v, i, last);
+        i = last;
+    }
+}
+
+static void top_k_offer(struct top_k *h, struct ranked x)
+{
+    if (h->n < h->k) {
+        size_t i = h->n++;
+        h->v[i] = x;
+        for (; i && h->cmp(&h->v[i], &h->v[(i - 1) / 2]) > 0; i = (i - 1) / 2)
+            heap_swap(h->v, i, (i - 1) / 2);
+    } else if (h->k && h->cmp(&x, &h->v[0]) < 0) {
+        h->v[0] = x;
+        heap_down(h, 0);
+    }
+}
+
+/* Sorts what was kept, first first. */
+static void top_k_finish(struct top_k *h)
+{
+    qsort(h->v, h->n, sizeof(*h->v), h->cmp);
+}
+
+static void add_counter_item(cJSON *list, const struct tally_counter *c)
+{
+    cJSON *item = cJSON_CreateObject();
+    cJSON_AddItemToObject(item, "name", cJSON_CreateString(c->name));
+    cJSON_AddNumberToObject(item, "value", (double)counter_value(c));
+    cJSON_AddItemToArray(list, item);
+}
+
+/* ---- Commands ---- */
+
+#define LIST_MAX 1000
+
 static const char *list_counters(const cJSON *cmd, cJSON *data, const struct tally_table *t)
 {
-    int offset = int_field(cmd, "offset", 0, 0, 1 << 30);
-    int count = int_field(cmd, "count", 1000, 1, 100000);
+    size_t offset = (size_t)int_field(cmd, "offset", 0, 0, 1 << 30);
+    size_t count = (size_t)int_field(cmd, "count", 100, 0, LIST_MAX);
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(cmd, "prefix");
     const char *prefix = cJSON_IsString(pre) ? pre->valuestring : "";
-    size_t plen = strlen(prefix);
-    cJSON *list = cJSON_AddArrayToObject(data, "counters");
-    int matched = 0;
+    const cJSON *order = cJSON_GetObjectItemCaseSensitive(cmd, "order");
+    bool bytes = cJSON_IsString(order) && strcmp(order->valuestring, "name") == 0;
+    if (cJSON_IsString(order) && !bytes && strcmp(order->valuestring, "natural") != 0)
+        return "order is \"natural\" or \"name\"";
+    size_t plen = strlen(prefix), matched = 0;
+    size_t k = offset + count < t->ncounters ? offset + count : t->ncounters;
+    struct top_k h = {calloc(k + 1, sizeof(*h.v)), 0, k, bytes ? by_bytes : by_natural};
+    if (!h.v)
+        return "out of memory";
     const struct tally_counter *c, *tmp;
     HASH_ITER(hh, t->counters, c, tmp)
     {
         if (c->name_len < plen || memcmp(c->name, prefix, plen) != 0)
             continue;
-        if (matched++ < offset || matched > offset + count)
-            continue;
-        cJSON *item = cJSON_CreateObject();
-        cJSON_AddItemToObject(item, "name", cJSON_CreateString(c->name));
-        cJSON_AddNumberToObject(item, "value", (double)counter_value(c));
-        cJSON_AddItemToArray(list, item);
+        matched++;
+        top_k_offer(&h, (struct ranked){c, 0});
     }
-    cJSON_AddNumberToObject(data, "totalCount", matched);
+    top_k_finish(&h);
+    cJSON_AddNumberToObject(data, "totalCount", (double)t->ncounters);
+    cJSON_AddNumberToObject(data, "matched", (double)matched);
+    cJSON_AddNumberToObject(data, "offset", (double)offset);
+    cJSON *list = cJSON_AddArrayToObject(data, "counters");
+    for (size_t i = offset; i < h.n; i++)
+        add_counter_item(list, h.v[i].c);
+    free(h.v);
+    return list ? NULL : "out of memory";
+}
+
+/* Rates below this read as 0.00 a second and are left out. */
+#define RATE_MIN 0.005
+
+static const char *top_counters(const cJSON *cmd, cJSON *data, const struct tally_table *t)
+{
+    size_t count = (size_t)int_field(cmd, "count", 20, 0, LIST_MAX);
+    struct top_k h = {calloc(count + 1, sizeof(*h.v)), 0, count, by_rate};
+    if (!h.v)
+        return "out of memory";
+    const struct tally_counter *c, *tmp;
+    HASH_ITER(hh, t->counters, c, tmp)
+    {
+        double rate = counter_rate(c, t->clock_ds);
+        if (rate >= RATE_MIN)
+            top_k_offer(&h, (struct ranked){c, rate});
+    }
+    top_k_finish(&h);
+    cJSON *list = cJSON_AddArrayToObject(data, "counters");
+    for (size_t i = 0; i < h.n; i++) {
+        add_counter_item(list, h.v[i].c);
+        cJSON_AddNumberToObject(cJSON_GetArrayItem(list, (int)i), "rate",
+                                round(h.v[i].rate * 100) / 100);
+    }
+    free(h.v);
     return list ? NULL : "out of memory";
 }
 
@@ -212,6 +397,8 @@ static cJSON *run_command(const cJSON *cmd, const struct tally_table *t, const c
     const char *err = "unknown command";
     if (strcmp(command, "listCounters") == 0)
         err = list_counters(cmd, data, t);
+    else if (strcmp(command, "topCounters") == 0)
+        err = top_counters(cmd, data, t);
     else if (strcmp(command, "getCounter") == 0)
         err = get_counter(cmd, data, t, node_id, now_ms);
     if (err) {
@@ -221,6 +408,31 @@ static cJSON *run_command(const cJSON *cmd, const struct tally_table *t, const c
         cJSON_AddItemToObject(resp, "data", data);
     }
     return resp;
+}
+
+static const char *const read_only_commands[] = {"listCounters", "getCounter", "topCounters"};
+
+static bool command_is_read_only(const cJSON *cmd)
+{
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(cmd, "command");
+    for (size_t i = 0; cJSON_IsString(name) && i < sizeof(read_only_commands) / sizeof(char *); i++)
+        if (strcmp(name->valuestring, read_only_commands[i]) == 0)
+            return true;
+    return false;
+}
+
+bool control_read_only(const void *payload, size_t len)
+{
+    cJSON *req = cJSON_ParseWithLength(payload, len);
+    const cJSON *cmds = cJSON_GetObjectItemCaseSensitive(req, "commands");
+    bool ok = cJSON_IsArray(cmds);
+    const cJSON *cmd;
+    cJSON_ArrayForEach(cmd, cmds)
+    {
+        ok = ok && command_is_read_only(cmd);
+    }
+    cJSON_Delete(req);
+    return ok;
 }
 
 char *control_process(const void *payload, size_t len, const struct tally_table *t,

@@ -52,6 +52,7 @@
  * only pay for itself with hundreds of nodes.
  */
 #include <assert.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -139,6 +140,31 @@ int64_t counter_value(const struct tally_counter *c)
     struct tally_sums s;
     counter_sums(c, &s);
     return s.value;
+}
+
+/* ==== Recent rate ==== */
+
+/* Time constant of the decay, in table clock ticks (tenths of a second). */
+#define RATE_TAU_DS 100.0f
+
+static float rate_sum_at(const struct tally_counter *c, uint32_t now_ds)
+{
+    if (now_ds <= c->rate_ds)
+        return c->rate;
+    return c->rate * expf(-(float)(now_ds - c->rate_ds) / RATE_TAU_DS);
+}
+
+void counter_rate_add(struct tally_counter *c, uint64_t amount, uint32_t now_ds)
+{
+    if (now_ds == 0 || amount == 0)
+        return;
+    c->rate = rate_sum_at(c, now_ds) + (float)amount;
+    c->rate_ds = now_ds;
+}
+
+double counter_rate(const struct tally_counter *c, uint32_t now_ds)
+{
+    return (double)rate_sum_at(c, now_ds) / (RATE_TAU_DS / 10.0f);
 }
 
 const struct tally_slot *counter_slot(const struct tally_counter *c, uint32_t replica)

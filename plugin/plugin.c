@@ -44,6 +44,7 @@ struct options {
     char bridge_clientids[1024];
     char bridge_usernames[1024];
     char admin_usernames[1024];
+    char reader_usernames[1024];
     char viewer_usernames[1024];
     char admin_clientids[1024];
     char acl[16];
@@ -90,6 +91,8 @@ static const struct opt_spec opt_specs[] = {
     OPT_S(bridge_usernames, "comma-separated usernames or shell patterns"),
     OPT_S(admin_usernames, "comma-separated usernames or shell patterns allowed to use "
                            "$CONTROL/tally/v1"),
+    OPT_S(reader_usernames, "comma-separated usernames or shell patterns allowed the read-only "
+                            "commands of $CONTROL/tally/v1 ('*': everyone, anonymous included)"),
     OPT_S(viewer_usernames, "comma-separated usernames or shell patterns allowed to view pages "
                             "(unset: everyone)"),
     OPT_S(admin_clientids, "comma-separated client ids or shell patterns allowed to use "
@@ -126,6 +129,7 @@ static void options_defaults(struct options *o)
     strcpy(o->prefix, "counters");
     strcpy(o->presence_prefix, "presence");
     strcpy(o->acl, "allow");
+    strcpy(o->reader_usernames, "*");
     o->publish_interval_ms = 100;
     o->max_counters = 1000000;
     o->max_devices = 100000;
@@ -302,6 +306,21 @@ static bool is_admin(const struct mosquitto *client)
 {
     return list_match(g.opt.admin_clientids, mosquitto_client_id(client)) ||
            list_match(g.opt.admin_usernames, mosquitto_client_username(client));
+}
+
+/* Anonymous clients match as "", so that the default "*" lets them read. */
+static bool is_reader(const struct mosquitto *client)
+{
+    const char *username = mosquitto_client_username(client);
+    return list_match(g.opt.reader_usernames, username ? username : "");
+}
+
+/* Admins may send any request to $CONTROL/tally/v1; readers only requests
+ * whose every command reads (the ACL check sees the payload). */
+static bool may_control(const struct mosquitto_evt_acl_check *ev)
+{
+    return is_admin(ev->client) ||
+           (is_reader(ev->client) && control_read_only(ev->payload, ev->payloadlen));
 }
 
 static bool is_bridge(const struct mosquitto *client)
@@ -787,8 +806,8 @@ static int on_acl_check(int event, void *event_data, void *userdata)
         return allow();
     case MOSQ_ACL_WRITE:
         if (strcmp(ev->topic, CONTROL_TOPIC) == 0)
-            return is_admin(ev->client) ? MOSQ_ERR_SUCCESS
-                                        : refuse(ev->client, ev->topic, TALLY_E_FORBIDDEN);
+            return may_control(ev) ? MOSQ_ERR_SUCCESS
+                                   : refuse(ev->client, ev->topic, TALLY_E_FORBIDDEN);
         if ((t.kind == T_TALLY && !is_bridge(ev->client)) || t.kind == T_TOTAL ||
             t.kind == T_STATE || t.kind == T_PRESENCE)
             return refuse(ev->client, ev->topic, TALLY_E_FORBIDDEN);
@@ -1025,6 +1044,7 @@ static int on_tick(int event, void *event_data, void *userdata)
     (void)userdata;
     uint64_t now = mono_ms();
     uint64_t heartbeat = (uint64_t)g.opt.peer_timeout_ms / 5;
+    table_set_clock(&g.table, now - g.start_ms);
     if (heartbeat > 1000)
         heartbeat = 1000;
     expire_peers(now);
@@ -1050,8 +1070,9 @@ static int on_tick(int event, void *event_data, void *userdata)
 
 /* ==== The control API ==== */
 
-/* $CONTROL/tally/v1: only admins get here (on_acl_check); the answer goes
- * to the asking client alone, as dynamic-security's does. */
+/* $CONTROL/tally/v1: only admins, and readers asking only to read, get here
+ * (on_acl_check); the answer goes to the asking client alone, as
+ * dynamic-security's does. */
 static int on_control(int event, void *event_data, void *userdata)
 {
     struct mosquitto_evt_control *ev = event_data;
@@ -1133,6 +1154,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
     if (table_replica(&g.table, g.opt.node_id, g.incarnation, &g.self) != TALLY_OK)
         goto error;
     g.start_ms = mono_ms();
+    table_set_clock(&g.table, 0); /* what was loaded is not a recent change */
     for (size_t i = 0; i < sizeof(callbacks) / sizeof(callbacks[0]); i++) {
         if (mosquitto_callback_register(identifier, callbacks[i].event, callbacks[i].cb,
                                         callbacks[i].event_data, NULL) != MOSQ_ERR_SUCCESS) {

@@ -87,6 +87,11 @@ void table_free(struct tally_table *t)
     memset(t, 0, sizeof(*t));
 }
 
+void table_set_clock(struct tally_table *t, uint64_t since_start_ms)
+{
+    t->clock_ds = (uint32_t)(since_start_ms / 100) + 1;
+}
+
 /* ==== Counters ==== */
 
 struct tally_counter *table_find(struct tally_table *t, const char *name, size_t len)
@@ -196,6 +201,7 @@ int table_add(struct tally_table *t, struct tally_counter *c, uint32_t replica, 
     if (delta == 0)
         return 0;
     digest_slot(t, c, replica, s ? &before : NULL, counter_slot(c, replica));
+    counter_rate_add(c, delta > 0 ? (uint64_t)delta : (uint64_t)-delta, t->clock_ds);
     mark_dirty(t, c);
     return 1;
 }
@@ -208,7 +214,11 @@ int table_merge_slot(struct tally_table *t, struct tally_counter *c, uint32_t re
     int rc = counter_merge_slot(c, replica, p, n);
     if (rc <= 0)
         return rc;
-    digest_slot(t, c, replica, s ? &before : NULL, counter_slot(c, replica));
+    const struct tally_slot *after = counter_slot(c, replica);
+    digest_slot(t, c, replica, s ? &before : NULL, after);
+    /* P and N only rise: the total moved by the difference of the two rises */
+    int64_t moved = (int64_t)(after->p - before.p) - (int64_t)(after->n - before.n);
+    counter_rate_add(c, moved < 0 ? (uint64_t)-moved : (uint64_t)moved, t->clock_ds);
     mark_dirty(t, c);
     return 1;
 }
@@ -228,6 +238,7 @@ int table_merge_device(struct tally_table *t, struct tally_counter *c, uint32_t 
     if (existed)
         *dg -= slot_hash(nh, oh, old, 0);
     *dg += slot_hash(nh, oh, total, 0);
+    counter_rate_add(c, total - old, t->clock_ds);
     mark_dirty(t, c);
     return 1;
 }

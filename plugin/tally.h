@@ -100,6 +100,8 @@ struct tally_counter {
     struct tally_counter *dirty_next;
     struct tally_slot *slots; /* sorted by replica */
     struct tally_dev *devs;   /* sorted by device */
+    float rate;               /* recent change of the total: see counter_rate */
+    uint32_t rate_ds;         /* when rate was last raised, in table clock ticks */
     uint16_t nslots;
     uint16_t ndevs;
     uint8_t dirty;
@@ -120,6 +122,12 @@ int counter_report_check(const struct tally_counter *c, uint32_t device, uint64_
 int counter_report(struct tally_counter *c, uint32_t device, uint64_t total);
 void counter_sums(const struct tally_counter *c, struct tally_sums *out);
 int64_t counter_value(const struct tally_counter *c);
+/* The recent rate: `amount` (an absolute change of the total) raises an
+ * exponentially decaying sum with a 10 s time constant; counter_rate is that
+ * sum per second, so a steady flow of r a second reads as r. now_ds is the
+ * table's clock (tenths of a second); 0 keeps no rate (loading from disk). */
+void counter_rate_add(struct tally_counter *c, uint64_t amount, uint32_t now_ds);
+double counter_rate(const struct tally_counter *c, uint32_t now_ds);
 const struct tally_slot *counter_slot(const struct tally_counter *c, uint32_t replica);
 const struct tally_dev *counter_device(const struct tally_counter *c, uint32_t device);
 void counter_free(struct tally_counter *c);
@@ -155,6 +163,10 @@ struct tally_table {
     struct tally_device *device_hash, **devices;
     uint32_t ndevices, devices_cap, max_devices;
 
+    /* Tenths of a second since the plugin started, plus 1; 0 while state is
+     * loaded from disk, so a replay does not read as a burst of changes. */
+    uint32_t clock_ds;
+
     /* Anti-entropy: the sum of the hashes of every slot and device maximum,
      * per bucket of names; kept up to date on every change. */
     uint64_t digest[TALLY_BUCKETS];
@@ -162,6 +174,8 @@ struct tally_table {
 
 void table_init(struct tally_table *t, size_t max_counters, uint32_t max_devices);
 void table_free(struct tally_table *t);
+/* Starts or advances the table's clock (see clock_ds). */
+void table_set_clock(struct tally_table *t, uint64_t since_start_ms);
 struct tally_counter *table_find(struct tally_table *t, const char *name, size_t len);
 int table_get(struct tally_table *t, const char *name, size_t len, struct tally_counter **out);
 void table_drop_if_empty(struct tally_table *t, struct tally_counter *c);
@@ -380,6 +394,14 @@ enum tally_result { RESULT_APPLIED, RESULT_DUPLICATE, RESULT_UNCHANGED, RESULT_R
  * refused (it is then left out); value is the counter's total after it. */
 void answer_json(struct wire_buf *b, const char *name, size_t len, enum tally_result result,
                  int64_t value, int reason);
+
+/* Natural order of names: runs of ASCII digits compare by their numeric
+ * value ("c2" before "c10"), everything else byte by byte; names equal in
+ * that order ("c01", "c1") fall back to byte order. Returns <0, 0 or >0. */
+int name_natural_cmp(const char *a, size_t alen, const char *b, size_t blen);
+/* True if every command of a $CONTROL/tally/v1 request only reads
+ * (listCounters, getCounter, topCounters): what reader_usernames may send. */
+bool control_read_only(const void *payload, size_t len);
 
 /* Runs the commands of one $CONTROL/tally/v1 request; returns the response
  * JSON (caller frees) or NULL when out of memory. */

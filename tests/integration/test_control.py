@@ -1,9 +1,13 @@
-"""The control API on $CONTROL/tally/v1: admins list counters and read one
-counter's per-node, per-incarnation and per-device breakdown; everyone else
-is refused, and answers go to the asking client only."""
+"""The control API on $CONTROL/tally/v1: admins, and readers (reader_usernames,
+default everyone) asking only to read, list counters in natural order by
+pages, read one counter's per-node, per-incarnation and per-device breakdown
+and the fastest-moving counters; everyone else is refused, and answers go to
+the asking client only."""
 import json
 import subprocess
 import time
+
+import paho.mqtt.client as mqtt
 
 from conftest import wait_for
 
@@ -43,10 +47,11 @@ def test_admin_lists_and_reads_counters(brokers):
     assert rc == 0
     listed, page, got = resp["responses"]
     assert listed["command"] == "listCounters"
-    assert listed["data"]["totalCount"] == 2
-    assert sorted((c["name"], c["value"]) for c in listed["data"]["counters"]) == [
+    assert listed["data"]["totalCount"] == 3 and listed["data"]["matched"] == 2
+    assert [(c["name"], c["value"]) for c in listed["data"]["counters"]] == [
         ("votes-no", -2), ("votes-yes", 5)]
-    assert page["data"]["totalCount"] == 3 and len(page["data"]["counters"]) == 1
+    assert page["data"]["totalCount"] == 3 and page["data"]["offset"] == 1
+    assert [c["name"] for c in page["data"]["counters"]] == ["votes-no"]
     assert got["correlationData"] == "c-7"
     counter = got["data"]["counter"]
     assert (counter["value"], counter["p"], counter["n"]) == (13, 3, 0)
@@ -70,18 +75,94 @@ def test_errors_are_answered_per_command(brokers):
     assert resp == {"responses": []}
 
 
-def test_non_admins_are_refused_and_logged(brokers):
-    node = brokers("n1", options={"admin_usernames": "admin"})
+def test_non_readers_are_refused_and_logged(brokers):
+    node = brokers("n1", options={"admin_usernames": "admin", "reader_usernames": "viewer-*"})
     seed(node)
     for user in ("eve", None):
         rc, resp = ask(node, [{"command": "listCounters"}], username=user, v5=True)
         assert resp is None, resp
     wait_for(lambda: node.read_log().count(
         "to '$CONTROL/tally/v1': forbidden_topic") >= 2, 5, what="refusals logged")
-    # Without any admin configured, nobody may use the API.
-    bare = brokers("n2")
-    rc, resp = ask(bare, [{"command": "listCounters"}])
+    rc, resp = ask(node, [{"command": "listCounters"}, {"command": "topCounters"},
+                          {"command": "getCounter", "name": "likes"}], username="viewer-1")
+    assert rc == 0 and [r.get("error") for r in resp["responses"]] == [None, None, None]
+    assert resp["responses"][0]["data"]["totalCount"] == 3
+    assert resp["responses"][2]["data"]["counter"]["value"] == 13
+
+
+def test_readers_may_only_read(brokers):
+    """A request with any command that is not read-only is refused whole for a
+    reader, even when its other commands only read; admins may send it."""
+    node = brokers("n1", options={"admin_usernames": "admin"})
+    seed(node)
+    mixed = [{"command": "listCounters"}, {"command": "frobnicate"}]
+    rc, resp = ask(node, mixed, username=None, v5=True)
     assert resp is None
+    rc, resp = ask(node, mixed, username="admin")
+    assert [r.get("error") for r in resp["responses"]] == [None, "unknown command"]
+
+
+def test_everyone_reads_by_default(brokers):
+    """reader_usernames defaults to '*': anonymous clients included, even with
+    no admin configured."""
+    node = brokers("n1")
+    seed(node)
+    for user in (None, "anyone"):
+        rc, resp = ask(node, [{"command": "listCounters", "prefix": "votes-"}], username=user)
+        assert rc == 0, resp
+        assert [c["name"] for c in resp["responses"][0]["data"]["counters"]] == [
+            "votes-no", "votes-yes"]
+
+
+def test_list_natural_order_pages_and_bound(brokers):
+    node = brokers("n1")
+    lines = [f"k{i}" for i in range(1100)]
+    c = mqtt.Client(client_id="filler", clean_session=True)
+    c.connect("127.0.0.1", node.port, 30)
+    c.loop_start()
+    infos = [c.publish(f"counters/{name}/inc", "1", 1) for name in lines]
+    for info in infos:
+        info.wait_for_publish(20)
+    c.disconnect()
+    c.loop_stop()
+    node.wait_total("k1099", 1)
+    rc, resp = ask(node, [
+        {"command": "listCounters", "prefix": "k", "count": 5000},
+        {"command": "listCounters", "prefix": "k", "offset": 1000, "count": 1000},
+        {"command": "listCounters", "prefix": "k1", "count": 12, "order": "name"},
+        {"command": "listCounters", "prefix": "k9", "count": 3},
+    ])
+    first, second, by_name, nines = (r["data"] for r in resp["responses"])
+    assert first["totalCount"] == 1100 and first["matched"] == 1100
+    assert [c["name"] for c in first["counters"]] == lines[:1000]  # at most 1000
+    assert [c["name"] for c in second["counters"]] == lines[1000:]
+    assert [c["name"] for c in by_name["counters"]] == (
+        ["k1", "k10", "k100", "k1000", "k1001", "k1002", "k1003", "k1004", "k1005", "k1006",
+         "k1007", "k1008"])
+    assert [c["name"] for c in nines["counters"]] == ["k9", "k90", "k91"]
+
+
+def test_top_counters_follow_the_recent_rate(brokers):
+    """A counter taking 20 increments a second ranks above one taking 1; the
+    rate is the absolute change of the total a second, about 10 s back."""
+    node = brokers("n1")
+    c = mqtt.Client(client_id="pacer", clean_session=True)
+    c.connect("127.0.0.1", node.port, 30)
+    c.loop_start()
+    start = time.monotonic()
+    for i in range(120):  # 6 s at 20 a second
+        c.publish("counters/busy/inc", "-1" if i % 2 else "1", 1)
+        if i % 20 == 0:
+            c.publish("counters/calm/inc", "1", 1)
+        time.sleep(max(0, start + (i + 1) / 20 - time.monotonic()))
+    c.disconnect()
+    c.loop_stop()
+    rc, resp = ask(node, [{"command": "topCounters", "count": 2}])
+    top = resp["responses"][0]["data"]["counters"]
+    assert [t["name"] for t in top] == ["busy", "calm"], top
+    # 6 s of 20/s with a 10 s time constant reads about 20 * (1 - e^-0.6) = 9
+    assert 5 < top[0]["rate"] < 20 and 0.2 < top[1]["rate"] < 1.5, top
+    assert top[0]["value"] == 0  # +1 -1 ...: the total is 0, its change is not
 
 
 def test_response_goes_to_the_asker_only(brokers):

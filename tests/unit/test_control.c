@@ -2,9 +2,12 @@
  * test_control.c - the JSON that clients read: the answer on an MQTT v5
  * Response Topic (applied, duplicate, unchanged or refused; see README).
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <check.h>
+#include <cjson/cJSON.h>
 
 #include "tally.h"
 
@@ -57,6 +60,237 @@ START_TEST(test_answer_escapes_the_name)
 }
 END_TEST
 
+/* ==== Natural order ==== */
+
+static int nat(const char *a, const char *b)
+{
+    int c = name_natural_cmp(a, strlen(a), b, strlen(b));
+    return c < 0 ? -1 : c > 0;
+}
+
+START_TEST(test_natural_order)
+{
+    ck_assert_int_eq(nat("c2", "c10"), -1);
+    ck_assert_int_eq(nat("c10", "c2"), 1);
+    ck_assert_int_eq(nat("c10", "c10"), 0);
+    ck_assert_int_eq(nat("a", "b"), -1);
+    ck_assert_int_eq(nat("a", "a1"), -1);       /* a prefix comes first */
+    ck_assert_int_eq(nat("9", "10"), -1);       /* whole names of digits */
+    ck_assert_int_eq(nat("v1.9", "v1.10"), -1); /* several runs */
+    ck_assert_int_eq(nat("x007", "x7"), -1);    /* equal numbers: byte order decides */
+    ck_assert_int_eq(nat("x7", "x007"), 1);
+    ck_assert_int_eq(nat("x08", "x7"), 1); /* leading zeros do not make it smaller */
+    ck_assert_int_eq(nat("page-2b", "page-2a"), 1);
+    ck_assert_int_eq(nat("a99999999999999999999999", "a100000000000000000000000"), -1);
+    ck_assert_int_eq(nat("A", "a"), -1);             /* case-sensitive, as bytes */
+    ck_assert_int_eq(nat("caf\xc3\xa9", "cafe"), 1); /* UTF-8 bytes are not digits */
+    ck_assert_int_eq(nat("z", "\xc3\xa9"), -1);
+}
+END_TEST
+
+/* ==== The control API ==== */
+
+/* A table of the named counters, each counter i at value i + 1. */
+static void fill(struct tally_table *t, const char *const *names, size_t n)
+{
+    uint32_t self;
+    table_init(t, 1000, 10);
+    ck_assert_int_eq(table_replica(t, "n1", 1, &self), TALLY_OK);
+    table_set_clock(t, 0);
+    for (size_t i = 0; i < n; i++) {
+        struct tally_counter *c;
+        ck_assert_int_eq(table_get(t, names[i], strlen(names[i]), &c), TALLY_OK);
+        ck_assert_int_eq(table_add(t, c, self, (int64_t)i + 1), 1);
+    }
+}
+
+/* Runs one command; returns its "data" (or the response, on "error"). */
+static cJSON *run(struct tally_table *t, const char *command, cJSON **whole)
+{
+    char req[512];
+    snprintf(req, sizeof(req), "{\"commands\":[%s]}", command);
+    char *out = control_process(req, strlen(req), t, "n1", 0);
+    ck_assert_ptr_nonnull(out);
+    *whole = cJSON_Parse(out);
+    free(out);
+    cJSON *resp = cJSON_GetArrayItem(cJSON_GetObjectItem(*whole, "responses"), 0);
+    cJSON *data = cJSON_GetObjectItem(resp, "data");
+    return data ? data : resp;
+}
+
+/* The names listed in data's "counters", joined by spaces. */
+static const char *names_of(const cJSON *data, char *out, size_t len)
+{
+    const cJSON *item;
+    out[0] = '\0';
+    cJSON_ArrayForEach(item, cJSON_GetObjectItem(data, "counters"))
+    {
+        if (out[0])
+            strncat(out, " ", len - strlen(out) - 1);
+        strncat(out, cJSON_GetObjectItem(item, "name")->valuestring, len - strlen(out) - 1);
+    }
+    return out;
+}
+
+static const char *const mixed[] = {"c10", "c2", "c1", "b", "c100", "c9", "votes-3", "votes-20"};
+
+START_TEST(test_list_natural_order_and_paging)
+{
+    struct tally_table t;
+    cJSON *whole;
+    char got[256];
+    fill(&t, mixed, 8);
+    cJSON *data = run(&t, "{\"command\":\"listCounters\"}", &whole);
+    ck_assert_str_eq(names_of(data, got, sizeof(got)), "b c1 c2 c9 c10 c100 votes-3 votes-20");
+    ck_assert_int_eq(cJSON_GetObjectItem(data, "totalCount")->valueint, 8);
+    ck_assert_int_eq(cJSON_GetObjectItem(data, "matched")->valueint, 8);
+    cJSON_Delete(whole);
+
+    data = run(&t,
+               "{\"command\":\"listCounters\",\"prefix\":\"c\",\"offset\":1,\"count\":3"
+               "}",
+               &whole);
+    ck_assert_str_eq(names_of(data, got, sizeof(got)), "c2 c9 c10");
+    ck_assert_int_eq(cJSON_GetObjectItem(data, "totalCount")->valueint, 8);
+    ck_assert_int_eq(cJSON_GetObjectItem(data, "matched")->valueint, 5);
+    ck_assert_int_eq(cJSON_GetObjectItem(data, "offset")->valueint, 1);
+    /* values come with the names: c2 was the second added */
+    ck_assert_int_eq(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(data, "counters"), 0), "value")
+            ->valueint,
+        2);
+    cJSON_Delete(whole);
+
+    /* The last page is short; past the end is empty. */
+    data = run(&t,
+               "{\"command\":\"listCounters\",\"prefix\":\"c\",\"offset\":3,\"count\":3"
+               "}",
+               &whole);
+    ck_assert_str_eq(names_of(data, got, sizeof(got)), "c10 c100");
+    cJSON_Delete(whole);
+    data = run(&t, "{\"command\":\"listCounters\",\"offset\":8}", &whole);
+    ck_assert_str_eq(names_of(data, got, sizeof(got)), "");
+    ck_assert_int_eq(cJSON_GetObjectItem(data, "matched")->valueint, 8);
+    cJSON_Delete(whole);
+
+    /* Byte order on request; a prefix is case-sensitive. */
+    data = run(&t, "{\"command\":\"listCounters\",\"prefix\":\"c1\",\"order\":\"name\"}", &whole);
+    ck_assert_str_eq(names_of(data, got, sizeof(got)), "c1 c10 c100");
+    cJSON_Delete(whole);
+    data = run(&t, "{\"command\":\"listCounters\",\"prefix\":\"C\"}", &whole);
+    ck_assert_int_eq(cJSON_GetObjectItem(data, "matched")->valueint, 0);
+    cJSON_Delete(whole);
+    data = run(&t, "{\"command\":\"listCounters\",\"order\":\"random\"}", &whole);
+    ck_assert_ptr_nonnull(cJSON_GetObjectItem(data, "error"));
+    cJSON_Delete(whole);
+    table_free(&t);
+}
+END_TEST
+
+START_TEST(test_list_pages_cover_everything_once)
+{
+    /* 2,500 counters in pages of the maximum size (1000): every name once,
+     * in order, whatever order the hash table holds them in. */
+    struct tally_table t;
+    uint32_t self;
+    table_init(&t, 10000, 10);
+    ck_assert_int_eq(table_replica(&t, "n1", 1, &self), TALLY_OK);
+    for (int i = 2499; i >= 0; i--) {
+        char name[16];
+        struct tally_counter *c;
+        int len = snprintf(name, sizeof(name), "k%d", i);
+        ck_assert_int_eq(table_get(&t, name, (size_t)len, &c), TALLY_OK);
+    }
+    int seen = 0;
+    for (int offset = 0; offset < 3000; offset += 1000) {
+        char req[128];
+        cJSON *whole;
+        snprintf(req, sizeof(req), "{\"command\":\"listCounters\",\"offset\":%d,\"count\":5000}",
+                 offset);
+        cJSON *data = run(&t, req, &whole);
+        const cJSON *item;
+        cJSON_ArrayForEach(item, cJSON_GetObjectItem(data, "counters"))
+        {
+            char want[16];
+            snprintf(want, sizeof(want), "k%d", seen++);
+            ck_assert_str_eq(cJSON_GetObjectItem(item, "name")->valuestring, want);
+        }
+        cJSON_Delete(whole);
+    }
+    ck_assert_int_eq(seen, 2500);
+    table_free(&t);
+}
+END_TEST
+
+START_TEST(test_top_counters_by_recent_rate)
+{
+    struct tally_table t;
+    uint32_t self;
+    cJSON *whole;
+    char got[256];
+    table_init(&t, 100, 10);
+    ck_assert_int_eq(table_replica(&t, "n1", 1, &self), TALLY_OK);
+    const char *names[] = {"slow", "fast", "old", "idle"};
+    struct tally_counter *c[4];
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(table_get(&t, names[i], strlen(names[i]), &c[i]), TALLY_OK);
+    /* "old" took 1000 a minute ago; then, for 20 s, "fast" 50 a second
+     * (one -5 in ten: the total's absolute change counts) and "slow" 2. */
+    table_set_clock(&t, 0);
+    table_add(&t, c[2], self, 1000);
+    for (int ds = 600; ds < 800; ds++) {
+        table_set_clock(&t, (uint64_t)ds * 100);
+        table_add(&t, c[1], self, ds % 10 == 0 ? -5 : 5);
+        if (ds % 5 == 0)
+            table_add(&t, c[0], self, 1);
+    }
+    cJSON *data = run(&t, "{\"command\":\"topCounters\"}", &whole);
+    ck_assert_str_eq(names_of(data, got, sizeof(got)), "fast slow old");
+    cJSON *list = cJSON_GetObjectItem(data, "counters");
+    double fast = cJSON_GetObjectItem(cJSON_GetArrayItem(list, 0), "rate")->valuedouble;
+    double slow = cJSON_GetObjectItem(cJSON_GetArrayItem(list, 1), "rate")->valuedouble;
+    double old = cJSON_GetObjectItem(cJSON_GetArrayItem(list, 2), "rate")->valuedouble;
+    ck_assert_msg(fast > 40 && fast < 55, "fast %f", fast); /* 50/s for 2 time constants */
+    ck_assert_msg(slow > 1.6 && slow < 2.2, "slow %f", slow);
+    ck_assert_msg(old > 0 && old < 1.0, "old %f", old); /* 100/s decayed over 80 s */
+    ck_assert_int_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(list, 0), "value")->valueint, 50 * 16);
+    cJSON_Delete(whole);
+    data = run(&t, "{\"command\":\"topCounters\",\"count\":1}", &whole);
+    ck_assert_str_eq(names_of(data, got, sizeof(got)), "fast");
+    cJSON_Delete(whole);
+    /* Five minutes later nothing is moving. */
+    table_set_clock(&t, 380000);
+    data = run(&t, "{\"command\":\"topCounters\"}", &whole);
+    ck_assert_str_eq(names_of(data, got, sizeof(got)), "");
+    cJSON_Delete(whole);
+    table_free(&t);
+}
+END_TEST
+
+START_TEST(test_read_only_requests)
+{
+    const char *yes[] = {
+        "{\"commands\":[]}",
+        "{\"commands\":[{\"command\":\"listCounters\"},{\"command\":\"getCounter\"},"
+        "{"
+        "\"command\":\"topCounters\"}]}",
+    };
+    const char *no[] = {
+        "{\"commands\":[{\"command\":\"listCounters\"},{\"command\":\"resetCounter\"}]}",
+        "{\"commands\":[{\"command\":\"deleteCounter\",\"name\":\"x\"}]}",
+        "{\"commands\":[{\"command\":\"frobnicate\"}]}",
+        "{\"commands\":[{}]}",
+        "{\"commands\":{}}",
+        "not json",
+        "",
+    };
+    for (size_t i = 0; i < sizeof(yes) / sizeof(*yes); i++)
+        ck_assert_msg(control_read_only(yes[i], strlen(yes[i])), "%s", yes[i]);
+    for (size_t i = 0; i < sizeof(no) / sizeof(*no); i++)
+        ck_assert_msg(!control_read_only(no[i], strlen(no[i])), "%s", no[i]);
+}
+END_TEST
+
 Suite *control_suite(void)
 {
     Suite *s = suite_create("control");
@@ -64,6 +298,13 @@ Suite *control_suite(void)
     tcase_add_test(tc, test_answer_applied_duplicate_unchanged);
     tcase_add_test(tc, test_answer_refused);
     tcase_add_test(tc, test_answer_escapes_the_name);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("commands");
+    tcase_add_test(tc, test_natural_order);
+    tcase_add_test(tc, test_list_natural_order_and_paging);
+    tcase_add_test(tc, test_list_pages_cover_everything_once);
+    tcase_add_test(tc, test_top_counters_by_recent_rate);
+    tcase_add_test(tc, test_read_only_requests);
     suite_add_tcase(s, tc);
     return s;
 }
