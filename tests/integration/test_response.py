@@ -6,6 +6,7 @@ it was refused. A response topic tally must not publish to is not answered,
 and the input is still handled."""
 import itertools
 import json
+import socket
 import threading
 import uuid
 
@@ -78,7 +79,18 @@ class Requester:
 @pytest.fixture(params=["tcp", "websockets"])
 def node_and_port(request, brokers):
     node = brokers("n1", ws=True, options={"max_counters": "3"})
-    return node, node.port if request.param == "tcp" else node.ws_port, request.param
+    port = node.port if request.param == "tcp" else node.ws_port
+    wait_for(lambda: listening(port), 10, what=f"port {port} listening")
+    return node, port, request.param
+
+
+def listening(port):
+    """The broker opens its WebSocket listener after the plain one."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
 
 
 def test_applied_duplicate_and_unchanged_carry_the_total(node_and_port):
