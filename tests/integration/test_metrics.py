@@ -111,8 +111,9 @@ def test_every_stats_figure_is_a_typed_metric_per_node(cluster, exporter):
     wait_for(lambda: exporter.samples()[0].get(
         ("tally_peer_up", frozenset({("node", "a"), ("peer", "b")}))) == 1, 20,
         what="a to report peer b as up")
-    assert samples[("tally_rejected_total",
-                    frozenset({("node", "b"), ("reason", "not_an_integer")}))] == 2
+    wait_for(lambda: exporter.samples()[0].get(
+        ("tally_rejected_total", frozenset({("node", "b"), ("reason", "not_an_integer")}))) == 2,
+        20, what="b's two refusals (abc, 1.5) by reason")
 
 
 def test_prometheus_scrapes_the_totals_the_broker_states(cluster, exporter, workdir):
