@@ -4,9 +4,11 @@
  * Events in, through the plugin API v5:
  *   MESSAGE     increments and reports from clients; replication from peers
  *   ACL_CHECK   refuses writes to the plugin's own topics; watches exact
- *               subscriptions to presence/<page> (viewers)
- *   DISCONNECT  ends a client's views
- *   TICK        the clock: publish totals, replicate, reconcile, stats
+ *               subscriptions to presence/<page> (viewers) and every
+ *               subscription that watches a counter (interest.c)
+ *   DISCONNECT  ends a client's views and watches
+ *   TICK        the clock: publish totals (schedule.c), replicate,
+ *               reconcile, stats
  *
  * Everything else (parsing, the CRDT, the tables, the wire format) lives in
  * pure C files that know nothing of Mosquitto. See README.md for the topics
@@ -62,6 +64,7 @@ struct options {
     long long fsync_interval_ms;
     long long snapshot_interval_ms;
     long long log_rate;
+    long long unwatched_publish_budget;
 };
 
 enum opt_kind { OPT_INT, OPT_STR };
@@ -113,6 +116,8 @@ static const struct opt_spec opt_specs[] = {
     OPT_I(fsync_interval_ms, 0, 60000, "an integer from 0 (fsync every change) to 60000"),
     OPT_I(snapshot_interval_ms, 1000, 86400000, "an integer from 1000 to 86400000"),
     OPT_I(log_rate, 1, 100000, "an integer from 1 to 100000 (rejection log lines a second)"),
+    OPT_I(unwatched_publish_budget, 1, 1000000,
+          "an integer from 1 to 1000000 (publishes a second for totals nobody watches)"),
 };
 
 static void options_defaults(struct options *o)
@@ -143,6 +148,7 @@ static void options_defaults(struct options *o)
     o->fsync_interval_ms = 1000;
     o->snapshot_interval_ms = 60000;
     o->log_rate = 20;
+    o->unwatched_publish_budget = 2000;
 }
 
 static int option_set(struct options *o, const char *key, const char *value)
@@ -220,6 +226,8 @@ static struct tally {
     struct tally_table table;
     struct tally_dedup dedup;
     struct tally_presence presence;
+    struct tally_interest interest;
+    struct tally_refresh refresh;
     struct persist *persist;
     struct wire_sync_writer writer;
     struct wire_buf buf;
@@ -762,11 +770,22 @@ static int allow(void)
     return g.acl_defer ? MOSQ_ERR_PLUGIN_DEFER : MOSQ_ERR_SUCCESS;
 }
 
+static void watchers_changed(const char *name, size_t len, void *ud);
+
 static void on_subscribe(struct mosquitto *client, const char *topic, struct topic t,
                          bool subscribe)
 {
     const char *id = mosquitto_client_id(client);
-    if (t.kind != T_PRESENCE || !id || name_check(t.name, t.len) != TALLY_OK)
+    if (!id)
+        return;
+    if (!subscribe)
+        interest_unsubscribe(&g.interest, id, topic, watchers_changed, NULL);
+    else if (interest_subscribe(&g.interest, id, topic, watchers_changed, NULL) < 0)
+        mosquitto_log_printf(MOSQ_LOG_ERR,
+                             "tally: out of memory: the subscription of '%s' to "
+                             "'%s' is not seen as watching",
+                             id, topic);
+    if (t.kind != T_PRESENCE || name_check(t.name, t.len) != TALLY_OK)
         return;
     if (!subscribe) {
         presence_unview(&g.presence, id, t.name, t.len);
@@ -825,12 +844,17 @@ static int on_disconnect(int event, void *event_data, void *userdata)
     (void)event;
     (void)userdata;
     const char *id = mosquitto_client_id(ev->client);
-    if (id)
+    if (id) {
         presence_drop_client(&g.presence, id);
+        interest_drop_client(&g.interest, id, watchers_changed, NULL);
+    }
     return MOSQ_ERR_SUCCESS;
 }
 
 /* ==== Publishing ==== */
+
+/* Counters published or replicated in one tick at most (see flush). */
+#define FLUSH_BUDGET 20000
 
 static void publish(const char *topic, const void *payload, size_t len, int qos, bool retain)
 {
@@ -881,17 +905,113 @@ static const char *name_topic(const char *prefix, size_t prefix_len, const char 
     return g.topic;
 }
 
-static void publish_counter(const struct tally_counter *c, uint64_t now_wall_ms)
+static void publish_total(struct tally_counter *c, const struct tally_sums *s)
 {
-    struct tally_sums s;
     char value[21];
-    counter_sums(c, &s);
     publish(name_topic(g.opt.prefix, g.prefix_len, c->name, c->name_len, ""), value,
-            fmt_i64(value, s.value), (int)g.opt.publish_qos, true);
-    counter_state_json(&g.buf, &g.table, c, &s, g.opt.node_id, now_wall_ms);
-    if (!g.buf.failed)
-        publish(name_topic(g.opt.prefix, g.prefix_len, c->name, c->name_len, "/state"), g.buf.data,
-                g.buf.len, (int)g.opt.publish_qos, true);
+            fmt_i64(value, s->value), (int)g.opt.publish_qos, true);
+    c->stale = 0;
+}
+
+static void publish_state(struct tally_counter *c, const struct tally_sums *s, uint64_t wall)
+{
+    counter_state_json(&g.buf, &g.table, c, s, g.opt.node_id, wall);
+    if (g.buf.failed)
+        return;
+    publish(name_topic(g.opt.prefix, g.prefix_len, c->name, c->name_len, "/state"), g.buf.data,
+            g.buf.len, (int)g.opt.publish_qos, true);
+    c->state_shown = 1;
+}
+
+/* An empty retained message removes the state document from Mosquitto. */
+static void clear_state(struct tally_counter *c)
+{
+    publish(name_topic(g.opt.prefix, g.prefix_len, c->name, c->name_len, "/state"), "", 0,
+            (int)g.opt.publish_qos, true);
+    c->state_shown = 0;
+}
+
+/* Publishes what c's retained outputs lack, now: its total if stale, its
+ * state document if watched and not shown, an empty one if shown and no
+ * longer watched. Returns the number of publishes. */
+static uint32_t reconcile(struct tally_counter *c, uint64_t wall)
+{
+    bool want_state = interest_state_watched(&g.interest, c->name, c->name_len);
+    bool state = want_state && !c->state_shown;
+    uint32_t n = 0;
+    if (c->stale || state) {
+        struct tally_sums s;
+        counter_sums(c, &s);
+        if (c->stale)
+            publish_total(c, &s), n++;
+        if (state)
+            publish_state(c, &s, wall), n++;
+    }
+    if (!want_state && c->state_shown)
+        clear_state(c), n++;
+    return n;
+}
+
+static void queue_refresh(struct tally_counter *c)
+{
+    if (refresh_push(&g.refresh, c) != TALLY_OK)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory queueing %s for publishing",
+                             c->name);
+}
+
+/* A changed counter at its flush: watched outputs go out now, an unwatched
+ * total waits on the refresh queue for the budget (schedule.c). */
+static void publish_changed(struct tally_counter *c, uint64_t wall)
+{
+    bool total = interest_total_watched(&g.interest, c->name, c->name_len);
+    bool state = interest_state_watched(&g.interest, c->name, c->name_len);
+    if (total || state) {
+        struct tally_sums s;
+        counter_sums(c, &s);
+        if (total)
+            publish_total(c, &s);
+        if (state)
+            publish_state(c, &s, wall);
+    }
+    if (!total || (!state && c->state_shown))
+        queue_refresh(c);
+}
+
+/* The subscriptions watching `name` changed (interest.c): what a new watcher
+ * lacks is published now, within this broker loop, before any budget; a state
+ * document nobody watches any more is removed. name NULL: the filters watching
+ * every state document came or went, and each counter is queued to catch up
+ * under the budget. */
+static void watchers_changed(const char *name, size_t len, void *ud)
+{
+    (void)ud;
+    if (name) {
+        struct tally_counter *c = table_find(&g.table, name, len);
+        if (c)
+            reconcile(c, wall_ms());
+        return;
+    }
+    bool all = g.interest.all_states > 0;
+    struct tally_counter *c, *tmp;
+    HASH_ITER(hh, g.table.counters, c, tmp)
+    {
+        if (all ? !c->state_shown : c->state_shown)
+            queue_refresh(c);
+    }
+}
+
+/* Spends the unwatched publish budget on the oldest waiting outputs. */
+static void refresh(uint64_t now)
+{
+    uint32_t grant = refresh_grant(&g.refresh, now);
+    if (!grant || !g.refresh.len)
+        return;
+    uint64_t wall = wall_ms();
+    uint32_t used = 0;
+    size_t visits = FLUSH_BUDGET;
+    for (struct tally_counter *c; used < grant && visits && (c = refresh_pop(&g.refresh)); visits--)
+        used += reconcile(c, wall);
+    refresh_spend(&g.refresh, used);
 }
 
 static void publish_page(const char *page, size_t len, uint64_t total, void *ud)
@@ -945,14 +1065,13 @@ static void dump_buckets(const uint64_t *mask)
     sync_flush();
 }
 
-/* A flush round publishes every counter that was dirty when it began, at
- * most FLUSH_BUDGET a tick, so that a huge backlog (a million counters
+/* A flush round replicates every counter that was dirty when it began and
+ * publishes its watched outputs (publish_changed), at most FLUSH_BUDGET a
+ * tick, so that a huge backlog (a million counters
  * loaded from disk, or replicated after a long partition) never stalls the
  * broker for seconds: the round goes on at the next tick. A counter changed
  * during a round waits for the next one, so no name is published twice
  * within publish_interval_ms. */
-#define FLUSH_BUDGET 20000
-
 static void flush(uint64_t now)
 {
     if (g.flush_left == 0) {
@@ -963,7 +1082,7 @@ static void flush(uint64_t now)
     uint64_t wall = wall_ms();
     for (struct tally_counter *c; g.flush_left && budget && (c = table_pop_dirty(&g.table));
          g.flush_left--, budget--) {
-        publish_counter(c, wall);
+        publish_changed(c, wall);
         sync_add(c);
     }
     sync_flush();
@@ -1051,6 +1170,7 @@ static int on_tick(int event, void *event_data, void *userdata)
     if (g.flush_left || (now - g.last_flush_ms >= (uint64_t)g.opt.publish_interval_ms &&
                          (g.table.dirty_head || g.presence.dirty_head || g.presence.local_changed)))
         flush(now);
+    refresh(now);
     if (now - g.last_announce_ms >= heartbeat)
         announce_presence();
     if (now - g.last_digest_ms >= (uint64_t)g.opt.sync_interval_ms) {
@@ -1147,6 +1267,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
     g.acl_defer = strcmp(g.opt.acl, "defer") == 0;
     table_init(&g.table, (size_t)g.opt.max_counters, (uint32_t)g.opt.max_devices);
     presence_init(&g.presence, (uint64_t)g.opt.max_viewers);
+    interest_init(&g.interest, g.opt.prefix);
+    refresh_init(&g.refresh, (uint32_t)g.opt.unwatched_publish_budget, mono_ms());
     if (dedup_init(&g.dedup, (uint32_t)g.opt.dedup_window) != TALLY_OK)
         goto error;
     if (load_state() != MOSQ_ERR_SUCCESS)
@@ -1176,6 +1298,8 @@ error:
     persist_close(g.persist, &g.table, &g.dedup);
     g.persist = NULL;
     dedup_free(&g.dedup);
+    refresh_free(&g.refresh);
+    interest_free(&g.interest);
     table_free(&g.table);
     presence_free(&g.presence);
     return MOSQ_ERR_UNKNOWN;
@@ -1194,6 +1318,8 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
     sync_writer_free(&g.writer);
     wbuf_free(&g.buf);
     dedup_free(&g.dedup);
+    refresh_free(&g.refresh);
+    interest_free(&g.interest);
     table_free(&g.table);
     presence_free(&g.presence);
     return MOSQ_ERR_SUCCESS;

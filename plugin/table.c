@@ -132,6 +132,7 @@ void table_drop_if_empty(struct tally_table *t, struct tally_counter *c)
 
 static void mark_dirty(struct tally_table *t, struct tally_counter *c)
 {
+    c->stale = 1;
     if (c->dirty)
         return;
     c->dirty = 1;

@@ -104,7 +104,10 @@ struct tally_counter {
     uint32_t rate_ds;         /* when rate was last raised, in table clock ticks */
     uint16_t nslots;
     uint16_t ndevs;
-    uint8_t dirty;
+    uint8_t dirty : 1;       /* on the table's dirty list (replication, outputs) */
+    uint8_t stale : 1;       /* the retained total is older than the counter */
+    uint8_t queued : 1;      /* on the refresh queue (schedule.c) */
+    uint8_t state_shown : 1; /* a retained state document is published (plugin.c) */
     uint8_t name_len;
     char name[];
 };
@@ -263,6 +266,65 @@ void presence_origin_expire(struct tally_presence *pr, struct tally_origin *o);
 void presence_flush(struct tally_presence *pr,
                     void (*fn)(const char *page, size_t len, uint64_t total, void *ud), void *ud);
 uint64_t presence_total(const struct tally_presence *pr, const char *page, size_t len);
+
+/* ==== Interest: who watches which counter (interest.c) ==== */
+
+/* What one subscription filter watches among <prefix>/<name> (totals) or
+ * <prefix>/<name>/state (state documents). */
+enum interest_scope { INTEREST_NONE, INTEREST_ONE, INTEREST_ALL };
+
+struct interest_name;
+struct interest_client;
+
+struct tally_interest {
+    struct interest_name *names;     /* counters named by some filter */
+    struct interest_client *clients; /* each client's filters that watch */
+    uint32_t all_totals, all_states; /* filters watching every total / state */
+    size_t prefix_len;
+    char prefix[128];
+};
+
+/* Told, after a subscription change, of the counter `name` whose watchers may
+ * have changed, or (name NULL) that every state document went from watched
+ * to unwatched or back. */
+typedef void interest_fn(const char *name, size_t len, void *ud);
+
+bool topic_matches(const char *filter, const char *topic);
+void interest_init(struct tally_interest *in, const char *prefix);
+void interest_free(struct tally_interest *in);
+/* Returns 1 if the filter watches a counter and is new for client, 0 if not,
+ * or -TALLY_E_NOMEM. fn may be NULL. Strings are borrowed (copied if kept). */
+int interest_subscribe(struct tally_interest *in, const char *client, const char *filter,
+                       interest_fn *fn, void *ud);
+void interest_unsubscribe(struct tally_interest *in, const char *client, const char *filter,
+                          interest_fn *fn, void *ud);
+void interest_drop_client(struct tally_interest *in, const char *client, interest_fn *fn, void *ud);
+bool interest_total_watched(const struct tally_interest *in, const char *name, size_t len);
+bool interest_state_watched(const struct tally_interest *in, const char *name, size_t len);
+
+/* ==== The output scheduler (schedule.c) ==== */
+
+/* Counters whose outputs wait for the publish budget, oldest first. The ring
+ * borrows the counters: one about to be freed must be refresh_forget'ed. */
+struct tally_refresh {
+    struct tally_counter **ring;
+    size_t cap, head, len;
+    uint64_t milli_tokens, last_ms;
+    uint32_t rate; /* publishes a second */
+};
+
+void refresh_init(struct tally_refresh *r, uint32_t rate, uint64_t now_ms);
+void refresh_free(struct tally_refresh *r);
+/* Queues c unless it is queued already (it keeps its place). */
+int refresh_push(struct tally_refresh *r, struct tally_counter *c);
+struct tally_counter *refresh_pop(struct tally_refresh *r);
+void refresh_forget(struct tally_refresh *r, struct tally_counter *c);
+/* Publishes the budget allows now; refresh_spend takes what was used. */
+uint32_t refresh_grant(struct tally_refresh *r, uint64_t now_ms);
+void refresh_spend(struct tally_refresh *r, uint32_t publishes);
+/* Least time between two publishes of a page with `viewers` local viewers,
+ * for at most `budget` deliveries a second. */
+uint64_t page_interval_ms(uint64_t viewers, uint64_t budget);
 
 /* ==== Replication wire format (wire.c) ==== */
 

@@ -13,6 +13,8 @@ Suite *wire_suite(void);
 Suite *presence_suite(void);
 Suite *persist_suite(void);
 Suite *control_suite(void);
+Suite *interest_suite(void);
+Suite *schedule_suite(void);
 
 int main(void)
 {
@@ -23,6 +25,8 @@ int main(void)
     srunner_add_suite(sr, presence_suite());
     srunner_add_suite(sr, persist_suite());
     srunner_add_suite(sr, control_suite());
+    srunner_add_suite(sr, interest_suite());
+    srunner_add_suite(sr, schedule_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
