@@ -12,6 +12,7 @@ packages=(
   esbuild chromium iproute2 procps
   libmicrohttpd-dev prometheus
   debhelper devscripts fakeroot lintian
+  node-typescript
 )
 # Node.js may come from Debian or from NodeSource (whose nodejs package has
 # npm inside and conflicts with Debian's npm): ask for the commands.

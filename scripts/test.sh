@@ -56,6 +56,7 @@ stage "install dependencies" scripts/install-deps.sh
 stage "build" scripts/build.sh
 stage "unit tests" unit build
 stage "integration tests" pytest_run tests/integration
+stage "web unit tests" node --test clients/web/test/
 stage "browser end-to-end" node --test tests/e2e/
 if [[ $TALLY_SANITIZE == 1 ]]; then
   stage "sanitizer build" sanitized_build

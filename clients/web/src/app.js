@@ -10,7 +10,7 @@ import mqtt from 'mqtt';
 import { ClusterStrip } from './cluster.js';
 import { CounterList, formatNumber } from './counters.js';
 import { forgetLogin, isLoginRefusal, LoginPanel, loadLogin, refusalText, saveLogin } from './login.js';
-import { nameProblem, parseTotal } from './names.js';
+import { nameProblem, parseTotal } from '../elements/src/names.js';
 import { brokerUrl, readSettings } from './settings.js';
 
 const KEEPALIVE_S = 20;

@@ -9,7 +9,9 @@
 // name the node but not where its WebSocket listener is. With it, the page
 // fails over to another node when its own stays down, and links to each.
 
-import { nameProblem } from './names.js';
+import { nameProblem } from '../elements/src/names.js';
+
+export { brokerUrl } from '../elements/src/broker.js';
 
 export const DEFAULT_PAGE = 'dashboard';
 export const DEFAULT_PREFIX = 'counters';
@@ -49,10 +51,4 @@ export function readSettings(search, here) {
     presencePrefix: presence === prefix ? DEFAULT_PRESENCE_PREFIX : presence,
     nodes: nodeOrigins(query.get('nodes'), here),
   };
-}
-
-// The MQTT-over-WebSocket URL of the node whose dashboard is at origin.
-export function brokerUrl(origin) {
-  const url = new URL(origin);
-  return `${url.protocol === 'https:' ? 'wss' : 'ws'}://${url.host}/mqtt`;
 }

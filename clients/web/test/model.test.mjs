@@ -2,7 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { nameProblem, parseTotal } from '../src/names.js';
+import { nameProblem, parseTotal } from '../elements/src/names.js';
 import { RateTracker, WINDOW_S } from '../src/rate.js';
 import { brokerUrl, readSettings } from '../src/settings.js';
 import { bucketRates, knownRuns } from '../src/sparkline.js';

@@ -1,0 +1,185 @@
+// The embeddable elements (clients/web/elements) in a real browser, on a
+// page served by another origin (a small node HTTP server on `localhost`,
+// another host name and port) than the broker that serves the script, as a
+// site embedding tally would: live totals, a reader counted as a viewer
+// while the page is open and not after, the button, formatting, and the
+// stale state while the broker is gone.
+
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { after, before, describe, test } from 'node:test';
+import { buildDashboard, launchChromium, startCluster, waitFor } from './cluster.mjs';
+
+const SCREENSHOT_LIVE = '/tmp/tally-elements-live.png';
+const SCREENSHOT_STALE = '/tmp/tally-elements-stale.png';
+
+// The three-line snippet of the README, and a little more.
+function sitePage(scriptUrl) {
+  return `<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Launch</title>
+<style>body { font: 18px system-ui; margin: 24px; } tally-counter, tally-viewers { font-weight: 700; }</style>
+</head>
+<body>
+<h1>We launched</h1>
+<script src="${scriptUrl}"></script>
+<p><tally-counter name="likes" data-testid="likes"></tally-counter> likes ·
+   <tally-viewers page="launch" data-testid="viewers"></tally-viewers> reading now</p>
+<p><tally-button name="likes" data-testid="like">♥ Like</tally-button></p>
+<p>Downloads: <tally-counter name="downloads" locale="de-DE" data-testid="downloads"></tally-counter>
+   (<tally-counter name="downloads" notation="compact" locale="en" data-testid="downloads-compact"></tally-counter>)</p>
+<p><tally-button name="likes" delta="9007199254740991" data-testid="too-much">too much</tally-button></p>
+</body>
+</html>`;
+}
+
+function serveSite(html) {
+  const server = http.createServer((req, res) => {
+    res.writeHead(req.url === '/' ? 200 : 404, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(req.url === '/' ? html : 'not found');
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
+}
+
+// The text an element shows (inside its shadow root).
+function shown(page, testId) {
+  return page.locator(`[data-testid="${testId}"] [part~="value"]`).textContent();
+}
+
+function waitForShown(page, testId, want, timeout = 5000) {
+  return page.waitForFunction(
+    ([id, value]) =>
+      document.querySelector(`[data-testid="${id}"]`)?.shadowRoot.querySelector('[part~="value"]').textContent === value,
+    [testId, want],
+    { timeout, polling: 20 },
+  );
+}
+
+describe('tally elements on another site', () => {
+  let cluster;
+  let site;
+  let siteUrl;
+  let browser;
+  let context;
+  const requests = [];
+  const sockets = [];
+  const pageErrors = [];
+
+  async function openSite() {
+    const page = await context.newPage();
+    page.on('pageerror', (err) => pageErrors.push(err.message));
+    page.on('websocket', (ws) => sockets.push(ws.url()));
+    await page.goto(siteUrl);
+    return page;
+  }
+
+  before(async () => {
+    cluster = await startCluster(await buildDashboard());
+    site = await serveSite(sitePage(`${cluster.a.url}tally-elements.js`));
+    siteUrl = `http://localhost:${site.address().port}/`;
+    browser = await launchChromium();
+    context = await browser.newContext({ viewport: { width: 700, height: 360 } });
+    context.on('request', (req) => requests.push(req.url()));
+  });
+
+  after(async () => {
+    try {
+      await browser?.close();
+      site?.close();
+    } finally {
+      await cluster?.stop();
+    }
+  });
+
+  let page;
+
+  test('<tally-counter> shows a total counted on another node, and follows it live', async () => {
+    cluster.b.pub('counters/likes/inc', '5');
+    page = await openSite();
+    assert.notEqual(new URL(page.url()).origin, new URL(cluster.a.url).origin, 'another origin than the broker');
+    await waitForShown(page, 'likes', '5');
+    const start = Date.now();
+    cluster.b.pub('counters/likes/inc', '2');
+    await waitForShown(page, 'likes', '7', 2000);
+    assert.ok(Date.now() - start < 2000);
+    assert.equal(await page.getByTestId('likes').evaluate((e) => e.value), 7, 'the value property');
+    assert.equal(sockets.length, 1, 'the page’s six elements share one connection');
+  });
+
+  test('formats with Intl.NumberFormat: locale and notation', async () => {
+    cluster.a.pub('counters/downloads/inc', '1234567');
+    await waitForShown(page, 'downloads', '1.234.567');
+    await waitForShown(page, 'downloads-compact', '1.2M');
+  });
+
+  test('<tally-viewers> counts the reader while the page is open and not after it closes', async () => {
+    const counts = cluster.b.sub('presence/+'); // a wildcard: not a viewer itself
+    try {
+      await waitForShown(page, 'viewers', '1');
+      await waitFor('node b to count one viewer', () => counts.lines().at(-1) === '1', 5000);
+      const second = await openSite();
+      await Promise.all([waitForShown(page, 'viewers', '2'), waitForShown(second, 'viewers', '2')]);
+      await waitFor('node b to count two viewers', () => counts.lines().at(-1) === '2', 5000);
+      await second.close();
+      await waitForShown(page, 'viewers', '1');
+      await waitFor('node b to count one viewer again', () => counts.lines().at(-1) === '1', 5000);
+    } finally {
+      counts.stop();
+    }
+  });
+
+  test('<tally-button> increments, and says when the plugin refuses', async () => {
+    const totals = cluster.b.sub('counters/likes');
+    try {
+      await waitFor('node b to hold 7 likes', () => totals.lines().includes('7'), 5000);
+      const acked = page.getByTestId('like').evaluate(
+        (e) => new Promise((resolve) => e.addEventListener('tally-increment', (ev) => resolve(ev.detail), { once: true })),
+      );
+      await page.getByTestId('like').locator('button').click();
+      assert.equal((await acked).accepted, true);
+      await waitForShown(page, 'likes', '8');
+      await waitFor('node b to count the click', () => totals.lines().includes('8'), 5000);
+    } finally {
+      totals.stop();
+    }
+    await page.getByTestId('too-much').locator('button').click();
+    await page.waitForFunction(() => document.querySelector('[data-testid="too-much"]').hasAttribute('refused'));
+    assert.equal(await shown(page, 'likes'), '8', 'a refused increment changes nothing');
+    assert.equal(await page.getByTestId('like').evaluate((e) => e.hasAttribute('refused')), false);
+    await page.screenshot({ path: SCREENSHOT_LIVE });
+  });
+
+  test('greyed "as of" while the broker is gone, live again when it is back', async () => {
+    await cluster.a.stop('SIGKILL');
+    await page.waitForFunction(() => document.querySelector('[data-testid="likes"]').hasAttribute('stale'), null, {
+      timeout: 5000,
+    });
+    const look = await page.getByTestId('likes').evaluate((e) => {
+      const face = e.shadowRoot.querySelector('[part~="value"]');
+      return { opacity: Number(getComputedStyle(face).opacity), title: face.title };
+    });
+    assert.ok(look.opacity < 0.7, `greyed (opacity ${look.opacity})`);
+    assert.match(look.title, /^as of \d/);
+    assert.equal(await shown(page, 'likes'), '8', 'the last total is kept');
+    assert.equal(await page.getByTestId('like').locator('button').isDisabled(), true, 'the button waits');
+    assert.equal(await page.getByTestId('viewers').evaluate((e) => e.hasAttribute('stale')), true);
+    await page.screenshot({ path: SCREENSHOT_STALE });
+
+    await cluster.a.start();
+    await page.waitForFunction(() => !document.querySelector('[data-testid="likes"]').hasAttribute('stale'), null, {
+      timeout: 15000,
+    });
+    cluster.b.pub('counters/likes/inc', '1');
+    await waitForShown(page, 'likes', '9', 10000);
+    await waitForShown(page, 'viewers', '1');
+    assert.equal(await page.getByTestId('like').locator('button').isDisabled(), false);
+  });
+
+  test('fetches only the page and the script, and talks only to the broker', () => {
+    const origins = new Set(requests.map((u) => new URL(u).origin));
+    const broker = new URL(cluster.a.url);
+    assert.deepEqual([...origins].sort(), [new URL(siteUrl).origin, broker.origin].sort());
+    assert.deepEqual([...new Set(sockets)], [`ws://${broker.host}/mqtt`], 'every connection goes to the broker');
+    assert.deepEqual(pageErrors, []);
+  });
+});
