@@ -65,6 +65,7 @@ struct options {
     long long snapshot_interval_ms;
     long long log_rate;
     long long unwatched_publish_budget;
+    long long presence_delivery_budget;
 };
 
 enum opt_kind { OPT_INT, OPT_STR };
@@ -118,6 +119,8 @@ static const struct opt_spec opt_specs[] = {
     OPT_I(log_rate, 1, 100000, "an integer from 1 to 100000 (rejection log lines a second)"),
     OPT_I(unwatched_publish_budget, 1, 1000000,
           "an integer from 1 to 1000000 (publishes a second for totals nobody watches)"),
+    OPT_I(presence_delivery_budget, 1, 1000000000,
+          "an integer from 1 to 1000000000 (deliveries of one page's count a second)"),
 };
 
 static void options_defaults(struct options *o)
@@ -149,6 +152,7 @@ static void options_defaults(struct options *o)
     o->snapshot_interval_ms = 60000;
     o->log_rate = 20;
     o->unwatched_publish_budget = 2000;
+    o->presence_delivery_budget = 10000;
 }
 
 static int option_set(struct options *o, const char *key, const char *value)
@@ -771,6 +775,7 @@ static int allow(void)
 }
 
 static void watchers_changed(const char *name, size_t len, void *ud);
+static void show_count(const char *client, const char *page, size_t len);
 
 static void on_subscribe(struct mosquitto *client, const char *topic, struct topic t,
                          bool subscribe)
@@ -795,7 +800,9 @@ static void on_subscribe(struct mosquitto *client, const char *topic, struct top
     if (rc < 0) {
         g.st.rejected[-rc]++;
         refuse_log(id, "view", topic, -rc);
+        return;
     }
+    show_count(id, t.name, t.len);
 }
 
 static int on_acl_check(int event, void *event_data, void *userdata)
@@ -1023,6 +1030,21 @@ static void publish_page(const char *page, size_t len, uint64_t total, void *ud)
             fmt_i64(value, (int64_t)total), (int)g.opt.publish_qos, true);
 }
 
+/* A new viewer's subscription delivers the count that includes it, in the
+ * next broker loop, however the page's publishes are paced: one delivery, to
+ * it alone (Mosquitto first hands over the retained count, which may not). */
+static void show_count(const char *client, const char *page, size_t len)
+{
+    char value[21];
+    uint64_t total = presence_total(&g.presence, page, len);
+    const char *topic = name_topic(g.opt.presence_prefix, g.presence_prefix_len, page, len, "");
+    int rc = mosquitto_broker_publish_copy(client, topic, (int)fmt_i64(value, (int64_t)total),
+                                           value, (int)g.opt.publish_qos, false, NULL);
+    if (rc != MOSQ_ERR_SUCCESS)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot publish to %s: %s", topic,
+                             mosquitto_strerror(rc));
+}
+
 static void announce_page(const char *page, size_t len, uint64_t n, void *ud)
 {
     (void)ud;
@@ -1086,7 +1108,7 @@ static void flush(uint64_t now)
         sync_add(c);
     }
     sync_flush();
-    presence_flush(&g.presence, publish_page, NULL);
+    presence_flush(&g.presence, now, (uint64_t)g.opt.presence_delivery_budget, publish_page, NULL);
     if (g.presence.local_changed)
         announce_presence();
 }

@@ -18,6 +18,12 @@
  * Pages live in a uthash table; each keeps its local count and one column
  * per origin. A page whose total is zero is freed once that zero has been
  * published, so a flood of one-off page names does not accumulate.
+ *
+ * Fan-out: one publish of a page's count is delivered to each of its local
+ * viewers, so a page is published at most once every page_interval_ms
+ * (schedule.c) of its audience: deliveries a second stay within the budget
+ * however many watch. A change made meanwhile keeps the page dirty until
+ * that time, so the last change is always published: exact at rest.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +37,7 @@ struct tally_page {
     uint64_t *remote; /* indexed by origin slot */
     uint32_t remote_cap;
     uint64_t published; /* UINT64_MAX until first published */
+    uint64_t next_ms;   /* not published again before (presence_flush's clock) */
     bool dirty;
     uint8_t name_len;
     char name[];
@@ -272,7 +279,7 @@ void presence_origin_expire(struct tally_presence *pr, struct tally_origin *o)
 
 /* ==== Publishing ==== */
 
-void presence_flush(struct tally_presence *pr,
+void presence_flush(struct tally_presence *pr, uint64_t now_ms, uint64_t budget,
                     void (*fn)(const char *page, size_t len, uint64_t total, void *ud), void *ud)
 {
     struct tally_page *pg = pr->dirty_head;
@@ -281,9 +288,15 @@ void presence_flush(struct tally_presence *pr,
         struct tally_page *next = pg->dirty_next;
         uint64_t total = page_total(pg);
         pg->dirty = false;
+        if (total != pg->published && now_ms < pg->next_ms) {
+            page_dirty(pr, pg); /* its audience's budget is spent: later */
+            pg = next;
+            continue;
+        }
         if (total != pg->published) {
             fn(pg->name, pg->name_len, total, ud);
             pg->published = total;
+            pg->next_ms = now_ms + page_interval_ms(pg->local, budget);
         }
         if (total == 0) {
             HASH_DEL(pr->pages, pg);

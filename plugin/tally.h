@@ -262,8 +262,10 @@ void presence_origin_begin(struct tally_presence *pr, struct tally_origin *o);
 int presence_origin_set(struct tally_presence *pr, struct tally_origin *o, const char *page,
                         size_t len, uint64_t n);
 void presence_origin_expire(struct tally_presence *pr, struct tally_origin *o);
-/* Walks pages whose cluster total changed; fn gets the new total. */
-void presence_flush(struct tally_presence *pr,
+/* Walks pages whose cluster total changed; fn gets the new total. A page
+ * published less than page_interval_ms(its local viewers, budget) before
+ * now_ms stays dirty for a later flush. */
+void presence_flush(struct tally_presence *pr, uint64_t now_ms, uint64_t budget,
                     void (*fn)(const char *page, size_t len, uint64_t total, void *ud), void *ud);
 uint64_t presence_total(const struct tally_presence *pr, const char *page, size_t len);
 

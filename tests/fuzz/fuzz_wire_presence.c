@@ -55,9 +55,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     presence_origin_begin(&pr, o);
     for (uint32_t i = 0; i < p.npages; i++)
         check(presence_origin_set(&pr, o, p.pages[i].page, p.pages[i].len, p.pages[i].count) == 0);
-    presence_flush(&pr, on_flush, NULL);
+    presence_flush(&pr, 0, 0, on_flush, NULL);
     presence_origin_expire(&pr, o);
-    presence_flush(&pr, on_flush, NULL);
+    presence_flush(&pr, 0, 0, on_flush, NULL);
     check(presence_total(&pr, "dashboard", 9) == 1);
     presence_free(&pr);
 

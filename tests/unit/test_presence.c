@@ -10,10 +10,12 @@
 #include "tally.h"
 
 static struct tally_presence pr;
+static uint64_t now_ms, budget; /* presence_flush's clock and budget; 0: no budget */
 
 static void setup(void)
 {
     presence_init(&pr, 100000);
+    now_ms = budget = 0;
 }
 
 static void teardown(void)
@@ -55,7 +57,7 @@ static void record(const char *page, size_t len, uint64_t n, void *ud)
 static struct flushed flush(void)
 {
     struct flushed f = {0};
-    presence_flush(&pr, record, &f);
+    presence_flush(&pr, now_ms, budget, record, &f);
     return f;
 }
 
@@ -256,6 +258,44 @@ START_TEST(test_many_pages_and_clients)
 }
 END_TEST
 
+START_TEST(test_flush_paces_a_large_audience)
+{
+    char client[16];
+    budget = 1000; /* deliveries a second: 100 viewers get a count every 100 ms */
+    for (int c = 0; c < 100; c++) {
+        snprintf(client, sizeof(client), "cl%d", c);
+        view(client, "big");
+    }
+    view("solo", "small");
+    now_ms = 1000;
+    struct flushed f = flush();
+    ck_assert_int_eq(f.n, 2);
+    ck_assert_uint_eq(flushed_total(&f, "big"), 100);
+    view("late", "big");
+    view("late", "small");
+    now_ms = 1050; /* within big's 100 ms: small is published, big waits */
+    f = flush();
+    ck_assert_int_eq(f.n, 1);
+    ck_assert_uint_eq(flushed_total(&f, "small"), 2);
+    ck_assert_ptr_nonnull(pr.dirty_head);
+    unview("late", "big");
+    view("later", "big");
+    now_ms = 1099;
+    ck_assert_int_eq(flush().n, 0);
+    now_ms = 1101; /* the last change, whatever happened meanwhile, is published */
+    f = flush();
+    ck_assert_int_eq(f.n, 1);
+    ck_assert_uint_eq(flushed_total(&f, "big"), 101);
+    ck_assert_ptr_null(pr.dirty_head);
+    /* back to the published value before the time is up: nothing to publish */
+    view("x", "big");
+    unview("x", "big");
+    now_ms = 1102;
+    ck_assert_int_eq(flush().n, 0);
+    ck_assert_ptr_null(pr.dirty_head);
+}
+END_TEST
+
 Suite *presence_suite(void)
 {
     Suite *s = suite_create("presence");
@@ -268,6 +308,7 @@ Suite *presence_suite(void)
     tcase_add_test(tc, test_flush_reports_changes_only);
     tcase_add_test(tc, test_flush_frees_zero_pages);
     tcase_add_test(tc, test_many_pages_and_clients);
+    tcase_add_test(tc, test_flush_paces_a_large_audience);
     suite_add_tcase(s, tc);
     return s;
 }
