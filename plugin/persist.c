@@ -4,10 +4,13 @@
  *
  * ---- Files in state_dir ----
  *
+ *   lock         the pid of the broker using the directory, which holds a
+ *                lock on this file (see "One broker per directory")
  *   meta         text: node id, incarnation (hex), kernel boot id
  *   state.log    "TALLYLOG" u32 version, then records, appended as changes
  *                are applied
  *   state.log.N  a log set aside while a snapshot is written (see below)
+ *   state.log.new  the next state.log while a rotation prepares it
  *   state.snap   "TALLYSNP" u32 version, then records, then an 'E' record;
  *                written to state.snap.tmp, fsynced and renamed over
  *
@@ -34,7 +37,18 @@
  * posix_fallocate (a quarter of its size, 16 KiB to 8 MiB), so a full disk is an error before the
  * copy, never a SIGBUS, and the zeros past the last record are cut at the next start.
  * fsync_interval_ms bounds what a power loss can take: 0 msyncs every record
- * before the acknowledgement; N > 0 msyncs at most N ms after a change.
+ * before the acknowledgement; N > 0 msyncs at most N ms after a change. An
+ * msync that fails (an I/O error) is reported, and from then on nothing more
+ * is acknowledged until one succeeds again: a write that may not reach the
+ * disk is treated as a write that failed.
+ *
+ * ---- One broker per directory ----
+ *
+ * Two brokers on one state_dir would each take the other's log space for a
+ * torn tail and cut it. So the first thing a broker does with state_dir,
+ * before it reads a byte, is to take a lock on state_dir/lock (fcntl(2)); a
+ * second broker finds it held and refuses to start, naming the holder. The
+ * kernel drops the lock when its process dies, however it dies.
  *
  * ---- Incarnations ----
  *
@@ -49,7 +63,9 @@
  *
  * Load the snapshot (any damage: refuse to start, naming file and offset),
  * replay the log, cut a torn last record with a warning, and refuse to start
- * on damage anywhere else: never start silently from zero.
+ * on damage anywhere else: never start silently from zero. A full disk does
+ * not stop a start: the log is mapped again without space ahead, and local
+ * changes are refused until it can grow.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -57,7 +73,9 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -81,10 +99,18 @@
 #define LOG_AHEAD_MIN (16u << 10)
 #define LOG_AHEAD_MAX (8u << 20)
 
+/* A log file open for appending. */
+struct log {
+    int fd;
+    uint8_t *map; /* mapped shared: the page cache itself */
+    size_t size;  /* allocated (posix_fallocate) and mapped bytes */
+    size_t used;  /* the header and the records: appends go here */
+};
+
 struct persist {
-    int log_fd;
-    uint8_t *map;            /* state.log, mapped shared: the page cache itself */
-    size_t map_size;         /* allocated (posix_fallocate) and mapped bytes */
+    struct log log;          /* state.log */
+    int lock_fd;             /* state_dir/lock, locked for as long as p lives */
+    int sync_error;          /* errno of a failed msync, until one succeeds */
     pid_t child;             /* a background snapshot, or 0 */
     uint32_t rotation;       /* the newest state.log.<n> */
     uint32_t oldest;         /* the oldest state.log.<n> that may exist */
@@ -92,7 +118,6 @@ struct persist {
     char dir[512];
     long long fsync_interval_ms, snapshot_interval_ms;
     uint64_t last_fsync_ms, last_snapshot_ms;
-    uint64_t log_bytes;
     bool unsynced;
     struct wire_buf payload, frame;
 };
@@ -344,7 +369,7 @@ static int load_log(struct persist *p, const char *name, struct tally_table *t,
     }
     if (have == 0 || size < HEADER_LEN) {
         free(data);
-        p->log_bytes = 0;
+        p->log.used = 0;
         return have == 0 ? 0 : (truncate(file, 0), 0);
     }
     int rc = 1;
@@ -375,7 +400,7 @@ static int load_log(struct persist *p, const char *name, struct tally_table *t,
             rc = -1;
         }
     }
-    p->log_bytes = size;
+    p->log.used = size;
     free(data);
     return rc;
 }
@@ -434,6 +459,8 @@ static void fw_flush(struct file_writer *w)
     wbuf_reset(&w->buf);
 }
 
+/* Commits w, or removes what it wrote (on a full disk, the space it took is
+ * what the next attempt needs). */
 static int fw_commit(struct persist *p, struct file_writer *w, const char *file)
 {
     char dst[600];
@@ -443,6 +470,8 @@ static int fw_commit(struct persist *p, struct file_writer *w, const char *file)
     close(w->fd);
     if (rc == 0)
         rc = rename(w->tmp, path(p, file, dst, sizeof(dst)));
+    if (rc < 0)
+        unlink(w->tmp);
     return rc == 0 ? fsync_dir(p->dir) : -1;
 }
 
@@ -486,6 +515,171 @@ static int read_meta(struct persist *p, const char *node_id, uint64_t *inc, char
     return 1;
 }
 
+/* ==== The log ==== */
+
+/* Makes room for need bytes of l: the file is allocated ahead (so a full disk
+ * shows here, as ENOSPC, never as SIGBUS on a store into the map) and mapped
+ * shared, so a record copied in is in the page cache at once, with no system
+ * call, and survives the process being killed. On a disk too full for the
+ * space ahead it takes no more than the pages it needs: a log that held its
+ * records before the disk filled up can always be mapped again. */
+static int log_reserve(struct log *l, size_t need)
+{
+    if (need <= l->size)
+        return 0;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t ahead = need / 4;
+    ahead = ahead < LOG_AHEAD_MIN ? LOG_AHEAD_MIN : ahead > LOG_AHEAD_MAX ? LOG_AHEAD_MAX : ahead;
+    size_t size = (need + ahead + LOG_AHEAD_MIN - 1) / LOG_AHEAD_MIN * LOG_AHEAD_MIN;
+    int e = posix_fallocate(l->fd, 0, (off_t)size);
+    if (e == ENOSPC || e == EDQUOT) {
+        size = (need + page - 1) / page * page;
+        e = posix_fallocate(l->fd, 0, (off_t)size);
+    }
+    if (e) {
+        errno = e;
+        return -1;
+    }
+    void *m = l->map ? mremap(l->map, l->size, size, MREMAP_MAYMOVE)
+                     : mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, l->fd, 0);
+    if (m == MAP_FAILED)
+        return -1;
+    l->map = m;
+    l->size = size;
+    return 0;
+}
+
+/* Writes l back to disk, from byte `from` on. */
+static int log_sync(const struct log *l, size_t from)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t start = from / page * page;
+    if (!l->map || l->used <= start)
+        return 0;
+    return msync(l->map + start, l->used - start, MS_SYNC);
+}
+
+static void log_unmap(struct log *l)
+{
+    if (l->map)
+        munmap(l->map, l->size);
+    l->map = NULL;
+    l->size = 0;
+}
+
+/* Syncs, unmaps and trims l to its records, then closes it. */
+static int log_close(struct log *l)
+{
+    int rc = log_sync(l, 0);
+    log_unmap(l);
+    if (l->fd >= 0) {
+        if (ftruncate(l->fd, (off_t)l->used) < 0 || fsync(l->fd) < 0)
+            rc = -1;
+        close(l->fd);
+    }
+    l->fd = -1;
+    return rc;
+}
+
+/* Closes l and removes its file: a log that never held a record. */
+static void log_discard(struct log *l, const char *file)
+{
+    log_unmap(l);
+    if (l->fd >= 0)
+        close(l->fd);
+    l->fd = -1;
+    unlink(file);
+}
+
+/* Creates the empty log `file`: header written and synced, space allocated
+ * and mapped. Returns -1 with errno, and leaves no file, when it cannot. */
+static int log_create(struct log *l, const char *file)
+{
+    *l = (struct log){.fd = open(file, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)};
+    if (l->fd < 0)
+        return -1;
+    if (log_reserve(l, HEADER_LEN) == 0) {
+        memcpy(l->map, LOG_MAGIC, 8);
+        put_u32(l->map + 8, FILE_VERSION);
+        l->used = HEADER_LEN;
+        if (log_sync(l, 0) == 0)
+            return 0;
+    }
+    int saved = errno;
+    log_discard(l, file);
+    errno = saved;
+    return -1;
+}
+
+/* Opens state.log after load_log for appending to its records (l->used), or
+ * creates it when it has none. */
+static int log_open(struct persist *p, struct log *l, char *err, size_t errlen)
+{
+    char file[600];
+    int rc;
+    path(p, "state.log", file, sizeof(file));
+    if (l->used < HEADER_LEN) {
+        rc = log_create(l, file);
+    } else {
+        l->fd = open(file, O_RDWR | O_CLOEXEC);
+        rc = l->fd < 0 ? -1 : log_reserve(l, l->used);
+    }
+    if (rc < 0)
+        snprintf(err, errlen, "cannot write %s: %s", file, strerror(errno));
+    return rc;
+}
+
+/* ==== One broker per directory ==== */
+
+/* The pid of the process holding the lock on fd: the kernel's answer, or the
+ * one the holder wrote into the file when the kernel cannot tell (a holder in
+ * another pid namespace: another container on the same volume); 0 if none. */
+static long lock_owner(int fd)
+{
+    struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    char buf[16] = "";
+    if (fcntl(fd, F_GETLK, &l) == 0 && l.l_type != F_UNLCK && l.l_pid > 0)
+        return l.l_pid;
+    return pread(fd, buf, sizeof(buf) - 1, 0) > 0 ? strtol(buf, NULL, 10) : 0;
+}
+
+static void lock_refused(const struct persist *p, const char *file, char *err, size_t errlen)
+{
+    char who[32] = "another process";
+    long owner = lock_owner(p->lock_fd);
+    if (owner > 0)
+        snprintf(who, sizeof(who), "process %ld", owner);
+    snprintf(err, errlen,
+             "plugin_opt_state_dir %s is in use by %s, which holds the lock on %s (one "
+             "state_dir belongs to one broker); refusing to start",
+             p->dir, who, file);
+}
+
+/* Takes the lock on state_dir/lock, or says who holds it. It is a POSIX
+ * record lock: the kernel drops it when the process dies, however it dies,
+ * and a forked child does not inherit it, so a compaction child can never
+ * keep a restarted broker out. */
+static int lock_dir(struct persist *p, char *err, size_t errlen)
+{
+    char file[600], pid[16];
+    struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    p->lock_fd = open(path(p, "lock", file, sizeof(file)), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (p->lock_fd < 0 || fcntl(p->lock_fd, F_SETLK, &l) < 0) {
+        if (p->lock_fd >= 0 && (errno == EACCES || errno == EAGAIN))
+            lock_refused(p, file, err, errlen);
+        else
+            snprintf(err, errlen, "cannot lock %s: %s", file, strerror(errno));
+        return -1;
+    }
+    /* The pid is for people (lock_owner asks the kernel first), so a disk too
+     * full to take it does not stop a start; it has a fixed width so that it
+     * overwrites the last one in place. */
+    int n = snprintf(pid, sizeof(pid), "%10ld\n", (long)getpid());
+    ssize_t written = pwrite(p->lock_fd, pid, (size_t)n, 0);
+    (void)written;
+    return 0;
+}
+
 /* ==== Snapshots ==== */
 
 /* Compaction runs in a forked child, as Redis's BGSAVE does: the parent
@@ -495,7 +689,12 @@ static int read_meta(struct persist *p, const char *node_id, uint64_t *inc, char
  * and deletes state.log.<= n>. A start replays state.snap, then every
  * state.log.<n> left by a snapshot that did not finish, then state.log;
  * records are states, so a replay of what the snapshot already holds is
- * harmless. */
+ * harmless.
+ *
+ * The rotation is all or nothing: the new log is made whole (created as
+ * state.log.new, header synced, space allocated and mapped) before the old
+ * one is renamed, so a full disk leaves the old log in use and intact, and
+ * compaction is tried again after snapshot_interval_ms. */
 
 static void snap_record(struct persist *p, struct file_writer *w)
 {
@@ -555,35 +754,65 @@ static void remove_rotated(struct persist *p, uint32_t upto)
     fsync_dir(p->dir);
 }
 
-static int open_log(struct persist *p, char *err, size_t errlen);
-static int close_log(struct persist *p);
-
-/* Moves state.log aside as state.log.<n> and starts an empty one. */
+/* Sets state.log aside as state.log.<n> and appends to a new one from now
+ * on; on any failure the old log stays state.log and stays in use. */
 static int rotate_log(struct persist *p)
 {
-    char from[600], to[600], name[64], err[256];
-    if (close_log(p) < 0)
-        return -1;
+    char cur[600], aside[600], next[600], name[64];
+    struct log fresh;
     snprintf(name, sizeof(name), "state.log.%" PRIu32, p->rotation + 1);
-    if (rename(path(p, "state.log", from, sizeof(from)), path(p, name, to, sizeof(to))) < 0)
+    path(p, "state.log", cur, sizeof(cur));
+    path(p, name, aside, sizeof(aside));
+    path(p, "state.log.new", next, sizeof(next));
+    if (log_sync(&p->log, 0) < 0 || log_create(&fresh, next) < 0)
         return -1;
+    if (rename(cur, aside) < 0 || rename(next, cur) < 0) {
+        int saved = errno;
+        rename(aside, cur);
+        log_discard(&fresh, next);
+        errno = saved;
+        return -1;
+    }
+    log_close(&p->log); /* trims it: it was synced above, so its records are on disk */
+    p->log = fresh;
+    p->unsynced = false;
     p->rotation++;
     if (!p->oldest)
         p->oldest = p->rotation;
-    p->log_bytes = 0;
-    p->unsynced = false;
-    return open_log(p, err, sizeof(err)) == 0 && fsync_dir(p->dir) == 0 ? 0 : -1;
+    return fsync_dir(p->dir);
+}
+
+/* In the child of a background snapshot: it keeps nothing of the broker's
+ * but memory. It dies with its parent (a broker killed with -9 must not leave
+ * a process writing into its state_dir behind), and it closes every
+ * descriptor it inherited: a restarted broker must be able to bind the
+ * listening sockets at once. Its standard streams are /dev/null. */
+static void detach_from_broker(pid_t broker)
+{
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != broker)
+        _exit(1);
+    if (close_range(3, ~0U, 0) < 0) /* Linux before 5.9 */
+        for (long fd = 3, max = sysconf(_SC_OPEN_MAX); fd < max; fd++)
+            close((int)fd);
+    int null = open("/dev/null", O_RDWR);
+    for (int fd = 0; fd < 3 && null >= 0; fd++)
+        dup2(null, fd);
+    if (null > 2)
+        close(null);
 }
 
 /* Compacts the log into a snapshot, in a child process when background. */
 static int snapshot(struct persist *p, const struct tally_table *t, const struct tally_dedup *d,
                     bool background)
 {
+    pid_t broker = getpid();
     if (p->child || rotate_log(p) < 0)
         return -1;
     pid_t pid = background ? fork() : -1;
-    if (pid == 0)
+    if (pid == 0) {
+        detach_from_broker(broker);
         _exit(write_snapshot(p, t, d) == 0 ? 0 : 1);
+    }
     if (pid > 0) {
         p->child = pid;
         p->child_rotation = p->rotation;
@@ -644,84 +873,15 @@ static int load_rotated(struct persist *p, struct tally_table *t, struct tally_d
 
 /* ==== API ==== */
 
-/* Makes room for need bytes of log: the file is allocated ahead (so a full
- * disk shows here, as ENOSPC, never as SIGBUS on a store into the map) and
- * mapped shared, so a record copied in is in the page cache at once, with no
- * system call, and survives the process being killed. */
-static int map_log(struct persist *p, size_t need)
+/* Writes meta when what it says changes (not on every start: a disk that
+ * filled up while the broker was down must not keep it down). */
+static int write_meta(struct persist *p, const char *node_id, uint64_t incarnation,
+                      const char *boot, bool unchanged)
 {
-    if (need <= p->map_size)
-        return 0;
-    size_t ahead = need / 4;
-    ahead = ahead < LOG_AHEAD_MIN ? LOG_AHEAD_MIN : ahead > LOG_AHEAD_MAX ? LOG_AHEAD_MAX : ahead;
-    size_t size = (need + ahead + LOG_AHEAD_MIN - 1) / LOG_AHEAD_MIN * LOG_AHEAD_MIN;
-    int e = posix_fallocate(p->log_fd, 0, (off_t)size);
-    if (e) {
-        errno = e;
-        return -1;
-    }
-    void *m = p->map ? mremap(p->map, p->map_size, size, MREMAP_MAYMOVE)
-                     : mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, p->log_fd, 0);
-    if (m == MAP_FAILED)
-        return -1;
-    p->map = m;
-    p->map_size = size;
-    return 0;
-}
-
-/* Writes the mapped log back to disk, from byte `from` on. */
-static int sync_log(struct persist *p, size_t from)
-{
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    size_t start = from / page * page;
-    if (!p->map || p->log_bytes <= start)
-        return 0;
-    return msync(p->map + start, p->log_bytes - start, MS_SYNC);
-}
-
-/* Syncs, unmaps and trims state.log to its records, then closes it. */
-static int close_log(struct persist *p)
-{
-    int rc = sync_log(p, 0);
-    if (p->map)
-        munmap(p->map, p->map_size);
-    p->map = NULL;
-    p->map_size = 0;
-    if (p->log_fd >= 0) {
-        if (ftruncate(p->log_fd, (off_t)p->log_bytes) < 0 || fsync(p->log_fd) < 0)
-            rc = -1;
-        close(p->log_fd);
-    }
-    p->log_fd = -1;
-    return rc;
-}
-
-static int open_log(struct persist *p, char *err, size_t errlen)
-{
-    char file[600];
-    path(p, "state.log", file, sizeof(file));
-    p->log_fd = open(file, O_RDWR | O_CREAT, 0600);
-    if (p->log_fd < 0) {
-        snprintf(err, errlen, "cannot open %s: %s", file, strerror(errno));
-        return -1;
-    }
-    bool fresh = p->log_bytes < HEADER_LEN;
-    if (fresh)
-        p->log_bytes = 0;
-    if ((fresh && ftruncate(p->log_fd, 0) < 0) || map_log(p, p->log_bytes + HEADER_LEN) < 0) {
-        snprintf(err, errlen, "cannot write %s: %s", file, strerror(errno));
-        return -1;
-    }
-    if (fresh) {
-        memcpy(p->map, LOG_MAGIC, 8);
-        put_u32(p->map + 8, FILE_VERSION);
-        p->log_bytes = HEADER_LEN;
-        if (sync_log(p, 0) < 0) {
-            snprintf(err, errlen, "cannot write %s: %s", file, strerror(errno));
-            return -1;
-        }
-    }
-    return 0;
+    char meta[256];
+    int n = snprintf(meta, sizeof(meta), "node %s\nincarnation %016" PRIx64 "\nboot %s\n", node_id,
+                     incarnation, boot[0] ? boot : "unknown");
+    return unchanged ? 0 : write_atomic(p, "meta", meta, (size_t)n);
 }
 
 struct persist *persist_open(const char *state_dir, const char *node_id,
@@ -730,14 +890,14 @@ struct persist *persist_open(const char *state_dir, const char *node_id,
                              char *err, size_t errlen)
 {
     struct persist *p = calloc(1, sizeof(*p));
-    char boot[64] = "", old_boot[64] = "", meta[256];
+    char boot[64] = "", old_boot[64] = "";
     uint64_t old_inc = 0;
     err[0] = '\0';
     if (!p) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    p->log_fd = -1;
+    p->log.fd = p->lock_fd = -1;
     snprintf(p->dir, sizeof(p->dir), "%s", state_dir);
     p->fsync_interval_ms = fsync_interval_ms;
     p->snapshot_interval_ms = snapshot_interval_ms;
@@ -746,32 +906,34 @@ struct persist *persist_open(const char *state_dir, const char *node_id,
                  strerror(errno));
         goto fail;
     }
+    if (lock_dir(p, err, errlen) < 0)
+        goto fail;
     int had = read_meta(p, node_id, &old_inc, old_boot, sizeof(old_boot), err, errlen);
     if (had < 0 || load_snapshot(p, t, d, err, errlen) < 0 || scan_rotated(p) < 0 ||
         load_rotated(p, t, d, err, errlen) < 0 || load_log(p, "state.log", t, d, err, errlen) < 0)
         goto fail;
     boot_id(boot, sizeof(boot));
-    bool keep = had > 0 && (fsync_interval_ms == 0 || (boot[0] && strcmp(boot, old_boot) == 0));
+    bool same_boot = boot[0] && strcmp(boot, old_boot) == 0;
+    bool keep = had > 0 && (fsync_interval_ms == 0 || same_boot);
     if (keep) {
         *incarnation = old_inc;
     } else if (getrandom(incarnation, sizeof(*incarnation), 0) != sizeof(*incarnation)) {
         snprintf(err, errlen, "getrandom failed: %s", strerror(errno));
         goto fail;
     }
-    int n = snprintf(meta, sizeof(meta), "node %s\nincarnation %016" PRIx64 "\nboot %s\n", node_id,
-                     *incarnation, boot[0] ? boot : "unknown");
-    if (write_atomic(p, "meta", meta, (size_t)n) < 0) {
+    if (write_meta(p, node_id, *incarnation, boot, keep && same_boot) < 0) {
         snprintf(err, errlen, "cannot write %s/meta: %s", state_dir, strerror(errno));
         goto fail;
     }
-    if (open_log(p, err, errlen) < 0)
+    if (log_open(p, &p->log, err, errlen) < 0)
         goto fail;
     return p;
 fail:
-    if (p->map)
-        munmap(p->map, p->map_size);
-    if (p->log_fd >= 0)
-        close(p->log_fd);
+    log_unmap(&p->log);
+    if (p->log.fd >= 0)
+        close(p->log.fd);
+    if (p->lock_fd >= 0)
+        close(p->lock_fd);
     wbuf_free(&p->payload);
     wbuf_free(&p->frame);
     free(p);
@@ -779,8 +941,9 @@ fail:
 }
 
 /* Appends the framed payload to the mapped log. Returns -1 with errno, and
- * nothing of the record in the log, when there is no room for it or (with
- * fsync_interval_ms 0) it cannot be made durable. */
+ * nothing of the record in the log, when there is no room for it, when the
+ * last msync failed, or (with fsync_interval_ms 0) when it cannot be made
+ * durable. */
 static int log_write(struct persist *p)
 {
     record_frame(&p->frame, &p->payload);
@@ -788,15 +951,19 @@ static int log_write(struct persist *p)
         errno = ENOMEM;
         return -1;
     }
-    size_t at = p->log_bytes, len = p->frame.len;
-    if (map_log(p, at + len) < 0)
+    if (p->sync_error) {
+        errno = p->sync_error;
         return -1;
-    memcpy(p->map + at, p->frame.data, len);
-    p->log_bytes += len;
-    if (p->fsync_interval_ms == 0 && sync_log(p, at) < 0) {
+    }
+    size_t at = p->log.used, len = p->frame.len;
+    if (log_reserve(&p->log, at + len) < 0)
+        return -1;
+    memcpy(p->log.map + at, p->frame.data, len);
+    p->log.used += len;
+    if (p->fsync_interval_ms == 0 && log_sync(&p->log, at) < 0) {
         int saved = errno;
-        memset(p->map + at, 0, len);
-        p->log_bytes = at;
+        memset(p->log.map + at, 0, len);
+        p->log.used = at;
         errno = saved;
         return -1;
     }
@@ -818,21 +985,55 @@ int persist_device(struct persist *p, const struct tally_table *t, const struct 
     return log_write(p);
 }
 
-int persist_tick(struct persist *p, const struct tally_table *t, const struct tally_dedup *d,
-                 uint64_t now_ms)
+/* msyncs the log when fsync_interval_ms has passed since the last change
+ * (or since a failed msync, to try again). A failure withholds every later
+ * acknowledgement (log_write) until an msync succeeds; it is reported once,
+ * when it starts. */
+static int tick_sync(struct persist *p, uint64_t now_ms, char *err, size_t errlen)
 {
-    int rc = reap(p, false);
-    if (p->unsynced && now_ms - p->last_fsync_ms >= (uint64_t)p->fsync_interval_ms) {
-        sync_log(p, 0);
+    if (!(p->unsynced || p->sync_error) ||
+        now_ms - p->last_fsync_ms < (uint64_t)p->fsync_interval_ms)
+        return 0;
+    p->last_fsync_ms = now_ms;
+    if (log_sync(&p->log, 0) == 0) {
+        p->sync_error = 0;
         p->unsynced = false;
-        p->last_fsync_ms = now_ms;
+        return 0;
     }
+    bool first = p->sync_error == 0;
+    p->sync_error = errno;
+    if (first)
+        snprintf(err, errlen,
+                 "cannot sync %s/state.log (%s): increments are refused until it syncs again",
+                 p->dir, strerror(p->sync_error));
+    return first ? -1 : 0;
+}
+
+int persist_tick(struct persist *p, const struct tally_table *t, const struct tally_dedup *d,
+                 uint64_t now_ms, char *err, size_t errlen)
+{
+    int rc = 0;
+    err[0] = '\0';
+    if (reap(p, false) < 0) {
+        snprintf(err, errlen,
+                 "a snapshot of %s failed in its child process; the log is kept and replayed "
+                 "at the next start",
+                 p->dir);
+        rc = -1;
+    }
+    if (tick_sync(p, now_ms, err, errlen) < 0)
+        rc = -1;
     if (p->last_snapshot_ms == 0)
         p->last_snapshot_ms = now_ms;
     if (now_ms - p->last_snapshot_ms >= (uint64_t)p->snapshot_interval_ms &&
-        p->log_bytes >= COMPACT_MIN_BYTES && !p->child) {
-        if (snapshot(p, t, d, true) < 0)
+        p->log.used >= COMPACT_MIN_BYTES && !p->child) {
+        if (snapshot(p, t, d, true) < 0) {
+            snprintf(err, errlen,
+                     "a snapshot of %s failed (%s); the log stays in use and is replayed at the "
+                     "next start",
+                     p->dir, strerror(errno));
             rc = -1;
+        }
         p->last_snapshot_ms = now_ms;
     }
     return rc;
@@ -844,7 +1045,8 @@ void persist_close(struct persist *p, const struct tally_table *t, const struct 
         return;
     reap(p, true);
     snapshot(p, t, d, false);
-    close_log(p);
+    log_close(&p->log);
+    close(p->lock_fd);
     wbuf_free(&p->payload);
     wbuf_free(&p->frame);
     free(p);

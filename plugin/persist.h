@@ -12,10 +12,11 @@
 
 struct persist;
 
-/* Opens state_dir, loads the snapshot and replays the log into t and d, and
- * chooses this life's incarnation (*incarnation). Returns NULL with a message
- * naming the file and offset in err on corruption; on success err may hold a
- * warning (a torn log tail that was repaired). */
+/* Locks state_dir (a broker already using it makes this fail, naming it),
+ * loads the snapshot and replays the log into t and d, and chooses this
+ * life's incarnation (*incarnation). Returns NULL with a message in err (on
+ * corruption, naming the file and offset); on success err may hold a warning
+ * (a torn log tail that was repaired). The lock is held until persist_close. */
 struct persist *persist_open(const char *state_dir, const char *node_id,
                              long long fsync_interval_ms, long long snapshot_interval_ms,
                              struct tally_table *t, struct tally_dedup *d, uint64_t *incarnation,
@@ -28,10 +29,12 @@ int persist_slot(struct persist *p, const struct tally_table *t, const struct ta
 /* Appends a device's maximum d of counter c; returns as persist_slot. */
 int persist_device(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
                    const struct tally_dev *d);
-/* fsyncs on the configured interval and compacts the log into a snapshot in
- * a child process. Returns -1 when a background snapshot failed. */
+/* msyncs the log on the configured interval and compacts it into a snapshot
+ * in a child process. Returns -1 with a message for the log in err when a
+ * snapshot failed or the log could not be synced (from then on persist_slot
+ * and persist_device refuse, until it syncs again); 0 otherwise. */
 int persist_tick(struct persist *p, const struct tally_table *t, const struct tally_dedup *d,
-                 uint64_t now_ms);
+                 uint64_t now_ms, char *err, size_t errlen);
 /* Writes a final snapshot and frees p (NULL is fine). */
 void persist_close(struct persist *p, const struct tally_table *t, const struct tally_dedup *d);
 

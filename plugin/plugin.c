@@ -1202,11 +1202,9 @@ static int on_tick(int event, void *event_data, void *userdata)
     }
     if (now - g.last_stats_ms >= (uint64_t)g.opt.stats_interval_ms)
         publish_stats(now);
-    if (g.persist && persist_tick(g.persist, &g.table, &g.dedup, now) < 0)
-        mosquitto_log_printf(MOSQ_LOG_ERR,
-                             "tally: a snapshot of %s failed; the log is kept and replayed "
-                             "at the next start",
-                             g.opt.state_dir);
+    char err[700];
+    if (g.persist && persist_tick(g.persist, &g.table, &g.dedup, now, err, sizeof(err)) < 0)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: %s", err);
     return MOSQ_ERR_SUCCESS;
 }
 

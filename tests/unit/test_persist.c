@@ -2,13 +2,18 @@
  * test_persist.c - the state on disk (persist.c): the record codec, replay
  * of records into a table, and whole-directory behaviour: a clean reopen, a
  * crash (log only), a torn tail that is cut, damage that refuses to start,
- * and the incarnation rules.
+ * and the incarnation rules; and faults from outside: a directory in use by
+ * another process, a log rotation that cannot grow a file, a failed msync.
  */
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -248,7 +253,9 @@ static void dir_setup(void)
 
 static void dir_teardown(void)
 {
-    static const char *files[] = {"meta", "state.log", "state.snap", "state.snap.tmp", "meta.tmp"};
+    static const char *files[] = {"meta",           "state.log",   "state.snap",
+                                  "state.snap.tmp", "meta.tmp",    "lock",
+                                  "state.log.new",  "state.log.1", "state.log.2"};
     char file[128];
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         snprintf(file, sizeof(file), "%s/%s", dir, files[i]);
@@ -605,6 +612,212 @@ START_TEST(test_dedup_window_order_survives)
 }
 END_TEST
 
+/* ==== Faults from outside ==== */
+
+/* A broker holding the directory, in another process: it opens it, does
+ * node_work, says so, and holds it until *release is closed; then it dies
+ * without closing (like kill -9). Returns its pid. */
+static pid_t hold_dir(int *release)
+{
+    int ready[2], hold[2];
+    char c = 1;
+    ck_assert_int_eq(pipe(ready), 0);
+    ck_assert_int_eq(pipe(hold), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        struct node n;
+        close(ready[0]);
+        close(hold[1]);
+        if (!node_open(&n, "n1", 1000, 10))
+            _exit(1);
+        node_work(&n);
+        if (write(ready[1], &c, 1) != 1 || read(hold[0], &c, 1) < 0)
+            _exit(1);
+        _exit(0);
+    }
+    close(ready[1]);
+    close(hold[0]);
+    ck_assert_int_eq(read(ready[0], &c, 1), 1);
+    close(ready[0]);
+    *release = hold[1];
+    return pid;
+}
+
+static uint8_t *file_bytes(const char *name, size_t *len)
+{
+    FILE *f = fopen(file_path(name), "rb");
+    ck_assert_ptr_nonnull(f);
+    uint8_t *data = malloc(16u << 20);
+    *len = fread(data, 1, 16u << 20, f);
+    fclose(f);
+    return data;
+}
+
+/* Issue 10, item 1: a second broker on a directory in use cut the first's
+ * log space (allocated ahead) as a torn tail. It must refuse, naming the
+ * directory and the holder, and leave every file as it was. */
+START_TEST(test_state_dir_in_use_is_refused_untouched)
+{
+    int release, status;
+    size_t len_before, len_after;
+    char holder[32];
+    pid_t pid = hold_dir(&release);
+    uint8_t *before = file_bytes("state.log", &len_before);
+    struct node n;
+    ck_assert_ptr_null(node_open(&n, "n1", 1000, 10));
+    snprintf(holder, sizeof(holder), "process %ld", (long)pid);
+    ck_assert_msg(strstr(err, dir) && strstr(err, "in use") && strstr(err, holder), "err: %s", err);
+    node_free(&n);
+    uint8_t *after = file_bytes("state.log", &len_after);
+    ck_assert_uint_eq(len_after, len_before);
+    ck_assert_mem_eq(after, before, len_before);
+    free(before);
+    free(after);
+    /* Once the holder is gone the directory is free, and holds its work. */
+    close(release);
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    ck_assert_ptr_nonnull(node_open(&n, "n1", 1000, 10));
+    ck_assert_str_eq(err, "");
+    ck_assert_int_eq(counter_value(table_find(&n.t, "meters", 6)), 257);
+    persist_close(n.p, &n.t, &n.d);
+    node_free(&n);
+}
+END_TEST
+
+/* Issue 10, item 2: a rotation that could not allocate the new log left
+ * state.log without its header; once space came back, records went to
+ * offset 0 and the next start refused ("bad header"). Here no file may grow
+ * (RLIMIT_FSIZE 0, where a full disk gives ENOSPC) when the compaction comes:
+ * it must fail whole, the old log must stay in use, and a crash after more
+ * increments must lose nothing. */
+START_TEST(test_failed_rotation_keeps_the_log_in_use)
+{
+    char name[201], e[512];
+    uint64_t digest[TALLY_BUCKETS];
+    int fds[2], status;
+    memset(name, 'r', 200);
+    name[200] = '\0';
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        struct node n;
+        struct rlimit was, none;
+        close(fds[0]);
+        if (!node_open(&n, "n1", 1000, 10))
+            _exit(1);
+        for (int i = 0; i < 20000; i++) /* 4.5 MiB of log: past COMPACT_MIN_BYTES */
+            node_increment(&n, name, 1, -1);
+        ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &was), 0);
+        none = (struct rlimit){0, was.rlim_max};
+        signal(SIGXFSZ, SIG_IGN);
+        ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &none), 0);
+        ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 1, e, sizeof(e)), 0);
+        ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 60001, e, sizeof(e)), -1);
+        ck_assert_msg(strstr(e, "a snapshot of"), "err: %s", e);
+        ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &was), 0);
+        node_increment(&n, "after", 5, 7);
+        if (write(fds[1], n.t.digest, sizeof(n.t.digest)) != sizeof(n.t.digest))
+            _exit(1);
+        _exit(0);
+    }
+    close(fds[1]);
+    ck_assert_int_eq(read(fds[0], digest, sizeof(digest)), sizeof(digest));
+    close(fds[0]);
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    struct node m;
+    ck_assert_msg(node_open(&m, "n1", 1000, 10) != NULL, "err: %s", err);
+    ck_assert_mem_eq(m.t.digest, digest, sizeof(digest));
+    ck_assert_int_eq(counter_value(table_find(&m.t, name, 200)), 20000);
+    ck_assert_int_eq(counter_value(table_find(&m.t, "after", 5)), 5);
+    ck_assert_int_eq(file_size("state.log.new"), -1); /* nothing of the attempt is left */
+    ck_assert_int_eq(file_size("state.log.1"), -1);
+    persist_close(m.p, &m.t, &m.d);
+    node_free(&m);
+}
+END_TEST
+
+/* Fault injection at the system-call boundary: this msync takes the place of
+ * the C library's in the test binary (persist.c is linked in statically) and
+ * fails with EIO, as on a disk error, while msync_fails is set. */
+static bool msync_fails;
+
+int msync(void *addr, size_t len, int flags)
+{
+    if (msync_fails) {
+        errno = EIO;
+        return -1;
+    }
+    return (int)syscall(SYS_msync, addr, len, flags);
+}
+
+static int persist_again(struct node *n, const char *name)
+{
+    struct tally_counter *c = table_find(&n->t, name, strlen(name));
+    ck_assert_ptr_nonnull(c);
+    errno = 0;
+    return persist_slot(n->p, &n->t, c, counter_slot(c, n->self), NULL);
+}
+
+/* Issue 10: msync's result was ignored. With fsync_interval_ms > 0 a failed
+ * msync is reported once and withholds every acknowledgement (persist_slot
+ * refuses, as when the disk is full) until an msync succeeds again. */
+START_TEST(test_failed_msync_withholds_acknowledgements)
+{
+    char e[512];
+    struct node n;
+    ck_assert_ptr_nonnull(node_open(&n, "n1", 1000, 10));
+    node_increment(&n, "x", 1, 1);
+    msync_fails = true;
+    ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 5000, e, sizeof(e)), -1);
+    ck_assert_msg(strstr(e, "state.log") && strstr(e, strerror(EIO)), "err: %s", e);
+    ck_assert_int_eq(persist_again(&n, "x"), -1);
+    ck_assert_int_eq(errno, EIO);
+    ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 7000, e, sizeof(e)), 0); /* said once */
+    ck_assert_int_eq(persist_again(&n, "x"), -1);
+    msync_fails = false;
+    ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 9000, e, sizeof(e)), 0);
+    node_increment(&n, "x", 1, 2);
+    persist_close(n.p, &n.t, &n.d);
+    node_free(&n);
+}
+END_TEST
+
+/* With fsync_interval_ms 0 each record is msynced before it is acknowledged:
+ * one that fails is refused and is not in the log when the process dies. */
+START_TEST(test_failed_msync_refuses_the_record_when_syncing_each)
+{
+    int status;
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        struct node n;
+        struct tally_slot next;
+        if (!node_open(&n, "n1", 0, 10))
+            _exit(1);
+        node_increment(&n, "x", 1, 1);
+        struct tally_counter *c = table_find(&n.t, "x", 1);
+        ck_assert_int_eq(counter_add_preview(c, n.self, 1, &next), TALLY_OK);
+        msync_fails = true;
+        bool refused = persist_slot(n.p, &n.t, c, &next, NULL) == -1 && errno == EIO;
+        msync_fails = false;
+        node_increment(&n, "y", 1, 2);
+        _exit(refused ? 0 : 2);
+    }
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
+    struct node m;
+    ck_assert_ptr_nonnull(node_open(&m, "n1", 0, 10));
+    ck_assert_int_eq(counter_value(table_find(&m.t, "x", 1)), 1);
+    ck_assert_int_eq(counter_value(table_find(&m.t, "y", 1)), 1);
+    persist_close(m.p, &m.t, &m.d);
+    node_free(&m);
+}
+END_TEST
+
 Suite *persist_suite(void)
 {
     Suite *s = suite_create("persist");
@@ -627,6 +840,14 @@ Suite *persist_suite(void)
     tcase_add_test(tc, test_other_node_refused);
     tcase_add_test(tc, test_incarnation_rules);
     tcase_add_test(tc, test_dedup_window_order_survives);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("faults");
+    tcase_add_checked_fixture(tc, dir_setup, dir_teardown);
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_state_dir_in_use_is_refused_untouched);
+    tcase_add_test(tc, test_failed_rotation_keeps_the_log_in_use);
+    tcase_add_test(tc, test_failed_msync_withholds_acknowledgements);
+    tcase_add_test(tc, test_failed_msync_refuses_the_record_when_syncing_each);
     suite_add_tcase(s, tc);
     return s;
 }
