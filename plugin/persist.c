@@ -370,7 +370,12 @@ static int load_log(struct persist *p, const char *name, struct tally_table *t,
     if (have == 0 || size < HEADER_LEN) {
         free(data);
         p->log.used = 0;
-        return have == 0 ? 0 : (truncate(file, 0), 0);
+        /* Shorter than its header: a crash while the log was created. */
+        if (have > 0 && truncate(file, 0) < 0) {
+            snprintf(err, errlen, "cannot empty %s: %s", file, strerror(errno));
+            return -1;
+        }
+        return 0;
     }
     int rc = 1;
     if (!has_header(data, size, LOG_MAGIC)) {
