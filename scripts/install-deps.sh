@@ -8,7 +8,7 @@ packages=(
   build-essential cmake pkg-config clang libclang-rt-14-dev clang-format
   mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
   libcjson-dev check uthash-dev libwebsockets-dev zlib1g-dev
-  python3 python3-pytest python3-paho-mqtt
+  python3 python3-pytest python3-paho-mqtt python3-yaml
   esbuild chromium iproute2 procps
   libmicrohttpd-dev prometheus
   debhelper devscripts fakeroot lintian

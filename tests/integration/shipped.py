@@ -43,10 +43,12 @@ def shipped_ports(path):
     return ports
 
 
-def render(path, ports, paths, plugin, log):
-    """The text of config `path` with ports[p] for each shipped port p,
+def render(path, ports, paths, plugin, log, hosts=None):
+    """The text of config `path` with ports[p] for each shipped port p
+    (hosts["name:port"] for a bridge address naming another container),
     each prefix of paths replaced, `plugin` on the plugin line (None keeps
     the shipped one) and a log file."""
+    hosts = hosts or {}
     out = ["user root", f"log_dest file {log}"]
     for key, value in conf_lines(path):
         if key in ("log_dest", "user"):
@@ -54,7 +56,8 @@ def render(path, ports, paths, plugin, log):
         if key == "listener":
             value = f"{ports[value.split()[0]]} 127.0.0.1"
         elif key == "address":
-            value = " ".join(f"127.0.0.1:{ports[a.rsplit(':', 1)[1]]}" for a in value.split())
+            value = " ".join(hosts.get(a) or f"127.0.0.1:{ports[a.rsplit(':', 1)[1]]}"
+                             for a in value.split())
         elif key == "plugin" and plugin:
             value = plugin
         for old, new in paths.items():
@@ -66,15 +69,16 @@ def render(path, ports, paths, plugin, log):
 class ShippedBroker(Broker):
     """A Broker (conftest) whose config is a shipped file, rendered."""
 
-    def __init__(self, workdir, name, path, ports, paths=None, plugin=PLUGIN):
+    def __init__(self, workdir, name, path, ports, paths=None, plugin=PLUGIN, hosts=None):
         super().__init__(workdir, name)
         self.path, self.ports, self.paths, self.plugin = path, ports, paths or {}, plugin
+        self.hosts = hosts
         listeners = [v.split()[0] for k, v in conf_lines(path) if k == "listener"]
         self.port = ports[listeners[0]]
         self.all_ports = [ports[p] for p in listeners]
 
     def config(self):
-        return render(self.path, self.ports, self.paths, self.plugin, self.log)
+        return render(self.path, self.ports, self.paths, self.plugin, self.log, self.hosts)
 
     def start(self, wait=True):
         super().start(wait)
