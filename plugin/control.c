@@ -22,9 +22,12 @@
  *                    {"command": "getCounter", "correlationData": "anything",
  *                     "data": {"counter": <state>, "replicas": [...]}}]}
  *
- * or an "error" string in place of "data". Who may send requests is decided
- * in plugin.c (admin_usernames / admin_clientids for everything,
- * reader_usernames for requests that only read: control_read_only).
+ * or an "error" string in place of "data". resetCounter and deleteCounter
+ * ({"command": "resetCounter", "name": "likes"}) change the table (reset.c)
+ * and list what they changed in the request, for plugin.c to write to disk.
+ * Who may send requests is decided in plugin.c (admin_usernames /
+ * admin_clientids for everything, reader_usernames for requests that only
+ * read: control_read_only). Deleted counters are not listed or found.
  *
  * Listing and ranking visit each counter once and keep the first k in a
  * bounded heap (O(n log k) time, k entries of memory), so a page of a million
@@ -62,6 +65,8 @@ void counter_state_json(struct wire_buf *b, const struct tally_table *t,
     wbuf_str(b, ",\"devices_total\":");
     wbuf_dec(b, s.devices);
     wbuf_str(b, ",\"nodes\":{");
+    /* after resets: what each node and device counted since (reset.c) */
+    const struct tally_base *base = table_base(t, c);
     bool first = true;
     for (uint16_t i = 0; i < c->nslots; i++) {
         const struct tally_replica *r = t->replicas[c->slots[i].replica];
@@ -70,11 +75,12 @@ void counter_state_json(struct wire_buf *b, const struct tally_table *t,
             seen = strcmp(t->replicas[c->slots[j].replica]->key, r->key) == 0;
         if (seen)
             continue;
-        uint64_t p = 0, n = 0;
+        uint64_t p = 0, n = 0, bp, bn;
         for (uint16_t j = i; j < c->nslots; j++) {
             if (strcmp(t->replicas[c->slots[j].replica]->key, r->key) == 0) {
-                p += c->slots[j].p;
-                n += c->slots[j].n;
+                base_slot(base, c->slots[j].replica, &bp, &bn);
+                p += c->slots[j].p > bp ? c->slots[j].p - bp : 0;
+                n += c->slots[j].n > bn ? c->slots[j].n - bn : 0;
             }
         }
         if (!first)
@@ -94,7 +100,8 @@ void counter_state_json(struct wire_buf *b, const struct tally_table *t,
             wbuf_u8(b, ',');
         wbuf_json_str(b, id, strlen(id));
         wbuf_u8(b, ':');
-        wbuf_dec(b, (int64_t)c->devs[i].total);
+        uint64_t bd = base_device(base, c->devs[i].device);
+        wbuf_dec(b, (int64_t)(c->devs[i].total > bd ? c->devs[i].total - bd : 0));
     }
     wbuf_str(b, "},\"node\":");
     wbuf_json_str(b, node_id, strlen(node_id));
@@ -275,11 +282,12 @@ static void top_k_finish(struct top_k *h)
     qsort(h->v, h->n, sizeof(*h->v), h->cmp);
 }
 
-static void add_counter_item(cJSON *list, const struct tally_counter *c)
+static void add_counter_item(cJSON *list, const struct tally_table *t,
+                             const struct tally_counter *c)
 {
     cJSON *item = cJSON_CreateObject();
     cJSON_AddItemToObject(item, "name", cJSON_CreateString(c->name));
-    cJSON_AddNumberToObject(item, "value", (double)counter_value(c));
+    cJSON_AddNumberToObject(item, "value", (double)table_value(t, c));
     cJSON_AddItemToArray(list, item);
 }
 
@@ -297,7 +305,7 @@ static const char *list_counters(const cJSON *cmd, cJSON *data, const struct tal
     bool bytes = cJSON_IsString(order) && strcmp(order->valuestring, "name") == 0;
     if (cJSON_IsString(order) && !bytes && strcmp(order->valuestring, "natural") != 0)
         return "order is \"natural\" or \"name\"";
-    size_t plen = strlen(prefix), matched = 0;
+    size_t plen = strlen(prefix), matched = 0, listed = 0;
     size_t k = offset + count < t->ncounters ? offset + count : t->ncounters;
     struct top_k h = {calloc(k + 1, sizeof(*h.v)), 0, k, bytes ? by_bytes : by_natural};
     if (!h.v)
@@ -305,18 +313,21 @@ static const char *list_counters(const cJSON *cmd, cJSON *data, const struct tal
     const struct tally_counter *c, *tmp;
     HASH_ITER(hh, t->counters, c, tmp)
     {
+        if (table_hidden(t, c))
+            continue;
+        listed++;
         if (c->name_len < plen || memcmp(c->name, prefix, plen) != 0)
             continue;
         matched++;
         top_k_offer(&h, (struct ranked){c, 0});
     }
     top_k_finish(&h);
-    cJSON_AddNumberToObject(data, "totalCount", (double)t->ncounters);
+    cJSON_AddNumberToObject(data, "totalCount", (double)listed);
     cJSON_AddNumberToObject(data, "matched", (double)matched);
     cJSON_AddNumberToObject(data, "offset", (double)offset);
     cJSON *list = cJSON_AddArrayToObject(data, "counters");
     for (size_t i = offset; i < h.n; i++)
-        add_counter_item(list, h.v[i].c);
+        add_counter_item(list, t, h.v[i].c);
     free(h.v);
     return list ? NULL : "out of memory";
 }
@@ -334,18 +345,29 @@ static const char *top_counters(const cJSON *cmd, cJSON *data, const struct tall
     HASH_ITER(hh, t->counters, c, tmp)
     {
         double rate = counter_rate(c, t->clock_ds);
-        if (rate >= RATE_MIN)
+        if (rate >= RATE_MIN && !table_hidden(t, c))
             top_k_offer(&h, (struct ranked){c, rate});
     }
     top_k_finish(&h);
     cJSON *list = cJSON_AddArrayToObject(data, "counters");
     for (size_t i = 0; i < h.n; i++) {
-        add_counter_item(list, h.v[i].c);
+        add_counter_item(list, t, h.v[i].c);
         cJSON_AddNumberToObject(cJSON_GetArrayItem(list, (int)i), "rate",
                                 round(h.v[i].rate * 100) / 100);
     }
     free(h.v);
     return list ? NULL : "out of memory";
+}
+
+/* What a slot's base takes away, beside the slot, when it has one. */
+static void add_base_item(cJSON *item, const struct tally_base *b, uint32_t replica)
+{
+    uint64_t bp, bn;
+    base_slot(b, replica, &bp, &bn);
+    if (!b)
+        return;
+    cJSON_AddNumberToObject(item, "base_p", (double)bp);
+    cJSON_AddNumberToObject(item, "base_n", (double)bn);
 }
 
 static const char *get_counter(const cJSON *cmd, cJSON *data, const struct tally_table *t,
@@ -356,11 +378,11 @@ static const char *get_counter(const cJSON *cmd, cJSON *data, const struct tally
         return "invalid counter name";
     struct tally_counter *c =
         table_find((struct tally_table *)t, name->valuestring, strlen(name->valuestring));
-    if (!c)
+    if (!c || table_hidden(t, c))
         return "counter not found";
     struct wire_buf b = {0};
     struct tally_sums sums;
-    counter_sums(c, &sums);
+    table_sums(t, c, &sums);
     counter_state_json(&b, t, c, &sums, node_id, now_ms);
     cJSON *state = b.failed ? NULL : cJSON_ParseWithLength((const char *)b.data, b.len);
     wbuf_free(&b);
@@ -378,14 +400,40 @@ static const char *get_counter(const cJSON *cmd, cJSON *data, const struct tally
         cJSON_AddStringToObject(item, "incarnation", inc);
         cJSON_AddNumberToObject(item, "p", (double)c->slots[i].p);
         cJSON_AddNumberToObject(item, "n", (double)c->slots[i].n);
+        add_base_item(item, table_base(t, c), c->slots[i].replica);
         cJSON_AddItemToArray(reps, item);
     }
     return NULL;
 }
 
-static cJSON *run_command(const cJSON *cmd, const struct tally_table *t, const char *node_id,
-                          uint64_t now_ms)
+/* resetCounter, deleteCounter: admins only (plugin.c lets no one else send
+ * them; checked here too). */
+static const char *reset_counter(const cJSON *cmd, cJSON *data, struct control_req *rq, bool delete)
 {
+    if (!rq->admin)
+        return "not allowed";
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(cmd, "name");
+    if (!cJSON_IsString(name) || name_check(name->valuestring, strlen(name->valuestring)))
+        return "invalid counter name";
+    struct tally_counter *c = table_find(rq->t, name->valuestring, strlen(name->valuestring));
+    if (!c || table_hidden(rq->t, c))
+        return "counter not found";
+    struct tally_counter **grown = realloc(rq->changed, (rq->nchanged + 1) * sizeof(*rq->changed));
+    if (!grown)
+        return "out of memory";
+    rq->changed = grown;
+    if (table_reset(rq->t, c, delete) < 0)
+        return "out of memory";
+    rq->changed[rq->nchanged++] = c;
+    cJSON_AddStringToObject(data, "name", c->name);
+    cJSON_AddNumberToObject(data, "value", (double)table_value(rq->t, c));
+    cJSON_AddBoolToObject(data, "deleted", table_hidden(rq->t, c));
+    return NULL;
+}
+
+static cJSON *run_command(const cJSON *cmd, struct control_req *rq)
+{
+    const struct tally_table *t = rq->t;
     cJSON *resp = cJSON_CreateObject();
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(cmd, "command");
     const char *command = cJSON_IsString(name) ? name->valuestring : "";
@@ -400,7 +448,9 @@ static cJSON *run_command(const cJSON *cmd, const struct tally_table *t, const c
     else if (strcmp(command, "topCounters") == 0)
         err = top_counters(cmd, data, t);
     else if (strcmp(command, "getCounter") == 0)
-        err = get_counter(cmd, data, t, node_id, now_ms);
+        err = get_counter(cmd, data, t, rq->node_id, rq->now_ms);
+    else if (strcmp(command, "resetCounter") == 0 || strcmp(command, "deleteCounter") == 0)
+        err = reset_counter(cmd, data, rq, command[0] == 'd');
     if (err) {
         cJSON_Delete(data);
         cJSON_AddStringToObject(resp, "error", err);
@@ -435,8 +485,7 @@ bool control_read_only(const void *payload, size_t len)
     return ok;
 }
 
-char *control_process(const void *payload, size_t len, const struct tally_table *t,
-                      const char *node_id, uint64_t now_ms)
+char *control_process(const void *payload, size_t len, struct control_req *rq)
 {
     cJSON *req = cJSON_ParseWithLength(payload, len);
     cJSON *out = cJSON_CreateObject();
@@ -451,7 +500,7 @@ char *control_process(const void *payload, size_t len, const struct tally_table 
     const cJSON *cmd;
     cJSON_ArrayForEach(cmd, cmds)
     {
-        cJSON_AddItemToArray(responses, run_command(cmd, t, node_id, now_ms));
+        cJSON_AddItemToArray(responses, run_command(cmd, rq));
     }
     char *text = cJSON_PrintUnformatted(out);
     cJSON_Delete(req);

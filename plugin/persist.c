@@ -20,6 +20,11 @@
  *       u8 has_key, [u64 key.a, u64 key.b]      a slot's whole state
  *   'D' str8 name, str8 device, varint total    a device's maximum
  *   'K' u64 key.a, u64 key.b                    an idempotency key (snapshot)
+ *   'B' str8 name, str8 node_id, u64 incarnation, varint p, varint n
+ *                                               a slot's base (reset.c)
+ *   'b' str8 name, str8 device, varint total    a device's base
+ *   'M' str8 name, varint deleted, varint reset the stamps of a counter's
+ *                                               last delete and reset
  *   'E' u64 records                             end of snapshot
  *
  * Records hold states, not deltas, so replaying one twice, or replaying the
@@ -210,6 +215,39 @@ static void device_payload(struct wire_buf *b, const struct tally_table *t,
     wbuf_varint(b, d->total);
 }
 
+/* A counter's base, one record per entry (a record holds at most
+ * RECORD_MAX bytes, a base as many entries as the counter has slots). */
+static void base_slot_payload(struct wire_buf *b, const struct tally_table *t,
+                              const struct tally_counter *c, const struct tally_base_slot *s)
+{
+    const struct tally_replica *r = t->replicas[s->replica];
+    wbuf_reset(b);
+    wbuf_u8(b, 'B');
+    wbuf_str8(b, c->name, c->name_len);
+    wbuf_str8(b, r->key, r->id_len);
+    wbuf_u64(b, r->incarnation);
+    wbuf_varint(b, s->p);
+    wbuf_varint(b, s->n);
+}
+
+static void base_device_payload(struct wire_buf *b, const struct tally_table *t,
+                                const struct tally_counter *c, const struct tally_dev *d)
+{
+    device_payload(b, t, c, d);
+    if (!b->failed)
+        b->data[0] = 'b';
+}
+
+static void stamps_payload(struct wire_buf *b, const struct tally_counter *c,
+                           const struct tally_base *base)
+{
+    wbuf_reset(b);
+    wbuf_u8(b, 'M');
+    wbuf_str8(b, c->name, c->name_len);
+    wbuf_varint(b, base->deleted);
+    wbuf_varint(b, base->reset);
+}
+
 static int apply_slot(struct wire_reader *r, struct tally_table *t, struct tally_dedup *d)
 {
     size_t nlen, idlen;
@@ -259,6 +297,61 @@ static int apply_device(struct wire_reader *r, struct tally_table *t)
     return rc;
 }
 
+static int apply_base_slot(struct wire_reader *r, struct tally_table *t)
+{
+    size_t nlen, idlen;
+    const char *name = wr_str8(r, &nlen);
+    const char *id = wr_str8(r, &idlen);
+    uint64_t inc = wr_u64(r), p = wr_varint(r), n = wr_varint(r);
+    if (r->bad || r->p != r->end || name_check(name, nlen) != TALLY_OK ||
+        node_id_check(id, idlen) != TALLY_OK)
+        return TALLY_E_WIRE;
+    char node[TALLY_NODE_ID_MAX + 1];
+    memcpy(node, id, idlen);
+    node[idlen] = '\0';
+    uint32_t replica;
+    struct tally_counter *c;
+    int rc = table_replica(t, node, inc, &replica);
+    if (rc == TALLY_OK)
+        rc = table_get(t, name, nlen, &c);
+    if (rc == TALLY_OK && table_merge_base_slot(t, c, replica, p, n) < 0)
+        rc = TALLY_E_WIRE;
+    return rc;
+}
+
+static int apply_base_device(struct wire_reader *r, struct tally_table *t)
+{
+    size_t nlen, dlen;
+    const char *name = wr_str8(r, &nlen);
+    const char *dev = wr_str8(r, &dlen);
+    uint64_t total = wr_varint(r);
+    if (r->bad || r->p != r->end || name_check(name, nlen) != TALLY_OK ||
+        device_id_check(dev, dlen) != TALLY_OK)
+        return TALLY_E_WIRE;
+    uint32_t idx;
+    struct tally_counter *c;
+    int rc = table_device(t, dev, dlen, DEVICE_PEER, &idx);
+    if (rc == TALLY_OK)
+        rc = table_get(t, name, nlen, &c);
+    if (rc == TALLY_OK && table_merge_base_device(t, c, idx, total) < 0)
+        rc = TALLY_E_WIRE;
+    return rc;
+}
+
+static int apply_stamps(struct wire_reader *r, struct tally_table *t)
+{
+    size_t nlen;
+    const char *name = wr_str8(r, &nlen);
+    uint64_t deleted = wr_varint(r), reset = wr_varint(r);
+    if (r->bad || r->p != r->end || name_check(name, nlen) != TALLY_OK)
+        return TALLY_E_WIRE;
+    struct tally_counter *c;
+    int rc = table_get(t, name, nlen, &c);
+    if (rc == TALLY_OK && table_merge_stamps(t, c, deleted, reset) < 0)
+        rc = TALLY_E_WIRE;
+    return rc;
+}
+
 int record_apply(const uint8_t *payload, size_t len, struct tally_table *t, struct tally_dedup *d)
 {
     struct wire_reader r = {payload, payload + len, false};
@@ -267,6 +360,12 @@ int record_apply(const uint8_t *payload, size_t len, struct tally_table *t, stru
         return apply_slot(&r, t, d);
     case 'D':
         return apply_device(&r, t);
+    case 'B':
+        return apply_base_slot(&r, t);
+    case 'b':
+        return apply_base_device(&r, t);
+    case 'M':
+        return apply_stamps(&r, t);
     case 'K': {
         struct tally_key key = {wr_u64(&r), wr_u64(&r)};
         if (r.bad || r.p != r.end)
@@ -710,6 +809,26 @@ static void snap_record(struct persist *p, struct file_writer *w)
         fw_flush(w);
 }
 
+/* Writes c's base, if it has one; returns the number of records. */
+static uint64_t snap_base(struct persist *p, struct file_writer *w, const struct tally_table *t,
+                          const struct tally_counter *c)
+{
+    const struct tally_base *b = table_base(t, c);
+    if (!b)
+        return 0;
+    for (uint32_t i = 0; i < b->nslots; i++) {
+        base_slot_payload(&p->payload, t, c, &b->slots[i]);
+        snap_record(p, w);
+    }
+    for (uint32_t i = 0; i < b->ndevs; i++) {
+        base_device_payload(&p->payload, t, c, &b->devs[i]);
+        snap_record(p, w);
+    }
+    stamps_payload(&p->payload, c, b);
+    snap_record(p, w);
+    return (uint64_t)b->nslots + b->ndevs + 1;
+}
+
 /* Writes the whole state to state.snap, atomically. Returns 0 or -1. */
 static int write_snapshot(struct persist *p, const struct tally_table *t,
                           const struct tally_dedup *d)
@@ -733,6 +852,7 @@ static int write_snapshot(struct persist *p, const struct tally_table *t,
             device_payload(&p->payload, t, c, &c->devs[i]);
             snap_record(p, &w);
         }
+        records += snap_base(p, &w, t, c);
     }
     for (uint32_t i = 0; i < d->count; i++, records++) {
         const struct tally_key *k = &d->ring[(d->head + i) % d->window];
@@ -987,6 +1107,25 @@ int persist_device(struct persist *p, const struct tally_table *t, const struct 
                    const struct tally_dev *d)
 {
     device_payload(&p->payload, t, c, d);
+    return log_write(p);
+}
+
+int persist_base(struct persist *p, const struct tally_table *t, const struct tally_counter *c)
+{
+    const struct tally_base *b = table_base(t, c);
+    if (!b)
+        return 0;
+    for (uint32_t i = 0; i < b->nslots; i++) {
+        base_slot_payload(&p->payload, t, c, &b->slots[i]);
+        if (log_write(p) < 0)
+            return -1;
+    }
+    for (uint32_t i = 0; i < b->ndevs; i++) {
+        base_device_payload(&p->payload, t, c, &b->devs[i]);
+        if (log_write(p) < 0)
+            return -1;
+    }
+    stamps_payload(&p->payload, c, b);
     return log_write(p);
 }
 

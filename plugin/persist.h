@@ -29,6 +29,10 @@ int persist_slot(struct persist *p, const struct tally_table *t, const struct ta
 /* Appends a device's maximum d of counter c; returns as persist_slot. */
 int persist_device(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
                    const struct tally_dev *d);
+/* Appends c's whole base (reset.c), one record per entry; returns as
+ * persist_slot. Records are states: a base written in part (the disk filled
+ * up in the middle) is a reset that observed less. */
+int persist_base(struct persist *p, const struct tally_table *t, const struct tally_counter *c);
 /* msyncs the log on the configured interval and compacts it into a snapshot
  * in a child process. Returns -1 with a message for the log in err when a
  * snapshot failed or the log could not be synced (from then on persist_slot

@@ -523,7 +523,8 @@ static void answer(struct mosquitto_evt_message *ev, struct topic t, enum tally_
     }
     bool named = name_check(t.name, t.len) == TALLY_OK;
     const struct tally_counter *c = named ? table_find(&g.table, t.name, t.len) : NULL;
-    answer_json(&g.buf, named ? t.name : NULL, t.len, result, c ? counter_value(c) : 0, reason);
+    answer_json(&g.buf, named ? t.name : NULL, t.len, result, c ? table_value(&g.table, c) : 0,
+                reason);
     if (mosquitto_property_read_binary(ev->properties, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len,
                                        false) &&
         mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, corr_len) !=
@@ -569,6 +570,26 @@ static struct tally_origin *heard_from(const char *id, size_t len)
     return o;
 }
 
+/* A peer's base of counter c (after its slots, which it never exceeds). */
+static int merge_sync_base(const struct wire_sync *s, const struct wire_sync_counter *wc,
+                           struct tally_counter *c, const uint32_t *reps, const uint32_t *devs)
+{
+    int rose = table_merge_stamps(&g.table, c, wc->deleted, wc->reset);
+    for (uint32_t i = 0; i < wc->nbase_slots && rose >= 0; i++) {
+        const struct wire_sync_slot *b = &s->base_slots[wc->first_base_slot + i];
+        int rc = table_merge_base_slot(&g.table, c, reps[b->replica_ref], b->p, b->n);
+        rose = rc < 0 ? rc : rose | rc;
+    }
+    for (uint32_t i = 0; i < wc->nbase_devs && rose >= 0; i++) {
+        const struct wire_sync_dev *d = &s->base_devs[wc->first_base_dev + i];
+        int rc = table_merge_base_device(&g.table, c, devs[d->device_ref], d->total);
+        rose = rc < 0 ? rc : rose | rc;
+    }
+    if (rose > 0 && g.persist)
+        persist_base(g.persist, &g.table, c);
+    return rose < 0 ? -rose : TALLY_OK;
+}
+
 static int merge_sync_counter(const struct wire_sync *s, const struct wire_sync_counter *wc,
                               const uint32_t *reps, const uint32_t *devs)
 {
@@ -589,7 +610,7 @@ static int merge_sync_counter(const struct wire_sync *s, const struct wire_sync_
         if (table_merge_device(&g.table, c, devs[d->device_ref], d->total, false) > 0 && g.persist)
             persist_device(g.persist, &g.table, c, counter_device(c, devs[d->device_ref]));
     }
-    return TALLY_OK;
+    return wc->based ? merge_sync_base(s, wc, c, reps, devs) : TALLY_OK;
 }
 
 static int on_sync(const void *payload, size_t len)
@@ -915,6 +936,13 @@ static const char *name_topic(const char *prefix, size_t prefix_len, const char 
 static void publish_total(struct tally_counter *c, const struct tally_sums *s)
 {
     char value[21];
+    if (table_hidden(&g.table, c)) {
+        /* deleted (reset.c): an empty retained message removes the total */
+        publish(name_topic(g.opt.prefix, g.prefix_len, c->name, c->name_len, ""), "", 0,
+                (int)g.opt.publish_qos, true);
+        c->stale = 0;
+        return;
+    }
     publish(name_topic(g.opt.prefix, g.prefix_len, c->name, c->name_len, ""), value,
             fmt_i64(value, s->value), (int)g.opt.publish_qos, true);
     c->stale = 0;
@@ -922,6 +950,13 @@ static void publish_total(struct tally_counter *c, const struct tally_sums *s)
 
 static void publish_state(struct tally_counter *c, const struct tally_sums *s, uint64_t wall)
 {
+    if (table_hidden(&g.table, c)) {
+        /* deleted: its watchers see the document go (and it is not sent again) */
+        publish(name_topic(g.opt.prefix, g.prefix_len, c->name, c->name_len, "/state"), "", 0,
+                (int)g.opt.publish_qos, true);
+        c->state_shown = 1;
+        return;
+    }
     counter_state_json(&g.buf, &g.table, c, s, g.opt.node_id, wall);
     if (g.buf.failed)
         return;
@@ -948,7 +983,7 @@ static uint32_t reconcile(struct tally_counter *c, uint64_t wall)
     uint32_t n = 0;
     if (c->stale || state) {
         struct tally_sums s;
-        counter_sums(c, &s);
+        table_sums(&g.table, c, &s);
         if (c->stale)
             publish_total(c, &s), n++;
         if (state)
@@ -974,7 +1009,7 @@ static void publish_changed(struct tally_counter *c, uint64_t wall)
     bool state = interest_state_watched(&g.interest, c->name, c->name_len);
     if (total || state) {
         struct tally_sums s;
-        counter_sums(c, &s);
+        table_sums(&g.table, c, &s);
         if (total)
             publish_total(c, &s);
         if (state)
@@ -1218,7 +1253,18 @@ static int on_control(int event, void *event_data, void *userdata)
     struct mosquitto_evt_control *ev = event_data;
     (void)event;
     (void)userdata;
-    char *resp = control_process(ev->payload, ev->payloadlen, &g.table, g.opt.node_id, wall_ms());
+    struct control_req rq = {&g.table, g.opt.node_id, wall_ms(), is_admin(ev->client), NULL, 0};
+    char *resp = control_process(ev->payload, ev->payloadlen, &rq);
+    /* A reset is on disk before it is answered; one that cannot be written
+     * stays applied (and replicated: peers hand it back after a restart). */
+    for (size_t i = 0; i < rq.nchanged; i++)
+        if (g.persist && persist_base(g.persist, &g.table, rq.changed[i]) < 0)
+            mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot write the reset of %s to %s: %s",
+                                 rq.changed[i]->name, g.opt.state_dir, strerror(errno));
+    for (size_t i = 0; i < rq.nchanged; i++)
+        mosquitto_log_printf(MOSQ_LOG_NOTICE, "tally: client '%s' reset or deleted counter %s",
+                             mosquitto_client_id(ev->client), rq.changed[i]->name);
+    free(rq.changed);
     if (!resp)
         return MOSQ_ERR_NOMEM;
     mosquitto_broker_publish_copy(mosquitto_client_id(ev->client), CONTROL_TOPIC "/response",

@@ -52,7 +52,7 @@ unsigned name_bucket(const char *name, size_t len)
     return (unsigned)(tally_hash64(name, len, 0) % TALLY_BUCKETS);
 }
 
-static uint64_t slot_hash(uint64_t name_hash, uint64_t owner_hash, uint64_t p, uint64_t n)
+uint64_t table_entry_hash(uint64_t name_hash, uint64_t owner_hash, uint64_t p, uint64_t n)
 {
     return fmix64(name_hash ^ fmix64(owner_hash + p * 0x9e3779b97f4a7c15ULL) ^
                   fmix64(n + 0x632be59bd9b4e019ULL));
@@ -70,6 +70,7 @@ void table_init(struct tally_table *t, size_t max_counters, uint32_t max_devices
 
 void table_free(struct tally_table *t)
 {
+    table_free_bases(t);
     struct tally_counter *c, *tmp;
     HASH_ITER(hh, t->counters, c, tmp)
     {
@@ -123,14 +124,14 @@ int table_get(struct tally_table *t, const char *name, size_t len, struct tally_
 /* Forgets a counter created for an increment that was then not applied. */
 void table_drop_if_empty(struct tally_table *t, struct tally_counter *c)
 {
-    if (c->nslots || c->ndevs || c->dirty)
+    if (c->nslots || c->ndevs || c->dirty || c->based)
         return;
     HASH_DEL(t->counters, c);
     counter_free(c);
     t->ncounters--;
 }
 
-static void mark_dirty(struct tally_table *t, struct tally_counter *c)
+void table_mark_dirty(struct tally_table *t, struct tally_counter *c)
 {
     c->stale = 1;
     if (c->dirty)
@@ -171,12 +172,12 @@ struct tally_counter *table_pop_dirty(struct tally_table *t)
 
 /* ==== Changes that keep the digest current ==== */
 
-static uint64_t replica_owner_hash(const struct tally_table *t, uint32_t replica)
+uint64_t table_replica_hash(const struct tally_table *t, uint32_t replica)
 {
     return t->replicas[replica]->hash;
 }
 
-static uint64_t device_owner_hash(const struct tally_table *t, uint32_t device)
+uint64_t table_device_hash(const struct tally_table *t, uint32_t device)
 {
     return t->devices[device]->hash ^ 0xd1b54a32d192ed03ULL;
 }
@@ -185,11 +186,11 @@ static void digest_slot(struct tally_table *t, const struct tally_counter *c, ui
                         const struct tally_slot *before, const struct tally_slot *after)
 {
     uint64_t nh = tally_hash64(c->name, c->name_len, 0);
-    uint64_t oh = replica_owner_hash(t, replica);
+    uint64_t oh = table_replica_hash(t, replica);
     uint64_t *d = &t->digest[nh % TALLY_BUCKETS];
     if (before)
-        *d -= slot_hash(nh, oh, before->p, before->n);
-    *d += slot_hash(nh, oh, after->p, after->n);
+        *d -= table_entry_hash(nh, oh, before->p, before->n);
+    *d += table_entry_hash(nh, oh, after->p, after->n);
 }
 
 int table_add(struct tally_table *t, struct tally_counter *c, uint32_t replica, int64_t delta)
@@ -203,7 +204,7 @@ int table_add(struct tally_table *t, struct tally_counter *c, uint32_t replica, 
         return 0;
     digest_slot(t, c, replica, s ? &before : NULL, counter_slot(c, replica));
     counter_rate_add(c, delta > 0 ? (uint64_t)delta : (uint64_t)-delta, t->clock_ds);
-    mark_dirty(t, c);
+    table_mark_dirty(t, c);
     return 1;
 }
 
@@ -220,7 +221,7 @@ int table_merge_slot(struct tally_table *t, struct tally_counter *c, uint32_t re
     /* P and N only rise: the total moved by the difference of the two rises */
     int64_t moved = (int64_t)(after->p - before.p) - (int64_t)(after->n - before.n);
     counter_rate_add(c, moved < 0 ? (uint64_t)-moved : (uint64_t)moved, t->clock_ds);
-    mark_dirty(t, c);
+    table_mark_dirty(t, c);
     return 1;
 }
 
@@ -234,13 +235,13 @@ int table_merge_device(struct tally_table *t, struct tally_counter *c, uint32_t 
     if (rc <= 0)
         return rc;
     uint64_t nh = tally_hash64(c->name, c->name_len, 0);
-    uint64_t oh = device_owner_hash(t, device);
+    uint64_t oh = table_device_hash(t, device);
     uint64_t *dg = &t->digest[nh % TALLY_BUCKETS];
     if (existed)
-        *dg -= slot_hash(nh, oh, old, 0);
-    *dg += slot_hash(nh, oh, total, 0);
+        *dg -= table_entry_hash(nh, oh, old, 0);
+    *dg += table_entry_hash(nh, oh, total, 0);
     counter_rate_add(c, total - old, t->clock_ds);
-    mark_dirty(t, c);
+    table_mark_dirty(t, c);
     return 1;
 }
 

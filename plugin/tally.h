@@ -7,7 +7,7 @@
  * only file that speaks to Mosquitto.
  *
  * Data flows one way: an event in plugin.c -> parse (codec.c) -> apply
- * (counter.c, table.c, dedup.c, presence.c) -> mark dirty -> on tick, publish
+ * (counter.c, table.c, reset.c, dedup.c, presence.c) -> mark dirty -> on tick, publish
  * totals and replicate (wire.c).
  */
 #ifndef TALLY_H
@@ -108,6 +108,7 @@ struct tally_counter {
     uint8_t stale : 1;       /* the retained total is older than the counter */
     uint8_t queued : 1;      /* on the refresh queue (schedule.c) */
     uint8_t state_shown : 1; /* a retained state document is published (plugin.c) */
+    uint8_t based : 1;       /* has an entry in the table's bases (reset.c) */
     uint8_t name_len;
     char name[];
 };
@@ -166,6 +167,8 @@ struct tally_table {
     struct tally_device *device_hash, **devices;
     uint32_t ndevices, devices_cap, max_devices;
 
+    struct tally_base *bases; /* of counters that were reset or deleted (reset.c) */
+
     /* Tenths of a second since the plugin started, plus 1; 0 while state is
      * loaded from disk, so a replay does not read as a burst of changes. */
     uint32_t clock_ds;
@@ -195,6 +198,12 @@ int table_merge_slot(struct tally_table *t, struct tally_counter *c, uint32_t re
 int table_merge_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
                        uint64_t total, bool local);
 
+/* Exposed for reset.c, which keeps the same digest and dirty list. */
+uint64_t table_entry_hash(uint64_t name_hash, uint64_t owner_hash, uint64_t p, uint64_t n);
+uint64_t table_replica_hash(const struct tally_table *t, uint32_t replica);
+uint64_t table_device_hash(const struct tally_table *t, uint32_t device);
+void table_mark_dirty(struct tally_table *t, struct tally_counter *c);
+
 /* Detaches the dirty list: the caller walks it through dirty_next and must
  * clear each counter's dirty flag (table_take_dirty does that on return). */
 struct tally_counter *table_take_dirty(struct tally_table *t);
@@ -202,6 +211,49 @@ struct tally_counter *table_pop_dirty(struct tally_table *t);
 
 unsigned name_bucket(const char *name, size_t len);
 uint64_t tally_hash64(const void *data, size_t len, uint64_t seed);
+
+/* ==== Reset and delete: observed bases (reset.c) ==== */
+
+struct tally_base_slot {
+    uint32_t replica;
+    uint64_t p, n;
+};
+
+/* What the resets and deletes of a counter have observed: per slot and per
+ * device, the values they took away, and the stamps of the last delete and
+ * reset. Owned by the table; a counter has one once it was reset. */
+struct tally_base {
+    UT_hash_handle hh;
+    const struct tally_counter *counter; /* the key */
+    struct tally_base_slot *slots;       /* sorted by replica */
+    struct tally_dev *devs;              /* sorted by device */
+    uint32_t nslots, ndevs;
+    uint64_t deleted, reset; /* stamps: 0 = never */
+};
+
+struct tally_base *table_base(const struct tally_table *t, const struct tally_counter *c);
+void table_free_bases(struct tally_table *t);
+/* c's sums after its resets (each slot and device minus its base). */
+void table_sums(const struct tally_table *t, const struct tally_counter *c, struct tally_sums *out);
+int64_t table_value(const struct tally_table *t, const struct tally_counter *c);
+/* A deleted counter that nothing raised since: listed nowhere, its retained
+ * topics cleared. */
+bool table_hidden(const struct tally_table *t, const struct tally_counter *c);
+/* What c's base takes away from one slot or device (0 without a base). */
+void base_slot(const struct tally_base *b, uint32_t replica, uint64_t *p, uint64_t *n);
+uint64_t base_device(const struct tally_base *b, uint32_t device);
+/* Resets (or deletes) c here: its base becomes everything this node has
+ * observed of it. Returns 1, or -TALLY_E_NOMEM, when part of the base may be
+ * set (a reset that observed less: still a valid state). */
+int table_reset(struct tally_table *t, struct tally_counter *c, bool delete);
+/* Merges a peer's (or the disk's) base; each returns 1 if c's base rose, 0 if
+ * not, or a negative tally_err. */
+int table_merge_base_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica,
+                          uint64_t p, uint64_t n);
+int table_merge_base_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
+                            uint64_t total);
+int table_merge_stamps(struct tally_table *t, struct tally_counter *c, uint64_t deleted,
+                       uint64_t reset);
 
 /* ==== Idempotency window (dedup.c) ==== */
 
@@ -330,7 +382,8 @@ uint64_t page_interval_ms(uint64_t viewers, uint64_t budget);
 
 /* ==== Replication wire format (wire.c) ==== */
 
-#define WIRE_VERSION 1
+#define WIRE_VERSION 1      /* DIGEST, PRESENCE */
+#define WIRE_SYNC_VERSION 2 /* SYNC: 2 adds bases (reset.c); 1 is still read */
 enum wire_type { WIRE_SYNC = 1, WIRE_DIGEST = 2, WIRE_PRESENCE = 3 };
 
 struct wire_buf {
@@ -386,6 +439,11 @@ struct wire_sync_counter {
     size_t name_len;
     uint32_t nslots, ndevs;
     uint32_t first_slot, first_dev; /* into wire_sync.slots / devs */
+    /* the counter's base (version 2), when it has one */
+    bool based;
+    uint64_t deleted, reset;
+    uint32_t nbase_slots, nbase_devs;
+    uint32_t first_base_slot, first_base_dev; /* into wire_sync.base_slots / base_devs */
 };
 struct wire_sync_slot {
     uint32_t replica_ref;
@@ -415,7 +473,9 @@ struct wire_sync {
     struct wire_sync_counter *counters;
     struct wire_sync_slot *slots;
     struct wire_sync_dev *devs;
-    uint32_t nreplicas, ndevices, ncounters, nslots, ndevs;
+    struct wire_sync_slot *base_slots;
+    struct wire_sync_dev *base_devs;
+    uint32_t nreplicas, ndevices, ncounters, nslots, ndevs, nbase_slots, nbase_devs;
 };
 
 int wire_peek_type(const void *msg, size_t len);
@@ -467,9 +527,19 @@ int name_natural_cmp(const char *a, size_t alen, const char *b, size_t blen);
  * (listCounters, getCounter, topCounters): what reader_usernames may send. */
 bool control_read_only(const void *payload, size_t len);
 
-/* Runs the commands of one $CONTROL/tally/v1 request; returns the response
- * JSON (caller frees) or NULL when out of memory. */
-char *control_process(const void *payload, size_t len, const struct tally_table *t,
-                      const char *node_id, uint64_t now_ms);
+/* One $CONTROL/tally/v1 request: the table (resetCounter and deleteCounter
+ * change it), who asks, and the counters the request reset or deleted, for
+ * plugin.c to write to disk (changed is owned by the caller: free it). */
+struct control_req {
+    struct tally_table *t;
+    const char *node_id;
+    uint64_t now_ms; /* wall clock, for the state document */
+    bool admin;
+    struct tally_counter **changed;
+    size_t nchanged;
+};
+/* Runs the commands of one request; returns the response JSON (caller
+ * frees) or NULL when out of memory. */
+char *control_process(const void *payload, size_t len, struct control_req *rq);
 
 #endif

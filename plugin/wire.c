@@ -25,7 +25,7 @@
  *                              liveness heartbeat behind peer_timeout_ms
  *   $tally/stats/<node>        JSON stats, retained, flooded the same way
  *
- * ---- Encoding (version 1) ----
+ * ---- Encoding (SYNC version 2; DIGEST and PRESENCE version 1) ----
  *
  * All integers are unsigned. varint = LEB128 (7 bits a byte, low first, at
  * most 10 bytes); u64 = 8 bytes little-endian; str8 = one length byte then
@@ -37,7 +37,11 @@
  *             varint D, D x { str8 device_id }                   devices
  *             varint C, C x { str8 name,
  *                             varint S, S x { varint r, varint p, varint n },
- *                             varint E, E x { varint d, varint total } }
+ *                             varint E, E x { varint d, varint total },
+ *                             varint based (0 or 1; version 2 only), if 1:
+ *                               varint deleted, varint reset,
+ *                               varint S', S' x { varint r, varint p, varint n },
+ *                               varint E', E' x { varint d, varint total } }
  *   DIGEST    str8 sender, varint B (=256), B x u64 bucket hash
  *   PRESENCE  str8 origin, u64 incarnation, u64 seq,
  *             varint G, G x { str8 page, varint viewers }
@@ -46,7 +50,14 @@
  * slot costs 3 to 20 bytes whatever the lengths of node and device ids.
  * Decoding validates everything (lengths, indexes, names, p/n/total at most
  * 2^53-1, no bytes left over) before any of it is applied: a malformed
- * message is refused whole. A receiver refuses versions it does not know.
+ * message is refused whole. A receiver refuses versions it does not know
+ * (counted as refused replication, like any bad message). A SYNC of version 1
+ * is a version 2 without bases; nodes of this version write version 2, which
+ * older nodes refuse, so a cluster upgrades all its nodes together.
+ *
+ * The base of a counter (reset.c: what its resets and deletes took away, and
+ * their stamps) travels with its slots: it is part of the counter's state and
+ * merges the same way, entry by entry, by maximum.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -184,9 +195,14 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len)
     wbuf_u8(b, '"');
 }
 
+static uint8_t version_of(enum wire_type type)
+{
+    return type == WIRE_SYNC ? WIRE_SYNC_VERSION : WIRE_VERSION;
+}
+
 static void header(struct wire_buf *b, enum wire_type type)
 {
-    const uint8_t h[4] = {'T', 'L', WIRE_VERSION, (uint8_t)type};
+    const uint8_t h[4] = {'T', 'L', version_of(type), (uint8_t)type};
     wbuf_bytes(b, h, sizeof(h));
 }
 
@@ -255,13 +271,16 @@ static uint32_t wr_count(struct wire_reader *r, size_t min)
     return r->bad ? 0 : (uint32_t)n;
 }
 
-static bool read_header(struct wire_reader *r, const void *msg, size_t len, enum wire_type type)
+/* Reads the header of a message of `type`; returns its version (1 up to the
+ * type's own), or 0 when the message is not one tally can read. */
+static uint8_t read_header(struct wire_reader *r, const void *msg, size_t len, enum wire_type type)
 {
     r->p = msg;
     r->end = r->p + len;
     r->bad = false;
     uint8_t t = wr_u8(r), l = wr_u8(r), v = wr_u8(r), ty = wr_u8(r);
-    return !r->bad && t == 'T' && l == 'L' && v == WIRE_VERSION && ty == type;
+    bool ok = !r->bad && t == 'T' && l == 'L' && ty == type && v >= 1 && v <= version_of(type);
+    return ok ? v : 0;
 }
 
 static bool sender_ok(const char *s, size_t len)
@@ -272,7 +291,8 @@ static bool sender_ok(const char *s, size_t len)
 int wire_peek_type(const void *msg, size_t len)
 {
     const uint8_t *p = msg;
-    if (len < 4 || p[0] != 'T' || p[1] != 'L' || p[2] != WIRE_VERSION)
+    if (len < 4 || p[0] != 'T' || p[1] != 'L' || p[2] < 1 ||
+        p[2] > (p[3] == WIRE_SYNC ? WIRE_SYNC_VERSION : WIRE_VERSION))
         return -1;
     return p[3];
 }
@@ -337,6 +357,27 @@ static uint32_t dev_ref(struct wire_sync_writer *w, const struct tally_table *t,
     return (uint32_t)w->dev_ref[idx];
 }
 
+static void add_base(struct wire_sync_writer *w, const struct tally_table *t,
+                     const struct tally_base *b)
+{
+    wbuf_varint(&w->body, b != NULL);
+    if (!b)
+        return;
+    wbuf_varint(&w->body, b->deleted);
+    wbuf_varint(&w->body, b->reset);
+    wbuf_varint(&w->body, b->nslots);
+    for (uint32_t i = 0; i < b->nslots; i++) {
+        wbuf_varint(&w->body, rep_ref(w, t, b->slots[i].replica));
+        wbuf_varint(&w->body, b->slots[i].p);
+        wbuf_varint(&w->body, b->slots[i].n);
+    }
+    wbuf_varint(&w->body, b->ndevs);
+    for (uint32_t i = 0; i < b->ndevs; i++) {
+        wbuf_varint(&w->body, dev_ref(w, t, b->devs[i].device));
+        wbuf_varint(&w->body, b->devs[i].total);
+    }
+}
+
 /* Appends counter c's whole state to the message under construction. */
 int sync_writer_add(struct wire_sync_writer *w, const struct tally_table *t,
                     const struct tally_counter *c)
@@ -356,6 +397,7 @@ int sync_writer_add(struct wire_sync_writer *w, const struct tally_table *t,
         wbuf_varint(&w->body, dev_ref(w, t, c->devs[i].device));
         wbuf_varint(&w->body, c->devs[i].total);
     }
+    add_base(w, t, table_base(t, c));
     w->ncounters++;
     return w->body.failed || w->dict.failed || w->dev_dict.failed ? TALLY_E_NOMEM : TALLY_OK;
 }
@@ -399,6 +441,8 @@ void wire_sync_free(struct wire_sync *s)
     free(s->counters);
     free(s->slots);
     free(s->devs);
+    free(s->base_slots);
+    free(s->base_devs);
     memset(s, 0, sizeof(*s));
 }
 
@@ -410,9 +454,55 @@ static bool read_value(struct wire_reader *r, uint64_t *v)
     return !r->bad;
 }
 
+/* Reads count slots (or device maxima) into arr from *n on: a registry ref
+ * below refs, then the values. */
+static void read_slots(struct wire_reader *r, struct wire_sync_slot *arr, uint32_t *n,
+                       uint32_t count, uint32_t refs)
+{
+    for (uint32_t i = 0; i < count && !r->bad; i++) {
+        struct wire_sync_slot *sl = &arr[(*n)++];
+        sl->replica_ref = (uint32_t)wr_varint(r);
+        if (sl->replica_ref >= refs)
+            r->bad = true;
+        read_value(r, &sl->p);
+        read_value(r, &sl->n);
+    }
+}
+
+static void read_devs(struct wire_reader *r, struct wire_sync_dev *arr, uint32_t *n, uint32_t count,
+                      uint32_t refs)
+{
+    for (uint32_t i = 0; i < count && !r->bad; i++) {
+        struct wire_sync_dev *d = &arr[(*n)++];
+        d->device_ref = (uint32_t)wr_varint(r);
+        if (d->device_ref >= refs)
+            r->bad = true;
+        read_value(r, &d->total);
+    }
+}
+
+static void read_base(struct wire_reader *r, struct wire_sync *s, struct wire_sync_counter *c)
+{
+    uint64_t based = wr_varint(r);
+    if (based > 1)
+        r->bad = true;
+    if (r->bad || !based)
+        return;
+    c->based = true;
+    c->deleted = wr_varint(r);
+    c->reset = wr_varint(r);
+    c->nbase_slots = wr_count(r, 3);
+    c->first_base_slot = s->nbase_slots;
+    read_slots(r, s->base_slots, &s->nbase_slots, c->nbase_slots, s->nreplicas);
+    c->nbase_devs = wr_count(r, 2);
+    c->first_base_dev = s->nbase_devs;
+    read_devs(r, s->base_devs, &s->nbase_devs, c->nbase_devs, s->ndevices);
+}
+
 /* Reads one counter's slots and device maxima into s's flat arrays, which
  * have room for everything the message could hold. */
-static void read_counter(struct wire_reader *r, struct wire_sync *s, struct wire_sync_counter *c)
+static void read_counter(struct wire_reader *r, struct wire_sync *s, struct wire_sync_counter *c,
+                         uint8_t version)
 {
     c->name = wr_str8(r, &c->name_len);
     if (r->bad || name_check(c->name, c->name_len) != TALLY_OK) {
@@ -421,30 +511,20 @@ static void read_counter(struct wire_reader *r, struct wire_sync *s, struct wire
     }
     c->nslots = wr_count(r, 3);
     c->first_slot = s->nslots;
-    for (uint32_t i = 0; i < c->nslots && !r->bad; i++) {
-        struct wire_sync_slot *sl = &s->slots[s->nslots++];
-        sl->replica_ref = (uint32_t)wr_varint(r);
-        if (sl->replica_ref >= s->nreplicas)
-            r->bad = true;
-        read_value(r, &sl->p);
-        read_value(r, &sl->n);
-    }
+    read_slots(r, s->slots, &s->nslots, c->nslots, s->nreplicas);
     c->ndevs = wr_count(r, 2);
     c->first_dev = s->ndevs;
-    for (uint32_t i = 0; i < c->ndevs && !r->bad; i++) {
-        struct wire_sync_dev *d = &s->devs[s->ndevs++];
-        d->device_ref = (uint32_t)wr_varint(r);
-        if (d->device_ref >= s->ndevices)
-            r->bad = true;
-        read_value(r, &d->total);
-    }
+    read_devs(r, s->devs, &s->ndevs, c->ndevs, s->ndevices);
+    if (version >= 2)
+        read_base(r, s, c);
 }
 
 int wire_decode_sync(const void *msg, size_t len, struct wire_sync *s)
 {
     struct wire_reader r;
     memset(s, 0, sizeof(*s));
-    if (!read_header(&r, msg, len, WIRE_SYNC))
+    uint8_t version = read_header(&r, msg, len, WIRE_SYNC);
+    if (!version)
         return TALLY_E_WIRE;
     s->sender = wr_str8(&r, &s->sender_len);
     if (!sender_ok(s->sender, s->sender_len))
@@ -473,12 +553,15 @@ int wire_decode_sync(const void *msg, size_t len, struct wire_sync *s)
     s->counters = calloc(n + 1, sizeof(*s->counters));
     s->slots = calloc(left / 3 + 1, sizeof(*s->slots));
     s->devs = calloc(left / 2 + 1, sizeof(*s->devs));
-    if (!s->replicas || !s->devices || !s->counters || !s->slots || !s->devs) {
+    s->base_slots = calloc(version >= 2 ? left / 3 + 1 : 1, sizeof(*s->base_slots));
+    s->base_devs = calloc(version >= 2 ? left / 2 + 1 : 1, sizeof(*s->base_devs));
+    if (!s->replicas || !s->devices || !s->counters || !s->slots || !s->devs || !s->base_slots ||
+        !s->base_devs) {
         wire_sync_free(s);
         return TALLY_E_NOMEM;
     }
     for (uint32_t i = 0; i < n && !r.bad; i++)
-        read_counter(&r, s, &s->counters[s->ncounters++]);
+        read_counter(&r, s, &s->counters[s->ncounters++], version);
     if (r.bad || r.p != r.end) {
         wire_sync_free(s);
         return TALLY_E_WIRE;

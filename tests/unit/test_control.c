@@ -109,7 +109,9 @@ static cJSON *run(struct tally_table *t, const char *command, cJSON **whole)
 {
     char req[512];
     snprintf(req, sizeof(req), "{\"commands\":[%s]}", command);
-    char *out = control_process(req, strlen(req), t, "n1", 0);
+    struct control_req rq = {t, "n1", 0, true, NULL, 0};
+    char *out = control_process(req, strlen(req), &rq);
+    free(rq.changed);
     ck_assert_ptr_nonnull(out);
     *whole = cJSON_Parse(out);
     free(out);

@@ -15,6 +15,7 @@ Suite *persist_suite(void);
 Suite *control_suite(void);
 Suite *interest_suite(void);
 Suite *schedule_suite(void);
+Suite *reset_suite(void);
 
 int main(void)
 {
@@ -27,6 +28,7 @@ int main(void)
     srunner_add_suite(sr, control_suite());
     srunner_add_suite(sr, interest_suite());
     srunner_add_suite(sr, schedule_suite());
+    srunner_add_suite(sr, reset_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -442,6 +442,64 @@ static void crash_after_work(uint64_t *digest, uint64_t *incarnation)
     ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+/* A reset and a delete as the plugin makes them: applied, then logged. */
+static void node_reset(struct node *n, const char *name, bool delete)
+{
+    struct tally_counter *c = table_find(&n->t, name, strlen(name));
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(table_reset(&n->t, c, delete), 1);
+    ck_assert_int_eq(persist_base(n->p, &n->t, c), 0);
+}
+
+static void node_resets(struct node *n)
+{
+    node_work(n);
+    node_reset(n, "odd", false);
+    node_increment(n, "odd", 3, -1);
+    node_reset(n, "meters", true);
+}
+
+static void assert_resets(struct node *n)
+{
+    ck_assert_int_eq(table_value(&n->t, table_find(&n->t, "odd", 3)), 3);
+    ck_assert(table_hidden(&n->t, table_find(&n->t, "meters", 6)));
+    ck_assert(!table_hidden(&n->t, table_find(&n->t, "even", 4)));
+}
+
+START_TEST(test_resets_survive_restarts)
+{
+    /* From the log after a crash, then from the snapshot of a clean stop. */
+    struct node a, b;
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        if (!node_open(&a, "n1", 1000, 1000))
+            _exit(1);
+        node_resets(&a);
+        _exit(write(fds[1], a.t.digest, sizeof(a.t.digest)) == sizeof(a.t.digest) ? 0 : 1);
+    }
+    uint64_t digest[TALLY_BUCKETS];
+    ck_assert_int_eq(read(fds[0], digest, sizeof(digest)), sizeof(digest));
+    close(fds[0]);
+    close(fds[1]);
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    ck_assert_ptr_nonnull(node_open(&a, "n1", 1000, 1000));
+    ck_assert_mem_eq(a.t.digest, digest, sizeof(digest));
+    assert_resets(&a);
+    persist_close(a.p, &a.t, &a.d);
+    ck_assert_ptr_nonnull(node_open(&b, "n1", 1000, 1000));
+    ck_assert_mem_eq(b.t.digest, digest, sizeof(digest));
+    assert_resets(&b);
+    persist_close(b.p, &b.t, &b.d);
+    node_free(&a);
+    node_free(&b);
+}
+END_TEST
+
 START_TEST(test_crash_replays_log)
 {
     uint64_t digest[TALLY_BUCKETS], inc;
@@ -832,6 +890,7 @@ Suite *persist_suite(void)
     tcase_add_checked_fixture(tc, dir_setup, dir_teardown);
     tcase_add_test(tc, test_clean_reopen);
     tcase_add_test(tc, test_crash_replays_log);
+    tcase_add_test(tc, test_resets_survive_restarts);
     tcase_add_test(tc, test_torn_tail_cut);
     tcase_add_test(tc, test_damaged_log_refuses);
     tcase_add_test(tc, test_damaged_log_length_refuses);

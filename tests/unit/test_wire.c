@@ -405,8 +405,28 @@ START_TEST(test_sync_bad_references_and_values)
         {MSG("TL\x01\x01\x03n 1\x00\x00\x00"), TALLY_E_WIRE},
         /* device id with a newline */
         {MSG("TL\x01\x01\x02n1\x00\x01\x02m\n\x00"), TALLY_E_WIRE},
-        /* version 2 */
-        {MSG("TL\x02\x01\x02n1\x00\x00\x00"), TALLY_E_WIRE},
+        /* version 3: unknown */
+        {MSG("TL\x03\x01\x02n1\x00\x00\x00"), TALLY_E_WIRE},
+        /* version 2, empty */
+        {MSG("TL\x02\x01\x02n1\x00\x00\x00"), TALLY_OK},
+        /* version 2: counter x, slot (r0, 5, 0), base: deleted 1, reset 0, (r0, 5, 0) */
+        {MSG("TL\x02\x01\x02n1\x01\x02n1\0\0\0\0\0\0\0\0\x00\x01\x01x\x01\x00\x05\x00\x00"
+             "\x01\x01\x00\x01\x00\x05\x00\x00"),
+         TALLY_OK},
+        /* version 2 without the base flag */
+        {MSG("TL\x02\x01\x02n1\x01\x02n1\0\0\0\0\0\0\0\0\x00\x01\x01x\x01\x00\x05\x00\x00"),
+         TALLY_E_WIRE},
+        /* version 2, base flag 2 */
+        {MSG("TL\x02\x01\x02n1\x00\x00\x01\x01x\x00\x00\x02"), TALLY_E_WIRE},
+        /* version 2, a base naming replica 1 of 1 */
+        {MSG("TL\x02\x01\x02n1\x01\x02n1\0\0\0\0\0\0\0\0\x00\x01\x01x\x00\x00\x01\x01"
+             "\x00\x01\x01\x05\x00\x00"),
+         TALLY_E_WIRE},
+        /* version 2, a base device naming device 0 of 0 */
+        {MSG("TL\x02\x01\x02n1\x00\x00\x01\x01x\x00\x00\x01\x00\x00\x00\x01\x00\x05"),
+         TALLY_E_WIRE},
+        /* version 1 with trailing base bytes: left over */
+        {MSG("TL\x01\x01\x02n1\x00\x00\x01\x01x\x00\x00\x00"), TALLY_E_WIRE},
         /* version 0 */
         {MSG("TL\x00\x01\x02n1\x00\x00\x00"), TALLY_E_WIRE},
         /* a DIGEST type byte */
@@ -421,7 +441,9 @@ START_TEST(test_sync_bad_references_and_values)
         if (rc == TALLY_OK)
             wire_sync_free(&s);
     }
-    ck_assert_int_eq(wire_peek_type("TL\x02\x01", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x03\x01", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x02\x01", 4), WIRE_SYNC);
+    ck_assert_int_eq(wire_peek_type("TL\x02\x02", 4), -1); /* DIGEST is version 1 only */
     ck_assert_int_eq(wire_peek_type("TL\x01", 3), -1);
     ck_assert_int_eq(wire_peek_type("TL\x01\x03", 4), WIRE_PRESENCE);
 }

@@ -1,0 +1,337 @@
+/*
+ * reset.c - resetting and deleting a counter that many nodes update at once,
+ * without coordination, without losing or double counting anything.
+ *
+ * ---- Why a reset is not "set every slot to 0" ----
+ *
+ * A PN-counter's slots only grow (counter.c): merging takes the maximum, so a
+ * node that zeroed its slots would get the old values straight back from its
+ * peers, and a node that lowered only its own slot would break the merge law.
+ * Counter stores that did it anyway are where the complaints come from:
+ * Riak's counters could not really be deleted (a deleted counter came back
+ * with its old count when a replica holding it answered: "resurrection"),
+ * Akka's ORMap re-adds a removed key with its old value on a concurrent
+ * update, and NATS and Cassandra users "reset" by publishing a negative
+ * increment, which double counts when it is retried.
+ *
+ * ---- The observed reset ----
+ *
+ * tally keeps the slots as they are and adds a second grow-only map beside
+ * them, the base: for each slot (replica) and each device maximum, the value a
+ * reset took away. A reset at node X sets the base of every slot and device to
+ * what X has observed of it at that moment; the counter's value becomes
+ *
+ *     value = sum(P - bP) - sum(N - bN) + sum(D - bD)
+ *
+ * and the base merges like the slots, entry by entry, by maximum. This is the
+ * "observed-remove" idea of OR-sets (Shapiro et al., INRIA RR-7506, 2011,
+ * 3.3.5) applied to a counter, the rule Redis Enterprise's Active-Active
+ * databases use for removes: a reset removes exactly the increments the
+ * resetting node had seen.
+ *
+ *   - An increment made elsewhere at the same moment (not yet seen by X)
+ *     raises a slot above X's base: it survives the reset and is counted,
+ *     once, everywhere.
+ *   - Two resets, anywhere, in any order, merge to the larger base of each
+ *     slot: the union of what they observed. Repeating a reset changes
+ *     nothing. Nothing is ever subtracted twice, since a base never exceeds
+ *     the slot it was taken from, and it only ever takes the value of a slot
+ *     that was counted.
+ *   - The base travels with the slots (SYNC, wire.c) and is on disk with them
+ *     (persist.c). A base that arrives before its slot (a split message, a
+ *     replay) takes away at most what the slot holds: each term is clamped at
+ *     0 until the slot catches up.
+ *
+ * ---- Delete ----
+ *
+ * A delete is a reset that also hides the counter: it is left out of
+ * listings, and every node replaces its retained total and state with empty
+ * retained messages. Whether the latest operation was a reset or a delete is
+ * decided by stamps, like Lamport clocks: an operation at a node takes the
+ * stamp max(deleted, reset) + 1 of the counter as that node sees it; the two
+ * stamps merge by maximum. A counter is hidden while
+ *
+ *     deleted > 0 and deleted >= reset and no slot or device is above its base
+ *
+ * so a delete wins over a concurrent reset of the same stamp, a reset made
+ * after a node saw the delete shows the counter again (at 0), and an increment
+ * after a delete, at any node, brings the counter back counting from zero:
+ * its value is exactly the increments made after (or concurrently with) the
+ * delete. Nothing of this needs the nodes to agree on time or on an order.
+ *
+ * ---- Tombstones, and what they cost ----
+ *
+ * A deleted counter keeps its slots and its base: that is its tombstone, and
+ * it is what stops a peer's old state from resurrecting the old count. The
+ * base has at most one entry per slot and device the counter has, so a
+ * tombstone is bounded by the counter's live slots (24 + 16 bytes a slot);
+ * it is never collected, since forgetting it safely would need every node to
+ * acknowledge it (Akka's pruning). Tombstones count toward max_counters. A
+ * counter that was never reset pays nothing: the bases live in their own
+ * hash table, keyed by counter, and the counter carries one bit.
+ *
+ * ---- Invariants ----
+ *
+ *   1. Base entries and stamps never decrease.
+ *   2. After a local reset, every base entry equals its slot; bases merged
+ *      from peers may lead their slots only until those slots arrive.
+ *   3. base->slots is sorted by replica and base->devs by device, no repeats.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tally.h"
+
+/* Distinguishes a base entry from its slot in the digest. */
+#define BASE_TAG 0x6a09e667f3bcc909ULL
+#define STAMPS_OWNER 0xbb67ae8584caa73bULL
+
+/* ==== Lookups ==== */
+
+struct tally_base *table_base(const struct tally_table *t, const struct tally_counter *c)
+{
+    struct tally_base *b = NULL;
+    if (c->based)
+        HASH_FIND_PTR(t->bases, &c, b);
+    return b;
+}
+
+static struct tally_base_slot *bslot_find(const struct tally_base *b, uint32_t replica)
+{
+    for (uint32_t i = 0; i < b->nslots; i++)
+        if (b->slots[i].replica == replica)
+            return &b->slots[i];
+    return NULL;
+}
+
+static struct tally_dev *bdev_find(const struct tally_base *b, uint32_t device)
+{
+    for (uint32_t i = 0; i < b->ndevs; i++)
+        if (b->devs[i].device == device)
+            return &b->devs[i];
+    return NULL;
+}
+
+void base_slot(const struct tally_base *b, uint32_t replica, uint64_t *p, uint64_t *n)
+{
+    const struct tally_base_slot *s = b ? bslot_find(b, replica) : NULL;
+    *p = s ? s->p : 0;
+    *n = s ? s->n : 0;
+}
+
+uint64_t base_device(const struct tally_base *b, uint32_t device)
+{
+    const struct tally_dev *d = b ? bdev_find(b, device) : NULL;
+    return d ? d->total : 0;
+}
+
+/* ==== Values ==== */
+
+static uint64_t minus(uint64_t v, uint64_t base)
+{
+    return v > base ? v - base : 0;
+}
+
+void table_sums(const struct tally_table *t, const struct tally_counter *c, struct tally_sums *out)
+{
+    const struct tally_base *b = table_base(t, c);
+    counter_sums(c, out);
+    if (!b)
+        return;
+    /* Each part is at most the raw one, which counter_sums kept in range. */
+    int64_t p = 0, n = 0, d = 0;
+    for (uint16_t i = 0; i < c->nslots; i++) {
+        uint64_t bp, bn;
+        base_slot(b, c->slots[i].replica, &bp, &bn);
+        p += (int64_t)minus(c->slots[i].p, bp);
+        n += (int64_t)minus(c->slots[i].n, bn);
+    }
+    for (uint16_t i = 0; i < c->ndevs; i++)
+        d += (int64_t)minus(c->devs[i].total, base_device(b, c->devs[i].device));
+    out->p = p < out->p ? p : out->p;
+    out->n = n < out->n ? n : out->n;
+    out->devices = d < out->devices ? d : out->devices;
+    int64_t v = out->p - out->n + out->devices;
+    out->value = v > TALLY_MAX_SAFE ? TALLY_MAX_SAFE : v < -TALLY_MAX_SAFE ? -TALLY_MAX_SAFE : v;
+}
+
+int64_t table_value(const struct tally_table *t, const struct tally_counter *c)
+{
+    struct tally_sums s;
+    table_sums(t, c, &s);
+    return s.value;
+}
+
+bool table_hidden(const struct tally_table *t, const struct tally_counter *c)
+{
+    const struct tally_base *b = table_base(t, c);
+    if (!b || b->deleted == 0 || b->deleted < b->reset)
+        return false;
+    for (uint16_t i = 0; i < c->nslots; i++) {
+        uint64_t bp, bn;
+        base_slot(b, c->slots[i].replica, &bp, &bn);
+        if (c->slots[i].p > bp || c->slots[i].n > bn)
+            return false;
+    }
+    for (uint16_t i = 0; i < c->ndevs; i++)
+        if (c->devs[i].total > base_device(b, c->devs[i].device))
+            return false;
+    return true;
+}
+
+/* ==== Changes ==== */
+
+static struct tally_base *base_get(struct tally_table *t, struct tally_counter *c)
+{
+    struct tally_base *b = table_base(t, c);
+    if (b)
+        return b;
+    b = calloc(1, sizeof(*b));
+    if (!b)
+        return NULL;
+    b->counter = c;
+    HASH_ADD_PTR(t->bases, counter, b);
+    c->based = 1;
+    return b;
+}
+
+static void *grow_insert(void *arr, uint32_t n, size_t size, uint32_t at)
+{
+    uint8_t *grown = realloc(arr, ((size_t)n + 1) * size);
+    if (!grown)
+        return NULL;
+    memmove(grown + ((size_t)at + 1) * size, grown + (size_t)at * size, (size_t)(n - at) * size);
+    memset(grown + (size_t)at * size, 0, size);
+    return grown;
+}
+
+static struct tally_base_slot *bslot_get(struct tally_base *b, uint32_t replica)
+{
+    uint32_t i = 0;
+    while (i < b->nslots && b->slots[i].replica < replica)
+        i++;
+    if (i < b->nslots && b->slots[i].replica == replica)
+        return &b->slots[i];
+    struct tally_base_slot *grown = grow_insert(b->slots, b->nslots, sizeof(*grown), i);
+    if (!grown)
+        return NULL;
+    b->slots = grown;
+    b->nslots++;
+    grown[i].replica = replica;
+    return &grown[i];
+}
+
+static struct tally_dev *bdev_get(struct tally_base *b, uint32_t device)
+{
+    uint32_t i = 0;
+    while (i < b->ndevs && b->devs[i].device < device)
+        i++;
+    if (i < b->ndevs && b->devs[i].device == device)
+        return &b->devs[i];
+    struct tally_dev *grown = grow_insert(b->devs, b->ndevs, sizeof(*grown), i);
+    if (!grown)
+        return NULL;
+    b->devs = grown;
+    b->ndevs++;
+    grown[i].device = device;
+    return &grown[i];
+}
+
+/* Keeps the table's digest current: the base is part of the state peers
+ * compare (anti-entropy), like the slots. */
+static void digest(struct tally_table *t, const struct tally_counter *c, uint64_t owner,
+                   uint64_t p0, uint64_t n0, uint64_t p1, uint64_t n1)
+{
+    uint64_t nh = tally_hash64(c->name, c->name_len, 0);
+    uint64_t *d = &t->digest[nh % TALLY_BUCKETS];
+    if (p0 || n0)
+        *d -= table_entry_hash(nh, owner, p0, n0);
+    *d += table_entry_hash(nh, owner, p1, n1);
+}
+
+int table_merge_base_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica,
+                          uint64_t p, uint64_t n)
+{
+    if (p > (uint64_t)TALLY_MAX_SAFE || n > (uint64_t)TALLY_MAX_SAFE)
+        return -TALLY_E_OVERFLOW;
+    const struct tally_base *have = table_base(t, c);
+    const struct tally_base_slot *s = have ? bslot_find(have, replica) : NULL;
+    if ((s && s->p >= p && s->n >= n) || (!s && p == 0 && n == 0))
+        return 0;
+    struct tally_base *b = base_get(t, c);
+    struct tally_base_slot *e = b ? bslot_get(b, replica) : NULL;
+    if (!e)
+        return -TALLY_E_NOMEM;
+    uint64_t p0 = e->p, n0 = e->n;
+    e->p = p > e->p ? p : e->p;
+    e->n = n > e->n ? n : e->n;
+    digest(t, c, table_replica_hash(t, replica) ^ BASE_TAG, p0, n0, e->p, e->n);
+    table_mark_dirty(t, c);
+    return 1;
+}
+
+int table_merge_base_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
+                            uint64_t total)
+{
+    if (total > (uint64_t)TALLY_MAX_SAFE)
+        return -TALLY_E_OVERFLOW;
+    const struct tally_base *have = table_base(t, c);
+    const struct tally_dev *d = have ? bdev_find(have, device) : NULL;
+    if ((d && d->total >= total) || (!d && total == 0))
+        return 0;
+    struct tally_base *b = base_get(t, c);
+    struct tally_dev *e = b ? bdev_get(b, device) : NULL;
+    if (!e)
+        return -TALLY_E_NOMEM;
+    uint64_t old = e->total;
+    e->total = total;
+    digest(t, c, table_device_hash(t, device) ^ BASE_TAG, old, 0, total, 0);
+    table_mark_dirty(t, c);
+    return 1;
+}
+
+int table_merge_stamps(struct tally_table *t, struct tally_counter *c, uint64_t deleted,
+                       uint64_t reset)
+{
+    const struct tally_base *have = table_base(t, c);
+    if ((have && have->deleted >= deleted && have->reset >= reset) ||
+        (!have && deleted == 0 && reset == 0))
+        return 0;
+    struct tally_base *b = base_get(t, c);
+    if (!b)
+        return -TALLY_E_NOMEM;
+    uint64_t d0 = b->deleted, r0 = b->reset;
+    b->deleted = deleted > b->deleted ? deleted : b->deleted;
+    b->reset = reset > b->reset ? reset : b->reset;
+    digest(t, c, STAMPS_OWNER, d0, r0, b->deleted, b->reset);
+    table_mark_dirty(t, c);
+    return 1;
+}
+
+int table_reset(struct tally_table *t, struct tally_counter *c, bool delete)
+{
+    const struct tally_base *have = table_base(t, c);
+    uint64_t stamp = 1;
+    if (have)
+        stamp += have->deleted > have->reset ? have->deleted : have->reset;
+    for (uint16_t i = 0; i < c->nslots; i++)
+        if (table_merge_base_slot(t, c, c->slots[i].replica, c->slots[i].p, c->slots[i].n) < 0)
+            return -TALLY_E_NOMEM;
+    for (uint16_t i = 0; i < c->ndevs; i++)
+        if (table_merge_base_device(t, c, c->devs[i].device, c->devs[i].total) < 0)
+            return -TALLY_E_NOMEM;
+    int rc = table_merge_stamps(t, c, delete ? stamp : 0, delete ? 0 : stamp);
+    return rc < 0 ? rc : 1;
+}
+
+void table_free_bases(struct tally_table *t)
+{
+    struct tally_base *b, *tmp;
+    HASH_ITER(hh, t->bases, b, tmp)
+    {
+        HASH_DEL(t->bases, b);
+        free(b->slots);
+        free(b->devs);
+        free(b);
+    }
+}

@@ -1,0 +1,126 @@
+"""Reset and delete through the control API (issue 16), on real brokers: one
+node, then a three-node chain with a concurrent increment and a partition
+that heals afterwards. The README's semantics, checked exactly on every node:
+
+- a reset takes away what the resetting node had observed; an increment made
+  elsewhere at the same moment (here: behind a cut link) survives it;
+- a delete clears the retained total and state (empty retained messages) and
+  the listing on every node, including one that was cut off when it happened;
+- an increment after a delete brings the counter back, counting from zero;
+- nothing is ever counted twice.
+"""
+import json
+import subprocess
+
+from conftest import wait_for
+from test_cluster import TOPOLOGIES, Watcher, closing, cluster  # noqa: F401 (closing: fixture)
+
+REQUEST = "$CONTROL/tally/v1"
+RESPONSE = "$CONTROL/tally/v1/response"
+ADMIN = {"admin_usernames": "admin"}
+
+
+def control(node, commands, username="admin"):
+    args = ["mosquitto_rr", "-p", str(node.port), "-t", REQUEST, "-e", RESPONSE, "-q", "1",
+            "-W", "5", "-V", "5", "-m", json.dumps({"commands": commands})]
+    if username:
+        args += ["-u", username]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=20)
+    return json.loads(r.stdout)["responses"] if r.stdout.strip() else None
+
+
+def listed(node, prefix=""):
+    (resp,) = control(node, [{"command": "listCounters", "prefix": prefix}])
+    return {c["name"]: c["value"] for c in resp["data"]["counters"]}
+
+
+def inc(node, name, delta):
+    r = node.pub(f"counters/{name}/inc", str(delta))
+    assert r.returncode == 0, r.stderr
+
+
+def test_reset_and_delete_on_one_node(brokers, closing):  # noqa: F811
+    node = brokers("n1", options=dict(ADMIN, reader_usernames="viewer"))
+    w = Watcher(node.port, ["counters/+", "counters/+/state"])
+    closing.append(w)
+    inc(node, "likes", 40)
+    inc(node, "likes", 2)
+    node.pub("counters/meter/report", json.dumps({"device": "m-1", "total": 100}))
+    node.wait_total("likes", 42)
+    node.wait_total("meter", 100)
+
+    reset, missing = control(node, [{"command": "resetCounter", "name": "likes"},
+                                    {"command": "resetCounter", "name": "nope"}])
+    assert reset["data"] == {"name": "likes", "value": 0, "deleted": False}
+    assert missing["error"] == "counter not found"
+    node.wait_total("likes", 0)
+    wait_for(lambda: json.loads(w.get("counters/likes/state"))["value"] == 0, 5)
+    inc(node, "likes", 3)
+    node.wait_total("likes", 3)
+    # a meter's next reading counts from its reading at the reset
+    control(node, [{"command": "resetCounter", "name": "meter"}])
+    node.pub("counters/meter/report", json.dumps({"device": "m-1", "total": 130}))
+    node.wait_total("meter", 30)
+
+    (deleted,) = control(node, [{"command": "deleteCounter", "name": "likes"}])
+    assert deleted["data"] == {"name": "likes", "value": 0, "deleted": True}
+    wait_for(lambda: w.get("counters/likes") == b"" and w.get("counters/likes/state") == b"", 5,
+             what="retained total and state cleared")
+    assert node.retained("counters/likes", timeout=1) is None  # nothing retained for newcomers
+    assert "likes" not in listed(node) and listed(node) == {"meter": 30}
+    (got,) = control(node, [{"command": "getCounter", "name": "likes"}])
+    assert got["error"] == "counter not found"
+    # back, counting from zero
+    inc(node, "likes", 5)
+    node.wait_total("likes", 5)
+    assert listed(node) == {"likes": 5, "meter": 30}
+    # readers may not reset; their request is refused whole
+    assert control(node, [{"command": "resetCounter", "name": "likes"}], username="viewer") is None
+    assert control(node, [{"command": "deleteCounter", "name": "likes"}], username=None) is None
+    assert listed(node)["likes"] == 5
+
+
+def test_reset_and_delete_across_a_partition(brokers, closing):  # noqa: F811
+    """Chain a <- b <- c, c's link cut while a resets and b deletes; c counts
+    meanwhile; after the heal every node holds exactly the documented result."""
+    nodes, proxies, _ = cluster(brokers, closing, TOPOLOGIES["chain"], options=ADMIN,
+                                proxied=[("c", "b")])
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    w = {n: Watcher(nodes[n].port, ["counters/+", "counters/+/state"]) for n in nodes}
+    closing.extend(w.values())
+    for node, delta in ((a, 10), (b, 20), (c, 30)):
+        inc(node, "votes", delta)
+        inc(node, "gone", delta)
+        inc(node, "quiet", delta)
+    for node in nodes.values():
+        for name in ("votes", "gone", "quiet"):
+            node.wait_total(name, 60, timeout=20)
+
+    proxy = proxies[("c", "b")]
+    proxy.cut()
+    wait_for(lambda: proxy.connections() == 0, 5, what="c cut off")
+    control(a, [{"command": "resetCounter", "name": "votes"}])
+    control(b, [{"command": "deleteCounter", "name": "gone"},
+                {"command": "deleteCounter", "name": "quiet"}])
+    for node in (a, b):
+        node.wait_total("votes", 0)
+        wait_for(lambda: w[node.name].get("counters/gone") == b"", 10, what="gone cleared")
+    inc(c, "votes", 7)   # concurrent with the reset: c has not seen it
+    inc(c, "gone", 2)    # concurrent with the delete
+    inc(b, "votes", 5)   # after the reset, where it was seen
+    c.wait_total("votes", 67)
+    a.wait_total("votes", 5)
+    assert w["c"].get("counters/quiet") == b"60"  # c still shows what it had
+
+    proxy.heal()
+    for name, node in nodes.items():
+        node.wait_total("votes", 12, timeout=30)  # 5 + 7: nothing lost, nothing twice
+        node.wait_total("gone", 2, timeout=30)    # c's concurrent increment survives the delete
+        wait_for(lambda: w[name].get("counters/quiet") == b"" and
+                 w[name].get("counters/quiet/state") == b"", 30, what=f"{name}: quiet cleared")
+        assert listed(node) == {"votes": 12, "gone": 2}, name
+    # an increment after the delete, at the node that was cut off
+    inc(c, "quiet", 1)
+    for node in nodes.values():
+        node.wait_total("quiet", 1, timeout=20)
+        assert listed(node) == {"votes": 12, "gone": 2, "quiet": 1}
