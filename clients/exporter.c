@@ -447,6 +447,10 @@ struct options {
     int port;
     const char *username;
     const char *password;
+    const char *cafile; /* TLS when set, as mosquitto_pub's --cafile */
+    const char *cert;
+    const char *key;
+    bool insecure;
     struct sockaddr_in listen;
 };
 
@@ -463,6 +467,10 @@ static void usage(FILE *out)
           "  -p, --port PORT        broker port (default 1883)\n"
           "  -u, --username USER    MQTT username\n"
           "  -P, --password PASS    MQTT password (or the environment's TALLY_PASSWORD)\n"
+          "      --cafile FILE      connect over TLS, trusting the CA certificates in FILE\n"
+          "      --cert FILE        TLS: client certificate (with --key)\n"
+          "      --key FILE         TLS: the client certificate's private key\n"
+          "      --insecure         TLS: do not check the broker's host name\n"
           "  -l, --listen ADDR:PORT where to serve /metrics (default 127.0.0.1:9883)\n"
           "      --help             show this help and exit\n"
           "      --version          show the version and exit\n"
@@ -490,58 +498,89 @@ static int parse_listen(const char *arg, struct sockaddr_in *sa)
     return inet_pton(AF_INET, *host ? host : "0.0.0.0", &sa->sin_addr) == 1 ? 0 : -1;
 }
 
+/* One option into o; -1 (said on stderr) when its value is bad. */
+static int apply_option(struct options *o, int c, char *arg)
+{
+    char *end;
+    switch (c) {
+    case 'h':
+        o->host = arg;
+        return 0;
+    case 'u':
+        o->username = arg;
+        return 0;
+    case 'P':
+        o->password = arg;
+        return 0;
+    case 'C':
+        o->cafile = arg;
+        return 0;
+    case 'E':
+        o->cert = arg;
+        return 0;
+    case 'K':
+        o->key = arg;
+        return 0;
+    case 'I':
+        o->insecure = true;
+        return 0;
+    case 'p':
+        o->port = (int)strtol(arg, &end, 10);
+        if (!*end && o->port >= 1 && o->port <= 65535)
+            return 0;
+        fprintf(stderr, "tally-exporter: --port: a port from 1 to 65535\n");
+        return -1;
+    case 'l':
+        if (parse_listen(arg, &o->listen) == 0)
+            return 0;
+        fprintf(stderr, "tally-exporter: --listen: ADDR:PORT with an IPv4 address, "
+                        "e.g. 127.0.0.1:9883\n");
+        return -1;
+    case 'H':
+        usage(stdout);
+        exit(0);
+    case 'V':
+        printf("tally-exporter %s\n", EXPORTER_VERSION);
+        exit(0);
+    default:
+        usage(stderr);
+        return -1;
+    }
+}
+
+static int check_options(const struct options *o)
+{
+    if ((o->cert || o->key || o->insecure) && !o->cafile) {
+        fprintf(stderr, "tally-exporter: --cert, --key and --insecure need --cafile\n");
+        return -1;
+    }
+    if (!o->cert != !o->key) {
+        fprintf(stderr, "tally-exporter: --cert and --key go together\n");
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_command_line(int argc, char **argv, struct options *o)
 {
     static const struct option longs[] = {
         {"host", required_argument, NULL, 'h'},     {"port", required_argument, NULL, 'p'},
         {"username", required_argument, NULL, 'u'}, {"password", required_argument, NULL, 'P'},
         {"listen", required_argument, NULL, 'l'},   {"help", no_argument, NULL, 'H'},
-        {"version", no_argument, NULL, 'V'},        {NULL, 0, NULL, 0},
+        {"version", no_argument, NULL, 'V'},        {"cafile", required_argument, NULL, 'C'},
+        {"cert", required_argument, NULL, 'E'},     {"key", required_argument, NULL, 'K'},
+        {"insecure", no_argument, NULL, 'I'},       {NULL, 0, NULL, 0},
     };
     *o = (struct options){.host = "127.0.0.1", .port = 1883, .password = getenv("TALLY_PASSWORD")};
     parse_listen("127.0.0.1:9883", &o->listen);
-    for (int c; (c = getopt_long(argc, argv, "h:p:u:P:l:", longs, NULL)) != -1;) {
-        char *end;
-        switch (c) {
-        case 'h':
-            o->host = optarg;
-            break;
-        case 'p':
-            o->port = (int)strtol(optarg, &end, 10);
-            if (*end || o->port < 1 || o->port > 65535) {
-                fprintf(stderr, "tally-exporter: --port: a port from 1 to 65535\n");
-                return -1;
-            }
-            break;
-        case 'u':
-            o->username = optarg;
-            break;
-        case 'P':
-            o->password = optarg;
-            break;
-        case 'l':
-            if (parse_listen(optarg, &o->listen) < 0) {
-                fprintf(stderr, "tally-exporter: --listen: ADDR:PORT with an IPv4 address, "
-                                "e.g. 127.0.0.1:9883\n");
-                return -1;
-            }
-            break;
-        case 'H':
-            usage(stdout);
-            exit(0);
-        case 'V':
-            printf("tally-exporter %s\n", EXPORTER_VERSION);
-            exit(0);
-        default:
-            usage(stderr);
+    for (int c; (c = getopt_long(argc, argv, "h:p:u:P:l:", longs, NULL)) != -1;)
+        if (apply_option(o, c, optarg) < 0)
             return -1;
-        }
-    }
     if (optind != argc) {
         fprintf(stderr, "tally-exporter: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
-    return 0;
+    return check_options(o);
 }
 
 /* ==== Main ==== */
@@ -557,6 +596,16 @@ static struct mosquitto *mqtt_start(const struct options *o)
     mosquitto_reconnect_delay_set(m, 1, 10, true);
     if (o->username)
         mosquitto_username_pw_set(m, o->username, o->password);
+    if (o->cafile) {
+        int rc = mosquitto_tls_set(m, o->cafile, NULL, o->cert, o->key, NULL);
+        if (rc == MOSQ_ERR_SUCCESS)
+            rc = mosquitto_tls_insecure_set(m, o->insecure);
+        if (rc != MOSQ_ERR_SUCCESS) {
+            fprintf(stderr, "tally-exporter: TLS: %s\n", mosquitto_strerror(rc));
+            mosquitto_destroy(m);
+            return NULL;
+        }
+    }
     /* A broker not up yet is fine: the loop thread keeps trying. */
     int rc = mosquitto_connect_async(m, o->host, o->port, KEEPALIVE_S);
     if (rc != MOSQ_ERR_SUCCESS)

@@ -3,12 +3,15 @@ Prometheus metric, counters as counters, gauges as gauges, a node label on
 each, refusals by reason; scraped by Debian's real prometheus and queried
 through its HTTP API."""
 import json
+import os
 import subprocess
 
 import pytest
 
-from conftest import chain, wait_for
-from metrics import Exporter, Prometheus
+from conftest import chain, free_port, wait_for
+from metrics import EXPORTER, Exporter, Prometheus, http_get
+from test_secure import PASSWORD as SECURE_PASSWORD
+from test_secure import node  # noqa: F401  (the conf/secure/ node fixture)
 
 # stats path -> (metric, scale): what the exporter promises for each figure.
 KNOWN = {
@@ -141,3 +144,40 @@ def test_prometheus_scrapes_the_totals_the_broker_states(cluster, exporter, work
         assert prom.value('up{job="tally"}') == 1
     finally:
         prom.stop()
+
+
+def test_exporter_logs_in_over_tls_to_the_locked_down_setup(node, workdir):
+    """conf/secure/: only users of the password file connect, over TLS here."""
+    ca = os.path.join(node.etc, "certs", "ca.crt")
+    r = subprocess.run(["mosquitto_pub", "-p", str(node.plain), "-u", "device", "-P",
+                        SECURE_PASSWORD["device"], "-q", "1", "-t", "counters/tls/inc", "-m", "2"],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    e = Exporter(workdir, node.tls, extra=["--cafile", ca, "-u", "admin", "-P",
+                                           SECURE_PASSWORD["admin"]])
+    try:
+        wait_for(lambda: e.samples()[0].get(
+            ("tally_increments_applied_total", frozenset({("node", "n1")}))) == 1, 20,
+            what="the exporter to read n1's stats over TLS")
+    finally:
+        assert e.stop() == 0
+    # Over TLS without the right password: refused, and the exporter says so.
+    port = free_port()
+    p = subprocess.Popen([EXPORTER, "-p", str(node.tls), "--cafile", ca, "-u", "admin",
+                          "-P", "wrong", "--listen", f"127.0.0.1:{port}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        text = wait_for(lambda: _scrape(port), 10, what="the refused exporter to serve")
+        assert "tally_exporter_broker_connected 0" in text
+        assert "tally_increments_applied_total{" not in text
+    finally:
+        p.terminate()
+        out = p.communicate(timeout=10)[0]
+    assert "refused" in out, out
+
+
+def _scrape(port):
+    try:
+        return http_get(f"http://127.0.0.1:{port}/metrics")
+    except OSError:
+        return None
