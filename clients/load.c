@@ -32,6 +32,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "percentile.h"
+
 #define LOAD_TOPIC_MAX 512
 #define LOAD_PAYLOAD_MAX 128
 #define LOAD_MID_SLOTS 65536
@@ -477,22 +479,6 @@ static void *client_thread(void *arg)
 
 /* ==== Report ==== */
 
-static int cmp_float(const void *a, const void *b)
-{
-    float x = *(const float *)a;
-    float y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
-/* Percentile p (0..1) of the sorted array, or 0 when it is empty. */
-static double percentile(const float *sorted, uint64_t n, double p)
-{
-    if (n == 0) {
-        return 0;
-    }
-    return sorted[(uint64_t)(p * (double)(n - 1))];
-}
-
 /* Prints the JSON line; returns true when every message got an answer. */
 static bool report(struct load_client *clients)
 {
@@ -506,21 +492,22 @@ static bool report(struct load_client *clients)
         n += clients[i].latencies;
         end = clients[i].end > end ? clients[i].end : end;
     }
-    float *all = malloc((n > 0 ? n : 1) * sizeof(*all));
+    double *all = malloc((n > 0 ? n : 1) * sizeof(*all));
     if (all == NULL) {
         return false;
     }
     uint64_t k = 0;
     for (uint64_t i = 0; i < opts.clients; i++) {
-        memcpy(all + k, clients[i].latency_ms, clients[i].latencies * sizeof(*all));
-        k += clients[i].latencies;
+        for (uint64_t j = 0; j < clients[i].latencies; j++) {
+            all[k++] = clients[i].latency_ms[j];
+        }
     }
-    qsort(all, n, sizeof(*all), cmp_float);
+    percentile_sort(all, n);
     double seconds = end - start_time;
     printf("{\"count\":%" PRIu64 ",\"acked\":%" PRIu64 ",\"failed\":%" PRIu64
            ",\"seconds\":%.3f,\"rate\":%.0f,\"ack_p50_ms\":%.3f,\"ack_p99_ms\":%.3f}\n",
            opts.count, acked, failed, seconds, seconds > 0 ? (double)acked / seconds : 0.0,
-           percentile(all, n, 0.50), percentile(all, n, 0.99));
+           percentile(all, n, 50), percentile(all, n, 99));
     fflush(stdout);
     free(all);
     return acked + failed == opts.count;

@@ -181,12 +181,14 @@ enum mqtt_min_status mqtt_min_decode(const uint8_t *buf, size_t len, size_t *use
     for (;;) {
         if (pos >= len)
             return MQTT_MIN_INCOMPLETE;
-        if (pos > 4)
-            return MQTT_MIN_BAD_LENGTH;
         body_len |= (size_t)(buf[pos] & 0x7f) << shift;
         shift += 7;
         if (!(buf[pos++] & 0x80))
             break;
+        /* A fourth length byte that says "more follows" is refused as soon as it is there:
+         * no byte that arrives later can make it valid. */
+        if (pos > 4)
+            return MQTT_MIN_BAD_LENGTH;
     }
     if (len - pos < body_len)
         return MQTT_MIN_INCOMPLETE;

@@ -22,6 +22,7 @@
  * start), then the final report (one JSON object on one line with --json).
  */
 #include "mqtt_min.h"
+#include "percentile.h"
 
 #include <cjson/cJSON.h>
 #include <libwebsockets.h>
@@ -682,29 +683,11 @@ static void on_tick(lws_sorted_usec_list_t *sul)
 
 /* ==== Report ==== */
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of a sorted array; 0 when empty. */
-static double percentile(const double *v, size_t n, unsigned p)
-{
-    size_t rank = (p * n + 99) / 100; /* ceil(p% of n) */
-
-    if (n == 0)
-        return 0;
-    return v[rank == 0 ? 0 : rank - 1];
-}
-
 static cJSON *stats_json(double *v, size_t n)
 {
     cJSON *o = cJSON_CreateObject();
 
-    if (v && n > 1)
-        qsort(v, n, sizeof(*v), cmp_double);
+    percentile_sort(v, n);
     cJSON_AddNumberToObject(o, "samples", (double)n);
     cJSON_AddNumberToObject(o, "p50", percentile(v, n, 50));
     cJSON_AddNumberToObject(o, "p99", percentile(v, n, 99));
