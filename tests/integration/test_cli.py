@@ -19,7 +19,10 @@ import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 REPO = Path(__file__).resolve().parents[2]
 TALLY = os.environ.get("TALLY_CLI", os.path.join(os.environ.get("TALLY_BUILD", str(REPO / "build")), "clients", "tally"))
@@ -111,6 +114,17 @@ def publish(port, topic, payload, retain=False):
     subprocess.run(cmd + (["-r"] if retain else []), check=True, timeout=STEP_TIMEOUT)
 
 
+def wait_for_value(get, timeout=STEP_TIMEOUT):
+    """Polls get() until it returns something truthy; fails after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = get()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"nothing within {timeout} s")
+
+
 class Lines:
     """Reads a pipe line by line in a thread, so a test can wait for a line with a timeout."""
 
@@ -156,16 +170,19 @@ def subscriber(port, procs, *topics):
 def test_help_lists_every_command_and_option(tally_bin):
     result = tally(tally_bin, "--help")
     assert result.returncode == 0
-    for word in ["inc NAME [DELTA]", "get NAME...", "watch NAME...", "stats", "--host", "--port",
-                 "--username", "--password", "--prefix", "--timeout", "--id", "--qos", "--json",
-                 "--verbose", "--help", "--version"]:
+    for word in ["inc NAME [DELTA]", "get NAME...", "watch NAME...", "stats", "health [NODE...]",
+                 "--host", "--port", "--username", "--password", "--protocol", "--cafile",
+                 "--cert", "--key", "--insecure", "--prefix", "--timeout", "--id", "--qos",
+                 "--peer-timeout", "--json", "--verbose", "--help", "--version"]:
         assert word in result.stdout
 
 
 def test_version_prints_version(tally_bin):
     result = tally(tally_bin, "--version")
     assert result.returncode == 0
-    assert re.match(r"tally \d+\.\d+\.\d+", result.stdout)
+    # The version is the project's, from CMakeLists.txt's project(VERSION), not a copy.
+    project = re.search(r"project\(tally VERSION (\S+)", (REPO / "CMakeLists.txt").read_text())
+    assert result.stdout.startswith(f"tally {project.group(1)} (libmosquitto ")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -181,8 +198,14 @@ def test_version_prints_version(tally_bin):
     (["get", "a", "--id", "k"], "--id and --qos only apply to inc"),
     (["inc", "a", "--qos", "3"], "bad QoS '3'"),
     (["inc", "a", "--id", "k" * 65], "bad --id"),
-    (["get", "a", "--json"], "--json only applies to stats"),
     (["get", "a", "--prefix", "c/+"], "bad prefix 'c/+'"),
+    (["get", "a", "-V", "4"], "bad protocol '4'"),
+    (["get", "a", "--peer-timeout", "100"], "--peer-timeout only applies to stats and health"),
+    (["stats", "--peer-timeout", "0"], "bad peer timeout '0'"),
+    (["get", "a", "--cert", "c.pem", "--key", "k.pem"], "--cert, --key and --insecure need --cafile"),
+    (["get", "a", "--insecure"], "--cert, --key and --insecure need --cafile"),
+    (["get", "a", "--cafile", "ca.crt", "--cert", "c.pem"], "--cert and --key go together"),
+    (["health", "bad/node"], "bad node id"),
 ])
 def test_bad_usage_exits_2_without_connecting(tally_bin, args, message):
     result = tally(tally_bin, "-p", free_port(), *args)
@@ -203,14 +226,18 @@ def test_unreachable_broker_exits_2_and_says_why(tally_bin, command):
 # ---- names and deltas ----
 
 
+BAD_CHAR = "must not contain '/', '+', '#' or control characters"
+
+
 @pytest.mark.parametrize("name, reason", [
-    ("a/b", "must not contain '/', '+' or '#'"),
-    ("a+", "must not contain '/', '+' or '#'"),
-    ("#", "must not contain '/', '+' or '#'"),
+    ("a/b", BAD_CHAR),
+    ("a+", BAD_CHAR),
+    ("#", BAD_CHAR),
     ("$SYS", "must not start with '$'"),
     ("", "is empty"),
     ("x" * 201, "is longer than 200 bytes"),
-    ("tab\there", "must not contain control characters"),
+    ("tab\there", BAD_CHAR),
+    ("c1\u0085", BAD_CHAR),  # a C1 control character: the plugin's rule, now the CLI's too
 ])
 @pytest.mark.parametrize("command", ["inc", "get"])
 def test_bad_name_is_rejected_without_connecting(tally_bin, command, name, reason):
@@ -252,6 +279,10 @@ def test_watch_rejects_partial_wildcards(tally_bin):
 
 
 # ---- inc ----
+#
+# A plain broker has no plugin to answer an increment's Response Topic: the CLI waits --timeout
+# for an answer, then falls back on the PUBACK (the old behaviour). QUICK keeps those waits short.
+QUICK = ("--timeout", "1")
 
 
 def test_inc_publishes_the_contract_payloads(tally_bin, broker, procs):
@@ -265,9 +296,10 @@ def test_inc_publishes_the_contract_payloads(tally_bin, broker, procs):
         (["inc", "apples", "4", "--qos", "2"], "2 counters/apples/inc 4"),
         (["inc", "apples", "4", "--qos", "0"], "0 counters/apples/inc 4"),
         (["--prefix", "tallies", "inc", "pears", "1"], "1 tallies/pears/inc 1"),
+        (["-V", "311", "inc", "apples", "6"], "1 counters/apples/inc 6"),
     ]
     for args, expected in cases:
-        result = tally(tally_bin, "-p", broker, *args)
+        result = tally(tally_bin, "-p", broker, *QUICK, *args)
         assert result.returncode == 0, result.stderr
         assert result.stdout == "" and result.stderr == ""
         assert lines.next() == expected
@@ -276,37 +308,162 @@ def test_inc_publishes_the_contract_payloads(tally_bin, broker, procs):
 def test_inc_with_id_publishes_json(tally_bin, broker, procs):
     lines = subscriber(broker, procs, "counters/+/inc")
     # Options after the command too, and a negative delta that is not an option.
-    result = tally(tally_bin, "inc", "apples", "-7", "--id", "k-123", "-p", broker)
+    result = tally(tally_bin, "inc", "apples", "-7", "--id", "k-123", "-p", broker, *QUICK)
     assert result.returncode == 0, result.stderr
     qos, topic, payload = lines.next().split(" ", 2)
     assert (qos, topic) == ("1", "counters/apples/inc")
     assert json.loads(payload) == {"delta": -7, "id": "k-123"}
 
-    result = tally(tally_bin, "-p", broker, "inc", "apples", "--id", "k-124")
+    result = tally(tally_bin, "-p", broker, "inc", "apples", "--id", "k-124", *QUICK)
     assert result.returncode == 0, result.stderr
     assert json.loads(lines.next().split(" ", 2)[2]) == {"delta": 1, "id": "k-124"}
 
 
+def test_inc_takes_every_id_the_plugin_takes(tally_bin, broker, procs):
+    """The old CLI checked ids with its own copy of the rules and refused U+FDD0 and U+FFFE,
+    which the plugin's codec takes: now the codec decides."""
+    lines = subscriber(broker, procs, "counters/+/inc")
+    for key in ["k\ufdd0", "k\ufffe", "ключ-1"]:
+        result = tally(tally_bin, "-p", broker, "inc", "apples", "--id", key, *QUICK)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(lines.next().split(" ", 2)[2]) == {"delta": 1, "id": key}
+
+
 def test_inc_verbose_reports_the_acknowledgement(tally_bin, broker):
-    result = tally(tally_bin, "-p", broker, "-v", "inc", "apples", "5")
+    result = tally(tally_bin, "-p", broker, "-v", "inc", "apples", "5", *QUICK)
     assert result.returncode == 0
     assert "published '5' to counters/apples/inc (QoS 1): acknowledged" in result.stderr
+    assert "no answer with the total within 1 s; the PUBACK tells" in result.stderr
 
 
+@pytest.mark.parametrize("protocol", ["5", "311"])
 @pytest.mark.parametrize("qos", ["1", "2"])
-def test_inc_rejected_by_the_broker_exits_1_with_the_reason(tally_bin, tmp_path, qos):
+def test_inc_rejected_by_the_broker_exits_1_with_the_reason(tally_bin, tmp_path, qos, protocol):
     # An ACL makes plain mosquitto answer the PUBLISH with reason code 0x87, as the plugin does
-    # for bad input.
+    # for bad input. MQTT 3.1.1 has no reason codes: the broker acknowledges and drops it.
     acl = tmp_path / "acl"
-    acl.write_text("topic readwrite counters/allowed/#\n")
+    acl.write_text("topic readwrite counters/allowed/#\ntopic readwrite tally/resp/#\n")
     proc, port = start_broker(tmp_path, f"acl_file {acl}\n")
     try:
-        result = tally(tally_bin, "-p", port, "inc", "denied", "1", "--qos", qos)
-        assert result.returncode == 1
-        assert "the increment of denied was rejected: Not authorized (0x87)" in result.stderr
-        assert tally(tally_bin, "-p", port, "inc", "allowed", "--qos", qos).returncode == 0
+        result = tally(tally_bin, "-p", port, "-V", protocol, "inc", "denied", "1", "--qos", qos,
+                       *QUICK)
+        if protocol == "5":
+            assert result.returncode == 1
+            assert "the increment of denied was rejected: Not authorized (0x87)" in result.stderr
+        else:
+            assert result.returncode == 0, result.stderr
+        assert tally(tally_bin, "-p", port, "-V", protocol, "inc", "allowed", "--qos", qos,
+                     *QUICK).returncode == 0
     finally:
         stop(proc)
+
+
+def test_inc_over_mqtt_311_does_not_wait_for_an_answer(tally_bin, broker):
+    started = time.monotonic()
+    result = tally(tally_bin, "-p", broker, "--protocol", "mqttv311", "inc", "apples",
+                   "--timeout", "5")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 4  # the PUBACK is enough: no 5 s wait for an answer
+
+
+class Responder:
+    """Answers increments as protocols.md section 1 says the plugin does, on a plain broker:
+    {"name","result","value"} on the Response Topic, with the Correlation Data. It checks the
+    CLI's side of the protocol on its own; the tests against the real plugin are below."""
+
+    def __init__(self, port, refuse=()):
+        self.totals, self.ids, self.refuse = {}, set(), dict(refuse)
+        self.requests = []
+        ready = threading.Event()
+        self.c = mqtt.Client(client_id=f"responder-{random.getrandbits(32)}",
+                             protocol=mqtt.MQTTv5)
+        self.c.on_connect = lambda c, u, f, rc, p=None: c.subscribe("counters/+/inc", qos=1)
+        self.c.on_subscribe = lambda *a: ready.set()
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        assert ready.wait(STEP_TIMEOUT), "the responder did not subscribe"
+
+    def _on_message(self, c, u, m):
+        self.requests.append(m)
+        topic = getattr(m.properties, "ResponseTopic", None)
+        if not topic:
+            return
+        name = m.topic.split("/")[1]
+        body = json.loads(m.payload) if m.payload.startswith(b"{") else {}
+        delta = body.get("delta", int(m.payload) if m.payload and not body else 1)
+        if name in self.refuse:
+            answer = {"name": name, "result": "refused", "reason": self.refuse[name]}
+        elif "id" in body and body["id"] in self.ids:
+            answer = {"name": name, "result": "duplicate", "value": self.totals[name]}
+        else:
+            self.ids.add(body.get("id", None))
+            self.totals[name] = self.totals.get(name, 0) + delta
+            answer = {"name": name, "result": "applied", "value": self.totals[name]}
+        props = Properties(PacketTypes.PUBLISH)
+        props.CorrelationData = m.properties.CorrelationData
+        c.publish(topic, json.dumps(answer), qos=1, properties=props)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def responder(broker):
+    r = Responder(broker, refuse={"full": "max_counters_reached"})
+    yield r
+    r.close()
+
+
+def test_inc_prints_the_total_from_the_answer(tally_bin, broker, responder):
+    assert tally(tally_bin, "-p", broker, "inc", "likes", "5").stdout == "likes 5\n"
+    started = time.monotonic()
+    result = tally(tally_bin, "-p", broker, "inc", "likes", "-2", "--timeout", "5")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "likes 3\n", "")
+    assert time.monotonic() - started < 4  # the answer ends the wait, not the timeout
+    request = responder.requests[-1]
+    assert request.properties.ResponseTopic.startswith("tally/resp/tally-")
+    assert len(request.properties.CorrelationData) == 16
+
+
+def test_inc_says_duplicate_for_a_repeated_id(tally_bin, broker, responder):
+    first = tally(tally_bin, "-p", broker, "inc", "likes", "2", "--id", "order-1")
+    assert (first.returncode, first.stdout) == (0, "likes 2\n")
+    again = tally(tally_bin, "-p", broker, "inc", "likes", "2", "--id", "order-1")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "likes 2 (duplicate: this id was already counted)\n"
+
+
+def test_inc_names_the_reason_of_a_refusal(tally_bin, broker, responder):
+    result = tally(tally_bin, "-p", broker, "inc", "full")
+    assert result.returncode == 1
+    assert result.stderr == "tally: the increment of full was refused: max_counters_reached\n"
+    assert result.stdout == ""
+
+
+def test_inc_json_prints_the_answer(tally_bin, broker, responder):
+    result = tally(tally_bin, "-p", broker, "--json", "inc", "likes", "9007199254740991")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"name": "likes", "result": "applied",
+                                         "value": 9007199254740991}
+    result = tally(tally_bin, "-p", broker, "--json", "inc", "full")
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {"name": "full", "result": "refused",
+                                         "reason": "max_counters_reached"}
+
+
+def test_inc_json_without_an_answer_says_acknowledged(tally_bin, broker):
+    result = tally(tally_bin, "-p", broker, "--json", "inc", "likes", *QUICK)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"name": "likes", "result": "acknowledged"}
+
+
+def test_inc_over_mqtt_311_sends_no_response_topic(tally_bin, broker, responder):
+    result = tally(tally_bin, "-p", broker, "-V", "311", "inc", "likes", "4")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    wait_for_value(lambda: responder.requests)
+    assert responder.totals == {}  # it had nowhere to answer
 
 
 # ---- get ----
@@ -336,6 +493,19 @@ def test_get_without_a_total_exits_1_after_the_timeout(tally_bin, broker):
     assert result.stdout == "apples 42\n"
     assert "no total for nothing within 0.5 s" in result.stderr
     assert 0.4 < elapsed < 3
+
+
+def test_get_json_prints_an_object_per_name_and_null_for_a_missing_total(tally_bin, broker):
+    publish(broker, "counters/apples", "9007199254740991", retain=True)
+    publish(broker, "counters/odd", "007x", retain=True)
+    result = tally(tally_bin, "-p", broker, "--json", "get", "apples", "odd", "nothing",
+                   "--timeout", "0.5")
+    assert result.returncode == 1
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"name": "apples", "value": 9007199254740991},
+        {"name": "odd", "value": "007x"},  # not a total the plugin writes: kept as text
+        {"name": "nothing", "value": None}]
+    assert "no total for nothing within 0.5 s" in result.stderr
 
 
 # ---- watch ----
@@ -387,6 +557,18 @@ def test_watch_several_names(tally_bin, broker, procs):
     assert interrupt(proc) == 0
 
 
+def test_watch_json_prints_an_object_per_update(tally_bin, broker, procs):
+    publish(broker, "counters/apples", "1", retain=True)
+    proc = subprocess.Popen([tally_bin, "-p", str(broker), "watch", "+", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs.append(proc)
+    lines = Lines(proc.stdout)
+    assert json.loads(lines.next()) == {"name": "apples", "value": 1}
+    publish(broker, "counters/pears", "-5")
+    assert json.loads(lines.next()) == {"name": "pears", "value": -5}
+    assert interrupt(proc) == 0
+
+
 def read_until(fd, pattern):
     """Reads a terminal until its output matches pattern; returns the output so far."""
     output = b""
@@ -420,40 +602,226 @@ def test_watch_on_a_terminal_redraws_a_table(tally_bin, broker, procs):
 # ---- stats ----
 
 
-def node_stats(now_ms):
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def node_stats(now, n3_heard_ago=300000, **extra):
     return {
-        "node": "n1", "counters": 12, "devices": 3, "viewers": 5, "applied": 1000,
-        "rejected": {"bad_name": 2, "out_of_range": 1}, "duplicates": 7,
+        "node": "n1", "time_ms": now, "counters": 12, "devices": 3, "viewers": 5,
+        "applied": 1000, "rejected": {"bad_name": 2, "out_of_range": 1}, "duplicates": 7,
         "repl": {"msgs_in": 40, "bytes_in": 4000, "msgs_out": 41, "bytes_out": 4100},
-        "peers": {"n2": {"last_heard_ms": now_ms - 1500},
-                  "n3": {"last_heard_ms": now_ms - 300000}},
+        "peers": {"n2": {"last_heard_ms": now - 1500, "alive": True},
+                  "n3": {"last_heard_ms": now - n3_heard_ago, "alive": True}},
+        **extra,
     }
 
 
-def test_stats_prints_one_row_per_node(tally_bin, broker):
-    stats = node_stats(int(time.time() * 1000))
-    publish(broker, "$tally/stats/n1", json.dumps(stats), retain=True)
+def test_stats_prints_one_row_per_node_and_dead_peers_as_dead(tally_bin, broker):
+    publish(broker, "$tally/stats/n1", json.dumps(node_stats(now_ms())), retain=True)
     publish(broker, "$tally/stats/n0", json.dumps({"node": "n0", "counters": 0}), retain=True)
     result = tally(tally_bin, "-p", broker, "stats", "--timeout", "0.5")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1  # n3 has been silent for 5 minutes
+    assert "tally: 1 peer is silent past the peer timeout (DEAD)" in result.stderr
     header, n0, n1 = result.stdout.splitlines()
     assert header.split() == ["NODE", "COUNTERS", "DEVICES", "VIEWERS", "APPLIED", "REJECTED",
                               "DUPLICATES", "REPL", "IN", "REPL", "OUT", "PEERS", "(LAST",
                               "HEARD)"]
     assert n0.split() == ["n0", "0", "-", "-", "-", "-", "-", "-", "-", "-"]
     assert n1.split()[:9] == ["n1", "12", "3", "5", "1000", "3", "7", "40", "41"]
-    assert re.search(r"n2 [1-4]\.\ds ago, n3 5m ago$", n1), n1
+    assert re.search(r"n2 [1-4]\.\ds ago, n3 DEAD 5m ago$", n1), n1
+
+
+def test_stats_exits_0_when_every_peer_is_alive(tally_bin, broker):
+    publish(broker, "$tally/stats/n1", json.dumps(node_stats(now_ms(), n3_heard_ago=2000)),
+            retain=True)
+    result = tally(tally_bin, "-p", broker, "stats", "--timeout", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert "DEAD" not in result.stdout
+
+
+@pytest.mark.parametrize("peer, options, extra", [
+    ({"last_heard_ms": -1000, "alive": False}, [], {}),  # the node itself says so
+    ({"last_heard_ms": -3000, "alive": True}, [], {"peer_timeout_ms": 2000}),  # its own timeout
+    ({"last_heard_ms": -3000, "alive": True}, ["--peer-timeout", "2000"], {}),  # ours
+], ids=["not-alive", "document-timeout", "option-timeout"])
+def test_stats_marks_a_peer_dead(tally_bin, broker, peer, options, extra):
+    now = now_ms()
+    doc = {"node": "n1", "time_ms": now, **extra,
+           "peers": {"n2": {**peer, "last_heard_ms": now + peer["last_heard_ms"]}}}
+    publish(broker, "$tally/stats/n1", json.dumps(doc), retain=True)
+    result = tally(tally_bin, "-p", broker, "stats", "--timeout", "0.5", *options)
+    assert result.returncode == 1
+    assert re.search(r"n2 DEAD \d\.\ds ago$", result.stdout.splitlines()[1])
 
 
 def test_stats_json_prints_each_node_object_on_one_line(tally_bin, broker):
-    stats = node_stats(int(time.time() * 1000))
+    stats = node_stats(now_ms(), n3_heard_ago=2000, applied=9007199254740991)
     publish(broker, "$tally/stats/n1", json.dumps(stats, indent=2), retain=True)
     result = tally(tally_bin, "-p", broker, "stats", "--json", "--timeout", "0.5")
     assert result.returncode == 0, result.stderr
     assert [json.loads(line) for line in result.stdout.splitlines()] == [stats]
 
 
+def test_stats_json_exits_1_on_a_dead_peer(tally_bin, broker):
+    publish(broker, "$tally/stats/n1", json.dumps(node_stats(now_ms())), retain=True)
+    result = tally(tally_bin, "-p", broker, "stats", "--json", "--timeout", "0.5")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["node"] == "n1"
+
+
 def test_stats_without_any_node_exits_1(tally_bin, broker):
     result = tally(tally_bin, "-p", broker, "stats", "--timeout", "0.3")
     assert result.returncode == 1
     assert "no node published stats" in result.stderr
+
+
+# ---- health ----
+
+
+def test_health_ok(tally_bin, broker):
+    publish(broker, "$tally/stats/n1", json.dumps(node_stats(now_ms(), n3_heard_ago=2000)),
+            retain=True)
+    started = time.monotonic()
+    result = tally(tally_bin, "-p", broker, "health", "n1", "--timeout", "5")
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
+    assert time.monotonic() - started < 4  # the named node's stats end the wait
+
+
+def test_health_names_a_dead_peer(tally_bin, broker):
+    publish(broker, "$tally/stats/n1", json.dumps(node_stats(now_ms())), retain=True)
+    result = tally(tally_bin, "-p", broker, "health", "n1")
+    assert result.returncode == 1
+    assert result.stdout == ("n1: peer n3 silent for 5m, past the peer timeout of 15000 ms\n")
+
+
+def test_health_says_a_node_is_behind_when_its_stats_are_stale(tally_bin, broker):
+    publish(broker, "$tally/stats/n1", json.dumps(node_stats(now_ms() - 60000)), retain=True)
+    publish(broker, "$tally/stats/n2",
+            json.dumps({"node": "n2", "time_ms": now_ms() - 2000, "stats_interval_ms": 500}),
+            retain=True)
+    result = tally(tally_bin, "-p", broker, "health", "--timeout", "0.5")
+    assert result.returncode == 1
+    # n1: 60 s > 3 x 5 s; n2: 2 s > 3 x its own 0.5 s. A node behind is not asked about peers.
+    assert re.fullmatch(r"n1: behind: its latest stats are 6\ds old\n"
+                        r"n2: behind: its latest stats are [2-4]\.\ds old\n", result.stdout)
+
+
+def test_health_of_a_node_without_stats(tally_bin, broker):
+    publish(broker, "$tally/stats/n1", json.dumps(node_stats(now_ms(), n3_heard_ago=2000)),
+            retain=True)
+    result = tally(tally_bin, "-p", broker, "health", "n1", "n9", "--timeout", "0.5")
+    assert result.returncode == 1
+    assert result.stdout == ("n9: no stats within 0.5 s (is the tally plugin loaded?)\n")
+    result = tally(tally_bin, "-p", broker, "health", "n1", "--timeout", "0.5")
+    assert result.returncode == 0
+
+
+def test_health_without_any_node_is_unhealthy(tally_bin, broker):
+    result = tally(tally_bin, "-p", broker, "health", "--timeout", "0.3")
+    assert (result.returncode, result.stdout) == (1, "*: no node published stats\n")
+
+
+def test_health_json(tally_bin, broker):
+    publish(broker, "$tally/stats/n1", json.dumps(node_stats(now_ms())), retain=True)
+    result = tally(tally_bin, "-p", broker, "--json", "health", "n1")
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {"status": "unhealthy", "problems": [{
+        "node": "n1", "problem": "peer_dead",
+        "detail": "peer n3 silent for 5m, past the peer timeout of 15000 ms"}]}
+    publish(broker, "$tally/stats/n1", json.dumps(node_stats(now_ms(), n3_heard_ago=0)),
+            retain=True)
+    result = tally(tally_bin, "-p", broker, "--json", "health", "n1")
+    assert (result.returncode, json.loads(result.stdout)) == (0, {"status": "ok", "problems": []})
+
+
+# ---- TLS ----
+
+
+@pytest.fixture
+def secure_node(brokers, workdir):
+    """A node running the shipped conf/secure/mosquitto.conf with its scripts' files."""
+    from test_secure import Node, secure_files
+    etc = secure_files(workdir)
+    ports = {"11883": free_port(), "18080": free_port(), "8883": free_port()}
+    return Node(brokers, "n1", "mosquitto.conf", etc, ports)
+
+
+def test_tls_against_the_shipped_secure_setup(tally_bin, secure_node):
+    ca = os.path.join(secure_node.etc, "certs", "ca.crt")
+    tls = ["-p", secure_node.tls, "--cafile", ca]
+    # A device may increment but read nothing: no answer reaches it, the PUBACK tells.
+    result = tally(tally_bin, *tls, "-u", "device", "-P", "device-demo", "inc", "likes", "3",
+                   "--timeout", "1")
+    assert result.returncode == 0, result.stderr
+    browser = [*tls, "-u", "browser", "-P", "browser-demo"]
+    wait_for_value(lambda: tally(tally_bin, *browser, "get", "likes").stdout == "likes 3\n")
+    result = tally(tally_bin, *browser, "-v", "health", "n1", "--timeout", "10")
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
+    assert "(MQTT v5, TLS)" in result.stderr
+
+
+def test_tls_needs_the_right_authority(tally_bin, secure_node, tmp_path):
+    login = ["-u", "browser", "-P", "browser-demo", "get", "likes"]
+    result = tally(tally_bin, "-p", secure_node.tls, *login)  # plain MQTT to a TLS port
+    assert result.returncode == 2 and "cannot connect" in result.stderr
+    subprocess.run([str(REPO / "conf" / "secure" / "make-certs.sh"), str(tmp_path / "other")],
+                   check=True, capture_output=True)
+    result = tally(tally_bin, "-p", secure_node.tls, "--cafile", tmp_path / "other" / "ca.crt",
+                   *login)
+    assert result.returncode == 2 and "cannot connect" in result.stderr
+    result = tally(tally_bin, "-p", secure_node.tls, "--cafile", tmp_path / "missing.crt", *login)
+    assert result.returncode == 2 and "cannot use the TLS files given" in result.stderr
+
+
+def tls_broker(tmp_path, host, extra=""):
+    """A plain broker with one TLS listener on host, using make-certs.sh's files."""
+    certs = tmp_path / "certs"
+    subprocess.run([str(REPO / "conf" / "secure" / "make-certs.sh"), str(certs)], check=True,
+                   capture_output=True)
+    port = free_port()
+    log = tmp_path / "tls.log"
+    conf = tmp_path / "tls.conf"
+    conf.write_text(f"user root\nlog_dest file {log}\nallow_anonymous true\n"
+                    f"listener {port} {host}\ncafile {certs}/ca.crt\n"
+                    f"certfile {certs}/server.crt\nkeyfile {certs}/server.key\n{extra}")
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return proc, port, certs
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+
+
+def test_tls_insecure_skips_the_host_name_check(tally_bin, tmp_path):
+    # The certificate names localhost and 127.0.0.1, not 127.0.0.2.
+    proc, port, certs = tls_broker(tmp_path, "127.0.0.2")
+    try:
+        tls = ["-h", "127.0.0.2", "-p", port, "--cafile", certs / "ca.crt", "--timeout", "1"]
+        result = tally(tally_bin, *tls, "inc", "likes")
+        assert result.returncode == 2 and "cannot connect" in result.stderr
+        result = tally(tally_bin, *tls, "--insecure", "inc", "likes")
+        assert result.returncode == 0, result.stderr
+    finally:
+        stop(proc)
+
+
+def test_tls_client_certificate(tally_bin, tmp_path):
+    proc, port, certs = tls_broker(tmp_path, "127.0.0.1", "require_certificate true\n")
+    try:
+        key, csr, crt = (tmp_path / n for n in ("client.key", "client.csr", "client.crt"))
+        subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj",
+                        "/CN=cli", "-keyout", key, "-out", csr], check=True, capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", certs / "ca.crt", "-CAkey",
+                        certs / "ca.key", "-CAcreateserial", "-days", "1", "-out", crt],
+                       check=True, capture_output=True)
+        tls = ["-p", port, "--cafile", certs / "ca.crt", "--timeout", "1"]
+        result = tally(tally_bin, *tls, "inc", "likes")
+        assert result.returncode == 2 and "cannot connect" in result.stderr
+        result = tally(tally_bin, *tls, "--cert", crt, "--key", key, "inc", "likes")
+        assert result.returncode == 0, result.stderr
+    finally:
+        stop(proc)
