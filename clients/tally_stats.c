@@ -2,11 +2,14 @@
  * tally_stats.c - `tally stats` and `tally health`: every node's figures, from the JSON each
  * node publishes, retained, on $tally/stats/<node> at least every 5 seconds.
  *
- * Two judgements are made from those documents, the same for both commands:
+ * Two judgements are made from those documents, the same for both commands (peers as of the
+ * time the node wrote its document):
  *
- *   a peer is dead   when the node says it is not alive, or when it was last heard longer
- *                    ago than the node's peer timeout: the document's "peer_timeout_ms" if it
- *                    carries one, else --peer-timeout (default 15000 ms, the plugin's default)
+ *   a peer is dead   when the node last heard it longer ago than the peer timeout: the
+ *                    document's "peer_timeout_ms" if it carries one, else --peer-timeout
+ *                    (default 15000 ms, the plugin's default); or when the node itself has
+ *                    marked it not alive (it expires peers by its own peer_timeout_ms) and
+ *                    has not heard it for 500 ms, the shortest timeout it accepts
  *   a node is behind when its latest document is older than 3 stats intervals (the
  *                    document's "stats_interval_ms", else 5000 ms, the contract's longest):
  *                    its loop is stuck, or it is gone and its retained document stays
@@ -26,6 +29,7 @@
 #define STATS_ROOT "$tally/stats/"
 #define STATS_INTERVAL_MS 5000.0 /* the contract: at least every 5 seconds */
 #define STALE_INTERVALS 3.0
+#define MIN_PEER_TIMEOUT_MS 500.0 /* the plugin's smallest peer_timeout_ms */
 
 struct node_stats {
     char *node; /* owned; the hash key, from the topic */
@@ -138,14 +142,30 @@ static double peer_timeout_ms(const cJSON *node, const struct options *opt)
     return number_or(node, "peer_timeout_ms", (double)opt->peer_timeout_ms);
 }
 
-/* How long ago the peer was last heard (negative: never), and whether it counts as dead. */
-static bool peer_is_dead(const cJSON *peer, double timeout_ms, double now_ms, double *silent_ms)
+/* How long ago the peer was last heard (negative: never, which is dead), and whether it is dead.
+ * "alive": false alone is not enough: the plugin also says it of a peer it has heard from but
+ * that has not announced its viewers yet (a node just started), so the peer must have been
+ * silent for at least the shortest peer_timeout_ms the plugin accepts too. */
+static bool peer_is_dead(const cJSON *peer, double timeout_ms, double as_of_ms, double *silent_ms)
 {
     double heard = number_or(peer, "last_heard_ms", 0);
+    bool not_alive = cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(peer, "alive"));
 
-    *silent_ms = heard > 0 ? now_ms - heard : -1;
-    return cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(peer, "alive")) || *silent_ms < 0 ||
-           *silent_ms > timeout_ms;
+    if (heard <= 0) {
+        *silent_ms = -1;
+        return true;
+    }
+    /* Clocks of two machines may disagree: heard "in the future" is heard just now. */
+    *silent_ms = as_of_ms > heard ? as_of_ms - heard : 0;
+    return *silent_ms > timeout_ms || (not_alive && *silent_ms >= MIN_PEER_TIMEOUT_MS);
+}
+
+/* When the node wrote its document, or now when it does not say. Peers are judged as of
+ * then: a node that stopped keeps an old view of its peers, and that is its own problem
+ * (behind), not theirs. */
+static double as_of_ms(const cJSON *node, double now_ms)
+{
+    return number_or(node, "time_ms", now_ms);
 }
 
 /* The age of the node's document, or -1 when it carries no time. */
@@ -189,8 +209,8 @@ static char *rejected_cell(const cJSON *obj)
     return format("%.0f", sum);
 }
 
-/* "n2 0.4s ago, n3 DEAD 36s ago": each peer, how long ago it was last heard, and whether it
- * is dead. Counts the dead ones into *dead. */
+/* "n2 0.4s ago, n3 DEAD 36s ago": each peer, how long before the document it was last heard,
+ * and whether it is dead. Counts the dead ones into *dead. */
 static char *peers_cell(const cJSON *obj, const struct options *opt, double now_ms, int *dead)
 {
     const cJSON *peers = cJSON_GetObjectItemCaseSensitive(obj, "peers");
@@ -206,7 +226,8 @@ static char *peers_cell(const cJSON *obj, const struct options *opt, double now_
     cJSON_ArrayForEach(peer, peers)
     {
         double silent;
-        bool is_dead = peer_is_dead(peer, peer_timeout_ms(obj, opt), now_ms, &silent);
+        bool is_dead =
+            peer_is_dead(peer, peer_timeout_ms(obj, opt), as_of_ms(obj, now_ms), &silent);
         char *age = silent >= 0 ? format_age(silent) : NULL;
 
         *dead += is_dead;
@@ -322,7 +343,7 @@ static void check_peers(cJSON *problems, const struct node_stats *ns, const stru
     cJSON_ArrayForEach(peer, peers)
     {
         double silent;
-        if (peer_is_dead(peer, timeout, now_ms, &silent)) {
+        if (peer_is_dead(peer, timeout, as_of_ms(ns->json, now_ms), &silent)) {
             char *age = silent >= 0 ? format_age(silent) : format("ever (never heard)");
             char *text = format("peer %s silent for %s, past the peer timeout of %.0f ms",
                                 peer->string, age, timeout);

@@ -24,6 +24,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from conftest import chain, wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 TALLY = os.environ.get("TALLY_CLI", os.path.join(os.environ.get("TALLY_BUILD", str(REPO / "build")), "clients", "tally"))
 STEP_TIMEOUT = 5  # seconds any single expected event may take
@@ -633,8 +635,10 @@ def test_stats_prints_one_row_per_node_and_dead_peers_as_dead(tally_bin, broker)
 
 
 def test_stats_exits_0_when_every_peer_is_alive(tally_bin, broker):
-    publish(broker, "$tally/stats/n1", json.dumps(node_stats(now_ms(), n3_heard_ago=2000)),
-            retain=True)
+    doc = node_stats(now_ms(), n3_heard_ago=2000)
+    # Heard "in the future" (clocks disagree): heard just now.
+    doc["peers"]["n4"] = {"last_heard_ms": now_ms() + 60000, "alive": True}
+    publish(broker, "$tally/stats/n1", json.dumps(doc), retain=True)
     result = tally(tally_bin, "-p", broker, "stats", "--timeout", "0.5")
     assert result.returncode == 0, result.stderr
     assert "DEAD" not in result.stdout
@@ -686,6 +690,16 @@ def test_health_ok(tally_bin, broker):
     result = tally(tally_bin, "-p", broker, "health", "n1", "--timeout", "5")
     assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
     assert time.monotonic() - started < 4  # the named node's stats end the wait
+
+
+def test_health_a_peer_heard_but_not_yet_announced_is_not_dead(tally_bin, broker):
+    doc = node_stats(now_ms(), n3_heard_ago=2000)
+    # The plugin says alive false of a peer it heard but that has not announced its viewers
+    # yet (a node just started): not dead while it was heard within 500 ms.
+    doc["peers"]["n4"] = {"last_heard_ms": now_ms() - 100, "alive": False}
+    publish(broker, "$tally/stats/n1", json.dumps(doc), retain=True)
+    result = tally(tally_bin, "-p", broker, "health", "n1")
+    assert (result.returncode, result.stdout) == (0, "ok\n")
 
 
 def test_health_names_a_dead_peer(tally_bin, broker):
@@ -825,3 +839,77 @@ def test_tls_client_certificate(tally_bin, tmp_path):
         assert result.returncode == 0, result.stderr
     finally:
         stop(proc)
+
+
+# ---- against the real plugin ----
+
+
+def test_plugin_inc_prints_the_new_total(tally_bin, brokers):
+    node = brokers("n1")
+    assert tally(tally_bin, "-p", node.port, "inc", "likes", "5").stdout == "likes 5\n"
+    result = tally(tally_bin, "-p", node.port, "inc", "likes", "-2")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "likes 3\n", "")
+    result = tally(tally_bin, "-p", node.port, "--json", "inc", "likes", "--qos", "0")
+    assert json.loads(result.stdout) == {"name": "likes", "result": "applied", "value": 4}
+
+
+def test_plugin_inc_says_duplicate_for_a_repeated_id(tally_bin, brokers):
+    node = brokers("n1")
+    args = ["-p", node.port, "inc", "orders", "2", "--id", "order-17"]
+    assert tally(tally_bin, *args).stdout == "orders 2\n"
+    result = tally(tally_bin, *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "orders 2 (duplicate: this id was already counted)\n"
+    assert tally(tally_bin, "-p", node.port, "get", "orders").stdout == "orders 2\n"
+
+
+def test_plugin_inc_names_the_reason_of_a_refusal(tally_bin, brokers):
+    node = brokers("n1", options={"max_counters": "1"})
+    assert tally(tally_bin, "-p", node.port, "inc", "first").returncode == 0
+    result = tally(tally_bin, "-p", node.port, "inc", "second", "--timeout", "5")
+    assert result.returncode == 1
+    # The plugin's reason, not the PUBACK's "Not authorized (0x87)".
+    assert result.stderr == "tally: the increment of second was refused: max_counters_reached\n"
+
+
+def test_plugin_inc_over_mqtt_311_waits_for_the_puback_only(tally_bin, brokers):
+    node = brokers("n1", options={"max_counters": "1"})
+    result = tally(tally_bin, "-p", node.port, "-V", "311", "inc", "likes", "7")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert tally(tally_bin, "-p", node.port, "get", "likes").stdout == "likes 7\n"
+    # MQTT 3.1.1 has no reason codes: a refused increment is acknowledged all the same.
+    result = tally(tally_bin, "-p", node.port, "-V", "311", "inc", "other")
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_plugin_health_of_a_single_node(tally_bin, brokers):
+    node = brokers("n1", options={"stats_interval_ms": "200"})
+    result = tally(tally_bin, "-p", node.port, "health", "n1", "--timeout", "10")
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
+
+
+def test_plugin_health_and_stats_see_a_dead_peer_and_a_node_behind(tally_bin, brokers):
+    n1, n2 = chain(brokers, ["n1", "n2"],
+                   options={"peer_timeout_ms": "1000", "stats_interval_ms": "200"})
+
+    def health(port, *nodes):
+        return tally(tally_bin, "-p", port, "health", *nodes, "--timeout", "3",
+                     "--peer-timeout", "1000")
+
+    wait_for(lambda: health(n1.port, "n1", "n2").stdout == "ok\n", 20, what="a healthy cluster")
+    # n1 stops answering anyone (SIGSTOP): n2 still holds n1's last stats, which age.
+    n1.proc.send_signal(signal.SIGSTOP)
+    try:
+        result = wait_for(lambda: (r := health(n2.port, "n1", "n2")).returncode == 1
+                          and "peer n1 silent" in r.stdout and "n1: behind" in r.stdout and r,
+                          30, what="n1 to be dead")
+        assert re.search(r"^n1: behind: its latest stats are [\d.]+s old$", result.stdout,
+                         re.M), result.stdout
+        assert re.search(r"^n2: peer n1 silent for [\d.]+s, past the peer timeout of 1000 ms$",
+                         result.stdout, re.M), result.stdout
+        stats = tally(tally_bin, "-p", n2.port, "stats", "--timeout", "1", "--peer-timeout", "1000")
+        assert stats.returncode == 1
+        assert re.search(r"^n2 .* n1 DEAD [\d.]+s ago$", stats.stdout, re.M), stats.stdout
+    finally:
+        n1.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: health(n2.port, "n1", "n2").stdout == "ok\n", 30, what="n1 to be back")
