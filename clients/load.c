@@ -11,7 +11,8 @@
  * from max_inflight_messages (default 20): raise that to measure with a larger window.
  *
  * Message i (0 <= i < count, split into one contiguous block per connection) goes to
- * counters/c<i % K>/inc, or to --topic-format with %u replaced by i % K.
+ * <prefix>/c<i % K>/inc (--prefix, default counters, the plugin's prefix option), or to
+ * --topic-format with %u replaced by i % K.
  *
  * Output, one JSON line on stdout:
  *   {"count","acked","failed","seconds","rate","ack_p50_ms","ack_p99_ms"}
@@ -117,8 +118,10 @@ static void usage(FILE *out)
         "                           (an MQTT v5 broker may allow fewer: its "
         "max_inflight_messages)\n"
         "  -k, --counters K         message i goes to counter i %% K (1)\n"
-        "  -t, --topic-format FMT   topic pattern with one %%u for i %% K\n"
-        "                           (counters/c%%u/inc)\n"
+        "      --prefix P           the plugin's prefix option: topics P/c<i %% K>/inc\n"
+        "                           (counters)\n"
+        "  -t, --topic-format FMT   topic pattern with one %%u for i %% K, instead of\n"
+        "                           --prefix (counters/c%%u/inc)\n"
         "      --payload-id         payload {\"delta\":1,\"id\":\"<client>-<seq>\"} instead of 1\n"
         "      --retain             publish retained\n"
         "  -c, --clients C          parallel connections sharing the count (1)\n"
@@ -183,7 +186,7 @@ static bool topic_format_split(const char *fmt, char *prefix, char *suffix)
     return seen_index;
 }
 
-enum { OPT_PAYLOAD_ID = 256, OPT_RETAIN, OPT_TIMEOUT };
+enum { OPT_PAYLOAD_ID = 256, OPT_RETAIN, OPT_TIMEOUT, OPT_PREFIX };
 
 static const struct option longopts[] = {
     {"host", required_argument, NULL, 'h'},
@@ -193,6 +196,7 @@ static const struct option longopts[] = {
     {"inflight", required_argument, NULL, 'i'},
     {"counters", required_argument, NULL, 'k'},
     {"topic-format", required_argument, NULL, 't'},
+    {"prefix", required_argument, NULL, OPT_PREFIX},
     {"payload-id", no_argument, NULL, OPT_PAYLOAD_ID},
     {"retain", no_argument, NULL, OPT_RETAIN},
     {"clients", required_argument, NULL, 'c'},
@@ -214,9 +218,23 @@ static const char *option_name(int ch)
     return "?";
 }
 
+/* Topics <prefix>/c<i>/inc: the prefix as the plugin takes it (no wildcard, no final '/'). */
+static bool prefix_set(const char *prefix)
+{
+    size_t len = strlen(prefix);
+
+    if (len == 0 || len + 3 >= LOAD_TOPIC_MAX || strpbrk(prefix, "+#") || prefix[len - 1] == '/') {
+        return false;
+    }
+    snprintf(opts.topic_prefix, sizeof(opts.topic_prefix), "%s/c", prefix);
+    snprintf(opts.topic_suffix, sizeof(opts.topic_suffix), "/inc");
+    return true;
+}
+
 /* Returns false with a message on stderr when an option is missing or out of range. */
 static bool opts_parse(int argc, char **argv)
 {
+    int topic_options = 0;
     int ch;
     while ((ch = getopt_long(argc, argv, "h:p:n:q:i:k:t:c:r:V:", longopts, NULL)) != -1) {
         bool ok = true;
@@ -260,6 +278,9 @@ static bool opts_parse(int argc, char **argv)
         case OPT_TIMEOUT:
             ok = parse_positive_double(optarg, &opts.timeout);
             break;
+        case OPT_PREFIX:
+            ok = prefix_set(optarg);
+            break;
         case 'V':
             ok = parse_u64(optarg, 0, 311, &v) && (v == 5 || v == 311);
             opts.protocol = v == 5 ? MQTT_PROTOCOL_V5 : MQTT_PROTOCOL_V311;
@@ -273,12 +294,21 @@ static bool opts_parse(int argc, char **argv)
         }
         if (!ok) {
             fprintf(stderr, "tally-load: bad value for --%s: '%s'%s\n", option_name(ch), optarg,
-                    ch == 't' ? " (needs one %u and no other %)" : "");
+                    ch == 't'          ? " (needs one %u and no other %)"
+                    : ch == OPT_PREFIX ? " (a topic without + # or a final /)"
+                                       : "");
             return false;
+        }
+        if (ch == 't' || ch == OPT_PREFIX) {
+            topic_options++;
         }
     }
     if (optind != argc) {
         fprintf(stderr, "tally-load: unexpected argument '%s'\n", argv[optind]);
+        return false;
+    }
+    if (topic_options > 1) {
+        fprintf(stderr, "tally-load: give one of --prefix and --topic-format, once\n");
         return false;
     }
     if (opts.clients > opts.count) {

@@ -60,6 +60,8 @@ struct opts {
     int wildcard;
     const char *page;
     const char *counter;
+    const char *counter_prefix;  /* the plugin's prefix option */
+    const char *presence_prefix; /* the plugin's presence_prefix option */
     int keepalive;
     char prefix[64];
     double duration_s;
@@ -137,6 +139,7 @@ struct load {
     int64_t start_wall_ms; /* lets a test line the event log up with a broker's log */
     lws_sorted_usec_list_t tick;
     char presence_topic[256];
+    char presence_wildcard[256];
     char counter_topic[256];
 
     int connected;
@@ -232,7 +235,7 @@ static size_t next_packet(struct load *L, struct client *c, uint8_t *out, size_t
     }
     if (c->pending & SEND_SUBSCRIBE) {
         *sent = SEND_SUBSCRIBE;
-        filters[n_filters++] = is_wildcard(L, c->idx) ? "presence/#" : L->presence_topic;
+        filters[n_filters++] = is_wildcard(L, c->idx) ? L->presence_wildcard : L->presence_topic;
         if (L->o.counter)
             filters[n_filters++] = L->counter_topic;
         return mqtt_min_subscribe(out, cap, 1, filters, n_filters);
@@ -858,10 +861,12 @@ static void usage(FILE *f)
     fprintf(f, "usage: tally-wsload --port P [options]\n"
                "  --host H           broker address (default 127.0.0.1)\n"
                "  --port P           WebSocket listener port (required)\n"
-               "  --clients N        clients viewing presence/<page> (default 1)\n"
+               "  --clients N        clients viewing <presence prefix>/<page> (default 1)\n"
                "  --page NAME        page to view (default dashboard)\n"
-               "  --wildcard N       extra clients subscribed to presence/# (default 0)\n"
-               "  --counter NAME     also subscribe to counters/NAME and time its values\n"
+               "  --wildcard N       extra clients subscribed to <presence prefix>/# (default 0)\n"
+               "  --counter NAME     also subscribe to <prefix>/NAME and time its values\n"
+               "  --prefix P         the plugin's prefix option (default counters)\n"
+               "  --presence-prefix P  the plugin's presence_prefix option (default presence)\n"
                "  --pub-ts MS        Unix ms when the timed counter value was published\n"
                "  --keepalive S      MQTT keepalive seconds, 0 = none (default 10)\n"
                "  --client-prefix S  client ids S-<i> (default wsload-<pid>)\n"
@@ -911,6 +916,13 @@ static bool parse_ms(const char *s, int64_t *out)
     return true;
 }
 
+/* A topic prefix as the plugin takes it: not empty, no wildcard, no trailing '/'. */
+static bool topic_prefix_ok(const char *p)
+{
+    size_t len = strlen(p);
+    return len > 0 && len < 200 && !strpbrk(p, "+#") && p[len - 1] != '/';
+}
+
 enum opt_id {
     OPT_HOST = 256,
     OPT_PORT,
@@ -929,6 +941,8 @@ enum opt_id {
     OPT_MAX_HANDSHAKES,
     OPT_JSON,
     OPT_HELP,
+    OPT_COUNTER_PREFIX,
+    OPT_PRESENCE_PREFIX,
 };
 
 static const struct option long_opts[] = {
@@ -949,6 +963,8 @@ static const struct option long_opts[] = {
     {"max-handshakes", required_argument, NULL, OPT_MAX_HANDSHAKES},
     {"json", no_argument, NULL, OPT_JSON},
     {"help", no_argument, NULL, OPT_HELP},
+    {"prefix", required_argument, NULL, OPT_COUNTER_PREFIX},
+    {"presence-prefix", required_argument, NULL, OPT_PRESENCE_PREFIX},
     {0},
 };
 
@@ -995,6 +1011,13 @@ static const char *apply_opt(struct opts *o, int id, const char *arg)
     case OPT_JSON:
         o->json = true;
         return NULL;
+    case OPT_COUNTER_PREFIX:
+        o->counter_prefix = arg;
+        return topic_prefix_ok(arg) ? NULL : "bad --prefix (a topic without + # or a final /)";
+    case OPT_PRESENCE_PREFIX:
+        o->presence_prefix = arg;
+        return topic_prefix_ok(arg) ? NULL
+                                    : "bad --presence-prefix (a topic without + # or a final /)";
     default:
         return "unknown option";
     }
@@ -1028,6 +1051,8 @@ static int parse_opts(struct opts *o, int argc, char **argv)
     *o = (struct opts){.host = "127.0.0.1",
                        .clients = 1,
                        .page = "dashboard",
+                       .counter_prefix = "counters",
+                       .presence_prefix = "presence",
                        .keepalive = 10,
                        .duration_s = 10,
                        .max_handshakes = 500,
@@ -1075,9 +1100,11 @@ static int load_init(struct load *L)
     L->values = calloc(COUNTER_VALUES_MAX, sizeof(*L->values));
     if (!L->clients || !L->values)
         return -1;
-    snprintf(L->presence_topic, sizeof(L->presence_topic), "presence/%s", o->page);
+    snprintf(L->presence_topic, sizeof(L->presence_topic), "%s/%s", o->presence_prefix, o->page);
+    snprintf(L->presence_wildcard, sizeof(L->presence_wildcard), "%s/#", o->presence_prefix);
     if (o->counter)
-        snprintf(L->counter_topic, sizeof(L->counter_topic), "counters/%s", o->counter);
+        snprintf(L->counter_topic, sizeof(L->counter_topic), "%s/%s", o->counter_prefix,
+                 o->counter);
     for (int i = 0; i < L->total; i++)
         L->clients[i].idx = i;
     /* The last page viewers leave; the ones before them go silent. */

@@ -913,3 +913,40 @@ def test_plugin_health_and_stats_see_a_dead_peer_and_a_node_behind(tally_bin, br
     finally:
         n1.proc.send_signal(signal.SIGCONT)
     wait_for(lambda: health(n2.port, "n1", "n2").stdout == "ok\n", 30, what="n1 to be back")
+
+
+# ---- the load clients take the plugin's topic prefixes as settings ----
+
+
+def test_load_publishes_under_the_prefix(broker, procs):
+    load = os.path.join(os.path.dirname(TALLY), "tally-load")
+    lines = subscriber(broker, procs, "tallies/+/inc", "counters/+/inc")
+    result = subprocess.run([load, "-p", str(broker), "--prefix", "tallies", "-n", "3", "-k", "2"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["acked"] == 3
+    assert sorted(lines.next() for _ in range(3)) == ["1 tallies/c0/inc 1", "1 tallies/c0/inc 1",
+                                                      "1 tallies/c1/inc 1"]
+    result = subprocess.run([load, "--prefix", "t", "--topic-format", "x/%u"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "one of --prefix and --topic-format" in result.stderr
+
+
+def test_wsload_reads_under_the_prefixes(tmp_path):
+    ws = free_port()
+    proc, port = start_broker(tmp_path, f"listener {ws} 127.0.0.1\nprotocol websockets\n"
+                                        "socket_domain ipv4\n")
+    try:
+        publish(port, "views/pg", "7", retain=True)
+        publish(port, "tallies/hits", "3", retain=True)
+        wsload = os.path.join(os.path.dirname(TALLY), "tally-wsload")
+        result = subprocess.run([wsload, "--port", str(ws), "--json", "--prefix", "tallies",
+                                 "--presence-prefix", "views", "--page", "pg", "--counter",
+                                 "hits", "--clients", "2", "--duration", "2"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout.splitlines()[-1])
+        assert report["observer_presence"] == "7"
+        assert report["counter_values"] == ["3"]
+    finally:
+        stop(proc)
