@@ -382,9 +382,9 @@ uint64_t page_interval_ms(uint64_t viewers, uint64_t budget);
 
 /* ==== Replication wire format (wire.c) ==== */
 
-#define WIRE_VERSION 1      /* DIGEST, PRESENCE */
+#define WIRE_VERSION 1      /* DIGEST, PRESENCE, UP, DOWN */
 #define WIRE_SYNC_VERSION 2 /* SYNC: 2 adds bases (reset.c); 1 is still read */
-enum wire_type { WIRE_SYNC = 1, WIRE_DIGEST = 2, WIRE_PRESENCE = 3 };
+enum wire_type { WIRE_SYNC = 1, WIRE_DIGEST = 2, WIRE_PRESENCE = 3, WIRE_UP = 4, WIRE_DOWN = 5 };
 
 struct wire_buf {
     uint8_t *data;
@@ -502,6 +502,86 @@ void wire_presence_begin(struct wire_buf *b, const char *origin, uint64_t incarn
                          uint32_t npages);
 void wire_presence_page(struct wire_buf *b, const char *page, size_t len, uint64_t count);
 int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out);
+
+/* ==== Tiers: edges and hubs (tier.c) ==== */
+
+struct tier_mine;
+struct tier_view;
+struct tier_page;
+struct tier_watch;
+struct tier_child;
+
+/* An edge: its own slots live in an ordinary table (the caller's); this
+ * holds what goes up and what came down. */
+struct tier_edge {
+    struct tier_mine *mine;  /* counters written here */
+    struct tier_view *views; /* counters watched here: the rest of the world */
+    struct tier_page *pages; /* pages viewed here: the others' viewers */
+    uint64_t incarnation;
+    uint64_t seq;   /* of the next UP */
+    uint64_t acked; /* highest UP seq the current hub has merged */
+    uint64_t last_up_ms;
+    uint64_t watch_sent_seq, pages_sent_seq;
+    bool watch_changed, pages_changed;
+    uint64_t hub_session; /* as the current hub's DOWNs name it */
+    uint64_t hub_changes; /* times the edge found itself on a new hub */
+    char hub[TALLY_NODE_ID_MAX + 1];
+    char node_id[TALLY_NODE_ID_MAX + 1];
+};
+
+void tier_edge_init(struct tier_edge *e, const char *node_id, uint64_t incarnation);
+void tier_edge_free(struct tier_edge *e);
+/* The edge's own slot of `name` changed (after table_add on it). */
+int tier_edge_wrote(struct tier_edge *e, const char *name, size_t len);
+/* A counter's total starts (on) or stops being watched by the edge's clients. */
+int tier_edge_watch(struct tier_edge *e, const char *name, size_t len, bool on);
+/* The edge's local viewer counts changed (presence.c's local_changed). */
+void tier_edge_pages_changed(struct tier_edge *e);
+/* Writes the next UP into out when one is due (something unacknowledged, or
+ * heartbeat_ms since the last): returns 1, 0 when none is due, or a negative
+ * tally_err. t holds the edge's own slots; pr its local viewers. */
+int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presence *pr,
+                 uint64_t now_ms, uint64_t heartbeat_ms, struct wire_buf *out);
+/* Called for each watched counter whose shown total may have changed. */
+typedef void tier_changed_fn(const char *name, size_t len, void *ud);
+int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_changed_fn *fn,
+                         void *ud);
+/* What the edge shows: its own part (from t) plus the rest of the world. */
+int64_t tier_edge_value(const struct tier_edge *e, struct tally_table *t, const char *name,
+                        size_t len);
+/* A page's viewers: the edge's own (from pr) plus the others'. */
+uint64_t tier_edge_page_total(const struct tier_edge *e, const struct tally_presence *pr,
+                              const char *page, size_t len);
+
+/* A hub: its edges, what each watches and was last told. */
+struct tier_hub {
+    struct tier_child *children;
+    struct tier_watch *watches; /* counters some child watches */
+    uint64_t session, children_made;
+    uint64_t gen; /* tier_hub_tick's count: figures computed once a tick */
+    char node_id[TALLY_NODE_ID_MAX + 1];
+};
+
+void tier_hub_init(struct tier_hub *h, const char *node_id, uint64_t session);
+void tier_hub_free(struct tier_hub *h);
+/* Merges an UP into t (the edge's slots) and pr (its viewers, as the
+ * presence origin named after it); *from is the child it came from. */
+int tier_hub_apply_up(struct tier_hub *h, struct tally_table *t, struct tally_presence *pr,
+                      const void *msg, size_t len, uint64_t now_ms, struct tier_child **from);
+/* Starts a new round of DOWNs: counter figures are computed again. */
+void tier_hub_tick(struct tier_hub *h);
+/* Writes the DOWN owed to child ch into out: returns 1, 0 if none is owed,
+ * or a negative tally_err. Every heartbeat_ms a DOWN carries all it watches. */
+int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_presence *pr,
+                  struct tier_child *ch, uint64_t now_ms, uint64_t heartbeat_ms,
+                  struct wire_buf *out);
+/* The child's viewers as a PRESENCE message from its own origin, for the
+ * other hubs. */
+void tier_hub_relay(const struct tier_child *ch, struct wire_buf *out);
+struct tier_child *tier_hub_child(struct tier_hub *h, const char *id);
+const char *tier_child_id(const struct tier_child *ch);
+/* Forgets children silent for timeout_ms (their slots stay in the table). */
+void tier_hub_expire(struct tier_hub *h, uint64_t now_ms, uint64_t timeout_ms);
 
 /* ==== JSON views of the state and the control API (control.c) ==== */
 

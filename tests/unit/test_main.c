@@ -17,6 +17,7 @@ Suite *interest_suite(void);
 Suite *schedule_suite(void);
 Suite *reset_suite(void);
 Suite *clients_suite(void);
+Suite *tier_suite(void);
 
 int main(void)
 {
@@ -31,6 +32,7 @@ int main(void)
     srunner_add_suite(sr, schedule_suite());
     srunner_add_suite(sr, reset_suite());
     srunner_add_suite(sr, clients_suite());
+    srunner_add_suite(sr, tier_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

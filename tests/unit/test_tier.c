@@ -1,0 +1,358 @@
+/*
+ * test_tier.c - edges and hubs (tier.c): what goes up, what comes down, and
+ * exactness when UPs are lost, when an edge moves to another hub and back,
+ * and when the new hub knows less than the old one.
+ */
+#include <string.h>
+
+#include <check.h>
+
+#include "tally.h"
+
+/* A node: its table and presence, and its role's state. */
+struct node {
+    struct tally_table t;
+    struct tally_presence pr;
+    struct tier_hub hub;
+    struct tier_edge edge;
+};
+
+static struct node a, b, e, f; /* hubs a, b; edges e, f */
+static struct wire_buf msg;
+static uint64_t now;
+
+#define HB 1000 /* heartbeat_ms */
+
+static void node_init(struct node *n)
+{
+    table_init(&n->t, 1000, 100);
+    presence_init(&n->pr, 1000);
+}
+
+static void setup(void)
+{
+    node_init(&a);
+    node_init(&b);
+    node_init(&e);
+    node_init(&f);
+    tier_hub_init(&a.hub, "a", 111);
+    tier_hub_init(&b.hub, "b", 222);
+    tier_edge_init(&e.edge, "e", 7);
+    tier_edge_init(&f.edge, "f", 9);
+    memset(&msg, 0, sizeof(msg));
+    now = 1;
+}
+
+static void node_free(struct node *n)
+{
+    tier_hub_free(&n->hub);
+    tier_edge_free(&n->edge);
+    presence_free(&n->pr);
+    table_free(&n->t);
+}
+
+static void teardown(void)
+{
+    node_free(&a);
+    node_free(&b);
+    node_free(&e);
+    node_free(&f);
+    wbuf_free(&msg);
+}
+
+static void inc(struct node *n, const char *name, int64_t delta)
+{
+    struct tally_counter *c;
+    uint32_t self;
+    ck_assert_int_eq(table_get(&n->t, name, strlen(name), &c), TALLY_OK);
+    ck_assert_int_eq(table_replica(&n->t, n->edge.node_id, n->edge.incarnation, &self), TALLY_OK);
+    ck_assert_int_ge(table_add(&n->t, c, self, delta), 0);
+    ck_assert_int_eq(tier_edge_wrote(&n->edge, name, strlen(name)), TALLY_OK);
+}
+
+static void watch(struct node *n, const char *name)
+{
+    ck_assert_int_eq(tier_edge_watch(&n->edge, name, strlen(name), true), TALLY_OK);
+}
+
+/* The edge's next UP, or false when none is due. */
+static bool up(struct node *edge)
+{
+    int rc = tier_edge_up(&edge->edge, &edge->t, &edge->pr, now, HB, &msg);
+    ck_assert_int_ge(rc, 0);
+    return rc == 1;
+}
+
+static struct tier_child *hub_takes(struct node *hub)
+{
+    struct tier_child *ch;
+    ck_assert_int_eq(tier_hub_apply_up(&hub->hub, &hub->t, &hub->pr, msg.data, msg.len, now, &ch),
+                     TALLY_OK);
+    return ch;
+}
+
+static void down(struct node *hub, struct tier_child *ch, struct node *edge)
+{
+    tier_hub_tick(&hub->hub);
+    int rc = tier_hub_down(&hub->hub, &hub->t, &hub->pr, ch, now, HB, &msg);
+    ck_assert_int_ge(rc, 0);
+    if (rc == 1)
+        ck_assert_int_eq(tier_edge_apply_down(&edge->edge, msg.data, msg.len, NULL, NULL),
+                         TALLY_OK);
+}
+
+/* One round trip: UP (if due) to hub, DOWN back. */
+static struct tier_child *round_trip(struct node *edge, struct node *hub)
+{
+    struct tier_child *ch = NULL;
+    if (up(edge))
+        ch = hub_takes(hub);
+    if (ch)
+        down(hub, ch, edge);
+    return ch;
+}
+
+/* Hub-to-hub replication, here by copying every slot: the maximum. */
+static void hubs_sync(struct node *from, struct node *to)
+{
+    for (struct tally_counter *c = from->t.counters; c; c = c->hh.next) {
+        struct tally_counter *d;
+        ck_assert_int_eq(table_get(&to->t, c->name, c->name_len, &d), TALLY_OK);
+        for (uint16_t i = 0; i < c->nslots; i++) {
+            const struct tally_replica *r = from->t.replicas[c->slots[i].replica];
+            uint32_t idx;
+            ck_assert_int_eq(table_replica(&to->t, r->key, r->incarnation, &idx), TALLY_OK);
+            ck_assert_int_ge(table_merge_slot(&to->t, d, idx, c->slots[i].p, c->slots[i].n), 0);
+        }
+    }
+}
+
+static int64_t hub_value(struct node *hub, const char *name)
+{
+    struct tally_counter *c = table_find(&hub->t, name, strlen(name));
+    return c ? counter_value(c) : 0;
+}
+
+static int64_t shown(struct node *edge, const char *name)
+{
+    return tier_edge_value(&edge->edge, &edge->t, name, strlen(name));
+}
+
+START_TEST(edge_holds_only_its_own_slot_and_shows_the_world)
+{
+    inc(&e, "likes", 3);
+    inc(&f, "likes", 4);
+    watch(&e, "likes");
+    round_trip(&f, &a);
+    round_trip(&e, &a);
+    ck_assert_int_eq(hub_value(&a, "likes"), 7);
+    ck_assert_int_eq(shown(&e, "likes"), 7);
+    struct tally_counter *c = table_find(&e.t, "likes", 5);
+    ck_assert_uint_eq(c->nslots, 1); /* e never holds f's slot */
+    /* A new increment at e shows at once, without waiting for the hub. */
+    inc(&e, "likes", 1);
+    ck_assert_int_eq(shown(&e, "likes"), 8);
+    round_trip(&e, &a);
+    ck_assert_int_eq(hub_value(&a, "likes"), 8);
+    ck_assert_int_eq(shown(&e, "likes"), 8);
+}
+END_TEST
+
+START_TEST(a_lost_up_is_carried_by_the_next)
+{
+    inc(&e, "x", 5);
+    ck_assert(up(&e)); /* lost */
+    inc(&e, "y", 2);
+    now += 10;
+    ck_assert(up(&e));
+    struct tier_child *ch = hub_takes(&a);
+    ck_assert_int_eq(hub_value(&a, "x"), 5);
+    ck_assert_int_eq(hub_value(&a, "y"), 2);
+    /* The hub's first DOWN gives e its session; what e sends under it is
+     * acknowledged, and then nothing more is due until the heartbeat. */
+    down(&a, ch, &e);
+    now += 10;
+    ck_assert(up(&e));
+    ch = hub_takes(&a);
+    down(&a, ch, &e);
+    now += 10;
+    ck_assert(!up(&e));
+    now += HB;
+    ck_assert(up(&e));
+}
+END_TEST
+
+START_TEST(failover_sends_the_whole_slot_and_counts_it_once)
+{
+    inc(&e, "likes", 10);
+    watch(&e, "likes");
+    round_trip(&e, &a);
+    hubs_sync(&a, &b);
+    inc(&e, "likes", 5);
+    round_trip(&e, &a); /* a has 15 from e, b only 10: then a dies */
+    ck_assert_int_eq(hub_value(&a, "likes"), 15);
+    ck_assert_int_eq(hub_value(&b, "likes"), 10);
+    now += 10;
+    ck_assert(!up(&e)); /* all acknowledged by a */
+    /* The bridge reaches b: b's first DOWN names a new hub. */
+    struct tier_child *ch = NULL;
+    now += HB;
+    ch = round_trip(&e, &b); /* heartbeat UP carries nothing new... */
+    ck_assert_uint_eq(e.edge.hub_changes, 2);
+    now += 10;
+    ch = round_trip(&e, &b); /* ...but the new hub's DOWN makes the slot go again */
+    ck_assert_ptr_nonnull(ch);
+    ck_assert_int_eq(hub_value(&b, "likes"), 15);
+    /* a comes back with its state and syncs: maxima, not sums. */
+    hubs_sync(&a, &b);
+    hubs_sync(&b, &a);
+    ck_assert_int_eq(hub_value(&a, "likes"), 15);
+    ck_assert_int_eq(hub_value(&b, "likes"), 15);
+    /* And e moves back to a: again the whole slot, again counted once. */
+    inc(&e, "likes", 1);
+    round_trip(&e, &a);
+    now += 10;
+    round_trip(&e, &a);
+    hubs_sync(&a, &b);
+    ck_assert_int_eq(hub_value(&a, "likes"), 16);
+    ck_assert_int_eq(hub_value(&b, "likes"), 16);
+    ck_assert_int_eq(shown(&e, "likes"), 16);
+}
+END_TEST
+
+START_TEST(a_new_hub_that_knows_less_never_makes_a_total_go_back)
+{
+    watch(&e, "likes");
+    inc(&f, "likes", 100);
+    round_trip(&f, &a); /* b never hears of f's 100 before a dies */
+    round_trip(&e, &a);
+    ck_assert_int_eq(shown(&e, "likes"), 100);
+    now += HB;
+    round_trip(&e, &b);
+    now += 10;
+    round_trip(&e, &b);
+    ck_assert_int_eq(hub_value(&b, "likes"), 0);
+    ck_assert_int_eq(shown(&e, "likes"), 100);
+    /* f moves to b too: then b is exact, and e with it. */
+    inc(&f, "likes", 1);
+    now += HB;
+    round_trip(&f, &b);
+    now += 10;
+    round_trip(&f, &b);
+    now += 10;
+    round_trip(&e, &b);
+    ck_assert_int_eq(hub_value(&b, "likes"), 101);
+    ck_assert_int_eq(shown(&e, "likes"), 101);
+}
+END_TEST
+
+START_TEST(a_reset_at_a_hub_reaches_the_edge)
+{
+    watch(&e, "likes");
+    inc(&e, "likes", 5);
+    inc(&f, "likes", 7);
+    round_trip(&f, &a);
+    round_trip(&e, &a);
+    now += 10;
+    round_trip(&e, &a);
+    ck_assert_int_eq(shown(&e, "likes"), 12);
+    struct tally_counter *c = table_find(&a.t, "likes", 5);
+    ck_assert_int_eq(table_reset(&a.t, c, false), 1);
+    inc(&e, "likes", 2); /* concurrent with the reset: it survives it */
+    now += 10;
+    round_trip(&e, &a);
+    ck_assert_int_eq(table_value(&a.t, c), 2);
+    ck_assert_int_eq(shown(&e, "likes"), 2);
+}
+END_TEST
+
+START_TEST(a_forgotten_edge_resends_everything)
+{
+    inc(&e, "x", 4);
+    ck_assert_int_ge(presence_view(&e.pr, "c1", "home", 4), 1);
+    tier_edge_pages_changed(&e.edge);
+    round_trip(&e, &a);
+    ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 1);
+    /* a loses e's record (silent past the timeout) and its state. */
+    tier_hub_free(&a.hub);
+    node_free(&a);
+    node_init(&a);
+    tier_hub_init(&a.hub, "a", 111); /* even under the same session */
+    now += HB;
+    round_trip(&e, &a);
+    now += 10;
+    round_trip(&e, &a);
+    ck_assert_int_eq(hub_value(&a, "x"), 4);
+    ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 1);
+}
+END_TEST
+
+START_TEST(presence_is_summed_over_edges_and_an_edge_that_moves_counts_once)
+{
+    ck_assert_int_ge(presence_view(&e.pr, "c1", "home", 4), 1);
+    ck_assert_int_ge(presence_view(&e.pr, "c2", "home", 4), 1);
+    ck_assert_int_ge(presence_view(&f.pr, "c3", "home", 4), 1);
+    tier_edge_pages_changed(&e.edge);
+    tier_edge_pages_changed(&f.edge);
+    round_trip(&e, &a);
+    round_trip(&f, &a);
+    now += 10;
+    round_trip(&e, &a);
+    ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 3);
+    ck_assert_uint_eq(tier_edge_page_total(&e.edge, &e.pr, "home", 4), 3);
+    ck_assert_uint_eq(tier_edge_page_total(&f.edge, &f.pr, "home", 4), 3);
+    /* b hears e from a's relay, then from e itself after a move. */
+    struct tier_child *ch = tier_hub_child(&a.hub, "e");
+    ck_assert_ptr_nonnull(ch);
+    tier_hub_relay(ch, &msg);
+    struct wire_presence wp;
+    ck_assert_int_eq(wire_decode_presence(msg.data, msg.len, &wp), TALLY_OK);
+    struct tally_origin *o = presence_origin(&b.pr, "e");
+    o->incarnation = wp.incarnation;
+    o->seq = wp.seq;
+    presence_origin_begin(&b.pr, o);
+    for (uint32_t i = 0; i < wp.npages; i++)
+        presence_origin_set(&b.pr, o, wp.pages[i].page, wp.pages[i].len, wp.pages[i].count);
+    free(wp.pages);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    now += HB;
+    round_trip(&e, &b);
+    now += 10;
+    round_trip(&e, &b);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2); /* replaced, not added */
+}
+END_TEST
+
+START_TEST(bad_messages_are_refused)
+{
+    inc(&e, "x", 1);
+    watch(&e, "x");
+    ck_assert(up(&e));
+    struct tier_child *ch;
+    for (size_t cut = 0; cut + 1 < msg.len; cut++)
+        ck_assert_int_ne(tier_hub_apply_up(&a.hub, &a.t, &a.pr, msg.data, cut, now, &ch), TALLY_OK);
+    ch = hub_takes(&a);
+    tier_hub_tick(&a.hub);
+    ck_assert_int_eq(tier_hub_down(&a.hub, &a.t, &a.pr, ch, now, HB, &msg), 1);
+    for (size_t cut = 0; cut + 1 < msg.len; cut++)
+        ck_assert_int_ne(tier_edge_apply_down(&e.edge, msg.data, cut, NULL, NULL), TALLY_OK);
+    ck_assert_int_eq(tier_edge_apply_down(&e.edge, msg.data, msg.len, NULL, NULL), TALLY_OK);
+}
+END_TEST
+
+Suite *tier_suite(void)
+{
+    Suite *s = suite_create("tier");
+    TCase *tc = tcase_create("tier");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, edge_holds_only_its_own_slot_and_shows_the_world);
+    tcase_add_test(tc, a_lost_up_is_carried_by_the_next);
+    tcase_add_test(tc, failover_sends_the_whole_slot_and_counts_it_once);
+    tcase_add_test(tc, a_new_hub_that_knows_less_never_makes_a_total_go_back);
+    tcase_add_test(tc, a_reset_at_a_hub_reaches_the_edge);
+    tcase_add_test(tc, a_forgotten_edge_resends_everything);
+    tcase_add_test(tc, presence_is_summed_over_edges_and_an_edge_that_moves_counts_once);
+    tcase_add_test(tc, bad_messages_are_refused);
+    suite_add_tcase(s, tc);
+    return s;
+}
