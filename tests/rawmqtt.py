@@ -31,14 +31,17 @@ class RawClient:
     def _props(self):
         return b"\x00" if self.version == 5 else b""
 
-    def _send(self, first, body):
+    @staticmethod
+    def _packet(first, body):
         n, length = len(body), b""
         while True:
             byte, n = n % 128, n // 128
             length += bytes([byte | (0x80 if n else 0)])
             if not n:
-                break
-        self.sock.sendall(bytes([first]) + length + body)
+                return bytes([first]) + length + body
+
+    def _send(self, first, body):
+        self.sock.sendall(self._packet(first, body))
 
     def _read(self, n):
         data = b""
@@ -70,28 +73,43 @@ class RawClient:
         while True:
             k, flags, body = self.recv()
             if k == 0x30:
-                tlen = int.from_bytes(body[:2], "big")
-                topic, rest = body[2:2 + tlen], body[2 + tlen:]
-                if flags & 0x06:
-                    pmid, rest = rest[:2], rest[2:]
-                    self._send(0x40, pmid)  # only QoS 1 subscriptions are used
-                if self.version == 5:
-                    rest = rest[1 + rest[0]:]  # short properties only
-                self.messages.append((topic.decode(errors="replace"), rest, bool(flags & 1)))
+                self.messages.append(self.take_publish(flags, body))
             elif k == kind and int.from_bytes(body[:2], "big") == mid:
                 return body
 
+    def take_publish(self, flags, body):
+        """A received PUBLISH as (topic, payload bytes, retain); acknowledges QoS 1 (the only
+        QoS the tests subscribe with above 0)."""
+        tlen = int.from_bytes(body[:2], "big")
+        topic, rest = body[2:2 + tlen], body[2 + tlen:]
+        if flags & 0x06:
+            pmid, rest = rest[:2], rest[2:]
+            self._send(0x40, pmid)
+        if self.version == 5:
+            rest = rest[1 + rest[0]:]  # short properties only
+        return topic.decode(errors="replace"), rest, bool(flags & 1)
+
+    def publish_packet(self, topic, payload=b"", qos=0, retain=False, mid=None):
+        """The bytes of one PUBLISH (mid: its packet id, QoS 1 and 2), to send many at once or
+        without waiting for answers. topic and payload may be str or bytes."""
+        topic = topic.encode() if isinstance(topic, str) else topic
+        payload = payload.encode() if isinstance(payload, str) else payload
+        body = self._str(topic) + (mid.to_bytes(2, "big") if qos else b"")
+        return self._packet(0x30 | (qos << 1) | (1 if retain else 0),
+                            body + self._props() + payload)
+
     # -- operations ------------------------------------------------------------
+    def publish_nowait(self, topic, payload=b"", qos=1):
+        """Sends one PUBLISH and reads nothing (its PUBACK is left unread); returns its mid."""
+        mid = self._next_mid() if qos else None
+        self.sock.sendall(self.publish_packet(topic, payload, qos, mid=mid))
+        return mid
+
     def publish(self, topic, payload=b"", qos=1, retain=False):
         """Publishes and waits for the answer; returns the reason code (0 = success;
         QoS 0: None). topic and payload may be str or bytes."""
-        topic = topic.encode() if isinstance(topic, str) else topic
-        payload = payload.encode() if isinstance(payload, str) else payload
-        body = self._str(topic)
         mid = self._next_mid() if qos else None
-        if qos:
-            body += mid.to_bytes(2, "big")
-        self._send(0x30 | (qos << 1) | (1 if retain else 0), body + self._props() + payload)
+        self.sock.sendall(self.publish_packet(topic, payload, qos, retain, mid))
         if qos == 0:
             return None
         ans = self._expect(0x40 if qos == 1 else 0x50, mid)
@@ -132,5 +150,10 @@ class RawClient:
         self.sock.close()
 
     def close(self):
-        """Drops the socket without DISCONNECT."""
+        """Drops the socket without DISCONNECT (shut down first, so that a thread blocked
+        reading it returns)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()

@@ -7,7 +7,7 @@ Three tally nodes bridged in a chain, a <- b <- c (b bridges to a, c to b), on 1
    steady 10,000/s, in batches of 100 every 10 ms, and notes when each batch left; a subscriber
    on every node notes when that node's retained total first reaches each batch's running sum.
    Latency of a batch at a node = first time the node's total includes it - time it was sent.
-   The publisher and subscribers are raw MQTT over sockets (standard library), not tally-load:
+   The publisher and subscribers are raw MQTT over sockets (tests/rawmqtt.py), not tally-load:
    tally-load keeps a steady rate but does not say when each message left, and the figure needs
    that time. The budget printed beside each node is publish_interval_ms + 100 ms per bridge hop.
 2. Replication cost. tally-load sends 50,000 QoS 1 increments/s to a, over 10 counters and then
@@ -25,9 +25,8 @@ Figures, not pass/fail. Standard library only; needs the plugin and tally-load b
 import argparse
 import contextlib
 import json
-import socket
+import os
 import statistics
-import struct
 import subprocess
 import sys
 import threading
@@ -35,70 +34,20 @@ import time
 
 import common
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rawmqtt import RawClient  # noqa: E402
+
 PUBLISH_INTERVAL_MS = 100
 HOPS = {"a": 0, "b": 1, "c": 2}
 
 
-# ---- a minimal MQTT 3.1.1 client: CONNECT, SUBSCRIBE, QoS 0 PUBLISH --------------------
+# ---- raw MQTT 3.1.1 (tests/rawmqtt.py), keepalive off: runs are short --------------------
 
-def remaining_length(n):
-    out = bytearray()
-    while True:
-        byte = n % 128
-        n //= 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def packet(first_byte, body):
-    return bytes([first_byte]) + remaining_length(len(body)) + body
-
-
-def utf8(s):
-    b = s.encode()
-    return struct.pack(">H", len(b)) + b
-
-
-class RawMqtt:
-    """One MQTT connection, clean session, keepalive off (runs are short)."""
-
-    def __init__(self, port, client_id):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.reader = self.sock.makefile("rb")
-        self.sock.sendall(packet(0x10, utf8("MQTT") + b"\x04\x02\x00\x00" + utf8(client_id)))
-        kind, body = self.read_packet()
-        if kind != 2 or len(body) < 2 or body[1] != 0:
-            raise common.BenchError("CONNECT to %d refused: %r" % (port, body))
-
-    def read_packet(self):
-        """(packet type, body), or (None, b"") when the connection is closed."""
-        first = self.reader.read(1)
-        if not first:
-            return None, b""
-        n, shift = 0, 0
-        while True:
-            b = self.reader.read(1)
-            if not b:
-                return None, b""
-            n |= (b[0] & 0x7F) << shift
-            shift += 7
-            if not b[0] & 0x80:
-                break
-        body = self.reader.read(n)
-        return first[0] >> 4, body
-
-    def subscribe(self, topic):
-        self.sock.sendall(packet(0x82, struct.pack(">H", 1) + utf8(topic) + b"\x00"))
-        kind, _ = self.read_packet()
-        if kind != 9:
-            raise common.BenchError("no SUBACK for %s" % topic)
-        self.sock.settimeout(None)
-
-    def close(self):
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+def raw_client(port, client_id):
+    try:
+        return RawClient(port, client_id, version=4, keepalive=0)
+    except (OSError, ConnectionError) as e:
+        raise common.BenchError("CONNECT to %d refused: %s" % (port, e))
 
 
 class TotalRecorder(threading.Thread):
@@ -106,22 +55,21 @@ class TotalRecorder(threading.Thread):
 
     def __init__(self, port, topic, client_id):
         super().__init__(daemon=True)
-        self.conn = RawMqtt(port, client_id)
-        self.conn.subscribe(topic)
-        self.arrivals = []
+        self.conn = raw_client(port, client_id)
+        if self.conn.subscribe(topic, qos=0) != 0:
+            raise common.BenchError("subscription to %s refused" % topic)
+        self.conn.sock.settimeout(None)
+        # A retained total may come with the SUBACK: rawmqtt keeps it in messages.
+        self.arrivals = [(time.monotonic(), int(m[1])) for m in self.conn.messages]
         self.start()
 
     def run(self):
         try:
             while True:
-                kind, body = self.conn.read_packet()
-                if kind is None:
-                    return
-                if kind != 3:
-                    continue
-                tlen = struct.unpack(">H", body[:2])[0]
-                # Subscribed at QoS 0: no packet identifier follows the topic.
-                self.arrivals.append((time.monotonic(), int(body[2 + tlen:])))
+                kind, flags, body = self.conn.recv()
+                if kind == 0x30:
+                    _, payload, _ = self.conn.take_publish(flags, body)
+                    self.arrivals.append((time.monotonic(), int(payload)))
         except (OSError, ValueError):
             return
 
@@ -193,16 +141,17 @@ def chain(workdir, tag):
 
 
 def percentile(values, p):
+    """Nearest rank, the definition of the load clients (clients/percentile.c)."""
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[max(0, (p * len(s) + 99) // 100 - 1)]
 
 
 # ---- 1. convergence latency --------------------------------------------------------------
 
 def paced_publish(port, topic, rate, seconds, batch):
     """QoS 0 +1 increments at rate/s in batches; returns [(running sum, time sent)]."""
-    conn = RawMqtt(port, "bench-lat-pub")
-    chunk = packet(0x30, utf8(topic) + b"1") * batch
+    conn = raw_client(port, "bench-lat-pub")
+    chunk = conn.publish_packet(topic, b"1", qos=0) * batch
     period = batch / rate
     marks, sent = [], 0
     t0 = time.monotonic()
@@ -215,8 +164,7 @@ def paced_publish(port, topic, rate, seconds, batch):
         marks.append((sent, time.monotonic()))
     elapsed = time.monotonic() - t0
     time.sleep(0.2)  # let the socket drain before DISCONNECT
-    conn.sock.sendall(b"\xe0\x00")
-    conn.close()
+    conn.disconnect()
     return marks, sent / elapsed
 
 

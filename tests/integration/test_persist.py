@@ -7,7 +7,6 @@ directory. See plugin/persist.c for the file format these tests damage on purpos
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import threading
@@ -17,7 +16,7 @@ import zlib
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import LOAD, wait_for
+from conftest import LOAD, RawClient, wait_for
 
 HEADER_LEN = 12  # "TALLYLOG" / "TALLYSNP" + u32 version
 
@@ -120,32 +119,20 @@ def test_kill9_mid_stream_with_ids_keeps_acked_and_dedups_retries(brokers, workd
     print(f"acked before kill: {len(acked)}, total after restart: {total}, retried {len(retry)}")
 
 
-def mqtt_packet(first, body):
-    n, length = len(body), b""
-    while True:
-        byte, n = n % 128, n // 128
-        length += bytes([byte | (0x80 if n else 0)])
-        if not n:
-            return bytes([first]) + length + body
-
-
-def mqtt_str(s):
-    return struct.pack(">H", len(s)) + s.encode()
-
-
 def test_applied_but_unacknowledged_then_kill9_retries_are_not_counted_twice(brokers, workdir):
     """The worst case of the stream above, made certain: the broker applies every increment
     but the client never reads a PUBACK (a raw socket that only writes), then the broker is
     killed. The client must retry all of them; the window restored from disk drops them all."""
     b = persisted(brokers, workdir)
     n = 500
-    with socket.create_connection(("127.0.0.1", b.port)) as s:
-        s.sendall(mqtt_packet(0x10, mqtt_str("MQTT") + b"\x04\x02\x00\x3c" + mqtt_str("raw")))
+    raw = RawClient(b.port, "raw", version=4)
+    try:
         for i in range(n):
-            body = mqtt_str("counters/raw/inc") + struct.pack(">H", i + 1)
-            s.sendall(mqtt_packet(0x32, body + json.dumps({"delta": 3, "id": f"u-{i}"}).encode()))
+            raw.publish_nowait("counters/raw/inc", json.dumps({"delta": 3, "id": f"u-{i}"}))
         b.wait_total("raw", 3 * n)
         b.kill()
+    finally:
+        raw.close()
     b.start()
     b.wait_total("raw", 3 * n)
     publish_all_acked(b.port, [("counters/raw/inc", json.dumps({"delta": 3, "id": f"u-{i}"}))
