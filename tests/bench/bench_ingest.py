@@ -13,14 +13,22 @@ the publishing the contract asks for such an increment, a retained total and a r
 document, and "floor-tot" the total alone. floor/plain is the most any plugin keeping the
 contract can reach there; tally/floor is what tally's own work costs on top.
 
+With --subscriber, a mosquitto_sub subscribed to counters/+ (QoS 0, output to /dev/null) runs
+beside every broker: every total is then watched and must be published within
+publish_interval_ms, state documents are not watched, so the floor is "floor-tot" alone.
+Without it nothing is watched, and tally refreshes totals under unwatched_publish_budget.
+
 Client and broker share the machine's cores: on a 2-core machine the rates are a lower bound
 of what the broker alone could take, and anything else running skews them. The broker's CPU
 time per increment (us/msg) is steadier under such noise, and is tabulated too.
 """
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
+import time
 
 import common
 
@@ -37,7 +45,20 @@ def parse_args():
     p.add_argument("--plain-only", action="store_true", help="skip tally even if it is built")
     p.add_argument("--floor-min", type=int, default=10000, metavar="K",
                    help="run the reference plugins for K at least this")
+    p.add_argument("--subscriber", action="store_true",
+                   help="a counters/+ subscriber watches every total during each run")
     return p.parse_args()
+
+
+def start_subscriber(port):
+    """mosquitto_sub on counters/+, its subscription in place before the load starts."""
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t",
+                            "counters/+", "-q", "0"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    if sub.poll() is not None:
+        raise common.BenchError("mosquitto_sub exited with %d" % sub.returncode)
+    return sub
 
 
 def one_run(workdir, load, kind, k, args):
@@ -51,10 +72,16 @@ def one_run(workdir, load, kind, k, args):
     }[kind]
     with common.Broker(workdir, "%s-k%d" % (kind, k), with_plugin=plugin is not None,
                        plugin_opts=opts, plugin=plugin) as broker:
-        cpu_before = broker.cpu_seconds()
-        report = common.run_load(load, broker.port, [
-            "--count", args.count, "--qos", 1, "--inflight", args.inflight, "--counters", k])
-        report["cpu_us"] = (broker.cpu_seconds() - cpu_before) * 1e6 / args.count
+        sub = start_subscriber(broker.port) if args.subscriber else None
+        try:
+            cpu_before = broker.cpu_seconds()
+            report = common.run_load(load, broker.port, [
+                "--count", args.count, "--qos", 1, "--inflight", args.inflight, "--counters", k])
+            report["cpu_us"] = (broker.cpu_seconds() - cpu_before) * 1e6 / args.count
+        finally:
+            if sub:
+                sub.terminate()
+                sub.wait(10)
     return report
 
 
@@ -63,6 +90,8 @@ def ratio_columns(kinds):
     pairs = [(kind, "plain") for kind in kinds if kind != "plain"]
     if "floor" in kinds and "tally" in kinds:
         pairs.append(("tally", "floor"))
+    elif "floor-tot" in kinds and "tally" in kinds:
+        pairs.append(("tally", "floor-tot"))
     return pairs
 
 
@@ -87,6 +116,8 @@ def bench(workdir, args):
     load = common.tally_load(workdir)
     base = common.broker_kinds(args.plain_only)
     floors = [] if args.plain_only or not common.FLOOR_PLUGIN.is_file() else ["floor", "floor-tot"]
+    if args.subscriber and floors:
+        floors = ["floor-tot"]  # counters/+ watches totals, not state documents
     reports = {}
     for k in args.counters:
         kinds = base + (floors if k >= args.floor_min else [])
@@ -100,12 +131,15 @@ def bench(workdir, args):
                           k, rnd, kind, report["rate"], report["seconds"], report["cpu_us"],
                           report["ack_p50_ms"], report["ack_p99_ms"]), flush=True)
     print_table(reports)
+    print("\nload average at the end: %.2f %.2f %.2f (%d cores)" % (os.getloadavg() + (os.cpu_count(),)))
 
 
 def main():
     args = parse_args()
-    print("%d QoS 1 increments per run, %d in flight, 1 client, %d rounds" % (
-        args.count, args.inflight, args.rounds), flush=True)
+    print("%d QoS 1 increments per run, %d in flight, 1 client, %d rounds%s; load average %.2f %.2f "
+          "%.2f" % ((args.count, args.inflight, args.rounds,
+                     ", a counters/+ subscriber" if args.subscriber else "") + os.getloadavg()),
+          flush=True)
     return common.run_bench("tally-bench-ingest-", lambda workdir: bench(workdir, args))
 
 
