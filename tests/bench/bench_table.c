@@ -5,8 +5,9 @@
  * on a single broker), then the same with 3 replicas per counter (a cluster
  * of 3), and reports the heap bytes per counter measured by mallinfo2()
  * (table, counters, slots and uthash buckets: everything the table allocated)
- * and the time of table_get + table_add. Figures, not pass/fail: prints one
- * JSON line and one line for people.
+ * and the time of table_get + table_add, and of the control API's listing
+ * and ranking over the whole table. Figures, not pass/fail: prints one JSON
+ * line and one line for people.
  */
 #include <malloc.h>
 #include <stdio.h>
@@ -72,6 +73,22 @@ static void add_peer_slots(struct tally_table *t)
     table_take_dirty(t);
 }
 
+/* Milliseconds one control API command takes over the whole table: a
+ * listing or ranking scans every counter. */
+static double control_ms(struct tally_table *t, const char *command)
+{
+    char req[256];
+    snprintf(req, sizeof(req), "{\"commands\":[%s]}", command);
+    struct control_req rq = {t, "n1", 0, false, NULL, 0};
+    double start = now_s();
+    char *out = control_process(req, strlen(req), &rq);
+    double took = now_s() - start;
+    if (!out || strstr(out, "\"error\""))
+        die("control_process", TALLY_E_NOMEM);
+    free(out);
+    return took * 1e3;
+}
+
 int main(void)
 {
     struct tally_table t;
@@ -86,16 +103,23 @@ int main(void)
     double update_s = get_and_add(&t, self);
     add_peer_slots(&t);
     size_t three = heap_in_use() - base;
+    double list_ms = control_ms(&t, "{\"command\":\"listCounters\",\"count\":1000}");
+    double deep_ms =
+        control_ms(&t, "{\"command\":\"listCounters\",\"offset\":100000,\"count\":1000}");
+    double top_ms = control_ms(&t, "{\"command\":\"topCounters\",\"count\":20}");
     table_free(&t);
 
     double per_one = (double)one / COUNTERS, per_three = (double)three / COUNTERS;
     double insert_ns = insert_s * 1e9 / COUNTERS, update_ns = update_s * 1e9 / COUNTERS;
     printf("{\"bench\":\"table\",\"counters\":%d,\"bytes_per_counter\":%.1f,"
            "\"bytes_per_counter_3_replicas\":%.1f,\"ns_per_get_add_new\":%.1f,"
-           "\"ns_per_get_add_existing\":%.1f}\n",
-           COUNTERS, per_one, per_three, insert_ns, update_ns);
+           "\"ns_per_get_add_existing\":%.1f,\"ms_list_first_1000\":%.1f,"
+           "\"ms_list_at_100000\":%.1f,\"ms_top_20\":%.1f}\n",
+           COUNTERS, per_one, per_three, insert_ns, update_ns, list_ms, deep_ms, top_ms);
     printf("%d counters: %.1f bytes/counter with 1 replica, %.1f with 3; "
-           "table_get+table_add %.0f ns (new counter), %.0f ns (existing)\n",
-           COUNTERS, per_one, per_three, insert_ns, update_ns);
+           "table_get+table_add %.0f ns (new counter), %.0f ns (existing); "
+           "listCounters %.0f ms (first 1000), %.0f ms (1000 at offset 100000); "
+           "topCounters %.0f ms\n",
+           COUNTERS, per_one, per_three, insert_ns, update_ns, list_ms, deep_ms, top_ms);
     return 0;
 }
