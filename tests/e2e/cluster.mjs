@@ -135,6 +135,7 @@ const SECURE_PLUGIN_OPTIONS = [
   'plugin_opt_acl defer',
   'plugin_opt_bridge_usernames tally-bridge',
   'plugin_opt_admin_usernames admin',
+  'plugin_opt_reader_usernames browser,presser,admin',
   'plugin_opt_viewer_usernames browser,presser,admin',
 ];
 

@@ -325,26 +325,41 @@ def test_only_readers_of_presence_count_as_viewers(node):
         s.close()
 
 
-def test_admin_alone_uses_the_control_api(node):
+def test_control_api_admin_for_all_readers_for_reading(node):
+    """The admin may send any command; browser and presser (reader_usernames)
+    only read-only ones, as the dashboard's listing does; nobody else any."""
     watch(node).close()
     login(node.plain, "device").publish("counters/ctl/inc", "7")
     request = '{"commands": [{"command": "getCounter", "name": "ctl"}]}'
-    spy = login(node.plain, "browser")
+    listing = '{"commands": [{"command": "listCounters", "prefix": "ct"}]}'
+    admin_only = '{"commands": [{"command": "resetCounter", "name": "ctl"}]}'
+    # browser may read the response topic: still, others' answers never reach it.
+    spy = login(node.plain, "browser", client_id="browser-spies")
     spy.subscribe("$CONTROL/#")
     asker = login(node.plain, "admin", client_id="admin-asks")
     asker.subscribe("$CONTROL/tally/v1/response")
     asker.publish("$CONTROL/tally/v1", request)
     wait_for(lambda: '"value":7' in (asker.last("$CONTROL/tally/v1/response") or "")
              .replace(" ", ""), 10, what="the control API's answer")
-    assert spy.topics() == set()
-    for c in (asker, spy):
+    reader = login(node.plain, "browser", client_id="browser-lists")
+    reader.subscribe("$CONTROL/tally/v1/response")
+    reader.publish("$CONTROL/tally/v1", listing)
+    wait_for(lambda: '"name":"ctl"' in (reader.last("$CONTROL/tally/v1/response") or "")
+             .replace(" ", ""), 10, what="the listing's answer to browser")
+    assert spy.topics() == set(), "each answer goes to the asking client alone"
+    for c in (asker, spy, reader):
         c.close()
     admin = AuthRawClient(node.plain, "admin-1", "admin", PASSWORD["admin"])
     assert admin.publish("$CONTROL/tally/v1", request) in ACCEPTED
     assert admin.publish("$CONTROL/tally/v1/response", "{}") == NOT_AUTHORIZED
     assert admin.publish("counters/a/inc") == NOT_AUTHORIZED
     admin.disconnect()
-    for user in ("device", "browser", "presser", "tally-bridge"):
+    for user in ("browser", "presser"):
+        c = AuthRawClient(node.plain, f"{user}-1", user, PASSWORD[user])
+        assert c.publish("$CONTROL/tally/v1", request) in ACCEPTED, user
+        assert c.publish("$CONTROL/tally/v1", admin_only) == NOT_AUTHORIZED, user
+        c.disconnect()
+    for user in ("device", "tally-bridge"):
         c = AuthRawClient(node.plain, f"{user}-1", user, PASSWORD[user])
         assert c.publish("$CONTROL/tally/v1", request) == NOT_AUTHORIZED, user
         c.disconnect()

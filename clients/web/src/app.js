@@ -1,17 +1,20 @@
 // tally dashboard: connects over MQTT-over-WebSocket to the broker that
 // served this page (signing in first when the broker asks for a login),
-// views one presence page, lists every counter live, and publishes
-// increments. The broker and the plugin do all the counting; this
-// page only subscribes to retained topics and draws what arrives.
+// views one presence page, shows one screen of counters live (view.js picks
+// them through the control API), and publishes increments. The broker and
+// the plugin do all the counting; this page only subscribes to retained
+// topics and draws what arrives.
 // When its broker stays away, the page says how old its numbers are and
 // moves to another node of the cluster when it was told of one (?nodes=).
 
 import mqtt from 'mqtt';
 import { ClusterStrip } from './cluster.js';
+import { ControlClient, RESPONSE_TOPIC } from './control.js';
 import { CounterList, formatNumber } from './counters.js';
 import { forgetLogin, isLoginRefusal, LoginPanel, loadLogin, refusalText, saveLogin } from './login.js';
 import { nameProblem, parseTotal } from '../elements/src/names.js';
 import { brokerUrl, readSettings } from './settings.js';
+import { CounterView } from './view.js';
 
 const KEEPALIVE_S = 20;
 const RECONNECT_MS = 2000;
@@ -35,6 +38,32 @@ const formMsg = $('form-msg');
 
 const counters = new CounterList($('rows'), $('empty'), increment);
 const cluster = new ClusterStrip($('cluster'));
+const control = new ControlClient((topic, payload, done) => {
+  if (client?.connected) client.publish(topic, payload, { qos: 1 }, done);
+  else done(new Error('not connected'));
+});
+const testEl = (id) => document.querySelector(`[data-testid="${id}"]`);
+const view = new CounterView({
+  list: counters,
+  control,
+  els: {
+    tabs: { trending: testEl('view-trending'), all: testEl('view-all') },
+    search: testEl('search'),
+    info: testEl('list-info'),
+    pager: testEl('pager'),
+    prev: testEl('prev'),
+    next: testEl('next'),
+    range: testEl('range'),
+  },
+  watch: (names) => rowTopics(names, (topics) => client.subscribe(Object.fromEntries(topics.map((t) => [t, { qos: 0 }])))),
+  unwatch: (names) => rowTopics(names, (topics) => client.unsubscribe(topics)),
+});
+
+// The two topics of each row, handed to act while connected.
+function rowTopics(names, act) {
+  if (!client?.connected || names.length === 0) return;
+  act(names.flatMap((name) => [`${prefix}/${name}`, `${prefix}/${name}/state`]));
+}
 
 $('page-name').textContent = page;
 $('inc-topic').textContent = `${prefix}/<name>/inc`;
@@ -76,6 +105,8 @@ function showDown() {
   if (downSinceMs === null) {
     downSinceMs = now;
     counters.pause(now);
+    view.disconnected();
+    control.failAll();
     showStale(now);
   }
   const long = now - downSinceMs > RECONNECTING_GRACE_MS;
@@ -127,14 +158,11 @@ function onConnect(connack) {
   viaEl.textContent = `via ${nodeHost()}`;
   counters.resume(now);
   cluster.touchAll(now);
-  if (!connack.sessionPresent) {
-    client.subscribe({
-      [presenceTopic]: { qos: 0 },
-      [`${prefix}/+`]: { qos: 0 },
-      [`${prefix}/+/state`]: { qos: 0 },
-      '$tally/stats/+': { qos: 0 },
-    });
-  }
+  client.subscribe({
+    [presenceTopic]: { qos: 0 },
+    '$tally/stats/+': { qos: 0 },
+  });
+  view.connected();
 }
 
 // A refused login is final for these credentials: retrying them every 2 s
@@ -236,6 +264,10 @@ function onMessage(topic, payload) {
     onViewers(text);
     return;
   }
+  if (topic === RESPONSE_TOPIC) {
+    control.onResponse(text);
+    return;
+  }
   const levels = topic.split('/');
   if (levels[0] === '$tally' && levels[1] === 'stats' && levels.length === 3) {
     const stats = text === '' ? null : parseJson(text);
@@ -289,7 +321,10 @@ form.addEventListener('submit', (event) => {
     toast(problem, true);
     return;
   }
-  publishIncrement(name, String(delta), () => toast(`added ${formatNumber(delta)} to ${name}`));
+  publishIncrement(name, String(delta), () => {
+    toast(`added ${formatNumber(delta)} to ${name}`);
+    view.refresh(); // a new counter, or one that now trends, shows at once
+  });
 });
 
 /* ==== Clock: charts, rates, staleness ==== */
@@ -312,6 +347,7 @@ function tick() {
     failOver(now);
   }
   if (document.hidden) return;
+  if (client?.connected) view.tick(now);
   counters.tick(now, colors);
   if (client?.connected) cluster.tick(now);
 }

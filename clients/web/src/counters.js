@@ -1,12 +1,16 @@
-// The counter list: one row per counter, kept sorted by name, fed by the
-// retained totals on `counters/<name>` and the per-node detail on
-// `counters/<name>/state`. Totals drive the value and the rate; the state
-// message only adds the breakdown (and a value until the first total lands).
+// The counter rows on screen: exactly the counters the current view lists
+// (show()), in its order, each fed by the retained total on
+// `<prefix>/<name>` and the per-node detail on `<prefix>/<name>/state`
+// that the page subscribes to for that row alone. Totals drive the value and
+// the rate; the state message only adds the breakdown. Messages for a name
+// not on screen (one that just left) are ignored.
 
 import { RateTracker } from './rate.js';
 import { drawSparkline } from './sparkline.js';
 
 const number = new Intl.NumberFormat();
+// Seconds a row must have seen before its own rate replaces the plugin's.
+const OWN_RATE_AFTER_S = 5;
 
 export function formatNumber(n) {
   return number.format(n);
@@ -53,19 +57,50 @@ export class CounterList {
     this.listEl = listEl;
     this.emptyEl = emptyEl;
     this.onIncrement = onIncrement;
-    this.rows = new Map(); // name -> row record
-    this.sorted = []; // names, in display order
+    this.rows = new Map(); // name -> row record, in display order
     this.enabled = false;
     this.colors = null; // sparkline colours, from the last tick
   }
 
-  // A retained total; null removes the counter (its retained message was cleared).
+  // Shows exactly these counters ([{name, value, rate}]), in this order; a
+  // new row starts with the listed value until its live total arrives, and
+  // with the plugin's rate (topCounters) until it has seen a few seconds of
+  // its own. Returns
+  // the names that came and went, for the caller's subscriptions.
+  show(items) {
+    const want = new Set(items.map((item) => item.name));
+    const gone = [...this.rows.keys()].filter((name) => !want.has(name));
+    for (const name of gone) this.remove(name);
+    const added = [];
+    let before = this.listEl.firstChild;
+    for (const { name, value, rate } of items) {
+      let row = this.rows.get(name);
+      if (!row) {
+        row = this.createRow(name);
+        this.rows.set(name, row);
+        added.push(name);
+        if (Number.isSafeInteger(value)) this.showValue(row, value);
+      }
+      row.serverRate = typeof rate === 'number' ? rate : null;
+      if (row.li !== before) this.listEl.insertBefore(row.li, before);
+      before = row.li.nextSibling;
+    }
+    this.emptyEl.hidden = items.length > 0;
+    return { added, gone };
+  }
+
+  names() {
+    return [...this.rows.keys()];
+  }
+
+  // A retained total of a row on screen; null: the counter was deleted.
   setTotal(name, total, nowMs) {
+    const row = this.rows.get(name);
+    if (!row) return;
     if (total === null) {
-      this.remove(name);
+      row.valueEl.textContent = '–';
       return;
     }
-    const row = this.ensure(name);
     row.hasTotal = true;
     row.rate.observe(total, nowMs);
     this.showValue(row, total);
@@ -73,7 +108,8 @@ export class CounterList {
   }
 
   setState(name, state) {
-    const row = this.ensure(name);
+    const row = this.rows.get(name);
+    if (!row) return;
     const { text, title } = describeState(state);
     row.nodesEl.textContent = text;
     row.nodesEl.title = title;
@@ -82,7 +118,10 @@ export class CounterList {
 
   // The connection was lost at nowMs: the charts show a gap from then.
   pause(nowMs) {
-    for (const row of this.rows.values()) row.rate.pause(nowMs);
+    for (const row of this.rows.values()) {
+      row.rate.pause(nowMs);
+      row.serverRate = null; // as old as the last answer: no rate is claimed
+    }
   }
 
   // After a reconnect the retained totals arrive again; they are baselines,
@@ -104,7 +143,8 @@ export class CounterList {
 
   draw(row, nowMs) {
     if (!this.colors) return;
-    row.rateEl.textContent = formatRate(row.rate.recent(nowMs));
+    const ownRate = row.rate.knownSeconds(nowMs) >= OWN_RATE_AFTER_S || row.serverRate === null;
+    row.rateEl.textContent = formatRate(ownRate ? row.rate.recent(nowMs) : row.serverRate);
     drawSparkline(row.canvas, row.rate.series(nowMs), nowMs, this.colors);
   }
 
@@ -120,41 +160,17 @@ export class CounterList {
     row.valueEl.classList.add('bump');
   }
 
-  ensure(name) {
-    const existing = this.rows.get(name);
-    if (existing) return existing;
-    const row = this.createRow(name);
-    this.rows.set(name, row);
-    const at = this.insertionIndex(name);
-    this.listEl.insertBefore(row.li, at < this.sorted.length ? this.rows.get(this.sorted[at]).li : null);
-    this.sorted.splice(at, 0, name);
-    this.emptyEl.hidden = true;
-    return row;
-  }
-
   remove(name) {
     const row = this.rows.get(name);
     if (!row) return;
     row.li.remove();
     this.rows.delete(name);
-    this.sorted.splice(this.sorted.indexOf(name), 1);
     this.emptyEl.hidden = this.rows.size > 0;
   }
 
   // Forgets every counter: what another user was allowed to read is not shown to the next.
   clear() {
-    for (const name of [...this.rows.keys()]) this.remove(name);
-  }
-
-  insertionIndex(name) {
-    let lo = 0;
-    let hi = this.sorted.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (this.sorted[mid] < name) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    this.show([]);
   }
 
   createRow(name) {
@@ -184,6 +200,6 @@ export class CounterList {
     button.addEventListener('click', () => this.onIncrement(name, button));
 
     li.append(info, chart, valueEl, button);
-    return { li, nodesEl, canvas, rateEl, valueEl, button, rate: new RateTracker(), hasTotal: false };
+    return { li, nodesEl, canvas, rateEl, valueEl, button, rate: new RateTracker(), hasTotal: false, serverRate: null };
   }
 }

@@ -74,6 +74,13 @@ export class RateTracker {
     return out;
   }
 
+  // How many of the last `seconds` seconds are known.
+  knownSeconds(nowMs, seconds = 10) {
+    return this.series(nowMs)
+      .slice(WINDOW_S - seconds)
+      .filter((v) => !Number.isNaN(v)).length;
+  }
+
   // Changes per second over the known seconds among the last `seconds`
   // (the current one included so a click shows at once), or null when none
   // of them is known.

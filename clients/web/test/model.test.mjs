@@ -29,10 +29,12 @@ test('seconds while disconnected are unknown, not zero', () => {
   r.observe(0, T0);
   r.observe(4, T0 + 1000);
   r.pause(T0 + 1500);
+  assert.equal(r.knownSeconds(T0 + 1500, 10), 2);
   const away = r.series(T0 + 20000);
   assert.deepEqual(away.slice(-21, -19), [0, 4]);
   assert.ok(away.slice(-19).every(Number.isNaN), 'the outage is a gap');
   assert.equal(r.recent(T0 + 20000, 10), null, 'no rate is known');
+  assert.equal(r.knownSeconds(T0 + 20000, 10), 0);
   r.resume(T0 + 20000);
   r.observe(100, T0 + 20100); // a baseline: what changed while away is no rate
   assert.equal(r.recent(T0 + 20500, 10), 0);
