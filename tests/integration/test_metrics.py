@@ -163,17 +163,19 @@ def test_exporter_logs_in_over_tls_to_the_locked_down_setup(node, workdir):
         assert e.stop() == 0
     # Over TLS without the right password: refused, and the exporter says so.
     port = free_port()
-    p = subprocess.Popen([EXPORTER, "-p", str(node.tls), "--cafile", ca, "-u", "admin",
-                          "-P", "wrong", "--listen", f"127.0.0.1:{port}"],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = os.path.join(workdir, "refused-exporter.log")
+    with open(log, "w") as out:
+        p = subprocess.Popen([EXPORTER, "-p", str(node.tls), "--cafile", ca, "-u", "admin",
+                              "-P", "wrong", "--listen", f"127.0.0.1:{port}"],
+                             stdout=out, stderr=subprocess.STDOUT)
     try:
+        wait_for(lambda: "refused" in open(log).read(), 20, what="the exporter to be refused")
         text = wait_for(lambda: _scrape(port), 10, what="the refused exporter to serve")
         assert "tally_exporter_broker_connected 0" in text
         assert "tally_increments_applied_total{" not in text
     finally:
         p.terminate()
-        out = p.communicate(timeout=10)[0]
-    assert "refused" in out, out
+        p.wait(10)
 
 
 def _scrape(port):
