@@ -408,6 +408,16 @@ static int not_written(struct mosquitto *client, const char *topic)
     return MOSQ_ERR_UNKNOWN;
 }
 
+/* A 0 increment creates a counter, a deleted one too: a reset of it, which
+ * takes nothing (no slot is above its base) and only outranks the delete, so
+ * it is listed again at 0 on every node. */
+static void recreate(struct tally_counter *c)
+{
+    if (table_reset(&g.table, c, false) < 0 ||
+        (g.persist && persist_base(g.persist, &g.table, c) < 0))
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot recreate deleted counter %s", c->name);
+}
+
 /* Each of the two returns TALLY_OK with what happened in *result, or the
  * reason the input is refused (TALLY_E_DISK: it could not be logged). */
 static int on_increment(struct mosquitto_evt_message *ev, struct topic t, enum tally_result *result)
@@ -445,6 +455,8 @@ static int on_increment(struct mosquitto_evt_message *ev, struct topic t, enum t
     }
     if (table_add(&g.table, c, g.self, inc.delta) < 0)
         return TALLY_E_NOMEM;
+    if (inc.delta == 0 && table_hidden(&g.table, c))
+        recreate(c);
     if (inc.id[0])
         dedup_insert(&g.dedup, key);
     g.st.applied++;

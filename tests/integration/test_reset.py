@@ -74,6 +74,12 @@ def test_reset_and_delete_on_one_node(brokers, closing):  # noqa: F811
     inc(node, "likes", 5)
     node.wait_total("likes", 5)
     assert listed(node) == {"likes": 5, "meter": 30}
+    # a 0 increment creates a counter, a deleted one too: listed again at 0
+    control(node, [{"command": "deleteCounter", "name": "meter"}])
+    wait_for(lambda: "meter" not in listed(node), 5, what="meter deleted")
+    inc(node, "meter", 0)
+    node.wait_total("meter", 0)
+    assert listed(node) == {"likes": 5, "meter": 0}
     # readers may not reset; their request is refused whole
     assert control(node, [{"command": "resetCounter", "name": "likes"}], username="viewer") is None
     assert control(node, [{"command": "deleteCounter", "name": "likes"}], username=None) is None

@@ -213,6 +213,27 @@ START_TEST(test_delete_hides_and_an_increment_brings_it_back)
         ck_assert(!hidden(&n[i], "gone"));
         ck_assert_int_eq(value(&n[i], "gone"), 3);
     }
+    /* A reset of a deleted counter takes nothing more (what plugin.c does for
+     * a 0 increment): the digest moves only by the stamp, and it is shown. */
+    reset(&n[1], "gone", true);
+    converge(n, 3);
+    const struct tally_base *b = table_base(&n[1].t, get(&n[1], "gone"));
+    uint32_t nbase = b->nslots;
+    struct tally_base_slot before[8];
+    ck_assert_uint_le(nbase, 8);
+    memcpy(before, b->slots, nbase * sizeof(*before));
+    uint64_t digest[TALLY_BUCKETS];
+    memcpy(digest, n[1].t.digest, sizeof(digest));
+    reset(&n[1], "gone", false);
+    b = table_base(&n[1].t, get(&n[1], "gone"));
+    ck_assert_uint_eq(b->nslots, nbase);
+    ck_assert_mem_eq(b->slots, before, nbase * sizeof(*before));
+    ck_assert_uint_eq(b->reset, b->deleted + 1);
+    ck_assert(memcmp(digest, n[1].t.digest, sizeof(digest)) != 0); /* the stamp moved */
+    ck_assert(!hidden(&n[1], "gone"));
+    ck_assert_int_eq(value(&n[1], "gone"), 0);
+    converge(n, 3);
+    ck_assert(!hidden(&n[0], "gone"));
     /* Deleted again, then reset by a node that saw the delete: shown at 0. */
     reset(&n[0], "gone", true);
     converge(n, 3);
