@@ -89,6 +89,7 @@ class Demo:
             self.proc.terminate()
         self.proc.wait(30)
         took = time.monotonic() - start
+        print(f"demo stopped by {how} in {took:.3f} s")
         wait_for(lambda: not any(os.path.exists(f"/proc/{p}") and cmdline(p)
                                  for p in self.family), 5, what="the demo's children to go")
         return took
