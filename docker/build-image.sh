@@ -18,10 +18,16 @@ here=$(cd "$(dirname "$0")" && pwd)
 build() {
 	src=$1 out=$2
 	export DEBIAN_FRONTEND=noninteractive
+	# Node.js from Debian, unless one is there already (NodeSource's nodejs
+	# has npm inside and conflicts with Debian's npm).
+	node=
+	command -v node >/dev/null || node=nodejs
+	command -v npm >/dev/null || node="$node npm"
 	apt-get update -q
+	# shellcheck disable=SC2086 # $node is a list of words
 	apt-get install -y -q --no-install-recommends build-essential debhelper cmake pkg-config \
-		python3 nodejs npm libmosquitto-dev mosquitto-dev libcjson-dev uthash-dev \
-		zlib1g-dev libmicrohttpd-dev
+		python3 libmosquitto-dev mosquitto-dev libcjson-dev uthash-dev zlib1g-dev \
+		libmicrohttpd-dev $node
 	(cd "$src" && rm -rf build obj-* clients/web/dist && dpkg-buildpackage -us -uc -b)
 	mkdir -p "$out"
 	cp "$src"/../tally_*.deb "$src/docker/build-image.sh" "$src/docker/mosquitto.conf" \
