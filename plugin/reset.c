@@ -132,6 +132,12 @@ static uint64_t minus(uint64_t v, uint64_t base)
     return v > base ? v - base : 0;
 }
 
+/* a + b for a >= 0, saturated: thousands of slots near 2^53 could pass 2^63 */
+static int64_t plus(int64_t a, uint64_t b)
+{
+    return b > (uint64_t)(INT64_MAX - a) ? INT64_MAX : a + (int64_t)b;
+}
+
 void table_sums(const struct tally_table *t, const struct tally_counter *c, struct tally_sums *out)
 {
     const struct tally_base *b = table_base(t, c);
@@ -140,14 +146,14 @@ void table_sums(const struct tally_table *t, const struct tally_counter *c, stru
         return;
     /* Each part is at most the raw one, which counter_sums kept in range. */
     int64_t p = 0, n = 0, d = 0;
-    for (uint16_t i = 0; i < c->nslots; i++) {
+    for (uint32_t i = 0; i < c->nslots; i++) {
         uint64_t bp, bn;
         base_slot(b, c->slots[i].replica, &bp, &bn);
-        p += (int64_t)minus(c->slots[i].p, bp);
-        n += (int64_t)minus(c->slots[i].n, bn);
+        p = plus(p, minus(c->slots[i].p, bp));
+        n = plus(n, minus(c->slots[i].n, bn));
     }
-    for (uint16_t i = 0; i < c->ndevs; i++)
-        d += (int64_t)minus(c->devs[i].total, base_device(b, c->devs[i].device));
+    for (uint32_t i = 0; i < c->ndevs; i++)
+        d = plus(d, minus(c->devs[i].total, base_device(b, c->devs[i].device)));
     out->p = p < out->p ? p : out->p;
     out->n = n < out->n ? n : out->n;
     out->devices = d < out->devices ? d : out->devices;
@@ -167,13 +173,13 @@ bool table_hidden(const struct tally_table *t, const struct tally_counter *c)
     const struct tally_base *b = table_base(t, c);
     if (!b || b->deleted == 0 || b->deleted < b->reset)
         return false;
-    for (uint16_t i = 0; i < c->nslots; i++) {
+    for (uint32_t i = 0; i < c->nslots; i++) {
         uint64_t bp, bn;
         base_slot(b, c->slots[i].replica, &bp, &bn);
         if (c->slots[i].p > bp || c->slots[i].n > bn)
             return false;
     }
-    for (uint16_t i = 0; i < c->ndevs; i++)
+    for (uint32_t i = 0; i < c->ndevs; i++)
         if (c->devs[i].total > base_device(b, c->devs[i].device))
             return false;
     return true;
@@ -314,10 +320,10 @@ int table_reset(struct tally_table *t, struct tally_counter *c, bool delete)
     uint64_t stamp = 1;
     if (have)
         stamp += have->deleted > have->reset ? have->deleted : have->reset;
-    for (uint16_t i = 0; i < c->nslots; i++)
+    for (uint32_t i = 0; i < c->nslots; i++)
         if (table_merge_base_slot(t, c, c->slots[i].replica, c->slots[i].p, c->slots[i].n) < 0)
             return -TALLY_E_NOMEM;
-    for (uint16_t i = 0; i < c->ndevs; i++)
+    for (uint32_t i = 0; i < c->ndevs; i++)
         if (table_merge_base_device(t, c, c->devs[i].device, c->devs[i].total) < 0)
             return -TALLY_E_NOMEM;
     int rc = table_merge_stamps(t, c, delete ? stamp : 0, delete ? 0 : stamp);
