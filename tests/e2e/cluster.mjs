@@ -281,6 +281,15 @@ export async function startCluster(httpDir, { options = [] } = {}) {
   return { dir, a, b, stop };
 }
 
+// One node alone that lets anyone in; options: more plugin_opt_ lines.
+export async function startNode(httpDir, { options = [] } = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'tally-e2e-'));
+  const [port, wsPort] = await freePorts(2);
+  const node = new Node('solo', dir, port, wsPort, httpDir, { options });
+  await node.start();
+  return node;
+}
+
 // The demo passwords of conf/secure/make-passwords.sh.
 export const PASSWORDS = {
   device: 'device-demo',
