@@ -950,3 +950,19 @@ def test_wsload_reads_under_the_prefixes(tmp_path):
         assert report["counter_values"] == ["3"]
     finally:
         stop(proc)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--page", "a/b"], "--page is not a name the plugin takes"),
+    (["--page", "x" * 201], "--page is not a name the plugin takes"),
+    (["--counter", "$SYS"], "--counter is not a name the plugin takes"),
+    (["--counter", "tab\there"], "--counter is not a name the plugin takes"),
+    (["--prefix", "c/#"], "bad --prefix"),
+    (["--presence-prefix", "p/"], "bad --presence-prefix"),
+])
+def test_wsload_takes_names_by_the_plugins_rule(args, message):
+    wsload = os.path.join(os.path.dirname(TALLY), "tally-wsload")
+    result = subprocess.run([wsload, "--port", "1", *args], capture_output=True, text=True,
+                            timeout=10)
+    assert result.returncode == 2
+    assert message in result.stderr
