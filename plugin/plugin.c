@@ -234,11 +234,13 @@ static struct tally {
     struct tally_refresh refresh;
     struct persist *persist;
     struct wire_sync_writer writer;
+    struct repl repl;
     struct wire_buf buf;
     struct stats st;
     uint64_t incarnation;
     uint32_t self; /* our replica index */
-    uint64_t start_ms, last_flush_ms, last_digest_ms, last_announce_ms, last_stats_ms;
+    uint64_t start_ms, last_flush_ms, last_repl_ms, last_digest_ms, last_request_ms;
+    uint64_t last_announce_ms, last_stats_ms;
     uint64_t presence_seq, stats_seq;
     size_t flush_left; /* counters of the current flush round still to publish */
     uint64_t log_window_ms, log_count, last_disk_log_ms;
@@ -582,108 +584,51 @@ static struct tally_origin *heard_from(const char *id, size_t len)
     return o;
 }
 
-/* A peer's base of counter c (after its slots, which it never exceeds). */
-static int merge_sync_base(const struct wire_sync *s, const struct wire_sync_counter *wc,
-                           struct tally_counter *c, const uint32_t *reps, const uint32_t *devs)
+/* The neighbour behind the bridge connection a message came in on. */
+static int neighbour_of(const struct mosquitto *client, uint16_t *k)
 {
-    int rose = table_merge_stamps(&g.table, c, wc->deleted, wc->reset);
-    for (uint32_t i = 0; i < wc->nbase_slots && rose >= 0; i++) {
-        const struct wire_sync_slot *b = &s->base_slots[wc->first_base_slot + i];
-        int rc = table_merge_base_slot(&g.table, c, reps[b->replica_ref], b->p, b->n);
-        rose = rc < 0 ? rc : rose | rc;
-    }
-    for (uint32_t i = 0; i < wc->nbase_devs && rose >= 0; i++) {
-        const struct wire_sync_dev *d = &s->base_devs[wc->first_base_dev + i];
-        int rc = table_merge_base_device(&g.table, c, devs[d->device_ref], d->total);
-        rose = rc < 0 ? rc : rose | rc;
-    }
-    if (rose > 0 && g.persist)
-        persist_base(g.persist, &g.table, c);
-    return rose < 0 ? -rose : TALLY_OK;
+    const char *id = mosquitto_client_id(client);
+    return repl_neighbour(&g.repl, id ? id : "", k);
 }
 
-static int merge_sync_counter(const struct wire_sync *s, const struct wire_sync_counter *wc,
-                              const uint32_t *reps, const uint32_t *devs)
-{
-    struct tally_counter *c;
-    int rc = table_get(&g.table, wc->name, wc->name_len, &c);
-    if (rc != TALLY_OK)
-        return rc;
-    for (uint32_t i = 0; i < wc->nslots; i++) {
-        const struct wire_sync_slot *sl = &s->slots[wc->first_slot + i];
-        uint32_t replica = reps[sl->replica_ref];
-        /* Peers' states need no acknowledgement: what fails to reach the
-         * log here is sent again by anti-entropy. */
-        if (table_merge_slot(&g.table, c, replica, sl->p, sl->n) > 0 && g.persist)
-            persist_slot(g.persist, &g.table, c, counter_slot(c, replica), NULL);
-    }
-    for (uint32_t i = 0; i < wc->ndevs; i++) {
-        const struct wire_sync_dev *d = &s->devs[wc->first_dev + i];
-        if (table_merge_device(&g.table, c, devs[d->device_ref], d->total, false) > 0 && g.persist)
-            persist_device(g.persist, &g.table, c, counter_device(c, devs[d->device_ref]));
-    }
-    return wc->based ? merge_sync_base(s, wc, c, reps, devs) : TALLY_OK;
-}
-
-static int on_sync(const void *payload, size_t len)
+static int on_sync(const struct mosquitto *client, const void *payload, size_t len)
 {
     struct wire_sync s;
+    uint16_t k;
     int rc = wire_decode_sync(payload, len, &s);
     if (rc != TALLY_OK)
         return rc;
-    if (is_self(s.sender, s.sender_len))
-        goto done;
-    heard_from(s.sender, s.sender_len);
-    uint32_t *reps = calloc(s.nreplicas + 1, sizeof(*reps));
-    uint32_t *devs = calloc(s.ndevices + 1, sizeof(*devs));
-    rc = reps && devs ? TALLY_OK : TALLY_E_NOMEM;
-    for (uint32_t i = 0; i < s.nreplicas && rc == TALLY_OK; i++) {
-        char node[TALLY_NODE_ID_MAX + 1];
-        memcpy(node, s.replicas[i].node_id, s.replicas[i].len);
-        node[s.replicas[i].len] = '\0';
-        rc = table_replica(&g.table, node, s.replicas[i].incarnation, &reps[i]);
+    if (!is_self(s.sender, s.sender_len)) {
+        heard_from(s.sender, s.sender_len);
+        rc = neighbour_of(client, &k);
+        if (rc == TALLY_OK)
+            rc = repl_apply_sync(&g.repl, &g.table, g.persist, &s, k);
     }
-    for (uint32_t i = 0; i < s.ndevices && rc == TALLY_OK; i++)
-        rc = table_device(&g.table, s.devices[i].id, s.devices[i].len, DEVICE_PEER, &devs[i]);
-    for (uint32_t i = 0; i < s.ncounters && rc == TALLY_OK; i++)
-        rc = merge_sync_counter(&s, &s.counters[i], reps, devs);
-    free(reps);
-    free(devs);
-done:
     wire_sync_free(&s);
     return rc;
 }
 
-static void dump_buckets(const uint64_t *mask);
+static void send_sync(const struct wire_buf *msg, void *ctx);
 
-static int on_digest(const void *payload, size_t len)
+static struct repl_out repl_out(void)
 {
-    const char *sender;
-    size_t slen;
-    uint64_t theirs[TALLY_BUCKETS];
-    int rc = wire_decode_digest(payload, len, &sender, &slen, theirs);
-    if (rc != TALLY_OK || is_self(sender, slen))
+    return (struct repl_out){g.opt.node_id, (size_t)g.opt.max_message_bytes, send_sync, NULL};
+}
+
+static int on_digest(const struct mosquitto *client, const void *payload, size_t len)
+{
+    static struct wire_digest d; /* 2 KB of hashes: off the stack */
+    uint64_t dump[TALLY_BUCKETS / 64];
+    uint16_t k;
+    int rc = wire_decode_digest(payload, len, &d);
+    if (rc != TALLY_OK || is_self(d.sender, d.sender_len))
         return rc;
-    struct tally_origin *o = heard_from(sender, slen);
-    if (!o)
+    if (!heard_from(d.sender, d.sender_len) || neighbour_of(client, &k) != TALLY_OK)
         return TALLY_E_NOMEM;
-    /* A bucket that differs now may only be in flight. Send it when it
-     * differed in the previous digest too, or at once when the peer has
-     * nothing there (it is new, or came back empty). */
-    uint64_t dump[TALLY_BUCKETS / 64] = {0};
-    bool any = false;
-    for (unsigned b = 0; b < TALLY_BUCKETS; b++) {
-        uint64_t bit = 1ULL << (b % 64);
-        bool differs = theirs[b] != g.table.digest[b];
-        bool send = differs && ((o->mismatch[b / 64] & bit) || theirs[b] == 0);
-        o->mismatch[b / 64] = differs ? (o->mismatch[b / 64] | bit) : (o->mismatch[b / 64] & ~bit);
-        if (send) {
-            dump[b / 64] |= bit;
-            any = true;
-        }
+    if (repl_digest_seen(&g.repl, k, &d, g.table.digest, g.opt.node_id, dump)) {
+        struct repl_out out = repl_out();
+        g.st.repair_counters += repl_send_buckets(&g.repl, &g.table, &g.writer, &out, dump);
     }
-    if (any)
-        dump_buckets(dump);
     return TALLY_OK;
 }
 
@@ -698,7 +643,12 @@ static bool flood_is_new(struct tally_origin *o, uint64_t incarnation, uint64_t 
     return true;
 }
 
-static int on_presence(const char *topic, const void *payload, size_t len)
+/* Flooded messages (presence, stats) that are new here are routed on by the
+ * broker itself (*route): Mosquitto never sends a message back over the
+ * bridge it came in on (bridges subscribe with no-local), so a leaf of a star
+ * does not echo to its hub what the hub told it, and a copy seen before is
+ * dropped, so a ring of bridges does not loop. */
+static int on_presence(const char *payload, size_t len, bool *route)
 {
     struct wire_presence wp;
     int rc = wire_decode_presence(payload, len, &wp);
@@ -716,11 +666,9 @@ static int on_presence(const char *topic, const void *payload, size_t len)
     presence_origin_begin(&g.presence, o);
     for (uint32_t i = 0; i < wp.npages; i++)
         presence_origin_set(&g.presence, o, wp.pages[i].page, wp.pages[i].len, wp.pages[i].count);
-    if (mosquitto_broker_publish_copy(NULL, topic, (int)len, payload, 1, false, NULL) ==
-        MOSQ_ERR_SUCCESS) {
-        g.st.repl_msgs_out++;
-        g.st.repl_bytes_out += len;
-    }
+    *route = true;
+    g.st.repl_msgs_out++; /* counted as when the plugin published it on itself */
+    g.st.repl_bytes_out += len;
 done:
     free(wp.pages);
     return rc;
@@ -728,7 +676,7 @@ done:
 
 /* Stats are JSON for people; they carry "incarnation" and "seq" so they can be
  * flooded like presence: each node keeps every node's latest, retained. */
-static int on_stats(const char *topic, const void *payload, size_t len)
+static int on_stats(const char *topic, const void *payload, size_t len, bool *route)
 {
     const char *id = topic + strlen("$tally/stats/");
     size_t idlen = strlen(id);
@@ -754,7 +702,7 @@ static int on_stats(const char *topic, const void *payload, size_t len)
         return TALLY_OK;
     o->stats_incarnation = inc;
     o->stats_seq = seq;
-    publish(topic, payload, len, 0, true);
+    *route = true; /* and retained here: any node shows every node's figures */
     return TALLY_OK;
 }
 
@@ -762,22 +710,26 @@ static int on_replication(struct mosquitto_evt_message *ev)
 {
     const char *topic = ev->topic;
     int rc = TALLY_E_WIRE;
+    bool route = false;
     g.st.repl_msgs_in++;
     g.st.repl_bytes_in += ev->payloadlen;
     if (strncmp(topic, "$tally/v1/sync/", 15) == 0)
-        rc = on_sync(ev->payload, ev->payloadlen);
+        rc = on_sync(ev->client, ev->payload, ev->payloadlen);
     else if (strncmp(topic, "$tally/v1/digest/", 17) == 0)
-        rc = on_digest(ev->payload, ev->payloadlen);
+        rc = on_digest(ev->client, ev->payload, ev->payloadlen);
     else if (strncmp(topic, "$tally/v1/presence/", 19) == 0)
-        rc = on_presence(topic, ev->payload, ev->payloadlen);
+        rc = on_presence(ev->payload, ev->payloadlen, &route);
     else if (strncmp(topic, "$tally/stats/", 13) == 0)
-        rc = on_stats(topic, ev->payload, ev->payloadlen);
+        rc = on_stats(topic, ev->payload, ev->payloadlen, &route);
     if (rc != TALLY_OK) {
         g.st.repl_rejected++;
         refuse(ev->client, topic, rc);
+        return MOSQ_ERR_ACL_DENIED;
     }
-    /* Consumed either way: replication is never routed on by the broker, so
-     * it cannot loop through a ring of bridges. */
+    if (route)
+        return MOSQ_ERR_SUCCESS;
+    /* SYNC and DIGEST are consumed: what they change, this node sends on in
+     * its own messages (repl.c), so they cannot loop through a ring. */
     return MOSQ_ERR_ACL_DENIED;
 }
 
@@ -914,20 +866,10 @@ static void replicate(const char *kind, const struct wire_buf *b)
     g.st.repl_bytes_out += b->len;
 }
 
-static void sync_flush(void)
+static void send_sync(const struct wire_buf *msg, void *ctx)
 {
-    if (sync_writer_empty(&g.writer))
-        return;
-    if (sync_writer_finish(&g.writer, g.opt.node_id) == TALLY_OK)
-        replicate("sync", &g.writer.out);
-}
-
-static void sync_add(const struct tally_counter *c)
-{
-    if (sync_writer_add(&g.writer, &g.table, c) != TALLY_OK)
-        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory replicating %s", c->name);
-    if (sync_writer_size(&g.writer) >= (size_t)g.opt.max_message_bytes)
-        sync_flush();
+    (void)ctx;
+    replicate("sync", msg);
 }
 
 /* g.topic = "<prefix>/<name><suffix>" (at most 127 + 1 + 200 + 6 bytes), for
@@ -1119,24 +1061,9 @@ static void announce_presence(void)
     g.last_announce_ms = mono_ms();
 }
 
-/* Sends the whole state of every counter in the buckets set in mask. */
-static void dump_buckets(const uint64_t *mask)
-{
-    struct tally_counter *c, *tmp;
-    HASH_ITER(hh, g.table.counters, c, tmp)
-    {
-        unsigned b = name_bucket(c->name, c->name_len);
-        if (mask[b / 64] & (1ULL << (b % 64))) {
-            sync_add(c);
-            g.st.repair_counters++;
-        }
-    }
-    sync_flush();
-}
-
-/* A flush round replicates every counter that was dirty when it began and
- * publishes its watched outputs (publish_changed), at most FLUSH_BUDGET a
- * tick, so that a huge backlog (a million counters
+/* A flush round publishes the watched outputs of every counter that was
+ * dirty when it began (publish_changed), at most FLUSH_BUDGET a tick, so
+ * that a huge backlog (a million counters
  * loaded from disk, or replicated after a long partition) never stalls the
  * broker for seconds: the round goes on at the next tick. A counter changed
  * during a round waits for the next one, so no name is published twice
@@ -1152,12 +1079,34 @@ static void flush(uint64_t now)
     for (struct tally_counter *c; g.flush_left && budget && (c = table_pop_dirty(&g.table));
          g.flush_left--, budget--) {
         publish_changed(c, wall);
-        sync_add(c);
     }
-    sync_flush();
     presence_flush(&g.presence, now, (uint64_t)g.opt.presence_delivery_budget, publish_page, NULL);
     if (g.presence.local_changed)
         announce_presence();
+}
+
+/* Deltas: what was learned goes on at the next tick, local changes with the
+ * publish interval (repl.c). A repair asked of a neighbour goes in a DIGEST
+ * sent at once, at most once a publish interval. */
+static void replicate_tick(uint64_t now)
+{
+    static struct wire_digest d; /* 2 KB of hashes: off the stack */
+    uint64_t interval = (uint64_t)g.opt.publish_interval_ms;
+    if (g.table.repl_head && (g.repl.learned || now - g.last_repl_ms >= interval)) {
+        struct repl_out out = repl_out();
+        repl_send_deltas(&g.repl, &g.table, &g.writer, &out, FLUSH_BUDGET);
+        g.last_repl_ms = now;
+    }
+    bool ask = repl_wants_repair(&g.repl) && now - g.last_request_ms >= interval;
+    if (ask || now - g.last_digest_ms >= (uint64_t)g.opt.sync_interval_ms) {
+        repl_digest(&g.repl, &d, g.opt.node_id, g.table.digest);
+        wire_encode_digest(&g.buf, &d);
+        replicate("digest", &g.buf);
+        if (ask)
+            g.last_request_ms = now;
+        else
+            g.last_digest_ms = now;
+    }
 }
 
 /* ==== Stats ==== */
@@ -1184,9 +1133,10 @@ static void publish_stats(uint64_t now)
     wbuf_printf(b, "},\"rejected_total\":%" PRIu64, rejected);
     wbuf_printf(b,
                 ",\"repl\":{\"msgs_in\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"msgs_out\":%" PRIu64
-                ",\"bytes_out\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"repaired\":%" PRIu64 "}",
+                ",\"bytes_out\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"repaired\":%" PRIu64
+                ",\"repairs_asked\":%" PRIu64 ",\"neighbours\":%" PRIu32 "}",
                 g.st.repl_msgs_in, g.st.repl_bytes_in, g.st.repl_msgs_out, g.st.repl_bytes_out,
-                g.st.repl_rejected, g.st.repair_counters);
+                g.st.repl_rejected, g.st.repair_counters, g.repl.asked, g.repl.n);
     wbuf_printf(b, ",\"dedup\":{\"ids\":%" PRIu32 ",\"window\":%" PRIu32 "}", g.dedup.count,
                 g.dedup.window);
     wbuf_printf(b, ",\"limits\":{\"max_counters\":%lld,\"max_devices\":%lld,\"max_viewers\":%lld}",
@@ -1242,11 +1192,7 @@ static int on_tick(int event, void *event_data, void *userdata)
     refresh(now);
     if (now - g.last_announce_ms >= heartbeat)
         announce_presence();
-    if (now - g.last_digest_ms >= (uint64_t)g.opt.sync_interval_ms) {
-        wire_encode_digest(&g.buf, g.opt.node_id, g.table.digest);
-        replicate("digest", &g.buf);
-        g.last_digest_ms = now;
-    }
+    replicate_tick(now);
     if (now - g.last_stats_ms >= (uint64_t)g.opt.stats_interval_ms)
         publish_stats(now);
     char err[700];
@@ -1353,6 +1299,10 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
         goto error;
     if (table_replica(&g.table, g.opt.node_id, g.incarnation, &g.self) != TALLY_OK)
         goto error;
+    uint64_t session;
+    if (getrandom(&session, sizeof(session), 0) != sizeof(session))
+        session = wall_ms() ^ (uint64_t)getpid() << 40;
+    repl_init(&g.repl, session | 1); /* never 0, which means "version 1" */
     g.start_ms = mono_ms();
     table_set_clock(&g.table, 0); /* what was loaded is not a recent change */
     for (size_t i = 0; i < sizeof(callbacks) / sizeof(callbacks[0]); i++) {
@@ -1394,6 +1344,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
     persist_close(g.persist, &g.table, &g.dedup);
     g.persist = NULL;
     sync_writer_free(&g.writer);
+    repl_free(&g.repl);
     wbuf_free(&g.buf);
     dedup_free(&g.dedup);
     refresh_free(&g.refresh);

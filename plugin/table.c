@@ -11,6 +11,10 @@
  * holds a 32-bit index, not a string, and the registries never shrink while
  * the broker runs (replicas are few; devices are bounded by max_devices).
  *
+ * A change is also owed to the neighbours: the slot is marked pending (who
+ * taught it to us, see repl.c) and its counter put once on a second FIFO,
+ * the replication list, which repl.c drains into SYNC deltas.
+ *
  * Every change also keeps digest[] current: for each of TALLY_BUCKETS buckets
  * of names, the wrapping sum of a 64-bit hash of every (name, slot, value) in
  * it. Two nodes with the same state have the same digests whatever order they
@@ -66,6 +70,7 @@ void table_init(struct tally_table *t, size_t max_counters, uint32_t max_devices
     t->max_counters = max_counters;
     t->max_devices = max_devices;
     t->dirty_tail = &t->dirty_head;
+    t->repl_tail = &t->repl_head;
 }
 
 void table_free(struct tally_table *t)
@@ -124,16 +129,29 @@ int table_get(struct tally_table *t, const char *name, size_t len, struct tally_
 /* Forgets a counter created for an increment that was then not applied. */
 void table_drop_if_empty(struct tally_table *t, struct tally_counter *c)
 {
-    if (c->nslots || c->ndevs || c->dirty || c->based)
+    if (c->nslots || c->ndevs || c->dirty || c->repl_dirty || c->based)
         return;
     HASH_DEL(t->counters, c);
     counter_free(c);
     t->ncounters--;
 }
 
+static void mark_repl(struct tally_table *t, struct tally_counter *c)
+{
+    if (c->repl_dirty)
+        return;
+    c->repl_dirty = 1;
+    c->repl_next = NULL;
+    *t->repl_tail = c;
+    t->repl_tail = &c->repl_next;
+}
+
+/* A changed counter: its outputs are stale, and it owes its peers a delta
+ * (its pending slots, and its base if it has one: reset.c changes only that). */
 void table_mark_dirty(struct tally_table *t, struct tally_counter *c)
 {
     c->stale = 1;
+    mark_repl(t, c);
     if (c->dirty)
         return;
     c->dirty = 1;
@@ -141,6 +159,26 @@ void table_mark_dirty(struct tally_table *t, struct tally_counter *c)
     *t->dirty_tail = c;
     t->dirty_tail = &c->dirty_next;
     t->ndirty++;
+}
+
+/* A slot learned from `from` owes itself to every neighbour but that one,
+ * unless it already owed itself to someone else: then to everyone. */
+static uint16_t pending_join(uint16_t was, uint16_t from)
+{
+    return was == REPL_NONE || was == from ? from : REPL_ALL;
+}
+
+struct tally_counter *table_pop_repl(struct tally_table *t)
+{
+    struct tally_counter *c = t->repl_head;
+    if (!c)
+        return NULL;
+    t->repl_head = c->repl_next;
+    if (!t->repl_head)
+        t->repl_tail = &t->repl_head;
+    c->repl_dirty = 0;
+    c->repl_next = NULL;
+    return c;
 }
 
 struct tally_counter *table_take_dirty(struct tally_table *t)
@@ -193,6 +231,16 @@ static void digest_slot(struct tally_table *t, const struct tally_counter *c, ui
     *d += table_entry_hash(nh, oh, after->p, after->n);
 }
 
+/* After slot `replica` of c changed: digest, dirty list, what it owes. */
+static void slot_changed(struct tally_table *t, struct tally_counter *c, uint32_t replica,
+                         const struct tally_slot *before, uint16_t from)
+{
+    struct tally_slot *s = (struct tally_slot *)counter_slot(c, replica);
+    digest_slot(t, c, replica, before, s);
+    s->pending = pending_join(s->pending, from);
+    table_mark_dirty(t, c);
+}
+
 int table_add(struct tally_table *t, struct tally_counter *c, uint32_t replica, int64_t delta)
 {
     const struct tally_slot *s = counter_slot(c, replica);
@@ -202,31 +250,50 @@ int table_add(struct tally_table *t, struct tally_counter *c, uint32_t replica, 
         return -rc;
     if (delta == 0)
         return 0;
-    digest_slot(t, c, replica, s ? &before : NULL, counter_slot(c, replica));
+    slot_changed(t, c, replica, s ? &before : NULL, REPL_ALL);
     counter_rate_add(c, delta > 0 ? (uint64_t)delta : (uint64_t)-delta, t->clock_ds);
-    table_mark_dirty(t, c);
     return 1;
 }
 
-int table_merge_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica, uint64_t p,
-                     uint64_t n)
+int table_merge_slot_from(struct tally_table *t, struct tally_counter *c, uint32_t replica,
+                          uint64_t p, uint64_t n, uint16_t from)
 {
     const struct tally_slot *s = counter_slot(c, replica);
     struct tally_slot before = s ? *s : (struct tally_slot){0};
     int rc = counter_merge_slot(c, replica, p, n);
     if (rc <= 0)
         return rc;
-    const struct tally_slot *after = counter_slot(c, replica);
-    digest_slot(t, c, replica, s ? &before : NULL, after);
+    slot_changed(t, c, replica, s ? &before : NULL, from);
     /* P and N only rise: the total moved by the difference of the two rises */
+    const struct tally_slot *after = counter_slot(c, replica);
     int64_t moved = (int64_t)(after->p - before.p) - (int64_t)(after->n - before.n);
     counter_rate_add(c, moved < 0 ? (uint64_t)-moved : (uint64_t)moved, t->clock_ds);
-    table_mark_dirty(t, c);
     return 1;
 }
 
-int table_merge_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
-                       uint64_t total, bool local)
+int table_merge_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica, uint64_t p,
+                     uint64_t n)
+{
+    return table_merge_slot_from(t, c, replica, p, n, REPL_ALL);
+}
+
+/* After device `device` of c rose from *old (NULL: new) to total. */
+static void device_changed(struct tally_table *t, struct tally_counter *c, uint32_t device,
+                           const uint64_t *old, uint64_t total, uint16_t from)
+{
+    uint64_t nh = tally_hash64(c->name, c->name_len, 0);
+    uint64_t oh = table_device_hash(t, device);
+    uint64_t *dg = &t->digest[nh % TALLY_BUCKETS];
+    if (old)
+        *dg -= table_entry_hash(nh, oh, *old, 0);
+    *dg += table_entry_hash(nh, oh, total, 0);
+    struct tally_dev *d = (struct tally_dev *)counter_device(c, device);
+    d->pending = pending_join(d->pending, from);
+    table_mark_dirty(t, c);
+}
+
+static int merge_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
+                        uint64_t total, bool local, uint16_t from)
 {
     const struct tally_dev *d = counter_device(c, device);
     bool existed = d != NULL;
@@ -234,15 +301,21 @@ int table_merge_device(struct tally_table *t, struct tally_counter *c, uint32_t 
     int rc = local ? counter_report(c, device, total) : counter_merge_device(c, device, total);
     if (rc <= 0)
         return rc;
-    uint64_t nh = tally_hash64(c->name, c->name_len, 0);
-    uint64_t oh = table_device_hash(t, device);
-    uint64_t *dg = &t->digest[nh % TALLY_BUCKETS];
-    if (existed)
-        *dg -= table_entry_hash(nh, oh, old, 0);
-    *dg += table_entry_hash(nh, oh, total, 0);
+    device_changed(t, c, device, existed ? &old : NULL, total, from);
     counter_rate_add(c, total - old, t->clock_ds);
-    table_mark_dirty(t, c);
     return 1;
+}
+
+int table_merge_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
+                       uint64_t total, bool local)
+{
+    return merge_device(t, c, device, total, local, REPL_ALL);
+}
+
+int table_merge_device_from(struct tally_table *t, struct tally_counter *c, uint32_t device,
+                            uint64_t total, uint16_t from)
+{
+    return merge_device(t, c, device, total, false, from);
 }
 
 /* ==== Registries ==== */

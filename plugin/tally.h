@@ -85,26 +85,38 @@ int parse_int(const char *s, size_t len, int64_t *out);
 
 /* ==== The PN-counter (counter.c) ==== */
 
+/* What a slot or device maximum still owes the neighbours (repl.c): nothing,
+ * everyone (a local change, or learned from several), or everyone but the
+ * neighbour REPL_FROM(k) it was learned from. Kept in the padding after the
+ * 32-bit index, so it costs no memory. */
+#define REPL_NONE 0
+#define REPL_ALL 1
+#define REPL_FROM(k) ((uint16_t)((k) + 2))
+
 struct tally_slot {
     uint32_t replica; /* index into the table's replica registry */
+    uint16_t pending; /* REPL_NONE, REPL_ALL or REPL_FROM(neighbour) */
     uint64_t p, n;
 };
 
 struct tally_dev {
-    uint32_t device; /* index into the table's device registry */
+    uint32_t device;  /* index into the table's device registry */
+    uint16_t pending; /* as tally_slot's */
     uint64_t total;
 };
 
 struct tally_counter {
     UT_hash_handle hh;
     struct tally_counter *dirty_next;
-    struct tally_slot *slots; /* sorted by replica */
-    struct tally_dev *devs;   /* sorted by device */
-    float rate;               /* recent change of the total: see counter_rate */
-    uint32_t rate_ds;         /* when rate was last raised, in table clock ticks */
+    struct tally_counter *repl_next; /* the table's list of counters owing a delta */
+    struct tally_slot *slots;        /* sorted by replica */
+    struct tally_dev *devs;          /* sorted by device */
+    float rate;                      /* recent change of the total: see counter_rate */
+    uint32_t rate_ds;                /* when rate was last raised, in table clock ticks */
     uint16_t nslots;
     uint16_t ndevs;
-    uint8_t dirty : 1;       /* on the table's dirty list (replication, outputs) */
+    uint8_t dirty : 1;       /* on the table's dirty list (outputs) */
+    uint8_t repl_dirty : 1;  /* on the table's replication list (repl.c) */
     uint8_t stale : 1;       /* the retained total is older than the counter */
     uint8_t queued : 1;      /* on the refresh queue (schedule.c) */
     uint8_t state_shown : 1; /* a retained state document is published (plugin.c) */
@@ -160,6 +172,8 @@ struct tally_table {
     size_t ncounters, max_counters;
     struct tally_counter *dirty_head, **dirty_tail;
     size_t ndirty;
+    /* Counters with a slot whose pending is not REPL_NONE, oldest first. */
+    struct tally_counter *repl_head, **repl_tail;
 
     struct tally_replica *replica_hash, **replicas;
     uint32_t nreplicas, replicas_cap;
@@ -197,6 +211,15 @@ int table_merge_slot(struct tally_table *t, struct tally_counter *c, uint32_t re
                      uint64_t n);
 int table_merge_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
                        uint64_t total, bool local);
+/* The same for a state learned from neighbour `from` (a REPL_FROM value):
+ * the change is owed to every neighbour but that one. */
+int table_merge_slot_from(struct tally_table *t, struct tally_counter *c, uint32_t replica,
+                          uint64_t p, uint64_t n, uint16_t from);
+int table_merge_device_from(struct tally_table *t, struct tally_counter *c, uint32_t device,
+                            uint64_t total, uint16_t from);
+/* Takes the oldest counter off the list of those owing a delta; NULL if none.
+ * The caller clears the pending marks it sends. */
+struct tally_counter *table_pop_repl(struct tally_table *t);
 
 /* Exposed for reset.c, which keeps the same digest and dirty list. */
 uint64_t table_entry_hash(uint64_t name_hash, uint64_t owner_hash, uint64_t p, uint64_t n);
@@ -282,8 +305,7 @@ struct tally_origin {
     UT_hash_handle hh;
     uint64_t incarnation, seq;
     uint64_t last_heard_ms;
-    uint32_t slot;                         /* column in every page's remote counts */
-    uint64_t mismatch[TALLY_BUCKETS / 64]; /* buckets that differed in its last digest */
+    uint32_t slot; /* column in every page's remote counts */
     uint64_t stats_incarnation, stats_seq;
     bool alive;
     char node_id[TALLY_NODE_ID_MAX + 1];
@@ -382,8 +404,9 @@ uint64_t page_interval_ms(uint64_t viewers, uint64_t budget);
 
 /* ==== Replication wire format (wire.c) ==== */
 
-#define WIRE_VERSION 1      /* DIGEST, PRESENCE, UP, DOWN */
-#define WIRE_SYNC_VERSION 2 /* SYNC: 2 adds bases (reset.c); 1 is still read */
+#define WIRE_VERSION 1        /* PRESENCE, UP, DOWN */
+#define WIRE_SYNC_VERSION 3   /* 2 added bases (reset.c), 3 the stream (repl.c) */
+#define WIRE_DIGEST_VERSION 2 /* 2 added the stream and repair requests */
 enum wire_type { WIRE_SYNC = 1, WIRE_DIGEST = 2, WIRE_PRESENCE = 3, WIRE_UP = 4, WIRE_DOWN = 5 };
 
 struct wire_buf {
@@ -431,8 +454,13 @@ int sync_writer_add(struct wire_sync_writer *w, const struct tally_table *t,
                     const struct tally_counter *c);
 size_t sync_writer_size(const struct wire_sync_writer *w);
 bool sync_writer_empty(const struct wire_sync_writer *w);
-/* Assembles the message into w->out and resets the writer for the next one. */
-int sync_writer_finish(struct wire_sync_writer *w, const char *sender);
+int sync_writer_add_delta(struct wire_sync_writer *w, const struct tally_table *t,
+                          const struct tally_counter *c, bool (*keep)(uint16_t pending, void *ctx),
+                          void *ctx);
+/* Assembles the message into w->out, as message `seq` of the sender's
+ * stream `session`, and resets the writer for the next one. */
+int sync_writer_finish(struct wire_sync_writer *w, const char *sender, uint64_t session,
+                       uint64_t seq);
 
 struct wire_sync_counter {
     const char *name;
@@ -468,6 +496,7 @@ struct wire_sync_device {
 struct wire_sync {
     const char *sender;
     size_t sender_len;
+    uint64_t session, seq; /* 0, 0 from a version 1 sender */
     struct wire_sync_replica *replicas;
     struct wire_sync_device *devices;
     struct wire_sync_counter *counters;
@@ -482,9 +511,22 @@ int wire_peek_type(const void *msg, size_t len);
 int wire_decode_sync(const void *msg, size_t len, struct wire_sync *out);
 void wire_sync_free(struct wire_sync *s);
 
-void wire_encode_digest(struct wire_buf *b, const char *sender, const uint64_t *digest);
-int wire_decode_digest(const void *msg, size_t len, const char **sender, size_t *sender_len,
-                       uint64_t *digest);
+#define WIRE_MAX_REQUESTS 64
+struct wire_node_ref {
+    const char *id; /* borrowed */
+    size_t len;
+};
+/* A DIGEST. Decoded, its strings point into the message (borrowed). */
+struct wire_digest {
+    const char *sender;
+    size_t sender_len;
+    uint64_t session, seq; /* the sender's SYNC stream: the last seq it sent */
+    uint32_t nrequests;    /* neighbours asked to send what differs, at once */
+    struct wire_node_ref requests[WIRE_MAX_REQUESTS];
+    uint64_t digest[TALLY_BUCKETS];
+};
+void wire_encode_digest(struct wire_buf *b, const struct wire_digest *d);
+int wire_decode_digest(const void *msg, size_t len, struct wire_digest *out);
 
 struct wire_presence_page {
     const char *page;
@@ -582,6 +624,64 @@ struct tier_child *tier_hub_child(struct tier_hub *h, const char *id);
 const char *tier_child_id(const struct tier_child *ch);
 /* Forgets children silent for timeout_ms (their slots stay in the table). */
 void tier_hub_expire(struct tier_hub *h, uint64_t now_ms, uint64_t timeout_ms);
+/* ==== Replication between neighbours (repl.c) ==== */
+
+#define REPL_MAX_NEIGHBOURS 4096
+
+/* One bridge connection, keyed by the client id Mosquitto gives it. */
+struct repl_neighbour {
+    char node[TALLY_NODE_ID_MAX + 1]; /* its node id, "" until it sends */
+    uint64_t session, seq;            /* its SYNC stream, as far as seen */
+    bool want_repair;                 /* ask it in our next DIGEST */
+    bool have_prev;
+    uint64_t prev_theirs[TALLY_BUCKETS], prev_ours[TALLY_BUCKETS]; /* at its last DIGEST */
+    char conn[];
+};
+
+struct repl {
+    struct repl_neighbour **nb;
+    uint32_t n, cap;
+    uint64_t session, seq; /* our own SYNC stream: seq of the last one sent */
+    bool learned;          /* a change owed to a neighbour came from another */
+    uint64_t asked;        /* repairs asked of neighbours (gaps, new sessions) */
+    uint64_t failed;       /* counters that could not be written (memory) */
+};
+
+/* Where and how SYNCs leave: plugin.c publishes them. */
+struct repl_out {
+    const char *self;
+    size_t max_bytes;
+    void (*send)(const struct wire_buf *msg, void *ctx);
+    void *ctx;
+};
+
+struct persist;
+
+void repl_init(struct repl *r, uint64_t session);
+void repl_free(struct repl *r);
+/* The index of the neighbour behind connection `conn` (created if new). */
+int repl_neighbour(struct repl *r, const char *conn, uint16_t *out);
+/* True if a slot marked `pending` is owed to some neighbour (ctx: the repl). */
+bool repl_owed(uint16_t pending, void *ctx);
+/* Merges a SYNC from neighbour k into t (and the log p, if any). */
+int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
+                    const struct wire_sync *s, uint16_t k);
+/* Takes a DIGEST from neighbour k; sets in dump (TALLY_BUCKETS bits) the
+ * buckets to send whole, and returns how many. */
+unsigned repl_digest_seen(struct repl *r, uint16_t k, const struct wire_digest *d,
+                          const uint64_t *ours, const char *self, uint64_t *dump);
+bool repl_wants_repair(const struct repl *r);
+/* Our DIGEST into d, naming (and clearing) the repairs we ask for. d's
+ * strings borrow from r and self. */
+void repl_digest(struct repl *r, struct wire_digest *d, const char *self, const uint64_t *digest);
+/* Sends the pending slots of at most budget counters of the replication
+ * list; returns how many counters it took. */
+size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,
+                        const struct repl_out *out, size_t budget);
+/* Sends the whole state of every counter in the buckets set in mask;
+ * returns how many counters. */
+size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,
+                         const struct repl_out *out, const uint64_t *mask);
 
 /* ==== JSON views of the state and the control API (control.c) ==== */
 

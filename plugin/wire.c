@@ -4,47 +4,58 @@
  *
  * ---- Why state, not operations ----
  *
- * Nodes send states of counters (every slot of every counter that changed
- * since the last send), never "add 5". Merging a state is idempotent, so a
- * bridge may drop, repeat, reorder or replay messages and, as long as some
- * later state gets through, the totals converge (see counter.c). The traffic
- * grows with the number of counters that changed per publish interval, not
- * with the increment rate: 10,000 increments to one counter in 100 ms cost one
- * entry of a few bytes.
+ * Nodes send states of slots (each slot that changed since the last send,
+ * with its absolute P and N; see repl.c for which), never "add 5". Merging a state is idempotent,
+ * so a bridge may drop, repeat, reorder or replay messages and, as long as some later state gets
+ * through, the totals converge (see counter.c). The traffic grows with the number of counters that
+ * changed per publish interval, not with the increment rate: 10,000 increments to one counter in
+ * 100 ms cost one entry of a few bytes.
  *
  * ---- Topics ----
  *
- *   $tally/v1/sync/<node>      SYNC: counter states; the receiver merges,
- *                              and what changed its state it sends on at its
- *                              next flush, so any connected topology converges
- *                              and a message that changes nothing goes no
- *                              further (no loops, even in a ring of bridges)
- *   $tally/v1/digest/<node>    DIGEST: 256 bucket hashes (anti-entropy)
+ *   $tally/v1/sync/<node>      SYNC: slot states; the receiver merges, and
+ *                              what changed its state it sends on at its next
+ *                              tick, so any connected topology converges and a
+ *                              message that changes nothing goes no further
+ *                              (no loops, even in a ring of bridges). Each
+ *                              node numbers its SYNCs (session, seq): see
+ *                              repl.c for what a gap triggers
+ *   $tally/v1/digest/<node>    DIGEST: 256 bucket hashes (anti-entropy), the
+ *                              sender's stream position, and the neighbours
+ *                              it asks for a repair
  *   $tally/v1/presence/<node>  PRESENCE: a node's own viewer counts, flooded
  *                              by (origin, incarnation, seq), also the
  *                              liveness heartbeat behind peer_timeout_ms
  *   $tally/stats/<node>        JSON stats, retained, flooded the same way
  *
- * ---- Encoding (SYNC version 2; DIGEST and PRESENCE version 1) ----
+ * ---- Encoding (SYNC version 3, DIGEST version 2, PRESENCE version 1) ----
  *
  * All integers are unsigned. varint = LEB128 (7 bits a byte, low first, at
  * most 10 bytes); u64 = 8 bytes little-endian; str8 = one length byte then
  * that many bytes (no NUL).
  *
- *   header    'T' 'L' version=1 type            4 bytes
- *   SYNC      str8 sender
+ *   header    'T' 'L' version type              4 bytes
+ *   SYNC      str8 sender, u64 session, varint seq                (v3 on)
  *             varint R, R x { str8 node_id, u64 incarnation }    replicas
  *             varint D, D x { str8 device_id }                   devices
  *             varint C, C x { str8 name,
  *                             varint S, S x { varint r, varint p, varint n },
  *                             varint E, E x { varint d, varint total },
- *                             varint based (0 or 1; version 2 only), if 1:
+ *                             varint based (0 or 1; version 2 on), if 1:
  *                               varint deleted, varint reset,
  *                               varint S', S' x { varint r, varint p, varint n },
  *                               varint E', E' x { varint d, varint total } }
- *   DIGEST    str8 sender, varint B (=256), B x u64 bucket hash
+ *   DIGEST    str8 sender, u64 session, varint seq,               (v2 on)
+ *             varint Q, Q x { str8 node_id }     asked to repair  (v2 on)
+ *             varint B (=256), B x u64 bucket hash
  *   PRESENCE  str8 origin, u64 incarnation, u64 seq,
  *             varint G, G x { str8 page, varint viewers }
+ *
+ * Older versions had no stream position (SYNC before 3, DIGEST 1) and no
+ * repair requests; a node still reads them (as a stream it cannot check,
+ * session 0), and writes the newest only. An older node refuses newer
+ * messages and counts them as refused: a cluster is upgraded whole (README,
+ * "Upgrading").
  *
  * r and d index the message's own replica and device lists, so a counter's
  * slot costs 3 to 20 bytes whatever the lengths of node and device ids.
@@ -195,9 +206,11 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len)
     wbuf_u8(b, '"');
 }
 
-static uint8_t version_of(enum wire_type type)
+static uint8_t version_of(int type)
 {
-    return type == WIRE_SYNC ? WIRE_SYNC_VERSION : WIRE_VERSION;
+    return type == WIRE_SYNC     ? WIRE_SYNC_VERSION
+           : type == WIRE_DIGEST ? WIRE_DIGEST_VERSION
+                                 : WIRE_VERSION;
 }
 
 static void header(struct wire_buf *b, enum wire_type type)
@@ -291,8 +304,7 @@ static bool sender_ok(const char *s, size_t len)
 int wire_peek_type(const void *msg, size_t len)
 {
     const uint8_t *p = msg;
-    if (len < 4 || p[0] != 'T' || p[1] != 'L' || p[2] < 1 ||
-        p[2] > (p[3] == WIRE_SYNC ? WIRE_SYNC_VERSION : WIRE_VERSION))
+    if (len < 4 || p[0] != 'T' || p[1] != 'L' || p[2] < 1 || p[2] > version_of(p[3]))
         return -1;
     return p[3];
 }
@@ -402,6 +414,47 @@ int sync_writer_add(struct wire_sync_writer *w, const struct tally_table *t,
     return w->body.failed || w->dict.failed || w->dev_dict.failed ? TALLY_E_NOMEM : TALLY_OK;
 }
 
+/* Appends the slots and device maxima of c that keep(pending, ctx) accepts,
+ * and c's base if it has one, if there is any of these; returns how many
+ * were written. */
+int sync_writer_add_delta(struct wire_sync_writer *w, const struct tally_table *t,
+                          const struct tally_counter *c, bool (*keep)(uint16_t, void *), void *ctx)
+{
+    uint32_t nslots = 0, ndevs = 0;
+    for (uint16_t i = 0; i < c->nslots; i++)
+        nslots += keep(c->slots[i].pending, ctx);
+    for (uint16_t i = 0; i < c->ndevs; i++)
+        ndevs += keep(c->devs[i].pending, ctx);
+    const struct tally_base *base = table_base(t, c);
+    if (nslots + ndevs == 0 && !base)
+        return 0;
+    if (ref_grow(&w->rep_ref, &w->rep_used, &w->rep_cap, t->nreplicas) ||
+        ref_grow(&w->dev_ref, &w->dev_used, &w->dev_cap, t->ndevices))
+        return -TALLY_E_NOMEM;
+    wbuf_str8(&w->body, c->name, c->name_len);
+    wbuf_varint(&w->body, nslots);
+    for (uint16_t i = 0; i < c->nslots; i++) {
+        if (!keep(c->slots[i].pending, ctx))
+            continue;
+        wbuf_varint(&w->body, rep_ref(w, t, c->slots[i].replica));
+        wbuf_varint(&w->body, c->slots[i].p);
+        wbuf_varint(&w->body, c->slots[i].n);
+    }
+    wbuf_varint(&w->body, ndevs);
+    for (uint16_t i = 0; i < c->ndevs; i++) {
+        if (!keep(c->devs[i].pending, ctx))
+            continue;
+        wbuf_varint(&w->body, dev_ref(w, t, c->devs[i].device));
+        wbuf_varint(&w->body, c->devs[i].total);
+    }
+    /* A base (reset.c) is rare and whole: it goes with every delta. */
+    add_base(w, t, base);
+    w->ncounters++;
+    if (w->body.failed || w->dict.failed || w->dev_dict.failed)
+        return -TALLY_E_NOMEM;
+    return (int)(nslots + ndevs) + (base != NULL);
+}
+
 size_t sync_writer_size(const struct wire_sync_writer *w)
 {
     return w->dict.len + w->dev_dict.len + w->body.len + 96;
@@ -412,11 +465,14 @@ bool sync_writer_empty(const struct wire_sync_writer *w)
     return w->ncounters == 0;
 }
 
-int sync_writer_finish(struct wire_sync_writer *w, const char *sender)
+int sync_writer_finish(struct wire_sync_writer *w, const char *sender, uint64_t session,
+                       uint64_t seq)
 {
     wbuf_reset(&w->out);
     header(&w->out, WIRE_SYNC);
     wbuf_str8(&w->out, sender, strlen(sender));
+    wbuf_u64(&w->out, session);
+    wbuf_varint(&w->out, seq);
     wbuf_varint(&w->out, w->nrep);
     wbuf_bytes(&w->out, w->dict.data, w->dict.len);
     wbuf_varint(&w->out, w->ndev);
@@ -529,6 +585,10 @@ int wire_decode_sync(const void *msg, size_t len, struct wire_sync *s)
     s->sender = wr_str8(&r, &s->sender_len);
     if (!sender_ok(s->sender, s->sender_len))
         return TALLY_E_WIRE;
+    if (version >= 3) {
+        s->session = wr_u64(&r);
+        s->seq = wr_varint(&r);
+    }
     uint32_t n = wr_count(&r, 9);
     s->replicas = calloc(n + 1, sizeof(*s->replicas));
     for (uint32_t i = 0; i < n && s->replicas && !r.bad; i++) {
@@ -571,27 +631,47 @@ int wire_decode_sync(const void *msg, size_t len, struct wire_sync *s)
 
 /* ==== DIGEST ==== */
 
-void wire_encode_digest(struct wire_buf *b, const char *sender, const uint64_t *digest)
+void wire_encode_digest(struct wire_buf *b, const struct wire_digest *d)
 {
     wbuf_reset(b);
     header(b, WIRE_DIGEST);
-    wbuf_str8(b, sender, strlen(sender));
+    wbuf_str8(b, d->sender, d->sender_len);
+    wbuf_u64(b, d->session);
+    wbuf_varint(b, d->seq);
+    wbuf_varint(b, d->nrequests);
+    for (uint32_t i = 0; i < d->nrequests; i++)
+        wbuf_str8(b, d->requests[i].id, d->requests[i].len);
     wbuf_varint(b, TALLY_BUCKETS);
     for (unsigned i = 0; i < TALLY_BUCKETS; i++)
-        wbuf_u64(b, digest[i]);
+        wbuf_u64(b, d->digest[i]);
 }
 
-int wire_decode_digest(const void *msg, size_t len, const char **sender, size_t *sender_len,
-                       uint64_t *digest)
+int wire_decode_digest(const void *msg, size_t len, struct wire_digest *d)
 {
     struct wire_reader r;
-    if (!read_header(&r, msg, len, WIRE_DIGEST))
+    memset(d, 0, sizeof(*d));
+    int version = read_header(&r, msg, len, WIRE_DIGEST);
+    if (!version)
         return TALLY_E_WIRE;
-    *sender = wr_str8(&r, sender_len);
-    if (!sender_ok(*sender, *sender_len) || wr_varint(&r) != TALLY_BUCKETS)
+    d->sender = wr_str8(&r, &d->sender_len);
+    if (!sender_ok(d->sender, d->sender_len))
+        return TALLY_E_WIRE;
+    if (version >= 2) {
+        d->session = wr_u64(&r);
+        d->seq = wr_varint(&r);
+        d->nrequests = wr_count(&r, 2);
+        if (d->nrequests > WIRE_MAX_REQUESTS)
+            r.bad = true;
+        for (uint32_t i = 0; i < d->nrequests && !r.bad; i++) {
+            d->requests[i].id = wr_str8(&r, &d->requests[i].len);
+            if (!r.bad && !sender_ok(d->requests[i].id, d->requests[i].len))
+                r.bad = true;
+        }
+    }
+    if (r.bad || wr_varint(&r) != TALLY_BUCKETS)
         return TALLY_E_WIRE;
     for (unsigned i = 0; i < TALLY_BUCKETS; i++)
-        digest[i] = wr_u64(&r);
+        d->digest[i] = wr_u64(&r);
     return r.bad || r.p != r.end ? TALLY_E_WIRE : TALLY_OK;
 }
 

@@ -1,9 +1,10 @@
 /*
  * fuzz_wire_sync.c - a replication message from a hostile or broken peer.
  * wire_decode_sync must refuse it or return only valid data; that data is
- * merged into a table as plugin.c does, and the table, encoded again and
- * decoded into a fresh table, must give the same digest. The same bytes go
- * through wire_decode_digest too.
+ * merged into a table by repl_apply_sync, as the plugin does, and a replay
+ * must not move the digest. The table's deltas, sent by repl_send_deltas and
+ * merged into a fresh table, must give the same digest. The same bytes go
+ * through wire_decode_digest and repl_digest_seen too.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -16,104 +17,70 @@ static void check(bool ok)
         abort();
 }
 
-/* Merges a counter's base (reset.c); never takes more than the slots hold. */
-static void merge_base(struct tally_table *t, const struct wire_sync *s,
-                       const struct wire_sync_counter *wc, struct tally_counter *c,
-                       const uint32_t *reps, const uint32_t *devs)
+/* Every counter's value in range, and no base (reset.c) taking more than
+ * its slots hold. */
+static void check_counters(const struct tally_table *t)
 {
-    check(wc->first_base_slot + wc->nbase_slots <= s->nbase_slots &&
-          wc->first_base_dev + wc->nbase_devs <= s->nbase_devs);
-    check(table_merge_stamps(t, c, wc->deleted, wc->reset) >= 0);
-    for (uint32_t k = 0; k < wc->nbase_slots; k++) {
-        const struct wire_sync_slot *b = &s->base_slots[wc->first_base_slot + k];
-        check(b->replica_ref < s->nreplicas);
-        check(table_merge_base_slot(t, c, reps[b->replica_ref], b->p, b->n) >= 0);
-    }
-    for (uint32_t k = 0; k < wc->nbase_devs; k++) {
-        const struct wire_sync_dev *d = &s->base_devs[wc->first_base_dev + k];
-        check(d->device_ref < s->ndevices);
-        check(table_merge_base_device(t, c, devs[d->device_ref], d->total) >= 0);
-    }
-    struct tally_sums raw, net;
-    counter_sums(c, &raw);
-    table_sums(t, c, &net);
-    check(net.p <= raw.p && net.n <= raw.n && net.devices <= raw.devices);
-    check(net.p >= 0 && net.n >= 0 && net.devices >= 0);
-}
-
-/* Merges s into t; every step must succeed on a decoded message. */
-static void merge(struct tally_table *t, const struct wire_sync *s)
-{
-    uint32_t *reps = calloc(s->nreplicas + 1, sizeof(*reps));
-    uint32_t *devs = calloc(s->ndevices + 1, sizeof(*devs));
-    check(reps && devs);
-    for (uint32_t i = 0; i < s->nreplicas; i++) {
-        char node[TALLY_NODE_ID_MAX + 1];
-        check(s->replicas[i].len <= TALLY_NODE_ID_MAX);
-        memcpy(node, s->replicas[i].node_id, s->replicas[i].len);
-        node[s->replicas[i].len] = '\0';
-        check(table_replica(t, node, s->replicas[i].incarnation, &reps[i]) == TALLY_OK);
-    }
-    for (uint32_t i = 0; i < s->ndevices; i++)
-        check(table_device(t, s->devices[i].id, s->devices[i].len, DEVICE_PEER, &devs[i]) ==
-              TALLY_OK);
-    for (uint32_t i = 0; i < s->ncounters; i++) {
-        const struct wire_sync_counter *wc = &s->counters[i];
-        struct tally_counter *c;
-        check(name_check(wc->name, wc->name_len) == TALLY_OK);
-        check(table_get(t, wc->name, wc->name_len, &c) == TALLY_OK);
-        check(wc->first_slot + wc->nslots <= s->nslots && wc->first_dev + wc->ndevs <= s->ndevs);
-        for (uint32_t k = 0; k < wc->nslots; k++) {
-            const struct wire_sync_slot *sl = &s->slots[wc->first_slot + k];
-            check(sl->replica_ref < s->nreplicas);
-            check(table_merge_slot(t, c, reps[sl->replica_ref], sl->p, sl->n) >= 0);
-        }
-        for (uint32_t k = 0; k < wc->ndevs; k++) {
-            const struct wire_sync_dev *d = &s->devs[wc->first_dev + k];
-            check(d->device_ref < s->ndevices);
-            check(table_merge_device(t, c, devs[d->device_ref], d->total, false) >= 0);
-        }
-        if (wc->based)
-            merge_base(t, s, wc, c, reps, devs);
+    for (const struct tally_counter *c = t->counters; c; c = c->hh.next) {
+        struct tally_sums raw, net;
+        counter_sums(c, &raw);
+        table_sums(t, c, &net);
+        check(net.p <= raw.p && net.n <= raw.n && net.devices <= raw.devices);
+        check(net.p >= 0 && net.n >= 0 && net.devices >= 0);
         int64_t v = table_value(t, c);
         check(v >= -TALLY_MAX_SAFE && v <= TALLY_MAX_SAFE);
     }
-    free(reps);
-    free(devs);
 }
 
-static void round_trip(const struct tally_table *t)
+static void apply_message(const struct wire_buf *msg, void *ctx)
+{
+    struct tally_table *into = ctx;
+    struct wire_sync s;
+    struct repl r;
+    uint16_t k;
+    check(wire_decode_sync(msg->data, msg->len, &s) == TALLY_OK);
+    repl_init(&r, 9);
+    check(repl_neighbour(&r, "peer", &k) == TALLY_OK);
+    check(repl_apply_sync(&r, into, NULL, &s, k) == TALLY_OK);
+    repl_free(&r);
+    wire_sync_free(&s);
+}
+
+static void round_trip(struct tally_table *t)
 {
     struct wire_sync_writer w = {0};
-    struct wire_sync s;
     struct tally_table again;
-    const struct tally_counter *c, *tmp;
-    HASH_ITER(hh, t->counters, c, tmp)
-    {
-        check(sync_writer_add(&w, t, c) == TALLY_OK);
-    }
-    check(sync_writer_finish(&w, "fuzz") == TALLY_OK);
-    check(wire_decode_sync(w.out.data, w.out.len, &s) == TALLY_OK);
+    struct repl r;
+    uint16_t a, b;
     table_init(&again, 1u << 20, 1);
-    merge(&again, &s);
+    repl_init(&r, 5); /* two neighbours: what one taught is owed to the other */
+    check(repl_neighbour(&r, "peer", &a) == TALLY_OK && repl_neighbour(&r, "other", &b) == 0);
+    struct repl_out out = {"fuzz", 4096, apply_message, &again};
+    while (t->repl_head)
+        repl_send_deltas(&r, t, &w, &out, 1000);
     check(memcmp(again.digest, t->digest, sizeof(t->digest)) == 0);
+    repl_free(&r);
     table_free(&again);
-    wire_sync_free(&s);
     sync_writer_free(&w);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct wire_sync s;
+    struct repl r;
+    uint16_t k;
+    repl_init(&r, 3);
+    check(repl_neighbour(&r, "peer", &k) == TALLY_OK);
     int rc = wire_decode_sync(data, size, &s);
     if (rc == TALLY_OK) {
         struct tally_table t;
+        uint64_t once[TALLY_BUCKETS];
         check(node_id_check(s.sender, s.sender_len) == TALLY_OK);
         table_init(&t, 1u << 20, 1);
-        merge(&t, &s);
-        uint64_t once[TALLY_BUCKETS];
+        check(repl_apply_sync(&r, &t, NULL, &s, k) == TALLY_OK);
+        check_counters(&t);
         memcpy(once, t.digest, sizeof(once));
-        merge(&t, &s); /* a replay changes nothing */
+        check(repl_apply_sync(&r, &t, NULL, &s, k) == TALLY_OK); /* a replay changes nothing */
         check(memcmp(once, t.digest, sizeof(once)) == 0);
         round_trip(&t);
         table_free(&t);
@@ -121,10 +88,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else {
         check(rc == TALLY_E_WIRE);
     }
-    const char *sender;
-    size_t slen;
-    uint64_t digest[TALLY_BUCKETS];
-    if (wire_decode_digest(data, size, &sender, &slen, digest) == TALLY_OK)
-        check(node_id_check(sender, slen) == TALLY_OK);
+    static struct wire_digest d;
+    static const uint64_t ours[TALLY_BUCKETS];
+    uint64_t dump[TALLY_BUCKETS / 64];
+    if (wire_decode_digest(data, size, &d) == TALLY_OK) {
+        check(node_id_check(d.sender, d.sender_len) == TALLY_OK);
+        check(d.nrequests <= WIRE_MAX_REQUESTS);
+        check(repl_digest_seen(&r, k, &d, ours, "fuzz", dump) <= TALLY_BUCKETS);
+    }
+    repl_free(&r);
     return 0;
 }

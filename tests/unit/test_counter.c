@@ -80,10 +80,10 @@ static void random_state(struct state *s)
 {
     s->nslots = (int)rnd_below(13);
     for (int i = 0; i < s->nslots; i++)
-        s->slots[i] = (struct tally_slot){(uint32_t)rnd_below(NREPLICAS), rnd_value(), rnd_value()};
+        s->slots[i] = (struct tally_slot){.replica = (uint32_t)rnd_below(NREPLICAS), .p = rnd_value(), .n = rnd_value()};
     s->ndevs = (int)rnd_below(9);
     for (int i = 0; i < s->ndevs; i++)
-        s->devs[i] = (struct tally_dev){(uint32_t)rnd_below(NDEVICES), rnd_value()};
+        s->devs[i] = (struct tally_dev){.device = (uint32_t)rnd_below(NDEVICES), .total = rnd_value()};
 }
 
 /* Merges one slot or device and checks that nothing went down and that the
@@ -91,11 +91,11 @@ static void random_state(struct state *s)
 static int merge_slot_checked(struct tally_counter *c, const struct tally_slot *in)
 {
     const struct tally_slot *had = counter_slot(c, in->replica);
-    struct tally_slot before = had ? *had : (struct tally_slot){in->replica, 0, 0};
+    struct tally_slot before = had ? *had : (struct tally_slot){.replica = in->replica};
     int rc = counter_merge_slot(c, in->replica, in->p, in->n);
     ck_assert_int_ge(rc, 0);
     const struct tally_slot *now = counter_slot(c, in->replica);
-    struct tally_slot after = now ? *now : (struct tally_slot){in->replica, 0, 0};
+    struct tally_slot after = now ? *now : (struct tally_slot){.replica = in->replica};
     ck_assert_uint_ge(after.p, before.p);
     ck_assert_uint_ge(after.n, before.n);
     ck_assert_uint_eq(after.p, before.p > in->p ? before.p : in->p);

@@ -57,58 +57,25 @@ static bool hidden(struct node *n, const char *name)
     return table_hidden(&n->t, get(n, name));
 }
 
-/* Sends every counter of `from` to `to` as one SYNC message, merged the way
- * plugin.c merges one: slots, device maxima, then the base. */
+/* Sends every counter of `from` to `to` as one SYNC message, merged as the
+ * plugin merges one (repl_apply_sync): slots, device maxima, then the base. */
 static void sync(struct node *from, struct node *to)
 {
     struct wire_sync_writer w = {0};
     struct wire_sync s;
+    struct repl r;
+    uint16_t k;
     struct tally_counter *c, *tmp;
     HASH_ITER(hh, from->t.counters, c, tmp)
     {
         ck_assert_int_eq(sync_writer_add(&w, &from->t, c), TALLY_OK);
     }
-    ck_assert_int_eq(sync_writer_finish(&w, "x"), TALLY_OK);
+    ck_assert_int_eq(sync_writer_finish(&w, "x", 1, 1), TALLY_OK);
     ck_assert_int_eq(wire_decode_sync(w.out.data, w.out.len, &s), TALLY_OK);
-    uint32_t reps[16], devs[16];
-    ck_assert_uint_le(s.nreplicas, 16);
-    ck_assert_uint_le(s.ndevices, 16);
-    for (uint32_t i = 0; i < s.nreplicas; i++) {
-        char id[TALLY_NODE_ID_MAX + 1];
-        memcpy(id, s.replicas[i].node_id, s.replicas[i].len);
-        id[s.replicas[i].len] = '\0';
-        ck_assert_int_eq(table_replica(&to->t, id, s.replicas[i].incarnation, &reps[i]), TALLY_OK);
-    }
-    for (uint32_t i = 0; i < s.ndevices; i++)
-        ck_assert_int_eq(
-            table_device(&to->t, s.devices[i].id, s.devices[i].len, DEVICE_PEER, &devs[i]),
-            TALLY_OK);
-    for (uint32_t i = 0; i < s.ncounters; i++) {
-        const struct wire_sync_counter *wc = &s.counters[i];
-        struct tally_counter *tc;
-        ck_assert_int_eq(table_get(&to->t, wc->name, wc->name_len, &tc), TALLY_OK);
-        for (uint32_t k = 0; k < wc->nslots; k++) {
-            const struct wire_sync_slot *sl = &s.slots[wc->first_slot + k];
-            ck_assert_int_ge(table_merge_slot(&to->t, tc, reps[sl->replica_ref], sl->p, sl->n), 0);
-        }
-        for (uint32_t k = 0; k < wc->ndevs; k++) {
-            const struct wire_sync_dev *d = &s.devs[wc->first_dev + k];
-            ck_assert_int_ge(table_merge_device(&to->t, tc, devs[d->device_ref], d->total, false),
-                             0);
-        }
-        if (!wc->based)
-            continue;
-        ck_assert_int_ge(table_merge_stamps(&to->t, tc, wc->deleted, wc->reset), 0);
-        for (uint32_t k = 0; k < wc->nbase_slots; k++) {
-            const struct wire_sync_slot *b = &s.base_slots[wc->first_base_slot + k];
-            ck_assert_int_ge(table_merge_base_slot(&to->t, tc, reps[b->replica_ref], b->p, b->n),
-                             0);
-        }
-        for (uint32_t k = 0; k < wc->nbase_devs; k++) {
-            const struct wire_sync_dev *d = &s.base_devs[wc->first_base_dev + k];
-            ck_assert_int_ge(table_merge_base_device(&to->t, tc, devs[d->device_ref], d->total), 0);
-        }
-    }
+    repl_init(&r, 2);
+    ck_assert_int_eq(repl_neighbour(&r, "x", &k), TALLY_OK);
+    ck_assert_int_eq(repl_apply_sync(&r, &to->t, NULL, &s, k), TALLY_OK);
+    repl_free(&r);
     wire_sync_free(&s);
     sync_writer_free(&w);
 }

@@ -142,7 +142,7 @@ static void encode_table(struct wire_sync_writer *w, const struct tally_table *t
     {
         ck_assert_int_eq(sync_writer_add(w, t, c), TALLY_OK);
     }
-    ck_assert_int_eq(sync_writer_finish(w, sender), TALLY_OK);
+    ck_assert_int_eq(sync_writer_finish(w, sender, 7, 1), TALLY_OK);
 }
 
 static void assert_tables_equal(const struct tally_table *a, const struct tally_table *b)
@@ -212,7 +212,7 @@ START_TEST(test_sync_writer_reuse)
             struct wire_sync s;
             ck_assert(!sync_writer_empty(&w));
             size_t estimate = sync_writer_size(&w); /* callers split messages by it */
-            ck_assert_int_eq(sync_writer_finish(&w, "n1"), TALLY_OK);
+            ck_assert_int_eq(sync_writer_finish(&w, "n1", 7, (uint64_t)messages + 1), TALLY_OK);
             ck_assert_uint_le(w.out.len, estimate);
             ck_assert(sync_writer_empty(&w));
             ck_assert_int_eq(wire_decode_sync(w.out.data, w.out.len, &s), TALLY_OK);
@@ -441,9 +441,12 @@ START_TEST(test_sync_bad_references_and_values)
         if (rc == TALLY_OK)
             wire_sync_free(&s);
     }
-    ck_assert_int_eq(wire_peek_type("TL\x03\x01", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x04\x01", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x03\x01", 4), WIRE_SYNC);
     ck_assert_int_eq(wire_peek_type("TL\x02\x01", 4), WIRE_SYNC);
-    ck_assert_int_eq(wire_peek_type("TL\x02\x02", 4), -1); /* DIGEST is version 1 only */
+    ck_assert_int_eq(wire_peek_type("TL\x02\x02", 4), WIRE_DIGEST);
+    ck_assert_int_eq(wire_peek_type("TL\x03\x02", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x02\x03", 4), -1); /* PRESENCE is version 1 only */
     ck_assert_int_eq(wire_peek_type("TL\x01", 3), -1);
     ck_assert_int_eq(wire_peek_type("TL\x01\x03", 4), WIRE_PRESENCE);
 }
@@ -456,27 +459,48 @@ START_TEST(test_digest_round_trip)
     rng = 5;
     struct tally_table t;
     struct wire_buf b = {0};
+    static struct wire_digest in, got;
     random_table(&t, 100);
-    wire_encode_digest(&b, "node-7", t.digest);
+    in.sender = "node-7";
+    in.sender_len = 6;
+    in.session = 0x1234567890abcdefULL;
+    in.seq = 300;
+    in.nrequests = 2;
+    in.requests[0] = (struct wire_node_ref){"n1", 2};
+    in.requests[1] = (struct wire_node_ref){"node-12", 7};
+    memcpy(in.digest, t.digest, sizeof(in.digest));
+    wire_encode_digest(&b, &in);
     ck_assert_int_eq(wire_peek_type(b.data, b.len), WIRE_DIGEST);
-    const char *sender;
-    size_t slen;
-    uint64_t got[TALLY_BUCKETS];
-    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &sender, &slen, got), TALLY_OK);
-    ck_assert_uint_eq(slen, 6);
-    ck_assert_mem_eq(sender, "node-7", 6);
-    ck_assert_mem_eq(got, t.digest, sizeof(got));
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_OK);
+    ck_assert_uint_eq(got.sender_len, 6);
+    ck_assert_mem_eq(got.sender, "node-7", 6);
+    ck_assert_uint_eq(got.session, in.session);
+    ck_assert_uint_eq(got.seq, 300);
+    ck_assert_uint_eq(got.nrequests, 2);
+    ck_assert_mem_eq(got.requests[1].id, "node-12", 7);
+    ck_assert_mem_eq(got.digest, t.digest, sizeof(got.digest));
     for (size_t len = 0; len < b.len; len++) {
         uint8_t *copy = malloc(len + 1);
         memcpy(copy, b.data, len);
-        ck_assert_int_eq(wire_decode_digest(copy, len, &sender, &slen, got), TALLY_E_WIRE);
+        ck_assert_int_eq(wire_decode_digest(copy, len, &got), TALLY_E_WIRE);
         free(copy);
     }
+    b.data[2] = 3; /* a version this node does not know */
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
     b.data[2] = 2;
-    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &sender, &slen, got), TALLY_E_WIRE);
-    b.data[2] = 1;
     wbuf_u8(&b, 0);
-    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &sender, &slen, got), TALLY_E_WIRE);
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
+    /* A version 1 digest (no stream, no requests) is still read. */
+    wbuf_reset(&b);
+    wbuf_bytes(&b, "TL\x01\x02", 4);
+    wbuf_str8(&b, "n1", 2);
+    wbuf_varint(&b, TALLY_BUCKETS);
+    for (unsigned i = 0; i < TALLY_BUCKETS; i++)
+        wbuf_u64(&b, t.digest[i]);
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_OK);
+    ck_assert_uint_eq(got.session, 0);
+    ck_assert_uint_eq(got.nrequests, 0);
+    ck_assert_mem_eq(got.digest, t.digest, sizeof(got.digest));
     /* A bucket count other than 256 is refused. */
     wbuf_reset(&b);
     wbuf_bytes(&b, "TL\x01\x02", 4);
@@ -484,7 +508,7 @@ START_TEST(test_digest_round_trip)
     wbuf_varint(&b, 2);
     wbuf_u64(&b, 1);
     wbuf_u64(&b, 2);
-    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &sender, &slen, got), TALLY_E_WIRE);
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
     wbuf_free(&b);
     table_free(&t);
 }
@@ -521,7 +545,7 @@ START_TEST(test_presence_round_trip)
         ck_assert_ptr_null(p.pages);
         free(copy);
     }
-    b.data[2] = 2;
+    b.data[2] = 3;
     ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
     wbuf_free(&b);
 }

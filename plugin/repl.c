@@ -1,0 +1,376 @@
+/*
+ * repl.c - replication between neighbours: what a node sends, when, and
+ * what it repairs. Pure C; plugin.c hands it decoded messages and publishes
+ * what it writes.
+ *
+ * ---- The problem ----
+ *
+ * A node is bridged to a few neighbours; a publish under $tally/ reaches
+ * every one of them (Mosquitto bridges broadcast, and a node cannot address
+ * one neighbour). Earlier versions sent the whole state of every changed
+ * counter at every publish interval, forwarded what they learned one
+ * interval later, and compared 256 bucket digests every sync interval,
+ * resending whole buckets that differed twice in a row. Under steady writes
+ * the buckets always differ (deltas are in flight), so every neighbour resent
+ * every busy bucket every round: bytes grew about as N^2.5 in a star of N
+ * leaves, and each hop added an interval of latency.
+ *
+ * ---- The protocol ----
+ *
+ * 1. Deltas, each owed once. A slot or device maximum that changes is marked
+ *    pending (tally.h: REPL_ALL for a local change, REPL_FROM(k) for one
+ *    learned from neighbour k) and its counter joins the table's replication
+ *    list. A SYNC carries only pending slots, with their absolute (P, N), and
+ *    clears the marks: the delta-state CRDT of Almeida, Shoker and Baquero
+ *    ("Delta state replicated data types", J. Parallel Distrib. Comput. 111,
+ *    2018), where a delta is a join-irreducible piece of the state and the
+ *    merge is still the slot-wise maximum, idempotent, so duplicates and
+ *    reordering stay harmless.
+ * 2. Split horizon. A change learned from neighbour k is owed to every
+ *    neighbour but k. A node whose only neighbour is k (a leaf of a star)
+ *    sends nothing of it back; a node with several sends it once, to all,
+ *    since a publish cannot leave one out. The same rule decides whether a
+ *    flooded message (presence, stats) is published on.
+ * 3. No interval per hop. A learned change owed elsewhere makes the node send
+ *    at its next tick; local changes are coalesced over publish_interval_ms
+ *    (and leave with any learned ones).
+ * 4. Numbered streams, repairs on evidence. Every SYNC carries (session, seq):
+ *    a random session per start of the broker, seq counting its SYNCs. A
+ *    receiver tracks each neighbour's stream; a new session (a neighbour
+ *    restarted, with or without its state, or one never heard before) or a
+ *    gap in seq (a lost message, a bridge that reconnected) makes it ask that
+ *    neighbour for a repair: its next DIGEST, sent at once, names the
+ *    neighbour, which answers with the whole state of every bucket whose
+ *    digest differs. The DIGEST also carries the sender's last seq, so a lost
+ *    tail is seen even when the stream then goes quiet.
+ * 5. Digests as the last safety net. An ordinary DIGEST repairs a bucket only
+ *    if it differs AND neither side changed it over a whole sync interval
+ *    (both hashes equal to those at the previous digest from that neighbour):
+ *    a delta in flight never triggers a repair.
+ *
+ * ---- Invariants ----
+ *
+ *   - A slot's pending mark is cleared only when the slot was written to a
+ *     SYNC, or when it was owed only to the neighbour it came from.
+ *   - Every SYNC sent consumes one seq; a receiver that saw seq s and then
+ *     s + 2, or a digest saying s + 1, asks for a repair.
+ *   - Convergence does not depend on any of this being delivered: a lost
+ *     repair is a gap again, and a bucket that stays different while both
+ *     sides are still is repaired by rule 5.
+ *
+ * ---- Where it is weaker ----
+ *
+ * A neighbour is known from the first SYNC or DIGEST heard from it and never
+ * forgotten while the broker runs: a removed neighbour keeps the node sending
+ * what it learned (more bytes, never less safety). A node that has not yet
+ * heard a new neighbour does not forward to it; that neighbour sees a new
+ * session and asks for a repair. A change lost while the same bucket keeps
+ * changing elsewhere waits for the slot's next change, a gap, or the bucket's
+ * quiet: the sync interval after the writes stop.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "persist.h"
+#include "tally.h"
+
+void repl_init(struct repl *r, uint64_t session)
+{
+    memset(r, 0, sizeof(*r));
+    r->session = session;
+}
+
+void repl_free(struct repl *r)
+{
+    for (uint32_t i = 0; i < r->n; i++)
+        free(r->nb[i]);
+    free(r->nb);
+    memset(r, 0, sizeof(*r));
+}
+
+/* ==== Neighbours ==== */
+
+int repl_neighbour(struct repl *r, const char *conn, uint16_t *out)
+{
+    for (uint32_t i = 0; i < r->n; i++) {
+        if (strcmp(r->nb[i]->conn, conn) == 0) {
+            *out = (uint16_t)i;
+            return TALLY_OK;
+        }
+    }
+    if (r->n >= REPL_MAX_NEIGHBOURS)
+        return TALLY_E_NOMEM;
+    if (r->n == r->cap) {
+        uint32_t cap = r->cap ? r->cap * 2 : 8;
+        struct repl_neighbour **nb = realloc(r->nb, cap * sizeof(*nb));
+        if (!nb)
+            return TALLY_E_NOMEM;
+        r->nb = nb;
+        r->cap = cap;
+    }
+    size_t len = strlen(conn);
+    struct repl_neighbour *k = calloc(1, sizeof(*k) + len + 1);
+    if (!k)
+        return TALLY_E_NOMEM;
+    memcpy(k->conn, conn, len);
+    r->nb[r->n] = k;
+    *out = (uint16_t)r->n++;
+    return TALLY_OK;
+}
+
+bool repl_owed(uint16_t pending, void *ctx)
+{
+    const struct repl *r = ctx;
+    if (pending == REPL_NONE)
+        return false;
+    return pending == REPL_ALL || r->n > 1;
+}
+
+/* Notes a neighbour's node id (from a message it sent itself). */
+static void learn_node(struct repl_neighbour *k, const char *node, size_t len)
+{
+    if (len > TALLY_NODE_ID_MAX)
+        return;
+    memcpy(k->node, node, len);
+    k->node[len] = '\0';
+}
+
+static void ask_repair(struct repl *r, struct repl_neighbour *k)
+{
+    if (!k->want_repair)
+        r->asked++;
+    k->want_repair = true;
+}
+
+/* Where the neighbour's SYNC stream stands, from a SYNC (seq: its number)
+ * or a DIGEST (seq: the last one sent). Session 0 is a version 1 sender,
+ * whose stream cannot be checked. */
+static void stream_seen(struct repl *r, struct repl_neighbour *k, uint64_t session, uint64_t seq,
+                        bool from_digest)
+{
+    if (session == 0)
+        return;
+    if (k->session != session) {
+        k->session = session;
+        k->seq = seq;
+        ask_repair(r, k);
+        return;
+    }
+    uint64_t next = from_digest ? k->seq : k->seq + 1;
+    if (seq > next)
+        ask_repair(r, k);
+    if (seq > k->seq)
+        k->seq = seq;
+}
+
+/* ==== SYNC in ==== */
+
+/* A peer's base of counter c (reset.c; after its slots, which it never
+ * exceeds). A base changed goes on to every neighbour (table_mark_dirty). */
+static int apply_base(struct tally_table *t, struct persist *p, const struct wire_sync *s,
+                      const struct wire_sync_counter *wc, struct tally_counter *c,
+                      const uint32_t *reps, const uint32_t *devs)
+{
+    int rose = table_merge_stamps(t, c, wc->deleted, wc->reset);
+    for (uint32_t i = 0; i < wc->nbase_slots && rose >= 0; i++) {
+        const struct wire_sync_slot *b = &s->base_slots[wc->first_base_slot + i];
+        int rc = table_merge_base_slot(t, c, reps[b->replica_ref], b->p, b->n);
+        rose = rc < 0 ? rc : rose | rc;
+    }
+    for (uint32_t i = 0; i < wc->nbase_devs && rose >= 0; i++) {
+        const struct wire_sync_dev *d = &s->base_devs[wc->first_base_dev + i];
+        int rc = table_merge_base_device(t, c, devs[d->device_ref], d->total);
+        rose = rc < 0 ? rc : rose | rc;
+    }
+    if (rose > 0 && p)
+        persist_base(p, t, c);
+    return rose < 0 ? -rose : TALLY_OK;
+}
+
+static int apply_counter(struct repl *r, struct tally_table *t, struct persist *p,
+                         const struct wire_sync *s, const struct wire_sync_counter *wc,
+                         const uint32_t *reps, const uint32_t *devs, uint16_t from)
+{
+    struct tally_counter *c;
+    int rc = table_get(t, wc->name, wc->name_len, &c);
+    if (rc != TALLY_OK)
+        return rc;
+    for (uint32_t i = 0; i < wc->nslots; i++) {
+        const struct wire_sync_slot *sl = &s->slots[wc->first_slot + i];
+        uint32_t replica = reps[sl->replica_ref];
+        /* Peers' states need no acknowledgement: what fails to reach the
+         * log here is sent again by anti-entropy. */
+        if (table_merge_slot_from(t, c, replica, sl->p, sl->n, from) > 0) {
+            r->learned |= repl_owed(from, r);
+            if (p)
+                persist_slot(p, t, c, counter_slot(c, replica), NULL);
+        }
+    }
+    for (uint32_t i = 0; i < wc->ndevs; i++) {
+        const struct wire_sync_dev *d = &s->devs[wc->first_dev + i];
+        uint32_t dev = devs[d->device_ref];
+        if (table_merge_device_from(t, c, dev, d->total, from) > 0) {
+            r->learned |= repl_owed(from, r);
+            if (p)
+                persist_device(p, t, c, counter_device(c, dev));
+        }
+    }
+    return wc->based ? apply_base(t, p, s, wc, c, reps, devs) : TALLY_OK;
+}
+
+int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
+                    const struct wire_sync *s, uint16_t k)
+{
+    struct repl_neighbour *nb = r->nb[k];
+    learn_node(nb, s->sender, s->sender_len);
+    stream_seen(r, nb, s->session, s->seq, false);
+    uint32_t *reps = calloc(s->nreplicas + 1, sizeof(*reps));
+    uint32_t *devs = calloc(s->ndevices + 1, sizeof(*devs));
+    int rc = reps && devs ? TALLY_OK : TALLY_E_NOMEM;
+    for (uint32_t i = 0; i < s->nreplicas && rc == TALLY_OK; i++) {
+        char node[TALLY_NODE_ID_MAX + 1];
+        memcpy(node, s->replicas[i].node_id, s->replicas[i].len);
+        node[s->replicas[i].len] = '\0';
+        rc = table_replica(t, node, s->replicas[i].incarnation, &reps[i]);
+    }
+    for (uint32_t i = 0; i < s->ndevices && rc == TALLY_OK; i++)
+        rc = table_device(t, s->devices[i].id, s->devices[i].len, DEVICE_PEER, &devs[i]);
+    for (uint32_t i = 0; i < s->ncounters && rc == TALLY_OK; i++)
+        rc = apply_counter(r, t, p, s, &s->counters[i], reps, devs, REPL_FROM(k));
+    free(reps);
+    free(devs);
+    return rc;
+}
+
+/* ==== DIGEST in ==== */
+
+static bool names(const struct wire_digest *d, const char *self)
+{
+    size_t len = strlen(self);
+    for (uint32_t i = 0; i < d->nrequests; i++)
+        if (d->requests[i].len == len && memcmp(d->requests[i].id, self, len) == 0)
+            return true;
+    return false;
+}
+
+static void set_bit(uint64_t *mask, unsigned b)
+{
+    mask[b / 64] |= 1ULL << (b % 64);
+}
+
+unsigned repl_digest_seen(struct repl *r, uint16_t k, const struct wire_digest *d,
+                          const uint64_t *ours, const char *self, uint64_t *dump)
+{
+    struct repl_neighbour *nb = r->nb[k];
+    unsigned n = 0;
+    learn_node(nb, d->sender, d->sender_len);
+    stream_seen(r, nb, d->session, d->seq, true);
+    memset(dump, 0, TALLY_BUCKETS / 8);
+    if (names(d, self)) {
+        for (unsigned b = 0; b < TALLY_BUCKETS; b++)
+            if (d->digest[b] != ours[b]) {
+                set_bit(dump, b);
+                n++;
+            }
+        return n;
+    }
+    /* A digest sent early to ask someone else is no measure of quiet. */
+    if (d->nrequests)
+        return 0;
+    for (unsigned b = 0; b < TALLY_BUCKETS && nb->have_prev; b++) {
+        bool quiet = d->digest[b] == nb->prev_theirs[b] && ours[b] == nb->prev_ours[b];
+        if (quiet && d->digest[b] != ours[b]) {
+            set_bit(dump, b);
+            n++;
+        }
+    }
+    memcpy(nb->prev_theirs, d->digest, sizeof(nb->prev_theirs));
+    memcpy(nb->prev_ours, ours, sizeof(nb->prev_ours));
+    nb->have_prev = true;
+    return n;
+}
+
+bool repl_wants_repair(const struct repl *r)
+{
+    for (uint32_t i = 0; i < r->n; i++)
+        if (r->nb[i]->want_repair && r->nb[i]->node[0])
+            return true;
+    return false;
+}
+
+void repl_digest(struct repl *r, struct wire_digest *d, const char *self, const uint64_t *digest)
+{
+    memset(d, 0, sizeof(*d));
+    d->sender = self;
+    d->sender_len = strlen(self);
+    d->session = r->session;
+    d->seq = r->seq;
+    for (uint32_t i = 0; i < r->n && d->nrequests < WIRE_MAX_REQUESTS; i++) {
+        struct repl_neighbour *k = r->nb[i];
+        if (!k->want_repair || !k->node[0])
+            continue;
+        d->requests[d->nrequests].id = k->node;
+        d->requests[d->nrequests++].len = strlen(k->node);
+        k->want_repair = false;
+    }
+    memcpy(d->digest, digest, sizeof(d->digest));
+}
+
+/* ==== SYNC out ==== */
+
+static int finish(struct repl *r, struct wire_sync_writer *w, const char *self,
+                  void (*send)(const struct wire_buf *, void *), void *ctx)
+{
+    if (sync_writer_empty(w))
+        return TALLY_OK;
+    int rc = sync_writer_finish(w, self, r->session, ++r->seq);
+    if (rc == TALLY_OK)
+        send(&w->out, ctx);
+    return rc;
+}
+
+static void clear_pending(struct tally_counter *c)
+{
+    for (uint16_t i = 0; i < c->nslots; i++)
+        c->slots[i].pending = REPL_NONE;
+    for (uint16_t i = 0; i < c->ndevs; i++)
+        c->devs[i].pending = REPL_NONE;
+}
+
+size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,
+                        const struct repl_out *out, size_t budget)
+{
+    size_t done = 0;
+    r->learned = false;
+    for (struct tally_counter *c; done < budget && (c = table_pop_repl(t)); done++) {
+        if (sync_writer_add_delta(w, t, c, repl_owed, r) < 0)
+            r->failed++;
+        clear_pending(c);
+        if (sync_writer_size(w) >= out->max_bytes)
+            finish(r, w, out->self, out->send, out->ctx);
+    }
+    if (t->repl_head)
+        r->learned = true; /* the rest at the next tick */
+    finish(r, w, out->self, out->send, out->ctx);
+    return done;
+}
+
+size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,
+                         const struct repl_out *out, const uint64_t *mask)
+{
+    size_t n = 0;
+    struct tally_counter *c, *tmp;
+    HASH_ITER(hh, t->counters, c, tmp)
+    {
+        unsigned b = name_bucket(c->name, c->name_len);
+        if (!(mask[b / 64] & (1ULL << (b % 64))))
+            continue;
+        if (sync_writer_add(w, t, c) != TALLY_OK)
+            r->failed++;
+        n++;
+        if (sync_writer_size(w) >= out->max_bytes)
+            finish(r, w, out->self, out->send, out->ctx);
+    }
+    finish(r, w, out->self, out->send, out->ctx);
+    return n;
+}
