@@ -80,10 +80,12 @@ static void random_state(struct state *s)
 {
     s->nslots = (int)rnd_below(13);
     for (int i = 0; i < s->nslots; i++)
-        s->slots[i] = (struct tally_slot){.replica = (uint32_t)rnd_below(NREPLICAS), .p = rnd_value(), .n = rnd_value()};
+        s->slots[i] = (struct tally_slot){
+            .replica = (uint32_t)rnd_below(NREPLICAS), .p = rnd_value(), .n = rnd_value()};
     s->ndevs = (int)rnd_below(9);
     for (int i = 0; i < s->ndevs; i++)
-        s->devs[i] = (struct tally_dev){.device = (uint32_t)rnd_below(NDEVICES), .total = rnd_value()};
+        s->devs[i] =
+            (struct tally_dev){.device = (uint32_t)rnd_below(NDEVICES), .total = rnd_value()};
 }
 
 /* Merges one slot or device and checks that nothing went down and that the

@@ -18,6 +18,7 @@ Suite *schedule_suite(void);
 Suite *reset_suite(void);
 Suite *clients_suite(void);
 Suite *tier_suite(void);
+Suite *repl_suite(void);
 
 int main(void)
 {
@@ -33,6 +34,7 @@ int main(void)
     srunner_add_suite(sr, reset_suite());
     srunner_add_suite(sr, clients_suite());
     srunner_add_suite(sr, tier_suite());
+    srunner_add_suite(sr, repl_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

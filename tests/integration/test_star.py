@@ -1,0 +1,95 @@
+"""A star of 12 leaves around a hub under steady writes (issue 12): every node ends with the
+exact totals, and no node repairs anything, since nothing was lost. Before replication
+numbered its streams, digests compared in the middle of the load differed (deltas in flight)
+and every busy bucket was resent whole, every round, by every node."""
+import json
+import threading
+import time
+
+from conftest import wait_for
+from test_cluster import Watcher, close, closing, publisher  # noqa: F401 (closing: a fixture)
+
+LEAVES = 12
+SECONDS = 6
+TICK = 0.05
+OPTIONS = {"bridge_clientids": "*-to-*", "sync_interval_ms": "500", "stats_interval_ms": "500"}
+
+
+def star(brokers, closing):
+    hub = brokers("hub", options=dict(OPTIONS))
+    leaves = [brokers(f"leaf{i}", options=dict(OPTIONS),
+                      bridges=[{"name": f"leaf{i}-to-hub", "port": hub.port}])
+              for i in range(LEAVES)]
+    everyone = Watcher(hub.port, ["$tally/stats/+"])
+    closing.append(everyone)
+    names = ["hub"] + [leaf.name for leaf in leaves]
+
+    def all_heard():
+        for n in names:
+            raw = everyone.get(f"$tally/stats/{n}")
+            if not raw:
+                return False
+            peers = json.loads(raw)["peers"]
+            if sum(1 for p in names if p != n and peers.get(p, {}).get("alive")) < len(names) - 1:
+                return False
+        return True
+
+    wait_for(all_heard, 60, interval=0.2, what="every node to hear from every other")
+    return hub, leaves, everyone, names
+
+
+def steady_load(leaves, seconds):
+    """Each leaf takes 20 increments/s of `shared` and 20/s over 10 counters of its own, QoS 1,
+    paced; returns the expected totals once every increment was acknowledged."""
+    pubs = [publisher(leaf.port) for leaf in leaves]
+    expected, infos = {}, []
+    t0 = time.monotonic()
+    for k in range(int(seconds / TICK)):
+        delay = t0 + k * TICK - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        for i, p in enumerate(pubs):
+            own = f"own{i}-{k % 10}"
+            for name in ("shared", own):
+                infos.append(p.publish(f"counters/{name}/inc", "1", 1))
+                expected[name] = expected.get(name, 0) + 1
+    deadline = time.monotonic() + 30
+    for info in infos:
+        info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        assert info.is_published(), "an increment was not acknowledged"
+    for p in pubs:
+        close(p)
+    return expected
+
+
+def test_star_steady_load_exact_without_repairs(brokers, closing):
+    hub, leaves, everyone, names = star(brokers, closing)
+    watchers = [Watcher(n.port, ["counters/+"]) for n in [hub] + leaves]
+    closing.extend(watchers)
+    # Trusted subscribers (ids matching bridge_clientids) see the SYNCs a node sends.
+    spies = {n.name: Watcher(n.port, [f"$tally/v1/sync/{n.name}"], client_id=f"spy-to-{n.name}",
+                             keep=True) for n in (hub, leaves[0])}
+    closing.extend(spies.values())
+    before = {n: json.loads(everyone.get(f"$tally/stats/{n}"))["repl"] for n in names}
+    load = {}
+    t = threading.Thread(target=lambda: load.update(steady_load(leaves, SECONDS)))
+    t.start()
+    t.join(SECONDS + 60)
+    assert not t.is_alive(), "the load did not finish"
+
+    def exact():
+        return all(w.get(f"counters/{name}") == str(v).encode()
+                   for w in watchers for name, v in load.items())
+
+    wait_for(exact, 30, interval=0.2, what="exact totals on every node")
+    assert load["shared"] == LEAVES * SECONDS / TICK
+    # Two more digest rounds after convergence: still nothing to repair.
+    time.sleep(1.5)
+    after = {n: json.loads(everyone.get(f"$tally/stats/{n}"))["repl"] for n in names}
+    repaired = {n: after[n]["repaired"] - before[n]["repaired"] for n in names}
+    assert repaired == {n: 0 for n in names}, f"repairs in a fault-free run: {repaired}"
+    assert all(after[n]["refused"] == 0 for n in names)
+    # A leaf sends its own changes, never the others' back to the hub: its SYNC bytes stay a
+    # small fraction of the hub's, which carry every leaf's.
+    sync_bytes = {n: sum(len(p) for _, p in w.messages()) for n, w in spies.items()}
+    assert sync_bytes["leaf0"] * 4 < sync_bytes["hub"], sync_bytes

@@ -1,0 +1,366 @@
+/*
+ * test_repl.c - the replication protocol of repl.c, on nodes simulated in
+ * memory: each has its table and its repl state, and a SYNC it sends reaches
+ * every neighbour (a bridge broadcast), unless the test drops it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <check.h>
+
+#include "tally.h"
+
+#define MAXN 6
+
+struct msg {
+    uint8_t *data;
+    size_t len;
+};
+
+struct node {
+    char name[8];
+    struct tally_table t;
+    struct repl r;
+    struct wire_sync_writer w;
+    uint32_t self;
+    bool link[MAXN];
+    struct msg out[64];
+    int nout;
+    size_t slots_sent; /* slots and devices in every SYNC it sent */
+};
+
+static struct node nodes[MAXN];
+static int nnodes;
+
+static void collect(const struct wire_buf *b, void *ctx)
+{
+    struct node *n = ctx;
+    struct wire_sync s;
+    ck_assert_int_lt(n->nout, 64);
+    n->out[n->nout].data = malloc(b->len);
+    memcpy(n->out[n->nout].data, b->data, b->len);
+    n->out[n->nout++].len = b->len;
+    ck_assert_int_eq(wire_decode_sync(b->data, b->len, &s), TALLY_OK);
+    n->slots_sent += s.nslots + s.ndevs;
+    wire_sync_free(&s);
+}
+
+static struct repl_out out_of(struct node *n)
+{
+    return (struct repl_out){n->name, 65536, collect, n};
+}
+
+static void setup(int count)
+{
+    nnodes = count;
+    memset(nodes, 0, sizeof(nodes));
+    for (int i = 0; i < count; i++) {
+        struct node *n = &nodes[i];
+        snprintf(n->name, sizeof(n->name), "n%d", i);
+        table_init(&n->t, 1000, 100);
+        repl_init(&n->r, 1000 + (uint64_t)i);
+        ck_assert_int_eq(table_replica(&n->t, n->name, 7, &n->self), TALLY_OK);
+    }
+}
+
+static void teardown(void)
+{
+    for (int i = 0; i < nnodes; i++) {
+        for (int m = 0; m < nodes[i].nout; m++)
+            free(nodes[i].out[m].data);
+        table_free(&nodes[i].t);
+        repl_free(&nodes[i].r);
+        sync_writer_free(&nodes[i].w);
+    }
+}
+
+static void link_nodes(int a, int b)
+{
+    nodes[a].link[b] = nodes[b].link[a] = true;
+}
+
+/* The index node `at` gives its neighbour `from` (by connection name). */
+static uint16_t nb(int at, int from)
+{
+    uint16_t k;
+    ck_assert_int_eq(repl_neighbour(&nodes[at].r, nodes[from].name, &k), TALLY_OK);
+    return k;
+}
+
+static void inc(int i, const char *name, int64_t delta)
+{
+    struct tally_counter *c;
+    ck_assert_int_eq(table_get(&nodes[i].t, name, strlen(name), &c), TALLY_OK);
+    ck_assert_int_eq(table_add(&nodes[i].t, c, nodes[i].self, delta), 1);
+}
+
+static int64_t value(int i, const char *name)
+{
+    struct tally_counter *c = table_find(&nodes[i].t, name, strlen(name));
+    return c ? counter_value(c) : 0;
+}
+
+static void send_deltas(int i)
+{
+    struct repl_out o = out_of(&nodes[i]);
+    repl_send_deltas(&nodes[i].r, &nodes[i].t, &nodes[i].w, &o, 100000);
+}
+
+/* Delivers node i's outbox to its neighbours, except message `drop` (-1:
+ * none); returns how many messages went. */
+static int deliver(int i, int drop)
+{
+    struct node *n = &nodes[i];
+    int sent = n->nout;
+    for (int m = 0; m < n->nout; m++) {
+        for (int j = 0; j < nnodes && m != drop; j++) {
+            struct wire_sync s;
+            if (!n->link[j])
+                continue;
+            ck_assert_int_eq(wire_decode_sync(n->out[m].data, n->out[m].len, &s), TALLY_OK);
+            ck_assert_int_eq(repl_apply_sync(&nodes[j].r, &nodes[j].t, NULL, &s, nb(j, i)),
+                             TALLY_OK);
+            wire_sync_free(&s);
+        }
+        free(n->out[m].data);
+    }
+    n->nout = 0;
+    return sent;
+}
+
+/* Rounds of send + deliver until nobody has anything to send. */
+static void settle(void)
+{
+    for (int round = 0; round < 20; round++) {
+        int moved = 0;
+        for (int i = 0; i < nnodes; i++) {
+            send_deltas(i);
+            moved += deliver(i, -1);
+        }
+        if (!moved)
+            return;
+    }
+    ck_abort_msg("replication did not settle in 20 rounds");
+}
+
+/* Node i's digest, as node j receives it; returns the buckets j must send. */
+static unsigned digest_to(int i, int j, uint64_t *dump)
+{
+    static struct wire_digest d, got;
+    struct wire_buf b = {0};
+    repl_digest(&nodes[i].r, &d, nodes[i].name, nodes[i].t.digest);
+    wire_encode_digest(&b, &d);
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_OK);
+    unsigned n =
+        repl_digest_seen(&nodes[j].r, nb(j, i), &got, nodes[j].t.digest, nodes[j].name, dump);
+    wbuf_free(&b);
+    return n;
+}
+
+static void repair(int from, const uint64_t *dump)
+{
+    struct repl_out o = out_of(&nodes[from]);
+    repl_send_buckets(&nodes[from].r, &nodes[from].t, &nodes[from].w, &o, dump);
+    deliver(from, -1);
+}
+
+/* Every node meets every neighbour once (sessions learned, repairs asked
+ * and answered on empty tables), as at the start of a cluster. */
+static void meet(void)
+{
+    uint64_t dump[TALLY_BUCKETS / 64];
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < nnodes; i++)
+            for (int j = 0; j < nnodes; j++)
+                if (nodes[i].link[j])
+                    ck_assert_uint_eq(digest_to(i, j, dump), 0);
+    for (int i = 0; i < nnodes; i++)
+        ck_assert(!repl_wants_repair(&nodes[i].r));
+}
+
+/* ==== Deltas and split horizon ==== */
+
+START_TEST(test_star_sends_each_change_once)
+{
+    /* hub n0, leaves n1..n4 */
+    setup(5);
+    for (int i = 1; i < 5; i++)
+        link_nodes(0, i);
+    meet();
+    for (int round = 0; round < 5; round++) {
+        for (int i = 1; i < 5; i++) {
+            inc(i, "shared", 1);
+            char own[16];
+            snprintf(own, sizeof(own), "own-%d", i);
+            inc(i, own, 2);
+        }
+        settle();
+    }
+    for (int i = 0; i < 5; i++) {
+        ck_assert_int_eq(value(i, "shared"), 20);
+        ck_assert_int_eq(value(i, "own-3"), 10);
+        ck_assert_mem_eq(nodes[i].t.digest, nodes[0].t.digest, sizeof(nodes[0].t.digest));
+    }
+    /* A leaf sends only its own two slots a round, never what the hub taught
+     * it; the hub sends each leaf's two slots once a round, to all. */
+    for (int i = 1; i < 5; i++)
+        ck_assert_uint_eq(nodes[i].slots_sent, 5 * 2);
+    ck_assert_uint_eq(nodes[0].slots_sent, 5 * 4 * 2);
+    teardown();
+}
+END_TEST
+
+START_TEST(test_chain_forwards_what_it_learns)
+{
+    setup(3); /* n0 - n1 - n2 */
+    link_nodes(0, 1);
+    link_nodes(1, 2);
+    meet();
+    inc(0, "c", 5);
+    send_deltas(0);
+    deliver(0, -1);
+    ck_assert(nodes[1].r.learned); /* n1 owes it to n2: it sends at once */
+    send_deltas(1);
+    deliver(1, -1);
+    ck_assert_int_eq(value(2, "c"), 5);
+    ck_assert(!nodes[2].r.learned); /* n2's only neighbour taught it */
+    send_deltas(2);
+    ck_assert_int_eq(nodes[2].nout, 0);
+    teardown();
+}
+END_TEST
+
+/* ==== Repairs ==== */
+
+START_TEST(test_in_flight_is_not_repaired)
+{
+    uint64_t dump[TALLY_BUCKETS / 64];
+    setup(2);
+    link_nodes(0, 1);
+    meet();
+    for (int round = 0; round < 4; round++) {
+        inc(0, "busy", 1);
+        inc(1, "busy", 1);
+        send_deltas(0);
+        send_deltas(1);
+        /* each digest follows its sender's SYNC on the same bridge, and
+         * crosses the other's SYNC still in flight, every round */
+        deliver(1, -1);
+        ck_assert_uint_eq(digest_to(1, 0, dump), 0);
+        deliver(0, -1);
+        ck_assert_uint_eq(digest_to(0, 1, dump), 0);
+        ck_assert(!repl_wants_repair(&nodes[0].r) && !repl_wants_repair(&nodes[1].r));
+    }
+    ck_assert_int_eq(value(0, "busy"), 8);
+    ck_assert_int_eq(value(1, "busy"), 8);
+    teardown();
+}
+END_TEST
+
+START_TEST(test_gap_asks_for_a_repair)
+{
+    uint64_t dump[TALLY_BUCKETS / 64];
+    setup(2);
+    link_nodes(0, 1);
+    meet();
+    inc(0, "x", 3);
+    send_deltas(0);
+    deliver(0, 0); /* lost */
+    ck_assert(!repl_wants_repair(&nodes[1].r));
+    inc(0, "y", 1);
+    send_deltas(0);
+    deliver(0, -1); /* seq 2 after 0: a gap */
+    ck_assert(repl_wants_repair(&nodes[1].r));
+    ck_assert_int_eq(value(1, "x"), 0);
+    ck_assert_uint_gt(digest_to(1, 0, dump), 0); /* names n0: it sends what differs */
+    ck_assert(!repl_wants_repair(&nodes[1].r));
+    repair(0, dump);
+    ck_assert_int_eq(value(1, "x"), 3);
+    ck_assert_mem_eq(nodes[1].t.digest, nodes[0].t.digest, sizeof(nodes[0].t.digest));
+    teardown();
+}
+END_TEST
+
+START_TEST(test_lost_tail_seen_in_digest)
+{
+    uint64_t dump[TALLY_BUCKETS / 64];
+    setup(2);
+    link_nodes(0, 1);
+    meet();
+    inc(0, "x", 3);
+    send_deltas(0);
+    deliver(0, 0); /* the last SYNC before a quiet spell is lost */
+    ck_assert_uint_eq(digest_to(0, 1, dump), 0);
+    ck_assert(repl_wants_repair(&nodes[1].r)); /* its digest says seq 1 */
+    ck_assert_uint_gt(digest_to(1, 0, dump), 0);
+    repair(0, dump);
+    ck_assert_int_eq(value(1, "x"), 3);
+    teardown();
+}
+END_TEST
+
+START_TEST(test_restart_is_a_new_session)
+{
+    uint64_t dump[TALLY_BUCKETS / 64];
+    setup(2);
+    link_nodes(0, 1);
+    meet();
+    inc(0, "x", 3);
+    settle();
+    /* n1 comes back empty: new table, new session */
+    table_free(&nodes[1].t);
+    repl_free(&nodes[1].r);
+    table_init(&nodes[1].t, 1000, 100);
+    repl_init(&nodes[1].r, 99);
+    ck_assert_int_eq(table_replica(&nodes[1].t, "n1", 8, &nodes[1].self), TALLY_OK);
+    ck_assert_uint_eq(digest_to(1, 0, dump), 0); /* n0 sees n1's new session */
+    ck_assert(repl_wants_repair(&nodes[0].r));
+    digest_to(0, 1, dump);                     /* names n1, which has nothing to send; and n1 ... */
+    ck_assert(repl_wants_repair(&nodes[1].r)); /* ... has never heard n0 */
+    ck_assert_uint_gt(digest_to(1, 0, dump), 0); /* n1 asks n0 */
+    repair(0, dump);
+    ck_assert_int_eq(value(1, "x"), 3);
+    teardown();
+}
+END_TEST
+
+START_TEST(test_quiet_difference_is_repaired)
+{
+    uint64_t dump[TALLY_BUCKETS / 64];
+    setup(2);
+    link_nodes(0, 1);
+    meet();
+    /* a difference no stream shows (a version 1 peer, say): n1 lacks a slot
+     * n0 holds, and neither changes */
+    struct tally_counter *c;
+    uint32_t other;
+    ck_assert_int_eq(table_replica(&nodes[0].t, "old", 1, &other), TALLY_OK);
+    ck_assert_int_eq(table_get(&nodes[0].t, "q", 1, &c), TALLY_OK);
+    ck_assert_int_eq(table_merge_slot(&nodes[0].t, c, other, 4, 0), 1);
+    while (table_pop_repl(&nodes[0].t))
+        ;                                        /* never sent */
+    ck_assert_uint_eq(digest_to(1, 0, dump), 0); /* the first sighting: not yet */
+    inc(0, "q", 1);                              /* n0's bucket moves (not sent) */
+    ck_assert_uint_eq(digest_to(1, 0, dump), 0); /* not quiet: it may be in flight */
+    ck_assert_uint_eq(digest_to(1, 0, dump), 1); /* quiet for a whole interval */
+    repair(0, dump);
+    ck_assert_int_eq(value(1, "q"), 5);
+    teardown();
+}
+END_TEST
+
+Suite *repl_suite(void)
+{
+    Suite *s = suite_create("repl");
+    TCase *tc = tcase_create("repl");
+    tcase_add_test(tc, test_star_sends_each_change_once);
+    tcase_add_test(tc, test_chain_forwards_what_it_learns);
+    tcase_add_test(tc, test_in_flight_is_not_repaired);
+    tcase_add_test(tc, test_gap_asks_for_a_repair);
+    tcase_add_test(tc, test_lost_tail_seen_in_digest);
+    tcase_add_test(tc, test_restart_is_a_new_session);
+    tcase_add_test(tc, test_quiet_difference_is_repaired);
+    suite_add_tcase(s, tc);
+    return s;
+}
