@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import statistics
-import struct
 import sys
 import threading
 import time
@@ -50,25 +49,28 @@ class StatsCollector(threading.Thread):
 
     def __init__(self, port, client_id):
         super().__init__(daemon=True)
-        self.conn = bc.RawMqtt(port, client_id)
-        self.conn.subscribe("$tally/stats/+")
+        self.conn = bc.raw_client(port, client_id)
         self.latest = {}
         self.lock = threading.Lock()
+        if self.conn.subscribe("$tally/stats/+", qos=0) != 0:
+            raise common.BenchError("subscription to $tally/stats/+ refused")
+        self.conn.sock.settimeout(None)
+        for _, payload, _ in self.conn.messages:
+            self.keep(payload)
         self.start()
+
+    def keep(self, payload):
+        s = json.loads(payload)
+        with self.lock:
+            self.latest[s["node"]] = s
 
     def run(self):
         try:
             while True:
-                kind, body = self.conn.read_packet()
-                if kind is None:
-                    return
-                if kind != 3:
-                    continue
-                tlen = struct.unpack(">H", body[:2])[0]
-                s = json.loads(body[2 + tlen:])
-                with self.lock:
-                    self.latest[s["node"]] = s
-        except (OSError, ValueError):
+                kind, flags, body = self.conn.recv()
+                if kind == 0x30:
+                    self.keep(self.conn.take_publish(flags, body)[1])
+        except (OSError, ValueError, ConnectionError):
             return
 
     def get(self, node):
@@ -95,7 +97,7 @@ class PacedLoad:
     shared_at: the writers that take increments of `shared` (shared_rate/s each)."""
 
     def __init__(self, writers, shared_at, shared_rate, own_rate):
-        self.conns = {n: bc.RawMqtt(b.port, "load-" + n) for n, b in writers.items()}
+        self.conns = {n: bc.raw_client(b.port, "load-" + n) for n, b in writers.items()}
         self.shared_at = set(shared_at)
         self.shared_rate, self.own_rate = shared_rate, own_rate
         self.marks = []  # (running sum of shared sent, monotonic time)
@@ -103,8 +105,9 @@ class PacedLoad:
 
     def run(self, seconds):
         ticks = int(seconds / TICK_S)
-        shared_inc = bc.packet(0x30, bc.utf8("counters/shared/inc") + b"1")
-        own = {n: [bc.packet(0x30, bc.utf8("counters/%s-c%d/inc" % (n, k)) + b"1")
+        any_conn = next(iter(self.conns.values()))
+        shared_inc = any_conn.publish_packet("counters/shared/inc", b"1", qos=0)
+        own = {n: [any_conn.publish_packet("counters/%s-c%d/inc" % (n, k), b"1", qos=0)
                    for k in range(OWN_COUNTERS)] for n in self.conns}
         shared_total = 0
         t0 = time.monotonic()
@@ -132,9 +135,7 @@ class PacedLoad:
 
     def close(self):
         for conn in self.conns.values():
-            with contextlib.suppress(OSError):
-                conn.sock.sendall(b"\xe0\x00")
-            conn.close()
+            conn.disconnect()
 
 
 def wait_heard(collector, names, timeout):
