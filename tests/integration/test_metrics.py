@@ -183,3 +183,20 @@ def _scrape(port):
         return http_get(f"http://127.0.0.1:{port}/metrics")
     except OSError:
         return None
+
+
+def test_exporter_reconnects_and_says_when_it_cannot(cluster, exporter):
+    """README: while it cannot reach its node it serves the last figures
+    with tally_exporter_broker_connected 0, and reconnects by itself."""
+    a, _ = cluster
+    applied = ("tally_increments_applied_total", frozenset({("node", "a")}))
+    wait_for(lambda: exporter.samples()[0].get(applied) == 3, 20, what="a's 3 increments")
+    a.kill()
+    wait_for(lambda: "tally_exporter_broker_connected 0" in exporter.text(), 20,
+             what="the exporter to notice its broker is gone")
+    assert exporter.samples()[0][applied] == 3, "the last figures are still served"
+    a.start()  # same port, a fresh node a (memory only): its counts start again
+    assert a.pub("counters/likes/inc", "1").returncode == 0
+    wait_for(lambda: "tally_exporter_broker_connected 1" in exporter.text()
+             and exporter.samples()[0].get(applied) == 1, 30,
+             what="the exporter back, with the restarted node's figures")
