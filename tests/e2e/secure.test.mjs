@@ -181,6 +181,9 @@ describe('web dashboard on a broker that wants a login', () => {
   });
 
   test('fetches nothing from anywhere but the broker', () => {
+    // Every request of the tabs above, sign-in and sign-out included.
+    const own = requests.filter((u) => new URL(u).origin === new URL(node.url).origin);
+    assert.ok(own.some((u) => new URL(u).pathname === '/app.js'), 'the tabs loaded the dashboard');
     const foreign = requests.filter((u) => new URL(u).origin !== new URL(node.url).origin);
     assert.deepEqual(foreign, []);
     assert.ok(!requests.some((u) => u.includes(PASSWORDS.browser) || u.includes(PASSWORDS.presser)));
