@@ -6,9 +6,11 @@
 // stale state while the broker is gone.
 
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { buildDashboard, launchChromium, startCluster, waitFor } from './cluster.mjs';
+import { PASSWORDS, buildDashboard, launchChromium, startCluster, startSecureNode, waitFor } from './cluster.mjs';
 
 const SCREENSHOT_LIVE = '/tmp/tally-elements-live.png';
 const SCREENSHOT_STALE = '/tmp/tally-elements-stale.png';
@@ -181,5 +183,67 @@ describe('tally elements on another site', () => {
     assert.deepEqual([...origins].sort(), [new URL(siteUrl).origin, broker.origin].sort());
     assert.deepEqual([...new Set(sockets)], [`ws://${broker.host}/mqtt`], 'every connection goes to the broker');
     assert.deepEqual(pageErrors, []);
+  });
+});
+
+describe('tally elements with a login, on a broker named by attribute', () => {
+  let node;
+  let site;
+  let browser;
+
+  before(async () => {
+    const www = await buildDashboard();
+    node = await startSecureNode(www);
+    // The script comes from the site itself here (as from an npm install),
+    // so the broker is named by the attribute, not guessed from the script.
+    const broker = `ws://127.0.0.1:${node.wsPort}/mqtt`;
+    const script = readFileSync(path.join(www, 'tally-elements.js'), 'utf8');
+    site = await serveSite(`<!doctype html><meta charset="utf-8"><title>members</title>
+<script>${script}</script>
+<p><tally-counter name="secure-likes" broker="${broker}" username="browser" password="${PASSWORDS.browser}" data-testid="likes"></tally-counter>
+<tally-viewers page="members" broker="${broker}" username="browser" password="${PASSWORDS.browser}" data-testid="viewers"></tally-viewers>
+<tally-button name="secure-likes" broker="${broker}" username="presser" password="${PASSWORDS.presser}" data-testid="press">+1</tally-button>
+<tally-button name="secure-likes" broker="${broker}" username="browser" password="${PASSWORDS.browser}" data-testid="look">+1</tally-button>
+<tally-counter name="secure-likes" broker="${broker}" username="browser" password="wrong" data-testid="refused"></tally-counter></p>`);
+    browser = await launchChromium();
+  });
+
+  after(async () => {
+    try {
+      await browser?.close();
+      site?.close();
+    } finally {
+      await node?.stop();
+    }
+  });
+
+  test('reads as one user, counts as another, and a refused login stops retrying', async () => {
+    node.pub('counters/secure-likes/inc', '3');
+    const page = await browser.newPage();
+    await page.goto(`http://localhost:${site.address().port}/`);
+    await waitForShown(page, 'likes', '3');
+    await waitForShown(page, 'viewers', '1');
+    const press = (id) =>
+      page.getByTestId(id).evaluate(
+        (e) =>
+          new Promise((resolve) => {
+            e.addEventListener('tally-increment', (ev) => resolve(ev.detail), { once: true });
+            e.shadowRoot.querySelector('button').click();
+          }),
+      );
+    await page.waitForFunction(() => !document.querySelector('[data-testid="press"]').shadowRoot.querySelector('button').disabled);
+    assert.equal((await press('press')).accepted, true, 'presser may count');
+    await waitForShown(page, 'likes', '4');
+    await page.waitForFunction(() => !document.querySelector('[data-testid="look"]').shadowRoot.querySelector('button').disabled);
+    const refused = await press('look');
+    assert.deepEqual(refused, { accepted: false, reasonCode: 0x87 }, 'browser may not: not authorised');
+    assert.equal(await shown(page, 'likes'), '4');
+    // The wrong password: refused once, marked, and not tried again.
+    await page.waitForFunction(() => document.querySelector('[data-testid="refused"]').hasAttribute('login-refused'));
+    const wsConnections = () => node.log().split('\n').filter((l) => l.endsWith(`on port ${node.wsPort}.`)).length;
+    const tries = wsConnections();
+    await new Promise((resolve) => setTimeout(resolve, 2500)); // longer than the 2 s reconnect period
+    assert.equal(wsConnections(), tries, 'no retry with refused credentials');
+    assert.equal(await shown(page, 'refused'), '–');
   });
 });

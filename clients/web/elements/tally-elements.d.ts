@@ -33,7 +33,8 @@ export interface TallyConnectionState {
  * presence-prefix, locale, notation ("standard", "compact", ...).
  * Reflected state: `stale` while the connection is down after it was up
  * (the title then says "as of <time>"), `invalid` when a name or prefix is
- * not a valid topic level.
+ * not a valid topic level, `login-refused` when the broker refused the login
+ * (no retries then).
  */
 declare class TallyElement extends HTMLElement {
   addEventListener<K extends keyof TallyEventMap>(

@@ -194,6 +194,7 @@ class TallyElement extends HTMLElement {
   showState(state) {
     const stale = !state.connected && state.everConnected;
     this.toggleAttribute('stale', stale);
+    this.toggleAttribute('login-refused', state.refused !== null);
     this.face.title = stale ? `as of ${clock.format(state.lostAt)}` : '';
     this.dispatchEvent(new CustomEvent('tally-state', { detail: { ...state } }));
   }
