@@ -598,7 +598,8 @@ uint64_t tier_edge_page_total(const struct tier_edge *e, const struct tally_pres
 /* A hub: its edges, what each watches and was last told. */
 struct tier_hub {
     struct tier_child *children;
-    struct tier_watch *watches; /* counters some child watches */
+    struct tier_watch *watches;     /* counters some child watches */
+    struct tier_watch *page_totals; /* pages some child views: totals this tick */
     uint64_t session, children_made;
     uint64_t gen; /* tier_hub_tick's count: figures computed once a tick */
     char node_id[TALLY_NODE_ID_MAX + 1];
@@ -618,9 +619,14 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
                   struct tier_child *ch, uint64_t now_ms, uint64_t heartbeat_ms,
                   struct wire_buf *out);
 /* The child's viewers as a PRESENCE message from its own origin, for the
- * other hubs. */
-void tier_hub_relay(const struct tier_child *ch, struct wire_buf *out);
+ * other hubs, when its list changed or every_ms passed (so that they know it
+ * is alive): returns 1 when written, 0 when not due. */
+int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, struct wire_buf *out);
 struct tier_child *tier_hub_child(struct tier_hub *h, const char *id);
+/* Sizes, for stats: a hub's children; an edge's written, watched and viewed
+ * entries. */
+size_t tier_hub_children(const struct tier_hub *h);
+size_t tier_edge_entries(const struct tier_edge *e);
 const char *tier_child_id(const struct tier_child *ch);
 /* Forgets children silent for timeout_ms (their slots stay in the table). */
 void tier_hub_expire(struct tier_hub *h, uint64_t now_ms, uint64_t timeout_ms);

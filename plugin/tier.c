@@ -529,6 +529,8 @@ struct tier_child {
     uint64_t incarnation, seq, last_heard_ms, last_full_ms;
     uint64_t session; /* what the child is told: new whenever this record is */
     uint64_t ack;     /* highest seq of an UP built under that session */
+    uint64_t last_relay_ms;
+    bool pages_new; /* its page list changed since the last relay */
     uint32_t replica;
     struct tier_sub *subs;
     uint32_t nsubs;
@@ -576,6 +578,12 @@ void tier_hub_free(struct tier_hub *h)
     struct tier_child *c, *tmp;
     HASH_ITER(hh, h->children, c, tmp)
     child_free(h, c);
+    struct tier_watch *w, *wt;
+    HASH_ITER(hh, h->page_totals, w, wt)
+    {
+        HASH_DEL(h->page_totals, w);
+        free(w);
+    }
     memset(h, 0, sizeof(*h));
 }
 
@@ -694,6 +702,7 @@ static int hub_read_pages(struct tier_child *ch, struct wire_reader *r)
     free(ch->pages);
     ch->pages = pages;
     ch->npages = (uint32_t)n;
+    ch->pages_new = true;
     return TALLY_OK;
 }
 
@@ -784,6 +793,26 @@ static void watch_figures(struct tier_hub *h, struct tier_watch *w, struct tally
     w->gen = h->gen;
 }
 
+/* A page's viewers, once a tick: summing them costs a term per origin. */
+static uint64_t page_figure(struct tier_hub *h, const struct tally_presence *pr, const char *name,
+                            size_t len)
+{
+    struct tier_watch *w = NULL;
+    HASH_FIND(hh, h->page_totals, name, len, w);
+    if (!w) {
+        w = named_new(sizeof(*w), name, len, offsetof(struct tier_watch, name));
+        if (!w)
+            return presence_total(pr, name, len);
+        w->len = (uint8_t)len;
+        HASH_ADD(hh, h->page_totals, name, len, w);
+    }
+    if (w->gen != h->gen) {
+        w->p = presence_total(pr, name, len);
+        w->gen = h->gen;
+    }
+    return w->p;
+}
+
 int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_presence *pr,
                   struct tier_child *ch, uint64_t now_ms, uint64_t heartbeat_ms,
                   struct wire_buf *out)
@@ -811,7 +840,7 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
     struct wire_buf pages = {0};
     for (uint32_t i = 0; i < ch->npages; i++) {
         struct tier_child_page *pg = &ch->pages[i];
-        uint64_t total = presence_total(pr, pg->name, pg->len);
+        uint64_t total = page_figure(h, pr, pg->name, pg->len);
         uint64_t mine = total < pg->count ? total : pg->count;
         if (!full && pg->sent_total == total && pg->sent_mine == mine)
             continue;
@@ -843,12 +872,27 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
     return rc;
 }
 
-void tier_hub_relay(const struct tier_child *ch, struct wire_buf *out)
+int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, struct wire_buf *out)
 {
     wbuf_reset(out);
+    if (!ch->pages_new && now_ms - ch->last_relay_ms < every_ms)
+        return 0;
+    ch->pages_new = false;
+    ch->last_relay_ms = now_ms;
     wire_presence_begin(out, ch->id, ch->incarnation, ch->seq, ch->npages);
     for (uint32_t i = 0; i < ch->npages; i++)
         wire_presence_page(out, ch->pages[i].name, ch->pages[i].len, ch->pages[i].count);
+    return out->failed ? -TALLY_E_NOMEM : 1;
+}
+
+size_t tier_hub_children(const struct tier_hub *h)
+{
+    return HASH_COUNT(h->children);
+}
+
+size_t tier_edge_entries(const struct tier_edge *e)
+{
+    return HASH_COUNT(e->mine) + HASH_COUNT(e->views) + HASH_COUNT(e->pages);
 }
 
 struct tier_child *tier_hub_child(struct tier_hub *h, const char *id)

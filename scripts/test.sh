@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, integration tests against real
-# brokers, the browser end-to-end test, the same unit and integration tests
+# brokers, the simulator of hubs and edges, the browser end-to-end test, the same unit and integration tests
 # under AddressSanitizer/LeakSanitizer/UndefinedBehaviorSanitizer, and each
 # fuzz target for a bounded time. Installs what it needs first.
 #
@@ -55,12 +55,14 @@ sanitized_integration() {
 stage "install dependencies" scripts/install-deps.sh
 stage "build" scripts/build.sh
 stage "unit tests" unit build
+stage "simulator (fixed seeds)" tests/sim/run.sh build
 stage "integration tests" pytest_run tests/integration
 stage "web unit tests" node --test clients/web/test/
 stage "browser end-to-end" node --test tests/e2e/
 if [[ $TALLY_SANITIZE == 1 ]]; then
   stage "sanitizer build" sanitized_build
   stage "unit tests (ASan+UBSan)" unit build-asan
+  stage "simulator (ASan+UBSan)" tests/sim/run.sh build-asan
   stage "integration tests (ASan+LSan+UBSan in the broker)" sanitized_integration
 fi
 if [[ $FUZZ_SECONDS != 0 ]]; then

@@ -304,7 +304,7 @@ START_TEST(presence_is_summed_over_edges_and_an_edge_that_moves_counts_once)
     /* b hears e from a's relay, then from e itself after a move. */
     struct tier_child *ch = tier_hub_child(&a.hub, "e");
     ck_assert_ptr_nonnull(ch);
-    tier_hub_relay(ch, &msg);
+    ck_assert_int_eq(tier_hub_relay(ch, now, HB, &msg), 1);
     struct wire_presence wp;
     ck_assert_int_eq(wire_decode_presence(msg.data, msg.len, &wp), TALLY_OK);
     struct tally_origin *o = presence_origin(&b.pr, "e");

@@ -1,0 +1,817 @@
+/*
+ * sim.c - a discrete-event simulation of a tree of tally brokers, running the
+ * plugin's own pure core: thousands of nodes in one process.
+ *
+ * What is real and what is simulated. Every node holds a real tally_table and
+ * tally_presence; edges run tier.c's edge side, hubs its hub side and repl.c
+ * among themselves; every message is the bytes those modules write (UP,
+ * DOWN, SYNC, DIGEST, PRESENCE) and is decoded by them on arrival. What the
+ * simulation stands in for is Mosquitto: the bridges (a message from one node
+ * to a neighbour arrives after a delay, or is lost), the broker loop (a tick
+ * every publish interval), and the glue plugin.c has around these modules:
+ * when to call them, and the flooding of presence between hubs (apply if
+ * newer, send on to the other neighbours), which is ten lines there too.
+ *
+ * The model of a deployment: H hubs in a ring with chords (each hub bridged to
+ * the hubs 1 and sqrt(H) away on either side, so that one lost hub leaves the
+ * rest connected), E edges per hub. Each edge's bridge lists two addresses:
+ * its home hub and the next one, and goes back to its home once that is up
+ * again (Mosquitto's bridge with round_robin false). Each edge writes to the
+ * counter every edge writes ("c0", a like button on the front page) and to
+ * one of K-1 others, which it also watches; one viewer of "home" and two of
+ * one of P pages are connected to it.
+ *
+ * Faults: every message is lost with probability --loss and delayed by 1 to
+ * --delay ms; --kill-hubs hubs die for good in the middle of the load,
+ * --kill-edges edges too (they stop writing 3 s before, so that what they
+ * acknowledged had time to leave: an edge that dies with unsent increments
+ * loses them with its disk, as any node does); --restart-hubs hubs die and
+ * come back with their state 10 s later (their edges move away and back);
+ * --link-failures hub-to-hub links go down for 2 to 10 s each.
+ *
+ * After the load stops and the faults heal, it waits until every hub and
+ * every live edge shows the exact totals (every increment made, counted
+ * once) and the exact viewer counts (every live edge's viewers, no dead
+ * one's), and prints the convergence time, each kind of node's state and
+ * traffic, and exits 0 only if everything converged (--check).
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tally.h"
+
+#define TICK_MS 100
+#define HEARTBEAT_MS 1000
+#define DIGEST_MS 1000
+#define PEER_TIMEOUT_MS 15000
+#define RECONNECT_MS 1000
+#define BACK_HOME_MS 5000
+#define MAX_MESSAGE 65536
+
+enum kind { K_UP, K_DOWN, K_SYNC, K_DIGEST, K_PRESENCE, K__COUNT };
+static const char *kind_name[K__COUNT] = {"up", "down", "sync", "digest", "presence"};
+
+struct msg {
+    uint32_t from, to;
+    uint8_t kind;
+    size_t len;
+    uint8_t data[];
+};
+
+/* An event: a node's tick (m NULL) or a message's arrival. */
+struct event {
+    uint64_t at, order;
+    uint32_t node;
+    struct msg *m;
+};
+
+struct link {
+    uint32_t to;
+    uint64_t down_until;
+};
+
+struct traffic {
+    uint64_t msgs_in, bytes_in, msgs_out, bytes_out;
+};
+
+struct node {
+    bool hub, alive;
+    char id[16];
+    struct tally_table t;
+    struct tally_presence pr;
+    struct traffic tr;
+    /* hub */
+    struct tier_hub tier;
+    struct repl repl;
+    struct wire_sync_writer w;
+    struct link *links;
+    uint32_t nlinks;
+    uint64_t last_digest, revive_at;
+    /* edge */
+    struct tier_edge edge;
+    uint32_t addr[2], at; /* bridge addresses; the connected one, or UINT32_MAX */
+    uint64_t reconnect_at, on_backup_since, quiet_from, dies_at;
+    uint32_t own[2];       /* the counters it writes */
+    int64_t last_shown[2]; /* what it showed of them: never less later */
+    uint32_t page;         /* its pages: "home" and page */
+};
+
+static struct {
+    uint32_t hubs, edges_per_hub, counters, pages;
+    uint64_t load_ms, max_ms, seed;
+    double loss;
+    uint32_t delay_ms, kill_hubs, kill_edges, restart_hubs, link_failures;
+    bool check, quiet;
+    double rate; /* increments a second per edge */
+} opt = {40, 50, 100, 20, 20000, 300000, 1, 0.0, 20, 0, 0, 0, 0, false, false, 2.0};
+
+static struct node *nodes;
+static uint32_t nnodes;
+static struct event *heap;
+static size_t nheap, capheap;
+static uint64_t now, order;
+static uint64_t *truth; /* increments made, per counter */
+static uint64_t rng_state;
+static struct traffic by_kind[K__COUNT];
+static uint64_t steps_back; /* an edge showed a total below one it showed before */
+
+/* ==== Random numbers (xorshift64*, seeded: runs repeat exactly) ==== */
+
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 2685821657736338717ULL;
+}
+
+static double rnd01(void)
+{
+    return (double)(rnd() >> 11) / 9007199254740992.0;
+}
+
+/* ==== The event queue (a binary heap by time, then order) ==== */
+
+static bool before(const struct event *a, const struct event *b)
+{
+    return a->at < b->at || (a->at == b->at && a->order < b->order);
+}
+
+static void push(uint64_t at, uint32_t node, struct msg *m)
+{
+    if (nheap == capheap) {
+        capheap = capheap ? capheap * 2 : 1024;
+        heap = realloc(heap, capheap * sizeof(*heap));
+        if (!heap)
+            abort();
+    }
+    size_t i = nheap++;
+    heap[i] = (struct event){at, order++, node, m};
+    while (i && before(&heap[i], &heap[(i - 1) / 2])) {
+        struct event tmp = heap[i];
+        heap[i] = heap[(i - 1) / 2];
+        heap[(i - 1) / 2] = tmp;
+        i = (i - 1) / 2;
+    }
+}
+
+static struct event pop(void)
+{
+    struct event top = heap[0];
+    heap[0] = heap[--nheap];
+    for (size_t i = 0;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < nheap && before(&heap[l], &heap[m]))
+            m = l;
+        if (r < nheap && before(&heap[r], &heap[m]))
+            m = r;
+        if (m == i)
+            break;
+        struct event tmp = heap[i];
+        heap[i] = heap[m];
+        heap[m] = tmp;
+        i = m;
+    }
+    return top;
+}
+
+/* ==== Sending ==== */
+
+static struct link *link_to(struct node *n, uint32_t to)
+{
+    for (uint32_t i = 0; i < n->nlinks; i++)
+        if (n->links[i].to == to)
+            return &n->links[i];
+    return NULL;
+}
+
+/* The bridge between two nodes carries messages now. */
+static bool connected(uint32_t a, uint32_t b)
+{
+    struct node *na = &nodes[a], *nb = &nodes[b];
+    if (!na->alive || !nb->alive)
+        return false;
+    if (!na->hub)
+        return na->at == b;
+    if (!nb->hub)
+        return nb->at == a;
+    struct link *l = link_to(na, b);
+    return l && l->down_until <= now;
+}
+
+static void send(uint32_t from, uint32_t to, enum kind kind, const struct wire_buf *b)
+{
+    if (!connected(from, to))
+        return;
+    nodes[from].tr.msgs_out++;
+    nodes[from].tr.bytes_out += b->len;
+    by_kind[kind].msgs_out++;
+    by_kind[kind].bytes_out += b->len;
+    if (rnd01() < opt.loss)
+        return;
+    struct msg *m = malloc(sizeof(*m) + b->len);
+    if (!m)
+        abort();
+    *m = (struct msg){from, to, (uint8_t)kind, b->len};
+    memcpy(m->data, b->data, b->len);
+    push(now + 1 + rnd() % opt.delay_ms, to, m);
+}
+
+/* A hub's publish under $tally/: every bridge carries it. */
+static void broadcast(uint32_t from, enum kind kind, const struct wire_buf *b, uint32_t except)
+{
+    struct node *n = &nodes[from];
+    for (uint32_t i = 0; i < n->nlinks; i++)
+        if (n->links[i].to != except)
+            send(from, n->links[i].to, kind, b);
+}
+
+static uint32_t sending_hub;
+
+static void send_sync(const struct wire_buf *msg, void *ctx)
+{
+    (void)ctx;
+    broadcast(sending_hub, K_SYNC, msg, UINT32_MAX);
+}
+
+static struct repl_out repl_out(uint32_t hub)
+{
+    sending_hub = hub;
+    return (struct repl_out){nodes[hub].id, MAX_MESSAGE, send_sync, NULL};
+}
+
+/* ==== Hubs ==== */
+
+static uint16_t neighbour(struct node *n, uint32_t from)
+{
+    uint16_t k;
+    if (repl_neighbour(&n->repl, nodes[from].id, &k) != TALLY_OK)
+        abort();
+    return k;
+}
+
+static void hub_on_sync(struct node *n, const struct msg *m)
+{
+    struct wire_sync s;
+    if (wire_decode_sync(m->data, m->len, &s) != TALLY_OK)
+        abort();
+    if (repl_apply_sync(&n->repl, &n->t, NULL, &s, neighbour(n, m->from)) != TALLY_OK)
+        abort();
+    wire_sync_free(&s);
+}
+
+static void hub_on_digest(struct node *n, const struct msg *m)
+{
+    static struct wire_digest d;
+    uint64_t dump[TALLY_BUCKETS / 64];
+    if (wire_decode_digest(m->data, m->len, &d) != TALLY_OK)
+        abort();
+    uint16_t k = neighbour(n, m->from);
+    if (repl_digest_seen(&n->repl, k, &d, n->t.digest, n->id, dump)) {
+        struct repl_out out = repl_out((uint32_t)(n - nodes));
+        repl_send_buckets(&n->repl, &n->t, &n->w, &out, dump);
+    }
+}
+
+/* As plugin.c's on_presence: apply if newer than what the origin sent, and
+ * send it on. */
+static void hub_on_presence(struct node *n, const struct msg *m)
+{
+    struct wire_presence wp;
+    if (wire_decode_presence(m->data, m->len, &wp) != TALLY_OK)
+        abort();
+    char origin[TALLY_NODE_ID_MAX + 1];
+    memcpy(origin, wp.origin, wp.origin_len);
+    origin[wp.origin_len] = '\0';
+    struct tally_origin *o = presence_origin(&n->pr, origin);
+    o->last_heard_ms = now;
+    if (o->incarnation != wp.incarnation || wp.seq > o->seq) {
+        o->incarnation = wp.incarnation;
+        o->seq = wp.seq;
+        presence_origin_begin(&n->pr, o);
+        for (uint32_t i = 0; i < wp.npages; i++)
+            presence_origin_set(&n->pr, o, wp.pages[i].page, wp.pages[i].len, wp.pages[i].count);
+        struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
+        broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
+    }
+    free(wp.pages);
+}
+
+static void hub_on_up(struct node *n, const struct msg *m)
+{
+    struct tier_child *ch;
+    if (tier_hub_apply_up(&n->tier, &n->t, &n->pr, m->data, m->len, now, &ch) != TALLY_OK)
+        abort();
+    /* Its viewers go to the other hubs under its own origin and seq, when
+     * they change and often enough to keep it alive there. */
+    struct wire_buf b = {0};
+    if (tier_hub_relay(ch, now, PEER_TIMEOUT_MS / 3, &b) == 1)
+        broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, UINT32_MAX);
+    wbuf_free(&b);
+}
+
+static void hub_expire(struct node *n)
+{
+    tier_hub_expire(&n->tier, now, PEER_TIMEOUT_MS);
+    for (struct tally_origin *o = n->pr.origins; o; o = o->hh.next)
+        if (o->alive && now - o->last_heard_ms > PEER_TIMEOUT_MS)
+            presence_origin_expire(&n->pr, o);
+}
+
+static void hub_tick(uint32_t i)
+{
+    struct node *n = &nodes[i];
+    static struct wire_digest d;
+    struct wire_buf b = {0};
+    struct repl_out out = repl_out(i);
+    repl_send_deltas(&n->repl, &n->t, &n->w, &out, 100000);
+    if (repl_wants_repair(&n->repl) || now - n->last_digest >= DIGEST_MS) {
+        repl_digest(&n->repl, &d, n->id, n->t.digest);
+        wire_encode_digest(&b, &d);
+        broadcast(i, K_DIGEST, &b, UINT32_MAX);
+        n->last_digest = now;
+    }
+    tier_hub_tick(&n->tier);
+    for (uint32_t e = opt.hubs; e < nnodes; e++) {
+        if (nodes[e].at != i || !nodes[e].alive)
+            continue;
+        struct tier_child *ch = tier_hub_child(&n->tier, nodes[e].id);
+        if (ch && tier_hub_down(&n->tier, &n->t, &n->pr, ch, now, HEARTBEAT_MS, &b) == 1)
+            send(i, e, K_DOWN, &b);
+    }
+    hub_expire(n);
+    wbuf_free(&b);
+}
+
+static void hub_start(uint32_t i)
+{
+    struct node *n = &nodes[i];
+    n->alive = true;
+    tier_hub_init(&n->tier, n->id, (rnd() << 16) | 1);
+    repl_init(&n->repl, rnd() | 1);
+    presence_init(&n->pr, 1000000);
+}
+
+static void hub_stop(struct node *n)
+{
+    n->alive = false;
+    tier_hub_free(&n->tier);
+    repl_free(&n->repl);
+    presence_free(&n->pr);
+}
+
+/* ==== Edges ==== */
+
+static void name_of(uint32_t k, char *out, size_t *len)
+{
+    *len = (size_t)snprintf(out, 16, "c%u", k);
+}
+
+static void edge_increment(struct node *n)
+{
+    uint32_t k = n->own[rnd() % 2];
+    char name[16];
+    size_t len;
+    name_of(k, name, &len);
+    struct tally_counter *c;
+    uint32_t self;
+    if (table_get(&n->t, name, len, &c) != TALLY_OK ||
+        table_replica(&n->t, n->id, n->edge.incarnation, &self) != TALLY_OK ||
+        table_add(&n->t, c, self, 1) < 0 || tier_edge_wrote(&n->edge, name, len) != TALLY_OK)
+        abort();
+    truth[k]++;
+}
+
+/* The bridge: reconnects to its first live address, and goes home. */
+static void edge_bridge(struct node *n)
+{
+    if (n->at != UINT32_MAX && !nodes[n->at].alive) {
+        n->at = UINT32_MAX;
+        n->reconnect_at = now + RECONNECT_MS;
+    }
+    if (n->at == n->addr[1] && nodes[n->addr[0]].alive && now - n->on_backup_since >= BACK_HOME_MS)
+        n->at = n->addr[0];
+    if (n->at == UINT32_MAX && now >= n->reconnect_at) {
+        for (int a = 0; a < 2 && n->at == UINT32_MAX; a++)
+            if (nodes[n->addr[a]].alive)
+                n->at = n->addr[a];
+        if (n->at == n->addr[1])
+            n->on_backup_since = now;
+        n->reconnect_at = now + RECONNECT_MS;
+    }
+}
+
+static int64_t shown_at(struct node *n, uint32_t k);
+
+/* Totals only grow here (increments of +1): what an edge shows must too. */
+static void edge_no_step_back(struct node *n)
+{
+    for (int k = 0; k < 2; k++) {
+        int64_t v = shown_at(n, n->own[k]);
+        steps_back += v < n->last_shown[k];
+        n->last_shown[k] = v;
+    }
+}
+
+static void edge_tick(uint32_t i)
+{
+    struct node *n = &nodes[i];
+    if (n->dies_at && now >= n->dies_at) {
+        n->alive = false;
+        return;
+    }
+    edge_no_step_back(n);
+    if (now < opt.load_ms && now < n->quiet_from && rnd01() < opt.rate * TICK_MS / 1000.0)
+        edge_increment(n);
+    edge_bridge(n);
+    struct wire_buf b = {0};
+    if (n->at != UINT32_MAX && tier_edge_up(&n->edge, &n->t, &n->pr, now, HEARTBEAT_MS, &b) == 1)
+        send(i, n->at, K_UP, &b);
+    wbuf_free(&b);
+}
+
+static void edge_view(struct node *n, const char *client, const char *page)
+{
+    if (presence_view(&n->pr, client, page, strlen(page)) < 0)
+        abort();
+}
+
+static void edge_start(uint32_t i)
+{
+    struct node *n = &nodes[i];
+    uint32_t e = i - opt.hubs, home = e / opt.edges_per_hub;
+    n->alive = true;
+    tier_edge_init(&n->edge, n->id, 1);
+    presence_init(&n->pr, 1000);
+    n->addr[0] = home;
+    n->addr[1] = (home + 1) % opt.hubs;
+    n->at = home;
+    n->quiet_from = UINT64_MAX;
+    n->own[0] = 0;
+    n->own[1] = 1 + e % (opt.counters - 1);
+    n->page = e % opt.pages;
+    char name[16], page[16];
+    size_t len;
+    for (int k = 0; k < 2; k++) {
+        name_of(n->own[k], name, &len);
+        if (tier_edge_watch(&n->edge, name, len, true) != TALLY_OK)
+            abort();
+    }
+    snprintf(page, sizeof(page), "p%u", n->page);
+    edge_view(n, "v1", "home");
+    edge_view(n, "v2", page);
+    edge_view(n, "v3", page);
+    tier_edge_pages_changed(&n->edge);
+}
+
+/* ==== Setup and faults ==== */
+
+static void add_link(uint32_t a, uint32_t b)
+{
+    if (a == b || link_to(&nodes[a], b))
+        return;
+    for (int side = 0; side < 2; side++) {
+        struct node *n = &nodes[side ? b : a];
+        n->links = realloc(n->links, (n->nlinks + 1) * sizeof(*n->links));
+        if (!n->links)
+            abort();
+        n->links[n->nlinks++] = (struct link){side ? a : b, 0};
+    }
+}
+
+static void build(void)
+{
+    nnodes = opt.hubs * (1 + opt.edges_per_hub);
+    nodes = calloc(nnodes, sizeof(*nodes));
+    truth = calloc(opt.counters, sizeof(*truth));
+    if (!nodes || !truth)
+        abort();
+    for (uint32_t i = 0; i < nnodes; i++) {
+        struct node *n = &nodes[i];
+        n->hub = i < opt.hubs;
+        snprintf(n->id, sizeof(n->id), n->hub ? "h%u" : "e%u", n->hub ? i : i - opt.hubs);
+        table_init(&n->t, 1000000, 1000);
+        table_set_clock(&n->t, 1);
+        if (n->hub)
+            hub_start(i);
+        else
+            edge_start(i);
+        push(rnd() % TICK_MS, i, NULL);
+    }
+    uint32_t chord = (uint32_t)sqrt((double)opt.hubs);
+    for (uint32_t h = 0; h < opt.hubs && opt.hubs > 1; h++) {
+        add_link(h, (h + 1) % opt.hubs);
+        if (chord > 1 && opt.hubs > 4)
+            add_link(h, (h + chord) % opt.hubs);
+    }
+}
+
+/* Distinct random hubs: killed ones are never a dead hub's backup. */
+static void faults(void)
+{
+    uint64_t mid = opt.load_ms / 2;
+    for (uint32_t k = 0; k < opt.kill_hubs + opt.restart_hubs; k++) {
+        uint32_t h = (uint32_t)((2 * k * opt.hubs) / (2 * (opt.kill_hubs + opt.restart_hubs)));
+        h = (h / 2) * 2; /* even: its backup, h + 1, stays */
+        struct node *n = &nodes[h];
+        n->revive_at = k < opt.kill_hubs ? UINT64_MAX : mid + 10000;
+        n->dies_at = mid;
+    }
+    for (uint32_t k = 0; k < opt.kill_edges; k++) {
+        struct node *n = &nodes[opt.hubs + rnd() % (nnodes - opt.hubs)];
+        n->quiet_from = mid - 3000;
+        n->dies_at = mid;
+    }
+    for (uint32_t k = 0; k < opt.link_failures && opt.hubs > 1; k++) {
+        struct node *n = &nodes[rnd() % opt.hubs];
+        struct link *l = &n->links[rnd() % n->nlinks];
+        uint64_t until = rnd() % opt.load_ms + 2000 + rnd() % 8000;
+        l->down_until = until;
+        link_to(&nodes[l->to], (uint32_t)(n - nodes))->down_until = until;
+    }
+}
+
+static void hub_life(uint32_t i)
+{
+    struct node *n = &nodes[i];
+    if (n->alive && n->dies_at && now >= n->dies_at) {
+        hub_stop(n); /* its table stays: its disk */
+        n->dies_at = 0;
+    }
+    if (!n->alive && n->revive_at != UINT64_MAX && now >= n->revive_at) {
+        hub_start(i);
+        n->revive_at = 0;
+    }
+}
+
+/* ==== Convergence ==== */
+
+static int64_t shown_at(struct node *n, uint32_t k)
+{
+    char name[16];
+    size_t len;
+    name_of(k, name, &len);
+    if (n->hub) {
+        struct tally_counter *c = table_find(&n->t, name, len);
+        return c ? table_value(&n->t, c) : 0;
+    }
+    return tier_edge_value(&n->edge, &n->t, name, len);
+}
+
+static uint64_t viewers_truth(uint32_t page_or_home)
+{
+    uint64_t v = 0;
+    for (uint32_t i = opt.hubs; i < nnodes; i++)
+        if (nodes[i].alive)
+            v += page_or_home == UINT32_MAX ? 1 : nodes[i].page == page_or_home ? 2 : 0;
+    return v;
+}
+
+static uint64_t viewers_at(struct node *n, const char *page)
+{
+    size_t len = strlen(page);
+    return n->hub ? presence_total(&n->pr, page, len)
+                  : tier_edge_page_total(&n->edge, &n->pr, page, len);
+}
+
+/* Whether every live node shows the truth (of counters, or of viewers);
+ * *wrong counts the nodes that do not. */
+static bool exact(bool counters, uint32_t *wrong)
+{
+    uint64_t home = viewers_truth(UINT32_MAX);
+    uint64_t *pages = calloc(opt.pages, sizeof(*pages));
+    for (uint32_t p = 0; p < opt.pages; p++)
+        pages[p] = viewers_truth(p);
+    *wrong = 0;
+    for (uint32_t i = 0; i < nnodes; i++) {
+        struct node *n = &nodes[i];
+        if (!n->alive)
+            continue;
+        bool ok = true;
+        char page[16];
+        if (counters && n->hub) {
+            for (uint32_t k = 0; k < opt.counters && ok; k++)
+                ok = shown_at(n, k) == (int64_t)truth[k];
+        } else if (counters) {
+            ok = shown_at(n, n->own[0]) == (int64_t)truth[n->own[0]] &&
+                 shown_at(n, n->own[1]) == (int64_t)truth[n->own[1]];
+        } else if (n->hub) {
+            for (uint32_t p = 0; p < opt.pages && ok; p++) {
+                snprintf(page, sizeof(page), "p%u", p);
+                ok = viewers_at(n, page) == pages[p];
+            }
+        } else {
+            snprintf(page, sizeof(page), "p%u", n->page);
+            ok = viewers_at(n, page) == pages[n->page];
+        }
+        ok = ok && (counters || viewers_at(n, "home") == home);
+        *wrong += !ok;
+    }
+    free(pages);
+    return *wrong == 0;
+}
+
+/* ==== Report ==== */
+
+struct figures {
+    double msgs, bytes, slots, counters, entries;
+    uint32_t n;
+};
+
+static void add_figures(struct figures *f, const struct node *n, double seconds)
+{
+    size_t slots = 0, counters = 0;
+    for (const struct tally_counter *c = n->t.counters; c; c = c->hh.next) {
+        slots += c->nslots;
+        counters++;
+    }
+    f->msgs += (double)(n->tr.msgs_in + n->tr.msgs_out) / seconds;
+    f->bytes += (double)(n->tr.bytes_in + n->tr.bytes_out) / seconds;
+    f->slots += (double)slots;
+    f->counters += (double)counters;
+    f->entries += n->hub ? (double)(tier_hub_children(&n->tier) + HASH_COUNT(n->pr.origins))
+                         : (double)tier_edge_entries(&n->edge);
+    f->n++;
+}
+
+static void print_figures(const char *what, const struct figures *f)
+{
+    if (!f->n)
+        return;
+    printf("  %-5s x%-5u traffic in+out %9.1f msg/s %11.0f B/s   state: %8.0f counters "
+           "%9.0f slots %7.0f children+origins (hub) / own+watched+pages (edge)\n",
+           what, f->n, f->msgs / f->n, f->bytes / f->n, f->counters / f->n, f->slots / f->n,
+           f->entries / f->n);
+}
+
+static void report(double load_seconds, const int64_t converged_ms[2], const uint32_t wrong[2])
+{
+    struct figures hubs = {0}, edges = {0};
+    for (uint32_t i = 0; i < nnodes; i++)
+        if (nodes[i].alive)
+            add_figures(nodes[i].hub ? &hubs : &edges, &nodes[i], load_seconds);
+    uint64_t incs = 0;
+    for (uint32_t k = 0; k < opt.counters; k++)
+        incs += truth[k];
+    printf("nodes %u (%u hubs x %u edges), %.0f s of load, %" PRIu64 " increments, loss %.3f, "
+           "seed %" PRIu64 "\n",
+           nnodes, opt.hubs, opt.edges_per_hub, load_seconds, incs, opt.loss, opt.seed);
+    print_figures("hub", &hubs);
+    print_figures("edge", &edges);
+    for (int k = 0; k < K__COUNT; k++)
+        printf("  %-8s %10" PRIu64 " msgs %12" PRIu64 " bytes sent\n", kind_name[k],
+               by_kind[k].msgs_out, by_kind[k].bytes_out);
+    static const char *what[2] = {"totals", "viewers"};
+    for (int k = 0; k < 2; k++) {
+        if (converged_ms[k] >= 0)
+            printf("%s exact on every live node %" PRId64 " ms after the load stopped\n", what[k],
+                   converged_ms[k]);
+        else
+            printf("%s NOT exact: %u live nodes still wrong at %" PRIu64 " ms\n", what[k], wrong[k],
+                   now);
+    }
+    printf("steps back seen at edges: %" PRIu64 "\n", steps_back);
+}
+
+/* ==== Main loop ==== */
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: tally-sim [--hubs H] [--edges E per hub] [--counters K] [--pages P]\n"
+                    "  [--seconds S of load] [--rate R inc/s an edge] [--loss L] [--delay MS]\n"
+                    "  [--kill-hubs N] [--kill-edges N] [--restart-hubs N] [--link-failures N]\n"
+                    "  [--seed X] [--check]\n");
+    exit(2);
+}
+
+static void options(int argc, char **argv)
+{
+    static const struct option longs[] = {
+        {"hubs", 1, 0, 'H'},       {"edges", 1, 0, 'E'},        {"counters", 1, 0, 'K'},
+        {"pages", 1, 0, 'P'},      {"seconds", 1, 0, 'S'},      {"rate", 1, 0, 'r'},
+        {"loss", 1, 0, 'l'},       {"delay", 1, 0, 'd'},        {"kill-hubs", 1, 0, 'k'},
+        {"kill-edges", 1, 0, 'e'}, {"restart-hubs", 1, 0, 'R'}, {"link-failures", 1, 0, 'L'},
+        {"seed", 1, 0, 's'},       {"check", 0, 0, 'c'},        {0, 0, 0, 0}};
+    for (int c; (c = getopt_long(argc, argv, "", longs, NULL)) != -1;) {
+        switch (c) {
+        case 'H':
+            opt.hubs = (uint32_t)atoi(optarg);
+            break;
+        case 'E':
+            opt.edges_per_hub = (uint32_t)atoi(optarg);
+            break;
+        case 'K':
+            opt.counters = (uint32_t)atoi(optarg);
+            break;
+        case 'P':
+            opt.pages = (uint32_t)atoi(optarg);
+            break;
+        case 'S':
+            opt.load_ms = (uint64_t)(atof(optarg) * 1000);
+            break;
+        case 'r':
+            opt.rate = atof(optarg);
+            break;
+        case 'l':
+            opt.loss = atof(optarg);
+            break;
+        case 'd':
+            opt.delay_ms = (uint32_t)atoi(optarg);
+            break;
+        case 'k':
+            opt.kill_hubs = (uint32_t)atoi(optarg);
+            break;
+        case 'e':
+            opt.kill_edges = (uint32_t)atoi(optarg);
+            break;
+        case 'R':
+            opt.restart_hubs = (uint32_t)atoi(optarg);
+            break;
+        case 'L':
+            opt.link_failures = (uint32_t)atoi(optarg);
+            break;
+        case 's':
+            opt.seed = strtoull(optarg, NULL, 10);
+            break;
+        case 'c':
+            opt.check = true;
+            break;
+        default:
+            usage();
+        }
+    }
+    if (opt.hubs < 2 || !opt.edges_per_hub || opt.counters < 2 || !opt.pages || !opt.delay_ms ||
+        2 * (opt.kill_hubs + opt.restart_hubs) > opt.hubs)
+        usage();
+}
+
+static void deliver(const struct event *ev)
+{
+    struct node *n = &nodes[ev->node];
+    const struct msg *m = ev->m;
+    /* A message in flight when its bridge went down is lost with it. */
+    if (!connected(m->from, m->to))
+        return;
+    n->tr.msgs_in++;
+    n->tr.bytes_in += m->len;
+    switch (m->kind) {
+    case K_UP:
+        hub_on_up(n, m);
+        break;
+    case K_DOWN:
+        if (tier_edge_apply_down(&n->edge, m->data, m->len, NULL, NULL) != TALLY_OK)
+            abort();
+        break;
+    case K_SYNC:
+        hub_on_sync(n, m);
+        break;
+    case K_DIGEST:
+        hub_on_digest(n, m);
+        break;
+    case K_PRESENCE:
+        hub_on_presence(n, m);
+        break;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    options(argc, argv);
+    rng_state = opt.seed * 0x9E3779B97F4A7C15ULL + 1;
+    build();
+    faults();
+    int64_t converged[2] = {-1, -1};
+    uint32_t wrong[2] = {0, 0};
+    uint64_t next_check = opt.load_ms;
+    while (nheap && now <= opt.max_ms && (converged[0] < 0 || converged[1] < 0)) {
+        struct event ev = pop();
+        now = ev.at;
+        if (ev.m) {
+            deliver(&ev);
+            free(ev.m);
+        } else {
+            struct node *n = &nodes[ev.node];
+            if (n->hub) {
+                hub_life(ev.node);
+                if (n->alive)
+                    hub_tick(ev.node);
+                push(now + TICK_MS, ev.node, NULL);
+            } else if (n->alive) {
+                edge_tick(ev.node);
+                push(now + TICK_MS, ev.node, NULL);
+            }
+        }
+        if (now >= next_check) {
+            next_check = now + TICK_MS;
+            for (int k = 0; k < 2; k++)
+                if (converged[k] < 0 && exact(k == 0, &wrong[k]))
+                    converged[k] = (int64_t)(now - opt.load_ms);
+        }
+    }
+    report((double)opt.load_ms / 1000.0, converged, wrong);
+    return opt.check && (converged[0] < 0 || converged[1] < 0 || steps_back) ? 1 : 0;
+}
