@@ -72,6 +72,7 @@ struct event {
 struct link {
     uint32_t to;
     uint64_t down_until;
+    uint64_t last_at; /* the last arrival sent this way: a bridge is one TCP stream */
 };
 
 struct traffic {
@@ -95,9 +96,10 @@ struct node {
     struct tier_edge edge;
     uint32_t addr[2], at; /* bridge addresses; the connected one, or UINT32_MAX */
     uint64_t reconnect_at, on_backup_since, quiet_from, dies_at;
-    uint32_t own[2];       /* the counters it writes */
-    int64_t last_shown[2]; /* what it showed of them: never less later */
-    uint32_t page;         /* its pages: "home" and page */
+    uint64_t up_last_at, down_last_at; /* as link.last_at, for its bridge */
+    uint32_t own[2];                   /* the counters it writes */
+    int64_t last_shown[2];             /* what it showed of them: never less later */
+    uint32_t page;                     /* its pages: "home" and page */
 };
 
 static struct {
@@ -118,6 +120,7 @@ static uint64_t *truth; /* increments made, per counter */
 static uint64_t rng_state;
 static struct traffic by_kind[K__COUNT];
 static uint64_t steps_back; /* an edge showed a total below one it showed before */
+static uint64_t repaired;   /* counters sent whole by hubs after a DIGEST */
 
 /* ==== Random numbers (xorshift64*, seeded: runs repeat exactly) ==== */
 
@@ -203,6 +206,15 @@ static bool connected(uint32_t a, uint32_t b)
     return l && l->down_until <= now;
 }
 
+static uint64_t *last_at(uint32_t from, uint32_t to)
+{
+    if (!nodes[from].hub)
+        return &nodes[from].up_last_at;
+    if (!nodes[to].hub)
+        return &nodes[to].down_last_at;
+    return &link_to(&nodes[from], to)->last_at;
+}
+
 static void send(uint32_t from, uint32_t to, enum kind kind, const struct wire_buf *b)
 {
     if (!connected(from, to))
@@ -218,7 +230,11 @@ static void send(uint32_t from, uint32_t to, enum kind kind, const struct wire_b
         abort();
     *m = (struct msg){from, to, (uint8_t)kind, b->len};
     memcpy(m->data, b->data, b->len);
-    push(now + 1 + rnd() % opt.delay_ms, to, m);
+    /* Delayed, but in order: nothing overtakes on one bridge. */
+    uint64_t at = now + 1 + rnd() % opt.delay_ms, *last = last_at(from, to);
+    at = at > *last ? at : *last;
+    *last = at;
+    push(at, to, m);
 }
 
 /* A hub's publish under $tally/: every bridge carries it. */
@@ -273,7 +289,7 @@ static void hub_on_digest(struct node *n, const struct msg *m)
     uint16_t k = neighbour(n, m->from);
     if (repl_digest_seen(&n->repl, k, &d, n->t.digest, n->id, dump)) {
         struct repl_out out = repl_out((uint32_t)(n - nodes));
-        repl_send_buckets(&n->repl, &n->t, &n->w, &out, dump);
+        repaired += repl_send_buckets(&n->repl, &n->t, &n->w, &out, dump);
     }
 }
 
@@ -479,7 +495,7 @@ static void add_link(uint32_t a, uint32_t b)
         n->links = realloc(n->links, (n->nlinks + 1) * sizeof(*n->links));
         if (!n->links)
             abort();
-        n->links[n->nlinks++] = (struct link){side ? a : b, 0};
+        n->links[n->nlinks++] = (struct link){.to = side ? a : b};
     }
 }
 
@@ -674,6 +690,11 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
             printf("%s NOT exact: %u live nodes still wrong at %" PRIu64 " ms\n", what[k], wrong[k],
                    now);
     }
+    uint64_t asked = 0;
+    for (uint32_t h = 0; h < opt.hubs; h++)
+        asked += nodes[h].alive ? nodes[h].repl.asked : 0;
+    printf("repairs: %" PRIu64 " asked by live hubs, %" PRIu64 " counters sent whole\n", asked,
+           repaired);
     printf("steps back seen at edges: %" PRIu64 "\n", steps_back);
 }
 
