@@ -1092,7 +1092,7 @@ static void replicate_tick(uint64_t now)
 {
     static struct wire_digest d; /* 2 KB of hashes: off the stack */
     uint64_t interval = (uint64_t)g.opt.publish_interval_ms;
-    if (g.table.repl_head && (g.repl.learned || now - g.last_repl_ms >= interval)) {
+    if (table_repl_pending(&g.table) && (g.repl.learned || now - g.last_repl_ms >= interval)) {
         struct repl_out out = repl_out();
         repl_send_deltas(&g.repl, &g.table, &g.writer, &out, FLUSH_BUDGET);
         g.last_repl_ms = now;

@@ -349,7 +349,7 @@ size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_
         if (sync_writer_size(w) >= out->max_bytes)
             finish(r, w, out->self, out->send, out->ctx);
     }
-    if (t->repl_head)
+    if (table_repl_pending(t))
         r->learned = true; /* the rest at the next tick */
     finish(r, w, out->self, out->send, out->ctx);
     return done;

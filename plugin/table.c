@@ -70,12 +70,12 @@ void table_init(struct tally_table *t, size_t max_counters, uint32_t max_devices
     t->max_counters = max_counters;
     t->max_devices = max_devices;
     t->dirty_tail = &t->dirty_head;
-    t->repl_tail = &t->repl_head;
 }
 
 void table_free(struct tally_table *t)
 {
     table_free_bases(t);
+    free(t->repl);
     struct tally_counter *c, *tmp;
     HASH_ITER(hh, t->counters, c, tmp)
     {
@@ -136,14 +136,30 @@ void table_drop_if_empty(struct tally_table *t, struct tally_counter *c)
     t->ncounters--;
 }
 
+/* The replication list is an array that exists only while deltas are owed
+ * (freed when drained), not a link in every counter: a pointer more in each
+ * of a million counters would cost 16 B of malloc rounding each. Out of
+ * memory, the counter is left off: its change waits for its next one, or for
+ * anti-entropy (repl.c). */
 static void mark_repl(struct tally_table *t, struct tally_counter *c)
 {
     if (c->repl_dirty)
         return;
+    if (t->nrepl == t->repl_cap && t->repl_next > 0) { /* drop what was taken */
+        memmove(t->repl, t->repl + t->repl_next, (t->nrepl - t->repl_next) * sizeof(*t->repl));
+        t->nrepl -= t->repl_next;
+        t->repl_next = 0;
+    }
+    if (t->nrepl == t->repl_cap) {
+        size_t cap = t->repl_cap ? t->repl_cap * 2 : 64;
+        struct tally_counter **l = realloc(t->repl, cap * sizeof(*l));
+        if (!l)
+            return;
+        t->repl = l;
+        t->repl_cap = cap;
+    }
+    t->repl[t->nrepl++] = c;
     c->repl_dirty = 1;
-    c->repl_next = NULL;
-    *t->repl_tail = c;
-    t->repl_tail = &c->repl_next;
 }
 
 /* A changed counter: its outputs are stale, and it owes its peers a delta
@@ -170,15 +186,20 @@ static uint16_t pending_join(uint16_t was, uint16_t from)
 
 struct tally_counter *table_pop_repl(struct tally_table *t)
 {
-    struct tally_counter *c = t->repl_head;
-    if (!c)
+    if (t->repl_next == t->nrepl) {
+        free(t->repl);
+        t->repl = NULL;
+        t->nrepl = t->repl_next = t->repl_cap = 0;
         return NULL;
-    t->repl_head = c->repl_next;
-    if (!t->repl_head)
-        t->repl_tail = &t->repl_head;
+    }
+    struct tally_counter *c = t->repl[t->repl_next++];
     c->repl_dirty = 0;
-    c->repl_next = NULL;
     return c;
+}
+
+bool table_repl_pending(const struct tally_table *t)
+{
+    return t->repl_next < t->nrepl;
 }
 
 struct tally_counter *table_take_dirty(struct tally_table *t)

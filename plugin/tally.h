@@ -108,11 +108,10 @@ struct tally_dev {
 struct tally_counter {
     UT_hash_handle hh;
     struct tally_counter *dirty_next;
-    struct tally_counter *repl_next; /* the table's list of counters owing a delta */
-    struct tally_slot *slots;        /* sorted by replica */
-    struct tally_dev *devs;          /* sorted by device */
-    float rate;                      /* recent change of the total: see counter_rate */
-    uint32_t rate_ds;                /* when rate was last raised, in table clock ticks */
+    struct tally_slot *slots; /* sorted by replica */
+    struct tally_dev *devs;   /* sorted by device */
+    float rate;               /* recent change of the total: see counter_rate */
+    uint32_t rate_ds;         /* when rate was last raised, in table clock ticks */
     uint16_t nslots;
     uint16_t ndevs;
     uint8_t dirty : 1;       /* on the table's dirty list (outputs) */
@@ -172,8 +171,10 @@ struct tally_table {
     size_t ncounters, max_counters;
     struct tally_counter *dirty_head, **dirty_tail;
     size_t ndirty;
-    /* Counters with a slot whose pending is not REPL_NONE, oldest first. */
-    struct tally_counter *repl_head, **repl_tail;
+    /* Counters with a slot whose pending is not REPL_NONE (or a base),
+     * oldest first, from repl[repl_next] to repl[nrepl - 1] (table.c). */
+    struct tally_counter **repl;
+    size_t nrepl, repl_next, repl_cap;
 
     struct tally_replica *replica_hash, **replicas;
     uint32_t nreplicas, replicas_cap;
@@ -220,6 +221,7 @@ int table_merge_device_from(struct tally_table *t, struct tally_counter *c, uint
 /* Takes the oldest counter off the list of those owing a delta; NULL if none.
  * The caller clears the pending marks it sends. */
 struct tally_counter *table_pop_repl(struct tally_table *t);
+bool table_repl_pending(const struct tally_table *t);
 
 /* Exposed for reset.c, which keeps the same digest and dirty list. */
 uint64_t table_entry_hash(uint64_t name_hash, uint64_t owner_hash, uint64_t p, uint64_t n);

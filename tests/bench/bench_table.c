@@ -37,6 +37,15 @@ static void die(const char *what, int rc)
     exit(1);
 }
 
+/* What the plugin's next ticks do: publish (the dirty list) and replicate
+ * (the replication list, freed once drained). */
+static void drain(struct tally_table *t)
+{
+    table_take_dirty(t);
+    while (table_pop_repl(t))
+        ;
+}
+
 /* table_get + table_add(+1) for every counter; returns seconds taken. */
 static double get_and_add(struct tally_table *t, uint32_t replica)
 {
@@ -53,7 +62,7 @@ static double get_and_add(struct tally_table *t, uint32_t replica)
             die("table_add", -rc);
     }
     double took = now_s() - start;
-    table_take_dirty(t);
+    drain(t);
     return took;
 }
 
@@ -70,7 +79,7 @@ static void add_peer_slots(struct tally_table *t)
             if (table_merge_slot(t, c, peers[k], 5, 1) < 0)
                 die("table_merge_slot", TALLY_E_NOMEM);
     }
-    table_take_dirty(t);
+    drain(t);
 }
 
 /* Milliseconds one control API command takes over the whole table: a
