@@ -152,7 +152,7 @@ static void options_defaults(struct options *o)
     o->snapshot_interval_ms = 60000;
     o->log_rate = 20;
     o->unwatched_publish_budget = 2000;
-    o->presence_delivery_budget = 10000;
+    o->presence_delivery_budget = 1000;
 }
 
 static int option_set(struct options *o, const char *key, const char *value)
