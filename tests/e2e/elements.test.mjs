@@ -10,7 +10,16 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { PASSWORDS, buildDashboard, launchChromium, startCluster, startSecureNode, waitFor } from './cluster.mjs';
+import {
+  PASSWORDS,
+  REPO,
+  buildDashboard,
+  launchChromium,
+  startCluster,
+  startNode,
+  startSecureNode,
+  waitFor,
+} from './cluster.mjs';
 
 const SCREENSHOT_LIVE = '/tmp/tally-elements-live.png';
 const SCREENSHOT_STALE = '/tmp/tally-elements-stale.png';
@@ -245,5 +254,61 @@ describe('tally elements with a login, on a broker named by attribute', () => {
     await new Promise((resolve) => setTimeout(resolve, 2500)); // longer than the 2 s reconnect period
     assert.equal(wsConnections(), tries, 'no retry with refused credentials');
     assert.equal(await shown(page, 'refused'), '–');
+  });
+});
+
+describe('tally elements as the npm package’s ES module, unbundled', () => {
+  let node;
+  let site;
+  let browser;
+
+  before(async () => {
+    node = await startNode(await buildDashboard());
+    const src = path.join(REPO, 'clients/web/elements/src');
+    const broker = `ws://127.0.0.1:${node.wsPort}/mqtt`;
+    const html = `<!doctype html><meta charset="utf-8"><title>module</title>
+<script type="module">
+  import { configure } from '/tally-elements/index.js';
+  configure({ broker: '${broker}', locale: 'en-US' });
+</script>
+<p><tally-counter name="mod" data-testid="mod"></tally-counter> <tally-button name="mod" delta="1000" data-testid="add"></tally-button></p>`;
+    // The package's files as a CDN or a bundler-free server would give them.
+    site = http.createServer((req, res) => {
+      const file = req.url.startsWith('/tally-elements/') ? path.join(src, path.basename(req.url)) : null;
+      if (req.url === '/') {
+        res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+        res.end(html);
+      } else if (file) {
+        res.writeHead(200, { 'content-type': 'text/javascript; charset=utf-8' });
+        res.end(readFileSync(file));
+      } else {
+        res.writeHead(404).end();
+      }
+    });
+    await new Promise((resolve) => site.listen(0, '127.0.0.1', resolve));
+    browser = await launchChromium();
+  });
+
+  after(async () => {
+    try {
+      await browser?.close();
+      site?.close();
+    } finally {
+      await node?.stop();
+    }
+  });
+
+  test('import, configure(), and the elements count', async () => {
+    node.pub('counters/mod/inc', '2');
+    const page = await browser.newPage();
+    const errors = [];
+    page.on('pageerror', (err) => errors.push(err.message));
+    await page.goto(`http://localhost:${site.address().port}/`);
+    await waitForShown(page, 'mod', '2');
+    await page.waitForFunction(() => !document.querySelector('[data-testid="add"]').shadowRoot.querySelector('button').disabled);
+    await page.getByTestId('add').locator('button').click();
+    await waitForShown(page, 'mod', '1,002');
+    assert.equal(await page.getByTestId('add').locator('button').textContent(), '+1', 'the default label');
+    assert.deepEqual(errors, []);
   });
 });

@@ -27,9 +27,15 @@ export const defaults = {
   locale: undefined,
 };
 
-// Sets what an element uses where it has no attribute of its own.
+// The elements in a document now.
+const present = new Set();
+
+// Sets what an element uses where it has no attribute of its own. Elements
+// already on the page take it at once: an ES module defines them when
+// imported, before the importer gets to call this.
 export function configure(options) {
   Object.assign(defaults, options);
+  for (const element of present) element.rejoin();
 }
 
 /* ==== Shared connections ==== */
@@ -171,11 +177,13 @@ class TallyElement extends HTMLElement {
 
   connectedCallback() {
     this.live = true;
+    present.add(this);
     this.rejoin();
   }
 
   disconnectedCallback() {
     this.live = false;
+    present.delete(this);
     this.leave?.();
     this.leave = null;
   }
