@@ -139,6 +139,7 @@ def test_internal_traffic_not_visible_on_hash(broker):
     watcher = broker.client("hash")
     try:
         watcher.subscribe("#")
+        time.sleep(0.3)  # the subscription in place before the increment it must see
         broker.pub("counters/h/inc", "2")
         broker.wait_total("h", 2)
         time.sleep(1.5)  # a digest (sync_interval_ms 1000) and a presence heartbeat go by
