@@ -96,6 +96,7 @@ function showStale(sinceMs) {
   document.body.classList.toggle('stale', stale);
   staleEl.hidden = !stale;
   if (!stale) return;
+  listOtherNodes(); // with the settings of now: view, search and page included
   asOfEl.textContent = clock.format(sinceMs);
   asOfEl.dateTime = new Date(sinceMs).toISOString();
 }
@@ -125,7 +126,7 @@ function failOver(now) {
   connect();
 }
 
-// Links to the other nodes' dashboards, with this page's settings.
+// Links to the other nodes' dashboards, with this page's settings (its URL's query).
 function listOtherNodes() {
   const nav = $('other-nodes');
   const links = settings.nodes.slice(1).map((origin) => {
@@ -147,7 +148,7 @@ let client = null;
 
 const loginPanel = new LoginPanel($('login-form'), $('account'), signIn, signOut);
 
-function onConnect(connack) {
+function onConnect() {
   const now = Date.now();
   downSinceMs = null;
   everConnected = true;
