@@ -57,7 +57,7 @@ static void setup(int count)
     memset(nodes, 0, sizeof(nodes));
     for (int i = 0; i < count; i++) {
         struct node *n = &nodes[i];
-        snprintf(n->name, sizeof(n->name), "n%d", i);
+        ck_assert_int_lt(snprintf(n->name, sizeof(n->name), "n%d", i), (int)sizeof(n->name));
         table_init(&n->t, 1000, 100);
         repl_init(&n->r, 1000 + (uint64_t)i);
         ck_assert_int_eq(table_replica(&n->t, n->name, 7, &n->self), TALLY_OK);
