@@ -242,7 +242,6 @@ static struct tally {
     uint64_t start_ms, last_flush_ms, last_repl_ms, last_digest_ms, last_request_ms;
     uint64_t last_announce_ms, last_stats_ms;
     uint64_t presence_seq, stats_seq;
-    size_t flush_left; /* counters of the current flush round still to publish */
     uint64_t log_window_ms, log_count, last_disk_log_ms;
     size_t prefix_len, presence_prefix_len;
     bool acl_defer;
@@ -1061,25 +1060,39 @@ static void announce_presence(void)
     g.last_announce_ms = mono_ms();
 }
 
-/* A flush round publishes the watched outputs of every counter that was
- * dirty when it began (publish_changed), at most FLUSH_BUDGET a tick, so
- * that a huge backlog (a million counters
- * loaded from disk, or replicated after a long partition) never stalls the
- * broker for seconds: the round goes on at the next tick. A counter changed
- * during a round waits for the next one, so no name is published twice
- * within publish_interval_ms. */
-static void flush(uint64_t now)
+/* Outputs are paced per name: a changed counter is published (its watched
+ * outputs, publish_changed) once its last publish is publish_interval_ms old,
+ * so a change learned from a peer goes out at once unless that name went out
+ * within the interval, and a hop adds no interval of its own. The dirty list
+ * is taken in order, and stops at the first counter not yet due: a counter
+ * joins the list after its last publish, so the one ahead is due at most an
+ * interval after it changed, and so is every counter behind it. At most
+ * FLUSH_BUDGET a tick, so that a backlog (a million counters loaded from
+ * disk, or learned after a long partition) never stalls the broker. */
+static bool due(const struct tally_counter *c, uint16_t now16)
 {
-    if (g.flush_left == 0) {
-        g.flush_left = g.table.ndirty;
-        g.last_flush_ms = now;
-    }
+    return !c->paced || (uint16_t)(now16 - c->published_ms) >= g.opt.publish_interval_ms;
+}
+
+static void publish_due(uint64_t now)
+{
+    uint16_t now16 = (uint16_t)(now - g.start_ms); /* intervals are at most 60,000 ms */
+    uint64_t wall = 0;
     size_t budget = FLUSH_BUDGET;
-    uint64_t wall = wall_ms();
-    for (struct tally_counter *c; g.flush_left && budget && (c = table_pop_dirty(&g.table));
-         g.flush_left--, budget--) {
+    for (struct tally_counter *c; budget && (c = g.table.dirty_head) && due(c, now16); budget--) {
+        table_pop_dirty(&g.table);
+        if (!wall)
+            wall = wall_ms();
         publish_changed(c, wall);
+        c->published_ms = now16;
+        c->paced = 1;
     }
+}
+
+/* Viewer counts: coalesced over publish_interval_ms, under their budget. */
+static void flush_presence(uint64_t now)
+{
+    g.last_flush_ms = now;
     presence_flush(&g.presence, now, (uint64_t)g.opt.presence_delivery_budget, publish_page, NULL);
     if (g.presence.local_changed)
         announce_presence();
@@ -1186,13 +1199,14 @@ static int on_tick(int event, void *event_data, void *userdata)
     if (heartbeat > 1000)
         heartbeat = 1000;
     expire_peers(now);
-    if (g.flush_left || (now - g.last_flush_ms >= (uint64_t)g.opt.publish_interval_ms &&
-                         (g.table.dirty_head || g.presence.dirty_head || g.presence.local_changed)))
-        flush(now);
+    replicate_tick(now);
+    publish_due(now);
+    if (now - g.last_flush_ms >= (uint64_t)g.opt.publish_interval_ms &&
+        (g.presence.dirty_head || g.presence.local_changed))
+        flush_presence(now);
     refresh(now);
     if (now - g.last_announce_ms >= heartbeat)
         announce_presence();
-    replicate_tick(now);
     if (now - g.last_stats_ms >= (uint64_t)g.opt.stats_interval_ms)
         publish_stats(now);
     char err[700];

@@ -120,7 +120,9 @@ struct tally_counter {
     uint8_t queued : 1;      /* on the refresh queue (schedule.c) */
     uint8_t state_shown : 1; /* a retained state document is published (plugin.c) */
     uint8_t based : 1;       /* has an entry in the table's bases (reset.c) */
+    uint8_t paced : 1;       /* published_ms is set (plugin.c) */
     uint8_t name_len;
+    uint16_t published_ms; /* when its outputs last went out, ms mod 2^16 (plugin.c) */
     char name[];
 };
 
