@@ -210,3 +210,27 @@ def test_a_watched_counter_publishes_total_and_state_and_nothing_else(broker):
         assert {t for t, _, _ in w.messages} == {"counters/q/state"}
     finally:
         w.close()
+
+
+# ---- the persistent-session gap -------------------------------------------------------------
+
+def test_restored_persistent_session_is_unwatched_until_it_subscribes_again(broker):
+    """What README says happens: Mosquitto 2.0.11 restores a persistent session's subscriptions
+    without telling plugins, so its state documents are not published again until it
+    subscribes again (and its totals come at the unwatched refresh delay meanwhile)."""
+    broker.pub("counters/k/inc", "1")
+    broker.wait_total("k", 1)
+    keeper = RawClient(broker.port, "keeper", version=4, clean=False)
+    keeper.subscribe("counters/k/state")
+    wait_for(lambda: held(broker, "counters/+/state"), 5, what="state while watched")
+    keeper.disconnect()
+    time.sleep(1.0)
+    assert held(broker, "counters/+/state") == {}, "state left after the keeper left"
+    keeper = RawClient(broker.port, "keeper", version=4, clean=False)  # session restored
+    try:
+        time.sleep(1.0)
+        assert held(broker, "counters/+/state") == {}, "a restored subscription was seen"
+        keeper.subscribe("counters/k/state")  # subscribing again is seen
+        wait_for(lambda: held(broker, "counters/+/state"), 5, what="state once subscribed")
+    finally:
+        keeper.close()
