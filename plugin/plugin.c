@@ -50,6 +50,7 @@ struct options {
     char viewer_usernames[1024];
     char admin_clientids[1024];
     char acl[16];
+    char role[8];
     char state_dir[512];
     long long publish_interval_ms;
     long long max_counters;
@@ -103,6 +104,8 @@ static const struct opt_spec opt_specs[] = {
                            "$CONTROL/tally/v1"),
     OPT_S(acl, "'allow' (tally allows what it does not refuse) or 'defer' (leave it to "
                "acl_file or other plugins)"),
+    OPT_S(role, "'node' (a member of the cluster, and a hub to any edge bridged to it) or "
+                "'edge' (keeps only its clients' counters and pages; see README, Tiers)"),
     OPT_S(state_dir, "a directory the broker can write"),
     OPT_I(publish_interval_ms, 1, 60000, "an integer from 1 to 60000"),
     OPT_I(max_counters, 1, 1000000000, "an integer from 1 to 1000000000"),
@@ -137,6 +140,7 @@ static void options_defaults(struct options *o)
     strcpy(o->prefix, "counters");
     strcpy(o->presence_prefix, "presence");
     strcpy(o->acl, "allow");
+    strcpy(o->role, "node");
     strcpy(o->reader_usernames, "*");
     o->publish_interval_ms = 100;
     o->max_counters = 1000000;
@@ -208,6 +212,8 @@ static int options_check(const struct options *o)
         bad = "presence_prefix", help = "a topic level, different from prefix";
     else if (strcmp(o->acl, "allow") != 0 && strcmp(o->acl, "defer") != 0)
         bad = "acl", help = opt_help(bad);
+    else if (strcmp(o->role, "node") != 0 && strcmp(o->role, "edge") != 0)
+        bad = "role", help = opt_help(bad);
     if (!bad)
         return MOSQ_ERR_SUCCESS;
     mosquitto_log_printf(MOSQ_LOG_ERR, "tally: bad value for plugin_opt_%s: %s", bad, help);
@@ -235,6 +241,9 @@ static struct tally {
     struct persist *persist;
     struct wire_sync_writer writer;
     struct repl repl;
+    bool edge;                  /* role edge: tier.c's edge side instead of repl.c */
+    struct tier_edge tier_edge; /* (role edge) */
+    struct tier_hub tier_hub;   /* (role node) the edges bridged to us */
     struct wire_buf buf;
     struct stats st;
     uint64_t incarnation;
@@ -456,6 +465,8 @@ static int on_increment(struct mosquitto_evt_message *ev, struct topic t, enum t
     }
     if (table_add(&g.table, c, g.self, inc.delta) < 0)
         return TALLY_E_NOMEM;
+    if (g.edge && tier_edge_wrote(&g.tier_edge, t.name, t.len) != TALLY_OK)
+        return TALLY_E_NOMEM;
     if (inc.delta == 0 && table_hidden(&g.table, c))
         recreate(c);
     if (inc.id[0])
@@ -497,6 +508,8 @@ static int on_report(struct mosquitto_evt_message *ev, struct topic t, enum tall
         table_drop_if_empty(&g.table, c);
         return TALLY_E_DISK;
     }
+    if (g.edge && tier_edge_wrote(&g.tier_edge, t.name, t.len) != TALLY_OK)
+        return TALLY_E_NOMEM;
     if (table_merge_device(&g.table, c, dev, rep.total, true) < 0)
         return TALLY_E_NOMEM;
     return TALLY_OK;
@@ -705,6 +718,68 @@ static int on_stats(const char *topic, const void *payload, size_t len, bool *ro
     return TALLY_OK;
 }
 
+/* ==== Tiers (tier.c): UP from our edges, DOWN from our hub ==== */
+
+#define HUB_ORIGIN "(hub)" /* at an edge, the others' viewers: never a node id */
+
+static void publish_up_down(const char *kind, const char *id, const struct wire_buf *b)
+{
+    if (b->failed)
+        return;
+    snprintf(g.topic, sizeof(g.topic), "$tally/%s/%s", kind, id);
+    publish(g.topic, b->data, b->len, 1, false);
+    g.st.repl_msgs_out++;
+    g.st.repl_bytes_out += b->len;
+}
+
+/* An edge's UP: its slots into the table (repl.c sends them on to the other
+ * nodes), its viewers relayed to them under its own origin. */
+static int on_up(const void *payload, size_t len)
+{
+    struct tier_child *ch;
+    if (g.edge)
+        return TALLY_E_WIRE; /* an edge has no edges */
+    uint64_t now = mono_ms();
+    int rc = tier_hub_apply_up(&g.tier_hub, &g.table, &g.presence, payload, len, now, &ch);
+    if (rc != TALLY_OK)
+        return rc;
+    if (tier_hub_relay(ch, now, (uint64_t)g.opt.peer_timeout_ms / 3, &g.buf) == 1) {
+        snprintf(g.topic, sizeof(g.topic), "$tally/v1/presence/%s", tier_child_id(ch));
+        publish(g.topic, g.buf.data, g.buf.len, 1, false);
+    }
+    return TALLY_OK;
+}
+
+/* A watched counter whose total changed at the hub: published at the flush. */
+static void edge_view_changed(const char *name, size_t len, void *ud)
+{
+    struct tally_counter *c;
+    (void)ud;
+    if (table_get(&g.table, name, len, &c) == TALLY_OK)
+        table_mark_dirty(&g.table, c);
+}
+
+static void edge_page_others(const char *page, size_t len, uint64_t others, void *ud)
+{
+    presence_origin_set(&g.presence, ud, page, len, others);
+}
+
+/* DOWN from our hub; one for another edge (a hub passing on what its bridges
+ * carry) is not ours to read. */
+static int on_down(const char *topic, const void *payload, size_t len)
+{
+    if (!g.edge || strcmp(topic + strlen("$tally/down/"), g.opt.node_id) != 0)
+        return TALLY_OK;
+    int rc = tier_edge_apply_down(&g.tier_edge, payload, len, edge_view_changed, NULL);
+    struct tally_origin *o = presence_origin(&g.presence, HUB_ORIGIN);
+    if (rc != TALLY_OK || !o)
+        return rc != TALLY_OK ? rc : TALLY_E_NOMEM;
+    o->last_heard_ms = mono_ms();
+    presence_origin_begin(&g.presence, o);
+    tier_edge_each_page(&g.tier_edge, edge_page_others, o);
+    return TALLY_OK;
+}
+
 static int on_replication(struct mosquitto_evt_message *ev)
 {
     const char *topic = ev->topic;
@@ -720,6 +795,10 @@ static int on_replication(struct mosquitto_evt_message *ev)
         rc = on_presence(ev->payload, ev->payloadlen, &route);
     else if (strncmp(topic, "$tally/stats/", 13) == 0)
         rc = on_stats(topic, ev->payload, ev->payloadlen, &route);
+    else if (strncmp(topic, "$tally/up/", 10) == 0)
+        rc = on_up(ev->payload, ev->payloadlen);
+    else if (strncmp(topic, "$tally/down/", 12) == 0)
+        rc = on_down(topic, ev->payload, ev->payloadlen);
     if (rc != TALLY_OK) {
         g.st.repl_rejected++;
         refuse(ev->client, topic, rc);
@@ -886,6 +965,15 @@ static const char *name_topic(const char *prefix, size_t prefix_len, const char 
     return g.topic;
 }
 
+/* What c's outputs show: its sums here, and at an edge the total of the
+ * whole cluster (its own part plus what its hub said of the rest). */
+static void output_sums(const struct tally_counter *c, struct tally_sums *s)
+{
+    table_sums(&g.table, c, s);
+    if (g.edge)
+        s->value = tier_edge_value(&g.tier_edge, &g.table, c->name, c->name_len);
+}
+
 static void publish_total(struct tally_counter *c, const struct tally_sums *s)
 {
     char value[21];
@@ -936,7 +1024,7 @@ static uint32_t reconcile(struct tally_counter *c, uint64_t wall)
     uint32_t n = 0;
     if (c->stale || state) {
         struct tally_sums s;
-        table_sums(&g.table, c, &s);
+        output_sums(c, &s);
         if (c->stale)
             publish_total(c, &s), n++;
         if (state)
@@ -962,7 +1050,7 @@ static void publish_changed(struct tally_counter *c, uint64_t wall)
     bool state = interest_state_watched(&g.interest, c->name, c->name_len);
     if (total || state) {
         struct tally_sums s;
-        table_sums(&g.table, c, &s);
+        output_sums(c, &s);
         if (total)
             publish_total(c, &s);
         if (state)
@@ -980,6 +1068,11 @@ static void publish_changed(struct tally_counter *c, uint64_t wall)
 static void watchers_changed(const char *name, size_t len, void *ud)
 {
     (void)ud;
+    if (name && g.edge &&
+        tier_edge_watch(&g.tier_edge, name, len,
+                        interest_total_watched(&g.interest, name, len) ||
+                            interest_state_watched(&g.interest, name, len)) != TALLY_OK)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory watching %.*s", (int)len, name);
     if (name) {
         struct tally_counter *c = table_find(&g.table, name, len);
         if (c)
@@ -1094,8 +1187,12 @@ static void flush_presence(uint64_t now)
 {
     g.last_flush_ms = now;
     presence_flush(&g.presence, now, (uint64_t)g.opt.presence_delivery_budget, publish_page, NULL);
-    if (g.presence.local_changed)
+    if (g.presence.local_changed && g.edge) {
+        tier_edge_pages_changed(&g.tier_edge); /* they go up in the next UP */
+        g.presence.local_changed = false;
+    } else if (g.presence.local_changed) {
         announce_presence();
+    }
 }
 
 /* Deltas: what was learned goes on at the next tick, local changes with the
@@ -1188,6 +1285,33 @@ static void expire_peers(uint64_t now)
     }
 }
 
+/* ==== Tiers: what an edge sends up, what a hub sends down ==== */
+
+static void edge_tick(uint64_t now)
+{
+    int rc = tier_edge_up(&g.tier_edge, &g.table, &g.presence, now,
+                          (uint64_t)g.opt.sync_interval_ms, &g.buf);
+    if (rc == 1)
+        publish_up_down("up", g.opt.node_id, &g.buf);
+    else if (rc < 0)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot write an UP: %s", tally_strerror(-rc));
+}
+
+/* Our edges' DOWNs, at most one each per publish interval. */
+static void hub_tick(uint64_t now)
+{
+    static uint64_t last;
+    if (now - last < (uint64_t)g.opt.publish_interval_ms)
+        return;
+    last = now;
+    tier_hub_expire(&g.tier_hub, now, (uint64_t)g.opt.peer_timeout_ms);
+    tier_hub_tick(&g.tier_hub);
+    for (struct tier_child *ch = NULL; (ch = tier_hub_next(&g.tier_hub, ch));)
+        if (tier_hub_down(&g.tier_hub, &g.table, &g.presence, ch, now,
+                          (uint64_t)g.opt.sync_interval_ms, &g.buf) == 1)
+            publish_up_down("down", tier_child_id(ch), &g.buf);
+}
+
 static int on_tick(int event, void *event_data, void *userdata)
 {
     (void)event;
@@ -1199,14 +1323,20 @@ static int on_tick(int event, void *event_data, void *userdata)
     if (heartbeat > 1000)
         heartbeat = 1000;
     expire_peers(now);
-    replicate_tick(now);
+    if (!g.edge)
+        replicate_tick(now);
     publish_due(now);
     if (now - g.last_flush_ms >= (uint64_t)g.opt.publish_interval_ms &&
         (g.presence.dirty_head || g.presence.local_changed))
         flush_presence(now);
     refresh(now);
-    if (now - g.last_announce_ms >= heartbeat)
-        announce_presence();
+    if (g.edge) {
+        edge_tick(now);
+    } else {
+        if (now - g.last_announce_ms >= heartbeat)
+            announce_presence();
+        hub_tick(now);
+    }
     if (now - g.last_stats_ms >= (uint64_t)g.opt.stats_interval_ms)
         publish_stats(now);
     char err[700];
@@ -1288,6 +1418,17 @@ static int load_state(void)
     return MOSQ_ERR_SUCCESS;
 }
 
+/* An edge restarted with its state sends its whole slot to whichever hub it
+ * reaches first. */
+static int edge_start(void)
+{
+    tier_edge_init(&g.tier_edge, g.opt.node_id, g.incarnation);
+    for (struct tally_counter *c = g.table.counters; c; c = c->hh.next)
+        if (tier_edge_wrote(&g.tier_edge, c->name, c->name_len) != TALLY_OK)
+            return TALLY_E_NOMEM;
+    return TALLY_OK;
+}
+
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
                           struct mosquitto_opt *opts, int opt_count)
 {
@@ -1317,6 +1458,11 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
     if (getrandom(&session, sizeof(session), 0) != sizeof(session))
         session = wall_ms() ^ (uint64_t)getpid() << 40;
     repl_init(&g.repl, session | 1); /* never 0, which means "version 1" */
+    g.edge = strcmp(g.opt.role, "edge") == 0;
+    if (g.edge && edge_start() != TALLY_OK)
+        goto error;
+    if (!g.edge)
+        tier_hub_init(&g.tier_hub, g.opt.node_id, session | 1);
     g.start_ms = mono_ms();
     table_set_clock(&g.table, 0); /* what was loaded is not a recent change */
     for (size_t i = 0; i < sizeof(callbacks) / sizeof(callbacks[0]); i++) {
@@ -1359,6 +1505,8 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
     g.persist = NULL;
     sync_writer_free(&g.writer);
     repl_free(&g.repl);
+    tier_edge_free(&g.tier_edge);
+    tier_hub_free(&g.tier_hub);
     wbuf_free(&g.buf);
     dedup_free(&g.dedup);
     refresh_free(&g.refresh);

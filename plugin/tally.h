@@ -627,6 +627,11 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
  * is alive): returns 1 when written, 0 when not due. */
 int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, struct wire_buf *out);
 struct tier_child *tier_hub_child(struct tier_hub *h, const char *id);
+/* The child after ch (NULL: the first), NULL after the last. */
+struct tier_child *tier_hub_next(struct tier_hub *h, struct tier_child *ch);
+/* Calls fn for each page the edge's viewers watch, with the others' viewers. */
+typedef void tier_page_fn(const char *page, size_t len, uint64_t others, void *ud);
+void tier_edge_each_page(const struct tier_edge *e, tier_page_fn *fn, void *ud);
 /* Sizes, for stats: a hub's children; an edge's written, watched and viewed
  * entries. */
 size_t tier_hub_children(const struct tier_hub *h);

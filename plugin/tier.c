@@ -885,6 +885,17 @@ int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, st
     return out->failed ? -TALLY_E_NOMEM : 1;
 }
 
+struct tier_child *tier_hub_next(struct tier_hub *h, struct tier_child *ch)
+{
+    return ch ? ch->hh.next : h->children;
+}
+
+void tier_edge_each_page(const struct tier_edge *e, tier_page_fn *fn, void *ud)
+{
+    for (const struct tier_page *pg = e->pages; pg; pg = pg->hh.next)
+        fn(pg->name, pg->len, pg->others, ud);
+}
+
 size_t tier_hub_children(const struct tier_hub *h)
 {
     return HASH_COUNT(h->children);
