@@ -34,6 +34,8 @@ static const char *const err_names[TALLY_E__COUNT] = {
     [TALLY_E_WIRE] = "bad_replication_message",
     [TALLY_E_DISK] = "state_not_written",
     [TALLY_E_NOMEM] = "out_of_memory",
+    [TALLY_E_DEVICE_ASSIGNED] = "device_id_assigned_by_broker",
+    [TALLY_E_TOO_LARGE] = "message_too_large",
 };
 
 const char *tally_strerror(int err)
@@ -187,6 +189,24 @@ static bool looks_like_json(const char *s, size_t len)
     return false;
 }
 
+/* True if a string in the JSON text s holds the escape \u0000. cJSON decodes
+ * it into a NUL inside the C string, which would cut "order-1\u0000-pear"
+ * down to "order-1": two different ids would meet as duplicates. */
+static bool json_has_nul(const char *s, size_t len)
+{
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '"') {
+            in_string = !in_string;
+        } else if (in_string && s[i] == '\\' && i + 1 < len) {
+            if (s[i + 1] == 'u' && i + 5 < len && strncmp(s + i + 2, "0000", 4) == 0)
+                return true;
+            i++; /* the escaped character: \" does not end the string */
+        }
+    }
+    return false;
+}
+
 /* Parses a JSON object whose keys must each be one of `keys`; calls take()
  * for each member. Unknown keys are refused: a typo such as "detla" must not
  * silently count +1. */
@@ -235,7 +255,7 @@ static int take_inc_member(const cJSON *m, void *outp)
     if (!cJSON_IsString(m))
         return TALLY_E_ID;
     size_t n = strlen(m->valuestring);
-    if (n == 0 || n > TALLY_ID_MAX)
+    if (n == 0 || n > TALLY_ID_MAX || text_check(m->valuestring, n) != TALLY_OK)
         return TALLY_E_ID;
     memcpy(out->id, m->valuestring, n + 1);
     return TALLY_OK;
@@ -253,7 +273,7 @@ int parse_increment(const void *payload, size_t len, struct tally_inc *out)
     if (len > TALLY_PAYLOAD_MAX)
         return TALLY_E_PAYLOAD_TOO_LARGE;
     if (looks_like_json(s, len))
-        return parse_object(s, len, keys, take_inc_member, out);
+        return json_has_nul(s, len) ? TALLY_E_ID : parse_object(s, len, keys, take_inc_member, out);
     return parse_int(s, len, &out->delta);
 }
 
@@ -290,6 +310,8 @@ int parse_report(const void *payload, size_t len, struct tally_report *out)
     if (len > TALLY_PAYLOAD_MAX)
         return TALLY_E_PAYLOAD_TOO_LARGE;
     if (looks_like_json(s, len)) {
+        if (json_has_nul(s, len))
+            return TALLY_E_DEVICE;
         out->total = UINT64_MAX; /* "missing": a parsed total is <= 2^53-1 */
         int rc = parse_object(s, len, keys, take_report_member, out);
         if (rc == TALLY_OK && (out->total == UINT64_MAX || out->device[0] == '\0'))

@@ -68,15 +68,15 @@ void counter_state_json(struct wire_buf *b, const struct tally_table *t,
     /* after resets: what each node and device counted since (reset.c) */
     const struct tally_base *base = table_base(t, c);
     bool first = true;
-    for (uint16_t i = 0; i < c->nslots; i++) {
+    for (uint32_t i = 0; i < c->nslots; i++) {
         const struct tally_replica *r = t->replicas[c->slots[i].replica];
         bool seen = false;
-        for (uint16_t j = 0; j < i && !seen; j++)
+        for (uint32_t j = 0; j < i && !seen; j++)
             seen = strcmp(t->replicas[c->slots[j].replica]->key, r->key) == 0;
         if (seen)
             continue;
         uint64_t p = 0, n = 0, bp, bn;
-        for (uint16_t j = i; j < c->nslots; j++) {
+        for (uint32_t j = i; j < c->nslots; j++) {
             if (strcmp(t->replicas[c->slots[j].replica]->key, r->key) == 0) {
                 base_slot(base, c->slots[j].replica, &bp, &bn);
                 p += c->slots[j].p > bp ? c->slots[j].p - bp : 0;
@@ -94,7 +94,7 @@ void counter_state_json(struct wire_buf *b, const struct tally_table *t,
         first = false;
     }
     wbuf_str(b, "},\"devices\":{");
-    for (uint16_t i = 0; i < c->ndevs; i++) {
+    for (uint32_t i = 0; i < c->ndevs; i++) {
         const char *id = t->devices[c->devs[i].device]->id;
         if (i)
             wbuf_u8(b, ',');
@@ -391,7 +391,7 @@ static const char *get_counter(const cJSON *cmd, cJSON *data, const struct tally
     cJSON_AddItemToObject(data, "counter", state);
     /* Every life of every node, for operators chasing a restart. */
     cJSON *reps = cJSON_AddArrayToObject(data, "replicas");
-    for (uint16_t i = 0; i < c->nslots; i++) {
+    for (uint32_t i = 0; i < c->nslots; i++) {
         const struct tally_replica *r = t->replicas[c->slots[i].replica];
         char inc[17];
         snprintf(inc, sizeof(inc), "%016" PRIx64, r->incarnation);

@@ -60,42 +60,76 @@
 
 /* ==== Low level: sorted small arrays ==== */
 
-static struct tally_slot *slot_find(struct tally_counter *c, uint32_t replica, bool create)
+/* Position of replica in c->slots, or where it would be inserted: a binary
+ * search, as the arrays may be long (a counter holds up to max_devices
+ * devices). */
+static uint32_t slot_index(const struct tally_counter *c, uint32_t replica)
 {
-    uint16_t i = 0;
-    while (i < c->nslots && c->slots[i].replica < replica)
-        i++;
-    if (i < c->nslots && c->slots[i].replica == replica)
-        return &c->slots[i];
-    if (!create || c->nslots == UINT16_MAX)
+    uint32_t lo = 0, hi = c->nslots;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (c->slots[mid].replica < replica)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static uint32_t dev_index(const struct tally_counter *c, uint32_t device)
+{
+    uint32_t lo = 0, hi = c->ndevs;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (c->devs[mid].device < device)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Opens a zeroed entry at position at of a sorted array of *n entries of
+ * size bytes; NULL when out of memory (nothing changed). New devices take
+ * ever larger registry indexes, so they are usually appended: no move. */
+static void *array_insert(void **arr, uint32_t *n, size_t size, uint32_t at)
+{
+    if (*n == UINT32_MAX)
         return NULL;
-    struct tally_slot *grown = realloc(c->slots, (c->nslots + 1u) * sizeof(*grown));
+    uint8_t *grown = realloc(*arr, ((size_t)*n + 1) * size);
     if (!grown)
         return NULL;
-    c->slots = grown;
-    memmove(&c->slots[i + 1], &c->slots[i], (c->nslots - i) * sizeof(*grown));
-    c->slots[i] = (struct tally_slot){.replica = replica};
-    c->nslots++;
-    return &c->slots[i];
+    *arr = grown;
+    memmove(grown + ((size_t)at + 1) * size, grown + (size_t)at * size, (size_t)(*n - at) * size);
+    memset(grown + (size_t)at * size, 0, size);
+    (*n)++;
+    return grown + (size_t)at * size;
+}
+
+static struct tally_slot *slot_find(struct tally_counter *c, uint32_t replica, bool create)
+{
+    uint32_t i = slot_index(c, replica);
+    if (i < c->nslots && c->slots[i].replica == replica)
+        return &c->slots[i];
+    if (!create)
+        return NULL;
+    struct tally_slot *s = array_insert((void **)&c->slots, &c->nslots, sizeof(*s), i);
+    if (s)
+        s->replica = replica;
+    return s;
 }
 
 static struct tally_dev *dev_find(struct tally_counter *c, uint32_t device, bool create)
 {
-    uint16_t i = 0;
-    while (i < c->ndevs && c->devs[i].device < device)
-        i++;
+    uint32_t i = dev_index(c, device);
     if (i < c->ndevs && c->devs[i].device == device)
         return &c->devs[i];
-    if (!create || c->ndevs == UINT16_MAX)
+    if (!create)
         return NULL;
-    struct tally_dev *grown = realloc(c->devs, (c->ndevs + 1u) * sizeof(*grown));
-    if (!grown)
-        return NULL;
-    c->devs = grown;
-    memmove(&c->devs[i + 1], &c->devs[i], (c->ndevs - i) * sizeof(*grown));
-    c->devs[i] = (struct tally_dev){.device = device};
-    c->ndevs++;
-    return &c->devs[i];
+    struct tally_dev *d = array_insert((void **)&c->devs, &c->ndevs, sizeof(*d), i);
+    if (d)
+        d->device = device;
+    return d;
 }
 
 /* Saturating sum of non-negative parts: a cluster whose slots were each
@@ -123,11 +157,11 @@ static int64_t clamp_safe(int64_t v)
 void counter_sums(const struct tally_counter *c, struct tally_sums *out)
 {
     int64_t p = 0, n = 0, d = 0;
-    for (uint16_t i = 0; i < c->nslots; i++) {
+    for (uint32_t i = 0; i < c->nslots; i++) {
         p = sat_add(p, (int64_t)c->slots[i].p);
         n = sat_add(n, (int64_t)c->slots[i].n);
     }
-    for (uint16_t i = 0; i < c->ndevs; i++)
+    for (uint32_t i = 0; i < c->ndevs; i++)
         d = sat_add(d, (int64_t)c->devs[i].total);
     out->p = clamp_safe(p);
     out->n = clamp_safe(n);
@@ -207,12 +241,15 @@ int counter_add_preview(const struct tally_counter *c, uint32_t replica, int64_t
 }
 
 /* Applies a local increment to the replica's own slot. All-or-nothing: on
- * error nothing changed. */
+ * error nothing changed. A 0 increment to a counter that holds nothing
+ * gives it a zero slot: the counter exists from its first accepted
+ * increment (CONTRACT.md), and the slot is what is published, replicated
+ * and persisted. */
 int counter_add(struct tally_counter *c, uint32_t replica, int64_t delta)
 {
     struct tally_slot next;
     int rc = counter_add_preview(c, replica, delta, &next);
-    if (rc != TALLY_OK || delta == 0)
+    if (rc != TALLY_OK || (delta == 0 && (c->nslots || c->ndevs)))
         return rc;
     struct tally_slot *slot = slot_find(c, replica, true);
     if (!slot)
@@ -222,16 +259,15 @@ int counter_add(struct tally_counter *c, uint32_t replica, int64_t delta)
     return TALLY_OK;
 }
 
-/* Merges a remote view of one slot. Returns 1 if the slot rose, 0 if the
- * remote view held nothing new, or a negative tally_err. */
+/* Merges a remote view of one slot. Returns 1 if the slot rose or is new (a
+ * zero slot is new: it says the counter exists), 0 if the remote view held
+ * nothing new, or a negative tally_err. */
 int counter_merge_slot(struct tally_counter *c, uint32_t replica, uint64_t p, uint64_t n)
 {
     if (p > (uint64_t)TALLY_MAX_SAFE || n > (uint64_t)TALLY_MAX_SAFE)
         return -TALLY_E_OVERFLOW;
     const struct tally_slot *have = counter_slot(c, replica);
     if (have && have->p >= p && have->n >= n)
-        return 0;
-    if (!have && p == 0 && n == 0)
         return 0;
     struct tally_slot *slot = slot_find(c, replica, true);
     if (!slot)

@@ -270,7 +270,7 @@ static int apply_slot(struct wire_reader *r, struct tally_table *t, struct tally
     struct tally_counter *c;
     int rc = table_replica(t, node, inc, &replica);
     if (rc == TALLY_OK)
-        rc = table_get(t, name, nlen, &c);
+        rc = table_get(t, name, nlen, TABLE_MERGE, &c);
     if (rc == TALLY_OK && table_merge_slot(t, c, replica, p, n) < 0)
         rc = TALLY_E_WIRE;
     if (rc == TALLY_OK && has_key)
@@ -291,7 +291,7 @@ static int apply_device(struct wire_reader *r, struct tally_table *t)
     struct tally_counter *c;
     int rc = table_device(t, dev, dlen, DEVICE_PEER, &idx);
     if (rc == TALLY_OK)
-        rc = table_get(t, name, nlen, &c);
+        rc = table_get(t, name, nlen, TABLE_MERGE, &c);
     if (rc == TALLY_OK && table_merge_device(t, c, idx, total, false) < 0)
         rc = TALLY_E_WIRE;
     return rc;
@@ -313,7 +313,7 @@ static int apply_base_slot(struct wire_reader *r, struct tally_table *t)
     struct tally_counter *c;
     int rc = table_replica(t, node, inc, &replica);
     if (rc == TALLY_OK)
-        rc = table_get(t, name, nlen, &c);
+        rc = table_get(t, name, nlen, TABLE_MERGE, &c);
     if (rc == TALLY_OK && table_merge_base_slot(t, c, replica, p, n) < 0)
         rc = TALLY_E_WIRE;
     return rc;
@@ -332,7 +332,7 @@ static int apply_base_device(struct wire_reader *r, struct tally_table *t)
     struct tally_counter *c;
     int rc = table_device(t, dev, dlen, DEVICE_PEER, &idx);
     if (rc == TALLY_OK)
-        rc = table_get(t, name, nlen, &c);
+        rc = table_get(t, name, nlen, TABLE_MERGE, &c);
     if (rc == TALLY_OK && table_merge_base_device(t, c, idx, total) < 0)
         rc = TALLY_E_WIRE;
     return rc;
@@ -346,7 +346,7 @@ static int apply_stamps(struct wire_reader *r, struct tally_table *t)
     if (r->bad || r->p != r->end || name_check(name, nlen) != TALLY_OK)
         return TALLY_E_WIRE;
     struct tally_counter *c;
-    int rc = table_get(t, name, nlen, &c);
+    int rc = table_get(t, name, nlen, TABLE_MERGE, &c);
     if (rc == TALLY_OK && table_merge_stamps(t, c, deleted, reset) < 0)
         rc = TALLY_E_WIRE;
     return rc;
@@ -844,11 +844,11 @@ static int write_snapshot(struct persist *p, const struct tally_table *t,
     struct tally_counter *c, *ctmp;
     HASH_ITER(hh, t->counters, c, ctmp)
     {
-        for (uint16_t i = 0; i < c->nslots; i++, records++) {
+        for (uint32_t i = 0; i < c->nslots; i++, records++) {
             slot_payload(&p->payload, t, c, &c->slots[i], NULL);
             snap_record(p, &w);
         }
-        for (uint16_t i = 0; i < c->ndevs; i++, records++) {
+        for (uint32_t i = 0; i < c->ndevs; i++, records++) {
             device_payload(&p->payload, t, c, &c->devs[i]);
             snap_record(p, &w);
         }

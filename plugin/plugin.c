@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
@@ -115,7 +116,7 @@ static const struct opt_spec opt_specs[] = {
     OPT_I(sync_interval_ms, 100, 3600000, "an integer from 100 to 3600000"),
     OPT_I(peer_timeout_ms, 500, 3600000, "an integer from 500 to 3600000"),
     OPT_I(stats_interval_ms, 100, 5000, "an integer from 100 to 5000"),
-    OPT_I(max_message_bytes, 1024, 100000000, "an integer from 1024 to 100000000"),
+    OPT_I(max_message_bytes, 4096, 100000000, "an integer from 4096 to 100000000"),
     OPT_I(publish_qos, 0, 2, "0, 1 or 2"),
     OPT_I(fsync_interval_ms, 0, 60000, "an integer from 0 (fsync every change) to 60000"),
     OPT_I(snapshot_interval_ms, 1000, 86400000, "an integer from 1000 to 86400000"),
@@ -226,7 +227,7 @@ struct stats {
     uint64_t applied, duplicates, reports, reports_stale;
     uint64_t rejected[TALLY_E__COUNT];
     uint64_t repl_msgs_in, repl_bytes_in, repl_msgs_out, repl_bytes_out;
-    uint64_t repl_rejected, repair_counters;
+    uint64_t repl_rejected, repl_too_large, repair_counters;
     uint64_t log_suppressed;
 };
 
@@ -254,6 +255,7 @@ static struct tally {
     uint64_t log_window_ms, log_count, last_disk_log_ms;
     size_t prefix_len, presence_prefix_len;
     bool acl_defer;
+    bool over_counters, over_devices; /* holding more than a limit: said once in the log */
     char topic[512];
 } g;
 
@@ -269,6 +271,22 @@ static uint64_t wall_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* The next sequence number of a presence announcement: the wall clock in
+ * microseconds, or one more than the last if that is not later. Peers take
+ * a message only if its seq is above the last they saw from this (node,
+ * incarnation); a node restarted with its state keeps its incarnation, and a
+ * counter starting again at 1 would be ignored for as long as the node had
+ * been up. The clock needs no change to the wire and nothing on disk (stats
+ * are ordered by their time_ms the same way, see on_stats); a clock set back
+ * by more than the restart took delays the node's announcements by that
+ * much (README, known limits). */
+static uint64_t next_seq(uint64_t *seq)
+{
+    uint64_t now = wall_ms() * 1000;
+    *seq = now > *seq ? now : *seq + 1;
+    return *seq;
 }
 
 /* ==== Logging of refused input, rate-limited ==== */
@@ -449,16 +467,17 @@ static int on_increment(struct mosquitto_evt_message *ev, struct topic t, enum t
             return TALLY_OK;
         }
     }
-    rc = table_get(&g.table, t.name, t.len, &c);
+    rc = table_get(&g.table, t.name, t.len, TABLE_LOCAL, &c);
     if (rc != TALLY_OK)
         return rc;
+    bool creates = c->nslots == 0 && c->ndevs == 0; /* a 0 increment creates it too */
     rc = counter_add_preview(c, g.self, inc.delta, &next);
     if (rc != TALLY_OK) {
         table_drop_if_empty(&g.table, c);
         return rc;
     }
     /* On disk before it is applied, and so before the PUBACK. */
-    if (g.persist && inc.delta != 0 &&
+    if (g.persist && (inc.delta != 0 || creates) &&
         persist_slot(g.persist, &g.table, c, &next, inc.id[0] ? &key : NULL) < 0) {
         table_drop_if_empty(&g.table, c);
         return TALLY_E_DISK;
@@ -487,8 +506,13 @@ static int on_report(struct mosquitto_evt_message *ev, struct topic t, enum tall
     const char *device = rep.device[0] ? rep.device : mosquitto_client_id(ev->client);
     if (rc == TALLY_OK && (!device || device_id_check(device, strlen(device)) != TALLY_OK))
         rc = TALLY_E_DEVICE;
+    /* A client that connected without an id gets "auto-<uuid>" from the
+     * broker, a new one each connection: its running total would count again
+     * every time. A plain report needs an id the client chose. */
+    if (rc == TALLY_OK && !rep.device[0] && strncmp(device, "auto-", 5) == 0)
+        rc = TALLY_E_DEVICE_ASSIGNED;
     if (rc == TALLY_OK)
-        rc = table_get(&g.table, t.name, t.len, &c);
+        rc = table_get(&g.table, t.name, t.len, TABLE_LOCAL, &c);
     if (rc == TALLY_OK)
         rc = table_device(&g.table, device, strlen(device), DEVICE_LOCAL, &dev);
     int raises = rc == TALLY_OK ? counter_report_check(c, dev, rep.total) : -rc;
@@ -675,7 +699,7 @@ static int on_presence(const char *payload, size_t len, bool *route)
     }
     if (!flood_is_new(o, wp.incarnation, wp.seq))
         goto done;
-    presence_origin_begin(&g.presence, o);
+    presence_origin_begin(&g.presence, o, wp.lo, wp.hi);
     for (uint32_t i = 0; i < wp.npages; i++)
         presence_origin_set(&g.presence, o, wp.pages[i].page, wp.pages[i].len, wp.pages[i].count);
     *route = true;
@@ -686,33 +710,60 @@ done:
     return rc;
 }
 
-/* Stats are JSON for people; they carry "incarnation" and "seq" so they can be
- * flooded like presence: each node keeps every node's latest, retained. */
+/* Stats are JSON for people; they carry "incarnation" (a string: 64 bits),
+ * "time_ms" (the node's wall clock) and "seq" (documents published since the
+ * node started) so they can be flooded like presence: each node keeps every
+ * node's latest, retained. A document is newer if its (time_ms, seq) is
+ * above the last one's of the same incarnation: seq alone starts again at 1
+ * when a node restarts with its state (and its incarnation). Read with
+ * cJSON, wherever the fields are. */
+static bool json_u53(const cJSON *item, uint64_t *out)
+{
+    if (!cJSON_IsNumber(item) || item->valuedouble < 0 || item->valuedouble > TALLY_MAX_SAFE)
+        return false;
+    *out = (uint64_t)item->valuedouble;
+    return true;
+}
+
+static int stats_order(const void *payload, size_t len, uint64_t *inc, uint64_t *time_ms,
+                       uint64_t *seq)
+{
+    cJSON *root = cJSON_ParseWithLength(payload, len);
+    const cJSON *pi = cJSON_GetObjectItemCaseSensitive(root, "incarnation");
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(root, "time_ms");
+    int rc = TALLY_E_WIRE;
+    char *end;
+    *time_ms = 0;
+    if (cJSON_IsString(pi) && json_u53(cJSON_GetObjectItemCaseSensitive(root, "seq"), seq) &&
+        (!pt || json_u53(pt, time_ms))) {
+        errno = 0;
+        *inc = strtoull(pi->valuestring, &end, 10);
+        if (!errno && end != pi->valuestring && !*end)
+            rc = TALLY_OK;
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
 static int on_stats(const char *topic, const void *payload, size_t len, bool *route)
 {
     const char *id = topic + strlen("$tally/stats/");
     size_t idlen = strlen(id);
-    uint64_t inc = 0, seq = 0;
-    char text[256];
-    if (node_id_check(id, idlen) != TALLY_OK || len > (size_t)g.opt.max_message_bytes)
+    uint64_t inc, time_ms, seq;
+    if (node_id_check(id, idlen) != TALLY_OK)
         return TALLY_E_WIRE;
     if (is_self(id, idlen))
         return TALLY_OK;
-    /* publish_stats writes "incarnation" and "seq" first: the head is enough,
-     * however many peers the rest lists. */
-    size_t head = len < sizeof(text) - 1 ? len : sizeof(text) - 1;
-    memcpy(text, payload, head);
-    text[head] = '\0';
-    const char *pi = strstr(text, "\"incarnation\":\""), *ps = strstr(text, "\"seq\":");
-    if (!pi || !ps || sscanf(pi + 15, "%" SCNu64, &inc) != 1 ||
-        sscanf(ps + 6, "%" SCNu64, &seq) != 1)
+    if (stats_order(payload, len, &inc, &time_ms, &seq) != TALLY_OK)
         return TALLY_E_WIRE;
     struct tally_origin *o = heard_from(id, idlen);
     if (!o)
         return TALLY_E_NOMEM;
-    if (o->stats_incarnation == inc && seq <= o->stats_seq)
+    if (o->stats_incarnation == inc &&
+        (time_ms < o->stats_time_ms || (time_ms == o->stats_time_ms && seq <= o->stats_seq)))
         return TALLY_OK;
     o->stats_incarnation = inc;
+    o->stats_time_ms = time_ms;
     o->stats_seq = seq;
     *route = true; /* and retained here: any node shows every node's figures */
     return TALLY_OK;
@@ -755,7 +806,7 @@ static void edge_view_changed(const char *name, size_t len, void *ud)
 {
     struct tally_counter *c;
     (void)ud;
-    if (table_get(&g.table, name, len, &c) == TALLY_OK)
+    if (table_get(&g.table, name, len, TABLE_MERGE, &c) == TALLY_OK)
         table_mark_dirty(&g.table, c);
 }
 
@@ -775,7 +826,7 @@ static int on_down(const char *topic, const void *payload, size_t len)
     if (rc != TALLY_OK || !o)
         return rc != TALLY_OK ? rc : TALLY_E_NOMEM;
     o->last_heard_ms = mono_ms();
-    presence_origin_begin(&g.presence, o);
+    presence_origin_begin(&g.presence, o, 0, UINT64_MAX); /* a DOWN carries every page */
     tier_edge_each_page(&g.tier_edge, edge_page_others, o);
     return TALLY_OK;
 }
@@ -787,7 +838,10 @@ static int on_replication(struct mosquitto_evt_message *ev)
     bool route = false;
     g.st.repl_msgs_in++;
     g.st.repl_bytes_in += ev->payloadlen;
-    if (strncmp(topic, "$tally/v1/sync/", 15) == 0)
+    if (ev->payloadlen > (uint32_t)g.opt.max_message_bytes) {
+        rc = TALLY_E_TOO_LARGE;
+        g.st.repl_too_large++;
+    } else if (strncmp(topic, "$tally/v1/sync/", 15) == 0)
         rc = on_sync(ev->client, ev->payload, ev->payloadlen);
     else if (strncmp(topic, "$tally/v1/digest/", 17) == 0)
         rc = on_digest(ev->client, ev->payload, ev->payloadlen);
@@ -934,9 +988,11 @@ static void publish(const char *topic, const void *payload, size_t len, int qos,
                              mosquitto_strerror(rc));
 }
 
+/* Every replication message is at most max_message_bytes: the writers
+ * split (sync_writer_add, presence_announce), and this is the last guard. */
 static void replicate(const char *kind, const struct wire_buf *b)
 {
-    if (b->failed)
+    if (b->failed || b->len > (size_t)g.opt.max_message_bytes)
         return;
     snprintf(g.topic, sizeof(g.topic), "$tally/v1/%s/%s", kind, g.opt.node_id);
     publish(g.topic, b->data, b->len, 1, false);
@@ -1126,30 +1182,24 @@ static void show_count(const char *client, const char *page, size_t len)
                              mosquitto_strerror(rc));
 }
 
-static void announce_page(const char *page, size_t len, uint64_t n, void *ud)
+static void emit_presence(const struct wire_buf *msg, void *ud)
 {
     (void)ud;
-    wire_presence_page(&g.buf, page, len, n);
+    replicate("presence", msg);
 }
 
-static void count_page(const char *page, size_t len, uint64_t n, void *ud)
-{
-    (void)page;
-    (void)len;
-    (void)n;
-    (*(uint32_t *)ud)++;
-}
-
-/* Our own viewer counts, to every node; also the heartbeat that keeps us
- * alive in their eyes. */
+/* Our own viewer counts, to every node, in as many messages as
+ * max_message_bytes needs; also the heartbeat that keeps us alive in their
+ * eyes. */
 static void announce_presence(void)
 {
-    uint32_t npages = 0;
-    presence_each_local(&g.presence, count_page, &npages);
-    wire_presence_begin(&g.buf, g.opt.node_id, g.incarnation, ++g.presence_seq, npages);
-    presence_each_local(&g.presence, announce_page, NULL);
-    replicate("presence", &g.buf);
-    g.presence.local_changed = false;
+    uint64_t first = next_seq(&g.presence_seq);
+    uint32_t n = presence_announce(&g.presence, g.opt.node_id, g.incarnation, first,
+                                   (size_t)g.opt.max_message_bytes, &g.buf, emit_presence, NULL);
+    if (n == 0)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory announcing viewers");
+    else
+        g.presence_seq = first + n - 1;
     g.last_announce_ms = mono_ms();
 }
 
@@ -1221,6 +1271,29 @@ static void replicate_tick(uint64_t now)
 
 /* ==== Stats ==== */
 
+/* The peers as stats list them, as many as max_message_bytes leaves room
+ * for (a stats message is replication too); the rest are counted. */
+static void stats_peers(struct wire_buf *b, uint64_t now)
+{
+    struct tally_origin *o, *tmp;
+    size_t room = (size_t)g.opt.max_message_bytes - 64, omitted = 0;
+    bool first = true;
+    wbuf_str(b, ",\"peers\":{");
+    HASH_ITER(hh, g.presence.origins, o, tmp)
+    {
+        size_t before = b->len;
+        wbuf_printf(b, "%s\"%s\":{\"last_heard_ms\":%" PRIu64 ",\"alive\":%s}", first ? "" : ",",
+                    o->node_id, wall_ms() - (now - o->last_heard_ms), o->alive ? "true" : "false");
+        if (b->len > room) {
+            b->len = before;
+            omitted++;
+            continue;
+        }
+        first = false;
+    }
+    wbuf_printf(b, "},\"peers_omitted\":%zu", omitted);
+}
+
 static void publish_stats(uint64_t now)
 {
     struct wire_buf *b = &g.buf;
@@ -1241,32 +1314,49 @@ static void publish_stats(uint64_t now)
         rejected += g.st.rejected[i];
     }
     wbuf_printf(b, "},\"rejected_total\":%" PRIu64, rejected);
-    wbuf_printf(b,
-                ",\"repl\":{\"msgs_in\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"msgs_out\":%" PRIu64
-                ",\"bytes_out\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"repaired\":%" PRIu64
-                ",\"repairs_asked\":%" PRIu64 ",\"neighbours\":%" PRIu32 "}",
-                g.st.repl_msgs_in, g.st.repl_bytes_in, g.st.repl_msgs_out, g.st.repl_bytes_out,
-                g.st.repl_rejected, g.st.repair_counters, g.repl.asked, g.repl.n);
+    wbuf_printf(
+        b,
+        ",\"repl\":{\"msgs_in\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"msgs_out\":%" PRIu64
+        ",\"bytes_out\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"too_large\":%" PRIu64
+        ",\"repaired\":%" PRIu64 ",\"repairs_asked\":%" PRIu64 ",\"neighbours\":%" PRIu32 "}",
+        g.st.repl_msgs_in, g.st.repl_bytes_in, g.st.repl_msgs_out, g.st.repl_bytes_out,
+        g.st.repl_rejected, g.st.repl_too_large, g.st.repair_counters, g.repl.asked, g.repl.n);
     wbuf_printf(b, ",\"dedup\":{\"ids\":%" PRIu32 ",\"window\":%" PRIu32 "}", g.dedup.count,
                 g.dedup.window);
-    wbuf_printf(b, ",\"limits\":{\"max_counters\":%lld,\"max_devices\":%lld,\"max_viewers\":%lld}",
+    wbuf_printf(b, ",\"limits\":{\"max_counters\":%lld,\"max_devices\":%lld,\"max_viewers\":%lld",
                 g.opt.max_counters, g.opt.max_devices, g.opt.max_viewers);
+    wbuf_printf(b, ",\"over\":[%s%s%s]}", g.over_counters ? "\"max_counters\"" : "",
+                g.over_counters && g.over_devices ? "," : "",
+                g.over_devices ? "\"max_devices\"" : "");
     wbuf_printf(b, ",\"persist\":\"%s\"", g.persist ? g.opt.state_dir : "memory");
-    wbuf_printf(b, ",\"peers\":{");
-    struct tally_origin *o, *tmp;
-    bool first = true;
-    HASH_ITER(hh, g.presence.origins, o, tmp)
-    {
-        wbuf_printf(b, "%s\"%s\":{\"last_heard_ms\":%" PRIu64 ",\"alive\":%s}", first ? "" : ",",
-                    o->node_id, wall_ms() - (now - o->last_heard_ms), o->alive ? "true" : "false");
-        first = false;
-    }
-    wbuf_printf(b, "}}");
-    if (b->failed)
+    stats_peers(b, now);
+    wbuf_str(b, "}");
+    if (b->failed || b->len > (size_t)g.opt.max_message_bytes)
         return;
     snprintf(g.topic, sizeof(g.topic), "$tally/stats/%s", g.opt.node_id);
     publish(g.topic, b->data, b->len, 0, true);
     g.last_stats_ms = now;
+}
+
+/* A node holding more than a limit (merged from peers, or loaded from disk
+ * after the limit was lowered) keeps all of it and says so, once each time
+ * it goes over; stats show it while it lasts. */
+static void check_limits(void)
+{
+    bool over_c = table_over_counters(&g.table), over_d = table_over_devices(&g.table);
+    if (over_c && !g.over_counters)
+        mosquitto_log_printf(MOSQ_LOG_WARNING,
+                             "tally: holding %zu counters, more than max_counters (%lld), from "
+                             "peers or disk: all are kept; new names are refused until under it",
+                             g.table.ncounters, g.opt.max_counters);
+    if (over_d && !g.over_devices)
+        mosquitto_log_printf(MOSQ_LOG_WARNING,
+                             "tally: holding %" PRIu32 " devices, more than max_devices (%lld), "
+                             "from peers or disk: all are kept; new devices are refused until "
+                             "under it",
+                             g.table.ndevices, g.opt.max_devices);
+    g.over_counters = over_c;
+    g.over_devices = over_d;
 }
 
 /* ==== The clock ==== */
@@ -1323,6 +1413,7 @@ static int on_tick(int event, void *event_data, void *userdata)
     if (heartbeat > 1000)
         heartbeat = 1000;
     expire_peers(now);
+    check_limits();
     if (!g.edge)
         replicate_tick(now);
     publish_due(now);
@@ -1465,6 +1556,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
         tier_hub_init(&g.tier_hub, g.opt.node_id, session | 1);
     g.start_ms = mono_ms();
     table_set_clock(&g.table, 0); /* what was loaded is not a recent change */
+    check_limits();
     for (size_t i = 0; i < sizeof(callbacks) / sizeof(callbacks[0]); i++) {
         if (mosquitto_callback_register(identifier, callbacks[i].event, callbacks[i].cb,
                                         callbacks[i].event_data, NULL) != MOSQ_ERR_SUCCESS) {

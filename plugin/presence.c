@@ -14,6 +14,9 @@
  * last-writer-wins register per origin, ordered by the origin's own sequence
  * number), so a lost announcement is healed by the next one, and an origin
  * that falls silent for peer_timeout_ms is expired: its columns go to zero.
+ * An announcement larger than max_message_bytes is sent as several messages,
+ * each covering a range of presence_hash(page) and replacing the origin's
+ * counts of that range only, so each stands on its own.
  *
  * Pages live in a uthash table; each keeps its local count and one column
  * per origin. A page whose total is zero is freed once that zero has been
@@ -216,6 +219,72 @@ void presence_each_local(struct tally_presence *pr,
     }
 }
 
+/* ==== Our announcements ==== */
+
+struct hashed_page {
+    uint64_t hash;
+    const struct tally_page *pg;
+};
+
+static int by_hash(const void *a, const void *b)
+{
+    uint64_t x = ((const struct hashed_page *)a)->hash, y = ((const struct hashed_page *)b)->hash;
+    return x < y ? -1 : x > y;
+}
+
+/* How many of the sorted pages from i on fit in one message of max_bytes
+ * after head bytes; never splits pages of one hash over two ranges. */
+static size_t pages_that_fit(const struct hashed_page *hp, size_t n, size_t i, size_t head,
+                             size_t max_bytes)
+{
+    size_t j = i, used = head;
+    while (j < n && used + 1 + hp[j].pg->name_len + 5 <= max_bytes)
+        used += 1 + hp[j++].pg->name_len + 5;
+    while (j < n && j > i + 1 && hp[j].hash == hp[j - 1].hash)
+        j--;
+    if (j == i && i < n)
+        j++; /* a page always fits in max_bytes >= 4096 */
+    while (j < n && hp[j].hash == hp[j - 1].hash)
+        j++;
+    return j - i;
+}
+
+uint32_t presence_announce(struct tally_presence *pr, const char *origin, uint64_t incarnation,
+                           uint64_t first_seq, size_t max_bytes, struct wire_buf *b,
+                           void (*emit)(const struct wire_buf *msg, void *ud), void *ud)
+{
+    size_t n = 0;
+    struct hashed_page *hp = malloc((HASH_COUNT(pr->pages) + 1) * sizeof(*hp));
+    if (!hp)
+        return 0;
+    struct tally_page *pg, *tmp;
+    HASH_ITER(hh, pr->pages, pg, tmp)
+    {
+        if (pg->local)
+            hp[n++] = (struct hashed_page){presence_hash(pg->name, pg->name_len), pg};
+    }
+    qsort(hp, n, sizeof(*hp), by_hash);
+    /* header, origin, four u64 and the page count */
+    size_t head = 4 + 1 + strlen(origin) + 4 * 8 + 5;
+    uint32_t msgs = 0;
+    uint64_t lo = 0;
+    size_t i = 0;
+    do {
+        size_t k = pages_that_fit(hp, n, i, head, max_bytes);
+        uint64_t hi = i + k == n ? UINT64_MAX : hp[i + k - 1].hash;
+        wire_presence_begin(b, origin, incarnation, first_seq + msgs, lo, hi, (uint32_t)k);
+        for (size_t j = i; j < i + k; j++)
+            wire_presence_page(b, hp[j].pg->name, hp[j].pg->name_len, hp[j].pg->local);
+        emit(b, ud);
+        msgs++;
+        lo = hi + 1;
+        i += k;
+    } while (i < n);
+    free(hp);
+    pr->local_changed = false;
+    return msgs;
+}
+
 /* ==== Other nodes' announcements ==== */
 
 struct tally_origin *presence_origin(struct tally_presence *pr, const char *node_id)
@@ -245,9 +314,29 @@ static void origin_zero(struct tally_presence *pr, const struct tally_origin *o)
     }
 }
 
-void presence_origin_begin(struct tally_presence *pr, struct tally_origin *o)
+uint64_t presence_hash(const char *page, size_t len)
 {
-    origin_zero(pr, o);
+    return tally_hash64(page, len, 3);
+}
+
+bool presence_in_range(const char *page, size_t len, uint64_t lo, uint64_t hi)
+{
+    uint64_t h = presence_hash(page, len);
+    return h >= lo && h <= hi;
+}
+
+void presence_origin_begin(struct tally_presence *pr, struct tally_origin *o, uint64_t lo,
+                           uint64_t hi)
+{
+    struct tally_page *pg, *tmp;
+    HASH_ITER(hh, pr->pages, pg, tmp)
+    {
+        if (o->slot < pg->remote_cap && pg->remote[o->slot] &&
+            presence_in_range(pg->name, pg->name_len, lo, hi)) {
+            pg->remote[o->slot] = 0;
+            page_dirty(pr, pg);
+        }
+    }
     o->alive = true;
 }
 

@@ -192,7 +192,7 @@ static int apply_counter(struct repl *r, struct tally_table *t, struct persist *
                          const uint32_t *reps, const uint32_t *devs, uint16_t from)
 {
     struct tally_counter *c;
-    int rc = table_get(t, wc->name, wc->name_len, &c);
+    int rc = table_get(t, wc->name, wc->name_len, TABLE_MERGE, &c);
     if (rc != TALLY_OK)
         return rc;
     for (uint32_t i = 0; i < wc->nslots; i++) {
@@ -215,7 +215,9 @@ static int apply_counter(struct repl *r, struct tally_table *t, struct persist *
                 persist_device(p, t, c, counter_device(c, dev));
         }
     }
-    return wc->based ? apply_base(t, p, s, wc, c, reps, devs) : TALLY_OK;
+    rc = wc->based ? apply_base(t, p, s, wc, c, reps, devs) : TALLY_OK;
+    table_drop_if_empty(t, c); /* a counter sent with nothing in it */
+    return rc;
 }
 
 int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
@@ -235,8 +237,14 @@ int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
     }
     for (uint32_t i = 0; i < s->ndevices && rc == TALLY_OK; i++)
         rc = table_device(t, s->devices[i].id, s->devices[i].len, DEVICE_PEER, &devs[i]);
-    for (uint32_t i = 0; i < s->ncounters && rc == TALLY_OK; i++)
-        rc = apply_counter(r, t, p, s, &s->counters[i], reps, devs, REPL_FROM(k));
+    /* A counter that cannot be merged (out of memory) does not hold up the
+     * others; the first reason is reported, and a repair sends it again. */
+    bool registered = rc == TALLY_OK;
+    for (uint32_t i = 0; i < s->ncounters && registered; i++) {
+        int one = apply_counter(r, t, p, s, &s->counters[i], reps, devs, REPL_FROM(k));
+        if (rc == TALLY_OK)
+            rc = one;
+    }
     free(reps);
     free(devs);
     return rc;
@@ -329,11 +337,32 @@ static int finish(struct repl *r, struct wire_sync_writer *w, const char *self,
     return rc;
 }
 
+/* What the writer calls when the next entry would take a message past
+ * max_message_bytes: the message so far is sent, and the counter goes on in
+ * the next (wire.c, add_counter). */
+struct sending {
+    struct repl *r;
+    const struct repl_out *out;
+};
+
+static int send_full(struct wire_sync_writer *w, void *ctx)
+{
+    const struct sending *s = ctx;
+    return finish(s->r, w, s->out->self, s->out->send, s->out->ctx);
+}
+
+static void bound(struct wire_sync_writer *w, struct sending *s)
+{
+    w->max_bytes = s->out->max_bytes;
+    w->full = send_full;
+    w->full_ctx = s;
+}
+
 static void clear_pending(struct tally_counter *c)
 {
-    for (uint16_t i = 0; i < c->nslots; i++)
+    for (uint32_t i = 0; i < c->nslots; i++)
         c->slots[i].pending = REPL_NONE;
-    for (uint16_t i = 0; i < c->ndevs; i++)
+    for (uint32_t i = 0; i < c->ndevs; i++)
         c->devs[i].pending = REPL_NONE;
 }
 
@@ -341,17 +370,18 @@ size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_
                         const struct repl_out *out, size_t budget)
 {
     size_t done = 0;
+    struct sending sending = {r, out};
+    bound(w, &sending);
     r->learned = false;
     for (struct tally_counter *c; done < budget && (c = table_pop_repl(t)); done++) {
         if (sync_writer_add_delta(w, t, c, repl_owed, r) < 0)
             r->failed++;
         clear_pending(c);
-        if (sync_writer_size(w) >= out->max_bytes)
-            finish(r, w, out->self, out->send, out->ctx);
     }
     if (table_repl_pending(t))
         r->learned = true; /* the rest at the next tick */
     finish(r, w, out->self, out->send, out->ctx);
+    w->full = NULL;
     return done;
 }
 
@@ -359,6 +389,8 @@ size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync
                          const struct repl_out *out, const uint64_t *mask)
 {
     size_t n = 0;
+    struct sending sending = {r, out};
+    bound(w, &sending);
     struct tally_counter *c, *tmp;
     HASH_ITER(hh, t->counters, c, tmp)
     {
@@ -368,9 +400,8 @@ size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync
         if (sync_writer_add(w, t, c) != TALLY_OK)
             r->failed++;
         n++;
-        if (sync_writer_size(w) >= out->max_bytes)
-            finish(r, w, out->self, out->send, out->ctx);
     }
     finish(r, w, out->self, out->send, out->ctx);
+    w->full = NULL;
     return n;
 }

@@ -107,12 +107,14 @@ struct tally_counter *table_find(struct tally_table *t, const char *name, size_t
     return c;
 }
 
-/* Finds or creates the counter `name` (already validated by name_check). */
-int table_get(struct tally_table *t, const char *name, size_t len, struct tally_counter **out)
+/* Finds or creates the counter `name` (already validated by name_check). A
+ * new name is refused at max_counters only when it comes from local input. */
+int table_get(struct tally_table *t, const char *name, size_t len, enum table_mode mode,
+              struct tally_counter **out)
 {
     struct tally_counter *c = table_find(t, name, len);
     if (!c) {
-        if (t->ncounters >= t->max_counters)
+        if (mode == TABLE_LOCAL && t->ncounters >= t->max_counters)
             return TALLY_E_MAX_COUNTERS;
         c = calloc(1, sizeof(*c) + len + 1);
         if (!c)
@@ -124,6 +126,16 @@ int table_get(struct tally_table *t, const char *name, size_t len, struct tally_
     }
     *out = c;
     return TALLY_OK;
+}
+
+bool table_over_counters(const struct tally_table *t)
+{
+    return t->ncounters > t->max_counters;
+}
+
+bool table_over_devices(const struct tally_table *t)
+{
+    return t->ndevices > t->max_devices;
 }
 
 /* Forgets a counter created for an increment that was then not applied. */
@@ -269,8 +281,10 @@ int table_add(struct tally_table *t, struct tally_counter *c, uint32_t replica, 
     int rc = counter_add(c, replica, delta);
     if (rc != TALLY_OK)
         return -rc;
-    if (delta == 0)
+    if (s && delta == 0)
         return 0;
+    if (!s && !counter_slot(c, replica))
+        return 0; /* a 0 increment to a counter that already held something */
     slot_changed(t, c, replica, s ? &before : NULL, REPL_ALL);
     counter_rate_add(c, delta > 0 ? (uint64_t)delta : (uint64_t)-delta, t->clock_ds);
     return 1;

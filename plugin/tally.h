@@ -55,6 +55,8 @@ enum tally_err {
     TALLY_E_WIRE,
     TALLY_E_DISK,
     TALLY_E_NOMEM,
+    TALLY_E_DEVICE_ASSIGNED, /* a plain report from a client id the broker made up */
+    TALLY_E_TOO_LARGE,       /* a replication message over max_message_bytes */
     TALLY_E__COUNT
 };
 
@@ -112,8 +114,8 @@ struct tally_counter {
     struct tally_dev *devs;   /* sorted by device */
     float rate;               /* recent change of the total: see counter_rate */
     uint32_t rate_ds;         /* when rate was last raised, in table clock ticks */
-    uint16_t nslots;
-    uint16_t ndevs;
+    uint32_t nslots;
+    uint32_t ndevs;
     uint8_t dirty : 1;       /* on the table's dirty list (outputs) */
     uint8_t repl_dirty : 1;  /* on the table's replication list (repl.c) */
     uint8_t stale : 1;       /* the retained total is older than the counter */
@@ -200,7 +202,14 @@ void table_free(struct tally_table *t);
 /* Starts or advances the table's clock (see clock_ds). */
 void table_set_clock(struct tally_table *t, uint64_t since_start_ms);
 struct tally_counter *table_find(struct tally_table *t, const char *name, size_t len);
-int table_get(struct tally_table *t, const char *name, size_t len, struct tally_counter **out);
+/* Where a change comes from: limits refuse new local input only. State merged
+ * from peers or loaded from disk is always taken (refusing part of a peer's
+ * state would stop convergence), so a node may hold more than its limits. */
+enum table_mode { TABLE_LOCAL, TABLE_MERGE };
+int table_get(struct tally_table *t, const char *name, size_t len, enum table_mode mode,
+              struct tally_counter **out);
+bool table_over_counters(const struct tally_table *t);
+bool table_over_devices(const struct tally_table *t);
 void table_drop_if_empty(struct tally_table *t, struct tally_counter *c);
 int table_replica(struct tally_table *t, const char *node_id, uint64_t incarnation, uint32_t *out);
 enum device_mode { DEVICE_FIND, DEVICE_LOCAL, DEVICE_PEER };
@@ -303,6 +312,7 @@ void dedup_insert(struct tally_dedup *d, struct tally_key k);
 /* ==== Presence (presence.c) ==== */
 
 struct tally_page;
+struct wire_buf;
 struct tally_viewer;
 
 struct tally_origin {
@@ -310,7 +320,7 @@ struct tally_origin {
     uint64_t incarnation, seq;
     uint64_t last_heard_ms;
     uint32_t slot; /* column in every page's remote counts */
-    uint64_t stats_incarnation, stats_seq;
+    uint64_t stats_incarnation, stats_time_ms, stats_seq;
     bool alive;
     char node_id[TALLY_NODE_ID_MAX + 1];
 };
@@ -335,11 +345,23 @@ void presence_drop_client(struct tally_presence *pr, const char *client);
 void presence_each_local(struct tally_presence *pr,
                          void (*fn)(const char *page, size_t len, uint64_t n, void *ud), void *ud);
 struct tally_origin *presence_origin(struct tally_presence *pr, const char *node_id);
-/* Replaces origin's counts with the pages given; missing pages become 0. */
-void presence_origin_begin(struct tally_presence *pr, struct tally_origin *o);
+/* Where a page falls in the announcements' ranges (wire.c, PRESENCE). */
+uint64_t presence_hash(const char *page, size_t len);
+bool presence_in_range(const char *page, size_t len, uint64_t lo, uint64_t hi);
+/* Starts replacing origin's counts for the pages whose presence_hash is in
+ * [lo, hi]: they become 0 unless presence_origin_set gives them again. */
+void presence_origin_begin(struct tally_presence *pr, struct tally_origin *o, uint64_t lo,
+                           uint64_t hi);
 int presence_origin_set(struct tally_presence *pr, struct tally_origin *o, const char *page,
                         size_t len, uint64_t n);
 void presence_origin_expire(struct tally_presence *pr, struct tally_origin *o);
+/* Our own counts as PRESENCE messages of at most max_bytes, over consecutive
+ * ranges of presence_hash covering all of it, numbered first_seq, first_seq
+ * + 1, ...; each is handed to emit. Returns the number of messages, or 0
+ * when out of memory. */
+uint32_t presence_announce(struct tally_presence *pr, const char *origin, uint64_t incarnation,
+                           uint64_t first_seq, size_t max_bytes, struct wire_buf *b,
+                           void (*emit)(const struct wire_buf *msg, void *ud), void *ud);
 /* Walks pages whose cluster total changed; fn gets the new total. A page
  * published less than page_interval_ms(its local viewers, budget) before
  * now_ms stays dirty for a later flush. */
@@ -408,9 +430,10 @@ uint64_t page_interval_ms(uint64_t viewers, uint64_t budget);
 
 /* ==== Replication wire format (wire.c) ==== */
 
-#define WIRE_VERSION 1        /* PRESENCE, UP, DOWN */
-#define WIRE_SYNC_VERSION 3   /* 2 added bases (reset.c), 3 the stream (repl.c) */
-#define WIRE_DIGEST_VERSION 2 /* 2 added the stream and repair requests */
+#define WIRE_VERSION 1          /* UP, DOWN */
+#define WIRE_SYNC_VERSION 3     /* 2 added bases (reset.c), 3 the stream (repl.c) */
+#define WIRE_DIGEST_VERSION 2   /* 2 added the stream and repair requests */
+#define WIRE_PRESENCE_VERSION 2 /* 2 added the range [lo, hi]; 1 (every page) is read */
 enum wire_type { WIRE_SYNC = 1, WIRE_DIGEST = 2, WIRE_PRESENCE = 3, WIRE_UP = 4, WIRE_DOWN = 5 };
 
 struct wire_buf {
@@ -451,6 +474,13 @@ struct wire_sync_writer {
     uint32_t *rep_used, *dev_used;
     uint32_t nrep, ndev, ncounters;
     struct wire_buf dev_dict;
+    /* Set by the caller to have messages split: no message grows past
+     * max_bytes; when the next entry would not fit, full(w, full_ctx) is
+     * called to finish and send the message so far. max_bytes 0: one message,
+     * which the caller finishes. */
+    size_t max_bytes;
+    int (*full)(struct wire_sync_writer *w, void *ctx);
+    void *full_ctx;
 };
 
 void sync_writer_free(struct wire_sync_writer *w);
@@ -541,11 +571,12 @@ struct wire_presence {
     const char *origin;
     size_t origin_len;
     uint64_t incarnation, seq;
+    uint64_t lo, hi; /* the range of presence_hash the message covers */
     uint32_t npages;
     struct wire_presence_page *pages; /* owned */
 };
 void wire_presence_begin(struct wire_buf *b, const char *origin, uint64_t incarnation, uint64_t seq,
-                         uint32_t npages);
+                         uint64_t lo, uint64_t hi, uint32_t npages);
 void wire_presence_page(struct wire_buf *b, const char *page, size_t len, uint64_t count);
 int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out);
 

@@ -335,7 +335,7 @@ static void up_counter(struct wire_buf *b, const struct tally_table *t, uint32_t
     wbuf_varint(b, s ? s->p : 0);
     wbuf_varint(b, s ? s->n : 0);
     wbuf_varint(b, c->ndevs);
-    for (uint16_t i = 0; i < c->ndevs; i++) {
+    for (uint32_t i = 0; i < c->ndevs; i++) {
         const struct tally_device *d = t->devices[c->devs[i].device];
         wbuf_str8(b, d->id, strlen(d->id));
         wbuf_varint(b, c->devs[i].total);
@@ -636,7 +636,7 @@ static int hub_merge_counter(struct tally_table *t, struct tier_child *ch, struc
     if (r->bad)
         return TALLY_E_WIRE;
     struct tally_counter *c;
-    int rc = table_get(t, name, len, &c);
+    int rc = table_get(t, name, len, TABLE_MERGE, &c);
     if (rc != TALLY_OK)
         return rc;
     if (table_merge_slot(t, c, ch->replica, p, n) < 0)
@@ -718,7 +718,7 @@ static int hub_apply_presence(struct tally_presence *pr, struct tier_child *ch, 
         return TALLY_OK;
     o->incarnation = ch->incarnation;
     o->seq = ch->seq;
-    presence_origin_begin(pr, o);
+    presence_origin_begin(pr, o, 0, UINT64_MAX); /* an UP carries all the child's pages */
     for (uint32_t i = 0; i < ch->npages; i++)
         if (presence_origin_set(pr, o, ch->pages[i].name, ch->pages[i].len, ch->pages[i].count) < 0)
             return TALLY_E_NOMEM;
@@ -879,7 +879,7 @@ int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, st
         return 0;
     ch->pages_new = false;
     ch->last_relay_ms = now_ms;
-    wire_presence_begin(out, ch->id, ch->incarnation, ch->seq, ch->npages);
+    wire_presence_begin(out, ch->id, ch->incarnation, ch->seq, 0, UINT64_MAX, ch->npages);
     for (uint32_t i = 0; i < ch->npages; i++)
         wire_presence_page(out, ch->pages[i].name, ch->pages[i].len, ch->pages[i].count);
     return out->failed ? -TALLY_E_NOMEM : 1;

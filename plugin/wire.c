@@ -28,7 +28,7 @@
  *                              liveness heartbeat behind peer_timeout_ms
  *   $tally/stats/<node>        JSON stats, retained, flooded the same way
  *
- * ---- Encoding (SYNC version 3, DIGEST version 2, PRESENCE version 1) ----
+ * ---- Encoding (SYNC version 3, DIGEST version 2, PRESENCE version 2) ----
  *
  * All integers are unsigned. varint = LEB128 (7 bits a byte, low first, at
  * most 10 bytes); u64 = 8 bytes little-endian; str8 = one length byte then
@@ -49,13 +49,27 @@
  *             varint Q, Q x { str8 node_id }     asked to repair  (v2 on)
  *             varint B (=256), B x u64 bucket hash
  *   PRESENCE  str8 origin, u64 incarnation, u64 seq,
+ *             u64 lo, u64 hi                                      (v2 on)
  *             varint G, G x { str8 page, varint viewers }
  *
- * Older versions had no stream position (SYNC before 3, DIGEST 1) and no
- * repair requests; a node still reads them (as a stream it cannot check,
- * session 0), and writes the newest only. An older node refuses newer
+ * Older versions had no stream position (SYNC before 3, DIGEST 1), no
+ * repair requests and no page range (PRESENCE 1: every page); a node still
+ * reads them (as a stream it cannot check, session 0), and writes the newest
+ * only. An older node refuses newer
  * messages and counts them as refused: a cluster is upgraded whole (README,
  * "Upgrading").
+ *
+ * A PRESENCE holds the origin's counts for every page whose presence_hash
+ * lies in [lo, hi]: a page of that range it does not list has no viewers
+ * there. An announcement too large for max_message_bytes is split into
+ * messages over consecutive ranges, each with its own seq, so each message
+ * replaces exactly its own share and needs no other to be applied.
+ *
+ * Every message is at most max_message_bytes (an option, at least 4096, the
+ * same on every node): a SYNC is split between counters, and a counter too
+ * large for one message (many devices) between its slots and devices, since
+ * part of a counter's state is a state too; PRESENCE is split by ranges; a
+ * DIGEST is about 2 KB. A receiver refuses and counts a larger message.
  *
  * r and d index the message's own replica and device lists, so a counter's
  * slot costs 3 to 20 bytes whatever the lengths of node and device ids.
@@ -178,15 +192,25 @@ void wbuf_dec(struct wire_buf *b, int64_t v)
     wbuf_bytes(b, d, fmt_i64(d, v));
 }
 
+/* Formats straight into the buffer, growing it to the formatted length: a
+ * value never comes out cut short. On failure the buffer is marked failed. */
 void wbuf_printf(struct wire_buf *b, const char *fmt, ...)
 {
-    char tmp[256];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n > 0)
-        wbuf_bytes(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+    if (n < 0) {
+        b->failed = true;
+        return;
+    }
+    wbuf_reserve(b, (size_t)n + 1);
+    if (b->failed)
+        return;
+    va_start(ap, fmt);
+    vsnprintf((char *)b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
 }
 
 /* Appends s as a JSON string. Names and ids reaching here hold no control
@@ -208,9 +232,10 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len)
 
 static uint8_t version_of(int type)
 {
-    return type == WIRE_SYNC     ? WIRE_SYNC_VERSION
-           : type == WIRE_DIGEST ? WIRE_DIGEST_VERSION
-                                 : WIRE_VERSION;
+    return type == WIRE_SYNC       ? WIRE_SYNC_VERSION
+           : type == WIRE_DIGEST   ? WIRE_DIGEST_VERSION
+           : type == WIRE_PRESENCE ? WIRE_PRESENCE_VERSION
+                                   : WIRE_VERSION;
 }
 
 static void header(struct wire_buf *b, enum wire_type type)
@@ -390,69 +415,166 @@ static void add_base(struct wire_sync_writer *w, const struct tally_table *t,
     }
 }
 
-/* Appends counter c's whole state to the message under construction. */
-int sync_writer_add(struct wire_sync_writer *w, const struct tally_table *t,
-                    const struct tally_counter *c)
+static size_t varint_len(uint64_t v)
 {
-    if (ref_grow(&w->rep_ref, &w->rep_used, &w->rep_cap, t->nreplicas) ||
-        ref_grow(&w->dev_ref, &w->dev_used, &w->dev_cap, t->ndevices))
-        return TALLY_E_NOMEM;
-    wbuf_str8(&w->body, c->name, c->name_len);
-    wbuf_varint(&w->body, c->nslots);
-    for (uint16_t i = 0; i < c->nslots; i++) {
-        wbuf_varint(&w->body, rep_ref(w, t, c->slots[i].replica));
-        wbuf_varint(&w->body, c->slots[i].p);
-        wbuf_varint(&w->body, c->slots[i].n);
-    }
-    wbuf_varint(&w->body, c->ndevs);
-    for (uint16_t i = 0; i < c->ndevs; i++) {
-        wbuf_varint(&w->body, dev_ref(w, t, c->devs[i].device));
-        wbuf_varint(&w->body, c->devs[i].total);
-    }
-    add_base(w, t, table_base(t, c));
-    w->ncounters++;
-    return w->body.failed || w->dict.failed || w->dev_dict.failed ? TALLY_E_NOMEM : TALLY_OK;
+    size_t n = 1;
+    while (v >>= 7)
+        n++;
+    return n;
 }
 
-/* Appends the slots and device maxima of c that keep(pending, ctx) accepts,
- * and c's base if it has one, if there is any of these; returns how many
- * were written. */
-int sync_writer_add_delta(struct wire_sync_writer *w, const struct tally_table *t,
-                          const struct tally_counter *c, bool (*keep)(uint16_t, void *), void *ctx)
+/* Entry i of counter c: its slots, then its devices. */
+static uint16_t entry_pending(const struct tally_counter *c, uint32_t i)
+{
+    return i < c->nslots ? c->slots[i].pending : c->devs[i - c->nslots].pending;
+}
+
+static bool entry_kept(const struct tally_counter *c, uint32_t i, bool (*keep)(uint16_t, void *),
+                       void *ctx)
+{
+    return !keep || keep(entry_pending(c, i), ctx);
+}
+
+/* Bytes that entry i adds to the message, dictionary entry included when the
+ * message does not name its replica or device yet; the reference may be to
+ * up to `added` dictionary entries added since. */
+static size_t entry_cost(const struct wire_sync_writer *w, const struct tally_table *t,
+                         const struct tally_counter *c, uint32_t i, uint32_t added)
+{
+    if (i < c->nslots) {
+        const struct tally_slot *sl = &c->slots[i];
+        size_t n = varint_len(w->nrep + added) + varint_len(sl->p) + varint_len(sl->n);
+        return n + (w->rep_ref[sl->replica] < 0 ? 1 + t->replicas[sl->replica]->id_len + 8 : 0);
+    }
+    const struct tally_dev *d = &c->devs[i - c->nslots];
+    size_t n = varint_len(w->ndev + added) + varint_len(d->total);
+    return n + (w->dev_ref[d->device] < 0 ? 1 + strlen(t->devices[d->device]->id) : 0);
+}
+
+/* At most the bytes base adds to a message (dictionary entries included). */
+static size_t base_cost(const struct tally_base *b)
+{
+    if (!b)
+        return 1;
+    return 1 + 2 * 10 + 2 * 5 + b->nslots * (5 + 2 * 10 + 1 + TALLY_NODE_ID_MAX + 8) +
+           b->ndevs * (5 + 10 + 1 + TALLY_DEVICE_MAX);
+}
+
+/* Appends the kept entries among [from, to) of counter c as one counter of
+ * the message, with base (or none): a part of a counter's state is itself a
+ * state, so a large counter may be sent in parts. */
+static void add_part(struct wire_sync_writer *w, const struct tally_table *t,
+                     const struct tally_counter *c, uint32_t from, uint32_t to,
+                     const struct tally_base *base, bool (*keep)(uint16_t, void *), void *ctx)
 {
     uint32_t nslots = 0, ndevs = 0;
-    for (uint16_t i = 0; i < c->nslots; i++)
-        nslots += keep(c->slots[i].pending, ctx);
-    for (uint16_t i = 0; i < c->ndevs; i++)
-        ndevs += keep(c->devs[i].pending, ctx);
-    const struct tally_base *base = table_base(t, c);
-    if (nslots + ndevs == 0 && !base)
-        return 0;
-    if (ref_grow(&w->rep_ref, &w->rep_used, &w->rep_cap, t->nreplicas) ||
-        ref_grow(&w->dev_ref, &w->dev_used, &w->dev_cap, t->ndevices))
-        return -TALLY_E_NOMEM;
+    for (uint32_t i = from; i < to; i++)
+        if (entry_kept(c, i, keep, ctx))
+            *(i < c->nslots ? &nslots : &ndevs) += 1;
     wbuf_str8(&w->body, c->name, c->name_len);
     wbuf_varint(&w->body, nslots);
-    for (uint16_t i = 0; i < c->nslots; i++) {
-        if (!keep(c->slots[i].pending, ctx))
+    for (uint32_t i = from; i < to && i < c->nslots; i++) {
+        if (!entry_kept(c, i, keep, ctx))
             continue;
         wbuf_varint(&w->body, rep_ref(w, t, c->slots[i].replica));
         wbuf_varint(&w->body, c->slots[i].p);
         wbuf_varint(&w->body, c->slots[i].n);
     }
     wbuf_varint(&w->body, ndevs);
-    for (uint16_t i = 0; i < c->ndevs; i++) {
-        if (!keep(c->devs[i].pending, ctx))
+    for (uint32_t i = from > c->nslots ? from : c->nslots; i < to; i++) {
+        if (!entry_kept(c, i, keep, ctx))
             continue;
-        wbuf_varint(&w->body, dev_ref(w, t, c->devs[i].device));
-        wbuf_varint(&w->body, c->devs[i].total);
+        const struct tally_dev *d = &c->devs[i - c->nslots];
+        wbuf_varint(&w->body, dev_ref(w, t, d->device));
+        wbuf_varint(&w->body, d->total);
     }
-    /* A base (reset.c) is rare and whole: it goes with every delta. */
     add_base(w, t, base);
     w->ncounters++;
+}
+
+/* Hands the message under construction to w->full, if it holds anything. */
+static int writer_full(struct wire_sync_writer *w)
+{
+    return sync_writer_empty(w) || !w->full ? TALLY_OK : w->full(w, w->full_ctx);
+}
+
+/* Where the entries from `from` on must stop for the message to stay within
+ * w->max_bytes after head more bytes; from itself when none fits. */
+static uint32_t entries_that_fit(const struct wire_sync_writer *w, const struct tally_table *t,
+                                 const struct tally_counter *c, uint32_t from, size_t head,
+                                 bool (*keep)(uint16_t, void *), void *ctx, bool *over)
+{
+    uint32_t total = c->nslots + c->ndevs, to = from, added = 0;
+    size_t used = sync_writer_size(w) + head;
+    for (; to < total && used <= w->max_bytes; to++) {
+        if (!entry_kept(c, to, keep, ctx))
+            continue;
+        used += entry_cost(w, t, c, to, added++);
+        if (used > w->max_bytes)
+            break;
+    }
+    *over = used > w->max_bytes;
+    return to;
+}
+
+/* The kept entries of c (all when keep is NULL), in as many parts as
+ * w->max_bytes needs (none set: one part); returns the entries written, a
+ * base counting one, or a negative tally_err. */
+static int add_counter(struct wire_sync_writer *w, const struct tally_table *t,
+                       const struct tally_counter *c, bool (*keep)(uint16_t, void *), void *ctx)
+{
+    uint32_t total = c->nslots + c->ndevs, from = 0, written = 0;
+    for (uint32_t i = 0; i < total; i++)
+        written += entry_kept(c, i, keep, ctx);
+    const struct tally_base *base = table_base(t, c);
+    if (keep && written == 0 && !base)
+        return 0;
+    if (ref_grow(&w->rep_ref, &w->rep_used, &w->rep_cap, t->nreplicas) ||
+        ref_grow(&w->dev_ref, &w->dev_used, &w->dev_cap, t->ndevices))
+        return -TALLY_E_NOMEM;
+    /* name, two counts, and the base with the first part */
+    size_t head = 1 + c->name_len + 2 * 5 + base_cost(base);
+    for (;;) {
+        uint32_t to = total;
+        bool over = false;
+        if (w->max_bytes)
+            to = entries_that_fit(w, t, c, from, head, keep, ctx, &over);
+        if (over && to == from && !sync_writer_empty(w) && w->full) {
+            int rc = writer_full(w); /* nothing fits: start a new message */
+            if (rc != TALLY_OK)
+                return -rc;
+            continue;
+        }
+        if (over && to == from && to < total)
+            to++; /* a lone entry always fits in max_bytes >= 4096 */
+        add_part(w, t, c, from, to, from == 0 ? base : NULL, keep, ctx);
+        head = 1 + c->name_len + 2 * 5 + 1;
+        from = to;
+        if (from >= total)
+            break;
+        int rc = writer_full(w);
+        if (rc != TALLY_OK)
+            return -rc;
+    }
     if (w->body.failed || w->dict.failed || w->dev_dict.failed)
         return -TALLY_E_NOMEM;
-    return (int)(nslots + ndevs) + (base != NULL);
+    return (int)written + (base != NULL);
+}
+
+/* Appends counter c's whole state (see add_counter for the splitting). */
+int sync_writer_add(struct wire_sync_writer *w, const struct tally_table *t,
+                    const struct tally_counter *c)
+{
+    int rc = add_counter(w, t, c, NULL, NULL);
+    return rc < 0 ? -rc : TALLY_OK;
+}
+
+/* Appends what c owes: its entries kept by keep(pending, ctx), and its base,
+ * which is rare and whole, so it goes with every delta. */
+int sync_writer_add_delta(struct wire_sync_writer *w, const struct tally_table *t,
+                          const struct tally_counter *c, bool (*keep)(uint16_t, void *), void *ctx)
+{
+    return add_counter(w, t, c, keep, ctx);
 }
 
 size_t sync_writer_size(const struct wire_sync_writer *w)
@@ -678,13 +800,15 @@ int wire_decode_digest(const void *msg, size_t len, struct wire_digest *d)
 /* ==== PRESENCE ==== */
 
 void wire_presence_begin(struct wire_buf *b, const char *origin, uint64_t incarnation, uint64_t seq,
-                         uint32_t npages)
+                         uint64_t lo, uint64_t hi, uint32_t npages)
 {
     wbuf_reset(b);
     header(b, WIRE_PRESENCE);
     wbuf_str8(b, origin, strlen(origin));
     wbuf_u64(b, incarnation);
     wbuf_u64(b, seq);
+    wbuf_u64(b, lo);
+    wbuf_u64(b, hi);
     wbuf_varint(b, npages);
 }
 
@@ -698,13 +822,18 @@ int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out)
 {
     struct wire_reader r;
     memset(out, 0, sizeof(*out));
-    if (!read_header(&r, msg, len, WIRE_PRESENCE))
+    uint8_t version = read_header(&r, msg, len, WIRE_PRESENCE);
+    if (!version)
         return TALLY_E_WIRE;
     out->origin = wr_str8(&r, &out->origin_len);
     if (!sender_ok(out->origin, out->origin_len))
         return TALLY_E_WIRE;
     out->incarnation = wr_u64(&r);
     out->seq = wr_u64(&r);
+    out->lo = version >= 2 ? wr_u64(&r) : 0;
+    out->hi = version >= 2 ? wr_u64(&r) : UINT64_MAX;
+    if (out->lo > out->hi)
+        return TALLY_E_WIRE;
     uint32_t n = wr_count(&r, 3);
     out->pages = calloc(n + 1, sizeof(*out->pages));
     if (!out->pages)
@@ -713,7 +842,8 @@ int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out)
         struct wire_presence_page *pg = &out->pages[out->npages++];
         pg->page = wr_str8(&r, &pg->len);
         pg->count = wr_varint(&r);
-        if (!r.bad && (name_check(pg->page, pg->len) != TALLY_OK || pg->count > UINT32_MAX))
+        if (!r.bad && (name_check(pg->page, pg->len) != TALLY_OK || pg->count > UINT32_MAX ||
+                       !presence_in_range(pg->page, pg->len, out->lo, out->hi)))
             r.bad = true;
     }
     if (r.bad || r.p != r.end) {

@@ -54,7 +54,7 @@ static double get_and_add(struct tally_table *t, uint32_t replica)
     for (int i = 0; i < COUNTERS; i++) {
         struct tally_counter *c;
         int len = snprintf(name, sizeof(name), "c%d", i);
-        int rc = table_get(t, name, (size_t)len, &c);
+        int rc = table_get(t, name, (size_t)len, TABLE_LOCAL, &c);
         if (rc != TALLY_OK)
             die("table_get", rc);
         rc = table_add(t, c, replica, 1);

@@ -34,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     origin[p.origin_len] = '\0';
 
     struct wire_buf b = {0};
-    wire_presence_begin(&b, origin, p.incarnation, p.seq, p.npages);
+    wire_presence_begin(&b, origin, p.incarnation, p.seq, p.lo, p.hi, p.npages);
     for (uint32_t i = 0; i < p.npages; i++) {
         check(name_check(p.pages[i].page, p.pages[i].len) == TALLY_OK);
         check(p.pages[i].count <= UINT32_MAX);
@@ -42,7 +42,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     struct wire_presence q;
     check(wire_decode_presence(b.data, b.len, &q) == TALLY_OK);
-    check(q.npages == p.npages && q.seq == p.seq && q.incarnation == p.incarnation);
+    check(q.npages == p.npages && q.seq == p.seq && q.incarnation == p.incarnation &&
+          q.lo == p.lo && q.hi == p.hi);
     for (uint32_t i = 0; i < q.npages; i++)
         check(q.pages[i].count == p.pages[i].count && q.pages[i].len == p.pages[i].len &&
               memcmp(q.pages[i].page, p.pages[i].page, q.pages[i].len) == 0);
@@ -52,7 +53,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     presence_view(&pr, "local", "dashboard", 9);
     struct tally_origin *o = presence_origin(&pr, origin);
     check(o != NULL);
-    presence_origin_begin(&pr, o);
+    presence_origin_begin(&pr, o, p.lo, p.hi);
     for (uint32_t i = 0; i < p.npages; i++)
         check(presence_origin_set(&pr, o, p.pages[i].page, p.pages[i].len, p.pages[i].count) == 0);
     presence_flush(&pr, 0, 0, on_flush, NULL);

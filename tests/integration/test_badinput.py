@@ -48,6 +48,12 @@ BAD = [
     ("counters/ok/inc", json.dumps({"delta": 1, "id": "k" * 65}), "bad_id"),
     ("counters/ok/inc", '{"delta":1,"id":""}', "bad_id"),
     ("counters/ok/inc", '{"delta":1,"id":7}', "bad_id"),
+    # issue 10 #8: a NUL cut "order-1\u0000-pear" down to "order-1", so it was dropped as a
+    # duplicate of "order-1\u0000-apple"; control characters are refused as in names
+    ("counters/ok/inc", '{"delta":1,"id":"order-1\\u0000-apple"}', "bad_id"),
+    ("counters/ok/inc", '{"delta":1,"id":"order-1\\u0000-pear"}', "bad_id"),
+    ("counters/ok/inc", '{"delta":1,"id":"k\\u0007"}', "bad_id"),
+    ("counters/ok/inc", '{"id":"k\\u0085","delta":1}', "bad_id"),
     ("counters/ok/inc", "1" + "0" * 1024, "payload_too_large"),
     ("counters/ok/inc", '{"delta":1}' + " " * 1020, "payload_too_large"),
     ("counters/ok/report", "-1", "not_an_integer"),
@@ -56,6 +62,8 @@ BAD = [
     ("counters/ok/report", '{"device":"d"}', "bad_json_field"),
     ("counters/ok/report", json.dumps({"device": "d" * 129, "total": 1}), "bad_device"),
     ("counters/ok/report", '{"device":"a\\u0001","total":1}', "bad_device"),
+    ("counters/ok/report", '{"device":"meter-1\\u0000-a","total":1}', "bad_device"),
+    ("counters/ok/report", '{"total":1,"device":"meter-1\\u0000-b"}', "bad_device"),
     ("counters/ok/report", b'{"device":"\xff\xfe","total":1}', "bad_device"),
     ("counters/ok/report", "1" * 1025, "payload_too_large"),
 ]

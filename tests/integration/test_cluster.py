@@ -513,8 +513,9 @@ def test_device_reports_counted_once_across_nodes(brokers, closing):
 # ---- presence and stats flooded from many nodes -------------------------------------
 
 def presence_msg(origin, incarnation, seq):
-    """A PRESENCE (wire.c) from origin with no viewers."""
-    return b"TL\x01\x03" + str8(origin) + struct.pack("<QQ", incarnation, seq) + varint(0)
+    """A PRESENCE (wire.c) from origin with no viewers on any page."""
+    return (b"TL\x02\x03" + str8(origin) + struct.pack("<QQ", incarnation, seq)
+            + struct.pack("<QQ", 0, 2**64 - 1) + varint(0))  # all pages: [0, 2^64-1]
 
 
 def test_stats_flood_with_many_peers(brokers, closing):
@@ -542,3 +543,133 @@ def test_stats_flood_with_many_peers(brokers, closing):
         f"b holds a's stats seq {seq_at_b}, a is at {seq_at_a} (a's stats are {size} bytes); "
         f"b's log: {refusals}")
     assert stats(watchers["b"], "b")["repl"]["refused"] == refused_b
+
+
+# ---- a node restarted with its state ------------------------------------------------
+
+def test_restarted_node_with_state_is_heard_at_once(brokers, closing, workdir):
+    """Issue 10 #3: a node restarted with its state_dir keeps its incarnation; its presence and
+    stats sequence numbers started again at 1, so its peers dropped its announcements as old for
+    as long as it had been up: departed viewers stayed counted, new ones were not. Sequence
+    numbers now follow the wall clock, so the peers take them at once."""
+    opts = dict(BASE_OPTIONS, peer_timeout_ms="1000")  # a heartbeat every 200 ms
+    a = brokers("a", options=dict(opts, state_dir=os.path.join(workdir, "state-a")), start=False)
+    b = brokers("b", options=dict(opts), start=False)
+    b.bridges.append({"name": "b-to-a", "port": a.port})
+    a.start()
+    b.start()
+    at_b = Watcher(b.port, ["presence/+", "$tally/stats/a"])
+    closing.append(at_b)
+
+    def page():
+        v = at_b.get("presence/lobby")
+        return int(v) if v is not None else None
+
+    def a_stats():
+        raw = at_b.get("$tally/stats/a")
+        return json.loads(raw) if raw else None
+
+    viewer = Watcher(a.port, ["presence/lobby"], client_id="viewer-1")
+    wait_for(lambda: page() == 1, 10, what=f"b counts a's viewer (is {page()})")
+    time.sleep(8.0)  # a has sent about 40 announcements and 16 stats
+    viewer.close()
+    wait_for(lambda: page() == 0, 5, what="b drops a's viewer")
+    before = a_stats()
+    assert before and before["uptime_ms"] > 7000
+
+    a.stop()
+    a.start()
+    restarted = time.monotonic()
+    closing.append(Watcher(a.port, ["presence/lobby"], client_id="viewer-2"))
+    wait_for(lambda: page() == 1, 4.0, what=f"b counts the restarted a's new viewer (is {page()})")
+    took = time.monotonic() - restarted
+    st = wait_for(lambda: (a_stats() or {}).get("uptime_ms", 1e12) < 5000 and a_stats(), 4.0,
+                  what=f"b takes the restarted a's stats (has {a_stats()})")
+    assert st["incarnation"] == before["incarnation"], "the state was not kept"
+    closing[-1].close()
+    wait_for(lambda: page() == 0, 4.0, what=f"b drops the restarted a's viewer (is {page()})")
+    print(f"restarted node's viewer counted at its peer {took:.2f}s after the restart")
+
+
+# ---- stats read whatever the order of their fields -------------------------------------
+
+def test_stats_taken_whatever_the_order_of_their_fields(brokers, closing):
+    """The stats handler read only the first 256 bytes with strstr/sscanf and relied on
+    "incarnation" and "seq" coming first; stats are JSON and are now read as JSON."""
+    nodes, _, watchers = cluster(brokers, closing, TOPOLOGIES["chain"])
+    fake = publisher(nodes["a"].port, client_id="fake-to-a")
+    closing.append(Closer(lambda: close(fake)))
+    refused = stats(watchers["a"], "a")["repl"]["refused"]
+    peers = {f"peer-{i:02d}": {"last_heard_ms": 1, "alive": True} for i in range(20)}
+    doc = {"node": "zz", "peers": peers, "seq": 5, "incarnation": "77"}
+    # retained, as a node publishes its own stats: nodes pass them on as they came
+    fake.publish("$tally/stats/zz", json.dumps(doc), 1, retain=True).wait_for_publish(5)
+    at_c = Watcher(nodes["c"].port, ["$tally/stats/zz"])
+    closing.append(at_c)
+    wait_for(lambda: at_c.get("$tally/stats/zz"), 5, what="c holds zz's stats, flooded via a, b")
+    assert json.loads(at_c.get("$tally/stats/zz"))["seq"] == 5
+    # an older seq of the same incarnation is not taken; a bad document is refused
+    publish_all(fake, [("$tally/stats/zz", json.dumps(dict(doc, seq=4, node="old"))),
+                       ("$tally/stats/zz", '{"seq": 9, "incarnation": 77}'),
+                       ("$tally/stats/zz", '{"seq": 9')], 1)
+    wait_for(lambda: stats(watchers["a"], "a")["repl"]["refused"] == refused + 2, 5,
+             what="a refuses the two bad documents")
+    assert json.loads(at_c.get("$tally/stats/zz"))["node"] == "zz"
+
+
+# ---- every replication message within max_message_bytes ------------------------------
+
+def test_every_replication_message_is_within_max_message_bytes(brokers, closing):
+    """Issue 10 #7: one client viewing many long page names made a presence announcement of
+    hundreds of KB, sent every heartbeat to every node, and a state message could pass
+    max_message_bytes too. Every message a node sends, of any type, is at most
+    max_message_bytes (split over several), and a larger one arriving is refused and counted."""
+    limit = 4096
+    opts = {"max_message_bytes": str(limit)}
+    nodes, _, watchers = cluster(brokers, closing, {"b": ["a"], "c": ["b"]}, options=opts)
+    spy = Watcher(nodes["a"].port, ["$tally/#"], client_id="spy-to-a", keep=True)
+    closing.append(spy)
+    pages = [f"{i:03d}-" + "p" * 150 for i in range(300)]
+    viewer = mqtt.Client(client_id="many-pages", clean_session=True)
+    viewer.connect("127.0.0.1", nodes["a"].port, 30)
+    viewer.loop_start()
+    closing.append(Closer(lambda: (viewer.disconnect(), viewer.loop_stop())))
+    viewer.subscribe([(f"presence/{p}", 0) for p in pages])
+    lines = "\n".join(json.dumps({"device": f"device-{i:04d}-" + "d" * 30, "total": 1})
+                      for i in range(600)) + "\n"
+    r = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(nodes["a"].port), "-q", "1",
+                        "-t", "counters/wide/report", "-l", "-i", "feeder"], input=lines,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+    def counted(w):
+        return sum(1 for p in pages if w.get(f"presence/{p}") == b"1")
+
+    for n in ("b", "c"):
+        wait_for(lambda: counted(watchers[n]) == len(pages), 15,
+                 what=f"{n} counts the viewer on all {len(pages)} pages "
+                      f"(does on {counted(watchers[n])})")
+        wait_for(lambda: totals(watchers[n], ["wide"]) == {"wide": 600}, 15,
+                 what=f"{n}: wide == 600 (is {totals(watchers[n], ['wide'])})")
+    time.sleep(1.5)  # a few more heartbeats and stats
+    sizes = {}
+    for topic, payload in spy.messages():
+        kind = topic.split("/")[2] if topic.startswith("$tally/v1/") else "stats"
+        sizes.setdefault(kind, []).append(len(payload))
+    assert max(max(v) for v in sizes.values()) <= limit, {k: max(v) for k, v in sizes.items()}
+    assert len(sizes.get("presence", [])) >= 12 and len(sizes.get("sync", [])) >= 7, {
+        k: len(v) for k, v in sizes.items()}
+
+    # the viewer leaves: every page goes back to 0 on the other nodes
+    viewer.unsubscribe([f"presence/{p}" for p in pages[1:]])
+    wait_for(lambda: counted(watchers["c"]) == 1, 10,
+             what=f"c drops the views that ended (counts {counted(watchers['c'])})")
+
+    big = publisher(nodes["b"].port, client_id="big-to-b")
+    closing.append(Closer(lambda: close(big)))
+    publish_all(big, [("$tally/v1/sync/x", b"TL\x01\x01" + bytes(limit)),
+                      ("$tally/v1/presence/x", b"TL\x01\x03" + bytes(limit))], 1)
+    s = wait_for(lambda: (stats(watchers["b"], "b") or {}).get("repl", {}).get("too_large") == 2
+                 and stats(watchers["b"], "b"), 5, what="b counts two messages too large")
+    assert s["rejected"]["message_too_large"] == 2
+    assert "to '$tally/v1/sync/x': message_too_large" in nodes["b"].read_log()

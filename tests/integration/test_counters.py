@@ -100,6 +100,43 @@ def test_empty_payload_counts_one(broker):
     broker.wait_total("empty", 3)
 
 
+def test_a_zero_increment_creates_the_counter(brokers, workdir):
+    """Issue 10 #10: a 0 increment was acknowledged and took a max_counters slot, but the
+    counter was not published, not listed on counters/+ and gone after a restart. It exists
+    from its first accepted increment: published as 0, listed, persisted."""
+    b = brokers("n1", options={"state_dir": os.path.join(workdir, "state")})
+    c = RawClient(b.port, "zero-maker")
+    try:
+        assert c.publish("counters/nothing-yet/inc", "0") < 0x80
+        assert c.publish("counters/also-zero/inc", '{"delta":0,"id":"z-1"}') < 0x80
+    finally:
+        c.disconnect()
+    b.wait_total("nothing-yet", 0)
+    b.wait_total("also-zero", 0)
+
+    def listed():
+        lister = b.client("lister")
+        try:
+            lister.subscribe("counters/+")
+            want = {("counters/nothing-yet", "0", True), ("counters/also-zero", "0", True)}
+            wait_for(lambda: want <= set(lister.messages), 5,
+                     what=f"counters/+ to list both (got {lister.messages})")
+        finally:
+            lister.close()
+
+    listed()
+    state = json.loads(b.retained("counters/nothing-yet/state"))
+    assert (state["value"], state["p"], state["n"]) == (0, 0, 0)
+    b.stop()
+    b.start()
+    listed()
+    wait_for(lambda: json.loads(b.retained("$tally/stats/n1") or "{}").get("counters") == 2, 10,
+             what="stats: 2 counters after the restart")
+    # the counter goes on counting like any other
+    assert b.pub("counters/nothing-yet/inc", "3").returncode == 0
+    b.wait_total("nothing-yet", 3)
+
+
 # ---- retained totals --------------------------------------------------------------------------
 
 def test_late_subscriber_gets_retained_total_and_every_counter(broker):

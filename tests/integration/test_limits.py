@@ -10,6 +10,7 @@ message shows up in proportion to the flood. Each bound below is set against wha
 would cost if it were kept, so a leak of that size cannot pass."""
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -175,6 +176,88 @@ def test_new_devices_past_max_devices_are_refused(brokers):
     finally:
         c.disconnect()
     b.wait_total("d", 105)
+
+
+# ---- state from peers and from disk is never dropped (issue 10 #4, #6, #9) ------------------
+
+def test_state_merged_from_peers_past_the_limits_is_kept(brokers):
+    """Issue 10 #4 and #9: b's limits (2 counters, 1 device) are below what a holds. b refused
+    the first new name past max_counters and, with it, every update after it in the same state
+    message (x1's below), and state from peers past a limit was dropped silently, so the nodes
+    never agreed. Limits refuse new local input only: b keeps everything a sends and says so in
+    its log and stats. (A counter's 65,536th device, the other half of #4, is
+    test_counter.c::test_counter_holds_more_than_65535_devices.)"""
+    opts = {"bridge_clientids": "*-to-*", "stats_interval_ms": "200"}
+    # a sends one state message a second, so one message holds everything below
+    a = brokers("a", options=dict(opts, publish_interval_ms="1000"), start=False)
+    b = brokers("b", options=dict(opts, max_counters="2", max_devices="1"), start=False)
+    b.bridges.append({"name": "b-to-a", "port": a.port})
+    a.start()
+    b.start()
+    wait_stats(b, lambda s: s.get("peers", {}).get("a", {}).get("alive"), "b hears a")
+    local = RawClient(b.port, "local-at-b")
+    feeder = RawClient(a.port, "feeder-at-a")
+    try:
+        assert local.publish("counters/x1/inc", "1") < 0x80  # b holds one counter
+        b.wait_total("x1", 1)
+        for name in ("y1", "y2", "y3"):
+            assert feeder.publish(f"counters/{name}/inc", "5") < 0x80
+        for dev in ("m1", "m2", "m3"):
+            assert feeder.publish("counters/meters/report",
+                                  json.dumps({"device": dev, "total": 10})) < 0x80
+        assert feeder.publish("counters/x1/inc", "7") < 0x80  # last in the same message
+        for name, total in (("y1", 5), ("y2", 5), ("y3", 5), ("meters", 30), ("x1", 8)):
+            b.wait_total(name, total)
+        s = wait_stats(b, lambda s: s.get("counters") == 5, "b holds 5 counters")
+        assert s["devices"] == 3
+        assert sorted(s["limits"]["over"]) == ["max_counters", "max_devices"]
+        log = b.read_log()
+        assert "more than max_counters (2), from peers or disk: all are kept" in log
+        assert "more than max_devices (1), from peers or disk: all are kept" in log
+        # new local input is refused; what exists goes on counting
+        assert local.publish("counters/z-new/inc", "1") == NOT_AUTHORIZED
+        assert local.publish("counters/meters/report",
+                             json.dumps({"device": "m4", "total": 1})) == NOT_AUTHORIZED
+        assert local.publish("counters/y2/inc", "1") < 0x80
+        b.wait_total("y2", 6)
+        a.wait_total("y2", 6)
+    finally:
+        local.disconnect()
+        feeder.disconnect()
+    assert "max_counters_reached" in b.read_log()
+
+
+def test_a_limit_lowered_below_what_is_on_disk_is_a_warning(brokers, workdir):
+    """Issue 10 #6: restarting with max_counters below the number of counters on disk stopped
+    the broker with "state.snap is damaged": an operator would delete good data. The node starts
+    with every stored counter, warns, and refuses new names until it is under the limit."""
+    state_dir = os.path.join(workdir, "state")
+    b = brokers("n1", options={"state_dir": state_dir, "snapshot_interval_ms": "1000",
+                               "stats_interval_ms": "200"})
+    c = RawClient(b.port, "filler")
+    try:
+        for i in range(10):
+            assert c.publish(f"counters/kept{i}/inc", str(i + 1)) < 0x80
+    finally:
+        c.disconnect()
+    b.wait_total("kept9", 10)
+    time.sleep(1.5)  # a snapshot is taken, and the log after it replays too
+    b.stop()
+    b.options["max_counters"] = "5"
+    b.start()
+    for i in range(10):
+        b.wait_total(f"kept{i}", i + 1)
+    s = wait_stats(b, lambda s: s.get("counters") == 10, "10 counters loaded")
+    assert s["limits"]["over"] == ["max_counters"]
+    assert "holding 10 counters, more than max_counters (5)" in b.read_log()
+    c = RawClient(b.port, "after")
+    try:
+        assert c.publish("counters/brand-new/inc", "1") == NOT_AUTHORIZED
+        assert c.publish("counters/kept0/inc", "1") < 0x80
+    finally:
+        c.disconnect()
+    b.wait_total("kept0", 2)
+    assert "damaged" not in b.read_log()
 
 
 # ---- max_viewers ---------------------------------------------------------------------------

@@ -193,3 +193,48 @@ def test_three_nodes_sum_viewers_and_drop_a_killed_nodes_viewers(brokers, watche
     assert a.total("k") == 10 and b.total("k") == 10
     assert a.pub("counters/k/inc").returncode == 0
     a.wait_total("k", 11, 5)
+
+
+def ws_viewer(node, client_id, page):
+    """A paho client over WebSockets that views page; it never reconnects by itself (a taken
+    over client that came back would take the id over again). Returns (client, its events)."""
+    events = {"connected": threading.Event(), "subscribed": threading.Event(),
+              "disconnected": threading.Event()}
+    c = mqtt.Client(client_id=client_id, clean_session=True, transport="websockets")
+    c.reconnect_delay_set(min_delay=120, max_delay=120)
+    c.on_connect = lambda *a: events["connected"].set()
+    c.on_subscribe = lambda *a: events["subscribed"].set()
+    c.on_disconnect = lambda *a: events["disconnected"].set()
+    c.connect("127.0.0.1", node.ws_port, 30)
+    c.loop_start()
+    assert events["connected"].wait(10), f"{client_id} did not connect over WebSockets"
+    c.subscribe(f"presence/{page}", 0)
+    assert events["subscribed"].wait(10), f"{client_id}: no SUBACK"
+    return c, events
+
+
+def test_takeover_over_websockets_counts_the_viewer_once(brokers, watchers):
+    """A viewer over WebSockets replaced by a new WebSocket connection with the same client id
+    (a browser tab reloaded with a fixed id): the broker takes the old one over, the page never
+    counts more than one viewer, and the count drops as soon as the new connection leaves (the
+    old connection's end must not be taken for the new one's, nor the reverse)."""
+    node = brokers("n1", ws=True, options={"stats_interval_ms": "200"})
+    w = watchers(node)
+    first, first_events = ws_viewer(node, "tab-7", "lobby")
+    w.wait_count("lobby", 1, 5)
+    since = time.monotonic()
+    second, _ = ws_viewer(node, "tab-7", "lobby")
+    assert first_events["disconnected"].wait(10), "the old connection was not taken over"
+    w.wait_count("lobby", 1, 5)
+    time.sleep(1.0)  # several publish intervals: a double count would have been published
+    # (a 0 may show between the takeover, which ends the old view, and the new SUBSCRIBE)
+    assert set(w.values_since("lobby", since)) <= {"0", "1"}, w.values_since("lobby", since)
+    assert w.last("lobby") == "1"
+    wait_for(lambda: json.loads(node.retained("$tally/stats/n1") or "{}").get("viewers") == 1, 3,
+             what="stats: one viewer")
+    left = time.monotonic()
+    second.disconnect()
+    second.loop_stop()
+    first.loop_stop()
+    w.wait_count("lobby", 0, 3)
+    print(f"taken-over viewer's leave counted {time.monotonic() - left:.2f}s after it left")

@@ -4,7 +4,7 @@ import json
 import os
 import time
 
-from conftest import chain, wait_for
+from conftest import RawClient, chain, wait_for
 
 
 def report(b, name, total, device=None, client_id=None):
@@ -141,3 +141,25 @@ def test_device_reports_survive_kill9(brokers, workdir):
     report(b, "m", 29, device="meter-7")  # stale after the restart too
     report(b, "m", 9, device="meter-8")
     b.wait_total("m", 39)
+
+
+def test_plain_report_from_a_broker_assigned_id_is_refused(broker):
+    """Issue 10 #13: a client that connects without a client id gets a new "auto-..." id from
+    the broker on every connection, so its plain running total counted again each time (three
+    connections reporting 100 made 300). Such a report is refused with a reason that says why;
+    the same client naming its device in JSON is counted once."""
+    for _ in range(3):
+        c = RawClient(broker.port, "")  # MQTT v5, empty client id: the broker assigns one
+        try:
+            assert c.publish("counters/anon/report", "100") == 0x87
+            assert c.publish("counters/anon/report",
+                             json.dumps({"device": "meter-9", "total": 100})) < 0x80
+        finally:
+            c.disconnect()
+    broker.wait_total("anon", 100)
+    time.sleep(0.3)
+    assert broker.total("anon") == 100
+    assert state(broker, "anon")["devices"] == {"meter-9": 100}
+    lines = [line for line in broker.read_log().splitlines()
+             if "to 'counters/anon/report': device_id_assigned_by_broker" in line]
+    assert len(lines) == 3 and all("from client 'auto-" in line for line in lines), lines

@@ -308,7 +308,7 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     if (o->incarnation != wp.incarnation || wp.seq > o->seq) {
         o->incarnation = wp.incarnation;
         o->seq = wp.seq;
-        presence_origin_begin(&n->pr, o);
+        presence_origin_begin(&n->pr, o, wp.lo, wp.hi);
         for (uint32_t i = 0; i < wp.npages; i++)
             presence_origin_set(&n->pr, o, wp.pages[i].page, wp.pages[i].len, wp.pages[i].count);
         struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
@@ -395,7 +395,7 @@ static void edge_increment(struct node *n)
     name_of(k, name, &len);
     struct tally_counter *c;
     uint32_t self;
-    if (table_get(&n->t, name, len, &c) != TALLY_OK ||
+    if (table_get(&n->t, name, len, TABLE_LOCAL, &c) != TALLY_OK ||
         table_replica(&n->t, n->id, n->edge.incarnation, &self) != TALLY_OK ||
         table_add(&n->t, c, self, 1) < 0 || tier_edge_wrote(&n->edge, name, len) != TALLY_OK)
         abort();

@@ -262,6 +262,42 @@ START_TEST(test_report_payload_limit)
 }
 END_TEST
 
+/* ==== NUL and control characters in ids (issue 10 #8) ==== */
+
+START_TEST(test_ids_with_nul_or_control_refused)
+{
+    static const struct {
+        const char *payload;
+        int want;
+    } incs[] = {
+        {"{\"id\":\"order-1\\u0000-pear\"}", TALLY_E_ID},
+        {"{\"id\":\"order-1\\u0000\"}", TALLY_E_ID},
+        {"{\"id\":\"a\\u0001b\"}", TALLY_E_ID},
+        {"{\"id\":\"a\\u007fb\"}", TALLY_E_ID},
+        {"{\"id\":\"a\\u0085b\"}", TALLY_E_ID},
+        {"{\"id\":\"a\\tb\"}", TALLY_E_ID},
+        /* an escaped backslash then "u0000": six ordinary characters */
+        {"{\"id\":\"a\\\\u0000\"}", TALLY_OK},
+        {"{\"id\":\"\\\"u0000\"}", TALLY_OK},
+    };
+    for (size_t i = 0; i < sizeof(incs) / sizeof(incs[0]); i++) {
+        struct tally_inc inc;
+        int rc = parse_increment(incs[i].payload, strlen(incs[i].payload), &inc);
+        ck_assert_msg(rc == incs[i].want, "'%s': got %s", incs[i].payload, tally_strerror(rc));
+    }
+    static const char *const reports[] = {
+        "{\"device\":\"meter-1\\u0000-a\",\"total\":5}",
+        "{\"total\":5,\"device\":\"m\\u0000\"}",
+        "{\"device\":\"m\\u0002\",\"total\":5}",
+    };
+    for (size_t i = 0; i < sizeof(reports) / sizeof(reports[0]); i++) {
+        struct tally_report rep;
+        int rc = parse_report(reports[i], strlen(reports[i]), &rep);
+        ck_assert_msg(rc == TALLY_E_DEVICE, "'%s': got %s", reports[i], tally_strerror(rc));
+    }
+}
+END_TEST
+
 /* ==== Reason names ==== */
 
 START_TEST(test_strerror)
@@ -291,6 +327,8 @@ START_TEST(test_strerror)
         {TALLY_E_WIRE, "bad_replication_message"},
         {TALLY_E_DISK, "state_not_written"},
         {TALLY_E_NOMEM, "out_of_memory"},
+        {TALLY_E_DEVICE_ASSIGNED, "device_id_assigned_by_broker"},
+        {TALLY_E_TOO_LARGE, "message_too_large"},
     };
     ck_assert_int_eq(sizeof(names) / sizeof(names[0]), TALLY_E__COUNT);
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -321,6 +359,7 @@ Suite *codec_suite(void)
     tc = tcase_create("reports");
     tcase_add_loop_test(tc, test_report_cases, 0, COUNT(report_cases));
     tcase_add_test(tc, test_report_payload_limit);
+    tcase_add_test(tc, test_ids_with_nul_or_control_refused);
     tcase_add_test(tc, test_strerror);
     suite_add_tcase(s, tc);
     return s;

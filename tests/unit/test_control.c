@@ -99,7 +99,7 @@ static void fill(struct tally_table *t, const char *const *names, size_t n)
     table_set_clock(t, 0);
     for (size_t i = 0; i < n; i++) {
         struct tally_counter *c;
-        ck_assert_int_eq(table_get(t, names[i], strlen(names[i]), &c), TALLY_OK);
+        ck_assert_int_eq(table_get(t, names[i], strlen(names[i]), TABLE_LOCAL, &c), TALLY_OK);
         ck_assert_int_eq(table_add(t, c, self, (int64_t)i + 1), 1);
     }
 }
@@ -201,7 +201,7 @@ START_TEST(test_list_pages_cover_everything_once)
         char name[16];
         struct tally_counter *c;
         int len = snprintf(name, sizeof(name), "k%d", i);
-        ck_assert_int_eq(table_get(&t, name, (size_t)len, &c), TALLY_OK);
+        ck_assert_int_eq(table_get(&t, name, (size_t)len, TABLE_LOCAL, &c), TALLY_OK);
     }
     int seen = 0;
     for (int offset = 0; offset < 3000; offset += 1000) {
@@ -235,7 +235,7 @@ START_TEST(test_top_counters_by_recent_rate)
     const char *names[] = {"slow", "fast", "old", "idle"};
     struct tally_counter *c[4];
     for (int i = 0; i < 4; i++)
-        ck_assert_int_eq(table_get(&t, names[i], strlen(names[i]), &c[i]), TALLY_OK);
+        ck_assert_int_eq(table_get(&t, names[i], strlen(names[i]), TABLE_LOCAL, &c[i]), TALLY_OK);
     /* "old" took 1000 a minute ago; then, for 20 s, "fast" 50 a second
      * (one -5 in ten: the total's absolute change counts) and "slow" 2. */
     table_set_clock(&t, 0);

@@ -60,7 +60,7 @@ static void table_teardown(void)
 static struct tally_counter *counter(const char *name)
 {
     struct tally_counter *c = NULL;
-    ck_assert_int_eq(table_get(&table, name, strlen(name), &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&table, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
     return c;
 }
 
@@ -102,7 +102,9 @@ static int merge_slot_checked(struct tally_counter *c, const struct tally_slot *
     ck_assert_uint_ge(after.n, before.n);
     ck_assert_uint_eq(after.p, before.p > in->p ? before.p : in->p);
     ck_assert_uint_eq(after.n, before.n > in->n ? before.n : in->n);
-    ck_assert_int_eq(rc, after.p != before.p || after.n != before.n);
+    /* rc says whether something rose, or the slot is new (a zero slot says
+     * the counter exists). */
+    ck_assert_int_eq(rc, after.p != before.p || after.n != before.n || !had);
     return rc;
 }
 
@@ -245,9 +247,11 @@ START_TEST(test_merge_refuses_out_of_range)
     ck_assert_int_eq(counter_merge_device(c, 0, (uint64_t)MAX + 1), -TALLY_E_OVERFLOW);
     ck_assert_int_eq(c->nslots, 0);
     ck_assert_int_eq(c->ndevs, 0);
-    /* A zero slot carries no information and is not stored. */
+    /* A zero slot says the counter exists (a 0 increment made it): it is
+     * stored once. */
+    ck_assert_int_eq(counter_merge_slot(c, 3, 0, 0), 1);
     ck_assert_int_eq(counter_merge_slot(c, 3, 0, 0), 0);
-    ck_assert_int_eq(c->nslots, 0);
+    ck_assert_int_eq(c->nslots, 1);
 }
 END_TEST
 
@@ -308,8 +312,12 @@ START_TEST(test_add_limits)
     add_refused(e, 0, INT64_MIN, TALLY_E_DELTA_RANGE);
     add_refused(e, 0, INT64_MAX, TALLY_E_DELTA_RANGE);
     ck_assert_int_eq(e->nslots, 0);
+    /* A 0 increment creates the counter (a zero slot), once. */
     ck_assert_int_eq(counter_add(e, 0, 0), TALLY_OK);
-    ck_assert_int_eq(e->nslots, 0);
+    ck_assert_int_eq(e->nslots, 1);
+    ck_assert_int_eq(counter_add(e, 1, 0), TALLY_OK);
+    ck_assert_int_eq(e->nslots, 1);
+    ck_assert_int_eq(counter_value(e), 0);
 }
 END_TEST
 
@@ -397,17 +405,70 @@ END_TEST
 
 /* ==== The table ==== */
 
+/* Issue 10 #4: one counter holds max_devices devices, not 65,535. */
+START_TEST(test_counter_holds_more_than_65535_devices)
+{
+    struct tally_table t;
+    struct tally_counter *c;
+    enum { NDEV = 70000 };
+    table_init(&t, 10, 100000);
+    ck_assert_int_eq(table_get(&t, "meters", 6, TABLE_LOCAL, &c), TALLY_OK);
+    for (uint32_t i = 0; i < NDEV; i++) {
+        char id[32];
+        uint32_t d;
+        int len = snprintf(id, sizeof(id), "meter-%u", (unsigned)i);
+        ck_assert_int_eq(table_device(&t, id, (size_t)len, DEVICE_LOCAL, &d), TALLY_OK);
+        ck_assert_int_eq(table_merge_device(&t, c, d, 2, true), 1);
+    }
+    ck_assert_uint_eq(c->ndevs, NDEV);
+    ck_assert_int_eq(counter_value(c), 2 * NDEV);
+    for (uint32_t i = 1; i < c->ndevs; i++)
+        ck_assert_uint_lt(c->devs[i - 1].device, c->devs[i].device);
+    /* Lookups find every one of them (a binary search over the array). */
+    ck_assert_uint_eq(counter_device(c, NDEV - 1)->total, 2);
+    ck_assert_uint_eq(counter_device(c, 65535)->total, 2);
+    ck_assert_ptr_null(counter_device(c, NDEV));
+    table_free(&t);
+}
+END_TEST
+
+/* Issue 10 #4 and #6: limits refuse local input only; what is merged from
+ * peers or loaded from disk is kept, and the table says it is over. */
+START_TEST(test_table_limits_refuse_local_input_only)
+{
+    struct tally_table t;
+    struct tally_counter *c;
+    uint32_t d;
+    table_init(&t, 1, 1);
+    ck_assert_int_eq(table_get(&t, "a", 1, TABLE_LOCAL, &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&t, "b", 1, TABLE_LOCAL, &c), TALLY_E_MAX_COUNTERS);
+    ck_assert(!table_over_counters(&t));
+    ck_assert_int_eq(table_get(&t, "b", 1, TABLE_MERGE, &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&t, "c", 1, TABLE_MERGE, &c), TALLY_OK);
+    ck_assert_uint_eq(t.ncounters, 3);
+    ck_assert(table_over_counters(&t));
+    ck_assert_int_eq(table_get(&t, "d", 1, TABLE_LOCAL, &c), TALLY_E_MAX_COUNTERS);
+    ck_assert_int_eq(table_get(&t, "b", 1, TABLE_LOCAL, &c), TALLY_OK); /* known names: fine */
+
+    ck_assert_int_eq(table_device(&t, "m1", 2, DEVICE_LOCAL, &d), TALLY_OK);
+    ck_assert_int_eq(table_device(&t, "m2", 2, DEVICE_LOCAL, &d), TALLY_E_MAX_DEVICES);
+    ck_assert_int_eq(table_device(&t, "m2", 2, DEVICE_PEER, &d), TALLY_OK);
+    ck_assert(table_over_devices(&t));
+    table_free(&t);
+}
+END_TEST
+
 START_TEST(test_table_max_counters)
 {
     struct tally_table t;
     struct tally_counter *c, *again;
     table_init(&t, 3, 10);
-    ck_assert_int_eq(table_get(&t, "a", 1, &c), TALLY_OK);
-    ck_assert_int_eq(table_get(&t, "b", 1, &c), TALLY_OK);
-    ck_assert_int_eq(table_get(&t, "c", 1, &c), TALLY_OK);
-    ck_assert_int_eq(table_get(&t, "d", 1, &again), TALLY_E_MAX_COUNTERS);
+    ck_assert_int_eq(table_get(&t, "a", 1, TABLE_LOCAL, &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&t, "b", 1, TABLE_LOCAL, &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&t, "c", 1, TABLE_LOCAL, &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&t, "d", 1, TABLE_LOCAL, &again), TALLY_E_MAX_COUNTERS);
     ck_assert_ptr_null(table_find(&t, "d", 1));
-    ck_assert_int_eq(table_get(&t, "c", 1, &again), TALLY_OK);
+    ck_assert_int_eq(table_get(&t, "c", 1, TABLE_LOCAL, &again), TALLY_OK);
     ck_assert_ptr_eq(again, c);
     ck_assert_uint_eq(t.ncounters, 3);
     table_free(&t);
@@ -514,7 +575,7 @@ static void apply_op(struct tally_table *t, const struct op *o)
     struct tally_counter *c;
     uint32_t idx;
     char owner[16];
-    ck_assert_int_eq(table_get(t, o->name, strlen(o->name), &c), TALLY_OK);
+    ck_assert_int_eq(table_get(t, o->name, strlen(o->name), TABLE_LOCAL, &c), TALLY_OK);
     if (o->device) {
         snprintf(owner, sizeof(owner), "dev%u", o->owner);
         ck_assert_int_eq(table_device(t, owner, strlen(owner), DEVICE_PEER, &idx), TALLY_OK);
@@ -612,8 +673,8 @@ START_TEST(test_digest_add_matches_merge)
     table_init(&t2, 10, 10);
     ck_assert_int_eq(table_replica(&t1, "n1", 5, &r1), TALLY_OK);
     ck_assert_int_eq(table_replica(&t2, "n1", 5, &r2), TALLY_OK);
-    ck_assert_int_eq(table_get(&t1, "k", 1, &c1), TALLY_OK);
-    ck_assert_int_eq(table_get(&t2, "k", 1, &c2), TALLY_OK);
+    ck_assert_int_eq(table_get(&t1, "k", 1, TABLE_LOCAL, &c1), TALLY_OK);
+    ck_assert_int_eq(table_get(&t2, "k", 1, TABLE_LOCAL, &c2), TALLY_OK);
     for (int i = 1; i <= 100; i++)
         ck_assert_int_eq(table_add(&t1, c1, r1, i % 3 == 0 ? -i : i), 1);
     const struct tally_slot *s = counter_slot(c1, r1);
@@ -645,6 +706,8 @@ Suite *counter_suite(void)
     tcase_add_checked_fixture(tc, table_setup, table_teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_table_max_counters);
+    tcase_add_test(tc, test_counter_holds_more_than_65535_devices);
+    tcase_add_test(tc, test_table_limits_refuse_local_input_only);
     tcase_add_test(tc, test_table_dirty_list);
     tcase_add_test(tc, test_table_pop_dirty);
     tcase_add_test(tc, test_table_registries);

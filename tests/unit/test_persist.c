@@ -334,7 +334,7 @@ static struct tally_key key_of(const char *name, int i)
 static void node_increment(struct node *n, const char *name, int64_t delta, int id)
 {
     struct tally_counter *c;
-    ck_assert_int_eq(table_get(&n->t, name, strlen(name), &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&n->t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
     ck_assert_int_eq(table_add(&n->t, c, n->self, delta), 1);
     struct tally_key k = key_of(name, id);
     if (id >= 0)
@@ -347,7 +347,7 @@ static void node_report(struct node *n, const char *name, const char *device, ui
 {
     struct tally_counter *c;
     uint32_t dev;
-    ck_assert_int_eq(table_get(&n->t, name, strlen(name), &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&n->t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
     ck_assert_int_eq(table_device(&n->t, device, strlen(device), DEVICE_LOCAL, &dev), TALLY_OK);
     ck_assert_int_eq(table_merge_device(&n->t, c, dev, total, true), 1);
     ck_assert_int_eq(persist_device(n->p, &n->t, c, counter_device(c, dev)), 0);
@@ -357,7 +357,7 @@ static void node_merge_peer(struct node *n, const char *name, uint64_t p, uint64
 {
     struct tally_counter *c;
     uint32_t r;
-    ck_assert_int_eq(table_get(&n->t, name, strlen(name), &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&n->t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
     ck_assert_int_eq(table_replica(&n->t, "n2", 99, &r), TALLY_OK);
     ck_assert_int_eq(table_merge_slot(&n->t, c, r, p, neg), 1);
     ck_assert_int_eq(persist_slot(n->p, &n->t, c, counter_slot(c, r), NULL), 0);

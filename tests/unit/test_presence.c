@@ -130,7 +130,7 @@ START_TEST(test_each_local)
     view("a", "q");
     unview("a", "q");
     struct tally_origin *o = presence_origin(&pr, "n2");
-    presence_origin_begin(&pr, o);
+    presence_origin_begin(&pr, o, 0, UINT64_MAX);
     presence_origin_set(&pr, o, "r", 1, 9);
     struct flushed f = {0};
     presence_each_local(&pr, each_local, &f);
@@ -147,17 +147,17 @@ START_TEST(test_origins_summed_and_replaced)
     ck_assert_ptr_nonnull(n2);
     ck_assert_ptr_eq(presence_origin(&pr, "n2"), n2);
     ck_assert_uint_ne(n2->slot, n3->slot);
-    presence_origin_begin(&pr, n2);
+    presence_origin_begin(&pr, n2, 0, UINT64_MAX);
     ck_assert_int_eq(presence_origin_set(&pr, n2, "p", 1, 5), 0);
     ck_assert_int_eq(presence_origin_set(&pr, n2, "q", 1, 2), 0);
-    presence_origin_begin(&pr, n3);
+    presence_origin_begin(&pr, n3, 0, UINT64_MAX);
     ck_assert_int_eq(presence_origin_set(&pr, n3, "p", 1, 10), 0);
     ck_assert(n2->alive && n3->alive);
     ck_assert_uint_eq(total("p"), 16);
     ck_assert_uint_eq(total("q"), 2);
 
     /* n2's next announcement replaces all its counts: q missing means 0. */
-    presence_origin_begin(&pr, n2);
+    presence_origin_begin(&pr, n2, 0, UINT64_MAX);
     ck_assert_int_eq(presence_origin_set(&pr, n2, "p", 1, 1), 0);
     ck_assert_uint_eq(total("p"), 12);
     ck_assert_uint_eq(total("q"), 0);
@@ -169,7 +169,7 @@ START_TEST(test_origins_summed_and_replaced)
     presence_origin_expire(&pr, n2);
     ck_assert_uint_eq(total("p"), 1);
     /* It comes back. */
-    presence_origin_begin(&pr, n3);
+    presence_origin_begin(&pr, n3, 0, UINT64_MAX);
     presence_origin_set(&pr, n3, "p", 1, 4);
     ck_assert_uint_eq(total("p"), 5);
 }
@@ -193,13 +193,13 @@ START_TEST(test_flush_reports_changes_only)
 
     /* A remote count that changes the total is published. */
     struct tally_origin *o = presence_origin(&pr, "n2");
-    presence_origin_begin(&pr, o);
+    presence_origin_begin(&pr, o, 0, UINT64_MAX);
     presence_origin_set(&pr, o, "p", 1, 3);
     f = flush();
     ck_assert_int_eq(f.n, 1);
     ck_assert_uint_eq(flushed_total(&f, "p"), 5);
     /* The same announcement again: no change, nothing published. */
-    presence_origin_begin(&pr, o);
+    presence_origin_begin(&pr, o, 0, UINT64_MAX);
     presence_origin_set(&pr, o, "p", 1, 3);
     ck_assert_int_eq(flush().n, 0);
 }
@@ -209,7 +209,7 @@ START_TEST(test_flush_frees_zero_pages)
 {
     view("a", "p");
     struct tally_origin *o = presence_origin(&pr, "n2");
-    presence_origin_begin(&pr, o);
+    presence_origin_begin(&pr, o, 0, UINT64_MAX);
     presence_origin_set(&pr, o, "r", 1, 2);
     flush();
     ck_assert_ptr_nonnull(pr.pages);
@@ -228,7 +228,7 @@ START_TEST(test_flush_frees_zero_pages)
     flush();
     ck_assert_ptr_null(pr.pages);
     /* A zero count for an unknown page creates nothing. */
-    presence_origin_begin(&pr, o);
+    presence_origin_begin(&pr, o, 0, UINT64_MAX);
     ck_assert_int_eq(presence_origin_set(&pr, o, "ghost", 5, 0), 0);
     ck_assert_ptr_null(pr.pages);
 }

@@ -91,7 +91,7 @@ static uint16_t nb(int at, int from)
 static void inc(int i, const char *name, int64_t delta)
 {
     struct tally_counter *c;
-    ck_assert_int_eq(table_get(&nodes[i].t, name, strlen(name), &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&nodes[i].t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
     ck_assert_int_eq(table_add(&nodes[i].t, c, nodes[i].self, delta), 1);
 }
 
@@ -336,7 +336,7 @@ START_TEST(test_quiet_difference_is_repaired)
     struct tally_counter *c;
     uint32_t other;
     ck_assert_int_eq(table_replica(&nodes[0].t, "old", 1, &other), TALLY_OK);
-    ck_assert_int_eq(table_get(&nodes[0].t, "q", 1, &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&nodes[0].t, "q", 1, TABLE_LOCAL, &c), TALLY_OK);
     ck_assert_int_eq(table_merge_slot(&nodes[0].t, c, other, 4, 0), 1);
     while (table_pop_repl(&nodes[0].t))
         ;                                        /* never sent */

@@ -26,7 +26,7 @@ static void node_init(struct node *n, const char *id)
 static struct tally_counter *get(struct node *n, const char *name)
 {
     struct tally_counter *c;
-    ck_assert_int_eq(table_get(&n->t, name, strlen(name), &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&n->t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
     return c;
 }
 

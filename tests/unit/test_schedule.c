@@ -29,7 +29,7 @@ static struct tally_counter *counter(int i)
     char name[16];
     struct tally_counter *c;
     int len = snprintf(name, sizeof(name), "c%d", i);
-    ck_assert_int_eq(table_get(&table, name, (size_t)len, &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&table, name, (size_t)len, TABLE_LOCAL, &c), TALLY_OK);
     return c;
 }
 

@@ -64,7 +64,7 @@ static void inc(struct node *n, const char *name, int64_t delta)
 {
     struct tally_counter *c;
     uint32_t self;
-    ck_assert_int_eq(table_get(&n->t, name, strlen(name), &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&n->t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
     ck_assert_int_eq(table_replica(&n->t, n->edge.node_id, n->edge.incarnation, &self), TALLY_OK);
     ck_assert_int_ge(table_add(&n->t, c, self, delta), 0);
     ck_assert_int_eq(tier_edge_wrote(&n->edge, name, strlen(name)), TALLY_OK);
@@ -117,7 +117,7 @@ static void hubs_sync(struct node *from, struct node *to)
 {
     for (struct tally_counter *c = from->t.counters; c; c = c->hh.next) {
         struct tally_counter *d;
-        ck_assert_int_eq(table_get(&to->t, c->name, c->name_len, &d), TALLY_OK);
+        ck_assert_int_eq(table_get(&to->t, c->name, c->name_len, TABLE_LOCAL, &d), TALLY_OK);
         for (uint16_t i = 0; i < c->nslots; i++) {
             const struct tally_replica *r = from->t.replicas[c->slots[i].replica];
             uint32_t idx;
@@ -310,7 +310,7 @@ START_TEST(presence_is_summed_over_edges_and_an_edge_that_moves_counts_once)
     struct tally_origin *o = presence_origin(&b.pr, "e");
     o->incarnation = wp.incarnation;
     o->seq = wp.seq;
-    presence_origin_begin(&b.pr, o);
+    presence_origin_begin(&b.pr, o, 0, UINT64_MAX);
     for (uint32_t i = 0; i < wp.npages; i++)
         presence_origin_set(&b.pr, o, wp.pages[i].page, wp.pages[i].len, wp.pages[i].count);
     free(wp.pages);

@@ -69,7 +69,7 @@ static void random_table(struct tally_table *t, int ncounters)
     for (int i = 0; i < ncounters; i++) {
         struct tally_counter *c;
         random_name(name, sizeof(name), &len);
-        ck_assert_int_eq(table_get(t, name, len, &c), TALLY_OK);
+        ck_assert_int_eq(table_get(t, name, len, TABLE_LOCAL, &c), TALLY_OK);
         int nslots = (int)rnd_below(5);
         for (int k = 0; k < nslots; k++) {
             uint32_t r;
@@ -117,7 +117,7 @@ static void merge_sync(struct tally_table *t, const struct wire_sync *s)
     for (uint32_t i = 0; i < s->ncounters; i++) {
         const struct wire_sync_counter *wc = &s->counters[i];
         struct tally_counter *c;
-        ck_assert_int_eq(table_get(t, wc->name, wc->name_len, &c), TALLY_OK);
+        ck_assert_int_eq(table_get(t, wc->name, wc->name_len, TABLE_LOCAL, &c), TALLY_OK);
         for (uint32_t k = 0; k < wc->nslots; k++) {
             const struct wire_sync_slot *sl = &s->slots[wc->first_slot + k];
             ck_assert_uint_lt(sl->replica_ref, s->nreplicas);
@@ -446,7 +446,8 @@ START_TEST(test_sync_bad_references_and_values)
     ck_assert_int_eq(wire_peek_type("TL\x02\x01", 4), WIRE_SYNC);
     ck_assert_int_eq(wire_peek_type("TL\x02\x02", 4), WIRE_DIGEST);
     ck_assert_int_eq(wire_peek_type("TL\x03\x02", 4), -1);
-    ck_assert_int_eq(wire_peek_type("TL\x02\x03", 4), -1); /* PRESENCE is version 1 only */
+    ck_assert_int_eq(wire_peek_type("TL\x02\x03", 4), WIRE_PRESENCE); /* 2 added the range */
+    ck_assert_int_eq(wire_peek_type("TL\x03\x03", 4), -1);
     ck_assert_int_eq(wire_peek_type("TL\x01", 3), -1);
     ck_assert_int_eq(wire_peek_type("TL\x01\x03", 4), WIRE_PRESENCE);
 }
@@ -514,6 +515,195 @@ START_TEST(test_digest_round_trip)
 }
 END_TEST
 
+/* ==== Messages split to max_bytes (issue 10 #7) ==== */
+
+struct collected {
+    struct wire_buf msgs[512];
+    size_t n;
+};
+
+static void collect(const struct wire_buf *msg, void *ud)
+{
+    struct collected *col = ud;
+    ck_assert_uint_lt(col->n, 512);
+    col->msgs[col->n] = (struct wire_buf){0};
+    wbuf_bytes(&col->msgs[col->n++], msg->data, msg->len);
+}
+
+/* The writer's `full` callback: the message so far becomes the next one. */
+static int finish_and_collect(struct wire_sync_writer *w, void *ctx)
+{
+    struct collected *col = ctx;
+    if (sync_writer_empty(w))
+        return TALLY_OK;
+    int rc = sync_writer_finish(w, "n1", 1, col->n + 1);
+    if (rc == TALLY_OK)
+        collect(&w->out, col);
+    return rc;
+}
+
+static void collected_free(struct collected *col)
+{
+    for (size_t i = 0; i < col->n; i++)
+        wbuf_free(&col->msgs[i]);
+}
+
+START_TEST(test_sync_split_to_max_bytes)
+{
+    struct tally_table t1, t2;
+    struct tally_counter *big;
+    struct collected col = {.n = 0};
+    rng = 7;
+    random_table(&t1, 300);
+    /* One counter whose state alone is about 20 times max_bytes. */
+    ck_assert_int_eq(table_get(&t1, "big", 3, TABLE_LOCAL, &big), TALLY_OK);
+    for (unsigned i = 0; i < 5000; i++) {
+        char id[32];
+        uint32_t d;
+        int len = snprintf(id, sizeof(id), "device-%05u", i);
+        ck_assert_int_eq(table_device(&t1, id, (size_t)len, DEVICE_PEER, &d), TALLY_OK);
+        ck_assert_int_eq(table_merge_device(&t1, big, d, 1000 + i, false), 1);
+    }
+    struct wire_sync_writer w = {.max_bytes = 4096, .full = finish_and_collect, .full_ctx = &col};
+    const struct tally_counter *c, *tmp;
+    HASH_ITER(hh, t1.counters, c, tmp)
+    {
+        ck_assert_int_eq(sync_writer_add(&w, &t1, c), TALLY_OK);
+    }
+    ck_assert_int_eq(finish_and_collect(&w, &col), TALLY_OK);
+    ck_assert(sync_writer_empty(&w));
+    ck_assert_uint_gt(col.n, 20);
+    table_init(&t2, 100000, 1);
+    for (size_t i = 0; i < col.n; i++) {
+        struct wire_sync ws;
+        ck_assert_uint_le(col.msgs[i].len, 4096);
+        ck_assert_int_eq(wire_decode_sync(col.msgs[i].data, col.msgs[i].len, &ws), TALLY_OK);
+        merge_sync(&t2, &ws);
+        wire_sync_free(&ws);
+    }
+    assert_tables_equal(&t1, &t2);
+    collected_free(&col);
+    sync_writer_free(&w);
+    table_free(&t1);
+    table_free(&t2);
+}
+END_TEST
+
+/* Applies one decoded PRESENCE from origin o the way the plugin does. */
+static void apply_presence(struct tally_presence *pr, struct tally_origin *o,
+                           const struct wire_buf *msg)
+{
+    struct wire_presence p;
+    ck_assert_int_eq(wire_decode_presence(msg->data, msg->len, &p), TALLY_OK);
+    presence_origin_begin(pr, o, p.lo, p.hi);
+    for (uint32_t i = 0; i < p.npages; i++)
+        ck_assert_int_eq(
+            presence_origin_set(pr, o, p.pages[i].page, p.pages[i].len, p.pages[i].count), 0);
+    free(p.pages);
+}
+
+static void page_name(char *buf, unsigned i)
+{
+    memset(buf, 'p', 180);
+    snprintf(buf + 180, 16, "%05u", i);
+}
+
+START_TEST(test_presence_split_to_max_bytes)
+{
+    struct tally_presence here, there;
+    struct collected col = {.n = 0};
+    char page[200];
+    presence_init(&here, 100000);
+    presence_init(&there, 100000);
+    for (unsigned i = 0; i < 1500; i++) {
+        page_name(page, i);
+        ck_assert_int_eq(presence_view(&here, "viewer", page, strlen(page)), 1);
+    }
+    uint32_t n = presence_announce(&here, "n1", 9, 100, 4096, &(struct wire_buf){0}, collect, &col);
+    ck_assert_uint_eq(n, col.n);
+    ck_assert_uint_gt(n, 50);
+    /* Consecutive ranges that cover every hash, numbered one after another. */
+    uint64_t next_lo = 0;
+    size_t pages = 0;
+    for (size_t i = 0; i < col.n; i++) {
+        struct wire_presence p;
+        ck_assert_uint_le(col.msgs[i].len, 4096);
+        ck_assert_int_eq(wire_decode_presence(col.msgs[i].data, col.msgs[i].len, &p), TALLY_OK);
+        ck_assert_uint_eq(p.seq, 100 + i);
+        ck_assert_uint_eq(p.lo, next_lo);
+        next_lo = p.hi + 1;
+        ck_assert(i + 1 < col.n || p.hi == UINT64_MAX);
+        pages += p.npages;
+        free(p.pages);
+    }
+    ck_assert_uint_eq(pages, 1500);
+    struct tally_origin *o = presence_origin(&there, "n1");
+    for (size_t i = 0; i < col.n; i++)
+        apply_presence(&there, o, &col.msgs[i]);
+    for (unsigned i = 0; i < 1500; i += 97) {
+        page_name(page, i);
+        ck_assert_uint_eq(presence_total(&there, page, strlen(page)), 1);
+    }
+    /* The viewer leaves every page but one: the next announcement (split
+     * again, or not) takes every other page to 0 there. */
+    for (unsigned i = 1; i < 1500; i++) {
+        page_name(page, i);
+        presence_unview(&here, "viewer", page, strlen(page));
+    }
+    collected_free(&col);
+    col.n = 0;
+    struct wire_buf b = {0};
+    ck_assert_uint_eq(presence_announce(&here, "n1", 9, 200, 4096, &b, collect, &col), 1);
+    apply_presence(&there, o, &col.msgs[0]);
+    page_name(page, 0);
+    ck_assert_uint_eq(presence_total(&there, page, strlen(page)), 1);
+    page_name(page, 700);
+    ck_assert_uint_eq(presence_total(&there, page, strlen(page)), 0);
+    wbuf_free(&b);
+    collected_free(&col);
+    presence_free(&here);
+    presence_free(&there);
+}
+END_TEST
+
+START_TEST(test_presence_page_outside_its_range_refused)
+{
+    struct wire_buf b = {0};
+    struct wire_presence p;
+    uint64_t h = presence_hash("x", 1);
+    wire_presence_begin(&b, "n2", 1, 1, h, h, 1);
+    wire_presence_page(&b, "x", 1, 3);
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_OK);
+    free(p.pages);
+    wire_presence_begin(&b, "n2", 1, 1, h + 1, UINT64_MAX, 1);
+    wire_presence_page(&b, "x", 1, 3);
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
+    wire_presence_begin(&b, "n2", 1, 1, 5, 4, 0); /* lo > hi */
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
+    wbuf_free(&b);
+}
+END_TEST
+
+/* wbuf_printf wrote at most 255 bytes and dropped the rest without a word. */
+START_TEST(test_wbuf_printf_never_truncates)
+{
+    struct wire_buf b = {0};
+    char long_id[1001];
+    memset(long_id, 'n', 1000);
+    long_id[1000] = '\0';
+    wbuf_str(&b, "{");
+    wbuf_printf(&b, "\"peer\":\"%s\",\"n\":%d}", long_id, 42);
+    ck_assert(!b.failed);
+    ck_assert_uint_eq(b.len, 1 + 8 + 1000 + 9);
+    ck_assert_mem_eq(b.data + b.len - 9, "\",\"n\":42}", 9);
+    cJSON *root = cJSON_ParseWithLength((const char *)b.data, b.len);
+    ck_assert_ptr_nonnull(root);
+    ck_assert_uint_eq(strlen(cJSON_GetObjectItem(root, "peer")->valuestring), 1000);
+    cJSON_Delete(root);
+    wbuf_free(&b);
+}
+END_TEST
+
 /* ==== PRESENCE ==== */
 
 START_TEST(test_presence_round_trip)
@@ -521,7 +711,7 @@ START_TEST(test_presence_round_trip)
     struct wire_buf b = {0};
     static const char *pages[] = {"dashboard", "caf\xc3\xa9", "p3"};
     static const uint64_t counts[] = {3, 0, 4294967295u};
-    wire_presence_begin(&b, "n2", 0x1122334455667788ULL, 42, 3);
+    wire_presence_begin(&b, "n2", 0x1122334455667788ULL, 42, 0, UINT64_MAX, 3);
     for (int i = 0; i < 3; i++)
         wire_presence_page(&b, pages[i], strlen(pages[i]), counts[i]);
     ck_assert_int_eq(wire_peek_type(b.data, b.len), WIRE_PRESENCE);
@@ -545,6 +735,16 @@ START_TEST(test_presence_round_trip)
         ck_assert_ptr_null(p.pages);
         free(copy);
     }
+    /* Version 1 has no range: it covers every page. */
+    size_t at = 4 + 1 + 2 + 16; /* header, "n2", incarnation, seq */
+    uint8_t v1[256];
+    ck_assert_uint_le(b.len - 16, sizeof(v1));
+    memcpy(v1, b.data, at);
+    memcpy(v1 + at, b.data + at + 16, b.len - at - 16);
+    v1[2] = 1;
+    ck_assert_int_eq(wire_decode_presence(v1, b.len - 16, &p), TALLY_OK);
+    ck_assert(p.lo == 0 && p.hi == UINT64_MAX && p.npages == 3);
+    free(p.pages);
     b.data[2] = 3;
     ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
     wbuf_free(&b);
@@ -556,25 +756,25 @@ START_TEST(test_presence_refusals)
     struct wire_buf b = {0};
     struct wire_presence p;
     /* A count above 2^32-1 */
-    wire_presence_begin(&b, "n2", 1, 1, 1);
+    wire_presence_begin(&b, "n2", 1, 1, 0, UINT64_MAX, 1);
     wire_presence_page(&b, "x", 1, 4294967296ULL);
     ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
     /* A bad page name */
-    wire_presence_begin(&b, "n2", 1, 1, 1);
+    wire_presence_begin(&b, "n2", 1, 1, 0, UINT64_MAX, 1);
     wire_presence_page(&b, "$x", 2, 1);
     ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
     /* A bad origin */
-    wire_presence_begin(&b, "n/2", 1, 1, 0);
+    wire_presence_begin(&b, "n/2", 1, 1, 0, UINT64_MAX, 0);
     ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
     /* A forged page count */
     rlim_t old = cap_address_space(64u << 20);
-    wire_presence_begin(&b, "n2", 1, 1, 0xffffffffu);
+    wire_presence_begin(&b, "n2", 1, 1, 0, UINT64_MAX, 0xffffffffu);
     wire_presence_page(&b, "x", 1, 1);
     ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
     restore_address_space(old);
     /* Garbled bytes: refused or valid. */
     rng = 6;
-    wire_presence_begin(&b, "n2", 1, 1, 2);
+    wire_presence_begin(&b, "n2", 1, 1, 0, UINT64_MAX, 2);
     wire_presence_page(&b, "abc", 3, 5);
     wire_presence_page(&b, "def", 3, 500);
     uint8_t copy[64];
@@ -629,7 +829,7 @@ START_TEST(test_state_document)
     struct tally_counter *c;
     const char name[] = "say \"hi\" \\ \u00e9t\u00e9";
     uint32_t a1, a2, b, dev;
-    ck_assert_int_eq(table_get(&t, name, strlen(name), &c), TALLY_OK);
+    ck_assert_int_eq(table_get(&t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
     ck_assert_int_eq(table_replica(&t, "a", 1, &a1), TALLY_OK);
     ck_assert_int_eq(table_replica(&t, "a", 2, &a2), TALLY_OK);
     ck_assert_int_eq(table_replica(&t, "b\"", 1, &b), TALLY_OK);
@@ -673,6 +873,7 @@ Suite *wire_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_sync_round_trip);
     tcase_add_test(tc, test_sync_writer_reuse);
+    tcase_add_test(tc, test_sync_split_to_max_bytes);
     tcase_add_test(tc, test_sync_truncations_refused);
     tcase_add_test(tc, test_sync_garbled_bytes);
     tcase_add_test(tc, test_sync_forged_counts);
@@ -682,9 +883,12 @@ Suite *wire_suite(void)
     tcase_add_test(tc, test_digest_round_trip);
     tcase_add_test(tc, test_presence_round_trip);
     tcase_add_test(tc, test_presence_refusals);
+    tcase_add_test(tc, test_presence_split_to_max_bytes);
+    tcase_add_test(tc, test_presence_page_outside_its_range_refused);
     suite_add_tcase(s, tc);
     tc = tcase_create("text");
     tcase_add_test(tc, test_fmt_i64_matches_printf);
+    tcase_add_test(tc, test_wbuf_printf_never_truncates);
     tcase_add_test(tc, test_state_document);
     suite_add_tcase(s, tc);
     return s;
