@@ -1,0 +1,55 @@
+/*
+ * fuzz_tier.c - an UP or DOWN (tier.c) from a broken or hostile bridge: the
+ * hub merges it or refuses it, the edge applies it or refuses it, and
+ * neither leaves a state that breaks what it sends next.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tally.h"
+
+static void check(bool ok)
+{
+    if (!ok)
+        abort();
+}
+
+static void changed(const char *name, size_t len, void *ud)
+{
+    (void)ud;
+    check(name_check(name, len) == TALLY_OK);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct tally_table t;
+    struct tally_presence pr;
+    struct tier_hub h;
+    struct tier_edge e;
+    struct wire_buf b = {0};
+    table_init(&t, 1000, 1000);
+    presence_init(&pr, 1000);
+    tier_hub_init(&h, "hub", 7);
+    tier_edge_init(&e, "edge", 9);
+    tier_edge_watch(&e, "likes", 5, true);
+
+    struct tier_child *ch;
+    if (tier_hub_apply_up(&h, &t, &pr, data, size, 1, &ch) == TALLY_OK) {
+        check(ch != NULL);
+        tier_hub_tick(&h);
+        check(tier_hub_down(&h, &t, &pr, ch, 2, 1000, &b) >= 0);
+        tier_hub_relay(ch, 2, 1000, &b);
+    }
+    if (tier_edge_apply_down(&e, data, size, changed, NULL) == TALLY_OK) {
+        int64_t v = tier_edge_value(&e, &t, "likes", 5);
+        check(v >= -TALLY_MAX_SAFE && v <= TALLY_MAX_SAFE);
+    }
+    check(tier_edge_up(&e, &t, &pr, 5, 1000, &b) >= 0);
+
+    wbuf_free(&b);
+    tier_edge_free(&e);
+    tier_hub_free(&h);
+    presence_free(&pr);
+    table_free(&t);
+    return 0;
+}
