@@ -1384,8 +1384,9 @@ static void expire_peers(uint64_t now)
 
 static void edge_tick(uint64_t now)
 {
-    int rc = tier_edge_up(&g.tier_edge, &g.table, &g.presence, now,
-                          (uint64_t)g.opt.sync_interval_ms, &g.buf);
+    int rc =
+        tier_edge_up(&g.tier_edge, &g.table, &g.presence, now, (uint64_t)g.opt.publish_interval_ms,
+                     (uint64_t)g.opt.sync_interval_ms, &g.buf);
     if (rc == 1)
         publish_up_down("up", g.opt.node_id, &g.buf);
     else if (rc < 0)

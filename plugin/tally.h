@@ -614,11 +614,12 @@ int tier_edge_wrote(struct tier_edge *e, const char *name, size_t len);
 int tier_edge_watch(struct tier_edge *e, const char *name, size_t len, bool on);
 /* The edge's local viewer counts changed (presence.c's local_changed). */
 void tier_edge_pages_changed(struct tier_edge *e);
-/* Writes the next UP into out when one is due (something unacknowledged, or
- * heartbeat_ms since the last): returns 1, 0 when none is due, or a negative
- * tally_err. t holds the edge's own slots; pr its local viewers. */
+/* Writes the next UP into out when one is due (something unacknowledged and
+ * every_ms since the last, or heartbeat_ms since the last): returns 1, 0 when
+ * none is due, or a negative tally_err. t holds the edge's own slots; pr its
+ * local viewers. */
 int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presence *pr,
-                 uint64_t now_ms, uint64_t heartbeat_ms, struct wire_buf *out);
+                 uint64_t now_ms, uint64_t every_ms, uint64_t heartbeat_ms, struct wire_buf *out);
 /* Called for each watched counter whose shown total may have changed. */
 typedef void tier_changed_fn(const char *name, size_t len, void *ud);
 int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_changed_fn *fn,

@@ -46,8 +46,10 @@
  * be lost or reordered, and the acknowledgement is simply the highest such
  * seq. The watch and page lists ride the same way; the hub takes lists only
  * from an UP newer than any it has seen (they replace), slots from any (they
- * are maxima). An edge sends an UP when it has something unacknowledged, and
- * at least every heartbeat_ms, so that its hub knows it is alive.
+ * are maxima). An edge sends an UP when it has something unacknowledged, at
+ * most once a publish interval (an UP not yet acknowledged is so resent once
+ * an interval, not once a broker loop), and at least every heartbeat_ms, so
+ * that its hub knows it is alive.
  *
  * DOWN, hub -> one edge, on $tally/down/<edge> (topic $tally/down/<edge>/#
  * in 1 on the edge's bridge, so an edge hears nothing else):
@@ -314,10 +316,13 @@ static bool unacked(const struct tier_edge *e, bool changed, uint64_t sent_seq)
     return changed || sent_seq > e->acked;
 }
 
-static bool up_due(const struct tier_edge *e, uint64_t now_ms, uint64_t heartbeat_ms)
+static bool up_due(const struct tier_edge *e, uint64_t now_ms, uint64_t every_ms,
+                   uint64_t heartbeat_ms)
 {
     if (now_ms - e->last_up_ms >= heartbeat_ms || e->last_up_ms == 0)
         return true;
+    if (now_ms - e->last_up_ms < every_ms)
+        return false; /* one UP an interval: it carries all that is unacknowledged */
     if (unacked(e, e->watch_changed, e->watch_sent_seq) ||
         unacked(e, e->pages_changed, e->pages_sent_seq))
         return true;
@@ -356,10 +361,10 @@ static void up_page(const char *page, size_t len, uint64_t n, void *ud)
 }
 
 int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presence *pr,
-                 uint64_t now_ms, uint64_t heartbeat_ms, struct wire_buf *out)
+                 uint64_t now_ms, uint64_t every_ms, uint64_t heartbeat_ms, struct wire_buf *out)
 {
     wbuf_reset(out);
-    if (!up_due(e, now_ms, heartbeat_ms))
+    if (!up_due(e, now_ms, every_ms, heartbeat_ms))
         return 0;
     uint32_t self;
     int rc = table_replica(t, e->node_id, e->incarnation, &self);

@@ -44,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int64_t v = tier_edge_value(&e, &t, "likes", 5);
         check(v >= -TALLY_MAX_SAFE && v <= TALLY_MAX_SAFE);
     }
-    check(tier_edge_up(&e, &t, &pr, 5, 1000, &b) >= 0);
+    check(tier_edge_up(&e, &t, &pr, 5, 100, 1000, &b) >= 0);
 
     wbuf_free(&b);
     tier_edge_free(&e);

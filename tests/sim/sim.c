@@ -445,7 +445,8 @@ static void edge_tick(uint32_t i)
         edge_increment(n);
     edge_bridge(n);
     struct wire_buf b = {0};
-    if (n->at != UINT32_MAX && tier_edge_up(&n->edge, &n->t, &n->pr, now, HEARTBEAT_MS, &b) == 1)
+    if (n->at != UINT32_MAX &&
+        tier_edge_up(&n->edge, &n->t, &n->pr, now, TICK_MS, HEARTBEAT_MS, &b) == 1)
         send(i, n->at, K_UP, &b);
     wbuf_free(&b);
 }

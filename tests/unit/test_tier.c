@@ -78,7 +78,7 @@ static void watch(struct node *n, const char *name)
 /* The edge's next UP, or false when none is due. */
 static bool up(struct node *edge)
 {
-    int rc = tier_edge_up(&edge->edge, &edge->t, &edge->pr, now, HB, &msg);
+    int rc = tier_edge_up(&edge->edge, &edge->t, &edge->pr, now, 0, HB, &msg);
     ck_assert_int_ge(rc, 0);
     return rc == 1;
 }
@@ -179,6 +179,25 @@ START_TEST(a_lost_up_is_carried_by_the_next)
     ck_assert(!up(&e));
     now += HB;
     ck_assert(up(&e));
+}
+END_TEST
+
+/* An UP not yet acknowledged goes again once an interval, not at every call
+ * (a broker loop turns thousands of times a second under load). */
+START_TEST(an_unacknowledged_up_is_resent_once_an_interval)
+{
+    inc(&e, "x", 1);
+    ck_assert_int_eq(tier_edge_up(&e.edge, &e.t, &e.pr, now, 100, HB, &msg), 1);
+    for (int i = 0; i < 99; i++) {
+        now++;
+        inc(&e, "x", 1);
+        ck_assert_int_eq(tier_edge_up(&e.edge, &e.t, &e.pr, now, 100, HB, &msg), 0);
+    }
+    now++;
+    ck_assert_int_eq(tier_edge_up(&e.edge, &e.t, &e.pr, now, 100, HB, &msg), 1);
+    struct tier_child *ch = hub_takes(&a);
+    ck_assert_ptr_nonnull(ch);
+    ck_assert_int_eq(hub_value(&a, "x"), 100);
 }
 END_TEST
 
@@ -347,6 +366,7 @@ Suite *tier_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, edge_holds_only_its_own_slot_and_shows_the_world);
     tcase_add_test(tc, a_lost_up_is_carried_by_the_next);
+    tcase_add_test(tc, an_unacknowledged_up_is_resent_once_an_interval);
     tcase_add_test(tc, failover_sends_the_whole_slot_and_counts_it_once);
     tcase_add_test(tc, a_new_hub_that_knows_less_never_makes_a_total_go_back);
     tcase_add_test(tc, a_reset_at_a_hub_reaches_the_edge);

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Tiers benchmark (issue 14): what one edge costs as the tree grows.
+
+Three hubs (hub1 and hub2 bridged to hub0 with `topic $tally/# both 1`) and E edges per hub
+(E = 3 and 15 by default: 9 and 45 edges), each edge a broker with `plugin_opt_role edge` whose
+bridge lists its hub and then the next one. Each edge takes 40 QoS 0 increments/s: 20 on
+`shared` (written at every edge), 20 over 50 counters of its own, for --seconds, from one paced
+loop (bench_scale.PacedLoad); a subscriber at each edge watches `shared`. Printed per size: an
+edge's and a hub's replication messages and bytes per second in and out (the `repl` counters of
+their `$tally/stats/<node>`, which count UP and DOWN at an edge, and SYNC, DIGEST, presence,
+UP and DOWN at a hub), their RSS once settled, the hub's CPU per increment of the whole tree,
+and whether `shared` ended exact at hub0 and at every edge. With --failover, hub1 is killed
+with -9 in the middle of the load: its edges fail over to hub2, and the totals must still end
+exact at hub0, hub2 and every edge.
+
+Every broker and the load share the machine's cores: figures, not pass/fail, and noisy when
+other work runs. Standard library only; needs the plugin built.
+"""
+
+import argparse
+import contextlib
+import statistics
+import sys
+import threading
+import time
+
+import bench_cluster as bc
+import bench_scale as bs
+import common
+
+HUBS = 3
+
+
+def opts(name, edge):
+    o = {"node_id": name, "bridge_clientids": "*-to-*", "max_counters": 100000,
+         "sync_interval_ms": 1000, "stats_interval_ms": 1000}
+    if edge:
+        o["role"] = "edge"
+    return o
+
+
+def edge_bridge(name, ports):
+    return ["connection %s-to-hub" % name,
+            "address %s" % " ".join("127.0.0.1:%d" % p for p in ports),
+            "clientid %s-to-hub" % name, "topic $tally/up/# out 1",
+            "topic $tally/down/%s in 1" % name, "restart_timeout 1 1", "cleansession true",
+            "try_private true"]
+
+
+def own_stats(broker, name):
+    """A node's own latest stats, from a collector on that node (edges do not flood theirs)."""
+    c = bs.StatsCollector(broker.port, "bench-stats-" + name)
+    return c
+
+
+def tree(stack, workdir, per_hub):
+    hubs = {}
+    for h in range(HUBS):
+        name = "hub%d" % h
+        extra = bc.bridge_lines("%s-to-hub0" % name, hubs["hub0"].port) if h else []
+        hubs[name] = stack.enter_context(common.Broker(
+            workdir, "t%d-%s" % (per_hub, name), True, opts(name, False), extra=extra))
+    edges = {}
+    for h in range(HUBS):
+        ports = [hubs["hub%d" % h].port, hubs["hub%d" % ((h + 1) % HUBS)].port]
+        for k in range(per_hub):
+            name = "edge%d" % (h * per_hub + k)
+            edges[name] = stack.enter_context(common.Broker(
+                workdir, "t%d-%s" % (per_hub, name), True, opts(name, True),
+                extra=edge_bridge(name, ports)))
+    return hubs, edges
+
+
+def wait_connected(hubs, edges, timeout=120):
+    """Until one increment of `warmup` at every edge shows at hub0: every edge is up."""
+    for name, e in edges.items():
+        conn = bc.raw_client(e.port, "warm-" + name)
+        conn.publish("counters/warmup/inc", b"1", qos=1)
+        conn.disconnect()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if hubs["hub0"].retained("counters/warmup", wait=1) == str(len(edges)):
+            return
+        time.sleep(0.5)
+    raise common.BenchError("not every edge reached the hubs in %d s" % timeout)
+
+
+def run(workdir, per_hub, args, table):
+    n_edges = HUBS * per_hub
+    print("\n== %d hubs, %d edges (%d a hub), %d inc/s an edge for %d s%s ==" % (
+        HUBS, n_edges, per_hub, bs.LEAF_SHARED_RATE + bs.LEAF_OWN_RATE, args.seconds,
+        ", hub1 killed in the middle" if args.failover else ""), flush=True)
+    with contextlib.ExitStack() as stack:
+        hubs, edges = tree(stack, workdir, per_hub)
+        wait_connected(hubs, edges)
+        collectors = {"hub0": own_stats(hubs["hub0"], "hub0"),
+                      "edge0": own_stats(edges["edge0"], "edge0")}
+        for c in collectors.values():
+            stack.callback(c.stop)
+        recorders = {n: bc.TotalRecorder(b.port, "counters/shared", "bench-sub-" + n)
+                     for n, b in list(edges.items()) + [("hub0", hubs["hub0"])]}
+        for r in recorders.values():
+            stack.callback(r.stop)
+        load = bs.PacedLoad(edges, edges, bs.LEAF_SHARED_RATE, bs.LEAF_OWN_RATE)
+        stack.callback(load.close)
+        cpu0 = hubs["hub0"].cpu_seconds()
+        result = {}
+        runner = threading.Thread(target=lambda: result.update(
+            zip(("rate", "shared"), load.run(args.seconds))))
+        runner.start()
+        time.sleep(min(3.0, args.seconds / 4))
+        s1 = {n: c.fresh(n, c.get(n)["uptime_ms"]) for n, c in collectors.items()}
+        if args.failover:
+            time.sleep(args.seconds / 4)
+            hubs["hub1"].proc.kill()
+        runner.join()
+        s2 = {n: c.get(n) for n, c in collectors.items()}
+        cpu = hubs["hub0"].cpu_seconds() - cpu0
+        rate = result["rate"]
+        deadline = time.monotonic() + 60
+        wrong = {}
+        while time.monotonic() < deadline:
+            wrong = {n: r.last() for n, r in recorders.items() if r.last() != result["shared"]}
+            if not wrong:
+                break
+            time.sleep(0.2)
+        edge_r = bs.rates(s1["edge0"], s2["edge0"], rate)
+        hub_r = bs.rates(s1["hub0"], s2["hub0"], rate)
+        rss_e = [e.settled_rss(10, 50) for e in list(edges.values())[:3]]
+        rss_h = hubs["hub0"].settled_rss(10, 50)
+        hub_cpu_us = cpu / (rate * args.seconds) * 1e6
+        print("tree %.0f inc/s; shared = %d sent; %s" % (
+            rate, result["shared"], "exact at hub0 and every edge" if not wrong
+            else "NOT exact at %s" % wrong))
+        for who, r in (("edge0", edge_r), ("hub0", hub_r)):
+            print("%-6s in %6.0f msg/s %8.1f KB/s | out %6.0f msg/s %8.1f KB/s" % (
+                who, r["msgs_in"], r["bytes_in"] / 1000, r["msgs_out"], r["bytes_out"] / 1000))
+        print("RSS: edges %s MB, hub0 %.1f MB; hub0 CPU %.1f us per tree increment" % (
+            "/".join("%.1f" % (v / 1e6) for v in rss_e), rss_h / 1e6, hub_cpu_us), flush=True)
+        table.append((n_edges, rate, edge_r, hub_r, statistics.median(rss_e), rss_h,
+                      hub_cpu_us, not wrong))
+
+
+def summary(table):
+    print("\n== summary ==")
+    print("| edges | tree inc/s | edge0 in / out | edge RSS MB | hub0 in / out | hub0 RSS MB "
+          "| hub0 CPU us/inc | exact |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, rate, e, h, re, rh, cpu, ok in table:
+        print("| %d | %.0f | %.0f msg/s %.1f KB/s / %.0f msg/s %.1f KB/s | %.1f | %.0f msg/s "
+              "%.1f KB/s / %.0f msg/s %.1f KB/s | %.1f | %.1f | %s |" % (
+                  n, rate, e["msgs_in"], e["bytes_in"] / 1000, e["msgs_out"],
+                  e["bytes_out"] / 1000, re / 1e6, h["msgs_in"], h["bytes_in"] / 1000,
+                  h["msgs_out"], h["bytes_out"] / 1000, rh / 1e6, cpu, "yes" if ok else "NO"))
+    if len(table) >= 2:
+        a, b = table[0], table[-1]
+        traffic = lambda r: r["bytes_in"] + r["bytes_out"]  # noqa: E731
+        print("edge0 at %d edges vs %d: traffic x%.2f, RSS x%.2f" % (
+            b[0], a[0], traffic(b[2]) / traffic(a[2]), b[4] / a[4]))
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--per-hub", type=int, nargs="+", default=[3, 15], metavar="E")
+    p.add_argument("--seconds", type=int, default=15, help="seconds of load per run")
+    p.add_argument("--failover", action="store_true", help="kill -9 hub1 in the middle")
+    return p.parse_args()
+
+
+def bench(workdir, args):
+    if not common.PLUGIN.is_file():
+        raise common.BenchError("%s not built" % common.PLUGIN)
+    table = []
+    for n in args.per_hub:
+        run(workdir, n, args, table)
+    summary(table)
+    if not all(row[-1] for row in table):
+        raise common.BenchError("a total was not exact")
+
+
+def main():
+    args = parse_args()
+    return common.run_bench("tally-bench-tiers-", lambda workdir: bench(workdir, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
