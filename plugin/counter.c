@@ -116,6 +116,9 @@ static struct tally_slot *slot_find(struct tally_counter *c, uint32_t replica, b
     struct tally_slot *s = array_insert((void **)&c->slots, &c->nslots, sizeof(*s), i);
     if (s)
         s->replica = replica;
+    /* invariant 3, by induction: a new entry sits between a smaller and a larger */
+    assert(!s || i == 0 || c->slots[i - 1].replica < replica);
+    assert(!s || i + 1 == c->nslots || c->slots[i + 1].replica > replica);
     return s;
 }
 
@@ -129,6 +132,8 @@ static struct tally_dev *dev_find(struct tally_counter *c, uint32_t device, bool
     struct tally_dev *d = array_insert((void **)&c->devs, &c->ndevs, sizeof(*d), i);
     if (d)
         d->device = device;
+    assert(!d || i == 0 || c->devs[i - 1].device < device);
+    assert(!d || i + 1 == c->ndevs || c->devs[i + 1].device > device);
     return d;
 }
 
@@ -254,6 +259,7 @@ int counter_add(struct tally_counter *c, uint32_t replica, int64_t delta)
     struct tally_slot *slot = slot_find(c, replica, true);
     if (!slot)
         return TALLY_E_NOMEM;
+    assert(next.p >= slot->p && next.n >= slot->n); /* invariant 1: a slot only grows */
     *slot = next;
     assert(slot->p <= (uint64_t)TALLY_MAX_SAFE && slot->n <= (uint64_t)TALLY_MAX_SAFE);
     return TALLY_OK;
@@ -276,6 +282,7 @@ int counter_merge_slot(struct tally_counter *c, uint32_t replica, uint64_t p, ui
         slot->p = p;
     if (n > slot->n)
         slot->n = n;
+    assert(!have || (slot->p >= p && slot->n >= n)); /* invariant 1 */
     return 1;
 }
 
@@ -290,6 +297,7 @@ int counter_merge_device(struct tally_counter *c, uint32_t device, uint64_t tota
     struct tally_dev *dev = dev_find(c, device, true);
     if (!dev)
         return -TALLY_E_NOMEM;
+    assert(total > dev->total || dev->total == 0); /* invariant 1: a maximum only grows */
     dev->total = total;
     return 1;
 }

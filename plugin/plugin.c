@@ -37,6 +37,8 @@
 #include "tally.h"
 
 #define CONTROL_TOPIC "$CONTROL/tally/v1"
+/* The only symbols the .so exports (everything else is built hidden). */
+#define TALLY_EXPORT __attribute__((visibility("default")))
 
 /* ==== Options ==== */
 
@@ -1484,7 +1486,8 @@ static const struct {
     {MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC},
 };
 
-int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+TALLY_EXPORT int mosquitto_plugin_version(int supported_version_count,
+                                          const int *supported_versions)
 {
     for (int i = 0; i < supported_version_count; i++)
         if (supported_versions[i] == 5)
@@ -1526,8 +1529,8 @@ static int edge_start(void)
     return TALLY_OK;
 }
 
-int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
-                          struct mosquitto_opt *opts, int opt_count)
+TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
+                                       struct mosquitto_opt *opts, int opt_count)
 {
     memset(&g, 0, sizeof(g));
     g.id = identifier;
@@ -1591,7 +1594,7 @@ error:
     return MOSQ_ERR_UNKNOWN;
 }
 
-int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt_count)
+TALLY_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt_count)
 {
     (void)userdata;
     (void)opts;

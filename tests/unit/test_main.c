@@ -6,6 +6,11 @@
 
 #include <check.h>
 
+/* The core's invariants are assert()ed (counter.c); the unit tests run them. */
+#ifdef NDEBUG
+#error "unit tests are built with assertions: link tally_core_checked, without NDEBUG"
+#endif
+
 Suite *codec_suite(void);
 Suite *counter_suite(void);
 Suite *dedup_suite(void);
