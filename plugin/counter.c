@@ -52,6 +52,7 @@
  * only pay for itself with hundreds of nodes.
  */
 #include <assert.h>
+#include <stddef.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,15 +61,27 @@
 
 /* ==== Low level: sorted small arrays ==== */
 
-/* Position of replica in c->slots, or where it would be inserted: a binary
- * search, as the arrays may be long (a counter holds up to max_devices
- * devices). */
-static uint32_t slot_index(const struct tally_counter *c, uint32_t replica)
+/* A counter's two arrays (slots by replica, devs by device) are sorted arrays
+ * of entries that start with their uint32_t key: one search and one insert
+ * serve both. */
+_Static_assert(offsetof(struct tally_slot, replica) == 0, "slots are keyed by their first field");
+_Static_assert(offsetof(struct tally_dev, device) == 0, "devs are keyed by their first field");
+
+static uint32_t key_at(const void *arr, size_t size, uint32_t i)
 {
-    uint32_t lo = 0, hi = c->nslots;
+    uint32_t key;
+    memcpy(&key, (const uint8_t *)arr + (size_t)i * size, sizeof(key));
+    return key;
+}
+
+/* Position of key in the array, or where it would be inserted: a binary
+ * search, as a counter may hold up to max_devices devices. */
+static uint32_t lower_bound(const void *arr, uint32_t n, size_t size, uint32_t key)
+{
+    uint32_t lo = 0, hi = n;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        if (c->slots[mid].replica < replica)
+        if (key_at(arr, size, mid) < key)
             lo = mid + 1;
         else
             hi = mid;
@@ -76,65 +89,38 @@ static uint32_t slot_index(const struct tally_counter *c, uint32_t replica)
     return lo;
 }
 
-static uint32_t dev_index(const struct tally_counter *c, uint32_t device)
-{
-    uint32_t lo = 0, hi = c->ndevs;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (c->devs[mid].device < device)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
-/* Opens a zeroed entry at position at of a sorted array of *n entries of
- * size bytes; NULL when out of memory (nothing changed). New devices take
+/* The entry keyed key, created zeroed (then keyed) when absent and create is
+ * set; NULL when absent, or out of memory (nothing changed). New devices take
  * ever larger registry indexes, so they are usually appended: no move. */
-static void *array_insert(void **arr, uint32_t *n, size_t size, uint32_t at)
+static void *entry_find(void **arr, uint32_t *n, size_t size, uint32_t key, bool create)
 {
-    if (*n == UINT32_MAX)
+    uint32_t i = lower_bound(*arr, *n, size, key);
+    if (i < *n && key_at(*arr, size, i) == key)
+        return (uint8_t *)*arr + (size_t)i * size;
+    if (!create || *n == UINT32_MAX)
         return NULL;
     uint8_t *grown = realloc(*arr, ((size_t)*n + 1) * size);
     if (!grown)
         return NULL;
     *arr = grown;
-    memmove(grown + ((size_t)at + 1) * size, grown + (size_t)at * size, (size_t)(*n - at) * size);
-    memset(grown + (size_t)at * size, 0, size);
+    memmove(grown + ((size_t)i + 1) * size, grown + (size_t)i * size, (size_t)(*n - i) * size);
+    memset(grown + (size_t)i * size, 0, size);
+    memcpy(grown + (size_t)i * size, &key, sizeof(key));
     (*n)++;
-    return grown + (size_t)at * size;
+    /* invariant 3, by induction: a new entry sits between a smaller and a larger */
+    assert(i == 0 || key_at(grown, size, i - 1) < key);
+    assert(i + 1 == *n || key_at(grown, size, i + 1) > key);
+    return grown + (size_t)i * size;
 }
 
 static struct tally_slot *slot_find(struct tally_counter *c, uint32_t replica, bool create)
 {
-    uint32_t i = slot_index(c, replica);
-    if (i < c->nslots && c->slots[i].replica == replica)
-        return &c->slots[i];
-    if (!create)
-        return NULL;
-    struct tally_slot *s = array_insert((void **)&c->slots, &c->nslots, sizeof(*s), i);
-    if (s)
-        s->replica = replica;
-    /* invariant 3, by induction: a new entry sits between a smaller and a larger */
-    assert(!s || i == 0 || c->slots[i - 1].replica < replica);
-    assert(!s || i + 1 == c->nslots || c->slots[i + 1].replica > replica);
-    return s;
+    return entry_find((void **)&c->slots, &c->nslots, sizeof(*c->slots), replica, create);
 }
 
 static struct tally_dev *dev_find(struct tally_counter *c, uint32_t device, bool create)
 {
-    uint32_t i = dev_index(c, device);
-    if (i < c->ndevs && c->devs[i].device == device)
-        return &c->devs[i];
-    if (!create)
-        return NULL;
-    struct tally_dev *d = array_insert((void **)&c->devs, &c->ndevs, sizeof(*d), i);
-    if (d)
-        d->device = device;
-    assert(!d || i == 0 || c->devs[i - 1].device < device);
-    assert(!d || i + 1 == c->ndevs || c->devs[i + 1].device > device);
-    return d;
+    return entry_find((void **)&c->devs, &c->ndevs, sizeof(*c->devs), device, create);
 }
 
 /* Saturating sum of non-negative parts: a cluster whose slots were each

@@ -263,12 +263,9 @@ static int apply_slot(struct wire_reader *r, struct tally_table *t, struct tally
     if (r->bad || r->p != r->end || has_key > 1 || name_check(name, nlen) != TALLY_OK ||
         node_id_check(id, idlen) != TALLY_OK)
         return TALLY_E_WIRE;
-    char node[TALLY_NODE_ID_MAX + 1];
-    memcpy(node, id, idlen);
-    node[idlen] = '\0';
     uint32_t replica;
     struct tally_counter *c;
-    int rc = table_replica(t, node, inc, &replica);
+    int rc = table_replica(t, id, idlen, inc, &replica);
     if (rc == TALLY_OK)
         rc = table_get(t, name, nlen, TABLE_MERGE, &c);
     if (rc == TALLY_OK && table_merge_slot(t, c, replica, p, n) < 0)
@@ -306,12 +303,9 @@ static int apply_base_slot(struct wire_reader *r, struct tally_table *t)
     if (r->bad || r->p != r->end || name_check(name, nlen) != TALLY_OK ||
         node_id_check(id, idlen) != TALLY_OK)
         return TALLY_E_WIRE;
-    char node[TALLY_NODE_ID_MAX + 1];
-    memcpy(node, id, idlen);
-    node[idlen] = '\0';
     uint32_t replica;
     struct tally_counter *c;
-    int rc = table_replica(t, node, inc, &replica);
+    int rc = table_replica(t, id, idlen, inc, &replica);
     if (rc == TALLY_OK)
         rc = table_get(t, name, nlen, TABLE_MERGE, &c);
     if (rc == TALLY_OK && table_merge_base_slot(t, c, replica, p, n) < 0)

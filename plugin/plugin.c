@@ -629,8 +629,12 @@ static int neighbour_of(const struct mosquitto *client, uint16_t *k)
     return repl_neighbour(&g.repl, id ? id : "", k);
 }
 
-static int on_sync(const struct mosquitto *client, const void *payload, size_t len)
+static int on_sync(const struct mosquitto_evt_message *ev, bool *route)
 {
+    const struct mosquitto *client = ev->client;
+    const void *payload = ev->payload;
+    size_t len = ev->payloadlen;
+    (void)route; /* consumed: what it changes goes on in our own SYNCs */
     struct wire_sync s;
     uint16_t k;
     int rc = wire_decode_sync(payload, len, &s);
@@ -653,8 +657,12 @@ static struct repl_out repl_out(void)
     return (struct repl_out){g.opt.node_id, (size_t)g.opt.max_message_bytes, send_sync, NULL};
 }
 
-static int on_digest(const struct mosquitto *client, const void *payload, size_t len)
+static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
 {
+    const struct mosquitto *client = ev->client;
+    const void *payload = ev->payload;
+    size_t len = ev->payloadlen;
+    (void)route;
     static struct wire_digest d; /* 2 KB of hashes: off the stack */
     uint64_t dump[TALLY_BUCKETS / 64];
     uint16_t k;
@@ -686,8 +694,10 @@ static bool flood_is_new(struct tally_origin *o, uint64_t incarnation, uint64_t 
  * bridge it came in on (bridges subscribe with no-local), so a leaf of a star
  * does not echo to its hub what the hub told it, and a copy seen before is
  * dropped, so a ring of bridges does not loop. */
-static int on_presence(const char *payload, size_t len, bool *route)
+static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
 {
+    const void *payload = ev->payload;
+    size_t len = ev->payloadlen;
     struct wire_presence wp;
     int rc = wire_decode_presence(payload, len, &wp);
     if (rc != TALLY_OK)
@@ -747,8 +757,11 @@ static int stats_order(const void *payload, size_t len, uint64_t *inc, uint64_t 
     return rc;
 }
 
-static int on_stats(const char *topic, const void *payload, size_t len, bool *route)
+static int on_stats(const struct mosquitto_evt_message *ev, bool *route)
 {
+    const char *topic = ev->topic;
+    const void *payload = ev->payload;
+    size_t len = ev->payloadlen;
     const char *id = topic + strlen("$tally/stats/");
     size_t idlen = strlen(id);
     uint64_t inc, time_ms, seq;
@@ -787,8 +800,11 @@ static void publish_up_down(const char *kind, const char *id, const struct wire_
 
 /* An edge's UP: its slots into the table (repl.c sends them on to the other
  * nodes), its viewers relayed to them under its own origin. */
-static int on_up(const void *payload, size_t len)
+static int on_up(const struct mosquitto_evt_message *ev, bool *route)
 {
+    const void *payload = ev->payload;
+    size_t len = ev->payloadlen;
+    (void)route;
     struct tier_child *ch;
     if (g.edge)
         return TALLY_E_WIRE; /* an edge has no edges */
@@ -819,8 +835,12 @@ static void edge_page_others(const char *page, size_t len, uint64_t others, void
 
 /* DOWN from our hub; one for another edge (a hub passing on what its bridges
  * carry) is not ours to read. */
-static int on_down(const char *topic, const void *payload, size_t len)
+static int on_down(const struct mosquitto_evt_message *ev, bool *route)
 {
+    const char *topic = ev->topic;
+    const void *payload = ev->payload;
+    size_t len = ev->payloadlen;
+    (void)route;
     if (!g.edge || strcmp(topic + strlen("$tally/down/"), g.opt.node_id) != 0)
         return TALLY_OK;
     int rc = tier_edge_apply_down(&g.tier_edge, payload, len, edge_view_changed, NULL);
@@ -833,9 +853,23 @@ static int on_down(const char *topic, const void *payload, size_t len)
     return TALLY_OK;
 }
 
+/* Every replication topic and its handler: a new message type is one line
+ * here (and its decoder in wire.c or tier.c). A handler sets *route when the
+ * message is flooded on by Mosquitto as it came (presence, stats). */
+static const struct {
+    const char *prefix;
+    int (*handle)(const struct mosquitto_evt_message *ev, bool *route);
+} repl_topics[] = {
+    {"$tally/v1/sync/", on_sync},
+    {"$tally/v1/digest/", on_digest},
+    {"$tally/v1/presence/", on_presence},
+    {"$tally/stats/", on_stats},
+    {"$tally/up/", on_up},
+    {"$tally/down/", on_down},
+};
+
 static int on_replication(struct mosquitto_evt_message *ev)
 {
-    const char *topic = ev->topic;
     int rc = TALLY_E_WIRE;
     bool route = false;
     g.st.repl_msgs_in++;
@@ -843,21 +877,18 @@ static int on_replication(struct mosquitto_evt_message *ev)
     if (ev->payloadlen > (uint32_t)g.opt.max_message_bytes) {
         rc = TALLY_E_TOO_LARGE;
         g.st.repl_too_large++;
-    } else if (strncmp(topic, "$tally/v1/sync/", 15) == 0)
-        rc = on_sync(ev->client, ev->payload, ev->payloadlen);
-    else if (strncmp(topic, "$tally/v1/digest/", 17) == 0)
-        rc = on_digest(ev->client, ev->payload, ev->payloadlen);
-    else if (strncmp(topic, "$tally/v1/presence/", 19) == 0)
-        rc = on_presence(ev->payload, ev->payloadlen, &route);
-    else if (strncmp(topic, "$tally/stats/", 13) == 0)
-        rc = on_stats(topic, ev->payload, ev->payloadlen, &route);
-    else if (strncmp(topic, "$tally/up/", 10) == 0)
-        rc = on_up(ev->payload, ev->payloadlen);
-    else if (strncmp(topic, "$tally/down/", 12) == 0)
-        rc = on_down(topic, ev->payload, ev->payloadlen);
+    } else {
+        for (size_t i = 0; i < sizeof(repl_topics) / sizeof(repl_topics[0]); i++) {
+            const char *prefix = repl_topics[i].prefix;
+            if (strncmp(ev->topic, prefix, strlen(prefix)) == 0) {
+                rc = repl_topics[i].handle(ev, &route);
+                break;
+            }
+        }
+    }
     if (rc != TALLY_OK) {
         g.st.repl_rejected++;
-        refuse(ev->client, topic, rc);
+        refuse(ev->client, ev->topic, rc);
         return MOSQ_ERR_ACL_DENIED;
     }
     if (route)
@@ -1552,7 +1583,8 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
         goto error;
     if (load_state() != MOSQ_ERR_SUCCESS)
         goto error;
-    if (table_replica(&g.table, g.opt.node_id, g.incarnation, &g.self) != TALLY_OK)
+    if (table_replica(&g.table, g.opt.node_id, strlen(g.opt.node_id), g.incarnation, &g.self) !=
+        TALLY_OK)
         goto error;
     uint64_t session;
     if (getrandom(&session, sizeof(session), 0) != sizeof(session))

@@ -230,10 +230,8 @@ int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
     uint32_t *devs = calloc(s->ndevices + 1, sizeof(*devs));
     int rc = reps && devs ? TALLY_OK : TALLY_E_NOMEM;
     for (uint32_t i = 0; i < s->nreplicas && rc == TALLY_OK; i++) {
-        char node[TALLY_NODE_ID_MAX + 1];
-        memcpy(node, s->replicas[i].node_id, s->replicas[i].len);
-        node[s->replicas[i].len] = '\0';
-        rc = table_replica(t, node, s->replicas[i].incarnation, &reps[i]);
+        rc = table_replica(t, s->replicas[i].node_id, s->replicas[i].len,
+                           s->replicas[i].incarnation, &reps[i]);
     }
     for (uint32_t i = 0; i < s->ndevices && rc == TALLY_OK; i++)
         rc = table_device(t, s->devices[i].id, s->devices[i].len, DEVICE_PEER, &devs[i]);

@@ -214,17 +214,6 @@ bool table_repl_pending(const struct tally_table *t)
     return t->repl_next < t->nrepl;
 }
 
-struct tally_counter *table_take_dirty(struct tally_table *t)
-{
-    struct tally_counter *head = t->dirty_head;
-    for (struct tally_counter *c = head; c; c = c->dirty_next)
-        c->dirty = 0;
-    t->dirty_head = NULL;
-    t->dirty_tail = &t->dirty_head;
-    t->ndirty = 0;
-    return head;
-}
-
 /* Takes the oldest counter off the dirty list and clears its flag: a change
  * after this puts it back at the end. NULL when nothing is dirty. */
 struct tally_counter *table_pop_dirty(struct tally_table *t)
@@ -371,11 +360,12 @@ static int grow(void *arrp, uint32_t *cap, uint32_t need)
     return TALLY_OK;
 }
 
-/* Interns (node_id, incarnation) and returns its index in *out. */
-int table_replica(struct tally_table *t, const char *node_id, uint64_t incarnation, uint32_t *out)
+/* Interns (node_id, incarnation), node_id being len bytes (not necessarily
+ * NUL-terminated: an id read from a message), and returns its index in *out. */
+int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64_t incarnation,
+                  uint32_t *out)
 {
-    size_t len = strlen(node_id);
-    if (len == 0 || len > TALLY_NODE_ID_MAX)
+    if (len == 0 || len > TALLY_NODE_ID_MAX || memchr(node_id, '\0', len))
         return TALLY_E_WIRE;
     char key[TALLY_NODE_ID_MAX + 1 + 8];
     memcpy(key, node_id, len);

@@ -211,7 +211,8 @@ int table_get(struct tally_table *t, const char *name, size_t len, enum table_mo
 bool table_over_counters(const struct tally_table *t);
 bool table_over_devices(const struct tally_table *t);
 void table_drop_if_empty(struct tally_table *t, struct tally_counter *c);
-int table_replica(struct tally_table *t, const char *node_id, uint64_t incarnation, uint32_t *out);
+int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64_t incarnation,
+                  uint32_t *out);
 enum device_mode { DEVICE_FIND, DEVICE_LOCAL, DEVICE_PEER };
 int table_device(struct tally_table *t, const char *id, size_t len, enum device_mode mode,
                  uint32_t *out);
@@ -240,9 +241,6 @@ uint64_t table_replica_hash(const struct tally_table *t, uint32_t replica);
 uint64_t table_device_hash(const struct tally_table *t, uint32_t device);
 void table_mark_dirty(struct tally_table *t, struct tally_counter *c);
 
-/* Detaches the dirty list: the caller walks it through dirty_next and must
- * clear each counter's dirty flag (table_take_dirty does that on return). */
-struct tally_counter *table_take_dirty(struct tally_table *t);
 struct tally_counter *table_pop_dirty(struct tally_table *t);
 
 unsigned name_bucket(const char *name, size_t len);

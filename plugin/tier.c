@@ -367,7 +367,7 @@ int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presen
     if (!up_due(e, now_ms, every_ms, heartbeat_ms))
         return 0;
     uint32_t self;
-    int rc = table_replica(t, e->node_id, e->incarnation, &self);
+    int rc = table_replica(t, e->node_id, strlen(e->node_id), e->incarnation, &self);
     if (rc != TALLY_OK)
         return -rc;
     uint64_t seq = e->seq++;
@@ -622,7 +622,7 @@ static struct tier_child *child_get(struct tier_hub *h, struct tally_table *t, c
     if (c)
         return c;
     c = calloc(1, sizeof(*c));
-    if (!c || table_replica(t, key, incarnation, &c->replica) != TALLY_OK) {
+    if (!c || table_replica(t, key, strlen(key), incarnation, &c->replica) != TALLY_OK) {
         free(c);
         return NULL;
     }

@@ -41,7 +41,8 @@ static void die(const char *what, int rc)
  * (the replication list, freed once drained). */
 static void drain(struct tally_table *t)
 {
-    table_take_dirty(t);
+    while (table_pop_dirty(t))
+        ;
     while (table_pop_repl(t))
         ;
 }
@@ -70,7 +71,8 @@ static double get_and_add(struct tally_table *t, uint32_t replica)
 static void add_peer_slots(struct tally_table *t)
 {
     uint32_t peers[2];
-    if (table_replica(t, "n2", 2, &peers[0]) || table_replica(t, "n3", 3, &peers[1]))
+    if (table_replica(t, "n2", strlen("n2"), 2, &peers[0]) ||
+        table_replica(t, "n3", strlen("n3"), 3, &peers[1]))
         die("table_replica", TALLY_E_NOMEM);
     struct tally_counter *c, *tmp;
     HASH_ITER(hh, t->counters, c, tmp)
@@ -105,7 +107,7 @@ int main(void)
 
     size_t base = heap_in_use();
     table_init(&t, COUNTERS, 1000);
-    if (table_replica(&t, "n1", 1, &self))
+    if (table_replica(&t, "n1", strlen("n1"), 1, &self))
         die("table_replica", TALLY_E_NOMEM);
     double insert_s = get_and_add(&t, self);
     size_t one = heap_in_use() - base;

@@ -396,7 +396,7 @@ static void edge_increment(struct node *n)
     struct tally_counter *c;
     uint32_t self;
     if (table_get(&n->t, name, len, TABLE_LOCAL, &c) != TALLY_OK ||
-        table_replica(&n->t, n->id, n->edge.incarnation, &self) != TALLY_OK ||
+        table_replica(&n->t, n->id, strlen(n->id), n->edge.incarnation, &self) != TALLY_OK ||
         table_add(&n->t, c, self, 1) < 0 || tier_edge_wrote(&n->edge, name, len) != TALLY_OK)
         abort();
     truth[k]++;

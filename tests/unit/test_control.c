@@ -95,7 +95,7 @@ static void fill(struct tally_table *t, const char *const *names, size_t n)
 {
     uint32_t self;
     table_init(t, 1000, 10);
-    ck_assert_int_eq(table_replica(t, "n1", 1, &self), TALLY_OK);
+    ck_assert_int_eq(table_replica(t, "n1", strlen("n1"), 1, &self), TALLY_OK);
     table_set_clock(t, 0);
     for (size_t i = 0; i < n; i++) {
         struct tally_counter *c;
@@ -196,7 +196,7 @@ START_TEST(test_list_pages_cover_everything_once)
     struct tally_table t;
     uint32_t self;
     table_init(&t, 10000, 10);
-    ck_assert_int_eq(table_replica(&t, "n1", 1, &self), TALLY_OK);
+    ck_assert_int_eq(table_replica(&t, "n1", strlen("n1"), 1, &self), TALLY_OK);
     for (int i = 2499; i >= 0; i--) {
         char name[16];
         struct tally_counter *c;
@@ -231,7 +231,7 @@ START_TEST(test_top_counters_by_recent_rate)
     cJSON *whole;
     char got[256];
     table_init(&t, 100, 10);
-    ck_assert_int_eq(table_replica(&t, "n1", 1, &self), TALLY_OK);
+    ck_assert_int_eq(table_replica(&t, "n1", strlen("n1"), 1, &self), TALLY_OK);
     const char *names[] = {"slow", "fast", "old", "idle"};
     struct tally_counter *c[4];
     for (int i = 0; i < 4; i++)

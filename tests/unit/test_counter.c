@@ -478,7 +478,7 @@ END_TEST
 START_TEST(test_table_dirty_list)
 {
     uint32_t r;
-    ck_assert_int_eq(table_replica(&table, "n1", 7, &r), TALLY_OK);
+    ck_assert_int_eq(table_replica(&table, "n1", strlen("n1"), 7, &r), TALLY_OK);
     struct tally_counter *a = counter("a"), *b = counter("b"), *c = counter("c");
     ck_assert_int_eq(table_add(&table, a, r, 1), 1);
     ck_assert_int_eq(table_add(&table, b, r, 2), 1);
@@ -487,23 +487,21 @@ START_TEST(test_table_dirty_list)
     ck_assert_int_eq(table_merge_slot(&table, b, r, 1, 0), 0); /* nothing new */
     ck_assert_int_eq(table_add(&table, b, r, 0), 0);
     ck_assert_uint_eq(table.ndirty, 3);
-    struct tally_counter *order[] = {a, b, c};
-    struct tally_counter *it = table_take_dirty(&table);
-    for (int i = 0; i < 3; i++, it = it->dirty_next) {
+    struct tally_counter *order[] = {a, b, c}, *it;
+    for (int i = 0; i < 3; i++) {
+        it = table_pop_dirty(&table);
         ck_assert_ptr_eq(it, order[i]);
         ck_assert_int_eq(it->dirty, 0);
     }
-    ck_assert_ptr_null(it);
     ck_assert_uint_eq(table.ndirty, 0);
-    ck_assert_ptr_null(table_take_dirty(&table));
-    /* After a take, a change lists the counter again, alone. */
+    ck_assert_ptr_null(table_pop_dirty(&table));
+    /* After it was taken, a change lists the counter again, alone. */
     ck_assert_int_eq(table_add(&table, c, r, 1), 1);
-    it = table_take_dirty(&table);
-    ck_assert_ptr_eq(it, c);
-    ck_assert_ptr_null(it->dirty_next);
+    ck_assert_ptr_eq(table_pop_dirty(&table), c);
+    ck_assert_ptr_null(table_pop_dirty(&table));
     /* A refused change does not list it. */
     ck_assert_int_eq(table_add(&table, c, r, MAX), -TALLY_E_OVERFLOW);
-    ck_assert_ptr_null(table_take_dirty(&table));
+    ck_assert_ptr_null(table_pop_dirty(&table));
 }
 END_TEST
 
@@ -512,7 +510,7 @@ END_TEST
 START_TEST(test_table_pop_dirty)
 {
     uint32_t r;
-    ck_assert_int_eq(table_replica(&table, "n1", 7, &r), TALLY_OK);
+    ck_assert_int_eq(table_replica(&table, "n1", strlen("n1"), 7, &r), TALLY_OK);
     struct tally_counter *a = counter("a"), *b = counter("b");
     ck_assert_ptr_null(table_pop_dirty(&table));
     ck_assert_int_eq(table_add(&table, a, r, 1), 1);
@@ -536,12 +534,12 @@ START_TEST(test_table_registries)
     struct tally_table t;
     uint32_t i1, i2, i3, d1, d2, d3, again;
     table_init(&t, 10, 2);
-    ck_assert_int_eq(table_replica(&t, "n1", 1, &i1), TALLY_OK);
-    ck_assert_int_eq(table_replica(&t, "n1", 2, &i2), TALLY_OK);
-    ck_assert_int_eq(table_replica(&t, "n1", 1, &i3), TALLY_OK);
+    ck_assert_int_eq(table_replica(&t, "n1", strlen("n1"), 1, &i1), TALLY_OK);
+    ck_assert_int_eq(table_replica(&t, "n1", strlen("n1"), 2, &i2), TALLY_OK);
+    ck_assert_int_eq(table_replica(&t, "n1", strlen("n1"), 1, &i3), TALLY_OK);
     ck_assert_uint_ne(i1, i2);
     ck_assert_uint_eq(i1, i3);
-    ck_assert_int_ne(table_replica(&t, "", 1, &i3), TALLY_OK);
+    ck_assert_int_ne(table_replica(&t, "", strlen(""), 1, &i3), TALLY_OK);
 
     ck_assert_int_eq(table_device(&t, "d1", 2, DEVICE_FIND, &d1), TALLY_E_DEVICE);
     ck_assert_int_eq(table_device(&t, "d1", 2, DEVICE_LOCAL, &d1), TALLY_OK);
@@ -582,7 +580,7 @@ static void apply_op(struct tally_table *t, const struct op *o)
         ck_assert_int_ge(table_merge_device(t, c, idx, o->p, false), 0);
     } else {
         snprintf(owner, sizeof(owner), "n%u", o->owner % 3);
-        ck_assert_int_eq(table_replica(t, owner, o->owner / 3, &idx), TALLY_OK);
+        ck_assert_int_eq(table_replica(t, owner, strlen(owner), o->owner / 3, &idx), TALLY_OK);
         ck_assert_int_ge(table_merge_slot(t, c, idx, o->p, o->n), 0);
     }
 }
@@ -625,11 +623,11 @@ START_TEST(test_digest_order_independent)
         /* One slot more, anywhere: some bucket differs. */
         struct tally_counter *c = table_find(&t2, ops[0].name, strlen(ops[0].name));
         uint32_t r;
-        ck_assert_int_eq(table_replica(&t2, "n9", 1, &r), TALLY_OK);
+        ck_assert_int_eq(table_replica(&t2, "n9", strlen("n9"), 1, &r), TALLY_OK);
         ck_assert_int_eq(table_merge_slot(&t2, c, r, 1, 0), 1);
         ck_assert(memcmp(t1.digest, t2.digest, sizeof(t1.digest)) != 0);
         /* The same change on t1 restores equality. */
-        ck_assert_int_eq(table_replica(&t1, "n9", 1, &r), TALLY_OK);
+        ck_assert_int_eq(table_replica(&t1, "n9", strlen("n9"), 1, &r), TALLY_OK);
         c = table_find(&t1, ops[0].name, strlen(ops[0].name));
         ck_assert_int_eq(table_merge_slot(&t1, c, r, 1, 0), 1);
         ck_assert_mem_eq(t1.digest, t2.digest, sizeof(t1.digest));
@@ -671,8 +669,8 @@ START_TEST(test_digest_add_matches_merge)
     uint32_t r1, r2;
     table_init(&t1, 10, 10);
     table_init(&t2, 10, 10);
-    ck_assert_int_eq(table_replica(&t1, "n1", 5, &r1), TALLY_OK);
-    ck_assert_int_eq(table_replica(&t2, "n1", 5, &r2), TALLY_OK);
+    ck_assert_int_eq(table_replica(&t1, "n1", strlen("n1"), 5, &r1), TALLY_OK);
+    ck_assert_int_eq(table_replica(&t2, "n1", strlen("n1"), 5, &r2), TALLY_OK);
     ck_assert_int_eq(table_get(&t1, "k", 1, TABLE_LOCAL, &c1), TALLY_OK);
     ck_assert_int_eq(table_get(&t2, "k", 1, TABLE_LOCAL, &c2), TALLY_OK);
     for (int i = 1; i <= 100; i++)

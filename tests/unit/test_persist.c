@@ -189,7 +189,7 @@ START_TEST(test_record_apply)
     ck_assert_int_eq(record_apply(b.data, b.len, &t, &d), TALLY_OK); /* replay: no change */
     struct tally_counter *c = table_find(&t, "hits", 4);
     ck_assert_ptr_nonnull(c);
-    ck_assert_int_eq(table_replica(&t, "n1", 77, &r), TALLY_OK);
+    ck_assert_int_eq(table_replica(&t, "n1", strlen("n1"), 77, &r), TALLY_OK);
     ck_assert_uint_eq(counter_slot(c, r)->p, 10);
     ck_assert_uint_eq(counter_slot(c, r)->n, 3);
     ck_assert(dedup_contains(&d, key));
@@ -313,7 +313,8 @@ static struct persist *node_open(struct node *n, const char *node_id, long long 
     n->p = persist_open(dir, node_id, fsync_ms, 60000, &n->t, &n->d, &n->incarnation, err,
                         sizeof(err));
     if (n->p)
-        ck_assert_int_eq(table_replica(&n->t, node_id, n->incarnation, &n->self), TALLY_OK);
+        ck_assert_int_eq(table_replica(&n->t, node_id, strlen(node_id), n->incarnation, &n->self),
+                         TALLY_OK);
     return n->p;
 }
 
@@ -358,7 +359,7 @@ static void node_merge_peer(struct node *n, const char *name, uint64_t p, uint64
     struct tally_counter *c;
     uint32_t r;
     ck_assert_int_eq(table_get(&n->t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
-    ck_assert_int_eq(table_replica(&n->t, "n2", 99, &r), TALLY_OK);
+    ck_assert_int_eq(table_replica(&n->t, "n2", strlen("n2"), 99, &r), TALLY_OK);
     ck_assert_int_eq(table_merge_slot(&n->t, c, r, p, neg), 1);
     ck_assert_int_eq(persist_slot(n->p, &n->t, c, counter_slot(c, r), NULL), 0);
 }

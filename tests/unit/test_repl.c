@@ -60,7 +60,7 @@ static void setup(int count)
         ck_assert_int_lt(snprintf(n->name, sizeof(n->name), "n%d", i), (int)sizeof(n->name));
         table_init(&n->t, 1000, 100);
         repl_init(&n->r, 1000 + (uint64_t)i);
-        ck_assert_int_eq(table_replica(&n->t, n->name, 7, &n->self), TALLY_OK);
+        ck_assert_int_eq(table_replica(&n->t, n->name, strlen(n->name), 7, &n->self), TALLY_OK);
     }
 }
 
@@ -313,7 +313,7 @@ START_TEST(test_restart_is_a_new_session)
     repl_free(&nodes[1].r);
     table_init(&nodes[1].t, 1000, 100);
     repl_init(&nodes[1].r, 99);
-    ck_assert_int_eq(table_replica(&nodes[1].t, "n1", 8, &nodes[1].self), TALLY_OK);
+    ck_assert_int_eq(table_replica(&nodes[1].t, "n1", strlen("n1"), 8, &nodes[1].self), TALLY_OK);
     ck_assert_uint_eq(digest_to(1, 0, dump), 0); /* n0 sees n1's new session */
     ck_assert(repl_wants_repair(&nodes[0].r));
     digest_to(0, 1, dump);                     /* names n1, which has nothing to send; and n1 ... */
@@ -335,7 +335,7 @@ START_TEST(test_quiet_difference_is_repaired)
      * n0 holds, and neither changes */
     struct tally_counter *c;
     uint32_t other;
-    ck_assert_int_eq(table_replica(&nodes[0].t, "old", 1, &other), TALLY_OK);
+    ck_assert_int_eq(table_replica(&nodes[0].t, "old", strlen("old"), 1, &other), TALLY_OK);
     ck_assert_int_eq(table_get(&nodes[0].t, "q", 1, TABLE_LOCAL, &c), TALLY_OK);
     ck_assert_int_eq(table_merge_slot(&nodes[0].t, c, other, 4, 0), 1);
     while (table_pop_repl(&nodes[0].t))

@@ -20,7 +20,7 @@ struct node {
 static void node_init(struct node *n, const char *id)
 {
     table_init(&n->t, 1000, 100);
-    ck_assert_int_eq(table_replica(&n->t, id, 1, &n->self), TALLY_OK);
+    ck_assert_int_eq(table_replica(&n->t, id, strlen(id), 1, &n->self), TALLY_OK);
 }
 
 static struct tally_counter *get(struct node *n, const char *name)

@@ -65,7 +65,9 @@ static void inc(struct node *n, const char *name, int64_t delta)
     struct tally_counter *c;
     uint32_t self;
     ck_assert_int_eq(table_get(&n->t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
-    ck_assert_int_eq(table_replica(&n->t, n->edge.node_id, n->edge.incarnation, &self), TALLY_OK);
+    ck_assert_int_eq(
+        table_replica(&n->t, n->edge.node_id, strlen(n->edge.node_id), n->edge.incarnation, &self),
+        TALLY_OK);
     ck_assert_int_ge(table_add(&n->t, c, self, delta), 0);
     ck_assert_int_eq(tier_edge_wrote(&n->edge, name, strlen(name)), TALLY_OK);
 }
@@ -121,7 +123,8 @@ static void hubs_sync(struct node *from, struct node *to)
         for (uint16_t i = 0; i < c->nslots; i++) {
             const struct tally_replica *r = from->t.replicas[c->slots[i].replica];
             uint32_t idx;
-            ck_assert_int_eq(table_replica(&to->t, r->key, r->incarnation, &idx), TALLY_OK);
+            ck_assert_int_eq(table_replica(&to->t, r->key, strlen(r->key), r->incarnation, &idx),
+                             TALLY_OK);
             ck_assert_int_ge(table_merge_slot(&to->t, d, idx, c->slots[i].p, c->slots[i].n), 0);
         }
     }
