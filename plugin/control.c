@@ -507,3 +507,73 @@ char *control_process(const void *payload, size_t len, struct control_req *rq)
     cJSON_Delete(out);
     return text;
 }
+
+/* ==== $tally/stats/<node> ==== */
+
+/* The peers, as many as max_bytes leaves room for (a stats document is
+ * flooded like replication, so it is bounded like it); the rest counted. The
+ * time each was last heard is on the wall clock, from the monotonic one. */
+static void stats_peers(struct wire_buf *b, const struct stats_view *v)
+{
+    const struct tally_origin *o, *tmp;
+    size_t room = v->max_bytes > 64 ? v->max_bytes - 64 : 0, omitted = 0;
+    bool first = true;
+    wbuf_str(b, ",\"peers\":{");
+    HASH_ITER(hh, v->presence->origins, o, tmp)
+    {
+        size_t before = b->len;
+        wbuf_printf(b, "%s\"%s\":{\"last_heard_ms\":%" PRIu64 ",\"alive\":%s}", first ? "" : ",",
+                    o->node_id, v->time_ms - (v->now_ms - o->last_heard_ms),
+                    o->alive ? "true" : "false");
+        if (b->len > room) {
+            b->len = before;
+            omitted++;
+            continue;
+        }
+        first = false;
+    }
+    wbuf_printf(b, "},\"peers_omitted\":%zu", omitted);
+}
+
+/* Written beside the state document, with the same buffer; read back with
+ * cJSON (plugin.c on_stats, the CLI, the exporter), so the order of fields
+ * is free. */
+void node_stats_json(struct wire_buf *b, const struct stats_view *v)
+{
+    const struct tally_stats *st = v->st;
+    uint64_t rejected = 0;
+    wbuf_reset(b);
+    wbuf_printf(b, "{\"node\":\"%s\",\"incarnation\":\"%" PRIu64 "\",\"seq\":%" PRIu64, v->node_id,
+                v->incarnation, v->seq);
+    wbuf_printf(b, ",\"time_ms\":%" PRIu64 ",\"uptime_ms\":%" PRIu64, v->time_ms, v->uptime_ms);
+    wbuf_printf(b, ",\"counters\":%zu,\"devices\":%" PRIu32 ",\"viewers\":%" PRIu64,
+                v->table->ncounters, v->table->ndevices, v->presence->nviews);
+    wbuf_printf(b, ",\"applied\":%" PRIu64 ",\"duplicates\":%" PRIu64, st->applied, st->duplicates);
+    wbuf_printf(b, ",\"reports\":%" PRIu64 ",\"reports_unchanged\":%" PRIu64, st->reports,
+                st->reports_stale);
+    wbuf_str(b, ",\"rejected\":{");
+    for (int i = 1; i < TALLY_E__COUNT; i++) {
+        wbuf_printf(b, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", tally_strerror(i), st->rejected[i]);
+        rejected += st->rejected[i];
+    }
+    wbuf_printf(b, "},\"rejected_total\":%" PRIu64, rejected);
+    wbuf_printf(b,
+                ",\"repl\":{\"msgs_in\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"msgs_out\":%" PRIu64
+                ",\"bytes_out\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"too_large\":%" PRIu64
+                ",\"repaired\":%" PRIu64 ",\"repairs_asked\":%" PRIu64 ",\"neighbours\":%" PRIu32
+                "}",
+                st->repl_msgs_in, st->repl_bytes_in, st->repl_msgs_out, st->repl_bytes_out,
+                st->repl_rejected, st->repl_too_large, st->repair_counters, v->repairs_asked,
+                v->neighbours);
+    wbuf_printf(b, ",\"dedup\":{\"ids\":%" PRIu32 ",\"window\":%" PRIu32 "}", v->dedup->count,
+                v->dedup->window);
+    wbuf_printf(b, ",\"limits\":{\"max_counters\":%lld,\"max_devices\":%lld,\"max_viewers\":%lld",
+                v->max_counters, v->max_devices, v->max_viewers);
+    wbuf_printf(b, ",\"over\":[%s%s%s]}", v->over_counters ? "\"max_counters\"" : "",
+                v->over_counters && v->over_devices ? "," : "",
+                v->over_devices ? "\"max_devices\"" : "");
+    wbuf_str(b, ",\"persist\":");
+    wbuf_json_str(b, v->persist, strlen(v->persist));
+    stats_peers(b, v);
+    wbuf_str(b, "}");
+}

@@ -225,14 +225,6 @@ static int options_check(const struct options *o)
 
 /* ==== State ==== */
 
-struct stats {
-    uint64_t applied, duplicates, reports, reports_stale;
-    uint64_t rejected[TALLY_E__COUNT];
-    uint64_t repl_msgs_in, repl_bytes_in, repl_msgs_out, repl_bytes_out;
-    uint64_t repl_rejected, repl_too_large, repair_counters;
-    uint64_t log_suppressed;
-};
-
 static struct tally {
     mosquitto_plugin_id_t *id;
     struct options opt;
@@ -248,7 +240,7 @@ static struct tally {
     struct tier_edge tier_edge; /* (role edge) */
     struct tier_hub tier_hub;   /* (role node) the edges bridged to us */
     struct wire_buf buf;
-    struct stats st;
+    struct tally_stats st;
     uint64_t incarnation;
     uint32_t self; /* our replica index */
     uint64_t start_ms, last_flush_ms, last_repl_ms, last_digest_ms, last_request_ms;
@@ -1311,68 +1303,34 @@ static void replicate_tick(uint64_t now)
 
 /* The peers as stats list them, as many as max_message_bytes leaves room
  * for (a stats message is replication too); the rest are counted. */
-static void stats_peers(struct wire_buf *b, uint64_t now)
-{
-    struct tally_origin *o, *tmp;
-    size_t room = (size_t)g.opt.max_message_bytes - 64, omitted = 0;
-    bool first = true;
-    wbuf_str(b, ",\"peers\":{");
-    HASH_ITER(hh, g.presence.origins, o, tmp)
-    {
-        size_t before = b->len;
-        wbuf_printf(b, "%s\"%s\":{\"last_heard_ms\":%" PRIu64 ",\"alive\":%s}", first ? "" : ",",
-                    o->node_id, wall_ms() - (now - o->last_heard_ms), o->alive ? "true" : "false");
-        if (b->len > room) {
-            b->len = before;
-            omitted++;
-            continue;
-        }
-        first = false;
-    }
-    wbuf_printf(b, "},\"peers_omitted\":%zu", omitted);
-}
-
 static void publish_stats(uint64_t now)
 {
-    struct wire_buf *b = &g.buf;
-    uint64_t rejected = 0;
-    wbuf_reset(b);
-    wbuf_printf(b, "{\"node\":\"%s\",\"incarnation\":\"%" PRIu64 "\",\"seq\":%" PRIu64,
-                g.opt.node_id, g.incarnation, ++g.stats_seq);
-    wbuf_printf(b, ",\"time_ms\":%" PRIu64 ",\"uptime_ms\":%" PRIu64, wall_ms(), now - g.start_ms);
-    wbuf_printf(b, ",\"counters\":%zu,\"devices\":%" PRIu32 ",\"viewers\":%" PRIu64,
-                g.table.ncounters, g.table.ndevices, g.presence.nviews);
-    wbuf_printf(b, ",\"applied\":%" PRIu64 ",\"duplicates\":%" PRIu64, g.st.applied,
-                g.st.duplicates);
-    wbuf_printf(b, ",\"reports\":%" PRIu64 ",\"reports_unchanged\":%" PRIu64, g.st.reports,
-                g.st.reports_stale);
-    wbuf_printf(b, ",\"rejected\":{");
-    for (int i = 1; i < TALLY_E__COUNT; i++) {
-        wbuf_printf(b, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", tally_strerror(i), g.st.rejected[i]);
-        rejected += g.st.rejected[i];
-    }
-    wbuf_printf(b, "},\"rejected_total\":%" PRIu64, rejected);
-    wbuf_printf(
-        b,
-        ",\"repl\":{\"msgs_in\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"msgs_out\":%" PRIu64
-        ",\"bytes_out\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"too_large\":%" PRIu64
-        ",\"repaired\":%" PRIu64 ",\"repairs_asked\":%" PRIu64 ",\"neighbours\":%" PRIu32 "}",
-        g.st.repl_msgs_in, g.st.repl_bytes_in, g.st.repl_msgs_out, g.st.repl_bytes_out,
-        g.st.repl_rejected, g.st.repl_too_large, g.st.repair_counters, g.repl.asked, g.repl.n);
-    wbuf_printf(b, ",\"dedup\":{\"ids\":%" PRIu32 ",\"window\":%" PRIu32 "}", g.dedup.count,
-                g.dedup.window);
-    wbuf_printf(b, ",\"limits\":{\"max_counters\":%lld,\"max_devices\":%lld,\"max_viewers\":%lld",
-                g.opt.max_counters, g.opt.max_devices, g.opt.max_viewers);
-    wbuf_printf(b, ",\"over\":[%s%s%s]}", g.over_counters ? "\"max_counters\"" : "",
-                g.over_counters && g.over_devices ? "," : "",
-                g.over_devices ? "\"max_devices\"" : "");
-    wbuf_printf(b, ",\"persist\":\"%s\"", g.persist ? g.opt.state_dir : "memory");
-    stats_peers(b, now);
-    wbuf_str(b, "}");
-    if (b->failed || b->len > (size_t)g.opt.max_message_bytes)
+    struct stats_view v = {
+        .node_id = g.opt.node_id,
+        .persist = g.persist ? g.opt.state_dir : "memory",
+        .incarnation = g.incarnation,
+        .seq = ++g.stats_seq,
+        .time_ms = wall_ms(),
+        .uptime_ms = now - g.start_ms,
+        .st = &g.st,
+        .table = &g.table,
+        .dedup = &g.dedup,
+        .presence = &g.presence,
+        .repairs_asked = g.repl.asked,
+        .neighbours = g.repl.n,
+        .max_counters = g.opt.max_counters,
+        .max_devices = g.opt.max_devices,
+        .max_viewers = g.opt.max_viewers,
+        .over_counters = g.over_counters,
+        .over_devices = g.over_devices,
+        .now_ms = now,
+        .max_bytes = (size_t)g.opt.max_message_bytes,
+    };
+    node_stats_json(&g.buf, &v);
+    if (g.buf.failed || g.buf.len > (size_t)g.opt.max_message_bytes)
         return;
     snprintf(g.topic, sizeof(g.topic), "$tally/stats/%s", g.opt.node_id);
-    publish(g.topic, b->data, b->len, 0, true);
+    publish(g.topic, g.buf.data, g.buf.len, 0, true);
     g.last_stats_ms = now;
 }
 

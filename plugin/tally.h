@@ -426,18 +426,12 @@ void refresh_spend(struct tally_refresh *r, uint32_t publishes);
  * for at most `budget` deliveries a second. */
 uint64_t page_interval_ms(uint64_t viewers, uint64_t budget);
 
-/* ==== Replication wire format (wire.c) ==== */
-
-#define WIRE_VERSION 1          /* UP, DOWN */
-#define WIRE_SYNC_VERSION 3     /* 2 added bases (reset.c), 3 the stream (repl.c) */
-#define WIRE_DIGEST_VERSION 2   /* 2 added the stream and repair requests */
-#define WIRE_PRESENCE_VERSION 2 /* 2 added the range [lo, hi]; 1 (every page) is read */
-enum wire_type { WIRE_SYNC = 1, WIRE_DIGEST = 2, WIRE_PRESENCE = 3, WIRE_UP = 4, WIRE_DOWN = 5 };
+/* ==== The write buffer and JSON text (buf.c) ==== */
 
 struct wire_buf {
     uint8_t *data;
     size_t len, cap;
-    bool failed; /* an allocation failed: the buffer is unusable */
+    bool failed; /* out of memory, or a value that could not be written: unusable */
 };
 
 void wbuf_free(struct wire_buf *b);
@@ -450,8 +444,17 @@ void wbuf_str8(struct wire_buf *b, const char *s, size_t n);
 void wbuf_str(struct wire_buf *b, const char *s);
 void wbuf_dec(struct wire_buf *b, int64_t v); /* v as a decimal integer */
 size_t fmt_i64(char out[21], int64_t v);      /* the same into out, no NUL; returns length */
+/* printf into the buffer, whole: a value is never cut short (failed instead). */
 void wbuf_printf(struct wire_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
+
+/* ==== Replication wire format (wire.c) ==== */
+
+#define WIRE_VERSION 1          /* UP, DOWN */
+#define WIRE_SYNC_VERSION 3     /* 2 added bases (reset.c), 3 the stream (repl.c) */
+#define WIRE_DIGEST_VERSION 2   /* 2 added the stream and repair requests */
+#define WIRE_PRESENCE_VERSION 2 /* 2 added the range [lo, hi]; 1 (every page) is read */
+enum wire_type { WIRE_SYNC = 1, WIRE_DIGEST = 2, WIRE_PRESENCE = 3, WIRE_UP = 4, WIRE_DOWN = 5 };
 
 struct wire_reader {
     const uint8_t *p, *end;
@@ -729,6 +732,34 @@ size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync
                          const struct repl_out *out, const uint64_t *mask);
 
 /* ==== JSON views of the state and the control API (control.c) ==== */
+
+/* What a node has counted since it started: its stats. */
+struct tally_stats {
+    uint64_t applied, duplicates, reports, reports_stale;
+    uint64_t rejected[TALLY_E__COUNT];
+    uint64_t repl_msgs_in, repl_bytes_in, repl_msgs_out, repl_bytes_out;
+    uint64_t repl_rejected, repl_too_large, repair_counters;
+    uint64_t log_suppressed;
+};
+
+/* Everything $tally/stats/<node> shows; all borrowed for the call. */
+struct stats_view {
+    const char *node_id, *persist; /* persist: the state_dir, or "memory" */
+    uint64_t incarnation, seq, time_ms, uptime_ms;
+    const struct tally_stats *st;
+    const struct tally_table *table;
+    const struct tally_dedup *dedup;
+    const struct tally_presence *presence; /* its origins are the peers */
+    uint64_t repairs_asked;
+    uint32_t neighbours;
+    long long max_counters, max_devices, max_viewers;
+    bool over_counters, over_devices;
+    uint64_t now_ms;  /* the monotonic clock of the origins' last_heard_ms */
+    size_t max_bytes; /* the peers listed are those that fit in it */
+};
+/* The stats document into b (reset first): at most v->max_bytes, peers past
+ * it counted in "peers_omitted". */
+void node_stats_json(struct wire_buf *b, const struct stats_view *v);
 
 /* counters/<name>/state into b (reset first); sums are c's (counter_sums). */
 void counter_state_json(struct wire_buf *b, const struct tally_table *t,

@@ -293,6 +293,86 @@ START_TEST(test_read_only_requests)
 }
 END_TEST
 
+/* The stats document (issue 11 #3): built by a pure function, read as JSON
+ * whatever its order, bounded by max_message_bytes with the peers that do
+ * not fit counted. */
+START_TEST(test_stats_document)
+{
+    struct tally_table t;
+    struct tally_dedup d;
+    struct tally_presence pr;
+    struct tally_stats st = {.applied = 7, .duplicates = 2};
+    struct tally_counter *c;
+    struct wire_buf b = {0};
+    table_init(&t, 10, 10);
+    ck_assert_int_eq(dedup_init(&d, 16), TALLY_OK);
+    presence_init(&pr, 10);
+    ck_assert_int_eq(table_get(&t, "a", 1, TABLE_LOCAL, &c), TALLY_OK);
+    st.rejected[TALLY_E_ID] = 3;
+    st.rejected[TALLY_E_TOO_LARGE] = 1;
+    for (int i = 0; i < 200; i++) {
+        char id[TALLY_NODE_ID_MAX + 1];
+        snprintf(id, sizeof(id), "peer-%03d-%s", i, "long-node-name-of-a-big-cluster");
+        struct tally_origin *o = presence_origin(&pr, id);
+        o->alive = i % 2;
+        o->last_heard_ms = 1000;
+    }
+    struct stats_view v = {.node_id = "n1",
+                           .persist = "/var/lib/\"tally\"",
+                           .incarnation = 42,
+                           .seq = 9,
+                           .time_ms = 1700000000000ULL,
+                           .uptime_ms = 5000,
+                           .st = &st,
+                           .table = &t,
+                           .dedup = &d,
+                           .presence = &pr,
+                           .max_counters = 10,
+                           .max_devices = 10,
+                           .max_viewers = 10,
+                           .over_counters = true,
+                           .now_ms = 1500,
+                           .max_bytes = 4096};
+    node_stats_json(&b, &v);
+    ck_assert(!b.failed);
+    ck_assert_uint_le(b.len, 4096);
+    cJSON *doc = cJSON_ParseWithLength((const char *)b.data, b.len);
+    ck_assert_ptr_nonnull(doc);
+    ck_assert_str_eq(cJSON_GetObjectItem(doc, "incarnation")->valuestring, "42");
+    ck_assert_int_eq(cJSON_GetObjectItem(doc, "seq")->valueint, 9);
+    ck_assert_int_eq(cJSON_GetObjectItem(doc, "counters")->valueint, 1);
+    ck_assert_str_eq(cJSON_GetObjectItem(doc, "persist")->valuestring, "/var/lib/\"tally\"");
+    const cJSON *rej = cJSON_GetObjectItem(doc, "rejected");
+    ck_assert_int_eq(cJSON_GetArraySize(rej), TALLY_E__COUNT - 1);
+    ck_assert_int_eq(cJSON_GetObjectItem(rej, "bad_id")->valueint, 3);
+    ck_assert_int_eq(cJSON_GetObjectItem(rej, "message_too_large")->valueint, 1);
+    ck_assert_int_eq(cJSON_GetObjectItem(doc, "rejected_total")->valueint, 4);
+    const cJSON *over = cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "limits"), "over");
+    ck_assert_int_eq(cJSON_GetArraySize(over), 1);
+    ck_assert_str_eq(cJSON_GetArrayItem(over, 0)->valuestring, "max_counters");
+    int listed = cJSON_GetArraySize(cJSON_GetObjectItem(doc, "peers"));
+    int omitted = cJSON_GetObjectItem(doc, "peers_omitted")->valueint;
+    ck_assert_int_gt(listed, 10);
+    ck_assert_int_gt(omitted, 0);
+    ck_assert_int_eq(listed + omitted, 200);
+    const cJSON *peer = cJSON_GetObjectItem(doc, "peers")->child;
+    ck_assert_int_eq(cJSON_GetObjectItem(peer, "last_heard_ms")->valuedouble,
+                     1700000000000.0 - 500);
+    cJSON_Delete(doc);
+    /* with room for all of them, none is left out */
+    v.max_bytes = 100000;
+    node_stats_json(&b, &v);
+    doc = cJSON_ParseWithLength((const char *)b.data, b.len);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(doc, "peers")), 200);
+    ck_assert_int_eq(cJSON_GetObjectItem(doc, "peers_omitted")->valueint, 0);
+    cJSON_Delete(doc);
+    wbuf_free(&b);
+    presence_free(&pr);
+    dedup_free(&d);
+    table_free(&t);
+}
+END_TEST
+
 Suite *control_suite(void)
 {
     Suite *s = suite_create("control");
@@ -307,6 +387,7 @@ Suite *control_suite(void)
     tcase_add_test(tc, test_list_pages_cover_everything_once);
     tcase_add_test(tc, test_top_counters_by_recent_rate);
     tcase_add_test(tc, test_read_only_requests);
+    tcase_add_test(tc, test_stats_document);
     suite_add_tcase(s, tc);
     return s;
 }
