@@ -670,17 +670,6 @@ static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
     return TALLY_OK;
 }
 
-/* A flooded message (presence, stats) from origin: true if it is newer than
- * the last one seen, in which case the caller applies it and sends it on. */
-static bool flood_is_new(struct tally_origin *o, uint64_t incarnation, uint64_t seq)
-{
-    if (o->incarnation == incarnation && seq <= o->seq)
-        return false;
-    o->incarnation = incarnation;
-    o->seq = seq;
-    return true;
-}
-
 /* Flooded messages (presence, stats) that are new here are routed on by the
  * broker itself (*route): Mosquitto never sends a message back over the
  * bridge it came in on (bridges subscribe with no-local), so a leaf of a star
@@ -701,14 +690,11 @@ static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
         rc = TALLY_E_NOMEM;
         goto done;
     }
-    if (!flood_is_new(o, wp.incarnation, wp.seq))
-        goto done;
-    presence_origin_begin(&g.presence, o, wp.lo, wp.hi);
-    for (uint32_t i = 0; i < wp.npages; i++)
-        presence_origin_set(&g.presence, o, wp.pages[i].page, wp.pages[i].len, wp.pages[i].count);
-    *route = true;
-    g.st.repl_msgs_out++; /* counted as when the plugin published it on itself */
-    g.st.repl_bytes_out += len;
+    rc = presence_apply(&g.presence, o, &wp, route);
+    if (*route) {
+        g.st.repl_msgs_out++; /* counted as when the plugin published it on itself */
+        g.st.repl_bytes_out += len;
+    }
 done:
     free(wp.pages);
     return rc;

@@ -360,6 +360,27 @@ int presence_origin_set(struct tally_presence *pr, struct tally_origin *o, const
     return 0;
 }
 
+/* One PRESENCE from o, already decoded: taken if newer than the last from
+ * the same (origin, incarnation) (*taken, and the caller floods it on), and
+ * then it replaces o's counts of its range. */
+int presence_apply(struct tally_presence *pr, struct tally_origin *o,
+                   const struct wire_presence *wp, bool *taken)
+{
+    *taken = false;
+    if (o->incarnation == wp->incarnation && wp->seq <= o->seq)
+        return TALLY_OK;
+    o->incarnation = wp->incarnation;
+    o->seq = wp->seq;
+    *taken = true;
+    presence_origin_begin(pr, o, wp->lo, wp->hi);
+    for (uint32_t i = 0; i < wp->npages; i++) {
+        const struct wire_presence_page *pg = &wp->pages[i];
+        if (presence_origin_set(pr, o, pg->page, pg->len, pg->count) < 0)
+            return TALLY_E_NOMEM;
+    }
+    return TALLY_OK;
+}
+
 void presence_origin_expire(struct tally_presence *pr, struct tally_origin *o)
 {
     origin_zero(pr, o);

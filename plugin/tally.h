@@ -352,6 +352,9 @@ void presence_origin_begin(struct tally_presence *pr, struct tally_origin *o, ui
                            uint64_t hi);
 int presence_origin_set(struct tally_presence *pr, struct tally_origin *o, const char *page,
                         size_t len, uint64_t n);
+struct wire_presence;
+int presence_apply(struct tally_presence *pr, struct tally_origin *o,
+                   const struct wire_presence *wp, bool *taken);
 void presence_origin_expire(struct tally_presence *pr, struct tally_origin *o);
 /* Our own counts as PRESENCE messages of at most max_bytes, over consecutive
  * ranges of presence_hash covering all of it, numbered first_seq, first_seq

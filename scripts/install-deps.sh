@@ -9,9 +9,9 @@ packages=(
   mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
   libcjson-dev check uthash-dev libwebsockets-dev zlib1g-dev
   python3 python3-pytest python3-paho-mqtt
-  esbuild chromium iproute2 procps
+  esbuild chromium
   libmicrohttpd-dev prometheus man-db python3-yaml
-  debhelper devscripts fakeroot lintian
+  debhelper fakeroot lintian
   node-typescript
 )
 # Node.js may come from Debian or from NodeSource (whose nodejs package has

@@ -53,9 +53,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     presence_view(&pr, "local", "dashboard", 9);
     struct tally_origin *o = presence_origin(&pr, origin);
     check(o != NULL);
-    presence_origin_begin(&pr, o, p.lo, p.hi);
-    for (uint32_t i = 0; i < p.npages; i++)
-        check(presence_origin_set(&pr, o, p.pages[i].page, p.pages[i].len, p.pages[i].count) == 0);
+    bool taken;
+    check(presence_apply(&pr, o, &p, &taken) == TALLY_OK && taken); /* what the plugin runs */
     presence_flush(&pr, 0, 0, on_flush, NULL);
     presence_origin_expire(&pr, o);
     presence_flush(&pr, 0, 0, on_flush, NULL);

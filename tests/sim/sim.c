@@ -293,8 +293,7 @@ static void hub_on_digest(struct node *n, const struct msg *m)
     }
 }
 
-/* As plugin.c's on_presence: apply if newer than what the origin sent, and
- * send it on. */
+/* As plugin.c's on_presence: presence_apply, and send it on if it was taken. */
 static void hub_on_presence(struct node *n, const struct msg *m)
 {
     struct wire_presence wp;
@@ -305,12 +304,10 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     origin[wp.origin_len] = '\0';
     struct tally_origin *o = presence_origin(&n->pr, origin);
     o->last_heard_ms = now;
-    if (o->incarnation != wp.incarnation || wp.seq > o->seq) {
-        o->incarnation = wp.incarnation;
-        o->seq = wp.seq;
-        presence_origin_begin(&n->pr, o, wp.lo, wp.hi);
-        for (uint32_t i = 0; i < wp.npages; i++)
-            presence_origin_set(&n->pr, o, wp.pages[i].page, wp.pages[i].len, wp.pages[i].count);
+    bool taken;
+    if (presence_apply(&n->pr, o, &wp, &taken) != TALLY_OK)
+        abort();
+    if (taken) {
         struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
         broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
     }

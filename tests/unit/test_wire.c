@@ -577,16 +577,15 @@ START_TEST(test_sync_split_to_max_bytes)
 }
 END_TEST
 
-/* Applies one decoded PRESENCE from origin o the way the plugin does. */
+/* Applies one decoded PRESENCE from origin o with the shipped presence_apply. */
 static void apply_presence(struct tally_presence *pr, struct tally_origin *o,
                            const struct wire_buf *msg)
 {
     struct wire_presence p;
     ck_assert_int_eq(wire_decode_presence(msg->data, msg->len, &p), TALLY_OK);
-    presence_origin_begin(pr, o, p.lo, p.hi);
-    for (uint32_t i = 0; i < p.npages; i++)
-        ck_assert_int_eq(
-            presence_origin_set(pr, o, p.pages[i].page, p.pages[i].len, p.pages[i].count), 0);
+    bool taken;
+    ck_assert_int_eq(presence_apply(pr, o, &p, &taken), TALLY_OK);
+    ck_assert(taken);
     free(p.pages);
 }
 
