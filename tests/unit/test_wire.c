@@ -606,7 +606,8 @@ START_TEST(test_presence_split_to_max_bytes)
         page_name(page, i);
         ck_assert_int_eq(presence_view(&here, "viewer", page, strlen(page)), 1);
     }
-    uint32_t n = presence_announce(&here, "n1", 9, 100, 4096, &(struct wire_buf){0}, collect, &col);
+    struct wire_buf b = {0};
+    uint32_t n = presence_announce(&here, "n1", 9, 100, 4096, &b, collect, &col);
     ck_assert_uint_eq(n, col.n);
     ck_assert_uint_gt(n, 50);
     /* Consecutive ranges that cover every hash, numbered one after another. */
@@ -639,7 +640,6 @@ START_TEST(test_presence_split_to_max_bytes)
     }
     collected_free(&col);
     col.n = 0;
-    struct wire_buf b = {0};
     ck_assert_uint_eq(presence_announce(&here, "n1", 9, 200, 4096, &b, collect, &col), 1);
     apply_presence(&there, o, &col.msgs[0]);
     page_name(page, 0);
