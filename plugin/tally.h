@@ -604,6 +604,7 @@ struct tier_edge {
     uint64_t last_up_ms;
     uint64_t watch_sent_seq, pages_sent_seq;
     bool watch_changed, pages_changed;
+    uint32_t nidle;       /* views without a watcher, lingering */
     uint64_t hub_session; /* as the current hub's DOWNs name it */
     uint64_t hub_changes; /* times the edge found itself on a new hub */
     char hub[TALLY_NODE_ID_MAX + 1];
@@ -614,7 +615,8 @@ void tier_edge_init(struct tier_edge *e, const char *node_id, uint64_t incarnati
 void tier_edge_free(struct tier_edge *e);
 /* The edge's own slot of `name` changed (after table_add on it). */
 int tier_edge_wrote(struct tier_edge *e, const char *name, size_t len);
-/* A counter's total starts (on) or stops being watched by the edge's clients. */
+/* A counter's total starts (on) or stops being watched by the edge's clients;
+ * its view lingers TIER_VIEW_LINGER_MS (tier.c) after the last watcher. */
 int tier_edge_watch(struct tier_edge *e, const char *name, size_t len, bool on);
 /* The edge's local viewer counts changed (presence.c's local_changed). */
 void tier_edge_pages_changed(struct tier_edge *e);

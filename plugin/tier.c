@@ -25,7 +25,12 @@
  *     else;
  *   - for each counter its clients watch, a view of the rest of the world:
  *     (P, N, D) learned from its hub, P and N being the sums of every slot
- *     but its own, D the sum of the device maxima;
+ *     but its own, D the sum of the device maxima. A view outlives its last
+ *     watcher by TIER_VIEW_LINGER_MS: a client that subscribes, reads the
+ *     retained total and leaves (mosquitto_sub -C 1, a poll) would otherwise
+ *     drop the view before its hub's answer arrives, and the next poll would
+ *     read a stale total again; keeping it also keeps its maxima, so a total
+ *     watched again within the linger never steps back;
  *   - for each page its viewers watch, the count the hub reports for the
  *     others.
  * It shows its clients: own P + view P - own N - view N + max(own D, view D),
@@ -158,11 +163,16 @@ struct tier_mine {
     char name[];
 };
 
+/* A view stays this long after its last watcher leaves (see above). */
+#define TIER_VIEW_LINGER_MS 30000
+
 /* What the edge knows of the rest of the world for one watched counter. */
 struct tier_view {
     UT_hash_handle hh;
-    uint64_t p, n, d;    /* the others' P and N, and every device maximum */
-    uint64_t tp, tn, td; /* what resets took away from those (reset.c) */
+    uint64_t p, n, d;       /* the others' P and N, and every device maximum */
+    uint64_t tp, tn, td;    /* what resets took away from those (reset.c) */
+    uint64_t idle_since_ms; /* unwatched since (0: not yet stamped by tier_edge_up) */
+    bool idle;              /* no watcher: dropped TIER_VIEW_LINGER_MS later */
     uint8_t len;
     char name[];
 };
@@ -297,12 +307,32 @@ int tier_edge_watch(struct tier_edge *e, const char *name, size_t len, bool on)
         v->len = (uint8_t)len;
         HASH_ADD(hh, e->views, name, len, v);
         e->watch_changed = true;
-    } else if (!on && v) {
-        HASH_DEL(e->views, v);
-        free(v);
-        e->watch_changed = true;
+    } else if (v && v->idle != !on) {
+        /* the hub keeps sending it while it lingers: nothing to tell it */
+        v->idle = !on;
+        v->idle_since_ms = 0;
+        e->nidle += on ? -1 : 1;
     }
     return TALLY_OK;
+}
+
+/* Drops the views unwatched for TIER_VIEW_LINGER_MS; stamps the newly idle. */
+static void edge_drop_idle(struct tier_edge *e, uint64_t now_ms)
+{
+    struct tier_view *v, *vt;
+    HASH_ITER(hh, e->views, v, vt)
+    {
+        if (!v->idle)
+            continue;
+        if (v->idle_since_ms == 0) {
+            v->idle_since_ms = now_ms ? now_ms : 1;
+        } else if (now_ms - v->idle_since_ms >= TIER_VIEW_LINGER_MS) {
+            HASH_DEL(e->views, v);
+            free(v);
+            e->nidle--;
+            e->watch_changed = true;
+        }
+    }
 }
 
 void tier_edge_pages_changed(struct tier_edge *e)
@@ -364,6 +394,8 @@ int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presen
                  uint64_t now_ms, uint64_t every_ms, uint64_t heartbeat_ms, struct wire_buf *out)
 {
     wbuf_reset(out);
+    if (e->nidle)
+        edge_drop_idle(e, now_ms);
     if (!up_due(e, now_ms, every_ms, heartbeat_ms))
         return 0;
     uint32_t self;

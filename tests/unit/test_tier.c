@@ -161,6 +161,39 @@ START_TEST(edge_holds_only_its_own_slot_and_shows_the_world)
 }
 END_TEST
 
+/* A poller (subscribe, read the retained total, leave) must find the hub's
+ * answer at its next poll: the view outlives its last watcher by
+ * TIER_VIEW_LINGER_MS (30 s), keeps taking DOWNs, and then goes. */
+START_TEST(a_view_lingers_after_its_last_watcher)
+{
+    inc(&f, "likes", 4);
+    round_trip(&f, &a);
+    watch(&e, "likes");
+    ck_assert_int_eq(tier_edge_watch(&e.edge, "likes", 5, false), TALLY_OK); /* gone at once */
+    now += 10;
+    round_trip(&e, &a); /* the UP still names it: the hub answers */
+    ck_assert_int_eq(shown(&e, "likes"), 4);
+    inc(&f, "likes", 2);
+    round_trip(&f, &a);
+    now += HB; /* the heartbeat DOWN carries every watched figure */
+    round_trip(&e, &a);
+    ck_assert_int_eq(shown(&e, "likes"), 6);
+    now += 30000;
+    up(&e); /* stamps nothing new: the linger is over, the view is dropped */
+    ck_assert_int_eq(shown(&e, "likes"), 0);
+    /* watched again within the linger: kept, never back to its own part */
+    watch(&e, "likes");
+    round_trip(&e, &a);
+    ck_assert_int_eq(tier_edge_watch(&e.edge, "likes", 5, false), TALLY_OK);
+    now += 10;
+    up(&e);
+    now += 29000;
+    up(&e);
+    watch(&e, "likes");
+    ck_assert_int_eq(shown(&e, "likes"), 6);
+}
+END_TEST
+
 START_TEST(a_lost_up_is_carried_by_the_next)
 {
     inc(&e, "x", 5);
@@ -368,6 +401,7 @@ Suite *tier_suite(void)
     TCase *tc = tcase_create("tier");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, edge_holds_only_its_own_slot_and_shows_the_world);
+    tcase_add_test(tc, a_view_lingers_after_its_last_watcher);
     tcase_add_test(tc, a_lost_up_is_carried_by_the_next);
     tcase_add_test(tc, an_unacknowledged_up_is_resent_once_an_interval);
     tcase_add_test(tc, failover_sends_the_whole_slot_and_counts_it_once);
