@@ -422,7 +422,7 @@ static const char *reset_counter(const cJSON *cmd, cJSON *data, struct control_r
     if (!grown)
         return "out of memory";
     rq->changed = grown;
-    if (table_reset(rq->t, c, delete) < 0)
+    if (table_reset(rq->t, c, delete) != TALLY_OK)
         return "out of memory";
     rq->changed[rq->nchanged++] = c;
     cJSON_AddStringToObject(data, "name", c->name);

@@ -251,68 +251,75 @@ int counter_add(struct tally_counter *c, uint32_t replica, int64_t delta)
     return TALLY_OK;
 }
 
-/* Merges a remote view of one slot. Returns 1 if the slot rose or is new (a
- * zero slot is new: it says the counter exists), 0 if the remote view held
- * nothing new, or a negative tally_err. */
-int counter_merge_slot(struct tally_counter *c, uint32_t replica, uint64_t p, uint64_t n)
+/* Merges a remote view of one slot. *changed tells whether the slot rose or
+ * is new (a zero slot is new: it says the counter exists). */
+int counter_merge_slot(struct tally_counter *c, uint32_t replica, uint64_t p, uint64_t n,
+                       bool *changed)
 {
+    *changed = false;
     if (p > (uint64_t)TALLY_MAX_SAFE || n > (uint64_t)TALLY_MAX_SAFE)
-        return -TALLY_E_OVERFLOW;
+        return TALLY_E_OVERFLOW;
     const struct tally_slot *have = counter_slot(c, replica);
     if (have && have->p >= p && have->n >= n)
-        return 0;
+        return TALLY_OK;
     struct tally_slot *slot = slot_find(c, replica, true);
     if (!slot)
-        return -TALLY_E_NOMEM;
+        return TALLY_E_NOMEM;
     if (p > slot->p)
         slot->p = p;
     if (n > slot->n)
         slot->n = n;
     assert(!have || (slot->p >= p && slot->n >= n)); /* invariant 1 */
-    return 1;
+    *changed = true;
+    return TALLY_OK;
 }
 
-/* Merges a device's running total: the maximum wins. Same returns as above. */
-int counter_merge_device(struct tally_counter *c, uint32_t device, uint64_t total)
+/* Merges a device's running total: the maximum wins. Same as above. */
+int counter_merge_device(struct tally_counter *c, uint32_t device, uint64_t total, bool *changed)
 {
+    *changed = false;
     if (total > (uint64_t)TALLY_MAX_SAFE)
-        return -TALLY_E_OVERFLOW;
+        return TALLY_E_OVERFLOW;
     const struct tally_dev *have = counter_device(c, device);
     if (have && have->total >= total)
-        return 0;
+        return TALLY_OK;
     struct tally_dev *dev = dev_find(c, device, true);
     if (!dev)
-        return -TALLY_E_NOMEM;
+        return TALLY_E_NOMEM;
     assert(total > dev->total || dev->total == 0); /* invariant 1: a maximum only grows */
     dev->total = total;
-    return 1;
+    *changed = true;
+    return TALLY_OK;
 }
 
-/* Checks a device's report taken locally: 1 if it raises the device's
- * maximum, 0 if it changes nothing, or a negative tally_err when the value
- * would leave the contract's range. Changes nothing. */
-int counter_report_check(const struct tally_counter *c, uint32_t device, uint64_t total)
+/* Checks a device's report taken locally: *raises tells whether it raises
+ * the device's maximum; TALLY_E_OVERFLOW when the value would leave the
+ * contract's range. Changes nothing. */
+int counter_report_check(const struct tally_counter *c, uint32_t device, uint64_t total,
+                         bool *raises)
 {
+    *raises = false;
     if (total > (uint64_t)TALLY_MAX_SAFE)
-        return -TALLY_E_OVERFLOW;
+        return TALLY_E_OVERFLOW;
     const struct tally_dev *have = counter_device(c, device);
     uint64_t old = have ? have->total : 0;
     if (have && total <= old)
-        return 0;
+        return TALLY_OK;
     struct tally_sums s;
     counter_sums(c, &s);
     if (total - old > (uint64_t)(TALLY_MAX_SAFE - s.devices) ||
         s.value + (int64_t)(total - old) > TALLY_MAX_SAFE)
-        return -TALLY_E_OVERFLOW;
-    return 1;
+        return TALLY_E_OVERFLOW;
+    *raises = true;
+    return TALLY_OK;
 }
 
 /* A device's report taken locally: like a merge, but refused when it would
  * take the value outside the contract's range. */
-int counter_report(struct tally_counter *c, uint32_t device, uint64_t total)
+int counter_report(struct tally_counter *c, uint32_t device, uint64_t total, bool *changed)
 {
-    int rc = counter_report_check(c, device, total);
-    return rc <= 0 ? rc : counter_merge_device(c, device, total);
+    int rc = counter_report_check(c, device, total, changed);
+    return rc != TALLY_OK || !*changed ? rc : counter_merge_device(c, device, total, changed);
 }
 
 void counter_free(struct tally_counter *c)

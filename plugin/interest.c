@@ -260,24 +260,25 @@ static void apply(struct tally_interest *in, const struct interest_filter *f, in
 }
 
 int interest_subscribe(struct tally_interest *in, const char *client, const char *filter,
-                       interest_fn *fn, void *ud)
+                       interest_fn *fn, void *ud, bool *added)
 {
+    *added = false;
     const char *plain = unshared(filter);
     struct scope s = filter_scope(in, plain);
     if (s.totals == INTEREST_NONE && s.states == INTEREST_NONE)
-        return 0;
+        return TALLY_OK;
     struct interest_client *cl = NULL;
     HASH_FIND_STR(in->clients, client, cl);
     struct interest_filter *f = NULL;
     if (cl)
         HASH_FIND_STR(cl->filters, filter, f);
     if (f)
-        return 0;
+        return TALLY_OK;
     if (!cl) {
         size_t len = strlen(client);
         cl = calloc(1, sizeof(*cl) + len + 1);
         if (!cl)
-            return -TALLY_E_NOMEM;
+            return TALLY_E_NOMEM;
         memcpy(cl->id, client, len);
         HASH_ADD(hh, in->clients, id[0], len, cl);
     }
@@ -288,7 +289,7 @@ int interest_subscribe(struct tally_interest *in, const char *client, const char
         free(f);
         if (!cl->filters)
             client_free(in, cl);
-        return -TALLY_E_NOMEM;
+        return TALLY_E_NOMEM;
     }
     memcpy(f->filter, filter, flen);
     f->totals = (uint8_t)s.totals;
@@ -296,7 +297,8 @@ int interest_subscribe(struct tally_interest *in, const char *client, const char
     f->name = n;
     HASH_ADD(hh, cl->filters, filter[0], flen, f);
     apply(in, f, +1, fn, ud);
-    return 1;
+    *added = true;
+    return TALLY_OK;
 }
 
 void interest_unsubscribe(struct tally_interest *in, const char *client, const char *filter,

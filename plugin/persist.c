@@ -266,9 +266,10 @@ static int apply_slot(struct wire_reader *r, struct tally_table *t, struct tally
     uint32_t replica;
     struct tally_counter *c;
     int rc = table_replica(t, id, idlen, inc, &replica);
+    bool changed;
     if (rc == TALLY_OK)
         rc = table_get(t, name, nlen, TABLE_MERGE, &c);
-    if (rc == TALLY_OK && table_merge_slot(t, c, replica, p, n) < 0)
+    if (rc == TALLY_OK && table_merge_slot(t, c, replica, p, n, &changed) != TALLY_OK)
         rc = TALLY_E_WIRE;
     if (rc == TALLY_OK && has_key)
         dedup_insert(d, key);
@@ -289,7 +290,8 @@ static int apply_device(struct wire_reader *r, struct tally_table *t)
     int rc = table_device(t, dev, dlen, DEVICE_PEER, &idx);
     if (rc == TALLY_OK)
         rc = table_get(t, name, nlen, TABLE_MERGE, &c);
-    if (rc == TALLY_OK && table_merge_device(t, c, idx, total, false) < 0)
+    bool changed;
+    if (rc == TALLY_OK && table_merge_device(t, c, idx, total, false, &changed) != TALLY_OK)
         rc = TALLY_E_WIRE;
     return rc;
 }
@@ -308,7 +310,8 @@ static int apply_base_slot(struct wire_reader *r, struct tally_table *t)
     int rc = table_replica(t, id, idlen, inc, &replica);
     if (rc == TALLY_OK)
         rc = table_get(t, name, nlen, TABLE_MERGE, &c);
-    if (rc == TALLY_OK && table_merge_base_slot(t, c, replica, p, n) < 0)
+    bool rose;
+    if (rc == TALLY_OK && table_merge_base_slot(t, c, replica, p, n, &rose) != TALLY_OK)
         rc = TALLY_E_WIRE;
     return rc;
 }
@@ -327,7 +330,8 @@ static int apply_base_device(struct wire_reader *r, struct tally_table *t)
     int rc = table_device(t, dev, dlen, DEVICE_PEER, &idx);
     if (rc == TALLY_OK)
         rc = table_get(t, name, nlen, TABLE_MERGE, &c);
-    if (rc == TALLY_OK && table_merge_base_device(t, c, idx, total) < 0)
+    bool rose;
+    if (rc == TALLY_OK && table_merge_base_device(t, c, idx, total, &rose) != TALLY_OK)
         rc = TALLY_E_WIRE;
     return rc;
 }
@@ -341,7 +345,8 @@ static int apply_stamps(struct wire_reader *r, struct tally_table *t)
         return TALLY_E_WIRE;
     struct tally_counter *c;
     int rc = table_get(t, name, nlen, TABLE_MERGE, &c);
-    if (rc == TALLY_OK && table_merge_stamps(t, c, deleted, reset) < 0)
+    bool rose;
+    if (rc == TALLY_OK && table_merge_stamps(t, c, deleted, reset, &rose) != TALLY_OK)
         rc = TALLY_E_WIRE;
     return rc;
 }
@@ -1094,33 +1099,33 @@ int persist_slot(struct persist *p, const struct tally_table *t, const struct ta
                  const struct tally_slot *s, const struct tally_key *key)
 {
     slot_payload(&p->payload, t, c, s, key);
-    return log_write(p);
+    return log_write(p) == 0 ? TALLY_OK : TALLY_E_DISK;
 }
 
 int persist_device(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
                    const struct tally_dev *d)
 {
     device_payload(&p->payload, t, c, d);
-    return log_write(p);
+    return log_write(p) == 0 ? TALLY_OK : TALLY_E_DISK;
 }
 
 int persist_base(struct persist *p, const struct tally_table *t, const struct tally_counter *c)
 {
     const struct tally_base *b = table_base(t, c);
     if (!b)
-        return 0;
+        return TALLY_OK;
     for (uint32_t i = 0; i < b->nslots; i++) {
         base_slot_payload(&p->payload, t, c, &b->slots[i]);
-        if (log_write(p) < 0)
-            return -1;
+        if (log_write(p) != 0)
+            return TALLY_E_DISK;
     }
     for (uint32_t i = 0; i < b->ndevs; i++) {
         base_device_payload(&p->payload, t, c, &b->devs[i]);
-        if (log_write(p) < 0)
-            return -1;
+        if (log_write(p) != 0)
+            return TALLY_E_DISK;
     }
     stamps_payload(&p->payload, c, b);
-    return log_write(p);
+    return log_write(p) == 0 ? TALLY_OK : TALLY_E_DISK;
 }
 
 /* msyncs the log when fsync_interval_ms has passed since the last change
@@ -1150,17 +1155,17 @@ static int tick_sync(struct persist *p, uint64_t now_ms, char *err, size_t errle
 int persist_tick(struct persist *p, const struct tally_table *t, const struct tally_dedup *d,
                  uint64_t now_ms, char *err, size_t errlen)
 {
-    int rc = 0;
+    int rc = TALLY_OK;
     err[0] = '\0';
     if (reap(p, false) < 0) {
         snprintf(err, errlen,
                  "a snapshot of %s failed in its child process; the log is kept and replayed "
                  "at the next start",
                  p->dir);
-        rc = -1;
+        rc = TALLY_E_DISK;
     }
     if (tick_sync(p, now_ms, err, errlen) < 0)
-        rc = -1;
+        rc = TALLY_E_DISK;
     if (p->last_snapshot_ms == 0)
         p->last_snapshot_ms = now_ms;
     if (now_ms - p->last_snapshot_ms >= (uint64_t)p->snapshot_interval_ms &&
@@ -1170,7 +1175,7 @@ int persist_tick(struct persist *p, const struct tally_table *t, const struct ta
                      "a snapshot of %s failed (%s); the log stays in use and is replayed at the "
                      "next start",
                      p->dir, strerror(errno));
-            rc = -1;
+            rc = TALLY_E_DISK;
         }
         p->last_snapshot_ms = now_ms;
     }

@@ -22,8 +22,9 @@ struct persist *persist_open(const char *state_dir, const char *node_id,
                              struct tally_table *t, struct tally_dedup *d, uint64_t *incarnation,
                              char *err, size_t errlen);
 /* Appends one slot's state s of counter c (and the idempotency key that
- * raised it, if any). Returns 0, or -1 with errno when it is not in the log
- * (nothing of it is): the caller must not acknowledge what it stands for. */
+ * raised it, if any). Returns TALLY_OK, or TALLY_E_DISK with errno set when it
+ * is not in the log (nothing of it is): the caller must not acknowledge what
+ * it stands for. */
 int persist_slot(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
                  const struct tally_slot *s, const struct tally_key *key);
 /* Appends a device's maximum d of counter c; returns as persist_slot. */
@@ -34,9 +35,10 @@ int persist_device(struct persist *p, const struct tally_table *t, const struct 
  * up in the middle) is a reset that observed less. */
 int persist_base(struct persist *p, const struct tally_table *t, const struct tally_counter *c);
 /* msyncs the log on the configured interval and compacts it into a snapshot
- * in a child process. Returns -1 with a message for the log in err when a
- * snapshot failed or the log could not be synced (from then on persist_slot
- * and persist_device refuse, until it syncs again); 0 otherwise. */
+ * in a child process. Returns TALLY_E_DISK with a message for the log in err
+ * when a snapshot failed or the log could not be synced (from then on
+ * persist_slot and persist_device refuse, until it syncs again); TALLY_OK
+ * otherwise. */
 int persist_tick(struct persist *p, const struct tally_table *t, const struct tally_dedup *d,
                  uint64_t now_ms, char *err, size_t errlen);
 /* Writes a final snapshot and frees p (NULL is fine). */

@@ -308,8 +308,6 @@ static void refuse_log(const char *client, const char *action, const char *topic
 
 static int refuse(struct mosquitto *client, const char *topic, int reason)
 {
-    if (reason < 0)
-        reason = -reason;
     if (reason < TALLY_E__COUNT)
         g.st.rejected[reason]++;
     refuse_log(mosquitto_client_id(client), "publish", topic, reason);
@@ -435,8 +433,8 @@ static int not_written(struct mosquitto *client, const char *topic)
  * it is listed again at 0 on every node. */
 static void recreate(struct tally_counter *c)
 {
-    if (table_reset(&g.table, c, false) < 0 ||
-        (g.persist && persist_base(g.persist, &g.table, c) < 0))
+    if (table_reset(&g.table, c, false) != TALLY_OK ||
+        (g.persist && persist_base(g.persist, &g.table, c) != TALLY_OK))
         mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot recreate deleted counter %s", c->name);
 }
 
@@ -472,11 +470,12 @@ static int on_increment(struct mosquitto_evt_message *ev, struct topic t, enum t
     }
     /* On disk before it is applied, and so before the PUBACK. */
     if (g.persist && (inc.delta != 0 || creates) &&
-        persist_slot(g.persist, &g.table, c, &next, inc.id[0] ? &key : NULL) < 0) {
+        persist_slot(g.persist, &g.table, c, &next, inc.id[0] ? &key : NULL) != TALLY_OK) {
         table_drop_if_empty(&g.table, c);
         return TALLY_E_DISK;
     }
-    if (table_add(&g.table, c, g.self, inc.delta) < 0)
+    bool changed;
+    if (table_add(&g.table, c, g.self, inc.delta, &changed) != TALLY_OK)
         return TALLY_E_NOMEM;
     if (g.edge && tier_edge_wrote(&g.tier_edge, t.name, t.len) != TALLY_OK)
         return TALLY_E_NOMEM;
@@ -509,26 +508,28 @@ static int on_report(struct mosquitto_evt_message *ev, struct topic t, enum tall
         rc = table_get(&g.table, t.name, t.len, TABLE_LOCAL, &c);
     if (rc == TALLY_OK)
         rc = table_device(&g.table, device, strlen(device), DEVICE_LOCAL, &dev);
-    int raises = rc == TALLY_OK ? counter_report_check(c, dev, rep.total) : -rc;
-    if (raises < 0) {
+    bool raises = false;
+    if (rc == TALLY_OK)
+        rc = counter_report_check(c, dev, rep.total, &raises);
+    if (rc != TALLY_OK) {
         if (c)
             table_drop_if_empty(&g.table, c);
-        return -raises;
+        return rc;
     }
     g.st.reports++;
     *result = raises ? RESULT_APPLIED : RESULT_UNCHANGED;
-    if (raises == 0) {
+    if (!raises) {
         g.st.reports_stale++;
         return TALLY_OK;
     }
     struct tally_dev next = {.device = dev, .total = rep.total};
-    if (g.persist && persist_device(g.persist, &g.table, c, &next) < 0) {
+    if (g.persist && persist_device(g.persist, &g.table, c, &next) != TALLY_OK) {
         table_drop_if_empty(&g.table, c);
         return TALLY_E_DISK;
     }
     if (g.edge && tier_edge_wrote(&g.tier_edge, t.name, t.len) != TALLY_OK)
         return TALLY_E_NOMEM;
-    if (table_merge_device(&g.table, c, dev, rep.total, true) < 0)
+    if (table_merge_device(&g.table, c, dev, rep.total, true, &raises) != TALLY_OK)
         return TALLY_E_NOMEM;
     return TALLY_OK;
 }
@@ -790,7 +791,10 @@ static int on_up(const struct mosquitto_evt_message *ev, bool *route)
     int rc = tier_hub_apply_up(&g.tier_hub, &g.table, &g.presence, payload, len, now, &ch);
     if (rc != TALLY_OK)
         return rc;
-    if (tier_hub_relay(ch, now, (uint64_t)g.opt.peer_timeout_ms / 3, &g.buf) == 1) {
+    bool written;
+    if (tier_hub_relay(ch, now, (uint64_t)g.opt.peer_timeout_ms / 3, &g.buf, &written) ==
+            TALLY_OK &&
+        written) {
         snprintf(g.topic, sizeof(g.topic), "$tally/v1/presence/%s", tier_child_id(ch));
         publish(g.topic, g.buf.data, g.buf.len, 1, false);
     }
@@ -911,9 +915,10 @@ static void on_subscribe(struct mosquitto *client, const char *topic, struct top
     const char *id = mosquitto_client_id(client);
     if (!id)
         return;
+    bool added;
     if (!subscribe)
         interest_unsubscribe(&g.interest, id, topic, watchers_changed, NULL);
-    else if (interest_subscribe(&g.interest, id, topic, watchers_changed, NULL) < 0)
+    else if (interest_subscribe(&g.interest, id, topic, watchers_changed, NULL, &added) != TALLY_OK)
         mosquitto_log_printf(MOSQ_LOG_ERR,
                              "tally: out of memory: the subscription of '%s' to "
                              "'%s' is not seen as watching",
@@ -924,10 +929,10 @@ static void on_subscribe(struct mosquitto *client, const char *topic, struct top
         presence_unview(&g.presence, id, t.name, t.len);
         return;
     }
-    int rc = presence_view(&g.presence, id, t.name, t.len);
-    if (rc < 0) {
-        g.st.rejected[-rc]++;
-        refuse_log(id, "view", topic, -rc);
+    int rc = presence_view(&g.presence, id, t.name, t.len, &added);
+    if (rc != TALLY_OK) {
+        g.st.rejected[rc]++;
+        refuse_log(id, "view", topic, rc);
         return;
     }
     show_count(id, t.name, t.len);
@@ -1361,13 +1366,14 @@ static void expire_peers(uint64_t now)
 
 static void edge_tick(uint64_t now)
 {
+    bool written;
     int rc =
         tier_edge_up(&g.tier_edge, &g.table, &g.presence, now, (uint64_t)g.opt.publish_interval_ms,
-                     (uint64_t)g.opt.sync_interval_ms, &g.buf);
-    if (rc == 1)
+                     (uint64_t)g.opt.sync_interval_ms, &g.buf, &written);
+    if (rc != TALLY_OK)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot write an UP: %s", tally_strerror(rc));
+    else if (written)
         publish_up_down("up", g.opt.node_id, &g.buf);
-    else if (rc < 0)
-        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot write an UP: %s", tally_strerror(-rc));
 }
 
 /* Our edges' DOWNs, at most one each per publish interval. */
@@ -1379,9 +1385,11 @@ static void hub_tick(uint64_t now)
     last = now;
     tier_hub_expire(&g.tier_hub, now, (uint64_t)g.opt.peer_timeout_ms);
     tier_hub_tick(&g.tier_hub);
+    bool written;
     for (struct tier_child *ch = NULL; (ch = tier_hub_next(&g.tier_hub, ch));)
         if (tier_hub_down(&g.tier_hub, &g.table, &g.presence, ch, now,
-                          (uint64_t)g.opt.sync_interval_ms, &g.buf) == 1)
+                          (uint64_t)g.opt.sync_interval_ms, &g.buf, &written) == TALLY_OK &&
+            written)
             publish_up_down("down", tier_child_id(ch), &g.buf);
 }
 
@@ -1414,7 +1422,7 @@ static int on_tick(int event, void *event_data, void *userdata)
     if (now - g.last_stats_ms >= (uint64_t)g.opt.stats_interval_ms)
         publish_stats(now);
     char err[700];
-    if (g.persist && persist_tick(g.persist, &g.table, &g.dedup, now, err, sizeof(err)) < 0)
+    if (g.persist && persist_tick(g.persist, &g.table, &g.dedup, now, err, sizeof(err)) != TALLY_OK)
         mosquitto_log_printf(MOSQ_LOG_ERR, "tally: %s", err);
     return MOSQ_ERR_SUCCESS;
 }
@@ -1434,7 +1442,7 @@ static int on_control(int event, void *event_data, void *userdata)
     /* A reset is on disk before it is answered; one that cannot be written
      * stays applied (and replicated: peers hand it back after a restart). */
     for (size_t i = 0; i < rq.nchanged; i++)
-        if (g.persist && persist_base(g.persist, &g.table, rq.changed[i]) < 0)
+        if (g.persist && persist_base(g.persist, &g.table, rq.changed[i]) != TALLY_OK)
             mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot write the reset of %s to %s: %s",
                                  rq.changed[i]->name, g.opt.state_dir, strerror(errno));
     for (size_t i = 0; i < rq.nchanged; i++)

@@ -125,23 +125,25 @@ static uint64_t page_total(const struct tally_page *pg)
 
 /* ==== Local viewers ==== */
 
-/* Returns 1 if (client, page) is a new view, 0 if it was already counted, or
- * a negative tally_err (max_views reached, out of memory). */
-int presence_view(struct tally_presence *pr, const char *client, const char *page, size_t len)
+/* Returns TALLY_OK, setting *added if (client, page) is a new view (not if it
+ * was already counted), or a tally_err (max_views reached, out of memory). */
+int presence_view(struct tally_presence *pr, const char *client, const char *page, size_t len,
+                  bool *added)
 {
+    *added = false;
     struct tally_viewer *v = NULL;
     HASH_FIND_STR(pr->viewers, client, v);
     if (v)
         for (uint32_t i = 0; i < v->npages; i++)
             if (v->pages[i]->name_len == len && memcmp(v->pages[i]->name, page, len) == 0)
-                return 0;
+                return TALLY_OK;
     if (pr->nviews >= pr->max_views)
-        return -TALLY_E_MAX_VIEWERS;
+        return TALLY_E_MAX_VIEWERS;
     if (!v) {
         size_t clen = strlen(client);
         v = calloc(1, sizeof(*v) + clen + 1);
         if (!v)
-            return -TALLY_E_NOMEM;
+            return TALLY_E_NOMEM;
         memcpy(v->client, client, clen);
         HASH_ADD(hh, pr->viewers, client[0], clen, v);
     }
@@ -152,7 +154,7 @@ int presence_view(struct tally_presence *pr, const char *client, const char *pag
             HASH_DEL(pr->viewers, v);
             free(v);
         }
-        return -TALLY_E_NOMEM;
+        return TALLY_E_NOMEM;
     }
     v->pages = grown;
     v->pages[v->npages++] = pg;
@@ -160,7 +162,8 @@ int presence_view(struct tally_presence *pr, const char *client, const char *pag
     pr->nviews++;
     pr->local_changed = true;
     page_dirty(pr, pg);
-    return 1;
+    *added = true;
+    return TALLY_OK;
 }
 
 static void viewer_forget(struct tally_presence *pr, struct tally_viewer *v, uint32_t i)

@@ -171,20 +171,21 @@ static int apply_base(struct tally_table *t, struct persist *p, const struct wir
                       const struct wire_sync_counter *wc, struct tally_counter *c,
                       const uint32_t *reps, const uint32_t *devs)
 {
-    int rose = table_merge_stamps(t, c, wc->deleted, wc->reset);
-    for (uint32_t i = 0; i < wc->nbase_slots && rose >= 0; i++) {
+    bool rose = false, r;
+    int rc = table_merge_stamps(t, c, wc->deleted, wc->reset, &rose);
+    for (uint32_t i = 0; i < wc->nbase_slots && rc == TALLY_OK; i++) {
         const struct wire_sync_slot *b = &s->base_slots[wc->first_base_slot + i];
-        int rc = table_merge_base_slot(t, c, reps[b->replica_ref], b->p, b->n);
-        rose = rc < 0 ? rc : rose | rc;
+        rc = table_merge_base_slot(t, c, reps[b->replica_ref], b->p, b->n, &r);
+        rose |= r;
     }
-    for (uint32_t i = 0; i < wc->nbase_devs && rose >= 0; i++) {
+    for (uint32_t i = 0; i < wc->nbase_devs && rc == TALLY_OK; i++) {
         const struct wire_sync_dev *d = &s->base_devs[wc->first_base_dev + i];
-        int rc = table_merge_base_device(t, c, devs[d->device_ref], d->total);
-        rose = rc < 0 ? rc : rose | rc;
+        rc = table_merge_base_device(t, c, devs[d->device_ref], d->total, &r);
+        rose |= r;
     }
-    if (rose > 0 && p)
+    if (rc == TALLY_OK && rose && p)
         persist_base(p, t, c);
-    return rose < 0 ? -rose : TALLY_OK;
+    return rc;
 }
 
 static int apply_counter(struct repl *r, struct tally_table *t, struct persist *p,
@@ -192,6 +193,7 @@ static int apply_counter(struct repl *r, struct tally_table *t, struct persist *
                          const uint32_t *reps, const uint32_t *devs, uint16_t from)
 {
     struct tally_counter *c;
+    bool changed;
     int rc = table_get(t, wc->name, wc->name_len, TABLE_MERGE, &c);
     if (rc != TALLY_OK)
         return rc;
@@ -200,7 +202,8 @@ static int apply_counter(struct repl *r, struct tally_table *t, struct persist *
         uint32_t replica = reps[sl->replica_ref];
         /* Peers' states need no acknowledgement: what fails to reach the
          * log here is sent again by anti-entropy. */
-        if (table_merge_slot_from(t, c, replica, sl->p, sl->n, from) > 0) {
+        if (table_merge_slot_from(t, c, replica, sl->p, sl->n, from, &changed) == TALLY_OK &&
+            changed) {
             r->learned |= repl_owed(from, r);
             if (p)
                 persist_slot(p, t, c, counter_slot(c, replica), NULL);
@@ -209,7 +212,7 @@ static int apply_counter(struct repl *r, struct tally_table *t, struct persist *
     for (uint32_t i = 0; i < wc->ndevs; i++) {
         const struct wire_sync_dev *d = &s->devs[wc->first_dev + i];
         uint32_t dev = devs[d->device_ref];
-        if (table_merge_device_from(t, c, dev, d->total, from) > 0) {
+        if (table_merge_device_from(t, c, dev, d->total, from, &changed) == TALLY_OK && changed) {
             r->learned |= repl_owed(from, r);
             if (p)
                 persist_device(p, t, c, counter_device(c, dev));

@@ -256,62 +256,68 @@ static void digest(struct tally_table *t, const struct tally_counter *c, uint64_
 }
 
 int table_merge_base_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica,
-                          uint64_t p, uint64_t n)
+                          uint64_t p, uint64_t n, bool *rose)
 {
+    *rose = false;
     if (p > (uint64_t)TALLY_MAX_SAFE || n > (uint64_t)TALLY_MAX_SAFE)
-        return -TALLY_E_OVERFLOW;
+        return TALLY_E_OVERFLOW;
     const struct tally_base *have = table_base(t, c);
     const struct tally_base_slot *s = have ? bslot_find(have, replica) : NULL;
     if ((s && s->p >= p && s->n >= n) || (!s && p == 0 && n == 0))
-        return 0;
+        return TALLY_OK;
     struct tally_base *b = base_get(t, c);
     struct tally_base_slot *e = b ? bslot_get(b, replica) : NULL;
     if (!e)
-        return -TALLY_E_NOMEM;
+        return TALLY_E_NOMEM;
     uint64_t p0 = e->p, n0 = e->n;
     e->p = p > e->p ? p : e->p;
     e->n = n > e->n ? n : e->n;
     digest(t, c, table_replica_hash(t, replica) ^ BASE_TAG, p0, n0, e->p, e->n);
     table_mark_dirty(t, c);
-    return 1;
+    *rose = true;
+    return TALLY_OK;
 }
 
 int table_merge_base_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
-                            uint64_t total)
+                            uint64_t total, bool *rose)
 {
+    *rose = false;
     if (total > (uint64_t)TALLY_MAX_SAFE)
-        return -TALLY_E_OVERFLOW;
+        return TALLY_E_OVERFLOW;
     const struct tally_base *have = table_base(t, c);
     const struct tally_dev *d = have ? bdev_find(have, device) : NULL;
     if ((d && d->total >= total) || (!d && total == 0))
-        return 0;
+        return TALLY_OK;
     struct tally_base *b = base_get(t, c);
     struct tally_dev *e = b ? bdev_get(b, device) : NULL;
     if (!e)
-        return -TALLY_E_NOMEM;
+        return TALLY_E_NOMEM;
     uint64_t old = e->total;
     e->total = total;
     digest(t, c, table_device_hash(t, device) ^ BASE_TAG, old, 0, total, 0);
     table_mark_dirty(t, c);
-    return 1;
+    *rose = true;
+    return TALLY_OK;
 }
 
 int table_merge_stamps(struct tally_table *t, struct tally_counter *c, uint64_t deleted,
-                       uint64_t reset)
+                       uint64_t reset, bool *rose)
 {
+    *rose = false;
     const struct tally_base *have = table_base(t, c);
     if ((have && have->deleted >= deleted && have->reset >= reset) ||
         (!have && deleted == 0 && reset == 0))
-        return 0;
+        return TALLY_OK;
     struct tally_base *b = base_get(t, c);
     if (!b)
-        return -TALLY_E_NOMEM;
+        return TALLY_E_NOMEM;
     uint64_t d0 = b->deleted, r0 = b->reset;
     b->deleted = deleted > b->deleted ? deleted : b->deleted;
     b->reset = reset > b->reset ? reset : b->reset;
     digest(t, c, STAMPS_OWNER, d0, r0, b->deleted, b->reset);
     table_mark_dirty(t, c);
-    return 1;
+    *rose = true;
+    return TALLY_OK;
 }
 
 int table_reset(struct tally_table *t, struct tally_counter *c, bool delete)
@@ -320,14 +326,15 @@ int table_reset(struct tally_table *t, struct tally_counter *c, bool delete)
     uint64_t stamp = 1;
     if (have)
         stamp += have->deleted > have->reset ? have->deleted : have->reset;
+    bool rose;
     for (uint32_t i = 0; i < c->nslots; i++)
-        if (table_merge_base_slot(t, c, c->slots[i].replica, c->slots[i].p, c->slots[i].n) < 0)
-            return -TALLY_E_NOMEM;
+        if (table_merge_base_slot(t, c, c->slots[i].replica, c->slots[i].p, c->slots[i].n, &rose) !=
+            TALLY_OK)
+            return TALLY_E_NOMEM;
     for (uint32_t i = 0; i < c->ndevs; i++)
-        if (table_merge_base_device(t, c, c->devs[i].device, c->devs[i].total) < 0)
-            return -TALLY_E_NOMEM;
-    int rc = table_merge_stamps(t, c, delete ? stamp : 0, delete ? 0 : stamp);
-    return rc < 0 ? rc : 1;
+        if (table_merge_base_device(t, c, c->devs[i].device, c->devs[i].total, &rose) != TALLY_OK)
+            return TALLY_E_NOMEM;
+    return table_merge_stamps(t, c, delete ? stamp : 0, delete ? 0 : stamp, &rose);
 }
 
 void table_free_bases(struct tally_table *t)

@@ -263,42 +263,45 @@ static void slot_changed(struct tally_table *t, struct tally_counter *c, uint32_
     table_mark_dirty(t, c);
 }
 
-int table_add(struct tally_table *t, struct tally_counter *c, uint32_t replica, int64_t delta)
+int table_add(struct tally_table *t, struct tally_counter *c, uint32_t replica, int64_t delta,
+              bool *changed)
 {
     const struct tally_slot *s = counter_slot(c, replica);
     struct tally_slot before = s ? *s : (struct tally_slot){0};
+    *changed = false;
     int rc = counter_add(c, replica, delta);
     if (rc != TALLY_OK)
-        return -rc;
+        return rc;
     if (s && delta == 0)
-        return 0;
+        return TALLY_OK;
     if (!s && !counter_slot(c, replica))
-        return 0; /* a 0 increment to a counter that already held something */
+        return TALLY_OK; /* a 0 increment to a counter that already held something */
     slot_changed(t, c, replica, s ? &before : NULL, REPL_ALL);
     counter_rate_add(c, delta > 0 ? (uint64_t)delta : (uint64_t)-delta, t->clock_ds);
-    return 1;
+    *changed = true;
+    return TALLY_OK;
 }
 
 int table_merge_slot_from(struct tally_table *t, struct tally_counter *c, uint32_t replica,
-                          uint64_t p, uint64_t n, uint16_t from)
+                          uint64_t p, uint64_t n, uint16_t from, bool *changed)
 {
     const struct tally_slot *s = counter_slot(c, replica);
     struct tally_slot before = s ? *s : (struct tally_slot){0};
-    int rc = counter_merge_slot(c, replica, p, n);
-    if (rc <= 0)
+    int rc = counter_merge_slot(c, replica, p, n, changed);
+    if (rc != TALLY_OK || !*changed)
         return rc;
     slot_changed(t, c, replica, s ? &before : NULL, from);
     /* P and N only rise: the total moved by the difference of the two rises */
     const struct tally_slot *after = counter_slot(c, replica);
     int64_t moved = (int64_t)(after->p - before.p) - (int64_t)(after->n - before.n);
     counter_rate_add(c, moved < 0 ? (uint64_t)-moved : (uint64_t)moved, t->clock_ds);
-    return 1;
+    return TALLY_OK;
 }
 
 int table_merge_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica, uint64_t p,
-                     uint64_t n)
+                     uint64_t n, bool *changed)
 {
-    return table_merge_slot_from(t, c, replica, p, n, REPL_ALL);
+    return table_merge_slot_from(t, c, replica, p, n, REPL_ALL, changed);
 }
 
 /* After device `device` of c rose from *old (NULL: new) to total. */
@@ -317,29 +320,30 @@ static void device_changed(struct tally_table *t, struct tally_counter *c, uint3
 }
 
 static int merge_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
-                        uint64_t total, bool local, uint16_t from)
+                        uint64_t total, bool local, uint16_t from, bool *changed)
 {
     const struct tally_dev *d = counter_device(c, device);
     bool existed = d != NULL;
     uint64_t old = existed ? d->total : 0;
-    int rc = local ? counter_report(c, device, total) : counter_merge_device(c, device, total);
-    if (rc <= 0)
+    int rc = local ? counter_report(c, device, total, changed)
+                   : counter_merge_device(c, device, total, changed);
+    if (rc != TALLY_OK || !*changed)
         return rc;
     device_changed(t, c, device, existed ? &old : NULL, total, from);
     counter_rate_add(c, total - old, t->clock_ds);
-    return 1;
+    return TALLY_OK;
 }
 
 int table_merge_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
-                       uint64_t total, bool local)
+                       uint64_t total, bool local, bool *changed)
 {
-    return merge_device(t, c, device, total, local, REPL_ALL);
+    return merge_device(t, c, device, total, local, REPL_ALL, changed);
 }
 
 int table_merge_device_from(struct tally_table *t, struct tally_counter *c, uint32_t device,
-                            uint64_t total, uint16_t from)
+                            uint64_t total, uint16_t from, bool *changed)
 {
-    return merge_device(t, c, device, total, false, from);
+    return merge_device(t, c, device, total, false, from, changed);
 }
 
 /* ==== Registries ==== */

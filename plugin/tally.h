@@ -32,7 +32,11 @@
 
 /* ==== Errors ==== */
 
-/* Every rejection has a reason; the log line and the stats quote its name. */
+/* Every rejection has a reason; the log line and the stats quote its name.
+ * One convention everywhere: a function that can fail returns int, TALLY_OK
+ * or one of these reasons (always positive, never negated). What happened
+ * when it succeeded ("changed", "rose", "written") goes through a bool out
+ * parameter, never through the return value's sign or size. */
 enum tally_err {
     TALLY_OK = 0,
     TALLY_E_NAME_EMPTY,
@@ -135,10 +139,12 @@ struct tally_sums {
 int counter_add_preview(const struct tally_counter *c, uint32_t replica, int64_t delta,
                         struct tally_slot *next);
 int counter_add(struct tally_counter *c, uint32_t replica, int64_t delta);
-int counter_merge_slot(struct tally_counter *c, uint32_t replica, uint64_t p, uint64_t n);
-int counter_merge_device(struct tally_counter *c, uint32_t device, uint64_t total);
-int counter_report_check(const struct tally_counter *c, uint32_t device, uint64_t total);
-int counter_report(struct tally_counter *c, uint32_t device, uint64_t total);
+int counter_merge_slot(struct tally_counter *c, uint32_t replica, uint64_t p, uint64_t n,
+                       bool *changed);
+int counter_merge_device(struct tally_counter *c, uint32_t device, uint64_t total, bool *changed);
+int counter_report_check(const struct tally_counter *c, uint32_t device, uint64_t total,
+                         bool *raises);
+int counter_report(struct tally_counter *c, uint32_t device, uint64_t total, bool *changed);
 void counter_sums(const struct tally_counter *c, struct tally_sums *out);
 int64_t counter_value(const struct tally_counter *c);
 /* The recent rate: `amount` (an absolute change of the total) raises an
@@ -218,18 +224,19 @@ int table_device(struct tally_table *t, const char *id, size_t len, enum device_
                  uint32_t *out);
 
 /* Changes that keep the digest and the dirty list up to date. Each returns
- * 1 if the counter changed, 0 if not, or a negative tally_err. */
-int table_add(struct tally_table *t, struct tally_counter *c, uint32_t replica, int64_t delta);
+ * TALLY_OK or a tally_err, and sets *changed when the counter changed. */
+int table_add(struct tally_table *t, struct tally_counter *c, uint32_t replica, int64_t delta,
+              bool *changed);
 int table_merge_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica, uint64_t p,
-                     uint64_t n);
+                     uint64_t n, bool *changed);
 int table_merge_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
-                       uint64_t total, bool local);
+                       uint64_t total, bool local, bool *changed);
 /* The same for a state learned from neighbour `from` (a REPL_FROM value):
  * the change is owed to every neighbour but that one. */
 int table_merge_slot_from(struct tally_table *t, struct tally_counter *c, uint32_t replica,
-                          uint64_t p, uint64_t n, uint16_t from);
+                          uint64_t p, uint64_t n, uint16_t from, bool *changed);
 int table_merge_device_from(struct tally_table *t, struct tally_counter *c, uint32_t device,
-                            uint64_t total, uint16_t from);
+                            uint64_t total, uint16_t from, bool *changed);
 /* Takes the oldest counter off the list of those owing a delta; NULL if none.
  * The caller clears the pending marks it sends. */
 struct tally_counter *table_pop_repl(struct tally_table *t);
@@ -277,17 +284,17 @@ bool table_hidden(const struct tally_table *t, const struct tally_counter *c);
 void base_slot(const struct tally_base *b, uint32_t replica, uint64_t *p, uint64_t *n);
 uint64_t base_device(const struct tally_base *b, uint32_t device);
 /* Resets (or deletes) c here: its base becomes everything this node has
- * observed of it. Returns 1, or -TALLY_E_NOMEM, when part of the base may be
- * set (a reset that observed less: still a valid state). */
+ * observed of it. Returns TALLY_OK, or TALLY_E_NOMEM when part of the base
+ * may be set (a reset that observed less: still a valid state). */
 int table_reset(struct tally_table *t, struct tally_counter *c, bool delete);
-/* Merges a peer's (or the disk's) base; each returns 1 if c's base rose, 0 if
- * not, or a negative tally_err. */
+/* Merges a peer's (or the disk's) base; each returns TALLY_OK or a
+ * tally_err, and sets *rose when c's base rose. */
 int table_merge_base_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica,
-                          uint64_t p, uint64_t n);
+                          uint64_t p, uint64_t n, bool *rose);
 int table_merge_base_device(struct tally_table *t, struct tally_counter *c, uint32_t device,
-                            uint64_t total);
+                            uint64_t total, bool *rose);
 int table_merge_stamps(struct tally_table *t, struct tally_counter *c, uint64_t deleted,
-                       uint64_t reset);
+                       uint64_t reset, bool *rose);
 
 /* ==== Idempotency window (dedup.c) ==== */
 
@@ -336,7 +343,8 @@ struct tally_presence {
 
 void presence_init(struct tally_presence *pr, uint64_t max_views);
 void presence_free(struct tally_presence *pr);
-int presence_view(struct tally_presence *pr, const char *client, const char *page, size_t len);
+int presence_view(struct tally_presence *pr, const char *client, const char *page, size_t len,
+                  bool *added);
 void presence_unview(struct tally_presence *pr, const char *client, const char *page, size_t len);
 void presence_drop_client(struct tally_presence *pr, const char *client);
 /* Calls fn for each page with local viewers (for announcing our counts). */
@@ -395,10 +403,11 @@ typedef void interest_fn(const char *name, size_t len, void *ud);
 bool topic_matches(const char *filter, const char *topic);
 void interest_init(struct tally_interest *in, const char *prefix);
 void interest_free(struct tally_interest *in);
-/* Returns 1 if the filter watches a counter and is new for client, 0 if not,
- * or -TALLY_E_NOMEM. fn may be NULL. Strings are borrowed (copied if kept). */
+/* Returns TALLY_OK or TALLY_E_NOMEM; sets *added if the filter watches a
+ * counter and is new for client. fn may be NULL. Strings are borrowed
+ * (copied if kept). */
 int interest_subscribe(struct tally_interest *in, const char *client, const char *filter,
-                       interest_fn *fn, void *ud);
+                       interest_fn *fn, void *ud, bool *added);
 void interest_unsubscribe(struct tally_interest *in, const char *client, const char *filter,
                           interest_fn *fn, void *ud);
 void interest_drop_client(struct tally_interest *in, const char *client, interest_fn *fn, void *ud);
@@ -621,11 +630,12 @@ int tier_edge_watch(struct tier_edge *e, const char *name, size_t len, bool on);
 /* The edge's local viewer counts changed (presence.c's local_changed). */
 void tier_edge_pages_changed(struct tier_edge *e);
 /* Writes the next UP into out when one is due (something unacknowledged and
- * every_ms since the last, or heartbeat_ms since the last): returns 1, 0 when
- * none is due, or a negative tally_err. t holds the edge's own slots; pr its
- * local viewers. */
+ * every_ms since the last, or heartbeat_ms since the last), and sets
+ * *written; returns TALLY_OK or a tally_err. t holds the edge's own slots;
+ * pr its local viewers. */
 int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presence *pr,
-                 uint64_t now_ms, uint64_t every_ms, uint64_t heartbeat_ms, struct wire_buf *out);
+                 uint64_t now_ms, uint64_t every_ms, uint64_t heartbeat_ms, struct wire_buf *out,
+                 bool *written);
 /* Called for each watched counter whose shown total may have changed. */
 typedef void tier_changed_fn(const char *name, size_t len, void *ud);
 int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_changed_fn *fn,
@@ -655,15 +665,17 @@ int tier_hub_apply_up(struct tier_hub *h, struct tally_table *t, struct tally_pr
                       const void *msg, size_t len, uint64_t now_ms, struct tier_child **from);
 /* Starts a new round of DOWNs: counter figures are computed again. */
 void tier_hub_tick(struct tier_hub *h);
-/* Writes the DOWN owed to child ch into out: returns 1, 0 if none is owed,
- * or a negative tally_err. Every heartbeat_ms a DOWN carries all it watches. */
+/* Writes the DOWN owed to child ch into out and sets *written (false: none
+ * is owed); returns TALLY_OK or a tally_err. Every heartbeat_ms a DOWN
+ * carries all it watches. */
 int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_presence *pr,
                   struct tier_child *ch, uint64_t now_ms, uint64_t heartbeat_ms,
-                  struct wire_buf *out);
+                  struct wire_buf *out, bool *written);
 /* The child's viewers as a PRESENCE message from its own origin, for the
  * other hubs, when its list changed or every_ms passed (so that they know it
- * is alive): returns 1 when written, 0 when not due. */
-int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, struct wire_buf *out);
+ * is alive): sets *written when due; returns TALLY_OK or TALLY_E_NOMEM. */
+int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, struct wire_buf *out,
+                   bool *written);
 struct tier_child *tier_hub_child(struct tier_hub *h, const char *id);
 /* The child after ch (NULL: the first), NULL after the last. */
 struct tier_child *tier_hub_next(struct tier_hub *h, struct tier_child *ch);

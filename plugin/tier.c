@@ -391,17 +391,19 @@ static void up_page(const char *page, size_t len, uint64_t n, void *ud)
 }
 
 int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presence *pr,
-                 uint64_t now_ms, uint64_t every_ms, uint64_t heartbeat_ms, struct wire_buf *out)
+                 uint64_t now_ms, uint64_t every_ms, uint64_t heartbeat_ms, struct wire_buf *out,
+                 bool *written)
 {
     wbuf_reset(out);
+    *written = false;
     if (e->nidle)
         edge_drop_idle(e, now_ms);
     if (!up_due(e, now_ms, every_ms, heartbeat_ms))
-        return 0;
+        return TALLY_OK;
     uint32_t self;
     int rc = table_replica(t, e->node_id, strlen(e->node_id), e->incarnation, &self);
     if (rc != TALLY_OK)
-        return -rc;
+        return rc;
     uint64_t seq = e->seq++;
     bool watch = unacked(e, e->watch_changed, e->watch_sent_seq);
     bool pages = unacked(e, e->pages_changed, e->pages_sent_seq);
@@ -442,7 +444,8 @@ int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presen
         e->pages_sent_seq = seq;
     }
     e->last_up_ms = now_ms;
-    return out->failed ? -TALLY_E_NOMEM : 1;
+    *written = !out->failed;
+    return out->failed ? TALLY_E_NOMEM : TALLY_OK;
 }
 
 /* A new hub, or the same one restarted: it may lack everything. */
@@ -676,7 +679,8 @@ static int hub_merge_counter(struct tally_table *t, struct tier_child *ch, struc
     int rc = table_get(t, name, len, TABLE_MERGE, &c);
     if (rc != TALLY_OK)
         return rc;
-    if (table_merge_slot(t, c, ch->replica, p, n) < 0)
+    bool changed;
+    if (table_merge_slot(t, c, ch->replica, p, n, &changed) != TALLY_OK)
         return TALLY_E_OVERFLOW;
     for (uint64_t i = 0; i < ndevs; i++) {
         const char *dev = wr_str8(r, &dlen);
@@ -687,7 +691,7 @@ static int hub_merge_counter(struct tally_table *t, struct tier_child *ch, struc
         rc = table_device(t, dev, dlen, DEVICE_PEER, &d);
         if (rc != TALLY_OK)
             return rc;
-        if (table_merge_device(t, c, d, total, false) < 0)
+        if (table_merge_device(t, c, d, total, false, &changed) != TALLY_OK)
             return TALLY_E_OVERFLOW;
     }
     return TALLY_OK;
@@ -852,7 +856,7 @@ static uint64_t page_figure(struct tier_hub *h, const struct tally_presence *pr,
 
 int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_presence *pr,
                   struct tier_child *ch, uint64_t now_ms, uint64_t heartbeat_ms,
-                  struct wire_buf *out)
+                  struct wire_buf *out, bool *written)
 {
     bool full = now_ms - ch->last_full_ms >= heartbeat_ms || ch->last_full_ms == 0;
     struct wire_buf body = {0};
@@ -888,8 +892,9 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
         wbuf_varint(&pages, mine);
         npages++;
     }
-    int rc = 0;
+    int rc = TALLY_OK;
     wbuf_reset(out);
+    *written = false;
     if (full || ncounters || npages || ch->ack_owed) {
         write_header(out, WIRE_DOWN);
         wbuf_str8(out, h->node_id, strlen(h->node_id));
@@ -902,24 +907,28 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
         ch->ack_owed = false;
         if (full)
             ch->last_full_ms = now_ms;
-        rc = out->failed || body.failed || pages.failed ? -TALLY_E_NOMEM : 1;
+        rc = out->failed || body.failed || pages.failed ? TALLY_E_NOMEM : TALLY_OK;
+        *written = rc == TALLY_OK;
     }
     wbuf_free(&body);
     wbuf_free(&pages);
     return rc;
 }
 
-int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, struct wire_buf *out)
+int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, struct wire_buf *out,
+                   bool *written)
 {
     wbuf_reset(out);
+    *written = false;
     if (!ch->pages_new && now_ms - ch->last_relay_ms < every_ms)
-        return 0;
+        return TALLY_OK;
     ch->pages_new = false;
     ch->last_relay_ms = now_ms;
     wire_presence_begin(out, ch->id, ch->incarnation, ch->seq, 0, UINT64_MAX, ch->npages);
     for (uint32_t i = 0; i < ch->npages; i++)
         wire_presence_page(out, ch->pages[i].name, ch->pages[i].len, ch->pages[i].count);
-    return out->failed ? -TALLY_E_NOMEM : 1;
+    *written = !out->failed;
+    return out->failed ? TALLY_E_NOMEM : TALLY_OK;
 }
 
 struct tier_child *tier_hub_next(struct tier_hub *h, struct tier_child *ch)

@@ -58,9 +58,10 @@ static double get_and_add(struct tally_table *t, uint32_t replica)
         int rc = table_get(t, name, (size_t)len, TABLE_LOCAL, &c);
         if (rc != TALLY_OK)
             die("table_get", rc);
-        rc = table_add(t, c, replica, 1);
-        if (rc < 0)
-            die("table_add", -rc);
+        bool changed;
+        rc = table_add(t, c, replica, 1, &changed);
+        if (rc != TALLY_OK)
+            die("table_add", rc);
     }
     double took = now_s() - start;
     drain(t);
@@ -75,10 +76,11 @@ static void add_peer_slots(struct tally_table *t)
         table_replica(t, "n3", strlen("n3"), 3, &peers[1]))
         die("table_replica", TALLY_E_NOMEM);
     struct tally_counter *c, *tmp;
+    bool changed;
     HASH_ITER(hh, t->counters, c, tmp)
     {
         for (int k = 0; k < 2; k++)
-            if (table_merge_slot(t, c, peers[k], 5, 1) < 0)
+            if (table_merge_slot(t, c, peers[k], 5, 1, &changed) != TALLY_OK)
                 die("table_merge_slot", TALLY_E_NOMEM);
     }
     drain(t);

@@ -18,8 +18,8 @@
 
 #define MAX_SUBS 64
 
-static const char *const levels[] = {"counters", "x", "y", "+", "#", "state", "$share", "g",
-                                     "",         "n", "inc"};
+static const char *const levels[] = {"counters", "x", "y", "+", "#",  "state",
+                                     "$share",   "g", "",  "n", "inc"};
 static const char *const names[] = {"x", "y", "n", "z"};
 
 struct sub {
@@ -110,7 +110,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 if (found >= 0)
                     subs[found] = subs[--nsubs];
             } else if (found < 0 && nsubs < MAX_SUBS) {
-                if (interest_subscribe(&in, client, filter, NULL, NULL) < 0)
+                bool added;
+                if (interest_subscribe(&in, client, filter, NULL, NULL, &added) != TALLY_OK)
                     __builtin_trap();
                 strcpy(subs[nsubs].client, client);
                 strcpy(subs[nsubs++].filter, filter);

@@ -34,17 +34,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     tier_edge_watch(&e, "likes", 5, true);
 
     struct tier_child *ch;
+    bool written;
     if (tier_hub_apply_up(&h, &t, &pr, data, size, 1, &ch) == TALLY_OK) {
         check(ch != NULL);
         tier_hub_tick(&h);
-        check(tier_hub_down(&h, &t, &pr, ch, 2, 1000, &b) >= 0);
-        tier_hub_relay(ch, 2, 1000, &b);
+        check(tier_hub_down(&h, &t, &pr, ch, 2, 1000, &b, &written) == TALLY_OK);
+        check(tier_hub_relay(ch, 2, 1000, &b, &written) == TALLY_OK);
     }
     if (tier_edge_apply_down(&e, data, size, changed, NULL) == TALLY_OK) {
         int64_t v = tier_edge_value(&e, &t, "likes", 5);
         check(v >= -TALLY_MAX_SAFE && v <= TALLY_MAX_SAFE);
     }
-    check(tier_edge_up(&e, &t, &pr, 5, 100, 1000, &b) >= 0);
+    check(tier_edge_up(&e, &t, &pr, 5, 100, 1000, &b, &written) == TALLY_OK);
 
     wbuf_free(&b);
     tier_edge_free(&e);

@@ -50,7 +50,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     struct tally_presence pr;
     presence_init(&pr, 1000);
-    presence_view(&pr, "local", "dashboard", 9);
+    bool added;
+    check(presence_view(&pr, "local", "dashboard", 9, &added) == TALLY_OK && added);
     struct tally_origin *o = presence_origin(&pr, origin);
     check(o != NULL);
     bool taken;

@@ -322,7 +322,8 @@ static void hub_on_up(struct node *n, const struct msg *m)
     /* Its viewers go to the other hubs under its own origin and seq, when
      * they change and often enough to keep it alive there. */
     struct wire_buf b = {0};
-    if (tier_hub_relay(ch, now, PEER_TIMEOUT_MS / 3, &b) == 1)
+    bool written;
+    if (tier_hub_relay(ch, now, PEER_TIMEOUT_MS / 3, &b, &written) == TALLY_OK && written)
         broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, UINT32_MAX);
     wbuf_free(&b);
 }
@@ -353,7 +354,11 @@ static void hub_tick(uint32_t i)
         if (nodes[e].at != i || !nodes[e].alive)
             continue;
         struct tier_child *ch = tier_hub_child(&n->tier, nodes[e].id);
-        if (ch && tier_hub_down(&n->tier, &n->t, &n->pr, ch, now, HEARTBEAT_MS, &b) == 1)
+        bool written;
+        if (ch &&
+            tier_hub_down(&n->tier, &n->t, &n->pr, ch, now, HEARTBEAT_MS, &b, &written) ==
+                TALLY_OK &&
+            written)
             send(i, e, K_DOWN, &b);
     }
     hub_expire(n);
@@ -392,9 +397,11 @@ static void edge_increment(struct node *n)
     name_of(k, name, &len);
     struct tally_counter *c;
     uint32_t self;
+    bool changed;
     if (table_get(&n->t, name, len, TABLE_LOCAL, &c) != TALLY_OK ||
         table_replica(&n->t, n->id, strlen(n->id), n->edge.incarnation, &self) != TALLY_OK ||
-        table_add(&n->t, c, self, 1) < 0 || tier_edge_wrote(&n->edge, name, len) != TALLY_OK)
+        table_add(&n->t, c, self, 1, &changed) != TALLY_OK ||
+        tier_edge_wrote(&n->edge, name, len) != TALLY_OK)
         abort();
     truth[k]++;
 }
@@ -442,15 +449,19 @@ static void edge_tick(uint32_t i)
         edge_increment(n);
     edge_bridge(n);
     struct wire_buf b = {0};
+    bool written;
     if (n->at != UINT32_MAX &&
-        tier_edge_up(&n->edge, &n->t, &n->pr, now, TICK_MS, HEARTBEAT_MS, &b) == 1)
+        tier_edge_up(&n->edge, &n->t, &n->pr, now, TICK_MS, HEARTBEAT_MS, &b, &written) ==
+            TALLY_OK &&
+        written)
         send(i, n->at, K_UP, &b);
     wbuf_free(&b);
 }
 
 static void edge_view(struct node *n, const char *client, const char *page)
 {
-    if (presence_view(&n->pr, client, page, strlen(page)) < 0)
+    bool added;
+    if (presence_view(&n->pr, client, page, strlen(page), &added) != TALLY_OK)
         abort();
 }
 

@@ -11,6 +11,9 @@
 
 #include "tally.h"
 
+/* What the last change under test reported (the functions' *changed). */
+static bool changed;
+
 /* b's bytes as a NUL-terminated string (b is a test's own buffer). */
 static const char *text(struct wire_buf *b)
 {
@@ -100,7 +103,8 @@ static void fill(struct tally_table *t, const char *const *names, size_t n)
     for (size_t i = 0; i < n; i++) {
         struct tally_counter *c;
         ck_assert_int_eq(table_get(t, names[i], strlen(names[i]), TABLE_LOCAL, &c), TALLY_OK);
-        ck_assert_int_eq(table_add(t, c, self, (int64_t)i + 1), 1);
+        ck_assert_int_eq(table_add(t, c, self, (int64_t)i + 1, &changed), TALLY_OK);
+        ck_assert(changed);
     }
 }
 
@@ -239,12 +243,12 @@ START_TEST(test_top_counters_by_recent_rate)
     /* "old" took 1000 a minute ago; then, for 20 s, "fast" 50 a second
      * (one -5 in ten: the total's absolute change counts) and "slow" 2. */
     table_set_clock(&t, 0);
-    table_add(&t, c[2], self, 1000);
+    table_add(&t, c[2], self, 1000, &changed);
     for (int ds = 600; ds < 800; ds++) {
         table_set_clock(&t, (uint64_t)ds * 100);
-        table_add(&t, c[1], self, ds % 10 == 0 ? -5 : 5);
+        table_add(&t, c[1], self, ds % 10 == 0 ? -5 : 5, &changed);
         if (ds % 5 == 0)
-            table_add(&t, c[0], self, 1);
+            table_add(&t, c[0], self, 1, &changed);
     }
     cJSON *data = run(&t, "{\"command\":\"topCounters\"}", &whole);
     ck_assert_str_eq(names_of(data, got, sizeof(got)), "fast slow old");

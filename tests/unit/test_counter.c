@@ -11,6 +11,9 @@
 
 #include "tally.h"
 
+/* What the last change under test reported (the functions' *changed). */
+static bool changed;
+
 #define MAX TALLY_MAX_SAFE
 
 /* splitmix64: a seeded PRNG, so a failure replays exactly. */
@@ -90,35 +93,35 @@ static void random_state(struct state *s)
 
 /* Merges one slot or device and checks that nothing went down and that the
  * return value says whether something rose. */
-static int merge_slot_checked(struct tally_counter *c, const struct tally_slot *in)
+static bool merge_slot_checked(struct tally_counter *c, const struct tally_slot *in)
 {
     const struct tally_slot *had = counter_slot(c, in->replica);
     struct tally_slot before = had ? *had : (struct tally_slot){.replica = in->replica};
-    int rc = counter_merge_slot(c, in->replica, in->p, in->n);
-    ck_assert_int_ge(rc, 0);
+    bool rose;
+    ck_assert_int_eq(counter_merge_slot(c, in->replica, in->p, in->n, &rose), TALLY_OK);
     const struct tally_slot *now = counter_slot(c, in->replica);
     struct tally_slot after = now ? *now : (struct tally_slot){.replica = in->replica};
     ck_assert_uint_ge(after.p, before.p);
     ck_assert_uint_ge(after.n, before.n);
     ck_assert_uint_eq(after.p, before.p > in->p ? before.p : in->p);
     ck_assert_uint_eq(after.n, before.n > in->n ? before.n : in->n);
-    /* rc says whether something rose, or the slot is new (a zero slot says
+    /* rose says whether something rose, or the slot is new (a zero slot says
      * the counter exists). */
-    ck_assert_int_eq(rc, after.p != before.p || after.n != before.n || !had);
-    return rc;
+    ck_assert_int_eq(rose, after.p != before.p || after.n != before.n || !had);
+    return rose;
 }
 
-static int merge_dev_checked(struct tally_counter *c, const struct tally_dev *in)
+static bool merge_dev_checked(struct tally_counter *c, const struct tally_dev *in)
 {
     const struct tally_dev *had = counter_device(c, in->device);
     uint64_t before = had ? had->total : 0;
-    int rc = counter_merge_device(c, in->device, in->total);
-    ck_assert_int_ge(rc, 0);
+    bool rose;
+    ck_assert_int_eq(counter_merge_device(c, in->device, in->total, &rose), TALLY_OK);
     const struct tally_dev *now = counter_device(c, in->device);
     uint64_t after = now ? now->total : 0;
     ck_assert_uint_eq(after, before > in->total ? before : in->total);
-    ck_assert_int_eq(rc, after != before || (!had && now));
-    return rc;
+    ck_assert_int_eq(rose, after != before || (!had && now));
+    return rose;
 }
 
 static void apply_state(struct tally_counter *c, const struct state *s)
@@ -242,15 +245,17 @@ END_TEST
 START_TEST(test_merge_refuses_out_of_range)
 {
     struct tally_counter *c = counter("x");
-    ck_assert_int_eq(counter_merge_slot(c, 0, (uint64_t)MAX + 1, 0), -TALLY_E_OVERFLOW);
-    ck_assert_int_eq(counter_merge_slot(c, 0, 0, (uint64_t)MAX + 1), -TALLY_E_OVERFLOW);
-    ck_assert_int_eq(counter_merge_device(c, 0, (uint64_t)MAX + 1), -TALLY_E_OVERFLOW);
+    ck_assert_int_eq(counter_merge_slot(c, 0, (uint64_t)MAX + 1, 0, &changed), TALLY_E_OVERFLOW);
+    ck_assert_int_eq(counter_merge_slot(c, 0, 0, (uint64_t)MAX + 1, &changed), TALLY_E_OVERFLOW);
+    ck_assert_int_eq(counter_merge_device(c, 0, (uint64_t)MAX + 1, &changed), TALLY_E_OVERFLOW);
     ck_assert_int_eq(c->nslots, 0);
     ck_assert_int_eq(c->ndevs, 0);
     /* A zero slot says the counter exists (a 0 increment made it): it is
      * stored once. */
-    ck_assert_int_eq(counter_merge_slot(c, 3, 0, 0), 1);
-    ck_assert_int_eq(counter_merge_slot(c, 3, 0, 0), 0);
+    ck_assert_int_eq(counter_merge_slot(c, 3, 0, 0, &changed), TALLY_OK);
+    ck_assert(changed);
+    ck_assert_int_eq(counter_merge_slot(c, 3, 0, 0, &changed), TALLY_OK);
+    ck_assert(!changed);
     ck_assert_int_eq(c->nslots, 1);
 }
 END_TEST
@@ -326,7 +331,8 @@ START_TEST(test_add_refuses_p_or_n_sum_overflow)
     /* P and N each near the limit while the value is 0: the sum of P (or N)
      * is what overflows, not the value. */
     struct tally_counter *c = counter("pn");
-    ck_assert_int_eq(counter_merge_slot(c, 0, MAX - 10, MAX - 10), 1);
+    ck_assert_int_eq(counter_merge_slot(c, 0, MAX - 10, MAX - 10, &changed), TALLY_OK);
+    ck_assert(changed);
     ck_assert_int_eq(counter_value(c), 0);
     add_refused(c, 1, 11, TALLY_E_OVERFLOW);
     add_refused(c, 1, -11, TALLY_E_OVERFLOW);
@@ -346,7 +352,8 @@ END_TEST
 START_TEST(test_add_refuses_value_overflow_from_devices)
 {
     struct tally_counter *c = counter("dev");
-    ck_assert_int_eq(counter_merge_device(c, 0, MAX - 3), 1);
+    ck_assert_int_eq(counter_merge_device(c, 0, MAX - 3, &changed), TALLY_OK);
+    ck_assert(changed);
     ck_assert_int_eq(counter_add(c, 0, 3), TALLY_OK);
     ck_assert_int_eq(counter_value(c), MAX);
     add_refused(c, 0, 1, TALLY_E_OVERFLOW);
@@ -388,17 +395,20 @@ START_TEST(test_report_limits)
     ck_assert_int_eq(counter_add(c, 0, MAX - 5), TALLY_OK);
     struct snap before;
     take_snap(c, &before);
-    ck_assert_int_eq(counter_report(c, 0, 6), -TALLY_E_OVERFLOW);
+    ck_assert_int_eq(counter_report(c, 0, 6, &changed), TALLY_E_OVERFLOW);
     assert_unchanged(c, &before);
-    ck_assert_int_eq(counter_report(c, 0, (uint64_t)MAX + 1), -TALLY_E_OVERFLOW);
-    ck_assert_int_eq(counter_report(c, 0, 5), 1);
+    ck_assert_int_eq(counter_report(c, 0, (uint64_t)MAX + 1, &changed), TALLY_E_OVERFLOW);
+    ck_assert_int_eq(counter_report(c, 0, 5, &changed), TALLY_OK);
+    ck_assert(changed);
     ck_assert_int_eq(counter_value(c), MAX);
     /* A lower or equal report changes nothing and is not an error. */
-    ck_assert_int_eq(counter_report(c, 0, 5), 0);
-    ck_assert_int_eq(counter_report(c, 0, 2), 0);
+    ck_assert_int_eq(counter_report(c, 0, 5, &changed), TALLY_OK);
+    ck_assert(!changed);
+    ck_assert_int_eq(counter_report(c, 0, 2, &changed), TALLY_OK);
+    ck_assert(!changed);
     ck_assert_int_eq(counter_value(c), MAX);
     /* A second device may not take the value past the limit either. */
-    ck_assert_int_eq(counter_report(c, 1, 1), -TALLY_E_OVERFLOW);
+    ck_assert_int_eq(counter_report(c, 1, 1, &changed), TALLY_E_OVERFLOW);
     ck_assert_ptr_null(counter_device(c, 1));
 }
 END_TEST
@@ -418,7 +428,8 @@ START_TEST(test_counter_holds_more_than_65535_devices)
         uint32_t d;
         int len = snprintf(id, sizeof(id), "meter-%u", (unsigned)i);
         ck_assert_int_eq(table_device(&t, id, (size_t)len, DEVICE_LOCAL, &d), TALLY_OK);
-        ck_assert_int_eq(table_merge_device(&t, c, d, 2, true), 1);
+        ck_assert_int_eq(table_merge_device(&t, c, d, 2, true, &changed), TALLY_OK);
+        ck_assert(changed);
     }
     ck_assert_uint_eq(c->ndevs, NDEV);
     ck_assert_int_eq(counter_value(c), 2 * NDEV);
@@ -480,12 +491,18 @@ START_TEST(test_table_dirty_list)
     uint32_t r;
     ck_assert_int_eq(table_replica(&table, "n1", strlen("n1"), 7, &r), TALLY_OK);
     struct tally_counter *a = counter("a"), *b = counter("b"), *c = counter("c");
-    ck_assert_int_eq(table_add(&table, a, r, 1), 1);
-    ck_assert_int_eq(table_add(&table, b, r, 2), 1);
-    ck_assert_int_eq(table_add(&table, a, r, 3), 1);
-    ck_assert_int_eq(table_merge_slot(&table, c, r, 4, 0), 1);
-    ck_assert_int_eq(table_merge_slot(&table, b, r, 1, 0), 0); /* nothing new */
-    ck_assert_int_eq(table_add(&table, b, r, 0), 0);
+    ck_assert_int_eq(table_add(&table, a, r, 1, &changed), TALLY_OK);
+    ck_assert(changed);
+    ck_assert_int_eq(table_add(&table, b, r, 2, &changed), TALLY_OK);
+    ck_assert(changed);
+    ck_assert_int_eq(table_add(&table, a, r, 3, &changed), TALLY_OK);
+    ck_assert(changed);
+    ck_assert_int_eq(table_merge_slot(&table, c, r, 4, 0, &changed), TALLY_OK);
+    ck_assert(changed);
+    ck_assert_int_eq(table_merge_slot(&table, b, r, 1, 0, &changed), TALLY_OK);
+    ck_assert(!changed); /* nothing new */
+    ck_assert_int_eq(table_add(&table, b, r, 0, &changed), TALLY_OK);
+    ck_assert(!changed);
     ck_assert_uint_eq(table.ndirty, 3);
     struct tally_counter *order[] = {a, b, c}, *it;
     for (int i = 0; i < 3; i++) {
@@ -496,11 +513,12 @@ START_TEST(test_table_dirty_list)
     ck_assert_uint_eq(table.ndirty, 0);
     ck_assert_ptr_null(table_pop_dirty(&table));
     /* After it was taken, a change lists the counter again, alone. */
-    ck_assert_int_eq(table_add(&table, c, r, 1), 1);
+    ck_assert_int_eq(table_add(&table, c, r, 1, &changed), TALLY_OK);
+    ck_assert(changed);
     ck_assert_ptr_eq(table_pop_dirty(&table), c);
     ck_assert_ptr_null(table_pop_dirty(&table));
     /* A refused change does not list it. */
-    ck_assert_int_eq(table_add(&table, c, r, MAX), -TALLY_E_OVERFLOW);
+    ck_assert_int_eq(table_add(&table, c, r, MAX, &changed), TALLY_E_OVERFLOW);
     ck_assert_ptr_null(table_pop_dirty(&table));
 }
 END_TEST
@@ -513,18 +531,23 @@ START_TEST(test_table_pop_dirty)
     ck_assert_int_eq(table_replica(&table, "n1", strlen("n1"), 7, &r), TALLY_OK);
     struct tally_counter *a = counter("a"), *b = counter("b");
     ck_assert_ptr_null(table_pop_dirty(&table));
-    ck_assert_int_eq(table_add(&table, a, r, 1), 1);
-    ck_assert_int_eq(table_add(&table, b, r, 1), 1);
+    ck_assert_int_eq(table_add(&table, a, r, 1, &changed), TALLY_OK);
+    ck_assert(changed);
+    ck_assert_int_eq(table_add(&table, b, r, 1, &changed), TALLY_OK);
+    ck_assert(changed);
     ck_assert_ptr_eq(table_pop_dirty(&table), a);
     ck_assert_int_eq(a->dirty, 0);
-    ck_assert_int_eq(table_add(&table, a, r, 1), 1); /* back of the list */
-    ck_assert_int_eq(table_add(&table, b, r, 1), 1); /* already listed */
+    ck_assert_int_eq(table_add(&table, a, r, 1, &changed), TALLY_OK);
+    ck_assert(changed); /* back of the list */
+    ck_assert_int_eq(table_add(&table, b, r, 1, &changed), TALLY_OK);
+    ck_assert(changed); /* already listed */
     ck_assert_uint_eq(table.ndirty, 2);
     ck_assert_ptr_eq(table_pop_dirty(&table), b);
     ck_assert_ptr_eq(table_pop_dirty(&table), a);
     ck_assert_ptr_null(table_pop_dirty(&table));
     ck_assert_uint_eq(table.ndirty, 0);
-    ck_assert_int_eq(table_add(&table, b, r, 1), 1); /* the emptied list still works */
+    ck_assert_int_eq(table_add(&table, b, r, 1, &changed), TALLY_OK);
+    ck_assert(changed); /* the emptied list still works */
     ck_assert_ptr_eq(table_pop_dirty(&table), b);
 }
 END_TEST
@@ -577,11 +600,11 @@ static void apply_op(struct tally_table *t, const struct op *o)
     if (o->device) {
         snprintf(owner, sizeof(owner), "dev%u", o->owner);
         ck_assert_int_eq(table_device(t, owner, strlen(owner), DEVICE_PEER, &idx), TALLY_OK);
-        ck_assert_int_ge(table_merge_device(t, c, idx, o->p, false), 0);
+        ck_assert_int_eq(table_merge_device(t, c, idx, o->p, false, &changed), TALLY_OK);
     } else {
         snprintf(owner, sizeof(owner), "n%u", o->owner % 3);
         ck_assert_int_eq(table_replica(t, owner, strlen(owner), o->owner / 3, &idx), TALLY_OK);
-        ck_assert_int_ge(table_merge_slot(t, c, idx, o->p, o->n), 0);
+        ck_assert_int_eq(table_merge_slot(t, c, idx, o->p, o->n, &changed), TALLY_OK);
     }
 }
 
@@ -624,12 +647,14 @@ START_TEST(test_digest_order_independent)
         struct tally_counter *c = table_find(&t2, ops[0].name, strlen(ops[0].name));
         uint32_t r;
         ck_assert_int_eq(table_replica(&t2, "n9", strlen("n9"), 1, &r), TALLY_OK);
-        ck_assert_int_eq(table_merge_slot(&t2, c, r, 1, 0), 1);
+        ck_assert_int_eq(table_merge_slot(&t2, c, r, 1, 0, &changed), TALLY_OK);
+        ck_assert(changed);
         ck_assert(memcmp(t1.digest, t2.digest, sizeof(t1.digest)) != 0);
         /* The same change on t1 restores equality. */
         ck_assert_int_eq(table_replica(&t1, "n9", strlen("n9"), 1, &r), TALLY_OK);
         c = table_find(&t1, ops[0].name, strlen(ops[0].name));
-        ck_assert_int_eq(table_merge_slot(&t1, c, r, 1, 0), 1);
+        ck_assert_int_eq(table_merge_slot(&t1, c, r, 1, 0, &changed), TALLY_OK);
+        ck_assert(changed);
         ck_assert_mem_eq(t1.digest, t2.digest, sizeof(t1.digest));
         table_free(&t1);
         table_free(&t2);
@@ -674,9 +699,11 @@ START_TEST(test_digest_add_matches_merge)
     ck_assert_int_eq(table_get(&t1, "k", 1, TABLE_LOCAL, &c1), TALLY_OK);
     ck_assert_int_eq(table_get(&t2, "k", 1, TABLE_LOCAL, &c2), TALLY_OK);
     for (int i = 1; i <= 100; i++)
-        ck_assert_int_eq(table_add(&t1, c1, r1, i % 3 == 0 ? -i : i), 1);
+        ck_assert_int_eq(table_add(&t1, c1, r1, i % 3 == 0 ? -i : i, &changed), TALLY_OK);
+    ck_assert(changed);
     const struct tally_slot *s = counter_slot(c1, r1);
-    ck_assert_int_eq(table_merge_slot(&t2, c2, r2, s->p, s->n), 1);
+    ck_assert_int_eq(table_merge_slot(&t2, c2, r2, s->p, s->n, &changed), TALLY_OK);
+    ck_assert(changed);
     ck_assert_mem_eq(t1.digest, t2.digest, sizeof(t1.digest));
     table_free(&t1);
     table_free(&t2);

@@ -21,6 +21,9 @@
 
 #include "persist.h"
 
+/* What the last change under test reported (the functions' *changed). */
+static bool changed;
+
 /* ==== Record codec ==== */
 
 static void payload_of(struct wire_buf *b, size_t len, uint8_t seed)
@@ -336,12 +339,13 @@ static void node_increment(struct node *n, const char *name, int64_t delta, int 
 {
     struct tally_counter *c;
     ck_assert_int_eq(table_get(&n->t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
-    ck_assert_int_eq(table_add(&n->t, c, n->self, delta), 1);
+    ck_assert_int_eq(table_add(&n->t, c, n->self, delta, &changed), TALLY_OK);
+    ck_assert(changed);
     struct tally_key k = key_of(name, id);
     if (id >= 0)
         dedup_insert(&n->d, k);
     ck_assert_int_eq(persist_slot(n->p, &n->t, c, counter_slot(c, n->self), id >= 0 ? &k : NULL),
-                     0);
+                     TALLY_OK);
 }
 
 static void node_report(struct node *n, const char *name, const char *device, uint64_t total)
@@ -350,8 +354,9 @@ static void node_report(struct node *n, const char *name, const char *device, ui
     uint32_t dev;
     ck_assert_int_eq(table_get(&n->t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
     ck_assert_int_eq(table_device(&n->t, device, strlen(device), DEVICE_LOCAL, &dev), TALLY_OK);
-    ck_assert_int_eq(table_merge_device(&n->t, c, dev, total, true), 1);
-    ck_assert_int_eq(persist_device(n->p, &n->t, c, counter_device(c, dev)), 0);
+    ck_assert_int_eq(table_merge_device(&n->t, c, dev, total, true, &changed), TALLY_OK);
+    ck_assert(changed);
+    ck_assert_int_eq(persist_device(n->p, &n->t, c, counter_device(c, dev)), TALLY_OK);
 }
 
 static void node_merge_peer(struct node *n, const char *name, uint64_t p, uint64_t neg)
@@ -360,8 +365,9 @@ static void node_merge_peer(struct node *n, const char *name, uint64_t p, uint64
     uint32_t r;
     ck_assert_int_eq(table_get(&n->t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
     ck_assert_int_eq(table_replica(&n->t, "n2", strlen("n2"), 99, &r), TALLY_OK);
-    ck_assert_int_eq(table_merge_slot(&n->t, c, r, p, neg), 1);
-    ck_assert_int_eq(persist_slot(n->p, &n->t, c, counter_slot(c, r), NULL), 0);
+    ck_assert_int_eq(table_merge_slot(&n->t, c, r, p, neg, &changed), TALLY_OK);
+    ck_assert(changed);
+    ck_assert_int_eq(persist_slot(n->p, &n->t, c, counter_slot(c, r), NULL), TALLY_OK);
 }
 
 /* Some state of every kind: own slots with and without ids, device reports
@@ -448,8 +454,8 @@ static void node_reset(struct node *n, const char *name, bool delete)
 {
     struct tally_counter *c = table_find(&n->t, name, strlen(name));
     ck_assert_ptr_nonnull(c);
-    ck_assert_int_eq(table_reset(&n->t, c, delete), 1);
-    ck_assert_int_eq(persist_base(n->p, &n->t, c), 0);
+    ck_assert_int_eq(table_reset(&n->t, c, delete), TALLY_OK);
+    ck_assert_int_eq(persist_base(n->p, &n->t, c), TALLY_OK);
 }
 
 static void node_resets(struct node *n)
@@ -773,8 +779,8 @@ START_TEST(test_failed_rotation_keeps_the_log_in_use)
         none = (struct rlimit){0, was.rlim_max};
         signal(SIGXFSZ, SIG_IGN);
         ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &none), 0);
-        ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 1, e, sizeof(e)), 0);
-        ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 60001, e, sizeof(e)), -1);
+        ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 1, e, sizeof(e)), TALLY_OK);
+        ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 60001, e, sizeof(e)), TALLY_E_DISK);
         ck_assert_msg(strstr(e, "a snapshot of"), "err: %s", e);
         ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &was), 0);
         node_increment(&n, "after", 5, 7);
@@ -831,14 +837,14 @@ START_TEST(test_failed_msync_withholds_acknowledgements)
     ck_assert_ptr_nonnull(node_open(&n, "n1", 1000, 10));
     node_increment(&n, "x", 1, 1);
     msync_fails = true;
-    ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 5000, e, sizeof(e)), -1);
+    ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 5000, e, sizeof(e)), TALLY_E_DISK);
     ck_assert_msg(strstr(e, "state.log") && strstr(e, strerror(EIO)), "err: %s", e);
-    ck_assert_int_eq(persist_again(&n, "x"), -1);
+    ck_assert_int_eq(persist_again(&n, "x"), TALLY_E_DISK);
     ck_assert_int_eq(errno, EIO);
-    ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 7000, e, sizeof(e)), 0); /* said once */
-    ck_assert_int_eq(persist_again(&n, "x"), -1);
+    ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 7000, e, sizeof(e)), TALLY_OK); /* said once */
+    ck_assert_int_eq(persist_again(&n, "x"), TALLY_E_DISK);
     msync_fails = false;
-    ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 9000, e, sizeof(e)), 0);
+    ck_assert_int_eq(persist_tick(n.p, &n.t, &n.d, 9000, e, sizeof(e)), TALLY_OK);
     node_increment(&n, "x", 1, 2);
     persist_close(n.p, &n.t, &n.d);
     node_free(&n);
@@ -861,7 +867,7 @@ START_TEST(test_failed_msync_refuses_the_record_when_syncing_each)
         struct tally_counter *c = table_find(&n.t, "x", 1);
         ck_assert_int_eq(counter_add_preview(c, n.self, 1, &next), TALLY_OK);
         msync_fails = true;
-        bool refused = persist_slot(n.p, &n.t, c, &next, NULL) == -1 && errno == EIO;
+        bool refused = persist_slot(n.p, &n.t, c, &next, NULL) == TALLY_E_DISK && errno == EIO;
         msync_fails = false;
         node_increment(&n, "y", 1, 2);
         _exit(refused ? 0 : 2);

@@ -12,6 +12,9 @@
 
 #include "tally.h"
 
+/* What the last change under test reported (the functions' *changed). */
+static bool changed;
+
 struct node {
     struct tally_table t;
     uint32_t self;
@@ -32,19 +35,19 @@ static struct tally_counter *get(struct node *n, const char *name)
 
 static void inc(struct node *n, const char *name, int64_t delta)
 {
-    ck_assert_int_ge(table_add(&n->t, get(n, name), n->self, delta), 0);
+    ck_assert_int_eq(table_add(&n->t, get(n, name), n->self, delta, &changed), TALLY_OK);
 }
 
 static void report(struct node *n, const char *name, const char *device, uint64_t total)
 {
     uint32_t d;
     ck_assert_int_eq(table_device(&n->t, device, strlen(device), DEVICE_LOCAL, &d), TALLY_OK);
-    ck_assert_int_ge(table_merge_device(&n->t, get(n, name), d, total, true), 0);
+    ck_assert_int_eq(table_merge_device(&n->t, get(n, name), d, total, true, &changed), TALLY_OK);
 }
 
 static void reset(struct node *n, const char *name, bool delete)
 {
-    ck_assert_int_eq(table_reset(&n->t, get(n, name), delete), 1);
+    ck_assert_int_eq(table_reset(&n->t, get(n, name), delete), TALLY_OK);
 }
 
 static int64_t value(struct node *n, const char *name)

@@ -9,6 +9,9 @@
 
 #include "tally.h"
 
+/* What the last change under test reported (the functions' *changed). */
+static bool changed;
+
 /* A node: its table and presence, and its role's state. */
 struct node {
     struct tally_table t;
@@ -68,7 +71,7 @@ static void inc(struct node *n, const char *name, int64_t delta)
     ck_assert_int_eq(
         table_replica(&n->t, n->edge.node_id, strlen(n->edge.node_id), n->edge.incarnation, &self),
         TALLY_OK);
-    ck_assert_int_ge(table_add(&n->t, c, self, delta), 0);
+    ck_assert_int_eq(table_add(&n->t, c, self, delta, &changed), TALLY_OK);
     ck_assert_int_eq(tier_edge_wrote(&n->edge, name, strlen(name)), TALLY_OK);
 }
 
@@ -80,9 +83,10 @@ static void watch(struct node *n, const char *name)
 /* The edge's next UP, or false when none is due. */
 static bool up(struct node *edge)
 {
-    int rc = tier_edge_up(&edge->edge, &edge->t, &edge->pr, now, 0, HB, &msg);
-    ck_assert_int_ge(rc, 0);
-    return rc == 1;
+    bool written;
+    ck_assert_int_eq(tier_edge_up(&edge->edge, &edge->t, &edge->pr, now, 0, HB, &msg, &written),
+                     TALLY_OK);
+    return written;
 }
 
 static struct tier_child *hub_takes(struct node *hub)
@@ -96,9 +100,10 @@ static struct tier_child *hub_takes(struct node *hub)
 static void down(struct node *hub, struct tier_child *ch, struct node *edge)
 {
     tier_hub_tick(&hub->hub);
-    int rc = tier_hub_down(&hub->hub, &hub->t, &hub->pr, ch, now, HB, &msg);
-    ck_assert_int_ge(rc, 0);
-    if (rc == 1)
+    bool written;
+    ck_assert_int_eq(tier_hub_down(&hub->hub, &hub->t, &hub->pr, ch, now, HB, &msg, &written),
+                     TALLY_OK);
+    if (written)
         ck_assert_int_eq(tier_edge_apply_down(&edge->edge, msg.data, msg.len, NULL, NULL),
                          TALLY_OK);
 }
@@ -125,7 +130,8 @@ static void hubs_sync(struct node *from, struct node *to)
             uint32_t idx;
             ck_assert_int_eq(table_replica(&to->t, r->key, strlen(r->key), r->incarnation, &idx),
                              TALLY_OK);
-            ck_assert_int_ge(table_merge_slot(&to->t, d, idx, c->slots[i].p, c->slots[i].n), 0);
+            ck_assert_int_eq(
+                table_merge_slot(&to->t, d, idx, c->slots[i].p, c->slots[i].n, &changed), TALLY_OK);
         }
     }
 }
@@ -223,14 +229,18 @@ END_TEST
 START_TEST(an_unacknowledged_up_is_resent_once_an_interval)
 {
     inc(&e, "x", 1);
-    ck_assert_int_eq(tier_edge_up(&e.edge, &e.t, &e.pr, now, 100, HB, &msg), 1);
+    ck_assert_int_eq(tier_edge_up(&e.edge, &e.t, &e.pr, now, 100, HB, &msg, &changed), TALLY_OK);
+    ck_assert(changed);
     for (int i = 0; i < 99; i++) {
         now++;
         inc(&e, "x", 1);
-        ck_assert_int_eq(tier_edge_up(&e.edge, &e.t, &e.pr, now, 100, HB, &msg), 0);
+        ck_assert_int_eq(tier_edge_up(&e.edge, &e.t, &e.pr, now, 100, HB, &msg, &changed),
+                         TALLY_OK);
+        ck_assert(!changed);
     }
     now++;
-    ck_assert_int_eq(tier_edge_up(&e.edge, &e.t, &e.pr, now, 100, HB, &msg), 1);
+    ck_assert_int_eq(tier_edge_up(&e.edge, &e.t, &e.pr, now, 100, HB, &msg, &changed), TALLY_OK);
+    ck_assert(changed);
     struct tier_child *ch = hub_takes(&a);
     ck_assert_ptr_nonnull(ch);
     ck_assert_int_eq(hub_value(&a, "x"), 100);
@@ -312,7 +322,7 @@ START_TEST(a_reset_at_a_hub_reaches_the_edge)
     round_trip(&e, &a);
     ck_assert_int_eq(shown(&e, "likes"), 12);
     struct tally_counter *c = table_find(&a.t, "likes", 5);
-    ck_assert_int_eq(table_reset(&a.t, c, false), 1);
+    ck_assert_int_eq(table_reset(&a.t, c, false), TALLY_OK);
     inc(&e, "likes", 2); /* concurrent with the reset: it survives it */
     now += 10;
     round_trip(&e, &a);
@@ -324,7 +334,8 @@ END_TEST
 START_TEST(a_forgotten_edge_resends_everything)
 {
     inc(&e, "x", 4);
-    ck_assert_int_ge(presence_view(&e.pr, "c1", "home", 4), 1);
+    ck_assert_int_eq(presence_view(&e.pr, "c1", "home", 4, &changed), TALLY_OK);
+    ck_assert(changed);
     tier_edge_pages_changed(&e.edge);
     round_trip(&e, &a);
     ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 1);
@@ -344,9 +355,12 @@ END_TEST
 
 START_TEST(presence_is_summed_over_edges_and_an_edge_that_moves_counts_once)
 {
-    ck_assert_int_ge(presence_view(&e.pr, "c1", "home", 4), 1);
-    ck_assert_int_ge(presence_view(&e.pr, "c2", "home", 4), 1);
-    ck_assert_int_ge(presence_view(&f.pr, "c3", "home", 4), 1);
+    ck_assert_int_eq(presence_view(&e.pr, "c1", "home", 4, &changed), TALLY_OK);
+    ck_assert(changed);
+    ck_assert_int_eq(presence_view(&e.pr, "c2", "home", 4, &changed), TALLY_OK);
+    ck_assert(changed);
+    ck_assert_int_eq(presence_view(&f.pr, "c3", "home", 4, &changed), TALLY_OK);
+    ck_assert(changed);
     tier_edge_pages_changed(&e.edge);
     tier_edge_pages_changed(&f.edge);
     round_trip(&e, &a);
@@ -359,7 +373,8 @@ START_TEST(presence_is_summed_over_edges_and_an_edge_that_moves_counts_once)
     /* b hears e from a's relay, then from e itself after a move. */
     struct tier_child *ch = tier_hub_child(&a.hub, "e");
     ck_assert_ptr_nonnull(ch);
-    ck_assert_int_eq(tier_hub_relay(ch, now, HB, &msg), 1);
+    ck_assert_int_eq(tier_hub_relay(ch, now, HB, &msg, &changed), TALLY_OK);
+    ck_assert(changed);
     struct wire_presence wp;
     ck_assert_int_eq(wire_decode_presence(msg.data, msg.len, &wp), TALLY_OK);
     struct tally_origin *o = presence_origin(&b.pr, "e");
@@ -388,7 +403,8 @@ START_TEST(bad_messages_are_refused)
         ck_assert_int_ne(tier_hub_apply_up(&a.hub, &a.t, &a.pr, msg.data, cut, now, &ch), TALLY_OK);
     ch = hub_takes(&a);
     tier_hub_tick(&a.hub);
-    ck_assert_int_eq(tier_hub_down(&a.hub, &a.t, &a.pr, ch, now, HB, &msg), 1);
+    ck_assert_int_eq(tier_hub_down(&a.hub, &a.t, &a.pr, ch, now, HB, &msg, &changed), TALLY_OK);
+    ck_assert(changed);
     for (size_t cut = 0; cut + 1 < msg.len; cut++)
         ck_assert_int_ne(tier_edge_apply_down(&e.edge, msg.data, cut, NULL, NULL), TALLY_OK);
     ck_assert_int_eq(tier_edge_apply_down(&e.edge, msg.data, msg.len, NULL, NULL), TALLY_OK);
