@@ -348,19 +348,19 @@ int presence_origin_set(struct tally_presence *pr, struct tally_origin *o, const
 {
     struct tally_page *pg = page_get(pr, page, len, n > 0);
     if (!pg)
-        return n > 0 ? -TALLY_E_NOMEM : 0;
+        return n > 0 ? TALLY_E_NOMEM : TALLY_OK;
     if (o->slot >= pg->remote_cap) {
         uint32_t cap = o->slot + 1;
         uint64_t *grown = realloc(pg->remote, cap * sizeof(*grown));
         if (!grown)
-            return -TALLY_E_NOMEM;
+            return TALLY_E_NOMEM;
         memset(grown + pg->remote_cap, 0, (cap - pg->remote_cap) * sizeof(*grown));
         pg->remote = grown;
         pg->remote_cap = cap;
     }
     pg->remote[o->slot] = n;
     page_dirty(pr, pg);
-    return 0;
+    return TALLY_OK;
 }
 
 /* One PRESENCE from o, already decoded: taken if newer than the last from
@@ -378,7 +378,7 @@ int presence_apply(struct tally_presence *pr, struct tally_origin *o,
     presence_origin_begin(pr, o, wp->lo, wp->hi);
     for (uint32_t i = 0; i < wp->npages; i++) {
         const struct wire_presence_page *pg = &wp->pages[i];
-        if (presence_origin_set(pr, o, pg->page, pg->len, pg->count) < 0)
+        if (presence_origin_set(pr, o, pg->page, pg->len, pg->count) != TALLY_OK)
             return TALLY_E_NOMEM;
     }
     return TALLY_OK;

@@ -375,7 +375,7 @@ size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_
     bound(w, &sending);
     r->learned = false;
     for (struct tally_counter *c; done < budget && (c = table_pop_repl(t)); done++) {
-        if (sync_writer_add_delta(w, t, c, repl_owed, r) < 0)
+        if (sync_writer_add_delta(w, t, c, repl_owed, r) != TALLY_OK)
             r->failed++;
         clear_pending(c);
     }

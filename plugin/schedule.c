@@ -60,7 +60,7 @@ static int ring_grow(struct tally_refresh *r)
     size_t cap = r->cap ? r->cap * 2 : 1024;
     struct tally_counter **ring = malloc(cap * sizeof(*ring));
     if (!ring)
-        return -TALLY_E_NOMEM;
+        return TALLY_E_NOMEM;
     for (size_t i = 0; i < r->len; i++)
         ring[i] = r->ring[(r->head + i) % r->cap];
     free(r->ring);
@@ -75,7 +75,7 @@ int refresh_push(struct tally_refresh *r, struct tally_counter *c)
     if (c->queued)
         return TALLY_OK;
     if (r->len == r->cap && ring_grow(r) != TALLY_OK)
-        return -TALLY_E_NOMEM;
+        return TALLY_E_NOMEM;
     r->ring[(r->head + r->len) % r->cap] = c;
     r->len++;
     c->queued = 1;

@@ -761,7 +761,8 @@ static int hub_apply_presence(struct tally_presence *pr, struct tier_child *ch, 
     o->seq = ch->seq;
     presence_origin_begin(pr, o, 0, UINT64_MAX); /* an UP carries all the child's pages */
     for (uint32_t i = 0; i < ch->npages; i++)
-        if (presence_origin_set(pr, o, ch->pages[i].name, ch->pages[i].len, ch->pages[i].count) < 0)
+        if (presence_origin_set(pr, o, ch->pages[i].name, ch->pages[i].len, ch->pages[i].count) !=
+            TALLY_OK)
             return TALLY_E_NOMEM;
     return TALLY_OK;
 }

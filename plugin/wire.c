@@ -379,20 +379,19 @@ static uint32_t entries_that_fit(const struct wire_sync_writer *w, const struct 
 }
 
 /* The kept entries of c (all when keep is NULL), in as many parts as
- * w->max_bytes needs (none set: one part); returns the entries written, a
- * base counting one, or a negative tally_err. */
+ * w->max_bytes needs (none set: one part). Returns TALLY_OK or a tally_err. */
 static int add_counter(struct wire_sync_writer *w, const struct tally_table *t,
                        const struct tally_counter *c, bool (*keep)(uint16_t, void *), void *ctx)
 {
-    uint32_t total = c->nslots + c->ndevs, from = 0, written = 0;
+    uint32_t total = c->nslots + c->ndevs, from = 0, kept = 0;
     for (uint32_t i = 0; i < total; i++)
-        written += entry_kept(c, i, keep, ctx);
+        kept += entry_kept(c, i, keep, ctx);
     const struct tally_base *base = table_base(t, c);
-    if (keep && written == 0 && !base)
-        return 0;
+    if (keep && kept == 0 && !base)
+        return TALLY_OK;
     if (ref_grow(&w->rep_ref, &w->rep_used, &w->rep_cap, t->nreplicas) ||
         ref_grow(&w->dev_ref, &w->dev_used, &w->dev_cap, t->ndevices))
-        return -TALLY_E_NOMEM;
+        return TALLY_E_NOMEM;
     /* name, two counts, and the base with the first part */
     size_t head = 1 + c->name_len + 2 * 5 + base_cost(base);
     for (;;) {
@@ -403,7 +402,7 @@ static int add_counter(struct wire_sync_writer *w, const struct tally_table *t,
         if (over && to == from && !sync_writer_empty(w) && w->full) {
             int rc = writer_full(w); /* nothing fits: start a new message */
             if (rc != TALLY_OK)
-                return -rc;
+                return rc;
             continue;
         }
         if (over && to == from && to < total)
@@ -415,19 +414,18 @@ static int add_counter(struct wire_sync_writer *w, const struct tally_table *t,
             break;
         int rc = writer_full(w);
         if (rc != TALLY_OK)
-            return -rc;
+            return rc;
     }
     if (w->body.failed || w->dict.failed || w->dev_dict.failed)
-        return -TALLY_E_NOMEM;
-    return (int)written + (base != NULL);
+        return TALLY_E_NOMEM;
+    return TALLY_OK;
 }
 
 /* Appends counter c's whole state (see add_counter for the splitting). */
 int sync_writer_add(struct wire_sync_writer *w, const struct tally_table *t,
                     const struct tally_counter *c)
 {
-    int rc = add_counter(w, t, c, NULL, NULL);
-    return rc < 0 ? -rc : TALLY_OK;
+    return add_counter(w, t, c, NULL, NULL);
 }
 
 /* Appends what c owes: its entries kept by keep(pending, ctx), and its base,

@@ -158,17 +158,17 @@ START_TEST(test_origins_summed_and_replaced)
     ck_assert_ptr_eq(presence_origin(&pr, "n2"), n2);
     ck_assert_uint_ne(n2->slot, n3->slot);
     presence_origin_begin(&pr, n2, 0, UINT64_MAX);
-    ck_assert_int_eq(presence_origin_set(&pr, n2, "p", 1, 5), 0);
-    ck_assert_int_eq(presence_origin_set(&pr, n2, "q", 1, 2), 0);
+    ck_assert_int_eq(presence_origin_set(&pr, n2, "p", 1, 5), TALLY_OK);
+    ck_assert_int_eq(presence_origin_set(&pr, n2, "q", 1, 2), TALLY_OK);
     presence_origin_begin(&pr, n3, 0, UINT64_MAX);
-    ck_assert_int_eq(presence_origin_set(&pr, n3, "p", 1, 10), 0);
+    ck_assert_int_eq(presence_origin_set(&pr, n3, "p", 1, 10), TALLY_OK);
     ck_assert(n2->alive && n3->alive);
     ck_assert_uint_eq(total("p"), 16);
     ck_assert_uint_eq(total("q"), 2);
 
     /* n2's next announcement replaces all its counts: q missing means 0. */
     presence_origin_begin(&pr, n2, 0, UINT64_MAX);
-    ck_assert_int_eq(presence_origin_set(&pr, n2, "p", 1, 1), 0);
+    ck_assert_int_eq(presence_origin_set(&pr, n2, "p", 1, 1), TALLY_OK);
     ck_assert_uint_eq(total("p"), 12);
     ck_assert_uint_eq(total("q"), 0);
 
@@ -239,7 +239,7 @@ START_TEST(test_flush_frees_zero_pages)
     ck_assert_ptr_null(pr.pages);
     /* A zero count for an unknown page creates nothing. */
     presence_origin_begin(&pr, o, 0, UINT64_MAX);
-    ck_assert_int_eq(presence_origin_set(&pr, o, "ghost", 5, 0), 0);
+    ck_assert_int_eq(presence_origin_set(&pr, o, "ghost", 5, 0), TALLY_OK);
     ck_assert_ptr_null(pr.pages);
 }
 END_TEST
