@@ -40,9 +40,7 @@ static const char *const err_names[TALLY_E__COUNT] = {
 
 const char *tally_strerror(int err)
 {
-    if (err < 0)
-        err = -err;
-    if (err >= TALLY_E__COUNT)
+    if ((unsigned)err >= TALLY_E__COUNT) /* no reason is negative */
         return "unknown";
     return err_names[err];
 }

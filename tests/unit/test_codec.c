@@ -331,12 +331,10 @@ START_TEST(test_strerror)
         {TALLY_E_TOO_LARGE, "message_too_large"},
     };
     ck_assert_int_eq(sizeof(names) / sizeof(names[0]), TALLY_E__COUNT);
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         ck_assert_str_eq(tally_strerror(names[i].err), names[i].name);
-        /* Functions that return a negative tally_err name the same reason. */
-        ck_assert_str_eq(tally_strerror(-names[i].err), names[i].name);
-    }
     ck_assert_str_eq(tally_strerror(TALLY_E__COUNT), "unknown");
+    ck_assert_str_eq(tally_strerror(-TALLY_E_NOMEM), "unknown"); /* reasons are positive */
     ck_assert_str_eq(tally_strerror(1000), "unknown");
 }
 END_TEST
