@@ -546,6 +546,8 @@ void node_stats_json(struct wire_buf *b, const struct stats_view *v)
     wbuf_printf(b, "{\"node\":\"%s\",\"incarnation\":\"%" PRIu64 "\",\"seq\":%" PRIu64, v->node_id,
                 v->incarnation, v->seq);
     wbuf_printf(b, ",\"time_ms\":%" PRIu64 ",\"uptime_ms\":%" PRIu64, v->time_ms, v->uptime_ms);
+    wbuf_printf(b, ",\"peer_timeout_ms\":%lld,\"stats_interval_ms\":%lld", v->peer_timeout_ms,
+                v->stats_interval_ms);
     wbuf_printf(b, ",\"counters\":%zu,\"devices\":%" PRIu32 ",\"viewers\":%" PRIu64,
                 v->table->ncounters, v->table->ndevices, v->presence->nviews);
     wbuf_printf(b, ",\"applied\":%" PRIu64 ",\"duplicates\":%" PRIu64, st->applied, st->duplicates);

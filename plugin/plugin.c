@@ -1312,6 +1312,8 @@ static void publish_stats(uint64_t now)
         .max_counters = g.opt.max_counters,
         .max_devices = g.opt.max_devices,
         .max_viewers = g.opt.max_viewers,
+        .peer_timeout_ms = g.opt.peer_timeout_ms,
+        .stats_interval_ms = g.opt.stats_interval_ms,
         .over_counters = g.over_counters,
         .over_devices = g.over_devices,
         .now_ms = now,

@@ -770,6 +770,7 @@ struct stats_view {
     uint64_t repairs_asked;
     uint32_t neighbours;
     long long max_counters, max_devices, max_viewers;
+    long long peer_timeout_ms, stats_interval_ms; /* so readers judge by this node's own */
     bool over_counters, over_devices;
     uint64_t now_ms;  /* the monotonic clock of the origins' last_heard_ms */
     size_t max_bytes; /* the peers listed are those that fit in it */

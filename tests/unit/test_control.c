@@ -334,6 +334,8 @@ START_TEST(test_stats_document)
                            .max_counters = 10,
                            .max_devices = 10,
                            .max_viewers = 10,
+                           .peer_timeout_ms = 3000,
+                           .stats_interval_ms = 1000,
                            .over_counters = true,
                            .now_ms = 1500,
                            .max_bytes = 4096};
@@ -345,6 +347,9 @@ START_TEST(test_stats_document)
     ck_assert_str_eq(cJSON_GetObjectItem(doc, "incarnation")->valuestring, "42");
     ck_assert_int_eq(cJSON_GetObjectItem(doc, "seq")->valueint, 9);
     ck_assert_int_eq(cJSON_GetObjectItem(doc, "counters")->valueint, 1);
+    /* readers (tally health) judge peers and staleness by this node's own settings */
+    ck_assert_int_eq(cJSON_GetObjectItem(doc, "peer_timeout_ms")->valueint, 3000);
+    ck_assert_int_eq(cJSON_GetObjectItem(doc, "stats_interval_ms")->valueint, 1000);
     ck_assert_str_eq(cJSON_GetObjectItem(doc, "persist")->valuestring, "/var/lib/\"tally\"");
     const cJSON *rej = cJSON_GetObjectItem(doc, "rejected");
     ck_assert_int_eq(cJSON_GetArraySize(rej), TALLY_E__COUNT - 1);
