@@ -83,8 +83,13 @@ export function drawSparkline(canvas, perSecond, nowMs, colors) {
   runs.forEach(([first, end], k) => {
     const points = [];
     for (let i = first; i <= end; i++) points.push([x(i), y(rates[i])]);
-    // A lone known bucket still gets a short stroke, so it is seen.
-    if (points.length === 1) points.unshift([points[0][0] - h / 4, points[0][1]]);
+    // A lone known bucket still gets a short stroke, so it is seen: leftwards,
+    // or rightwards when it stands at the left edge (it would be off the canvas).
+    if (points.length === 1) {
+      const [px, py] = points[0];
+      if (px - h / 4 >= 0) points.unshift([px - h / 4, py]);
+      else points.push([px + h / 4, py]);
+    }
     drawRun(ctx, points, zeroY, colors);
     const next = k + 1 < runs.length ? x(runs[k + 1][0]) : end < last ? w : null;
     if (next !== null) drawGap(ctx, x(end), next, colors);
