@@ -247,6 +247,7 @@ static struct tally {
     uint64_t last_announce_ms, last_stats_ms;
     uint64_t presence_seq, stats_seq;
     uint64_t log_window_ms, log_count, last_disk_log_ms;
+    uint64_t drop_log_ms; /* when sendable last logged a message dropped */
     size_t prefix_len, presence_prefix_len;
     bool acl_defer;
     bool over_counters, over_devices; /* holding more than a limit: said once in the log */
@@ -596,6 +597,7 @@ static int on_counter_input(struct mosquitto_evt_message *ev, struct topic t)
 }
 
 static void publish(const char *topic, const void *payload, size_t len, int qos, bool retain);
+static bool sendable(const char *topic, const struct wire_buf *b);
 
 /* ==== Replication in ==== */
 
@@ -769,12 +771,19 @@ static int on_stats(const struct mosquitto_evt_message *ev, bool *route)
 
 static void publish_up_down(const char *kind, const char *id, const struct wire_buf *b)
 {
-    if (b->failed)
-        return;
     snprintf(g.topic, sizeof(g.topic), "$tally/%s/%s", kind, id);
+    if (!sendable(g.topic, b))
+        return;
     publish(g.topic, b->data, b->len, 1, false);
     g.st.repl_msgs_out++;
     g.st.repl_bytes_out += b->len;
+}
+
+static void emit_relay(const struct wire_buf *msg, void *ud)
+{
+    snprintf(g.topic, sizeof(g.topic), "$tally/v1/presence/%s", tier_child_id(ud));
+    if (sendable(g.topic, msg))
+        publish(g.topic, msg->data, msg->len, 1, false);
 }
 
 /* An edge's UP: its slots into the table (repl.c sends them on to the other
@@ -791,13 +800,11 @@ static int on_up(const struct mosquitto_evt_message *ev, bool *route)
     int rc = tier_hub_apply_up(&g.tier_hub, &g.table, &g.presence, payload, len, now, &ch);
     if (rc != TALLY_OK)
         return rc;
-    bool written;
-    if (tier_hub_relay(ch, now, (uint64_t)g.opt.peer_timeout_ms / 3, &g.buf, &written) ==
-            TALLY_OK &&
-        written) {
-        snprintf(g.topic, sizeof(g.topic), "$tally/v1/presence/%s", tier_child_id(ch));
-        publish(g.topic, g.buf.data, g.buf.len, 1, false);
-    }
+    rc = tier_hub_relay(ch, now, (uint64_t)g.opt.peer_timeout_ms / 3,
+                        (size_t)g.opt.max_message_bytes, &g.buf, emit_relay, ch);
+    if (rc != TALLY_OK)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot relay the viewers of edge %s: %s",
+                             tier_child_id(ch), tally_strerror(rc));
     return TALLY_OK;
 }
 
@@ -1005,12 +1012,31 @@ static void publish(const char *topic, const void *payload, size_t len, int qos,
 }
 
 /* Every replication message is at most max_message_bytes: the writers
- * split (sync_writer_add, presence_announce), and this is the last guard. */
+ * split (sync_writer_add, presence_announce, tier.c's parts), and this is
+ * the last guard; what it drops is counted and logged, once in 10 s. */
+static bool sendable(const char *topic, const struct wire_buf *b)
+{
+    if (b->failed)
+        return false;
+    if (b->len <= (size_t)g.opt.max_message_bytes)
+        return true;
+    g.st.repl_dropped_large++;
+    uint64_t now = mono_ms();
+    if (g.drop_log_ms == 0 || now - g.drop_log_ms >= 10000) {
+        mosquitto_log_printf(MOSQ_LOG_ERR,
+                             "tally: not sending %zu bytes to %s: over max_message_bytes %lld "
+                             "(%" PRIu64 " dropped since start)",
+                             b->len, topic, g.opt.max_message_bytes, g.st.repl_dropped_large);
+        g.drop_log_ms = now;
+    }
+    return false;
+}
+
 static void replicate(const char *kind, const struct wire_buf *b)
 {
-    if (b->failed || b->len > (size_t)g.opt.max_message_bytes)
-        return;
     snprintf(g.topic, sizeof(g.topic), "$tally/v1/%s/%s", kind, g.opt.node_id);
+    if (!sendable(g.topic, b))
+        return;
     publish(g.topic, b->data, b->len, 1, false);
     g.st.repl_msgs_out++;
     g.st.repl_bytes_out += b->len;
@@ -1366,16 +1392,24 @@ static void expire_peers(uint64_t now)
 
 /* ==== Tiers: what an edge sends up, what a hub sends down ==== */
 
+static void emit_up(const struct wire_buf *msg, void *ud)
+{
+    (void)ud;
+    publish_up_down("up", g.opt.node_id, msg);
+}
+
+static void emit_down(const struct wire_buf *msg, void *ud)
+{
+    publish_up_down("down", tier_child_id(ud), msg);
+}
+
 static void edge_tick(uint64_t now)
 {
-    bool written;
-    int rc =
-        tier_edge_up(&g.tier_edge, &g.table, &g.presence, now, (uint64_t)g.opt.publish_interval_ms,
-                     (uint64_t)g.opt.sync_interval_ms, &g.buf, &written);
+    int rc = tier_edge_up(&g.tier_edge, &g.table, &g.presence, now,
+                          (uint64_t)g.opt.publish_interval_ms, (uint64_t)g.opt.sync_interval_ms,
+                          (size_t)g.opt.max_message_bytes, &g.buf, emit_up, NULL);
     if (rc != TALLY_OK)
         mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot write an UP: %s", tally_strerror(rc));
-    else if (written)
-        publish_up_down("up", g.opt.node_id, &g.buf);
 }
 
 /* Our edges' DOWNs, at most one each per publish interval. */
@@ -1387,12 +1421,14 @@ static void hub_tick(uint64_t now)
     last = now;
     tier_hub_expire(&g.tier_hub, now, (uint64_t)g.opt.peer_timeout_ms);
     tier_hub_tick(&g.tier_hub);
-    bool written;
-    for (struct tier_child *ch = NULL; (ch = tier_hub_next(&g.tier_hub, ch));)
-        if (tier_hub_down(&g.tier_hub, &g.table, &g.presence, ch, now,
-                          (uint64_t)g.opt.sync_interval_ms, &g.buf, &written) == TALLY_OK &&
-            written)
-            publish_up_down("down", tier_child_id(ch), &g.buf);
+    for (struct tier_child *ch = NULL; (ch = tier_hub_next(&g.tier_hub, ch));) {
+        int rc = tier_hub_down(&g.tier_hub, &g.table, &g.presence, ch, now,
+                               (uint64_t)g.opt.sync_interval_ms, (size_t)g.opt.max_message_bytes,
+                               &g.buf, emit_down, ch);
+        if (rc != TALLY_OK)
+            mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot write a DOWN to %s: %s",
+                                 tier_child_id(ch), tally_strerror(rc));
+    }
 }
 
 static int on_tick(int event, void *event_data, void *userdata)

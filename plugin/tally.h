@@ -629,13 +629,15 @@ int tier_edge_wrote(struct tier_edge *e, const char *name, size_t len);
 int tier_edge_watch(struct tier_edge *e, const char *name, size_t len, bool on);
 /* The edge's local viewer counts changed (presence.c's local_changed). */
 void tier_edge_pages_changed(struct tier_edge *e);
-/* Writes the next UP into out when one is due (something unacknowledged and
- * every_ms since the last, or heartbeat_ms since the last), and sets
- * *written; returns TALLY_OK or a tally_err. t holds the edge's own slots;
- * pr its local viewers. */
+/* Called with each message (part) written into out, for the caller to send. */
+typedef void tier_emit_fn(const struct wire_buf *msg, void *ud);
+/* When an UP is due (something unacknowledged and every_ms since the last,
+ * or heartbeat_ms since the last), writes it into out, in as many parts of
+ * at most max_bytes as it needs, each passed to emit; returns TALLY_OK or a
+ * tally_err. t holds the edge's own slots; pr its local viewers. */
 int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presence *pr,
-                 uint64_t now_ms, uint64_t every_ms, uint64_t heartbeat_ms, struct wire_buf *out,
-                 bool *written);
+                 uint64_t now_ms, uint64_t every_ms, uint64_t heartbeat_ms, size_t max_bytes,
+                 struct wire_buf *out, tier_emit_fn *emit, void *ud);
 /* Called for each watched counter whose shown total may have changed. */
 typedef void tier_changed_fn(const char *name, size_t len, void *ud);
 int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_changed_fn *fn,
@@ -665,17 +667,18 @@ int tier_hub_apply_up(struct tier_hub *h, struct tally_table *t, struct tally_pr
                       const void *msg, size_t len, uint64_t now_ms, struct tier_child **from);
 /* Starts a new round of DOWNs: counter figures are computed again. */
 void tier_hub_tick(struct tier_hub *h);
-/* Writes the DOWN owed to child ch into out and sets *written (false: none
- * is owed); returns TALLY_OK or a tally_err. Every heartbeat_ms a DOWN
- * carries all it watches. */
+/* Writes the DOWN owed to child ch, if any, into out, in as many parts of at
+ * most max_bytes as it needs, each passed to emit; returns TALLY_OK or a
+ * tally_err. Every heartbeat_ms a DOWN carries all the child watches. */
 int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_presence *pr,
-                  struct tier_child *ch, uint64_t now_ms, uint64_t heartbeat_ms,
-                  struct wire_buf *out, bool *written);
-/* The child's viewers as a PRESENCE message from its own origin, for the
+                  struct tier_child *ch, uint64_t now_ms, uint64_t heartbeat_ms, size_t max_bytes,
+                  struct wire_buf *out, tier_emit_fn *emit, void *ud);
+/* The child's viewers as PRESENCE messages from its own origin (in as many
+ * parts of at most max_bytes as they need, each passed to emit), for the
  * other hubs, when its list changed or every_ms passed (so that they know it
- * is alive): sets *written when due; returns TALLY_OK or TALLY_E_NOMEM. */
-int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, struct wire_buf *out,
-                   bool *written);
+ * is alive); returns TALLY_OK or a tally_err. */
+int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, size_t max_bytes,
+                   struct wire_buf *out, tier_emit_fn *emit, void *ud);
 struct tier_child *tier_hub_child(struct tier_hub *h, const char *id);
 /* The child after ch (NULL: the first), NULL after the last. */
 struct tier_child *tier_hub_next(struct tier_hub *h, struct tier_child *ch);
@@ -756,6 +759,7 @@ struct tally_stats {
     uint64_t rejected[TALLY_E__COUNT];
     uint64_t repl_msgs_in, repl_bytes_in, repl_msgs_out, repl_bytes_out;
     uint64_t repl_rejected, repl_too_large, repair_counters;
+    uint64_t repl_dropped_large; /* ours, over max_message_bytes: not sent */
     uint64_t log_suppressed;
 };
 

@@ -40,24 +40,28 @@
  * ---- The messages ----
  *
  * UP, edge -> its hub, on $tally/up/<edge> (topic $tally/up/# out 1 on the
- * edge's bridge):
+ * edge's bridge), in parts of at most max_message_bytes (see "Parts" below):
  *     edge id, incarnation, seq, the session it was built under, flags,
+ *     group (the seq of the UP's first part),
  *     counters: name, own P, own N, own device maxima (absolute values),
- *     [watch list: every counter name its clients watch]      (flag 1)
- *     [page list: every page its viewers watch, with counts]  (flag 2)
+ *     [watch list: a range of hashes, the counter names in it]   (flag 1)
+ *     [page list: a range of hashes, the pages in it, with counts] (flag 2)
  * An UP carries every counter whose last change went out in an UP the hub
- * has not acknowledged, so the hub, holding an UP of seq s built under the
- * session it gave the edge, holds every change the edge made up to s: UPs may
- * be lost or reordered, and the acknowledgement is simply the highest such
- * seq. The watch and page lists ride the same way; the hub takes lists only
- * from an UP newer than any it has seen (they replace), slots from any (they
+ * has not acknowledged. Its parts are numbered group, group + 1, ...; so the
+ * hub, holding the parts group..s of an UP built under the session it gave
+ * the edge, holds every change the edge made up to s, and s is its
+ * acknowledgement (hub_ack): a part lost or out of order stops the ack
+ * before it, and what it held goes again in the next UP. The watch and page
+ * lists ride the same way; the hub takes a list's range only from a part
+ * newer than any it has seen (it replaces that range), slots from any (they
  * are maxima). An edge sends an UP when it has something unacknowledged, at
  * most once a publish interval (an UP not yet acknowledged is so resent once
  * an interval, not once a broker loop), and at least every heartbeat_ms, so
  * that its hub knows it is alive.
  *
  * DOWN, hub -> one edge, on $tally/down/<edge> (topic $tally/down/<edge>/#
- * in 1 on the edge's bridge, so an edge hears nothing else):
+ * in 1 on the edge's bridge, so an edge hears nothing else), in parts of at
+ * most max_message_bytes, each with the whole header:
  *     hub id, session, the ack,
  *     counters: name, P, N, D, the edge's own P and N as the hub holds them,
  *               and what resets took away from P, N and D (reset.c),
@@ -189,7 +193,8 @@ struct tier_page {
 struct tier_watch {
     UT_hash_handle hh;
     uint32_t refs;
-    uint64_t gen; /* hub->gen when the figures were computed */
+    uint64_t hash; /* presence_hash(name): an UP's watch list is by ranges of it */
+    uint64_t gen;  /* hub->gen when the figures were computed */
     uint64_t p, n, d, tp, tn, td;
     uint8_t len;
     char name[];
@@ -202,7 +207,7 @@ struct tier_sub {
 };
 
 struct tier_child_page {
-    uint64_t count, sent_total, sent_mine;
+    uint64_t hash, count, sent_total, sent_mine; /* kept in hash order */
     uint8_t len;
     char name[TALLY_NAME_MAX + 1];
 };
@@ -362,40 +367,288 @@ static bool up_due(const struct tier_edge *e, uint64_t now_ms, uint64_t every_ms
     return false;
 }
 
-static void up_counter(struct wire_buf *b, const struct tally_table *t, uint32_t self,
-                       const struct tally_counter *c)
+/* ==== Parts: a message cut at max_bytes ====
+ *
+ * UP and DOWN hold sections of entries (UP: counters, a watch list, a page
+ * list; DOWN: counters, pages). One that would pass max_bytes goes as
+ * several parts, each a whole message with its own share of each section,
+ * so that each applies alone: a counter entry is a maximum (a counter with
+ * many devices may even be spread over parts), and an UP's list section
+ * names the range of name hashes (presence_hash) it replaces, the parts of
+ * one list covering [0, UINT64_MAX] between them, in hash order, as
+ * PRESENCE does. */
+
+enum { SEC_COUNTERS, SEC_WATCH, SEC_PAGES, SEC_N };
+
+/* What a section adds to a part besides its entries: a count (a varint of
+ * at most 5 bytes), and for a list its range. */
+#define SEC_COUNT_BYTES 5
+#define SEC_RANGE_BYTES (SEC_COUNT_BYTES + 16)
+
+struct parts {
+    size_t max_bytes, head; /* head: the bytes of a part's header, at most */
+    bool ranged;            /* UP: the sections past the first are lists */
+    struct wire_buf sec[SEC_N];
+    uint32_t n[SEC_N];
+    bool open[SEC_N];   /* (lists) in this part */
+    uint64_t lo[SEC_N]; /* (lists) this part's range; the last's ends at */
+    uint64_t hi[SEC_N]; /* UINT64_MAX (parts_close_list) */
+    uint32_t sent;      /* parts sent so far */
+    int rc;
+    int (*send)(const struct parts *p, void *ctx); /* writes and sends one part */
+    void *ctx;
+};
+
+static bool is_list(const struct parts *p, int s)
 {
-    const struct tally_slot *s = counter_slot(c, self);
-    wbuf_str8(b, c->name, c->name_len);
-    wbuf_varint(b, s ? s->p : 0);
-    wbuf_varint(b, s ? s->n : 0);
-    wbuf_varint(b, c->ndevs);
-    for (uint32_t i = 0; i < c->ndevs; i++) {
-        const struct tally_device *d = t->devices[c->devs[i].device];
-        wbuf_str8(b, d->id, strlen(d->id));
-        wbuf_varint(b, c->devs[i].total);
+    return p->ranged && s != SEC_COUNTERS;
+}
+
+static size_t parts_size(const struct parts *p)
+{
+    size_t size = p->head;
+    for (int s = 0; s < SEC_N; s++)
+        size += p->sec[s].len + (!is_list(p, s) ? SEC_COUNT_BYTES
+                                 : p->open[s]   ? SEC_RANGE_BYTES
+                                                : 0);
+    return size;
+}
+
+static bool parts_used(const struct parts *p)
+{
+    for (int s = 0; s < SEC_N; s++)
+        if (p->n[s] || p->open[s])
+            return true;
+    return false;
+}
+
+static void parts_send(struct parts *p)
+{
+    if (p->rc == TALLY_OK)
+        p->rc = p->send(p, p->ctx);
+    p->sent++;
+    for (int s = 0; s < SEC_N; s++) {
+        wbuf_reset(&p->sec[s]);
+        p->n[s] = 0;
+        if (p->open[s])
+            p->lo[s] = p->hi[s] + 1; /* a closed list takes no more entries */
+        p->open[s] = false;
     }
 }
 
-struct up_pages {
-    struct wire_buf *b;
-    uint32_t n;
+/* Appends one entry (e, of section s; hash: its name's, for a list), first
+ * sending the part if e would take it past max_bytes. Entries of a list
+ * with equal hashes stay in one part (a range cannot part them): past
+ * max_bytes only where 64-bit hashes collide, and then the sender's last
+ * guard drops it (logged and counted). */
+static void parts_add(struct parts *p, int s, const struct wire_buf *e, uint64_t hash)
+{
+    size_t extra = is_list(p, s) && !p->open[s] ? SEC_RANGE_BYTES : 0;
+    bool inseparable = is_list(p, s) && p->n[s] && hash == p->hi[s];
+    if (!inseparable && parts_used(p) && parts_size(p) + extra + e->len > p->max_bytes)
+        parts_send(p);
+    wbuf_bytes(&p->sec[s], e->data, e->len);
+    if (e->failed)
+        p->sec[s].failed = true;
+    p->n[s]++;
+    p->open[s] = true;
+    p->hi[s] = hash;
+}
+
+/* The list of section s is complete: the current part's range of it runs
+ * to UINT64_MAX (an empty list is one empty range). */
+static void parts_close_list(struct parts *p, int s)
+{
+    if (!p->open[s] && parts_used(p) && parts_size(p) + SEC_RANGE_BYTES > p->max_bytes)
+        parts_send(p);
+    p->open[s] = true;
+    p->hi[s] = UINT64_MAX;
+}
+
+/* Sends what is left (at least one part if `always`); returns TALLY_OK or
+ * the first error. */
+static int parts_finish(struct parts *p, bool always)
+{
+    if (parts_used(p) || (always && p->sent == 0))
+        parts_send(p);
+    for (int s = 0; s < SEC_N; s++)
+        wbuf_free(&p->sec[s]);
+    return p->rc;
+}
+
+static void parts_write(struct wire_buf *out, const struct parts *p, int s)
+{
+    if (is_list(p, s)) {
+        if (!p->open[s])
+            return;
+        wbuf_u64(out, p->lo[s]);
+        wbuf_u64(out, p->hi[s]);
+    }
+    wbuf_varint(out, p->n[s]);
+    wbuf_bytes(out, p->sec[s].data, p->sec[s].len);
+    if (p->sec[s].failed)
+        out->failed = true;
+}
+
+/* ==== Edge: UP ==== */
+
+static size_t varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+/* How many of c's devices from the i-th on fit in an empty part beside the
+ * counter's name and slot; at least one. */
+static uint32_t devices_that_fit(const struct parts *p, const struct tally_table *t,
+                                 const struct tally_counter *c, uint32_t i)
+{
+    size_t room = p->max_bytes - p->head - SEC_COUNT_BYTES - 2 * SEC_RANGE_BYTES -
+                  (1 + c->name_len + 10 + 10 + SEC_COUNT_BYTES);
+    uint32_t k = 0;
+    for (size_t used = 0; i + k < c->ndevs; k++) {
+        used +=
+            1 + strlen(t->devices[c->devs[i + k].device]->id) + varint_len(c->devs[i + k].total);
+        if (used > room && k > 0)
+            break;
+    }
+    return k;
+}
+
+/* c's own slot and device maxima: one entry, or several when its devices
+ * do not fit in one part (each a maximum, merged alone). */
+static void up_counter(struct parts *p, struct wire_buf *e, const struct tally_table *t,
+                       uint32_t self, const struct tally_counter *c)
+{
+    const struct tally_slot *s = counter_slot(c, self);
+    uint32_t i = 0;
+    do {
+        uint32_t k = devices_that_fit(p, t, c, i);
+        wbuf_reset(e);
+        wbuf_str8(e, c->name, c->name_len);
+        wbuf_varint(e, s ? s->p : 0);
+        wbuf_varint(e, s ? s->n : 0);
+        wbuf_varint(e, k);
+        for (uint32_t j = i; j < i + k; j++) {
+            const struct tally_device *d = t->devices[c->devs[j].device];
+            wbuf_str8(e, d->id, strlen(d->id));
+            wbuf_varint(e, c->devs[j].total);
+        }
+        parts_add(p, SEC_COUNTERS, e, 0);
+        i += k;
+    } while (i < c->ndevs);
+}
+
+/* A list entry in hash order: a watched counter, or a viewed page. */
+struct hashed {
+    uint64_t hash, count;
+    const char *name;
+    size_t len;
 };
 
-static void up_page(const char *page, size_t len, uint64_t n, void *ud)
+static int by_hash(const void *a, const void *b)
 {
-    struct up_pages *u = ud;
-    wbuf_str8(u->b, page, len);
-    wbuf_varint(u->b, n);
-    u->n++;
+    const struct hashed *x = a, *y = b;
+    return x->hash < y->hash ? -1 : x->hash > y->hash;
+}
+
+struct hashed_list {
+    struct hashed *v;
+    size_t n;
+};
+
+static void list_page(const char *page, size_t len, uint64_t n, void *ud)
+{
+    struct hashed_list *l = ud;
+    l->v[l->n++] = (struct hashed){presence_hash(page, len), n, page, len};
+}
+
+/* The list (names borrowed), sorted, into section s: pages carry counts. */
+static void up_list(struct parts *p, struct wire_buf *e, int s, struct hashed_list *l)
+{
+    qsort(l->v, l->n, sizeof(*l->v), by_hash);
+    for (size_t i = 0; i < l->n; i++) {
+        wbuf_reset(e);
+        wbuf_str8(e, l->v[i].name, l->v[i].len);
+        if (s == SEC_PAGES)
+            wbuf_varint(e, l->v[i].count);
+        parts_add(p, s, e, l->v[i].hash);
+    }
+    parts_close_list(p, s);
+}
+
+struct up_ctx {
+    struct tier_edge *e;
+    uint64_t group; /* the seq of the UP's first part */
+    struct wire_buf *out;
+    tier_emit_fn *emit;
+    void *ud;
+};
+
+/* One part: seq group, group + 1, ...; the flags say which lists it holds. */
+static int up_send(const struct parts *p, void *ctx)
+{
+    struct up_ctx *u = ctx;
+    struct wire_buf *out = u->out;
+    wbuf_reset(out);
+    write_header(out, WIRE_UP);
+    wbuf_str8(out, u->e->node_id, strlen(u->e->node_id));
+    wbuf_u64(out, u->e->incarnation);
+    wbuf_varint(out, u->e->seq++);
+    wbuf_u64(out, u->e->hub_session);
+    wbuf_u8(out, (uint8_t)((p->open[SEC_WATCH] ? 1 : 0) | (p->open[SEC_PAGES] ? 2 : 0)));
+    wbuf_varint(out, u->group);
+    for (int s = 0; s < SEC_N; s++)
+        parts_write(out, p, s);
+    if (out->failed)
+        return TALLY_E_NOMEM;
+    u->emit(out, u->ud);
+    return TALLY_OK;
+}
+
+static void count_page(const char *page, size_t len, uint64_t n, void *ud)
+{
+    (void)page;
+    (void)len;
+    (void)n;
+    ++*(size_t *)ud;
+}
+
+static int up_lists(struct tier_edge *e, struct tally_presence *pr, struct parts *p,
+                    struct wire_buf *ent, bool watch, bool pages)
+{
+    size_t n = watch ? HASH_COUNT(e->views) : 0, npages = 0;
+    if (pages)
+        presence_each_local(pr, count_page, &npages);
+    struct hashed_list l = {malloc((n + npages + 1) * sizeof(*l.v)), 0};
+    if (!l.v)
+        return TALLY_E_NOMEM;
+    if (watch) {
+        for (struct tier_view *v = e->views; v; v = v->hh.next)
+            l.v[l.n++] = (struct hashed){presence_hash(v->name, v->len), 0, v->name, v->len};
+        up_list(p, ent, SEC_WATCH, &l);
+        e->watch_changed = false;
+        e->watch_sent_seq = e->seq; /* the part its range's end is in */
+    }
+    if (pages) {
+        l.n = 0;
+        presence_each_local(pr, list_page, &l);
+        up_list(p, ent, SEC_PAGES, &l);
+        e->pages_changed = false;
+        e->pages_sent_seq = e->seq;
+    }
+    free(l.v);
+    return TALLY_OK;
 }
 
 int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presence *pr,
-                 uint64_t now_ms, uint64_t every_ms, uint64_t heartbeat_ms, struct wire_buf *out,
-                 bool *written)
+                 uint64_t now_ms, uint64_t every_ms, uint64_t heartbeat_ms, size_t max_bytes,
+                 struct wire_buf *out, tier_emit_fn *emit, void *ud)
 {
-    wbuf_reset(out);
-    *written = false;
     if (e->nidle)
         edge_drop_idle(e, now_ms);
     if (!up_due(e, now_ms, every_ms, heartbeat_ms))
@@ -404,48 +657,28 @@ int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presen
     int rc = table_replica(t, e->node_id, strlen(e->node_id), e->incarnation, &self);
     if (rc != TALLY_OK)
         return rc;
-    uint64_t seq = e->seq++;
+    struct up_ctx u = {e, e->seq, out, emit, ud};
+    struct parts p = {.max_bytes = max_bytes,
+                      .head = 4 + 1 + strlen(e->node_id) + 8 + 10 + 8 + 1 + 10,
+                      .ranged = true,
+                      .send = up_send,
+                      .ctx = &u};
     bool watch = unacked(e, e->watch_changed, e->watch_sent_seq);
     bool pages = unacked(e, e->pages_changed, e->pages_sent_seq);
-    write_header(out, WIRE_UP);
-    wbuf_str8(out, e->node_id, strlen(e->node_id));
-    wbuf_u64(out, e->incarnation);
-    wbuf_varint(out, seq);
-    wbuf_u64(out, e->hub_session);
-    wbuf_u8(out, (uint8_t)((watch ? 1 : 0) | (pages ? 2 : 0)));
-    uint32_t n = 0;
-    for (struct tier_mine *m = e->mine; m; m = m->hh.next)
-        n += unacked(e, m->changed, m->sent_seq) && table_find(t, m->name, m->len);
-    wbuf_varint(out, n);
+    struct wire_buf ent = {0};
     for (struct tier_mine *m = e->mine; m; m = m->hh.next) {
         struct tally_counter *c = table_find(t, m->name, m->len);
         if (!unacked(e, m->changed, m->sent_seq) || !c)
             continue;
-        up_counter(out, t, self, c);
+        up_counter(&p, &ent, t, self, c);
         m->changed = false;
-        m->sent_seq = seq;
+        m->sent_seq = e->seq; /* the part it is in (its last, if spread) */
     }
-    if (watch) {
-        wbuf_varint(out, HASH_COUNT(e->views));
-        for (struct tier_view *v = e->views; v; v = v->hh.next)
-            wbuf_str8(out, v->name, v->len);
-        e->watch_changed = false;
-        e->watch_sent_seq = seq;
-    }
-    if (pages) {
-        /* The count goes first: presence_each_local walks once to count. */
-        struct wire_buf list = {0};
-        struct up_pages u = {&list, 0};
-        presence_each_local(pr, up_page, &u);
-        wbuf_varint(out, u.n);
-        wbuf_bytes(out, list.data, list.len);
-        wbuf_free(&list);
-        e->pages_changed = false;
-        e->pages_sent_seq = seq;
-    }
+    rc = up_lists(e, pr, &p, &ent, watch, pages);
+    wbuf_free(&ent);
+    int sent = parts_finish(&p, true);
     e->last_up_ms = now_ms;
-    *written = !out->failed;
-    return out->failed ? TALLY_E_NOMEM : TALLY_OK;
+    return rc != TALLY_OK ? rc : sent;
 }
 
 /* A new hub, or the same one restarted: it may lack everything. */
@@ -567,8 +800,9 @@ uint64_t tier_edge_page_total(const struct tier_edge *e, const struct tally_pres
 struct tier_child {
     UT_hash_handle hh;
     uint64_t incarnation, seq, last_heard_ms, last_full_ms;
-    uint64_t session; /* what the child is told: new whenever this record is */
-    uint64_t ack;     /* highest seq of an UP built under that session */
+    uint64_t session;     /* what the child is told: new whenever this record is */
+    uint64_t ack;         /* highest seq of an UP built under that session */
+    uint64_t group, next; /* that UP's first part, and the part awaited next */
     uint64_t last_relay_ms;
     bool pages_new; /* its page list changed since the last relay */
     uint32_t replica;
@@ -636,6 +870,7 @@ static struct tier_watch *watch_ref(struct tier_hub *h, const char *name, size_t
         if (!w)
             return NULL;
         w->len = (uint8_t)len;
+        w->hash = presence_hash(name, len);
         HASH_ADD(hh, h->watches, name, len, w);
     }
     w->refs++;
@@ -697,20 +932,53 @@ static int hub_merge_counter(struct tally_table *t, struct tier_child *ch, struc
     return TALLY_OK;
 }
 
-static int hub_read_watch(struct tier_hub *h, struct tier_child *ch, struct wire_reader *r)
+/* A list section's range and count; the count is bounded by the bytes
+ * left (each entry takes at least min_entry). */
+static bool read_range(struct wire_reader *r, uint64_t *lo, uint64_t *hi, uint64_t *n,
+                       size_t min_entry)
 {
-    uint64_t n = wr_varint(r);
-    if (r->bad || n > (uint64_t)(r->end - r->p))
+    *lo = wr_u64(r);
+    *hi = wr_u64(r);
+    *n = wr_varint(r);
+    return !r->bad && *lo <= *hi && *n <= (uint64_t)(r->end - r->p) / min_entry;
+}
+
+/* Drops the child's watched counters whose hash is in [lo, hi]. */
+static void child_drop_subs(struct tier_hub *h, struct tier_child *c, uint64_t lo, uint64_t hi)
+{
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < c->nsubs; i++) {
+        struct tier_watch *w = c->subs[i].w;
+        if (w->hash >= lo && w->hash <= hi)
+            watch_unref(h, w);
+        else
+            c->subs[kept++] = c->subs[i];
+    }
+    c->nsubs = kept;
+}
+
+/* A range of the child's watch list: replaces what it held there, if this
+ * part is the newest the child sent (apply). */
+static int hub_read_watch(struct tier_hub *h, struct tier_child *ch, struct wire_reader *r,
+                          bool apply)
+{
+    uint64_t lo, hi, n;
+    if (!read_range(r, &lo, &hi, &n, 2))
         return TALLY_E_WIRE;
-    child_clear_subs(h, ch);
-    ch->subs = calloc(n ? n : 1, sizeof(*ch->subs));
-    if (!ch->subs)
-        return TALLY_E_NOMEM;
+    if (apply) {
+        child_drop_subs(h, ch, lo, hi);
+        struct tier_sub *grown = realloc(ch->subs, (ch->nsubs + n + 1) * sizeof(*grown));
+        if (!grown)
+            return TALLY_E_NOMEM;
+        ch->subs = grown;
+    }
     for (uint64_t i = 0; i < n; i++) {
         size_t len;
         const char *name = wr_name(r, &len);
-        if (r->bad)
+        if (r->bad || !presence_in_range(name, len, lo, hi))
             return TALLY_E_WIRE;
+        if (!apply)
+            continue;
         struct tier_watch *w = watch_ref(h, name, len);
         if (!w)
             return TALLY_E_NOMEM;
@@ -719,35 +987,63 @@ static int hub_read_watch(struct tier_hub *h, struct tier_child *ch, struct wire
     return TALLY_OK;
 }
 
-/* The child's viewers per page: replaces the previous list. */
-static int hub_read_pages(struct tier_child *ch, struct wire_reader *r)
+static int by_page_hash(const void *a, const void *b)
 {
-    uint64_t n = wr_varint(r);
-    if (r->bad || n > (uint64_t)(r->end - r->p) / 2)
+    const struct tier_child_page *x = a, *y = b;
+    return x->hash < y->hash ? -1 : x->hash > y->hash;
+}
+
+/* A range of the child's viewers per page: replaces what it held there, if
+ * this part is the newest the child sent (apply). */
+static int hub_read_pages(struct tier_child *ch, struct wire_reader *r, bool apply)
+{
+    uint64_t lo, hi, n;
+    if (!read_range(r, &lo, &hi, &n, 3))
         return TALLY_E_WIRE;
-    struct tier_child_page *pages = calloc(n ? n : 1, sizeof(*pages));
+    struct tier_child_page *pages = calloc(ch->npages + n + 1, sizeof(*pages));
     if (!pages)
         return TALLY_E_NOMEM;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < ch->npages; i++)
+        if (ch->pages[i].hash < lo || ch->pages[i].hash > hi)
+            pages[kept++] = ch->pages[i];
     for (uint64_t i = 0; i < n; i++) {
         size_t len;
         const char *name = wr_name(r, &len);
-        pages[i].count = wr_varint(r);
-        if (r->bad) {
+        uint64_t count = wr_varint(r);
+        if (r->bad || count > UINT32_MAX || !presence_in_range(name, len, lo, hi)) {
             free(pages);
             return TALLY_E_WIRE;
         }
-        memcpy(pages[i].name, name, len);
-        pages[i].len = (uint8_t)len;
-        pages[i].sent_total = UINT64_MAX;
+        struct tier_child_page *pg = &pages[kept++];
+        memcpy(pg->name, name, len);
+        pg->len = (uint8_t)len;
+        pg->hash = presence_hash(name, len);
+        pg->count = count;
+        pg->sent_total = UINT64_MAX;
     }
+    if (!apply) {
+        free(pages);
+        return TALLY_OK;
+    }
+    qsort(pages, kept, sizeof(*pages), by_page_hash);
     free(ch->pages);
     ch->pages = pages;
-    ch->npages = (uint32_t)n;
+    ch->npages = kept;
     ch->pages_new = true;
     return TALLY_OK;
 }
 
-/* The child's viewers as its presence origin, if this UP is its newest. */
+/* The seq of a child's PRESENCE: the seq of its newest UP part, times 2^16
+ * so that a relay cut in parts (tier_hub_relay) numbers them after it. A
+ * relay carries the hub's whole view of the child's pages, newer with every
+ * UP (a hub that expired the child takes it again). */
+#define RELAY_SEQ(seq) ((seq) << 16)
+#define RELAY_PARTS_MAX 0xffff
+#define UP_SEQ_MAX ((uint64_t)1 << 47) /* RELAY_SEQ's room; 10 UPs a second for 400,000 years */
+
+/* The child's viewers as its presence origin, after a part that changed
+ * them. */
 static int hub_apply_presence(struct tally_presence *pr, struct tier_child *ch, bool pages,
                               uint64_t now_ms)
 {
@@ -755,16 +1051,51 @@ static int hub_apply_presence(struct tally_presence *pr, struct tier_child *ch, 
     if (!o)
         return TALLY_E_NOMEM;
     o->last_heard_ms = now_ms;
-    if (!pages || (o->incarnation == ch->incarnation && ch->seq <= o->seq))
+    if (!pages || (o->incarnation == ch->incarnation && RELAY_SEQ(ch->seq) <= o->seq))
         return TALLY_OK;
     o->incarnation = ch->incarnation;
-    o->seq = ch->seq;
-    presence_origin_begin(pr, o, 0, UINT64_MAX); /* an UP carries all the child's pages */
+    o->seq = RELAY_SEQ(ch->seq);
+    presence_origin_begin(pr, o, 0, UINT64_MAX); /* ch->pages: all the child's pages */
     for (uint32_t i = 0; i < ch->npages; i++)
         if (presence_origin_set(pr, o, ch->pages[i].name, ch->pages[i].len, ch->pages[i].count) !=
             TALLY_OK)
             return TALLY_E_NOMEM;
     return TALLY_OK;
+}
+
+/* The ack is the highest seq s such that this record holds every part of
+ * s's UP (parts group, group + 1, ...) up to s: an UP carries everything
+ * unacknowledged, so that is every change the edge made up to s. Parts out
+ * of order do not count: a list part older than the newest is not taken. */
+static void hub_ack(struct tier_child *ch, uint64_t seq, uint64_t group, bool newer)
+{
+    if (group > ch->group) {
+        ch->group = group;
+        ch->next = group;
+    }
+    if (group != ch->group || seq != ch->next || !newer)
+        return;
+    ch->next++;
+    if (seq > ch->ack) {
+        ch->ack = seq;
+        ch->ack_owed = true;
+    }
+}
+
+/* Slots are maxima: merged from any part, however late. The lists replace
+ * ranges of the previous ones: only from a part newer than any seen. */
+static int hub_read_up_body(struct tier_hub *h, struct tally_table *t, struct tier_child *ch,
+                            struct wire_reader *r, uint8_t flags, bool newer)
+{
+    uint64_t ncounters = wr_varint(r);
+    int rc = r->bad ? TALLY_E_WIRE : TALLY_OK;
+    for (uint64_t i = 0; i < ncounters && rc == TALLY_OK; i++)
+        rc = hub_merge_counter(t, ch, r);
+    if (rc == TALLY_OK && (flags & 1))
+        rc = hub_read_watch(h, ch, r, newer);
+    if (rc == TALLY_OK && (flags & 2))
+        rc = hub_read_pages(ch, r, newer);
+    return rc == TALLY_OK && r->p != r->end ? TALLY_E_WIRE : rc;
 }
 
 int tier_hub_apply_up(struct tier_hub *h, struct tally_table *t, struct tally_presence *pr,
@@ -778,34 +1109,25 @@ int tier_hub_apply_up(struct tier_hub *h, struct tally_table *t, struct tally_pr
     const char *id = wr_str8(&r, &idlen);
     uint64_t incarnation = wr_u64(&r), seq = wr_varint(&r), session = wr_u64(&r);
     uint8_t flags = wr_u8(&r);
-    uint64_t ncounters = wr_varint(&r);
-    if (r.bad || node_id_check(id, idlen) != TALLY_OK || seq == 0)
+    uint64_t group = wr_varint(&r);
+    if (r.bad || node_id_check(id, idlen) != TALLY_OK || group == 0 || group > seq ||
+        seq > UP_SEQ_MAX)
         return TALLY_E_WIRE;
     struct tier_child *ch = child_get(h, t, id, idlen, incarnation);
     if (!ch)
         return TALLY_E_NOMEM;
-    int rc = TALLY_OK;
-    /* Slots are maxima: merged from any UP, however late. */
-    for (uint64_t i = 0; i < ncounters && rc == TALLY_OK; i++)
-        rc = hub_merge_counter(t, ch, &r);
-    /* The lists replace the previous ones: only from a newer UP. */
     bool newer = seq > ch->seq;
-    if (rc == TALLY_OK && (flags & 1) && newer)
-        rc = hub_read_watch(h, ch, &r);
-    if (rc == TALLY_OK && (flags & 2) && newer)
-        rc = hub_read_pages(ch, &r);
+    int rc = hub_read_up_body(h, t, ch, &r, flags, newer);
     if (rc != TALLY_OK)
         return rc;
     ch->last_heard_ms = now_ms;
-    if (newer)
-        ch->seq = seq;
     /* Only an UP built under the session this record gave the edge holds
      * everything the edge had not had acknowledged by this record. */
-    if (session == ch->session && seq > ch->ack) {
-        ch->ack = seq;
-        ch->ack_owed = true;
-    }
-    rc = hub_apply_presence(pr, ch, (flags & 2) && newer, now_ms);
+    if (session == ch->session)
+        hub_ack(ch, seq, group, newer);
+    if (newer)
+        ch->seq = seq;
+    rc = hub_apply_presence(pr, ch, newer && (flags & 2), now_ms);
     *from = ch;
     return rc;
 }
@@ -855,13 +1177,37 @@ static uint64_t page_figure(struct tier_hub *h, const struct tally_presence *pr,
     return w->p;
 }
 
-int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_presence *pr,
-                  struct tier_child *ch, uint64_t now_ms, uint64_t heartbeat_ms,
-                  struct wire_buf *out, bool *written)
+struct down_ctx {
+    struct tier_hub *h;
+    struct tier_child *ch;
+    struct wire_buf *out;
+    tier_emit_fn *emit;
+    void *ud;
+};
+
+/* One part: each carries the ack, and figures that only grow. */
+static int down_send(const struct parts *p, void *ctx)
 {
-    bool full = now_ms - ch->last_full_ms >= heartbeat_ms || ch->last_full_ms == 0;
-    struct wire_buf body = {0};
-    uint32_t ncounters = 0, npages = 0;
+    struct down_ctx *d = ctx;
+    struct wire_buf *out = d->out;
+    wbuf_reset(out);
+    write_header(out, WIRE_DOWN);
+    wbuf_str8(out, d->h->node_id, strlen(d->h->node_id));
+    wbuf_u64(out, d->ch->session);
+    wbuf_varint(out, d->ch->ack);
+    parts_write(out, p, SEC_COUNTERS);
+    parts_write(out, p, SEC_PAGES);
+    if (out->failed)
+        return TALLY_E_NOMEM;
+    d->ch->ack_owed = false;
+    d->emit(out, d->ud);
+    return TALLY_OK;
+}
+
+/* The child's watched counters whose figures changed (all when full). */
+static void down_counters(struct tier_hub *h, struct tally_table *t, struct tier_child *ch,
+                          bool full, struct parts *p, struct wire_buf *e)
+{
     for (uint32_t i = 0; i < ch->nsubs; i++) {
         struct tier_sub *s = &ch->subs[i];
         watch_figures(h, s->w, t);
@@ -873,13 +1219,18 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
         if (!full && memcmp(s, &now, sizeof(now)) == 0)
             continue;
         *s = now;
-        wbuf_str8(&body, w->name, w->len);
+        wbuf_reset(e);
+        wbuf_str8(e, w->name, w->len);
         const uint64_t f[8] = {w->p, w->n, w->d, mp, mn, w->tp, w->tn, w->td};
         for (int k = 0; k < 8; k++)
-            wbuf_varint(&body, f[k]);
-        ncounters++;
+            wbuf_varint(e, f[k]);
+        parts_add(p, SEC_COUNTERS, e, 0);
     }
-    struct wire_buf pages = {0};
+}
+
+static void down_pages(struct tier_hub *h, const struct tally_presence *pr, struct tier_child *ch,
+                       bool full, struct parts *p, struct wire_buf *e)
+{
     for (uint32_t i = 0; i < ch->npages; i++) {
         struct tier_child_page *pg = &ch->pages[i];
         uint64_t total = page_figure(h, pr, pg->name, pg->len);
@@ -888,48 +1239,79 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
             continue;
         pg->sent_total = total;
         pg->sent_mine = mine;
-        wbuf_str8(&pages, pg->name, pg->len);
-        wbuf_varint(&pages, total);
-        wbuf_varint(&pages, mine);
-        npages++;
+        wbuf_reset(e);
+        wbuf_str8(e, pg->name, pg->len);
+        wbuf_varint(e, total);
+        wbuf_varint(e, mine);
+        parts_add(p, SEC_PAGES, e, 0);
     }
-    int rc = TALLY_OK;
-    wbuf_reset(out);
-    *written = false;
-    if (full || ncounters || npages || ch->ack_owed) {
-        write_header(out, WIRE_DOWN);
-        wbuf_str8(out, h->node_id, strlen(h->node_id));
-        wbuf_u64(out, ch->session);
-        wbuf_varint(out, ch->ack);
-        wbuf_varint(out, ncounters);
-        wbuf_bytes(out, body.data, body.len);
-        wbuf_varint(out, npages);
-        wbuf_bytes(out, pages.data, pages.len);
-        ch->ack_owed = false;
-        if (full)
-            ch->last_full_ms = now_ms;
-        rc = out->failed || body.failed || pages.failed ? TALLY_E_NOMEM : TALLY_OK;
-        *written = rc == TALLY_OK;
-    }
-    wbuf_free(&body);
-    wbuf_free(&pages);
-    return rc;
 }
 
-int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, struct wire_buf *out,
-                   bool *written)
+int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_presence *pr,
+                  struct tier_child *ch, uint64_t now_ms, uint64_t heartbeat_ms, size_t max_bytes,
+                  struct wire_buf *out, tier_emit_fn *emit, void *ud)
 {
-    wbuf_reset(out);
-    *written = false;
+    bool full = now_ms - ch->last_full_ms >= heartbeat_ms || ch->last_full_ms == 0;
+    struct down_ctx d = {h, ch, out, emit, ud};
+    struct parts p = {.max_bytes = max_bytes,
+                      .head = 4 + 1 + strlen(h->node_id) + 8 + 10,
+                      .send = down_send,
+                      .ctx = &d};
+    struct wire_buf e = {0};
+    down_counters(h, t, ch, full, &p, &e);
+    down_pages(h, pr, ch, full, &p, &e);
+    wbuf_free(&e);
+    if (full)
+        ch->last_full_ms = now_ms;
+    return parts_finish(&p, full || ch->ack_owed);
+}
+
+/* How many of the child's pages from the i-th on fit in a PRESENCE of
+ * max_bytes with a header of head bytes; pages of equal hashes are not
+ * parted (see parts_add). */
+static uint32_t relay_pages_that_fit(const struct tier_child *ch, uint32_t i, size_t head,
+                                     size_t max_bytes)
+{
+    uint32_t j = i;
+    for (size_t used = head; j < ch->npages; j++) {
+        used += 1 + ch->pages[j].len + varint_len(ch->pages[j].count);
+        if (used > max_bytes && j > i)
+            break;
+    }
+    while (j < ch->npages && j > i + 1 && ch->pages[j].hash == ch->pages[j - 1].hash)
+        j--;
+    while (j < ch->npages && j > i && ch->pages[j].hash == ch->pages[j - 1].hash)
+        j++;
+    return j - i;
+}
+
+int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, size_t max_bytes,
+                   struct wire_buf *out, tier_emit_fn *emit, void *ud)
+{
     if (!ch->pages_new && now_ms - ch->last_relay_ms < every_ms)
         return TALLY_OK;
     ch->pages_new = false;
     ch->last_relay_ms = now_ms;
-    wire_presence_begin(out, ch->id, ch->incarnation, ch->seq, 0, UINT64_MAX, ch->npages);
-    for (uint32_t i = 0; i < ch->npages; i++)
-        wire_presence_page(out, ch->pages[i].name, ch->pages[i].len, ch->pages[i].count);
-    *written = !out->failed;
-    return out->failed ? TALLY_E_NOMEM : TALLY_OK;
+    /* header, origin, four u64 and the page count */
+    size_t head = 4 + 1 + strlen(ch->id) + 4 * 8 + 5;
+    uint64_t lo = 0;
+    uint32_t i = 0;
+    for (uint32_t part = 0; part == 0 || i < ch->npages; part++) {
+        if (part > RELAY_PARTS_MAX)
+            return TALLY_E_TOO_LARGE;
+        uint32_t k = relay_pages_that_fit(ch, i, head, max_bytes);
+        uint64_t hi = i + k == ch->npages ? UINT64_MAX : ch->pages[i + k - 1].hash;
+        wire_presence_begin(out, ch->id, ch->incarnation, RELAY_SEQ(ch->seq) + part, lo, hi,
+                            k);
+        for (uint32_t j = i; j < i + k; j++)
+            wire_presence_page(out, ch->pages[j].name, ch->pages[j].len, ch->pages[j].count);
+        if (out->failed)
+            return TALLY_E_NOMEM;
+        emit(out, ud);
+        lo = hi + 1;
+        i += k;
+    }
+    return TALLY_OK;
 }
 
 struct tier_child *tier_hub_next(struct tier_hub *h, struct tier_child *ch)

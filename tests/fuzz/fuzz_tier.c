@@ -20,6 +20,24 @@ static void changed(const char *name, size_t len, void *ud)
     check(name_check(name, len) == TALLY_OK);
 }
 
+/* What the hub and the edge write is cut at max_bytes, and what the hub
+ * relays is a PRESENCE the other hubs take. */
+#define MAX_BYTES 4096
+
+static void fits(const struct wire_buf *msg, void *ud)
+{
+    (void)ud;
+    check(msg->len <= MAX_BYTES);
+}
+
+static void fits_presence(const struct wire_buf *msg, void *ud)
+{
+    struct wire_presence wp;
+    fits(msg, ud);
+    check(wire_decode_presence(msg->data, msg->len, &wp) == TALLY_OK);
+    free(wp.pages);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct tally_table t;
@@ -34,18 +52,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     tier_edge_watch(&e, "likes", 5, true);
 
     struct tier_child *ch;
-    bool written;
     if (tier_hub_apply_up(&h, &t, &pr, data, size, 1, &ch) == TALLY_OK) {
         check(ch != NULL);
         tier_hub_tick(&h);
-        check(tier_hub_down(&h, &t, &pr, ch, 2, 1000, &b, &written) == TALLY_OK);
-        check(tier_hub_relay(ch, 2, 1000, &b, &written) == TALLY_OK);
+        check(tier_hub_down(&h, &t, &pr, ch, 2, 1000, MAX_BYTES, &b, fits, NULL) == TALLY_OK);
+        check(tier_hub_relay(ch, 2, 1000, MAX_BYTES, &b, fits_presence, NULL) == TALLY_OK);
     }
     if (tier_edge_apply_down(&e, data, size, changed, NULL) == TALLY_OK) {
         int64_t v = tier_edge_value(&e, &t, "likes", 5);
         check(v >= -TALLY_MAX_SAFE && v <= TALLY_MAX_SAFE);
     }
-    check(tier_edge_up(&e, &t, &pr, 5, 100, 1000, &b, &written) == TALLY_OK);
+    check(tier_edge_up(&e, &t, &pr, 5, 100, 1000, MAX_BYTES, &b, fits, NULL) == TALLY_OK);
 
     wbuf_free(&b);
     tier_edge_free(&e);

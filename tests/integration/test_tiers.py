@@ -131,3 +131,54 @@ def test_edge_failover_under_load_and_back(brokers, closing):
         values = [int(p) for t, p in w.messages() if t == "counters/shared"]
         assert values == sorted(values), f"a total went down: {values}"
         assert values[-1] == expected["shared"]
+
+
+MANY = 2000
+
+
+def many_names():
+    return [f"c{i:04d}" for i in range(MANY)]
+
+
+def increments_of(port, names, delta):
+    """One QoS 1 increment of `delta` on each name, all acknowledged."""
+    p = publisher(port)
+    infos = [p.publish(f"counters/{n}/inc", str(delta), 1) for n in names]
+    for info in infos:
+        info.wait_for_publish(60)
+        assert info.is_published(), "an increment was not acknowledged"
+    close(p)
+
+
+def all_equal(watcher, names, value):
+    want = str(value).encode()
+    return all(watcher.get(f"counters/{n}") == want for n in names)
+
+
+def test_an_up_and_a_down_past_max_message_bytes_go_in_parts(brokers, closing):
+    """Issue 14 follow-up: an edge writing and watching 2,000 counters sends UPs (its slots,
+    its watch list) and hears DOWNs far past max_message_bytes 4096: they go in parts of at
+    most 4096 bytes, each taken alone, and every node is exact; nothing is dropped."""
+    options = dict(OPTIONS, max_message_bytes="4096")
+    big_queues = "max_queued_messages 100000"
+    h1 = brokers("h1", options=dict(options), extra=big_queues)
+    h2 = brokers("h2", options=dict(options), extra=big_queues,
+                 bridges=[{"name": "h2-to-h1", "port": h1.port}])
+    e1 = brokers("e1", options=dict(options, role="edge"),
+                 extra=edge_bridge("e1", [h1, h2]) + "\n" + big_queues)
+    e2 = brokers("e2", options=dict(options, role="edge"),
+                 extra=edge_bridge("e2", [h2, h1]) + "\n" + big_queues)
+    names = many_names()
+    at_edge = Watcher(e1.port, [f"counters/{n}" for n in names])
+    at_hubs = [Watcher(h.port, ["counters/+"]) for h in (h1, h2)]
+    closing.extend([at_edge] + at_hubs)
+    increments_of(e1.port, names, 1)
+    increments_of(e2.port, names, 2)  # e1 learns these only from DOWNs
+    for w, where in [(at_hubs[0], "h1"), (at_hubs[1], "h2"), (at_edge, "e1")]:
+        wait_for(lambda: all_equal(w, names, 3), 60,
+                 what=f"{where}: all {MANY} counters == 3")
+    for n in (h1, h2, e1, e2):
+        stats = json.loads(n.retained(f"$tally/stats/{n.name}"))
+        assert stats["repl"]["too_large"] == 0, f"{n.name} refused a message over 4096 bytes"
+        assert stats["repl"]["too_large_out"] == 0, f"{n.name} dropped one of its own"
+        assert "not sending" not in n.read_log()

@@ -314,6 +314,23 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     free(wp.pages);
 }
 
+/* Where a tier message's parts go: (from, to), or to every hub but from. */
+struct route {
+    uint32_t from, to;
+    enum kind kind;
+};
+
+static void route_part(const struct wire_buf *msg, void *ud)
+{
+    const struct route *r = ud;
+    if (msg->len > MAX_MESSAGE)
+        abort();
+    if (r->kind == K_PRESENCE)
+        broadcast(r->from, K_PRESENCE, msg, UINT32_MAX);
+    else
+        send(r->from, r->to, r->kind, msg);
+}
+
 static void hub_on_up(struct node *n, const struct msg *m)
 {
     struct tier_child *ch;
@@ -322,9 +339,9 @@ static void hub_on_up(struct node *n, const struct msg *m)
     /* Its viewers go to the other hubs under its own origin and seq, when
      * they change and often enough to keep it alive there. */
     struct wire_buf b = {0};
-    bool written;
-    if (tier_hub_relay(ch, now, PEER_TIMEOUT_MS / 3, &b, &written) == TALLY_OK && written)
-        broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, UINT32_MAX);
+    struct route r = {(uint32_t)(n - nodes), UINT32_MAX, K_PRESENCE};
+    if (tier_hub_relay(ch, now, PEER_TIMEOUT_MS / 3, MAX_MESSAGE, &b, route_part, &r) != TALLY_OK)
+        abort();
     wbuf_free(&b);
 }
 
@@ -354,12 +371,10 @@ static void hub_tick(uint32_t i)
         if (nodes[e].at != i || !nodes[e].alive)
             continue;
         struct tier_child *ch = tier_hub_child(&n->tier, nodes[e].id);
-        bool written;
-        if (ch &&
-            tier_hub_down(&n->tier, &n->t, &n->pr, ch, now, HEARTBEAT_MS, &b, &written) ==
-                TALLY_OK &&
-            written)
-            send(i, e, K_DOWN, &b);
+        struct route r = {i, e, K_DOWN};
+        if (ch && tier_hub_down(&n->tier, &n->t, &n->pr, ch, now, HEARTBEAT_MS, MAX_MESSAGE, &b,
+                                route_part, &r) != TALLY_OK)
+            abort();
     }
     hub_expire(n);
     wbuf_free(&b);
@@ -449,12 +464,10 @@ static void edge_tick(uint32_t i)
         edge_increment(n);
     edge_bridge(n);
     struct wire_buf b = {0};
-    bool written;
-    if (n->at != UINT32_MAX &&
-        tier_edge_up(&n->edge, &n->t, &n->pr, now, TICK_MS, HEARTBEAT_MS, &b, &written) ==
-            TALLY_OK &&
-        written)
-        send(i, n->at, K_UP, &b);
+    struct route r = {i, n->at, K_UP};
+    if (n->at != UINT32_MAX && tier_edge_up(&n->edge, &n->t, &n->pr, now, TICK_MS, HEARTBEAT_MS,
+                                            MAX_MESSAGE, &b, route_part, &r) != TALLY_OK)
+        abort();
     wbuf_free(&b);
 }
 

@@ -3,6 +3,8 @@
  * exactness when UPs are lost, when an edge moves to another hub and back,
  * and when the new hub knows less than the old one.
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <check.h>
@@ -21,14 +23,34 @@ struct node {
 };
 
 static struct node a, b, e, f; /* hubs a, b; edges e, f */
-static struct wire_buf msg;
+static struct wire_buf msg, out; /* out: where the writers write */
 static uint64_t now;
+
+/* The parts of the last message written (UP, DOWN or relay), each at most
+ * max_bytes; msg is the first. */
+#define MAX_PARTS 512
+static struct wire_buf part[MAX_PARTS];
+static size_t nparts;
+static size_t max_bytes;
+
+static void collect(const struct wire_buf *m, void *ud)
+{
+    (void)ud;
+    ck_assert_uint_lt(nparts, MAX_PARTS);
+    ck_assert_uint_le(m->len, max_bytes);
+    wbuf_reset(&part[nparts]);
+    wbuf_bytes(&part[nparts], m->data, m->len);
+    if (nparts++ == 0) {
+        wbuf_reset(&msg);
+        wbuf_bytes(&msg, m->data, m->len);
+    }
+}
 
 #define HB 1000 /* heartbeat_ms */
 
 static void node_init(struct node *n)
 {
-    table_init(&n->t, 1000, 100);
+    table_init(&n->t, 10000, 100);
     presence_init(&n->pr, 1000);
 }
 
@@ -44,6 +66,8 @@ static void setup(void)
     tier_edge_init(&f.edge, "f", 9);
     memset(&msg, 0, sizeof(msg));
     now = 1;
+    nparts = 0;
+    max_bytes = 65536;
 }
 
 static void node_free(struct node *n)
@@ -61,6 +85,9 @@ static void teardown(void)
     node_free(&e);
     node_free(&f);
     wbuf_free(&msg);
+    wbuf_free(&out);
+    for (size_t i = 0; i < MAX_PARTS; i++)
+        wbuf_free(&part[i]);
 }
 
 static void inc(struct node *n, const char *name, int64_t delta)
@@ -80,32 +107,51 @@ static void watch(struct node *n, const char *name)
     ck_assert_int_eq(tier_edge_watch(&n->edge, name, strlen(name), true), TALLY_OK);
 }
 
-/* The edge's next UP, or false when none is due. */
-static bool up(struct node *edge)
+/* The edge's next UP (its parts), with every_ms; false when none is due. */
+static bool up_every(struct node *edge, uint64_t every_ms)
 {
-    bool written;
-    ck_assert_int_eq(tier_edge_up(&edge->edge, &edge->t, &edge->pr, now, 0, HB, &msg, &written),
+    nparts = 0;
+    ck_assert_int_eq(tier_edge_up(&edge->edge, &edge->t, &edge->pr, now, every_ms, HB, max_bytes,
+                                  &out, collect, NULL),
                      TALLY_OK);
-    return written;
+    return nparts > 0;
 }
 
-static struct tier_child *hub_takes(struct node *hub)
+static bool up(struct node *edge)
+{
+    return up_every(edge, 0);
+}
+
+static struct tier_child *hub_takes_part(struct node *hub, size_t i)
 {
     struct tier_child *ch;
-    ck_assert_int_eq(tier_hub_apply_up(&hub->hub, &hub->t, &hub->pr, msg.data, msg.len, now, &ch),
-                     TALLY_OK);
+    ck_assert_int_eq(
+        tier_hub_apply_up(&hub->hub, &hub->t, &hub->pr, part[i].data, part[i].len, now, &ch),
+        TALLY_OK);
     return ch;
 }
 
-static void down(struct node *hub, struct tier_child *ch, struct node *edge)
+/* Every part of the last UP, in order. */
+static struct tier_child *hub_takes(struct node *hub)
+{
+    struct tier_child *ch = NULL;
+    for (size_t i = 0; i < nparts; i++)
+        ch = hub_takes_part(hub, i);
+    return ch;
+}
+
+/* The DOWN owed to ch, every part applied by the edge; its number of parts. */
+static size_t down(struct node *hub, struct tier_child *ch, struct node *edge)
 {
     tier_hub_tick(&hub->hub);
-    bool written;
-    ck_assert_int_eq(tier_hub_down(&hub->hub, &hub->t, &hub->pr, ch, now, HB, &msg, &written),
-                     TALLY_OK);
-    if (written)
-        ck_assert_int_eq(tier_edge_apply_down(&edge->edge, msg.data, msg.len, NULL, NULL),
+    nparts = 0;
+    ck_assert_int_eq(
+        tier_hub_down(&hub->hub, &hub->t, &hub->pr, ch, now, HB, max_bytes, &out, collect, NULL),
+        TALLY_OK);
+    for (size_t i = 0; i < nparts; i++)
+        ck_assert_int_eq(tier_edge_apply_down(&edge->edge, part[i].data, part[i].len, NULL, NULL),
                          TALLY_OK);
+    return nparts;
 }
 
 /* One round trip: UP (if due) to hub, DOWN back. */
@@ -229,18 +275,14 @@ END_TEST
 START_TEST(an_unacknowledged_up_is_resent_once_an_interval)
 {
     inc(&e, "x", 1);
-    ck_assert_int_eq(tier_edge_up(&e.edge, &e.t, &e.pr, now, 100, HB, &msg, &changed), TALLY_OK);
-    ck_assert(changed);
+    ck_assert(up_every(&e, 100));
     for (int i = 0; i < 99; i++) {
         now++;
         inc(&e, "x", 1);
-        ck_assert_int_eq(tier_edge_up(&e.edge, &e.t, &e.pr, now, 100, HB, &msg, &changed),
-                         TALLY_OK);
-        ck_assert(!changed);
+        ck_assert(!up_every(&e, 100));
     }
     now++;
-    ck_assert_int_eq(tier_edge_up(&e.edge, &e.t, &e.pr, now, 100, HB, &msg, &changed), TALLY_OK);
-    ck_assert(changed);
+    ck_assert(up_every(&e, 100));
     struct tier_child *ch = hub_takes(&a);
     ck_assert_ptr_nonnull(ch);
     ck_assert_int_eq(hub_value(&a, "x"), 100);
@@ -373,8 +415,9 @@ START_TEST(presence_is_summed_over_edges_and_an_edge_that_moves_counts_once)
     /* b hears e from a's relay, then from e itself after a move. */
     struct tier_child *ch = tier_hub_child(&a.hub, "e");
     ck_assert_ptr_nonnull(ch);
-    ck_assert_int_eq(tier_hub_relay(ch, now, HB, &msg, &changed), TALLY_OK);
-    ck_assert(changed);
+    nparts = 0;
+    ck_assert_int_eq(tier_hub_relay(ch, now, HB, max_bytes, &out, collect, NULL), TALLY_OK);
+    ck_assert_uint_eq(nparts, 1);
     struct wire_presence wp;
     ck_assert_int_eq(wire_decode_presence(msg.data, msg.len, &wp), TALLY_OK);
     struct tally_origin *o = presence_origin(&b.pr, "e");
@@ -403,11 +446,132 @@ START_TEST(bad_messages_are_refused)
         ck_assert_int_ne(tier_hub_apply_up(&a.hub, &a.t, &a.pr, msg.data, cut, now, &ch), TALLY_OK);
     ch = hub_takes(&a);
     tier_hub_tick(&a.hub);
-    ck_assert_int_eq(tier_hub_down(&a.hub, &a.t, &a.pr, ch, now, HB, &msg, &changed), TALLY_OK);
-    ck_assert(changed);
+    nparts = 0;
+    ck_assert_int_eq(
+        tier_hub_down(&a.hub, &a.t, &a.pr, ch, now, HB, max_bytes, &out, collect, NULL), TALLY_OK);
+    ck_assert_uint_eq(nparts, 1);
     for (size_t cut = 0; cut + 1 < msg.len; cut++)
         ck_assert_int_ne(tier_edge_apply_down(&e.edge, msg.data, cut, NULL, NULL), TALLY_OK);
     ck_assert_int_eq(tier_edge_apply_down(&e.edge, msg.data, msg.len, NULL, NULL), TALLY_OK);
+}
+END_TEST
+
+/* An edge with 2,000 counters it writes and watches and 300 pages viewed:
+ * its UP and the hub's DOWN pass 4096 bytes, and go in parts. */
+#define MANY 2000
+#define PAGES 300
+
+static void many_names(char *out, const char *kind, int i)
+{
+    snprintf(out, 64, "%s-%04d-a-longish-name-for-the-test", kind, i);
+}
+
+static void many_setup(void)
+{
+    max_bytes = 4096;
+    char name[64];
+    for (int i = 0; i < MANY; i++) {
+        many_names(name, "c", i);
+        inc(&e, name, i % 7 + 1);
+        watch(&e, name);
+    }
+    for (int i = 0; i < PAGES; i++) {
+        char client[16];
+        snprintf(client, sizeof(client), "v%d", i);
+        many_names(name, "page", i);
+        ck_assert_int_eq(presence_view(&e.pr, client, name, strlen(name), &changed), TALLY_OK);
+    }
+    tier_edge_pages_changed(&e.edge);
+}
+
+/* How many of e's counters the hub holds exactly. */
+static int hub_exact(struct node *hub)
+{
+    char name[64];
+    int exact = 0;
+    for (int i = 0; i < MANY; i++) {
+        many_names(name, "c", i);
+        exact += hub_value(hub, name) == i % 7 + 1;
+    }
+    return exact;
+}
+
+START_TEST(an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone)
+{
+    many_setup();
+    ck_assert(up(&e));
+    ck_assert_uint_gt(nparts, 10); /* about 100 KB at 4096 bytes a part */
+    /* Each part alone: taken in reverse order by b, every slot arrives. */
+    struct tier_child *ch = NULL;
+    for (size_t i = nparts; i-- > 0;)
+        ch = hub_takes_part(&b, i);
+    ck_assert_int_eq(hub_exact(&b), MANY);
+    /* In order, by a: slots, the watch list and the viewers, all of them. */
+    ch = hub_takes(&a);
+    ck_assert_int_eq(hub_exact(&a), MANY);
+    char name[64];
+    many_names(name, "page", PAGES - 1);
+    ck_assert_uint_eq(presence_total(&a.pr, name, strlen(name)), 1);
+    inc(&f, "c-0001-a-longish-name-for-the-test", 10);
+    round_trip(&f, &a);
+    /* The DOWN: every watched counter, in parts the edge applies one by one. */
+    ck_assert_uint_gt(down(&a, ch, &e), 10);
+    for (int i = 0; i < MANY; i++) {
+        many_names(name, "c", i);
+        ck_assert_int_eq(shown(&e, name), i % 7 + 1 + (i == 1 ? 10 : 0));
+    }
+    /* That first UP had no session from a: the next, the whole slot again,
+     * is acknowledged, part by part, and then nothing goes up until the
+     * heartbeat. */
+    now += 10;
+    ck_assert(up(&e));
+    ck_assert_uint_gt(nparts, 10);
+    hub_takes(&a);
+    down(&a, ch, &e);
+    now += 10;
+    ck_assert(!up(&e));
+    /* The relay of e's 300 pages to the other hubs is in parts too. */
+    nparts = 0;
+    ck_assert_int_eq(tier_hub_relay(ch, now, HB, max_bytes, &out, collect, NULL), TALLY_OK);
+    ck_assert_uint_gt(nparts, 1);
+    uint32_t relayed = 0;
+    for (size_t i = 0; i < nparts; i++) {
+        struct wire_presence wp;
+        ck_assert_int_eq(wire_decode_presence(part[i].data, part[i].len, &wp), TALLY_OK);
+        relayed += wp.npages;
+        free(wp.pages);
+    }
+    ck_assert_uint_eq(relayed, PAGES);
+}
+END_TEST
+
+/* A part lost in the middle: the hub's ack stops before it, so the edge
+ * sends its counters again (an ack past it would leave them out forever). */
+START_TEST(a_lost_part_is_not_acknowledged)
+{
+    many_setup();
+    ck_assert(up(&e));
+    struct tier_child *ch = hub_takes(&a);
+    down(&a, ch, &e); /* e learns a's session */
+    now += 10;
+    ck_assert(up(&e)); /* its whole slot again, under that session */
+    ck_assert_uint_gt(nparts, 3);
+    uint64_t first = e.edge.seq - nparts;
+    /* a restarts empty (under the same session, as above) and then hears
+     * every part but the second */
+    node_free(&a);
+    node_init(&a);
+    tier_hub_init(&a.hub, "a", 111);
+    for (size_t i = 0; i < nparts; i++)
+        if (i != 1)
+            ch = hub_takes_part(&a, i);
+    ck_assert_int_lt(hub_exact(&a), MANY);
+    down(&a, ch, &e);
+    ck_assert_uint_eq(e.edge.acked, first);
+    now += 10;
+    ck_assert(up(&e));
+    hub_takes(&a);
+    ck_assert_int_eq(hub_exact(&a), MANY);
 }
 END_TEST
 
@@ -426,6 +590,8 @@ Suite *tier_suite(void)
     tcase_add_test(tc, a_forgotten_edge_resends_everything);
     tcase_add_test(tc, presence_is_summed_over_edges_and_an_edge_that_moves_counts_once);
     tcase_add_test(tc, bad_messages_are_refused);
+    tcase_add_test(tc, an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone);
+    tcase_add_test(tc, a_lost_part_is_not_acknowledged);
     suite_add_tcase(s, tc);
     return s;
 }
