@@ -1301,8 +1301,7 @@ int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, si
             return TALLY_E_TOO_LARGE;
         uint32_t k = relay_pages_that_fit(ch, i, head, max_bytes);
         uint64_t hi = i + k == ch->npages ? UINT64_MAX : ch->pages[i + k - 1].hash;
-        wire_presence_begin(out, ch->id, ch->incarnation, RELAY_SEQ(ch->seq) + part, lo, hi,
-                            k);
+        wire_presence_begin(out, ch->id, ch->incarnation, RELAY_SEQ(ch->seq) + part, lo, hi, k);
         for (uint32_t j = i; j < i + k; j++)
             wire_presence_page(out, ch->pages[j].name, ch->pages[j].len, ch->pages[j].count);
         if (out->failed)
