@@ -1288,17 +1288,20 @@ static void flush_presence(uint64_t now)
 }
 
 /* Deltas: what was learned goes on at the next tick (repl.c), local changes
- * an eighth of an interval less often than names are published: a peer that
- * gets them publishes each name at most once an interval, and deltas that
- * left exactly an interval apart reach it a little closer or further apart
- * (bridges add a few ms of jitter); one arriving early would wait for the
- * peer's next broker loop, up to 100 ms when it is idle. A repair asked of a
- * neighbour goes in a DIGEST sent at once, at most once a publish interval. */
+ * a sixteenth of an interval less often than names are published: a peer
+ * that gets them publishes each name at most once an interval, and deltas
+ * that left just over an interval apart reach it a little closer or further
+ * apart (a millisecond or two over bridges with set_tcp_nodelay; up to 40 ms
+ * without, when Nagle's algorithm holds one back); one arriving early would
+ * wait for the peer's next broker loop, up to 100 ms when it is idle. The
+ * slack is what a far end waits beyond the interval, so it is kept small. A
+ * repair asked of a neighbour goes in a DIGEST sent at once, at most once a
+ * publish interval. */
 static void replicate_tick(uint64_t now)
 {
     static struct wire_digest d; /* 2 KB of hashes: off the stack */
     uint64_t interval = (uint64_t)g.opt.publish_interval_ms;
-    uint64_t local_every = interval + interval / 8;
+    uint64_t local_every = interval + interval / 16;
     if (table_repl_pending(&g.table) && (g.repl.learned || now - g.last_repl_ms >= local_every)) {
         struct repl_out out = repl_out();
         repl_send_deltas(&g.repl, &g.table, &g.writer, &out, FLUSH_BUDGET);

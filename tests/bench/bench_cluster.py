@@ -310,6 +310,8 @@ def parse_args():
     p.add_argument("--cost-counters", type=int, nargs="+", default=[10, 100000], metavar="K")
     p.add_argument("--ingest-count", type=int, default=200000)
     p.add_argument("--rounds", type=int, default=2, help="ingest rounds per broker kind")
+    p.add_argument("--parts", nargs="+", choices=["latency", "cost", "ingest"],
+                   default=["latency", "cost", "ingest"], help="which benchmarks to run")
     return p.parse_args()
 
 
@@ -319,9 +321,12 @@ def bench(workdir, args):
     load = common.tally_load(workdir)
     summary = []
     started = time.monotonic()
-    bench_latency(workdir, args, summary)
-    bench_cost(workdir, load, args, summary)
-    bench_ingest(workdir, load, args, summary)
+    if "latency" in args.parts:
+        bench_latency(workdir, args, summary)
+    if "cost" in args.parts:
+        bench_cost(workdir, load, args, summary)
+    if "ingest" in args.parts:
+        bench_ingest(workdir, load, args, summary)
     print("\n== summary (%.0f s) ==" % (time.monotonic() - started))
     width = max(len(s[0]) for s in summary)
     for what, figure, note in summary:

@@ -108,6 +108,7 @@ class Broker:
             "user root",
             "log_dest file %s" % self.log,
             "per_listener_settings false",
+            "set_tcp_nodelay true",
             "allow_anonymous true",
             "max_inflight_messages %d" % BENCH_INFLIGHT,
             "listener %d 127.0.0.1" % self.port,

@@ -149,6 +149,7 @@ function nodeConfig({ id, mqttPort, wsPort, logFile, httpDir, bridgeTo, secureDi
   const lines = [
     'user root',
     'per_listener_settings false',
+    'set_tcp_nodelay true',
     ...(secureDir ? secureConfig(secureDir) : ['allow_anonymous true']),
     `log_dest file ${logFile}`,
     'log_type all',

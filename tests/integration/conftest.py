@@ -79,6 +79,7 @@ class Broker:
         lines = [
             "user root",
             "per_listener_settings false",
+            "set_tcp_nodelay true",
             "allow_anonymous true",
             f"log_dest file {self.log}",
             "log_type all",
