@@ -303,7 +303,8 @@ def summary(table):
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--leaves", type=int, nargs="+", default=[8, 24, 48], metavar="N")
+    p.add_argument("--leaves", type=int, nargs="*", default=[8, 24, 48], metavar="N",
+                   help="star sizes to run (none: only the chain)")
     p.add_argument("--seconds", type=int, default=15, help="seconds of load per run")
     p.add_argument("--no-chain", action="store_true", help="skip the chain of 5")
     return p.parse_args()
@@ -317,7 +318,8 @@ def bench(workdir, args):
         star(workdir, n, args, table)
     if not args.no_chain:
         chain5(workdir, args)
-    summary(table)
+    if table:
+        summary(table)
 
 
 def main():
