@@ -508,6 +508,30 @@ char *control_process(const void *payload, size_t len, struct control_req *rq)
     return text;
 }
 
+char *control_error_all(const void *payload, size_t len, const char *error)
+{
+    cJSON *req = cJSON_ParseWithLength(payload, len);
+    cJSON *out = cJSON_CreateObject();
+    cJSON *responses = cJSON_AddArrayToObject(out, "responses");
+    const cJSON *cmds = cJSON_GetObjectItemCaseSensitive(req, "commands");
+    const cJSON *cmd;
+    cJSON_ArrayForEach(cmd, cmds)
+    {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(cmd, "command");
+        cJSON *resp = cJSON_CreateObject();
+        cJSON_AddStringToObject(resp, "command", cJSON_IsString(name) ? name->valuestring : "");
+        const cJSON *corr = cJSON_GetObjectItemCaseSensitive(cmd, "correlationData");
+        if (corr)
+            cJSON_AddItemToObject(resp, "correlationData", cJSON_Duplicate(corr, true));
+        cJSON_AddStringToObject(resp, "error", error);
+        cJSON_AddItemToArray(responses, resp);
+    }
+    char *text = cJSON_PrintUnformatted(out);
+    cJSON_Delete(req);
+    cJSON_Delete(out);
+    return text;
+}
+
 /* ==== $tally/stats/<node> ==== */
 
 /* The peers, as many as max_bytes leaves room for (a stats document is

@@ -225,6 +225,17 @@ static int options_check(const struct options *o)
 
 /* ==== State ==== */
 
+/* An edge's control request waiting for its hub's answer (see on_control). */
+#define FORWARD_MAX 64
+#define FORWARD_TIMEOUT_MS 5000
+
+struct forwarded {
+    uint64_t id, sent_ms; /* id 0: a free entry */
+    char *client;         /* who asked (owned) */
+    struct wire_buf request, answer;
+    uint32_t parts; /* of the answer, taken so far */
+};
+
 static struct tally {
     mosquitto_plugin_id_t *id;
     struct options opt;
@@ -236,9 +247,11 @@ static struct tally {
     struct persist *persist;
     struct wire_sync_writer writer;
     struct repl repl;
-    bool edge;                  /* role edge: tier.c's edge side instead of repl.c */
-    struct tier_edge tier_edge; /* (role edge) */
-    struct tier_hub tier_hub;   /* (role node) the edges bridged to us */
+    bool edge;                         /* role edge: tier.c's edge side instead of repl.c */
+    struct tier_edge tier_edge;        /* (role edge) */
+    struct tier_hub tier_hub;          /* (role node) the edges bridged to us */
+    struct forwarded fwd[FORWARD_MAX]; /* (role edge) control requests asked of the hub */
+    uint64_t fwd_seq;
     struct wire_buf buf;
     struct tally_stats st;
     uint64_t incarnation;
@@ -786,6 +799,8 @@ static void emit_relay(const struct wire_buf *msg, void *ud)
         publish(g.topic, msg->data, msg->len, 1, false);
 }
 
+static int on_edge_control(const struct mosquitto_evt_message *ev);
+
 /* An edge's UP: its slots into the table (repl.c sends them on to the other
  * nodes), its viewers relayed to them under its own origin. */
 static int on_up(const struct mosquitto_evt_message *ev, bool *route)
@@ -796,6 +811,8 @@ static int on_up(const struct mosquitto_evt_message *ev, bool *route)
     struct tier_child *ch;
     if (g.edge)
         return TALLY_E_WIRE; /* an edge has no edges */
+    if (wire_peek_type(payload, len) == WIRE_CONTROL)
+        return on_edge_control(ev);
     uint64_t now = mono_ms();
     int rc = tier_hub_apply_up(&g.tier_hub, &g.table, &g.presence, payload, len, now, &ch);
     if (rc != TALLY_OK)
@@ -807,6 +824,9 @@ static int on_up(const struct mosquitto_evt_message *ev, bool *route)
                              tier_child_id(ch), tally_strerror(rc));
     return TALLY_OK;
 }
+
+static int on_hub_answer(const void *payload, size_t len);
+static void forward_expire(uint64_t now);
 
 /* A watched counter whose total changed at the hub: published at the flush. */
 static void edge_view_changed(const char *name, size_t len, void *ud)
@@ -832,6 +852,8 @@ static int on_down(const struct mosquitto_evt_message *ev, bool *route)
     (void)route;
     if (!g.edge || strcmp(topic + strlen("$tally/down/"), g.opt.node_id) != 0)
         return TALLY_OK;
+    if (wire_peek_type(payload, len) == WIRE_CONTROL)
+        return on_hub_answer(payload, len);
     int rc = tier_edge_apply_down(&g.tier_edge, payload, len, edge_view_changed, NULL);
     struct tally_origin *o = presence_origin(&g.presence, HUB_ORIGIN);
     if (rc != TALLY_OK || !o)
@@ -1455,6 +1477,7 @@ static int on_tick(int event, void *event_data, void *userdata)
     refresh(now);
     if (g.edge) {
         edge_tick(now);
+        forward_expire(now);
     } else {
         if (now - g.last_announce_ms >= heartbeat)
             announce_presence();
@@ -1470,6 +1493,146 @@ static int on_tick(int event, void *event_data, void *userdata)
 
 /* ==== The control API ==== */
 
+/* Runs a request here; a reset is on disk before it is answered (one that
+ * cannot be written stays applied, and replicated: peers hand it back after
+ * a restart). who: for the log. Returns the answer (caller frees) or NULL. */
+static char *control_run(const void *payload, size_t len, bool admin, const char *who)
+{
+    struct control_req rq = {&g.table, g.opt.node_id, wall_ms(), admin, NULL, 0};
+    char *resp = control_process(payload, len, &rq);
+    for (size_t i = 0; i < rq.nchanged; i++)
+        if (g.persist && persist_base(g.persist, &g.table, rq.changed[i]) != TALLY_OK)
+            mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot write the reset of %s to %s: %s",
+                                 rq.changed[i]->name, g.opt.state_dir, strerror(errno));
+    for (size_t i = 0; i < rq.nchanged; i++)
+        mosquitto_log_printf(MOSQ_LOG_NOTICE, "tally: client '%s' reset or deleted counter %s", who,
+                             rq.changed[i]->name);
+    free(rq.changed);
+    return resp;
+}
+
+static void control_answer(const char *client, const char *resp)
+{
+    mosquitto_broker_publish_copy(client, CONTROL_TOPIC "/response", (int)strlen(resp), resp, 1,
+                                  false, NULL);
+}
+
+static void forward_done(struct forwarded *f, const char *error)
+{
+    char *resp = error ? control_error_all(f->request.data, f->request.len, error) : NULL;
+    if (resp || !error)
+        control_answer(f->client, resp ? resp : (const char *)f->answer.data);
+    free(resp);
+    free(f->client);
+    wbuf_free(&f->request);
+    wbuf_free(&f->answer);
+    memset(f, 0, sizeof(*f));
+}
+
+/* At an edge, a request goes to the hub, which runs it as if it had been
+ * sent there (tier.c, "The control API through the tree"): a reset is the
+ * cluster's, a listing the cluster's table. The edge answers when the hub
+ * does, or with an error after FORWARD_TIMEOUT_MS. */
+static void control_forward(const struct mosquitto_evt_control *ev)
+{
+    struct forwarded *f = NULL;
+    for (size_t i = 0; i < FORWARD_MAX && !f; i++)
+        f = g.fwd[i].id == 0 ? &g.fwd[i] : NULL;
+    const char *client = mosquitto_client_id(ev->client);
+    if (!f) {
+        char *resp = control_error_all(ev->payload, ev->payloadlen,
+                                       "too many requests waiting for the hub; try again");
+        if (resp)
+            control_answer(client, resp);
+        free(resp);
+        return;
+    }
+    f->id = ++g.fwd_seq;
+    f->sent_ms = mono_ms();
+    f->client = strdup(client);
+    wbuf_bytes(&f->request, ev->payload, ev->payloadlen);
+    struct tier_control c = {g.opt.node_id,
+                             strlen(g.opt.node_id),
+                             f->id,
+                             is_admin(ev->client) ? TIER_CONTROL_ADMIN : 0,
+                             0,
+                             1,
+                             ev->payload,
+                             ev->payloadlen};
+    int rc = f->client && !f->request.failed ? TALLY_OK : TALLY_E_NOMEM;
+    if (rc == TALLY_OK && ev->payloadlen + 100 > (size_t)g.opt.max_message_bytes)
+        rc = TALLY_E_TOO_LARGE;
+    if (rc == TALLY_OK)
+        rc = tier_control_write(&c, (size_t)g.opt.max_message_bytes, &g.buf, emit_up, NULL);
+    if (rc != TALLY_OK)
+        forward_done(f, rc == TALLY_E_TOO_LARGE
+                            ? "request too large to pass to the hub (max_message_bytes)"
+                            : "out of memory");
+}
+
+/* Requests the hub has not answered in time. */
+static void forward_expire(uint64_t now)
+{
+    for (size_t i = 0; i < FORWARD_MAX; i++)
+        if (g.fwd[i].id && now - g.fwd[i].sent_ms >= FORWARD_TIMEOUT_MS)
+            forward_done(&g.fwd[i], "the hub did not answer (is the edge's bridge up?)");
+}
+
+/* A part of the hub's answer: taken in order (one bridge keeps it), sent to
+ * the client once whole. */
+static int on_hub_answer(const void *payload, size_t len)
+{
+    struct tier_control c;
+    int rc = tier_control_read(payload, len, &c);
+    if (rc != TALLY_OK || !(c.flags & TIER_CONTROL_ANSWER))
+        return rc != TALLY_OK ? rc : TALLY_E_WIRE;
+    struct forwarded *f = NULL;
+    for (size_t i = 0; i < FORWARD_MAX && !f; i++)
+        f = g.fwd[i].id == c.id ? &g.fwd[i] : NULL;
+    if (!f || c.id == 0)
+        return TALLY_OK; /* answered already, by a timeout */
+    if (c.part != f->parts) {
+        forward_done(f, "the hub's answer arrived incomplete");
+        return TALLY_OK;
+    }
+    wbuf_bytes(&f->answer, c.data, c.len);
+    if (++f->parts == c.parts) {
+        wbuf_u8(&f->answer, 0);
+        forward_done(f, f->answer.failed ? "out of memory" : NULL);
+    }
+    return TALLY_OK;
+}
+
+static void emit_answer(const struct wire_buf *msg, void *ud)
+{
+    publish_up_down("down", ud, msg);
+}
+
+/* A hub runs an edge's request (the edge allowed it) and answers on the
+ * edge's DOWN topic. */
+static int on_edge_control(const struct mosquitto_evt_message *ev)
+{
+    struct tier_control c;
+    int rc = tier_control_read(ev->payload, ev->payloadlen, &c);
+    const char *edge = ev->topic + strlen("$tally/up/");
+    if (rc != TALLY_OK || (c.flags & TIER_CONTROL_ANSWER) || c.parts != 1 ||
+        strlen(edge) != c.node_len || memcmp(edge, c.node, c.node_len) != 0)
+        return rc != TALLY_OK ? rc : TALLY_E_WIRE;
+    char who[TALLY_NODE_ID_MAX + 64];
+    snprintf(who, sizeof(who), "(a client of edge %s)", edge);
+    char *resp = control_run(c.data, c.len, c.flags & TIER_CONTROL_ADMIN, who);
+    if (!resp)
+        return TALLY_E_NOMEM;
+    struct tier_control a = {
+        g.opt.node_id,         strlen(g.opt.node_id), c.id, TIER_CONTROL_ANSWER, 0, 0,
+        (const uint8_t *)resp, strlen(resp)};
+    char id[TALLY_NODE_ID_MAX + 1];
+    snprintf(id, sizeof(id), "%s", edge);
+    rc = tier_control_write(&a, (size_t)g.opt.max_message_bytes, &g.buf, emit_answer, id);
+    free(resp);
+    return rc;
+}
+
 /* $CONTROL/tally/v1: only admins, and readers asking only to read, get here
  * (on_acl_check); the answer goes to the asking client alone, as
  * dynamic-security's does. */
@@ -1478,22 +1641,15 @@ static int on_control(int event, void *event_data, void *userdata)
     struct mosquitto_evt_control *ev = event_data;
     (void)event;
     (void)userdata;
-    struct control_req rq = {&g.table, g.opt.node_id, wall_ms(), is_admin(ev->client), NULL, 0};
-    char *resp = control_process(ev->payload, ev->payloadlen, &rq);
-    /* A reset is on disk before it is answered; one that cannot be written
-     * stays applied (and replicated: peers hand it back after a restart). */
-    for (size_t i = 0; i < rq.nchanged; i++)
-        if (g.persist && persist_base(g.persist, &g.table, rq.changed[i]) != TALLY_OK)
-            mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot write the reset of %s to %s: %s",
-                                 rq.changed[i]->name, g.opt.state_dir, strerror(errno));
-    for (size_t i = 0; i < rq.nchanged; i++)
-        mosquitto_log_printf(MOSQ_LOG_NOTICE, "tally: client '%s' reset or deleted counter %s",
-                             mosquitto_client_id(ev->client), rq.changed[i]->name);
-    free(rq.changed);
+    if (g.edge) {
+        control_forward(ev);
+        return MOSQ_ERR_SUCCESS;
+    }
+    const char *client = mosquitto_client_id(ev->client);
+    char *resp = control_run(ev->payload, ev->payloadlen, is_admin(ev->client), client);
     if (!resp)
         return MOSQ_ERR_NOMEM;
-    mosquitto_broker_publish_copy(mosquitto_client_id(ev->client), CONTROL_TOPIC "/response",
-                                  (int)strlen(resp), resp, 1, false, NULL);
+    control_answer(client, resp);
     free(resp);
     return MOSQ_ERR_SUCCESS;
 }
@@ -1633,6 +1789,11 @@ TALLY_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *
     repl_free(&g.repl);
     tier_edge_free(&g.tier_edge);
     tier_hub_free(&g.tier_hub);
+    for (size_t i = 0; i < FORWARD_MAX; i++) {
+        free(g.fwd[i].client);
+        wbuf_free(&g.fwd[i].request);
+        wbuf_free(&g.fwd[i].answer);
+    }
     wbuf_free(&g.buf);
     dedup_free(&g.dedup);
     refresh_free(&g.refresh);

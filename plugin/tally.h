@@ -466,7 +466,14 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
 #define WIRE_SYNC_VERSION 3     /* 2 added bases (reset.c), 3 the stream (repl.c) */
 #define WIRE_DIGEST_VERSION 2   /* 2 added the stream and repair requests */
 #define WIRE_PRESENCE_VERSION 2 /* 2 added the range [lo, hi]; 1 (every page) is read */
-enum wire_type { WIRE_SYNC = 1, WIRE_DIGEST = 2, WIRE_PRESENCE = 3, WIRE_UP = 4, WIRE_DOWN = 5 };
+enum wire_type {
+    WIRE_SYNC = 1,
+    WIRE_DIGEST = 2,
+    WIRE_PRESENCE = 3,
+    WIRE_UP = 4,
+    WIRE_DOWN = 5,
+    WIRE_CONTROL = 6 /* a control request through the tree, or its answer (tier.c) */
+};
 
 struct wire_reader {
     const uint8_t *p, *end;
@@ -692,6 +699,24 @@ size_t tier_edge_entries(const struct tier_edge *e);
 const char *tier_child_id(const struct tier_child *ch);
 /* Forgets children silent for timeout_ms (their slots stay in the table). */
 void tier_hub_expire(struct tier_hub *h, uint64_t now_ms, uint64_t timeout_ms);
+
+/* A control API request an edge passes to its hub, or (TIER_CONTROL_ANSWER)
+ * the hub's answer, in parts; data borrowed from the message. */
+enum { TIER_CONTROL_ADMIN = 1, TIER_CONTROL_ANSWER = 2 };
+struct tier_control {
+    const char *node; /* the sender */
+    size_t node_len;
+    uint64_t id;
+    uint8_t flags;
+    uint32_t part, parts;
+    const uint8_t *data;
+    size_t len;
+};
+/* Writes data as CONTROL messages of at most max_bytes into out, each passed
+ * to emit; returns TALLY_OK or a tally_err. */
+int tier_control_write(const struct tier_control *c, size_t max_bytes, struct wire_buf *out,
+                       tier_emit_fn *emit, void *ud);
+int tier_control_read(const void *msg, size_t len, struct tier_control *out);
 /* ==== Replication between neighbours (repl.c) ==== */
 
 #define REPL_MAX_NEIGHBOURS 4096
@@ -819,5 +844,8 @@ struct control_req {
 /* Runs the commands of one request; returns the response JSON (caller
  * frees) or NULL when out of memory. */
 char *control_process(const void *payload, size_t len, struct control_req *rq);
+/* The response to a request none of whose commands could run: each gets
+ * `error` (caller frees; NULL when out of memory). */
+char *control_error_all(const void *payload, size_t len, const char *error);
 
 #endif

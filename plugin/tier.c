@@ -74,6 +74,9 @@
  * heartbeat_ms: DOWN needs no acknowledgement, a lost one is healed by the
  * next full one.
  *
+ * CONTROL, either way: a control API request an edge passes to its hub, and
+ * the answer (see "The control API through the tree", at the end).
+ *
  * ---- The exact baseline (this file) ----
  *
  * The edge's slot is state-based: absolute (P, N) under its replica, merged
@@ -1354,4 +1357,63 @@ void tier_hub_expire(struct tier_hub *h, uint64_t now_ms, uint64_t timeout_ms)
         if (now_ms - c->last_heard_ms > timeout_ms)
             child_free(h, c);
     }
+}
+
+/* ==== The control API through the tree ====
+ *
+ * CONTROL, edge -> hub on $tally/up/<edge> (a request its client sent to the
+ * edge's $CONTROL/tally/v1, which the edge has already allowed), and hub ->
+ * edge on $tally/down/<edge> (the answer, in as many parts as max_bytes
+ * needs):
+ *     node id (the sender), request id, flags (TIER_CONTROL_*), part, parts,
+ *     and the rest of the message: bytes of the JSON request or answer.
+ * The hub runs the request as if it had been sent to it: a reset or delete
+ * is then the cluster's, and a listing is the cluster's table, where the
+ * edge holds only what its clients use. */
+
+#define CONTROL_HEAD (4 + 1 + TALLY_NODE_ID_MAX + 8 + 1 + 5 + 5)
+
+int tier_control_write(const struct tier_control *c, size_t max_bytes, struct wire_buf *out,
+                       tier_emit_fn *emit, void *ud)
+{
+    size_t chunk = max_bytes > CONTROL_HEAD ? max_bytes - CONTROL_HEAD : 1;
+    size_t parts = c->len ? (c->len + chunk - 1) / chunk : 1;
+    if (parts > UINT32_MAX)
+        return TALLY_E_TOO_LARGE;
+    for (size_t i = 0; i < parts; i++) {
+        size_t off = i * chunk, n = c->len - off < chunk ? c->len - off : chunk;
+        wbuf_reset(out);
+        write_header(out, WIRE_CONTROL);
+        wbuf_str8(out, c->node, c->node_len);
+        wbuf_u64(out, c->id);
+        wbuf_u8(out, c->flags);
+        wbuf_varint(out, i);
+        wbuf_varint(out, parts);
+        wbuf_bytes(out, c->data + off, n);
+        if (out->failed)
+            return TALLY_E_NOMEM;
+        emit(out, ud);
+    }
+    return TALLY_OK;
+}
+
+int tier_control_read(const void *msg, size_t len, struct tier_control *out)
+{
+    struct wire_reader r;
+    memset(out, 0, sizeof(*out));
+    if (!read_header(&r, msg, len, WIRE_CONTROL))
+        return TALLY_E_WIRE;
+    out->node = wr_str8(&r, &out->node_len);
+    out->id = wr_u64(&r);
+    out->flags = wr_u8(&r);
+    uint64_t part = wr_varint(&r), parts = wr_varint(&r);
+    if (r.bad || node_id_check(out->node, out->node_len) != TALLY_OK || parts == 0 ||
+        parts > UINT32_MAX || part >= parts ||
+        (out->flags & ~(TIER_CONTROL_ADMIN | TIER_CONTROL_ANSWER)))
+        return TALLY_E_WIRE;
+    out->part = (uint32_t)part;
+    out->parts = (uint32_t)parts;
+    out->data = r.p;
+    out->len = (size_t)(r.end - r.p);
+    return TALLY_OK;
 }

@@ -1,7 +1,8 @@
 /*
  * fuzz_tier.c - an UP or DOWN (tier.c) from a broken or hostile bridge: the
  * hub merges it or refuses it, the edge applies it or refuses it, and
- * neither leaves a state that breaks what it sends next.
+ * neither leaves a state that breaks what it sends next; a CONTROL message
+ * (a request passed up, or its answer) is read or refused.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(v >= -TALLY_MAX_SAFE && v <= TALLY_MAX_SAFE);
     }
     check(tier_edge_up(&e, &t, &pr, 5, 100, 1000, MAX_BYTES, &b, fits, NULL) == TALLY_OK);
+    /* A control request or answer: read, and written again the same. */
+    struct tier_control c;
+    if (tier_control_read(data, size, &c) == TALLY_OK) {
+        check(c.part < c.parts && c.data + c.len == data + size);
+        check(node_id_check(c.node, c.node_len) == TALLY_OK);
+        c.parts = 1;
+        check(tier_control_write(&c, MAX_BYTES, &b, fits, NULL) == TALLY_OK);
+    }
 
     wbuf_free(&b);
     tier_edge_free(&e);

@@ -5,6 +5,7 @@ and, once it is back, return to it; totals stay exact, nothing is counted twice,
 clients ever see a total go down."""
 import json
 import re
+import subprocess
 import threading
 import time
 
@@ -182,3 +183,102 @@ def test_an_up_and_a_down_past_max_message_bytes_go_in_parts(brokers, closing):
         assert stats["repl"]["too_large"] == 0, f"{n.name} refused a message over 4096 bytes"
         assert stats["repl"]["too_large_out"] == 0, f"{n.name} dropped one of its own"
         assert "not sending" not in n.read_log()
+
+
+ADMIN = dict(OPTIONS, admin_usernames="admin")
+
+
+def admin_tree(brokers):
+    """tree(), with `admin` allowed the control API on every node."""
+    h1 = brokers("h1", options=dict(ADMIN))
+    h2 = brokers("h2", options=dict(ADMIN), bridges=[{"name": "h2-to-h1", "port": h1.port}])
+    edges = [brokers(f"e{i}", options=dict(ADMIN, role="edge"),
+                     extra=edge_bridge(f"e{i}", hubs))
+             for i, hubs in enumerate([(h1, h2), (h1, h2), (h2, h1), (h2, h1)], start=1)]
+    return h1, h2, edges
+
+
+def ask_ok(node, commands, username="admin", wait=5):
+    """A control request that must be answered without an error; the responses."""
+    args = ["mosquitto_rr", "-p", str(node.port), "-t", "$CONTROL/tally/v1", "-e",
+            "$CONTROL/tally/v1/response", "-q", "1", "-W", str(wait),
+            "-m", json.dumps({"commands": commands}), "-u", username]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip(), f"{node.name}: no answer ({r.stderr})"
+    responses = json.loads(r.stdout)["responses"]
+    for resp in responses:
+        assert "error" not in resp, f"{node.name}: {resp}"
+    return responses
+
+
+def test_a_reset_or_delete_sent_to_an_edge_is_the_clusters(brokers, closing):
+    """Issue 14 follow-up: resetCounter and deleteCounter sent to an edge go to its hub, which
+    runs them as if sent there: every node, and the clients of every edge, see the reset."""
+    h1, h2, edges = admin_tree(brokers)
+    e1, e3 = edges[0], edges[2]  # e1 on h1, e3 on h2
+    seen = Watcher(e1.port, ["counters/likes"], keep=True)
+    closing.append(seen)
+    closing.append(Watcher(e3.port, ["counters/likes"]))
+    increments_of(e1.port, ["likes"] * 5, 1)
+    increments_of(e3.port, ["likes"] * 7, 1)
+    exact_everywhere([h1, h2, e1, e3], {"likes": 12})
+
+    ask_ok(e1, [{"command": "resetCounter", "name": "likes"}])
+    exact_everywhere([h1, h2, e1, e3], {"likes": 0})
+    wait_for(lambda: seen.get("counters/likes") == b"0", 10, what="e1's watcher to see 0")
+    increments_of(e3.port, ["likes"] * 2, 1)  # after the reset: counted from 0
+    exact_everywhere([h1, h2, e1, e3], {"likes": 2})
+
+    ask_ok(e3, [{"command": "deleteCounter", "name": "likes"}])
+    for hub in (h1, h2):
+        wait_for(lambda: not any(c["name"] == "likes" for c in ask_ok(
+            hub, [{"command": "listCounters"}])[0]["data"]["counters"]), 10,
+            what=f"{hub.name} no longer to list likes")
+    assert "reset or deleted counter likes" in h1.read_log() + h2.read_log()
+
+
+def test_the_control_api_at_an_edge_answers_for_the_cluster(brokers, closing):
+    """listCounters, getCounter and topCounters sent to an edge are answered by its hub: every
+    counter of the cluster, not only the two the edge holds; a reader still may not reset."""
+    h1, h2, edges = admin_tree(brokers)
+    expected = {}
+    increments(edges, 3, expected)
+    exact_everywhere([h1, h2], expected)
+    e1 = edges[0]
+    listed, got, top = ask_ok(e1, [{"command": "listCounters"},
+                                   {"command": "getCounter", "name": "own-e3"},
+                                   {"command": "topCounters", "count": 10}])
+    assert listed["data"]["totalCount"] == 5
+    assert {c["name"]: c["value"] for c in listed["data"]["counters"]} == expected
+    assert got["data"]["counter"]["value"] == expected["own-e3"]
+    assert {c["name"] for c in top["data"]["counters"]} == set(expected)
+    # The edge's own ACL still decides who may do what: a reader's reset is refused there.
+    args = ["mosquitto_rr", "-p", str(e1.port), "-t", "$CONTROL/tally/v1", "-e",
+            "$CONTROL/tally/v1/response", "-q", "1", "-W", "2", "-u", "reader",
+            "-m", json.dumps({"commands": [{"command": "resetCounter", "name": "shared"}]})]
+    subprocess.run(args, capture_output=True, text=True, timeout=20)
+    time.sleep(1)
+    exact_everywhere([h1, h2] + edges, {"shared": expected["shared"]})
+
+
+def test_an_edge_without_a_hub_answers_with_an_error(brokers):
+    """With every hub gone, a request to an edge is answered, with an error per command,
+    after the edge's 5 s wait; nothing is reset at the edge alone."""
+    h1, h2, edges = admin_tree(brokers)
+    e1 = edges[0]
+    increments_of(e1.port, ["likes"] * 3, 1)
+    exact_everywhere([h1, e1], {"likes": 3})
+    h1.kill()
+    h2.kill()
+    args = ["mosquitto_rr", "-p", str(e1.port), "-t", "$CONTROL/tally/v1", "-e",
+            "$CONTROL/tally/v1/response", "-q", "1", "-W", "15", "-u", "admin",
+            "-m", json.dumps({"commands": [{"command": "resetCounter", "name": "likes",
+                                            "correlationData": "r-1"}]})]
+    start = time.monotonic()
+    r = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    (resp,) = json.loads(r.stdout)["responses"]
+    assert resp["command"] == "resetCounter" and resp["correlationData"] == "r-1"
+    assert "hub did not answer" in resp["error"]
+    assert time.monotonic() - start >= 4.5
+    assert e1.total("likes") == 3
