@@ -43,6 +43,24 @@ function track(proc) {
 }
 
 // Polls check() every 50 ms until it returns a truthy value or timeoutMs passes.
+// Waits until the element with data-testid `testId` shows `want` (trimmed).
+export function waitForText(page, testId, want, timeout = 5000) {
+  return page.waitForFunction(
+    ([id, value]) => document.querySelector(`[data-testid="${id}"]`)?.textContent.trim() === value,
+    [testId, want],
+    { timeout, polling: 20 },
+  );
+}
+
+// Waits until the dashboard row of counter `name` shows `want` (digits and sign only).
+export function waitForValue(page, name, want, timeout = 5000) {
+  return page.waitForFunction(
+    ([id, value]) => document.querySelector(`[data-testid="${id}"]`)?.textContent.replace(/[^\d-]/g, '') === value,
+    [`counter-value-${name}`, String(want)],
+    { timeout, polling: 20 },
+  );
+}
+
 export async function waitFor(what, check, timeoutMs) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {

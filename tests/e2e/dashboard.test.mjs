@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { buildDashboard, launchChromium, startCluster, waitFor } from './cluster.mjs';
+import { buildDashboard, launchChromium, startCluster, waitFor, waitForText, waitForValue } from './cluster.mjs';
 
 const SCREENSHOT_DESKTOP = '/tmp/tally-dashboard.png';
 const SCREENSHOT_PHONE = '/tmp/tally-dashboard-phone.png';
@@ -17,17 +17,6 @@ async function shownValue(page, name) {
   if ((await loc.count()) === 0) return null;
   const text = (await loc.textContent()).replace(/[^\d-]/g, '');
   return text === '' ? null : Number(text);
-}
-
-function waitForValue(page, name, want, timeout) {
-  return page.waitForFunction(
-    ([id, value]) => {
-      const e = document.querySelector(`[data-testid="${id}"]`);
-      return e !== null && e.textContent.replace(/[^\d-]/g, '') === value;
-    },
-    [`counter-value-${name}`, String(want)],
-    { timeout, polling: 20 },
-  );
 }
 
 // Where each part of each counter row is on screen, whether its text is
@@ -82,14 +71,6 @@ async function search(page, prefix) {
     (p) => document.querySelector('[data-testid="list-info"]').textContent.includes(`start with “${p}”`),
     prefix,
     { timeout: 5000 },
-  );
-}
-
-function waitForText(page, testId, want, timeout) {
-  return page.waitForFunction(
-    ([id, value]) => document.querySelector(`[data-testid="${id}"]`)?.textContent.trim() === value,
-    [testId, want],
-    { timeout, polling: 50 },
   );
 }
 

@@ -6,27 +6,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { buildDashboard, launchChromium, startCluster, waitFor } from './cluster.mjs';
+import { buildDashboard, launchChromium, startCluster, waitFor, waitForText, waitForValue } from './cluster.mjs';
 
 const SCREENSHOT_LIVE = '/tmp/tally-failover-live.png';
 const SCREENSHOT_STALE = '/tmp/tally-failover-stale.png';
 const SCREENSHOT_MOVED = '/tmp/tally-failover-moved.png';
-
-function waitForText(page, testId, want, timeout) {
-  return page.waitForFunction(
-    ([id, value]) => document.querySelector(`[data-testid="${id}"]`)?.textContent.trim() === value,
-    [testId, want],
-    { timeout, polling: 50 },
-  );
-}
-
-function waitForValue(page, name, want, timeout) {
-  return page.waitForFunction(
-    ([id, value]) => document.querySelector(`[data-testid="${id}"]`)?.textContent.replace(/[^\d-]/g, '') === value,
-    [`counter-value-${name}`, String(want)],
-    { timeout, polling: 20 },
-  );
-}
 
 // A row's chart column by column: L where a rate line is drawn (a pixel
 // at least half opaque), . where not (blank, or the faint band of a gap).

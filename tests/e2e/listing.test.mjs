@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
-import { PASSWORDS, buildDashboard, launchChromium, startSecureNode, waitFor } from './cluster.mjs';
+import { PASSWORDS, buildDashboard, launchChromium, startSecureNode, waitFor, waitForText } from './cluster.mjs';
 
 const COUNTERS = 5000;
 const SCREENSHOT_TRENDING = '/tmp/tally-listing-trending.png';
@@ -48,14 +48,6 @@ for i in range(1200):
         c.publish("counters/warm-b/inc", "5", qos=1)
     time.sleep(0.1)
 `;
-
-function waitForText(page, testId, want, timeout = 5000) {
-  return page.waitForFunction(
-    ([id, value]) => document.querySelector(`[data-testid="${id}"]`)?.textContent.trim() === value,
-    [testId, want],
-    { timeout, polling: 20 },
-  );
-}
 
 // The rows on screen: [{name, value}] with the value as shown, digits only.
 function rows(page) {

@@ -8,35 +8,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import {
-  PASSWORDS,
-  buildDashboard,
-  launchChromium,
-  startSecureNode,
-  waitFor,
-} from './cluster.mjs';
+import { PASSWORDS, buildDashboard, launchChromium, startSecureNode, waitFor, waitForText, waitForValue } from './cluster.mjs';
 
 const STORAGE_KEY = 'tally.login';
 const SCREENSHOT_LOGIN = '/tmp/tally-dashboard-login.png';
 const SCREENSHOT_SIGNED_IN = '/tmp/tally-dashboard-signed-in.png';
 const BROWSER = { username: 'browser', password: PASSWORDS.browser };
 const PRESSER = { username: 'presser', password: PASSWORDS.presser };
-
-function waitForText(page, testId, want, timeout) {
-  return page.waitForFunction(
-    ([id, value]) => document.querySelector(`[data-testid="${id}"]`)?.textContent.trim() === value,
-    [testId, want],
-    { timeout, polling: 50 },
-  );
-}
-
-function waitForValue(page, name, want, timeout) {
-  return page.waitForFunction(
-    ([id, value]) => document.querySelector(`[data-testid="${id}"]`)?.textContent.replace(/[^\d-]/g, '') === value,
-    [`counter-value-${name}`, String(want)],
-    { timeout, polling: 20 },
-  );
-}
 
 async function signIn(page, { username, password }) {
   await page.getByTestId('login-user').fill(username);
