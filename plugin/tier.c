@@ -510,8 +510,9 @@ static size_t varint_len(uint64_t v)
 static uint32_t devices_that_fit(const struct parts *p, const struct tally_table *t,
                                  const struct tally_counter *c, uint32_t i)
 {
-    size_t room = p->max_bytes - p->head - SEC_COUNT_BYTES - 2 * SEC_RANGE_BYTES -
-                  (1 + c->name_len + 10 + 10 + SEC_COUNT_BYTES);
+    size_t fixed = p->head + SEC_COUNT_BYTES + 2 * SEC_RANGE_BYTES +
+                   (1 + c->name_len + 10 + 10 + SEC_COUNT_BYTES);
+    size_t room = p->max_bytes > fixed ? p->max_bytes - fixed : 0;
     uint32_t k = 0;
     for (size_t used = 0; i + k < c->ndevs; k++) {
         used +=
@@ -807,7 +808,8 @@ struct tier_child {
     uint64_t ack;         /* highest seq of an UP built under that session */
     uint64_t group, next; /* that UP's first part, and the part awaited next */
     uint64_t last_relay_ms;
-    bool pages_new; /* its page list changed since the last relay */
+    bool pages_new;          /* its page list changed since the last relay, */
+    uint64_t new_lo, new_hi; /* within this range of hashes */
     uint32_t replica;
     struct tier_sub *subs;
     uint32_t nsubs;
@@ -1033,6 +1035,8 @@ static int hub_read_pages(struct tier_child *ch, struct wire_reader *r, bool app
     free(ch->pages);
     ch->pages = pages;
     ch->npages = kept;
+    ch->new_lo = ch->pages_new && ch->new_lo < lo ? ch->new_lo : lo;
+    ch->new_hi = ch->pages_new && ch->new_hi > hi ? ch->new_hi : hi;
     ch->pages_new = true;
     return TALLY_OK;
 }
@@ -1269,51 +1273,68 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
     return parts_finish(&p, full || ch->ack_owed);
 }
 
-/* How many of the child's pages from the i-th on fit in a PRESENCE of
- * max_bytes with a header of head bytes; pages of equal hashes are not
- * parted (see parts_add). */
-static uint32_t relay_pages_that_fit(const struct tier_child *ch, uint32_t i, size_t head,
-                                     size_t max_bytes)
+/* How many of the child's pages from the i-th on (up to end) fit in a
+ * PRESENCE of max_bytes with a header of head bytes; pages of equal hashes
+ * are not parted (see parts_add). */
+static uint32_t relay_pages_that_fit(const struct tier_child *ch, uint32_t i, uint32_t end,
+                                     size_t head, size_t max_bytes)
 {
     uint32_t j = i;
-    for (size_t used = head; j < ch->npages; j++) {
+    for (size_t used = head; j < end; j++) {
         used += 1 + ch->pages[j].len + varint_len(ch->pages[j].count);
         if (used > max_bytes && j > i)
             break;
     }
-    while (j < ch->npages && j > i + 1 && ch->pages[j].hash == ch->pages[j - 1].hash)
+    while (j < end && j > i + 1 && ch->pages[j].hash == ch->pages[j - 1].hash)
         j--;
-    while (j < ch->npages && j > i && ch->pages[j].hash == ch->pages[j - 1].hash)
+    while (j < end && j > i && ch->pages[j].hash == ch->pages[j - 1].hash)
         j++;
     return j - i;
 }
 
-int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, size_t max_bytes,
-                   struct wire_buf *out, tier_emit_fn *emit, void *ud)
+/* The child's pages whose hash is in [lo, hi] (ch->pages is in hash order),
+ * as PRESENCE parts covering that range. */
+static int relay_range(struct tier_child *ch, uint64_t lo, uint64_t hi, size_t max_bytes,
+                       struct wire_buf *out, tier_emit_fn *emit, void *ud)
 {
-    if (!ch->pages_new && now_ms - ch->last_relay_ms < every_ms)
-        return TALLY_OK;
-    ch->pages_new = false;
-    ch->last_relay_ms = now_ms;
     /* header, origin, four u64 and the page count */
     size_t head = 4 + 1 + strlen(ch->id) + 4 * 8 + 5;
-    uint64_t lo = 0;
-    uint32_t i = 0;
-    for (uint32_t part = 0; part == 0 || i < ch->npages; part++) {
+    uint32_t i = 0, end;
+    while (i < ch->npages && ch->pages[i].hash < lo)
+        i++;
+    for (end = i; end < ch->npages && ch->pages[end].hash <= hi;)
+        end++;
+    for (uint32_t part = 0; part == 0 || i < end; part++) {
         if (part > RELAY_PARTS_MAX)
             return TALLY_E_TOO_LARGE;
-        uint32_t k = relay_pages_that_fit(ch, i, head, max_bytes);
-        uint64_t hi = i + k == ch->npages ? UINT64_MAX : ch->pages[i + k - 1].hash;
-        wire_presence_begin(out, ch->id, ch->incarnation, RELAY_SEQ(ch->seq) + part, lo, hi, k);
+        uint32_t k = relay_pages_that_fit(ch, i, end, head, max_bytes);
+        uint64_t part_hi = i + k == end ? hi : ch->pages[i + k - 1].hash;
+        wire_presence_begin(out, ch->id, ch->incarnation, RELAY_SEQ(ch->seq) + part, lo, part_hi,
+                            k);
         for (uint32_t j = i; j < i + k; j++)
             wire_presence_page(out, ch->pages[j].name, ch->pages[j].len, ch->pages[j].count);
         if (out->failed)
             return TALLY_E_NOMEM;
         emit(out, ud);
-        lo = hi + 1;
+        lo = part_hi + 1;
         i += k;
     }
     return TALLY_OK;
+}
+
+/* What changed goes at once, only its range (an UP part's share of the
+ * list); everything every every_ms. */
+int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, size_t max_bytes,
+                   struct wire_buf *out, tier_emit_fn *emit, void *ud)
+{
+    bool all = now_ms - ch->last_relay_ms >= every_ms;
+    if (!ch->pages_new && !all)
+        return TALLY_OK;
+    ch->pages_new = false;
+    if (!all)
+        return relay_range(ch, ch->new_lo, ch->new_hi, max_bytes, out, emit, ud);
+    ch->last_relay_ms = now_ms;
+    return relay_range(ch, 0, UINT64_MAX, max_bytes, out, emit, ud);
 }
 
 struct tier_child *tier_hub_next(struct tier_hub *h, struct tier_child *ch)

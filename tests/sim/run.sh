@@ -18,3 +18,7 @@ run --hubs 6 --edges 5 --seconds 30 --loss 0.2 --delay 200 --kill-hubs 1 --resta
 # A larger tree with every kind of fault at once.
 run --hubs 10 --edges 20 --seconds 30 --loss 0.02 --kill-hubs 2 --restart-hubs 2 \
   --kill-edges 10 --link-failures 10 --seed 3
+# UP, DOWN and relays cut at 110 bytes (a part holds one or two entries), under
+# the same heavy loss and faults: parts lost, acks stopping before them.
+run --hubs 6 --edges 5 --seconds 30 --loss 0.2 --delay 200 --kill-hubs 1 --restart-hubs 1 \
+  --kill-edges 3 --link-failures 6 --tier-bytes 110 --seed 1

@@ -27,7 +27,9 @@
  * acknowledged had time to leave: an edge that dies with unsent increments
  * loses them with its disk, as any node does); --restart-hubs hubs die and
  * come back with their state 10 s later (their edges move away and back);
- * --link-failures hub-to-hub links go down for 2 to 10 s each.
+ * --link-failures hub-to-hub links go down for 2 to 10 s each. --tier-bytes
+ * cuts UP, DOWN and relays at that size (a few entries a part when small),
+ * so that lost parts are part of the run.
  *
  * After the load stops and the faults heal, it waits until every hub and
  * every live edge shows the exact totals (every increment made, counted
@@ -108,8 +110,9 @@ static struct {
     double loss;
     uint32_t delay_ms, kill_hubs, kill_edges, restart_hubs, link_failures;
     bool check, quiet;
-    double rate; /* increments a second per edge */
-} opt = {40, 50, 100, 20, 20000, 300000, 1, 0.0, 20, 0, 0, 0, 0, false, false, 2.0};
+    double rate;       /* increments a second per edge */
+    size_t tier_bytes; /* UP, DOWN and relays are cut at this (the plugin's max_message_bytes) */
+} opt = {40, 50, 100, 20, 20000, 300000, 1, 0.0, 20, 0, 0, 0, 0, false, false, 2.0, MAX_MESSAGE};
 
 static struct node *nodes;
 static uint32_t nnodes;
@@ -323,7 +326,7 @@ struct route {
 static void route_part(const struct wire_buf *msg, void *ud)
 {
     const struct route *r = ud;
-    if (msg->len > MAX_MESSAGE)
+    if (msg->len > opt.tier_bytes)
         abort();
     if (r->kind == K_PRESENCE)
         broadcast(r->from, K_PRESENCE, msg, UINT32_MAX);
@@ -340,7 +343,8 @@ static void hub_on_up(struct node *n, const struct msg *m)
      * they change and often enough to keep it alive there. */
     struct wire_buf b = {0};
     struct route r = {(uint32_t)(n - nodes), UINT32_MAX, K_PRESENCE};
-    if (tier_hub_relay(ch, now, PEER_TIMEOUT_MS / 3, MAX_MESSAGE, &b, route_part, &r) != TALLY_OK)
+    if (tier_hub_relay(ch, now, PEER_TIMEOUT_MS / 3, opt.tier_bytes, &b, route_part, &r) !=
+        TALLY_OK)
         abort();
     wbuf_free(&b);
 }
@@ -372,7 +376,7 @@ static void hub_tick(uint32_t i)
             continue;
         struct tier_child *ch = tier_hub_child(&n->tier, nodes[e].id);
         struct route r = {i, e, K_DOWN};
-        if (ch && tier_hub_down(&n->tier, &n->t, &n->pr, ch, now, HEARTBEAT_MS, MAX_MESSAGE, &b,
+        if (ch && tier_hub_down(&n->tier, &n->t, &n->pr, ch, now, HEARTBEAT_MS, opt.tier_bytes, &b,
                                 route_part, &r) != TALLY_OK)
             abort();
     }
@@ -466,7 +470,7 @@ static void edge_tick(uint32_t i)
     struct wire_buf b = {0};
     struct route r = {i, n->at, K_UP};
     if (n->at != UINT32_MAX && tier_edge_up(&n->edge, &n->t, &n->pr, now, TICK_MS, HEARTBEAT_MS,
-                                            MAX_MESSAGE, &b, route_part, &r) != TALLY_OK)
+                                            opt.tier_bytes, &b, route_part, &r) != TALLY_OK)
         abort();
     wbuf_free(&b);
 }
@@ -727,18 +731,20 @@ static void usage(void)
     fprintf(stderr, "usage: tally-sim [--hubs H] [--edges E per hub] [--counters K] [--pages P]\n"
                     "  [--seconds S of load] [--rate R inc/s an edge] [--loss L] [--delay MS]\n"
                     "  [--kill-hubs N] [--kill-edges N] [--restart-hubs N] [--link-failures N]\n"
-                    "  [--seed X] [--check]\n");
+                    "  [--tier-bytes B] [--seed X] [--check]\n");
     exit(2);
 }
 
 static void options(int argc, char **argv)
 {
-    static const struct option longs[] = {
-        {"hubs", 1, 0, 'H'},       {"edges", 1, 0, 'E'},        {"counters", 1, 0, 'K'},
-        {"pages", 1, 0, 'P'},      {"seconds", 1, 0, 'S'},      {"rate", 1, 0, 'r'},
-        {"loss", 1, 0, 'l'},       {"delay", 1, 0, 'd'},        {"kill-hubs", 1, 0, 'k'},
-        {"kill-edges", 1, 0, 'e'}, {"restart-hubs", 1, 0, 'R'}, {"link-failures", 1, 0, 'L'},
-        {"seed", 1, 0, 's'},       {"check", 0, 0, 'c'},        {0, 0, 0, 0}};
+    static const struct option longs[] = {{"hubs", 1, 0, 'H'},         {"edges", 1, 0, 'E'},
+                                          {"counters", 1, 0, 'K'},     {"pages", 1, 0, 'P'},
+                                          {"seconds", 1, 0, 'S'},      {"rate", 1, 0, 'r'},
+                                          {"loss", 1, 0, 'l'},         {"delay", 1, 0, 'd'},
+                                          {"kill-hubs", 1, 0, 'k'},    {"kill-edges", 1, 0, 'e'},
+                                          {"restart-hubs", 1, 0, 'R'}, {"link-failures", 1, 0, 'L'},
+                                          {"seed", 1, 0, 's'},         {"check", 0, 0, 'c'},
+                                          {"tier-bytes", 1, 0, 'B'},   {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longs, NULL)) != -1;) {
         switch (c) {
         case 'H':
@@ -782,6 +788,9 @@ static void options(int argc, char **argv)
             break;
         case 'c':
             opt.check = true;
+            break;
+        case 'B':
+            opt.tier_bytes = (size_t)atol(optarg);
             break;
         default:
             usage();

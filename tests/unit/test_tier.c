@@ -22,7 +22,7 @@ struct node {
     struct tier_edge edge;
 };
 
-static struct node a, b, e, f; /* hubs a, b; edges e, f */
+static struct node a, b, e, f;   /* hubs a, b; edges e, f */
 static struct wire_buf msg, out; /* out: where the writers write */
 static uint64_t now;
 
@@ -542,6 +542,22 @@ START_TEST(an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone)
         free(wp.pages);
     }
     ck_assert_uint_eq(relayed, PAGES);
+    /* A part that changes one range of the list: only that range goes on. */
+    ck_assert_int_eq(presence_view(&e.pr, "late", name, strlen(name), &changed), TALLY_OK);
+    tier_edge_pages_changed(&e.edge);
+    now += 10;
+    ck_assert(up(&e));
+    ck_assert_uint_gt(nparts, 1);
+    ch = hub_takes_part(&a, nparts - 1);
+    nparts = 0;
+    ck_assert_int_eq(tier_hub_relay(ch, now, HB, max_bytes, &out, collect, NULL), TALLY_OK);
+    ck_assert_uint_eq(nparts, 1);
+    struct wire_presence wp;
+    ck_assert_int_eq(wire_decode_presence(part[0].data, part[0].len, &wp), TALLY_OK);
+    ck_assert_uint_gt(wp.lo, 0);
+    ck_assert_uint_eq(wp.hi, UINT64_MAX);
+    ck_assert_uint_lt(wp.npages, PAGES);
+    free(wp.pages);
 }
 END_TEST
 
