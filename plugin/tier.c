@@ -155,6 +155,8 @@
  *   - mine->sent_seq > acked means the hub may lack that counter's latest
  *     value: it is in every UP until acknowledged.
  *   - A view only grows; the edge's own part never comes from the hub.
+ *   - A hub's ack for an edge is the seq of a part it holds, with every part
+ *     of the same UP before it (hub_ack): it never covers a part it lacks.
  */
 #include <stdlib.h>
 #include <string.h>
