@@ -1547,18 +1547,19 @@ static void control_forward(const struct mosquitto_evt_control *ev)
         free(resp);
         return;
     }
+    if (g.fwd_seq == 0)
+        g.fwd_seq = wall_ms() << 16; /* an answer to our last run's request is not ours */
     f->id = ++g.fwd_seq;
     f->sent_ms = mono_ms();
     f->client = strdup(client);
     wbuf_bytes(&f->request, ev->payload, ev->payloadlen);
-    struct tier_control c = {g.opt.node_id,
-                             strlen(g.opt.node_id),
-                             f->id,
-                             is_admin(ev->client) ? TIER_CONTROL_ADMIN : 0,
-                             0,
-                             1,
-                             ev->payload,
-                             ev->payloadlen};
+    struct tier_control c = {.node = g.opt.node_id,
+                             .node_len = strlen(g.opt.node_id),
+                             .id = f->id,
+                             .flags = is_admin(ev->client) ? TIER_CONTROL_ADMIN : 0,
+                             .parts = 1,
+                             .data = ev->payload,
+                             .len = ev->payloadlen};
     int rc = f->client && !f->request.failed ? TALLY_OK : TALLY_E_NOMEM;
     if (rc == TALLY_OK && ev->payloadlen + 100 > (size_t)g.opt.max_message_bytes)
         rc = TALLY_E_TOO_LARGE;
@@ -1584,12 +1585,12 @@ static int on_hub_answer(const void *payload, size_t len)
 {
     struct tier_control c;
     int rc = tier_control_read(payload, len, &c);
-    if (rc != TALLY_OK || !(c.flags & TIER_CONTROL_ANSWER))
+    if (rc != TALLY_OK || !(c.flags & TIER_CONTROL_ANSWER) || c.id == 0)
         return rc != TALLY_OK ? rc : TALLY_E_WIRE;
     struct forwarded *f = NULL;
     for (size_t i = 0; i < FORWARD_MAX && !f; i++)
         f = g.fwd[i].id == c.id ? &g.fwd[i] : NULL;
-    if (!f || c.id == 0)
+    if (!f)
         return TALLY_OK; /* answered already, by a timeout */
     if (c.part != f->parts) {
         forward_done(f, "the hub's answer arrived incomplete");
@@ -1623,9 +1624,12 @@ static int on_edge_control(const struct mosquitto_evt_message *ev)
     char *resp = control_run(c.data, c.len, c.flags & TIER_CONTROL_ADMIN, who);
     if (!resp)
         return TALLY_E_NOMEM;
-    struct tier_control a = {
-        g.opt.node_id,         strlen(g.opt.node_id), c.id, TIER_CONTROL_ANSWER, 0, 0,
-        (const uint8_t *)resp, strlen(resp)};
+    struct tier_control a = {.node = g.opt.node_id,
+                             .node_len = strlen(g.opt.node_id),
+                             .id = c.id,
+                             .flags = TIER_CONTROL_ANSWER,
+                             .data = (const uint8_t *)resp,
+                             .len = strlen(resp)};
     char id[TALLY_NODE_ID_MAX + 1];
     snprintf(id, sizeof(id), "%s", edge);
     rc = tier_control_write(&a, (size_t)g.opt.max_message_bytes, &g.buf, emit_answer, id);
