@@ -33,6 +33,7 @@
  * bounded heap (O(n log k) time, k entries of memory), so a page of a million
  * counters is not a sort of a million names.
  */
+#include <assert.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -534,17 +535,24 @@ char *control_error_all(const void *payload, size_t len, const char *error)
 
 /* ==== $tally/stats/<node> ==== */
 
-/* The peers, as many as max_bytes leaves room for (a stats document is
- * flooded like replication, so it is bounded like it); the rest counted. The
- * time each was last heard is on the wall clock, from the monotonic one. */
+/* The neighbours, as many as max_bytes leaves room for (a stats document is
+ * flooded like replication, so it is bounded like it); the rest counted. A
+ * neighbour not heard yet has no origin and is left out. The time each was
+ * last heard is on the wall clock, from the monotonic one. */
 static void stats_peers(struct wire_buf *b, const struct stats_view *v)
 {
-    const struct tally_origin *o, *tmp;
     size_t room = v->max_bytes > 64 ? v->max_bytes - 64 : 0, omitted = 0;
     bool first = true;
     wbuf_str(b, ",\"peers\":{");
-    HASH_ITER(hh, v->presence->origins, o, tmp)
-    {
+    for (size_t i = 0; i < v->npeers; i++) {
+        const char *id = v->peer_ids[i];
+        const struct tally_origin *o;
+        assert(i == 0 || strcmp(v->peer_ids[i - 1], id) <= 0);
+        if (i > 0 && strcmp(v->peer_ids[i - 1], id) == 0)
+            continue;
+        HASH_FIND_STR(v->presence->origins, id, o);
+        if (!o)
+            continue;
         size_t before = b->len;
         wbuf_printf(b, "%s\"%s\":{\"last_heard_ms\":%" PRIu64 ",\"alive\":%s}", first ? "" : ",",
                     o->node_id, v->time_ms - (v->now_ms - o->last_heard_ms),
@@ -557,6 +565,21 @@ static void stats_peers(struct wire_buf *b, const struct stats_view *v)
         first = false;
     }
     wbuf_printf(b, "},\"peers_omitted\":%zu", omitted);
+}
+
+/* Every other node heard from, directly or through others, and how many of
+ * them are alive (heard within peer_timeout_ms): two numbers where listing
+ * them all would make every node's stats, flooded to every node, O(cluster). */
+static void stats_nodes(struct wire_buf *b, const struct tally_presence *pr)
+{
+    const struct tally_origin *o, *tmp;
+    size_t heard = 0, alive = 0;
+    HASH_ITER(hh, pr->origins, o, tmp)
+    {
+        heard++;
+        alive += o->alive;
+    }
+    wbuf_printf(b, ",\"nodes\":{\"heard\":%zu,\"alive\":%zu}", heard, alive);
 }
 
 /* Written beside the state document, with the same buffer; read back with
@@ -600,6 +623,7 @@ void node_stats_json(struct wire_buf *b, const struct stats_view *v)
                 v->over_devices ? "\"max_devices\"" : "");
     wbuf_str(b, ",\"persist\":");
     wbuf_json_str(b, v->persist, strlen(v->persist));
+    stats_nodes(b, v->presence);
     stats_peers(b, v);
     wbuf_str(b, "}");
 }

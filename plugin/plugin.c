@@ -1343,10 +1343,41 @@ static void replicate_tick(uint64_t now)
 
 /* ==== Stats ==== */
 
-/* The peers as stats list them, as many as max_message_bytes leaves room
- * for (a stats message is replication too); the rest are counted. */
+static int strcmp_ptr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The peers stats list: our direct neighbours, the nodes at the other end of
+ * our bridges (once they have said who they are), our edges if we are a hub,
+ * our hub if we are an edge; sorted, with repeats. Caller frees the array;
+ * the strings are borrowed from g. NULL when out of memory. */
+static const char **stats_neighbours(size_t *n)
+{
+    const char **ids = malloc((g.repl.n + tier_hub_children(&g.tier_hub) + 1) * sizeof(*ids));
+    *n = 0;
+    if (!ids)
+        return NULL;
+    for (uint32_t i = 0; i < g.repl.n; i++)
+        if (g.repl.nb[i]->node[0])
+            ids[(*n)++] = g.repl.nb[i]->node;
+    for (struct tier_child *ch = NULL; (ch = tier_hub_next(&g.tier_hub, ch));)
+        ids[(*n)++] = tier_child_id(ch);
+    if (g.edge)
+        ids[(*n)++] = HUB_ORIGIN;
+    qsort(ids, *n, sizeof(*ids), strcmp_ptr);
+    return ids;
+}
+
+/* Our figures and our neighbours (a stats message is flooded to every node,
+ * so it lists only those: its size does not grow with the cluster), as many
+ * neighbours as max_message_bytes leaves room for; the rest are counted. */
 static void publish_stats(uint64_t now)
 {
+    size_t npeers;
+    const char **peer_ids = stats_neighbours(&npeers);
+    if (!peer_ids)
+        return;
     struct stats_view v = {
         .node_id = g.opt.node_id,
         .persist = g.persist ? g.opt.state_dir : "memory",
@@ -1358,6 +1389,8 @@ static void publish_stats(uint64_t now)
         .table = &g.table,
         .dedup = &g.dedup,
         .presence = &g.presence,
+        .peer_ids = peer_ids,
+        .npeers = npeers,
         .repairs_asked = g.repl.asked,
         .neighbours = g.repl.n,
         .max_counters = g.opt.max_counters,
@@ -1371,6 +1404,7 @@ static void publish_stats(uint64_t now)
         .max_bytes = (size_t)g.opt.max_message_bytes,
     };
     node_stats_json(&g.buf, &v);
+    free(peer_ids);
     if (g.buf.failed || g.buf.len > (size_t)g.opt.max_message_bytes)
         return;
     snprintf(g.topic, sizeof(g.topic), "$tally/stats/%s", g.opt.node_id);

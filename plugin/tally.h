@@ -795,7 +795,13 @@ struct stats_view {
     const struct tally_stats *st;
     const struct tally_table *table;
     const struct tally_dedup *dedup;
-    const struct tally_presence *presence; /* its origins are the peers */
+    const struct tally_presence *presence; /* what each peer's origin last did */
+    /* The peers listed: this node's direct neighbours only (the other ends
+     * of its bridges, its edges, its hub), so that a document flooded to
+     * every node is O(neighbours), not O(cluster). Sorted by strcmp; a repeat
+     * (two bridges to one node) is listed once. */
+    const char *const *peer_ids;
+    size_t npeers;
     uint64_t repairs_asked;
     uint32_t neighbours;
     long long max_counters, max_devices, max_viewers;
@@ -805,7 +811,8 @@ struct stats_view {
     size_t max_bytes; /* the peers listed are those that fit in it */
 };
 /* The stats document into b (reset first): at most v->max_bytes, peers past
- * it counted in "peers_omitted". */
+ * it counted in "peers_omitted". Every origin heard, neighbour or not, is
+ * counted in "nodes" {"heard","alive"}: the rest of the cluster in O(1). */
 void node_stats_json(struct wire_buf *b, const struct stats_view *v);
 
 /* counters/<name>/state into b (reset first); sums are c's (counter_sums). */

@@ -897,6 +897,9 @@ def test_plugin_health_and_stats_see_a_dead_peer_and_a_node_behind(tally_bin, br
                      "--peer-timeout", "1000")
 
     wait_for(lambda: health(n1.port, "n1", "n2").stdout == "ok\n", 20, what="a healthy cluster")
+    # n2 lists n1, its neighbour, once n1 has sent it a digest (within sync_interval_ms)
+    wait_for(lambda: "n1" in json.loads(n2.retained("$tally/stats/n2") or "{}").get("peers", {}),
+             20, interval=0.2, what="n2 to list its neighbour n1")
     # n1 stops answering anyone (SIGSTOP): n2 still holds n1's last stats, which age.
     n1.proc.send_signal(signal.SIGSTOP)
     try:

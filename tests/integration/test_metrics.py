@@ -26,6 +26,7 @@ KNOWN = {
     "repl.bytes_out": ("tally_replication_sent_bytes_total", 1),
     "repl.refused": ("tally_replication_refused_total", 1),
     "repl.repaired": ("tally_replication_repaired_counters_total", 1),
+    "nodes.heard": ("tally_nodes_heard", 1), "nodes.alive": ("tally_nodes_alive", 1),
     "dedup.ids": ("tally_dedup_ids", 1), "dedup.window": ("tally_dedup_window", 1),
     "limits.max_counters": ("tally_limit_max_counters", 1),
     "limits.max_devices": ("tally_limit_max_devices", 1),

@@ -27,10 +27,7 @@ def star(brokers, closing):
     def all_heard():
         for n in names:
             raw = everyone.get(f"$tally/stats/{n}")
-            if not raw:
-                return False
-            peers = json.loads(raw)["peers"]
-            if sum(1 for p in names if p != n and peers.get(p, {}).get("alive")) < len(names) - 1:
+            if not raw or json.loads(raw)["nodes"]["alive"] < len(names) - 1:
                 return False
         return True
 
@@ -64,6 +61,15 @@ def steady_load(leaves, seconds):
 
 def test_star_steady_load_exact_without_repairs(brokers, closing):
     hub, leaves, everyone, names = star(brokers, closing)
+    # Stats reach every node: each lists its neighbours only (the hub its leaves, a leaf its
+    # hub) and counts the others, so a leaf's document does not grow with the star. Before,
+    # each listed every node it had heard, N documents of N peers for every node to take in.
+    for n in names:
+        s = json.loads(everyone.get(f"$tally/stats/{n}"))
+        neighbours = set(names) - {"hub"} if n == "hub" else {"hub"}
+        assert set(s["peers"]) == neighbours, (n, sorted(s["peers"]))
+        assert all(p["alive"] for p in s["peers"].values()), (n, s["peers"])
+        assert s["nodes"] == {"heard": LEAVES, "alive": LEAVES}, (n, s["nodes"])
     watchers = [Watcher(n.port, ["counters/+"]) for n in [hub] + leaves]
     closing.extend(watchers)
     # Trusted subscribers (ids matching bridge_clientids) see the SYNCs a node sends.

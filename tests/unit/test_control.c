@@ -314,12 +314,14 @@ START_TEST(test_stats_document)
     ck_assert_int_eq(table_get(&t, "a", 1, TABLE_LOCAL, &c), TALLY_OK);
     st.rejected[TALLY_E_ID] = 3;
     st.rejected[TALLY_E_TOO_LARGE] = 1;
+    const char *ids[200];
     for (int i = 0; i < 200; i++) {
         char id[TALLY_NODE_ID_MAX + 1];
         snprintf(id, sizeof(id), "peer-%03d-%s", i, "long-node-name-of-a-big-cluster");
         struct tally_origin *o = presence_origin(&pr, id);
         o->alive = i % 2;
         o->last_heard_ms = 1000;
+        ids[i] = o->node_id; /* a hub with 200 neighbours, in order */
     }
     struct stats_view v = {.node_id = "n1",
                            .persist = "/var/lib/\"tally\"",
@@ -331,6 +333,8 @@ START_TEST(test_stats_document)
                            .table = &t,
                            .dedup = &d,
                            .presence = &pr,
+                           .peer_ids = ids,
+                           .npeers = 200,
                            .max_counters = 10,
                            .max_devices = 10,
                            .max_viewers = 10,
@@ -364,6 +368,9 @@ START_TEST(test_stats_document)
     ck_assert_int_gt(listed, 10);
     ck_assert_int_gt(omitted, 0);
     ck_assert_int_eq(listed + omitted, 200);
+    const cJSON *nodes = cJSON_GetObjectItem(doc, "nodes");
+    ck_assert_int_eq(cJSON_GetObjectItem(nodes, "heard")->valueint, 200);
+    ck_assert_int_eq(cJSON_GetObjectItem(nodes, "alive")->valueint, 100);
     const cJSON *peer = cJSON_GetObjectItem(doc, "peers")->child;
     ck_assert_int_eq(cJSON_GetObjectItem(peer, "last_heard_ms")->valuedouble,
                      1700000000000.0 - 500);
@@ -382,6 +389,71 @@ START_TEST(test_stats_document)
 }
 END_TEST
 
+/* Issue 12: stats are flooded to every node, and each listed every origin it
+ * had heard, so N nodes sent N documents of N peers each. A document lists
+ * this node's neighbours only (each once, a neighbour not heard yet left
+ * out) and counts the rest: its size does not grow with the cluster. */
+static size_t leaf_stats_len(int others, cJSON **doc)
+{
+    struct tally_table t;
+    struct tally_dedup d;
+    struct tally_presence pr;
+    struct tally_stats st = {0};
+    struct wire_buf b = {0};
+    table_init(&t, 10, 10);
+    ck_assert_int_eq(dedup_init(&d, 16), TALLY_OK);
+    presence_init(&pr, 10);
+    presence_origin(&pr, "hub")->alive = true;
+    for (int i = 0; i < others; i++) {
+        char id[TALLY_NODE_ID_MAX + 1];
+        snprintf(id, sizeof(id), "leaf%d", i);
+        presence_origin(&pr, id)->alive = i % 3 != 0;
+    }
+    /* two bridges to the hub, and a bridge whose node has not spoken yet */
+    const char *ids[] = {"hub", "hub", "hub-2"};
+    struct stats_view v = {.node_id = "leaf-self",
+                           .persist = "memory",
+                           .st = &st,
+                           .table = &t,
+                           .dedup = &d,
+                           .presence = &pr,
+                           .peer_ids = ids,
+                           .npeers = 3,
+                           .time_ms = 1700000000000ULL,
+                           .max_bytes = 65536};
+    node_stats_json(&b, &v);
+    ck_assert(!b.failed);
+    *doc = cJSON_ParseWithLength((const char *)b.data, b.len);
+    ck_assert_ptr_nonnull(*doc);
+    size_t len = b.len;
+    wbuf_free(&b);
+    presence_free(&pr);
+    dedup_free(&d);
+    table_free(&t);
+    return len;
+}
+
+START_TEST(test_stats_list_only_neighbours)
+{
+    cJSON *small, *big;
+    size_t small_len = leaf_stats_len(20, &small), big_len = leaf_stats_len(50, &big);
+    /* 21 and 51 origins heard, 14 and 34 alive: not one byte more */
+    ck_assert_uint_eq(big_len, small_len);
+    const cJSON *peers = cJSON_GetObjectItem(big, "peers");
+    ck_assert_int_eq(cJSON_GetArraySize(peers), 1);
+    ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetObjectItem(peers, "hub"), "alive")));
+    ck_assert_int_eq(cJSON_GetObjectItem(big, "peers_omitted")->valueint, 0);
+    const cJSON *nodes = cJSON_GetObjectItem(big, "nodes");
+    ck_assert_int_eq(cJSON_GetObjectItem(nodes, "heard")->valueint, 51);
+    ck_assert_int_eq(cJSON_GetObjectItem(nodes, "alive")->valueint, 1 + 33);
+    nodes = cJSON_GetObjectItem(small, "nodes");
+    ck_assert_int_eq(cJSON_GetObjectItem(nodes, "heard")->valueint, 21);
+    ck_assert_int_eq(cJSON_GetObjectItem(nodes, "alive")->valueint, 1 + 13);
+    cJSON_Delete(small);
+    cJSON_Delete(big);
+}
+END_TEST
+
 Suite *control_suite(void)
 {
     Suite *s = suite_create("control");
@@ -397,6 +469,7 @@ Suite *control_suite(void)
     tcase_add_test(tc, test_top_counters_by_recent_rate);
     tcase_add_test(tc, test_read_only_requests);
     tcase_add_test(tc, test_stats_document);
+    tcase_add_test(tc, test_stats_list_only_neighbours);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -72,7 +72,10 @@ export class ClusterStrip {
       lines.push(`replication out: ${r.msgs_out ?? 0} msgs, ${r.bytes_out ?? 0} B`);
     }
     if (stats.peers && typeof stats.peers === 'object') {
-      lines.push(`peers: ${Object.keys(stats.peers).sort().join(', ') || 'none'}`);
+      lines.push(`peers (its neighbours): ${Object.keys(stats.peers).sort().join(', ') || 'none'}`);
+    }
+    if (stats.nodes && typeof stats.nodes === 'object') {
+      lines.push(`other nodes heard: ${stats.nodes.heard ?? 0}, alive: ${stats.nodes.alive ?? 0}`);
     }
     return lines.join('\n');
   }
