@@ -94,6 +94,15 @@ def test_small_tree_exact_everywhere(brokers, closing):
     for n in [h1, h2] + edges:
         wait_for(lambda: n.retained("presence/home") == "8", 20,
                  what=f"{n.name}: presence/home == 8 (is {n.retained('presence/home')})")
+    # Stats list direct neighbours only: a hub the other hub and its own edges (not the other
+    # hub's, which it hears through it), an edge its hub.
+    def peers(n):
+        return set(json.loads(n.retained(f"$tally/stats/{n.name}") or "{}").get("peers", {}))
+
+    for hub, want in ((h1, {"h2", "e1", "e2"}), (h2, {"h1", "e3", "e4"})):
+        wait_for(lambda: peers(hub) == want, 10, what=f"{hub.name} to list {sorted(want)}")
+    for e in edges:
+        wait_for(lambda: peers(e) == {"(hub)"}, 10, what=f"{e.name} to list its hub")
 
 
 def test_edge_failover_under_load_and_back(brokers, closing):
