@@ -89,6 +89,22 @@ static uint32_t lower_bound(const void *arr, uint32_t n, size_t size, uint32_t k
     return lo;
 }
 
+/* How many entries an array of n has room for: exactly n up to 8 (a counter's
+ * slots, one a node, stay tight), then n rounded up to a power of two, so
+ * that a counter taking thousands of devices one by one reallocates log n
+ * times, not n (each realloc may copy the array). A function of n alone, so
+ * no field holds it; an array that lost entries (fold.c) may hold more room
+ * than its n says, which growing never relies on. */
+static size_t entry_room(size_t n)
+{
+    if (n <= 8)
+        return n;
+    size_t room = 16;
+    while (room < n)
+        room *= 2;
+    return room;
+}
+
 /* The entry keyed key, created zeroed (then keyed) when absent and create is
  * set; NULL when absent, or out of memory (nothing changed). New devices take
  * ever larger registry indexes, so they are usually appended: no move. */
@@ -99,9 +115,12 @@ static void *entry_find(void **arr, uint32_t *n, size_t size, uint32_t key, bool
         return (uint8_t *)*arr + (size_t)i * size;
     if (!create || *n == UINT32_MAX)
         return NULL;
-    uint8_t *grown = realloc(*arr, ((size_t)*n + 1) * size);
-    if (!grown)
-        return NULL;
+    uint8_t *grown = *arr;
+    if ((size_t)*n + 1 > entry_room(*n)) {
+        grown = realloc(*arr, entry_room((size_t)*n + 1) * size);
+        if (!grown)
+            return NULL;
+    }
     *arr = grown;
     memmove(grown + ((size_t)i + 1) * size, grown + (size_t)i * size, (size_t)(*n - i) * size);
     memset(grown + (size_t)i * size, 0, size);
