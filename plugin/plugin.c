@@ -710,9 +710,11 @@ static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
     if (*route) {
         g.st.repl_msgs_out++; /* counted as when the plugin published it on itself */
         g.st.repl_bytes_out += len;
+        if (rc == TALLY_OK && !g.edge)
+            rc = tier_hub_heard(&g.tier_hub, &g.presence, &wp, mono_ms());
     }
 done:
-    free(wp.pages);
+    wire_presence_free(&wp);
     return rc;
 }
 
@@ -799,6 +801,16 @@ static void emit_relay(const struct wire_buf *msg, void *ud)
         publish(g.topic, msg->data, msg->len, 1, false);
 }
 
+/* An edge's viewers to the other hubs: what changed, or all of them when a
+ * hub wants them (tier.c). */
+static void relay(struct tier_child *ch)
+{
+    int rc = tier_hub_relay(ch, (size_t)g.opt.max_message_bytes, &g.buf, emit_relay, ch);
+    if (rc != TALLY_OK)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot relay the viewers of edge %s: %s",
+                             tier_child_id(ch), tally_strerror(rc));
+}
+
 static int on_edge_control(const struct mosquitto_evt_message *ev);
 
 /* An edge's UP: its slots into the table (repl.c sends them on to the other
@@ -817,11 +829,7 @@ static int on_up(const struct mosquitto_evt_message *ev, bool *route)
     int rc = tier_hub_apply_up(&g.tier_hub, &g.table, &g.presence, payload, len, now, &ch);
     if (rc != TALLY_OK)
         return rc;
-    rc = tier_hub_relay(ch, now, (uint64_t)g.opt.peer_timeout_ms / 3,
-                        (size_t)g.opt.max_message_bytes, &g.buf, emit_relay, ch);
-    if (rc != TALLY_OK)
-        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot relay the viewers of edge %s: %s",
-                             tier_child_id(ch), tally_strerror(rc));
+    relay(ch);
     return TALLY_OK;
 }
 
@@ -1254,17 +1262,20 @@ static void emit_presence(const struct wire_buf *msg, void *ud)
 
 /* Our own viewer counts, to every node, in as many messages as
  * max_message_bytes needs; also the heartbeat that keeps us alive in their
- * eyes. */
+ * eyes, and our edges in theirs (the listing, tier.c). */
 static void announce_presence(void)
 {
-    uint64_t first = next_seq(&g.presence_seq);
-    uint32_t n = presence_announce(&g.presence, g.opt.node_id, g.incarnation, first,
-                                   (size_t)g.opt.max_message_bytes, &g.buf, emit_presence, NULL);
-    if (n == 0)
-        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory announcing viewers");
-    else
+    uint64_t first = next_seq(&g.presence_seq), now = mono_ms();
+    uint32_t n;
+    int rc = tier_hub_heartbeat(&g.tier_hub, &g.presence, g.incarnation, first, now,
+                                (uint64_t)g.opt.peer_timeout_ms, (size_t)g.opt.max_message_bytes,
+                                &g.buf, emit_presence, NULL, &n);
+    if (rc != TALLY_OK)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot announce viewers: %s",
+                             tally_strerror(rc));
+    if (n)
         g.presence_seq = first + n - 1;
-    g.last_announce_ms = mono_ms();
+    g.last_announce_ms = now;
 }
 
 /* Outputs are paced per name: a changed counter is published (its watched
@@ -1481,6 +1492,7 @@ static void hub_tick(uint64_t now)
     tier_hub_expire(&g.tier_hub, now, (uint64_t)g.opt.peer_timeout_ms);
     tier_hub_tick(&g.tier_hub);
     for (struct tier_child *ch = NULL; (ch = tier_hub_next(&g.tier_hub, ch));) {
+        relay(ch); /* one a hub wants */
         int rc = tier_hub_down(&g.tier_hub, &g.table, &g.presence, ch, now,
                                (uint64_t)g.opt.sync_interval_ms, (size_t)g.opt.max_message_bytes,
                                &g.buf, emit_down, ch);

@@ -18,6 +18,15 @@
  * each covering a range of presence_hash(page) and replacing the origin's
  * counts of that range only, so each stands on its own.
  *
+ * An edge's counts come to the other hubs from its hub's relays (tier.c),
+ * sent only when they change; its hub's own heartbeat lists it with the
+ * digest of its counts there (the sum of presence_digest over its pages),
+ * and how long ago it was heard. presence_origin_listed takes that as the
+ * edge's liveness (an origin stays alive while listed, and expires
+ * peer_timeout_ms after its hub last heard it), and each origin keeps the
+ * digest of its counts held here, so that presence_origin_wanted sees a lost
+ * relay and the hub's next heartbeat asks the carrier for it again.
+ *
  * Pages live in a uthash table; each keeps its local count and one column
  * per origin. A page whose total is zero is freed once that zero has been
  * published, so a flood of one-off page names does not accumulate.
@@ -305,21 +314,37 @@ struct tally_origin *presence_origin(struct tally_presence *pr, const char *node
     return o;
 }
 
-static void origin_zero(struct tally_presence *pr, const struct tally_origin *o)
+uint64_t presence_hash(const char *page, size_t len)
+{
+    return tally_hash64(page, len, 3);
+}
+
+uint64_t presence_digest(const char *page, size_t len, uint64_t count)
+{
+    return count ? tally_hash64(page, len, 0x7a11ULL << 32 | count) : 0;
+}
+
+/* Sets o's count of pg (its column exists), keeping o's digest. */
+static void origin_count(struct tally_presence *pr, struct tally_origin *o, struct tally_page *pg,
+                         uint64_t n)
+{
+    uint64_t *cell = &pg->remote[o->slot];
+    if (*cell == n)
+        return;
+    o->digest +=
+        presence_digest(pg->name, pg->name_len, n) - presence_digest(pg->name, pg->name_len, *cell);
+    *cell = n;
+    page_dirty(pr, pg);
+}
+
+static void origin_zero(struct tally_presence *pr, struct tally_origin *o)
 {
     struct tally_page *pg, *tmp;
     HASH_ITER(hh, pr->pages, pg, tmp)
     {
-        if (o->slot < pg->remote_cap && pg->remote[o->slot]) {
-            pg->remote[o->slot] = 0;
-            page_dirty(pr, pg);
-        }
+        if (o->slot < pg->remote_cap)
+            origin_count(pr, o, pg, 0);
     }
-}
-
-uint64_t presence_hash(const char *page, size_t len)
-{
-    return tally_hash64(page, len, 3);
 }
 
 bool presence_in_range(const char *page, size_t len, uint64_t lo, uint64_t hi)
@@ -335,10 +360,8 @@ void presence_origin_begin(struct tally_presence *pr, struct tally_origin *o, ui
     HASH_ITER(hh, pr->pages, pg, tmp)
     {
         if (o->slot < pg->remote_cap && pg->remote[o->slot] &&
-            presence_in_range(pg->name, pg->name_len, lo, hi)) {
-            pg->remote[o->slot] = 0;
-            page_dirty(pr, pg);
-        }
+            presence_in_range(pg->name, pg->name_len, lo, hi))
+            origin_count(pr, o, pg, 0);
     }
     o->alive = true;
 }
@@ -358,8 +381,7 @@ int presence_origin_set(struct tally_presence *pr, struct tally_origin *o, const
         pg->remote = grown;
         pg->remote_cap = cap;
     }
-    pg->remote[o->slot] = n;
-    page_dirty(pr, pg);
+    origin_count(pr, o, pg, n);
     return TALLY_OK;
 }
 
@@ -388,6 +410,26 @@ void presence_origin_expire(struct tally_presence *pr, struct tally_origin *o)
 {
     origin_zero(pr, o);
     o->alive = false;
+}
+
+void presence_origin_listed(struct tally_origin *o, const struct wire_presence_edge *l,
+                            uint64_t now_ms)
+{
+    uint64_t heard = now_ms > l->age_ms ? now_ms - l->age_ms : 0;
+    if (heard > o->last_heard_ms)
+        o->last_heard_ms = heard;
+    if (o->listed && l->incarnation == o->listed_incarnation && l->seq < o->listed_seq)
+        return; /* a hub it has left lists what it last relayed */
+    o->listed = true;
+    o->listed_incarnation = l->incarnation;
+    o->listed_seq = l->seq;
+    o->listed_digest = l->digest;
+}
+
+bool presence_origin_wanted(const struct tally_origin *o, uint64_t now_ms, uint64_t timeout_ms)
+{
+    return o->listed && now_ms - o->last_heard_ms <= timeout_ms && o->digest != o->listed_digest &&
+           (o->incarnation != o->listed_incarnation || o->seq <= o->listed_seq);
 }
 
 /* ==== Publishing ==== */

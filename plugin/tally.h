@@ -324,8 +324,13 @@ struct tally_origin {
     UT_hash_handle hh;
     uint64_t incarnation, seq;
     uint64_t last_heard_ms;
-    uint32_t slot; /* column in every page's remote counts */
+    uint32_t slot;   /* column in every page's remote counts */
+    uint64_t digest; /* presence_digest of its counts held here */
     uint64_t stats_incarnation, stats_time_ms, stats_seq;
+    /* The newest listing of it by a hub (an edge's origin, tier.c): what its
+     * carrier holds, to compare with what is held here. */
+    uint64_t listed_incarnation, listed_seq, listed_digest;
+    bool listed;
     bool alive;
     char node_id[TALLY_NODE_ID_MAX + 1];
 };
@@ -361,9 +366,21 @@ void presence_origin_begin(struct tally_presence *pr, struct tally_origin *o, ui
 int presence_origin_set(struct tally_presence *pr, struct tally_origin *o, const char *page,
                         size_t len, uint64_t n);
 struct wire_presence;
+struct wire_presence_edge;
 int presence_apply(struct tally_presence *pr, struct tally_origin *o,
                    const struct wire_presence *wp, bool *taken);
 void presence_origin_expire(struct tally_presence *pr, struct tally_origin *o);
+/* One page's share of an origin's digest: the digest of a set of counts is
+ * the sum (mod 2^64) of the shares of its non-zero counts. */
+uint64_t presence_digest(const char *page, size_t len, uint64_t count);
+/* A hub listed o (one of its edges): o is alive as of age_ms ago, and its
+ * carrier holds the counts of digest as of its relay seq. */
+void presence_origin_listed(struct tally_origin *o, const struct wire_presence_edge *l,
+                            uint64_t now_ms);
+/* Whether o's counts here differ from what its newest listing says its
+ * carrier holds, and are not newer: a relay was lost, or never came. Only
+ * while o is alive (heard within timeout_ms): a dead edge is wanted no more. */
+bool presence_origin_wanted(const struct tally_origin *o, uint64_t now_ms, uint64_t timeout_ms);
 /* Our own counts as PRESENCE messages of at most max_bytes, over consecutive
  * ranges of presence_hash covering all of it, numbered first_seq, first_seq
  * + 1, ...; each is handed to emit. Returns the number of messages, or 0
@@ -462,10 +479,11 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
 
 /* ==== Replication wire format (wire.c) ==== */
 
-#define WIRE_VERSION 1          /* UP, DOWN */
-#define WIRE_SYNC_VERSION 3     /* 2 added bases (reset.c), 3 the stream (repl.c) */
-#define WIRE_DIGEST_VERSION 2   /* 2 added the stream and repair requests */
-#define WIRE_PRESENCE_VERSION 2 /* 2 added the range [lo, hi]; 1 (every page) is read */
+#define WIRE_VERSION 1        /* UP, DOWN */
+#define WIRE_SYNC_VERSION 3   /* 2 added bases (reset.c), 3 the stream (repl.c) */
+#define WIRE_DIGEST_VERSION 2 /* 2 added the stream and repair requests */
+#define WIRE_PRESENCE_VERSION                                                                      \
+    3 /* 2 added the range [lo, hi], 3 a hub's listing; 1 and 2 are read */
 enum wire_type {
     WIRE_SYNC = 1,
     WIRE_DIGEST = 2,
@@ -587,18 +605,39 @@ struct wire_presence_page {
     size_t len;
     uint64_t count;
 };
+/* An edge a hub carries, as its heartbeat lists it (tier.c). */
+struct wire_presence_edge {
+    const char *id;
+    size_t len;
+    uint64_t incarnation, seq; /* of the hub's latest relay of its viewers */
+    uint64_t digest;           /* presence_digest of its viewers as the hub holds them */
+    uint64_t age_ms;           /* since the hub last heard it */
+};
+/* An origin whose viewers the sender lacks (it asks their carrier for them). */
+struct wire_presence_want {
+    const char *id;
+    size_t len;
+};
 struct wire_presence {
     const char *origin;
     size_t origin_len;
     uint64_t incarnation, seq;
-    uint64_t lo, hi; /* the range of presence_hash the message covers */
-    uint32_t npages;
-    struct wire_presence_page *pages; /* owned */
+    uint64_t lo, hi; /* the range of presence_hash the message covers (lo > hi: none) */
+    uint32_t npages, nlisted, nwants;
+    struct wire_presence_page *pages;  /* owned */
+    struct wire_presence_edge *listed; /* owned, with wants (one block) */
+    struct wire_presence_want *wants;
 };
 void wire_presence_begin(struct wire_buf *b, const char *origin, uint64_t incarnation, uint64_t seq,
                          uint64_t lo, uint64_t hi, uint32_t npages);
 void wire_presence_page(struct wire_buf *b, const char *page, size_t len, uint64_t count);
+/* The optional listing after the pages (version 3): the count of edges, each
+ * edge, then the count of wants, each want. */
+void wire_presence_count(struct wire_buf *b, uint32_t n);
+void wire_presence_edge(struct wire_buf *b, const struct wire_presence_edge *e);
+void wire_presence_want(struct wire_buf *b, const char *id, size_t len);
 int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out);
+void wire_presence_free(struct wire_presence *p);
 
 /* ==== Tiers: edges and hubs (tier.c) ==== */
 
@@ -662,7 +701,8 @@ struct tier_hub {
     struct tier_watch *watches;     /* counters some child watches */
     struct tier_watch *page_totals; /* pages some child views: totals this tick */
     uint64_t session, children_made;
-    uint64_t gen; /* tier_hub_tick's count: figures computed once a tick */
+    uint64_t gen;                  /* tier_hub_tick's count: figures computed once a tick */
+    uint64_t last_full_listing_ms; /* tier_hub_heartbeat's last listing of every child */
     char node_id[TALLY_NODE_ID_MAX + 1];
 };
 
@@ -682,10 +722,23 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
                   struct wire_buf *out, tier_emit_fn *emit, void *ud);
 /* The child's viewers as PRESENCE messages from its own origin (in as many
  * parts of at most max_bytes as they need, each passed to emit), for the
- * other hubs, when its list changed or every_ms passed (so that they know it
- * is alive); returns TALLY_OK or a tally_err. */
-int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, size_t max_bytes,
-                   struct wire_buf *out, tier_emit_fn *emit, void *ud);
+ * other hubs: the range that changed since the last relay, or all of them
+ * when a hub wants them (tier_hub_heard); returns TALLY_OK or a tally_err. */
+int tier_hub_relay(struct tier_child *ch, size_t max_bytes, struct wire_buf *out,
+                   tier_emit_fn *emit, void *ud);
+/* The hub's presence heartbeat: its own viewers (presence_announce, from
+ * first_seq on) with the listing of its children (all of them every
+ * timeout_ms / 3, else those relayed since) and its wants appended (tier.c,
+ * "the heartbeat's listing"), in as many parts of at most max_bytes as it
+ * needs, each passed to emit; *sent: how many. Returns TALLY_OK or a
+ * tally_err. */
+int tier_hub_heartbeat(struct tier_hub *h, struct tally_presence *pr, uint64_t incarnation,
+                       uint64_t first_seq, uint64_t now_ms, uint64_t timeout_ms, size_t max_bytes,
+                       struct wire_buf *out, tier_emit_fn *emit, void *ud, uint32_t *sent);
+/* Takes another hub's listing from its heartbeat (already decoded, new here):
+ * the liveness of the edges it lists, and the relays it wants of ours. */
+int tier_hub_heard(struct tier_hub *h, struct tally_presence *pr, const struct wire_presence *wp,
+                   uint64_t now_ms);
 struct tier_child *tier_hub_child(struct tier_hub *h, const char *id);
 /* The child after ch (NULL: the first), NULL after the last. */
 struct tier_child *tier_hub_next(struct tier_hub *h, struct tier_child *ch);

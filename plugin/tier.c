@@ -142,12 +142,17 @@
  * register ordered by (incarnation, seq) like any node's presence
  * announcement. Its hub applies it as the presence origin named after the
  * edge, and floods it to the other hubs as a PRESENCE from that origin with
- * the edge's incarnation and seq (tier_hub_relay). A page's count at a hub is
- * then the sum over every edge (and hub) origin. When an edge moves, its
- * new hub announces the same origin with a higher seq: it replaces the old
- * one, nothing is counted under both hubs. An edge that goes silent is
- * expired after peer_timeout_ms by every hub, as any peer is. A hub that dies
- * has its own viewers expired, not its edges': they are their own origins.
+ * the edge's incarnation and seq (tier_hub_relay), when it changed: a list
+ * sent again unchanged (its UP not yet acknowledged) is not relayed. A
+ * page's count at a hub is then the sum over every edge (and hub) origin.
+ * When an edge moves, its new hub announces the same origin with a higher
+ * seq: it replaces the old one, nothing is counted under both hubs.
+ * Liveness and repair ride on each hub's own heartbeat, which lists the
+ * edges it carries ("the heartbeat's listing", below): an edge stays counted
+ * while a live hub lists it, and an edge that goes silent leaves every count
+ * peer_timeout_ms after its hub last heard it. A hub that dies has its own
+ * viewers expired, not its edges': they are their own origins, listed by
+ * their new hub once they have moved.
  *
  * ---- Invariants ----
  *
@@ -157,6 +162,12 @@
  *   - A view only grows; the edge's own part never comes from the hub.
  *   - A hub's ack for an edge is the seq of a part it holds, with every part
  *     of the same UP before it (hub_ack): it never covers a part it lacks.
+ *   - The relays of a child's pages have seqs in [RELAY_SEQ(s), RELAY_SEQ(s
+ *     + 1)) for the newest UP seq s the hub holds, and only grow: a hub the
+ *     edge has left can never outrank the relays of its new hub.
+ *   - A hub's listing of a child names the seq of its last relay part and
+ *     the digest of the pages that relay left (child_digest): a hub holding
+ *     that seq or an older one, with another digest, lacks a relay.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -806,10 +817,12 @@ uint64_t tier_edge_page_total(const struct tier_edge *e, const struct tally_pres
 struct tier_child {
     UT_hash_handle hh;
     uint64_t incarnation, seq, last_heard_ms, last_full_ms;
-    uint64_t session;     /* what the child is told: new whenever this record is */
-    uint64_t ack;         /* highest seq of an UP built under that session */
-    uint64_t group, next; /* that UP's first part, and the part awaited next */
-    uint64_t last_relay_ms;
+    uint64_t session;        /* what the child is told: new whenever this record is */
+    uint64_t ack;            /* highest seq of an UP built under that session */
+    uint64_t group, next;    /* that UP's first part, and the part awaited next */
+    uint64_t relay_next;     /* the seq of the next relay part: relays only grow */
+    bool relay_owed;         /* a hub wants its pages: all of them go at the next relay */
+    bool list_owed;          /* relayed since the hub's last listing named it */
     bool pages_new;          /* its page list changed since the last relay, */
     uint64_t new_lo, new_hi; /* within this range of hashes */
     uint32_t replica;
@@ -1000,8 +1013,23 @@ static int by_page_hash(const void *a, const void *b)
     return x->hash < y->hash ? -1 : x->hash > y->hash;
 }
 
+/* Whether two lists of a child's pages (in hash order) hold the same counts;
+ * pages of equal hashes in another order are taken as a change. */
+static bool pages_same(const struct tier_child_page *a, uint32_t na,
+                       const struct tier_child_page *b, uint32_t nb)
+{
+    if (na != nb)
+        return false;
+    for (uint32_t i = 0; i < na; i++)
+        if (a[i].hash != b[i].hash || a[i].count != b[i].count || a[i].len != b[i].len ||
+            memcmp(a[i].name, b[i].name, a[i].len) != 0)
+            return false;
+    return true;
+}
+
 /* A range of the child's viewers per page: replaces what it held there, if
- * this part is the newest the child sent (apply). */
+ * this part is the newest the child sent (apply); a range that changed is
+ * relayed (tier_hub_relay). */
 static int hub_read_pages(struct tier_child *ch, struct wire_reader *r, bool apply)
 {
     uint64_t lo, hi, n;
@@ -1034,9 +1062,12 @@ static int hub_read_pages(struct tier_child *ch, struct wire_reader *r, bool app
         return TALLY_OK;
     }
     qsort(pages, kept, sizeof(*pages), by_page_hash);
+    bool same = pages_same(ch->pages, ch->npages, pages, kept);
     free(ch->pages);
     ch->pages = pages;
     ch->npages = kept;
+    if (same)
+        return TALLY_OK; /* sent again, unacknowledged yet: nothing to relay */
     ch->new_lo = ch->pages_new && ch->new_lo < lo ? ch->new_lo : lo;
     ch->new_hi = ch->pages_new && ch->new_hi > hi ? ch->new_hi : hi;
     ch->pages_new = true;
@@ -1044,9 +1075,8 @@ static int hub_read_pages(struct tier_child *ch, struct wire_reader *r, bool app
 }
 
 /* The seq of a child's PRESENCE: the seq of its newest UP part, times 2^16
- * so that a relay cut in parts (tier_hub_relay) numbers them after it. A
- * relay carries the hub's whole view of the child's pages, newer with every
- * UP (a hub that expired the child takes it again). */
+ * so that a relay cut in parts (tier_hub_relay) numbers them after it, and
+ * relays that answer wants between two UPs after those (ch->relay_next). */
 #define RELAY_SEQ(seq) ((seq) << 16)
 #define RELAY_PARTS_MAX 0xffff
 #define UP_SEQ_MAX ((uint64_t)1 << 47) /* RELAY_SEQ's room; 10 UPs a second for 400,000 years */
@@ -1295,29 +1325,33 @@ static uint32_t relay_pages_that_fit(const struct tier_child *ch, uint32_t i, ui
 }
 
 /* The child's pages whose hash is in [lo, hi] (ch->pages is in hash order),
- * as PRESENCE parts covering that range. */
+ * as PRESENCE parts covering that range, numbered on from ch->relay_next but
+ * never past the seqs of the child's next UP: a relay answering a want
+ * (below) at a hub the edge has left cannot pass its new hub's. */
 static int relay_range(struct tier_child *ch, uint64_t lo, uint64_t hi, size_t max_bytes,
                        struct wire_buf *out, tier_emit_fn *emit, void *ud)
 {
     /* header, origin, four u64 and the page count */
     size_t head = 4 + 1 + strlen(ch->id) + 4 * 8 + 5;
+    uint64_t seq = RELAY_SEQ(ch->seq) > ch->relay_next ? RELAY_SEQ(ch->seq) : ch->relay_next;
     uint32_t i = 0, end;
     while (i < ch->npages && ch->pages[i].hash < lo)
         i++;
     for (end = i; end < ch->npages && ch->pages[end].hash <= hi;)
         end++;
-    for (uint32_t part = 0; part == 0 || i < end; part++) {
-        if (part > RELAY_PARTS_MAX)
+    for (uint32_t part = 0; part == 0 || i < end; part++, seq++) {
+        if (seq - RELAY_SEQ(ch->seq) > RELAY_PARTS_MAX)
             return TALLY_E_TOO_LARGE;
         uint32_t k = relay_pages_that_fit(ch, i, end, head, max_bytes);
         uint64_t part_hi = i + k == end ? hi : ch->pages[i + k - 1].hash;
-        wire_presence_begin(out, ch->id, ch->incarnation, RELAY_SEQ(ch->seq) + part, lo, part_hi,
-                            k);
+        wire_presence_begin(out, ch->id, ch->incarnation, seq, lo, part_hi, k);
         for (uint32_t j = i; j < i + k; j++)
             wire_presence_page(out, ch->pages[j].name, ch->pages[j].len, ch->pages[j].count);
         if (out->failed)
             return TALLY_E_NOMEM;
         emit(out, ud);
+        ch->relay_next = seq + 1;
+        ch->list_owed = true;
         lo = part_hi + 1;
         i += k;
     }
@@ -1325,18 +1359,174 @@ static int relay_range(struct tier_child *ch, uint64_t lo, uint64_t hi, size_t m
 }
 
 /* What changed goes at once, only its range (an UP part's share of the
- * list); everything every every_ms. */
-int tier_hub_relay(struct tier_child *ch, uint64_t now_ms, uint64_t every_ms, size_t max_bytes,
-                   struct wire_buf *out, tier_emit_fn *emit, void *ud)
+ * list); everything when a hub wants it. */
+int tier_hub_relay(struct tier_child *ch, size_t max_bytes, struct wire_buf *out,
+                   tier_emit_fn *emit, void *ud)
 {
-    bool all = now_ms - ch->last_relay_ms >= every_ms;
+    bool all = ch->relay_owed;
     if (!ch->pages_new && !all)
         return TALLY_OK;
     ch->pages_new = false;
+    ch->relay_owed = false;
     if (!all)
         return relay_range(ch, ch->new_lo, ch->new_hi, max_bytes, out, emit, ud);
-    ch->last_relay_ms = now_ms;
     return relay_range(ch, 0, UINT64_MAX, max_bytes, out, emit, ud);
+}
+
+/* ==== Hub: the heartbeat's listing ====
+ *
+ * A hub's own presence heartbeat (its PRESENCE, every peer_timeout_ms / 5 at
+ * most a second) ends with a listing of the edges it carries, each as (id,
+ * incarnation, seq of its latest relay, digest of its pages, ms since it was
+ * last heard), and the origins whose pages this hub wants. The listing names
+ * every edge every peer_timeout_ms / 3, and in between the
+ * edges relayed since the last one, so that a lost relay is found at the
+ * next heartbeat. Each entry stands alone. Each hub applies a listing
+ * (tier_hub_heard): a listed edge is alive as of when its carrier last heard
+ * it (presence_origin_listed), so its viewers stay while some live hub lists
+ * it and leave peer_timeout_ms after the last hub that heard it did; and a
+ * digest that differs from what is held, with no newer relay held, puts the
+ * edge among the wants (while it is alive), and its carrier relays all its
+ * pages at its next tick. Relays are sent when a list changes, and again only where one was
+ * lost: a hub's presence traffic is the changes plus one heartbeat per hub,
+ * not one relay per edge. The listing is appended to the heartbeat's last
+ * part while it fits, in parts of its own (no page range) after that. */
+
+/* Holds back the last part of the announcement, to append the listing. */
+struct held {
+    struct wire_buf last;
+    uint32_t n;
+    tier_emit_fn *emit;
+    void *ud;
+};
+
+static void hold_part(const struct wire_buf *msg, void *ud)
+{
+    struct held *hd = ud;
+    if (hd->n++)
+        hd->emit(&hd->last, hd->ud);
+    wbuf_reset(&hd->last);
+    wbuf_bytes(&hd->last, msg->data, msg->len);
+}
+
+static uint64_t child_digest(const struct tier_child *ch)
+{
+    uint64_t d = 0;
+    for (uint32_t i = 0; i < ch->npages; i++)
+        d += presence_digest(ch->pages[i].name, ch->pages[i].len, ch->pages[i].count);
+    return d;
+}
+
+/* The listing's entries, each encoded alone (ends[i]: where entry i ends);
+ * the first nlisted are edges, the rest wants. */
+struct listing {
+    struct wire_buf ent;
+    size_t *ends;
+    uint32_t n, nlisted;
+};
+
+static int listing_build(struct tier_hub *h, const struct tally_presence *pr, uint64_t now_ms,
+                         uint64_t timeout_ms, bool full, struct listing *l)
+{
+    size_t cap = HASH_COUNT(h->children) + HASH_COUNT(pr->origins) + 1;
+    l->ends = malloc(cap * sizeof(*l->ends));
+    if (!l->ends)
+        return TALLY_E_NOMEM;
+    for (struct tier_child *ch = h->children; ch; ch = ch->hh.next) {
+        if (!full && !ch->list_owed)
+            continue;
+        struct wire_presence_edge e = {ch->id,           strlen(ch->id),
+                                       ch->incarnation,  ch->relay_next ? ch->relay_next - 1 : 0,
+                                       child_digest(ch), now_ms - ch->last_heard_ms};
+        wire_presence_edge(&l->ent, &e);
+        l->ends[l->n++] = l->ent.len;
+        l->nlisted++;
+        ch->list_owed = false;
+    }
+    for (const struct tally_origin *o = pr->origins; o; o = o->hh.next) {
+        if (!presence_origin_wanted(o, now_ms, timeout_ms))
+            continue;
+        wire_presence_want(&l->ent, o->node_id, strlen(o->node_id));
+        l->ends[l->n++] = l->ent.len;
+    }
+    return l->ent.failed ? TALLY_E_NOMEM : TALLY_OK;
+}
+
+/* Appends to part the entries from *i on that fit in max_bytes (at least
+ * one), as the two counted sections. */
+static void listing_append(const struct listing *l, uint32_t *i, struct wire_buf *part,
+                           size_t max_bytes)
+{
+    size_t start = *i ? l->ends[*i - 1] : 0, room = part->len + 10;
+    uint32_t j = *i;
+    while (j < l->n && (j == *i || room + l->ends[j] - start <= max_bytes))
+        j++;
+    uint32_t edges_end = j < l->nlisted ? j : l->nlisted;
+    uint32_t edges = *i < edges_end ? edges_end - *i : 0;
+    size_t mid = edges_end > *i ? l->ends[edges_end - 1] : start;
+    wire_presence_count(part, edges);
+    wbuf_bytes(part, l->ent.data + start, mid - start);
+    wire_presence_count(part, j - *i - edges);
+    wbuf_bytes(part, l->ent.data + mid, l->ends[j - 1] - mid);
+    *i = j;
+}
+
+int tier_hub_heartbeat(struct tier_hub *h, struct tally_presence *pr, uint64_t incarnation,
+                       uint64_t first_seq, uint64_t now_ms, uint64_t timeout_ms, size_t max_bytes,
+                       struct wire_buf *out, tier_emit_fn *emit, void *ud, uint32_t *sent)
+{
+    struct held hd = {.emit = emit, .ud = ud};
+    struct listing l = {0};
+    bool full = now_ms - h->last_full_listing_ms >= timeout_ms / 3 || !h->last_full_listing_ms;
+    *sent =
+        presence_announce(pr, h->node_id, incarnation, first_seq, max_bytes, out, hold_part, &hd);
+    int rc = *sent ? listing_build(h, pr, now_ms, timeout_ms, full, &l) : TALLY_E_NOMEM;
+    if (rc == TALLY_OK && full)
+        h->last_full_listing_ms = now_ms;
+    /* The last part takes what fits; an empty list adds nothing to it. */
+    uint32_t i = 0;
+    if (rc == TALLY_OK && l.n && hd.last.len + 10 + l.ends[0] <= max_bytes)
+        listing_append(&l, &i, &hd.last, max_bytes);
+    if (*sent)
+        emit(&hd.last, ud);
+    while (rc == TALLY_OK && i < l.n) {
+        wire_presence_begin(out, h->node_id, incarnation, first_seq + (*sent)++, 1, 0, 0);
+        listing_append(&l, &i, out, max_bytes);
+        emit(out, ud);
+    }
+    if (rc == TALLY_OK && (hd.last.failed || out->failed))
+        rc = TALLY_E_NOMEM;
+    wbuf_free(&hd.last);
+    wbuf_free(&l.ent);
+    free(l.ends);
+    return rc;
+}
+
+/* A hub's heartbeat, new here: its edges are alive as of when it heard them,
+ * and the edges it wants that we carry are relayed whole at our next tick. */
+int tier_hub_heard(struct tier_hub *h, struct tally_presence *pr, const struct wire_presence *wp,
+                   uint64_t now_ms)
+{
+    char id[TALLY_NODE_ID_MAX + 1];
+    for (uint32_t i = 0; i < wp->nlisted; i++) {
+        const struct wire_presence_edge *e = &wp->listed[i];
+        memcpy(id, e->id, e->len);
+        id[e->len] = '\0';
+        if (strcmp(id, h->node_id) == 0)
+            continue;
+        struct tally_origin *o = presence_origin(pr, id);
+        if (!o)
+            return TALLY_E_NOMEM;
+        presence_origin_listed(o, e, now_ms);
+    }
+    for (uint32_t i = 0; i < wp->nwants; i++) {
+        memcpy(id, wp->wants[i].id, wp->wants[i].len);
+        id[wp->wants[i].len] = '\0';
+        struct tier_child *ch = tier_hub_child(h, id);
+        if (ch)
+            ch->relay_owed = true;
+    }
+    return TALLY_OK;
 }
 
 struct tier_child *tier_hub_next(struct tier_hub *h, struct tier_child *ch)

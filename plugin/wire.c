@@ -28,7 +28,7 @@
  *                              liveness heartbeat behind peer_timeout_ms
  *   $tally/stats/<node>        JSON stats, retained, flooded the same way
  *
- * ---- Encoding (SYNC version 3, DIGEST version 2, PRESENCE version 2) ----
+ * ---- Encoding (SYNC version 3, DIGEST version 2, PRESENCE version 3) ----
  *
  * All integers are unsigned. varint = LEB128 (7 bits a byte, low first, at
  * most 10 bytes); u64 = 8 bytes little-endian; str8 = one length byte then
@@ -51,6 +51,10 @@
  *   PRESENCE  str8 origin, u64 incarnation, u64 seq,
  *             u64 lo, u64 hi                                      (v2 on)
  *             varint G, G x { str8 page, varint viewers }
+ *             optionally (v3 on), a hub's listing (tier.c):
+ *             varint L, L x { str8 edge, u64 incarnation, varint seq,
+ *                             u64 digest, varint age_ms }
+ *             varint W, W x { str8 origin }                      wants
  *
  * Older versions had no stream position (SYNC before 3, DIGEST 1), no
  * repair requests and no page range (PRESENCE 1: every page); a node still
@@ -61,7 +65,8 @@
  *
  * A PRESENCE holds the origin's counts for every page whose presence_hash
  * lies in [lo, hi]: a page of that range it does not list has no viewers
- * there. An announcement too large for max_message_bytes is split into
+ * there; lo > hi (version 3) covers no page, for a part that carries only a
+ * listing. An announcement too large for max_message_bytes is split into
  * messages over consecutive ranges, each with its own seq, so each message
  * replaces exactly its own share and needs no other to be applied.
  *
@@ -677,6 +682,69 @@ void wire_presence_page(struct wire_buf *b, const char *page, size_t len, uint64
     wbuf_varint(b, count);
 }
 
+void wire_presence_count(struct wire_buf *b, uint32_t n)
+{
+    wbuf_varint(b, n);
+}
+
+void wire_presence_edge(struct wire_buf *b, const struct wire_presence_edge *e)
+{
+    wbuf_str8(b, e->id, e->len);
+    wbuf_u64(b, e->incarnation);
+    wbuf_varint(b, e->seq);
+    wbuf_u64(b, e->digest);
+    wbuf_varint(b, e->age_ms);
+}
+
+void wire_presence_want(struct wire_buf *b, const char *id, size_t len)
+{
+    wbuf_str8(b, id, len);
+}
+
+/* The listing (version 3, when bytes follow the pages): edges, then wants,
+ * in one block of memory. */
+static void read_listing(struct wire_reader *r, struct wire_presence *out)
+{
+    out->nlisted = wr_count(r, 20);
+    out->listed = calloc(out->nlisted + 1, sizeof(*out->listed));
+    if (!out->listed) {
+        r->bad = true;
+        return;
+    }
+    for (uint32_t i = 0; i < out->nlisted && !r->bad; i++) {
+        struct wire_presence_edge *e = &out->listed[i];
+        e->id = wr_str8(r, &e->len);
+        e->incarnation = wr_u64(r);
+        e->seq = wr_varint(r);
+        e->digest = wr_u64(r);
+        e->age_ms = wr_varint(r);
+        if (!r->bad && !sender_ok(e->id, e->len))
+            r->bad = true;
+    }
+    uint32_t nwants = wr_count(r, 2);
+    size_t edges = (out->nlisted + 1) * sizeof(*out->listed);
+    void *grown = r->bad ? NULL : realloc(out->listed, edges + (nwants + 1) * sizeof(*out->wants));
+    if (!grown) {
+        r->bad = true;
+        return;
+    }
+    out->listed = grown;
+    out->wants = (struct wire_presence_want *)((char *)grown + edges);
+    for (out->nwants = 0; out->nwants < nwants && !r->bad; out->nwants++) {
+        struct wire_presence_want *w = &out->wants[out->nwants];
+        w->id = wr_str8(r, &w->len);
+        if (!r->bad && !sender_ok(w->id, w->len))
+            r->bad = true;
+    }
+}
+
+void wire_presence_free(struct wire_presence *p)
+{
+    free(p->pages);
+    free(p->listed);
+    memset(p, 0, sizeof(*p));
+}
+
 int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out)
 {
     struct wire_reader r;
@@ -691,8 +759,8 @@ int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out)
     out->seq = wr_u64(&r);
     out->lo = version >= 2 ? wr_u64(&r) : 0;
     out->hi = version >= 2 ? wr_u64(&r) : UINT64_MAX;
-    if (out->lo > out->hi)
-        return TALLY_E_WIRE;
+    if (out->lo > out->hi && version < 3)
+        return TALLY_E_WIRE; /* from 3 on, lo > hi is no range: a listing only */
     uint32_t n = wr_count(&r, 3);
     out->pages = calloc(n + 1, sizeof(*out->pages));
     if (!out->pages)
@@ -705,9 +773,10 @@ int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out)
                        !presence_in_range(pg->page, pg->len, out->lo, out->hi)))
             r.bad = true;
     }
+    if (version >= 3 && !r.bad && r.p != r.end)
+        read_listing(&r, out);
     if (r.bad || r.p != r.end) {
-        free(out->pages);
-        memset(out, 0, sizeof(*out));
+        wire_presence_free(out);
         return TALLY_E_WIRE;
     }
     return TALLY_OK;

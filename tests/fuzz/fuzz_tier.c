@@ -2,7 +2,9 @@
  * fuzz_tier.c - an UP or DOWN (tier.c) from a broken or hostile bridge: the
  * hub merges it or refuses it, the edge applies it or refuses it, and
  * neither leaves a state that breaks what it sends next; a CONTROL message
- * (a request passed up, or its answer) is read or refused.
+ * (a request passed up, or its answer) is read or refused. What the hub
+ * then relays and lists in its heartbeat are PRESENCE messages the other
+ * hubs read.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +38,7 @@ static void fits_presence(const struct wire_buf *msg, void *ud)
     struct wire_presence wp;
     fits(msg, ud);
     check(wire_decode_presence(msg->data, msg->len, &wp) == TALLY_OK);
-    free(wp.pages);
+    wire_presence_free(&wp);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -57,7 +59,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(ch != NULL);
         tier_hub_tick(&h);
         check(tier_hub_down(&h, &t, &pr, ch, 2, 1000, MAX_BYTES, &b, fits, NULL) == TALLY_OK);
-        check(tier_hub_relay(ch, 2, 1000, MAX_BYTES, &b, fits_presence, NULL) == TALLY_OK);
+        check(tier_hub_relay(ch, MAX_BYTES, &b, fits_presence, NULL) == TALLY_OK);
+        /* the hub's heartbeat lists the child: whole, readable parts */
+        uint32_t sent;
+        check(tier_hub_heartbeat(&h, &pr, 7, 1, 3, 3000, MAX_BYTES, &b, fits_presence, NULL,
+                                 &sent) == TALLY_OK);
+        check(sent >= 1);
     }
     if (tier_edge_apply_down(&e, data, size, changed, NULL) == TALLY_OK) {
         int64_t v = tier_edge_value(&e, &t, "likes", 5);

@@ -1,7 +1,8 @@
 /*
  * fuzz_wire_presence.c - a PRESENCE announcement from a hostile or broken
  * peer: refused, or valid data that survives a re-encode and that the
- * presence table applies (as plugin.c does) without harm.
+ * presence table applies (as plugin.c does) without harm, with a hub's
+ * listing of its edges and wants (version 3) that a hub takes without harm.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -21,11 +22,19 @@ static void on_flush(const char *page, size_t len, uint64_t total, void *ud)
     check(name_check(page, len) == TALLY_OK);
 }
 
+static void readable(const struct wire_buf *msg, void *ud)
+{
+    struct wire_presence wp;
+    (void)ud;
+    check(msg->len <= 4096 && wire_decode_presence(msg->data, msg->len, &wp) == TALLY_OK);
+    wire_presence_free(&wp);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct wire_presence p;
     if (wire_decode_presence(data, size, &p) != TALLY_OK) {
-        check(p.pages == NULL);
+        check(p.pages == NULL && p.listed == NULL);
         return 0;
     }
     char origin[TALLY_NODE_ID_MAX + 1];
@@ -40,8 +49,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(p.pages[i].count <= UINT32_MAX);
         wire_presence_page(&b, p.pages[i].page, p.pages[i].len, p.pages[i].count);
     }
+    if (p.listed) {
+        wire_presence_count(&b, p.nlisted);
+        for (uint32_t i = 0; i < p.nlisted; i++)
+            wire_presence_edge(&b, &p.listed[i]);
+        wire_presence_count(&b, p.nwants);
+        for (uint32_t i = 0; i < p.nwants; i++)
+            wire_presence_want(&b, p.wants[i].id, p.wants[i].len);
+    }
     struct wire_presence q;
     check(wire_decode_presence(b.data, b.len, &q) == TALLY_OK);
+    check(q.nlisted == p.nlisted && q.nwants == p.nwants);
+    for (uint32_t i = 0; i < q.nlisted; i++)
+        check(q.listed[i].len == p.listed[i].len &&
+              memcmp(q.listed[i].id, p.listed[i].id, q.listed[i].len) == 0 &&
+              q.listed[i].incarnation == p.listed[i].incarnation &&
+              q.listed[i].seq == p.listed[i].seq && q.listed[i].digest == p.listed[i].digest &&
+              q.listed[i].age_ms == p.listed[i].age_ms);
+    for (uint32_t i = 0; i < q.nwants; i++)
+        check(q.wants[i].len == p.wants[i].len &&
+              memcmp(q.wants[i].id, p.wants[i].id, q.wants[i].len) == 0);
     check(q.npages == p.npages && q.seq == p.seq && q.incarnation == p.incarnation &&
           q.lo == p.lo && q.hi == p.hi);
     for (uint32_t i = 0; i < q.npages; i++)
@@ -59,14 +86,32 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bool taken;
     check(presence_apply(&pr, o, &p, &taken) == TALLY_OK);
     check(taken == (p.incarnation != 0 || p.seq != 0));
+    /* a hub's listing, as the plugin takes it: the edges' liveness and
+     * wants never harm the hub, whose heartbeat then lists and wants in
+     * readable parts, and whose wanted child relays all its pages */
+    struct tier_hub h;
+    tier_hub_init(&h, "hub", 3);
+    check(tier_hub_heard(&h, &pr, &p, 1000) == TALLY_OK);
+    for (uint32_t i = 0; i < p.nlisted; i++) {
+        char id[TALLY_NODE_ID_MAX + 1];
+        memcpy(id, p.listed[i].id, p.listed[i].len);
+        id[p.listed[i].len] = '\0';
+        struct tally_origin *e = presence_origin(&pr, id);
+        check(e && e->last_heard_ms <= 1000);
+    }
+    uint32_t sent;
+    check(tier_hub_heartbeat(&h, &pr, 5, 1, 2000, 15000, 4096, &b, readable, NULL, &sent) ==
+          TALLY_OK);
+    check(sent >= 1);
+    tier_hub_free(&h);
     presence_flush(&pr, 0, 0, on_flush, NULL);
     presence_origin_expire(&pr, o);
     presence_flush(&pr, 0, 0, on_flush, NULL);
     check(presence_total(&pr, "dashboard", 9) == 1);
     presence_free(&pr);
 
-    free(q.pages);
-    free(p.pages);
+    wire_presence_free(&q);
+    wire_presence_free(&p);
     wbuf_free(&b);
     return 0;
 }

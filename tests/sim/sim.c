@@ -94,6 +94,7 @@ struct node {
     struct link *links;
     uint32_t nlinks;
     uint64_t last_digest, revive_at;
+    uint64_t presence_seq, last_heartbeat; /* its PRESENCE heartbeats */
     /* edge */
     struct tier_edge edge;
     uint32_t addr[2], at; /* bridge addresses; the connected one, or UINT32_MAX */
@@ -313,8 +314,10 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     if (taken) {
         struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
         broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
+        if (tier_hub_heard(&n->tier, &n->pr, &wp, now) != TALLY_OK)
+            abort();
     }
-    free(wp.pages);
+    wire_presence_free(&wp);
 }
 
 /* Where a tier message's parts go: (from, to), or to every hub but from. */
@@ -334,19 +337,38 @@ static void route_part(const struct wire_buf *msg, void *ud)
         send(r->from, r->to, r->kind, msg);
 }
 
+static void hub_relay(struct node *n, struct tier_child *ch)
+{
+    struct wire_buf b = {0};
+    struct route r = {(uint32_t)(n - nodes), UINT32_MAX, K_PRESENCE};
+    if (tier_hub_relay(ch, opt.tier_bytes, &b, route_part, &r) != TALLY_OK)
+        abort();
+    wbuf_free(&b);
+}
+
+/* As plugin.c's announce_presence: the hub's own viewers (none here) and
+ * the listing of its edges, every HEARTBEAT_MS. */
+static void hub_heartbeat(struct node *n)
+{
+    struct wire_buf b = {0};
+    struct route r = {(uint32_t)(n - nodes), UINT32_MAX, K_PRESENCE};
+    uint32_t sent;
+    if (tier_hub_heartbeat(&n->tier, &n->pr, 1, n->presence_seq + 1, now, PEER_TIMEOUT_MS,
+                           opt.tier_bytes, &b, route_part, &r, &sent) != TALLY_OK)
+        abort();
+    n->presence_seq += sent;
+    n->last_heartbeat = now;
+    wbuf_free(&b);
+}
+
 static void hub_on_up(struct node *n, const struct msg *m)
 {
     struct tier_child *ch;
     if (tier_hub_apply_up(&n->tier, &n->t, &n->pr, m->data, m->len, now, &ch) != TALLY_OK)
         abort();
-    /* Its viewers go to the other hubs under its own origin and seq, when
-     * they change and often enough to keep it alive there. */
-    struct wire_buf b = {0};
-    struct route r = {(uint32_t)(n - nodes), UINT32_MAX, K_PRESENCE};
-    if (tier_hub_relay(ch, now, PEER_TIMEOUT_MS / 3, opt.tier_bytes, &b, route_part, &r) !=
-        TALLY_OK)
-        abort();
-    wbuf_free(&b);
+    /* Its viewers go to the other hubs under its own origin and seq when
+     * they change; the hub's heartbeat keeps it alive there. */
+    hub_relay(n, ch);
 }
 
 static void hub_expire(struct node *n)
@@ -375,12 +397,16 @@ static void hub_tick(uint32_t i)
         if (nodes[e].at != i || !nodes[e].alive)
             continue;
         struct tier_child *ch = tier_hub_child(&n->tier, nodes[e].id);
+        if (ch)
+            hub_relay(n, ch); /* one a hub wants */
         struct route r = {i, e, K_DOWN};
         if (ch && tier_hub_down(&n->tier, &n->t, &n->pr, ch, now, HEARTBEAT_MS, opt.tier_bytes, &b,
                                 route_part, &r) != TALLY_OK)
             abort();
     }
     hub_expire(n);
+    if (now - n->last_heartbeat >= HEARTBEAT_MS)
+        hub_heartbeat(n);
     wbuf_free(&b);
 }
 

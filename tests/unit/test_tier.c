@@ -416,7 +416,7 @@ START_TEST(presence_is_summed_over_edges_and_an_edge_that_moves_counts_once)
     struct tier_child *ch = tier_hub_child(&a.hub, "e");
     ck_assert_ptr_nonnull(ch);
     nparts = 0;
-    ck_assert_int_eq(tier_hub_relay(ch, now, HB, max_bytes, &out, collect, NULL), TALLY_OK);
+    ck_assert_int_eq(tier_hub_relay(ch, max_bytes, &out, collect, NULL), TALLY_OK);
     ck_assert_uint_eq(nparts, 1);
     struct wire_presence wp;
     ck_assert_int_eq(wire_decode_presence(msg.data, msg.len, &wp), TALLY_OK);
@@ -433,6 +433,195 @@ START_TEST(presence_is_summed_over_edges_and_an_edge_that_moves_counts_once)
     now += 10;
     round_trip(&e, &b);
     ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2); /* replaced, not added */
+}
+END_TEST
+
+/* ==== Presence between hubs: relays on change, liveness by listing ==== */
+
+#define TIMEOUT 15000 /* peer_timeout_ms */
+
+/* What plugin.c's on_presence does with part i of the last message. */
+static void presence_takes_part(struct node *hub, size_t i)
+{
+    struct wire_presence wp;
+    ck_assert_int_eq(wire_decode_presence(part[i].data, part[i].len, &wp), TALLY_OK);
+    char origin[TALLY_NODE_ID_MAX + 1];
+    memcpy(origin, wp.origin, wp.origin_len);
+    origin[wp.origin_len] = '\0';
+    struct tally_origin *o = presence_origin(&hub->pr, origin);
+    ck_assert_ptr_nonnull(o);
+    o->last_heard_ms = now;
+    bool taken;
+    ck_assert_int_eq(presence_apply(&hub->pr, o, &wp, &taken), TALLY_OK);
+    if (taken)
+        ck_assert_int_eq(tier_hub_heard(&hub->hub, &hub->pr, &wp, now), TALLY_OK);
+    wire_presence_free(&wp);
+}
+
+/* The child's relay from hub (what changed, or all if wanted), delivered to
+ * `to` unless lost (to NULL); its number of parts. */
+static size_t relay(struct node *hub, const char *child, struct node *to)
+{
+    struct tier_child *ch = tier_hub_child(&hub->hub, child);
+    ck_assert_ptr_nonnull(ch);
+    nparts = 0;
+    ck_assert_int_eq(tier_hub_relay(ch, max_bytes, &out, collect, NULL), TALLY_OK);
+    for (size_t i = 0; i < nparts && to; i++)
+        presence_takes_part(to, i);
+    return nparts;
+}
+
+/* hub's presence heartbeat, delivered to `to`; the wants it carried. */
+static uint32_t heartbeat(struct node *hub, struct node *to)
+{
+    static uint64_t seq;
+    uint32_t sent, wants = 0;
+    nparts = 0;
+    ck_assert_int_eq(tier_hub_heartbeat(&hub->hub, &hub->pr, 1, seq + 1, now, TIMEOUT, max_bytes,
+                                        &out, collect, NULL, &sent),
+                     TALLY_OK);
+    ck_assert_uint_eq(sent, nparts);
+    seq += sent;
+    for (size_t i = 0; i < nparts; i++) {
+        struct wire_presence wp;
+        ck_assert_int_eq(wire_decode_presence(part[i].data, part[i].len, &wp), TALLY_OK);
+        wants += wp.nwants;
+        wire_presence_free(&wp);
+        presence_takes_part(to, i);
+    }
+    return wants;
+}
+
+/* What plugin.c's tick expires at a hub: silent children, silent origins. */
+static void expire(struct node *hub)
+{
+    tier_hub_expire(&hub->hub, now, TIMEOUT);
+    for (struct tally_origin *o = hub->pr.origins; o; o = o->hh.next)
+        if (o->alive && now - o->last_heard_ms > TIMEOUT)
+            presence_origin_expire(&hub->pr, o);
+}
+
+static void viewers(struct node *edge, const char *page, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char client[16];
+        snprintf(client, sizeof(client), "v%d", i);
+        ck_assert_int_eq(presence_view(&edge->pr, client, page, strlen(page), &changed), TALLY_OK);
+    }
+    tier_edge_pages_changed(&edge->edge);
+}
+
+/* e's viewers reach b once, by a's relay; after that a relays nothing while
+ * they do not change, and a's heartbeat listing keeps them alive at b for
+ * as long as e is heard; once e is silent they leave b within
+ * peer_timeout_ms of a's last hearing of e. */
+START_TEST(a_listed_edge_stays_alive_and_leaves_once_unheard)
+{
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    ck_assert_uint_eq(relay(&a, "e", &b), 1);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    uint64_t relays = 0;
+    for (int s = 0; s < 3 * TIMEOUT / HB; s++) {
+        now += HB;
+        round_trip(&e, &a);
+        relays += relay(&a, "e", &b);
+        ck_assert_uint_eq(heartbeat(&a, &b), 0);
+        expire(&a);
+        expire(&b);
+        ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    }
+    ck_assert_uint_eq(relays, 0); /* nothing changed: nothing relayed */
+    uint64_t last_heard = now;
+    while (now + HB < last_heard + TIMEOUT) {
+        now += HB;
+        heartbeat(&a, &b);
+        expire(&a);
+        expire(&b);
+        ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    }
+    now = last_heard + TIMEOUT + 1;
+    heartbeat(&a, &b);
+    expire(&a);
+    expire(&b);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 0);
+    ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 0);
+    ck_assert_ptr_null(tier_hub_child(&a.hub, "e"));
+}
+END_TEST
+
+/* A relay lost on its way: the next listing shows b that it lacks e's
+ * latest viewers, b's heartbeat wants them, a relays them whole. */
+START_TEST(a_lost_relay_is_wanted_and_sent_again)
+{
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    relay(&a, "e", &b);
+    viewers(&e, "news", 3);
+    now += 10;
+    round_trip(&e, &a);
+    ck_assert_uint_eq(relay(&a, "e", NULL), 1); /* lost */
+    ck_assert_uint_eq(presence_total(&b.pr, "news", 4), 0);
+    now += HB;
+    ck_assert_uint_eq(heartbeat(&a, &b), 0);
+    ck_assert_uint_eq(heartbeat(&b, &a), 1); /* b wants e */
+    ck_assert_uint_ge(relay(&a, "e", &b), 1);
+    ck_assert_uint_eq(presence_total(&b.pr, "news", 4), 3);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    now += HB;
+    heartbeat(&a, &b);
+    ck_assert_uint_eq(heartbeat(&b, &a), 0); /* satisfied */
+    ck_assert_uint_eq(relay(&a, "e", &b), 0);
+    /* Lost again, and e falls silent: b wants it only while it lives. */
+    viewers(&e, "sports", 1);
+    now += 10;
+    round_trip(&e, &a);
+    relay(&a, "e", NULL);
+    uint64_t last_heard = now;
+    now += HB;
+    heartbeat(&a, &b);
+    ck_assert_uint_eq(heartbeat(&b, &a), 1);
+    now = last_heard + TIMEOUT + 1;
+    expire(&a);
+    expire(&b);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 0);
+    ck_assert_uint_eq(heartbeat(&b, &a), 0);
+}
+END_TEST
+
+/* e is carried by a, which dies; e moves to b. A third hub (c, in f's
+ * node) counts e's viewers once throughout, and keeps them after a's
+ * listing is gone, because b lists e. */
+START_TEST(an_edge_that_moves_off_a_dead_hub_is_counted_once)
+{
+    struct node *c = &f;
+    tier_hub_init(&c->hub, "c", 333);
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    relay(&a, "e", c);
+    heartbeat(&a, c);
+    ck_assert_uint_eq(presence_total(&c->pr, "home", 4), 2);
+    /* a dies; e's bridge reaches b, which relays e's pages under a later
+     * seq: they replace a's, not add to them. */
+    for (int s = 0; s < 3; s++) {
+        now += HB;
+        round_trip(&e, &b);
+        relay(&b, "e", c);
+        heartbeat(&b, c);
+        ck_assert_uint_eq(presence_total(&c->pr, "home", 4), 2);
+    }
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    for (int s = 0; s < 3 * TIMEOUT / HB; s++) {
+        now += HB;
+        round_trip(&e, &b);
+        relay(&b, "e", c);
+        heartbeat(&b, c);
+        expire(&b);
+        expire(c);
+        ck_assert_uint_eq(presence_total(&c->pr, "home", 4), 2);
+    }
+    ck_assert(!presence_origin(&c->pr, "a")->alive); /* a is gone, e is not */
+    ck_assert(presence_origin(&c->pr, "e")->alive);
 }
 END_TEST
 
@@ -532,7 +721,7 @@ START_TEST(an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone)
     ck_assert(!up(&e));
     /* The relay of e's 300 pages to the other hubs is in parts too. */
     nparts = 0;
-    ck_assert_int_eq(tier_hub_relay(ch, now, HB, max_bytes, &out, collect, NULL), TALLY_OK);
+    ck_assert_int_eq(tier_hub_relay(ch, max_bytes, &out, collect, NULL), TALLY_OK);
     ck_assert_uint_gt(nparts, 1);
     uint32_t relayed = 0;
     for (size_t i = 0; i < nparts; i++) {
@@ -550,7 +739,7 @@ START_TEST(an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone)
     ck_assert_uint_gt(nparts, 1);
     ch = hub_takes_part(&a, nparts - 1);
     nparts = 0;
-    ck_assert_int_eq(tier_hub_relay(ch, now, HB, max_bytes, &out, collect, NULL), TALLY_OK);
+    ck_assert_int_eq(tier_hub_relay(ch, max_bytes, &out, collect, NULL), TALLY_OK);
     ck_assert_uint_eq(nparts, 1);
     struct wire_presence wp;
     ck_assert_int_eq(wire_decode_presence(part[0].data, part[0].len, &wp), TALLY_OK);
@@ -605,6 +794,9 @@ Suite *tier_suite(void)
     tcase_add_test(tc, a_reset_at_a_hub_reaches_the_edge);
     tcase_add_test(tc, a_forgotten_edge_resends_everything);
     tcase_add_test(tc, presence_is_summed_over_edges_and_an_edge_that_moves_counts_once);
+    tcase_add_test(tc, a_listed_edge_stays_alive_and_leaves_once_unheard);
+    tcase_add_test(tc, a_lost_relay_is_wanted_and_sent_again);
+    tcase_add_test(tc, an_edge_that_moves_off_a_dead_hub_is_counted_once);
     tcase_add_test(tc, bad_messages_are_refused);
     tcase_add_test(tc, an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone);
     tcase_add_test(tc, a_lost_part_is_not_acknowledged);

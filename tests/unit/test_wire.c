@@ -440,7 +440,8 @@ START_TEST(test_sync_bad_references_and_values)
     ck_assert_int_eq(wire_peek_type("TL\x02\x02", 4), WIRE_DIGEST);
     ck_assert_int_eq(wire_peek_type("TL\x03\x02", 4), -1);
     ck_assert_int_eq(wire_peek_type("TL\x02\x03", 4), WIRE_PRESENCE); /* 2 added the range */
-    ck_assert_int_eq(wire_peek_type("TL\x03\x03", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x03\x03", 4), WIRE_PRESENCE); /* 3 the listing */
+    ck_assert_int_eq(wire_peek_type("TL\x04\x03", 4), -1);
     ck_assert_int_eq(wire_peek_type("TL\x01", 3), -1);
     ck_assert_int_eq(wire_peek_type("TL\x01\x03", 4), WIRE_PRESENCE);
 }
@@ -672,7 +673,15 @@ START_TEST(test_presence_page_outside_its_range_refused)
     wire_presence_begin(&b, "n2", 1, 1, h + 1, UINT64_MAX, 1);
     wire_presence_page(&b, "x", 1, 3);
     ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
-    wire_presence_begin(&b, "n2", 1, 1, 5, 4, 0); /* lo > hi */
+    /* lo > hi: no range, only from version 3 on, and then with no page */
+    wire_presence_begin(&b, "n2", 1, 1, 5, 4, 0);
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_OK);
+    ck_assert_uint_eq(p.npages, 0);
+    wire_presence_free(&p);
+    b.data[2] = 2;
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
+    wire_presence_begin(&b, "n2", 1, 1, 5, 4, 1);
+    wire_presence_page(&b, "x", 1, 3);
     ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
     wbuf_free(&b);
 }
@@ -739,7 +748,58 @@ START_TEST(test_presence_round_trip)
     ck_assert_int_eq(wire_decode_presence(v1, b.len - 16, &p), TALLY_OK);
     ck_assert(p.lo == 0 && p.hi == UINT64_MAX && p.npages == 3);
     free(p.pages);
-    b.data[2] = 3;
+    b.data[2] = 4;
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
+    wbuf_free(&b);
+}
+END_TEST
+
+/* Version 3: a hub's listing of its edges, and its wants, after the pages;
+ * every cut refused, and no listing in a version 2. */
+START_TEST(test_presence_listing_round_trip)
+{
+    struct wire_buf b = {0};
+    struct wire_presence_edge edges[] = {{"e1", 2, 7, 1u << 20, 0xfeedULL, 150},
+                                         {"edge-2", 6, UINT64_MAX, 0, 0, 0}};
+    wire_presence_begin(&b, "hub", 9, 10, 0, UINT64_MAX, 1);
+    wire_presence_page(&b, "home", 4, 2);
+    wire_presence_count(&b, 2);
+    for (int i = 0; i < 2; i++)
+        wire_presence_edge(&b, &edges[i]);
+    wire_presence_count(&b, 1);
+    wire_presence_want(&b, "e9", 2);
+    struct wire_presence p;
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_OK);
+    ck_assert_uint_eq(p.npages, 1);
+    ck_assert_uint_eq(p.nlisted, 2);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_mem_eq(p.listed[i].id, edges[i].id, edges[i].len);
+        ck_assert_uint_eq(p.listed[i].len, edges[i].len);
+        ck_assert_uint_eq(p.listed[i].incarnation, edges[i].incarnation);
+        ck_assert_uint_eq(p.listed[i].seq, edges[i].seq);
+        ck_assert_uint_eq(p.listed[i].digest, edges[i].digest);
+        ck_assert_uint_eq(p.listed[i].age_ms, edges[i].age_ms);
+    }
+    ck_assert_uint_eq(p.nwants, 1);
+    ck_assert_mem_eq(p.wants[0].id, "e9", 2);
+    wire_presence_free(&p);
+    for (size_t len = 0; len < b.len; len++) {
+        uint8_t *copy = malloc(len + 1);
+        memcpy(copy, b.data, len);
+        /* cut right after the pages (header, "hub", four u64, one page):
+         * a message without a listing */
+        int want = len == 4 + 4 + 32 + 1 + 5 + 1 ? TALLY_OK : TALLY_E_WIRE;
+        ck_assert_int_eq(wire_decode_presence(copy, len, &p), want);
+        wire_presence_free(&p);
+        free(copy);
+    }
+    b.data[2] = 2;
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
+    /* an edge id that is not a node id */
+    wire_presence_begin(&b, "hub", 9, 10, 1, 0, 0);
+    wire_presence_count(&b, 1);
+    wire_presence_edge(&b, &(struct wire_presence_edge){"e/1", 3, 1, 1, 1, 1});
+    wire_presence_count(&b, 0);
     ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
     wbuf_free(&b);
 }
@@ -881,6 +941,7 @@ Suite *wire_suite(void)
     tc = tcase_create("digest_presence");
     tcase_add_test(tc, test_digest_round_trip);
     tcase_add_test(tc, test_presence_round_trip);
+    tcase_add_test(tc, test_presence_listing_round_trip);
     tcase_add_test(tc, test_presence_refusals);
     tcase_add_test(tc, test_presence_split_to_max_bytes);
     tcase_add_test(tc, test_presence_page_outside_its_range_refused);

@@ -1,0 +1,71 @@
+"""Viewers through the tree (issue 14 follow-up): a hub relays an edge's viewer counts to the
+other hubs only when they change; its own heartbeat lists the edges it carries, and that
+listing is what keeps their viewers alive at the other hubs. Real brokers on loopback: two
+hubs, four edges (test_tiers.tree), peer_timeout_ms 3000. Counts are read by wildcard
+subscribers (presence/+), which are not viewers themselves."""
+import signal
+import time
+
+from conftest import wait_for
+from test_cluster import Watcher, closing  # noqa: F401 (closing: a fixture)
+from test_tiers import tree, viewers
+
+TIMEOUT_S = 3.0  # OPTIONS' peer_timeout_ms
+
+
+def readers(nodes, closing):
+    ws = {n.name: Watcher(n.port, ["presence/+"], keep=True) for n in nodes}
+    closing.extend(ws.values())
+    return ws
+
+
+def home(w):
+    v = w.get("presence/home")
+    return v.decode() if v is not None else None
+
+
+def all_home(ws, value):
+    return all(home(w) == value for w in ws.values())
+
+
+def test_quiet_edges_stay_counted_at_every_hub(brokers, closing):
+    """Edges whose viewers do not change are relayed once; the hubs' listings keep them
+    counted at the other hub for many times peer_timeout_ms, without a dip."""
+    h1, h2, edges = tree(brokers)
+    ws = readers([h1, h2], closing)
+    viewers(edges, closing)
+    wait_for(lambda: all_home(ws, "8"), 20, what="8 viewers of home at both hubs")
+    since = {name: w.count() for name, w in ws.items()}
+    time.sleep(4 * TIMEOUT_S)
+    for name, w in ws.items():
+        later = [p.decode() for t, p in w.messages()[since[name]:] if t == "presence/home"]
+        assert later == [] or set(later) == {"8"}, f"{name}: a quiet edge's viewers moved: {later}"
+        assert home(w) == "8"
+
+
+def test_a_silent_edge_leaves_every_count_within_peer_timeout_and_comes_back(brokers, closing):
+    """e1 freezes (SIGSTOP: its bridge is open but says nothing) while its hub h1 lives: h1
+    stops listing it, and its viewers leave h2's count within peer_timeout_ms of h1's last
+    hearing of it (h1 heard it at most a sync_interval_ms before the freeze). Thawed, it is
+    counted again, once."""
+    h1, h2, edges = tree(brokers)
+    ws = readers([h1, h2], closing)
+    viewers(edges, closing)
+    wait_for(lambda: all_home(ws, "8"), 20, what="8 viewers of home at both hubs")
+    e1 = edges[0]
+    e1.proc.send_signal(signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        wait_for(lambda: all_home(ws, "6"), 4 * TIMEOUT_S, interval=0.05,
+                 what="e1's two viewers to leave h1 and h2")
+        took = time.monotonic() - start
+        print(f"a silent edge's viewers left both hubs {took:.2f}s after it froze "
+              f"(peer_timeout_ms 3000)")
+        # within the timeout, plus a heartbeat, a tick and the polling of this test
+        assert took <= TIMEOUT_S + 1.5, f"e1's viewers stayed {took:.2f}s"
+        assert took >= TIMEOUT_S - 0.6, f"e1's viewers left after {took:.2f}s, before the timeout"
+    finally:
+        e1.proc.send_signal(signal.SIGCONT)
+    readers_at_edges = readers(edges, closing)
+    wait_for(lambda: all_home(ws, "8") and all_home(readers_at_edges, "8"), 20,
+             what="e1's viewers counted again, once, everywhere")
