@@ -79,7 +79,7 @@ void counter_state_json(struct wire_buf *b, const struct tally_table *t,
         uint64_t p = 0, n = 0, bp, bn;
         for (uint32_t j = i; j < c->nslots; j++) {
             if (strcmp(t->replicas[c->slots[j].replica]->key, r->key) == 0) {
-                base_slot(base, c->slots[j].replica, &bp, &bn);
+                table_slot_taken(t, c, c->slots[j].replica, &bp, &bn);
                 p += c->slots[j].p > bp ? c->slots[j].p - bp : 0;
                 n += c->slots[j].n > bn ? c->slots[j].n - bn : 0;
             }
@@ -371,6 +371,25 @@ static void add_base_item(cJSON *item, const struct tally_base *b, uint32_t repl
     cJSON_AddNumberToObject(item, "base_n", (double)bn);
 }
 
+/* The lives of nodes folded into their node's running slot (fold.c), and
+ * what of each: what is left of a restart once it is folded. */
+static void add_folds(cJSON *data, const struct tally_table *t, const struct tally_counter *c)
+{
+    cJSON *folds = cJSON_AddArrayToObject(data, "folds");
+    const struct tally_folds *f = table_folds(t, c);
+    for (uint32_t i = 0; f && i < f->n; i++) {
+        const struct tally_replica *r = t->replicas[f->e[i].replica];
+        char inc[17];
+        snprintf(inc, sizeof(inc), "%016" PRIx64, r->incarnation);
+        cJSON *item = cJSON_CreateObject();
+        cJSON_AddStringToObject(item, "node", r->key);
+        cJSON_AddStringToObject(item, "incarnation", inc);
+        cJSON_AddNumberToObject(item, "p", (double)f->e[i].p);
+        cJSON_AddNumberToObject(item, "n", (double)f->e[i].n);
+        cJSON_AddItemToArray(folds, item);
+    }
+}
+
 static const char *get_counter(const cJSON *cmd, cJSON *data, const struct tally_table *t,
                                const char *node_id, uint64_t now_ms)
 {
@@ -404,6 +423,7 @@ static const char *get_counter(const cJSON *cmd, cJSON *data, const struct tally
         add_base_item(item, table_base(t, c), c->slots[i].replica);
         cJSON_AddItemToArray(reps, item);
     }
+    add_folds(data, t, c);
     return NULL;
 }
 
@@ -623,6 +643,12 @@ void node_stats_json(struct wire_buf *b, const struct stats_view *v)
                 v->over_devices ? "\"max_devices\"" : "");
     wbuf_str(b, ",\"persist\":");
     wbuf_json_str(b, v->persist, strlen(v->persist));
+    if (v->fold) {
+        wbuf_str(b, ",\"fold\":");
+        /* at most half the room left: the peers have the rest */
+        size_t left = v->max_bytes > b->len + 64 ? v->max_bytes - b->len - 64 : 0;
+        fold_stats_json(b, v->table, v->fold, v->now_ms, b->len + left / 2);
+    }
     stats_nodes(b, v->presence);
     stats_peers(b, v);
     wbuf_str(b, "}");

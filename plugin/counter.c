@@ -27,7 +27,9 @@
  *
  * ---- Invariants (asserted, and checked by tests/unit) ----
  *
- *   1. A slot never decreases: merge and add only raise P, N and D.
+ *   1. A slot never decreases: merge and add only raise P, N and D. The one
+ *      exception is fold.c, which drops a retired incarnation's slot once
+ *      its value is counted in its node's running slot (counter_drop_slot).
  *   2. 0 <= P, N, D <= 2^53-1 for every slot, and an add that would break
  *      that, or would take the sums or the value outside +-(2^53-1), is
  *      refused (TALLY_E_OVERFLOW) and changes nothing: totals are exact in a
@@ -339,6 +341,18 @@ int counter_report(struct tally_counter *c, uint32_t device, uint64_t total, boo
 {
     int rc = counter_report_check(c, device, total, changed);
     return rc != TALLY_OK || !*changed ? rc : counter_merge_device(c, device, total, changed);
+}
+
+/* Removes replica's slot (fold.c: folded away); false if there was none. */
+bool counter_drop_slot(struct tally_counter *c, uint32_t replica, struct tally_slot *was)
+{
+    uint32_t i = lower_bound(c->slots, c->nslots, sizeof(*c->slots), replica);
+    if (i == c->nslots || c->slots[i].replica != replica)
+        return false;
+    *was = c->slots[i];
+    memmove(&c->slots[i], &c->slots[i + 1], (size_t)(c->nslots - i - 1) * sizeof(*c->slots));
+    c->nslots--;
+    return true;
 }
 
 void counter_free(struct tally_counter *c)

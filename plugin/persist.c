@@ -25,6 +25,13 @@
  *   'b' str8 name, str8 device, varint total    a device's base
  *   'M' str8 name, varint deleted, varint reset the stamps of a counter's
  *                                               last delete and reset
+ *   'F' str8 name, str8 node_id, u64 incarnation, varint p, varint n,
+ *       varint bp, varint bn, u8 has_with, [u64 incarnation, varint p, varint n]
+ *                                               a fold entry (fold.c), and
+ *                                               the slot of the same node it
+ *                                               was folded into, if given
+ *   'R' str8 node_id, u64 below                 every life of node_id below
+ *                                               is retired (fold.c)
  *   'E' u64 records                             end of snapshot
  *
  * Records hold states, not deltas, so replaying one twice, or replaying the
@@ -85,6 +92,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <zlib.h>
@@ -248,6 +256,86 @@ static void stamps_payload(struct wire_buf *b, const struct tally_counter *c,
     wbuf_varint(b, base->reset);
 }
 
+static void fold_payload(struct wire_buf *b, const struct tally_table *t,
+                         const struct tally_counter *c, uint32_t replica,
+                         const struct tally_slot *with)
+{
+    const struct tally_replica *r = t->replicas[replica];
+    const struct tally_fold *f = table_fold(t, c, replica);
+    wbuf_reset(b);
+    wbuf_u8(b, 'F');
+    wbuf_str8(b, c->name, c->name_len);
+    wbuf_str8(b, r->key, r->id_len);
+    wbuf_u64(b, r->incarnation);
+    wbuf_varint(b, f ? f->p : 0);
+    wbuf_varint(b, f ? f->n : 0);
+    wbuf_varint(b, f ? f->bp : 0);
+    wbuf_varint(b, f ? f->bn : 0);
+    wbuf_u8(b, with != NULL);
+    if (with) {
+        wbuf_u64(b, t->replicas[with->replica]->incarnation);
+        wbuf_varint(b, with->p);
+        wbuf_varint(b, with->n);
+    }
+}
+
+static void retired_payload(struct wire_buf *b, const char *node, size_t len, uint64_t below)
+{
+    wbuf_reset(b);
+    wbuf_u8(b, 'R');
+    wbuf_str8(b, node, len);
+    wbuf_u64(b, below);
+}
+
+static int apply_fold(struct wire_reader *r, struct tally_table *t)
+{
+    size_t nlen, idlen;
+    const char *name = wr_str8(r, &nlen);
+    const char *id = wr_str8(r, &idlen);
+    uint64_t inc = wr_u64(r);
+    struct tally_fold f = {0};
+    f.p = wr_varint(r);
+    f.n = wr_varint(r);
+    f.bp = wr_varint(r);
+    f.bn = wr_varint(r);
+    uint8_t has_with = wr_u8(r);
+    uint64_t winc = 0, wp = 0, wn = 0;
+    if (has_with) {
+        winc = wr_u64(r);
+        wp = wr_varint(r);
+        wn = wr_varint(r);
+    }
+    if (r->bad || r->p != r->end || has_with > 1 || name_check(name, nlen) != TALLY_OK ||
+        node_id_check(id, idlen) != TALLY_OK)
+        return TALLY_E_WIRE;
+    uint32_t with;
+    struct tally_counter *c;
+    bool changed;
+    int rc = table_replica(t, id, idlen, inc, &f.replica);
+    if (rc == TALLY_OK && has_with)
+        rc = table_replica(t, id, idlen, winc, &with);
+    if (rc == TALLY_OK)
+        rc = table_get(t, name, nlen, TABLE_MERGE, &c);
+    /* the raised slot first: the entry then drops what it covers */
+    if (rc == TALLY_OK && has_with && table_merge_slot(t, c, with, wp, wn, &changed) != TALLY_OK)
+        rc = TALLY_E_WIRE;
+    if (rc == TALLY_OK && table_merge_fold(t, c, &f, &changed) != TALLY_OK)
+        rc = TALLY_E_WIRE;
+    if (rc == TALLY_OK && c->folded)
+        fold_settle(t, c);
+    return rc;
+}
+
+static int apply_retired(struct wire_reader *r, struct tally_table *t)
+{
+    size_t idlen;
+    const char *id = wr_str8(r, &idlen);
+    uint64_t below = wr_u64(r);
+    if (r->bad || r->p != r->end || node_id_check(id, idlen) != TALLY_OK)
+        return TALLY_E_WIRE;
+    return fold_set_below(t, NULL, id, idlen, below);
+}
+
 static int apply_slot(struct wire_reader *r, struct tally_table *t, struct tally_dedup *d)
 {
     size_t nlen, idlen;
@@ -365,6 +453,10 @@ int record_apply(const uint8_t *payload, size_t len, struct tally_table *t, stru
         return apply_base_device(&r, t);
     case 'M':
         return apply_stamps(&r, t);
+    case 'F':
+        return apply_fold(&r, t);
+    case 'R':
+        return apply_retired(&r, t);
     case 'K': {
         struct tally_key key = {wr_u64(&r), wr_u64(&r)};
         if (r.bad || r.p != r.end)
@@ -828,6 +920,30 @@ static uint64_t snap_base(struct persist *p, struct file_writer *w, const struct
     return (uint64_t)b->nslots + b->ndevs + 1;
 }
 
+/* Writes c's fold entries, if it has any; returns the number of records. */
+static uint64_t snap_folds(struct persist *p, struct file_writer *w, const struct tally_table *t,
+                           const struct tally_counter *c)
+{
+    const struct tally_folds *f = table_folds(t, c);
+    for (uint32_t i = 0; f && i < f->n; i++) {
+        fold_payload(&p->payload, t, c, f->e[i].replica, NULL);
+        snap_record(p, w);
+    }
+    return f ? f->n : 0;
+}
+
+/* Writes the retirement watermarks, first: a slot of a retired life is then
+ * never loaded. */
+static uint64_t snap_retired(struct persist *p, struct file_writer *w, const struct tally_table *t)
+{
+    uint64_t n = 0;
+    for (const struct fold_below *b = t->below; b; b = b->hh.next, n++) {
+        retired_payload(&p->payload, b->node, strlen(b->node), b->below);
+        snap_record(p, w);
+    }
+    return n;
+}
+
 /* Writes the whole state to state.snap, atomically. Returns 0 or -1. */
 static int write_snapshot(struct persist *p, const struct tally_table *t,
                           const struct tally_dedup *d)
@@ -840,6 +956,7 @@ static int write_snapshot(struct persist *p, const struct tally_table *t,
     wbuf_bytes(&w.buf, SNAP_MAGIC, 8);
     put_u32(h, FILE_VERSION);
     wbuf_bytes(&w.buf, h, 4);
+    records += snap_retired(p, &w, t);
     struct tally_counter *c, *ctmp;
     HASH_ITER(hh, t->counters, c, ctmp)
     {
@@ -852,6 +969,7 @@ static int write_snapshot(struct persist *p, const struct tally_table *t,
             snap_record(p, &w);
         }
         records += snap_base(p, &w, t, c);
+        records += snap_folds(p, &w, t, c);
     }
     for (uint32_t i = 0; i < d->count; i++, records++) {
         const struct tally_key *k = &d->ring[(d->head + i) % d->window];
@@ -1039,11 +1157,20 @@ struct persist *persist_open(const char *state_dir, const char *node_id,
     boot_id(boot, sizeof(boot));
     bool same_boot = boot[0] && strcmp(boot, old_boot) == 0;
     bool keep = had > 0 && (fsync_interval_ms == 0 || same_boot);
+    uint64_t rnd;
+    struct timespec now;
     if (keep) {
         *incarnation = old_inc;
-    } else if (getrandom(incarnation, sizeof(*incarnation), 0) != sizeof(*incarnation)) {
+    } else if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd)) {
         snprintf(err, errlen, "getrandom failed: %s", strerror(errno));
         goto fail;
+    } else {
+        /* above every earlier life, retired ones included (fold.c) */
+        uint64_t below = fold_below_of(t, node_id, strlen(node_id));
+        uint64_t after = had > 0 && old_inc > below ? old_inc : below;
+        clock_gettime(CLOCK_REALTIME, &now);
+        *incarnation = tally_incarnation_new(
+            (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000, rnd, after);
     }
     if (write_meta(p, node_id, *incarnation, boot, keep && same_boot) < 0) {
         snprintf(err, errlen, "cannot write %s/meta: %s", state_dir, strerror(errno));
@@ -1106,6 +1233,19 @@ int persist_device(struct persist *p, const struct tally_table *t, const struct 
                    const struct tally_dev *d)
 {
     device_payload(&p->payload, t, c, d);
+    return log_write(p) == 0 ? TALLY_OK : TALLY_E_DISK;
+}
+
+int persist_fold(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
+                 uint32_t replica, const struct tally_slot *with)
+{
+    fold_payload(&p->payload, t, c, replica, with);
+    return log_write(p) == 0 ? TALLY_OK : TALLY_E_DISK;
+}
+
+int persist_retired(struct persist *p, const char *node, size_t len, uint64_t below)
+{
+    retired_payload(&p->payload, node, len, below);
     return log_write(p) == 0 ? TALLY_OK : TALLY_E_DISK;
 }
 

@@ -34,6 +34,13 @@ int persist_device(struct persist *p, const struct tally_table *t, const struct 
  * persist_slot. Records are states: a base written in part (the disk filled
  * up in the middle) is a reset that observed less. */
 int persist_base(struct persist *p, const struct tally_table *t, const struct tally_counter *c);
+/* Appends c's fold entry for replica (fold.c), with the slot it was folded
+ * into when `with` is not NULL: one record, so the two are on disk together
+ * or not at all. Returns as persist_slot. */
+int persist_fold(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
+                 uint32_t replica, const struct tally_slot *with);
+/* Appends node's retirement watermark (fold.c); returns as persist_slot. */
+int persist_retired(struct persist *p, const char *node, size_t len, uint64_t below);
 /* msyncs the log on the configured interval and compacts it into a snapshot
  * in a child process. Returns TALLY_E_DISK with a message for the log in err
  * when a snapshot failed or the log could not be synced (from then on

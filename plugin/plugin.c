@@ -62,6 +62,7 @@ struct options {
     long long dedup_window;
     long long sync_interval_ms;
     long long peer_timeout_ms;
+    long long member_timeout_ms;
     long long stats_interval_ms;
     long long max_message_bytes;
     long long publish_qos;
@@ -117,6 +118,9 @@ static const struct opt_spec opt_specs[] = {
     OPT_I(dedup_window, 1, 100000000, "an integer from 1 to 100000000"),
     OPT_I(sync_interval_ms, 100, 3600000, "an integer from 100 to 3600000"),
     OPT_I(peer_timeout_ms, 500, 3600000, "an integer from 500 to 3600000"),
+    OPT_I(member_timeout_ms, 1000, 604800000,
+          "an integer from 1000 to 604800000 (how long a silent node holds back the collection "
+          "of folded restarts)"),
     OPT_I(stats_interval_ms, 100, 5000, "an integer from 100 to 5000"),
     OPT_I(max_message_bytes, 4096, 100000000, "an integer from 4096 to 100000000"),
     OPT_I(publish_qos, 0, 2, "0, 1 or 2"),
@@ -152,6 +156,7 @@ static void options_defaults(struct options *o)
     o->dedup_window = 100000;
     o->sync_interval_ms = 5000;
     o->peer_timeout_ms = 15000;
+    o->member_timeout_ms = 3600000;
     o->stats_interval_ms = 5000;
     o->max_message_bytes = 65536;
     o->publish_qos = 1;
@@ -247,6 +252,7 @@ static struct tally {
     struct persist *persist;
     struct wire_sync_writer writer;
     struct repl repl;
+    struct fold_gc fold;               /* collecting folded restarts (fold.c) */
     bool edge;                         /* role edge: tier.c's edge side instead of repl.c */
     struct tier_edge tier_edge;        /* (role edge) */
     struct tier_hub tier_hub;          /* (role node) the edges bridged to us */
@@ -777,7 +783,9 @@ static int on_stats(const struct mosquitto_evt_message *ev, bool *route)
     o->stats_time_ms = time_ms;
     o->stats_seq = seq;
     *route = true; /* and retained here: any node shows every node's figures */
-    return TALLY_OK;
+    return g.edge
+               ? TALLY_OK
+               : fold_peer_stats(&g.fold, &g.table, g.persist, o->node_id, payload, len, mono_ms());
 }
 
 /* ==== Tiers (tier.c): UP from our edges, DOWN from our hub ==== */
@@ -1385,11 +1393,15 @@ static const char **stats_neighbours(size_t *n)
  * neighbours as max_message_bytes leaves room for; the rest are counted. */
 static void publish_stats(uint64_t now)
 {
+    bool retired;
+    if (!g.edge && now >= g.fold.not_before_ms && fold_ready(&g.table, g.persist) == TALLY_OK)
+        fold_collect(&g.fold, &g.table, g.persist, now, &retired);
     size_t npeers;
     const char **peer_ids = stats_neighbours(&npeers);
     if (!peer_ids)
         return;
     struct stats_view v = {
+        .fold = g.edge ? NULL : &g.fold,
         .node_id = g.opt.node_id,
         .persist = g.persist ? g.opt.state_dir : "memory",
         .incarnation = g.incarnation,
@@ -1728,8 +1740,11 @@ TALLY_EXPORT int mosquitto_plugin_version(int supported_version_count,
 static int load_state(void)
 {
     if (!g.opt.state_dir[0]) {
-        if (getrandom(&g.incarnation, sizeof(g.incarnation), 0) != sizeof(g.incarnation))
-            g.incarnation = wall_ms();
+        uint64_t rnd = 0;
+        if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+            rnd = (uint64_t)getpid();
+        /* later than every earlier life: see fold.c, "Retirement" */
+        g.incarnation = tally_incarnation_new(wall_ms(), rnd, 0);
         mosquitto_log_printf(MOSQ_LOG_NOTICE,
                              "tally: no plugin_opt_state_dir: state is in memory only and a "
                              "restart starts this node empty (its peers hand its counts back)");
@@ -1746,6 +1761,16 @@ static int load_state(void)
     if (err[0])
         mosquitto_log_printf(MOSQ_LOG_WARNING, "tally: %s", err);
     return MOSQ_ERR_SUCCESS;
+}
+
+/* A node folds the slots of its past lives (fold.c) once it knows which are
+ * retired: from the first peer's stats, or after peer_timeout_ms alone. */
+static int fold_start(void)
+{
+    table_set_self(&g.table, g.self);
+    fold_gc_init(&g.fold, (uint64_t)g.opt.member_timeout_ms,
+                 mono_ms() + (uint64_t)g.opt.peer_timeout_ms);
+    return TALLY_OK;
 }
 
 /* An edge restarted with its state sends its whole slot to whichever hub it
@@ -1785,11 +1810,13 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     if (table_replica(&g.table, g.opt.node_id, strlen(g.opt.node_id), g.incarnation, &g.self) !=
         TALLY_OK)
         goto error;
+    g.edge = strcmp(g.opt.role, "edge") == 0;
+    if (!g.edge && fold_start() != TALLY_OK)
+        goto error;
     uint64_t session;
     if (getrandom(&session, sizeof(session), 0) != sizeof(session))
         session = wall_ms() ^ (uint64_t)getpid() << 40;
     repl_init(&g.repl, session | 1); /* never 0, which means "version 1" */
-    g.edge = strcmp(g.opt.role, "edge") == 0;
     if (g.edge && edge_start() != TALLY_OK)
         goto error;
     if (!g.edge)
@@ -1837,6 +1864,7 @@ TALLY_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *
     g.persist = NULL;
     sync_writer_free(&g.writer);
     repl_free(&g.repl);
+    fold_gc_free(&g.fold);
     tier_edge_free(&g.tier_edge);
     tier_hub_free(&g.tier_hub);
     for (size_t i = 0; i < FORWARD_MAX; i++) {

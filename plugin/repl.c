@@ -188,6 +188,22 @@ static int apply_base(struct tally_table *t, struct persist *p, const struct wir
     return rc;
 }
 
+/* A peer's fold entries for c (fold.c), before its slots: a slot an entry
+ * covers is then dropped or not taken. A raised entry goes on to every
+ * neighbour, like a base. */
+static void apply_folds(struct tally_table *t, struct persist *p, const struct wire_sync *s,
+                        const struct wire_sync_counter *wc, struct tally_counter *c,
+                        const uint32_t *reps)
+{
+    for (uint32_t i = 0; i < wc->nfolds; i++) {
+        struct tally_fold f = s->folds[wc->first_fold + i];
+        bool rose;
+        f.replica = reps[f.replica];
+        if (table_merge_fold(t, c, &f, &rose) == TALLY_OK && rose && p)
+            persist_fold(p, t, c, f.replica, NULL);
+    }
+}
+
 static int apply_counter(struct repl *r, struct tally_table *t, struct persist *p,
                          const struct wire_sync *s, const struct wire_sync_counter *wc,
                          const uint32_t *reps, const uint32_t *devs, uint16_t from)
@@ -197,6 +213,7 @@ static int apply_counter(struct repl *r, struct tally_table *t, struct persist *
     int rc = table_get(t, wc->name, wc->name_len, TABLE_MERGE, &c);
     if (rc != TALLY_OK)
         return rc;
+    apply_folds(t, p, s, wc, c, reps);
     for (uint32_t i = 0; i < wc->nslots; i++) {
         const struct wire_sync_slot *sl = &s->slots[wc->first_slot + i];
         uint32_t replica = reps[sl->replica_ref];
@@ -219,7 +236,11 @@ static int apply_counter(struct repl *r, struct tally_table *t, struct persist *
         }
     }
     rc = wc->based ? apply_base(t, p, s, wc, c, reps, devs) : TALLY_OK;
-    table_drop_if_empty(t, c); /* a counter sent with nothing in it */
+    if (c->folded)
+        fold_settle(t, c); /* what the entries cover goes */
+    if (rc == TALLY_OK)
+        rc = fold_counter_logged(t, p, c); /* a slot of our own past lives: ours to fold */
+    table_drop_if_empty(t, c);             /* a counter sent with nothing in it */
     return rc;
 }
 

@@ -72,7 +72,9 @@
  *
  * ---- Invariants ----
  *
- *   1. Base entries and stamps never decrease.
+ *   1. Base entries and stamps never decrease, but for the entry of a
+ *      retired incarnation's slot, which fold.c moves into its node's running
+ *      slot's entry and then drops (table_drop_base_slot).
  *   2. After a local reset, every base entry equals its slot; bases merged
  *      from peers may lead their slots only until those slots arrive.
  *   3. base->slots is sorted by replica and base->devs by device, no repeats.
@@ -142,13 +144,15 @@ void table_sums(const struct tally_table *t, const struct tally_counter *c, stru
 {
     const struct tally_base *b = table_base(t, c);
     counter_sums(c, out);
-    if (!b)
+    if (!b && !c->folded)
         return;
-    /* Each part is at most the raw one, which counter_sums kept in range. */
+    /* Each part is at most the raw one, which counter_sums kept in range.
+     * A slot loses what its base took away, or what a fold moved into its
+     * node's running slot (fold.c), whichever is larger. */
     int64_t p = 0, n = 0, d = 0;
     for (uint32_t i = 0; i < c->nslots; i++) {
         uint64_t bp, bn;
-        base_slot(b, c->slots[i].replica, &bp, &bn);
+        table_slot_taken(t, c, c->slots[i].replica, &bp, &bn);
         p = plus(p, minus(c->slots[i].p, bp));
         n = plus(n, minus(c->slots[i].n, bn));
     }
@@ -175,7 +179,7 @@ bool table_hidden(const struct tally_table *t, const struct tally_counter *c)
         return false;
     for (uint32_t i = 0; i < c->nslots; i++) {
         uint64_t bp, bn;
-        base_slot(b, c->slots[i].replica, &bp, &bn);
+        table_slot_taken(t, c, c->slots[i].replica, &bp, &bn);
         if (c->slots[i].p > bp || c->slots[i].n > bn)
             return false;
     }
@@ -276,6 +280,21 @@ int table_merge_base_slot(struct tally_table *t, struct tally_counter *c, uint32
     table_mark_dirty(t, c);
     *rose = true;
     return TALLY_OK;
+}
+
+void table_drop_base_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica)
+{
+    struct tally_base *b = table_base(t, c);
+    struct tally_base_slot *e = b ? bslot_find(b, replica) : NULL;
+    if (!e)
+        return;
+    uint64_t nh = tally_hash64(c->name, c->name_len, 0);
+    t->digest[nh % TALLY_BUCKETS] -=
+        table_entry_hash(nh, table_replica_hash(t, replica) ^ BASE_TAG, e->p, e->n);
+    uint32_t i = (uint32_t)(e - b->slots);
+    memmove(&b->slots[i], &b->slots[i + 1], (size_t)(b->nslots - i - 1) * sizeof(*b->slots));
+    b->nslots--;
+    table_mark_dirty(t, c);
 }
 
 int table_merge_base_device(struct tally_table *t, struct tally_counter *c, uint32_t device,

@@ -75,6 +75,8 @@ void table_init(struct tally_table *t, size_t max_counters, uint32_t max_devices
 void table_free(struct tally_table *t)
 {
     table_free_bases(t);
+    table_free_folds(t);
+    table_free_below(t);
     free(t->repl);
     struct tally_counter *c, *tmp;
     HASH_ITER(hh, t->counters, c, tmp)
@@ -141,7 +143,7 @@ bool table_over_devices(const struct tally_table *t)
 /* Forgets a counter created for an increment that was then not applied. */
 void table_drop_if_empty(struct tally_table *t, struct tally_counter *c)
 {
-    if (c->nslots || c->ndevs || c->dirty || c->repl_dirty || c->based)
+    if (c->nslots || c->ndevs || c->dirty || c->repl_dirty || c->based || c->folded)
         return;
     HASH_DEL(t->counters, c);
     counter_free(c);
@@ -258,6 +260,8 @@ static void slot_changed(struct tally_table *t, struct tally_counter *c, uint32_
                          const struct tally_slot *before, uint16_t from)
 {
     struct tally_slot *s = (struct tally_slot *)counter_slot(c, replica);
+    if (!before)
+        t->replicas[replica]->held++;
     digest_slot(t, c, replica, before, s);
     s->pending = pending_join(s->pending, from);
     table_mark_dirty(t, c);
@@ -282,9 +286,36 @@ int table_add(struct tally_table *t, struct tally_counter *c, uint32_t replica, 
     return TALLY_OK;
 }
 
+void table_drop_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica)
+{
+    struct tally_slot was;
+    if (!counter_drop_slot(c, replica, &was))
+        return;
+    uint64_t nh = tally_hash64(c->name, c->name_len, 0);
+    t->digest[nh % TALLY_BUCKETS] -=
+        table_entry_hash(nh, table_replica_hash(t, replica), was.p, was.n);
+    t->replicas[replica]->held--;
+    table_mark_dirty(t, c);
+}
+
+/* A slot of a retired incarnation, or one its fold entry covers, is old
+ * news: it is counted in its node's running slot (fold.c). */
+static bool slot_folded(const struct tally_table *t, const struct tally_counter *c,
+                        uint32_t replica, uint64_t p, uint64_t n)
+{
+    if (t->replicas[replica]->retired)
+        return true;
+    const struct tally_fold *f = c->folded ? table_fold(t, c, replica) : NULL;
+    return f && p <= f->p && n <= f->n;
+}
+
 int table_merge_slot_from(struct tally_table *t, struct tally_counter *c, uint32_t replica,
                           uint64_t p, uint64_t n, uint16_t from, bool *changed)
 {
+    *changed = false;
+    if (slot_folded(t, c, replica, p, n))
+        return p > (uint64_t)TALLY_MAX_SAFE || n > (uint64_t)TALLY_MAX_SAFE ? TALLY_E_OVERFLOW
+                                                                            : TALLY_OK;
     const struct tally_slot *s = counter_slot(c, replica);
     struct tally_slot before = s ? *s : (struct tally_slot){0};
     int rc = counter_merge_slot(c, replica, p, n, changed);
@@ -392,6 +423,8 @@ int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64
     r->incarnation = incarnation;
     r->hash = tally_hash64(key, keylen, 1);
     r->index = t->nreplicas;
+    r->held = r->folded = 0;
+    r->retired = fold_is_retired(t, node_id, len, incarnation);
     t->replicas[t->nreplicas++] = r;
     HASH_ADD(hh, t->replica_hash, key, keylen, r);
     *out = r->index;

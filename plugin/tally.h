@@ -127,6 +127,7 @@ struct tally_counter {
     uint8_t state_shown : 1; /* a retained state document is published (plugin.c) */
     uint8_t based : 1;       /* has an entry in the table's bases (reset.c) */
     uint8_t paced : 1;       /* published_ms is set (plugin.c) */
+    uint8_t folded : 1;      /* has an entry in the table's folds (fold.c) */
     uint8_t name_len;
     uint16_t published_ms; /* when its outputs last went out, ms mod 2^16 (plugin.c) */
     char name[];
@@ -155,6 +156,7 @@ void counter_rate_add(struct tally_counter *c, uint64_t amount, uint32_t now_ds)
 double counter_rate(const struct tally_counter *c, uint32_t now_ds);
 const struct tally_slot *counter_slot(const struct tally_counter *c, uint32_t replica);
 const struct tally_dev *counter_device(const struct tally_counter *c, uint32_t device);
+bool counter_drop_slot(struct tally_counter *c, uint32_t replica, struct tally_slot *was);
 void counter_free(struct tally_counter *c);
 
 /* ==== The table of counters, replicas and devices (table.c) ==== */
@@ -165,6 +167,9 @@ struct tally_replica {
     uint64_t incarnation;
     uint64_t hash;
     uint32_t index;
+    uint32_t held;   /* counters holding a slot of it */
+    uint32_t folded; /* counters holding a fold entry for it (fold.c) */
+    bool retired;    /* below its node's watermark: its slots are discarded (fold.c) */
     uint8_t id_len;
     char key[TALLY_NODE_ID_MAX + 1 + 8]; /* node id, NUL, incarnation: the hash key */
 };
@@ -192,7 +197,13 @@ struct tally_table {
     struct tally_device *device_hash, **devices;
     uint32_t ndevices, devices_cap, max_devices;
 
-    struct tally_base *bases; /* of counters that were reset or deleted (reset.c) */
+    struct tally_base *bases;  /* of counters that were reset or deleted (reset.c) */
+    struct tally_folds *folds; /* of counters holding retired slots' folds (fold.c) */
+    struct fold_below *below;  /* retirement watermarks by node id (fold.c) */
+    /* This life's replica, once set (table_set_self): the one that folds
+     * the slots of its node's earlier lives, once fold_ready. */
+    uint32_t self;
+    bool has_self, fold_ready;
 
     /* Tenths of a second since the plugin started, plus 1; 0 while state is
      * loaded from disk, so a replay does not read as a burst of changes. */
@@ -247,11 +258,116 @@ uint64_t table_entry_hash(uint64_t name_hash, uint64_t owner_hash, uint64_t p, u
 uint64_t table_replica_hash(const struct tally_table *t, uint32_t replica);
 uint64_t table_device_hash(const struct tally_table *t, uint32_t device);
 void table_mark_dirty(struct tally_table *t, struct tally_counter *c);
+/* Exposed for fold.c: drops replica's slot, or base entry, of c (digest
+ * kept current). */
+void table_drop_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica);
+void table_drop_base_slot(struct tally_table *t, struct tally_counter *c, uint32_t replica);
 
 struct tally_counter *table_pop_dirty(struct tally_table *t);
 
 unsigned name_bucket(const char *name, size_t len);
 uint64_t tally_hash64(const void *data, size_t len, uint64_t seed);
+
+/* ==== Folding retired incarnations (fold.c) ==== */
+
+/* A fold entry: of the retired replica's slot, (p, n) are counted in the
+ * slot of its node's running incarnation, and of its base (reset.c),
+ * (bp, bn) in that slot's base. */
+struct tally_fold {
+    uint32_t replica;
+    uint64_t p, n, bp, bn;
+};
+
+/* A counter's fold entries, owned by the table (like bases). */
+struct tally_folds {
+    UT_hash_handle hh;
+    const struct tally_counter *counter; /* the key */
+    struct tally_fold *e;                /* sorted by replica */
+    uint32_t n;
+};
+
+/* Sets this life's replica: once fold_ready, fold_counter folds the slots
+ * of every earlier life of the same node id into it. */
+void table_set_self(struct tally_table *t, uint32_t self);
+/* True if replica is an earlier life of this node (same id, not self). */
+bool fold_is_predecessor(const struct tally_table *t, uint32_t replica);
+/* c's fold entry for replica, or NULL. */
+const struct tally_fold *table_fold(const struct tally_table *t, const struct tally_counter *c,
+                                    uint32_t replica);
+const struct tally_folds *table_folds(const struct tally_table *t, const struct tally_counter *c);
+/* What c's state takes away from replica's slot: the larger of its base
+ * (reset.c) and its fold entry, per side. */
+void table_slot_taken(const struct tally_table *t, const struct tally_counter *c, uint32_t replica,
+                      uint64_t *p, uint64_t *n);
+/* Merges a peer's (or the disk's) fold entry by maximum, field by field;
+ * *rose when it rose. Call fold_settle after. */
+int table_merge_fold(struct tally_table *t, struct tally_counter *c, const struct tally_fold *f,
+                     bool *rose);
+/* Drops from c the slots and base entries its fold entries cover. */
+void fold_settle(struct tally_table *t, struct tally_counter *c);
+/* At the running incarnation (table_set_self, fold_ready): moves what c
+ * holds of its predecessors' slots (and bases) into its own, records fold
+ * entries, drops what they cover. *folded when something moved. */
+int fold_counter(struct tally_table *t, struct tally_counter *c, bool *folded);
+void table_free_folds(struct tally_table *t);
+
+/* Retirement: every life of a node below a watermark ("below", per node
+ * id) is retired: its fold entries, slots and base entries are dropped, and
+ * its slots arriving later are discarded. Incarnations grow with time
+ * (tally_incarnation_new), so one number per node id says it all. */
+struct fold_below {
+    UT_hash_handle hh;
+    uint64_t below;
+    char node[TALLY_NODE_ID_MAX + 1];
+};
+bool fold_is_retired(const struct tally_table *t, const char *node, size_t len,
+                     uint64_t incarnation);
+/* node's watermark (0: none). */
+uint64_t fold_below_of(const struct tally_table *t, const char *node, size_t len);
+struct persist;
+/* Raises node's watermark to below (logged to p, if any); never retires
+ * this node's own life. */
+int fold_set_below(struct tally_table *t, struct persist *p, const char *node, size_t len,
+                   uint64_t below);
+void table_free_below(struct tally_table *t);
+/* A new incarnation: the wall clock (ms) in the high bits, random low bits,
+ * and above `after` (the last one, when known). */
+uint64_t tally_incarnation_new(uint64_t wall_ms, uint64_t random, uint64_t after);
+
+/* Collection (see fold.c): each node says in its stats the lowest life of
+ * each node it holds a slot of ("lowest"), the members it hears
+ * ("members") and the watermarks it knows ("below"); the running
+ * incarnation raises its own node's watermark to the lowest life any member
+ * heard within member_timeout_ms holds. */
+struct fold_member;
+struct wire_buf;
+struct fold_gc {
+    struct fold_member *members;
+    uint64_t member_timeout_ms;
+    uint64_t not_before_ms; /* no retirement before (the members' stats arrive) */
+};
+void fold_gc_init(struct fold_gc *gc, uint64_t member_timeout_ms, uint64_t not_before_ms);
+void fold_gc_free(struct fold_gc *gc);
+/* The "fold" object of this node's stats into b:
+ * {"members":[node...],"lowest":{node:hex},"below":{node:hex},"omitted":n};
+ * entries that would take b past limit bytes are left out and counted. */
+void fold_stats_json(struct wire_buf *b, const struct tally_table *t, const struct fold_gc *gc,
+                     uint64_t now_ms, size_t limit);
+/* A peer's stats document (node, JSON): notes its lowest lives and the
+ * members it names, takes its watermarks (logged to p, if any), and makes
+ * folding ready. Returns TALLY_OK or TALLY_E_NOMEM. */
+int fold_peer_stats(struct fold_gc *gc, struct tally_table *t, struct persist *p, const char *node,
+                    const void *json, size_t len, uint64_t now_ms);
+/* At the running incarnation: raises its node's watermark as far as every
+ * member allows; *retired when it rose. */
+int fold_collect(struct fold_gc *gc, struct tally_table *t, struct persist *p, uint64_t now_ms,
+                 bool *retired);
+/* Folding starts (the watermarks are known, or nobody answered in time):
+ * every counter is folded, and logged to p. */
+int fold_ready(struct tally_table *t, struct persist *p);
+/* fold_counter, and its fold entries logged to p (if any) with the slot
+ * they were folded into. */
+int fold_counter_logged(struct tally_table *t, struct persist *p, struct tally_counter *c);
 
 /* ==== Reset and delete: observed bases (reset.c) ==== */
 
@@ -480,7 +596,7 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
 /* ==== Replication wire format (wire.c) ==== */
 
 #define WIRE_VERSION 1        /* UP, DOWN */
-#define WIRE_SYNC_VERSION 3   /* 2 added bases (reset.c), 3 the stream (repl.c) */
+#define WIRE_SYNC_VERSION 4   /* 2 added bases (reset.c), 3 the stream (repl.c), 4 folds (fold.c) */
 #define WIRE_DIGEST_VERSION 2 /* 2 added the stream and repair requests */
 #define WIRE_PRESENCE_VERSION                                                                      \
     3 /* 2 added the range [lo, hi], 3 a hub's listing; 1 and 2 are read */
@@ -544,6 +660,7 @@ struct wire_sync_counter {
     uint64_t deleted, reset;
     uint32_t nbase_slots, nbase_devs;
     uint32_t first_base_slot, first_base_dev; /* into wire_sync.base_slots / base_devs */
+    uint32_t nfolds, first_fold;              /* into wire_sync.folds (version 4) */
 };
 struct wire_sync_slot {
     uint32_t replica_ref;
@@ -576,7 +693,8 @@ struct wire_sync {
     struct wire_sync_dev *devs;
     struct wire_sync_slot *base_slots;
     struct wire_sync_dev *base_devs;
-    uint32_t nreplicas, ndevices, ncounters, nslots, ndevs, nbase_slots, nbase_devs;
+    struct tally_fold *folds; /* replica: a ref into replicas */
+    uint32_t nreplicas, ndevices, ncounters, nslots, ndevs, nbase_slots, nbase_devs, nfolds;
 };
 
 int wire_peek_type(const void *msg, size_t len);
@@ -843,6 +961,7 @@ struct tally_stats {
 
 /* Everything $tally/stats/<node> shows; all borrowed for the call. */
 struct stats_view {
+    const struct fold_gc *fold;    /* say what fold.c collects (NULL at an edge) */
     const char *node_id, *persist; /* persist: the state_dir, or "memory" */
     uint64_t incarnation, seq, time_ms, uptime_ms;
     const struct tally_stats *st;

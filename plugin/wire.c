@@ -28,7 +28,7 @@
  *                              liveness heartbeat behind peer_timeout_ms
  *   $tally/stats/<node>        JSON stats, retained, flooded the same way
  *
- * ---- Encoding (SYNC version 3, DIGEST version 2, PRESENCE version 3) ----
+ * ---- Encoding (SYNC version 4, DIGEST version 2, PRESENCE version 3) ----
  *
  * All integers are unsigned. varint = LEB128 (7 bits a byte, low first, at
  * most 10 bytes); u64 = 8 bytes little-endian; str8 = one length byte then
@@ -44,7 +44,10 @@
  *                             varint based (0 or 1; version 2 on), if 1:
  *                               varint deleted, varint reset,
  *                               varint S', S' x { varint r, varint p, varint n },
- *                               varint E', E' x { varint d, varint total } }
+ *                               varint E', E' x { varint d, varint total },
+ *                             varint F, F x { varint r, varint p, varint n,
+ *                                             varint bp, varint bn } }
+ *                                                    fold entries (v4 on, fold.c)
  *   DIGEST    str8 sender, u64 session, varint seq,               (v2 on)
  *             varint Q, Q x { str8 node_id }     asked to repair  (v2 on)
  *             varint B (=256), B x u64 bucket hash
@@ -87,7 +90,10 @@
  *
  * The base of a counter (reset.c: what its resets and deletes took away, and
  * their stamps) travels with its slots: it is part of the counter's state and
- * merges the same way, entry by entry, by maximum.
+ * merges the same way, entry by entry, by maximum. So do its fold entries
+ * (fold.c), with the first part of the counter, which is where the slots of
+ * a counter of fewer than about 150 slots all are: a receiver sees a slot
+ * raised by a fold and the fold entry in one record.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -281,6 +287,19 @@ static void add_base(struct wire_sync_writer *w, const struct tally_table *t,
     }
 }
 
+static void add_folds(struct wire_sync_writer *w, const struct tally_table *t,
+                      const struct tally_folds *f)
+{
+    wbuf_varint(&w->body, f ? f->n : 0);
+    for (uint32_t i = 0; f && i < f->n; i++) {
+        wbuf_varint(&w->body, rep_ref(w, t, f->e[i].replica));
+        wbuf_varint(&w->body, f->e[i].p);
+        wbuf_varint(&w->body, f->e[i].n);
+        wbuf_varint(&w->body, f->e[i].bp);
+        wbuf_varint(&w->body, f->e[i].bn);
+    }
+}
+
 static size_t varint_len(uint64_t v)
 {
     size_t n = 1;
@@ -326,12 +345,19 @@ static size_t base_cost(const struct tally_base *b)
            b->ndevs * (5 + 10 + 1 + TALLY_DEVICE_MAX);
 }
 
+/* At most the bytes fold entries add to a message (dictionary included). */
+static size_t folds_cost(const struct tally_folds *f)
+{
+    return 5 + (f ? f->n * (5 + 4 * 10 + 1 + TALLY_NODE_ID_MAX + 8) : 0);
+}
+
 /* Appends the kept entries among [from, to) of counter c as one counter of
- * the message, with base (or none): a part of a counter's state is itself a
- * state, so a large counter may be sent in parts. */
+ * the message, with base and fold entries (or none): a part of a counter's
+ * state is itself a state, so a large counter may be sent in parts. */
 static void add_part(struct wire_sync_writer *w, const struct tally_table *t,
                      const struct tally_counter *c, uint32_t from, uint32_t to,
-                     const struct tally_base *base, bool (*keep)(uint16_t, void *), void *ctx)
+                     const struct tally_base *base, const struct tally_folds *folds,
+                     bool (*keep)(uint16_t, void *), void *ctx)
 {
     uint32_t nslots = 0, ndevs = 0;
     for (uint32_t i = from; i < to; i++)
@@ -355,6 +381,7 @@ static void add_part(struct wire_sync_writer *w, const struct tally_table *t,
         wbuf_varint(&w->body, d->total);
     }
     add_base(w, t, base);
+    add_folds(w, t, folds);
     w->ncounters++;
 }
 
@@ -392,13 +419,14 @@ static int add_counter(struct wire_sync_writer *w, const struct tally_table *t,
     for (uint32_t i = 0; i < total; i++)
         kept += entry_kept(c, i, keep, ctx);
     const struct tally_base *base = table_base(t, c);
-    if (keep && kept == 0 && !base)
+    const struct tally_folds *folds = table_folds(t, c);
+    if (keep && kept == 0 && !base && !folds)
         return TALLY_OK;
     if (ref_grow(&w->rep_ref, &w->rep_used, &w->rep_cap, t->nreplicas) ||
         ref_grow(&w->dev_ref, &w->dev_used, &w->dev_cap, t->ndevices))
         return TALLY_E_NOMEM;
     /* name, two counts, and the base with the first part */
-    size_t head = 1 + c->name_len + 2 * 5 + base_cost(base);
+    size_t head = 1 + c->name_len + 2 * 5 + base_cost(base) + folds_cost(folds);
     for (;;) {
         uint32_t to = total;
         bool over = false;
@@ -412,8 +440,8 @@ static int add_counter(struct wire_sync_writer *w, const struct tally_table *t,
         }
         if (over && to == from && to < total)
             to++; /* a lone entry always fits in max_bytes >= 4096 */
-        add_part(w, t, c, from, to, from == 0 ? base : NULL, keep, ctx);
-        head = 1 + c->name_len + 2 * 5 + 1;
+        add_part(w, t, c, from, to, from == 0 ? base : NULL, from == 0 ? folds : NULL, keep, ctx);
+        head = 1 + c->name_len + 2 * 5 + 1 + 1;
         from = to;
         if (from >= total)
             break;
@@ -433,8 +461,8 @@ int sync_writer_add(struct wire_sync_writer *w, const struct tally_table *t,
     return add_counter(w, t, c, NULL, NULL);
 }
 
-/* Appends what c owes: its entries kept by keep(pending, ctx), and its base,
- * which is rare and whole, so it goes with every delta. */
+/* Appends what c owes: its entries kept by keep(pending, ctx), and its base
+ * and fold entries, which are rare and whole, so they go with every delta. */
 int sync_writer_add_delta(struct wire_sync_writer *w, const struct tally_table *t,
                           const struct tally_counter *c, bool (*keep)(uint16_t, void *), void *ctx)
 {
@@ -485,6 +513,7 @@ void wire_sync_free(struct wire_sync *s)
     free(s->devs);
     free(s->base_slots);
     free(s->base_devs);
+    free(s->folds);
     memset(s, 0, sizeof(*s));
 }
 
@@ -520,6 +549,23 @@ static void read_devs(struct wire_reader *r, struct wire_sync_dev *arr, uint32_t
         if (d->device_ref >= refs)
             r->bad = true;
         read_value(r, &d->total);
+    }
+}
+
+/* A counter's fold entries (fold.c); replica holds the message's ref. */
+static void read_folds(struct wire_reader *r, struct wire_sync *s, struct wire_sync_counter *c)
+{
+    c->nfolds = wr_count(r, 5);
+    c->first_fold = s->nfolds;
+    for (uint32_t i = 0; i < c->nfolds && !r->bad; i++) {
+        struct tally_fold *f = &s->folds[s->nfolds++];
+        f->replica = (uint32_t)wr_varint(r);
+        if (f->replica >= s->nreplicas)
+            r->bad = true;
+        read_value(r, &f->p);
+        read_value(r, &f->n);
+        read_value(r, &f->bp);
+        read_value(r, &f->bn);
     }
 }
 
@@ -559,6 +605,8 @@ static void read_counter(struct wire_reader *r, struct wire_sync *s, struct wire
     read_devs(r, s->devs, &s->ndevs, c->ndevs, s->ndevices);
     if (version >= 2)
         read_base(r, s, c);
+    if (version >= 4)
+        read_folds(r, s, c);
 }
 
 int wire_decode_sync(const void *msg, size_t len, struct wire_sync *s)
@@ -601,8 +649,9 @@ int wire_decode_sync(const void *msg, size_t len, struct wire_sync *s)
     s->devs = calloc(left / 2 + 1, sizeof(*s->devs));
     s->base_slots = calloc(version >= 2 ? left / 3 + 1 : 1, sizeof(*s->base_slots));
     s->base_devs = calloc(version >= 2 ? left / 2 + 1 : 1, sizeof(*s->base_devs));
+    s->folds = calloc(version >= 4 ? left / 5 + 1 : 1, sizeof(*s->folds));
     if (!s->replicas || !s->devices || !s->counters || !s->slots || !s->devs || !s->base_slots ||
-        !s->base_devs) {
+        !s->base_devs || !s->folds) {
         wire_sync_free(s);
         return TALLY_E_NOMEM;
     }

@@ -24,6 +24,7 @@ Suite *reset_suite(void);
 Suite *clients_suite(void);
 Suite *tier_suite(void);
 Suite *repl_suite(void);
+Suite *fold_suite(void);
 
 int main(void)
 {
@@ -40,6 +41,7 @@ int main(void)
     srunner_add_suite(sr, clients_suite());
     srunner_add_suite(sr, tier_suite());
     srunner_add_suite(sr, repl_suite());
+    srunner_add_suite(sr, fold_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -434,7 +434,8 @@ START_TEST(test_sync_bad_references_and_values)
         if (rc == TALLY_OK)
             wire_sync_free(&s);
     }
-    ck_assert_int_eq(wire_peek_type("TL\x04\x01", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x05\x01", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x04\x01", 4), WIRE_SYNC); /* 4 added folds */
     ck_assert_int_eq(wire_peek_type("TL\x03\x01", 4), WIRE_SYNC);
     ck_assert_int_eq(wire_peek_type("TL\x02\x01", 4), WIRE_SYNC);
     ck_assert_int_eq(wire_peek_type("TL\x02\x02", 4), WIRE_DIGEST);

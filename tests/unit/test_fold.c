@@ -1,0 +1,545 @@
+/*
+ * test_fold.c - folding the slots of retired incarnations (fold.c), on nodes
+ * simulated in memory that replicate with the shipped repl.c and wire.c: a
+ * node restarts without its state (a new incarnation, an empty table), its
+ * peers hand its counts back, and it folds them into its running slot.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <check.h>
+
+#include "tally.h"
+
+#define MAXN 3
+#define MAXMSG 256
+
+struct msg {
+    uint8_t *data;
+    size_t len;
+};
+
+struct node {
+    char name[8];
+    uint64_t incarnation;
+    struct tally_table t;
+    struct repl r;
+    struct wire_sync_writer w;
+    struct fold_gc gc;
+    uint32_t self;
+    struct msg out[MAXMSG];
+    int nout;
+};
+
+static struct node nodes[MAXN];
+static bool cut[MAXN][MAXN]; /* a link that drops what is sent over it */
+static uint64_t now_ms;
+
+static void collect(const struct wire_buf *b, void *ctx)
+{
+    struct node *n = ctx;
+    ck_assert_int_lt(n->nout, MAXMSG);
+    n->out[n->nout].data = malloc(b->len);
+    memcpy(n->out[n->nout].data, b->data, b->len);
+    n->out[n->nout++].len = b->len;
+}
+
+static struct repl_out out_of(struct node *n)
+{
+    return (struct repl_out){n->name, 65536, collect, n};
+}
+
+/* Node i starts (again) empty, as incarnation inc. */
+static void start(int i, uint64_t inc)
+{
+    struct node *n = &nodes[i];
+    table_init(&n->t, 1000, 100);
+    repl_init(&n->r, 1000 + inc);
+    fold_gc_init(&n->gc, 60000, 0);
+    n->incarnation = inc;
+    ck_assert_int_eq(table_replica(&n->t, n->name, strlen(n->name), inc, &n->self), TALLY_OK);
+    table_set_self(&n->t, n->self);
+}
+
+static void stop(int i)
+{
+    struct node *n = &nodes[i];
+    for (int m = 0; m < n->nout; m++)
+        free(n->out[m].data);
+    n->nout = 0;
+    table_free(&n->t);
+    repl_free(&n->r);
+    sync_writer_free(&n->w);
+    fold_gc_free(&n->gc);
+}
+
+static void setup(void)
+{
+    memset(nodes, 0, sizeof(nodes));
+    memset(cut, 0, sizeof(cut));
+    now_ms = 1000;
+    for (int i = 0; i < MAXN; i++) {
+        snprintf(nodes[i].name, sizeof(nodes[i].name), "n%d", i);
+        start(i, 1);
+    }
+}
+
+static void teardown(void)
+{
+    for (int i = 0; i < MAXN; i++)
+        stop(i);
+}
+
+static void inc(int i, const char *name, int64_t delta)
+{
+    struct tally_counter *c;
+    bool changed;
+    ck_assert_int_eq(table_get(&nodes[i].t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
+    ck_assert_int_eq(table_add(&nodes[i].t, c, nodes[i].self, delta, &changed), TALLY_OK);
+}
+
+static struct tally_counter *find(int i, const char *name)
+{
+    return table_find(&nodes[i].t, name, strlen(name));
+}
+
+static int64_t value(int i, const char *name)
+{
+    struct tally_counter *c = find(i, name);
+    return c ? table_value(&nodes[i].t, c) : 0;
+}
+
+static uint32_t slots(int i, const char *name)
+{
+    struct tally_counter *c = find(i, name);
+    return c ? c->nslots : 0;
+}
+
+static uint32_t folds(int i, const char *name)
+{
+    struct tally_counter *c = find(i, name);
+    const struct tally_folds *f = c ? table_folds(&nodes[i].t, c) : NULL;
+    return f ? f->n : 0;
+}
+
+/* Applies one message of node i at node j. */
+static void apply(int i, int j, const struct msg *m)
+{
+    struct wire_sync s;
+    uint16_t k;
+    ck_assert_int_eq(wire_decode_sync(m->data, m->len, &s), TALLY_OK);
+    ck_assert_int_eq(repl_neighbour(&nodes[j].r, nodes[i].name, &k), TALLY_OK);
+    ck_assert_int_eq(repl_apply_sync(&nodes[j].r, &nodes[j].t, NULL, &s, k), TALLY_OK);
+    wire_sync_free(&s);
+}
+
+/* Delivers node i's outbox over every link that is not cut. */
+static int deliver(int i)
+{
+    struct node *n = &nodes[i];
+    int sent = n->nout;
+    for (int m = 0; m < n->nout; m++) {
+        for (int j = 0; j < MAXN; j++)
+            if (j != i && !cut[i][j])
+                apply(i, j, &n->out[m]);
+        free(n->out[m].data);
+    }
+    n->nout = 0;
+    return sent;
+}
+
+static void settle(void)
+{
+    for (int round = 0; round < 30; round++) {
+        int moved = 0;
+        for (int i = 0; i < MAXN; i++) {
+            struct repl_out o = out_of(&nodes[i]);
+            repl_send_deltas(&nodes[i].r, &nodes[i].t, &nodes[i].w, &o, 100000);
+            moved += deliver(i);
+        }
+        if (!moved)
+            return;
+    }
+    ck_abort_msg("replication did not settle");
+}
+
+/* Node i sends its whole state (anti-entropy's repair, every bucket). */
+static void repair_from(int i)
+{
+    uint64_t all[TALLY_BUCKETS / 64];
+    memset(all, 0xff, sizeof(all));
+    struct repl_out o = out_of(&nodes[i]);
+    repl_send_buckets(&nodes[i].r, &nodes[i].t, &nodes[i].w, &o, all);
+    deliver(i);
+}
+
+static void stats_to(int i, int j);
+
+/* Node i restarts without its state; its reachable peers repair it, and
+ * their stats tell it the watermarks: it starts folding. */
+static void restart_empty(int i)
+{
+    uint64_t inc = nodes[i].incarnation + 1;
+    stop(i);
+    start(i, inc);
+    for (int j = 0; j < MAXN; j++)
+        if (j != i && !cut[j][i])
+            repair_from(j);
+    for (int j = 0; j < MAXN; j++)
+        if (j != i && !cut[j][i])
+            stats_to(j, i);
+}
+
+static void heal(void)
+{
+    memset(cut, 0, sizeof(cut));
+    for (int i = 0; i < MAXN; i++)
+        repair_from(i);
+    settle();
+}
+
+static void isolate(int i, bool on)
+{
+    for (int j = 0; j < MAXN; j++)
+        cut[i][j] = cut[j][i] = on && i != j;
+}
+
+static void assert_everywhere(const char *name, int64_t want)
+{
+    for (int i = 0; i < MAXN; i++)
+        ck_assert_msg(value(i, name) == want, "%s at n%d: %lld, want %lld", name, i,
+                      (long long)value(i, name), (long long)want);
+}
+
+static void assert_same_digests(void)
+{
+    for (int i = 1; i < MAXN; i++)
+        ck_assert_mem_eq(nodes[0].t.digest, nodes[i].t.digest, sizeof(nodes[0].t.digest));
+}
+
+/* ==== Folding keeps every total ==== */
+
+START_TEST(test_fold_keeps_totals)
+{
+    setup();
+    int64_t total = 0;
+    for (int round = 0; round < 10; round++) {
+        for (int i = 0; i < MAXN; i++) {
+            inc(i, "c", i + 1);
+            inc(i, "d", -(round + 1));
+            total += i + 1;
+        }
+        settle();
+        restart_empty(0);
+        /* n0 folded what its peers handed back: the same total, one slot */
+        ck_assert_int_eq(value(0, "c"), total);
+        ck_assert_int_eq(slots(0, "c"), 3);
+        settle();
+        assert_everywhere("c", total);
+    }
+    settle();
+    assert_everywhere("c", total);
+    assert_everywhere("d", -3 * 55);
+    for (int i = 0; i < MAXN; i++) {
+        ck_assert_uint_eq(slots(i, "c"), 3); /* one per live node */
+        ck_assert_uint_eq(folds(i, "c"), 10);
+    }
+    assert_same_digests();
+    teardown();
+}
+END_TEST
+
+/* A peer that saw more of the retired slot than the folder (a partition)
+ * keeps the difference, which reaches the folder as a slot, and is folded. */
+START_TEST(test_fold_receiver_holds_more)
+{
+    setup();
+    inc(0, "c", 5);
+    settle();
+    /* n0's last increments reach n2 only */
+    cut[0][1] = cut[1][0] = cut[1][2] = cut[2][1] = true;
+    inc(0, "c", 2);
+    settle();
+    /* n2 goes away; n0 restarts empty and hears from n1 only */
+    memset(cut, 0, sizeof(cut));
+    isolate(2, true);
+    restart_empty(0);
+    ck_assert_int_eq(value(0, "c"), 5);
+    inc(0, "c", 1);
+    inc(2, "c", 10);
+    settle();
+    ck_assert_int_eq(value(1, "c"), 6);
+    ck_assert_int_eq(value(2, "c"), 17);
+    heal();
+    assert_everywhere("c", 18);
+    for (int i = 0; i < MAXN; i++) {
+        ck_assert_uint_eq(slots(i, "c"), 2);
+        ck_assert_uint_eq(folds(i, "c"), 1);
+    }
+    assert_same_digests();
+    teardown();
+}
+END_TEST
+
+/* A fold entry, the slot it covers and the raised slot, in any order, at a
+ * node that never saw them: the same value and digest. */
+START_TEST(test_fold_merge_order)
+{
+    setup();
+    inc(0, "c", 4);
+    inc(0, "c", -1);
+    settle();
+    /* the retired slot's state, as n1 would send it */
+    repair_from(1);
+    struct msg old = {0};
+    struct repl_out o = out_of(&nodes[1]);
+    uint64_t all[TALLY_BUCKETS / 64];
+    memset(all, 0xff, sizeof(all));
+    repl_send_buckets(&nodes[1].r, &nodes[1].t, &nodes[1].w, &o, all);
+    ck_assert_int_eq(nodes[1].nout, 1);
+    old = nodes[1].out[0];
+    nodes[1].nout = 0;
+    restart_empty(0);
+    inc(0, "c", 2);
+    o = out_of(&nodes[0]);
+    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, all);
+    ck_assert_int_eq(nodes[0].nout, 1);
+    struct msg folded = nodes[0].out[0];
+    nodes[0].nout = 0;
+    /* n2 restarts empty (another node: it folds nothing of n0's) and takes
+     * the two messages in both orders, and each twice */
+    const struct msg *orders[2][4] = {{&old, &folded, &old, &folded},
+                                      {&folded, &old, &folded, &old}};
+    uint64_t digest[2][TALLY_BUCKETS];
+    for (int k = 0; k < 2; k++) {
+        stop(2);
+        start(2, 10 + (uint64_t)k);
+        for (int m = 0; m < 4; m++)
+            apply(k == 0 ? 1 : 0, 2, orders[k][m]);
+        ck_assert_int_eq(value(2, "c"), 5);
+        ck_assert_uint_eq(slots(2, "c"), 1);
+        ck_assert_uint_eq(folds(2, "c"), 1);
+        memcpy(digest[k], nodes[2].t.digest, sizeof(digest[k]));
+    }
+    ck_assert_mem_eq(digest[0], digest[1], sizeof(digest[0]));
+    free(old.data);
+    free(folded.data);
+    teardown();
+}
+END_TEST
+
+/* A counter that was reset is not folded (its base is per slot): its value
+ * stays exact through the restart. */
+START_TEST(test_fold_moves_bases)
+{
+    setup();
+    inc(0, "r", 7);
+    inc(0, "r", -2);
+    settle();
+    ck_assert_int_eq(table_reset(&nodes[1].t, find(1, "r"), false), TALLY_OK);
+    inc(0, "r", 2);
+    settle();
+    assert_everywhere("r", 2);
+    restart_empty(0);
+    ck_assert_int_eq(value(0, "r"), 2);
+    inc(0, "r", 1);
+    settle();
+    assert_everywhere("r", 3);
+    for (int i = 0; i < MAXN; i++) {
+        ck_assert_uint_eq(slots(i, "r"), 1);
+        ck_assert_uint_eq(table_base(&nodes[i].t, find(i, "r"))->nslots, 1);
+        ck_assert_uint_eq(folds(i, "r"), 1);
+    }
+    /* a delete after the fold hides it everywhere, and an increment shows it */
+    ck_assert_int_eq(table_reset(&nodes[2].t, find(2, "r"), true), TALLY_OK);
+    settle();
+    for (int i = 0; i < MAXN; i++)
+        ck_assert(table_hidden(&nodes[i].t, find(i, "r")));
+    inc(1, "r", 4);
+    settle();
+    assert_everywhere("r", 4);
+    assert_same_digests();
+    teardown();
+}
+END_TEST
+
+/* ==== Collection ==== */
+
+/* Node j reads node i's stats document. */
+static void stats_to(int i, int j)
+{
+    struct wire_buf b = {0};
+    wbuf_str(&b, "{\"fold\":");
+    fold_stats_json(&b, &nodes[i].t, &nodes[i].gc, now_ms, 4096);
+    wbuf_str(&b, "}");
+    ck_assert(!b.failed);
+    ck_assert_int_eq(
+        fold_peer_stats(&nodes[j].gc, &nodes[j].t, NULL, nodes[i].name, b.data, b.len, now_ms),
+        TALLY_OK);
+    wbuf_free(&b);
+}
+
+/* Node i raises its watermark as far as its members allow; true if it rose. */
+static bool collect_at(int i)
+{
+    bool retired;
+    ck_assert_int_eq(fold_collect(&nodes[i].gc, &nodes[i].t, NULL, now_ms, &retired), TALLY_OK);
+    return retired;
+}
+
+/* The lives of node `of` that node i takes as retired: those below this. */
+static uint64_t below(int i, int of)
+{
+    return fold_below_of(&nodes[i].t, nodes[of].name, strlen(nodes[of].name));
+}
+
+static void gossip(void)
+{
+    for (int i = 0; i < MAXN; i++)
+        for (int j = 0; j < MAXN; j++)
+            if (i != j && !cut[i][j])
+                stats_to(i, j);
+}
+
+START_TEST(test_fold_collected)
+{
+    setup();
+    inc(0, "c", 3);
+    inc(1, "c", 1);
+    settle();
+    struct repl_out o = out_of(&nodes[1]);
+    uint64_t all[TALLY_BUCKETS / 64];
+    memset(all, 0xff, sizeof(all));
+    repl_send_buckets(&nodes[1].r, &nodes[1].t, &nodes[1].w, &o, all);
+    struct msg stale = nodes[1].out[0]; /* holds n0's first life */
+    nodes[1].nout = 0;
+    for (int k = 0; k < 5; k++) {
+        restart_empty(0);
+        inc(0, "c", 1);
+        settle();
+    }
+    assert_everywhere("c", 9);
+    ck_assert_uint_eq(folds(1, "c"), 5);
+    /* the members' last stats were read before n0's fifth life was folded
+     * everywhere: they still held it */
+    ck_assert(collect_at(0));
+    ck_assert_uint_eq(below(0, 0), 5);
+    gossip();
+    ck_assert(collect_at(0));
+    ck_assert_uint_eq(below(0, 0), 6);
+    ck_assert_uint_eq(folds(0, "c"), 0);
+    gossip(); /* the others read n0's "retired" */
+    for (int i = 0; i < MAXN; i++) {
+        ck_assert_uint_eq(folds(i, "c"), 0);
+        ck_assert_uint_eq(slots(i, "c"), 2);
+    }
+    assert_everywhere("c", 9);
+    assert_same_digests();
+    /* an old message holding a retired life changes nothing */
+    apply(1, 2, &stale);
+    apply(1, 0, &stale);
+    assert_everywhere("c", 9);
+    ck_assert_uint_eq(slots(2, "c"), 2);
+    free(stale.data);
+    teardown();
+}
+END_TEST
+
+/* A member that holds more of a retired life than the folder holds the
+ * collection back until the difference is folded. */
+START_TEST(test_fold_collection_waits_for_a_member)
+{
+    setup();
+    inc(0, "c", 5);
+    settle();
+    gossip(); /* n1 has heard n2 */
+    cut[0][1] = cut[1][0] = cut[1][2] = cut[2][1] = true;
+    inc(0, "c", 2); /* reaches n2 only */
+    settle();
+    memset(cut, 0, sizeof(cut));
+    isolate(2, true);
+    now_ms += 1000;
+    restart_empty(0);
+    settle();
+    stats_to(1, 0);
+    /* n0 never heard n2 since it started, but n1 names it: not clean */
+    ck_assert(!collect_at(0));
+    isolate(2, false);
+    gossip(); /* n2 holds more of n0's first life than the entry */
+    collect_at(0);
+    ck_assert_uint_le(below(0, 0), 1); /* the first life is not retired */
+    heal();
+    gossip();
+    ck_assert(collect_at(0));
+    ck_assert_uint_eq(below(0, 0), 2);
+    gossip();
+    assert_everywhere("c", 7);
+    for (int i = 0; i < MAXN; i++) {
+        ck_assert_uint_eq(folds(i, "c"), 0);
+        ck_assert_uint_eq(slots(i, "c"), 1);
+    }
+    assert_same_digests();
+    teardown();
+}
+END_TEST
+
+/* A node away for longer than member_timeout_ms is not waited for; when it
+ * comes back holding a slot of a life retired meanwhile, that slot is
+ * discarded (the trade-off), not counted twice: by the folder, which
+ * restarted without state 40 times since, as by the others, and by the
+ * node itself once it hears the watermark. */
+START_TEST(test_fold_retirement_reaches_a_node_that_missed_it)
+{
+    setup();
+    inc(0, "c", 2);
+    inc(2, "c", 1);
+    settle();
+    restart_empty(0);
+    settle();
+    gossip();
+    isolate(2, true);
+    now_ms += 60001;
+    gossip();
+    ck_assert(collect_at(0));
+    gossip();
+    for (int k = 0; k < 40; k++) {
+        restart_empty(0);
+        inc(0, "c", 1);
+        settle();
+        gossip();
+        ck_assert(collect_at(0));
+        gossip();
+    }
+    ck_assert_uint_eq(slots(2, "c"), 2); /* n2: n0's second life, and its own */
+    ck_assert_uint_eq(below(2, 0), 0);
+    isolate(2, false);
+    heal();
+    ck_assert_int_eq(value(0, "c"), 2 + 1 + 40);
+    ck_assert_int_eq(value(1, "c"), 2 + 1 + 40);
+    gossip(); /* n2 hears the watermark */
+    ck_assert_uint_eq(below(2, 0), 42);
+    assert_everywhere("c", 2 + 1 + 40);
+    for (int i = 0; i < MAXN; i++) {
+        ck_assert_uint_eq(folds(i, "c"), 0);
+        ck_assert_uint_eq(slots(i, "c"), 2);
+    }
+    assert_same_digests();
+    teardown();
+}
+END_TEST
+
+Suite *fold_suite(void)
+{
+    Suite *s = suite_create("fold");
+    TCase *tc = tcase_create("fold");
+    tcase_add_test(tc, test_fold_keeps_totals);
+    tcase_add_test(tc, test_fold_receiver_holds_more);
+    tcase_add_test(tc, test_fold_merge_order);
+    tcase_add_test(tc, test_fold_moves_bases);
+    tcase_add_test(tc, test_fold_collected);
+    tcase_add_test(tc, test_fold_collection_waits_for_a_member);
+    tcase_add_test(tc, test_fold_retirement_reaches_a_node_that_missed_it);
+    suite_add_tcase(s, tc);
+    return s;
+}
