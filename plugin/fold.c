@@ -71,7 +71,11 @@
  *    holds a slot of (at most X's own incarnation). A member is a node whose
  *    stats (with a "fold" object: edges have none) X read, or that a member
  *    named, within member_timeout_ms (an option, default one hour); one X
- *    has only heard named holds W where it is. X raises nothing before its
+ *    has not heard *live* holds W where it is. Live means a document
+ *    written after the first one X read of that node: the first may be a
+ *    retained copy that a bridge hands over on connecting, written before a
+ *    partition cut that node off (tests/integration/test_fold.py found a
+ *    folder retiring a life that a node cut off still held, on such a copy). X raises nothing before its
  *    first peer_timeout_ms, nor before it has heard a member. A partitioned
  *    member holds the collection back until the partition heals or
  *    member_timeout_ms passes (its last word, or its last mention by another
@@ -508,8 +512,9 @@ uint64_t tally_incarnation_new(uint64_t wall_ms, uint64_t random, uint64_t after
 struct fold_member {
     UT_hash_handle hh;
     uint64_t heard_ms; /* heard, or named by a member heard */
-    bool direct;       /* its own stats were read */
+    bool direct;       /* its own stats were read, live */
     uint64_t direct_ms;
+    uint64_t first_doc_ms;     /* the time_ms of the first of its documents read */
     struct fold_below *lowest; /* node -> lowest incarnation held */
     char node[TALLY_NODE_ID_MAX + 1];
 };
@@ -689,7 +694,7 @@ static int note_below(struct tally_table *t, struct persist *p, const cJSON *map
 }
 
 int fold_peer_stats(struct fold_gc *gc, struct tally_table *t, struct persist *p, const char *node,
-                    const void *json, size_t len, uint64_t now_ms)
+                    const void *json, size_t len, uint64_t now_ms, uint64_t doc_ms)
 {
     cJSON *root = cJSON_ParseWithLength(json, len);
     const cJSON *fold = cJSON_GetObjectItemCaseSensitive(root, "fold");
@@ -700,15 +705,24 @@ int fold_peer_stats(struct fold_gc *gc, struct tally_table *t, struct persist *p
     struct fold_member *m = member(gc, node);
     int rc = m ? note_named(gc, t, cJSON_GetObjectItemCaseSensitive(fold, "members"), now_ms)
                : TALLY_E_NOMEM;
-    if (rc == TALLY_OK)
+    /* The first document heard of a node may be an old retained copy (of a
+     * node now cut off), which says nothing of what it holds now: only a
+     * later one, written after it, shows the node is heard live. */
+    bool live = m && m->first_doc_ms && doc_ms > m->first_doc_ms;
+    if (m && !m->first_doc_ms)
+        m->first_doc_ms = doc_ms ? doc_ms : 1;
+    if (rc == TALLY_OK && live)
         rc = note_lowest(m, cJSON_GetObjectItemCaseSensitive(fold, "lowest"));
     if (rc == TALLY_OK)
         rc = note_below(t, p, cJSON_GetObjectItemCaseSensitive(fold, "below"));
     cJSON_Delete(root);
     if (rc != TALLY_OK)
         return rc;
-    m->heard_ms = m->direct_ms = now_ms;
-    m->direct = true;
+    m->heard_ms = now_ms;
+    if (live) {
+        m->direct_ms = now_ms;
+        m->direct = true;
+    }
     return fold_ready(t, p); /* the watermarks are known: folding may start */
 }
 

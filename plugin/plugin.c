@@ -783,9 +783,9 @@ static int on_stats(const struct mosquitto_evt_message *ev, bool *route)
     o->stats_time_ms = time_ms;
     o->stats_seq = seq;
     *route = true; /* and retained here: any node shows every node's figures */
-    return g.edge
-               ? TALLY_OK
-               : fold_peer_stats(&g.fold, &g.table, g.persist, o->node_id, payload, len, mono_ms());
+    return g.edge ? TALLY_OK
+                  : fold_peer_stats(&g.fold, &g.table, g.persist, o->node_id, payload, len,
+                                    mono_ms(), time_ms);
 }
 
 /* ==== Tiers (tier.c): UP from our edges, DOWN from our hub ==== */

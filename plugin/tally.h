@@ -353,11 +353,13 @@ void fold_gc_free(struct fold_gc *gc);
  * entries that would take b past limit bytes are left out and counted. */
 void fold_stats_json(struct wire_buf *b, const struct tally_table *t, const struct fold_gc *gc,
                      uint64_t now_ms, size_t limit);
-/* A peer's stats document (node, JSON): notes its lowest lives and the
- * members it names, takes its watermarks (logged to p, if any), and makes
- * folding ready. Returns TALLY_OK or TALLY_E_NOMEM. */
+/* A peer's stats document (node, JSON, written at doc_ms by its clock):
+ * notes the members it names, takes its watermarks (logged to p, if any),
+ * makes folding ready, and, once a document of that node written after the
+ * first one read arrives (the first may be a stale retained copy), notes
+ * its lowest lives. Returns TALLY_OK or TALLY_E_NOMEM. */
 int fold_peer_stats(struct fold_gc *gc, struct tally_table *t, struct persist *p, const char *node,
-                    const void *json, size_t len, uint64_t now_ms);
+                    const void *json, size_t len, uint64_t now_ms, uint64_t doc_ms);
 /* At the running incarnation: raises its node's watermark as far as every
  * member allows; *retired when it rose. */
 int fold_collect(struct fold_gc *gc, struct tally_table *t, struct persist *p, uint64_t now_ms,
