@@ -75,14 +75,12 @@
  *    written after the first one X read of that node: the first may be a
  *    retained copy that a bridge hands over on connecting, written before a
  *    partition cut that node off (tests/integration/test_fold.py found a
- *    folder retiring a life that a node cut off still held, on such a copy). X raises nothing before its
- *    first peer_timeout_ms, nor before it has heard a member. A partitioned
- *    member holds the collection back until the partition heals or
- *    member_timeout_ms passes (its last word, or its last mention by another
- *    member, grows older than that): that is where it waits.
- *    Every node takes every watermark it reads (any node's, from any
- *    member), drops what it covers, and logs it ('R' record, persist.c), so
- *    that a slot of a retired life arriving later, from a stale replay or a
+ *    folder retiring a life that a node cut off still held, on such a copy). X raises nothing
+ * before its first peer_timeout_ms, nor before it has heard a member. A partitioned member holds
+ * the collection back until the partition heals or member_timeout_ms passes (its last word, or its
+ * last mention by another member, grows older than that): that is where it waits. Every node takes
+ * every watermark it reads (any node's, from any member), drops what it covers, and logs it ('R'
+ * record, persist.c), so that a slot of a retired life arriving later, from a stale replay or a
  *    node that was away, is discarded everywhere. And X folds nothing until
  *    it knows the watermarks (its first member's stats, or peer_timeout_ms
  *    alone): a node restarted without state never folds a stale slot of a
@@ -512,6 +510,9 @@ uint64_t tally_incarnation_new(uint64_t wall_ms, uint64_t random, uint64_t after
 struct fold_member {
     UT_hash_handle hh;
     uint64_t heard_ms; /* heard, or named by a member heard */
+    uint64_t any_ms;   /* any stats document of it read */
+    bool collecting;   /* it said so in its last document */
+    bool full;         /* its last live document said what it holds */
     bool direct;       /* its own stats were read, live */
     uint64_t direct_ms;
     uint64_t first_doc_ms;     /* the time_ms of the first of its documents read */
@@ -584,11 +585,40 @@ static uint32_t write_lowest(struct wire_buf *b, const struct tally_table *t, si
     return n;
 }
 
+/* This node has past lives to retire: its watermark is below its own life
+ * (so is a node that has not yet heard its members). */
+static bool collecting(const struct tally_table *t)
+{
+    if (!t->has_self)
+        return false;
+    const struct tally_replica *me = t->replicas[t->self];
+    return fold_below_of(t, me->key, me->id_len) < me->incarnation;
+}
+
+/* Whether this node's stats say all it knows (see fold_stats_json). */
+static bool say_all(const struct fold_gc *gc, const struct tally_table *t, uint64_t now_ms)
+{
+    if (collecting(t) || now_ms < gc->eager_until_ms)
+        return true;
+    for (const struct fold_member *m = gc->members; m; m = m->hh.next)
+        if (is_member(gc, m, now_ms) && m->collecting)
+            return true;
+    return false;
+}
+
 void fold_stats_json(struct wire_buf *b, const struct tally_table *t, const struct fold_gc *gc,
                      uint64_t now_ms, size_t limit)
 {
     uint32_t n = 0, omitted = 0;
-    wbuf_str(b, "{\"members\":[");
+    if (!say_all(gc, t, now_ms)) {
+        const struct tally_replica *me = t->replicas[t->self];
+        wbuf_str(b, "{\"collecting\":false,\"full\":false,\"below\":{");
+        map_item(b, limit, true, me->key, me->id_len, fold_below_of(t, me->key, me->id_len));
+        wbuf_str(b, "}}");
+        return;
+    }
+    wbuf_printf(b, "{\"collecting\":%s,\"full\":true,\"members\":[",
+                collecting(t) ? "true" : "false");
     for (const struct fold_member *m = gc->members; m; m = m->hh.next) {
         if (!m->direct || now_ms - m->direct_ms > gc->member_timeout_ms)
             continue;
@@ -702,7 +732,18 @@ int fold_peer_stats(struct fold_gc *gc, struct tally_table *t, struct persist *p
         cJSON_Delete(root);
         return TALLY_OK; /* an edge (tier.c), which holds no slot but its own */
     }
-    struct fold_member *m = member(gc, node);
+    struct fold_member *m = NULL;
+    HASH_FIND_STR(gc->members, node, m);
+    /* A member new, or back after a silence, may lack watermarks or hold
+     * retired lives: every node says all it knows for a while. */
+    if (!m || now_ms - m->any_ms > FOLD_EAGER_MS)
+        gc->eager_until_ms = now_ms + FOLD_EAGER_MS;
+    bool full = !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(fold, "full"));
+    m = member(gc, node);
+    if (m) {
+        m->any_ms = now_ms;
+        m->collecting = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(fold, "collecting"));
+    }
     int rc = m ? note_named(gc, t, cJSON_GetObjectItemCaseSensitive(fold, "members"), now_ms)
                : TALLY_E_NOMEM;
     /* The first document heard of a node may be an old retained copy (of a
@@ -711,8 +752,10 @@ int fold_peer_stats(struct fold_gc *gc, struct tally_table *t, struct persist *p
     bool live = m && m->first_doc_ms && doc_ms > m->first_doc_ms;
     if (m && !m->first_doc_ms)
         m->first_doc_ms = doc_ms ? doc_ms : 1;
-    if (rc == TALLY_OK && live)
+    if (rc == TALLY_OK && live && full)
         rc = note_lowest(m, cJSON_GetObjectItemCaseSensitive(fold, "lowest"));
+    if (m && live)
+        m->full = full;
     if (rc == TALLY_OK)
         rc = note_below(t, p, cJSON_GetObjectItemCaseSensitive(fold, "below"));
     cJSON_Delete(root);
@@ -730,7 +773,7 @@ int fold_peer_stats(struct fold_gc *gc, struct tally_table *t, struct persist *p
  * UINT64_MAX if none, 0 if m was never heard (it may hold any). */
 static uint64_t member_lowest(const struct fold_member *m, const struct tally_replica *me)
 {
-    if (!m->direct)
+    if (!m->direct || !m->full)
         return 0;
     const struct fold_below *l = NULL;
     HASH_FIND(hh, m->lowest, me->key, me->id_len, l);

@@ -344,13 +344,21 @@ struct wire_buf;
 struct fold_gc {
     struct fold_member *members;
     uint64_t member_timeout_ms;
-    uint64_t not_before_ms; /* no retirement before (the members' stats arrive) */
+    uint64_t not_before_ms;  /* no retirement before (the members' stats arrive) */
+    uint64_t eager_until_ms; /* every "fold" says all until then */
 };
+/* How long every node's stats say all they know after a member came, or came
+ * back after a silence this long (fold_stats_json). */
+#define FOLD_EAGER_MS 15000
 void fold_gc_init(struct fold_gc *gc, uint64_t member_timeout_ms, uint64_t not_before_ms);
 void fold_gc_free(struct fold_gc *gc);
-/* The "fold" object of this node's stats into b:
- * {"members":[node...],"lowest":{node:hex},"below":{node:hex},"omitted":n};
- * entries that would take b past limit bytes are left out and counted. */
+/* The "fold" object of this node's stats into b. While this node or a member
+ * collects (or a member just came, FOLD_EAGER_MS), all it knows:
+ * {"collecting":bool,"full":true,"members":[node...],"lowest":{node:hex},
+ *  "below":{node:hex},"omitted":n}, entries that would take b past limit
+ * bytes left out and counted; otherwise only its own watermark,
+ * {"collecting":false,"full":false,"below":{node:hex}}: a document flooded to
+ * every node stays O(1) when nothing is to be collected, not O(cluster). */
 void fold_stats_json(struct wire_buf *b, const struct tally_table *t, const struct fold_gc *gc,
                      uint64_t now_ms, size_t limit);
 /* A peer's stats document (node, JSON, written at doc_ms by its clock):

@@ -154,6 +154,20 @@ def wait_heard(collector, names, timeout):
     raise common.BenchError("the nodes did not all hear from each other in %d s" % timeout)
 
 
+def wait_settled(collector, names, timeout):
+    """Until no node's stats say all they know for folding (fold.c): a cluster that has just
+    started exchanges its members' lives once; what is measured is the steady state after."""
+    started = time.monotonic()
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        if all((collector.get(n) or {}).get("fold", {}).get("full") is False for n in names):
+            print("fold membership settled %.0f s after every node was heard" % (
+                time.monotonic() - started))
+            return
+        time.sleep(0.5)
+    raise common.BenchError("folding's membership exchange did not settle in %d s" % timeout)
+
+
 def rates(s1, s2, cluster_rate):
     secs = (s2["uptime_ms"] - s1["uptime_ms"]) / 1000
     if secs <= 0:
@@ -215,6 +229,7 @@ def star(workdir, n_leaves, args, table):
         collector = StatsCollector(hub.port, "bench-stats")
         stack.callback(collector.stop)
         wait_heard(collector, list(nodes), 60 + n_leaves)
+        wait_settled(collector, list(nodes), 120)
         recorders = {n: bc.TotalRecorder(nodes[n].port, "counters/shared", "bench-sub-" + n)
                      for n in ("hub", "leaf0")}
         for r in recorders.values():

@@ -449,6 +449,63 @@ START_TEST(test_fold_collected)
 }
 END_TEST
 
+/* n's "fold" object as its stats would carry it now. */
+static bool says_all(int i)
+{
+    struct wire_buf b = {0};
+    fold_stats_json(&b, &nodes[i].t, &nodes[i].gc, now_ms, 4096);
+    ck_assert(!b.failed);
+    bool all = memmem(b.data, b.len, "\"full\":true", 11) != NULL;
+    ck_assert(all == (memmem(b.data, b.len, "\"lowest\"", 8) != NULL));
+    wbuf_free(&b);
+    return all;
+}
+
+/* A node says all it knows (members, lowest lives, watermarks) only while
+ * it or a member collects, or just after a member came or came back;
+ * otherwise its own watermark, so that stats flooded to every node stay
+ * O(1) a document; and a collecting node never retires on such a one. */
+START_TEST(test_fold_stats_say_all_only_while_collecting)
+{
+    setup();
+    inc(0, "c", 3);
+    settle();
+    ck_assert(says_all(0)); /* not yet heard its members: collecting */
+    gossip();
+    for (int i = 0; i < MAXN; i++)
+        collect_at(i);
+    ck_assert(says_all(1)); /* members just came */
+    now_ms += FOLD_EAGER_MS;
+    gossip();
+    for (int i = 0; i < MAXN; i++)
+        ck_assert(!says_all(i)); /* nothing to collect: own watermark only */
+    /* n0 comes back without its state: collecting, it says all... */
+    restart_empty(0);
+    inc(0, "c", 1);
+    settle();
+    ck_assert(says_all(0));
+    /* ...and reading its members' short documents retires nothing */
+    now_ms += 1;
+    for (int round = 0; round < 2; round++)
+        for (int j = 1; j < MAXN; j++) {
+            struct wire_buf b = {0};
+            wbuf_str(&b, "{\"fold\":{\"collecting\":false,\"full\":false,\"below\":{}}}");
+            ck_assert_int_eq(fold_peer_stats(&nodes[0].gc, &nodes[0].t, NULL, nodes[j].name, b.data,
+                                             b.len, now_ms, ++doc_ms),
+                             TALLY_OK);
+            wbuf_free(&b);
+        }
+    ck_assert(!collect_at(0));
+    /* the members hear it collecting and say all; then it collects */
+    gossip();
+    ck_assert(says_all(1));
+    gossip();
+    ck_assert(collect_at(0));
+    assert_everywhere("c", 4);
+    teardown();
+}
+END_TEST
+
 /* A member that holds more of a retired life than the folder holds the
  * collection back until the difference is folded. */
 START_TEST(test_fold_collection_waits_for_a_member)
@@ -543,6 +600,7 @@ Suite *fold_suite(void)
     tcase_add_test(tc, test_fold_collected);
     tcase_add_test(tc, test_fold_collection_waits_for_a_member);
     tcase_add_test(tc, test_fold_retirement_reaches_a_node_that_missed_it);
+    tcase_add_test(tc, test_fold_stats_say_all_only_while_collecting);
     suite_add_tcase(s, tc);
     return s;
 }
