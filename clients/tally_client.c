@@ -199,6 +199,8 @@ int client_open(struct client *c, const struct options *opt, char **topics, int 
     c->command_state = command_state;
     c->mosq = check_alloc(mosquitto_new(opt->client_id, true, c));
     mosquitto_int_option(c->mosq, MOSQ_OPT_PROTOCOL_VERSION, opt->protocol);
+    /* request and answer: no 40 ms wait for a delayed ACK (Nagle) between them */
+    mosquitto_int_option(c->mosq, MOSQ_OPT_TCP_NODELAY, 1);
     mosquitto_connect_v5_callback_set(c->mosq, on_connect);
     mosquitto_disconnect_v5_callback_set(c->mosq, on_disconnect);
     mosquitto_subscribe_v5_callback_set(c->mosq, on_subscribe);
