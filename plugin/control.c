@@ -371,23 +371,30 @@ static void add_base_item(cJSON *item, const struct tally_base *b, uint32_t repl
     cJSON_AddNumberToObject(item, "base_n", (double)bn);
 }
 
+/* {"node","incarnation","p","n"} of one life of a node, appended to list. */
+static cJSON *life_item(cJSON *list, const struct tally_table *t, uint32_t replica, uint64_t p,
+                        uint64_t n)
+{
+    const struct tally_replica *r = t->replicas[replica];
+    char inc[17];
+    snprintf(inc, sizeof(inc), "%016" PRIx64, r->incarnation);
+    cJSON *item = cJSON_CreateObject();
+    cJSON_AddStringToObject(item, "node", r->key);
+    cJSON_AddStringToObject(item, "incarnation", inc);
+    cJSON_AddNumberToObject(item, "p", (double)p);
+    cJSON_AddNumberToObject(item, "n", (double)n);
+    cJSON_AddItemToArray(list, item);
+    return item;
+}
+
 /* The lives of nodes folded into their node's running slot (fold.c), and
  * what of each: what is left of a restart once it is folded. */
 static void add_folds(cJSON *data, const struct tally_table *t, const struct tally_counter *c)
 {
     cJSON *folds = cJSON_AddArrayToObject(data, "folds");
     const struct tally_folds *f = table_folds(t, c);
-    for (uint32_t i = 0; f && i < f->n; i++) {
-        const struct tally_replica *r = t->replicas[f->e[i].replica];
-        char inc[17];
-        snprintf(inc, sizeof(inc), "%016" PRIx64, r->incarnation);
-        cJSON *item = cJSON_CreateObject();
-        cJSON_AddStringToObject(item, "node", r->key);
-        cJSON_AddStringToObject(item, "incarnation", inc);
-        cJSON_AddNumberToObject(item, "p", (double)f->e[i].p);
-        cJSON_AddNumberToObject(item, "n", (double)f->e[i].n);
-        cJSON_AddItemToArray(folds, item);
-    }
+    for (uint32_t i = 0; f && i < f->n; i++)
+        life_item(folds, t, f->e[i].replica, f->e[i].p, f->e[i].n);
 }
 
 static const char *get_counter(const cJSON *cmd, cJSON *data, const struct tally_table *t,
@@ -412,16 +419,8 @@ static const char *get_counter(const cJSON *cmd, cJSON *data, const struct tally
     /* Every life of every node, for operators chasing a restart. */
     cJSON *reps = cJSON_AddArrayToObject(data, "replicas");
     for (uint32_t i = 0; i < c->nslots; i++) {
-        const struct tally_replica *r = t->replicas[c->slots[i].replica];
-        char inc[17];
-        snprintf(inc, sizeof(inc), "%016" PRIx64, r->incarnation);
-        cJSON *item = cJSON_CreateObject();
-        cJSON_AddStringToObject(item, "node", r->key);
-        cJSON_AddStringToObject(item, "incarnation", inc);
-        cJSON_AddNumberToObject(item, "p", (double)c->slots[i].p);
-        cJSON_AddNumberToObject(item, "n", (double)c->slots[i].n);
-        add_base_item(item, table_base(t, c), c->slots[i].replica);
-        cJSON_AddItemToArray(reps, item);
+        const struct tally_slot *s = &c->slots[i];
+        add_base_item(life_item(reps, t, s->replica, s->p, s->n), table_base(t, c), s->replica);
     }
     add_folds(data, t, c);
     return NULL;
