@@ -80,6 +80,20 @@ def disk_slots(state_dir):
     return slots, folds, retired
 
 
+def wait_live_slots_only(nodes, names, timeout=20):
+    """Until every counter holds 3 slots (one per live node) and no fold entry, on every node."""
+    seen = {}
+
+    def done():
+        seen.update({n: slot_counts(nodes[n], names) for n in NODES})
+        return all(v == (3, 0) for s in seen.values() for v in s.values())
+
+    try:
+        wait_for(done, timeout, interval=0.3, what="3 slots and no fold entry in every counter")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last seen (slots, fold entries): {seen}") from None
+
+
 def fold_stats(watcher, node):
     s = stats(watcher, node)
     return s.get("fold") if s else None
@@ -123,11 +137,7 @@ def test_stateless_restarts_fold_back_to_live_slots(brokers, closing, workdir):
         wait_converged(watchers, ledger)
     print(f"{restarts} restarts without state, exact after each: {time.monotonic() - t0:.1f}s")
 
-    def sizes():
-        return {n: slot_counts(nodes[n], names) for n in NODES}
-
-    wait_for(lambda: all(v == (3, 0) for s in sizes().values() for v in s.values()), 20,
-             interval=0.3, what=f"3 slots and no fold entry in every counter ({sizes()})")
+    wait_live_slots_only(nodes, names)
     wait_converged(watchers, ledger, timeout=5)
     # a's watermark: below a's running life, above its past ones. a's stats always carry it
     # (every node reads it there); the others repeat it only while someone collects, or just
@@ -221,9 +231,5 @@ def test_folding_under_a_partition_that_heals_in_the_middle(brokers, closing):
     took = wait_converged(watchers, ledger, timeout=20)
     print(f"partition healed in the middle of folding: exact everywhere {took:.2f}s after heal")
 
-    def sizes():
-        return {n: slot_counts(nodes[n], names) for n in NODES}
-
-    wait_for(lambda: all(v == (3, 0) for s in sizes().values() for v in s.values()), 20,
-             interval=0.3, what=f"3 slots and no fold entry in every counter ({sizes()})")
+    wait_live_slots_only(nodes, names)
     wait_converged(watchers, ledger, timeout=5)
