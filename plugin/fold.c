@@ -739,7 +739,8 @@ int fold_peer_stats(struct fold_gc *gc, struct tally_table *t, struct persist *p
     if (!m || now_ms - m->any_ms > FOLD_EAGER_MS)
         gc->eager_until_ms = now_ms + FOLD_EAGER_MS;
     bool full = !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(fold, "full"));
-    m = member(gc, node);
+    if (!m)
+        m = member(gc, node);
     if (m) {
         m->any_ms = now_ms;
         m->collecting = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(fold, "collecting"));
