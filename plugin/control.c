@@ -25,7 +25,11 @@
  * or an "error" string in place of "data". resetCounter and deleteCounter
  * ({"command": "resetCounter", "name": "likes"}) change the table (reset.c)
  * and list what they changed in the request, for plugin.c to write to disk.
- * Who may send requests is decided in plugin.c (admin_usernames /
+ * removeNode ({"command": "removeNode", "node": "n3"}) claims a node that is
+ * gone for good, to be adopted here: its slots folded into this node's, then
+ * collected (fold.c, "Nodes removed for good"); it answers
+ * {"node", "adopter", "settled": false}, and the stats' fold.adopt shows
+ * when the claim settles. Who may send requests is decided in plugin.c (admin_usernames /
  * admin_clientids for everything, reader_usernames for requests that only
  * read: control_read_only). Deleted counters are not listed or found.
  *
@@ -451,6 +455,26 @@ static const char *reset_counter(const cJSON *cmd, cJSON *data, struct control_r
     return NULL;
 }
 
+/* removeNode: admins only; not at an edge, which holds no one's slots. */
+static const char *remove_node(const cJSON *cmd, cJSON *data, struct control_req *rq)
+{
+    if (!rq->admin)
+        return "not allowed";
+    const cJSON *node = cJSON_GetObjectItemCaseSensitive(cmd, "node");
+    if (!cJSON_IsString(node))
+        return "invalid node id";
+    if (!rq->fold)
+        return "an edge holds no other node's slots";
+    const char *err = fold_remove(rq->fold, rq->t, rq->persist, node->valuestring, rq->mono_ms);
+    if (err)
+        return err;
+    const struct fold_adopt *a = fold_adoption(rq->t, node->valuestring, strlen(node->valuestring));
+    cJSON_AddStringToObject(data, "node", a->node);
+    cJSON_AddStringToObject(data, "adopter", a->by);
+    cJSON_AddBoolToObject(data, "settled", a->settled);
+    return NULL;
+}
+
 static cJSON *run_command(const cJSON *cmd, struct control_req *rq)
 {
     const struct tally_table *t = rq->t;
@@ -471,6 +495,8 @@ static cJSON *run_command(const cJSON *cmd, struct control_req *rq)
         err = get_counter(cmd, data, t, rq->node_id, rq->now_ms);
     else if (strcmp(command, "resetCounter") == 0 || strcmp(command, "deleteCounter") == 0)
         err = reset_counter(cmd, data, rq, command[0] == 'd');
+    else if (strcmp(command, "removeNode") == 0)
+        err = remove_node(cmd, data, rq);
     if (err) {
         cJSON_Delete(data);
         cJSON_AddStringToObject(resp, "error", err);

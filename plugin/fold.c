@@ -121,16 +121,55 @@
  *     slots would be discarded. README says so (known limits).
  *   - Edges (tier.c) hold only their own slot; their retired slots live at
  *     their hubs as the edges' own origins and are not folded.
- *   - Nodes removed from the cluster for good are not folded: only a node's
- *     own running incarnation folds its slots. Their slots stay.
+ *   - A removed node that was not dead after all (removeNode refuses one
+ *     heard within peer_timeout_ms) is ignored: its stats are not read, and
+ *     once its lives are retired, its slots are discarded. It logs that it
+ *     was removed; it must come back under a new node id.
+ *
+ * ---- Nodes removed for good ----
+ *
+ * A node that will never come back (its machine is gone) leaves one slot in
+ * every counter it wrote, and holds every node's collection back until
+ * member_timeout_ms passes. Nobody runs under its id to fold them, so an
+ * admin names one node to adopt it: removeNode (control.c) at node A claims
+ * R. An adopter folds R's lives as it folds its own past ones (2., into A's
+ * running slot, the same fold entries), then raises R's watermark to the
+ * lowest life of R any member holds, up to UINT64_MAX: every life of R,
+ * retired everywhere. What must hold is rule 1: one folder per slot, so
+ * two adopters of R must never both fold. That is where Akka needs the
+ * leader and the membership's convergence; tally uses the same stats:
+ *
+ *   - A claim (R, A, settled) travels in every node's stats ("adopt") and
+ *     is persisted ('A' record). Claims merge by a total order, a settled
+ *     one above an unsettled one, then the lower adopter id: a join, so
+ *     every node ends with the same claim for R whatever order it hears them.
+ *   - A folds nothing until its claim is settled: every member (as in 4.,
+ *     but without R) has said, in a live full document, that it backs (R, A).
+ *     A member backs the highest claim it knows, so while two unsettled
+ *     claims (R, A) and (R, B), A < B, exist, B never settles (A backs A),
+ *     and once all have heard both, A settles. removeNode is refused at a
+ *     node that knows any claim for R, so a new claim can only come from a
+ *     node that has not heard the current one; had that one settled, that
+ *     node (a member of the adopter) would have backed it.
+ *   - Where it waits: a member cut off holds the claim unsettled until the
+ *     partition heals or member_timeout_ms passes. Past member_timeout_ms,
+ *     two sides of a partition can each settle their own claim; both then
+ *     fold R's slots, and what R counted is counted twice. The nodes that
+ *     meet both settled claims count it (stats "adopt_conflicts") and keep
+ *     the lower adopter; README says so. Like the trade-off of 4., it is the
+ *     price of not waiting forever for a node that may never return.
+ *   - R is dropped from the members everywhere once a claim for it is
+ *     known, and its own stats are no longer read: it no longer holds any
+ *     collection back.
  *
  * ---- Invariants ----
  *
  *   1. A fold entry only rises; an entry and its counter's folded bit exist
  *      together; entries are sorted by replica, without repeats.
  *   2. No node keeps a slot (or base entry) that its fold entry covers.
- *   3. Only a predecessor of self is folded at self, into self's slot, and
- *      the counter's value is the same after (asserted).
+ *   3. Only a predecessor of self (or a life of a node self adopted) is
+ *      folded at self, into self's slot, and the counter's value is the same
+ *      after (asserted).
  *   4. A watermark only rises, and never passes this node's own life.
  */
 #include <assert.h>
@@ -179,18 +218,39 @@ void table_slot_taken(const struct tally_table *t, const struct tally_counter *c
     }
 }
 
+static void mark_adopted(struct tally_table *t, const char *node, size_t len);
+
 void table_set_self(struct tally_table *t, uint32_t self)
 {
     t->self = self;
     t->has_self = true;
+    for (const struct fold_adopt *a = t->adopt; a; a = a->hh.next)
+        mark_adopted(t, a->node, strlen(a->node)); /* claims loaded from disk */
+}
+
+static bool is_self(const struct tally_table *t, const char *node)
+{
+    const struct tally_replica *me = t->has_self ? t->replicas[t->self] : NULL;
+    return me && strlen(node) == me->id_len && memcmp(node, me->key, me->id_len) == 0;
+}
+
+static bool same_node(const struct tally_replica *r, const char *node, size_t len)
+{
+    return r->id_len == len && memcmp(r->key, node, len) == 0;
+}
+
+/* An earlier life of this node. */
+static bool own_past(const struct tally_table *t, uint32_t replica)
+{
+    if (!t->has_self || replica == t->self)
+        return false;
+    const struct tally_replica *me = t->replicas[t->self];
+    return same_node(t->replicas[replica], me->key, me->id_len);
 }
 
 bool fold_is_predecessor(const struct tally_table *t, uint32_t replica)
 {
-    if (!t->has_self || replica == t->self)
-        return false;
-    const struct tally_replica *a = t->replicas[replica], *me = t->replicas[t->self];
-    return a->id_len == me->id_len && memcmp(a->key, me->key, a->id_len) == 0;
+    return own_past(t, replica) || (t->has_self && t->replicas[replica]->adopted);
 }
 
 /* ==== Fold entries ==== */
@@ -496,6 +556,86 @@ void table_free_below(struct tally_table *t)
     }
 }
 
+/* ==== Removal: a node gone for good, adopted by one node ==== */
+
+static struct fold_adopt *adopt_find(const struct tally_table *t, const char *node, size_t len)
+{
+    struct fold_adopt *a = NULL;
+    if (t->adopt)
+        HASH_FIND(hh, t->adopt, node, len, a);
+    return a;
+}
+
+const struct fold_adopt *fold_adoption(const struct tally_table *t, const char *node, size_t len)
+{
+    return adopt_find(t, node, len);
+}
+
+static bool removed(const struct tally_table *t, const char *node)
+{
+    return t->adopt && adopt_find(t, node, strlen(node));
+}
+
+/* Sets the adopted mark of node's lives: this node's to fold once its claim
+ * is settled (replicas interned later take it in table_replica). */
+static void mark_adopted(struct tally_table *t, const char *node, size_t len)
+{
+    bool mine = fold_is_adopted(t, node, len);
+    for (uint32_t i = 0; i < t->nreplicas; i++)
+        if (same_node(t->replicas[i], node, len))
+            t->replicas[i]->adopted = mine && !(t->has_self && i == t->self);
+}
+
+bool fold_is_adopted(const struct tally_table *t, const char *node, size_t len)
+{
+    const struct fold_adopt *a = t->has_self ? adopt_find(t, node, len) : NULL;
+    return a && a->settled && is_self(t, a->by);
+}
+
+/* The order claims merge by: settled above unsettled, then the lower id. */
+static bool claim_above(bool settled, const char *by, const struct fold_adopt *a)
+{
+    if (settled != a->settled)
+        return settled;
+    return strcmp(by, a->by) < 0;
+}
+
+int fold_set_adopt(struct tally_table *t, struct persist *p, const char *node, size_t len,
+                   const char *by, bool settled)
+{
+    size_t blen = strlen(by);
+    if (node_id_check(node, len) != TALLY_OK || node_id_check(by, blen) != TALLY_OK ||
+        (len == blen && memcmp(node, by, len) == 0))
+        return TALLY_E_WIRE;
+    struct fold_adopt *a = adopt_find(t, node, len);
+    bool same = a && strcmp(a->by, by) == 0;
+    if (a && !same && settled && a->settled)
+        t->adopt_conflicts++; /* two sides settled apart (see the essay) */
+    if (a && (same ? a->settled || !settled : !claim_above(settled, by, a)))
+        return TALLY_OK;
+    if (!a) {
+        a = calloc(1, sizeof(*a));
+        if (!a)
+            return TALLY_E_NOMEM;
+        memcpy(a->node, node, len);
+        HASH_ADD(hh, t->adopt, node[0], len, a);
+    }
+    memcpy(a->by, by, blen + 1);
+    a->settled = settled;
+    mark_adopted(t, node, len);
+    return p ? persist_adopt(p, node, len, by, settled) : TALLY_OK;
+}
+
+void table_free_adopt(struct tally_table *t)
+{
+    struct fold_adopt *a, *tmp;
+    HASH_ITER(hh, t->adopt, a, tmp)
+    {
+        HASH_DEL(t->adopt, a);
+        free(a);
+    }
+}
+
 uint64_t tally_incarnation_new(uint64_t wall_ms, uint64_t random, uint64_t after)
 {
     uint64_t inc = wall_ms << 20 | (random & 0xfffff);
@@ -517,6 +657,7 @@ struct fold_member {
     uint64_t direct_ms;
     uint64_t first_doc_ms;     /* the time_ms of the first of its documents read */
     struct fold_below *lowest; /* node -> lowest incarnation held */
+    struct fold_adopt *adopt;  /* the claims its last full live document backs */
     char node[TALLY_NODE_ID_MAX + 1];
 };
 
@@ -537,20 +678,38 @@ static void lowest_free(struct fold_member *m)
     }
 }
 
+static void backed_free(struct fold_member *m)
+{
+    struct fold_adopt *a, *tmp;
+    HASH_ITER(hh, m->adopt, a, tmp)
+    {
+        HASH_DEL(m->adopt, a);
+        free(a);
+    }
+}
+
+static void member_free(struct fold_gc *gc, struct fold_member *m)
+{
+    HASH_DEL(gc->members, m);
+    lowest_free(m);
+    backed_free(m);
+    free(m);
+}
+
 void fold_gc_free(struct fold_gc *gc)
 {
     struct fold_member *m, *tmp;
     HASH_ITER(hh, gc->members, m, tmp)
     {
-        HASH_DEL(gc->members, m);
-        lowest_free(m);
-        free(m);
+        member_free(gc, m);
     }
 }
 
-static bool is_member(const struct fold_gc *gc, const struct fold_member *m, uint64_t now_ms)
+/* A node heard within member_timeout_ms, and not removed. */
+static bool is_member(const struct fold_gc *gc, const struct tally_table *t,
+                      const struct fold_member *m, uint64_t now_ms)
 {
-    return now_ms - m->heard_ms <= gc->member_timeout_ms;
+    return now_ms - m->heard_ms <= gc->member_timeout_ms && !removed(t, m->node);
 }
 
 /* Appends `"key":"hex"` unless b would pass limit; false when left out. */
@@ -591,6 +750,9 @@ static bool collecting(const struct tally_table *t)
 {
     if (!t->has_self)
         return false;
+    for (const struct fold_adopt *a = t->adopt; a; a = a->hh.next)
+        if (fold_below_of(t, a->node, strlen(a->node)) != UINT64_MAX)
+            return true; /* a removal this node has not seen to its end */
     const struct tally_replica *me = t->replicas[t->self];
     return fold_below_of(t, me->key, me->id_len) < me->incarnation;
 }
@@ -601,7 +763,7 @@ static bool say_all(const struct fold_gc *gc, const struct tally_table *t, uint6
     if (collecting(t) || now_ms < gc->eager_until_ms)
         return true;
     for (const struct fold_member *m = gc->members; m; m = m->hh.next)
-        if (is_member(gc, m, now_ms) && m->collecting)
+        if (is_member(gc, t, m, now_ms) && m->collecting)
             return true;
     return false;
 }
@@ -614,13 +776,16 @@ void fold_stats_json(struct wire_buf *b, const struct tally_table *t, const stru
         const struct tally_replica *me = t->replicas[t->self];
         wbuf_str(b, "{\"collecting\":false,\"full\":false,\"below\":{");
         map_item(b, limit, true, me->key, me->id_len, fold_below_of(t, me->key, me->id_len));
-        wbuf_str(b, "}}");
+        wbuf_str(b, "}");
+        if (t->adopt_conflicts)
+            wbuf_printf(b, ",\"adopt_conflicts\":%" PRIu32, t->adopt_conflicts);
+        wbuf_str(b, "}");
         return;
     }
     wbuf_printf(b, "{\"collecting\":%s,\"full\":true,\"members\":[",
                 collecting(t) ? "true" : "false");
     for (const struct fold_member *m = gc->members; m; m = m->hh.next) {
-        if (!m->direct || now_ms - m->direct_ms > gc->member_timeout_ms)
+        if (!m->direct || now_ms - m->direct_ms > gc->member_timeout_ms || removed(t, m->node))
             continue;
         if (b->len + strlen(m->node) + 4 > limit) {
             omitted++;
@@ -634,13 +799,18 @@ void fold_stats_json(struct wire_buf *b, const struct tally_table *t, const stru
     n = 0;
     for (const struct fold_below *w = t->below; w; w = w->hh.next)
         map_item(b, limit, n == 0, w->node, strlen(w->node), w->below) ? n++ : omitted++;
-    wbuf_printf(b, "},\"omitted\":%" PRIu32 "}", omitted);
-}
-
-static bool is_self(const struct tally_table *t, const char *node)
-{
-    const struct tally_replica *me = t->has_self ? t->replicas[t->self] : NULL;
-    return me && strlen(node) == me->id_len && memcmp(node, me->key, me->id_len) == 0;
+    wbuf_str(b, "},\"adopt\":{");
+    n = 0;
+    for (const struct fold_adopt *a = t->adopt; a; a = a->hh.next) {
+        if (b->len + 2 * TALLY_NODE_ID_MAX + 40 > limit) {
+            omitted++;
+            continue;
+        }
+        wbuf_printf(b, "%s\"%s\":{\"by\":\"%s\",\"settled\":%s}", n++ ? "," : "", a->node, a->by,
+                    a->settled ? "true" : "false");
+    }
+    wbuf_printf(b, "},\"adopt_conflicts\":%" PRIu32 ",\"omitted\":%" PRIu32 "}", t->adopt_conflicts,
+                omitted);
 }
 
 static struct fold_member *member(struct fold_gc *gc, const char *node)
@@ -668,7 +838,7 @@ static int note_named(struct fold_gc *gc, const struct tally_table *t, const cJS
     {
         if (!cJSON_IsString(item) ||
             node_id_check(item->valuestring, strlen(item->valuestring)) != TALLY_OK ||
-            is_self(t, item->valuestring))
+            is_self(t, item->valuestring) || removed(t, item->valuestring))
             continue;
         struct fold_member *m = member(gc, item->valuestring);
         if (!m)
@@ -723,9 +893,54 @@ static int note_below(struct tally_table *t, struct persist *p, const cJSON *map
     return rc == TALLY_E_WIRE ? TALLY_OK : rc;
 }
 
+/* The claims of a full document: merged into this node's (a removed node is
+ * no longer a member), and, from a live one, what member m backs. */
+static int note_adopt(struct fold_gc *gc, struct tally_table *t, struct persist *p,
+                      struct fold_member *m, const cJSON *map, bool live)
+{
+    if (live)
+        backed_free(m);
+    const cJSON *item;
+    cJSON_ArrayForEach(item, map)
+    {
+        const cJSON *by = cJSON_GetObjectItemCaseSensitive(item, "by");
+        bool settled = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(item, "settled"));
+        size_t len = strlen(item->string);
+        if (!cJSON_IsString(by) || node_id_check(item->string, len) != TALLY_OK ||
+            node_id_check(by->valuestring, strlen(by->valuestring)) != TALLY_OK)
+            continue;
+        int rc = fold_set_adopt(t, p, item->string, len, by->valuestring, settled);
+        if (rc == TALLY_E_NOMEM)
+            return rc;
+        struct fold_member *gone = NULL;
+        HASH_FIND_STR(gc->members, item->string, gone);
+        if (gone && gone != m)
+            member_free(gc, gone);
+        struct fold_adopt *a = live ? calloc(1, sizeof(*a)) : NULL;
+        if (live && !a)
+            return TALLY_E_NOMEM;
+        if (a) {
+            memcpy(a->node, item->string, len);
+            snprintf(a->by, sizeof(a->by), "%s", by->valuestring);
+            a->settled = settled;
+            HASH_ADD(hh, m->adopt, node[0], len, a);
+        }
+    }
+    return TALLY_OK;
+}
+
 int fold_peer_stats(struct fold_gc *gc, struct tally_table *t, struct persist *p, const char *node,
                     const void *json, size_t len, uint64_t now_ms, uint64_t doc_ms)
 {
+    if (removed(t, node)) {
+        /* removed: it holds nothing back, and says nothing; every node says
+         * all for a while (at most once a minute), so that it hears it */
+        if (!gc->told_removed_ms || now_ms - gc->told_removed_ms > 4 * FOLD_EAGER_MS) {
+            gc->told_removed_ms = now_ms;
+            gc->eager_until_ms = now_ms + FOLD_EAGER_MS;
+        }
+        return TALLY_OK;
+    }
     cJSON *root = cJSON_ParseWithLength(json, len);
     const cJSON *fold = cJSON_GetObjectItemCaseSensitive(root, "fold");
     if (!cJSON_IsObject(fold)) {
@@ -759,6 +974,8 @@ int fold_peer_stats(struct fold_gc *gc, struct tally_table *t, struct persist *p
         m->full = full;
     if (rc == TALLY_OK)
         rc = note_below(t, p, cJSON_GetObjectItemCaseSensitive(fold, "below"));
+    if (rc == TALLY_OK && full)
+        rc = note_adopt(gc, t, p, m, cJSON_GetObjectItemCaseSensitive(fold, "adopt"), live);
     cJSON_Delete(root);
     if (rc != TALLY_OK)
         return rc;
@@ -770,33 +987,128 @@ int fold_peer_stats(struct fold_gc *gc, struct tally_table *t, struct persist *p
     return fold_ready(t, p); /* the watermarks are known: folding may start */
 }
 
-/* The lowest life of node self's id that member m holds a slot of;
- * UINT64_MAX if none, 0 if m was never heard (it may hold any). */
-static uint64_t member_lowest(const struct fold_member *m, const struct tally_replica *me)
+/* The lowest life of node that member m holds a slot of; UINT64_MAX if
+ * none, 0 if m was never heard saying all (it may hold any). */
+static uint64_t member_lowest(const struct fold_member *m, const char *node, size_t len)
 {
     if (!m->direct || !m->full)
         return 0;
     const struct fold_below *l = NULL;
-    HASH_FIND(hh, m->lowest, me->key, me->id_len, l);
+    HASH_FIND(hh, m->lowest, node, len, l);
     return l ? l->below : UINT64_MAX;
+}
+
+/* Whether member m's last full live document backs the claim (node, by). */
+static bool backs(const struct fold_member *m, const char *node, const char *by)
+{
+    const struct fold_adopt *a = NULL;
+    if (m->direct && m->full)
+        HASH_FIND(hh, m->adopt, node, strlen(node), a);
+    return a && strcmp(a->by, by) == 0;
+}
+
+static int fold_all(struct tally_table *t, struct persist *p)
+{
+    for (struct tally_counter *c = t->counters; c; c = c->hh.next) {
+        int rc = fold_counter_logged(t, p, c);
+        if (rc == TALLY_E_NOMEM)
+            return rc;
+    }
+    return TALLY_OK;
+}
+
+/* This node's claims: one every member backs is settled, and its node's
+ * lives folded here; a settled one's watermark rises to the lowest life of
+ * it anyone holds (UINT64_MAX: none, every life retired). */
+static int adopt_step(struct fold_gc *gc, struct tally_table *t, struct persist *p, uint64_t now_ms,
+                      bool *changed)
+{
+    for (struct fold_adopt *a = t->adopt; a; a = a->hh.next) {
+        size_t len = strlen(a->node);
+        if (!is_self(t, a->by))
+            continue;
+        const struct fold_member *m;
+        if (!a->settled) {
+            bool all = true;
+            for (m = gc->members; m && all; m = m->hh.next)
+                all = !is_member(gc, t, m, now_ms) || backs(m, a->node, a->by);
+            int rc = all ? fold_set_adopt(t, p, a->node, len, a->by, true) : TALLY_OK;
+            if (rc == TALLY_OK && all)
+                rc = fold_all(t, p);
+            if (rc != TALLY_OK)
+                return rc;
+            *changed |= all;
+            continue; /* retirement waits for the members to hear it */
+        }
+        uint64_t w = UINT64_MAX;
+        for (uint32_t i = 0; i < t->nreplicas; i++) {
+            const struct tally_replica *r = t->replicas[i];
+            if (r->held && same_node(r, a->node, len) && r->incarnation < w)
+                w = r->incarnation;
+        }
+        for (m = gc->members; m; m = m->hh.next) {
+            uint64_t l = is_member(gc, t, m, now_ms) ? member_lowest(m, a->node, len) : UINT64_MAX;
+            w = l < w ? l : w;
+        }
+        if (w <= fold_below_of(t, a->node, len))
+            continue;
+        int rc = fold_set_below(t, p, a->node, len, w);
+        if (rc != TALLY_OK)
+            return rc;
+        *changed = true;
+    }
+    return TALLY_OK;
+}
+
+const char *fold_remove(struct fold_gc *gc, struct tally_table *t, struct persist *p,
+                        const char *node, uint64_t now_ms)
+{
+    size_t len = strlen(node);
+    if (node_id_check(node, len) != TALLY_OK)
+        return "invalid node id";
+    if (!t->has_self || is_self(t, node))
+        return "a node cannot remove itself";
+    if (removed(t, node))
+        return "already removed, or being removed (see the stats' fold.adopt)";
+    struct fold_member *m = NULL;
+    HASH_FIND_STR(gc->members, node, m);
+    if (m && m->any_ms && now_ms - m->any_ms <= gc->alive_ms)
+        return "the node is alive: stop it for good first";
+    if (!t->fold_ready || now_ms < gc->not_before_ms)
+        return "not ready: this node has not heard the cluster yet";
+    bool known = m || fold_below_of(t, node, len);
+    for (uint32_t i = 0; i < t->nreplicas && !known; i++)
+        known = same_node(t->replicas[i], node, len);
+    if (!known)
+        return "unknown node";
+    const struct tally_replica *me = t->replicas[t->self];
+    int rc = fold_set_adopt(t, p, node, len, me->key, false);
+    if (m)
+        member_free(gc, m);
+    gc->eager_until_ms = now_ms + FOLD_EAGER_MS; /* every node says all, and hears the claim */
+    return rc == TALLY_OK ? NULL : rc == TALLY_E_NOMEM ? "out of memory" : "cannot write the state";
 }
 
 int fold_collect(struct fold_gc *gc, struct tally_table *t, struct persist *p, uint64_t now_ms,
                  bool *retired)
 {
     *retired = false;
-    if (!t->has_self || now_ms < gc->not_before_ms || !gc->members)
+    if (!t->has_self || !t->fold_ready || now_ms < gc->not_before_ms)
         return TALLY_OK; /* the members have not all been heard yet */
+    int rc = adopt_step(gc, t, p, now_ms, retired);
+    if (rc != TALLY_OK || !gc->members)
+        return rc;
     const struct tally_replica *me = t->replicas[t->self];
     /* below the lowest life anyone holds a slot of, ourselves included */
     uint64_t w = me->incarnation;
     for (uint32_t i = 0; i < t->nreplicas; i++) {
         const struct tally_replica *r = t->replicas[i];
-        if (r->held && r->incarnation < w && fold_is_predecessor(t, i))
+        if (r->held && r->incarnation < w && own_past(t, i))
             w = r->incarnation;
     }
     for (const struct fold_member *m = gc->members; m; m = m->hh.next) {
-        uint64_t l = is_member(gc, m, now_ms) ? member_lowest(m, me) : UINT64_MAX;
+        uint64_t l =
+            is_member(gc, t, m, now_ms) ? member_lowest(m, me->key, me->id_len) : UINT64_MAX;
         w = l < w ? l : w;
     }
     if (w <= fold_below_of(t, me->key, me->id_len))
@@ -810,12 +1122,7 @@ int fold_ready(struct tally_table *t, struct persist *p)
     if (t->fold_ready || !t->has_self)
         return TALLY_OK;
     t->fold_ready = true;
-    for (struct tally_counter *c = t->counters; c; c = c->hh.next) {
-        int rc = fold_counter_logged(t, p, c);
-        if (rc == TALLY_E_NOMEM)
-            return rc;
-    }
-    return TALLY_OK;
+    return fold_all(t, p);
 }
 
 int fold_counter_logged(struct tally_table *t, struct persist *p, struct tally_counter *c)

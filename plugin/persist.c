@@ -26,12 +26,16 @@
  *   'M' str8 name, varint deleted, varint reset the stamps of a counter's
  *                                               last delete and reset
  *   'F' str8 name, str8 node_id, u64 incarnation, varint p, varint n,
- *       varint bp, varint bn, u8 has_with, [u64 incarnation, varint p, varint n]
- *                                               a fold entry (fold.c), and
- *                                               the slot of the same node it
- *                                               was folded into, if given
+ *       varint bp, varint bn, u8 with, [str8 node_id if with is 2,
+ *       u64 incarnation, varint p, varint n]    a fold entry (fold.c), and
+ *                                               the slot it was folded into,
+ *                                               if given (with 1: a slot of
+ *                                               the same node; 2: of the
+ *                                               node that adopted it)
  *   'R' str8 node_id, u64 below                 every life of node_id below
  *                                               is retired (fold.c)
+ *   'A' str8 node_id, str8 by, u8 settled       node_id is removed, adopted
+ *                                               by `by` (fold.c)
  *   'E' u64 records                             end of snapshot
  *
  * Records hold states, not deltas, so replaying one twice, or replaying the
@@ -271,9 +275,13 @@ static void fold_payload(struct wire_buf *b, const struct tally_table *t,
     wbuf_varint(b, f ? f->n : 0);
     wbuf_varint(b, f ? f->bp : 0);
     wbuf_varint(b, f ? f->bn : 0);
-    wbuf_u8(b, with != NULL);
+    const struct tally_replica *to = with ? t->replicas[with->replica] : NULL;
+    bool same = to && to->id_len == r->id_len && memcmp(to->key, r->key, r->id_len) == 0;
+    wbuf_u8(b, !to ? 0 : same ? 1 : 2);
+    if (to && !same)
+        wbuf_str8(b, to->key, to->id_len);
     if (with) {
-        wbuf_u64(b, t->replicas[with->replica]->incarnation);
+        wbuf_u64(b, to->incarnation);
         wbuf_varint(b, with->p);
         wbuf_varint(b, with->n);
     }
@@ -285,6 +293,16 @@ static void retired_payload(struct wire_buf *b, const char *node, size_t len, ui
     wbuf_u8(b, 'R');
     wbuf_str8(b, node, len);
     wbuf_u64(b, below);
+}
+
+static void adopt_payload(struct wire_buf *b, const char *node, size_t len, const char *by,
+                          bool settled)
+{
+    wbuf_reset(b);
+    wbuf_u8(b, 'A');
+    wbuf_str8(b, node, len);
+    wbuf_str8(b, by, strlen(by));
+    wbuf_u8(b, settled);
 }
 
 static int apply_fold(struct wire_reader *r, struct tally_table *t)
@@ -300,20 +318,24 @@ static int apply_fold(struct wire_reader *r, struct tally_table *t)
     f.bn = wr_varint(r);
     uint8_t has_with = wr_u8(r);
     uint64_t winc = 0, wp = 0, wn = 0;
+    const char *wid = id;
+    size_t widlen = idlen;
+    if (has_with == 2)
+        wid = wr_str8(r, &widlen);
     if (has_with) {
         winc = wr_u64(r);
         wp = wr_varint(r);
         wn = wr_varint(r);
     }
-    if (r->bad || r->p != r->end || has_with > 1 || name_check(name, nlen) != TALLY_OK ||
-        node_id_check(id, idlen) != TALLY_OK)
+    if (r->bad || r->p != r->end || has_with > 2 || name_check(name, nlen) != TALLY_OK ||
+        node_id_check(id, idlen) != TALLY_OK || node_id_check(wid, widlen) != TALLY_OK)
         return TALLY_E_WIRE;
     uint32_t with;
     struct tally_counter *c;
     bool changed;
     int rc = table_replica(t, id, idlen, inc, &f.replica);
     if (rc == TALLY_OK && has_with)
-        rc = table_replica(t, id, idlen, winc, &with);
+        rc = table_replica(t, wid, widlen, winc, &with);
     if (rc == TALLY_OK)
         rc = table_get(t, name, nlen, TABLE_MERGE, &c);
     /* the raised slot first: the entry then drops what it covers */
@@ -334,6 +356,20 @@ static int apply_retired(struct wire_reader *r, struct tally_table *t)
     if (r->bad || r->p != r->end || node_id_check(id, idlen) != TALLY_OK)
         return TALLY_E_WIRE;
     return fold_set_below(t, NULL, id, idlen, below);
+}
+
+static int apply_adopt(struct wire_reader *r, struct tally_table *t)
+{
+    size_t idlen, bylen;
+    const char *id = wr_str8(r, &idlen);
+    const char *by = wr_str8(r, &bylen);
+    uint8_t settled = wr_u8(r);
+    char byz[TALLY_NODE_ID_MAX + 1];
+    if (r->bad || r->p != r->end || settled > 1 || bylen > TALLY_NODE_ID_MAX)
+        return TALLY_E_WIRE;
+    memcpy(byz, by, bylen);
+    byz[bylen] = '\0';
+    return fold_set_adopt(t, NULL, id, idlen, byz, settled);
 }
 
 static int apply_slot(struct wire_reader *r, struct tally_table *t, struct tally_dedup *d)
@@ -457,6 +493,8 @@ int record_apply(const uint8_t *payload, size_t len, struct tally_table *t, stru
         return apply_fold(&r, t);
     case 'R':
         return apply_retired(&r, t);
+    case 'A':
+        return apply_adopt(&r, t);
     case 'K': {
         struct tally_key key = {wr_u64(&r), wr_u64(&r)};
         if (r.bad || r.p != r.end)
@@ -932,13 +970,17 @@ static uint64_t snap_folds(struct persist *p, struct file_writer *w, const struc
     return f ? f->n : 0;
 }
 
-/* Writes the retirement watermarks, first: a slot of a retired life is then
- * never loaded. */
+/* Writes the retirement watermarks and the removals' claims, first: a slot
+ * of a retired life is then never loaded. */
 static uint64_t snap_retired(struct persist *p, struct file_writer *w, const struct tally_table *t)
 {
     uint64_t n = 0;
     for (const struct fold_below *b = t->below; b; b = b->hh.next, n++) {
         retired_payload(&p->payload, b->node, strlen(b->node), b->below);
+        snap_record(p, w);
+    }
+    for (const struct fold_adopt *a = t->adopt; a; a = a->hh.next, n++) {
+        adopt_payload(&p->payload, a->node, strlen(a->node), a->by, a->settled);
         snap_record(p, w);
     }
     return n;
@@ -1246,6 +1288,12 @@ int persist_fold(struct persist *p, const struct tally_table *t, const struct ta
 int persist_retired(struct persist *p, const char *node, size_t len, uint64_t below)
 {
     retired_payload(&p->payload, node, len, below);
+    return log_write(p) == 0 ? TALLY_OK : TALLY_E_DISK;
+}
+
+int persist_adopt(struct persist *p, const char *node, size_t len, const char *by, bool settled)
+{
+    adopt_payload(&p->payload, node, len, by, settled);
     return log_write(p) == 0 ? TALLY_OK : TALLY_E_DISK;
 }
 

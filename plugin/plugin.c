@@ -253,6 +253,7 @@ static struct tally {
     struct wire_sync_writer writer;
     struct repl repl;
     struct fold_gc fold;               /* collecting folded restarts (fold.c) */
+    bool told_removed;                 /* logged that removeNode named this node */
     bool edge;                         /* role edge: tier.c's edge side instead of repl.c */
     struct tier_edge tier_edge;        /* (role edge) */
     struct tier_hub tier_hub;          /* (role node) the edges bridged to us */
@@ -1396,6 +1397,15 @@ static void publish_stats(uint64_t now)
     bool retired;
     if (!g.edge && now >= g.fold.not_before_ms && fold_ready(&g.table, g.persist) == TALLY_OK)
         fold_collect(&g.fold, &g.table, g.persist, now, &retired);
+    const struct fold_adopt *gone = fold_adoption(&g.table, g.opt.node_id, strlen(g.opt.node_id));
+    if (gone && !g.told_removed) {
+        g.told_removed = true;
+        mosquitto_log_printf(MOSQ_LOG_ERR,
+                             "tally: this node (%s) was removed from the cluster (removeNode, "
+                             "adopted by %s): its counts are folded away; start it again under a "
+                             "new plugin_opt_node_id",
+                             g.opt.node_id, gone->by);
+    }
     size_t npeers;
     const char **peer_ids = stats_neighbours(&npeers);
     if (!peer_ids)
@@ -1556,7 +1566,13 @@ static int on_tick(int event, void *event_data, void *userdata)
  * a restart). who: for the log. Returns the answer (caller frees) or NULL. */
 static char *control_run(const void *payload, size_t len, bool admin, const char *who)
 {
-    struct control_req rq = {&g.table, g.opt.node_id, wall_ms(), admin, NULL, 0};
+    struct control_req rq = {.t = &g.table,
+                             .node_id = g.opt.node_id,
+                             .now_ms = wall_ms(),
+                             .admin = admin,
+                             .fold = g.edge ? NULL : &g.fold,
+                             .persist = g.persist,
+                             .mono_ms = mono_ms()};
     char *resp = control_process(payload, len, &rq);
     for (size_t i = 0; i < rq.nchanged; i++)
         if (g.persist && persist_base(g.persist, &g.table, rq.changed[i]) != TALLY_OK)
@@ -1770,6 +1786,9 @@ static int fold_start(void)
     table_set_self(&g.table, g.self);
     fold_gc_init(&g.fold, (uint64_t)g.opt.member_timeout_ms,
                  mono_ms() + (uint64_t)g.opt.peer_timeout_ms);
+    /* removeNode refuses a node heard within this: its stats come every stats_interval_ms */
+    long long alive = 3 * g.opt.stats_interval_ms;
+    g.fold.alive_ms = (uint64_t)(alive > g.opt.peer_timeout_ms ? alive : g.opt.peer_timeout_ms);
     return TALLY_OK;
 }
 

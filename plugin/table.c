@@ -77,6 +77,7 @@ void table_free(struct tally_table *t)
     table_free_bases(t);
     table_free_folds(t);
     table_free_below(t);
+    table_free_adopt(t);
     free(t->repl);
     struct tally_counter *c, *tmp;
     HASH_ITER(hh, t->counters, c, tmp)
@@ -425,6 +426,7 @@ int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64
     r->index = t->nreplicas;
     r->held = r->folded = 0;
     r->retired = fold_is_retired(t, node_id, len, incarnation);
+    r->adopted = fold_is_adopted(t, node_id, len);
     t->replicas[t->nreplicas++] = r;
     HASH_ADD(hh, t->replica_hash, key, keylen, r);
     *out = r->index;

@@ -170,6 +170,7 @@ struct tally_replica {
     uint32_t held;   /* counters holding a slot of it */
     uint32_t folded; /* counters holding a fold entry for it (fold.c) */
     bool retired;    /* below its node's watermark: its slots are discarded (fold.c) */
+    bool adopted;    /* a life of a node removed and adopted by this one (fold.c) */
     uint8_t id_len;
     char key[TALLY_NODE_ID_MAX + 1 + 8]; /* node id, NUL, incarnation: the hash key */
 };
@@ -200,6 +201,8 @@ struct tally_table {
     struct tally_base *bases;  /* of counters that were reset or deleted (reset.c) */
     struct tally_folds *folds; /* of counters holding retired slots' folds (fold.c) */
     struct fold_below *below;  /* retirement watermarks by node id (fold.c) */
+    struct fold_adopt *adopt;  /* removed nodes and their adopters (fold.c) */
+    uint32_t adopt_conflicts;  /* two settled adopters of one node met (fold.c) */
     /* This life's replica, once set (table_set_self): the one that folds
      * the slots of its node's earlier lives, once fold_ready. */
     uint32_t self;
@@ -289,7 +292,8 @@ struct tally_folds {
 /* Sets this life's replica: once fold_ready, fold_counter folds the slots
  * of every earlier life of the same node id into it. */
 void table_set_self(struct tally_table *t, uint32_t self);
-/* True if replica is an earlier life of this node (same id, not self). */
+/* True if replica is this node's to fold: an earlier life of it (same id,
+ * not self), or a life of a node it adopted (removeNode). */
 bool fold_is_predecessor(const struct tally_table *t, uint32_t replica);
 /* c's fold entry for replica, or NULL. */
 const struct tally_fold *table_fold(const struct tally_table *t, const struct tally_counter *c,
@@ -330,6 +334,25 @@ struct persist;
 int fold_set_below(struct tally_table *t, struct persist *p, const char *node, size_t len,
                    uint64_t below);
 void table_free_below(struct tally_table *t);
+
+/* Removal (fold.c, "Nodes removed for good"): a node gone for good is
+ * adopted by one node, which folds its slots into its own and then retires
+ * every life of it. A claim is settled once every member backs it. */
+struct fold_adopt {
+    UT_hash_handle hh;
+    bool settled;
+    char by[TALLY_NODE_ID_MAX + 1];
+    char node[TALLY_NODE_ID_MAX + 1]; /* the key */
+};
+const struct fold_adopt *fold_adoption(const struct tally_table *t, const char *node, size_t len);
+/* Whether node's lives are this node's to fold: a settled claim of ours. */
+bool fold_is_adopted(const struct tally_table *t, const char *node, size_t len);
+/* Merges a claim (from a peer's stats, the disk, or removeNode): a settled
+ * claim wins over an unsettled one, then the lower adopter id; logged to p
+ * when it changed. TALLY_E_WIRE for an invalid claim. */
+int fold_set_adopt(struct tally_table *t, struct persist *p, const char *node, size_t len,
+                   const char *by, bool settled);
+void table_free_adopt(struct tally_table *t);
 /* A new incarnation: the wall clock (ms) in the high bits, random low bits,
  * and above `after` (the last one, when known). */
 uint64_t tally_incarnation_new(uint64_t wall_ms, uint64_t random, uint64_t after);
@@ -344,8 +367,10 @@ struct wire_buf;
 struct fold_gc {
     struct fold_member *members;
     uint64_t member_timeout_ms;
-    uint64_t not_before_ms;  /* no retirement before (the members' stats arrive) */
-    uint64_t eager_until_ms; /* every "fold" says all until then */
+    uint64_t not_before_ms;   /* no retirement before (the members' stats arrive) */
+    uint64_t eager_until_ms;  /* every "fold" says all until then */
+    uint64_t alive_ms;        /* removeNode refuses a node heard within this */
+    uint64_t told_removed_ms; /* last stats of a removed node made us say all */
 };
 /* How long every node's stats say all they know after a member came, or came
  * back after a silence this long (fold_stats_json). */
@@ -355,10 +380,13 @@ void fold_gc_free(struct fold_gc *gc);
 /* The "fold" object of this node's stats into b. While this node or a member
  * collects (or a member just came, FOLD_EAGER_MS), all it knows:
  * {"collecting":bool,"full":true,"members":[node...],"lowest":{node:hex},
- *  "below":{node:hex},"omitted":n}, entries that would take b past limit
+ *  "below":{node:hex},"adopt":{node:{"by":node,"settled":bool}},
+ *  "adopt_conflicts":n,"omitted":n}, entries that would take b past limit
  * bytes left out and counted; otherwise only its own watermark,
- * {"collecting":false,"full":false,"below":{node:hex}}: a document flooded to
- * every node stays O(1) when nothing is to be collected, not O(cluster). */
+ * {"collecting":false,"full":false,"below":{node:hex}} (and adopt_conflicts
+ * when not 0): a document flooded to every node stays O(1) when nothing is
+ * to be collected, not O(cluster). A removal not yet seen to its end counts
+ * as collecting. */
 void fold_stats_json(struct wire_buf *b, const struct tally_table *t, const struct fold_gc *gc,
                      uint64_t now_ms, size_t limit);
 /* A peer's stats document (node, JSON, written at doc_ms by its clock):
@@ -372,6 +400,10 @@ int fold_peer_stats(struct fold_gc *gc, struct tally_table *t, struct persist *p
  * member allows; *retired when it rose. */
 int fold_collect(struct fold_gc *gc, struct tally_table *t, struct persist *p, uint64_t now_ms,
                  bool *retired);
+/* removeNode: this node claims node, to adopt it once every member backs
+ * the claim (fold_collect). NULL, or why not. */
+const char *fold_remove(struct fold_gc *gc, struct tally_table *t, struct persist *p,
+                        const char *node, uint64_t now_ms);
 /* Folding starts (the watermarks are known, or nobody answered in time):
  * every counter is folded, and logged to p. */
 int fold_ready(struct tally_table *t, struct persist *p);
@@ -1027,6 +1059,9 @@ struct control_req {
     const char *node_id;
     uint64_t now_ms; /* wall clock, for the state document */
     bool admin;
+    struct fold_gc *fold; /* removeNode (NULL at an edge) */
+    struct persist *persist;
+    uint64_t mono_ms;
     struct tally_counter **changed;
     size_t nchanged;
 };

@@ -113,7 +113,7 @@ static cJSON *run(struct tally_table *t, const char *command, cJSON **whole)
 {
     char req[512];
     snprintf(req, sizeof(req), "{\"commands\":[%s]}", command);
-    struct control_req rq = {t, "n1", 0, true, NULL, 0};
+    struct control_req rq = {.t = t, .node_id = "n1", .admin = true};
     char *out = control_process(req, strlen(req), &rq);
     free(rq.changed);
     ck_assert_ptr_nonnull(out);

@@ -589,6 +589,177 @@ START_TEST(test_fold_retirement_reaches_a_node_that_missed_it)
 }
 END_TEST
 
+/* ==== Nodes removed for good (removeNode) ==== */
+
+static bool adopted_by(int i, const char *node, const char *by, bool settled)
+{
+    const struct fold_adopt *a = fold_adoption(&nodes[i].t, node, strlen(node));
+    return a && strcmp(a->by, by) == 0 && a->settled == settled;
+}
+
+static uint64_t own_p(int i, const char *name)
+{
+    const struct tally_slot *s = counter_slot(find(i, name), nodes[i].self);
+    return s ? s->p : 0;
+}
+
+static void assert_alike(int i, int j)
+{
+    ck_assert_mem_eq(nodes[i].t.digest, nodes[j].t.digest, sizeof(nodes[i].t.digest));
+}
+
+/* n2 dies for good; n0 adopts it: nothing is folded before n1 backs the
+ * claim; then n2's slots are folded into n0's, collected everywhere, and
+ * every total stays what it was; a late message of n2 changes nothing. */
+START_TEST(test_remove_adopts_and_collects)
+{
+    setup();
+    inc(0, "c", 3);
+    inc(1, "c", 4);
+    inc(2, "c", 5);
+    inc(2, "d", 7);
+    settle();
+    gossip();
+    struct repl_out o = out_of(&nodes[2]);
+    uint64_t all[TALLY_BUCKETS / 64];
+    memset(all, 0xff, sizeof(all));
+    repl_send_buckets(&nodes[2].r, &nodes[2].t, &nodes[2].w, &o, all);
+    struct msg late = nodes[2].out[0]; /* n2's state, delivered after its removal */
+    nodes[2].nout = 0;
+    isolate(2, true); /* n2 is gone */
+    for (int i = 0; i < MAXN; i++)
+        nodes[i].gc.alive_ms = 5000;
+    ck_assert_str_eq(fold_remove(&nodes[0].gc, &nodes[0].t, NULL, "n2", now_ms),
+                     "the node is alive: stop it for good first");
+    now_ms += 6000;
+    ck_assert_str_eq(fold_remove(&nodes[0].gc, &nodes[0].t, NULL, "n0", now_ms),
+                     "a node cannot remove itself");
+    ck_assert_str_eq(fold_remove(&nodes[0].gc, &nodes[0].t, NULL, "n9", now_ms), "unknown node");
+    ck_assert_ptr_null(fold_remove(&nodes[0].gc, &nodes[0].t, NULL, "n2", now_ms));
+    ck_assert_ptr_nonnull(fold_remove(&nodes[0].gc, &nodes[0].t, NULL, "n2", now_ms));
+    collect_at(0); /* n1 has not backed the claim */
+    ck_assert(adopted_by(0, "n2", "n0", false));
+    ck_assert_uint_eq(slots(0, "c"), 3);
+    gossip(); /* n1 hears the claim, and backs it in a live document */
+    ck_assert(adopted_by(1, "n2", "n0", false));
+    ck_assert(collect_at(0));
+    ck_assert(adopted_by(0, "n2", "n0", true));
+    ck_assert_uint_eq(slots(0, "c"), 2);
+    ck_assert_uint_eq(folds(0, "c"), 1);
+    ck_assert_uint_eq(own_p(0, "c"), 3 + 5);
+    ck_assert_uint_eq(own_p(0, "d"), 7);
+    settle();
+    ck_assert_uint_eq(slots(1, "c"), 2);
+    ck_assert_int_eq(below(0, 2), 0); /* n1 still held n2's slots when it last said */
+    for (int k = 0; k < 3; k++) {
+        gossip();
+        collect_at(0);
+    }
+    gossip();
+    ck_assert_uint_eq(below(0, 2), UINT64_MAX);
+    ck_assert_uint_eq(below(1, 2), UINT64_MAX);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(value(i, "c"), 12);
+        ck_assert_int_eq(value(i, "d"), 7);
+        ck_assert_uint_eq(slots(i, "c"), 2);
+        ck_assert_uint_eq(slots(i, "d"), 1);
+        ck_assert_uint_eq(folds(i, "c") + folds(i, "d"), 0);
+        ck_assert(adopted_by(i, "n2", "n0", true));
+    }
+    assert_alike(0, 1);
+    apply(2, 0, &late);
+    apply(2, 1, &late);
+    ck_assert_int_eq(value(0, "c"), 12);
+    ck_assert_int_eq(value(1, "d"), 7);
+    ck_assert_uint_eq(slots(1, "c"), 2);
+    free(late.data);
+    teardown();
+}
+END_TEST
+
+/* n2 dies; a partition splits n0 from n1, and an admin removes n2 on both
+ * sides. Neither claim settles while they are apart; once they meet, n1
+ * backs n0's (the lower id) and only n0 folds: exact, nothing twice. */
+START_TEST(test_remove_two_adopters_across_a_partition)
+{
+    setup();
+    inc(0, "c", 1);
+    inc(1, "c", 2);
+    inc(2, "c", 40);
+    settle();
+    gossip();
+    isolate(2, true);
+    cut[0][1] = cut[1][0] = true;
+    now_ms += 1000;
+    ck_assert_ptr_null(fold_remove(&nodes[0].gc, &nodes[0].t, NULL, "n2", now_ms));
+    ck_assert_ptr_null(fold_remove(&nodes[1].gc, &nodes[1].t, NULL, "n2", now_ms));
+    for (int k = 0; k < 3; k++) {
+        inc(0, "c", 1);
+        inc(1, "c", 1);
+        settle();
+        gossip();
+        collect_at(0);
+        collect_at(1);
+    }
+    ck_assert(adopted_by(0, "n2", "n0", false) && adopted_by(1, "n2", "n1", false));
+    ck_assert_uint_eq(slots(0, "c"), 3);
+    cut[0][1] = cut[1][0] = false;
+    repair_from(0);
+    repair_from(1);
+    settle();
+    gossip();
+    ck_assert(adopted_by(1, "n2", "n0", false)); /* n1 backs the lower claim */
+    ck_assert(!collect_at(1));
+    ck_assert(collect_at(0));
+    settle();
+    for (int k = 0; k < 3; k++) {
+        gossip();
+        collect_at(0);
+        collect_at(1);
+    }
+    gossip();
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(value(i, "c"), 1 + 2 + 40 + 6);
+        ck_assert_uint_eq(slots(i, "c"), 2);
+        ck_assert_uint_eq(folds(i, "c"), 0);
+        ck_assert(adopted_by(i, "n2", "n0", true));
+        ck_assert_uint_eq(below(i, 2), UINT64_MAX);
+    }
+    ck_assert_uint_eq(own_p(1, "c"), 2 + 3); /* n1 never folded */
+    ck_assert_uint_eq(own_p(0, "c"), 1 + 3 + 40);
+    ck_assert_uint_eq(nodes[0].t.adopt_conflicts + nodes[1].t.adopt_conflicts, 0);
+    assert_alike(0, 1);
+    teardown();
+}
+END_TEST
+
+/* Claims merge by a total order: whatever order they arrive in, every node
+ * ends with the same one (settled first, then the lower adopter id). */
+START_TEST(test_remove_claims_merge_in_any_order)
+{
+    struct {
+        const char *by;
+        bool settled;
+    } claims[] = {{"n5", false}, {"n3", false}, {"n7", true}, {"n4", false}, {"n8", true}};
+    int n = sizeof(claims) / sizeof(claims[0]);
+    for (int first = 0; first < n; first++) {
+        struct tally_table t;
+        table_init(&t, 10, 10);
+        for (int k = 0; k < n; k++) {
+            int i = (first + k * 3) % n;
+            ck_assert_int_eq(fold_set_adopt(&t, NULL, "gone", 4, claims[i].by, claims[i].settled),
+                             TALLY_OK);
+        }
+        const struct fold_adopt *a = fold_adoption(&t, "gone", 4);
+        ck_assert_str_eq(a->by, "n7");
+        ck_assert(a->settled);
+        ck_assert_uint_eq(t.adopt_conflicts > 0, 1); /* n7 and n8 both settled */
+        ck_assert_int_eq(fold_set_adopt(&t, NULL, "gone", 4, "gone", false), TALLY_E_WIRE);
+        table_free(&t);
+    }
+}
+END_TEST
+
 Suite *fold_suite(void)
 {
     Suite *s = suite_create("fold");
@@ -601,6 +772,9 @@ Suite *fold_suite(void)
     tcase_add_test(tc, test_fold_collection_waits_for_a_member);
     tcase_add_test(tc, test_fold_retirement_reaches_a_node_that_missed_it);
     tcase_add_test(tc, test_fold_stats_say_all_only_while_collecting);
+    tcase_add_test(tc, test_remove_adopts_and_collects);
+    tcase_add_test(tc, test_remove_two_adopters_across_a_partition);
+    tcase_add_test(tc, test_remove_claims_merge_in_any_order);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -507,6 +507,66 @@ START_TEST(test_resets_survive_restarts)
 }
 END_TEST
 
+/* A node that adopted n2 (removeNode, fold.c): the claim and the slot n2's
+ * counts were folded into come back from the log after a crash, and from
+ * the snapshot of a clean stop: the slot is n1's, not a slot of n2. */
+static void node_adopt(struct node *n)
+{
+    node_work(n);
+    table_set_self(&n->t, n->self);
+    ck_assert_int_eq(fold_set_adopt(&n->t, n->p, "n2", 2, "n1", false), TALLY_OK);
+    ck_assert_int_eq(fold_set_adopt(&n->t, n->p, "n2", 2, "n1", true), TALLY_OK);
+    ck_assert_int_eq(fold_ready(&n->t, n->p), TALLY_OK);
+    struct tally_counter *c = table_find(&n->t, "odd", 3);
+    ck_assert_uint_eq(c->nslots, 1); /* n2's slot folded into n1's */
+}
+
+static void assert_adopted(struct node *n, int64_t odd)
+{
+    table_set_self(&n->t, n->self);
+    const struct fold_adopt *a = fold_adoption(&n->t, "n2", 2);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_str_eq(a->by, "n1");
+    ck_assert(a->settled);
+    struct tally_counter *c = table_find(&n->t, "odd", 3);
+    ck_assert_int_eq(table_value(&n->t, c), odd);
+    ck_assert_uint_eq(c->nslots, 1); /* n1's, holding what n2 had */
+    ck_assert_uint_ge(counter_slot(c, n->self)->p, 1000);
+}
+
+START_TEST(test_adoption_survives_restarts)
+{
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        struct node a;
+        if (!node_open(&a, "n1", 1000, 1000))
+            _exit(1);
+        node_adopt(&a);
+        int64_t v = table_value(&a.t, table_find(&a.t, "odd", 3));
+        _exit(write(fds[1], &v, sizeof(v)) == sizeof(v) ? 0 : 1); /* no close: a crash */
+    }
+    int64_t odd;
+    ck_assert_int_eq(read(fds[0], &odd, sizeof(odd)), sizeof(odd));
+    close(fds[0]);
+    close(fds[1]);
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    struct node a, b;
+    ck_assert_ptr_nonnull(node_open(&a, "n1", 1000, 1000));
+    assert_adopted(&a, odd);
+    persist_close(a.p, &a.t, &a.d);
+    ck_assert_ptr_nonnull(node_open(&b, "n1", 1000, 1000));
+    assert_adopted(&b, odd);
+    persist_close(b.p, &b.t, &b.d);
+    node_free(&a);
+    node_free(&b);
+}
+END_TEST
+
 START_TEST(test_crash_replays_log)
 {
     uint64_t digest[TALLY_BUCKETS], inc;
@@ -897,6 +957,7 @@ Suite *persist_suite(void)
     tcase_add_checked_fixture(tc, dir_setup, dir_teardown);
     tcase_add_test(tc, test_clean_reopen);
     tcase_add_test(tc, test_crash_replays_log);
+    tcase_add_test(tc, test_adoption_survives_restarts);
     tcase_add_test(tc, test_resets_survive_restarts);
     tcase_add_test(tc, test_torn_tail_cut);
     tcase_add_test(tc, test_damaged_log_refuses);
