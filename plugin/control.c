@@ -465,6 +465,8 @@ static const char *remove_node(const cJSON *cmd, cJSON *data, struct control_req
         return "invalid node id";
     if (!rq->fold)
         return "an edge holds no other node's slots";
+    if (rq->heard && rq->heard(node->valuestring))
+        return "the node is alive: stop it for good first";
     const char *err = fold_remove(rq->fold, rq->t, rq->persist, node->valuestring, rq->mono_ms);
     if (err)
         return err;

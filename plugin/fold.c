@@ -119,8 +119,6 @@
  *   - A wall clock set back, between two starts without state, by more than
  *     the time between them gives a life below its node's watermark: its
  *     slots would be discarded. README says so (known limits).
- *   - Edges (tier.c) hold only their own slot; their retired slots live at
- *     their hubs as the edges' own origins and are not folded.
  *   - A removed node that was not dead after all (removeNode refuses one
  *     heard within peer_timeout_ms) is ignored: its stats are not read, and
  *     once its lives are retired, its slots are discarded. It logs that it
@@ -161,6 +159,23 @@
  *   - R is dropped from the members everywhere once a claim for it is
  *     known, and its own stats are no longer read: it no longer holds any
  *     collection back.
+ *
+ * ---- Edges' past lives ----
+ *
+ * An edge (tier.c) holds its own slot and nobody else's, so it cannot fold
+ * its past lives as a node does: their slots are at the hubs. So a hub
+ * adopts them, by the same claims: a claim names how many lives it adopts,
+ * lives_below (every life below it; UINT64_MAX for a removed node). A hub
+ * that carries an edge running life I, and holds a slot of an earlier life
+ * of it not yet retired, claims (edge, I) (fold_claim_past). The order of
+ * claims puts the claim of more lives first: an edge restarted again (a
+ * later I), or removed, supersedes. While the new claim is unsettled nobody
+ * folds the edge (the old adopter stops once it backs the new claim, and
+ * the new one waits for every member, the old adopter among them, to back
+ * it), so there is still one folder per slot at any time. The adopter
+ * folds the lives below I into its own slot and raises the edge's
+ * watermark up to I, never past the running life. The edge sees nothing of
+ * it: its view is the rest of the world's sum, which no fold changes.
  *
  * ---- Invariants ----
  *
@@ -571,47 +586,56 @@ const struct fold_adopt *fold_adoption(const struct tally_table *t, const char *
     return adopt_find(t, node, len);
 }
 
+/* A node removed for good: every life of it adopted (removeNode). */
 static bool removed(const struct tally_table *t, const char *node)
 {
-    return t->adopt && adopt_find(t, node, strlen(node));
+    const struct fold_adopt *a = t->adopt ? adopt_find(t, node, strlen(node)) : NULL;
+    return a && a->lives_below == UINT64_MAX;
+}
+
+bool fold_is_adopted(const struct tally_table *t, const char *node, size_t len,
+                     uint64_t incarnation)
+{
+    const struct fold_adopt *a = t->has_self && t->adopt ? adopt_find(t, node, len) : NULL;
+    return a && a->settled && incarnation < a->lives_below && is_self(t, a->by);
 }
 
 /* Sets the adopted mark of node's lives: this node's to fold once its claim
  * is settled (replicas interned later take it in table_replica). */
 static void mark_adopted(struct tally_table *t, const char *node, size_t len)
 {
-    bool mine = fold_is_adopted(t, node, len);
-    for (uint32_t i = 0; i < t->nreplicas; i++)
-        if (same_node(t->replicas[i], node, len))
-            t->replicas[i]->adopted = mine && !(t->has_self && i == t->self);
+    for (uint32_t i = 0; i < t->nreplicas; i++) {
+        struct tally_replica *r = t->replicas[i];
+        if (same_node(r, node, len))
+            r->adopted =
+                fold_is_adopted(t, node, len, r->incarnation) && !(t->has_self && i == t->self);
+    }
 }
 
-bool fold_is_adopted(const struct tally_table *t, const char *node, size_t len)
+/* The order claims merge by (a join: any order of arrival ends the same):
+ * the claim of more lives first (a later life of an edge, or a removal),
+ * then a settled one, then the lower adopter id. */
+static int claim_cmp(uint64_t lives_below, bool settled, const char *by, const struct fold_adopt *a)
 {
-    const struct fold_adopt *a = t->has_self ? adopt_find(t, node, len) : NULL;
-    return a && a->settled && is_self(t, a->by);
-}
-
-/* The order claims merge by: settled above unsettled, then the lower id. */
-static bool claim_above(bool settled, const char *by, const struct fold_adopt *a)
-{
+    if (lives_below != a->lives_below)
+        return lives_below > a->lives_below ? 1 : -1;
     if (settled != a->settled)
-        return settled;
-    return strcmp(by, a->by) < 0;
+        return settled ? 1 : -1;
+    int c = strcmp(by, a->by);
+    return c < 0 ? 1 : c > 0 ? -1 : 0;
 }
 
 int fold_set_adopt(struct tally_table *t, struct persist *p, const char *node, size_t len,
-                   const char *by, bool settled)
+                   const char *by, uint64_t lives_below, bool settled)
 {
     size_t blen = strlen(by);
     if (node_id_check(node, len) != TALLY_OK || node_id_check(by, blen) != TALLY_OK ||
-        (len == blen && memcmp(node, by, len) == 0))
+        (len == blen && memcmp(node, by, len) == 0) || lives_below == 0)
         return TALLY_E_WIRE;
     struct fold_adopt *a = adopt_find(t, node, len);
-    bool same = a && strcmp(a->by, by) == 0;
-    if (a && !same && settled && a->settled)
+    if (a && lives_below == a->lives_below && settled && a->settled && strcmp(by, a->by) != 0)
         t->adopt_conflicts++; /* two sides settled apart (see the essay) */
-    if (a && (same ? a->settled || !settled : !claim_above(settled, by, a)))
+    if (a && claim_cmp(lives_below, settled, by, a) <= 0)
         return TALLY_OK;
     if (!a) {
         a = calloc(1, sizeof(*a));
@@ -621,9 +645,10 @@ int fold_set_adopt(struct tally_table *t, struct persist *p, const char *node, s
         HASH_ADD(hh, t->adopt, node[0], len, a);
     }
     memcpy(a->by, by, blen + 1);
+    a->lives_below = lives_below;
     a->settled = settled;
     mark_adopted(t, node, len);
-    return p ? persist_adopt(p, node, len, by, settled) : TALLY_OK;
+    return p ? persist_adopt(p, a) : TALLY_OK;
 }
 
 void table_free_adopt(struct tally_table *t)
@@ -751,8 +776,8 @@ static bool collecting(const struct tally_table *t)
     if (!t->has_self)
         return false;
     for (const struct fold_adopt *a = t->adopt; a; a = a->hh.next)
-        if (fold_below_of(t, a->node, strlen(a->node)) != UINT64_MAX)
-            return true; /* a removal this node has not seen to its end */
+        if (fold_below_of(t, a->node, strlen(a->node)) < a->lives_below)
+            return true; /* an adoption this node has not seen to its end */
     const struct tally_replica *me = t->replicas[t->self];
     return fold_below_of(t, me->key, me->id_len) < me->incarnation;
 }
@@ -802,12 +827,12 @@ void fold_stats_json(struct wire_buf *b, const struct tally_table *t, const stru
     wbuf_str(b, "},\"adopt\":{");
     n = 0;
     for (const struct fold_adopt *a = t->adopt; a; a = a->hh.next) {
-        if (b->len + 2 * TALLY_NODE_ID_MAX + 40 > limit) {
+        if (b->len + 2 * TALLY_NODE_ID_MAX + 72 > limit) {
             omitted++;
             continue;
         }
-        wbuf_printf(b, "%s\"%s\":{\"by\":\"%s\",\"settled\":%s}", n++ ? "," : "", a->node, a->by,
-                    a->settled ? "true" : "false");
+        wbuf_printf(b, "%s\"%s\":{\"by\":\"%s\",\"below\":\"%016" PRIx64 "\",\"settled\":%s}",
+                    n++ ? "," : "", a->node, a->by, a->lives_below, a->settled ? "true" : "false");
     }
     wbuf_printf(b, "},\"adopt_conflicts\":%" PRIu32 ",\"omitted\":%" PRIu32 "}", t->adopt_conflicts,
                 omitted);
@@ -906,15 +931,18 @@ static int note_adopt(struct fold_gc *gc, struct tally_table *t, struct persist 
         const cJSON *by = cJSON_GetObjectItemCaseSensitive(item, "by");
         bool settled = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(item, "settled"));
         size_t len = strlen(item->string);
+        uint64_t lives_below;
         if (!cJSON_IsString(by) || node_id_check(item->string, len) != TALLY_OK ||
-            node_id_check(by->valuestring, strlen(by->valuestring)) != TALLY_OK)
+            node_id_check(by->valuestring, strlen(by->valuestring)) != TALLY_OK ||
+            !hex64(cJSON_GetObjectItemCaseSensitive(item, "below"), &lives_below) ||
+            lives_below == 0)
             continue;
-        int rc = fold_set_adopt(t, p, item->string, len, by->valuestring, settled);
+        int rc = fold_set_adopt(t, p, item->string, len, by->valuestring, lives_below, settled);
         if (rc == TALLY_E_NOMEM)
             return rc;
         struct fold_member *gone = NULL;
         HASH_FIND_STR(gc->members, item->string, gone);
-        if (gone && gone != m)
+        if (gone && gone != m && removed(t, gone->node))
             member_free(gc, gone);
         struct fold_adopt *a = live ? calloc(1, sizeof(*a)) : NULL;
         if (live && !a)
@@ -922,6 +950,7 @@ static int note_adopt(struct fold_gc *gc, struct tally_table *t, struct persist 
         if (a) {
             memcpy(a->node, item->string, len);
             snprintf(a->by, sizeof(a->by), "%s", by->valuestring);
+            a->lives_below = lives_below;
             a->settled = settled;
             HASH_ADD(hh, m->adopt, node[0], len, a);
         }
@@ -998,13 +1027,13 @@ static uint64_t member_lowest(const struct fold_member *m, const char *node, siz
     return l ? l->below : UINT64_MAX;
 }
 
-/* Whether member m's last full live document backs the claim (node, by). */
-static bool backs(const struct fold_member *m, const char *node, const char *by)
+/* Whether member m's last full live document backs claim c. */
+static bool backs(const struct fold_member *m, const struct fold_adopt *c)
 {
     const struct fold_adopt *a = NULL;
     if (m->direct && m->full)
-        HASH_FIND(hh, m->adopt, node, strlen(node), a);
-    return a && strcmp(a->by, by) == 0;
+        HASH_FIND(hh, m->adopt, c->node, strlen(c->node), a);
+    return a && strcmp(a->by, c->by) == 0 && a->lives_below == c->lives_below;
 }
 
 static int fold_all(struct tally_table *t, struct persist *p)
@@ -1017,9 +1046,10 @@ static int fold_all(struct tally_table *t, struct persist *p)
     return TALLY_OK;
 }
 
-/* This node's claims: one every member backs is settled, and its node's
- * lives folded here; a settled one's watermark rises to the lowest life of
- * it anyone holds (UINT64_MAX: none, every life retired). */
+/* This node's claims: one every member backs is settled, and the lives it
+ * names folded here; a settled one's watermark rises to the lowest life of
+ * its node anyone holds, up to lives_below (UINT64_MAX for a removal: every
+ * life retired). */
 static int adopt_step(struct fold_gc *gc, struct tally_table *t, struct persist *p, uint64_t now_ms,
                       bool *changed)
 {
@@ -1031,8 +1061,9 @@ static int adopt_step(struct fold_gc *gc, struct tally_table *t, struct persist 
         if (!a->settled) {
             bool all = true;
             for (m = gc->members; m && all; m = m->hh.next)
-                all = !is_member(gc, t, m, now_ms) || backs(m, a->node, a->by);
-            int rc = all ? fold_set_adopt(t, p, a->node, len, a->by, true) : TALLY_OK;
+                all = !is_member(gc, t, m, now_ms) || backs(m, a);
+            int rc =
+                all ? fold_set_adopt(t, p, a->node, len, a->by, a->lives_below, true) : TALLY_OK;
             if (rc == TALLY_OK && all)
                 rc = fold_all(t, p);
             if (rc != TALLY_OK)
@@ -1040,7 +1071,7 @@ static int adopt_step(struct fold_gc *gc, struct tally_table *t, struct persist 
             *changed |= all;
             continue; /* retirement waits for the members to hear it */
         }
-        uint64_t w = UINT64_MAX;
+        uint64_t w = a->lives_below;
         for (uint32_t i = 0; i < t->nreplicas; i++) {
             const struct tally_replica *r = t->replicas[i];
             if (r->held && same_node(r, a->node, len) && r->incarnation < w)
@@ -1082,11 +1113,32 @@ const char *fold_remove(struct fold_gc *gc, struct tally_table *t, struct persis
     if (!known)
         return "unknown node";
     const struct tally_replica *me = t->replicas[t->self];
-    int rc = fold_set_adopt(t, p, node, len, me->key, false);
+    int rc = fold_set_adopt(t, p, node, len, me->key, UINT64_MAX, false);
     if (m)
         member_free(gc, m);
     gc->eager_until_ms = now_ms + FOLD_EAGER_MS; /* every node says all, and hears the claim */
     return rc == TALLY_OK ? NULL : rc == TALLY_E_NOMEM ? "out of memory" : "cannot write the state";
+}
+
+int fold_claim_past(struct fold_gc *gc, struct tally_table *t, struct persist *p, const char *node,
+                    uint64_t incarnation, uint64_t now_ms)
+{
+    size_t len = strlen(node);
+    const struct fold_adopt *a = t->adopt ? adopt_find(t, node, len) : NULL;
+    if (!t->has_self || !t->fold_ready || now_ms < gc->not_before_ms ||
+        (a && a->lives_below >= incarnation) || is_self(t, node))
+        return TALLY_OK;
+    uint64_t below = fold_below_of(t, node, len);
+    bool past = false;
+    for (uint32_t i = 0; i < t->nreplicas && !past; i++) {
+        const struct tally_replica *r = t->replicas[i];
+        past = (r->held || r->folded) && r->incarnation < incarnation && r->incarnation >= below &&
+               same_node(r, node, len);
+    }
+    if (!past)
+        return TALLY_OK; /* an edge's first life, or its past already retired */
+    gc->eager_until_ms = now_ms + FOLD_EAGER_MS;
+    return fold_set_adopt(t, p, node, len, t->replicas[t->self]->key, incarnation, false);
 }
 
 int fold_collect(struct fold_gc *gc, struct tally_table *t, struct persist *p, uint64_t now_ms,

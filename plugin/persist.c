@@ -34,8 +34,10 @@
  *                                               node that adopted it)
  *   'R' str8 node_id, u64 below                 every life of node_id below
  *                                               is retired (fold.c)
- *   'A' str8 node_id, str8 by, u8 settled       node_id is removed, adopted
- *                                               by `by` (fold.c)
+ *   'A' str8 node_id, str8 by, u64 lives_below, u8 settled
+ *                                               the lives of node_id below
+ *                                               lives_below are adopted by
+ *                                               `by` (fold.c)
  *   'E' u64 records                             end of snapshot
  *
  * Records hold states, not deltas, so replaying one twice, or replaying the
@@ -295,14 +297,14 @@ static void retired_payload(struct wire_buf *b, const char *node, size_t len, ui
     wbuf_u64(b, below);
 }
 
-static void adopt_payload(struct wire_buf *b, const char *node, size_t len, const char *by,
-                          bool settled)
+static void adopt_payload(struct wire_buf *b, const struct fold_adopt *a)
 {
     wbuf_reset(b);
     wbuf_u8(b, 'A');
-    wbuf_str8(b, node, len);
-    wbuf_str8(b, by, strlen(by));
-    wbuf_u8(b, settled);
+    wbuf_str8(b, a->node, strlen(a->node));
+    wbuf_str8(b, a->by, strlen(a->by));
+    wbuf_u64(b, a->lives_below);
+    wbuf_u8(b, a->settled);
 }
 
 static int apply_fold(struct wire_reader *r, struct tally_table *t)
@@ -363,13 +365,14 @@ static int apply_adopt(struct wire_reader *r, struct tally_table *t)
     size_t idlen, bylen;
     const char *id = wr_str8(r, &idlen);
     const char *by = wr_str8(r, &bylen);
+    uint64_t lives_below = wr_u64(r);
     uint8_t settled = wr_u8(r);
     char byz[TALLY_NODE_ID_MAX + 1];
     if (r->bad || r->p != r->end || settled > 1 || bylen > TALLY_NODE_ID_MAX)
         return TALLY_E_WIRE;
     memcpy(byz, by, bylen);
     byz[bylen] = '\0';
-    return fold_set_adopt(t, NULL, id, idlen, byz, settled);
+    return fold_set_adopt(t, NULL, id, idlen, byz, lives_below, settled);
 }
 
 static int apply_slot(struct wire_reader *r, struct tally_table *t, struct tally_dedup *d)
@@ -980,7 +983,7 @@ static uint64_t snap_retired(struct persist *p, struct file_writer *w, const str
         snap_record(p, w);
     }
     for (const struct fold_adopt *a = t->adopt; a; a = a->hh.next, n++) {
-        adopt_payload(&p->payload, a->node, strlen(a->node), a->by, a->settled);
+        adopt_payload(&p->payload, a);
         snap_record(p, w);
     }
     return n;
@@ -1291,9 +1294,9 @@ int persist_retired(struct persist *p, const char *node, size_t len, uint64_t be
     return log_write(p) == 0 ? TALLY_OK : TALLY_E_DISK;
 }
 
-int persist_adopt(struct persist *p, const char *node, size_t len, const char *by, bool settled)
+int persist_adopt(struct persist *p, const struct fold_adopt *a)
 {
-    adopt_payload(&p->payload, node, len, by, settled);
+    adopt_payload(&p->payload, a);
     return log_write(p) == 0 ? TALLY_OK : TALLY_E_DISK;
 }
 

@@ -41,7 +41,8 @@ int persist_fold(struct persist *p, const struct tally_table *t, const struct ta
                  uint32_t replica, const struct tally_slot *with);
 /* Appends node's retirement watermark (fold.c); returns as persist_slot. */
 int persist_retired(struct persist *p, const char *node, size_t len, uint64_t below);
-int persist_adopt(struct persist *p, const char *node, size_t len, const char *by, bool settled);
+struct fold_adopt;
+int persist_adopt(struct persist *p, const struct fold_adopt *a);
 /* msyncs the log on the configured interval and compacts it into a snapshot
  * in a child process. Returns TALLY_E_DISK with a message for the log in err
  * when a snapshot failed or the log could not be synced (from then on

@@ -1395,10 +1395,15 @@ static const char **stats_neighbours(size_t *n)
 static void publish_stats(uint64_t now)
 {
     bool retired;
-    if (!g.edge && now >= g.fold.not_before_ms && fold_ready(&g.table, g.persist) == TALLY_OK)
+    if (!g.edge && now >= g.fold.not_before_ms && fold_ready(&g.table, g.persist) == TALLY_OK) {
+        /* an edge restarted without state: its hub adopts its past lives */
+        for (struct tier_child *ch = NULL; (ch = tier_hub_next(&g.tier_hub, ch));)
+            fold_claim_past(&g.fold, &g.table, g.persist, tier_child_id(ch),
+                            tier_child_incarnation(ch), now);
         fold_collect(&g.fold, &g.table, g.persist, now, &retired);
+    }
     const struct fold_adopt *gone = fold_adoption(&g.table, g.opt.node_id, strlen(g.opt.node_id));
-    if (gone && !g.told_removed) {
+    if (gone && gone->lives_below == UINT64_MAX && !g.told_removed) {
         g.told_removed = true;
         mosquitto_log_printf(MOSQ_LOG_ERR,
                              "tally: this node (%s) was removed from the cluster (removeNode, "
@@ -1561,6 +1566,15 @@ static int on_tick(int event, void *event_data, void *userdata)
 
 /* ==== The control API ==== */
 
+/* removeNode refuses a node (an edge too: edges are no fold members) whose
+ * stats or presence were heard within fold.alive_ms. */
+static bool heard_lately(const char *node)
+{
+    const struct tally_origin *o = NULL;
+    HASH_FIND_STR(g.presence.origins, node, o);
+    return o && o->last_heard_ms && mono_ms() - o->last_heard_ms <= g.fold.alive_ms;
+}
+
 /* Runs a request here; a reset is on disk before it is answered (one that
  * cannot be written stays applied, and replicated: peers hand it back after
  * a restart). who: for the log. Returns the answer (caller frees) or NULL. */
@@ -1572,7 +1586,8 @@ static char *control_run(const void *payload, size_t len, bool admin, const char
                              .admin = admin,
                              .fold = g.edge ? NULL : &g.fold,
                              .persist = g.persist,
-                             .mono_ms = mono_ms()};
+                             .mono_ms = mono_ms(),
+                             .heard = heard_lately};
     char *resp = control_process(payload, len, &rq);
     for (size_t i = 0; i < rq.nchanged; i++)
         if (g.persist && persist_base(g.persist, &g.table, rq.changed[i]) != TALLY_OK)

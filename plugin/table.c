@@ -426,7 +426,7 @@ int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64
     r->index = t->nreplicas;
     r->held = r->folded = 0;
     r->retired = fold_is_retired(t, node_id, len, incarnation);
-    r->adopted = fold_is_adopted(t, node_id, len);
+    r->adopted = fold_is_adopted(t, node_id, len, incarnation);
     t->replicas[t->nreplicas++] = r;
     HASH_ADD(hh, t->replica_hash, key, keylen, r);
     *out = r->index;

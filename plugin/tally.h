@@ -335,23 +335,27 @@ int fold_set_below(struct tally_table *t, struct persist *p, const char *node, s
                    uint64_t below);
 void table_free_below(struct tally_table *t);
 
-/* Removal (fold.c, "Nodes removed for good"): a node gone for good is
- * adopted by one node, which folds its slots into its own and then retires
- * every life of it. A claim is settled once every member backs it. */
+/* Adoption (fold.c, "Nodes removed for good", "Edges' past lives"): the
+ * lives of a node below lives_below (every life: UINT64_MAX, a node removed
+ * for good; an edge's past lives: its running life) are adopted by one
+ * node, which folds their slots into its own and then retires them. A claim
+ * is settled once every member backs it. */
 struct fold_adopt {
     UT_hash_handle hh;
+    uint64_t lives_below;
     bool settled;
     char by[TALLY_NODE_ID_MAX + 1];
     char node[TALLY_NODE_ID_MAX + 1]; /* the key */
 };
 const struct fold_adopt *fold_adoption(const struct tally_table *t, const char *node, size_t len);
-/* Whether node's lives are this node's to fold: a settled claim of ours. */
-bool fold_is_adopted(const struct tally_table *t, const char *node, size_t len);
-/* Merges a claim (from a peer's stats, the disk, or removeNode): a settled
- * claim wins over an unsettled one, then the lower adopter id; logged to p
- * when it changed. TALLY_E_WIRE for an invalid claim. */
+/* Whether that life of node is this node's to fold: a settled claim of ours. */
+bool fold_is_adopted(const struct tally_table *t, const char *node, size_t len,
+                     uint64_t incarnation);
+/* Merges a claim (from a peer's stats, the disk, removeNode or a hub's
+ * edge): the claim of more lives wins, then a settled one, then the lower
+ * adopter id; logged to p when it changed. TALLY_E_WIRE for an invalid one. */
 int fold_set_adopt(struct tally_table *t, struct persist *p, const char *node, size_t len,
-                   const char *by, bool settled);
+                   const char *by, uint64_t lives_below, bool settled);
 void table_free_adopt(struct tally_table *t);
 /* A new incarnation: the wall clock (ms) in the high bits, random low bits,
  * and above `after` (the last one, when known). */
@@ -404,6 +408,11 @@ int fold_collect(struct fold_gc *gc, struct tally_table *t, struct persist *p, u
  * the claim (fold_collect). NULL, or why not. */
 const char *fold_remove(struct fold_gc *gc, struct tally_table *t, struct persist *p,
                         const char *node, uint64_t now_ms);
+/* At a hub, for an edge of it running `incarnation`: claims the edge's
+ * earlier lives this node holds slots of, to adopt them as removeNode does
+ * (an edge never folds: it holds no one's slots). */
+int fold_claim_past(struct fold_gc *gc, struct tally_table *t, struct persist *p, const char *node,
+                    uint64_t incarnation, uint64_t now_ms);
 /* Folding starts (the watermarks are known, or nobody answered in time):
  * every counter is folded, and logged to p. */
 int fold_ready(struct tally_table *t, struct persist *p);
@@ -910,6 +919,7 @@ void tier_edge_each_page(const struct tier_edge *e, tier_page_fn *fn, void *ud);
 size_t tier_hub_children(const struct tier_hub *h);
 size_t tier_edge_entries(const struct tier_edge *e);
 const char *tier_child_id(const struct tier_child *ch);
+uint64_t tier_child_incarnation(const struct tier_child *ch);
 /* Forgets children silent for timeout_ms (their slots stay in the table). */
 void tier_hub_expire(struct tier_hub *h, uint64_t now_ms, uint64_t timeout_ms);
 
@@ -1062,6 +1072,7 @@ struct control_req {
     struct fold_gc *fold; /* removeNode (NULL at an edge) */
     struct persist *persist;
     uint64_t mono_ms;
+    bool (*heard)(const char *node); /* removeNode: heard of lately (an edge too) */
     struct tally_counter **changed;
     size_t nchanged;
 };

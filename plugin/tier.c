@@ -98,8 +98,11 @@
  *   - An edge lost for good: its slot stays at the hubs with whatever reached
  *     them; what it acknowledged but never sent is lost with its disk, as for
  *     any node of a cluster. Its viewers leave the counts after
- *     peer_timeout_ms (below). Its slot stays forever, as a departed node's
- *     does today (folding retired slots is the replication module's job).
+ *     peer_timeout_ms (below). Its slot stays until an admin removes it
+ *     (removeNode at a hub: fold.c adopts it into that hub's slot). An edge
+ *     restarted without its state starts a new life; its hub adopts the
+ *     past ones (fold.c, "Edges' past lives"), so the hubs hold one slot per
+ *     edge per counter whatever the number of restarts.
  *   - An edge that moves and moves back (a bridge's first address is its main
  *     one: Mosquitto goes back to it when it returns): each move is a new
  *     (hub, session) for the edge, so it sends its whole slot again; the hubs
@@ -1560,6 +1563,11 @@ struct tier_child *tier_hub_child(struct tier_hub *h, const char *id)
 const char *tier_child_id(const struct tier_child *ch)
 {
     return ch->id;
+}
+
+uint64_t tier_child_incarnation(const struct tier_child *ch)
+{
+    return ch->incarnation;
 }
 
 void tier_hub_expire(struct tier_hub *h, uint64_t now_ms, uint64_t timeout_ms)

@@ -159,8 +159,9 @@ def test_two_adopters_across_a_partition_fold_once(brokers, closing):  # noqa: F
         ledger.round([nodes["a"]], names, 10)
         ledger.round([nodes["b"]], names, 10)
         time.sleep(0.5)
-    assert claim(watchers["a"], "a", "c") == {"by": "a", "settled": False}
-    assert claim(watchers["b"], "b", "c") == {"by": "b", "settled": False}
+    every = "ffffffffffffffff"  # a removal adopts every life
+    assert claim(watchers["a"], "a", "c") == {"by": "a", "below": every, "settled": False}
+    assert claim(watchers["b"], "b", "c") == {"by": "b", "below": every, "settled": False}
     assert set(slot_counts(nodes["a"], names).values()) == {(3, 0)}, "a folded while cut off"
     assert set(slot_counts(nodes["b"], names).values()) == {(3, 0)}, "b folded while cut off"
 
@@ -169,7 +170,8 @@ def test_two_adopters_across_a_partition_fold_once(brokers, closing):  # noqa: F
     took = wait_converged(watchers, ledger)
     print(f"after the heal: c folded once, exact on both sides within {took:.2f}s more")
     for n in ("a", "b"):
-        wait_for(lambda: claim(watchers[n], n, "c") in (None, {"by": "a", "settled": True}), 10,
+        wait_for(lambda: claim(watchers[n], n, "c") in
+                 (None, {"by": "a", "below": every, "settled": True}), 10,
                  what=f"{n} to back a's settled claim")
     for name in names:
         mine = {r["node"]: (r["p"], r["n"]) for r in get_counter(nodes["a"], name)[0]}

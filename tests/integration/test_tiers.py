@@ -36,14 +36,15 @@ def bridged_to(edge):
                                        edge.read_log())]
 
 
-def tree(brokers):
+def tree(brokers, options=None):
     """Hubs h1 and h2 (a cluster of two); edges e1, e2 on h1 (h2 second), e3, e4 on h2."""
-    h1 = brokers("h1", options=dict(OPTIONS))
-    h2 = brokers("h2", options=dict(OPTIONS), bridges=[{"name": "h2-to-h1", "port": h1.port}])
+    opts = dict(OPTIONS, **(options or {}))
+    h1 = brokers("h1", options=dict(opts))
+    h2 = brokers("h2", options=dict(opts), bridges=[{"name": "h2-to-h1", "port": h1.port}])
     edges = []
     for i, hubs in enumerate([(h1, h2), (h1, h2), (h2, h1), (h2, h1)], start=1):
         name = f"e{i}"
-        edges.append(brokers(name, options=dict(OPTIONS, role="edge"),
+        edges.append(brokers(name, options=dict(opts, role="edge"),
                              extra=edge_bridge(name, hubs)))
     return h1, h2, edges
 
@@ -291,3 +292,41 @@ def test_an_edge_without_a_hub_answers_with_an_error(brokers):
     assert "hub did not answer" in resp["error"]
     assert time.monotonic() - start >= 4.5
     assert e1.total("likes") == 3
+
+
+def get_counter(node, name):
+    """(replicas, folds) of getCounter at node."""
+    (resp,) = ask_ok(node, [{"command": "getCounter", "name": name}], username="viewer")
+    return resp["data"]["replicas"], resp["data"]["folds"]
+
+
+def test_an_edge_restarted_without_state_leaves_one_slot(brokers, closing):
+    """Issue 12's bounded metadata through the tree: e1 (no state_dir) is killed with -9 and
+    restarted 8 times, each time followed by increments at every edge; exact everywhere after
+    each. Its hubs adopt its past lives (fold.c, "Edges' past lives"): in the end each hub
+    holds one slot of e1 per counter, its running life's, and no fold entry."""
+    h1, h2, edges = tree(brokers, {"stats_interval_ms": "200"})
+    e1 = edges[0]
+    expected = {}
+    increments(edges, 10, expected)
+    exact_everywhere([h1, h2] + edges, expected)
+    for _ in range(8):
+        e1.kill()
+        e1.start()
+        increments(edges, 5, expected)
+        exact_everywhere([h1, h2] + edges, expected)
+
+    def e1_lives():
+        out = {}
+        for hub in (h1, h2):
+            for name in ("shared", "own-e1"):
+                reps, folds = get_counter(hub, name)
+                out[(hub.name, name)] = (sum(r["node"] == "e1" for r in reps), len(folds))
+        return out
+
+    seen = {}
+    wait_for(lambda: seen.update(e1_lives()) or set(seen.values()) == {(1, 0)}, 30,
+             interval=0.5, what="one slot of e1 per counter at both hubs, no fold entry")
+    exact_everywhere([h1, h2] + edges, expected, timeout=5)
+    increments(edges, 3, expected)
+    exact_everywhere([h1, h2] + edges, expected)

@@ -739,24 +739,93 @@ START_TEST(test_remove_claims_merge_in_any_order)
 {
     struct {
         const char *by;
+        uint64_t below;
         bool settled;
-    } claims[] = {{"n5", false}, {"n3", false}, {"n7", true}, {"n4", false}, {"n8", true}};
+    } claims[] = {{"n5", 9, true},           {"n3", UINT64_MAX, false}, {"n7", UINT64_MAX, true},
+                  {"n4", UINT64_MAX, false}, {"n8", UINT64_MAX, true},  {"n1", 5, true},
+                  {"n2", 9, false}};
     int n = sizeof(claims) / sizeof(claims[0]);
     for (int first = 0; first < n; first++) {
         struct tally_table t;
         table_init(&t, 10, 10);
         for (int k = 0; k < n; k++) {
             int i = (first + k * 3) % n;
-            ck_assert_int_eq(fold_set_adopt(&t, NULL, "gone", 4, claims[i].by, claims[i].settled),
+            ck_assert_int_eq(fold_set_adopt(&t, NULL, "gone", 4, claims[i].by, claims[i].below,
+                                            claims[i].settled),
                              TALLY_OK);
         }
         const struct fold_adopt *a = fold_adoption(&t, "gone", 4);
         ck_assert_str_eq(a->by, "n7");
+        ck_assert_uint_eq(a->lives_below, UINT64_MAX);
         ck_assert(a->settled);
-        ck_assert_uint_eq(t.adopt_conflicts > 0, 1); /* n7 and n8 both settled */
-        ck_assert_int_eq(fold_set_adopt(&t, NULL, "gone", 4, "gone", false), TALLY_E_WIRE);
+        ck_assert_int_eq(fold_set_adopt(&t, NULL, "gone", 4, "gone", 1, false), TALLY_E_WIRE);
+        ck_assert_int_eq(fold_set_adopt(&t, NULL, "gone", 4, "n1", 0, false), TALLY_E_WIRE);
         table_free(&t);
     }
+    /* n7 and n8 both settled, for every life: two sides settled apart */
+    struct tally_table t;
+    table_init(&t, 10, 10);
+    ck_assert_int_eq(fold_set_adopt(&t, NULL, "gone", 4, "n8", UINT64_MAX, true), TALLY_OK);
+    ck_assert_int_eq(fold_set_adopt(&t, NULL, "gone", 4, "n7", UINT64_MAX, true), TALLY_OK);
+    ck_assert_uint_eq(t.adopt_conflicts, 1);
+    table_free(&t);
+}
+END_TEST
+
+/* A slot of edge e's life inc, as its hub merges it from an UP. */
+static void edge_slot(int i, const char *name, uint64_t inc, uint64_t p)
+{
+    uint32_t r;
+    struct tally_counter *c;
+    bool changed;
+    ck_assert_int_eq(table_replica(&nodes[i].t, "e", 1, inc, &r), TALLY_OK);
+    ck_assert_int_eq(table_get(&nodes[i].t, name, strlen(name), TABLE_MERGE, &c), TALLY_OK);
+    ck_assert_int_eq(table_merge_slot(&nodes[i].t, c, r, p, 0, &changed), TALLY_OK);
+}
+
+/* Edge e restarts without its state and reaches another hub: both hubs
+ * hold its past life and claim it (fold_claim_past); one adopts it (the
+ * lower id), folds it into its own slot and retires it: one slot per live
+ * life again, every total the same, nothing folded twice. */
+START_TEST(test_edge_past_lives_adopted_by_a_hub)
+{
+    setup();
+    inc(0, "c", 1);
+    inc(1, "c", 2);
+    edge_slot(0, "c", 10, 5); /* e's first life, at its hub n0 */
+    edge_slot(0, "d", 10, 3);
+    settle();
+    gossip();
+    for (int i = 0; i < MAXN; i++)
+        collect_at(i);
+    ck_assert_int_eq(fold_claim_past(&nodes[0].gc, &nodes[0].t, NULL, "e", 10, now_ms), TALLY_OK);
+    ck_assert_ptr_null(fold_adoption(&nodes[0].t, "e", 1)); /* its first life: nothing past */
+    edge_slot(1, "c", 20, 4);                               /* e again, empty, now at hub n1 */
+    settle();
+    ck_assert_int_eq(fold_claim_past(&nodes[1].gc, &nodes[1].t, NULL, "e", 20, now_ms), TALLY_OK);
+    ck_assert_int_eq(fold_claim_past(&nodes[0].gc, &nodes[0].t, NULL, "e", 20, now_ms), TALLY_OK);
+    ck_assert(adopted_by(1, "e", "n1", false));
+    gossip();
+    ck_assert(adopted_by(1, "e", "n0", false)); /* the lower id */
+    for (int k = 0; k < 4; k++) {
+        for (int i = 0; i < MAXN; i++)
+            collect_at(i);
+        settle();
+        gossip();
+    }
+    for (int i = 0; i < MAXN; i++) {
+        ck_assert_int_eq(value(i, "c"), 1 + 2 + 5 + 4);
+        ck_assert_int_eq(value(i, "d"), 3);
+        ck_assert_uint_eq(slots(i, "c"), 3); /* n0, n1, and e's running life */
+        ck_assert_uint_eq(slots(i, "d"), 1); /* n0's, holding e's first life */
+        ck_assert_uint_eq(folds(i, "c") + folds(i, "d"), 0);
+        ck_assert_uint_eq(fold_below_of(&nodes[i].t, "e", 1), 20);
+        ck_assert(adopted_by(i, "e", "n0", true));
+    }
+    ck_assert_uint_eq(own_p(0, "c"), 1 + 5);
+    ck_assert_uint_eq(own_p(1, "c"), 2); /* n1 never folded */
+    assert_same_digests();
+    teardown();
 }
 END_TEST
 
@@ -775,6 +844,7 @@ Suite *fold_suite(void)
     tcase_add_test(tc, test_remove_adopts_and_collects);
     tcase_add_test(tc, test_remove_two_adopters_across_a_partition);
     tcase_add_test(tc, test_remove_claims_merge_in_any_order);
+    tcase_add_test(tc, test_edge_past_lives_adopted_by_a_hub);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -514,8 +514,8 @@ static void node_adopt(struct node *n)
 {
     node_work(n);
     table_set_self(&n->t, n->self);
-    ck_assert_int_eq(fold_set_adopt(&n->t, n->p, "n2", 2, "n1", false), TALLY_OK);
-    ck_assert_int_eq(fold_set_adopt(&n->t, n->p, "n2", 2, "n1", true), TALLY_OK);
+    ck_assert_int_eq(fold_set_adopt(&n->t, n->p, "n2", 2, "n1", UINT64_MAX, false), TALLY_OK);
+    ck_assert_int_eq(fold_set_adopt(&n->t, n->p, "n2", 2, "n1", UINT64_MAX, true), TALLY_OK);
     ck_assert_int_eq(fold_ready(&n->t, n->p), TALLY_OK);
     struct tally_counter *c = table_find(&n->t, "odd", 3);
     ck_assert_uint_eq(c->nslots, 1); /* n2's slot folded into n1's */
