@@ -632,6 +632,8 @@ int fold_set_adopt(struct tally_table *t, struct persist *p, const char *node, s
     if (node_id_check(node, len) != TALLY_OK || node_id_check(by, blen) != TALLY_OK ||
         (len == blen && memcmp(node, by, len) == 0) || lives_below == 0)
         return TALLY_E_WIRE;
+    if (lives_below != UINT64_MAX && fold_below_of(t, node, len) >= lives_below)
+        return TALLY_OK; /* an edge's lives all retired here: that claim is over */
     struct fold_adopt *a = adopt_find(t, node, len);
     if (a && lives_below == a->lives_below && settled && a->settled && strcmp(by, a->by) != 0)
         t->adopt_conflicts++; /* two sides settled apart (see the essay) */
@@ -1053,7 +1055,19 @@ static int fold_all(struct tally_table *t, struct persist *p)
 static int adopt_step(struct fold_gc *gc, struct tally_table *t, struct persist *p, uint64_t now_ms,
                       bool *changed)
 {
-    for (struct fold_adopt *a = t->adopt; a; a = a->hh.next) {
+    /* A claim of an edge's past lives is over once they are retired here:
+     * the watermark says the rest. A removal's stays, to keep the node out. */
+    struct fold_adopt *a, *tmp;
+    HASH_ITER(hh, t->adopt, a, tmp)
+    {
+        if (a->lives_below != UINT64_MAX &&
+            fold_below_of(t, a->node, strlen(a->node)) >= a->lives_below) {
+            HASH_DEL(t->adopt, a);
+            mark_adopted(t, a->node, strlen(a->node));
+            free(a);
+        }
+    }
+    for (a = t->adopt; a; a = a->hh.next) {
         size_t len = strlen(a->node);
         if (!is_self(t, a->by))
             continue;

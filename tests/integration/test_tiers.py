@@ -304,8 +304,9 @@ def test_an_edge_restarted_without_state_leaves_one_slot(brokers, closing):
     """Issue 12's bounded metadata through the tree: e1 (no state_dir) is killed with -9 and
     restarted 8 times, each time followed by increments at every edge; exact everywhere after
     each. Its hubs adopt its past lives (fold.c, "Edges' past lives"): in the end each hub
-    holds one slot of e1 per counter, its running life's, and no fold entry."""
-    h1, h2, edges = tree(brokers, {"stats_interval_ms": "200"})
+    holds one slot of e1 per counter, its running life's, and no fold entry. Then e4 is lost
+    for good and removed at its hub: no slot of it is left, and its counts still are."""
+    h1, h2, edges = tree(brokers, {"stats_interval_ms": "200", "admin_usernames": "admin"})
     e1 = edges[0]
     expected = {}
     increments(edges, 10, expected)
@@ -328,5 +329,29 @@ def test_an_edge_restarted_without_state_leaves_one_slot(brokers, closing):
     wait_for(lambda: seen.update(e1_lives()) or set(seen.values()) == {(1, 0)}, 30,
              interval=0.5, what="one slot of e1 per counter at both hubs, no fold entry")
     exact_everywhere([h1, h2] + edges, expected, timeout=5)
+    increments(edges, 3, expected)
+    exact_everywhere([h1, h2] + edges, expected)
+
+    # e4 is lost for good: removeNode at its hub adopts it; its counts stay, its slots go
+    e4 = edges.pop()
+    e4.kill()
+
+    def removed():
+        args = ["mosquitto_rr", "-p", str(h2.port), "-t", "$CONTROL/tally/v1", "-e",
+                "$CONTROL/tally/v1/response", "-q", "1", "-W", "5", "-u", "admin", "-m",
+                json.dumps({"commands": [{"command": "removeNode", "node": "e4"}]})]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=30)
+        resp = json.loads(r.stdout)["responses"][0]
+        assert resp.get("error") in (None, "the node is alive: stop it for good first"), resp
+        return "data" in resp
+
+    wait_for(removed, 15, interval=0.5, what="h2 to take e4 as dead and claim it")
+
+    def e4_slots():
+        return {(hub.name, name): sum(r["node"] == "e4" for r in get_counter(hub, name)[0])
+                for hub in (h1, h2) for name in ("shared", "own-e4")}
+
+    wait_for(lambda: set(e4_slots().values()) == {0}, 30, interval=0.5,
+             what=f"no slot of e4 at either hub (now {e4_slots()})")
     increments(edges, 3, expected)
     exact_everywhere([h1, h2] + edges, expected)

@@ -820,8 +820,11 @@ START_TEST(test_edge_past_lives_adopted_by_a_hub)
         ck_assert_uint_eq(slots(i, "d"), 1); /* n0's, holding e's first life */
         ck_assert_uint_eq(folds(i, "c") + folds(i, "d"), 0);
         ck_assert_uint_eq(fold_below_of(&nodes[i].t, "e", 1), 20);
-        ck_assert(adopted_by(i, "e", "n0", true));
+        ck_assert_ptr_null(fold_adoption(&nodes[i].t, "e", 1)); /* over: the watermark says it */
     }
+    /* a stale copy of the claim changes nothing, and is not kept */
+    ck_assert_int_eq(fold_set_adopt(&nodes[2].t, NULL, "e", 1, "n1", 20, false), TALLY_OK);
+    ck_assert_ptr_null(fold_adoption(&nodes[2].t, "e", 1));
     ck_assert_uint_eq(own_p(0, "c"), 1 + 5);
     ck_assert_uint_eq(own_p(1, "c"), 2); /* n1 never folded */
     assert_same_digests();
