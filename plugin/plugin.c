@@ -872,6 +872,11 @@ static int on_down(const struct mosquitto_evt_message *ev, bool *route)
     if (wire_peek_type(payload, len) == WIRE_CONTROL)
         return on_hub_answer(payload, len);
     int rc = tier_edge_apply_down(&g.tier_edge, payload, len, edge_view_changed, NULL);
+    /* past lives the hubs have retired (folded into a hub's slot): dropped here too */
+    size_t idlen = strlen(g.opt.node_id);
+    if (rc == TALLY_OK && tier_edge_started_up(&g.tier_edge) &&
+        g.tier_edge.below > fold_below_of(&g.table, g.opt.node_id, idlen))
+        rc = fold_set_below(&g.table, g.persist, g.opt.node_id, idlen, g.tier_edge.below);
     struct tally_origin *o = presence_origin(&g.presence, HUB_ORIGIN);
     if (rc != TALLY_OK || !o)
         return rc != TALLY_OK ? rc : TALLY_E_NOMEM;
@@ -1853,8 +1858,10 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     repl_init(&g.repl, session | 1); /* never 0, which means "version 1" */
     if (g.edge && edge_start() != TALLY_OK)
         goto error;
-    if (!g.edge)
+    if (!g.edge) {
         tier_hub_init(&g.tier_hub, g.opt.node_id, session | 1);
+        g.tier_hub.persist = g.persist;
+    }
     g.start_ms = mono_ms();
     table_set_clock(&g.table, 0); /* what was loaded is not a recent change */
     check_limits();

@@ -646,7 +646,7 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
 
 /* ==== Replication wire format (wire.c) ==== */
 
-#define WIRE_VERSION 1        /* UP, DOWN */
+#define WIRE_VERSION 2        /* UP, DOWN: 2 added past lives (UP) and the watermark (DOWN) */
 #define WIRE_SYNC_VERSION 4   /* 2 added bases (reset.c), 3 the stream (repl.c), 4 folds (fold.c) */
 #define WIRE_DIGEST_VERSION 2 /* 2 added the stream and repair requests */
 #define WIRE_PRESENCE_VERSION                                                                      \
@@ -831,11 +831,16 @@ struct tier_edge {
     uint32_t nidle;       /* views without a watcher, lingering */
     uint64_t hub_session; /* as the current hub's DOWNs name it */
     uint64_t hub_changes; /* times the edge found itself on a new hub */
+    uint64_t below;       /* its lives below this are retired (fold.c), as DOWN says */
+    uint64_t first_up;    /* the last part of its first UP, which carried every counter */
     char hub[TALLY_NODE_ID_MAX + 1];
     char node_id[TALLY_NODE_ID_MAX + 1];
 };
 
 void tier_edge_init(struct tier_edge *e, const char *node_id, uint64_t incarnation);
+/* Whether a hub has merged everything this edge held when it started (its
+ * past lives' slots among it): only then may it drop what the hubs retired. */
+bool tier_edge_started_up(const struct tier_edge *e);
 void tier_edge_free(struct tier_edge *e);
 /* The edge's own slot of `name` changed (after table_add on it). */
 int tier_edge_wrote(struct tier_edge *e, const char *name, size_t len);
@@ -872,6 +877,7 @@ struct tier_hub {
     uint64_t session, children_made;
     uint64_t gen;                  /* tier_hub_tick's count: figures computed once a tick */
     uint64_t last_full_listing_ms; /* tier_hub_heartbeat's last listing of every child */
+    struct persist *persist;       /* folds of adopted past lives are logged here (or NULL) */
     char node_id[TALLY_NODE_ID_MAX + 1];
 };
 

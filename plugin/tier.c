@@ -44,6 +44,8 @@
  *     edge id, incarnation, seq, the session it was built under, flags,
  *     group (the seq of the UP's first part),
  *     counters: name, own P, own N, own device maxima (absolute values),
+ *               [version 2] the slots of its past lives, at most TIER_PAST
+ *               (see "Past lives" below),
  *     [watch list: a range of hashes, the counter names in it]   (flag 1)
  *     [page list: a range of hashes, the pages in it, with counts] (flag 2)
  * An UP carries every counter whose last change went out in an UP the hub
@@ -62,7 +64,8 @@
  * DOWN, hub -> one edge, on $tally/down/<edge> (topic $tally/down/<edge>/#
  * in 1 on the edge's bridge, so an edge hears nothing else), in parts of at
  * most max_message_bytes, each with the whole header:
- *     hub id, session, the ack,
+ *     hub id, session, the ack, [version 2] the edge's watermark (fold.c:
+ *     its lives below it are retired),
  *     counters: name, P, N, D, the edge's own P and N as the hub holds them,
  *               and what resets took away from P, N and D (reset.c),
  *     pages: name, total viewers, the edge's own viewers as the hub holds them.
@@ -122,6 +125,19 @@
  * hub's state and its replication of that counter grow with the number of
  * edges (sums are recomputed over every slot). An edge's state and traffic
  * depend only on its own clients.
+ *
+ * ---- Past lives ----
+ *
+ * An edge with a state_dir that starts a new life (after a machine reboot
+ * inside the fsync window, persist.c) loads its past lives' slots. They are
+ * not its own to show: it shows its running life's slot only, and the past
+ * lives are the hub's to count, in the view (the rest of the world). So
+ * its UPs carry those slots, merged at the hub by maximum as any slot (what
+ * the edge acknowledged and no hub had yet is counted once it arrives), and
+ * its hub adopts those lives as it adopts the lives of an edge restarted
+ * without its state (fold.c, "Edges' past lives"). The DOWN's watermark
+ * tells the edge when they are retired; it drops them then, and only once a
+ * hub has acknowledged its first UP, which carried them.
  *
  * ---- What handoff counters would save ----
  *
@@ -280,6 +296,11 @@ void tier_edge_init(struct tier_edge *e, const char *node_id, uint64_t incarnati
     strncpy(e->node_id, node_id, TALLY_NODE_ID_MAX);
     e->incarnation = incarnation;
     e->seq = 1;
+}
+
+bool tier_edge_started_up(const struct tier_edge *e)
+{
+    return e->first_up && e->acked >= e->first_up;
 }
 
 void tier_edge_free(struct tier_edge *e)
@@ -521,13 +542,18 @@ static size_t varint_len(uint64_t v)
     return n;
 }
 
+/* An UP's counter entry carries at most TIER_PAST slots of the edge's past
+ * lives (up_past), in at most TIER_PAST_BYTES. */
+#define TIER_PAST 8
+#define TIER_PAST_BYTES (SEC_COUNT_BYTES + TIER_PAST * (8 + 10 + 10))
+
 /* How many of c's devices from the i-th on fit in an empty part beside the
  * counter's name and slot; at least one. */
 static uint32_t devices_that_fit(const struct parts *p, const struct tally_table *t,
                                  const struct tally_counter *c, uint32_t i)
 {
     size_t fixed = p->head + SEC_COUNT_BYTES + 2 * SEC_RANGE_BYTES +
-                   (1 + c->name_len + 10 + 10 + SEC_COUNT_BYTES);
+                   (1 + c->name_len + 10 + 10 + SEC_COUNT_BYTES) + TIER_PAST_BYTES;
     size_t room = p->max_bytes > fixed ? p->max_bytes - fixed : 0;
     uint32_t k = 0;
     for (size_t used = 0; i + k < c->ndevs; k++) {
@@ -539,8 +565,45 @@ static uint32_t devices_that_fit(const struct parts *p, const struct tally_table
     return k;
 }
 
+/* c's slots of the edge's past lives (loaded from its state_dir after a
+ * start that drew a new life): at most TIER_PAST a counter (the lowest
+ * first; the rest go once those are retired), with the first entry. */
+
+static bool is_past(const struct tally_table *t, uint32_t self, uint32_t r)
+{
+    return r != self && !t->replicas[r]->retired;
+}
+
+static void up_past(struct wire_buf *e, const struct tally_table *t, uint32_t self,
+                    const struct tally_counter *c)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < c->nslots; i++)
+        n += is_past(t, self, c->slots[i].replica);
+    n = n < TIER_PAST ? n : TIER_PAST;
+    wbuf_varint(e, n);
+    uint64_t after = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        const struct tally_slot *low = NULL;
+        uint64_t inc = 0;
+        for (uint32_t i = 0; i < c->nslots; i++) {
+            const struct tally_slot *s = &c->slots[i];
+            uint64_t x = t->replicas[s->replica]->incarnation;
+            if (is_past(t, self, s->replica) && (k == 0 || x > after) && (!low || x < inc)) {
+                low = s;
+                inc = x;
+            }
+        }
+        wbuf_u64(e, inc);
+        wbuf_varint(e, low->p);
+        wbuf_varint(e, low->n);
+        after = inc;
+    }
+}
+
 /* c's own slot and device maxima: one entry, or several when its devices
- * do not fit in one part (each a maximum, merged alone). */
+ * do not fit in one part (each a maximum, merged alone); the first also
+ * carries its past lives' slots (up_past). */
 static void up_counter(struct parts *p, struct wire_buf *e, const struct tally_table *t,
                        uint32_t self, const struct tally_counter *c)
 {
@@ -558,6 +621,10 @@ static void up_counter(struct parts *p, struct wire_buf *e, const struct tally_t
             wbuf_str8(e, d->id, strlen(d->id));
             wbuf_varint(e, c->devs[j].total);
         }
+        if (i == 0)
+            up_past(e, t, self, c);
+        else
+            wbuf_varint(e, 0);
         parts_add(p, SEC_COUNTERS, e, 0);
         i += k;
     } while (i < c->ndevs);
@@ -697,6 +764,8 @@ int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presen
     rc = up_lists(e, pr, &p, &ent, watch, pages);
     wbuf_free(&ent);
     int sent = parts_finish(&p, true);
+    if (!e->first_up && e->seq > u.group)
+        e->first_up = e->seq - 1;
     e->last_up_ms = now_ms;
     return rc != TALLY_OK ? rc : sent;
 }
@@ -754,8 +823,10 @@ int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_
         return TALLY_E_WIRE;
     const char *hub = wr_str8(&r, &hlen);
     uint64_t session = wr_u64(&r), ack = wr_varint(&r);
+    uint64_t below = ((const uint8_t *)msg)[2] >= 2 ? wr_u64(&r) : 0;
     if (r.bad || node_id_check(hub, hlen) != TALLY_OK)
         return TALLY_E_WIRE;
+    e->below = max_u64(e->below, below);
     if (session != e->hub_session || strlen(e->hub) != hlen || memcmp(e->hub, hub, hlen) != 0)
         edge_new_hub(e, hub, hlen, session);
     if (ack > e->acked && ack < e->seq)
@@ -790,10 +861,20 @@ int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_
 int64_t tier_edge_value(const struct tier_edge *e, struct tally_table *t, const char *name,
                         size_t len)
 {
+    /* the running life's slot only: a past life's (loaded from the state_dir
+     * after a start that drew a new life) is the hub's to count, in the view */
     struct tally_sums own = {0};
     const struct tally_counter *c = table_find(t, name, len);
-    if (c)
+    uint32_t self;
+    if (c) {
         counter_sums(c, &own);
+        const struct tally_slot *s =
+            table_replica(t, e->node_id, strlen(e->node_id), e->incarnation, &self) == TALLY_OK
+                ? counter_slot(c, self)
+                : NULL;
+        own.p = s ? (int64_t)s->p : 0;
+        own.n = s ? (int64_t)s->n : 0;
+    }
     const struct tier_view *v = NULL;
     HASH_FIND(hh, e->views, name, len, v);
     static const struct tier_view none;
@@ -926,7 +1007,33 @@ static struct tier_child *child_get(struct tier_hub *h, struct tally_table *t, c
     return c;
 }
 
-static int hub_merge_counter(struct tally_table *t, struct tier_child *ch, struct wire_reader *r)
+/* The slots of the edge's past lives an UP carries (version 2): maxima, as
+ * any slot; one of a life this hub adopted is folded at once (fold.c). */
+static int hub_merge_past(struct tier_hub *h, struct tally_table *t, struct tier_child *ch,
+                          struct tally_counter *c, struct wire_reader *r)
+{
+    uint64_t n = wr_varint(r);
+    if (n > TIER_PAST)
+        r->bad = true;
+    bool adopted = false;
+    for (uint64_t i = 0; i < n && !r->bad; i++) {
+        uint64_t inc = wr_u64(r), p = wr_safe(r), neg = wr_safe(r);
+        uint32_t replica;
+        bool changed;
+        if (r->bad || inc >= ch->incarnation)
+            return TALLY_E_WIRE; /* a past life is below the running one */
+        int rc = table_replica(t, ch->id, strlen(ch->id), inc, &replica);
+        if (rc != TALLY_OK)
+            return rc;
+        if (table_merge_slot(t, c, replica, p, neg, &changed) != TALLY_OK)
+            return TALLY_E_OVERFLOW;
+        adopted |= changed && t->replicas[replica]->adopted;
+    }
+    return r->bad ? TALLY_E_WIRE : adopted ? fold_counter_logged(t, h->persist, c) : TALLY_OK;
+}
+
+static int hub_merge_counter(struct tier_hub *h, struct tally_table *t, struct tier_child *ch,
+                             struct wire_reader *r, int version)
 {
     size_t len, dlen;
     const char *name = wr_name(r, &len);
@@ -952,7 +1059,7 @@ static int hub_merge_counter(struct tally_table *t, struct tier_child *ch, struc
         if (table_merge_device(t, c, d, total, false, &changed) != TALLY_OK)
             return TALLY_E_OVERFLOW;
     }
-    return TALLY_OK;
+    return version >= 2 ? hub_merge_past(h, t, ch, c, r) : TALLY_OK;
 }
 
 /* A list section's range and count; the count is bounded by the bytes
@@ -1127,12 +1234,12 @@ static void hub_ack(struct tier_child *ch, uint64_t seq, uint64_t group, bool ne
 /* Slots are maxima: merged from any part, however late. The lists replace
  * ranges of the previous ones: only from a part newer than any seen. */
 static int hub_read_up_body(struct tier_hub *h, struct tally_table *t, struct tier_child *ch,
-                            struct wire_reader *r, uint8_t flags, bool newer)
+                            struct wire_reader *r, uint8_t flags, bool newer, int version)
 {
     uint64_t ncounters = wr_varint(r);
     int rc = r->bad ? TALLY_E_WIRE : TALLY_OK;
     for (uint64_t i = 0; i < ncounters && rc == TALLY_OK; i++)
-        rc = hub_merge_counter(t, ch, r);
+        rc = hub_merge_counter(h, t, ch, r, version);
     if (rc == TALLY_OK && (flags & 1))
         rc = hub_read_watch(h, ch, r, newer);
     if (rc == TALLY_OK && (flags & 2))
@@ -1159,7 +1266,7 @@ int tier_hub_apply_up(struct tier_hub *h, struct tally_table *t, struct tally_pr
     if (!ch)
         return TALLY_E_NOMEM;
     bool newer = seq > ch->seq;
-    int rc = hub_read_up_body(h, t, ch, &r, flags, newer);
+    int rc = hub_read_up_body(h, t, ch, &r, flags, newer, ((const uint8_t *)msg)[2]);
     if (rc != TALLY_OK)
         return rc;
     ch->last_heard_ms = now_ms;
@@ -1221,6 +1328,7 @@ static uint64_t page_figure(struct tier_hub *h, const struct tally_presence *pr,
 
 struct down_ctx {
     struct tier_hub *h;
+    const struct tally_table *t;
     struct tier_child *ch;
     struct wire_buf *out;
     tier_emit_fn *emit;
@@ -1237,6 +1345,7 @@ static int down_send(const struct parts *p, void *ctx)
     wbuf_str8(out, d->h->node_id, strlen(d->h->node_id));
     wbuf_u64(out, d->ch->session);
     wbuf_varint(out, d->ch->ack);
+    wbuf_u64(out, fold_below_of(d->t, d->ch->id, strlen(d->ch->id)));
     parts_write(out, p, SEC_COUNTERS);
     parts_write(out, p, SEC_PAGES);
     if (out->failed)
@@ -1294,9 +1403,9 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
                   struct wire_buf *out, tier_emit_fn *emit, void *ud)
 {
     bool full = now_ms - ch->last_full_ms >= heartbeat_ms || ch->last_full_ms == 0;
-    struct down_ctx d = {h, ch, out, emit, ud};
+    struct down_ctx d = {h, t, ch, out, emit, ud};
     struct parts p = {.max_bytes = max_bytes,
-                      .head = 4 + 1 + strlen(h->node_id) + 8 + 10,
+                      .head = 4 + 1 + strlen(h->node_id) + 8 + 10 + 8,
                       .send = down_send,
                       .ctx = &d};
     struct wire_buf e = {0};

@@ -10,6 +10,8 @@ import threading
 import time
 
 from conftest import wait_for
+from tcpproxy import TcpProxy
+from test_fold import disk_slots
 from test_cluster import Watcher, close, closing, publisher  # noqa: F401 (closing: a fixture)
 
 OPTIONS = {"bridge_clientids": "*-to-*", "peer_timeout_ms": "3000", "sync_interval_ms": "500"}
@@ -355,3 +357,54 @@ def test_an_edge_restarted_without_state_leaves_one_slot(brokers, closing):
              what=f"no slot of e4 at either hub (now {e4_slots()})")
     increments(edges, 3, expected)
     exact_everywhere([h1, h2] + edges, expected)
+
+
+def test_an_edge_rebooted_with_its_state_counts_its_past_life_once(brokers, closing, workdir):
+    """An edge with a state_dir whose machine reboots starts a new life (its disk may lack
+    the fsync window), with its past life's slots loaded. Here e5's last increments never
+    reached a hub (its link cut), are on its disk, and it stops; the machine "reboots" (another
+    boot id in its meta); it comes back: it shows its past life once (not also in the hub's
+    view), sends that life's slots up (UP version 2), and the hubs count them: exact
+    everywhere. Then the hubs adopt the past life and retire it, and e5 drops it too."""
+    h1, h2, edges = tree(brokers, {"stats_interval_ms": "200"})
+    link = TcpProxy(h1.port)
+    closing.append(link)
+    e5 = brokers("e5", options=dict(OPTIONS, role="edge", stats_interval_ms="200",
+                                     state_dir=f"{workdir}/state-e5"),
+                 extra=edge_bridge("e5", []).replace("address ", f"address 127.0.0.1:{link.port}"))
+    nodes = [h1, h2, e5] + edges
+    expected = {}
+    increments([e5] + edges, 10, expected)
+    exact_everywhere(nodes, expected)
+    link.cut()
+    wait_for(lambda: link.connections() == 0, 5, what="e5's link cut")
+    increments([e5], 7, expected)  # acknowledged by e5, on its disk, not at any hub
+    assert e5.stop() == 0
+    meta = f"{workdir}/state-e5/meta"
+    text = open(meta).read()
+    open(meta, "w").write(re.sub(r"boot .*", "boot 00000000-0000-0000-0000-000000000000", text))
+    link.heal()
+    e5.start()
+    assert "0 counters loaded" not in e5.read_log().split("tally: node e5")[-1]
+    exact_everywhere(nodes, expected)
+    increments([e5] + edges, 3, expected)
+    exact_everywhere(nodes, expected)
+
+    def e5_lives():
+        return {(hub.name, name): tuple(len(x) for x in get_counter(hub, name))
+                for hub in (h1, h2) for name in ("shared", "own-e5")}
+
+    def e5_slots():
+        return {(hub.name, name): sum(r["node"] == "e5" for r in get_counter(hub, name)[0])
+                for hub in (h1, h2) for name in ("shared", "own-e5")}
+
+    wait_for(lambda: set(e5_slots().values()) == {1}, 30, interval=0.5,
+             what=f"one slot of e5 per counter at both hubs (now {e5_slots()})")
+    wait_for(lambda: all(f == 0 for _, f in e5_lives().values()), 30, interval=0.5,
+             what=f"no fold entry left (now {e5_lives()})")
+    exact_everywhere(nodes, expected, timeout=5)
+    # e5 drops its past life too: after a clean stop, its disk holds its running life only
+    assert e5.stop() == 0
+    slots, _, _ = disk_slots(f"{workdir}/state-e5")
+    lives = {inc for held in slots.values() for node, inc in held if node == "e5"}
+    assert len(lives) == 1, lives
