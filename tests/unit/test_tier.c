@@ -193,6 +193,57 @@ static int64_t shown(struct node *edge, const char *name)
     return tier_edge_value(&edge->edge, &edge->t, name, strlen(name));
 }
 
+/* An edge that starts a new life with its past life's slot loaded (a reboot
+ * inside the fsync window): it shows its running life only, its UP carries
+ * the past slot (more than the hub had), the hub counts it once, and the
+ * edge drops it when the DOWN's watermark says it is retired, only once its
+ * first UP was acknowledged. */
+START_TEST(an_edge_sends_its_past_life_up_and_shows_it_once)
+{
+    inc(&e, "likes", 3);
+    watch(&e, "likes");
+    struct tier_child *ch = round_trip(&e, &a);
+    ck_assert_int_eq(hub_value(&a, "likes"), 3);
+    inc(&e, "likes", 2); /* acknowledged at e, never sent: the hub holds 3 */
+    /* the reboot: the same table (loaded), a new life 8 */
+    tier_edge_free(&e.edge);
+    tier_edge_init(&e.edge, "e", 8);
+    ck_assert_int_eq(tier_edge_wrote(&e.edge, "likes", 5), TALLY_OK);
+    watch(&e, "likes");
+    ck_assert_int_eq(shown(&e, "likes"), 0); /* its past is the hub's to show */
+    inc(&e, "likes", 1);
+    ck_assert(up(&e));
+    ch = hub_takes(&a);
+    ck_assert_int_eq(hub_value(&a, "likes"), 5 + 1);
+    ck_assert(!tier_edge_started_up(&e.edge)); /* not yet acknowledged */
+    down(&a, ch, &e); /* a new session: the next UP carries everything again */
+    ck_assert(!tier_edge_started_up(&e.edge));
+    now += HB;
+    ch = round_trip(&e, &a);
+    ck_assert(tier_edge_started_up(&e.edge));
+    ck_assert_int_eq(shown(&e, "likes"), 6);
+    ck_assert_uint_eq(e.edge.below, 0);
+    /* the hubs retire life 7 (fold.c): the next DOWN says so */
+    ck_assert_int_eq(fold_set_below(&a.t, NULL, "e", 1, 8), TALLY_OK);
+    ch = tier_hub_child(&a.hub, "e");
+    ck_assert_ptr_nonnull(ch);
+    now += HB;
+    down(&a, ch, &e);
+    ck_assert_uint_eq(e.edge.below, 8);
+    /* a past life's slot never claims to be the running one */
+    uint32_t r;
+    struct tally_counter *c = table_find(&e.t, "likes", 5);
+    ck_assert_int_eq(table_replica(&e.t, "e", 1, 9, &r), TALLY_OK);
+    ck_assert_int_eq(table_merge_slot(&e.t, c, r, 50, 0, &changed), TALLY_OK);
+    ck_assert_int_eq(tier_edge_wrote(&e.edge, "likes", 5), TALLY_OK);
+    now += HB;
+    ck_assert(up(&e));
+    struct tier_child *got;
+    ck_assert_int_eq(tier_hub_apply_up(&a.hub, &a.t, &a.pr, part[0].data, part[0].len, now, &got),
+                     TALLY_E_WIRE);
+}
+END_TEST
+
 START_TEST(edge_holds_only_its_own_slot_and_shows_the_world)
 {
     inc(&e, "likes", 3);
@@ -786,6 +837,7 @@ Suite *tier_suite(void)
     TCase *tc = tcase_create("tier");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, edge_holds_only_its_own_slot_and_shows_the_world);
+    tcase_add_test(tc, an_edge_sends_its_past_life_up_and_shows_it_once);
     tcase_add_test(tc, a_view_lingers_after_its_last_watcher);
     tcase_add_test(tc, a_lost_up_is_carried_by_the_next);
     tcase_add_test(tc, an_unacknowledged_up_is_resent_once_an_interval);
