@@ -149,13 +149,16 @@
  *     node that knows any claim for R, so a new claim can only come from a
  *     node that has not heard the current one; had that one settled, that
  *     node (a member of the adopter) would have backed it.
- *   - Where it waits: a member cut off holds the claim unsettled until the
- *     partition heals or member_timeout_ms passes. Past member_timeout_ms,
- *     two sides of a partition can each settle their own claim; both then
- *     fold R's slots, and what R counted is counted twice. The nodes that
- *     meet both settled claims count it (stats "adopt_conflicts") and keep
- *     the lower adopter; README says so. Like the trade-off of 4., it is the
- *     price of not waiting forever for a node that may never return.
+ *   - Where it waits: settling waits for every node this node ever heard
+ *     of (and did not see removed), with no member_timeout_ms: a node cut
+ *     off holds the claim unsettled until the partition heals, however
+ *     long, so two sides never both settle. The price is liveness: a node
+ *     gone for good holds every claim back until it is removed too (several
+ *     removals at once settle: each excludes every node being removed).
+ *     Only a node that lost its knowledge of the others (restarted with no
+ *     state and no retained stats to read) could settle a second claim;
+ *     nodes that meet two settled claims count it (stats "adopt_conflicts")
+ *     and keep the lower adopter.
  *   - R is dropped from the members everywhere once a claim for it is
  *     known, and its own stats are no longer read: it no longer holds any
  *     collection back.
@@ -1074,8 +1077,10 @@ static int adopt_step(struct fold_gc *gc, struct tally_table *t, struct persist 
         const struct fold_member *m;
         if (!a->settled) {
             bool all = true;
+            /* every node ever heard, however long ago, and not removed: a
+             * claim never settles on one side of a partition */
             for (m = gc->members; m && all; m = m->hh.next)
-                all = !is_member(gc, t, m, now_ms) || backs(m, a);
+                all = removed(t, m->node) || backs(m, a);
             int rc =
                 all ? fold_set_adopt(t, p, a->node, len, a->by, a->lives_below, true) : TALLY_OK;
             if (rc == TALLY_OK && all)

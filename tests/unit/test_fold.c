@@ -701,6 +701,11 @@ START_TEST(test_remove_two_adopters_across_a_partition)
         collect_at(0);
         collect_at(1);
     }
+    /* however long the partition lasts (past member_timeout_ms) */
+    now_ms += 120000;
+    gossip();
+    collect_at(0);
+    collect_at(1);
     ck_assert(adopted_by(0, "n2", "n0", false) && adopted_by(1, "n2", "n1", false));
     ck_assert_uint_eq(slots(0, "c"), 3);
     cut[0][1] = cut[1][0] = false;
