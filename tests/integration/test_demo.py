@@ -61,10 +61,14 @@ class Demo:
     def __init__(self, workdir):
         assert not any(listening(p) for p in PORTS), "the demo's ports are taken"
         env = dict(os.environ, DEMO_SECONDS="300", DEMO_DIR=os.path.join(workdir, "demo"))
-        # A session of its own, as a terminal gives it: Ctrl-C goes to its group.
+        # A session of its own, as a terminal gives it: Ctrl-C goes to its group. And SIGINT
+        # handled as a terminal leaves it: a suite started in the background by a shell
+        # without job control inherits it ignored, and a shell cannot trap an ignored signal.
         self.proc = subprocess.Popen([os.path.join(REPO, "scripts", "demo.sh")], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
+                                     text=True, start_new_session=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                      signal.SIG_DFL))
         self.lines = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
