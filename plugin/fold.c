@@ -75,16 +75,18 @@
  *    written after the first one X read of that node: the first may be a
  *    retained copy that a bridge hands over on connecting, written before a
  *    partition cut that node off (tests/integration/test_fold.py found a
- *    folder retiring a life that a node cut off still held, on such a copy). X raises nothing
- * before its first peer_timeout_ms, nor before it has heard a member. A partitioned member holds
- * the collection back until the partition heals or member_timeout_ms passes (its last word, or its
- * last mention by another member, grows older than that): that is where it waits. Every node takes
- * every watermark it reads (any node's, from any member), drops what it covers, and logs it ('R'
- * record, persist.c), so that a slot of a retired life arriving later, from a stale replay or a
- *    node that was away, is discarded everywhere. And X folds nothing until
- *    it knows the watermarks (its first member's stats, or peer_timeout_ms
- *    alone): a node restarted without state never folds a stale slot of a
- *    retired life into its own.
+ *    folder retiring a life that a node cut off still held, on such a
+ *    copy). X raises nothing before its first peer_timeout_ms, nor before
+ *    it has heard a member. A partitioned member holds the collection back
+ *    until the partition heals or member_timeout_ms passes (its last word,
+ *    or its last mention by another member, grows older than that): that
+ *    is where it waits. Every node takes every watermark it reads (any
+ *    node's, from any member), drops what it covers, and logs it ('R'
+ *    record, persist.c), so that a slot of a retired life arriving later,
+ *    from a stale replay or a node that was away, is discarded everywhere.
+ *    And X folds nothing until it knows the watermarks (its first member's
+ *    stats, or peer_timeout_ms alone): a node restarted without state never
+ *    folds a stale slot of a retired life into its own.
  *
  * 5. Bases (reset.c) move with their slots. A counter that was reset has a
  *    base per slot: what its resets took away. X moves J's base into its
@@ -137,18 +139,19 @@
  * two adopters of R must never both fold. That is where Akka needs the
  * leader and the membership's convergence; tally uses the same stats:
  *
- *   - A claim (R, A, settled) travels in every node's stats ("adopt") and
- *     is persisted ('A' record). Claims merge by a total order, a settled
- *     one above an unsettled one, then the lower adopter id: a join, so
- *     every node ends with the same claim for R whatever order it hears them.
- *   - A folds nothing until its claim is settled: every member (as in 4.,
- *     but without R) has said, in a live full document, that it backs (R, A).
- *     A member backs the highest claim it knows, so while two unsettled
- *     claims (R, A) and (R, B), A < B, exist, B never settles (A backs A),
- *     and once all have heard both, A settles. removeNode is refused at a
- *     node that knows any claim for R, so a new claim can only come from a
- *     node that has not heard the current one; had that one settled, that
- *     node (a member of the adopter) would have backed it.
+ *   - A claim (R, A, lives_below, settled) travels in every node's stats
+ *     ("adopt") and is persisted ('A' record). Claims merge by a total
+ *     order, the claim of more lives first (see "Edges' past lives"), then
+ *     a settled one, then the lower adopter id: a join, so every node ends
+ *     with the same claim for R whatever order it hears them.
+ *   - A folds nothing until its claim is settled: every node A ever heard
+ *     of, but R and the nodes being removed, has said, in a live full
+ *     document, that it backs (R, A). A node backs the highest claim it
+ *     knows, so while two unsettled claims (R, A) and (R, B), A < B, exist,
+ *     B never settles (A backs A), and once all have heard both, A settles.
+ *     removeNode is refused at a node that knows a removal of R, so a new
+ *     one can only come from a node that has not heard the current one;
+ *     had that one settled, that node would have backed it.
  *   - Where it waits: settling waits for every node this node ever heard
  *     of (and did not see removed), with no member_timeout_ms: a node cut
  *     off holds the claim unsettled until the partition heals, however
@@ -557,8 +560,8 @@ int fold_set_below(struct tally_table *t, struct persist *p, const char *node, s
     b->below = below;
     for (uint32_t i = 0; i < t->nreplicas; i++) {
         const struct tally_replica *r = t->replicas[i];
-        if (!r->retired && r->id_len == len && memcmp(r->key, node, len) == 0 &&
-            r->incarnation < below && !(t->has_self && i == t->self))
+        if (!r->retired && same_node(r, node, len) && r->incarnation < below &&
+            !(t->has_self && i == t->self))
             retire(t, i);
     }
     return p ? persist_retired(p, node, len, below) : TALLY_OK;
@@ -592,14 +595,14 @@ const struct fold_adopt *fold_adoption(const struct tally_table *t, const char *
 /* A node removed for good: every life of it adopted (removeNode). */
 static bool removed(const struct tally_table *t, const char *node)
 {
-    const struct fold_adopt *a = t->adopt ? adopt_find(t, node, strlen(node)) : NULL;
+    const struct fold_adopt *a = adopt_find(t, node, strlen(node));
     return a && a->lives_below == UINT64_MAX;
 }
 
 bool fold_is_adopted(const struct tally_table *t, const char *node, size_t len,
                      uint64_t incarnation)
 {
-    const struct fold_adopt *a = t->has_self && t->adopt ? adopt_find(t, node, len) : NULL;
+    const struct fold_adopt *a = t->has_self ? adopt_find(t, node, len) : NULL;
     return a && a->settled && incarnation < a->lives_below && is_self(t, a->by);
 }
 
@@ -765,8 +768,8 @@ static uint32_t write_lowest(struct wire_buf *b, const struct tally_table *t, si
         bool lowest = true; /* the lowest held life of its node id */
         for (uint32_t j = 0; j < t->nreplicas && lowest; j++) {
             const struct tally_replica *o = t->replicas[j];
-            lowest = !(o->held && o->id_len == r->id_len && o->incarnation < r->incarnation &&
-                       memcmp(o->key, r->key, r->id_len) == 0);
+            lowest =
+                !(o->held && o->incarnation < r->incarnation && same_node(o, r->key, r->id_len));
         }
         if (lowest)
             map_item(b, limit, n == 0, r->key, r->id_len, r->incarnation) ? n++ : (*omitted)++;
@@ -1041,6 +1044,24 @@ static bool backs(const struct fold_member *m, const struct fold_adopt *c)
     return a && strcmp(a->by, c->by) == 0 && a->lives_below == c->lives_below;
 }
 
+/* How far node's watermark may rise: to the lowest life of it that this
+ * node or any member holds a slot of, and at most cap. */
+static uint64_t collectable(const struct fold_gc *gc, const struct tally_table *t, const char *node,
+                            size_t len, uint64_t cap, uint64_t now_ms)
+{
+    uint64_t w = cap;
+    for (uint32_t i = 0; i < t->nreplicas; i++) {
+        const struct tally_replica *r = t->replicas[i];
+        if (r->held && r->incarnation < w && same_node(r, node, len))
+            w = r->incarnation;
+    }
+    for (const struct fold_member *m = gc->members; m; m = m->hh.next) {
+        uint64_t l = is_member(gc, t, m, now_ms) ? member_lowest(m, node, len) : UINT64_MAX;
+        w = l < w ? l : w;
+    }
+    return w;
+}
+
 static int fold_all(struct tally_table *t, struct persist *p)
 {
     for (struct tally_counter *c = t->counters; c; c = c->hh.next) {
@@ -1074,12 +1095,11 @@ static int adopt_step(struct fold_gc *gc, struct tally_table *t, struct persist 
         size_t len = strlen(a->node);
         if (!is_self(t, a->by))
             continue;
-        const struct fold_member *m;
         if (!a->settled) {
             bool all = true;
             /* every node ever heard, however long ago, and not removed: a
              * claim never settles on one side of a partition */
-            for (m = gc->members; m && all; m = m->hh.next)
+            for (const struct fold_member *m = gc->members; m && all; m = m->hh.next)
                 all = removed(t, m->node) || backs(m, a);
             int rc =
                 all ? fold_set_adopt(t, p, a->node, len, a->by, a->lives_below, true) : TALLY_OK;
@@ -1090,16 +1110,7 @@ static int adopt_step(struct fold_gc *gc, struct tally_table *t, struct persist 
             *changed |= all;
             continue; /* retirement waits for the members to hear it */
         }
-        uint64_t w = a->lives_below;
-        for (uint32_t i = 0; i < t->nreplicas; i++) {
-            const struct tally_replica *r = t->replicas[i];
-            if (r->held && same_node(r, a->node, len) && r->incarnation < w)
-                w = r->incarnation;
-        }
-        for (m = gc->members; m; m = m->hh.next) {
-            uint64_t l = is_member(gc, t, m, now_ms) ? member_lowest(m, a->node, len) : UINT64_MAX;
-            w = l < w ? l : w;
-        }
+        uint64_t w = collectable(gc, t, a->node, len, a->lives_below, now_ms);
         if (w <= fold_below_of(t, a->node, len))
             continue;
         int rc = fold_set_below(t, p, a->node, len, w);
@@ -1143,7 +1154,7 @@ int fold_claim_past(struct fold_gc *gc, struct tally_table *t, struct persist *p
                     uint64_t incarnation, uint64_t now_ms)
 {
     size_t len = strlen(node);
-    const struct fold_adopt *a = t->adopt ? adopt_find(t, node, len) : NULL;
+    const struct fold_adopt *a = adopt_find(t, node, len);
     if (!t->has_self || !t->fold_ready || now_ms < gc->not_before_ms ||
         (a && a->lives_below >= incarnation) || is_self(t, node))
         return TALLY_OK;
@@ -1169,19 +1180,9 @@ int fold_collect(struct fold_gc *gc, struct tally_table *t, struct persist *p, u
     int rc = adopt_step(gc, t, p, now_ms, retired);
     if (rc != TALLY_OK || !gc->members)
         return rc;
-    const struct tally_replica *me = t->replicas[t->self];
     /* below the lowest life anyone holds a slot of, ourselves included */
-    uint64_t w = me->incarnation;
-    for (uint32_t i = 0; i < t->nreplicas; i++) {
-        const struct tally_replica *r = t->replicas[i];
-        if (r->held && r->incarnation < w && own_past(t, i))
-            w = r->incarnation;
-    }
-    for (const struct fold_member *m = gc->members; m; m = m->hh.next) {
-        uint64_t l =
-            is_member(gc, t, m, now_ms) ? member_lowest(m, me->key, me->id_len) : UINT64_MAX;
-        w = l < w ? l : w;
-    }
+    const struct tally_replica *me = t->replicas[t->self];
+    uint64_t w = collectable(gc, t, me->key, me->id_len, me->incarnation, now_ms);
     if (w <= fold_below_of(t, me->key, me->id_len))
         return TALLY_OK;
     *retired = true;

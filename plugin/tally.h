@@ -170,7 +170,7 @@ struct tally_replica {
     uint32_t held;   /* counters holding a slot of it */
     uint32_t folded; /* counters holding a fold entry for it (fold.c) */
     bool retired;    /* below its node's watermark: its slots are discarded (fold.c) */
-    bool adopted;    /* a life of a node removed and adopted by this one (fold.c) */
+    bool adopted;    /* a life adopted by this node: removed, or an edge's past (fold.c) */
     uint8_t id_len;
     char key[TALLY_NODE_ID_MAX + 1 + 8]; /* node id, NUL, incarnation: the hash key */
 };
@@ -339,7 +339,8 @@ void table_free_below(struct tally_table *t);
  * lives of a node below lives_below (every life: UINT64_MAX, a node removed
  * for good; an edge's past lives: its running life) are adopted by one
  * node, which folds their slots into its own and then retires them. A claim
- * is settled once every member backs it. */
+ * is settled once every node its adopter ever heard of (and did not see
+ * removed) backs it. */
 struct fold_adopt {
     UT_hash_handle hh;
     uint64_t lives_below;
@@ -384,13 +385,13 @@ void fold_gc_free(struct fold_gc *gc);
 /* The "fold" object of this node's stats into b. While this node or a member
  * collects (or a member just came, FOLD_EAGER_MS), all it knows:
  * {"collecting":bool,"full":true,"members":[node...],"lowest":{node:hex},
- *  "below":{node:hex},"adopt":{node:{"by":node,"settled":bool}},
+ *  "below":{node:hex},"adopt":{node:{"by":node,"below":hex,"settled":bool}},
  *  "adopt_conflicts":n,"omitted":n}, entries that would take b past limit
  * bytes left out and counted; otherwise only its own watermark,
  * {"collecting":false,"full":false,"below":{node:hex}} (and adopt_conflicts
  * when not 0): a document flooded to every node stays O(1) when nothing is
- * to be collected, not O(cluster). A removal not yet seen to its end counts
- * as collecting. */
+ * to be collected, not O(cluster). An adoption not yet seen to its end
+ * counts as collecting. */
 void fold_stats_json(struct wire_buf *b, const struct tally_table *t, const struct fold_gc *gc,
                      uint64_t now_ms, size_t limit);
 /* A peer's stats document (node, JSON, written at doc_ms by its clock):
@@ -404,8 +405,8 @@ int fold_peer_stats(struct fold_gc *gc, struct tally_table *t, struct persist *p
  * member allows; *retired when it rose. */
 int fold_collect(struct fold_gc *gc, struct tally_table *t, struct persist *p, uint64_t now_ms,
                  bool *retired);
-/* removeNode: this node claims node, to adopt it once every member backs
- * the claim (fold_collect). NULL, or why not. */
+/* removeNode: this node claims node, to adopt it once the claim settles
+ * (fold_collect). NULL, or why not. */
 const char *fold_remove(struct fold_gc *gc, struct tally_table *t, struct persist *p,
                         const char *node, uint64_t now_ms);
 /* At a hub, for an edge of it running `incarnation`: claims the edge's

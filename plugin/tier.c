@@ -565,15 +565,14 @@ static uint32_t devices_that_fit(const struct parts *p, const struct tally_table
     return k;
 }
 
-/* c's slots of the edge's past lives (loaded from its state_dir after a
- * start that drew a new life): at most TIER_PAST a counter (the lowest
- * first; the rest go once those are retired), with the first entry. */
-
 static bool is_past(const struct tally_table *t, uint32_t self, uint32_t r)
 {
     return r != self && !t->replicas[r]->retired;
 }
 
+/* c's slots of the edge's past lives (loaded from its state_dir after a
+ * start that drew a new life): at most TIER_PAST a counter (the lowest
+ * first; the rest go once those are retired), with the first entry. */
 static void up_past(struct wire_buf *e, const struct tally_table *t, uint32_t self,
                     const struct tally_counter *c)
 {
