@@ -22,7 +22,7 @@ def remove(node, gone):
     return resp.get("data"), resp.get("error")
 
 
-def remove_once_dead(node, gone):
+def remove_once_dead(node, gone, timeout=10):
     """removeNode, retried while the node is still taken as alive (heard
     within peer_timeout_ms): returns the answer's data."""
     got = {}
@@ -31,7 +31,7 @@ def remove_once_dead(node, gone):
         got["data"], got["error"] = remove(node, gone)
         return got["error"] != "the node is alive: stop it for good first"
 
-    wait_for(accepted, 10, interval=0.3, what=f"{gone} taken as dead")
+    wait_for(accepted, timeout, interval=0.3, what=f"{gone} taken as dead")
     assert got["error"] is None, got
     return got["data"]
 

@@ -12,6 +12,7 @@ import time
 from conftest import wait_for
 from tcpproxy import TcpProxy
 from test_fold import disk_slots
+from test_remove import remove_once_dead
 from test_cluster import Watcher, close, closing, publisher  # noqa: F401 (closing: a fixture)
 
 OPTIONS = {"bridge_clientids": "*-to-*", "peer_timeout_ms": "3000", "sync_interval_ms": "500"}
@@ -338,16 +339,7 @@ def test_an_edge_restarted_without_state_leaves_one_slot(brokers, closing):
     e4 = edges.pop()
     e4.kill()
 
-    def removed():
-        args = ["mosquitto_rr", "-p", str(h2.port), "-t", "$CONTROL/tally/v1", "-e",
-                "$CONTROL/tally/v1/response", "-q", "1", "-W", "5", "-u", "admin", "-m",
-                json.dumps({"commands": [{"command": "removeNode", "node": "e4"}]})]
-        r = subprocess.run(args, capture_output=True, text=True, timeout=30)
-        resp = json.loads(r.stdout)["responses"][0]
-        assert resp.get("error") in (None, "the node is alive: stop it for good first"), resp
-        return "data" in resp
-
-    wait_for(removed, 15, interval=0.5, what="h2 to take e4 as dead and claim it")
+    assert remove_once_dead(h2, "e4", timeout=15)["adopter"] == "h2"
 
     def e4_slots():
         return {(hub.name, name): sum(r["node"] == "e4" for r in get_counter(hub, name)[0])
