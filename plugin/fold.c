@@ -252,12 +252,7 @@ void table_set_self(struct tally_table *t, uint32_t self)
 static bool is_self(const struct tally_table *t, const char *node)
 {
     const struct tally_replica *me = t->has_self ? t->replicas[t->self] : NULL;
-    return me && strlen(node) == me->id_len && memcmp(node, me->key, me->id_len) == 0;
-}
-
-static bool same_node(const struct tally_replica *r, const char *node, size_t len)
-{
-    return r->id_len == len && memcmp(r->key, node, len) == 0;
+    return me && replica_is_node(me, node, strlen(node));
 }
 
 /* An earlier life of this node. */
@@ -266,7 +261,7 @@ static bool own_past(const struct tally_table *t, uint32_t replica)
     if (!t->has_self || replica == t->self)
         return false;
     const struct tally_replica *me = t->replicas[t->self];
-    return same_node(t->replicas[replica], me->key, me->id_len);
+    return replica_is_node(t->replicas[replica], me->key, me->id_len);
 }
 
 bool fold_is_predecessor(const struct tally_table *t, uint32_t replica)
@@ -560,7 +555,7 @@ int fold_set_below(struct tally_table *t, struct persist *p, const char *node, s
     b->below = below;
     for (uint32_t i = 0; i < t->nreplicas; i++) {
         const struct tally_replica *r = t->replicas[i];
-        if (!r->retired && same_node(r, node, len) && r->incarnation < below &&
+        if (!r->retired && replica_is_node(r, node, len) && r->incarnation < below &&
             !(t->has_self && i == t->self))
             retire(t, i);
     }
@@ -612,7 +607,7 @@ static void mark_adopted(struct tally_table *t, const char *node, size_t len)
 {
     for (uint32_t i = 0; i < t->nreplicas; i++) {
         struct tally_replica *r = t->replicas[i];
-        if (same_node(r, node, len))
+        if (replica_is_node(r, node, len))
             r->adopted =
                 fold_is_adopted(t, node, len, r->incarnation) && !(t->has_self && i == t->self);
     }
@@ -768,8 +763,8 @@ static uint32_t write_lowest(struct wire_buf *b, const struct tally_table *t, si
         bool lowest = true; /* the lowest held life of its node id */
         for (uint32_t j = 0; j < t->nreplicas && lowest; j++) {
             const struct tally_replica *o = t->replicas[j];
-            lowest =
-                !(o->held && o->incarnation < r->incarnation && same_node(o, r->key, r->id_len));
+            lowest = !(o->held && o->incarnation < r->incarnation &&
+                       replica_is_node(o, r->key, r->id_len));
         }
         if (lowest)
             map_item(b, limit, n == 0, r->key, r->id_len, r->incarnation) ? n++ : (*omitted)++;
@@ -1052,7 +1047,7 @@ static uint64_t collectable(const struct fold_gc *gc, const struct tally_table *
     uint64_t w = cap;
     for (uint32_t i = 0; i < t->nreplicas; i++) {
         const struct tally_replica *r = t->replicas[i];
-        if (r->held && r->incarnation < w && same_node(r, node, len))
+        if (r->held && r->incarnation < w && replica_is_node(r, node, len))
             w = r->incarnation;
     }
     for (const struct fold_member *m = gc->members; m; m = m->hh.next) {
@@ -1139,7 +1134,7 @@ const char *fold_remove(struct fold_gc *gc, struct tally_table *t, struct persis
         return "not ready: this node has not heard the cluster yet";
     bool known = m || fold_below_of(t, node, len);
     for (uint32_t i = 0; i < t->nreplicas && !known; i++)
-        known = same_node(t->replicas[i], node, len);
+        known = replica_is_node(t->replicas[i], node, len);
     if (!known)
         return "unknown node";
     const struct tally_replica *me = t->replicas[t->self];
@@ -1163,7 +1158,7 @@ int fold_claim_past(struct fold_gc *gc, struct tally_table *t, struct persist *p
     for (uint32_t i = 0; i < t->nreplicas && !past; i++) {
         const struct tally_replica *r = t->replicas[i];
         past = (r->held || r->folded) && r->incarnation < incarnation && r->incarnation >= below &&
-               same_node(r, node, len);
+               replica_is_node(r, node, len);
     }
     if (!past)
         return TALLY_OK; /* an edge's first life, or its past already retired */

@@ -278,7 +278,7 @@ static void fold_payload(struct wire_buf *b, const struct tally_table *t,
     wbuf_varint(b, f ? f->bp : 0);
     wbuf_varint(b, f ? f->bn : 0);
     const struct tally_replica *to = with ? t->replicas[with->replica] : NULL;
-    bool same = to && to->id_len == r->id_len && memcmp(to->key, r->key, r->id_len) == 0;
+    bool same = to && replica_is_node(to, r->key, r->id_len);
     wbuf_u8(b, !to ? 0 : same ? 1 : 2);
     if (to && !same)
         wbuf_str8(b, to->key, to->id_len);

@@ -433,6 +433,11 @@ int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64
     return TALLY_OK;
 }
 
+bool replica_is_node(const struct tally_replica *r, const char *node, size_t len)
+{
+    return r->id_len == len && memcmp(r->key, node, len) == 0;
+}
+
 /* Looks up, and unless mode is DEVICE_FIND interns, a device id. New devices
  * reporting here are bounded by max_devices; devices learned from peers are
  * not refused, since refusing part of a peer's state would stop convergence

@@ -233,6 +233,8 @@ bool table_over_devices(const struct tally_table *t);
 void table_drop_if_empty(struct tally_table *t, struct tally_counter *c);
 int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64_t incarnation,
                   uint32_t *out);
+/* True if r is a life of the node named by node (len bytes). */
+bool replica_is_node(const struct tally_replica *r, const char *node, size_t len);
 enum device_mode { DEVICE_FIND, DEVICE_LOCAL, DEVICE_PEER };
 int table_device(struct tally_table *t, const char *id, size_t len, enum device_mode mode,
                  uint32_t *out);

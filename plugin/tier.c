@@ -860,28 +860,31 @@ int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_
 int64_t tier_edge_value(const struct tier_edge *e, struct tally_table *t, const char *name,
                         size_t len)
 {
-    /* the running life's slot only: a past life's (loaded from the state_dir
-     * after a start that drew a new life) is the hub's to count, in the view */
-    struct tally_sums own = {0};
+    /* P and N: the running life's slot only; a past life's (loaded from the
+     * state_dir after a start that drew a new life) is the hub's to count, in
+     * the view. D: the device maxima reported here, all of them the edge's. */
+    int64_t own_p = 0, own_n = 0, own_d = 0;
     const struct tally_counter *c = table_find(t, name, len);
     uint32_t self;
     if (c) {
-        counter_sums(c, &own);
+        struct tally_sums all;
+        counter_sums(c, &all);
+        own_d = all.devices;
         const struct tally_slot *s =
             table_replica(t, e->node_id, strlen(e->node_id), e->incarnation, &self) == TALLY_OK
                 ? counter_slot(c, self)
                 : NULL;
-        own.p = s ? (int64_t)s->p : 0;
-        own.n = s ? (int64_t)s->n : 0;
+        own_p = s ? (int64_t)s->p : 0;
+        own_n = s ? (int64_t)s->n : 0;
     }
     const struct tier_view *v = NULL;
     HASH_FIND(hh, e->views, name, len, v);
     static const struct tier_view none;
     if (!v)
         v = &none;
-    int64_t d = own.devices > (int64_t)v->d ? own.devices : (int64_t)v->d;
-    int64_t value = (own.p + (int64_t)v->p - (int64_t)v->tp) -
-                    (own.n + (int64_t)v->n - (int64_t)v->tn) + d - (int64_t)v->td;
+    int64_t d = own_d > (int64_t)v->d ? own_d : (int64_t)v->d;
+    int64_t value = (own_p + (int64_t)v->p - (int64_t)v->tp) -
+                    (own_n + (int64_t)v->n - (int64_t)v->tn) + d - (int64_t)v->td;
     return value > TALLY_MAX_SAFE    ? TALLY_MAX_SAFE
            : value < -TALLY_MAX_SAFE ? -TALLY_MAX_SAFE
                                      : value;
