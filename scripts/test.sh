@@ -57,7 +57,7 @@ sanitized_integration() {
 stage "install dependencies" scripts/install-deps.sh
 stage "build" scripts/build.sh
 stage "unit tests" unit build
-stage "simulator (fixed seeds)" tests/sim/run.sh build
+stage "simulator (fixed seeds)" tests/sim/run.sh build large
 stage "integration tests" pytest_run tests/integration
 stage "web unit tests" node --test clients/web/test/
 stage "browser end-to-end" node --test tests/e2e/

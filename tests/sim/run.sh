@@ -2,23 +2,46 @@
 # The simulator's own tests: fixed seeds, so each run is the same run. Each
 # must end with every live node exact (totals and viewers) and no edge ever
 # showing a total below one it showed before; tally_sim --check exits 1 if not.
-#   tests/sim/run.sh [build dir]
+#   tests/sim/run.sh [build dir] [large]
+# "large" adds a tree of 2,040 nodes with every kind of fault (20 s here, the
+# plain build only: it would take minutes under ASan).
 set -euo pipefail
 sim=${1:-build}/tests/tally_sim
 run() {
   echo "== tally_sim $*"
   "$sim" --check "$@"
 }
+heavy="--hubs 6 --edges 5 --seconds 30 --loss 0.2 --delay 200 --kill-hubs 1 --restart-hubs 1
+  --kill-edges 3 --link-failures 6"
+mixed="--hubs 10 --edges 8 --seconds 20 --loss 0.05 --delay 100 --kill-hubs 2 --restart-hubs 3
+  --kill-edges 6 --link-failures 12"
 # Heavy loss and delay, a hub lost for good, a hub that comes back (its edges
 # move away and back), edges lost for good, hub-to-hub links down.
-run --hubs 6 --edges 5 --seconds 30 --loss 0.2 --delay 200 --kill-hubs 1 --restart-hubs 1 \
-  --kill-edges 3 --link-failures 6 --seed 1
-run --hubs 6 --edges 5 --seconds 30 --loss 0.2 --delay 200 --kill-hubs 1 --restart-hubs 1 \
-  --kill-edges 3 --link-failures 6 --seed 2
+run $heavy --seed 1
+run $heavy --seed 2
 # A larger tree with every kind of fault at once.
 run --hubs 10 --edges 20 --seconds 30 --loss 0.02 --kill-hubs 2 --restart-hubs 2 \
   --kill-edges 10 --link-failures 10 --seed 3
 # UP, DOWN and relays cut at 110 bytes (a part holds one or two entries), under
 # the same heavy loss and faults: parts lost, acks stopping before them.
-run --hubs 6 --edges 5 --seconds 30 --loss 0.2 --delay 200 --kill-hubs 1 --restart-hubs 1 \
-  --kill-edges 3 --link-failures 6 --tier-bytes 110 --seed 1
+run $heavy --tier-bytes 110 --seed 1
+# Many more schedules of the same faults: each seed places the losses, delays,
+# deaths and cuts elsewhere (a run takes well under a second). One line each.
+failed=0
+for seed in $(seq 100 139); do
+  for cfg in "$heavy" "$heavy --tier-bytes 110" "$mixed"; do
+    # shellcheck disable=SC2086
+    if ! out=$("$sim" --check $cfg --seed "$seed" 2>&1); then
+      echo "FAILED: tally_sim $cfg --seed $seed" | tr -s ' \n' ' '
+      echo
+      echo "$out" | tail -5
+      failed=1
+    fi
+  done
+done
+[ "$failed" = 0 ] && echo "== 120 more schedules (seeds 100-139, three fault mixes): all exact"
+if [ "${2:-}" = large ]; then
+  run --hubs 40 --edges 50 --seconds 20 --loss 0.02 --kill-hubs 4 --restart-hubs 4 \
+    --kill-edges 40 --link-failures 20 --seed 7
+fi
+exit "$failed"
