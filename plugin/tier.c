@@ -139,21 +139,36 @@
  * tells the edge when they are retired; it drops them then, and only once a
  * hub has acknowledged its first UP, which carried them.
  *
- * ---- What handoff counters would save ----
+ * ---- What handoff counters would save, and what they would take ----
  *
  * Almeida and Baquero's handoff counters (Distributed Computing 32, 2019)
  * give identities only to the tier that needs them: a node of tier k hands
  * its count to one of tier k-1 by a two-phase exchange (slot, token, ack)
  * that moves the value into the parent's own slot exactly once, after which
  * both forget the child's identity. Hubs would then hold a slot per hub, not
- * per edge, and an edge's slot would be transient. The price is the handoff
- * state machine: a child that moves in the middle of a handoff must finish it
- * with the parent that holds the token or wait for it to be declared dead,
- * and a parent lost for good with tokens it had accepted but not yet
- * replicated loses them unless the child keeps them until a hub-wide
- * acknowledgement. Here, the same guarantees follow from the maximum alone,
- * at the cost above; the handoff is the next step where a counter written at
- * thousands of edges makes that cost matter.
+ * per edge, and an edge's slot would be transient. What stands in the way
+ * here is a hub lost for good: its slot, as the other hubs hold it, includes
+ * some prefix of each of its edges' counts, and the hub that takes an edge
+ * over must know that prefix exactly, or it counts the rest twice or loses
+ * it. The least protocol we found that keeps that exact:
+ *   - custody: a hub sends, per edge and counter, how much of the edge its
+ *     slot absorbed, tagged with the version of its slot, to the other hubs
+ *     of that edge's failover list (its own neighbours, not every hub);
+ *   - two phases: a hub publishes a version of its slot to all hubs only
+ *     once every such hub has acknowledged the custody of that version;
+ *   - finalisation: once a hub is declared dead, the hubs holding its
+ *     custody agree on the highest version any of them holds (a claim
+ *     settled by all of them, as fold.c settles adoptions), publish the
+ *     dead hub's slot at that version and take each edge over from the
+ *     prefix that version names; a finalised hub that comes back starts a
+ *     new life from those prefixes;
+ *   - a live handover for an edge that moves while both hubs live (release
+ *     by the old hub, then absorption by the new one).
+ * Resets then observe hub slots, not edge slots, unchanged; viewer counts
+ * need the same custody (a hub's sum of its edges' viewers). Even so a hub
+ * holds a slot per hub: state flat in the number of brokers needs hubs in a
+ * hierarchy, the same handoff at each level. Here the guarantees follow
+ * from the maximum alone, at the cost above.
  *
  * ---- Presence through the tree ----
  *
