@@ -1813,10 +1813,12 @@ static int fold_start(void)
 }
 
 /* An edge restarted with its state sends its whole slot to whichever hub it
- * reaches first. */
+ * reaches first. Its UP seqs start at the wall clock in ms, as presence
+ * seqs do (next_seq): above those of its last run, which sent fewer than
+ * one UP part a millisecond, with nothing on disk. */
 static int edge_start(void)
 {
-    tier_edge_init(&g.tier_edge, g.opt.node_id, g.incarnation);
+    tier_edge_init(&g.tier_edge, g.opt.node_id, g.incarnation, wall_ms());
     for (struct tally_counter *c = g.table.counters; c; c = c->hh.next)
         if (tier_edge_wrote(&g.tier_edge, c->name, c->name_len) != TALLY_OK)
             return TALLY_E_NOMEM;

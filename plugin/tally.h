@@ -840,7 +840,10 @@ struct tier_edge {
     char node_id[TALLY_NODE_ID_MAX + 1];
 };
 
-void tier_edge_init(struct tier_edge *e, const char *node_id, uint64_t incarnation);
+/* first_seq: the seq of its first UP, above any of an earlier run of the
+ * same incarnation (plugin.c gives the wall clock in ms; tier.c says why). */
+void tier_edge_init(struct tier_edge *e, const char *node_id, uint64_t incarnation,
+                    uint64_t first_seq);
 /* Whether a hub has merged everything this edge held when it started (its
  * past lives' slots among it): only then may it drop what the hubs retired. */
 bool tier_edge_started_up(const struct tier_edge *e);

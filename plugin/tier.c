@@ -305,12 +305,18 @@ static uint64_t wr_safe(struct wire_reader *r)
 
 /* ==== Edge ==== */
 
-void tier_edge_init(struct tier_edge *e, const char *node_id, uint64_t incarnation)
+/* A hub takes an UP's lists, and acknowledges it, only if its seq is above
+ * every one it holds from the edge's incarnation; an edge restarted with its
+ * state keeps its incarnation, so its seqs must go on from above the last
+ * run's, or the hub would ignore its watch and page lists and never
+ * acknowledge it for as long as that run had been sending. */
+void tier_edge_init(struct tier_edge *e, const char *node_id, uint64_t incarnation,
+                    uint64_t first_seq)
 {
     memset(e, 0, sizeof(*e));
     strncpy(e->node_id, node_id, TALLY_NODE_ID_MAX);
     e->incarnation = incarnation;
-    e->seq = 1;
+    e->seq = first_seq ? first_seq : 1;
 }
 
 bool tier_edge_started_up(const struct tier_edge *e)

@@ -51,7 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     table_init(&t, 1000, 1000);
     presence_init(&pr, 1000);
     tier_hub_init(&h, "hub", 7);
-    tier_edge_init(&e, "edge", 9);
+    tier_edge_init(&e, "edge", 9, 1);
     tier_edge_watch(&e, "likes", 5, true);
 
     struct tier_child *ch;

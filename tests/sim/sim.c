@@ -513,7 +513,7 @@ static void edge_start(uint32_t i)
     struct node *n = &nodes[i];
     uint32_t e = i - opt.hubs, home = e / opt.edges_per_hub;
     n->alive = true;
-    tier_edge_init(&n->edge, n->id, 1);
+    tier_edge_init(&n->edge, n->id, 1, now + 1);
     presence_init(&n->pr, 1000);
     n->addr[0] = home;
     n->addr[1] = (home + 1) % opt.hubs;

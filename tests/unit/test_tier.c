@@ -62,8 +62,8 @@ static void setup(void)
     node_init(&f);
     tier_hub_init(&a.hub, "a", 111);
     tier_hub_init(&b.hub, "b", 222);
-    tier_edge_init(&e.edge, "e", 7);
-    tier_edge_init(&f.edge, "f", 9);
+    tier_edge_init(&e.edge, "e", 7, 1);
+    tier_edge_init(&f.edge, "f", 9, 1);
     memset(&msg, 0, sizeof(msg));
     now = 1;
     nparts = 0;
@@ -207,7 +207,7 @@ START_TEST(an_edge_sends_its_past_life_up_and_shows_it_once)
     inc(&e, "likes", 2); /* acknowledged at e, never sent: the hub holds 3 */
     /* the reboot: the same table (loaded), a new life 8 */
     tier_edge_free(&e.edge);
-    tier_edge_init(&e.edge, "e", 8);
+    tier_edge_init(&e.edge, "e", 8, 1);
     ck_assert_int_eq(tier_edge_wrote(&e.edge, "likes", 5), TALLY_OK);
     watch(&e, "likes");
     ck_assert_int_eq(shown(&e, "likes"), 0); /* its past is the hub's to show */
