@@ -289,3 +289,29 @@ def test_an_edge_restarted_with_its_state_is_heard_at_once(brokers, closing, wor
                   f"({ {n: w.get('presence/home') for n, w in at.items()} })")
     print(f"a restarted edge was heard in {time.monotonic() - start:.2f}s")
     exact_everywhere([h1, h2, e1, e2], expected)
+
+
+def test_an_edge_restarted_with_its_state_drops_its_dead_viewers(brokers, closing, workdir):
+    """Regression (the same cause): e1's three viewers die with it (kill -9); it comes back
+    with its state and no viewer. Its hub kept the last run's page list, and with UP seqs
+    starting again at 1 took no newer one: the three were counted at both hubs for as long
+    as e1 lived. Now they leave both counts within seconds."""
+    h1 = brokers("h1", options=dict(OPTIONS))
+    h2 = brokers("h2", options=dict(OPTIONS), bridges=[{"name": "h2-to-h1", "port": h1.port}])
+    e1 = edge_through(brokers, "e1", [h1.port, h2.port], {"state_dir": f"{workdir}/state-e1"})
+    e2 = edge_through(brokers, "e2", [h2.port, h1.port])
+    at = {n.name: Watcher(n.port, ["presence/+"]) for n in (h1, h2)}
+    closing.extend(at.values())
+    closing.append(Watcher(e2.port, ["presence/home"], client_id="e2-viewer"))
+    gone = [Watcher(e1.port, ["presence/home"], client_id=f"e1-viewer{k}") for k in range(3)]
+    wait_for(lambda: all(w.get("presence/home") == b"4" for w in at.values()), 20,
+             what="4 viewers at both hubs")
+    e1.kill()
+    for w in gone:
+        w.close()
+    e1.start()
+    wait_for(lambda: all(w.get("presence/home") == b"1" for w in at.values()), 2 * TIMEOUT_S,
+             what=f"e1's dead viewers gone from both hubs "
+                  f"({ {n: w.get('presence/home') for n, w in at.items()} })")
+    time.sleep(TIMEOUT_S)
+    assert all(w.get("presence/home") == b"1" for w in at.values())
