@@ -1212,7 +1212,9 @@ static int hub_read_pages(struct tier_child *ch, struct wire_reader *r, bool app
  * relays that answer wants between two UPs after those (ch->relay_next). */
 #define RELAY_SEQ(seq) ((seq) << 16)
 #define RELAY_PARTS_MAX 0xffff
-#define UP_SEQ_MAX ((uint64_t)1 << 47) /* RELAY_SEQ's room; 10 UPs a second for 400,000 years */
+/* RELAY_SEQ's room: edges number UPs from the wall clock in ms (plugin.c's
+ * edge_start), which reaches it in the year 6429 */
+#define UP_SEQ_MAX ((uint64_t)1 << 47)
 
 /* The child's viewers as its presence origin, after a part that changed
  * them. */
