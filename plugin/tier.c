@@ -317,6 +317,11 @@ void tier_edge_init(struct tier_edge *e, const char *node_id, uint64_t incarnati
     strncpy(e->node_id, node_id, TALLY_NODE_ID_MAX);
     e->incarnation = incarnation;
     e->seq = first_seq ? first_seq : 1;
+    /* Both lists go in the first UP, empty ones too: a hub that still holds
+     * the last run's (the same incarnation) would go on counting viewers
+     * who died with it, and sending what nobody watches any more. */
+    e->watch_changed = true;
+    e->pages_changed = true;
 }
 
 bool tier_edge_started_up(const struct tier_edge *e)
