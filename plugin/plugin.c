@@ -571,7 +571,10 @@ static bool response_topic_ok(const char *topic)
 
 /* Answers an increment or report that carries a Response Topic there, with
  * its Correlation Data: the total on this node after it, or why it was
- * refused. An unusable response topic is logged and not answered. */
+ * refused. An unusable response topic is logged and not answered. The answer
+ * goes to the asking client alone, as the control API's does: published to
+ * all, it would let a client reach any topic, another client's answer topic
+ * included, that its acl does not let it write. */
 static void answer(struct mosquitto_evt_message *ev, struct topic t, enum tally_result result,
                    int reason)
 {
@@ -596,8 +599,9 @@ static void answer(struct mosquitto_evt_message *ev, struct topic t, enum tally_
         mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, corr_len) !=
             MOSQ_ERR_SUCCESS)
         goto out;
-    if (g.buf.failed || mosquitto_broker_publish_copy(NULL, topic, (int)g.buf.len, g.buf.data, 1,
-                                                      false, props) != MOSQ_ERR_SUCCESS)
+    if (g.buf.failed ||
+        mosquitto_broker_publish_copy(mosquitto_client_id(ev->client), topic, (int)g.buf.len,
+                                      g.buf.data, 1, false, props) != MOSQ_ERR_SUCCESS)
         mosquitto_property_free_all(&props);
 out:
     free(topic); /* libmosquitto's property readers allocate with calloc */

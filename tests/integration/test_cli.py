@@ -764,7 +764,7 @@ def secure_node(brokers, workdir):
 def test_tls_against_the_shipped_secure_setup(tally_bin, secure_node):
     ca = os.path.join(secure_node.etc, "certs", "ca.crt")
     tls = ["-p", secure_node.tls, "--cafile", ca]
-    # A device reads nothing but its own answers (acl: pattern read tally/resp/%c).
+    # A device reads nothing, but gets the answers to its own increments.
     result = tally(tally_bin, *tls, "-u", "device", "-P", "device-demo", "inc", "likes", "3",
                    "--timeout", "5")
     assert (result.returncode, result.stdout) == (0, "likes 3\n"), result.stderr

@@ -15,6 +15,8 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from conftest import REPO, RawClient, free_port, wait_for
 
@@ -439,3 +441,33 @@ def test_bridge_with_a_wrong_password_is_refused(brokers, workdir):
     wait_value(on_a, "counters/y", "1")
     quiet(3)
     assert on_b.last("counters/y") is None
+
+
+def test_an_answer_goes_only_to_the_client_that_asked(node):
+    """A Response Topic must not let a client reach a topic its acl does not
+    let it write: tally's publishes pass no ACL. A device (which may write
+    only increments and reports) names a presser's answer topic as its own;
+    the presser receives nothing, and the device still gets its answers."""
+    victim = login(node.plain, "presser", client_id="victim")
+    victim.subscribe("tally/resp/victim")
+    attacker = mqtt.Client(client_id="meter-v5", protocol=mqtt.MQTTv5)
+    attacker.username_pw_set("device", PASSWORD["device"])
+    answers = []
+    attacker.on_message = lambda c, u, m: answers.append((m.topic, m.payload))
+    attacker.connect("127.0.0.1", node.plain, 30)
+    attacker.loop_start()
+    attacker.subscribe("tally/resp/meter-v5", 1)
+    for response_topic in ("tally/resp/victim", "tally/resp/meter-v5"):
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = response_topic
+        props.CorrelationData = b"c-1"
+        attacker.publish("counters/forged/inc", '{"delta": 1}', 1,
+                         properties=props).wait_for_publish(10)
+    own = wait_for(lambda: [p for t, p in answers if t == "tally/resp/meter-v5"], 10,
+                   what="the device's own answer")
+    assert b'"result":"applied"' in own[0]
+    quiet(0.5)
+    assert victim.topics() == set(), f"the device reached the presser: {victim.messages}"
+    attacker.disconnect()
+    attacker.loop_stop()
+    victim.close()
