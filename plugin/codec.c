@@ -205,6 +205,18 @@ static bool json_has_nul(const char *s, size_t len)
     return false;
 }
 
+/* True if s holds a raw control character other than JSON's four white space
+ * ones, which RFC 8259 allows nowhere. cJSON takes one for white space between
+ * tokens and copies it into a string as is, where a raw NUL cuts the C string:
+ * "order-1<NUL>-pear" would meet "order-1" as its duplicate, as \u0000 would. */
+static bool json_has_control(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] < 0x20 && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
+            return true;
+    return false;
+}
+
 /* Parses a JSON object whose keys must each be one of `keys`; calls take()
  * for each member. Unknown keys are refused: a typo such as "detla" must not
  * silently count +1. */
@@ -214,6 +226,8 @@ static int parse_object(const char *s, size_t len, const char *const *keys, memb
                         void *out)
 {
     const char *end = NULL;
+    if (json_has_control(s, len))
+        return TALLY_E_JSON;
     cJSON *root = cJSON_ParseWithLengthOpts(s, len, &end, false);
     if (!root)
         return TALLY_E_JSON;

@@ -54,6 +54,11 @@ BAD = [
     ("counters/ok/inc", '{"delta":1,"id":"order-1\\u0000-pear"}', "bad_id"),
     ("counters/ok/inc", '{"delta":1,"id":"k\\u0007"}', "bad_id"),
     ("counters/ok/inc", '{"id":"k\\u0085","delta":1}', "bad_id"),
+    # a raw NUL in a JSON string cut it as \u0000 did (cJSON copies it), and a raw control
+    # character is not JSON (RFC 8259); cJSON took either for white space between tokens
+    ("counters/ok/inc", b'{"delta":1,"id":"order-1\x00-plum"}', "bad_json"),
+    ("counters/ok/inc", b'{"delta\x00x":1}', "bad_json"),
+    ("counters/ok/inc", b'{\x01"delta":1}', "bad_json"),
     ("counters/ok/inc", "1" + "0" * 1024, "payload_too_large"),
     ("counters/ok/inc", '{"delta":1}' + " " * 1020, "payload_too_large"),
     ("counters/ok/report", "-1", "not_an_integer"),
@@ -65,6 +70,7 @@ BAD = [
     ("counters/ok/report", '{"device":"meter-1\\u0000-a","total":1}', "bad_device"),
     ("counters/ok/report", '{"total":1,"device":"meter-1\\u0000-b"}', "bad_device"),
     ("counters/ok/report", b'{"device":"\xff\xfe","total":1}', "bad_device"),
+    ("counters/ok/report", b'{"device":"meter-1\x00-c","total":1}', "bad_json"),
     ("counters/ok/report", "1" * 1025, "payload_too_large"),
 ]
 
@@ -126,6 +132,29 @@ def test_every_bad_input_is_refused_and_the_client_goes_on(fast):
         time.sleep(0.3)
         lister.close()
         assert lister.messages == [("counters/ok", str(expected_total), True)]  # nothing else
+    finally:
+        c.disconnect()
+
+
+def test_a_raw_nul_does_not_make_two_ids_one(fast):
+    """cJSON copies a raw NUL byte into a string, which C then ends there:
+    "order-9<NUL>-pear" was taken for a duplicate of "order-9" and dropped
+    with a success PUBACK, and "meter-9<NUL>-b" reported as meter-9."""
+    c = RawClient(fast.port, "nul-client")
+    try:
+        assert c.publish("counters/n/inc", '{"delta":1,"id":"order-9"}') < 0x80
+        assert c.publish("counters/n/report", '{"device":"meter-9","total":5}') < 0x80
+        assert c.publish("counters/n/inc", b'{"delta":1,"id":"order-9\x00-pear"}') \
+            == NOT_AUTHORIZED
+        assert c.publish("counters/n/report", b'{"device":"meter-9\x00-b","total":7}') \
+            == NOT_AUTHORIZED
+        assert c.publish("counters/n/inc", '{"delta":1,"id":"order-9-pear"}') < 0x80
+        fast.wait_total("n", 7)
+        state = json.loads(fast.retained("counters/n/state"))
+        assert state["p"] == 2 and state["devices"] == {"meter-9": 5}, state
+        st = wait_for(lambda: stats(fast).get("applied") == 2 and stats(fast), 5,
+                      what="stats after the two increments")
+        assert st["duplicates"] == 0, st
     finally:
         c.disconnect()
 

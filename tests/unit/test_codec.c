@@ -298,6 +298,39 @@ START_TEST(test_ids_with_nul_or_control_refused)
 }
 END_TEST
 
+/* A raw control character is not JSON anywhere (RFC 8259); cJSON copied a raw
+ * NUL into a string, where it cut "order-1<NUL>-pear" to "order-1". */
+START_TEST(test_raw_control_characters_in_json_refused)
+{
+#define BYTES(lit)                                                                                 \
+    {                                                                                              \
+        lit, sizeof(lit) - 1                                                                       \
+    }
+    static const struct {
+        const char *payload;
+        size_t len;
+    } incs[] = {
+        BYTES("{\"delta\":1,\"id\":\"order-1\0-pear\"}"),
+        BYTES("{\"delta\0x\":1}"),
+        BYTES("{\x01\"delta\":1}"),
+        BYTES("{\"delta\":1\x1f}"),
+    };
+#undef BYTES
+    for (size_t i = 0; i < sizeof(incs) / sizeof(incs[0]); i++) {
+        struct tally_inc inc;
+        int rc = parse_increment(incs[i].payload, incs[i].len, &inc);
+        ck_assert_msg(rc == TALLY_E_JSON, "payload %zu: got %s", i, tally_strerror(rc));
+    }
+    static const char rep_nul[] = "{\"device\":\"meter-1\0-b\",\"total\":5}";
+    struct tally_report rep;
+    ck_assert_int_eq(parse_report(rep_nul, sizeof(rep_nul) - 1, &rep), TALLY_E_JSON);
+    struct tally_inc inc;
+    static const char white[] = "\t{\r\n\"delta\" :\t2 }\n";
+    ck_assert_int_eq(parse_increment(white, sizeof(white) - 1, &inc), TALLY_OK);
+    ck_assert_int_eq(inc.delta, 2);
+}
+END_TEST
+
 /* ==== Reason names ==== */
 
 START_TEST(test_strerror)
@@ -358,6 +391,7 @@ Suite *codec_suite(void)
     tcase_add_loop_test(tc, test_report_cases, 0, COUNT(report_cases));
     tcase_add_test(tc, test_report_payload_limit);
     tcase_add_test(tc, test_ids_with_nul_or_control_refused);
+    tcase_add_test(tc, test_raw_control_characters_in_json_refused);
     tcase_add_test(tc, test_strerror);
     suite_add_tcase(s, tc);
     return s;
