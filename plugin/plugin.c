@@ -1509,11 +1509,20 @@ static void emit_down(const struct wire_buf *msg, void *ud)
     publish_up_down("down", tier_child_id(ud), msg);
 }
 
+/* How often an edge and its hub tell each other everything, at the least:
+ * each takes the other for dead after peer_timeout_ms of silence, which may
+ * be set below sync_interval_ms. */
+static uint64_t tier_heartbeat_ms(void)
+{
+    uint64_t third = (uint64_t)g.opt.peer_timeout_ms / 3;
+    return (uint64_t)g.opt.sync_interval_ms < third ? (uint64_t)g.opt.sync_interval_ms : third;
+}
+
 static void edge_tick(uint64_t now)
 {
-    int rc = tier_edge_up(&g.tier_edge, &g.table, &g.presence, now,
-                          (uint64_t)g.opt.publish_interval_ms, (uint64_t)g.opt.sync_interval_ms,
-                          (size_t)g.opt.max_message_bytes, &g.buf, emit_up, NULL);
+    int rc =
+        tier_edge_up(&g.tier_edge, &g.table, &g.presence, now, (uint64_t)g.opt.publish_interval_ms,
+                     tier_heartbeat_ms(), (size_t)g.opt.max_message_bytes, &g.buf, emit_up, NULL);
     if (rc != TALLY_OK)
         mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot write an UP: %s", tally_strerror(rc));
 }
@@ -1529,9 +1538,8 @@ static void hub_tick(uint64_t now)
     tier_hub_tick(&g.tier_hub);
     for (struct tier_child *ch = NULL; (ch = tier_hub_next(&g.tier_hub, ch));) {
         relay(ch); /* one a hub wants */
-        int rc = tier_hub_down(&g.tier_hub, &g.table, &g.presence, ch, now,
-                               (uint64_t)g.opt.sync_interval_ms, (size_t)g.opt.max_message_bytes,
-                               &g.buf, emit_down, ch);
+        int rc = tier_hub_down(&g.tier_hub, &g.table, &g.presence, ch, now, tier_heartbeat_ms(),
+                               (size_t)g.opt.max_message_bytes, &g.buf, emit_down, ch);
         if (rc != TALLY_OK)
             mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot write a DOWN to %s: %s",
                                  tier_child_id(ch), tally_strerror(rc));

@@ -315,3 +315,26 @@ def test_an_edge_restarted_with_its_state_drops_its_dead_viewers(brokers, closin
                   f"({ {n: w.get('presence/home') for n, w in at.items()} })")
     time.sleep(TIMEOUT_S)
     assert all(w.get("presence/home") == b"1" for w in at.values())
+
+
+def test_quiet_edges_stay_counted_when_sync_interval_passes_peer_timeout(brokers, closing):
+    """Regression: an edge's heartbeat to its hub (an UP), and its hub's to it (a full DOWN),
+    went every sync_interval_ms, which may be set above peer_timeout_ms: then a hub forgot a
+    quiet, live edge between two heartbeats and dropped its viewers from every count, and the
+    edge dropped the others'. Here sync_interval_ms is 4000 and peer_timeout_ms 2000: viewers
+    of home at both edges stay counted at every node, without a dip, for 10 s."""
+    options = dict(OPTIONS, sync_interval_ms="4000", peer_timeout_ms="2000")
+    h1 = brokers("h1", options=dict(options))
+    h2 = brokers("h2", options=dict(options), bridges=[{"name": "h2-to-h1", "port": h1.port}])
+    e1 = brokers("e1", options=dict(options, role="edge"), extra=edge_bridge("e1", [h1, h2]))
+    e2 = brokers("e2", options=dict(options, role="edge"), extra=edge_bridge("e2", [h2, h1]))
+    viewers([e1, e2], closing)
+    at = {n.name: Watcher(n.port, ["presence/+"], keep=True) for n in (h1, h2, e1, e2)}
+    closing.extend(at.values())
+    wait_for(lambda: all(w.get("presence/home") == b"4" for w in at.values()), 20,
+             what="4 viewers of home everywhere")
+    since = {n: w.count() for n, w in at.items()}
+    time.sleep(10)
+    later = {n: [p for t, p in w.messages()[since[n]:] if t == "presence/home"]
+             for n, w in at.items()}
+    assert all(set(v) <= {b"4"} for v in later.values()), f"a quiet edge's viewers moved: {later}"
