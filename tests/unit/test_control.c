@@ -125,6 +125,37 @@ static cJSON *run(struct tally_table *t, const char *command, cJSON **whole)
 }
 
 /* The names listed in data's "counters", joined by spaces. */
+/* One request holds at most 10 commands; a longer one runs none. */
+START_TEST(test_a_request_holds_at_most_ten_commands)
+{
+    struct tally_table t;
+    const char *names[] = {"a"};
+    fill(&t, names, 1);
+    for (int n = 10; n <= 11; n++) {
+        char req[1024] = "{\"commands\":[";
+        for (int i = 0; i < n; i++)
+            strcat(req, i ? ",{\"command\":\"listCounters\"}" : "{\"command\":\"listCounters\"}");
+        strcat(req, "]}");
+        struct control_req rq = {.t = &t, .node_id = "n1", .admin = true};
+        char *out = control_process(req, strlen(req), &rq);
+        cJSON *whole = cJSON_Parse(out);
+        cJSON *responses = cJSON_GetObjectItem(whole, "responses");
+        if (n == 10) {
+            ck_assert_int_eq(cJSON_GetArraySize(responses), 10);
+        } else {
+            ck_assert_int_eq(cJSON_GetArraySize(responses), 1);
+            ck_assert_str_eq(
+                cJSON_GetObjectItem(cJSON_GetArrayItem(responses, 0), "error")->valuestring,
+                "a request holds at most 10 commands");
+        }
+        cJSON_Delete(whole);
+        free(out);
+        free(rq.changed);
+    }
+    table_free(&t);
+}
+END_TEST
+
 static const char *names_of(const cJSON *data, char *out, size_t len)
 {
     const cJSON *item;
@@ -468,6 +499,7 @@ Suite *control_suite(void)
     tcase_add_test(tc, test_list_pages_cover_everything_once);
     tcase_add_test(tc, test_top_counters_by_recent_rate);
     tcase_add_test(tc, test_read_only_requests);
+    tcase_add_test(tc, test_a_request_holds_at_most_ten_commands);
     tcase_add_test(tc, test_stats_document);
     tcase_add_test(tc, test_stats_list_only_neighbours);
     suite_add_tcase(s, tc);
