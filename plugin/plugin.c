@@ -557,14 +557,15 @@ static int on_report(struct mosquitto_evt_message *ev, struct topic t, enum tall
 
 /* ==== Answers on the MQTT v5 Response Topic ==== */
 
-/* A response topic tally publishes to: a valid topic without wildcards, and
- * none of the topics clients may not write (the plugin's own publishes are
- * not checked by Mosquitto's ACLs, so an answer must not land where a
- * forged total, state or replication message would). */
+/* A response topic tally publishes to: a valid topic without wildcards, not
+ * empty (mosquitto_pub_topic_check passes "", and a PUBLISH with no topic is
+ * malformed), and none of the topics clients may not write (the plugin's own
+ * publishes are not checked by Mosquitto's ACLs, so an answer must not land
+ * where a forged total, state or replication message would). */
 static bool response_topic_ok(const char *topic)
 {
-    return mosquitto_pub_topic_check(topic) == MOSQ_ERR_SUCCESS && topic[0] != '$' &&
-           !has_prefix(topic, g.opt.prefix, g.prefix_len) &&
+    return topic[0] != '\0' && mosquitto_pub_topic_check(topic) == MOSQ_ERR_SUCCESS &&
+           topic[0] != '$' && !has_prefix(topic, g.opt.prefix, g.prefix_len) &&
            !has_prefix(topic, g.opt.presence_prefix, g.presence_prefix_len) &&
            strcmp(topic, g.opt.prefix) != 0 && strcmp(topic, g.opt.presence_prefix) != 0;
 }
@@ -584,7 +585,7 @@ static void answer(struct mosquitto_evt_message *ev, struct topic t, enum tally_
     mosquitto_property *props = NULL;
     if (!mosquitto_property_read_string(ev->properties, MQTT_PROP_RESPONSE_TOPIC, &topic, false))
         return;
-    /* An empty Response Topic reads as present with topic NULL. */
+    /* An empty Response Topic may read as present with topic NULL. */
     if (!topic || !response_topic_ok(topic)) {
         refuse_log(mosquitto_client_id(ev->client), "response topic", topic ? topic : "",
                    TALLY_E_FORBIDDEN);

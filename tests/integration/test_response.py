@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from conftest import wait_for
+from conftest import RawClient, wait_for
 
 MAX_SAFE = 2**53 - 1
 
@@ -192,3 +192,49 @@ def test_no_response_topic_no_answer(brokers):
     assert rr.ask("counters/q/inc")["value"] == 4
     assert rr.uncorrelated == [] and len(rr.answers) == 1
     rr.close()
+
+
+def publish_with_response_topic(client, topic, payload, response_topic, corr=b"c-1"):
+    """An MQTT v5 QoS 1 PUBLISH with a Response Topic and Correlation Data,
+    written by hand (paho sends no empty Response Topic); returns the PUBACK
+    reason code."""
+    props = (b"\x08" + client._str(response_topic) + b"\x09" + client._str(corr))
+    mid = client._next_mid()
+    body = (client._str(topic.encode()) + mid.to_bytes(2, "big") + bytes([len(props)]) + props
+            + payload)
+    client._send(0x32, body)
+    ans = client._expect(0x40, mid)
+    return ans[2] if len(ans) > 2 else 0
+
+
+def ping_keeping(client):
+    """A round trip that keeps the PUBLISHes arriving before the PINGRESP."""
+    client._send(0xC0, b"")
+    while True:
+        kind, flags, body = client.recv()
+        if kind == 0x30:
+            client.messages.append(client.take_publish(flags, body))
+        elif kind == 0xD0:
+            return True
+
+
+def test_an_empty_response_topic_is_not_answered(brokers):
+    """An empty Response Topic is no topic: answering it sent the asking
+    client a PUBLISH with a zero-length topic name, a malformed packet
+    (MQTT 5 section 4.7.3). It is refused and logged as other forbidden
+    response topics are; the increment still counts."""
+    node = brokers("n1")
+    c = RawClient(node.port, "empty-rt")
+    try:
+        assert publish_with_response_topic(c, "counters/e/inc", b"2", b"") < 0x80
+        assert publish_with_response_topic(c, "counters/e/inc", b"3", b"tally/resp/empty-rt",
+                                           b"c-2") < 0x80
+        wait_for(lambda: ping_keeping(c) and c.messages, 5,
+                 what="the answer to the second increment")
+        assert [(t, json.loads(p)["value"]) for t, p, _ in c.messages] == \
+            [("tally/resp/empty-rt", 5)]
+        node.wait_total("e", 5)
+        wait_for(lambda: "refused response topic from client 'empty-rt' to ''" in node.read_log(),
+                 5, what="the empty response topic logged")
+    finally:
+        c.disconnect()
