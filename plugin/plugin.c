@@ -271,6 +271,8 @@ static struct tally {
     size_t prefix_len, presence_prefix_len;
     bool acl_defer;
     bool over_counters, over_devices; /* holding more than a limit: said once in the log */
+    bool states_rescan;               /* the filters watching every state came or went */
+    uint64_t last_rescan_ms;
     char topic[512];
 } g;
 
@@ -1207,11 +1209,35 @@ static void publish_changed(struct tally_counter *c, uint64_t wall)
         queue_refresh(c);
 }
 
+/* Table scans for the filters watching every state document at most once
+ * this often (see rescan_states). */
+#define RESCAN_MIN_MS 1000
+
+/* The filters watching every state document came or went: each counter whose
+ * state document is shown, or not, against that is queued to catch up under
+ * the budget. That is a scan of the table, so at most one a RESCAN_MIN_MS,
+ * the first at once: with one per SUBSCRIBE and UNSUBSCRIBE, a client that
+ * toggled `counters/+/state` 1,000 times cost 2 s of broker CPU at 100,000
+ * counters. */
+static void rescan_states(uint64_t now)
+{
+    if (!g.states_rescan || (g.last_rescan_ms && now - g.last_rescan_ms < RESCAN_MIN_MS))
+        return;
+    g.states_rescan = false;
+    g.last_rescan_ms = now;
+    bool all = g.interest.all_states > 0;
+    struct tally_counter *c, *tmp;
+    HASH_ITER(hh, g.table.counters, c, tmp)
+    {
+        if (all ? !c->state_shown : c->state_shown)
+            queue_refresh(c);
+    }
+}
+
 /* The subscriptions watching `name` changed (interest.c): what a new watcher
  * lacks is published now, within this broker loop, before any budget; a state
  * document nobody watches any more is removed. name NULL: the filters watching
- * every state document came or went, and each counter is queued to catch up
- * under the budget. */
+ * every state document came or went (rescan_states). */
 static void watchers_changed(const char *name, size_t len, void *ud)
 {
     (void)ud;
@@ -1226,13 +1252,8 @@ static void watchers_changed(const char *name, size_t len, void *ud)
             reconcile(c, wall_ms());
         return;
     }
-    bool all = g.interest.all_states > 0;
-    struct tally_counter *c, *tmp;
-    HASH_ITER(hh, g.table.counters, c, tmp)
-    {
-        if (all ? !c->state_shown : c->state_shown)
-            queue_refresh(c);
-    }
+    g.states_rescan = true;
+    rescan_states(mono_ms());
 }
 
 /* Spends the unwatched publish budget on the oldest waiting outputs. */
@@ -1562,6 +1583,7 @@ static int on_tick(int event, void *event_data, void *userdata)
     if (!g.edge)
         replicate_tick(now);
     publish_due(now);
+    rescan_states(now);
     if (now - g.last_flush_ms >= (uint64_t)g.opt.publish_interval_ms &&
         (g.presence.dirty_head || g.presence.local_changed))
         flush_presence(now);
