@@ -9,6 +9,7 @@ import re
 import subprocess
 import time
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import LOAD, RawClient, wait_for
@@ -398,3 +399,40 @@ def test_max_devices_refuses_a_new_device(brokers):
     finally:
         for c in clients:
             c.disconnect()
+
+
+def drop_with_will(port, client_id, topic, payload, retain):
+    """Connects with a will and goes away without DISCONNECT, so that the broker sends it."""
+    c = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv311)
+    c.will_set(topic, payload, 1, retain=retain)
+    codes = []
+    c.on_connect = lambda client, userdata, flags, rc: codes.append(rc)
+    c.connect("127.0.0.1", port, 30)
+    c.loop_start()
+    wait_for(lambda: codes, 10, what=f"CONNACK for {client_id}")
+    assert codes == [0]
+    c.loop_stop()
+    c.socket().close()
+
+
+def test_a_will_cannot_forge_a_total_and_is_not_counted(broker):
+    """A will is a publish made for the client when it is gone: one on a
+    total, a state document or a page count is refused and logged as any
+    such publish is, and the retained value stays. Mosquitto 2.0.11 hands
+    no will to plugins, so one on counters/<name>/inc is delivered but not
+    counted (README, known limits)."""
+    broker.pub("counters/w/inc", "5")
+    broker.wait_total("w", 5)
+    spy = broker.client("spy")
+    spy.subscribe("counters/w/inc")
+    for i, topic in enumerate(("counters/w", "counters/w/state", "presence/home")):
+        drop_with_will(broker.port, f"willer-{i}", topic, "999", True)
+        line = f"refused publish from client 'willer-{i}' to '{topic}': forbidden_topic"
+        wait_for(lambda: line in broker.read_log(), 10, what=line)
+    drop_with_will(broker.port, "willer-inc", "counters/w/inc", "100", False)
+    wait_for(lambda: spy.last("counters/w/inc") == "100", 10, what="the will on counters/w/inc")
+    broker.pub("counters/w/inc", "1")
+    broker.wait_total("w", 6)
+    assert json.loads(broker.retained("counters/w/state"))["value"] == 6
+    assert broker.retained("presence/home") != "999"
+    spy.close()
