@@ -4,10 +4,14 @@ client id, the topic and the reason, and is counted in $tally/stats rejected{rea
 bad input is logged at most log_rate lines a second, and the broker keeps serving."""
 
 import json
+import os
+import random
 import re
+import socket
 import subprocess
 import time
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import RawClient, wait_for
@@ -271,3 +275,66 @@ def test_a_flood_of_bad_input_is_rate_limited_in_the_log(brokers):
         if flood.poll() is None:
             flood.kill()
         good.disconnect()
+
+
+def http_exchange(port, request):
+    """Sends raw bytes to a listener; returns what comes back before it closes or goes
+    quiet for a second."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=1)
+    s.sendall(request)
+    answer = b""
+    try:
+        while len(answer) < 1_000_000:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    except OSError:  # quiet for a second, or reset by the broker
+        pass
+    s.close()
+    return answer
+
+
+def test_the_websocket_listener_serves_nothing_outside_http_dir_and_survives_garbage(
+        brokers, workdir):
+    """The dashboard's listener (http_dir) as an attacker sees it: paths that climb out of
+    http_dir, an oversized header, bytes that are not HTTP, and WebSocket frames that are
+    not MQTT or claim 2^62 bytes. Nothing outside http_dir is served, and the broker goes
+    on counting for TCP and WebSocket clients."""
+    www = os.path.join(workdir, "www")
+    os.makedirs(www)
+    with open(os.path.join(www, "index.html"), "w") as f:
+        f.write("dashboard")
+    with open(os.path.join(workdir, "secret.txt"), "w") as f:
+        f.write("not-for-you")
+    node = brokers("n1", ws=True, http_dir=www)
+
+    def page_served():
+        try:  # the WebSocket listener opens after the plain one
+            return http_exchange(node.ws_port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") \
+                .endswith(b"dashboard")
+        except ConnectionRefusedError:
+            return False
+    wait_for(page_served, 10, what="the page served")
+    upgrade = (b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+               b"Sec-WebSocket-Protocol: mqtt\r\n\r\n")
+    for path in (b"/../secret.txt", b"/%2e%2e/secret.txt", b"/..%2fsecret.txt",
+                 b"//../secret.txt", b"/./../secret.txt", b"/index.html/../../secret.txt"):
+        answer = http_exchange(node.ws_port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"not-for-you" not in answer, (path, answer[:200])
+    rng = random.Random(7)
+    for attack in (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 100_000 + b"\r\n\r\n",
+                   bytes(rng.randrange(256) for _ in range(5000)),
+                   upgrade + bytes(rng.randrange(256) for _ in range(3000)),
+                   upgrade + b"\x82\xff" + (2**62).to_bytes(8, "big") + b"mask" + b"x" * 100):
+        http_exchange(node.ws_port, attack)
+    assert RawClient(node.port, "after-garbage").publish("counters/g/inc", "2") < 0x80
+    ws = mqtt.Client(client_id="ws-after-garbage", transport="websockets")
+    ws.connect("127.0.0.1", node.ws_port, 30)
+    ws.loop_start()
+    ws.publish("counters/g/inc", "3", 1).wait_for_publish(10)
+    ws.disconnect()
+    ws.loop_stop()
+    node.wait_total("g", 5)
+    assert node.proc.poll() is None
