@@ -261,6 +261,18 @@ def test_a_hub_link_cut_while_an_edge_moves_across_it(brokers, closing):
     never_down([at[e.name] for e in edges], "counters/shared", expected["shared"])
 
 
+def two_hubs_and_e1_with_state(brokers, closing, workdir):
+    """h2 bridged to h1; e1 (with a state_dir) and e2 each bridged to one hub and failing over
+    to the other; a watcher of every page count at each hub (`at`)."""
+    h1 = brokers("h1", options=dict(OPTIONS))
+    h2 = brokers("h2", options=dict(OPTIONS), bridges=[{"name": "h2-to-h1", "port": h1.port}])
+    e1 = edge_through(brokers, "e1", [h1.port, h2.port], {"state_dir": f"{workdir}/state-e1"})
+    e2 = edge_through(brokers, "e2", [h2.port, h1.port])
+    at = {n.name: Watcher(n.port, ["presence/+"]) for n in (h1, h2)}
+    closing.extend(at.values())
+    return h1, h2, e1, e2, at
+
+
 def test_an_edge_restarted_with_its_state_is_heard_at_once(brokers, closing, workdir):
     """Regression: an edge restarted with its state keeps its incarnation, and its UP seqs
     started again at 1; its hub, holding far higher seqs from the edge's last run, ignored
@@ -268,12 +280,7 @@ def test_an_edge_restarted_with_its_state_is_heard_at_once(brokers, closing, wor
     old ones, as long as the last run had been sending. Here e1 runs ~12 s under load, is
     killed with -9 and restarted: a viewer at e1 is counted at both hubs, and a watcher at
     e1 sees increments made at e2, within a few seconds, not after another 12 s."""
-    h1 = brokers("h1", options=dict(OPTIONS))
-    h2 = brokers("h2", options=dict(OPTIONS), bridges=[{"name": "h2-to-h1", "port": h1.port}])
-    e1 = edge_through(brokers, "e1", [h1.port, h2.port], {"state_dir": f"{workdir}/state-e1"})
-    e2 = edge_through(brokers, "e2", [h2.port, h1.port])
-    at = {n.name: Watcher(n.port, ["presence/+"]) for n in (h1, h2)}
-    closing.extend(at.values())
+    h1, h2, e1, e2, at = two_hubs_and_e1_with_state(brokers, closing, workdir)
     expected = {}
     increments([e1, e2], 120, expected, 0.1)  # e1's run: about 120 UPs
     exact_everywhere([h1, h2, e1, e2], expected)
@@ -299,12 +306,7 @@ def test_an_edge_restarted_with_its_state_drops_its_dead_viewers(brokers, closin
     with its state and no viewer. Its hub kept the last run's page list, and with UP seqs
     starting again at 1 took no newer one: the three were counted at both hubs for as long
     as e1 lived. Now they leave both counts within seconds."""
-    h1 = brokers("h1", options=dict(OPTIONS))
-    h2 = brokers("h2", options=dict(OPTIONS), bridges=[{"name": "h2-to-h1", "port": h1.port}])
-    e1 = edge_through(brokers, "e1", [h1.port, h2.port], {"state_dir": f"{workdir}/state-e1"})
-    e2 = edge_through(brokers, "e2", [h2.port, h1.port])
-    at = {n.name: Watcher(n.port, ["presence/+"]) for n in (h1, h2)}
-    closing.extend(at.values())
+    h1, h2, e1, e2, at = two_hubs_and_e1_with_state(brokers, closing, workdir)
     closing.append(Watcher(e2.port, ["presence/home"], client_id="e2-viewer"))
     gone = [Watcher(e1.port, ["presence/home"], client_id=f"e1-viewer{k}") for k in range(3)]
     wait_for(lambda: all(w.get("presence/home") == b"4" for w in at.values()), 20,
