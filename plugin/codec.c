@@ -205,6 +205,12 @@ static bool json_has_nul(const char *s, size_t len)
     return false;
 }
 
+/* RFC 8259's white space. */
+static bool json_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
 /* True if s holds a raw control character other than JSON's four white space
  * ones, which RFC 8259 allows nowhere. cJSON takes one for white space between
  * tokens and copies it into a string as is, where a raw NUL cuts the C string:
@@ -212,7 +218,7 @@ static bool json_has_nul(const char *s, size_t len)
 static bool json_has_control(const char *s, size_t len)
 {
     for (size_t i = 0; i < len; i++)
-        if ((unsigned char)s[i] < 0x20 && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
+        if ((unsigned char)s[i] < 0x20 && !json_space(s[i]))
             return true;
     return false;
 }
@@ -234,7 +240,7 @@ static int parse_object(const char *s, size_t len, const char *const *keys, memb
     /* cJSON stops after the object; anything but white space after it
      * ("{"delta":2}garbage") makes the payload bad JSON. */
     for (; end < s + len; end++) {
-        if (*end != ' ' && *end != '\t' && *end != '\r' && *end != '\n') {
+        if (!json_space(*end)) {
             cJSON_Delete(root);
             return TALLY_E_JSON;
         }
