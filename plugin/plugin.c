@@ -48,6 +48,7 @@ struct options {
     char presence_prefix[128];
     char bridge_clientids[1024];
     char bridge_usernames[1024];
+    char protect_clientids[1024];
     char admin_usernames[1024];
     char reader_usernames[1024];
     char viewer_usernames[1024];
@@ -98,6 +99,8 @@ static const struct opt_spec opt_specs[] = {
     OPT_S(presence_prefix, "a topic level without / + # or a leading $"),
     OPT_S(bridge_clientids, "comma-separated client ids or shell patterns (b-to-a,*-to-*)"),
     OPT_S(bridge_usernames, "comma-separated usernames or shell patterns"),
+    OPT_S(protect_clientids, "comma-separated client ids or shell patterns (*-to-*) that only a "
+                             "login with a bridge_usernames username may take"),
     OPT_S(admin_usernames, "comma-separated usernames or shell patterns allowed to use "
                            "$CONTROL/tally/v1"),
     OPT_S(reader_usernames, "comma-separated usernames or shell patterns allowed the read-only "
@@ -222,6 +225,9 @@ static int options_check(const struct options *o)
         bad = "acl", help = opt_help(bad);
     else if (strcmp(o->role, "node") != 0 && strcmp(o->role, "edge") != 0)
         bad = "role", help = opt_help(bad);
+    else if (o->protect_clientids[0] && !o->bridge_usernames[0])
+        bad = "protect_clientids", help = "needs plugin_opt_bridge_usernames: only a login with "
+                                          "one of those usernames may take the ids it names";
     if (!bad)
         return MOSQ_ERR_SUCCESS;
     mosquitto_log_printf(MOSQ_LOG_ERR, "tally: bad value for plugin_opt_%s: %s", bad, help);
@@ -310,7 +316,9 @@ static uint64_t next_seq(uint64_t *seq)
 
 /* Logs a refusal at most log_rate times a second; a flood of bad input
  * cannot fill the log, and what was left out is counted and said once. */
-static void refuse_log(const char *client, const char *action, const char *topic, int reason)
+/* At most log_rate refusal lines a second (a flood of bad input must not
+ * flood the log); false when this one is over it, and counted. */
+static bool refusal_loggable(void)
 {
     uint64_t now = mono_ms();
     if (now - g.log_window_ms >= 1000) {
@@ -323,10 +331,16 @@ static void refuse_log(const char *client, const char *action, const char *topic
         g.st.log_suppressed = 0;
     }
     if (g.log_count++ < (uint64_t)g.opt.log_rate)
+        return true;
+    g.st.log_suppressed++;
+    return false;
+}
+
+static void refuse_log(const char *client, const char *action, const char *topic, int reason)
+{
+    if (refusal_loggable())
         mosquitto_log_printf(MOSQ_LOG_WARNING, "tally: refused %s from client '%s' to '%s': %s",
                              action, client ? client : "?", topic, tally_strerror(reason));
-    else
-        g.st.log_suppressed++;
 }
 
 static int refuse(struct mosquitto *client, const char *topic, int reason)
@@ -382,6 +396,34 @@ static bool is_bridge(const struct mosquitto *client)
 {
     return list_match(g.opt.bridge_clientids, mosquitto_client_id(client)) ||
            list_match(g.opt.bridge_usernames, mosquitto_client_username(client));
+}
+
+/* A bridge's client id is also its session: a client connecting with it
+ * takes the session over and cuts the bridge. So a login with a protected id
+ * (protect_clientids) is refused unless it gives a bridge username, and every
+ * other login is deferred. Mosquitto 2.0.11 asks this callback before
+ * password_file's own (registered after every plugin) and stops at the first
+ * answer that is not a deferral; a deferral leaves the login to password_file
+ * or to other plugins exactly as if tally had not been asked, the bridge's
+ * own password check included. A refusal here comes before Mosquitto looks
+ * for the session the id names, so the bridge keeps it. Registered only where
+ * protect_clientids is set: with no password_file and no other plugin to
+ * decide, a deferral refuses every login that gives a username. */
+static int on_basic_auth(int event, void *event_data, void *userdata)
+{
+    (void)event;
+    (void)userdata;
+    const struct mosquitto_evt_basic_auth *ev = event_data;
+    const char *id = mosquitto_client_id(ev->client);
+    if (!list_match(g.opt.protect_clientids, id) ||
+        list_match(g.opt.bridge_usernames, ev->username))
+        return MOSQ_ERR_PLUGIN_DEFER;
+    if (refusal_loggable())
+        mosquitto_log_printf(MOSQ_LOG_WARNING,
+                             "tally: refused login of client '%s' (username '%s'): "
+                             "protect_clientids keeps that id for bridge_usernames",
+                             id, ev->username ? ev->username : "");
+    return MOSQ_ERR_AUTH;
 }
 
 /* ==== Topics ==== */
@@ -1910,6 +1952,12 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
             goto error;
         }
     }
+    if (g.opt.protect_clientids[0] &&
+        mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL) !=
+            MOSQ_ERR_SUCCESS) {
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot register callback for logins");
+        goto error;
+    }
     mosquitto_log_printf(MOSQ_LOG_NOTICE,
                          "tally: node %s (incarnation %016" PRIx64 "), %zu counters loaded, "
                          "totals on %s/<name>, viewers on %s/<page>",
@@ -1938,6 +1986,8 @@ TALLY_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *
     for (size_t i = 0; i < sizeof(callbacks) / sizeof(callbacks[0]); i++)
         mosquitto_callback_unregister(g.id, callbacks[i].event, callbacks[i].cb,
                                       callbacks[i].event_data);
+    if (g.opt.protect_clientids[0])
+        mosquitto_callback_unregister(g.id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
     persist_close(g.persist, &g.table, &g.dedup);
     g.persist = NULL;
     sync_writer_free(&g.writer);

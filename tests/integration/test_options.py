@@ -32,6 +32,8 @@ BAD_OPTIONS = [
     ("prefix", "$c", "a topic level without / \\+ #"),
     ("presence_prefix", "p#", "a topic level"),
     ("presence_prefix", "counters", "different from prefix"),
+    # No bridge username: no login could take the ids, the bridges' own neither.
+    ("protect_clientids", "*-to-*", "needs plugin_opt_bridge_usernames"),
 ]
 
 

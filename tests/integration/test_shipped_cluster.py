@@ -6,7 +6,11 @@ ports, paths and the plugin's path changed), with the password file written
 by the shipped script. With the old configs (`bridge_clientids *-to-*`) an
 anonymous client calling itself `b-to-a` wrote one forged replication
 message and a total jumped by a billion, for good (merges keep maxima).
+Now such a client is not even let in (`protect_clientids *-to-*`: a bridge's
+id is its session; test_bridge_takeover.py), and one with any other id is
+refused `$tally/`.
 """
+import fnmatch
 import glob
 import os
 import subprocess
@@ -42,9 +46,12 @@ def test_every_shipped_cluster_config_trusts_credentials_not_client_ids(path):
     assert "plugin_opt_bridge_clientids" not in keys, "a client id is no proof of a bridge"
     assert keys.get("plugin_opt_bridge_usernames") == "tally-bridge"
     assert keys.get("password_file"), "bridges' passwords must be checked"
+    assert keys.get("plugin_opt_protect_clientids") == "*-to-*", "a bridge's id is its session"
     for name, bridge in bridge_settings(path).items():
         assert bridge.get("remote_username") == "tally-bridge", name
         assert bridge.get("remote_password"), name
+        for client_id in (bridge["clientid"], "local." + bridge["clientid"]):
+            assert fnmatch.fnmatchcase(client_id, "*-to-*"), f"{name}: {client_id} unprotected"
 
 
 def mosquitto_pub(port, topic, payload_file, client_id, *extra):
@@ -88,14 +95,19 @@ def test_anonymous_client_with_a_bridge_id_cannot_change_totals(cluster, workdir
     for sender, counter in (("zz", "likes"), ("b", "likes"), ("zz", "fresh")):
         with open(forged, "wb") as f:
             f.write(forged_sync(sender, counter, FORGED_P))
-        # The ids of the real bridges, and one the old pattern *-to-* let in.
+        # The ids of the real bridges, and one the old pattern *-to-* let in:
+        # refused at CONNECT, before they could take a bridge's session.
         for client_id in ("b-to-a", "c-to-b", "x-to-anything"):
             for node in (a, b):
-                mosquitto_pub(node.port, f"$tally/v1/sync/{sender}", forged, client_id)
-                refusals.append((node, f"refused publish from client '{client_id}' to "
-                                       f"'$tally/v1/sync/{sender}': forbidden_topic"))
-    # The cluster still replicates (the real bridge was taken over by the
-    # impostor's connections and came back), and nothing forged counted.
+                out = mosquitto_pub(node.port, f"$tally/v1/sync/{sender}", forged, client_id)
+                assert "CONNACK (135)" in out and "sending PUBLISH" not in out, out
+                refusals.append((node, f"refused login of client '{client_id}'"))
+        # Any other id gets in, and is refused $tally/.
+        for node in (a, b):
+            mosquitto_pub(node.port, f"$tally/v1/sync/{sender}", forged, "impostor")
+            refusals.append((node, "refused publish from client 'impostor' to "
+                                   f"'$tally/v1/sync/{sender}': forbidden_topic"))
+    # The cluster still replicates, and nothing forged counted.
     count(a, "likes", 2)
     count(c, "likes", 3)
     for node in (a, b, c):

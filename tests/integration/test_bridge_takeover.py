@@ -1,0 +1,177 @@
+"""A bridge's client id is also its MQTT session: a client connecting with it
+takes the session over and cuts the bridge. With `protect_clientids`, tally
+refuses such a login at CONNECT unless it gives a `bridge_usernames` username
+(whose password `password_file` still checks), and leaves every other login to
+Mosquitto exactly as before.
+
+Without it (the old code), a client taking `b-to-a` every 0.2 s on the shipped
+cluster kept node a from hearing node b for as long as it went on."""
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import wait_for
+from shipped import PASSWORD, make_passwords
+from test_shipped_cluster import cluster, count  # noqa: F401  (the shipped cluster fixture)
+
+ACCEPTED, NOT_AUTHORISED = 0, 5  # MQTT 3.1.1 CONNACK return codes
+V5_NOT_AUTHORISED = 0x87
+ATTACK_PERIOD_S = 0.2
+
+
+def _str(b):
+    return len(b).to_bytes(2, "big") + b
+
+
+def connect(port, client_id, username=None, password=None, version=4):
+    """A raw CONNECT; (CONNACK return or reason code, the open socket)."""
+    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    body = _str(b"MQTT") + bytes([version, flags]) + (60).to_bytes(2, "big")
+    body += (b"\x00" if version == 5 else b"") + _str(client_id.encode())
+    if username is not None:
+        body += _str(username.encode())
+    if password is not None:
+        body += _str(password.encode())
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(bytes([0x10, len(body)]) + body)
+    ack = b""
+    while len(ack) < 4:
+        chunk = s.recv(4 - len(ack))
+        if not chunk:
+            break
+        ack += chunk
+    assert ack[:1] == b"\x20", f"no CONNACK for {client_id!r}: {ack!r}"
+    return ack[3], s
+
+
+def connack(port, client_id, username=None, password=None, version=4):
+    code, s = connect(port, client_id, username, password, version)
+    s.close()
+    return code
+
+
+class Attack:
+    """Every ATTACK_PERIOD_S, a new connection per (port, id), each held open
+    until the next: what cut the bridges before protect_clientids."""
+
+    def __init__(self, targets):
+        self.targets, self.codes, self.rounds = targets, [], 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        held = []
+        while not self.stop.is_set():
+            for port, client_id in self.targets:
+                code, s = connect(port, client_id)
+                self.codes.append((client_id, code))
+                held.append(s)
+            while len(held) > len(self.targets):
+                held.pop(0).close()
+            self.rounds += 1
+            self.stop.wait(ATTACK_PERIOD_S)
+        for s in held:
+            s.close()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(15)
+
+
+def test_a_client_taking_bridge_ids_is_refused_and_the_nodes_keep_converging(cluster):
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    count(c, "likes", 1)
+    for node in (a, b, c):
+        node.wait_total("likes", 1, timeout=20)
+    # The bridges' ids where they log in, and their local sides (local.<id>),
+    # which are sessions on the bridging node itself.
+    targets = [(a.port, "b-to-a"), (b.port, "c-to-b"), (b.port, "local.b-to-a"),
+               (c.port, "local.c-to-b")]
+    with Attack(targets) as attack:
+        wait_for(lambda: attack.rounds >= 5, 10, what="a second of the attack")
+        started = time.monotonic()
+        count(b, "likes", 2)
+        count(c, "likes", 3)
+        # Bounded: one hop or two plus a broker loop, far less than a
+        # reconnecting bridge's backoff (restart_timeout 1 10).
+        a.wait_total("likes", 6, timeout=8)
+        b.wait_total("likes", 6, timeout=8)
+        took = time.monotonic() - started
+        assert attack.thread.is_alive(), "the attack ended before the totals arrived"
+        wait_for(lambda: attack.rounds >= 25, 15, what="five seconds of the attack")
+    print(f"totals arrived at a {took:.2f} s into the attack; {attack.rounds} rounds of "
+          f"{len(targets)} connections")
+    assert attack.codes and all(code == NOT_AUTHORISED for _, code in attack.codes), attack.codes
+    for node in (a, b, c):
+        log = node.read_log()
+        assert "already connected, closing old connection" not in log, f"{node.name} cut"
+    assert "tally: refused login of client 'b-to-a' (username '')" in a.read_log()
+    assert "tally: refused login of client 'local.b-to-a'" in b.read_log()
+    # A bridge with the right username and password still takes its id (the
+    # bridge's own session is taken over: a real bridge reconnecting does that).
+    assert connack(a.port, "b-to-a", "tally-bridge", PASSWORD["tally-bridge"]) == ACCEPTED
+    count(b, "likes", 4)
+    for node in (a, b, c):
+        node.wait_total("likes", 10, timeout=30)
+
+
+# (client id, username, password): every kind of login, on ids tally
+# protects (*-to-*) and on ids it does not.
+LOGINS = [
+    (cid, user, pw)
+    for cid in ("dev-1", "b-to-a", "local.b-to-a")
+    for user, pw in ((None, None), ("device", PASSWORD["device"]), ("device", "wrong"),
+                     ("device", None), ("nobody", "x"),
+                     ("tally-bridge", PASSWORD["tally-bridge"]), ("tally-bridge", "wrong"))
+]
+
+
+def outcomes(broker, version=4):
+    return {login: connack(broker.port, *login, version=version) for login in LOGINS}
+
+
+@pytest.mark.parametrize("anonymous", ["true", "false"])
+def test_every_other_login_is_decided_as_without_protect_clientids(brokers, workdir, anonymous):
+    passwords = make_passwords(f"{workdir}/passwords")
+    extra = f"allow_anonymous {anonymous}\npassword_file {passwords}\n"
+    plain = brokers("plain", options={"bridge_usernames": "tally-bridge"}, extra=extra)
+    guarded = brokers("guarded", extra=extra, options={"bridge_usernames": "tally-bridge",
+                                                       "protect_clientids": "*-to-*"})
+    before, after = outcomes(plain), outcomes(guarded)
+    changed = {login for login in LOGINS if before[login] != after[login]}
+    protected_not_bridge = {(cid, user, pw) for cid, user, pw in LOGINS
+                            if "-to-" in cid and user != "tally-bridge"}
+    # What the password file and allow_anonymous decide, without tally:
+    assert before[("dev-1", None, None)] == (ACCEPTED if anonymous == "true" else NOT_AUTHORISED)
+    assert before[("dev-1", "device", PASSWORD["device"])] == ACCEPTED
+    assert before[("dev-1", "device", "wrong")] == NOT_AUTHORISED
+    assert before[("b-to-a", "tally-bridge", PASSWORD["tally-bridge"])] == ACCEPTED
+    # With tally: the protected ids are refused to everyone but the bridges'
+    # user, and nothing else changes, the bridges' wrong password included.
+    assert all(after[login] == NOT_AUTHORISED for login in protected_not_bridge), after
+    assert changed == {login for login in protected_not_bridge if before[login] == ACCEPTED}
+    assert after[("b-to-a", "tally-bridge", "wrong")] == NOT_AUTHORISED
+    # MQTT v5 clients are refused alike (reason code 0x87).
+    assert connack(guarded.port, "b-to-a", version=5) == (
+        V5_NOT_AUTHORISED)
+    assert connack(guarded.port, "b-to-a", "tally-bridge", PASSWORD["tally-bridge"],
+                   version=5) == ACCEPTED
+
+
+def test_with_no_password_file_logins_with_a_username_are_refused(brokers):
+    """README's limit, as it is: with nothing else deciding logins (no
+    password_file, no auth plugin), Mosquitto 2.0.11 refuses a login with a
+    username once any plugin joins the login check, and lets it in without."""
+    options = {"bridge_usernames": "tally-bridge"}
+    plain = brokers("plain", options=options)
+    guarded = brokers("guarded", options={**options, "protect_clientids": "*-to-*"})
+    assert connack(plain.port, "dev-1", "anyone", "x") == ACCEPTED
+    assert connack(guarded.port, "dev-1", "anyone", "x") == NOT_AUTHORISED
+    assert connack(guarded.port, "dev-1") == ACCEPTED
+    assert connack(guarded.port, "b-to-a") == NOT_AUTHORISED
