@@ -111,9 +111,15 @@ def test_compose_cluster_replicates_with_credentials_only(brokers, root, workdir
     forged = os.path.join(workdir, "forged.bin")
     with open(forged, "wb") as f:
         f.write(forged_sync("zz", "likes", 10 ** 9))
-    subprocess.run(["mosquitto_pub", "-p", str(nodes["a"].port), "-i", "b-to-a", "-q", "1",
-                    "-t", "$tally/v1/sync/zz", "-f", forged], capture_output=True, timeout=20)
+    # A bridge's id is refused at CONNECT (protect_clientids *-to-*); any
+    # other id gets in and is refused $tally/.
+    for client_id in ("b-to-a", "impostor"):
+        subprocess.run(["mosquitto_pub", "-p", str(nodes["a"].port), "-i", client_id, "-q", "1",
+                        "-t", "$tally/v1/sync/zz", "-f", forged], capture_output=True,
+                       timeout=20)
     assert nodes["a"].pub("counters/likes/inc", "1").returncode == 0
     for node in nodes.values():
         node.wait_total("likes", 5, timeout=30)
-    assert "'b-to-a' to '$tally/v1/sync/zz': forbidden_topic" in nodes["a"].read_log()
+    log = nodes["a"].read_log()
+    assert "tally: refused login of client 'b-to-a'" in log
+    assert "'impostor' to '$tally/v1/sync/zz': forbidden_topic" in log
