@@ -6,6 +6,7 @@ Mosquitto exactly as before.
 
 Without it (the old code), a client taking `b-to-a` every 0.2 s on the shipped
 cluster kept node a from hearing node b for as long as it went on."""
+import signal
 import socket
 import threading
 import time
@@ -158,10 +159,14 @@ def test_every_other_login_is_decided_as_without_protect_clientids(brokers, work
     assert changed == {login for login in protected_not_bridge if before[login] == ACCEPTED}
     assert after[("b-to-a", "tally-bridge", "wrong")] == NOT_AUTHORISED
     # MQTT v5 clients are refused alike (reason code 0x87).
-    assert connack(guarded.port, "b-to-a", version=5) == (
-        V5_NOT_AUTHORISED)
+    assert connack(guarded.port, "b-to-a", version=5) == V5_NOT_AUTHORISED
     assert connack(guarded.port, "b-to-a", "tally-bridge", PASSWORD["tally-bridge"],
                    version=5) == ACCEPTED
+    # A reload (SIGHUP) registers password_file's check again, still after
+    # tally's: every login is decided as before it.
+    guarded.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "Reloading config." in guarded.read_log(), 10, what="the reload")
+    assert outcomes(guarded) == after
 
 
 def test_with_no_password_file_logins_with_a_username_are_refused(brokers):
