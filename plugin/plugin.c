@@ -314,10 +314,9 @@ static uint64_t next_seq(uint64_t *seq)
 
 /* ==== Logging of refused input, rate-limited ==== */
 
-/* Logs a refusal at most log_rate times a second; a flood of bad input
- * cannot fill the log, and what was left out is counted and said once. */
-/* At most log_rate refusal lines a second (a flood of bad input must not
- * flood the log); false when this one is over it, and counted. */
+/* At most log_rate refusal lines a second: a flood of bad input cannot fill
+ * the log, and what was left out is counted and said once. False when this
+ * one is over the rate. */
 static bool refusal_loggable(void)
 {
     uint64_t now = mono_ms();
