@@ -4,6 +4,8 @@
 Environment:
   TALLY_BUILD    build directory (default: <repo>/build)
   TALLY_PRELOAD  a runtime to LD_PRELOAD into every broker (sanitizer runs)
+  TALLY_KEEP_WORKDIR  1: a failed test's brokers' configs, logs and state are kept, and the
+                 directory is named in the test's output; always: every test's
 """
 import os
 import shutil
@@ -242,10 +244,24 @@ class Client:
         self.c.loop_stop()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (rep_setup, rep_call), for the workdir fixture."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
 @pytest.fixture
-def workdir():
+def workdir(request):
     d = tempfile.mkdtemp(prefix="tally-test-")
     yield d
+    failed = any(getattr(request.node, f"rep_{when}", None) is not None
+                 and getattr(request.node, f"rep_{when}").failed for when in ("setup", "call"))
+    keep = os.environ.get("TALLY_KEEP_WORKDIR", "")
+    if keep == "always" or (failed and keep):
+        print(f"\nkept the brokers' directory of {request.node.name}: {d}")
+        return
     shutil.rmtree(d, ignore_errors=True)
 
 
