@@ -184,9 +184,10 @@
  * Liveness and repair ride on each hub's own heartbeat, which lists the
  * edges it carries ("the heartbeat's listing", below): an edge stays counted
  * while a live hub lists it, and an edge that goes silent leaves every count
- * peer_timeout_ms after its hub last heard it. A hub that dies has its own
- * viewers expired, not its edges': they are their own origins, listed by
- * their new hub once they have moved.
+ * peer_timeout_ms after its hub last heard it, and is counted again once
+ * heard (by its hub from its record, by the others wanting its pages). A hub
+ * that dies has its own viewers expired, not its edges': they are their own
+ * origins, listed by their new hub once they have moved.
  *
  * ---- Invariants ----
  *
@@ -1222,7 +1223,11 @@ static int hub_read_pages(struct tier_child *ch, struct wire_reader *r, bool app
 #define UP_SEQ_MAX ((uint64_t)1 << 47)
 
 /* The child's viewers as its presence origin, after a part that changed
- * them. */
+ * them, or once it is heard again after its origin expired. plugin.c expires
+ * a silent origin at every tick, and the child's record (tier_hub_expire) at
+ * most once a publish interval: a child heard in between keeps its record,
+ * its session and its acknowledgements, so it does not send its page list
+ * again, and the record's list is all there is to count. */
 static int hub_apply_presence(struct tally_presence *pr, struct tier_child *ch, bool pages,
                               uint64_t now_ms)
 {
@@ -1230,7 +1235,9 @@ static int hub_apply_presence(struct tally_presence *pr, struct tier_child *ch, 
     if (!o)
         return TALLY_E_NOMEM;
     o->last_heard_ms = now_ms;
-    if (!pages || (o->incarnation == ch->incarnation && RELAY_SEQ(ch->seq) <= o->seq))
+    if (!pages && o->alive)
+        return TALLY_OK;
+    if (o->incarnation == ch->incarnation && RELAY_SEQ(ch->seq) <= o->seq)
         return TALLY_OK;
     o->incarnation = ch->incarnation;
     o->seq = RELAY_SEQ(ch->seq);

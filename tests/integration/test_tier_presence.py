@@ -28,6 +28,16 @@ def all_home(ws, value):
     return all(home(w) == value for w in ws.values())
 
 
+def wait_all_home(groups, value, timeout, what):
+    """Waits until every watcher in groups (dicts of node name: Watcher) reads value; the
+    failure names each node's count."""
+    try:
+        wait_for(lambda: all(all_home(ws, value) for ws in groups), timeout, what=what)
+    except AssertionError as e:
+        counts = {n: home(w) for ws in groups for n, w in ws.items()}
+        raise AssertionError(f"{e}; presence/home: {counts}") from None
+
+
 def test_quiet_edges_stay_counted_at_every_hub(brokers, closing):
     """Edges whose viewers do not change are relayed once; the hubs' listings keep them
     counted at the other hub for many times peer_timeout_ms, without a dip."""
@@ -67,5 +77,32 @@ def test_a_silent_edge_leaves_every_count_within_peer_timeout_and_comes_back(bro
     finally:
         e1.proc.send_signal(signal.SIGCONT)
     readers_at_edges = readers(edges, closing)
-    wait_for(lambda: all_home(ws, "8") and all_home(readers_at_edges, "8"), 20,
-             what="e1's viewers counted again, once, everywhere")
+    wait_all_home([ws, readers_at_edges], "8", 20,
+                  what="e1's viewers counted again, once, everywhere")
+
+
+def test_an_edge_thawed_between_its_viewers_expiry_and_its_records_is_counted_again(
+        brokers, closing):
+    """Regression: a hub expires a silent edge's viewers at every broker loop, and its record
+    of the edge only at its next publish interval. e1 thawed in between kept its record, its
+    session and its acknowledgements at h1, so it never sent its page list again: h1 (and its
+    edges, by DOWN) counted none of e1's viewers for as long as e1 lived. The test above hit
+    that window about one run in eight (the interval is 100 ms); here the hubs publish once a
+    second, and e1 is thawed as soon as h1's count drops, well inside it."""
+    h1, h2, edges = tree(brokers, hub_options={"publish_interval_ms": "1000"})
+    ws = readers([h1, h2], closing)
+    viewers(edges, closing)
+    wait_for(lambda: all_home(ws, "8"), 20, what="8 viewers of home at both hubs")
+    # e1 sends its page list in every UP until h1 acknowledges it (in a DOWN, at h1's next
+    # interval): frozen before that, its first UP thawed would carry the list again
+    time.sleep(2.5)
+    e1 = edges[0]
+    e1.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: home(ws["h1"]) == "6", 4 * TIMEOUT_S, interval=0.01,
+                 what="e1's two viewers to leave h1")
+    finally:
+        e1.proc.send_signal(signal.SIGCONT)
+    readers_at_edges = readers(edges, closing)
+    wait_all_home([ws, readers_at_edges], "8", 20,
+                  what="e1's viewers counted again, once, everywhere")

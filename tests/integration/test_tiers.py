@@ -39,11 +39,13 @@ def bridged_to(edge):
                                        edge.read_log())]
 
 
-def tree(brokers, options=None):
-    """Hubs h1 and h2 (a cluster of two); edges e1, e2 on h1 (h2 second), e3, e4 on h2."""
+def tree(brokers, options=None, hub_options=None):
+    """Hubs h1 and h2 (a cluster of two); edges e1, e2 on h1 (h2 second), e3, e4 on h2.
+    options: every node's; hub_options: the hubs' besides."""
     opts = dict(OPTIONS, **(options or {}))
-    h1 = brokers("h1", options=dict(opts))
-    h2 = brokers("h2", options=dict(opts), bridges=[{"name": "h2-to-h1", "port": h1.port}])
+    hub_opts = dict(opts, **(hub_options or {}))
+    h1 = brokers("h1", options=dict(hub_opts))
+    h2 = brokers("h2", options=dict(hub_opts), bridges=[{"name": "h2-to-h1", "port": h1.port}])
     edges = []
     for i, hubs in enumerate([(h1, h2), (h1, h2), (h2, h1), (h2, h1)], start=1):
         name = f"e{i}"

@@ -543,13 +543,19 @@ static uint32_t heartbeat(struct node *hub, struct node *to)
     return wants;
 }
 
-/* What plugin.c's tick expires at a hub: silent children, silent origins. */
-static void expire(struct node *hub)
+/* What plugin.c's tick expires at a hub: silent origins (every tick)... */
+static void expire_origins(struct node *hub)
 {
-    tier_hub_expire(&hub->hub, now, TIMEOUT);
     for (struct tally_origin *o = hub->pr.origins; o; o = o->hh.next)
         if (o->alive && now - o->last_heard_ms > TIMEOUT)
             presence_origin_expire(&hub->pr, o);
+}
+
+/* ... and silent children (at most once a publish interval). */
+static void expire(struct node *hub)
+{
+    tier_hub_expire(&hub->hub, now, TIMEOUT);
+    expire_origins(hub);
 }
 
 static void viewers(struct node *edge, const char *page, int n)
@@ -673,6 +679,52 @@ START_TEST(an_edge_that_moves_off_a_dead_hub_is_counted_once)
     }
     ck_assert(!presence_origin(&c->pr, "a")->alive); /* a is gone, e is not */
     ck_assert(presence_origin(&c->pr, "e")->alive);
+}
+END_TEST
+
+/* Regression: a hub expires a silent edge's origin at every tick and its
+ * record at most once a publish interval. e, frozen (SIGSTOP) and thawed in
+ * between, kept its record, its session and its acknowledgements at a, so
+ * its UPs carried no page list again: a counted none of its viewers for as
+ * long as it lived (nor did a's edges, by DOWN), while b had them back by
+ * a's listing. e heard again counts again at a, and at b. */
+START_TEST(an_edge_heard_after_its_origin_expired_but_not_its_record_counts_again)
+{
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    relay(&a, "e", &b);
+    heartbeat(&a, &b);
+    now += 10;
+    round_trip(&e, &a); /* under a's session: its page list acknowledged */
+    ck_assert(!e.edge.pages_changed && e.edge.pages_sent_seq <= e.edge.acked);
+    ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 2);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    now += TIMEOUT + 1;
+    expire_origins(&a);
+    expire_origins(&b);
+    ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 0);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 0);
+    now += 10;
+    ck_assert(up(&e)); /* a heartbeat, without the page list */
+    ck_assert(!e.edge.pages_changed && e.edge.pages_sent_seq <= e.edge.acked);
+    ck_assert_ptr_eq(hub_takes(&a), tier_hub_child(&a.hub, "e")); /* the same record */
+    expire(&a);
+    ck_assert_ptr_nonnull(tier_hub_child(&a.hub, "e"));
+    ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 2);
+    heartbeat(&a, &b);
+    ck_assert_uint_eq(heartbeat(&b, &a), 1); /* b wants e */
+    relay(&a, "e", &b);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    for (int s = 0; s < 3 * TIMEOUT / HB; s++) {
+        now += HB;
+        round_trip(&e, &a);
+        relay(&a, "e", &b);
+        heartbeat(&a, &b);
+        expire(&a);
+        expire(&b);
+        ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 2);
+        ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    }
 }
 END_TEST
 
@@ -849,6 +901,7 @@ Suite *tier_suite(void)
     tcase_add_test(tc, a_listed_edge_stays_alive_and_leaves_once_unheard);
     tcase_add_test(tc, a_lost_relay_is_wanted_and_sent_again);
     tcase_add_test(tc, an_edge_that_moves_off_a_dead_hub_is_counted_once);
+    tcase_add_test(tc, an_edge_heard_after_its_origin_expired_but_not_its_record_counts_again);
     tcase_add_test(tc, bad_messages_are_refused);
     tcase_add_test(tc, an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone);
     tcase_add_test(tc, a_lost_part_is_not_acknowledged);
