@@ -15,6 +15,15 @@ heavy="--hubs 6 --edges 5 --seconds 30 --loss 0.2 --delay 200 --kill-hubs 1 --re
   --kill-edges 3 --link-failures 6"
 mixed="--hubs 10 --edges 8 --seconds 20 --loss 0.05 --delay 100 --kill-hubs 2 --restart-hubs 3
   --kill-edges 6 --link-failures 12"
+# Edges stopped (SIGSTOP) for peer_timeout_ms +- 2 s under two hubs (three or
+# more in a ring hand a hub its own relays back, which heals what is below).
+# A hub expires an edge's viewers at every loop pass and its record of the
+# edge at most once a publish interval (plugin.c): one thawed in between must
+# be counted again (b38098a; without it, seeds 2 and 5 of the first line and
+# about one in five of the second end with its viewers missing at its hub).
+frozen="--hubs 2 --edges 5 --seconds 30 --freeze-edges 6 --publish-interval 1000"
+thawing="--hubs 2 --edges 8 --seconds 30 --loss 0.05 --delay 50 --kill-edges 2 --restart-hubs 1
+  --freeze-edges 8 --publish-interval 500"
 # Heavy loss and delay, a hub lost for good, a hub that comes back (its edges
 # move away and back), edges lost for good, hub-to-hub links down.
 run $heavy --seed 1
@@ -25,11 +34,13 @@ run --hubs 10 --edges 20 --seconds 30 --loss 0.02 --kill-hubs 2 --restart-hubs 2
 # UP, DOWN and relays cut at 110 bytes (a part holds one or two entries), under
 # the same heavy loss and faults: parts lost, acks stopping before them.
 run $heavy --tier-bytes 110 --seed 1
+run $frozen --seed 2
+run $frozen --seed 5
 # Many more schedules of the same faults: each seed places the losses, delays,
 # deaths and cuts elsewhere (a run takes well under a second). One line each.
 failed=0
 for seed in $(seq 100 139); do
-  for cfg in "$heavy" "$heavy --tier-bytes 110" "$mixed"; do
+  for cfg in "$heavy" "$heavy --tier-bytes 110" "$mixed" "$thawing"; do
     # shellcheck disable=SC2086
     if ! out=$("$sim" --check $cfg --seed "$seed" 2>&1); then
       echo "FAILED: tally_sim $cfg --seed $seed" | tr -s ' \n' ' '
@@ -39,7 +50,7 @@ for seed in $(seq 100 139); do
     fi
   done
 done
-[ "$failed" = 0 ] && echo "== 120 more schedules (seeds 100-139, three fault mixes): all exact"
+[ "$failed" = 0 ] && echo "== 160 more schedules (seeds 100-139, four fault mixes): all exact"
 if [ "${2:-}" = large ]; then
   run --hubs 40 --edges 50 --seconds 20 --loss 0.02 --kill-hubs 4 --restart-hubs 4 \
     --kill-edges 40 --link-failures 20 --seed 7

@@ -7,10 +7,15 @@
  * among themselves; every message is the bytes those modules write (UP,
  * DOWN, SYNC, DIGEST, PRESENCE) and is decoded by them on arrival. What the
  * simulation stands in for is Mosquitto: the bridges (a message from one node
- * to a neighbour arrives after a delay, or is lost), the broker loop (a tick
- * every publish interval), and the glue plugin.c has around these modules:
- * when to call them, and the flooding of presence between hubs (apply if
- * newer, send on to the other neighbours), which is ten lines there too.
+ * to a neighbour arrives after a delay, or is lost), the broker loop (a pass
+ * every TICK_MS when idle, and one after each message a hub reads), and the
+ * glue plugin.c has around these modules: when to call them, and the
+ * flooding of presence between hubs (apply if newer, send on to the other
+ * neighbours), which is ten lines there too. The glue keeps plugin.c's
+ * cadences, which differ: a hub expires a silent origin at every loop pass
+ * (expire_peers), but its records of its edges (tier_hub_expire) and its
+ * DOWNs at most once a publish interval (hub_tick), so a message can land
+ * between the two (b38098a was such a gap).
  *
  * The model of a deployment: H hubs in a ring with chords (each hub bridged to
  * the hubs 1 and sqrt(H) away on either side, so that one lost hub leaves the
@@ -23,13 +28,19 @@
  *
  * Faults: every message is lost with probability --loss and delayed by 1 to
  * --delay ms; --kill-hubs hubs die for good in the middle of the load,
- * --kill-edges edges too (they stop writing 3 s before, so that what they
- * acknowledged had time to leave: an edge that dies with unsent increments
- * loses them with its disk, as any node does); --restart-hubs hubs die and
+ * --kill-edges edges too (they stop writing 3 s before, and die once their
+ * hub holds all they wrote: an edge that dies with unsent increments loses
+ * them with its disk, as any node does, and the truth here would not know
+ * it; with a publish interval of a second and heavy loss, 3 s was not always
+ * enough); --restart-hubs hubs die and
  * come back with their state 10 s later (their edges move away and back);
  * --link-failures hub-to-hub links go down for 2 to 10 s each. --tier-bytes
  * cuts UP, DOWN and relays at that size (a few entries a part when small),
- * so that lost parts are part of the run.
+ * so that lost parts are part of the run. --freeze-edges edges stop (SIGSTOP)
+ * once each during the load for peer_timeout_ms +- 2 s: they neither tick nor
+ * read, what is sent to them waits, and their hub expires them, or is about
+ * to, when they thaw. --publish-interval sets plugin_opt_publish_interval_ms
+ * (hubs' DOWNs and record expiry, edges' UPs), which widens that gap.
  *
  * After the load stops and the faults heal, it waits until every hub and
  * every live edge shows the exact totals (every increment made, counted
@@ -94,26 +105,40 @@ struct node {
     struct link *links;
     uint32_t nlinks;
     uint64_t last_digest, revive_at;
+    uint64_t last_tier;   /* plugin.c's hub_tick: at most once a publish interval */
+    uint64_t origins_due; /* no origin can expire before: skips expire_peers' scan */
     uint64_t presence_seq, last_heartbeat; /* its PRESENCE heartbeats */
     /* edge */
     struct tier_edge edge;
     uint32_t addr[2], at; /* bridge addresses; the connected one, or UINT32_MAX */
     uint64_t reconnect_at, on_backup_since, quiet_from, dies_at;
-    uint64_t up_last_at, down_last_at; /* as link.last_at, for its bridge */
-    uint32_t own[2];                   /* the counters it writes */
-    int64_t last_shown[2];             /* what it showed of them: never less later */
-    uint32_t page;                     /* its pages: "home" and page */
+    uint64_t frozen_from, frozen_until; /* stopped (SIGSTOP) in [from, until) */
+    uint64_t up_last_at, down_last_at;  /* as link.last_at, for its bridge */
+    uint32_t own[2];                    /* the counters it writes */
+    int64_t last_shown[2];              /* what it showed of them: never less later */
+    uint32_t page;                      /* its pages: "home" and page */
 };
 
 static struct {
     uint32_t hubs, edges_per_hub, counters, pages;
     uint64_t load_ms, max_ms, seed;
     double loss;
-    uint32_t delay_ms, kill_hubs, kill_edges, restart_hubs, link_failures;
+    uint32_t delay_ms, kill_hubs, kill_edges, restart_hubs, link_failures, freeze_edges;
+    uint64_t publish_ms; /* plugin_opt_publish_interval_ms */
     bool check, quiet;
     double rate;       /* increments a second per edge */
     size_t tier_bytes; /* UP, DOWN and relays are cut at this (the plugin's max_message_bytes) */
-} opt = {40, 50, 100, 20, 20000, 300000, 1, 0.0, 20, 0, 0, 0, 0, false, false, 2.0, MAX_MESSAGE};
+} opt = {.hubs = 40,
+         .edges_per_hub = 50,
+         .counters = 100,
+         .pages = 20,
+         .load_ms = 20000,
+         .max_ms = 300000,
+         .seed = 1,
+         .delay_ms = 20,
+         .publish_ms = TICK_MS,
+         .rate = 2.0,
+         .tier_bytes = MAX_MESSAGE};
 
 static struct node *nodes;
 static uint32_t nnodes;
@@ -371,14 +396,58 @@ static void hub_on_up(struct node *n, const struct msg *m)
     hub_relay(n, ch);
 }
 
-static void hub_expire(struct node *n)
+/* As plugin.c's expire_peers, at every loop pass: silent origins. Their
+ * last hearing only moves on, and one alive again or new is heard after the
+ * last scan, so none expires before the earliest deadline that scan saw
+ * (or its own time's). */
+static void hub_expire_origins(struct node *n)
 {
-    tier_hub_expire(&n->tier, now, PEER_TIMEOUT_MS);
-    for (struct tally_origin *o = n->pr.origins; o; o = o->hh.next)
-        if (o->alive && now - o->last_heard_ms > PEER_TIMEOUT_MS)
+    if (now <= n->origins_due)
+        return;
+    n->origins_due = now + PEER_TIMEOUT_MS;
+    for (struct tally_origin *o = n->pr.origins; o; o = o->hh.next) {
+        if (!o->alive)
+            continue;
+        if (now - o->last_heard_ms > PEER_TIMEOUT_MS)
             presence_origin_expire(&n->pr, o);
+        else if (o->last_heard_ms + PEER_TIMEOUT_MS < n->origins_due)
+            n->origins_due = o->last_heard_ms + PEER_TIMEOUT_MS;
+    }
 }
 
+/* As plugin.c's hub_tick, at most once a publish interval: silent children
+ * forgotten, then the relays hubs want and the DOWNs. */
+static void hub_tier_tick(uint32_t i)
+{
+    struct node *n = &nodes[i];
+    if (now - n->last_tier < opt.publish_ms)
+        return;
+    n->last_tier = now;
+    struct wire_buf b = {0};
+    tier_hub_expire(&n->tier, now, PEER_TIMEOUT_MS);
+    tier_hub_tick(&n->tier);
+    for (struct tier_child *ch = NULL; (ch = tier_hub_next(&n->tier, ch));) {
+        uint32_t e = opt.hubs + (uint32_t)atoi(tier_child_id(ch) + 1);
+        hub_relay(n, ch); /* one a hub wants */
+        struct route r = {i, e, K_DOWN};
+        if (tier_hub_down(&n->tier, &n->t, &n->pr, ch, now, HEARTBEAT_MS, opt.tier_bytes, &b,
+                          route_part, &r) != TALLY_OK)
+            abort();
+    }
+    wbuf_free(&b);
+}
+
+/* What plugin.c's on_tick does at a hub on each loop pass, in its order. */
+static void hub_pass(uint32_t i)
+{
+    struct node *n = &nodes[i];
+    hub_expire_origins(n);
+    if (now - n->last_heartbeat >= HEARTBEAT_MS)
+        hub_heartbeat(n);
+    hub_tier_tick(i);
+}
+
+/* A loop pass on the idle timer: replication, then what every pass does. */
 static void hub_tick(uint32_t i)
 {
     struct node *n = &nodes[i];
@@ -392,28 +461,16 @@ static void hub_tick(uint32_t i)
         broadcast(i, K_DIGEST, &b, UINT32_MAX);
         n->last_digest = now;
     }
-    tier_hub_tick(&n->tier);
-    for (uint32_t e = opt.hubs; e < nnodes; e++) {
-        if (nodes[e].at != i || !nodes[e].alive)
-            continue;
-        struct tier_child *ch = tier_hub_child(&n->tier, nodes[e].id);
-        if (ch)
-            hub_relay(n, ch); /* one a hub wants */
-        struct route r = {i, e, K_DOWN};
-        if (ch && tier_hub_down(&n->tier, &n->t, &n->pr, ch, now, HEARTBEAT_MS, opt.tier_bytes, &b,
-                                route_part, &r) != TALLY_OK)
-            abort();
-    }
-    hub_expire(n);
-    if (now - n->last_heartbeat >= HEARTBEAT_MS)
-        hub_heartbeat(n);
     wbuf_free(&b);
+    hub_pass(i);
 }
 
 static void hub_start(uint32_t i)
 {
     struct node *n = &nodes[i];
     n->alive = true;
+    n->last_tier = 0;
+    n->origins_due = 0;
     tier_hub_init(&n->tier, n->id, (rnd() << 16) | 1);
     repl_init(&n->repl, rnd() | 1);
     presence_init(&n->pr, 1000000);
@@ -482,21 +539,49 @@ static void edge_no_step_back(struct node *n)
     }
 }
 
+/* Its hub holds its slot of the counters it writes as it does. */
+static bool edge_settled(struct node *n)
+{
+    if (n->at == UINT32_MAX)
+        return false;
+    struct node *hub = &nodes[n->at];
+    for (int k = 0; k < 2; k++) {
+        char name[16];
+        size_t len;
+        uint32_t mine, theirs;
+        name_of(n->own[k], name, &len);
+        const struct tally_counter *c = table_find(&n->t, name, len);
+        const struct tally_counter *hc = table_find(&hub->t, name, len);
+        if (!c)
+            continue;
+        if (!hc || table_replica(&n->t, n->id, strlen(n->id), n->edge.incarnation, &mine) ||
+            table_replica(&hub->t, n->id, strlen(n->id), n->edge.incarnation, &theirs))
+            return false;
+        const struct tally_slot *a = counter_slot(c, mine), *b = counter_slot(hc, theirs);
+        if (a && (!b || b->p < a->p))
+            return false;
+    }
+    return true;
+}
+
 static void edge_tick(uint32_t i)
 {
     struct node *n = &nodes[i];
-    if (n->dies_at && now >= n->dies_at) {
+    if (n->dies_at && now >= n->dies_at && edge_settled(n)) {
         n->alive = false;
         return;
     }
+    if (now >= n->frozen_from && now < n->frozen_until)
+        return;
     edge_no_step_back(n);
     if (now < opt.load_ms && now < n->quiet_from && rnd01() < opt.rate * TICK_MS / 1000.0)
         edge_increment(n);
     edge_bridge(n);
     struct wire_buf b = {0};
     struct route r = {i, n->at, K_UP};
-    if (n->at != UINT32_MAX && tier_edge_up(&n->edge, &n->t, &n->pr, now, TICK_MS, HEARTBEAT_MS,
-                                            opt.tier_bytes, &b, route_part, &r) != TALLY_OK)
+    if (n->at != UINT32_MAX &&
+        tier_edge_up(&n->edge, &n->t, &n->pr, now, opt.publish_ms, HEARTBEAT_MS, opt.tier_bytes, &b,
+                     route_part, &r) != TALLY_OK)
         abort();
     wbuf_free(&b);
 }
@@ -519,6 +604,7 @@ static void edge_start(uint32_t i)
     n->addr[1] = (home + 1) % opt.hubs;
     n->at = home;
     n->quiet_from = UINT64_MAX;
+    n->frozen_from = n->frozen_until = UINT64_MAX;
     n->own[0] = 0;
     n->own[1] = 1 + e % (opt.counters - 1);
     n->page = e % opt.pages;
@@ -593,6 +679,18 @@ static void faults(void)
         struct node *n = &nodes[opt.hubs + rnd() % (nnodes - opt.hubs)];
         n->quiet_from = mid - 3000;
         n->dies_at = mid;
+    }
+    /* Not one that dies: what it had not sent would be lost with it. */
+    for (uint32_t k = 0, tries = 0; k < opt.freeze_edges && tries < 100 * opt.freeze_edges;
+         tries++) {
+        struct node *n = &nodes[opt.hubs + rnd() % (nnodes - opt.hubs)];
+        if (n->dies_at)
+            continue;
+        k++;
+        uint64_t last =
+            opt.load_ms > PEER_TIMEOUT_MS + 4000 ? opt.load_ms - PEER_TIMEOUT_MS - 4000 : 0;
+        n->frozen_from = 1000 + rnd() % (last + 1);
+        n->frozen_until = n->frozen_from + PEER_TIMEOUT_MS - 2000 + rnd() % 4001;
     }
     for (uint32_t k = 0; k < opt.link_failures && opt.hubs > 1; k++) {
         struct node *n = &nodes[rnd() % opt.hubs];
@@ -757,20 +855,31 @@ static void usage(void)
     fprintf(stderr, "usage: tally-sim [--hubs H] [--edges E per hub] [--counters K] [--pages P]\n"
                     "  [--seconds S of load] [--rate R inc/s an edge] [--loss L] [--delay MS]\n"
                     "  [--kill-hubs N] [--kill-edges N] [--restart-hubs N] [--link-failures N]\n"
-                    "  [--tier-bytes B] [--seed X] [--check]\n");
+                    "  [--freeze-edges N] [--publish-interval MS] [--tier-bytes B] [--seed X]\n"
+                    "  [--check]\n");
     exit(2);
 }
 
 static void options(int argc, char **argv)
 {
-    static const struct option longs[] = {{"hubs", 1, 0, 'H'},         {"edges", 1, 0, 'E'},
-                                          {"counters", 1, 0, 'K'},     {"pages", 1, 0, 'P'},
-                                          {"seconds", 1, 0, 'S'},      {"rate", 1, 0, 'r'},
-                                          {"loss", 1, 0, 'l'},         {"delay", 1, 0, 'd'},
-                                          {"kill-hubs", 1, 0, 'k'},    {"kill-edges", 1, 0, 'e'},
-                                          {"restart-hubs", 1, 0, 'R'}, {"link-failures", 1, 0, 'L'},
-                                          {"seed", 1, 0, 's'},         {"check", 0, 0, 'c'},
-                                          {"tier-bytes", 1, 0, 'B'},   {0, 0, 0, 0}};
+    static const struct option longs[] = {{"hubs", 1, 0, 'H'},
+                                          {"edges", 1, 0, 'E'},
+                                          {"counters", 1, 0, 'K'},
+                                          {"pages", 1, 0, 'P'},
+                                          {"seconds", 1, 0, 'S'},
+                                          {"rate", 1, 0, 'r'},
+                                          {"loss", 1, 0, 'l'},
+                                          {"delay", 1, 0, 'd'},
+                                          {"kill-hubs", 1, 0, 'k'},
+                                          {"kill-edges", 1, 0, 'e'},
+                                          {"restart-hubs", 1, 0, 'R'},
+                                          {"link-failures", 1, 0, 'L'},
+                                          {"seed", 1, 0, 's'},
+                                          {"check", 0, 0, 'c'},
+                                          {"tier-bytes", 1, 0, 'B'},
+                                          {"freeze-edges", 1, 0, 'F'},
+                                          {"publish-interval", 1, 0, 'I'},
+                                          {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longs, NULL)) != -1;) {
         switch (c) {
         case 'H':
@@ -818,12 +927,18 @@ static void options(int argc, char **argv)
         case 'B':
             opt.tier_bytes = (size_t)atol(optarg);
             break;
+        case 'F':
+            opt.freeze_edges = (uint32_t)atoi(optarg);
+            break;
+        case 'I':
+            opt.publish_ms = (uint64_t)atoi(optarg);
+            break;
         default:
             usage();
         }
     }
     if (opt.hubs < 2 || !opt.edges_per_hub || opt.counters < 2 || !opt.pages || !opt.delay_ms ||
-        2 * (opt.kill_hubs + opt.restart_hubs) > opt.hubs)
+        !opt.publish_ms || 2 * (opt.kill_hubs + opt.restart_hubs) > opt.hubs)
         usage();
 }
 
@@ -868,9 +983,14 @@ int main(int argc, char **argv)
     while (nheap && now <= opt.max_ms && (converged[0] < 0 || converged[1] < 0)) {
         struct event ev = pop();
         now = ev.at;
-        if (ev.m) {
+        struct node *to = &nodes[ev.node];
+        if (ev.m && now >= to->frozen_from && now < to->frozen_until) {
+            push(to->frozen_until, ev.node, ev.m); /* read once it thaws, in order */
+        } else if (ev.m) {
             deliver(&ev);
             free(ev.m);
+            if (to->hub && to->alive)
+                hub_pass(ev.node); /* the loop pass after a read */
         } else {
             struct node *n = &nodes[ev.node];
             if (n->hub) {
