@@ -236,6 +236,7 @@ struct tier_view {
 struct tier_page {
     UT_hash_handle hh;
     uint64_t others;
+    bool listed; /* in the page list last sent (edge_follow_pages) */
     uint8_t len;
     char name[];
 };
@@ -731,6 +732,38 @@ static void count_page(const char *page, size_t len, uint64_t n, void *ud)
     ++*(size_t *)ud;
 }
 
+/* The pages whose others' viewers the edge keeps are those of the page list
+ * it sends: its hub sends a page's figure only while the edge's list holds
+ * it, so one the edge's viewers left is forgotten here, or its last figure
+ * would be shown for as long as the edge lives; a DOWN still carrying it
+ * does not bring it back (tier_edge_apply_down). */
+static int edge_follow_pages(struct tier_edge *e, const struct hashed_list *l)
+{
+    struct tier_page *pg, *pt;
+    for (pg = e->pages; pg; pg = pg->hh.next)
+        pg->listed = false;
+    for (size_t i = 0; i < l->n; i++) {
+        HASH_FIND(hh, e->pages, l->v[i].name, l->v[i].len, pg);
+        if (!pg) {
+            pg =
+                named_new(sizeof(*pg), l->v[i].name, l->v[i].len, offsetof(struct tier_page, name));
+            if (!pg)
+                return TALLY_E_NOMEM;
+            pg->len = (uint8_t)l->v[i].len;
+            HASH_ADD(hh, e->pages, name, pg->len, pg);
+        }
+        pg->listed = true;
+    }
+    HASH_ITER(hh, e->pages, pg, pt)
+    {
+        if (!pg->listed) {
+            HASH_DEL(e->pages, pg);
+            free(pg);
+        }
+    }
+    return TALLY_OK;
+}
+
 static int up_lists(struct tier_edge *e, struct tally_presence *pr, struct parts *p,
                     struct wire_buf *ent, bool watch, bool pages)
 {
@@ -747,15 +780,17 @@ static int up_lists(struct tier_edge *e, struct tally_presence *pr, struct parts
         e->watch_changed = false;
         e->watch_sent_seq = e->seq; /* the part its range's end is in */
     }
+    int rc = TALLY_OK;
     if (pages) {
         l.n = 0;
         presence_each_local(pr, list_page, &l);
         up_list(p, ent, SEC_PAGES, &l);
+        rc = edge_follow_pages(e, &l);
         e->pages_changed = false;
         e->pages_sent_seq = e->seq;
     }
     free(l.v);
-    return TALLY_OK;
+    return rc;
 }
 
 int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presence *pr,
@@ -825,21 +860,6 @@ static bool view_raise(struct tier_view *v, const uint64_t f[6])
     return memcmp(&before.p, &v->p, 6 * sizeof(uint64_t)) != 0;
 }
 
-static int edge_page_set(struct tier_edge *e, const char *name, size_t len, uint64_t others)
-{
-    struct tier_page *pg = NULL;
-    HASH_FIND(hh, e->pages, name, len, pg);
-    if (!pg) {
-        pg = named_new(sizeof(*pg), name, len, offsetof(struct tier_page, name));
-        if (!pg)
-            return TALLY_E_NOMEM;
-        pg->len = (uint8_t)len;
-        HASH_ADD(hh, e->pages, name, len, pg);
-    }
-    pg->others = others;
-    return TALLY_OK;
-}
-
 int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_changed_fn *fn,
                          void *ud)
 {
@@ -877,9 +897,10 @@ int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_
         uint64_t total = wr_varint(&r), mine = wr_varint(&r);
         if (r.bad || mine > total)
             return TALLY_E_WIRE;
-        int rc = edge_page_set(e, name, nlen, total - mine);
-        if (rc != TALLY_OK)
-            return rc;
+        struct tier_page *pg = NULL;
+        HASH_FIND(hh, e->pages, name, nlen, pg);
+        if (pg) /* !pg: its viewers left (edge_follow_pages) */
+            pg->others = total - mine;
     }
     return r.bad || r.p != r.end ? TALLY_E_WIRE : TALLY_OK;
 }

@@ -106,3 +106,23 @@ def test_an_edge_thawed_between_its_viewers_expiry_and_its_records_is_counted_ag
     readers_at_edges = readers(edges, closing)
     wait_all_home([ws, readers_at_edges], "8", 20,
                   what="e1's viewers counted again, once, everywhere")
+
+
+def test_an_edge_whose_viewers_left_a_page_forgets_the_others_viewers_of_it(brokers, closing):
+    """Regression: an edge keeps the others' viewers of the pages its own viewers watch, and its
+    hub sends a page's figure only while they do. e1 kept the last figure of a page its viewer
+    had left and showed it for as long as it lived: after e3's viewer left too, a reader at e1
+    still read e3's viewer (and e1 kept every page ever viewed there)."""
+    h1, h2, edges = tree(brokers)
+    e1, e3 = edges[0], edges[2]
+    r = readers([e1, h1], closing)
+    v1 = Watcher(e1.port, ["presence/news"], client_id="e1-news")
+    v3 = Watcher(e3.port, ["presence/news"], client_id="e3-news")
+    closing.extend([v1, v3])
+    wait_for(lambda: r["e1"].get("presence/news") == b"2", 20, what="e1 counts both viewers")
+    v1.close()
+    wait_for(lambda: r["h1"].get("presence/news") == b"1", 20, what="e1's viewer gone at h1")
+    v3.close()
+    wait_for(lambda: r["h1"].get("presence/news") == b"0", 20, what="e3's viewer gone at h1")
+    wait_for(lambda: r["e1"].get("presence/news") == b"0", 4 * TIMEOUT_S,
+             what="e1 no longer showing a viewer of news")

@@ -728,6 +728,60 @@ START_TEST(an_edge_heard_after_its_origin_expired_but_not_its_record_counts_agai
 }
 END_TEST
 
+/* Regression: an edge keeps the others' viewers of the pages its own viewers
+ * watch; its hub stops sending a page once the edge's list drops it, but the
+ * edge kept the last figure it had, and showed it (the plugin re-sets it at
+ * every DOWN) for as long as it lived: here f's viewer of p, gone long ago.
+ * A DOWN still in flight when the list went up must not bring it back. */
+START_TEST(an_edge_forgets_the_others_viewers_of_a_page_its_viewers_left)
+{
+    viewers(&e, "p", 1);
+    viewers(&f, "p", 1);
+    round_trip(&e, &a);
+    round_trip(&f, &a);
+    now += 10;
+    struct tier_child *ce = round_trip(&e, &a);
+    ck_assert_uint_eq(tier_edge_page_total(&e.edge, &e.pr, "p", 1), 2);
+    /* a's next DOWN to e is built, and held in flight */
+    ck_assert_int_eq(presence_view(&e.pr, "w", "q", 1, &changed), TALLY_OK);
+    tier_hub_tick(&a.hub);
+    nparts = 0;
+    ck_assert_int_eq(
+        tier_hub_down(&a.hub, &a.t, &a.pr, ce, now + HB, HB, max_bytes, &out, collect, NULL),
+        TALLY_OK);
+    ck_assert_uint_eq(nparts, 1);
+    struct wire_buf late = {0};
+    wbuf_bytes(&late, part[0].data, part[0].len);
+    presence_unview(&e.pr, "v0", "p", 1);
+    tier_edge_pages_changed(&e.edge);
+    now += 10;
+    round_trip(&e, &a); /* its list without p */
+    ck_assert_int_eq(tier_edge_apply_down(&e.edge, late.data, late.len, NULL, NULL), TALLY_OK);
+    wbuf_free(&late);
+    ck_assert_uint_eq(tier_edge_page_total(&e.edge, &e.pr, "p", 1), 0);
+    presence_unview(&f.pr, "v0", "p", 1);
+    tier_edge_pages_changed(&f.edge);
+    for (int s = 0; s < 3; s++) {
+        now += HB;
+        round_trip(&e, &a);
+        round_trip(&f, &a);
+    }
+    ck_assert_uint_eq(presence_total(&a.pr, "p", 1), 0);
+    ck_assert_uint_eq(tier_edge_page_total(&e.edge, &e.pr, "p", 1), 0);
+    ck_assert_uint_eq(tier_edge_page_total(&f.edge, &f.pr, "p", 1), 0);
+    /* a viewer of p again: followed again */
+    viewers(&f, "p", 1);
+    viewers(&e, "p", 1);
+    for (int s = 0; s < 2; s++) {
+        now += HB;
+        round_trip(&f, &a);
+        round_trip(&e, &a);
+    }
+    ck_assert_uint_eq(tier_edge_page_total(&e.edge, &e.pr, "p", 1), 2);
+    ck_assert_uint_eq(tier_edge_page_total(&f.edge, &f.pr, "p", 1), 2);
+}
+END_TEST
+
 START_TEST(bad_messages_are_refused)
 {
     inc(&e, "x", 1);
@@ -902,6 +956,7 @@ Suite *tier_suite(void)
     tcase_add_test(tc, a_lost_relay_is_wanted_and_sent_again);
     tcase_add_test(tc, an_edge_that_moves_off_a_dead_hub_is_counted_once);
     tcase_add_test(tc, an_edge_heard_after_its_origin_expired_but_not_its_record_counts_again);
+    tcase_add_test(tc, an_edge_forgets_the_others_viewers_of_a_page_its_viewers_left);
     tcase_add_test(tc, bad_messages_are_refused);
     tcase_add_test(tc, an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone);
     tcase_add_test(tc, a_lost_part_is_not_acknowledged);
