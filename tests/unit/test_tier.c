@@ -782,6 +782,100 @@ START_TEST(an_edge_forgets_the_others_viewers_of_a_page_its_viewers_left)
 }
 END_TEST
 
+/* A child's relay only where its record still is (a hub forgets it
+ * peer_timeout_ms after its last UP). */
+static void relay_if_carried(struct node *hub, const char *child, struct node *to)
+{
+    if (tier_hub_child(&hub->hub, child))
+        relay(hub, child, to);
+}
+
+/* e moves to b and back to a within peer_timeout_ms: a kept its record and
+ * session, b keeps one for peer_timeout_ms more and goes on listing e with
+ * what it last relayed. Neither hub counts e's viewers twice or drops them,
+ * while both hubs expire at their own cadences, and a change after the move
+ * back reaches both. */
+START_TEST(an_edge_that_moves_and_comes_back_within_peer_timeout_counts_once)
+{
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    relay(&a, "e", &b);
+    heartbeat(&a, &b);
+    uint64_t session_at_a = e.edge.hub_session;
+    for (int s = 0; s < 5 + 3 * TIMEOUT / HB; s++) {
+        struct node *at = s < 5 ? &b : &a, *other = s < 5 ? &a : &b;
+        now += HB;
+        round_trip(&e, at);
+        ck_assert(s < 5 ? e.edge.hub_session != session_at_a : e.edge.hub_session == session_at_a);
+        relay(at, "e", other);
+        heartbeat(&a, &b);
+        heartbeat(&b, &a);
+        relay_if_carried(&a, "e", &b);
+        relay_if_carried(&b, "e", &a);
+        expire_origins(&a);
+        expire_origins(&b);
+        if (s % 3 == 0) { /* records: at most once a publish interval */
+            expire(&a);
+            expire(&b);
+        }
+        ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 2);
+        ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    }
+    ck_assert_ptr_null(tier_hub_child(&b.hub, "e"));
+    viewers(&e, "home", 3);
+    for (int s = 0; s < 3; s++) {
+        now += HB;
+        round_trip(&e, &a);
+        relay(&a, "e", &b);
+        heartbeat(&b, &a);
+        heartbeat(&a, &b);
+        relay(&a, "e", &b);
+    }
+    ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 3);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 3);
+}
+END_TEST
+
+/* The other order of b38098a's gap: a hub's origin for its edge can outlive
+ * its record of it (in a ring, the hub's own relay comes back and counts as
+ * hearing the edge). e heard in between makes a new record, with a new
+ * session, from an UP without its page list: a keeps counting the viewers it
+ * had, e sends its list again once told the session, and b follows. */
+START_TEST(an_edge_heard_after_its_record_but_not_its_origin_expired_stays_counted)
+{
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    relay(&a, "e", &b);
+    heartbeat(&a, &b);
+    now += 10;
+    round_trip(&e, &a);
+    ck_assert(!e.edge.pages_changed && e.edge.pages_sent_seq <= e.edge.acked);
+    uint64_t heard = now;
+    presence_origin(&a.pr, "e")->last_heard_ms = now + 50; /* its relay, back round a ring */
+    now = heard + TIMEOUT + 1;
+    tier_hub_expire(&a.hub, now, TIMEOUT);
+    expire_origins(&a);
+    ck_assert_ptr_null(tier_hub_child(&a.hub, "e"));
+    ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 2);
+    ck_assert(up(&e)); /* under the old session, without its page list */
+    struct tier_child *ch = hub_takes(&a);
+    ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 2);
+    down(&a, ch, &e); /* the new session: e forgets its acknowledgements */
+    for (int s = 0; s < 3 * TIMEOUT / HB; s++) {
+        now += HB;
+        ck_assert_ptr_nonnull(round_trip(&e, &a));
+        relay(&a, "e", &b);
+        heartbeat(&a, &b);
+        heartbeat(&b, &a);
+        relay(&a, "e", &b);
+        expire(&a);
+        expire(&b);
+        ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 2);
+        ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    }
+}
+END_TEST
+
 START_TEST(bad_messages_are_refused)
 {
     inc(&e, "x", 1);
@@ -957,6 +1051,8 @@ Suite *tier_suite(void)
     tcase_add_test(tc, an_edge_that_moves_off_a_dead_hub_is_counted_once);
     tcase_add_test(tc, an_edge_heard_after_its_origin_expired_but_not_its_record_counts_again);
     tcase_add_test(tc, an_edge_forgets_the_others_viewers_of_a_page_its_viewers_left);
+    tcase_add_test(tc, an_edge_that_moves_and_comes_back_within_peer_timeout_counts_once);
+    tcase_add_test(tc, an_edge_heard_after_its_record_but_not_its_origin_expired_stays_counted);
     tcase_add_test(tc, bad_messages_are_refused);
     tcase_add_test(tc, an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone);
     tcase_add_test(tc, a_lost_part_is_not_acknowledged);
