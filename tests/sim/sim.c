@@ -15,7 +15,9 @@
  * cadences, which differ: a hub expires a silent origin at every loop pass
  * (expire_peers), but its records of its edges (tier_hub_expire) and its
  * DOWNs at most once a publish interval (hub_tick), so a message can land
- * between the two (b38098a was such a gap).
+ * between the two (b38098a was such a gap). An edge shows what plugin.c
+ * publishes: its own viewers plus its hub's origin, set at each DOWN and
+ * expired once its hub is silent for peer_timeout_ms.
  *
  * The model of a deployment: H hubs in a ring with chords (each hub bridged to
  * the hubs 1 and sqrt(H) away on either side, so that one lost hub leaves the
@@ -113,6 +115,7 @@ struct node {
     uint32_t addr[2], at; /* bridge addresses; the connected one, or UINT32_MAX */
     uint64_t reconnect_at, on_backup_since, quiet_from, dies_at;
     uint64_t frozen_from, frozen_until; /* stopped (SIGSTOP) in [from, until) */
+    struct tally_origin *hub_origin;    /* the others' viewers (plugin.c's HUB_ORIGIN) */
     uint64_t up_last_at, down_last_at;  /* as link.last_at, for its bridge */
     uint32_t own[2];                    /* the counters it writes */
     int64_t last_shown[2];              /* what it showed of them: never less later */
@@ -564,6 +567,26 @@ static bool edge_settled(struct node *n)
     return true;
 }
 
+#define HUB_ORIGIN "(hub)" /* as plugin.c's: the others' viewers at an edge */
+
+static void edge_page_others(const char *page, size_t len, uint64_t others, void *ud)
+{
+    if (presence_origin_set(&((struct node *)ud)->pr, ((struct node *)ud)->hub_origin, page, len,
+                            others) != TALLY_OK)
+        abort();
+}
+
+/* As plugin.c's on_down: the others' viewers of every page the edge
+ * follows, as the origin HUB_ORIGIN, heard now. */
+static void edge_on_down(struct node *n, const struct msg *m)
+{
+    if (tier_edge_apply_down(&n->edge, m->data, m->len, NULL, NULL) != TALLY_OK)
+        abort();
+    n->hub_origin->last_heard_ms = now;
+    presence_origin_begin(&n->pr, n->hub_origin, 0, UINT64_MAX);
+    tier_edge_each_page(&n->edge, edge_page_others, n);
+}
+
 static void edge_tick(uint32_t i)
 {
     struct node *n = &nodes[i];
@@ -573,6 +596,9 @@ static void edge_tick(uint32_t i)
     }
     if (now >= n->frozen_from && now < n->frozen_until)
         return;
+    /* plugin.c's expire_peers at an edge: its hub silent for peer_timeout_ms */
+    if (n->hub_origin->alive && now - n->hub_origin->last_heard_ms > PEER_TIMEOUT_MS)
+        presence_origin_expire(&n->pr, n->hub_origin);
     edge_no_step_back(n);
     if (now < opt.load_ms && now < n->quiet_from && rnd01() < opt.rate * TICK_MS / 1000.0)
         edge_increment(n);
@@ -600,6 +626,9 @@ static void edge_start(uint32_t i)
     n->alive = true;
     tier_edge_init(&n->edge, n->id, 1, now + 1);
     presence_init(&n->pr, 1000);
+    n->hub_origin = presence_origin(&n->pr, HUB_ORIGIN);
+    if (!n->hub_origin)
+        abort();
     n->addr[0] = home;
     n->addr[1] = (home + 1) % opt.hubs;
     n->at = home;
@@ -737,11 +766,10 @@ static uint64_t viewers_truth(uint32_t page_or_home)
     return v;
 }
 
+/* What a node publishes: at an edge, its own viewers and its hub's origin. */
 static uint64_t viewers_at(struct node *n, const char *page)
 {
-    size_t len = strlen(page);
-    return n->hub ? presence_total(&n->pr, page, len)
-                  : tier_edge_page_total(&n->edge, &n->pr, page, len);
+    return presence_total(&n->pr, page, strlen(page));
 }
 
 /* Whether every live node shows the truth (of counters, or of viewers);
@@ -956,8 +984,7 @@ static void deliver(const struct event *ev)
         hub_on_up(n, m);
         break;
     case K_DOWN:
-        if (tier_edge_apply_down(&n->edge, m->data, m->len, NULL, NULL) != TALLY_OK)
-            abort();
+        edge_on_down(n, m);
         break;
     case K_SYNC:
         hub_on_sync(n, m);
