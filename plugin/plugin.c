@@ -636,8 +636,10 @@ static void answer(struct mosquitto_evt_message *ev, struct topic t, enum tally_
     }
     bool named = name_check(t.name, t.len) == TALLY_OK;
     const struct tally_counter *c = named ? table_find(&g.table, t.name, t.len) : NULL;
-    answer_json(&g.buf, named ? t.name : NULL, t.len, result, c ? table_value(&g.table, c) : 0,
-                reason);
+    int64_t value = !c       ? 0
+                    : g.edge ? tier_edge_answer(&g.tier_edge, &g.table, t.name, t.len)
+                             : table_value(&g.table, c);
+    answer_json(&g.buf, named ? t.name : NULL, t.len, result, value, reason);
     if (mosquitto_property_read_binary(ev->properties, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len,
                                        false) &&
         mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, corr_len) !=
@@ -1164,6 +1166,16 @@ static void output_sums(const struct tally_counter *c, struct tally_sums *s)
         s->value = tier_edge_value(&g.tier_edge, &g.table, c->name, c->name_len);
 }
 
+/* Whether c's outputs may show a total now. An edge shows one only while it
+ * follows c (tier.c): its own part alone would step back from the cluster's
+ * figure it left retained, and a view just made waits for its hub's figures.
+ * What it does not show stays stale, to go out once it follows c again. */
+static bool shown_here(const struct tally_counter *c)
+{
+    return !g.edge || table_hidden(&g.table, c) ||
+           tier_edge_follows(&g.tier_edge, c->name, c->name_len);
+}
+
 static void publish_total(struct tally_counter *c, const struct tally_sums *s)
 {
     char value[21];
@@ -1210,12 +1222,13 @@ static void clear_state(struct tally_counter *c)
 static uint32_t reconcile(struct tally_counter *c, uint64_t wall)
 {
     bool want_state = interest_state_watched(&g.interest, c->name, c->name_len);
-    bool state = want_state && !c->state_shown;
+    bool shown = shown_here(c);
+    bool total = c->stale && shown, state = want_state && !c->state_shown && shown;
     uint32_t n = 0;
-    if (c->stale || state) {
+    if (total || state) {
         struct tally_sums s;
         output_sums(c, &s);
-        if (c->stale)
+        if (total)
             publish_total(c, &s), n++;
         if (state)
             publish_state(c, &s, wall), n++;
@@ -1236,8 +1249,9 @@ static void queue_refresh(struct tally_counter *c)
  * total waits on the refresh queue for the budget (schedule.c). */
 static void publish_changed(struct tally_counter *c, uint64_t wall)
 {
-    bool total = interest_total_watched(&g.interest, c->name, c->name_len);
-    bool state = interest_state_watched(&g.interest, c->name, c->name_len);
+    bool shown = shown_here(c); /* if not, stale until it is (edge_view_changed) */
+    bool total = shown && interest_total_watched(&g.interest, c->name, c->name_len);
+    bool state = shown && interest_state_watched(&g.interest, c->name, c->name_len);
     if (total || state) {
         struct tally_sums s;
         output_sums(c, &s);

@@ -871,6 +871,15 @@ int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_
 /* What the edge shows: its own part (from t) plus the rest of the world. */
 int64_t tier_edge_value(const struct tier_edge *e, struct tally_table *t, const char *name,
                         size_t len);
+/* Whether the edge follows name: holds a view of it that a DOWN has filled.
+ * Only then is its total (tier_edge_value) the cluster's, and shown. */
+bool tier_edge_follows(const struct tier_edge *e, const char *name, size_t len);
+/* The total an answer to an increment of name reports: tier_edge_value while
+ * the edge follows it; otherwise its own part plus the figures of the last
+ * view it held of it (kept for the counters it writes), a lower bound of the
+ * truth never below the last total it showed but for its own decrements. */
+int64_t tier_edge_answer(const struct tier_edge *e, struct tally_table *t, const char *name,
+                         size_t len);
 /* A page's viewers: the edge's own (from pr) plus the others'. */
 uint64_t tier_edge_page_total(const struct tier_edge *e, const struct tally_presence *pr,
                               const char *page, size_t len);

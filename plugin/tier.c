@@ -30,7 +30,16 @@
  *     retained total and leaves (mosquitto_sub -C 1, a poll) would otherwise
  *     drop the view before its hub's answer arrives, and the next poll would
  *     read a stale total again; keeping it also keeps its maxima, so a total
- *     watched again within the linger never steps back;
+ *     watched again within the linger never steps back. Only a view a
+ *     DOWN has filled is shown (tier_edge_follows): without one the total
+ *     would be the edge's own part alone, a step back from the cluster's
+ *     figure it left retained, so plugin.c publishes nothing then, and the
+ *     retained total stays the last cluster-wide one it showed. A view
+ *     dropped keeps its figures in the edge's own counter, if the edge
+ *     writes it (bounded by what it holds anyway): the answer to an
+ *     increment reports own part plus those (tier_edge_answer), and a view
+ *     made again starts from them, so a hub that knows less cannot take the
+ *     first total shown below the retained one;
  *   - for each page its viewers watch, the count the hub reports for the
  *     others.
  * It shows its clients: own P + view P - own N - view N + max(own D, view D),
@@ -209,10 +218,17 @@
 
 #include "tally.h"
 
-/* The edge's own counters: when their latest value last went up. */
+/* The rest of the world's figures for one counter, as its hub said: the
+ * others' P and N, every device maximum, and what resets took away from
+ * those (reset.c). Each only grows. */
+enum { F_P, F_N, F_D, F_TP, F_TN, F_TD, NFIGURES };
+
+/* The edge's own counters: when their latest value last went up, and the
+ * figures of the last view it held of them (see tier_edge_answer). */
 struct tier_mine {
     UT_hash_handle hh;
     uint64_t sent_seq; /* the UP that carried the latest value; 0: not sent */
+    uint64_t kept[NFIGURES];
     bool changed;
     uint8_t len;
     char name[];
@@ -224,10 +240,10 @@ struct tier_mine {
 /* What the edge knows of the rest of the world for one watched counter. */
 struct tier_view {
     UT_hash_handle hh;
-    uint64_t p, n, d;       /* the others' P and N, and every device maximum */
-    uint64_t tp, tn, td;    /* what resets took away from those (reset.c) */
+    uint64_t f[NFIGURES];
     uint64_t idle_since_ms; /* unwatched since (0: not yet stamped by tier_edge_up) */
     bool idle;              /* no watcher: dropped TIER_VIEW_LINGER_MS later */
+    bool filled;            /* a DOWN has carried it: its total may be shown */
     uint8_t len;
     char name[];
 };
@@ -369,6 +385,23 @@ int tier_edge_wrote(struct tier_edge *e, const char *name, size_t len)
     return TALLY_OK;
 }
 
+static uint64_t max_u64(uint64_t a, uint64_t b)
+{
+    return a > b ? a : b;
+}
+
+/* Each figure is a sum of terms that only grow: the maximum of what any hub
+ * said is a lower bound of the truth, and the truth once hubs converge. */
+static bool figures_raise(uint64_t to[NFIGURES], const uint64_t f[NFIGURES])
+{
+    bool raised = false;
+    for (int i = 0; i < NFIGURES; i++) {
+        raised |= f[i] > to[i];
+        to[i] = max_u64(to[i], f[i]);
+    }
+    return raised;
+}
+
 int tier_edge_watch(struct tier_edge *e, const char *name, size_t len, bool on)
 {
     struct tier_view *v = NULL;
@@ -378,6 +411,13 @@ int tier_edge_watch(struct tier_edge *e, const char *name, size_t len, bool on)
         if (!v)
             return TALLY_E_NOMEM;
         v->len = (uint8_t)len;
+        /* a counter of ours starts from its last view's figures: the hub that
+         * fills it may know less (a failover), and its first total is not
+         * below the one the edge left retained */
+        struct tier_mine *m = NULL;
+        HASH_FIND(hh, e->mine, name, len, m);
+        if (m)
+            figures_raise(v->f, m->kept);
         HASH_ADD(hh, e->views, name, len, v);
         e->watch_changed = true;
     } else if (v && v->idle != !on) {
@@ -400,6 +440,10 @@ static void edge_drop_idle(struct tier_edge *e, uint64_t now_ms)
         if (v->idle_since_ms == 0) {
             v->idle_since_ms = now_ms ? now_ms : 1;
         } else if (now_ms - v->idle_since_ms >= TIER_VIEW_LINGER_MS) {
+            struct tier_mine *m = NULL;
+            HASH_FIND(hh, e->mine, v->name, v->len, m);
+            if (m)
+                figures_raise(m->kept, v->f);
             HASH_DEL(e->views, v);
             free(v);
             e->nidle--;
@@ -841,25 +885,6 @@ static void edge_new_hub(struct tier_edge *e, const char *hub, size_t len, uint6
     e->hub_changes++;
 }
 
-static uint64_t max_u64(uint64_t a, uint64_t b)
-{
-    return a > b ? a : b;
-}
-
-/* Each figure is a sum of terms that only grow: the maximum of what any hub
- * said is a lower bound of the truth, and the truth once hubs converge. */
-static bool view_raise(struct tier_view *v, const uint64_t f[6])
-{
-    struct tier_view before = *v;
-    v->p = max_u64(v->p, f[0]);
-    v->n = max_u64(v->n, f[1]);
-    v->d = max_u64(v->d, f[2]);
-    v->tp = max_u64(v->tp, f[3]);
-    v->tn = max_u64(v->tn, f[4]);
-    v->td = max_u64(v->td, f[5]);
-    return memcmp(&before.p, &v->p, 6 * sizeof(uint64_t)) != 0;
-}
-
 int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_changed_fn *fn,
                          void *ud)
 {
@@ -887,8 +912,12 @@ int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_
             return TALLY_E_WIRE;
         struct tier_view *v = NULL;
         HASH_FIND(hh, e->views, name, nlen, v);
-        const uint64_t f[6] = {p - mp, n - mn, d, tp, tn, td};
-        if (v && view_raise(v, f) && fn) /* !v: no longer watched */
+        if (!v) /* no longer watched */
+            continue;
+        const uint64_t f[NFIGURES] = {p - mp, n - mn, d, tp, tn, td};
+        bool first = !v->filled;
+        v->filled = true;
+        if ((figures_raise(v->f, f) || first) && fn)
             fn(name, nlen, ud);
     }
     uint64_t npages = wr_varint(&r);
@@ -905,8 +934,10 @@ int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_
     return r.bad || r.p != r.end ? TALLY_E_WIRE : TALLY_OK;
 }
 
-int64_t tier_edge_value(const struct tier_edge *e, struct tally_table *t, const char *name,
-                        size_t len)
+/* The edge's own part of name (from t) plus the rest of the world's figures
+ * f. */
+static int64_t edge_total(const struct tier_edge *e, struct tally_table *t, const char *name,
+                          size_t len, const uint64_t f[NFIGURES])
 {
     /* P and N: the running life's slot only; a past life's (loaded from the
      * state_dir after a start that drew a new life) is the hub's to count, in
@@ -925,17 +956,46 @@ int64_t tier_edge_value(const struct tier_edge *e, struct tally_table *t, const 
         own_p = s ? (int64_t)s->p : 0;
         own_n = s ? (int64_t)s->n : 0;
     }
-    const struct tier_view *v = NULL;
-    HASH_FIND(hh, e->views, name, len, v);
-    static const struct tier_view none;
-    if (!v)
-        v = &none;
-    int64_t d = own_d > (int64_t)v->d ? own_d : (int64_t)v->d;
-    int64_t value = (own_p + (int64_t)v->p - (int64_t)v->tp) -
-                    (own_n + (int64_t)v->n - (int64_t)v->tn) + d - (int64_t)v->td;
+    int64_t d = own_d > (int64_t)f[F_D] ? own_d : (int64_t)f[F_D];
+    int64_t value = (own_p + (int64_t)f[F_P] - (int64_t)f[F_TP]) -
+                    (own_n + (int64_t)f[F_N] - (int64_t)f[F_TN]) + d - (int64_t)f[F_TD];
     return value > TALLY_MAX_SAFE    ? TALLY_MAX_SAFE
            : value < -TALLY_MAX_SAFE ? -TALLY_MAX_SAFE
                                      : value;
+}
+
+static const uint64_t no_figures[NFIGURES];
+
+int64_t tier_edge_value(const struct tier_edge *e, struct tally_table *t, const char *name,
+                        size_t len)
+{
+    const struct tier_view *v = NULL;
+    HASH_FIND(hh, e->views, name, len, v);
+    return edge_total(e, t, name, len, v ? v->f : no_figures);
+}
+
+bool tier_edge_follows(const struct tier_edge *e, const char *name, size_t len)
+{
+    const struct tier_view *v = NULL;
+    HASH_FIND(hh, e->views, name, len, v);
+    return v && v->filled;
+}
+
+int64_t tier_edge_answer(const struct tier_edge *e, struct tally_table *t, const char *name,
+                         size_t len)
+{
+    if (tier_edge_follows(e, name, len))
+        return tier_edge_value(e, t, name, len);
+    const struct tier_view *v = NULL;
+    const struct tier_mine *m = NULL;
+    HASH_FIND(hh, e->views, name, len, v);
+    HASH_FIND(hh, e->mine, name, len, m);
+    uint64_t f[NFIGURES] = {0};
+    if (v) /* seeded from m->kept, and what a DOWN said since */
+        figures_raise(f, v->f);
+    if (m)
+        figures_raise(f, m->kept);
+    return edge_total(e, t, name, len, f);
 }
 
 uint64_t tier_edge_page_total(const struct tier_edge *e, const struct tally_presence *pr,

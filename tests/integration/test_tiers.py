@@ -402,3 +402,42 @@ def test_an_edge_rebooted_with_its_state_counts_its_past_life_once(brokers, clos
     slots, _, _ = disk_slots(f"{workdir}/state-e5")
     lives = {inc for held in slots.values() for node, inc in held if node == "e5"}
     assert len(lives) == 1, lives
+
+
+def test_an_edge_shows_no_own_only_total_once_its_view_has_gone(brokers, closing):
+    """e1 and e2 (edges of h1) both write `likes`; nobody at e1 watches it once a poller has
+    left. Past the 30 s linger e1 holds no view of the rest of the world, and its device writes
+    again: a `counters/+` reader at e1 must not see the total step back to e1's own part, a new
+    exact subscriber at e1 must first read at least the last cluster-wide figure, and the
+    Response Topic answer to that increment must not be e1's own part alone."""
+    from test_response import Requester
+    h1, h2, (e1, e2, _, _) = tree(brokers)
+    for edge, amount in ((e2, 990), (e1, 10)):
+        p = publisher(edge.port)
+        p.publish("counters/likes/inc", str(amount), 1).wait_for_publish(10)
+        close(p)
+    exact_everywhere([h1, h2], {"likes": 1000})
+    poller = Watcher(e1.port, ["counters/likes"])
+    closing.append(poller)
+    wait_for(lambda: poller.get("counters/likes") == b"1000", 15, what="e1 to show 1000")
+    poller.close()
+    time.sleep(30 + 3)  # tier.c's TIER_VIEW_LINGER_MS, and a few UP intervals: the view is gone
+    reader = Watcher(e1.port, ["counters/+", "counters/+/state"], keep=True)  # no views
+    closing.append(reader)
+    wait_for(lambda: reader.get("counters/likes") == b"1000", 5, what="the retained 1000 at e1")
+    rr = Requester(e1.port)
+    answer = rr.ask("counters/likes/inc")
+    rr.close()
+    exact_everywhere([h1, h2], {"likes": 1001})
+    late = Watcher(e1.port, ["counters/likes"], keep=True)
+    closing.append(late)
+    wait_for(lambda: late.get("counters/likes") == b"1001", 15, what="e1 to show 1001 again")
+    seen = [int(v) for t, v in reader.messages() if t == "counters/likes"]
+    first = [int(v) for t, v in late.messages()]
+    states = [json.loads(v)["value"] for t, v in reader.messages() if t == "counters/likes/state"]
+    print(f"counters/+ at e1 saw {seen}, counters/+/state {states}; the new subscriber {first}; "
+          f"the answer {answer}")
+    assert seen == sorted(seen), f"a counters/+ reader at e1 saw likes step back: {seen}"
+    assert all(v >= 1000 for v in states), f"e1's state document showed {states}"
+    assert first[0] >= 1000, f"a new subscriber at e1 first read {first}, below 1000"
+    assert answer["value"] >= 1000, f"the answer at e1 says {answer}"

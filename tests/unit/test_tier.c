@@ -297,6 +297,45 @@ START_TEST(a_view_lingers_after_its_last_watcher)
 }
 END_TEST
 
+/* An edge shows a counter's total only while it follows it: a view its hub
+ * has filled. Past the linger it follows no more; an increment then is
+ * answered with its own part plus the last view's figures (kept for the
+ * counters it writes), and a view made again starts from those, so a hub
+ * that knows less (a failover) cannot take its first total below them. */
+START_TEST(an_edge_shows_a_total_only_while_it_follows_the_counter)
+{
+    inc(&f, "likes", 990);
+    round_trip(&f, &a);
+    inc(&e, "likes", 10);
+    watch(&e, "likes");
+    ck_assert(!tier_edge_follows(&e.edge, "likes", 5)); /* no DOWN yet: not shown */
+    round_trip(&e, &a);
+    ck_assert(tier_edge_follows(&e.edge, "likes", 5));
+    ck_assert_int_eq(shown(&e, "likes"), 1000);
+    ck_assert_int_eq(tier_edge_watch(&e.edge, "likes", 5, false), TALLY_OK);
+    now += 10;
+    up(&e);
+    now += 30000;
+    up(&e); /* the view is dropped */
+    ck_assert(!tier_edge_follows(&e.edge, "likes", 5));
+    inc(&e, "likes", 1);
+    ck_assert_int_eq(tier_edge_answer(&e.edge, &e.t, "likes", 5), 1001);
+    /* watched again, through a hub that holds e's slot only */
+    watch(&e, "likes");
+    ck_assert(!tier_edge_follows(&e.edge, "likes", 5));
+    ck_assert_int_eq(shown(&e, "likes"), 1001);
+    now += HB;
+    round_trip(&e, &b);
+    ck_assert_int_eq(hub_value(&b, "likes"), 11);
+    ck_assert(tier_edge_follows(&e.edge, "likes", 5));
+    ck_assert_int_eq(shown(&e, "likes"), 1001);
+    ck_assert_int_eq(tier_edge_answer(&e.edge, &e.t, "likes", 5), 1001);
+    /* a counter only watched here keeps nothing once its view has gone */
+    watch(&e, "other");
+    ck_assert_int_eq(tier_edge_answer(&e.edge, &e.t, "other", 5), 0);
+}
+END_TEST
+
 START_TEST(a_lost_up_is_carried_by_the_next)
 {
     inc(&e, "x", 5);
@@ -1039,6 +1078,7 @@ Suite *tier_suite(void)
     tcase_add_test(tc, edge_holds_only_its_own_slot_and_shows_the_world);
     tcase_add_test(tc, an_edge_sends_its_past_life_up_and_shows_it_once);
     tcase_add_test(tc, a_view_lingers_after_its_last_watcher);
+    tcase_add_test(tc, an_edge_shows_a_total_only_while_it_follows_the_counter);
     tcase_add_test(tc, a_lost_up_is_carried_by_the_next);
     tcase_add_test(tc, an_unacknowledged_up_is_resent_once_an_interval);
     tcase_add_test(tc, failover_sends_the_whole_slot_and_counts_it_once);
