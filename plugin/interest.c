@@ -219,6 +219,12 @@ bool interest_state_watched(const struct tally_interest *in, const char *name, s
     return n && n->states;
 }
 
+bool interest_named(const struct tally_interest *in, const char *name, size_t len)
+{
+    const struct interest_name *n = in->names ? name_find(in, name, len) : NULL;
+    return n && (n->totals || n->states);
+}
+
 static struct interest_name *name_get(struct tally_interest *in, const char *name, size_t len)
 {
     struct interest_name *n = name_find(in, name, len);

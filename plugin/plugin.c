@@ -1296,10 +1296,11 @@ static void rescan_states(uint64_t now)
 static void watchers_changed(const char *name, size_t len, void *ud)
 {
     (void)ud;
+    /* a wildcard holds no view (README, Tiers): counted here, it kept the view
+     * of a name it shared with a filter naming it for as long as the edge lived */
     if (name && g.edge &&
-        tier_edge_watch(&g.tier_edge, name, len,
-                        interest_total_watched(&g.interest, name, len) ||
-                            interest_state_watched(&g.interest, name, len)) != TALLY_OK)
+        tier_edge_watch(&g.tier_edge, name, len, interest_named(&g.interest, name, len)) !=
+            TALLY_OK)
         mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory watching %.*s", (int)len, name);
     if (name) {
         struct tally_counter *c = table_find(&g.table, name, len);

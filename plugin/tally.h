@@ -600,6 +600,9 @@ void interest_unsubscribe(struct tally_interest *in, const char *client, const c
 void interest_drop_client(struct tally_interest *in, const char *client, interest_fn *fn, void *ud);
 bool interest_total_watched(const struct tally_interest *in, const char *name, size_t len);
 bool interest_state_watched(const struct tally_interest *in, const char *name, size_t len);
+/* Whether a filter naming name (no wildcard in its name level) watches its
+ * total or state document: what holds an edge's view of it (tier.c). */
+bool interest_named(const struct tally_interest *in, const char *name, size_t len);
 
 /* ==== The output scheduler (schedule.c) ==== */
 

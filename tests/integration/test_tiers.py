@@ -441,3 +441,34 @@ def test_an_edge_shows_no_own_only_total_once_its_view_has_gone(brokers, closing
     assert all(v >= 1000 for v in states), f"e1's state document showed {states}"
     assert first[0] >= 1000, f"a new subscriber at e1 first read {first}, below 1000"
     assert answer["value"] >= 1000, f"the answer at e1 says {answer}"
+
+
+def test_a_wildcard_reader_at_an_edge_holds_no_view(brokers, closing):
+    """A `counters/+` reader at e1 while an exact watcher of `likes` leaves: 30 s later e1 must
+    have dropped its view (a wildcard is no watcher, README Tiers), so it no longer follows what
+    the other edges add (it kept following for as long as it lived); watched again by name,
+    it shows the cluster's total, never below the one it left."""
+    h1, h2, (e1, e2, _, _) = tree(brokers)
+    for edge, amount in ((e2, 990), (e1, 10)):
+        p = publisher(edge.port)
+        p.publish("counters/likes/inc", str(amount), 1).wait_for_publish(10)
+        close(p)
+    exact_everywhere([h1, h2], {"likes": 1000})
+    reader = Watcher(e1.port, ["counters/+"], keep=True)
+    closing.append(reader)
+    poller = Watcher(e1.port, ["counters/likes"])
+    closing.append(poller)
+    wait_for(lambda: poller.get("counters/likes") == b"1000", 15, what="e1 to show 1000")
+    poller.close()
+    time.sleep(30 + 3)  # tier.c's TIER_VIEW_LINGER_MS, and a few UP intervals: the view is gone
+    p = publisher(e2.port)
+    p.publish("counters/likes/inc", "5", 1).wait_for_publish(10)
+    close(p)
+    exact_everywhere([h1, h2], {"likes": 1005})
+    time.sleep(3)  # six of e1's heartbeats (sync_interval_ms 500): a DOWN it followed would be in
+    assert reader.get("counters/likes") == b"1000", "e1 still follows likes (a wildcard held it)"
+    late = Watcher(e1.port, ["counters/likes"], keep=True)
+    closing.append(late)
+    wait_for(lambda: late.get("counters/likes") == b"1005", 15, what="e1 to show 1005")
+    seen = [int(v) for t, v in reader.messages() if t == "counters/likes"]
+    assert seen == sorted(seen), f"a counters/+ reader at e1 saw likes step back: {seen}"

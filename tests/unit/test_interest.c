@@ -130,6 +130,11 @@ START_TEST(test_scopes)
     ck_assert(sub("c", "+/#"));
     ck_assert_uint_eq(in.all_totals, 4);
     ck_assert_uint_eq(in.all_states, 4);
+    /* what holds an edge's view: a filter naming the counter, never a wildcard */
+    ck_assert(interest_named(&in, "x", 1) && interest_named(&in, "y", 1));
+    ck_assert(!interest_named(&in, "anything", 8));
+    interest_unsubscribe(&in, "a", "counters/x", NULL, NULL);
+    ck_assert(total("x") && !interest_named(&in, "x", 1));
 }
 END_TEST
 
