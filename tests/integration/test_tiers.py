@@ -404,6 +404,15 @@ def test_an_edge_rebooted_with_its_state_counts_its_past_life_once(brokers, clos
     assert len(lives) == 1, lives
 
 
+def likes_from_two_edges(h1, h2, e1, e2):
+    """`likes` at 1000 everywhere: 990 written at e2, 10 at e1."""
+    for edge, amount in ((e2, 990), (e1, 10)):
+        p = publisher(edge.port)
+        p.publish("counters/likes/inc", str(amount), 1).wait_for_publish(10)
+        close(p)
+    exact_everywhere([h1, h2], {"likes": 1000})
+
+
 def test_an_edge_shows_no_own_only_total_once_its_view_has_gone(brokers, closing):
     """e1 and e2 (edges of h1) both write `likes`; nobody at e1 watches it once a poller has
     left. Past the 30 s linger e1 holds no view of the rest of the world, and its device writes
@@ -412,11 +421,7 @@ def test_an_edge_shows_no_own_only_total_once_its_view_has_gone(brokers, closing
     Response Topic answer to that increment must not be e1's own part alone."""
     from test_response import Requester
     h1, h2, (e1, e2, _, _) = tree(brokers)
-    for edge, amount in ((e2, 990), (e1, 10)):
-        p = publisher(edge.port)
-        p.publish("counters/likes/inc", str(amount), 1).wait_for_publish(10)
-        close(p)
-    exact_everywhere([h1, h2], {"likes": 1000})
+    likes_from_two_edges(h1, h2, e1, e2)
     poller = Watcher(e1.port, ["counters/likes"])
     closing.append(poller)
     wait_for(lambda: poller.get("counters/likes") == b"1000", 15, what="e1 to show 1000")
@@ -449,11 +454,7 @@ def test_a_wildcard_reader_at_an_edge_holds_no_view(brokers, closing):
     the other edges add (it kept following for as long as it lived); watched again by name,
     it shows the cluster's total, never below the one it left."""
     h1, h2, (e1, e2, _, _) = tree(brokers)
-    for edge, amount in ((e2, 990), (e1, 10)):
-        p = publisher(edge.port)
-        p.publish("counters/likes/inc", str(amount), 1).wait_for_publish(10)
-        close(p)
-    exact_everywhere([h1, h2], {"likes": 1000})
+    likes_from_two_edges(h1, h2, e1, e2)
     reader = Watcher(e1.port, ["counters/+"], keep=True)
     closing.append(reader)
     poller = Watcher(e1.port, ["counters/likes"])
