@@ -1157,13 +1157,14 @@ static const char *name_topic(const char *prefix, size_t prefix_len, const char 
     return g.topic;
 }
 
-/* What c's outputs show: its sums here, and at an edge the total of the
- * whole cluster (its own part plus what its hub said of the rest). */
+/* What c's outputs show: its sums here, and at an edge those of the whole
+ * cluster (its own part plus what its hub said of the rest). */
 static void output_sums(const struct tally_counter *c, struct tally_sums *s)
 {
-    table_sums(&g.table, c, s);
     if (g.edge)
-        s->value = tier_edge_value(&g.tier_edge, &g.table, c->name, c->name_len);
+        tier_edge_sums(&g.tier_edge, &g.table, c->name, c->name_len, s);
+    else
+        table_sums(&g.table, c, s);
 }
 
 /* Whether c's outputs may show a total now. An edge shows one only while it

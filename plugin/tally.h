@@ -871,7 +871,11 @@ int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presen
 typedef void tier_changed_fn(const char *name, size_t len, void *ud);
 int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_changed_fn *fn,
                          void *ud);
-/* What the edge shows: its own part (from t) plus the rest of the world. */
+/* What the edge shows: its own part (from t) plus the rest of the world, as
+ * the parts a hub's table_sums gives (P, N, devices after resets) and their
+ * total (value); tier_edge_value is that total. */
+void tier_edge_sums(const struct tier_edge *e, struct tally_table *t, const char *name, size_t len,
+                    struct tally_sums *out);
 int64_t tier_edge_value(const struct tier_edge *e, struct tally_table *t, const char *name,
                         size_t len);
 /* Whether the edge follows name: holds a view of it that a DOWN has filled.

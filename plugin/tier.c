@@ -934,10 +934,21 @@ int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_
     return r.bad || r.p != r.end ? TALLY_E_WIRE : TALLY_OK;
 }
 
+/* A saturated sum, never below 0: a + b - c for a, b, c >= 0. */
+static int64_t part(int64_t a, uint64_t b, uint64_t c)
+{
+    uint64_t v = (uint64_t)a + b;
+    v = v > c ? v - c : 0;
+    return v > (uint64_t)TALLY_MAX_SAFE ? TALLY_MAX_SAFE : (int64_t)v;
+}
+
 /* The edge's own part of name (from t) plus the rest of the world's figures
- * f. */
-static int64_t edge_total(const struct tier_edge *e, struct tally_table *t, const char *name,
-                          size_t len, const uint64_t f[NFIGURES])
+ * f, as the parts of the total a hub shows (P, N and devices after resets).
+ * None goes below 0: each DOWN's P (every slot but the edge's, as the hub
+ * holds them) with the edge's own P, which the hub's copy never passes, is
+ * at least what resets took from P, and so for N and D. */
+static void edge_sums(const struct tier_edge *e, struct tally_table *t, const char *name,
+                      size_t len, const uint64_t f[NFIGURES], struct tally_sums *out)
 {
     /* P and N: the running life's slot only; a past life's (loaded from the
      * state_dir after a start that drew a new life) is the hub's to count, in
@@ -956,22 +967,39 @@ static int64_t edge_total(const struct tier_edge *e, struct tally_table *t, cons
         own_p = s ? (int64_t)s->p : 0;
         own_n = s ? (int64_t)s->n : 0;
     }
-    int64_t d = own_d > (int64_t)f[F_D] ? own_d : (int64_t)f[F_D];
-    int64_t value = (own_p + (int64_t)f[F_P] - (int64_t)f[F_TP]) -
-                    (own_n + (int64_t)f[F_N] - (int64_t)f[F_TN]) + d - (int64_t)f[F_TD];
-    return value > TALLY_MAX_SAFE    ? TALLY_MAX_SAFE
-           : value < -TALLY_MAX_SAFE ? -TALLY_MAX_SAFE
-                                     : value;
+    out->p = part(own_p, f[F_P], f[F_TP]);
+    out->n = part(own_n, f[F_N], f[F_TN]);
+    out->devices = part(0, (uint64_t)own_d > f[F_D] ? (uint64_t)own_d : f[F_D], f[F_TD]);
+    int64_t value = out->p - out->n + out->devices;
+    out->value = value > TALLY_MAX_SAFE    ? TALLY_MAX_SAFE
+                 : value < -TALLY_MAX_SAFE ? -TALLY_MAX_SAFE
+                                           : value;
+}
+
+static int64_t edge_total(const struct tier_edge *e, struct tally_table *t, const char *name,
+                          size_t len, const uint64_t f[NFIGURES])
+{
+    struct tally_sums s;
+    edge_sums(e, t, name, len, f, &s);
+    return s.value;
 }
 
 static const uint64_t no_figures[NFIGURES];
 
-int64_t tier_edge_value(const struct tier_edge *e, struct tally_table *t, const char *name,
-                        size_t len)
+void tier_edge_sums(const struct tier_edge *e, struct tally_table *t, const char *name, size_t len,
+                    struct tally_sums *out)
 {
     const struct tier_view *v = NULL;
     HASH_FIND(hh, e->views, name, len, v);
-    return edge_total(e, t, name, len, v ? v->f : no_figures);
+    edge_sums(e, t, name, len, v ? v->f : no_figures, out);
+}
+
+int64_t tier_edge_value(const struct tier_edge *e, struct tally_table *t, const char *name,
+                        size_t len)
+{
+    struct tally_sums s;
+    tier_edge_sums(e, t, name, len, &s);
+    return s.value;
 }
 
 bool tier_edge_follows(const struct tier_edge *e, const char *name, size_t len)

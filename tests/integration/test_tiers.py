@@ -439,11 +439,15 @@ def test_an_edge_shows_no_own_only_total_once_its_view_has_gone(brokers, closing
     wait_for(lambda: late.get("counters/likes") == b"1001", 15, what="e1 to show 1001 again")
     seen = [int(v) for t, v in reader.messages() if t == "counters/likes"]
     first = [int(v) for t, v in late.messages()]
-    states = [json.loads(v)["value"] for t, v in reader.messages() if t == "counters/likes/state"]
+    docs = [json.loads(v) for t, v in reader.messages() if t == "counters/likes/state"]
+    states = [d["value"] for d in docs]
     print(f"counters/+ at e1 saw {seen}, counters/+/state {states}; the new subscriber {first}; "
           f"the answer {answer}")
     assert seen == sorted(seen), f"a counters/+ reader at e1 saw likes step back: {seen}"
     assert all(v >= 1000 for v in states), f"e1's state document showed {states}"
+    # its parts are the cluster's too, not e1's own table's (p was e1's 11)
+    assert [(d["p"], d["n"], d["devices_total"]) for d in docs] == [(v, 0, 0) for v in states], \
+        f"e1's state documents: {docs}"
     assert first[0] >= 1000, f"a new subscriber at e1 first read {first}, below 1000"
     assert answer["value"] >= 1000, f"the answer at e1 says {answer}"
 

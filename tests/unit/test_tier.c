@@ -463,6 +463,44 @@ START_TEST(a_reset_at_a_hub_reaches_the_edge)
 }
 END_TEST
 
+/* The state document at an edge shows the cluster's parts, not its own
+ * table's: once the hub has answered, P, N and devices after resets are the
+ * hub's own table_sums. */
+static void same_sums(struct node *edge, struct node *hub, const char *name)
+{
+    struct tally_sums es, hs;
+    tier_edge_sums(&edge->edge, &edge->t, name, strlen(name), &es);
+    table_sums(&hub->t, table_find(&hub->t, name, strlen(name)), &hs);
+    ck_assert_int_eq(es.p, hs.p);
+    ck_assert_int_eq(es.n, hs.n);
+    ck_assert_int_eq(es.devices, hs.devices);
+    ck_assert_int_eq(es.value, hs.value);
+}
+
+START_TEST(an_edge_shows_the_parts_of_the_clusters_total)
+{
+    watch(&e, "likes");
+    inc(&e, "likes", 5);
+    inc(&e, "likes", -1);
+    inc(&f, "likes", 7);
+    inc(&f, "likes", -3);
+    round_trip(&f, &a);
+    round_trip(&e, &a);
+    now += 10;
+    round_trip(&e, &a);
+    same_sums(&e, &a, "likes");
+    ck_assert_int_eq(shown(&e, "likes"), 8);
+    struct tally_counter *c = table_find(&a.t, "likes", 5);
+    ck_assert_int_eq(table_reset(&a.t, c, false), TALLY_OK);
+    inc(&e, "likes", 2);
+    inc(&e, "likes", -1);
+    now += 10;
+    round_trip(&e, &a);
+    same_sums(&e, &a, "likes");
+    ck_assert_int_eq(shown(&e, "likes"), 1);
+}
+END_TEST
+
 START_TEST(a_forgotten_edge_resends_everything)
 {
     inc(&e, "x", 4);
@@ -1084,6 +1122,7 @@ Suite *tier_suite(void)
     tcase_add_test(tc, failover_sends_the_whole_slot_and_counts_it_once);
     tcase_add_test(tc, a_new_hub_that_knows_less_never_makes_a_total_go_back);
     tcase_add_test(tc, a_reset_at_a_hub_reaches_the_edge);
+    tcase_add_test(tc, an_edge_shows_the_parts_of_the_clusters_total);
     tcase_add_test(tc, a_forgotten_edge_resends_everything);
     tcase_add_test(tc, presence_is_summed_over_edges_and_an_edge_that_moves_counts_once);
     tcase_add_test(tc, a_listed_edge_stays_alive_and_leaves_once_unheard);
