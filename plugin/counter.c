@@ -155,7 +155,7 @@ static int64_t sat_add(int64_t a, int64_t b)
     return r;
 }
 
-static int64_t clamp_safe(int64_t v)
+int64_t clamp_safe(int64_t v)
 {
     if (v > TALLY_MAX_SAFE)
         return TALLY_MAX_SAFE;

@@ -161,8 +161,7 @@ void table_sums(const struct tally_table *t, const struct tally_counter *c, stru
     out->p = p < out->p ? p : out->p;
     out->n = n < out->n ? n : out->n;
     out->devices = d < out->devices ? d : out->devices;
-    int64_t v = out->p - out->n + out->devices;
-    out->value = v > TALLY_MAX_SAFE ? TALLY_MAX_SAFE : v < -TALLY_MAX_SAFE ? -TALLY_MAX_SAFE : v;
+    out->value = clamp_safe(out->p - out->n + out->devices);
 }
 
 int64_t table_value(const struct tally_table *t, const struct tally_counter *c)

@@ -146,6 +146,8 @@ int counter_merge_device(struct tally_counter *c, uint32_t device, uint64_t tota
 int counter_report_check(const struct tally_counter *c, uint32_t device, uint64_t total,
                          bool *raises);
 int counter_report(struct tally_counter *c, uint32_t device, uint64_t total, bool *changed);
+/* v within [-(2^53-1), 2^53-1], saturated: what a total may show. */
+int64_t clamp_safe(int64_t v);
 void counter_sums(const struct tally_counter *c, struct tally_sums *out);
 int64_t counter_value(const struct tally_counter *c);
 /* The recent rate: `amount` (an absolute change of the total) raises an

@@ -969,19 +969,8 @@ static void edge_sums(const struct tier_edge *e, struct tally_table *t, const ch
     }
     out->p = part(own_p, f[F_P], f[F_TP]);
     out->n = part(own_n, f[F_N], f[F_TN]);
-    out->devices = part(0, (uint64_t)own_d > f[F_D] ? (uint64_t)own_d : f[F_D], f[F_TD]);
-    int64_t value = out->p - out->n + out->devices;
-    out->value = value > TALLY_MAX_SAFE    ? TALLY_MAX_SAFE
-                 : value < -TALLY_MAX_SAFE ? -TALLY_MAX_SAFE
-                                           : value;
-}
-
-static int64_t edge_total(const struct tier_edge *e, struct tally_table *t, const char *name,
-                          size_t len, const uint64_t f[NFIGURES])
-{
-    struct tally_sums s;
-    edge_sums(e, t, name, len, f, &s);
-    return s.value;
+    out->devices = part(0, max_u64((uint64_t)own_d, f[F_D]), f[F_TD]);
+    out->value = clamp_safe(out->p - out->n + out->devices);
 }
 
 static const uint64_t no_figures[NFIGURES];
@@ -1023,7 +1012,9 @@ int64_t tier_edge_answer(const struct tier_edge *e, struct tally_table *t, const
         figures_raise(f, v->f);
     if (m)
         figures_raise(f, m->kept);
-    return edge_total(e, t, name, len, f);
+    struct tally_sums s;
+    edge_sums(e, t, name, len, f, &s);
+    return s.value;
 }
 
 uint64_t tier_edge_page_total(const struct tier_edge *e, const struct tally_presence *pr,
