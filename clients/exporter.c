@@ -71,6 +71,8 @@ static const struct metric metrics[] = {
     {"reports", "tally_reports_applied_total", COUNTER, 1, "Device reports that raised a total."},
     {"reports_unchanged", "tally_reports_unchanged_total", COUNTER, 1,
      "Device reports not above the device's largest, acknowledged, changing nothing."},
+    {"logins_refused", "tally_logins_refused_total", COUNTER, 1,
+     "Logins refused by protect_clientids (a bridge's client id without a bridge username)."},
     {"repl.msgs_in", "tally_replication_received_messages_total", COUNTER, 1,
      "Replication messages received from peers."},
     {"repl.bytes_in", "tally_replication_received_bytes_total", COUNTER, 1,

@@ -673,6 +673,7 @@ void node_stats_json(struct wire_buf *b, const struct stats_view *v)
         rejected += st->rejected[i];
     }
     wbuf_printf(b, "},\"rejected_total\":%" PRIu64, rejected);
+    wbuf_printf(b, ",\"logins_refused\":%" PRIu64, st->logins_refused);
     wbuf_printf(b,
                 ",\"repl\":{\"msgs_in\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"msgs_out\":%" PRIu64
                 ",\"bytes_out\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"too_large\":%" PRIu64

@@ -417,6 +417,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
     if (!list_match(g.opt.protect_clientids, id) ||
         list_match(g.opt.bridge_usernames, ev->username))
         return MOSQ_ERR_PLUGIN_DEFER;
+    g.st.logins_refused++;
     if (refusal_loggable())
         mosquitto_log_printf(MOSQ_LOG_WARNING,
                              "tally: refused login of client '%s' (username '%s'): "

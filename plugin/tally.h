@@ -1038,6 +1038,7 @@ struct tally_stats {
     uint64_t repl_msgs_in, repl_bytes_in, repl_msgs_out, repl_bytes_out;
     uint64_t repl_rejected, repl_too_large, repair_counters;
     uint64_t repl_dropped_large; /* ours, over max_message_bytes: not sent */
+    uint64_t logins_refused;     /* by protect_clientids */
     uint64_t log_suppressed;
 };
 

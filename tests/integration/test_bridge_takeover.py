@@ -6,6 +6,7 @@ Mosquitto exactly as before.
 
 Without it (the old code), a client taking `b-to-a` every 0.2 s on the shipped
 cluster kept node a from hearing node b for as long as it went on."""
+import json
 import signal
 import socket
 import threading
@@ -26,17 +27,28 @@ def _str(b):
     return len(b).to_bytes(2, "big") + b
 
 
+def _remaining_length(n):
+    out = b""
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out += bytes([digit | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
 def connect(port, client_id, username=None, password=None, version=4):
-    """A raw CONNECT; (CONNACK return or reason code, the open socket)."""
+    """A raw CONNECT (version 3: MQTT 3.1, 4: 3.1.1, 5); (CONNACK return or
+    reason code, the open socket)."""
     flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
-    body = _str(b"MQTT") + bytes([version, flags]) + (60).to_bytes(2, "big")
+    name = b"MQIsdp" if version == 3 else b"MQTT"
+    body = _str(name) + bytes([version, flags]) + (60).to_bytes(2, "big")
     body += (b"\x00" if version == 5 else b"") + _str(client_id.encode())
     if username is not None:
         body += _str(username.encode())
     if password is not None:
         body += _str(password.encode())
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(bytes([0x10, len(body)]) + body)
+    s.sendall(b"\x10" + _remaining_length(len(body)) + body)
     ack = b""
     while len(ack) < 4:
         chunk = s.recv(4 - len(ack))
@@ -180,3 +192,72 @@ def test_with_no_password_file_logins_with_a_username_are_refused(brokers):
     assert connack(guarded.port, "dev-1", "anyone", "x") == NOT_AUTHORISED
     assert connack(guarded.port, "dev-1") == ACCEPTED
     assert connack(guarded.port, "b-to-a") == NOT_AUTHORISED
+
+
+def stats(broker):
+    raw = broker.retained(f"$tally/stats/{broker.name}")
+    return json.loads(raw) if raw else {}
+
+
+def test_a_flood_of_refused_logins_is_counted_logged_under_log_rate_and_stalls_nothing(
+        brokers, workdir):
+    """Hundreds of logins taking protected ids, over MQTT 3.1, 3.1.1 and 5, with
+    a reload (SIGHUP) in the middle: each is refused and counted once in the
+    stats (logins_refused), the log holds at most log_rate of them a second
+    and says how many it left out, logins tally defers are not counted, and
+    an ordinary client keeps counting meanwhile."""
+    passwords = make_passwords(f"{workdir}/passwords")
+    node = brokers("n1", extra=f"allow_anonymous true\npassword_file {passwords}\n",
+                   options={"bridge_usernames": "tally-bridge", "protect_clientids": "*-to-*",
+                            "log_rate": "5", "stats_interval_ms": "200"})
+    # (id, username, password, MQTT version, refused by tally)
+    logins = [("b-to-a", None, None, 3, True), (f"{'x' * 5000}-to-a", None, None, 4, True),
+              ("é-to-€", "device", PASSWORD["device"], 5, True),
+              ("b-to-a", "tally-bridge", "wrong", 4, False),  # password_file refuses it
+              ("B-TO-A", None, None, 4, False)]  # not protected (case matters, as for sessions)
+    rounds, codes = 60, []
+    counter = node.client("counter")
+    sighup_at = rounds // 2
+
+    def flood(worker):
+        for i in range(rounds):
+            if worker == 0 and i == sighup_at:
+                node.proc.send_signal(signal.SIGHUP)
+            for cid, user, pw, version, _ in logins:
+                codes.append((cid, version, connack(node.port, cid, user, pw, version=version)))
+
+    started = time.monotonic()
+    workers = [threading.Thread(target=flood, args=(w,)) for w in range(2)]
+    for w in workers:
+        w.start()
+    acked = []
+    while any(w.is_alive() for w in workers):
+        info = counter.publish("counters/likes/inc", "1")
+        info.wait_for_publish(5)
+        acked.append(info.is_published())
+        time.sleep(0.05)
+    for w in workers:
+        w.join(60)
+    took = time.monotonic() - started
+    counter.close()
+    assert acked and all(acked), "an increment was not acknowledged during the flood"
+    node.wait_total("likes", len(acked), timeout=10)
+    assert "Reloading config." in node.read_log()
+
+    refused = 2 * rounds * sum(1 for login in logins if login[4])
+    for cid, version, code in codes:
+        protected = "-to-" in cid
+        want = (V5_NOT_AUTHORISED if version == 5 else NOT_AUTHORISED) if protected else ACCEPTED
+        assert code == want, (cid[:20], version, code)
+    wait_for(lambda: stats(node).get("logins_refused") == refused, 10,
+             what=f"logins_refused {refused} (is {stats(node).get('logins_refused')})")
+    assert stats(node)["rejected_total"] == 0  # logins are not publishes
+
+    # Past the window the flood filled, one more refusal brings the line that
+    # says how many were left out.
+    def summed():
+        connack(node.port, "b-to-a")
+        return "more refusals not logged in the last second" in node.read_log()
+    wait_for(summed, 10, interval=0.3, what="the line counting refusals left out of the log")
+    lines = node.read_log().count("tally: refused login of client")
+    assert 5 <= lines <= 5 * (int(took) + 15), f"{lines} refusal lines in {took:.1f} s"

@@ -34,6 +34,7 @@ KNOWN = {
     "uptime_ms": ("tally_uptime_seconds", 0.001),
     "time_ms": ("tally_stats_time_seconds", 0.001),
     "seq": ("tally_stats_published_total", 1),
+    "logins_refused": ("tally_logins_refused_total", 1),
 }
 # Carried as labels of tally_node_info, or a sum of a labelled counter.
 NOT_METRICS = {"rejected_total"}
@@ -110,6 +111,7 @@ def test_every_stats_figure_is_a_typed_metric_per_node(cluster, exporter):
                                                     ("persist", doc["persist"])})] == 1
     assert types["tally_increments_applied_total"] == "counter"
     assert types["tally_rejected_total"] == "counter"
+    assert types["tally_logins_refused_total"] == "counter"
     assert types["tally_counters"] == "gauge"
     assert types["tally_peer_up"] == "gauge"
     wait_for(lambda: exporter.samples()[0].get(
