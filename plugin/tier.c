@@ -35,8 +35,9 @@
  *     would be the edge's own part alone, a step back from the cluster's
  *     figure it left retained, so plugin.c publishes nothing then, and the
  *     retained total stays the last cluster-wide one it showed. A view
- *     dropped keeps its figures in the edge's own counter, if the edge
- *     writes it (bounded by what it holds anyway): the answer to an
+ *     dropped keeps its figures in the edge's own counter, made for it if
+ *     the edge only watched it (a few words beside the retained total and
+ *     the table entry the edge holds anyway, edge_keep): the answer to an
  *     increment reports own part plus those (tier_edge_answer), and a view
  *     made again starts from them, so a hub that knows less cannot take the
  *     first total shown below the retained one;
@@ -223,8 +224,9 @@
  * those (reset.c). Each only grows. */
 enum { F_P, F_N, F_D, F_TP, F_TN, F_TD, NFIGURES };
 
-/* The edge's own counters: when their latest value last went up, and the
- * figures of the last view it held of them (see tier_edge_answer). */
+/* The counters the edge writes or has shown: when their latest value last
+ * went up (never, for one only shown), and the figures of the last view it
+ * held of them (see tier_edge_answer, edge_keep). */
 struct tier_mine {
     UT_hash_handle hh;
     uint64_t sent_seq; /* the UP that carried the latest value; 0: not sent */
@@ -429,6 +431,27 @@ int tier_edge_watch(struct tier_edge *e, const char *name, size_t len, bool on)
     return TALLY_OK;
 }
 
+/* Keeps a shown view's figures past it, in the edge's own counter, made for
+ * a counter only watched here (never sent up: nothing of it is unacknowledged).
+ * Its total went out retained; a view made again starts from them, so the
+ * first total after a failover to a hub that knows less is not below it. The
+ * cost is a few words per counter ever shown, beside its retained message
+ * and its entry in the table, which the edge holds anyway. */
+static int edge_keep(struct tier_edge *e, const struct tier_view *v)
+{
+    struct tier_mine *m = NULL;
+    HASH_FIND(hh, e->mine, v->name, v->len, m);
+    if (!m) {
+        m = named_new(sizeof(*m), v->name, v->len, offsetof(struct tier_mine, name));
+        if (!m)
+            return TALLY_E_NOMEM;
+        m->len = v->len;
+        HASH_ADD(hh, e->mine, name, m->len, m);
+    }
+    figures_raise(m->kept, v->f);
+    return TALLY_OK;
+}
+
 /* Drops the views unwatched for TIER_VIEW_LINGER_MS; stamps the newly idle. */
 static void edge_drop_idle(struct tier_edge *e, uint64_t now_ms)
 {
@@ -440,10 +463,8 @@ static void edge_drop_idle(struct tier_edge *e, uint64_t now_ms)
         if (v->idle_since_ms == 0) {
             v->idle_since_ms = now_ms ? now_ms : 1;
         } else if (now_ms - v->idle_since_ms >= TIER_VIEW_LINGER_MS) {
-            struct tier_mine *m = NULL;
-            HASH_FIND(hh, e->mine, v->name, v->len, m);
-            if (m)
-                figures_raise(m->kept, v->f);
+            if (v->filled && edge_keep(e, v) != TALLY_OK)
+                continue; /* out of memory: it lingers, and is tried again */
             HASH_DEL(e->views, v);
             free(v);
             e->nidle--;

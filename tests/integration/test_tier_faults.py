@@ -12,7 +12,7 @@ import pytest
 from conftest import wait_for
 from tcpproxy import TcpProxy
 from test_cluster import Watcher, close, closing, publisher  # noqa: F401 (closing: a fixture)
-from test_tiers import OPTIONS, edge_bridge, exact_everywhere, increments, viewers
+from test_tiers import OPTIONS, bridged_to, edge_bridge, exact_everywhere, increments, viewers
 
 TIMEOUT_S = 3.0  # OPTIONS' peer_timeout_ms
 
@@ -483,3 +483,45 @@ def test_edges_and_hubs_killed_at_random_lose_nothing_acknowledged(brokers, clos
     got = seen["h1"]
     print(f"acknowledged {acked}, counted {got}, sent {sent}")
     assert acked <= got <= sent, (acked, got, sent)
+
+
+def test_a_counter_only_watched_at_an_edge_never_steps_back_after_a_failover(brokers, closing):
+    """e1 only watches `news` (990 + 10 written at e2, on h1). h2's link to h1 is cut after the
+    990, so h2 holds less. A poller at e1 reads 1000 and leaves; past the 30 s linger e1's view
+    is gone. e1's link to h1 closes and e1 moves to h2: watched again there, `news` must not
+    show h2's 990 (a view made again starts from the figures of the last one; before, they went
+    with the view), and once healed it shows 1000 everywhere."""
+    h1 = brokers("h1", options=dict(OPTIONS))
+    hub_link, edge_link = TcpProxy(h1.port), TcpProxy(h1.port)
+    closing.extend([hub_link, edge_link])
+    h2 = brokers("h2", options=dict(OPTIONS), bridges=[{"name": "h2-to-h1", "port": hub_link.port}])
+    e1 = edge_through(brokers, "e1", [edge_link.port, h2.port])
+    e2 = edge_through(brokers, "e2", [h1.port])
+    p = publisher(e2.port)
+    p.publish("counters/news/inc", "990", 1).wait_for_publish(10)
+    exact_everywhere([h1, h2], {"news": 990})
+    hub_link.cut()
+    p.publish("counters/news/inc", "10", 1).wait_for_publish(10)
+    close(p)
+    exact_everywhere([h1], {"news": 1000})
+    poller = Watcher(e1.port, ["counters/news"])
+    closing.append(poller)
+    wait_for(lambda: poller.get("counters/news") == b"1000", 15, what="e1 to show 1000")
+    poller.close()
+    time.sleep(30 + 3)  # tier.c's TIER_VIEW_LINGER_MS, and a few UP intervals: the view is gone
+    reader = Watcher(e1.port, ["counters/+"], keep=True)  # a wildcard: holds no view
+    closing.append(reader)
+    wait_for(lambda: reader.get("counters/news") == b"1000", 5, what="the retained 1000 at e1")
+    edge_link.close()  # refused, not dropped: e1's bridge goes on to h2
+    wait_for(lambda: h2.port in bridged_to(e1), 20, what="e1 to connect to h2")
+    assert h2.total("news") == 990, "h2 learned the 10 across the cut"
+    late = Watcher(e1.port, ["counters/news"], keep=True)
+    closing.append(late)
+    time.sleep(3)  # six of e1's heartbeats: h2's DOWNs with 990 reach it
+    seen = values_of(reader, "counters/news") + values_of(late, "counters/news")
+    print(f"at e1 across the failover: counters/+ {values_of(reader, 'counters/news')}, "
+          f"the new subscriber {values_of(late, 'counters/news')}")
+    assert seen and min(seen) == 1000, f"e1 showed {seen} through h2, which holds 990"
+    hub_link.heal()
+    exact_everywhere([h1, h2, e1], {"news": 1000}, timeout=40)
+    never_down([reader, late], "counters/news", 1000)

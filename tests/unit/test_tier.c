@@ -330,9 +330,48 @@ START_TEST(an_edge_shows_a_total_only_while_it_follows_the_counter)
     ck_assert(tier_edge_follows(&e.edge, "likes", 5));
     ck_assert_int_eq(shown(&e, "likes"), 1001);
     ck_assert_int_eq(tier_edge_answer(&e.edge, &e.t, "likes", 5), 1001);
-    /* a counter only watched here keeps nothing once its view has gone */
+    /* a counter never shown here starts from nothing */
     watch(&e, "other");
     ck_assert_int_eq(tier_edge_answer(&e.edge, &e.t, "other", 5), 0);
+}
+END_TEST
+
+/* The same for a counter the edge only watches: its view's figures outlive
+ * it, and a view made again through a hub that knows less starts from them.
+ * Before, they went with the view, and the edge's first total after the
+ * failover was that hub's 990 under the 1000 it had left retained. */
+START_TEST(a_counter_only_watched_at_an_edge_keeps_its_figures_past_its_view)
+{
+    inc(&f, "news", 990);
+    round_trip(&f, &a);
+    hubs_sync(&a, &b);
+    inc(&f, "news", 10);
+    now += HB;
+    round_trip(&f, &a); /* a: 1000, b: 990 */
+    ck_assert_int_eq(hub_value(&a, "news"), 1000);
+    ck_assert_int_eq(hub_value(&b, "news"), 990);
+    watch(&e, "news");
+    round_trip(&e, &a);
+    ck_assert_int_eq(shown(&e, "news"), 1000);
+    ck_assert_int_eq(tier_edge_watch(&e.edge, "news", 4, false), TALLY_OK);
+    now += 10;
+    up(&e);
+    now += 30000;
+    up(&e); /* the view is dropped */
+    ck_assert(!tier_edge_follows(&e.edge, "news", 4));
+    /* watched again, through b, which holds less of it than a did */
+    watch(&e, "news");
+    now += HB;
+    round_trip(&e, &b);
+    ck_assert(tier_edge_follows(&e.edge, "news", 4));
+    ck_assert_int_eq(shown(&e, "news"), 1000);
+    /* nothing of it is the edge's to send: once b has acknowledged the
+     * watch list (its first DOWN gave the session), no UP is due */
+    now += 10;
+    round_trip(&e, &b);
+    now += 10;
+    ck_assert(!up(&e));
+    ck_assert_int_eq(hub_value(&b, "news"), 990);
 }
 END_TEST
 
@@ -1117,6 +1156,7 @@ Suite *tier_suite(void)
     tcase_add_test(tc, an_edge_sends_its_past_life_up_and_shows_it_once);
     tcase_add_test(tc, a_view_lingers_after_its_last_watcher);
     tcase_add_test(tc, an_edge_shows_a_total_only_while_it_follows_the_counter);
+    tcase_add_test(tc, a_counter_only_watched_at_an_edge_keeps_its_figures_past_its_view);
     tcase_add_test(tc, a_lost_up_is_carried_by_the_next);
     tcase_add_test(tc, an_unacknowledged_up_is_resent_once_an_interval);
     tcase_add_test(tc, failover_sends_the_whole_slot_and_counts_it_once);
