@@ -180,6 +180,23 @@
  * hierarchy, the same handoff at each level. Here the guarantees follow
  * from the maximum alone, at the cost above.
  *
+ * A cheaper road to the same bound, not built, asks one thing of the
+ * deployment: that an edge's failover list name the hubs of one group only
+ * (a few hubs that share their edges, today's cluster among themselves).
+ * Then a group's sum (its edges' and hubs' slots added) is a function of
+ * state every hub of the group holds and converges on, and each term only
+ * grows: any hub of the group may send it to the other groups as the slot
+ * of a replica named after the group, merged by maximum, and no custody is
+ * needed, since no edge's count is ever in two groups' sums. A hub would
+ * hold its group's slots plus one per group; groups of groups, summed the
+ * same way, make that flat. What it takes besides: bridges between groups
+ * carrying only the groups' sums; resets taking a group's sum as the slot
+ * they observe (min of sums: still a lower bound that converges to the same
+ * figure); device maxima left whole (they grow with devices, not brokers);
+ * and one announcer per group for its viewer counts (the live hub of the
+ * group first in its list), since those are registers, not maxima. What it
+ * costs: a group whose hubs all die leaves its edges nowhere to go.
+ *
  * ---- Presence through the tree ----
  *
  * The UP's page list is the edge's viewers per page, a last-writer-wins
