@@ -944,9 +944,11 @@ struct tier_child *tier_hub_next(struct tier_hub *h, struct tier_child *ch);
 /* Calls fn for each page the edge's viewers watch, with the others' viewers. */
 typedef void tier_page_fn(const char *page, size_t len, uint64_t others, void *ud);
 void tier_edge_each_page(const struct tier_edge *e, tier_page_fn *fn, void *ud);
-/* Sizes, for stats: a hub's children; an edge's written, watched and viewed
- * entries. */
+/* Sizes, for stats: a hub's children; the entries a hub holds for them
+ * (children, watched counters, viewed pages); an edge's written, watched and
+ * viewed entries. */
 size_t tier_hub_children(const struct tier_hub *h);
+size_t tier_hub_entries(const struct tier_hub *h);
 size_t tier_edge_entries(const struct tier_edge *e);
 const char *tier_child_id(const struct tier_child *ch);
 uint64_t tier_child_incarnation(const struct tier_child *ch);

@@ -1456,8 +1456,20 @@ int tier_hub_apply_up(struct tier_hub *h, struct tally_table *t, struct tally_pr
     return rc;
 }
 
+/* A new tick: figures are computed again. The page totals no DOWN asked for
+ * in the last tick go: kept, the cache would hold every page any edge's
+ * viewers ever watched (a client viewing page after page grew it without
+ * bound). */
 void tier_hub_tick(struct tier_hub *h)
 {
+    struct tier_watch *w, *wt;
+    HASH_ITER(hh, h->page_totals, w, wt)
+    {
+        if (w->gen != h->gen) {
+            HASH_DEL(h->page_totals, w);
+            free(w);
+        }
+    }
     h->gen++;
 }
 
@@ -1830,6 +1842,11 @@ void tier_edge_each_page(const struct tier_edge *e, tier_page_fn *fn, void *ud)
 size_t tier_hub_children(const struct tier_hub *h)
 {
     return HASH_COUNT(h->children);
+}
+
+size_t tier_hub_entries(const struct tier_hub *h)
+{
+    return HASH_COUNT(h->children) + HASH_COUNT(h->watches) + HASH_COUNT(h->page_totals);
 }
 
 size_t tier_edge_entries(const struct tier_edge *e)

@@ -898,6 +898,33 @@ START_TEST(an_edge_forgets_the_others_viewers_of_a_page_its_viewers_left)
 }
 END_TEST
 
+/* Regression: a hub cached the total of every page any edge's viewers had
+ * ever watched (a per-tick cache, never emptied): a client at an edge that
+ * views page after page (presence/p1, p2, ...) grew every hub's memory
+ * without bound. Only the pages viewed now are held. */
+START_TEST(a_hub_holds_only_the_pages_its_edges_view_now)
+{
+    char page[16];
+    for (int i = 0; i < 200; i++) {
+        snprintf(page, sizeof(page), "p%d", i);
+        viewers(&e, page, 1);
+        now += HB;
+        round_trip(&e, &a);
+        presence_unview(&e.pr, "v0", page, strlen(page));
+        tier_edge_pages_changed(&e.edge);
+        now += HB;
+        round_trip(&e, &a);
+    }
+    viewers(&e, "home", 1);
+    now += HB;
+    round_trip(&e, &a);
+    now += HB;
+    round_trip(&e, &a);
+    ck_assert_uint_le(tier_hub_entries(&a.hub), 3); /* e, and home */
+    ck_assert_uint_eq(tier_edge_page_total(&e.edge, &e.pr, "home", 4), 1);
+}
+END_TEST
+
 /* A child's relay only where its record still is (a hub forgets it
  * peer_timeout_ms after its last UP). */
 static void relay_if_carried(struct node *hub, const char *child, struct node *to)
@@ -1175,6 +1202,7 @@ Suite *tier_suite(void)
     tcase_add_test(tc, bad_messages_are_refused);
     tcase_add_test(tc, an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone);
     tcase_add_test(tc, a_lost_part_is_not_acknowledged);
+    tcase_add_test(tc, a_hub_holds_only_the_pages_its_edges_view_now);
     suite_add_tcase(s, tc);
     return s;
 }
