@@ -421,6 +421,14 @@ static bool figures_raise(uint64_t to[NFIGURES], const uint64_t f[NFIGURES])
     return raised;
 }
 
+static bool figures_zero(const uint64_t f[NFIGURES])
+{
+    for (int i = 0; i < NFIGURES; i++)
+        if (f[i])
+            return false;
+    return true;
+}
+
 int tier_edge_watch(struct tier_edge *e, const char *name, size_t len, bool on)
 {
     struct tier_view *v = NULL;
@@ -458,6 +466,8 @@ static int edge_keep(struct tier_edge *e, const struct tier_view *v)
 {
     struct tier_mine *m = NULL;
     HASH_FIND(hh, e->mine, v->name, v->len, m);
+    if (!m && figures_zero(v->f))
+        return TALLY_OK; /* a name nobody writes: never shown (tier_edge_apply_down) */
     if (!m) {
         m = named_new(sizeof(*m), v->name, v->len, offsetof(struct tier_mine, name));
         if (!m)
@@ -955,7 +965,15 @@ int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_
         const uint64_t f[NFIGURES] = {p - mp, n - mn, d, tp, tn, td};
         bool first = !v->filled;
         v->filled = true;
-        if ((figures_raise(v->f, f) || first) && fn)
+        /* A hub says zeros of a name it holds nothing of: such a view is
+         * news only for a counter the edge writes (its own part is the
+         * total) or has shown. Any other waits for a figure, or the edge
+         * would hold and show a total 0 of every name its clients ever
+         * watched, and keep it (edge_keep). */
+        struct tier_mine *m = NULL;
+        if (first)
+            HASH_FIND(hh, e->mine, name, nlen, m);
+        if ((figures_raise(v->f, f) || m) && fn)
             fn(name, nlen, ud);
     }
     uint64_t npages = wr_varint(&r);

@@ -345,6 +345,40 @@ def test_quiet_edges_stay_counted_when_sync_interval_passes_peer_timeout(brokers
     assert all(set(v) <= {b"4"} for v in later.values()), f"a quiet edge's viewers moved: {later}"
 
 
+def test_a_client_watching_names_nobody_writes_makes_no_counters_at_its_edge(brokers, closing):
+    """Regression: a client at an edge that subscribed to names nobody writes (here 40, with
+    the edge's max_counters 5) made the edge hold a counter for each, past max_counters and
+    never dropped, and publish a retained total 0 of each: every name a client ever watched
+    grew the edge's memory and its retained store, where a node shows nothing of a counter
+    it does not hold. A name written later anywhere is shown at once."""
+    h1 = brokers("h1", options=dict(OPTIONS))
+    e1 = edge_through(brokers, "e1", [h1.port], {"max_counters": "5", "stats_interval_ms": "200"})
+    e2 = edge_through(brokers, "e2", [h1.port])
+    ghosts = [f"counters/ghost{i}" for i in range(40)]
+    w = Watcher(e1.port, ["counters/real"] + ghosts, keep=True)
+    closing.append(w)
+    increments_of(e2, "real", 3)
+    wait_for(lambda: w.get("counters/real") == b"3", 15, what="counters/real == 3 at e1")
+
+    def stats():
+        return json.loads(e1.retained("$tally/stats/e1") or "{}")
+
+    time.sleep(1.0)  # the DOWN that filled `real` filled every ghost's view too
+    wait_for(lambda: stats().get("counters") == 1, 5, what=f"e1 to hold 1 counter ({stats()})")
+    assert stats()["limits"]["over"] == []
+    assert [t for t, _ in w.messages() if t != "counters/real"] == []
+    assert e1.retained("counters/ghost7", timeout=1) is None
+    increments_of(e2, "ghost7", 2)
+    wait_for(lambda: w.get("counters/ghost7") == b"2", 15, what="counters/ghost7 == 2 at e1")
+
+
+def increments_of(node, name, n):
+    p = publisher(node.port)
+    for _ in range(n):
+        p.publish(f"counters/{name}/inc", "1", 1).wait_for_publish(10)
+    close(p)
+
+
 def report(node, name, device, total):
     r = node.pub(f"counters/{name}/report", json.dumps({"device": device, "total": total}))
     assert r.returncode == 0, r.stderr

@@ -297,6 +297,61 @@ START_TEST(a_view_lingers_after_its_last_watcher)
 }
 END_TEST
 
+static void count_changed(const char *name, size_t len, void *ud)
+{
+    (void)name;
+    (void)len;
+    ++*(int *)ud;
+}
+
+/* The DOWN owed to ch, applied by the edge; the views it reported changed. */
+static int down_changed(struct node *hub, struct tier_child *ch, struct node *edge)
+{
+    int calls = 0;
+    tier_hub_tick(&hub->hub);
+    nparts = 0;
+    ck_assert_int_eq(
+        tier_hub_down(&hub->hub, &hub->t, &hub->pr, ch, now, HB, max_bytes, &out, collect, NULL),
+        TALLY_OK);
+    for (size_t i = 0; i < nparts; i++)
+        ck_assert_int_eq(
+            tier_edge_apply_down(&edge->edge, part[i].data, part[i].len, count_changed, &calls),
+            TALLY_OK);
+    return calls;
+}
+
+/* Regression: a hub reports zeros of a name it holds nothing of, and the
+ * edge took that as news: plugin.c made a counter of it and published a
+ * total 0, for every name a client at the edge ever watched, and past the
+ * linger the edge kept its figures (zeros) for good. */
+START_TEST(a_name_nobody_writes_is_neither_shown_nor_kept_at_an_edge)
+{
+    watch(&e, "ghost");
+    ck_assert(up(&e));
+    ck_assert_int_eq(down_changed(&a, hub_takes(&a), &e), 0);
+    ck_assert_int_eq(tier_edge_watch(&e.edge, "ghost", 5, false), TALLY_OK);
+    now += 10;
+    up(&e);
+    now += 30000;
+    up(&e); /* the linger is over: the view is dropped */
+    ck_assert_uint_eq(tier_edge_entries(&e.edge), 0);
+    /* written elsewhere, and watched again: news */
+    inc(&f, "ghost", 3);
+    round_trip(&f, &a);
+    watch(&e, "ghost");
+    now += 10;
+    ck_assert(up(&e));
+    ck_assert_int_eq(down_changed(&a, hub_takes(&a), &e), 1);
+    ck_assert_int_eq(shown(&e, "ghost"), 3);
+    /* a counter the edge writes is news at its first DOWN, zeros or not */
+    inc(&e, "mine", 0);
+    watch(&e, "mine");
+    now += 10;
+    ck_assert(up(&e));
+    ck_assert_int_eq(down_changed(&a, hub_takes(&a), &e), 1);
+}
+END_TEST
+
 /* An edge shows a counter's total only while it follows it: a view its hub
  * has filled. Past the linger it follows no more; an increment then is
  * answered with its own part plus the last view's figures (kept for the
@@ -1203,6 +1258,7 @@ Suite *tier_suite(void)
     tcase_add_test(tc, an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone);
     tcase_add_test(tc, a_lost_part_is_not_acknowledged);
     tcase_add_test(tc, a_hub_holds_only_the_pages_its_edges_view_now);
+    tcase_add_test(tc, a_name_nobody_writes_is_neither_shown_nor_kept_at_an_edge);
     suite_add_tcase(s, tc);
     return s;
 }
