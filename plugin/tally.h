@@ -510,6 +510,7 @@ struct tally_origin {
 struct tally_presence {
     struct tally_page *pages;
     struct tally_viewer *viewers;
+    struct tally_view *views; /* every local (client, page) pair, by the two */
     struct tally_origin *origins;
     struct tally_page *dirty_head;
     uint32_t norigins;
