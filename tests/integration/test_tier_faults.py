@@ -379,6 +379,52 @@ def increments_of(node, name, n):
     close(p)
 
 
+def test_ordinary_clients_cannot_write_or_read_the_trees_topics(brokers, closing):
+    """An ordinary client (not a bridge) at a hub and at an edge replays a real UP and a real
+    DOWN, and junk, on $tally/up/<edge> and $tally/down/<edge> (a forged DOWN would raise an
+    edge's view for good: views only grow), and reads $tally/#: each publish is refused and
+    counted, it reads nothing of the tree, and totals and viewers stay exact everywhere."""
+    h1 = brokers("h1", options=dict(OPTIONS, stats_interval_ms="500"))
+    e1 = edge_through(brokers, "e1", [h1.port], {"stats_interval_ms": "500"})
+    e2 = edge_through(brokers, "e2", [h1.port])
+    nodes = [h1, e1, e2]
+    up = Watcher(e1.port, ["$tally/up/e1"], client_id="spy-to-up", keep=True)
+    down = Watcher(h1.port, ["$tally/down/e1"], client_id="spy-to-down", keep=True)
+    readers = [Watcher(n.port, ["$tally/up/#", "$tally/down/#", "#"], keep=True)
+               for n in (h1, e1)]
+    closing.extend([up, down] + readers)
+    viewers([e1, e2], closing)
+    expected = {}
+    increments([e1, e2], 5, expected)
+    exact_everywhere(nodes, expected)
+    wait_for(lambda: up.count() and down.count(), 10, what="an UP and a DOWN captured")
+    real_up, real_down = up.messages()[-1][1], down.messages()[-1][1]
+
+    def forbidden(n):
+        return json.loads(n.retained(f"$tally/stats/{n.name}"))["rejected"]["forbidden_topic"]
+
+    before = {n.name: forbidden(n) for n in (h1, e1)}
+    topics = ["$tally/up/e1", "$tally/up/e2", "$tally/down/e1", "$tally/down/e2"]
+    payloads = [real_up, real_down, b"", bytes(range(256))]
+    for n in (h1, e1):
+        m = publisher(n.port, f"mallory-{n.name}")
+        for t in topics:
+            for payload in payloads:
+                m.publish(t, payload, 1).wait_for_publish(10)
+        close(m)
+    sent = len(topics) * len(payloads)
+    for n in (h1, e1):
+        wait_for(lambda: forbidden(n) == before[n.name] + sent, 10,
+                 what=f"{sent} refusals counted at {n.name} (is {forbidden(n) - before[n.name]})")
+    increments([e1, e2], 5, expected)
+    exact_everywhere(nodes, expected)
+    for n in nodes:
+        wait_for(lambda: n.retained("presence/home") == "4", 10,
+                 what=f"{n.name}: presence/home == 4 (is {n.retained('presence/home')})")
+    for r in readers:
+        assert [t for t, _ in r.messages() if t.startswith("$")] == []
+
+
 def report(node, name, device, total):
     r = node.pub(f"counters/{name}/report", json.dumps({"device": device, "total": total}))
     assert r.returncode == 0, r.stderr
