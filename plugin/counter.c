@@ -107,10 +107,9 @@ static size_t entry_room(size_t n)
     return room;
 }
 
-/* The entry keyed key, created zeroed (then keyed) when absent and create is
- * set; NULL when absent, or out of memory (nothing changed). New devices take
- * ever larger registry indexes, so they are usually appended: no move. */
-static void *entry_find(void **arr, uint32_t *n, size_t size, uint32_t key, bool create)
+/* New devices take ever larger registry indexes, so they are usually
+ * appended: no move. */
+void *sorted_entry(void **arr, uint32_t *n, size_t size, uint32_t key, bool create)
 {
     uint32_t i = lower_bound(*arr, *n, size, key);
     if (i < *n && key_at(*arr, size, i) == key)
@@ -136,12 +135,12 @@ static void *entry_find(void **arr, uint32_t *n, size_t size, uint32_t key, bool
 
 static struct tally_slot *slot_find(struct tally_counter *c, uint32_t replica, bool create)
 {
-    return entry_find((void **)&c->slots, &c->nslots, sizeof(*c->slots), replica, create);
+    return sorted_entry((void **)&c->slots, &c->nslots, sizeof(*c->slots), replica, create);
 }
 
 static struct tally_dev *dev_find(struct tally_counter *c, uint32_t device, bool create)
 {
-    return entry_find((void **)&c->devs, &c->ndevs, sizeof(*c->devs), device, create);
+    return sorted_entry((void **)&c->devs, &c->ndevs, sizeof(*c->devs), device, create);
 }
 
 /* Saturating sum of non-negative parts: a cluster whose slots were each

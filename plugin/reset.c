@@ -106,12 +106,14 @@ static struct tally_base_slot *bslot_find(const struct tally_base *b, uint32_t r
     return NULL;
 }
 
+/* A binary search: a counter may hold max_devices devices, and table_sums
+ * looks each one up here. Walking the base made a counter of 100,000
+ * devices, once reset, take the broker 2 s to sum at every publish of its
+ * total, and its reset 13 s. */
 static struct tally_dev *bdev_find(const struct tally_base *b, uint32_t device)
 {
-    for (uint32_t i = 0; i < b->ndevs; i++)
-        if (b->devs[i].device == device)
-            return &b->devs[i];
-    return NULL;
+    struct tally_base *m = (struct tally_base *)b; /* unchanged: create is false */
+    return sorted_entry((void **)&m->devs, &m->ndevs, sizeof(*m->devs), device, false);
 }
 
 void base_slot(const struct tally_base *b, uint32_t replica, uint64_t *p, uint64_t *n)
@@ -232,18 +234,7 @@ static struct tally_base_slot *bslot_get(struct tally_base *b, uint32_t replica)
 
 static struct tally_dev *bdev_get(struct tally_base *b, uint32_t device)
 {
-    uint32_t i = 0;
-    while (i < b->ndevs && b->devs[i].device < device)
-        i++;
-    if (i < b->ndevs && b->devs[i].device == device)
-        return &b->devs[i];
-    struct tally_dev *grown = grow_insert(b->devs, b->ndevs, sizeof(*grown), i);
-    if (!grown)
-        return NULL;
-    b->devs = grown;
-    b->ndevs++;
-    grown[i].device = device;
-    return &grown[i];
+    return sorted_entry((void **)&b->devs, &b->ndevs, sizeof(*b->devs), device, true);
 }
 
 /* Keeps the table's digest current: the base is part of the state peers

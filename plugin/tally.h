@@ -157,6 +157,12 @@ int64_t counter_value(const struct tally_counter *c);
 void counter_rate_add(struct tally_counter *c, uint64_t amount, uint32_t now_ds);
 double counter_rate(const struct tally_counter *c, uint32_t now_ds);
 const struct tally_slot *counter_slot(const struct tally_counter *c, uint32_t replica);
+/* In a sorted array of n entries that start with their uint32_t key (a
+ * counter's slots and devices, a base's devices), the entry keyed key, found
+ * by binary search, or created zeroed (then keyed) in its place when absent
+ * and create is set; NULL when absent, or out of memory (nothing changed).
+ * Past 8 entries the array's room doubles: only sorted_entry may grow it. */
+void *sorted_entry(void **arr, uint32_t *n, size_t size, uint32_t key, bool create);
 const struct tally_dev *counter_device(const struct tally_counter *c, uint32_t device);
 bool counter_drop_slot(struct tally_counter *c, uint32_t replica, struct tally_slot *was);
 void counter_free(struct tally_counter *c);
