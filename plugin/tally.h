@@ -116,6 +116,7 @@ struct tally_counter {
     struct tally_counter *dirty_next;
     struct tally_slot *slots; /* sorted by replica */
     struct tally_dev *devs;   /* sorted by device */
+    uint64_t devs_total;      /* the sum of devs[].total, saturated (counter_merge_device) */
     float rate;               /* recent change of the total: see counter_rate */
     uint32_t rate_ds;         /* when rate was last raised, in table clock ticks */
     uint32_t nslots;
