@@ -97,7 +97,9 @@ def options_page(options, version):
                         "line. An unknown key or a bad value stops the broker at start with a "
                         "message naming the option and what is allowed. Every bound is at "
                         "least 1. Mosquitto must run with `per_listener_settings false` "
-                        "(the default)."),
+                        "(the default). Options are read once, at start: a reload (SIGHUP) "
+                        "keeps them, as Mosquitto reloads no plugin; a change needs a "
+                        "restart."),
             ".SH OPTIONS"]
     for key, default, meaning in options:
         out += [".TP", f"\\fB{roff_text(key)}\\fR (default: {roff_inline(default)})",

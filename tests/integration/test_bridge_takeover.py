@@ -261,3 +261,21 @@ def test_a_flood_of_refused_logins_is_counted_logged_under_log_rate_and_stalls_n
     wait_for(summed, 10, interval=0.3, what="the line counting refusals left out of the log")
     lines = node.read_log().count("tally: refused login of client")
     assert 5 <= lines <= 5 * (int(took) + 15), f"{lines} refusal lines in {took:.1f} s"
+
+
+def test_a_reload_keeps_the_options_a_restart_applies(brokers, workdir):
+    """README (Options): Mosquitto 2.0.11 reloads no plugin on SIGHUP, so a
+    changed protect_clientids takes effect at the next start, not before."""
+    passwords = make_passwords(f"{workdir}/passwords")
+    node = brokers("n1", extra=f"allow_anonymous true\npassword_file {passwords}\n",
+                   options={"bridge_usernames": "tally-bridge", "protect_clientids": "*-to-*"})
+    assert (connack(node.port, "b-to-a"), connack(node.port, "x-1")) == (NOT_AUTHORISED, ACCEPTED)
+    node.options["protect_clientids"] = "x-*"
+    with open(node.conf, "w") as f:
+        f.write(node.config())
+    node.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "Reloading config." in node.read_log(), 10, what="the reload")
+    assert (connack(node.port, "b-to-a"), connack(node.port, "x-1")) == (NOT_AUTHORISED, ACCEPTED)
+    node.stop()
+    node.start()
+    assert (connack(node.port, "b-to-a"), connack(node.port, "x-1")) == (ACCEPTED, NOT_AUTHORISED)
