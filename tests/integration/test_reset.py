@@ -11,6 +11,10 @@ that heals afterwards. The README's semantics, checked exactly on every node:
 """
 import json
 import subprocess
+import threading
+import time
+
+import paho.mqtt.client as mqtt
 
 from conftest import wait_for
 from test_cluster import TOPOLOGIES, Watcher, closing, cluster  # noqa: F401 (closing: fixture)
@@ -130,3 +134,87 @@ def test_reset_and_delete_across_a_partition(brokers, closing):  # noqa: F811
     for node in nodes.values():
         node.wait_total("quiet", 1, timeout=20)
         assert listed(node) == {"votes": 12, "gone": 2, "quiet": 1}
+
+
+class Incrementer:
+    """One client publishing delta to counters/<name>/inc at QoS 1, one at a
+    time, as fast as the PUBACKs come; `acked` sums what was acknowledged."""
+
+    def __init__(self, node, name, delta):
+        self.topic, self.delta, self.acked, self.error = f"counters/{name}/inc", delta, 0, None
+        self.stop = threading.Event()
+        self.c = mqtt.Client(client_id=f"inc-{node.name}", clean_session=True)
+        self.c.connect("127.0.0.1", node.port, 30)
+        self.c.loop_start()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            info = self.c.publish(self.topic, str(self.delta), 1)
+            info.wait_for_publish(30)
+            if not info.is_published():
+                self.error = "an increment was not acknowledged within 30 s"
+                return
+            self.acked += self.delta
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(40)
+        self.c.disconnect()
+        self.c.loop_stop()
+        assert self.error is None, self.error
+
+
+def test_resets_and_deletes_racing_increments_through_cuts_count_each_once(brokers, closing):  # noqa: F811
+    """A triangle whose two bridges into c and b are cut and healed three
+    times while every node takes increments without pause (+1 at a, +3 at b,
+    -2 at c) and resets and deletes run at all three, cut off or not. Once
+    converged, every node holds the same total, retained and in its state
+    document, and every acknowledged increment is in the slots exactly once:
+    the replicas' P and N are the sums acknowledged, and the total is what the
+    bases (what the resets saw) leave of them."""
+    nodes, proxies, _ = cluster(brokers, closing, TOPOLOGIES["triangle"], options=ADMIN,
+                                proxied=[("c", "b"), ("a", "c")])
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    w = {n: Watcher(nodes[n].port, ["counters/+", "counters/+/state"]) for n in nodes}
+    closing.extend(w.values())
+    incs = {n: Incrementer(nodes[n], "race", d) for n, d in (("a", 1), ("b", 3), ("c", -2))}
+    closing.extend(incs.values())
+    wait_for(lambda: all(i.acked for i in incs.values()), 10, what="increments at every node")
+    for _ in range(3):
+        for p in proxies.values():
+            p.cut()
+        wait_for(lambda: all(p.connections() == 0 for p in proxies.values()), 5,
+                 what="the bridges cut")
+        control(a, [{"command": "resetCounter", "name": "race"}])
+        control(c, [{"command": "deleteCounter", "name": "race"}])
+        control(b, [{"command": "resetCounter", "name": "race"}])
+        for p in proxies.values():
+            p.heal()
+        time.sleep(0.3)
+        control(b, [{"command": "resetCounter", "name": "race"}])
+        time.sleep(0.5)
+    for i in incs.values():
+        i.close()
+    acked = {n: i.acked for n, i in incs.items()}
+
+    def converged():
+        got = {n: control(node, [{"command": "getCounter", "name": "race"}])[0].get("data")
+               for n, node in nodes.items()}
+        if not all(got.values()):
+            return None
+        value = got["a"]["counter"]["value"]
+        for n, node in nodes.items():
+            state = json.loads(w[n].get("counters/race/state") or b"{}")
+            if (got[n]["counter"]["value"], node.total("race"), state.get("value")) != \
+                    (value,) * 3:
+                return None
+        return got
+    got = wait_for(converged, 30, interval=0.5, what="every node to show the same total")
+    for n, data in got.items():
+        replicas = data["replicas"]
+        p, n_ = sum(r["p"] for r in replicas), sum(r["n"] for r in replicas)
+        assert (p, n_) == (acked["a"] + acked["b"], -acked["c"]), (n, replicas, acked)
+        taken = sum(r.get("base_p", 0) - r.get("base_n", 0) for r in replicas)
+        assert data["counter"]["value"] == p - n_ - taken, (n, data)
