@@ -1734,9 +1734,12 @@ static void control_forward(const struct mosquitto_evt_control *ev)
         free(resp);
         return;
     }
-    if (g.fwd_seq == 0)
-        g.fwd_seq = wall_ms() << 16; /* an answer to our last run's request is not ours */
-    f->id = ++g.fwd_seq;
+    /* The id's high bits are the wall clock when it was sent, in ms: the hub
+     * runs it only while it is fresh (on_edge_control), and an answer to our
+     * last run's request is not ours. */
+    uint64_t now_id = wall_ms() << 16;
+    g.fwd_seq = g.fwd_seq < now_id ? now_id : g.fwd_seq + 1;
+    f->id = g.fwd_seq;
     f->sent_ms = mono_ms();
     f->client = strdup(client);
     wbuf_bytes(&f->request, ev->payload, ev->payloadlen);
@@ -1808,7 +1811,14 @@ static int on_edge_control(const struct mosquitto_evt_message *ev)
         return rc != TALLY_OK ? rc : TALLY_E_WIRE;
     char who[TALLY_NODE_ID_MAX + 64];
     snprintf(who, sizeof(who), "(a client of edge %s)", edge);
-    char *resp = control_run(c.data, c.len, c.flags & TIER_CONTROL_ADMIN, who);
+    /* A request queued on a bridge that was down (one that keeps its session
+     * delivers it when it reconnects) comes after the edge told its client
+     * that the hub did not answer: it is not run then. */
+    bool stale = wall_ms() > (c.id >> 16) + FORWARD_TIMEOUT_MS / 2;
+    char *resp = stale ? control_error_all(c.data, c.len,
+                                           "the request reached the hub too late (the edge's "
+                                           "bridge was down); it was not run")
+                       : control_run(c.data, c.len, c.flags & TIER_CONTROL_ADMIN, who);
     if (!resp)
         return TALLY_E_NOMEM;
     struct tier_control a = {.node = g.opt.node_id,

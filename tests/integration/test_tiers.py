@@ -299,6 +299,35 @@ def test_an_edge_without_a_hub_answers_with_an_error(brokers):
     assert e1.total("likes") == 3
 
 
+def test_a_request_queued_on_a_cut_bridge_is_not_run_when_it_heals(brokers, closing):
+    """Regression: e1's bridge keeps its session (cleansession false, Mosquitto's default and
+    the README's example) and is cut; an admin's reset sent to e1 meanwhile is answered, after
+    the edge's 5 s wait, with "the hub did not answer", and waited in the bridge's queue: once
+    healed, the hub ran it (likes 5, then 6, read 1). A request that reaches the hub more than
+    FORWARD_TIMEOUT_MS / 2 after the edge sent it is answered with an error, not run."""
+    h1 = brokers("h1", options=dict(ADMIN))
+    link = TcpProxy(h1.port)
+    closing.append(link)
+    extra = edge_bridge("e1", []).replace("address ", f"address 127.0.0.1:{link.port}")
+    e1 = brokers("e1", options=dict(ADMIN, role="edge"),
+                 extra=extra.replace("cleansession true", "cleansession false"))
+    increments_of(e1.port, ["likes"] * 5, 1)
+    exact_everywhere([h1, e1], {"likes": 5})
+    link.cut()
+    args = ["mosquitto_rr", "-p", str(e1.port), "-t", "$CONTROL/tally/v1", "-e",
+            "$CONTROL/tally/v1/response", "-q", "1", "-W", "15", "-u", "admin",
+            "-m", json.dumps({"commands": [{"command": "resetCounter", "name": "likes"}]})]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    (resp,) = json.loads(r.stdout)["responses"]
+    assert "hub did not answer" in resp["error"]
+    link.heal()
+    # the queue goes first: once this increment is at h1, so is the reset, if it was run
+    increments_of(e1.port, ["likes"], 1)
+    exact_everywhere([h1, e1], {"likes": 6})
+    time.sleep(0.5)
+    assert h1.total("likes") == 6
+
+
 def get_counter(node, name):
     """(replicas, folds) of getCounter at node."""
     (resp,) = ask_ok(node, [{"command": "getCounter", "name": name}], username="viewer")
