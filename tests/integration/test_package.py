@@ -37,16 +37,24 @@ def run(*args, cwd=None, timeout=120):
     return r.stdout
 
 
+def _not_source(directory, names):
+    """What .gitignore leaves out (builds, node_modules, generated files), and
+    .git: the tree is copied without git, which a fresh Debian 12 lacks and a
+    tree unpacked from a tarball has no use for."""
+    rel = os.path.relpath(directory, REPO)
+    return {n for n in names
+            if n in (".git", "node_modules", "__pycache__", ".pytest_cache")
+            or n.endswith((".o", ".so"))
+            or (rel == "." and (n in ("build", "tmp") or n.startswith("build-")))
+            or os.path.join(rel, n) in ("clients/web/dist", "conf/secure/passwords")}
+
+
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
     """Builds the package from a copy of this tree; returns the .deb's path."""
     top = tmp_path_factory.mktemp("package")
     src = top / "tally"
-    files = run("git", "-C", REPO, "ls-files", "-co", "--exclude-standard").split("\n")
-    for f in filter(None, files):
-        if os.path.isfile(os.path.join(REPO, f)) and not f.startswith("build"):
-            os.makedirs(src / os.path.dirname(f), exist_ok=True)
-            shutil.copy2(os.path.join(REPO, f), src / f, follow_symlinks=False)
+    shutil.copytree(REPO, src, symlinks=True, ignore=_not_source)
     modules = os.path.join(REPO, "clients", "web", "node_modules")
     if os.path.isdir(modules):  # else clients/web/build.sh runs npm ci
         os.symlink(modules, src / "clients" / "web" / "node_modules")
