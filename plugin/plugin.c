@@ -1816,8 +1816,9 @@ static int on_edge_control(const struct mosquitto_evt_message *ev)
      * that the hub did not answer: it is not run then. */
     bool stale = wall_ms() > (c.id >> 16) + FORWARD_TIMEOUT_MS / 2;
     char *resp = stale ? control_error_all(c.data, c.len,
-                                           "the request reached the hub too late (the edge's "
-                                           "bridge was down); it was not run")
+                                           "the request reached the hub over 2.5 s after the "
+                                           "edge sent it (its bridge was down, or the two "
+                                           "clocks are apart); it was not run")
                        : control_run(c.data, c.len, c.flags & TIER_CONTROL_ADMIN, who);
     if (!resp)
         return TALLY_E_NOMEM;
