@@ -99,14 +99,14 @@ void counter_state_json(struct wire_buf *b, const struct tally_table *t,
         first = false;
     }
     wbuf_str(b, "},\"devices\":{");
-    for (uint32_t i = 0; i < c->ndevs; i++) {
-        const char *id = t->devices[c->devs[i].device]->id;
+    for (uint32_t i = 0; i < counter_ndevs(c); i++) {
+        const char *id = t->devices[counter_devs(c)[i].device]->id;
         if (i)
             wbuf_u8(b, ',');
         wbuf_json_str(b, id, strlen(id));
         wbuf_u8(b, ':');
-        uint64_t bd = base_device(base, c->devs[i].device);
-        wbuf_dec(b, (int64_t)(c->devs[i].total > bd ? c->devs[i].total - bd : 0));
+        uint64_t bd = base_device(base, counter_devs(c)[i].device);
+        wbuf_dec(b, (int64_t)(counter_devs(c)[i].total > bd ? counter_devs(c)[i].total - bd : 0));
     }
     wbuf_str(b, "},\"node\":");
     wbuf_json_str(b, node_id, strlen(node_id));

@@ -107,30 +107,46 @@ static size_t entry_room(size_t n)
     return room;
 }
 
-/* New devices take ever larger registry indexes, so they are usually
- * appended: no move. */
-void *sorted_entry(void **arr, uint32_t *n, size_t size, uint32_t key, bool create)
+/* sorted_entry for n entries that start head bytes into *block (after a
+ * header, zeroed when the block is made); *added tells the caller to count
+ * the entry made. New devices take ever larger registry indexes, so they are
+ * usually appended: no move. */
+static void *entry_in(void **block, size_t head, uint32_t n, size_t size, uint32_t key, bool create,
+                      bool *added)
 {
-    uint32_t i = lower_bound(*arr, *n, size, key);
-    if (i < *n && key_at(*arr, size, i) == key)
-        return (uint8_t *)*arr + (size_t)i * size;
-    if (!create || *n == UINT32_MAX)
+    uint8_t *arr = *block ? (uint8_t *)*block + head : NULL;
+    uint32_t i = lower_bound(arr, n, size, key);
+    *added = false;
+    if (i < n && key_at(arr, size, i) == key)
+        return arr + (size_t)i * size;
+    if (!create || n == UINT32_MAX)
         return NULL;
-    uint8_t *grown = *arr;
-    if ((size_t)*n + 1 > entry_room(*n)) {
-        grown = realloc(*arr, entry_room((size_t)*n + 1) * size);
+    uint8_t *grown = *block;
+    if (!grown || (size_t)n + 1 > entry_room(n)) {
+        grown = realloc(*block, head + entry_room((size_t)n + 1) * size);
         if (!grown)
             return NULL;
+        if (!*block)
+            memset(grown, 0, head);
     }
-    *arr = grown;
-    memmove(grown + ((size_t)i + 1) * size, grown + (size_t)i * size, (size_t)(*n - i) * size);
-    memset(grown + (size_t)i * size, 0, size);
-    memcpy(grown + (size_t)i * size, &key, sizeof(key));
-    (*n)++;
+    *block = grown;
+    arr = grown + head;
+    memmove(arr + ((size_t)i + 1) * size, arr + (size_t)i * size, (size_t)(n - i) * size);
+    memset(arr + (size_t)i * size, 0, size);
+    memcpy(arr + (size_t)i * size, &key, sizeof(key));
+    *added = true;
     /* invariant 3, by induction: a new entry sits between a smaller and a larger */
-    assert(i == 0 || key_at(grown, size, i - 1) < key);
-    assert(i + 1 == *n || key_at(grown, size, i + 1) > key);
-    return grown + (size_t)i * size;
+    assert(i == 0 || key_at(arr, size, i - 1) < key);
+    assert(i == n || key_at(arr, size, i + 1) > key);
+    return arr + (size_t)i * size;
+}
+
+void *sorted_entry(void **arr, uint32_t *n, size_t size, uint32_t key, bool create)
+{
+    bool added;
+    void *e = entry_in(arr, 0, *n, size, key, create, &added);
+    *n += added;
+    return e;
 }
 
 static struct tally_slot *slot_find(struct tally_counter *c, uint32_t replica, bool create)
@@ -140,7 +156,12 @@ static struct tally_slot *slot_find(struct tally_counter *c, uint32_t replica, b
 
 static struct tally_dev *dev_find(struct tally_counter *c, uint32_t device, bool create)
 {
-    return sorted_entry((void **)&c->devs, &c->ndevs, sizeof(*c->devs), device, create);
+    bool added;
+    struct tally_dev *d = entry_in((void **)&c->devs, offsetof(struct tally_devs, d),
+                                   counter_ndevs(c), sizeof(*d), device, create, &added);
+    if (added)
+        c->devs->n++;
+    return d;
 }
 
 /* Saturating sum of non-negative parts: a cluster whose slots were each
@@ -176,7 +197,8 @@ void counter_sums(const struct tally_counter *c, struct tally_sums *out)
      * increment or report to a counter of 100,000 devices cost 100,000
      * additions (its first 100,000 reports took the broker 11 s, against
      * 1.6 s from one device) */
-    int64_t d = c->devs_total > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)c->devs_total;
+    uint64_t total = c->devs ? c->devs->total : 0;
+    int64_t d = total > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)total;
     out->p = clamp_safe(p);
     out->n = clamp_safe(n);
     out->devices = clamp_safe(d);
@@ -263,7 +285,7 @@ int counter_add(struct tally_counter *c, uint32_t replica, int64_t delta)
 {
     struct tally_slot next;
     int rc = counter_add_preview(c, replica, delta, &next);
-    if (rc != TALLY_OK || (delta == 0 && (c->nslots || c->ndevs)))
+    if (rc != TALLY_OK || (delta == 0 && (c->nslots || counter_ndevs(c))))
         return rc;
     struct tally_slot *slot = slot_find(c, replica, true);
     if (!slot)
@@ -310,8 +332,8 @@ int counter_merge_device(struct tally_counter *c, uint32_t device, uint64_t tota
     if (!dev)
         return TALLY_E_NOMEM;
     assert(total > dev->total || dev->total == 0); /* invariant 1: a maximum only grows */
-    if (__builtin_add_overflow(c->devs_total, total - dev->total, &c->devs_total))
-        c->devs_total = UINT64_MAX; /* a sum of maxima only grows: saturating is exact */
+    if (__builtin_add_overflow(c->devs->total, total - dev->total, &c->devs->total))
+        c->devs->total = UINT64_MAX; /* a sum of maxima only grows: saturating is exact */
     dev->total = total;
     *changed = true;
     return TALLY_OK;

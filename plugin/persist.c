@@ -1009,8 +1009,8 @@ static int write_snapshot(struct persist *p, const struct tally_table *t,
             slot_payload(&p->payload, t, c, &c->slots[i], NULL);
             snap_record(p, &w);
         }
-        for (uint32_t i = 0; i < c->ndevs; i++, records++) {
-            device_payload(&p->payload, t, c, &c->devs[i]);
+        for (uint32_t i = 0; i < counter_ndevs(c); i++, records++) {
+            device_payload(&p->payload, t, c, &counter_devs(c)[i]);
             snap_record(p, &w);
         }
         records += snap_base(p, &w, t, c);

@@ -527,7 +527,7 @@ static int on_increment(struct mosquitto_evt_message *ev, struct topic t, enum t
     rc = table_get(&g.table, t.name, t.len, TABLE_LOCAL, &c);
     if (rc != TALLY_OK)
         return rc;
-    bool creates = c->nslots == 0 && c->ndevs == 0; /* a 0 increment creates it too */
+    bool creates = c->nslots == 0 && counter_ndevs(c) == 0; /* a 0 increment creates it too */
     rc = counter_add_preview(c, g.self, inc.delta, &next);
     if (rc != TALLY_OK) {
         table_drop_if_empty(&g.table, c);

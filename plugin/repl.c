@@ -384,8 +384,8 @@ static void clear_pending(struct tally_counter *c)
 {
     for (uint32_t i = 0; i < c->nslots; i++)
         c->slots[i].pending = REPL_NONE;
-    for (uint32_t i = 0; i < c->ndevs; i++)
-        c->devs[i].pending = REPL_NONE;
+    for (uint32_t i = 0; i < counter_ndevs(c); i++)
+        counter_devs(c)[i].pending = REPL_NONE;
 }
 
 size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,

@@ -158,8 +158,8 @@ void table_sums(const struct tally_table *t, const struct tally_counter *c, stru
         p = plus(p, minus(c->slots[i].p, bp));
         n = plus(n, minus(c->slots[i].n, bn));
     }
-    for (uint32_t i = 0; i < c->ndevs; i++)
-        d = plus(d, minus(c->devs[i].total, base_device(b, c->devs[i].device)));
+    for (uint32_t i = 0; i < counter_ndevs(c); i++)
+        d = plus(d, minus(counter_devs(c)[i].total, base_device(b, counter_devs(c)[i].device)));
     out->p = p < out->p ? p : out->p;
     out->n = n < out->n ? n : out->n;
     out->devices = d < out->devices ? d : out->devices;
@@ -184,8 +184,8 @@ bool table_hidden(const struct tally_table *t, const struct tally_counter *c)
         if (c->slots[i].p > bp || c->slots[i].n > bn)
             return false;
     }
-    for (uint32_t i = 0; i < c->ndevs; i++)
-        if (c->devs[i].total > base_device(b, c->devs[i].device))
+    for (uint32_t i = 0; i < counter_ndevs(c); i++)
+        if (counter_devs(c)[i].total > base_device(b, counter_devs(c)[i].device))
             return false;
     return true;
 }
@@ -340,8 +340,9 @@ int table_reset(struct tally_table *t, struct tally_counter *c, bool delete)
         if (table_merge_base_slot(t, c, c->slots[i].replica, c->slots[i].p, c->slots[i].n, &rose) !=
             TALLY_OK)
             return TALLY_E_NOMEM;
-    for (uint32_t i = 0; i < c->ndevs; i++)
-        if (table_merge_base_device(t, c, c->devs[i].device, c->devs[i].total, &rose) != TALLY_OK)
+    for (uint32_t i = 0; i < counter_ndevs(c); i++)
+        if (table_merge_base_device(t, c, counter_devs(c)[i].device, counter_devs(c)[i].total,
+                                    &rose) != TALLY_OK)
             return TALLY_E_NOMEM;
     return table_merge_stamps(t, c, delete ? stamp : 0, delete ? 0 : stamp, &rose);
 }

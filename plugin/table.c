@@ -144,7 +144,7 @@ bool table_over_devices(const struct tally_table *t)
 /* Forgets a counter created for an increment that was then not applied. */
 void table_drop_if_empty(struct tally_table *t, struct tally_counter *c)
 {
-    if (c->nslots || c->ndevs || c->dirty || c->repl_dirty || c->based || c->folded)
+    if (c->nslots || counter_ndevs(c) || c->dirty || c->repl_dirty || c->based || c->folded)
         return;
     HASH_DEL(t->counters, c);
     counter_free(c);

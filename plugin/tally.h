@@ -111,16 +111,23 @@ struct tally_dev {
     uint64_t total;
 };
 
+/* A counter's devices, in one block with their count and sum: most counters
+ * have none, and pay the pointer alone (16 B a counter less, in malloc's
+ * rounding, than a count and a sum in each: bench_table's target). */
+struct tally_devs {
+    uint64_t total; /* the sum of d[].total, saturated (counter_merge_device) */
+    uint32_t n;
+    struct tally_dev d[]; /* sorted by device */
+};
+
 struct tally_counter {
     UT_hash_handle hh;
     struct tally_counter *dirty_next;
     struct tally_slot *slots; /* sorted by replica */
-    struct tally_dev *devs;   /* sorted by device */
-    uint64_t devs_total;      /* the sum of devs[].total, saturated (counter_merge_device) */
+    struct tally_devs *devs;  /* NULL until its first device */
     float rate;               /* recent change of the total: see counter_rate */
     uint32_t rate_ds;         /* when rate was last raised, in table clock ticks */
     uint32_t nslots;
-    uint32_t ndevs;
     uint8_t dirty : 1;       /* on the table's dirty list (outputs) */
     uint8_t repl_dirty : 1;  /* on the table's replication list (repl.c) */
     uint8_t stale : 1;       /* the retained total is older than the counter */
@@ -165,6 +172,14 @@ const struct tally_slot *counter_slot(const struct tally_counter *c, uint32_t re
  * Past 8 entries the array's room doubles: only sorted_entry may grow it. */
 void *sorted_entry(void **arr, uint32_t *n, size_t size, uint32_t key, bool create);
 const struct tally_dev *counter_device(const struct tally_counter *c, uint32_t device);
+static inline uint32_t counter_ndevs(const struct tally_counter *c)
+{
+    return c->devs ? c->devs->n : 0;
+}
+static inline struct tally_dev *counter_devs(const struct tally_counter *c)
+{
+    return c->devs ? c->devs->d : NULL;
+}
 bool counter_drop_slot(struct tally_counter *c, uint32_t replica, struct tally_slot *was);
 void counter_free(struct tally_counter *c);
 

@@ -676,9 +676,9 @@ static uint32_t devices_that_fit(const struct parts *p, const struct tally_table
                    (1 + c->name_len + 10 + 10 + SEC_COUNT_BYTES) + TIER_PAST_BYTES;
     size_t room = p->max_bytes > fixed ? p->max_bytes - fixed : 0;
     uint32_t k = 0;
-    for (size_t used = 0; i + k < c->ndevs; k++) {
-        used +=
-            1 + strlen(t->devices[c->devs[i + k].device]->id) + varint_len(c->devs[i + k].total);
+    for (size_t used = 0; i + k < counter_ndevs(c); k++) {
+        used += 1 + strlen(t->devices[counter_devs(c)[i + k].device]->id) +
+                varint_len(counter_devs(c)[i + k].total);
         if (used > room && k > 0)
             break;
     }
@@ -736,9 +736,9 @@ static void up_counter(struct parts *p, struct wire_buf *e, const struct tally_t
         wbuf_varint(e, s ? s->n : 0);
         wbuf_varint(e, k);
         for (uint32_t j = i; j < i + k; j++) {
-            const struct tally_device *d = t->devices[c->devs[j].device];
+            const struct tally_device *d = t->devices[counter_devs(c)[j].device];
             wbuf_str8(e, d->id, strlen(d->id));
-            wbuf_varint(e, c->devs[j].total);
+            wbuf_varint(e, counter_devs(c)[j].total);
         }
         if (i == 0)
             up_past(e, t, self, c);
@@ -746,7 +746,7 @@ static void up_counter(struct parts *p, struct wire_buf *e, const struct tally_t
             wbuf_varint(e, 0);
         parts_add(p, SEC_COUNTERS, e, 0);
         i += k;
-    } while (i < c->ndevs);
+    } while (i < counter_ndevs(c));
 }
 
 /* A list entry in hash order: a watched counter, or a viewed page. */

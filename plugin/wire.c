@@ -311,7 +311,7 @@ static size_t varint_len(uint64_t v)
 /* Entry i of counter c: its slots, then its devices. */
 static uint16_t entry_pending(const struct tally_counter *c, uint32_t i)
 {
-    return i < c->nslots ? c->slots[i].pending : c->devs[i - c->nslots].pending;
+    return i < c->nslots ? c->slots[i].pending : counter_devs(c)[i - c->nslots].pending;
 }
 
 static bool entry_kept(const struct tally_counter *c, uint32_t i, bool (*keep)(uint16_t, void *),
@@ -331,7 +331,7 @@ static size_t entry_cost(const struct wire_sync_writer *w, const struct tally_ta
         size_t n = varint_len(w->nrep + added) + varint_len(sl->p) + varint_len(sl->n);
         return n + (w->rep_ref[sl->replica] < 0 ? 1 + t->replicas[sl->replica]->id_len + 8 : 0);
     }
-    const struct tally_dev *d = &c->devs[i - c->nslots];
+    const struct tally_dev *d = &counter_devs(c)[i - c->nslots];
     size_t n = varint_len(w->ndev + added) + varint_len(d->total);
     return n + (w->dev_ref[d->device] < 0 ? 1 + strlen(t->devices[d->device]->id) : 0);
 }
@@ -376,7 +376,7 @@ static void add_part(struct wire_sync_writer *w, const struct tally_table *t,
     for (uint32_t i = from > c->nslots ? from : c->nslots; i < to; i++) {
         if (!entry_kept(c, i, keep, ctx))
             continue;
-        const struct tally_dev *d = &c->devs[i - c->nslots];
+        const struct tally_dev *d = &counter_devs(c)[i - c->nslots];
         wbuf_varint(&w->body, dev_ref(w, t, d->device));
         wbuf_varint(&w->body, d->total);
     }
@@ -397,7 +397,7 @@ static uint32_t entries_that_fit(const struct wire_sync_writer *w, const struct 
                                  const struct tally_counter *c, uint32_t from, size_t head,
                                  bool (*keep)(uint16_t, void *), void *ctx, bool *over)
 {
-    uint32_t total = c->nslots + c->ndevs, to = from, added = 0;
+    uint32_t total = c->nslots + counter_ndevs(c), to = from, added = 0;
     size_t used = sync_writer_size(w) + head;
     for (; to < total && used <= w->max_bytes; to++) {
         if (!entry_kept(c, to, keep, ctx))
@@ -415,7 +415,7 @@ static uint32_t entries_that_fit(const struct wire_sync_writer *w, const struct 
 static int add_counter(struct wire_sync_writer *w, const struct tally_table *t,
                        const struct tally_counter *c, bool (*keep)(uint16_t, void *), void *ctx)
 {
-    uint32_t total = c->nslots + c->ndevs, from = 0, kept = 0;
+    uint32_t total = c->nslots + counter_ndevs(c), from = 0, kept = 0;
     for (uint32_t i = 0; i < total; i++)
         kept += entry_kept(c, i, keep, ctx);
     const struct tally_base *base = table_base(t, c);

@@ -140,8 +140,8 @@ static int merge_counter(struct tally_counter *dst, const struct tally_counter *
         struct tally_slot sl = src->slots[i]; /* src may be dst */
         changed += merge_slot_checked(dst, &sl);
     }
-    for (uint16_t i = 0; i < src->ndevs; i++) {
-        struct tally_dev dv = src->devs[i];
+    for (uint16_t i = 0; i < counter_ndevs(src); i++) {
+        struct tally_dev dv = counter_devs(src)[i];
         changed += merge_dev_checked(dst, &dv);
     }
     return changed;
@@ -165,8 +165,8 @@ static void assert_sorted(const struct tally_counter *c)
 {
     for (uint16_t i = 1; i < c->nslots; i++)
         ck_assert_uint_lt(c->slots[i - 1].replica, c->slots[i].replica);
-    for (uint16_t i = 1; i < c->ndevs; i++)
-        ck_assert_uint_lt(c->devs[i - 1].device, c->devs[i].device);
+    for (uint16_t i = 1; i < counter_ndevs(c); i++)
+        ck_assert_uint_lt(counter_devs(c)[i - 1].device, counter_devs(c)[i].device);
 }
 
 /* A new, empty counter for one role in one round. */
@@ -249,7 +249,7 @@ START_TEST(test_merge_refuses_out_of_range)
     ck_assert_int_eq(counter_merge_slot(c, 0, 0, (uint64_t)MAX + 1, &changed), TALLY_E_OVERFLOW);
     ck_assert_int_eq(counter_merge_device(c, 0, (uint64_t)MAX + 1, &changed), TALLY_E_OVERFLOW);
     ck_assert_int_eq(c->nslots, 0);
-    ck_assert_int_eq(c->ndevs, 0);
+    ck_assert_int_eq(counter_ndevs(c), 0);
     /* A zero slot says the counter exists (a 0 increment made it): it is
      * stored once. */
     ck_assert_int_eq(counter_merge_slot(c, 3, 0, 0, &changed), TALLY_OK);
@@ -272,11 +272,11 @@ static void take_snap(const struct tally_counter *c, struct snap *s)
 {
     memset(s, 0, sizeof(*s));
     s->nslots = c->nslots;
-    s->ndevs = c->ndevs;
+    s->ndevs = counter_ndevs(c);
     if (c->nslots)
         memcpy(s->slots, c->slots, c->nslots * sizeof(*c->slots));
-    if (c->ndevs)
-        memcpy(s->devs, c->devs, c->ndevs * sizeof(*c->devs));
+    if (counter_ndevs(c))
+        memcpy(s->devs, counter_devs(c), counter_ndevs(c) * sizeof(*s->devs));
 }
 
 static void assert_unchanged(const struct tally_counter *c, const struct snap *before)
@@ -431,8 +431,8 @@ START_TEST(test_many_devices_cost_no_sum_each)
     ck_assert_int_eq(counter_merge_device(c, 9, 2, &changed), TALLY_OK); /* lower: nothing */
     ck_assert(!changed);
     uint64_t sum = 0;
-    for (uint32_t i = 0; i < c->ndevs; i++)
-        sum += c->devs[i].total;
+    for (uint32_t i = 0; i < counter_ndevs(c); i++)
+        sum += counter_devs(c)[i].total;
     struct tally_sums s;
     counter_sums(c, &s);
     ck_assert_int_eq(s.devices, (int64_t)sum);
@@ -464,10 +464,10 @@ START_TEST(test_counter_holds_more_than_65535_devices)
         ck_assert_int_eq(table_merge_device(&t, c, d, 2, true, &changed), TALLY_OK);
         ck_assert(changed);
     }
-    ck_assert_uint_eq(c->ndevs, NDEV);
+    ck_assert_uint_eq(counter_ndevs(c), NDEV);
     ck_assert_int_eq(counter_value(c), 2 * NDEV);
-    for (uint32_t i = 1; i < c->ndevs; i++)
-        ck_assert_uint_lt(c->devs[i - 1].device, c->devs[i].device);
+    for (uint32_t i = 1; i < counter_ndevs(c); i++)
+        ck_assert_uint_lt(counter_devs(c)[i - 1].device, counter_devs(c)[i].device);
     /* Lookups find every one of them (a binary search over the array). */
     ck_assert_uint_eq(counter_device(c, NDEV - 1)->total, 2);
     ck_assert_uint_eq(counter_device(c, 65535)->total, 2);
