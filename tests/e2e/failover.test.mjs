@@ -57,10 +57,16 @@ describe('web dashboard when its node dies', () => {
     await page.goto(cluster.a.dashboard(`?nodes=${encodeURIComponent(cluster.b.url)}`));
     await waitForText(page, 'conn-state', 'connected', 10000);
     assert.equal(await page.getByTestId('via').isVisible(), false, 'on its own node, no "via"');
-    // Ten seconds of traffic: two full chart buckets.
-    for (let i = 1; i <= 8; i++) {
-      cluster.a.pub('counters/orders/inc', String(i));
+    // The row appears only when the trending view lists it (asked every
+    // 3 s), and its chart knows only the seconds since; a 5 s bucket with an
+    // unknown second is drawn as a gap. So the ten seconds of traffic start
+    // once the row is there: they hold a full bucket, drawn before the outage
+    // however late the row came.
+    cluster.a.pub('counters/orders/inc', '1');
+    await page.getByTestId('counter-row-orders').waitFor({ timeout: 10000 });
+    for (let i = 2; i <= 8; i++) {
       await sleep(1300);
+      cluster.a.pub('counters/orders/inc', String(i));
     }
     await waitForValue(page, 'orders', 36, 5000);
     await waitForText(page, 'viewers', '1', 5000);
