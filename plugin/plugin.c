@@ -677,12 +677,17 @@ static bool is_self(const char *id, size_t len)
     return len == strlen(g.opt.node_id) && memcmp(id, g.opt.node_id, len) == 0;
 }
 
-static struct tally_origin *heard_from(const char *id, size_t len)
+static struct tally_origin *origin_of(const char *id, size_t len)
 {
     char node[TALLY_NODE_ID_MAX + 1];
     memcpy(node, id, len);
     node[len] = '\0';
-    struct tally_origin *o = presence_origin(&g.presence, node);
+    return presence_origin(&g.presence, node);
+}
+
+static struct tally_origin *heard_from(const char *id, size_t len)
+{
+    struct tally_origin *o = origin_of(id, len);
     if (o)
         o->last_heard_ms = mono_ms();
     return o;
@@ -759,12 +764,14 @@ static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
         return rc;
     if (is_self(wp.origin, wp.origin_len))
         goto done;
-    struct tally_origin *o = heard_from(wp.origin, wp.origin_len);
+    struct tally_origin *o = origin_of(wp.origin, wp.origin_len);
     if (!o) {
         rc = TALLY_E_NOMEM;
         goto done;
     }
     rc = presence_apply(&g.presence, o, &wp, route);
+    if (*route && tier_hub_says_alive(&g.tier_hub, o))
+        o->last_heard_ms = mono_ms();
     if (*route) {
         g.st.repl_msgs_out++; /* counted as when the plugin published it on itself */
         g.st.repl_bytes_out += len;

@@ -443,7 +443,11 @@ void presence_origin_listed(struct tally_origin *o, const struct wire_presence_e
                             uint64_t now_ms)
 {
     uint64_t heard = now_ms > l->age_ms ? now_ms - l->age_ms : 0;
-    if (heard > o->last_heard_ms)
+    /* The hub holding the relay held here, or a newer one, knows best when
+     * the edge was last heard: what a relay's arrival guessed (before the
+     * edge was listed here) gives way to it. An older carrier only raises. */
+    bool current = l->incarnation == o->incarnation && l->seq >= o->seq;
+    if (current || heard > o->last_heard_ms)
         o->last_heard_ms = heard;
     if (o->listed && l->incarnation == o->listed_incarnation && l->seq < o->listed_seq)
         return; /* a hub it has left lists what it last relayed */

@@ -957,6 +957,9 @@ int tier_hub_relay(struct tier_child *ch, size_t max_bytes, struct wire_buf *out
 int tier_hub_heartbeat(struct tier_hub *h, struct tally_presence *pr, uint64_t incarnation,
                        uint64_t first_seq, uint64_t now_ms, uint64_t timeout_ms, size_t max_bytes,
                        struct wire_buf *out, tier_emit_fn *emit, void *ud, uint32_t *sent);
+/* Whether a new PRESENCE from o says it is alive now: a hub's own does, a
+ * relay of an edge (listed, or a child of ours) does not. */
+bool tier_hub_says_alive(struct tier_hub *h, const struct tally_origin *o);
 /* Takes another hub's listing from its heartbeat (already decoded, new here):
  * the liveness of the edges it lists, and the relays it wants of ours. */
 int tier_hub_heard(struct tier_hub *h, struct tally_presence *pr, const struct wire_presence *wp,

@@ -1846,6 +1846,17 @@ int tier_hub_heard(struct tier_hub *h, struct tally_presence *pr, const struct w
     return TALLY_OK;
 }
 
+/* Whether a new PRESENCE from o tells that o is alive now: a hub's own does.
+ * One from an edge's origin is a hub's relay of it, which a want (a hub
+ * restarted wants every edge) or an echo over a ring brings long after the
+ * edge was last heard: such an origin, one a hub has listed or a child of
+ * ours, is alive as of when its hub last heard it (the listings, or its UPs),
+ * or a dead edge's viewers stayed another peer_timeout_ms at every hub. */
+bool tier_hub_says_alive(struct tier_hub *h, const struct tally_origin *o)
+{
+    return !o->listed && !tier_hub_child(h, o->node_id);
+}
+
 struct tier_child *tier_hub_next(struct tier_hub *h, struct tier_child *ch)
 {
     return ch ? ch->hh.next : h->children;

@@ -126,3 +126,33 @@ def test_an_edge_whose_viewers_left_a_page_forgets_the_others_viewers_of_it(brok
     wait_for(lambda: r["h1"].get("presence/news") == b"0", 20, what="e3's viewer gone at h1")
     wait_for(lambda: r["e1"].get("presence/news") == b"0", 4 * TIMEOUT_S,
              what="e1 no longer showing a viewer of news")
+
+
+def test_a_dead_edges_viewers_leave_within_peer_timeout_when_a_hub_restarts(brokers, closing):
+    """Regression: e1 is killed; 3.5 s later h2 restarts without state and wants every edge
+    h1 lists, e1 among them (h1 still carries it). h1's relay of e1 made h2 count e1's viewers
+    as alive from the relay's arrival, another peer_timeout_ms: they must leave every hub
+    within peer_timeout_ms of h1's last hearing of e1, as the listing's age says. (The
+    simulator found it: with a hub restarted, a dead edge's viewers stayed 16 s where 5 were
+    due.) peer_timeout_ms is 6000 here, so that the two cases are far apart."""
+    timeout_s = 6.0
+    h1, h2, edges = tree(brokers, options={"peer_timeout_ms": "6000"})
+    ws = readers([h1, h2], closing)
+    viewers(edges, closing)
+    wait_for(lambda: all_home(ws, "8"), 20, what="8 viewers of home at both hubs")
+    edges[0].kill()
+    killed = time.monotonic()
+    time.sleep(3.5)
+    h2.restart()
+    at_h2 = readers([h2], closing)
+    wait_all_home([{"h1": ws["h1"]}, at_h2], "6", 4 * timeout_s,
+                  what="e1's viewers gone from h1 and the restarted h2")
+    took = time.monotonic() - killed
+    print(f"a dead edge's viewers left both hubs {took:.2f}s after it died, h2 restarted "
+          f"3.5 s after it (peer_timeout_ms 6000)")
+    # within the timeout, plus a heartbeat, a tick and this test's polling; the old code
+    # took the restart, the relay and a whole timeout more (about 10.5 s)
+    assert took <= timeout_s + 2.0, f"e1's viewers stayed {took:.2f}s"
+    time.sleep(2.0)
+    assert home(at_h2["h2"]) == "6" and home(ws["h1"]) == "6", \
+        f"counts after: h1 {home(ws['h1'])}, h2 {home(at_h2['h2'])}"

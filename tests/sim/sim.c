@@ -113,7 +113,7 @@ struct node {
     /* edge */
     struct tier_edge edge;
     uint32_t addr[2], at; /* bridge addresses; the connected one, or UINT32_MAX */
-    uint64_t reconnect_at, on_backup_since, quiet_from, dies_at;
+    uint64_t reconnect_at, on_backup_since, quiet_from, dies_at, died_at;
     uint64_t frozen_from, frozen_until; /* stopped (SIGSTOP) in [from, until) */
     struct tally_origin *hub_origin;    /* the others' viewers (plugin.c's HUB_ORIGIN) */
     uint64_t up_last_at, down_last_at;  /* as link.last_at, for its bridge */
@@ -152,7 +152,10 @@ static uint64_t *truth; /* increments made, per counter */
 static uint64_t rng_state;
 static struct traffic by_kind[K__COUNT];
 static uint64_t steps_back; /* an edge showed a total below one it showed before */
-static uint64_t repaired;   /* counters sent whole by hubs after a DIGEST */
+/* A live hub counted a dead edge's viewers past peer_timeout_ms after it died
+ * (and a few ticks): seen at the once-a-second look of late_viewers_seen. */
+static uint64_t late_viewers;
+static uint64_t repaired; /* counters sent whole by hubs after a DIGEST */
 
 /* ==== Random numbers (xorshift64*, seeded: runs repeat exactly) ==== */
 
@@ -325,6 +328,12 @@ static void hub_on_digest(struct node *n, const struct msg *m)
     }
 }
 
+static void origin_due(struct node *n, const struct tally_origin *o)
+{
+    if (o->alive && o->last_heard_ms + PEER_TIMEOUT_MS < n->origins_due)
+        n->origins_due = o->last_heard_ms + PEER_TIMEOUT_MS;
+}
+
 /* As plugin.c's on_presence: presence_apply, and send it on if it was taken. */
 static void hub_on_presence(struct node *n, const struct msg *m)
 {
@@ -335,15 +344,27 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     memcpy(origin, wp.origin, wp.origin_len);
     origin[wp.origin_len] = '\0';
     struct tally_origin *o = presence_origin(&n->pr, origin);
-    o->last_heard_ms = now;
     bool taken;
     if (presence_apply(&n->pr, o, &wp, &taken) != TALLY_OK)
         abort();
+    if (taken && tier_hub_says_alive(&n->tier, o))
+        o->last_heard_ms = now;
     if (taken) {
         struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
         broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
         if (tier_hub_heard(&n->tier, &n->pr, &wp, now) != TALLY_OK)
             abort();
+    }
+    /* An edge's origin is alive as of when its hub last heard it: made or
+     * revived here, it may be due before the next scan (hub_expire_origins). */
+    origin_due(n, o);
+    for (uint32_t i = 0; i < wp.nlisted; i++) {
+        memcpy(origin, wp.listed[i].id, wp.listed[i].len);
+        origin[wp.listed[i].len] = '\0';
+        struct tally_origin *l = NULL;
+        HASH_FIND_STR(n->pr.origins, origin, l);
+        if (l)
+            origin_due(n, l);
     }
     wire_presence_free(&wp);
 }
@@ -400,9 +421,8 @@ static void hub_on_up(struct node *n, const struct msg *m)
 }
 
 /* As plugin.c's expire_peers, at every loop pass: silent origins. Their
- * last hearing only moves on, and one alive again or new is heard after the
- * last scan, so none expires before the earliest deadline that scan saw
- * (or its own time's). */
+ * last hearing only moves on, so none expires before the earliest deadline
+ * the last scan saw, or that of one made or revived since (origin_due). */
 static void hub_expire_origins(struct node *n)
 {
     if (now <= n->origins_due)
@@ -592,6 +612,7 @@ static void edge_tick(uint32_t i)
     struct node *n = &nodes[i];
     if (n->dies_at && now >= n->dies_at && edge_settled(n)) {
         n->alive = false;
+        n->died_at = now;
         return;
     }
     if (now >= n->frozen_from && now < n->frozen_until)
@@ -809,6 +830,30 @@ static bool exact(bool counters, uint32_t *wrong)
     return *wrong == 0;
 }
 
+/* Every live hub has expired each edge dead for peer_timeout_ms: its carrier
+ * heard it last before it died, and every hub takes that time from the
+ * listings, not from a relay's arrival (tier_hub_says_alive). The slack is a
+ * loop pass and the delay of a last UP. */
+static void late_viewers_seen(void)
+{
+    for (uint32_t h = 0; h < opt.hubs; h++) {
+        if (!nodes[h].alive)
+            continue;
+        for (const struct tally_origin *o = nodes[h].pr.origins; o; o = o->hh.next) {
+            unsigned e;
+            if (!o->alive || sscanf(o->node_id, "e%u", &e) != 1)
+                continue;
+            const struct node *n = &nodes[opt.hubs + e];
+            if (!n->alive && now > n->died_at + PEER_TIMEOUT_MS + 2 * TICK_MS + opt.delay_ms) {
+                if (late_viewers++ < 3)
+                    fprintf(stderr,
+                            "at %" PRIu64 " ms %s still counts %s, dead since %" PRIu64 "\n", now,
+                            nodes[h].id, o->node_id, n->died_at);
+            }
+        }
+    }
+}
+
 /* ==== Report ==== */
 
 struct figures {
@@ -874,6 +919,7 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
     printf("repairs: %" PRIu64 " asked by live hubs, %" PRIu64 " counters sent whole\n", asked,
            repaired);
     printf("steps back seen at edges: %" PRIu64 "\n", steps_back);
+    printf("dead edges' viewers counted past peer_timeout_ms: %" PRIu64 "\n", late_viewers);
 }
 
 /* ==== Main loop ==== */
@@ -1006,7 +1052,7 @@ int main(int argc, char **argv)
     faults();
     int64_t converged[2] = {-1, -1};
     uint32_t wrong[2] = {0, 0};
-    uint64_t next_check = opt.load_ms;
+    uint64_t next_check = opt.load_ms, next_late = 1000;
     while (nheap && now <= opt.max_ms && (converged[0] < 0 || converged[1] < 0)) {
         struct event ev = pop();
         now = ev.at;
@@ -1030,6 +1076,10 @@ int main(int argc, char **argv)
                 push(now + TICK_MS, ev.node, NULL);
             }
         }
+        if (now >= next_late) {
+            next_late = now + 1000;
+            late_viewers_seen();
+        }
         if (now >= next_check) {
             next_check = now + TICK_MS;
             for (int k = 0; k < 2; k++)
@@ -1038,5 +1088,6 @@ int main(int argc, char **argv)
         }
     }
     report((double)opt.load_ms / 1000.0, converged, wrong);
-    return opt.check && (converged[0] < 0 || converged[1] < 0 || steps_back) ? 1 : 0;
+    return opt.check && (converged[0] < 0 || converged[1] < 0 || steps_back || late_viewers) ? 1
+                                                                                             : 0;
 }
