@@ -122,6 +122,18 @@ static bool up(struct node *edge)
     return up_every(edge, 0);
 }
 
+/* name's last watcher at edge leaves, and the 30 s linger passes: the UP
+ * after the watcher stamps the view idle, the one past the linger drops it. */
+static void unwatch_past_linger(struct node *edge, const char *name)
+{
+    ck_assert_int_eq(tier_edge_watch(&edge->edge, name, strlen(name), false), TALLY_OK);
+    now += 10;
+    up(edge);
+    now += 30000;
+    up(edge);
+    ck_assert(!tier_edge_follows(&edge->edge, name, strlen(name)));
+}
+
 static struct tier_child *hub_takes_part(struct node *hub, size_t i)
 {
     struct tier_child *ch;
@@ -140,8 +152,10 @@ static struct tier_child *hub_takes(struct node *hub)
     return ch;
 }
 
-/* The DOWN owed to ch, every part applied by the edge; its number of parts. */
-static size_t down(struct node *hub, struct tier_child *ch, struct node *edge)
+/* The DOWN owed to ch, every part applied by the edge (fn told of each view
+ * changed); its number of parts. */
+static size_t down_to(struct node *hub, struct tier_child *ch, struct node *edge,
+                      tier_changed_fn *fn, void *ud)
 {
     tier_hub_tick(&hub->hub);
     nparts = 0;
@@ -149,9 +163,29 @@ static size_t down(struct node *hub, struct tier_child *ch, struct node *edge)
         tier_hub_down(&hub->hub, &hub->t, &hub->pr, ch, now, HB, max_bytes, &out, collect, NULL),
         TALLY_OK);
     for (size_t i = 0; i < nparts; i++)
-        ck_assert_int_eq(tier_edge_apply_down(&edge->edge, part[i].data, part[i].len, NULL, NULL),
+        ck_assert_int_eq(tier_edge_apply_down(&edge->edge, part[i].data, part[i].len, fn, ud),
                          TALLY_OK);
     return nparts;
+}
+
+static size_t down(struct node *hub, struct tier_child *ch, struct node *edge)
+{
+    return down_to(hub, ch, edge, NULL, NULL);
+}
+
+static void count_changed(const char *name, size_t len, void *ud)
+{
+    (void)name;
+    (void)len;
+    ++*(int *)ud;
+}
+
+/* The DOWN owed to ch, applied by the edge; the views it reported changed. */
+static int down_changed(struct node *hub, struct tier_child *ch, struct node *edge)
+{
+    int calls = 0;
+    down_to(hub, ch, edge, count_changed, &calls);
+    return calls;
 }
 
 /* One round trip: UP (if due) to hub, DOWN back. */
@@ -297,29 +331,6 @@ START_TEST(a_view_lingers_after_its_last_watcher)
 }
 END_TEST
 
-static void count_changed(const char *name, size_t len, void *ud)
-{
-    (void)name;
-    (void)len;
-    ++*(int *)ud;
-}
-
-/* The DOWN owed to ch, applied by the edge; the views it reported changed. */
-static int down_changed(struct node *hub, struct tier_child *ch, struct node *edge)
-{
-    int calls = 0;
-    tier_hub_tick(&hub->hub);
-    nparts = 0;
-    ck_assert_int_eq(
-        tier_hub_down(&hub->hub, &hub->t, &hub->pr, ch, now, HB, max_bytes, &out, collect, NULL),
-        TALLY_OK);
-    for (size_t i = 0; i < nparts; i++)
-        ck_assert_int_eq(
-            tier_edge_apply_down(&edge->edge, part[i].data, part[i].len, count_changed, &calls),
-            TALLY_OK);
-    return calls;
-}
-
 /* Regression: a hub reports zeros of a name it holds nothing of, and the
  * edge took that as news: plugin.c made a counter of it and published a
  * total 0, for every name a client at the edge ever watched, and past the
@@ -329,11 +340,7 @@ START_TEST(a_name_nobody_writes_is_neither_shown_nor_kept_at_an_edge)
     watch(&e, "ghost");
     ck_assert(up(&e));
     ck_assert_int_eq(down_changed(&a, hub_takes(&a), &e), 0);
-    ck_assert_int_eq(tier_edge_watch(&e.edge, "ghost", 5, false), TALLY_OK);
-    now += 10;
-    up(&e);
-    now += 30000;
-    up(&e); /* the linger is over: the view is dropped */
+    unwatch_past_linger(&e, "ghost");
     ck_assert_uint_eq(tier_edge_entries(&e.edge), 0);
     /* written elsewhere, and watched again: news */
     inc(&f, "ghost", 3);
@@ -367,12 +374,7 @@ START_TEST(an_edge_shows_a_total_only_while_it_follows_the_counter)
     round_trip(&e, &a);
     ck_assert(tier_edge_follows(&e.edge, "likes", 5));
     ck_assert_int_eq(shown(&e, "likes"), 1000);
-    ck_assert_int_eq(tier_edge_watch(&e.edge, "likes", 5, false), TALLY_OK);
-    now += 10;
-    up(&e);
-    now += 30000;
-    up(&e); /* the view is dropped */
-    ck_assert(!tier_edge_follows(&e.edge, "likes", 5));
+    unwatch_past_linger(&e, "likes");
     inc(&e, "likes", 1);
     ck_assert_int_eq(tier_edge_answer(&e.edge, &e.t, "likes", 5), 1001);
     /* watched again, through a hub that holds e's slot only */
@@ -408,12 +410,7 @@ START_TEST(a_counter_only_watched_at_an_edge_keeps_its_figures_past_its_view)
     watch(&e, "news");
     round_trip(&e, &a);
     ck_assert_int_eq(shown(&e, "news"), 1000);
-    ck_assert_int_eq(tier_edge_watch(&e.edge, "news", 4, false), TALLY_OK);
-    now += 10;
-    up(&e);
-    now += 30000;
-    up(&e); /* the view is dropped */
-    ck_assert(!tier_edge_follows(&e.edge, "news", 4));
+    unwatch_past_linger(&e, "news");
     /* watched again, through b, which holds less of it than a did */
     watch(&e, "news");
     now += HB;
