@@ -99,14 +99,15 @@ void counter_state_json(struct wire_buf *b, const struct tally_table *t,
         first = false;
     }
     wbuf_str(b, "},\"devices\":{");
+    const struct tally_dev *dv = counter_devs(c);
     for (uint32_t i = 0; i < counter_ndevs(c); i++) {
-        const char *id = t->devices[counter_devs(c)[i].device]->id;
+        const char *id = t->devices[dv[i].device]->id;
         if (i)
             wbuf_u8(b, ',');
         wbuf_json_str(b, id, strlen(id));
         wbuf_u8(b, ':');
-        uint64_t bd = base_device(base, counter_devs(c)[i].device);
-        wbuf_dec(b, (int64_t)(counter_devs(c)[i].total > bd ? counter_devs(c)[i].total - bd : 0));
+        uint64_t bd = base_device(base, dv[i].device);
+        wbuf_dec(b, (int64_t)(dv[i].total > bd ? dv[i].total - bd : 0));
     }
     wbuf_str(b, "},\"node\":");
     wbuf_json_str(b, node_id, strlen(node_id));

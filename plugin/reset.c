@@ -158,8 +158,9 @@ void table_sums(const struct tally_table *t, const struct tally_counter *c, stru
         p = plus(p, minus(c->slots[i].p, bp));
         n = plus(n, minus(c->slots[i].n, bn));
     }
+    const struct tally_dev *dv = counter_devs(c);
     for (uint32_t i = 0; i < counter_ndevs(c); i++)
-        d = plus(d, minus(counter_devs(c)[i].total, base_device(b, counter_devs(c)[i].device)));
+        d = plus(d, minus(dv[i].total, base_device(b, dv[i].device)));
     out->p = p < out->p ? p : out->p;
     out->n = n < out->n ? n : out->n;
     out->devices = d < out->devices ? d : out->devices;
@@ -184,8 +185,9 @@ bool table_hidden(const struct tally_table *t, const struct tally_counter *c)
         if (c->slots[i].p > bp || c->slots[i].n > bn)
             return false;
     }
+    const struct tally_dev *dv = counter_devs(c);
     for (uint32_t i = 0; i < counter_ndevs(c); i++)
-        if (counter_devs(c)[i].total > base_device(b, counter_devs(c)[i].device))
+        if (dv[i].total > base_device(b, dv[i].device))
             return false;
     return true;
 }

@@ -677,8 +677,8 @@ static uint32_t devices_that_fit(const struct parts *p, const struct tally_table
     size_t room = p->max_bytes > fixed ? p->max_bytes - fixed : 0;
     uint32_t k = 0;
     for (size_t used = 0; i + k < counter_ndevs(c); k++) {
-        used += 1 + strlen(t->devices[counter_devs(c)[i + k].device]->id) +
-                varint_len(counter_devs(c)[i + k].total);
+        const struct tally_dev *dv = &counter_devs(c)[i + k];
+        used += 1 + strlen(t->devices[dv->device]->id) + varint_len(dv->total);
         if (used > room && k > 0)
             break;
     }
@@ -736,9 +736,10 @@ static void up_counter(struct parts *p, struct wire_buf *e, const struct tally_t
         wbuf_varint(e, s ? s->n : 0);
         wbuf_varint(e, k);
         for (uint32_t j = i; j < i + k; j++) {
-            const struct tally_device *d = t->devices[counter_devs(c)[j].device];
+            const struct tally_dev *dv = &counter_devs(c)[j];
+            const struct tally_device *d = t->devices[dv->device];
             wbuf_str8(e, d->id, strlen(d->id));
-            wbuf_varint(e, counter_devs(c)[j].total);
+            wbuf_varint(e, dv->total);
         }
         if (i == 0)
             up_past(e, t, self, c);
