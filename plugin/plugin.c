@@ -770,9 +770,9 @@ static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
         goto done;
     }
     rc = presence_apply(&g.presence, o, &wp, route);
-    if (*route && tier_hub_says_alive(&g.tier_hub, o))
-        o->last_heard_ms = mono_ms();
     if (*route) {
+        if (tier_hub_says_alive(&g.tier_hub, o))
+            o->last_heard_ms = mono_ms();
         g.st.repl_msgs_out++; /* counted as when the plugin published it on itself */
         g.st.repl_bytes_out += len;
         if (rc == TALLY_OK && !g.edge)
