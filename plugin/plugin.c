@@ -851,12 +851,21 @@ static int on_stats(const struct mosquitto_evt_message *ev, bool *route)
 
 #define HUB_ORIGIN "(hub)" /* at an edge, the others' viewers: never a node id */
 
-static void publish_up_down(const char *kind, const char *id, const struct wire_buf *b)
+/* An UP goes to every subscriber (the edge's bridge). A DOWN goes only to
+ * the connection its edge's UP came over (to): published to all, it would
+ * also reach every hub bridged to this one, which has no use for it (an edge
+ * reads only its own), and a hub of E edges would send each of its
+ * neighbours a DOWN per edge per publish interval. */
+static void publish_up_down(const char *kind, const char *id, const char *to,
+                            const struct wire_buf *b)
 {
     snprintf(g.topic, sizeof(g.topic), "$tally/%s/%s", kind, id);
     if (!sendable(g.topic, b))
         return;
-    publish(g.topic, b->data, b->len, 1, false);
+    int rc = mosquitto_broker_publish_copy(to, g.topic, (int)b->len, b->data, 1, false, NULL);
+    if (rc != MOSQ_ERR_SUCCESS)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot publish to %s: %s", g.topic,
+                             mosquitto_strerror(rc));
     g.st.repl_msgs_out++;
     g.st.repl_bytes_out += b->len;
 }
@@ -894,6 +903,9 @@ static int on_up(const struct mosquitto_evt_message *ev, bool *route)
         return on_edge_control(ev);
     uint64_t now = mono_ms();
     int rc = tier_hub_apply_up(&g.tier_hub, &g.table, &g.presence, payload, len, now, &ch);
+    const char *conn = mosquitto_client_id(ev->client);
+    if (rc == TALLY_OK && conn)
+        rc = tier_child_set_conn(ch, conn);
     if (rc != TALLY_OK)
         return rc;
     relay(ch);
@@ -1588,12 +1600,12 @@ static void expire_peers(uint64_t now)
 static void emit_up(const struct wire_buf *msg, void *ud)
 {
     (void)ud;
-    publish_up_down("up", g.opt.node_id, msg);
+    publish_up_down("up", g.opt.node_id, NULL, msg);
 }
 
 static void emit_down(const struct wire_buf *msg, void *ud)
 {
-    publish_up_down("down", tier_child_id(ud), msg);
+    publish_up_down("down", tier_child_id(ud), tier_child_conn(ud), msg);
 }
 
 /* How often an edge and its hub tell each other everything, at the least:
@@ -1801,9 +1813,14 @@ static int on_hub_answer(const void *payload, size_t len)
     return TALLY_OK;
 }
 
+struct answer_to {
+    const char *edge, *conn;
+};
+
 static void emit_answer(const struct wire_buf *msg, void *ud)
 {
-    publish_up_down("down", ud, msg);
+    const struct answer_to *a = ud;
+    publish_up_down("down", a->edge, a->conn, msg);
 }
 
 /* A hub runs an edge's request (the edge allowed it) and answers on the
@@ -1837,7 +1854,8 @@ static int on_edge_control(const struct mosquitto_evt_message *ev)
                              .len = strlen(resp)};
     char id[TALLY_NODE_ID_MAX + 1];
     snprintf(id, sizeof(id), "%s", edge);
-    rc = tier_control_write(&a, (size_t)g.opt.max_message_bytes, &g.buf, emit_answer, id);
+    struct answer_to to = {id, mosquitto_client_id(ev->client)};
+    rc = tier_control_write(&a, (size_t)g.opt.max_message_bytes, &g.buf, emit_answer, &to);
     free(resp);
     return rc;
 }

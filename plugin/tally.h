@@ -977,6 +977,10 @@ size_t tier_hub_children(const struct tier_hub *h);
 size_t tier_hub_entries(const struct tier_hub *h);
 size_t tier_edge_entries(const struct tier_edge *e);
 const char *tier_child_id(const struct tier_child *ch);
+/* The connection (its bridge's client id at the hub) the child's last UP
+ * came over: where its DOWNs go. NULL until one is set. */
+int tier_child_set_conn(struct tier_child *ch, const char *conn);
+const char *tier_child_conn(const struct tier_child *ch);
 uint64_t tier_child_incarnation(const struct tier_child *ch);
 /* Forgets children silent for timeout_ms (their slots stay in the table). */
 void tier_hub_expire(struct tier_hub *h, uint64_t now_ms, uint64_t timeout_ms);

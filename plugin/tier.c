@@ -72,8 +72,10 @@
  * that its hub knows it is alive.
  *
  * DOWN, hub -> one edge, on $tally/down/<edge> (topic $tally/down/<edge>/#
- * in 1 on the edge's bridge, so an edge hears nothing else), in parts of at
- * most max_message_bytes, each with the whole header:
+ * in 1 on the edge's bridge, so an edge hears nothing else; plugin.c sends
+ * it to the connection the edge's last UP came over, tier_child_conn, so
+ * that hubs bridged to this one never carry it), in parts of at most
+ * max_message_bytes, each with the whole header:
  *     hub id, session, the ack, [version 2] the edge's watermark (fold.c:
  *     its lives below it are retired),
  *     counters: name, P, N, D, the edge's own P and N as the hub holds them,
@@ -1101,6 +1103,7 @@ struct tier_child {
     struct tier_child_page *pages;
     uint32_t npages;
     bool ack_owed;
+    char *conn; /* the connection its last UP came over (plugin.c) */
     char id[TALLY_NODE_ID_MAX + 1];
 };
 
@@ -1133,6 +1136,7 @@ static void child_free(struct tier_hub *h, struct tier_child *c)
 {
     child_clear_subs(h, c);
     free(c->pages);
+    free(c->conn);
     HASH_DEL(h->children, c);
     free(c);
 }
@@ -1894,6 +1898,23 @@ struct tier_child *tier_hub_child(struct tier_hub *h, const char *id)
 const char *tier_child_id(const struct tier_child *ch)
 {
     return ch->id;
+}
+
+int tier_child_set_conn(struct tier_child *ch, const char *conn)
+{
+    if (ch->conn && strcmp(ch->conn, conn) == 0)
+        return TALLY_OK;
+    char *copy = strdup(conn);
+    if (!copy)
+        return TALLY_E_NOMEM;
+    free(ch->conn);
+    ch->conn = copy;
+    return TALLY_OK;
+}
+
+const char *tier_child_conn(const struct tier_child *ch)
+{
+    return ch->conn;
 }
 
 uint64_t tier_child_incarnation(const struct tier_child *ch)

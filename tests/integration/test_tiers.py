@@ -111,6 +111,28 @@ def test_small_tree_exact_everywhere(brokers, closing):
         wait_for(lambda: peers(e) == {"(hub)"}, 10, what=f"{e.name} to list its hub")
 
 
+def test_a_hubs_downs_go_to_its_edges_alone(brokers, closing):
+    """A hub sends each DOWN only to the bridge its edge's UPs came over: a client holding a
+    bridge's name and `$tally/#` at each hub (as a hub bridged to it does) hears the cluster's
+    own traffic but none of the DOWNs. Published to all, they would go to every hub bridged to
+    this one, a DOWN per edge per publish interval, for nothing (a hub reads none)."""
+    h1, h2, edges = tree(brokers)
+    spies = [Watcher(h.port, ["$tally/#"], client_id=f"spy-to-{h.name}", keep=True)
+             for h in (h1, h2)]
+    closing.extend(spies)
+    viewers(edges, closing, per_edge=1)
+    closing.extend(Watcher(e.port, ["counters/shared"]) for e in edges)
+    expected = {}
+    increments(edges, 20, expected, pause=0.05)
+    exact_everywhere([h1, h2] + edges, expected)
+    time.sleep(1.5)  # every edge's DOWN heartbeat (sync_interval_ms 500) has gone out
+    for spy in spies:
+        topics = {t.split("/")[1] + "/" + t.split("/")[2] for t, _ in spy.messages()}
+        assert "v1/sync" in topics and "v1/presence" in topics, topics
+        downs = [t for t, _ in spy.messages() if t.startswith("$tally/down/")]
+        assert downs == [], f"{len(downs)} DOWNs reached a bridge other than their edge's"
+
+
 def test_edge_failover_under_load_and_back(brokers, closing):
     h1, h2, edges = tree(brokers)
     viewers(edges, closing, per_edge=1)
