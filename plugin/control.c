@@ -9,6 +9,7 @@
  *                    "prefix": "votes-", "order": "natural"},
  *                   {"command": "topCounters", "count": 20},
  *                   {"command": "getCounter", "name": "likes",
+ *                    "deviceOffset": 0, "deviceCount": 100,
  *                    "correlationData": "anything"}]}
  *
  * and the response, sent to the requesting client alone on
@@ -20,7 +21,10 @@
  *                    {"command": "topCounters",
  *                     "data": {"counters": [{"name","value","rate"}..]}},
  *                    {"command": "getCounter", "correlationData": "anything",
- *                     "data": {"counter": <state>, "replicas": [...]}}]}
+ *                     "data": {"counter": <state>, "deviceOffset": 0,
+ *                              "deviceTotalCount": 2500, "replicas": [...],
+ *                              "replicaOffset": 0, "replicaTotalCount": 3,
+ *                              "folds": [...]}}]}
  *
  * or an "error" string in place of "data". resetCounter and deleteCounter
  * ({"command": "resetCounter", "name": "likes"}) change the table (reset.c)
@@ -35,7 +39,9 @@
  *
  * Listing and ranking visit each counter once and keep the first k in a
  * bounded heap (O(n log k) time, k entries of memory), so a page of a million
- * counters is not a sort of a million names.
+ * counters is not a sort of a million names. A state document, and so a
+ * getCounter answer, is bounded the same way: the largest devices that fit
+ * in max_message_bytes, a page of them in getCounter (see below).
  */
 #include <assert.h>
 #include <inttypes.h>
@@ -48,120 +54,7 @@
 
 #include "tally.h"
 
-/* ==== counters/<name>/state ==== */
-
-/* The value, its parts, and each node's share summed over its incarnations.
- * Written by hand rather than with cJSON because it runs for every changed
- * counter on every flush. */
-void counter_state_json(struct wire_buf *b, const struct tally_table *t,
-                        const struct tally_counter *c, const struct tally_sums *sums,
-                        const char *node_id, uint64_t updated_ms)
-{
-    const struct tally_sums s = *sums;
-    wbuf_reset(b);
-    wbuf_str(b, "{\"name\":");
-    wbuf_json_str(b, c->name, c->name_len);
-    wbuf_str(b, ",\"value\":");
-    wbuf_dec(b, s.value);
-    wbuf_str(b, ",\"p\":");
-    wbuf_dec(b, s.p);
-    wbuf_str(b, ",\"n\":");
-    wbuf_dec(b, s.n);
-    wbuf_str(b, ",\"devices_total\":");
-    wbuf_dec(b, s.devices);
-    wbuf_str(b, ",\"nodes\":{");
-    /* after resets: what each node and device counted since (reset.c) */
-    const struct tally_base *base = table_base(t, c);
-    bool first = true;
-    for (uint32_t i = 0; i < c->nslots; i++) {
-        const struct tally_replica *r = t->replicas[c->slots[i].replica];
-        bool seen = false;
-        for (uint32_t j = 0; j < i && !seen; j++)
-            seen = strcmp(t->replicas[c->slots[j].replica]->key, r->key) == 0;
-        if (seen)
-            continue;
-        uint64_t p = 0, n = 0, bp, bn;
-        for (uint32_t j = i; j < c->nslots; j++) {
-            if (strcmp(t->replicas[c->slots[j].replica]->key, r->key) == 0) {
-                table_slot_taken(t, c, c->slots[j].replica, &bp, &bn);
-                p += c->slots[j].p > bp ? c->slots[j].p - bp : 0;
-                n += c->slots[j].n > bn ? c->slots[j].n - bn : 0;
-            }
-        }
-        if (!first)
-            wbuf_u8(b, ',');
-        wbuf_json_str(b, r->key, r->id_len);
-        wbuf_str(b, ":{\"p\":");
-        wbuf_dec(b, (int64_t)p);
-        wbuf_str(b, ",\"n\":");
-        wbuf_dec(b, (int64_t)n);
-        wbuf_u8(b, '}');
-        first = false;
-    }
-    wbuf_str(b, "},\"devices\":{");
-    const struct tally_dev *dv = counter_devs(c);
-    for (uint32_t i = 0; i < counter_ndevs(c); i++) {
-        const char *id = t->devices[dv[i].device]->id;
-        if (i)
-            wbuf_u8(b, ',');
-        wbuf_json_str(b, id, strlen(id));
-        wbuf_u8(b, ':');
-        uint64_t bd = base_device(base, dv[i].device);
-        wbuf_dec(b, (int64_t)(dv[i].total > bd ? dv[i].total - bd : 0));
-    }
-    wbuf_str(b, "},\"node\":");
-    wbuf_json_str(b, node_id, strlen(node_id));
-    wbuf_str(b, ",\"updated_ms\":");
-    wbuf_dec(b, (int64_t)updated_ms);
-    wbuf_u8(b, '}');
-}
-
-/* ==== Answers on an MQTT v5 Response Topic ==== */
-
-static const char *const result_names[] = {
-    [RESULT_APPLIED] = "applied",
-    [RESULT_DUPLICATE] = "duplicate",
-    [RESULT_UNCHANGED] = "unchanged",
-    [RESULT_REFUSED] = "refused",
-};
-
-/* Written by hand, like the state document: it runs on the broker's thread
- * for every increment that asks for an answer. */
-void answer_json(struct wire_buf *b, const char *name, size_t len, enum tally_result result,
-                 int64_t value, int reason)
-{
-    wbuf_reset(b);
-    wbuf_u8(b, '{');
-    if (name) {
-        wbuf_str(b, "\"name\":");
-        wbuf_json_str(b, name, len);
-        wbuf_u8(b, ',');
-    }
-    wbuf_str(b, "\"result\":\"");
-    wbuf_str(b, result_names[result]);
-    if (result == RESULT_REFUSED) {
-        wbuf_str(b, "\",\"reason\":\"");
-        wbuf_str(b, tally_strerror(reason));
-        wbuf_str(b, "\"}");
-        return;
-    }
-    wbuf_str(b, "\",\"value\":");
-    wbuf_dec(b, value);
-    wbuf_u8(b, '}');
-}
-
-/* ==== The control API ==== */
-
-static int int_field(const cJSON *cmd, const char *key, int dflt, int min, int max)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cmd, key);
-    if (!cJSON_IsNumber(v))
-        return dflt;
-    double d = v->valuedouble;
-    return d < min ? min : d > max ? max : (int)d;
-}
-
-/* ---- Orders ---- */
+/* ==== Orders, and the first k of many ==== */
 
 static bool is_digit(char ch)
 {
@@ -209,25 +102,28 @@ int name_natural_cmp(const char *a, size_t alen, const char *b, size_t blen)
     return bytes_cmp(a, alen, b, blen);
 }
 
-/* ---- Selecting the first k of many ---- */
-
-/* A counter and what it is ranked by. */
+/* A counter, node or device and what it is ranked by: a counter by its name
+ * or rate, a node by p + n and a device by its total (p) in the state
+ * document. name is borrowed. */
 struct ranked {
-    const struct tally_counter *c;
+    const char *name;
+    size_t len;
+    const struct tally_counter *c; /* a counter's; NULL for a node or device */
     double rate;
+    uint64_t p, n;
 };
 typedef int (*rank_cmp)(const void *, const void *); /* < 0: a comes first */
 
 static int by_natural(const void *x, const void *y)
 {
     const struct ranked *a = x, *b = y;
-    return name_natural_cmp(a->c->name, a->c->name_len, b->c->name, b->c->name_len);
+    return name_natural_cmp(a->name, a->len, b->name, b->len);
 }
 
 static int by_bytes(const void *x, const void *y)
 {
     const struct ranked *a = x, *b = y;
-    return bytes_cmp(a->c->name, a->c->name_len, b->c->name, b->c->name_len);
+    return bytes_cmp(a->name, a->len, b->name, b->len);
 }
 
 static int by_rate(const void *x, const void *y)
@@ -235,6 +131,16 @@ static int by_rate(const void *x, const void *y)
     const struct ranked *a = x, *b = y;
     if (a->rate != b->rate)
         return a->rate > b->rate ? -1 : 1;
+    return by_natural(x, y);
+}
+
+/* Largest share first; p + n stays below 2^54 (each is at most 2^53 - 1). */
+static int by_share(const void *x, const void *y)
+{
+    const struct ranked *a = x, *b = y;
+    uint64_t sa = a->p + a->n, sb = b->p + b->n;
+    if (sa != sb)
+        return sa > sb ? -1 : 1;
     return by_natural(x, y);
 }
 
@@ -288,6 +194,316 @@ static void top_k_finish(struct top_k *h)
     qsort(h->v, h->n, sizeof(*h->v), h->cmp);
 }
 
+/* ==== counters/<name>/state ==== */
+
+/* The document is bounded by max_bytes (max_message_bytes when published):
+ * a counter may hold max_devices devices, and a hub a slot for every edge
+ * that wrote it, and listing them all made a document of about 2 MB at
+ * 100,000 devices, sent to each watcher up to once a publish_interval_ms
+ * (tests/bench/bench_state.py). value, p,
+ * n and devices_total are always exact; "nodes" and "devices" list the
+ * largest shares first (a node by p + n, a device by its total; ties by name
+ * in natural order), as many as fit, and nodes_omitted and devices_omitted
+ * count the rest. Nodes take the room they need up to half of it, and more
+ * where the devices leave it free: in a cluster of a few nodes both lists
+ * are whole until the devices alone pass the bound.
+ *
+ * Written by hand rather than with cJSON because it runs for every changed
+ * counter on every flush; the devices are picked with a bounded heap
+ * (below), so a counter of 100,000 devices costs O(n log k) and k entries,
+ * and a node's incarnations are found by sorting, O(s log s) at s slots. */
+
+/* Bytes of s as a JSON string: names and ids hold no control characters
+ * (codec.c), so only " and \ take two (wbuf_json_str). */
+static size_t json_str_len(const char *s, size_t len)
+{
+    size_t n = len + 2;
+    for (size_t i = 0; i < len; i++)
+        n += s[i] == '"' || s[i] == '\\';
+    return n;
+}
+
+static size_t dec_len(uint64_t v)
+{
+    char d[21];
+    return fmt_i64(d, (int64_t)v);
+}
+
+/* Bytes of one entry of "nodes" ("a":{"p":1,"n":2}) or "devices" ("d":7),
+ * with its comma. */
+static size_t share_len(const struct ranked *r, bool node)
+{
+    size_t n = json_str_len(r->name, r->len) + 2 + dec_len(r->p);
+    return node ? n + strlen("{\"p\":,\"n\":}") + dec_len(r->n) : n;
+}
+
+/* c's nodes, each summed over its incarnations and after resets (reset.c),
+ * largest first, into *out (caller frees); returns how many, or -1 when out
+ * of memory. Slots are sorted by replica, not by node: sorting a copy by
+ * node id finds a node's incarnations in O(s log s) at a hub's s edges. */
+static long node_shares(const struct tally_table *t, const struct tally_counter *c,
+                        struct ranked **out)
+{
+    struct ranked *v = calloc(c->nslots + 1, sizeof(*v));
+    if (!v)
+        return -1;
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        const struct tally_slot *s = &c->slots[i];
+        const struct tally_replica *r = t->replicas[s->replica];
+        uint64_t bp, bn;
+        table_slot_taken(t, c, s->replica, &bp, &bn);
+        v[i] = (struct ranked){.name = r->key, .len = r->id_len};
+        v[i].p = s->p > bp ? s->p - bp : 0;
+        v[i].n = s->n > bn ? s->n - bn : 0;
+    }
+    qsort(v, c->nslots, sizeof(*v), by_bytes);
+    size_t n = 0;
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        if (n && by_bytes(&v[n - 1], &v[i]) == 0) {
+            v[n - 1].p += v[i].p;
+            v[n - 1].n += v[i].n;
+        } else {
+            v[n++] = v[i];
+        }
+    }
+    qsort(v, n, sizeof(*v), by_share);
+    *out = v;
+    return (long)n;
+}
+
+/* ---- The first k devices ---- */
+
+/* A device in the heap: 16 bytes, its name looked up only to break a tie, so
+ * that choosing from a counter of 100,000 devices compares integers. */
+struct dev_share {
+    uint64_t total;
+    uint32_t device;
+};
+
+/* True when a comes before b in the document: larger total, then name. */
+static bool dev_before(const struct tally_table *t, struct dev_share a, struct dev_share b)
+{
+    if (a.total != b.total)
+        return a.total > b.total;
+    const char *x = t->devices[a.device]->id, *y = t->devices[b.device]->id;
+    return name_natural_cmp(x, strlen(x), y, strlen(y)) < 0;
+}
+
+/* top_k's heap for devices: the root is the last of the k kept. */
+static void dev_sift_down(const struct tally_table *t, struct dev_share *v, size_t n, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, last = i;
+        if (l < n && dev_before(t, v[last], v[l]))
+            last = l;
+        if (r < n && dev_before(t, v[last], v[r]))
+            last = r;
+        if (last == i)
+            return;
+        struct dev_share tmp = v[i];
+        v[i] = v[last];
+        v[last] = tmp;
+        i = last;
+    }
+}
+
+/* The first k of c's devices in the document's order, after resets, into
+ * *out, first first (caller frees); returns how many, or -1 when out of
+ * memory. O(n log k), k entries: the heap keeps the k best seen so far. */
+static long device_shares(const struct tally_table *t, const struct tally_counter *c, size_t k,
+                          struct ranked **out)
+{
+    uint32_t n = counter_ndevs(c);
+    k = k < n ? k : n;
+    struct dev_share *v = calloc(k + 1, sizeof(*v));
+    struct ranked *r = calloc(k + 1, sizeof(*r));
+    if (!v || !r) {
+        free(v);
+        free(r);
+        return -1;
+    }
+    const struct tally_base *base = table_base(t, c);
+    const struct tally_dev *dv = counter_devs(c);
+    size_t kept = 0;
+    for (uint32_t i = 0; i < n && k; i++) {
+        uint64_t bd = base_device(base, dv[i].device);
+        struct dev_share x = {dv[i].total > bd ? dv[i].total - bd : 0, dv[i].device};
+        if (kept < k) {
+            size_t j = kept++;
+            for (v[j] = x; j && dev_before(t, v[(j - 1) / 2], v[j]); j = (j - 1) / 2) {
+                struct dev_share tmp = v[j];
+                v[j] = v[(j - 1) / 2];
+                v[(j - 1) / 2] = tmp;
+            }
+        } else if (dev_before(t, x, v[0])) {
+            v[0] = x;
+            dev_sift_down(t, v, kept, 0);
+        }
+    }
+    /* popping the root gives them last first */
+    for (size_t m = kept; m > 0; m--) {
+        const char *id = t->devices[v[0].device]->id;
+        r[m - 1] = (struct ranked){.name = id, .len = strlen(id), .p = v[0].total};
+        v[0] = v[m - 1];
+        dev_sift_down(t, v, m - 1, 0);
+    }
+    free(v);
+    *out = r;
+    return (long)kept;
+}
+
+/* Writes v[0..n) as the members of a JSON object, as many as keep what is
+ * written within room bytes, stopping at the first that does not fit (the
+ * list is largest first); returns how many. */
+static size_t write_shares(struct wire_buf *b, const struct ranked *v, size_t n, bool node,
+                           size_t room)
+{
+    size_t start = b->len, i;
+    for (i = 0; i < n; i++) {
+        size_t before = b->len;
+        if (i)
+            wbuf_u8(b, ',');
+        wbuf_json_str(b, v[i].name, v[i].len);
+        wbuf_u8(b, ':');
+        if (node)
+            wbuf_str(b, "{\"p\":");
+        wbuf_dec(b, (int64_t)v[i].p);
+        if (node) {
+            wbuf_str(b, ",\"n\":");
+            wbuf_dec(b, (int64_t)v[i].n);
+            wbuf_u8(b, '}');
+        }
+        if (b->len - start > room) {
+            b->len = before;
+            break;
+        }
+    }
+    return i;
+}
+
+static size_t shares_len(const struct ranked *v, size_t n, bool node, size_t cap)
+{
+    size_t len = 0;
+    for (size_t i = 0; i < n && len <= cap; i++)
+        len += share_len(&v[i], node);
+    return len;
+}
+
+/* The room the nodes get of room: all they need up to half of it, and what
+ * the devices leave beyond that. */
+static size_t nodes_room(size_t room, size_t nodes, size_t devices)
+{
+    if (nodes <= room / 2 || nodes + devices <= room)
+        return nodes;
+    return devices < room / 2 ? room - devices : room / 2;
+}
+
+/* A device entry takes at least 6 bytes ("d":0,), so no more than this many
+ * fit in room: the heap's bound. */
+#define DEVICE_MIN_BYTES 6
+
+uint32_t counter_state_json(struct wire_buf *b, const struct tally_table *t,
+                            const struct tally_counter *c, const struct tally_sums *sums,
+                            const char *node_id, uint64_t updated_ms, const struct state_page *pg)
+{
+    const struct tally_sums s = *sums;
+    wbuf_reset(b);
+    wbuf_str(b, "{\"name\":");
+    wbuf_json_str(b, c->name, c->name_len);
+    wbuf_str(b, ",\"value\":");
+    wbuf_dec(b, s.value);
+    wbuf_str(b, ",\"p\":");
+    wbuf_dec(b, s.p);
+    wbuf_str(b, ",\"n\":");
+    wbuf_dec(b, s.n);
+    wbuf_str(b, ",\"devices_total\":");
+    wbuf_dec(b, s.devices);
+    wbuf_str(b, ",\"nodes\":{");
+    /* what follows the two lists, at its longest */
+    size_t tail = strlen("},\"devices\":{},\"nodes_omitted\":,\"devices_omitted\":,\"node\":,"
+                         "\"updated_ms\":}") +
+                  2 * 10 + 20 + json_str_len(node_id, strlen(node_id));
+    size_t room = pg->max_bytes > b->len + tail ? pg->max_bytes - b->len - tail : 0;
+    struct ranked *nodes = NULL;
+    long nn = node_shares(t, c, &nodes);
+    uint32_t ndevs = counter_ndevs(c), from = pg->dev_from < ndevs ? pg->dev_from : ndevs;
+    size_t count = pg->dev_count < ndevs - from ? pg->dev_count : ndevs - from;
+    size_t fit = room / DEVICE_MIN_BYTES + 1;
+    struct ranked *devs = NULL;
+    long nd = nn < 0 ? -1 : device_shares(t, c, from + (count < fit ? count : fit), &devs);
+    if (nd < 0) {
+        free(nodes);
+        b->failed = true;
+        return 0;
+    }
+    const struct ranked *page = devs + from;
+    size_t npage = (size_t)nd - from;
+    size_t node_room = nodes_room(room, shares_len(nodes, (size_t)nn, true, room),
+                                  shares_len(page, npage, false, room));
+    size_t start = b->len;
+    size_t nodes_listed = write_shares(b, nodes, (size_t)nn, true, node_room);
+    size_t used = b->len - start;
+    wbuf_str(b, "},\"devices\":{");
+    uint32_t listed = (uint32_t)write_shares(b, page, npage, false, room > used ? room - used : 0);
+    wbuf_str(b, "},\"nodes_omitted\":");
+    wbuf_dec(b, nn - (long)nodes_listed);
+    wbuf_str(b, ",\"devices_omitted\":");
+    wbuf_dec(b, (int64_t)(ndevs - listed));
+    wbuf_str(b, ",\"node\":");
+    wbuf_json_str(b, node_id, strlen(node_id));
+    wbuf_str(b, ",\"updated_ms\":");
+    wbuf_dec(b, (int64_t)updated_ms);
+    wbuf_u8(b, '}');
+    free(nodes);
+    free(devs);
+    return listed;
+}
+
+/* ==== Answers on an MQTT v5 Response Topic ==== */
+
+static const char *const result_names[] = {
+    [RESULT_APPLIED] = "applied",
+    [RESULT_DUPLICATE] = "duplicate",
+    [RESULT_UNCHANGED] = "unchanged",
+    [RESULT_REFUSED] = "refused",
+};
+
+/* Written by hand, like the state document: it runs on the broker's thread
+ * for every increment that asks for an answer. */
+void answer_json(struct wire_buf *b, const char *name, size_t len, enum tally_result result,
+                 int64_t value, int reason)
+{
+    wbuf_reset(b);
+    wbuf_u8(b, '{');
+    if (name) {
+        wbuf_str(b, "\"name\":");
+        wbuf_json_str(b, name, len);
+        wbuf_u8(b, ',');
+    }
+    wbuf_str(b, "\"result\":\"");
+    wbuf_str(b, result_names[result]);
+    if (result == RESULT_REFUSED) {
+        wbuf_str(b, "\",\"reason\":\"");
+        wbuf_str(b, tally_strerror(reason));
+        wbuf_str(b, "\"}");
+        return;
+    }
+    wbuf_str(b, "\",\"value\":");
+    wbuf_dec(b, value);
+    wbuf_u8(b, '}');
+}
+
+/* ==== The control API ==== */
+
+static int int_field(const cJSON *cmd, const char *key, int dflt, int min, int max)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cmd, key);
+    if (!cJSON_IsNumber(v))
+        return dflt;
+    double d = v->valuedouble;
+    return d < min ? min : d > max ? max : (int)d;
+}
+
 static void add_counter_item(cJSON *list, const struct tally_table *t,
                              const struct tally_counter *c)
 {
@@ -325,7 +541,7 @@ static const char *list_counters(const cJSON *cmd, cJSON *data, const struct tal
         if (c->name_len < plen || memcmp(c->name, prefix, plen) != 0)
             continue;
         matched++;
-        top_k_offer(&h, (struct ranked){c, 0});
+        top_k_offer(&h, (struct ranked){.name = c->name, .len = c->name_len, .c = c});
     }
     top_k_finish(&h);
     cJSON_AddNumberToObject(data, "totalCount", (double)listed);
@@ -352,7 +568,8 @@ static const char *top_counters(const cJSON *cmd, cJSON *data, const struct tall
     {
         double rate = counter_rate(c, t->clock_ds);
         if (rate >= RATE_MIN && !table_hidden(t, c))
-            top_k_offer(&h, (struct ranked){c, rate});
+            top_k_offer(&h,
+                        (struct ranked){.name = c->name, .len = c->name_len, .c = c, .rate = rate});
     }
     top_k_finish(&h);
     cJSON *list = cJSON_AddArrayToObject(data, "counters");
@@ -402,9 +619,36 @@ static void add_folds(cJSON *data, const struct tally_table *t, const struct tal
         life_item(folds, t, f->e[i].replica, f->e[i].p, f->e[i].n);
 }
 
-static const char *get_counter(const cJSON *cmd, cJSON *data, const struct tally_table *t,
-                               const char *node_id, uint64_t now_ms)
+/* A replica's entry at its longest: its node id, 16 hex digits of
+ * incarnation and four numbers below 2^53 with their keys. */
+#define REPLICA_MAX_BYTES(id_len) (150 + (size_t)(id_len))
+
+/* A page of c's slots (every life of every node, for operators chasing a
+ * restart): from the from-th in the table's order, at most count, and no
+ * more than fit in room bytes. */
+static void add_replicas(cJSON *data, const struct tally_table *t, const struct tally_counter *c,
+                         uint32_t from, uint32_t count, size_t room)
 {
+    cJSON *reps = cJSON_AddArrayToObject(data, "replicas");
+    size_t used = 0;
+    for (uint32_t i = from; i < c->nslots && i - from < count; i++) {
+        const struct tally_slot *s = &c->slots[i];
+        used += REPLICA_MAX_BYTES(t->replicas[s->replica]->id_len);
+        if (used > room && i > from)
+            break;
+        add_base_item(life_item(reps, t, s->replica, s->p, s->n), table_base(t, c), s->replica);
+    }
+    cJSON_AddNumberToObject(data, "replicaOffset", from);
+    cJSON_AddNumberToObject(data, "replicaTotalCount", c->nslots);
+}
+
+/* The state document with a page of the devices (deviceOffset, deviceCount)
+ * in half of max_bytes, a page of the replicas (replicaOffset,
+ * replicaCount) in a quarter, and the folds: an answer about max_bytes at
+ * most, however many devices and edges the counter has. */
+static const char *get_counter(const cJSON *cmd, cJSON *data, const struct control_req *rq)
+{
+    const struct tally_table *t = rq->t;
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(cmd, "name");
     if (!cJSON_IsString(name) || name_check(name->valuestring, strlen(name->valuestring)))
         return "invalid counter name";
@@ -412,21 +656,24 @@ static const char *get_counter(const cJSON *cmd, cJSON *data, const struct tally
         table_find((struct tally_table *)t, name->valuestring, strlen(name->valuestring));
     if (!c || table_hidden(t, c))
         return "counter not found";
+    struct state_page pg = {
+        .max_bytes = rq->max_bytes / 2,
+        .dev_from = (uint32_t)int_field(cmd, "deviceOffset", 0, 0, INT32_MAX),
+        .dev_count = (uint32_t)int_field(cmd, "deviceCount", 100, 0, LIST_MAX),
+    };
     struct wire_buf b = {0};
     struct tally_sums sums;
     table_sums(t, c, &sums);
-    counter_state_json(&b, t, c, &sums, node_id, now_ms);
+    counter_state_json(&b, t, c, &sums, rq->node_id, rq->now_ms, &pg);
     cJSON *state = b.failed ? NULL : cJSON_ParseWithLength((const char *)b.data, b.len);
     wbuf_free(&b);
     if (!state)
         return "out of memory";
     cJSON_AddItemToObject(data, "counter", state);
-    /* Every life of every node, for operators chasing a restart. */
-    cJSON *reps = cJSON_AddArrayToObject(data, "replicas");
-    for (uint32_t i = 0; i < c->nslots; i++) {
-        const struct tally_slot *s = &c->slots[i];
-        add_base_item(life_item(reps, t, s->replica, s->p, s->n), table_base(t, c), s->replica);
-    }
+    cJSON_AddNumberToObject(data, "deviceOffset", pg.dev_from);
+    cJSON_AddNumberToObject(data, "deviceTotalCount", counter_ndevs(c));
+    add_replicas(data, t, c, (uint32_t)int_field(cmd, "replicaOffset", 0, 0, INT32_MAX),
+                 (uint32_t)int_field(cmd, "replicaCount", 100, 0, LIST_MAX), rq->max_bytes / 4);
     add_folds(data, t, c);
     return NULL;
 }
@@ -495,7 +742,7 @@ static cJSON *run_command(const cJSON *cmd, struct control_req *rq)
     else if (strcmp(command, "topCounters") == 0)
         err = top_counters(cmd, data, t);
     else if (strcmp(command, "getCounter") == 0)
-        err = get_counter(cmd, data, t, rq->node_id, rq->now_ms);
+        err = get_counter(cmd, data, rq);
     else if (strcmp(command, "resetCounter") == 0 || strcmp(command, "deleteCounter") == 0)
         err = reset_counter(cmd, data, rq, command[0] == 'd');
     else if (strcmp(command, "removeNode") == 0)

@@ -1221,7 +1221,8 @@ static void publish_state(struct tally_counter *c, const struct tally_sums *s, u
         c->state_shown = 1;
         return;
     }
-    counter_state_json(&g.buf, &g.table, c, s, g.opt.node_id, wall);
+    const struct state_page all = {(size_t)g.opt.max_message_bytes, 0, UINT32_MAX};
+    counter_state_json(&g.buf, &g.table, c, s, g.opt.node_id, wall, &all);
     if (g.buf.failed)
         return;
     publish(name_topic(g.opt.prefix, g.prefix_len, c->name, c->name_len, "/state"), g.buf.data,
@@ -1700,6 +1701,7 @@ static char *control_run(const void *payload, size_t len, bool admin, const char
     struct control_req rq = {.t = &g.table,
                              .node_id = g.opt.node_id,
                              .now_ms = wall_ms(),
+                             .max_bytes = (size_t)g.opt.max_message_bytes,
                              .admin = admin,
                              .fold = g.edge ? NULL : &g.fold,
                              .persist = g.persist,

@@ -1102,10 +1102,22 @@ struct stats_view {
  * counted in "nodes" {"heard","alive"}: the rest of the cluster in O(1). */
 void node_stats_json(struct wire_buf *b, const struct stats_view *v);
 
-/* counters/<name>/state into b (reset first); sums are c's (counter_sums). */
-void counter_state_json(struct wire_buf *b, const struct tally_table *t,
-                        const struct tally_counter *c, const struct tally_sums *sums,
-                        const char *node_id, uint64_t updated_ms);
+/* What of a counter's devices its state document lists, and its bound: the
+ * dev_from-th device on, in the document's order (largest total first, ties
+ * by name in natural order), at most dev_count of them (UINT32_MAX: all),
+ * and no more than keep the document within max_bytes. */
+struct state_page {
+    size_t max_bytes;
+    uint32_t dev_from, dev_count;
+};
+/* counters/<name>/state into b (reset first); sums are c's (counter_sums).
+ * value, p, n and devices_total are exact; "nodes" and "devices" hold the
+ * largest shares that fit in pg->max_bytes, nodes_omitted and
+ * devices_omitted count the rest (see control.c). Returns the number of
+ * devices listed; b is marked failed when out of memory. */
+uint32_t counter_state_json(struct wire_buf *b, const struct tally_table *t,
+                            const struct tally_counter *c, const struct tally_sums *sums,
+                            const char *node_id, uint64_t updated_ms, const struct state_page *pg);
 /* What an increment or report did, as its publisher's Response Topic hears. */
 enum tally_result { RESULT_APPLIED, RESULT_DUPLICATE, RESULT_UNCHANGED, RESULT_REFUSED };
 
@@ -1130,7 +1142,8 @@ bool control_read_only(const void *payload, size_t len);
 struct control_req {
     struct tally_table *t;
     const char *node_id;
-    uint64_t now_ms; /* wall clock, for the state document */
+    uint64_t now_ms;  /* wall clock, for the state document */
+    size_t max_bytes; /* max_message_bytes: what one getCounter answer may take */
     bool admin;
     struct fold_gc *fold; /* removeNode (NULL at an edge) */
     struct persist *persist;

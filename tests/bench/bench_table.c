@@ -92,7 +92,7 @@ static double control_ms(struct tally_table *t, const char *command)
 {
     char req[256];
     snprintf(req, sizeof(req), "{\"commands\":[%s]}", command);
-    struct control_req rq = {.t = t, .node_id = "n1"};
+    struct control_req rq = {.t = t, .node_id = "n1", .max_bytes = 65536};
     double start = now_s();
     char *out = control_process(req, strlen(req), &rq);
     double took = now_s() - start;

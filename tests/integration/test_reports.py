@@ -163,3 +163,42 @@ def test_plain_report_from_a_broker_assigned_id_is_refused(broker):
     lines = [line for line in broker.read_log().splitlines()
              if "to 'counters/anon/report': device_id_assigned_by_broker" in line]
     assert len(lines) == 3 and all("from client 'auto-" in line for line in lines), lines
+
+
+def send_reports(node, name, n):
+    """n devices meter-0000.. report totals 1..n to name, in one burst."""
+    seeder = RawClient(node.port, "seeder")
+    seeder.sock.sendall(b"".join(
+        seeder.publish_packet(f"counters/{name}/report",
+                              json.dumps({"device": f"meter-{i:04d}", "total": i + 1}))
+        for i in range(n)))
+    assert seeder.publish(f"counters/{name}/inc", "0") < 0x80
+    return n * (n + 1) // 2
+
+
+def test_state_document_stays_within_max_message_bytes(brokers):
+    """A state document listed every device of its counter: 1,000 devices
+    made about 20 KB, five times max_message_bytes here (1.8 MB at 100,000,
+    to every watcher up to 10 times a second). It lists the largest totals
+    first, as many as fit, and counts the rest; the sums stay exact."""
+    node = brokers("n1", options={"max_message_bytes": 4096})
+    watcher = node.client("watcher")
+    watcher.subscribe("counters/big/state")
+    node.pub("counters/big/inc", "5")
+    devices_total = send_reports(node, "big", 1000)
+    node.wait_total("big", 5 + devices_total)
+
+    def latest():
+        raw = watcher.last("counters/big/state")
+        doc = json.loads(raw) if raw else {}
+        return (raw, doc) if doc.get("devices_total") == devices_total else None
+    raw, doc = wait_for(latest, 10, what="the state document with every report")
+    assert len(raw.encode()) <= 4096, len(raw.encode())
+    assert (doc["value"], doc["p"], doc["n"]) == (5 + devices_total, 5, 0)
+    assert doc["nodes"] == {"n1": {"p": 5, "n": 0}} and doc["nodes_omitted"] == 0
+    listed = list(doc["devices"].items())
+    assert 100 < len(listed) < 1000
+    assert doc["devices_omitted"] == 1000 - len(listed)
+    # the largest totals, largest first
+    assert listed == [(f"meter-{i:04d}", i + 1) for i in range(999, 999 - len(listed), -1)]
+    watcher.close()

@@ -113,7 +113,7 @@ static cJSON *run(struct tally_table *t, const char *command, cJSON **whole)
 {
     char req[512];
     snprintf(req, sizeof(req), "{\"commands\":[%s]}", command);
-    struct control_req rq = {.t = t, .node_id = "n1", .admin = true};
+    struct control_req rq = {.t = t, .node_id = "n1", .max_bytes = 65536, .admin = true};
     char *out = control_process(req, strlen(req), &rq);
     free(rq.changed);
     ck_assert_ptr_nonnull(out);
@@ -136,7 +136,7 @@ START_TEST(test_a_request_holds_at_most_ten_commands)
         for (int i = 0; i < n; i++)
             strcat(req, i ? ",{\"command\":\"listCounters\"}" : "{\"command\":\"listCounters\"}");
         strcat(req, "]}");
-        struct control_req rq = {.t = &t, .node_id = "n1", .admin = true};
+        struct control_req rq = {.t = &t, .node_id = "n1", .max_bytes = 65536, .admin = true};
         char *out = control_process(req, strlen(req), &rq);
         cJSON *whole = cJSON_Parse(out);
         cJSON *responses = cJSON_GetObjectItem(whole, "responses");
@@ -485,6 +485,258 @@ START_TEST(test_stats_list_only_neighbours)
 }
 END_TEST
 
+/* ==== The state document's bound ==== */
+
+static int64_t json_int(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    ck_assert_msg(cJSON_IsNumber(v), "%s is not a number", key);
+    return (int64_t)v->valuedouble;
+}
+
+/* A counter "big" with ndev devices dev-0.. (device i's total: i / 3 + 1, so
+ * every total but the largest is shared by three devices and ties are
+ * ordered by name) and nnodes nodes n0.. each +(i + 1) -1. */
+static struct tally_counter *big_counter(struct tally_table *t, uint32_t ndev, uint32_t nnodes)
+{
+    struct tally_counter *c;
+    table_init(t, 10, ndev + 1);
+    ck_assert_int_eq(table_get(t, "big", 3, TABLE_LOCAL, &c), TALLY_OK);
+    for (uint32_t i = 0; i < nnodes; i++) {
+        char id[16];
+        uint32_t r;
+        int len = snprintf(id, sizeof(id), "n%u", i);
+        ck_assert_int_eq(table_replica(t, id, (size_t)len, 1, &r), TALLY_OK);
+        ck_assert_int_eq(table_add(t, c, r, (int64_t)i + 1, &changed), TALLY_OK);
+        ck_assert_int_eq(table_add(t, c, r, -1, &changed), TALLY_OK);
+    }
+    for (uint32_t i = 0; i < ndev; i++) {
+        char id[16];
+        uint32_t d;
+        int len = snprintf(id, sizeof(id), "dev-%u", i);
+        ck_assert_int_eq(table_device(t, id, (size_t)len, DEVICE_LOCAL, &d), TALLY_OK);
+        ck_assert_int_eq(table_merge_device(t, c, d, i / 3 + 1, true, &changed), TALLY_OK);
+    }
+    return c;
+}
+
+/* Device i's place in the document's order: largest total first, the three
+ * of one total in natural order of their names (dev-3i, dev-3i+1, ...). */
+static uint32_t device_rank(uint32_t i, uint32_t ndev)
+{
+    uint32_t groups = (ndev + 2) / 3, g = i / 3, before = 0;
+    for (uint32_t k = g + 1; k < groups; k++)
+        before += k * 3 + 3 <= ndev ? 3 : ndev - k * 3;
+    return before + i % 3;
+}
+
+static cJSON *state_of(struct tally_table *t, struct tally_counter *c, struct state_page pg,
+                       struct wire_buf *out, uint32_t *listed)
+{
+    struct tally_sums s;
+    table_sums(t, c, &s);
+    *listed = counter_state_json(out, t, c, &s, "hub-1", 1795828380135ULL, &pg);
+    ck_assert(!out->failed);
+    ck_assert_uint_le(out->len, pg.max_bytes);
+    cJSON *doc = cJSON_ParseWithLength((const char *)out->data, out->len);
+    ck_assert_msg(doc, "not JSON: %.*s", (int)out->len, (const char *)out->data);
+    ck_assert_int_eq(json_int(doc, "value"), s.value);
+    ck_assert_int_eq(json_int(doc, "p"), s.p);
+    ck_assert_int_eq(json_int(doc, "n"), s.n);
+    ck_assert_int_eq(json_int(doc, "devices_total"), s.devices);
+    ck_assert_int_eq(json_int(doc, "devices_omitted"),
+                     counter_ndevs(c) - cJSON_GetArraySize(cJSON_GetObjectItem(doc, "devices")));
+    ck_assert_int_eq(*listed, cJSON_GetArraySize(cJSON_GetObjectItem(doc, "devices")));
+    return doc;
+}
+
+/* Checks that doc's devices are the ranks from..from+listed of the order. */
+static void check_device_page(const cJSON *doc, uint32_t from, uint32_t ndev)
+{
+    const cJSON *d;
+    uint32_t k = from;
+    cJSON_ArrayForEach(d, cJSON_GetObjectItem(doc, "devices"))
+    {
+        uint32_t i = (uint32_t)strtoul(d->string + strlen("dev-"), NULL, 10);
+        ck_assert_int_eq(device_rank(i, ndev), k);
+        ck_assert_int_eq((int64_t)d->valuedouble, i / 3 + 1);
+        k++;
+    }
+}
+
+START_TEST(test_state_document_within_max_bytes)
+{
+    /* 2,000 devices take about 25 KB listed whole: at 4096 bytes the
+     * largest come first, as many as fit, and the rest are counted. */
+    struct tally_table t;
+    struct tally_counter *c = big_counter(&t, 2000, 3);
+    struct wire_buf out = {0};
+    uint32_t listed;
+    cJSON *doc = state_of(&t, c, (struct state_page){4096, 0, UINT32_MAX}, &out, &listed);
+    ck_assert_uint_gt(listed, 100);
+    ck_assert_uint_lt(listed, 2000);
+    ck_assert_uint_gt(out.len, 4096 - 40); /* stops only when the next does not fit */
+    check_device_page(doc, 0, 2000);
+    ck_assert_int_eq(json_int(doc, "devices_total"), 3 * (666 * 667 / 2) + 2 * 667);
+    /* three nodes take little room: whole, largest first */
+    ck_assert_int_eq(json_int(doc, "nodes_omitted"), 0);
+    const cJSON *nodes = cJSON_GetObjectItem(doc, "nodes");
+    ck_assert_int_eq(cJSON_GetArraySize(nodes), 3);
+    ck_assert_str_eq(nodes->child->string, "n2");
+    ck_assert_int_eq(json_int(nodes->child, "p"), 3);
+    ck_assert_int_eq(json_int(nodes->child, "n"), 1);
+    cJSON_Delete(doc);
+
+    /* A large bound lists every device, and the same counter looks as it
+     * did before the bound, apart from the two counts. */
+    doc = state_of(&t, c, (struct state_page){1 << 20, 0, UINT32_MAX}, &out, &listed);
+    ck_assert_int_eq(listed, 2000);
+    ck_assert_int_eq(json_int(doc, "devices_omitted"), 0);
+    check_device_page(doc, 0, 2000);
+    cJSON_Delete(doc);
+    wbuf_free(&out);
+    table_free(&t);
+}
+END_TEST
+
+START_TEST(test_state_document_bounds_nodes_too)
+{
+    /* A hub's counter written at 1,000 edges has 1,000 nodes: with 2,000
+     * devices beside them, the nodes get half the room, the largest first,
+     * and p and n stay the sums over all of them. */
+    struct tally_table t;
+    struct tally_counter *c = big_counter(&t, 2000, 1000);
+    struct wire_buf out = {0};
+    uint32_t listed;
+    cJSON *doc = state_of(&t, c, (struct state_page){8192, 0, UINT32_MAX}, &out, &listed);
+    ck_assert_int_eq(json_int(doc, "p"), 1000 * 1001 / 2);
+    ck_assert_int_eq(json_int(doc, "n"), 1000);
+    const cJSON *nodes = cJSON_GetObjectItem(doc, "nodes"), *e;
+    int nlisted = cJSON_GetArraySize(nodes);
+    ck_assert_int_gt(nlisted, 50);
+    ck_assert_int_eq(json_int(doc, "nodes_omitted"), 1000 - nlisted);
+    ck_assert_uint_gt(listed, 50);
+    uint32_t want = 999;
+    cJSON_ArrayForEach(e, nodes)
+    {
+        char id[16];
+        snprintf(id, sizeof(id), "n%u", want--);
+        ck_assert_str_eq(e->string, id);
+    }
+    check_device_page(doc, 0, 2000);
+    cJSON_Delete(doc);
+
+    /* Without devices the nodes take all the room. */
+    struct tally_table t2;
+    c = big_counter(&t2, 0, 1000);
+    doc = state_of(&t2, c, (struct state_page){8192, 0, UINT32_MAX}, &out, &listed);
+    ck_assert_int_gt(cJSON_GetArraySize(cJSON_GetObjectItem(doc, "nodes")), nlisted + 50);
+    cJSON_Delete(doc);
+    wbuf_free(&out);
+    table_free(&t2);
+    table_free(&t);
+}
+END_TEST
+
+START_TEST(test_state_document_pages_cover_every_device_once)
+{
+    struct tally_table t;
+    struct tally_counter *c = big_counter(&t, 2000, 2);
+    struct wire_buf out = {0};
+    uint32_t listed, from = 0;
+    char seen[2000] = {0};
+    while (from < 2000) {
+        cJSON *doc = state_of(&t, c, (struct state_page){4096, from, 300}, &out, &listed);
+        ck_assert_uint_gt(listed, 0);
+        ck_assert_uint_le(listed, 300);
+        check_device_page(doc, from, 2000);
+        const cJSON *d;
+        cJSON_ArrayForEach(d, cJSON_GetObjectItem(doc, "devices"))
+        {
+            uint32_t i = (uint32_t)strtoul(d->string + strlen("dev-"), NULL, 10);
+            ck_assert_int_eq(seen[i]++, 0);
+        }
+        cJSON_Delete(doc);
+        from += listed;
+    }
+    ck_assert_int_eq(from, 2000);
+    /* past the end: none listed, all counted as omitted */
+    cJSON *doc = state_of(&t, c, (struct state_page){4096, 5000, 300}, &out, &listed);
+    ck_assert_int_eq(listed, 0);
+    ck_assert_int_eq(json_int(doc, "devices_omitted"), 2000);
+    cJSON_Delete(doc);
+    wbuf_free(&out);
+    table_free(&t);
+}
+END_TEST
+
+/* getCounter pages the devices (deviceOffset, deviceCount: default 100, at
+ * most 1000) and the replicas, and says how many there are of each. */
+START_TEST(test_get_counter_pages)
+{
+    struct tally_table t;
+    struct tally_counter *c = big_counter(&t, 2500, 250);
+    (void)c;
+    cJSON *whole;
+    cJSON *data = run(&t, "{\"command\":\"getCounter\",\"name\":\"big\"}", &whole);
+    ck_assert_int_eq(json_int(data, "deviceOffset"), 0);
+    ck_assert_int_eq(json_int(data, "deviceTotalCount"), 2500);
+    ck_assert_int_eq(json_int(data, "replicaOffset"), 0);
+    ck_assert_int_eq(json_int(data, "replicaTotalCount"), 250);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(data, "replicas")), 100);
+    const cJSON *doc = cJSON_GetObjectItem(data, "counter");
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(doc, "devices")), 100);
+    ck_assert_int_eq(json_int(doc, "devices_omitted"), 2400);
+    check_device_page(doc, 0, 2500);
+    cJSON_Delete(whole);
+
+    char seen[2500] = {0}, req[160];
+    uint32_t from = 0, pages = 0;
+    while (from < 2500) {
+        snprintf(req, sizeof(req),
+                 "{\"command\":\"getCounter\",\"name\":\"big\",\"deviceOffset\":%u,"
+                 "\"deviceCount\":5000}",
+                 from);
+        data = run(&t, req, &whole);
+        doc = cJSON_GetObjectItem(data, "counter");
+        const cJSON *d;
+        uint32_t n = 0;
+        check_device_page(doc, from, 2500);
+        cJSON_ArrayForEach(d, cJSON_GetObjectItem(doc, "devices"))
+        {
+            ck_assert_int_eq(seen[strtoul(d->string + strlen("dev-"), NULL, 10)]++, 0);
+            n++;
+        }
+        ck_assert_uint_gt(n, 0);
+        ck_assert_uint_le(n, 1000);
+        cJSON_Delete(whole);
+        from += n;
+        pages++;
+    }
+    ck_assert_uint_ge(pages, 3);
+
+    uint32_t rseen = 0;
+    for (uint32_t rfrom = 0; rfrom < 250;) {
+        snprintf(req, sizeof(req),
+                 "{\"command\":\"getCounter\",\"name\":\"big\",\"replicaOffset\":%u,"
+                 "\"replicaCount\":1000,\"deviceCount\":0}",
+                 rfrom);
+        data = run(&t, req, &whole);
+        int n = cJSON_GetArraySize(cJSON_GetObjectItem(data, "replicas"));
+        ck_assert_int_gt(n, 0);
+        const cJSON *r = cJSON_GetArrayItem(cJSON_GetObjectItem(data, "replicas"), 0);
+        char id[16];
+        snprintf(id, sizeof(id), "n%u", rfrom);
+        ck_assert_str_eq(cJSON_GetObjectItem(r, "node")->valuestring, id);
+        cJSON_Delete(whole);
+        rfrom += (uint32_t)n;
+        rseen += (uint32_t)n;
+    }
+    ck_assert_int_eq(rseen, 250);
+    table_free(&t);
+}
+END_TEST
+
 Suite *control_suite(void)
 {
     Suite *s = suite_create("control");
@@ -502,6 +754,10 @@ Suite *control_suite(void)
     tcase_add_test(tc, test_a_request_holds_at_most_ten_commands);
     tcase_add_test(tc, test_stats_document);
     tcase_add_test(tc, test_stats_list_only_neighbours);
+    tcase_add_test(tc, test_state_document_within_max_bytes);
+    tcase_add_test(tc, test_state_document_bounds_nodes_too);
+    tcase_add_test(tc, test_state_document_pages_cover_every_device_once);
+    tcase_add_test(tc, test_get_counter_pages);
     suite_add_tcase(s, tc);
     return s;
 }

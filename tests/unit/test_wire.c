@@ -902,7 +902,8 @@ START_TEST(test_state_document)
     struct tally_sums s;
     counter_sums(c, &s);
     struct wire_buf out = {0};
-    counter_state_json(&out, &t, c, &s, "node-\\x", 1795828380135ULL);
+    const struct state_page all = {65536, 0, UINT32_MAX};
+    counter_state_json(&out, &t, c, &s, "node-\\x", 1795828380135ULL, &all);
     ck_assert(!out.failed);
     cJSON *doc = cJSON_ParseWithLength((const char *)out.data, out.len);
     ck_assert_msg(doc, "not JSON: %.*s", (int)out.len, (const char *)out.data);
@@ -920,6 +921,9 @@ START_TEST(test_state_document)
     ck_assert_int_eq(json_int(cJSON_GetObjectItem(nodes, "a"), "n"), 3);
     ck_assert_int_eq(json_int(cJSON_GetObjectItem(nodes, "b\""), "n"), TALLY_MAX_SAFE - 3);
     ck_assert_int_eq(json_int(cJSON_GetObjectItem(doc, "devices"), "meter-\"7"), 1234);
+    /* a small counter is listed whole */
+    ck_assert_int_eq(json_int(doc, "nodes_omitted"), 0);
+    ck_assert_int_eq(json_int(doc, "devices_omitted"), 0);
     cJSON_Delete(doc);
     wbuf_free(&out);
     table_free(&t);

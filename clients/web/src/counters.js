@@ -31,8 +31,11 @@ function el(tag, className, text) {
   return e;
 }
 
-// "a 12 · b 3 · 2 devices 40", and the exact P and N in the tooltip.
-function describeState(state) {
+// "a 12 · b 3 · 2 devices 40", and the exact P and N in the tooltip. The
+// plugin lists the largest shares first, as many as fit in its message
+// bound, and counts the rest (nodes_omitted, devices_omitted): the count and
+// the sum of the devices come from the document's totals, not from the list.
+export function describeState(state) {
   const parts = [];
   const detail = [];
   const nodes = state.nodes && typeof state.nodes === 'object' ? state.nodes : {};
@@ -41,12 +44,23 @@ function describeState(state) {
     parts.push(`${node} ${formatNumber(p - n)}`);
     detail.push(`node ${node}: +${formatNumber(p)} −${formatNumber(n)}`);
   }
+  const nodesOmitted = Number(state.nodes_omitted) || 0;
+  if (nodesOmitted > 0) {
+    parts.push(`${formatNumber(nodesOmitted)} more node${nodesOmitted === 1 ? '' : 's'}`);
+    detail.push(`and ${formatNumber(nodesOmitted)} more nodes`);
+  }
   const devices = state.devices && typeof state.devices === 'object' ? state.devices : {};
   const ids = Object.keys(devices);
-  if (ids.length > 0) {
-    const sum = ids.reduce((acc, id) => acc + (Number(devices[id]) || 0), 0);
-    parts.push(`${ids.length} device${ids.length === 1 ? '' : 's'} ${formatNumber(sum)}`);
-    for (const id of ids.sort()) detail.push(`device ${id}: ${formatNumber(devices[id])}`);
+  const devicesOmitted = Number(state.devices_omitted) || 0;
+  const count = ids.length + devicesOmitted;
+  if (count > 0) {
+    const sum = Number.isSafeInteger(state.devices_total)
+      ? state.devices_total
+      : ids.reduce((acc, id) => acc + (Number(devices[id]) || 0), 0);
+    parts.push(`${formatNumber(count)} device${count === 1 ? '' : 's'} ${formatNumber(sum)}`);
+    // in the document's order: largest first
+    for (const id of ids) detail.push(`device ${id}: ${formatNumber(devices[id])}`);
+    if (devicesOmitted > 0) detail.push(`and ${formatNumber(devicesOmitted)} more devices`);
   }
   return { text: parts.join(' · '), title: detail.join('\n') };
 }

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { nameProblem, parseTotal } from '../elements/src/names.js';
+import { describeState } from '../src/counters.js';
 import { RateTracker, WINDOW_S } from '../src/rate.js';
 import { brokerUrl, readSettings } from '../src/settings.js';
 import { bucketRates, knownRuns } from '../src/sparkline.js';
@@ -130,4 +131,25 @@ test('totals are exact integers or nothing', () => {
   assert.equal(parseTotal('9007199254740991'), 2 ** 53 - 1);
   assert.equal(parseTotal('9007199254740992'), null);
   for (const bad of ['', '1.5', '1e3', ' 1', 'abc', '0x10']) assert.equal(parseTotal(bad), null);
+});
+
+test('a state document with devices left out shows their count and sum from its totals', () => {
+  const small = describeState({
+    nodes: { b: { p: 3, n: 0 }, a: { p: 12, n: 0 } },
+    devices: { 'meter-2': 30, 'meter-1': 10 },
+    devices_total: 40,
+  });
+  assert.equal(small.text, 'a 12 · b 3 · 2 devices 40');
+  const big = describeState({
+    nodes: { a: { p: 5, n: 1 } },
+    nodes_omitted: 2,
+    devices: { 'meter-9': 900, 'meter-8': 800 },
+    devices_total: 4500,
+    devices_omitted: 7,
+  });
+  assert.equal(big.text, 'a 4 · 2 more nodes · 9 devices 4,500');
+  assert.deepEqual(big.title.split('\n'), [
+    'node a: +5 −1', 'and 2 more nodes',
+    'device meter-9: 900', 'device meter-8: 800', 'and 7 more devices',
+  ]);
 });
