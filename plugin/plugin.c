@@ -1425,6 +1425,21 @@ static void publish_due(uint64_t now)
     }
 }
 
+/* Our viewer counts that changed, alone when that is cheaper than all of
+ * them (presence_announce_changes), else in full. Changes sent alone are
+ * not a heartbeat: the full one still goes every heartbeat, and heals a
+ * change lost or overtaken on its way. */
+static void announce_changes(void)
+{
+    uint64_t first = next_seq(&g.presence_seq);
+    uint32_t n = presence_announce_changes(&g.presence, g.opt.node_id, g.incarnation, first, &g.buf,
+                                           emit_presence, NULL);
+    if (n)
+        g.presence_seq = first + n - 1;
+    else
+        announce_presence();
+}
+
 /* Viewer counts: coalesced over publish_interval_ms, under their budget. */
 static void flush_presence(uint64_t now)
 {
@@ -1432,9 +1447,9 @@ static void flush_presence(uint64_t now)
     presence_flush(&g.presence, now, (uint64_t)g.opt.presence_delivery_budget, publish_page, NULL);
     if (g.presence.local_changed && g.edge) {
         tier_edge_pages_changed(&g.tier_edge); /* they go up in the next UP */
-        g.presence.local_changed = false;
+        presence_changes_clear(&g.presence);
     } else if (g.presence.local_changed) {
-        announce_presence();
+        announce_changes();
     }
 }
 

@@ -18,6 +18,19 @@
  * each covering a range of presence_hash(page) and replacing the origin's
  * counts of that range only, so each stands on its own.
  *
+ * The full announcement goes every heartbeat. Between heartbeats a change
+ * of our counts costs what changed: each changed hash h goes alone, in a
+ * message of its own seq covering [h, h] with our pages of that hash (none
+ * if the page left), which receivers take as they take any range. Two
+ * changed hashes never share a range, as that range would have to list
+ * every page of ours between them. A node holding few pages, or changes
+ * that are a large part of its pages, announces in full as before
+ * (changes_worth_alone says why). A change sent alone and lost, or
+ * overtaken by a newer message of ours (a ring, one path broken for a
+ * while), leaves its page wrong there until the next heartbeat, as a lost
+ * part of a full announcement does. The changed hashes are kept, not the
+ * pages: a page that went to 0 may be freed before the announcement.
+ *
  * An edge's counts come to the other hubs from its hub's relays (tier.c),
  * sent only when they change; its hub's own heartbeat lists it with the
  * digest of its counts there (the sum of presence_digest over its pages),
@@ -27,9 +40,11 @@
  * digest of its counts held here, so that presence_origin_wanted sees a lost
  * relay and the hub's next heartbeat asks the carrier for it again.
  *
- * Pages live in a uthash table; each keeps its local count and one column
- * per origin. A page whose total is zero is freed once that zero has been
- * published, so a flood of one-off page names does not accumulate.
+ * Pages live in a uthash table by name, and in a second by presence_hash
+ * (for the pages of one changed hash, here and at a receiver); each keeps
+ * its local count and one column per origin. A page whose total is zero is
+ * freed once that zero has been published, so a flood of one-off page names
+ * does not accumulate.
  *
  * Fan-out: one publish of a page's count is delivered to each of its local
  * viewers, so a page is published at most once every page_interval_ms
@@ -45,13 +60,17 @@
 #include "tally.h"
 
 struct tally_page {
-    UT_hash_handle hh;
+    UT_hash_handle hh;       /* by name */
+    UT_hash_handle hh_hash;  /* by hash: the first page of each hash */
+    struct tally_page *twin; /* the next page of the same hash */
     struct tally_page *dirty_next;
+    uint64_t hash; /* presence_hash(name) */
     uint64_t local;
     uint64_t *remote; /* indexed by origin slot */
     uint32_t remote_cap;
-    uint64_t published; /* UINT64_MAX until first published */
-    uint64_t next_ms;   /* not published again before (presence_flush's clock) */
+    uint64_t published;   /* UINT64_MAX until first published */
+    uint64_t next_ms;     /* not published again before (presence_flush's clock) */
+    uint32_t changed_gen; /* pr->changed_gen when its hash joined pr->changed */
     bool dirty;
     uint8_t name_len;
     char name[];
@@ -83,6 +102,45 @@ void presence_init(struct tally_presence *pr, uint64_t max_views)
 {
     memset(pr, 0, sizeof(*pr));
     pr->max_views = max_views;
+    pr->changed_gen = 1;
+}
+
+/* ==== Pages, by name and by hash ==== */
+
+/* The first page of each presence_hash is in pr->by_hash; the others of
+ * that hash (two names of one 64-bit hash: rare, but FNV-1a collisions can
+ * be made on purpose) hang from it by twin. */
+static struct tally_page *pages_of_hash(const struct tally_presence *pr, uint64_t hash)
+{
+    struct tally_page *pg = NULL;
+    HASH_FIND(hh_hash, pr->by_hash, &hash, sizeof(hash), pg);
+    return pg;
+}
+
+static void by_hash_add(struct tally_presence *pr, struct tally_page *pg)
+{
+    struct tally_page *first = pages_of_hash(pr, pg->hash);
+    if (first) {
+        pg->twin = first->twin;
+        first->twin = pg;
+        return;
+    }
+    HASH_ADD(hh_hash, pr->by_hash, hash, sizeof(pg->hash), pg);
+}
+
+static void by_hash_del(struct tally_presence *pr, struct tally_page *pg)
+{
+    struct tally_page *first = pages_of_hash(pr, pg->hash);
+    if (first != pg) {
+        struct tally_page **p = &first->twin;
+        while (*p != pg)
+            p = &(*p)->twin;
+        *p = pg->twin;
+        return;
+    }
+    HASH_DELETE(hh_hash, pr->by_hash, pg);
+    if (pg->twin)
+        HASH_ADD(hh_hash, pr->by_hash, hash, sizeof(pg->twin->hash), pg->twin);
 }
 
 static void page_free(struct tally_page *pg)
@@ -91,14 +149,23 @@ static void page_free(struct tally_page *pg)
     free(pg);
 }
 
+static void page_drop(struct tally_presence *pr, struct tally_page *pg)
+{
+    HASH_DEL(pr->pages, pg);
+    by_hash_del(pr, pg);
+    page_free(pg);
+}
+
 void presence_free(struct tally_presence *pr)
 {
+    HASH_CLEAR(hh_hash, pr->by_hash);
     struct tally_page *pg, *ptmp;
     HASH_ITER(hh, pr->pages, pg, ptmp)
     {
         HASH_DEL(pr->pages, pg);
         page_free(pg);
     }
+    free(pr->changed);
     struct tally_view *view, *wtmp;
     HASH_ITER(hh, pr->views, view, wtmp)
     {
@@ -141,8 +208,10 @@ static struct tally_page *page_get(struct tally_presence *pr, const char *name, 
         return NULL;
     memcpy(pg->name, name, len);
     pg->name_len = (uint8_t)len;
+    pg->hash = presence_hash(name, len);
     pg->published = UINT64_MAX;
     HASH_ADD(hh, pr->pages, name, len, pg);
+    by_hash_add(pr, pg);
     return pg;
 }
 
@@ -155,6 +224,29 @@ static uint64_t page_total(const struct tally_page *pg)
 }
 
 /* ==== Local viewers ==== */
+
+/* Our count of pg changed: its hash joins the changes the next announcement
+ * may send alone (presence_announce_changes), once per announcement, up to
+ * PRESENCE_CHANGES_MAX hashes; past that only a full one will do. */
+static void local_changed(struct tally_presence *pr, struct tally_page *pg)
+{
+    pr->local_changed = true;
+    if (pg->changed_gen == pr->changed_gen || pr->changed_all)
+        return;
+    pg->changed_gen = pr->changed_gen;
+    if (pr->nchanged == pr->changed_cap) {
+        uint32_t cap = pr->changed_cap ? 2 * pr->changed_cap : 16;
+        uint64_t *grown =
+            cap <= PRESENCE_CHANGES_MAX ? realloc(pr->changed, cap * sizeof(*grown)) : NULL;
+        if (!grown) {
+            pr->changed_all = true; /* too many, or out of memory */
+            return;
+        }
+        pr->changed = grown;
+        pr->changed_cap = cap;
+    }
+    pr->changed[pr->nchanged++] = pg->hash;
+}
 
 static struct tally_view *view_find(struct tally_presence *pr, const struct tally_viewer *v,
                                     const struct tally_page *pg)
@@ -203,9 +295,10 @@ int presence_view(struct tally_presence *pr, const char *client, const char *pag
     view->key = (struct view_key){v, pg};
     HASH_ADD(hh, pr->views, key, sizeof(view->key), view);
     DL_APPEND(v->views, view);
-    pg->local++;
+    if (pg->local++ == 0)
+        pr->nlocal_pages++;
     pr->nviews++;
-    pr->local_changed = true;
+    local_changed(pr, pg);
     page_dirty(pr, pg);
     *added = true;
     return TALLY_OK;
@@ -215,9 +308,10 @@ static void viewer_forget(struct tally_presence *pr, struct tally_viewer *v,
                           struct tally_view *view)
 {
     struct tally_page *pg = (struct tally_page *)view->key.page;
-    pg->local--;
+    if (--pg->local == 0)
+        pr->nlocal_pages--;
     pr->nviews--;
-    pr->local_changed = true;
+    local_changed(pr, pg);
     page_dirty(pr, pg);
     HASH_DEL(pr->views, view);
     DL_DELETE(v->views, view);
@@ -288,19 +382,29 @@ static size_t pages_that_fit(const struct hashed_page *hp, size_t n, size_t i, s
     return j - i;
 }
 
+/* Every announcement, full or of changes, starts the next set of changes. */
+void presence_changes_clear(struct tally_presence *pr)
+{
+    pr->local_changed = false;
+    pr->changed_all = false;
+    pr->nchanged = 0;
+    if (++pr->changed_gen == 0)
+        pr->changed_gen = 1; /* 0 is a new page's */
+}
+
 uint32_t presence_announce(struct tally_presence *pr, const char *origin, uint64_t incarnation,
                            uint64_t first_seq, size_t max_bytes, struct wire_buf *b,
                            void (*emit)(const struct wire_buf *msg, void *ud), void *ud)
 {
     size_t n = 0;
-    struct hashed_page *hp = malloc((HASH_COUNT(pr->pages) + 1) * sizeof(*hp));
+    struct hashed_page *hp = malloc((pr->nlocal_pages + 1) * sizeof(*hp));
     if (!hp)
         return 0;
     struct tally_page *pg, *tmp;
     HASH_ITER(hh, pr->pages, pg, tmp)
     {
         if (pg->local)
-            hp[n++] = (struct hashed_page){presence_hash(pg->name, pg->name_len), pg};
+            hp[n++] = (struct hashed_page){pg->hash, pg};
     }
     qsort(hp, n, sizeof(*hp), by_hash);
     /* header, origin, four u64 and the page count */
@@ -320,7 +424,62 @@ uint32_t presence_announce(struct tally_presence *pr, const char *origin, uint64
         i += k;
     } while (i < n);
     free(hp);
-    pr->local_changed = false;
+    presence_changes_clear(pr);
+    return msgs;
+}
+
+/* Whether the changes since the last announcement are worth sending alone.
+ * Not when they are many (past PRESENCE_CHANGES_MAX, or a quarter of our
+ * pages: a full announcement then costs about as many bytes, in fewer
+ * messages), and not when we view fewer than PRESENCE_CHANGES_MIN_PAGES
+ * pages: such a full announcement is one message of a few kilobytes, and
+ * one message that replaces all our counts stands alone, where a change sent
+ * alone that a newer message overtook (two paths in a ring, one of them
+ * broken for a while) is dropped and leaves its page wrong until our next
+ * heartbeat. */
+static bool changes_worth_alone(const struct tally_presence *pr)
+{
+    return pr->local_changed && !pr->changed_all &&
+           pr->nlocal_pages >= PRESENCE_CHANGES_MIN_PAGES &&
+           (uint64_t)pr->nchanged * 4 <= pr->nlocal_pages;
+}
+
+static int by_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* One message covering [hash, hash] alone: our pages of that hash, which
+ * may be none (the page left). */
+static void announce_hash(const struct tally_presence *pr, uint64_t hash, const char *origin,
+                          uint64_t incarnation, uint64_t seq, struct wire_buf *b)
+{
+    uint32_t k = 0;
+    for (const struct tally_page *pg = pages_of_hash(pr, hash); pg; pg = pg->twin)
+        k += pg->local > 0;
+    wire_presence_begin(b, origin, incarnation, seq, hash, hash, k);
+    for (const struct tally_page *pg = pages_of_hash(pr, hash); pg; pg = pg->twin) {
+        if (pg->local)
+            wire_presence_page(b, pg->name, pg->name_len, pg->local);
+    }
+}
+
+uint32_t presence_announce_changes(struct tally_presence *pr, const char *origin,
+                                   uint64_t incarnation, uint64_t first_seq, struct wire_buf *b,
+                                   void (*emit)(const struct wire_buf *msg, void *ud), void *ud)
+{
+    if (!changes_worth_alone(pr))
+        return 0;
+    qsort(pr->changed, pr->nchanged, sizeof(*pr->changed), by_u64);
+    uint32_t msgs = 0;
+    for (uint32_t i = 0; i < pr->nchanged; i++) {
+        if (i && pr->changed[i] == pr->changed[i - 1])
+            continue; /* two pages of one hash */
+        announce_hash(pr, pr->changed[i], origin, incarnation, first_seq + msgs++, b);
+        emit(b, ud);
+    }
+    presence_changes_clear(pr);
     return msgs;
 }
 
@@ -380,15 +539,27 @@ bool presence_in_range(const char *page, size_t len, uint64_t lo, uint64_t hi)
     return h >= lo && h <= hi;
 }
 
+static void origin_forget(struct tally_presence *pr, struct tally_origin *o, struct tally_page *pg)
+{
+    if (o->slot < pg->remote_cap && pg->remote[o->slot])
+        origin_count(pr, o, pg, 0);
+}
+
+/* A range of one hash (a change sent alone) is found by its hash, not by a
+ * walk of every page. */
 void presence_origin_begin(struct tally_presence *pr, struct tally_origin *o, uint64_t lo,
                            uint64_t hi)
 {
-    struct tally_page *pg, *tmp;
-    HASH_ITER(hh, pr->pages, pg, tmp)
-    {
-        if (o->slot < pg->remote_cap && pg->remote[o->slot] &&
-            presence_in_range(pg->name, pg->name_len, lo, hi))
-            origin_count(pr, o, pg, 0);
+    if (lo == hi) {
+        for (struct tally_page *pg = pages_of_hash(pr, lo); pg; pg = pg->twin)
+            origin_forget(pr, o, pg);
+    } else {
+        struct tally_page *pg, *tmp;
+        HASH_ITER(hh, pr->pages, pg, tmp)
+        {
+            if (pg->hash >= lo && pg->hash <= hi)
+                origin_forget(pr, o, pg);
+        }
     }
     o->alive = true;
 }
@@ -484,10 +655,8 @@ void presence_flush(struct tally_presence *pr, uint64_t now_ms, uint64_t budget,
             pg->published = total;
             pg->next_ms = now_ms + page_interval_ms(pg->local, budget);
         }
-        if (total == 0) {
-            HASH_DEL(pr->pages, pg);
-            page_free(pg);
-        }
+        if (total == 0)
+            page_drop(pr, pg);
         pg = next;
     }
 }

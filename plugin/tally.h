@@ -529,16 +529,31 @@ struct tally_origin {
     char node_id[TALLY_NODE_ID_MAX + 1];
 };
 
+/* The changes since the last announcement are sent alone (a message per
+ * changed hash) only while they are at most this many hashes, a quarter of
+ * our pages, and we view at least PRESENCE_CHANGES_MIN_PAGES pages (see
+ * presence.c, changes_worth_alone). */
+#define PRESENCE_CHANGES_MAX 1024
+#define PRESENCE_CHANGES_MIN_PAGES 64
+
 struct tally_presence {
     struct tally_page *pages;
+    struct tally_page *by_hash; /* the same pages by presence_hash (presence.c) */
     struct tally_viewer *viewers;
     struct tally_view *views; /* every local (client, page) pair, by the two */
     struct tally_origin *origins;
     struct tally_page *dirty_head;
     uint32_t norigins;
-    uint64_t nviews; /* local (client, page) pairs */
+    uint64_t nviews;       /* local (client, page) pairs */
+    uint64_t nlocal_pages; /* pages with local viewers */
     uint64_t max_views;
     bool local_changed; /* our own counts changed since the last announce */
+    /* The presence_hash of each page whose local count changed since the
+     * last announce (owned; each once, up to PRESENCE_CHANGES_MAX), unless
+     * changed_all: more changed than that. */
+    uint64_t *changed;
+    uint32_t nchanged, changed_cap, changed_gen;
+    bool changed_all;
 };
 
 void presence_init(struct tally_presence *pr, uint64_t max_views);
@@ -583,6 +598,19 @@ bool presence_origin_wanted(const struct tally_origin *o, uint64_t now_ms, uint6
 uint32_t presence_announce(struct tally_presence *pr, const char *origin, uint64_t incarnation,
                            uint64_t first_seq, size_t max_bytes, struct wire_buf *b,
                            void (*emit)(const struct wire_buf *msg, void *ud), void *ud);
+/* Our counts that changed since the last announcement, each changed
+ * presence_hash h alone in a PRESENCE covering [h, h] with our pages of that
+ * hash (none: the page left), numbered first_seq, first_seq + 1, ...; each
+ * is handed to emit. Returns the number of messages, or 0 (nothing sent)
+ * when a full announcement (presence_announce) is the better one: too many
+ * changes, or too few pages to be worth it. No listing of edges: that is the
+ * heartbeat's (tier_hub_heartbeat). */
+uint32_t presence_announce_changes(struct tally_presence *pr, const char *origin,
+                                   uint64_t incarnation, uint64_t first_seq, struct wire_buf *b,
+                                   void (*emit)(const struct wire_buf *msg, void *ud), void *ud);
+/* Our counts went where they go without an announcement (an edge's UP):
+ * the changes start again from none. */
+void presence_changes_clear(struct tally_presence *pr);
 /* Walks pages whose cluster total changed; fn gets the new total. A page
  * published less than page_interval_ms(its local viewers, budget) before
  * now_ms stays dirty for a later flush. */

@@ -662,6 +662,210 @@ START_TEST(test_presence_split_to_max_bytes)
 }
 END_TEST
 
+static void no_publish(const char *page, size_t len, uint64_t total, void *ud)
+{
+    (void)page;
+    (void)len;
+    (void)total;
+    (void)ud;
+}
+
+/* The one decoded PRESENCE of col's message i covers [hash(page), hash(page)]
+ * alone, with seq, and lists page with count n (n == 0: lists nothing). */
+static void assert_change_alone(const struct collected *col, size_t i, uint64_t seq,
+                                const char *page, uint64_t n)
+{
+    struct wire_presence p;
+    ck_assert_int_eq(wire_decode_presence(col->msgs[i].data, col->msgs[i].len, &p), TALLY_OK);
+    uint64_t h = presence_hash(page, strlen(page));
+    ck_assert_uint_eq(p.seq, seq);
+    ck_assert_uint_eq(p.lo, h);
+    ck_assert_uint_eq(p.hi, h);
+    ck_assert_uint_eq(p.npages, n > 0);
+    if (n) {
+        ck_assert_uint_eq(p.pages[0].len, strlen(page));
+        ck_assert(memcmp(p.pages[0].page, page, p.pages[0].len) == 0);
+        ck_assert_uint_eq(p.pages[0].count, n);
+    }
+    ck_assert_uint_lt(col->msgs[i].len, 100);
+    wire_presence_free(&p);
+}
+
+static uint64_t hash_of_msg(const struct wire_buf *msg)
+{
+    struct wire_presence p;
+    ck_assert_int_eq(wire_decode_presence(msg->data, msg->len, &p), TALLY_OK);
+    uint64_t h = p.lo;
+    wire_presence_free(&p);
+    return h;
+}
+
+/* Three changes among 1,000 pages: a page left (and was freed), one gained
+ * a viewer, one is new. Each goes alone, in hash order, and a receiver of
+ * them holds what a receiver of the full announcement holds. */
+START_TEST(test_presence_changes_alone)
+{
+    struct tally_presence here, there, full;
+    struct collected col = {.n = 0};
+    struct wire_buf b = {0};
+    char page[200];
+    presence_init(&here, 100000);
+    presence_init(&there, 100000);
+    presence_init(&full, 100000);
+    for (unsigned i = 0; i < 1000; i++) {
+        snprintf(page, sizeof(page), "page-%u", i);
+        ck_assert_int_eq(presence_view(&here, "v1", page, strlen(page), &changed), TALLY_OK);
+    }
+    ck_assert_uint_eq(presence_announce(&here, "n1", 9, 100, 4096, &b, collect, &col), 4);
+    struct tally_origin *ot = presence_origin(&there, "n1"), *of = presence_origin(&full, "n1");
+    for (size_t i = 0; i < col.n; i++)
+        apply_presence(&there, ot, &col.msgs[i]);
+    collected_free(&col);
+    col.n = 0;
+    /* Nothing changed since: nothing to send alone. */
+    ck_assert_uint_eq(presence_announce_changes(&here, "n1", 9, 200, &b, collect, &col), 0);
+    presence_unview(&here, "v1", "page-5", 6);
+    ck_assert_int_eq(presence_view(&here, "v2", "page-7", 6, &changed), TALLY_OK);
+    ck_assert_int_eq(presence_view(&here, "v2", "new", 3, &changed), TALLY_OK);
+    /* The same page changed again and back counts once. */
+    ck_assert_int_eq(presence_view(&here, "v3", "page-7", 6, &changed), TALLY_OK);
+    presence_unview(&here, "v3", "page-7", 6);
+    presence_flush(&here, 0, 0, no_publish, NULL); /* page-5 is freed here */
+    ck_assert_uint_eq(presence_total(&here, "page-5", 6), 0);
+    ck_assert_uint_eq(presence_announce_changes(&here, "n1", 9, 200, &b, collect, &col), 3);
+    ck_assert(!here.local_changed);
+    const char *names[3] = {"page-5", "page-7", "new"};
+    uint64_t counts[3] = {0, 2, 1};
+    for (size_t i = 0; i < 3; i++) {
+        size_t at = 0; /* its place among the three, by hash */
+        uint64_t h = presence_hash(names[i], strlen(names[i]));
+        for (size_t j = 0; j < 3; j++)
+            at += presence_hash(names[j], strlen(names[j])) < h;
+        ck_assert_uint_eq(hash_of_msg(&col.msgs[at]), h);
+        assert_change_alone(&col, at, 200 + at, names[i], counts[i]);
+    }
+    for (size_t i = 0; i < col.n; i++)
+        apply_presence(&there, ot, &col.msgs[i]);
+    collected_free(&col);
+    col.n = 0;
+    ck_assert_uint_eq(presence_announce(&here, "n1", 9, 300, 4096, &b, collect, &col), 4);
+    for (size_t i = 0; i < col.n; i++)
+        apply_presence(&full, of, &col.msgs[i]);
+    for (unsigned i = 0; i < 1000; i++) {
+        snprintf(page, sizeof(page), "page-%u", i);
+        uint64_t want = i == 5 ? 0 : i == 7 ? 2 : 1;
+        ck_assert_uint_eq(presence_total(&there, page, strlen(page)), want);
+        ck_assert_uint_eq(presence_total(&full, page, strlen(page)), want);
+    }
+    ck_assert_uint_eq(presence_total(&there, "new", 3), 1);
+    ck_assert_uint_eq(presence_total(&full, "new", 3), 1);
+    wbuf_free(&b);
+    collected_free(&col);
+    presence_free(&here);
+    presence_free(&there);
+    presence_free(&full);
+}
+END_TEST
+
+/* A node of few pages, or changes that are a large part of its pages, are
+ * announced in full (presence_announce_changes sends nothing); a full
+ * announcement starts the changes again from none. */
+START_TEST(test_presence_changes_in_full_when_many)
+{
+    struct tally_presence here;
+    struct collected col = {.n = 0};
+    struct wire_buf b = {0};
+    char page[32];
+    presence_init(&here, 100000);
+    for (unsigned i = 0; i < PRESENCE_CHANGES_MIN_PAGES - 1; i++) {
+        snprintf(page, sizeof(page), "page-%u", i);
+        ck_assert_int_eq(presence_view(&here, "v1", page, strlen(page), &changed), TALLY_OK);
+    }
+    presence_announce(&here, "n1", 9, 1, 4096, &b, collect, &col);
+    ck_assert_int_eq(presence_view(&here, "v2", "page-1", 6, &changed), TALLY_OK);
+    ck_assert_uint_eq(presence_announce_changes(&here, "n1", 9, 10, &b, collect, &col), 0);
+    ck_assert(here.local_changed); /* still owed, in full */
+    for (unsigned i = PRESENCE_CHANGES_MIN_PAGES; i < 400; i++) {
+        snprintf(page, sizeof(page), "page-%u", i);
+        ck_assert_int_eq(presence_view(&here, "v1", page, strlen(page), &changed), TALLY_OK);
+    }
+    /* 337 changed of 399: too many. */
+    ck_assert_uint_eq(presence_announce_changes(&here, "n1", 9, 10, &b, collect, &col), 0);
+    presence_announce(&here, "n1", 9, 10, 4096, &b, collect, &col);
+    ck_assert(!here.local_changed);
+    for (unsigned i = 0; i < 60; i++) {
+        snprintf(page, sizeof(page), "page-%u", i);
+        presence_unview(&here, "v1", page, strlen(page));
+    }
+    /* 60 changed of 340 (v2 still views page-1): alone, one message each. */
+    size_t before = col.n;
+    ck_assert_uint_eq(presence_announce_changes(&here, "n1", 9, 20, &b, collect, &col), 60);
+    ck_assert_uint_eq(col.n - before, 60);
+    wbuf_free(&b);
+    collected_free(&col);
+    presence_free(&here);
+}
+END_TEST
+
+/* Random views and leaves among 500 pages, announced after each round as
+ * plugin.c does (alone when presence_announce_changes takes them, else in
+ * full) to one receiver and in full to another: both hold the same counts,
+ * which are ours. */
+START_TEST(test_presence_changes_match_full)
+{
+    struct tally_presence here, there, full;
+    struct wire_buf b = {0};
+    char page[32], client[16];
+    uint64_t seq = 1;
+    unsigned alone = 0;
+    rng = 8;
+    presence_init(&here, 100000);
+    presence_init(&there, 100000);
+    presence_init(&full, 100000);
+    struct tally_origin *ot = presence_origin(&there, "n1"), *of = presence_origin(&full, "n1");
+    for (unsigned round = 0; round < 300; round++) {
+        unsigned ops = round < 5 ? 400 : 1 + (unsigned)rnd_below(20);
+        for (unsigned k = 0; k < ops; k++) {
+            snprintf(page, sizeof(page), "p%u", (unsigned)rnd_below(500));
+            snprintf(client, sizeof(client), "c%u", (unsigned)rnd_below(3));
+            if (rnd_below(2))
+                presence_unview(&here, client, page, strlen(page));
+            else
+                ck_assert_int_eq(presence_view(&here, client, page, strlen(page), &changed),
+                                 TALLY_OK);
+        }
+        presence_flush(&here, 0, 0, no_publish, NULL);
+        struct collected col = {.n = 0};
+        uint32_t n = presence_announce_changes(&here, "n1", 9, seq, &b, collect, &col);
+        alone += n > 0;
+        if (!n)
+            n = presence_announce(&here, "n1", 9, seq, 4096, &b, collect, &col);
+        seq += n;
+        for (size_t i = 0; i < col.n; i++)
+            apply_presence(&there, ot, &col.msgs[i]);
+        collected_free(&col);
+        col.n = 0;
+        n = presence_announce(&here, "n1", 9, seq, 4096, &b, collect, &col);
+        seq += n;
+        for (size_t i = 0; i < col.n; i++)
+            apply_presence(&full, of, &col.msgs[i]);
+        collected_free(&col);
+        for (unsigned i = 0; i < 500; i++) {
+            snprintf(page, sizeof(page), "p%u", i);
+            size_t len = strlen(page);
+            uint64_t want = presence_total(&here, page, len);
+            ck_assert_uint_eq(presence_total(&there, page, len), want);
+            ck_assert_uint_eq(presence_total(&full, page, len), want);
+        }
+    }
+    ck_assert_uint_gt(alone, 200);
+    wbuf_free(&b);
+    presence_free(&here);
+    presence_free(&there);
+    presence_free(&full);
+}
+END_TEST
+
 START_TEST(test_presence_page_outside_its_range_refused)
 {
     struct wire_buf b = {0};
@@ -949,6 +1153,9 @@ Suite *wire_suite(void)
     tcase_add_test(tc, test_presence_listing_round_trip);
     tcase_add_test(tc, test_presence_refusals);
     tcase_add_test(tc, test_presence_split_to_max_bytes);
+    tcase_add_test(tc, test_presence_changes_alone);
+    tcase_add_test(tc, test_presence_changes_in_full_when_many);
+    tcase_add_test(tc, test_presence_changes_match_full);
     tcase_add_test(tc, test_presence_page_outside_its_range_refused);
     suite_add_tcase(s, tc);
     tc = tcase_create("text");
