@@ -723,9 +723,11 @@ static int on_sync(const struct mosquitto_evt_message *ev, bool *route)
 
 static void send_sync(const struct wire_buf *msg, void *ctx);
 
-static struct repl_out repl_out(void)
+/* SYNCs to every neighbour, or (to: a connection's client id) to one. */
+static struct repl_out repl_out(const char *to)
 {
-    return (struct repl_out){g.opt.node_id, (size_t)g.opt.max_message_bytes, send_sync, NULL};
+    return (struct repl_out){g.opt.node_id, (size_t)g.opt.max_message_bytes, send_sync, (void *)to,
+                             to != NULL};
 }
 
 static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
@@ -743,7 +745,7 @@ static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
     if (!heard_from(d.sender, d.sender_len) || neighbour_of(client, &k) != TALLY_OK)
         return TALLY_E_NOMEM;
     if (repl_digest_seen(&g.repl, k, &d, g.table.digest, g.opt.node_id, dump)) {
-        struct repl_out out = repl_out();
+        struct repl_out out = repl_out(mosquitto_client_id(client));
         g.st.repair_counters += repl_send_buckets(&g.repl, &g.table, &g.writer, &out, dump);
     }
     return TALLY_OK;
@@ -851,6 +853,20 @@ static int on_stats(const struct mosquitto_evt_message *ev, bool *route)
 
 #define HUB_ORIGIN "(hub)" /* at an edge, the others' viewers: never a node id */
 
+/* g.topic's message, to every subscriber (to NULL) or to one connection
+ * alone (to: its client id; Mosquitto's publish to a client). */
+static void send_repl(const char *to, const struct wire_buf *b)
+{
+    if (!sendable(g.topic, b))
+        return;
+    int rc = mosquitto_broker_publish_copy(to, g.topic, (int)b->len, b->data, 1, false, NULL);
+    if (rc != MOSQ_ERR_SUCCESS)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot publish to %s: %s", g.topic,
+                             mosquitto_strerror(rc));
+    g.st.repl_msgs_out++;
+    g.st.repl_bytes_out += b->len;
+}
+
 /* An UP goes to every subscriber (the edge's bridge). A DOWN goes only to
  * the connection its edge's UP came over (to): published to all, it would
  * also reach every hub bridged to this one, which has no use for it (an edge
@@ -860,14 +876,7 @@ static void publish_up_down(const char *kind, const char *id, const char *to,
                             const struct wire_buf *b)
 {
     snprintf(g.topic, sizeof(g.topic), "$tally/%s/%s", kind, id);
-    if (!sendable(g.topic, b))
-        return;
-    int rc = mosquitto_broker_publish_copy(to, g.topic, (int)b->len, b->data, 1, false, NULL);
-    if (rc != MOSQ_ERR_SUCCESS)
-        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot publish to %s: %s", g.topic,
-                             mosquitto_strerror(rc));
-    g.st.repl_msgs_out++;
-    g.st.repl_bytes_out += b->len;
+    send_repl(to, b);
 }
 
 static void emit_relay(const struct wire_buf *msg, void *ud)
@@ -1146,20 +1155,21 @@ static bool sendable(const char *topic, const struct wire_buf *b)
     return false;
 }
 
-static void replicate(const char *kind, const struct wire_buf *b)
+/* To every subscriber (to NULL: every bridge), or to one connection. */
+static void replicate_to(const char *kind, const char *to, const struct wire_buf *b)
 {
     snprintf(g.topic, sizeof(g.topic), "$tally/v1/%s/%s", kind, g.opt.node_id);
-    if (!sendable(g.topic, b))
-        return;
-    publish(g.topic, b->data, b->len, 1, false);
-    g.st.repl_msgs_out++;
-    g.st.repl_bytes_out += b->len;
+    send_repl(to, b);
+}
+
+static void replicate(const char *kind, const struct wire_buf *b)
+{
+    replicate_to(kind, NULL, b);
 }
 
 static void send_sync(const struct wire_buf *msg, void *ctx)
 {
-    (void)ctx;
-    replicate("sync", msg);
+    replicate_to("sync", ctx, msg);
 }
 
 /* g.topic = "<prefix>/<name><suffix>" (at most 127 + 1 + 200 + 6 bytes), for
@@ -1469,7 +1479,7 @@ static void replicate_tick(uint64_t now)
     uint64_t interval = (uint64_t)g.opt.publish_interval_ms;
     uint64_t local_every = interval + interval / 16;
     if (table_repl_pending(&g.table) && (g.repl.learned || now - g.last_repl_ms >= local_every)) {
-        struct repl_out out = repl_out();
+        struct repl_out out = repl_out(NULL);
         repl_send_deltas(&g.repl, &g.table, &g.writer, &out, FLUSH_BUDGET);
         g.last_repl_ms = now;
     }

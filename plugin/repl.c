@@ -47,6 +47,14 @@
  *    if it differs AND neither side changed it over a whole sync interval
  *    (both hashes equal to those at the previous digest from that neighbour):
  *    a delta in flight never triggers a repair.
+ * 6. A repair goes to the neighbour whose DIGEST asked for it, alone, where
+ *    plugin.c can address it (Mosquitto's publish to the client id of its
+ *    bridge): published to all, a hub restarted among d neighbours had each
+ *    of them send its whole state to all of theirs, d * d copies where d
+ *    are needed. Such a message is outside the numbered stream (session 0,
+ *    seq 0: receivers take it without checking it, as they take a version 1
+ *    sender's), since the other neighbours never see it; what it teaches
+ *    the asker goes on from there as the asker's own deltas.
  *
  * ---- Invariants ----
  *
@@ -348,14 +356,16 @@ void repl_digest(struct repl *r, struct wire_digest *d, const char *self, const 
 
 /* ==== SYNC out ==== */
 
-static int finish(struct repl *r, struct wire_sync_writer *w, const char *self,
-                  void (*send)(const struct wire_buf *, void *), void *ctx)
+static int finish(struct repl *r, struct wire_sync_writer *w, const struct repl_out *out)
 {
     if (sync_writer_empty(w))
         return TALLY_OK;
-    int rc = sync_writer_finish(w, self, r->session, ++r->seq);
+    /* A message to one neighbour is outside the numbered stream (session 0,
+     * which receivers do not check), or the others would see a gap. */
+    int rc = out->to_one ? sync_writer_finish(w, out->self, 0, 0)
+                         : sync_writer_finish(w, out->self, r->session, ++r->seq);
     if (rc == TALLY_OK)
-        send(&w->out, ctx);
+        out->send(&w->out, out->ctx);
     return rc;
 }
 
@@ -370,7 +380,7 @@ struct sending {
 static int send_full(struct wire_sync_writer *w, void *ctx)
 {
     const struct sending *s = ctx;
-    return finish(s->r, w, s->out->self, s->out->send, s->out->ctx);
+    return finish(s->r, w, s->out);
 }
 
 static void bound(struct wire_sync_writer *w, struct sending *s)
@@ -402,7 +412,7 @@ size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_
     }
     if (table_repl_pending(t))
         r->learned = true; /* the rest at the next tick */
-    finish(r, w, out->self, out->send, out->ctx);
+    finish(r, w, out);
     w->full = NULL;
     return done;
 }
@@ -423,7 +433,7 @@ size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync
             r->failed++;
         n++;
     }
-    finish(r, w, out->self, out->send, out->ctx);
+    finish(r, w, out);
     w->full = NULL;
     return n;
 }

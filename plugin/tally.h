@@ -1053,12 +1053,14 @@ struct repl {
     uint64_t failed;       /* counters that could not be written (memory) */
 };
 
-/* Where and how SYNCs leave: plugin.c publishes them. */
+/* Where and how SYNCs leave: plugin.c publishes them. to_one: they reach one
+ * neighbour alone (a repair sent to its asker), outside the numbered stream. */
 struct repl_out {
     const char *self;
     size_t max_bytes;
     void (*send)(const struct wire_buf *msg, void *ctx);
     void *ctx;
+    bool to_one;
 };
 
 struct persist;

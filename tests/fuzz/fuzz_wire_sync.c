@@ -55,7 +55,7 @@ static void round_trip(struct tally_table *t)
     table_init(&again, 1u << 20, 1);
     repl_init(&r, 5); /* two neighbours: what one taught is owed to the other */
     check(repl_neighbour(&r, "peer", &a) == TALLY_OK && repl_neighbour(&r, "other", &b) == 0);
-    struct repl_out out = {"fuzz", 4096, apply_message, &again};
+    struct repl_out out = {"fuzz", 4096, apply_message, &again, false};
     while (table_repl_pending(t))
         repl_send_deltas(&r, t, &w, &out, 1000);
     check(memcmp(again.digest, t->digest, sizeof(t->digest)) == 0);

@@ -392,6 +392,33 @@ def test_killed_node_without_state_gets_its_counts_back(brokers, closing):
     assert s["persist"] == "memory"
 
 
+def test_a_repair_goes_to_its_asker_alone(brokers, closing):
+    """c (a leaf of the star around a) comes back without its state: a sends it every counter
+    whole, to c alone (a publish to c's bridge). A client holding a bridge's name and
+    `$tally/v1/sync/+` at a, as b's bridge does, hears none of it; published to all, as before,
+    every neighbour of a took the whole state again at every restart of any other."""
+    nodes, _, watchers = cluster(brokers, closing, TOPOLOGIES["star"])
+    ledger = Ledger("repair")
+    names = [f"repair-{i}" for i in range(300)]
+    ledger.round([nodes["b"]], names, 600)
+    wait_converged(watchers, ledger)
+    spy = Watcher(nodes["a"].port, ["$tally/v1/sync/+"], client_id="spy-to-a", keep=True)
+    closing.append(spy)
+    time.sleep(1.0)  # the last deltas have gone
+    before = sum(len(p) for _, p in spy.messages())
+    watchers["c"].close()
+    nodes["c"].kill()
+    nodes["c"].start()
+    watchers["c"] = Watcher(nodes["c"].port, ["counters/+", "presence/+", "$tally/stats/c"])
+    closing.append(watchers["c"])
+    wait_converged(watchers, ledger)  # c has every counter back, from a's repair
+    heard = sum(len(p) for _, p in spy.messages()) - before
+    assert heard < 1000, f"a's repair to c reached another bridge: {heard} bytes of SYNC"
+    held = len(ledger.expected)  # the names the round wrote
+    wait_for(lambda: (stats(watchers["c"], "c") or {}).get("counters") == held, 10,
+             what=f"c to hold {held} counters")
+
+
 # ---- forged replication from an ordinary client --------------------------------
 
 def varint(v):

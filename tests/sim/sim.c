@@ -30,11 +30,12 @@
  *
  * Faults: every message is lost with probability --loss and delayed by 1 to
  * --delay ms; --kill-hubs hubs die for good in the middle of the load,
- * --kill-edges edges too (they stop writing 3 s before, and die once their
- * hub holds all they wrote: an edge that dies with unsent increments loses
- * them with its disk, as any node does, and the truth here would not know
- * it; with a publish interval of a second and heavy loss, 3 s was not always
- * enough); --restart-hubs hubs die and
+ * --kill-edges edges too (they stop writing 3 s before, and die once a hub
+ * not lost for good holds all they wrote: an edge that dies with unsent
+ * increments loses them with its disk, as any node does, and so does one
+ * whose increments only a hub lost for good held, and the truth here would
+ * not know it; with a publish interval of a second and heavy loss, 3 s was
+ * not always enough); --restart-hubs hubs die and
  * come back with their state 10 s later (their edges move away and back);
  * --link-failures hub-to-hub links go down for 2 to 10 s each. --tier-bytes
  * cuts UP, DOWN and relays at that size (a few entries a part when small),
@@ -283,16 +284,25 @@ static void broadcast(uint32_t from, enum kind kind, const struct wire_buf *b, u
 
 static uint32_t sending_hub;
 
+/* To every bridge, or (ctx: the neighbour's node + 1) to one, as plugin.c's
+ * publish to a connection. */
 static void send_sync(const struct wire_buf *msg, void *ctx)
 {
-    (void)ctx;
-    broadcast(sending_hub, K_SYNC, msg, UINT32_MAX);
+    uintptr_t to = (uintptr_t)ctx;
+    if (to)
+        send(sending_hub, (uint32_t)(to - 1), K_SYNC, msg);
+    else
+        broadcast(sending_hub, K_SYNC, msg, UINT32_MAX);
 }
 
-static struct repl_out repl_out(uint32_t hub)
+/* SYNCs from hub to all its neighbours, or to neighbour `to` alone (a
+ * repair to its asker; UINT32_MAX: all). */
+static struct repl_out repl_out(uint32_t hub, uint32_t to)
 {
     sending_hub = hub;
-    return (struct repl_out){nodes[hub].id, MAX_MESSAGE, send_sync, NULL};
+    bool one = to != UINT32_MAX;
+    return (struct repl_out){nodes[hub].id, MAX_MESSAGE, send_sync,
+                             one ? (void *)(uintptr_t)(to + 1) : NULL, one};
 }
 
 /* ==== Hubs ==== */
@@ -323,7 +333,7 @@ static void hub_on_digest(struct node *n, const struct msg *m)
         abort();
     uint16_t k = neighbour(n, m->from);
     if (repl_digest_seen(&n->repl, k, &d, n->t.digest, n->id, dump)) {
-        struct repl_out out = repl_out((uint32_t)(n - nodes));
+        struct repl_out out = repl_out((uint32_t)(n - nodes), m->from);
         repaired += repl_send_buckets(&n->repl, &n->t, &n->w, &out, dump);
     }
 }
@@ -476,7 +486,7 @@ static void hub_tick(uint32_t i)
     struct node *n = &nodes[i];
     static struct wire_digest d;
     struct wire_buf b = {0};
-    struct repl_out out = repl_out(i);
+    struct repl_out out = repl_out(i, UINT32_MAX);
     repl_send_deltas(&n->repl, &n->t, &n->w, &out, 100000);
     if (repl_wants_repair(&n->repl) || now - n->last_digest >= DIGEST_MS) {
         repl_digest(&n->repl, &d, n->id, n->t.digest);
@@ -562,12 +572,9 @@ static void edge_no_step_back(struct node *n)
     }
 }
 
-/* Its hub holds its slot of the counters it writes as it does. */
-static bool edge_settled(struct node *n)
+/* Whether hub holds the edge's slot of the counters it writes as it does. */
+static bool holds(struct node *hub, struct node *n)
 {
-    if (n->at == UINT32_MAX)
-        return false;
-    struct node *hub = &nodes[n->at];
     for (int k = 0; k < 2; k++) {
         char name[16];
         size_t len;
@@ -585,6 +592,20 @@ static bool edge_settled(struct node *n)
             return false;
     }
     return true;
+}
+
+/* An edge lost for good dies only once a hub that is not lost for good
+ * holds what it wrote (a hub that restarts keeps its table, its disk): its
+ * own hub may be one that dies for good at the same moment, or one cut off
+ * from every other hub until then, and what only the two held is lost in
+ * such a double failure, as in any cluster, and the truth here would not
+ * know it. */
+static bool edge_settled(struct node *n)
+{
+    for (uint32_t h = 0; h < opt.hubs; h++)
+        if (nodes[h].revive_at != UINT64_MAX && holds(&nodes[h], n))
+            return true;
+    return false;
 }
 
 #define HUB_ORIGIN "(hub)" /* as plugin.c's: the others' viewers at an edge */

@@ -48,7 +48,7 @@ static void collect(const struct wire_buf *b, void *ctx)
 
 static struct repl_out out_of(struct node *n)
 {
-    return (struct repl_out){n->name, 65536, collect, n};
+    return (struct repl_out){n->name, 65536, collect, n, false};
 }
 
 /* Node i starts (again) empty, as incarnation inc. */

@@ -51,7 +51,7 @@ static void collect(const struct wire_buf *b, void *ctx)
 
 static struct repl_out out_of(struct node *n)
 {
-    return (struct repl_out){n->name, 65536, collect, n};
+    return (struct repl_out){n->name, 65536, collect, n, false};
 }
 
 static void setup(int count)
@@ -329,6 +329,62 @@ START_TEST(test_restart_is_a_new_session)
 }
 END_TEST
 
+/* Delivers node i's outbox to neighbour j alone (a publish to one
+ * connection); returns how many messages went. */
+static int deliver_to(int i, int j)
+{
+    struct node *n = &nodes[i];
+    int sent = n->nout;
+    for (int m = 0; m < n->nout; m++) {
+        struct wire_sync s;
+        ck_assert_int_eq(wire_decode_sync(n->out[m].data, n->out[m].len, &s), TALLY_OK);
+        ck_assert_uint_eq(s.session, 0); /* outside the stream */
+        ck_assert_int_eq(repl_apply_sync(&nodes[j].r, &nodes[j].t, NULL, &s, nb(j, i)), TALLY_OK);
+        wire_sync_free(&s);
+        free(n->out[m].data);
+    }
+    n->nout = 0;
+    return sent;
+}
+
+START_TEST(test_repair_to_its_asker_alone_is_outside_the_stream)
+{
+    /* n0 with neighbours n1 and n2; n1 loses a SYNC and asks n0 for a
+     * repair, which goes to n1 alone: n2, which never sees it, sees no gap
+     * in n0's stream, and what n1 learns goes on as its own deltas. */
+    uint64_t dump[TALLY_BUCKETS / 64];
+    setup(3);
+    link_nodes(0, 1);
+    link_nodes(0, 2);
+    meet();
+    uint64_t seq = nodes[0].r.seq;
+    inc(0, "x", 3);
+    send_deltas(0);
+    nodes[0].link[1] = false; /* n1 misses it */
+    deliver(0, -1);
+    nodes[0].link[1] = true;
+    inc(0, "y", 1);
+    send_deltas(0);
+    deliver(0, -1);
+    ck_assert(repl_wants_repair(&nodes[1].r));
+    ck_assert_uint_gt(digest_to(1, 0, dump), 0);
+    struct repl_out o = out_of(&nodes[0]);
+    o.to_one = true;
+    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, dump);
+    ck_assert_int_gt(deliver_to(0, 1), 0);
+    ck_assert_uint_eq(nodes[0].r.seq, seq + 2); /* the repair took no seq */
+    ck_assert_int_eq(value(1, "x"), 3);
+    ck_assert_mem_eq(nodes[1].t.digest, nodes[0].t.digest, sizeof(nodes[0].t.digest));
+    inc(0, "z", 1);
+    send_deltas(0);
+    deliver(0, -1);
+    ck_assert(!repl_wants_repair(&nodes[2].r)); /* n0's stream, whole at n2 */
+    ck_assert(!repl_wants_repair(&nodes[1].r));
+    ck_assert_int_eq(value(2, "z"), 1);
+    teardown();
+}
+END_TEST
+
 START_TEST(test_quiet_difference_is_repaired)
 {
     uint64_t dump[TALLY_BUCKETS / 64];
@@ -366,6 +422,7 @@ Suite *repl_suite(void)
     tcase_add_test(tc, test_lost_tail_seen_in_digest);
     tcase_add_test(tc, test_restart_is_a_new_session);
     tcase_add_test(tc, test_quiet_difference_is_repaired);
+    tcase_add_test(tc, test_repair_to_its_asker_alone_is_outside_the_stream);
     suite_add_tcase(s, tc);
     return s;
 }
