@@ -973,8 +973,9 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
 /* The child's viewers as PRESENCE messages from its own origin (in as many
  * parts of at most max_bytes as they need, each passed to emit), for the
  * other hubs: the range that changed since the last relay, or all of them
- * when a hub wants them (tier_hub_heard); returns TALLY_OK or a tally_err. */
-int tier_hub_relay(struct tier_child *ch, size_t max_bytes, struct wire_buf *out,
+ * when a hub wants them (tier_hub_heard), each part ending with the child's
+ * own listing entry as of now_ms; returns TALLY_OK or a tally_err. */
+int tier_hub_relay(struct tier_child *ch, size_t max_bytes, uint64_t now_ms, struct wire_buf *out,
                    tier_emit_fn *emit, void *ud);
 /* The hub's presence heartbeat: its own viewers (presence_announce, from
  * first_seq on) with the listing of its children (all of them every

@@ -211,7 +211,8 @@
  * When an edge moves, its new hub announces the same origin with a higher
  * seq: it replaces the old one, nothing is counted under both hubs.
  * Liveness and repair ride on each hub's own heartbeat, which lists the
- * edges it carries ("the heartbeat's listing", below): an edge stays counted
+ * edges it carries ("the heartbeat's listing", below), and each relay ends
+ * with its edge's entry of that listing: an edge stays counted
  * while a live hub lists it, and an edge that goes silent leaves every count
  * peer_timeout_ms after its hub last heard it, and is counted again once
  * heard (by its hub from its record, by the others wanting its pages). A hub
@@ -1646,21 +1647,44 @@ static uint32_t relay_pages_that_fit(const struct tier_child *ch, uint32_t i, ui
     return j - i;
 }
 
+static uint64_t child_digest(const struct tier_child *ch)
+{
+    uint64_t d = 0;
+    for (uint32_t i = 0; i < ch->npages; i++)
+        d += presence_digest(ch->pages[i].name, ch->pages[i].len, ch->pages[i].count);
+    return d;
+}
+
 /* The child's pages whose hash is in [lo, hi] (ch->pages is in hash order),
  * as PRESENCE parts covering that range, numbered on from ch->relay_next but
  * never past the seqs of the child's next UP: a relay answering a want
- * (below) at a hub the edge has left cannot pass its new hub's. */
+ * (below) at a hub the edge has left cannot pass its new hub's. Each part
+ * ends with the child's own entry of the heartbeat's listing (the seq of
+ * the relay's last part, the digest, how long ago the child was heard): a
+ * relay answers a want up to peer_timeout_ms after the child was last heard
+ * (it may be dead by then), and a hub with no listing of it yet (restarted,
+ * or its listings lost) would take the relay's arrival as its hearing and
+ * count a dead edge's viewers for up to another peer_timeout_ms (seen in
+ * tests/sim, 0.5% of fault schedules); with the entry, every hub takes the
+ * carrier's time (presence_origin_listed). */
 static int relay_range(struct tier_child *ch, uint64_t lo, uint64_t hi, size_t max_bytes,
-                       struct wire_buf *out, tier_emit_fn *emit, void *ud)
+                       uint64_t now_ms, struct wire_buf *out, tier_emit_fn *emit, void *ud)
 {
-    /* header, origin, four u64 and the page count */
-    size_t head = 4 + 1 + strlen(ch->id) + 4 * 8 + 5;
+    /* header, origin, four u64 and the page count; the listing: two counts,
+     * the entry (id, incarnation and digest, two varints of at most 10) */
+    size_t idlen = strlen(ch->id);
+    size_t head = 4 + 1 + idlen + 4 * 8 + 5 + 2 + 1 + idlen + 2 * 8 + 2 * 10;
     uint64_t seq = RELAY_SEQ(ch->seq) > ch->relay_next ? RELAY_SEQ(ch->seq) : ch->relay_next;
-    uint32_t i = 0, end;
+    uint32_t i = 0, end, nparts = 0;
     while (i < ch->npages && ch->pages[i].hash < lo)
         i++;
     for (end = i; end < ch->npages && ch->pages[end].hash <= hi;)
         end++;
+    for (uint32_t j = i; nparts == 0 || j < end; nparts++)
+        j += relay_pages_that_fit(ch, j, end, head, max_bytes);
+    struct wire_presence_edge self = {ch->id,           idlen,
+                                      ch->incarnation,  seq + nparts - 1,
+                                      child_digest(ch), now_ms - ch->last_heard_ms};
     for (uint32_t part = 0; part == 0 || i < end; part++, seq++) {
         if (seq - RELAY_SEQ(ch->seq) > RELAY_PARTS_MAX)
             return TALLY_E_TOO_LARGE;
@@ -1669,6 +1693,9 @@ static int relay_range(struct tier_child *ch, uint64_t lo, uint64_t hi, size_t m
         wire_presence_begin(out, ch->id, ch->incarnation, seq, lo, part_hi, k);
         for (uint32_t j = i; j < i + k; j++)
             wire_presence_page(out, ch->pages[j].name, ch->pages[j].len, ch->pages[j].count);
+        wire_presence_count(out, 1);
+        wire_presence_edge(out, &self);
+        wire_presence_count(out, 0);
         if (out->failed)
             return TALLY_E_NOMEM;
         emit(out, ud);
@@ -1682,7 +1709,7 @@ static int relay_range(struct tier_child *ch, uint64_t lo, uint64_t hi, size_t m
 
 /* What changed goes at once, only its range (an UP part's share of the
  * list); everything when a hub wants it. */
-int tier_hub_relay(struct tier_child *ch, size_t max_bytes, struct wire_buf *out,
+int tier_hub_relay(struct tier_child *ch, size_t max_bytes, uint64_t now_ms, struct wire_buf *out,
                    tier_emit_fn *emit, void *ud)
 {
     bool all = ch->relay_owed;
@@ -1691,8 +1718,8 @@ int tier_hub_relay(struct tier_child *ch, size_t max_bytes, struct wire_buf *out
     ch->pages_new = false;
     ch->relay_owed = false;
     if (!all)
-        return relay_range(ch, ch->new_lo, ch->new_hi, max_bytes, out, emit, ud);
-    return relay_range(ch, 0, UINT64_MAX, max_bytes, out, emit, ud);
+        return relay_range(ch, ch->new_lo, ch->new_hi, max_bytes, now_ms, out, emit, ud);
+    return relay_range(ch, 0, UINT64_MAX, max_bytes, now_ms, out, emit, ud);
 }
 
 /* ==== Hub: the heartbeat's listing ====
@@ -1709,9 +1736,10 @@ int tier_hub_relay(struct tier_child *ch, size_t max_bytes, struct wire_buf *out
  * it and leave peer_timeout_ms after the last hub that heard it did; and a
  * digest that differs from what is held, with no newer relay held, puts the
  * edge among the wants (while it is alive), and its carrier relays all its
- * pages at its next tick. Relays are sent when a list changes, and again only where one was
- * lost: a hub's presence traffic is the changes plus one heartbeat per hub,
- * not one relay per edge. The listing is appended to the heartbeat's last
+ * pages at its next tick, each part with the edge's entry (relay_range).
+ * Relays are sent when a list changes, and again only where one was lost: a
+ * hub's presence traffic is the changes plus one heartbeat per hub, not one
+ * relay per edge. The listing is appended to the heartbeat's last
  * part while it fits, in parts of its own (no page range) after that. */
 
 /* Holds back the last part of the announcement, to append the listing. */
@@ -1729,14 +1757,6 @@ static void hold_part(const struct wire_buf *msg, void *ud)
         hd->emit(&hd->last, hd->ud);
     wbuf_reset(&hd->last);
     wbuf_bytes(&hd->last, msg->data, msg->len);
-}
-
-static uint64_t child_digest(const struct tier_child *ch)
-{
-    uint64_t d = 0;
-    for (uint32_t i = 0; i < ch->npages; i++)
-        d += presence_digest(ch->pages[i].name, ch->pages[i].len, ch->pages[i].count);
-    return d;
 }
 
 /* The listing's entries, each encoded alone (ends[i]: where entry i ends);
@@ -1852,11 +1872,13 @@ int tier_hub_heard(struct tier_hub *h, struct tally_presence *pr, const struct w
 }
 
 /* Whether a new PRESENCE from o tells that o is alive now: a hub's own does.
- * One from an edge's origin is a hub's relay of it, which a want (a hub
- * restarted wants every edge) or an echo over a ring brings long after the
- * edge was last heard: such an origin, one a hub has listed or a child of
- * ours, is alive as of when its hub last heard it (the listings, or its UPs),
- * or a dead edge's viewers stayed another peer_timeout_ms at every hub. */
+ * One from an edge's origin is a hub's relay of it, which a want or an echo
+ * over a ring brings long after the edge was last heard: such an origin, one
+ * a hub has listed or a child of ours, is alive as of when its hub last heard
+ * it (the listings, or its UPs), or a dead edge's viewers stayed another
+ * peer_timeout_ms at every hub. A relay ends with its carrier's entry
+ * (relay_range), which tier_hub_heard then applies: the arrival's guess for
+ * an origin not listed here yet gives way to the carrier's time. */
 bool tier_hub_says_alive(struct tier_hub *h, const struct tally_origin *o)
 {
     return !o->listed && !tier_hub_child(h, o->node_id);

@@ -400,7 +400,7 @@ static void hub_relay(struct node *n, struct tier_child *ch)
 {
     struct wire_buf b = {0};
     struct route r = {(uint32_t)(n - nodes), UINT32_MAX, K_PRESENCE};
-    if (tier_hub_relay(ch, opt.tier_bytes, &b, route_part, &r) != TALLY_OK)
+    if (tier_hub_relay(ch, opt.tier_bytes, now, &b, route_part, &r) != TALLY_OK)
         abort();
     wbuf_free(&b);
 }
@@ -853,7 +853,8 @@ static bool exact(bool counters, uint32_t *wrong)
 
 /* Every live hub has expired each edge dead for peer_timeout_ms: its carrier
  * heard it last before it died, and every hub takes that time from the
- * listings, not from a relay's arrival (tier_hub_says_alive). The slack is a
+ * listings (each relay carries its carrier's entry too, tier.c's relay_range),
+ * not from a relay's arrival (tier_hub_says_alive). The slack is a
  * loop pass and the delay of a last UP. */
 static void late_viewers_seen(void)
 {

@@ -635,7 +635,7 @@ START_TEST(presence_is_summed_over_edges_and_an_edge_that_moves_counts_once)
     struct tier_child *ch = tier_hub_child(&a.hub, "e");
     ck_assert_ptr_nonnull(ch);
     nparts = 0;
-    ck_assert_int_eq(tier_hub_relay(ch, max_bytes, &out, collect, NULL), TALLY_OK);
+    ck_assert_int_eq(tier_hub_relay(ch, max_bytes, now, &out, collect, NULL), TALLY_OK);
     ck_assert_uint_eq(nparts, 1);
     struct wire_presence wp;
     ck_assert_int_eq(wire_decode_presence(msg.data, msg.len, &wp), TALLY_OK);
@@ -645,7 +645,7 @@ START_TEST(presence_is_summed_over_edges_and_an_edge_that_moves_counts_once)
     presence_origin_begin(&b.pr, o, 0, UINT64_MAX);
     for (uint32_t i = 0; i < wp.npages; i++)
         presence_origin_set(&b.pr, o, wp.pages[i].page, wp.pages[i].len, wp.pages[i].count);
-    free(wp.pages);
+    wire_presence_free(&wp);
     ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
     now += HB;
     round_trip(&e, &b);
@@ -669,9 +669,10 @@ static void presence_takes_part(struct node *hub, size_t i)
     origin[wp.origin_len] = '\0';
     struct tally_origin *o = presence_origin(&hub->pr, origin);
     ck_assert_ptr_nonnull(o);
-    o->last_heard_ms = now;
     bool taken;
     ck_assert_int_eq(presence_apply(&hub->pr, o, &wp, &taken), TALLY_OK);
+    if (taken && tier_hub_says_alive(&hub->hub, o))
+        o->last_heard_ms = now;
     if (taken)
         ck_assert_int_eq(tier_hub_heard(&hub->hub, &hub->pr, &wp, now), TALLY_OK);
     wire_presence_free(&wp);
@@ -684,7 +685,7 @@ static size_t relay(struct node *hub, const char *child, struct node *to)
     struct tier_child *ch = tier_hub_child(&hub->hub, child);
     ck_assert_ptr_nonnull(ch);
     nparts = 0;
-    ck_assert_int_eq(tier_hub_relay(ch, max_bytes, &out, collect, NULL), TALLY_OK);
+    ck_assert_int_eq(tier_hub_relay(ch, max_bytes, now, &out, collect, NULL), TALLY_OK);
     for (size_t i = 0; i < nparts && to; i++)
         presence_takes_part(to, i);
     return nparts;
@@ -811,6 +812,44 @@ START_TEST(a_lost_relay_is_wanted_and_sent_again)
     expire(&b);
     ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 0);
     ck_assert_uint_eq(heartbeat(&b, &a), 0);
+}
+END_TEST
+
+/* Regression: a relay answering a want goes up to peer_timeout_ms after its
+ * carrier last heard the edge, which may be dead by then. A hub with no
+ * listing of the edge (restarted, or its listings lost) took the relay's
+ * arrival as the edge's hearing, and counted a dead edge's viewers for up to
+ * another peer_timeout_ms (tests/sim, seed 365 of the heavy mix with
+ * --tier-bytes 110: 16 s after e19 died). The relay carries the carrier's
+ * entry of its listing: the edge leaves that hub too within peer_timeout_ms
+ * of its carrier's last hearing. */
+START_TEST(a_relay_long_after_an_edge_was_heard_does_not_revive_it)
+{
+    struct node *c = &f; /* a hub restarted: no listing of e yet */
+    tier_hub_init(&c->hub, "c", 333);
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    relay(&a, "e", &b);
+    viewers(&e, "news", 3);
+    now += 10;
+    round_trip(&e, &a);
+    ck_assert_uint_eq(relay(&a, "e", NULL), 1); /* lost */
+    uint64_t last_heard = now;                  /* e dies */
+    now += HB;
+    heartbeat(&a, &b);
+    ck_assert_uint_eq(heartbeat(&b, &a), 1); /* b wants e */
+    now = last_heard + TIMEOUT - 2 * HB;
+    expire(&a);
+    ck_assert_ptr_nonnull(tier_hub_child(&a.hub, "e")); /* a still holds e's record */
+    ck_assert_uint_ge(relay(&a, "e", c), 1);            /* the answer, flooded to c too */
+    ck_assert_uint_eq(presence_total(&c->pr, "home", 4), 2);
+    ck_assert_uint_eq(presence_total(&c->pr, "news", 4), 3);
+    now = last_heard + TIMEOUT + 1;
+    expire(&a);
+    expire(c);
+    ck_assert_ptr_null(tier_hub_child(&a.hub, "e"));
+    ck_assert_uint_eq(presence_total(&c->pr, "home", 4), 0);
+    ck_assert_uint_eq(presence_total(&c->pr, "news", 4), 0);
 }
 END_TEST
 
@@ -1167,14 +1206,14 @@ START_TEST(an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone)
     ck_assert(!up(&e));
     /* The relay of e's 300 pages to the other hubs is in parts too. */
     nparts = 0;
-    ck_assert_int_eq(tier_hub_relay(ch, max_bytes, &out, collect, NULL), TALLY_OK);
+    ck_assert_int_eq(tier_hub_relay(ch, max_bytes, now, &out, collect, NULL), TALLY_OK);
     ck_assert_uint_gt(nparts, 1);
     uint32_t relayed = 0;
     for (size_t i = 0; i < nparts; i++) {
         struct wire_presence wp;
         ck_assert_int_eq(wire_decode_presence(part[i].data, part[i].len, &wp), TALLY_OK);
         relayed += wp.npages;
-        free(wp.pages);
+        wire_presence_free(&wp);
     }
     ck_assert_uint_eq(relayed, PAGES);
     /* A part that changes one range of the list: only that range goes on. */
@@ -1185,14 +1224,14 @@ START_TEST(an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone)
     ck_assert_uint_gt(nparts, 1);
     ch = hub_takes_part(&a, nparts - 1);
     nparts = 0;
-    ck_assert_int_eq(tier_hub_relay(ch, max_bytes, &out, collect, NULL), TALLY_OK);
+    ck_assert_int_eq(tier_hub_relay(ch, max_bytes, now, &out, collect, NULL), TALLY_OK);
     ck_assert_uint_eq(nparts, 1);
     struct wire_presence wp;
     ck_assert_int_eq(wire_decode_presence(part[0].data, part[0].len, &wp), TALLY_OK);
     ck_assert_uint_gt(wp.lo, 0);
     ck_assert_uint_eq(wp.hi, UINT64_MAX);
     ck_assert_uint_lt(wp.npages, PAGES);
-    free(wp.pages);
+    wire_presence_free(&wp);
 }
 END_TEST
 
@@ -1246,6 +1285,7 @@ Suite *tier_suite(void)
     tcase_add_test(tc, presence_is_summed_over_edges_and_an_edge_that_moves_counts_once);
     tcase_add_test(tc, a_listed_edge_stays_alive_and_leaves_once_unheard);
     tcase_add_test(tc, a_lost_relay_is_wanted_and_sent_again);
+    tcase_add_test(tc, a_relay_long_after_an_edge_was_heard_does_not_revive_it);
     tcase_add_test(tc, an_edge_that_moves_off_a_dead_hub_is_counted_once);
     tcase_add_test(tc, an_edge_heard_after_its_origin_expired_but_not_its_record_counts_again);
     tcase_add_test(tc, an_edge_forgets_the_others_viewers_of_a_page_its_viewers_left);
