@@ -34,8 +34,9 @@
  * An edge's counts come to the other hubs from its hub's relays (tier.c),
  * sent only when they change; its hub's own heartbeat lists it with the
  * digest of its counts there (the sum of presence_digest over its pages),
- * and how long ago it was heard, and each relay ends with that entry too. presence_origin_listed takes that as the
- * edge's liveness (an origin stays alive while listed, and expires
+ * and how long ago it was heard, and each relay that answers a want ends
+ * with that entry too. presence_origin_listed takes that as the edge's
+ * liveness (an origin stays alive while listed, and expires
  * peer_timeout_ms after its hub last heard it), and each origin keeps the
  * digest of its counts held here, so that presence_origin_wanted sees a lost
  * relay and the hub's next heartbeat asks the carrier for it again.

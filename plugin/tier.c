@@ -211,8 +211,9 @@
  * When an edge moves, its new hub announces the same origin with a higher
  * seq: it replaces the old one, nothing is counted under both hubs.
  * Liveness and repair ride on each hub's own heartbeat, which lists the
- * edges it carries ("the heartbeat's listing", below), and each relay ends
- * with its edge's entry of that listing: an edge stays counted
+ * edges it carries ("the heartbeat's listing", below), and each relay that
+ * answers a want ends with its edge's entry of that listing: an edge stays
+ * counted
  * while a live hub lists it, and an edge that goes silent leaves every count
  * peer_timeout_ms after its hub last heard it, and is counted again once
  * heard (by its hub from its record, by the others wanting its pages). A hub
@@ -1658,22 +1659,26 @@ static uint64_t child_digest(const struct tier_child *ch)
 /* The child's pages whose hash is in [lo, hi] (ch->pages is in hash order),
  * as PRESENCE parts covering that range, numbered on from ch->relay_next but
  * never past the seqs of the child's next UP: a relay answering a want
- * (below) at a hub the edge has left cannot pass its new hub's. Each part
- * ends with the child's own entry of the heartbeat's listing (the seq of
- * the relay's last part, the digest, how long ago the child was heard): a
- * relay answers a want up to peer_timeout_ms after the child was last heard
- * (it may be dead by then), and a hub with no listing of it yet (restarted,
- * or its listings lost) would take the relay's arrival as its hearing and
- * count a dead edge's viewers for up to another peer_timeout_ms (seen in
- * tests/sim, 0.5% of fault schedules); with the entry, every hub takes the
- * carrier's time (presence_origin_listed). */
-static int relay_range(struct tier_child *ch, uint64_t lo, uint64_t hi, size_t max_bytes,
-                       uint64_t now_ms, struct wire_buf *out, tier_emit_fn *emit, void *ud)
+ * (below) at a hub the edge has left cannot pass its new hub's. With entry
+ * (a relay answering a want), each part ends with the child's own entry of
+ * the heartbeat's listing (the seq of the relay's last part, the digest,
+ * how long ago the child was heard): such a relay goes up to
+ * peer_timeout_ms after the child was last heard (it may be dead by then),
+ * and a hub with no listing of it yet (restarted, or its listings lost)
+ * would take the relay's arrival as its hearing and count a dead edge's
+ * viewers for up to another peer_timeout_ms (seen in tests/sim, 0.5% of
+ * fault schedules); with the entry, every hub takes the carrier's time
+ * (presence_origin_listed). A relay of a change leaves as the UP that made
+ * it arrives (plugin.c's on_up), so its arrival is its hearing: it goes
+ * without, 40 bytes and an id less a part. */
+static int relay_range(struct tier_child *ch, uint64_t lo, uint64_t hi, bool entry,
+                       size_t max_bytes, uint64_t now_ms, struct wire_buf *out, tier_emit_fn *emit,
+                       void *ud)
 {
     /* header, origin, four u64 and the page count; the listing: two counts,
      * the entry (id, incarnation and digest, two varints of at most 10) */
     size_t idlen = strlen(ch->id);
-    size_t head = 4 + 1 + idlen + 4 * 8 + 5 + 2 + 1 + idlen + 2 * 8 + 2 * 10;
+    size_t head = 4 + 1 + idlen + 4 * 8 + 5 + (entry ? 2 + 1 + idlen + 2 * 8 + 2 * 10 : 0);
     uint64_t seq = RELAY_SEQ(ch->seq) > ch->relay_next ? RELAY_SEQ(ch->seq) : ch->relay_next;
     uint32_t i = 0, end, nparts = 0;
     while (i < ch->npages && ch->pages[i].hash < lo)
@@ -1682,9 +1687,12 @@ static int relay_range(struct tier_child *ch, uint64_t lo, uint64_t hi, size_t m
         end++;
     for (uint32_t j = i; nparts == 0 || j < end; nparts++)
         j += relay_pages_that_fit(ch, j, end, head, max_bytes);
-    struct wire_presence_edge self = {ch->id,           idlen,
-                                      ch->incarnation,  seq + nparts - 1,
-                                      child_digest(ch), now_ms - ch->last_heard_ms};
+    struct wire_presence_edge self = {ch->id,
+                                      idlen,
+                                      ch->incarnation,
+                                      seq + nparts - 1,
+                                      entry ? child_digest(ch) : 0,
+                                      now_ms - ch->last_heard_ms};
     for (uint32_t part = 0; part == 0 || i < end; part++, seq++) {
         if (seq - RELAY_SEQ(ch->seq) > RELAY_PARTS_MAX)
             return TALLY_E_TOO_LARGE;
@@ -1693,9 +1701,11 @@ static int relay_range(struct tier_child *ch, uint64_t lo, uint64_t hi, size_t m
         wire_presence_begin(out, ch->id, ch->incarnation, seq, lo, part_hi, k);
         for (uint32_t j = i; j < i + k; j++)
             wire_presence_page(out, ch->pages[j].name, ch->pages[j].len, ch->pages[j].count);
-        wire_presence_count(out, 1);
-        wire_presence_edge(out, &self);
-        wire_presence_count(out, 0);
+        if (entry) {
+            wire_presence_count(out, 1);
+            wire_presence_edge(out, &self);
+            wire_presence_count(out, 0);
+        }
         if (out->failed)
             return TALLY_E_NOMEM;
         emit(out, ud);
@@ -1718,8 +1728,8 @@ int tier_hub_relay(struct tier_child *ch, size_t max_bytes, uint64_t now_ms, str
     ch->pages_new = false;
     ch->relay_owed = false;
     if (!all)
-        return relay_range(ch, ch->new_lo, ch->new_hi, max_bytes, now_ms, out, emit, ud);
-    return relay_range(ch, 0, UINT64_MAX, max_bytes, now_ms, out, emit, ud);
+        return relay_range(ch, ch->new_lo, ch->new_hi, false, max_bytes, now_ms, out, emit, ud);
+    return relay_range(ch, 0, UINT64_MAX, true, max_bytes, now_ms, out, emit, ud);
 }
 
 /* ==== Hub: the heartbeat's listing ====
