@@ -776,9 +776,8 @@ START_TEST(a_listed_edge_stays_alive_and_leaves_once_unheard)
 }
 END_TEST
 
-/* A relay lost on its way: the next listing shows b that it lacks e's
- * latest viewers, b's heartbeat wants them, a relays them whole. */
-START_TEST(a_lost_relay_is_wanted_and_sent_again)
+/* e views home (relayed to b), then news: a relays that to nobody. */
+static void lose_a_relay(void)
 {
     viewers(&e, "home", 2);
     round_trip(&e, &a);
@@ -787,6 +786,13 @@ START_TEST(a_lost_relay_is_wanted_and_sent_again)
     now += 10;
     round_trip(&e, &a);
     ck_assert_uint_eq(relay(&a, "e", NULL), 1); /* lost */
+}
+
+/* A relay lost on its way: the next listing shows b that it lacks e's
+ * latest viewers, b's heartbeat wants them, a relays them whole. */
+START_TEST(a_lost_relay_is_wanted_and_sent_again)
+{
+    lose_a_relay();
     ck_assert_uint_eq(presence_total(&b.pr, "news", 4), 0);
     now += HB;
     ck_assert_uint_eq(heartbeat(&a, &b), 0);
@@ -827,14 +833,8 @@ START_TEST(a_relay_long_after_an_edge_was_heard_does_not_revive_it)
 {
     struct node *c = &f; /* a hub restarted: no listing of e yet */
     tier_hub_init(&c->hub, "c", 333);
-    viewers(&e, "home", 2);
-    round_trip(&e, &a);
-    relay(&a, "e", &b);
-    viewers(&e, "news", 3);
-    now += 10;
-    round_trip(&e, &a);
-    ck_assert_uint_eq(relay(&a, "e", NULL), 1); /* lost */
-    uint64_t last_heard = now;                  /* e dies */
+    lose_a_relay();
+    uint64_t last_heard = now; /* e dies */
     now += HB;
     heartbeat(&a, &b);
     ck_assert_uint_eq(heartbeat(&b, &a), 1); /* b wants e */
