@@ -771,10 +771,17 @@ static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
         rc = TALLY_E_NOMEM;
         goto done;
     }
+    /* A node heard anew (first, restarted, or back after it expired) may
+     * hold none of our counts: our next heartbeat has them all, not only a
+     * keepalive (tier.c, "the heartbeat's pages"). */
+    bool anew = !o->alive || o->incarnation != wp.incarnation;
     rc = presence_apply(&g.presence, o, &wp, route);
     if (*route) {
-        if (tier_hub_says_alive(&g.tier_hub, o))
+        if (tier_hub_says_alive(&g.tier_hub, o)) {
             o->last_heard_ms = mono_ms();
+            if (anew)
+                tier_hub_owe_pages(&g.tier_hub);
+        }
         g.st.repl_msgs_out++; /* counted as when the plugin published it on itself */
         g.st.repl_bytes_out += len;
         if (rc == TALLY_OK && !g.edge)
@@ -840,6 +847,11 @@ static int on_stats(const struct mosquitto_evt_message *ev, bool *route)
     if (o->stats_incarnation == inc &&
         (time_ms < o->stats_time_ms || (time_ms == o->stats_time_ms && seq <= o->stats_seq)))
         return TALLY_OK;
+    /* Its documents numbered from 1 again under the same incarnation: it
+     * restarted with its state (on_presence sees no new incarnation) and
+     * holds none of our viewer counts: our next heartbeat has them all. */
+    if (o->stats_incarnation == inc && seq < o->stats_seq && tier_hub_says_alive(&g.tier_hub, o))
+        tier_hub_owe_pages(&g.tier_hub);
     o->stats_incarnation = inc;
     o->stats_time_ms = time_ms;
     o->stats_seq = seq;
@@ -1388,9 +1400,10 @@ static void emit_presence(const struct wire_buf *msg, void *ud)
     replicate("presence", msg);
 }
 
-/* Our own viewer counts, to every node, in as many messages as
- * max_message_bytes needs; also the heartbeat that keeps us alive in their
- * eyes, and our edges in theirs (the listing, tier.c). */
+/* The heartbeat that keeps us alive in every node's eyes, and our edges in
+ * theirs (the listing): our own viewer counts, in as many messages as
+ * max_message_bytes needs, every peer_timeout_ms / 3 or when owed, else a
+ * keepalive of no range (tier.c, "the heartbeat's pages"). */
 static void announce_presence(void)
 {
     uint64_t first = next_seq(&g.presence_seq), now = mono_ms();
@@ -1437,17 +1450,19 @@ static void publish_due(uint64_t now)
 
 /* Our viewer counts that changed, alone when that is cheaper than all of
  * them (presence_announce_changes), else in full. Changes sent alone are
- * not a heartbeat: the full one still goes every heartbeat, and heals a
- * change lost or overtaken on its way. */
+ * not a heartbeat: the full announcement still goes every
+ * peer_timeout_ms / 3, and heals a change lost or overtaken on its way. */
 static void announce_changes(void)
 {
     uint64_t first = next_seq(&g.presence_seq);
     uint32_t n = presence_announce_changes(&g.presence, g.opt.node_id, g.incarnation, first, &g.buf,
                                            emit_presence, NULL);
-    if (n)
+    if (n) {
         g.presence_seq = first + n - 1;
-    else
+    } else {
+        tier_hub_owe_pages(&g.tier_hub);
         announce_presence();
+    }
 }
 
 /* Viewer counts: coalesced over publish_interval_ms, under their budget. */

@@ -18,18 +18,20 @@
  * each covering a range of presence_hash(page) and replacing the origin's
  * counts of that range only, so each stands on its own.
  *
- * The full announcement goes every heartbeat. Between heartbeats a change
- * of our counts costs what changed: each changed hash h goes alone, in a
- * message of its own seq covering [h, h] with our pages of that hash (none
- * if the page left), which receivers take as they take any range. Two
- * changed hashes never share a range, as that range would have to list
- * every page of ours between them. A node holding few pages, or changes
- * that are a large part of its pages, announces in full as before
+ * The full announcement goes every peer_timeout_ms / 3, and the heartbeats
+ * between are keepalives: a message of no range (lo > hi), which a receiver
+ * takes as "alive" and which replaces no count (tier.c, "the heartbeat's
+ * pages"). A change of our counts costs what changed: each changed hash h
+ * goes alone, in a message of its own seq covering [h, h] with our pages of
+ * that hash (none if the page left), which receivers take as they take any
+ * range. Two changed hashes never share a range, as that range would have
+ * to list every page of ours between them. A node holding few pages, or
+ * changes that are a large part of its pages, announces in full as before
  * (changes_worth_alone says why). A change sent alone and lost, or
  * overtaken by a newer message of ours (a ring, one path broken for a
- * while), leaves its page wrong there until the next heartbeat, as a lost
- * part of a full announcement does. The changed hashes are kept, not the
- * pages: a page that went to 0 may be freed before the announcement.
+ * while), leaves its page wrong there until the next full announcement, as
+ * a lost part of a full announcement does. The changed hashes are kept, not
+ * the pages: a page that went to 0 may be freed before the announcement.
  *
  * An edge's counts come to the other hubs from its hub's relays (tier.c),
  * sent only when they change; its hub's own heartbeat lists it with the
@@ -437,7 +439,7 @@ uint32_t presence_announce(struct tally_presence *pr, const char *origin, uint64
  * one message that replaces all our counts stands alone, where a change sent
  * alone that a newer message overtook (two paths in a ring, one of them
  * broken for a while) is dropped and leaves its page wrong until our next
- * heartbeat. */
+ * full announcement (at most peer_timeout_ms / 3). */
 static bool changes_worth_alone(const struct tally_presence *pr)
 {
     return pr->local_changed && !pr->changed_all &&
@@ -547,11 +549,14 @@ static void origin_forget(struct tally_presence *pr, struct tally_origin *o, str
 }
 
 /* A range of one hash (a change sent alone) is found by its hash, not by a
- * walk of every page. */
+ * walk of every page; no range (lo > hi: a keepalive, or a part holding only
+ * a listing) touches no page. */
 void presence_origin_begin(struct tally_presence *pr, struct tally_origin *o, uint64_t lo,
                            uint64_t hi)
 {
-    if (lo == hi) {
+    if (lo > hi) {
+        /* alive, no count touched */
+    } else if (lo == hi) {
         for (struct tally_page *pg = pages_of_hash(pr, lo); pg; pg = pg->twin)
             origin_forget(pr, o, pg);
     } else {

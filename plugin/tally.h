@@ -952,6 +952,8 @@ struct tier_hub {
     uint64_t session, children_made;
     uint64_t gen;                  /* tier_hub_tick's count: figures computed once a tick */
     uint64_t last_full_listing_ms; /* tier_hub_heartbeat's last listing of every child */
+    uint64_t last_all_pages_ms;    /* its last announcement of all our pages (0: none yet) */
+    bool all_pages_owed;           /* the next heartbeat announces them all (tier_hub_owe_pages) */
     struct persist *persist;       /* folds of adopted past lives are logged here (or NULL) */
     char node_id[TALLY_NODE_ID_MAX + 1];
 };
@@ -977,8 +979,16 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
  * own listing entry as of now_ms; returns TALLY_OK or a tally_err. */
 int tier_hub_relay(struct tier_child *ch, size_t max_bytes, uint64_t now_ms, struct wire_buf *out,
                    tier_emit_fn *emit, void *ud);
-/* The hub's presence heartbeat: its own viewers (presence_announce, from
- * first_seq on) with the listing of its children (all of them every
+/* Whether the heartbeat at now_ms announces all our pages: the first one
+ * (last_ms 0), and then every timeout_ms / 3; in between, a keepalive. */
+bool tier_heartbeat_all_pages(uint64_t now_ms, uint64_t last_ms, uint64_t timeout_ms);
+/* The next heartbeat announces all our pages, whatever the time: a change
+ * could not go alone, or a node was heard anew (it may hold none of them). */
+void tier_hub_owe_pages(struct tier_hub *h);
+/* The hub's presence heartbeat (every node's, tiers or not): its own viewers
+ * (presence_announce, from first_seq on) when tier_heartbeat_all_pages says
+ * so or they are owed, else a keepalive (a PRESENCE of no range: alive, no
+ * count touched), with the listing of its children (all of them every
  * timeout_ms / 3, else those relayed since) and its wants appended (tier.c,
  * "the heartbeat's listing"), in as many parts of at most max_bytes as it
  * needs, each passed to emit; *sent: how many. Returns TALLY_OK or a

@@ -1735,12 +1735,13 @@ int tier_hub_relay(struct tier_child *ch, size_t max_bytes, uint64_t now_ms, str
 /* ==== Hub: the heartbeat's listing ====
  *
  * A hub's own presence heartbeat (its PRESENCE, every peer_timeout_ms / 5 at
- * most a second) ends with a listing of the edges it carries, each as (id,
- * incarnation, seq of its latest relay, digest of its pages, ms since it was
- * last heard), and the origins whose pages this hub wants. The listing names
- * every edge every peer_timeout_ms / 3, and in between the
- * edges relayed since the last one, so that a lost relay is found at the
- * next heartbeat. Each entry stands alone. Each hub applies a listing
+ * most a second: all its pages or a keepalive, below) ends with a listing of
+ * the edges it carries, each as (id, incarnation, seq of its latest relay,
+ * digest of its pages, ms since it was last heard), and the origins whose
+ * pages this hub wants. The listing names every edge every
+ * peer_timeout_ms / 3, and in between the edges relayed since the last one,
+ * so that a lost relay is found at the next heartbeat. Each entry stands
+ * alone. Each hub applies a listing
  * (tier_hub_heard): a listed edge is alive as of when its carrier last heard
  * it (presence_origin_listed), so its viewers stay while some live hub lists
  * it and leave peer_timeout_ms after the last hub that heard it did; and a
@@ -1823,6 +1824,66 @@ static void listing_append(const struct listing *l, uint32_t *i, struct wire_buf
     *i = j;
 }
 
+/* ==== Hub: the heartbeat's pages ====
+ *
+ * Every node's heartbeat (a flat cluster's too: plugin.c runs this one for
+ * every node that is not an edge) carries all its pages only every
+ * timeout_ms / 3, as the full listing goes; in between it is a keepalive, a
+ * PRESENCE of no range (lo > hi) with the listing: receivers take it as
+ * "alive" (its seq is new: presence_apply, tier_hub_says_alive) and touch
+ * no count (presence_origin_begin of no range). At rest a node then costs
+ * its peers about 40 bytes a heartbeat, not its page count: at 40,000 views
+ * a full announcement is about 0.33 MB, once a second before.
+ *
+ * What keeps the counts exact: a change goes at once (alone or in full,
+ * presence_announce_changes), and a receiver holds an origin's counts until
+ * a newer message replaces them or the origin expires. What heals a change
+ * lost on its way (or overtaken and dropped) is the next full announcement,
+ * at most timeout_ms / 3 later (5 s by default; it was the next heartbeat,
+ * at most 1 s). A receiver that holds none of our counts gets them all at
+ * our next heartbeat, not timeout_ms / 3 later: our own restart starts with
+ * a full one (last_all_pages_ms 0), and a node heard anew (first heard, a
+ * new incarnation, or alive again after it expired: it restarted, or a
+ * partition healed and it dropped our viewers; plugin.c's on_presence) or
+ * restarted with its state (its stats numbered from 1 again under the same
+ * incarnation, on_stats) owes one (tier_hub_owe_pages). A keepalive taken
+ * by a receiver that expired us makes us alive there with no counts until
+ * then: it expired us as it did not hear us, so we did not hear it either,
+ * and hear it anew.
+ *
+ * Faster healing of a lost change would need the keepalive to carry a
+ * digest of our counts (the sum of presence_digest, as the listing's
+ * entries do for edges) and the receiver to ask for all of them when its
+ * own differs: a wire change (PRESENCE version 4), not made. */
+
+bool tier_heartbeat_all_pages(uint64_t now_ms, uint64_t last_ms, uint64_t timeout_ms)
+{
+    return !last_ms || now_ms - last_ms >= timeout_ms / 3;
+}
+
+void tier_hub_owe_pages(struct tier_hub *h)
+{
+    h->all_pages_owed = true;
+}
+
+/* All our pages (held back in hd, to append the listing), or a keepalive. */
+static uint32_t heartbeat_pages(struct tier_hub *h, struct tally_presence *pr, uint64_t incarnation,
+                                uint64_t first_seq, uint64_t now_ms, uint64_t timeout_ms,
+                                size_t max_bytes, struct wire_buf *out, struct held *hd)
+{
+    if (!h->all_pages_owed && !tier_heartbeat_all_pages(now_ms, h->last_all_pages_ms, timeout_ms)) {
+        wire_presence_begin(&hd->last, h->node_id, incarnation, first_seq, 1, 0, 0);
+        return 1;
+    }
+    uint32_t sent =
+        presence_announce(pr, h->node_id, incarnation, first_seq, max_bytes, out, hold_part, hd);
+    if (sent) {
+        h->last_all_pages_ms = now_ms;
+        h->all_pages_owed = false;
+    }
+    return sent;
+}
+
 int tier_hub_heartbeat(struct tier_hub *h, struct tally_presence *pr, uint64_t incarnation,
                        uint64_t first_seq, uint64_t now_ms, uint64_t timeout_ms, size_t max_bytes,
                        struct wire_buf *out, tier_emit_fn *emit, void *ud, uint32_t *sent)
@@ -1830,8 +1891,7 @@ int tier_hub_heartbeat(struct tier_hub *h, struct tally_presence *pr, uint64_t i
     struct held hd = {.emit = emit, .ud = ud};
     struct listing l = {0};
     bool full = now_ms - h->last_full_listing_ms >= timeout_ms / 3 || !h->last_full_listing_ms;
-    *sent =
-        presence_announce(pr, h->node_id, incarnation, first_seq, max_bytes, out, hold_part, &hd);
+    *sent = heartbeat_pages(h, pr, incarnation, first_seq, now_ms, timeout_ms, max_bytes, out, &hd);
     int rc = *sent ? listing_build(h, pr, now_ms, timeout_ms, full, &l) : TALLY_E_NOMEM;
     if (rc == TALLY_OK && full)
         h->last_full_listing_ms = now_ms;

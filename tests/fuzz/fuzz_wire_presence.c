@@ -103,6 +103,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(tier_hub_heartbeat(&h, &pr, 5, 1, 2000, 15000, 4096, &b, readable, NULL, &sent) ==
           TALLY_OK);
     check(sent >= 1);
+    /* the next, a second on, is a keepalive (no range) with the listing */
+    uint32_t first = 1 + sent;
+    check(tier_hub_heartbeat(&h, &pr, 5, first, 3000, 15000, 4096, &b, readable, NULL, &sent) ==
+          TALLY_OK);
+    check(sent >= 1);
     tier_hub_free(&h);
     presence_flush(&pr, 0, 0, on_flush, NULL);
     presence_origin_expire(&pr, o);

@@ -354,11 +354,14 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     memcpy(origin, wp.origin, wp.origin_len);
     origin[wp.origin_len] = '\0';
     struct tally_origin *o = presence_origin(&n->pr, origin);
-    bool taken;
+    bool taken, anew = !o->alive || o->incarnation != wp.incarnation;
     if (presence_apply(&n->pr, o, &wp, &taken) != TALLY_OK)
         abort();
-    if (taken && tier_hub_says_alive(&n->tier, o))
+    if (taken && tier_hub_says_alive(&n->tier, o)) {
         o->last_heard_ms = now;
+        if (anew)
+            tier_hub_owe_pages(&n->tier); /* its next heartbeat has all its pages */
+    }
     if (taken) {
         struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
         broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);

@@ -1265,6 +1265,119 @@ START_TEST(a_lost_part_is_not_acknowledged)
 }
 END_TEST
 
+/* ==== The heartbeat's pages: all of them every third of the timeout ==== */
+
+START_TEST(all_pages_go_at_the_first_heartbeat_and_every_third_of_the_timeout)
+{
+    ck_assert(tier_heartbeat_all_pages(5, 0, TIMEOUT)); /* none yet */
+    ck_assert(!tier_heartbeat_all_pages(1000, 1000, TIMEOUT));
+    ck_assert(!tier_heartbeat_all_pages(1000 + TIMEOUT / 3 - 1, 1000, TIMEOUT));
+    ck_assert(tier_heartbeat_all_pages(1000 + TIMEOUT / 3, 1000, TIMEOUT));
+    ck_assert(tier_heartbeat_all_pages(1000 + 10 * TIMEOUT, 1000, TIMEOUT));
+    ck_assert(tier_heartbeat_all_pages(1000, 1000, 2)); /* a timeout under 3 ms: always */
+}
+END_TEST
+
+/* a's heartbeat at b, part by part: the pages it carried, and whether it
+ * was a keepalive alone (one part of no range, no pages, a few bytes). */
+static uint32_t heartbeat_pages_at(struct node *to, bool *keepalive)
+{
+    heartbeat(&a, to);
+    uint32_t pages = 0;
+    *keepalive = nparts == 1;
+    for (size_t i = 0; i < nparts; i++) {
+        struct wire_presence wp;
+        ck_assert_int_eq(wire_decode_presence(part[i].data, part[i].len, &wp), TALLY_OK);
+        pages += wp.npages;
+        *keepalive = *keepalive && wp.lo > wp.hi && wp.npages == 0 && part[i].len < 100;
+        wire_presence_free(&wp);
+    }
+    return pages;
+}
+
+static void view_pages(struct node *n, int pages)
+{
+    for (int i = 0; i < pages; i++) {
+        char page[64];
+        snprintf(page, sizeof(page), "a-page-with-a-longish-name-%04d", i);
+        ck_assert_int_eq(presence_view(&n->pr, "v", page, strlen(page), &changed), TALLY_OK);
+    }
+}
+
+#define OWN_PAGES 600
+
+/* A node's heartbeat at rest is a keepalive: b holds a's counts as they
+ * were and a alive, and every TIMEOUT / 3 (or when owed) all a's pages go
+ * again, in parts. */
+START_TEST(a_heartbeat_at_rest_is_a_keepalive_and_all_pages_go_every_third_of_the_timeout)
+{
+    max_bytes = 4096;
+    view_pages(&a, OWN_PAGES);
+    bool keepalive;
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), OWN_PAGES); /* the first */
+    ck_assert_uint_gt(nparts, 2);
+    ck_assert(!keepalive);
+    ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0599", 31), 1);
+    uint64_t full_at = now;
+    int keepalives = 0;
+    for (int s = 0; s < 3 * TIMEOUT / HB; s++) {
+        now += HB;
+        uint32_t pages = heartbeat_pages_at(&b, &keepalive);
+        if (now - full_at >= TIMEOUT / 3) {
+            ck_assert_uint_eq(pages, OWN_PAGES);
+            full_at = now;
+        } else {
+            ck_assert(keepalive);
+            keepalives++;
+        }
+        expire_origins(&b);
+        struct tally_origin *o = presence_origin(&b.pr, "a");
+        ck_assert(o->alive);
+        ck_assert_uint_eq(o->last_heard_ms, now);
+        ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0000", 31), 1);
+        ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0599", 31), 1);
+    }
+    ck_assert_int_eq(keepalives, 3 * TIMEOUT / HB - 3 * 3);
+    /* Owed (a change that could not go alone, a node heard anew): at once. */
+    now += HB;
+    tier_hub_owe_pages(&a.hub);
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), OWN_PAGES);
+    now += HB;
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 0);
+    ck_assert(keepalive);
+}
+END_TEST
+
+/* b lost all a's counts (it restarted): a keepalive tells it a is alive but
+ * counts nothing, and the next full announcement brings every count back. */
+START_TEST(a_keepalive_touches_no_count_and_the_next_full_one_heals)
+{
+    view_pages(&a, 100);
+    bool keepalive;
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 100);
+    node_free(&b);
+    node_init(&b);
+    tier_hub_init(&b.hub, "b", 333);
+    now += HB;
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 0);
+    ck_assert(keepalive);
+    ck_assert(presence_origin(&b.pr, "a")->alive);
+    ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 0);
+    tier_hub_owe_pages(&a.hub); /* as on_presence does once a hears b anew */
+    now += HB;
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 100);
+    ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 1);
+    /* A change sent alone then a keepalive: the change stays. */
+    ck_assert_int_eq(presence_view(&a.pr, "w", "a-page-with-a-longish-name-0042", 31, &changed),
+                     TALLY_OK);
+    static uint64_t seq = 1000000; /* above heartbeat()'s */
+    nparts = 0;
+    ck_assert_uint_eq(presence_announce_changes(&a.pr, "a", 1, ++seq, &out, collect, NULL), 1);
+    presence_takes_part(&b, 0);
+    ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 2);
+}
+END_TEST
+
 Suite *tier_suite(void)
 {
     Suite *s = suite_create("tier");
@@ -1296,6 +1409,10 @@ Suite *tier_suite(void)
     tcase_add_test(tc, a_lost_part_is_not_acknowledged);
     tcase_add_test(tc, a_hub_holds_only_the_pages_its_edges_view_now);
     tcase_add_test(tc, a_name_nobody_writes_is_neither_shown_nor_kept_at_an_edge);
+    tcase_add_test(tc, all_pages_go_at_the_first_heartbeat_and_every_third_of_the_timeout);
+    tcase_add_test(tc,
+                   a_heartbeat_at_rest_is_a_keepalive_and_all_pages_go_every_third_of_the_timeout);
+    tcase_add_test(tc, a_keepalive_touches_no_count_and_the_next_full_one_heals);
     suite_add_tcase(s, tc);
     return s;
 }
