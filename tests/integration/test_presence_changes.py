@@ -41,19 +41,25 @@ def repl_out_since(client, node, start):
             (end["uptime_ms"] - start["uptime_ms"]) / 1000)
 
 
+def view_pages(stats, watcher, holder, n):
+    """holder (at a) views n pages; stats follows a's stats, watcher (at b) every count, until
+    b shows each of the n pages viewed once."""
+    stats.subscribe("$tally/stats/a")
+    watcher.subscribe("presence/#")
+    for start in range(0, n, 500):
+        result, _ = holder.c.subscribe([(page(i), 0) for i in range(start, min(n, start + 500))])
+        assert result == 0
+    wait_for(lambda: all(watcher.last(page(i)) == "1" for i in range(n)), 20,
+             what=f"{n} pages viewed once at b")
+
+
 def test_one_page_churning_among_thousands_costs_little_and_stays_exact(brokers):
     a, b = chain(brokers, ["a", "b"], options={"stats_interval_ms": "200"})
     stats = a.client("stats")
     watcher = b.client("watcher")  # presence/# at b: not a viewer, sees every count there
     holder = a.client("holder")
     try:
-        stats.subscribe("$tally/stats/a")
-        watcher.subscribe("presence/#")
-        for start in range(0, PAGES, 500):
-            result, _ = holder.c.subscribe([(page(i), 0) for i in range(start, start + 500)])
-            assert result == 0
-        wait_for(lambda: all(watcher.last(page(i)) == "1" for i in range(PAGES)), 20,
-                 what=f"{PAGES} pages viewed once at b")
+        view_pages(stats, watcher, holder, PAGES)
 
         # at rest: heartbeats (keepalives, every page every 5 s) and stats
         time.sleep(1.0)
@@ -106,13 +112,7 @@ def test_a_node_at_rest_sends_keepalives_stays_exact_and_its_viewers_leave_when_
     watcher = b.client("watcher")
     holder = a.client("holder")
     try:
-        stats.subscribe("$tally/stats/a")
-        watcher.subscribe("presence/#")
-        for start in range(0, REST_PAGES, 500):
-            result, _ = holder.c.subscribe([(page(i), 0) for i in range(start, start + 500)])
-            assert result == 0
-        wait_for(lambda: all(watcher.last(page(i)) == "1" for i in range(REST_PAGES)), 20,
-                 what=f"{REST_PAGES} pages viewed once at b")
+        view_pages(stats, watcher, holder, REST_PAGES)
         time.sleep(1.0)
         published = sum(len(watcher.values(page(i))) for i in range(REST_PAGES))
         start = next_stats(stats, "a")
