@@ -526,13 +526,18 @@ static void origin_count(struct tally_presence *pr, struct tally_origin *o, stru
     page_dirty(pr, pg);
 }
 
+static void origin_forget(struct tally_presence *pr, struct tally_origin *o, struct tally_page *pg)
+{
+    if (o->slot < pg->remote_cap && pg->remote[o->slot])
+        origin_count(pr, o, pg, 0);
+}
+
 static void origin_zero(struct tally_presence *pr, struct tally_origin *o)
 {
     struct tally_page *pg, *tmp;
     HASH_ITER(hh, pr->pages, pg, tmp)
     {
-        if (o->slot < pg->remote_cap)
-            origin_count(pr, o, pg, 0);
+        origin_forget(pr, o, pg);
     }
 }
 
@@ -540,12 +545,6 @@ bool presence_in_range(const char *page, size_t len, uint64_t lo, uint64_t hi)
 {
     uint64_t h = presence_hash(page, len);
     return h >= lo && h <= hi;
-}
-
-static void origin_forget(struct tally_presence *pr, struct tally_origin *o, struct tally_page *pg)
-{
-    if (o->slot < pg->remote_cap && pg->remote[o->slot])
-        origin_count(pr, o, pg, 0);
 }
 
 /* A range of one hash (a change sent alone) is found by its hash, not by a

@@ -1685,8 +1685,8 @@ static int relay_range(struct tier_child *ch, uint64_t lo, uint64_t hi, bool ent
         i++;
     for (end = i; end < ch->npages && ch->pages[end].hash <= hi;)
         end++;
-    for (uint32_t j = i; nparts == 0 || j < end; nparts++)
-        j += relay_pages_that_fit(ch, j, end, head, max_bytes);
+    for (uint32_t j = i; entry && (nparts == 0 || j < end); nparts++)
+        j += relay_pages_that_fit(ch, j, end, head, max_bytes); /* the entry's seq */
     struct wire_presence_edge self = {ch->id,
                                       idlen,
                                       ch->incarnation,
@@ -1890,7 +1890,7 @@ int tier_hub_heartbeat(struct tier_hub *h, struct tally_presence *pr, uint64_t i
 {
     struct held hd = {.emit = emit, .ud = ud};
     struct listing l = {0};
-    bool full = now_ms - h->last_full_listing_ms >= timeout_ms / 3 || !h->last_full_listing_ms;
+    bool full = tier_heartbeat_all_pages(now_ms, h->last_full_listing_ms, timeout_ms);
     *sent = heartbeat_pages(h, pr, incarnation, first_seq, now_ms, timeout_ms, max_bytes, out, &hd);
     int rc = *sent ? listing_build(h, pr, now_ms, timeout_ms, full, &l) : TALLY_E_NOMEM;
     if (rc == TALLY_OK && full)
