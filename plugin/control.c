@@ -24,7 +24,8 @@
  *                     "data": {"counter": <state>, "deviceOffset": 0,
  *                              "deviceTotalCount": 2500, "replicas": [...],
  *                              "replicaOffset": 0, "replicaTotalCount": 3,
- *                              "folds": [...]}}]}
+ *                              "folds": [...], "foldOffset": 0,
+ *                              "foldTotalCount": 0}}]}
  *
  * or an "error" string in place of "data". resetCounter and deleteCounter
  * ({"command": "resetCounter", "name": "likes"}) change the table (reset.c)
@@ -609,43 +610,80 @@ static cJSON *life_item(cJSON *list, const struct tally_table *t, uint32_t repli
     return item;
 }
 
-/* The lives of nodes folded into their node's running slot (fold.c), and
- * what of each: what is left of a restart once it is folded. */
-static void add_folds(cJSON *data, const struct tally_table *t, const struct tally_counter *c)
-{
-    cJSON *folds = cJSON_AddArrayToObject(data, "folds");
-    const struct tally_folds *f = table_folds(t, c);
-    for (uint32_t i = 0; f && i < f->n; i++)
-        life_item(folds, t, f->e[i].replica, f->e[i].p, f->e[i].n);
-}
-
 /* A replica's entry at its longest: its node id, 16 hex digits of
  * incarnation and four numbers below 2^53 with their keys. */
 #define REPLICA_MAX_BYTES(id_len) (150 + (size_t)(id_len))
 
-/* A page of c's slots (every life of every node, for operators chasing a
- * restart): from the from-th in the table's order, at most count, and no
- * more than fit in room bytes. */
-static void add_replicas(cJSON *data, const struct tally_table *t, const struct tally_counter *c,
-                         uint32_t from, uint32_t count, size_t room)
+/* One page of a list of lives (a counter's slots, or its folds): from the
+ * from-th, at most count, and no more than fit in room bytes; "<key>Offset"
+ * and "<key>TotalCount" beside it. */
+struct lives {
+    const char *list, *offset, *total;
+    const struct tally_table *t;
+    const struct tally_base *base; /* slots: what a reset took from each */
+    uint32_t n;
+    void (*at)(const struct lives *l, uint32_t i, uint32_t *replica, uint64_t *p, uint64_t *n);
+    const void *src;
+};
+
+static void add_lives(cJSON *data, const struct lives *l, uint32_t from, uint32_t count,
+                      size_t room)
 {
-    cJSON *reps = cJSON_AddArrayToObject(data, "replicas");
+    cJSON *list = cJSON_AddArrayToObject(data, l->list);
     size_t used = 0;
-    for (uint32_t i = from; i < c->nslots && i - from < count; i++) {
-        const struct tally_slot *s = &c->slots[i];
-        used += REPLICA_MAX_BYTES(t->replicas[s->replica]->id_len);
+    for (uint32_t i = from; i < l->n && i - from < count; i++) {
+        uint32_t replica;
+        uint64_t p, n;
+        l->at(l, i, &replica, &p, &n);
+        used += REPLICA_MAX_BYTES(l->t->replicas[replica]->id_len);
         if (used > room && i > from)
             break;
-        add_base_item(life_item(reps, t, s->replica, s->p, s->n), table_base(t, c), s->replica);
+        add_base_item(life_item(list, l->t, replica, p, n), l->base, replica);
     }
-    cJSON_AddNumberToObject(data, "replicaOffset", from);
-    cJSON_AddNumberToObject(data, "replicaTotalCount", c->nslots);
+    cJSON_AddNumberToObject(data, l->offset, from);
+    cJSON_AddNumberToObject(data, l->total, l->n);
+}
+
+static void slot_at(const struct lives *l, uint32_t i, uint32_t *replica, uint64_t *p, uint64_t *n)
+{
+    const struct tally_slot *s = &((const struct tally_counter *)l->src)->slots[i];
+    *replica = s->replica;
+    *p = s->p;
+    *n = s->n;
+}
+
+static void fold_at(const struct lives *l, uint32_t i, uint32_t *replica, uint64_t *p, uint64_t *n)
+{
+    const struct tally_fold *f = &((const struct tally_folds *)l->src)->e[i];
+    *replica = f->replica;
+    *p = f->p;
+    *n = f->n;
+}
+
+/* A page of c's slots (every life of every node, for operators chasing a
+ * restart), in a quarter of max_bytes, and a page of its folds (the lives
+ * of nodes folded into their node's running slot, fold.c, and what of each:
+ * what is left of a restart once it is folded), in an eighth. */
+static void add_replicas_and_folds(cJSON *data, const cJSON *cmd, const struct tally_table *t,
+                                   const struct tally_counter *c, size_t max_bytes)
+{
+    struct lives slots = {
+        "replicas", "replicaOffset", "replicaTotalCount", t, table_base(t, c), c->nslots, slot_at,
+        c};
+    add_lives(data, &slots, (uint32_t)int_field(cmd, "replicaOffset", 0, 0, INT32_MAX),
+              (uint32_t)int_field(cmd, "replicaCount", 100, 0, LIST_MAX), max_bytes / 4);
+    const struct tally_folds *f = table_folds(t, c);
+    struct lives folds = {"folds", "foldOffset", "foldTotalCount", t,
+                          NULL,    f ? f->n : 0, fold_at,          f};
+    add_lives(data, &folds, (uint32_t)int_field(cmd, "foldOffset", 0, 0, INT32_MAX),
+              (uint32_t)int_field(cmd, "foldCount", 100, 0, LIST_MAX), max_bytes / 8);
 }
 
 /* The state document with a page of the devices (deviceOffset, deviceCount)
  * in half of max_bytes, a page of the replicas (replicaOffset,
- * replicaCount) in a quarter, and the folds: an answer about max_bytes at
- * most, however many devices and edges the counter has. */
+ * replicaCount) in a quarter, and a page of the folds (foldOffset,
+ * foldCount) in an eighth: an answer within max_bytes, however many
+ * devices, edges and restarts the counter has. */
 static const char *get_counter(const cJSON *cmd, cJSON *data, const struct control_req *rq)
 {
     const struct tally_table *t = rq->t;
@@ -672,9 +710,7 @@ static const char *get_counter(const cJSON *cmd, cJSON *data, const struct contr
     cJSON_AddItemToObject(data, "counter", state);
     cJSON_AddNumberToObject(data, "deviceOffset", pg.dev_from);
     cJSON_AddNumberToObject(data, "deviceTotalCount", counter_ndevs(c));
-    add_replicas(data, t, c, (uint32_t)int_field(cmd, "replicaOffset", 0, 0, INT32_MAX),
-                 (uint32_t)int_field(cmd, "replicaCount", 100, 0, LIST_MAX), rq->max_bytes / 4);
-    add_folds(data, t, c);
+    add_replicas_and_folds(data, cmd, t, c, rq->max_bytes);
     return NULL;
 }
 

@@ -737,6 +737,59 @@ START_TEST(test_get_counter_pages)
 }
 END_TEST
 
+/* getCounter pages the folds too (foldOffset, foldCount), within an eighth
+ * of max_message_bytes: a hub holding the past lives of 600 restarted edges
+ * answered with all 600 in one message, whatever max_message_bytes. */
+START_TEST(test_get_counter_pages_folds)
+{
+    struct tally_table t;
+    struct tally_counter *c = big_counter(&t, 0, 0);
+    for (uint32_t i = 0; i < 600; i++) {
+        char id[24];
+        uint32_t r;
+        bool rose;
+        int len = snprintf(id, sizeof(id), "edge-%04u", i);
+        ck_assert_int_eq(table_replica(&t, id, (size_t)len, 1, &r), TALLY_OK);
+        struct tally_fold f = {.replica = r, .p = i + 1, .n = 0};
+        ck_assert_int_eq(table_merge_fold(&t, c, &f, &rose), TALLY_OK);
+    }
+    cJSON *whole;
+    cJSON *data = run(&t, "{\"command\":\"getCounter\",\"name\":\"big\"}", &whole);
+    ck_assert_int_eq(json_int(data, "foldOffset"), 0);
+    ck_assert_int_eq(json_int(data, "foldTotalCount"), 600);
+    int first = cJSON_GetArraySize(cJSON_GetObjectItem(data, "folds"));
+    ck_assert_int_gt(first, 0);
+    ck_assert_int_le(first, 100);
+    cJSON_Delete(whole);
+
+    char seen[600] = {0}, req[160];
+    uint32_t from = 0, pages = 0;
+    while (from < 600) {
+        snprintf(req, sizeof(req),
+                 "{\"command\":\"getCounter\",\"name\":\"big\",\"foldOffset\":%u,"
+                 "\"foldCount\":1000}",
+                 from);
+        data = run(&t, req, &whole);
+        ck_assert_int_eq(json_int(data, "foldOffset"), from);
+        const cJSON *f;
+        uint32_t n = 0;
+        cJSON_ArrayForEach(f, cJSON_GetObjectItem(data, "folds"))
+        {
+            unsigned long i = strtoul(cJSON_GetObjectItem(f, "node")->valuestring + 5, NULL, 10);
+            ck_assert_int_eq(seen[i]++, 0);
+            ck_assert_int_eq(json_int(f, "p"), (int64_t)i + 1);
+            n++;
+        }
+        ck_assert_uint_gt(n, 0);
+        cJSON_Delete(whole);
+        from += n;
+        pages++;
+    }
+    ck_assert_uint_ge(pages, 2);
+    table_free(&t);
+}
+END_TEST
+
 Suite *control_suite(void)
 {
     Suite *s = suite_create("control");
@@ -758,6 +811,7 @@ Suite *control_suite(void)
     tcase_add_test(tc, test_state_document_bounds_nodes_too);
     tcase_add_test(tc, test_state_document_pages_cover_every_device_once);
     tcase_add_test(tc, test_get_counter_pages);
+    tcase_add_test(tc, test_get_counter_pages_folds);
     suite_add_tcase(s, tc);
     return s;
 }
