@@ -179,8 +179,15 @@
  * Resets then observe hub slots, not edge slots, unchanged; viewer counts
  * need the same custody (a hub's sum of its edges' viewers). Even so a hub
  * holds a slot per hub: state flat in the number of brokers needs hubs in a
- * hierarchy, the same handoff at each level. Here the guarantees follow
- * from the maximum alone, at the cost above.
+ * hierarchy, the same handoff at each level. No protocol does better among
+ * hubs that are peers: Burckhardt, Gotsman, Yang and Zawirski ("Replicated
+ * data types: specification, verification, optimality", POPL 2014) prove
+ * that a state-based counter replicated over n replicas holds Omega(n lg m)
+ * bits at a replica in the worst case (m updates), which the per-replica
+ * vector meets. So with every hub a replica of the whole state, a hub holds
+ * at least a slot per hub in a counter every hub writes: 200 hubs hold 5
+ * times what 40 do, however edges hand off. Here the guarantees follow from
+ * the maximum alone, at the cost above (a slot per edge).
  *
  * A cheaper road to the same bound, not built, asks one thing of the
  * deployment: that an edge's failover list name the hubs of one group only
