@@ -47,6 +47,12 @@ run $heavy --tier-bytes 110 --seed 488
 run $heavy --tier-bytes 110 --seed 530
 run $heavy --tier-bytes 110 --seed 533
 run $mixed --seed 736
+# A hub's own PRESENCE back through a ring of hubs: the simulator took it (the
+# plugin drops it, is_self), and with it the hub's own listing entry of a dead
+# edge, aged by the ring's delay, which kept its viewers counted 3 ms past
+# peer_timeout_ms (the simulator's fault, not the plugin's).
+run --hubs 8 --edges 10 --seconds 30 --loss 0.1 --delay 150 --kill-hubs 2 --restart-hubs 2 \
+  --kill-edges 8 --link-failures 10 --tier-bytes 110 --freeze-edges 4 --seed 3
 # Many more schedules of the same faults: each seed places the losses, delays,
 # deaths and cuts elsewhere (a run takes well under a second). One line each.
 failed=0

@@ -353,6 +353,10 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     char origin[TALLY_NODE_ID_MAX + 1];
     memcpy(origin, wp.origin, wp.origin_len);
     origin[wp.origin_len] = '\0';
+    if (strcmp(origin, n->id) == 0) { /* our own, back through a ring: plugin.c's is_self */
+        wire_presence_free(&wp);
+        return;
+    }
     struct tally_origin *o = presence_origin(&n->pr, origin);
     bool taken, anew = !o->alive || o->incarnation != wp.incarnation;
     if (presence_apply(&n->pr, o, &wp, &taken) != TALLY_OK)
