@@ -1923,11 +1923,25 @@ int tier_hub_heartbeat(struct tier_hub *h, struct tally_presence *pr, uint64_t i
 
 /* A hub's heartbeat, new here: its edges are alive as of when it heard them,
  * and the edges it wants that we carry are relayed whole at our next tick. */
+/* Whether wp is a relay of an edge of ours that we sent (its seq below our
+ * next), back to us around a ring of hubs. Its entry of the edge is ours,
+ * aged as it left: taken as news at its arrival, it put our last hearing
+ * of the edge later by its time on the way (567 ms around a simulated ring
+ * of 8 hubs), and kept a dead edge counted that much past peer_timeout_ms. */
+static bool our_own_relay(struct tier_hub *h, const struct wire_presence *wp)
+{
+    char id[TALLY_NODE_ID_MAX + 1];
+    memcpy(id, wp->origin, wp->origin_len);
+    id[wp->origin_len] = '\0';
+    const struct tier_child *ch = tier_hub_child(h, id);
+    return ch && ch->incarnation == wp->incarnation && wp->seq < ch->relay_next;
+}
+
 int tier_hub_heard(struct tier_hub *h, struct tally_presence *pr, const struct wire_presence *wp,
                    uint64_t now_ms)
 {
     char id[TALLY_NODE_ID_MAX + 1];
-    for (uint32_t i = 0; i < wp->nlisted; i++) {
+    for (uint32_t i = 0; i < wp->nlisted && !our_own_relay(h, wp); i++) {
         const struct wire_presence_edge *e = &wp->listed[i];
         memcpy(id, e->id, e->len);
         id[e->len] = '\0';

@@ -853,6 +853,32 @@ START_TEST(a_relay_long_after_an_edge_was_heard_does_not_revive_it)
 }
 END_TEST
 
+/* Regression (simulator, 8 hubs in a ring, 150 ms delays, seed 490): a's
+ * relay of its own edge e, answering b's want, came back to a around the
+ * ring 567 ms later, its listing entry of e aged as when it left. a took
+ * the entry as news and counted e, dead, 83 ms past peer_timeout_ms. An
+ * entry of an UP a heard itself is not news to a. */
+START_TEST(a_hubs_own_relay_back_through_a_ring_does_not_keep_its_edge_alive)
+{
+    lose_a_relay();
+    uint64_t last_heard = now; /* e dies */
+    now += HB;
+    heartbeat(&a, &b);
+    ck_assert_uint_eq(heartbeat(&b, &a), 1); /* b wants e */
+    now = last_heard + TIMEOUT - 2 * HB;
+    ck_assert_uint_ge(relay(&a, "e", &b), 1);
+    now += 2 * HB - 1; /* around the ring, back at a */
+    for (size_t i = 0; i < nparts; i++)
+        presence_takes_part(&a, i);
+    ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 2);
+    now = last_heard + TIMEOUT + 1;
+    expire(&a);
+    ck_assert_ptr_null(tier_hub_child(&a.hub, "e"));
+    ck_assert_uint_eq(presence_total(&a.pr, "home", 4), 0);
+    ck_assert_uint_eq(presence_total(&a.pr, "news", 4), 0);
+}
+END_TEST
+
 /* e is carried by a, which dies; e moves to b. A third hub (c, in f's
  * node) counts e's viewers once throughout, and keeps them after a's
  * listing is gone, because b lists e. */
@@ -1399,6 +1425,7 @@ Suite *tier_suite(void)
     tcase_add_test(tc, a_listed_edge_stays_alive_and_leaves_once_unheard);
     tcase_add_test(tc, a_lost_relay_is_wanted_and_sent_again);
     tcase_add_test(tc, a_relay_long_after_an_edge_was_heard_does_not_revive_it);
+    tcase_add_test(tc, a_hubs_own_relay_back_through_a_ring_does_not_keep_its_edge_alive);
     tcase_add_test(tc, an_edge_that_moves_off_a_dead_hub_is_counted_once);
     tcase_add_test(tc, an_edge_heard_after_its_origin_expired_but_not_its_record_counts_again);
     tcase_add_test(tc, an_edge_forgets_the_others_viewers_of_a_page_its_viewers_left);
