@@ -1470,12 +1470,10 @@ static void flush_presence(uint64_t now)
 {
     g.last_flush_ms = now;
     presence_flush(&g.presence, now, (uint64_t)g.opt.presence_delivery_budget, publish_page, NULL);
-    if (g.presence.local_changed && g.edge) {
-        tier_edge_pages_changed(&g.tier_edge); /* they go up in the next UP */
-        presence_changes_clear(&g.presence);
-    } else if (g.presence.local_changed) {
+    if (g.presence.local_changed && g.edge)
+        tier_edge_pages_changed(&g.tier_edge); /* the next UP takes them (tier.c) */
+    else if (g.presence.local_changed)
         announce_changes();
-    }
 }
 
 /* Deltas: what was learned goes on at the next tick (repl.c), local changes

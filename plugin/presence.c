@@ -355,6 +355,15 @@ void presence_each_local(struct tally_presence *pr,
     }
 }
 
+void presence_each_local_of_hash(const struct tally_presence *pr, uint64_t hash,
+                                 void (*fn)(const char *page, size_t len, uint64_t n, void *ud),
+                                 void *ud)
+{
+    for (const struct tally_page *pg = pages_of_hash(pr, hash); pg; pg = pg->twin)
+        if (pg->local)
+            fn(pg->name, pg->name_len, pg->local, ud);
+}
+
 /* ==== Our announcements ==== */
 
 struct hashed_page {

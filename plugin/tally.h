@@ -565,6 +565,10 @@ void presence_drop_client(struct tally_presence *pr, const char *client);
 /* Calls fn for each page with local viewers (for announcing our counts). */
 void presence_each_local(struct tally_presence *pr,
                          void (*fn)(const char *page, size_t len, uint64_t n, void *ud), void *ud);
+/* The same, for the pages of one presence_hash only (an edge's UP of changes). */
+void presence_each_local_of_hash(const struct tally_presence *pr, uint64_t hash,
+                                 void (*fn)(const char *page, size_t len, uint64_t n, void *ud),
+                                 void *ud);
 struct tally_origin *presence_origin(struct tally_presence *pr, const char *node_id);
 /* Where a page falls in the announcements' ranges (wire.c, PRESENCE). */
 uint64_t presence_hash(const char *page, size_t len);
@@ -872,6 +876,7 @@ void wire_presence_free(struct wire_presence *p);
 struct tier_mine;
 struct tier_view;
 struct tier_page;
+struct tier_page_change;
 struct tier_watch;
 struct tier_child;
 
@@ -885,8 +890,14 @@ struct tier_edge {
     uint64_t seq;   /* of the next UP */
     uint64_t acked; /* highest UP seq the current hub has merged */
     uint64_t last_up_ms;
-    uint64_t watch_sent_seq, pages_sent_seq;
-    bool watch_changed, pages_changed;
+    uint64_t watch_sent_seq, pages_sent_seq; /* the UP part that ended the list */
+    bool watch_changed;
+    bool pages_changed; /* viewers changed: the next UP takes presence.c's changes */
+    bool pages_all;     /* the whole page list is owed (tier.c, "Edge: the pages that changed") */
+    /* The pages changed since the whole list, each until an UP that carried
+     * it is acknowledged (tier.c) */
+    struct tier_page_change *page_changes;
+    uint32_t npage_changes;
     uint32_t nidle;       /* views without a watcher, lingering */
     uint64_t hub_session; /* as the current hub's DOWNs name it */
     uint64_t hub_changes; /* times the edge found itself on a new hub */

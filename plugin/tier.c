@@ -66,7 +66,12 @@
  * before it, and what it held goes again in the next UP. The watch and page
  * lists ride the same way; the hub takes a list's range only from a part
  * newer than any it has seen (it replaces that range), slots from any (they
- * are maxima). An edge sends an UP when it has something unacknowledged, at
+ * are maxima). The watch list goes whole when it changed; the page list
+ * goes whole when owed (the first UP, a new hub or session) and until an
+ * UP holding it is acknowledged, and between those as the pages that
+ * changed, each hash in a range of its own ("Edge: the pages that
+ * changed"): a page churning among thousands costs its own range, not the
+ * list. An edge sends an UP when it has something unacknowledged, at
  * most once a publish interval (an UP not yet acknowledged is so resent once
  * an interval, not once a broker loop), and at least every heartbeat_ms, so
  * that its hub knows it is alive.
@@ -281,10 +286,18 @@ struct tier_view {
 /* The others' viewers of a page the edge's viewers watch. */
 struct tier_page {
     UT_hash_handle hh;
+    uint64_t hash; /* presence_hash(name) */
     uint64_t others;
     bool listed; /* in the page list last sent (edge_follow_pages) */
     uint8_t len;
     char name[];
+};
+
+/* A page hash whose viewers changed ("Edge: the pages that changed"),
+ * kept until the hub acknowledges an UP that carried it. */
+struct tier_page_change {
+    uint64_t hash;
+    uint64_t sent_seq; /* the UP part that carried it last; 0: none since it changed */
 };
 
 /* A counter watched by some child of a hub, with its figures this tick. */
@@ -369,7 +382,7 @@ void tier_edge_init(struct tier_edge *e, const char *node_id, uint64_t incarnati
      * the last run's (the same incarnation) would go on counting viewers
      * who died with it, and sending what nobody watches any more. */
     e->watch_changed = true;
-    e->pages_changed = true;
+    e->pages_all = true;
 }
 
 bool tier_edge_started_up(const struct tier_edge *e)
@@ -397,6 +410,7 @@ void tier_edge_free(struct tier_edge *e)
         HASH_DEL(e->pages, pg);
         free(pg);
     }
+    free(e->page_changes);
     memset(e, 0, sizeof(*e));
 }
 
@@ -522,6 +536,14 @@ static bool unacked(const struct tier_edge *e, bool changed, uint64_t sent_seq)
     return changed || sent_seq > e->acked;
 }
 
+static bool changes_unacked(const struct tier_edge *e)
+{
+    for (uint32_t i = 0; i < e->npage_changes; i++)
+        if (unacked(e, !e->page_changes[i].sent_seq, e->page_changes[i].sent_seq))
+            return true;
+    return false;
+}
+
 static bool up_due(const struct tier_edge *e, uint64_t now_ms, uint64_t every_ms,
                    uint64_t heartbeat_ms)
 {
@@ -529,8 +551,8 @@ static bool up_due(const struct tier_edge *e, uint64_t now_ms, uint64_t every_ms
         return true;
     if (now_ms - e->last_up_ms < every_ms)
         return false; /* one UP an interval: it carries all that is unacknowledged */
-    if (unacked(e, e->watch_changed, e->watch_sent_seq) ||
-        unacked(e, e->pages_changed, e->pages_sent_seq))
+    if (unacked(e, e->watch_changed, e->watch_sent_seq) || e->pages_changed ||
+        unacked(e, e->pages_all, e->pages_sent_seq) || changes_unacked(e))
         return true;
     for (struct tier_mine *m = e->mine; m; m = m->hh.next)
         if (unacked(e, m->changed, m->sent_seq))
@@ -547,7 +569,8 @@ static bool up_due(const struct tier_edge *e, uint64_t now_ms, uint64_t every_ms
  * many devices may even be spread over parts), and an UP's list section
  * names the range of name hashes (presence_hash) it replaces, the parts of
  * one list covering [0, UINT64_MAX] between them, in hash order, as
- * PRESENCE does. */
+ * PRESENCE does (or, for the pages that changed, each its own [h, h]:
+ * parts_add_range). */
 
 enum { SEC_COUNTERS, SEC_WATCH, SEC_PAGES, SEC_N };
 
@@ -634,6 +657,23 @@ static void parts_close_list(struct parts *p, int s)
         parts_send(p);
     p->open[s] = true;
     p->hi[s] = UINT64_MAX;
+}
+
+/* The range [h, h] of list s alone, with the k entries of e (all of hash
+ * h; none replaces what the hub held there), in the current part if it
+ * fits, which goes now: its range ends at h. The list must not be open. */
+static void parts_add_range(struct parts *p, int s, const struct wire_buf *e, uint32_t k,
+                            uint64_t h)
+{
+    if (parts_used(p) && parts_size(p) + SEC_RANGE_BYTES + e->len > p->max_bytes)
+        parts_send(p);
+    wbuf_bytes(&p->sec[s], e->data, e->len);
+    if (e->failed)
+        p->sec[s].failed = true;
+    p->n[s] = k;
+    p->open[s] = true;
+    p->lo[s] = p->hi[s] = h;
+    parts_send(p);
 }
 
 /* Sends what is left (at least one part if `always`); returns TALLY_OK or
@@ -836,16 +876,34 @@ static void count_page(const char *page, size_t len, uint64_t n, void *ud)
     ++*(size_t *)ud;
 }
 
+static int by_change(const void *a, const void *b)
+{
+    const struct tier_page_change *x = a, *y = b;
+    if (x->hash != y->hash)
+        return x->hash < y->hash ? -1 : 1;
+    return x->sent_seq < y->sent_seq ? -1 : x->sent_seq > y->sent_seq;
+}
+
+static int by_change_hash(const void *a, const void *b)
+{
+    const struct tier_page_change *x = a, *y = b;
+    return x->hash < y->hash ? -1 : x->hash > y->hash;
+}
+
 /* The pages whose others' viewers the edge keeps are those of the page list
  * it sends: its hub sends a page's figure only while the edge's list holds
  * it, so one the edge's viewers left is forgotten here, or its last figure
  * would be shown for as long as the edge lives; a DOWN still carrying it
- * does not bring it back (tier_edge_apply_down). */
-static int edge_follow_pages(struct tier_edge *e, const struct hashed_list *l)
+ * does not bring it back (tier_edge_apply_down). l replaces the whole list,
+ * or with changes, only the pages of those n hashes. */
+static int edge_follow_pages(struct tier_edge *e, const struct hashed_list *l,
+                             const struct tier_page_change *changes, uint32_t n)
 {
     struct tier_page *pg, *pt;
-    for (pg = e->pages; pg; pg = pg->hh.next)
-        pg->listed = false;
+    for (pg = e->pages; pg; pg = pg->hh.next) {
+        struct tier_page_change key = {pg->hash, 0};
+        pg->listed = changes && !bsearch(&key, changes, n, sizeof(key), by_change_hash);
+    }
     for (size_t i = 0; i < l->n; i++) {
         HASH_FIND(hh, e->pages, l->v[i].name, l->v[i].len, pg);
         if (!pg) {
@@ -854,6 +912,7 @@ static int edge_follow_pages(struct tier_edge *e, const struct hashed_list *l)
             if (!pg)
                 return TALLY_E_NOMEM;
             pg->len = (uint8_t)l->v[i].len;
+            pg->hash = l->v[i].hash;
             HASH_ADD(hh, e->pages, name, pg->len, pg);
         }
         pg->listed = true;
@@ -866,6 +925,98 @@ static int edge_follow_pages(struct tier_edge *e, const struct hashed_list *l)
         }
     }
     return TALLY_OK;
+}
+
+/* ==== Edge: the pages that changed ====
+ *
+ * Between whole lists, an UP's page list is the pages that changed: each
+ * changed presence_hash h in a part of its own whose range is [h, h], with
+ * the edge's pages of that hash (none: the page left, and the empty range
+ * replaces it), which the hub takes as it takes any range. Two changed
+ * hashes never share a range, as that range would list every page between
+ * them. As its counters do, an UP carries every change the hub has not
+ * acknowledged: a hash is kept, with the part that last carried it, until
+ * the hub acknowledges that part, so a lost UP loses no change. The whole
+ * list goes when it is owed (the first UP, a new hub or session, as
+ * before), until an UP that holds it is acknowledged, and in place of
+ * changes not worth sending alone (presence.c's rule, changes_worth_alone:
+ * more than PRESENCE_CHANGES_MAX hashes or a quarter of the pages, or fewer
+ * than PRESENCE_CHANGES_MIN_PAGES pages). A change then costs a part of
+ * about 60 bytes plus its page's, not every page the edge views. A hub
+ * takes a change only under the session it gave the edge (hub_read_pages):
+ * an edge that moved sends its changes until it hears its new hub's
+ * session, and that hub may lack the rest of its list. */
+
+/* Takes presence.c's changed hashes (and clears them there) into the edge's
+ * own, in hash order, once each (the least sent_seq: 0 if it changed since
+ * an UP carried it), less those acknowledged; past PRESENCE_CHANGES_MAX, or
+ * out of memory, the whole list is owed instead. */
+static void edge_take_changes(struct tier_edge *e, struct tally_presence *pr)
+{
+    if (e->pages_changed && !pr->local_changed)
+        e->pages_all = true; /* changes no longer known */
+    e->pages_changed = false;
+    if (pr->local_changed && (pr->changed_all || e->pages_all)) {
+        e->pages_all = true;
+    } else if (pr->local_changed) {
+        uint32_t n = e->npage_changes + pr->nchanged;
+        struct tier_page_change *c = realloc(e->page_changes, (n + 1) * sizeof(*c));
+        if (!c) {
+            e->pages_all = true;
+        } else {
+            for (uint32_t i = 0; i < pr->nchanged; i++)
+                c[e->npage_changes++] = (struct tier_page_change){pr->changed[i], 0};
+            e->page_changes = c;
+        }
+    }
+    presence_changes_clear(pr);
+    struct tier_page_change *c = e->page_changes;
+    if (e->npage_changes)
+        qsort(c, e->npage_changes, sizeof(*c), by_change);
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < e->npage_changes; i++) {
+        if (i > 0 && c[i].hash == c[i - 1].hash)
+            continue; /* the first has the least sent_seq */
+        if (unacked(e, !c[i].sent_seq, c[i].sent_seq))
+            c[k++] = c[i];
+    }
+    e->npage_changes = k;
+    if (k > PRESENCE_CHANGES_MAX)
+        e->pages_all = true;
+}
+
+static bool changes_worth_alone(const struct tier_edge *e, const struct tally_presence *pr)
+{
+    return !e->pages_all && e->npage_changes <= PRESENCE_CHANGES_MAX &&
+           pr->nlocal_pages >= PRESENCE_CHANGES_MIN_PAGES &&
+           (uint64_t)e->npage_changes * 4 <= pr->nlocal_pages;
+}
+
+/* Each unacknowledged change in a part of its own (above). */
+static int up_changes(struct tier_edge *e, struct tally_presence *pr, struct parts *p,
+                      struct wire_buf *ent)
+{
+    struct tier_page_change *c = e->page_changes;
+    size_t n = 0;
+    for (uint32_t i = 0; i < e->npage_changes; i++)
+        presence_each_local_of_hash(pr, c[i].hash, count_page, &n);
+    struct hashed_list l = {malloc((n + 1) * sizeof(*l.v)), 0};
+    if (!l.v)
+        return TALLY_E_NOMEM;
+    for (uint32_t i = 0; i < e->npage_changes; i++) {
+        size_t first = l.n;
+        presence_each_local_of_hash(pr, c[i].hash, list_page, &l);
+        wbuf_reset(ent);
+        for (size_t j = first; j < l.n; j++) {
+            wbuf_str8(ent, l.v[j].name, l.v[j].len);
+            wbuf_varint(ent, l.v[j].count);
+        }
+        parts_add_range(p, SEC_PAGES, ent, (uint32_t)(l.n - first), c[i].hash);
+        c[i].sent_seq = e->seq - 1; /* the part just sent */
+    }
+    int rc = edge_follow_pages(e, &l, c, e->npage_changes);
+    free(l.v);
+    return rc;
 }
 
 static int up_lists(struct tier_edge *e, struct tally_presence *pr, struct parts *p,
@@ -889,11 +1040,14 @@ static int up_lists(struct tier_edge *e, struct tally_presence *pr, struct parts
         l.n = 0;
         presence_each_local(pr, list_page, &l);
         up_list(p, ent, SEC_PAGES, &l);
-        rc = edge_follow_pages(e, &l);
-        e->pages_changed = false;
+        rc = edge_follow_pages(e, &l, NULL, 0);
+        e->pages_all = false;
         e->pages_sent_seq = e->seq;
+        e->npage_changes = 0; /* the list holds them */
     }
     free(l.v);
+    if (rc == TALLY_OK && !pages && e->npage_changes)
+        rc = up_changes(e, pr, p, ent);
     return rc;
 }
 
@@ -916,7 +1070,9 @@ int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presen
                       .send = up_send,
                       .ctx = &u};
     bool watch = unacked(e, e->watch_changed, e->watch_sent_seq);
-    bool pages = unacked(e, e->pages_changed, e->pages_sent_seq);
+    edge_take_changes(e, pr);
+    bool pages = unacked(e, e->pages_all, e->pages_sent_seq) ||
+                 (e->npage_changes && !changes_worth_alone(e, pr));
     struct wire_buf ent = {0};
     for (struct tier_mine *m = e->mine; m; m = m->hh.next) {
         struct tally_counter *c = table_find(t, m->name, m->len);
@@ -929,6 +1085,8 @@ int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presen
     rc = up_lists(e, pr, &p, &ent, watch, pages);
     wbuf_free(&ent);
     int sent = parts_finish(&p, true);
+    if (sent != TALLY_OK)
+        e->pages_all = true; /* a part not sent may have held a change */
     if (!e->first_up && e->seq > u.group)
         e->first_up = e->seq - 1;
     e->last_up_ms = now_ms;
@@ -1337,13 +1495,21 @@ static bool pages_same(const struct tier_child_page *a, uint32_t na,
 }
 
 /* A range of the child's viewers per page: replaces what it held there, if
- * this part is the newest the child sent (apply); a range that changed is
- * relayed (tier_hub_relay). */
-static int hub_read_pages(struct tier_child *ch, struct wire_reader *r, bool apply)
+ * this part is the newest the child sent (*apply); a range that changed is
+ * relayed (tier_hub_relay). A part built under another session than this
+ * record's comes from an edge that has not heard of the record yet (it
+ * moved here, or the record is new): a range of one hash there is a change
+ * since the whole list some other record acknowledged ("Edge: the pages
+ * that changed"), which this record may never have had, and taken alone it
+ * would stand for all the edge's pages here. It is not taken (*apply
+ * false): the edge sends its whole list once it hears this session. */
+static int hub_read_pages(struct tier_child *ch, struct wire_reader *r, bool *apply, bool foreign)
 {
     uint64_t lo, hi, n;
     if (!read_range(r, &lo, &hi, &n, 3))
         return TALLY_E_WIRE;
+    if (foreign && lo == hi)
+        *apply = false;
     struct tier_child_page *pages = calloc(ch->npages + n + 1, sizeof(*pages));
     if (!pages)
         return TALLY_E_NOMEM;
@@ -1366,7 +1532,7 @@ static int hub_read_pages(struct tier_child *ch, struct wire_reader *r, bool app
         pg->count = count;
         pg->sent_total = UINT64_MAX;
     }
-    if (!apply) {
+    if (!*apply) {
         free(pages);
         return TALLY_OK;
     }
@@ -1441,8 +1607,10 @@ static void hub_ack(struct tier_child *ch, uint64_t seq, uint64_t group, bool ne
 /* Slots are maxima: merged from any part, however late. The lists replace
  * ranges of the previous ones: only from a part newer than any seen. */
 static int hub_read_up_body(struct tier_hub *h, struct tally_table *t, struct tier_child *ch,
-                            struct wire_reader *r, uint8_t flags, bool newer, int version)
+                            struct wire_reader *r, uint8_t flags, bool newer, bool foreign,
+                            bool *pages, int version)
 {
+    *pages = newer && (flags & 2);
     uint64_t ncounters = wr_varint(r);
     int rc = r->bad ? TALLY_E_WIRE : TALLY_OK;
     for (uint64_t i = 0; i < ncounters && rc == TALLY_OK; i++)
@@ -1450,7 +1618,7 @@ static int hub_read_up_body(struct tier_hub *h, struct tally_table *t, struct ti
     if (rc == TALLY_OK && (flags & 1))
         rc = hub_read_watch(h, ch, r, newer);
     if (rc == TALLY_OK && (flags & 2))
-        rc = hub_read_pages(ch, r, newer);
+        rc = hub_read_pages(ch, r, pages, foreign);
     return rc == TALLY_OK && r->p != r->end ? TALLY_E_WIRE : rc;
 }
 
@@ -1472,8 +1640,9 @@ int tier_hub_apply_up(struct tier_hub *h, struct tally_table *t, struct tally_pr
     struct tier_child *ch = child_get(h, t, id, idlen, incarnation);
     if (!ch)
         return TALLY_E_NOMEM;
-    bool newer = seq > ch->seq;
-    int rc = hub_read_up_body(h, t, ch, &r, flags, newer, ((const uint8_t *)msg)[2]);
+    bool newer = seq > ch->seq, pages;
+    int rc = hub_read_up_body(h, t, ch, &r, flags, newer, session != ch->session, &pages,
+                              ((const uint8_t *)msg)[2]);
     if (rc != TALLY_OK)
         return rc;
     ch->last_heard_ms = now_ms;
@@ -1483,7 +1652,7 @@ int tier_hub_apply_up(struct tier_hub *h, struct tally_table *t, struct tally_pr
         hub_ack(ch, seq, group, newer);
     if (newer)
         ch->seq = seq;
-    rc = hub_apply_presence(pr, ch, newer && (flags & 2), now_ms);
+    rc = hub_apply_presence(pr, ch, pages, now_ms);
     *from = ch;
     return rc;
 }

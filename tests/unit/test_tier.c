@@ -1242,22 +1242,24 @@ START_TEST(an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone)
         wire_presence_free(&wp);
     }
     ck_assert_uint_eq(relayed, PAGES);
-    /* A part that changes one range of the list: only that range goes on. */
+    /* A part that changes one range of the list (a page's, "Edge: the
+     * pages that changed"): only that range goes on. */
     ck_assert_int_eq(presence_view(&e.pr, "late", name, strlen(name), &changed), TALLY_OK);
     tier_edge_pages_changed(&e.edge);
     now += 10;
     ck_assert(up(&e));
-    ck_assert_uint_gt(nparts, 1);
+    ck_assert_uint_eq(nparts, 1);
     ch = hub_takes_part(&a, nparts - 1);
     nparts = 0;
     ck_assert_int_eq(tier_hub_relay(ch, max_bytes, now, &out, collect, NULL), TALLY_OK);
     ck_assert_uint_eq(nparts, 1);
     struct wire_presence wp;
     ck_assert_int_eq(wire_decode_presence(part[0].data, part[0].len, &wp), TALLY_OK);
-    ck_assert_uint_gt(wp.lo, 0);
-    ck_assert_uint_eq(wp.hi, UINT64_MAX);
-    ck_assert_uint_lt(wp.npages, PAGES);
+    ck_assert_uint_eq(wp.lo, presence_hash(name, strlen(name)));
+    ck_assert_uint_eq(wp.hi, wp.lo);
+    ck_assert_uint_eq(wp.npages, 1);
     wire_presence_free(&wp);
+    ck_assert_uint_eq(presence_total(&a.pr, name, strlen(name)), 1); /* a new page */
 }
 END_TEST
 
@@ -1404,6 +1406,238 @@ START_TEST(a_keepalive_touches_no_count_and_the_next_full_one_heals)
 }
 END_TEST
 
+/* ==== An edge's UP: the pages that changed (tier.c) ==== */
+
+#define EDGE_PAGES 400
+
+static void page_of(char *out, int i)
+{
+    snprintf(out, 64, "a-page-with-a-longish-name-%04d", i);
+}
+
+/* client views (on) or leaves page i at the edge. */
+static void edge_views(struct node *edge, const char *client, int i, bool on)
+{
+    char page[64];
+    page_of(page, i);
+    if (on)
+        ck_assert_int_eq(presence_view(&edge->pr, client, page, strlen(page), &changed), TALLY_OK);
+    else
+        presence_unview(&edge->pr, client, page, strlen(page));
+    tier_edge_pages_changed(&edge->edge);
+}
+
+static size_t up_bytes(void)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < nparts; i++)
+        bytes += part[i].len;
+    return bytes;
+}
+
+/* The edge views `pages` pages and a holds its whole list, acknowledged. */
+static struct tier_child *pages_acked(struct node *edge, int pages)
+{
+    max_bytes = 4096;
+    view_pages(edge, pages);
+    tier_edge_pages_changed(&edge->edge);
+    struct tier_child *ch = round_trip(edge, &a); /* the edge learns a's session */
+    now += 10;
+    ck_assert(up(edge)); /* its whole list again, under that session */
+    hub_takes(&a);
+    relay(&a, edge->edge.node_id, NULL);
+    down(&a, ch, edge);
+    now += 10;
+    ck_assert(!up(edge));
+    return ch;
+}
+
+/* How many of the edge's first `pages` pages a hub that hears nothing but
+ * the last UP holds: b, made anew, its first record of an edge under the
+ * session the edge's UPs name (a hub takes changes only under its own). */
+static int pages_in_last_up(struct node *edge, int pages)
+{
+    node_free(&b);
+    node_init(&b);
+    tier_hub_init(&b.hub, "b", edge->edge.hub_session - 1);
+    hub_takes(&b);
+    int held = 0;
+    for (int i = 0; i < pages; i++) {
+        char page[64];
+        page_of(page, i);
+        held += presence_total(&b.pr, page, strlen(page)) > 0;
+    }
+    return held;
+}
+
+static uint64_t hub_total(struct node *hub, int i)
+{
+    char page[64];
+    page_of(page, i);
+    return presence_total(&hub->pr, page, strlen(page));
+}
+
+/* One page's viewers change among EDGE_PAGES: the UP holds that page's hash
+ * alone, a part of a hundred bytes (the whole list is about 13 KB), which
+ * replaces that range only at the hub, and only that range is relayed. */
+START_TEST(an_up_carries_only_the_pages_that_changed)
+{
+    pages_acked(&e, EDGE_PAGES);
+    edge_views(&e, "w", 7, true);
+    now += 10;
+    ck_assert(up(&e));
+    ck_assert_uint_eq(nparts, 1);
+    ck_assert_uint_lt(up_bytes(), 150);
+    ck_assert_int_eq(pages_in_last_up(&e, EDGE_PAGES), 1);
+    hub_takes(&a);
+    for (int i = 0; i < EDGE_PAGES; i++)
+        ck_assert_uint_eq(hub_total(&a, i), i == 7 ? 2 : 1);
+    ck_assert_uint_eq(relay(&a, "e", &b), 1);
+    char page[64];
+    page_of(page, 7);
+    ck_assert_uint_eq(presence_total(&b.pr, page, strlen(page)), 2);
+    /* acknowledged: nothing more goes up until the next change */
+    down(&a, tier_hub_child(&a.hub, "e"), &e);
+    now += 10;
+    ck_assert(!up(&e));
+}
+END_TEST
+
+/* An UP of changes lost on its way: the next carries its change again,
+ * beside the new one, until a hub acknowledges an UP that held it. */
+START_TEST(an_up_lost_on_its_way_loses_no_change)
+{
+    struct tier_child *ch = pages_acked(&e, EDGE_PAGES);
+    edge_views(&e, "w", 7, true);
+    now += 10;
+    ck_assert(up(&e)); /* lost */
+    ck_assert_uint_eq(nparts, 1);
+    now += 10;
+    ck_assert(up(&e)); /* unacknowledged: again, once an interval */
+    ck_assert_uint_eq(nparts, 1);
+    edge_views(&e, "w", 9, true);
+    now += 10;
+    ck_assert(up(&e));
+    ck_assert_uint_eq(nparts, 2);
+    ck_assert_int_eq(pages_in_last_up(&e, EDGE_PAGES), 2);
+    hub_takes(&a);
+    ck_assert_uint_eq(hub_total(&a, 7), 2);
+    ck_assert_uint_eq(hub_total(&a, 9), 2);
+    ck_assert_uint_eq(hub_total(&a, 8), 1);
+    down(&a, ch, &e);
+    edge_views(&e, "w", 11, true);
+    now += 10;
+    ck_assert(up(&e)); /* acknowledged changes go no more */
+    ck_assert_uint_eq(nparts, 1);
+    ck_assert_int_eq(pages_in_last_up(&e, EDGE_PAGES), 1);
+    ck_assert_uint_eq(hub_total(&b, 11), 2);
+}
+END_TEST
+
+static void published(const char *page, size_t len, uint64_t total, void *ud)
+{
+    (void)page;
+    (void)len;
+    (void)total;
+    (void)ud;
+}
+
+/* A page whose last viewer left (and which the edge freed once its 0 was
+ * published): its hash goes as an empty range, which takes it off the hub. */
+START_TEST(a_page_left_goes_up_as_an_empty_range)
+{
+    pages_acked(&e, EDGE_PAGES);
+    edge_views(&e, "v", 7, false);
+    presence_flush(&e.pr, now, 1000000, published, NULL); /* frees it */
+    char page[64];
+    page_of(page, 7);
+    ck_assert_uint_eq(tier_edge_page_total(&e.edge, &e.pr, page, strlen(page)), 0);
+    now += 10;
+    ck_assert(up(&e));
+    ck_assert_uint_eq(nparts, 1);
+    ck_assert_uint_lt(up_bytes(), 100);
+    hub_takes(&a);
+    ck_assert_uint_eq(hub_total(&a, 7), 0);
+    ck_assert_uint_eq(hub_total(&a, 6), 1);
+    ck_assert_uint_eq(hub_total(&a, 8), 1);
+    /* viewed again: back */
+    edge_views(&e, "v", 7, true);
+    now += 10;
+    ck_assert(up(&e));
+    ck_assert_uint_eq(nparts, 1);
+    hub_takes(&a);
+    ck_assert_uint_eq(hub_total(&a, 7), 1);
+}
+END_TEST
+
+/* Changes of up to a quarter of the pages go alone; past that, or on an
+ * edge of fewer than PRESENCE_CHANGES_MIN_PAGES pages, the whole list goes,
+ * as it does until the hub has acknowledged one. */
+START_TEST(past_a_quarter_of_the_pages_changed_the_whole_list_goes_up)
+{
+    struct tier_child *ch = pages_acked(&e, EDGE_PAGES);
+    for (int i = 0; i < EDGE_PAGES / 4; i++)
+        edge_views(&e, "w", i, true);
+    now += 10;
+    ck_assert(up(&e));
+    ck_assert_uint_eq(nparts, EDGE_PAGES / 4);
+    ck_assert_int_eq(pages_in_last_up(&e, EDGE_PAGES), EDGE_PAGES / 4);
+    hub_takes(&a);
+    down(&a, ch, &e);
+    for (int i = 0; i < EDGE_PAGES / 4 + 1; i++)
+        edge_views(&e, "x", i, true);
+    now += 10;
+    ck_assert(up(&e));
+    ck_assert_uint_lt(nparts, EDGE_PAGES / 4);
+    ck_assert_int_eq(pages_in_last_up(&e, EDGE_PAGES), EDGE_PAGES);
+    /* not acknowledged yet: a change sends the whole list again */
+    edge_views(&e, "y", 0, true);
+    now += 10;
+    ck_assert(up(&e));
+    ck_assert_int_eq(pages_in_last_up(&e, EDGE_PAGES), EDGE_PAGES);
+    hub_takes(&a);
+    ck_assert_uint_eq(hub_total(&a, 0), 4);
+    ck_assert_uint_eq(hub_total(&a, EDGE_PAGES / 4), 2);
+    ck_assert_uint_eq(hub_total(&a, EDGE_PAGES - 1), 1);
+    /* few pages: one message holds them all */
+    pages_acked(&f, PRESENCE_CHANGES_MIN_PAGES - 1);
+    edge_views(&f, "w", 0, true);
+    now += 10;
+    ck_assert(up(&f));
+    ck_assert_int_eq(pages_in_last_up(&f, PRESENCE_CHANGES_MIN_PAGES - 1),
+                     PRESENCE_CHANGES_MIN_PAGES - 1);
+}
+END_TEST
+
+/* e moves to b with a change not yet acknowledged: b holds e's pages as a
+ * relayed them, and a record of e made by this UP, with none of its list.
+ * The change alone would stand for all e's pages at b: b waits for the
+ * whole list, which e sends once it hears b's session. */
+START_TEST(a_change_that_reaches_a_new_hub_waits_for_the_whole_list)
+{
+    pages_acked(&e, EDGE_PAGES); /* its relay lost */
+    now += HB;
+    heartbeat(&a, &b);
+    ck_assert_uint_eq(heartbeat(&b, &a), 1); /* b wants e */
+    ck_assert_uint_gt(relay(&a, "e", &b), 1);
+    ck_assert_uint_eq(hub_total(&b, 8), 1);
+    edge_views(&e, "w", 7, true);
+    now += 10;
+    ck_assert(up(&e));
+    ck_assert_uint_eq(nparts, 1);
+    struct tier_child *ch = hub_takes(&b);
+    ck_assert_uint_eq(hub_total(&b, 8), 1);
+    ck_assert_uint_eq(hub_total(&b, 7), 1);
+    down(&b, ch, &e);
+    now += 10;
+    ck_assert(up(&e));
+    ck_assert_uint_gt(nparts, 1);
+    hub_takes(&b);
+    for (int i = 0; i < EDGE_PAGES; i++)
+        ck_assert_uint_eq(hub_total(&b, i), i == 7 ? 2 : 1);
+}
+END_TEST
+
 Suite *tier_suite(void)
 {
     Suite *s = suite_create("tier");
@@ -1440,6 +1674,11 @@ Suite *tier_suite(void)
     tcase_add_test(tc,
                    a_heartbeat_at_rest_is_a_keepalive_and_all_pages_go_every_third_of_the_timeout);
     tcase_add_test(tc, a_keepalive_touches_no_count_and_the_next_full_one_heals);
+    tcase_add_test(tc, an_up_carries_only_the_pages_that_changed);
+    tcase_add_test(tc, an_up_lost_on_its_way_loses_no_change);
+    tcase_add_test(tc, a_page_left_goes_up_as_an_empty_range);
+    tcase_add_test(tc, past_a_quarter_of_the_pages_changed_the_whole_list_goes_up);
+    tcase_add_test(tc, a_change_that_reaches_a_new_hub_waits_for_the_whole_list);
     suite_add_tcase(s, tc);
     return s;
 }
