@@ -7,6 +7,7 @@ Environment:
   TALLY_KEEP_WORKDIR  1: a failed test's brokers' configs, logs and state are kept, and the
                  directory is named in the test's output; always: every test's
 """
+import json
 import os
 import shutil
 import signal
@@ -55,6 +56,21 @@ def wait_for(predicate, timeout=10.0, interval=0.05, what="condition"):
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def next_stats(client, node):
+    """The next stats document node publishes from now on (client: a Watcher of it)."""
+    topic = f"$tally/stats/{node}"
+    n = len(client.values(topic))
+    wait_for(lambda: len(client.values(topic)) > n, 5, what=f"a new {topic}")
+    return json.loads(client.last(topic))
+
+
+def repl_out_since(client, node, start):
+    """(bytes node sent for replication, seconds) from the stats document start to the next."""
+    end = next_stats(client, node)
+    return (end["repl"]["bytes_out"] - start["repl"]["bytes_out"],
+            (end["uptime_ms"] - start["uptime_ms"]) / 1000)
 
 
 class Broker:

@@ -8,13 +8,12 @@ page CHANGES times. The count at b stays exact, and what a sends for replication
 churns, beyond what it sends at rest (its heartbeats, stats), is small per change. Before, each
 change (up to one per publish_interval_ms) sent all PAGES counts again: about 35 KB here."""
 
-import json
 import os
 import time
 
 import pytest
 
-from conftest import chain, wait_for
+from conftest import chain, next_stats, repl_out_since, wait_for
 
 PAGES = 3000
 CHANGES = 40
@@ -24,21 +23,6 @@ PER_CHANGE_MAX = 3000  # bytes; a full announcement of PAGES pages is about 35 K
 
 def page(i):
     return f"presence/page-{i:04d}"
-
-
-def next_stats(client, node):
-    """The next stats document node publishes from now on."""
-    topic = f"$tally/stats/{node}"
-    n = len(client.values(topic))
-    wait_for(lambda: len(client.values(topic)) > n, 5, what=f"a new {topic}")
-    return json.loads(client.last(topic))
-
-
-def repl_out_since(client, node, start):
-    """(bytes node sent for replication, seconds) from the stats document start to the next."""
-    end = next_stats(client, node)
-    return (end["repl"]["bytes_out"] - start["repl"]["bytes_out"],
-            (end["uptime_ms"] - start["uptime_ms"]) / 1000)
 
 
 def view_pages(stats, watcher, holder, n):

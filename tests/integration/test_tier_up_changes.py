@@ -8,10 +8,9 @@ it sends at rest (heartbeat UPs), is small per change; viewers stay exact at bot
 e2, whose own viewer watches the churned page. Before, each change sent all PAGES pages again:
 11,609-12,551 B a change here (the code before, 2026-12-02; 42-48 B after)."""
 
-import json
 import time
 
-from conftest import wait_for
+from conftest import next_stats, repl_out_since, wait_for
 from test_tiers import OPTIONS, edge_bridge
 
 PAGES = 500
@@ -22,21 +21,6 @@ PER_CHANGE_MAX = 1000  # bytes; the whole list of PAGES pages is about 11 KB
 
 def page(i):
     return f"presence/a-page-of-the-site-{i:04d}"
-
-
-def next_stats(client, node):
-    """The next stats document node publishes from now on."""
-    topic = f"$tally/stats/{node}"
-    n = len(client.values(topic))
-    wait_for(lambda: len(client.values(topic)) > n, 5, what=f"a new {topic}")
-    return json.loads(client.last(topic))
-
-
-def bytes_out_since(client, node, start):
-    """(bytes node sent for replication, seconds) from the stats document start to the next."""
-    end = next_stats(client, node)
-    return (end["repl"]["bytes_out"] - start["repl"]["bytes_out"],
-            (end["uptime_ms"] - start["uptime_ms"]) / 1000)
 
 
 def test_one_page_churning_at_an_edge_costs_its_range_alone_and_stays_exact(brokers):
@@ -66,7 +50,7 @@ def test_one_page_churning_at_an_edge_costs_its_range_alone_and_stays_exact(brok
         time.sleep(1.0)
         rest_start = next_stats(stats, "e1")
         time.sleep(3.0)
-        rest_bytes, rest_s = bytes_out_since(stats, "e1", rest_start)
+        rest_bytes, rest_s = repl_out_since(stats, "e1", rest_start)
 
         churn_start = next_stats(stats, "e1")
         t0 = time.monotonic()
@@ -76,7 +60,7 @@ def test_one_page_churning_at_an_edge_costs_its_range_alone_and_stays_exact(brok
             else:
                 holder.c.unsubscribe("presence/churn")
             time.sleep(max(0.0, t0 + EVERY_S * (k + 1) - time.monotonic()))
-        churn_bytes, churn_s = bytes_out_since(stats, "e1", churn_start)
+        churn_bytes, churn_s = repl_out_since(stats, "e1", churn_start)
 
         extra = churn_bytes - rest_bytes / rest_s * churn_s
         print(f"e1 sent {extra / CHANGES:.0f} B a change beyond its rest "

@@ -788,6 +788,19 @@ static void lose_a_relay(void)
     ck_assert_uint_eq(relay(&a, "e", NULL), 1); /* lost */
 }
 
+/* lose_a_relay, then e dies; b's heartbeat wants e's viewers of a, and it is
+ * 2 heartbeats before a forgets e. Returns when a last heard e. */
+static uint64_t e_dies_and_b_wants_it(void)
+{
+    lose_a_relay();
+    uint64_t last_heard = now;
+    now += HB;
+    heartbeat(&a, &b);
+    ck_assert_uint_eq(heartbeat(&b, &a), 1);
+    now = last_heard + TIMEOUT - 2 * HB;
+    return last_heard;
+}
+
 /* A relay lost on its way: the next listing shows b that it lacks e's
  * latest viewers, b's heartbeat wants them, a relays them whole. */
 START_TEST(a_lost_relay_is_wanted_and_sent_again)
@@ -833,12 +846,7 @@ START_TEST(a_relay_long_after_an_edge_was_heard_does_not_revive_it)
 {
     struct node *c = &f; /* a hub restarted: no listing of e yet */
     tier_hub_init(&c->hub, "c", 333);
-    lose_a_relay();
-    uint64_t last_heard = now; /* e dies */
-    now += HB;
-    heartbeat(&a, &b);
-    ck_assert_uint_eq(heartbeat(&b, &a), 1); /* b wants e */
-    now = last_heard + TIMEOUT - 2 * HB;
+    uint64_t last_heard = e_dies_and_b_wants_it();
     expire(&a);
     ck_assert_ptr_nonnull(tier_hub_child(&a.hub, "e")); /* a still holds e's record */
     ck_assert_uint_ge(relay(&a, "e", c), 1);            /* the answer, flooded to c too */
@@ -860,12 +868,7 @@ END_TEST
  * entry of an UP a heard itself is not news to a. */
 START_TEST(a_hubs_own_relay_back_through_a_ring_does_not_keep_its_edge_alive)
 {
-    lose_a_relay();
-    uint64_t last_heard = now; /* e dies */
-    now += HB;
-    heartbeat(&a, &b);
-    ck_assert_uint_eq(heartbeat(&b, &a), 1); /* b wants e */
-    now = last_heard + TIMEOUT - 2 * HB;
+    uint64_t last_heard = e_dies_and_b_wants_it();
     ck_assert_uint_ge(relay(&a, "e", &b), 1);
     now += 2 * HB - 1; /* around the ring, back at a */
     for (size_t i = 0; i < nparts; i++)
