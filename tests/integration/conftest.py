@@ -73,6 +73,28 @@ def repl_out_since(client, node, start):
             (end["uptime_ms"] - start["uptime_ms"]) / 1000)
 
 
+def bytes_a_change(stats, node, holder, changes, every_s, page="presence/churn"):
+    """What node sends for replication a change of one page, beyond what it sends at rest:
+    holder (a client of node) subscribes to page and unsubscribes, `changes` times in all,
+    `every_s` apart. Returns (bytes a change, how they were measured)."""
+    time.sleep(1.0)
+    rest_start = next_stats(stats, node)
+    time.sleep(3.0)
+    rest_bytes, rest_s = repl_out_since(stats, node, rest_start)
+    churn_start = next_stats(stats, node)
+    t0 = time.monotonic()
+    for k in range(changes):
+        if k % 2 == 0:
+            holder.c.subscribe(page, 0)
+        else:
+            holder.c.unsubscribe(page)
+        time.sleep(max(0.0, t0 + every_s * (k + 1) - time.monotonic()))
+    churn_bytes, churn_s = repl_out_since(stats, node, churn_start)
+    extra = churn_bytes - rest_bytes / rest_s * churn_s
+    return extra / changes, (f"{churn_bytes} B in {churn_s:.1f} s churning, "
+                             f"{rest_bytes} B in {rest_s:.1f} s at rest")
+
+
 class Broker:
     """One mosquitto process with the tally plugin (or without, plain=True)."""
 
