@@ -449,11 +449,15 @@ uint32_t presence_announce(struct tally_presence *pr, const char *origin, uint64
  * alone that a newer message overtook (two paths in a ring, one of them
  * broken for a while) is dropped and leaves its page wrong until our next
  * full announcement (at most peer_timeout_ms / 3). */
+bool presence_changes_worth_alone(const struct tally_presence *pr, uint64_t nchanged)
+{
+    return nchanged <= PRESENCE_CHANGES_MAX && pr->nlocal_pages >= PRESENCE_CHANGES_MIN_PAGES &&
+           nchanged * 4 <= pr->nlocal_pages;
+}
+
 static bool changes_worth_alone(const struct tally_presence *pr)
 {
-    return pr->local_changed && !pr->changed_all &&
-           pr->nlocal_pages >= PRESENCE_CHANGES_MIN_PAGES &&
-           (uint64_t)pr->nchanged * 4 <= pr->nlocal_pages;
+    return pr->local_changed && !pr->changed_all && presence_changes_worth_alone(pr, pr->nchanged);
 }
 
 static int by_u64(const void *a, const void *b)

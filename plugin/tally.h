@@ -612,6 +612,10 @@ uint32_t presence_announce(struct tally_presence *pr, const char *origin, uint64
 uint32_t presence_announce_changes(struct tally_presence *pr, const char *origin,
                                    uint64_t incarnation, uint64_t first_seq, struct wire_buf *b,
                                    void (*emit)(const struct wire_buf *msg, void *ud), void *ud);
+/* Whether nchanged changed hashes are worth sending alone, each in a range
+ * of its own, rather than every page (the rule above; presence.c,
+ * changes_worth_alone; an edge's UP takes it too, tier.c). */
+bool presence_changes_worth_alone(const struct tally_presence *pr, uint64_t nchanged);
 /* Our counts went where they go without an announcement (an edge's UP):
  * the changes start again from none. */
 void presence_changes_clear(struct tally_presence *pr);

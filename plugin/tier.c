@@ -939,7 +939,7 @@ static int edge_follow_pages(struct tier_edge *e, const struct hashed_list *l,
  * the hub acknowledges that part, so a lost UP loses no change. The whole
  * list goes when it is owed (the first UP, a new hub or session, as
  * before), until an UP that holds it is acknowledged, and in place of
- * changes not worth sending alone (presence.c's rule, changes_worth_alone:
+ * changes not worth sending alone (presence.c's rule, presence_changes_worth_alone:
  * more than PRESENCE_CHANGES_MAX hashes or a quarter of the pages, or fewer
  * than PRESENCE_CHANGES_MIN_PAGES pages). A change then costs a part of
  * about 60 bytes plus its page's, not every page the edge views. A hub
@@ -983,13 +983,6 @@ static void edge_take_changes(struct tier_edge *e, struct tally_presence *pr)
     e->npage_changes = k;
     if (k > PRESENCE_CHANGES_MAX)
         e->pages_all = true;
-}
-
-static bool changes_worth_alone(const struct tier_edge *e, const struct tally_presence *pr)
-{
-    return !e->pages_all && e->npage_changes <= PRESENCE_CHANGES_MAX &&
-           pr->nlocal_pages >= PRESENCE_CHANGES_MIN_PAGES &&
-           (uint64_t)e->npage_changes * 4 <= pr->nlocal_pages;
 }
 
 /* Each unacknowledged change in a part of its own (above). */
@@ -1072,7 +1065,7 @@ int tier_edge_up(struct tier_edge *e, struct tally_table *t, struct tally_presen
     bool watch = unacked(e, e->watch_changed, e->watch_sent_seq);
     edge_take_changes(e, pr);
     bool pages = unacked(e, e->pages_all, e->pages_sent_seq) ||
-                 (e->npage_changes && !changes_worth_alone(e, pr));
+                 (e->npage_changes && !presence_changes_worth_alone(pr, e->npage_changes));
     struct wire_buf ent = {0};
     for (struct tier_mine *m = e->mine; m; m = m->hh.next) {
         struct tally_counter *c = table_find(t, m->name, m->len);
@@ -2090,8 +2083,6 @@ int tier_hub_heartbeat(struct tier_hub *h, struct tally_presence *pr, uint64_t i
     return rc;
 }
 
-/* A hub's heartbeat, new here: its edges are alive as of when it heard them,
- * and the edges it wants that we carry are relayed whole at our next tick. */
 /* Whether wp is a relay of an edge of ours that we sent (its seq below our
  * next), back to us around a ring of hubs. Its entry of the edge is ours,
  * aged as it left: taken as news at its arrival, it put our last hearing
@@ -2106,11 +2097,14 @@ static bool our_own_relay(struct tier_hub *h, const struct wire_presence *wp)
     return ch && ch->incarnation == wp->incarnation && wp->seq < ch->relay_next;
 }
 
+/* A hub's heartbeat, new here: its edges are alive as of when it heard them,
+ * and the edges it wants that we carry are relayed whole at our next tick. */
 int tier_hub_heard(struct tier_hub *h, struct tally_presence *pr, const struct wire_presence *wp,
                    uint64_t now_ms)
 {
     char id[TALLY_NODE_ID_MAX + 1];
-    for (uint32_t i = 0; i < wp->nlisted && !our_own_relay(h, wp); i++) {
+    uint32_t nlisted = our_own_relay(h, wp) ? 0 : wp->nlisted;
+    for (uint32_t i = 0; i < nlisted; i++) {
         const struct wire_presence_edge *e = &wp->listed[i];
         memcpy(id, e->id, e->len);
         id[e->len] = '\0';
