@@ -667,14 +667,24 @@ static void fold_at(const struct lives *l, uint32_t i, uint32_t *replica, uint64
 static void add_replicas_and_folds(cJSON *data, const cJSON *cmd, const struct tally_table *t,
                                    const struct tally_counter *c, size_t max_bytes)
 {
-    struct lives slots = {
-        "replicas", "replicaOffset", "replicaTotalCount", t, table_base(t, c), c->nslots, slot_at,
-        c};
+    struct lives slots = {.list = "replicas",
+                          .offset = "replicaOffset",
+                          .total = "replicaTotalCount",
+                          .t = t,
+                          .base = table_base(t, c),
+                          .n = c->nslots,
+                          .at = slot_at,
+                          .src = c};
     add_lives(data, &slots, (uint32_t)int_field(cmd, "replicaOffset", 0, 0, INT32_MAX),
               (uint32_t)int_field(cmd, "replicaCount", 100, 0, LIST_MAX), max_bytes / 4);
     const struct tally_folds *f = table_folds(t, c);
-    struct lives folds = {"folds", "foldOffset", "foldTotalCount", t,
-                          NULL,    f ? f->n : 0, fold_at,          f};
+    struct lives folds = {.list = "folds",
+                          .offset = "foldOffset",
+                          .total = "foldTotalCount",
+                          .t = t,
+                          .n = f ? f->n : 0,
+                          .at = fold_at,
+                          .src = f};
     add_lives(data, &folds, (uint32_t)int_field(cmd, "foldOffset", 0, 0, INT32_MAX),
               (uint32_t)int_field(cmd, "foldCount", 100, 0, LIST_MAX), max_bytes / 8);
 }
