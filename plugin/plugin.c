@@ -1402,8 +1402,8 @@ static void emit_presence(const struct wire_buf *msg, void *ud)
 
 /* The heartbeat that keeps us alive in every node's eyes, and our edges in
  * theirs (the listing): our own viewer counts, in as many messages as
- * max_message_bytes needs, every peer_timeout_ms / 3 or when owed, else a
- * keepalive of no range (tier.c, "the heartbeat's pages"). */
+ * max_message_bytes needs, the first time or when owed, else a keepalive of
+ * no range with the digest of them (tier.c, "the heartbeat's pages"). */
 static void announce_presence(void)
 {
     uint64_t first = next_seq(&g.presence_seq), now = mono_ms();
@@ -1450,8 +1450,8 @@ static void publish_due(uint64_t now)
 
 /* Our viewer counts that changed, alone when that is cheaper than all of
  * them (presence_announce_changes), else in full. Changes sent alone are
- * not a heartbeat: the full announcement still goes every
- * peer_timeout_ms / 3, and heals a change lost or overtaken on its way. */
+ * not a heartbeat: a change lost or overtaken on its way is healed once our
+ * heartbeat's digest shows the receiver it lacks it (tier.c). */
 static void announce_changes(void)
 {
     uint64_t first = next_seq(&g.presence_seq);

@@ -18,20 +18,23 @@
  * each covering a range of presence_hash(page) and replacing the origin's
  * counts of that range only, so each stands on its own.
  *
- * The full announcement goes every peer_timeout_ms / 3, and the heartbeats
- * between are keepalives: a message of no range (lo > hi), which a receiver
- * takes as "alive" and which replaces no count (tier.c, "the heartbeat's
- * pages"). A change of our counts costs what changed: each changed hash h
- * goes alone, in a message of its own seq covering [h, h] with our pages of
- * that hash (none if the page left), which receivers take as they take any
- * range. Two changed hashes never share a range, as that range would have
- * to list every page of ours between them. A node holding few pages, or
- * changes that are a large part of its pages, announces in full as before
+ * The full announcement goes at our first heartbeat and when owed; the
+ * heartbeats between are keepalives: a message of no range (lo > hi), which
+ * a receiver takes as "alive" and which replaces no count, ending with the
+ * digest of our counts (pr->local_digest), so that a receiver holding other
+ * counts asks for them all (tier.c, "the heartbeat's pages"). A change of
+ * our counts costs what changed: each changed hash h goes alone, in a
+ * message of its own seq covering [h, h] with our pages of that hash (none
+ * if the page left), which receivers take as they take any range. Two
+ * changed hashes never share a range, as that range would have to list
+ * every page of ours between them. A node holding few pages, or changes
+ * that are a large part of its pages, announces in full as before
  * (changes_worth_alone says why). A change sent alone and lost, or
  * overtaken by a newer message of ours (a ring, one path broken for a
- * while), leaves its page wrong there until the next full announcement, as
- * a lost part of a full announcement does. The changed hashes are kept, not
- * the pages: a page that went to 0 may be freed before the announcement.
+ * while), leaves its page wrong there until our next heartbeat shows the
+ * receiver another digest, as a lost part of a full announcement does. The
+ * changed hashes are kept, not the pages: a page that went to 0 may be
+ * freed before the announcement.
  *
  * An edge's counts come to the other hubs from its hub's relays (tier.c),
  * sent only when they change; its hub's own heartbeat lists it with the
@@ -228,6 +231,15 @@ static uint64_t page_total(const struct tally_page *pg)
 
 /* ==== Local viewers ==== */
 
+/* Sets our own count of pg, keeping the digest of our counts that our
+ * heartbeat carries (tier.c, "the heartbeat's own entry"). */
+static void local_count(struct tally_presence *pr, struct tally_page *pg, uint64_t n)
+{
+    pr->local_digest += presence_digest(pg->name, pg->name_len, n) -
+                        presence_digest(pg->name, pg->name_len, pg->local);
+    pg->local = n;
+}
+
 /* Our count of pg changed: its hash joins the changes the next announcement
  * may send alone (presence_announce_changes), once per announcement, up to
  * PRESENCE_CHANGES_MAX hashes; past that only a full one will do. */
@@ -298,7 +310,8 @@ int presence_view(struct tally_presence *pr, const char *client, const char *pag
     view->key = (struct view_key){v, pg};
     HASH_ADD(hh, pr->views, key, sizeof(view->key), view);
     DL_APPEND(v->views, view);
-    if (pg->local++ == 0)
+    local_count(pr, pg, pg->local + 1);
+    if (pg->local == 1)
         pr->nlocal_pages++;
     pr->nviews++;
     local_changed(pr, pg);
@@ -311,7 +324,8 @@ static void viewer_forget(struct tally_presence *pr, struct tally_viewer *v,
                           struct tally_view *view)
 {
     struct tally_page *pg = (struct tally_page *)view->key.page;
-    if (--pg->local == 0)
+    local_count(pr, pg, pg->local - 1);
+    if (pg->local == 0)
         pr->nlocal_pages--;
     pr->nviews--;
     local_changed(pr, pg);
@@ -447,8 +461,8 @@ uint32_t presence_announce(struct tally_presence *pr, const char *origin, uint64
  * pages: such a full announcement is one message of a few kilobytes, and
  * one message that replaces all our counts stands alone, where a change sent
  * alone that a newer message overtook (two paths in a ring, one of them
- * broken for a while) is dropped and leaves its page wrong until our next
- * full announcement (at most peer_timeout_ms / 3). */
+ * broken for a while) is dropped and leaves its page wrong until the
+ * receiver asks for them all (after our next heartbeat, tier.c). */
 bool presence_changes_worth_alone(const struct tally_presence *pr, uint64_t nchanged)
 {
     return nchanged <= PRESENCE_CHANGES_MAX && pr->nlocal_pages >= PRESENCE_CHANGES_MIN_PAGES &&

@@ -546,6 +546,7 @@ struct tally_presence {
     uint32_t norigins;
     uint64_t nviews;       /* local (client, page) pairs */
     uint64_t nlocal_pages; /* pages with local viewers */
+    uint64_t local_digest; /* presence_digest summed over our own counts (tier.c's own entry) */
     uint64_t max_views;
     bool local_changed; /* our own counts changed since the last announce */
     /* The presence_hash of each page whose local count changed since the
@@ -994,16 +995,18 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
  * own listing entry as of now_ms; returns TALLY_OK or a tally_err. */
 int tier_hub_relay(struct tier_child *ch, size_t max_bytes, uint64_t now_ms, struct wire_buf *out,
                    tier_emit_fn *emit, void *ud);
-/* Whether the heartbeat at now_ms announces all our pages: the first one
- * (last_ms 0), and then every timeout_ms / 3; in between, a keepalive. */
+/* Whether the heartbeat at now_ms lists all our children: the first one
+ * (last_ms 0), and then every timeout_ms / 3; in between, those relayed
+ * since. */
 bool tier_heartbeat_all_pages(uint64_t now_ms, uint64_t last_ms, uint64_t timeout_ms);
-/* The next heartbeat announces all our pages, whatever the time: a change
- * could not go alone, or a node was heard anew (it may hold none of them). */
+/* The next heartbeat announces all our pages: a change could not go alone,
+ * a node was heard anew (it may hold none of them), or one wants them. */
 void tier_hub_owe_pages(struct tier_hub *h);
 /* The hub's presence heartbeat (every node's, tiers or not): its own viewers
- * (presence_announce, from first_seq on) when tier_heartbeat_all_pages says
- * so or they are owed, else a keepalive (a PRESENCE of no range: alive, no
- * count touched), with the listing of its children (all of them every
+ * (presence_announce, from first_seq on) the first time and when owed, else
+ * its changes not yet sent (presence_announce_changes) and a keepalive (a
+ * PRESENCE of no range: alive, no count touched), with its own entry (the
+ * digest of its viewers), the listing of its children (all of them every
  * timeout_ms / 3, else those relayed since) and its wants appended (tier.c,
  * "the heartbeat's listing"), in as many parts of at most max_bytes as it
  * needs, each passed to emit; *sent: how many. Returns TALLY_OK or a

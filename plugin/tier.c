@@ -1904,13 +1904,12 @@ int tier_hub_relay(struct tier_child *ch, size_t max_bytes, uint64_t now_ms, str
 /* ==== Hub: the heartbeat's listing ====
  *
  * A hub's own presence heartbeat (its PRESENCE, every peer_timeout_ms / 5 at
- * most a second: all its pages or a keepalive, below) ends with a listing of
- * the edges it carries, each as (id, incarnation, seq of its latest relay,
- * digest of its pages, ms since it was last heard), and the origins whose
- * pages this hub wants. The listing names every edge every
- * peer_timeout_ms / 3, and in between the edges relayed since the last one,
- * so that a lost relay is found at the next heartbeat. Each entry stands
- * alone. Each hub applies a listing
+ * most a second: all its pages or a keepalive, below) ends with a listing:
+ * its own entry ("the heartbeat's own entry", below), the edges it carries,
+ * each as (id, incarnation, seq of its latest relay, digest of its pages,
+ * ms since it was last heard), and the origins whose pages this hub wants. The listing names every
+ * edge every peer_timeout_ms / 3, and in between the edges relayed since the last one, so that a
+ * lost relay is found at the next heartbeat. Each entry stands alone. Each hub applies a listing
  * (tier_hub_heard): a listed edge is alive as of when its carrier last heard
  * it (presence_origin_listed), so its viewers stay while some live hub lists
  * it and leave peer_timeout_ms after the last hub that heard it did; and a
@@ -1947,13 +1946,17 @@ struct listing {
     uint32_t n, nlisted;
 };
 
-static int listing_build(struct tier_hub *h, const struct tally_presence *pr, uint64_t now_ms,
-                         uint64_t timeout_ms, bool full, struct listing *l)
+static int listing_build(struct tier_hub *h, const struct tally_presence *pr,
+                         const struct wire_presence_edge *own, uint64_t now_ms, uint64_t timeout_ms,
+                         bool full, struct listing *l)
 {
-    size_t cap = HASH_COUNT(h->children) + HASH_COUNT(pr->origins) + 1;
+    size_t cap = HASH_COUNT(h->children) + HASH_COUNT(pr->origins) + 2;
     l->ends = malloc(cap * sizeof(*l->ends));
     if (!l->ends)
         return TALLY_E_NOMEM;
+    wire_presence_edge(&l->ent, own);
+    l->ends[l->n++] = l->ent.len;
+    l->nlisted++;
     for (struct tier_child *ch = h->children; ch; ch = ch->hh.next) {
         if (!full && !ch->list_owed)
             continue;
@@ -1996,34 +1999,48 @@ static void listing_append(const struct listing *l, uint32_t *i, struct wire_buf
 /* ==== Hub: the heartbeat's pages ====
  *
  * Every node's heartbeat (a flat cluster's too: plugin.c runs this one for
- * every node that is not an edge) carries all its pages only every
- * timeout_ms / 3, as the full listing goes; in between it is a keepalive, a
- * PRESENCE of no range (lo > hi) with the listing: receivers take it as
- * "alive" (its seq is new: presence_apply, tier_hub_says_alive) and touch
- * no count (presence_origin_begin of no range). At rest a node then costs
- * its peers about 40 bytes a heartbeat, not its page count: at 40,000 views
- * a full announcement is about 0.33 MB, once a second before.
+ * every node that is not an edge) carries all its pages only the first time
+ * and when owed; otherwise it is its changes not yet sent, if any, and a
+ * keepalive, a PRESENCE of no range (lo > hi) with the listing: receivers
+ * take it as "alive" and touch no count (presence_origin_begin of no range).
  *
- * What keeps the counts exact: a change goes at once (alone or in full,
- * presence_announce_changes), and a receiver holds an origin's counts until
- * a newer message replaces them or the origin expires. What heals a change
- * lost on its way (or overtaken and dropped) is the next full announcement,
- * at most timeout_ms / 3 later (5 s by default; it was the next heartbeat,
- * at most 1 s). A receiver that holds none of our counts gets them all at
- * our next heartbeat, not timeout_ms / 3 later: our own restart starts with
- * a full one (last_all_pages_ms 0), and a node heard anew (first heard, a
- * new incarnation, or alive again after it expired: it restarted, or a
- * partition healed and it dropped our viewers; plugin.c's on_presence) or
- * restarted with its state (its stats numbered from 1 again under the same
- * incarnation, on_stats) owes one (tier_hub_owe_pages). A keepalive taken
- * by a receiver that expired us makes us alive there with no counts until
- * then: it expired us as it did not hear us, so we did not hear it either,
- * and hear it anew.
+ * The heartbeat's own entry. The listing starts with an entry for the node
+ * itself, as for an edge it carries: (its id, incarnation, the seq of the
+ * part the entry rides, the digest of its own counts, age 0). A receiver
+ * takes it as it takes any entry (tier_hub_heard, presence_origin_listed):
+ * the node is alive as of now, and a receiver that holds the seq named or
+ * an older one, with another digest of the node's counts (presence_origin_
+ * wanted), lacks some of them, and puts the node among the wants of its
+ * own next heartbeat. A node that finds itself among a heartbeat's wants
+ * owes all its pages (tier_hub_heard), and its next heartbeat carries them.
+ * The digest is of counts sent: changes still unsent go ahead of the
+ * keepalive, in the same heartbeat, so they never make a receiver want us
+ * for nothing. This is PRESENCE version 3 as it was: a node of the version
+ * before takes our entry and asks the same way (it already computes wants
+ * from listings); we take its full announcements as before.
  *
- * Faster healing of a lost change would need the keepalive to carry a
- * digest of our counts (the sum of presence_digest, as the listing's
- * entries do for edges) and the receiver to ask for all of them when its
- * own differs: a wire change (PRESENCE version 4), not made. */
+ * What it buys. At rest a node costs its peers a keepalive of 70-80 bytes
+ * a heartbeat, however many pages it holds: at 40,000 views a full
+ * announcement is about 0.33 MB, and it went every timeout_ms / 3 before
+ * (once a second before that). And every way a receiver can come to hold
+ * other counts than ours is healed at our next heartbeat but one (at most
+ * 2 s), where it waited for the next full announcement before (up to
+ * timeout_ms / 3, 5 s by default): a change lost on its way or overtaken
+ * and dropped; a receiver that restarted, or that expired us while we
+ * still heard it (one direction of a path lost for a while: then it does
+ * not hear us anew, and we owe it nothing we know of). The older ways
+ * stay: a node heard anew (first heard, a new incarnation, alive again
+ * after it expired; plugin.c's on_presence) or restarted with its state
+ * (on_stats) is owed our pages at once. What stays exact: a change goes
+ * at once, and a receiver holds an origin's counts until a newer message
+ * replaces them or the origin expires.
+ *
+ * What it costs: a receiver whose wants cannot reach us (one direction of
+ * every path lost) keeps what it holds until they can, where a periodic
+ * full announcement would have reached it; it hears from us, so its
+ * counts are at worst those of a change ago. A digest that differs
+ * because of a collision of presence_digest (64 bits) would hide a lost
+ * change: at 2^-64 a comparison, not guarded. */
 
 bool tier_heartbeat_all_pages(uint64_t now_ms, uint64_t last_ms, uint64_t timeout_ms)
 {
@@ -2037,15 +2054,22 @@ void tier_hub_owe_pages(struct tier_hub *h)
 
 /* All our pages (held back in hd, to append the listing), or a keepalive. */
 static uint32_t heartbeat_pages(struct tier_hub *h, struct tally_presence *pr, uint64_t incarnation,
-                                uint64_t first_seq, uint64_t now_ms, uint64_t timeout_ms,
-                                size_t max_bytes, struct wire_buf *out, struct held *hd)
+                                uint64_t first_seq, uint64_t now_ms, size_t max_bytes,
+                                struct wire_buf *out, struct held *hd)
 {
-    if (!h->all_pages_owed && !tier_heartbeat_all_pages(now_ms, h->last_all_pages_ms, timeout_ms)) {
-        wire_presence_begin(&hd->last, h->node_id, incarnation, first_seq, 1, 0, 0);
-        return 1;
+    uint32_t sent = 0;
+    if (!h->all_pages_owed && h->last_all_pages_ms) {
+        /* What changed goes first, so that the digest of our own entry is
+         * of counts the receivers have been sent. */
+        if (pr->local_changed)
+            sent = presence_announce_changes(pr, h->node_id, incarnation, first_seq, out, hd->emit,
+                                             hd->ud);
+        if (!pr->local_changed) {
+            wire_presence_begin(&hd->last, h->node_id, incarnation, first_seq + sent, 1, 0, 0);
+            return sent + 1;
+        }
     }
-    uint32_t sent =
-        presence_announce(pr, h->node_id, incarnation, first_seq, max_bytes, out, hold_part, hd);
+    sent = presence_announce(pr, h->node_id, incarnation, first_seq, max_bytes, out, hold_part, hd);
     if (sent) {
         h->last_all_pages_ms = now_ms;
         h->all_pages_owed = false;
@@ -2060,13 +2084,20 @@ int tier_hub_heartbeat(struct tier_hub *h, struct tally_presence *pr, uint64_t i
     struct held hd = {.emit = emit, .ud = ud};
     struct listing l = {0};
     bool full = tier_heartbeat_all_pages(now_ms, h->last_full_listing_ms, timeout_ms);
-    *sent = heartbeat_pages(h, pr, incarnation, first_seq, now_ms, timeout_ms, max_bytes, out, &hd);
-    int rc = *sent ? listing_build(h, pr, now_ms, timeout_ms, full, &l) : TALLY_E_NOMEM;
+    *sent = heartbeat_pages(h, pr, incarnation, first_seq, now_ms, max_bytes, out, &hd);
+    /* Our own entry names the part it rides: the last of our pages if it
+     * fits there, else the first part of the listing alone. */
+    struct wire_presence_edge own = {
+        h->node_id, strlen(h->node_id), incarnation, first_seq + *sent - 1, pr->local_digest, 0};
+    size_t own_len = 1 + own.len + 8 + varint_len(own.seq) + 8 + 1;
+    if (hd.last.len + 10 + own_len > max_bytes)
+        own.seq++;
+    int rc = *sent ? listing_build(h, pr, &own, now_ms, timeout_ms, full, &l) : TALLY_E_NOMEM;
     if (rc == TALLY_OK && full)
         h->last_full_listing_ms = now_ms;
-    /* The last part takes what fits; an empty list adds nothing to it. */
+    /* The last part takes what fits, from our own entry on. */
     uint32_t i = 0;
-    if (rc == TALLY_OK && l.n && hd.last.len + 10 + l.ends[0] <= max_bytes)
+    if (rc == TALLY_OK && hd.last.len + 10 + l.ends[0] <= max_bytes)
         listing_append(&l, &i, &hd.last, max_bytes);
     if (*sent)
         emit(&hd.last, ud);
@@ -2121,6 +2152,8 @@ int tier_hub_heard(struct tier_hub *h, struct tally_presence *pr, const struct w
         struct tier_child *ch = tier_hub_child(h, id);
         if (ch)
             ch->relay_owed = true;
+        else if (strcmp(id, h->node_id) == 0)
+            h->all_pages_owed = true; /* a node that lacks some of our counts */
     }
     return TALLY_OK;
 }

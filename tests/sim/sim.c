@@ -412,8 +412,8 @@ static void hub_relay(struct node *n, struct tier_child *ch)
     wbuf_free(&b);
 }
 
-/* As plugin.c's announce_presence: the hub's own viewers (none here) and
- * the listing of its edges, every HEARTBEAT_MS. */
+/* As plugin.c's announce_presence: the hub's own viewers (none here), its
+ * own entry and the listing of its edges, every HEARTBEAT_MS. */
 static void hub_heartbeat(struct node *n)
 {
     struct wire_buf b = {0};

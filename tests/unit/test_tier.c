@@ -1296,9 +1296,9 @@ START_TEST(a_lost_part_is_not_acknowledged)
 }
 END_TEST
 
-/* ==== The heartbeat's pages: all of them every third of the timeout ==== */
+/* ==== The heartbeat's pages: all of them when owed, else a keepalive with their digest ==== */
 
-START_TEST(all_pages_go_at_the_first_heartbeat_and_every_third_of_the_timeout)
+START_TEST(the_full_listing_goes_at_the_first_heartbeat_and_every_third_of_the_timeout)
 {
     ck_assert(tier_heartbeat_all_pages(5, 0, TIMEOUT)); /* none yet */
     ck_assert(!tier_heartbeat_all_pages(1000, 1000, TIMEOUT));
@@ -1337,10 +1337,11 @@ static void view_pages(struct node *n, int pages)
 
 #define OWN_PAGES 600
 
-/* A node's heartbeat at rest is a keepalive: b holds a's counts as they
- * were and a alive, and every TIMEOUT / 3 (or when owed) all a's pages go
- * again, in parts. */
-START_TEST(a_heartbeat_at_rest_is_a_keepalive_and_all_pages_go_every_third_of_the_timeout)
+/* A node's heartbeat at rest is a keepalive, whatever its pages: b holds
+ * a's counts as they were, a alive, and wants nothing while the digest of
+ * a's own entry is that of the counts b holds. All a's pages go again only
+ * when owed. */
+START_TEST(a_heartbeat_at_rest_is_a_keepalive_whatever_the_pages)
 {
     max_bytes = 4096;
     view_pages(&a, OWN_PAGES);
@@ -1349,18 +1350,11 @@ START_TEST(a_heartbeat_at_rest_is_a_keepalive_and_all_pages_go_every_third_of_th
     ck_assert_uint_gt(nparts, 2);
     ck_assert(!keepalive);
     ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0599", 31), 1);
-    uint64_t full_at = now;
-    int keepalives = 0;
     for (int s = 0; s < 3 * TIMEOUT / HB; s++) {
         now += HB;
-        uint32_t pages = heartbeat_pages_at(&b, &keepalive);
-        if (now - full_at >= TIMEOUT / 3) {
-            ck_assert_uint_eq(pages, OWN_PAGES);
-            full_at = now;
-        } else {
-            ck_assert(keepalive);
-            keepalives++;
-        }
+        ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 0);
+        ck_assert(keepalive);
+        ck_assert_uint_eq(heartbeat(&b, &a), 0); /* b wants nothing of a */
         expire_origins(&b);
         struct tally_origin *o = presence_origin(&b.pr, "a");
         ck_assert(o->alive);
@@ -1368,7 +1362,6 @@ START_TEST(a_heartbeat_at_rest_is_a_keepalive_and_all_pages_go_every_third_of_th
         ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0000", 31), 1);
         ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0599", 31), 1);
     }
-    ck_assert_int_eq(keepalives, 3 * TIMEOUT / HB - 3 * 3);
     /* Owed (a change that could not go alone, a node heard anew): at once. */
     now += HB;
     tier_hub_owe_pages(&a.hub);
@@ -1379,9 +1372,10 @@ START_TEST(a_heartbeat_at_rest_is_a_keepalive_and_all_pages_go_every_third_of_th
 }
 END_TEST
 
-/* b lost all a's counts (it restarted): a keepalive tells it a is alive but
- * counts nothing, and the next full announcement brings every count back. */
-START_TEST(a_keepalive_touches_no_count_and_the_next_full_one_heals)
+/* b lost all a's counts (it restarted): a's keepalive tells it a is alive,
+ * and its own entry that b lacks counts, so b's next heartbeat wants a, and
+ * a's next heartbeat after that carries them all. */
+START_TEST(a_node_that_lacks_our_counts_wants_them_and_has_them_at_our_next_heartbeat)
 {
     view_pages(&a, 100);
     bool keepalive;
@@ -1394,18 +1388,70 @@ START_TEST(a_keepalive_touches_no_count_and_the_next_full_one_heals)
     ck_assert(keepalive);
     ck_assert(presence_origin(&b.pr, "a")->alive);
     ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 0);
-    tier_hub_owe_pages(&a.hub); /* as on_presence does once a hears b anew */
+    ck_assert_uint_eq(heartbeat(&b, &a), 1); /* b wants a */
     now += HB;
     ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 100);
     ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 1);
-    /* A change sent alone then a keepalive: the change stays. */
+    ck_assert_uint_eq(heartbeat(&b, &a), 0);
+    now += HB;
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 0);
+    ck_assert(keepalive);
+}
+END_TEST
+
+/* A change of a's counts goes alone; lost on its way to b, a's next
+ * keepalive shows b another digest: b wants a, and a's next heartbeat
+ * heals it. A change still unsent at a heartbeat goes ahead of it, so that
+ * its digest never makes b want a for nothing. */
+START_TEST(a_change_lost_on_its_way_is_wanted_at_the_next_heartbeat)
+{
+    view_pages(&a, 100);
+    bool keepalive;
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 100);
     ck_assert_int_eq(presence_view(&a.pr, "w", "a-page-with-a-longish-name-0042", 31, &changed),
                      TALLY_OK);
     static uint64_t seq = 1000000; /* above heartbeat()'s */
     nparts = 0;
     ck_assert_uint_eq(presence_announce_changes(&a.pr, "a", 1, ++seq, &out, collect, NULL), 1);
-    presence_takes_part(&b, 0);
+    /* lost */
+    now += HB;
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 0);
+    ck_assert(keepalive);
+    ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 1);
+    ck_assert_uint_eq(heartbeat(&b, &a), 1);
+    now += HB;
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 100);
     ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 2);
+    ck_assert_uint_eq(heartbeat(&b, &a), 0);
+    /* A change made since a's last announcement rides its heartbeat. */
+    ck_assert_int_eq(presence_view(&a.pr, "x", "a-page-with-a-longish-name-0042", 31, &changed),
+                     TALLY_OK);
+    now += HB;
+    heartbeat(&a, &b);
+    ck_assert_uint_eq(nparts, 2); /* the change alone, then the keepalive */
+    ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 3);
+    ck_assert_uint_eq(heartbeat(&b, &a), 0);
+}
+END_TEST
+
+/* b expired a (it did not hear a for a while) while a heard b all along, so
+ * a owes b nothing it knows of: a's next keepalive makes a alive at b with
+ * no counts, and b wants them. */
+START_TEST(a_node_that_expired_us_while_we_heard_it_wants_our_counts)
+{
+    view_pages(&a, 100);
+    bool keepalive;
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 100);
+    now += TIMEOUT + 1;
+    expire_origins(&b);
+    ck_assert(!presence_origin(&b.pr, "a")->alive);
+    ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 0);
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 0);
+    ck_assert(presence_origin(&b.pr, "a")->alive);
+    ck_assert_uint_eq(heartbeat(&b, &a), 1);
+    now += HB;
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 100);
+    ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 1);
 }
 END_TEST
 
@@ -1673,10 +1719,11 @@ Suite *tier_suite(void)
     tcase_add_test(tc, a_lost_part_is_not_acknowledged);
     tcase_add_test(tc, a_hub_holds_only_the_pages_its_edges_view_now);
     tcase_add_test(tc, a_name_nobody_writes_is_neither_shown_nor_kept_at_an_edge);
-    tcase_add_test(tc, all_pages_go_at_the_first_heartbeat_and_every_third_of_the_timeout);
-    tcase_add_test(tc,
-                   a_heartbeat_at_rest_is_a_keepalive_and_all_pages_go_every_third_of_the_timeout);
-    tcase_add_test(tc, a_keepalive_touches_no_count_and_the_next_full_one_heals);
+    tcase_add_test(tc, the_full_listing_goes_at_the_first_heartbeat_and_every_third_of_the_timeout);
+    tcase_add_test(tc, a_heartbeat_at_rest_is_a_keepalive_whatever_the_pages);
+    tcase_add_test(tc, a_node_that_lacks_our_counts_wants_them_and_has_them_at_our_next_heartbeat);
+    tcase_add_test(tc, a_change_lost_on_its_way_is_wanted_at_the_next_heartbeat);
+    tcase_add_test(tc, a_node_that_expired_us_while_we_heard_it_wants_our_counts);
     tcase_add_test(tc, an_up_carries_only_the_pages_that_changed);
     tcase_add_test(tc, an_up_lost_on_its_way_loses_no_change);
     tcase_add_test(tc, a_page_left_goes_up_as_an_empty_range);
