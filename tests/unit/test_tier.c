@@ -1372,6 +1372,18 @@ START_TEST(a_heartbeat_at_rest_is_a_keepalive_whatever_the_pages)
 }
 END_TEST
 
+/* b wants a at its next heartbeat, and a's next carries all its `pages`:
+ * b then counts `viewers` of page 42 and wants nothing more. */
+static void b_wants_a_and_is_healed(uint32_t pages, uint64_t viewers)
+{
+    bool keepalive;
+    ck_assert_uint_eq(heartbeat(&b, &a), 1);
+    now += HB;
+    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), pages);
+    ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), viewers);
+    ck_assert_uint_eq(heartbeat(&b, &a), 0);
+}
+
 /* b lost all a's counts (it restarted): a's keepalive tells it a is alive,
  * and its own entry that b lacks counts, so b's next heartbeat wants a, and
  * a's next heartbeat after that carries them all. */
@@ -1388,11 +1400,7 @@ START_TEST(a_node_that_lacks_our_counts_wants_them_and_has_them_at_our_next_hear
     ck_assert(keepalive);
     ck_assert(presence_origin(&b.pr, "a")->alive);
     ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 0);
-    ck_assert_uint_eq(heartbeat(&b, &a), 1); /* b wants a */
-    now += HB;
-    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 100);
-    ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 1);
-    ck_assert_uint_eq(heartbeat(&b, &a), 0);
+    b_wants_a_and_is_healed(100, 1);
     now += HB;
     ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 0);
     ck_assert(keepalive);
@@ -1418,11 +1426,7 @@ START_TEST(a_change_lost_on_its_way_is_wanted_at_the_next_heartbeat)
     ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 0);
     ck_assert(keepalive);
     ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 1);
-    ck_assert_uint_eq(heartbeat(&b, &a), 1);
-    now += HB;
-    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 100);
-    ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 2);
-    ck_assert_uint_eq(heartbeat(&b, &a), 0);
+    b_wants_a_and_is_healed(100, 2);
     /* A change made since a's last announcement rides its heartbeat. */
     ck_assert_int_eq(presence_view(&a.pr, "x", "a-page-with-a-longish-name-0042", 31, &changed),
                      TALLY_OK);
@@ -1448,10 +1452,7 @@ START_TEST(a_node_that_expired_us_while_we_heard_it_wants_our_counts)
     ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 0);
     ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 0);
     ck_assert(presence_origin(&b.pr, "a")->alive);
-    ck_assert_uint_eq(heartbeat(&b, &a), 1);
-    now += HB;
-    ck_assert_uint_eq(heartbeat_pages_at(&b, &keepalive), 100);
-    ck_assert_uint_eq(presence_total(&b.pr, "a-page-with-a-longish-name-0042", 31), 1);
+    b_wants_a_and_is_healed(100, 1);
 }
 END_TEST
 
