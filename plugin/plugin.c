@@ -773,7 +773,8 @@ static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
     }
     /* A node heard anew (first, restarted, or back after it expired) may
      * hold none of our counts: our next heartbeat has them all, not only a
-     * keepalive (tier.c, "the heartbeat's pages"). */
+     * keepalive. Once its own entry lists it, it asks for them itself
+     * (tier.c, "the heartbeat's pages"). */
     bool anew = !o->alive || o->incarnation != wp.incarnation;
     rc = presence_apply(&g.presence, o, &wp, route);
     if (*route) {

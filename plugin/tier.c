@@ -1907,9 +1907,10 @@ int tier_hub_relay(struct tier_child *ch, size_t max_bytes, uint64_t now_ms, str
  * most a second: all its pages or a keepalive, below) ends with a listing:
  * its own entry ("the heartbeat's own entry", below), the edges it carries,
  * each as (id, incarnation, seq of its latest relay, digest of its pages,
- * ms since it was last heard), and the origins whose pages this hub wants. The listing names every
- * edge every peer_timeout_ms / 3, and in between the edges relayed since the last one, so that a
- * lost relay is found at the next heartbeat. Each entry stands alone. Each hub applies a listing
+ * ms since it was last heard), and the origins whose pages this hub wants.
+ * The listing names every edge every peer_timeout_ms / 3, and in between
+ * the edges relayed since the last one, so that a lost relay is found at
+ * the next heartbeat. Each entry stands alone. Each hub applies a listing
  * (tier_hub_heard): a listed edge is alive as of when its carrier last heard
  * it (presence_origin_listed), so its viewers stay while some live hub lists
  * it and leave peer_timeout_ms after the last hub that heard it did; and a
@@ -2023,15 +2024,18 @@ static void listing_append(const struct listing *l, uint32_t *i, struct wire_buf
  * a heartbeat, however many pages it holds: at 40,000 views a full
  * announcement is about 0.33 MB, and it went every timeout_ms / 3 before
  * (once a second before that). And every way a receiver can come to hold
- * other counts than ours is healed at our next heartbeat but one (at most
- * 2 s), where it waited for the next full announcement before (up to
+ * other counts than ours is healed within two or three of our heartbeats
+ * (2-3 s), where it waited for the next full announcement before (up to
  * timeout_ms / 3, 5 s by default): a change lost on its way or overtaken
  * and dropped; a receiver that restarted, or that expired us while we
  * still heard it (one direction of a path lost for a while: then it does
  * not hear us anew, and we owe it nothing we know of). The older ways
- * stay: a node heard anew (first heard, a new incarnation, alive again
- * after it expired; plugin.c's on_presence) or restarted with its state
- * (on_stats) is owed our pages at once. What stays exact: a change goes
+ * stay for a node that sends no entry of its own (the version before) and
+ * for a node first heard: heard anew (first heard, a new incarnation,
+ * alive again after it expired; plugin.c's on_presence) or restarted with
+ * its state (on_stats), it is owed our pages at once. A node that has sent
+ * its entry is listed (tier_hub_says_alive): it is alive as its entries
+ * say, and asks for what it lacks itself. What stays exact: a change goes
  * at once, and a receiver holds an origin's counts until a newer message
  * replaces them or the origin expires.
  *
@@ -2158,8 +2162,10 @@ int tier_hub_heard(struct tier_hub *h, struct tally_presence *pr, const struct w
     return TALLY_OK;
 }
 
-/* Whether a new PRESENCE from o tells that o is alive now: a hub's own does.
- * One from an edge's origin is a hub's relay of it, which a want or an echo
+/* Whether a new PRESENCE from o tells that o is alive now: a node's own
+ * does until its own entry has listed it ("the heartbeat's own entry"),
+ * and then its entries tell, each as of the part it rides. One from an
+ * edge's origin is a hub's relay of it, which a want or an echo
  * over a ring brings long after the edge was last heard: such an origin, one
  * a hub has listed or a child of ours, is alive as of when its hub last heard
  * it (the listings, or its UPs), or a dead edge's viewers stayed another
