@@ -54,7 +54,8 @@
  *   PRESENCE  str8 origin, u64 incarnation, u64 seq,
  *             u64 lo, u64 hi                                      (v2 on)
  *             varint G, G x { str8 page, varint viewers }
- *             optionally (v3 on), a hub's listing (tier.c):
+ *             optionally (v3 on), a node's listing (tier.c): its own
+ *             entry first (its own id, age 0), then its edges
  *             varint L, L x { str8 edge, u64 incarnation, varint seq,
  *                             u64 digest, varint age_ms }
  *             varint W, W x { str8 origin }                      wants
