@@ -968,9 +968,8 @@ struct tier_hub {
     uint64_t session, children_made;
     uint64_t gen;                  /* tier_hub_tick's count: figures computed once a tick */
     uint64_t last_full_listing_ms; /* tier_hub_heartbeat's last listing of every child */
-    uint64_t last_all_pages_ms;    /* its last announcement of all our pages (0: none yet) */
-    bool all_pages_owed;           /* the next heartbeat announces them all (tier_hub_owe_pages) */
-    struct persist *persist;       /* folds of adopted past lives are logged here (or NULL) */
+    bool all_pages_owed; /* the next heartbeat announces them all (the first; tier_hub_owe_pages) */
+    struct persist *persist; /* folds of adopted past lives are logged here (or NULL) */
     char node_id[TALLY_NODE_ID_MAX + 1];
 };
 
@@ -998,7 +997,7 @@ int tier_hub_relay(struct tier_child *ch, size_t max_bytes, uint64_t now_ms, str
 /* Whether the heartbeat at now_ms lists all our children: the first one
  * (last_ms 0), and then every timeout_ms / 3; in between, those relayed
  * since. */
-bool tier_heartbeat_all_pages(uint64_t now_ms, uint64_t last_ms, uint64_t timeout_ms);
+bool tier_heartbeat_full_listing(uint64_t now_ms, uint64_t last_ms, uint64_t timeout_ms);
 /* The next heartbeat announces all our pages: a change could not go alone,
  * a node was heard anew (it may hold none of them), or one wants them. */
 void tier_hub_owe_pages(struct tier_hub *h);

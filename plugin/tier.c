@@ -1273,6 +1273,7 @@ void tier_hub_init(struct tier_hub *h, const char *node_id, uint64_t session)
     strncpy(h->node_id, node_id, TALLY_NODE_ID_MAX);
     h->session = session;
     h->gen = 1;
+    h->all_pages_owed = true; /* the first heartbeat carries them all */
 }
 
 static void watch_unref(struct tier_hub *h, struct tier_watch *w)
@@ -2046,7 +2047,7 @@ static void listing_append(const struct listing *l, uint32_t *i, struct wire_buf
  * because of a collision of presence_digest (64 bits) would hide a lost
  * change: at 2^-64 a comparison, not guarded. */
 
-bool tier_heartbeat_all_pages(uint64_t now_ms, uint64_t last_ms, uint64_t timeout_ms)
+bool tier_heartbeat_full_listing(uint64_t now_ms, uint64_t last_ms, uint64_t timeout_ms)
 {
     return !last_ms || now_ms - last_ms >= timeout_ms / 3;
 }
@@ -2058,11 +2059,11 @@ void tier_hub_owe_pages(struct tier_hub *h)
 
 /* All our pages (held back in hd, to append the listing), or a keepalive. */
 static uint32_t heartbeat_pages(struct tier_hub *h, struct tally_presence *pr, uint64_t incarnation,
-                                uint64_t first_seq, uint64_t now_ms, size_t max_bytes,
-                                struct wire_buf *out, struct held *hd)
+                                uint64_t first_seq, size_t max_bytes, struct wire_buf *out,
+                                struct held *hd)
 {
     uint32_t sent = 0;
-    if (!h->all_pages_owed && h->last_all_pages_ms) {
+    if (!h->all_pages_owed) {
         /* What changed goes first, so that the digest of our own entry is
          * of counts the receivers have been sent. */
         if (pr->local_changed)
@@ -2074,10 +2075,8 @@ static uint32_t heartbeat_pages(struct tier_hub *h, struct tally_presence *pr, u
         }
     }
     sent = presence_announce(pr, h->node_id, incarnation, first_seq, max_bytes, out, hold_part, hd);
-    if (sent) {
-        h->last_all_pages_ms = now_ms;
+    if (sent)
         h->all_pages_owed = false;
-    }
     return sent;
 }
 
@@ -2087,15 +2086,16 @@ int tier_hub_heartbeat(struct tier_hub *h, struct tally_presence *pr, uint64_t i
 {
     struct held hd = {.emit = emit, .ud = ud};
     struct listing l = {0};
-    bool full = tier_heartbeat_all_pages(now_ms, h->last_full_listing_ms, timeout_ms);
-    *sent = heartbeat_pages(h, pr, incarnation, first_seq, now_ms, max_bytes, out, &hd);
+    bool full = tier_heartbeat_full_listing(now_ms, h->last_full_listing_ms, timeout_ms);
+    *sent = heartbeat_pages(h, pr, incarnation, first_seq, max_bytes, out, &hd);
     /* Our own entry names the part it rides: the last of our pages if it
      * fits there, else the first part of the listing alone. */
     struct wire_presence_edge own = {
         h->node_id, strlen(h->node_id), incarnation, first_seq + *sent - 1, pr->local_digest, 0};
-    size_t own_len = 1 + own.len + 8 + varint_len(own.seq) + 8 + 1;
-    if (hd.last.len + 10 + own_len > max_bytes)
+    wire_presence_edge(&l.ent, &own);
+    if (hd.last.len + 10 + l.ent.len > max_bytes)
         own.seq++;
+    wbuf_reset(&l.ent);
     int rc = *sent ? listing_build(h, pr, &own, now_ms, timeout_ms, full, &l) : TALLY_E_NOMEM;
     if (rc == TALLY_OK && full)
         h->last_full_listing_ms = now_ms;

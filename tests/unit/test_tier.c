@@ -1300,12 +1300,12 @@ END_TEST
 
 START_TEST(the_full_listing_goes_at_the_first_heartbeat_and_every_third_of_the_timeout)
 {
-    ck_assert(tier_heartbeat_all_pages(5, 0, TIMEOUT)); /* none yet */
-    ck_assert(!tier_heartbeat_all_pages(1000, 1000, TIMEOUT));
-    ck_assert(!tier_heartbeat_all_pages(1000 + TIMEOUT / 3 - 1, 1000, TIMEOUT));
-    ck_assert(tier_heartbeat_all_pages(1000 + TIMEOUT / 3, 1000, TIMEOUT));
-    ck_assert(tier_heartbeat_all_pages(1000 + 10 * TIMEOUT, 1000, TIMEOUT));
-    ck_assert(tier_heartbeat_all_pages(1000, 1000, 2)); /* a timeout under 3 ms: always */
+    ck_assert(tier_heartbeat_full_listing(5, 0, TIMEOUT)); /* none yet */
+    ck_assert(!tier_heartbeat_full_listing(1000, 1000, TIMEOUT));
+    ck_assert(!tier_heartbeat_full_listing(1000 + TIMEOUT / 3 - 1, 1000, TIMEOUT));
+    ck_assert(tier_heartbeat_full_listing(1000 + TIMEOUT / 3, 1000, TIMEOUT));
+    ck_assert(tier_heartbeat_full_listing(1000 + 10 * TIMEOUT, 1000, TIMEOUT));
+    ck_assert(tier_heartbeat_full_listing(1000, 1000, 2)); /* a timeout under 3 ms: always */
 }
 END_TEST
 
