@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import bytes_a_change, chain, next_stats, repl_out_since, wait_for
-from test_cluster import Watcher
+from test_cluster import Watcher, str8, varint
 
 PAGES = 3000
 CHANGES = 40
@@ -194,17 +194,6 @@ def presence_decode(payload):
 
 def presence_keepalive(origin, seq, digest, wants=()):
     """A keepalive of node `origin` (no range, no page) with its own entry and wants."""
-    def str8(s):
-        return bytes([len(s)]) + s.encode()
-
-    def varint(v):
-        out = b""
-        while True:
-            out += bytes([(v & 0x7F) | (0x80 if v > 0x7F else 0)])
-            v >>= 7
-            if not v:
-                return out
-
     own = str8(origin) + struct.pack("<Q", 1) + varint(seq) + struct.pack("<Q", digest) + varint(0)
     return (b"TL\x03\x03" + str8(origin) + struct.pack("<QQQQ", 1, seq, 1, 0) + varint(0)
             + varint(1) + own + varint(len(wants)) + b"".join(str8(w) for w in wants))
