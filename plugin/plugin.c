@@ -700,6 +700,52 @@ static int neighbour_of(const struct mosquitto *client, uint16_t *k)
     return repl_neighbour(&g.repl, id ? id : "", k);
 }
 
+static void send_repl(const char *to, const struct wire_buf *b);
+
+static void emit_replay(const struct wire_buf *msg, void *to)
+{
+    const char *origin;
+    size_t len = wire_presence_origin(msg->data, msg->len, &origin);
+    snprintf(g.topic, sizeof(g.topic), "$tally/v1/presence/%.*s", (int)len, origin ? origin : "");
+    send_repl(to, msg);
+}
+
+/* A neighbour that restarted holds no viewer count: it is sent, over its
+ * own bridge alone, each origin's counts held here as their listing says
+ * (presence.c, "Replay to a neighbour that restarted"), where it would
+ * otherwise want them all and have every carrier flood them to every hub.
+ * Its restart shows as a new SYNC stream (repl.c), or sooner, with no
+ * SYNC flowing (sync_interval_ms), as its own PRESENCE of a new incarnation
+ * or its stats numbered from 1 again, straight over its bridge (anew).
+ * Not in our own first peer_timeout_ms: then every neighbour is new to us,
+ * and what we hold they have just sent us. replay_tick sends it. */
+static void replay_begin(int k, bool anew)
+{
+    uint64_t now = mono_ms(), timeout = (uint64_t)g.opt.peer_timeout_ms;
+    if (k >= 0 && !g.edge && repl_replay_due(&g.repl, (uint16_t)k, anew, now, timeout) &&
+        now - g.start_ms < timeout)
+        g.repl.nb[k]->replaying = false;
+}
+
+/* The replays under way, REPLAY_STEP origins a neighbour a tick: all at
+ * once, a replay of thousands of edges would pass the bridge's
+ * max_queued_messages, and Mosquitto would drop the rest. */
+#define REPLAY_STEP 200
+
+static void replay_tick(uint64_t now)
+{
+    for (uint32_t k = 0; k < g.repl.n; k++) {
+        struct repl_neighbour *nb = g.repl.nb[k];
+        if (!nb->replaying)
+            continue;
+        g.st.presence_replayed +=
+            presence_replay(&g.presence, nb->node, now, (uint64_t)g.opt.peer_timeout_ms,
+                            (size_t)g.opt.max_message_bytes, &nb->replay_from, REPLAY_STEP, &g.buf,
+                            emit_replay, nb->conn);
+        nb->replaying = nb->replay_from != UINT32_MAX;
+    }
+}
+
 static int on_sync(const struct mosquitto_evt_message *ev, bool *route)
 {
     const struct mosquitto *client = ev->client;
@@ -711,13 +757,16 @@ static int on_sync(const struct mosquitto_evt_message *ev, bool *route)
     int rc = wire_decode_sync(payload, len, &s);
     if (rc != TALLY_OK)
         return rc;
-    if (!is_self(s.sender, s.sender_len)) {
+    bool peer = !is_self(s.sender, s.sender_len);
+    if (peer) {
         heard_from(s.sender, s.sender_len);
         rc = neighbour_of(client, &k);
         if (rc == TALLY_OK)
             rc = repl_apply_sync(&g.repl, &g.table, g.persist, &s, k);
     }
     wire_sync_free(&s);
+    if (peer && rc == TALLY_OK)
+        replay_begin(k, false);
     return rc;
 }
 
@@ -748,6 +797,7 @@ static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
         struct repl_out out = repl_out(mosquitto_client_id(client));
         g.st.repair_counters += repl_send_buckets(&g.repl, &g.table, &g.writer, &out, dump);
     }
+    replay_begin(k, false);
     return TALLY_OK;
 }
 
@@ -787,6 +837,10 @@ static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
         g.st.repl_bytes_out += len;
         if (rc == TALLY_OK && !g.edge)
             rc = tier_hub_heard(&g.tier_hub, &g.presence, &wp, mono_ms());
+        if (rc == TALLY_OK && anew)
+            replay_begin(
+                repl_find(&g.repl, mosquitto_client_id(ev->client), wp.origin, wp.origin_len),
+                true);
     }
 done:
     wire_presence_free(&wp);
@@ -851,8 +905,10 @@ static int on_stats(const struct mosquitto_evt_message *ev, bool *route)
     /* Its documents numbered from 1 again under the same incarnation: it
      * restarted with its state (on_presence sees no new incarnation) and
      * holds none of our viewer counts: our next heartbeat has them all. */
-    if (o->stats_incarnation == inc && seq < o->stats_seq && tier_hub_says_alive(&g.tier_hub, o))
+    if (o->stats_incarnation == inc && seq < o->stats_seq && tier_hub_says_alive(&g.tier_hub, o)) {
         tier_hub_owe_pages(&g.tier_hub);
+        replay_begin(repl_find(&g.repl, mosquitto_client_id(ev->client), id, idlen), true);
+    }
     o->stats_incarnation = inc;
     o->stats_time_ms = time_ms;
     o->stats_seq = seq;
@@ -1697,8 +1753,10 @@ static int on_tick(int event, void *event_data, void *userdata)
         heartbeat = 1000;
     expire_peers(now);
     check_limits();
-    if (!g.edge)
+    if (!g.edge) {
         replicate_tick(now);
+        replay_tick(now);
+    }
     publish_due(now);
     rescan_states(now);
     if (now - g.last_flush_ms >= (uint64_t)g.opt.publish_interval_ms &&

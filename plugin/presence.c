@@ -654,6 +654,8 @@ void presence_origin_listed(struct tally_origin *o, const struct wire_presence_e
         o->last_heard_ms = heard;
     if (o->listed && l->incarnation == o->listed_incarnation && l->seq < o->listed_seq)
         return; /* a hub it has left lists what it last relayed */
+    if (!o->listed)
+        o->first_listed_ms = now_ms;
     o->listed = true;
     o->listed_incarnation = l->incarnation;
     o->listed_seq = l->seq;
@@ -662,8 +664,136 @@ void presence_origin_listed(struct tally_origin *o, const struct wire_presence_e
 
 bool presence_origin_wanted(const struct tally_origin *o, uint64_t now_ms, uint64_t timeout_ms)
 {
-    return o->listed && now_ms - o->last_heard_ms <= timeout_ms && o->digest != o->listed_digest &&
+    /* one heartbeat (plugin.c's, peer_timeout_ms / 5, at most a second), for
+     * an origin of which nothing was ever taken here */
+    uint64_t grace = timeout_ms / 5 < 1000 ? timeout_ms / 5 : 1000;
+    bool held = o->incarnation || o->seq;
+    return o->listed && (held || now_ms - o->first_listed_ms >= grace) &&
+           now_ms - o->last_heard_ms <= timeout_ms && o->digest != o->listed_digest &&
            (o->incarnation != o->listed_incarnation || o->seq <= o->listed_seq);
+}
+
+/* ==== Replay to a neighbour that restarted ====
+ *
+ * A node that restarts holds no viewer count of anyone. Until now it heard
+ * the listings, wanted every origin listed (every edge of the tree), and
+ * each carrier answered with a relay flooded to every hub over every
+ * bridge, though only the restarted node lacked it: 4 restarts among 40
+ * hubs of 50 edges doubled the PRESENCE messages of the whole tree
+ * (tests/sim, README). Its neighbours hold those counts already. So a node
+ * that sees a neighbour restart (repl_replay_due: its own PRESENCE of a new
+ * incarnation straight over their bridge, or its new SYNC stream) sends
+ * that neighbour alone, over that bridge, each origin it holds exactly as
+ * the origin's newest listing says its carrier does: same incarnation,
+ * same seq, same digest, alive. Each goes as the one PRESENCE of that seq,
+ * covering every hash, with the origin's entry of that listing, so that the
+ * receiver takes the carrier's time of hearing, not the replay's arrival
+ * (as a relay answering a want does, tier.c's relay_range). It is an
+ * ordinary PRESENCE, taken if newer, and what it carries is the origin's
+ * counts as of that seq (the digest says so): nothing is counted twice or
+ * kept from a newer message, and a node of the version before takes it as
+ * any other. The receiver floods what it takes on, once to each of its
+ * other neighbours, which hold it and drop it.
+ *
+ * Not replayed, and wanted as before: an origin held other than as listed
+ * (a relay lost here too), one whose pages do not fit one message, and the
+ * sender's own edges (it holds their origins unlisted, from their UPs),
+ * which its other neighbours replay, or which have only the restarted node
+ * to reach when it has no other. The restarted node wants an origin it
+ * never held only a heartbeat after its first listing
+ * (presence_origin_wanted), by when the replay has come. */
+
+struct replay_cell {
+    uint32_t slot;
+    const struct tally_page *pg;
+};
+
+static int by_slot(const void *a, const void *b)
+{
+    uint32_t x = ((const struct replay_cell *)a)->slot, y = ((const struct replay_cell *)b)->slot;
+    return x < y ? -1 : x > y;
+}
+
+static bool origin_as_listed(const struct tally_origin *o, const char *skip, uint64_t now_ms,
+                             uint64_t timeout_ms)
+{
+    return o->alive && o->listed && o->incarnation == o->listed_incarnation &&
+           o->seq == o->listed_seq && o->digest == o->listed_digest &&
+           now_ms - o->last_heard_ms <= timeout_ms && strcmp(o->node_id, skip) != 0;
+}
+
+static void replay_origin(const struct tally_origin *o, const struct replay_cell *c, size_t n,
+                          uint64_t now_ms, size_t max_bytes, struct wire_buf *b,
+                          void (*emit)(const struct wire_buf *msg, void *ud), void *ud,
+                          uint32_t *sent)
+{
+    struct wire_presence_edge entry = {o->node_id, strlen(o->node_id), o->incarnation,
+                                       o->seq,     o->digest,          now_ms - o->last_heard_ms};
+    wire_presence_begin(b, o->node_id, o->incarnation, o->seq, 0, UINT64_MAX, (uint32_t)n);
+    for (size_t i = 0; i < n; i++)
+        wire_presence_page(b, c[i].pg->name, c[i].pg->name_len, c[i].pg->remote[o->slot]);
+    wire_presence_count(b, 1);
+    wire_presence_edge(b, &entry);
+    wire_presence_count(b, 0);
+    if (b->failed || b->len > max_bytes)
+        return; /* wanted as before */
+    emit(b, ud);
+    (*sent)++;
+}
+
+uint32_t presence_replay(struct tally_presence *pr, const char *skip, uint64_t now_ms,
+                         uint64_t timeout_ms, size_t max_bytes, uint32_t *from, uint32_t most,
+                         struct wire_buf *b, void (*emit)(const struct wire_buf *msg, void *ud),
+                         void *ud)
+{
+    uint32_t lo = *from;
+    if (lo >= pr->norigins || !most) {
+        *from = UINT32_MAX;
+        return 0;
+    }
+    uint32_t hi = pr->norigins - lo > most ? lo + most : pr->norigins;
+    *from = hi < pr->norigins ? hi : UINT32_MAX;
+    struct tally_origin **of = calloc(hi - lo, sizeof(*of)); /* by slot, from lo */
+    if (!of)
+        return 0;
+    for (struct tally_origin *o = pr->origins; o; o = o->hh.next)
+        if (o->slot >= lo && o->slot < hi && origin_as_listed(o, skip, now_ms, timeout_ms))
+            of[o->slot - lo] = o;
+    /* Every held count of those origins, by origin: one walk of the pages. */
+    size_t n = 0, cap = 0;
+    struct replay_cell *cells = NULL;
+    struct tally_page *pg, *tmp;
+    HASH_ITER(hh, pr->pages, pg, tmp)
+    {
+        for (uint32_t s = lo; s < hi && s < pg->remote_cap; s++) {
+            if (!pg->remote[s] || !of[s - lo])
+                continue;
+            if (n == cap) {
+                size_t grown = cap ? 2 * cap : 256;
+                struct replay_cell *c = realloc(cells, grown * sizeof(*c));
+                if (!c) {
+                    free(cells);
+                    free(of);
+                    return 0;
+                }
+                cells = c;
+                cap = grown;
+            }
+            cells[n++] = (struct replay_cell){s, pg};
+        }
+    }
+    if (n)
+        qsort(cells, n, sizeof(*cells), by_slot);
+    uint32_t sent = 0;
+    for (size_t i = 0, j; i < n; i = j) {
+        for (j = i; j < n && cells[j].slot == cells[i].slot;)
+            j++;
+        replay_origin(of[cells[i].slot - lo], cells + i, j - i, now_ms, max_bytes, b, emit, ud,
+                      &sent);
+    }
+    free(cells);
+    free(of);
+    return sent;
 }
 
 /* ==== Publishing ==== */

@@ -159,6 +159,7 @@ static void stream_seen(struct repl *r, struct repl_neighbour *k, uint64_t sessi
     if (session == 0)
         return;
     if (k->session != session) {
+        k->new_session = k->session != 0; /* restarted, not first heard */
         k->session = session;
         k->seq = seq;
         ask_repair(r, k);
@@ -334,6 +335,31 @@ bool repl_wants_repair(const struct repl *r)
         if (r->nb[i]->want_repair && r->nb[i]->node[0])
             return true;
     return false;
+}
+
+bool repl_replay_due(struct repl *r, uint16_t k, bool anew, uint64_t now_ms, uint64_t every_ms)
+{
+    if (k >= r->n)
+        return false;
+    struct repl_neighbour *nb = r->nb[k];
+    bool due =
+        (nb->new_session || anew) && (!nb->replayed_ms || now_ms - nb->replayed_ms >= every_ms);
+    nb->new_session = false;
+    if (due) {
+        nb->replayed_ms = now_ms ? now_ms : 1;
+        nb->replay_from = 0;
+        nb->replaying = true;
+    }
+    return due;
+}
+
+int repl_find(const struct repl *r, const char *conn, const char *node, size_t len)
+{
+    for (uint32_t i = 0; conn && i < r->n; i++)
+        if (strcmp(r->nb[i]->conn, conn) == 0)
+            return strlen(r->nb[i]->node) == len && memcmp(r->nb[i]->node, node, len) == 0 ? (int)i
+                                                                                           : -1;
+    return -1;
 }
 
 void repl_digest(struct repl *r, struct wire_digest *d, const char *self, const uint64_t *digest)

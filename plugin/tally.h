@@ -524,6 +524,7 @@ struct tally_origin {
     /* The newest listing of it by a hub (an edge's origin, tier.c): what its
      * carrier holds, to compare with what is held here. */
     uint64_t listed_incarnation, listed_seq, listed_digest;
+    uint64_t first_listed_ms; /* when it was first listed here */
     bool listed;
     bool alive;
     char node_id[TALLY_NODE_ID_MAX + 1];
@@ -594,8 +595,23 @@ void presence_origin_listed(struct tally_origin *o, const struct wire_presence_e
                             uint64_t now_ms);
 /* Whether o's counts here differ from what its newest listing says its
  * carrier holds, and are not newer: a relay was lost, or never came. Only
- * while o is alive (heard within timeout_ms): a dead edge is wanted no more. */
+ * while o is alive (heard within timeout_ms): a dead edge is wanted no more;
+ * and, if nothing of o was ever taken here, not within a heartbeat of its
+ * first listing, while the replay of a neighbour that saw us restart is on
+ * its way (presence_replay). */
 bool presence_origin_wanted(const struct tally_origin *o, uint64_t now_ms, uint64_t timeout_ms);
+/* To a neighbour that restarted (repl_replay_due): each origin held here as
+ * its newest listing says its carrier holds it (alive, same incarnation, seq
+ * and digest), but skip (the neighbour itself), as the one PRESENCE of that
+ * seq covering every hash, with the origin's listing entry, if it fits in
+ * max_bytes; each is handed to emit. In steps: the origins of most slots
+ * from *from, which becomes the next step's, or UINT32_MAX after the last
+ * (a burst past Mosquitto's max_queued_messages would be dropped). Returns
+ * the number sent (presence.c, "Replay to a neighbour that restarted"). */
+uint32_t presence_replay(struct tally_presence *pr, const char *skip, uint64_t now_ms,
+                         uint64_t timeout_ms, size_t max_bytes, uint32_t *from, uint32_t most,
+                         struct wire_buf *b, void (*emit)(const struct wire_buf *msg, void *ud),
+                         void *ud);
 /* Our own counts as PRESENCE messages of at most max_bytes, over consecutive
  * ranges of presence_hash covering all of it, numbered first_seq, first_seq
  * + 1, ...; each is handed to emit. Returns the number of messages, or 0
@@ -865,6 +881,8 @@ struct wire_presence {
     struct wire_presence_edge *listed; /* owned, with wants (one block) */
     struct wire_presence_want *wants;
 };
+/* The origin a PRESENCE names (its length; 0 if msg is none). */
+size_t wire_presence_origin(const void *msg, size_t len, const char **origin);
 void wire_presence_begin(struct wire_buf *b, const char *origin, uint64_t incarnation, uint64_t seq,
                          uint64_t lo, uint64_t hi, uint32_t npages);
 void wire_presence_page(struct wire_buf *b, const char *page, size_t len, uint64_t count);
@@ -1067,6 +1085,10 @@ struct repl_neighbour {
     char node[TALLY_NODE_ID_MAX + 1]; /* its node id, "" until it sends */
     uint64_t session, seq;            /* its SYNC stream, as far as seen */
     bool want_repair;                 /* ask it in our next DIGEST */
+    bool new_session;                 /* restarted (repl_replay_due) */
+    uint64_t replayed_ms;             /* when a replay to it last began */
+    uint32_t replay_from;             /* the replay under way: presence_replay's *from */
+    bool replaying;
     bool have_prev;
     uint64_t prev_theirs[TALLY_BUCKETS], prev_ours[TALLY_BUCKETS]; /* at its last DIGEST */
     char conn[];
@@ -1107,6 +1129,19 @@ int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
 unsigned repl_digest_seen(struct repl *r, uint16_t k, const struct wire_digest *d,
                           const uint64_t *ours, const char *self, uint64_t *dump);
 bool repl_wants_repair(const struct repl *r);
+/* Whether neighbour k is owed the viewer counts we hold (presence_replay)
+ * now: it has started another SYNC stream than the one we knew (it
+ * restarted; one first heard is a link that came up, or a new node, which
+ * its own PRESENCE tells), or anew (its caller heard it restart or appear
+ * another way: its own PRESENCE of a new incarnation or first heard, its
+ * stats numbered from 1 again), and no
+ * replay to it began within every_ms (two signs of one restart). Clears the
+ * mark; a true answer begins a replay at now_ms (replaying, from slot 0),
+ * which the caller sends on in steps. */
+bool repl_replay_due(struct repl *r, uint16_t k, bool anew, uint64_t now_ms, uint64_t every_ms);
+/* The neighbour behind connection conn, if its node id is node (so that
+ * what node sent itself came straight over its bridge): its index, or -1. */
+int repl_find(const struct repl *r, const char *conn, const char *node, size_t len);
 /* Our DIGEST into d, naming (and clearing) the repairs we ask for. d's
  * strings borrow from r and self. */
 void repl_digest(struct repl *r, struct wire_digest *d, const char *self, const uint64_t *digest);
@@ -1127,6 +1162,7 @@ struct tally_stats {
     uint64_t rejected[TALLY_E__COUNT];
     uint64_t repl_msgs_in, repl_bytes_in, repl_msgs_out, repl_bytes_out;
     uint64_t repl_rejected, repl_too_large, repair_counters;
+    uint64_t presence_replayed;  /* origins sent to a neighbour that restarted */
     uint64_t repl_dropped_large; /* ours, over max_message_bytes: not sent */
     uint64_t logins_refused;     /* by protect_clientids */
     uint64_t log_suppressed;

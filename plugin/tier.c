@@ -230,7 +230,10 @@
  * peer_timeout_ms after its hub last heard it, and is counted again once
  * heard (by its hub from its record, by the others wanting its pages). A hub
  * that dies has its own viewers expired, not its edges': they are their own
- * origins, listed by their new hub once they have moved.
+ * origins, listed by their new hub once they have moved. A hub that
+ * restarts has every edge's viewers from its neighbours, each over its own
+ * bridge (presence.c, "Replay to a neighbour that restarted"), not from a
+ * relay of each edge flooded to every hub.
  *
  * ---- Invariants ----
  *

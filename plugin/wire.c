@@ -795,6 +795,16 @@ void wire_presence_free(struct wire_presence *p)
     memset(p, 0, sizeof(*p));
 }
 
+size_t wire_presence_origin(const void *msg, size_t len, const char **origin)
+{
+    struct wire_reader r;
+    size_t n = 0;
+    *origin = NULL;
+    if (read_header(&r, msg, len, WIRE_PRESENCE))
+        *origin = wr_str8(&r, &n);
+    return *origin && sender_ok(*origin, n) ? n : 0;
+}
+
 int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out)
 {
     struct wire_reader r;

@@ -9,9 +9,10 @@
  * simulation stands in for is Mosquitto: the bridges (a message from one node
  * to a neighbour arrives after a delay, or is lost), the broker loop (a pass
  * every TICK_MS when idle, and one after each message a hub reads), and the
- * glue plugin.c has around these modules: when to call them, and the
- * flooding of presence between hubs (apply if newer, send on to the other
- * neighbours), which is ten lines there too. The glue keeps plugin.c's
+ * glue plugin.c has around these modules: when to call them, the flooding
+ * of presence between hubs (apply if newer, send on to the other
+ * neighbours), which is ten lines there too, and the replay of viewer
+ * counts to a neighbour that restarted (presence_replay), in its steps. The glue keeps plugin.c's
  * cadences, which differ: a hub expires a silent origin at every loop pass
  * (expire_peers), but its records of its edges (tier_hub_expire) and its
  * DOWNs at most once a publish interval (hub_tick), so a message can land
@@ -107,7 +108,7 @@ struct node {
     struct wire_sync_writer w;
     struct link *links;
     uint32_t nlinks;
-    uint64_t last_digest, revive_at;
+    uint64_t last_digest, revive_at, started;
     uint64_t last_tier;   /* plugin.c's hub_tick: at most once a publish interval */
     uint64_t origins_due; /* no origin can expire before: skips expire_peers' scan */
     uint64_t presence_seq, last_heartbeat; /* its PRESENCE heartbeats */
@@ -157,6 +158,7 @@ static uint64_t steps_back; /* an edge showed a total below one it showed before
  * (and a few ticks): seen at the once-a-second look of late_viewers_seen. */
 static uint64_t late_viewers;
 static uint64_t repaired; /* counters sent whole by hubs after a DIGEST */
+static uint64_t replayed; /* origins' counts sent to a neighbour that restarted */
 
 /* ==== Random numbers (xorshift64*, seeded: runs repeat exactly) ==== */
 
@@ -315,14 +317,18 @@ static uint16_t neighbour(struct node *n, uint32_t from)
     return k;
 }
 
+static void replay_to(struct node *n, uint16_t k, bool anew);
+
 static void hub_on_sync(struct node *n, const struct msg *m)
 {
     struct wire_sync s;
     if (wire_decode_sync(m->data, m->len, &s) != TALLY_OK)
         abort();
-    if (repl_apply_sync(&n->repl, &n->t, NULL, &s, neighbour(n, m->from)) != TALLY_OK)
+    uint16_t k = neighbour(n, m->from);
+    if (repl_apply_sync(&n->repl, &n->t, NULL, &s, k) != TALLY_OK)
         abort();
     wire_sync_free(&s);
+    replay_to(n, k, false);
 }
 
 static void hub_on_digest(struct node *n, const struct msg *m)
@@ -336,6 +342,7 @@ static void hub_on_digest(struct node *n, const struct msg *m)
         struct repl_out out = repl_out((uint32_t)(n - nodes), m->from);
         repaired += repl_send_buckets(&n->repl, &n->t, &n->w, &out, dump);
     }
+    replay_to(n, k, false);
 }
 
 static void origin_due(struct node *n, const struct tally_origin *o)
@@ -371,6 +378,9 @@ static void hub_on_presence(struct node *n, const struct msg *m)
         broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
         if (tier_hub_heard(&n->tier, &n->pr, &wp, now) != TALLY_OK)
             abort();
+        int k = repl_find(&n->repl, nodes[m->from].id, wp.origin, wp.origin_len);
+        if (anew && k >= 0)
+            replay_to(n, (uint16_t)k, true);
     }
     /* An edge's origin is alive as of when its hub last heard it: made or
      * revived here, it may be due before the next scan (hub_expire_origins). */
@@ -397,10 +407,46 @@ static void route_part(const struct wire_buf *msg, void *ud)
     const struct route *r = ud;
     if (msg->len > opt.tier_bytes)
         abort();
-    if (r->kind == K_PRESENCE)
+    if (r->kind == K_PRESENCE && r->to == UINT32_MAX)
         broadcast(r->from, K_PRESENCE, msg, UINT32_MAX);
     else
         send(r->from, r->to, r->kind, msg);
+}
+
+/* As plugin.c's replay_begin: a neighbour that restarted (a new SYNC stream,
+ * or its own PRESENCE of a new incarnation straight from it) is owed the
+ * viewer counts held here as their listings say (presence.c, "Replay to a
+ * neighbour that restarted"), unless this hub started within
+ * peer_timeout_ms: then every neighbour is new to it, and what it holds it
+ * has just been sent by them. hub_replay_tick sends it. */
+static void replay_to(struct node *n, uint16_t k, bool anew)
+{
+    if (repl_replay_due(&n->repl, k, anew, now, PEER_TIMEOUT_MS) &&
+        now - n->started < PEER_TIMEOUT_MS)
+        n->repl.nb[k]->replaying = false;
+}
+
+/* As plugin.c's replay_tick: REPLAY_STEP origins a neighbour a loop pass. */
+#define REPLAY_STEP 200
+
+static void hub_replay_tick(struct node *n)
+{
+    struct wire_buf b = {0};
+    for (uint32_t k = 0; k < n->repl.n; k++) {
+        struct repl_neighbour *nb = n->repl.nb[k];
+        if (!nb->replaying)
+            continue;
+        struct route r = {(uint32_t)(n - nodes), UINT32_MAX, K_PRESENCE};
+        for (uint32_t j = 0; j < opt.hubs; j++)
+            if (strcmp(nodes[j].id, nb->conn) == 0)
+                r.to = j;
+        if (r.to == UINT32_MAX)
+            abort(); /* a neighbour is a hub, by its id */
+        replayed += presence_replay(&n->pr, nb->node, now, PEER_TIMEOUT_MS, opt.tier_bytes,
+                                    &nb->replay_from, REPLAY_STEP, &b, route_part, &r);
+        nb->replaying = nb->replay_from != UINT32_MAX;
+    }
+    wbuf_free(&b);
 }
 
 static void hub_relay(struct node *n, struct tier_child *ch)
@@ -502,6 +548,7 @@ static void hub_tick(uint32_t i)
         n->last_digest = now;
     }
     wbuf_free(&b);
+    hub_replay_tick(n);
     hub_pass(i);
 }
 
@@ -509,6 +556,7 @@ static void hub_start(uint32_t i)
 {
     struct node *n = &nodes[i];
     n->alive = true;
+    n->started = now;
     n->last_tier = 0;
     n->origins_due = 0;
     tier_hub_init(&n->tier, n->id, (rnd() << 16) | 1);
@@ -945,8 +993,9 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
     uint64_t asked = 0;
     for (uint32_t h = 0; h < opt.hubs; h++)
         asked += nodes[h].alive ? nodes[h].repl.asked : 0;
-    printf("repairs: %" PRIu64 " asked by live hubs, %" PRIu64 " counters sent whole\n", asked,
-           repaired);
+    printf("repairs: %" PRIu64 " asked by live hubs, %" PRIu64 " counters sent whole, %" PRIu64
+           " origins' viewers replayed to restarted hubs\n",
+           asked, repaired, replayed);
     printf("steps back seen at edges: %" PRIu64 "\n", steps_back);
     printf("dead edges' viewers counted past peer_timeout_ms: %" PRIu64 "\n", late_viewers);
 }

@@ -351,6 +351,141 @@ START_TEST(test_flush_paces_a_large_audience)
 }
 END_TEST
 
+/* ==== Replay to a neighbour that restarted ==== */
+
+/* origin's PRESENCE of seq covering every hash, with n of pages, as p
+ * receives it. */
+static struct tally_origin *announce(struct tally_presence *p, const char *origin, uint64_t inc,
+                                     uint64_t seq, const char *const *pages, const uint64_t *counts,
+                                     uint32_t n)
+{
+    struct wire_buf b = {0};
+    struct wire_presence wp;
+    bool taken;
+    wire_presence_begin(&b, origin, inc, seq, 0, UINT64_MAX, n);
+    for (uint32_t i = 0; i < n; i++)
+        wire_presence_page(&b, pages[i], strlen(pages[i]), counts[i]);
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &wp), TALLY_OK);
+    struct tally_origin *o = presence_origin(p, origin);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_int_eq(presence_apply(p, o, &wp, &taken), TALLY_OK);
+    ck_assert(taken);
+    wire_presence_free(&wp);
+    wbuf_free(&b);
+    return o;
+}
+
+/* A hub's listing of o, heard at now. */
+static void listed(struct tally_origin *o, uint64_t inc, uint64_t seq, uint64_t digest,
+                   uint64_t age_ms, uint64_t now)
+{
+    struct wire_presence_edge e = {o->node_id, strlen(o->node_id), inc, seq, digest, age_ms};
+    presence_origin_listed(o, &e, now);
+}
+
+struct replayed {
+    int n;
+    struct wire_buf msg[4];
+};
+
+static void keep(const struct wire_buf *msg, void *ud)
+{
+    struct replayed *r = ud;
+    ck_assert_int_lt(r->n, 4);
+    r->msg[r->n] = (struct wire_buf){0};
+    wbuf_bytes(&r->msg[r->n++], msg->data, msg->len);
+}
+
+START_TEST(test_replay_sends_each_origin_held_as_listed)
+{
+    const char *const pages[] = {"p", "q"};
+    const uint64_t counts[] = {3, 2};
+    struct tally_origin *e1 = announce(&pr, "e1", 7, 40, pages, counts, 2);
+    listed(e1, 7, 40, e1->digest, 300, 10000); /* as its carrier holds it: replayed */
+    struct tally_origin *e2 = announce(&pr, "e2", 7, 12, pages, counts, 1);
+    listed(e2, 7, 13, 0xbad, 0, 10000); /* a relay lost: wanted here, not replayed */
+    struct tally_origin *e3 = announce(&pr, "e3", 1, 5, pages + 1, counts + 1, 1);
+    listed(e3, 1, 5, e3->digest, 0, 10000);
+    presence_origin_expire(&pr, e3); /* dead */
+    struct tally_origin *h = announce(&pr, "h", 2, 9, pages, counts, 2);
+    listed(h, 2, 9, h->digest, 0, 10000);        /* the neighbour itself */
+    announce(&pr, "e4", 1, 1, pages, counts, 2); /* never listed */
+    struct tally_origin *e5 = announce(&pr, "e5", 1, 3, pages, counts, 1);
+    listed(e5, 1, 3, e5->digest, 9000, 10000); /* last heard at 1,000: silent too long at 20,000 */
+    ck_assert_uint_eq(total("p"), 5 * 3);      /* e1, e2, h, e4, e5 */
+
+    struct wire_buf b = {0};
+    struct replayed r = {0};
+    uint32_t from = 0;
+    ck_assert_uint_eq(presence_replay(&pr, "h", 20000, 15000, 4096, &from, 100, &b, keep, &r), 1);
+    ck_assert_uint_eq(from, UINT32_MAX); /* every origin seen */
+    ck_assert_int_eq(r.n, 1);
+    struct wire_presence wp;
+    ck_assert_int_eq(wire_decode_presence(r.msg[0].data, r.msg[0].len, &wp), TALLY_OK);
+    ck_assert_uint_eq(wp.origin_len, 2);
+    ck_assert_mem_eq(wp.origin, "e1", 2);
+    const char *origin;
+    ck_assert_uint_eq(wire_presence_origin(r.msg[0].data, r.msg[0].len, &origin), 2);
+    ck_assert_mem_eq(origin, "e1", 2);
+    ck_assert_uint_eq(wp.incarnation, 7);
+    ck_assert_uint_eq(wp.seq, 40);
+    ck_assert(wp.lo == 0 && wp.hi == UINT64_MAX);
+    ck_assert_uint_eq(wp.npages, 2);
+    ck_assert_uint_eq(wp.nlisted, 1);
+    ck_assert_uint_eq(wp.nwants, 0);
+    ck_assert(wp.listed[0].incarnation == 7 && wp.listed[0].seq == 40);
+    ck_assert_uint_eq(wp.listed[0].digest, e1->digest);
+    ck_assert_uint_eq(wp.listed[0].age_ms, 20000 - 9700);
+
+    /* The restarted node takes it: e1's counts, its digest, its carrier's
+     * time of hearing, and nothing to want. */
+    struct tally_presence rx;
+    bool taken;
+    presence_init(&rx, 1000);
+    struct tally_origin *o = presence_origin(&rx, "e1");
+    ck_assert_int_eq(presence_apply(&rx, o, &wp, &taken), TALLY_OK);
+    ck_assert(taken);
+    presence_origin_listed(o, &wp.listed[0], 20000);
+    ck_assert_uint_eq(presence_total(&rx, "p", 1), 3);
+    ck_assert_uint_eq(presence_total(&rx, "q", 1), 2);
+    ck_assert_uint_eq(o->digest, e1->digest);
+    ck_assert_uint_eq(o->last_heard_ms, 9700);
+    ck_assert(!presence_origin_wanted(o, 20000, 15000));
+    /* One that holds a newer message of e1 keeps it. */
+    struct tally_presence newer;
+    presence_init(&newer, 1000);
+    const uint64_t one[] = {1};
+    announce(&newer, "e1", 7, 41, pages, one, 1);
+    o = presence_origin(&newer, "e1");
+    ck_assert_int_eq(presence_apply(&newer, o, &wp, &taken), TALLY_OK);
+    ck_assert(!taken);
+    ck_assert_uint_eq(presence_total(&newer, "p", 1), 1);
+    wire_presence_free(&wp);
+    presence_free(&newer);
+    presence_free(&rx);
+
+    /* One that does not fit in a message is left to the wants. */
+    from = 0;
+    ck_assert_uint_eq(presence_replay(&pr, "h", 20000, 15000, 40, &from, 100, &b, keep, &r), 0);
+    ck_assert_int_eq(r.n, 1);
+    /* In steps of two origins' slots: e1 (slot 0) in the first, none in the
+     * next two, and the last step says so. */
+    from = 0;
+    ck_assert_uint_eq(e1->slot, 0);
+    ck_assert_uint_eq(presence_replay(&pr, "h", 20000, 15000, 4096, &from, 2, &b, keep, &r), 1);
+    ck_assert_uint_eq(from, 2);
+    wbuf_free(&r.msg[1]);
+    ck_assert_uint_eq(presence_replay(&pr, "h", 20000, 15000, 4096, &from, 2, &b, keep, &r), 0);
+    ck_assert_uint_eq(from, 4);
+    ck_assert_uint_eq(presence_replay(&pr, "h", 20000, 15000, 4096, &from, 2, &b, keep, &r), 0);
+    ck_assert_uint_eq(from, UINT32_MAX); /* six origins: slots 4 and 5 were the last */
+    ck_assert_uint_eq(presence_replay(&pr, "h", 20000, 15000, 4096, &from, 2, &b, keep, &r), 0);
+    ck_assert_int_eq(r.n, 2);
+    wbuf_free(&r.msg[0]);
+    wbuf_free(&b);
+}
+END_TEST
+
 Suite *presence_suite(void)
 {
     Suite *s = suite_create("presence");
@@ -365,6 +500,7 @@ Suite *presence_suite(void)
     tcase_add_test(tc, test_many_pages_and_clients);
     tcase_add_test(tc, test_one_client_viewing_many_pages);
     tcase_add_test(tc, test_flush_paces_a_large_audience);
+    tcase_add_test(tc, test_replay_sends_each_origin_held_as_listed);
     suite_add_tcase(s, tc);
     return s;
 }

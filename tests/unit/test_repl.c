@@ -385,6 +385,44 @@ START_TEST(test_repair_to_its_asker_alone_is_outside_the_stream)
 }
 END_TEST
 
+/* A neighbour that restarted is owed our viewer counts (presence_replay)
+ * once per restart, whichever sign of it comes first: its new SYNC stream,
+ * or its own PRESENCE of a new incarnation (anew, plugin.c). */
+START_TEST(test_a_restarted_neighbour_is_owed_a_replay_once)
+{
+    uint64_t dump[TALLY_BUCKETS / 64];
+    const uint64_t every = 15000;
+    setup(2);
+    link_nodes(0, 1);
+    meet();
+    uint16_t k = nb(0, 1);
+    ck_assert_int_eq(repl_find(&nodes[0].r, "n1", "n1", 2), k);
+    ck_assert_int_eq(repl_find(&nodes[0].r, "n1", "n2", 2), -1); /* another node's, relayed */
+    ck_assert_int_eq(repl_find(&nodes[0].r, "n9", "n9", 2), -1); /* no such connection */
+    /* first heard: a link that came up, not a restart (its own PRESENCE,
+     * first heard, says if it is new: anew) */
+    ck_assert(!repl_replay_due(&nodes[0].r, k, false, 1000, every));
+    ck_assert(repl_replay_due(&nodes[0].r, k, true, 1000, every));
+    ck_assert(!repl_replay_due(&nodes[0].r, k, true, 2000, every)); /* the same start, again */
+
+    /* n1 restarts: its PRESENCE of a new incarnation comes first, then its
+     * new session: one replay. */
+    ck_assert(repl_replay_due(&nodes[0].r, k, true, 30000, every));
+    repl_free(&nodes[1].r);
+    repl_init(&nodes[1].r, 77);
+    ck_assert_uint_eq(digest_to(1, 0, dump), 0);
+    ck_assert(!repl_replay_due(&nodes[0].r, k, false, 30500, every));
+    /* ... and once more, the new session alone, well after */
+    repl_free(&nodes[1].r);
+    repl_init(&nodes[1].r, 78);
+    ck_assert_uint_eq(digest_to(1, 0, dump), 0);
+    ck_assert(repl_replay_due(&nodes[0].r, k, false, 60000, every));
+    ck_assert(!repl_replay_due(&nodes[0].r, k, false, 60001, every));
+    ck_assert(!repl_replay_due(&nodes[0].r, 9, true, 90000, every)); /* no such neighbour */
+    teardown();
+}
+END_TEST
+
 START_TEST(test_quiet_difference_is_repaired)
 {
     uint64_t dump[TALLY_BUCKETS / 64];
@@ -421,6 +459,7 @@ Suite *repl_suite(void)
     tcase_add_test(tc, test_gap_asks_for_a_repair);
     tcase_add_test(tc, test_lost_tail_seen_in_digest);
     tcase_add_test(tc, test_restart_is_a_new_session);
+    tcase_add_test(tc, test_a_restarted_neighbour_is_owed_a_replay_once);
     tcase_add_test(tc, test_quiet_difference_is_repaired);
     tcase_add_test(tc, test_repair_to_its_asker_alone_is_outside_the_stream);
     suite_add_tcase(s, tc);

@@ -1668,6 +1668,11 @@ START_TEST(a_change_that_reaches_a_new_hub_waits_for_the_whole_list)
     pages_acked(&e, EDGE_PAGES); /* its relay lost */
     now += HB;
     heartbeat(&a, &b);
+    /* b never held any of e's viewers: it waits a heartbeat for a replay
+     * (presence_replay, of a neighbour that saw it restart) before it
+     * wants e */
+    ck_assert_uint_eq(heartbeat(&b, &a), 0);
+    now += HB;
     ck_assert_uint_eq(heartbeat(&b, &a), 1); /* b wants e */
     ck_assert_uint_gt(relay(&a, "e", &b), 1);
     ck_assert_uint_eq(hub_total(&b, 8), 1);
