@@ -700,14 +700,17 @@ static int neighbour_of(const struct mosquitto *client, uint16_t *k)
     return repl_neighbour(&g.repl, id ? id : "", k);
 }
 
-static void send_repl(const char *to, const struct wire_buf *b);
+static void send_qos(const char *to, const struct wire_buf *b, int qos);
 
+/* QoS 0: Mosquitto writes it to the bridge's socket at once, where QoS 1
+ * past max_inflight_messages waits in a queue of max_queued_messages and
+ * the rest is dropped; one lost (the bridge closing) is wanted as before. */
 static void emit_replay(const struct wire_buf *msg, void *to)
 {
     const char *origin;
     size_t len = wire_presence_origin(msg->data, msg->len, &origin);
     snprintf(g.topic, sizeof(g.topic), "$tally/v1/presence/%.*s", (int)len, origin ? origin : "");
-    send_repl(to, msg);
+    send_qos(to, msg, 0);
 }
 
 /* A neighbour that restarted holds no viewer count: it is sent, over its
@@ -727,10 +730,10 @@ static void replay_begin(int k, bool anew)
         g.repl.nb[k]->replaying = false;
 }
 
-/* The replays under way, REPLAY_STEP origins a neighbour a tick: all at
- * once, a replay of thousands of edges would pass the bridge's
- * max_queued_messages, and Mosquitto would drop the rest. */
-#define REPLAY_STEP 200
+/* The replays under way, REPLAY_STEP origins a neighbour a broker loop
+ * (about 100 KB), so that no loop pass takes long, nor fills the socket's
+ * buffer, past which QoS 0 would be dropped too (max_queued_messages). */
+#define REPLAY_STEP 1000
 
 static void replay_tick(uint64_t now)
 {
@@ -924,16 +927,21 @@ static int on_stats(const struct mosquitto_evt_message *ev, bool *route)
 
 /* g.topic's message, to every subscriber (to NULL) or to one connection
  * alone (to: its client id; Mosquitto's publish to a client). */
-static void send_repl(const char *to, const struct wire_buf *b)
+static void send_qos(const char *to, const struct wire_buf *b, int qos)
 {
     if (!sendable(g.topic, b))
         return;
-    int rc = mosquitto_broker_publish_copy(to, g.topic, (int)b->len, b->data, 1, false, NULL);
+    int rc = mosquitto_broker_publish_copy(to, g.topic, (int)b->len, b->data, qos, false, NULL);
     if (rc != MOSQ_ERR_SUCCESS)
         mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot publish to %s: %s", g.topic,
                              mosquitto_strerror(rc));
     g.st.repl_msgs_out++;
     g.st.repl_bytes_out += b->len;
+}
+
+static void send_repl(const char *to, const struct wire_buf *b)
+{
+    send_qos(to, b, 1);
 }
 
 /* An UP goes to every subscriber (the edge's bridge). A DOWN goes only to

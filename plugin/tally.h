@@ -606,7 +606,7 @@ bool presence_origin_wanted(const struct tally_origin *o, uint64_t now_ms, uint6
  * seq covering every hash, with the origin's listing entry, if it fits in
  * max_bytes; each is handed to emit. In steps: the origins of most slots
  * from *from, which becomes the next step's, or UINT32_MAX after the last
- * (a burst past Mosquitto's max_queued_messages would be dropped). Returns
+ * (a broker loop's work stays bounded, plugin.c's replay_tick). Returns
  * the number sent (presence.c, "Replay to a neighbour that restarted"). */
 uint32_t presence_replay(struct tally_presence *pr, const char *skip, uint64_t now_ms,
                          uint64_t timeout_ms, size_t max_bytes, uint32_t *from, uint32_t most,

@@ -427,7 +427,7 @@ static void replay_to(struct node *n, uint16_t k, bool anew)
 }
 
 /* As plugin.c's replay_tick: REPLAY_STEP origins a neighbour a loop pass. */
-#define REPLAY_STEP 200
+#define REPLAY_STEP 1000
 
 static void hub_replay_tick(struct node *n)
 {
