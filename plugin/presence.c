@@ -380,30 +380,32 @@ void presence_each_local_of_hash(const struct tally_presence *pr, uint64_t hash,
 
 /* ==== Our announcements ==== */
 
-struct hashed_page {
-    uint64_t hash;
+/* A page with what it is sorted by: its hash here, an origin's slot in a
+ * replay. */
+struct keyed_page {
+    uint64_t key;
     const struct tally_page *pg;
 };
 
-static int by_hash(const void *a, const void *b)
+static int by_key(const void *a, const void *b)
 {
-    uint64_t x = ((const struct hashed_page *)a)->hash, y = ((const struct hashed_page *)b)->hash;
+    uint64_t x = ((const struct keyed_page *)a)->key, y = ((const struct keyed_page *)b)->key;
     return x < y ? -1 : x > y;
 }
 
 /* How many of the sorted pages from i on fit in one message of max_bytes
  * after head bytes; never splits pages of one hash over two ranges. */
-static size_t pages_that_fit(const struct hashed_page *hp, size_t n, size_t i, size_t head,
+static size_t pages_that_fit(const struct keyed_page *hp, size_t n, size_t i, size_t head,
                              size_t max_bytes)
 {
     size_t j = i, used = head;
     while (j < n && used + 1 + hp[j].pg->name_len + 5 <= max_bytes)
         used += 1 + hp[j++].pg->name_len + 5;
-    while (j < n && j > i + 1 && hp[j].hash == hp[j - 1].hash)
+    while (j < n && j > i + 1 && hp[j].key == hp[j - 1].key)
         j--;
     if (j == i && i < n)
         j++; /* a page always fits in max_bytes >= 4096 */
-    while (j < n && hp[j].hash == hp[j - 1].hash)
+    while (j < n && hp[j].key == hp[j - 1].key)
         j++;
     return j - i;
 }
@@ -423,16 +425,16 @@ uint32_t presence_announce(struct tally_presence *pr, const char *origin, uint64
                            void (*emit)(const struct wire_buf *msg, void *ud), void *ud)
 {
     size_t n = 0;
-    struct hashed_page *hp = malloc((pr->nlocal_pages + 1) * sizeof(*hp));
+    struct keyed_page *hp = malloc((pr->nlocal_pages + 1) * sizeof(*hp));
     if (!hp)
         return 0;
     struct tally_page *pg, *tmp;
     HASH_ITER(hh, pr->pages, pg, tmp)
     {
         if (pg->local)
-            hp[n++] = (struct hashed_page){pg->hash, pg};
+            hp[n++] = (struct keyed_page){pg->hash, pg};
     }
-    qsort(hp, n, sizeof(*hp), by_hash);
+    qsort(hp, n, sizeof(*hp), by_key);
     /* header, origin, four u64 and the page count */
     size_t head = 4 + 1 + strlen(origin) + 4 * 8 + 5;
     uint32_t msgs = 0;
@@ -440,7 +442,7 @@ uint32_t presence_announce(struct tally_presence *pr, const char *origin, uint64
     size_t i = 0;
     do {
         size_t k = pages_that_fit(hp, n, i, head, max_bytes);
-        uint64_t hi = i + k == n ? UINT64_MAX : hp[i + k - 1].hash;
+        uint64_t hi = i + k == n ? UINT64_MAX : hp[i + k - 1].key;
         wire_presence_begin(b, origin, incarnation, first_seq + msgs, lo, hi, (uint32_t)k);
         for (size_t j = i; j < i + k; j++)
             wire_presence_page(b, hp[j].pg->name, hp[j].pg->name_len, hp[j].pg->local);
@@ -703,17 +705,6 @@ bool presence_origin_wanted(const struct tally_origin *o, uint64_t now_ms, uint6
  * never held only a heartbeat after its first listing
  * (presence_origin_wanted), by when the replay has come. */
 
-struct replay_cell {
-    uint32_t slot;
-    const struct tally_page *pg;
-};
-
-static int by_slot(const void *a, const void *b)
-{
-    uint32_t x = ((const struct replay_cell *)a)->slot, y = ((const struct replay_cell *)b)->slot;
-    return x < y ? -1 : x > y;
-}
-
 static bool origin_as_listed(const struct tally_origin *o, const char *skip, uint64_t now_ms,
                              uint64_t timeout_ms)
 {
@@ -722,7 +713,7 @@ static bool origin_as_listed(const struct tally_origin *o, const char *skip, uin
            now_ms - o->last_heard_ms <= timeout_ms && strcmp(o->node_id, skip) != 0;
 }
 
-static void replay_origin(const struct tally_origin *o, const struct replay_cell *c, size_t n,
+static void replay_origin(const struct tally_origin *o, const struct keyed_page *c, size_t n,
                           uint64_t now_ms, size_t max_bytes, struct wire_buf *b,
                           void (*emit)(const struct wire_buf *msg, void *ud), void *ud,
                           uint32_t *sent)
@@ -761,7 +752,7 @@ uint32_t presence_replay(struct tally_presence *pr, const char *skip, uint64_t n
             of[o->slot - lo] = o;
     /* Every held count of those origins, by origin: one walk of the pages. */
     size_t n = 0, cap = 0;
-    struct replay_cell *cells = NULL;
+    struct keyed_page *cells = NULL;
     struct tally_page *pg, *tmp;
     HASH_ITER(hh, pr->pages, pg, tmp)
     {
@@ -770,7 +761,7 @@ uint32_t presence_replay(struct tally_presence *pr, const char *skip, uint64_t n
                 continue;
             if (n == cap) {
                 size_t grown = cap ? 2 * cap : 256;
-                struct replay_cell *c = realloc(cells, grown * sizeof(*c));
+                struct keyed_page *c = realloc(cells, grown * sizeof(*c));
                 if (!c) {
                     free(cells);
                     free(of);
@@ -779,16 +770,16 @@ uint32_t presence_replay(struct tally_presence *pr, const char *skip, uint64_t n
                 cells = c;
                 cap = grown;
             }
-            cells[n++] = (struct replay_cell){s, pg};
+            cells[n++] = (struct keyed_page){s, pg}; /* by the origin's slot */
         }
     }
     if (n)
-        qsort(cells, n, sizeof(*cells), by_slot);
+        qsort(cells, n, sizeof(*cells), by_key);
     uint32_t sent = 0;
     for (size_t i = 0, j; i < n; i = j) {
-        for (j = i; j < n && cells[j].slot == cells[i].slot;)
+        for (j = i; j < n && cells[j].key == cells[i].key;)
             j++;
-        replay_origin(of[cells[i].slot - lo], cells + i, j - i, now_ms, max_bytes, b, emit, ud,
+        replay_origin(of[cells[i].key - lo], cells + i, j - i, now_ms, max_bytes, b, emit, ud,
                       &sent);
     }
     free(cells);
