@@ -720,14 +720,12 @@ static void emit_replay(const struct wire_buf *msg, void *to)
  * Its restart shows as a new SYNC stream (repl.c), or sooner, with no
  * SYNC flowing (sync_interval_ms), as its own PRESENCE of a new incarnation
  * or its stats numbered from 1 again, straight over its bridge (anew).
- * Not in our own first peer_timeout_ms: then every neighbour is new to us,
- * and what we hold they have just sent us. replay_tick sends it. */
+ * repl_replay_due decides; replay_tick sends it. */
 static void replay_begin(int k, bool anew)
 {
-    uint64_t now = mono_ms(), timeout = (uint64_t)g.opt.peer_timeout_ms;
-    if (k >= 0 && !g.edge && repl_replay_due(&g.repl, (uint16_t)k, anew, now, timeout) &&
-        now - g.start_ms < timeout)
-        g.repl.nb[k]->replaying = false;
+    if (k >= 0 && !g.edge)
+        repl_replay_due(&g.repl, (uint16_t)k, anew, mono_ms(), (uint64_t)g.opt.peer_timeout_ms,
+                        g.start_ms);
 }
 
 /* The replays under way, REPLAY_STEP origins a neighbour a broker loop

@@ -337,7 +337,8 @@ bool repl_wants_repair(const struct repl *r)
     return false;
 }
 
-bool repl_replay_due(struct repl *r, uint16_t k, bool anew, uint64_t now_ms, uint64_t every_ms)
+bool repl_replay_due(struct repl *r, uint16_t k, bool anew, uint64_t now_ms, uint64_t every_ms,
+                     uint64_t started_ms)
 {
     if (k >= r->n)
         return false;
@@ -345,12 +346,12 @@ bool repl_replay_due(struct repl *r, uint16_t k, bool anew, uint64_t now_ms, uin
     bool due =
         (nb->new_session || anew) && (!nb->replayed_ms || now_ms - nb->replayed_ms >= every_ms);
     nb->new_session = false;
-    if (due) {
-        nb->replayed_ms = now_ms ? now_ms : 1;
-        nb->replay_from = 0;
-        nb->replaying = true;
-    }
-    return due;
+    if (!due)
+        return false;
+    nb->replayed_ms = now_ms ? now_ms : 1;
+    nb->replay_from = 0;
+    nb->replaying = now_ms - started_ms >= every_ms;
+    return nb->replaying;
 }
 
 int repl_find(const struct repl *r, const char *conn, const char *node, size_t len)

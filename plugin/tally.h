@@ -1129,16 +1129,18 @@ int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
 unsigned repl_digest_seen(struct repl *r, uint16_t k, const struct wire_digest *d,
                           const uint64_t *ours, const char *self, uint64_t *dump);
 bool repl_wants_repair(const struct repl *r);
-/* Whether neighbour k is owed the viewer counts we hold (presence_replay)
- * now: it has started another SYNC stream than the one we knew (it
- * restarted; one first heard is a link that came up, or a new node, which
- * its own PRESENCE tells), or anew (its caller heard it restart or appear
- * another way: its own PRESENCE of a new incarnation or first heard, its
- * stats numbered from 1 again), and no
- * replay to it began within every_ms (two signs of one restart). Clears the
- * mark; a true answer begins a replay at now_ms (replaying, from slot 0),
- * which the caller sends on in steps. */
-bool repl_replay_due(struct repl *r, uint16_t k, bool anew, uint64_t now_ms, uint64_t every_ms);
+/* Whether a replay of the viewer counts we hold (presence_replay) to
+ * neighbour k begins now (replaying, from slot 0; the caller sends it on in
+ * steps). It is owed when k has started another SYNC stream than the one we
+ * knew (it restarted; one first heard is a link that came up, or a new
+ * node, which its own PRESENCE tells), or anew (the caller heard it restart
+ * or appear another way: its own PRESENCE of a new incarnation or first
+ * heard, its stats numbered from 1 again), and none was owed it within
+ * every_ms (two signs of one restart). It begins only if we started
+ * (started_ms) every_ms ago or more: before, every neighbour is new to us,
+ * and what we hold they have just sent us. Clears the mark either way. */
+bool repl_replay_due(struct repl *r, uint16_t k, bool anew, uint64_t now_ms, uint64_t every_ms,
+                     uint64_t started_ms);
 /* The neighbour behind connection conn, if its node id is node (so that
  * what node sent itself came straight over its bridge): its index, or -1. */
 int repl_find(const struct repl *r, const char *conn, const char *node, size_t len);

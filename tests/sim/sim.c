@@ -12,12 +12,11 @@
  * glue plugin.c has around these modules: when to call them, the flooding
  * of presence between hubs (apply if newer, send on to the other
  * neighbours), which is ten lines there too, and the replay of viewer
- * counts to a neighbour that restarted (presence_replay), in its steps. The glue keeps plugin.c's
- * cadences, which differ: a hub expires a silent origin at every loop pass
- * (expire_peers), but its records of its edges (tier_hub_expire) and its
- * DOWNs at most once a publish interval (hub_tick), so a message can land
- * between the two (b38098a was such a gap). An edge shows what plugin.c
- * publishes: its own viewers plus its hub's origin, set at each DOWN and
+ * counts to a neighbour that restarted (presence_replay), in its steps.
+ * The glue keeps plugin.c's cadences, which differ: a hub expires a silent origin at every loop
+ * pass (expire_peers), but its records of its edges (tier_hub_expire) and its DOWNs at most once a
+ * publish interval (hub_tick), so a message can land between the two (b38098a was such a gap). An
+ * edge shows what plugin.c publishes: its own viewers plus its hub's origin, set at each DOWN and
  * expired once its hub is silent for peer_timeout_ms.
  *
  * The model of a deployment: H hubs in a ring with chords (each hub bridged to
@@ -416,14 +415,11 @@ static void route_part(const struct wire_buf *msg, void *ud)
 /* As plugin.c's replay_begin: a neighbour that restarted (a new SYNC stream,
  * or its own PRESENCE of a new incarnation straight from it) is owed the
  * viewer counts held here as their listings say (presence.c, "Replay to a
- * neighbour that restarted"), unless this hub started within
- * peer_timeout_ms: then every neighbour is new to it, and what it holds it
- * has just been sent by them. hub_replay_tick sends it. */
+ * neighbour that restarted"; repl_replay_due decides). hub_replay_tick
+ * sends it. */
 static void replay_to(struct node *n, uint16_t k, bool anew)
 {
-    if (repl_replay_due(&n->repl, k, anew, now, PEER_TIMEOUT_MS) &&
-        now - n->started < PEER_TIMEOUT_MS)
-        n->repl.nb[k]->replaying = false;
+    repl_replay_due(&n->repl, k, anew, now, PEER_TIMEOUT_MS, n->started);
 }
 
 /* As plugin.c's replay_tick: REPLAY_STEP origins a neighbour a loop pass. */
@@ -436,12 +432,8 @@ static void hub_replay_tick(struct node *n)
         struct repl_neighbour *nb = n->repl.nb[k];
         if (!nb->replaying)
             continue;
-        struct route r = {(uint32_t)(n - nodes), UINT32_MAX, K_PRESENCE};
-        for (uint32_t j = 0; j < opt.hubs; j++)
-            if (strcmp(nodes[j].id, nb->conn) == 0)
-                r.to = j;
-        if (r.to == UINT32_MAX)
-            abort(); /* a neighbour is a hub, by its id */
+        /* a neighbour is a hub, its connection named by its id, h<i> */
+        struct route r = {(uint32_t)(n - nodes), (uint32_t)atoi(nb->conn + 1), K_PRESENCE};
         replayed += presence_replay(&n->pr, nb->node, now, PEER_TIMEOUT_MS, opt.tier_bytes,
                                     &nb->replay_from, REPLAY_STEP, &b, route_part, &r);
         nb->replaying = nb->replay_from != UINT32_MAX;

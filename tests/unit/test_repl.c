@@ -399,26 +399,32 @@ START_TEST(test_a_restarted_neighbour_is_owed_a_replay_once)
     ck_assert_int_eq(repl_find(&nodes[0].r, "n1", "n1", 2), k);
     ck_assert_int_eq(repl_find(&nodes[0].r, "n1", "n2", 2), -1); /* another node's, relayed */
     ck_assert_int_eq(repl_find(&nodes[0].r, "n9", "n9", 2), -1); /* no such connection */
+    /* our own start, every ms before these times: a young node begins none */
+    const uint64_t up = 0, t = every;
+    ck_assert(!repl_replay_due(&nodes[0].r, k, true, t - 1, every, up));
+    ck_assert(!nodes[0].r.nb[k]->replaying);
     /* first heard: a link that came up, not a restart (its own PRESENCE,
      * first heard, says if it is new: anew) */
-    ck_assert(!repl_replay_due(&nodes[0].r, k, false, 1000, every));
-    ck_assert(repl_replay_due(&nodes[0].r, k, true, 1000, every));
-    ck_assert(!repl_replay_due(&nodes[0].r, k, true, 2000, every)); /* the same start, again */
+    ck_assert(!repl_replay_due(&nodes[0].r, k, false, t + 1000, every, up));
+    ck_assert(!repl_replay_due(&nodes[0].r, k, true, t + 1000, every, up)); /* owed at t - 1 */
+    ck_assert(repl_replay_due(&nodes[0].r, k, true, t + 15000, every, up));
+    ck_assert(nodes[0].r.nb[k]->replaying && nodes[0].r.nb[k]->replay_from == 0);
+    ck_assert(!repl_replay_due(&nodes[0].r, k, true, t + 16000, every, up)); /* the same start */
 
     /* n1 restarts: its PRESENCE of a new incarnation comes first, then its
      * new session: one replay. */
-    ck_assert(repl_replay_due(&nodes[0].r, k, true, 30000, every));
+    ck_assert(repl_replay_due(&nodes[0].r, k, true, t + 30000, every, up));
     repl_free(&nodes[1].r);
     repl_init(&nodes[1].r, 77);
     ck_assert_uint_eq(digest_to(1, 0, dump), 0);
-    ck_assert(!repl_replay_due(&nodes[0].r, k, false, 30500, every));
+    ck_assert(!repl_replay_due(&nodes[0].r, k, false, t + 30500, every, up));
     /* ... and once more, the new session alone, well after */
     repl_free(&nodes[1].r);
     repl_init(&nodes[1].r, 78);
     ck_assert_uint_eq(digest_to(1, 0, dump), 0);
-    ck_assert(repl_replay_due(&nodes[0].r, k, false, 60000, every));
-    ck_assert(!repl_replay_due(&nodes[0].r, k, false, 60001, every));
-    ck_assert(!repl_replay_due(&nodes[0].r, 9, true, 90000, every)); /* no such neighbour */
+    ck_assert(repl_replay_due(&nodes[0].r, k, false, t + 60000, every, up));
+    ck_assert(!repl_replay_due(&nodes[0].r, k, false, t + 60001, every, up));
+    ck_assert(!repl_replay_due(&nodes[0].r, 9, true, t + 90000, every, up)); /* no such one */
     teardown();
 }
 END_TEST
