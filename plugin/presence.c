@@ -656,6 +656,10 @@ void presence_origin_listed(struct tally_origin *o, const struct wire_presence_e
         o->last_heard_ms = heard;
     if (o->listed && l->incarnation == o->listed_incarnation && l->seq < o->listed_seq)
         return; /* a hub it has left lists what it last relayed */
+    /* Its carrier holds at a newer seq the counts held here (an edge that
+     * moved, not relayed again: tier.c's tier_hub_relay): so does this node. */
+    if (o->alive && l->incarnation == o->incarnation && l->seq > o->seq && l->digest == o->digest)
+        o->seq = l->seq;
     if (!o->listed)
         o->first_listed_ms = now_ms;
     o->listed = true;

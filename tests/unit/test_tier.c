@@ -918,6 +918,75 @@ START_TEST(an_edge_that_moves_off_a_dead_hub_is_counted_once)
 }
 END_TEST
 
+/* e's viewers reach b and c by a's relays (c loses the last one if told
+ * to), then a dies and e moves to b, which holds what e sends it already:
+ * b floods nothing. Returns c. */
+static struct node *e_moves_to_a_hub_holding_its_pages(bool c_loses_a_relay)
+{
+    struct node *c = &f;
+    tier_hub_init(&c->hub, "c", 333);
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    ck_assert_uint_eq(relay(&a, "e", &b), 1);
+    presence_takes_part(c, 0);
+    viewers(&e, "news", 3);
+    now += 10;
+    round_trip(&e, &a);
+    ck_assert_uint_eq(relay(&a, "e", &b), 1);
+    if (!c_loses_a_relay)
+        presence_takes_part(c, 0);
+    heartbeat(&a, &b);
+    heartbeat(&a, c);
+    for (int s = 0; s < 2; s++) { /* the first UP under a's session, then the whole list */
+        now += HB;
+        round_trip(&e, &b);
+        ck_assert_uint_eq(relay(&b, "e", c), 0);
+    }
+    ck_assert_uint_eq(presence_total(&b.pr, "news", 4), 3);
+    return c;
+}
+
+/* b lists e at its next heartbeat with the seq a relay would have had; c,
+ * holding the same pages, takes that seq as its own and wants nothing. A
+ * change after the move is relayed as ever. */
+START_TEST(an_edge_that_moves_to_a_hub_holding_its_pages_is_not_relayed_again)
+{
+    struct node *c = e_moves_to_a_hub_holding_its_pages(false);
+    const struct tally_origin *at_b = presence_origin(&b.pr, "e");
+    const struct tally_origin *at_c = presence_origin(&c->pr, "e");
+    ck_assert_uint_gt(at_b->seq, at_c->seq);
+    ck_assert_uint_eq(heartbeat(&b, c), 0);
+    ck_assert_uint_eq(at_c->seq, at_b->seq); /* the listing's seq, taken */
+    ck_assert_uint_eq(heartbeat(c, &b), 0);  /* nothing wanted */
+    ck_assert_uint_eq(relay(&b, "e", c), 0);
+    ck_assert_uint_eq(presence_total(&c->pr, "home", 4), 2);
+    ck_assert_uint_eq(presence_total(&c->pr, "news", 4), 3);
+    viewers(&e, "sports", 1);
+    now += 10;
+    round_trip(&e, &b);
+    ck_assert_uint_eq(relay(&b, "e", c), 1);
+    ck_assert_uint_eq(presence_total(&c->pr, "sports", 6), 1);
+    ck_assert_uint_eq(presence_total(&c->pr, "news", 4), 3);
+}
+END_TEST
+
+/* c lost a's last relay: b's listing shows it another digest, c wants e's
+ * pages, b relays them whole, and c is exact. */
+START_TEST(a_hub_that_lacks_the_pages_of_an_edge_that_moved_wants_them)
+{
+    struct node *c = e_moves_to_a_hub_holding_its_pages(true);
+    ck_assert_uint_eq(presence_total(&c->pr, "news", 4), 0);
+    ck_assert_uint_eq(heartbeat(&b, c), 0);
+    ck_assert_uint_eq(heartbeat(c, &b), 1); /* c wants e */
+    ck_assert_uint_ge(relay(&b, "e", c), 1);
+    ck_assert_uint_eq(presence_total(&c->pr, "home", 4), 2);
+    ck_assert_uint_eq(presence_total(&c->pr, "news", 4), 3);
+    now += HB;
+    heartbeat(&b, c);
+    ck_assert_uint_eq(heartbeat(c, &b), 0);
+}
+END_TEST
+
 /* Regression: a hub expires a silent edge's origin at every tick and its
  * record at most once a publish interval. e, frozen (SIGSTOP) and thawed in
  * between, kept its record, its session and its acknowledgements at a, so
@@ -1720,6 +1789,8 @@ Suite *tier_suite(void)
     tcase_add_test(tc, an_edge_forgets_the_others_viewers_of_a_page_its_viewers_left);
     tcase_add_test(tc, an_edge_that_moves_and_comes_back_within_peer_timeout_counts_once);
     tcase_add_test(tc, an_edge_heard_after_its_record_but_not_its_origin_expired_stays_counted);
+    tcase_add_test(tc, an_edge_that_moves_to_a_hub_holding_its_pages_is_not_relayed_again);
+    tcase_add_test(tc, a_hub_that_lacks_the_pages_of_an_edge_that_moved_wants_them);
     tcase_add_test(tc, bad_messages_are_refused);
     tcase_add_test(tc, an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone);
     tcase_add_test(tc, a_lost_part_is_not_acknowledged);
