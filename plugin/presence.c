@@ -697,9 +697,11 @@ bool presence_origin_wanted(const struct tally_origin *o, uint64_t now_ms, uint6
  * (as a relay answering a want does, tier.c's relay_range). It is an
  * ordinary PRESENCE, taken if newer, and what it carries is the origin's
  * counts as of that seq (the digest says so): nothing is counted twice or
- * kept from a newer message, and a node of the version before takes it as
- * any other. The receiver floods what it takes on, once to each of its
- * other neighbours, which hold it and drop it.
+ * kept from a newer message. It goes on a topic of its own
+ * ($tally/v1/replay/<origin>), so that the receiver takes it and does not
+ * flood it on: its other neighbours hold it already, or want it. (A node
+ * of the version before refuses that topic, counted in repl.refused, and
+ * wants the counts as before.)
  *
  * Not replayed, and wanted as before: an origin held other than as listed
  * (a relay lost here too), one whose pages do not fit one message, and the

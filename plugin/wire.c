@@ -26,6 +26,9 @@
  *   $tally/v1/presence/<node>  PRESENCE: a node's own viewer counts, flooded
  *                              by (origin, incarnation, seq), also the
  *                              liveness heartbeat behind peer_timeout_ms
+ *   $tally/v1/replay/<node>    PRESENCE of <node>, replayed to a neighbour
+ *                              that restarted over their bridge alone
+ *                              (presence.c), which does not flood it on
  *   $tally/stats/<node>        JSON stats, retained, flooded the same way
  *
  * ---- Encoding (SYNC version 4, DIGEST version 2, PRESENCE version 3) ----

@@ -84,3 +84,49 @@ def test_a_restarted_hub_has_the_edges_viewers_from_its_neighbour_and_no_carrier
         print(f"{restarted.name} restarted: 7 viewers there {took:.2f}s after its start, "
               f"replayed by b ({stats(at_b, 'b')['repl']['replayed'] - before} origins), "
               f"no relay of {lacked} by {carrier.name}")
+
+
+def test_a_restarted_hub_does_not_send_on_what_its_neighbours_replay_it(brokers, closing):
+    """b, in the middle, restarts: c replays it ea's viewers (on $tally/v1/replay/ea, over c's
+    bridge). b takes them and sends them on to no one: a, ea's carrier, holds them. Before, b
+    flooded each replay it took to its other neighbours, a message a bridge for each. A spy at b
+    sees ea's viewers go through b only as often as a relays them (when b wants them, which it
+    may before c's replay comes)."""
+    opts = dict(OPTIONS, stats_interval_ms="200", peer_timeout_ms=str(int(TIMEOUT_S * 1000)))
+    a = brokers("a", options=opts)
+    b = brokers("b", options=opts, bridges=[{"name": "b-to-a", "port": a.port}])
+    c = brokers("c", options=opts, bridges=[{"name": "c-to-b", "port": b.port}])
+    for name, hub, n in (("ea", a, 3), ("ec", c, 4)):
+        edge = brokers(name, options=dict(opts, role="edge"), extra=edge_bridge(name, [hub]))
+        for k in range(n):
+            closing.append(Watcher(edge.port, ["presence/home"], client_id=f"{name}-viewer{k}"))
+    readers = {n.name: Watcher(n.port, ["presence/+"], keep=True) for n in (a, c)}
+    closing.extend(readers.values())
+    wait_for(lambda: all(home(w) == "7" for w in readers.values()), 20,
+             what="7 viewers of home at a and c")
+    at_c = Watcher(c.port, ["$tally/stats/c"])
+    closing.append(at_c)
+    wait_for(lambda: stats(at_c, "c").get("uptime_ms", 0) > TIMEOUT_S * 1000 + 500, 20,
+             what="c up for peer_timeout_ms")
+    # a's relays of ea, as they leave a
+    relays = Watcher(a.port, ["$tally/v1/presence/ea"], client_id="spy-to-a", keep=True)
+    closing.append(relays)
+    time.sleep(0.5)
+    assert relays.messages() == []
+    before = stats(at_c, "c")["repl"]["replayed"]
+    b.restart()
+    # c's bridge comes back a second later (restart_timeout 1): the spy is there before it
+    through_b = Watcher(b.port, ["$tally/v1/presence/ea"], client_id="spy-to-b", keep=True)
+    closing.append(through_b)
+    reader = Watcher(b.port, ["presence/+"], keep=True)
+    closing.append(reader)
+    wait_for(lambda: home(reader) == "7", 10, what="7 viewers of home at the restarted b")
+    wait_for(lambda: stats(at_c, "c")["repl"]["replayed"] > before, 5,
+             what="c's replay to b in its stats")
+    time.sleep(3 * HEARTBEAT_S)
+    sent_on, relayed = len(through_b.messages()), len(relays.messages())
+    assert sent_on <= relayed, \
+        f"ea's viewers went through b {sent_on} times, a relayed them {relayed} times"
+    assert all(home(w) == "7" for w in (readers["a"], readers["c"], reader))
+    print(f"b restarted: replayed by c ({stats(at_c, 'c')['repl']['replayed'] - before} "
+          f"origins), ea's viewers through b {sent_on} times, relayed by a {relayed} times")

@@ -68,8 +68,11 @@
 #define BACK_HOME_MS 5000
 #define MAX_MESSAGE 65536
 
-enum kind { K_UP, K_DOWN, K_SYNC, K_DIGEST, K_PRESENCE, K__COUNT };
-static const char *kind_name[K__COUNT] = {"up", "down", "sync", "digest", "presence"};
+/* K_REPLAY: a PRESENCE replayed to a neighbour that restarted, on its own
+ * topic (plugin.c's emit_replay), which that neighbour takes and does not
+ * send on */
+enum kind { K_UP, K_DOWN, K_SYNC, K_DIGEST, K_PRESENCE, K_REPLAY, K__COUNT };
+static const char *kind_name[K__COUNT] = {"up", "down", "sync", "digest", "presence", "replay"};
 
 struct msg {
     uint32_t from, to;
@@ -372,9 +375,11 @@ static void hub_on_presence(struct node *n, const struct msg *m)
         if (anew)
             tier_hub_owe_pages(&n->tier); /* its next heartbeat has all its pages */
     }
-    if (taken) {
+    if (taken && m->kind == K_PRESENCE) {
         struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
         broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
+    }
+    if (taken) {
         if (tier_hub_heard(&n->tier, &n->pr, &wp, now) != TALLY_OK)
             abort();
         int k = repl_find(&n->repl, nodes[m->from].id, wp.origin, wp.origin_len);
@@ -433,7 +438,7 @@ static void hub_replay_tick(struct node *n)
         if (!nb->replaying)
             continue;
         /* a neighbour is a hub, its connection named by its id, h<i> */
-        struct route r = {(uint32_t)(n - nodes), (uint32_t)atoi(nb->conn + 1), K_PRESENCE};
+        struct route r = {(uint32_t)(n - nodes), (uint32_t)atoi(nb->conn + 1), K_REPLAY};
         replayed += presence_replay(&n->pr, nb->node, now, PEER_TIMEOUT_MS, opt.tier_bytes,
                                     &nb->replay_from, REPLAY_STEP, &b, route_part, &r);
         nb->replaying = nb->replay_from != UINT32_MAX;
@@ -1109,6 +1114,7 @@ static void deliver(const struct event *ev)
         hub_on_digest(n, m);
         break;
     case K_PRESENCE:
+    case K_REPLAY:
         hub_on_presence(n, m);
         break;
     }
