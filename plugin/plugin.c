@@ -809,7 +809,7 @@ static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
  * bridge it came in on (bridges subscribe with no-local), so a leaf of a star
  * does not echo to its hub what the hub told it, and a copy seen before is
  * dropped, so a ring of bridges does not loop. */
-static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
+static int take_presence(const struct mosquitto_evt_message *ev, bool *taken)
 {
     const void *payload = ev->payload;
     size_t len = ev->payloadlen;
@@ -829,15 +829,13 @@ static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
      * keepalive. Once its own entry lists it, it asks for them itself
      * (tier.c, "the heartbeat's pages"). */
     bool anew = !o->alive || o->incarnation != wp.incarnation;
-    rc = presence_apply(&g.presence, o, &wp, route);
-    if (*route) {
+    rc = presence_apply(&g.presence, o, &wp, taken);
+    if (*taken) {
         if (tier_hub_says_alive(&g.tier_hub, o)) {
             o->last_heard_ms = mono_ms();
             if (anew)
                 tier_hub_owe_pages(&g.tier_hub);
         }
-        g.st.repl_msgs_out++; /* counted as when the plugin published it on itself */
-        g.st.repl_bytes_out += len;
         if (rc == TALLY_OK && !g.edge)
             rc = tier_hub_heard(&g.tier_hub, &g.presence, &wp, mono_ms());
         if (rc == TALLY_OK && anew)
@@ -850,6 +848,16 @@ done:
     return rc;
 }
 
+static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
+{
+    int rc = take_presence(ev, route);
+    if (*route) { /* counted as when the plugin published it on itself */
+        g.st.repl_msgs_out++;
+        g.st.repl_bytes_out += ev->payloadlen;
+    }
+    return rc;
+}
+
 /* A PRESENCE replayed to us by a neighbour as we restarted (emit_replay):
  * taken as any, and not sent on. Our other neighbours hold it already (it
  * is replayed as its carrier lists it), and flooded it cost one message a
@@ -858,9 +866,9 @@ done:
  * it wants it, as ever. */
 static int on_replay(const struct mosquitto_evt_message *ev, bool *route)
 {
-    int rc = on_presence(ev, route);
-    *route = false;
-    return rc;
+    bool taken;
+    (void)route; /* not sent on */
+    return take_presence(ev, &taken);
 }
 
 /* Stats are JSON for people; they carry "incarnation" (a string: 64 bits),

@@ -1642,12 +1642,11 @@ int tier_hub_apply_up(struct tier_hub *h, struct tally_table *t, struct tally_pr
     struct tier_child *ch = child_get(h, t, id, idlen, incarnation);
     if (!ch)
         return TALLY_E_NOMEM;
-    struct tally_origin *o = presence_origin(pr, ch->id);
-    if (!o)
-        return TALLY_E_NOMEM;
+    const struct tally_origin *o = NULL;
+    HASH_FIND_STR(pr->origins, ch->id, o);
     bool newer = seq > ch->seq, pages, changing = ch->pages_new;
-    bool held = o->alive && o->incarnation == ch->incarnation;
-    uint64_t held_digest = o->digest;
+    bool held = o && o->alive && o->incarnation == ch->incarnation;
+    uint64_t held_digest = o ? o->digest : 0;
     int rc = hub_read_up_body(h, t, ch, &r, flags, newer, session != ch->session, &pages,
                               ((const uint8_t *)msg)[2]);
     if (rc != TALLY_OK)
