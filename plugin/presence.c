@@ -628,6 +628,7 @@ int presence_apply(struct tally_presence *pr, struct tally_origin *o,
         return TALLY_OK;
     o->incarnation = wp->incarnation;
     o->seq = wp->seq;
+    o->carried = false;
     *taken = true;
     presence_origin_begin(pr, o, wp->lo, wp->hi);
     for (uint32_t i = 0; i < wp->npages; i++) {
@@ -642,6 +643,7 @@ void presence_origin_expire(struct tally_presence *pr, struct tally_origin *o)
 {
     origin_zero(pr, o);
     o->alive = false;
+    o->carried = false;
 }
 
 void presence_origin_listed(struct tally_origin *o, const struct wire_presence_edge *l,
@@ -703,20 +705,32 @@ bool presence_origin_wanted(const struct tally_origin *o, uint64_t now_ms, uint6
  * of the version before refuses that topic, counted in repl.refused, and
  * wants the counts as before.)
  *
+ * The sender's own edges are replayed too, as it holds them from their UPs
+ * (o->carried, set by tier.c, cleared by any PRESENCE of them taken from
+ * another carrier), unless a listing names a newer seq or life of theirs
+ * (they moved on): it holds them unlisted, so until 2026-12-03 only the
+ * restarted node's other neighbours replayed them, if it had any and if
+ * their bridges came back before it wanted them (a hub bridged to by its
+ * neighbours hears them again only after their bridges' restart_timeout,
+ * 5 s and more by default, and wants what it lacks after a heartbeat);
+ * otherwise the carrier relayed each to every hub.
+ *
  * Not replayed, and wanted as before: an origin held other than as listed
- * (a relay lost here too), one whose pages do not fit one message, and the
- * sender's own edges (it holds their origins unlisted, from their UPs),
- * which its other neighbours replay, or which have only the restarted node
- * to reach when it has no other. The restarted node wants an origin it
- * never held only a heartbeat after its first listing
- * (presence_origin_wanted), by when the replay has come. */
+ * (a relay lost here too), and one whose pages do not fit one message. The
+ * restarted node wants an origin it never held only a heartbeat after its
+ * first listing (presence_origin_wanted), by when the replay has come. */
 
-static bool origin_as_listed(const struct tally_origin *o, const char *skip, uint64_t now_ms,
-                             uint64_t timeout_ms)
+static bool origin_replayable(const struct tally_origin *o, const char *skip, uint64_t now_ms,
+                              uint64_t timeout_ms)
 {
-    return o->alive && o->listed && o->incarnation == o->listed_incarnation &&
-           o->seq == o->listed_seq && o->digest == o->listed_digest &&
-           now_ms - o->last_heard_ms <= timeout_ms && strcmp(o->node_id, skip) != 0;
+    bool as_listed = o->listed && o->incarnation == o->listed_incarnation &&
+                     o->seq == o->listed_seq && o->digest == o->listed_digest;
+    /* ours, unless a listing says its carrier holds a newer seq or life */
+    bool ours =
+        o->carried &&
+        (!o->listed || (o->incarnation == o->listed_incarnation && o->seq >= o->listed_seq));
+    return o->alive && (as_listed || ours) && now_ms - o->last_heard_ms <= timeout_ms &&
+           strcmp(o->node_id, skip) != 0;
 }
 
 static void replay_origin(const struct tally_origin *o, const struct keyed_page *c, size_t n,
@@ -754,7 +768,7 @@ uint32_t presence_replay(struct tally_presence *pr, const char *skip, uint64_t n
     if (!of)
         return 0;
     for (struct tally_origin *o = pr->origins; o; o = o->hh.next)
-        if (o->slot >= lo && o->slot < hi && origin_as_listed(o, skip, now_ms, timeout_ms))
+        if (o->slot >= lo && o->slot < hi && origin_replayable(o, skip, now_ms, timeout_ms))
             of[o->slot - lo] = o;
     /* Every held count of those origins, by origin: one walk of the pages. */
     size_t n = 0, cap = 0;

@@ -527,6 +527,7 @@ struct tally_origin {
     uint64_t first_listed_ms; /* when it was first listed here */
     bool listed;
     bool alive;
+    bool carried; /* our own edge's, as our record of it holds them (tier.c) */
     char node_id[TALLY_NODE_ID_MAX + 1];
 };
 
@@ -602,7 +603,8 @@ void presence_origin_listed(struct tally_origin *o, const struct wire_presence_e
 bool presence_origin_wanted(const struct tally_origin *o, uint64_t now_ms, uint64_t timeout_ms);
 /* To a neighbour that restarted (repl_replay_due): each origin held here as
  * its newest listing says its carrier holds it (alive, same incarnation, seq
- * and digest), but skip (the neighbour itself), as the one PRESENCE of that
+ * and digest), or as we carry it (our own edge's, o->carried), but skip (the
+ * neighbour itself), as the one PRESENCE of that
  * seq covering every hash, with the origin's listing entry, if it fits in
  * max_bytes; each is handed to emit. In steps: the origins of most slots
  * from *from, which becomes the next step's, or UINT32_MAX after the last

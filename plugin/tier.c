@@ -236,7 +236,8 @@
  * origins, listed by their new hub once they have moved. A hub that
  * restarts has every edge's viewers from its neighbours, each over its own
  * bridge (presence.c, "Replay to a neighbour that restarted"), not from a
- * relay of each edge flooded to every hub.
+ * relay of each edge flooded to every hub; each neighbour replays its own
+ * edges too, as it holds them from their UPs.
  *
  * ---- Invariants ----
  *
@@ -1579,6 +1580,7 @@ static int hub_apply_presence(struct tally_presence *pr, struct tier_child *ch, 
         return TALLY_OK;
     o->incarnation = ch->incarnation;
     o->seq = RELAY_SEQ(ch->seq);
+    o->carried = true; /* replayed as such (presence.c) */
     presence_origin_begin(pr, o, 0, UINT64_MAX); /* ch->pages: all the child's pages */
     for (uint32_t i = 0; i < ch->npages; i++)
         if (presence_origin_set(pr, o, ch->pages[i].name, ch->pages[i].len, ch->pages[i].count) !=

@@ -987,6 +987,55 @@ START_TEST(a_hub_that_lacks_the_pages_of_an_edge_that_moved_wants_them)
 }
 END_TEST
 
+/* What hub replays to b, restarted (all of it, in one step). */
+static uint32_t replay_to_b(struct node *hub)
+{
+    uint32_t from = 0;
+    nparts = 0;
+    uint32_t n =
+        presence_replay(&hub->pr, "b", now, TIMEOUT, max_bytes, &from, 100, &out, collect, NULL);
+    ck_assert_uint_eq(from, UINT32_MAX);
+    return n;
+}
+
+/* A hub replays its own edges to a neighbour that restarted (presence.c),
+ * as it holds them from their UPs, not only the origins it holds as some
+ * other hub lists them: b, restarted, has e's viewers from a at once. Once
+ * e has moved on (a listing names a newer seq of it), a replays it no more,
+ * until it holds what that listing says. */
+START_TEST(a_hub_replays_its_own_edges_to_a_restarted_neighbour)
+{
+    struct node *c = &f;
+    tier_hub_init(&c->hub, "c", 333);
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    ck_assert_uint_eq(replay_to_b(&a), 1);
+    presence_takes_part(&b, 0);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    const struct tally_origin *at_b = presence_origin(&b.pr, "e");
+    ck_assert(at_b->listed); /* with a's entry: alive as of a's hearing */
+    ck_assert_uint_eq(at_b->seq, presence_origin(&a.pr, "e")->seq);
+    ck_assert_uint_eq(heartbeat(&b, &a), 0); /* b wants nothing */
+    /* e moves to c, which relays its new pages; lost to a, which still
+     * carries what e had, until c's listing names a newer seq */
+    viewers(&e, "news", 1);
+    for (int s = 0; s < 2; s++) {
+        now += HB;
+        round_trip(&e, c);
+    }
+    ck_assert_uint_ge(relay(c, "e", NULL), 1);
+    ck_assert(presence_origin(&a.pr, "e")->carried);
+    ck_assert_uint_eq(heartbeat(c, &a), 0);
+    ck_assert_uint_eq(replay_to_b(&a), 0);
+    /* a wants e, c relays it: a no longer carries e, and holds it as listed */
+    ck_assert_uint_eq(heartbeat(&a, c), 1);
+    ck_assert_uint_ge(relay(c, "e", &a), 1);
+    ck_assert(!presence_origin(&a.pr, "e")->carried);
+    ck_assert_uint_eq(presence_total(&a.pr, "news", 4), 1);
+    ck_assert_uint_eq(replay_to_b(&a), 1);
+}
+END_TEST
+
 /* Regression: a hub expires a silent edge's origin at every tick and its
  * record at most once a publish interval. e, frozen (SIGSTOP) and thawed in
  * between, kept its record, its session and its acknowledgements at a, so
@@ -1791,6 +1840,7 @@ Suite *tier_suite(void)
     tcase_add_test(tc, an_edge_heard_after_its_record_but_not_its_origin_expired_stays_counted);
     tcase_add_test(tc, an_edge_that_moves_to_a_hub_holding_its_pages_is_not_relayed_again);
     tcase_add_test(tc, a_hub_that_lacks_the_pages_of_an_edge_that_moved_wants_them);
+    tcase_add_test(tc, a_hub_replays_its_own_edges_to_a_restarted_neighbour);
     tcase_add_test(tc, bad_messages_are_refused);
     tcase_add_test(tc, an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone);
     tcase_add_test(tc, a_lost_part_is_not_acknowledged);
