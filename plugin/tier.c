@@ -1566,21 +1566,27 @@ static int hub_read_pages(struct tier_child *ch, struct wire_reader *r, bool *ap
  * a silent origin at every tick, and the child's record (tier_hub_expire) at
  * most once a publish interval: a child heard in between keeps its record,
  * its session and its acknowledgements, so it does not send its page list
- * again, and the record's list is all there is to count. */
+ * again, and the record's list is all there is to count. When the part
+ * began a change of the record's pages (began), what the origin held then
+ * is noted for tier_hub_relay: a change that leaves it so is not relayed. */
 static int hub_apply_presence(struct tally_presence *pr, struct tier_child *ch, bool pages,
-                              uint64_t now_ms)
+                              bool began, uint64_t now_ms)
 {
     struct tally_origin *o = presence_origin(pr, ch->id);
     if (!o)
         return TALLY_E_NOMEM;
     o->last_heard_ms = now_ms;
+    if (began) {
+        ch->held = o->alive && o->incarnation == ch->incarnation;
+        ch->held_digest = o->digest;
+    }
     if (!pages && o->alive)
         return TALLY_OK;
     if (o->incarnation == ch->incarnation && RELAY_SEQ(ch->seq) <= o->seq)
         return TALLY_OK;
     o->incarnation = ch->incarnation;
     o->seq = RELAY_SEQ(ch->seq);
-    o->carried = true; /* replayed as such (presence.c) */
+    o->carried = true;                           /* replayed as such (presence.c) */
     presence_origin_begin(pr, o, 0, UINT64_MAX); /* ch->pages: all the child's pages */
     for (uint32_t i = 0; i < ch->npages; i++)
         if (presence_origin_set(pr, o, ch->pages[i].name, ch->pages[i].len, ch->pages[i].count) !=
@@ -1644,19 +1650,11 @@ int tier_hub_apply_up(struct tier_hub *h, struct tally_table *t, struct tally_pr
     struct tier_child *ch = child_get(h, t, id, idlen, incarnation);
     if (!ch)
         return TALLY_E_NOMEM;
-    const struct tally_origin *o = NULL;
-    HASH_FIND_STR(pr->origins, ch->id, o);
     bool newer = seq > ch->seq, pages, changing = ch->pages_new;
-    bool held = o && o->alive && o->incarnation == ch->incarnation;
-    uint64_t held_digest = o ? o->digest : 0;
     int rc = hub_read_up_body(h, t, ch, &r, flags, newer, session != ch->session, &pages,
                               ((const uint8_t *)msg)[2]);
     if (rc != TALLY_OK)
         return rc;
-    if (!changing && ch->pages_new) {
-        ch->held = held;
-        ch->held_digest = held_digest;
-    }
     ch->last_heard_ms = now_ms;
     /* Only an UP built under the session this record gave the edge holds
      * everything the edge had not had acknowledged by this record. */
@@ -1664,7 +1662,7 @@ int tier_hub_apply_up(struct tier_hub *h, struct tally_table *t, struct tally_pr
         hub_ack(ch, seq, group, newer);
     if (newer)
         ch->seq = seq;
-    rc = hub_apply_presence(pr, ch, pages, now_ms);
+    rc = hub_apply_presence(pr, ch, pages, !changing && ch->pages_new, now_ms);
     *from = ch;
     return rc;
 }

@@ -375,11 +375,10 @@ static void hub_on_presence(struct node *n, const struct msg *m)
         if (anew)
             tier_hub_owe_pages(&n->tier); /* its next heartbeat has all its pages */
     }
-    if (taken && m->kind == K_PRESENCE) {
-        struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
-        broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
-    }
     if (taken) {
+        struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
+        if (m->kind == K_PRESENCE) /* a replay is not sent on */
+            broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
         if (tier_hub_heard(&n->tier, &n->pr, &wp, now) != TALLY_OK)
             abort();
         int k = repl_find(&n->repl, nodes[m->from].id, wp.origin, wp.origin_len);
