@@ -972,10 +972,10 @@ void node_stats_json(struct wire_buf *b, const struct stats_view *v)
                 ",\"repl\":{\"msgs_in\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"msgs_out\":%" PRIu64
                 ",\"bytes_out\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"too_large\":%" PRIu64
                 ",\"too_large_out\":%" PRIu64 ",\"repaired\":%" PRIu64 ",\"repairs_asked\":%" PRIu64
-                ",\"replayed\":%" PRIu64 ",\"neighbours\":%" PRIu32 "}",
+                ",\"unnamed\":%" PRIu64 ",\"replayed\":%" PRIu64 ",\"neighbours\":%" PRIu32 "}",
                 st->repl_msgs_in, st->repl_bytes_in, st->repl_msgs_out, st->repl_bytes_out,
                 st->repl_rejected, st->repl_too_large, st->repl_dropped_large, st->repair_counters,
-                v->repairs_asked, st->presence_replayed, v->neighbours);
+                v->repairs_asked, v->unnamed, st->presence_replayed, v->neighbours);
     wbuf_printf(b, ",\"dedup\":{\"ids\":%" PRIu32 ",\"window\":%" PRIu32 "}", v->dedup->count,
                 v->dedup->window);
     wbuf_printf(b, ",\"limits\":{\"max_counters\":%lld,\"max_devices\":%lld,\"max_viewers\":%lld",

@@ -1664,6 +1664,7 @@ static void publish_stats(uint64_t now)
         .peer_ids = peer_ids,
         .npeers = npeers,
         .repairs_asked = g.repl.asked,
+        .unnamed = g.repl.unnamed,
         .neighbours = g.repl.n,
         .max_counters = g.opt.max_counters,
         .max_devices = g.opt.max_devices,

@@ -55,6 +55,20 @@
  *    seq 0: receivers take it without checking it, as they take a version 1
  *    sender's), since the other neighbours never see it; what it teaches
  *    the asker goes on from there as the asker's own deltas.
+ * 7. Replicas named once a stream (SYNC version 5, wire.c). A slot is a
+ *    replica (node id, incarnation: about 13 bytes) and a few bytes of
+ *    value; the stream names each replica the first time it sends it, then
+ *    gives its number alone. A receiver keeps, per neighbour, what that
+ *    stream's numbers stand for, learned only from messages of the session
+ *    it knows (a repair of that session too), and forgets it when the
+ *    session changes. A message with a number it cannot resolve (the one
+ *    that named it was lost, or reordered after) is taken as lost: nothing
+ *    of it is applied, and the receiver asks for a repair, as for a gap,
+ *    listing the numbers in its request; the sender names those again in
+ *    its stream, and the repair (which names every replica) brings what was
+ *    not applied, since the message left before the request arrived. A
+ *    neighbour heard in a new session (restarted, or first heard) has our
+ *    stream name every replica again.
  *
  * ---- Invariants ----
  *
@@ -62,6 +76,8 @@
  *     SYNC, or when it was owed only to the neighbour it came from.
  *   - Every SYNC sent consumes one seq; a receiver that saw seq s and then
  *     s + 2, or a digest saying s + 1, asks for a repair.
+ *   - A replica is resolved by number only through a name its stream sent
+ *     in the same session: a number is never taken for another replica.
  *   - Convergence does not depend on any of this being delivered: a lost
  *     repair is a gap again, and a bucket that stays different while both
  *     sides are still is repaired by rule 5.
@@ -74,7 +90,11 @@
  * heard a new neighbour does not forward to it; that neighbour sees a new
  * session and asks for a repair. A change lost while the same bucket keeps
  * changing elsewhere waits for the slot's next change, a gap, or the bucket's
- * quiet: the sync interval after the writes stop.
+ * quiet: the sync interval after the writes stop. A name lost on the way
+ * costs more than the message that carried it: every message of that stream
+ * that numbers the replica before the name comes back (a round trip) is not
+ * applied, and the repair sends whole buckets (in the simulator at 2% loss,
+ * a quarter more counters sent whole, for half the SYNC bytes).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -90,9 +110,12 @@ void repl_init(struct repl *r, uint64_t session)
 
 void repl_free(struct repl *r)
 {
-    for (uint32_t i = 0; i < r->n; i++)
+    for (uint32_t i = 0; i < r->n; i++) {
+        free(r->nb[i]->map);
         free(r->nb[i]);
+    }
     free(r->nb);
+    free(r->names.named);
     memset(r, 0, sizeof(*r));
 }
 
@@ -156,12 +179,19 @@ static void ask_repair(struct repl *r, struct repl_neighbour *k)
 static void stream_seen(struct repl *r, struct repl_neighbour *k, uint64_t session, uint64_t seq,
                         bool from_digest)
 {
-    if (session == 0)
+    if (session == 0 || (seq == 0 && !from_digest)) /* seq 0: a SYNC outside the stream */
         return;
     if (k->session != session) {
         k->new_session = k->session != 0; /* restarted, not first heard */
         k->session = session;
         k->seq = seq;
+        k->map_cap = 0; /* its numbers were another stream's */
+        k->nlack = 0;
+        free(k->map);
+        k->map = NULL;
+        /* It knows none of our numbers: our stream names every replica again. */
+        if (r->names.named)
+            memset(r->names.named, 0, r->names.cap);
         ask_repair(r, k);
         return;
     }
@@ -253,6 +283,58 @@ static int apply_counter(struct repl *r, struct tally_table *t, struct persist *
     return rc;
 }
 
+/* Neighbour k's number `no` is our replica idx, for the rest of its stream. */
+static void map_learn(struct repl_neighbour *k, uint32_t no, uint32_t idx)
+{
+    if (no >= k->map_cap) {
+        uint32_t cap = k->map_cap ? k->map_cap : 64;
+        while (cap <= no && cap < UINT32_MAX / 2)
+            cap *= 2;
+        if (cap <= no)
+            return;
+        uint32_t *m = realloc(k->map, (size_t)cap * sizeof(*m));
+        if (!m)
+            return; /* unknown later: it is asked to name it again */
+        memset(m + k->map_cap, 0, (size_t)(cap - k->map_cap) * sizeof(*m));
+        k->map = m;
+        k->map_cap = cap;
+    }
+    k->map[no] = idx + 1;
+}
+
+static void map_lacks(struct repl_neighbour *k, uint32_t no)
+{
+    for (uint32_t i = 0; i < k->nlack; i++)
+        if (k->lack[i] == no)
+            return;
+    if (k->nlack < WIRE_MAX_NAMES)
+        k->lack[k->nlack++] = no; /* the rest when these are named */
+}
+
+/* The registry index of each replica of s into reps. A named one is
+ * registered, and its number learned if it is of k's stream as we know it
+ * (a repair of its current session too); a number alone is looked up.
+ * False if some number is unknown: a message whose naming one was lost. */
+static bool resolve_replicas(struct tally_table *t, struct repl_neighbour *k,
+                             const struct wire_sync *s, uint32_t *reps, int *rc)
+{
+    bool ours = s->session != 0 && s->session == k->session, known = true;
+    for (uint32_t i = 0; i < s->nreplicas && *rc == TALLY_OK; i++) {
+        const struct wire_sync_replica *rep = &s->replicas[i];
+        if (rep->node_id) {
+            *rc = table_replica(t, rep->node_id, rep->len, rep->incarnation, &reps[i]);
+            if (*rc == TALLY_OK && rep->numbered && ours)
+                map_learn(k, rep->no, reps[i]);
+        } else if (ours && rep->no < k->map_cap && k->map[rep->no]) {
+            reps[i] = k->map[rep->no] - 1;
+        } else {
+            map_lacks(k, rep->no);
+            known = false;
+        }
+    }
+    return known;
+}
+
 int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
                     const struct wire_sync *s, uint16_t k)
 {
@@ -262,9 +344,14 @@ int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
     uint32_t *reps = calloc(s->nreplicas + 1, sizeof(*reps));
     uint32_t *devs = calloc(s->ndevices + 1, sizeof(*devs));
     int rc = reps && devs ? TALLY_OK : TALLY_E_NOMEM;
-    for (uint32_t i = 0; i < s->nreplicas && rc == TALLY_OK; i++) {
-        rc = table_replica(t, s->replicas[i].node_id, s->replicas[i].len,
-                           s->replicas[i].incarnation, &reps[i]);
+    if (rc == TALLY_OK && !resolve_replicas(t, nb, s, reps, &rc)) {
+        /* Taken as lost: the repair asked (with the numbers to name) sends
+         * what it held, as for a gap. */
+        r->unnamed++;
+        ask_repair(r, nb);
+        free(reps);
+        free(devs);
+        return TALLY_OK;
     }
     for (uint32_t i = 0; i < s->ndevices && rc == TALLY_OK; i++)
         rc = table_device(t, s->devices[i].id, s->devices[i].len, DEVICE_PEER, &devs[i]);
@@ -283,13 +370,14 @@ int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
 
 /* ==== DIGEST in ==== */
 
-static bool names(const struct wire_digest *d, const char *self)
+/* The request of d that names us, if any. */
+static const struct wire_node_ref *asks(const struct wire_digest *d, const char *self)
 {
     size_t len = strlen(self);
     for (uint32_t i = 0; i < d->nrequests; i++)
         if (d->requests[i].len == len && memcmp(d->requests[i].id, self, len) == 0)
-            return true;
-    return false;
+            return &d->requests[i];
+    return NULL;
 }
 
 static void set_bit(uint64_t *mask, unsigned b)
@@ -305,7 +393,12 @@ unsigned repl_digest_seen(struct repl *r, uint16_t k, const struct wire_digest *
     learn_node(nb, d->sender, d->sender_len);
     stream_seen(r, nb, d->session, d->seq, true);
     memset(dump, 0, TALLY_BUCKETS / 8);
-    if (names(d, self)) {
+    const struct wire_node_ref *q = asks(d, self);
+    if (q) {
+        /* Numbers it could not resolve: our stream names them again. */
+        for (uint32_t i = 0; i < q->nnames; i++)
+            if (q->names[i] < r->names.cap)
+                r->names.named[q->names[i]] = 0;
         for (unsigned b = 0; b < TALLY_BUCKETS; b++)
             if (d->digest[b] != ours[b]) {
                 set_bit(dump, b);
@@ -374,8 +467,12 @@ void repl_digest(struct repl *r, struct wire_digest *d, const char *self, const 
         struct repl_neighbour *k = r->nb[i];
         if (!k->want_repair || !k->node[0])
             continue;
-        d->requests[d->nrequests].id = k->node;
-        d->requests[d->nrequests++].len = strlen(k->node);
+        struct wire_node_ref *q = &d->requests[d->nrequests++];
+        q->id = k->node;
+        q->len = strlen(k->node);
+        q->nnames = k->nlack;
+        memcpy(q->names, k->lack, k->nlack * sizeof(*k->lack));
+        k->nlack = 0;
         k->want_repair = false;
     }
     memcpy(d->digest, digest, sizeof(d->digest));
@@ -387,10 +484,11 @@ static int finish(struct repl *r, struct wire_sync_writer *w, const struct repl_
 {
     if (sync_writer_empty(w))
         return TALLY_OK;
-    /* A message to one neighbour is outside the numbered stream (session 0,
-     * which receivers do not check), or the others would see a gap. */
-    int rc = out->to_one ? sync_writer_finish(w, out->self, 0, 0)
-                         : sync_writer_finish(w, out->self, r->session, ++r->seq);
+    /* A message to one neighbour is outside the numbered stream (seq 0,
+     * which receivers do not check), or the others would see a gap; it
+     * names every replica, since the stream's names may not have reached it. */
+    w->names = out->to_one ? NULL : &r->names;
+    int rc = sync_writer_finish(w, out->self, r->session, out->to_one ? 0 : ++r->seq);
     if (rc == TALLY_OK)
         out->send(&w->out, out->ctx);
     return rc;

@@ -732,9 +732,11 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
 
 /* ==== Replication wire format (wire.c) ==== */
 
-#define WIRE_VERSION 2        /* UP, DOWN: 2 added past lives (UP) and the watermark (DOWN) */
-#define WIRE_SYNC_VERSION 4   /* 2 added bases (reset.c), 3 the stream (repl.c), 4 folds (fold.c) */
-#define WIRE_DIGEST_VERSION 2 /* 2 added the stream and repair requests */
+#define WIRE_VERSION 2 /* UP, DOWN: 2 added past lives (UP) and the watermark (DOWN) */
+/* SYNC: 2 added bases (reset.c), 3 the stream (repl.c), 4 folds (fold.c), 5 replicas
+ * numbered per stream; DIGEST: 2 added the stream and repair requests, 3 the numbers wanted */
+#define WIRE_SYNC_VERSION 5
+#define WIRE_DIGEST_VERSION 3
 #define WIRE_PRESENCE_VERSION                                                                      \
     3 /* 2 added the range [lo, hi], 3 a hub's listing; 1 and 2 are read */
 enum wire_type {
@@ -756,11 +758,19 @@ uint64_t wr_varint(struct wire_reader *r);
 /* Returns a pointer into the message (not NUL-terminated) and its length. */
 const char *wr_str8(struct wire_reader *r, size_t *len);
 
+/* Which replicas a SYNC stream has named, by registry index (version 5: a
+ * stream names a replica once, then gives its number alone; repl.c). */
+struct wire_names {
+    uint8_t *named;
+    uint32_t cap;
+};
+
 /* A SYNC message under construction: counters are appended to body while the
  * replicas and devices they name are collected into per-message dictionaries. */
 struct wire_sync_writer {
-    struct wire_buf dict, body, out;
-    int32_t *rep_ref, *dev_ref; /* registry index -> dictionary position, -1 if absent */
+    struct wire_buf dict, body, out; /* dict: each replica's name, in message order */
+    size_t nums_len;                 /* bytes of the replicas' numbers (version 5) */
+    int32_t *rep_ref, *dev_ref;      /* registry index -> dictionary position, -1 if absent */
     uint32_t rep_cap, dev_cap;
     uint32_t *rep_used, *dev_used;
     uint32_t nrep, ndev, ncounters;
@@ -772,6 +782,10 @@ struct wire_sync_writer {
     size_t max_bytes;
     int (*full)(struct wire_sync_writer *w, void *ctx);
     void *full_ctx;
+    /* Set by the caller for a message of its numbered stream: replicas it
+     * has named go by number alone, and those it names are marked. NULL: the
+     * message names every replica (a message outside the stream). */
+    struct wire_names *names;
 };
 
 void sync_writer_free(struct wire_sync_writer *w);
@@ -808,9 +822,11 @@ struct wire_sync_dev {
     uint64_t total;
 };
 struct wire_sync_replica {
-    const char *node_id;
+    const char *node_id; /* NULL: not named, only numbered */
     size_t len;
     uint64_t incarnation;
+    bool numbered; /* version 5 on: no is the sender's number for it */
+    uint32_t no;
 };
 struct wire_sync_device {
     const char *id;
@@ -839,9 +855,12 @@ int wire_decode_sync(const void *msg, size_t len, struct wire_sync *out);
 void wire_sync_free(struct wire_sync *s);
 
 #define WIRE_MAX_REQUESTS 64
+#define WIRE_MAX_NAMES 32 /* numbers a DIGEST asks one neighbour to name again */
 struct wire_node_ref {
     const char *id; /* borrowed */
     size_t len;
+    uint32_t nnames; /* version 3 on: replica numbers of its stream we cannot resolve */
+    uint32_t names[WIRE_MAX_NAMES];
 };
 /* A DIGEST. Decoded, its strings point into the message (borrowed). */
 struct wire_digest {
@@ -1093,16 +1112,20 @@ struct repl_neighbour {
     bool replaying;
     bool have_prev;
     uint64_t prev_theirs[TALLY_BUCKETS], prev_ours[TALLY_BUCKETS]; /* at its last DIGEST */
+    uint32_t *map, map_cap; /* its stream's replica numbers -> our registry index + 1 */
+    uint32_t lack[WIRE_MAX_NAMES], nlack; /* numbers to ask it to name again */
     char conn[];
 };
 
 struct repl {
     struct repl_neighbour **nb;
     uint32_t n, cap;
-    uint64_t session, seq; /* our own SYNC stream: seq of the last one sent */
-    bool learned;          /* a change owed to a neighbour came from another */
-    uint64_t asked;        /* repairs asked of neighbours (gaps, new sessions) */
-    uint64_t failed;       /* counters that could not be written (memory) */
+    uint64_t session, seq;   /* our own SYNC stream: seq of the last one sent */
+    bool learned;            /* a change owed to a neighbour came from another */
+    uint64_t asked;          /* repairs asked of neighbours (gaps, new sessions) */
+    uint64_t unnamed;        /* SYNCs not applied: a replica number we could not resolve */
+    struct wire_names names; /* the replicas our stream has named */
+    uint64_t failed;         /* counters that could not be written (memory) */
 };
 
 /* Where and how SYNCs leave: plugin.c publishes them. to_one: they reach one
@@ -1188,6 +1211,7 @@ struct stats_view {
     const char *const *peer_ids;
     size_t npeers;
     uint64_t repairs_asked;
+    uint64_t unnamed; /* SYNCs taken as lost: a replica number not yet named to us */
     uint32_t neighbours;
     long long max_counters, max_devices, max_viewers;
     long long peer_timeout_ms, stats_interval_ms; /* so readers judge by this node's own */

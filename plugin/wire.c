@@ -31,7 +31,7 @@
  *                              (presence.c), which does not flood it on
  *   $tally/stats/<node>        JSON stats, retained, flooded the same way
  *
- * ---- Encoding (SYNC version 4, DIGEST version 2, PRESENCE version 3) ----
+ * ---- Encoding (SYNC version 5, DIGEST version 3, PRESENCE version 3) ----
  *
  * All integers are unsigned. varint = LEB128 (7 bits a byte, low first, at
  * most 10 bytes); u64 = 8 bytes little-endian; str8 = one length byte then
@@ -39,7 +39,9 @@
  *
  *   header    'T' 'L' version type              4 bytes
  *   SYNC      str8 sender, u64 session, varint seq                (v3 on)
- *             varint R, R x { str8 node_id, u64 incarnation }    replicas
+ *             varint R, R x { varint key,                        replicas
+ *                             if key & 1 (before v5: always, and no key):
+ *                               str8 node_id, u64 incarnation }
  *             varint D, D x { str8 device_id }                   devices
  *             varint C, C x { str8 name,
  *                             varint S, S x { varint r, varint p, varint n },
@@ -52,7 +54,8 @@
  *                                             varint bp, varint bn } }
  *                                                    fold entries (v4 on, fold.c)
  *   DIGEST    str8 sender, u64 session, varint seq,               (v2 on)
- *             varint Q, Q x { str8 node_id }     asked to repair  (v2 on)
+ *             varint Q, Q x { str8 node_id,      asked to repair  (v2 on)
+ *                             varint W, W x varint number }       (v3 on)
  *             varint B (=256), B x u64 bucket hash
  *   PRESENCE  str8 origin, u64 incarnation, u64 seq,
  *             u64 lo, u64 hi                                      (v2 on)
@@ -85,6 +88,17 @@
  *
  * r and d index the message's own replica and device lists, so a counter's
  * slot costs 3 to 20 bytes whatever the lengths of node and device ids.
+ *
+ * From version 5 a replica's key is its number in the sender's stream (the
+ * index of its registry, fixed while the broker runs) times two, plus one
+ * when the replica is named. A stream names each replica once; its later
+ * messages give the number alone, which the receiver looks up in what that
+ * stream taught it. A replica's name and incarnation took about 13 of the
+ * 16 to 20 bytes of a typical slot, since most slots that change are each
+ * another edge's or node's (README, "Tiers"). A message outside the stream
+ * (a repair, to one neighbour) names every replica. How a name lost on the
+ * way is named again is repl.c's rule 7; a DIGEST's request lists the
+ * numbers (at most WIRE_MAX_NAMES) its sender could not resolve.
  * Decoding validates everything (lengths, indexes, names, p/n/total at most
  * 2^53-1, no bytes left over) before any of it is applied: a malformed
  * message is refused whole. A receiver refuses versions it does not know
@@ -225,6 +239,14 @@ void sync_writer_free(struct wire_sync_writer *w)
     memset(w, 0, sizeof(*w));
 }
 
+static size_t varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >>= 7)
+        n++;
+    return n;
+}
+
 /* Grows a registry-index -> message-ref map to hold n entries, new ones -1. */
 static int ref_grow(int32_t **ref, uint32_t **used, uint32_t *cap, uint32_t n)
 {
@@ -253,6 +275,7 @@ static uint32_t rep_ref(struct wire_sync_writer *w, const struct tally_table *t,
         const struct tally_replica *rep = t->replicas[idx];
         wbuf_str8(&w->dict, rep->key, rep->id_len);
         wbuf_u64(&w->dict, rep->incarnation);
+        w->nums_len += varint_len((uint64_t)idx << 1 | 1);
         w->rep_used[w->nrep] = idx;
         w->rep_ref[idx] = (int32_t)w->nrep++;
     }
@@ -304,14 +327,6 @@ static void add_folds(struct wire_sync_writer *w, const struct tally_table *t,
     }
 }
 
-static size_t varint_len(uint64_t v)
-{
-    size_t n = 1;
-    while (v >>= 7)
-        n++;
-    return n;
-}
-
 /* Entry i of counter c: its slots, then its devices. */
 static uint16_t entry_pending(const struct tally_counter *c, uint32_t i)
 {
@@ -333,7 +348,9 @@ static size_t entry_cost(const struct wire_sync_writer *w, const struct tally_ta
     if (i < c->nslots) {
         const struct tally_slot *sl = &c->slots[i];
         size_t n = varint_len(w->nrep + added) + varint_len(sl->p) + varint_len(sl->n);
-        return n + (w->rep_ref[sl->replica] < 0 ? 1 + t->replicas[sl->replica]->id_len + 8 : 0);
+        size_t named =
+            1 + t->replicas[sl->replica]->id_len + 8 + varint_len(sl->replica * 2ULL + 1);
+        return n + (w->rep_ref[sl->replica] < 0 ? named : 0);
     }
     const struct tally_dev *d = &counter_devs(c)[i - c->nslots];
     size_t n = varint_len(w->ndev + added) + varint_len(d->total);
@@ -475,12 +492,53 @@ int sync_writer_add_delta(struct wire_sync_writer *w, const struct tally_table *
 
 size_t sync_writer_size(const struct wire_sync_writer *w)
 {
-    return w->dict.len + w->dev_dict.len + w->body.len + 96;
+    return w->dict.len + w->nums_len + w->dev_dict.len + w->body.len + 96;
 }
 
 bool sync_writer_empty(const struct wire_sync_writer *w)
 {
     return w->ncounters == 0;
+}
+
+/* Marks replica idx named by the stream; false if it had been already. */
+static bool name_once(struct wire_names *names, uint32_t idx)
+{
+    if (idx >= names->cap) {
+        uint32_t cap = names->cap ? names->cap : 64;
+        while (cap <= idx)
+            cap *= 2;
+        uint8_t *n = realloc(names->named, cap);
+        if (!n)
+            return true; /* named, not marked: named again next time */
+        memset(n + names->cap, 0, cap - names->cap);
+        names->named = n;
+        names->cap = cap;
+    }
+    if (names->named[idx])
+        return false;
+    names->named[idx] = 1;
+    return true;
+}
+
+/* The message's replicas (version 5): each by its registry index, the
+ * stream's number for it, and named (id, incarnation) unless the stream
+ * named it before. */
+static void write_replicas(struct wire_sync_writer *w)
+{
+    const uint8_t *p = w->dict.data;
+    if (w->dict.failed) {
+        w->out.failed = true;
+        return;
+    }
+    for (uint32_t i = 0; i < w->nrep; i++) {
+        uint32_t idx = w->rep_used[i];
+        size_t len = 1 + (size_t)p[0] + 8;
+        bool named = !w->names || name_once(w->names, idx);
+        wbuf_varint(&w->out, ((uint64_t)idx << 1) | named);
+        if (named)
+            wbuf_bytes(&w->out, p, len);
+        p += len;
+    }
 }
 
 int sync_writer_finish(struct wire_sync_writer *w, const char *sender, uint64_t session,
@@ -492,7 +550,7 @@ int sync_writer_finish(struct wire_sync_writer *w, const char *sender, uint64_t 
     wbuf_u64(&w->out, session);
     wbuf_varint(&w->out, seq);
     wbuf_varint(&w->out, w->nrep);
-    wbuf_bytes(&w->out, w->dict.data, w->dict.len);
+    write_replicas(w);
     wbuf_varint(&w->out, w->ndev);
     wbuf_bytes(&w->out, w->dev_dict.data, w->dev_dict.len);
     wbuf_varint(&w->out, w->ncounters);
@@ -502,6 +560,7 @@ int sync_writer_finish(struct wire_sync_writer *w, const char *sender, uint64_t 
     for (uint32_t i = 0; i < w->ndev; i++)
         w->dev_ref[w->dev_used[i]] = -1;
     w->nrep = w->ndev = w->ncounters = 0;
+    w->nums_len = 0;
     wbuf_reset(&w->dict);
     wbuf_reset(&w->dev_dict);
     wbuf_reset(&w->body);
@@ -613,6 +672,27 @@ static void read_counter(struct wire_reader *r, struct wire_sync *s, struct wire
         read_folds(r, s, c);
 }
 
+/* One replica of a SYNC's dictionary: from version 5 its number in the
+ * sender's stream, then its name unless the stream named it before. */
+static void read_replica(struct wire_reader *r, struct wire_sync_replica *rep, uint8_t version)
+{
+    bool named = true;
+    if (version >= 5) {
+        uint64_t key = wr_varint(r);
+        if (key >> 1 > UINT32_MAX)
+            r->bad = true;
+        rep->numbered = true;
+        rep->no = (uint32_t)(key >> 1);
+        named = key & 1;
+    }
+    if (!named)
+        return;
+    rep->node_id = wr_str8(r, &rep->len);
+    rep->incarnation = wr_u64(r);
+    if (!r->bad && !sender_ok(rep->node_id, rep->len))
+        r->bad = true;
+}
+
 int wire_decode_sync(const void *msg, size_t len, struct wire_sync *s)
 {
     struct wire_reader r;
@@ -627,15 +707,10 @@ int wire_decode_sync(const void *msg, size_t len, struct wire_sync *s)
         s->session = wr_u64(&r);
         s->seq = wr_varint(&r);
     }
-    uint32_t n = wr_count(&r, 9);
+    uint32_t n = wr_count(&r, version >= 5 ? 1 : 9);
     s->replicas = calloc(n + 1, sizeof(*s->replicas));
-    for (uint32_t i = 0; i < n && s->replicas && !r.bad; i++) {
-        s->replicas[i].node_id = wr_str8(&r, &s->replicas[i].len);
-        s->replicas[i].incarnation = wr_u64(&r);
-        if (!r.bad && !sender_ok(s->replicas[i].node_id, s->replicas[i].len))
-            r.bad = true;
-        s->nreplicas++;
-    }
+    for (uint32_t i = 0; i < n && s->replicas && !r.bad; i++)
+        read_replica(&r, &s->replicas[s->nreplicas++], version);
     n = wr_count(&r, 2);
     s->devices = calloc(n + 1, sizeof(*s->devices));
     for (uint32_t i = 0; i < n && s->devices && !r.bad; i++) {
@@ -678,8 +753,13 @@ void wire_encode_digest(struct wire_buf *b, const struct wire_digest *d)
     wbuf_u64(b, d->session);
     wbuf_varint(b, d->seq);
     wbuf_varint(b, d->nrequests);
-    for (uint32_t i = 0; i < d->nrequests; i++)
-        wbuf_str8(b, d->requests[i].id, d->requests[i].len);
+    for (uint32_t i = 0; i < d->nrequests; i++) {
+        const struct wire_node_ref *q = &d->requests[i];
+        wbuf_str8(b, q->id, q->len);
+        wbuf_varint(b, q->nnames);
+        for (uint32_t j = 0; j < q->nnames; j++)
+            wbuf_varint(b, q->names[j]);
+    }
     wbuf_varint(b, TALLY_BUCKETS);
     for (unsigned i = 0; i < TALLY_BUCKETS; i++)
         wbuf_u64(b, d->digest[i]);
@@ -702,9 +782,18 @@ int wire_decode_digest(const void *msg, size_t len, struct wire_digest *d)
         if (d->nrequests > WIRE_MAX_REQUESTS)
             r.bad = true;
         for (uint32_t i = 0; i < d->nrequests && !r.bad; i++) {
-            d->requests[i].id = wr_str8(&r, &d->requests[i].len);
-            if (!r.bad && !sender_ok(d->requests[i].id, d->requests[i].len))
+            struct wire_node_ref *q = &d->requests[i];
+            q->id = wr_str8(&r, &q->len);
+            if (!r.bad && !sender_ok(q->id, q->len))
                 r.bad = true;
+            q->nnames = version >= 3 ? wr_count(&r, 1) : 0;
+            if (q->nnames > WIRE_MAX_NAMES)
+                r.bad = true;
+            for (uint32_t j = 0; j < q->nnames && !r.bad; j++) {
+                uint64_t no = wr_varint(&r);
+                r.bad |= no > UINT32_MAX;
+                q->names[j] = (uint32_t)no;
+            }
         }
     }
     if (r.bad || wr_varint(&r) != TALLY_BUCKETS)

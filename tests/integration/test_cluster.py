@@ -319,16 +319,24 @@ def test_partition_heals_to_exact_totals(brokers, closing):
 
 # ---- duplicated, reordered, replayed replication ----------------------------
 
-def test_replayed_replication_changes_nothing(brokers, closing):
-    nodes, _, watchers = cluster(brokers, closing, TOPOLOGIES["chain"])
-    capture = Watcher(nodes["a"].port, ["$tally/v1/sync/+"], client_id="replay-to-x", keep=True)
+def captured_rounds(closing, watchers, at, client_id, writers, names, rounds, per_node):
+    """A client with a bridge's name keeping every SYNC at node `at` while `rounds` rounds of
+    per_node increments over names go to writers; (the capture, the ledger), converged."""
+    capture = Watcher(at.port, ["$tally/v1/sync/+"], client_id=client_id, keep=True)
     closing.append(capture)
-    ledger = Ledger("replay")
-    names = [f"rep-{i}" for i in range(20)]
-    for _ in range(3):
-        ledger.round([nodes["a"], nodes["b"]], names, 100)
+    ledger = Ledger(client_id)
+    for _ in range(rounds):
+        ledger.round(writers, names, per_node)
         time.sleep(0.3)
     wait_converged(watchers, ledger)
+    return capture, ledger
+
+
+def test_replayed_replication_changes_nothing(brokers, closing):
+    nodes, _, watchers = cluster(brokers, closing, TOPOLOGIES["chain"])
+    names = [f"rep-{i}" for i in range(20)]
+    capture, ledger = captured_rounds(closing, watchers, nodes["a"], "replay-to-x",
+                                      [nodes["a"], nodes["b"]], names, 3, 100)
     captured = capture.messages()
     assert len(captured) >= 3, f"captured only {len(captured)} SYNC messages from a"
     assert all(t == "$tally/v1/sync/a" for t, _ in captured)

@@ -165,12 +165,14 @@ static void settle(void)
     ck_abort_msg("replication did not settle");
 }
 
-/* Node i sends its whole state (anti-entropy's repair, every bucket). */
+/* Node i sends its whole state (anti-entropy's repair, every bucket), as
+ * plugin.c sends a repair: outside the stream. */
 static void repair_from(int i)
 {
     uint64_t all[TALLY_BUCKETS / 64];
     memset(all, 0xff, sizeof(all));
     struct repl_out o = out_of(&nodes[i]);
+    o.to_one = true;
     repl_send_buckets(&nodes[i].r, &nodes[i].t, &nodes[i].w, &o, all);
     deliver(i);
 }

@@ -162,9 +162,11 @@ static unsigned digest_to(int i, int j, uint64_t *dump)
     return n;
 }
 
+/* A repair, as plugin.c sends it: to its asker, outside the stream. */
 static void repair(int from, const uint64_t *dump)
 {
     struct repl_out o = out_of(&nodes[from]);
+    o.to_one = true;
     repl_send_buckets(&nodes[from].r, &nodes[from].t, &nodes[from].w, &o, dump);
     deliver(from, -1);
 }
@@ -304,6 +306,34 @@ START_TEST(test_lost_tail_seen_in_digest)
 }
 END_TEST
 
+/* Whether node i's outbox message m names its replica (or numbers it alone);
+ * its length into *len. */
+static bool names_replica(int i, int m, size_t *len)
+{
+    struct wire_sync s;
+    ck_assert_int_lt(m, nodes[i].nout);
+    ck_assert_int_eq(wire_decode_sync(nodes[i].out[m].data, nodes[i].out[m].len, &s), TALLY_OK);
+    ck_assert_uint_eq(s.nreplicas, 1);
+    ck_assert(s.replicas[0].numbered);
+    ck_assert_uint_eq(s.replicas[0].no, nodes[i].self);
+    bool named = s.replicas[0].node_id != NULL;
+    *len = nodes[i].out[m].len;
+    wire_sync_free(&s);
+    return named;
+}
+
+/* Node i comes back empty: a new table, a new life, a new session. */
+static void restart_empty(int i)
+{
+    table_free(&nodes[i].t);
+    repl_free(&nodes[i].r);
+    table_init(&nodes[i].t, 1000, 100);
+    repl_init(&nodes[i].r, 99);
+    ck_assert_int_eq(
+        table_replica(&nodes[i].t, nodes[i].name, strlen(nodes[i].name), 8, &nodes[i].self),
+        TALLY_OK);
+}
+
 START_TEST(test_restart_is_a_new_session)
 {
     uint64_t dump[TALLY_BUCKETS / 64];
@@ -313,11 +343,7 @@ START_TEST(test_restart_is_a_new_session)
     inc(0, "x", 3);
     settle();
     /* n1 comes back empty: new table, new session */
-    table_free(&nodes[1].t);
-    repl_free(&nodes[1].r);
-    table_init(&nodes[1].t, 1000, 100);
-    repl_init(&nodes[1].r, 99);
-    ck_assert_int_eq(table_replica(&nodes[1].t, "n1", strlen("n1"), 8, &nodes[1].self), TALLY_OK);
+    restart_empty(1);
     ck_assert_uint_eq(digest_to(1, 0, dump), 0); /* n0 sees n1's new session */
     ck_assert(repl_wants_repair(&nodes[0].r));
     digest_to(0, 1, dump);                     /* names n1, which has nothing to send; and n1 ... */
@@ -325,6 +351,15 @@ START_TEST(test_restart_is_a_new_session)
     ck_assert_uint_gt(digest_to(1, 0, dump), 0); /* n1 asks n0 */
     repair(0, dump);
     ck_assert_int_eq(value(1, "x"), 3);
+    /* n1 knows none of n0's replica numbers: n0's stream names its
+     * replicas again since it heard n1's new session. */
+    size_t len;
+    inc(0, "x", 1);
+    send_deltas(0);
+    ck_assert(names_replica(0, 0, &len));
+    deliver(0, -1);
+    ck_assert_int_eq(value(1, "x"), 4);
+    ck_assert_uint_eq(nodes[1].r.unnamed, 0);
     teardown();
 }
 END_TEST
@@ -338,7 +373,8 @@ static int deliver_to(int i, int j)
     for (int m = 0; m < n->nout; m++) {
         struct wire_sync s;
         ck_assert_int_eq(wire_decode_sync(n->out[m].data, n->out[m].len, &s), TALLY_OK);
-        ck_assert_uint_eq(s.session, 0); /* outside the stream */
+        ck_assert_uint_eq(s.session, nodes[i].r.session);
+        ck_assert_uint_eq(s.seq, 0); /* outside the stream */
         ck_assert_int_eq(repl_apply_sync(&nodes[j].r, &nodes[j].t, NULL, &s, nb(j, i)), TALLY_OK);
         wire_sync_free(&s);
         free(n->out[m].data);
@@ -455,6 +491,90 @@ START_TEST(test_quiet_difference_is_repaired)
 }
 END_TEST
 
+/* ==== Replicas numbered per stream (SYNC version 5) ==== */
+
+START_TEST(test_a_stream_names_each_replica_once)
+{
+    uint64_t all[TALLY_BUCKETS / 64];
+    size_t first, second, whole;
+    setup(2);
+    link_nodes(0, 1);
+    meet();
+    inc(0, "x", 3);
+    send_deltas(0);
+    ck_assert(names_replica(0, 0, &first));
+    deliver(0, -1);
+    inc(0, "x", 2);
+    send_deltas(0);
+    ck_assert(!names_replica(0, 0, &second)); /* its number alone */
+    ck_assert_uint_eq(first - second, 1 + strlen("n0") + 8);
+    deliver(0, -1);
+    ck_assert_int_eq(value(1, "x"), 5);
+    ck_assert_uint_eq(nodes[1].r.unnamed, 0);
+    /* A repair goes outside the stream, to one neighbour: it names every
+     * replica, whatever the stream named. */
+    memset(all, 0xff, sizeof(all));
+    struct repl_out o = out_of(&nodes[0]);
+    o.to_one = true;
+    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, all);
+    ck_assert(names_replica(0, 0, &whole));
+    ck_assert_int_eq(deliver_to(0, 1), 1);
+    ck_assert_int_eq(value(1, "x"), 5);
+    teardown();
+}
+END_TEST
+
+START_TEST(test_a_name_lost_is_asked_for_and_named_again)
+{
+    /* n0 with neighbours n1 and n2; n1 misses the SYNC that named n0's
+     * replica. The next one numbers it alone: n1 cannot resolve it, takes
+     * the message as lost, and its DIGEST asks n0 for a repair and for that
+     * number; n0's stream names it again. n2 sees none of this. */
+    uint64_t dump[TALLY_BUCKETS / 64];
+    size_t len;
+    setup(3);
+    link_nodes(0, 1);
+    link_nodes(0, 2);
+    meet();
+    inc(0, "x", 3);
+    send_deltas(0);
+    nodes[0].link[1] = false;
+    deliver(0, -1);
+    nodes[0].link[1] = true;
+    inc(0, "y", 1);
+    send_deltas(0);
+    ck_assert(!names_replica(0, 0, &len));
+    deliver(0, -1);
+    ck_assert_uint_eq(nodes[1].r.unnamed, 1);
+    ck_assert_int_eq(value(1, "y"), 0); /* not applied */
+    ck_assert_int_eq(value(2, "y"), 1);
+    ck_assert(repl_wants_repair(&nodes[1].r));
+    ck_assert_uint_eq(nodes[1].r.nb[nb(1, 0)]->nlack, 1);
+    ck_assert_uint_eq(nodes[1].r.nb[nb(1, 0)]->lack[0], nodes[0].self);
+    ck_assert_uint_gt(digest_to(1, 0, dump), 0);
+    ck_assert_uint_eq(nodes[1].r.nb[nb(1, 0)]->nlack, 0);
+    repair(0, dump);
+    ck_assert_int_eq(value(1, "x"), 3);
+    ck_assert_int_eq(value(1, "y"), 1);
+    inc(0, "z", 1);
+    send_deltas(0);
+    ck_assert(names_replica(0, 0, &len)); /* named again, once */
+    deliver(0, -1);
+    inc(0, "z", 1);
+    send_deltas(0);
+    ck_assert(!names_replica(0, 0, &len));
+    deliver(0, -1);
+    for (int i = 1; i < 3; i++) {
+        ck_assert_int_eq(value(i, "z"), 2);
+        ck_assert(!repl_wants_repair(&nodes[i].r));
+        ck_assert_mem_eq(nodes[i].t.digest, nodes[0].t.digest, sizeof(nodes[0].t.digest));
+    }
+    ck_assert_uint_eq(nodes[1].r.unnamed, 1);
+    ck_assert_uint_eq(nodes[2].r.unnamed, 0);
+    teardown();
+}
+END_TEST
+
 Suite *repl_suite(void)
 {
     Suite *s = suite_create("repl");
@@ -468,6 +588,8 @@ Suite *repl_suite(void)
     tcase_add_test(tc, test_a_restarted_neighbour_is_owed_a_replay_once);
     tcase_add_test(tc, test_quiet_difference_is_repaired);
     tcase_add_test(tc, test_repair_to_its_asker_alone_is_outside_the_stream);
+    tcase_add_test(tc, test_a_stream_names_each_replica_once);
+    tcase_add_test(tc, test_a_name_lost_is_asked_for_and_named_again);
     suite_add_tcase(s, tc);
     return s;
 }

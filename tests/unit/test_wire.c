@@ -434,12 +434,14 @@ START_TEST(test_sync_bad_references_and_values)
         if (rc == TALLY_OK)
             wire_sync_free(&s);
     }
-    ck_assert_int_eq(wire_peek_type("TL\x05\x01", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x06\x01", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x05\x01", 4), WIRE_SYNC); /* 5 numbered replicas */
     ck_assert_int_eq(wire_peek_type("TL\x04\x01", 4), WIRE_SYNC); /* 4 added folds */
     ck_assert_int_eq(wire_peek_type("TL\x03\x01", 4), WIRE_SYNC);
     ck_assert_int_eq(wire_peek_type("TL\x02\x01", 4), WIRE_SYNC);
     ck_assert_int_eq(wire_peek_type("TL\x02\x02", 4), WIRE_DIGEST);
-    ck_assert_int_eq(wire_peek_type("TL\x03\x02", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x03\x02", 4), WIRE_DIGEST); /* 3 numbers to name */
+    ck_assert_int_eq(wire_peek_type("TL\x04\x02", 4), -1);
     ck_assert_int_eq(wire_peek_type("TL\x02\x03", 4), WIRE_PRESENCE); /* 2 added the range */
     ck_assert_int_eq(wire_peek_type("TL\x03\x03", 4), WIRE_PRESENCE); /* 3 the listing */
     ck_assert_int_eq(wire_peek_type("TL\x04\x03", 4), -1);
@@ -449,6 +451,14 @@ START_TEST(test_sync_bad_references_and_values)
 END_TEST
 
 /* ==== DIGEST ==== */
+
+/* A digest's buckets, as every version writes them. */
+static void put_buckets(struct wire_buf *b, const uint64_t *digest)
+{
+    wbuf_varint(b, TALLY_BUCKETS);
+    for (unsigned i = 0; i < TALLY_BUCKETS; i++)
+        wbuf_u64(b, digest[i]);
+}
 
 START_TEST(test_digest_round_trip)
 {
@@ -462,8 +472,8 @@ START_TEST(test_digest_round_trip)
     in.session = 0x1234567890abcdefULL;
     in.seq = 300;
     in.nrequests = 2;
-    in.requests[0] = (struct wire_node_ref){"n1", 2};
-    in.requests[1] = (struct wire_node_ref){"node-12", 7};
+    in.requests[0] = (struct wire_node_ref){"n1", 2, 0, {0}};
+    in.requests[1] = (struct wire_node_ref){"node-12", 7, 2, {5, 300000}};
     memcpy(in.digest, t.digest, sizeof(in.digest));
     wire_encode_digest(&b, &in);
     ck_assert_int_eq(wire_peek_type(b.data, b.len), WIRE_DIGEST);
@@ -474,6 +484,9 @@ START_TEST(test_digest_round_trip)
     ck_assert_uint_eq(got.seq, 300);
     ck_assert_uint_eq(got.nrequests, 2);
     ck_assert_mem_eq(got.requests[1].id, "node-12", 7);
+    ck_assert_uint_eq(got.requests[0].nnames, 0);
+    ck_assert_uint_eq(got.requests[1].nnames, 2); /* numbers to name again (version 3) */
+    ck_assert_uint_eq(got.requests[1].names[1], 300000);
     ck_assert_mem_eq(got.digest, t.digest, sizeof(got.digest));
     for (size_t len = 0; len < b.len; len++) {
         uint8_t *copy = malloc(len + 1);
@@ -481,18 +494,37 @@ START_TEST(test_digest_round_trip)
         ck_assert_int_eq(wire_decode_digest(copy, len, &got), TALLY_E_WIRE);
         free(copy);
     }
-    b.data[2] = 3; /* a version this node does not know */
+    b.data[2] = 4; /* a version this node does not know */
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
-    b.data[2] = 2;
+    b.data[2] = 3;
     wbuf_u8(&b, 0);
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
+    /* More numbers than WIRE_MAX_NAMES in one request are refused. */
+    in.requests[1].nnames = WIRE_MAX_NAMES;
+    wire_encode_digest(&b, &in);
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_OK);
+    size_t names_at = 4 + 7 + 8 + 2 + 1 + 3 + 1 + 8; /* request 1's count of numbers */
+    ck_assert_uint_eq(b.data[names_at], WIRE_MAX_NAMES);
+    b.data[names_at] = WIRE_MAX_NAMES + 1;
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
+    /* A version 2 digest (requests without numbers) is still read. */
+    wbuf_reset(&b);
+    wbuf_bytes(&b, "TL\x02\x02", 4);
+    wbuf_str8(&b, "n1", 2);
+    wbuf_u64(&b, 9);
+    wbuf_varint(&b, 4);
+    wbuf_varint(&b, 1);
+    wbuf_str8(&b, "node-7", 6);
+    put_buckets(&b, t.digest);
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_OK);
+    ck_assert_uint_eq(got.nrequests, 1);
+    ck_assert_uint_eq(got.requests[0].nnames, 0);
+    ck_assert_uint_eq(got.seq, 4);
     /* A version 1 digest (no stream, no requests) is still read. */
     wbuf_reset(&b);
     wbuf_bytes(&b, "TL\x01\x02", 4);
     wbuf_str8(&b, "n1", 2);
-    wbuf_varint(&b, TALLY_BUCKETS);
-    for (unsigned i = 0; i < TALLY_BUCKETS; i++)
-        wbuf_u64(&b, t.digest[i]);
+    put_buckets(&b, t.digest);
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_OK);
     ck_assert_uint_eq(got.session, 0);
     ck_assert_uint_eq(got.nrequests, 0);

@@ -1,0 +1,145 @@
+"""Replicas named once a stream (SYNC version 5, repl.c's rule 7), on real brokers.
+
+A node's stream of SYNCs names a replica (node id, incarnation) the first time it sends one of
+its slots, then gives its number alone. In a star, a spy with a bridge's name at the hub reads
+the hub's stream: no number is named twice, later messages carry numbers alone, every total is
+exact and no node took a message as lost (`repl.unnamed` 0).
+
+A stream whose naming message a node never got, forged from a client with a bridge's name: the
+node applies nothing of a message it cannot resolve, counts it, and asks in its DIGEST for a
+repair and for that number; once named, the number alone is taken; a new session of the same
+sender is not resolved with the old one's numbers.
+"""
+import struct
+import time
+
+from conftest import wait_for
+from test_cluster import (BASE_OPTIONS, TOPOLOGIES, Closer, Watcher, captured_rounds, close,
+                          closing, cluster, publish_all, publisher, stats, str8,  # noqa: F401
+                          varint)
+
+
+def read_varint(b, at):
+    v, shift = 0, 0
+    while True:
+        byte = b[at]
+        at += 1
+        v |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return v, at
+
+
+def read_str8(b, at):
+    n = b[at]
+    return b[at + 1:at + 1 + n].decode(), at + 1 + n
+
+
+def sync_replicas(msg):
+    """(session, seq, [(number, name or None)]) of a SYNC of version 5."""
+    assert msg[:4] == b"TL\x05\x01", msg[:4]
+    _, at = read_str8(msg, 4)
+    (session,) = struct.unpack_from("<Q", msg, at)
+    seq, at = read_varint(msg, at + 8)
+    count, at = read_varint(msg, at)
+    reps = []
+    for _ in range(count):
+        key, at = read_varint(msg, at)
+        name = None
+        if key & 1:
+            name, at = read_str8(msg, at)
+            at += 8  # the incarnation
+        reps.append((key >> 1, name))
+    return session, seq, reps
+
+
+def digest_requests(msg):
+    """{node asked: [numbers to name again]} of a DIGEST of version 3."""
+    assert msg[:4] == b"TL\x03\x02", msg[:4]
+    _, at = read_str8(msg, 4)
+    _, at = read_varint(msg, at + 8)
+    count, at = read_varint(msg, at)
+    out = {}
+    for _ in range(count):
+        node, at = read_str8(msg, at)
+        n, at = read_varint(msg, at)
+        out[node] = []
+        for _ in range(n):
+            no, at = read_varint(msg, at)
+            out[node].append(no)
+    return out
+
+
+def test_a_stream_names_each_replica_once(brokers, closing):
+    nodes, _, watchers = cluster(brokers, closing, TOPOLOGIES["star"])
+    names = [f"names-{i}" for i in range(40)]
+    spy, _ = captured_rounds(closing, watchers, nodes["a"], "spy-to-a", [nodes["b"], nodes["c"]],
+                             names, 4, 200)
+    streams = {}
+    for topic, msg in spy.messages():
+        assert topic == "$tally/v1/sync/a", topic  # a leaf's SYNCs do not pass the hub
+        session, seq, reps = sync_replicas(msg)
+        streams.setdefault(session, []).append((seq, reps))
+    assert len(streams) == 1, f"a's stream changed session: {sorted(streams)}"
+    (stream,) = streams.values()
+    named, numbered = {}, 0
+    for seq, reps in stream:
+        for no, name in reps:
+            if name is not None:
+                assert no not in named, f"a named replica {no} twice ({named[no]}, then {seq})"
+                named[no] = seq
+            else:
+                numbered += 1
+    assert {"b", "c"} <= {n for _, reps in stream for _, n in reps}, "a named no replica"
+    assert numbered >= len(stream) // 2, f"{numbered} numbers alone in {len(stream)} SYNCs"
+    for n in nodes:
+        assert stats(watchers[n], n)["repl"]["unnamed"] == 0
+    print(f"a sent {len(stream)} SYNCs: {len(named)} replicas named once each, then "
+          f"{numbered} times by number alone; exact totals, nothing taken as lost")
+
+
+def forged(session, seq, reps, counter, p):
+    """A SYNC of version 5 from node x: reps as (number, name or None); one slot of each
+    replica on counter, p increments."""
+    msg = b"TL\x05\x01" + str8("x") + struct.pack("<Q", session) + varint(seq) + varint(len(reps))
+    for no, name in reps:
+        msg += varint(no << 1 | (name is not None))
+        if name is not None:
+            msg += str8(name) + struct.pack("<Q", 7)
+    msg += varint(0) + varint(1) + str8(counter) + varint(len(reps))
+    for ref in range(len(reps)):
+        msg += varint(ref) + varint(p) + varint(0)
+    return msg + varint(0) + varint(0) + varint(0)
+
+
+def test_a_number_never_named_is_asked_for(brokers, closing):
+    node = brokers("c", options=dict(BASE_OPTIONS))
+    counts = Watcher(node.port, ["counters/named", "$tally/stats/c"])
+    spy = Watcher(node.port, ["$tally/v1/digest/c"], client_id="spy-to-c", keep=True)
+    x = publisher(node.port, client_id="x-to-c")
+    closing.extend([counts, spy, Closer(lambda: close(x))])
+    wait_for(lambda: stats(counts, "c"), 10, what="c's stats")
+
+    def send(*msg):
+        publish_all(x, [("$tally/v1/sync/x", m) for m in msg], 1)
+
+    def unnamed():
+        return stats(counts, "c")["repl"]["unnamed"]
+
+    # seq 2 of x's stream numbers replica 3, whose naming message c never got
+    send(forged(1111, 2, [(3, None)], "named", 5))
+    wait_for(lambda: unnamed() == 1, 5, what="c to count a SYNC it could not resolve")
+    wait_for(lambda: any(digest_requests(m).get("x") == [3] for _, m in spy.messages()), 5,
+             what="c's DIGEST to ask x to name replica 3 again")
+    assert counts.get("counters/named") is None  # nothing of it applied
+    send(forged(1111, 3, [(3, "z")], "named", 6))  # named again
+    wait_for(lambda: counts.get("counters/named") == b"6", 5, what="the named slot taken")
+    send(forged(1111, 4, [(3, None)], "named", 9))  # by number alone now
+    wait_for(lambda: counts.get("counters/named") == b"9", 5, what="the number taken")
+    send(forged(2222, 1, [(3, None)], "named", 20))  # x restarted: its numbers are new
+    wait_for(lambda: unnamed() == 2, 5, what="c to refuse an old session's number")
+    time.sleep(0.5)
+    assert counts.get("counters/named") == b"9"
+    assert stats(counts, "c")["repl"]["refused"] == 0
+    print("a number never named: not applied, asked for in c's DIGEST; taken once named; "
+          "not taken from the sender's next session")
