@@ -7,7 +7,8 @@
  * A buffer grows by doubling and never truncates: what is written is there
  * whole, or the buffer is marked failed (out of memory, or a format that
  * cannot be rendered) and the caller drops what it was building. Callers
- * reset a buffer and reuse its memory; wbuf_free releases it.
+ * reset a buffer and reuse its memory; wbuf_free releases it. array_reserve
+ * grows a zeroed array by index the same way (repl.c's per-stream names).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,6 +31,27 @@ static void wbuf_reserve(struct wire_buf *b, size_t more)
     }
     b->data = n;
     b->cap = cap;
+}
+
+int array_reserve(void *arrp, uint32_t *cap, uint32_t i, size_t size)
+{
+    void **arr = arrp;
+    if (i < *cap)
+        return TALLY_OK;
+    if (i == UINT32_MAX)
+        return TALLY_E_NOMEM; /* a cap cannot count it */
+    uint64_t ncap = *cap ? *cap : 64;
+    while (ncap <= i)
+        ncap *= 2;
+    if (ncap > UINT32_MAX)
+        ncap = UINT32_MAX;
+    uint8_t *n = realloc(*arr, (size_t)ncap * size);
+    if (!n)
+        return TALLY_E_NOMEM;
+    memset(n + (size_t)*cap * size, 0, (size_t)(ncap - *cap) * size);
+    *arr = n;
+    *cap = (uint32_t)ncap;
+    return TALLY_OK;
 }
 
 void wbuf_free(struct wire_buf *b)

@@ -286,20 +286,9 @@ static int apply_counter(struct repl *r, struct tally_table *t, struct persist *
 /* Neighbour k's number `no` is our replica idx, for the rest of its stream. */
 static void map_learn(struct repl_neighbour *k, uint32_t no, uint32_t idx)
 {
-    if (no >= k->map_cap) {
-        uint32_t cap = k->map_cap ? k->map_cap : 64;
-        while (cap <= no && cap < UINT32_MAX / 2)
-            cap *= 2;
-        if (cap <= no)
-            return;
-        uint32_t *m = realloc(k->map, (size_t)cap * sizeof(*m));
-        if (!m)
-            return; /* unknown later: it is asked to name it again */
-        memset(m + k->map_cap, 0, (size_t)(cap - k->map_cap) * sizeof(*m));
-        k->map = m;
-        k->map_cap = cap;
-    }
-    k->map[no] = idx + 1;
+    /* Out of memory: unknown later, and it is asked to name it again. */
+    if (array_reserve(&k->map, &k->map_cap, no, sizeof(*k->map)) == TALLY_OK)
+        k->map[no] = idx + 1;
 }
 
 static void map_lacks(struct repl_neighbour *k, uint32_t no)

@@ -716,6 +716,9 @@ struct wire_buf {
     bool failed; /* out of memory, or a value that could not be written: unusable */
 };
 
+/* Grows *arrp (entries of `size` bytes, room for *cap) to hold index i,
+ * new entries zeroed: by doubling, from 64. */
+int array_reserve(void *arrp, uint32_t *cap, uint32_t i, size_t size);
 void wbuf_free(struct wire_buf *b);
 void wbuf_reset(struct wire_buf *b);
 void wbuf_bytes(struct wire_buf *b, const void *p, size_t n);

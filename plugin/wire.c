@@ -503,17 +503,8 @@ bool sync_writer_empty(const struct wire_sync_writer *w)
 /* Marks replica idx named by the stream; false if it had been already. */
 static bool name_once(struct wire_names *names, uint32_t idx)
 {
-    if (idx >= names->cap) {
-        uint32_t cap = names->cap ? names->cap : 64;
-        while (cap <= idx)
-            cap *= 2;
-        uint8_t *n = realloc(names->named, cap);
-        if (!n)
-            return true; /* named, not marked: named again next time */
-        memset(n + names->cap, 0, cap - names->cap);
-        names->named = n;
-        names->cap = cap;
-    }
+    if (array_reserve(&names->named, &names->cap, idx, 1) != TALLY_OK)
+        return true; /* named, not marked: named again next time */
     if (names->named[idx])
         return false;
     names->named[idx] = 1;
