@@ -286,8 +286,10 @@ static int apply_counter(struct repl *r, struct tally_table *t, struct persist *
 /* Neighbour k's number `no` is our replica idx, for the rest of its stream. */
 static void map_learn(struct repl_neighbour *k, uint32_t no, uint32_t idx)
 {
-    /* Out of memory: unknown later, and it is asked to name it again. */
-    if (array_reserve(&k->map, &k->map_cap, no, sizeof(*k->map)) == TALLY_OK)
+    /* Past the bound or out of memory: unknown later, and it is asked to
+     * name it again. */
+    if (no < REPL_MAX_NUMBER &&
+        array_reserve(&k->map, &k->map_cap, no, sizeof(*k->map)) == TALLY_OK)
         k->map[no] = idx + 1;
 }
 

@@ -1103,6 +1103,10 @@ int tier_control_read(const void *msg, size_t len, struct tier_control *out);
 /* ==== Replication between neighbours (repl.c) ==== */
 
 #define REPL_MAX_NEIGHBOURS 4096
+/* Replica numbers a receiver learns (a neighbour's map: 64 MB at most); a
+ * replica numbered above is resolved by its name alone, which the sender
+ * gives again each time it is asked. */
+#define REPL_MAX_NUMBER (1u << 24)
 
 /* One bridge connection, keyed by the client id Mosquitto gives it. */
 struct repl_neighbour {

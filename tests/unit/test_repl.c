@@ -575,6 +575,61 @@ START_TEST(test_a_name_lost_is_asked_for_and_named_again)
 }
 END_TEST
 
+/* A SYNC of n0's stream at seq with one replica numbered `no` (named n9,
+ * or not) holding p on counter x, as n1 takes it. */
+static void numbered_sync(uint64_t seq, uint32_t no, bool named, uint64_t p)
+{
+    struct wire_buf b = {0};
+    struct wire_sync s;
+    wbuf_bytes(&b, "TL\x05\x01", 4);
+    wbuf_str8(&b, "n0", 2);
+    wbuf_u64(&b, nodes[0].r.session);
+    wbuf_varint(&b, seq);
+    wbuf_varint(&b, 1);
+    wbuf_varint(&b, ((uint64_t)no << 1) | named);
+    if (named) {
+        wbuf_str8(&b, "n9", 2);
+        wbuf_u64(&b, 7);
+    }
+    wbuf_varint(&b, 0);
+    wbuf_varint(&b, 1);
+    wbuf_str8(&b, "x", 1);
+    wbuf_varint(&b, 1);
+    wbuf_varint(&b, 0);
+    wbuf_varint(&b, p);
+    wbuf_varint(&b, 0);
+    for (int i = 0; i < 3; i++)
+        wbuf_varint(&b, 0); /* no device, no base, no fold */
+    ck_assert_int_eq(wire_decode_sync(b.data, b.len, &s), TALLY_OK);
+    ck_assert_int_eq(repl_apply_sync(&nodes[1].r, &nodes[1].t, NULL, &s, nb(1, 0)), TALLY_OK);
+    wire_sync_free(&s);
+    wbuf_free(&b);
+}
+
+START_TEST(test_a_number_past_the_bound_is_not_learned)
+{
+    /* A number a neighbour could send to have us allocate gigabytes: the
+     * replica is taken by its name, its number not learned. */
+    setup(2);
+    link_nodes(0, 1);
+    meet();
+    struct repl_neighbour *k = nodes[1].r.nb[nb(1, 0)];
+    numbered_sync(1, REPL_MAX_NUMBER, true, 5);
+    ck_assert_int_eq(value(1, "x"), 5);
+    ck_assert_uint_eq(k->map_cap, 0);
+    numbered_sync(2, REPL_MAX_NUMBER, false, 6);
+    ck_assert_int_eq(value(1, "x"), 5);
+    ck_assert_uint_eq(nodes[1].r.unnamed, 1);
+    ck_assert_uint_eq(k->nlack, 1);
+    ck_assert_uint_eq(k->lack[0], REPL_MAX_NUMBER);
+    numbered_sync(3, REPL_MAX_NUMBER - 1, true, 7); /* just under: learned */
+    numbered_sync(4, REPL_MAX_NUMBER - 1, false, 8);
+    ck_assert_int_eq(value(1, "x"), 8);
+    ck_assert_uint_eq(nodes[1].r.unnamed, 1);
+    teardown();
+}
+END_TEST
+
 Suite *repl_suite(void)
 {
     Suite *s = suite_create("repl");
@@ -590,6 +645,7 @@ Suite *repl_suite(void)
     tcase_add_test(tc, test_repair_to_its_asker_alone_is_outside_the_stream);
     tcase_add_test(tc, test_a_stream_names_each_replica_once);
     tcase_add_test(tc, test_a_name_lost_is_asked_for_and_named_again);
+    tcase_add_test(tc, test_a_number_past_the_bound_is_not_learned);
     suite_add_tcase(s, tc);
     return s;
 }
