@@ -221,11 +221,8 @@ const struct tally_folds *table_folds(const struct tally_table *t, const struct 
 const struct tally_fold *table_fold(const struct tally_table *t, const struct tally_counter *c,
                                     uint32_t replica)
 {
-    const struct tally_folds *f = table_folds(t, c);
-    for (uint32_t i = 0; f && i < f->n; i++)
-        if (f->e[i].replica == replica)
-            return &f->e[i];
-    return NULL;
+    struct tally_folds *f = (struct tally_folds *)table_folds(t, c); /* create is false */
+    return f ? sorted_entry((void **)&f->e, &f->n, sizeof(*f->e), replica, false) : NULL;
 }
 
 void table_slot_taken(const struct tally_table *t, const struct tally_counter *c, uint32_t replica,
@@ -285,22 +282,16 @@ static struct tally_folds *folds_get(struct tally_table *t, struct tally_counter
     return f;
 }
 
+/* A binary search, as every sorted array of a counter: a hub adopts the past
+ * lives of its edges (one entry each), and every slot merged and summed
+ * looks its entry up. */
 static struct tally_fold *entry_get(struct tally_table *t, struct tally_folds *f, uint32_t replica)
 {
-    uint32_t i = 0;
-    while (i < f->n && f->e[i].replica < replica)
-        i++;
-    if (i < f->n && f->e[i].replica == replica)
-        return &f->e[i];
-    struct tally_fold *grown = realloc(f->e, ((size_t)f->n + 1) * sizeof(*grown));
-    if (!grown)
-        return NULL;
-    memmove(&grown[i + 1], &grown[i], (size_t)(f->n - i) * sizeof(*grown));
-    grown[i] = (struct tally_fold){.replica = replica};
-    f->e = grown;
-    f->n++;
-    t->replicas[replica]->folded++;
-    return &grown[i];
+    uint32_t n = f->n;
+    struct tally_fold *e = sorted_entry((void **)&f->e, &f->n, sizeof(*f->e), replica, true);
+    if (e && f->n > n)
+        t->replicas[replica]->folded++;
+    return e;
 }
 
 static void digest_fold(struct tally_table *t, const struct tally_counter *c,
@@ -374,21 +365,20 @@ void fold_settle(struct tally_table *t, struct tally_counter *c)
 static void drop_entry(struct tally_table *t, struct tally_counter *c, uint32_t replica)
 {
     struct tally_folds *f = (struct tally_folds *)table_folds(t, c);
-    for (uint32_t i = 0; f && i < f->n; i++) {
-        if (f->e[i].replica != replica)
-            continue;
-        digest_fold(t, c, &f->e[i], NULL);
-        t->replicas[replica]->folded--;
-        memmove(&f->e[i], &f->e[i + 1], (size_t)(f->n - i - 1) * sizeof(*f->e));
-        if (--f->n == 0) {
-            HASH_DEL(t->folds, f);
-            free(f->e);
-            free(f);
-            c->folded = 0;
-        }
-        table_mark_dirty(t, c);
+    struct tally_fold *e = (struct tally_fold *)table_fold(t, c, replica);
+    if (!e)
         return;
+    digest_fold(t, c, e, NULL);
+    t->replicas[replica]->folded--;
+    uint32_t i = (uint32_t)(e - f->e);
+    memmove(&f->e[i], &f->e[i + 1], (size_t)(f->n - i - 1) * sizeof(*f->e));
+    if (--f->n == 0) {
+        HASH_DEL(t->folds, f);
+        free(f->e);
+        free(f);
+        c->folded = 0;
     }
+    table_mark_dirty(t, c);
 }
 
 void table_free_folds(struct tally_table *t)
