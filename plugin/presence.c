@@ -48,9 +48,17 @@
  *
  * Pages live in a uthash table by name, and in a second by presence_hash
  * (for the pages of one changed hash, here and at a receiver); each keeps
- * its local count and one column per origin. A page whose total is zero is
- * freed once that zero has been published, so a flood of one-off page names
- * does not accumulate.
+ * its local count and a cell per origin that counts viewers of it, sorted
+ * by the origin's slot (sorted_entry), a count of 0 being no cell. A page
+ * whose total is zero is freed once that zero has been published, so a
+ * flood of one-off page names does not accumulate.
+ *
+ * Cells, not a column for every origin: a hub holds an origin per edge of
+ * the tree, and a page indexed by origin slot took room for every origin up
+ * to the last that counted it. At a hub of a tree of 10,000 edges, 100,000
+ * pages watched at two edges each took 5.35 GB (53 KB a page), and each
+ * page's total a walk of 10,000 columns; with cells, a page costs what its
+ * origins hold.
  *
  * Fan-out: one publish of a page's count is delivered to each of its local
  * viewers, so a page is published at most once every page_interval_ms
@@ -65,6 +73,12 @@
 
 #include "tally.h"
 
+/* One origin's count of a page (never 0: a count of 0 is no cell). */
+struct page_cell {
+    uint32_t slot; /* the origin's: the sort key, first (sorted_entry) */
+    uint64_t n;
+};
+
 struct tally_page {
     UT_hash_handle hh;       /* by name */
     UT_hash_handle hh_hash;  /* by hash: the first page of each hash */
@@ -72,8 +86,8 @@ struct tally_page {
     struct tally_page *dirty_next;
     uint64_t hash; /* presence_hash(name) */
     uint64_t local;
-    uint64_t *remote; /* indexed by origin slot */
-    uint32_t remote_cap;
+    struct page_cell *cells; /* origins counting it, sorted by slot */
+    uint32_t ncells;
     uint64_t published;   /* UINT64_MAX until first published */
     uint64_t next_ms;     /* not published again before (presence_flush's clock) */
     uint32_t changed_gen; /* pr->changed_gen when its hash joined pr->changed */
@@ -151,7 +165,7 @@ static void by_hash_del(struct tally_presence *pr, struct tally_page *pg)
 
 static void page_free(struct tally_page *pg)
 {
-    free(pg->remote);
+    free(pg->cells);
     free(pg);
 }
 
@@ -224,8 +238,8 @@ static struct tally_page *page_get(struct tally_presence *pr, const char *name, 
 static uint64_t page_total(const struct tally_page *pg)
 {
     uint64_t total = pg->local;
-    for (uint32_t i = 0; i < pg->remote_cap; i++)
-        total += pg->remote[i];
+    for (uint32_t i = 0; i < pg->ncells; i++)
+        total += pg->cells[i].n;
     return total;
 }
 
@@ -542,23 +556,42 @@ uint64_t presence_digest(const char *page, size_t len, uint64_t count)
     return count ? tally_hash64(page, len, 0x7a11ULL << 32 | count) : 0;
 }
 
-/* Sets o's count of pg (its column exists), keeping o's digest. */
-static void origin_count(struct tally_presence *pr, struct tally_origin *o, struct tally_page *pg,
-                         uint64_t n)
+/* The count of pg by the origin in slot (0: none). */
+static uint64_t page_count(const struct tally_page *pg, uint32_t slot)
 {
-    uint64_t *cell = &pg->remote[o->slot];
-    if (*cell == n)
-        return;
+    struct tally_page *m = (struct tally_page *)pg; /* unchanged: create is false */
+    const struct page_cell *c =
+        sorted_entry((void **)&m->cells, &m->ncells, sizeof(*m->cells), slot, false);
+    return c ? c->n : 0;
+}
+
+/* Sets o's count of pg, keeping o's digest; a count of 0 drops its cell. */
+static int origin_count(struct tally_presence *pr, struct tally_origin *o, struct tally_page *pg,
+                        uint64_t n)
+{
+    struct page_cell *c =
+        sorted_entry((void **)&pg->cells, &pg->ncells, sizeof(*pg->cells), o->slot, n > 0);
+    uint64_t was = c ? c->n : 0;
+    if (was == n)
+        return TALLY_OK;
+    if (!c)
+        return TALLY_E_NOMEM;
     o->digest +=
-        presence_digest(pg->name, pg->name_len, n) - presence_digest(pg->name, pg->name_len, *cell);
-    *cell = n;
+        presence_digest(pg->name, pg->name_len, n) - presence_digest(pg->name, pg->name_len, was);
+    if (n) {
+        c->n = n;
+    } else {
+        uint32_t i = (uint32_t)(c - pg->cells);
+        memmove(c, c + 1, (size_t)(pg->ncells - i - 1) * sizeof(*c));
+        pg->ncells--;
+    }
     page_dirty(pr, pg);
+    return TALLY_OK;
 }
 
 static void origin_forget(struct tally_presence *pr, struct tally_origin *o, struct tally_page *pg)
 {
-    if (o->slot < pg->remote_cap && pg->remote[o->slot])
-        origin_count(pr, o, pg, 0);
+    origin_count(pr, o, pg, 0); /* only drops: cannot fail */
 }
 
 static void origin_zero(struct tally_presence *pr, struct tally_origin *o)
@@ -604,17 +637,7 @@ int presence_origin_set(struct tally_presence *pr, struct tally_origin *o, const
     struct tally_page *pg = page_get(pr, page, len, n > 0);
     if (!pg)
         return n > 0 ? TALLY_E_NOMEM : TALLY_OK;
-    if (o->slot >= pg->remote_cap) {
-        uint32_t cap = o->slot + 1;
-        uint64_t *grown = realloc(pg->remote, cap * sizeof(*grown));
-        if (!grown)
-            return TALLY_E_NOMEM;
-        memset(grown + pg->remote_cap, 0, (cap - pg->remote_cap) * sizeof(*grown));
-        pg->remote = grown;
-        pg->remote_cap = cap;
-    }
-    origin_count(pr, o, pg, n);
-    return TALLY_OK;
+    return origin_count(pr, o, pg, n);
 }
 
 /* One PRESENCE from o, already decoded: taken if newer than the last from
@@ -742,7 +765,7 @@ static void replay_origin(const struct tally_origin *o, const struct keyed_page 
                                        o->seq,     o->digest,          now_ms - o->last_heard_ms};
     wire_presence_begin(b, o->node_id, o->incarnation, o->seq, 0, UINT64_MAX, (uint32_t)n);
     for (size_t i = 0; i < n; i++)
-        wire_presence_page(b, c[i].pg->name, c[i].pg->name_len, c[i].pg->remote[o->slot]);
+        wire_presence_page(b, c[i].pg->name, c[i].pg->name_len, page_count(c[i].pg, o->slot));
     wire_presence_count(b, 1);
     wire_presence_edge(b, &entry);
     wire_presence_count(b, 0);
@@ -776,8 +799,9 @@ uint32_t presence_replay(struct tally_presence *pr, const char *skip, uint64_t n
     struct tally_page *pg, *tmp;
     HASH_ITER(hh, pr->pages, pg, tmp)
     {
-        for (uint32_t s = lo; s < hi && s < pg->remote_cap; s++) {
-            if (!pg->remote[s] || !of[s - lo])
+        for (uint32_t i = 0; i < pg->ncells; i++) {
+            uint32_t s = pg->cells[i].slot;
+            if (s < lo || s >= hi || !of[s - lo])
                 continue;
             if (n == cap) {
                 size_t grown = cap ? 2 * cap : 256;

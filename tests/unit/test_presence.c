@@ -2,7 +2,9 @@
  * test_presence.c - viewer counts (presence.c): local views per distinct
  * client, other nodes' announced counts, expiry, and what a flush publishes.
  */
+#include <malloc.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <check.h>
@@ -486,6 +488,76 @@ START_TEST(test_replay_sends_each_origin_held_as_listed)
 }
 END_TEST
 
+/* A hub holds an origin per edge of the tree, and each page a cell per
+ * origin that counts it: not a column per origin up to the last that did.
+ * With columns these 5,000 pages, each counted at two of 20,000 edges (one
+ * among the last), took some 800 MB and ran past the test's timeout; with
+ * cells they take what they hold. The counts: each page's total is its
+ * origins' sum, an origin expired or set to 0 leaves it, a page at 0 is
+ * freed, and a replay of the last origin carries its page. */
+START_TEST(test_a_page_holds_only_the_origins_counting_it)
+{
+    enum { ORIGINS = 20000, PAGES = 5000 };
+    static struct tally_origin *o[ORIGINS];
+    char id[16], page[16];
+    for (int i = 0; i < ORIGINS; i++) {
+        snprintf(id, sizeof(id), "e%d", i);
+        o[i] = presence_origin(&pr, id);
+        ck_assert_ptr_nonnull(o[i]);
+    }
+    size_t heap = mallinfo2().uordblks;
+    for (int p = 0; p < PAGES; p++) {
+        int len = snprintf(page, sizeof(page), "p%d", p);
+        ck_assert_int_eq(
+            presence_origin_set(&pr, o[(p * 7) % ORIGINS], page, (size_t)len, 1 + (uint64_t)p % 3),
+            TALLY_OK);
+        ck_assert_int_eq(presence_origin_set(&pr, o[ORIGINS - 1 - p], page, (size_t)len, 10),
+                         TALLY_OK);
+    }
+    size_t grew = mallinfo2().uordblks - heap;
+    ck_assert_uint_lt(grew, 8u << 20); /* about 2 MB: pages, names, two cells each */
+    ck_assert_uint_eq(total("p0"), 1 + 10);
+    ck_assert_uint_eq(total("p4000"), 1 + 4000 % 3 + 10);
+    /* e0 counts p0 alone: the same count again changes nothing */
+    ck_assert_int_eq(presence_origin_set(&pr, o[0], "p0", 2, 1), TALLY_OK);
+    ck_assert_uint_eq(total("p0"), 11);
+    /* the last origin expires: only its page loses its count */
+    presence_origin_expire(&pr, o[ORIGINS - 1]);
+    ck_assert_uint_eq(o[ORIGINS - 1]->digest, 0);
+    ck_assert_uint_eq(total("p0"), 1);
+    ck_assert_uint_eq(total("p1"), 2 + 10);
+    /* e0 sets its count to 0: p0 goes to 0, and the flush frees it */
+    ck_assert_int_eq(presence_origin_set(&pr, o[0], "p0", 2, 0), TALLY_OK);
+    ck_assert_uint_eq(o[0]->digest, 0);
+    ck_assert_uint_eq(total("p0"), 0);
+    uint64_t published = 0;
+    presence_flush(&pr, now_ms, budget, count_published, &published);
+    ck_assert_uint_eq(published, PAGES); /* p0 as 0, and freed */
+    ck_assert_int_eq(presence_origin_set(&pr, o[5], "p0", 2, 4), TALLY_OK);
+    ck_assert_uint_eq(total("p0"), 4); /* made again, with no cell of before */
+    /* the origin of the second-last slot, held as its carrier lists it, is
+     * replayed with its one page */
+    struct tally_origin *last = o[ORIGINS - 2];
+    last->alive = true;
+    last->incarnation = 1;
+    last->seq = 1;
+    listed(last, 1, 1, last->digest, 0, 10000);
+    struct wire_buf b = {0};
+    struct replayed r = {0};
+    uint32_t from = ORIGINS - 2;
+    ck_assert_uint_eq(presence_replay(&pr, "h", 10000, 15000, 4096, &from, 1, &b, keep, &r), 1);
+    struct wire_presence wp;
+    ck_assert_int_eq(wire_decode_presence(r.msg[0].data, r.msg[0].len, &wp), TALLY_OK);
+    ck_assert_uint_eq(wp.npages, 1);
+    ck_assert_uint_eq(wp.pages[0].len, 2);
+    ck_assert_mem_eq(wp.pages[0].page, "p1", 2);
+    ck_assert_uint_eq(wp.pages[0].count, 10);
+    wire_presence_free(&wp);
+    wbuf_free(&r.msg[0]);
+    wbuf_free(&b);
+}
+END_TEST
+
 Suite *presence_suite(void)
 {
     Suite *s = suite_create("presence");
@@ -498,6 +570,7 @@ Suite *presence_suite(void)
     tcase_add_test(tc, test_flush_reports_changes_only);
     tcase_add_test(tc, test_flush_frees_zero_pages);
     tcase_add_test(tc, test_many_pages_and_clients);
+    tcase_add_test(tc, test_a_page_holds_only_the_origins_counting_it);
     tcase_add_test(tc, test_one_client_viewing_many_pages);
     tcase_add_test(tc, test_flush_paces_a_large_audience);
     tcase_add_test(tc, test_replay_sends_each_origin_held_as_listed);
