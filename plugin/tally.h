@@ -518,8 +518,12 @@ struct tally_origin {
     UT_hash_handle hh;
     uint64_t incarnation, seq;
     uint64_t last_heard_ms;
-    uint32_t slot;   /* column in every page's remote counts */
+    uint32_t slot;   /* its number: the key of its cells in the pages it counts */
     uint64_t digest; /* presence_digest of its counts held here */
+    /* The pages it counts (a cell each, presence.c): what its expiry or a
+     * full announcement replaces, without a walk of every page. */
+    struct tally_page **counted;
+    uint32_t ncounted, counted_cap;
     uint64_t stats_incarnation, stats_time_ms, stats_seq;
     /* The newest listing of it by a hub (an edge's origin, tier.c): what its
      * carrier holds, to compare with what is held here. */

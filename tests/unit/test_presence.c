@@ -493,8 +493,10 @@ END_TEST
  * With columns these 5,000 pages, each counted at two of 20,000 edges (one
  * among the last), took some 800 MB and ran past the test's timeout; with
  * cells they take what they hold. The counts: each page's total is its
- * origins' sum, an origin expired or set to 0 leaves it, a page at 0 is
- * freed, and a replay of the last origin carries its page. */
+ * origins' sum; an origin expired, set to 0 or announcing all its pages
+ * anew leaves the pages it no longer counts (its list of them, not a walk
+ * of every page); a page at 0 is freed; a replay of the last origin
+ * carries its page. */
 START_TEST(test_a_page_holds_only_the_origins_counting_it)
 {
     enum { ORIGINS = 20000, PAGES = 5000 };
@@ -526,6 +528,21 @@ START_TEST(test_a_page_holds_only_the_origins_counting_it)
     ck_assert_uint_eq(o[ORIGINS - 1]->digest, 0);
     ck_assert_uint_eq(total("p0"), 1);
     ck_assert_uint_eq(total("p1"), 2 + 10);
+    /* an announcement of all its pages replaces e7's counts: it counts p1,
+     * and p2 to p5 too, then announces p3 alone */
+    for (int p = 2; p <= 5; p++) {
+        int len = snprintf(page, sizeof(page), "p%d", p);
+        ck_assert_int_eq(presence_origin_set(&pr, o[7], page, (size_t)len, 5), TALLY_OK);
+    }
+    ck_assert_uint_eq(o[7]->ncounted, 5);
+    presence_origin_begin(&pr, o[7], 0, UINT64_MAX);
+    ck_assert_uint_eq(o[7]->ncounted, 0);
+    ck_assert_uint_eq(o[7]->digest, 0);
+    ck_assert_int_eq(presence_origin_set(&pr, o[7], "p3", 2, 6), TALLY_OK);
+    ck_assert_uint_eq(total("p1"), 10);
+    ck_assert_uint_eq(total("p2"), 3 + 10);
+    ck_assert_uint_eq(total("p3"), 1 + 10 + 6);
+    ck_assert_uint_eq(total("p5"), 3 + 10);
     /* e0 sets its count to 0: p0 goes to 0, and the flush frees it */
     ck_assert_int_eq(presence_origin_set(&pr, o[0], "p0", 2, 0), TALLY_OK);
     ck_assert_uint_eq(o[0]->digest, 0);
