@@ -782,16 +782,18 @@ static bool origin_replayable(const struct tally_origin *o, const char *skip, ui
            strcmp(o->node_id, skip) != 0;
 }
 
-static void replay_origin(const struct tally_origin *o, const struct keyed_page *c, size_t n,
-                          uint64_t now_ms, size_t max_bytes, struct wire_buf *b,
-                          void (*emit)(const struct wire_buf *msg, void *ud), void *ud,
-                          uint32_t *sent)
+/* Replays o's counts: the pages it counts, with its entry as listed. */
+static void replay_origin(const struct tally_origin *o, uint64_t now_ms, size_t max_bytes,
+                          struct wire_buf *b, void (*emit)(const struct wire_buf *msg, void *ud),
+                          void *ud, uint32_t *sent)
 {
     struct wire_presence_edge entry = {o->node_id, strlen(o->node_id), o->incarnation,
                                        o->seq,     o->digest,          now_ms - o->last_heard_ms};
-    wire_presence_begin(b, o->node_id, o->incarnation, o->seq, 0, UINT64_MAX, (uint32_t)n);
-    for (size_t i = 0; i < n; i++)
-        wire_presence_page(b, c[i].pg->name, c[i].pg->name_len, page_count(c[i].pg, o->slot));
+    wire_presence_begin(b, o->node_id, o->incarnation, o->seq, 0, UINT64_MAX, o->ncounted);
+    for (uint32_t i = 0; i < o->ncounted; i++) {
+        const struct tally_page *pg = o->counted[i];
+        wire_presence_page(b, pg->name, pg->name_len, page_count(pg, o->slot));
+    }
     wire_presence_count(b, 1);
     wire_presence_edge(b, &entry);
     wire_presence_count(b, 0);
@@ -819,26 +821,11 @@ uint32_t presence_replay(struct tally_presence *pr, const char *skip, uint64_t n
     for (struct tally_origin *o = pr->origins; o; o = o->hh.next)
         if (o->slot >= lo && o->slot < hi && origin_replayable(o, skip, now_ms, timeout_ms))
             of[o->slot - lo] = o;
-    /* Every held count of those origins: the pages each counts. */
-    size_t cap = 0;
-    struct keyed_page *cells = NULL;
+    /* In slot order, each with the pages it counts (none: nothing held). */
     uint32_t sent = 0;
-    for (uint32_t s = 0; s < hi - lo; s++) {
-        const struct tally_origin *o = of[s];
-        if (!o || !o->ncounted)
-            continue;
-        if (o->ncounted > cap) {
-            struct keyed_page *c = realloc(cells, o->ncounted * sizeof(*c));
-            if (!c)
-                break;
-            cells = c;
-            cap = o->ncounted;
-        }
-        for (uint32_t i = 0; i < o->ncounted; i++)
-            cells[i] = (struct keyed_page){o->slot, o->counted[i]};
-        replay_origin(o, cells, o->ncounted, now_ms, max_bytes, b, emit, ud, &sent);
-    }
-    free(cells);
+    for (uint32_t s = 0; s < hi - lo; s++)
+        if (of[s] && of[s]->ncounted)
+            replay_origin(of[s], now_ms, max_bytes, b, emit, ud, &sent);
     free(of);
     return sent;
 }
