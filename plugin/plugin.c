@@ -742,9 +742,9 @@ static void replay_tick(uint64_t now)
         if (!nb->replaying)
             continue;
         g.st.presence_replayed +=
-            presence_replay(&g.presence, nb->node, now, (uint64_t)g.opt.peer_timeout_ms,
-                            (size_t)g.opt.max_message_bytes, &nb->replay_from, REPLAY_STEP, &g.buf,
-                            emit_replay, nb->conn);
+            presence_replay(&g.presence, g.opt.node_id, nb->node, now,
+                            (uint64_t)g.opt.peer_timeout_ms, (size_t)g.opt.max_message_bytes,
+                            &nb->replay_from, REPLAY_STEP, &g.buf, emit_replay, nb->conn);
         nb->replaying = nb->replay_from != UINT32_MAX;
     }
 }

@@ -562,6 +562,11 @@ uint64_t presence_digest(const char *page, size_t len, uint64_t count)
     return count ? tally_hash64(page, len, 0x7a11ULL << 32 | count) : 0;
 }
 
+uint64_t presence_entry_key(const struct wire_presence_edge *e)
+{
+    return table_entry_hash(tally_hash64(e->id, e->len, 0x11), e->incarnation, e->seq, e->digest);
+}
+
 /* The count of pg by the origin in slot (0: none). */
 static uint64_t page_count(const struct tally_page *pg, uint32_t slot)
 {
@@ -764,6 +769,12 @@ bool presence_origin_wanted(const struct tally_origin *o, uint64_t now_ms, uint6
  * 5 s and more by default, and wants what it lacks after a heartbeat);
  * otherwise the carrier relayed each to every hub.
  *
+ * Each names the hub whose carried set holds the origin's entry as
+ * replayed (o->carrier, or self for our own edges: tier.c, "The carrier's
+ * keepalive"), so that the restarted node holds each hub's set whole by
+ * that hub's next keepalive and does not ask every hub for its full
+ * listing; one with no viewers goes for that alone.
+ *
  * Not replayed, and wanted as before: an origin held other than as listed
  * (a relay lost here too), and one whose pages do not fit one message. The
  * restarted node wants an origin it never held only a heartbeat after its
@@ -783,9 +794,10 @@ static bool origin_replayable(const struct tally_origin *o, const char *skip, ui
 }
 
 /* Replays o's counts: the pages it counts, with its entry as listed. */
-static void replay_origin(const struct tally_origin *o, uint64_t now_ms, size_t max_bytes,
-                          struct wire_buf *b, void (*emit)(const struct wire_buf *msg, void *ud),
-                          void *ud, uint32_t *sent)
+static void replay_origin(const struct tally_origin *o, const char *self, uint64_t now_ms,
+                          size_t max_bytes, struct wire_buf *b,
+                          void (*emit)(const struct wire_buf *msg, void *ud), void *ud,
+                          uint32_t *sent)
 {
     struct wire_presence_edge entry = {o->node_id, strlen(o->node_id), o->incarnation,
                                        o->seq,     o->digest,          now_ms - o->last_heard_ms};
@@ -797,16 +809,23 @@ static void replay_origin(const struct tally_origin *o, uint64_t now_ms, size_t 
     wire_presence_count(b, 1);
     wire_presence_edge(b, &entry);
     wire_presence_count(b, 0);
+    const char *carrier = o->carrier ? o->carrier->node_id : o->carried ? self : NULL;
+    if (carrier && o->carry_key == presence_entry_key(&entry)) {
+        struct wire_presence set = {.listing_flags = WIRE_LISTING_CARRIER,
+                                    .carrier = carrier,
+                                    .carrier_len = strlen(carrier)};
+        wire_presence_carried(b, &set);
+    }
     if (b->failed || b->len > max_bytes)
         return; /* wanted as before */
     emit(b, ud);
     (*sent)++;
 }
 
-uint32_t presence_replay(struct tally_presence *pr, const char *skip, uint64_t now_ms,
-                         uint64_t timeout_ms, size_t max_bytes, uint32_t *from, uint32_t most,
-                         struct wire_buf *b, void (*emit)(const struct wire_buf *msg, void *ud),
-                         void *ud)
+uint32_t presence_replay(struct tally_presence *pr, const char *self, const char *skip,
+                         uint64_t now_ms, uint64_t timeout_ms, size_t max_bytes, uint32_t *from,
+                         uint32_t most, struct wire_buf *b,
+                         void (*emit)(const struct wire_buf *msg, void *ud), void *ud)
 {
     uint32_t lo = *from;
     if (lo >= pr->norigins || !most) {
@@ -821,11 +840,12 @@ uint32_t presence_replay(struct tally_presence *pr, const char *skip, uint64_t n
     for (struct tally_origin *o = pr->origins; o; o = o->hh.next)
         if (o->slot >= lo && o->slot < hi && origin_replayable(o, skip, now_ms, timeout_ms))
             of[o->slot - lo] = o;
-    /* In slot order, each with the pages it counts (none: nothing held). */
+    /* In slot order, each with the pages it counts (none: nothing held,
+     * unless its carrier is to be named). */
     uint32_t sent = 0;
     for (uint32_t s = 0; s < hi - lo; s++)
-        if (of[s] && of[s]->ncounted)
-            replay_origin(of[s], now_ms, max_bytes, b, emit, ud, &sent);
+        if (of[s] && (of[s]->ncounted || of[s]->carry_key))
+            replay_origin(of[s], self, now_ms, max_bytes, b, emit, ud, &sent);
     free(of);
     return sent;
 }

@@ -532,6 +532,15 @@ struct tally_origin {
     bool listed;
     bool alive;
     bool carried; /* our own edge's, as our record of it holds them (tier.c) */
+    /* Liveness from the carrier (tier.c, "The carrier's keepalive"): the hub
+     * whose carried set holds this edge as its listings last said, in whose
+     * list of such edges (carries, linked by carry_prev/next) it is, the key
+     * of that entry (or of ours, for our own edge; 0: nobody's) and the
+     * stamp of the listing it came in; on a hub's origin, whether our next
+     * heartbeat asks for its full listing. */
+    struct tally_origin *carrier, *carries, *carry_prev, *carry_next;
+    uint64_t carry_key, carry_stamp;
+    bool listing_wanted;
     char node_id[TALLY_NODE_ID_MAX + 1];
 };
 
@@ -594,6 +603,8 @@ void presence_origin_expire(struct tally_presence *pr, struct tally_origin *o);
 /* One page's share of an origin's digest: the digest of a set of counts is
  * the sum (mod 2^64) of the shares of its non-zero counts. */
 uint64_t presence_digest(const char *page, size_t len, uint64_t count);
+/* The key of a listing entry, summed into a hub's carried set (tier.c). */
+uint64_t presence_entry_key(const struct wire_presence_edge *e);
 /* A hub listed o (one of its edges): o is alive as of age_ms ago, and its
  * carrier holds the counts of digest as of its relay seq. */
 void presence_origin_listed(struct tally_origin *o, const struct wire_presence_edge *l,
@@ -613,11 +624,13 @@ bool presence_origin_wanted(const struct tally_origin *o, uint64_t now_ms, uint6
  * max_bytes; each is handed to emit. In steps: the origins of most slots
  * from *from, which becomes the next step's, or UINT32_MAX after the last
  * (a broker loop's work stays bounded, plugin.c's replay_tick). Returns
- * the number sent (presence.c, "Replay to a neighbour that restarted"). */
-uint32_t presence_replay(struct tally_presence *pr, const char *skip, uint64_t now_ms,
-                         uint64_t timeout_ms, size_t max_bytes, uint32_t *from, uint32_t most,
-                         struct wire_buf *b, void (*emit)(const struct wire_buf *msg, void *ud),
-                         void *ud);
+ * the number sent (presence.c, "Replay to a neighbour that restarted").
+ * Each names the hub whose carried set holds its entry, self for our own
+ * edges (tier.c, "The carrier's keepalive"). */
+uint32_t presence_replay(struct tally_presence *pr, const char *self, const char *skip,
+                         uint64_t now_ms, uint64_t timeout_ms, size_t max_bytes, uint32_t *from,
+                         uint32_t most, struct wire_buf *b,
+                         void (*emit)(const struct wire_buf *msg, void *ud), void *ud);
 /* Our own counts as PRESENCE messages of at most max_bytes, over consecutive
  * ranges of presence_hash covering all of it, numbered first_seq, first_seq
  * + 1, ...; each is handed to emit. Returns the number of messages, or 0
@@ -745,7 +758,7 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
 #define WIRE_SYNC_VERSION 5
 #define WIRE_DIGEST_VERSION 3
 #define WIRE_PRESENCE_VERSION                                                                      \
-    3 /* 2 added the range [lo, hi], 3 a hub's listing; 1 and 2 are read */
+    4 /* 2 added the range [lo, hi], 3 a hub's listing, 4 its carried set; 1 to 3 are read */
 enum wire_type {
     WIRE_SYNC = 1,
     WIRE_DIGEST = 2,
@@ -908,7 +921,20 @@ struct wire_presence {
     struct wire_presence_page *pages;  /* owned */
     struct wire_presence_edge *listed; /* owned, with wants (one block) */
     struct wire_presence_want *wants;
+    /* A hub's listing (version 4) ends with its carried set: the edges it
+     * heard within carried_age_ms, how many, and the sum of their entries'
+     * keys (presence_entry_key); flags: WIRE_LISTING_*. A replay's
+     * (presence.c) names instead the hub whose set holds its one entry. */
+    bool has_carried;
+    uint8_t listing_flags;
+    uint64_t listing_stamp, carried_digest, carried_age_ms;
+    uint32_t ncarried;
+    const char *carrier;
+    size_t carrier_len;
 };
+#define WIRE_LISTING_LAST 1    /* the listing's last part: the set is to compare */
+#define WIRE_LISTING_FULL 2    /* it names every edge the hub carries */
+#define WIRE_LISTING_CARRIER 4 /* a replay: the carrier alone */
 /* The origin a PRESENCE names (its length; 0 if msg is none). */
 size_t wire_presence_origin(const void *msg, size_t len, const char **origin);
 void wire_presence_begin(struct wire_buf *b, const char *origin, uint64_t incarnation, uint64_t seq,
@@ -919,6 +945,9 @@ void wire_presence_page(struct wire_buf *b, const char *page, size_t len, uint64
 void wire_presence_count(struct wire_buf *b, uint32_t n);
 void wire_presence_edge(struct wire_buf *b, const struct wire_presence_edge *e);
 void wire_presence_want(struct wire_buf *b, const char *id, size_t len);
+/* After the wants (version 4): a hub's carried set, in its heartbeat; or in
+ * a replay, the carrier of the entry (set->carrier, WIRE_LISTING_CARRIER). */
+void wire_presence_carried(struct wire_buf *b, const struct wire_presence *set);
 int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out);
 void wire_presence_free(struct wire_presence *p);
 
@@ -1012,8 +1041,8 @@ struct tier_hub {
     struct tier_watch *watches;     /* counters some child watches */
     struct tier_watch *page_totals; /* pages some child views: totals this tick */
     uint64_t session, children_made;
-    uint64_t gen;                  /* tier_hub_tick's count: figures computed once a tick */
-    uint64_t last_full_listing_ms; /* tier_hub_heartbeat's last listing of every child */
+    uint64_t gen;        /* tier_hub_tick's count: figures computed once a tick */
+    bool listing_owed;   /* the next heartbeat lists every child (the first; a hub wants it) */
     bool all_pages_owed; /* the next heartbeat announces them all (the first; tier_hub_owe_pages) */
     struct persist *persist; /* folds of adopted past lives are logged here (or NULL) */
     char node_id[TALLY_NODE_ID_MAX + 1];
@@ -1043,7 +1072,6 @@ int tier_hub_relay(struct tier_child *ch, size_t max_bytes, uint64_t now_ms, str
 /* Whether the heartbeat at now_ms lists all our children: the first one
  * (last_ms 0), and then every timeout_ms / 3; in between, those relayed
  * since. */
-bool tier_heartbeat_full_listing(uint64_t now_ms, uint64_t last_ms, uint64_t timeout_ms);
 /* The next heartbeat announces all our pages: a change could not go alone,
  * a node was heard anew (it may hold none of them), or one wants them. */
 void tier_hub_owe_pages(struct tier_hub *h);

@@ -225,19 +225,19 @@
  * the new hub holds already what the edge sends it (its old hub's relays
  * reached it, or a replay), it announces only that seq, in its listing,
  * and the hubs holding the same counts take it (tier_hub_relay).
- * Liveness and repair ride on each hub's own heartbeat, which lists the
- * edges it carries ("the heartbeat's listing", below), and each relay that
- * answers a want ends with its edge's entry of that listing: an edge stays
- * counted
- * while a live hub lists it, and an edge that goes silent leaves every count
- * peer_timeout_ms after its hub last heard it, and is counted again once
- * heard (by its hub from its record, by the others wanting its pages). A hub
- * that dies has its own viewers expired, not its edges': they are their own
- * origins, listed by their new hub once they have moved. A hub that
- * restarts has every edge's viewers from its neighbours, each over its own
- * bridge (presence.c, "Replay to a neighbour that restarted"), not from a
- * relay of each edge flooded to every hub; each neighbour replays its own
- * edges too, as it holds them from their UPs.
+ * Liveness and repair ride on each hub's own heartbeat: its carried set
+ * keeps the edges it hears alive at every hub ("the carrier's keepalive",
+ * below), and each relay that answers a want ends with its edge's entry of
+ * the listing: an edge stays counted while a live hub vouches for it, and
+ * an edge that goes silent leaves every count peer_timeout_ms after its hub
+ * last heard it, and is counted again once heard (by its hub from its
+ * record, by the others wanting its pages). A hub that dies has its own
+ * viewers expired, not its edges': they are their own origins, in their
+ * new hub's set once they have moved. A hub that restarts has every edge's
+ * viewers from its neighbours, each over its own bridge (presence.c,
+ * "Replay to a neighbour that restarted"), not from a relay of each edge
+ * flooded to every hub; each neighbour replays its own edges too, as it
+ * holds them from their UPs.
  *
  * ---- Invariants ----
  *
@@ -253,9 +253,14 @@
  *   - A hub's listing of a child names the seq of its last relay part and
  *     the digest of the pages that relay left (child_digest): a hub holding
  *     that seq or an older one, with another digest, lacks a relay.
+ *   - An edge in a hub's carried set was heard by it within timeout_ms / 3,
+ *     and the receivers that vouch for it hold its entry as the hub's set
+ *     does (the sums agree).
  */
 #include <stdlib.h>
 #include <string.h>
+
+#include <utlist.h>
 
 #include "tally.h"
 
@@ -1261,7 +1266,11 @@ struct tier_child {
     uint64_t group, next;    /* that UP's first part, and the part awaited next */
     uint64_t relay_next;     /* the seq of the next relay part: relays only grow */
     bool relay_owed;         /* a hub wants its pages: all of them go at the next relay */
-    bool list_owed;          /* relayed since the hub's last listing named it */
+    bool list_owed;          /* relayed since the hub's last listing named it, or new */
+    bool carried;            /* in our carried set, as of the last listing (child_carried) */
+    bool in_set;             /* as the last listing of it named it */
+    bool moved;              /* another hub's set holds it, newer: until we hear it again */
+    uint64_t set_key;        /* the key of its entry in our carried set, as last listed */
     bool pages_new;          /* its page list changed since the last relay, */
     uint64_t new_lo, new_hi; /* within this range of hashes */
     bool held;               /* when it began to: its origin here was alive, */
@@ -1283,6 +1292,7 @@ void tier_hub_init(struct tier_hub *h, const char *node_id, uint64_t session)
     h->session = session;
     h->gen = 1;
     h->all_pages_owed = true; /* the first heartbeat carries them all */
+    h->listing_owed = true;   /* and names every child */
 }
 
 static void watch_unref(struct tier_hub *h, struct tier_watch *w)
@@ -1363,6 +1373,7 @@ static struct tier_child *child_get(struct tier_hub *h, struct tally_table *t, c
     memcpy(c->id, key, len + 1);
     c->incarnation = incarnation;
     c->session = h->session + ++h->children_made;
+    c->list_owed = true; /* the other hubs learn that we carry it */
     HASH_ADD_STR(h->children, id, c);
     return c;
 }
@@ -1586,6 +1597,8 @@ static int hub_apply_presence(struct tally_presence *pr, struct tier_child *ch, 
         return TALLY_OK;
     o->incarnation = ch->incarnation;
     o->seq = RELAY_SEQ(ch->seq);
+    if (ch->relay_next <= o->seq) /* our listing names the seq we hold, as a replay does */
+        ch->relay_next = o->seq + 1;
     o->carried = true;                           /* replayed as such (presence.c) */
     presence_origin_begin(pr, o, 0, UINT64_MAX); /* ch->pages: all the child's pages */
     for (uint32_t i = 0; i < ch->npages; i++)
@@ -1656,6 +1669,7 @@ int tier_hub_apply_up(struct tier_hub *h, struct tally_table *t, struct tally_pr
     if (rc != TALLY_OK)
         return rc;
     ch->last_heard_ms = now_ms;
+    ch->moved = false;
     /* Only an UP built under the session this record gave the edge holds
      * everything the edge had not had acknowledged by this record. */
     if (session == ch->session)
@@ -1937,22 +1951,70 @@ int tier_hub_relay(struct tier_child *ch, size_t max_bytes, uint64_t now_ms, str
  *
  * A hub's own presence heartbeat (its PRESENCE, every peer_timeout_ms / 5 at
  * most a second: all its pages or a keepalive, below) ends with a listing:
- * its own entry ("the heartbeat's own entry", below), the edges it carries,
- * each as (id, incarnation, seq of its latest relay, digest of its pages,
- * ms since it was last heard), and the origins whose pages this hub wants.
- * The listing names every edge every peer_timeout_ms / 3, and in between
- * the edges relayed since the last one, so that a lost relay is found at
- * the next heartbeat. Each entry stands alone. Each hub applies a listing
- * (tier_hub_heard): a listed edge is alive as of when its carrier last heard
- * it (presence_origin_listed), so its viewers stay while some live hub lists
- * it and leave peer_timeout_ms after the last hub that heard it did; and a
- * digest that differs from what is held, with no newer relay held, puts the
- * edge among the wants (while it is alive), and its carrier relays all its
- * pages at its next tick, each part with the edge's entry (relay_range).
- * Relays are sent when a list changes, and again only where one was lost: a
- * hub's presence traffic is the changes plus one heartbeat per hub, not one
- * relay per edge. The listing is appended to the heartbeat's last
- * part while it fits, in parts of its own (no page range) after that. */
+ * its own entry ("the heartbeat's own entry", below), entries of edges it
+ * carries, each as (id, incarnation, seq of its latest relay, digest of its
+ * pages, ms since it was last heard), the origins whose pages this hub
+ * wants, and its carried set ("the carrier's keepalive", below). Each entry
+ * stands alone. Each hub applies a listing (tier_hub_heard): a listed edge
+ * is alive as of when its carrier last heard it (presence_origin_listed),
+ * so its viewers stay while some live hub vouches for it and leave
+ * peer_timeout_ms after the last hub that heard it did; and a digest that
+ * differs from what is held, with no newer relay held, puts the edge among
+ * the wants (while it is alive), and its carrier relays all its pages at
+ * its next tick, each part with the edge's entry (relay_range). Relays are
+ * sent when a list changes, and again only where one was lost: a hub's
+ * presence traffic is the changes plus one heartbeat per hub, not one relay
+ * per edge. The listing is appended to the heartbeat's last part while it
+ * fits, in parts of its own (no page range) after that, each part ending
+ * with the carried set.
+ *
+ * ---- The carrier's keepalive ----
+ *
+ * Until 2026-12-03 the listing named every edge every peer_timeout_ms / 3,
+ * so that the others kept its edges alive: about 30 bytes an edge, flooded
+ * to every hub, 78% of the PRESENCE bytes of tests/sim's tree of 2,040
+ * nodes and 74% at 10,040 (README): a cost per edge of the whole tree at
+ * rest. Now the carrier's own heartbeat stands for its edges. Its carried
+ * set is the edges it heard within timeout_ms / 3 that have viewers and
+ * that it has announced (child_carried), given as their count, the sum of
+ * their entries' keys (presence_entry_key: id, incarnation, seq, digest)
+ * and the age of the one heard longest ago (carried_age_ms). The listing
+ * names an edge only when its entry or its place in or out of the set
+ * changed since it last did, when it is new, or when the hub owes its full
+ * listing (the first heartbeat, or a hub that asked); and an edge with
+ * viewers out of the set (unheard lately, or moved) at every heartbeat,
+ * with its age, as every edge was before, so that its viewers leave each
+ * count peer_timeout_ms after its carrier last heard it. An entry out of
+ * the set is given an age above carried_age_ms, so that an entry is of the
+ * set if and only if its age is at most that (carry_entry).
+ *
+ * Each receiver keeps, for each hub, the edges whose newest entry from that
+ * hub put them in its set, with their keys (o->carrier, hub->carries). At
+ * the listing's last part it compares that set with the hub's. The same:
+ * each edge of it was heard by the hub at most carried_age_ms ago, and is
+ * alive as of then here (carried_check), which is what its entry would
+ * have said, or earlier. Another (an entry lost, a link cut, a receiver
+ * or a hub restarted): it vouches for none of them and asks for the hub's
+ * full listing in its next heartbeat, from a heartbeat after it first
+ * heard the hub (a restarted hub has the entries of its neighbours'
+ * replays by then, each naming its carrier, presence.c). The full listing
+ * names every edge, and takes out of the set held here each one it does
+ * not name, once its last part has come (its stamp, the heartbeat's first
+ * seq): a stale link cannot keep a dead edge alive. An edge that moves
+ * leaves its old carrier's set as soon as that carrier hears the new one's
+ * set hold it with a newer seq or another life (child_moved), and the old
+ * carrier's next listing names it out of its set: receivers that took the
+ * new carrier's entry and those that did not yet agree with both hubs.
+ *
+ * What stays exact: an edge is vouched for only by a hub whose set, as
+ * summed here, is the hub's own; a dead edge leaves its carrier's set
+ * timeout_ms / 3 after it was last heard, and each count peer_timeout_ms
+ * after that hearing, as before. What it costs: a receiver whose set
+ * differs keeps no edge of that hub alive until the full listing comes, at
+ * most a heartbeat or two; a hub that restarts takes every hub's full
+ * listing that its neighbours' replays did not make whole (a replay lost on
+ * its way). A collision of the 64-bit sum would hide a lost entry: at 2^-64
+ * a comparison, not guarded. */
 
 /* Holds back the last part of the announcement, to append the listing. */
 struct held {
@@ -1972,50 +2034,120 @@ static void hold_part(const struct wire_buf *msg, void *ud)
 }
 
 /* The listing's entries, each encoded alone (ends[i]: where entry i ends);
- * the first nlisted are edges, the rest wants. */
+ * the first nlisted are edges, the rest wants; set: the carried set. */
 struct listing {
     struct wire_buf ent;
     size_t *ends;
     uint32_t n, nlisted;
+    struct wire_presence set;
 };
 
-static int listing_build(struct tier_hub *h, const struct tally_presence *pr,
+/* The carried set's bytes at most: flags, stamp, digest, count, age. */
+#define CARRIED_MAX (1 + 8 + 8 + 5 + 10)
+
+/* Whether our next heartbeat asks hub for its full listing: while it is
+ * alive and the carried sets differ, from a heartbeat after we first heard
+ * it (a node that restarted has the entries from its neighbours' replays
+ * by then, presence.c). */
+static bool listing_wanted(const struct tally_origin *hub, uint64_t now_ms, uint64_t timeout_ms)
+{
+    uint64_t grace = timeout_ms / 5 < 1000 ? timeout_ms / 5 : 1000;
+    return hub->listing_wanted && hub->alive && now_ms - hub->last_heard_ms <= timeout_ms &&
+           now_ms - hub->first_listed_ms >= grace;
+}
+
+static void carry_unlink(struct tally_origin *o)
+{
+    if (!o->carrier)
+        return;
+    DL_DELETE2(o->carrier->carries, o, carry_prev, carry_next);
+    o->carrier = NULL;
+}
+
+static struct wire_presence_edge child_entry(const struct tier_child *ch, uint64_t now_ms)
+{
+    return (struct wire_presence_edge){ch->id,           strlen(ch->id),
+                                       ch->incarnation,  ch->relay_next ? ch->relay_next - 1 : 0,
+                                       child_digest(ch), now_ms - ch->last_heard_ms};
+}
+
+/* Whether a child is of our carried set: heard lately; with viewers (one
+ * with none needs no keeping alive); announced (a child
+ * not relayed yet is listed with seq 0, which a hub holding its pages from
+ * its last carrier takes for that of a carrier it left, presence_origin_
+ * listed); and not listed since by another hub as of its own set, newer. */
+static bool child_carried(const struct tier_child *ch, uint64_t age_ms, uint64_t timeout_ms)
+{
+    return age_ms <= timeout_ms / 3 && ch->relay_next && !ch->moved && ch->npages;
+}
+
+static int listing_build(struct tier_hub *h, struct tally_presence *pr,
                          const struct wire_presence_edge *own, uint64_t now_ms, uint64_t timeout_ms,
-                         bool full, struct listing *l)
+                         struct listing *l)
 {
     size_t cap = HASH_COUNT(h->children) + HASH_COUNT(pr->origins) + 2;
+    bool full = h->listing_owed;
     l->ends = malloc(cap * sizeof(*l->ends));
     if (!l->ends)
         return TALLY_E_NOMEM;
+    l->set.listing_flags = full ? WIRE_LISTING_FULL : 0;
     wire_presence_edge(&l->ent, own);
     l->ends[l->n++] = l->ent.len;
     l->nlisted++;
     for (struct tier_child *ch = h->children; ch; ch = ch->hh.next) {
-        if (!full && !ch->list_owed)
+        struct wire_presence_edge e = child_entry(ch, now_ms);
+        ch->carried = child_carried(ch, e.age_ms, timeout_ms);
+        struct tally_origin *o = NULL;
+        HASH_FIND_STR(pr->origins, ch->id, o);
+        if (o && ch->carried) { /* what a replay names us the carrier of (presence.c) */
+            carry_unlink(o);
+            o->carry_key = presence_entry_key(&e);
+        } else if (o && !o->carrier) {
+            o->carry_key = 0; /* nobody's, as far as we know */
+        }
+        if (ch->carried) {
+            l->set.carried_digest += presence_entry_key(&e);
+            l->set.ncarried++;
+            if (e.age_ms > l->set.carried_age_ms)
+                l->set.carried_age_ms = e.age_ms;
+        }
+    }
+    for (struct tier_child *ch = h->children; ch; ch = ch->hh.next) {
+        struct wire_presence_edge e = child_entry(ch, now_ms);
+        uint64_t key = presence_entry_key(&e);
+        /* in or out of the set, or another entry in it, since we last
+         * listed it; out of it with viewers, it is kept alive by its own
+         * entry, as before the set */
+        bool changed = ch->carried != ch->in_set || (ch->carried && key != ch->set_key);
+        if (!full && !ch->list_owed && !changed && (ch->carried || !ch->npages))
             continue;
-        struct wire_presence_edge e = {ch->id,           strlen(ch->id),
-                                       ch->incarnation,  ch->relay_next ? ch->relay_next - 1 : 0,
-                                       child_digest(ch), now_ms - ch->last_heard_ms};
+        ch->in_set = ch->carried;
+        ch->set_key = key;
+        if (!ch->carried && e.age_ms <= l->set.carried_age_ms)
+            e.age_ms = l->set.carried_age_ms + 1; /* not of the set: older than its age */
         wire_presence_edge(&l->ent, &e);
         l->ends[l->n++] = l->ent.len;
         l->nlisted++;
         ch->list_owed = false;
     }
     for (const struct tally_origin *o = pr->origins; o; o = o->hh.next) {
-        if (!presence_origin_wanted(o, now_ms, timeout_ms))
+        if (!presence_origin_wanted(o, now_ms, timeout_ms) &&
+            !listing_wanted(o, now_ms, timeout_ms))
             continue;
         wire_presence_want(&l->ent, o->node_id, strlen(o->node_id));
         l->ends[l->n++] = l->ent.len;
     }
-    return l->ent.failed ? TALLY_E_NOMEM : TALLY_OK;
+    if (l->ent.failed)
+        return TALLY_E_NOMEM;
+    h->listing_owed = false;
+    return TALLY_OK;
 }
 
 /* Appends to part the entries from *i on that fit in max_bytes (at least
- * one), as the two counted sections. */
-static void listing_append(const struct listing *l, uint32_t *i, struct wire_buf *part,
-                           size_t max_bytes)
+ * one), as the two counted sections, then the carried set. */
+static void listing_append(struct listing *l, uint32_t *i, struct wire_buf *part, size_t max_bytes)
 {
-    size_t start = *i ? l->ends[*i - 1] : 0, room = part->len + 10;
+    size_t start = *i ? l->ends[*i - 1] : 0, room = part->len + 10 + CARRIED_MAX;
     uint32_t j = *i;
     while (j < l->n && (j == *i || room + l->ends[j] - start <= max_bytes))
         j++;
@@ -2026,6 +2158,9 @@ static void listing_append(const struct listing *l, uint32_t *i, struct wire_buf
     wbuf_bytes(part, l->ent.data + start, mid - start);
     wire_presence_count(part, j - *i - edges);
     wbuf_bytes(part, l->ent.data + mid, l->ends[j - 1] - mid);
+    if (j == l->n)
+        l->set.listing_flags |= WIRE_LISTING_LAST;
+    wire_presence_carried(part, &l->set);
     *i = j;
 }
 
@@ -2078,11 +2213,6 @@ static void listing_append(const struct listing *l, uint32_t *i, struct wire_buf
  * because of a collision of presence_digest (64 bits) would hide a lost
  * change: at 2^-64 a comparison, not guarded. */
 
-bool tier_heartbeat_full_listing(uint64_t now_ms, uint64_t last_ms, uint64_t timeout_ms)
-{
-    return !last_ms || now_ms - last_ms >= timeout_ms / 3;
-}
-
 void tier_hub_owe_pages(struct tier_hub *h)
 {
     h->all_pages_owed = true;
@@ -2116,23 +2246,20 @@ int tier_hub_heartbeat(struct tier_hub *h, struct tally_presence *pr, uint64_t i
                        struct wire_buf *out, tier_emit_fn *emit, void *ud, uint32_t *sent)
 {
     struct held hd = {.emit = emit, .ud = ud};
-    struct listing l = {0};
-    bool full = tier_heartbeat_full_listing(now_ms, h->last_full_listing_ms, timeout_ms);
+    struct listing l = {.set.listing_stamp = first_seq};
     *sent = heartbeat_pages(h, pr, incarnation, first_seq, max_bytes, out, &hd);
     /* Our own entry names the part it rides: the last of our pages if it
      * fits there, else the first part of the listing alone. */
     struct wire_presence_edge own = {
         h->node_id, strlen(h->node_id), incarnation, first_seq + *sent - 1, pr->local_digest, 0};
     wire_presence_edge(&l.ent, &own);
-    if (hd.last.len + 10 + l.ent.len > max_bytes)
+    if (hd.last.len + 10 + CARRIED_MAX + l.ent.len > max_bytes)
         own.seq++;
     wbuf_reset(&l.ent);
-    int rc = *sent ? listing_build(h, pr, &own, now_ms, timeout_ms, full, &l) : TALLY_E_NOMEM;
-    if (rc == TALLY_OK && full)
-        h->last_full_listing_ms = now_ms;
+    int rc = *sent ? listing_build(h, pr, &own, now_ms, timeout_ms, &l) : TALLY_E_NOMEM;
     /* The last part takes what fits, from our own entry on. */
     uint32_t i = 0;
-    if (rc == TALLY_OK && hd.last.len + 10 + l.ends[0] <= max_bytes)
+    if (rc == TALLY_OK && hd.last.len + 10 + CARRIED_MAX + l.ends[0] <= max_bytes)
         listing_append(&l, &i, &hd.last, max_bytes);
     if (*sent)
         emit(&hd.last, ud);
@@ -2163,6 +2290,82 @@ static bool our_own_relay(struct tier_hub *h, const struct wire_presence *wp)
     return ch && ch->incarnation == wp->incarnation && wp->seq < ch->relay_next;
 }
 
+/* ==== The carrier's keepalive, received ====
+ *
+ * hub->carries lists the edges that hub's listings last named as heard
+ * lately (o->carrier is hub), each with the key of that entry. An entry
+ * from its carrier of the same edge, or a newer one from another hub,
+ * moves it; an entry of it unheard takes it off. */
+
+static void carry_link(struct tally_origin *hub, struct tally_origin *o,
+                       const struct wire_presence_edge *e, uint64_t stamp)
+{
+    if (o->carrier != hub) {
+        carry_unlink(o);
+        DL_APPEND2(hub->carries, o, carry_prev, carry_next);
+        o->carrier = hub;
+    }
+    o->carry_key = presence_entry_key(e);
+    o->carry_stamp = stamp;
+}
+
+static void carry_entry(struct tally_origin *hub, struct tally_origin *o,
+                        const struct wire_presence_edge *e, bool stale,
+                        const struct wire_presence *wp)
+{
+    bool replay = wp->listing_flags & WIRE_LISTING_CARRIER; /* as the replaying node held it */
+    if (stale || (!replay && e->age_ms > wp->carried_age_ms)) {
+        if (o->carrier == hub)
+            carry_unlink(o);
+        return;
+    }
+    carry_link(hub, o, e, replay ? 0 : wp->listing_stamp);
+}
+
+/* A child of ours that another hub's set holds, of another life or with a
+ * relay newer than any of ours, has moved there: it leaves our set now,
+ * not once we have not heard it for timeout_ms / 3, so that our set and
+ * what the other hubs hold of it agree (its entry in our listings, out of
+ * the set, takes it off at each of them, carry_entry). */
+static void child_moved(struct tier_child *ch, const struct wire_presence_edge *e,
+                        const struct wire_presence *wp)
+{
+    if (ch && ch->relay_next && e->age_ms <= wp->carried_age_ms &&
+        (e->incarnation != ch->incarnation || e->seq >= ch->relay_next))
+        ch->moved = true;
+}
+
+/* The listing's last part: the carried set held here is compared with the
+ * hub's. The same: each of its edges is alive as of carried_age_ms ago, as
+ * its entry would have said. Another: nothing is vouched for, and our next
+ * heartbeat asks for the hub's full listing, which names every edge it
+ * carries; once it has come whole, an edge of the set here that it did not
+ * name is taken off. */
+static void carried_check(struct tally_origin *hub, const struct wire_presence *wp, uint64_t now_ms)
+{
+    struct tally_origin *o, *tmp;
+    uint64_t sum = 0;
+    uint32_t n = 0;
+    DL_FOREACH_SAFE2(hub->carries, o, tmp, carry_next)
+    {
+        if ((wp->listing_flags & WIRE_LISTING_FULL) && o->carry_stamp != wp->listing_stamp) {
+            carry_unlink(o);
+            continue;
+        }
+        sum += o->carry_key;
+        n++;
+    }
+    hub->listing_wanted = sum != wp->carried_digest || n != wp->ncarried;
+    if (hub->listing_wanted)
+        return;
+    uint64_t heard = now_ms > wp->carried_age_ms ? now_ms - wp->carried_age_ms : 0;
+    DL_FOREACH2(hub->carries, o, carry_next)
+    {
+        if (heard > o->last_heard_ms)
+            o->last_heard_ms = heard;
+    }
+}
+
 /* A hub's heartbeat, new here: its edges are alive as of when it heard them,
  * and the edges it wants that we carry are relayed whole at our next tick. */
 int tier_hub_heard(struct tier_hub *h, struct tally_presence *pr, const struct wire_presence *wp,
@@ -2170,6 +2373,17 @@ int tier_hub_heard(struct tier_hub *h, struct tally_presence *pr, const struct w
 {
     char id[TALLY_NODE_ID_MAX + 1];
     uint32_t nlisted = our_own_relay(h, wp) ? 0 : wp->nlisted;
+    /* the hub whose carried set the listing shows, or the carrier a
+     * replay names (not us: a life of ours before a restart) */
+    struct tally_origin *hub = NULL;
+    if (wp->has_carried) {
+        bool replay = wp->listing_flags & WIRE_LISTING_CARRIER;
+        size_t len = replay ? wp->carrier_len : wp->origin_len;
+        memcpy(id, replay ? wp->carrier : wp->origin, len);
+        id[len] = '\0';
+        if (strcmp(id, h->node_id) != 0 && !(hub = presence_origin(pr, id)))
+            return TALLY_E_NOMEM;
+    }
     for (uint32_t i = 0; i < nlisted; i++) {
         const struct wire_presence_edge *e = &wp->listed[i];
         memcpy(id, e->id, e->len);
@@ -2179,7 +2393,15 @@ int tier_hub_heard(struct tier_hub *h, struct tally_presence *pr, const struct w
         struct tally_origin *o = presence_origin(pr, id);
         if (!o)
             return TALLY_E_NOMEM;
+        bool stale = o->listed && e->incarnation == o->listed_incarnation && e->seq < o->listed_seq;
         presence_origin_listed(o, e, now_ms);
+        if (hub && o != hub)
+            carry_entry(hub, o, e, stale, wp);
+        if (hub && !(wp->listing_flags & WIRE_LISTING_CARRIER))
+            child_moved(tier_hub_child(h, id), e, wp);
+    }
+    if (hub && (wp->listing_flags & WIRE_LISTING_LAST)) {
+        carried_check(hub, wp, now_ms);
     }
     for (uint32_t i = 0; i < wp->nwants; i++) {
         memcpy(id, wp->wants[i].id, wp->wants[i].len);
@@ -2187,8 +2409,10 @@ int tier_hub_heard(struct tier_hub *h, struct tally_presence *pr, const struct w
         struct tier_child *ch = tier_hub_child(h, id);
         if (ch)
             ch->relay_owed = true;
-        else if (strcmp(id, h->node_id) == 0)
+        else if (strcmp(id, h->node_id) == 0) {
             h->all_pages_owed = true; /* a node that lacks some of our counts */
+            h->listing_owed = true;   /* or some of our edges */
+        }
     }
     return TALLY_OK;
 }

@@ -31,7 +31,7 @@
  *                              (presence.c), which does not flood it on
  *   $tally/stats/<node>        JSON stats, retained, flooded the same way
  *
- * ---- Encoding (SYNC version 5, DIGEST version 3, PRESENCE version 3) ----
+ * ---- Encoding (SYNC version 5, DIGEST version 3, PRESENCE version 4) ----
  *
  * All integers are unsigned. varint = LEB128 (7 bits a byte, low first, at
  * most 10 bytes); u64 = 8 bytes little-endian; str8 = one length byte then
@@ -65,6 +65,10 @@
  *             varint L, L x { str8 edge, u64 incarnation, varint seq,
  *                             u64 digest, varint age_ms }
  *             varint W, W x { str8 origin }                      wants
+ *             optionally (v4 on), a hub's carried set (tier.c, "The
+ *             carrier's keepalive"): varint flags, u64 stamp,
+ *             u64 digest, varint count, varint age_ms; or in a replay
+ *             (flags 4), str8 the carrier of its entry
  *
  * Older versions had no stream position (SYNC before 3, DIGEST 1), no
  * repair requests and no page range (PRESENCE 1: every page); a node still
@@ -834,6 +838,41 @@ void wire_presence_want(struct wire_buf *b, const char *id, size_t len)
     wbuf_str8(b, id, len);
 }
 
+void wire_presence_carried(struct wire_buf *b, const struct wire_presence *set)
+{
+    wbuf_varint(b, set->listing_flags);
+    if (set->listing_flags & WIRE_LISTING_CARRIER) {
+        wbuf_str8(b, set->carrier, set->carrier_len);
+        return;
+    }
+    wbuf_u64(b, set->listing_stamp);
+    wbuf_u64(b, set->carried_digest);
+    wbuf_varint(b, set->ncarried);
+    wbuf_varint(b, set->carried_age_ms);
+}
+
+/* A hub's carried set (version 4), after the wants of its heartbeat. */
+static void read_carried(struct wire_reader *r, struct wire_presence *out)
+{
+    uint64_t flags = wr_varint(r);
+    if (flags == WIRE_LISTING_CARRIER) {
+        out->carrier = wr_str8(r, &out->carrier_len);
+        out->listing_flags = (uint8_t)flags;
+        out->has_carried = !r->bad && sender_ok(out->carrier, out->carrier_len);
+        r->bad = !out->has_carried;
+        return;
+    }
+    out->listing_stamp = wr_u64(r);
+    out->carried_digest = wr_u64(r);
+    uint64_t n = wr_varint(r);
+    out->carried_age_ms = wr_varint(r);
+    if (flags > (WIRE_LISTING_LAST | WIRE_LISTING_FULL) || n > UINT32_MAX)
+        r->bad = true;
+    out->listing_flags = (uint8_t)flags;
+    out->ncarried = (uint32_t)n;
+    out->has_carried = !r->bad;
+}
+
 /* The listing (version 3, when bytes follow the pages): edges, then wants,
  * in one block of memory. */
 static void read_listing(struct wire_reader *r, struct wire_presence *out)
@@ -918,6 +957,8 @@ int wire_decode_presence(const void *msg, size_t len, struct wire_presence *out)
     }
     if (version >= 3 && !r.bad && r.p != r.end)
         read_listing(&r, out);
+    if (version >= 4 && !r.bad && r.p != r.end)
+        read_carried(&r, out);
     if (r.bad || r.p != r.end) {
         wire_presence_free(out);
         return TALLY_E_WIRE;

@@ -2,7 +2,8 @@
  * fuzz_wire_presence.c - a PRESENCE announcement from a hostile or broken
  * peer: refused, or valid data that survives a re-encode and that the
  * presence table applies (as plugin.c does) without harm, with a hub's
- * listing of its edges and wants (version 3) that a hub takes without harm.
+ * listing of its edges and wants (version 3) and its carried set, or a
+ * replay's carrier (version 4), that a hub takes without harm.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -57,9 +58,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (uint32_t i = 0; i < p.nwants; i++)
             wire_presence_want(&b, p.wants[i].id, p.wants[i].len);
     }
+    if (p.has_carried) {
+        check(p.listed != NULL);
+        wire_presence_carried(&b, &p);
+    }
     struct wire_presence q;
     check(wire_decode_presence(b.data, b.len, &q) == TALLY_OK);
     check(q.nlisted == p.nlisted && q.nwants == p.nwants);
+    check(q.has_carried == p.has_carried && q.listing_flags == p.listing_flags &&
+          q.listing_stamp == p.listing_stamp && q.carried_digest == p.carried_digest &&
+          q.ncarried == p.ncarried && q.carried_age_ms == p.carried_age_ms &&
+          q.carrier_len == p.carrier_len &&
+          (!q.carrier_len || memcmp(q.carrier, p.carrier, q.carrier_len) == 0));
     for (uint32_t i = 0; i < q.nlisted; i++)
         check(q.listed[i].len == p.listed[i].len &&
               memcmp(q.listed[i].id, p.listed[i].id, q.listed[i].len) == 0 &&
@@ -92,6 +102,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct tier_hub h;
     tier_hub_init(&h, "hub", 3);
     check(tier_hub_heard(&h, &pr, &p, 1000) == TALLY_OK);
+    check(tier_hub_heard(&h, &pr, &q, 1500) == TALLY_OK); /* again: a set vouched for */
     for (uint32_t i = 0; i < p.nlisted; i++) {
         char id[TALLY_NODE_ID_MAX + 1];
         memcpy(id, p.listed[i].id, p.listed[i].len);

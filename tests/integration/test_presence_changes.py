@@ -177,8 +177,8 @@ class Reader:
 
 
 def presence_decode(payload):
-    """A PRESENCE of version 3 (wire.c): its range, pages, listing and wants."""
-    assert payload[:4] == b"TL\x03\x03", payload[:4]
+    """A PRESENCE of version 4 (wire.c): its range, pages, listing, wants and carried set."""
+    assert payload[:4] == b"TL\x04\x03", payload[:4]
     r = Reader(payload)
     r.p = 4
     m = {"origin": r.str8(), "incarnation": r.u64(), "seq": r.u64(), "lo": r.u64(), "hi": r.u64()}
@@ -188,12 +188,20 @@ def presence_decode(payload):
         m["listed"] = [{"id": r.str8(), "incarnation": r.u64(), "seq": r.varint(),
                         "digest": r.u64(), "age_ms": r.varint()} for _ in range(r.varint())]
         m["wants"] = [r.str8() for _ in range(r.varint())]
+    if r.p < len(payload):  # a hub's carried set (tier.c, "The carrier's keepalive")
+        flags = r.varint()
+        if flags == 4:
+            m["carrier"] = r.str8()
+        else:
+            m["carried"] = {"flags": flags, "stamp": r.u64(), "digest": r.u64(),
+                            "count": r.varint(), "age_ms": r.varint()}
     assert r.p == len(payload)
     return m
 
 
 def presence_keepalive(origin, seq, digest, wants=()):
-    """A keepalive of node `origin` (no range, no page) with its own entry and wants."""
+    """A keepalive of node `origin` (no range, no page) with its own entry and wants, as a node
+    of PRESENCE version 3 sent it (no carried set: still read)."""
     own = str8(origin) + struct.pack("<Q", 1) + varint(seq) + struct.pack("<Q", digest) + varint(0)
     return (b"TL\x03\x03" + str8(origin) + struct.pack("<QQQQ", 1, seq, 1, 0) + varint(0)
             + varint(1) + own + varint(len(wants)) + b"".join(str8(w) for w in wants))

@@ -1,6 +1,6 @@
 """Viewers through the tree (issue 14 follow-up): a hub relays an edge's viewer counts to the
-other hubs only when they change; its own heartbeat lists the edges it carries, and that
-listing is what keeps their viewers alive at the other hubs. Real brokers on loopback: two
+other hubs only when they change; its own heartbeat's carried set (and its listing of the
+edges out of that set) is what keeps their viewers alive at the other hubs. Real brokers on loopback: two
 hubs, four edges (test_tiers.tree), peer_timeout_ms 3000. Counts are read by wildcard
 subscribers (presence/+), which are not viewers themselves."""
 import signal
@@ -39,7 +39,7 @@ def wait_all_home(groups, value, timeout, what):
 
 
 def test_quiet_edges_stay_counted_at_every_hub(brokers, closing):
-    """Edges whose viewers do not change are relayed once; the hubs' listings keep them
+    """Edges whose viewers do not change are relayed once; the hubs' carried sets keep them
     counted at the other hub for many times peer_timeout_ms, without a dip."""
     h1, h2, edges = tree(brokers)
     ws = readers([h1, h2], closing)
@@ -55,9 +55,9 @@ def test_quiet_edges_stay_counted_at_every_hub(brokers, closing):
 
 def test_a_silent_edge_leaves_every_count_within_peer_timeout_and_comes_back(brokers, closing):
     """e1 freezes (SIGSTOP: its bridge is open but says nothing) while its hub h1 lives: h1
-    stops listing it, and its viewers leave h2's count within peer_timeout_ms of h1's last
-    hearing of it (h1 heard it at most a sync_interval_ms before the freeze). Thawed, it is
-    counted again, once."""
+    takes it out of its carried set, and its viewers leave h2's count within peer_timeout_ms
+    of h1's last hearing of it (h1 heard it at most a sync_interval_ms before the freeze), as
+    h1's listing of it out of the set tells. Thawed, it is counted again, once."""
     h1, h2, edges = tree(brokers)
     ws = readers([h1, h2], closing)
     viewers(edges, closing)
@@ -156,3 +156,53 @@ def test_a_dead_edges_viewers_leave_within_peer_timeout_when_a_hub_restarts(brok
     time.sleep(2.0)
     assert home(at_h2["h2"]) == "6" and home(ws["h1"]) == "6", \
         f"counts after: h1 {home(ws['h1'])}, h2 {home(at_h2['h2'])}"
+
+
+def test_a_hubs_heartbeat_at_rest_names_no_edge_and_its_carried_set_keeps_them_counted(
+        brokers, closing):
+    """A hub's heartbeat at rest is its own entry and its carried set (tier.c, "The carrier's
+    keepalive"): it names none of its edges, and the set (its two edges with viewers, heard
+    lately) keeps them counted at the other hub for many times peer_timeout_ms. Killed with -9,
+    an edge leaves the set: the hub names it at every heartbeat, out of the set (older than the
+    set's age), and its viewers leave the other hub's count within peer_timeout_ms. A spy
+    (a bridge-named client of h2) reads h1's heartbeats as h2 gets them."""
+    from test_presence_changes import presence_decode
+    h1, h2, edges = tree(brokers)
+    ws = readers([h1, h2], closing)
+    viewers(edges, closing)
+    wait_for(lambda: all_home(ws, "8"), 20, what="8 viewers of home at both hubs")
+    spy = Watcher(h2.port, ["$tally/v1/presence/h1"], client_id="z-to-h2", keep=True)
+    closing.append(spy)
+
+    def heartbeats(since):
+        return [m for m in (presence_decode(p) for _, p in spy.messages()[since:])
+                if m["origin"] == "h1" and m.get("carried", {}).get("flags", 0) & 1]
+
+    time.sleep(1.5)  # the first listings are behind us
+    since = spy.count()
+    time.sleep(4 * TIMEOUT_S)
+    rest = heartbeats(since)
+    assert len(rest) >= 3 * TIMEOUT_S, f"h1 sent {len(rest)} heartbeats in {4 * TIMEOUT_S}s"
+    for m in rest:
+        assert [e["id"] for e in m["listed"]] == ["h1"], f"h1 named its edges at rest: {m}"
+        assert m["carried"]["count"] == 2, m["carried"]
+        assert m["carried"]["age_ms"] <= TIMEOUT_S * 1000 / 3, m["carried"]
+    assert all_home(ws, "8")
+    size = sum(len(p) for _, p in spy.messages()[since:]) // max(len(rest), 1)
+    print(f"at rest h1 sent {len(rest)} heartbeats of {size} B, naming no edge")
+
+    since = spy.count()
+    edges[0].kill()
+    start = time.monotonic()
+    wait_for(lambda: home(ws["h2"]) == "6", 4 * TIMEOUT_S, interval=0.05,
+             what="e1's two viewers to leave h2")
+    took = time.monotonic() - start
+    print(f"a dead edge's viewers left h2 {took:.2f}s after it died (peer_timeout_ms 3000)")
+    assert took <= TIMEOUT_S + 1.5, f"e1's viewers stayed {took:.2f}s at h2"
+    out = [m for m in heartbeats(since) if m["carried"]["count"] == 1]
+    assert out, "h1's set never lost e1"
+    for m in out:
+        named = {e["id"]: e for e in m["listed"]}
+        assert "e1" in named, f"h1 did not name e1 out of its set: {m}"
+        assert named["e1"]["age_ms"] > m["carried"]["age_ms"], m
+    assert home(ws["h1"]) == "6"

@@ -161,6 +161,9 @@ static uint64_t steps_back; /* an edge showed a total below one it showed before
 static uint64_t late_viewers;
 static uint64_t repaired; /* counters sent whole by hubs after a DIGEST */
 static uint64_t replayed; /* origins' counts sent to a neighbour that restarted */
+/* Listing entries in the PRESENCE messages sent (every bridge a copy), and
+ * in those of full listings (tier.c, "The carrier's keepalive"). */
+static uint64_t listed_sent, listed_full_sent;
 
 /* ==== Random numbers (xorshift64*, seeded: runs repeat exactly) ==== */
 
@@ -255,6 +258,17 @@ static uint64_t *last_at(uint32_t from, uint32_t to)
     return &link_to(&nodes[from], to)->last_at;
 }
 
+static void count_listing(const struct wire_buf *b)
+{
+    struct wire_presence wp;
+    if (wire_decode_presence(b->data, b->len, &wp) != TALLY_OK)
+        abort();
+    listed_sent += wp.nlisted;
+    if (wp.listing_flags & WIRE_LISTING_FULL)
+        listed_full_sent += wp.nlisted;
+    wire_presence_free(&wp);
+}
+
 static void send(uint32_t from, uint32_t to, enum kind kind, const struct wire_buf *b)
 {
     if (!connected(from, to))
@@ -263,6 +277,8 @@ static void send(uint32_t from, uint32_t to, enum kind kind, const struct wire_b
     nodes[from].tr.bytes_out += b->len;
     by_kind[kind].msgs_out++;
     by_kind[kind].bytes_out += b->len;
+    if (kind == K_PRESENCE)
+        count_listing(b);
     if (rnd01() < opt.loss)
         return;
     struct msg *m = malloc(sizeof(*m) + b->len);
@@ -438,7 +454,7 @@ static void hub_replay_tick(struct node *n)
             continue;
         /* a neighbour is a hub, its connection named by its id, h<i> */
         struct route r = {(uint32_t)(n - nodes), (uint32_t)atoi(nb->conn + 1), K_REPLAY};
-        replayed += presence_replay(&n->pr, nb->node, now, PEER_TIMEOUT_MS, opt.tier_bytes,
+        replayed += presence_replay(&n->pr, n->id, nb->node, now, PEER_TIMEOUT_MS, opt.tier_bytes,
                                     &nb->replay_from, REPLAY_STEP, &b, route_part, &r);
         nb->replaying = nb->replay_from != UINT32_MAX;
     }
@@ -977,6 +993,8 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
     for (int k = 0; k < K__COUNT; k++)
         printf("  %-8s %10" PRIu64 " msgs %12" PRIu64 " bytes sent\n", kind_name[k],
                by_kind[k].msgs_out, by_kind[k].bytes_out);
+    printf("  listing entries in presence: %" PRIu64 " (%" PRIu64 " in full listings)\n",
+           listed_sent, listed_full_sent);
     static const char *what[2] = {"totals", "viewers"};
     for (int k = 0; k < 2; k++) {
         if (converged_ms[k] >= 0)

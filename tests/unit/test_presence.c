@@ -419,7 +419,8 @@ START_TEST(test_replay_sends_each_origin_held_as_listed)
     struct wire_buf b = {0};
     struct replayed r = {0};
     uint32_t from = 0;
-    ck_assert_uint_eq(presence_replay(&pr, "h", 20000, 15000, 4096, &from, 100, &b, keep, &r), 1);
+    ck_assert_uint_eq(presence_replay(&pr, "n1", "h", 20000, 15000, 4096, &from, 100, &b, keep, &r),
+                      1);
     ck_assert_uint_eq(from, UINT32_MAX); /* every origin seen */
     ck_assert_int_eq(r.n, 1);
     struct wire_presence wp;
@@ -468,20 +469,25 @@ START_TEST(test_replay_sends_each_origin_held_as_listed)
 
     /* One that does not fit in a message is left to the wants. */
     from = 0;
-    ck_assert_uint_eq(presence_replay(&pr, "h", 20000, 15000, 40, &from, 100, &b, keep, &r), 0);
+    ck_assert_uint_eq(presence_replay(&pr, "n1", "h", 20000, 15000, 40, &from, 100, &b, keep, &r),
+                      0);
     ck_assert_int_eq(r.n, 1);
     /* In steps of two origins' slots: e1 (slot 0) in the first, none in the
      * next two, and the last step says so. */
     from = 0;
     ck_assert_uint_eq(e1->slot, 0);
-    ck_assert_uint_eq(presence_replay(&pr, "h", 20000, 15000, 4096, &from, 2, &b, keep, &r), 1);
+    ck_assert_uint_eq(presence_replay(&pr, "n1", "h", 20000, 15000, 4096, &from, 2, &b, keep, &r),
+                      1);
     ck_assert_uint_eq(from, 2);
     wbuf_free(&r.msg[1]);
-    ck_assert_uint_eq(presence_replay(&pr, "h", 20000, 15000, 4096, &from, 2, &b, keep, &r), 0);
+    ck_assert_uint_eq(presence_replay(&pr, "n1", "h", 20000, 15000, 4096, &from, 2, &b, keep, &r),
+                      0);
     ck_assert_uint_eq(from, 4);
-    ck_assert_uint_eq(presence_replay(&pr, "h", 20000, 15000, 4096, &from, 2, &b, keep, &r), 0);
+    ck_assert_uint_eq(presence_replay(&pr, "n1", "h", 20000, 15000, 4096, &from, 2, &b, keep, &r),
+                      0);
     ck_assert_uint_eq(from, UINT32_MAX); /* six origins: slots 4 and 5 were the last */
-    ck_assert_uint_eq(presence_replay(&pr, "h", 20000, 15000, 4096, &from, 2, &b, keep, &r), 0);
+    ck_assert_uint_eq(presence_replay(&pr, "n1", "h", 20000, 15000, 4096, &from, 2, &b, keep, &r),
+                      0);
     ck_assert_int_eq(r.n, 2);
     wbuf_free(&r.msg[0]);
     wbuf_free(&b);
@@ -562,7 +568,8 @@ START_TEST(test_a_page_holds_only_the_origins_counting_it)
     struct wire_buf b = {0};
     struct replayed r = {0};
     uint32_t from = ORIGINS - 2;
-    ck_assert_uint_eq(presence_replay(&pr, "h", 10000, 15000, 4096, &from, 1, &b, keep, &r), 1);
+    ck_assert_uint_eq(presence_replay(&pr, "n1", "h", 10000, 15000, 4096, &from, 1, &b, keep, &r),
+                      1);
     struct wire_presence wp;
     ck_assert_int_eq(wire_decode_presence(r.msg[0].data, r.msg[0].len, &wp), TALLY_OK);
     ck_assert_uint_eq(wp.npages, 1);

@@ -691,12 +691,17 @@ static size_t relay(struct node *hub, const char *child, struct node *to)
     return nparts;
 }
 
-/* hub's presence heartbeat, delivered to `to`; the wants it carried. */
-static uint32_t heartbeat(struct node *hub, struct node *to)
+/* The entries (its own and its edges') hub's last heartbeat listed. */
+static uint32_t listed;
+
+/* hub's presence heartbeat, delivered to `to` (none: lost) and to `also`,
+ * if any; the wants it carried. */
+static uint32_t heartbeat_at(struct node *hub, struct node *to, struct node *also)
 {
     static uint64_t seq;
     uint32_t sent, wants = 0;
     nparts = 0;
+    listed = 0;
     ck_assert_int_eq(tier_hub_heartbeat(&hub->hub, &hub->pr, 1, seq + 1, now, TIMEOUT, max_bytes,
                                         &out, collect, NULL, &sent),
                      TALLY_OK);
@@ -706,10 +711,19 @@ static uint32_t heartbeat(struct node *hub, struct node *to)
         struct wire_presence wp;
         ck_assert_int_eq(wire_decode_presence(part[i].data, part[i].len, &wp), TALLY_OK);
         wants += wp.nwants;
+        listed += wp.nlisted;
         wire_presence_free(&wp);
-        presence_takes_part(to, i);
+        if (to)
+            presence_takes_part(to, i);
+        if (also)
+            presence_takes_part(also, i);
     }
     return wants;
+}
+
+static uint32_t heartbeat(struct node *hub, struct node *to)
+{
+    return heartbeat_at(hub, to, NULL);
 }
 
 /* What plugin.c's tick expires at a hub: silent origins (every tick)... */
@@ -935,8 +949,7 @@ static struct node *e_moves_to_a_hub_holding_its_pages(bool c_loses_a_relay)
     ck_assert_uint_eq(relay(&a, "e", &b), 1);
     if (!c_loses_a_relay)
         presence_takes_part(c, 0);
-    heartbeat(&a, &b);
-    heartbeat(&a, c);
+    heartbeat_at(&a, &b, c);
     for (int s = 0; s < 2; s++) { /* the first UP under a's session, then the whole list */
         now += HB;
         round_trip(&e, &b);
@@ -992,11 +1005,185 @@ static uint32_t replay_to_b(struct node *hub)
 {
     uint32_t from = 0;
     nparts = 0;
-    uint32_t n =
-        presence_replay(&hub->pr, "b", now, TIMEOUT, max_bytes, &from, 100, &out, collect, NULL);
+    uint32_t n = presence_replay(&hub->pr, hub->hub.node_id, "b", now, TIMEOUT, max_bytes, &from,
+                                 100, &out, collect, NULL);
     ck_assert_uint_eq(from, UINT32_MAX);
     return n;
 }
+
+/* ==== The carrier's keepalive: a carried set, not a listing of every edge ==== */
+
+/* e, with viewers, heard by a every heartbeat: a lists it once, and then
+ * its heartbeat is its own entry and its carried set, which keeps e alive
+ * at b for as long as a hears it. Once a has not heard e for a third of
+ * the timeout, a lists it out of the set, at every heartbeat, with its age:
+ * e leaves b within peer_timeout_ms of a's last hearing, as before. */
+START_TEST(a_carried_edge_is_listed_once_and_kept_alive_by_the_carriers_keepalive)
+{
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    relay(&a, "e", &b);
+    ck_assert_uint_eq(heartbeat(&a, &b), 0);
+    ck_assert_uint_eq(listed, 2); /* a's own entry and e's */
+    const struct tally_origin *at_b = presence_origin(&b.pr, "e");
+    ck_assert_ptr_eq(at_b->carrier, presence_origin(&b.pr, "a"));
+    for (int s = 0; s < 3 * TIMEOUT / HB; s++) {
+        now += HB;
+        round_trip(&e, &a);
+        ck_assert_uint_eq(heartbeat(&a, &b), 0);
+        if (s > 0)                        /* the first: e's list went again, not yet acknowledged */
+            ck_assert_uint_eq(listed, 1); /* a's own entry: e is in its set */
+        ck_assert(!presence_origin(&b.pr, "a")->listing_wanted);
+        ck_assert_uint_ge(at_b->last_heard_ms, now - HB); /* vouched for */
+        expire(&a);
+        expire(&b);
+        ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    }
+    uint64_t last_heard = now;
+    while (now + HB < last_heard + TIMEOUT) {
+        now += HB;
+        heartbeat(&a, &b);
+        ck_assert_uint_eq(listed, now - last_heard > TIMEOUT / 3 ? 2 : 1);
+        ck_assert_uint_le(at_b->last_heard_ms, last_heard); /* never later than a heard it */
+        expire(&a);
+        expire(&b);
+        ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+    }
+    ck_assert_ptr_null(at_b->carrier); /* out of a's set */
+    now = last_heard + TIMEOUT + 1;
+    heartbeat(&a, &b);
+    expire(&a);
+    expire(&b);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 0);
+}
+END_TEST
+
+/* a's heartbeat naming e is lost: its next keepalive's set holds e, b's
+ * does not; b vouches for nothing of a's, and from a heartbeat after it
+ * first heard a it asks a for its full listing, which names e. */
+START_TEST(a_lost_entry_is_found_by_the_carried_set_and_the_full_listing_names_it)
+{
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    relay(&a, "e", &b);
+    now += 10;
+    round_trip(&e, &a);  /* e's list acknowledged: its entry stays as it is */
+    heartbeat(&a, NULL); /* names e: lost */
+    struct tally_origin *a_at_b = presence_origin(&b.pr, "a");
+    const struct tally_origin *e_at_b = presence_origin(&b.pr, "e");
+    now += HB;
+    round_trip(&e, &a);
+    heartbeat(&a, &b);
+    ck_assert_uint_eq(listed, 1);
+    ck_assert(a_at_b->listing_wanted);
+    ck_assert_ptr_null(e_at_b->carrier);
+    ck_assert_uint_eq(heartbeat(&b, &a), 0); /* a first heard just now: not yet */
+    now += HB;
+    round_trip(&e, &a);
+    heartbeat(&a, &b);
+    ck_assert_uint_eq(heartbeat(&b, &a), 1); /* b wants a's listing */
+    now += 10;
+    ck_assert_uint_eq(heartbeat(&a, &b), 0);
+    ck_assert_uint_eq(listed, 2); /* all of it: e */
+    ck_assert(!a_at_b->listing_wanted);
+    ck_assert_ptr_eq(e_at_b->carrier, a_at_b);
+    now += HB;
+    round_trip(&e, &a);
+    heartbeat(&a, &b);
+    ck_assert_uint_eq(listed, 1);
+    ck_assert_uint_eq(heartbeat(&b, &a), 0);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+}
+END_TEST
+
+/* b holds e in a's set, but misses every heartbeat of a that lists e out
+ * of it, until a has forgotten e. a's next keepalive shows a set without
+ * e: b vouches for nothing, wants the full listing, and takes e out of
+ * a's set when it comes without it. e leaves b within peer_timeout_ms of
+ * a's last hearing: b's hearing of it is never later. */
+START_TEST(an_edge_a_carrier_forgot_leaves_its_set_at_the_full_listing)
+{
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    relay(&a, "e", &b);
+    heartbeat(&a, &b);
+    uint64_t last_heard = now;
+    const struct tally_origin *e_at_b = presence_origin(&b.pr, "e");
+    ck_assert_ptr_nonnull(e_at_b->carrier);
+    while (tier_hub_child(&a.hub, "e")) {
+        now += HB;
+        heartbeat(&a, NULL); /* lost */
+        expire(&a);
+    }
+    now += HB;
+    heartbeat(&a, &b);
+    ck_assert(presence_origin(&b.pr, "a")->listing_wanted);
+    ck_assert_uint_le(e_at_b->last_heard_ms, last_heard);
+    ck_assert_uint_eq(heartbeat(&b, &a), 1);
+    heartbeat(&a, &b);
+    ck_assert_ptr_null(e_at_b->carrier);
+    ck_assert(!presence_origin(&b.pr, "a")->listing_wanted);
+    expire(&b);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 0);
+}
+END_TEST
+
+/* e moves from a to b. b's heartbeat lists e in b's set with a newer seq:
+ * c moves e to b's set, and a takes e out of its own at once (it has
+ * moved), and lists it out of it: the sets at c agree with a's and b's,
+ * and nobody wants a full listing. */
+START_TEST(an_edge_that_moves_leaves_its_old_carriers_set_at_once)
+{
+    struct node *c = &f;
+    tier_hub_init(&c->hub, "c", 333);
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    relay(&a, "e", &b);
+    presence_takes_part(c, 0);
+    heartbeat_at(&a, &b, c);
+    heartbeat_at(&b, &a, c);
+    ck_assert_ptr_eq(presence_origin(&c->pr, "e")->carrier, presence_origin(&c->pr, "a"));
+    viewers(&e, "news", 1);
+    for (int s = 0; s < 2; s++) {
+        now += HB;
+        round_trip(&e, &b);
+        for (size_t i = 0, n = relay(&b, "e", &a); i < n; i++)
+            presence_takes_part(c, i);
+    }
+    heartbeat_at(&b, &a, c);
+    ck_assert_ptr_eq(presence_origin(&c->pr, "e")->carrier, presence_origin(&c->pr, "b"));
+    ck_assert(!presence_origin(&c->pr, "b")->listing_wanted);
+    heartbeat_at(&a, &b, c);
+    ck_assert_uint_eq(listed, 2); /* a's own entry, and e out of its set */
+    ck_assert(!presence_origin(&c->pr, "a")->listing_wanted);
+    ck_assert(!presence_origin(&b.pr, "a")->listing_wanted);
+    ck_assert_uint_eq(heartbeat_at(c, &a, &b), 0);
+    ck_assert_uint_eq(presence_total(&c->pr, "news", 4), 1);
+    ck_assert_uint_eq(presence_total(&c->pr, "home", 4), 2);
+}
+END_TEST
+
+/* A neighbour's replay to a restarted hub names the carrier of each
+ * edge (a, of its own e): b, restarted, holds a's set whole before a's
+ * next keepalive, and wants no listing. */
+START_TEST(a_replay_names_the_carrier_and_a_restarted_hub_wants_no_listing)
+{
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    now += 10;
+    round_trip(&e, &a);
+    heartbeat(&a, NULL);
+    ck_assert_uint_eq(replay_to_b(&a), 1);
+    presence_takes_part(&b, 0);
+    ck_assert_ptr_eq(presence_origin(&b.pr, "e")->carrier, presence_origin(&b.pr, "a"));
+    now += HB;
+    round_trip(&e, &a);
+    heartbeat(&a, &b);
+    ck_assert_uint_eq(listed, 1);
+    ck_assert(!presence_origin(&b.pr, "a")->listing_wanted);
+    ck_assert_uint_eq(presence_total(&b.pr, "home", 4), 2);
+}
+END_TEST
 
 /* A hub replays its own edges to a neighbour that restarted (presence.c),
  * as it holds them from their UPs, not only the origins it holds as some
@@ -1416,17 +1603,6 @@ END_TEST
 
 /* ==== The heartbeat's pages: all of them when owed, else a keepalive with their digest ==== */
 
-START_TEST(the_full_listing_goes_at_the_first_heartbeat_and_every_third_of_the_timeout)
-{
-    ck_assert(tier_heartbeat_full_listing(5, 0, TIMEOUT)); /* none yet */
-    ck_assert(!tier_heartbeat_full_listing(1000, 1000, TIMEOUT));
-    ck_assert(!tier_heartbeat_full_listing(1000 + TIMEOUT / 3 - 1, 1000, TIMEOUT));
-    ck_assert(tier_heartbeat_full_listing(1000 + TIMEOUT / 3, 1000, TIMEOUT));
-    ck_assert(tier_heartbeat_full_listing(1000 + 10 * TIMEOUT, 1000, TIMEOUT));
-    ck_assert(tier_heartbeat_full_listing(1000, 1000, 2)); /* a timeout under 3 ms: always */
-}
-END_TEST
-
 /* a's heartbeat at b, part by part: the pages it carried, and whether it
  * was a keepalive alone (one part of no range, no pages, a few bytes). */
 static uint32_t heartbeat_pages_at(struct node *to, bool *keepalive)
@@ -1841,12 +2017,16 @@ Suite *tier_suite(void)
     tcase_add_test(tc, an_edge_that_moves_to_a_hub_holding_its_pages_is_not_relayed_again);
     tcase_add_test(tc, a_hub_that_lacks_the_pages_of_an_edge_that_moved_wants_them);
     tcase_add_test(tc, a_hub_replays_its_own_edges_to_a_restarted_neighbour);
+    tcase_add_test(tc, a_carried_edge_is_listed_once_and_kept_alive_by_the_carriers_keepalive);
+    tcase_add_test(tc, a_lost_entry_is_found_by_the_carried_set_and_the_full_listing_names_it);
+    tcase_add_test(tc, an_edge_a_carrier_forgot_leaves_its_set_at_the_full_listing);
+    tcase_add_test(tc, an_edge_that_moves_leaves_its_old_carriers_set_at_once);
+    tcase_add_test(tc, a_replay_names_the_carrier_and_a_restarted_hub_wants_no_listing);
     tcase_add_test(tc, bad_messages_are_refused);
     tcase_add_test(tc, an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone);
     tcase_add_test(tc, a_lost_part_is_not_acknowledged);
     tcase_add_test(tc, a_hub_holds_only_the_pages_its_edges_view_now);
     tcase_add_test(tc, a_name_nobody_writes_is_neither_shown_nor_kept_at_an_edge);
-    tcase_add_test(tc, the_full_listing_goes_at_the_first_heartbeat_and_every_third_of_the_timeout);
     tcase_add_test(tc, a_heartbeat_at_rest_is_a_keepalive_whatever_the_pages);
     tcase_add_test(tc, a_node_that_lacks_our_counts_wants_them_and_has_them_at_our_next_heartbeat);
     tcase_add_test(tc, a_change_lost_on_its_way_is_wanted_at_the_next_heartbeat);

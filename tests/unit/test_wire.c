@@ -444,7 +444,8 @@ START_TEST(test_sync_bad_references_and_values)
     ck_assert_int_eq(wire_peek_type("TL\x04\x02", 4), -1);
     ck_assert_int_eq(wire_peek_type("TL\x02\x03", 4), WIRE_PRESENCE); /* 2 added the range */
     ck_assert_int_eq(wire_peek_type("TL\x03\x03", 4), WIRE_PRESENCE); /* 3 the listing */
-    ck_assert_int_eq(wire_peek_type("TL\x04\x03", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x04\x03", 4), WIRE_PRESENCE); /* 4 the carried set */
+    ck_assert_int_eq(wire_peek_type("TL\x05\x03", 4), -1);
     ck_assert_int_eq(wire_peek_type("TL\x01", 3), -1);
     ck_assert_int_eq(wire_peek_type("TL\x01\x03", 4), WIRE_PRESENCE);
 }
@@ -985,7 +986,7 @@ START_TEST(test_presence_round_trip)
     ck_assert_int_eq(wire_decode_presence(v1, b.len - 16, &p), TALLY_OK);
     ck_assert(p.lo == 0 && p.hi == UINT64_MAX && p.npages == 3);
     free(p.pages);
-    b.data[2] = 4;
+    b.data[2] = 5;
     ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
     wbuf_free(&b);
 }
@@ -1037,6 +1038,51 @@ START_TEST(test_presence_listing_round_trip)
     wire_presence_count(&b, 1);
     wire_presence_edge(&b, &(struct wire_presence_edge){"e/1", 3, 1, 1, 1, 1});
     wire_presence_count(&b, 0);
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
+    wbuf_free(&b);
+}
+END_TEST
+
+/* Version 4: a hub's carried set after its wants; every cut refused but at
+ * the ends of the pages and of the wants, unknown flags refused, and no set
+ * in a version 3. */
+START_TEST(test_presence_carried_set_round_trip)
+{
+    struct wire_buf b = {0};
+    wire_presence_begin(&b, "hub", 9, 10, 1, 0, 0);
+    wire_presence_count(&b, 1);
+    wire_presence_edge(&b, &(struct wire_presence_edge){"e1", 2, 7, 3, 0xfeedULL, 150});
+    wire_presence_count(&b, 0);
+    size_t wants_end = b.len;
+    struct wire_presence set = {.listing_flags = WIRE_LISTING_LAST | WIRE_LISTING_FULL,
+                                .listing_stamp = 1ULL << 40,
+                                .carried_digest = 0xdeadbeefcafeULL,
+                                .ncarried = 50000,
+                                .carried_age_ms = 4321};
+    wire_presence_carried(&b, &set);
+    struct wire_presence p;
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_OK);
+    ck_assert(p.has_carried);
+    ck_assert_uint_eq(p.listing_flags, WIRE_LISTING_LAST | WIRE_LISTING_FULL);
+    ck_assert_uint_eq(p.listing_stamp, set.listing_stamp);
+    ck_assert_uint_eq(p.carried_digest, set.carried_digest);
+    ck_assert_uint_eq(p.ncarried, 50000);
+    ck_assert_uint_eq(p.carried_age_ms, 4321);
+    ck_assert_uint_eq(p.nlisted, 1);
+    wire_presence_free(&p);
+    for (size_t len = 0; len < b.len; len++) {
+        uint8_t *copy = malloc(len + 1); /* so that ASan sees a read past the end */
+        memcpy(copy, b.data, len);
+        int want = len == 4 + 4 + 32 + 1 || len == wants_end ? TALLY_OK : TALLY_E_WIRE;
+        ck_assert_int_eq(wire_decode_presence(copy, len, &p), want);
+        ck_assert(!p.has_carried);
+        wire_presence_free(&p);
+        free(copy);
+    }
+    b.data[2] = 3;
+    ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
+    b.data[2] = 4;
+    b.data[wants_end] = 4; /* a flag this version does not know */
     ck_assert_int_eq(wire_decode_presence(b.data, b.len, &p), TALLY_E_WIRE);
     wbuf_free(&b);
 }
@@ -1183,6 +1229,7 @@ Suite *wire_suite(void)
     tcase_add_test(tc, test_digest_round_trip);
     tcase_add_test(tc, test_presence_round_trip);
     tcase_add_test(tc, test_presence_listing_round_trip);
+    tcase_add_test(tc, test_presence_carried_set_round_trip);
     tcase_add_test(tc, test_presence_refusals);
     tcase_add_test(tc, test_presence_split_to_max_bytes);
     tcase_add_test(tc, test_presence_changes_alone);
