@@ -751,6 +751,14 @@ static void viewers(struct node *edge, const char *page, int n)
     tier_edge_pages_changed(&edge->edge);
 }
 
+/* e's two viewers of home reach a by e's UP, and b by a's relay. */
+static void e_views_home_through_a(void)
+{
+    viewers(&e, "home", 2);
+    round_trip(&e, &a);
+    relay(&a, "e", &b);
+}
+
 /* e's viewers reach b once, by a's relay; after that a relays nothing while
  * they do not change, and a's heartbeat listing keeps them alive at b for
  * as long as e is heard; once e is silent they leave b within
@@ -793,9 +801,7 @@ END_TEST
 /* e views home (relayed to b), then news: a relays that to nobody. */
 static void lose_a_relay(void)
 {
-    viewers(&e, "home", 2);
-    round_trip(&e, &a);
-    relay(&a, "e", &b);
+    e_views_home_through_a();
     viewers(&e, "news", 3);
     now += 10;
     round_trip(&e, &a);
@@ -1020,9 +1026,7 @@ static uint32_t replay_to_b(struct node *hub)
  * e leaves b within peer_timeout_ms of a's last hearing, as before. */
 START_TEST(a_carried_edge_is_listed_once_and_kept_alive_by_the_carriers_keepalive)
 {
-    viewers(&e, "home", 2);
-    round_trip(&e, &a);
-    relay(&a, "e", &b);
+    e_views_home_through_a();
     ck_assert_uint_eq(heartbeat(&a, &b), 0);
     ck_assert_uint_eq(listed, 2); /* a's own entry and e's */
     const struct tally_origin *at_b = presence_origin(&b.pr, "e");
@@ -1063,9 +1067,7 @@ END_TEST
  * first heard a it asks a for its full listing, which names e. */
 START_TEST(a_lost_entry_is_found_by_the_carried_set_and_the_full_listing_names_it)
 {
-    viewers(&e, "home", 2);
-    round_trip(&e, &a);
-    relay(&a, "e", &b);
+    e_views_home_through_a();
     now += 10;
     round_trip(&e, &a);  /* e's list acknowledged: its entry stays as it is */
     heartbeat(&a, NULL); /* names e: lost */
@@ -1103,9 +1105,7 @@ END_TEST
  * a's last hearing: b's hearing of it is never later. */
 START_TEST(an_edge_a_carrier_forgot_leaves_its_set_at_the_full_listing)
 {
-    viewers(&e, "home", 2);
-    round_trip(&e, &a);
-    relay(&a, "e", &b);
+    e_views_home_through_a();
     heartbeat(&a, &b);
     uint64_t last_heard = now;
     const struct tally_origin *e_at_b = presence_origin(&b.pr, "e");
@@ -1136,9 +1136,7 @@ START_TEST(an_edge_that_moves_leaves_its_old_carriers_set_at_once)
 {
     struct node *c = &f;
     tier_hub_init(&c->hub, "c", 333);
-    viewers(&e, "home", 2);
-    round_trip(&e, &a);
-    relay(&a, "e", &b);
+    e_views_home_through_a();
     presence_takes_part(c, 0);
     heartbeat_at(&a, &b, c);
     heartbeat_at(&b, &a, c);
@@ -1231,9 +1229,7 @@ END_TEST
  * a's listing. e heard again counts again at a, and at b. */
 START_TEST(an_edge_heard_after_its_origin_expired_but_not_its_record_counts_again)
 {
-    viewers(&e, "home", 2);
-    round_trip(&e, &a);
-    relay(&a, "e", &b);
+    e_views_home_through_a();
     heartbeat(&a, &b);
     now += 10;
     round_trip(&e, &a); /* under a's session: its page list acknowledged */
@@ -1365,9 +1361,7 @@ static void relay_if_carried(struct node *hub, const char *child, struct node *t
  * back reaches both. */
 START_TEST(an_edge_that_moves_and_comes_back_within_peer_timeout_counts_once)
 {
-    viewers(&e, "home", 2);
-    round_trip(&e, &a);
-    relay(&a, "e", &b);
+    e_views_home_through_a();
     heartbeat(&a, &b);
     uint64_t session_at_a = e.edge.hub_session;
     for (int s = 0; s < 5 + 3 * TIMEOUT / HB; s++) {
@@ -1411,9 +1405,7 @@ END_TEST
  * had, e sends its list again once told the session, and b follows. */
 START_TEST(an_edge_heard_after_its_record_but_not_its_origin_expired_stays_counted)
 {
-    viewers(&e, "home", 2);
-    round_trip(&e, &a);
-    relay(&a, "e", &b);
+    e_views_home_through_a();
     heartbeat(&a, &b);
     now += 10;
     round_trip(&e, &a);
