@@ -99,15 +99,19 @@ int parse_int(const char *s, size_t len, int64_t *out);
 #define REPL_ALL 1
 #define REPL_FROM(k) ((uint16_t)((k) + 2))
 
+/* sent: the seq, mod 2^16, of the last SYNC of our stream that carried the
+ * entry (repl.c: a repair since a gap sends what the stream carried since),
+ * in the same padding. */
 struct tally_slot {
     uint32_t replica; /* index into the table's replica registry */
     uint16_t pending; /* REPL_NONE, REPL_ALL or REPL_FROM(neighbour) */
+    uint16_t sent;
     uint64_t p, n;
 };
 
 struct tally_dev {
-    uint32_t device;  /* index into the table's device registry */
-    uint16_t pending; /* as tally_slot's */
+    uint32_t device;        /* index into the table's device registry */
+    uint16_t pending, sent; /* as tally_slot's */
     uint64_t total;
 };
 
@@ -754,9 +758,10 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
 
 #define WIRE_VERSION 2 /* UP, DOWN: 2 added past lives (UP) and the watermark (DOWN) */
 /* SYNC: 2 added bases (reset.c), 3 the stream (repl.c), 4 folds (fold.c), 5 replicas
- * numbered per stream; DIGEST: 2 added the stream and repair requests, 3 the numbers wanted */
+ * numbered per stream; DIGEST: 2 added the stream and repair requests, 3 the numbers wanted,
+ * 4 the seq a repair is asked from */
 #define WIRE_SYNC_VERSION 5
-#define WIRE_DIGEST_VERSION 3
+#define WIRE_DIGEST_VERSION 4
 #define WIRE_PRESENCE_VERSION                                                                      \
     4 /* 2 added the range [lo, hi], 3 a hub's listing, 4 its carried set; 1 to 3 are read */
 enum wire_type {
@@ -808,14 +813,17 @@ struct wire_sync_writer {
     struct wire_names *names;
 };
 
+/* Which entries of a counter a SYNC carries: those for which keep(pending,
+ * sent, ctx) holds (their tally_slot / tally_dev marks). */
+typedef bool sync_keep_fn(uint16_t pending, uint16_t sent, void *ctx);
+
 void sync_writer_free(struct wire_sync_writer *w);
 int sync_writer_add(struct wire_sync_writer *w, const struct tally_table *t,
                     const struct tally_counter *c);
 size_t sync_writer_size(const struct wire_sync_writer *w);
 bool sync_writer_empty(const struct wire_sync_writer *w);
 int sync_writer_add_delta(struct wire_sync_writer *w, const struct tally_table *t,
-                          const struct tally_counter *c, bool (*keep)(uint16_t pending, void *ctx),
-                          void *ctx);
+                          const struct tally_counter *c, sync_keep_fn *keep, void *ctx);
 /* Assembles the message into w->out, as message `seq` of the sender's
  * stream `session`, and resets the writer for the next one. */
 int sync_writer_finish(struct wire_sync_writer *w, const char *sender, uint64_t session,
@@ -881,6 +889,9 @@ struct wire_node_ref {
     size_t len;
     uint32_t nnames; /* version 3 on: replica numbers of its stream we cannot resolve */
     uint32_t names[WIRE_MAX_NAMES];
+    /* version 4 on: the first seq of its stream we lack, and that stream's
+     * session; since 0 asks for everything (no session is sent) */
+    uint64_t since, session;
 };
 /* A DIGEST. Decoded, its strings point into the message (borrowed). */
 struct wire_digest {
@@ -1153,6 +1164,8 @@ struct repl_neighbour {
     uint64_t prev_theirs[TALLY_BUCKETS], prev_ours[TALLY_BUCKETS]; /* at its last DIGEST */
     uint32_t *map, map_cap; /* its stream's replica numbers -> our registry index + 1 */
     uint32_t lack[WIRE_MAX_NAMES], nlack; /* numbers to ask it to name again */
+    uint64_t lack_from; /* the first seq of its stream to ask for (0: all of it) */
+    bool asked_open;    /* asked, and no repair or equal digest since */
     char conn[];
 };
 
@@ -1189,9 +1202,10 @@ bool repl_owed(uint16_t pending, void *ctx);
 int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
                     const struct wire_sync *s, uint16_t k);
 /* Takes a DIGEST from neighbour k; sets in dump (TALLY_BUCKETS bits) the
- * buckets to send whole, and returns how many. */
+ * buckets to repair and in *since the first seq of our stream the repair
+ * holds (0: the buckets whole), and returns how many buckets. */
 unsigned repl_digest_seen(struct repl *r, uint16_t k, const struct wire_digest *d,
-                          const uint64_t *ours, const char *self, uint64_t *dump);
+                          const uint64_t *ours, const char *self, uint64_t *dump, uint64_t *since);
 bool repl_wants_repair(const struct repl *r);
 /* Whether a replay of the viewer counts we hold (presence_replay) to
  * neighbour k begins now (replaying, from slot 0; the caller sends it on in
@@ -1215,10 +1229,11 @@ void repl_digest(struct repl *r, struct wire_digest *d, const char *self, const 
  * list; returns how many counters it took. */
 size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,
                         const struct repl_out *out, size_t budget);
-/* Sends the whole state of every counter in the buckets set in mask;
- * returns how many counters. */
+/* Sends the state of every counter in the buckets set in mask: whole if since
+ * is 0, else the entries our stream carried from seq since on, with bases
+ * and fold entries; returns how many counters it sent. */
 size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,
-                         const struct repl_out *out, const uint64_t *mask);
+                         const struct repl_out *out, const uint64_t *mask, uint64_t since);
 
 /* ==== JSON views of the state and the control API (control.c) ==== */
 

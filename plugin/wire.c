@@ -332,15 +332,14 @@ static void add_folds(struct wire_sync_writer *w, const struct tally_table *t,
 }
 
 /* Entry i of counter c: its slots, then its devices. */
-static uint16_t entry_pending(const struct tally_counter *c, uint32_t i)
+static bool entry_kept(const struct tally_counter *c, uint32_t i, sync_keep_fn *keep, void *ctx)
 {
-    return i < c->nslots ? c->slots[i].pending : counter_devs(c)[i - c->nslots].pending;
-}
-
-static bool entry_kept(const struct tally_counter *c, uint32_t i, bool (*keep)(uint16_t, void *),
-                       void *ctx)
-{
-    return !keep || keep(entry_pending(c, i), ctx);
+    if (!keep)
+        return true;
+    if (i < c->nslots)
+        return keep(c->slots[i].pending, c->slots[i].sent, ctx);
+    const struct tally_dev *d = &counter_devs(c)[i - c->nslots];
+    return keep(d->pending, d->sent, ctx);
 }
 
 /* Bytes that entry i adds to the message, dictionary entry included when the
@@ -382,7 +381,7 @@ static size_t folds_cost(const struct tally_folds *f)
 static void add_part(struct wire_sync_writer *w, const struct tally_table *t,
                      const struct tally_counter *c, uint32_t from, uint32_t to,
                      const struct tally_base *base, const struct tally_folds *folds,
-                     bool (*keep)(uint16_t, void *), void *ctx)
+                     sync_keep_fn *keep, void *ctx)
 {
     uint32_t nslots = 0, ndevs = 0;
     for (uint32_t i = from; i < to; i++)
@@ -420,7 +419,7 @@ static int writer_full(struct wire_sync_writer *w)
  * w->max_bytes after head more bytes; from itself when none fits. */
 static uint32_t entries_that_fit(const struct wire_sync_writer *w, const struct tally_table *t,
                                  const struct tally_counter *c, uint32_t from, size_t head,
-                                 bool (*keep)(uint16_t, void *), void *ctx, bool *over)
+                                 sync_keep_fn *keep, void *ctx, bool *over)
 {
     uint32_t total = c->nslots + counter_ndevs(c), to = from, added = 0;
     size_t used = sync_writer_size(w) + head;
@@ -438,7 +437,7 @@ static uint32_t entries_that_fit(const struct wire_sync_writer *w, const struct 
 /* The kept entries of c (all when keep is NULL), in as many parts as
  * w->max_bytes needs (none set: one part). Returns TALLY_OK or a tally_err. */
 static int add_counter(struct wire_sync_writer *w, const struct tally_table *t,
-                       const struct tally_counter *c, bool (*keep)(uint16_t, void *), void *ctx)
+                       const struct tally_counter *c, sync_keep_fn *keep, void *ctx)
 {
     uint32_t total = c->nslots + counter_ndevs(c), from = 0, kept = 0;
     for (uint32_t i = 0; i < total; i++)
@@ -486,10 +485,10 @@ int sync_writer_add(struct wire_sync_writer *w, const struct tally_table *t,
     return add_counter(w, t, c, NULL, NULL);
 }
 
-/* Appends what c owes: its entries kept by keep(pending, ctx), and its base
+/* Appends what c owes: its entries kept by keep(pending, sent, ctx), and its base
  * and fold entries, which are rare and whole, so they go with every delta. */
 int sync_writer_add_delta(struct wire_sync_writer *w, const struct tally_table *t,
-                          const struct tally_counter *c, bool (*keep)(uint16_t, void *), void *ctx)
+                          const struct tally_counter *c, sync_keep_fn *keep, void *ctx)
 {
     return add_counter(w, t, c, keep, ctx);
 }
@@ -754,6 +753,9 @@ void wire_encode_digest(struct wire_buf *b, const struct wire_digest *d)
         wbuf_varint(b, q->nnames);
         for (uint32_t j = 0; j < q->nnames; j++)
             wbuf_varint(b, q->names[j]);
+        wbuf_varint(b, q->since);
+        if (q->since)
+            wbuf_u64(b, q->session);
     }
     wbuf_varint(b, TALLY_BUCKETS);
     for (unsigned i = 0; i < TALLY_BUCKETS; i++)
@@ -789,6 +791,8 @@ int wire_decode_digest(const void *msg, size_t len, struct wire_digest *d)
                 r.bad |= no > UINT32_MAX;
                 q->names[j] = (uint32_t)no;
             }
+            q->since = version >= 4 ? wr_varint(&r) : 0;
+            q->session = q->since ? wr_u64(&r) : 0;
         }
     }
     if (r.bad || wr_varint(&r) != TALLY_BUCKETS)

@@ -3,7 +3,8 @@
  * wire_decode_sync must refuse it or return only valid data; that data is
  * merged into a table by repl_apply_sync, as the plugin does, and a replay
  * must not move the digest. The table's deltas, sent by repl_send_deltas and
- * merged into a fresh table, must give the same digest. The same bytes go
+ * merged into a fresh table, must give the same digest, and so must a repair
+ * since the first of them (repl_send_buckets). The same bytes go
  * through wire_decode_digest and repl_digest_seen too.
  */
 #include <stdlib.h>
@@ -65,9 +66,22 @@ static void round_trip(struct tally_table *t)
     while (table_repl_pending(t))
         repl_send_deltas(&r, t, &w, &out, 1000);
     check(memcmp(again.t.digest, t->digest, sizeof(t->digest)) == 0);
+    /* A repair since the stream's first message holds all it carried. */
+    static struct receiver fresh;
+    uint64_t all[TALLY_BUCKETS / 64];
+    memset(all, 0xff, sizeof(all));
+    table_init(&fresh.t, 1u << 20, 1);
+    repl_init(&fresh.r, 9);
+    check(repl_neighbour(&fresh.r, "fuzz", &fresh.k) == TALLY_OK);
+    struct repl_out one = {"fuzz", 4096, apply_message, &fresh, true};
+    if (r.seq)
+        repl_send_buckets(&r, t, &w, &one, all, 1);
+    check(memcmp(fresh.t.digest, again.t.digest, sizeof(t->digest)) == 0);
     repl_free(&r);
     repl_free(&again.r);
     table_free(&again.t);
+    repl_free(&fresh.r);
+    table_free(&fresh.t);
     sync_writer_free(&w);
 }
 
@@ -101,7 +115,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (wire_decode_digest(data, size, &d) == TALLY_OK) {
         check(node_id_check(d.sender, d.sender_len) == TALLY_OK);
         check(d.nrequests <= WIRE_MAX_REQUESTS);
-        check(repl_digest_seen(&r, k, &d, ours, "fuzz", dump) <= TALLY_BUCKETS);
+        uint64_t since;
+        check(repl_digest_seen(&r, k, &d, ours, "fuzz", dump, &since) <= TALLY_BUCKETS);
+        check(since <= r.seq); /* a repair since never reaches past our stream */
     }
     repl_free(&r);
     return 0;

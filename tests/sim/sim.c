@@ -159,8 +159,9 @@ static uint64_t steps_back; /* an edge showed a total below one it showed before
 /* A live hub counted a dead edge's viewers past peer_timeout_ms after it died
  * (and a few ticks): seen at the once-a-second look of late_viewers_seen. */
 static uint64_t late_viewers;
-static uint64_t repaired; /* counters sent whole by hubs after a DIGEST */
-static uint64_t replayed; /* origins' counts sent to a neighbour that restarted */
+static uint64_t repaired;     /* counters sent in repairs by hubs after a DIGEST */
+static uint64_t repair_bytes; /* the SYNC bytes of those repairs */
+static uint64_t replayed;     /* origins' counts sent to a neighbour that restarted */
 /* Listing entries in the PRESENCE messages sent (every bridge a copy), and
  * in those of full listings (tier.c, "The carrier's keepalive"). */
 static uint64_t listed_sent, listed_full_sent;
@@ -309,10 +310,12 @@ static uint32_t sending_hub;
 static void send_sync(const struct wire_buf *msg, void *ctx)
 {
     uintptr_t to = (uintptr_t)ctx;
-    if (to)
+    if (to) {
         send(sending_hub, (uint32_t)(to - 1), K_SYNC, msg);
-    else
+        repair_bytes += msg->len;
+    } else {
         broadcast(sending_hub, K_SYNC, msg, UINT32_MAX);
+    }
 }
 
 /* SYNCs from hub to all its neighbours, or to neighbour `to` alone (a
@@ -356,9 +359,10 @@ static void hub_on_digest(struct node *n, const struct msg *m)
     if (wire_decode_digest(m->data, m->len, &d) != TALLY_OK)
         abort();
     uint16_t k = neighbour(n, m->from);
-    if (repl_digest_seen(&n->repl, k, &d, n->t.digest, n->id, dump)) {
+    uint64_t since;
+    if (repl_digest_seen(&n->repl, k, &d, n->t.digest, n->id, dump, &since)) {
         struct repl_out out = repl_out((uint32_t)(n - nodes), m->from);
-        repaired += repl_send_buckets(&n->repl, &n->t, &n->w, &out, dump);
+        repaired += repl_send_buckets(&n->repl, &n->t, &n->w, &out, dump, since);
     }
     replay_to(n, k, false);
 }
@@ -1007,9 +1011,9 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
     uint64_t asked = 0;
     for (uint32_t h = 0; h < opt.hubs; h++)
         asked += nodes[h].alive ? nodes[h].repl.asked : 0;
-    printf("repairs: %" PRIu64 " asked by live hubs, %" PRIu64 " counters sent whole, %" PRIu64
-           " origins' viewers replayed to restarted hubs\n",
-           asked, repaired, replayed);
+    printf("repairs: %" PRIu64 " asked by live hubs, %" PRIu64 " counters in them (%" PRIu64
+           " SYNC bytes), %" PRIu64 " origins' viewers replayed to restarted hubs\n",
+           asked, repaired, repair_bytes, replayed);
     printf("steps back seen at edges: %" PRIu64 "\n", steps_back);
     printf("dead edges' viewers counted past peer_timeout_ms: %" PRIu64 "\n", late_viewers);
 }

@@ -148,7 +148,11 @@ static void settle(void)
     ck_abort_msg("replication did not settle in 20 rounds");
 }
 
-/* Node i's digest, as node j receives it; returns the buckets j must send. */
+/* The first seq of its stream the last repair asked of a node holds (0: whole). */
+static uint64_t since;
+
+/* Node i's digest, as node j receives it; returns the buckets j must send
+ * (and sets since). */
 static unsigned digest_to(int i, int j, uint64_t *dump)
 {
     static struct wire_digest d, got;
@@ -156,8 +160,8 @@ static unsigned digest_to(int i, int j, uint64_t *dump)
     repl_digest(&nodes[i].r, &d, nodes[i].name, nodes[i].t.digest);
     wire_encode_digest(&b, &d);
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_OK);
-    unsigned n =
-        repl_digest_seen(&nodes[j].r, nb(j, i), &got, nodes[j].t.digest, nodes[j].name, dump);
+    unsigned n = repl_digest_seen(&nodes[j].r, nb(j, i), &got, nodes[j].t.digest, nodes[j].name,
+                                  dump, &since);
     wbuf_free(&b);
     return n;
 }
@@ -167,7 +171,7 @@ static void repair(int from, const uint64_t *dump)
 {
     struct repl_out o = out_of(&nodes[from]);
     o.to_one = true;
-    repl_send_buckets(&nodes[from].r, &nodes[from].t, &nodes[from].w, &o, dump);
+    repl_send_buckets(&nodes[from].r, &nodes[from].t, &nodes[from].w, &o, dump, since);
     deliver(from, -1);
 }
 
@@ -288,6 +292,93 @@ START_TEST(test_gap_asks_for_a_repair)
 }
 END_TEST
 
+/* Node i's counter `name` gets a slot of each of k replicas of other nodes,
+ * as if learned from elsewhere: owed to all its neighbours. */
+static void many_slots(int i, const char *name, int k)
+{
+    struct tally_counter *c;
+    ck_assert_int_eq(table_get(&nodes[i].t, name, strlen(name), TABLE_MERGE, &c), TALLY_OK);
+    for (int r = 0; r < k; r++) {
+        char id[16];
+        uint32_t rep;
+        ck_assert_int_lt(snprintf(id, sizeof(id), "far%d", r), (int)sizeof(id));
+        ck_assert_int_eq(table_replica(&nodes[i].t, id, strlen(id), 1, &rep), TALLY_OK);
+        ck_assert_int_eq(
+            table_merge_slot_from(&nodes[i].t, c, rep, 1 + (uint64_t)r, 0, REPL_ALL, &changed),
+            TALLY_OK);
+    }
+}
+
+/* n0 sends counter big's 41 slots, then a change of its own slot of big,
+ * which n1 misses; the repair n1 asks for holds the one slot that the stream
+ * carried from the lost message on. */
+static uint64_t lose_own_slot_of_big(uint64_t *dump)
+{
+    setup(2);
+    link_nodes(0, 1);
+    meet();
+    many_slots(0, "big", 40);
+    inc(0, "big", 1); /* the stream names n0's replica here */
+    send_deltas(0);
+    deliver(0, -1);
+    ck_assert_int_eq(value(1, "big"), value(0, "big"));
+    inc(0, "big", 5);
+    send_deltas(0);
+    uint64_t lost = nodes[0].r.seq;
+    deliver(0, 0);
+    inc(0, "other", 1);
+    send_deltas(0);
+    deliver(0, -1); /* a gap */
+    ck_assert(repl_wants_repair(&nodes[1].r));
+    ck_assert_uint_gt(digest_to(1, 0, dump), 0);
+    return lost;
+}
+
+START_TEST(test_a_gap_is_repaired_by_what_the_stream_carried_since)
+{
+    uint64_t dump[TALLY_BUCKETS / 64];
+    uint64_t lost = lose_own_slot_of_big(dump);
+    ck_assert_uint_eq(since, lost); /* the first message n1 lacked */
+    size_t before = nodes[0].slots_sent;
+    repair(0, dump);
+    ck_assert_uint_eq(nodes[0].slots_sent - before, 1); /* not big's 41 */
+    ck_assert_int_eq(value(1, "big"), value(0, "big"));
+    ck_assert_mem_eq(nodes[1].t.digest, nodes[0].t.digest, sizeof(nodes[0].t.digest));
+    teardown();
+}
+END_TEST
+
+START_TEST(test_a_lost_repair_is_asked_for_again_at_the_next_gap)
+{
+    /* The repair of the first gap is lost; the next gap's ask reaches back
+     * to the first, and its repair closes the ask: a third gap asks from
+     * its own message. */
+    uint64_t dump[TALLY_BUCKETS / 64];
+    uint64_t lost = lose_own_slot_of_big(dump);
+    struct repl_out o = out_of(&nodes[0]);
+    o.to_one = true;
+    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, dump, since);
+    deliver(0, 0); /* the repair is lost */
+    for (int round = 0; round < 2; round++) {
+        inc(0, "y", 1);
+        send_deltas(0);
+        uint64_t again = nodes[0].r.seq;
+        deliver(0, 0);
+        inc(0, "other", 1);
+        send_deltas(0);
+        deliver(0, -1);
+        ck_assert(repl_wants_repair(&nodes[1].r));
+        ck_assert_uint_gt(digest_to(1, 0, dump), 0);
+        ck_assert_uint_eq(since, round == 0 ? lost : again);
+        repair(0, dump);
+        ck_assert_int_eq(value(1, "big"), value(0, "big"));
+        ck_assert_int_eq(value(1, "y"), value(0, "y"));
+        ck_assert_mem_eq(nodes[1].t.digest, nodes[0].t.digest, sizeof(nodes[0].t.digest));
+    }
+    teardown();
+}
+END_TEST
+
 START_TEST(test_lost_tail_seen_in_digest)
 {
     uint64_t dump[TALLY_BUCKETS / 64];
@@ -349,6 +440,7 @@ START_TEST(test_restart_is_a_new_session)
     digest_to(0, 1, dump);                     /* names n1, which has nothing to send; and n1 ... */
     ck_assert(repl_wants_repair(&nodes[1].r)); /* ... has never heard n0 */
     ck_assert_uint_gt(digest_to(1, 0, dump), 0); /* n1 asks n0 */
+    ck_assert_uint_eq(since, 0);                 /* for everything: a stream new to it */
     repair(0, dump);
     ck_assert_int_eq(value(1, "x"), 3);
     /* n1 knows none of n0's replica numbers: n0's stream names its
@@ -406,7 +498,7 @@ START_TEST(test_repair_to_its_asker_alone_is_outside_the_stream)
     ck_assert_uint_gt(digest_to(1, 0, dump), 0);
     struct repl_out o = out_of(&nodes[0]);
     o.to_one = true;
-    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, dump);
+    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, dump, since);
     ck_assert_int_gt(deliver_to(0, 1), 0);
     ck_assert_uint_eq(nodes[0].r.seq, seq + 2); /* the repair took no seq */
     ck_assert_int_eq(value(1, "x"), 3);
@@ -516,7 +608,7 @@ START_TEST(test_a_stream_names_each_replica_once)
     memset(all, 0xff, sizeof(all));
     struct repl_out o = out_of(&nodes[0]);
     o.to_one = true;
-    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, all);
+    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, all, 0);
     ck_assert(names_replica(0, 0, &whole));
     ck_assert_int_eq(deliver_to(0, 1), 1);
     ck_assert_int_eq(value(1, "x"), 5);
@@ -639,6 +731,8 @@ Suite *repl_suite(void)
     tcase_add_test(tc, test_in_flight_is_not_repaired);
     tcase_add_test(tc, test_gap_asks_for_a_repair);
     tcase_add_test(tc, test_lost_tail_seen_in_digest);
+    tcase_add_test(tc, test_a_gap_is_repaired_by_what_the_stream_carried_since);
+    tcase_add_test(tc, test_a_lost_repair_is_asked_for_again_at_the_next_gap);
     tcase_add_test(tc, test_restart_is_a_new_session);
     tcase_add_test(tc, test_a_restarted_neighbour_is_owed_a_replay_once);
     tcase_add_test(tc, test_quiet_difference_is_repaired);

@@ -441,7 +441,8 @@ START_TEST(test_sync_bad_references_and_values)
     ck_assert_int_eq(wire_peek_type("TL\x02\x01", 4), WIRE_SYNC);
     ck_assert_int_eq(wire_peek_type("TL\x02\x02", 4), WIRE_DIGEST);
     ck_assert_int_eq(wire_peek_type("TL\x03\x02", 4), WIRE_DIGEST); /* 3 numbers to name */
-    ck_assert_int_eq(wire_peek_type("TL\x04\x02", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x04\x02", 4), WIRE_DIGEST); /* 4 repairs since */
+    ck_assert_int_eq(wire_peek_type("TL\x05\x02", 4), -1);
     ck_assert_int_eq(wire_peek_type("TL\x02\x03", 4), WIRE_PRESENCE); /* 2 added the range */
     ck_assert_int_eq(wire_peek_type("TL\x03\x03", 4), WIRE_PRESENCE); /* 3 the listing */
     ck_assert_int_eq(wire_peek_type("TL\x04\x03", 4), WIRE_PRESENCE); /* 4 the carried set */
@@ -473,8 +474,8 @@ START_TEST(test_digest_round_trip)
     in.session = 0x1234567890abcdefULL;
     in.seq = 300;
     in.nrequests = 2;
-    in.requests[0] = (struct wire_node_ref){"n1", 2, 0, {0}};
-    in.requests[1] = (struct wire_node_ref){"node-12", 7, 2, {5, 300000}};
+    in.requests[0] = (struct wire_node_ref){"n1", 2, 0, {0}, 0, 0};
+    in.requests[1] = (struct wire_node_ref){"node-12", 7, 2, {5, 300000}, 70000, 0xfeedULL << 40};
     memcpy(in.digest, t.digest, sizeof(in.digest));
     wire_encode_digest(&b, &in);
     ck_assert_int_eq(wire_peek_type(b.data, b.len), WIRE_DIGEST);
@@ -488,6 +489,10 @@ START_TEST(test_digest_round_trip)
     ck_assert_uint_eq(got.requests[0].nnames, 0);
     ck_assert_uint_eq(got.requests[1].nnames, 2); /* numbers to name again (version 3) */
     ck_assert_uint_eq(got.requests[1].names[1], 300000);
+    ck_assert_uint_eq(got.requests[0].since, 0); /* all of it: no session sent */
+    ck_assert_uint_eq(got.requests[0].session, 0);
+    ck_assert_uint_eq(got.requests[1].since, 70000); /* the first seq lacked (version 4) */
+    ck_assert_uint_eq(got.requests[1].session, 0xfeedULL << 40);
     ck_assert_mem_eq(got.digest, t.digest, sizeof(got.digest));
     for (size_t len = 0; len < b.len; len++) {
         uint8_t *copy = malloc(len + 1);
@@ -495,19 +500,34 @@ START_TEST(test_digest_round_trip)
         ck_assert_int_eq(wire_decode_digest(copy, len, &got), TALLY_E_WIRE);
         free(copy);
     }
-    b.data[2] = 4; /* a version this node does not know */
+    b.data[2] = 5; /* a version this node does not know */
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
-    b.data[2] = 3;
+    b.data[2] = 4;
     wbuf_u8(&b, 0);
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
     /* More numbers than WIRE_MAX_NAMES in one request are refused. */
     in.requests[1].nnames = WIRE_MAX_NAMES;
     wire_encode_digest(&b, &in);
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_OK);
-    size_t names_at = 4 + 7 + 8 + 2 + 1 + 3 + 1 + 8; /* request 1's count of numbers */
+    size_t names_at = 4 + 7 + 8 + 2 + 1 + 3 + 1 + 1 + 8; /* request 1's count of numbers */
     ck_assert_uint_eq(b.data[names_at], WIRE_MAX_NAMES);
     b.data[names_at] = WIRE_MAX_NAMES + 1;
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
+    /* A version 3 digest (requests without since) is still read: it asks for all. */
+    wbuf_reset(&b);
+    wbuf_bytes(&b, "TL\x03\x02", 4);
+    wbuf_str8(&b, "n1", 2);
+    wbuf_u64(&b, 9);
+    wbuf_varint(&b, 4);
+    wbuf_varint(&b, 1);
+    wbuf_str8(&b, "node-7", 6);
+    wbuf_varint(&b, 1);
+    wbuf_varint(&b, 12);
+    put_buckets(&b, t.digest);
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_OK);
+    ck_assert_uint_eq(got.requests[0].nnames, 1);
+    ck_assert_uint_eq(got.requests[0].names[0], 12);
+    ck_assert_uint_eq(got.requests[0].since, 0);
     /* A version 2 digest (requests without numbers) is still read. */
     wbuf_reset(&b);
     wbuf_bytes(&b, "TL\x02\x02", 4);
