@@ -9,6 +9,10 @@ A stream whose naming message a node never got, forged from a client with a brid
 node applies nothing of a message it cannot resolve, counts it, and asks in its DIGEST for a
 repair and for that number; once named, the number alone is taken; a new session of the same
 sender is not resolved with the old one's numbers.
+
+Repairs since a gap (DIGEST version 4): a node asks a neighbour for its stream from the first
+message it lacks, reaching back to an ask whose repair has not come; the neighbour's repair holds
+only what its stream carried from there on, or everything when asked for all or of another session.
 """
 import struct
 import time
@@ -35,8 +39,8 @@ def read_str8(b, at):
     return b[at + 1:at + 1 + n].decode(), at + 1 + n
 
 
-def sync_replicas(msg):
-    """(session, seq, [(number, name or None)]) of a SYNC of version 5."""
+def sync_head(msg):
+    """(session, seq, [(number, name or None)], where the devices begin) of a SYNC of version 5."""
     assert msg[:4] == b"TL\x05\x01", msg[:4]
     _, at = read_str8(msg, 4)
     (session,) = struct.unpack_from("<Q", msg, at)
@@ -50,12 +54,37 @@ def sync_replicas(msg):
             name, at = read_str8(msg, at)
             at += 8  # the incarnation
         reps.append((key >> 1, name))
-    return session, seq, reps
+    return session, seq, reps, at
 
 
-def digest_requests(msg):
-    """{node asked: [numbers to name again]} of a DIGEST of version 3."""
-    assert msg[:4] == b"TL\x03\x02", msg[:4]
+def sync_replicas(msg):
+    """(session, seq, [(number, name or None)]) of a SYNC of version 5."""
+    return sync_head(msg)[:3]
+
+
+def sync_counters(msg):
+    """The counters of a SYNC of version 5 whose counters hold slots alone (no devices, bases
+    or fold entries: increments only)."""
+    _, _, _, at = sync_head(msg)
+    devices, at = read_varint(msg, at)
+    assert devices == 0
+    count, at = read_varint(msg, at)
+    names = []
+    for _ in range(count):
+        name, at = read_str8(msg, at)
+        slots, at = read_varint(msg, at)
+        for _ in range(3 * slots):
+            _, at = read_varint(msg, at)
+        assert msg[at:at + 3] == b"\0\0\0", "devices, a base or fold entries"
+        names.append(name)
+        at += 3
+    assert at == len(msg)
+    return names
+
+
+def digest_asks(msg):
+    """{node asked: (numbers to name again, since, session)} of a DIGEST of version 4."""
+    assert msg[:4] == b"TL\x04\x02", msg[:4]
     _, at = read_str8(msg, 4)
     _, at = read_varint(msg, at + 8)
     count, at = read_varint(msg, at)
@@ -63,11 +92,32 @@ def digest_requests(msg):
     for _ in range(count):
         node, at = read_str8(msg, at)
         n, at = read_varint(msg, at)
-        out[node] = []
+        names = []
         for _ in range(n):
             no, at = read_varint(msg, at)
-            out[node].append(no)
+            names.append(no)
+        since, at = read_varint(msg, at)
+        session = 0
+        if since:
+            (session,) = struct.unpack_from("<Q", msg, at)
+            at += 8
+        out[node] = (names, since, session)
     return out
+
+
+def digest_requests(msg):
+    """{node asked: [numbers to name again]} of a DIGEST."""
+    return {node: ask[0] for node, ask in digest_asks(msg).items()}
+
+
+def forged_digest(sender, asked, since, session):
+    """A DIGEST of version 4 from sender, of no counter, asking node `asked` for a repair of its
+    stream from seq since (of session)."""
+    msg = b"TL\x04\x02" + str8(sender) + struct.pack("<Q", 0) + varint(0) + varint(1)
+    msg += str8(asked) + varint(0) + varint(since)
+    if since:
+        msg += struct.pack("<Q", session)
+    return msg + varint(256) + bytes(8 * 256)
 
 
 def test_a_stream_names_each_replica_once(brokers, closing):
@@ -143,3 +193,84 @@ def test_a_number_never_named_is_asked_for(brokers, closing):
     assert stats(counts, "c")["repl"]["refused"] == 0
     print("a number never named: not applied, asked for in c's DIGEST; taken once named; "
           "not taken from the sender's next session")
+
+
+def forged_stream_node(brokers, closing):
+    """Node c alone, x (a client with a bridge's name) to send it SYNCs and a spy to read its
+    DIGESTs: (send(*messages), the spy, a watcher of counters/gapped)."""
+    node = brokers("c", options=dict(BASE_OPTIONS))
+    counts = Watcher(node.port, ["counters/gapped"])
+    spy = Watcher(node.port, ["$tally/v1/digest/c"], client_id="spy-to-c", keep=True)
+    x = publisher(node.port, client_id="x-to-c")
+    closing.extend([counts, spy, Closer(lambda: close(x))])
+
+    def send(*msg):
+        publish_all(x, [("$tally/v1/sync/x", m) for m in msg], 1)
+    return send, spy, counts
+
+
+def test_a_gap_is_asked_for_from_the_first_message_lacked(brokers, closing):
+    send, spy, counts = forged_stream_node(brokers, closing)
+
+    def asked(since, *msgs):
+        """Sends msgs; waits for a DIGEST of c's asking x for its stream from since."""
+        seen = spy.count()
+        send(*msgs)
+        wait_for(lambda: any("x" in digest_asks(m) for _, m in spy.messages()[seen:]), 5,
+                 what=f"c to ask x from {since}")
+        asks = [digest_asks(m)["x"] for _, m in spy.messages()[seen:] if "x" in digest_asks(m)]
+        assert asks[0][1:] == (since, 1111 if since else 0), f"c asked x {asks[0]}, not {since}"
+
+    asked(0, forged(1111, 1, [(3, "z")], "gapped", 5))  # all of a stream first heard
+    wait_for(lambda: counts.get("counters/gapped") == b"5", 5, what="x's first SYNC taken")
+    send(forged(1111, 0, [(3, "z")], "gapped", 5))  # x's repair: the ask is closed
+    time.sleep(0.3)
+    asked(2, forged(1111, 4, [(3, None)], "gapped", 9))  # 2 and 3 lost
+    wait_for(lambda: counts.get("counters/gapped") == b"9", 5, what="seq 4 taken")
+    asked(2, forged(1111, 6, [(3, None)], "gapped", 10))  # 5 lost; 2's repair has not come
+    send(forged(1111, 0, [(3, "z")], "gapped", 10))  # x's repair: the ask is closed
+    time.sleep(0.3)
+    asked(7, forged(1111, 8, [(3, None)], "gapped", 11))  # 7 lost
+    wait_for(lambda: counts.get("counters/gapped") == b"11", 5, what="seq 8 taken")
+    print("c asked x from the first SYNC it lacked, from the first gap again while its repair "
+          "had not come, and from the next gap's once it had")
+
+
+def test_a_repair_holds_what_the_stream_carried_since(brokers, closing):
+    node = brokers("c", options=dict(BASE_OPTIONS))
+    counts = Watcher(node.port, ["counters/+"])
+    x = Watcher(node.port, ["$tally/v1/sync/c"], client_id="x-to-c", keep=True)
+    inc = publisher(node.port)
+    closing.extend([counts, x, Closer(lambda: close(inc))])
+    early = [f"early-{i}" for i in range(30)]
+    publish_all(inc, [(f"counters/{n}/inc", "1") for n in early], 1)
+    wait_for(lambda: all(counts.get(f"counters/{n}") == b"1" for n in early), 10,
+             what="the early counters")
+
+    def stream():
+        return [(sync_head(m)[:2], sync_counters(m)) for _, m in x.messages()]
+    wait_for(lambda: set(early) <= {n for _, names in stream() for n in names}, 10,
+             what="c's stream to carry the early counters")
+    publish_all(inc, [("counters/late/inc", "1")], 1)
+    wait_for(lambda: any("late" in names for _, names in stream()), 10,
+             what="c's stream to carry late")
+    ((session, late_seq),) = {head for head, names in stream() if "late" in names}
+    assert all(seq < late_seq for (_, seq), names in stream() if set(names) & set(early))
+
+    def repair(since, of_session):
+        seen = x.count()
+        x.c.publish("$tally/v1/digest/x", forged_digest("x", "c", since, of_session), 1)
+        wait_for(lambda: any(sync_head(m)[1] == 0 for _, m in x.messages()[seen:]), 5,
+                 what="c's repair")
+        time.sleep(0.5)  # all its parts
+        msgs = [m for _, m in x.messages()[seen:] if sync_head(m)[1] == 0]
+        return sorted(n for m in msgs for n in sync_counters(m)), sum(len(m) for m in msgs)
+
+    since_late, small = repair(late_seq, session)
+    assert since_late == ["late"], since_late
+    whole, large = repair(0, 0)
+    assert whole == sorted(early + ["late"]), whole
+    other, _ = repair(late_seq, session ^ 1)  # of another session: all of it
+    assert other == whole
+    print(f"a repair from seq {late_seq} of c's stream held late alone ({small} B); from 0, or of "
+          f"another session, all {len(whole)} counters ({large} B)")
