@@ -309,6 +309,22 @@ static void many_slots(int i, const char *name, int k)
     }
 }
 
+/* n0 changes its slot of `name` in a SYNC that n1 misses, then `other` in
+ * one it gets: n1 asks n0 for a repair (dump, since). Returns the lost seq. */
+static uint64_t gap_at_n1(const char *name, uint64_t *dump)
+{
+    inc(0, name, 5);
+    send_deltas(0);
+    uint64_t lost = nodes[0].r.seq;
+    deliver(0, 0);
+    inc(0, "other", 1);
+    send_deltas(0);
+    deliver(0, -1);
+    ck_assert(repl_wants_repair(&nodes[1].r));
+    ck_assert_uint_gt(digest_to(1, 0, dump), 0);
+    return lost;
+}
+
 /* n0 sends counter big's 41 slots, then a change of its own slot of big,
  * which n1 misses; the repair n1 asks for holds the one slot that the stream
  * carried from the lost message on. */
@@ -322,16 +338,7 @@ static uint64_t lose_own_slot_of_big(uint64_t *dump)
     send_deltas(0);
     deliver(0, -1);
     ck_assert_int_eq(value(1, "big"), value(0, "big"));
-    inc(0, "big", 5);
-    send_deltas(0);
-    uint64_t lost = nodes[0].r.seq;
-    deliver(0, 0);
-    inc(0, "other", 1);
-    send_deltas(0);
-    deliver(0, -1); /* a gap */
-    ck_assert(repl_wants_repair(&nodes[1].r));
-    ck_assert_uint_gt(digest_to(1, 0, dump), 0);
-    return lost;
+    return gap_at_n1("big", dump);
 }
 
 START_TEST(test_a_gap_is_repaired_by_what_the_stream_carried_since)
@@ -360,15 +367,7 @@ START_TEST(test_a_lost_repair_is_asked_for_again_at_the_next_gap)
     repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, dump, since);
     deliver(0, 0); /* the repair is lost */
     for (int round = 0; round < 2; round++) {
-        inc(0, "y", 1);
-        send_deltas(0);
-        uint64_t again = nodes[0].r.seq;
-        deliver(0, 0);
-        inc(0, "other", 1);
-        send_deltas(0);
-        deliver(0, -1);
-        ck_assert(repl_wants_repair(&nodes[1].r));
-        ck_assert_uint_gt(digest_to(1, 0, dump), 0);
+        uint64_t again = gap_at_n1("y", dump);
         ck_assert_uint_eq(since, round == 0 ? lost : again);
         repair(0, dump);
         ck_assert_int_eq(value(1, "big"), value(0, "big"));
