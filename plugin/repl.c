@@ -620,21 +620,6 @@ static bool sent_since(uint16_t pending, uint16_t sent, void *ctx)
     return (uint16_t)(sent - s->since) <= (uint16_t)(s->seq - s->since);
 }
 
-/* Whether c has something for a repair since: its entries carried within
- * the span, or a base or fold entries, which go whole with every part. */
-static bool owes_since(const struct tally_table *t, const struct tally_counter *c, struct span *s)
-{
-    if (table_base(t, c) || table_folds(t, c))
-        return true;
-    for (uint32_t i = 0; i < c->nslots; i++)
-        if (sent_since(c->slots[i].pending, c->slots[i].sent, s))
-            return true;
-    for (uint32_t i = 0; i < counter_ndevs(c); i++)
-        if (sent_since(counter_devs(c)[i].pending, counter_devs(c)[i].sent, s))
-            return true;
-    return false;
-}
-
 size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,
                          const struct repl_out *out, const uint64_t *mask, uint64_t since)
 {
@@ -646,7 +631,8 @@ size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync
     HASH_ITER(hh, t->counters, c, tmp)
     {
         unsigned b = name_bucket(c->name, c->name_len);
-        if (!(mask[b / 64] & (1ULL << (b % 64))) || (since && !owes_since(t, c, &span)))
+        if (!(mask[b / 64] & (1ULL << (b % 64))) ||
+            (since && !sync_writer_owes(t, c, sent_since, &span)))
             continue;
         if ((since ? sync_writer_add_delta(w, t, c, sent_since, &span)
                    : sync_writer_add(w, t, c)) != TALLY_OK)

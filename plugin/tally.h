@@ -824,6 +824,10 @@ size_t sync_writer_size(const struct wire_sync_writer *w);
 bool sync_writer_empty(const struct wire_sync_writer *w);
 int sync_writer_add_delta(struct wire_sync_writer *w, const struct tally_table *t,
                           const struct tally_counter *c, sync_keep_fn *keep, void *ctx);
+/* Whether sync_writer_add_delta would write anything of c: an entry keep
+ * holds, or a base or fold entries (which go with every delta). */
+bool sync_writer_owes(const struct tally_table *t, const struct tally_counter *c,
+                      sync_keep_fn *keep, void *ctx);
 /* Assembles the message into w->out, as message `seq` of the sender's
  * stream `session`, and resets the writer for the next one. */
 int sync_writer_finish(struct wire_sync_writer *w, const char *sender, uint64_t session,

@@ -434,18 +434,27 @@ static uint32_t entries_that_fit(const struct wire_sync_writer *w, const struct 
     return to;
 }
 
+bool sync_writer_owes(const struct tally_table *t, const struct tally_counter *c,
+                      sync_keep_fn *keep, void *ctx)
+{
+    if (table_base(t, c) || table_folds(t, c))
+        return true;
+    for (uint32_t i = 0; i < c->nslots + counter_ndevs(c); i++)
+        if (entry_kept(c, i, keep, ctx))
+            return true;
+    return false;
+}
+
 /* The kept entries of c (all when keep is NULL), in as many parts as
  * w->max_bytes needs (none set: one part). Returns TALLY_OK or a tally_err. */
 static int add_counter(struct wire_sync_writer *w, const struct tally_table *t,
                        const struct tally_counter *c, sync_keep_fn *keep, void *ctx)
 {
-    uint32_t total = c->nslots + counter_ndevs(c), from = 0, kept = 0;
-    for (uint32_t i = 0; i < total; i++)
-        kept += entry_kept(c, i, keep, ctx);
+    uint32_t total = c->nslots + counter_ndevs(c), from = 0;
+    if (keep && !sync_writer_owes(t, c, keep, ctx))
+        return TALLY_OK;
     const struct tally_base *base = table_base(t, c);
     const struct tally_folds *folds = table_folds(t, c);
-    if (keep && kept == 0 && !base && !folds)
-        return TALLY_OK;
     if (ref_grow(&w->rep_ref, &w->rep_used, &w->rep_cap, t->nreplicas) ||
         ref_grow(&w->dev_ref, &w->dev_used, &w->dev_cap, t->ndevices))
         return TALLY_E_NOMEM;
