@@ -796,10 +796,10 @@ static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
         return rc;
     if (!heard_from(d.sender, d.sender_len) || neighbour_of(client, &k) != TALLY_OK)
         return TALLY_E_NOMEM;
-    uint64_t since;
-    if (repl_digest_seen(&g.repl, k, &d, g.table.digest, g.opt.node_id, dump, &since)) {
+    struct repl_span span;
+    if (repl_digest_seen(&g.repl, k, &d, g.table.digest, g.opt.node_id, dump, &span)) {
         struct repl_out out = repl_out(mosquitto_client_id(client));
-        g.st.repair_counters += repl_send_buckets(&g.repl, &g.table, &g.writer, &out, dump, since);
+        g.st.repair_counters += repl_send_buckets(&g.repl, &g.table, &g.writer, &out, dump, &span);
     }
     replay_begin(k, false);
     return TALLY_OK;

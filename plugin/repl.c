@@ -43,24 +43,29 @@
  *    neighbour, which answers with the state of every bucket whose digest
  *    differs. The DIGEST also carries the sender's last seq, so a lost tail
  *    is seen even when the stream then goes quiet.
- * 4a. Repairs since a gap (DIGEST version 4). A request says where the
- *    asker's copy of the stream stops being whole: the first seq it lacks
- *    (a gap: the one after the last it saw; a message it could not resolve:
- *    that one) with the session, or 0 for all of it (a new session, one
- *    first heard). Each slot and device maximum keeps, in its padding, the
- *    seq mod 2^16 of the last SYNC that carried it (`sent`); a repair since
- *    s holds, of the differing buckets, only the entries carried from s on,
- *    and every base and fold entry (rare, and sent whole with every delta
- *    anyway). What the asker lacks was carried in [s, seq], and any later
- *    change of an entry is carried later still, so nothing it lacks is left
- *    out. The sender answers with the buckets whole when s is of another
- *    session or 2^16 seqs or more behind (marks mod 2^16 no longer tell).
- *    An ask is open from the DIGEST that made it until a repair of that
- *    stream arrives or the neighbour's digest equals ours; a gap while one
- *    is open asks from the earlier seq of the two, since the repair of the
- *    first may have been lost. In the simulator (2,040 nodes, 2% loss) this
- *    took repairs from 32.2 to 9.7 MB, where whole buckets of busy counters
- *    had been a quarter of all SYNC bytes (README).
+ * 4a. Repairs of a gap (DIGEST version 4). A request names the SYNCs of
+ *    the neighbour's stream the asker lacks, [since, until] with the
+ *    session: a gap, from the one after the last it saw to the one before
+ *    the message that showed it (or to the seq its DIGEST gave); a message
+ *    it could not resolve, that one; since 0 for all of it (a new session,
+ *    one first heard). Each slot and device maximum keeps, in its padding,
+ *    the seq mod 2^16 of the last SYNC that carried it (`sent`); the repair
+ *    holds, of the differing buckets, only the entries whose last carrier
+ *    is in the span, and every base and fold entry (rare, and sent whole
+ *    with every delta anyway). An entry the asker lacks was carried last
+ *    by a SYNC it lacks: in the span, or in a later gap it will see and
+ *    ask for; one carried last by a SYNC it got, it has. A counter written
+ *    over several SYNCs (past max_message_bytes) has its entries marked
+ *    with the last one's seq: the SYNCs that ended within a counter are
+ *    noted (a bit per seq mod 2^16, r->continued), and the span goes on
+ *    past them. The sender repairs the buckets whole when the request is
+ *    of another session or 2^16 seqs or more behind (marks mod 2^16 no
+ *    longer tell). An ask is open from the DIGEST that made it until a
+ *    repair of that stream arrives or the neighbour's digest equals ours;
+ *    a gap while one is open widens it to both spans, since the repair of
+ *    the first may have been lost. In the simulator (2,040 nodes, 2% loss)
+ *    repairs went from 32.2 to 6.7 MB, where whole buckets of busy
+ *    counters had been a quarter of all SYNC bytes (README).
  * 5. Digests as the last safety net. An ordinary DIGEST repairs a bucket only
  *    if it differs AND neither side changed it over a whole sync interval
  *    (both hashes equal to those at the previous digest from that neighbour):
@@ -96,8 +101,8 @@
  *     s + 2, or a digest saying s + 1, asks for a repair.
  *   - A replica is resolved by number only through a name its stream sent
  *     in the same session: a number is never taken for another replica.
- *   - An entry's sent mark is never earlier than the last SYNC that carried
- *     it (a later mark only widens a repair since).
+ *   - An entry's sent mark is the last SYNC that carried it, or a later one
+ *     that every SYNC in between (each noted as continued) led to.
  *   - Convergence does not depend on any of this being delivered: a lost
  *     repair is asked for again at the next gap (rule 4a), and a bucket
  *     that stays different while both sides are still is repaired whole by
@@ -137,6 +142,7 @@ void repl_free(struct repl *r)
     }
     free(r->nb);
     free(r->names.named);
+    free(r->continued);
     memset(r, 0, sizeof(*r));
 }
 
@@ -187,17 +193,20 @@ static void learn_node(struct repl_neighbour *k, const char *node, size_t len)
     k->node[len] = '\0';
 }
 
-/* Asks k for a repair of its stream from seq `from` on (0: all of it). An
- * ask still open (sent, and no repair or equal digest since) is folded in:
- * its repair may have been lost too. */
-static void ask_repair(struct repl *r, struct repl_neighbour *k, uint64_t from)
+/* Asks k for a repair of the SYNCs [from, to] of its stream (from 0: all
+ * of it). An ask still open (sent, and no repair or equal digest since) is
+ * folded in: its repair may have been lost too. */
+static void ask_repair(struct repl *r, struct repl_neighbour *k, uint64_t from, uint64_t to)
 {
     if (!k->want_repair)
         r->asked++;
-    if (!k->want_repair && !k->asked_open)
+    if (!k->want_repair && !k->asked_open) {
         k->lack_from = from;
-    else if (from < k->lack_from)
-        k->lack_from = from;
+        k->lack_until = to;
+    } else {
+        k->lack_from = from < k->lack_from ? from : k->lack_from;
+        k->lack_until = to > k->lack_until ? to : k->lack_until;
+    }
     k->want_repair = true;
 }
 
@@ -220,12 +229,12 @@ static void stream_seen(struct repl *r, struct repl_neighbour *k, uint64_t sessi
         /* It knows none of our numbers: our stream names every replica again. */
         if (r->names.named)
             memset(r->names.named, 0, r->names.cap);
-        ask_repair(r, k, 0);
+        ask_repair(r, k, 0, 0);
         return;
     }
     uint64_t next = from_digest ? k->seq : k->seq + 1;
     if (seq > next)
-        ask_repair(r, k, k->seq + 1); /* the first one we lack */
+        ask_repair(r, k, k->seq + 1, from_digest ? seq : seq - 1); /* those we lack */
     if (seq > k->seq)
         k->seq = seq;
 }
@@ -377,7 +386,7 @@ int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
         /* Taken as lost: the repair asked (with the numbers to name) sends
          * what the stream carried from this message on, as for a gap. */
         r->unnamed++;
-        ask_repair(r, nb, s->seq);
+        ask_repair(r, nb, s->seq, s->seq);
         free(reps);
         free(devs);
         return TALLY_OK;
@@ -414,31 +423,43 @@ static void set_bit(uint64_t *mask, unsigned b)
     mask[b / 64] |= 1ULL << (b % 64);
 }
 
-/* The first seq of our stream that request q lacks, if a repair can hold
- * only what the stream carried since: q is of our current session, and
- * since is within the 2^16 seqs an entry's sent mark tells apart. 0: send
- * the buckets whole. */
-static uint64_t asked_since(const struct repl *r, const struct wire_node_ref *q)
+/* The SYNCs of our stream that request q lacks, if a repair can hold only
+ * the entries they carried last: q is of our current session, and since is
+ * within the 2^16 seqs an entry's sent mark tells apart. Since 0: send the
+ * buckets whole. */
+static bool continued(const struct repl *r, uint64_t seq)
+{
+    uint16_t i = (uint16_t)seq;
+    return r->continued_lost || (r->continued && (r->continued[i / 8] & (1u << (i % 8))));
+}
+
+static struct repl_span asked_span(const struct repl *r, const struct wire_node_ref *q)
 {
     if (q->since == 0 || q->session != r->session || r->seq - q->since >= UINT16_MAX)
-        return 0;
-    return q->since;
+        return (struct repl_span){0, 0};
+    uint64_t until = q->until < r->seq ? q->until : r->seq;
+    /* A SYNC that ended within a counter: the entries of it that went there
+     * are marked with the seq of the SYNC it ended in. */
+    while (until < r->seq && continued(r, until))
+        until++;
+    return (struct repl_span){q->since, until};
 }
 
 unsigned repl_digest_seen(struct repl *r, uint16_t k, const struct wire_digest *d,
-                          const uint64_t *ours, const char *self, uint64_t *dump, uint64_t *since)
+                          const uint64_t *ours, const char *self, uint64_t *dump,
+                          struct repl_span *span)
 {
     struct repl_neighbour *nb = r->nb[k];
     unsigned n = 0;
     learn_node(nb, d->sender, d->sender_len);
     stream_seen(r, nb, d->session, d->seq, true);
     memset(dump, 0, TALLY_BUCKETS / 8);
-    *since = 0;
+    *span = (struct repl_span){0, 0};
     if (nb->asked_open && memcmp(d->digest, ours, sizeof(d->digest)) == 0)
         nb->asked_open = false; /* nothing left to repair */
     const struct wire_node_ref *q = asks(d, self);
     if (q) {
-        *since = asked_since(r, q);
+        *span = asked_span(r, q);
         /* Numbers it could not resolve: our stream names them again. */
         for (uint32_t i = 0; i < q->nnames; i++)
             if (q->names[i] < r->names.cap)
@@ -517,6 +538,7 @@ void repl_digest(struct repl *r, struct wire_digest *d, const char *self, const 
         q->nnames = k->nlack;
         memcpy(q->names, k->lack, k->nlack * sizeof(*k->lack));
         q->since = k->lack_from;
+        q->until = k->lack_from ? k->lack_until : 0;
         q->session = k->session;
         k->nlack = 0;
         k->want_repair = false;
@@ -535,6 +557,10 @@ static int finish(struct repl *r, struct wire_sync_writer *w, const struct repl_
      * which receivers do not check), or the others would see a gap; it
      * names every replica, since the stream's names may not have reached it. */
     w->names = out->to_one ? NULL : &r->names;
+    if (!out->to_one && r->continued) { /* a bit of 2^16 SYNCs ago */
+        uint16_t i = (uint16_t)(r->seq + 1);
+        r->continued[i / 8] &= (uint8_t) ~(1u << (i % 8));
+    }
     int rc = sync_writer_finish(w, out->self, r->session, out->to_one ? 0 : ++r->seq);
     if (rc == TALLY_OK)
         out->send(&w->out, out->ctx);
@@ -563,8 +589,8 @@ static void bound(struct wire_sync_writer *w, struct sending *s)
 }
 
 /* After c's deltas were written: what was pending is marked as carried by
- * the message under way, seq r->seq + 1 (or by the one before, if the writer
- * sent a message within c: a later mark only widens a repair since). */
+ * the message under way, seq r->seq + 1 (some went in the messages the
+ * writer sent within c, which mark_continued notes). */
 static void clear_pending(const struct repl *r, struct tally_counter *c)
 {
     uint16_t sent = (uint16_t)(r->seq + 1);
@@ -581,6 +607,18 @@ static void clear_pending(const struct repl *r, struct tally_counter *c)
     }
 }
 
+/* The SYNCs [from, to] were sent while a counter was written: each may end
+ * within it (repl_span's until goes on past them). */
+static void mark_continued(struct repl *r, uint64_t from, uint64_t to)
+{
+    if (from > to)
+        return;
+    if (!r->continued && !(r->continued = calloc(1, (UINT16_MAX + 1) / 8)))
+        r->continued_lost = true; /* every repair then holds all since */
+    for (uint64_t s = from; s <= to && r->continued; s++)
+        r->continued[(uint16_t)s / 8] |= (uint8_t)(1u << ((uint16_t)s % 8));
+}
+
 static bool owed_entry(uint16_t pending, uint16_t sent, void *ctx)
 {
     (void)sent;
@@ -595,8 +633,10 @@ size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_
     bound(w, &sending);
     r->learned = false;
     for (struct tally_counter *c; done < budget && (c = table_pop_repl(t)); done++) {
+        uint64_t before = r->seq;
         if (sync_writer_add_delta(w, t, c, owed_entry, r) != TALLY_OK)
             r->failed++;
+        mark_continued(r, before + 1, r->seq);
         clear_pending(r, c);
     }
     if (table_repl_pending(t))
@@ -606,36 +646,33 @@ size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_
     return done;
 }
 
-/* The seqs of our stream a repair since a gap covers: [since, seq]. */
-struct span {
-    uint64_t since, seq;
-};
-
-/* An entry our stream carried within the span (compared mod 2^16: one
- * carried 2^16 seqs before may be taken too, which only widens the repair). */
-static bool sent_since(uint16_t pending, uint16_t sent, void *ctx)
+/* An entry whose last carrier was a SYNC of the span (compared mod 2^16:
+ * one carried 2^16 seqs before may be taken too, which only widens the
+ * repair). One carried later the asker has, or lacks in a gap it sees. */
+static bool sent_within(uint16_t pending, uint16_t sent, void *ctx)
 {
-    const struct span *s = ctx;
+    const struct repl_span *s = ctx;
     (void)pending; /* pending: it goes out in the stream */
-    return (uint16_t)(sent - s->since) <= (uint16_t)(s->seq - s->since);
+    return (uint16_t)(sent - s->since) <= (uint16_t)(s->until - s->since);
 }
 
 size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,
-                         const struct repl_out *out, const uint64_t *mask, uint64_t since)
+                         const struct repl_out *out, const uint64_t *mask,
+                         const struct repl_span *span)
 {
     size_t n = 0;
     struct sending sending = {r, out};
-    struct span span = {since, r->seq};
+    struct repl_span s = span && span->since ? *span : (struct repl_span){0, 0};
     bound(w, &sending);
     struct tally_counter *c, *tmp;
     HASH_ITER(hh, t->counters, c, tmp)
     {
         unsigned b = name_bucket(c->name, c->name_len);
         if (!(mask[b / 64] & (1ULL << (b % 64))) ||
-            (since && !sync_writer_owes(t, c, sent_since, &span)))
+            (s.since && !sync_writer_owes(t, c, sent_within, &s)))
             continue;
-        if ((since ? sync_writer_add_delta(w, t, c, sent_since, &span)
-                   : sync_writer_add(w, t, c)) != TALLY_OK)
+        if ((s.since ? sync_writer_add_delta(w, t, c, sent_within, &s)
+                     : sync_writer_add(w, t, c)) != TALLY_OK)
             r->failed++;
         n++;
     }

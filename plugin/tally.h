@@ -893,9 +893,10 @@ struct wire_node_ref {
     size_t len;
     uint32_t nnames; /* version 3 on: replica numbers of its stream we cannot resolve */
     uint32_t names[WIRE_MAX_NAMES];
-    /* version 4 on: the first seq of its stream we lack, and that stream's
-     * session; since 0 asks for everything (no session is sent) */
-    uint64_t since, session;
+    /* version 4 on: the first and the last seq of its stream we lack, and
+     * that stream's session; since 0 asks for everything (nothing else is
+     * sent) */
+    uint64_t since, until, session;
 };
 /* A DIGEST. Decoded, its strings point into the message (borrowed). */
 struct wire_digest {
@@ -1168,8 +1169,8 @@ struct repl_neighbour {
     uint64_t prev_theirs[TALLY_BUCKETS], prev_ours[TALLY_BUCKETS]; /* at its last DIGEST */
     uint32_t *map, map_cap; /* its stream's replica numbers -> our registry index + 1 */
     uint32_t lack[WIRE_MAX_NAMES], nlack; /* numbers to ask it to name again */
-    uint64_t lack_from; /* the first seq of its stream to ask for (0: all of it) */
-    bool asked_open;    /* asked, and no repair or equal digest since */
+    uint64_t lack_from, lack_until;       /* the seqs of its stream to ask for (from 0: all) */
+    bool asked_open;                      /* asked, and no repair or equal digest since */
     char conn[];
 };
 
@@ -1182,6 +1183,11 @@ struct repl {
     uint64_t unnamed;        /* SYNCs not applied: a replica number we could not resolve */
     struct wire_names names; /* the replicas our stream has named */
     uint64_t failed;         /* counters that could not be written (memory) */
+    /* A bit per seq mod 2^16: that SYNC ended within a counter, whose entries
+     * in it are marked with a later seq (repl.c, rule 4a); allocated at the
+     * first such SYNC. continued_lost: the bits could not be kept. */
+    uint8_t *continued;
+    bool continued_lost;
 };
 
 /* Where and how SYNCs leave: plugin.c publishes them. to_one: they reach one
@@ -1205,11 +1211,16 @@ bool repl_owed(uint16_t pending, void *ctx);
 /* Merges a SYNC from neighbour k into t (and the log p, if any). */
 int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
                     const struct wire_sync *s, uint16_t k);
+/* The SYNCs of our stream a repair covers, [since, until]; since 0: all. */
+struct repl_span {
+    uint64_t since, until;
+};
 /* Takes a DIGEST from neighbour k; sets in dump (TALLY_BUCKETS bits) the
- * buckets to repair and in *since the first seq of our stream the repair
- * holds (0: the buckets whole), and returns how many buckets. */
+ * buckets to repair and in *span the SYNCs of our stream whose entries the
+ * repair holds, and returns how many buckets. */
 unsigned repl_digest_seen(struct repl *r, uint16_t k, const struct wire_digest *d,
-                          const uint64_t *ours, const char *self, uint64_t *dump, uint64_t *since);
+                          const uint64_t *ours, const char *self, uint64_t *dump,
+                          struct repl_span *span);
 bool repl_wants_repair(const struct repl *r);
 /* Whether a replay of the viewer counts we hold (presence_replay) to
  * neighbour k begins now (replaying, from slot 0; the caller sends it on in
@@ -1233,11 +1244,12 @@ void repl_digest(struct repl *r, struct wire_digest *d, const char *self, const 
  * list; returns how many counters it took. */
 size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,
                         const struct repl_out *out, size_t budget);
-/* Sends the state of every counter in the buckets set in mask: whole if since
- * is 0, else the entries our stream carried from seq since on, with bases
- * and fold entries; returns how many counters it sent. */
+/* Sends the state of every counter in the buckets set in mask: whole if span
+ * is NULL or since 0, else the entries whose last carrier was a SYNC of the
+ * span, with bases and fold entries; returns how many counters it sent. */
 size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,
-                         const struct repl_out *out, const uint64_t *mask, uint64_t since);
+                         const struct repl_out *out, const uint64_t *mask,
+                         const struct repl_span *span);
 
 /* ==== JSON views of the state and the control API (control.c) ==== */
 

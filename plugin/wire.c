@@ -763,8 +763,10 @@ void wire_encode_digest(struct wire_buf *b, const struct wire_digest *d)
         for (uint32_t j = 0; j < q->nnames; j++)
             wbuf_varint(b, q->names[j]);
         wbuf_varint(b, q->since);
-        if (q->since)
+        if (q->since) {
             wbuf_u64(b, q->session);
+            wbuf_varint(b, q->until - q->since);
+        }
     }
     wbuf_varint(b, TALLY_BUCKETS);
     for (unsigned i = 0; i < TALLY_BUCKETS; i++)
@@ -802,6 +804,9 @@ int wire_decode_digest(const void *msg, size_t len, struct wire_digest *d)
             }
             q->since = version >= 4 ? wr_varint(&r) : 0;
             q->session = q->since ? wr_u64(&r) : 0;
+            uint64_t span = q->since ? wr_varint(&r) : 0;
+            r.bad |= span > UINT64_MAX - q->since;
+            q->until = q->since + span;
         }
     }
     if (r.bad || wr_varint(&r) != TALLY_BUCKETS)

@@ -75,7 +75,7 @@ static void round_trip(struct tally_table *t)
     check(repl_neighbour(&fresh.r, "fuzz", &fresh.k) == TALLY_OK);
     struct repl_out one = {"fuzz", 4096, apply_message, &fresh, true};
     if (r.seq)
-        repl_send_buckets(&r, t, &w, &one, all, 1);
+        repl_send_buckets(&r, t, &w, &one, all, &(struct repl_span){1, r.seq});
     check(memcmp(fresh.t.digest, again.t.digest, sizeof(t->digest)) == 0);
     repl_free(&r);
     repl_free(&again.r);
@@ -115,9 +115,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (wire_decode_digest(data, size, &d) == TALLY_OK) {
         check(node_id_check(d.sender, d.sender_len) == TALLY_OK);
         check(d.nrequests <= WIRE_MAX_REQUESTS);
-        uint64_t since;
-        check(repl_digest_seen(&r, k, &d, ours, "fuzz", dump, &since) <= TALLY_BUCKETS);
-        check(since <= r.seq); /* a repair since never reaches past our stream */
+        struct repl_span span;
+        check(repl_digest_seen(&r, k, &d, ours, "fuzz", dump, &span) <= TALLY_BUCKETS);
+        /* a repair never reaches past our stream */
+        check(span.since <= span.until && span.until <= r.seq);
     }
     repl_free(&r);
     return 0;

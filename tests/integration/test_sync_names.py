@@ -10,9 +10,10 @@ node applies nothing of a message it cannot resolve, counts it, and asks in its 
 repair and for that number; once named, the number alone is taken; a new session of the same
 sender is not resolved with the old one's numbers.
 
-Repairs since a gap (DIGEST version 4): a node asks a neighbour for its stream from the first
-message it lacks, reaching back to an ask whose repair has not come; the neighbour's repair holds
-only what its stream carried from there on, or everything when asked for all or of another session.
+Repairs of a gap (DIGEST version 4): a node asks a neighbour for the messages of its stream it
+lacks, from the first to the last, reaching back to an ask whose repair has not come; the
+neighbour's repair holds only the entries those messages carried last, or everything when asked
+for all or of another session.
 """
 import struct
 import time
@@ -83,7 +84,7 @@ def sync_counters(msg):
 
 
 def digest_asks(msg):
-    """{node asked: (numbers to name again, since, session)} of a DIGEST of version 4."""
+    """{node asked: (numbers to name again, since, until, session)} of a DIGEST of version 4."""
     assert msg[:4] == b"TL\x04\x02", msg[:4]
     _, at = read_str8(msg, 4)
     _, at = read_varint(msg, at + 8)
@@ -97,11 +98,12 @@ def digest_asks(msg):
             no, at = read_varint(msg, at)
             names.append(no)
         since, at = read_varint(msg, at)
-        session = 0
+        until = session = 0
         if since:
             (session,) = struct.unpack_from("<Q", msg, at)
-            at += 8
-        out[node] = (names, since, session)
+            span, at = read_varint(msg, at + 8)
+            until = since + span
+        out[node] = (names, since, until, session)
     return out
 
 
@@ -110,13 +112,13 @@ def digest_requests(msg):
     return {node: ask[0] for node, ask in digest_asks(msg).items()}
 
 
-def forged_digest(sender, asked, since, session):
-    """A DIGEST of version 4 from sender, of no counter, asking node `asked` for a repair of its
-    stream from seq since (of session)."""
+def forged_digest(sender, asked, since, until, session):
+    """A DIGEST of version 4 from sender, of no counter, asking node `asked` for a repair of the
+    SYNCs [since, until] of its stream (of session)."""
     msg = b"TL\x04\x02" + str8(sender) + struct.pack("<Q", 0) + varint(0) + varint(1)
     msg += str8(asked) + varint(0) + varint(since)
     if since:
-        msg += struct.pack("<Q", session)
+        msg += struct.pack("<Q", session) + varint(until - since)
     return msg + varint(256) + bytes(8 * 256)
 
 
@@ -212,31 +214,32 @@ def forged_stream_node(brokers, closing):
 def test_a_gap_is_asked_for_from_the_first_message_lacked(brokers, closing):
     send, spy, counts = forged_stream_node(brokers, closing)
 
-    def asked(since, *msgs):
-        """Sends msgs; waits for a DIGEST of c's asking x for its stream from since."""
+    def asked(since, until, *msgs):
+        """Sends msgs; waits for a DIGEST of c's asking x for the SYNCs [since, until]."""
         seen = spy.count()
         send(*msgs)
         wait_for(lambda: any("x" in digest_asks(m) for _, m in spy.messages()[seen:]), 5,
-                 what=f"c to ask x from {since}")
+                 what=f"c to ask x for {since}-{until}")
         asks = [digest_asks(m)["x"] for _, m in spy.messages()[seen:] if "x" in digest_asks(m)]
-        assert asks[0][1:] == (since, 1111 if since else 0), f"c asked x {asks[0]}, not {since}"
+        want = (since, until, 1111 if since else 0)
+        assert asks[0][1:] == want, f"c asked x {asks[0]}, not {want}"
 
-    asked(0, forged(1111, 1, [(3, "z")], "gapped", 5))  # all of a stream first heard
+    asked(0, 0, forged(1111, 1, [(3, "z")], "gapped", 5))  # all of a stream first heard
     wait_for(lambda: counts.get("counters/gapped") == b"5", 5, what="x's first SYNC taken")
     send(forged(1111, 0, [(3, "z")], "gapped", 5))  # x's repair: the ask is closed
     time.sleep(0.3)
-    asked(2, forged(1111, 4, [(3, None)], "gapped", 9))  # 2 and 3 lost
+    asked(2, 3, forged(1111, 4, [(3, None)], "gapped", 9))  # 2 and 3 lost
     wait_for(lambda: counts.get("counters/gapped") == b"9", 5, what="seq 4 taken")
-    asked(2, forged(1111, 6, [(3, None)], "gapped", 10))  # 5 lost; 2's repair has not come
+    asked(2, 5, forged(1111, 6, [(3, None)], "gapped", 10))  # 5 lost; 2's repair has not come
     send(forged(1111, 0, [(3, "z")], "gapped", 10))  # x's repair: the ask is closed
     time.sleep(0.3)
-    asked(7, forged(1111, 8, [(3, None)], "gapped", 11))  # 7 lost
+    asked(7, 7, forged(1111, 8, [(3, None)], "gapped", 11))  # 7 lost
     wait_for(lambda: counts.get("counters/gapped") == b"11", 5, what="seq 8 taken")
-    print("c asked x from the first SYNC it lacked, from the first gap again while its repair "
-          "had not come, and from the next gap's once it had")
+    print("c asked x for the SYNCs it lacked, from the first gap on while its repair had not "
+          "come, and for the next gap's alone once it had")
 
 
-def test_a_repair_holds_what_the_stream_carried_since(brokers, closing):
+def test_a_repair_holds_what_the_messages_asked_for_carried(brokers, closing):
     node = brokers("c", options=dict(BASE_OPTIONS))
     counts = Watcher(node.port, ["counters/+"])
     x = Watcher(node.port, ["$tally/v1/sync/c"], client_id="x-to-c", keep=True)
@@ -257,20 +260,23 @@ def test_a_repair_holds_what_the_stream_carried_since(brokers, closing):
     ((session, late_seq),) = {head for head, names in stream() if "late" in names}
     assert all(seq < late_seq for (_, seq), names in stream() if set(names) & set(early))
 
-    def repair(since, of_session):
+    def repair(since, until, of_session):
         seen = x.count()
-        x.c.publish("$tally/v1/digest/x", forged_digest("x", "c", since, of_session), 1)
+        x.c.publish("$tally/v1/digest/x", forged_digest("x", "c", since, until, of_session), 1)
         wait_for(lambda: any(sync_head(m)[1] == 0 for _, m in x.messages()[seen:]), 5,
                  what="c's repair")
         time.sleep(0.5)  # all its parts
         msgs = [m for _, m in x.messages()[seen:] if sync_head(m)[1] == 0]
         return sorted(n for m in msgs for n in sync_counters(m)), sum(len(m) for m in msgs)
 
-    since_late, small = repair(late_seq, session)
-    assert since_late == ["late"], since_late
-    whole, large = repair(0, 0)
+    just_late, small = repair(late_seq, late_seq, session)
+    assert just_late == ["late"], just_late
+    before_late, _ = repair(1, late_seq - 1, session)
+    assert before_late == sorted(early), before_late
+    whole, large = repair(0, 0, 0)
     assert whole == sorted(early + ["late"]), whole
-    other, _ = repair(late_seq, session ^ 1)  # of another session: all of it
+    other, _ = repair(late_seq, late_seq, session ^ 1)  # of another session: all of it
     assert other == whole
-    print(f"a repair from seq {late_seq} of c's stream held late alone ({small} B); from 0, or of "
-          f"another session, all {len(whole)} counters ({large} B)")
+    print(f"a repair of seq {late_seq} of c's stream held late alone ({small} B), of seqs 1 to "
+          f"{late_seq - 1} the early counters alone; of all, or of another session, all "
+          f"{len(whole)} counters ({large} B)")

@@ -359,10 +359,10 @@ static void hub_on_digest(struct node *n, const struct msg *m)
     if (wire_decode_digest(m->data, m->len, &d) != TALLY_OK)
         abort();
     uint16_t k = neighbour(n, m->from);
-    uint64_t since;
-    if (repl_digest_seen(&n->repl, k, &d, n->t.digest, n->id, dump, &since)) {
+    struct repl_span span;
+    if (repl_digest_seen(&n->repl, k, &d, n->t.digest, n->id, dump, &span)) {
         struct repl_out out = repl_out((uint32_t)(n - nodes), m->from);
-        repaired += repl_send_buckets(&n->repl, &n->t, &n->w, &out, dump, since);
+        repaired += repl_send_buckets(&n->repl, &n->t, &n->w, &out, dump, &span);
     }
     replay_to(n, k, false);
 }

@@ -173,7 +173,7 @@ static void repair_from(int i)
     memset(all, 0xff, sizeof(all));
     struct repl_out o = out_of(&nodes[i]);
     o.to_one = true;
-    repl_send_buckets(&nodes[i].r, &nodes[i].t, &nodes[i].w, &o, all, 0);
+    repl_send_buckets(&nodes[i].r, &nodes[i].t, &nodes[i].w, &o, all, NULL);
     deliver(i);
 }
 
@@ -299,14 +299,14 @@ START_TEST(test_fold_merge_order)
     struct repl_out o = out_of(&nodes[1]);
     uint64_t all[TALLY_BUCKETS / 64];
     memset(all, 0xff, sizeof(all));
-    repl_send_buckets(&nodes[1].r, &nodes[1].t, &nodes[1].w, &o, all, 0);
+    repl_send_buckets(&nodes[1].r, &nodes[1].t, &nodes[1].w, &o, all, NULL);
     ck_assert_int_eq(nodes[1].nout, 1);
     old = nodes[1].out[0];
     nodes[1].nout = 0;
     restart_empty(0);
     inc(0, "c", 2);
     o = out_of(&nodes[0]);
-    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, all, 0);
+    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, all, NULL);
     ck_assert_int_eq(nodes[0].nout, 1);
     struct msg folded = nodes[0].out[0];
     nodes[0].nout = 0;
@@ -417,7 +417,7 @@ START_TEST(test_fold_collected)
     struct repl_out o = out_of(&nodes[1]);
     uint64_t all[TALLY_BUCKETS / 64];
     memset(all, 0xff, sizeof(all));
-    repl_send_buckets(&nodes[1].r, &nodes[1].t, &nodes[1].w, &o, all, 0);
+    repl_send_buckets(&nodes[1].r, &nodes[1].t, &nodes[1].w, &o, all, NULL);
     struct msg stale = nodes[1].out[0]; /* holds n0's first life */
     nodes[1].nout = 0;
     for (int k = 0; k < 5; k++) {
@@ -625,7 +625,7 @@ START_TEST(test_remove_adopts_and_collects)
     struct repl_out o = out_of(&nodes[2]);
     uint64_t all[TALLY_BUCKETS / 64];
     memset(all, 0xff, sizeof(all));
-    repl_send_buckets(&nodes[2].r, &nodes[2].t, &nodes[2].w, &o, all, 0);
+    repl_send_buckets(&nodes[2].r, &nodes[2].t, &nodes[2].w, &o, all, NULL);
     struct msg late = nodes[2].out[0]; /* n2's state, delivered after its removal */
     nodes[2].nout = 0;
     isolate(2, true); /* n2 is gone */

@@ -49,14 +49,18 @@ static void collect(const struct wire_buf *b, void *ctx)
     wire_sync_free(&s);
 }
 
+/* The max_message_bytes of every node (setup: 65536). */
+static size_t max_bytes;
+
 static struct repl_out out_of(struct node *n)
 {
-    return (struct repl_out){n->name, 65536, collect, n, false};
+    return (struct repl_out){n->name, max_bytes, collect, n, false};
 }
 
 static void setup(int count)
 {
     nnodes = count;
+    max_bytes = 65536;
     memset(nodes, 0, sizeof(nodes));
     for (int i = 0; i < count; i++) {
         struct node *n = &nodes[i];
@@ -149,10 +153,10 @@ static void settle(void)
 }
 
 /* The first seq of its stream the last repair asked of a node holds (0: whole). */
-static uint64_t since;
+static struct repl_span span;
 
 /* Node i's digest, as node j receives it; returns the buckets j must send
- * (and sets since). */
+ * (and sets span). */
 static unsigned digest_to(int i, int j, uint64_t *dump)
 {
     static struct wire_digest d, got;
@@ -161,7 +165,7 @@ static unsigned digest_to(int i, int j, uint64_t *dump)
     wire_encode_digest(&b, &d);
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_OK);
     unsigned n = repl_digest_seen(&nodes[j].r, nb(j, i), &got, nodes[j].t.digest, nodes[j].name,
-                                  dump, &since);
+                                  dump, &span);
     wbuf_free(&b);
     return n;
 }
@@ -171,7 +175,7 @@ static void repair(int from, const uint64_t *dump)
 {
     struct repl_out o = out_of(&nodes[from]);
     o.to_one = true;
-    repl_send_buckets(&nodes[from].r, &nodes[from].t, &nodes[from].w, &o, dump, since);
+    repl_send_buckets(&nodes[from].r, &nodes[from].t, &nodes[from].w, &o, dump, &span);
     deliver(from, -1);
 }
 
@@ -292,9 +296,10 @@ START_TEST(test_gap_asks_for_a_repair)
 }
 END_TEST
 
-/* Node i's counter `name` gets a slot of each of k replicas of other nodes,
- * as if learned from elsewhere: owed to all its neighbours. */
-static void many_slots(int i, const char *name, int k)
+/* Node i's counter `name` gets a slot of each of k replicas of other nodes
+ * (far<r>, at base + r increments), as if learned from elsewhere: owed to
+ * all its neighbours. */
+static void many_slots(int i, const char *name, int k, uint64_t base)
 {
     struct tally_counter *c;
     ck_assert_int_eq(table_get(&nodes[i].t, name, strlen(name), TABLE_MERGE, &c), TALLY_OK);
@@ -304,20 +309,24 @@ static void many_slots(int i, const char *name, int k)
         ck_assert_int_lt(snprintf(id, sizeof(id), "far%d", r), (int)sizeof(id));
         ck_assert_int_eq(table_replica(&nodes[i].t, id, strlen(id), 1, &rep), TALLY_OK);
         ck_assert_int_eq(
-            table_merge_slot_from(&nodes[i].t, c, rep, 1 + (uint64_t)r, 0, REPL_ALL, &changed),
+            table_merge_slot_from(&nodes[i].t, c, rep, base + (uint64_t)r, 0, REPL_ALL, &changed),
             TALLY_OK);
     }
 }
 
-/* n0 changes its slot of `name` in a SYNC that n1 misses, then `other` in
- * one it gets: n1 asks n0 for a repair (dump, since). Returns the lost seq. */
-static uint64_t gap_at_n1(const char *name, uint64_t *dump)
+/* n0 changes its slot of `name` in a SYNC that n1 misses, then in one it
+ * gets `other`, or (far_after) big's slot of far0: n1 asks n0 for a repair
+ * (dump, span). Returns the lost seq. */
+static uint64_t gap_at_n1(const char *name, bool far_after, uint64_t *dump)
 {
     inc(0, name, 5);
     send_deltas(0);
     uint64_t lost = nodes[0].r.seq;
     deliver(0, 0);
-    inc(0, "other", 1);
+    if (far_after)
+        many_slots(0, "big", 1, 1000);
+    else
+        inc(0, "other", 1);
     send_deltas(0);
     deliver(0, -1);
     ck_assert(repl_wants_repair(&nodes[1].r));
@@ -326,29 +335,59 @@ static uint64_t gap_at_n1(const char *name, uint64_t *dump)
 }
 
 /* n0 sends counter big's 41 slots, then a change of its own slot of big,
- * which n1 misses; the repair n1 asks for holds the one slot that the stream
- * carried from the lost message on. */
-static uint64_t lose_own_slot_of_big(uint64_t *dump)
+ * which n1 misses, and another (see gap_at_n1), which it gets. */
+static uint64_t lose_own_slot_of_big(bool far_after, uint64_t *dump)
 {
     setup(2);
     link_nodes(0, 1);
     meet();
-    many_slots(0, "big", 40);
+    many_slots(0, "big", 40, 1);
     inc(0, "big", 1); /* the stream names n0's replica here */
     send_deltas(0);
     deliver(0, -1);
     ck_assert_int_eq(value(1, "big"), value(0, "big"));
-    return gap_at_n1("big", dump);
+    return gap_at_n1("big", far_after, dump);
 }
 
-START_TEST(test_a_gap_is_repaired_by_what_the_stream_carried_since)
+START_TEST(test_a_gap_is_repaired_by_what_the_lost_messages_carried)
 {
+    /* The repair holds n0's own slot of big, which the lost SYNC carried
+     * last: not big's 41 slots, nor far0's, which a SYNC after the gap
+     * carried, and n1 got. */
     uint64_t dump[TALLY_BUCKETS / 64];
-    uint64_t lost = lose_own_slot_of_big(dump);
-    ck_assert_uint_eq(since, lost); /* the first message n1 lacked */
+    uint64_t lost = lose_own_slot_of_big(true, dump);
+    ck_assert_uint_eq(span.since, lost); /* the messages n1 lacked */
+    ck_assert_uint_eq(span.until, lost);
     size_t before = nodes[0].slots_sent;
     repair(0, dump);
-    ck_assert_uint_eq(nodes[0].slots_sent - before, 1); /* not big's 41 */
+    ck_assert_uint_eq(nodes[0].slots_sent - before, 1);
+    ck_assert_int_eq(value(1, "big"), value(0, "big"));
+    ck_assert_mem_eq(nodes[1].t.digest, nodes[0].t.digest, sizeof(nodes[0].t.digest));
+    teardown();
+}
+END_TEST
+
+START_TEST(test_a_counter_split_over_sync_messages_is_repaired_whole)
+{
+    /* big's 301 slots take two SYNCs of 4096 bytes, and each slot is
+     * marked with the last one's seq; n1 loses the first. The repair of it
+     * goes on past the SYNCs that ended within big, to the one marked. */
+    uint64_t dump[TALLY_BUCKETS / 64];
+    setup(2);
+    max_bytes = 4096;
+    link_nodes(0, 1);
+    meet();
+    many_slots(0, "big", 300, 1);
+    inc(0, "big", 1);
+    uint64_t first = nodes[0].r.seq + 1;
+    send_deltas(0);
+    ck_assert_int_ge(nodes[0].nout, 2);
+    deliver(0, 0);
+    ck_assert(repl_wants_repair(&nodes[1].r));
+    ck_assert_uint_gt(digest_to(1, 0, dump), 0);
+    ck_assert_uint_eq(span.since, first);
+    ck_assert_uint_eq(span.until, nodes[0].r.seq); /* not first alone */
+    repair(0, dump);
     ck_assert_int_eq(value(1, "big"), value(0, "big"));
     ck_assert_mem_eq(nodes[1].t.digest, nodes[0].t.digest, sizeof(nodes[0].t.digest));
     teardown();
@@ -361,14 +400,15 @@ START_TEST(test_a_lost_repair_is_asked_for_again_at_the_next_gap)
      * to the first, and its repair closes the ask: a third gap asks from
      * its own message. */
     uint64_t dump[TALLY_BUCKETS / 64];
-    uint64_t lost = lose_own_slot_of_big(dump);
+    uint64_t lost = lose_own_slot_of_big(false, dump);
     struct repl_out o = out_of(&nodes[0]);
     o.to_one = true;
-    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, dump, since);
+    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, dump, &span);
     deliver(0, 0); /* the repair is lost */
     for (int round = 0; round < 2; round++) {
-        uint64_t again = gap_at_n1("y", dump);
-        ck_assert_uint_eq(since, round == 0 ? lost : again);
+        uint64_t again = gap_at_n1("y", false, dump);
+        ck_assert_uint_eq(span.since, round == 0 ? lost : again);
+        ck_assert_uint_eq(span.until, again);
         repair(0, dump);
         ck_assert_int_eq(value(1, "big"), value(0, "big"));
         ck_assert_int_eq(value(1, "y"), value(0, "y"));
@@ -439,7 +479,7 @@ START_TEST(test_restart_is_a_new_session)
     digest_to(0, 1, dump);                     /* names n1, which has nothing to send; and n1 ... */
     ck_assert(repl_wants_repair(&nodes[1].r)); /* ... has never heard n0 */
     ck_assert_uint_gt(digest_to(1, 0, dump), 0); /* n1 asks n0 */
-    ck_assert_uint_eq(since, 0);                 /* for everything: a stream new to it */
+    ck_assert_uint_eq(span.since, 0);            /* for everything: a stream new to it */
     repair(0, dump);
     ck_assert_int_eq(value(1, "x"), 3);
     /* n1 knows none of n0's replica numbers: n0's stream names its
@@ -497,7 +537,7 @@ START_TEST(test_repair_to_its_asker_alone_is_outside_the_stream)
     ck_assert_uint_gt(digest_to(1, 0, dump), 0);
     struct repl_out o = out_of(&nodes[0]);
     o.to_one = true;
-    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, dump, since);
+    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, dump, &span);
     ck_assert_int_gt(deliver_to(0, 1), 0);
     ck_assert_uint_eq(nodes[0].r.seq, seq + 2); /* the repair took no seq */
     ck_assert_int_eq(value(1, "x"), 3);
@@ -607,7 +647,7 @@ START_TEST(test_a_stream_names_each_replica_once)
     memset(all, 0xff, sizeof(all));
     struct repl_out o = out_of(&nodes[0]);
     o.to_one = true;
-    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, all, 0);
+    repl_send_buckets(&nodes[0].r, &nodes[0].t, &nodes[0].w, &o, all, NULL);
     ck_assert(names_replica(0, 0, &whole));
     ck_assert_int_eq(deliver_to(0, 1), 1);
     ck_assert_int_eq(value(1, "x"), 5);
@@ -730,7 +770,8 @@ Suite *repl_suite(void)
     tcase_add_test(tc, test_in_flight_is_not_repaired);
     tcase_add_test(tc, test_gap_asks_for_a_repair);
     tcase_add_test(tc, test_lost_tail_seen_in_digest);
-    tcase_add_test(tc, test_a_gap_is_repaired_by_what_the_stream_carried_since);
+    tcase_add_test(tc, test_a_gap_is_repaired_by_what_the_lost_messages_carried);
+    tcase_add_test(tc, test_a_counter_split_over_sync_messages_is_repaired_whole);
     tcase_add_test(tc, test_a_lost_repair_is_asked_for_again_at_the_next_gap);
     tcase_add_test(tc, test_restart_is_a_new_session);
     tcase_add_test(tc, test_a_restarted_neighbour_is_owed_a_replay_once);

@@ -474,8 +474,9 @@ START_TEST(test_digest_round_trip)
     in.session = 0x1234567890abcdefULL;
     in.seq = 300;
     in.nrequests = 2;
-    in.requests[0] = (struct wire_node_ref){"n1", 2, 0, {0}, 0, 0};
-    in.requests[1] = (struct wire_node_ref){"node-12", 7, 2, {5, 300000}, 70000, 0xfeedULL << 40};
+    in.requests[0] = (struct wire_node_ref){"n1", 2, 0, {0}, 0, 0, 0};
+    in.requests[1] =
+        (struct wire_node_ref){"node-12", 7, 2, {5, 300000}, 70000, 70300, 0xfeedULL << 40};
     memcpy(in.digest, t.digest, sizeof(in.digest));
     wire_encode_digest(&b, &in);
     ck_assert_int_eq(wire_peek_type(b.data, b.len), WIRE_DIGEST);
@@ -491,7 +492,8 @@ START_TEST(test_digest_round_trip)
     ck_assert_uint_eq(got.requests[1].names[1], 300000);
     ck_assert_uint_eq(got.requests[0].since, 0); /* all of it: no session sent */
     ck_assert_uint_eq(got.requests[0].session, 0);
-    ck_assert_uint_eq(got.requests[1].since, 70000); /* the first seq lacked (version 4) */
+    ck_assert_uint_eq(got.requests[1].since, 70000); /* the seqs lacked (version 4) */
+    ck_assert_uint_eq(got.requests[1].until, 70300);
     ck_assert_uint_eq(got.requests[1].session, 0xfeedULL << 40);
     ck_assert_mem_eq(got.digest, t.digest, sizeof(got.digest));
     for (size_t len = 0; len < b.len; len++) {
