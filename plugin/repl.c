@@ -384,7 +384,7 @@ int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
     int rc = reps && devs ? TALLY_OK : TALLY_E_NOMEM;
     if (rc == TALLY_OK && !resolve_replicas(t, nb, s, same, reps, &rc)) {
         /* Taken as lost: the repair asked (with the numbers to name) sends
-         * what the stream carried from this message on, as for a gap. */
+         * what this message carried, as for a gap. */
         r->unnamed++;
         ask_repair(r, nb, s->seq, s->seq);
         free(reps);
