@@ -423,16 +423,17 @@ static void set_bit(uint64_t *mask, unsigned b)
     mask[b / 64] |= 1ULL << (b % 64);
 }
 
-/* The SYNCs of our stream that request q lacks, if a repair can hold only
- * the entries they carried last: q is of our current session, and since is
- * within the 2^16 seqs an entry's sent mark tells apart. Since 0: send the
- * buckets whole. */
+/* Whether our SYNC seq ended within a counter (mark_continued). */
 static bool continued(const struct repl *r, uint64_t seq)
 {
     uint16_t i = (uint16_t)seq;
     return r->continued_lost || (r->continued && (r->continued[i / 8] & (1u << (i % 8))));
 }
 
+/* The SYNCs of our stream that request q lacks, if a repair can hold only
+ * the entries they carried last: q is of our current session, and since is
+ * within the 2^16 seqs an entry's sent mark tells apart. Since 0: send the
+ * buckets whole. */
 static struct repl_span asked_span(const struct repl *r, const struct wire_node_ref *q)
 {
     if (q->since == 0 || q->session != r->session || r->seq - q->since >= UINT16_MAX)
