@@ -13,7 +13,8 @@ sender is not resolved with the old one's numbers.
 Repairs of a gap (DIGEST version 4): a node asks a neighbour for the messages of its stream it
 lacks, from the first to the last, reaching back to an ask whose repair has not come; the
 neighbour's repair holds only the entries those messages carried last, or everything when asked
-for all or of another session.
+for all or of another session; and a counter that took several messages of the stream, whole,
+when asked for any of them.
 """
 import struct
 import time
@@ -63,24 +64,29 @@ def sync_replicas(msg):
     return sync_head(msg)[:3]
 
 
-def sync_counters(msg):
-    """The counters of a SYNC of version 5 whose counters hold slots alone (no devices, bases
-    or fold entries: increments only)."""
+def sync_slots(msg):
+    """[(counter, how many slots)] of a SYNC of version 5 whose counters hold slots alone (no
+    devices, bases or fold entries: increments only)."""
     _, _, _, at = sync_head(msg)
     devices, at = read_varint(msg, at)
     assert devices == 0
     count, at = read_varint(msg, at)
-    names = []
+    out = []
     for _ in range(count):
         name, at = read_str8(msg, at)
         slots, at = read_varint(msg, at)
         for _ in range(3 * slots):
             _, at = read_varint(msg, at)
         assert msg[at:at + 3] == b"\0\0\0", "devices, a base or fold entries"
-        names.append(name)
+        out.append((name, slots))
         at += 3
     assert at == len(msg)
-    return names
+    return out
+
+
+def sync_counters(msg):
+    """The counters of a SYNC of version 5 (as sync_slots)."""
+    return [name for name, _ in sync_slots(msg)]
 
 
 def digest_asks(msg):
@@ -280,3 +286,47 @@ def test_a_repair_holds_what_the_messages_asked_for_carried(brokers, closing):
     print(f"a repair of seq {late_seq} of c's stream held late alone ({small} B), of seqs 1 to "
           f"{late_seq - 1} the early counters alone; of all, or of another session, all "
           f"{len(whole)} counters ({large} B)")
+
+
+def test_a_counter_split_over_syncs_is_repaired_whole_from_any_of_them(brokers, closing):
+    """c learns 300 slots of big from x at once and forwards them to its other neighbour y in
+    one write, over several SYNCs of at most 4096 bytes (naming 300 replicas takes more); each
+    slot is marked with the last of them (repl.c, rule 4a), and the SYNCs that ended within big
+    are noted (r->continued). Asked for the first of them alone, as y would after losing it, c
+    repairs big whole, not only what that message ended with."""
+    node = brokers("c", options=dict(BASE_OPTIONS, max_message_bytes="4096"))
+    counts = Watcher(node.port, ["counters/big", "counters/warm"])
+    y = Watcher(node.port, ["$tally/v1/sync/c"], client_id="y-to-c", keep=True)
+    x = publisher(node.port, client_id="x-to-c")
+    closing.extend([counts, y, Closer(lambda: close(x))])
+    # x names its 300 replicas (in two messages: one would pass 4096 bytes), on warm, while c
+    # has no other neighbour to forward them to
+    publish_all(x, [("$tally/v1/sync/x", forged(1111, 1 + k, [(i, f"r{i}") for i in range(
+        150 * k, 150 * k + 150)], "warm", 1)) for k in (0, 1)], 1)
+    wait_for(lambda: counts.get("counters/warm") == b"300", 10, what="c to take warm")
+    # y is heard (a DIGEST asking nothing); then big's 300 slots come in one message
+    quiet = b"TL\x04\x02" + str8("y") + struct.pack("<Q", 5) + varint(0) + varint(0)
+    y.c.publish("$tally/v1/digest/y", quiet + varint(256) + bytes(8 * 256), 1)
+    time.sleep(0.5)
+    publish_all(x, [("$tally/v1/sync/x", forged(1111, 3, [(i, None) for i in range(300)],
+                                                "big", 1))], 1)
+    wait_for(lambda: counts.get("counters/big") == b"300", 10, what="c to take big")
+
+    def carried(msgs):
+        return sum(n for m in msgs for name, n in sync_slots(m) if name == "big")
+    wait_for(lambda: carried(m for _, m in y.messages()) >= 300, 10,
+             what="c's stream to y to carry big's 300 slots")
+    parts = [(sync_head(m)[:2], m) for _, m in y.messages()
+             if sync_head(m)[1] and "big" in sync_counters(m)]
+    assert len(parts) >= 2, f"big took {len(parts)} SYNC of c's"
+    (session,) = {head[0] for head, _ in parts}
+    first = min(head[1] for head, _ in parts)
+    seen = y.count()
+    y.c.publish("$tally/v1/digest/y", forged_digest("y", "c", first, first, session), 1)
+    wait_for(lambda: any(sync_head(m)[1] == 0 for _, m in y.messages()[seen:]), 5,
+             what="c's repair")
+    time.sleep(0.5)  # all its parts
+    repair = [m for _, m in y.messages()[seen:] if sync_head(m)[1] == 0]
+    assert carried(repair) == 300, f"the repair held {carried(repair)} of big's 300 slots"
+    print(f"big took {len(parts)} SYNCs of c's (from seq {first}); a repair of seq {first} "
+          f"alone held all 300 of its slots, in {len(repair)} messages")
