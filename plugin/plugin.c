@@ -764,8 +764,10 @@ static int on_sync(const struct mosquitto_evt_message *ev, bool *route)
     if (peer) {
         heard_from(s.sender, s.sender_len);
         rc = neighbour_of(client, &k);
-        if (rc == TALLY_OK)
+        if (rc == TALLY_OK) {
+            repl_heard(&g.repl, k, mono_ms());
             rc = repl_apply_sync(&g.repl, &g.table, g.persist, &s, k);
+        }
     }
     wire_sync_free(&s);
     if (peer && rc == TALLY_OK)
@@ -796,6 +798,7 @@ static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
         return rc;
     if (!heard_from(d.sender, d.sender_len) || neighbour_of(client, &k) != TALLY_OK)
         return TALLY_E_NOMEM;
+    repl_heard(&g.repl, k, mono_ms());
     struct repl_span span;
     if (repl_digest_seen(&g.repl, k, &d, g.table.digest, g.opt.node_id, dump, &span)) {
         struct repl_out out = repl_out(mosquitto_client_id(client));
@@ -830,6 +833,10 @@ static int take_presence(const struct mosquitto_evt_message *ev, bool *taken)
      * keepalive. Once its own entry lists it, it asks for them itself
      * (tier.c, "the heartbeat's pages"). */
     bool anew = !o->alive || o->incarnation != wp.incarnation;
+    /* its own heartbeat, straight over its bridge: a neighbour we hear */
+    int k = repl_find(&g.repl, mosquitto_client_id(ev->client), wp.origin, wp.origin_len);
+    if (k >= 0)
+        repl_heard(&g.repl, (uint16_t)k, mono_ms());
     rc = presence_apply(&g.presence, o, &wp, taken);
     if (*taken) {
         if (tier_hub_says_alive(&g.tier_hub, o)) {
@@ -840,9 +847,7 @@ static int take_presence(const struct mosquitto_evt_message *ev, bool *taken)
         if (rc == TALLY_OK && !g.edge)
             rc = tier_hub_heard(&g.tier_hub, &g.presence, &wp, mono_ms());
         if (rc == TALLY_OK && anew)
-            replay_begin(
-                repl_find(&g.repl, mosquitto_client_id(ev->client), wp.origin, wp.origin_len),
-                true);
+            replay_begin(k, true);
     }
 done:
     wire_presence_free(&wp);
@@ -1488,6 +1493,14 @@ static void emit_presence(const struct wire_buf *msg, void *ud)
     replicate("presence", msg);
 }
 
+/* How often our presence heartbeat goes: peer_timeout_ms / 5, at most a
+ * second. */
+static uint64_t heartbeat_ms(void)
+{
+    uint64_t every = (uint64_t)g.opt.peer_timeout_ms / 5;
+    return every < 1000 ? every : 1000;
+}
+
 /* The heartbeat that keeps us alive in every node's eyes, and our edges in
  * theirs (the listing): our own viewer counts, in as many messages as
  * max_message_bytes needs, the first time or when owed, else a keepalive of
@@ -1578,6 +1591,9 @@ static void replicate_tick(uint64_t now)
 {
     static struct wire_digest d; /* 2 KB of hashes: off the stack */
     uint64_t interval = (uint64_t)g.opt.publish_interval_ms;
+    /* a neighbour's own heartbeat comes every heartbeat_ms(): three missed
+     * and we no longer say we hear it (repl.c, rule 2a) */
+    repl_hearing(&g.repl, now, 3 * heartbeat_ms());
     uint64_t local_every = interval + interval / 16;
     if (table_repl_pending(&g.table) && (g.repl.learned || now - g.last_repl_ms >= local_every)) {
         struct repl_out out = repl_out(NULL);
@@ -1779,10 +1795,7 @@ static int on_tick(int event, void *event_data, void *userdata)
     (void)event_data;
     (void)userdata;
     uint64_t now = mono_ms();
-    uint64_t heartbeat = (uint64_t)g.opt.peer_timeout_ms / 5;
     table_set_clock(&g.table, now - g.start_ms);
-    if (heartbeat > 1000)
-        heartbeat = 1000;
     expire_peers(now);
     check_limits();
     if (!g.edge) {
@@ -1799,7 +1812,7 @@ static int on_tick(int event, void *event_data, void *userdata)
         edge_tick(now);
         forward_expire(now);
     } else {
-        if (now - g.last_announce_ms >= heartbeat)
+        if (now - g.last_announce_ms >= heartbeat_ms())
             announce_presence();
         hub_tick(now);
     }

@@ -759,9 +759,9 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
 #define WIRE_VERSION 2 /* UP, DOWN: 2 added past lives (UP) and the watermark (DOWN) */
 /* SYNC: 2 added bases (reset.c), 3 the stream (repl.c), 4 folds (fold.c), 5 replicas
  * numbered per stream; DIGEST: 2 added the stream and repair requests, 3 the numbers wanted,
- * 4 the seq a repair is asked from */
+ * 4 the seq a repair is asked from, 5 the neighbours heard */
 #define WIRE_SYNC_VERSION 5
-#define WIRE_DIGEST_VERSION 4
+#define WIRE_DIGEST_VERSION 5
 #define WIRE_PRESENCE_VERSION                                                                      \
     4 /* 2 added the range [lo, hi], 3 a hub's listing, 4 its carried set; 1 to 3 are read */
 enum wire_type {
@@ -888,6 +888,7 @@ void wire_sync_free(struct wire_sync *s);
 
 #define WIRE_MAX_REQUESTS 64
 #define WIRE_MAX_NAMES 32 /* numbers a DIGEST asks one neighbour to name again */
+#define WIRE_MAX_HEARS 64 /* neighbours a DIGEST says its sender hears (repl.c, rule 2a) */
 struct wire_node_ref {
     const char *id; /* borrowed */
     size_t len;
@@ -906,6 +907,8 @@ struct wire_digest {
     uint32_t nrequests;    /* neighbours asked to send what differs, at once */
     struct wire_node_ref requests[WIRE_MAX_REQUESTS];
     uint64_t digest[TALLY_BUCKETS];
+    uint32_t nhears; /* version 5 on: the neighbours whose streams it hears */
+    struct wire_node_ref hears[WIRE_MAX_HEARS]; /* id and len alone */
 };
 void wire_encode_digest(struct wire_buf *b, const struct wire_digest *d);
 int wire_decode_digest(const void *msg, size_t len, struct wire_digest *out);
@@ -1171,6 +1174,15 @@ struct repl_neighbour {
     uint32_t lack[WIRE_MAX_NAMES], nlack; /* numbers to ask it to name again */
     uint64_t lack_from, lack_until;       /* the seqs of its stream to ask for (from 0: all) */
     bool asked_open;                      /* asked, and no repair or equal digest since */
+    /* Rule 2a (repl.c): when we last heard it (repl_heard), and whether we
+     * no longer say we do; the hashes of the node ids its last DIGEST said
+     * it hears; whether every other neighbour of ours hears it. */
+    uint64_t heard_ms;
+    bool unheard;
+    bool covered;
+    uint32_t nhears;
+    uint64_t hears[WIRE_MAX_HEARS];
+    uint64_t node_hash; /* of node */
     char conn[];
 };
 
@@ -1237,9 +1249,16 @@ bool repl_replay_due(struct repl *r, uint16_t k, bool anew, uint64_t now_ms, uin
 /* The neighbour behind connection conn, if its node id is node (so that
  * what node sent itself came straight over its bridge): its index, or -1. */
 int repl_find(const struct repl *r, const char *conn, const char *node, size_t len);
-/* Our DIGEST into d, naming (and clearing) the repairs we ask for. d's
- * strings borrow from r and self. */
+/* Our DIGEST into d, naming (and clearing) the repairs we ask for, and the
+ * neighbours we hear (repl_hearing). d's strings borrow from r and self. */
 void repl_digest(struct repl *r, struct wire_digest *d, const char *self, const uint64_t *digest);
+/* Neighbour k was heard now: a message it sent itself came over its own
+ * connection (a SYNC, a DIGEST, its own PRESENCE heartbeat). */
+void repl_heard(struct repl *r, uint16_t k, uint64_t now_ms);
+/* A neighbour not heard for quiet_ms is one we no longer say we hear, and
+ * those that said they heard it are asked for a repair (repl.c, rule 2a);
+ * one heard again is said to be heard again. */
+void repl_hearing(struct repl *r, uint64_t now_ms, uint64_t quiet_ms);
 /* Sends the pending slots of at most budget counters of the replication
  * list; returns how many counters it took. */
 size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,

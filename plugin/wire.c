@@ -57,6 +57,7 @@
  *             varint Q, Q x { str8 node_id,      asked to repair  (v2 on)
  *                             varint W, W x varint number }       (v3 on)
  *             varint B (=256), B x u64 bucket hash
+ *             varint H, H x str8 node_id        neighbours heard  (v5 on)
  *   PRESENCE  str8 origin, u64 incarnation, u64 seq,
  *             u64 lo, u64 hi                                      (v2 on)
  *             varint G, G x { str8 page, varint viewers }
@@ -771,6 +772,9 @@ void wire_encode_digest(struct wire_buf *b, const struct wire_digest *d)
     wbuf_varint(b, TALLY_BUCKETS);
     for (unsigned i = 0; i < TALLY_BUCKETS; i++)
         wbuf_u64(b, d->digest[i]);
+    wbuf_varint(b, d->nhears);
+    for (uint32_t i = 0; i < d->nhears; i++)
+        wbuf_str8(b, d->hears[i].id, d->hears[i].len);
 }
 
 int wire_decode_digest(const void *msg, size_t len, struct wire_digest *d)
@@ -813,6 +817,13 @@ int wire_decode_digest(const void *msg, size_t len, struct wire_digest *d)
         return TALLY_E_WIRE;
     for (unsigned i = 0; i < TALLY_BUCKETS; i++)
         d->digest[i] = wr_u64(&r);
+    d->nhears = version >= 5 ? wr_count(&r, 2) : 0;
+    r.bad |= d->nhears > WIRE_MAX_HEARS;
+    for (uint32_t i = 0; i < d->nhears && !r.bad; i++) {
+        struct wire_node_ref *h = &d->hears[i];
+        h->id = wr_str8(&r, &h->len);
+        r.bad |= !r.bad && !sender_ok(h->id, h->len);
+    }
     return r.bad || r.p != r.end ? TALLY_E_WIRE : TALLY_OK;
 }
 

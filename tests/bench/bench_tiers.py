@@ -11,7 +11,9 @@ their `$tally/stats/<node>`, which count UP and DOWN at an edge, and SYNC, DIGES
 UP and DOWN at a hub), their RSS once settled, the hub's CPU per increment of the whole tree,
 and whether `shared` ended exact at hub0 and at every edge. With --failover, hub1 is killed
 with -9 in the middle of the load: its edges fail over to hub2, and the totals must still end
-exact at hub0, hub2 and every edge.
+exact at hub0, hub2 and every edge. With --mesh, hub2 bridges to hub1 too: a full mesh of hubs,
+where each hub hears each change from its writer's hub alone (repl.c, rule 2a), not once per
+neighbour.
 
 Every broker and the load share the machine's cores: figures, not pass/fail, and noisy when
 other work runs. Standard library only; needs the plugin built.
@@ -53,11 +55,13 @@ def own_stats(broker, name):
     return c
 
 
-def tree(stack, workdir, per_hub):
+def tree(stack, workdir, per_hub, mesh):
     hubs = {}
     for h in range(HUBS):
         name = "hub%d" % h
-        extra = bc.bridge_lines("%s-to-hub0" % name, hubs["hub0"].port) if h else []
+        extra = []
+        for to in range(h if mesh else min(h, 1)):  # to hub0; with --mesh, to every hub before
+            extra += bc.bridge_lines("%s-to-hub%d" % (name, to), hubs["hub%d" % to].port)
         hubs[name] = stack.enter_context(common.Broker(
             workdir, "t%d-%s" % (per_hub, name), True, opts(name, False), extra=extra))
     edges = {}
@@ -87,11 +91,12 @@ def wait_connected(hubs, edges, timeout=120):
 
 def run(workdir, per_hub, args, table):
     n_edges = HUBS * per_hub
-    print("\n== %d hubs, %d edges (%d a hub), %d inc/s an edge for %d s%s ==" % (
-        HUBS, n_edges, per_hub, bs.LEAF_SHARED_RATE + bs.LEAF_OWN_RATE, args.seconds,
+    print("\n== %d hubs%s, %d edges (%d a hub), %d inc/s an edge for %d s%s ==" % (
+        HUBS, " in a full mesh" if args.mesh else "", n_edges, per_hub,
+        bs.LEAF_SHARED_RATE + bs.LEAF_OWN_RATE, args.seconds,
         ", hub1 killed in the middle" if args.failover else ""), flush=True)
     with contextlib.ExitStack() as stack:
-        hubs, edges = tree(stack, workdir, per_hub)
+        hubs, edges = tree(stack, workdir, per_hub, args.mesh)
         wait_connected(hubs, edges)
         collectors = {"hub0": own_stats(hubs["hub0"], "hub0"),
                       "edge0": own_stats(edges["edge0"], "edge0")}
@@ -164,6 +169,8 @@ def parse_args():
     p.add_argument("--per-hub", type=int, nargs="+", default=[3, 15], metavar="E")
     p.add_argument("--seconds", type=int, default=15, help="seconds of load per run")
     p.add_argument("--failover", action="store_true", help="kill -9 hub1 in the middle")
+    p.add_argument("--mesh", action="store_true",
+                   help="bridge hub2 to hub1 too: the hubs in a full mesh")
     return p.parse_args()
 
 

@@ -114,11 +114,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t dump[TALLY_BUCKETS / 64];
     if (wire_decode_digest(data, size, &d) == TALLY_OK) {
         check(node_id_check(d.sender, d.sender_len) == TALLY_OK);
-        check(d.nrequests <= WIRE_MAX_REQUESTS);
+        check(d.nrequests <= WIRE_MAX_REQUESTS && d.nhears <= WIRE_MAX_HEARS);
+        for (uint32_t i = 0; i < d.nhears; i++)
+            check(node_id_check(d.hears[i].id, d.hears[i].len) == TALLY_OK);
         struct repl_span span;
+        repl_heard(&r, k, 1);
         check(repl_digest_seen(&r, k, &d, ours, "fuzz", dump, &span) <= TALLY_BUCKETS);
         /* a repair never reaches past our stream */
         check(span.since <= span.until && span.until <= r.seq);
+        /* what it says it hears, once we no longer hear it (rule 2a): our
+         * DIGEST lists nobody we do not hear */
+        static struct wire_digest ask;
+        repl_hearing(&r, 10000, 3000);
+        repl_digest(&r, &ask, "fuzz", ours);
+        check(ask.nhears == 0);
     }
     repl_free(&r);
     return 0;

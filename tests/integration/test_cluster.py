@@ -317,6 +317,69 @@ def test_partition_heals_to_exact_totals(brokers, closing):
     print(f"partition healed: exact totals everywhere {took:.2f}s after heal")
 
 
+# ---- a full mesh: nothing forwarded that a neighbour hears itself (rule 2a) ------
+
+def stream_seq(msg):
+    """The seq of a SYNC in its sender's stream (0: a repair, outside it)."""
+    at = 5 + msg[4] + 8  # header, str8 sender, u64 session
+    seq, shift = 0, 0
+    while True:
+        byte = msg[at]
+        at += 1
+        seq |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return seq
+
+
+def test_a_triangle_forwards_only_what_a_neighbour_does_not_hear(brokers, closing):
+    """repl.c's rule 2a, in a full mesh of three. Each node's DIGEST lists the neighbours it
+    hears; b takes what it learns from a to be owed to nobody, since c hears a itself, and sends
+    no SYNC for a's increments (nor does c). With the a-c bridge cut, c hears a no more after
+    three missed heartbeats: it asks b for a repair and stops listing a, and b forwards a's
+    increments; c stays exact. Healed, b leaves them out again."""
+    nodes, proxies, watchers = cluster(brokers, closing, TOPOLOGIES["triangle"],
+                                       options={"sync_interval_ms": "1000"},
+                                       proxied=[("a", "c")])
+    spies = {n: Watcher(nodes[n].port, [f"$tally/v1/sync/{n}"], client_id=f"spy-to-{n}",
+                        keep=True) for n in "bc"}
+    closing.extend(spies.values())
+    ledger = Ledger("mesh")
+    names = [f"mesh-{i}" for i in range(20)]
+
+    def streamed(n, since):
+        """How many SYNCs of n's stream went since mark `since`."""
+        return sum(1 for _, m in spies[n].messages()[since:] if stream_seq(m) > 0)
+
+    def a_round():
+        mark = {n: spies[n].count() for n in "bc"}
+        ledger.round([nodes["a"]], names, 200)
+        took = wait_converged(watchers, ledger, timeout=20)
+        time.sleep(0.5)
+        return {n: streamed(n, mark[n]) for n in "bc"}, took
+
+    time.sleep(2.5)  # every node's DIGEST has listed the neighbours it hears
+    sent, _ = a_round()
+    assert sent == {"b": 0, "c": 0}, f"SYNCs forwarded of what a sent to both: {sent}"
+
+    proxy = proxies[("a", "c")]
+    proxy.cut()
+    wait_for(lambda: proxy.connections() == 0, 5, what="proxy connections closed")
+    _, first = a_round()  # at once: what b left out, c's repair brings
+    time.sleep(3.0)  # c no longer lists a: b forwards what it learns from a
+    sent, then = a_round()
+    assert sent["b"] > 0, "b did not forward a's increments to c across the cut"
+
+    proxy.heal()
+    wait_for(lambda: proxy.connections() > 0, 10, what="the a-c bridge back")
+    time.sleep(4.0)  # c hears a again, and its DIGEST says so
+    sent, _ = a_round()
+    assert sent == {"b": 0, "c": 0}, f"SYNCs forwarded once healed: {sent}"
+    print(f"a triangle: nothing forwarded while every node heard a; cut a-c: c exact "
+          f"{first:.2f} s after a round at once, {then:.2f} s once b forwarded; healed: "
+          f"nothing forwarded again")
+
+
 # ---- duplicated, reordered, replayed replication ----------------------------
 
 def captured_rounds(closing, watchers, at, client_id, writers, names, rounds, per_node):

@@ -90,8 +90,9 @@ def sync_counters(msg):
 
 
 def digest_asks(msg):
-    """{node asked: (numbers to name again, since, until, session)} of a DIGEST of version 4."""
-    assert msg[:4] == b"TL\x04\x02", msg[:4]
+    """{node asked: (numbers to name again, since, until, session)} of a DIGEST of version 5
+    (the neighbours it hears, after the buckets, are not read)."""
+    assert msg[:4] == b"TL\x05\x02", msg[:4]
     _, at = read_str8(msg, 4)
     _, at = read_varint(msg, at + 8)
     count, at = read_varint(msg, at)
@@ -119,7 +120,7 @@ def digest_requests(msg):
 
 
 def forged_digest(sender, asked, since, until, session):
-    """A DIGEST of version 4 from sender, of no counter, asking node `asked` for a repair of the
+    """A DIGEST of version 4 (still read) from sender, of no counter, asking node `asked` for a repair of the
     SYNCs [since, until] of its stream (of session)."""
     msg = b"TL\x04\x02" + str8(sender) + struct.pack("<Q", 0) + varint(0) + varint(1)
     msg += str8(asked) + varint(0) + varint(since)

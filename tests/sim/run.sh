@@ -59,11 +59,21 @@ run $ring --seed 3
 # as news: a dead edge counted 83 ms past peer_timeout_ms (tier.c's
 # our_own_relay; 1 of 1,200 schedules of this mix before).
 run $ring --seed 490
+# Hubs in a full mesh (repl.c's rule 2a: a hub does not forward what every
+# other hub hears from its writer): without link failures, so that the rule
+# holds through the hub deaths, restarts and losses; and with them, where a
+# hub that stops hearing one asks the others for a repair.
+mesh="--hubs 5 --edges 8 --mesh --seconds 20 --loss 0.05 --delay 100 --kill-hubs 1
+  --restart-hubs 1 --kill-edges 5"
+meshcut="--hubs 6 --edges 5 --mesh --seconds 30 --loss 0.2 --delay 200 --kill-hubs 1
+  --restart-hubs 1 --kill-edges 3 --link-failures 6"
+run $mesh --seed 1
+run $meshcut --seed 1
 # Many more schedules of the same faults: each seed places the losses, delays,
 # deaths and cuts elsewhere (a run takes well under a second). One line each.
 failed=0
 for seed in $(seq 100 139); do
-  for cfg in "$heavy" "$heavy --tier-bytes 110" "$mixed" "$thawing"; do
+  for cfg in "$heavy" "$heavy --tier-bytes 110" "$mixed" "$thawing" "$mesh" "$meshcut"; do
     # shellcheck disable=SC2086
     if ! out=$("$sim" --check $cfg --seed "$seed" 2>&1); then
       echo "FAILED: tally_sim $cfg --seed $seed" | tr -s ' \n' ' '
@@ -73,7 +83,7 @@ for seed in $(seq 100 139); do
     fi
   done
 done
-[ "$failed" = 0 ] && echo "== 160 more schedules (seeds 100-139, four fault mixes): all exact"
+[ "$failed" = 0 ] && echo "== 240 more schedules (seeds 100-139, six fault mixes): all exact"
 if [ "${2:-}" = large ]; then
   run --hubs 40 --edges 50 --seconds 20 --loss 0.02 --kill-hubs 4 --restart-hubs 4 \
     --kill-edges 40 --link-failures 20 --seed 7

@@ -19,14 +19,14 @@
  * edge shows what plugin.c publishes: its own viewers plus its hub's origin, set at each DOWN and
  * expired once its hub is silent for peer_timeout_ms.
  *
- * The model of a deployment: H hubs in a ring with chords (each hub bridged to
- * the hubs 1 and sqrt(H) away on either side, so that one lost hub leaves the
- * rest connected), E edges per hub. Each edge's bridge lists two addresses:
- * its home hub and the next one, and goes back to its home once that is up
- * again (Mosquitto's bridge with round_robin false). Each edge writes to the
- * counter every edge writes ("c0", a like button on the front page) and to
- * one of K-1 others, which it also watches; one viewer of "home" and two of
- * one of P pages are connected to it.
+ * The model of a deployment: H hubs in a ring with chords (each hub bridged to the hubs 1 and
+ * sqrt(H) away on either side, so that one lost hub leaves the rest connected), or with --mesh
+ * each hub bridged to every other (a few central brokers, as most deployments have them), E edges
+ * per hub. Each edge's bridge lists two addresses: its home hub and the next one, and goes back
+ * to its home once that is up again (Mosquitto's bridge with round_robin false). Each edge writes
+ * to the counter every edge writes ("c0", a like button on the front page) and to one of K-1
+ * others, which it also watches; one viewer of "home" and two of one of P pages are connected to
+ * it.
  *
  * Faults: every message is lost with probability --loss and delayed by 1 to
  * --delay ms; --kill-hubs hubs die for good in the middle of the load,
@@ -132,7 +132,7 @@ static struct {
     double loss;
     uint32_t delay_ms, kill_hubs, kill_edges, restart_hubs, link_failures, freeze_edges;
     uint64_t publish_ms; /* plugin_opt_publish_interval_ms */
-    bool check, quiet;
+    bool check, quiet, mesh;
     double rate;       /* increments a second per edge */
     size_t tier_bytes; /* UP, DOWN and relays are cut at this (the plugin's max_message_bytes) */
 } opt = {.hubs = 40,
@@ -346,6 +346,7 @@ static void hub_on_sync(struct node *n, const struct msg *m)
     if (wire_decode_sync(m->data, m->len, &s) != TALLY_OK)
         abort();
     uint16_t k = neighbour(n, m->from);
+    repl_heard(&n->repl, k, now);
     if (repl_apply_sync(&n->repl, &n->t, NULL, &s, k) != TALLY_OK)
         abort();
     wire_sync_free(&s);
@@ -359,6 +360,7 @@ static void hub_on_digest(struct node *n, const struct msg *m)
     if (wire_decode_digest(m->data, m->len, &d) != TALLY_OK)
         abort();
     uint16_t k = neighbour(n, m->from);
+    repl_heard(&n->repl, k, now);
     struct repl_span span;
     if (repl_digest_seen(&n->repl, k, &d, n->t.digest, n->id, dump, &span)) {
         struct repl_out out = repl_out((uint32_t)(n - nodes), m->from);
@@ -388,6 +390,9 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     }
     struct tally_origin *o = presence_origin(&n->pr, origin);
     bool taken, anew = !o->alive || o->incarnation != wp.incarnation;
+    int k = repl_find(&n->repl, nodes[m->from].id, wp.origin, wp.origin_len);
+    if (k >= 0) /* its own heartbeat, straight over its link: as plugin.c's take_presence */
+        repl_heard(&n->repl, (uint16_t)k, now);
     if (presence_apply(&n->pr, o, &wp, &taken) != TALLY_OK)
         abort();
     if (taken && tier_hub_says_alive(&n->tier, o)) {
@@ -401,7 +406,6 @@ static void hub_on_presence(struct node *n, const struct msg *m)
             broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
         if (tier_hub_heard(&n->tier, &n->pr, &wp, now) != TALLY_OK)
             abort();
-        int k = repl_find(&n->repl, nodes[m->from].id, wp.origin, wp.origin_len);
         if (anew && k >= 0)
             replay_to(n, (uint16_t)k, true);
     }
@@ -557,6 +561,7 @@ static void hub_tick(uint32_t i)
     struct wire_buf b = {0};
     struct repl_out out = repl_out(i, UINT32_MAX);
     repl_send_deltas(&n->repl, &n->t, &n->w, &out, 100000);
+    repl_hearing(&n->repl, now, 3 * HEARTBEAT_MS);
     if (repl_wants_repair(&n->repl) || now - n->last_digest >= DIGEST_MS) {
         repl_digest(&n->repl, &d, n->id, n->t.digest);
         wire_encode_digest(&b, &d);
@@ -798,8 +803,11 @@ static void build(void)
             edge_start(i);
         push(rnd() % TICK_MS, i, NULL);
     }
+    for (uint32_t a = 0; a < opt.hubs && opt.mesh; a++)
+        for (uint32_t b = a + 1; b < opt.hubs; b++)
+            add_link(a, b);
     uint32_t chord = (uint32_t)sqrt((double)opt.hubs);
-    for (uint32_t h = 0; h < opt.hubs && opt.hubs > 1; h++) {
+    for (uint32_t h = 0; h < opt.hubs && opt.hubs > 1 && !opt.mesh; h++) {
         add_link(h, (h + 1) % opt.hubs);
         if (chord > 1 && opt.hubs > 4)
             add_link(h, (h + chord) % opt.hubs);
@@ -1026,7 +1034,7 @@ static void usage(void)
                     "  [--seconds S of load] [--rate R inc/s an edge] [--loss L] [--delay MS]\n"
                     "  [--kill-hubs N] [--kill-edges N] [--restart-hubs N] [--link-failures N]\n"
                     "  [--freeze-edges N] [--publish-interval MS] [--tier-bytes B] [--seed X]\n"
-                    "  [--check]\n");
+                    "  [--mesh] [--check]\n");
     exit(2);
 }
 
@@ -1049,6 +1057,7 @@ static void options(int argc, char **argv)
                                           {"tier-bytes", 1, 0, 'B'},
                                           {"freeze-edges", 1, 0, 'F'},
                                           {"publish-interval", 1, 0, 'I'},
+                                          {"mesh", 0, 0, 'M'},
                                           {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longs, NULL)) != -1;) {
         switch (c) {
@@ -1102,6 +1111,9 @@ static void options(int argc, char **argv)
             break;
         case 'I':
             opt.publish_ms = (uint64_t)atoi(optarg);
+            break;
+        case 'M':
+            opt.mesh = true;
             break;
         default:
             usage();

@@ -245,6 +245,112 @@ START_TEST(test_chain_forwards_what_it_learns)
 }
 END_TEST
 
+/* Each linked node hears the other at now_ms (rule 2a), and says so in a
+ * DIGEST to each. */
+static void hear_each_other(uint64_t now_ms)
+{
+    uint64_t dump[TALLY_BUCKETS / 64];
+    for (int i = 0; i < nnodes; i++)
+        for (int j = 0; j < nnodes; j++)
+            if (nodes[i].link[j])
+                repl_heard(&nodes[j].r, nb(j, i), now_ms);
+    for (int i = 0; i < nnodes; i++)
+        for (int j = 0; j < nnodes; j++)
+            if (nodes[i].link[j])
+                digest_to(i, j, dump);
+}
+
+static void full_mesh(int count)
+{
+    setup(count);
+    for (int i = 0; i < count; i++)
+        for (int j = i + 1; j < count; j++)
+            link_nodes(i, j);
+    meet();
+}
+
+START_TEST(test_a_full_mesh_forwards_nothing_every_neighbour_hears)
+{
+    /* n0, n1, n2 each bridged to the other two. Until n2 says it hears n0,
+     * n1 forwards what it learns from n0; once it has, what n1 learns from
+     * n0 is owed to nobody: n2 has it from n0's own SYNC. */
+    full_mesh(3);
+    inc(0, "before", 5);
+    send_deltas(0);
+    deliver(0, -1);
+    send_deltas(1);
+    ck_assert_int_eq(deliver(1, -1), 1);
+    settle();
+    hear_each_other(1000);
+    inc(0, "after", 5);
+    send_deltas(0);
+    deliver(0, -1);
+    for (int i = 1; i < 3; i++) {
+        ck_assert_int_eq(value(i, "after"), 5);
+        ck_assert(!nodes[i].r.learned); /* nothing owed: no SYNC at once */
+        send_deltas(i);
+        ck_assert_int_eq(nodes[i].nout, 0);
+    }
+    inc(1, "own", 1); /* a node's own change still goes to all */
+    send_deltas(1);
+    ck_assert_int_eq(deliver(1, -1), 1);
+    ck_assert_int_eq(value(2, "own"), 1);
+    teardown();
+}
+END_TEST
+
+START_TEST(test_a_neighbour_no_longer_heard_is_forwarded_to_and_repaired)
+{
+    /* The n0 - n2 link goes down: n1 leaves out what it learns from n0
+     * while n2 still says it hears n0. Once n2 has not heard n0 for the
+     * quiet time, it asks n1 (which said it heard n0) for a repair, and
+     * its DIGEST no longer lists n0: n1 forwards n0's changes again, and
+     * leaves them out once the link is back and heard. */
+    uint64_t dump[TALLY_BUCKETS / 64];
+    full_mesh(3);
+    hear_each_other(1000);
+    nodes[0].link[2] = nodes[2].link[0] = false;
+    inc(0, "x", 5);
+    send_deltas(0);
+    deliver(0, -1);
+    send_deltas(1);
+    ck_assert_int_eq(nodes[1].nout, 0);
+    ck_assert_int_eq(value(2, "x"), 0);
+    repl_heard(&nodes[2].r, nb(2, 1), 3500);
+    repl_hearing(&nodes[2].r, 3500, 3000); /* n0 heard 2.5 s ago: still heard */
+    ck_assert(!repl_wants_repair(&nodes[2].r));
+    repl_heard(&nodes[2].r, nb(2, 1), 4001);
+    repl_hearing(&nodes[2].r, 4001, 3000);
+    ck_assert(repl_wants_repair(&nodes[2].r));
+    ck_assert_uint_gt(digest_to(2, 1, dump), 0);
+    ck_assert_uint_eq(span.since, 0); /* every bucket that differs */
+    repair(1, dump);
+    ck_assert_int_eq(value(2, "x"), 5);
+    inc(0, "x", 2);
+    send_deltas(0);
+    deliver(0, -1);
+    send_deltas(1);
+    ck_assert_int_eq(deliver(1, -1), 1);
+    ck_assert_int_eq(value(2, "x"), 7);
+    link_nodes(0, 2); /* back, and heard */
+    hear_each_other(9000);
+    repl_hearing(&nodes[2].r, 9000, 3000);
+    digest_to(2, 1, dump);
+    inc(0, "x", 1);
+    send_deltas(0);
+    deliver(0, -1);
+    send_deltas(1);
+    ck_assert_int_eq(nodes[1].nout, 0);
+    /* n2 lacks what n0 sent while cut (and the name of its replica): it
+     * asks n0 itself */
+    ck_assert(repl_wants_repair(&nodes[2].r));
+    ck_assert_uint_gt(digest_to(2, 0, dump), 0);
+    repair(0, dump);
+    ck_assert_int_eq(value(2, "x"), 8);
+    teardown();
+}
+END_TEST
+
 /* ==== Repairs ==== */
 
 START_TEST(test_in_flight_is_not_repaired)
@@ -771,6 +877,8 @@ Suite *repl_suite(void)
     TCase *tc = tcase_create("repl");
     tcase_add_test(tc, test_star_sends_each_change_once);
     tcase_add_test(tc, test_chain_forwards_what_it_learns);
+    tcase_add_test(tc, test_a_full_mesh_forwards_nothing_every_neighbour_hears);
+    tcase_add_test(tc, test_a_neighbour_no_longer_heard_is_forwarded_to_and_repaired);
     tcase_add_test(tc, test_in_flight_is_not_repaired);
     tcase_add_test(tc, test_gap_asks_for_a_repair);
     tcase_add_test(tc, test_lost_tail_seen_in_digest);

@@ -442,7 +442,8 @@ START_TEST(test_sync_bad_references_and_values)
     ck_assert_int_eq(wire_peek_type("TL\x02\x02", 4), WIRE_DIGEST);
     ck_assert_int_eq(wire_peek_type("TL\x03\x02", 4), WIRE_DIGEST); /* 3 numbers to name */
     ck_assert_int_eq(wire_peek_type("TL\x04\x02", 4), WIRE_DIGEST); /* 4 repairs since */
-    ck_assert_int_eq(wire_peek_type("TL\x05\x02", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x05\x02", 4), WIRE_DIGEST); /* 5 the neighbours heard */
+    ck_assert_int_eq(wire_peek_type("TL\x06\x02", 4), -1);
     ck_assert_int_eq(wire_peek_type("TL\x02\x03", 4), WIRE_PRESENCE); /* 2 added the range */
     ck_assert_int_eq(wire_peek_type("TL\x03\x03", 4), WIRE_PRESENCE); /* 3 the listing */
     ck_assert_int_eq(wire_peek_type("TL\x04\x03", 4), WIRE_PRESENCE); /* 4 the carried set */
@@ -478,6 +479,9 @@ START_TEST(test_digest_round_trip)
     in.requests[1] =
         (struct wire_node_ref){"node-12", 7, 2, {5, 300000}, 70000, 70300, 0xfeedULL << 40};
     memcpy(in.digest, t.digest, sizeof(in.digest));
+    in.nhears = 2;
+    in.hears[0] = (struct wire_node_ref){.id = "n1", .len = 2};
+    in.hears[1] = (struct wire_node_ref){.id = "node-12", .len = 7};
     wire_encode_digest(&b, &in);
     ck_assert_int_eq(wire_peek_type(b.data, b.len), WIRE_DIGEST);
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_OK);
@@ -496,16 +500,35 @@ START_TEST(test_digest_round_trip)
     ck_assert_uint_eq(got.requests[1].until, 70300);
     ck_assert_uint_eq(got.requests[1].session, 0xfeedULL << 40);
     ck_assert_mem_eq(got.digest, t.digest, sizeof(got.digest));
+    ck_assert_uint_eq(got.nhears, 2); /* the neighbours heard (version 5) */
+    ck_assert_mem_eq(got.hears[1].id, "node-12", 7);
+    ck_assert_uint_eq(got.hears[1].len, 7);
     for (size_t len = 0; len < b.len; len++) {
         uint8_t *copy = malloc(len + 1);
         memcpy(copy, b.data, len);
         ck_assert_int_eq(wire_decode_digest(copy, len, &got), TALLY_E_WIRE);
         free(copy);
     }
-    b.data[2] = 5; /* a version this node does not know */
+    b.data[2] = 6; /* a version this node does not know */
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
-    b.data[2] = 4;
+    b.data[2] = 4; /* the neighbours heard are left over in a version 4 */
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
+    b.data[2] = 5;
     wbuf_u8(&b, 0);
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
+    /* A version 4 digest (no neighbours heard) is still read: it hears none. */
+    in.nhears = 0;
+    wire_encode_digest(&b, &in);
+    b.data[2] = 4;
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len - 1, &got), TALLY_OK);
+    ck_assert_uint_eq(got.nhears, 0);
+    ck_assert_uint_eq(got.requests[1].until, 70300);
+    /* More neighbours heard than WIRE_MAX_HEARS are refused. */
+    wire_encode_digest(&b, &in);
+    b.len--;
+    wbuf_varint(&b, WIRE_MAX_HEARS + 1);
+    for (int i = 0; i <= WIRE_MAX_HEARS; i++)
+        wbuf_str8(&b, "n1", 2);
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
     /* More numbers than WIRE_MAX_NAMES in one request are refused. */
     in.requests[1].nnames = WIRE_MAX_NAMES;
