@@ -319,17 +319,21 @@ def test_partition_heals_to_exact_totals(brokers, closing):
 
 # ---- a full mesh: nothing forwarded that a neighbour hears itself (rule 2a) ------
 
-def stream_seq(msg):
-    """The seq of a SYNC in its sender's stream (0: a repair, outside it)."""
-    at = 5 + msg[4] + 8  # header, str8 sender, u64 session
-    seq, shift = 0, 0
+def read_varint(b, at):
+    """(the varint at b[at], where it ends)."""
+    v, shift = 0, 0
     while True:
-        byte = msg[at]
+        byte = b[at]
         at += 1
-        seq |= (byte & 0x7F) << shift
+        v |= (byte & 0x7F) << shift
         shift += 7
         if not byte & 0x80:
-            return seq
+            return v, at
+
+
+def stream_seq(msg):
+    """The seq of a SYNC in its sender's stream (0: a repair, outside it)."""
+    return read_varint(msg, 5 + msg[4] + 8)[0]  # after the header, str8 sender, u64 session
 
 
 def test_a_triangle_forwards_only_what_a_neighbour_does_not_hear(brokers, closing):

@@ -21,19 +21,8 @@ import time
 
 from conftest import wait_for
 from test_cluster import (BASE_OPTIONS, TOPOLOGIES, Closer, Watcher, captured_rounds, close,
-                          closing, cluster, publish_all, publisher, stats, str8,  # noqa: F401
-                          varint)
-
-
-def read_varint(b, at):
-    v, shift = 0, 0
-    while True:
-        byte = b[at]
-        at += 1
-        v |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return v, at
+                          closing, cluster, publish_all, publisher, read_varint, stats,  # noqa: F401
+                          str8, varint)
 
 
 def read_str8(b, at):

@@ -260,6 +260,17 @@ static void hear_each_other(uint64_t now_ms)
                 digest_to(i, j, dump);
 }
 
+/* n0 writes delta to name and sends its SYNC; then n1 sends what it owes.
+ * Returns how many SYNCs n1 sent (delivered to its neighbours). */
+static int n1_forwards_n0s(const char *name, int64_t delta)
+{
+    inc(0, name, delta);
+    send_deltas(0);
+    deliver(0, -1);
+    send_deltas(1);
+    return deliver(1, -1);
+}
+
 static void full_mesh(int count)
 {
     setup(count);
@@ -275,11 +286,7 @@ START_TEST(test_a_full_mesh_forwards_nothing_every_neighbour_hears)
      * n1 forwards what it learns from n0; once it has, what n1 learns from
      * n0 is owed to nobody: n2 has it from n0's own SYNC. */
     full_mesh(3);
-    inc(0, "before", 5);
-    send_deltas(0);
-    deliver(0, -1);
-    send_deltas(1);
-    ck_assert_int_eq(deliver(1, -1), 1);
+    ck_assert_int_eq(n1_forwards_n0s("before", 5), 1);
     settle();
     hear_each_other(1000);
     inc(0, "after", 5);
@@ -310,11 +317,7 @@ START_TEST(test_a_neighbour_no_longer_heard_is_forwarded_to_and_repaired)
     full_mesh(3);
     hear_each_other(1000);
     nodes[0].link[2] = nodes[2].link[0] = false;
-    inc(0, "x", 5);
-    send_deltas(0);
-    deliver(0, -1);
-    send_deltas(1);
-    ck_assert_int_eq(nodes[1].nout, 0);
+    ck_assert_int_eq(n1_forwards_n0s("x", 5), 0);
     ck_assert_int_eq(value(2, "x"), 0);
     repl_heard(&nodes[2].r, nb(2, 1), 3500);
     repl_hearing(&nodes[2].r, 3500, 3000); /* n0 heard 2.5 s ago: still heard */
@@ -326,21 +329,13 @@ START_TEST(test_a_neighbour_no_longer_heard_is_forwarded_to_and_repaired)
     ck_assert_uint_eq(span.since, 0); /* every bucket that differs */
     repair(1, dump);
     ck_assert_int_eq(value(2, "x"), 5);
-    inc(0, "x", 2);
-    send_deltas(0);
-    deliver(0, -1);
-    send_deltas(1);
-    ck_assert_int_eq(deliver(1, -1), 1);
+    ck_assert_int_eq(n1_forwards_n0s("x", 2), 1);
     ck_assert_int_eq(value(2, "x"), 7);
     link_nodes(0, 2); /* back, and heard */
     hear_each_other(9000);
     repl_hearing(&nodes[2].r, 9000, 3000);
     digest_to(2, 1, dump);
-    inc(0, "x", 1);
-    send_deltas(0);
-    deliver(0, -1);
-    send_deltas(1);
-    ck_assert_int_eq(nodes[1].nout, 0);
+    ck_assert_int_eq(n1_forwards_n0s("x", 1), 0);
     /* n2 lacks what n0 sent while cut (and the name of its replica): it
      * asks n0 itself */
     ck_assert(repl_wants_repair(&nodes[2].r));
