@@ -31,24 +31,25 @@
  *    sends nothing of it back; a node with several sends it once, to all,
  *    since a publish cannot leave one out. The same rule decides whether a
  *    flooded message (presence, stats) is published on.
- * 2a. Nothing forwarded that every neighbour hears itself (DIGEST version
- *    5). Each DIGEST lists the neighbours its sender hears: those whose own
- *    messages (a SYNC, a DIGEST, its own PRESENCE heartbeat, every second
- *    at most) came over their own connection within three heartbeats
- *    (repl_heard, repl_hearing). A change learned from k is owed to no one
- *    when every other neighbour's last DIGEST said it hears k (k covered):
- *    k's SYNC reached them as it reached us, and a gap in k's stream is
- *    theirs to ask k for (rule 4). In a full mesh of hubs, a hub used to
- *    hear each change once per neighbour; now once, from its writer. A
- *    neighbour that stops hearing k (a bridge cut) stops listing it, and
- *    asks every neighbour that listed k for a repair of every bucket that
- *    differs (what they left out for it is in those buckets); the DIGEST
- *    that asks is sent at once and tells them to forward k's changes
- *    again. Until then (three heartbeats) k's changes reach it by that
- *    repair, not at once: the price, paid only while a link is down. A
- *    neighbour not heard yet, or one whose DIGEST lists nobody (an older
- *    version), covers nothing, and past COVER_MAX neighbours nothing is
- *    covered: everything learned is forwarded, as before.
+ * 2a. Nothing forwarded that every neighbour hears itself (DIGEST
+ *    version 5). Each DIGEST lists the neighbours its sender hears: those
+ *    whose own messages (a SYNC, a DIGEST, its own PRESENCE heartbeat,
+ *    which goes at least once a second) came over their own connection
+ *    within three heartbeats (repl_heard, repl_hearing). A change learned
+ *    from k is owed to no one when every other neighbour's last DIGEST said
+ *    it hears k (k covered): k's SYNC reached them as it reached us, and a
+ *    gap in k's stream is theirs to ask k for (rule 4). In a full mesh of
+ *    hubs, a hub used to hear each change once per neighbour; now once,
+ *    from its writer. A neighbour that stops hearing k (a bridge cut) stops
+ *    listing it, and asks every neighbour that listed k for a repair of
+ *    every bucket that differs (what they left out for it is in those
+ *    buckets); the DIGEST that asks is sent at once and tells them to
+ *    forward k's changes again. Until then (three heartbeats) k's changes
+ *    reach it by that repair, not at once: the price, paid only while a
+ *    link is down. A neighbour not heard yet, or one whose DIGEST lists
+ *    nobody (an older version), covers nothing, and past COVER_MAX
+ *    neighbours nothing is covered: everything learned is forwarded, as
+ *    before.
  * 3. No interval per hop. A learned change owed elsewhere makes the node send
  *    at its next tick; local changes are coalesced over publish_interval_ms
  *    (and leave with any learned ones).
