@@ -633,7 +633,7 @@ void repl_digest(struct repl *r, struct wire_digest *d, const char *self, const 
     for (uint32_t i = 0; i < r->n && d->nhears < WIRE_MAX_HEARS; i++) {
         struct repl_neighbour *k = r->nb[i];
         if (k->heard_ms && !k->unheard && k->node[0])
-            d->hears[d->nhears++] = (struct wire_node_ref){.id = k->node, .len = strlen(k->node)};
+            d->hears[d->nhears++] = (struct wire_id){k->node, strlen(k->node)};
     }
     for (uint32_t i = 0; i < r->n && d->nrequests < WIRE_MAX_REQUESTS; i++) {
         struct repl_neighbour *k = r->nb[i];

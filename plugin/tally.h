@@ -889,6 +889,10 @@ void wire_sync_free(struct wire_sync *s);
 #define WIRE_MAX_REQUESTS 64
 #define WIRE_MAX_NAMES 32 /* numbers a DIGEST asks one neighbour to name again */
 #define WIRE_MAX_HEARS 64 /* neighbours a DIGEST says its sender hears (repl.c, rule 2a) */
+struct wire_id {
+    const char *id; /* borrowed */
+    size_t len;
+};
 struct wire_node_ref {
     const char *id; /* borrowed */
     size_t len;
@@ -908,7 +912,7 @@ struct wire_digest {
     struct wire_node_ref requests[WIRE_MAX_REQUESTS];
     uint64_t digest[TALLY_BUCKETS];
     uint32_t nhears; /* version 5 on: the neighbours whose streams it hears */
-    struct wire_node_ref hears[WIRE_MAX_HEARS]; /* id and len alone */
+    struct wire_id hears[WIRE_MAX_HEARS];
 };
 void wire_encode_digest(struct wire_buf *b, const struct wire_digest *d);
 int wire_decode_digest(const void *msg, size_t len, struct wire_digest *out);

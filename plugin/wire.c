@@ -820,7 +820,7 @@ int wire_decode_digest(const void *msg, size_t len, struct wire_digest *d)
     d->nhears = version >= 5 ? wr_count(&r, 2) : 0;
     r.bad |= d->nhears > WIRE_MAX_HEARS;
     for (uint32_t i = 0; i < d->nhears && !r.bad; i++) {
-        struct wire_node_ref *h = &d->hears[i];
+        struct wire_id *h = &d->hears[i];
         h->id = wr_str8(&r, &h->len);
         r.bad |= !r.bad && !sender_ok(h->id, h->len);
     }

@@ -480,8 +480,8 @@ START_TEST(test_digest_round_trip)
         (struct wire_node_ref){"node-12", 7, 2, {5, 300000}, 70000, 70300, 0xfeedULL << 40};
     memcpy(in.digest, t.digest, sizeof(in.digest));
     in.nhears = 2;
-    in.hears[0] = (struct wire_node_ref){.id = "n1", .len = 2};
-    in.hears[1] = (struct wire_node_ref){.id = "node-12", .len = 7};
+    in.hears[0] = (struct wire_id){"n1", 2};
+    in.hears[1] = (struct wire_id){"node-12", 7};
     wire_encode_digest(&b, &in);
     ck_assert_int_eq(wire_peek_type(b.data, b.len), WIRE_DIGEST);
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_OK);
