@@ -813,12 +813,13 @@ static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
  * bridge it came in on (bridges subscribe with no-local), so a leaf of a star
  * does not echo to its hub what the hub told it, and a copy seen before is
  * dropped, so a ring of bridges does not loop. */
-static int take_presence(const struct mosquitto_evt_message *ev, bool *taken)
+static int take_presence(const struct mosquitto_evt_message *ev, bool *taken, int *from)
 {
     const void *payload = ev->payload;
     size_t len = ev->payloadlen;
     struct wire_presence wp;
     int rc = wire_decode_presence(payload, len, &wp);
+    *from = -1;
     if (rc != TALLY_OK)
         return rc;
     if (is_self(wp.origin, wp.origin_len))
@@ -834,7 +835,7 @@ static int take_presence(const struct mosquitto_evt_message *ev, bool *taken)
      * (tier.c, "the heartbeat's pages"). */
     bool anew = !o->alive || o->incarnation != wp.incarnation;
     /* its own heartbeat, straight over its bridge: a neighbour we hear */
-    int k = repl_find(&g.repl, mosquitto_client_id(ev->client), wp.origin, wp.origin_len);
+    int k = *from = repl_find(&g.repl, mosquitto_client_id(ev->client), wp.origin, wp.origin_len);
     if (k >= 0)
         repl_heard(&g.repl, (uint16_t)k, mono_ms());
     rc = presence_apply(&g.presence, o, &wp, taken);
@@ -856,7 +857,12 @@ done:
 
 static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
 {
-    int rc = take_presence(ev, route);
+    int from;
+    int rc = take_presence(ev, route, &from);
+    /* Its origin's own, straight from it, which every other neighbour hears
+     * too: each of them had it from the origin (repl.c, rule 2a). */
+    if (*route && from >= 0 && repl_covered(&g.repl, (uint16_t)from))
+        *route = false;
     if (*route) { /* counted as when the plugin published it on itself */
         g.st.repl_msgs_out++;
         g.st.repl_bytes_out += ev->payloadlen;
@@ -873,8 +879,9 @@ static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
 static int on_replay(const struct mosquitto_evt_message *ev, bool *route)
 {
     bool taken;
+    int from;
     (void)route; /* not sent on */
-    return take_presence(ev, &taken);
+    return take_presence(ev, &taken, &from);
 }
 
 /* Stats are JSON for people; they carry "incarnation" (a string: 64 bits),

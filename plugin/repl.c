@@ -40,16 +40,19 @@
  *    it hears k (k covered): k's SYNC reached them as it reached us, and a
  *    gap in k's stream is theirs to ask k for (rule 4). In a full mesh of
  *    hubs, a hub used to hear each change once per neighbour; now once,
- *    from its writer. A neighbour that stops hearing k (a bridge cut) stops
- *    listing it, and asks every neighbour that listed k for a repair of
- *    every bucket that differs (what they left out for it is in those
- *    buckets); the DIGEST that asks is sent at once and tells them to
- *    forward k's changes again. Until then (three heartbeats) k's changes
- *    reach it by that repair, not at once: the price, paid only while a
- *    link is down. A neighbour not heard yet, or one whose DIGEST lists
- *    nobody (an older version), covers nothing, and past COVER_MAX
- *    neighbours nothing is covered: everything learned is forwarded, as
- *    before.
+ *    from its writer. So is k's own PRESENCE (its heartbeat, its viewer
+ *    changes), which is not routed on when it came straight from k and k is
+ *    covered (plugin.c's on_presence). A neighbour that stops hearing k (a
+ *    bridge cut) stops listing it, and asks every neighbour that listed k
+ *    for a repair of every bucket that differs (what they left out for it
+ *    is in those buckets); the DIGEST that asks is sent at once and tells
+ *    them to forward k's changes again. What k changed until then (three
+ *    heartbeats) reaches it by that repair, and k's viewer changes by its
+ *    next heartbeat (which shows their digest), not at once: the price,
+ *    paid only while a link is down. A neighbour not heard yet, or one
+ *    whose DIGEST lists nobody (an older version), covers nothing, and past
+ *    COVER_MAX neighbours nothing is covered: everything learned is
+ *    forwarded, as before.
  * 3. No interval per hop. A learned change owed elsewhere makes the node send
  *    at its next tick; local changes are coalesced over publish_interval_ms
  *    (and leave with any learned ones).
@@ -217,8 +220,7 @@ bool repl_owed(uint16_t pending, void *ctx)
         return false;
     if (pending == REPL_ALL)
         return true;
-    uint32_t from = (uint32_t)pending - REPL_FROM(0);
-    return r->n > 1 && !(from < r->n && r->nb[from]->covered);
+    return r->n > 1 && !repl_covered(r, (uint16_t)(pending - REPL_FROM(0)));
 }
 
 /* ==== Who hears whom (rule 2a) ==== */
@@ -269,6 +271,11 @@ static void learn_hears(struct repl *r, struct repl_neighbour *k, const struct w
         k->hears[i] = tally_hash64(d->hears[i].id, d->hears[i].len, 0);
     if (nwas != k->nhears || memcmp(was, k->hears, nwas * sizeof(*was)) != 0)
         cover(r);
+}
+
+bool repl_covered(const struct repl *r, uint16_t k)
+{
+    return k < r->n && r->nb[k]->covered;
 }
 
 void repl_heard(struct repl *r, uint16_t k, uint64_t now_ms)

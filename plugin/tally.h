@@ -1263,6 +1263,9 @@ void repl_heard(struct repl *r, uint16_t k, uint64_t now_ms);
  * those that said they heard it are asked for a repair (repl.c, rule 2a);
  * one heard again is said to be heard again. */
 void repl_hearing(struct repl *r, uint64_t now_ms, uint64_t quiet_ms);
+/* Whether every other neighbour said it hears neighbour k (rule 2a): what
+ * k sent them itself, we do not send on. */
+bool repl_covered(const struct repl *r, uint16_t k);
 /* Sends the pending slots of at most budget counters of the replication
  * list; returns how many counters it took. */
 size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,

@@ -339,15 +339,19 @@ def stream_seq(msg):
 def test_a_triangle_forwards_only_what_a_neighbour_does_not_hear(brokers, closing):
     """repl.c's rule 2a, in a full mesh of three. Each node's DIGEST lists the neighbours it
     hears; b takes what it learns from a to be owed to nobody, since c hears a itself, and sends
-    no SYNC for a's increments (nor does c). With the a-c bridge cut, c hears a no more after
-    three missed heartbeats: it asks b for a repair and stops listing a, and b forwards a's
-    increments; c stays exact. Healed, b leaves them out again."""
+    no SYNC for a's increments (nor does c), nor routes a's own presence heartbeats on. With the
+    a-c bridge cut, c hears a no more after three missed heartbeats: it asks b for a repair and
+    stops listing a, and b forwards a's increments and heartbeats; c stays exact. Healed, b
+    leaves them out again."""
     nodes, proxies, watchers = cluster(brokers, closing, TOPOLOGIES["triangle"],
                                        options={"sync_interval_ms": "1000"},
                                        proxied=[("a", "c")])
     spies = {n: Watcher(nodes[n].port, [f"$tally/v1/sync/{n}"], client_id=f"spy-to-{n}",
                         keep=True) for n in "bc"}
-    closing.extend(spies.values())
+    # a's heartbeats as b routes them on (to c, and to this subscriber)
+    routed = Watcher(nodes["b"].port, ["$tally/v1/presence/a"], client_id="routed-to-b",
+                     keep=True)
+    closing.extend(list(spies.values()) + [routed])
     ledger = Ledger("mesh")
     names = [f"mesh-{i}" for i in range(20)]
 
@@ -363,22 +367,28 @@ def test_a_triangle_forwards_only_what_a_neighbour_does_not_hear(brokers, closin
         return {n: streamed(n, mark[n]) for n in "bc"}, took
 
     time.sleep(2.5)  # every node's DIGEST has listed the neighbours it hears
+    mark = routed.count()
     sent, _ = a_round()
     assert sent == {"b": 0, "c": 0}, f"SYNCs forwarded of what a sent to both: {sent}"
+    assert routed.count() == mark, "b routed a's heartbeats on, which c hears from a"
 
     proxy = proxies[("a", "c")]
     proxy.cut()
     wait_for(lambda: proxy.connections() == 0, 5, what="proxy connections closed")
     _, first = a_round()  # at once: what b left out, c's repair brings
     time.sleep(3.0)  # c no longer lists a: b forwards what it learns from a
+    mark = routed.count()
     sent, then = a_round()
     assert sent["b"] > 0, "b did not forward a's increments to c across the cut"
+    assert routed.count() > mark, "b did not route a's heartbeats on to c across the cut"
 
     proxy.heal()
     wait_for(lambda: proxy.connections() > 0, 10, what="the a-c bridge back")
     time.sleep(4.0)  # c hears a again, and its DIGEST says so
+    mark = routed.count()
     sent, _ = a_round()
     assert sent == {"b": 0, "c": 0}, f"SYNCs forwarded once healed: {sent}"
+    assert routed.count() == mark, "b routed a's heartbeats on once healed"
     print(f"a triangle: nothing forwarded while every node heard a; cut a-c: c exact "
           f"{first:.2f} s after a round at once, {then:.2f} s once b forwarded; healed: "
           f"nothing forwarded again")

@@ -402,7 +402,9 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     }
     if (taken) {
         struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
-        if (m->kind == K_PRESENCE) /* a replay is not sent on */
+        /* a replay is not sent on, nor its origin's own that every other
+         * neighbour hears (plugin.c's on_presence) */
+        if (m->kind == K_PRESENCE && !(k >= 0 && repl_covered(&n->repl, (uint16_t)k)))
             broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
         if (tier_hub_heard(&n->tier, &n->pr, &wp, now) != TALLY_OK)
             abort();
