@@ -78,6 +78,9 @@ def test_custom_prefix_and_presence_prefix(brokers):
         assert c.publish("ctr/x/inc", '{"delta":-2}') < 0x80
         assert c.publish("ctr/x/inc", "nope") == NOT_AUTHORIZED
         wait_for(lambda: watcher.last("ctr/x") == "3", 5, what="ctr/x == 3")
+        # the state document goes at its own pace (under ASan, a while after the total)
+        wait_for(lambda: json.loads(watcher.last("ctr/x/state") or "{}").get("value") == 3, 5,
+                 what="ctr/x/state at 3")
         state = json.loads(watcher.last("ctr/x/state"))
         assert (state["name"], state["value"]) == ("x", 3)
         # The default roots are ordinary topics now: passed through, not counted.
