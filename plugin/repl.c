@@ -263,13 +263,14 @@ static void learn_node(struct repl *r, struct repl_neighbour *k, const char *nod
 /* What k's DIGEST says it hears. */
 static void learn_hears(struct repl *r, struct repl_neighbour *k, const struct wire_digest *d)
 {
-    uint64_t was[WIRE_MAX_HEARS];
-    uint32_t nwas = k->nhears;
-    memcpy(was, k->hears, nwas * sizeof(*was));
+    bool changed = k->nhears != d->nhears;
+    for (uint32_t i = 0; i < d->nhears; i++) {
+        uint64_t h = tally_hash64(d->hears[i].id, d->hears[i].len, 0);
+        changed |= k->hears[i] != h;
+        k->hears[i] = h;
+    }
     k->nhears = d->nhears;
-    for (uint32_t i = 0; i < d->nhears; i++)
-        k->hears[i] = tally_hash64(d->hears[i].id, d->hears[i].len, 0);
-    if (nwas != k->nhears || memcmp(was, k->hears, nwas * sizeof(*was)) != 0)
+    if (changed)
         cover(r);
 }
 

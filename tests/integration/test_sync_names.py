@@ -118,6 +118,17 @@ def forged_digest(sender, asked, since, until, session):
     return msg + varint(256) + bytes(8 * 256)
 
 
+def repair_of_c(spy, node, since, until, session):
+    """The repair c sends spy (a client named as node's bridge to c) when node asks c, in a
+    forged DIGEST, for the SYNCs [since, until] of its stream of session: its messages."""
+    seen = spy.count()
+    spy.c.publish(f"$tally/v1/digest/{node}", forged_digest(node, "c", since, until, session), 1)
+    wait_for(lambda: any(sync_head(m)[1] == 0 for _, m in spy.messages()[seen:]), 5,
+             what="c's repair")
+    time.sleep(0.5)  # all its parts
+    return [m for _, m in spy.messages()[seen:] if sync_head(m)[1] == 0]
+
+
 def test_a_stream_names_each_replica_once(brokers, closing):
     nodes, _, watchers = cluster(brokers, closing, TOPOLOGIES["star"])
     names = [f"names-{i}" for i in range(40)]
@@ -257,12 +268,7 @@ def test_a_repair_holds_what_the_messages_asked_for_carried(brokers, closing):
     assert all(seq < late_seq for (_, seq), names in stream() if set(names) & set(early))
 
     def repair(since, until, of_session):
-        seen = x.count()
-        x.c.publish("$tally/v1/digest/x", forged_digest("x", "c", since, until, of_session), 1)
-        wait_for(lambda: any(sync_head(m)[1] == 0 for _, m in x.messages()[seen:]), 5,
-                 what="c's repair")
-        time.sleep(0.5)  # all its parts
-        msgs = [m for _, m in x.messages()[seen:] if sync_head(m)[1] == 0]
+        msgs = repair_of_c(x, "x", since, until, of_session)
         return sorted(n for m in msgs for n in sync_counters(m)), sum(len(m) for m in msgs)
 
     just_late, small = repair(late_seq, late_seq, session)
@@ -311,12 +317,7 @@ def test_a_counter_split_over_syncs_is_repaired_whole_from_any_of_them(brokers, 
     assert len(parts) >= 2, f"big took {len(parts)} SYNC of c's"
     (session,) = {head[0] for head, _ in parts}
     first = min(head[1] for head, _ in parts)
-    seen = y.count()
-    y.c.publish("$tally/v1/digest/y", forged_digest("y", "c", first, first, session), 1)
-    wait_for(lambda: any(sync_head(m)[1] == 0 for _, m in y.messages()[seen:]), 5,
-             what="c's repair")
-    time.sleep(0.5)  # all its parts
-    repair = [m for _, m in y.messages()[seen:] if sync_head(m)[1] == 0]
+    repair = repair_of_c(y, "y", first, first, session)
     assert carried(repair) == 300, f"the repair held {carried(repair)} of big's 300 slots"
     print(f"big took {len(parts)} SYNCs of c's (from seq {first}); a repair of seq {first} "
           f"alone held all 300 of its slots, in {len(repair)} messages")
