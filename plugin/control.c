@@ -730,6 +730,8 @@ static const char *reset_counter(const cJSON *cmd, cJSON *data, struct control_r
 {
     if (!rq->admin)
         return "not allowed";
+    if (rq->no_reset)
+        return rq->no_reset;
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(cmd, "name");
     if (!cJSON_IsString(name) || name_check(name->valuestring, strlen(name->valuestring)))
         return "invalid counter name";
@@ -757,6 +759,8 @@ static const char *remove_node(const cJSON *cmd, cJSON *data, struct control_req
     const cJSON *node = cJSON_GetObjectItemCaseSensitive(cmd, "node");
     if (!cJSON_IsString(node))
         return "invalid node id";
+    if (node->valuestring[0] == GROUP_MARK)
+        return "a group of hubs, not a node: it has no slot to adopt";
     if (!rq->fold)
         return "an edge holds no other node's slots";
     if (rq->heard && rq->heard(node->valuestring))
@@ -985,6 +989,16 @@ void node_stats_json(struct wire_buf *b, const struct stats_view *v)
                 v->over_devices ? "\"max_devices\"" : "");
     wbuf_str(b, ",\"persist\":");
     wbuf_json_str(b, v->persist, strlen(v->persist));
+    if (v->group && group_on(v->group)) {
+        const struct tally_group *gr = v->group;
+        wbuf_str(b, ",\"group\":{\"name\":");
+        wbuf_json_str(b, gr->name, gr->len);
+        wbuf_printf(b,
+                    ",\"announced\":%" PRIu64 ",\"learned\":%" PRIu64 ",\"stale\":%" PRIu64
+                    ",\"refused\":%" PRIu64 ",\"speaking\":%s}",
+                    gr->announced, gr->learned, gr->stale, gr->refused,
+                    gr->quiet ? "false" : "true");
+    }
     if (v->fold) {
         wbuf_str(b, ",\"fold\":");
         /* at most half the room left: the peers have the rest */

@@ -55,6 +55,7 @@ struct options {
     char admin_clientids[1024];
     char acl[16];
     char role[8];
+    char group[GROUP_NAME_MAX + 1];
     char state_dir[512];
     long long publish_interval_ms;
     long long max_counters;
@@ -113,6 +114,8 @@ static const struct opt_spec opt_specs[] = {
                "acl_file or other plugins)"),
     OPT_S(role, "'node' (a member of the cluster, and a hub to any edge bridged to it) or "
                 "'edge' (keeps only its clients' counters and pages; see README, Tiers)"),
+    OPT_S(group, "[A-Za-z0-9_.-], 1 to 63 bytes: the group of hubs this node belongs to, whose "
+                 "edges fail over within it (README, Groups of hubs); unset: no group"),
     OPT_S(state_dir, "a directory the broker can write"),
     OPT_I(publish_interval_ms, 1, 60000, "an integer from 1 to 60000"),
     OPT_I(max_counters, 1, 1000000000, "an integer from 1 to 1000000000"),
@@ -216,6 +219,12 @@ static int options_check(const struct options *o)
     const char *bad = NULL, *help = NULL;
     if (node_id_check(o->node_id, strlen(o->node_id)) != TALLY_OK)
         bad = "node_id", help = opt_help(bad);
+    else if (o->node_id[0] == GROUP_MARK)
+        bad = "node_id", help = "not starting with '.', which names a group's replica";
+    else if (o->group[0] && node_id_check(o->group, strlen(o->group)) != TALLY_OK)
+        bad = "group", help = opt_help(bad);
+    else if (o->group[0] && strcmp(o->role, "edge") == 0)
+        bad = "group", help = "unset at an edge, which is in the group of its hubs";
     else if (name_check(o->prefix, strlen(o->prefix)) != TALLY_OK)
         bad = "prefix", help = opt_help(bad);
     else if (name_check(o->presence_prefix, strlen(o->presence_prefix)) != TALLY_OK ||
@@ -258,6 +267,8 @@ static struct tally {
     struct persist *persist;
     struct wire_sync_writer writer;
     struct repl repl;
+    struct tally_group group; /* plugin_opt_group (group.c) */
+    uint64_t last_gsum_ms, group_log_ms;
     struct fold_gc fold;               /* collecting folded restarts (fold.c) */
     bool told_removed;                 /* logged that removeNode named this node */
     bool edge;                         /* role edge: tier.c's edge side instead of repl.c */
@@ -749,6 +760,29 @@ static void replay_tick(uint64_t now)
     }
 }
 
+/* A SYNC or DIGEST of another group (or of a node in none, when we are in
+ * one, or the reverse): a bridge between groups that carries all of
+ * $tally/. Dropped: the other group's nodes count under its GSUMs
+ * (group.c), and taking their slots too would count them twice. */
+static bool other_group(const char *topic)
+{
+    const char *at = strchr(topic + strlen("$tally/v1/"), '@');
+    const char *group = at ? at + 1 : "";
+    if (strcmp(group, g.group.name) == 0)
+        return false;
+    g.group.refused++;
+    uint64_t now = mono_ms();
+    if (g.group_log_ms == 0 || now - g.group_log_ms >= 60000) {
+        mosquitto_log_printf(MOSQ_LOG_WARNING,
+                             "tally: dropped %s: not of our group '%s' (%" PRIu64
+                             " so far; a bridge between groups should carry $tally/v1/gsum/#, "
+                             "$tally/v1/presence/# and $tally/stats/# only)",
+                             topic, g.group.name, g.group.refused);
+        g.group_log_ms = now;
+    }
+    return true;
+}
+
 static int on_sync(const struct mosquitto_evt_message *ev, bool *route)
 {
     const struct mosquitto *client = ev->client;
@@ -757,6 +791,8 @@ static int on_sync(const struct mosquitto_evt_message *ev, bool *route)
     (void)route; /* consumed: what it changes goes on in our own SYNCs */
     struct wire_sync s;
     uint16_t k;
+    if (other_group(ev->topic))
+        return TALLY_OK;
     int rc = wire_decode_sync(payload, len, &s);
     if (rc != TALLY_OK)
         return rc;
@@ -793,6 +829,8 @@ static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
     static struct wire_digest d; /* 2 KB of hashes: off the stack */
     uint64_t dump[TALLY_BUCKETS / 64];
     uint16_t k;
+    if (other_group(ev->topic))
+        return TALLY_OK;
     int rc = wire_decode_digest(payload, len, &d);
     if (rc != TALLY_OK || is_self(d.sender, d.sender_len))
         return rc;
@@ -849,6 +887,8 @@ static int take_presence(const struct mosquitto_evt_message *ev, bool *taken, in
             rc = tier_hub_heard(&g.tier_hub, &g.presence, &wp, mono_ms());
         if (rc == TALLY_OK && anew)
             replay_begin(k, true);
+        if (anew && group_on(&g.group))
+            group_refresh_now(&g.group);
     }
 done:
     wire_presence_free(&wp);
@@ -860,8 +900,11 @@ static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
     int from;
     int rc = take_presence(ev, route, &from);
     /* Its origin's own, straight from it, which every other neighbour hears
-     * too: each of them had it from the origin (repl.c, rule 2a). */
-    if (*route && from >= 0 && repl_covered(&g.repl, (uint16_t)from))
+     * too: each of them had it from the origin (repl.c, rule 2a). Not in a
+     * group of hubs: our bridges to other groups are no neighbours of
+     * repl.c's (no SYNC crosses them), and a hub whose last bridge to the
+     * other groups died would be heard there by none (tests/sim found it). */
+    if (*route && from >= 0 && !group_on(&g.group) && repl_covered(&g.repl, (uint16_t)from))
         *route = false;
     if (*route) { /* counted as when the plugin published it on itself */
         g.st.repl_msgs_out++;
@@ -1076,6 +1119,18 @@ static int on_down(const struct mosquitto_evt_message *ev, bool *route)
     return TALLY_OK;
 }
 
+/* Another group's sums (group.c), flooded on by Mosquitto when new here. */
+static int on_gsum(const struct mosquitto_evt_message *ev, bool *route)
+{
+    int rc = group_apply(&g.group, &g.table, g.persist, g.opt.node_id, ev->payload, ev->payloadlen,
+                         route);
+    if (*route) { /* counted as when the plugin published it on itself */
+        g.st.repl_msgs_out++;
+        g.st.repl_bytes_out += ev->payloadlen;
+    }
+    return rc;
+}
+
 /* Every replication topic and its handler: a new message type is one line
  * here (and its decoder in wire.c or tier.c). A handler sets *route when the
  * message is flooded on by Mosquitto as it came (presence, stats). */
@@ -1087,6 +1142,7 @@ static const struct {
     {"$tally/v1/digest/", on_digest},
     {"$tally/v1/presence/", on_presence},
     {"$tally/v1/replay/", on_replay},
+    {"$tally/v1/gsum/", on_gsum},
     {"$tally/stats/", on_stats},
     {"$tally/up/", on_up},
     {"$tally/down/", on_down},
@@ -1274,6 +1330,15 @@ static void replicate_to(const char *kind, const char *to, const struct wire_buf
     send_repl(to, b);
 }
 
+/* SYNC and DIGEST of a node in a group name it in their topic
+ * ($tally/v1/sync/<node>@<group>): they are for its group alone. */
+static void replicate_stream(const char *kind, const char *to, const struct wire_buf *b)
+{
+    snprintf(g.topic, sizeof(g.topic), "$tally/v1/%s/%s%s%s", kind, g.opt.node_id,
+             group_on(&g.group) ? "@" : "", g.group.name);
+    send_repl(to, b);
+}
+
 static void replicate(const char *kind, const struct wire_buf *b)
 {
     replicate_to(kind, NULL, b);
@@ -1281,7 +1346,7 @@ static void replicate(const char *kind, const struct wire_buf *b)
 
 static void send_sync(const struct wire_buf *msg, void *ctx)
 {
-    replicate_to("sync", ctx, msg);
+    replicate_stream("sync", ctx, msg);
 }
 
 /* g.topic = "<prefix>/<name><suffix>" (at most 127 + 1 + 200 + 6 bytes), for
@@ -1548,6 +1613,8 @@ static void publish_due(uint64_t now)
     size_t budget = FLUSH_BUDGET;
     for (struct tally_counter *c; budget && (c = g.table.dirty_head) && due(c, now16); budget--) {
         table_pop_dirty(&g.table);
+        if (group_on(&g.group) && group_note(&g.group, &g.table, c) != TALLY_OK)
+            mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory for group sums");
         if (!wall)
             wall = wall_ms();
         publish_changed(c, wall);
@@ -1594,6 +1661,12 @@ static void flush_presence(uint64_t now)
  * slack is what a far end waits beyond the interval, so it is kept small. A
  * repair asked of a neighbour goes in a DIGEST sent at once, at most once a
  * publish interval. */
+static void emit_gsum(const struct wire_buf *msg, void *ud)
+{
+    (void)ud;
+    replicate("gsum", msg);
+}
+
 static void replicate_tick(uint64_t now)
 {
     static struct wire_digest d; /* 2 KB of hashes: off the stack */
@@ -1607,11 +1680,16 @@ static void replicate_tick(uint64_t now)
         repl_send_deltas(&g.repl, &g.table, &g.writer, &out, FLUSH_BUDGET);
         g.last_repl_ms = now;
     }
+    if (group_on(&g.group) && now - g.last_gsum_ms >= interval) {
+        group_announce(&g.group, &g.table, g.opt.node_id, now, (size_t)g.opt.max_message_bytes,
+                       FLUSH_BUDGET / 10, &g.buf, emit_gsum, NULL);
+        g.last_gsum_ms = now;
+    }
     bool ask = repl_wants_repair(&g.repl) && now - g.last_request_ms >= interval;
     if (ask || now - g.last_digest_ms >= (uint64_t)g.opt.sync_interval_ms) {
         repl_digest(&g.repl, &d, g.opt.node_id, g.table.digest);
         wire_encode_digest(&g.buf, &d);
-        replicate("digest", &g.buf);
+        replicate_stream("digest", NULL, &g.buf);
         if (ask)
             g.last_request_ms = now;
         else
@@ -1675,6 +1753,7 @@ static void publish_stats(uint64_t now)
         return;
     struct stats_view v = {
         .fold = g.edge ? NULL : &g.fold,
+        .group = &g.group,
         .node_id = g.opt.node_id,
         .persist = g.persist ? g.opt.state_dir : "memory",
         .incarnation = g.incarnation,
@@ -1855,7 +1934,11 @@ static char *control_run(const void *payload, size_t len, bool admin, const char
                              .fold = g.edge ? NULL : &g.fold,
                              .persist = g.persist,
                              .mono_ms = mono_ms(),
-                             .heard = heard_lately};
+                             .heard = heard_lately,
+                             .no_reset = group_on(&g.group)
+                                             ? "not in a group of hubs: a reset there is not built "
+                                               "(README, Groups of hubs)"
+                                             : NULL};
     char *resp = control_process(payload, len, &rq);
     for (size_t i = 0; i < rq.nchanged; i++)
         if (g.persist && persist_base(g.persist, &g.table, rq.changed[i]) != TALLY_OK)
@@ -2138,6 +2221,9 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     if (getrandom(&session, sizeof(session), 0) != sizeof(session))
         session = wall_ms() ^ (uint64_t)getpid() << 40;
     repl_init(&g.repl, session | 1); /* never 0, which means "version 1" */
+    /* a session that grows from one start to the next: GSUMs are told new by it */
+    group_init(&g.group, g.opt.group, wall_ms(), 10 * (uint64_t)g.opt.sync_interval_ms);
+    g.group.quiet_ms = 3 * heartbeat_ms(); /* as a neighbour is no longer heard (repl.c) */
     if (g.edge && edge_start() != TALLY_OK)
         goto error;
     if (!g.edge) {
@@ -2195,6 +2281,7 @@ TALLY_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *
     g.persist = NULL;
     sync_writer_free(&g.writer);
     repl_free(&g.repl);
+    group_free(&g.group);
     fold_gc_free(&g.fold);
     tier_edge_free(&g.tier_edge);
     tier_hub_free(&g.tier_hub);

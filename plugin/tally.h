@@ -1277,6 +1277,98 @@ size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync
                          const struct repl_out *out, const uint64_t *mask,
                          const struct repl_span *span);
 
+/* ==== Groups of hubs (group.c) ==== */
+
+/* A group's replica in the table of a hub of another group: node id "."
+ * and the group's name (no node id starts with '.': options refuses it),
+ * one life. */
+#define GROUP_MARK '.'
+#define GROUP_INCARNATION 1
+#define GROUP_NAME_MAX (TALLY_NODE_ID_MAX - 1)
+#define WIRE_GSUM 7
+#define WIRE_GSUM_VERSION 1
+
+/* A device maximum as we last announced it, or heard it announced. */
+struct group_dev {
+    uint32_t device; /* index into the table's device registry */
+    bool owed;       /* rose here since we last announced it */
+    bool heard;      /* its maximum came from a GSUM: not ours to announce again */
+    uint64_t total;
+};
+
+/* A counter as our group's announcements know it: our group's sum as last
+ * noted (group_note), and its device maxima. */
+struct group_entry {
+    UT_hash_handle hh;
+    struct group_entry *next; /* on the queue of entries owed */
+    uint64_t p, n, bp, bn;
+    struct group_dev *devs; /* sorted by device */
+    uint32_t ndevs;
+    bool queued;
+    bool ours;  /* the counter holds a slot of a node of our group */
+    bool noted; /* ... and we have queued it since (a counter made at 0 is news) */
+    uint8_t name_len;
+    char name[];
+};
+
+/* The GSUMs of one node seen here: its session and the 64 seqs below the
+ * highest (flooded messages arrive over many paths, out of order). */
+struct group_origin {
+    UT_hash_handle hh;
+    uint64_t session, high, seen;
+    char id[TALLY_NODE_ID_MAX + 1];
+};
+
+struct tally_group {
+    char name[GROUP_NAME_MAX + 1]; /* "" when this hub is in no group */
+    size_t len;
+    struct group_entry *entries, *cursor; /* cursor: the refresh under way */
+    struct group_entry *queue, **queue_tail;
+    struct group_origin *origins;
+    uint64_t session, seq, refresh_ms, refresh_due;
+    /* One hub of a group speaks for it: the first in order of node id that
+     * the others have heard within quiet_ms (its GSUMs, at least three a
+     * quiet_ms); clock_ms: group_announce's last now_ms. */
+    uint64_t quiet_ms, clock_ms, senior_ms, sent_ms;
+    bool senior, quiet;                          /* heard one before us in order; not speaking */
+    uint64_t announced, learned, stale, refused; /* counters sent and taken, messages dropped */
+};
+
+void group_init(struct tally_group *gr, const char *name, uint64_t session, uint64_t refresh_ms);
+void group_free(struct tally_group *gr);
+static inline bool group_on(const struct tally_group *gr)
+{
+    return gr->len != 0;
+}
+/* Every counter again soon (at most ten refreshes an interval): a node
+ * heard anew (a bridge back after its peers expired, a restart) may have
+ * missed GSUMs. */
+static inline void group_refresh_now(struct tally_group *gr)
+{
+    uint64_t soon = gr->refresh_due - gr->refresh_ms + gr->refresh_ms / 10;
+    if (gr->refresh_due > soon)
+        gr->refresh_due = soon; /* a tenth of the interval after the last began */
+}
+/* True if replica stands for a whole group (a node id starting with '.'). */
+bool group_replica(const struct tally_table *t, uint32_t replica);
+/* Our group's part of c: the sum of every node's slot, less what folds moved
+ * (fold.c), and of its bases (reset.c); group replicas and devices apart. */
+void group_sum(const struct tally_table *t, const struct tally_counter *c, uint64_t *p, uint64_t *n,
+               uint64_t *bp, uint64_t *bn);
+/* After c changed: queues it for our next GSUM when our group's sum or one
+ * of its device maxima rose. */
+int group_note(struct tally_group *gr, const struct tally_table *t, const struct tally_counter *c);
+/* Writes what is owed, and the next `budget` counters of the refresh (every
+ * counter again once a refresh_ms), in GSUMs of at most max_bytes, each
+ * handed to emit; returns how many it wrote. */
+uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, const char *self,
+                        uint64_t now_ms, size_t max_bytes, size_t budget, struct wire_buf *b,
+                        void (*emit)(const struct wire_buf *msg, void *ud), void *ud);
+/* A GSUM: another group's sums and device maxima into t (logged to p).
+ * *fresh when it was new here: the caller floods it on. */
+int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p, const char *self,
+                const void *msg, size_t len, bool *fresh);
+
 /* ==== JSON views of the state and the control API (control.c) ==== */
 
 /* What a node has counted since it started: its stats. */
@@ -1293,8 +1385,9 @@ struct tally_stats {
 
 /* Everything $tally/stats/<node> shows; all borrowed for the call. */
 struct stats_view {
-    const struct fold_gc *fold;    /* say what fold.c collects (NULL at an edge) */
-    const char *node_id, *persist; /* persist: the state_dir, or "memory" */
+    const struct fold_gc *fold;      /* say what fold.c collects (NULL at an edge) */
+    const struct tally_group *group; /* its figures, when this hub is in a group (group.c) */
+    const char *node_id, *persist;   /* persist: the state_dir, or "memory" */
     uint64_t incarnation, seq, time_ms, uptime_ms;
     const struct tally_stats *st;
     const struct tally_table *table;
@@ -1367,6 +1460,7 @@ struct control_req {
     struct persist *persist;
     uint64_t mono_ms;
     bool (*heard)(const char *node); /* removeNode: heard of lately (an edge too) */
+    const char *no_reset;            /* why resets are refused here (a hub in a group), or NULL */
     struct tally_counter **changed;
     size_t nchanged;
 };

@@ -194,9 +194,10 @@
  * times what 40 do, however edges hand off. Here the guarantees follow from
  * the maximum alone, at the cost above (a slot per edge).
  *
- * A cheaper road to the same bound, not built, asks one thing of the
- * deployment: that an edge's failover list name the hubs of one group only
- * (a few hubs that share their edges, today's cluster among themselves).
+ * A cheaper road to the same bound (built: group.c, one level of it) asks
+ * one thing of the deployment: that an edge's failover list name the hubs
+ * of one group only (a few hubs that share their edges, today's cluster
+ * among themselves).
  * Then a group's sum (its edges' and hubs' slots added) is a function of
  * state every hub of the group holds and converges on, and each term only
  * grows: any hub of the group may send it to the other groups as the slot
@@ -209,7 +210,10 @@
  * figure); device maxima left whole (they grow with devices, not brokers);
  * and one announcer per group for its viewer counts (the live hub of the
  * group first in its list), since those are registers, not maxima. What it
- * costs: a group whose hubs all die leaves its edges nowhere to go.
+ * costs: a group whose hubs all die leaves its edges nowhere to go. group.c
+ * builds the sums, their bridges and the device maxima; resets in a group
+ * are refused, viewers are still flooded between groups, and groups of
+ * groups are not built.
  *
  * ---- Presence through the tree ----
  *

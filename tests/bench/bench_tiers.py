@@ -15,12 +15,20 @@ exact at hub0, hub2 and every edge. With --mesh, hub2 bridges to hub1 too: a ful
 where each hub hears each change from its writer's hub alone (repl.c, rule 2a), not once per
 neighbour.
 
+With --pairs, four hubs in two pairs: hub1 bridged to hub0, hub3 to hub2, and hub2 to the first
+pair (hub0, or hub1 while it is down); each edge's backup is the other hub of its pair. With
+--groups too, each pair is a group of hubs (plugin_opt_group, README "Groups of hubs"): the
+bridge between the pairs carries GSUMs, presence and stats only, and hub0 holds the other pair's
+nodes as one replica. Printed besides: how many slots of `shared` hub0 holds (its state
+document's `nodes`).
+
 Every broker and the load share the machine's cores: figures, not pass/fail, and noisy when
 other work runs. Standard library only; needs the plugin built.
 """
 
 import argparse
 import contextlib
+import json
 import statistics
 import sys
 import threading
@@ -31,13 +39,17 @@ import bench_scale as bs
 import common
 
 HUBS = 3
+BETWEEN_GROUPS = ["topic $tally/v1/gsum/# both 1", "topic $tally/v1/presence/# both 1",
+                  "topic $tally/stats/# both 1"]
 
 
-def opts(name, edge):
+def opts(name, edge, group=None):
     o = {"node_id": name, "bridge_clientids": "*-to-*", "max_counters": 100000,
          "sync_interval_ms": 1000, "stats_interval_ms": 1000}
     if edge:
         o["role"] = "edge"
+    if group:
+        o["group"] = group
     return o
 
 
@@ -53,6 +65,38 @@ def own_stats(broker, name):
     """A node's own latest stats, from a collector on that node (edges do not flood theirs)."""
     c = bs.StatsCollector(broker.port, "bench-stats-" + name)
     return c
+
+
+def pairs(stack, workdir, per_hub, groups):
+    """Four hubs in two pairs, as groups of hubs with `groups` (see the docstring)."""
+    hubs = {}
+    for h in range(4):
+        name = "hub%d" % h
+        extra = []
+        if h % 2:
+            extra = bc.bridge_lines("%s-to-hub%d" % (name, h - 1), hubs["hub%d" % (h - 1)].port)
+        elif h == 2:
+            ports = " ".join("127.0.0.1:%d" % hubs[n].port for n in ("hub0", "hub1"))
+            extra = ["connection hub2-to-pair0", "address " + ports, "clientid hub2-to-pair0"]
+            extra += BETWEEN_GROUPS if groups else ["topic $tally/# both 1"]
+            extra += ["restart_timeout 1 1", "cleansession true", "try_private true"]
+        group = "pair%d" % (h // 2) if groups else None
+        hubs[name] = stack.enter_context(common.Broker(
+            workdir, "p%d-%s" % (per_hub, name), True, opts(name, False, group), extra=extra))
+    edges = {}
+    for h in range(4):
+        ports = [hubs["hub%d" % h].port, hubs["hub%d" % (h ^ 1)].port]
+        for k in range(per_hub):
+            name = "edge%d" % (h * per_hub + k)
+            edges[name] = stack.enter_context(common.Broker(
+                workdir, "p%d-%s" % (per_hub, name), True, opts(name, True),
+                extra=edge_bridge(name, ports)))
+    return hubs, edges
+
+
+def slots_held(hub, name):
+    raw = hub.retained("counters/%s/state" % name, wait=3)
+    return len(json.loads(raw)["nodes"]) if raw else 0
 
 
 def tree(stack, workdir, per_hub, mesh):
@@ -90,13 +134,17 @@ def wait_connected(hubs, edges, timeout=120):
 
 
 def run(workdir, per_hub, args, table):
-    n_edges = HUBS * per_hub
+    n_hubs = 4 if args.pairs else HUBS
+    n_edges = n_hubs * per_hub
+    shape = (" in two groups of two" if args.groups else " in two pairs") if args.pairs else (
+        " in a full mesh" if args.mesh else "")
     print("\n== %d hubs%s, %d edges (%d a hub), %d inc/s an edge for %d s%s ==" % (
-        HUBS, " in a full mesh" if args.mesh else "", n_edges, per_hub,
+        n_hubs, shape, n_edges, per_hub,
         bs.LEAF_SHARED_RATE + bs.LEAF_OWN_RATE, args.seconds,
         ", hub1 killed in the middle" if args.failover else ""), flush=True)
     with contextlib.ExitStack() as stack:
-        hubs, edges = tree(stack, workdir, per_hub, args.mesh)
+        hubs, edges = (pairs(stack, workdir, per_hub, args.groups) if args.pairs
+                       else tree(stack, workdir, per_hub, args.mesh))
         wait_connected(hubs, edges)
         collectors = {"hub0": own_stats(hubs["hub0"], "hub0"),
                       "edge0": own_stats(edges["edge0"], "edge0")}
@@ -134,14 +182,16 @@ def run(workdir, per_hub, args, table):
         rss_e = [e.settled_rss(10, 50) for e in list(edges.values())[:3]]
         rss_h = hubs["hub0"].settled_rss(10, 50)
         hub_cpu_us = cpu / (rate * args.seconds) * 1e6
+        held = slots_held(hubs["hub0"], "shared")
         print("tree %.0f inc/s; shared = %d sent; %s" % (
             rate, result["shared"], "exact at hub0 and every edge" if not wrong
             else "NOT exact at %s" % wrong))
         for who, r in (("edge0", edge_r), ("hub0", hub_r)):
             print("%-6s in %6.0f msg/s %8.1f KB/s | out %6.0f msg/s %8.1f KB/s" % (
                 who, r["msgs_in"], r["bytes_in"] / 1000, r["msgs_out"], r["bytes_out"] / 1000))
-        print("RSS: edges %s MB, hub0 %.1f MB; hub0 CPU %.1f us per tree increment" % (
-            "/".join("%.1f" % (v / 1e6) for v in rss_e), rss_h / 1e6, hub_cpu_us), flush=True)
+        print("RSS: edges %s MB, hub0 %.1f MB; hub0 CPU %.1f us per tree increment; hub0 holds "
+              "%d slots of shared" % ("/".join("%.1f" % (v / 1e6) for v in rss_e), rss_h / 1e6,
+                                      hub_cpu_us, held), flush=True)
         table.append((n_edges, rate, edge_r, hub_r, statistics.median(rss_e), rss_h,
                       hub_cpu_us, not wrong))
 
@@ -171,7 +221,13 @@ def parse_args():
     p.add_argument("--failover", action="store_true", help="kill -9 hub1 in the middle")
     p.add_argument("--mesh", action="store_true",
                    help="bridge hub2 to hub1 too: the hubs in a full mesh")
-    return p.parse_args()
+    p.add_argument("--pairs", action="store_true", help="four hubs in two pairs")
+    p.add_argument("--groups", action="store_true",
+                   help="with --pairs: each pair a group of hubs (plugin_opt_group)")
+    args = p.parse_args()
+    if args.groups and not args.pairs:
+        p.error("--groups needs --pairs")
+    return args
 
 
 def bench(workdir, args):

@@ -10,7 +10,7 @@ set -eu
 SECONDS_PER_TARGET=${1:-20}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD="$ROOT/build-fuzz"
-TARGETS="increment report name wire_sync wire_presence record mqtt_min interest tier"
+TARGETS="increment report name wire_sync wire_presence record mqtt_min interest tier gsum"
 
 # The core library is instrumented too (coverage + sanitizers), not only the
 # fuzz entry points: otherwise libFuzzer is blind inside plugin/*.c.

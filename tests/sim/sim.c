@@ -13,6 +13,8 @@
  * of presence between hubs (apply if newer, send on to the other
  * neighbours), which is ten lines there too, and the replay of viewer
  * counts to a neighbour that restarted (presence_replay), in its steps.
+ * With --groups, group.c too: GSUM messages between groups, flooded as
+ * presence is (group_apply says whether one is new here).
  * The glue keeps plugin.c's cadences, which differ: a hub expires a silent origin at every loop
  * pass (expire_peers), but its records of its edges (tier_hub_expire) and its DOWNs at most once a
  * publish interval (hub_tick), so a message can land between the two (b38098a was such a gap). An
@@ -22,11 +24,17 @@
  * The model of a deployment: H hubs in a ring with chords (each hub bridged to the hubs 1 and
  * sqrt(H) away on either side, so that one lost hub leaves the rest connected), or with --mesh
  * each hub bridged to every other (a few central brokers, as most deployments have them), E edges
- * per hub. Each edge's bridge lists two addresses: its home hub and the next one, and goes back
- * to its home once that is up again (Mosquitto's bridge with round_robin false). Each edge writes
- * to the counter every edge writes ("c0", a like button on the front page) and to one of K-1
- * others, which it also watches; one viewer of "home" and two of one of P pages are connected to
- * it.
+ * per hub. Or with --groups G, groups of hubs (group.c): G groups of H/G consecutive hubs, each
+ * a full mesh; hub j of group k bridged to hub j of group k + 1 (a ring of groups; with
+ * --group-bridges B, only the first B hubs of each group), and from 9 groups on of group
+ * k + sqrt(G) too. SYNC and DIGEST stay inside a group (plugin.c refuses another group's);
+ * every bridge carries PRESENCE and GSUM, its group's sums as the hub that speaks for it sends
+ * them (group_note of every counter off its dirty list, group_announce once a publish
+ * interval), which hubs of the other groups hold as one slot per group. Each edge's bridge lists
+ * two addresses: its home hub and the next one (of its group, with groups), and goes back to its
+ * home once that is up again (Mosquitto's bridge with round_robin false). Each edge writes to the
+ * counter every edge writes ("c0", a like button on the front page) and to one of K-1 others, which
+ * it also watches; one viewer of "home" and two of one of P pages are connected to it.
  *
  * Faults: every message is lost with probability --loss and delayed by 1 to
  * --delay ms; --kill-hubs hubs die for good in the middle of the load,
@@ -37,6 +45,9 @@
  * not know it; with a publish interval of a second and heavy loss, 3 s was
  * not always enough); --restart-hubs hubs die and
  * come back with their state 10 s later (their edges move away and back);
+ * with groups, only hubs at an even place in their group with one after
+ * them die, so that the next of each (its edges' backup) never does and
+ * every group keeps a live hub;
  * --link-failures hub-to-hub links go down for 2 to 10 s each. --tier-bytes
  * cuts UP, DOWN and relays at that size (a few entries a part when small),
  * so that lost parts are part of the run. --freeze-edges edges stop (SIGSTOP)
@@ -67,12 +78,14 @@
 #define RECONNECT_MS 1000
 #define BACK_HOME_MS 5000
 #define MAX_MESSAGE 65536
+#define GROUP_REFRESH_MS (10 * DIGEST_MS) /* every counter's group sum again */
 
 /* K_REPLAY: a PRESENCE replayed to a neighbour that restarted, on its own
  * topic (plugin.c's emit_replay), which that neighbour takes and does not
  * send on */
-enum kind { K_UP, K_DOWN, K_SYNC, K_DIGEST, K_PRESENCE, K_REPLAY, K__COUNT };
-static const char *kind_name[K__COUNT] = {"up", "down", "sync", "digest", "presence", "replay"};
+enum kind { K_UP, K_DOWN, K_SYNC, K_DIGEST, K_PRESENCE, K_REPLAY, K_GSUM, K__COUNT };
+static const char *kind_name[K__COUNT] = {"up",       "down",   "sync", "digest",
+                                          "presence", "replay", "gsum"};
 
 struct msg {
     uint32_t from, to;
@@ -108,6 +121,9 @@ struct node {
     struct tier_hub tier;
     struct repl repl;
     struct wire_sync_writer w;
+    struct tally_group gr; /* its group (--groups), else off */
+    uint64_t last_group;   /* its last GSUM: at most once a publish interval */
+    uint64_t gsession;     /* the session of its GSUMs: grows at every start */
     struct link *links;
     uint32_t nlinks;
     uint64_t last_digest, revive_at, started;
@@ -133,7 +149,9 @@ static struct {
     uint32_t delay_ms, kill_hubs, kill_edges, restart_hubs, link_failures, freeze_edges;
     uint64_t publish_ms; /* plugin_opt_publish_interval_ms */
     bool check, quiet, mesh;
-    double rate;       /* increments a second per edge */
+    uint32_t groups;        /* --groups: that many groups of hubs / groups hubs each (0: none) */
+    uint32_t group_bridges; /* --group-bridges: between two neighbouring groups (0: a hub each) */
+    double rate;            /* increments a second per edge */
     size_t tier_bytes; /* UP, DOWN and relays are cut at this (the plugin's max_message_bytes) */
 } opt = {.hubs = 40,
          .edges_per_hub = 50,
@@ -165,6 +183,24 @@ static uint64_t replayed;     /* origins' counts sent to a neighbour that restar
 /* Listing entries in the PRESENCE messages sent (every bridge a copy), and
  * in those of full listings (tier.c, "The carrier's keepalive"). */
 static uint64_t listed_sent, listed_full_sent;
+
+/* ==== Groups of hubs (--groups) ==== */
+
+/* Hub h's group: groups of hubs / groups consecutive hubs (0 with none). */
+static uint32_t group_of(uint32_t h)
+{
+    return opt.groups ? h / (opt.hubs / opt.groups) : 0;
+}
+
+/* The hub after h in its group, wrapping inside it (h + 1 with no groups):
+ * an edge's backup, so that its failover list never leaves its group. */
+static uint32_t next_in_group(uint32_t h)
+{
+    if (!opt.groups)
+        return (h + 1) % opt.hubs;
+    uint32_t size = opt.hubs / opt.groups, first = h - h % size;
+    return first + (h - first + 1) % size;
+}
 
 /* ==== Random numbers (xorshift64*, seeded: runs repeat exactly) ==== */
 
@@ -294,12 +330,15 @@ static void send(uint32_t from, uint32_t to, enum kind kind, const struct wire_b
     push(at, to, m);
 }
 
-/* A hub's publish under $tally/: every bridge carries it. */
+/* A hub's publish under $tally/: every bridge carries it, but SYNC and
+ * DIGEST only those inside its group (the bridges between groups carry
+ * $tally/v1/gsum/#, never sync/#: plugin.c refuses another group's). */
 static void broadcast(uint32_t from, enum kind kind, const struct wire_buf *b, uint32_t except)
 {
     struct node *n = &nodes[from];
+    bool in_group = kind == K_SYNC || kind == K_DIGEST;
     for (uint32_t i = 0; i < n->nlinks; i++)
-        if (n->links[i].to != except)
+        if (n->links[i].to != except && !(in_group && group_of(n->links[i].to) != group_of(from)))
             send(from, n->links[i].to, kind, b);
 }
 
@@ -403,13 +442,18 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     if (taken) {
         struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
         /* a replay is not sent on, nor its origin's own that every other
-         * neighbour hears (plugin.c's on_presence) */
-        if (m->kind == K_PRESENCE && !(k >= 0 && repl_covered(&n->repl, (uint16_t)k)))
+         * neighbour hears, outside groups (plugin.c's on_presence) */
+        if (m->kind == K_PRESENCE &&
+            !(k >= 0 && !group_on(&n->gr) && repl_covered(&n->repl, (uint16_t)k)))
             broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
         if (tier_hub_heard(&n->tier, &n->pr, &wp, now) != TALLY_OK)
             abort();
         if (anew && k >= 0)
             replay_to(n, (uint16_t)k, true);
+        /* a node heard anew may lack our group's sums: plugin.c's
+         * take_presence has our next refresh come soon */
+        if (anew && group_on(&n->gr))
+            group_refresh_now(&n->gr);
     }
     /* An edge's origin is alive as of when its hub last heard it: made or
      * revived here, it may be due before the next scan (hub_expire_origins). */
@@ -423,6 +467,44 @@ static void hub_on_presence(struct node *n, const struct msg *m)
             origin_due(n, l);
     }
     wire_presence_free(&wp);
+}
+
+/* As plugin.c's on_gsum: another group's sums taken (group_apply), and the
+ * message flooded on to every other bridge when it was new here, as
+ * PRESENCE is; one seen before is dropped. */
+static void hub_on_gsum(struct node *n, const struct msg *m)
+{
+    bool fresh;
+    if (group_apply(&n->gr, &n->t, NULL, n->id, m->data, m->len, &fresh) != TALLY_OK)
+        abort();
+    if (fresh) {
+        struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
+        broadcast((uint32_t)(n - nodes), K_GSUM, &b, m->from);
+    }
+}
+
+static void emit_gsum(const struct wire_buf *msg, void *ud)
+{
+    broadcast((uint32_t)(uintptr_t)ud, K_GSUM, msg, UINT32_MAX);
+}
+
+/* As plugin.c's publish_due and its GSUM, once a publish interval: every
+ * counter off the dirty list (outputs, here none) noted for our group's
+ * sums (group_note), then the sums that rose, and the refresh's share,
+ * to every bridge. */
+static void hub_group_tick(uint32_t i)
+{
+    struct node *n = &nodes[i];
+    if (!group_on(&n->gr) || now - n->last_group < opt.publish_ms)
+        return;
+    n->last_group = now;
+    for (struct tally_counter *c; (c = table_pop_dirty(&n->t));)
+        if (group_note(&n->gr, &n->t, c) != TALLY_OK)
+            abort();
+    struct wire_buf b = {0};
+    group_announce(&n->gr, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_gsum,
+                   (void *)(uintptr_t)i);
+    wbuf_free(&b);
 }
 
 /* Where a tier message's parts go: (from, to), or to every hub but from. */
@@ -553,6 +635,7 @@ static void hub_pass(uint32_t i)
     if (now - n->last_heartbeat >= HEARTBEAT_MS)
         hub_heartbeat(n);
     hub_tier_tick(i);
+    hub_group_tick(i);
 }
 
 /* A loop pass on the idle timer: replication, then what every pass does. */
@@ -585,11 +668,26 @@ static void hub_start(uint32_t i)
     tier_hub_init(&n->tier, n->id, (rnd() << 16) | 1);
     repl_init(&n->repl, rnd() | 1);
     presence_init(&n->pr, 1000000);
+    if (opt.groups) {
+        /* plugin.c's session of its GSUMs: its incarnation, later than
+         * every earlier life's (a receiver drops an earlier life's) */
+        char name[16];
+        snprintf(name, sizeof(name), "g%u", group_of(i));
+        n->gsession = tally_incarnation_new(now + 1, i, n->gsession);
+        n->last_group = 0;
+        group_init(&n->gr, name, n->gsession, GROUP_REFRESH_MS);
+        /* what it held at its stop is loaded dirty, and its first flush
+         * notes it (plugin.c's start) */
+        for (struct tally_counter *c = n->t.counters; c; c = c->hh.next)
+            if (group_note(&n->gr, &n->t, c) != TALLY_OK)
+                abort();
+    }
 }
 
 static void hub_stop(struct node *n)
 {
     n->alive = false;
+    group_free(&n->gr);
     tier_hub_free(&n->tier);
     repl_free(&n->repl);
     presence_free(&n->pr);
@@ -681,7 +779,9 @@ static bool holds(struct node *hub, struct node *n)
 static bool edge_settled(struct node *n)
 {
     for (uint32_t h = 0; h < opt.hubs; h++)
-        if (nodes[h].revive_at != UINT64_MAX && holds(&nodes[h], n))
+        /* with groups, only its own group's hubs ever hold its slots */
+        if (nodes[h].revive_at != UINT64_MAX && group_of(h) == group_of(n->addr[0]) &&
+            holds(&nodes[h], n))
             return true;
     return false;
 }
@@ -750,7 +850,7 @@ static void edge_start(uint32_t i)
     if (!n->hub_origin)
         abort();
     n->addr[0] = home;
-    n->addr[1] = (home + 1) % opt.hubs;
+    n->addr[1] = next_in_group(home);
     n->at = home;
     n->quiet_from = UINT64_MAX;
     n->frozen_from = n->frozen_until = UINT64_MAX;
@@ -786,6 +886,26 @@ static void add_link(uint32_t a, uint32_t b)
     }
 }
 
+/* Groups: a full mesh inside each, and hub j of group k bridged to hub j
+ * of group k + 1 (a ring of groups, each pair of neighbouring groups joined
+ * by a bridge per hub, or by the first --group-bridges hubs), and of group
+ * k + sqrt(G) from 9 groups on (chords, as the ring of hubs has). */
+static void build_groups(void)
+{
+    uint32_t size = opt.hubs / opt.groups, chord = (uint32_t)sqrt((double)opt.groups);
+    uint32_t bridges = opt.group_bridges ? opt.group_bridges : size;
+    for (uint32_t k = 0; k < opt.groups; k++)
+        for (uint32_t a = 0; a < size; a++)
+            for (uint32_t b = a + 1; b < size; b++)
+                add_link(k * size + a, k * size + b);
+    for (uint32_t k = 0; k < opt.groups && opt.groups > 1; k++)
+        for (uint32_t j = 0; j < bridges; j++) {
+            add_link(k * size + j, (k + 1) % opt.groups * size + j);
+            if (opt.groups >= 9)
+                add_link(k * size + j, (k + chord) % opt.groups * size + j);
+        }
+}
+
 static void build(void)
 {
     nnodes = opt.hubs * (1 + opt.edges_per_hub);
@@ -805,6 +925,10 @@ static void build(void)
             edge_start(i);
         push(rnd() % TICK_MS, i, NULL);
     }
+    if (opt.groups) {
+        build_groups();
+        return;
+    }
     for (uint32_t a = 0; a < opt.hubs && opt.mesh; a++)
         for (uint32_t b = a + 1; b < opt.hubs; b++)
             add_link(a, b);
@@ -816,6 +940,16 @@ static void build(void)
     }
 }
 
+/* The hubs that may die with groups: those at an even place in their group
+ * with one after them, spread over the groups. Their backups (the next of
+ * their group) never die, so no group ever loses every hub. */
+static uint32_t group_victim(uint32_t k, uint32_t victims)
+{
+    uint32_t size = opt.hubs / opt.groups, per = size / 2;
+    uint32_t c = (uint32_t)((uint64_t)k * opt.groups * per / victims);
+    return c / per * size + 2 * (c % per);
+}
+
 /* Distinct random hubs: killed ones are never a dead hub's backup. */
 static void faults(void)
 {
@@ -823,6 +957,8 @@ static void faults(void)
     for (uint32_t k = 0; k < opt.kill_hubs + opt.restart_hubs; k++) {
         uint32_t h = (uint32_t)((2 * k * opt.hubs) / (2 * (opt.kill_hubs + opt.restart_hubs)));
         h = (h / 2) * 2; /* even: its backup, h + 1, stays */
+        if (opt.groups)
+            h = group_victim(k, opt.kill_hubs + opt.restart_hubs);
         struct node *n = &nodes[h];
         n->revive_at = k < opt.kill_hubs ? UINT64_MAX : mid + 10000;
         n->dies_at = mid;
@@ -961,16 +1097,20 @@ static void late_viewers_seen(void)
 
 struct figures {
     double msgs, bytes, slots, counters, entries;
+    double group_slots; /* of slots: other groups' replicas (--groups) */
     uint32_t n;
 };
 
 static void add_figures(struct figures *f, const struct node *n, double seconds)
 {
-    size_t slots = 0, counters = 0;
+    size_t slots = 0, counters = 0, group_slots = 0;
     for (const struct tally_counter *c = n->t.counters; c; c = c->hh.next) {
         slots += c->nslots;
         counters++;
+        for (uint32_t k = 0; k < c->nslots && opt.groups; k++)
+            group_slots += group_replica(&n->t, c->slots[k].replica);
     }
+    f->group_slots += (double)group_slots;
     f->msgs += (double)(n->tr.msgs_in + n->tr.msgs_out) / seconds;
     f->bytes += (double)(n->tr.bytes_in + n->tr.bytes_out) / seconds;
     f->slots += (double)slots;
@@ -1003,6 +1143,20 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
            "seed %" PRIu64 "\n",
            nnodes, opt.hubs, opt.edges_per_hub, load_seconds, incs, opt.loss, opt.seed);
     print_figures("hub", &hubs);
+    if (opt.groups && hubs.n) {
+        uint64_t announced = 0, learned = 0, stale = 0;
+        for (uint32_t h = 0; h < opt.hubs; h++) {
+            announced += nodes[h].alive ? nodes[h].gr.announced : 0;
+            learned += nodes[h].alive ? nodes[h].gr.learned : 0;
+            stale += nodes[h].alive ? nodes[h].gr.stale : 0;
+        }
+        printf(
+            "  groups: %u of %u hubs each; of a hub's slots %.0f are other groups' sums; live hubs "
+            "announced %" PRIu64 " counters, learned %" PRIu64 ", dropped %" PRIu64
+            " GSUMs seen before\n",
+            opt.groups, opt.hubs / opt.groups, hubs.group_slots / hubs.n, announced, learned,
+            stale);
+    }
     print_figures("edge", &edges);
     for (int k = 0; k < K__COUNT; k++)
         printf("  %-8s %10" PRIu64 " msgs %12" PRIu64 " bytes sent\n", kind_name[k],
@@ -1036,7 +1190,7 @@ static void usage(void)
                     "  [--seconds S of load] [--rate R inc/s an edge] [--loss L] [--delay MS]\n"
                     "  [--kill-hubs N] [--kill-edges N] [--restart-hubs N] [--link-failures N]\n"
                     "  [--freeze-edges N] [--publish-interval MS] [--tier-bytes B] [--seed X]\n"
-                    "  [--mesh] [--check]\n");
+                    "  [--mesh | --groups G [--group-bridges B]] [--check]\n");
     exit(2);
 }
 
@@ -1060,6 +1214,8 @@ static void options(int argc, char **argv)
                                           {"freeze-edges", 1, 0, 'F'},
                                           {"publish-interval", 1, 0, 'I'},
                                           {"mesh", 0, 0, 'M'},
+                                          {"groups", 1, 0, 'G'},
+                                          {"group-bridges", 1, 0, 'b'},
                                           {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longs, NULL)) != -1;) {
         switch (c) {
@@ -1117,12 +1273,29 @@ static void options(int argc, char **argv)
         case 'M':
             opt.mesh = true;
             break;
+        case 'G':
+            opt.groups = (uint32_t)atoi(optarg);
+            break;
+        case 'b':
+            opt.group_bridges = (uint32_t)atoi(optarg);
+            break;
         default:
             usage();
         }
     }
     if (opt.hubs < 2 || !opt.edges_per_hub || opt.counters < 2 || !opt.pages || !opt.delay_ms ||
         !opt.publish_ms || 2 * (opt.kill_hubs + opt.restart_hubs) > opt.hubs)
+        usage();
+    /* groups of two hubs or more, and a hub of each that never dies */
+    if (opt.groups &&
+        (opt.mesh || opt.hubs % opt.groups || opt.hubs / opt.groups < 2 ||
+         opt.kill_hubs + opt.restart_hubs > opt.groups * (opt.hubs / opt.groups / 2) ||
+         opt.group_bridges > opt.hubs / opt.groups))
+        usage();
+    /* with fewer bridges than hubs, a hub that dies could cut its group off
+     * (a bridge here has no address list to fail over with) */
+    if (opt.group_bridges && opt.group_bridges < opt.hubs / opt.groups &&
+        (opt.kill_hubs || opt.restart_hubs))
         usage();
 }
 
@@ -1151,6 +1324,9 @@ static void deliver(const struct event *ev)
     case K_PRESENCE:
     case K_REPLAY:
         hub_on_presence(n, m);
+        break;
+    case K_GSUM:
+        hub_on_gsum(n, m);
         break;
     }
 }

@@ -25,6 +25,7 @@ Suite *clients_suite(void);
 Suite *tier_suite(void);
 Suite *repl_suite(void);
 Suite *fold_suite(void);
+Suite *group_suite(void);
 
 int main(void)
 {
@@ -42,6 +43,7 @@ int main(void)
     srunner_add_suite(sr, tier_suite());
     srunner_add_suite(sr, repl_suite());
     srunner_add_suite(sr, fold_suite());
+    srunner_add_suite(sr, group_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -1,0 +1,585 @@
+/*
+ * group.c - groups of hubs: what a hub tells the other groups, and takes
+ * from them, so that a hub holds its own group's slots and one per group.
+ *
+ * ---- Why ----
+ *
+ * A hub of a flat mesh of hubs holds a slot per node that wrote a counter,
+ * edges included, and learns every change of each: 40 hubs of 50 edges is
+ * 2,040 slots in a counter every edge writes, and a hub's state and traffic
+ * grow with the whole tree (tier.c, "What handoff counters would save").
+ *
+ * ---- What a group is ----
+ *
+ * A group is a few hubs that share their edges: today's cluster among
+ * themselves (plugin_opt_group names it), with every edge's failover list
+ * inside it. Groups are bridged to each other with bridges that carry
+ * only GSUMs (and viewers' PRESENCE, and stats): `topic $tally/v1/gsum/#`
+ * and the rest, never `$tally/v1/sync/#`. A hub refuses a SYNC or DIGEST of
+ * another group (plugin.c reads the group in its topic), so a bridge that
+ * carries all of $tally/ costs bytes, never a count.
+ *
+ * ---- The group's sum ----
+ *
+ * Within a group every hub holds every node's slot (its hubs', its edges')
+ * and converges on them. The group's sum of a counter is a function of that
+ * state: the sum of those slots, each less what a fold moved out of it into
+ * its node's running slot (fold.c: a slot is counted above its fold entry
+ * only, and the entry travels with the raised slot, so the sum never counts
+ * a moved part twice). Every slot only grows, so each hub's figure of it is
+ * a lower bound of the truth that only grows, and is exact once the group
+ * has converged. So any hub of the group may send it to the other groups as
+ * the slot of one replica named after the group (".name", one life), merged
+ * by maximum like any slot: whoever sends it, however often, in whatever
+ * order, the maximum is the best figure any hub of the group had, never
+ * more than the truth. No custody, no handoff: an edge's count is in one
+ * group's sum only, since its failover list never leaves the group.
+ *
+ * A hub of another group holds that replica as an ordinary slot (totals,
+ * views of its edges, the state document), logs it (persist.c), and never
+ * holds a slot of a node of another group. A hub never takes its own
+ * group's replica: it holds every slot that sum was made of.
+ *
+ * Bases (reset.c) go the same way, a slot's base less its fold entry
+ * (fold.c: taken = max(base, fold), so base - fold is what the reset took
+ * from what is left), summed. At a hub of another group the replica's base
+ * takes min(sum, base sum) away, at least the sum of the min(slot, base)
+ * each slot loses at home: the two meet once every slot has reached the
+ * base it was reset at, which is where resets converge anyway. A reset made
+ * at a hub of a group would set a base on other groups' replicas, which
+ * only a group's own hubs could take from their slots: that translation is
+ * not built, so a hub in a group refuses resets (control.c).
+ *
+ * Device maxima are not summed: a device that reports to an edge of one
+ * group, then of another, has one maximum, so they travel whole, each
+ * announced by the hubs that saw it rise (and not again by those that
+ * learned it from a GSUM).
+ *
+ * ---- One hub speaks for its group ----
+ *
+ * Every hub of a group computes the same sums, so one of them sends them:
+ * the first in order of node id that is alive. A hub keeps quiet while it
+ * has heard a GSUM of its own group from a hub before it within quiet_ms
+ * (three presence heartbeats, as a neighbour is no longer heard, repl.c);
+ * the one that speaks sends one at least three times a quiet_ms (an empty
+ * one when nothing rose), so the others keep quiet. When it stops (dead, or
+ * cut off from them), the next one takes over after quiet_ms with a whole
+ * refresh, since the last speaker may have died with sums unsent. Two
+ * speaking at once (at start, or while a cut heals) cost bytes, never a
+ * count: the sums are maxima. What a quiet hub's own clients and edges
+ * change reaches the speaker in its SYNCs, one hop later.
+ *
+ * ---- GSUM ----
+ *
+ * $tally/v1/gsum/<node>, flooded by Mosquitto itself as PRESENCE is: a
+ * hub that has not seen a message floods it on, one seen before is dropped,
+ * so any topology of groups works, rings of bridges included.
+ *     "TL", version 1, type 7, origin (str8), session (u64), seq (varint),
+ *     group (str8), counters (varint), each:
+ *         name (str8), P, N, BP, BN (varints), devices (varint), each:
+ *             id (str8), maximum (varint)
+ * The speaker sends our group's sums that rose, at most once a publish
+ * interval, and every counter again once a refresh interval (a message lost
+ * to a bridge that closed is healed by then; sooner, at most ten times an
+ * interval, when a node is heard anew), in parts of max_message_bytes.
+ *
+ * ---- What it costs ----
+ *
+ * A hub of g groups holds, per counter, its own group's slots and g - 1
+ * more, and hears each group's sum from its speaker, once per bridge it has
+ * (a flood): state and traffic grow with the number of groups, by one slot
+ * each, not with the number of edges. Groups of groups, the same again one level up, would
+ * make that flat too; not built. What a group cannot survive: all its hubs
+ * lost, which leaves its edges nowhere to go.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "persist.h"
+#include "tally.h"
+
+void group_init(struct tally_group *gr, const char *name, uint64_t session, uint64_t refresh_ms)
+{
+    memset(gr, 0, sizeof(*gr));
+    gr->len = name ? strlen(name) : 0;
+    if (gr->len > GROUP_NAME_MAX)
+        gr->len = GROUP_NAME_MAX;
+    memcpy(gr->name, name ? name : "", gr->len);
+    gr->queue_tail = &gr->queue;
+    gr->session = session;
+    gr->refresh_ms = refresh_ms;
+    gr->quiet_ms = 3000;
+}
+
+void group_free(struct tally_group *gr)
+{
+    struct group_entry *e, *etmp;
+    HASH_ITER(hh, gr->entries, e, etmp)
+    {
+        HASH_DEL(gr->entries, e);
+        free(e->devs);
+        free(e);
+    }
+    struct group_origin *o, *otmp;
+    HASH_ITER(hh, gr->origins, o, otmp)
+    {
+        HASH_DEL(gr->origins, o);
+        free(o);
+    }
+    gr->queue = NULL;
+    gr->queue_tail = &gr->queue;
+    gr->cursor = NULL;
+}
+
+bool group_replica(const struct tally_table *t, uint32_t replica)
+{
+    return replica < t->nreplicas && t->replicas[replica]->key[0] == GROUP_MARK;
+}
+
+static uint64_t minus(uint64_t v, uint64_t by)
+{
+    return v > by ? v - by : 0;
+}
+
+void group_sum(const struct tally_table *t, const struct tally_counter *c, uint64_t *p, uint64_t *n,
+               uint64_t *bp, uint64_t *bn)
+{
+    const struct tally_base *b = table_base(t, c);
+    *p = *n = *bp = *bn = 0;
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        const struct tally_slot *s = &c->slots[i];
+        if (group_replica(t, s->replica))
+            continue;
+        const struct tally_fold *f = c->folded ? table_fold(t, c, s->replica) : NULL;
+        uint64_t fp = f ? f->p : 0, fn = f ? f->n : 0, sp = 0, sn = 0;
+        *p += minus(s->p, fp);
+        *n += minus(s->n, fn);
+        if (b) {
+            base_slot(b, s->replica, &sp, &sn);
+            *bp += minus(sp, fp);
+            *bn += minus(sn, fn);
+        }
+    }
+}
+
+static struct group_entry *entry_get(struct tally_group *gr, const char *name, size_t len,
+                                     bool create)
+{
+    struct group_entry *e;
+    HASH_FIND(hh, gr->entries, name, len, e);
+    if (e || !create)
+        return e;
+    e = calloc(1, sizeof(*e) + len + 1);
+    if (!e)
+        return NULL;
+    memcpy(e->name, name, len);
+    e->name_len = (uint8_t)len;
+    HASH_ADD(hh, gr->entries, name, len, e);
+    return e;
+}
+
+static void enqueue(struct tally_group *gr, struct group_entry *e)
+{
+    if (e->queued)
+        return;
+    e->queued = true;
+    e->next = NULL;
+    *gr->queue_tail = e;
+    gr->queue_tail = &e->next;
+}
+
+/* The entry's maximum of device dev, made when absent; NULL out of memory. */
+static struct group_dev *entry_dev(struct group_entry *e, uint32_t dev)
+{
+    return sorted_entry((void **)&e->devs, &e->ndevs, sizeof(*e->devs), dev, true);
+}
+
+int group_note(struct tally_group *gr, const struct tally_table *t, const struct tally_counter *c)
+{
+    struct group_entry *e = entry_get(gr, c->name, c->name_len, true);
+    if (!e)
+        return TALLY_E_NOMEM;
+    uint64_t p, n, bp, bn;
+    group_sum(t, c, &p, &n, &bp, &bn);
+    bool rose = p > e->p || n > e->n || bp > e->bp || bn > e->bn;
+    /* maxima: our figure may lag a GSUM of another hub of our group */
+    e->p = p > e->p ? p : e->p;
+    e->n = n > e->n ? n : e->n;
+    e->bp = bp > e->bp ? bp : e->bp;
+    e->bn = bn > e->bn ? bn : e->bn;
+    for (uint32_t i = 0; !e->ours && i < c->nslots; i++)
+        e->ours = !group_replica(t, c->slots[i].replica);
+    if (e->ours && !e->noted) /* a counter made here with nothing in it yet is news too */
+        rose = true;
+    e->noted = e->ours;
+    const struct tally_dev *dv = counter_devs(c);
+    for (uint32_t i = 0; i < counter_ndevs(c); i++) {
+        struct group_dev *d = entry_dev(e, dv[i].device);
+        if (!d)
+            return TALLY_E_NOMEM;
+        if (dv[i].total > d->total) {
+            d->total = dv[i].total;
+            d->owed = rose = true;
+            d->heard = false;
+        }
+    }
+    if (rose)
+        enqueue(gr, e);
+    return TALLY_OK;
+}
+
+/* ==== Writing ==== */
+
+struct gsum_out {
+    struct tally_group *gr;
+    const struct tally_table *t;
+    const char *self;
+    size_t max_bytes;
+    struct wire_buf *b;
+    size_t count_at; /* where the message's count of counters is: a fixed 4-byte varint */
+    uint32_t counters, messages;
+    void (*emit)(const struct wire_buf *msg, void *ud);
+    void *ud;
+};
+
+/* A varint in exactly 4 bytes (up to 2^28), so that it can be written last. */
+static void put_varint4(uint8_t *at, uint32_t v)
+{
+    for (int i = 0; i < 4; i++, v >>= 7)
+        at[i] = (uint8_t)((v & 0x7f) | (i < 3 ? 0x80 : 0));
+}
+
+static void begin(struct gsum_out *o)
+{
+    struct wire_buf *b = o->b;
+    const uint8_t h[4] = {'T', 'L', WIRE_GSUM_VERSION, WIRE_GSUM};
+    wbuf_reset(b);
+    wbuf_bytes(b, h, sizeof(h));
+    wbuf_str8(b, o->self, strlen(o->self));
+    wbuf_u64(b, o->gr->session);
+    wbuf_varint(b, o->gr->seq + 1); /* taken once the message goes (flush) */
+    wbuf_str8(b, o->gr->name, o->gr->len);
+    o->count_at = b->len;
+    wbuf_bytes(b, "\0\0\0\0", 4);
+    o->counters = 0;
+}
+
+/* Sends the message under way, if it holds a counter (or `empty`: a
+ * keepalive of the group's announcer), and begins the next. */
+static void send_out(struct gsum_out *o, bool empty)
+{
+    if ((!o->counters && !empty) || o->b->failed)
+        return;
+    put_varint4(o->b->data + o->count_at, o->counters);
+    o->gr->seq++;
+    o->emit(o->b, o->ud);
+    o->messages++;
+    begin(o);
+}
+
+static void flush(struct gsum_out *o)
+{
+    send_out(o, false);
+}
+
+/* The most one counter record can take before its devices. */
+static size_t head_bytes(const struct group_entry *e)
+{
+    return 1 + e->name_len + 4 * 10 + 10;
+}
+
+/* Writes e: its sums, and its device maxima owed (all with `all`), over as
+ * many messages as they need, the sums again in each. */
+/* A device maximum a record carries: one that rose here, or with `all` (the
+ * refresh) every one that rose here once, not those heard from the flood. */
+static bool carried(const struct group_dev *d, bool all)
+{
+    return d->owed || (all && !d->heard);
+}
+
+/* Writes e: its sums, and its device maxima carried, over as many messages
+ * as they need, the sums again in each. The refresh leaves out a counter
+ * our group holds no slot of and no device of: another group's alone. */
+static void put_entry(struct gsum_out *o, struct group_entry *e, bool all)
+{
+    uint32_t i = 0;
+    bool any = e->ours;
+    for (uint32_t j = 0; !any && j < e->ndevs; j++)
+        any = carried(&e->devs[j], all);
+    if (!any)
+        return;
+    do {
+        if (o->b->len + head_bytes(e) > o->max_bytes)
+            flush(o);
+        struct wire_buf *b = o->b;
+        size_t start = b->len;
+        wbuf_str8(b, e->name, e->name_len);
+        wbuf_varint(b, e->p);
+        wbuf_varint(b, e->n);
+        wbuf_varint(b, e->bp);
+        wbuf_varint(b, e->bn);
+        size_t ndevs_at = b->len;
+        wbuf_bytes(b, "\0\0\0\0", 4);
+        uint32_t ndevs = 0;
+        bool again = false;
+        for (; i < e->ndevs; i++) {
+            struct group_dev *d = &e->devs[i];
+            if (!carried(d, all))
+                continue;
+            const struct tally_device *dev = o->t->devices[d->device];
+            size_t idlen = strlen(dev->id);
+            if (b->len + 1 + idlen + 10 > o->max_bytes && (ndevs || o->counters)) {
+                /* the rest in the next message; a record with no device yet
+                 * starts there whole (a message holds one record and one
+                 * device: max_message_bytes is at least 4096) */
+                again = !ndevs;
+                break;
+            }
+            wbuf_str8(b, dev->id, idlen);
+            wbuf_varint(b, d->total);
+            d->owed = false;
+            ndevs++;
+        }
+        if (again) {
+            b->len = start;
+            flush(o);
+            continue;
+        }
+        if (!b->failed)
+            put_varint4(b->data + ndevs_at, ndevs);
+        o->counters++;
+        o->gr->announced++;
+    } while (i < e->ndevs && !o->b->failed);
+}
+
+uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, const char *self,
+                        uint64_t now_ms, size_t max_bytes, size_t budget, struct wire_buf *b,
+                        void (*emit)(const struct wire_buf *msg, void *ud), void *ud)
+{
+    struct gsum_out o = {gr, t, self, max_bytes, b, 0, 0, 0, emit, ud};
+    if (!group_on(gr))
+        return 0;
+    gr->clock_ms = now_ms;
+    if (gr->senior && now_ms - gr->senior_ms < gr->quiet_ms) {
+        /* a hub of our group before us in order speaks: what rose here
+         * reaches it in our SYNCs, and it sends the sums */
+        for (struct group_entry *e; (e = gr->queue); gr->queue = e->next) {
+            e->queued = false;
+            for (uint32_t i = 0; i < e->ndevs; i++)
+                e->devs[i].owed = false;
+        }
+        gr->queue_tail = &gr->queue;
+        gr->cursor = NULL;
+        gr->quiet = true;
+        return 0;
+    }
+    if (gr->quiet) { /* we take over: every sum again, the last speaker may have lost some */
+        gr->quiet = false;
+        gr->refresh_due = 0;
+    }
+    begin(&o);
+    while (gr->queue) {
+        struct group_entry *e = gr->queue;
+        gr->queue = e->next;
+        e->queued = false;
+        put_entry(&o, e, false);
+    }
+    gr->queue_tail = &gr->queue;
+    if (!gr->cursor && now_ms >= gr->refresh_due) {
+        gr->cursor = gr->entries;
+        gr->refresh_due = now_ms + gr->refresh_ms;
+    }
+    for (; gr->cursor && budget; budget--) {
+        put_entry(&o, gr->cursor, true);
+        gr->cursor = gr->cursor->hh.next;
+    }
+    /* at least three a quiet interval: the rest of our group keeps quiet */
+    send_out(&o, !o.messages && now_ms - gr->sent_ms >= gr->quiet_ms / 3);
+    if (o.messages)
+        gr->sent_ms = now_ms;
+    return o.messages;
+}
+
+/* ==== Reading ==== */
+
+/* True the first time (origin, session, seq) is seen here. */
+static bool first_seen(struct tally_group *gr, const char *id, size_t len, uint64_t session,
+                       uint64_t seq, bool *nomem)
+{
+    struct group_origin *o;
+    HASH_FIND(hh, gr->origins, id, len, o);
+    if (!o) {
+        o = calloc(1, sizeof(*o));
+        if (!o) {
+            *nomem = true;
+            return false;
+        }
+        memcpy(o->id, id, len);
+        HASH_ADD(hh, gr->origins, id, len, o);
+    }
+    if (session != o->session) {
+        if (session < o->session && o->high)
+            return false; /* an earlier life's, still on its way */
+        o->session = session;
+        o->high = seq;
+        o->seen = 1;
+        return true;
+    }
+    if (seq > o->high) {
+        uint64_t shift = seq - o->high;
+        o->seen = shift >= 64 ? 1 : (o->seen << shift) | 1;
+        o->high = seq;
+        return true;
+    }
+    uint64_t back = o->high - seq;
+    if (back >= 64 || (o->seen >> back) & 1)
+        return false;
+    o->seen |= 1ULL << back;
+    return true;
+}
+
+static bool value_ok(uint64_t v)
+{
+    return v <= (uint64_t)TALLY_MAX_SAFE;
+}
+
+struct gsum_counter {
+    const char *name;
+    size_t name_len;
+    uint64_t p, n, bp, bn;
+    uint32_t ndevs;
+};
+
+static bool read_counter(struct wire_reader *r, size_t len, struct gsum_counter *gc)
+{
+    gc->name = wr_str8(r, &gc->name_len);
+    gc->p = wr_varint(r);
+    gc->n = wr_varint(r);
+    gc->bp = wr_varint(r);
+    gc->bn = wr_varint(r);
+    uint64_t ndevs = wr_varint(r);
+    gc->ndevs = (uint32_t)ndevs;
+    return !r->bad && name_check(gc->name, gc->name_len) == TALLY_OK && value_ok(gc->p) &&
+           value_ok(gc->n) && value_ok(gc->bp) && value_ok(gc->bn) && ndevs <= len;
+}
+
+static bool read_dev(struct wire_reader *r, const char **id, size_t *idlen, uint64_t *total)
+{
+    *id = wr_str8(r, idlen);
+    *total = wr_varint(r);
+    return !r->bad && device_id_check(*id, *idlen) == TALLY_OK && value_ok(*total);
+}
+
+/* The whole message read before anything of it is taken. */
+static bool valid(struct wire_reader r, size_t len, uint64_t ncounters)
+{
+    struct gsum_counter gc;
+    const char *id;
+    size_t idlen;
+    uint64_t total;
+    for (uint64_t i = 0; i < ncounters; i++) {
+        if (!read_counter(&r, len, &gc))
+            return false;
+        for (uint32_t j = 0; j < gc.ndevs; j++)
+            if (!read_dev(&r, &id, &idlen, &total))
+                return false;
+    }
+    return r.p == r.end;
+}
+
+static int take_counter(struct tally_group *gr, struct tally_table *t, struct persist *p,
+                        uint32_t replica, const struct gsum_counter *gc, struct wire_reader *r)
+{
+    struct tally_counter *c;
+    bool changed;
+    int rc = table_get(t, gc->name, gc->name_len, TABLE_MERGE, &c);
+    if (rc != TALLY_OK)
+        return rc;
+    struct group_entry *e = entry_get(gr, gc->name, gc->name_len, true);
+    if (!e)
+        return TALLY_E_NOMEM;
+    /* REPL_NONE: every hub of our group has it from the flood itself */
+    rc = table_merge_slot_from(t, c, replica, gc->p, gc->n, REPL_NONE, &changed);
+    if (rc == TALLY_OK && changed && p)
+        persist_slot(p, t, c, counter_slot(c, replica), NULL);
+    if (rc == TALLY_OK && (gc->bp || gc->bn)) {
+        rc = table_merge_base_slot(t, c, replica, gc->bp, gc->bn, &changed);
+        if (rc == TALLY_OK && changed && p)
+            persist_base(p, t, c);
+    }
+    for (uint32_t i = 0; rc == TALLY_OK && i < gc->ndevs; i++) {
+        const char *id;
+        size_t idlen;
+        uint64_t total;
+        uint32_t dev;
+        read_dev(r, &id, &idlen, &total);
+        rc = table_device(t, id, idlen, DEVICE_PEER, &dev);
+        if (rc == TALLY_OK)
+            rc = table_merge_device_from(t, c, dev, total, REPL_NONE, &changed);
+        if (rc == TALLY_OK && changed && p)
+            persist_device(p, t, c, counter_device(c, dev));
+        /* heard from the flood: not ours to announce again */
+        struct group_dev *d = rc == TALLY_OK ? entry_dev(e, dev) : NULL;
+        if (rc == TALLY_OK && !d)
+            rc = TALLY_E_NOMEM;
+        if (d && total >= d->total) {
+            d->total = total;
+            d->owed = false;
+            d->heard = true;
+        }
+    }
+    gr->learned++;
+    table_drop_if_empty(t, c);
+    return rc;
+}
+
+int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p, const char *self,
+                const void *msg, size_t len, bool *fresh)
+{
+    struct wire_reader r = {msg, (const uint8_t *)msg + len, false};
+    const uint8_t *h = msg;
+    *fresh = false;
+    if (len < 4 || h[0] != 'T' || h[1] != 'L' || h[2] != WIRE_GSUM_VERSION || h[3] != WIRE_GSUM)
+        return TALLY_E_WIRE;
+    r.p += 4;
+    size_t olen, glen;
+    const char *origin = wr_str8(&r, &olen);
+    uint64_t session = wr_u64(&r), seq = wr_varint(&r);
+    const char *group = wr_str8(&r, &glen);
+    uint64_t ncounters = wr_varint(&r);
+    if (r.bad || node_id_check(origin, olen) != TALLY_OK || glen == 0 || glen > GROUP_NAME_MAX ||
+        node_id_check(group, glen) != TALLY_OK || ncounters > len || !valid(r, len, ncounters))
+        return TALLY_E_WIRE;
+    if (!group_on(gr)) {
+        gr->refused++;
+        return TALLY_OK; /* not ours to read, nor to flood */
+    }
+    bool nomem = false;
+    if ((olen == strlen(self) && memcmp(origin, self, olen) == 0) ||
+        !first_seen(gr, origin, olen, session, seq, &nomem)) {
+        gr->stale++;
+        return nomem ? TALLY_E_NOMEM : TALLY_OK;
+    }
+    *fresh = true;
+    if (glen == gr->len && memcmp(group, gr->name, glen) == 0) {
+        /* our own group's: we hold what it was summed from; from a hub
+         * before us in order, it speaks for the group (group_announce) */
+        size_t slen = strlen(self);
+        int order = memcmp(origin, self, olen < slen ? olen : slen);
+        if (order < 0 || (order == 0 && olen < slen)) {
+            gr->senior = true;
+            gr->senior_ms = gr->clock_ms;
+        }
+        return TALLY_OK;
+    }
+    char id[TALLY_NODE_ID_MAX + 1] = {GROUP_MARK};
+    memcpy(id + 1, group, glen);
+    uint32_t replica;
+    int rc = table_replica(t, id, glen + 1, GROUP_INCARNATION, &replica);
+    for (uint64_t i = 0; rc == TALLY_OK && i < ncounters; i++) {
+        struct gsum_counter gc;
+        read_counter(&r, len, &gc);
+        rc = take_counter(gr, t, p, replica, &gc, &r);
+    }
+    return rc;
+}

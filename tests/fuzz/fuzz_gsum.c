@@ -1,0 +1,98 @@
+/*
+ * fuzz_gsum.c - a GSUM (group.c) from a hostile or broken hub of another
+ * group, or flooded over many bridges. group_apply must refuse it whole or
+ * take only another group's sums: every counter it makes holds one slot, of
+ * a group replica, and values in range; the same bytes again are not fresh
+ * and change nothing; and the hub announces none of it again (its flood
+ * carries it to every hub already).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tally.h"
+
+static void check(bool ok)
+{
+    if (!ok)
+        abort();
+}
+
+static void check_counters(const struct tally_table *t)
+{
+    for (const struct tally_counter *c = t->counters; c; c = c->hh.next) {
+        check(name_check(c->name, c->name_len) == TALLY_OK);
+        check(c->nslots <= 1);
+        for (uint32_t i = 0; i < c->nslots; i++) {
+            check(group_replica(t, c->slots[i].replica));
+            check(t->replicas[c->slots[i].replica]->incarnation == GROUP_INCARNATION);
+        }
+        int64_t v = table_value(t, c);
+        check(v >= -TALLY_MAX_SAFE && v <= TALLY_MAX_SAFE);
+        /* our group's sum: nothing, we hold no node's slot */
+        uint64_t p, n, bp, bn;
+        group_sum(t, c, &p, &n, &bp, &bn);
+        check(p == 0 && n == 0 && bp == 0 && bn == 0);
+    }
+}
+
+/* What hub b1 announces after taking the GSUM: nothing. It holds no slot of
+ * a node of its group, and the device maxima it learned from the flood are
+ * not its own to send again, neither as owed nor in the refresh. */
+static void none(const struct wire_buf *msg, void *ud)
+{
+    (void)msg, (void)ud;
+    abort();
+}
+
+static void announce(struct tally_group *g, struct tally_table *t)
+{
+    struct wire_buf b = {0};
+    for (const struct tally_counter *c = t->counters; c; c = c->hh.next)
+        check(group_note(g, t, c) == TALLY_OK);
+    check(group_announce(g, t, "b1", 1, 1024, 1u << 20, &b, none, NULL) == 0);
+    check(group_announce(g, t, "b1", 1000, 1024, 1u << 20, &b, none, NULL) == 0);
+    check(!b.failed);
+    wbuf_free(&b);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static struct tally_table t;
+    static struct tally_group g;
+    uint64_t digest[TALLY_BUCKETS];
+    bool fresh = true, again = true;
+    struct wire_buf b = {0};
+    table_init(&t, 1u << 20, 1);
+    group_init(&g, "g2", 1, 1000);
+    /* nothing to say yet: the refresh is due at 1000 */
+    check(group_announce(&g, &t, "b1", 0, 1024, 100, &b, none, NULL) == 0);
+    wbuf_free(&b);
+    int rc = group_apply(&g, &t, NULL, "b1", data, size, &fresh);
+    check(rc == TALLY_OK || rc == TALLY_E_WIRE);
+    if (rc != TALLY_OK) {
+        /* refused whole */
+        check(!fresh && t.ncounters == 0 && t.ndevices == 0 && t.nreplicas == 0);
+    } else {
+        /* not fresh: our own (origin b1), taken as seen; nothing of it taken */
+        check(fresh || t.ncounters == 0);
+        check_counters(&t);
+        memcpy(digest, t.digest, sizeof(digest));
+        size_t ncounters = t.ncounters;
+        check(group_apply(&g, &t, NULL, "b1", data, size, &again) == TALLY_OK);
+        check(!again);
+        check(memcmp(digest, t.digest, sizeof(digest)) == 0 && t.ncounters == ncounters);
+        announce(&g, &t);
+    }
+    /* a hub in no group reads it (or refuses it) alike, and takes nothing */
+    struct tally_group alone;
+    struct tally_table empty;
+    table_init(&empty, 1u << 20, 1);
+    group_init(&alone, NULL, 1, 1000);
+    check(group_apply(&alone, &empty, NULL, "n1", data, size, &again) == rc);
+    check(!again && empty.ncounters == 0 && empty.nreplicas == 0);
+    group_free(&alone);
+    table_free(&empty);
+    group_free(&g);
+    table_free(&t);
+    return 0;
+}

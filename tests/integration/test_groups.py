@@ -1,0 +1,154 @@
+"""Groups of hubs (plugin_opt_group, plugin/group.c), real brokers on loopback: two groups of
+two hubs, each hub with an edge whose failover list stays in its group. Inside a group the hubs
+replicate as any cluster; between groups a bridge carries GSUMs (each group's sum), viewers and
+stats only. Every node ends exact, and a hub holds its own group's slots and one slot for the
+other group, whatever the other group holds."""
+import json
+
+from conftest import wait_for
+from test_cluster import Watcher, close, closing, publisher  # noqa: F401 (closing: a fixture)
+from test_reset import control
+from tcpproxy import TcpProxy
+from test_tiers import edge_bridge, exact_everywhere, increments, viewers
+
+OPTIONS = {"bridge_clientids": "*-to-*", "peer_timeout_ms": "3000", "sync_interval_ms": "500",
+           "admin_usernames": "admin"}
+
+BETWEEN_GROUPS = ["topic $tally/v1/gsum/# both 1", "topic $tally/v1/presence/# both 1",
+                  "topic $tally/stats/# both 1"]
+
+
+def bridge(name, ports, topics):
+    """A bridge to the first of ports that is up (Mosquitto's address list)."""
+    addresses = " ".join(f"127.0.0.1:{p}" for p in ports)
+    return "\n".join([f"connection {name}", f"address {addresses}", f"clientid {name}",
+                      *topics, "restart_timeout 1 1", "cleansession true", "try_private true"])
+
+
+def two_groups(brokers, between=BETWEEN_GROUPS, proxy=None):
+    """g1 = a1, a2 and g2 = b1, b2, each pair bridged with all of $tally/; b1 bridged to g1
+    (a1, or a2 while a1 is down) with `between`; edges e1 (a1, then a2), e2 (a2, a1), e3 (b1, b2), e4 (b2, b1)."""
+    a1 = brokers("a1", options=dict(OPTIONS, group="g1"))
+    a2 = brokers("a2", options=dict(OPTIONS, group="g1"), bridges=[{"name": "a2-to-a1",
+                                                                    "port": a1.port}])
+    ports = (proxy(a1.port),) if proxy else (a1.port, a2.port)
+    b1 = brokers("b1", options=dict(OPTIONS, group="g2"), extra=bridge("b1-to-g1", ports, between))
+    b2 = brokers("b2", options=dict(OPTIONS, group="g2"), bridges=[{"name": "b2-to-b1",
+                                                                    "port": b1.port}])
+    edges = []
+    for i, hubs in enumerate([(a1, a2), (a2, a1), (b1, b2), (b2, b1)], start=1):
+        name = f"e{i}"
+        edges.append(brokers(name, options=dict(OPTIONS, role="edge"),
+                             extra=edge_bridge(name, hubs)))
+    return [a1, a2, b1, b2], edges
+
+
+def state_nodes(node, name):
+    doc = node.retained(f"counters/{name}/state")
+    return set(json.loads(doc)["nodes"]) if doc else set()
+
+
+def group_stats(hub):
+    return json.loads(hub.retained(f"$tally/stats/{hub.name}") or "{}").get("group", {})
+
+
+def test_two_groups_exact_with_a_slot_per_group(brokers, closing):
+    hubs, edges = two_groups(brokers)
+    a1, a2, b1, b2 = hubs
+    viewers(edges, closing)
+    expected = {}
+    increments(edges, 40, expected)
+    for h in hubs:  # the hubs' own clients too
+        p = publisher(h.port)
+        p.publish("counters/shared/inc", "3", 1).wait_for_publish(10)
+        close(p)
+        expected["shared"] += 3
+    exact_everywhere(hubs + edges, expected)
+    # Each hub holds its group's nodes and the other group, as one replica.
+    for h, own, other in ((a1, {"a1", "a2", "e1", "e2"}, ".g2"), (a2, {"a1", "a2", "e1", "e2"},
+                          ".g2"), (b1, {"b1", "b2", "e3", "e4"}, ".g1"),
+                          (b2, {"b1", "b2", "e3", "e4"}, ".g1")):
+        wait_for(lambda: state_nodes(h, "shared") == own | {other}, 10,
+                 what=f"{h.name}: shared held as {sorted(own | {other})}, "
+                      f"is {sorted(state_nodes(h, 'shared'))}")
+    for n in hubs + edges:
+        wait_for(lambda: n.retained("presence/home") == "8", 20,
+                 what=f"{n.name}: presence/home == 8 (is {n.retained('presence/home')})")
+    # One hub speaks for each group: the first by node id.
+    for h, speaks in ((a1, True), (a2, False), (b1, True), (b2, False)):
+        wait_for(lambda: group_stats(h).get("speaking") is speaks, 15,
+                 what=f"{h.name} {'to speak' if speaks else 'to keep quiet'} for its group")
+    # A reset in a group is refused, and changes nothing.
+    (resp,) = control(a1, [{"command": "resetCounter", "name": "shared"}])
+    assert "group" in resp.get("error", ""), resp
+    exact_everywhere(hubs + edges, expected, timeout=5)
+
+
+def test_a_bridge_that_carries_everything_between_groups_counts_nothing_twice(brokers, closing):
+    """The contract's one-line bridge (`topic $tally/# both 1`) between groups: each group's
+    SYNCs and DIGESTs cross it and are dropped (their topic names the group), so the other
+    group's nodes are counted once, under the group's sum."""
+    hubs, edges = two_groups(brokers, between=["topic $tally/# both 1"])
+    a1, a2, b1, b2 = hubs
+    expected = {}
+    increments(edges, 30, expected)
+    exact_everywhere(hubs + edges, expected)
+    wait_for(lambda: ".g2" in state_nodes(a1, "shared") and "e3" not in state_nodes(a1, "shared"),
+             10, what="a1 to hold g2 as one replica")
+    wait_for(lambda: "not of our group 'g1'" in a1.read_log(), 10,
+             what="a1 to log the other group's SYNCs it drops")
+    wait_for(lambda: group_stats(a1).get("refused", 0) > 0 and group_stats(a1)["learned"] > 0,
+             15, what="a1's stats to count what it dropped and learned")
+
+
+def test_a_hub_killed_its_edge_moves_within_its_group_exact(brokers, closing):
+    """kill -9 of a1 under load: e1 fails over to a2, which speaks for g1 in a1's stead, and
+    b1's bridge to g1 moves to a2; a1 comes back without its state and e1 returns; every
+    total exact at every live node, and e1's and b1's watchers never see `shared` go down."""
+    hubs, edges = two_groups(brokers)
+    a1, a2, b1, b2 = hubs
+    watchers = [Watcher(n.port, ["counters/shared"], keep=True) for n in (edges[0], b1)]
+    closing.extend(watchers)
+    expected = {}
+    increments(edges, 20, expected)
+    exact_everywhere(hubs + edges, expected)
+    a1.kill()
+    increments(edges[:1] + edges[2:], 20, expected, pause=0.05)  # e1 over to a2
+    exact_everywhere([a2, b1, b2] + edges, expected)
+    wait_for(lambda: group_stats(a2).get("speaking") is True, 15, what="a2 to speak for g1")
+    a1.start()
+    increments(edges, 20, expected, pause=0.05)
+    exact_everywhere(hubs + edges, expected)
+    for w in watchers:
+        seen = [int(p) for t, p in w.messages() if t == "counters/shared"]
+        assert seen == sorted(seen), f"a total went down: {seen}"
+        wait_for(lambda: int(w.get("counters/shared")) == expected["shared"], 10,
+                 what="the watcher to see the last total")
+
+
+def test_the_bridge_between_groups_cut_and_healed_under_load(brokers, closing):
+    """The one bridge between the groups cut while both take increments: each group goes on
+    exact within itself, and once healed every node is exact, each counted once."""
+    proxies = []
+
+    def proxy(port):
+        proxies.append(TcpProxy(port))
+        closing.append(proxies[-1])
+        return proxies[-1].port
+
+    hubs, edges = two_groups(brokers, proxy=proxy)
+    a1, a2, b1, b2 = hubs
+    expected = {}
+    increments(edges, 10, expected)
+    exact_everywhere(hubs + edges, expected)
+    proxies[0].cut()
+    before = dict(expected)
+    increments(edges, 20, expected, pause=0.02)
+    mine = {k: v - before.get(k, 0) for k, v in expected.items()}
+    # within a group: its own edges' part; the other group's is where the cut left it
+    for n, own in (([a1, a2], ("e1", "e2")), ([b1, b2], ("e3", "e4"))):
+        for h in n:
+            h.wait_total(f"own-{own[0]}", expected[f"own-{own[0]}"], 15)
+            h.wait_total("shared", before["shared"] + mine["shared"] // 2, 15)
+    proxies[0].heal()
+    exact_everywhere(hubs + edges, expected)

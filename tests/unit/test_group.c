@@ -1,0 +1,996 @@
+/*
+ * test_group.c - groups of hubs (group.c): a hub's figure of its own group's
+ * sum of each counter, the GSUMs that carry it to the other groups, and how
+ * a hub of another group takes them, as the slot of one replica named after
+ * the group. Hubs are tables in memory; GSUMs go from one to another as the
+ * bytes group_announce wrote.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <check.h>
+
+#include "tally.h"
+
+#define MAXMSG 512
+#define REFRESH_MS 1000
+#define MAX_BYTES 65536
+
+struct msg {
+    uint8_t *data;
+    size_t len;
+};
+
+/* The GSUMs one announce wrote. */
+struct outbox {
+    struct msg m[MAXMSG];
+    int n;
+};
+
+struct hub {
+    char id[16];
+    struct tally_table t;
+    struct tally_group g;
+    struct wire_buf b;
+};
+
+static void collect(const struct wire_buf *b, void *ud)
+{
+    struct outbox *o = ud;
+    ck_assert_int_lt(o->n, MAXMSG);
+    o->m[o->n].data = malloc(b->len);
+    ck_assert_ptr_nonnull(o->m[o->n].data);
+    memcpy(o->m[o->n].data, b->data, b->len);
+    o->m[o->n++].len = b->len;
+}
+
+static void outbox_free(struct outbox *o)
+{
+    for (int i = 0; i < o->n; i++)
+        free(o->m[i].data);
+    o->n = 0;
+}
+
+/* A hub of group `group` (NULL or "": none), in its life `session`. Its
+ * first announce (at 0, nothing to say) starts the refresh clock: the next
+ * one is due at REFRESH_MS. */
+static void hub_init(struct hub *h, const char *id, const char *group, uint64_t session)
+{
+    memset(h, 0, sizeof(*h));
+    snprintf(h->id, sizeof(h->id), "%s", id);
+    table_init(&h->t, 100000, 1000);
+    group_init(&h->g, group, session, REFRESH_MS);
+    struct outbox none = {0};
+    group_announce(&h->g, &h->t, h->id, 0, MAX_BYTES, 100, &h->b, collect, &none);
+    ck_assert_int_eq(none.n, 0);
+}
+
+static void hub_free(struct hub *h)
+{
+    group_free(&h->g);
+    table_free(&h->t);
+    wbuf_free(&h->b);
+}
+
+static struct tally_counter *get(struct hub *h, const char *name)
+{
+    struct tally_counter *c;
+    ck_assert_int_eq(table_get(&h->t, name, strlen(name), TABLE_MERGE, &c), TALLY_OK);
+    return c;
+}
+
+static struct tally_counter *find(struct hub *h, const char *name)
+{
+    return table_find(&h->t, name, strlen(name));
+}
+
+static uint32_t replica(struct hub *h, const char *node, uint64_t incarnation)
+{
+    uint32_t r;
+    ck_assert_int_eq(table_replica(&h->t, node, strlen(node), incarnation, &r), TALLY_OK);
+    return r;
+}
+
+/* Node `node`'s slot of counter `name` at hub h rises to (p, n), as
+ * replication within the group brings it. */
+static void slot(struct hub *h, const char *name, const char *node, uint64_t p, uint64_t n)
+{
+    bool changed;
+    ck_assert_int_eq(table_merge_slot(&h->t, get(h, name), replica(h, node, 1), p, n, &changed),
+                     TALLY_OK);
+}
+
+static void report(struct hub *h, const char *name, const char *device, uint64_t total)
+{
+    uint32_t d;
+    bool changed;
+    ck_assert_int_eq(table_device(&h->t, device, strlen(device), DEVICE_LOCAL, &d), TALLY_OK);
+    ck_assert_int_eq(table_merge_device(&h->t, get(h, name), d, total, true, &changed), TALLY_OK);
+}
+
+/* The maximum hub h holds of device `device` in counter `name`; 0 if none. */
+static uint64_t device(struct hub *h, const char *name, const char *device)
+{
+    uint32_t d;
+    struct tally_counter *c = find(h, name);
+    if (!c || table_device(&h->t, device, strlen(device), DEVICE_FIND, &d) != TALLY_OK)
+        return 0;
+    const struct tally_dev *dv = counter_device(c, d);
+    return dv ? dv->total : 0;
+}
+
+static void note(struct hub *h, const char *name)
+{
+    ck_assert_int_eq(group_note(&h->g, &h->t, get(h, name)), TALLY_OK);
+}
+
+static int announce_sized(struct hub *h, uint64_t now_ms, size_t max_bytes, size_t budget,
+                          struct outbox *out)
+{
+    int before = out->n;
+    uint32_t wrote =
+        group_announce(&h->g, &h->t, h->id, now_ms, max_bytes, budget, &h->b, collect, out);
+    ck_assert_int_eq((int)wrote, out->n - before);
+    return (int)wrote;
+}
+
+/* What is owed, outside a refresh (now 1: the refresh is due at 1000). */
+static int announce(struct hub *h, struct outbox *out)
+{
+    return announce_sized(h, 1, MAX_BYTES, 100, out);
+}
+
+static int apply_bytes(struct hub *h, const void *data, size_t len, bool *fresh)
+{
+    return group_apply(&h->g, &h->t, NULL, h->id, data, len, fresh);
+}
+
+/* Applies a message that must be taken; returns its *fresh. */
+static bool apply(struct hub *h, const struct msg *m)
+{
+    bool fresh = true;
+    ck_assert_int_eq(apply_bytes(h, m->data, m->len, &fresh), TALLY_OK);
+    return fresh;
+}
+
+static void apply_all(struct hub *h, const struct outbox *o)
+{
+    for (int i = 0; i < o->n; i++)
+        ck_assert(apply(h, &o->m[i]));
+}
+
+/* The slot of group `group`'s replica in counter `name` at hub h, or NULL. */
+static const struct tally_slot *group_slot(struct hub *h, const char *name, const char *group)
+{
+    struct tally_counter *c = find(h, name);
+    char id[TALLY_NODE_ID_MAX + 1];
+    snprintf(id, sizeof(id), "%c%s", GROUP_MARK, group);
+    for (uint32_t i = 0; c && i < h->t.nreplicas; i++) {
+        const struct tally_replica *r = h->t.replicas[i];
+        if (r->incarnation == GROUP_INCARNATION && replica_is_node(r, id, strlen(id)))
+            return counter_slot(c, i);
+    }
+    return NULL;
+}
+
+static int64_t value(struct hub *h, const char *name)
+{
+    struct tally_counter *c = find(h, name);
+    return c ? table_value(&h->t, c) : 0;
+}
+
+struct sum {
+    uint64_t p, n, bp, bn;
+};
+
+static struct sum sum(struct hub *h, const char *name)
+{
+    struct sum s;
+    group_sum(&h->t, get(h, name), &s.p, &s.n, &s.bp, &s.bn);
+    return s;
+}
+
+static void assert_sum(struct hub *h, const char *name, uint64_t p, uint64_t n, uint64_t bp,
+                       uint64_t bn)
+{
+    struct sum s = sum(h, name);
+    ck_assert_msg(s.p == p && s.n == n && s.bp == bp && s.bn == bn,
+                  "%s: sum (%llu, %llu, %llu, %llu), want (%llu, %llu, %llu, %llu)", name,
+                  (unsigned long long)s.p, (unsigned long long)s.n, (unsigned long long)s.bp,
+                  (unsigned long long)s.bn, (unsigned long long)p, (unsigned long long)n,
+                  (unsigned long long)bp, (unsigned long long)bn);
+}
+
+static void assert_group_slot(struct hub *h, const char *name, const char *group, uint64_t p,
+                              uint64_t n)
+{
+    const struct tally_slot *s = group_slot(h, name, group);
+    ck_assert_msg(s, "%s at %s: no slot of .%s", name, h->id, group);
+    ck_assert_msg(s->p == p && s->n == n, "%s at %s: .%s is (%llu, %llu), want (%llu, %llu)", name,
+                  h->id, group, (unsigned long long)s->p, (unsigned long long)s->n,
+                  (unsigned long long)p, (unsigned long long)n);
+}
+
+/* ==== Reading a GSUM back (the format in group.c's opening comment) ==== */
+
+struct gsum_head {
+    const char *origin, *group;
+    size_t origin_len, group_len;
+    uint64_t session, seq, counters;
+};
+
+static struct wire_reader reader(const struct msg *m, struct gsum_head *h)
+{
+    struct wire_reader r = {m->data, m->data + m->len, false};
+    ck_assert_uint_ge(m->len, 4);
+    ck_assert(m->data[0] == 'T' && m->data[1] == 'L');
+    ck_assert_uint_eq(m->data[2], WIRE_GSUM_VERSION);
+    ck_assert_uint_eq(m->data[3], WIRE_GSUM);
+    r.p += 4;
+    h->origin = wr_str8(&r, &h->origin_len);
+    h->session = wr_u64(&r);
+    h->seq = wr_varint(&r);
+    h->group = wr_str8(&r, &h->group_len);
+    h->counters = wr_varint(&r);
+    ck_assert(!r.bad);
+    return r;
+}
+
+/* How many counter records the messages of o carry, and of them named
+ * `name` (NULL: none counted). */
+static uint64_t records(const struct outbox *o, const char *name, uint64_t *named)
+{
+    uint64_t total = 0;
+    if (named)
+        *named = 0;
+    for (int i = 0; i < o->n; i++) {
+        struct gsum_head h;
+        struct wire_reader r = reader(&o->m[i], &h);
+        total += h.counters;
+        for (uint64_t k = 0; k < h.counters; k++) {
+            size_t len;
+            const char *cname = wr_str8(&r, &len);
+            for (int v = 0; v < 4; v++)
+                wr_varint(&r);
+            uint64_t ndevs = wr_varint(&r);
+            for (uint64_t d = 0; d < ndevs; d++) {
+                size_t idlen;
+                wr_str8(&r, &idlen);
+                wr_varint(&r);
+            }
+            if (named && name && len == strlen(name) && memcmp(cname, name, len) == 0)
+                (*named)++;
+        }
+        ck_assert(!r.bad && r.p == r.end);
+    }
+    return total;
+}
+
+/* ==== Writing GSUMs by hand (for the malformed ones) ==== */
+
+struct gsum_rec {
+    const char *name;
+    uint64_t p, n, bp, bn;
+    const char *dev; /* NULL: no device */
+    uint64_t dev_total;
+};
+
+static void write_gsum(struct wire_buf *b, uint8_t version, uint8_t type, const char *origin,
+                       uint64_t session, uint64_t seq, const char *group,
+                       const struct gsum_rec *recs, int nrecs)
+{
+    const uint8_t h[4] = {'T', 'L', version, type};
+    wbuf_reset(b);
+    wbuf_bytes(b, h, sizeof(h));
+    wbuf_str8(b, origin, strlen(origin));
+    wbuf_u64(b, session);
+    wbuf_varint(b, seq);
+    wbuf_str8(b, group, strlen(group));
+    wbuf_varint(b, (uint64_t)nrecs);
+    for (int i = 0; i < nrecs; i++) {
+        wbuf_str8(b, recs[i].name, strlen(recs[i].name));
+        wbuf_varint(b, recs[i].p);
+        wbuf_varint(b, recs[i].n);
+        wbuf_varint(b, recs[i].bp);
+        wbuf_varint(b, recs[i].bn);
+        wbuf_varint(b, recs[i].dev ? 1 : 0);
+        if (recs[i].dev) {
+            wbuf_str8(b, recs[i].dev, strlen(recs[i].dev));
+            wbuf_varint(b, recs[i].dev_total);
+        }
+    }
+    ck_assert(!b->failed);
+}
+
+static struct msg as_msg(const struct wire_buf *b)
+{
+    return (struct msg){b->data, b->len};
+}
+
+/* ==== The group's sum ==== */
+
+START_TEST(test_a_group_sum_is_the_sum_of_its_nodes_slots)
+{
+    struct hub a;
+    hub_init(&a, "a1", "g1", 1);
+    slot(&a, "c", "a1", 5, 2);
+    slot(&a, "c", "e1", 3, 1);
+    slot(&a, "c", ".g2", 100, 50); /* another group's: not ours */
+    report(&a, "c", "dev1", 7);    /* devices travel apart */
+    assert_sum(&a, "c", 8, 3, 0, 0);
+    ck_assert_int_eq(value(&a, "c"), 8 - 3 + 50 + 7);
+    /* a counter only another group wrote: nothing of ours */
+    slot(&a, "d", ".g2", 4, 0);
+    assert_sum(&a, "d", 0, 0, 0, 0);
+    hub_free(&a);
+}
+END_TEST
+
+START_TEST(test_a_group_sum_of_a_reset_counter_has_the_sums_of_its_bases)
+{
+    struct hub a;
+    hub_init(&a, "a1", "g1", 1);
+    slot(&a, "c", "a1", 5, 2);
+    slot(&a, "c", "e1", 3, 1);
+    slot(&a, "c", ".g2", 10, 1); /* its base is not ours either */
+    ck_assert_int_eq(table_reset(&a.t, get(&a, "c"), false), TALLY_OK);
+    assert_sum(&a, "c", 8, 3, 8, 3);
+    ck_assert_int_eq(value(&a, "c"), 0);
+    slot(&a, "c", "e1", 6, 1); /* counted after the reset */
+    assert_sum(&a, "c", 11, 3, 8, 3);
+    ck_assert_int_eq(value(&a, "c"), 3);
+    hub_free(&a);
+}
+END_TEST
+
+/* Hub a1 restarted as its life 2: it folds its life 1's slot into its own
+ * (fold.c); a moved part is in the sum once, and so is a reset's base. */
+START_TEST(test_a_fold_leaves_the_group_sum_unchanged)
+{
+    struct hub a;
+    hub_init(&a, "a1", "g1", 1);
+    bool changed;
+    struct tally_counter *c = get(&a, "c");
+    uint32_t past = replica(&a, "a1", 1), self = replica(&a, "a1", 2);
+    ck_assert_int_eq(table_merge_slot(&a.t, c, past, 5, 1, &changed), TALLY_OK);
+    slot(&a, "c", "e1", 3, 0);
+    slot(&a, "c", ".g2", 40, 0);
+    assert_sum(&a, "c", 8, 1, 0, 0);
+    ck_assert_int_eq(table_reset(&a.t, c, false), TALLY_OK);
+    ck_assert_int_eq(table_merge_slot(&a.t, c, past, 6, 1, &changed), TALLY_OK); /* after it */
+    assert_sum(&a, "c", 9, 1, 8, 1);
+    table_set_self(&a.t, self);
+    ck_assert_int_eq(fold_ready(&a.t, NULL), TALLY_OK);
+    c = get(&a, "c");
+    ck_assert_ptr_nonnull(table_fold(&a.t, c, past));
+    ck_assert_ptr_null(counter_slot(c, past)); /* moved whole into self's */
+    ck_assert_uint_eq(counter_slot(c, self)->p, 6);
+    assert_sum(&a, "c", 9, 1, 8, 1);
+    ck_assert_int_eq(value(&a, "c"), 1);
+    /* a part of the past life that a peer held and we had not (a
+     * partition): counted above its fold entry only */
+    ck_assert_int_eq(table_merge_slot(&a.t, c, past, 8, 1, &changed), TALLY_OK);
+    ck_assert(changed);
+    assert_sum(&a, "c", 11, 1, 8, 1);
+    ck_assert_int_eq(value(&a, "c"), 3);
+    /* and once folded in turn, the same again */
+    bool folded;
+    ck_assert_int_eq(fold_counter(&a.t, c, &folded), TALLY_OK);
+    ck_assert(folded);
+    ck_assert_uint_eq(counter_slot(c, self)->p, 8);
+    assert_sum(&a, "c", 11, 1, 8, 1);
+    hub_free(&a);
+}
+END_TEST
+
+/* ==== GSUMs from one group to another ==== */
+
+START_TEST(test_a_gsum_gives_the_other_group_one_slot_of_its_sum)
+{
+    struct hub a, b;
+    struct outbox out = {0};
+    hub_init(&a, "a1", "g1", 1);
+    hub_init(&b, "b1", "g2", 1);
+    slot(&a, "c", "a1", 5, 2);
+    slot(&a, "c", "e1", 3, 1);
+    note(&a, "c");
+    ck_assert_int_eq(announce(&a, &out), 1);
+    struct gsum_head h;
+    reader(&out.m[0], &h);
+    ck_assert(h.origin_len == 2 && memcmp(h.origin, "a1", 2) == 0);
+    ck_assert(h.group_len == 2 && memcmp(h.group, "g1", 2) == 0);
+    ck_assert_uint_eq(h.session, 1);
+    ck_assert_uint_eq(h.counters, 1);
+    ck_assert(apply(&b, &out.m[0]));
+    assert_group_slot(&b, "c", "g1", 8, 3);
+    ck_assert_uint_eq(find(&b, "c")->nslots, 1); /* never a node of another group */
+    ck_assert_int_eq(value(&b, "c"), 5);
+    ck_assert_int_eq(value(&b, "c"), value(&a, "c"));
+    /* a duplicate (another path of the flood): dropped, nothing changes */
+    uint64_t digest[TALLY_BUCKETS];
+    memcpy(digest, b.t.digest, sizeof(digest));
+    ck_assert(!apply(&b, &out.m[0]));
+    ck_assert_mem_eq(digest, b.t.digest, sizeof(digest));
+    assert_group_slot(&b, "c", "g1", 8, 3);
+    /* and a hub never takes back its own message */
+    ck_assert(!apply(&a, &out.m[0]));
+    ck_assert_ptr_null(group_slot(&a, "c", "g1"));
+    outbox_free(&out);
+    hub_free(&a);
+    hub_free(&b);
+}
+END_TEST
+
+START_TEST(test_a_gsum_of_an_earlier_life_after_a_later_one_is_dropped)
+{
+    struct hub old, now, b;
+    struct outbox from_old = {0}, from_now = {0};
+    hub_init(&old, "a1", "g1", 4);
+    hub_init(&now, "a1", "g1", 5);
+    hub_init(&b, "b1", "g2", 1);
+    slot(&old, "c", "e1", 50, 0); /* what it says is higher: it must not count */
+    note(&old, "c");
+    ck_assert_int_eq(announce(&old, &from_old), 1);
+    slot(&now, "c", "e1", 7, 0);
+    note(&now, "c");
+    ck_assert_int_eq(announce(&now, &from_now), 1);
+    ck_assert(apply(&b, &from_now.m[0]));
+    ck_assert(!apply(&b, &from_old.m[0]));
+    assert_group_slot(&b, "c", "g1", 7, 0);
+    outbox_free(&from_old);
+    outbox_free(&from_now);
+    hub_free(&old);
+    hub_free(&now);
+    hub_free(&b);
+}
+END_TEST
+
+START_TEST(test_a_hub_never_takes_its_own_groups_sum)
+{
+    struct hub a1, a2;
+    struct outbox out = {0};
+    hub_init(&a1, "a1", "g1", 1);
+    hub_init(&a2, "a2", "g1", 1);
+    slot(&a1, "c", "e1", 3, 0);
+    slot(&a2, "c", "e1", 2, 0); /* a2 has not heard all of e1 yet */
+    note(&a1, "c");
+    ck_assert_int_eq(announce(&a1, &out), 1);
+    ck_assert(apply(&a2, &out.m[0])); /* fresh: a2 floods it on */
+    ck_assert_ptr_null(group_slot(&a2, "c", "g1"));
+    ck_assert_uint_eq(find(&a2, "c")->nslots, 1);
+    ck_assert_int_eq(value(&a2, "c"), 2);
+    /* a counter only a1 has heard of yet: not made at a2 */
+    slot(&a1, "d", "e1", 9, 0);
+    note(&a1, "d");
+    ck_assert_int_eq(announce(&a1, &out), 1);
+    ck_assert(apply(&a2, &out.m[1]));
+    ck_assert_ptr_null(find(&a2, "d"));
+    ck_assert(!apply(&a2, &out.m[1]));
+    outbox_free(&out);
+    hub_free(&a1);
+    hub_free(&a2);
+}
+END_TEST
+
+START_TEST(test_a_group_slot_only_rises_whatever_the_order)
+{
+    struct hub a, b;
+    struct outbox first = {0}, second = {0}, third = {0};
+    hub_init(&a, "a1", "g1", 1);
+    hub_init(&b, "b1", "g2", 1);
+    slot(&a, "c", "e1", 5, 1);
+    note(&a, "c");
+    ck_assert_int_eq(announce(&a, &first), 1);
+    slot(&a, "c", "e1", 9, 1);
+    slot(&a, "c", "e2", 1, 4);
+    note(&a, "c");
+    ck_assert_int_eq(announce(&a, &second), 1);
+    uint64_t named;
+    ck_assert_uint_eq(records(&second, "c", &named), 1);
+    ck_assert_uint_eq(named, 1);
+    /* the newer first, the older late: the older is fresh (not seen), but
+     * takes nothing from the maximum */
+    ck_assert(apply(&b, &second.m[0]));
+    assert_group_slot(&b, "c", "g1", 10, 5);
+    ck_assert(apply(&b, &first.m[0]));
+    assert_group_slot(&b, "c", "g1", 10, 5);
+    ck_assert(!apply(&b, &first.m[0]));
+    ck_assert_int_eq(value(&b, "c"), 5);
+    /* and the next rise is taken */
+    slot(&a, "c", "e1", 20, 1);
+    note(&a, "c");
+    ck_assert_int_eq(announce(&a, &third), 1);
+    ck_assert(apply(&b, &third.m[0]));
+    assert_group_slot(&b, "c", "g1", 21, 5);
+    ck_assert_int_eq(value(&b, "c"), value(&a, "c"));
+    outbox_free(&first);
+    outbox_free(&second);
+    outbox_free(&third);
+    hub_free(&a);
+    hub_free(&b);
+}
+END_TEST
+
+static uint64_t seq_of(const struct msg *m)
+{
+    struct gsum_head h;
+    reader(m, &h);
+    return h.seq;
+}
+
+/* A hub keeps the 64 seqs below the newest it has seen of an origin: one
+ * older than those is taken as seen (dropped, not flooded on). */
+START_TEST(test_a_gsum_far_below_the_newest_is_dropped)
+{
+    struct hub a, b;
+    struct outbox out = {0};
+    hub_init(&a, "a1", "g1", 1);
+    hub_init(&b, "b1", "g2", 1);
+    for (int i = 1; i <= 70; i++) {
+        slot(&a, "c", "e1", (uint64_t)i, 0);
+        note(&a, "c");
+        ck_assert_int_eq(announce(&a, &out), 1);
+    }
+    uint64_t newest = seq_of(&out.m[69]);
+    ck_assert(apply(&b, &out.m[69]));
+    int inside = -1, outside = -1;
+    for (int i = 0; i < 69; i++) {
+        uint64_t back = newest - seq_of(&out.m[i]);
+        if (back < 64 && inside < 0)
+            inside = i;
+        if (back >= 64)
+            outside = i;
+    }
+    ck_assert_int_ge(inside, 0);
+    ck_assert_int_ge(outside, 0);
+    ck_assert(!apply(&b, &out.m[outside]));
+    ck_assert(apply(&b, &out.m[inside]));
+    ck_assert(!apply(&b, &out.m[inside]));
+    assert_group_slot(&b, "c", "g1", 70, 0);
+    outbox_free(&out);
+    hub_free(&a);
+    hub_free(&b);
+}
+END_TEST
+
+/* ==== What is sent, and when ==== */
+
+START_TEST(test_a_counter_whose_sum_did_not_rise_is_not_sent)
+{
+    struct hub a;
+    struct outbox out = {0};
+    hub_init(&a, "a1", "g1", 1);
+    slot(&a, "c", "e1", 5, 0);
+    slot(&a, "c", ".g2", 5, 0);
+    note(&a, "c");
+    ck_assert_int_eq(announce(&a, &out), 1);
+    note(&a, "c");
+    ck_assert_int_eq(announce(&a, &out), 0);
+    slot(&a, "c", ".g2", 6, 0); /* another group's part rose: not ours to say */
+    note(&a, "c");
+    ck_assert_int_eq(announce(&a, &out), 0);
+    slot(&a, "c", "e1", 5, 1);
+    note(&a, "c");
+    note(&a, "c"); /* queued once */
+    ck_assert_int_eq(announce(&a, &out), 1);
+    ck_assert_uint_eq(records(&out, NULL, NULL), 2);
+    ck_assert_int_eq(announce(&a, &out), 0);
+    outbox_free(&out);
+    hub_free(&a);
+}
+END_TEST
+
+START_TEST(test_the_refresh_sends_every_counter_again_in_chunks)
+{
+    struct hub a;
+    struct outbox out = {0};
+    hub_init(&a, "a1", "g1", 1);
+    char name[16];
+    for (int i = 0; i < 5; i++) {
+        snprintf(name, sizeof(name), "c%d", i);
+        slot(&a, name, "e1", (uint64_t)i + 1, 0);
+        note(&a, name);
+    }
+    ck_assert_int_eq(announce(&a, &out), 1);
+    ck_assert_uint_eq(records(&out, NULL, NULL), 5);
+    outbox_free(&out);
+    ck_assert_int_eq(announce_sized(&a, 999, MAX_BYTES, 2, &out), 0); /* not due yet */
+    /* due at 1000: two counters an announce */
+    ck_assert_int_eq(announce_sized(&a, 1000, MAX_BYTES, 2, &out), 1);
+    ck_assert_int_eq(announce_sized(&a, 1001, MAX_BYTES, 2, &out), 1);
+    ck_assert_int_eq(announce_sized(&a, 1002, MAX_BYTES, 2, &out), 1);
+    ck_assert_int_eq(announce_sized(&a, 1003, MAX_BYTES, 2, &out), 0);
+    ck_assert_uint_eq(records(&out, NULL, NULL), 5);
+    for (int i = 0; i < 5; i++) {
+        uint64_t named;
+        snprintf(name, sizeof(name), "c%d", i);
+        records(&out, name, &named);
+        ck_assert_uint_eq(named, 1);
+    }
+    /* what the refresh sends heals a hub that lost every earlier GSUM */
+    struct hub b;
+    hub_init(&b, "b1", "g2", 1);
+    apply_all(&b, &out);
+    for (int i = 0; i < 5; i++) {
+        snprintf(name, sizeof(name), "c%d", i);
+        assert_group_slot(&b, name, "g1", (uint64_t)i + 1, 0);
+    }
+    outbox_free(&out);
+    /* the next one is due a refresh after the last began */
+    ck_assert_int_eq(announce_sized(&a, 1999, MAX_BYTES, 100, &out), 0);
+    ck_assert_int_eq(announce_sized(&a, 2000, MAX_BYTES, 100, &out), 1);
+    ck_assert_uint_eq(records(&out, NULL, NULL), 5);
+    outbox_free(&out);
+    hub_free(&a);
+    hub_free(&b);
+}
+END_TEST
+
+/* ==== Devices ==== */
+
+START_TEST(test_a_device_maximum_travels_whole_and_is_not_echoed)
+{
+    struct hub a, b, c;
+    struct outbox out = {0};
+    hub_init(&a, "a1", "g1", 1);
+    hub_init(&b, "b1", "g2", 1);
+    hub_init(&c, "c1", "g3", 1);
+    slot(&a, "c", "e1", 3, 0);
+    report(&a, "c", "dev1", 7);
+    note(&a, "c");
+    ck_assert_int_eq(announce(&a, &out), 1);
+    ck_assert(apply(&b, &out.m[0]));
+    assert_group_slot(&b, "c", "g1", 3, 0); /* the device is not in the slot */
+    ck_assert_uint_eq(device(&b, "c", "dev1"), 7);
+    ck_assert_int_eq(value(&b, "c"), 10);
+    ck_assert_int_eq(value(&b, "c"), value(&a, "c"));
+    /* learned from the flood: b does not announce it again */
+    note(&b, "c");
+    ck_assert_int_eq(announce(&b, &out), 0);
+    /* a device that rises at b is b's to announce */
+    report(&b, "c", "dev1", 9);
+    note(&b, "c");
+    outbox_free(&out);
+    ck_assert_int_eq(announce(&b, &out), 1);
+    ck_assert(apply(&c, &out.m[0]));
+    ck_assert(apply(&a, &out.m[0]));
+    ck_assert_uint_eq(device(&c, "c", "dev1"), 9);
+    ck_assert_uint_eq(device(&a, "c", "dev1"), 9);
+    /* b's group wrote nothing of it: no count of .g2 (a slot of zeros is
+     * made, as counter.c merges any slot) */
+    const struct tally_slot *zero = group_slot(&c, "c", "g2");
+    ck_assert(!zero || (zero->p == 0 && zero->n == 0));
+    ck_assert_int_eq(value(&c, "c"), 9);
+    ck_assert_int_eq(value(&a, "c"), 3 + 9);
+    /* and a, which learned its rise from b, does not echo it */
+    note(&a, "c");
+    outbox_free(&out);
+    ck_assert_int_eq(announce(&a, &out), 0);
+    outbox_free(&out);
+    hub_free(&a);
+    hub_free(&b);
+    hub_free(&c);
+}
+END_TEST
+
+/* ==== Splitting ==== */
+
+static void long_name(char *out, size_t size, int i)
+{
+    char pad[181];
+    memset(pad, 'x', sizeof(pad) - 1);
+    pad[sizeof(pad) - 1] = '\0';
+    snprintf(out, size, "counter-%03d-%s", i, pad);
+}
+
+START_TEST(test_many_counters_are_split_within_max_bytes)
+{
+    struct hub a, b;
+    struct outbox out = {0};
+    hub_init(&a, "a1", "g1", 1);
+    hub_init(&b, "b1", "g2", 1);
+    char name[TALLY_NAME_MAX + 1];
+    for (int i = 0; i < 500; i++) {
+        long_name(name, sizeof(name), i);
+        slot(&a, name, "e1", (uint64_t)i * 1000003, (uint64_t)i);
+        slot(&a, name, "a1", 1ULL << 40, 0);
+        note(&a, name);
+    }
+    int n = announce_sized(&a, 1, 4096, 100, &out);
+    ck_assert_int_gt(n, 1);
+    for (int i = 0; i < out.n; i++)
+        ck_assert_uint_le(out.m[i].len, 4096);
+    ck_assert_uint_eq(records(&out, NULL, NULL), 500);
+    apply_all(&b, &out);
+    ck_assert_uint_eq(HASH_COUNT(b.t.counters), 500);
+    for (int i = 0; i < 500; i++) {
+        long_name(name, sizeof(name), i);
+        assert_group_slot(&b, name, "g1", (uint64_t)i * 1000003 + (1ULL << 40), (uint64_t)i);
+        ck_assert_int_eq(value(&b, name), value(&a, name));
+    }
+    outbox_free(&out);
+    hub_free(&a);
+    hub_free(&b);
+}
+END_TEST
+
+static void device_id(char *out, size_t size, int i)
+{
+    snprintf(out, size, "device-%03d-%0100d", i, 0);
+}
+
+/* A counter's devices over many messages, its sums again in each. */
+START_TEST(test_a_counter_with_many_devices_is_taken_whole_over_many_messages)
+{
+    struct hub a, b;
+    struct outbox out = {0};
+    hub_init(&a, "a1", "g1", 1);
+    hub_init(&b, "b1", "g2", 1);
+    char id[TALLY_DEVICE_MAX + 1];
+    slot(&a, "c", "e1", 11, 0);
+    for (int i = 0; i < 200; i++) {
+        device_id(id, sizeof(id), i);
+        report(&a, "c", id, (uint64_t)i + 1);
+    }
+    note(&a, "c");
+    ck_assert_int_gt(announce_sized(&a, 1, 2048, 100, &out), 10);
+    uint64_t named;
+    uint64_t total = records(&out, "c", &named);
+    ck_assert_uint_eq(total, named);
+    ck_assert_uint_ge(named, (uint64_t)out.n);
+    apply_all(&b, &out);
+    assert_group_slot(&b, "c", "g1", 11, 0);
+    for (int i = 0; i < 200; i++) {
+        device_id(id, sizeof(id), i);
+        ck_assert_uint_eq(device(&b, "c", id), (uint64_t)i + 1);
+    }
+    ck_assert_int_eq(value(&b, "c"), value(&a, "c"));
+    outbox_free(&out);
+    hub_free(&a);
+    hub_free(&b);
+}
+END_TEST
+
+/* Every GSUM within max_bytes, device ids of 111 bytes included: a record's
+ * first device once overran it (its head alone was made room for). */
+START_TEST(test_a_counter_with_many_devices_is_split_within_max_bytes)
+{
+    struct hub a;
+    struct outbox out = {0};
+    hub_init(&a, "a1", "g1", 1);
+    char id[TALLY_DEVICE_MAX + 1];
+    slot(&a, "c", "e1", 11, 0);
+    for (int i = 0; i < 200; i++) {
+        device_id(id, sizeof(id), i);
+        report(&a, "c", id, (uint64_t)i + 1);
+    }
+    note(&a, "c");
+    announce_sized(&a, 1, 2048, 100, &out);
+    for (int i = 0; i < out.n; i++)
+        ck_assert_msg(out.m[i].len <= 2048, "message %d of %d: %zu bytes", i, out.n, out.m[i].len);
+    outbox_free(&out);
+    hub_free(&a);
+}
+END_TEST
+
+/* The same bug, across counters: many counters of one long device id each. */
+START_TEST(test_counters_with_one_long_device_each_are_split_within_max_bytes)
+{
+    struct hub a, b;
+    struct outbox out = {0};
+    hub_init(&a, "a1", "g1", 1);
+    hub_init(&b, "b1", "g2", 1);
+    char name[16], id[TALLY_DEVICE_MAX + 1];
+    for (int i = 0; i < 100; i++) {
+        snprintf(name, sizeof(name), "c%d", i);
+        snprintf(id, sizeof(id), "device-%03d-%0110d", i, 0);
+        report(&a, name, id, 1);
+        note(&a, name);
+    }
+    announce_sized(&a, 1, 1024, 100, &out);
+    for (int i = 0; i < out.n; i++)
+        ck_assert_msg(out.m[i].len <= 1024, "message %d of %d: %zu bytes", i, out.n, out.m[i].len);
+    outbox_free(&out);
+    hub_free(&a);
+    hub_free(&b);
+}
+END_TEST
+
+/* ==== What a hub refuses ==== */
+
+/* Applies a malformed message at b: refused, and nothing of it taken. */
+static void assert_refused(struct hub *b, const void *data, size_t len)
+{
+    bool fresh = true;
+    uint64_t digest[TALLY_BUCKETS];
+    memcpy(digest, b->t.digest, sizeof(digest));
+    ck_assert_int_eq(apply_bytes(b, data, len, &fresh), TALLY_E_WIRE);
+    ck_assert(!fresh);
+    ck_assert_uint_eq(HASH_COUNT(b->t.counters), 0);
+    ck_assert_uint_eq(b->t.ndevices, 0);
+    ck_assert_mem_eq(digest, b->t.digest, sizeof(digest));
+}
+
+START_TEST(test_a_malformed_gsum_is_refused_whole)
+{
+    struct hub a, b;
+    struct outbox out = {0};
+    struct wire_buf w = {0};
+    hub_init(&a, "a1", "g1", 1);
+    hub_init(&b, "b1", "g2", 1);
+    slot(&a, "c", "e1", 5, 1);
+    slot(&a, "d", "e1", 2, 0);
+    report(&a, "d", "dev1", 3);
+    note(&a, "c");
+    note(&a, "d");
+    ck_assert_int_eq(announce(&a, &out), 1);
+    const struct msg *m = &out.m[0];
+    /* cut anywhere */
+    for (size_t len = 0; len < m->len; len++)
+        assert_refused(&b, m->data, len);
+    /* a byte more */
+    uint8_t *longer = malloc(m->len + 1);
+    memcpy(longer, m->data, m->len);
+    longer[m->len] = 0;
+    assert_refused(&b, longer, m->len + 1);
+    /* another version, another type */
+    memcpy(longer, m->data, m->len);
+    longer[2] = WIRE_GSUM_VERSION + 1;
+    assert_refused(&b, longer, m->len);
+    longer[2] = WIRE_GSUM_VERSION;
+    longer[3] = WIRE_GSUM + 1;
+    assert_refused(&b, longer, m->len);
+    longer[3] = WIRE_GSUM;
+    longer[0] = 'X';
+    assert_refused(&b, longer, m->len);
+    free(longer);
+    /* by hand: each a valid message but for one field */
+    struct gsum_rec ok = {"c", 5, 1, 0, 0, "dev1", 3};
+    write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a1", 1, 7, "g1", &ok, 1);
+    struct msg good = as_msg(&w);
+    uint8_t *copy = malloc(good.len);
+    memcpy(copy, good.data, good.len);
+    struct gsum_rec bad[] = {
+        {"c/x", 5, 1, 0, 0, NULL, 0},                          /* name_check: '/' */
+        {"$c", 5, 1, 0, 0, NULL, 0},                           /* name_check: '$' */
+        {"", 5, 1, 0, 0, NULL, 0},                             /* name_check: empty */
+        {"c", (uint64_t)TALLY_MAX_SAFE + 1, 0, 0, 0, NULL, 0}, /* P over */
+        {"c", 0, (uint64_t)TALLY_MAX_SAFE + 1, 0, 0, NULL, 0}, /* N over */
+        {"c", 1, 0, (uint64_t)TALLY_MAX_SAFE + 1, 0, NULL, 0}, /* BP over */
+        {"c", 1, 0, 0, (uint64_t)TALLY_MAX_SAFE + 1, NULL, 0}, /* BN over */
+        {"c", 1, 0, 0, 0, "dev1", (uint64_t)TALLY_MAX_SAFE + 1},
+        {"c", 1, 0, 0, 0, "", 1}, /* device_id_check */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct gsum_rec two[2] = {ok, bad[i]}; /* the good part is not taken either */
+        two[0].name = "e";
+        write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a1", 1, 7, "g1", two, 2);
+        assert_refused(&b, w.data, w.len);
+    }
+    write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a/1", 1, 7, "g1", &ok, 1);
+    assert_refused(&b, w.data, w.len);
+    write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a1", 1, 7, "", &ok, 1);
+    assert_refused(&b, w.data, w.len);
+    write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a1", 1, 7, "g 1", &ok, 1);
+    assert_refused(&b, w.data, w.len);
+    char group[TALLY_NODE_ID_MAX + 1];
+    memset(group, 'g', TALLY_NODE_ID_MAX);
+    group[TALLY_NODE_ID_MAX] = '\0'; /* one more than GROUP_NAME_MAX */
+    write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a1", 1, 7, group, &ok, 1);
+    assert_refused(&b, w.data, w.len);
+    /* a count of counters over what follows */
+    write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a1", 1, 7, "g1", &ok, 1);
+    w.data[4 + 3 + 8 + 1 + 3] = 2;
+    assert_refused(&b, w.data, w.len);
+    /* none of them used up seq 7 of a1: the good one is still fresh */
+    bool fresh;
+    ck_assert_int_eq(apply_bytes(&b, copy, good.len, &fresh), TALLY_OK);
+    ck_assert(fresh);
+    assert_group_slot(&b, "c", "g1", 5, 1);
+    ck_assert_uint_eq(device(&b, "c", "dev1"), 3);
+    /* and the one of a1 itself, as b took it */
+    ck_assert(apply(&b, m));
+    assert_group_slot(&b, "d", "g1", 2, 0);
+    free(copy);
+    wbuf_free(&w);
+    outbox_free(&out);
+    hub_free(&a);
+    hub_free(&b);
+}
+END_TEST
+
+START_TEST(test_a_hub_in_no_group_takes_no_gsum)
+{
+    struct hub a, none, null;
+    struct outbox out = {0};
+    hub_init(&a, "a1", "g1", 1);
+    hub_init(&none, "n1", "", 1);
+    hub_init(&null, "n2", NULL, 1);
+    ck_assert(!group_on(&none.g) && !group_on(&null.g));
+    slot(&a, "c", "e1", 5, 1);
+    note(&a, "c");
+    ck_assert_int_eq(announce(&a, &out), 1);
+    ck_assert(!apply(&none, &out.m[0]));
+    ck_assert(!apply(&null, &out.m[0]));
+    ck_assert_ptr_null(find(&none, "c"));
+    ck_assert_ptr_null(find(&null, "c"));
+    ck_assert_uint_eq(none.t.nreplicas, 0);
+    /* nor does it announce */
+    slot(&none, "c", "e1", 5, 0);
+    note(&none, "c");
+    ck_assert_int_eq(announce(&none, &out), 0);
+    ck_assert_int_eq(announce_sized(&none, 5000, MAX_BYTES, 100, &out), 0);
+    outbox_free(&out);
+    hub_free(&a);
+    hub_free(&none);
+    hub_free(&null);
+}
+END_TEST
+
+/* One hub of a group speaks for it: a2 keeps quiet while it hears a1 (first
+ * in order of node id), a1 never for a2, and a2 takes over, every sum
+ * again, once a1 has been silent for quiet_ms. */
+START_TEST(test_the_first_hub_of_a_group_speaks_for_it)
+{
+    struct hub a1, a2, b1;
+    struct outbox o1 = {0}, o2 = {0}, late = {0};
+    hub_init(&a1, "a1", "g1", 1);
+    hub_init(&a2, "a2", "g1", 1);
+    hub_init(&b1, "b1", "g2", 1);
+    for (struct hub *h = &a1; h; h = h == &a1 ? &a2 : NULL) {
+        slot(h, "c", "e1", 5, 0);
+        note(h, "c");
+    }
+    /* both speak at first, and each hears the other */
+    ck_assert_int_eq(announce_sized(&a1, 100, MAX_BYTES, 100, &o1), 1);
+    ck_assert_int_eq(announce_sized(&a2, 100, MAX_BYTES, 100, &o2), 1);
+    ck_assert(apply(&a2, &o1.m[0]));
+    ck_assert(apply(&a1, &o2.m[0]));
+    for (struct hub *h = &a1; h; h = h == &a1 ? &a2 : NULL) {
+        slot(h, "c", "e2", 3, 0);
+        note(h, "c");
+    }
+    ck_assert_int_eq(announce_sized(&a2, 200, MAX_BYTES, 100, &o2), 0);
+    ck_assert_int_eq(announce_sized(&a1, 200, MAX_BYTES, 100, &o1), 1);
+    ck_assert(!a1.g.quiet && a2.g.quiet);
+    /* a1 silent from here: a2 keeps quiet until 3 s after it last heard it */
+    ck_assert_int_eq(announce_sized(&a2, 100 + 2999, MAX_BYTES, 100, &late), 0);
+    ck_assert_int_ge(announce_sized(&a2, 100 + 3000, MAX_BYTES, 100, &late), 1);
+    ck_assert(!a2.g.quiet);
+    apply_all(&b1, &late);
+    ck_assert_int_eq(table_value(&b1.t, find(&b1, "c")), 8);
+    outbox_free(&o1);
+    outbox_free(&o2);
+    outbox_free(&late);
+    hub_free(&a1);
+    hub_free(&a2);
+    hub_free(&b1);
+}
+END_TEST
+
+Suite *group_suite(void)
+{
+    Suite *s = suite_create("group");
+    TCase *tc = tcase_create("groups of hubs");
+    tcase_add_test(tc, test_a_group_sum_is_the_sum_of_its_nodes_slots);
+    tcase_add_test(tc, test_a_group_sum_of_a_reset_counter_has_the_sums_of_its_bases);
+    tcase_add_test(tc, test_a_fold_leaves_the_group_sum_unchanged);
+    tcase_add_test(tc, test_a_gsum_gives_the_other_group_one_slot_of_its_sum);
+    tcase_add_test(tc, test_a_gsum_of_an_earlier_life_after_a_later_one_is_dropped);
+    tcase_add_test(tc, test_a_hub_never_takes_its_own_groups_sum);
+    tcase_add_test(tc, test_a_group_slot_only_rises_whatever_the_order);
+    tcase_add_test(tc, test_a_gsum_far_below_the_newest_is_dropped);
+    tcase_add_test(tc, test_a_counter_whose_sum_did_not_rise_is_not_sent);
+    tcase_add_test(tc, test_the_refresh_sends_every_counter_again_in_chunks);
+    tcase_add_test(tc, test_a_device_maximum_travels_whole_and_is_not_echoed);
+    tcase_add_test(tc, test_many_counters_are_split_within_max_bytes);
+    tcase_add_test(tc, test_a_counter_with_many_devices_is_taken_whole_over_many_messages);
+    tcase_add_test(tc, test_a_counter_with_many_devices_is_split_within_max_bytes);
+    tcase_add_test(tc, test_counters_with_one_long_device_each_are_split_within_max_bytes);
+    tcase_add_test(tc, test_a_malformed_gsum_is_refused_whole);
+    tcase_add_test(tc, test_a_hub_in_no_group_takes_no_gsum);
+    tcase_add_test(tc, test_the_first_hub_of_a_group_speaks_for_it);
+    suite_add_tcase(s, tc);
+    return s;
+}
