@@ -141,6 +141,14 @@ static uint64_t minus(uint64_t v, uint64_t by)
     return v > by ? v - by : 0;
 }
 
+/* a + b, at most 2^53 - 1: a GSUM carries no larger value (a sum of many
+ * slots could pass it, and one such record would have the whole message
+ * refused), as a total shows none (clamp_safe) */
+static void add_safe(uint64_t *a, uint64_t b)
+{
+    *a = b >= (uint64_t)TALLY_MAX_SAFE - *a ? (uint64_t)TALLY_MAX_SAFE : *a + b;
+}
+
 void group_sum(const struct tally_table *t, const struct tally_counter *c, uint64_t *p, uint64_t *n,
                uint64_t *bp, uint64_t *bn)
 {
@@ -152,12 +160,12 @@ void group_sum(const struct tally_table *t, const struct tally_counter *c, uint6
             continue;
         const struct tally_fold *f = c->folded ? table_fold(t, c, s->replica) : NULL;
         uint64_t fp = f ? f->p : 0, fn = f ? f->n : 0, sp = 0, sn = 0;
-        *p += minus(s->p, fp);
-        *n += minus(s->n, fn);
+        add_safe(p, minus(s->p, fp));
+        add_safe(n, minus(s->n, fn));
         if (b) {
             base_slot(b, s->replica, &sp, &sn);
-            *bp += minus(sp, fp);
-            *bn += minus(sn, fn);
+            add_safe(bp, minus(sp, fp));
+            add_safe(bn, minus(sn, fn));
         }
     }
 }
@@ -202,7 +210,8 @@ int group_note(struct tally_group *gr, const struct tally_table *t, const struct
     uint64_t p, n, bp, bn;
     group_sum(t, c, &p, &n, &bp, &bn);
     bool rose = p > e->p || n > e->n || bp > e->bp || bn > e->bn;
-    /* maxima: our figure may lag a GSUM of another hub of our group */
+    /* what was sent stays sent (a fold that moves a base may lower the base
+     * sum for a moment, fold.c); the receivers keep maxima anyway */
     e->p = p > e->p ? p : e->p;
     e->n = n > e->n ? n : e->n;
     e->bp = bp > e->bp ? bp : e->bp;
@@ -288,8 +297,6 @@ static size_t head_bytes(const struct group_entry *e)
     return 1 + e->name_len + 4 * 10 + 10;
 }
 
-/* Writes e: its sums, and its device maxima owed (all with `all`), over as
- * many messages as they need, the sums again in each. */
 /* A device maximum a record carries: one that rose here, or with `all` (the
  * refresh) every one that rose here once, not those heard from the flood. */
 static bool carried(const struct group_dev *d, bool all)

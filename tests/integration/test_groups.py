@@ -81,6 +81,9 @@ def test_two_groups_exact_with_a_slot_per_group(brokers, closing):
     # A reset in a group is refused, and changes nothing.
     (resp,) = control(a1, [{"command": "resetCounter", "name": "shared"}])
     assert "group" in resp.get("error", ""), resp
+    # Nor is the other group's replica a node to remove.
+    (resp,) = control(a1, [{"command": "removeNode", "node": ".g2"}])
+    assert "group" in resp.get("error", ""), resp
     exact_everywhere(hubs + edges, expected, timeout=5)
 
 

@@ -327,6 +327,28 @@ START_TEST(test_a_group_sum_is_the_sum_of_its_nodes_slots)
 }
 END_TEST
 
+/* Two slots near 2^53 sum past it: the sum stops at 2^53 - 1 (what a total
+ * may show), and the other group takes it, where a larger value would have
+ * had the whole GSUM refused. */
+START_TEST(test_a_group_sum_past_the_largest_safe_integer_is_saturated)
+{
+    struct hub a, b;
+    struct outbox out = {0};
+    hub_init(&a, "a1", "g1", 1);
+    hub_init(&b, "b1", "g2", 1);
+    slot(&a, "c", "a1", TALLY_MAX_SAFE - 1, 0);
+    slot(&a, "c", "e1", 5, 0);
+    assert_sum(&a, "c", TALLY_MAX_SAFE, 0, 0, 0);
+    note(&a, "c");
+    ck_assert_int_eq(announce(&a, &out), 1);
+    ck_assert(apply(&b, &out.m[0]));
+    assert_group_slot(&b, "c", "g1", TALLY_MAX_SAFE, 0);
+    outbox_free(&out);
+    hub_free(&a);
+    hub_free(&b);
+}
+END_TEST
+
 START_TEST(test_a_group_sum_of_a_reset_counter_has_the_sums_of_its_bases)
 {
     struct hub a;
@@ -991,6 +1013,7 @@ Suite *group_suite(void)
     tcase_add_test(tc, test_a_malformed_gsum_is_refused_whole);
     tcase_add_test(tc, test_a_hub_in_no_group_takes_no_gsum);
     tcase_add_test(tc, test_the_first_hub_of_a_group_speaks_for_it);
+    tcase_add_test(tc, test_a_group_sum_past_the_largest_safe_integer_is_saturated);
     suite_add_tcase(s, tc);
     return s;
 }
