@@ -73,6 +73,19 @@ static void hub_free(struct hub *h)
     wbuf_free(&h->b);
 }
 
+/* a1 of group g1 and b1 of group g2, in their first lives */
+static void two_groups(struct hub *a, struct hub *b)
+{
+    hub_init(a, "a1", "g1", 1);
+    hub_init(b, "b1", "g2", 1);
+}
+
+static void hubs_free(struct hub *a, struct hub *b)
+{
+    hub_free(a);
+    hub_free(b);
+}
+
 static struct tally_counter *get(struct hub *h, const char *name)
 {
     struct tally_counter *c;
@@ -334,8 +347,7 @@ START_TEST(test_a_group_sum_past_the_largest_safe_integer_is_saturated)
 {
     struct hub a, b;
     struct outbox out = {0};
-    hub_init(&a, "a1", "g1", 1);
-    hub_init(&b, "b1", "g2", 1);
+    two_groups(&a, &b);
     slot(&a, "c", "a1", TALLY_MAX_SAFE - 1, 0);
     slot(&a, "c", "e1", 5, 0);
     assert_sum(&a, "c", TALLY_MAX_SAFE, 0, 0, 0);
@@ -344,8 +356,7 @@ START_TEST(test_a_group_sum_past_the_largest_safe_integer_is_saturated)
     ck_assert(apply(&b, &out.m[0]));
     assert_group_slot(&b, "c", "g1", TALLY_MAX_SAFE, 0);
     outbox_free(&out);
-    hub_free(&a);
-    hub_free(&b);
+    hubs_free(&a, &b);
 }
 END_TEST
 
@@ -412,8 +423,7 @@ START_TEST(test_a_gsum_gives_the_other_group_one_slot_of_its_sum)
 {
     struct hub a, b;
     struct outbox out = {0};
-    hub_init(&a, "a1", "g1", 1);
-    hub_init(&b, "b1", "g2", 1);
+    two_groups(&a, &b);
     slot(&a, "c", "a1", 5, 2);
     slot(&a, "c", "e1", 3, 1);
     note(&a, "c");
@@ -439,8 +449,7 @@ START_TEST(test_a_gsum_gives_the_other_group_one_slot_of_its_sum)
     ck_assert(!apply(&a, &out.m[0]));
     ck_assert_ptr_null(group_slot(&a, "c", "g1"));
     outbox_free(&out);
-    hub_free(&a);
-    hub_free(&b);
+    hubs_free(&a, &b);
 }
 END_TEST
 
@@ -499,8 +508,7 @@ START_TEST(test_a_group_slot_only_rises_whatever_the_order)
 {
     struct hub a, b;
     struct outbox first = {0}, second = {0}, third = {0};
-    hub_init(&a, "a1", "g1", 1);
-    hub_init(&b, "b1", "g2", 1);
+    two_groups(&a, &b);
     slot(&a, "c", "e1", 5, 1);
     note(&a, "c");
     ck_assert_int_eq(announce(&a, &first), 1);
@@ -529,8 +537,7 @@ START_TEST(test_a_group_slot_only_rises_whatever_the_order)
     outbox_free(&first);
     outbox_free(&second);
     outbox_free(&third);
-    hub_free(&a);
-    hub_free(&b);
+    hubs_free(&a, &b);
 }
 END_TEST
 
@@ -547,8 +554,7 @@ START_TEST(test_a_gsum_far_below_the_newest_is_dropped)
 {
     struct hub a, b;
     struct outbox out = {0};
-    hub_init(&a, "a1", "g1", 1);
-    hub_init(&b, "b1", "g2", 1);
+    two_groups(&a, &b);
     for (int i = 1; i <= 70; i++) {
         slot(&a, "c", "e1", (uint64_t)i, 0);
         note(&a, "c");
@@ -571,8 +577,7 @@ START_TEST(test_a_gsum_far_below_the_newest_is_dropped)
     ck_assert(!apply(&b, &out.m[inside]));
     assert_group_slot(&b, "c", "g1", 70, 0);
     outbox_free(&out);
-    hub_free(&a);
-    hub_free(&b);
+    hubs_free(&a, &b);
 }
 END_TEST
 
@@ -644,8 +649,7 @@ START_TEST(test_the_refresh_sends_every_counter_again_in_chunks)
     ck_assert_int_eq(announce_sized(&a, 2000, MAX_BYTES, 100, &out), 1);
     ck_assert_uint_eq(records(&out, NULL, NULL), 5);
     outbox_free(&out);
-    hub_free(&a);
-    hub_free(&b);
+    hubs_free(&a, &b);
 }
 END_TEST
 
@@ -655,8 +659,7 @@ START_TEST(test_a_device_maximum_travels_whole_and_is_not_echoed)
 {
     struct hub a, b, c;
     struct outbox out = {0};
-    hub_init(&a, "a1", "g1", 1);
-    hub_init(&b, "b1", "g2", 1);
+    two_groups(&a, &b);
     hub_init(&c, "c1", "g3", 1);
     slot(&a, "c", "e1", 3, 0);
     report(&a, "c", "dev1", 7);
@@ -690,8 +693,7 @@ START_TEST(test_a_device_maximum_travels_whole_and_is_not_echoed)
     outbox_free(&out);
     ck_assert_int_eq(announce(&a, &out), 0);
     outbox_free(&out);
-    hub_free(&a);
-    hub_free(&b);
+    hubs_free(&a, &b);
     hub_free(&c);
 }
 END_TEST
@@ -710,8 +712,7 @@ START_TEST(test_many_counters_are_split_within_max_bytes)
 {
     struct hub a, b;
     struct outbox out = {0};
-    hub_init(&a, "a1", "g1", 1);
-    hub_init(&b, "b1", "g2", 1);
+    two_groups(&a, &b);
     char name[TALLY_NAME_MAX + 1];
     for (int i = 0; i < 500; i++) {
         long_name(name, sizeof(name), i);
@@ -732,8 +733,7 @@ START_TEST(test_many_counters_are_split_within_max_bytes)
         ck_assert_int_eq(value(&b, name), value(&a, name));
     }
     outbox_free(&out);
-    hub_free(&a);
-    hub_free(&b);
+    hubs_free(&a, &b);
 }
 END_TEST
 
@@ -747,8 +747,7 @@ START_TEST(test_a_counter_with_many_devices_is_taken_whole_over_many_messages)
 {
     struct hub a, b;
     struct outbox out = {0};
-    hub_init(&a, "a1", "g1", 1);
-    hub_init(&b, "b1", "g2", 1);
+    two_groups(&a, &b);
     char id[TALLY_DEVICE_MAX + 1];
     slot(&a, "c", "e1", 11, 0);
     for (int i = 0; i < 200; i++) {
@@ -769,8 +768,7 @@ START_TEST(test_a_counter_with_many_devices_is_taken_whole_over_many_messages)
     }
     ck_assert_int_eq(value(&b, "c"), value(&a, "c"));
     outbox_free(&out);
-    hub_free(&a);
-    hub_free(&b);
+    hubs_free(&a, &b);
 }
 END_TEST
 
@@ -801,8 +799,7 @@ START_TEST(test_counters_with_one_long_device_each_are_split_within_max_bytes)
 {
     struct hub a, b;
     struct outbox out = {0};
-    hub_init(&a, "a1", "g1", 1);
-    hub_init(&b, "b1", "g2", 1);
+    two_groups(&a, &b);
     char name[16], id[TALLY_DEVICE_MAX + 1];
     for (int i = 0; i < 100; i++) {
         snprintf(name, sizeof(name), "c%d", i);
@@ -814,8 +811,7 @@ START_TEST(test_counters_with_one_long_device_each_are_split_within_max_bytes)
     for (int i = 0; i < out.n; i++)
         ck_assert_msg(out.m[i].len <= 1024, "message %d of %d: %zu bytes", i, out.n, out.m[i].len);
     outbox_free(&out);
-    hub_free(&a);
-    hub_free(&b);
+    hubs_free(&a, &b);
 }
 END_TEST
 
@@ -839,8 +835,7 @@ START_TEST(test_a_malformed_gsum_is_refused_whole)
     struct hub a, b;
     struct outbox out = {0};
     struct wire_buf w = {0};
-    hub_init(&a, "a1", "g1", 1);
-    hub_init(&b, "b1", "g2", 1);
+    two_groups(&a, &b);
     slot(&a, "c", "e1", 5, 1);
     slot(&a, "d", "e1", 2, 0);
     report(&a, "d", "dev1", 3);
@@ -917,8 +912,7 @@ START_TEST(test_a_malformed_gsum_is_refused_whole)
     free(copy);
     wbuf_free(&w);
     outbox_free(&out);
-    hub_free(&a);
-    hub_free(&b);
+    hubs_free(&a, &b);
 }
 END_TEST
 
