@@ -895,6 +895,16 @@ done:
     return rc;
 }
 
+/* A message Mosquitto floods on for us (*route), counted as when the plugin
+ * publishes one itself. */
+static void count_routed(const struct mosquitto_evt_message *ev, bool route)
+{
+    if (route) {
+        g.st.repl_msgs_out++;
+        g.st.repl_bytes_out += ev->payloadlen;
+    }
+}
+
 static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
 {
     int from;
@@ -906,10 +916,7 @@ static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
      * other groups died would be heard there by none (tests/sim found it). */
     if (*route && from >= 0 && !group_on(&g.group) && repl_covered(&g.repl, (uint16_t)from))
         *route = false;
-    if (*route) { /* counted as when the plugin published it on itself */
-        g.st.repl_msgs_out++;
-        g.st.repl_bytes_out += ev->payloadlen;
-    }
+    count_routed(ev, *route);
     return rc;
 }
 
@@ -1124,10 +1131,7 @@ static int on_gsum(const struct mosquitto_evt_message *ev, bool *route)
 {
     int rc = group_apply(&g.group, &g.table, g.persist, g.opt.node_id, ev->payload, ev->payloadlen,
                          route);
-    if (*route) { /* counted as when the plugin published it on itself */
-        g.st.repl_msgs_out++;
-        g.st.repl_bytes_out += ev->payloadlen;
-    }
+    count_routed(ev, *route);
     return rc;
 }
 
@@ -1651,6 +1655,12 @@ static void flush_presence(uint64_t now)
         announce_changes();
 }
 
+static void emit_gsum(const struct wire_buf *msg, void *ud)
+{
+    (void)ud;
+    replicate("gsum", msg);
+}
+
 /* Deltas: what was learned goes on at the next tick (repl.c), local changes
  * a sixteenth of an interval less often than names are published: a peer
  * that gets them publishes each name at most once an interval, and deltas
@@ -1661,12 +1671,6 @@ static void flush_presence(uint64_t now)
  * slack is what a far end waits beyond the interval, so it is kept small. A
  * repair asked of a neighbour goes in a DIGEST sent at once, at most once a
  * publish interval. */
-static void emit_gsum(const struct wire_buf *msg, void *ud)
-{
-    (void)ud;
-    replicate("gsum", msg);
-}
-
 static void replicate_tick(uint64_t now)
 {
     static struct wire_digest d; /* 2 KB of hashes: off the stack */
