@@ -730,8 +730,6 @@ static const char *reset_counter(const cJSON *cmd, cJSON *data, struct control_r
 {
     if (!rq->admin)
         return "not allowed";
-    if (rq->no_reset)
-        return rq->no_reset;
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(cmd, "name");
     if (!cJSON_IsString(name) || name_check(name->valuestring, strlen(name->valuestring)))
         return "invalid counter name";

@@ -45,10 +45,25 @@
  * from what is left), summed. At a hub of another group the replica's base
  * takes min(sum, base sum) away, at least the sum of the min(slot, base)
  * each slot loses at home: the two meet once every slot has reached the
- * base it was reset at, which is where resets converge anyway. A reset made
- * at a hub of a group would set a base on other groups' replicas, which
- * only a group's own hubs could take from their slots: that translation is
- * not built, so a hub in a group refuses resets (control.c).
+ * base it was reset at, which is where resets converge anyway.
+ *
+ * ---- A reset in one group, seen by the others ----
+ *
+ * A reset at a hub of group A observes, as anywhere, every slot it holds:
+ * its own group's nodes', and the replica .B of each other group B, whose
+ * base becomes the sum of B it had seen. That base is news to B and to the
+ * other groups, so A's GSUMs carry, besides A's sums, the counter's stamps
+ * (a delete, reset.c), the bases of the group replicas A's hubs hold, and
+ * each device's base beside its maximum. A hub of C merges the base of .B
+ * like any base. A hub of B has no slot of .B: it puts the base on its own
+ * group's replica (group_bind names it in the table), and takes it from
+ * its group's part of the total, min(sum(slot - base), sum(slot) - that
+ * base), the figure C finds for .B, so that every group converges on one
+ * value (reset.c, "A reset in another group of hubs", has the formula and
+ * what concurrent resets in two groups take away). Like a device maximum,
+ * a base heard from a GSUM is not announced again by the hub that heard
+ * it; one a reset here raised is. A hub of version 1 sent none of this,
+ * and its GSUMs are still read.
  *
  * Device maxima are not summed: a device that reports to an edge of one
  * group, then of another, has one maximum, so they travel whole, each
@@ -74,10 +89,13 @@
  * $tally/v1/gsum/<node>, flooded by Mosquitto itself as PRESENCE is: a
  * hub that has not seen a message floods it on, one seen before is dropped,
  * so any topology of groups works, rings of bridges included.
- *     "TL", version 1, type 7, origin (str8), session (u64), seq (varint),
+ *     "TL", version 2, type 7, origin (str8), session (u64), seq (varint),
  *     group (str8), counters (varint), each:
- *         name (str8), P, N, BP, BN (varints), devices (varint), each:
- *             id (str8), maximum (varint)
+ *         name (str8), P, N, BP, BN, deleted, reset (varints),
+ *         group bases (varint), each: group (str8), BP, BN (varints),
+ *         devices (varint), each: id (str8), maximum, base (varints)
+ * (version 1: no stamps, group bases or device bases). A record whose lists
+ * pass max_message_bytes goes in parts, each with the whole head.
  * The speaker sends our group's sums that rose, at most once a publish
  * interval, and every counter again once a refresh interval (a message lost
  * to a bridge that closed is healed by then; sooner, at most ten times an
@@ -111,6 +129,23 @@ void group_init(struct tally_group *gr, const char *name, uint64_t session, uint
     gr->quiet_ms = 3000;
 }
 
+/* The replica standing for group `name` in t: "." and the name, one life. */
+static int replica_of(struct tally_table *t, const char *name, size_t len, uint32_t *replica)
+{
+    char id[TALLY_NODE_ID_MAX + 1] = {GROUP_MARK};
+    memcpy(id + 1, name, len);
+    return table_replica(t, id, len + 1, GROUP_INCARNATION, replica);
+}
+
+int group_bind(const struct tally_group *gr, struct tally_table *t)
+{
+    if (!group_on(gr))
+        return TALLY_OK;
+    int rc = replica_of(t, gr->name, gr->len, &t->group);
+    t->has_group = rc == TALLY_OK;
+    return rc;
+}
+
 void group_free(struct tally_group *gr)
 {
     struct group_entry *e, *etmp;
@@ -118,6 +153,7 @@ void group_free(struct tally_group *gr)
     {
         HASH_DEL(gr->entries, e);
         free(e->devs);
+        free(e->bases);
         free(e);
     }
     struct group_origin *o, *otmp;
@@ -202,6 +238,58 @@ static struct group_dev *entry_dev(struct group_entry *e, uint32_t dev)
     return sorted_entry((void **)&e->devs, &e->ndevs, sizeof(*e->devs), dev, true);
 }
 
+/* The same for the base of a group's replica. */
+static struct group_base *entry_base(struct group_entry *e, uint32_t replica)
+{
+    return sorted_entry((void **)&e->bases, &e->nbases, sizeof(*e->bases), replica, true);
+}
+
+static uint64_t max64(uint64_t a, uint64_t b)
+{
+    return a > b ? a : b;
+}
+
+/* What a reset here put on c that our GSUMs carry besides our group's sums:
+ * the stamps, the bases of group replicas, the bases of devices. True when
+ * one rose; -1 out of memory. */
+static int note_resets(struct group_entry *e, const struct tally_table *t,
+                       const struct tally_base *b)
+{
+    bool rose = false;
+    if (!b)
+        return 0;
+    if (b->deleted > e->deleted || b->reset > e->reset) {
+        e->deleted = max64(e->deleted, b->deleted);
+        e->reset = max64(e->reset, b->reset);
+        e->stamps_owed = rose = true;
+    }
+    for (uint32_t i = 0; i < b->nslots; i++) {
+        const struct tally_base_slot *s = &b->slots[i];
+        if (!group_replica(t, s->replica))
+            continue;
+        struct group_base *gb = entry_base(e, s->replica);
+        if (!gb)
+            return -1;
+        if (s->p > gb->p || s->n > gb->n) {
+            gb->p = max64(gb->p, s->p);
+            gb->n = max64(gb->n, s->n);
+            gb->owed = rose = true;
+            gb->heard = false;
+        }
+    }
+    for (uint32_t i = 0; i < b->ndevs; i++) {
+        struct group_dev *d = entry_dev(e, b->devs[i].device);
+        if (!d)
+            return -1;
+        if (b->devs[i].total > d->base) {
+            d->base = b->devs[i].total;
+            d->owed = rose = true;
+            d->heard = false;
+        }
+    }
+    return rose;
+}
+
 int group_note(struct tally_group *gr, const struct tally_table *t, const struct tally_counter *c)
 {
     struct group_entry *e = entry_get(gr, c->name, c->name_len, true);
@@ -232,7 +320,10 @@ int group_note(struct tally_group *gr, const struct tally_table *t, const struct
             d->heard = false;
         }
     }
-    if (rose)
+    int reset = note_resets(e, t, table_base(t, c));
+    if (reset < 0)
+        return TALLY_E_NOMEM;
+    if (reset || rose)
         enqueue(gr, e);
     return TALLY_OK;
 }
@@ -291,72 +382,105 @@ static void flush(struct gsum_out *o)
     send_out(o, false);
 }
 
-/* The most one counter record can take before its devices. */
+/* The most one counter record can take before its lists. */
 static size_t head_bytes(const struct group_entry *e)
 {
-    return 1 + e->name_len + 4 * 10 + 10;
+    return 1 + e->name_len + 6 * 10 + 2 * 4;
 }
 
-/* A device maximum a record carries: one that rose here, or with `all` (the
- * refresh) every one that rose here once, not those heard from the flood. */
-static bool carried(const struct group_dev *d, bool all)
+/* A device maximum or group base a record carries: one that rose here, or
+ * with `all` (the refresh) every one that rose here once, not those heard
+ * from the flood. */
+static bool carried(bool owed, bool heard, bool all)
 {
-    return d->owed || (all && !d->heard);
+    return owed || (all && !heard);
 }
 
-/* Writes e: its sums, and its device maxima carried, over as many messages
- * as they need, the sums again in each. The refresh leaves out a counter
- * our group holds no slot of and no device of: another group's alone. */
+/* Whether e goes at all: the refresh leaves out a counter our group holds
+ * no slot of, and no device or reset of: another group's alone. */
+static bool goes(const struct group_entry *e, bool all)
+{
+    bool any = e->ours || e->stamps_owed;
+    for (uint32_t j = 0; !any && j < e->nbases; j++)
+        any = carried(e->bases[j].owed, e->bases[j].heard, all);
+    for (uint32_t j = 0; !any && j < e->ndevs; j++)
+        any = carried(e->devs[j].owed, e->devs[j].heard, all);
+    return any;
+}
+
+/* Whether an item of `bytes` fits in the part under way: the first item of
+ * a message always does (max_message_bytes is at least 4096). */
+static bool fits(const struct gsum_out *o, size_t bytes, bool first)
+{
+    return o->b->len + bytes <= o->max_bytes || (first && !o->counters);
+}
+
+/* Writes e: its sums and stamps, then the group bases and the device
+ * maxima carried, over as many messages as they need, the head again in
+ * each. A part that could take none of the items left starts over in the
+ * next message. */
 static void put_entry(struct gsum_out *o, struct group_entry *e, bool all)
 {
-    uint32_t i = 0;
-    bool any = e->ours;
-    for (uint32_t j = 0; !any && j < e->ndevs; j++)
-        any = carried(&e->devs[j], all);
-    if (!any)
+    uint32_t i = 0, k = 0; /* the next device, the next group base */
+    if (!goes(e, all))
         return;
+    e->stamps_owed = false;
     do {
         if (o->b->len + head_bytes(e) > o->max_bytes)
             flush(o);
         struct wire_buf *b = o->b;
         size_t start = b->len;
         wbuf_str8(b, e->name, e->name_len);
-        wbuf_varint(b, e->p);
-        wbuf_varint(b, e->n);
-        wbuf_varint(b, e->bp);
-        wbuf_varint(b, e->bn);
+        const uint64_t head[] = {e->p, e->n, e->bp, e->bn, e->deleted, e->reset};
+        for (size_t j = 0; j < sizeof(head) / sizeof(head[0]); j++)
+            wbuf_varint(b, head[j]);
+        size_t nbases_at = b->len;
+        wbuf_bytes(b, "\0\0\0\0", 4);
+        uint32_t nb = 0, nd = 0;
+        bool full = false;
+        for (; k < e->nbases; k++) {
+            struct group_base *gb = &e->bases[k];
+            if (!carried(gb->owed, gb->heard, all))
+                continue;
+            const struct tally_replica *r = o->t->replicas[gb->replica];
+            const char *id = r->key + 1; /* the group's name, past the mark */
+            size_t idlen = r->id_len - 1u;
+            if ((full = !fits(o, 1 + idlen + 20, !nb)))
+                break;
+            wbuf_str8(b, id, idlen);
+            wbuf_varint(b, gb->p);
+            wbuf_varint(b, gb->n);
+            gb->owed = false;
+            nb++;
+        }
         size_t ndevs_at = b->len;
         wbuf_bytes(b, "\0\0\0\0", 4);
-        uint32_t ndevs = 0;
-        bool again = false;
-        for (; i < e->ndevs; i++) {
+        for (; !full && i < e->ndevs; i++) {
             struct group_dev *d = &e->devs[i];
-            if (!carried(d, all))
+            if (!carried(d->owed, d->heard, all))
                 continue;
             const struct tally_device *dev = o->t->devices[d->device];
             size_t idlen = strlen(dev->id);
-            if (b->len + 1 + idlen + 10 > o->max_bytes && (ndevs || o->counters)) {
-                /* the rest in the next message; a record with no device yet
-                 * starts there whole (a message holds one record and one
-                 * device: max_message_bytes is at least 4096) */
-                again = !ndevs;
+            if ((full = !fits(o, 1 + idlen + 20, !nb && !nd)))
                 break;
-            }
             wbuf_str8(b, dev->id, idlen);
             wbuf_varint(b, d->total);
+            wbuf_varint(b, d->base);
             d->owed = false;
-            ndevs++;
+            nd++;
         }
-        if (again) {
+        if (full && !nb && !nd) {
             b->len = start;
             flush(o);
             continue;
         }
-        if (!b->failed)
-            put_varint4(b->data + ndevs_at, ndevs);
+        if (!b->failed) {
+            put_varint4(b->data + nbases_at, nb);
+            put_varint4(b->data + ndevs_at, nd);
+        }
         o->counters++;
         o->gr->announced++;
-    } while (i < e->ndevs && !o->b->failed);
+    } while ((k < e->nbases || i < e->ndevs) && !o->b->failed);
 }
 
 uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, const char *self,
@@ -371,9 +495,11 @@ uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, con
         /* a hub of our group before us in order speaks: what rose here
          * reaches it in our SYNCs, and it sends the sums */
         for (struct group_entry *e; (e = gr->queue); gr->queue = e->next) {
-            e->queued = false;
+            e->queued = e->stamps_owed = false;
             for (uint32_t i = 0; i < e->ndevs; i++)
                 e->devs[i].owed = false;
+            for (uint32_t i = 0; i < e->nbases; i++)
+                e->bases[i].owed = false;
         }
         gr->queue_tail = &gr->queue;
         gr->cursor = NULL;
@@ -453,49 +579,146 @@ static bool value_ok(uint64_t v)
 struct gsum_counter {
     const char *name;
     size_t name_len;
-    uint64_t p, n, bp, bn;
-    uint32_t ndevs;
+    uint64_t p, n, bp, bn, deleted, reset;
+    uint32_t nbases, ndevs;
 };
 
-static bool read_counter(struct wire_reader *r, size_t len, struct gsum_counter *gc)
+/* A counter's head and its group bases (version 2 on), up to its devices. */
+static bool read_counter(struct wire_reader *r, size_t len, int version, struct gsum_counter *gc)
 {
     gc->name = wr_str8(r, &gc->name_len);
-    gc->p = wr_varint(r);
-    gc->n = wr_varint(r);
-    gc->bp = wr_varint(r);
-    gc->bn = wr_varint(r);
-    uint64_t ndevs = wr_varint(r);
-    gc->ndevs = (uint32_t)ndevs;
-    return !r->bad && name_check(gc->name, gc->name_len) == TALLY_OK && value_ok(gc->p) &&
-           value_ok(gc->n) && value_ok(gc->bp) && value_ok(gc->bn) && ndevs <= len;
+    uint64_t *head[] = {&gc->p, &gc->n, &gc->bp, &gc->bn, &gc->deleted, &gc->reset};
+    size_t nhead = version >= 2 ? 6 : 4;
+    gc->deleted = gc->reset = 0;
+    bool ok = true;
+    for (size_t i = 0; i < nhead; i++) {
+        *head[i] = wr_varint(r);
+        ok = ok && (i >= 4 || value_ok(*head[i]));
+    }
+    uint64_t nbases = version >= 2 ? wr_varint(r) : 0;
+    gc->nbases = (uint32_t)nbases;
+    return !r->bad && ok && name_check(gc->name, gc->name_len) == TALLY_OK && nbases <= len;
 }
 
-static bool read_dev(struct wire_reader *r, const char **id, size_t *idlen, uint64_t *total)
+static bool read_base(struct wire_reader *r, const char **group, size_t *glen, uint64_t *p,
+                      uint64_t *n)
+{
+    *group = wr_str8(r, glen);
+    *p = wr_varint(r);
+    *n = wr_varint(r);
+    return !r->bad && *glen <= GROUP_NAME_MAX && node_id_check(*group, *glen) == TALLY_OK &&
+           value_ok(*p) && value_ok(*n);
+}
+
+static bool read_dev(struct wire_reader *r, int version, const char **id, size_t *idlen,
+                     uint64_t *total, uint64_t *base)
 {
     *id = wr_str8(r, idlen);
     *total = wr_varint(r);
-    return !r->bad && device_id_check(*id, *idlen) == TALLY_OK && value_ok(*total);
+    *base = version >= 2 ? wr_varint(r) : 0;
+    return !r->bad && device_id_check(*id, *idlen) == TALLY_OK && value_ok(*total) &&
+           value_ok(*base);
+}
+
+static bool read_ndevs(struct wire_reader *r, size_t len, struct gsum_counter *gc)
+{
+    uint64_t ndevs = wr_varint(r);
+    gc->ndevs = (uint32_t)ndevs;
+    return !r->bad && ndevs <= len;
 }
 
 /* The whole message read before anything of it is taken. */
-static bool valid(struct wire_reader r, size_t len, uint64_t ncounters)
+static bool valid(struct wire_reader r, size_t len, int version, uint64_t ncounters)
 {
     struct gsum_counter gc;
     const char *id;
     size_t idlen;
-    uint64_t total;
+    uint64_t a, b;
     for (uint64_t i = 0; i < ncounters; i++) {
-        if (!read_counter(&r, len, &gc))
+        if (!read_counter(&r, len, version, &gc))
+            return false;
+        for (uint32_t j = 0; j < gc.nbases; j++)
+            if (!read_base(&r, &id, &idlen, &a, &b))
+                return false;
+        if (!read_ndevs(&r, len, &gc))
             return false;
         for (uint32_t j = 0; j < gc.ndevs; j++)
-            if (!read_dev(&r, &id, &idlen, &total))
+            if (!read_dev(&r, version, &id, &idlen, &a, &b))
                 return false;
     }
     return r.p == r.end;
 }
 
+/* A group replica's base (bp, bn) came from the flood: not ours to announce
+ * again, unless a reset here raises it past that. */
+static int heard_base(struct group_entry *e, uint32_t replica, uint64_t bp, uint64_t bn)
+{
+    struct group_base *gb = entry_base(e, replica);
+    if (!gb)
+        return TALLY_E_NOMEM;
+    if (bp >= gb->p && bn >= gb->n) {
+        gb->owed = false;
+        gb->heard = true;
+    }
+    gb->p = max64(gb->p, bp);
+    gb->n = max64(gb->n, bn);
+    return TALLY_OK;
+}
+
+/* A base of a group's replica: what a reset observed of that group's sum.
+ * Ours too (t->group): it lowers our group's part of the total (reset.c). */
+static int take_base(struct tally_table *t, struct persist *p, struct tally_counter *c,
+                     struct group_entry *e, struct wire_reader *r)
+{
+    const char *group;
+    size_t glen;
+    uint64_t bp, bn;
+    uint32_t replica;
+    bool changed;
+    read_base(r, &group, &glen, &bp, &bn);
+    int rc = replica_of(t, group, glen, &replica);
+    if (rc == TALLY_OK)
+        rc = table_merge_base_slot(t, c, replica, bp, bn, &changed);
+    if (rc == TALLY_OK && changed && p)
+        persist_base(p, t, c);
+    return rc == TALLY_OK ? heard_base(e, replica, bp, bn) : rc;
+}
+
+static int take_dev(struct tally_table *t, struct persist *p, struct tally_counter *c,
+                    struct group_entry *e, int version, struct wire_reader *r)
+{
+    const char *id;
+    size_t idlen;
+    uint64_t total, base;
+    uint32_t dev;
+    bool changed, rebased = false;
+    read_dev(r, version, &id, &idlen, &total, &base);
+    int rc = table_device(t, id, idlen, DEVICE_PEER, &dev);
+    if (rc == TALLY_OK)
+        rc = table_merge_device_from(t, c, dev, total, REPL_NONE, &changed);
+    if (rc == TALLY_OK && changed && p)
+        persist_device(p, t, c, counter_device(c, dev));
+    if (rc == TALLY_OK && base)
+        rc = table_merge_base_device(t, c, dev, base, &rebased);
+    if (rc == TALLY_OK && rebased && p)
+        persist_base(p, t, c);
+    struct group_dev *d = rc == TALLY_OK ? entry_dev(e, dev) : NULL;
+    if (rc == TALLY_OK && !d)
+        rc = TALLY_E_NOMEM;
+    if (d && total >= d->total && base >= d->base) { /* heard, as a base is */
+        d->owed = false;
+        d->heard = true;
+    }
+    if (d) {
+        d->total = max64(d->total, total);
+        d->base = max64(d->base, base);
+    }
+    return rc;
+}
+
 static int take_counter(struct tally_group *gr, struct tally_table *t, struct persist *p,
-                        uint32_t replica, const struct gsum_counter *gc, struct wire_reader *r)
+                        uint32_t replica, int version, struct gsum_counter *gc,
+                        struct wire_reader *r)
 {
     struct tally_counter *c;
     bool changed;
@@ -513,28 +736,21 @@ static int take_counter(struct tally_group *gr, struct tally_table *t, struct pe
         rc = table_merge_base_slot(t, c, replica, gc->bp, gc->bn, &changed);
         if (rc == TALLY_OK && changed && p)
             persist_base(p, t, c);
+        if (rc == TALLY_OK) /* the group's own resets: its GSUMs carry them */
+            rc = heard_base(e, replica, gc->bp, gc->bn);
     }
-    for (uint32_t i = 0; rc == TALLY_OK && i < gc->ndevs; i++) {
-        const char *id;
-        size_t idlen;
-        uint64_t total;
-        uint32_t dev;
-        read_dev(r, &id, &idlen, &total);
-        rc = table_device(t, id, idlen, DEVICE_PEER, &dev);
-        if (rc == TALLY_OK)
-            rc = table_merge_device_from(t, c, dev, total, REPL_NONE, &changed);
+    if (rc == TALLY_OK && (gc->deleted || gc->reset)) {
+        rc = table_merge_stamps(t, c, gc->deleted, gc->reset, &changed);
         if (rc == TALLY_OK && changed && p)
-            persist_device(p, t, c, counter_device(c, dev));
-        /* heard from the flood: not ours to announce again */
-        struct group_dev *d = rc == TALLY_OK ? entry_dev(e, dev) : NULL;
-        if (rc == TALLY_OK && !d)
-            rc = TALLY_E_NOMEM;
-        if (d && total >= d->total) {
-            d->total = total;
-            d->owed = false;
-            d->heard = true;
-        }
+            persist_base(p, t, c);
+        e->deleted = max64(e->deleted, gc->deleted); /* heard: not ours to announce */
+        e->reset = max64(e->reset, gc->reset);
     }
+    for (uint32_t i = 0; rc == TALLY_OK && i < gc->nbases; i++)
+        rc = take_base(t, p, c, e, r);
+    if (rc == TALLY_OK && read_ndevs(r, SIZE_MAX, gc))
+        for (uint32_t i = 0; rc == TALLY_OK && i < gc->ndevs; i++)
+            rc = take_dev(t, p, c, e, version, r);
     gr->learned++;
     table_drop_if_empty(t, c);
     return rc;
@@ -546,8 +762,12 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
     struct wire_reader r = {msg, (const uint8_t *)msg + len, false};
     const uint8_t *h = msg;
     *fresh = false;
-    if (len < 4 || h[0] != 'T' || h[1] != 'L' || h[2] != WIRE_GSUM_VERSION || h[3] != WIRE_GSUM)
+    /* version 1 (before resets in groups): no stamps, group bases or
+     * device bases; taken, so that groups upgraded one by one go on */
+    if (len < 4 || h[0] != 'T' || h[1] != 'L' || h[2] < 1 || h[2] > WIRE_GSUM_VERSION ||
+        h[3] != WIRE_GSUM)
         return TALLY_E_WIRE;
+    int version = h[2];
     r.p += 4;
     size_t olen, glen;
     const char *origin = wr_str8(&r, &olen);
@@ -555,7 +775,8 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
     const char *group = wr_str8(&r, &glen);
     uint64_t ncounters = wr_varint(&r);
     if (r.bad || node_id_check(origin, olen) != TALLY_OK || glen == 0 || glen > GROUP_NAME_MAX ||
-        node_id_check(group, glen) != TALLY_OK || ncounters > len || !valid(r, len, ncounters))
+        node_id_check(group, glen) != TALLY_OK || ncounters > len ||
+        !valid(r, len, version, ncounters))
         return TALLY_E_WIRE;
     if (!group_on(gr)) {
         gr->refused++;
@@ -579,14 +800,12 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
         }
         return TALLY_OK;
     }
-    char id[TALLY_NODE_ID_MAX + 1] = {GROUP_MARK};
-    memcpy(id + 1, group, glen);
     uint32_t replica;
-    int rc = table_replica(t, id, glen + 1, GROUP_INCARNATION, &replica);
+    int rc = replica_of(t, group, glen, &replica);
     for (uint64_t i = 0; rc == TALLY_OK && i < ncounters; i++) {
         struct gsum_counter gc;
-        read_counter(&r, len, &gc);
-        rc = take_counter(gr, t, p, replica, &gc, &r);
+        read_counter(&r, len, version, &gc);
+        rc = take_counter(gr, t, p, replica, version, &gc, &r);
     }
     return rc;
 }

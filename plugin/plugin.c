@@ -1938,11 +1938,7 @@ static char *control_run(const void *payload, size_t len, bool admin, const char
                              .fold = g.edge ? NULL : &g.fold,
                              .persist = g.persist,
                              .mono_ms = mono_ms(),
-                             .heard = heard_lately,
-                             .no_reset = group_on(&g.group)
-                                             ? "not in a group of hubs: a reset there is not built "
-                                               "(README, Groups of hubs)"
-                                             : NULL};
+                             .heard = heard_lately};
     char *resp = control_process(payload, len, &rq);
     for (size_t i = 0; i < rq.nchanged; i++)
         if (g.persist && persist_base(g.persist, &g.table, rq.changed[i]) != TALLY_OK)
@@ -2228,6 +2224,8 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     /* a session that grows from one start to the next: GSUMs are told new by it */
     group_init(&g.group, g.opt.group, wall_ms(), 10 * (uint64_t)g.opt.sync_interval_ms);
     g.group.quiet_ms = 3 * heartbeat_ms(); /* as a neighbour is no longer heard (repl.c) */
+    if (group_bind(&g.group, &g.table) != TALLY_OK)
+        goto error;
     if (g.edge && edge_start() != TALLY_OK)
         goto error;
     if (!g.edge) {

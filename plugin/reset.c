@@ -164,9 +164,12 @@ static struct taken_walk taken_walk(const struct tally_base *b, const struct tal
                                .nf = f ? f->n : 0};
 }
 
-static void taken(struct taken_walk *w, uint32_t replica, uint64_t *p, uint64_t *n)
+/* What the base and a fold take from one slot (the larger of the two), and
+ * the fold's part alone (fp, fn). */
+static void taken(struct taken_walk *w, uint32_t replica, uint64_t *p, uint64_t *n, uint64_t *fp,
+                  uint64_t *fn)
 {
-    *p = *n = 0;
+    *p = *n = *fp = *fn = 0;
     for (; w->nb && w->b->replica < replica; w->nb--)
         w->b++;
     if (w->nb && w->b->replica == replica) {
@@ -176,9 +179,36 @@ static void taken(struct taken_walk *w, uint32_t replica, uint64_t *p, uint64_t 
     for (; w->nf && w->f->replica < replica; w->nf--)
         w->f++;
     if (w->nf && w->f->replica == replica) {
-        *p = w->f->p > *p ? w->f->p : *p;
-        *n = w->f->n > *n ? w->f->n : *n;
+        *fp = w->f->p;
+        *fn = w->f->n;
+        *p = *fp > *p ? *fp : *p;
+        *n = *fn > *n ? *fn : *n;
     }
+}
+
+/* ---- A reset in another group of hubs ----
+ *
+ * A hub in a group (group.c) holds its own group's nodes' slots, and one
+ * slot per other group: that group's sum. A reset at a hub of group A sets
+ * the base of B's replica to the sum of B it observed; it reaches B's hubs
+ * in A's GSUMs, where it lands on B's own replica (t->group), which they
+ * hold no slot of. There it takes away from B's own part of the total (its
+ * nodes' slots, each less its base) down to B's sum less that base:
+ *
+ *     own part = min(sum(slot - max(base, fold)), sum(slot - fold) - G)
+ *
+ * the same figure the other groups find for B's replica, min(sum, max(the
+ * bases B's GSUMs carry, G)), once they have converged. Which of B's slots
+ * the observed sum came from is known to no one, so the two kinds of base
+ * are joined by maximum, not by union: two resets, one in A and one in B,
+ * that each observed a different part of B's increments, take away the
+ * larger part, not both. Nothing is ever taken twice. */
+static void own_group(const struct tally_table *t, const struct tally_base *b, uint64_t *gp,
+                      uint64_t *gn)
+{
+    *gp = *gn = 0;
+    if (b && t->has_group)
+        base_slot(b, t->group, gp, gn);
 }
 
 void table_sums(const struct tally_table *t, const struct tally_counter *c, struct tally_sums *out)
@@ -190,13 +220,29 @@ void table_sums(const struct tally_table *t, const struct tally_counter *c, stru
     /* Each part is at most the raw one, which counter_sums kept in range.
      * A slot loses what its base took away, or what a fold moved into its
      * node's running slot (fold.c), whichever is larger. */
-    int64_t p = 0, n = 0, d = 0;
+    uint64_t gp, gn;
+    own_group(t, b, &gp, &gn);
+    bool grouped = gp || gn;
+    int64_t p = 0, n = 0, d = 0, op = 0, on = 0, sp = 0, sn = 0;
     struct taken_walk w = taken_walk(b, c->folded ? table_folds(t, c) : NULL);
     for (uint32_t i = 0; i < c->nslots; i++) {
-        uint64_t bp, bn;
-        taken(&w, c->slots[i].replica, &bp, &bn);
-        p = plus(p, minus(c->slots[i].p, bp));
-        n = plus(n, minus(c->slots[i].n, bn));
+        const struct tally_slot *s = &c->slots[i];
+        uint64_t bp, bn, fp, fn;
+        taken(&w, s->replica, &bp, &bn, &fp, &fn);
+        if (grouped && !group_replica(t, s->replica)) {
+            op = plus(op, minus(s->p, bp));
+            on = plus(on, minus(s->n, bn));
+            sp = plus(sp, minus(s->p, fp));
+            sn = plus(sn, minus(s->n, fn));
+            continue;
+        }
+        p = plus(p, minus(s->p, bp));
+        n = plus(n, minus(s->n, bn));
+    }
+    if (grouped) {
+        uint64_t left_p = minus((uint64_t)sp, gp), left_n = minus((uint64_t)sn, gn);
+        p = plus(p, (uint64_t)op < left_p ? (uint64_t)op : left_p);
+        n = plus(n, (uint64_t)on < left_n ? (uint64_t)on : left_n);
     }
     const struct tally_dev *dv = counter_devs(c);
     for (uint32_t i = 0; i < counter_ndevs(c); i++)
@@ -214,23 +260,16 @@ int64_t table_value(const struct tally_table *t, const struct tally_counter *c)
     return s.value;
 }
 
+/* Hidden while nothing is left above the bases: every part of the sums is
+ * a sum of terms that are each at least 0, so 0 means every term is. */
 bool table_hidden(const struct tally_table *t, const struct tally_counter *c)
 {
     const struct tally_base *b = table_base(t, c);
     if (!b || b->deleted == 0 || b->deleted < b->reset)
         return false;
-    struct taken_walk w = taken_walk(b, c->folded ? table_folds(t, c) : NULL);
-    for (uint32_t i = 0; i < c->nslots; i++) {
-        uint64_t bp, bn;
-        taken(&w, c->slots[i].replica, &bp, &bn);
-        if (c->slots[i].p > bp || c->slots[i].n > bn)
-            return false;
-    }
-    const struct tally_dev *dv = counter_devs(c);
-    for (uint32_t i = 0; i < counter_ndevs(c); i++)
-        if (dv[i].total > base_device(b, dv[i].device))
-            return false;
-    return true;
+    struct tally_sums s;
+    table_sums(t, c, &s);
+    return s.p == 0 && s.n == 0 && s.devices == 0;
 }
 
 /* ==== Changes ==== */

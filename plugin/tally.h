@@ -235,6 +235,11 @@ struct tally_table {
      * the slots of its node's earlier lives, once fold_ready. */
     uint32_t self;
     bool has_self, fold_ready;
+    /* At a hub in a group (group_bind): its own group's replica, which it
+     * holds no slot of, only the base a reset in another group observed of
+     * the group's sum (reset.c, table_sums). */
+    uint32_t group;
+    bool has_group;
 
     /* Tenths of a second since the plugin started, plus 1; 0 while state is
      * loaded from disk, so a replay does not read as a burst of changes. */
@@ -1286,14 +1291,23 @@ size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync
 #define GROUP_INCARNATION 1
 #define GROUP_NAME_MAX (TALLY_NODE_ID_MAX - 1)
 #define WIRE_GSUM 7
-#define WIRE_GSUM_VERSION 1
+#define WIRE_GSUM_VERSION 2
 
-/* A device maximum as we last announced it, or heard it announced. */
+/* A device maximum and its base (reset.c) as we last announced them, or
+ * heard them announced. */
 struct group_dev {
     uint32_t device; /* index into the table's device registry */
     bool owed;       /* rose here since we last announced it */
-    bool heard;      /* its maximum came from a GSUM: not ours to announce again */
-    uint64_t total;
+    bool heard;      /* it came from a GSUM: not ours to announce again */
+    uint64_t total, base;
+};
+
+/* The base of a group's replica (another group's, or our own) as we last
+ * announced it, or heard it: what a reset observed of that group's sum. */
+struct group_base {
+    uint32_t replica; /* index into the table's replica registry */
+    bool owed, heard; /* as group_dev's */
+    uint64_t p, n;
 };
 
 /* A counter as our group's announcements know it: our group's sum as last
@@ -1302,11 +1316,14 @@ struct group_entry {
     UT_hash_handle hh;
     struct group_entry *next; /* on the queue of entries owed */
     uint64_t p, n, bp, bn;
-    struct group_dev *devs; /* sorted by device */
-    uint32_t ndevs;
+    uint64_t deleted, reset;  /* the counter's stamps (reset.c) */
+    struct group_dev *devs;   /* sorted by device */
+    struct group_base *bases; /* sorted by replica */
+    uint32_t ndevs, nbases;
     bool queued;
-    bool ours;  /* the counter holds a slot of a node of our group */
-    bool noted; /* ... and we have queued it since (a counter made at 0 is news) */
+    bool ours;        /* the counter holds a slot of a node of our group */
+    bool noted;       /* ... and we have queued it since (a counter made at 0 is news) */
+    bool stamps_owed; /* its stamps rose here since we last announced them */
     uint8_t name_len;
     char name[];
 };
@@ -1335,6 +1352,10 @@ struct tally_group {
 };
 
 void group_init(struct tally_group *gr, const char *name, uint64_t session, uint64_t refresh_ms);
+/* Names our group's replica in t (t->group), once group_init named a group
+ * and before t is summed: the base a reset elsewhere put on it lowers our
+ * group's part of every total (reset.c). */
+int group_bind(const struct tally_group *gr, struct tally_table *t);
 void group_free(struct tally_group *gr);
 static inline bool group_on(const struct tally_group *gr)
 {
@@ -1460,7 +1481,6 @@ struct control_req {
     struct persist *persist;
     uint64_t mono_ms;
     bool (*heard)(const char *node); /* removeNode: heard of lately (an edge too) */
-    const char *no_reset;            /* why resets are refused here (a hub in a group), or NULL */
     struct tally_counter **changed;
     size_t nchanged;
 };

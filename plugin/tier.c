@@ -211,9 +211,9 @@
  * and one announcer per group for its viewer counts (the live hub of the
  * group first in its list), since those are registers, not maxima. What it
  * costs: a group whose hubs all die leaves its edges nowhere to go. group.c
- * builds the sums, their bridges and the device maxima; resets in a group
- * are refused, viewers are still flooded between groups, and groups of
- * groups are not built.
+ * builds the sums, their bridges, the device maxima and resets (a base on
+ * a group's replica, taken from that group's own part at its hubs); viewers
+ * are still flooded between groups, and groups of groups are not built.
  *
  * ---- Presence through the tree ----
  *

@@ -43,6 +43,13 @@ def two_groups(brokers, between=BETWEEN_GROUPS, proxy=None):
     return [a1, a2, b1, b2], edges
 
 
+def watch_shared(closing, nodes):
+    """A watcher of `shared` at each node, every message kept."""
+    watchers = [Watcher(n.port, ["counters/shared"], keep=True) for n in nodes]
+    closing.extend(watchers)
+    return watchers
+
+
 def state_nodes(node, name):
     doc = node.retained(f"counters/{name}/state")
     return set(json.loads(doc)["nodes"]) if doc else set()
@@ -78,13 +85,56 @@ def test_two_groups_exact_with_a_slot_per_group(brokers, closing):
     for h, speaks in ((a1, True), (a2, False), (b1, True), (b2, False)):
         wait_for(lambda: group_stats(h).get("speaking") is speaks, 15,
                  what=f"{h.name} {'to speak' if speaks else 'to keep quiet'} for its group")
-    # A reset in a group is refused, and changes nothing.
-    (resp,) = control(a1, [{"command": "resetCounter", "name": "shared"}])
-    assert "group" in resp.get("error", ""), resp
-    # Nor is the other group's replica a node to remove.
+    # The other group's replica is not a node to remove.
     (resp,) = control(a1, [{"command": "removeNode", "node": ".g2"}])
     assert "group" in resp.get("error", ""), resp
     exact_everywhere(hubs + edges, expected, timeout=5)
+
+
+def hub_lists(hub, name):
+    (resp,) = control(hub, [{"command": "listCounters"}])
+    return any(c["name"] == name for c in resp["data"]["counters"])
+
+
+def test_a_reset_and_a_delete_in_a_group_reach_every_group(brokers, closing):
+    """A reset at a2, a hub that keeps quiet: its base reaches a1 in SYNCs, and a1's GSUMs carry
+    what it observed of g2's sum to b1 and b2, which take it from their own group's part. Every
+    node, edges included, shows 0 and then counts exactly what came after; a meter's reset goes
+    the same way. A delete sent to e4 runs at its hub b2: every hub clears `shared`, and an
+    increment after it brings it back counting from zero everywhere."""
+    hubs, edges = two_groups(brokers)
+    a1, a2, b1, b2 = hubs
+    watchers = watch_shared(closing, (edges[0], b1))
+    expected = {}
+    increments(edges, 20, expected)
+    edges[2].pub("counters/meter/report", json.dumps({"device": "m-1", "total": 100}))
+    expected["meter"] = 100
+    exact_everywhere(hubs + edges, expected)
+    wait_for(lambda: group_stats(a2).get("speaking") is False, 15, what="a2 to keep quiet")
+    resp = control(a2, [{"command": "resetCounter", "name": "shared"},
+                        {"command": "resetCounter", "name": "meter"}])
+    assert resp[0]["data"] == {"name": "shared", "value": 0, "deleted": False}, resp
+    assert resp[1]["data"] == {"name": "meter", "value": 0, "deleted": False}, resp
+    expected.update(shared=0, meter=0)
+    exact_everywhere(hubs + edges, expected)
+    increments(edges, 10, expected)
+    edges[3].pub("counters/meter/report", json.dumps({"device": "m-1", "total": 130}))
+    expected["meter"] = 30
+    exact_everywhere(hubs + edges, expected)
+    for w in watchers:  # down once, to 0, and never again
+        seen = [int(p) for t, p in w.messages() if t == "counters/shared" and p]
+        drop = seen.index(0)
+        assert seen[:drop] == sorted(seen[:drop]) and seen[drop:] == sorted(seen[drop:]), seen
+
+    (resp,) = control(edges[3], [{"command": "deleteCounter", "name": "shared"}])
+    assert resp["data"]["deleted"] is True, resp
+    for h in hubs:
+        wait_for(lambda: h.total("shared") is None and not hub_lists(h, "shared"), 20,
+                 what=f"{h.name}: shared deleted")
+    assert hub_lists(a1, "meter")
+    expected["shared"] = 0
+    increments(edges[:1], 3, expected)  # after the delete, at g1's edge
+    exact_everywhere(hubs + edges, expected)
 
 
 def test_a_bridge_that_carries_everything_between_groups_counts_nothing_twice(brokers, closing):
@@ -110,8 +160,7 @@ def test_a_hub_killed_its_edge_moves_within_its_group_exact(brokers, closing):
     total exact at every live node, and e1's and b1's watchers never see `shared` go down."""
     hubs, edges = two_groups(brokers)
     a1, a2, b1, b2 = hubs
-    watchers = [Watcher(n.port, ["counters/shared"], keep=True) for n in (edges[0], b1)]
-    closing.extend(watchers)
+    watchers = watch_shared(closing, (edges[0], b1))
     expected = {}
     increments(edges, 20, expected)
     exact_everywhere(hubs + edges, expected)

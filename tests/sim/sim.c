@@ -139,6 +139,7 @@ struct node {
     uint64_t up_last_at, down_last_at;  /* as link.last_at, for its bridge */
     uint32_t own[2];                    /* the counters it writes */
     int64_t last_shown[2];              /* what it showed of them: never less later */
+    bool reset_pending;                 /* --reset made: its totals may go down, once, to 0 */
     uint32_t page;                      /* its pages: "home" and page */
 };
 
@@ -149,6 +150,7 @@ static struct {
     uint32_t delay_ms, kill_hubs, kill_edges, restart_hubs, link_failures, freeze_edges;
     uint64_t publish_ms; /* plugin_opt_publish_interval_ms */
     bool check, quiet, mesh;
+    bool reset;             /* --reset: once exact, a hub resets every counter (resetCounter) */
     uint32_t groups;        /* --groups: that many groups of hubs / groups hubs each (0: none) */
     uint32_t group_bridges; /* --group-bridges: between two neighbouring groups (0: a hub each) */
     double rate;            /* increments a second per edge */
@@ -174,6 +176,7 @@ static uint64_t *truth; /* increments made, per counter */
 static uint64_t rng_state;
 static struct traffic by_kind[K__COUNT];
 static uint64_t steps_back; /* an edge showed a total below one it showed before */
+static uint64_t reset_at;   /* when --reset made its reset (0: not yet) */
 /* A live hub counted a dead edge's viewers past peer_timeout_ms after it died
  * (and a few ticks): seen at the once-a-second look of late_viewers_seen. */
 static uint64_t late_viewers;
@@ -676,6 +679,8 @@ static void hub_start(uint32_t i)
         n->gsession = tally_incarnation_new(now + 1, i, n->gsession);
         n->last_group = 0;
         group_init(&n->gr, name, n->gsession, GROUP_REFRESH_MS);
+        if (group_bind(&n->gr, &n->t) != TALLY_OK)
+            abort();
         /* what it held at its stop is loaded dirty, and its first flush
          * notes it (plugin.c's start) */
         for (struct tally_counter *c = n->t.counters; c; c = c->hh.next)
@@ -738,9 +743,16 @@ static void edge_bridge(struct node *n)
 
 static int64_t shown_at(struct node *n, uint32_t k);
 
-/* Totals only grow here (increments of +1): what an edge shows must too. */
+/* Totals only grow here (increments of +1): what an edge shows must too,
+ * but for the one step down to 0 that --reset makes. */
 static void edge_no_step_back(struct node *n)
 {
+    if (n->reset_pending) {
+        if (shown_at(n, n->own[0]) != 0 || shown_at(n, n->own[1]) != 0)
+            return;
+        n->reset_pending = false;
+        n->last_shown[0] = n->last_shown[1] = 0;
+    }
     for (int k = 0; k < 2; k++) {
         int64_t v = shown_at(n, n->own[k]);
         steps_back += v < n->last_shown[k];
@@ -1178,11 +1190,36 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
     printf("repairs: %" PRIu64 " asked by live hubs, %" PRIu64 " counters in them (%" PRIu64
            " SYNC bytes), %" PRIu64 " origins' viewers replayed to restarted hubs\n",
            asked, repaired, repair_bytes, replayed);
+    if (reset_at && converged_ms[0] >= 0)
+        printf("totals at 0 on every live node %" PRIu64 " ms after the reset\n",
+               (uint64_t)converged_ms[0] + opt.load_ms - reset_at);
     printf("steps back seen at edges: %" PRIu64 "\n", steps_back);
     printf("dead edges' viewers counted past peer_timeout_ms: %" PRIu64 "\n", late_viewers);
 }
 
 /* ==== Main loop ==== */
+
+/* --reset: once every live node is exact, a live hub picked at random (of
+ * any group) resets every counter, as resetCounter does there; the load
+ * has stopped, so every node must come to show 0, each edge going down
+ * once (edge_no_step_back). */
+static void reset_everything(void)
+{
+    uint32_t h = (uint32_t)(rnd() % opt.hubs);
+    while (!nodes[h].alive)
+        h = (h + 1) % opt.hubs; /* a hub of every group lives */
+    for (struct tally_counter *c = nodes[h].t.counters; c; c = c->hh.next)
+        if (table_reset(&nodes[h].t, c, false) != TALLY_OK)
+            abort();
+    for (uint32_t k = 0; k < opt.counters; k++)
+        truth[k] = 0;
+    for (uint32_t i = opt.hubs; i < nnodes; i++)
+        nodes[i].reset_pending = true;
+    reset_at = now;
+    if (!opt.quiet)
+        printf("reset: every counter at %s, %" PRIu64 " ms after the load stopped\n", nodes[h].id,
+               now - opt.load_ms);
+}
 
 static void usage(void)
 {
@@ -1190,7 +1227,7 @@ static void usage(void)
                     "  [--seconds S of load] [--rate R inc/s an edge] [--loss L] [--delay MS]\n"
                     "  [--kill-hubs N] [--kill-edges N] [--restart-hubs N] [--link-failures N]\n"
                     "  [--freeze-edges N] [--publish-interval MS] [--tier-bytes B] [--seed X]\n"
-                    "  [--mesh | --groups G [--group-bridges B]] [--check]\n");
+                    "  [--mesh | --groups G [--group-bridges B]] [--reset] [--check]\n");
     exit(2);
 }
 
@@ -1216,6 +1253,7 @@ static void options(int argc, char **argv)
                                           {"mesh", 0, 0, 'M'},
                                           {"groups", 1, 0, 'G'},
                                           {"group-bridges", 1, 0, 'b'},
+                                          {"reset", 0, 0, 'Z'},
                                           {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longs, NULL)) != -1;) {
         switch (c) {
@@ -1278,6 +1316,9 @@ static void options(int argc, char **argv)
             break;
         case 'b':
             opt.group_bridges = (uint32_t)atoi(optarg);
+            break;
+        case 'Z':
+            opt.reset = true;
             break;
         default:
             usage();
@@ -1372,6 +1413,10 @@ int main(int argc, char **argv)
             for (int k = 0; k < 2; k++)
                 if (converged[k] < 0 && exact(k == 0, &wrong[k]))
                     converged[k] = (int64_t)(now - opt.load_ms);
+            if (opt.reset && !reset_at && converged[0] >= 0) {
+                reset_everything();
+                converged[0] = -1; /* again, at 0 */
+            }
         }
     }
     report((double)opt.load_ms / 1000.0, converged, wrong);

@@ -61,6 +61,7 @@ static void hub_init(struct hub *h, const char *id, const char *group, uint64_t 
     snprintf(h->id, sizeof(h->id), "%s", id);
     table_init(&h->t, 100000, 1000);
     group_init(&h->g, group, session, REFRESH_MS);
+    ck_assert_int_eq(group_bind(&h->g, &h->t), TALLY_OK);
     struct outbox none = {0};
     group_announce(&h->g, &h->t, h->id, 0, MAX_BYTES, 100, &h->b, collect, &none);
     ck_assert_int_eq(none.n, 0);
@@ -264,12 +265,20 @@ static uint64_t records(const struct outbox *o, const char *name, uint64_t *name
         for (uint64_t k = 0; k < h.counters; k++) {
             size_t len;
             const char *cname = wr_str8(&r, &len);
-            for (int v = 0; v < 4; v++)
+            for (int v = 0; v < 6; v++) /* P, N, BP, BN, the stamps */
                 wr_varint(&r);
+            uint64_t nbases = wr_varint(&r);
+            for (uint64_t k = 0; k < nbases; k++) {
+                size_t glen;
+                wr_str8(&r, &glen);
+                wr_varint(&r);
+                wr_varint(&r);
+            }
             uint64_t ndevs = wr_varint(&r);
             for (uint64_t d = 0; d < ndevs; d++) {
                 size_t idlen;
                 wr_str8(&r, &idlen);
+                wr_varint(&r);
                 wr_varint(&r);
             }
             if (named && name && len == strlen(name) && memcmp(cname, name, len) == 0)
@@ -287,6 +296,10 @@ struct gsum_rec {
     uint64_t p, n, bp, bn;
     const char *dev; /* NULL: no device */
     uint64_t dev_total;
+    /* version 2 on */
+    uint64_t deleted, reset;
+    const char *base_group; /* NULL: no group base */
+    uint64_t base_p, base_n, dev_base;
 };
 
 static void write_gsum(struct wire_buf *b, uint8_t version, uint8_t type, const char *origin,
@@ -307,10 +320,22 @@ static void write_gsum(struct wire_buf *b, uint8_t version, uint8_t type, const 
         wbuf_varint(b, recs[i].n);
         wbuf_varint(b, recs[i].bp);
         wbuf_varint(b, recs[i].bn);
+        if (version >= 2) {
+            wbuf_varint(b, recs[i].deleted);
+            wbuf_varint(b, recs[i].reset);
+            wbuf_varint(b, recs[i].base_group ? 1 : 0);
+            if (recs[i].base_group) {
+                wbuf_str8(b, recs[i].base_group, strlen(recs[i].base_group));
+                wbuf_varint(b, recs[i].base_p);
+                wbuf_varint(b, recs[i].base_n);
+            }
+        }
         wbuf_varint(b, recs[i].dev ? 1 : 0);
         if (recs[i].dev) {
             wbuf_str8(b, recs[i].dev, strlen(recs[i].dev));
             wbuf_varint(b, recs[i].dev_total);
+            if (version >= 2)
+                wbuf_varint(b, recs[i].dev_base);
         }
     }
     ck_assert(!b->failed);
@@ -863,21 +888,27 @@ START_TEST(test_a_malformed_gsum_is_refused_whole)
     assert_refused(&b, longer, m->len);
     free(longer);
     /* by hand: each a valid message but for one field */
-    struct gsum_rec ok = {"c", 5, 1, 0, 0, "dev1", 3};
+    struct gsum_rec ok = {.name = "c", .p = 5, .n = 1, .dev = "dev1", .dev_total = 3};
     write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a1", 1, 7, "g1", &ok, 1);
     struct msg good = as_msg(&w);
     uint8_t *copy = malloc(good.len);
     memcpy(copy, good.data, good.len);
+    const uint64_t over = (uint64_t)TALLY_MAX_SAFE + 1;
     struct gsum_rec bad[] = {
-        {"c/x", 5, 1, 0, 0, NULL, 0},                          /* name_check: '/' */
-        {"$c", 5, 1, 0, 0, NULL, 0},                           /* name_check: '$' */
-        {"", 5, 1, 0, 0, NULL, 0},                             /* name_check: empty */
-        {"c", (uint64_t)TALLY_MAX_SAFE + 1, 0, 0, 0, NULL, 0}, /* P over */
-        {"c", 0, (uint64_t)TALLY_MAX_SAFE + 1, 0, 0, NULL, 0}, /* N over */
-        {"c", 1, 0, (uint64_t)TALLY_MAX_SAFE + 1, 0, NULL, 0}, /* BP over */
-        {"c", 1, 0, 0, (uint64_t)TALLY_MAX_SAFE + 1, NULL, 0}, /* BN over */
-        {"c", 1, 0, 0, 0, "dev1", (uint64_t)TALLY_MAX_SAFE + 1},
-        {"c", 1, 0, 0, 0, "", 1}, /* device_id_check */
+        {.name = "c/x", .p = 5, .n = 1}, /* name_check: '/' */
+        {.name = "$c", .p = 5, .n = 1},  /* name_check: '$' */
+        {.name = "", .p = 5, .n = 1},    /* name_check: empty */
+        {.name = "c", .p = over},
+        {.name = "c", .n = over},
+        {.name = "c", .p = 1, .bp = over},
+        {.name = "c", .p = 1, .bn = over},
+        {.name = "c", .p = 1, .dev = "dev1", .dev_total = over},
+        {.name = "c", .p = 1, .dev = "", .dev_total = 1}, /* device_id_check */
+        {.name = "c", .p = 1, .dev = "dev1", .dev_total = 1, .dev_base = over},
+        {.name = "c", .p = 1, .base_group = "g2", .base_p = over},
+        {.name = "c", .p = 1, .base_group = "g2", .base_n = over},
+        {.name = "c", .p = 1, .base_group = "", .base_p = 1},    /* a group's name */
+        {.name = "c", .p = 1, .base_group = "g 2", .base_p = 1}, /* node_id_check */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct gsum_rec two[2] = {ok, bad[i]}; /* the good part is not taken either */
@@ -985,6 +1016,186 @@ START_TEST(test_the_first_hub_of_a_group_speaks_for_it)
 }
 END_TEST
 
+/* ==== Resets across groups ==== */
+
+static void note_all(struct hub *h)
+{
+    for (struct tally_counter *c = h->t.counters; c; c = c->hh.next)
+        ck_assert_int_eq(group_note(&h->g, &h->t, c), TALLY_OK);
+}
+
+/* Each hub in turn announces what it owes, and every other hub takes it.
+ * Returns how many GSUMs went. */
+static int spread(struct hub *hubs[], int n)
+{
+    int sent = 0;
+    for (int i = 0; i < n; i++) {
+        struct outbox out = {0};
+        note_all(hubs[i]);
+        sent += announce(hubs[i], &out);
+        for (int j = 0; j < n; j++)
+            if (j != i)
+                apply_all(hubs[j], &out);
+        outbox_free(&out);
+    }
+    return sent;
+}
+
+static void assert_values(struct hub *hubs[], int n, const char *name, int64_t want, bool hidden)
+{
+    for (int i = 0; i < n; i++) {
+        struct tally_counter *c = find(hubs[i], name);
+        ck_assert_msg(c, "%s: no %s", hubs[i]->id, name);
+        ck_assert_msg(table_value(&hubs[i]->t, c) == want, "%s: %s is %lld, want %lld", hubs[i]->id,
+                      name, (long long)table_value(&hubs[i]->t, c), (long long)want);
+        ck_assert_msg(table_hidden(&hubs[i]->t, c) == hidden, "%s: %s hidden %d", hubs[i]->id, name,
+                      !hidden);
+    }
+}
+
+/* a1 of g1, b1 of g2, c1 of g3, each with its nodes' slots of x: 23 in all */
+static void three_groups(struct hub *a, struct hub *b, struct hub *c, struct hub *all[])
+{
+    hub_init(a, "a1", "g1", 1);
+    hub_init(b, "b1", "g2", 1);
+    hub_init(c, "c1", "g3", 1);
+    all[0] = a;
+    all[1] = b;
+    all[2] = c;
+    slot(a, "x", "a1", 5, 0);
+    slot(a, "x", "e1", 3, 0);
+    slot(b, "x", "b1", 10, 0);
+    slot(b, "x", "e3", 4, 1);
+    slot(c, "x", "c1", 2, 0);
+    ck_assert_int_eq(spread(all, 3), 3);
+    assert_values(all, 3, "x", 23, false);
+}
+
+static void three_free(struct hub *all[])
+{
+    for (int i = 0; i < 3; i++)
+        hub_free(all[i]);
+}
+
+/* A reset at a1 observed g2's sum (14, 1) and g3's (2, 0) as slots of their
+ * replicas: its GSUM carries those bases, and b1 and c1 take them from
+ * their own group's part; what came after is counted everywhere. */
+START_TEST(test_a_reset_in_one_group_takes_every_groups_part_everywhere)
+{
+    struct hub a, b, c, *all[3];
+    three_groups(&a, &b, &c, all);
+    ck_assert_int_eq(table_reset(&a.t, get(&a, "x"), false), TALLY_OK);
+    ck_assert_int_eq(value(&a, "x"), 0);
+    ck_assert_int_eq(spread(all, 3), 1); /* a1's; b1 and c1 echo nothing */
+    assert_values(all, 3, "x", 0, false);
+    uint64_t p, n;
+    base_slot(table_base(&b.t, find(&b, "x")), b.t.group, &p, &n);
+    ck_assert(b.t.has_group && p == 14 && n == 1);              /* on b1's own group's replica */
+    ck_assert_ptr_null(counter_slot(find(&b, "x"), b.t.group)); /* and no slot of it */
+    slot(&a, "x", "e1", 4, 0);
+    slot(&b, "x", "e3", 6, 1);
+    slot(&c, "x", "c1", 3, 0);
+    ck_assert_int_eq(spread(all, 3), 3);
+    assert_values(all, 3, "x", 4, false);
+    /* b1 resets in turn: it observed everything, so its bases cover a1's */
+    ck_assert_int_eq(table_reset(&b.t, get(&b, "x"), false), TALLY_OK);
+    ck_assert_int_eq(spread(all, 3), 1);
+    assert_values(all, 3, "x", 0, false);
+    three_free(all);
+}
+END_TEST
+
+/* A delete at b1 hides x in every group; an increment after it, at c1's
+ * group, brings it back everywhere counting from zero. */
+START_TEST(test_a_delete_in_one_group_hides_the_counter_in_every_group)
+{
+    struct hub a, b, c, *all[3];
+    three_groups(&a, &b, &c, all);
+    ck_assert_int_eq(table_reset(&b.t, get(&b, "x"), true), TALLY_OK);
+    ck_assert_int_eq(spread(all, 3), 1);
+    assert_values(all, 3, "x", 0, true);
+    ck_assert_uint_eq(table_base(&c.t, find(&c, "x"))->deleted, 1);
+    slot(&c, "x", "c1", 7, 0);
+    ck_assert_int_eq(spread(all, 3), 1);
+    assert_values(all, 3, "x", 5, false);
+    three_free(all);
+}
+END_TEST
+
+/* a1 resets having seen b1's 10, while b1, not having heard, counts 10
+ * more at e3 and resets having seen all 20: everyone ends at 0, and counts
+ * what comes after. */
+START_TEST(test_two_resets_in_two_groups_at_once_converge)
+{
+    struct hub a, b, c, *all[3];
+    three_groups(&a, &b, &c, all);
+    ck_assert_int_eq(table_reset(&a.t, get(&a, "x"), false), TALLY_OK);
+    slot(&b, "x", "e3", 14, 1);
+    ck_assert_int_eq(table_reset(&b.t, get(&b, "x"), false), TALLY_OK);
+    ck_assert_int_eq(spread(all, 3), 2);
+    assert_values(all, 3, "x", 0, false);
+    slot(&b, "x", "b1", 12, 0);
+    ck_assert_int_eq(spread(all, 3), 1);
+    assert_values(all, 3, "x", 2, false);
+    three_free(all);
+}
+END_TEST
+
+/* A device's base travels whole with its maximum, as the maximum does. */
+START_TEST(test_a_reset_of_a_device_reaches_the_other_groups)
+{
+    struct hub a, b;
+    struct hub *all[] = {&a, &b};
+    struct outbox out = {0};
+    two_groups(&a, &b);
+    report(&a, "m", "meter-7", 100);
+    ck_assert_int_eq(spread(all, 2), 1);
+    assert_values(all, 2, "m", 100, false);
+    ck_assert_int_eq(table_reset(&b.t, get(&b, "m"), false), TALLY_OK);
+    ck_assert_int_eq(spread(all, 2), 1);
+    assert_values(all, 2, "m", 0, false);
+    report(&a, "m", "meter-7", 130);
+    ck_assert_int_eq(spread(all, 2), 1);
+    assert_values(all, 2, "m", 30, false);
+    /* the refresh: a1, whose maximum rose last, carries the base too; b1
+     * heard both back and sends neither again */
+    uint64_t named;
+    announce_sized(&b, REFRESH_MS, MAX_BYTES, 100, &out);
+    records(&out, "m", &named);
+    ck_assert_uint_eq(named, 0);
+    outbox_free(&out);
+    ck_assert_int_eq(announce_sized(&a, REFRESH_MS, MAX_BYTES, 100, &out), 1);
+    records(&out, "m", &named);
+    ck_assert_uint_eq(named, 1);
+    struct hub late;
+    hub_init(&late, "c1", "g3", 1); /* a hub that missed it all */
+    apply_all(&late, &out);
+    ck_assert_int_eq(value(&late, "m"), 30);
+    hub_free(&late);
+    outbox_free(&out);
+    hubs_free(&a, &b);
+}
+END_TEST
+
+/* A version 1 GSUM (before resets travelled) is still taken: groups
+ * upgraded one at a time go on counting. */
+START_TEST(test_a_version_1_gsum_is_taken)
+{
+    struct hub b;
+    struct wire_buf w = {0};
+    hub_init(&b, "b1", "g2", 1);
+    struct gsum_rec r = {.name = "c", .p = 5, .n = 1, .dev = "dev1", .dev_total = 3};
+    write_gsum(&w, 1, WIRE_GSUM, "a1", 1, 7, "g1", &r, 1);
+    struct msg m = as_msg(&w);
+    ck_assert(apply(&b, &m));
+    assert_group_slot(&b, "c", "g1", 5, 1);
+    ck_assert_uint_eq(device(&b, "c", "dev1"), 3);
+    ck_assert_int_eq(value(&b, "c"), 7);
+    wbuf_free(&w);
+    hub_free(&b);
+}
+END_TEST
+
 Suite *group_suite(void)
 {
     Suite *s = suite_create("group");
@@ -1008,6 +1219,11 @@ Suite *group_suite(void)
     tcase_add_test(tc, test_a_hub_in_no_group_takes_no_gsum);
     tcase_add_test(tc, test_the_first_hub_of_a_group_speaks_for_it);
     tcase_add_test(tc, test_a_group_sum_past_the_largest_safe_integer_is_saturated);
+    tcase_add_test(tc, test_a_reset_in_one_group_takes_every_groups_part_everywhere);
+    tcase_add_test(tc, test_a_delete_in_one_group_hides_the_counter_in_every_group);
+    tcase_add_test(tc, test_two_resets_in_two_groups_at_once_converge);
+    tcase_add_test(tc, test_a_reset_of_a_device_reaches_the_other_groups);
+    tcase_add_test(tc, test_a_version_1_gsum_is_taken);
     suite_add_tcase(s, tc);
     return s;
 }
