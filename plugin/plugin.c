@@ -268,7 +268,7 @@ static struct tally {
     struct wire_sync_writer writer;
     struct repl repl;
     struct tally_group group; /* plugin_opt_group (group.c) */
-    uint64_t last_gsum_ms, group_log_ms;
+    uint64_t last_gsum_ms, group_log_ms, edge_log_ms;
     struct fold_gc fold;               /* collecting folded restarts (fold.c) */
     bool told_removed;                 /* logged that removeNode named this node */
     bool edge;                         /* role edge: tier.c's edge side instead of repl.c */
@@ -764,22 +764,49 @@ static void replay_tick(uint64_t now)
  * one, or the reverse): a bridge between groups that carries all of
  * $tally/. Dropped: the other group's nodes count under its GSUMs
  * (group.c), and taking their slots too would count them twice. */
+/* Counts a message of another group dropped; true when it is time to log
+ * it (once a minute for each kind, at *last_ms). */
+static bool group_refused(uint64_t *last_ms)
+{
+    g.group.refused++;
+    uint64_t now = mono_ms();
+    if (*last_ms != 0 && now - *last_ms < 60000)
+        return false;
+    *last_ms = now;
+    return true;
+}
+
 static bool other_group(const char *topic)
 {
     const char *at = strchr(topic + strlen("$tally/v1/"), '@');
     const char *group = at ? at + 1 : "";
     if (strcmp(group, g.group.name) == 0)
         return false;
-    g.group.refused++;
-    uint64_t now = mono_ms();
-    if (g.group_log_ms == 0 || now - g.group_log_ms >= 60000) {
+    if (group_refused(&g.group_log_ms))
         mosquitto_log_printf(MOSQ_LOG_WARNING,
                              "tally: dropped %s: not of our group '%s' (%" PRIu64
                              " so far; a bridge between groups should carry $tally/v1/gsum/#, "
                              "$tally/v1/presence/# and $tally/stats/# only)",
                              topic, g.group.name, g.group.refused);
-        g.group_log_ms = now;
-    }
+    return true;
+}
+
+/* An edge's UP names the group its count is in ($tally/up/<edge>@<group>,
+ * once a hub of it answered; tier.c): a hub of another group takes none of
+ * it, or the edge would be counted in both groups' sums. Its bridge's
+ * address list left its group: it stays refused until it is back there. */
+static bool edge_of_other_group(const char *topic)
+{
+    const char *edge = topic + strlen("$tally/up/"), *at = strchr(edge, '@');
+    if (!at || !group_on(&g.group) || strcmp(at + 1, g.group.name) == 0)
+        return false;
+    if (group_refused(&g.edge_log_ms))
+        mosquitto_log_printf(MOSQ_LOG_WARNING,
+                             "tally: refused the UP of edge %.*s: its count is in the sum of "
+                             "group '%s', and taken here it would be in group '%s' too (%" PRIu64
+                             " so far; an edge's bridge address list must name hubs of its own "
+                             "group only)",
+                             (int)(at - edge), edge, at + 1, g.group.name, g.group.refused);
     return true;
 }
 
@@ -1071,6 +1098,8 @@ static int on_up(const struct mosquitto_evt_message *ev, bool *route)
         return TALLY_E_WIRE; /* an edge has no edges */
     if (wire_peek_type(payload, len) == WIRE_CONTROL)
         return on_edge_control(ev);
+    if (edge_of_other_group(ev->topic))
+        return TALLY_OK; /* dropped, unanswered: its clients keep the totals they have */
     uint64_t now = mono_ms();
     int rc = tier_hub_apply_up(&g.tier_hub, &g.table, &g.presence, payload, len, now, &ch);
     const char *conn = mosquitto_client_id(ev->client);
@@ -1831,10 +1860,15 @@ static void expire_peers(uint64_t now)
 
 /* ==== Tiers: what an edge sends up, what a hub sends down ==== */
 
+/* On $tally/up/<edge>, or <edge>@<group> once a hub in a group answered:
+ * a hub of another group refuses it (edge_of_other_group). */
 static void emit_up(const struct wire_buf *msg, void *ud)
 {
+    char id[2 * TALLY_NODE_ID_MAX + 2];
     (void)ud;
-    publish_up_down("up", g.opt.node_id, NULL, msg);
+    snprintf(id, sizeof(id), "%s%s%s", g.opt.node_id, g.tier_edge.group[0] ? "@" : "",
+             g.tier_edge.group);
+    publish_up_down("up", id, NULL, msg);
 }
 
 static void emit_down(const struct wire_buf *msg, void *ud)
@@ -2064,11 +2098,12 @@ static int on_edge_control(const struct mosquitto_evt_message *ev)
     struct tier_control c;
     int rc = tier_control_read(ev->payload, ev->payloadlen, &c);
     const char *edge = ev->topic + strlen("$tally/up/");
+    size_t edge_len = strcspn(edge, "@"); /* past it, the edge's group */
     if (rc != TALLY_OK || (c.flags & TIER_CONTROL_ANSWER) || c.parts != 1 ||
-        strlen(edge) != c.node_len || memcmp(edge, c.node, c.node_len) != 0)
+        edge_len != c.node_len || memcmp(edge, c.node, c.node_len) != 0)
         return rc != TALLY_OK ? rc : TALLY_E_WIRE;
     char who[TALLY_NODE_ID_MAX + 64];
-    snprintf(who, sizeof(who), "(a client of edge %s)", edge);
+    snprintf(who, sizeof(who), "(a client of edge %.*s)", (int)edge_len, edge);
     /* A request queued on a bridge that was down (one that keeps its session
      * delivers it when it reconnects) comes after the edge told its client
      * that the hub did not answer: it is not run then. */
@@ -2087,7 +2122,7 @@ static int on_edge_control(const struct mosquitto_evt_message *ev)
                              .data = (const uint8_t *)resp,
                              .len = strlen(resp)};
     char id[TALLY_NODE_ID_MAX + 1];
-    snprintf(id, sizeof(id), "%s", edge);
+    snprintf(id, sizeof(id), "%.*s", (int)edge_len, edge);
     struct answer_to to = {id, mosquitto_client_id(ev->client)};
     rc = tier_control_write(&a, (size_t)g.opt.max_message_bytes, &g.buf, emit_answer, &to);
     free(resp);
@@ -2230,6 +2265,7 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
         goto error;
     if (!g.edge) {
         tier_hub_init(&g.tier_hub, g.opt.node_id, session | 1);
+        snprintf(g.tier_hub.group, sizeof(g.tier_hub.group), "%s", g.group.name);
         g.tier_hub.persist = g.persist;
     }
     g.start_ms = mono_ms();

@@ -761,7 +761,8 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
 
 /* ==== Replication wire format (wire.c) ==== */
 
-#define WIRE_VERSION 2 /* UP, DOWN: 2 added past lives (UP) and the watermark (DOWN) */
+#define WIRE_VERSION 2      /* UP, DOWN: 2 added past lives (UP) and the watermark (DOWN) */
+#define WIRE_DOWN_VERSION 3 /* 3 names the hub's group (group.c), written by a hub in one */
 /* SYNC: 2 added bases (reset.c), 3 the stream (repl.c), 4 folds (fold.c), 5 replicas
  * numbered per stream; DIGEST: 2 added the stream and repair requests, 3 the numbers wanted,
  * 4 the seq a repair is asked from, 5 the neighbours heard */
@@ -1013,6 +1014,9 @@ struct tier_edge {
     uint64_t first_up;    /* the last part of its first UP, which carried every counter */
     char hub[TALLY_NODE_ID_MAX + 1];
     char node_id[TALLY_NODE_ID_MAX + 1];
+    /* The group of hubs its count is in: the first a DOWN named ("" until
+     * then); its UPs name it, and a hub of another group refuses them. */
+    char group[TALLY_NODE_ID_MAX + 1];
 };
 
 /* first_seq: the seq of its first UP, above any of an earlier run of the
@@ -1074,6 +1078,7 @@ struct tier_hub {
     bool all_pages_owed; /* the next heartbeat announces them all (the first; tier_hub_owe_pages) */
     struct persist *persist; /* folds of adopted past lives are logged here (or NULL) */
     char node_id[TALLY_NODE_ID_MAX + 1];
+    char group[TALLY_NODE_ID_MAX + 1]; /* its group of hubs, named in its DOWNs ("": none) */
 };
 
 void tier_hub_init(struct tier_hub *h, const char *node_id, uint64_t session);

@@ -50,7 +50,10 @@
  * ---- The messages ----
  *
  * UP, edge -> its hub, on $tally/up/<edge> (topic $tally/up/# out 1 on the
- * edge's bridge), in parts of at most max_message_bytes (see "Parts" below):
+ * edge's bridge), or $tally/up/<edge>@<group> once a DOWN named the group
+ * of hubs its count is in (a hub of another group refuses it, plugin.c: its
+ * count would be in two groups' sums), in parts of at most
+ * max_message_bytes (see "Parts" below):
  *     edge id, incarnation, seq, the session it was built under, flags,
  *     group (the seq of the UP's first part),
  *     counters: name, own P, own N, own device maxima (absolute values),
@@ -82,7 +85,8 @@
  * that hubs bridged to this one never carry it), in parts of at most
  * max_message_bytes, each with the whole header:
  *     hub id, session, the ack, [version 2] the edge's watermark (fold.c:
- *     its lives below it are retired),
+ *     its lives below it are retired), [version 3, from a hub in a group]
+ *     the hub's group (group.c; the edge keeps the first it hears of),
  *     counters: name, P, N, D, the edge's own P and N as the hub holds them,
  *               and what resets took away from P, N and D (reset.c),
  *     pages: name, total viewers, the edge's own viewers as the hub holds them.
@@ -1119,12 +1123,19 @@ int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_
     size_t hlen, nlen;
     if (!read_header(&r, msg, len, WIRE_DOWN))
         return TALLY_E_WIRE;
-    const char *hub = wr_str8(&r, &hlen);
+    const char *hub = wr_str8(&r, &hlen), *group = NULL;
     uint64_t session = wr_u64(&r), ack = wr_varint(&r);
-    uint64_t below = ((const uint8_t *)msg)[2] >= 2 ? wr_u64(&r) : 0;
-    if (r.bad || node_id_check(hub, hlen) != TALLY_OK)
+    int version = ((const uint8_t *)msg)[2];
+    uint64_t below = version >= 2 ? wr_u64(&r) : 0;
+    size_t glen = 0;
+    if (version >= 3)
+        group = wr_str8(&r, &glen);
+    if (r.bad || node_id_check(hub, hlen) != TALLY_OK ||
+        (group && (glen >= TALLY_NODE_ID_MAX || node_id_check(group, glen) != TALLY_OK)))
         return TALLY_E_WIRE;
     e->below = max_u64(e->below, below);
+    if (group && !e->group[0]) /* our count is in this group's sum from now on */
+        memcpy(e->group, group, glen);
     if (session != e->hub_session || strlen(e->hub) != hlen || memcmp(e->hub, hub, hlen) != 0)
         edge_new_hub(e, hub, hlen, session);
     if (ack > e->acked && ack < e->seq)
@@ -1757,11 +1768,16 @@ static int down_send(const struct parts *p, void *ctx)
     struct down_ctx *d = ctx;
     struct wire_buf *out = d->out;
     wbuf_reset(out);
-    write_header(out, WIRE_DOWN);
+    /* version 3 names our group; a hub in none writes 2, which edges of
+     * every version read */
+    const uint8_t h[4] = {'T', 'L', d->h->group[0] ? WIRE_DOWN_VERSION : WIRE_VERSION, WIRE_DOWN};
+    wbuf_bytes(out, h, sizeof(h));
     wbuf_str8(out, d->h->node_id, strlen(d->h->node_id));
     wbuf_u64(out, d->ch->session);
     wbuf_varint(out, d->ch->ack);
     wbuf_u64(out, fold_below_of(d->t, d->ch->id, strlen(d->ch->id)));
+    if (d->h->group[0])
+        wbuf_str8(out, d->h->group, strlen(d->h->group));
     parts_write(out, p, SEC_COUNTERS);
     parts_write(out, p, SEC_PAGES);
     if (out->failed)

@@ -130,6 +130,7 @@ static uint8_t version_of(int type)
     return type == WIRE_SYNC       ? WIRE_SYNC_VERSION
            : type == WIRE_DIGEST   ? WIRE_DIGEST_VERSION
            : type == WIRE_PRESENCE ? WIRE_PRESENCE_VERSION
+           : type == WIRE_DOWN     ? WIRE_DOWN_VERSION
                                    : WIRE_VERSION;
 }
 

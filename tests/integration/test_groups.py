@@ -4,12 +4,13 @@ replicate as any cluster; between groups a bridge carries GSUMs (each group's su
 stats only. Every node ends exact, and a hub holds its own group's slots and one slot for the
 other group, whatever the other group holds."""
 import json
+import time
 
 from conftest import wait_for
 from test_cluster import Watcher, close, closing, publisher  # noqa: F401 (closing: a fixture)
 from test_reset import control
 from tcpproxy import TcpProxy
-from test_tiers import edge_bridge, exact_everywhere, increments, viewers
+from test_tiers import bridged_to, edge_bridge, exact_everywhere, increments, viewers
 
 OPTIONS = {"bridge_clientids": "*-to-*", "peer_timeout_ms": "3000", "sync_interval_ms": "500",
            "admin_usernames": "admin"}
@@ -135,6 +136,33 @@ def test_a_reset_and_a_delete_in_a_group_reach_every_group(brokers, closing):
     expected["shared"] = 0
     increments(edges[:1], 3, expected)  # after the delete, at g1's edge
     exact_everywhere(hubs + edges, expected)
+
+
+def test_an_edge_whose_failover_leaves_its_group_is_refused_not_counted_twice(brokers, closing):
+    """A misconfigured edge, e5, whose bridge lists a1 (g1) and then b1 (g2). Once a1 answered,
+    e5's UPs name g1 ($tally/up/e5@g1); a1 killed, e5 reaches b1, which refuses them (logged,
+    counted in its stats) instead of putting e5's count in g2's sum as well as in g1's: no node
+    shows more than was made. Once a1 is back (without its state), e5 returns to it, and every
+    node is exact."""
+    hubs, edges = two_groups(brokers)
+    a1, a2, b1, b2 = hubs
+    e5 = brokers("e5", options=dict(OPTIONS, role="edge"), extra=edge_bridge("e5", (a1, b1)))
+    expected = {}
+    increments(edges + [e5], 10, expected)
+    exact_everywhere(hubs + edges + [e5], expected)
+    a1.kill()
+    wait_for(lambda: bridged_to(e5)[-1] == b1.port, 30, what="e5 to fail over to b1")
+    wait_for(lambda: "refused the UP of edge e5: its count is in the sum of group 'g1'"
+             in b1.read_log(), 15, what="b1 to refuse e5's UPs")
+    increments([e5] + edges[1:], 5, expected)  # e5's acknowledged by e5 alone for now
+    time.sleep(3)  # what b1 would have taken goes to every group within a publish interval
+    for n in (a2, b1, b2):
+        for name in ("shared", "own-e5"):
+            assert (n.total(name) or 0) <= expected[name], f"{n.name}: {name} counted twice"
+    wait_for(lambda: group_stats(b1).get("refused", 0) > 0, 10, what="b1's stats to count them")
+    a1.start()
+    wait_for(lambda: bridged_to(e5)[-1] == a1.port, 30, what="e5 back on a1")
+    exact_everywhere(hubs + edges + [e5], expected, timeout=60)
 
 
 def test_a_bridge_that_carries_everything_between_groups_counts_nothing_twice(brokers, closing):

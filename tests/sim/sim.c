@@ -679,6 +679,7 @@ static void hub_start(uint32_t i)
         n->gsession = tally_incarnation_new(now + 1, i, n->gsession);
         n->last_group = 0;
         group_init(&n->gr, name, n->gsession, GROUP_REFRESH_MS);
+        snprintf(n->tier.group, sizeof(n->tier.group), "%s", name); /* its DOWNs name it */
         if (group_bind(&n->gr, &n->t) != TALLY_OK)
             abort();
         /* what it held at its stop is loaded dirty, and its first flush
@@ -1197,6 +1198,21 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
     printf("dead edges' viewers counted past peer_timeout_ms: %" PRIu64 "\n", late_viewers);
 }
 
+/* With groups, each live edge must have learned its home hub's group from
+ * its DOWNs (tier.c), the group its UPs name; the others are counted. */
+static uint32_t edges_astray(void)
+{
+    uint32_t astray = 0;
+    for (uint32_t i = opt.hubs; opt.groups && i < nnodes; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "g%u", group_of(nodes[i].addr[0]));
+        astray += nodes[i].alive && strcmp(nodes[i].edge.group, name) != 0;
+    }
+    if (astray)
+        printf("edges that name another group than their hubs': %u\n", astray);
+    return astray;
+}
+
 /* ==== Main loop ==== */
 
 /* --reset: once every live node is exact, a live hub picked at random (of
@@ -1420,6 +1436,9 @@ int main(int argc, char **argv)
         }
     }
     report((double)opt.load_ms / 1000.0, converged, wrong);
-    return opt.check && (converged[0] < 0 || converged[1] < 0 || steps_back || late_viewers) ? 1
-                                                                                             : 0;
+    uint32_t astray = edges_astray();
+    return opt.check &&
+                   (converged[0] < 0 || converged[1] < 0 || steps_back || late_viewers || astray)
+               ? 1
+               : 0;
 }

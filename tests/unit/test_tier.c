@@ -1456,6 +1456,44 @@ START_TEST(bad_messages_are_refused)
 }
 END_TEST
 
+/* A hub in a group (group.c) names it in its DOWNs, version 3: the edge
+ * keeps the first group it hears of, the one whose sum its count is in from
+ * then on (plugin.c names it in the edge's UP topic, and a hub of another
+ * group refuses those), whatever hub answers later. A hub in no group
+ * writes version 2, as before; a group that is no node id is refused. */
+START_TEST(an_edge_keeps_the_group_of_the_first_hub_in_a_group_that_answered)
+{
+    inc(&e, "x", 1);
+    ck_assert(up(&e));
+    struct tier_child *ch = hub_takes(&a);
+    ck_assert_uint_eq(down(&a, ch, &e), 1);
+    ck_assert_uint_eq(msg.data[2], WIRE_VERSION);
+    ck_assert_str_eq(e.edge.group, "");
+    strcpy(a.hub.group, "g1");
+    now += HB;
+    ck_assert_uint_eq(down(&a, ch, &e), 1);
+    ck_assert_uint_eq(msg.data[2], WIRE_DOWN_VERSION);
+    ck_assert_str_eq(e.edge.group, "g1");
+    ck_assert_int_eq(hub_value(&a, "x"), 1);
+    /* a DOWN of a hub of another group (one that took the edge's UP
+     * anyway: one of an older version, or an UP before the edge knew) */
+    strcpy(b.hub.group, "g2");
+    ck_assert(up(&e));
+    ch = hub_takes(&b);
+    ck_assert_uint_eq(down(&b, ch, &e), 1);
+    ck_assert_str_eq(e.edge.group, "g1");
+    strcpy(b.hub.group, "g 2");
+    now += HB;
+    tier_hub_tick(&b.hub);
+    nparts = 0;
+    ck_assert_int_eq(
+        tier_hub_down(&b.hub, &b.t, &b.pr, ch, now, HB, max_bytes, &out, collect, NULL), TALLY_OK);
+    ck_assert_uint_eq(nparts, 1);
+    ck_assert_int_eq(tier_edge_apply_down(&e.edge, msg.data, msg.len, NULL, NULL), TALLY_E_WIRE);
+    ck_assert_str_eq(e.edge.group, "g1");
+}
+END_TEST
+
 /* An edge with 2,000 counters it writes and watches and 300 pages viewed:
  * its UP and the hub's DOWN pass 4096 bytes, and go in parts. */
 #define MANY 2000
@@ -2015,6 +2053,7 @@ Suite *tier_suite(void)
     tcase_add_test(tc, an_edge_that_moves_leaves_its_old_carriers_set_at_once);
     tcase_add_test(tc, a_replay_names_the_carrier_and_a_restarted_hub_wants_no_listing);
     tcase_add_test(tc, bad_messages_are_refused);
+    tcase_add_test(tc, an_edge_keeps_the_group_of_the_first_hub_in_a_group_that_answered);
     tcase_add_test(tc, an_up_and_a_down_past_max_bytes_go_in_parts_that_apply_alone);
     tcase_add_test(tc, a_lost_part_is_not_acknowledged);
     tcase_add_test(tc, a_hub_holds_only_the_pages_its_edges_view_now);
