@@ -91,11 +91,14 @@
  * so any topology of groups works, rings of bridges included.
  *     "TL", version 2, type 7, origin (str8), session (u64), seq (varint),
  *     group (str8), counters (varint), each:
- *         name (str8), P, N, BP, BN, deleted, reset (varints),
- *         group bases (varint), each: group (str8), BP, BN (varints),
- *         devices (varint), each: id (str8), maximum, base (varints)
- * (version 1: no stamps, group bases or device bases). A record whose lists
- * pass max_message_bytes goes in parts, each with the whole head.
+ *         name (str8), P, N, BP, BN (varints), flags (u8), then only what
+ *         the flags say: [1] deleted, reset (varints),
+ *         [2] group bases (varint), each: group (str8), BP, BN (varints),
+ *         [4] devices (varint), each: id (str8), maximum, base (varints)
+ * (version 1: no flags, and devices (varint), each: id, maximum). A record
+ * whose lists pass max_message_bytes goes in parts, each with the whole
+ * head. Most records are a counter's sums alone: a byte of flags, where
+ * version 1 had four bytes of an empty device list.
  * The speaker sends our group's sums that rose, at most once a publish
  * interval, and every counter again once a refresh interval (a message lost
  * to a bridge that closed is healed by then; sooner, at most ten times an
@@ -382,10 +385,15 @@ static void flush(struct gsum_out *o)
     send_out(o, false);
 }
 
+/* What follows a record's sums (version 2 on): each only when it has something. */
+#define REC_STAMPS 1  /* deleted, reset */
+#define REC_BASES 2   /* group bases: a count (4 bytes), then each */
+#define REC_DEVICES 4 /* device maxima and their bases: a count (4 bytes), then each */
+
 /* The most one counter record can take before its lists. */
 static size_t head_bytes(const struct group_entry *e)
 {
-    return 1 + e->name_len + 6 * 10 + 2 * 4;
+    return 1 + e->name_len + 4 * 10 + 1 + 2 * 10 + 2 * 4;
 }
 
 /* A device maximum or group base a record carries: one that rose here, or
@@ -396,16 +404,27 @@ static bool carried(bool owed, bool heard, bool all)
     return owed || (all && !heard);
 }
 
+/* The first group base, or device, at or after k that a record carries. */
+static uint32_t next_base(const struct group_entry *e, uint32_t k, bool all)
+{
+    while (k < e->nbases && !carried(e->bases[k].owed, e->bases[k].heard, all))
+        k++;
+    return k;
+}
+
+static uint32_t next_dev(const struct group_entry *e, uint32_t i, bool all)
+{
+    while (i < e->ndevs && !carried(e->devs[i].owed, e->devs[i].heard, all))
+        i++;
+    return i;
+}
+
 /* Whether e goes at all: the refresh leaves out a counter our group holds
  * no slot of, and no device or reset of: another group's alone. */
 static bool goes(const struct group_entry *e, bool all)
 {
-    bool any = e->ours || e->stamps_owed;
-    for (uint32_t j = 0; !any && j < e->nbases; j++)
-        any = carried(e->bases[j].owed, e->bases[j].heard, all);
-    for (uint32_t j = 0; !any && j < e->ndevs; j++)
-        any = carried(e->devs[j].owed, e->devs[j].heard, all);
-    return any;
+    return e->ours || e->stamps_owed || next_base(e, 0, all) < e->nbases ||
+           next_dev(e, 0, all) < e->ndevs;
 }
 
 /* Whether an item of `bytes` fits in the part under way: the first item of
@@ -415,33 +434,42 @@ static bool fits(const struct gsum_out *o, size_t bytes, bool first)
     return o->b->len + bytes <= o->max_bytes || (first && !o->counters);
 }
 
-/* Writes e: its sums and stamps, then the group bases and the device
- * maxima carried, over as many messages as they need, the head again in
- * each. A part that could take none of the items left starts over in the
- * next message. */
+/* Writes e: its sums and flags, its stamps, then the group bases and the
+ * device maxima carried, over as many messages as they need, the head
+ * again in each. A part that could take none of the items left starts over
+ * in the next message. */
 static void put_entry(struct gsum_out *o, struct group_entry *e, bool all)
 {
-    uint32_t i = 0, k = 0; /* the next device, the next group base */
     if (!goes(e, all))
         return;
     e->stamps_owed = false;
+    uint32_t k = next_base(e, 0, all), i = next_dev(e, 0, all);
     do {
         if (o->b->len + head_bytes(e) > o->max_bytes)
             flush(o);
         struct wire_buf *b = o->b;
         size_t start = b->len;
         wbuf_str8(b, e->name, e->name_len);
-        const uint64_t head[] = {e->p, e->n, e->bp, e->bn, e->deleted, e->reset};
-        for (size_t j = 0; j < sizeof(head) / sizeof(head[0]); j++)
-            wbuf_varint(b, head[j]);
-        size_t nbases_at = b->len;
-        wbuf_bytes(b, "\0\0\0\0", 4);
+        wbuf_varint(b, e->p);
+        wbuf_varint(b, e->n);
+        wbuf_varint(b, e->bp);
+        wbuf_varint(b, e->bn);
+        size_t flags_at = b->len;
+        uint8_t flags =
+            (uint8_t)((e->deleted || e->reset ? REC_STAMPS : 0) | (k < e->nbases ? REC_BASES : 0) |
+                      (i < e->ndevs ? REC_DEVICES : 0));
+        wbuf_u8(b, flags);
+        if (flags & REC_STAMPS) {
+            wbuf_varint(b, e->deleted);
+            wbuf_varint(b, e->reset);
+        }
+        size_t nbases_at = b->len, ndevs_at;
         uint32_t nb = 0, nd = 0;
         bool full = false;
-        for (; k < e->nbases; k++) {
+        if (flags & REC_BASES)
+            wbuf_bytes(b, "\0\0\0\0", 4);
+        for (; (flags & REC_BASES) && k < e->nbases; k = next_base(e, k + 1, all)) {
             struct group_base *gb = &e->bases[k];
-            if (!carried(gb->owed, gb->heard, all))
-                continue;
             const struct tally_replica *r = o->t->replicas[gb->replica];
             const char *id = r->key + 1; /* the group's name, past the mark */
             size_t idlen = r->id_len - 1u;
@@ -453,12 +481,11 @@ static void put_entry(struct gsum_out *o, struct group_entry *e, bool all)
             gb->owed = false;
             nb++;
         }
-        size_t ndevs_at = b->len;
-        wbuf_bytes(b, "\0\0\0\0", 4);
-        for (; !full && i < e->ndevs; i++) {
+        ndevs_at = b->len;
+        if (flags & REC_DEVICES)
+            wbuf_bytes(b, "\0\0\0\0", 4);
+        for (; (flags & REC_DEVICES) && !full && i < e->ndevs; i = next_dev(e, i + 1, all)) {
             struct group_dev *d = &e->devs[i];
-            if (!carried(d->owed, d->heard, all))
-                continue;
             const struct tally_device *dev = o->t->devices[d->device];
             size_t idlen = strlen(dev->id);
             if ((full = !fits(o, 1 + idlen + 20, !nb && !nd)))
@@ -474,9 +501,16 @@ static void put_entry(struct gsum_out *o, struct group_entry *e, bool all)
             flush(o);
             continue;
         }
+        if ((flags & REC_DEVICES) && !nd) { /* the bases filled the part: none here */
+            b->len = ndevs_at;
+            flags &= (uint8_t)~REC_DEVICES;
+        }
         if (!b->failed) {
-            put_varint4(b->data + nbases_at, nb);
-            put_varint4(b->data + ndevs_at, nd);
+            b->data[flags_at] = flags;
+            if (flags & REC_BASES)
+                put_varint4(b->data + nbases_at, nb);
+            if (flags & REC_DEVICES)
+                put_varint4(b->data + ndevs_at, nd);
         }
         o->counters++;
         o->gr->announced++;
@@ -581,23 +615,26 @@ struct gsum_counter {
     size_t name_len;
     uint64_t p, n, bp, bn, deleted, reset;
     uint32_t nbases, ndevs;
+    uint8_t flags; /* REC_*: what follows the sums (version 1: devices only) */
 };
 
-/* A counter's head and its group bases (version 2 on), up to its devices. */
+/* A counter's head, up to its group bases (version 2 on). */
 static bool read_counter(struct wire_reader *r, size_t len, int version, struct gsum_counter *gc)
 {
     gc->name = wr_str8(r, &gc->name_len);
-    uint64_t *head[] = {&gc->p, &gc->n, &gc->bp, &gc->bn, &gc->deleted, &gc->reset};
-    size_t nhead = version >= 2 ? 6 : 4;
-    gc->deleted = gc->reset = 0;
-    bool ok = true;
-    for (size_t i = 0; i < nhead; i++) {
-        *head[i] = wr_varint(r);
-        ok = ok && (i >= 4 || value_ok(*head[i]));
-    }
-    uint64_t nbases = version >= 2 ? wr_varint(r) : 0;
+    gc->p = wr_varint(r);
+    gc->n = wr_varint(r);
+    gc->bp = wr_varint(r);
+    gc->bn = wr_varint(r);
+    gc->flags = version >= 2 ? wr_u8(r) : REC_DEVICES;
+    bool stamps = gc->flags & REC_STAMPS;
+    gc->deleted = stamps ? wr_varint(r) : 0;
+    gc->reset = stamps ? wr_varint(r) : 0;
+    uint64_t nbases = gc->flags & REC_BASES ? wr_varint(r) : 0;
     gc->nbases = (uint32_t)nbases;
-    return !r->bad && ok && name_check(gc->name, gc->name_len) == TALLY_OK && nbases <= len;
+    return !r->bad && (gc->flags & ~(REC_STAMPS | REC_BASES | REC_DEVICES)) == 0 &&
+           name_check(gc->name, gc->name_len) == TALLY_OK && value_ok(gc->p) && value_ok(gc->n) &&
+           value_ok(gc->bp) && value_ok(gc->bn) && nbases <= len;
 }
 
 static bool read_base(struct wire_reader *r, const char **group, size_t *glen, uint64_t *p,
@@ -622,7 +659,7 @@ static bool read_dev(struct wire_reader *r, int version, const char **id, size_t
 
 static bool read_ndevs(struct wire_reader *r, size_t len, struct gsum_counter *gc)
 {
-    uint64_t ndevs = wr_varint(r);
+    uint64_t ndevs = gc->flags & REC_DEVICES ? wr_varint(r) : 0;
     gc->ndevs = (uint32_t)ndevs;
     return !r->bad && ndevs <= len;
 }

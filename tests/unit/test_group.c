@@ -265,16 +265,20 @@ static uint64_t records(const struct outbox *o, const char *name, uint64_t *name
         for (uint64_t k = 0; k < h.counters; k++) {
             size_t len;
             const char *cname = wr_str8(&r, &len);
-            for (int v = 0; v < 6; v++) /* P, N, BP, BN, the stamps */
+            for (int v = 0; v < 4; v++) /* P, N, BP, BN */
                 wr_varint(&r);
-            uint64_t nbases = wr_varint(&r);
+            uint8_t flags = wr_u8(&r);
+            ck_assert_uint_eq(flags & ~7u, 0);
+            for (int v = 0; (flags & 1) && v < 2; v++) /* the stamps */
+                wr_varint(&r);
+            uint64_t nbases = flags & 2 ? wr_varint(&r) : 0;
             for (uint64_t k = 0; k < nbases; k++) {
                 size_t glen;
                 wr_str8(&r, &glen);
                 wr_varint(&r);
                 wr_varint(&r);
             }
-            uint64_t ndevs = wr_varint(&r);
+            uint64_t ndevs = flags & 4 ? wr_varint(&r) : 0;
             for (uint64_t d = 0; d < ndevs; d++) {
                 size_t idlen;
                 wr_str8(&r, &idlen);
@@ -300,6 +304,7 @@ struct gsum_rec {
     uint64_t deleted, reset;
     const char *base_group; /* NULL: no group base */
     uint64_t base_p, base_n, dev_base;
+    uint8_t flags; /* more flags than what it carries (for an unknown one) */
 };
 
 static void write_gsum(struct wire_buf *b, uint8_t version, uint8_t type, const char *origin,
@@ -320,17 +325,22 @@ static void write_gsum(struct wire_buf *b, uint8_t version, uint8_t type, const 
         wbuf_varint(b, recs[i].n);
         wbuf_varint(b, recs[i].bp);
         wbuf_varint(b, recs[i].bn);
-        if (version >= 2) {
+        bool stamps = recs[i].deleted || recs[i].reset;
+        if (version >= 2)
+            wbuf_u8(b, (uint8_t)((stamps ? 1 : 0) | (recs[i].base_group ? 2 : 0) |
+                                 (recs[i].dev ? 4 : 0) | recs[i].flags));
+        if (version >= 2 && stamps) {
             wbuf_varint(b, recs[i].deleted);
             wbuf_varint(b, recs[i].reset);
-            wbuf_varint(b, recs[i].base_group ? 1 : 0);
-            if (recs[i].base_group) {
-                wbuf_str8(b, recs[i].base_group, strlen(recs[i].base_group));
-                wbuf_varint(b, recs[i].base_p);
-                wbuf_varint(b, recs[i].base_n);
-            }
         }
-        wbuf_varint(b, recs[i].dev ? 1 : 0);
+        if (version >= 2 && recs[i].base_group) {
+            wbuf_varint(b, 1);
+            wbuf_str8(b, recs[i].base_group, strlen(recs[i].base_group));
+            wbuf_varint(b, recs[i].base_p);
+            wbuf_varint(b, recs[i].base_n);
+        }
+        if (version < 2 || recs[i].dev)
+            wbuf_varint(b, recs[i].dev ? 1 : 0);
         if (recs[i].dev) {
             wbuf_str8(b, recs[i].dev, strlen(recs[i].dev));
             wbuf_varint(b, recs[i].dev_total);
@@ -459,6 +469,9 @@ START_TEST(test_a_gsum_gives_the_other_group_one_slot_of_its_sum)
     ck_assert(h.group_len == 2 && memcmp(h.group, "g1", 2) == 0);
     ck_assert_uint_eq(h.session, 1);
     ck_assert_uint_eq(h.counters, 1);
+    /* the head (4 + 3 + 8 + 1 + 3 + 4), and "c" with its four sums and a
+     * byte of flags: nothing else (no stamps, bases or devices) */
+    ck_assert_uint_eq(out.m[0].len, 23 + 2 + 4 + 1);
     ck_assert(apply(&b, &out.m[0]));
     assert_group_slot(&b, "c", "g1", 8, 3);
     ck_assert_uint_eq(find(&b, "c")->nslots, 1); /* never a node of another group */
@@ -909,6 +922,7 @@ START_TEST(test_a_malformed_gsum_is_refused_whole)
         {.name = "c", .p = 1, .base_group = "g2", .base_n = over},
         {.name = "c", .p = 1, .base_group = "", .base_p = 1},    /* a group's name */
         {.name = "c", .p = 1, .base_group = "g 2", .base_p = 1}, /* node_id_check */
+        {.name = "c", .p = 1, .flags = 8},                       /* a flag unknown */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct gsum_rec two[2] = {ok, bad[i]}; /* the good part is not taken either */
