@@ -1078,7 +1078,8 @@ static void emit_relay(const struct wire_buf *msg, void *ud)
  * hub wants them (tier.c). */
 static void relay(struct tier_child *ch)
 {
-    int rc = tier_hub_relay(ch, (size_t)g.opt.max_message_bytes, mono_ms(), &g.buf, emit_relay, ch);
+    int rc = tier_hub_relay(ch, &g.presence, (size_t)g.opt.max_message_bytes, mono_ms(), &g.buf,
+                            emit_relay, ch);
     if (rc != TALLY_OK)
         mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot relay the viewers of edge %s: %s",
                              tier_child_id(ch), tally_strerror(rc));

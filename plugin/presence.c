@@ -708,8 +708,25 @@ void presence_origin_listed(struct tally_origin *o, const struct wire_presence_e
      * the edge was last heard: what a relay's arrival guessed (before the
      * edge was listed here) gives way to it. An older carrier only raises. */
     bool current = l->incarnation == o->incarnation && l->seq >= o->seq;
-    if (current || heard > o->last_heard_ms)
+    /* An age is counted from when its entry left, so heard is the
+     * carrier's hearing plus the entry's time on its way, a delay per bridge
+     * it crossed. A carrier lists a dead edge until it forgets it (at every
+     * heartbeat out of its set, and in its full listings), and each copy
+     * comes by the way it found: raised by each, the slowest counted
+     * (tests/sim with groups of hubs: a copy 711 ms on its way over five
+     * bridges kept a dead edge counted 300 ms past the allowance, in 12 of
+     * 2,001 schedules). An entry whose hearing is no later than the arrival
+     * of the one ours was taken from tells of none later, but by a
+     * difference of two transits (from the same carrier: it heard the edge
+     * before that one left; a hub that heard it since lists it again): it
+     * raises nothing, and the current carrier's may lower (the same
+     * hearing, sooner here). One copy's time on its way still counts. */
+    bool news = heard > o->heard_listed_ms;
+    if (news ? current || heard > o->last_heard_ms : current && heard < o->last_heard_ms) {
         o->last_heard_ms = heard;
+        if (news)
+            o->heard_listed_ms = now_ms;
+    }
     if (o->listed && l->incarnation == o->listed_incarnation && l->seq < o->listed_seq)
         return; /* a hub it has left lists what it last relayed */
     /* Its carrier holds at a newer seq the counts held here (an edge that

@@ -527,6 +527,9 @@ struct tally_origin {
     UT_hash_handle hh;
     uint64_t incarnation, seq;
     uint64_t last_heard_ms;
+    /* when the listing entry last_heard_ms was taken from came here
+     * (presence_origin_listed) */
+    uint64_t heard_listed_ms;
     uint32_t slot;   /* its number: the key of its cells in the pages it counts */
     uint64_t digest; /* presence_digest of its counts held here */
     /* The pages it counts (a cell each, presence.c): what its expiry or a
@@ -1099,9 +1102,10 @@ int tier_hub_down(struct tier_hub *h, struct tally_table *t, const struct tally_
  * parts of at most max_bytes as they need, each passed to emit), for the
  * other hubs: the range that changed since the last relay, or all of them
  * when a hub wants them (tier_hub_heard), each part ending with the child's
- * own listing entry as of now_ms; returns TALLY_OK or a tally_err. */
-int tier_hub_relay(struct tier_child *ch, size_t max_bytes, uint64_t now_ms, struct wire_buf *out,
-                   tier_emit_fn *emit, void *ud);
+ * own listing entry as of now_ms; the child's origin in pr then holds them
+ * at the relay's seq. Returns TALLY_OK or a tally_err. */
+int tier_hub_relay(struct tier_child *ch, struct tally_presence *pr, size_t max_bytes,
+                   uint64_t now_ms, struct wire_buf *out, tier_emit_fn *emit, void *ud);
 /* Whether the heartbeat at now_ms lists all our children: the first one
  * (last_ms 0), and then every timeout_ms / 3; in between, those relayed
  * since. */

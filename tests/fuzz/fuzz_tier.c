@@ -59,7 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(ch != NULL);
         tier_hub_tick(&h);
         check(tier_hub_down(&h, &t, &pr, ch, 2, 1000, MAX_BYTES, &b, fits, NULL) == TALLY_OK);
-        check(tier_hub_relay(ch, MAX_BYTES, 2, &b, fits_presence, NULL) == TALLY_OK);
+        check(tier_hub_relay(ch, &pr, MAX_BYTES, 2, &b, fits_presence, NULL) == TALLY_OK);
         /* the hub's heartbeat lists the child: whole, readable parts */
         uint32_t sent;
         check(tier_hub_heartbeat(&h, &pr, 7, 1, 3, 3000, MAX_BYTES, &b, fits_presence, NULL,

@@ -560,7 +560,7 @@ static void hub_relay(struct node *n, struct tier_child *ch)
 {
     struct wire_buf b = {0};
     struct route r = {(uint32_t)(n - nodes), UINT32_MAX, K_PRESENCE};
-    if (tier_hub_relay(ch, opt.tier_bytes, now, &b, route_part, &r) != TALLY_OK)
+    if (tier_hub_relay(ch, &n->pr, opt.tier_bytes, now, &b, route_part, &r) != TALLY_OK)
         abort();
     wbuf_free(&b);
 }

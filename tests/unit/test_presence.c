@@ -582,6 +582,32 @@ START_TEST(test_a_page_holds_only_the_origins_counting_it)
 }
 END_TEST
 
+/* Regression (simulator, groups of hubs, seed 1000 of tests/sim/run.sh's
+ * groups mix): a carrier lists a dead edge at every heartbeat until it
+ * forgets it, and each copy reaches a hub by its own way, its age as when
+ * it left. Taken as a raise from each, the slowest counted: 711 ms past the
+ * carrier's hearing, from a copy that crossed five bridges, and the edge
+ * stayed counted past peer_timeout_ms. A copy whose hearing is no later
+ * than the arrival of the entry the hearing held was taken from tells of
+ * no later hearing; the current carrier's may lower it. */
+START_TEST(test_later_copies_of_a_hearing_do_not_raise_it)
+{
+    const char *const pages[] = {"p"};
+    const uint64_t counts[] = {2};
+    struct tally_origin *o = announce(&pr, "e1", 1, 40, pages, counts, 1);
+    listed(o, 1, 40, o->digest, 785, 17093); /* straight from its carrier */
+    ck_assert_uint_eq(o->last_heard_ms, 16308);
+    listed(o, 1, 0, 0, 11785, 28233); /* a carrier not relayed yet: only raises */
+    ck_assert_uint_eq(o->last_heard_ms, 16308);
+    listed(o, 1, 40, o->digest, 12785, 29795); /* five bridges */
+    ck_assert_uint_eq(o->last_heard_ms, 16308);
+    listed(o, 1, 40, o->digest, 13790, 30095); /* the current carrier, sooner */
+    ck_assert_uint_eq(o->last_heard_ms, 16305);
+    listed(o, 1, 40, o->digest, 100, 31000); /* heard again */
+    ck_assert_uint_eq(o->last_heard_ms, 30900);
+}
+END_TEST
+
 Suite *presence_suite(void)
 {
     Suite *s = suite_create("presence");
@@ -598,6 +624,7 @@ Suite *presence_suite(void)
     tcase_add_test(tc, test_one_client_viewing_many_pages);
     tcase_add_test(tc, test_flush_paces_a_large_audience);
     tcase_add_test(tc, test_replay_sends_each_origin_held_as_listed);
+    tcase_add_test(tc, test_later_copies_of_a_hearing_do_not_raise_it);
     suite_add_tcase(s, tc);
     return s;
 }
