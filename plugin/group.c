@@ -132,6 +132,11 @@ void group_init(struct tally_group *gr, const char *name, uint64_t session, uint
     gr->quiet_ms = 3000;
 }
 
+int group_name_check(const char *name, size_t len)
+{
+    return len > GROUP_NAME_MAX ? TALLY_E_NAME_TOO_LONG : node_id_check(name, len);
+}
+
 /* The replica standing for group `name` in t: "." and the name, one life. */
 static int replica_of(struct tally_table *t, const char *name, size_t len, uint32_t *replica)
 {
@@ -643,8 +648,7 @@ static bool read_base(struct wire_reader *r, const char **group, size_t *glen, u
     *group = wr_str8(r, glen);
     *p = wr_varint(r);
     *n = wr_varint(r);
-    return !r->bad && *glen <= GROUP_NAME_MAX && node_id_check(*group, *glen) == TALLY_OK &&
-           value_ok(*p) && value_ok(*n);
+    return !r->bad && group_name_check(*group, *glen) == TALLY_OK && value_ok(*p) && value_ok(*n);
 }
 
 static bool read_dev(struct wire_reader *r, int version, const char **id, size_t *idlen,
@@ -702,8 +706,19 @@ static int heard_base(struct group_entry *e, uint32_t replica, uint64_t bp, uint
     return TALLY_OK;
 }
 
-/* A base of a group's replica: what a reset observed of that group's sum.
- * Ours too (t->group): it lowers our group's part of the total (reset.c). */
+/* A base of a group's replica from a GSUM: the sender's group's own resets
+ * (its record's BP, BN), or what a reset there observed of another group's
+ * sum; ours too (t->group), which lowers our group's part (reset.c). */
+static int take_group_base(struct tally_table *t, struct persist *p, struct tally_counter *c,
+                           struct group_entry *e, uint32_t replica, uint64_t bp, uint64_t bn)
+{
+    bool changed;
+    int rc = table_merge_base_slot(t, c, replica, bp, bn, &changed);
+    if (rc == TALLY_OK && changed && p)
+        persist_base(p, t, c);
+    return rc == TALLY_OK ? heard_base(e, replica, bp, bn) : rc;
+}
+
 static int take_base(struct tally_table *t, struct persist *p, struct tally_counter *c,
                      struct group_entry *e, struct wire_reader *r)
 {
@@ -711,14 +726,9 @@ static int take_base(struct tally_table *t, struct persist *p, struct tally_coun
     size_t glen;
     uint64_t bp, bn;
     uint32_t replica;
-    bool changed;
     read_base(r, &group, &glen, &bp, &bn);
     int rc = replica_of(t, group, glen, &replica);
-    if (rc == TALLY_OK)
-        rc = table_merge_base_slot(t, c, replica, bp, bn, &changed);
-    if (rc == TALLY_OK && changed && p)
-        persist_base(p, t, c);
-    return rc == TALLY_OK ? heard_base(e, replica, bp, bn) : rc;
+    return rc == TALLY_OK ? take_group_base(t, p, c, e, replica, bp, bn) : rc;
 }
 
 static int take_dev(struct tally_table *t, struct persist *p, struct tally_counter *c,
@@ -769,13 +779,8 @@ static int take_counter(struct tally_group *gr, struct tally_table *t, struct pe
     rc = table_merge_slot_from(t, c, replica, gc->p, gc->n, REPL_NONE, &changed);
     if (rc == TALLY_OK && changed && p)
         persist_slot(p, t, c, counter_slot(c, replica), NULL);
-    if (rc == TALLY_OK && (gc->bp || gc->bn)) {
-        rc = table_merge_base_slot(t, c, replica, gc->bp, gc->bn, &changed);
-        if (rc == TALLY_OK && changed && p)
-            persist_base(p, t, c);
-        if (rc == TALLY_OK) /* the group's own resets: its GSUMs carry them */
-            rc = heard_base(e, replica, gc->bp, gc->bn);
-    }
+    if (rc == TALLY_OK && (gc->bp || gc->bn))
+        rc = take_group_base(t, p, c, e, replica, gc->bp, gc->bn);
     if (rc == TALLY_OK && (gc->deleted || gc->reset)) {
         rc = table_merge_stamps(t, c, gc->deleted, gc->reset, &changed);
         if (rc == TALLY_OK && changed && p)
@@ -811,8 +816,8 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
     uint64_t session = wr_u64(&r), seq = wr_varint(&r);
     const char *group = wr_str8(&r, &glen);
     uint64_t ncounters = wr_varint(&r);
-    if (r.bad || node_id_check(origin, olen) != TALLY_OK || glen == 0 || glen > GROUP_NAME_MAX ||
-        node_id_check(group, glen) != TALLY_OK || ncounters > len ||
+    if (r.bad || node_id_check(origin, olen) != TALLY_OK ||
+        group_name_check(group, glen) != TALLY_OK || ncounters > len ||
         !valid(r, len, version, ncounters))
         return TALLY_E_WIRE;
     if (!group_on(gr)) {

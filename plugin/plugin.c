@@ -221,7 +221,7 @@ static int options_check(const struct options *o)
         bad = "node_id", help = opt_help(bad);
     else if (o->node_id[0] == GROUP_MARK)
         bad = "node_id", help = "not starting with '.', which names a group's replica";
-    else if (o->group[0] && node_id_check(o->group, strlen(o->group)) != TALLY_OK)
+    else if (o->group[0] && group_name_check(o->group, strlen(o->group)) != TALLY_OK)
         bad = "group", help = opt_help(bad);
     else if (o->group[0] && strcmp(o->role, "edge") == 0)
         bad = "group", help = "unset at an edge, which is in the group of its hubs";

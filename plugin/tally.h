@@ -1365,6 +1365,9 @@ void group_init(struct tally_group *gr, const char *name, uint64_t session, uint
  * and before t is summed: the base a reset elsewhere put on it lowers our
  * group's part of every total (reset.c). */
 int group_bind(const struct tally_group *gr, struct tally_table *t);
+/* A group's name: a node id of at most GROUP_NAME_MAX bytes (its replica's
+ * id is "." and the name). TALLY_OK or the reason it is refused. */
+int group_name_check(const char *name, size_t len);
 void group_free(struct tally_group *gr);
 static inline bool group_on(const struct tally_group *gr)
 {

@@ -353,9 +353,9 @@ static void *named_new(size_t size, const char *name, size_t len, size_t name_of
     return e;
 }
 
-static void write_header(struct wire_buf *b, enum wire_type type)
+static void write_header(struct wire_buf *b, uint8_t version, enum wire_type type)
 {
-    const uint8_t h[4] = {'T', 'L', WIRE_VERSION, (uint8_t)type};
+    const uint8_t h[4] = {'T', 'L', version, (uint8_t)type};
     wbuf_bytes(b, h, sizeof(h));
 }
 
@@ -873,7 +873,7 @@ static int up_send(const struct parts *p, void *ctx)
     struct up_ctx *u = ctx;
     struct wire_buf *out = u->out;
     wbuf_reset(out);
-    write_header(out, WIRE_UP);
+    write_header(out, WIRE_VERSION, WIRE_UP);
     wbuf_str8(out, u->e->node_id, strlen(u->e->node_id));
     wbuf_u64(out, u->e->incarnation);
     wbuf_varint(out, u->e->seq++);
@@ -1131,7 +1131,7 @@ int tier_edge_apply_down(struct tier_edge *e, const void *msg, size_t len, tier_
     if (version >= 3)
         group = wr_str8(&r, &glen);
     if (r.bad || node_id_check(hub, hlen) != TALLY_OK ||
-        (group && (glen >= TALLY_NODE_ID_MAX || node_id_check(group, glen) != TALLY_OK)))
+        (group && group_name_check(group, glen) != TALLY_OK))
         return TALLY_E_WIRE;
     e->below = max_u64(e->below, below);
     if (group && !e->group[0]) /* our count is in this group's sum from now on */
@@ -1770,8 +1770,7 @@ static int down_send(const struct parts *p, void *ctx)
     wbuf_reset(out);
     /* version 3 names our group; a hub in none writes 2, which edges of
      * every version read */
-    const uint8_t h[4] = {'T', 'L', d->h->group[0] ? WIRE_DOWN_VERSION : WIRE_VERSION, WIRE_DOWN};
-    wbuf_bytes(out, h, sizeof(h));
+    write_header(out, d->h->group[0] ? WIRE_DOWN_VERSION : WIRE_VERSION, WIRE_DOWN);
     wbuf_str8(out, d->h->node_id, strlen(d->h->node_id));
     wbuf_u64(out, d->ch->session);
     wbuf_varint(out, d->ch->ack);
@@ -2558,7 +2557,7 @@ int tier_control_write(const struct tier_control *c, size_t max_bytes, struct wi
     for (size_t i = 0; i < parts; i++) {
         size_t off = i * chunk, n = c->len - off < chunk ? c->len - off : chunk;
         wbuf_reset(out);
-        write_header(out, WIRE_CONTROL);
+        write_header(out, WIRE_VERSION, WIRE_CONTROL);
         wbuf_str8(out, c->node, c->node_len);
         wbuf_u64(out, c->id);
         wbuf_u8(out, c->flags);

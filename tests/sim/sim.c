@@ -205,6 +205,12 @@ static uint32_t next_in_group(uint32_t h)
     return first + (h - first + 1) % size;
 }
 
+/* The name of hub h's group, as plugin_opt_group would give it. */
+static void group_name(uint32_t h, char out[16])
+{
+    snprintf(out, 16, "g%u", group_of(h));
+}
+
 /* ==== Random numbers (xorshift64*, seeded: runs repeat exactly) ==== */
 
 static uint64_t rnd(void)
@@ -675,7 +681,7 @@ static void hub_start(uint32_t i)
         /* plugin.c's session of its GSUMs: its incarnation, later than
          * every earlier life's (a receiver drops an earlier life's) */
         char name[16];
-        snprintf(name, sizeof(name), "g%u", group_of(i));
+        group_name(i, name);
         n->gsession = tally_incarnation_new(now + 1, i, n->gsession);
         n->last_group = 0;
         group_init(&n->gr, name, n->gsession, GROUP_REFRESH_MS);
@@ -1205,7 +1211,7 @@ static uint32_t edges_astray(void)
     uint32_t astray = 0;
     for (uint32_t i = opt.hubs; opt.groups && i < nnodes; i++) {
         char name[16];
-        snprintf(name, sizeof(name), "g%u", group_of(nodes[i].addr[0]));
+        group_name(nodes[i].addr[0], name);
         astray += nodes[i].alive && strcmp(nodes[i].edge.group, name) != 0;
     }
     if (astray)
