@@ -902,6 +902,19 @@ char *control_error_all(const void *payload, size_t len, const char *error)
  * flooded like replication, so it is bounded like it); the rest counted. A
  * neighbour not heard yet has no origin and is left out. The time each was
  * last heard is on the wall clock, from the monotonic one. */
+/* A group's or region's figures (group.c), when this hub is in one. */
+static void unit_json(struct wire_buf *b, const char *key, const struct tally_group *gr)
+{
+    if (!gr || !group_on(gr))
+        return;
+    wbuf_printf(b, ",\"%s\":{\"name\":", key);
+    wbuf_json_str(b, gr->name, gr->len);
+    wbuf_printf(b,
+                ",\"announced\":%" PRIu64 ",\"learned\":%" PRIu64 ",\"stale\":%" PRIu64
+                ",\"refused\":%" PRIu64 ",\"speaking\":%s}",
+                gr->announced, gr->learned, gr->stale, gr->refused, gr->quiet ? "false" : "true");
+}
+
 static void stats_peers(struct wire_buf *b, const struct stats_view *v)
 {
     size_t room = v->max_bytes > 64 ? v->max_bytes - 64 : 0, omitted = 0;
@@ -987,16 +1000,8 @@ void node_stats_json(struct wire_buf *b, const struct stats_view *v)
                 v->over_devices ? "\"max_devices\"" : "");
     wbuf_str(b, ",\"persist\":");
     wbuf_json_str(b, v->persist, strlen(v->persist));
-    if (v->group && group_on(v->group)) {
-        const struct tally_group *gr = v->group;
-        wbuf_str(b, ",\"group\":{\"name\":");
-        wbuf_json_str(b, gr->name, gr->len);
-        wbuf_printf(b,
-                    ",\"announced\":%" PRIu64 ",\"learned\":%" PRIu64 ",\"stale\":%" PRIu64
-                    ",\"refused\":%" PRIu64 ",\"speaking\":%s}",
-                    gr->announced, gr->learned, gr->stale, gr->refused,
-                    gr->quiet ? "false" : "true");
-    }
+    unit_json(b, "group", v->group);
+    unit_json(b, "region", v->region);
     if (v->fold) {
         wbuf_str(b, ",\"fold\":");
         /* at most half the room left: the peers have the rest */

@@ -90,7 +90,7 @@
  * hub that has not seen a message floods it on, one seen before is dropped,
  * so any topology of groups works, rings of bridges included.
  *     "TL", version 2, type 7, origin (str8), session (u64), seq (varint),
- *     group (str8), counters (varint), each:
+ *     group (str8), [version 3: region (str8)], counters (varint), each:
  *         name (str8), P, N, BP, BN (varints), flags (u8), then only what
  *         the flags say: [1] deleted, reset (varints),
  *         [2] group bases (varint), each: group (str8), BP, BN (varints),
@@ -109,9 +109,41 @@
  * A hub of g groups holds, per counter, its own group's slots and g - 1
  * more, and hears each group's sum from its speaker, once per bridge it has
  * (a flood): state and traffic grow with the number of groups, by one slot
- * each, not with the number of edges. Groups of groups, the same again one level up, would
- * make that flat too; not built. What a group cannot survive: all its hubs
- * lost, which leaves its edges nowhere to go.
+ * each, not with the number of edges. What a group cannot survive: all its
+ * hubs lost, which leaves its edges nowhere to go.
+ *
+ * ---- Regions: groups of groups ----
+ *
+ * The same again one level up (plugin_opt_region): a region is a few groups.
+ * A hub of group A in region R holds A's nodes' slots, one slot per other
+ * group of R, and one per other region, "..name": so per counter the groups
+ * of its region and the regions, not every group. Each level is a struct
+ * tally_group of its own (level 1, the group; level 2, the region), with its
+ * speaker, its queue, its refresh and its origins; the code above serves
+ * both. What differs:
+ *   - A region's sum is its hubs' part of the total below the other
+ *     regions: our group's sum and the other groups' slots (region_sum),
+ *     monotone for the same reasons, a lower bound that only grows, exact
+ *     once the region has converged; any hub of R may send it, and the first
+ *     of R in order of node id that is alive does, as for a group.
+ *   - Its base: our group's base, at least what resets elsewhere observed
+ *     of it, and each other group's base, at most its slot, which is what
+ *     the region takes from its part (reset.c, "A reset in another region").
+ *   - RSUM ($tally/v1/rsum/<node>, type 8) carries it, in GSUM's format,
+ *     and is flooded to every hub of every region. A GSUM of a hub in a
+ *     region (version 3) names the region after the group, and a hub of
+ *     another region (or in none) refuses it, does not flood it on, and
+ *     counts it in `refused`: that group is in its region's sum there.
+ *     Bridges between regions carry rsum/# (and presence, stats), not gsum/#.
+ *   - Group bases name the replica past one mark: "g2" a group's, ".r2" a
+ *     region's (version 3). A GSUM carries both kinds (its region's hubs
+ *     hold both), an RSUM only regions' (no other region holds a group's).
+ * A region's sum rises when any of its groups' does, so an RSUM stream
+ * carries more records than a GSUM stream; a hub hears (groups of its
+ * region - 1) GSUM streams and (regions - 1) RSUM streams instead of
+ * (groups - 1) GSUM streams. Every hub of a tree sets a region or none
+ * does: a hub that held other groups' sums before regions would keep the
+ * slots of another region's groups beside that region's sum.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -130,27 +162,51 @@ void group_init(struct tally_group *gr, const char *name, uint64_t session, uint
     gr->session = session;
     gr->refresh_ms = refresh_ms;
     gr->quiet_ms = 3000;
+    gr->level = 1;
 }
 
+void group_scope(struct tally_group *gr, int level, const char *region)
+{
+    gr->level = level;
+    gr->region_len = region ? strlen(region) : 0;
+    if (gr->region_len > GROUP_NAME_MAX)
+        gr->region_len = GROUP_NAME_MAX;
+    memcpy(gr->region, region ? region : "", gr->region_len);
+    gr->region[gr->region_len] = '\0';
+}
+
+/* A group's or a region's name (a region's replica takes one byte more). */
 int group_name_check(const char *name, size_t len)
 {
-    return len > GROUP_NAME_MAX ? TALLY_E_NAME_TOO_LONG : node_id_check(name, len);
+    if (len > GROUP_NAME_MAX)
+        return TALLY_E_NAME_TOO_LONG;
+    return len && name[0] == GROUP_MARK ? TALLY_E_NAME_CHAR : node_id_check(name, len);
 }
 
-/* The replica standing for group `name` in t: "." and the name, one life. */
-static int replica_of(struct tally_table *t, const char *name, size_t len, uint32_t *replica)
+int region_name_check(const char *name, size_t len)
 {
-    char id[TALLY_NODE_ID_MAX + 1] = {GROUP_MARK};
-    memcpy(id + 1, name, len);
-    return table_replica(t, id, len + 1, GROUP_INCARNATION, replica);
+    return len >= GROUP_NAME_MAX ? TALLY_E_NAME_TOO_LONG : group_name_check(name, len);
+}
+
+/* The replica standing for `name` in t: `marks` marks (1: a group, 2: a
+ * region) and the name, one life. */
+static int replica_of(struct tally_table *t, const char *name, size_t len, int marks,
+                      uint32_t *replica)
+{
+    char id[TALLY_NODE_ID_MAX + 1] = {GROUP_MARK, GROUP_MARK};
+    if (len + (size_t)marks > TALLY_NODE_ID_MAX)
+        return TALLY_E_NAME_TOO_LONG;
+    memcpy(id + marks, name, len);
+    return table_replica(t, id, len + (size_t)marks, GROUP_INCARNATION, replica);
 }
 
 int group_bind(const struct tally_group *gr, struct tally_table *t)
 {
     if (!group_on(gr))
         return TALLY_OK;
-    int rc = replica_of(t, gr->name, gr->len, &t->group);
-    t->has_group = rc == TALLY_OK;
+    bool region = gr->level == 2;
+    int rc = replica_of(t, gr->name, gr->len, gr->level, region ? &t->region : &t->group);
+    *(region ? &t->has_region : &t->has_group) = rc == TALLY_OK;
     return rc;
 }
 
@@ -178,6 +234,13 @@ void group_free(struct tally_group *gr)
 bool group_replica(const struct tally_table *t, uint32_t replica)
 {
     return replica < t->nreplicas && t->replicas[replica]->key[0] == GROUP_MARK;
+}
+
+int group_level(const struct tally_table *t, uint32_t replica)
+{
+    if (!group_replica(t, replica))
+        return 0;
+    return t->replicas[replica]->key[1] == GROUP_MARK ? 2 : 1;
 }
 
 static uint64_t minus(uint64_t v, uint64_t by)
@@ -212,6 +275,57 @@ void group_sum(const struct tally_table *t, const struct tally_counter *c, uint6
             add_safe(bn, minus(sn, fn));
         }
     }
+}
+
+static uint64_t min64(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
+}
+
+static uint64_t max64(uint64_t a, uint64_t b)
+{
+    return a > b ? a : b;
+}
+
+/* Our region's part of c: our group's, its base at least what resets in
+ * other groups observed of it (t->group), and each other group of the
+ * region's replica, its base at most its slot: what every hub of the
+ * region finds once it has converged, whichever group it is in (reset.c,
+ * "A reset in another region"). */
+static void region_sum(const struct tally_table *t, const struct tally_counter *c, uint64_t *p,
+                       uint64_t *n, uint64_t *bp, uint64_t *bn)
+{
+    const struct tally_base *b = table_base(t, c);
+    uint64_t sp = 0, sn = 0;
+    group_sum(t, c, p, n, bp, bn);
+    if (b && t->has_group) {
+        base_slot(b, t->group, &sp, &sn);
+        *bp = max64(*bp, sp);
+        *bn = max64(*bn, sn);
+    }
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        const struct tally_slot *s = &c->slots[i];
+        if (group_level(t, s->replica) != 1)
+            continue;
+        add_safe(p, s->p);
+        add_safe(n, s->n);
+        if (b) {
+            base_slot(b, s->replica, &sp, &sn);
+            add_safe(bp, min64(sp, s->p));
+            add_safe(bn, min64(sn, s->n));
+        }
+    }
+}
+
+/* The sums our GSUMs (level 1) or RSUMs (level 2) carry. */
+static void unit_sum(const struct tally_group *gr, const struct tally_table *t,
+                     const struct tally_counter *c, uint64_t *p, uint64_t *n, uint64_t *bp,
+                     uint64_t *bn)
+{
+    if (gr->level == 2)
+        region_sum(t, c, p, n, bp, bn);
+    else
+        group_sum(t, c, p, n, bp, bn);
 }
 
 static struct group_entry *entry_get(struct tally_group *gr, const char *name, size_t len,
@@ -252,16 +366,11 @@ static struct group_base *entry_base(struct group_entry *e, uint32_t replica)
     return sorted_entry((void **)&e->bases, &e->nbases, sizeof(*e->bases), replica, true);
 }
 
-static uint64_t max64(uint64_t a, uint64_t b)
-{
-    return a > b ? a : b;
-}
-
 /* What a reset here put on c that our GSUMs carry besides our group's sums:
  * the stamps, the bases of group replicas, the bases of devices. True when
  * one rose; -1 out of memory. */
-static int note_resets(struct group_entry *e, const struct tally_table *t,
-                       const struct tally_base *b)
+static int note_resets(const struct tally_group *gr, struct group_entry *e,
+                       const struct tally_table *t, const struct tally_base *b)
 {
     bool rose = false;
     if (!b)
@@ -273,7 +382,8 @@ static int note_resets(struct group_entry *e, const struct tally_table *t,
     }
     for (uint32_t i = 0; i < b->nslots; i++) {
         const struct tally_base_slot *s = &b->slots[i];
-        if (!group_replica(t, s->replica))
+        /* a group's: those of our region's hubs hold it; a region's: all */
+        if (group_level(t, s->replica) < gr->level)
             continue;
         struct group_base *gb = entry_base(e, s->replica);
         if (!gb)
@@ -304,7 +414,7 @@ int group_note(struct tally_group *gr, const struct tally_table *t, const struct
     if (!e)
         return TALLY_E_NOMEM;
     uint64_t p, n, bp, bn;
-    group_sum(t, c, &p, &n, &bp, &bn);
+    unit_sum(gr, t, c, &p, &n, &bp, &bn);
     bool rose = p > e->p || n > e->n || bp > e->bp || bn > e->bn;
     /* what was sent stays sent (a fold that moves a base may lower the base
      * sum for a moment, fold.c); the receivers keep maxima anyway */
@@ -313,7 +423,7 @@ int group_note(struct tally_group *gr, const struct tally_table *t, const struct
     e->bp = bp > e->bp ? bp : e->bp;
     e->bn = bn > e->bn ? bn : e->bn;
     for (uint32_t i = 0; !e->ours && i < c->nslots; i++)
-        e->ours = !group_replica(t, c->slots[i].replica);
+        e->ours = group_level(t, c->slots[i].replica) < gr->level;
     if (e->ours && !e->noted) /* a counter made here with nothing in it yet is news too */
         rose = true;
     e->noted = e->ours;
@@ -328,7 +438,7 @@ int group_note(struct tally_group *gr, const struct tally_table *t, const struct
             d->heard = false;
         }
     }
-    int reset = note_resets(e, t, table_base(t, c));
+    int reset = note_resets(gr, e, t, table_base(t, c));
     if (reset < 0)
         return TALLY_E_NOMEM;
     if (reset || rose)
@@ -360,13 +470,18 @@ static void put_varint4(uint8_t *at, uint32_t v)
 static void begin(struct gsum_out *o)
 {
     struct wire_buf *b = o->b;
-    const uint8_t h[4] = {'T', 'L', WIRE_GSUM_VERSION, WIRE_GSUM};
+    const struct tally_group *gr = o->gr;
+    bool v3 = gr->level == 2 || gr->region_len; /* else version 2, as before regions */
+    const uint8_t h[4] = {'T', 'L', v3 ? WIRE_GSUM_VERSION : 2,
+                          gr->level == 2 ? WIRE_RSUM : WIRE_GSUM};
     wbuf_reset(b);
     wbuf_bytes(b, h, sizeof(h));
     wbuf_str8(b, o->self, strlen(o->self));
-    wbuf_u64(b, o->gr->session);
-    wbuf_varint(b, o->gr->seq + 1); /* taken once the message goes (flush) */
-    wbuf_str8(b, o->gr->name, o->gr->len);
+    wbuf_u64(b, gr->session);
+    wbuf_varint(b, gr->seq + 1); /* taken once the message goes (flush) */
+    wbuf_str8(b, gr->name, gr->len);
+    if (v3)
+        wbuf_str8(b, gr->region, gr->region_len);
     o->count_at = b->len;
     wbuf_bytes(b, "\0\0\0\0", 4);
     o->counters = 0;
@@ -476,7 +591,7 @@ static void put_entry(struct gsum_out *o, struct group_entry *e, bool all)
         for (; (flags & REC_BASES) && k < e->nbases; k = next_base(e, k + 1, all)) {
             struct group_base *gb = &e->bases[k];
             const struct tally_replica *r = o->t->replicas[gb->replica];
-            const char *id = r->key + 1; /* the group's name, past the mark */
+            const char *id = r->key + 1; /* past one mark: a region's keeps one */
             size_t idlen = r->id_len - 1u;
             if ((full = !fits(o, 1 + idlen + 20, !nb)))
                 break;
@@ -642,13 +757,30 @@ static bool read_counter(struct wire_reader *r, size_t len, int version, struct 
            value_ok(gc->bp) && value_ok(gc->bn) && nbases <= len;
 }
 
-static bool read_base(struct wire_reader *r, const char **group, size_t *glen, uint64_t *p,
-                      uint64_t *n)
+/* What a message is: its version and type (GSUM or RSUM). */
+struct gsum_kind {
+    int version, type;
+};
+
+/* A group base names a group's replica past its mark, or (version 3) a
+ * region's, one mark left: a GSUM in a region may carry both (its hubs
+ * hold both), an RSUM a region's only (other regions hold no group's). */
+static bool base_name_ok(const char *name, size_t len, struct gsum_kind k)
+{
+    bool region = len && name[0] == GROUP_MARK;
+    if (region ? k.version < 3 : k.type == WIRE_RSUM)
+        return false;
+    return region ? region_name_check(name + 1, len - 1) == TALLY_OK
+                  : group_name_check(name, len) == TALLY_OK;
+}
+
+static bool read_base(struct wire_reader *r, struct gsum_kind k, const char **group, size_t *glen,
+                      uint64_t *p, uint64_t *n)
 {
     *group = wr_str8(r, glen);
     *p = wr_varint(r);
     *n = wr_varint(r);
-    return !r->bad && group_name_check(*group, *glen) == TALLY_OK && value_ok(*p) && value_ok(*n);
+    return !r->bad && base_name_ok(*group, *glen, k) && value_ok(*p) && value_ok(*n);
 }
 
 static bool read_dev(struct wire_reader *r, int version, const char **id, size_t *idlen,
@@ -669,8 +801,9 @@ static bool read_ndevs(struct wire_reader *r, size_t len, struct gsum_counter *g
 }
 
 /* The whole message read before anything of it is taken. */
-static bool valid(struct wire_reader r, size_t len, int version, uint64_t ncounters)
+static bool valid(struct wire_reader r, size_t len, struct gsum_kind k, uint64_t ncounters)
 {
+    int version = k.version;
     struct gsum_counter gc;
     const char *id;
     size_t idlen;
@@ -679,7 +812,7 @@ static bool valid(struct wire_reader r, size_t len, int version, uint64_t ncount
         if (!read_counter(&r, len, version, &gc))
             return false;
         for (uint32_t j = 0; j < gc.nbases; j++)
-            if (!read_base(&r, &id, &idlen, &a, &b))
+            if (!read_base(&r, k, &id, &idlen, &a, &b))
                 return false;
         if (!read_ndevs(&r, len, &gc))
             return false;
@@ -720,14 +853,14 @@ static int take_group_base(struct tally_table *t, struct persist *p, struct tall
 }
 
 static int take_base(struct tally_table *t, struct persist *p, struct tally_counter *c,
-                     struct group_entry *e, struct wire_reader *r)
+                     struct group_entry *e, struct gsum_kind k, struct wire_reader *r)
 {
     const char *group;
     size_t glen;
     uint64_t bp, bn;
     uint32_t replica;
-    read_base(r, &group, &glen, &bp, &bn);
-    int rc = replica_of(t, group, glen, &replica);
+    read_base(r, k, &group, &glen, &bp, &bn);
+    int rc = replica_of(t, group, glen, 1, &replica);
     return rc == TALLY_OK ? take_group_base(t, p, c, e, replica, bp, bn) : rc;
 }
 
@@ -764,7 +897,7 @@ static int take_dev(struct tally_table *t, struct persist *p, struct tally_count
 }
 
 static int take_counter(struct tally_group *gr, struct tally_table *t, struct persist *p,
-                        uint32_t replica, int version, struct gsum_counter *gc,
+                        uint32_t replica, struct gsum_kind k, struct gsum_counter *gc,
                         struct wire_reader *r)
 {
     struct tally_counter *c;
@@ -789,10 +922,10 @@ static int take_counter(struct tally_group *gr, struct tally_table *t, struct pe
         e->reset = max64(e->reset, gc->reset);
     }
     for (uint32_t i = 0; rc == TALLY_OK && i < gc->nbases; i++)
-        rc = take_base(t, p, c, e, r);
+        rc = take_base(t, p, c, e, k, r);
     if (rc == TALLY_OK && read_ndevs(r, SIZE_MAX, gc))
         for (uint32_t i = 0; rc == TALLY_OK && i < gc->ndevs; i++)
-            rc = take_dev(t, p, c, e, version, r);
+            rc = take_dev(t, p, c, e, k.version, r);
     gr->learned++;
     table_drop_if_empty(t, c);
     return rc;
@@ -805,24 +938,32 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
     const uint8_t *h = msg;
     *fresh = false;
     /* version 1 (before resets in groups): no stamps, group bases or
-     * device bases; taken, so that groups upgraded one by one go on */
+     * device bases; taken, so that groups upgraded one by one go on.
+     * Version 3 names the sender's region (an RSUM: ""). */
+    int type = gr->level == 2 ? WIRE_RSUM : WIRE_GSUM;
     if (len < 4 || h[0] != 'T' || h[1] != 'L' || h[2] < 1 || h[2] > WIRE_GSUM_VERSION ||
-        h[3] != WIRE_GSUM)
+        h[3] != type || (type == WIRE_RSUM && h[2] < 3))
         return TALLY_E_WIRE;
-    int version = h[2];
+    struct gsum_kind k = {h[2], type};
     r.p += 4;
-    size_t olen, glen;
+    size_t olen, glen, rlen = 0;
     const char *origin = wr_str8(&r, &olen);
     uint64_t session = wr_u64(&r), seq = wr_varint(&r);
-    const char *group = wr_str8(&r, &glen);
+    const char *group = wr_str8(&r, &glen), *region = k.version >= 3 ? wr_str8(&r, &rlen) : "";
     uint64_t ncounters = wr_varint(&r);
     if (r.bad || node_id_check(origin, olen) != TALLY_OK ||
-        group_name_check(group, glen) != TALLY_OK || ncounters > len ||
-        !valid(r, len, version, ncounters))
+        (type == WIRE_RSUM ? region_name_check(group, glen) : group_name_check(group, glen)) !=
+            TALLY_OK ||
+        (rlen && (type == WIRE_RSUM || region_name_check(region, rlen) != TALLY_OK)) ||
+        ncounters > len || !valid(r, len, k, ncounters))
         return TALLY_E_WIRE;
-    if (!group_on(gr)) {
+    /* not ours to read, nor to flood: we are in no group (or region), or
+     * it is the sums of a group of another region (or none, or we are in
+     * none), which that region's RSUMs count */
+    if (!group_on(gr) ||
+        (type == WIRE_GSUM && (rlen != gr->region_len || memcmp(region, gr->region, rlen) != 0))) {
         gr->refused++;
-        return TALLY_OK; /* not ours to read, nor to flood */
+        return TALLY_OK;
     }
     bool nomem = false;
     if ((olen == strlen(self) && memcmp(origin, self, olen) == 0) ||
@@ -843,11 +984,11 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
         return TALLY_OK;
     }
     uint32_t replica;
-    int rc = replica_of(t, group, glen, &replica);
+    int rc = replica_of(t, group, glen, gr->level, &replica);
     for (uint64_t i = 0; rc == TALLY_OK && i < ncounters; i++) {
         struct gsum_counter gc;
-        read_counter(&r, len, version, &gc);
-        rc = take_counter(gr, t, p, replica, version, &gc, &r);
+        read_counter(&r, len, k.version, &gc);
+        rc = take_counter(gr, t, p, replica, k, &gc, &r);
     }
     return rc;
 }

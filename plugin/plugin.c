@@ -56,6 +56,7 @@ struct options {
     char acl[16];
     char role[8];
     char group[GROUP_NAME_MAX + 1];
+    char region[GROUP_NAME_MAX + 1];
     char state_dir[512];
     long long publish_interval_ms;
     long long max_counters;
@@ -114,8 +115,11 @@ static const struct opt_spec opt_specs[] = {
                "acl_file or other plugins)"),
     OPT_S(role, "'node' (a member of the cluster, and a hub to any edge bridged to it) or "
                 "'edge' (keeps only its clients' counters and pages; see README, Tiers)"),
-    OPT_S(group, "[A-Za-z0-9_.-], 1 to 63 bytes: the group of hubs this node belongs to, whose "
-                 "edges fail over within it (README, Groups of hubs); unset: no group"),
+    OPT_S(group, "[A-Za-z0-9_.-], 1 to 63 bytes, not starting with '.': the group of hubs this "
+                 "node belongs to, whose edges fail over within it (README, Groups of hubs); "
+                 "unset: no group"),
+    OPT_S(region, "[A-Za-z0-9_.-], 1 to 62 bytes, not starting with '.': the region (a group of "
+                  "groups) this node's group belongs to (README, Regions); unset: none"),
     OPT_S(state_dir, "a directory the broker can write"),
     OPT_I(publish_interval_ms, 1, 60000, "an integer from 1 to 60000"),
     OPT_I(max_counters, 1, 1000000000, "an integer from 1 to 1000000000"),
@@ -225,6 +229,10 @@ static int options_check(const struct options *o)
         bad = "group", help = opt_help(bad);
     else if (o->group[0] && strcmp(o->role, "edge") == 0)
         bad = "group", help = "unset at an edge, which is in the group of its hubs";
+    else if (o->region[0] && region_name_check(o->region, strlen(o->region)) != TALLY_OK)
+        bad = "region", help = opt_help(bad);
+    else if (o->region[0] && !o->group[0])
+        bad = "region", help = "set with group: a region is a group of groups of hubs";
     else if (name_check(o->prefix, strlen(o->prefix)) != TALLY_OK)
         bad = "prefix", help = opt_help(bad);
     else if (name_check(o->presence_prefix, strlen(o->presence_prefix)) != TALLY_OK ||
@@ -267,7 +275,8 @@ static struct tally {
     struct persist *persist;
     struct wire_sync_writer writer;
     struct repl repl;
-    struct tally_group group; /* plugin_opt_group (group.c) */
+    struct tally_group group;  /* plugin_opt_group (group.c) */
+    struct tally_group region; /* plugin_opt_region: the same one level up */
     uint64_t last_gsum_ms, group_log_ms, edge_log_ms;
     struct fold_gc fold;               /* collecting folded restarts (fold.c) */
     bool told_removed;                 /* logged that removeNode named this node */
@@ -916,6 +925,8 @@ static int take_presence(const struct mosquitto_evt_message *ev, bool *taken, in
             replay_begin(k, true);
         if (anew && group_on(&g.group))
             group_refresh_now(&g.group);
+        if (anew && group_on(&g.region))
+            group_refresh_now(&g.region);
     }
 done:
     wire_presence_free(&wp);
@@ -1156,13 +1167,24 @@ static int on_down(const struct mosquitto_evt_message *ev, bool *route)
     return TALLY_OK;
 }
 
-/* Another group's sums (group.c), flooded on by Mosquitto when new here. */
-static int on_gsum(const struct mosquitto_evt_message *ev, bool *route)
+/* Another group's sums (group.c), flooded on by Mosquitto when new here;
+ * another region's one level up (RSUM). */
+static int on_sums(struct tally_group *gr, const struct mosquitto_evt_message *ev, bool *route)
 {
-    int rc = group_apply(&g.group, &g.table, g.persist, g.opt.node_id, ev->payload, ev->payloadlen,
-                         route);
+    int rc =
+        group_apply(gr, &g.table, g.persist, g.opt.node_id, ev->payload, ev->payloadlen, route);
     count_routed(ev, *route);
     return rc;
+}
+
+static int on_gsum(const struct mosquitto_evt_message *ev, bool *route)
+{
+    return on_sums(&g.group, ev, route);
+}
+
+static int on_rsum(const struct mosquitto_evt_message *ev, bool *route)
+{
+    return on_sums(&g.region, ev, route);
 }
 
 /* Every replication topic and its handler: a new message type is one line
@@ -1177,6 +1199,7 @@ static const struct {
     {"$tally/v1/presence/", on_presence},
     {"$tally/v1/replay/", on_replay},
     {"$tally/v1/gsum/", on_gsum},
+    {"$tally/v1/rsum/", on_rsum},
     {"$tally/stats/", on_stats},
     {"$tally/up/", on_up},
     {"$tally/down/", on_down},
@@ -1647,7 +1670,8 @@ static void publish_due(uint64_t now)
     size_t budget = FLUSH_BUDGET;
     for (struct tally_counter *c; budget && (c = g.table.dirty_head) && due(c, now16); budget--) {
         table_pop_dirty(&g.table);
-        if (group_on(&g.group) && group_note(&g.group, &g.table, c) != TALLY_OK)
+        if ((group_on(&g.group) && group_note(&g.group, &g.table, c) != TALLY_OK) ||
+            (group_on(&g.region) && group_note(&g.region, &g.table, c) != TALLY_OK))
             mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory for group sums");
         if (!wall)
             wall = wall_ms();
@@ -1685,10 +1709,9 @@ static void flush_presence(uint64_t now)
         announce_changes();
 }
 
-static void emit_gsum(const struct wire_buf *msg, void *ud)
+static void emit_sums(const struct wire_buf *msg, void *ud)
 {
-    (void)ud;
-    replicate("gsum", msg);
+    replicate(ud, msg); /* "gsum" or "rsum" */
 }
 
 /* Deltas: what was learned goes on at the next tick (repl.c), local changes
@@ -1716,7 +1739,10 @@ static void replicate_tick(uint64_t now)
     }
     if (group_on(&g.group) && now - g.last_gsum_ms >= interval) {
         group_announce(&g.group, &g.table, g.opt.node_id, now, (size_t)g.opt.max_message_bytes,
-                       FLUSH_BUDGET / 10, &g.buf, emit_gsum, NULL);
+                       FLUSH_BUDGET / 10, &g.buf, emit_sums, "gsum");
+        if (group_on(&g.region))
+            group_announce(&g.region, &g.table, g.opt.node_id, now, (size_t)g.opt.max_message_bytes,
+                           FLUSH_BUDGET / 10, &g.buf, emit_sums, "rsum");
         g.last_gsum_ms = now;
     }
     bool ask = repl_wants_repair(&g.repl) && now - g.last_request_ms >= interval;
@@ -1788,6 +1814,7 @@ static void publish_stats(uint64_t now)
     struct stats_view v = {
         .fold = g.edge ? NULL : &g.fold,
         .group = &g.group,
+        .region = &g.region,
         .node_id = g.opt.node_id,
         .persist = g.persist ? g.opt.state_dir : "memory",
         .incarnation = g.incarnation,
@@ -2259,8 +2286,11 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     repl_init(&g.repl, session | 1); /* never 0, which means "version 1" */
     /* a session that grows from one start to the next: GSUMs are told new by it */
     group_init(&g.group, g.opt.group, wall_ms(), 10 * (uint64_t)g.opt.sync_interval_ms);
-    g.group.quiet_ms = 3 * heartbeat_ms(); /* as a neighbour is no longer heard (repl.c) */
-    if (group_bind(&g.group, &g.table) != TALLY_OK)
+    group_scope(&g.group, 1, g.opt.region);
+    group_init(&g.region, g.opt.region, g.group.session, g.group.refresh_ms);
+    group_scope(&g.region, 2, NULL);
+    g.group.quiet_ms = g.region.quiet_ms = 3 * heartbeat_ms(); /* as repl.c stops hearing */
+    if (group_bind(&g.group, &g.table) != TALLY_OK || group_bind(&g.region, &g.table) != TALLY_OK)
         goto error;
     if (g.edge && edge_start() != TALLY_OK)
         goto error;
@@ -2321,6 +2351,7 @@ TALLY_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *
     sync_writer_free(&g.writer);
     repl_free(&g.repl);
     group_free(&g.group);
+    group_free(&g.region);
     fold_gc_free(&g.fold);
     tier_edge_free(&g.tier_edge);
     tier_hub_free(&g.tier_hub);

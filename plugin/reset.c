@@ -202,13 +202,33 @@ static void taken(struct taken_walk *w, uint32_t replica, uint64_t *p, uint64_t 
  * the observed sum came from is known to no one, so the two kinds of base
  * are joined by maximum, not by union: two resets, one in A and one in B,
  * that each observed a different part of B's increments, take away the
- * larger part, not both. Nothing is ever taken twice. */
-static void own_group(const struct tally_table *t, const struct tally_base *b, uint64_t *gp,
-                      uint64_t *gn)
+ * larger part, not both. Nothing is ever taken twice.
+ *
+ * ---- A reset in another region ----
+ *
+ * A region is a group of groups (group.c): a hub of region R, in group A,
+ * holds A's nodes' slots, one slot per other group of R, and one per other
+ * region. Its RSUMs carry R's sum (A's, and the other groups' slots) and
+ * R's base: A's, at least G, plus each other group's base, at most its
+ * slot. A reset in region S sets the base of R's replica, which lands on R's
+ * own replica at R's hubs (t->region), and takes away from R's part, one
+ * level up the same way:
+ *
+ *     region part = min(own part + sum(other group's slot - base),
+ *                       sum(slot - fold) + sum(other group's slot) - R)
+ *
+ * which is what S finds for R's replica, min(sum, max(base, R)). */
+static void own_base(const struct tally_base *b, bool has, uint32_t replica, uint64_t *p,
+                     uint64_t *n)
 {
-    *gp = *gn = 0;
-    if (b && t->has_group)
-        base_slot(b, t->group, gp, gn);
+    *p = *n = 0;
+    if (b && has)
+        base_slot(b, replica, p, n);
+}
+
+static uint64_t least(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
 }
 
 void table_sums(const struct tally_table *t, const struct tally_counter *c, struct tally_sums *out)
@@ -220,29 +240,41 @@ void table_sums(const struct tally_table *t, const struct tally_counter *c, stru
     /* Each part is at most the raw one, which counter_sums kept in range.
      * A slot loses what its base took away, or what a fold moved into its
      * node's running slot (fold.c), whichever is larger. */
-    uint64_t gp, gn;
-    own_group(t, b, &gp, &gn);
-    bool grouped = gp || gn;
-    int64_t p = 0, n = 0, d = 0, op = 0, on = 0, sp = 0, sn = 0;
+    uint64_t gp, gn, rp, rn;
+    own_base(b, t->has_group, t->group, &gp, &gn);
+    own_base(b, t->has_region, t->region, &rp, &rn);
+    bool grouped = gp || gn || rp || rn;
+    /* grouped: o, our group's nodes' part, and s, its raw sum; l, the other
+     * groups' part, and r, their raw sum (of our region, if in one) */
+    int64_t p = 0, n = 0, d = 0, op = 0, on = 0, sp = 0, sn = 0, lp = 0, ln = 0, rawp = 0, rawn = 0;
     struct taken_walk w = taken_walk(b, c->folded ? table_folds(t, c) : NULL);
     for (uint32_t i = 0; i < c->nslots; i++) {
         const struct tally_slot *s = &c->slots[i];
         uint64_t bp, bn, fp, fn;
         taken(&w, s->replica, &bp, &bn, &fp, &fn);
-        if (grouped && !group_replica(t, s->replica)) {
+        int level = grouped ? group_level(t, s->replica) : 2;
+        if (level == 0) {
             op = plus(op, minus(s->p, bp));
             on = plus(on, minus(s->n, bn));
             sp = plus(sp, minus(s->p, fp));
             sn = plus(sn, minus(s->n, fn));
-            continue;
+        } else if (level == 1) {
+            lp = plus(lp, minus(s->p, bp));
+            ln = plus(ln, minus(s->n, bn));
+            rawp = plus(rawp, s->p);
+            rawn = plus(rawn, s->n);
+        } else {
+            p = plus(p, minus(s->p, bp));
+            n = plus(n, minus(s->n, bn));
         }
-        p = plus(p, minus(s->p, bp));
-        n = plus(n, minus(s->n, bn));
     }
     if (grouped) {
-        uint64_t left_p = minus((uint64_t)sp, gp), left_n = minus((uint64_t)sn, gn);
-        p = plus(p, (uint64_t)op < left_p ? (uint64_t)op : left_p);
-        n = plus(n, (uint64_t)on < left_n ? (uint64_t)on : left_n);
+        uint64_t own_p = least((uint64_t)op, minus((uint64_t)sp, gp));
+        uint64_t own_n = least((uint64_t)on, minus((uint64_t)sn, gn));
+        p = plus(p, least((uint64_t)plus((int64_t)own_p, (uint64_t)lp),
+                          minus((uint64_t)plus(sp, (uint64_t)rawp), rp)));
+        n = plus(n, least((uint64_t)plus((int64_t)own_n, (uint64_t)ln),
+                          minus((uint64_t)plus(sn, (uint64_t)rawn), rn)));
     }
     const struct tally_dev *dv = counter_devs(c);
     for (uint32_t i = 0; i < counter_ndevs(c); i++)

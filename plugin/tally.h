@@ -240,6 +240,9 @@ struct tally_table {
      * the group's sum (reset.c, table_sums). */
     uint32_t group;
     bool has_group;
+    /* The same for our region (a group of groups, group.c), if any. */
+    uint32_t region;
+    bool has_region;
 
     /* Tenths of a second since the plugin started, plus 1; 0 while state is
      * loaded from disk, so a replay does not read as a burst of changes. */
@@ -1300,7 +1303,8 @@ size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync
 #define GROUP_INCARNATION 1
 #define GROUP_NAME_MAX (TALLY_NODE_ID_MAX - 1)
 #define WIRE_GSUM 7
-#define WIRE_GSUM_VERSION 2
+#define WIRE_RSUM 8         /* a region's sums: a GSUM one level up */
+#define WIRE_GSUM_VERSION 3 /* 3: in a region (names it), and RSUMs */
 
 /* A device maximum and its base (reset.c) as we last announced them, or
  * heard them announced. */
@@ -1348,6 +1352,12 @@ struct group_origin {
 struct tally_group {
     char name[GROUP_NAME_MAX + 1]; /* "" when this hub is in no group */
     size_t len;
+    /* 1: a group of hubs, whose sums go to the other groups (of its region,
+     * if in one); 2: a region, a group of groups, whose sums go to the
+     * other regions. A replica of a level-k unit is k marks and its name. */
+    int level;
+    char region[GROUP_NAME_MAX + 1]; /* level 1: the region it is in ("": none) */
+    size_t region_len;
     struct group_entry *entries, *cursor; /* cursor: the refresh under way */
     struct group_entry *queue, **queue_tail;
     struct group_origin *origins;
@@ -1361,6 +1371,9 @@ struct tally_group {
 };
 
 void group_init(struct tally_group *gr, const char *name, uint64_t session, uint64_t refresh_ms);
+/* Puts a group in region `region`, or makes gr the region itself (level
+ * 2, region NULL): before group_bind. */
+void group_scope(struct tally_group *gr, int level, const char *region);
 /* Names our group's replica in t (t->group), once group_init named a group
  * and before t is summed: the base a reset elsewhere put on it lowers our
  * group's part of every total (reset.c). */
@@ -1368,6 +1381,8 @@ int group_bind(const struct tally_group *gr, struct tally_table *t);
 /* A group's name: a node id of at most GROUP_NAME_MAX bytes (its replica's
  * id is "." and the name). TALLY_OK or the reason it is refused. */
 int group_name_check(const char *name, size_t len);
+/* A region's: the same, one byte shorter (its replica's id is ".." and it). */
+int region_name_check(const char *name, size_t len);
 void group_free(struct tally_group *gr);
 static inline bool group_on(const struct tally_group *gr)
 {
@@ -1382,8 +1397,10 @@ static inline void group_refresh_now(struct tally_group *gr)
     if (gr->refresh_due > soon)
         gr->refresh_due = soon; /* a tenth of the interval after the last began */
 }
-/* True if replica stands for a whole group (a node id starting with '.'). */
+/* True if replica stands for a whole group or region (an id starting with '.'). */
 bool group_replica(const struct tally_table *t, uint32_t replica);
+/* 0 for a node, 1 for a group's replica, 2 for a region's. */
+int group_level(const struct tally_table *t, uint32_t replica);
 /* Our group's part of c: the sum of every node's slot, less what folds moved
  * (fold.c), and of its bases (reset.c); group replicas and devices apart. */
 void group_sum(const struct tally_table *t, const struct tally_counter *c, uint64_t *p, uint64_t *n,
@@ -1418,9 +1435,10 @@ struct tally_stats {
 
 /* Everything $tally/stats/<node> shows; all borrowed for the call. */
 struct stats_view {
-    const struct fold_gc *fold;      /* say what fold.c collects (NULL at an edge) */
-    const struct tally_group *group; /* its figures, when this hub is in a group (group.c) */
-    const char *node_id, *persist;   /* persist: the state_dir, or "memory" */
+    const struct fold_gc *fold;       /* say what fold.c collects (NULL at an edge) */
+    const struct tally_group *group;  /* its figures, when this hub is in a group (group.c) */
+    const struct tally_group *region; /* ... and in a region */
+    const char *node_id, *persist;    /* persist: the state_dir, or "memory" */
     uint64_t incarnation, seq, time_ms, uptime_ms;
     const struct tally_stats *st;
     const struct tally_table *table;

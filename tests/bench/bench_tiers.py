@@ -19,7 +19,10 @@ With --pairs, four hubs in two pairs: hub1 bridged to hub0, hub3 to hub2, and hu
 pair (hub0, or hub1 while it is down); each edge's backup is the other hub of its pair. With
 --groups too, each pair is a group of hubs (plugin_opt_group, README "Groups of hubs"): the
 bridge between the pairs carries GSUMs, presence and stats only, and hub0 holds the other pair's
-nodes as one replica. Printed besides: how many slots of `shared` hub0 holds (its state
+nodes as one replica. With --regions instead, each hub is a group of its own and each pair a
+region (plugin_opt_region, README "Regions: groups of groups"): the bridge between the pairs
+carries RSUMs, presence and stats only, and an edge lists its own hub alone (its failover list
+stays in its group). Printed besides: how many slots of `shared` hub0 holds (its state
 document's `nodes`).
 
 Every broker and the load share the machine's cores: figures, not pass/fail, and noisy when
@@ -41,15 +44,19 @@ import common
 HUBS = 3
 BETWEEN_GROUPS = ["topic $tally/v1/gsum/# both 1", "topic $tally/v1/presence/# both 1",
                   "topic $tally/stats/# both 1"]
+BETWEEN_REGIONS = ["topic $tally/v1/rsum/# both 1", "topic $tally/v1/presence/# both 1",
+                   "topic $tally/stats/# both 1"]
 
 
-def opts(name, edge, group=None):
+def opts(name, edge, group=None, region=None):
     o = {"node_id": name, "bridge_clientids": "*-to-*", "max_counters": 100000,
          "sync_interval_ms": 1000, "stats_interval_ms": 1000}
     if edge:
         o["role"] = "edge"
     if group:
         o["group"] = group
+    if region:
+        o["region"] = region
     return o
 
 
@@ -67,8 +74,9 @@ def own_stats(broker, name):
     return c
 
 
-def pairs(stack, workdir, per_hub, groups):
-    """Four hubs in two pairs, as groups of hubs with `groups` (see the docstring)."""
+def pairs(stack, workdir, per_hub, groups, regions=False):
+    """Four hubs in two pairs, as groups of hubs with `groups`, as two regions of two groups
+    of one hub with `regions` (see the docstring)."""
     hubs = {}
     for h in range(4):
         name = "hub%d" % h
@@ -78,14 +86,17 @@ def pairs(stack, workdir, per_hub, groups):
         elif h == 2:
             ports = " ".join("127.0.0.1:%d" % hubs[n].port for n in ("hub0", "hub1"))
             extra = ["connection hub2-to-pair0", "address " + ports, "clientid hub2-to-pair0"]
-            extra += BETWEEN_GROUPS if groups else ["topic $tally/# both 1"]
+            extra += (BETWEEN_REGIONS if regions else BETWEEN_GROUPS if groups
+                      else ["topic $tally/# both 1"])
             extra += ["restart_timeout 1 1", "cleansession true", "try_private true"]
-        group = "pair%d" % (h // 2) if groups else None
+        group = "hub%d" % h if regions else "pair%d" % (h // 2) if groups else None
+        region = "pair%d" % (h // 2) if regions else None
         hubs[name] = stack.enter_context(common.Broker(
-            workdir, "p%d-%s" % (per_hub, name), True, opts(name, False, group), extra=extra))
+            workdir, "p%d-%s" % (per_hub, name), True, opts(name, False, group, region),
+            extra=extra))
     edges = {}
     for h in range(4):
-        ports = [hubs["hub%d" % h].port, hubs["hub%d" % (h ^ 1)].port]
+        ports = [hubs["hub%d" % h].port] + ([] if regions else [hubs["hub%d" % (h ^ 1)].port])
         for k in range(per_hub):
             name = "edge%d" % (h * per_hub + k)
             edges[name] = stack.enter_context(common.Broker(
@@ -136,14 +147,15 @@ def wait_connected(hubs, edges, timeout=120):
 def run(workdir, per_hub, args, table):
     n_hubs = 4 if args.pairs else HUBS
     n_edges = n_hubs * per_hub
-    shape = (" in two groups of two" if args.groups else " in two pairs") if args.pairs else (
+    shape = (" in two regions of two groups of one" if args.regions else
+             " in two groups of two" if args.groups else " in two pairs") if args.pairs else (
         " in a full mesh" if args.mesh else "")
     print("\n== %d hubs%s, %d edges (%d a hub), %d inc/s an edge for %d s%s ==" % (
         n_hubs, shape, n_edges, per_hub,
         bs.LEAF_SHARED_RATE + bs.LEAF_OWN_RATE, args.seconds,
         ", hub1 killed in the middle" if args.failover else ""), flush=True)
     with contextlib.ExitStack() as stack:
-        hubs, edges = (pairs(stack, workdir, per_hub, args.groups) if args.pairs
+        hubs, edges = (pairs(stack, workdir, per_hub, args.groups, args.regions) if args.pairs
                        else tree(stack, workdir, per_hub, args.mesh))
         wait_connected(hubs, edges)
         collectors = {"hub0": own_stats(hubs["hub0"], "hub0"),
@@ -224,9 +236,15 @@ def parse_args():
     p.add_argument("--pairs", action="store_true", help="four hubs in two pairs")
     p.add_argument("--groups", action="store_true",
                    help="with --pairs: each pair a group of hubs (plugin_opt_group)")
+    p.add_argument("--regions", action="store_true",
+                   help="with --pairs: each hub a group, each pair a region (plugin_opt_region)")
     args = p.parse_args()
-    if args.groups and not args.pairs:
-        p.error("--groups needs --pairs")
+    if (args.groups or args.regions) and not args.pairs:
+        p.error("--groups and --regions need --pairs")
+    if args.groups and args.regions:
+        p.error("--groups or --regions, not both")
+    if args.regions and args.failover:
+        p.error("--regions has groups of one hub: no hub for hub1's edges to fail over to")
     return args
 
 

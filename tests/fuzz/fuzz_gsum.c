@@ -1,10 +1,12 @@
 /*
- * fuzz_gsum.c - a GSUM (group.c) from a hostile or broken hub of another
- * group, or flooded over many bridges. group_apply must refuse it whole or
- * take only another group's sums: every counter it makes holds one slot, of
- * a group replica, and values in range; the same bytes again are not fresh
- * and change nothing; and the hub announces none of it again (its flood
- * carries it to every hub already).
+ * fuzz_gsum.c - a GSUM or RSUM (group.c) from a hostile or broken hub of
+ * another group or region, or flooded over many bridges, read by a hub of
+ * group g2 in no region, by one of g2 in region r2, and by the region r2
+ * itself (level 2). group_apply must refuse it whole or take only another
+ * group's (region's) sums: every counter it makes holds one slot, of a group
+ * replica, and values in range; the same bytes again are not fresh and change
+ * nothing; and the hub announces none of it again (its flood carries it to
+ * every hub already).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -42,12 +44,13 @@ static void check_counters(const struct tally_table *t)
  * takes the keepalive as fresh, and nothing of it. */
 static void keepalive_only(const struct wire_buf *msg, void *ud)
 {
+    const struct tally_group *from = ud;
     struct tally_table third;
     struct tally_group g3;
     bool fresh;
-    (void)ud;
     table_init(&third, 1u << 20, 1);
-    group_init(&g3, "g3", 1, 1000);
+    group_init(&g3, from->level == 2 ? "r3" : "g3", 1, 1000);
+    group_scope(&g3, from->level, from->level == 2 ? NULL : from->region);
     check(group_apply(&g3, &third, NULL, "c1", msg->data, msg->len, &fresh) == TALLY_OK);
     check(fresh && third.ncounters == 0);
     group_free(&g3);
@@ -59,13 +62,16 @@ static void announce(struct tally_group *g, struct tally_table *t)
     struct wire_buf b = {0};
     for (const struct tally_counter *c = t->counters; c; c = c->hh.next)
         check(group_note(g, t, c) == TALLY_OK);
-    check(group_announce(g, t, "b1", 1, 1024, 1u << 20, &b, keepalive_only, NULL) == 0);
-    check(group_announce(g, t, "b1", 1000, 1024, 1u << 20, &b, keepalive_only, NULL) <= 1);
+    check(group_announce(g, t, "b1", 1, 1024, 1u << 20, &b, keepalive_only, g) == 0);
+    check(group_announce(g, t, "b1", 1000, 1024, 1u << 20, &b, keepalive_only, g) <= 1);
     check(!b.failed);
     wbuf_free(&b);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* The message at a hub of `name` (level 1: group g2, in `region` if not
+ * NULL; level 2: region r2); returns group_apply's answer. */
+static int receive(int level, const char *name, const char *region, const uint8_t *data,
+                   size_t size)
 {
     static struct tally_table t;
     static struct tally_group g;
@@ -73,10 +79,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bool fresh = true, again = true;
     struct wire_buf b = {0};
     table_init(&t, 1u << 20, 1);
-    group_init(&g, "g2", 1, 1000);
+    group_init(&g, name, 1, 1000);
+    group_scope(&g, level, region);
     check(group_bind(&g, &t) == TALLY_OK); /* replica .g2: what resets elsewhere saw of us */
     /* nothing to say yet: the refresh is due at 1000 */
-    check(group_announce(&g, &t, "b1", 0, 1024, 100, &b, keepalive_only, NULL) == 0);
+    check(group_announce(&g, &t, "b1", 0, 1024, 100, &b, keepalive_only, &g) == 0);
     wbuf_free(&b);
     int rc = group_apply(&g, &t, NULL, "b1", data, size, &fresh);
     check(rc == TALLY_OK || rc == TALLY_E_WIRE);
@@ -94,16 +101,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(memcmp(digest, t.digest, sizeof(digest)) == 0 && t.ncounters == ncounters);
         announce(&g, &t);
     }
-    /* a hub in no group reads it (or refuses it) alike, and takes nothing */
+    /* a hub in no group (region) reads it (or refuses it) alike, and takes nothing */
     struct tally_group alone;
     struct tally_table empty;
     table_init(&empty, 1u << 20, 1);
     group_init(&alone, NULL, 1, 1000);
+    group_scope(&alone, level, NULL);
     check(group_apply(&alone, &empty, NULL, "n1", data, size, &again) == rc);
     check(!again && empty.ncounters == 0 && empty.nreplicas == 0);
     group_free(&alone);
     table_free(&empty);
     group_free(&g);
     table_free(&t);
+    return rc;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    int plain = receive(1, "g2", NULL, data, size);
+    int in_region = receive(1, "g2", "r2", data, size);
+    receive(2, "r2", NULL, data, size);
+    check(plain == in_region); /* a GSUM reads alike; only what is taken differs */
     return 0;
 }

@@ -223,8 +223,15 @@ class Broker:
         return int(v) if v is not None else None
 
     def wait_total(self, name, expected, timeout=15.0):
-        return wait_for(lambda: self.total(name) == expected, timeout,
-                        what=f"{self.name}: counters/{name} == {expected} (is {self.total(name)})")
+        last = [None]  # the value seen last, for the message (not the one at the start)
+
+        def reached():
+            last[0] = self.total(name)
+            return last[0] == expected
+        try:
+            return wait_for(reached, timeout, what=f"{self.name}: counters/{name} == {expected}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; it was {last[0]} last") from None
 
     def client(self, client_id=None, protocol=mqtt.MQTTv311, **kw):
         return Client(self.port, client_id, protocol, **kw)

@@ -32,6 +32,9 @@ BAD_OPTIONS = [
     ("prefix", "$c", "a topic level without / \\+ #"),
     ("presence_prefix", "p#", "a topic level"),
     ("presence_prefix", "counters", "different from prefix"),
+    ("group", ".g1", r"1 to 63 bytes"),  # ".g1" would be region g1's replica
+    ("region", ".r1", r"1 to 62 bytes, not starting with '.'"),
+    ("region", "r1", "set with group: a region is a group of groups"),
     # No bridge username: no login could take the ids, the bridges' own neither.
     ("protect_clientids", "*-to-*", "needs plugin_opt_bridge_usernames"),
 ]

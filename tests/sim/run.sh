@@ -3,9 +3,9 @@
 # must end with every live node exact (totals and viewers) and no edge ever
 # showing a total below one it showed before; tally_sim --check exits 1 if not.
 #   tests/sim/run.sh [build dir] [large]
-# "large" adds a tree of 2,040 nodes with every kind of fault, without and
-# with groups of hubs (10 to 20 s each here, the plain build only: they would
-# take minutes under ASan).
+# "large" adds a tree of 2,040 nodes with every kind of fault, without
+# groups, with groups of hubs and with regions (10 to 20 s each here, the
+# plain build only: they would take minutes under ASan).
 set -euo pipefail
 sim=${1:-build}/tests/tally_sim
 run() {
@@ -114,13 +114,25 @@ run $groups --seed 1 --reset
 run --hubs 40 --edges 10 --groups 10 --seconds 20 --loss 0.02 --kill-hubs 4 --restart-hubs 4 \
   --kill-edges 20 --link-failures 20 --seed 7 --reset
 run $heavy --seed 1 --reset
+# Regions (groups of groups, group.c): a hub holds the other groups of its
+# region and the other regions as one slot each, and refuses the GSUMs of
+# another region's groups; resets one level up (reset.c, "A reset in another
+# region": with the base of a region's own replica left out of its total,
+# every one of ten seeds of the second line failed). Three regions of two
+# groups of two with every kind of fault, and two regions of five groups of 4.
+regions="--hubs 12 --edges 5 --groups 6 --regions 3 --seconds 30 --loss 0.2 --delay 200
+  --kill-hubs 1 --restart-hubs 1 --kill-edges 3 --link-failures 6"
+run $regions --seed 1
+run $regions --seed 1 --reset
+run --hubs 40 --edges 10 --groups 10 --regions 2 --seconds 20 --loss 0.02 --kill-hubs 4 \
+  --restart-hubs 4 --kill-edges 20 --link-failures 20 --seed 7 --reset
 # Many more schedules of the same faults: each seed places the losses, delays,
 # deaths and cuts elsewhere (a run takes well under a second). One line each.
 failed=0
 for seed in $(seq 100 139); do
   for cfg in "$heavy" "$heavy --tier-bytes 110" "$mixed" "$thawing" "$mesh" "$meshcut" "$groups" \
     "$groups3" "$groupcut" "$heavy --reset" "$groups --reset" "$groups3 --reset" \
-    "$groupcut --reset"; do
+    "$groupcut --reset" "$regions" "$regions --reset"; do
     # shellcheck disable=SC2086
     if ! out=$("$sim" --check $cfg --seed "$seed" 2>&1); then
       echo "FAILED: tally_sim $cfg --seed $seed" | tr -s ' \n' ' '
@@ -130,11 +142,13 @@ for seed in $(seq 100 139); do
     fi
   done
 done
-[ "$failed" = 0 ] && echo "== 520 more schedules (seeds 100-139, 13 fault mixes): all exact"
+[ "$failed" = 0 ] && echo "== 600 more schedules (seeds 100-139, 15 fault mixes): all exact"
 if [ "${2:-}" = large ]; then
   run --hubs 40 --edges 50 --seconds 20 --loss 0.02 --kill-hubs 4 --restart-hubs 4 \
     --kill-edges 40 --link-failures 20 --seed 7
   run --hubs 40 --edges 50 --groups 10 --seconds 20 --loss 0.02 --kill-hubs 4 --restart-hubs 4 \
     --kill-edges 40 --link-failures 20 --seed 7
+  run --hubs 40 --edges 50 --groups 10 --regions 2 --seconds 20 --loss 0.02 --kill-hubs 4 \
+    --restart-hubs 4 --kill-edges 40 --link-failures 20 --seed 7
 fi
 exit "$failed"

@@ -30,7 +30,11 @@
  * k + sqrt(G) too. SYNC and DIGEST stay inside a group (plugin.c refuses another group's);
  * every bridge carries PRESENCE and GSUM, its group's sums as the hub that speaks for it sends
  * them (group_note of every counter off its dirty list, group_announce once a publish
- * interval), which hubs of the other groups hold as one slot per group. Each edge's bridge lists
+ * interval), which hubs of the other groups hold as one slot per group. With --regions R too,
+ * R regions of G/R consecutive groups (group.c, "Regions"): the groups of a region in a ring as
+ * above, the regions in a ring (chords from 9 on) joined by the second hub of each region's
+ * first group (one that never dies); GSUMs stay inside a region, RSUMs (a region's sums, the
+ * speaker of each region's) cross every bridge. Each edge's bridge lists
  * two addresses: its home hub and the next one (of its group, with groups), and goes back to its
  * home once that is up again (Mosquitto's bridge with round_robin false). Each edge writes to the
  * counter every edge writes ("c0", a like button on the front page) and to one of K-1 others, which
@@ -83,9 +87,9 @@
 /* K_REPLAY: a PRESENCE replayed to a neighbour that restarted, on its own
  * topic (plugin.c's emit_replay), which that neighbour takes and does not
  * send on */
-enum kind { K_UP, K_DOWN, K_SYNC, K_DIGEST, K_PRESENCE, K_REPLAY, K_GSUM, K__COUNT };
+enum kind { K_UP, K_DOWN, K_SYNC, K_DIGEST, K_PRESENCE, K_REPLAY, K_GSUM, K_RSUM, K__COUNT };
 static const char *kind_name[K__COUNT] = {"up",       "down",   "sync", "digest",
-                                          "presence", "replay", "gsum"};
+                                          "presence", "replay", "gsum", "rsum"};
 
 struct msg {
     uint32_t from, to;
@@ -122,6 +126,7 @@ struct node {
     struct repl repl;
     struct wire_sync_writer w;
     struct tally_group gr; /* its group (--groups), else off */
+    struct tally_group rg; /* its region (--regions), else off */
     uint64_t last_group;   /* its last GSUM: at most once a publish interval */
     uint64_t gsession;     /* the session of its GSUMs: grows at every start */
     struct link *links;
@@ -153,6 +158,7 @@ static struct {
     bool reset;             /* --reset: once exact, a hub resets every counter (resetCounter) */
     uint32_t groups;        /* --groups: that many groups of hubs / groups hubs each (0: none) */
     uint32_t group_bridges; /* --group-bridges: between two neighbouring groups (0: a hub each) */
+    uint32_t regions;       /* --regions: that many regions of groups / regions groups each */
     double rate;            /* increments a second per edge */
     size_t tier_bytes; /* UP, DOWN and relays are cut at this (the plugin's max_message_bytes) */
 } opt = {.hubs = 40,
@@ -195,6 +201,12 @@ static uint32_t group_of(uint32_t h)
     return opt.groups ? h / (opt.hubs / opt.groups) : 0;
 }
 
+/* Hub h's region: regions of groups / regions consecutive groups. */
+static uint32_t region_of(uint32_t h)
+{
+    return opt.regions ? group_of(h) / (opt.groups / opt.regions) : 0;
+}
+
 /* The hub after h in its group, wrapping inside it (h + 1 with no groups):
  * an edge's backup, so that its failover list never leaves its group. */
 static uint32_t next_in_group(uint32_t h)
@@ -209,6 +221,11 @@ static uint32_t next_in_group(uint32_t h)
 static void group_name(uint32_t h, char out[16])
 {
     snprintf(out, 16, "g%u", group_of(h));
+}
+
+static void region_name(uint32_t h, char out[16])
+{
+    snprintf(out, 16, opt.regions ? "r%u" : "", region_of(h));
 }
 
 /* ==== Random numbers (xorshift64*, seeded: runs repeat exactly) ==== */
@@ -341,14 +358,18 @@ static void send(uint32_t from, uint32_t to, enum kind kind, const struct wire_b
 
 /* A hub's publish under $tally/: every bridge carries it, but SYNC and
  * DIGEST only those inside its group (the bridges between groups carry
- * $tally/v1/gsum/#, never sync/#: plugin.c refuses another group's). */
+ * $tally/v1/gsum/#, never sync/#: plugin.c refuses another group's), and
+ * GSUM only those inside its region (between regions: rsum/#). */
 static void broadcast(uint32_t from, enum kind kind, const struct wire_buf *b, uint32_t except)
 {
     struct node *n = &nodes[from];
-    bool in_group = kind == K_SYNC || kind == K_DIGEST;
-    for (uint32_t i = 0; i < n->nlinks; i++)
-        if (n->links[i].to != except && !(in_group && group_of(n->links[i].to) != group_of(from)))
-            send(from, n->links[i].to, kind, b);
+    bool in_group = kind == K_SYNC || kind == K_DIGEST, in_region = kind == K_GSUM;
+    for (uint32_t i = 0; i < n->nlinks; i++) {
+        uint32_t to = n->links[i].to;
+        if (to != except && !(in_group && group_of(to) != group_of(from)) &&
+            !(in_region && region_of(to) != region_of(from)))
+            send(from, to, kind, b);
+    }
 }
 
 static uint32_t sending_hub;
@@ -481,20 +502,26 @@ static void hub_on_presence(struct node *n, const struct msg *m)
 /* As plugin.c's on_gsum: another group's sums taken (group_apply), and the
  * message flooded on to every other bridge when it was new here, as
  * PRESENCE is; one seen before is dropped. */
-static void hub_on_gsum(struct node *n, const struct msg *m)
+static void hub_on_sums(struct node *n, const struct msg *m)
 {
     bool fresh;
-    if (group_apply(&n->gr, &n->t, NULL, n->id, m->data, m->len, &fresh) != TALLY_OK)
+    struct tally_group *gr = m->kind == K_RSUM ? &n->rg : &n->gr;
+    if (group_apply(gr, &n->t, NULL, n->id, m->data, m->len, &fresh) != TALLY_OK)
         abort();
     if (fresh) {
         struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
-        broadcast((uint32_t)(n - nodes), K_GSUM, &b, m->from);
+        broadcast((uint32_t)(n - nodes), m->kind, &b, m->from);
     }
 }
 
 static void emit_gsum(const struct wire_buf *msg, void *ud)
 {
     broadcast((uint32_t)(uintptr_t)ud, K_GSUM, msg, UINT32_MAX);
+}
+
+static void emit_rsum(const struct wire_buf *msg, void *ud)
+{
+    broadcast((uint32_t)(uintptr_t)ud, K_RSUM, msg, UINT32_MAX);
 }
 
 /* As plugin.c's publish_due and its GSUM, once a publish interval: every
@@ -508,11 +535,15 @@ static void hub_group_tick(uint32_t i)
         return;
     n->last_group = now;
     for (struct tally_counter *c; (c = table_pop_dirty(&n->t));)
-        if (group_note(&n->gr, &n->t, c) != TALLY_OK)
+        if (group_note(&n->gr, &n->t, c) != TALLY_OK ||
+            (group_on(&n->rg) && group_note(&n->rg, &n->t, c) != TALLY_OK))
             abort();
     struct wire_buf b = {0};
     group_announce(&n->gr, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_gsum,
                    (void *)(uintptr_t)i);
+    if (group_on(&n->rg))
+        group_announce(&n->rg, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_rsum,
+                       (void *)(uintptr_t)i);
     wbuf_free(&b);
 }
 
@@ -680,18 +711,23 @@ static void hub_start(uint32_t i)
     if (opt.groups) {
         /* plugin.c's session of its GSUMs: its incarnation, later than
          * every earlier life's (a receiver drops an earlier life's) */
-        char name[16];
+        char name[16], region[16];
         group_name(i, name);
+        region_name(i, region);
         n->gsession = tally_incarnation_new(now + 1, i, n->gsession);
         n->last_group = 0;
         group_init(&n->gr, name, n->gsession, GROUP_REFRESH_MS);
+        group_scope(&n->gr, 1, region);
+        group_init(&n->rg, region, n->gsession, GROUP_REFRESH_MS);
+        group_scope(&n->rg, 2, NULL);
         snprintf(n->tier.group, sizeof(n->tier.group), "%s", name); /* its DOWNs name it */
-        if (group_bind(&n->gr, &n->t) != TALLY_OK)
+        if (group_bind(&n->gr, &n->t) != TALLY_OK || group_bind(&n->rg, &n->t) != TALLY_OK)
             abort();
         /* what it held at its stop is loaded dirty, and its first flush
          * notes it (plugin.c's start) */
         for (struct tally_counter *c = n->t.counters; c; c = c->hh.next)
-            if (group_note(&n->gr, &n->t, c) != TALLY_OK)
+            if (group_note(&n->gr, &n->t, c) != TALLY_OK ||
+                (group_on(&n->rg) && group_note(&n->rg, &n->t, c) != TALLY_OK))
                 abort();
     }
 }
@@ -700,6 +736,7 @@ static void hub_stop(struct node *n)
 {
     n->alive = false;
     group_free(&n->gr);
+    group_free(&n->rg);
     tier_hub_free(&n->tier);
     repl_free(&n->repl);
     presence_free(&n->pr);
@@ -911,18 +948,28 @@ static void add_link(uint32_t a, uint32_t b)
  * k + sqrt(G) from 9 groups on (chords, as the ring of hubs has). */
 static void build_groups(void)
 {
-    uint32_t size = opt.hubs / opt.groups, chord = (uint32_t)sqrt((double)opt.groups);
-    uint32_t bridges = opt.group_bridges ? opt.group_bridges : size;
+    uint32_t size = opt.hubs / opt.groups, bridges = opt.group_bridges ? opt.group_bridges : size;
+    uint32_t regions = opt.regions ? opt.regions : 1, per = opt.groups / regions;
+    uint32_t chord = (uint32_t)sqrt((double)per), rchord = (uint32_t)sqrt((double)regions);
     for (uint32_t k = 0; k < opt.groups; k++)
         for (uint32_t a = 0; a < size; a++)
             for (uint32_t b = a + 1; b < size; b++)
                 add_link(k * size + a, k * size + b);
-    for (uint32_t k = 0; k < opt.groups && opt.groups > 1; k++)
+    for (uint32_t k = 0; k < opt.groups && per > 1; k++) {
+        uint32_t first = k - k % per, at = k % per; /* a ring of the groups of a region */
         for (uint32_t j = 0; j < bridges; j++) {
-            add_link(k * size + j, (k + 1) % opt.groups * size + j);
-            if (opt.groups >= 9)
-                add_link(k * size + j, (k + chord) % opt.groups * size + j);
+            add_link(k * size + j, (first + (at + 1) % per) * size + j);
+            if (per >= 9)
+                add_link(k * size + j, (first + (at + chord) % per) * size + j);
         }
+    }
+    /* regions: a ring of them (and chords from 9 on), the second hub of each
+     * one's first group bridged to the next's (a hub that never dies) */
+    for (uint32_t r = 0; r < regions && regions > 1; r++) {
+        add_link(r * per * size + 1, (r + 1) % regions * per * size + 1);
+        if (regions >= 9)
+            add_link(r * per * size + 1, (r + rchord) % regions * per * size + 1);
+    }
 }
 
 static void build(void)
@@ -1175,6 +1222,22 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
             " GSUMs seen before\n",
             opt.groups, opt.hubs / opt.groups, hubs.group_slots / hubs.n, announced, learned,
             stale);
+        announced = learned = stale = 0;
+        uint32_t speaking[2] = {0, 0};
+        for (uint32_t h = 0; h < opt.hubs; h++) {
+            speaking[0] += nodes[h].alive && !nodes[h].gr.quiet;
+            speaking[1] += nodes[h].alive && group_on(&nodes[h].rg) && !nodes[h].rg.quiet;
+        }
+        printf("  speaking at the end: %u for groups, %u for regions\n", speaking[0], speaking[1]);
+        for (uint32_t h = 0; h < opt.hubs && opt.regions; h++) {
+            announced += nodes[h].alive ? nodes[h].rg.announced : 0;
+            learned += nodes[h].alive ? nodes[h].rg.learned : 0;
+            stale += nodes[h].alive ? nodes[h].rg.stale : 0;
+        }
+        if (opt.regions)
+            printf("  regions: %u of %u groups each; live hubs announced %" PRIu64
+                   " counters, learned %" PRIu64 ", dropped %" PRIu64 " RSUMs seen before\n",
+                   opt.regions, opt.groups / opt.regions, announced, learned, stale);
     }
     print_figures("edge", &edges);
     for (int k = 0; k < K__COUNT; k++)
@@ -1245,11 +1308,12 @@ static void reset_everything(void)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: tally-sim [--hubs H] [--edges E per hub] [--counters K] [--pages P]\n"
-                    "  [--seconds S of load] [--rate R inc/s an edge] [--loss L] [--delay MS]\n"
-                    "  [--kill-hubs N] [--kill-edges N] [--restart-hubs N] [--link-failures N]\n"
-                    "  [--freeze-edges N] [--publish-interval MS] [--tier-bytes B] [--seed X]\n"
-                    "  [--mesh | --groups G [--group-bridges B]] [--reset] [--check]\n");
+    fprintf(stderr,
+            "usage: tally-sim [--hubs H] [--edges E per hub] [--counters K] [--pages P]\n"
+            "  [--seconds S of load] [--rate R inc/s an edge] [--loss L] [--delay MS]\n"
+            "  [--kill-hubs N] [--kill-edges N] [--restart-hubs N] [--link-failures N]\n"
+            "  [--freeze-edges N] [--publish-interval MS] [--tier-bytes B] [--seed X]\n"
+            "  [--mesh | --groups G [--group-bridges B] [--regions R]] [--reset] [--check]\n");
     exit(2);
 }
 
@@ -1275,6 +1339,7 @@ static void options(int argc, char **argv)
                                           {"mesh", 0, 0, 'M'},
                                           {"groups", 1, 0, 'G'},
                                           {"group-bridges", 1, 0, 'b'},
+                                          {"regions", 1, 0, 'Q'},
                                           {"reset", 0, 0, 'Z'},
                                           {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longs, NULL)) != -1;) {
@@ -1339,6 +1404,9 @@ static void options(int argc, char **argv)
         case 'b':
             opt.group_bridges = (uint32_t)atoi(optarg);
             break;
+        case 'Q':
+            opt.regions = (uint32_t)atoi(optarg);
+            break;
         case 'Z':
             opt.reset = true;
             break;
@@ -1354,6 +1422,8 @@ static void options(int argc, char **argv)
         (opt.mesh || opt.hubs % opt.groups || opt.hubs / opt.groups < 2 ||
          opt.kill_hubs + opt.restart_hubs > opt.groups * (opt.hubs / opt.groups / 2) ||
          opt.group_bridges > opt.hubs / opt.groups))
+        usage();
+    if (opt.regions && (!opt.groups || opt.groups % opt.regions))
         usage();
     /* with fewer bridges than hubs, a hub that dies could cut its group off
      * (a bridge here has no address list to fail over with) */
@@ -1389,7 +1459,8 @@ static void deliver(const struct event *ev)
         hub_on_presence(n, m);
         break;
     case K_GSUM:
-        hub_on_gsum(n, m);
+    case K_RSUM:
+        hub_on_sums(n, m);
         break;
     }
 }

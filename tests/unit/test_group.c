@@ -16,6 +16,7 @@
 #define MAXMSG 512
 #define REFRESH_MS 1000
 #define MAX_BYTES 65536
+#define PLAIN 2 /* what a hub in a group and in no region writes */
 
 struct msg {
     uint8_t *data;
@@ -31,7 +32,7 @@ struct outbox {
 struct hub {
     char id[16];
     struct tally_table t;
-    struct tally_group g;
+    struct tally_group g, r; /* its group; its region (level 2), off unless in one */
     struct wire_buf b;
 };
 
@@ -55,21 +56,33 @@ static void outbox_free(struct outbox *o)
 /* A hub of group `group` (NULL or "": none), in its life `session`. Its
  * first announce (at 0, nothing to say) starts the refresh clock: the next
  * one is due at REFRESH_MS. */
-static void hub_init(struct hub *h, const char *id, const char *group, uint64_t session)
+static void hub_init_in(struct hub *h, const char *id, const char *group, const char *region,
+                        uint64_t session)
 {
     memset(h, 0, sizeof(*h));
     snprintf(h->id, sizeof(h->id), "%s", id);
     table_init(&h->t, 100000, 1000);
     group_init(&h->g, group, session, REFRESH_MS);
+    group_scope(&h->g, 1, region);
+    group_init(&h->r, region, session, REFRESH_MS);
+    group_scope(&h->r, 2, NULL);
     ck_assert_int_eq(group_bind(&h->g, &h->t), TALLY_OK);
+    ck_assert_int_eq(group_bind(&h->r, &h->t), TALLY_OK);
     struct outbox none = {0};
     group_announce(&h->g, &h->t, h->id, 0, MAX_BYTES, 100, &h->b, collect, &none);
+    group_announce(&h->r, &h->t, h->id, 0, MAX_BYTES, 100, &h->b, collect, &none);
     ck_assert_int_eq(none.n, 0);
+}
+
+static void hub_init(struct hub *h, const char *id, const char *group, uint64_t session)
+{
+    hub_init_in(h, id, group, NULL, session);
 }
 
 static void hub_free(struct hub *h)
 {
     group_free(&h->g);
+    group_free(&h->r);
     table_free(&h->t);
     wbuf_free(&h->b);
 }
@@ -145,6 +158,7 @@ static int announce_sized(struct hub *h, uint64_t now_ms, size_t max_bytes, size
     int before = out->n;
     uint32_t wrote =
         group_announce(&h->g, &h->t, h->id, now_ms, max_bytes, budget, &h->b, collect, out);
+    wrote += group_announce(&h->r, &h->t, h->id, now_ms, max_bytes, budget, &h->b, collect, out);
     ck_assert_int_eq((int)wrote, out->n - before);
     return (int)wrote;
 }
@@ -157,7 +171,8 @@ static int announce(struct hub *h, struct outbox *out)
 
 static int apply_bytes(struct hub *h, const void *data, size_t len, bool *fresh)
 {
-    return group_apply(&h->g, &h->t, NULL, h->id, data, len, fresh);
+    bool rsum = len >= 4 && ((const uint8_t *)data)[3] == WIRE_RSUM;
+    return group_apply(rsum ? &h->r : &h->g, &h->t, NULL, h->id, data, len, fresh);
 }
 
 /* Applies a message that must be taken; returns its *fresh. */
@@ -174,7 +189,8 @@ static void apply_all(struct hub *h, const struct outbox *o)
         ck_assert(apply(h, &o->m[i]));
 }
 
-/* The slot of group `group`'s replica in counter `name` at hub h, or NULL. */
+/* The slot of group `group`'s replica in counter `name` at hub h, or NULL
+ * (a region's: ".name"). */
 static const struct tally_slot *group_slot(struct hub *h, const char *name, const char *group)
 {
     struct tally_counter *c = find(h, name);
@@ -239,7 +255,7 @@ static struct wire_reader reader(const struct msg *m, struct gsum_head *h)
     struct wire_reader r = {m->data, m->data + m->len, false};
     ck_assert_uint_ge(m->len, 4);
     ck_assert(m->data[0] == 'T' && m->data[1] == 'L');
-    ck_assert_uint_eq(m->data[2], WIRE_GSUM_VERSION);
+    ck_assert_uint_eq(m->data[2], PLAIN); /* a hub in no region */
     ck_assert_uint_eq(m->data[3], WIRE_GSUM);
     r.p += 4;
     h->origin = wr_str8(&r, &h->origin_len);
@@ -307,8 +323,9 @@ struct gsum_rec {
     uint8_t flags; /* more flags than what it carries (for an unknown one) */
 };
 
-static void write_gsum(struct wire_buf *b, uint8_t version, uint8_t type, const char *origin,
-                       uint64_t session, uint64_t seq, const char *group,
+/* Version 3 names the sender's region after its group. */
+static void write_sums(struct wire_buf *b, uint8_t version, uint8_t type, const char *origin,
+                       uint64_t session, uint64_t seq, const char *group, const char *region,
                        const struct gsum_rec *recs, int nrecs)
 {
     const uint8_t h[4] = {'T', 'L', version, type};
@@ -318,6 +335,8 @@ static void write_gsum(struct wire_buf *b, uint8_t version, uint8_t type, const 
     wbuf_u64(b, session);
     wbuf_varint(b, seq);
     wbuf_str8(b, group, strlen(group));
+    if (version >= 3)
+        wbuf_str8(b, region, strlen(region));
     wbuf_varint(b, (uint64_t)nrecs);
     for (int i = 0; i < nrecs; i++) {
         wbuf_str8(b, recs[i].name, strlen(recs[i].name));
@@ -349,6 +368,13 @@ static void write_gsum(struct wire_buf *b, uint8_t version, uint8_t type, const 
         }
     }
     ck_assert(!b->failed);
+}
+
+static void write_gsum(struct wire_buf *b, uint8_t version, uint8_t type, const char *origin,
+                       uint64_t session, uint64_t seq, const char *group,
+                       const struct gsum_rec *recs, int nrecs)
+{
+    write_sums(b, version, type, origin, session, seq, group, "", recs, nrecs);
 }
 
 static struct msg as_msg(const struct wire_buf *b)
@@ -893,8 +919,8 @@ START_TEST(test_a_malformed_gsum_is_refused_whole)
     memcpy(longer, m->data, m->len);
     longer[2] = WIRE_GSUM_VERSION + 1;
     assert_refused(&b, longer, m->len);
-    longer[2] = WIRE_GSUM_VERSION;
-    longer[3] = WIRE_GSUM + 1;
+    longer[2] = PLAIN;
+    longer[3] = WIRE_RSUM;
     assert_refused(&b, longer, m->len);
     longer[3] = WIRE_GSUM;
     longer[0] = 'X';
@@ -902,7 +928,7 @@ START_TEST(test_a_malformed_gsum_is_refused_whole)
     free(longer);
     /* by hand: each a valid message but for one field */
     struct gsum_rec ok = {.name = "c", .p = 5, .n = 1, .dev = "dev1", .dev_total = 3};
-    write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a1", 1, 7, "g1", &ok, 1);
+    write_gsum(&w, PLAIN, WIRE_GSUM, "a1", 1, 7, "g1", &ok, 1);
     struct msg good = as_msg(&w);
     uint8_t *copy = malloc(good.len);
     memcpy(copy, good.data, good.len);
@@ -923,26 +949,29 @@ START_TEST(test_a_malformed_gsum_is_refused_whole)
         {.name = "c", .p = 1, .base_group = "", .base_p = 1},    /* a group's name */
         {.name = "c", .p = 1, .base_group = "g 2", .base_p = 1}, /* node_id_check */
         {.name = "c", .p = 1, .flags = 8},                       /* a flag unknown */
+        {.name = "c", .p = 1, .base_group = ".r2", .base_p = 1}, /* a region's: version 3 */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct gsum_rec two[2] = {ok, bad[i]}; /* the good part is not taken either */
         two[0].name = "e";
-        write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a1", 1, 7, "g1", two, 2);
+        write_gsum(&w, PLAIN, WIRE_GSUM, "a1", 1, 7, "g1", two, 2);
         assert_refused(&b, w.data, w.len);
     }
-    write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a/1", 1, 7, "g1", &ok, 1);
+    write_gsum(&w, PLAIN, WIRE_GSUM, "a/1", 1, 7, "g1", &ok, 1);
     assert_refused(&b, w.data, w.len);
-    write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a1", 1, 7, "", &ok, 1);
+    write_gsum(&w, PLAIN, WIRE_GSUM, "a1", 1, 7, "", &ok, 1);
     assert_refused(&b, w.data, w.len);
-    write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a1", 1, 7, "g 1", &ok, 1);
+    write_gsum(&w, PLAIN, WIRE_GSUM, "a1", 1, 7, "g 1", &ok, 1);
+    assert_refused(&b, w.data, w.len);
+    write_gsum(&w, PLAIN, WIRE_GSUM, "a1", 1, 7, ".g1", &ok, 1); /* a region's replica */
     assert_refused(&b, w.data, w.len);
     char group[TALLY_NODE_ID_MAX + 1];
     memset(group, 'g', TALLY_NODE_ID_MAX);
     group[TALLY_NODE_ID_MAX] = '\0'; /* one more than GROUP_NAME_MAX */
-    write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a1", 1, 7, group, &ok, 1);
+    write_gsum(&w, PLAIN, WIRE_GSUM, "a1", 1, 7, group, &ok, 1);
     assert_refused(&b, w.data, w.len);
     /* a count of counters over what follows */
-    write_gsum(&w, WIRE_GSUM_VERSION, WIRE_GSUM, "a1", 1, 7, "g1", &ok, 1);
+    write_gsum(&w, PLAIN, WIRE_GSUM, "a1", 1, 7, "g1", &ok, 1);
     w.data[4 + 3 + 8 + 1 + 3] = 2;
     assert_refused(&b, w.data, w.len);
     /* none of them used up seq 7 of a1: the good one is still fresh */
@@ -1034,8 +1063,11 @@ END_TEST
 
 static void note_all(struct hub *h)
 {
-    for (struct tally_counter *c = h->t.counters; c; c = c->hh.next)
+    for (struct tally_counter *c = h->t.counters; c; c = c->hh.next) {
         ck_assert_int_eq(group_note(&h->g, &h->t, c), TALLY_OK);
+        if (group_on(&h->r))
+            ck_assert_int_eq(group_note(&h->r, &h->t, c), TALLY_OK);
+    }
 }
 
 /* Each hub in turn announces what it owes, and every other hub takes it.
@@ -1210,6 +1242,165 @@ START_TEST(test_a_version_1_gsum_is_taken)
 }
 END_TEST
 
+/* ==== Regions: groups of groups ==== */
+
+/* Every message of each hub in turn to every other hub, as a bridge that
+ * carries all of $tally/ would: a hub takes what is for it, and refuses a
+ * GSUM of another region's group. Returns how many messages went. */
+static int flood(struct hub *hubs[], int n)
+{
+    int sent = 0;
+    for (int i = 0; i < n; i++) {
+        struct outbox out = {0};
+        note_all(hubs[i]);
+        sent += announce(hubs[i], &out);
+        for (int j = 0; j < n; j++) {
+            bool fresh;
+            for (int k = 0; k < out.n && j != i; k++)
+                ck_assert_int_eq(apply_bytes(hubs[j], out.m[k].data, out.m[k].len, &fresh),
+                                 TALLY_OK);
+        }
+        outbox_free(&out);
+    }
+    return sent;
+}
+
+/* Floods until every hub has nothing to say (a region's sum takes a round
+ * more than a group's: it is made of the other groups' slots). */
+static void settle(struct hub *hubs[], int n)
+{
+    int rounds = 0;
+    while (flood(hubs, n))
+        ck_assert_int_lt(++rounds, 6);
+}
+
+/* Region r1: a1 (g1), b1 (g2); region r2: c1 (g3), d1 (g4). x: 28 in all. */
+static void two_regions(struct hub h[4], struct hub *all[4])
+{
+    hub_init_in(&h[0], "a1", "g1", "r1", 1);
+    hub_init_in(&h[1], "b1", "g2", "r1", 1);
+    hub_init_in(&h[2], "c1", "g3", "r2", 1);
+    hub_init_in(&h[3], "d1", "g4", "r2", 1);
+    for (int i = 0; i < 4; i++)
+        all[i] = &h[i];
+    slot(&h[0], "x", "a1", 5, 0);
+    slot(&h[0], "x", "e1", 3, 0);
+    slot(&h[1], "x", "b1", 10, 0);
+    slot(&h[2], "x", "c1", 2, 0);
+    slot(&h[3], "x", "d1", 9, 1);
+    settle(all, 4);
+    assert_values(all, 4, "x", 28, false);
+}
+
+static void regions_free(struct hub *all[4])
+{
+    for (int i = 0; i < 4; i++)
+        hub_free(all[i]);
+}
+
+/* A hub holds its group's nodes' slots, one per other group of its region,
+ * and one per other region: never a group of another region's, whose GSUMs
+ * it refuses (they are in that region's sum). */
+START_TEST(test_a_hub_in_a_region_holds_a_slot_per_group_of_it_and_per_other_region)
+{
+    struct hub h[4], *all[4];
+    two_regions(h, all);
+    assert_group_slot(&h[0], "x", "g2", 10, 0);
+    assert_group_slot(&h[0], "x", ".r2", 11, 1);
+    assert_group_slot(&h[2], "x", "g4", 9, 1);
+    assert_group_slot(&h[2], "x", ".r1", 18, 0);
+    ck_assert_ptr_null(group_slot(&h[0], "x", "g3"));
+    ck_assert_ptr_null(group_slot(&h[0], "x", "g4"));
+    ck_assert_ptr_null(group_slot(&h[0], "x", ".r1")); /* its own region's: none */
+    ck_assert_ptr_null(group_slot(&h[2], "x", "g1"));
+    ck_assert_uint_gt(h[2].g.refused, 0);
+    ck_assert_uint_eq(h[0].r.announced + h[1].r.announced > 0, 1);
+    /* one of r1 speaks for it: b1 heard a1, before it in order */
+    ck_assert(h[1].r.quiet && !h[0].r.quiet);
+    /* a rise at d1's group reaches r1 in r2's sum */
+    slot(&h[3], "x", "e9", 4, 0);
+    settle(all, 4);
+    assert_values(all, 4, "x", 32, false);
+    regions_free(all);
+}
+END_TEST
+
+/* A reset at c1 observes g4's sum and r1's: its RSUMs carry the base of r1,
+ * which a1 and b1 take from their region's part, and its GSUMs g4's; a
+ * reset at a1 after more came in everywhere does the same the other way. */
+START_TEST(test_a_reset_in_one_region_takes_every_part_everywhere)
+{
+    struct hub h[4], *all[4];
+    two_regions(h, all);
+    ck_assert_int_eq(table_reset(&h[2].t, get(&h[2], "x"), false), TALLY_OK);
+    settle(all, 4);
+    assert_values(all, 4, "x", 0, false);
+    uint64_t p, n;
+    base_slot(table_base(&h[1].t, find(&h[1], "x")), h[1].t.region, &p, &n);
+    ck_assert(h[1].t.has_region && p == 18 && n == 0); /* on b1's own region's replica */
+    slot(&h[0], "x", "e1", 4, 0);
+    slot(&h[1], "x", "b1", 12, 0);
+    slot(&h[3], "x", "d1", 10, 1);
+    settle(all, 4);
+    assert_values(all, 4, "x", 4, false);
+    ck_assert_int_eq(table_reset(&h[0].t, get(&h[0], "x"), false), TALLY_OK);
+    settle(all, 4);
+    assert_values(all, 4, "x", 0, false);
+    slot(&h[2], "x", "c1", 5, 0);
+    settle(all, 4);
+    assert_values(all, 4, "x", 3, false);
+    regions_free(all);
+}
+END_TEST
+
+/* A delete in one region hides the counter in the other. */
+START_TEST(test_a_delete_in_one_region_hides_the_counter_in_the_other)
+{
+    struct hub h[4], *all[4];
+    two_regions(h, all);
+    ck_assert_int_eq(table_reset(&h[3].t, get(&h[3], "x"), true), TALLY_OK);
+    settle(all, 4);
+    assert_values(all, 4, "x", 0, true);
+    slot(&h[1], "x", "b1", 16, 0);
+    settle(all, 4);
+    assert_values(all, 4, "x", 6, false);
+    regions_free(all);
+}
+END_TEST
+
+/* An RSUM names no group's base (no other region holds a group's slot), is
+ * version 3 at least; a GSUM before version 3 names no region's base. */
+START_TEST(test_a_malformed_rsum_is_refused_whole)
+{
+    struct hub c;
+    struct wire_buf w = {0};
+    hub_init_in(&c, "c1", "g3", "r2", 1);
+    struct gsum_rec ok = {.name = "x", .p = 5, .base_group = ".r2", .base_p = 1};
+    write_sums(&w, 3, WIRE_RSUM, "a1", 1, 7, "r1", "", &ok, 1);
+    struct msg good = as_msg(&w);
+    uint8_t *copy = malloc(good.len);
+    memcpy(copy, good.data, good.len);
+    struct gsum_rec bad = {.name = "x", .p = 5, .base_group = "g2", .base_p = 1};
+    write_sums(&w, 3, WIRE_RSUM, "a1", 1, 7, "r1", "", &bad, 1);
+    assert_refused(&c, w.data, w.len);
+    write_sums(&w, 2, WIRE_RSUM, "a1", 1, 7, "r1", "", &ok, 1);
+    assert_refused(&c, w.data, w.len);
+    write_sums(&w, 3, WIRE_RSUM, "a1", 1, 7, "r1", "r1", &ok, 1); /* a region in no region */
+    assert_refused(&c, w.data, w.len);
+    write_sums(&w, 3, WIRE_RSUM, "a1", 1, 7, ".r1", "", &ok, 1);
+    assert_refused(&c, w.data, w.len);
+    write_sums(&w, 3, WIRE_GSUM, "a1", 1, 7, "g4", "r 2", &ok, 1);
+    assert_refused(&c, w.data, w.len);
+    bool fresh;
+    ck_assert_int_eq(apply_bytes(&c, copy, good.len, &fresh), TALLY_OK);
+    ck_assert(fresh);
+    assert_group_slot(&c, "x", ".r1", 5, 0);
+    free(copy);
+    wbuf_free(&w);
+    hub_free(&c);
+}
+END_TEST
+
 Suite *group_suite(void)
 {
     Suite *s = suite_create("group");
@@ -1238,6 +1429,10 @@ Suite *group_suite(void)
     tcase_add_test(tc, test_two_resets_in_two_groups_at_once_converge);
     tcase_add_test(tc, test_a_reset_of_a_device_reaches_the_other_groups);
     tcase_add_test(tc, test_a_version_1_gsum_is_taken);
+    tcase_add_test(tc, test_a_hub_in_a_region_holds_a_slot_per_group_of_it_and_per_other_region);
+    tcase_add_test(tc, test_a_reset_in_one_region_takes_every_part_everywhere);
+    tcase_add_test(tc, test_a_delete_in_one_region_hides_the_counter_in_the_other);
+    tcase_add_test(tc, test_a_malformed_rsum_is_refused_whole);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,0 +1,123 @@
+"""Regions: groups of groups of hubs (plugin_opt_region, plugin/group.c), real brokers on
+loopback. Region r1 holds g1 (a1, a2) and g2 (c1); region r2 holds g3 (b1) and g4 (d1). Inside a
+region, bridges between groups carry GSUMs and RSUMs; between regions, one bridge carries RSUMs
+(each region's sum), viewers and stats only. A hub holds its own group's slots, one slot per
+other group of its region and one per other region, never a slot of another region's group; every
+node ends exact, through a hub killed with -9, a reset and a delete."""
+import json
+
+from conftest import wait_for
+from test_cluster import Watcher, closing  # noqa: F401 (closing: a fixture)
+from test_groups import OPTIONS, bridge, state_nodes
+from test_reset import control
+from test_tiers import edge_bridge, exact_everywhere, increments, viewers
+
+SUMS = ["topic $tally/v1/gsum/# both 1", "topic $tally/v1/rsum/# both 1",
+        "topic $tally/v1/presence/# both 1", "topic $tally/stats/# both 1"]
+BETWEEN_REGIONS = [t for t in SUMS if "gsum" not in t]
+
+
+def two_regions(brokers, between=BETWEEN_REGIONS):
+    """Hubs a1, a2 (g1), c1 (g2) in r1; b1 (g3), d1 (g4) in r2; c1 bridged to g1 (a1, then a2),
+    d1 to b1, b1 to c1 (the one bridge between the regions). Edges e1 (a1, a2), e2 (a2, a1),
+    e3 (c1), e4 (b1), e5 (d1)."""
+    def hub(name, group, region, **kw):
+        return brokers(name, options=dict(OPTIONS, group=group, region=region), **kw)
+    a1 = hub("a1", "g1", "r1")
+    a2 = hub("a2", "g1", "r1", bridges=[{"name": "a2-to-a1", "port": a1.port}])
+    c1 = hub("c1", "g2", "r1", extra=bridge("c1-to-g1", (a1.port, a2.port), SUMS))
+    b1 = hub("b1", "g3", "r2", extra=bridge("b1-to-r1", (c1.port,), between))
+    d1 = hub("d1", "g4", "r2", extra=bridge("d1-to-g3", (b1.port,), SUMS))
+    edges = []
+    for i, hubs in enumerate([(a1, a2), (a2, a1), (c1,), (b1,), (d1,)], start=1):
+        name = f"e{i}"
+        edges.append(brokers(name, options=dict(OPTIONS, role="edge"),
+                             extra=edge_bridge(name, hubs)))
+    return [a1, a2, c1, b1, d1], edges
+
+
+def stats(hub, key):
+    return json.loads(hub.retained(f"$tally/stats/{hub.name}") or "{}").get(key, {})
+
+
+def test_two_regions_exact_with_a_slot_per_group_and_per_region(brokers, closing):
+    hubs, edges = two_regions(brokers)
+    a1, a2, c1, b1, d1 = hubs
+    viewers(edges, closing)
+    expected = {}
+    increments(edges, 30, expected)
+    exact_everywhere(hubs + edges, expected)
+    # (the hubs' own clients wrote nothing: their edges' slots only)
+    for h, held in ((a1, {"e1", "e2", ".g2", "..r2"}), (a2, {"e1", "e2", ".g2", "..r2"}),
+                    (c1, {"e3", ".g1", "..r2"}), (b1, {"e4", ".g4", "..r1"}),
+                    (d1, {"e5", ".g3", "..r1"})):
+        wait_for(lambda: state_nodes(h, "shared") == held, 10,
+                 what=f"{h.name}: shared held as {sorted(held)}, "
+                      f"is {sorted(state_nodes(h, 'shared'))}")
+    for n in hubs + edges:
+        wait_for(lambda: n.retained("presence/home") == "10", 20,
+                 what=f"{n.name}: presence/home == 10 (is {n.retained('presence/home')})")
+    # One hub speaks for each region: the first by node id; the others keep quiet.
+    for h, speaks in ((a1, True), (a2, False), (c1, False), (b1, True), (d1, False)):
+        wait_for(lambda: stats(h, "region").get("speaking") is speaks, 15,
+                 what=f"{h.name} {'to speak' if speaks else 'to keep quiet'} for its region")
+    # b1 takes r1's RSUMs, and no group's of r1 (its bridge carries none).
+    wait_for(lambda: stats(b1, "region").get("learned", 0) > 0, 10, what="b1 to learn r1's sums")
+    (resp,) = control(a1, [{"command": "removeNode", "node": "..r2"}])
+    assert "group" in resp.get("error", ""), resp
+
+
+def test_a_hub_killed_a_reset_and_a_delete_across_regions(brokers, closing):
+    """kill -9 of a1, which speaks for g1 and r1: e1 fails over to a2, c1's bridge to g1 moves to
+    a2, and a2 takes over both; every live node exact, the watcher at d1 never sees `shared` go
+    down. Then a reset at d1 (r2) observes r1's sum: every node shows 0 and counts exactly what
+    came after; a delete at c1 (r1) clears `shared` everywhere, and an increment brings it back
+    from zero."""
+    hubs, edges = two_regions(brokers)
+    a1, a2, c1, b1, d1 = hubs
+    watcher = Watcher(d1.port, ["counters/shared"], keep=True)
+    closing.append(watcher)
+    expected = {}
+    increments(edges, 15, expected)
+    exact_everywhere(hubs + edges, expected)
+    a1.kill()
+    increments(edges, 15, expected, pause=0.05)
+    live = [a2, c1, b1, d1]
+    exact_everywhere(live + edges, expected)
+    wait_for(lambda: stats(a2, "region").get("speaking") is True, 15, what="a2 to speak for r1")
+    seen = [int(p) for t, p in watcher.messages() if t == "counters/shared"]
+    assert seen == sorted(seen), f"a total went down at d1: {seen}"
+
+    resp = control(d1, [{"command": "resetCounter", "name": "shared"}])
+    assert resp[0]["data"] == {"name": "shared", "value": 0, "deleted": False}, resp
+    expected["shared"] = 0
+    exact_everywhere(live + edges, expected)
+    increments(edges, 5, expected)
+    exact_everywhere(live + edges, expected)
+
+    (resp,) = control(c1, [{"command": "deleteCounter", "name": "shared"}])
+    assert resp["data"]["deleted"] is True, resp
+    for h in live:
+        wait_for(lambda: h.total("shared") is None, 20, what=f"{h.name}: shared deleted")
+    expected["shared"] = 0
+    increments(edges[3:], 3, expected)  # after the delete, in r2
+    a1.start()
+    exact_everywhere(hubs + edges, expected, timeout=60)
+
+
+def test_a_bridge_that_carries_everything_between_regions_counts_nothing_twice(brokers, closing):
+    """The contract's one-line bridge (`topic $tally/# both 1`) between the regions: each
+    region's GSUMs cross it and are refused (they name their region), so a group of the other
+    region is counted once, in its region's sum."""
+    hubs, edges = two_regions(brokers, between=["topic $tally/# both 1"])
+    a1, a2, c1, b1, d1 = hubs
+    expected = {}
+    increments(edges, 20, expected)
+    exact_everywhere(hubs + edges, expected)
+    for h, held in ((c1, {"e3", ".g1", "..r2"}), (b1, {"e4", ".g4", "..r1"})):
+        wait_for(lambda: state_nodes(h, "shared") == held, 10,
+                 what=f"{h.name}: shared held as {sorted(held)}, "
+                      f"is {sorted(state_nodes(h, 'shared'))}")
+    wait_for(lambda: stats(b1, "group").get("refused", 0) > 0, 15,
+             what="b1's stats to count the other region's GSUMs it refused")
+    exact_everywhere(hubs + edges, expected, timeout=5)
