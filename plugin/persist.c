@@ -38,6 +38,9 @@
  *                                               the lives of node_id below
  *                                               lives_below are adopted by
  *                                               `by` (fold.c)
+ *   'G' str8 group, str8 region                 the group and region the
+ *                                               state is made in (an edge:
+ *                                               the group its count is in)
  *   'E' u64 records                             end of snapshot
  *
  * Records hold states, not deltas, so replaying one twice, or replaying the
@@ -297,6 +300,14 @@ static void retired_payload(struct wire_buf *b, const char *node, size_t len, ui
     wbuf_u64(b, below);
 }
 
+static void scope_payload(struct wire_buf *b, const struct tally_scope *s)
+{
+    wbuf_reset(b);
+    wbuf_u8(b, 'G');
+    wbuf_str8(b, s->group, strlen(s->group));
+    wbuf_str8(b, s->region, strlen(s->region));
+}
+
 static void adopt_payload(struct wire_buf *b, const struct fold_adopt *a)
 {
     wbuf_reset(b);
@@ -478,6 +489,22 @@ static int apply_stamps(struct wire_reader *r, struct tally_table *t)
     return rc;
 }
 
+/* The last 'G' read is the scope: each one written names the whole of it. */
+static int apply_scope(struct wire_reader *r, struct tally_table *t)
+{
+    size_t glen, rlen;
+    const char *group = wr_str8(r, &glen), *region = wr_str8(r, &rlen);
+    if (r->bad || r->p != r->end || (glen && group_name_check(group, glen) != TALLY_OK) ||
+        (rlen && region_name_check(region, rlen) != TALLY_OK))
+        return TALLY_E_WIRE;
+    memcpy(t->scope.group, group, glen);
+    t->scope.group[glen] = '\0';
+    memcpy(t->scope.region, region, rlen);
+    t->scope.region[rlen] = '\0';
+    t->scope.known = true;
+    return TALLY_OK;
+}
+
 int record_apply(const uint8_t *payload, size_t len, struct tally_table *t, struct tally_dedup *d)
 {
     struct wire_reader r = {payload, payload + len, false};
@@ -498,6 +525,8 @@ int record_apply(const uint8_t *payload, size_t len, struct tally_table *t, stru
         return apply_retired(&r, t);
     case 'A':
         return apply_adopt(&r, t);
+    case 'G':
+        return apply_scope(&r, t);
     case 'K': {
         struct tally_key key = {wr_u64(&r), wr_u64(&r)};
         if (r.bad || r.p != r.end)
@@ -973,11 +1002,16 @@ static uint64_t snap_folds(struct persist *p, struct file_writer *w, const struc
     return f ? f->n : 0;
 }
 
-/* Writes the retirement watermarks and the removals' claims, first: a slot
- * of a retired life is then never loaded. */
+/* Writes the scope, the retirement watermarks and the removals' claims,
+ * first: a slot of a retired life is then never loaded. */
 static uint64_t snap_retired(struct persist *p, struct file_writer *w, const struct tally_table *t)
 {
     uint64_t n = 0;
+    if (t->scope.known) { /* the scope first of all */
+        scope_payload(&p->payload, &t->scope);
+        snap_record(p, w);
+        n++;
+    }
     for (const struct fold_below *b = t->below; b; b = b->hh.next, n++) {
         retired_payload(&p->payload, b->node, strlen(b->node), b->below);
         snap_record(p, w);
@@ -1291,6 +1325,12 @@ int persist_fold(struct persist *p, const struct tally_table *t, const struct ta
 int persist_retired(struct persist *p, const char *node, size_t len, uint64_t below)
 {
     retired_payload(&p->payload, node, len, below);
+    return log_write(p) == 0 ? TALLY_OK : TALLY_E_DISK;
+}
+
+int persist_scope(struct persist *p, const struct tally_table *t)
+{
+    scope_payload(&p->payload, &t->scope);
     return log_write(p) == 0 ? TALLY_OK : TALLY_E_DISK;
 }
 

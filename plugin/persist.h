@@ -39,6 +39,9 @@ int persist_base(struct persist *p, const struct tally_table *t, const struct ta
  * or not at all. Returns as persist_slot. */
 int persist_fold(struct persist *p, const struct tally_table *t, const struct tally_counter *c,
                  uint32_t replica, const struct tally_slot *with);
+/* Appends the group and region the state is made in (t->scope); returns as
+ * persist_slot. */
+int persist_scope(struct persist *p, const struct tally_table *t);
 /* Appends node's retirement watermark (fold.c); returns as persist_slot. */
 int persist_retired(struct persist *p, const char *node, size_t len, uint64_t below);
 struct fold_adopt;

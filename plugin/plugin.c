@@ -1140,6 +1140,18 @@ static void edge_page_others(const char *page, size_t len, uint64_t others, void
     presence_origin_set(&g.presence, ud, page, len, others);
 }
 
+/* Records the scope in t->scope and on disk: written once it changes. */
+static int scope_set(const char *group, const char *region)
+{
+    struct tally_scope *sc = &g.table.scope;
+    if (sc->known && strcmp(sc->group, group) == 0 && strcmp(sc->region, region) == 0)
+        return TALLY_OK;
+    snprintf(sc->group, sizeof(sc->group), "%s", group);
+    snprintf(sc->region, sizeof(sc->region), "%s", region);
+    sc->known = true;
+    return g.persist ? persist_scope(g.persist, &g.table) : TALLY_OK;
+}
+
 /* DOWN from our hub; one for another edge (a hub passing on what its bridges
  * carry) is not ours to read. */
 static int on_down(const struct mosquitto_evt_message *ev, bool *route)
@@ -1153,6 +1165,8 @@ static int on_down(const struct mosquitto_evt_message *ev, bool *route)
     if (wire_peek_type(payload, len) == WIRE_CONTROL)
         return on_hub_answer(payload, len);
     int rc = tier_edge_apply_down(&g.tier_edge, payload, len, edge_view_changed, NULL);
+    if (rc == TALLY_OK && g.tier_edge.group[0] && !g.table.scope.known)
+        rc = scope_set(g.tier_edge.group, ""); /* the group our count is in, for good */
     /* past lives the hubs have retired (folded into a hub's slot): dropped here too */
     size_t idlen = strlen(g.opt.node_id);
     if (rc == TALLY_OK && tier_edge_started_up(&g.tier_edge) &&
@@ -2225,6 +2239,36 @@ static int load_state(void)
     return MOSQ_ERR_SUCCESS;
 }
 
+/* The group and region the state on disk was made in (persist.c's 'G'). An
+ * edge takes its group back: its count is in that group's sum, and a hub of
+ * another group must go on refusing it (edge_of_other_group). A hub holding
+ * counters whose group or region changed does not start: the other groups
+ * hold its group's sum under the old name and would count it again under
+ * the new, and a hub turned into a region keeps the other groups' slots
+ * beside their region's sum. A state_dir of an earlier version has no
+ * scope: taken as it is. */
+static int scope_start(void)
+{
+    const struct tally_scope *sc = &g.table.scope;
+    if (g.edge) {
+        if (sc->known)
+            snprintf(g.tier_edge.group, sizeof(g.tier_edge.group), "%s", sc->group);
+        return TALLY_OK;
+    }
+    if (sc->known && g.table.ncounters &&
+        (strcmp(sc->group, g.opt.group) != 0 || strcmp(sc->region, g.opt.region) != 0)) {
+        mosquitto_log_printf(MOSQ_LOG_ERR,
+                             "tally: %s holds counts made in group '%s', region '%s', and "
+                             "plugin_opt_group and plugin_opt_region are now '%s' and '%s': the "
+                             "other groups and regions hold them under the old names and would "
+                             "count them twice. Keep the names, or start every hub of the tree "
+                             "with an empty state_dir (README, Groups of hubs)",
+                             g.opt.state_dir, sc->group, sc->region, g.opt.group, g.opt.region);
+        return TALLY_E_WIRE;
+    }
+    return scope_set(g.opt.group, g.opt.region);
+}
+
 /* A node folds the slots of its past lives (fold.c) once it knows which are
  * retired: from the first peer's stats, or after peer_timeout_ms alone. */
 static int fold_start(void)
@@ -2292,7 +2336,7 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     g.group.quiet_ms = g.region.quiet_ms = 3 * heartbeat_ms(); /* as repl.c stops hearing */
     if (group_bind(&g.group, &g.table) != TALLY_OK || group_bind(&g.region, &g.table) != TALLY_OK)
         goto error;
-    if (g.edge && edge_start() != TALLY_OK)
+    if ((g.edge && edge_start() != TALLY_OK) || scope_start() != TALLY_OK)
         goto error;
     if (!g.edge) {
         tier_hub_init(&g.tier_hub, g.opt.node_id, session | 1);

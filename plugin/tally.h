@@ -243,6 +243,13 @@ struct tally_table {
     /* The same for our region (a group of groups, group.c), if any. */
     uint32_t region;
     bool has_region;
+    /* The group and region this state was made in (an edge's: the group
+     * its count is in), as the state_dir records them (persist.c's 'G');
+     * plugin.c keeps a hub from starting in others. */
+    struct tally_scope {
+        char group[TALLY_NODE_ID_MAX + 1], region[TALLY_NODE_ID_MAX + 1];
+        bool known;
+    } scope;
 
     /* Tenths of a second since the plugin started, plus 1; 0 while state is
      * loaded from disk, so a replay does not read as a burst of changes. */

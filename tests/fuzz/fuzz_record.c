@@ -2,7 +2,8 @@
  * fuzz_record.c - a state file's records after arbitrary damage: record_next
  * walks the buffer as load_log does and record_apply applies each record it
  * returns; neither may crash, read out of bounds or break the table's
- * invariants, and a refused record changes nothing.
+ * invariants (a scope taken holds valid names), and a refused record
+ * changes nothing.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(before, t.digest, sizeof(before));
         if (record_apply(payload, len, &t, &d) != TALLY_OK)
             check(memcmp(before, t.digest, sizeof(before)) == 0);
+    }
+    /* a scope taken is names a hub could be configured with */
+    if (t.scope.known) {
+        size_t glen = strlen(t.scope.group), rlen = strlen(t.scope.region);
+        check(!glen || group_name_check(t.scope.group, glen) == TALLY_OK);
+        check(!rlen || region_name_check(t.scope.region, rlen) == TALLY_OK);
     }
     struct tally_counter *c, *tmp;
     HASH_ITER(hh, t.counters, c, tmp)

@@ -232,3 +232,56 @@ def test_the_bridge_between_groups_cut_and_healed_under_load(brokers, closing):
             h.wait_total("shared", before["shared"] + mine["shared"] // 2, 15)
     proxies[0].heal()
     exact_everywhere(hubs + edges, expected)
+
+
+def test_a_hub_whose_group_or_region_changed_under_its_state_does_not_start(brokers, workdir):
+    """A hub's state_dir records the group and region it was made in: started again under
+    another group's name (or in a region), it would have the other groups count its group's
+    sum twice, under the old replica and the new, so it does not start, and says why; under
+    its own names it starts and keeps its counts."""
+    import os
+    a1 = brokers("a1", options=dict(OPTIONS, group="g1",
+                                    state_dir=os.path.join(workdir, "state-a1")))
+    a1.pub("counters/shared/inc", "5")
+    a1.wait_total("shared", 5)
+    for changed in ({"group": "g9"}, {"region": "r1"}):
+        a1.stop()
+        a1.options.update(changed)
+        a1.start(wait=False)
+        assert a1.proc.wait(15) != 0, f"a1 started with {changed}"
+        wait_for(lambda: "holds counts made in group 'g1', region ''" in a1.read_log(), 5,
+                 what="a1 to say why it does not start")
+        a1.options.update(group="g1", region=None)
+    a1.start()
+    a1.wait_total("shared", 5)
+
+
+def test_an_edge_restarted_remembers_its_group(brokers, closing, workdir):
+    """e5's bridge lists a1 (g1) and then b1 (g2), and it keeps its state on disk. It learns
+    g1 from a1's DOWNs and writes it there: restarted (kill -9) while a1 is down, it reaches
+    b1 and still names g1 in its UPs, which b1 refuses, instead of putting e5's count in g2's
+    sum as well (as an edge that forgot its group would). Once a1 is back, every node is
+    exact."""
+    import os
+    hubs, edges = two_groups(brokers)
+    a1, a2, b1, b2 = hubs
+    e5 = brokers("e5", options=dict(OPTIONS, role="edge",
+                                    state_dir=os.path.join(workdir, "state-e5")),
+                 extra=edge_bridge("e5", (a1, b1)))
+    expected = {}
+    increments(edges + [e5], 10, expected)
+    exact_everywhere(hubs + edges + [e5], expected)
+    e5.kill()
+    a1.kill()
+    e5.start()
+    wait_for(lambda: bridged_to(e5)[-1] == b1.port, 30, what="e5 to reach b1")
+    wait_for(lambda: "refused the UP of edge e5: its count is in the sum of group 'g1'"
+             in b1.read_log(), 15, what="b1 to refuse the restarted e5's UPs")
+    increments([e5], 5, expected)
+    time.sleep(3)  # what b1 would have taken goes to every group within a publish interval
+    for n in (a2, b1, b2):
+        for name in ("shared", "own-e5"):
+            assert (n.total(name) or 0) <= expected[name], f"{n.name}: {name} counted twice"
+    a1.start()
+    wait_for(lambda: bridged_to(e5)[-1] == a1.port, 30, what="e5 back on a1")
+    exact_everywhere(hubs + edges + [e5], expected, timeout=60)

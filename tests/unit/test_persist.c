@@ -407,6 +407,7 @@ START_TEST(test_clean_reopen)
     ck_assert_int_eq(counter_value(table_find(&b.t, "meters", 6)), 257);
     assert_has_work_keys(&b);
     ck_assert_uint_eq(b.d.count, a.d.count);
+    ck_assert(!b.t.scope.known); /* none written: as a state_dir of an earlier version */
     /* It keeps working after the reopen, and a second reopen sees that too. */
     node_increment(&b, "even", 5, 500);
     persist_close(b.p, &b.t, &b.d);
@@ -564,6 +565,75 @@ START_TEST(test_adoption_survives_restarts)
     persist_close(b.p, &b.t, &b.d);
     node_free(&a);
     node_free(&b);
+}
+END_TEST
+
+static void assert_scope(const struct node *n, const char *group, const char *region)
+{
+    ck_assert(n->t.scope.known);
+    ck_assert_str_eq(n->t.scope.group, group);
+    ck_assert_str_eq(n->t.scope.region, region);
+}
+
+/* The group and region the state is made in ('G'): from the log after a
+ * crash, from the snapshot after a close, the last one written winning. */
+START_TEST(test_the_scope_survives_restarts)
+{
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        struct node a;
+        if (!node_open(&a, "n1", 0, 1000))
+            _exit(1);
+        strcpy(a.t.scope.group, "g1");
+        a.t.scope.known = true;
+        if (persist_scope(a.p, &a.t) != TALLY_OK)
+            _exit(1);
+        strcpy(a.t.scope.region, "r1");
+        _exit(persist_scope(a.p, &a.t) == TALLY_OK ? 0 : 1); /* no close: a crash */
+    }
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    struct node b, c;
+    ck_assert_ptr_nonnull(node_open(&b, "n1", 1000, 1000));
+    assert_scope(&b, "g1", "r1");
+    persist_close(b.p, &b.t, &b.d);
+    ck_assert_ptr_nonnull(node_open(&c, "n1", 1000, 1000));
+    assert_scope(&c, "g1", "r1");
+    persist_close(c.p, &c.t, &c.d);
+    node_free(&b);
+    node_free(&c);
+}
+END_TEST
+
+START_TEST(test_a_malformed_scope_is_refused)
+{
+    struct tally_table t;
+    struct tally_dedup d;
+    struct wire_buf b = {0};
+    table_init(&t, 100, 100);
+    ck_assert_int_eq(dedup_init(&d, 10), TALLY_OK);
+    const char *bad[][2] = {{".g1", ""}, {"g 1", ""}, {"g1", ".r1"}, {"g1", "r/1"}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        wbuf_reset(&b);
+        wbuf_u8(&b, 'G');
+        wbuf_str8(&b, bad[i][0], strlen(bad[i][0]));
+        wbuf_str8(&b, bad[i][1], strlen(bad[i][1]));
+        ck_assert_int_eq(record_apply(b.data, b.len, &t, &d), TALLY_E_WIRE);
+        ck_assert(!t.scope.known);
+    }
+    wbuf_reset(&b);
+    wbuf_u8(&b, 'G');
+    wbuf_str8(&b, "g1", 2);
+    wbuf_str8(&b, "", 0);
+    ck_assert_int_eq(record_apply(b.data, b.len, &t, &d), TALLY_OK);
+    ck_assert(t.scope.known && strcmp(t.scope.group, "g1") == 0 && !t.scope.region[0]);
+    wbuf_u8(&b, 0); /* a byte too many */
+    ck_assert_int_eq(record_apply(b.data, b.len, &t, &d), TALLY_E_WIRE);
+    wbuf_free(&b);
+    dedup_free(&d);
+    table_free(&t);
 }
 END_TEST
 
@@ -958,6 +1028,8 @@ Suite *persist_suite(void)
     tcase_add_test(tc, test_clean_reopen);
     tcase_add_test(tc, test_crash_replays_log);
     tcase_add_test(tc, test_adoption_survives_restarts);
+    tcase_add_test(tc, test_the_scope_survives_restarts);
+    tcase_add_test(tc, test_a_malformed_scope_is_refused);
     tcase_add_test(tc, test_resets_survive_restarts);
     tcase_add_test(tc, test_torn_tail_cut);
     tcase_add_test(tc, test_damaged_log_refuses);
