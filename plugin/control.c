@@ -898,10 +898,6 @@ char *control_error_all(const void *payload, size_t len, const char *error)
 
 /* ==== $tally/stats/<node> ==== */
 
-/* The neighbours, as many as max_bytes leaves room for (a stats document is
- * flooded like replication, so it is bounded like it); the rest counted. A
- * neighbour not heard yet has no origin and is left out. The time each was
- * last heard is on the wall clock, from the monotonic one. */
 /* A group's or region's figures (group.c), when this hub is in one. */
 static void unit_json(struct wire_buf *b, const char *key, const struct tally_group *gr)
 {
@@ -915,6 +911,10 @@ static void unit_json(struct wire_buf *b, const char *key, const struct tally_gr
                 gr->announced, gr->learned, gr->stale, gr->refused, gr->quiet ? "false" : "true");
 }
 
+/* The neighbours, as many as max_bytes leaves room for (a stats document is
+ * flooded like replication, so it is bounded like it); the rest counted. A
+ * neighbour not heard yet has no origin and is left out. The time each was
+ * last heard is on the wall clock, from the monotonic one. */
 static void stats_peers(struct wire_buf *b, const struct stats_view *v)
 {
     size_t room = v->max_bytes > 64 ? v->max_bytes - 64 : 0, omitted = 0;

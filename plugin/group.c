@@ -143,7 +143,9 @@
  * region - 1) GSUM streams and (regions - 1) RSUM streams instead of
  * (groups - 1) GSUM streams. Every hub of a tree sets a region or none
  * does: a hub that held other groups' sums before regions would keep the
- * slots of another region's groups beside that region's sum.
+ * slots of another region's groups beside that region's sum, so one whose
+ * state_dir holds counts made outside its region does not start (plugin.c's
+ * scope_start).
  */
 #include <stdlib.h>
 #include <string.h>

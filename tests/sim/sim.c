@@ -223,9 +223,12 @@ static void group_name(uint32_t h, char out[16])
     snprintf(out, 16, "g%u", group_of(h));
 }
 
+/* Hub h's region's name; "" with no regions. */
 static void region_name(uint32_t h, char out[16])
 {
-    snprintf(out, 16, opt.regions ? "r%u" : "", region_of(h));
+    out[0] = '\0';
+    if (opt.regions)
+        snprintf(out, 16, "r%u", region_of(h));
 }
 
 /* ==== Random numbers (xorshift64*, seeded: runs repeat exactly) ==== */
