@@ -907,8 +907,9 @@ static void unit_json(struct wire_buf *b, const char *key, const struct tally_gr
     wbuf_json_str(b, gr->name, gr->len);
     wbuf_printf(b,
                 ",\"announced\":%" PRIu64 ",\"learned\":%" PRIu64 ",\"stale\":%" PRIu64
-                ",\"refused\":%" PRIu64 ",\"speaking\":%s}",
-                gr->announced, gr->learned, gr->stale, gr->refused, gr->quiet ? "false" : "true");
+                ",\"refused\":%" PRIu64 ",\"viewers_refused\":%" PRIu64 ",\"speaking\":%s}",
+                gr->announced, gr->learned, gr->stale, gr->refused, gr->viewers_refused,
+                gr->quiet ? "false" : "true");
 }
 
 /* The neighbours, as many as max_bytes leaves room for (a stats document is
@@ -943,19 +944,23 @@ static void stats_peers(struct wire_buf *b, const struct stats_view *v)
     wbuf_printf(b, "},\"peers_omitted\":%zu", omitted);
 }
 
-/* Every other node heard from, directly or through others, and how many of
- * them are alive (heard within peer_timeout_ms): two numbers where listing
- * them all would make every node's stats, flooded to every node, O(cluster). */
+/* Every other node heard from, directly or through others, how many of
+ * them are alive (heard within peer_timeout_ms), and how many origins'
+ * viewers we count (nodes, and in a tree of groups our group's nodes and
+ * the other groups' and regions' sums, scope.c): numbers where listing them
+ * all would make every node's stats, flooded to every node, O(cluster). */
 static void stats_nodes(struct wire_buf *b, const struct tally_presence *pr)
 {
     const struct tally_origin *o, *tmp;
-    size_t heard = 0, alive = 0;
+    size_t heard = 0, alive = 0, counting = 0;
     HASH_ITER(hh, pr->origins, o, tmp)
     {
         heard++;
         alive += o->alive;
+        counting += o->ncounted > 0;
     }
-    wbuf_printf(b, ",\"nodes\":{\"heard\":%zu,\"alive\":%zu}", heard, alive);
+    wbuf_printf(b, ",\"nodes\":{\"heard\":%zu,\"alive\":%zu,\"counting\":%zu}", heard, alive,
+                counting);
 }
 
 /* Written beside the state document, with the same buffer; read back with

@@ -277,6 +277,10 @@ static struct tally {
     struct repl repl;
     struct tally_group group;  /* plugin_opt_group (group.c) */
     struct tally_group region; /* plugin_opt_region: the same one level up */
+    /* our group's and region's viewer sums, sent while we speak for them
+     * (scope.c); NULL where we are in none */
+    struct scope_stream scope[2];
+    struct scope_stream *scopes[2];
     uint64_t last_gsum_ms, group_log_ms, edge_log_ms;
     struct fold_gc fold;               /* collecting folded restarts (fold.c) */
     bool told_removed;                 /* logged that removeNode named this node */
@@ -692,6 +696,21 @@ static bool sendable(const char *topic, const struct wire_buf *b);
 
 /* ==== Replication in ==== */
 
+/* g.topic for viewer counts we publish: $tally/v1/<kind>/<id>, and the
+ * group and region of origin ("@g@r"): ours, but a replay's of a group's or
+ * region's sums names theirs. They tell a receiver whether it takes them
+ * (scope.c). */
+static const char *presence_topic(const char *kind, const char *id, int len, const char *origin,
+                                  size_t olen)
+{
+    struct scope_name sn;
+    scope_of_origin(&g.group, origin, olen, &sn);
+    snprintf(g.topic, sizeof(g.topic), "$tally/v1/%s/%.*s%s%.*s%s%.*s", kind, len, id,
+             sn.glen ? "@" : "", (int)sn.glen, sn.group, sn.rlen ? "@" : "", (int)sn.rlen,
+             sn.region);
+    return g.topic;
+}
+
 static bool is_self(const char *id, size_t len)
 {
     return len == strlen(g.opt.node_id) && memcmp(id, g.opt.node_id, len) == 0;
@@ -731,7 +750,7 @@ static void emit_replay(const struct wire_buf *msg, void *to)
 {
     const char *origin;
     size_t len = wire_presence_origin(msg->data, msg->len, &origin);
-    snprintf(g.topic, sizeof(g.topic), "$tally/v1/replay/%.*s", (int)len, origin ? origin : "");
+    presence_topic("replay", origin ? origin : "", (int)len, origin ? origin : "", len);
     send_qos(to, msg, 0);
 }
 
@@ -882,6 +901,48 @@ static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
     return TALLY_OK;
 }
 
+/* The group and region a PRESENCE's topic names (presence_topic). */
+static void topic_scope(const char *topic, const char **group, size_t *glen, const char **region,
+                        size_t *rlen)
+{
+    const char *at = strchr(topic + strlen("$tally/v1/"), '@');
+    *group = *region = "";
+    *glen = *rlen = 0;
+    if (!at)
+        return;
+    *group = at + 1;
+    const char *next = strchr(*group, '@');
+    *glen = next ? (size_t)(next - *group) : strlen(*group);
+    if (next) {
+        *region = next + 1;
+        *rlen = strlen(*region);
+    }
+}
+
+/* Whether we count a PRESENCE: not one of another group or region, which
+ * its sums count here (dropped, and counted in group.viewers_refused: the
+ * bridges between groups bring them all the time), nor our own group's
+ * (region's) sums from another of its hubs, sent on if new (*taken) and
+ * not counted (scope.c). */
+static bool scope_counts(const struct mosquitto_evt_message *ev, const struct wire_presence *wp,
+                         bool *taken)
+{
+    const char *group, *region;
+    size_t glen, rlen;
+    topic_scope(ev->topic, &group, &glen, &region, &rlen);
+    enum scope_take st =
+        scope_take(&g.group, &g.region, wp->origin, wp->origin_len, group, glen, region, rlen);
+    if (st == SCOPE_REFUSE) {
+        g.group.viewers_refused++;
+    } else if (st == SCOPE_PASS) {
+        struct scope_stream *s = g.scopes[wp->origin_len > 1 && wp->origin[1] == GROUP_MARK];
+        *taken = s && scope_seen(s, wp->seq);
+        if (*taken)
+            scope_wants(g.scopes, &g.presence, wp);
+    }
+    return st == SCOPE_TAKE;
+}
+
 /* Flooded messages (presence, stats) that are new here are routed on by the
  * broker itself (*route): Mosquitto never sends a message back over the
  * bridge it came in on (bridges subscribe with no-local), so a leaf of a star
@@ -894,9 +955,10 @@ static int take_presence(const struct mosquitto_evt_message *ev, bool *taken, in
     struct wire_presence wp;
     int rc = wire_decode_presence(payload, len, &wp);
     *from = -1;
+    *taken = false;
     if (rc != TALLY_OK)
         return rc;
-    if (is_self(wp.origin, wp.origin_len))
+    if (is_self(wp.origin, wp.origin_len) || !scope_counts(ev, &wp, taken))
         goto done;
     struct tally_origin *o = origin_of(wp.origin, wp.origin_len);
     if (!o) {
@@ -921,6 +983,8 @@ static int take_presence(const struct mosquitto_evt_message *ev, bool *taken, in
         }
         if (rc == TALLY_OK && !g.edge)
             rc = tier_hub_heard(&g.tier_hub, &g.presence, &wp, mono_ms());
+        if (rc == TALLY_OK && !g.edge)
+            scope_wants(g.scopes, &g.presence, &wp);
         if (rc == TALLY_OK && anew)
             replay_begin(k, true);
         if (anew && group_on(&g.group))
@@ -1080,7 +1144,7 @@ static void publish_up_down(const char *kind, const char *id, const char *to,
 
 static void emit_relay(const struct wire_buf *msg, void *ud)
 {
-    snprintf(g.topic, sizeof(g.topic), "$tally/v1/presence/%s", tier_child_id(ud));
+    presence_topic("presence", tier_child_id(ud), -1, "", 0);
     if (sendable(g.topic, msg))
         publish(g.topic, msg->data, msg->len, 1, false);
 }
@@ -1630,10 +1694,13 @@ static void show_count(const char *client, const char *page, size_t len)
                              mosquitto_strerror(rc));
 }
 
+/* Our own counts, our edges' listing, and our group's or region's sums
+ * when we speak for them (scope.c): all on our own topic. */
 static void emit_presence(const struct wire_buf *msg, void *ud)
 {
     (void)ud;
-    replicate("presence", msg);
+    presence_topic("presence", g.opt.node_id, -1, "", 0);
+    send_repl(NULL, msg);
 }
 
 /* How often our presence heartbeat goes: peer_timeout_ms / 5, at most a
@@ -1642,6 +1709,52 @@ static uint64_t heartbeat_ms(void)
 {
     uint64_t every = (uint64_t)g.opt.peer_timeout_ms / 5;
     return every < 1000 ? every : 1000;
+}
+
+/* Our group's (region's) viewer sums: their changes alone if that is
+ * cheaper, else (or changes=false: a heartbeat) all of them or a keepalive,
+ * numbered above any seq of theirs seen (scope.c). */
+static void scope_send(struct scope_stream *s, bool changes, uint64_t now)
+{
+    uint64_t first = scope_next_seq(s, wall_ms() * 1000);
+    uint32_t n = 0;
+    if (changes && !s->hub.all_pages_owed && !s->wants_owed &&
+        !(n = presence_announce_changes(&s->pr, s->hub.node_id, SCOPE_INCARNATION, first, &g.buf,
+                                        emit_presence, NULL)))
+        tier_hub_owe_pages(&s->hub);
+    if (!n) {
+        int rc = tier_hub_heartbeat(
+            &s->hub, &s->pr, SCOPE_INCARNATION, first, now, (uint64_t)g.opt.peer_timeout_ms,
+            (size_t)g.opt.max_message_bytes, &g.buf, emit_presence, NULL, &n);
+        if (rc != TALLY_OK)
+            mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot announce the viewers of %s: %s",
+                                 s->hub.node_id, tally_strerror(rc));
+    }
+    scope_sent(s, first, n);
+    s->wants_owed = false;
+}
+
+static void scope_heartbeat(struct scope_stream *s, uint64_t now)
+{
+    scope_send(s, false, now);
+}
+
+/* Once a publish interval, after the sums: the viewer sums follow who
+ * speaks, and what changed goes. */
+static void scope_tick(uint64_t now)
+{
+    const struct tally_group *level[2] = {&g.group, &g.region};
+    for (int k = 0; k < 2; k++) {
+        struct scope_stream *s = g.scopes[k];
+        if (s && scope_follow(s, &g.presence, !level[k]->quiet) != TALLY_OK)
+            mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory for viewer sums");
+    }
+    presence_scope_taken(&g.presence);
+    for (int k = 0; k < 2; k++) {
+        struct scope_stream *s = g.scopes[k];
+        if (s && s->speaking && (s->pr.local_changed || s->hub.all_pages_owed || s->wants_owed))
+            scope_send(s, true, now); /* what a receiver lacks, or asks for, goes at once */
+    }
 }
 
 /* The heartbeat that keeps us alive in every node's eyes, and our edges in
@@ -1661,6 +1774,9 @@ static void announce_presence(void)
     if (n)
         g.presence_seq = first + n - 1;
     g.last_announce_ms = now;
+    for (int k = 0; k < 2; k++)
+        if (g.scopes[k] && g.scopes[k]->speaking)
+            scope_heartbeat(g.scopes[k], now);
 }
 
 /* Outputs are paced per name: a changed counter is published (its watched
@@ -1757,6 +1873,7 @@ static void replicate_tick(uint64_t now)
         if (group_on(&g.region))
             group_announce(&g.region, &g.table, g.opt.node_id, now, (size_t)g.opt.max_message_bytes,
                            FLUSH_BUDGET / 10, &g.buf, emit_sums, "rsum");
+        scope_tick(now);
         g.last_gsum_ms = now;
     }
     bool ask = repl_wants_repair(&g.repl) && now - g.last_request_ms >= interval;
@@ -2343,6 +2460,12 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
         snprintf(g.tier_hub.group, sizeof(g.tier_hub.group), "%s", g.group.name);
         g.tier_hub.persist = g.persist;
     }
+    if (!g.edge && group_on(&g.group)) {
+        g.presence.track_scopes = true;
+        scope_init(g.scopes[0] = &g.scope[0], &g.group, &g.presence);
+        if (group_on(&g.region))
+            scope_init(g.scopes[1] = &g.scope[1], &g.region, &g.presence);
+    }
     g.start_ms = mono_ms();
     table_set_clock(&g.table, 0); /* what was loaded is not a recent change */
     check_limits();
@@ -2396,6 +2519,9 @@ TALLY_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *
     repl_free(&g.repl);
     group_free(&g.group);
     group_free(&g.region);
+    for (int k = 0; k < 2; k++)
+        if (g.scopes[k])
+            scope_free(g.scopes[k]);
     fold_gc_free(&g.fold);
     tier_edge_free(&g.tier_edge);
     tier_hub_free(&g.tier_hub);

@@ -93,6 +93,10 @@ struct tally_page {
     uint64_t local;
     struct page_cell *cells; /* origins counting it, sorted by slot */
     uint32_t ncells;
+    /* the sum of its cells of origins of level 0 (nodes of our group) and
+     * 1 (other groups of our region): what scope.c's sums are made of */
+    uint64_t part[2];
+    uint32_t scope_gen;   /* pr->scope_gen when its hash joined pr->scope_changed */
     uint64_t published;   /* UINT64_MAX until first published */
     uint64_t next_ms;     /* not published again before (presence_flush's clock) */
     uint32_t changed_gen; /* pr->changed_gen when its hash joined pr->changed */
@@ -128,6 +132,7 @@ void presence_init(struct tally_presence *pr, uint64_t max_views)
     memset(pr, 0, sizeof(*pr));
     pr->max_views = max_views;
     pr->changed_gen = 1;
+    pr->scope_gen = 1;
 }
 
 /* ==== Pages, by name and by hash ==== */
@@ -191,6 +196,7 @@ void presence_free(struct tally_presence *pr)
         page_free(pg);
     }
     free(pr->changed);
+    free(pr->scope_changed);
     struct tally_view *view, *wtmp;
     HASH_ITER(hh, pr->views, view, wtmp)
     {
@@ -251,6 +257,28 @@ static uint64_t page_total(const struct tally_page *pg)
 
 /* ==== Local viewers ==== */
 
+/* A count our group's or region's sum of pg is made of changed (scope.c):
+ * its hash is noted once until presence_scope_sync takes the notes, up to
+ * PRESENCE_SCOPE_MAX hashes (past that, every page). */
+static void scope_changed(struct tally_presence *pr, struct tally_page *pg)
+{
+    if (!pr->track_scopes || pr->scope_all || pg->scope_gen == pr->scope_gen)
+        return;
+    pg->scope_gen = pr->scope_gen;
+    if (pr->nscope_changed == pr->scope_changed_cap) {
+        uint32_t cap = pr->scope_changed_cap ? 2 * pr->scope_changed_cap : 16;
+        uint64_t *grown =
+            cap <= PRESENCE_SCOPE_MAX ? realloc(pr->scope_changed, cap * sizeof(*grown)) : NULL;
+        if (!grown) {
+            pr->scope_all = true;
+            return;
+        }
+        pr->scope_changed = grown;
+        pr->scope_changed_cap = cap;
+    }
+    pr->scope_changed[pr->nscope_changed++] = pg->hash;
+}
+
 /* Sets our own count of pg, keeping the digest of our counts that our
  * heartbeat carries (tier.c, "the heartbeat's own entry"). */
 static void local_count(struct tally_presence *pr, struct tally_page *pg, uint64_t n)
@@ -258,6 +286,7 @@ static void local_count(struct tally_presence *pr, struct tally_page *pg, uint64
     pr->local_digest += presence_digest(pg->name, pg->name_len, n) -
                         presence_digest(pg->name, pg->name_len, pg->local);
     pg->local = n;
+    scope_changed(pr, pg);
 }
 
 /* Our count of pg changed: its hash joins the changes the next announcement
@@ -547,6 +576,7 @@ struct tally_origin *presence_origin(struct tally_presence *pr, const char *node
     if (!o)
         return NULL;
     strncpy(o->node_id, node_id, TALLY_NODE_ID_MAX);
+    o->level = node_id[0] != GROUP_MARK ? 0 : node_id[1] != GROUP_MARK ? 1 : 2;
     o->slot = pr->norigins++;
     HASH_ADD_STR(pr->origins, node_id, o);
     return o;
@@ -604,6 +634,10 @@ static int origin_count(struct tally_presence *pr, struct tally_origin *o, struc
     }
     o->digest +=
         presence_digest(pg->name, pg->name_len, n) - presence_digest(pg->name, pg->name_len, was);
+    if (o->level < 2) {
+        pg->part[o->level] += n - was; /* modulo 2^64: the sum comes right */
+        scope_changed(pr, pg);
+    }
     if (n) {
         c->n = n;
     } else {
@@ -899,4 +933,81 @@ uint64_t presence_total(const struct tally_presence *pr, const char *page, size_
     struct tally_page *pg = NULL;
     HASH_FIND(hh, pr->pages, page, len, pg);
     return pg ? page_total(pg) : 0;
+}
+
+/* ==== Our group's and region's sums (scope.c) ==== */
+
+/* The viewers of pg in our group (level 1: ours and our group's nodes') or
+ * region (2: and the other groups' of it). */
+static uint64_t scope_count(const struct tally_page *pg, int level)
+{
+    return pg->local + pg->part[0] + (level == 2 ? pg->part[1] : 0);
+}
+
+int presence_set_local(struct tally_presence *pr, const char *page, size_t len, uint64_t n)
+{
+    struct tally_page *pg = page_get(pr, page, len, n > 0);
+    if (!pg)
+        return n > 0 ? TALLY_E_NOMEM : TALLY_OK;
+    if (pg->local == n)
+        return TALLY_OK;
+    pr->nlocal_pages += (pg->local == 0) - (n == 0);
+    local_count(pr, pg, n);
+    local_changed(pr, pg);
+    /* a sum's page is never published (no page_dirty): freed at 0 */
+    if (!n && !pg->ncells)
+        page_drop(pr, pg);
+    return TALLY_OK;
+}
+
+/* to's counts of the pages of one hash become from's sums of them. */
+static int sync_hash(const struct tally_presence *from, struct tally_presence *to, int level,
+                     uint64_t hash)
+{
+    int rc = TALLY_OK;
+    for (const struct tally_page *pg = pages_of_hash(from, hash); pg && rc == TALLY_OK;
+         pg = pg->twin)
+        rc = presence_set_local(to, pg->name, pg->name_len, scope_count(pg, level));
+    struct tally_page *pg = pages_of_hash(to, hash), *next;
+    for (; pg && rc == TALLY_OK; pg = next) {
+        next = pg->twin;
+        struct tally_page *held = NULL;
+        HASH_FIND(hh, from->pages, pg->name, pg->name_len, held);
+        if (!held)
+            rc = presence_set_local(to, pg->name, pg->name_len, 0);
+    }
+    return rc;
+}
+
+int presence_scope_sync(const struct tally_presence *from, struct tally_presence *to, int level,
+                        bool all)
+{
+    int rc = TALLY_OK;
+    if (!all && !from->scope_all) {
+        for (uint32_t i = 0; i < from->nscope_changed && rc == TALLY_OK; i++)
+            rc = sync_hash(from, to, level, from->scope_changed[i]);
+        return rc;
+    }
+    struct tally_page *pg, *tmp;
+    HASH_ITER(hh, from->pages, pg, tmp)
+    {
+        if (rc == TALLY_OK)
+            rc = presence_set_local(to, pg->name, pg->name_len, scope_count(pg, level));
+    }
+    HASH_ITER(hh, to->pages, pg, tmp)
+    {
+        struct tally_page *held = NULL;
+        HASH_FIND(hh, from->pages, pg->name, pg->name_len, held);
+        if (!held && rc == TALLY_OK)
+            rc = presence_set_local(to, pg->name, pg->name_len, 0);
+    }
+    return rc;
+}
+
+void presence_scope_taken(struct tally_presence *pr)
+{
+    pr->nscope_changed = 0;
+    pr->scope_all = false;
+    if (++pr->scope_gen == 0)
+        pr->scope_gen = 1;
 }

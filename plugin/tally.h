@@ -540,7 +540,11 @@ struct tally_origin {
     /* when the listing entry last_heard_ms was taken from came here
      * (presence_origin_listed) */
     uint64_t heard_listed_ms;
-    uint32_t slot;   /* its number: the key of its cells in the pages it counts */
+    uint32_t slot; /* its number: the key of its cells in the pages it counts */
+    /* 0: a node; 1: a group's sum (".g", scope.c); 2: a region's ("..r") */
+    uint8_t level;
+    /* wants of it heard, owed in our stream of level k (bit k, scope.c) */
+    uint8_t scope_wanted;
     uint64_t digest; /* presence_digest of its counts held here */
     /* The pages it counts (a cell each, presence.c): what its expiry or a
      * full announcement replaces, without a walk of every page. */
@@ -572,6 +576,7 @@ struct tally_origin {
  * presence.c, changes_worth_alone). */
 #define PRESENCE_CHANGES_MAX 1024
 #define PRESENCE_CHANGES_MIN_PAGES 64
+#define PRESENCE_SCOPE_MAX 65536
 
 struct tally_presence {
     struct tally_page *pages;
@@ -592,6 +597,12 @@ struct tally_presence {
     uint64_t *changed;
     uint32_t nchanged, changed_cap, changed_gen;
     bool changed_all;
+    /* The presence_hash of each page whose sum for our group or region
+     * changed (scope.c), while track_scopes, until presence_scope_sync;
+     * scope_all: more than PRESENCE_SCOPE_MAX, every page. */
+    uint64_t *scope_changed;
+    uint32_t nscope_changed, scope_changed_cap, scope_gen;
+    bool track_scopes, scope_all;
 };
 
 void presence_init(struct tally_presence *pr, uint64_t max_views);
@@ -683,6 +694,16 @@ void presence_changes_clear(struct tally_presence *pr);
 void presence_flush(struct tally_presence *pr, uint64_t now_ms, uint64_t budget,
                     void (*fn)(const char *page, size_t len, uint64_t total, void *ud), void *ud);
 uint64_t presence_total(const struct tally_presence *pr, const char *page, size_t len);
+/* Sets our own count of a page (a group's or region's sum, scope.c: no
+ * viewers of its own), as presence_view would. */
+int presence_set_local(struct tally_presence *pr, const char *page, size_t len, uint64_t n);
+/* to's counts become from's sums for our group (level 1: our own viewers
+ * and those of our group's nodes) or region (2: and of the other groups of
+ * it): of the pages whose sums changed since presence_scope_taken, or all. */
+int presence_scope_sync(const struct tally_presence *from, struct tally_presence *to, int level,
+                        bool all);
+/* Forgets which sums changed (after every level took them). */
+void presence_scope_taken(struct tally_presence *pr);
 
 /* ==== Interest: who watches which counter (interest.c) ==== */
 
@@ -1092,6 +1113,10 @@ struct tier_hub {
     struct persist *persist; /* folds of adopted past lives are logged here (or NULL) */
     char node_id[TALLY_NODE_ID_MAX + 1];
     char group[TALLY_NODE_ID_MAX + 1]; /* its group of hubs, named in its DOWNs ("": none) */
+    /* A group's or region's stream (scope.c): its heartbeat's wants are of
+     * the origins of level wants_level and up held in wants_of. */
+    struct tally_presence *wants_of;
+    int wants_level;
 };
 
 void tier_hub_init(struct tier_hub *h, const char *node_id, uint64_t session);
@@ -1375,6 +1400,7 @@ struct tally_group {
     uint64_t quiet_ms, clock_ms, senior_ms, sent_ms;
     bool senior, quiet;                          /* heard one before us in order; not speaking */
     uint64_t announced, learned, stale, refused; /* counters sent and taken, messages dropped */
+    uint64_t viewers_refused; /* PRESENCE of another group or region dropped (scope.c) */
 };
 
 void group_init(struct tally_group *gr, const char *name, uint64_t session, uint64_t refresh_ms);
@@ -1426,6 +1452,62 @@ uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, con
 int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p, const char *self,
                 const void *msg, size_t len, bool *fresh);
 
+/* ==== Viewers summed per group and region (scope.c) ==== */
+
+/* What a hub does with a PRESENCE, by its origin and the group and region
+ * of the hub that published it (its topic). */
+enum scope_take {
+    SCOPE_TAKE,   /* count it, flood it on if new */
+    SCOPE_PASS,   /* our own group's or region's sums: flood it on if new */
+    SCOPE_REFUSE, /* another scope's, which its sums count here */
+};
+enum scope_take scope_take(const struct tally_group *gr, const struct tally_group *rg,
+                           const char *origin, size_t len, const char *group, size_t glen,
+                           const char *region, size_t rlen);
+
+/* The group and region a PRESENCE of `origin` is published under, as a hub
+ * of group gr holds it: gr's for a node's, g and gr's region for ".g", gr
+ * and r for "..r" (a replay names the origin's scope, scope.c). */
+struct scope_name {
+    const char *group;
+    size_t glen;
+    const char *region;
+    size_t rlen;
+};
+void scope_of_origin(const struct tally_group *gr, const char *origin, size_t len,
+                     struct scope_name *out);
+
+/* Every speaker of a group's (region's) sums sends them under this one. */
+#define SCOPE_INCARNATION 1
+
+/* Our group's (level 1) or region's (2) viewer sums as a PRESENCE stream of
+ * origin ".g" ("..r"), sent while we speak for it (group.c). */
+struct scope_stream {
+    struct tally_presence pr; /* the sums, as its own counts */
+    struct tier_hub hub;      /* its heartbeat (no children) */
+    int level;
+    bool speaking;
+    bool wants_owed;     /* a want of another scope's to carry (scope_wants) */
+    uint64_t high, seen; /* seqs of it sent or heard: the highest, and the 64 below */
+};
+
+void scope_init(struct scope_stream *s, const struct tally_group *gr, struct tally_presence *main);
+void scope_free(struct scope_stream *s);
+/* Once a publish interval, after group_announce: whether we speak for gr
+ * (!gr->quiet); speaking, the sums are brought up to date from main (all
+ * of them when we begin), else forgotten. Then presence_scope_taken(main). */
+int scope_follow(struct scope_stream *s, const struct tally_presence *main, bool speaking);
+/* True the first time seq of the stream is seen here (our own included). */
+bool scope_seen(struct scope_stream *s, uint64_t seq);
+/* The first seq of what we send next: seq, or above every one seen. */
+uint64_t scope_next_seq(const struct scope_stream *s, uint64_t seq);
+void scope_sent(struct scope_stream *s, uint64_t first, uint32_t n);
+/* The wants of a taken or passed PRESENCE: of our stream (all its pages
+ * owed), or of another scope's, owed in our stream one level up. streams:
+ * our group's and region's (NULL: none). */
+void scope_wants(struct scope_stream *const streams[2], struct tally_presence *main,
+                 const struct wire_presence *wp);
+
 /* ==== JSON views of the state and the control API (control.c) ==== */
 
 /* What a node has counted since it started: its stats. */
@@ -1468,7 +1550,8 @@ struct stats_view {
 };
 /* The stats document into b (reset first): at most v->max_bytes, peers past
  * it counted in "peers_omitted". Every origin heard, neighbour or not, is
- * counted in "nodes" {"heard","alive"}: the rest of the cluster in O(1). */
+ * counted in "nodes" {"heard","alive","counting"}: the rest of the cluster
+ * in O(1). */
 void node_stats_json(struct wire_buf *b, const struct stats_view *v);
 
 /* What of a counter's devices its state document lists, and its bound: the

@@ -246,7 +246,10 @@
  * viewers from its neighbours, each over its own bridge (presence.c,
  * "Replay to a neighbour that restarted"), not from a relay of each edge
  * flooded to every hub; each neighbour replays its own edges too, as it
- * holds them from their UPs.
+ * holds them from their UPs. In a tree of groups of hubs, all of this stays
+ * inside the edge's group: the other groups count it in its group's sum of
+ * each page, one origin per group, sent by the hub that speaks for the
+ * group (scope.c).
  *
  * ---- Invariants ----
  *
@@ -2117,7 +2120,8 @@ static int listing_build(struct tier_hub *h, struct tally_presence *pr,
                          const struct wire_presence_edge *own, uint64_t now_ms, uint64_t timeout_ms,
                          struct listing *l)
 {
-    size_t cap = HASH_COUNT(h->children) + HASH_COUNT(pr->origins) + 2;
+    struct tally_origin *wanting = (h->wants_of ? h->wants_of : pr)->origins;
+    size_t cap = HASH_COUNT(h->children) + HASH_COUNT(wanting) + 2;
     bool full = h->listing_owed;
     l->ends = malloc(cap * sizeof(*l->ends));
     if (!l->ends)
@@ -2162,8 +2166,15 @@ static int listing_build(struct tier_hub *h, struct tally_presence *pr,
         l->nlisted++;
         ch->list_owed = false;
     }
-    for (const struct tally_origin *o = pr->origins; o; o = o->hh.next) {
-        if (!presence_origin_wanted(o, now_ms, timeout_ms) &&
+    /* A group's or region's stream (scope.c) asks for the sums of the
+     * others that its hub lacks, or that a hub it speaks for asked for. */
+    uint8_t carry = (uint8_t)(1u << h->wants_level);
+    for (struct tally_origin *o = wanting; o; o = o->hh.next) {
+        if (o->level < h->wants_level)
+            continue;
+        bool asked = h->wants_of && (o->scope_wanted & carry);
+        o->scope_wanted &= (uint8_t)~carry;
+        if (!asked && !presence_origin_wanted(o, now_ms, timeout_ms) &&
             !listing_wanted(o, now_ms, timeout_ms))
             continue;
         wire_presence_want(&l->ent, o->node_id, strlen(o->node_id));

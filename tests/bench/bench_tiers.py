@@ -25,6 +25,11 @@ carries RSUMs, presence and stats only, and an edge lists its own hub alone (its
 stays in its group). Printed besides: how many slots of `shared` hub0 holds (its state
 document's `nodes`).
 
+With --churn R, viewers too: at each edge two clients view `presence/home`, and one more views
+and leaves one of ten pages R times a second (so that every edge's counts keep changing); hub0
+must end counting every edge's viewers of `presence/home`. With --plugin, another build of the
+plugin runs (to compare a change with the code before it).
+
 Every broker and the load share the machine's cores: figures, not pass/fail, and noisy when
 other work runs. Standard library only; needs the plugin built.
 """
@@ -36,12 +41,14 @@ import statistics
 import sys
 import threading
 import time
+from pathlib import Path
 
 import bench_cluster as bc
 import bench_scale as bs
 import common
 
 HUBS = 3
+PLUGIN = common.PLUGIN  # --plugin
 BETWEEN_GROUPS = ["topic $tally/v1/gsum/# both 1", "topic $tally/v1/presence/# both 1",
                   "topic $tally/stats/# both 1"]
 BETWEEN_REGIONS = ["topic $tally/v1/rsum/# both 1", "topic $tally/v1/presence/# both 1",
@@ -93,7 +100,7 @@ def pairs(stack, workdir, per_hub, groups, regions=False):
         region = "pair%d" % (h // 2) if regions else None
         hubs[name] = stack.enter_context(common.Broker(
             workdir, "p%d-%s" % (per_hub, name), True, opts(name, False, group, region),
-            extra=extra))
+            extra=extra, plugin=PLUGIN))
     edges = {}
     for h in range(4):
         ports = [hubs["hub%d" % h].port] + ([] if regions else [hubs["hub%d" % (h ^ 1)].port])
@@ -101,7 +108,7 @@ def pairs(stack, workdir, per_hub, groups, regions=False):
             name = "edge%d" % (h * per_hub + k)
             edges[name] = stack.enter_context(common.Broker(
                 workdir, "p%d-%s" % (per_hub, name), True, opts(name, True),
-                extra=edge_bridge(name, ports)))
+                extra=edge_bridge(name, ports), plugin=PLUGIN))
     return hubs, edges
 
 
@@ -118,7 +125,7 @@ def tree(stack, workdir, per_hub, mesh):
         for to in range(h if mesh else min(h, 1)):  # to hub0; with --mesh, to every hub before
             extra += bc.bridge_lines("%s-to-hub%d" % (name, to), hubs["hub%d" % to].port)
         hubs[name] = stack.enter_context(common.Broker(
-            workdir, "t%d-%s" % (per_hub, name), True, opts(name, False), extra=extra))
+            workdir, "t%d-%s" % (per_hub, name), True, opts(name, False), extra=extra, plugin=PLUGIN))
     edges = {}
     for h in range(HUBS):
         ports = [hubs["hub%d" % h].port, hubs["hub%d" % ((h + 1) % HUBS)].port]
@@ -126,8 +133,45 @@ def tree(stack, workdir, per_hub, mesh):
             name = "edge%d" % (h * per_hub + k)
             edges[name] = stack.enter_context(common.Broker(
                 workdir, "t%d-%s" % (per_hub, name), True, opts(name, True),
-                extra=edge_bridge(name, ports)))
+                extra=edge_bridge(name, ports), plugin=PLUGIN))
     return hubs, edges
+
+
+class Churn(threading.Thread):
+    """Two viewers of presence/home at each edge, and one that views and leaves one of ten
+    pages `rate` times a second at each (raw MQTT clients, paced in one loop)."""
+
+    def __init__(self, edges, rate):
+        super().__init__(daemon=True)
+        self.viewers = [bc.raw_client(e.port, "bench-view-%s-%d" % (n, k))
+                        for n, e in edges.items() for k in range(2)]
+        for v in self.viewers:
+            v.subscribe("presence/home", qos=0)
+        self.churners = [bc.raw_client(e.port, "bench-churn-" + n) for n, e in edges.items()]
+        self.rate, self.stopped, self.changes = rate, threading.Event(), 0
+        self.start()
+
+    def run(self):
+        period, k, viewing = 1.0 / self.rate, 0, [None] * len(self.churners)
+        next_at = time.monotonic()
+        while not self.stopped.is_set():
+            for i, c in enumerate(self.churners):
+                if viewing[i]:
+                    c.unsubscribe(viewing[i])
+                    viewing[i] = None
+                else:
+                    viewing[i] = "presence/churn%d" % (k % 10)
+                    c.subscribe(viewing[i], qos=0)
+                self.changes += 1
+            k += 1
+            next_at += period
+            self.stopped.wait(max(0.0, next_at - time.monotonic()))
+
+    def stop(self):
+        self.stopped.set()
+        self.join(10)
+        for c in self.viewers + self.churners:
+            c.close()
 
 
 def wait_connected(hubs, edges, timeout=120):
@@ -166,6 +210,9 @@ def run(workdir, per_hub, args, table):
                      for n, b in list(edges.items()) + [("hub0", hubs["hub0"])]}
         for r in recorders.values():
             stack.callback(r.stop)
+        churn = Churn(edges, args.churn) if args.churn else None
+        if churn:
+            stack.callback(churn.stop)
         load = bs.PacedLoad(edges, edges, bs.LEAF_SHARED_RATE, bs.LEAF_OWN_RATE)
         stack.callback(load.close)
         cpu0 = hubs["hub0"].cpu_seconds()
@@ -189,6 +236,18 @@ def run(workdir, per_hub, args, table):
             if not wrong:
                 break
             time.sleep(0.2)
+        viewers = None
+        if churn:
+            churn.stop()
+            want = str(2 * n_edges)
+            while time.monotonic() < deadline and hubs["hub0"].retained(
+                    "presence/home", wait=1) != want:
+                time.sleep(0.2)
+            viewers = hubs["hub0"].retained("presence/home", wait=1)
+            print("viewers: %d page changes at the edges; hub0 counts %s of presence/home (%s)" % (
+                churn.changes, viewers, "exact" if viewers == want else "NOT exact"))
+            if viewers != want:
+                wrong["hub0 viewers"] = viewers
         edge_r = bs.rates(s1["edge0"], s2["edge0"], rate)
         hub_r = bs.rates(s1["hub0"], s2["hub0"], rate)
         rss_e = [e.settled_rss(10, 50) for e in list(edges.values())[:3]]
@@ -238,7 +297,12 @@ def parse_args():
                    help="with --pairs: each pair a group of hubs (plugin_opt_group)")
     p.add_argument("--regions", action="store_true",
                    help="with --pairs: each hub a group, each pair a region (plugin_opt_region)")
+    p.add_argument("--churn", type=float, default=0, metavar="R",
+                   help="viewers at every edge, one page changing R times a second at each")
+    p.add_argument("--plugin", default=str(common.PLUGIN), help="the plugin to run")
     args = p.parse_args()
+    global PLUGIN
+    PLUGIN = args.plugin
     if (args.groups or args.regions) and not args.pairs:
         p.error("--groups and --regions need --pairs")
     if args.groups and args.regions:
@@ -249,8 +313,8 @@ def parse_args():
 
 
 def bench(workdir, args):
-    if not common.PLUGIN.is_file():
-        raise common.BenchError("%s not built" % common.PLUGIN)
+    if not Path(PLUGIN).is_file():
+        raise common.BenchError("%s not built" % PLUGIN)
     table = []
     for n in args.per_hub:
         run(workdir, n, args, table)

@@ -92,6 +92,54 @@ def test_two_groups_exact_with_a_slot_per_group(brokers, closing):
     exact_everywhere(hubs + edges, expected, timeout=5)
 
 
+def counting(hub):
+    """How many origins' viewers the hub counts (its stats' nodes.counting)."""
+    doc = json.loads(hub.retained(f"$tally/stats/{hub.name}") or "{}")
+    return doc.get("nodes", {}).get("counting")
+
+
+def test_viewers_cross_groups_as_one_sum_per_group(brokers, closing):
+    """Each hub counts its own group's edges and one sum for the other group (plugin/scope.c),
+    which the group's speaker sends: the other group's edges and hubs are refused. a1, which
+    speaks for g1, is killed with -9: a2 takes over g1's sum, and g2 never loses e1's viewers
+    for longer than the takeover; e4 killed with -9 leaves every count, g1's included, within
+    peer_timeout_ms (3 s) and a few publish intervals."""
+    hubs, edges = two_groups(brokers)
+    a1, a2, b1, b2 = hubs
+    viewers(edges, closing)
+    for n in hubs + edges:
+        wait_for(lambda: n.retained("presence/home") == "8", 20,
+                 what=f"{n.name}: presence/home == 8 (is {n.retained('presence/home')})")
+    # e1, e2 and ".g2" at g1's hubs; e3, e4 and ".g1" at g2's
+    for h in hubs:
+        wait_for(lambda: counting(h) == 3, 15, what=f"{h.name} to count 3 origins' viewers, "
+                                                    f"counts {counting(h)}")
+    wait_for(lambda: group_stats(b1).get("viewers_refused", 0) > 0, 10,
+             what="b1 to refuse g1's nodes' own viewer counts")
+    a1.kill()
+    wait_for(lambda: group_stats(a2).get("speaking") is True, 15, what="a2 to speak for g1")
+    for n in (a2, b1, b2):
+        wait_for(lambda: n.retained("presence/home") == "8", 15,
+                 what=f"{n.name}: presence/home == 8 after a1 died "
+                      f"(is {n.retained('presence/home')})")
+    e4 = edges[3]
+    e4.kill()
+    killed = time.monotonic()
+    for n in (a2, b1, b2):
+        wait_for(lambda: n.retained("presence/home") == "6", 15,
+                 what=f"{n.name}: presence/home == 6 after e4 died "
+                      f"(is {n.retained('presence/home')})")
+    took = time.monotonic() - killed
+    print(f"e4's viewers left every hub {took:.2f}s after kill -9 (peer_timeout_ms 3000)")
+    assert took < 3.0 + 3.0, f"e4's viewers stayed {took:.2f}s"
+    a1.start()
+    for n in hubs + edges[:3]:
+        wait_for(lambda: n.retained("presence/home") == "6", 20,
+                 what=f"{n.name}: presence/home == 6 (is {n.retained('presence/home')})")
+    wait_for(lambda: group_stats(a1).get("speaking") is True, 15, what="a1 to speak again")
+    wait_for(lambda: group_stats(a2).get("speaking") is False, 15, what="a2 to keep quiet")
+
+
 def hub_lists(hub, name):
     (resp,) = control(hub, [{"command": "listCounters"}])
     return any(c["name"] == name for c in resp["data"]["counters"])

@@ -57,6 +57,12 @@ def test_two_regions_exact_with_a_slot_per_group_and_per_region(brokers, closing
     for n in hubs + edges:
         wait_for(lambda: n.retained("presence/home") == "10", 20,
                  what=f"{n.name}: presence/home == 10 (is {n.retained('presence/home')})")
+    # Viewers likewise: each hub counts its own group's edges, one sum per other group of its
+    # region and one per other region (plugin/scope.c): a1 and a2 count e1, e2, .g2 and ..r2.
+    for h, n in ((a1, 4), (a2, 4), (c1, 3), (b1, 3), (d1, 3)):
+        wait_for(lambda: stats(h, "nodes").get("counting") == n, 15,
+                 what=f"{h.name} to count {n} origins' viewers, "
+                      f"counts {stats(h, 'nodes').get('counting')}")
     # One hub speaks for each region: the first by node id; the others keep quiet.
     for h, speaks in ((a1, True), (a2, False), (c1, False), (b1, True), (d1, False)):
         wait_for(lambda: stats(h, "region").get("speaking") is speaks, 15,

@@ -14,7 +14,11 @@
  * neighbours), which is ten lines there too, and the replay of viewer
  * counts to a neighbour that restarted (presence_replay), in its steps.
  * With --groups, group.c too: GSUM messages between groups, flooded as
- * presence is (group_apply says whether one is new here).
+ * presence is (group_apply says whether one is new here), and scope.c's
+ * viewer sums: the hub that speaks for a group (a region) sends its sums as
+ * a PRESENCE stream of its own, and every hub takes or drops a PRESENCE by
+ * its origin and the group and region of the hub that published it (which
+ * plugin.c reads in its topic, and a message here carries, msg.pub).
  * The glue keeps plugin.c's cadences, which differ: a hub expires a silent origin at every loop
  * pass (expire_peers), but its records of its edges (tier_hub_expire) and its DOWNs at most once a
  * publish interval (hub_tick), so a message can land between the two (b38098a was such a gap). An
@@ -64,7 +68,10 @@
  * every live edge shows the exact totals (every increment made, counted
  * once) and the exact viewer counts (every live edge's viewers, no dead
  * one's), and prints the convergence time, each kind of node's state and
- * traffic, and exits 0 only if everything converged (--check).
+ * traffic, and exits 0 only if everything converged (--check), no edge
+ * showed a total go down, no hub counted a dead edge of its own group past
+ * peer_timeout_ms (late_viewers_seen) and, with groups, none showed more
+ * viewers than the live edges and those dead lately (far_viewers_seen).
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -93,6 +100,7 @@ static const char *kind_name[K__COUNT] = {"up",       "down",   "sync", "digest"
 
 struct msg {
     uint32_t from, to;
+    uint32_t pub; /* the hub that published it (a flood keeps it: its topic) */
     uint8_t kind;
     size_t len;
     uint8_t data[];
@@ -125,10 +133,12 @@ struct node {
     struct tier_hub tier;
     struct repl repl;
     struct wire_sync_writer w;
-    struct tally_group gr; /* its group (--groups), else off */
-    struct tally_group rg; /* its region (--regions), else off */
-    uint64_t last_group;   /* its last GSUM: at most once a publish interval */
-    uint64_t gsession;     /* the session of its GSUMs: grows at every start */
+    struct tally_group gr;              /* its group (--groups), else off */
+    struct tally_group rg;              /* its region (--regions), else off */
+    struct scope_stream sc[2], *scs[2]; /* its group's and region's viewer sums (scope.c) */
+    uint64_t scope_seq;                 /* plugin.c's wall clock for them */
+    uint64_t last_group;                /* its last GSUM: at most once a publish interval */
+    uint64_t gsession;                  /* the session of its GSUMs: grows at every start */
     struct link *links;
     uint32_t nlinks;
     uint64_t last_digest, revive_at, started;
@@ -186,12 +196,18 @@ static uint64_t reset_at;   /* when --reset made its reset (0: not yet) */
 /* A live hub counted a dead edge's viewers past peer_timeout_ms after it died
  * (and a few ticks): seen at the once-a-second look of late_viewers_seen. */
 static uint64_t late_viewers;
+/* A hub showed more viewers than live edges and those dead lately have
+ * (far_viewers_seen). */
+static uint64_t far_viewers, far_late_ms;
 static uint64_t repaired;     /* counters sent in repairs by hubs after a DIGEST */
 static uint64_t repair_bytes; /* the SYNC bytes of those repairs */
 static uint64_t replayed;     /* origins' counts sent to a neighbour that restarted */
 /* Listing entries in the PRESENCE messages sent (every bridge a copy), and
  * in those of full listings (tier.c, "The carrier's keepalive"). */
 static uint64_t listed_sent, listed_full_sent;
+/* PRESENCE copies refused as another group's or region's (scope.c), and
+ * the messages of groups' and regions' viewer sums sent (every bridge a copy) */
+static uint64_t scope_refused, scope_msgs;
 
 /* ==== Groups of hubs (--groups) ==== */
 
@@ -335,6 +351,9 @@ static void count_listing(const struct wire_buf *b)
     wire_presence_free(&wp);
 }
 
+/* While a hub floods a message on: who published it (UINT32_MAX: the sender). */
+static uint32_t flood_pub = UINT32_MAX;
+
 static void send(uint32_t from, uint32_t to, enum kind kind, const struct wire_buf *b)
 {
     if (!connected(from, to))
@@ -350,7 +369,7 @@ static void send(uint32_t from, uint32_t to, enum kind kind, const struct wire_b
     struct msg *m = malloc(sizeof(*m) + b->len);
     if (!m)
         abort();
-    *m = (struct msg){from, to, (uint8_t)kind, b->len};
+    *m = (struct msg){from, to, flood_pub == UINT32_MAX ? from : flood_pub, (uint8_t)kind, b->len};
     memcpy(m->data, b->data, b->len);
     /* Delayed, but in order: nothing overtakes on one bridge. */
     uint64_t at = now + 1 + rnd() % opt.delay_ms, *last = last_at(from, to);
@@ -460,6 +479,29 @@ static void hub_on_presence(struct node *n, const struct msg *m)
         wire_presence_free(&wp);
         return;
     }
+    /* plugin.c's scope_of: another group's or region's stream, or our own
+     * group's (region's) sums, sent on and not counted */
+    struct scope_name sn;
+    scope_of_origin(&nodes[m->pub].gr, m->kind == K_REPLAY ? wp.origin : "",
+                    m->kind == K_REPLAY ? wp.origin_len : 0, &sn);
+    enum scope_take st =
+        scope_take(&n->gr, &n->rg, wp.origin, wp.origin_len, sn.group, sn.glen, sn.region, sn.rlen);
+    if (st != SCOPE_TAKE) {
+        struct scope_stream *sc = n->scs[wp.origin_len > 1 && wp.origin[1] == GROUP_MARK];
+        if (st == SCOPE_PASS && sc && scope_seen(sc, wp.seq)) {
+            scope_wants(n->scs, &n->pr, &wp);
+            struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
+            if (m->kind == K_PRESENCE) {
+                flood_pub = m->pub;
+                broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
+                flood_pub = UINT32_MAX;
+            }
+        }
+        if (st == SCOPE_REFUSE)
+            scope_refused++;
+        wire_presence_free(&wp);
+        return;
+    }
     struct tally_origin *o = presence_origin(&n->pr, origin);
     bool taken, anew = !o->alive || o->incarnation != wp.incarnation;
     int k = repl_find(&n->repl, nodes[m->from].id, wp.origin, wp.origin_len);
@@ -477,10 +519,14 @@ static void hub_on_presence(struct node *n, const struct msg *m)
         /* a replay is not sent on, nor its origin's own that every other
          * neighbour hears, outside groups (plugin.c's on_presence) */
         if (m->kind == K_PRESENCE &&
-            !(k >= 0 && !group_on(&n->gr) && repl_covered(&n->repl, (uint16_t)k)))
+            !(k >= 0 && !group_on(&n->gr) && repl_covered(&n->repl, (uint16_t)k))) {
+            flood_pub = m->pub;
             broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
+            flood_pub = UINT32_MAX;
+        }
         if (tier_hub_heard(&n->tier, &n->pr, &wp, now) != TALLY_OK)
             abort();
+        scope_wants(n->scs, &n->pr, &wp);
         if (anew && k >= 0)
             replay_to(n, (uint16_t)k, true);
         /* a node heard anew may lack our group's sums: plugin.c's
@@ -531,6 +577,8 @@ static void emit_rsum(const struct wire_buf *msg, void *ud)
  * counter off the dirty list (outputs, here none) noted for our group's
  * sums (group_note), then the sums that rose, and the refresh's share,
  * to every bridge. */
+static void hub_scope_tick(struct node *n);
+
 static void hub_group_tick(uint32_t i)
 {
     struct node *n = &nodes[i];
@@ -548,6 +596,7 @@ static void hub_group_tick(uint32_t i)
         group_announce(&n->rg, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_rsum,
                        (void *)(uintptr_t)i);
     wbuf_free(&b);
+    hub_scope_tick(n);
 }
 
 /* Where a tier message's parts go: (from, to), or to every hub but from. */
@@ -605,8 +654,49 @@ static void hub_relay(struct node *n, struct tier_child *ch)
     wbuf_free(&b);
 }
 
+static void scope_part(const struct wire_buf *msg, void *ud)
+{
+    scope_msgs++;
+    route_part(msg, ud);
+}
+
+/* As plugin.c's scope_send: our group's (region's) viewer sums. */
+static void scope_send(struct node *n, struct scope_stream *sc, bool changes)
+{
+    struct wire_buf b = {0};
+    struct route r = {(uint32_t)(n - nodes), UINT32_MAX, K_PRESENCE};
+    uint64_t first = scope_next_seq(sc, now * 1000);
+    uint32_t sent = 0;
+    if (changes && !sc->hub.all_pages_owed && !sc->wants_owed &&
+        !(sent = presence_announce_changes(&sc->pr, sc->hub.node_id, SCOPE_INCARNATION, first, &b,
+                                           scope_part, &r)))
+        tier_hub_owe_pages(&sc->hub);
+    if (!sent &&
+        tier_hub_heartbeat(&sc->hub, &sc->pr, SCOPE_INCARNATION, first, now, PEER_TIMEOUT_MS,
+                           opt.tier_bytes, &b, scope_part, &r, &sent) != TALLY_OK)
+        abort();
+    scope_sent(sc, first, sent);
+    sc->wants_owed = false;
+    wbuf_free(&b);
+}
+
+/* As plugin.c's scope_tick, after the sums. */
+static void hub_scope_tick(struct node *n)
+{
+    const struct tally_group *level[2] = {&n->gr, &n->rg};
+    for (int k = 0; k < 2; k++)
+        if (n->scs[k] && scope_follow(n->scs[k], &n->pr, !level[k]->quiet) != TALLY_OK)
+            abort();
+    presence_scope_taken(&n->pr);
+    for (int k = 0; k < 2; k++)
+        if (n->scs[k] && n->scs[k]->speaking &&
+            (n->scs[k]->pr.local_changed || n->scs[k]->hub.all_pages_owed || n->scs[k]->wants_owed))
+            scope_send(n, n->scs[k], true);
+}
+
 /* As plugin.c's announce_presence: the hub's own viewers (none here), its
- * own entry and the listing of its edges, every HEARTBEAT_MS. */
+ * own entry and the listing of its edges, every HEARTBEAT_MS; and the
+ * viewer sums we speak for. */
 static void hub_heartbeat(struct node *n)
 {
     struct wire_buf b = {0};
@@ -618,6 +708,9 @@ static void hub_heartbeat(struct node *n)
     n->presence_seq += sent;
     n->last_heartbeat = now;
     wbuf_free(&b);
+    for (int k = 0; k < 2; k++)
+        if (n->scs[k] && n->scs[k]->speaking)
+            scope_send(n, n->scs[k], false);
 }
 
 static void hub_on_up(struct node *n, const struct msg *m)
@@ -724,6 +817,11 @@ static void hub_start(uint32_t i)
         group_init(&n->rg, region, n->gsession, GROUP_REFRESH_MS);
         group_scope(&n->rg, 2, NULL);
         snprintf(n->tier.group, sizeof(n->tier.group), "%s", name); /* its DOWNs name it */
+        n->pr.track_scopes = true;
+        scope_init(n->scs[0] = &n->sc[0], &n->gr, &n->pr);
+        n->scs[1] = NULL;
+        if (group_on(&n->rg))
+            scope_init(n->scs[1] = &n->sc[1], &n->rg, &n->pr);
         if (group_bind(&n->gr, &n->t) != TALLY_OK || group_bind(&n->rg, &n->t) != TALLY_OK)
             abort();
         /* what it held at its stop is loaded dirty, and its first flush
@@ -740,6 +838,10 @@ static void hub_stop(struct node *n)
     n->alive = false;
     group_free(&n->gr);
     group_free(&n->rg);
+    for (int k = 0; k < 2; k++)
+        if (n->scs[k])
+            scope_free(n->scs[k]);
+    n->scs[0] = n->scs[1] = NULL;
     tier_hub_free(&n->tier);
     repl_free(&n->repl);
     presence_free(&n->pr);
@@ -1137,6 +1239,56 @@ static bool exact(bool counters, uint32_t *wrong)
     return *wrong == 0;
 }
 
+/* The same through the other groups and regions, which count an edge in
+ * its group's sums (scope.c). A hub cut off from a group keeps that group's
+ * last sums until it hears it again, or for peer_timeout_ms: so no hub may
+ * show more viewers of "home" than the live edges and those dead within
+ * twice peer_timeout_ms and the time the sums take (a publish interval a
+ * level, the bridges' delay on the way, FAR_HOPS of them at most as run.sh's
+ * trees are laid out). An edge counted twice anywhere shows here too. How
+ * late a dead edge left the other groups is measured, not checked: at
+ * least now - peer_timeout_ms - the death of the k-th latest to die, for a
+ * hub that shows k viewers too many (far_late_ms, the largest seen). */
+#define FAR_HOPS 12
+
+static int by_died_desc(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static void far_viewers_seen(void)
+{
+    uint64_t sums = 2 * TICK_MS + 2 * opt.publish_ms + FAR_HOPS * opt.delay_ms;
+    uint64_t live = 0, ndead = 0, within = 0;
+    uint64_t *died = malloc(opt.hubs * opt.edges_per_hub * sizeof(*died) + 1);
+    for (uint32_t i = opt.hubs; i < nnodes; i++) {
+        if (nodes[i].alive) {
+            live++;
+        } else {
+            died[ndead++] = nodes[i].died_at;
+            within += now <= nodes[i].died_at + 2 * PEER_TIMEOUT_MS + sums;
+        }
+    }
+    qsort(died, ndead, sizeof(*died), by_died_desc);
+    for (uint32_t h = 0; h < opt.hubs; h++) {
+        if (!nodes[h].alive)
+            continue;
+        uint64_t shown = viewers_at(&nodes[h], "home");
+        if (shown > live && shown - live <= ndead) {
+            uint64_t gone = died[shown - live - 1] + PEER_TIMEOUT_MS;
+            if (now > gone && now - gone > far_late_ms)
+                far_late_ms = now - gone;
+        }
+        if (shown > live + within && far_viewers++ < 3)
+            fprintf(stderr,
+                    "at %" PRIu64 " ms %s counts %" PRIu64 " viewers of home, at most %" PRIu64
+                    "\n",
+                    now, nodes[h].id, shown, live + within);
+    }
+    free(died);
+}
+
 /* Every live hub has expired each edge dead for peer_timeout_ms: its carrier
  * heard it last before it died, and every hub takes that time from the
  * listings (each relay carries its carrier's entry too, tier.c's relay_range),
@@ -1160,6 +1312,8 @@ static void late_viewers_seen(void)
             }
         }
     }
+    if (opt.groups)
+        far_viewers_seen();
 }
 
 /* ==== Report ==== */
@@ -1248,6 +1402,10 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
                by_kind[k].msgs_out, by_kind[k].bytes_out);
     printf("  listing entries in presence: %" PRIu64 " (%" PRIu64 " in full listings)\n",
            listed_sent, listed_full_sent);
+    if (opt.groups)
+        printf("  viewer sums of groups and regions: %" PRIu64 " presence msgs; %" PRIu64
+               " copies of another group's or region's refused\n",
+               scope_msgs, scope_refused);
     static const char *what[2] = {"totals", "viewers"};
     for (int k = 0; k < 2; k++) {
         if (converged_ms[k] >= 0)
@@ -1268,6 +1426,11 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
                (uint64_t)converged_ms[0] + opt.load_ms - reset_at);
     printf("steps back seen at edges: %" PRIu64 "\n", steps_back);
     printf("dead edges' viewers counted past peer_timeout_ms: %" PRIu64 "\n", late_viewers);
+    if (opt.groups)
+        printf(
+            "viewers of home counted past twice peer_timeout_ms in other groups, or twice: %" PRIu64
+            " (a dead edge left the last group at least %" PRIu64 " ms past peer_timeout_ms)\n",
+            far_viewers, far_late_ms);
 }
 
 /* With groups, each live edge must have learned its home hub's group from
@@ -1517,8 +1680,8 @@ int main(int argc, char **argv)
     }
     report((double)opt.load_ms / 1000.0, converged, wrong);
     uint32_t astray = edges_astray();
-    return opt.check &&
-                   (converged[0] < 0 || converged[1] < 0 || steps_back || late_viewers || astray)
+    return opt.check && (converged[0] < 0 || converged[1] < 0 || steps_back || late_viewers ||
+                         far_viewers || astray)
                ? 1
                : 0;
 }

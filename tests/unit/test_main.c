@@ -26,6 +26,7 @@ Suite *tier_suite(void);
 Suite *repl_suite(void);
 Suite *fold_suite(void);
 Suite *group_suite(void);
+Suite *scope_suite(void);
 
 int main(void)
 {
@@ -44,6 +45,7 @@ int main(void)
     srunner_add_suite(sr, repl_suite());
     srunner_add_suite(sr, fold_suite());
     srunner_add_suite(sr, group_suite());
+    srunner_add_suite(sr, scope_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
