@@ -14,7 +14,7 @@
  * A group is a few hubs that share their edges: today's cluster among
  * themselves (plugin_opt_group names it), with every edge's failover list
  * inside it. Groups are bridged to each other with bridges that carry
- * only GSUMs (and viewers' PRESENCE, and stats): `topic $tally/v1/gsum/#`
+ * only GSUMs (and the groups' viewer sums, and stats): `topic $tally/v1/gsum/#`
  * and the rest, never `$tally/v1/sync/#`. A hub refuses a SYNC or DIGEST of
  * another group (plugin.c reads the group in its topic), so a bridge that
  * carries all of $tally/ costs bytes, never a count.
@@ -134,7 +134,7 @@
  *     region (version 3) names the region after the group, and a hub of
  *     another region (or in none) refuses it, does not flood it on, and
  *     counts it in `refused`: that group is in its region's sum there.
- *     Bridges between regions carry rsum/# (and presence, stats), not gsum/#.
+ *     Bridges between regions carry rsum/# (and rviews/#, stats), not gsum/#.
  *   - Group bases name the replica past one mark: "g2" a group's, ".r2" a
  *     region's (version 3). A GSUM carries both kinds (its region's hubs
  *     hold both), an RSUM only regions' (no other region holds a group's).
@@ -691,6 +691,21 @@ uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, con
 
 /* ==== Reading ==== */
 
+bool seq_window_first(uint64_t *high, uint64_t *seen, uint64_t seq)
+{
+    if (seq > *high) {
+        uint64_t shift = seq - *high;
+        *seen = shift >= 64 ? 1 : (*seen << shift) | 1;
+        *high = seq;
+        return true;
+    }
+    uint64_t back = *high - seq;
+    if (back >= 64 || (*seen >> back) & 1)
+        return false;
+    *seen |= 1ULL << back;
+    return true;
+}
+
 /* True the first time (origin, session, seq) is seen here. */
 static bool first_seen(struct tally_group *gr, const char *id, size_t len, uint64_t session,
                        uint64_t seq, bool *nomem)
@@ -714,17 +729,7 @@ static bool first_seen(struct tally_group *gr, const char *id, size_t len, uint6
         o->seen = 1;
         return true;
     }
-    if (seq > o->high) {
-        uint64_t shift = seq - o->high;
-        o->seen = shift >= 64 ? 1 : (o->seen << shift) | 1;
-        o->high = seq;
-        return true;
-    }
-    uint64_t back = o->high - seq;
-    if (back >= 64 || (o->seen >> back) & 1)
-        return false;
-    o->seen |= 1ULL << back;
-    return true;
+    return seq_window_first(&o->high, &o->seen, seq);
 }
 
 static bool value_ok(uint64_t v)

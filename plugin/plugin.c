@@ -814,7 +814,7 @@ static bool other_group(const char *topic)
         mosquitto_log_printf(MOSQ_LOG_WARNING,
                              "tally: dropped %s: not of our group '%s' (%" PRIu64
                              " so far; a bridge between groups should carry $tally/v1/gsum/#, "
-                             "$tally/v1/presence/# and $tally/stats/# only)",
+                             "$tally/v1/gviews/# and $tally/stats/# only)",
                              topic, g.group.name, g.group.refused);
     return true;
 }
@@ -932,6 +932,8 @@ static bool scope_counts(const struct mosquitto_evt_message *ev, const struct wi
     topic_scope(ev->topic, &group, &glen, &region, &rlen);
     enum scope_take st =
         scope_take(&g.group, &g.region, wp->origin, wp->origin_len, group, glen, region, rlen);
+    if (!scope_topic_fits(ev->topic + strlen("$tally/v1/"), wp->origin, wp->origin_len))
+        st = SCOPE_REFUSE; /* a group's sums on presence/, a node's on gviews/ */
     if (st == SCOPE_REFUSE) {
         g.group.viewers_refused++;
     } else if (st == SCOPE_PASS) {
@@ -1275,6 +1277,8 @@ static const struct {
     {"$tally/v1/sync/", on_sync},
     {"$tally/v1/digest/", on_digest},
     {"$tally/v1/presence/", on_presence},
+    {"$tally/v1/gviews/", on_presence},
+    {"$tally/v1/rviews/", on_presence},
     {"$tally/v1/replay/", on_replay},
     {"$tally/v1/gsum/", on_gsum},
     {"$tally/v1/rsum/", on_rsum},
@@ -1694,12 +1698,12 @@ static void show_count(const char *client, const char *page, size_t len)
                              mosquitto_strerror(rc));
 }
 
-/* Our own counts, our edges' listing, and our group's or region's sums
- * when we speak for them (scope.c): all on our own topic. */
+/* Our own counts and our edges' listing, on our own topic; our group's
+ * (ud "gviews") or region's ("rviews") sums when we speak for them
+ * (scope.c), on theirs, which the bridges between groups (regions) carry. */
 static void emit_presence(const struct wire_buf *msg, void *ud)
 {
-    (void)ud;
-    presence_topic("presence", g.opt.node_id, -1, "", 0);
+    presence_topic(ud ? (const char *)ud : "presence", g.opt.node_id, -1, "", 0);
     send_repl(NULL, msg);
 }
 
@@ -1718,14 +1722,15 @@ static void scope_send(struct scope_stream *s, bool changes, uint64_t now)
 {
     uint64_t first = scope_next_seq(s, wall_ms() * 1000);
     uint32_t n = 0;
+    char *kind = s->level == 1 ? "gviews" : "rviews";
     if (changes && !s->hub.all_pages_owed && !s->wants_owed &&
         !(n = presence_announce_changes(&s->pr, s->hub.node_id, SCOPE_INCARNATION, first, &g.buf,
-                                        emit_presence, NULL)))
+                                        emit_presence, kind)))
         tier_hub_owe_pages(&s->hub);
     if (!n) {
         int rc = tier_hub_heartbeat(
             &s->hub, &s->pr, SCOPE_INCARNATION, first, now, (uint64_t)g.opt.peer_timeout_ms,
-            (size_t)g.opt.max_message_bytes, &g.buf, emit_presence, NULL, &n);
+            (size_t)g.opt.max_message_bytes, &g.buf, emit_presence, kind, &n);
         if (rc != TALLY_OK)
             mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot announce the viewers of %s: %s",
                                  s->hub.node_id, tally_strerror(rc));

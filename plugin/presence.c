@@ -257,6 +257,22 @@ static uint64_t page_total(const struct tally_page *pg)
 
 /* ==== Local viewers ==== */
 
+/* Appends hash to a list that grows up to max entries: false past that,
+ * or out of memory (the caller then takes every page as changed). */
+static bool note_hash(uint64_t **list, uint32_t *n, uint32_t *cap, uint32_t max, uint64_t hash)
+{
+    if (*n == *cap) {
+        uint32_t grown_cap = *cap ? 2 * *cap : 16;
+        uint64_t *grown = grown_cap <= max ? realloc(*list, grown_cap * sizeof(*grown)) : NULL;
+        if (!grown)
+            return false;
+        *list = grown;
+        *cap = grown_cap;
+    }
+    (*list)[(*n)++] = hash;
+    return true;
+}
+
 /* A count our group's or region's sum of pg is made of changed (scope.c):
  * its hash is noted once until presence_scope_sync takes the notes, up to
  * PRESENCE_SCOPE_MAX hashes (past that, every page). */
@@ -265,18 +281,9 @@ static void scope_changed(struct tally_presence *pr, struct tally_page *pg)
     if (!pr->track_scopes || pr->scope_all || pg->scope_gen == pr->scope_gen)
         return;
     pg->scope_gen = pr->scope_gen;
-    if (pr->nscope_changed == pr->scope_changed_cap) {
-        uint32_t cap = pr->scope_changed_cap ? 2 * pr->scope_changed_cap : 16;
-        uint64_t *grown =
-            cap <= PRESENCE_SCOPE_MAX ? realloc(pr->scope_changed, cap * sizeof(*grown)) : NULL;
-        if (!grown) {
-            pr->scope_all = true;
-            return;
-        }
-        pr->scope_changed = grown;
-        pr->scope_changed_cap = cap;
-    }
-    pr->scope_changed[pr->nscope_changed++] = pg->hash;
+    if (!note_hash(&pr->scope_changed, &pr->nscope_changed, &pr->scope_changed_cap,
+                   PRESENCE_SCOPE_MAX, pg->hash))
+        pr->scope_all = true;
 }
 
 /* Sets our own count of pg, keeping the digest of our counts that our
@@ -298,18 +305,8 @@ static void local_changed(struct tally_presence *pr, struct tally_page *pg)
     if (pg->changed_gen == pr->changed_gen || pr->changed_all)
         return;
     pg->changed_gen = pr->changed_gen;
-    if (pr->nchanged == pr->changed_cap) {
-        uint32_t cap = pr->changed_cap ? 2 * pr->changed_cap : 16;
-        uint64_t *grown =
-            cap <= PRESENCE_CHANGES_MAX ? realloc(pr->changed, cap * sizeof(*grown)) : NULL;
-        if (!grown) {
-            pr->changed_all = true; /* too many, or out of memory */
-            return;
-        }
-        pr->changed = grown;
-        pr->changed_cap = cap;
-    }
-    pr->changed[pr->nchanged++] = pg->hash;
+    if (!note_hash(&pr->changed, &pr->nchanged, &pr->changed_cap, PRESENCE_CHANGES_MAX, pg->hash))
+        pr->changed_all = true; /* too many, or out of memory */
 }
 
 static struct tally_view *view_find(struct tally_presence *pr, const struct tally_viewer *v,

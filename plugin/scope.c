@@ -31,9 +31,14 @@
  *
  * ---- Who takes what (scope_take) ----
  *
- * Every hub names its group and region in the topic of what it publishes
- * under $tally/v1/presence/ and replay/ ("<node>@<group>[@<region>]"), so
- * that a receiver knows whose stream it is before it reads it:
+ * A group's sums go on $tally/v1/gviews/, a region's on rviews/, each node's
+ * own on presence/ as before (scope_topic_fits refuses one on another's
+ * topic): so the bridges between groups carry gviews/# and rviews/#, and
+ * between regions rviews/#, as they carry gsum/# and rsum/#, and no node's
+ * own counts cross them. Every hub names its group and region in the topic
+ * of what it publishes there and under replay/ ("<node>@<group>[@<region>]"),
+ * so that a receiver knows whose stream it is before it reads it (a bridge
+ * that carries all of $tally/ brings the rest):
  *   - a node's own stream, or an edge's relayed by its hub (level 0), is
  *     taken in its group only, and refused (not taken, not flooded on)
  *     elsewhere: the group's ".g" counts it there;
@@ -126,6 +131,13 @@ enum scope_take scope_take(const struct tally_group *gr, const struct tally_grou
     }
 }
 
+bool scope_topic_fits(const char *kind, const char *origin, size_t len)
+{
+    static const char *const by_level[] = {"presence/", "gviews/", "rviews/"};
+    const char *want = by_level[marks(origin, len)];
+    return strncmp(kind, "replay/", 7) == 0 || strncmp(kind, want, strlen(want)) == 0;
+}
+
 void scope_of_origin(const struct tally_group *gr, const char *origin, size_t len,
                      struct scope_name *out)
 {
@@ -185,17 +197,7 @@ int scope_follow(struct scope_stream *s, const struct tally_presence *main, bool
 
 bool scope_seen(struct scope_stream *s, uint64_t seq)
 {
-    if (seq > s->high) {
-        uint64_t shift = seq - s->high;
-        s->seen = shift >= 64 ? 1 : (s->seen << shift) | 1;
-        s->high = seq;
-        return true;
-    }
-    uint64_t back = s->high - seq;
-    if (back >= 64 || (s->seen >> back) & 1)
-        return false;
-    s->seen |= 1ULL << back;
-    return true;
+    return seq_window_first(&s->high, &s->seen, seq);
 }
 
 uint64_t scope_next_seq(const struct scope_stream *s, uint64_t seq)

@@ -1430,6 +1430,9 @@ static inline void group_refresh_now(struct tally_group *gr)
     if (gr->refresh_due > soon)
         gr->refresh_due = soon; /* a tenth of the interval after the last began */
 }
+/* A flooded stream's seqs seen here: the highest, and the 64 below it (copies
+ * arrive over many paths, out of order). True the first time seq is seen. */
+bool seq_window_first(uint64_t *high, uint64_t *seen, uint64_t seq);
 /* True if replica stands for a whole group or region (an id starting with '.'). */
 bool group_replica(const struct tally_table *t, uint32_t replica);
 /* 0 for a node, 1 for a group's replica, 2 for a region's. */
@@ -1465,6 +1468,10 @@ enum scope_take scope_take(const struct tally_group *gr, const struct tally_grou
                            const char *origin, size_t len, const char *group, size_t glen,
                            const char *region, size_t rlen);
 
+/* Whether a PRESENCE of origin may come on topic $tally/v1/<kind>...: a
+ * node's on presence/, a group's sums on gviews/, a region's on rviews/,
+ * any on replay/ (scope.c). */
+bool scope_topic_fits(const char *kind, const char *origin, size_t len);
 /* The group and region a PRESENCE of `origin` is published under, as a hub
  * of group gr holds it: gr's for a node's, g and gr's region for ".g", gr
  * and r for "..r" (a replay names the origin's scope, scope.c). */

@@ -18,10 +18,10 @@ neighbour.
 With --pairs, four hubs in two pairs: hub1 bridged to hub0, hub3 to hub2, and hub2 to the first
 pair (hub0, or hub1 while it is down); each edge's backup is the other hub of its pair. With
 --groups too, each pair is a group of hubs (plugin_opt_group, README "Groups of hubs"): the
-bridge between the pairs carries GSUMs, presence and stats only, and hub0 holds the other pair's
+bridge between the pairs carries GSUMs, the groups' viewer sums and stats only, and hub0 holds the other pair's
 nodes as one replica. With --regions instead, each hub is a group of its own and each pair a
 region (plugin_opt_region, README "Regions: groups of groups"): the bridge between the pairs
-carries RSUMs, presence and stats only, and an edge lists its own hub alone (its failover list
+carries RSUMs, the regions' viewer sums and stats only, and an edge lists its own hub alone (its failover list
 stays in its group). Printed besides: how many slots of `shared` hub0 holds (its state
 document's `nodes`).
 
@@ -49,9 +49,9 @@ import common
 
 HUBS = 3
 PLUGIN = common.PLUGIN  # --plugin
-BETWEEN_GROUPS = ["topic $tally/v1/gsum/# both 1", "topic $tally/v1/presence/# both 1",
+BETWEEN_GROUPS = ["topic $tally/v1/gsum/# both 1", "topic $tally/v1/gviews/# both 1",
                   "topic $tally/stats/# both 1"]
-BETWEEN_REGIONS = ["topic $tally/v1/rsum/# both 1", "topic $tally/v1/presence/# both 1",
+BETWEEN_REGIONS = ["topic $tally/v1/rsum/# both 1", "topic $tally/v1/rviews/# both 1",
                    "topic $tally/stats/# both 1"]
 
 

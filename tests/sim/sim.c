@@ -93,10 +93,28 @@
 
 /* K_REPLAY: a PRESENCE replayed to a neighbour that restarted, on its own
  * topic (plugin.c's emit_replay), which that neighbour takes and does not
- * send on */
-enum kind { K_UP, K_DOWN, K_SYNC, K_DIGEST, K_PRESENCE, K_REPLAY, K_GSUM, K_RSUM, K__COUNT };
-static const char *kind_name[K__COUNT] = {"up",       "down",   "sync", "digest",
-                                          "presence", "replay", "gsum", "rsum"};
+ * send on. K_GVIEWS, K_RVIEWS: a PRESENCE of a group's (region's) viewer
+ * sums, on its own topic (scope.c). */
+enum kind {
+    K_UP,
+    K_DOWN,
+    K_SYNC,
+    K_DIGEST,
+    K_PRESENCE,
+    K_REPLAY,
+    K_GSUM,
+    K_RSUM,
+    K_GVIEWS,
+    K_RVIEWS,
+    K__COUNT
+};
+static const char *kind_name[K__COUNT] = {"up",     "down", "sync", "digest", "presence",
+                                          "replay", "gsum", "rsum", "gviews", "rviews"};
+
+static bool flooded(enum kind k)
+{
+    return k == K_PRESENCE || k == K_GVIEWS || k == K_RVIEWS;
+}
 
 struct msg {
     uint32_t from, to;
@@ -378,14 +396,16 @@ static void send(uint32_t from, uint32_t to, enum kind kind, const struct wire_b
     push(at, to, m);
 }
 
-/* A hub's publish under $tally/: every bridge carries it, but SYNC and
- * DIGEST only those inside its group (the bridges between groups carry
- * $tally/v1/gsum/#, never sync/#: plugin.c refuses another group's), and
- * GSUM only those inside its region (between regions: rsum/#). */
+/* A hub's publish under $tally/: every bridge carries it, but SYNC, DIGEST
+ * and a node's own PRESENCE only those inside its group (the bridges between
+ * groups carry $tally/v1/gsum/# and gviews/#, never sync/# or presence/#:
+ * plugin.c refuses another group's), and GSUM and a group's viewer sums only
+ * those inside its region (between regions: rsum/# and rviews/#). */
 static void broadcast(uint32_t from, enum kind kind, const struct wire_buf *b, uint32_t except)
 {
     struct node *n = &nodes[from];
-    bool in_group = kind == K_SYNC || kind == K_DIGEST, in_region = kind == K_GSUM;
+    bool in_group = kind == K_SYNC || kind == K_DIGEST || kind == K_PRESENCE,
+         in_region = kind == K_GSUM || kind == K_GVIEWS;
     for (uint32_t i = 0; i < n->nlinks; i++) {
         uint32_t to = n->links[i].to;
         if (to != except && !(in_group && group_of(to) != group_of(from)) &&
@@ -486,14 +506,20 @@ static void hub_on_presence(struct node *n, const struct msg *m)
                     m->kind == K_REPLAY ? wp.origin_len : 0, &sn);
     enum scope_take st =
         scope_take(&n->gr, &n->rg, wp.origin, wp.origin_len, sn.group, sn.glen, sn.region, sn.rlen);
+    static const char *topic[K__COUNT] = {[K_PRESENCE] = "presence/",
+                                          [K_REPLAY] = "replay/",
+                                          [K_GVIEWS] = "gviews/",
+                                          [K_RVIEWS] = "rviews/"};
+    if (!scope_topic_fits(topic[m->kind], wp.origin, wp.origin_len))
+        abort(); /* the simulator sends each on its own topic */
     if (st != SCOPE_TAKE) {
         struct scope_stream *sc = n->scs[wp.origin_len > 1 && wp.origin[1] == GROUP_MARK];
         if (st == SCOPE_PASS && sc && scope_seen(sc, wp.seq)) {
             scope_wants(n->scs, &n->pr, &wp);
             struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
-            if (m->kind == K_PRESENCE) {
+            if (flooded(m->kind)) {
                 flood_pub = m->pub;
-                broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
+                broadcast((uint32_t)(n - nodes), m->kind, &b, m->from);
                 flood_pub = UINT32_MAX;
             }
         }
@@ -518,10 +544,10 @@ static void hub_on_presence(struct node *n, const struct msg *m)
         struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
         /* a replay is not sent on, nor its origin's own that every other
          * neighbour hears, outside groups (plugin.c's on_presence) */
-        if (m->kind == K_PRESENCE &&
+        if (flooded(m->kind) &&
             !(k >= 0 && !group_on(&n->gr) && repl_covered(&n->repl, (uint16_t)k))) {
             flood_pub = m->pub;
-            broadcast((uint32_t)(n - nodes), K_PRESENCE, &b, m->from);
+            broadcast((uint32_t)(n - nodes), m->kind, &b, m->from);
             flood_pub = UINT32_MAX;
         }
         if (tier_hub_heard(&n->tier, &n->pr, &wp, now) != TALLY_OK)
@@ -610,8 +636,8 @@ static void route_part(const struct wire_buf *msg, void *ud)
     const struct route *r = ud;
     if (msg->len > opt.tier_bytes)
         abort();
-    if (r->kind == K_PRESENCE && r->to == UINT32_MAX)
-        broadcast(r->from, K_PRESENCE, msg, UINT32_MAX);
+    if (flooded(r->kind) && r->to == UINT32_MAX)
+        broadcast(r->from, r->kind, msg, UINT32_MAX);
     else
         send(r->from, r->to, r->kind, msg);
 }
@@ -664,7 +690,7 @@ static void scope_part(const struct wire_buf *msg, void *ud)
 static void scope_send(struct node *n, struct scope_stream *sc, bool changes)
 {
     struct wire_buf b = {0};
-    struct route r = {(uint32_t)(n - nodes), UINT32_MAX, K_PRESENCE};
+    struct route r = {(uint32_t)(n - nodes), UINT32_MAX, sc->level == 1 ? K_GVIEWS : K_RVIEWS};
     uint64_t first = scope_next_seq(sc, now * 1000);
     uint32_t sent = 0;
     if (changes && !sc->hub.all_pages_owed && !sc->wants_owed &&
@@ -1622,6 +1648,8 @@ static void deliver(const struct event *ev)
         break;
     case K_PRESENCE:
     case K_REPLAY:
+    case K_GVIEWS:
+    case K_RVIEWS:
         hub_on_presence(n, m);
         break;
     case K_GSUM:

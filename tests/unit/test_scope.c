@@ -207,6 +207,16 @@ START_TEST(test_who_takes_which_stream)
                                  sn.region, sn.rlen) == SCOPE_TAKE,
                       "replay of %s", replayed[i]);
     }
+    /* Each on its own topic: a node's on presence/, a group's sums on
+     * gviews/, a region's on rviews/, any replayed */
+    ck_assert(scope_topic_fits("presence/a1@g1@r1", "e7", 2));
+    ck_assert(scope_topic_fits("gviews/a1@g1@r1", ".g1", 3));
+    ck_assert(scope_topic_fits("rviews/a1@g1@r1", "..r1", 4));
+    ck_assert(scope_topic_fits("replay/.g2@g2@r1", ".g2", 3));
+    ck_assert(!scope_topic_fits("presence/a1@g1@r1", ".g1", 3));
+    ck_assert(!scope_topic_fits("gviews/a1@g1@r1", "e7", 2));
+    ck_assert(!scope_topic_fits("gviews/a1@g1@r1", "..r1", 4));
+    ck_assert(!scope_topic_fits("rviews/a1@g1@r1", ".g1", 3));
     /* A hub in no group takes what hubs in none send, and nothing else. */
     struct tally_group none, none_r;
     group_init(&none, NULL, 1, 10000);
