@@ -28,7 +28,8 @@ document's `nodes`).
 With --churn R, viewers too: at each edge two clients view `presence/home`, and one more views
 and leaves one of ten pages R times a second (so that every edge's counts keep changing); hub0
 must end counting every edge's viewers of `presence/home`. With --plugin, another build of the
-plugin runs (to compare a change with the code before it).
+plugin runs (to compare a change with the code before it; --old-bridges for a build before
+2026-12-05, whose bridges between groups carry presence/# instead of gviews/# and rviews/#).
 
 Every broker and the load share the machine's cores: figures, not pass/fail, and noisy when
 other work runs. Standard library only; needs the plugin built.
@@ -49,6 +50,7 @@ import common
 
 HUBS = 3
 PLUGIN = common.PLUGIN  # --plugin
+OLD_BRIDGES = False  # --old-bridges
 BETWEEN_GROUPS = ["topic $tally/v1/gsum/# both 1", "topic $tally/v1/gviews/# both 1",
                   "topic $tally/stats/# both 1"]
 BETWEEN_REGIONS = ["topic $tally/v1/rsum/# both 1", "topic $tally/v1/rviews/# both 1",
@@ -95,6 +97,9 @@ def pairs(stack, workdir, per_hub, groups, regions=False):
             extra = ["connection hub2-to-pair0", "address " + ports, "clientid hub2-to-pair0"]
             extra += (BETWEEN_REGIONS if regions else BETWEEN_GROUPS if groups
                       else ["topic $tally/# both 1"])
+            if OLD_BRIDGES:  # an earlier build's viewers cross on presence/
+                extra = [t.replace("gviews", "presence").replace("rviews", "presence")
+                         for t in extra]
             extra += ["restart_timeout 1 1", "cleansession true", "try_private true"]
         group = "hub%d" % h if regions else "pair%d" % (h // 2) if groups else None
         region = "pair%d" % (h // 2) if regions else None
@@ -168,8 +173,12 @@ class Churn(threading.Thread):
             self.stopped.wait(max(0.0, next_at - time.monotonic()))
 
     def stop(self):
+        """Stops the churn; the viewers stay until close."""
         self.stopped.set()
         self.join(10)
+
+    def close(self):
+        self.stop()
         for c in self.viewers + self.churners:
             c.close()
 
@@ -212,7 +221,7 @@ def run(workdir, per_hub, args, table):
             stack.callback(r.stop)
         churn = Churn(edges, args.churn) if args.churn else None
         if churn:
-            stack.callback(churn.stop)
+            stack.callback(churn.close)
         load = bs.PacedLoad(edges, edges, bs.LEAF_SHARED_RATE, bs.LEAF_OWN_RATE)
         stack.callback(load.close)
         cpu0 = hubs["hub0"].cpu_seconds()
@@ -300,9 +309,11 @@ def parse_args():
     p.add_argument("--churn", type=float, default=0, metavar="R",
                    help="viewers at every edge, one page changing R times a second at each")
     p.add_argument("--plugin", default=str(common.PLUGIN), help="the plugin to run")
+    p.add_argument("--old-bridges", action="store_true",
+                   help="bridges between groups carry presence/# (builds before 2026-12-05)")
     args = p.parse_args()
-    global PLUGIN
-    PLUGIN = args.plugin
+    global PLUGIN, OLD_BRIDGES
+    PLUGIN, OLD_BRIDGES = args.plugin, args.old_bridges
     if (args.groups or args.regions) and not args.pairs:
         p.error("--groups and --regions need --pairs")
     if args.groups and args.regions:
