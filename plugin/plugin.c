@@ -937,10 +937,7 @@ static bool scope_counts(const struct mosquitto_evt_message *ev, const struct wi
     if (st == SCOPE_REFUSE) {
         g.group.viewers_refused++;
     } else if (st == SCOPE_PASS) {
-        struct scope_stream *s = g.scopes[wp->origin_len > 1 && wp->origin[1] == GROUP_MARK];
-        *taken = s && scope_seen(s, wp->seq);
-        if (*taken)
-            scope_wants(g.scopes, &g.presence, wp);
+        *taken = scope_pass(g.scopes, &g.presence, wp);
     }
     return st == SCOPE_TAKE;
 }
@@ -1715,33 +1712,16 @@ static uint64_t heartbeat_ms(void)
     return every < 1000 ? every : 1000;
 }
 
-/* Our group's (region's) viewer sums: their changes alone if that is
- * cheaper, else (or changes=false: a heartbeat) all of them or a keepalive,
- * numbered above any seq of theirs seen (scope.c). */
+/* Our group's (region's) viewer sums (scope.c): changes (or, at a
+ * heartbeat, all of them or a keepalive), on their own topic. */
 static void scope_send(struct scope_stream *s, bool changes, uint64_t now)
 {
-    uint64_t first = scope_next_seq(s, wall_ms() * 1000);
-    uint32_t n = 0;
-    char *kind = s->level == 1 ? "gviews" : "rviews";
-    if (changes && !s->hub.all_pages_owed && !s->wants_owed &&
-        !(n = presence_announce_changes(&s->pr, s->hub.node_id, SCOPE_INCARNATION, first, &g.buf,
-                                        emit_presence, kind)))
-        tier_hub_owe_pages(&s->hub);
-    if (!n) {
-        int rc = tier_hub_heartbeat(
-            &s->hub, &s->pr, SCOPE_INCARNATION, first, now, (uint64_t)g.opt.peer_timeout_ms,
-            (size_t)g.opt.max_message_bytes, &g.buf, emit_presence, kind, &n);
-        if (rc != TALLY_OK)
-            mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot announce the viewers of %s: %s",
-                                 s->hub.node_id, tally_strerror(rc));
-    }
-    scope_sent(s, first, n);
-    s->wants_owed = false;
-}
-
-static void scope_heartbeat(struct scope_stream *s, uint64_t now)
-{
-    scope_send(s, false, now);
+    int rc = scope_announce(s, changes, wall_ms() * 1000, now, (uint64_t)g.opt.peer_timeout_ms,
+                            (size_t)g.opt.max_message_bytes, &g.buf, emit_presence,
+                            s->level == 1 ? "gviews" : "rviews");
+    if (rc != TALLY_OK)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot announce the viewers of %s: %s",
+                             s->hub.node_id, tally_strerror(rc));
 }
 
 /* Once a publish interval, after the sums: the viewer sums follow who
@@ -1757,7 +1737,7 @@ static void scope_tick(uint64_t now)
     presence_scope_taken(&g.presence);
     for (int k = 0; k < 2; k++) {
         struct scope_stream *s = g.scopes[k];
-        if (s && s->speaking && (s->pr.local_changed || s->hub.all_pages_owed || s->wants_owed))
+        if (s && scope_due(s))
             scope_send(s, true, now); /* what a receiver lacks, or asks for, goes at once */
     }
 }
@@ -1781,7 +1761,7 @@ static void announce_presence(void)
     g.last_announce_ms = now;
     for (int k = 0; k < 2; k++)
         if (g.scopes[k] && g.scopes[k]->speaking)
-            scope_heartbeat(g.scopes[k], now);
+            scope_send(g.scopes[k], false, now);
 }
 
 /* Outputs are paced per name: a changed counter is published (its watched

@@ -195,20 +195,46 @@ int scope_follow(struct scope_stream *s, const struct tally_presence *main, bool
     return presence_scope_sync(main, &s->pr, s->level, all);
 }
 
-bool scope_seen(struct scope_stream *s, uint64_t seq)
+static bool scope_seen(struct scope_stream *s, uint64_t seq)
 {
     return seq_window_first(&s->high, &s->seen, seq);
 }
 
-uint64_t scope_next_seq(const struct scope_stream *s, uint64_t seq)
+bool scope_due(const struct scope_stream *s)
 {
-    return seq > s->high ? seq : s->high + 1;
+    return s->speaking && (s->pr.local_changed || s->hub.all_pages_owed || s->wants_owed);
 }
 
-void scope_sent(struct scope_stream *s, uint64_t first, uint32_t n)
+int scope_announce(struct scope_stream *s, bool changes, uint64_t clock_seq, uint64_t now_ms,
+                   uint64_t timeout_ms, size_t max_bytes, struct wire_buf *out, tier_emit_fn *emit,
+                   void *ud)
 {
+    /* above every seq of the stream seen here: a hub taking over goes on
+     * where the last speaker stopped, whatever their clocks */
+    uint64_t first = clock_seq > s->high ? clock_seq : s->high + 1;
+    uint32_t n = 0;
+    int rc = TALLY_OK;
+    if (changes && !s->hub.all_pages_owed && !s->wants_owed &&
+        !(n = presence_announce_changes(&s->pr, s->hub.node_id, SCOPE_INCARNATION, first, out, emit,
+                                        ud)))
+        tier_hub_owe_pages(&s->hub); /* not worth sending alone: all of them */
+    if (!n)
+        rc = tier_hub_heartbeat(&s->hub, &s->pr, SCOPE_INCARNATION, first, now_ms, timeout_ms,
+                                max_bytes, out, emit, ud, &n);
     for (uint32_t i = 0; i < n; i++)
-        scope_seen(s, first + i);
+        scope_seen(s, first + i); /* ours, back through a ring, is not passed on */
+    s->wants_owed = false;
+    return rc;
+}
+
+bool scope_pass(struct scope_stream *const streams[2], struct tally_presence *main,
+                const struct wire_presence *wp)
+{
+    struct scope_stream *s = streams[marks(wp->origin, wp->origin_len) == 2];
+    if (!s || !scope_seen(s, wp->seq))
+        return false;
+    scope_wants(streams, main, wp);
+    return true;
 }
 
 void scope_wants(struct scope_stream *const streams[2], struct tally_presence *main,

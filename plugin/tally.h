@@ -1504,11 +1504,21 @@ void scope_free(struct scope_stream *s);
  * (!gr->quiet); speaking, the sums are brought up to date from main (all
  * of them when we begin), else forgotten. Then presence_scope_taken(main). */
 int scope_follow(struct scope_stream *s, const struct tally_presence *main, bool speaking);
-/* True the first time seq of the stream is seen here (our own included). */
-bool scope_seen(struct scope_stream *s, uint64_t seq);
-/* The first seq of what we send next: seq, or above every one seen. */
-uint64_t scope_next_seq(const struct scope_stream *s, uint64_t seq);
-void scope_sent(struct scope_stream *s, uint64_t first, uint32_t n);
+/* Whether a stream we speak for has something to send now: changes, all
+ * its pages owed, or wants to carry. */
+bool scope_due(const struct scope_stream *s);
+/* Sends the stream, numbered from clock_seq (or above every seq of it seen
+ * here): with changes, what changed alone when that is cheaper, else (or
+ * at a heartbeat) all its pages or a keepalive, with its wants, each part
+ * of at most max_bytes handed to emit. TALLY_OK or a tally_err. */
+int scope_announce(struct scope_stream *s, bool changes, uint64_t clock_seq, uint64_t now_ms,
+                   uint64_t timeout_ms, size_t max_bytes, struct wire_buf *out, tier_emit_fn *emit,
+                   void *ud);
+/* Our own group's (region's) sums from another of its hubs (SCOPE_PASS):
+ * true the first time its seq is seen here (flood it on), and its wants
+ * taken (scope_wants). */
+bool scope_pass(struct scope_stream *const streams[2], struct tally_presence *main,
+                const struct wire_presence *wp);
 /* The wants of a taken or passed PRESENCE: of our stream (all its pages
  * owed), or of another scope's, owed in our stream one level up. streams:
  * our group's and region's (NULL: none). */

@@ -499,7 +499,7 @@ static void hub_on_presence(struct node *n, const struct msg *m)
         wire_presence_free(&wp);
         return;
     }
-    /* plugin.c's scope_of: another group's or region's stream, or our own
+    /* plugin.c's scope_counts: another group's or region's stream, or our own
      * group's (region's) sums, sent on and not counted */
     struct scope_name sn;
     scope_of_origin(&nodes[m->pub].gr, m->kind == K_REPLAY ? wp.origin : "",
@@ -513,9 +513,7 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     if (!scope_topic_fits(topic[m->kind], wp.origin, wp.origin_len))
         abort(); /* the simulator sends each on its own topic */
     if (st != SCOPE_TAKE) {
-        struct scope_stream *sc = n->scs[wp.origin_len > 1 && wp.origin[1] == GROUP_MARK];
-        if (st == SCOPE_PASS && sc && scope_seen(sc, wp.seq)) {
-            scope_wants(n->scs, &n->pr, &wp);
+        if (st == SCOPE_PASS && scope_pass(n->scs, &n->pr, &wp)) {
             struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
             if (flooded(m->kind)) {
                 flood_pub = m->pub;
@@ -691,18 +689,9 @@ static void scope_send(struct node *n, struct scope_stream *sc, bool changes)
 {
     struct wire_buf b = {0};
     struct route r = {(uint32_t)(n - nodes), UINT32_MAX, sc->level == 1 ? K_GVIEWS : K_RVIEWS};
-    uint64_t first = scope_next_seq(sc, now * 1000);
-    uint32_t sent = 0;
-    if (changes && !sc->hub.all_pages_owed && !sc->wants_owed &&
-        !(sent = presence_announce_changes(&sc->pr, sc->hub.node_id, SCOPE_INCARNATION, first, &b,
-                                           scope_part, &r)))
-        tier_hub_owe_pages(&sc->hub);
-    if (!sent &&
-        tier_hub_heartbeat(&sc->hub, &sc->pr, SCOPE_INCARNATION, first, now, PEER_TIMEOUT_MS,
-                           opt.tier_bytes, &b, scope_part, &r, &sent) != TALLY_OK)
+    if (scope_announce(sc, changes, now * 1000, now, PEER_TIMEOUT_MS, opt.tier_bytes, &b,
+                       scope_part, &r) != TALLY_OK)
         abort();
-    scope_sent(sc, first, sent);
-    sc->wants_owed = false;
     wbuf_free(&b);
 }
 
@@ -715,8 +704,7 @@ static void hub_scope_tick(struct node *n)
             abort();
     presence_scope_taken(&n->pr);
     for (int k = 0; k < 2; k++)
-        if (n->scs[k] && n->scs[k]->speaking &&
-            (n->scs[k]->pr.local_changed || n->scs[k]->hub.all_pages_owed || n->scs[k]->wants_owed))
+        if (n->scs[k] && scope_due(n->scs[k]))
             scope_send(n, n->scs[k], true);
 }
 
@@ -1288,6 +1276,8 @@ static void far_viewers_seen(void)
     uint64_t sums = 2 * TICK_MS + 2 * opt.publish_ms + FAR_HOPS * opt.delay_ms;
     uint64_t live = 0, ndead = 0, within = 0;
     uint64_t *died = malloc(opt.hubs * opt.edges_per_hub * sizeof(*died) + 1);
+    if (!died)
+        abort();
     for (uint32_t i = opt.hubs; i < nnodes; i++) {
         if (nodes[i].alive) {
             live++;

@@ -85,20 +85,10 @@ static void streams(struct hub *h, uint64_t now, bool heartbeat)
     struct wire_buf b = {0};
     for (int k = 0; k < 2; k++) {
         struct scope_stream *s = h->scs[k];
-        if (!s || !s->speaking ||
-            (!heartbeat && !s->pr.local_changed && !s->hub.all_pages_owed && !s->wants_owed))
-            continue;
-        uint64_t first = scope_next_seq(s, now * 1000);
-        uint32_t n = 0;
-        if (!heartbeat && !s->hub.all_pages_owed && !s->wants_owed)
-            n = presence_announce_changes(&s->pr, s->hub.node_id, SCOPE_INCARNATION, first, &b,
-                                          collect, NULL);
-        if (!n)
-            ck_assert_int_eq(tier_hub_heartbeat(&s->hub, &s->pr, SCOPE_INCARNATION, first, now,
-                                                TIMEOUT_MS, MAX_BYTES, &b, collect, NULL, &n),
+        if (s && (heartbeat ? s->speaking : scope_due(s)))
+            ck_assert_int_eq(scope_announce(s, !heartbeat, now * 1000, now, TIMEOUT_MS, MAX_BYTES,
+                                            &b, collect, NULL),
                              TALLY_OK);
-        scope_sent(s, first, n);
-        s->wants_owed = false;
     }
     wbuf_free(&b);
 }
@@ -136,9 +126,7 @@ static bool hear(struct hub *h, int i, uint64_t now)
                                     pg->region, pg->region_len);
     bool taken = false;
     if (st == SCOPE_PASS) {
-        taken = scope_seen(h->scs[wp.origin_len > 1 && wp.origin[1] == GROUP_MARK], wp.seq);
-        if (taken)
-            scope_wants(h->scs, &h->pr, &wp);
+        taken = scope_pass(h->scs, &h->pr, &wp);
     } else if (st == SCOPE_TAKE) {
         char id[TALLY_NODE_ID_MAX + 1];
         snprintf(id, sizeof(id), "%.*s", (int)wp.origin_len, wp.origin);
