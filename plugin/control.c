@@ -907,8 +907,9 @@ static void unit_json(struct wire_buf *b, const char *key, const struct tally_gr
     wbuf_json_str(b, gr->name, gr->len);
     wbuf_printf(b,
                 ",\"announced\":%" PRIu64 ",\"learned\":%" PRIu64 ",\"stale\":%" PRIu64
-                ",\"refused\":%" PRIu64 ",\"viewers_refused\":%" PRIu64 ",\"speaking\":%s}",
-                gr->announced, gr->learned, gr->stale, gr->refused, gr->viewers_refused,
+                ",\"refused\":%" PRIu64 ",\"viewers_refused\":%" PRIu64 ",\"echoed\":%" PRIu64
+                ",\"speaking\":%s}",
+                gr->announced, gr->learned, gr->stale, gr->refused, gr->viewers_refused, gr->echoed,
                 gr->quiet ? "false" : "true");
 }
 
@@ -992,10 +993,12 @@ void node_stats_json(struct wire_buf *b, const struct stats_view *v)
                 ",\"repl\":{\"msgs_in\":%" PRIu64 ",\"bytes_in\":%" PRIu64 ",\"msgs_out\":%" PRIu64
                 ",\"bytes_out\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"too_large\":%" PRIu64
                 ",\"too_large_out\":%" PRIu64 ",\"repaired\":%" PRIu64 ",\"repairs_asked\":%" PRIu64
-                ",\"unnamed\":%" PRIu64 ",\"replayed\":%" PRIu64 ",\"neighbours\":%" PRIu32 "}",
+                ",\"unnamed\":%" PRIu64 ",\"replayed\":%" PRIu64 ",\"floods_held\":%" PRIu64
+                ",\"neighbours\":%" PRIu32 "}",
                 st->repl_msgs_in, st->repl_bytes_in, st->repl_msgs_out, st->repl_bytes_out,
                 st->repl_rejected, st->repl_too_large, st->repl_dropped_large, st->repair_counters,
-                v->repairs_asked, v->unnamed, st->presence_replayed, v->neighbours);
+                v->repairs_asked, v->unnamed, st->presence_replayed, st->floods_held,
+                v->neighbours);
     wbuf_printf(b, ",\"dedup\":{\"ids\":%" PRIu32 ",\"window\":%" PRIu32 "}", v->dedup->count,
                 v->dedup->window);
     wbuf_printf(b, ",\"limits\":{\"max_counters\":%lld,\"max_devices\":%lld,\"max_viewers\":%lld",

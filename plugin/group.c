@@ -104,6 +104,22 @@
  * to a bridge that closed is healed by then; sooner, at most ten times an
  * interval, when a node is heard anew), in parts of max_message_bytes.
  *
+ * ---- The last sums twice ----
+ *
+ * A GSUM lost on the way is healed by the next one of the same counter, so
+ * under load a loss costs a publish interval; the last of a burst had none
+ * after it, and waited for the refresh (10 sync intervals). A counter whose
+ * sums were sent, then stayed still for a third of quiet_ms (a presence
+ * heartbeat), is sent again, twice, a third of quiet_ms apart (echo_due): a
+ * counter that keeps rising is never echoed, one that stops is echoed
+ * twice. A sum crosses a few bridges, each taking one copy since floods go
+ * on only where a neighbour lacks them (repl.c, rule 2b): in the
+ * simulator's 10,200 nodes in 5 regions at 2% loss, a region's last sum
+ * and its one echo were both lost on the way to a group, which then waited
+ * for the refresh (10.4 s after the load, against 5.2 before rule 2b).
+ * Only its sums and stamps: a device maximum or a base lost at the end of
+ * a burst still waits for the refresh.
+ *
  * ---- What it costs ----
  *
  * A hub of g groups holds, per counter, its own group's slots and g - 1
@@ -161,6 +177,7 @@ void group_init(struct tally_group *gr, const char *name, uint64_t session, uint
         gr->len = GROUP_NAME_MAX;
     memcpy(gr->name, name ? name : "", gr->len);
     gr->queue_tail = &gr->queue;
+    gr->echo_tail = &gr->echo;
     gr->session = session;
     gr->refresh_ms = refresh_ms;
     gr->quiet_ms = 3000;
@@ -228,8 +245,9 @@ void group_free(struct tally_group *gr)
         HASH_DEL(gr->origins, o);
         free(o);
     }
-    gr->queue = NULL;
+    gr->queue = gr->echo = NULL;
     gr->queue_tail = &gr->queue;
+    gr->echo_tail = &gr->echo;
     gr->cursor = NULL;
 }
 
@@ -639,6 +657,57 @@ static void put_entry(struct gsum_out *o, struct group_entry *e, bool all)
     } while ((k < e->nbases || i < e->ndevs) && !o->b->failed);
 }
 
+/* The last sums again (above): ECHOES times, an echo interval apart, once
+ * still. */
+#define ECHOES 2
+
+static void echo_queue(struct tally_group *gr, struct group_entry *e, uint64_t at_ms)
+{
+    e->echo_queued = true;
+    e->echo_ms = at_ms;
+    e->echo_next = NULL;
+    *gr->echo_tail = e;
+    gr->echo_tail = &e->echo_next;
+}
+
+/* e's sums went now, from the queue. */
+static void echo_later(struct tally_group *gr, struct group_entry *e, uint64_t now_ms)
+{
+    e->sent_ms = now_ms;
+    e->echoes = ECHOES;
+    if (!e->echo_queued)
+        echo_queue(gr, e, now_ms);
+}
+
+static void echo_drop(struct tally_group *gr)
+{
+    for (struct group_entry *e; (e = gr->echo); gr->echo = e->echo_next)
+        e->echo_queued = false;
+    gr->echo_tail = &gr->echo;
+}
+
+/* Writes the echoes due: of the entries that went an echo interval ago
+ * and not since; one that went since waits an interval from then. */
+static void echo_due(struct gsum_out *o, uint64_t now_ms)
+{
+    struct tally_group *gr = o->gr;
+    uint64_t every = gr->quiet_ms / 3;
+    for (struct group_entry *e; (e = gr->echo) && e->echo_ms + every <= now_ms;) {
+        gr->echo = e->echo_next;
+        if (!gr->echo)
+            gr->echo_tail = &gr->echo;
+        e->echo_queued = false;
+        if (e->sent_ms > e->echo_ms && e->sent_ms + every > now_ms) {
+            echo_queue(gr, e, e->sent_ms); /* went again since: still moving */
+            continue;
+        }
+        put_entry(o, e, false);
+        gr->echoed++;
+        if (--e->echoes)
+            echo_queue(gr, e, now_ms);
+    }
+}
+
 uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, const char *self,
                         uint64_t now_ms, size_t max_bytes, size_t budget, struct wire_buf *b,
                         void (*emit)(const struct wire_buf *msg, void *ud), void *ud)
@@ -659,6 +728,7 @@ uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, con
         }
         gr->queue_tail = &gr->queue;
         gr->cursor = NULL;
+        echo_drop(gr);
         gr->quiet = true;
         return 0;
     }
@@ -672,8 +742,10 @@ uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, con
         gr->queue = e->next;
         e->queued = false;
         put_entry(&o, e, false);
+        echo_later(gr, e, now_ms);
     }
     gr->queue_tail = &gr->queue;
+    echo_due(&o, now_ms);
     if (!gr->cursor && now_ms >= gr->refresh_due) {
         gr->cursor = gr->entries;
         gr->refresh_due = now_ms + gr->refresh_ms;

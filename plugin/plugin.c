@@ -947,13 +947,12 @@ static bool scope_counts(const struct mosquitto_evt_message *ev, const struct wi
  * bridge it came in on (bridges subscribe with no-local), so a leaf of a star
  * does not echo to its hub what the hub told it, and a copy seen before is
  * dropped, so a ring of bridges does not loop. */
-static int take_presence(const struct mosquitto_evt_message *ev, bool *taken, int *from)
+static int take_presence(const struct mosquitto_evt_message *ev, bool *taken)
 {
     const void *payload = ev->payload;
     size_t len = ev->payloadlen;
     struct wire_presence wp;
     int rc = wire_decode_presence(payload, len, &wp);
-    *from = -1;
     *taken = false;
     if (rc != TALLY_OK)
         return rc;
@@ -970,7 +969,7 @@ static int take_presence(const struct mosquitto_evt_message *ev, bool *taken, in
      * (tier.c, "the heartbeat's pages"). */
     bool anew = !o->alive || o->incarnation != wp.incarnation;
     /* its own heartbeat, straight over its bridge: a neighbour we hear */
-    int k = *from = repl_find(&g.repl, mosquitto_client_id(ev->client), wp.origin, wp.origin_len);
+    int k = repl_find(&g.repl, mosquitto_client_id(ev->client), wp.origin, wp.origin_len);
     if (k >= 0)
         repl_heard(&g.repl, (uint16_t)k, mono_ms());
     rc = presence_apply(&g.presence, o, &wp, taken);
@@ -1008,15 +1007,18 @@ static void count_routed(const struct mosquitto_evt_message *ev, bool route)
 
 static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
 {
-    int from;
-    int rc = take_presence(ev, route, &from);
-    /* Its origin's own, straight from it, which every other neighbour hears
-     * too: each of them had it from the origin (repl.c, rule 2a). Not in a
-     * group of hubs: our bridges to other groups are no neighbours of
-     * repl.c's (no SYNC crosses them), and a hub whose last bridge to the
-     * other groups died would be heard there by none (tests/sim found it). */
-    if (*route && from >= 0 && !group_on(&g.group) && repl_covered(&g.repl, (uint16_t)from))
+    const char *conn = mosquitto_client_id(ev->client);
+    /* a group's or region's viewer sums, which the other groups take */
+    bool sums = strncmp(ev->topic, "$tally/v1/presence/", strlen("$tally/v1/presence/")) != 0;
+    if (sums)
+        repl_outer_heard(&g.repl, conn, mono_ms());
+    int rc = take_presence(ev, route);
+    /* Every other neighbour had it from the one it came from (repl.c, rules
+     * 2a and 2b); a node's own counts stay in its group. */
+    if (*route && !repl_flood_on(&g.repl, conn, mono_ms(), sums ? 2 * g.group.quiet_ms : 0)) {
         *route = false;
+        g.st.floods_held++;
+    }
     count_routed(ev, *route);
     return rc;
 }
@@ -1030,9 +1032,8 @@ static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
 static int on_replay(const struct mosquitto_evt_message *ev, bool *route)
 {
     bool taken;
-    int from;
     (void)route; /* not sent on */
-    return take_presence(ev, &taken, &from);
+    return take_presence(ev, &taken);
 }
 
 /* Stats are JSON for people; they carry "incarnation" (a string: 64 bits),
@@ -1080,6 +1081,7 @@ static int on_stats(const struct mosquitto_evt_message *ev, bool *route)
     uint64_t inc, time_ms, seq;
     if (node_id_check(id, idlen) != TALLY_OK)
         return TALLY_E_WIRE;
+    repl_outer_heard(&g.repl, mosquitto_client_id(ev->client), mono_ms());
     if (is_self(id, idlen))
         return TALLY_OK;
     if (stats_order(payload, len, &inc, &time_ms, &seq) != TALLY_OK)
@@ -1100,7 +1102,11 @@ static int on_stats(const struct mosquitto_evt_message *ev, bool *route)
     o->stats_incarnation = inc;
     o->stats_time_ms = time_ms;
     o->stats_seq = seq;
-    *route = true; /* and retained here: any node shows every node's figures */
+    /* and retained here: any node shows every node's figures; sent on as
+     * the sums are (repl.c, rule 2b) */
+    *route =
+        repl_flood_on(&g.repl, mosquitto_client_id(ev->client), mono_ms(), 2 * g.group.quiet_ms);
+    g.st.floods_held += !*route;
     return g.edge ? TALLY_OK
                   : fold_peer_stats(&g.fold, &g.table, g.persist, o->node_id, payload, len,
                                     mono_ms(), time_ms);
@@ -1248,8 +1254,14 @@ static int on_down(const struct mosquitto_evt_message *ev, bool *route)
  * another region's one level up (RSUM). */
 static int on_sums(struct tally_group *gr, const struct mosquitto_evt_message *ev, bool *route)
 {
+    const char *conn = mosquitto_client_id(ev->client);
+    repl_outer_heard(&g.repl, conn, mono_ms());
     int rc =
         group_apply(gr, &g.table, g.persist, g.opt.node_id, ev->payload, ev->payloadlen, route);
+    if (*route && !repl_flood_on(&g.repl, conn, mono_ms(), 2 * g.group.quiet_ms)) {
+        *route = false; /* every other neighbour had it where we did (repl.c, rule 2b) */
+        g.st.floods_held++;
+    }
     count_routed(ev, *route);
     return rc;
 }

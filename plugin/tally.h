@@ -1246,6 +1246,7 @@ struct repl {
     bool learned;            /* a change owed to a neighbour came from another */
     uint64_t asked;          /* repairs asked of neighbours (gaps, new sessions) */
     uint64_t unnamed;        /* SYNCs not applied: a replica number we could not resolve */
+    uint64_t outer_ms;       /* a flood last came over a connection of no neighbour (2b) */
     struct wire_names names; /* the replicas our stream has named */
     uint64_t failed;         /* counters that could not be written (memory) */
     /* A bit per seq mod 2^16: that SYNC ended within a counter, whose entries
@@ -1315,6 +1316,15 @@ void repl_hearing(struct repl *r, uint64_t now_ms, uint64_t quiet_ms);
 /* Whether every other neighbour said it hears neighbour k (rule 2a): what
  * k sent them itself, we do not send on. */
 bool repl_covered(const struct repl *r, uint16_t k);
+/* Rule 2b (repl.c): a flood (a group's or region's sums or viewer sums)
+ * came in over connection conn; one that is no neighbour's is a bridge to
+ * another group or region, and a hub that has one floods on. */
+void repl_outer_heard(struct repl *r, const char *conn, uint64_t now_ms);
+/* Whether a flood new here, in over conn, is sent on: not when conn is a
+ * neighbour every other one hears (each had it from that neighbour) and,
+ * for a flood the other groups take (quiet_ms not 0), no bridge to another
+ * group or region was heard within quiet_ms. */
+bool repl_flood_on(const struct repl *r, const char *conn, uint64_t now_ms, uint64_t quiet_ms);
 /* Sends the pending slots of at most budget counters of the replication
  * list; returns how many counters it took. */
 size_t repl_send_deltas(struct repl *r, struct tally_table *t, struct wire_sync_writer *w,
@@ -1360,6 +1370,12 @@ struct group_base {
 struct group_entry {
     UT_hash_handle hh;
     struct group_entry *next; /* on the queue of entries owed */
+    /* On the queue of echoes (group.c, "The last sums twice"): since
+     * echo_ms; sent_ms, when its sums last went. */
+    struct group_entry *echo_next;
+    uint64_t echo_ms, sent_ms;
+    bool echo_queued;
+    uint8_t echoes; /* echoes still to go */
     uint64_t p, n, bp, bn;
     uint64_t deleted, reset;  /* the counter's stamps (reset.c) */
     struct group_dev *devs;   /* sorted by device */
@@ -1392,6 +1408,7 @@ struct tally_group {
     size_t region_len;
     struct group_entry *entries, *cursor; /* cursor: the refresh under way */
     struct group_entry *queue, **queue_tail;
+    struct group_entry *echo, **echo_tail;
     struct group_origin *origins;
     uint64_t session, seq, refresh_ms, refresh_due;
     /* One hub of a group speaks for it: the first in order of node id that
@@ -1400,6 +1417,7 @@ struct tally_group {
     uint64_t quiet_ms, clock_ms, senior_ms, sent_ms;
     bool senior, quiet;                          /* heard one before us in order; not speaking */
     uint64_t announced, learned, stale, refused; /* counters sent and taken, messages dropped */
+    uint64_t echoed;                             /* counters sent again as they went still */
     uint64_t viewers_refused; /* PRESENCE of another group or region dropped (scope.c) */
 };
 
@@ -1534,6 +1552,7 @@ struct tally_stats {
     uint64_t repl_msgs_in, repl_bytes_in, repl_msgs_out, repl_bytes_out;
     uint64_t repl_rejected, repl_too_large, repair_counters;
     uint64_t presence_replayed;  /* origins sent to a neighbour that restarted */
+    uint64_t floods_held;        /* new floods not sent on: each neighbour had them (2a, 2b) */
     uint64_t repl_dropped_large; /* ours, over max_message_bytes: not sent */
     uint64_t logins_refused;     /* by protect_clientids */
     uint64_t log_suppressed;

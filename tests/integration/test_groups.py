@@ -10,7 +10,8 @@ from conftest import wait_for
 from test_cluster import Watcher, close, closing, publisher  # noqa: F401 (closing: a fixture)
 from test_reset import control
 from tcpproxy import TcpProxy
-from test_tiers import bridged_to, edge_bridge, exact_everywhere, increments, viewers
+from test_tiers import (bridged_to, edge_bridge, exact_everywhere, increments, increments_of,
+                        viewers)
 
 OPTIONS = {"bridge_clientids": "*-to-*", "peer_timeout_ms": "3000", "sync_interval_ms": "500",
            "admin_usernames": "admin"}
@@ -137,6 +138,55 @@ def test_viewers_cross_groups_as_one_sum_per_group(brokers, closing):
                  what=f"{n.name}: presence/home == 6 (is {n.retained('presence/home')})")
     wait_for(lambda: group_stats(a1).get("speaking") is True, 15, what="a1 to speak again")
     wait_for(lambda: group_stats(a2).get("speaking") is False, 15, what="a2 to keep quiet")
+
+
+def stats_of(at, node):
+    """node's stats document as hub `at` holds it (retained there), {} if none."""
+    return json.loads(at.retained(f"$tally/stats/{node}") or "{}")
+
+
+def test_a_flood_goes_on_only_where_a_neighbour_lacks_it(brokers, closing):
+    """Rule 2b (plugin/repl.c): g1 = a1, a2, a3 in a full mesh, g2 = b1, bridged to g1 (a1, or a2
+    while a1 is down). g2's sums, viewer sums and stats come in at a1, which sends them on; a2 and
+    a3 each had them from a1 as well and do not send them on (repl.floods_held), yet count g2
+    exactly; a3's stats reach b1 through a1, which sends them on for its bridge out of the group
+    though a2 had them from a3. a1 killed with -9: b1's bridge moves to a2, which now sends on
+    what a3 needs from g2 and what b1 needs from a3."""
+    opts = dict(OPTIONS, stats_interval_ms="1000")
+    a1 = brokers("a1", options=dict(opts, group="g1"))
+    a2 = brokers("a2", options=dict(opts, group="g1"), bridges=[{"name": "a2-to-a1",
+                                                                 "port": a1.port}])
+    a3 = brokers("a3", options=dict(opts, group="g1"), bridges=[
+        {"name": "a3-to-a1", "port": a1.port}, {"name": "a3-to-a2", "port": a2.port}])
+    b1 = brokers("b1", options=dict(opts, group="g2"),
+                 extra=bridge("b1-to-g1", (a1.port, a2.port), BETWEEN_GROUPS))
+    hubs = [a1, a2, a3, b1]
+    closing.append(Watcher(b1.port, ["presence/home"], client_id="b1-viewer"))
+    closing.append(Watcher(a3.port, ["presence/home"], client_id="a3-viewer"))
+    increments_of(b1.port, ["shared"], 5)
+    increments_of(a3.port, ["shared"], 7)
+    exact_everywhere(hubs, {"shared": 12})
+    for h in hubs:
+        wait_for(lambda: h.retained("+/home") == "2", 20,
+                 what=f"{h.name}: presence/home == 2 (is {h.retained('+/home')})")
+    for h in (a2, a3):
+        wait_for(lambda: stats_of(h, h.name).get("repl", {}).get("floods_held", 0) > 0, 15,
+                 what=f"{h.name} to hold floods every neighbour had")
+    seq = stats_of(b1, "a3").get("seq", 0)
+    wait_for(lambda: stats_of(b1, "a3").get("seq", 0) > seq, 10,
+             what="a3's stats to reach b1 through a1")
+    a1.kill()
+    wait_for(lambda: group_stats(a2).get("speaking") is True, 15, what="a2 to speak for g1")
+    closing.append(Watcher(b1.port, ["presence/home"], client_id="b1-viewer2"))
+    increments_of(b1.port, ["shared"], 11)
+    increments_of(a3.port, ["shared"], 13)
+    exact_everywhere([a2, a3, b1], {"shared": 36})
+    for h in (a2, a3, b1):
+        wait_for(lambda: h.retained("+/home") == "3", 20,
+                 what=f"{h.name}: presence/home == 3 (is {h.retained('+/home')})")
+    seq = stats_of(b1, "a3").get("seq", 0)
+    wait_for(lambda: stats_of(b1, "a3").get("seq", 0) > seq, 10,
+             what="a3's stats to reach b1 through a2")
 
 
 def hub_lists(hub, name):

@@ -512,14 +512,20 @@ static void hub_on_presence(struct node *n, const struct msg *m)
                                           [K_RVIEWS] = "rviews/"};
     if (!scope_topic_fits(topic[m->kind], wp.origin, wp.origin_len))
         abort(); /* the simulator sends each on its own topic */
+    /* plugin.c's on_presence: a sum's flood goes on to other groups, a
+     * node's own counts stay in its group (repl.c, rules 2a and 2b) */
+    const char *conn = nodes[m->from].id;
+    bool sums = m->kind == K_GVIEWS || m->kind == K_RVIEWS;
+    if (sums)
+        repl_outer_heard(&n->repl, conn, now);
+    bool flood_on =
+        flooded(m->kind) && repl_flood_on(&n->repl, conn, now, sums ? 2 * n->gr.quiet_ms : 0);
     if (st != SCOPE_TAKE) {
-        if (st == SCOPE_PASS && scope_pass(n->scs, &n->pr, &wp)) {
+        if (st == SCOPE_PASS && scope_pass(n->scs, &n->pr, &wp) && flood_on) {
             struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
-            if (flooded(m->kind)) {
-                flood_pub = m->pub;
-                broadcast((uint32_t)(n - nodes), m->kind, &b, m->from);
-                flood_pub = UINT32_MAX;
-            }
+            flood_pub = m->pub;
+            broadcast((uint32_t)(n - nodes), m->kind, &b, m->from);
+            flood_pub = UINT32_MAX;
         }
         if (st == SCOPE_REFUSE)
             scope_refused++;
@@ -540,10 +546,7 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     }
     if (taken) {
         struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
-        /* a replay is not sent on, nor its origin's own that every other
-         * neighbour hears, outside groups (plugin.c's on_presence) */
-        if (flooded(m->kind) &&
-            !(k >= 0 && !group_on(&n->gr) && repl_covered(&n->repl, (uint16_t)k))) {
+        if (flood_on) { /* a replay is not sent on (plugin.c's on_replay) */
             flood_pub = m->pub;
             broadcast((uint32_t)(n - nodes), m->kind, &b, m->from);
             flood_pub = UINT32_MAX;
@@ -573,15 +576,17 @@ static void hub_on_presence(struct node *n, const struct msg *m)
 }
 
 /* As plugin.c's on_gsum: another group's sums taken (group_apply), and the
- * message flooded on to every other bridge when it was new here, as
- * PRESENCE is; one seen before is dropped. */
+ * message flooded on to every other bridge when it was new here and a
+ * neighbour may lack it (repl.c, rule 2b), as PRESENCE is; one seen before
+ * is dropped. */
 static void hub_on_sums(struct node *n, const struct msg *m)
 {
     bool fresh;
     struct tally_group *gr = m->kind == K_RSUM ? &n->rg : &n->gr;
+    repl_outer_heard(&n->repl, nodes[m->from].id, now);
     if (group_apply(gr, &n->t, NULL, n->id, m->data, m->len, &fresh) != TALLY_OK)
         abort();
-    if (fresh) {
+    if (fresh && repl_flood_on(&n->repl, nodes[m->from].id, now, 2 * n->gr.quiet_ms)) {
         struct wire_buf b = {.data = (uint8_t *)m->data, .len = m->len};
         broadcast((uint32_t)(n - nodes), m->kind, &b, m->from);
     }

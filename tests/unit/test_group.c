@@ -677,6 +677,7 @@ START_TEST(test_the_refresh_sends_every_counter_again_in_chunks)
     struct hub a;
     struct outbox out = {0};
     hub_init(&a, "a1", "g1", 1);
+    a.g.quiet_ms = 60000; /* echoes (next test) after the refreshes */
     char name[16];
     for (int i = 0; i < 5; i++) {
         snprintf(name, sizeof(name), "c%d", i);
@@ -712,6 +713,56 @@ START_TEST(test_the_refresh_sends_every_counter_again_in_chunks)
     ck_assert_int_eq(announce_sized(&a, 1999, MAX_BYTES, 100, &out), 0);
     ck_assert_int_eq(announce_sized(&a, 2000, MAX_BYTES, 100, &out), 1);
     ck_assert_uint_eq(records(&out, NULL, NULL), 5);
+    outbox_free(&out);
+    hubs_free(&a, &b);
+}
+END_TEST
+
+START_TEST(test_the_last_sums_go_again_twice_once_still)
+{
+    /* A counter's sums go again, twice, once they have been still for a
+     * third of quiet_ms (1 s here), a second apart: a GSUM lost at the end
+     * of a burst is healed a second later, not at the refresh; one that
+     * keeps rising is not echoed. */
+    struct hub a, b;
+    struct outbox out = {0};
+    two_groups(&a, &b);
+    a.g.refresh_due = 1000000; /* no refresh in the way */
+    slot(&a, "c", "e1", 5, 0);
+    note(&a, "c");
+    ck_assert_int_eq(announce_sized(&a, 0, MAX_BYTES, 100, &out), 1);
+    slot(&a, "c", "e1", 6, 0);
+    note(&a, "c");
+    ck_assert_int_eq(announce_sized(&a, 500, MAX_BYTES, 100, &out), 1);
+    outbox_free(&out);                              /* both lost on the way to b */
+    announce_sized(&a, 1000, MAX_BYTES, 100, &out); /* rose at 500: still moving */
+    announce_sized(&a, 1499, MAX_BYTES, 100, &out);
+    ck_assert_uint_eq(records(&out, NULL, NULL), 0);
+    ck_assert_int_eq(announce_sized(&a, 1500, MAX_BYTES, 100, &out), 1);
+    ck_assert_uint_eq(records(&out, "c", NULL), 1);
+    ck_assert_uint_eq(a.g.echoed, 1);
+    apply_all(&b, &out);
+    assert_group_slot(&b, "c", "g1", 6, 0);
+    outbox_free(&out);
+    announce_sized(&a, 2499, MAX_BYTES, 100, &out);
+    ck_assert_uint_eq(records(&out, NULL, NULL), 0);
+    ck_assert_int_eq(announce_sized(&a, 2500, MAX_BYTES, 100, &out), 1); /* and again */
+    ck_assert_uint_eq(records(&out, "c", NULL), 1);
+    outbox_free(&out);
+    announce_sized(&a, 3500, MAX_BYTES, 100, &out); /* twice: a keepalive, no record */
+    announce_sized(&a, 6000, MAX_BYTES, 100, &out);
+    ck_assert_uint_eq(records(&out, NULL, NULL), 0);
+    ck_assert_uint_eq(a.g.echoed, 2);
+    outbox_free(&out);
+    /* a hub that stops speaking drops the echoes it owed */
+    slot(&a, "c", "e1", 7, 0);
+    note(&a, "c");
+    ck_assert_int_eq(announce_sized(&a, 7000, MAX_BYTES, 100, &out), 1);
+    a.g.senior = true;
+    a.g.senior_ms = 7100;
+    ck_assert_int_eq(announce_sized(&a, 8000, MAX_BYTES, 100, &out), 0);
+    ck_assert_ptr_null(a.g.echo);
+    ck_assert_uint_eq(a.g.echoed, 2);
     outbox_free(&out);
     hubs_free(&a, &b);
 }
@@ -1415,6 +1466,7 @@ Suite *group_suite(void)
     tcase_add_test(tc, test_a_gsum_far_below_the_newest_is_dropped);
     tcase_add_test(tc, test_a_counter_whose_sum_did_not_rise_is_not_sent);
     tcase_add_test(tc, test_the_refresh_sends_every_counter_again_in_chunks);
+    tcase_add_test(tc, test_the_last_sums_go_again_twice_once_still);
     tcase_add_test(tc, test_a_device_maximum_travels_whole_and_is_not_echoed);
     tcase_add_test(tc, test_many_counters_are_split_within_max_bytes);
     tcase_add_test(tc, test_a_counter_with_many_devices_is_taken_whole_over_many_messages);

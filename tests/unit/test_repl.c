@@ -346,6 +346,31 @@ START_TEST(test_a_neighbour_no_longer_heard_is_forwarded_to_and_repaired)
 }
 END_TEST
 
+START_TEST(test_a_flood_goes_on_only_where_a_neighbour_lacks_it)
+{
+    /* Rule 2b: n1 takes a flood (a group's sums) from n0, which n2 hears:
+     * n2 had it from n0 too, and n1 sends it on only while a bridge to
+     * another group (a connection of no neighbour, over which a flood
+     * came) was heard within the quiet time. A node's own counts (quiet
+     * time 0) stay in the group: never sent on for that bridge. */
+    full_mesh(3);
+    struct repl *r = &nodes[1].r;
+    ck_assert(repl_flood_on(r, "n0", 500, 6000)); /* n2 not heard yet */
+    hear_each_other(1000);
+    ck_assert(!repl_flood_on(r, "n0", 1000, 6000));
+    ck_assert(!repl_flood_on(r, "n0", 1000, 0));
+    ck_assert(repl_flood_on(r, "g2-to-n1", 1000, 6000)); /* in from another group */
+    repl_outer_heard(r, "n2", 1500); /* a neighbour's connection: no bridge out */
+    ck_assert(!repl_flood_on(r, "n0", 1500, 6000));
+    repl_outer_heard(r, "g2-to-n1", 2000);
+    ck_assert(repl_flood_on(r, "n0", 2000, 6000));
+    ck_assert(repl_flood_on(r, "n0", 8000, 6000));
+    ck_assert(!repl_flood_on(r, "n0", 2000, 0));
+    ck_assert(!repl_flood_on(r, "n0", 8001, 6000)); /* that bridge went quiet */
+    teardown();
+}
+END_TEST
+
 /* ==== Repairs ==== */
 
 START_TEST(test_in_flight_is_not_repaired)
@@ -874,6 +899,7 @@ Suite *repl_suite(void)
     tcase_add_test(tc, test_chain_forwards_what_it_learns);
     tcase_add_test(tc, test_a_full_mesh_forwards_nothing_every_neighbour_hears);
     tcase_add_test(tc, test_a_neighbour_no_longer_heard_is_forwarded_to_and_repaired);
+    tcase_add_test(tc, test_a_flood_goes_on_only_where_a_neighbour_lacks_it);
     tcase_add_test(tc, test_in_flight_is_not_repaired);
     tcase_add_test(tc, test_gap_asks_for_a_repair);
     tcase_add_test(tc, test_lost_tail_seen_in_digest);
