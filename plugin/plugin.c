@@ -59,6 +59,7 @@ struct options {
     char region[GROUP_NAME_MAX + 1];
     char state_dir[512];
     long long publish_interval_ms;
+    long long sums_interval_ms;
     long long max_counters;
     long long max_devices;
     long long max_viewers;
@@ -122,6 +123,9 @@ static const struct opt_spec opt_specs[] = {
                   "groups) this node's group belongs to (README, Regions); unset: none"),
     OPT_S(state_dir, "a directory the broker can write"),
     OPT_I(publish_interval_ms, 1, 60000, "an integer from 1 to 60000"),
+    OPT_I(sums_interval_ms, 0, 1000,
+          "an integer from 0 (publish_interval_ms) to 1000: how often a group's or region's "
+          "speaker sends its sums to the other groups (README, Groups of hubs)"),
     OPT_I(max_counters, 1, 1000000000, "an integer from 1 to 1000000000"),
     OPT_I(max_devices, 1, 100000000, "an integer from 1 to 100000000"),
     OPT_I(max_viewers, 1, 100000000, "an integer from 1 to 100000000"),
@@ -281,7 +285,7 @@ static struct tally {
      * (scope.c); NULL where we are in none */
     struct scope_stream scope[2];
     struct scope_stream *scopes[2];
-    uint64_t last_gsum_ms, group_log_ms, edge_log_ms;
+    uint64_t last_gsum_ms, last_sums_ms, group_log_ms, edge_log_ms;
     struct fold_gc fold;               /* collecting folded restarts (fold.c) */
     bool told_removed;                 /* logged that removeNode named this node */
     bool edge;                         /* role edge: tier.c's edge side instead of repl.c */
@@ -1851,6 +1855,16 @@ static void emit_sums(const struct wire_buf *msg, void *ud)
  * slack is what a far end waits beyond the interval, so it is kept small. A
  * repair asked of a neighbour goes in a DIGEST sent at once, at most once a
  * publish interval. */
+/* How often our group's and region's sums go (sums_interval_ms, 0: every
+ * publish interval): at most a heartbeat, so that the speaker's keepalives
+ * keep the others of its group quiet (group.c). */
+static uint64_t sums_every(void)
+{
+    uint64_t every =
+        (uint64_t)(g.opt.sums_interval_ms ? g.opt.sums_interval_ms : g.opt.publish_interval_ms);
+    return every < heartbeat_ms() ? every : heartbeat_ms();
+}
+
 static void replicate_tick(uint64_t now)
 {
     static struct wire_digest d; /* 2 KB of hashes: off the stack */
@@ -1865,11 +1879,15 @@ static void replicate_tick(uint64_t now)
         g.last_repl_ms = now;
     }
     if (group_on(&g.group) && now - g.last_gsum_ms >= interval) {
-        group_announce(&g.group, &g.table, g.opt.node_id, now, (size_t)g.opt.max_message_bytes,
-                       FLUSH_BUDGET / 10, &g.buf, emit_sums, "gsum");
-        if (group_on(&g.region))
-            group_announce(&g.region, &g.table, g.opt.node_id, now, (size_t)g.opt.max_message_bytes,
-                           FLUSH_BUDGET / 10, &g.buf, emit_sums, "rsum");
+        if (now - g.last_sums_ms >= sums_every()) {
+            group_announce(&g.group, &g.table, g.opt.node_id, now, (size_t)g.opt.max_message_bytes,
+                           FLUSH_BUDGET / 10, &g.buf, emit_sums, "gsum");
+            if (group_on(&g.region))
+                group_announce(&g.region, &g.table, g.opt.node_id, now,
+                               (size_t)g.opt.max_message_bytes, FLUSH_BUDGET / 10, &g.buf,
+                               emit_sums, "rsum");
+            g.last_sums_ms = now;
+        }
         scope_tick(now);
         g.last_gsum_ms = now;
     }

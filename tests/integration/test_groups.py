@@ -6,6 +6,8 @@ other group, whatever the other group holds."""
 import json
 import time
 
+import pytest
+
 from conftest import wait_for
 from test_cluster import Watcher, close, closing, publisher  # noqa: F401 (closing: a fixture)
 from test_reset import control
@@ -27,16 +29,18 @@ def bridge(name, ports, topics):
                       *topics, "restart_timeout 1 1", "cleansession true", "try_private true"])
 
 
-def two_groups(brokers, between=BETWEEN_GROUPS, proxy=None):
+def two_groups(brokers, between=BETWEEN_GROUPS, proxy=None, options=None):
     """g1 = a1, a2 and g2 = b1, b2, each pair bridged with all of $tally/; b1 bridged to g1
-    (a1, or a2 while a1 is down) with `between`; edges e1 (a1, then a2), e2 (a2, a1), e3 (b1, b2), e4 (b2, b1)."""
-    a1 = brokers("a1", options=dict(OPTIONS, group="g1"))
-    a2 = brokers("a2", options=dict(OPTIONS, group="g1"), bridges=[{"name": "a2-to-a1",
-                                                                    "port": a1.port}])
+    (a1, or a2 while a1 is down) with `between`; edges e1 (a1, then a2), e2 (a2, a1), e3 (b1, b2), e4 (b2, b1).
+    options: the hubs' besides OPTIONS."""
+    opts = dict(OPTIONS, **(options or {}))
+    a1 = brokers("a1", options=dict(opts, group="g1"))
+    a2 = brokers("a2", options=dict(opts, group="g1"), bridges=[{"name": "a2-to-a1",
+                                                                 "port": a1.port}])
     ports = (proxy(a1.port),) if proxy else (a1.port, a2.port)
-    b1 = brokers("b1", options=dict(OPTIONS, group="g2"), extra=bridge("b1-to-g1", ports, between))
-    b2 = brokers("b2", options=dict(OPTIONS, group="g2"), bridges=[{"name": "b2-to-b1",
-                                                                    "port": b1.port}])
+    b1 = brokers("b1", options=dict(opts, group="g2"), extra=bridge("b1-to-g1", ports, between))
+    b2 = brokers("b2", options=dict(opts, group="g2"), bridges=[{"name": "b2-to-b1",
+                                                                 "port": b1.port}])
     edges = []
     for i, hubs in enumerate([(a1, a2), (a2, a1), (b1, b2), (b2, b1)], start=1):
         name = f"e{i}"
@@ -187,6 +191,33 @@ def test_a_flood_goes_on_only_where_a_neighbour_lacks_it(brokers, closing):
     seq = stats_of(b1, "a3").get("seq", 0)
     wait_for(lambda: stats_of(b1, "a3").get("seq", 0) > seq, 10,
              what="a3's stats to reach b1 through a2")
+
+
+@pytest.mark.parametrize("every", [0, 1000])
+def test_sums_go_once_a_sums_interval(brokers, closing, every):
+    """sums_interval_ms: g1's speaker sends its sums once a publish interval (0, the default)
+    or once a second (1000), whatever the rate of writes; the other group counts every
+    increment either way."""
+    hubs, edges = two_groups(brokers, options={"sums_interval_ms": str(every)})
+    a1, a2, b1, b2 = hubs
+    p = publisher(a2.port)
+    start = time.monotonic()
+    infos = []
+    while time.monotonic() - start < 4:  # `busy` rises 20 times a second for 4 s
+        infos.append(p.publish("counters/busy/inc", "1", 1))
+        time.sleep(0.05)
+    for info in infos:
+        info.wait_for_publish(10)
+    close(p)
+    exact_everywhere(hubs, {"busy": len(infos)})
+    time.sleep(3)  # the echoes
+    learned = group_stats(b2).get("learned", 0)
+    print(f"sums_interval_ms {every}: b2 took {learned} counters from GSUMs for "
+          f"{len(infos)} increments of busy over 4 s")
+    if every:
+        assert learned <= 15, f"b2 took {learned} counters' sums: more than one a second"
+    else:
+        assert learned >= 20, f"b2 took {learned} counters' sums: fewer than one an interval"
 
 
 def hub_lists(hub, name):

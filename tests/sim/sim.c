@@ -62,7 +62,9 @@
  * once each during the load for peer_timeout_ms +- 2 s: they neither tick nor
  * read, what is sent to them waits, and their hub expires them, or is about
  * to, when they thaw. --publish-interval sets plugin_opt_publish_interval_ms
- * (hubs' DOWNs and record expiry, edges' UPs), which widens that gap.
+ * (hubs' DOWNs and record expiry, edges' UPs), which widens that gap;
+ * --sums-interval plugin_opt_sums_interval_ms (how often a speaker sends
+ * its group's and region's sums).
  *
  * After the load stops and the faults heal, it waits until every hub and
  * every live edge shows the exact totals (every increment made, counted
@@ -156,6 +158,7 @@ struct node {
     struct scope_stream sc[2], *scs[2]; /* its group's and region's viewer sums (scope.c) */
     uint64_t scope_seq;                 /* plugin.c's wall clock for them */
     uint64_t last_group;                /* its last GSUM: at most once a publish interval */
+    uint64_t last_sums;                 /* ... and once a sums interval */
     uint64_t gsession;                  /* the session of its GSUMs: grows at every start */
     struct link *links;
     uint32_t nlinks;
@@ -182,6 +185,7 @@ static struct {
     double loss;
     uint32_t delay_ms, kill_hubs, kill_edges, restart_hubs, link_failures, freeze_edges;
     uint64_t publish_ms; /* plugin_opt_publish_interval_ms */
+    uint64_t sums_ms;    /* plugin_opt_sums_interval_ms (0: publish_ms) */
     bool check, quiet, mesh;
     bool reset;             /* --reset: once exact, a hub resets every counter (resetCounter) */
     uint32_t groups;        /* --groups: that many groups of hubs / groups hubs each (0: none) */
@@ -619,11 +623,15 @@ static void hub_group_tick(uint32_t i)
             (group_on(&n->rg) && group_note(&n->rg, &n->t, c) != TALLY_OK))
             abort();
     struct wire_buf b = {0};
-    group_announce(&n->gr, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_gsum,
-                   (void *)(uintptr_t)i);
-    if (group_on(&n->rg))
-        group_announce(&n->rg, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_rsum,
+    uint64_t every = opt.sums_ms ? opt.sums_ms : opt.publish_ms; /* plugin.c's sums_every */
+    if (now - n->last_sums >= (every < HEARTBEAT_MS ? every : HEARTBEAT_MS)) {
+        group_announce(&n->gr, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_gsum,
                        (void *)(uintptr_t)i);
+        if (group_on(&n->rg))
+            group_announce(&n->rg, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_rsum,
+                           (void *)(uintptr_t)i);
+        n->last_sums = now;
+    }
     wbuf_free(&b);
     hub_scope_tick(n);
 }
@@ -830,7 +838,7 @@ static void hub_start(uint32_t i)
         group_name(i, name);
         region_name(i, region);
         n->gsession = tally_incarnation_new(now + 1, i, n->gsession);
-        n->last_group = 0;
+        n->last_group = n->last_sums = 0;
         group_init(&n->gr, name, n->gsession, GROUP_REFRESH_MS);
         group_scope(&n->gr, 1, region);
         group_init(&n->rg, region, n->gsession, GROUP_REFRESH_MS);
@@ -1278,7 +1286,9 @@ static int by_died_desc(const void *a, const void *b)
 
 static void far_viewers_seen(void)
 {
-    uint64_t sums = 2 * TICK_MS + 2 * opt.publish_ms + FAR_HOPS * opt.delay_ms;
+    uint64_t sums = 2 * TICK_MS +
+                    2 * (opt.sums_ms > opt.publish_ms ? opt.sums_ms : opt.publish_ms) +
+                    FAR_HOPS * opt.delay_ms;
     uint64_t live = 0, ndead = 0, within = 0;
     uint64_t *died = malloc(opt.hubs * opt.edges_per_hub * sizeof(*died) + 1);
     if (!died)
@@ -1500,7 +1510,8 @@ static void usage(void)
             "  [--seconds S of load] [--rate R inc/s an edge] [--loss L] [--delay MS]\n"
             "  [--kill-hubs N] [--kill-edges N] [--restart-hubs N] [--link-failures N]\n"
             "  [--freeze-edges N] [--publish-interval MS] [--tier-bytes B] [--seed X]\n"
-            "  [--mesh | --groups G [--group-bridges B] [--regions R]] [--reset] [--check]\n");
+            "  [--mesh | --groups G [--group-bridges B] [--regions R] [--sums-interval MS]]\n"
+            "  [--reset] [--check]\n");
     exit(2);
 }
 
@@ -1523,6 +1534,7 @@ static void options(int argc, char **argv)
                                           {"tier-bytes", 1, 0, 'B'},
                                           {"freeze-edges", 1, 0, 'F'},
                                           {"publish-interval", 1, 0, 'I'},
+                                          {"sums-interval", 1, 0, 'y'},
                                           {"mesh", 0, 0, 'M'},
                                           {"groups", 1, 0, 'G'},
                                           {"group-bridges", 1, 0, 'b'},
@@ -1581,6 +1593,9 @@ static void options(int argc, char **argv)
             break;
         case 'I':
             opt.publish_ms = (uint64_t)atoi(optarg);
+            break;
+        case 'y':
+            opt.sums_ms = (uint64_t)atoi(optarg);
             break;
         case 'M':
             opt.mesh = true;
