@@ -100,32 +100,40 @@
  * head. Most records are a counter's sums alone: a byte of flags, where
  * version 1 had four bytes of an empty device list.
  * The speaker sends our group's sums that rose, at most once a publish
- * interval, and every counter again once a refresh interval (a message lost
- * to a bridge that closed is healed by then; sooner, at most ten times an
- * interval, when a node is heard anew), in parts of max_message_bytes.
+ * interval (or a sums interval, plugin_opt_sums_interval_ms: plugin.c calls
+ * group_announce no more often), and every counter again once a refresh
+ * interval (a message lost to a bridge that closed is healed by then;
+ * sooner, at most ten times an interval, when a node is heard anew), in
+ * parts of max_message_bytes.
  *
- * ---- The last sums twice ----
+ * ---- The last sums again ----
  *
  * A GSUM lost on the way is healed by the next one of the same counter, so
  * under load a loss costs a publish interval; the last of a burst had none
  * after it, and waited for the refresh (10 sync intervals). A counter whose
  * sums were sent, then stayed still for a third of quiet_ms (a presence
- * heartbeat), is sent again, twice, a third of quiet_ms apart (echo_due): a
- * counter that keeps rising is never echoed, one that stops is echoed
- * twice. A sum crosses a few bridges, each taking one copy since floods go
- * on only where a neighbour lacks them (repl.c, rule 2b): in the
- * simulator's 10,200 nodes in 5 regions at 2% loss, a region's last sum
- * and its one echo were both lost on the way to a group, which then waited
- * for the refresh (10.4 s after the load, against 5.2 before rule 2b).
+ * heartbeat), is sent once more (echo_due): a counter that keeps rising is
+ * never echoed, one that stops is echoed once. A sum crosses a few
+ * bridges, each taking one copy since floods go on only where a neighbour
+ * lacks them (repl.c, rule 2b), so a loss on the way is no longer made up
+ * by the copies: in the simulator's 10,200 nodes in 10 regions at 2% loss,
+ * totals were exact 11.3 s after the load before either change, and are
+ * now about 6 s. An echo costs a record: a counter that rises once in a
+ * while is sent twice each time (tests/bench's 900 slow counters, bench_tiers
+ * --trios: the speaker's bytes out rose by half with two echoes). Two
+ * echoes were tried: they cut a rare wait for the refresh (one seed of the
+ * 5-region run, 10.4 s against 7.2 s) and cost a third record each rise.
  * Only its sums and stamps: a device maximum or a base lost at the end of
  * a burst still waits for the refresh.
  *
  * ---- What it costs ----
  *
  * A hub of g groups holds, per counter, its own group's slots and g - 1
- * more, and hears each group's sum from its speaker, once per bridge it has
- * (a flood): state and traffic grow with the number of groups, by one slot
- * each, not with the number of edges. What a group cannot survive: all its
+ * more, and hears each group's sum from its speaker, once per bridge that
+ * sends it on (a flood; a neighbour that every other one hears sends it on
+ * only if it has a bridge out of the group, repl.c's rule 2b): state and
+ * traffic grow with the number of groups, by one slot each, not with the
+ * number of edges. What a group cannot survive: all its
  * hubs lost, which leaves its edges nowhere to go.
  *
  * ---- Regions: groups of groups ----
@@ -659,7 +667,7 @@ static void put_entry(struct gsum_out *o, struct group_entry *e, bool all)
 
 /* The last sums again (above): ECHOES times, an echo interval apart, once
  * still. */
-#define ECHOES 2
+#define ECHOES 1
 
 static void echo_queue(struct tally_group *gr, struct group_entry *e, uint64_t at_ms)
 {

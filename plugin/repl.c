@@ -69,7 +69,7 @@
  *    once (tests/sim, 10,200 nodes in 10 regions: RSUMs 718 -> 389 MB).
  *    The price is rule 2a's: a copy lost between k and one neighbour is not
  *    made up by the others'. Sums heal by their echo (group.c, "The last
- *    sums twice") and refresh, viewer sums by their digests (scope.c), and
+ *    sums again") and refresh, viewer sums by their digests (scope.c), and
  *    a bridge to another group that has carried nothing yet is not flooded
  *    to until it does (a second at most, a speaker's keepalive).
  * 3. No interval per hop. A learned change owed elsewhere makes the node send

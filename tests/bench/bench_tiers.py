@@ -25,6 +25,11 @@ carries RSUMs, the regions' viewer sums and stats only, and an edge lists its ow
 stays in its group). Printed besides: how many slots of `shared` hub0 holds (its state
 document's `nodes`).
 
+With --trios, six hubs in two groups of three (plugin_opt_group), each group a full mesh, and one
+bridge between the groups (hub3 to hub0, or hub1 while it is down) that carries GSUMs, the groups'
+viewer sums and stats: hub1 and hub2 have no bridge out of their group, and take each flood from
+the other group once, from hub0 (repl.c, rule 2b); printed for hub1 too.
+
 With --churn R, viewers too: at each edge two clients view `presence/home`, and one more views
 and leaves one of ten pages R times a second (so that every edge's counts keep changing); hub0
 must end counting every edge's viewers of `presence/home`. With --plugin, another build of the
@@ -117,6 +122,35 @@ def pairs(stack, workdir, per_hub, groups, regions=False):
     return hubs, edges
 
 
+def trios(stack, workdir, per_hub):
+    """Six hubs in two groups of three, each group a full mesh; hub3 bridged to the first group
+    (hub0, or hub1 while it is down) with BETWEEN_GROUPS; each edge's backup is the next hub of
+    its group (see the docstring)."""
+    hubs = {}
+    for h in range(6):
+        name, first = "hub%d" % h, h - h % 3
+        extra = []
+        for to in range(first, h):
+            extra += bc.bridge_lines("%s-to-hub%d" % (name, to), hubs["hub%d" % to].port)
+        if h == 3:
+            ports = " ".join("127.0.0.1:%d" % hubs[n].port for n in ("hub0", "hub1"))
+            extra += ["connection hub3-to-trio0", "address " + ports, "clientid hub3-to-trio0"]
+            extra += BETWEEN_GROUPS + ["restart_timeout 1 1", "cleansession true",
+                                       "try_private true"]
+        hubs[name] = stack.enter_context(common.Broker(
+            workdir, "r%d-%s" % (per_hub, name), True, opts(name, False, "trio%d" % (h // 3)),
+            extra=extra, plugin=PLUGIN))
+    edges = {}
+    for h in range(6):
+        ports = [hubs["hub%d" % h].port, hubs["hub%d" % (h - h % 3 + (h + 1) % 3)].port]
+        for k in range(per_hub):
+            name = "edge%d" % (h * per_hub + k)
+            edges[name] = stack.enter_context(common.Broker(
+                workdir, "r%d-%s" % (per_hub, name), True, opts(name, True),
+                extra=edge_bridge(name, ports), plugin=PLUGIN))
+    return hubs, edges
+
+
 def slots_held(hub, name):
     raw = hub.retained("counters/%s/state" % name, wait=3)
     return len(json.loads(raw)["nodes"]) if raw else 0
@@ -198,10 +232,11 @@ def wait_connected(hubs, edges, timeout=120):
 
 
 def run(workdir, per_hub, args, table):
-    n_hubs = 4 if args.pairs else HUBS
+    n_hubs = 4 if args.pairs else 6 if args.trios else HUBS
     n_edges = n_hubs * per_hub
     shape = (" in two regions of two groups of one" if args.regions else
              " in two groups of two" if args.groups else " in two pairs") if args.pairs else (
+        " in two groups of three, each a full mesh" if args.trios else
         " in a full mesh" if args.mesh else "")
     print("\n== %d hubs%s, %d edges (%d a hub), %d inc/s an edge for %d s%s ==" % (
         n_hubs, shape, n_edges, per_hub,
@@ -209,10 +244,13 @@ def run(workdir, per_hub, args, table):
         ", hub1 killed in the middle" if args.failover else ""), flush=True)
     with contextlib.ExitStack() as stack:
         hubs, edges = (pairs(stack, workdir, per_hub, args.groups, args.regions) if args.pairs
+                       else trios(stack, workdir, per_hub) if args.trios
                        else tree(stack, workdir, per_hub, args.mesh))
         wait_connected(hubs, edges)
         collectors = {"hub0": own_stats(hubs["hub0"], "hub0"),
                       "edge0": own_stats(edges["edge0"], "edge0")}
+        if args.trios:  # a hub with no bridge out of its group
+            collectors["hub1"] = own_stats(hubs["hub1"], "hub1")
         for c in collectors.values():
             stack.callback(c.stop)
         recorders = {n: bc.TotalRecorder(b.port, "counters/shared", "bench-sub-" + n)
@@ -267,7 +305,10 @@ def run(workdir, per_hub, args, table):
         print("tree %.0f inc/s; shared = %d sent; %s" % (
             rate, result["shared"], "exact at hub0 and every edge" if not wrong
             else "NOT exact at %s" % wrong))
-        for who, r in (("edge0", edge_r), ("hub0", hub_r)):
+        shown = [("edge0", edge_r), ("hub0", hub_r)]
+        if args.trios:
+            shown.append(("hub1", bs.rates(s1["hub1"], s2["hub1"], rate)))
+        for who, r in shown:
             print("%-6s in %6.0f msg/s %8.1f KB/s | out %6.0f msg/s %8.1f KB/s" % (
                 who, r["msgs_in"], r["bytes_in"] / 1000, r["msgs_out"], r["bytes_out"] / 1000))
         print("RSS: edges %s MB, hub0 %.1f MB; hub0 CPU %.1f us per tree increment; hub0 holds "
@@ -303,6 +344,8 @@ def parse_args():
     p.add_argument("--mesh", action="store_true",
                    help="bridge hub2 to hub1 too: the hubs in a full mesh")
     p.add_argument("--pairs", action="store_true", help="four hubs in two pairs")
+    p.add_argument("--trios", action="store_true",
+                   help="six hubs in two groups of three, one bridge between the groups")
     p.add_argument("--groups", action="store_true",
                    help="with --pairs: each pair a group of hubs (plugin_opt_group)")
     p.add_argument("--regions", action="store_true",
@@ -315,6 +358,8 @@ def parse_args():
     args = p.parse_args()
     global PLUGIN, OLD_BRIDGES
     PLUGIN, OLD_BRIDGES = args.plugin, args.old_bridges
+    if args.trios and (args.pairs or args.mesh or args.failover):
+        p.error("--trios alone (no --pairs, --mesh or --failover)")
     if (args.groups or args.regions) and not args.pairs:
         p.error("--groups and --regions need --pairs")
     if args.groups and args.regions:
