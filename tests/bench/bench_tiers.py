@@ -88,6 +88,19 @@ def own_stats(broker, name):
     return c
 
 
+def edges_under(stack, workdir, tag, per_hub, hubs, hub_list):
+    """per_hub edges under each hub h of hubs (hub0, hub1, ...), each bridged to the ports
+    hub_list(h) gives in order (its hub first, then its backup, if any)."""
+    edges = {}
+    for h in range(len(hubs)):
+        for k in range(per_hub):
+            name = "edge%d" % (h * per_hub + k)
+            edges[name] = stack.enter_context(common.Broker(
+                workdir, "%s%d-%s" % (tag, per_hub, name), True, opts(name, True),
+                extra=edge_bridge(name, hub_list(h)), plugin=PLUGIN))
+    return edges
+
+
 def pairs(stack, workdir, per_hub, groups, regions=False):
     """Four hubs in two pairs, as groups of hubs with `groups`, as two regions of two groups
     of one hub with `regions` (see the docstring)."""
@@ -111,15 +124,8 @@ def pairs(stack, workdir, per_hub, groups, regions=False):
         hubs[name] = stack.enter_context(common.Broker(
             workdir, "p%d-%s" % (per_hub, name), True, opts(name, False, group, region),
             extra=extra, plugin=PLUGIN))
-    edges = {}
-    for h in range(4):
-        ports = [hubs["hub%d" % h].port] + ([] if regions else [hubs["hub%d" % (h ^ 1)].port])
-        for k in range(per_hub):
-            name = "edge%d" % (h * per_hub + k)
-            edges[name] = stack.enter_context(common.Broker(
-                workdir, "p%d-%s" % (per_hub, name), True, opts(name, True),
-                extra=edge_bridge(name, ports), plugin=PLUGIN))
-    return hubs, edges
+    return hubs, edges_under(stack, workdir, "p", per_hub, hubs, lambda h: [
+        hubs["hub%d" % h].port] + ([] if regions else [hubs["hub%d" % (h ^ 1)].port]))
 
 
 def trios(stack, workdir, per_hub):
@@ -140,15 +146,8 @@ def trios(stack, workdir, per_hub):
         hubs[name] = stack.enter_context(common.Broker(
             workdir, "r%d-%s" % (per_hub, name), True, opts(name, False, "trio%d" % (h // 3)),
             extra=extra, plugin=PLUGIN))
-    edges = {}
-    for h in range(6):
-        ports = [hubs["hub%d" % h].port, hubs["hub%d" % (h - h % 3 + (h + 1) % 3)].port]
-        for k in range(per_hub):
-            name = "edge%d" % (h * per_hub + k)
-            edges[name] = stack.enter_context(common.Broker(
-                workdir, "r%d-%s" % (per_hub, name), True, opts(name, True),
-                extra=edge_bridge(name, ports), plugin=PLUGIN))
-    return hubs, edges
+    return hubs, edges_under(stack, workdir, "r", per_hub, hubs, lambda h: [
+        hubs["hub%d" % h].port, hubs["hub%d" % (h - h % 3 + (h + 1) % 3)].port])
 
 
 def slots_held(hub, name):
@@ -165,14 +164,8 @@ def tree(stack, workdir, per_hub, mesh):
             extra += bc.bridge_lines("%s-to-hub%d" % (name, to), hubs["hub%d" % to].port)
         hubs[name] = stack.enter_context(common.Broker(
             workdir, "t%d-%s" % (per_hub, name), True, opts(name, False), extra=extra, plugin=PLUGIN))
-    edges = {}
-    for h in range(HUBS):
-        ports = [hubs["hub%d" % h].port, hubs["hub%d" % ((h + 1) % HUBS)].port]
-        for k in range(per_hub):
-            name = "edge%d" % (h * per_hub + k)
-            edges[name] = stack.enter_context(common.Broker(
-                workdir, "t%d-%s" % (per_hub, name), True, opts(name, True),
-                extra=edge_bridge(name, ports), plugin=PLUGIN))
+    edges = edges_under(stack, workdir, "t", per_hub, hubs, lambda h: [
+        hubs["hub%d" % h].port, hubs["hub%d" % ((h + 1) % HUBS)].port])
     return hubs, edges
 
 
