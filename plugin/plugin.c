@@ -1106,11 +1106,10 @@ static int on_stats(const struct mosquitto_evt_message *ev, bool *route)
     o->stats_incarnation = inc;
     o->stats_time_ms = time_ms;
     o->stats_seq = seq;
-    /* and retained here: any node shows every node's figures; sent on as
-     * the sums are (repl.c, rule 2b) */
-    *route =
-        repl_flood_on(&g.repl, mosquitto_client_id(ev->client), mono_ms(), 2 * g.group.quiet_ms);
-    g.st.floods_held += !*route;
+    /* and retained here: any node shows every node's figures to its own
+     * readers (the CLI, the exporter, the dashboard). Always sent on: one
+     * the plugin does not route, Mosquitto drops here too (repl.c, 2b). */
+    *route = true;
     return g.edge ? TALLY_OK
                   : fold_peer_stats(&g.fold, &g.table, g.persist, o->node_id, payload, len,
                                     mono_ms(), time_ms);

@@ -54,7 +54,7 @@
  *    COVER_MAX neighbours nothing is covered: everything learned is
  *    forwarded, as before.
  * 2b. Floods go on only where a neighbour lacks them. A flood (a group's
- *    or region's sums and viewer sums, group.c and scope.c; stats; a node's
+ *    or region's sums and viewer sums, group.c and scope.c; a node's
  *    counts) new here came in over a connection; when that is neighbour k's
  *    and k is covered, k sent it to all its bridges, so every other
  *    neighbour had it from k as we did, and we do not send it on. But for
@@ -71,7 +71,10 @@
  *    made up by the others'. Sums heal by their echo (group.c, "The last
  *    sums again") and refresh, viewer sums by their digests (scope.c), and
  *    a bridge to another group that has carried nothing yet is not flooded
- *    to until it does (a second at most, a speaker's keepalive).
+ *    to until it does (a second at most, a speaker's keepalive). Stats are
+ *    always sent on: a message the plugin does not route is not delivered
+ *    or retained here either, and every node shows every node's stats to
+ *    its own readers (they count as heard over a bridge out, though).
  * 3. No interval per hop. A learned change owed elsewhere makes the node send
  *    at its next tick; local changes are coalesced over publish_interval_ms
  *    (and leave with any learned ones).

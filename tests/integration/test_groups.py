@@ -150,12 +150,13 @@ def stats_of(at, node):
 
 
 def test_a_flood_goes_on_only_where_a_neighbour_lacks_it(brokers, closing):
-    """Rule 2b (plugin/repl.c): g1 = a1, a2, a3 in a full mesh, g2 = b1, bridged to g1 (a1, or a2
-    while a1 is down). g2's sums, viewer sums and stats come in at a1, which sends them on; a2 and
-    a3 each had them from a1 as well and do not send them on (repl.floods_held), yet count g2
-    exactly; a3's stats reach b1 through a1, which sends them on for its bridge out of the group
-    though a2 had them from a3. a1 killed with -9: b1's bridge moves to a2, which now sends on
-    what a3 needs from g2 and what b1 needs from a3."""
+    """Rule 2b (plugin/repl.c): g1 = a1, a2, a3 in a full mesh, g2 = b1, bridged to g1 at a2 (or
+    a3 while a2 is down); a1 speaks for g1. g2's sums, viewer sums and stats come in at a2, which
+    sends them on; a1 and a3 each had them from a2 and hold them (repl.floods_held), yet count
+    g2 exactly. a1's sums come to a2 from a1, which every other neighbour hears: a2 sends them on
+    for its bridge out of the group all the same, or b1 would never count g1. Stats are sent on
+    everywhere: a1 shows a3's. a2 killed with -9: b1's bridge moves to a3, which now sends on
+    what b1 needs from a1 and a1 needs from g2."""
     opts = dict(OPTIONS, stats_interval_ms="1000")
     a1 = brokers("a1", options=dict(opts, group="g1"))
     a2 = brokers("a2", options=dict(opts, group="g1"), bridges=[{"name": "a2-to-a1",
@@ -163,34 +164,34 @@ def test_a_flood_goes_on_only_where_a_neighbour_lacks_it(brokers, closing):
     a3 = brokers("a3", options=dict(opts, group="g1"), bridges=[
         {"name": "a3-to-a1", "port": a1.port}, {"name": "a3-to-a2", "port": a2.port}])
     b1 = brokers("b1", options=dict(opts, group="g2"),
-                 extra=bridge("b1-to-g1", (a1.port, a2.port), BETWEEN_GROUPS))
+                 extra=bridge("b1-to-g1", (a2.port, a3.port), BETWEEN_GROUPS))
     hubs = [a1, a2, a3, b1]
     closing.append(Watcher(b1.port, ["presence/home"], client_id="b1-viewer"))
-    closing.append(Watcher(a3.port, ["presence/home"], client_id="a3-viewer"))
+    closing.append(Watcher(a1.port, ["presence/home"], client_id="a1-viewer"))
     increments_of(b1.port, ["shared"], 5)
-    increments_of(a3.port, ["shared"], 7)
+    increments_of(a1.port, ["shared"], 7)
     exact_everywhere(hubs, {"shared": 12})
     for h in hubs:
         wait_for(lambda: h.retained("+/home") == "2", 20,
                  what=f"{h.name}: presence/home == 2 (is {h.retained('+/home')})")
-    for h in (a2, a3):
+    wait_for(lambda: group_stats(a1).get("speaking") is True, 15, what="a1 to speak for g1")
+    for h in (a1, a3):
         wait_for(lambda: stats_of(h, h.name).get("repl", {}).get("floods_held", 0) > 0, 15,
                  what=f"{h.name} to hold floods every neighbour had")
-    seq = stats_of(b1, "a3").get("seq", 0)
-    wait_for(lambda: stats_of(b1, "a3").get("seq", 0) > seq, 10,
-             what="a3's stats to reach b1 through a1")
-    a1.kill()
-    wait_for(lambda: group_stats(a2).get("speaking") is True, 15, what="a2 to speak for g1")
+    for at, of in ((a1, "a3"), (b1, "a3"), (a3, "b1")):
+        seq = stats_of(at, of).get("seq", 0)
+        wait_for(lambda: stats_of(at, of).get("seq", 0) > seq, 10,
+                 what=f"{of}'s stats to reach {at.name}")
+    increments_of(a1.port, ["shared"], 3)
+    exact_everywhere(hubs, {"shared": 15})
+    a2.kill()
     closing.append(Watcher(b1.port, ["presence/home"], client_id="b1-viewer2"))
     increments_of(b1.port, ["shared"], 11)
-    increments_of(a3.port, ["shared"], 13)
-    exact_everywhere([a2, a3, b1], {"shared": 36})
-    for h in (a2, a3, b1):
+    increments_of(a1.port, ["shared"], 13)
+    exact_everywhere([a1, a3, b1], {"shared": 39})
+    for h in (a1, a3, b1):
         wait_for(lambda: h.retained("+/home") == "3", 20,
                  what=f"{h.name}: presence/home == 3 (is {h.retained('+/home')})")
-    seq = stats_of(b1, "a3").get("seq", 0)
-    wait_for(lambda: stats_of(b1, "a3").get("seq", 0) > seq, 10,
-             what="a3's stats to reach b1 through a2")
 
 
 @pytest.mark.parametrize("every", [0, 1000])
