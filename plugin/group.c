@@ -665,26 +665,18 @@ static void put_entry(struct gsum_out *o, struct group_entry *e, bool all)
     } while ((k < e->nbases || i < e->ndevs) && !o->b->failed);
 }
 
-/* The last sums again (above): ECHOES times, an echo interval apart, once
- * still. */
-#define ECHOES 1
-
-static void echo_queue(struct tally_group *gr, struct group_entry *e, uint64_t at_ms)
-{
-    e->echo_queued = true;
-    e->echo_ms = at_ms;
-    e->echo_next = NULL;
-    *gr->echo_tail = e;
-    gr->echo_tail = &e->echo_next;
-}
-
-/* e's sums went now, from the queue. */
+/* The last sums again (above). e's sums went now, from the queue: echoed
+ * once it has been still for an echo interval. */
 static void echo_later(struct tally_group *gr, struct group_entry *e, uint64_t now_ms)
 {
     e->sent_ms = now_ms;
-    e->echoes = ECHOES;
-    if (!e->echo_queued)
-        echo_queue(gr, e, now_ms);
+    if (e->echo_queued)
+        return;
+    e->echo_queued = true;
+    e->echo_ms = now_ms;
+    e->echo_next = NULL;
+    *gr->echo_tail = e;
+    gr->echo_tail = &e->echo_next;
 }
 
 static void echo_drop(struct tally_group *gr)
@@ -706,13 +698,11 @@ static void echo_due(struct gsum_out *o, uint64_t now_ms)
             gr->echo_tail = &gr->echo;
         e->echo_queued = false;
         if (e->sent_ms > e->echo_ms && e->sent_ms + every > now_ms) {
-            echo_queue(gr, e, e->sent_ms); /* went again since: still moving */
+            echo_later(gr, e, e->sent_ms); /* went again since: still moving */
             continue;
         }
         put_entry(o, e, false);
         gr->echoed++;
-        if (--e->echoes)
-            echo_queue(gr, e, now_ms);
     }
 }
 

@@ -1009,21 +1009,29 @@ static void count_routed(const struct mosquitto_evt_message *ev, bool route)
     }
 }
 
-static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
+/* A flood new here (*route) that every other neighbour had from the one it
+ * came from is not sent on (repl.c, rules 2a and 2b), unless `beyond` (the
+ * other groups take it) and we have a bridge out of our group; counted as
+ * routed or held. */
+static void flood_on(const struct mosquitto_evt_message *ev, bool beyond, bool *route)
 {
-    const char *conn = mosquitto_client_id(ev->client);
-    /* a group's or region's viewer sums, which the other groups take */
-    bool sums = strncmp(ev->topic, "$tally/v1/presence/", strlen("$tally/v1/presence/")) != 0;
-    if (sums)
-        repl_outer_heard(&g.repl, conn, mono_ms());
-    int rc = take_presence(ev, route);
-    /* Every other neighbour had it from the one it came from (repl.c, rules
-     * 2a and 2b); a node's own counts stay in its group. */
-    if (*route && !repl_flood_on(&g.repl, conn, mono_ms(), sums ? 2 * g.group.quiet_ms : 0)) {
+    if (*route && !repl_flood_on(&g.repl, mosquitto_client_id(ev->client), mono_ms(),
+                                 beyond ? 2 * g.group.quiet_ms : 0)) {
         *route = false;
         g.st.floods_held++;
     }
     count_routed(ev, *route);
+}
+
+static int on_presence(const struct mosquitto_evt_message *ev, bool *route)
+{
+    /* a group's or region's viewer sums, which the other groups take; a
+     * node's own counts stay in its group */
+    bool sums = strncmp(ev->topic, "$tally/v1/presence/", strlen("$tally/v1/presence/")) != 0;
+    if (sums)
+        repl_outer_heard(&g.repl, mosquitto_client_id(ev->client), mono_ms());
+    int rc = take_presence(ev, route);
+    flood_on(ev, sums, route);
     return rc;
 }
 
@@ -1257,15 +1265,10 @@ static int on_down(const struct mosquitto_evt_message *ev, bool *route)
  * another region's one level up (RSUM). */
 static int on_sums(struct tally_group *gr, const struct mosquitto_evt_message *ev, bool *route)
 {
-    const char *conn = mosquitto_client_id(ev->client);
-    repl_outer_heard(&g.repl, conn, mono_ms());
+    repl_outer_heard(&g.repl, mosquitto_client_id(ev->client), mono_ms());
     int rc =
         group_apply(gr, &g.table, g.persist, g.opt.node_id, ev->payload, ev->payloadlen, route);
-    if (*route && !repl_flood_on(&g.repl, conn, mono_ms(), 2 * g.group.quiet_ms)) {
-        *route = false; /* every other neighbour had it where we did (repl.c, rule 2b) */
-        g.st.floods_held++;
-    }
-    count_routed(ev, *route);
+    flood_on(ev, true, route);
     return rc;
 }
 
@@ -1844,16 +1847,6 @@ static void emit_sums(const struct wire_buf *msg, void *ud)
     replicate(ud, msg); /* "gsum" or "rsum" */
 }
 
-/* Deltas: what was learned goes on at the next tick (repl.c), local changes
- * a sixteenth of an interval less often than names are published: a peer
- * that gets them publishes each name at most once an interval, and deltas
- * that left just over an interval apart reach it a little closer or further
- * apart (a millisecond or two over bridges with set_tcp_nodelay; up to 40 ms
- * without, when Nagle's algorithm holds one back); one arriving early would
- * wait for the peer's next broker loop, up to 100 ms when it is idle. The
- * slack is what a far end waits beyond the interval, so it is kept small. A
- * repair asked of a neighbour goes in a DIGEST sent at once, at most once a
- * publish interval. */
 /* How often our group's and region's sums go (sums_interval_ms, 0: every
  * publish interval): at most a heartbeat, so that the speaker's keepalives
  * keep the others of its group quiet (group.c). */
@@ -1864,6 +1857,16 @@ static uint64_t sums_every(void)
     return every < heartbeat_ms() ? every : heartbeat_ms();
 }
 
+/* Deltas: what was learned goes on at the next tick (repl.c), local changes
+ * a sixteenth of an interval less often than names are published: a peer
+ * that gets them publishes each name at most once an interval, and deltas
+ * that left just over an interval apart reach it a little closer or further
+ * apart (a millisecond or two over bridges with set_tcp_nodelay; up to 40 ms
+ * without, when Nagle's algorithm holds one back); one arriving early would
+ * wait for the peer's next broker loop, up to 100 ms when it is idle. The
+ * slack is what a far end waits beyond the interval, so it is kept small. A
+ * repair asked of a neighbour goes in a DIGEST sent at once, at most once a
+ * publish interval. */
 static void replicate_tick(uint64_t now)
 {
     static struct wire_digest d; /* 2 KB of hashes: off the stack */

@@ -1370,12 +1370,11 @@ struct group_base {
 struct group_entry {
     UT_hash_handle hh;
     struct group_entry *next; /* on the queue of entries owed */
-    /* On the queue of echoes (group.c, "The last sums twice"): since
+    /* On the queue of echoes (group.c, "The last sums again"): since
      * echo_ms; sent_ms, when its sums last went. */
     struct group_entry *echo_next;
     uint64_t echo_ms, sent_ms;
     bool echo_queued;
-    uint8_t echoes; /* echoes still to go */
     uint64_t p, n, bp, bn;
     uint64_t deleted, reset;  /* the counter's stamps (reset.c) */
     struct group_dev *devs;   /* sorted by device */
