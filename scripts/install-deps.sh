@@ -8,7 +8,7 @@ packages=(
   build-essential cmake pkg-config clang libclang-rt-14-dev clang-format
   mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
   libcjson-dev check uthash-dev libwebsockets-dev zlib1g-dev
-  python3 python3-pytest python3-paho-mqtt
+  python3 python3-pytest python3-pytest-xdist python3-paho-mqtt
   esbuild chromium
   libmicrohttpd-dev prometheus man-db python3-yaml
   debhelper fakeroot lintian

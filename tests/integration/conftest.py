@@ -32,15 +32,25 @@ LOAD = os.path.join(BUILD, "clients", "tally-load")
 WSLOAD = os.path.join(BUILD, "clients", "tally-wsload")
 
 _used_ports = set()
+# Under pytest-xdist (scripts/test.sh runs tests side by side), worker k of n
+# takes only the ports p with p % n == k: a port one worker was handed and
+# has not bound yet is never handed to another.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+
+
+def port_mine(port):
+    """True if this worker may hand out `port` (all are, without xdist)."""
+    return port % _WORKERS == _WORKER
 
 
 def free_port():
     """A free TCP port on 127.0.0.1, never handed out twice in one run."""
-    for _ in range(200):
+    for _ in range(200 * _WORKERS):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port not in _used_ports and 20000 <= port <= 60999:
+        if port not in _used_ports and 20000 <= port <= 60999 and port_mine(port):
             _used_ports.add(port)
             return port
     raise RuntimeError("no free port")

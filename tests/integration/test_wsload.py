@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import port_mine
 
 REPO = Path(__file__).resolve().parents[2]
 WSLOAD = os.environ.get("TALLY_WSLOAD", str(REPO / "build" / "clients" / "tally-wsload"))
@@ -31,8 +32,10 @@ LOG_LINE = re.compile(r"^(\d+): (.*)$")
 
 def free_port():
     """A port in 20000-29999 that nothing on 127.0.0.1 is bound to."""
-    for _ in range(200):
+    for _ in range(2000):
         port = random.randint(20000, 29999)
+        if not port_mine(port):
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
