@@ -60,6 +60,7 @@ struct options {
     char state_dir[512];
     long long publish_interval_ms;
     long long sums_interval_ms;
+    long long sums_budget;
     long long max_counters;
     long long max_devices;
     long long max_viewers;
@@ -126,6 +127,9 @@ static const struct opt_spec opt_specs[] = {
     OPT_I(sums_interval_ms, 0, 1000,
           "an integer from 0 (publish_interval_ms) to 1000: how often a group's or region's "
           "speaker sends its sums to the other groups (README, Groups of hubs)"),
+    OPT_I(sums_budget, 0, 1000000,
+          "an integer from 0 (no bound) to 1000000: counters' sums a second a hub takes of "
+          "each level, the other groups' and the other regions' (README, Groups of hubs)"),
     OPT_I(max_counters, 1, 1000000000, "an integer from 1 to 1000000000"),
     OPT_I(max_devices, 1, 100000000, "an integer from 1 to 100000000"),
     OPT_I(max_viewers, 1, 100000000, "an integer from 1 to 100000000"),
@@ -1016,7 +1020,7 @@ static void count_routed(const struct mosquitto_evt_message *ev, bool route)
 static void flood_on(const struct mosquitto_evt_message *ev, bool beyond, bool *route)
 {
     if (*route && !repl_flood_on(&g.repl, mosquitto_client_id(ev->client), mono_ms(),
-                                 beyond ? 2 * g.group.quiet_ms : 0)) {
+                                 beyond ? group_outer_ms(&g.group) : 0)) {
         *route = false;
         g.st.floods_held++;
     }
@@ -1847,16 +1851,6 @@ static void emit_sums(const struct wire_buf *msg, void *ud)
     replicate(ud, msg); /* "gsum" or "rsum" */
 }
 
-/* How often our group's and region's sums go (sums_interval_ms, 0: every
- * publish interval): at most a heartbeat, so that the speaker's keepalives
- * keep the others of its group quiet (group.c). */
-static uint64_t sums_every(void)
-{
-    uint64_t every =
-        (uint64_t)(g.opt.sums_interval_ms ? g.opt.sums_interval_ms : g.opt.publish_interval_ms);
-    return every < heartbeat_ms() ? every : heartbeat_ms();
-}
-
 /* Deltas: what was learned goes on at the next tick (repl.c), local changes
  * a sixteenth of an interval less often than names are published: a peer
  * that gets them publishes each name at most once an interval, and deltas
@@ -1881,7 +1875,8 @@ static void replicate_tick(uint64_t now)
         g.last_repl_ms = now;
     }
     if (group_on(&g.group) && now - g.last_gsum_ms >= interval) {
-        if (now - g.last_sums_ms >= sums_every()) {
+        if (now - g.last_sums_ms >=
+            group_sums_every(&g.group, (uint64_t)g.opt.sums_interval_ms, interval)) {
             group_announce(&g.group, &g.table, g.opt.node_id, now, (size_t)g.opt.max_message_bytes,
                            FLUSH_BUDGET / 10, &g.buf, emit_sums, "gsum");
             if (group_on(&g.region))
@@ -2468,6 +2463,7 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     group_init(&g.region, g.opt.region, g.group.session, g.group.refresh_ms);
     group_scope(&g.region, 2, NULL);
     g.group.quiet_ms = g.region.quiet_ms = 3 * heartbeat_ms(); /* as repl.c stops hearing */
+    g.group.sums_budget = g.region.sums_budget = (uint64_t)g.opt.sums_budget;
     if (group_bind(&g.group, &g.table) != TALLY_OK || group_bind(&g.region, &g.table) != TALLY_OK)
         goto error;
     if ((g.edge && edge_start() != TALLY_OK) || scope_start() != TALLY_OK)

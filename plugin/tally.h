@@ -1393,6 +1393,8 @@ struct group_entry {
 struct group_origin {
     UT_hash_handle hh;
     uint64_t session, high, seen;
+    uint64_t heard_ms; /* when its sums were last new here */
+    bool other;        /* it speaks for another unit than ours: a stream we take */
     char id[TALLY_NODE_ID_MAX + 1];
 };
 
@@ -1417,6 +1419,15 @@ struct tally_group {
     bool senior, quiet;                          /* heard one before us in order; not speaking */
     uint64_t announced, learned, stale, refused; /* counters sent and taken, messages dropped */
     uint64_t echoed;                             /* counters sent again as they went still */
+    /* Gaps seen in the sums streams of other hubs, the last at hole_ms: the
+     * evidence that sums are lost on the way, without which none is echoed */
+    uint64_t holes, hole_ms;
+    /* A budget of sums (group.c): records a second a hub takes of this
+     * level's sums, 0 for no bound (plugin_opt_sums_budget); our share
+     * saved up, in thousandths of a record, as of share_ms; announces that
+     * left sums that rose waiting for it */
+    uint64_t sums_budget, share, share_ms, budget_held;
+    uint64_t queued;          /* entries on the queue */
     uint64_t viewers_refused; /* PRESENCE of another group or region dropped (scope.c) */
 };
 
@@ -1437,6 +1448,22 @@ void group_free(struct tally_group *gr);
 static inline bool group_on(const struct tally_group *gr)
 {
     return gr->len != 0;
+}
+/* How often a speaker's sums go (plugin_opt_sums_interval_ms, sums_ms; 0:
+ * every publish interval): at most a heartbeat, a third of quiet_ms, so
+ * that its keepalives keep the others of its group quiet. */
+static inline uint64_t group_sums_every(const struct tally_group *gr, uint64_t sums_ms,
+                                        uint64_t publish_ms)
+{
+    uint64_t every = sums_ms ? sums_ms : publish_ms;
+    return every < gr->quiet_ms / 3 ? every : gr->quiet_ms / 3;
+}
+/* How long a bridge out of our group counts as heard (repl.c, rule 2b:
+ * repl_flood_on's window for what the other groups take): two quiet
+ * times, so that a bridge out whose traffic pauses still gets it. */
+static inline uint64_t group_outer_ms(const struct tally_group *gr)
+{
+    return 2 * gr->quiet_ms;
 }
 /* Every counter again soon (at most ten refreshes an interval): a node
  * heard anew (a bridge back after its peers expired, a restart) may have

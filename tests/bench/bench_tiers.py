@@ -30,6 +30,13 @@ bridge between the groups (hub3 to hub0, or hub1 while it is down) that carries 
 viewer sums and stats: hub1 and hub2 have no bridge out of their group, and take each flood from
 the other group once, from hub0 (repl.c, rule 2b); printed for hub1 too.
 
+With --line G, G hubs, each a group of its own, in a line (hub h bridged to hub h-1 with the
+bridge between groups), each edge listing its own hub alone: hub0, at the end of the line, takes
+the sums of G - 1 groups. With --sums-budget N, every hub runs with plugin_opt_sums_budget N
+(README, "Groups of hubs"): what hub0 takes of the other groups' sums stays under N a second
+however many groups there are, and the totals come later. Printed besides: how long after the
+load every node was exact.
+
 With --churn R, viewers too: at each edge two clients view `presence/home`, and one more views
 and leaves one of ten pages R times a second (so that every edge's counts keep changing); hub0
 must end counting every edge's viewers of `presence/home`. With --plugin, another build of the
@@ -56,6 +63,7 @@ import common
 HUBS = 3
 PLUGIN = common.PLUGIN  # --plugin
 OLD_BRIDGES = False  # --old-bridges
+SUMS_BUDGET = 0  # --sums-budget
 BETWEEN_GROUPS = ["topic $tally/v1/gsum/# both 1", "topic $tally/v1/gviews/# both 1",
                   "topic $tally/stats/# both 1"]
 BETWEEN_REGIONS = ["topic $tally/v1/rsum/# both 1", "topic $tally/v1/rviews/# both 1",
@@ -67,6 +75,8 @@ def opts(name, edge, group=None, region=None):
          "sync_interval_ms": 1000, "stats_interval_ms": 1000}
     if edge:
         o["role"] = "edge"
+    elif SUMS_BUDGET:
+        o["sums_budget"] = SUMS_BUDGET
     if group:
         o["group"] = group
     if region:
@@ -150,6 +160,24 @@ def trios(stack, workdir, per_hub):
         hubs["hub%d" % h].port, hubs["hub%d" % (h - h % 3 + (h + 1) % 3)].port])
 
 
+def line(stack, workdir, per_hub, n):
+    """n hubs, each a group of its own, hub h bridged to hub h-1 with BETWEEN_GROUPS; per_hub
+    edges under each, listing their own hub alone (see the docstring)."""
+    hubs = {}
+    for h in range(n):
+        name, extra = "hub%d" % h, []
+        if h:
+            to = "hub%d" % (h - 1)
+            extra = ["connection %s-to-%s" % (name, to), "address 127.0.0.1:%d" % hubs[to].port,
+                     "clientid %s-to-%s" % (name, to)] + BETWEEN_GROUPS + [
+                         "restart_timeout 1 1", "cleansession true", "try_private true"]
+        hubs[name] = stack.enter_context(common.Broker(
+            workdir, "l%d-%s" % (per_hub, name), True, opts(name, False, "g%d" % h),
+            extra=extra, plugin=PLUGIN))
+    return hubs, edges_under(stack, workdir, "l", per_hub, hubs,
+                             lambda h: [hubs["hub%d" % h].port])
+
+
 def slots_held(hub, name):
     raw = hub.retained("counters/%s/state" % name, wait=3)
     return len(json.loads(raw)["nodes"]) if raw else 0
@@ -225,11 +253,13 @@ def wait_connected(hubs, edges, timeout=120):
 
 
 def run(workdir, per_hub, args, table):
-    n_hubs = 4 if args.pairs else 6 if args.trios else HUBS
+    n_hubs = 4 if args.pairs else 6 if args.trios else args.line or HUBS
     n_edges = n_hubs * per_hub
     shape = (" in two regions of two groups of one" if args.regions else
              " in two groups of two" if args.groups else " in two pairs") if args.pairs else (
         " in two groups of three, each a full mesh" if args.trios else
+        ", each a group, in a line%s" % (
+            ", sums_budget %d" % SUMS_BUDGET if SUMS_BUDGET else "") if args.line else
         " in a full mesh" if args.mesh else "")
     print("\n== %d hubs%s, %d edges (%d a hub), %d inc/s an edge for %d s%s ==" % (
         n_hubs, shape, n_edges, per_hub,
@@ -238,6 +268,7 @@ def run(workdir, per_hub, args, table):
     with contextlib.ExitStack() as stack:
         hubs, edges = (pairs(stack, workdir, per_hub, args.groups, args.regions) if args.pairs
                        else trios(stack, workdir, per_hub) if args.trios
+                       else line(stack, workdir, per_hub, args.line) if args.line
                        else tree(stack, workdir, per_hub, args.mesh))
         wait_connected(hubs, edges)
         collectors = {"hub0": own_stats(hubs["hub0"], "hub0"),
@@ -266,6 +297,7 @@ def run(workdir, per_hub, args, table):
             time.sleep(args.seconds / 4)
             hubs["hub1"].proc.kill()
         runner.join()
+        ended = time.monotonic()
         s2 = {n: c.get(n) for n, c in collectors.items()}
         cpu = hubs["hub0"].cpu_seconds() - cpu0
         rate = result["rate"]
@@ -276,6 +308,7 @@ def run(workdir, per_hub, args, table):
             if not wrong:
                 break
             time.sleep(0.2)
+        exact_at = time.monotonic()
         viewers = None
         if churn:
             churn.stop()
@@ -296,14 +329,22 @@ def run(workdir, per_hub, args, table):
         hub_cpu_us = cpu / (rate * args.seconds) * 1e6
         held = slots_held(hubs["hub0"], "shared")
         print("tree %.0f inc/s; shared = %d sent; %s" % (
-            rate, result["shared"], "exact at hub0 and every edge" if not wrong
-            else "NOT exact at %s" % wrong))
+            rate, result["shared"], "exact at hub0 and every edge, %.1f s after the load" % (
+                exact_at - ended) if not wrong else "NOT exact at %s" % wrong))
         shown = [("edge0", edge_r), ("hub0", hub_r)]
         if args.trios:
             shown.append(("hub1", bs.rates(s1["hub1"], s2["hub1"], rate)))
         for who, r in shown:
             print("%-6s in %6.0f msg/s %8.1f KB/s | out %6.0f msg/s %8.1f KB/s" % (
                 who, r["msgs_in"], r["bytes_in"] / 1000, r["msgs_out"], r["bytes_out"] / 1000))
+        for who in ("hub0", "hub1"):
+            g, g1 = s2.get(who, {}).get("group"), s1.get(who, {}).get("group")
+            if g and g1:  # echoes go only where gaps show sums lost (group.c)
+                secs = (s2[who]["uptime_ms"] - s1[who]["uptime_ms"]) / 1000
+                print("%s group: took %.0f counters' sums a second from other groups; %d "
+                      "announced, %d echoed, %d gaps seen in others' sums, budget held %d times"
+                      % (who, (g["learned"] - g1["learned"]) / secs, g["announced"], g["echoed"],
+                         g.get("holes", 0), g.get("budget_held", 0)))
         print("RSS: edges %s MB, hub0 %.1f MB; hub0 CPU %.1f us per tree increment; hub0 holds "
               "%d slots of shared" % ("/".join("%.1f" % (v / 1e6) for v in rss_e), rss_h / 1e6,
                                       hub_cpu_us, held), flush=True)
@@ -345,12 +386,18 @@ def parse_args():
                    help="with --pairs: each hub a group, each pair a region (plugin_opt_region)")
     p.add_argument("--churn", type=float, default=0, metavar="R",
                    help="viewers at every edge, one page changing R times a second at each")
+    p.add_argument("--line", type=int, default=0, metavar="G",
+                   help="G hubs in a line, each a group of its own")
+    p.add_argument("--sums-budget", type=int, default=0, metavar="N",
+                   help="plugin_opt_sums_budget N at every hub")
     p.add_argument("--plugin", default=str(common.PLUGIN), help="the plugin to run")
     p.add_argument("--old-bridges", action="store_true",
                    help="bridges between groups carry presence/# (builds before 2026-12-05)")
     args = p.parse_args()
-    global PLUGIN, OLD_BRIDGES
-    PLUGIN, OLD_BRIDGES = args.plugin, args.old_bridges
+    global PLUGIN, OLD_BRIDGES, SUMS_BUDGET
+    PLUGIN, OLD_BRIDGES, SUMS_BUDGET = args.plugin, args.old_bridges, args.sums_budget
+    if args.line and (args.line < 2 or args.pairs or args.trios or args.mesh or args.failover):
+        p.error("--line G: G at least 2, alone (no --pairs, --trios, --mesh or --failover)")
     if args.trios and (args.pairs or args.mesh or args.failover):
         p.error("--trios alone (no --pairs, --mesh or --failover)")
     if (args.groups or args.regions) and not args.pairs:

@@ -4,6 +4,7 @@ replicate as any cluster; between groups a bridge carries GSUMs (each group's su
 stats only. Every node ends exact, and a hub holds its own group's slots and one slot for the
 other group, whatever the other group holds."""
 import json
+import subprocess
 import time
 
 import pytest
@@ -367,6 +368,74 @@ def test_the_bridge_between_groups_cut_and_healed_under_load(brokers, closing):
             h.wait_total(f"own-{own[0]}", expected[f"own-{own[0]}"], 15)
             h.wait_total("shared", before["shared"] + mine["shared"] // 2, 15)
     proxies[0].heal()
+    exact_everywhere(hubs + edges, expected)
+
+
+def test_a_budget_of_sums_holds_the_other_groups_view_back_not_the_counts(brokers, closing):
+    """sums_budget 10: a hub takes at most 10 counters' sums a second of the other groups, so
+    g1's speaker, hearing one other speaker (b1), sends at most 5 a second of what rose, oldest
+    first (the refresh, every counter again, goes at its own pace). 40 counters written at a2
+    at once: a1 holds sums back for the budget, and every node ends exact."""
+    hubs, edges = two_groups(brokers, options={"sums_budget": "10", "stats_interval_ms": "1000",
+                                               "sync_interval_ms": "3000"})
+    a1, a2, b1, b2 = hubs
+    wait_for(lambda: group_stats(b1).get("speaking") is True, 15, what="b1 to speak for g2")
+    b1.pub("counters/warm/inc", "1")  # a1 hears b1's stream: a share of two
+    exact_everywhere(hubs, {"warm": 1})
+    names = [f"n{i:02d}" for i in range(40)]
+    increments_of(a2.port, names, 1)
+    acked = time.monotonic()
+    r = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(b1.port), "-t",
+                        "counters/+", "-v", "--retained-only", "-W", "1"],
+                       capture_output=True, text=True)
+    there = [n for n in names if f"counters/{n} 1" in r.stdout.splitlines()]
+    expected = {n: 1 for n in names}
+    exact_everywhere([a1, a2], expected)
+    wait_for(lambda: group_stats(a1).get("budget_held", 0) > 0, 10,
+             what="a1 to hold sums back for the budget")
+    exact_everywhere(hubs, dict(expected, warm=1))
+    print(f"sums_budget 10: b1 had {len(there)} of 40 counters as they were acknowledged, every "
+          f"node all of them {time.monotonic() - acked:.1f} s after")
+
+
+def test_sums_are_echoed_only_where_a_gap_shows_them_lost(brokers, closing):
+    """The last sums again (plugin/group.c) go only where sums are lost on the way: a gap in
+    another hub's stream of sums within a refresh interval (10 sync intervals). Over loopback
+    nothing is lost: a1 and b1, which speak for g1 and g2, see no gap and echo nothing. The
+    bridge between the groups cut and healed, each has missed the sums the other sent
+    meanwhile and sees the gap; a counter that then rises once at a1 is sent again a heartbeat
+    later (group.echoed), and every node counts it once."""
+    proxies = []
+
+    def proxy(port):
+        proxies.append(TcpProxy(port))
+        closing.append(proxies[-1])
+        return proxies[-1].port
+
+    hubs, edges = two_groups(brokers, proxy=proxy,
+                             options={"stats_interval_ms": "1000", "sync_interval_ms": "2000"})
+    a1, a2, b1, b2 = hubs
+    expected = {}
+    increments(edges, 10, expected)
+    exact_everywhere(hubs + edges, expected)
+    for h in (a1, b1):
+        wait_for(lambda: group_stats(h).get("speaking") is True, 15,
+                 what=f"{h.name} to speak for its group")
+    time.sleep(2)  # the last sums went still a heartbeat ago
+    for h in (a1, b1):
+        g = group_stats(h)
+        assert g["holes"] == 0 and g["echoed"] == 0, f"{h.name} over loopback: {g}"
+    proxies[0].cut()
+    time.sleep(3)  # each speaker sends at least a keepalive a heartbeat: lost
+    proxies[0].heal()
+    for h in (a1, b1):
+        wait_for(lambda: group_stats(h).get("holes", 0) > 0, 15,
+                 what=f"{h.name} to see a gap in the other group's sums")
+    echoed = group_stats(a1)["echoed"]
+    increments_of(a1.port, ["still"], 4)
+    expected["still"] = 4
+    wait_for(lambda: group_stats(a1)["echoed"] > echoed, 10,
+             what="a1 to send still's sums again once they went still")
     exact_everywhere(hubs + edges, expected)
 
 

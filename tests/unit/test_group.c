@@ -718,48 +718,171 @@ START_TEST(test_the_refresh_sends_every_counter_again_in_chunks)
 }
 END_TEST
 
-START_TEST(test_the_last_sums_go_again_once_still)
+/* from's stream of sums reaches `to` with a gap, a GSUM lost on the way:
+ * the evidence that sums are lost, which `to` holds for a refresh
+ * interval. */
+static void lose_one(struct hub *from, struct hub *to, uint64_t now_ms)
 {
-    /* A counter's sums go again, once, when they have been still for a
-     * third of quiet_ms (1 s here): a GSUM lost at the end of a burst is
-     * healed a second later, not at the refresh; one that keeps rising is
-     * not echoed. */
+    struct outbox out = {0};
+    for (uint64_t i = 1; i <= 3; i++) {
+        slot(from, "other", "f1", from->g.seq + 1, 0); /* it rises each time */
+        note(from, "other");
+        ck_assert_int_eq(announce_sized(from, now_ms + i, MAX_BYTES, 100, &out), 1);
+    }
+    uint64_t holes = to->g.holes;
+    ck_assert(apply(to, &out.m[0]));
+    ck_assert(apply(to, &out.m[2]));
+    ck_assert_uint_eq(to->g.holes, holes + 1);
+    outbox_free(&out);
+}
+
+START_TEST(test_the_last_sums_go_again_once_still_where_sums_are_lost)
+{
+    /* Where sums are lost on the way (a gap in another hub's stream within
+     * a refresh interval, 10 s here), a counter's sums go again, once, when
+     * they have been still for a third of quiet_ms (1 s here): a GSUM lost
+     * at the end of a burst is healed a second later, not at the refresh;
+     * one that keeps rising is not echoed. Where none is lost, none is. */
     struct hub a, b;
     struct outbox out = {0};
     two_groups(&a, &b);
-    a.g.refresh_due = 1000000; /* no refresh in the way */
-    slot(&a, "c", "e1", 5, 0);
+    a.g.refresh_due = b.g.refresh_due = 1000000; /* no refresh in the way */
+    a.g.refresh_ms = 10000;
+    slot(&a, "c", "e1", 4, 0);
     note(&a, "c");
     ck_assert_int_eq(announce_sized(&a, 0, MAX_BYTES, 100, &out), 1);
+    outbox_free(&out);
+    announce_sized(&a, 1000, MAX_BYTES, 100, &out); /* nothing lost here: no echo */
+    announce_sized(&a, 2000, MAX_BYTES, 100, &out);
+    ck_assert_uint_eq(records(&out, NULL, NULL), 0);
+    ck_assert_uint_eq(a.g.echoed, 0);
+    outbox_free(&out);
+    lose_one(&b, &a, 2000);
+    slot(&a, "c", "e1", 5, 0);
+    note(&a, "c");
+    ck_assert_int_eq(announce_sized(&a, 3000, MAX_BYTES, 100, &out), 1);
     slot(&a, "c", "e1", 6, 0);
     note(&a, "c");
-    ck_assert_int_eq(announce_sized(&a, 500, MAX_BYTES, 100, &out), 1);
+    ck_assert_int_eq(announce_sized(&a, 3500, MAX_BYTES, 100, &out), 1);
     outbox_free(&out);                              /* both lost on the way to b */
-    announce_sized(&a, 1000, MAX_BYTES, 100, &out); /* rose at 500: still moving */
-    announce_sized(&a, 1499, MAX_BYTES, 100, &out);
+    announce_sized(&a, 4000, MAX_BYTES, 100, &out); /* rose at 3500: still moving */
+    announce_sized(&a, 4499, MAX_BYTES, 100, &out);
     ck_assert_uint_eq(records(&out, NULL, NULL), 0);
-    ck_assert_int_eq(announce_sized(&a, 1500, MAX_BYTES, 100, &out), 1);
+    ck_assert_int_eq(announce_sized(&a, 4500, MAX_BYTES, 100, &out), 1);
     ck_assert_uint_eq(records(&out, "c", NULL), 1);
     ck_assert_uint_eq(a.g.echoed, 1);
     apply_all(&b, &out);
     assert_group_slot(&b, "c", "g1", 6, 0);
     outbox_free(&out);
-    announce_sized(&a, 2500, MAX_BYTES, 100, &out); /* once: a keepalive, no record */
-    announce_sized(&a, 6000, MAX_BYTES, 100, &out);
+    announce_sized(&a, 5500, MAX_BYTES, 100, &out); /* once: a keepalive, no record */
+    announce_sized(&a, 9000, MAX_BYTES, 100, &out);
+    ck_assert_uint_eq(records(&out, NULL, NULL), 0);
+    ck_assert_uint_eq(a.g.echoed, 1);
+    outbox_free(&out);
+    /* a refresh interval after the last gap, the evidence is gone */
+    slot(&a, "c", "e1", 7, 0);
+    note(&a, "c");
+    ck_assert_int_eq(announce_sized(&a, 12000, MAX_BYTES, 100, &out), 1);
+    outbox_free(&out);
+    announce_sized(&a, 13000, MAX_BYTES, 100, &out);
+    announce_sized(&a, 14000, MAX_BYTES, 100, &out);
     ck_assert_uint_eq(records(&out, NULL, NULL), 0);
     ck_assert_uint_eq(a.g.echoed, 1);
     outbox_free(&out);
     /* a hub that stops speaking drops the echoes it owed */
-    slot(&a, "c", "e1", 7, 0);
+    lose_one(&b, &a, 14000);
+    slot(&a, "c", "e1", 8, 0);
     note(&a, "c");
-    ck_assert_int_eq(announce_sized(&a, 7000, MAX_BYTES, 100, &out), 1);
+    ck_assert_int_eq(announce_sized(&a, 15000, MAX_BYTES, 100, &out), 1);
+    ck_assert_ptr_nonnull(a.g.echo);
     a.g.senior = true;
-    a.g.senior_ms = 7100;
-    ck_assert_int_eq(announce_sized(&a, 8000, MAX_BYTES, 100, &out), 0);
+    a.g.senior_ms = 15100;
+    ck_assert_int_eq(announce_sized(&a, 16000, MAX_BYTES, 100, &out), 0);
     ck_assert_ptr_null(a.g.echo);
     ck_assert_uint_eq(a.g.echoed, 1);
     outbox_free(&out);
     hubs_free(&a, &b);
+}
+END_TEST
+
+/* from's sums of its counter "other" rise and reach `to`: a stream `to`
+ * takes, of another group. */
+static void speak(struct hub *from, struct hub *to, uint64_t now_ms)
+{
+    struct outbox out = {0};
+    slot(from, "other", "f1", from->g.seq + 1, 0);
+    note(from, "other");
+    ck_assert_int_eq(announce_sized(from, now_ms, MAX_BYTES, 100, &out), 1);
+    apply_all(to, &out);
+    outbox_free(&out);
+}
+
+/* Records a's announce at now_ms writes, all taken by b. */
+static uint64_t budgeted(struct hub *a, struct hub *b, uint64_t now_ms, const char *first,
+                         const char *beyond)
+{
+    struct outbox out = {0};
+    uint64_t named;
+    announce_sized(a, now_ms, MAX_BYTES, 100, &out);
+    uint64_t n = records(&out, NULL, NULL);
+    if (first) {
+        records(&out, first, &named);
+        ck_assert_uint_eq(named, 1);
+    }
+    if (beyond) {
+        records(&out, beyond, &named);
+        ck_assert_uint_eq(named, 0);
+    }
+    apply_all(b, &out);
+    outbox_free(&out);
+    return n;
+}
+
+START_TEST(test_a_budget_of_sums_sends_what_rose_oldest_first_at_its_share)
+{
+    /* sums_budget 30 a second, no other speaker heard: a's share is all of
+     * it, saved up for at most a second, and what rose goes once the share
+     * covers it all or a heartbeat's share (1 s here): a message a
+     * heartbeat, not a record a tenth of a second. 50 counters risen at
+     * once go 30, then the other 20 once the share covers them, oldest
+     * first, and b ends with every one. With b's and c's streams heard, a's
+     * share is a third: 10 a second. */
+    struct hub a, b, c;
+    two_groups(&a, &b);
+    hub_init(&c, "c1", "g3", 1);
+    a.g.refresh_due = 1000000; /* no refresh in the way */
+    a.g.sums_budget = 30;
+    char name[16];
+    for (int i = 0; i < 50; i++) {
+        snprintf(name, sizeof(name), "c%02d", i);
+        slot(&a, name, "e1", (uint64_t)i + 1, 0);
+        note(&a, name);
+    }
+    ck_assert_uint_eq(budgeted(&a, &b, 5000, "c00", "c30"), 30);
+    ck_assert_uint_eq(a.g.budget_held, 1);
+    for (uint64_t t = 5100; t <= 5600; t += 100) /* 3 a tenth: not yet the 20 left */
+        ck_assert_uint_eq(budgeted(&a, &b, t, NULL, NULL), 0);
+    ck_assert_uint_eq(budgeted(&a, &b, 5700, "c30", NULL), 20);
+    for (int i = 0; i < 50; i++) {
+        snprintf(name, sizeof(name), "c%02d", i);
+        assert_group_slot(&b, name, "g1", (uint64_t)i + 1, 0);
+    }
+    /* two other speakers heard: a third of the budget */
+    speak(&b, &a, 6000);
+    speak(&c, &a, 6000);
+    for (int i = 0; i < 50; i++) {
+        snprintf(name, sizeof(name), "c%02d", i);
+        slot(&a, name, "e1", (uint64_t)i + 100, 0);
+        note(&a, name);
+    }
+    ck_assert_uint_eq(budgeted(&a, &b, 7000, "c00", "c10"), 10);
+    ck_assert_uint_eq(budgeted(&a, &b, 7500, NULL, NULL), 0);
+    ck_assert_uint_eq(budgeted(&a, &b, 8000, "c10", "c20"), 10);
+    /* c's stream unheard for quiet_ms (3 s): a half */
+    speak(&b, &a, 9000);
+    ck_assert_uint_eq(budgeted(&a, &b, 10000, "c20", "c35"), 15);
+    hubs_free(&a, &b);
+    hub_free(&c);
 }
 END_TEST
 
@@ -1461,7 +1584,8 @@ Suite *group_suite(void)
     tcase_add_test(tc, test_a_gsum_far_below_the_newest_is_dropped);
     tcase_add_test(tc, test_a_counter_whose_sum_did_not_rise_is_not_sent);
     tcase_add_test(tc, test_the_refresh_sends_every_counter_again_in_chunks);
-    tcase_add_test(tc, test_the_last_sums_go_again_once_still);
+    tcase_add_test(tc, test_the_last_sums_go_again_once_still_where_sums_are_lost);
+    tcase_add_test(tc, test_a_budget_of_sums_sends_what_rose_oldest_first_at_its_share);
     tcase_add_test(tc, test_a_device_maximum_travels_whole_and_is_not_echoed);
     tcase_add_test(tc, test_many_counters_are_split_within_max_bytes);
     tcase_add_test(tc, test_a_counter_with_many_devices_is_taken_whole_over_many_messages);
