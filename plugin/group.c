@@ -171,11 +171,12 @@
  * interval. The refresh (every counter once every refresh_ms) goes at its
  * own pace, since it is what heals a loss, and what it sends comes out of
  * the same share: a hub takes about the budget, or the refreshes' pace
- * (counters x speakers / refresh_ms) if that is more. With
- * 1,000 a second, a hub of the simulator's 10,200 nodes in 10 regions
- * carries 140 KB/s, 1.14 times what one of 2,040 nodes in 2 regions does
- * (304 and 2.17 times without), and totals are exact about as soon after
- * the load (README, "Measured: edges and hubs").
+ * (counters x speakers / refresh_ms) if that is more. With 1,000 a
+ * second, a hub of the simulator's 10,200 nodes in 10 regions carries 140
+ * KB/s, 1.09 times what one of 2,040 nodes in 2 regions does (304 and 2.17
+ * times without), and totals are exact a second or so later on average,
+ * with a longer tail: a sum lost while the budget holds its echo back
+ * waits for the refresh (README, "Measured: edges and hubs").
  *
  * ---- Regions: groups of groups ----
  *

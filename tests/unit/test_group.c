@@ -736,6 +736,18 @@ static void lose_one(struct hub *from, struct hub *to, uint64_t now_ms)
     outbox_free(&out);
 }
 
+/* a's announces at t1 and t2 write no record (a keepalive at most), and it
+ * has echoed `echoed` counters in all. */
+static void no_record_at(struct hub *a, uint64_t t1, uint64_t t2, uint64_t echoed)
+{
+    struct outbox out = {0};
+    announce_sized(a, t1, MAX_BYTES, 100, &out);
+    announce_sized(a, t2, MAX_BYTES, 100, &out);
+    ck_assert_uint_eq(records(&out, NULL, NULL), 0);
+    ck_assert_uint_eq(a->g.echoed, echoed);
+    outbox_free(&out);
+}
+
 START_TEST(test_the_last_sums_go_again_once_still_where_sums_are_lost)
 {
     /* Where sums are lost on the way (a gap in another hub's stream within
@@ -752,11 +764,7 @@ START_TEST(test_the_last_sums_go_again_once_still_where_sums_are_lost)
     note(&a, "c");
     ck_assert_int_eq(announce_sized(&a, 0, MAX_BYTES, 100, &out), 1);
     outbox_free(&out);
-    announce_sized(&a, 1000, MAX_BYTES, 100, &out); /* nothing lost here: no echo */
-    announce_sized(&a, 2000, MAX_BYTES, 100, &out);
-    ck_assert_uint_eq(records(&out, NULL, NULL), 0);
-    ck_assert_uint_eq(a.g.echoed, 0);
-    outbox_free(&out);
+    no_record_at(&a, 1000, 2000, 0); /* nothing lost here: no echo */
     lose_one(&b, &a, 2000);
     slot(&a, "c", "e1", 5, 0);
     note(&a, "c");
@@ -774,21 +782,13 @@ START_TEST(test_the_last_sums_go_again_once_still_where_sums_are_lost)
     apply_all(&b, &out);
     assert_group_slot(&b, "c", "g1", 6, 0);
     outbox_free(&out);
-    announce_sized(&a, 5500, MAX_BYTES, 100, &out); /* once: a keepalive, no record */
-    announce_sized(&a, 9000, MAX_BYTES, 100, &out);
-    ck_assert_uint_eq(records(&out, NULL, NULL), 0);
-    ck_assert_uint_eq(a.g.echoed, 1);
-    outbox_free(&out);
+    no_record_at(&a, 5500, 9000, 1); /* once */
     /* a refresh interval after the last gap, the evidence is gone */
     slot(&a, "c", "e1", 7, 0);
     note(&a, "c");
     ck_assert_int_eq(announce_sized(&a, 12000, MAX_BYTES, 100, &out), 1);
     outbox_free(&out);
-    announce_sized(&a, 13000, MAX_BYTES, 100, &out);
-    announce_sized(&a, 14000, MAX_BYTES, 100, &out);
-    ck_assert_uint_eq(records(&out, NULL, NULL), 0);
-    ck_assert_uint_eq(a.g.echoed, 1);
-    outbox_free(&out);
+    no_record_at(&a, 13000, 14000, 1);
     /* a hub that stops speaking drops the echoes it owed */
     lose_one(&b, &a, 14000);
     slot(&a, "c", "e1", 8, 0);
