@@ -742,7 +742,7 @@ static void echo_drop(struct tally_group *gr)
 static uint64_t echo_due(struct gsum_out *o, uint64_t now_ms, uint64_t left)
 {
     struct tally_group *gr = o->gr;
-    uint64_t every = gr->quiet_ms / 3, went = 0;
+    uint64_t every = group_heartbeat_ms(gr), went = 0;
     for (struct group_entry *e; went < left && (e = gr->echo) && e->echo_ms + every <= now_ms;) {
         gr->echo = e->echo_next;
         if (!gr->echo)
@@ -778,21 +778,19 @@ static uint64_t allowance(struct tally_group *gr, uint64_t now_ms)
     if (!gr->sums_budget)
         return UINT64_MAX;
     uint64_t shares = streams_heard(gr, now_ms) + 1;
-    uint64_t since = now_ms - gr->share_ms < 1000 ? now_ms - gr->share_ms : 1000;
-    uint64_t cap = gr->sums_budget * 1000 / shares; /* thousandths a second */
-    cap = cap > 1000 ? cap : 1000;
-    gr->share += gr->sums_budget * since / shares;
-    gr->share = gr->share < cap ? gr->share : cap;
+    uint64_t since = min64(now_ms - gr->share_ms, 1000);
+    uint64_t cap = max64(gr->sums_budget * 1000 / shares, 1000); /* thousandths a second */
+    gr->share = min64(gr->share + gr->sums_budget * since / shares, cap);
     gr->share_ms = now_ms;
-    uint64_t have = gr->share / 1000, batch = gr->sums_budget * (gr->quiet_ms / 3) / shares / 1000;
-    batch = batch ? batch : 1;
-    return have >= (gr->queued < batch ? gr->queued : batch) ? have : 0;
+    uint64_t have = gr->share / 1000;
+    uint64_t batch = max64(gr->sums_budget * group_heartbeat_ms(gr) / shares / 1000, 1);
+    return have >= min64(gr->queued, batch) ? have : 0;
 }
 
 static void spend(struct tally_group *gr, uint64_t records)
 {
     if (gr->sums_budget)
-        gr->share = gr->share > records * 1000 ? gr->share - records * 1000 : 0;
+        gr->share = minus(gr->share, records * 1000);
 }
 
 uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, const char *self,
@@ -849,7 +847,7 @@ uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, con
     }
     spend(gr, went); /* the refresh at its own pace, out of the same share */
     /* at least three a quiet interval: the rest of our group keeps quiet */
-    send_out(&o, !o.messages && now_ms - gr->sent_ms >= gr->quiet_ms / 3);
+    send_out(&o, !o.messages && now_ms - gr->sent_ms >= group_heartbeat_ms(gr));
     if (o.messages)
         gr->sent_ms = now_ms;
     return o.messages;

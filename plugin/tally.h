@@ -1449,14 +1449,20 @@ static inline bool group_on(const struct tally_group *gr)
 {
     return gr->len != 0;
 }
+/* A presence heartbeat, a third of quiet_ms: the speaker sends at least one
+ * a heartbeat, and echoes a sum a heartbeat after it went still. */
+static inline uint64_t group_heartbeat_ms(const struct tally_group *gr)
+{
+    return gr->quiet_ms / 3;
+}
 /* How often a speaker's sums go (plugin_opt_sums_interval_ms, sums_ms; 0:
- * every publish interval): at most a heartbeat, a third of quiet_ms, so
- * that its keepalives keep the others of its group quiet. */
+ * every publish interval): at most a heartbeat, so that its keepalives
+ * keep the others of its group quiet. */
 static inline uint64_t group_sums_every(const struct tally_group *gr, uint64_t sums_ms,
                                         uint64_t publish_ms)
 {
     uint64_t every = sums_ms ? sums_ms : publish_ms;
-    return every < gr->quiet_ms / 3 ? every : gr->quiet_ms / 3;
+    return every < group_heartbeat_ms(gr) ? every : group_heartbeat_ms(gr);
 }
 /* How long a bridge out of our group counts as heard (repl.c, rule 2b:
  * repl_flood_on's window for what the other groups take): two quiet

@@ -39,7 +39,7 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
 
 
-def port_mine(port):
+def _port_mine(port):
     """True if this worker may hand out `port` (all are, without xdist)."""
     return port % _WORKERS == _WORKER
 
@@ -50,7 +50,7 @@ def free_port():
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port not in _used_ports and 20000 <= port <= 60999 and port_mine(port):
+        if port not in _used_ports and 20000 <= port <= 60999 and _port_mine(port):
             _used_ports.add(port)
             return port
     raise RuntimeError("no free port")

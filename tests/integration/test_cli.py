@@ -24,26 +24,11 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from conftest import chain, port_mine, wait_for
+from conftest import chain, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TALLY = os.environ.get("TALLY_CLI", os.path.join(os.environ.get("TALLY_BUILD", str(REPO / "build")), "clients", "tally"))
 STEP_TIMEOUT = 5  # seconds any single expected event may take
-
-
-def free_port():
-    """A 127.0.0.1 port in 20000-29999 that nothing listens on right now."""
-    for _ in range(2000):
-        port = random.randint(20000, 29999)
-        if not port_mine(port):
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-29999")
 
 
 def wait_for_port(port, proc, log):

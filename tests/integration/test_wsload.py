@@ -13,7 +13,6 @@ only thing that can close it is the broker's keepalive check.
 
 import json
 import os
-import random
 import re
 import shutil
 import socket
@@ -22,27 +21,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import port_mine
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WSLOAD = os.environ.get("TALLY_WSLOAD", str(REPO / "build" / "clients" / "tally-wsload"))
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 LOG_LINE = re.compile(r"^(\d+): (.*)$")
-
-
-def free_port():
-    """A port in 20000-29999 that nothing on 127.0.0.1 is bound to."""
-    for _ in range(2000):
-        port = random.randint(20000, 29999)
-        if not port_mine(port):
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-29999")
 
 
 def wait_listening(port, deadline):
@@ -58,9 +42,7 @@ def wait_listening(port, deadline):
 class Broker:
     def __init__(self, tmp_path):
         self.port = free_port()
-        self.ws_port = free_port()
-        while self.ws_port == self.port:
-            self.ws_port = free_port()
+        self.ws_port = free_port()  # never the same port twice in a run
         self.log = tmp_path / "mosquitto.log"
         conf = tmp_path / "mosquitto.conf"
         conf.write_text(
