@@ -6,12 +6,26 @@
 # "large" adds a tree of 2,040 nodes with every kind of fault, without
 # groups, with groups of hubs and with regions (10 to 20 s each here, the
 # plain build only: they would take minutes under ASan).
+#   TALLY_SIM_JOBS=N   schedules run N at a time (default: one a core)
 set -euo pipefail
 sim=${1:-build}/tests/tally_sim
+jobs=${TALLY_SIM_JOBS:-$(nproc)}
 run() {
   echo "== tally_sim $*"
   "$sim" --check "$@"
 }
+# One schedule of the many below, silent unless it fails (run by xargs).
+# shellcheck disable=SC2317
+one() {
+  local out
+  if ! out=$("$sim" --check "$@" 2>&1); then
+    echo "FAILED: tally_sim $*"
+    echo "$out" | tail -5
+    return 1
+  fi
+}
+export -f one run
+export sim
 heavy="--hubs 6 --edges 5 --seconds 30 --loss 0.2 --delay 200 --kill-hubs 1 --restart-hubs 1
   --kill-edges 3 --link-failures 6"
 mixed="--hubs 10 --edges 8 --seconds 20 --loss 0.05 --delay 100 --kill-hubs 2 --restart-hubs 3
@@ -151,21 +165,27 @@ for seed in $(seq 100 139); do
     "$groups3" "$groupcut" "$heavy --reset" "$groups --reset" "$groups3 --reset" \
     "$groupcut --reset" "$regions" "$regions --reset"; do
     # shellcheck disable=SC2086
-    if ! out=$("$sim" --check $cfg --seed "$seed" 2>&1); then
-      echo "FAILED: tally_sim $cfg --seed $seed" | tr -s ' \n' ' '
-      echo
-      echo "$out" | tail -5
-      failed=1
-    fi
+    echo $cfg --seed "$seed" # one line, one space between arguments
   done
-done
-[ "$failed" = 0 ] && echo "== 600 more schedules (seeds 100-139, 15 fault mixes): all exact"
+done | xargs -P "$jobs" -L 1 bash -c 'one "$@"' one || failed=1
+[ "$failed" = 0 ] && echo "== 600 more schedules (seeds 100-139, 15 fault mixes, $jobs at a time): all exact"
 if [ "${2:-}" = large ]; then
-  run --hubs 40 --edges 50 --seconds 20 --loss 0.02 --kill-hubs 4 --restart-hubs 4 \
-    --kill-edges 40 --link-failures 20 --seed 7
-  run --hubs 40 --edges 50 --groups 10 --seconds 20 --loss 0.02 --kill-hubs 4 --restart-hubs 4 \
-    --kill-edges 40 --link-failures 20 --seed 7
-  run --hubs 40 --edges 50 --groups 10 --regions 2 --seconds 20 --loss 0.02 --kill-hubs 4 \
-    --restart-hubs 4 --kill-edges 40 --link-failures 20 --seed 7
+  large="--hubs 40 --edges 50 --seconds 20 --loss 0.02 --kill-hubs 4 --restart-hubs 4
+    --kill-edges 40 --link-failures 20 --seed 7"
+  # The three side by side, each printed whole in turn.
+  out=$(mktemp -d)
+  export out
+  # shellcheck disable=SC2317
+  large_one() { run "${@:2}" >"$out/$1" 2>&1 || touch "$out/failed"; }
+  export -f large_one
+  # shellcheck disable=SC2086
+  {
+    echo 1 $large
+    echo 2 $large --groups 10
+    echo 3 $large --groups 10 --regions 2
+  } | xargs -P "$jobs" -L 1 bash -c 'large_one "$@"' large_one
+  cat "$out/1" "$out/2" "$out/3"
+  [ -e "$out/failed" ] && failed=1
+  rm -rf "$out"
 fi
 exit "$failed"

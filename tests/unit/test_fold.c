@@ -21,7 +21,7 @@ struct msg {
 };
 
 struct node {
-    char name[8];
+    char name[16];
     uint64_t incarnation;
     struct tally_table t;
     struct repl r;
