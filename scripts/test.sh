@@ -83,8 +83,9 @@ beside() {
   shift
   log=$(mktemp)
   (
+    renice -n 19 -p "$BASHPID" >/dev/null # nice(1) cannot run a shell function
     start=$SECONDS
-    nice -n 19 "$@" >"$log" 2>&1
+    "$@" >"$log" 2>&1
     echo "$? $((SECONDS - start))" >"$log.end"
   ) &
   bg_names+=("$name")
