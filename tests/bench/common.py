@@ -6,13 +6,16 @@ raises BenchError when a run cannot produce a figure (broker did not start, load
 
 import json
 import os
-import random
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ports import pick_free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "build" / "plugin" / "mosquitto_tally.so"
@@ -43,18 +46,10 @@ def broker_kinds(plain_only):
 
 def free_port():
     """A port in 20000-29999 that nothing on 127.0.0.1 listens on, not handed out before."""
-    for _ in range(200):
-        port = random.randint(20000, 29999)
-        if port in _ports_taken:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _ports_taken.add(port)
-        return port
-    raise BenchError("no free port in 20000-29999")
+    port = pick_free_port(20000, 30000, _ports_taken, tries=200)
+    if port is None:
+        raise BenchError("no free port in 20000-29999")
+    return port
 
 
 def tally_load(workdir):

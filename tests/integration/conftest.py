@@ -9,7 +9,6 @@ Environment:
 """
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -23,6 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ports import pick_free_port  # noqa: E402
 from rawmqtt import RawClient  # noqa: E402,F401  (re-exported for the tests)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,23 +47,14 @@ def _port_mine(port):
 
 def free_port():
     """A free TCP port on 127.0.0.1, never handed out twice in one run: one of this worker's,
-    drawn at random from 20000-32767, below Linux's ephemeral range (32768-60999), where
-    outgoing connections would take it between this check and the broker's bind. (The
-    kernel's own pick, bind to port 0, hands out even ports only: with an even number of
-    workers, the odd ones found none.)"""
-    for _ in range(1000):
-        port = random.randrange(20000, 32768)
-        port -= (port - _WORKER) % _WORKERS  # the nearest of this worker's, below
-        if port < 20000 or port in _used_ports or not _port_mine(port):
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _used_ports.add(port)
-        return port
-    raise RuntimeError("no free port")
+    drawn from 20000-32767, below Linux's ephemeral range (32768-60999), where outgoing
+    connections would take it between this check and the broker's bind. (The kernel's own
+    pick, bind to port 0, prefers even ports: with an even number of workers, the odd ones
+    found none.)"""
+    port = pick_free_port(20000, 32768, _used_ports, _port_mine, tries=1000 * _WORKERS)
+    if port is None:
+        raise RuntimeError("no free port")
+    return port
 
 
 def wait_for(predicate, timeout=10.0, interval=0.05, what="condition"):
