@@ -1347,6 +1347,34 @@ size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync
 #define WIRE_GSUM 7
 #define WIRE_RSUM 8         /* a region's sums: a GSUM one level up */
 #define WIRE_GSUM_VERSION 3 /* 3: in a region (names it), and RSUMs */
+#define WIRE_GWANT 9        /* a hub asks a speaker for its GSUMs it lacks (version 3) */
+#define WIRE_RWANT 10       /* the same for RSUMs */
+/* What a hub keeps of each stream of sums, its own and those it saw, to
+ * send them again to a neighbour that asks (group.c, "Sums lost on the
+ * way"): the last GROUP_KEEP messages, what a hub's window of seqs holds,
+ * GROUP_KEEP_BYTES at most; a hub asks at most GROUP_WANT_TRIES times for
+ * the same gap. */
+#define GROUP_KEEP 64
+#define GROUP_KEEP_BYTES (256u * 1024)
+#define GROUP_WANT_TRIES 3
+/* The refresh, every counter again, goes once GROUP_REFRESH_CALM refresh
+ * intervals where no gap shows a loss near us, since asks heal what is
+ * lost; once an interval where one does; a tenth of an interval after the
+ * last began when a node is heard anew. */
+#define GROUP_REFRESH_CALM 10
+
+/* A stream's last GROUP_KEEP messages, by seq % GROUP_KEEP: sent again when
+ * a neighbour asks (due), at most once a half heartbeat each. */
+struct group_kept {
+    uint64_t seq, resent_ms; /* resent_ms: when last sent again, plus 1 (0: never) */
+    uint8_t *data;
+    size_t len, cap;
+    bool due;
+};
+struct group_ring {
+    struct group_kept k[GROUP_KEEP];
+    size_t bytes; /* the lengths kept, at most GROUP_KEEP_BYTES */
+};
 
 /* A device maximum and its base (reset.c) as we last announced them, or
  * heard them announced. */
@@ -1395,6 +1423,15 @@ struct group_origin {
     uint64_t session, high, seen;
     uint64_t heard_ms; /* when its sums were last new here */
     bool other;        /* it speaks for another unit than ours: a stream we take */
+    /* Sums lost on the way (group.c): seqs at or below `floor` are not
+     * asked for (sent before we heard of it); a gap was seen since we last
+     * looked (gap); we ask for what is missing at want_ms (0: nothing to
+     * ask), `tries` times for the same gap at most; what we saw of it,
+     * for a neighbour that lacks it. */
+    uint64_t floor, want_ms;
+    uint8_t tries;
+    bool gap;
+    struct group_ring ring;
     char id[TALLY_NODE_ID_MAX + 1];
 };
 
@@ -1411,7 +1448,7 @@ struct tally_group {
     struct group_entry *queue, **queue_tail;
     struct group_entry *echo, **echo_tail;
     struct group_origin *origins;
-    uint64_t session, seq, refresh_ms, refresh_due;
+    uint64_t session, seq, refresh_ms, refresh_due, refresh_began;
     /* One hub of a group speaks for it: the first in order of node id that
      * the others have heard within quiet_ms (its GSUMs, at least three a
      * quiet_ms); clock_ms: group_announce's last now_ms. */
@@ -1429,6 +1466,10 @@ struct tally_group {
     uint64_t sums_budget, share, share_ms, budget_held;
     uint64_t queued;          /* entries on the queue */
     uint64_t viewers_refused; /* PRESENCE of another group or region dropped (scope.c) */
+    /* Our own stream's last messages, for a neighbour that lacks them; the
+     * asks we sent, and the messages we sent again (ours and others'). */
+    struct group_ring ring;
+    uint64_t wants, resent;
 };
 
 void group_init(struct tally_group *gr, const char *name, uint64_t session, uint64_t refresh_ms);
@@ -1476,7 +1517,7 @@ static inline uint64_t group_outer_ms(const struct tally_group *gr)
  * missed GSUMs. */
 static inline void group_refresh_now(struct tally_group *gr)
 {
-    uint64_t soon = gr->refresh_due - gr->refresh_ms + gr->refresh_ms / 10;
+    uint64_t soon = gr->refresh_began + gr->refresh_ms / 10;
     if (gr->refresh_due > soon)
         gr->refresh_due = soon; /* a tenth of the interval after the last began */
 }
@@ -1494,14 +1535,16 @@ void group_sum(const struct tally_table *t, const struct tally_counter *c, uint6
 /* After c changed: queues it for our next GSUM when our group's sum or one
  * of its device maxima rose. */
 int group_note(struct tally_group *gr, const struct tally_table *t, const struct tally_counter *c);
-/* Writes what is owed, and the next `budget` counters of the refresh (every
- * counter again once a refresh_ms), in GSUMs of at most max_bytes, each
- * handed to emit; returns how many it wrote. */
+/* Writes what neighbours asked for again and our asks for what we lack,
+ * then what is owed, and the next `budget` counters of the refresh (every
+ * counter again once GROUP_REFRESH_CALM refresh_ms), in GSUMs of at most
+ * max_bytes, each handed to emit; returns how many it wrote. */
 uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, const char *self,
                         uint64_t now_ms, size_t max_bytes, size_t budget, struct wire_buf *b,
                         void (*emit)(const struct wire_buf *msg, void *ud), void *ud);
 /* A GSUM: another group's sums and device maxima into t (logged to p).
- * *fresh when it was new here: the caller floods it on. */
+ * *fresh when it was new here: the caller floods it on. An ask (GWANT,
+ * RWANT) of a neighbour's is taken, never fresh: it goes no further. */
 int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p, const char *self,
                 const void *msg, size_t len, bool *fresh);
 

@@ -342,9 +342,11 @@ def run(workdir, per_hub, args, table):
             if g and g1:  # echoes go only where gaps show sums lost (group.c)
                 secs = (s2[who]["uptime_ms"] - s1[who]["uptime_ms"]) / 1000
                 print("%s group: took %.0f counters' sums a second from other groups; %d "
-                      "announced, %d echoed, %d gaps seen in others' sums, budget held %d times"
+                      "announced, %d echoed, %d gaps seen in others' sums, budget held %d times, "
+                      "%d asks, %d sent again"
                       % (who, (g["learned"] - g1["learned"]) / secs, g["announced"], g["echoed"],
-                         g.get("holes", 0), g.get("budget_held", 0)))
+                         g.get("holes", 0), g.get("budget_held", 0), g.get("wants", 0),
+                         g.get("resent", 0)))
         print("RSS: edges %s MB, hub0 %.1f MB; hub0 CPU %.1f us per tree increment; hub0 holds "
               "%d slots of shared" % ("/".join("%.1f" % (v / 1e6) for v in rss_e), rss_h / 1e6,
                                       hub_cpu_us, held), flush=True)

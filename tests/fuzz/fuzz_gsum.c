@@ -1,12 +1,12 @@
 /*
- * fuzz_gsum.c - a GSUM or RSUM (group.c) from a hostile or broken hub of
- * another group or region, or flooded over many bridges, read by a hub of
- * group g2 in no region, by one of g2 in region r2, and by the region r2
- * itself (level 2). group_apply must refuse it whole or take only another
- * group's (region's) sums: every counter it makes holds one slot, of a group
- * replica, and values in range; the same bytes again are not fresh and change
- * nothing; and the hub announces none of it again (its flood carries it to
- * every hub already).
+ * fuzz_gsum.c - a GSUM or RSUM (group.c), or an ask for one (GWANT, RWANT),
+ * from a hostile or broken hub of another group or region, or flooded over
+ * many bridges, read by a hub of group g2 in no region, by one of g2 in
+ * region r2, and by the region r2 itself (level 2). group_apply must refuse
+ * it whole or take only another group's (region's) sums: every counter it
+ * makes holds one slot, of a group replica, and values in range; the same
+ * bytes again are not fresh and change nothing; and the hub announces none
+ * of it again (its flood carries it to every hub already).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +38,8 @@ static void check_counters(const struct tally_table *t)
 }
 
 /* What hub b1 announces after taking the GSUM: nothing but, once a second,
- * the speaker's keepalive, an empty GSUM. It holds no slot of a node of its
+ * the speaker's keepalive, an empty GSUM, and an ask for what it lacks of
+ * the stream the GSUM began (a life seen first past its seq 1). It holds no slot of a node of its
  * group, and the device maxima it learned from the flood are not its own to
  * send again, neither as owed nor in the refresh. A hub of a third group
  * takes the keepalive as fresh, and nothing of it. */
@@ -52,7 +53,8 @@ static void keepalive_only(const struct wire_buf *msg, void *ud)
     group_init(&g3, from->level == 2 ? "r3" : "g3", 1, 1000);
     group_scope(&g3, from->level, from->level == 2 ? NULL : from->region);
     check(group_apply(&g3, &third, NULL, "c1", msg->data, msg->len, &fresh) == TALLY_OK);
-    check(fresh && third.ncounters == 0);
+    bool ask = msg->data[3] == WIRE_GWANT || msg->data[3] == WIRE_RWANT;
+    check(fresh != ask && third.ncounters == 0); /* an ask is for a neighbour: not flooded */
     group_free(&g3);
     table_free(&third);
 }
@@ -63,7 +65,8 @@ static void announce(struct tally_group *g, struct tally_table *t)
     for (const struct tally_counter *c = t->counters; c; c = c->hh.next)
         check(group_note(g, t, c) == TALLY_OK);
     check(group_announce(g, t, "b1", 1, 1024, 1u << 20, &b, keepalive_only, g) == 0);
-    check(group_announce(g, t, "b1", 1000, 1024, 1u << 20, &b, keepalive_only, g) <= 1);
+    /* and, a quarter heartbeat after a gap, an ask of its neighbours */
+    check(group_announce(g, t, "b1", 1000, 1024, 1u << 20, &b, keepalive_only, g) <= 2);
     check(!b.failed);
     wbuf_free(&b);
 }

@@ -4,6 +4,8 @@ replicate as any cluster; between groups a bridge carries GSUMs (each group's su
 stats only. Every node ends exact, and a hub holds its own group's slots and one slot for the
 other group, whatever the other group holds."""
 import json
+import struct
+import threading
 import subprocess
 import time
 
@@ -490,3 +492,155 @@ def test_an_edge_restarted_remembers_its_group(brokers, closing, workdir):
     a1.start()
     wait_for(lambda: bridged_to(e5)[-1] == a1.port, 30, what="e5 back on a1")
     exact_everywhere(hubs + edges + [e5], expected, timeout=60)
+
+
+def _varint(v):
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def _str8(s):
+    return bytes([len(s)]) + s.encode()
+
+
+def gsum(origin, session, seq, group, counters):
+    """A GSUM (version 2, a hub in no region) of `counters`, {name: P}, by hand."""
+    body = b"".join(_str8(n) + _varint(p) + _varint(0) * 3 + b"\0" for n, p in counters.items())
+    return (b"TL\x02\x07" + _str8(origin) + struct.pack("<Q", session) + _varint(seq) +
+            _str8(group) + _varint(len(counters)) + body)
+
+
+def ask(asker, group, target, session, seqs):
+    """A GWANT: `asker` of `group` asks its neighbours for `target`'s messages `seqs`."""
+    return (b"TL\x03\x09" + _str8(asker) + struct.pack("<Q", 1) + _varint(0) + _str8(group) +
+            _str8("") + _str8(target) + struct.pack("<Q", session) + _varint(len(seqs)) +
+            b"".join(_varint(s) for s in seqs))
+
+
+def read_ask(payload):
+    """(asker, target, session, seqs) of a GWANT, or None for another message."""
+    if payload[:4] != b"TL\x03\x09":
+        return None
+    p = 4
+
+    def str8():
+        nonlocal p
+        n = payload[p]
+        p += 1 + n
+        return payload[p - n:p].decode()
+
+    def varint():
+        nonlocal p
+        v = shift = 0
+        while True:
+            b = payload[p]
+            p += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return v
+
+    asker = str8()
+    p += 8
+    varint(), str8(), str8()
+    target = str8()
+    session = struct.unpack_from("<Q", payload, p)[0]
+    p += 8
+    return asker, target, session, [varint() for _ in range(varint())]
+
+
+class RawPeer:
+    """A neighbour of a hub speaking the wire by hand: a client whose id the hub takes for a
+    bridge's (OPTIONS' bridge_clientids), every payload on $tally/v1/gsum/# kept as bytes."""
+
+    def __init__(self, port, client_id):
+        import paho.mqtt.client as mqtt
+        self.got = []
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(client_id=client_id, clean_session=True)
+        self.c.on_message = self._on_message
+        subscribed = threading.Event()
+        self.c.on_subscribe = lambda *a: subscribed.set()
+        self.c.connect("127.0.0.1", port, 30)
+        self.c.loop_start()
+        self.c.subscribe("$tally/v1/gsum/#", 1)
+        assert subscribed.wait(10), "the neighbour did not subscribe"
+
+    def _on_message(self, c, u, m):
+        with self.lock:
+            self.got.append((m.topic, bytes(m.payload)))
+
+    def messages(self):
+        with self.lock:
+            return list(self.got)
+
+    def send(self, payload):
+        info = self.c.publish(f"$tally/v1/gsum/{self.c._client_id.decode()}", payload, 1)
+        info.wait_for_publish(10)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def test_sums_lost_on_the_way_are_asked_of_a_neighbour_and_sent_again(brokers, closing):
+    """Sums lost on the way (plugin/group.c): a hub that sees a gap in a stream of sums it
+    takes asks its neighbours for the messages it lacks, a quarter heartbeat later; a neighbour
+    that holds one sends it again, the same bytes, and the hub takes it and floods it on, long
+    before the refresh (a hundred sync intervals). Here a raw neighbour of b1's speaks for a
+    third group, g3, skips seq 2, and answers b1's ask; then asks b1 for a GSUM of b1's own,
+    which b1 sends again byte for byte. Asks go to neighbours only: a1, which holds that
+    message too, never hears the ask."""
+    hubs, edges = two_groups(brokers, options={"sync_interval_ms": "2000",
+                                               "stats_interval_ms": "500"})
+    a1, a2, b1, b2 = hubs
+    for h in (a1, b1):
+        wait_for(lambda: group_stats(h).get("speaking") is True, 15,
+                 what=f"{h.name} to speak for its group")
+    peer = RawPeer(b1.port, "x1-to-b1")
+    closing.append(peer)
+    session = 7
+    peer.send(gsum("x1", session, 1, "g3", {"lostk": 2}))
+    peer.send(gsum("x1", session, 3, "g3", {"lostk": 3}))
+    b1.wait_total("lostk", 3)
+    lost = gsum("x1", session, 2, "g3", {"lostk": 3, "other": 5})
+
+    def asked():
+        return [a for _, m in peer.messages() if (a := read_ask(m)) and a[1] == "x1"]
+    wait_for(lambda: asked(), 5, what="b1 to ask for x1's seq 2")
+    asker, _, s, seqs = asked()[0]
+    assert (asker, s, seqs) == ("b1", session, [2]), asked()
+    peer.send(lost)
+    for n in hubs:  # taken, and flooded on to every hub
+        n.wait_total("other", 5, timeout=10)
+    assert b1.total("lostk") == 3
+    time.sleep(1.5)  # a heartbeat: had, so asked for no more
+    assert len(asked()) == 1, asked()
+    time.sleep(1)  # every hub had it a heartbeat ago: the stats of the last asks are out
+    wait_for(lambda: group_stats(b1).get("wants", 0) >= 1, 15, what="b1's stats to count its ask")
+    # b1's own stream: a message of it, asked for again, comes again, the same bytes
+    wait_for(lambda: any(t == "$tally/v1/gsum/b1" and m[3] == 7 for t, m in peer.messages()), 5,
+             what="a GSUM of b1's")
+    t, mine = next((t, m) for t, m in peer.messages() if t == "$tally/v1/gsum/b1" and m[3] == 7)
+    olen = mine[4]
+    b1_session = struct.unpack_from("<Q", mine, 5 + olen)[0]
+    p, seq, shift = 13 + olen, 0, 0
+    while True:
+        seq |= (mine[p] & 0x7F) << shift
+        shift += 7
+        p += 1
+        if mine[p - 1] < 0x80:
+            break
+    before = sum(1 for _, m in peer.messages() if m == mine)
+    a1_resent = group_stats(a1)["resent"]  # a2 may have asked a1 for x1's seq 2
+    peer.send(ask("x1", "g3", "b1", b1_session, [seq]))
+    wait_for(lambda: sum(1 for _, m in peer.messages() if m == mine) > before, 5,
+             what=f"b1 to send its seq {seq} again")
+    wait_for(lambda: group_stats(b1).get("resent", 0) >= 1, 15, what="b1's stats to count it")
+    # a1 holds that message of b1's too: had the ask been flooded on, it would have answered
+    time.sleep(2)
+    assert group_stats(a1)["resent"] == a1_resent, group_stats(a1)

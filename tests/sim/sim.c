@@ -1422,8 +1422,11 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
             stale);
         announced = learned = stale = 0;
         uint32_t speaking[2] = {0, 0};
-        uint64_t echoed = 0, holes = 0, held = 0;
+        uint64_t echoed = 0, holes = 0, held = 0, wants = 0, resent = 0;
         for (uint32_t h = 0; h < opt.hubs; h++) {
+            const struct node *n = &nodes[h];
+            wants += n->alive ? n->gr.wants + n->rg.wants : 0;
+            resent += n->alive ? n->gr.resent + n->rg.resent : 0;
             speaking[0] += nodes[h].alive && !nodes[h].gr.quiet;
             speaking[1] += nodes[h].alive && group_on(&nodes[h].rg) && !nodes[h].rg.quiet;
             echoed += nodes[h].alive ? nodes[h].gr.echoed + nodes[h].rg.echoed : 0;
@@ -1434,6 +1437,9 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
                " counters' sums, and saw %" PRIu64 " gaps in others' sums; the sums budget"
                " held sums back %" PRIu64 " times\n",
                speaking[0], speaking[1], echoed, holes, held);
+        printf("  sums lost on the way: live hubs asked their neighbours %" PRIu64
+               " times, and sent %" PRIu64 " messages again\n",
+               wants, resent);
         for (uint32_t h = 0; h < opt.hubs && opt.regions; h++) {
             announced += nodes[h].alive ? nodes[h].rg.announced : 0;
             learned += nodes[h].alive ? nodes[h].rg.learned : 0;

@@ -15,6 +15,7 @@
 
 #define MAXMSG 512
 #define REFRESH_MS 1000
+#define REFRESH_DUE (GROUP_REFRESH_CALM * REFRESH_MS) /* the first refresh */
 #define MAX_BYTES 65536
 #define PLAIN 2 /* what a hub in a group and in no region writes */
 
@@ -55,7 +56,7 @@ static void outbox_free(struct outbox *o)
 
 /* A hub of group `group` (NULL or "": none), in its life `session`. Its
  * first announce (at 0, nothing to say) starts the refresh clock: the next
- * one is due at REFRESH_MS. */
+ * one is due at REFRESH_DUE. */
 static void hub_init_in(struct hub *h, const char *id, const char *group, const char *region,
                         uint64_t session)
 {
@@ -171,7 +172,8 @@ static int announce(struct hub *h, struct outbox *out)
 
 static int apply_bytes(struct hub *h, const void *data, size_t len, bool *fresh)
 {
-    bool rsum = len >= 4 && ((const uint8_t *)data)[3] == WIRE_RSUM;
+    uint8_t type = len >= 4 ? ((const uint8_t *)data)[3] : 0;
+    bool rsum = type == WIRE_RSUM || type == WIRE_RWANT;
     return group_apply(rsum ? &h->r : &h->g, &h->t, NULL, h->id, data, len, fresh);
 }
 
@@ -687,12 +689,13 @@ START_TEST(test_the_refresh_sends_every_counter_again_in_chunks)
     ck_assert_int_eq(announce(&a, &out), 1);
     ck_assert_uint_eq(records(&out, NULL, NULL), 5);
     outbox_free(&out);
-    ck_assert_int_eq(announce_sized(&a, 999, MAX_BYTES, 2, &out), 0); /* not due yet */
-    /* due at 1000: two counters an announce */
-    ck_assert_int_eq(announce_sized(&a, 1000, MAX_BYTES, 2, &out), 1);
-    ck_assert_int_eq(announce_sized(&a, 1001, MAX_BYTES, 2, &out), 1);
-    ck_assert_int_eq(announce_sized(&a, 1002, MAX_BYTES, 2, &out), 1);
-    ck_assert_int_eq(announce_sized(&a, 1003, MAX_BYTES, 2, &out), 0);
+    /* not due yet: asks heal what is lost, the refresh goes ten intervals apart */
+    ck_assert_int_eq(announce_sized(&a, REFRESH_DUE - 1, MAX_BYTES, 2, &out), 0);
+    /* due: two counters an announce */
+    ck_assert_int_eq(announce_sized(&a, REFRESH_DUE, MAX_BYTES, 2, &out), 1);
+    ck_assert_int_eq(announce_sized(&a, REFRESH_DUE + 1, MAX_BYTES, 2, &out), 1);
+    ck_assert_int_eq(announce_sized(&a, REFRESH_DUE + 2, MAX_BYTES, 2, &out), 1);
+    ck_assert_int_eq(announce_sized(&a, REFRESH_DUE + 3, MAX_BYTES, 2, &out), 0);
     ck_assert_uint_eq(records(&out, NULL, NULL), 5);
     for (int i = 0; i < 5; i++) {
         uint64_t named;
@@ -709,32 +712,86 @@ START_TEST(test_the_refresh_sends_every_counter_again_in_chunks)
         assert_group_slot(&b, name, "g1", (uint64_t)i + 1, 0);
     }
     outbox_free(&out);
-    /* the next one is due a refresh after the last began */
-    ck_assert_int_eq(announce_sized(&a, 1999, MAX_BYTES, 100, &out), 0);
-    ck_assert_int_eq(announce_sized(&a, 2000, MAX_BYTES, 100, &out), 1);
+    /* the next one is due ten intervals after the last began */
+    ck_assert_int_eq(announce_sized(&a, 2 * REFRESH_DUE - 1, MAX_BYTES, 100, &out), 0);
+    ck_assert_int_eq(announce_sized(&a, 2 * REFRESH_DUE, MAX_BYTES, 100, &out), 1);
+    ck_assert_uint_eq(records(&out, NULL, NULL), 5);
+    outbox_free(&out);
+    /* a node heard anew brings it a tenth of an interval after the last began */
+    group_refresh_now(&a.g);
+    ck_assert_int_eq(
+        announce_sized(&a, 2 * REFRESH_DUE + REFRESH_MS / 10 - 1, MAX_BYTES, 100, &out), 0);
+    ck_assert_int_eq(announce_sized(&a, 2 * REFRESH_DUE + REFRESH_MS / 10, MAX_BYTES, 100, &out),
+                     1);
     ck_assert_uint_eq(records(&out, NULL, NULL), 5);
     outbox_free(&out);
     hubs_free(&a, &b);
 }
 END_TEST
 
-/* from's stream of sums reaches `to` with a gap, a GSUM lost on the way:
+/* from's stream of sums reaches `to` with a gap, a GSUM late on the way:
  * the evidence that sums are lost, which `to` holds for a refresh
  * interval. */
 static void lose_one(struct hub *from, struct hub *to, uint64_t now_ms)
 {
     struct outbox out = {0};
+    int sums[3];
     for (uint64_t i = 1; i <= 3; i++) {
         slot(from, "other", "f1", from->g.seq + 1, 0); /* it rises each time */
         note(from, "other");
-        ck_assert_int_eq(announce_sized(from, now_ms + i, MAX_BYTES, 100, &out), 1);
+        announce_sized(from, now_ms + i, MAX_BYTES, 100,
+                       &out); /* what it sends again or asks first */
+        ck_assert_int_eq(out.m[out.n - 1].data[3], WIRE_GSUM);
+        sums[i - 1] = out.n - 1;
     }
     uint64_t holes = to->g.holes;
-    ck_assert(apply(to, &out.m[0]));
-    ck_assert(apply(to, &out.m[2]));
+    for (int i = 0; i < out.n; i++)
+        if (i != sums[1] && out.m[i].data[3] == WIRE_GSUM)
+            ck_assert(apply(to, &out.m[i]));
     ck_assert_uint_eq(to->g.holes, holes + 1);
+    ck_assert(apply(to, &out.m[sums[1]])); /* late, on a longer path: nothing to ask for */
     outbox_free(&out);
 }
+
+/* The records a's announce at t writes. */
+static uint64_t records_at(struct hub *a, uint64_t t)
+{
+    struct outbox out = {0};
+    announce_sized(a, t, MAX_BYTES, 100, &out);
+    uint64_t n = records(&out, NULL, NULL);
+    outbox_free(&out);
+    return n;
+}
+
+START_TEST(test_the_refresh_goes_ten_times_less_often_where_no_gap_shows_a_loss)
+{
+    /* Asks heal a message lost on the way, so the refresh (every counter
+     * again) goes ten intervals apart; where a gap in a stream shows a loss
+     * near us within an interval, an interval apart, as before asks: what
+     * asks cannot heal (a gap past the window, an ask never answered) is
+     * healed as soon as it was then. */
+    struct hub a, b;
+    two_groups(&a, &b);
+    a.g.quiet_ms = 60000; /* keepalives, and echoes, out of the way */
+    slot(&a, "c", "e1", 3, 0);
+    note(&a, "c");
+    ck_assert_uint_eq(records_at(&a, 1), 1);
+    ck_assert_uint_eq(records_at(&a, REFRESH_DUE - 1), 0);
+    ck_assert_uint_eq(records_at(&a, REFRESH_DUE), 1); /* began: the next ten intervals on */
+    ck_assert_uint_eq(records_at(&a, REFRESH_DUE + 500), 0);
+    lose_one(&b, &a, REFRESH_DUE + 500); /* a gap: the next an interval after the last began */
+    ck_assert_uint_eq(records_at(&a, REFRESH_DUE + REFRESH_MS - 1), 0);
+    ck_assert_uint_eq(records_at(&a, REFRESH_DUE + REFRESH_MS), 1);
+    /* it began within an interval of the gap: the next an interval on */
+    ck_assert_uint_eq(records_at(&a, REFRESH_DUE + 2 * REFRESH_MS - 1), 0);
+    ck_assert_uint_eq(records_at(&a, REFRESH_DUE + 2 * REFRESH_MS), 1);
+    /* no gap in the interval before it began: ten on */
+    uint64_t began = REFRESH_DUE + 2 * REFRESH_MS;
+    ck_assert_uint_eq(records_at(&a, began + REFRESH_DUE - 1), 0);
+    ck_assert_uint_eq(records_at(&a, began + REFRESH_DUE), 1);
+    hubs_free(&a, &b);
+}
+END_TEST
 
 /* a's announces at t1 and t2 write no record (a keepalive at most), and it
  * has echoed `echoed` counters in all. */
@@ -1375,11 +1432,11 @@ START_TEST(test_a_reset_of_a_device_reaches_the_other_groups)
     /* the refresh: a1, whose maximum rose last, carries the base too; b1
      * heard both back and sends neither again */
     uint64_t named;
-    announce_sized(&b, REFRESH_MS, MAX_BYTES, 100, &out);
+    announce_sized(&b, REFRESH_DUE, MAX_BYTES, 100, &out);
     records(&out, "m", &named);
     ck_assert_uint_eq(named, 0);
     outbox_free(&out);
-    ck_assert_int_eq(announce_sized(&a, REFRESH_MS, MAX_BYTES, 100, &out), 1);
+    ck_assert_int_eq(announce_sized(&a, REFRESH_DUE, MAX_BYTES, 100, &out), 1);
     records(&out, "m", &named);
     ck_assert_uint_eq(named, 1);
     struct hub late;
@@ -1570,6 +1627,313 @@ START_TEST(test_a_malformed_rsum_is_refused_whole)
 }
 END_TEST
 
+/* ==== Sums lost on the way ==== */
+
+/* How many of o's messages are of `type`. */
+static int of_type(const struct outbox *o, uint8_t type)
+{
+    int n = 0;
+    for (int i = 0; i < o->n; i++)
+        n += o->m[i].len >= 4 && o->m[i].data[3] == type;
+    return n;
+}
+
+/* The last message of o of `type`. */
+static const struct msg *last_of(const struct outbox *o, uint8_t type)
+{
+    for (int i = o->n - 1; i >= 0; i--)
+        if (o->m[i].len >= 4 && o->m[i].data[3] == type)
+            return &o->m[i];
+    ck_abort_msg("no message of type %u", type);
+    return NULL;
+}
+
+/* The seqs an ask names, of target's stream in its life `session`. */
+static int ask_seqs(const struct msg *m, const char *target, uint64_t session, uint64_t *seqs)
+{
+    struct wire_reader r = {m->data, m->data + m->len, false};
+    size_t len;
+    ck_assert_uint_eq(m->data[2], WIRE_GSUM_VERSION);
+    r.p += 4;
+    wr_str8(&r, &len); /* who asks */
+    wr_u64(&r);
+    wr_varint(&r);
+    wr_str8(&r, &len); /* its group, its region */
+    wr_str8(&r, &len);
+    const char *t = wr_str8(&r, &len);
+    ck_assert(len == strlen(target) && memcmp(t, target, len) == 0);
+    ck_assert_uint_eq(wr_u64(&r), session);
+    int n = (int)wr_varint(&r);
+    for (int i = 0; i < n; i++)
+        seqs[i] = wr_varint(&r);
+    ck_assert(!r.bad && r.p == r.end);
+    return n;
+}
+
+/* An ask at h: taken, and not flooded on (it is for a neighbour's asker alone). */
+static void take_ask(struct hub *h, const struct msg *m)
+{
+    ck_assert(!apply(h, m));
+}
+
+/* a's stream: three GSUMs of c rising (at now + 1, 2, 3), the second with
+ * a device's maximum, all to out; `to` (n of them) take the first and the
+ * last only. Returns the lost one's index in out. */
+static int lose_second(struct hub *a, struct hub *to[], int n, struct outbox *out, uint64_t now)
+{
+    int lost = 0;
+    for (uint64_t i = 1; i <= 3; i++) {
+        slot(a, "c", "e1", a->g.seq + 10, 0);
+        if (i == 2)
+            report(a, "c", "d1", 7);
+        note(a, "c");
+        ck_assert_int_eq(announce_sized(a, now + i, MAX_BYTES, 100, out), 1);
+        if (i == 2)
+            lost = out->n - 1;
+        else
+            for (int k = 0; k < n; k++)
+                ck_assert(apply(to[k], &out->m[out->n - 1]));
+    }
+    return lost;
+}
+
+START_TEST(test_a_gsum_lost_on_the_way_is_asked_for_and_sent_again_as_it_was)
+{
+    /* A hub that sees a gap in a stream of sums it takes waits a quarter
+     * to half a heartbeat (1 s here) for the message on a longer path, then
+     * asks its speaker for it, which sends it again: the same bytes, its
+     * device maximum with it, not at the refresh (due at 1,000,000 here). */
+    struct hub a, b, *to[] = {&b};
+    struct outbox out = {0}, asks = {0}, again = {0};
+    two_groups(&a, &b);
+    a.g.refresh_due = b.g.refresh_due = 1000000;
+    int lost = lose_second(&a, to, 1, &out, 0);
+    ck_assert_uint_eq(device(&b, "c", "d1"), 0);
+    announce_sized(&b, 240, MAX_BYTES, 100, &asks);
+    ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 0);
+    announce_sized(&b, 500, MAX_BYTES, 100, &asks);
+    ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 1);
+    uint64_t seqs[64];
+    ck_assert_int_eq(ask_seqs(last_of(&asks, WIRE_GWANT), "a1", 1, seqs), 1);
+    ck_assert_uint_eq(seqs[0], seq_of(&out.m[lost]));
+    take_ask(&a, last_of(&asks, WIRE_GWANT));
+    ck_assert_int_eq(announce_sized(&a, 600, MAX_BYTES, 100, &again), 1);
+    ck_assert_uint_eq(a.g.resent, 1);
+    ck_assert_uint_eq(again.m[0].len, out.m[lost].len);
+    ck_assert_mem_eq(again.m[0].data, out.m[lost].data, out.m[lost].len);
+    ck_assert(apply(&b, &again.m[0]));
+    ck_assert(!apply(&b, &again.m[0]));
+    ck_assert_uint_eq(device(&b, "c", "d1"), 7);
+    assert_group_slot(&b, "c", "g1", a.g.seq + 9, 0);
+    /* had: no more asks */
+    outbox_free(&asks);
+    announce_sized(&b, 1500, MAX_BYTES, 100, &asks);
+    announce_sized(&b, 2500, MAX_BYTES, 100, &asks);
+    ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 0);
+    ck_assert_uint_eq(b.g.wants, 1);
+    outbox_free(&out);
+    outbox_free(&asks);
+    outbox_free(&again);
+    hubs_free(&a, &b);
+}
+END_TEST
+
+START_TEST(test_a_hub_asks_three_times_at_most_then_leaves_it_to_the_refresh)
+{
+    struct hub a, b, *to[] = {&b};
+    struct outbox out = {0}, asks = {0};
+    two_groups(&a, &b);
+    a.g.refresh_due = b.g.refresh_due = 1000000;
+    lose_second(&a, to, 1, &out, 0);
+    for (uint64_t t = 500; t <= 2500; t += 1000) { /* a heartbeat apart: none answered */
+        announce_sized(&b, t == 500 ? 240 : t - 10, MAX_BYTES, 100, &asks);
+        ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 0);
+        announce_sized(&b, t, MAX_BYTES, 100, &asks);
+        ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 1);
+        outbox_free(&asks);
+    }
+    announce_sized(&b, 3500, MAX_BYTES, 100, &asks);
+    announce_sized(&b, 9500, MAX_BYTES, 100, &asks);
+    ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 0);
+    ck_assert_uint_eq(b.g.wants, GROUP_WANT_TRIES);
+    /* a new gap starts the tries over */
+    outbox_free(&out);
+    lose_second(&a, to, 1, &out, 10000);
+    announce_sized(&b, 10600, MAX_BYTES, 100, &asks);
+    ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 1);
+    outbox_free(&out);
+    outbox_free(&asks);
+    hubs_free(&a, &b);
+}
+END_TEST
+
+START_TEST(test_a_neighbour_that_holds_a_lost_message_sends_it_again)
+{
+    /* a's message reached c, not b: b asks its neighbours, and c, which
+     * holds what it saw of a's stream, sends it again, once a half
+     * heartbeat at most however often asked; a neighbour that lacks it
+     * too sends nothing. */
+    struct hub a, b, c, *all[3], *to[] = {&b};
+    struct outbox out = {0}, asks = {0}, again = {0};
+    three_groups(&a, &b, &c, all);
+    uint64_t base = a.g.clock_ms + 100000; /* past the refresh, heartbeats and asks of the spread */
+    a.g.refresh_due = b.g.refresh_due = c.g.refresh_due = base + 1000000;
+    for (int i = 0; i < 3; i++) /* each hub's clock at base, its keepalive to all */
+        announce_sized(all[i], base, MAX_BYTES, 100, &again);
+    for (int i = 0; i < again.n; i++)
+        for (int k = 0; k < 3; k++)
+            apply(all[k], &again.m[i]);
+    outbox_free(&again);
+    int lost = lose_second(&a, to, 1, &out, base);
+    ck_assert(apply(&c, &out.m[lost - 1]));
+    announce_sized(&b, base + 240, MAX_BYTES, 100, &asks);
+    ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 0);
+    announce_sized(&b, base + 250, MAX_BYTES, 100, &asks);
+    ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 1);
+    const struct msg *ask = last_of(&asks, WIRE_GWANT);
+    take_ask(&c, ask); /* c lacks it too: nothing */
+    ck_assert_int_eq(announce_sized(&c, base + 260, MAX_BYTES, 100, &again), 0);
+    ck_assert(apply(&c, &out.m[lost]));
+    ck_assert(apply(&c, &out.m[lost + 1]));
+    take_ask(&c, ask);
+    ck_assert_int_eq(announce_sized(&c, base + 270, MAX_BYTES, 100, &again), 1);
+    ck_assert_uint_eq(c.g.resent, 1);
+    ck_assert_mem_eq(again.m[0].data, out.m[lost].data, out.m[lost].len);
+    take_ask(&c, ask); /* within half a heartbeat of the last: not again */
+    ck_assert_int_eq(announce_sized(&c, base + 700, MAX_BYTES, 100, &again), 0);
+    ck_assert_int_eq(announce_sized(&c, base + 800, MAX_BYTES, 100, &again), 0);
+    take_ask(&c, ask); /* past it: again */
+    ck_assert_int_eq(announce_sized(&c, base + 810, MAX_BYTES, 100, &again), 1);
+    ck_assert_uint_eq(c.g.resent, 2);
+    ck_assert(apply(&b, &again.m[0]));
+    ck_assert(!apply(&b, &again.m[1]));
+    ck_assert_uint_eq(device(&b, "c", "d1"), 7);
+    outbox_free(&out);
+    outbox_free(&asks);
+    outbox_free(&again);
+    three_free(all);
+}
+END_TEST
+
+START_TEST(test_the_first_messages_of_a_life_lost_on_the_way_are_asked_for)
+{
+    /* A hub that first hears a stream at seq 3 asks for 1 and 2 (a speaker
+     * restarted, its first sums lost); one that first hears it past the
+     * window asks for nothing (the refresh, and the hubs heard anew, bring
+     * what came before). */
+    struct hub a, b;
+    struct outbox out = {0}, asks = {0};
+    two_groups(&a, &b);
+    a.g.refresh_due = b.g.refresh_due = 1000000;
+    for (uint64_t i = 1; i <= 3; i++) {
+        slot(&a, "c", "e1", i, 0);
+        note(&a, "c");
+        ck_assert_int_eq(announce_sized(&a, i, MAX_BYTES, 100, &out), 1);
+    }
+    ck_assert_uint_eq(seq_of(&out.m[2]), 3);
+    ck_assert(apply(&b, &out.m[2]));
+    announce_sized(&b, 500, MAX_BYTES, 100, &asks);
+    uint64_t seqs[64];
+    ck_assert_int_eq(ask_seqs(last_of(&asks, WIRE_GWANT), "a1", 1, seqs), 2);
+    ck_assert(seqs[0] + seqs[1] == 3 && seqs[0] * seqs[1] == 2);
+    outbox_free(&asks);
+    outbox_free(&out);
+    hubs_free(&a, &b);
+    two_groups(&a, &b);
+    for (uint64_t i = 1; i <= 70; i++) {
+        slot(&a, "c", "e1", i, 0);
+        note(&a, "c");
+        ck_assert_int_eq(announce_sized(&a, i, MAX_BYTES, 100, &out), 1);
+    }
+    ck_assert(apply(&b, &out.m[69]));
+    announce_sized(&b, 500, MAX_BYTES, 100, &asks);
+    announce_sized(&b, 1500, MAX_BYTES, 100, &asks);
+    ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 0);
+    outbox_free(&asks);
+    outbox_free(&out);
+    hubs_free(&a, &b);
+}
+END_TEST
+
+/* An ask by hand: version, type, who asks (x1 of g3), then the target's
+ * id and life, how many seqs (n, as written), and the seqs. */
+static void write_ask(struct wire_buf *w, uint8_t version, uint8_t type, const char *target,
+                      uint64_t n, const uint64_t *seqs, int nseqs)
+{
+    const uint8_t h[4] = {'T', 'L', version, type};
+    wbuf_reset(w);
+    wbuf_bytes(w, h, sizeof(h));
+    wbuf_str8(w, "x1", 2);
+    wbuf_u64(w, 1);
+    wbuf_varint(w, 0); /* out of x1's stream */
+    wbuf_str8(w, "g3", 2);
+    if (version >= 3)
+        wbuf_str8(w, "", 0);
+    wbuf_str8(w, target, strlen(target));
+    wbuf_u64(w, 1);
+    wbuf_varint(w, n);
+    for (int i = 0; i < nseqs; i++)
+        wbuf_varint(w, seqs[i]);
+    ck_assert(!w->failed);
+}
+
+START_TEST(test_a_malformed_ask_is_refused_whole)
+{
+    struct hub a, b;
+    struct wire_buf w = {0};
+    struct outbox out = {0};
+    uint64_t seqs[65];
+    for (int i = 0; i < 65; i++)
+        seqs[i] = (uint64_t)i + 1;
+    two_groups(&a, &b);
+    slot(&a, "c", "e1", 5, 0);
+    note(&a, "c");
+    ck_assert_int_eq(announce(&a, &out), 1);
+    write_ask(&w, 3, WIRE_GWANT, "a1", 1, seqs, 1);
+    for (size_t len = 0; len < w.len; len++) /* cut anywhere */
+        assert_refused(&b, w.data, len);
+    uint8_t *longer = malloc(w.len + 1);
+    memcpy(longer, w.data, w.len);
+    longer[w.len] = 1;
+    assert_refused(&b, longer, w.len + 1); /* a byte more */
+    free(longer);
+    write_ask(&w, 2, WIRE_GWANT, "a1", 1, seqs, 1); /* before version 3 */
+    assert_refused(&b, w.data, w.len);
+    write_ask(&w, 3, WIRE_RWANT, "a1", 1, seqs, 1); /* a region's, at a group's level */
+    bool fresh = true;
+    ck_assert_int_eq(group_apply(&b.g, &b.t, NULL, b.id, w.data, w.len, &fresh), TALLY_E_WIRE);
+    ck_assert(!fresh);
+    write_ask(&w, 3, WIRE_GWANT, "a/1", 1, seqs, 1); /* a target no node has */
+    assert_refused(&b, w.data, w.len);
+    write_ask(&w, 3, WIRE_GWANT, "a1", 0, seqs, 0); /* none */
+    assert_refused(&b, w.data, w.len);
+    write_ask(&w, 3, WIRE_GWANT, "a1", 64, seqs, 64); /* more than a window */
+    assert_refused(&b, w.data, w.len);
+    uint64_t zero = 0;
+    write_ask(&w, 3, WIRE_GWANT, "a1", 1, &zero, 1); /* seq 0: none is */
+    assert_refused(&b, w.data, w.len);
+    write_ask(&w, 3, WIRE_GWANT, "a1", 2, seqs, 1); /* fewer than it says */
+    assert_refused(&b, w.data, w.len);
+    write_ask(&w, 3, WIRE_GWANT, "a1", 1, seqs, 1);
+    ck_assert_uint_eq(w.data[15], 0);
+    w.data[15] = 1; /* in a stream: asks are not */
+    assert_refused(&b, w.data, w.len);
+    /* a well-formed one: taken and flooded on, nothing counted; at the
+     * speaker, an ask for a seq it never sent sends nothing */
+    write_ask(&w, 3, WIRE_GWANT, "a1", 63, seqs, 63);
+    fresh = false;
+    ck_assert_int_eq(apply_bytes(&b, w.data, w.len, &fresh), TALLY_OK);
+    ck_assert(!fresh && HASH_COUNT(b.t.counters) == 0);
+    ck_assert_int_eq(apply_bytes(&a, w.data, w.len, &fresh), TALLY_OK);
+    outbox_free(&out);
+    ck_assert_int_eq(announce_sized(&a, 2, MAX_BYTES, 100, &out), 1); /* the one it sent, seq 1 */
+    ck_assert_uint_eq(a.g.resent, 1);
+    wbuf_free(&w);
+    outbox_free(&out);
+    hubs_free(&a, &b);
+}
+END_TEST
+
 Suite *group_suite(void)
 {
     Suite *s = suite_create("group");
@@ -1604,6 +1968,12 @@ Suite *group_suite(void)
     tcase_add_test(tc, test_a_reset_in_one_region_takes_every_part_everywhere);
     tcase_add_test(tc, test_a_delete_in_one_region_hides_the_counter_in_the_other);
     tcase_add_test(tc, test_a_malformed_rsum_is_refused_whole);
+    tcase_add_test(tc, test_a_gsum_lost_on_the_way_is_asked_for_and_sent_again_as_it_was);
+    tcase_add_test(tc, test_a_hub_asks_three_times_at_most_then_leaves_it_to_the_refresh);
+    tcase_add_test(tc, test_a_neighbour_that_holds_a_lost_message_sends_it_again);
+    tcase_add_test(tc, test_the_first_messages_of_a_life_lost_on_the_way_are_asked_for);
+    tcase_add_test(tc, test_a_malformed_ask_is_refused_whole);
+    tcase_add_test(tc, test_the_refresh_goes_ten_times_less_often_where_no_gap_shows_a_loss);
     suite_add_tcase(s, tc);
     return s;
 }
