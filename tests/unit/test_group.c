@@ -1648,6 +1648,17 @@ static const struct msg *last_of(const struct outbox *o, uint8_t type)
     return NULL;
 }
 
+/* The asks h's announces at t1 and t2 write. */
+static int asks_at(struct hub *h, uint64_t t1, uint64_t t2)
+{
+    struct outbox o = {0};
+    announce_sized(h, t1, MAX_BYTES, 100, &o);
+    announce_sized(h, t2, MAX_BYTES, 100, &o);
+    int n = of_type(&o, WIRE_GWANT);
+    outbox_free(&o);
+    return n;
+}
+
 /* The seqs an ask names, of target's stream in its life `session`. */
 static int ask_seqs(const struct msg *m, const char *target, uint64_t session, uint64_t *seqs)
 {
@@ -1725,11 +1736,7 @@ START_TEST(test_a_gsum_lost_on_the_way_is_asked_for_and_sent_again_as_it_was)
     ck_assert(!apply(&b, &again.m[0]));
     ck_assert_uint_eq(device(&b, "c", "d1"), 7);
     assert_group_slot(&b, "c", "g1", a.g.seq + 9, 0);
-    /* had: no more asks */
-    outbox_free(&asks);
-    announce_sized(&b, 1500, MAX_BYTES, 100, &asks);
-    announce_sized(&b, 2500, MAX_BYTES, 100, &asks);
-    ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 0);
+    ck_assert_int_eq(asks_at(&b, 1500, 2500), 0); /* had: no more asks */
     ck_assert_uint_eq(b.g.wants, 1);
     outbox_free(&out);
     outbox_free(&asks);
@@ -1752,9 +1759,7 @@ START_TEST(test_a_hub_asks_three_times_at_most_then_leaves_it_to_the_refresh)
         ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 1);
         outbox_free(&asks);
     }
-    announce_sized(&b, 3500, MAX_BYTES, 100, &asks);
-    announce_sized(&b, 9500, MAX_BYTES, 100, &asks);
-    ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 0);
+    ck_assert_int_eq(asks_at(&b, 3500, 9500), 0);
     ck_assert_uint_eq(b.g.wants, GROUP_WANT_TRIES);
     /* a new gap starts the tries over */
     outbox_free(&out);
@@ -1846,10 +1851,7 @@ START_TEST(test_the_first_messages_of_a_life_lost_on_the_way_are_asked_for)
         ck_assert_int_eq(announce_sized(&a, i, MAX_BYTES, 100, &out), 1);
     }
     ck_assert(apply(&b, &out.m[69]));
-    announce_sized(&b, 500, MAX_BYTES, 100, &asks);
-    announce_sized(&b, 1500, MAX_BYTES, 100, &asks);
-    ck_assert_int_eq(of_type(&asks, WIRE_GWANT), 0);
-    outbox_free(&asks);
+    ck_assert_int_eq(asks_at(&b, 500, 1500), 0);
     outbox_free(&out);
     hubs_free(&a, &b);
 }
