@@ -101,15 +101,17 @@
  * version 1 had four bytes of an empty device list.
  * The speaker sends our group's sums that rose, at most once a publish
  * interval (or a sums interval, plugin_opt_sums_interval_ms: plugin.c calls
- * group_announce no more often), and every counter again once a refresh
- * interval where a gap shows a loss near us, ten elsewhere (what asks do
- * not heal, below; a tenth of an interval after the last began when a node
- * is heard anew), in parts of max_message_bytes.
+ * group_announce no more often), and every counter again once ten refresh
+ * intervals (sooner when called for, below, and a tenth of an interval
+ * after the last began when a node is heard anew), in parts of
+ * max_message_bytes.
  *
- * GWANT (type 9; RWANT, type 10, one level up), on the asker's own topic:
- *     "TL", version 3, type, origin (str8), session (u64), seq 0, group
+ * GWANT (type 9; RWANT, type 10, one level up), on the sender's own topic:
+ *     "TL", version 3, type, origin (str8), session (u64), seq, group
  *     (str8), region (str8), target (str8), its session (u64), seqs
- *     (varint, 1 to 63), each (varint, not 0).
+ *     (varint), each (varint, not 0).
+ * An ask has seq 0 and names 1 to 63 seqs; a call for the target's
+ * refresh is in its sender's stream (a seq) and names none.
  *
  * ---- The last sums again ----
  *
@@ -178,22 +180,26 @@
  * refresh (every counter again) costs counters x speakers whatever is
  * lost, and the budget does not bound it: with 2,000 counters and a budget
  * of 1,000, a hub of the simulator's 10,200 nodes in 10 regions carried
- * 1.47 times what one of 2,040 nodes in 2 regions does with no loss. So
- * the refresh is left for what asks cannot heal: a gap past the window (a
- * long cut, after which the nodes heard anew bring it sooner), a message
- * too large to keep, an ask unanswered three times, and a stream first
- * heard past its window, whose earlier messages no neighbour holds. Those
- * come with loss near us, so a speaker that has seen a gap in a stream
- * within a refresh interval refreshes once an interval, as before asks,
- * and one that has not, once GROUP_REFRESH_CALM intervals (a gap seen
- * brings the next back to an interval after the last began). Over bridges
- * that lose nothing that is ten times less refresh: 1.30 times from 2,040
- * to 10,200 nodes. With the refresh ten times less often everywhere, 700
- * of the simulator's fault schedules (20% loss, hubs killed and
- * restarted, links cut) were exact a mean of 12.6 s after the load and at
- * most 94.2 s (a hub that first heard a speaker's new life past the
- * window waited for its refresh); on evidence, 6.8 s and 56.2 s, against
- * 10.3 s and 59.3 s before asks (README, "Measured: edges and hubs").
+ * 1.47 times what one of 2,040 nodes in 2 regions does with no loss, 1.61
+ * at 2% loss. So the refresh goes once GROUP_REFRESH_CALM refresh
+ * intervals, and is called for where asks cannot heal: a stream first
+ * heard past its window, or with a gap wider than it (a long cut), whose
+ * earlier messages no neighbour holds; a gap asked for three times in vain
+ * (asks or answers lost, a message too large to keep). The hub calls for
+ * the speaker's refresh: a GWANT naming no seq, in its own stream, so
+ * flooded as sums are, to the speaker wherever it is, at most once a
+ * refresh interval a stream, and only of a stream that sent it sums. The
+ * speaker refreshes a tenth of an interval after its last began, as for a
+ * node heard anew (group_refresh_now). Both were tried first: the refresh
+ * ten times less often everywhere, without calls, left 700 of the
+ * simulator's fault schedules (20% loss, hubs killed and restarted, links
+ * cut) exact a mean of 12.6 s after the load and at most 94.2 s (a hub
+ * that first heard a restarted speaker past its window waited for the
+ * refresh); an interval apart wherever a gap had been seen within one, 6.8
+ * s and 56.2 s, but as much refresh as before under loss. With calls:
+ * 6.7 s and 42.4 s, against 10.3 s and 59.3 s before asks, and a
+ * hub grows 1.30 times from 2,040 to 10,200 nodes with no loss and
+ * 1.37 times at 2% (README, "Measured: edges and hubs").
  *
  * ---- What it costs ----
  *
@@ -226,12 +232,12 @@
  * a message a heartbeat when the budget binds, not a few records an
  * interval. The refresh goes at its own pace, since it heals what asks
  * cannot, and what it sends comes out of the same share: a hub takes about
- * the budget, or the refreshes' pace (counters x speakers / refresh_ms,
- * or / 10 refresh_ms where nothing is lost) if that is more. With 1,000 a
- * second, a hub of the simulator's 10,200 nodes in 10 regions carries 138
- * KB/s, 1.12 times what one of 2,040 nodes in 2 regions does (324 and 2.24
- * times without), and totals are exact within 5 s of the load, sooner than
- * without a budget before asks (README, "Measured: edges and hubs").
+ * the budget, or the refreshes' pace (counters x speakers / 10
+ * refresh_ms) if that is more. With 1,000 a second, a hub of the
+ * simulator's 10,200 nodes in 10 regions carries 138 KB/s, 1.12 times
+ * what one of 2,040 nodes in 2 regions does (324 and 2.24 times
+ * without), and totals are exact 4.3 s after the load (README,
+ * "Measured: edges and hubs").
  *
  * ---- Regions: groups of groups ----
  *
@@ -605,7 +611,8 @@ static void put_varint4(uint8_t *at, uint32_t v)
 /* A message's head, up to what its type carries: sums take our stream's
  * next seq once they go, an ask none (0). Sums in no region are version 2,
  * as before regions; an ask is always version 3. */
-static void head(struct wire_buf *b, const struct tally_group *gr, const char *self, bool want)
+static void head(struct wire_buf *b, const struct tally_group *gr, const char *self, bool want,
+                 uint64_t seq)
 {
     bool v3 = want || gr->level == 2 || gr->region_len;
     uint8_t type =
@@ -615,7 +622,7 @@ static void head(struct wire_buf *b, const struct tally_group *gr, const char *s
     wbuf_bytes(b, h, sizeof(h));
     wbuf_str8(b, self, strlen(self));
     wbuf_u64(b, gr->session);
-    wbuf_varint(b, want ? 0 : gr->seq + 1);
+    wbuf_varint(b, seq);
     wbuf_str8(b, gr->name, gr->len);
     if (v3)
         wbuf_str8(b, gr->region, gr->region_len);
@@ -623,7 +630,7 @@ static void head(struct wire_buf *b, const struct tally_group *gr, const char *s
 
 static void begin(struct gsum_out *o)
 {
-    head(o->b, o->gr, o->self, false);
+    head(o->b, o->gr, o->self, false, o->gr->seq + 1);
     o->count_at = o->b->len;
     wbuf_bytes(o->b, "\0\0\0\0", 4);
     o->counters = 0;
@@ -920,7 +927,7 @@ static uint64_t missing(const struct group_origin *o)
 static void ask(struct tally_group *gr, const struct group_origin *o, uint64_t m, const char *self,
                 struct wire_buf *b, void (*emit)(const struct wire_buf *msg, void *ud), void *ud)
 {
-    head(b, gr, self, true);
+    head(b, gr, self, true, 0);
     wbuf_str8(b, o->id, strlen(o->id));
     wbuf_u64(b, o->session);
     wbuf_varint(b, (uint64_t)__builtin_popcountll(m));
@@ -930,6 +937,20 @@ static void ask(struct tally_group *gr, const struct group_origin *o, uint64_t m
     if (!b->failed) {
         emit(b, ud);
         gr->wants++;
+    }
+}
+
+/* A call for o's refresh: in our stream, flooded to o wherever it is. */
+static void call(struct tally_group *gr, const struct group_origin *o, const char *self,
+                 struct wire_buf *b, void (*emit)(const struct wire_buf *msg, void *ud), void *ud)
+{
+    head(b, gr, self, true, gr->seq + 1);
+    wbuf_str8(b, o->id, strlen(o->id));
+    wbuf_u64(b, o->session);
+    wbuf_varint(b, 0);
+    if (!b->failed) {
+        go(gr, b, emit, ud);
+        gr->calls++;
     }
 }
 
@@ -960,11 +981,19 @@ static uint32_t repair(struct tally_group *gr, const char *self, uint64_t now_ms
     uint32_t wrote = resend_due(gr, &gr->ring, now_ms, emit, ud);
     for (struct group_origin *o = gr->origins; o; o = o->hh.next) {
         wrote += resend_due(gr, &o->ring, now_ms, emit, ud);
+        if (o->call && o->speaks &&
+            (!o->called_ms || now_ms + 1 >= o->called_ms + gr->refresh_ms)) {
+            call(gr, o, self, b, emit, ud);
+            o->call = false;
+            o->called_ms = now_ms + 1;
+            wrote++;
+        }
         if (!o->want_ms || now_ms < o->want_ms)
             continue;
         uint64_t m = missing(o);
         if (!m || o->tries >= GROUP_WANT_TRIES) {
-            o->want_ms = 0; /* had, or given up: the refresh brings it */
+            o->want_ms = 0; /* had, or given up: we call for the refresh */
+            o->call = o->call || m;
             continue;
         }
         o->tries++;
@@ -1022,7 +1051,7 @@ uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, con
     went += echo_due(&o, now_ms, allowed - went);
     if (!gr->cursor && now_ms >= gr->refresh_due) {
         gr->cursor = gr->entries;
-        gr->refresh_due = now_ms + (lossy(gr, now_ms) ? 1 : GROUP_REFRESH_CALM) * gr->refresh_ms;
+        gr->refresh_due = now_ms + GROUP_REFRESH_CALM * gr->refresh_ms;
         gr->refresh_began = now_ms;
     }
     for (; gr->cursor && budget; budget--, went++) {
@@ -1079,6 +1108,7 @@ static bool first_seen(struct tally_group *gr, const char *id, size_t len, uint6
         /* a life that began within the window: what came before is asked for */
         o->floor = seq <= GROUP_KEEP ? 0 : seq - 1;
         o->gap = seq > 1 && seq <= GROUP_KEEP;
+        o->late = seq > GROUP_KEEP;
         o->want_ms = 0;
         ring_free(&o->ring); /* an earlier life's */
         return true;
@@ -1087,9 +1117,7 @@ static bool first_seen(struct tally_group *gr, const char *id, size_t len, uint6
         gr->holes++;
         gr->hole_ms = gr->clock_ms;
         o->gap = true;
-        /* loss near us: the refresh an interval after the last began */
-        if (gr->refresh_due > gr->refresh_began + gr->refresh_ms)
-            gr->refresh_due = gr->refresh_began + gr->refresh_ms;
+        o->late = o->late || seq > o->high + GROUP_KEEP; /* some fell out of the window */
     }
     return seq_window_first(&o->high, &o->seen, seq);
 }
@@ -1308,13 +1336,15 @@ struct gsum_want {
     struct wire_reader seqs;
 };
 
-static bool read_want(struct wire_reader r, struct gsum_want *w)
+/* An ask (seq 0) names 1 to 63 seqs; a call (in the caller's stream) none. */
+static bool read_want(struct wire_reader r, uint64_t seq, struct gsum_want *w)
 {
     w->target = wr_str8(&r, &w->tlen);
     w->session = wr_u64(&r);
     w->n = wr_varint(&r);
     w->seqs = r;
-    if (r.bad || node_id_check(w->target, w->tlen) != TALLY_OK || !w->n || w->n >= GROUP_KEEP)
+    if (r.bad || node_id_check(w->target, w->tlen) != TALLY_OK || !w->n != !!seq ||
+        w->n >= GROUP_KEEP)
         return false;
     for (uint64_t i = 0; i < w->n; i++)
         if (!wr_varint(&r))
@@ -1373,7 +1403,7 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
         (region_level ? region_name_check(group, glen) : group_name_check(group, glen)) !=
             TALLY_OK ||
         (rlen && (region_level || region_name_check(region, rlen) != TALLY_OK)) ||
-        (want ? seq || !read_want(r, &w) : ncounters > len || !valid(r, len, k, ncounters)))
+        (want ? !read_want(r, seq, &w) : ncounters > len || !valid(r, len, k, ncounters)))
         return TALLY_E_WIRE;
     /* not ours to read, nor to flood: we are in no group (or region), or
      * it is the sums of a group of another region (or none, or we are in
@@ -1383,7 +1413,7 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
         gr->refused++;
         return TALLY_OK;
     }
-    if (want) { /* a neighbour's, for us alone: never flooded on */
+    if (want && !seq) { /* a neighbour's ask, for us alone: never flooded on */
         take_want(gr, self, &w);
         return TALLY_OK;
     }
@@ -1396,6 +1426,16 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
     }
     *fresh = true;
     keep(&o->ring, seq, msg, len); /* for a neighbour that lacks it */
+    if (want) {                    /* a call for a speaker's refresh: flooded on to it */
+        o->late = false;
+        if (w.tlen == strlen(self) && memcmp(w.target, self, w.tlen) == 0 &&
+            w.session == gr->session)
+            group_refresh_now(gr);
+        return TALLY_OK;
+    }
+    o->speaks = true;
+    o->call = o->call || o->late;
+    o->late = false;
     bool ours = glen == gr->len && memcmp(group, gr->name, glen) == 0;
     o->heard_ms = gr->clock_ms;
     o->other = !ours;

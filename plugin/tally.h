@@ -1358,9 +1358,8 @@ size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync
 #define GROUP_KEEP_BYTES (256u * 1024)
 #define GROUP_WANT_TRIES 3
 /* The refresh, every counter again, goes once GROUP_REFRESH_CALM refresh
- * intervals where no gap shows a loss near us, since asks heal what is
- * lost; once an interval where one does; a tenth of an interval after the
- * last began when a node is heard anew. */
+ * intervals, since asks heal what is lost; a tenth of an interval after the
+ * last began when a node is heard anew, or a hub calls for it. */
 #define GROUP_REFRESH_CALM 10
 
 /* A stream's last GROUP_KEEP messages, by seq % GROUP_KEEP: sent again when
@@ -1431,6 +1430,12 @@ struct group_origin {
     uint64_t floor, want_ms;
     uint8_t tries;
     bool gap;
+    /* What no neighbour holds (seqs before the window: first heard past it,
+     * or a gap wider than it; or asked for in vain): we call for its
+     * speaker's refresh (call), at most once a refresh interval (called_ms,
+     * plus 1); speaks: it sent us sums, so it has a refresh to send. */
+    bool late, call, speaks;
+    uint64_t called_ms;
     struct group_ring ring;
     char id[TALLY_NODE_ID_MAX + 1];
 };
@@ -1469,7 +1474,7 @@ struct tally_group {
     /* Our own stream's last messages, for a neighbour that lacks them; the
      * asks we sent, and the messages we sent again (ours and others'). */
     struct group_ring ring;
-    uint64_t wants, resent;
+    uint64_t wants, resent, calls;
 };
 
 void group_init(struct tally_group *gr, const char *name, uint64_t session, uint64_t refresh_ms);

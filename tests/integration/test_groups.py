@@ -522,7 +522,8 @@ def ask(asker, group, target, session, seqs):
 
 
 def read_ask(payload):
-    """(asker, target, session, seqs) of a GWANT, or None for another message."""
+    """(asker, target, session, seqs, seq) of a GWANT, or None for another message: an ask
+    (seq 0) names seqs, a call for the target's refresh (in the asker's stream) none."""
     if payload[:4] != b"TL\x03\x09":
         return None
     p = 4
@@ -546,11 +547,12 @@ def read_ask(payload):
 
     asker = str8()
     p += 8
-    varint(), str8(), str8()
+    seq = varint()
+    str8(), str8()
     target = str8()
     session = struct.unpack_from("<Q", payload, p)[0]
     p += 8
-    return asker, target, session, [varint() for _ in range(varint())]
+    return asker, target, session, [varint() for _ in range(varint())], seq
 
 
 class RawPeer:
@@ -594,7 +596,8 @@ def test_sums_lost_on_the_way_are_asked_of_a_neighbour_and_sent_again(brokers, c
     before the refresh (a hundred sync intervals). Here a raw neighbour of b1's speaks for a
     third group, g3, skips seq 2, and answers b1's ask; then asks b1 for a GSUM of b1's own,
     which b1 sends again byte for byte. Asks go to neighbours only: a1, which holds that
-    message too, never hears the ask."""
+    message too, never hears the ask. A stream first heard past its 64th message has a past
+    no neighbour keeps: b1 calls for that speaker's refresh instead, once."""
     hubs, edges = two_groups(brokers, options={"sync_interval_ms": "2000",
                                                "stats_interval_ms": "500"})
     a1, a2, b1, b2 = hubs
@@ -612,8 +615,8 @@ def test_sums_lost_on_the_way_are_asked_of_a_neighbour_and_sent_again(brokers, c
     def asked():
         return [a for _, m in peer.messages() if (a := read_ask(m)) and a[1] == "x1"]
     wait_for(lambda: asked(), 5, what="b1 to ask for x1's seq 2")
-    asker, _, s, seqs = asked()[0]
-    assert (asker, s, seqs) == ("b1", session, [2]), asked()
+    asker, _, s, seqs, seq = asked()[0]
+    assert (asker, s, seqs, seq) == ("b1", session, [2], 0), asked()
     peer.send(lost)
     for n in hubs:  # taken, and flooded on to every hub
         n.wait_total("other", 5, timeout=10)
@@ -641,6 +644,18 @@ def test_sums_lost_on_the_way_are_asked_of_a_neighbour_and_sent_again(brokers, c
     wait_for(lambda: sum(1 for _, m in peer.messages() if m == mine) > before, 5,
              what=f"b1 to send its seq {seq} again")
     wait_for(lambda: group_stats(b1).get("resent", 0) >= 1, 15, what="b1's stats to count it")
+    # A stream first heard past its 64th message: what came before, no neighbour holds, so b1
+    # calls for the speaker's refresh, once, in its own stream (a seq), naming no seq
+    peer.send(gsum("x2", 9, 100, "g3", {"late": 4}))
+    b1.wait_total("late", 4)
+
+    def called():
+        return [a for _, m in peer.messages() if (a := read_ask(m)) and a[:2] == ("b1", "x2")]
+    wait_for(lambda: called(), 5, what="b1 to call for x2's refresh")
+    time.sleep(1.5)
+    (call,) = called()
+    assert call[:4] == ("b1", "x2", 9, []) and call[4] > 0, call
+    wait_for(lambda: group_stats(b1).get("calls", 0) == 1, 15, what="b1's stats to count it")
     # a1 holds that message of b1's too: had the ask been flooded on, it would have answered
     time.sleep(2)
     assert group_stats(a1)["resent"] == a1_resent, group_stats(a1)

@@ -1422,11 +1422,12 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
             stale);
         announced = learned = stale = 0;
         uint32_t speaking[2] = {0, 0};
-        uint64_t echoed = 0, holes = 0, held = 0, wants = 0, resent = 0;
+        uint64_t echoed = 0, holes = 0, held = 0, wants = 0, resent = 0, calls = 0;
         for (uint32_t h = 0; h < opt.hubs; h++) {
             const struct node *n = &nodes[h];
             wants += n->alive ? n->gr.wants + n->rg.wants : 0;
             resent += n->alive ? n->gr.resent + n->rg.resent : 0;
+            calls += n->alive ? n->gr.calls + n->rg.calls : 0;
             speaking[0] += nodes[h].alive && !nodes[h].gr.quiet;
             speaking[1] += nodes[h].alive && group_on(&nodes[h].rg) && !nodes[h].rg.quiet;
             echoed += nodes[h].alive ? nodes[h].gr.echoed + nodes[h].rg.echoed : 0;
@@ -1438,8 +1439,8 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
                " held sums back %" PRIu64 " times\n",
                speaking[0], speaking[1], echoed, holes, held);
         printf("  sums lost on the way: live hubs asked their neighbours %" PRIu64
-               " times, and sent %" PRIu64 " messages again\n",
-               wants, resent);
+               " times, sent %" PRIu64 " messages again, and called for %" PRIu64 " refreshes\n",
+               wants, resent, calls);
         for (uint32_t h = 0; h < opt.hubs && opt.regions; h++) {
             announced += nodes[h].alive ? nodes[h].rg.announced : 0;
             learned += nodes[h].alive ? nodes[h].rg.learned : 0;
