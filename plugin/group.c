@@ -190,8 +190,8 @@
  * flooded as sums are, to the speaker wherever it is, at most once a
  * refresh interval a stream, and only of a stream that sent it sums. The
  * speaker refreshes a tenth of an interval after its last began, as for a
- * node heard anew (group_refresh_now). Both were tried first: the refresh
- * ten times less often everywhere, without calls, left 700 of the
+ * node heard anew (group_refresh_now). Two simpler rules were tried first:
+ * the refresh ten times less often everywhere, without calls, left 700 of the
  * simulator's fault schedules (20% loss, hubs killed and restarted, links
  * cut) exact a mean of 12.6 s after the load and at most 94.2 s (a hub
  * that first heard a restarted speaker past its window waited for the
