@@ -621,7 +621,7 @@ int fold_set_adopt(struct tally_table *t, struct persist *p, const char *node, s
 {
     size_t blen = strlen(by);
     if (node_id_check(node, len) != TALLY_OK || node_id_check(by, blen) != TALLY_OK ||
-        (len == blen && memcmp(node, by, len) == 0) || lives_below == 0)
+        name_same(node, len, by, blen) || lives_below == 0)
         return TALLY_E_WIRE;
     if (lives_below != UINT64_MAX && fold_below_of(t, node, len) >= lives_below)
         return TALLY_OK; /* an edge's lives all retired here: that claim is over */

@@ -978,9 +978,11 @@ static uint32_t repair(struct tally_group *gr, const char *self, uint64_t now_ms
                        struct wire_buf *b, void (*emit)(const struct wire_buf *msg, void *ud),
                        void *ud)
 {
-    uint32_t wrote = resend_due(gr, &gr->ring, now_ms, emit, ud);
+    bool resend = gr->resend; /* else no ring has one due: none scanned */
+    uint32_t wrote = resend ? resend_due(gr, &gr->ring, now_ms, emit, ud) : 0;
+    gr->resend = false;
     for (struct group_origin *o = gr->origins; o; o = o->hh.next) {
-        wrote += resend_due(gr, &o->ring, now_ms, emit, ud);
+        wrote += resend ? resend_due(gr, &o->ring, now_ms, emit, ud) : 0;
         if (o->call && o->speaks &&
             (!o->called_ms || now_ms + 1 >= o->called_ms + gr->refresh_ms)) {
             call(gr, o, self, b, emit, ud);
@@ -1361,7 +1363,7 @@ static void take_want(struct tally_group *gr, const char *self, struct gsum_want
 {
     uint64_t now = gr->clock_ms, every = group_heartbeat_ms(gr);
     struct group_ring *ring = NULL;
-    if (w->tlen == strlen(self) && memcmp(w->target, self, w->tlen) == 0) {
+    if (name_same(w->target, w->tlen, self, strlen(self))) {
         ring = w->session == gr->session ? &gr->ring : NULL;
     } else {
         struct group_origin *o;
@@ -1371,7 +1373,7 @@ static void take_want(struct tally_group *gr, const char *self, struct gsum_want
     for (uint64_t i = 0; ring && i < w->n; i++) {
         struct group_kept *k = kept(ring, wr_varint(&w->seqs));
         if (k && (!k->resent_ms || now + 1 >= k->resent_ms + every / 2))
-            k->due = true;
+            k->due = gr->resend = true;
     }
 }
 
@@ -1419,7 +1421,7 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
     }
     bool nomem = false;
     struct group_origin *o = NULL;
-    if ((olen == strlen(self) && memcmp(origin, self, olen) == 0) ||
+    if (name_same(origin, olen, self, strlen(self)) ||
         !first_seen(gr, origin, olen, session, seq, &nomem, &o)) {
         gr->stale++;
         return nomem ? TALLY_E_NOMEM : TALLY_OK;
@@ -1428,15 +1430,14 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
     keep(&o->ring, seq, msg, len); /* for a neighbour that lacks it */
     if (want) {                    /* a call for a speaker's refresh: flooded on to it */
         o->late = false;
-        if (w.tlen == strlen(self) && memcmp(w.target, self, w.tlen) == 0 &&
-            w.session == gr->session)
+        if (name_same(w.target, w.tlen, self, strlen(self)) && w.session == gr->session)
             group_refresh_now(gr);
         return TALLY_OK;
     }
     o->speaks = true;
     o->call = o->call || o->late;
     o->late = false;
-    bool ours = glen == gr->len && memcmp(group, gr->name, glen) == 0;
+    bool ours = name_same(group, glen, gr->name, gr->len);
     o->heard_ms = gr->clock_ms;
     o->other = !ours;
     if (o->gap) {

@@ -721,7 +721,7 @@ static const char *presence_topic(const char *kind, const char *id, int len, con
 
 static bool is_self(const char *id, size_t len)
 {
-    return len == strlen(g.opt.node_id) && memcmp(id, g.opt.node_id, len) == 0;
+    return name_same(id, len, g.opt.node_id, strlen(g.opt.node_id));
 }
 
 static struct tally_origin *origin_of(const char *id, size_t len)

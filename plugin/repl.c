@@ -274,7 +274,7 @@ static void cover(struct repl *r)
 /* Notes a neighbour's node id (from a message it sent itself). */
 static void learn_node(struct repl *r, struct repl_neighbour *k, const char *node, size_t len)
 {
-    if (len > TALLY_NODE_ID_MAX || (strlen(k->node) == len && memcmp(k->node, node, len) == 0))
+    if (len > TALLY_NODE_ID_MAX || name_same(k->node, strlen(k->node), node, len))
         return;
     memcpy(k->node, node, len);
     k->node[len] = '\0';
@@ -567,7 +567,7 @@ static const struct wire_node_ref *asks(const struct wire_digest *d, const char 
 {
     size_t len = strlen(self);
     for (uint32_t i = 0; i < d->nrequests; i++)
-        if (d->requests[i].len == len && memcmp(d->requests[i].id, self, len) == 0)
+        if (name_same(d->requests[i].id, d->requests[i].len, self, len))
             return &d->requests[i];
     return NULL;
 }

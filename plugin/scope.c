@@ -104,28 +104,23 @@ static int marks(const char *id, size_t len)
     return k;
 }
 
-static bool same(const char *a, size_t alen, const char *b, size_t blen)
-{
-    return alen == blen && memcmp(a, b, alen) == 0;
-}
-
 enum scope_take scope_take(const struct tally_group *gr, const struct tally_group *rg,
                            const char *origin, size_t len, const char *group, size_t glen,
                            const char *region, size_t rlen)
 {
     if (!group_on(gr) && !glen && !rlen)
         return marks(origin, len) ? SCOPE_REFUSE : SCOPE_TAKE;
-    bool our_group = same(group, glen, gr->name, gr->len);
-    bool our_region = same(region, rlen, gr->region, gr->region_len);
+    bool our_group = name_same(group, glen, gr->name, gr->len);
+    bool our_region = name_same(region, rlen, gr->region, gr->region_len);
     switch (marks(origin, len)) {
     case 0:
         return our_group && our_region ? SCOPE_TAKE : SCOPE_REFUSE;
     case 1: /* ".g" from a hub of g */
-        if (!our_region || !same(origin + 1, len - 1, group, glen))
+        if (!our_region || !name_same(origin + 1, len - 1, group, glen))
             return SCOPE_REFUSE;
         return our_group ? SCOPE_PASS : SCOPE_TAKE;
     default: /* "..r" from a hub of r */
-        if (!group_on(rg) || !same(origin + 2, len - 2, region, rlen))
+        if (!group_on(rg) || !name_same(origin + 2, len - 2, region, rlen))
             return SCOPE_REFUSE;
         return our_region ? SCOPE_PASS : SCOPE_TAKE;
     }

@@ -441,7 +441,7 @@ int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64
 
 bool replica_is_node(const struct tally_replica *r, const char *node, size_t len)
 {
-    return r->id_len == len && memcmp(r->key, node, len) == 0;
+    return name_same(r->key, r->id_len, node, len);
 }
 
 /* Looks up, and unless mode is DEVICE_FIND interns, a device id. New devices

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <uthash.h>
 
@@ -71,6 +72,11 @@ const char *tally_strerror(int err);
 
 int name_check(const char *name, size_t len);
 int node_id_check(const char *id, size_t len);
+/* Whether two names of known lengths (not NUL-terminated) are the same. */
+static inline bool name_same(const char *a, size_t alen, const char *b, size_t blen)
+{
+    return alen == blen && memcmp(a, b, alen) == 0;
+}
 
 struct tally_inc {
     int64_t delta;
@@ -1471,9 +1477,11 @@ struct tally_group {
     uint64_t sums_budget, share, share_ms, budget_held;
     uint64_t queued;          /* entries on the queue */
     uint64_t viewers_refused; /* PRESENCE of another group or region dropped (scope.c) */
-    /* Our own stream's last messages, for a neighbour that lacks them; the
-     * asks we sent, and the messages we sent again (ours and others'). */
+    /* Our own stream's last messages, for a neighbour that lacks them, and
+     * whether one of any ring is due to go again (resend); the asks we
+     * sent, the messages we sent again (ours and others'), our calls. */
     struct group_ring ring;
+    bool resend;
     uint64_t wants, resent, calls;
 };
 

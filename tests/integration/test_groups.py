@@ -12,7 +12,9 @@ import time
 import pytest
 
 from conftest import wait_for
-from test_cluster import Watcher, close, closing, publisher  # noqa: F401 (closing: a fixture)
+from test_cluster import closing  # noqa: F401 (a fixture)
+from test_cluster import Watcher, close, publisher, str8, varint
+from test_presence_changes import Reader
 from test_reset import control
 from tcpproxy import TcpProxy
 from test_tiers import (bridged_to, edge_bridge, exact_everywhere, increments, increments_of,
@@ -494,31 +496,18 @@ def test_an_edge_restarted_remembers_its_group(brokers, closing, workdir):
     exact_everywhere(hubs + edges + [e5], expected, timeout=60)
 
 
-def _varint(v):
-    out = bytearray()
-    while True:
-        out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
-        v >>= 7
-        if not v:
-            return bytes(out)
-
-
-def _str8(s):
-    return bytes([len(s)]) + s.encode()
-
-
 def gsum(origin, session, seq, group, counters):
     """A GSUM (version 2, a hub in no region) of `counters`, {name: P}, by hand."""
-    body = b"".join(_str8(n) + _varint(p) + _varint(0) * 3 + b"\0" for n, p in counters.items())
-    return (b"TL\x02\x07" + _str8(origin) + struct.pack("<Q", session) + _varint(seq) +
-            _str8(group) + _varint(len(counters)) + body)
+    body = b"".join(str8(n) + varint(p) + varint(0) * 3 + b"\0" for n, p in counters.items())
+    return (b"TL\x02\x07" + str8(origin) + struct.pack("<Q", session) + varint(seq) +
+            str8(group) + varint(len(counters)) + body)
 
 
 def ask(asker, group, target, session, seqs):
     """A GWANT: `asker` of `group` asks its neighbours for `target`'s messages `seqs`."""
-    return (b"TL\x03\x09" + _str8(asker) + struct.pack("<Q", 1) + _varint(0) + _str8(group) +
-            _str8("") + _str8(target) + struct.pack("<Q", session) + _varint(len(seqs)) +
-            b"".join(_varint(s) for s in seqs))
+    return (b"TL\x03\x09" + str8(asker) + struct.pack("<Q", 1) + varint(0) + str8(group) +
+            str8("") + str8(target) + struct.pack("<Q", session) + varint(len(seqs)) +
+            b"".join(varint(s) for s in seqs))
 
 
 def read_ask(payload):
@@ -526,33 +515,11 @@ def read_ask(payload):
     (seq 0) names seqs, a call for the target's refresh (in the asker's stream) none."""
     if payload[:4] != b"TL\x03\x09":
         return None
-    p = 4
-
-    def str8():
-        nonlocal p
-        n = payload[p]
-        p += 1 + n
-        return payload[p - n:p].decode()
-
-    def varint():
-        nonlocal p
-        v = shift = 0
-        while True:
-            b = payload[p]
-            p += 1
-            v |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return v
-
-    asker = str8()
-    p += 8
-    seq = varint()
-    str8(), str8()
-    target = str8()
-    session = struct.unpack_from("<Q", payload, p)[0]
-    p += 8
-    return asker, target, session, [varint() for _ in range(varint())], seq
+    r = Reader(payload)
+    r.p = 4
+    asker, _, seq, _, _ = r.str8(), r.u64(), r.varint(), r.str8(), r.str8()
+    target, session = r.str8(), r.u64()
+    return asker, target, session, [r.varint() for _ in range(r.varint())], seq
 
 
 class RawPeer:
@@ -634,15 +601,9 @@ def test_sums_lost_on_the_way_are_asked_of_a_neighbour_and_sent_again(brokers, c
                 m[5:5 + m[4]] == b"b1"]
     wait_for(b1s, 5, what="a GSUM of b1's")
     mine = b1s()[-1]
-    olen = mine[4]
-    b1_session = struct.unpack_from("<Q", mine, 5 + olen)[0]
-    p, seq, shift = 13 + olen, 0, 0
-    while True:
-        seq |= (mine[p] & 0x7F) << shift
-        shift += 7
-        p += 1
-        if mine[p - 1] < 0x80:
-            break
+    r = Reader(mine)
+    r.p = 4
+    _, b1_session, seq = r.str8(), r.u64(), r.varint()
     before = sum(1 for _, m in peer.messages() if m == mine)
     a1_resent = group_stats(a1)["resent"]  # a2 may have asked a1 for x1's seq 2
     peer.send(ask("x1", "g3", "b1", b1_session, [seq]))
