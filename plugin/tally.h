@@ -1364,9 +1364,13 @@ size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync
 #define GROUP_KEEP_BYTES (256u * 1024)
 #define GROUP_WANT_TRIES 3
 /* The refresh, every counter again, goes once GROUP_REFRESH_CALM refresh
- * intervals, since asks heal what is lost; a tenth of an interval after the
- * last began when a node is heard anew, or a hub calls for it. */
+ * intervals, since asks heal what is lost, and under a budget out of the
+ * speaker's share; a tenth of an interval after the last began, at once,
+ * when a node is heard anew, or a hub calls for it. */
 #define GROUP_REFRESH_CALM 10
+/* Under a budget, a refresh's own pace (beside what the rest leave it): a
+ * tenth of the speaker's share. */
+#define GROUP_REFRESH_TRICKLE 10
 
 /* A stream's last GROUP_KEEP messages, by seq % GROUP_KEEP: sent again when
  * a neighbour asks (due), at most once a half heartbeat each. */
@@ -1472,9 +1476,19 @@ struct tally_group {
     uint64_t holes, hole_ms;
     /* A budget of sums (group.c): records a second a hub takes of this
      * level's sums, 0 for no bound (plugin_opt_sums_budget); our share
-     * saved up, in thousandths of a record, as of share_ms; announces that
-     * left sums that rose waiting for it */
-    uint64_t sums_budget, share, share_ms, budget_held;
+     * saved up, in thousandths of a record, as of share_ms, and a
+     * heartbeat's worth of it (share_batch); announces that left sums that
+     * rose waiting for it */
+    uint64_t sums_budget, share, share_ms, share_batch, budget_held;
+    /* The refresh under a budget (group.c, "The refresh under a budget"):
+     * the pass under way goes at what is left of our share (paced), and a
+     * tenth of it of its own, saved up in refresh_share, a heartbeat's
+     * worth (refresh_batch) at least; one a node heard anew or a call asked
+     * for goes at once (urgent: the next pass); about how many entries the
+     * pass has left (new ones are added after the cursor); how long the
+     * last took */
+    bool refresh_paced, refresh_urgent;
+    uint64_t refresh_share, refresh_batch, refresh_rest, refresh_took;
     uint64_t queued;          /* entries on the queue */
     uint64_t viewers_refused; /* PRESENCE of another group or region dropped (scope.c) */
     /* Our own stream's last messages, for a neighbour that lacks them, and
@@ -1525,12 +1539,16 @@ static inline uint64_t group_outer_ms(const struct tally_group *gr)
 {
     return 2 * gr->quiet_ms;
 }
-/* Every counter again soon (at most ten refreshes an interval): a node
- * heard anew (a bridge back after its peers expired, a restart) may have
- * missed GSUMs. */
+/* Every counter again soon (at most ten refreshes an interval), at once
+ * whatever the budget: a node heard anew (a bridge back after its peers
+ * expired, a restart) may have missed GSUMs, or a hub called for it. A
+ * paced pass under way is given up for it. */
 static inline void group_refresh_now(struct tally_group *gr)
 {
     uint64_t soon = gr->refresh_began + gr->refresh_ms / 10;
+    if (gr->cursor && gr->refresh_paced)
+        gr->cursor = NULL;
+    gr->refresh_urgent = true;
     if (gr->refresh_due > soon)
         gr->refresh_due = soon; /* a tenth of the interval after the last began */
 }

@@ -378,8 +378,9 @@ def test_the_bridge_between_groups_cut_and_healed_under_load(brokers, closing):
 def test_a_budget_of_sums_holds_the_other_groups_view_back_not_the_counts(brokers, closing):
     """sums_budget 10: a hub takes at most 10 counters' sums a second of the other groups, so
     g1's speaker, hearing one other speaker (b1), sends at most 5 a second of what rose, oldest
-    first (the refresh, every counter again, goes at its own pace). 40 counters written at a2
-    at once: a1 holds sums back for the budget, and every node ends exact."""
+    first (the refresh, every counter again, at half that pace at most, out of the same share).
+    40 counters written at a2 at once: a1 holds sums back for the budget, and every node ends
+    exact."""
     hubs, edges = two_groups(brokers, options={"sums_budget": "10", "stats_interval_ms": "1000",
                                                "sync_interval_ms": "3000"})
     a1, a2, b1, b2 = hubs

@@ -149,7 +149,7 @@ struct node {
     char id[16];
     struct tally_table t;
     struct tally_presence pr;
-    struct traffic tr;
+    struct traffic tr, at_load; /* at_load: tr as the load stopped */
     /* hub */
     struct tier_hub tier;
     struct repl repl;
@@ -1361,7 +1361,8 @@ static void late_viewers_seen(void)
 
 struct figures {
     double msgs, bytes, slots, counters, entries;
-    double group_slots; /* of slots: other groups' replicas (--groups) */
+    double load_msgs, load_bytes; /* a second of the load alone, without the tail after it */
+    double group_slots;           /* of slots: other groups' replicas (--groups) */
     uint32_t n;
 };
 
@@ -1377,6 +1378,8 @@ static void add_figures(struct figures *f, const struct node *n, double seconds)
     f->group_slots += (double)group_slots;
     f->msgs += (double)(n->tr.msgs_in + n->tr.msgs_out) / seconds;
     f->bytes += (double)(n->tr.bytes_in + n->tr.bytes_out) / seconds;
+    f->load_msgs += (double)(n->at_load.msgs_in + n->at_load.msgs_out) / seconds;
+    f->load_bytes += (double)(n->at_load.bytes_in + n->at_load.bytes_out) / seconds;
     f->slots += (double)slots;
     f->counters += (double)counters;
     f->entries += n->hub ? (double)(tier_hub_children(&n->tier) + HASH_COUNT(n->pr.origins))
@@ -1392,6 +1395,9 @@ static void print_figures(const char *what, const struct figures *f)
            "%9.0f slots %7.0f children+origins (hub) / own+watched+pages (edge)\n",
            what, f->n, f->msgs / f->n, f->bytes / f->n, f->counters / f->n, f->slots / f->n,
            f->entries / f->n);
+    printf("  %-5s        during the load %9.1f msg/s %11.0f B/s   (the line above: the whole run, "
+           "the tail after the load too, over the load's seconds)\n",
+           what, f->load_msgs / f->n, f->load_bytes / f->n);
 }
 
 static void report(double load_seconds, const int64_t converged_ms[2], const uint32_t wrong[2])
@@ -1707,6 +1713,7 @@ int main(int argc, char **argv)
     int64_t converged[2] = {-1, -1};
     uint32_t wrong[2] = {0, 0};
     uint64_t next_check = opt.load_ms, next_late = 1000;
+    bool loaded = false;
     while (nheap && now <= opt.max_ms && (converged[0] < 0 || converged[1] < 0)) {
         struct event ev = pop();
         now = ev.at;
@@ -1733,6 +1740,11 @@ int main(int argc, char **argv)
         if (now >= next_late) {
             next_late = now + 1000;
             late_viewers_seen();
+        }
+        if (now >= opt.load_ms && !loaded) {
+            loaded = true;
+            for (uint32_t i = 0; i < nnodes; i++)
+                nodes[i].at_load = nodes[i].tr;
         }
         if (now >= next_check) {
             next_check = now + TICK_MS;

@@ -936,6 +936,90 @@ START_TEST(test_a_budget_of_sums_sends_what_rose_oldest_first_at_its_share)
 }
 END_TEST
 
+/* How many entries of a's refresh pass are behind its cursor. */
+static uint64_t refreshed_so_far(const struct hub *a)
+{
+    uint64_t n = 0;
+    for (const struct group_entry *e = a->g.entries; e && e != a->g.cursor; e = e->hh.next)
+        n++;
+    return a->g.cursor ? n : HASH_COUNT(a->g.entries);
+}
+
+START_TEST(test_a_budget_paces_the_refresh_out_of_what_rises_leaves)
+{
+    /* sums_budget 20 a second, no other speaker heard: a's share is 20 a
+     * second. 40 hot counters rise every second (more than the share) and
+     * 100 cold ones stand still. While what rose waits, the refresh goes at
+     * a tenth of the share (2 a second) of its own, so what rises keeps the
+     * share; once the load stops and nothing waits, the pass takes what is
+     * left of the share, in a message a heartbeat (1 s). a sends at most the
+     * budget and the tenth, b ends with every sum, and a node heard anew
+     * then brings a pass at once, whole. */
+    struct hub a, b;
+    struct outbox out = {0};
+    two_groups(&a, &b);
+    char name[16];
+    for (int i = 0; i < 100; i++) {
+        snprintf(name, sizeof(name), "c%02d", i);
+        slot(&a, name, "e1", (uint64_t)i + 1, 0);
+        note(&a, name);
+    }
+    ck_assert_int_eq(announce(&a, &out), 1); /* what rose, before the budget */
+    outbox_free(&out);
+    a.g.sums_budget = 20;
+    a.g.refresh_ms = 10000;
+    a.g.refresh_due = 1000; /* the next 10 intervals after it began */
+    uint64_t sent = 0;
+    for (uint64_t t = 1000; t < 5000; t += 100) {
+        for (int i = 0; t % 1000 == 0 && i < 40; i++) {
+            snprintf(name, sizeof(name), "h%02d", i);
+            slot(&a, name, "e1", t, 0);
+            note(&a, name);
+        }
+        sent += budgeted(&a, &b, t, NULL, NULL);
+    }
+    ck_assert(a.g.refresh_paced);
+    ck_assert_uint_ge(a.g.budget_held, 4);
+    ck_assert_uint_ge(refreshed_so_far(&a), 6); /* 2 a second, for 4 s */
+    ck_assert_uint_le(refreshed_so_far(&a), 10);
+    ck_assert_uint_le(sent, 4 * (20 + 2) + 20);
+    /* the load stops: the 40 hot ones go, then the pass takes the share */
+    uint64_t messages = 0;
+    for (uint64_t t = 5000; a.g.cursor && t < 20000; t += 100) {
+        outbox_free(&out);
+        announce_sized(&a, t, MAX_BYTES, 100, &out);
+        sent += records(&out, NULL, NULL);
+        messages += records(&out, NULL, NULL) > 0;
+        apply_all(&b, &out);
+    }
+    outbox_free(&out);
+    ck_assert_ptr_null(a.g.cursor);
+    ck_assert_uint_ge(a.g.refresh_took, 9000); /* 140 entries, less what went, at 20 a second */
+    ck_assert_uint_le(a.g.refresh_took, 12000);
+    ck_assert_uint_le(messages, 8); /* a message a heartbeat (6 here), not a record a tenth */
+    ck_assert_uint_le(sent, (a.g.refresh_took / 1000 + 1) * (20 + 2) + 20);
+    for (int i = 0; i < 100; i++) {
+        snprintf(name, sizeof(name), "c%02d", i);
+        assert_group_slot(&b, name, "g1", (uint64_t)i + 1, 0);
+    }
+    for (int i = 0; i < 40; i++) {
+        snprintf(name, sizeof(name), "h%02d", i);
+        assert_group_slot(&b, name, "g1", 4000, 0);
+    }
+    /* the next pass is due at 101000, paced; a node heard anew at 30000
+     * brings one at once (a tenth of an interval after the last began), all
+     * of it in one announce */
+    ck_assert_uint_eq(budgeted(&a, &b, 30000, NULL, NULL), 0); /* a keepalive, no record */
+    group_refresh_now(&a.g);
+    ck_assert_uint_eq(budgeted(&a, &b, 30100, "c00", NULL), 100);
+    ck_assert(!a.g.refresh_paced);
+    ck_assert_ptr_nonnull(a.g.cursor); /* 100 a call here (the caller's bound): 40 left */
+    ck_assert_uint_eq(budgeted(&a, &b, 30200, NULL, NULL), 40);
+    ck_assert_ptr_null(a.g.cursor);
+    hubs_free(&a, &b);
+}
+END_TEST
+
 /* ==== Devices ==== */
 
 START_TEST(test_a_device_maximum_travels_whole_and_is_not_echoed)
@@ -1990,6 +2074,7 @@ Suite *group_suite(void)
     tcase_add_test(tc, test_the_refresh_sends_every_counter_again_in_chunks);
     tcase_add_test(tc, test_the_last_sums_go_again_once_still_where_sums_are_lost);
     tcase_add_test(tc, test_a_budget_of_sums_sends_what_rose_oldest_first_at_its_share);
+    tcase_add_test(tc, test_a_budget_paces_the_refresh_out_of_what_rises_leaves);
     tcase_add_test(tc, test_a_device_maximum_travels_whole_and_is_not_echoed);
     tcase_add_test(tc, test_many_counters_are_split_within_max_bytes);
     tcase_add_test(tc, test_a_counter_with_many_devices_is_taken_whole_over_many_messages);
