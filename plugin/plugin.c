@@ -796,10 +796,25 @@ static void replay_tick(uint64_t now)
     }
 }
 
-/* A SYNC or DIGEST of another group (or of a node in none, when we are in
- * one, or the reverse): a bridge between groups that carries all of
- * $tally/. Dropped: the other group's nodes count under its GSUMs
- * (group.c), and taking their slots too would count them twice. */
+/* The group and region a topic names: a PRESENCE's (presence_topic), a
+ * SYNC's or DIGEST's (replicate_stream: a group only). */
+static void topic_scope(const char *topic, const char **group, size_t *glen, const char **region,
+                        size_t *rlen)
+{
+    const char *at = strchr(topic + strlen("$tally/v1/"), '@');
+    *group = *region = "";
+    *glen = *rlen = 0;
+    if (!at)
+        return;
+    *group = at + 1;
+    const char *next = strchr(*group, '@');
+    *glen = next ? (size_t)(next - *group) : strlen(*group);
+    if (next) {
+        *region = next + 1;
+        *rlen = strlen(*region);
+    }
+}
+
 /* Counts a message of another group dropped; true when it is time to log
  * it (once a minute for each kind, at *last_ms). */
 static bool group_refused(uint64_t *last_ms)
@@ -812,11 +827,16 @@ static bool group_refused(uint64_t *last_ms)
     return true;
 }
 
+/* A SYNC or DIGEST of another group (or of a node in none, when we are in
+ * one, or the reverse): a bridge between groups that carries all of
+ * $tally/. Dropped: the other group's nodes count under its GSUMs
+ * (group.c), and taking their slots too would count them twice. */
 static bool other_group(const char *topic)
 {
-    const char *at = strchr(topic + strlen("$tally/v1/"), '@');
-    const char *group = at ? at + 1 : "";
-    if (strcmp(group, g.group.name) == 0)
+    const char *group, *region;
+    size_t glen, rlen;
+    topic_scope(topic, &group, &glen, &region, &rlen);
+    if (name_same(group, glen, g.group.name, g.group.len))
         return false;
     if (group_refused(&g.group_log_ms))
         mosquitto_log_printf(MOSQ_LOG_WARNING,
@@ -907,24 +927,6 @@ static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
     }
     replay_begin(k, false);
     return TALLY_OK;
-}
-
-/* The group and region a PRESENCE's topic names (presence_topic). */
-static void topic_scope(const char *topic, const char **group, size_t *glen, const char **region,
-                        size_t *rlen)
-{
-    const char *at = strchr(topic + strlen("$tally/v1/"), '@');
-    *group = *region = "";
-    *glen = *rlen = 0;
-    if (!at)
-        return;
-    *group = at + 1;
-    const char *next = strchr(*group, '@');
-    *glen = next ? (size_t)(next - *group) : strlen(*group);
-    if (next) {
-        *region = next + 1;
-        *rlen = strlen(*region);
-    }
 }
 
 /* Whether we count a PRESENCE: not one of another group or region, which
