@@ -215,6 +215,7 @@ static uint64_t now, order;
 static uint64_t *truth; /* increments made, per counter */
 static uint64_t rng_state;
 static struct traffic by_kind[K__COUNT];
+static struct traffic by_kind_at_load[K__COUNT]; /* by_kind as the load stopped */
 static uint64_t steps_back; /* an edge showed a total below one it showed before */
 static uint64_t reset_at;   /* when --reset made its reset (0: not yet) */
 /* A live hub counted a dead edge's viewers past peer_timeout_ms after it died
@@ -1459,8 +1460,10 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
     }
     print_figures("edge", &edges);
     for (int k = 0; k < K__COUNT; k++)
-        printf("  %-8s %10" PRIu64 " msgs %12" PRIu64 " bytes sent\n", kind_name[k],
-               by_kind[k].msgs_out, by_kind[k].bytes_out);
+        printf("  %-8s %10" PRIu64 " msgs %12" PRIu64 " bytes sent (%10" PRIu64 " msgs %12" PRIu64
+               " bytes during the load)\n",
+               kind_name[k], by_kind[k].msgs_out, by_kind[k].bytes_out, by_kind_at_load[k].msgs_out,
+               by_kind_at_load[k].bytes_out);
     printf("  listing entries in presence: %" PRIu64 " (%" PRIu64 " in full listings)\n",
            listed_sent, listed_full_sent);
     if (opt.groups)
@@ -1745,6 +1748,7 @@ int main(int argc, char **argv)
             loaded = true;
             for (uint32_t i = 0; i < nnodes; i++)
                 nodes[i].at_load = nodes[i].tr;
+            memcpy(by_kind_at_load, by_kind, sizeof(by_kind));
         }
         if (now >= next_check) {
             next_check = now + TICK_MS;
