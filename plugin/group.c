@@ -907,6 +907,19 @@ static uint64_t streams_heard(const struct tally_group *gr, uint64_t now_ms)
     return n;
 }
 
+/* A heartbeat's worth of a paced refresh's own pace (a tenth of the share's). */
+static uint64_t refresh_batch(const struct tally_group *gr)
+{
+    return max64(gr->share_batch / GROUP_REFRESH_TRICKLE, 1);
+}
+
+/* What a paced refresh may take of our share: what is left once what rose
+ * went, while none waits (all of it for any other pass). */
+static uint64_t share_left(const struct tally_group *gr)
+{
+    return gr->refresh_paced && gr->queue ? 0 : gr->share / 1000;
+}
+
 /* How many records of what rose (or echoes) may go now: our share of the
  * budget, budget / (streams + 1) a second, saved up for at most a second
  * (and one record), once it covers all that waits or a heartbeat's share
@@ -919,16 +932,14 @@ static uint64_t allowance(struct tally_group *gr, uint64_t now_ms)
     uint64_t since = min64(now_ms - gr->share_ms, 1000);
     uint64_t cap = max64(gr->sums_budget * 1000 / shares, 1000); /* thousandths a second */
     gr->share = min64(gr->share + gr->sums_budget * since / shares, cap);
-    uint64_t batch = max64(gr->sums_budget * group_heartbeat_ms(gr) / shares / 1000, 1);
-    gr->refresh_batch = max64(batch / GROUP_REFRESH_TRICKLE, 1);
+    gr->share_batch = max64(gr->sums_budget * group_heartbeat_ms(gr) / shares / 1000, 1);
     if (gr->cursor && gr->refresh_paced)
         gr->refresh_share =
             min64(gr->refresh_share + gr->sums_budget * since / shares / GROUP_REFRESH_TRICKLE,
-                  max64(cap / GROUP_REFRESH_TRICKLE, gr->refresh_batch * 1000));
-    gr->share_batch = batch;
+                  max64(cap / GROUP_REFRESH_TRICKLE, refresh_batch(gr) * 1000));
     gr->share_ms = now_ms;
     uint64_t have = gr->share / 1000;
-    return have >= min64(gr->queued, batch) ? have : 0;
+    return have >= min64(gr->queued, gr->share_batch) ? have : 0;
 }
 
 /* How many counters the refresh may send now. A paced pass: what is left of
@@ -941,9 +952,9 @@ static uint64_t refresh_pace(const struct tally_group *gr)
 {
     if (!gr->refresh_paced)
         return UINT64_MAX;
-    uint64_t left = gr->queue ? 0 : gr->share / 1000, own = gr->refresh_share / 1000;
+    uint64_t left = share_left(gr), own = gr->refresh_share / 1000;
     uint64_t rest = max64(gr->refresh_rest, 1);
-    return left >= min64(rest, gr->share_batch) || own >= min64(rest, gr->refresh_batch)
+    return left >= min64(rest, gr->share_batch) || own >= min64(rest, refresh_batch(gr))
                ? left + own
                : 0;
 }
@@ -957,7 +968,7 @@ static void spend(struct tally_group *gr, uint64_t rose, uint64_t refreshed)
     if (!gr->sums_budget)
         return;
     gr->share = minus(gr->share, rose * 1000);
-    uint64_t of_share = gr->refresh_paced && gr->queue ? 0 : min64(refreshed, gr->share / 1000);
+    uint64_t of_share = min64(refreshed, share_left(gr));
     gr->share -= of_share * 1000;
     if (gr->refresh_paced)
         gr->refresh_share = minus(gr->refresh_share, (refreshed - of_share) * 1000);

@@ -1483,12 +1483,12 @@ struct tally_group {
     /* The refresh under a budget (group.c, "The refresh under a budget"):
      * the pass under way goes at what is left of our share (paced), and a
      * tenth of it of its own, saved up in refresh_share, a heartbeat's
-     * worth (refresh_batch) at least; one a node heard anew or a call asked
+     * worth of that at least; one a node heard anew or a call asked
      * for goes at once (urgent: the next pass); about how many entries the
      * pass has left (new ones are added after the cursor); how long the
      * last took */
     bool refresh_paced, refresh_urgent;
-    uint64_t refresh_share, refresh_batch, refresh_rest, refresh_took;
+    uint64_t refresh_share, refresh_rest, refresh_took;
     uint64_t queued;          /* entries on the queue */
     uint64_t viewers_refused; /* PRESENCE of another group or region dropped (scope.c) */
     /* Our own stream's last messages, for a neighbour that lacks them, and
