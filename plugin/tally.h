@@ -807,7 +807,7 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
  * numbered per stream; DIGEST: 2 added the stream and repair requests, 3 the numbers wanted,
  * 4 the seq a repair is asked from, 5 the neighbours heard */
 #define WIRE_SYNC_VERSION 5
-#define WIRE_DIGEST_VERSION 5
+#define WIRE_DIGEST_VERSION 6 /* 6: how far it heard each stream it hears (repl.c, rule 5) */
 #define WIRE_PRESENCE_VERSION                                                                      \
     4 /* 2 added the range [lo, hi], 3 a hub's listing, 4 its carried set; 1 to 3 are read */
 enum wire_type {
@@ -959,6 +959,11 @@ struct wire_digest {
     uint64_t digest[TALLY_BUCKETS];
     uint32_t nhears; /* version 5 on: the neighbours whose streams it hears */
     struct wire_id hears[WIRE_MAX_HEARS];
+    /* Version 6 on: how far it heard each of them, the session and last seq
+     * of hears[i]'s stream (0, 0: not said, from an older sender). */
+    struct wire_stream {
+        uint64_t session, seq;
+    } heard[WIRE_MAX_HEARS];
 };
 void wire_encode_digest(struct wire_buf *b, const struct wire_digest *d);
 int wire_decode_digest(const void *msg, size_t len, struct wire_digest *out);
@@ -1260,6 +1265,10 @@ struct repl {
      * first such SYNC. continued_lost: the bits could not be kept. */
     uint8_t *continued;
     bool continued_lost;
+    /* Per bucket: the seq of our last SYNC that carried a change in it. A
+     * neighbour whose DIGEST says it heard our stream that far has all we
+     * sent there (repl.c, rule 5). */
+    uint64_t bucket_sent[TALLY_BUCKETS];
 };
 
 /* Where and how SYNCs leave: plugin.c publishes them. to_one: they reach one

@@ -31,7 +31,7 @@
  *                              (presence.c), which does not flood it on
  *   $tally/stats/<node>        JSON stats, retained, flooded the same way
  *
- * ---- Encoding (SYNC version 5, DIGEST version 3, PRESENCE version 4) ----
+ * ---- Encoding (SYNC version 5, DIGEST version 6, PRESENCE version 4) ----
  *
  * All integers are unsigned. varint = LEB128 (7 bits a byte, low first, at
  * most 10 bytes); u64 = 8 bytes little-endian; str8 = one length byte then
@@ -55,9 +55,12 @@
  *                                                    fold entries (v4 on, fold.c)
  *   DIGEST    str8 sender, u64 session, varint seq,               (v2 on)
  *             varint Q, Q x { str8 node_id,      asked to repair  (v2 on)
- *                             varint W, W x varint number }       (v3 on)
+ *                             varint W, W x varint number,        (v3 on)
+ *                             varint since, if since > 0:         (v4 on)
+ *                               u64 session, varint until - since }
  *             varint B (=256), B x u64 bucket hash
- *             varint H, H x str8 node_id        neighbours heard  (v5 on)
+ *             varint H, H x { str8 node_id,     neighbours heard  (v5 on)
+ *                             u64 session, varint seq }  how far  (v6 on)
  *   PRESENCE  str8 origin, u64 incarnation, u64 seq,
  *             u64 lo, u64 hi                                      (v2 on)
  *             varint G, G x { str8 page, varint viewers }
@@ -774,8 +777,11 @@ void wire_encode_digest(struct wire_buf *b, const struct wire_digest *d)
     for (unsigned i = 0; i < TALLY_BUCKETS; i++)
         wbuf_u64(b, d->digest[i]);
     wbuf_varint(b, d->nhears);
-    for (uint32_t i = 0; i < d->nhears; i++)
+    for (uint32_t i = 0; i < d->nhears; i++) {
         wbuf_str8(b, d->hears[i].id, d->hears[i].len);
+        wbuf_u64(b, d->heard[i].session);
+        wbuf_varint(b, d->heard[i].seq);
+    }
 }
 
 int wire_decode_digest(const void *msg, size_t len, struct wire_digest *d)
@@ -824,6 +830,10 @@ int wire_decode_digest(const void *msg, size_t len, struct wire_digest *d)
         struct wire_id *h = &d->hears[i];
         h->id = wr_str8(&r, &h->len);
         r.bad |= !r.bad && !sender_ok(h->id, h->len);
+        if (version >= 6) {
+            d->heard[i].session = wr_u64(&r);
+            d->heard[i].seq = wr_varint(&r);
+        }
     }
     return r.bad || r.p != r.end ? TALLY_E_WIRE : TALLY_OK;
 }

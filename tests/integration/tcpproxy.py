@@ -5,20 +5,24 @@ a bridge without touching the brokers on either side.
     proxy.cut()                        # drops every connection, refuses new ones
     proxy.heal()                       # accepts and forwards again
     proxy.close()
+    TcpProxy(target_port, delay=1.2)  # every byte arrives 1.2 s late, in order
 
 Threads, not asyncio, so it runs beside paho's threads in the same test.
 Bounded: at most max_conns connections at a time (more are closed at once),
 every socket call has a timeout, and close() joins every thread it started.
 """
+import collections
 import select
 import socket
 import threading
+import time
 
 
 class TcpProxy:
-    def __init__(self, target_port, target_host="127.0.0.1", max_conns=16):
+    def __init__(self, target_port, target_host="127.0.0.1", max_conns=16, delay=0.0):
         self.target = (target_host, target_port)
         self.max_conns = max_conns
+        self.delay = delay  # seconds each chunk is held, both ways
         self.lock = threading.Lock()
         self.conns = []  # (client socket, upstream socket) pairs being forwarded
         self.threads = []
@@ -68,21 +72,28 @@ class TcpProxy:
             self._spawn(self._pump, pair)
 
     def _pump(self, pair):
-        """Forwards both ways until either side closes or the pair is cut."""
+        """Forwards both ways until either side closes or the pair is cut;
+        each chunk read leaves `delay` seconds later, in order."""
         a, b = pair
         peer = {a: b, b: a}
+        held = {a: collections.deque(), b: collections.deque()}  # (due, chunk) read from each
         try:
             while not self.closing.is_set():
                 with self.lock:
                     if pair not in self.conns:
                         return
-                ready, _, _ = select.select([a, b], [], [], 0.1)
+                now = time.monotonic()
+                for s, q in held.items():
+                    while q and q[0][0] <= now:
+                        peer[s].settimeout(5)
+                        peer[s].sendall(q.popleft()[1])
+                wait = min([0.1] + [q[0][0] - now for q in held.values() if q])
+                ready, _, _ = select.select([a, b], [], [], max(wait, 0))
                 for s in ready:
                     data = s.recv(65536)
                     if not data:
                         return
-                    peer[s].settimeout(5)
-                    peer[s].sendall(data)
+                    held[s].append((time.monotonic() + self.delay, data))
         except (OSError, ValueError):  # ValueError: cut() closed a socket under select
             return
         finally:

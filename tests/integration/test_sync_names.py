@@ -79,9 +79,9 @@ def sync_counters(msg):
 
 
 def digest_asks(msg):
-    """{node asked: (numbers to name again, since, until, session)} of a DIGEST of version 5
-    (the neighbours it hears, after the buckets, are not read)."""
-    assert msg[:4] == b"TL\x05\x02", msg[:4]
+    """{node asked: (numbers to name again, since, until, session)} of a DIGEST of version 6
+    (the neighbours it hears and how far, after the buckets, are not read)."""
+    assert msg[:4] == b"TL\x06\x02", msg[:4]
     _, at = read_str8(msg, 4)
     _, at = read_varint(msg, at + 8)
     count, at = read_varint(msg, at)

@@ -443,7 +443,8 @@ START_TEST(test_sync_bad_references_and_values)
     ck_assert_int_eq(wire_peek_type("TL\x03\x02", 4), WIRE_DIGEST); /* 3 numbers to name */
     ck_assert_int_eq(wire_peek_type("TL\x04\x02", 4), WIRE_DIGEST); /* 4 repairs since */
     ck_assert_int_eq(wire_peek_type("TL\x05\x02", 4), WIRE_DIGEST); /* 5 the neighbours heard */
-    ck_assert_int_eq(wire_peek_type("TL\x06\x02", 4), -1);
+    ck_assert_int_eq(wire_peek_type("TL\x06\x02", 4), WIRE_DIGEST); /* 6 how far heard */
+    ck_assert_int_eq(wire_peek_type("TL\x07\x02", 4), -1);
     ck_assert_int_eq(wire_peek_type("TL\x02\x03", 4), WIRE_PRESENCE); /* 2 added the range */
     ck_assert_int_eq(wire_peek_type("TL\x03\x03", 4), WIRE_PRESENCE); /* 3 the listing */
     ck_assert_int_eq(wire_peek_type("TL\x04\x03", 4), WIRE_PRESENCE); /* 4 the carried set */
@@ -482,6 +483,8 @@ START_TEST(test_digest_round_trip)
     in.nhears = 2;
     in.hears[0] = (struct wire_id){"n1", 2};
     in.hears[1] = (struct wire_id){"node-12", 7};
+    in.heard[0] = (struct wire_stream){0xabcULL << 40, 1};
+    in.heard[1] = (struct wire_stream){7, 1ULL << 40};
     wire_encode_digest(&b, &in);
     ck_assert_int_eq(wire_peek_type(b.data, b.len), WIRE_DIGEST);
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_OK);
@@ -503,19 +506,34 @@ START_TEST(test_digest_round_trip)
     ck_assert_uint_eq(got.nhears, 2); /* the neighbours heard (version 5) */
     ck_assert_mem_eq(got.hears[1].id, "node-12", 7);
     ck_assert_uint_eq(got.hears[1].len, 7);
+    ck_assert_uint_eq(got.heard[0].session, 0xabcULL << 40); /* how far (version 6) */
+    ck_assert_uint_eq(got.heard[0].seq, 1);
+    ck_assert_uint_eq(got.heard[1].session, 7);
+    ck_assert_uint_eq(got.heard[1].seq, 1ULL << 40);
     for (size_t len = 0; len < b.len; len++) {
         uint8_t *copy = malloc(len + 1);
         memcpy(copy, b.data, len);
         ck_assert_int_eq(wire_decode_digest(copy, len, &got), TALLY_E_WIRE);
         free(copy);
     }
-    b.data[2] = 6; /* a version this node does not know */
+    b.data[2] = 7; /* a version this node does not know */
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
+    b.data[2] = 5; /* how far is left over in a version 5 */
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
     b.data[2] = 4; /* the neighbours heard are left over in a version 4 */
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
-    b.data[2] = 5;
+    b.data[2] = 6;
     wbuf_u8(&b, 0);
     ck_assert_int_eq(wire_decode_digest(b.data, b.len, &got), TALLY_E_WIRE);
+    /* A version 5 digest (neighbours heard, not how far) is still read. */
+    in.nhears = 1;
+    in.hears[0] = (struct wire_id){"n1", 2};
+    wire_encode_digest(&b, &in);
+    b.data[2] = 5;
+    ck_assert_int_eq(wire_decode_digest(b.data, b.len - 9, &got), TALLY_OK); /* u64 + 1 varint */
+    ck_assert_uint_eq(got.nhears, 1);
+    ck_assert_uint_eq(got.heard[0].session, 0);
+    ck_assert_uint_eq(got.heard[0].seq, 0);
     /* A version 4 digest (no neighbours heard) is still read: it hears none. */
     in.nhears = 0;
     wire_encode_digest(&b, &in);
