@@ -805,9 +805,9 @@ void wbuf_json_str(struct wire_buf *b, const char *s, size_t len);
 #define WIRE_DOWN_VERSION 3 /* 3 names the hub's group (group.c), written by a hub in one */
 /* SYNC: 2 added bases (reset.c), 3 the stream (repl.c), 4 folds (fold.c), 5 replicas
  * numbered per stream; DIGEST: 2 added the stream and repair requests, 3 the numbers wanted,
- * 4 the seq a repair is asked from, 5 the neighbours heard */
+ * 4 the seq a repair is asked from, 5 the neighbours heard, 6 how far it heard each (rule 5) */
 #define WIRE_SYNC_VERSION 5
-#define WIRE_DIGEST_VERSION 6 /* 6: how far it heard each stream it hears (repl.c, rule 5) */
+#define WIRE_DIGEST_VERSION 6
 #define WIRE_PRESENCE_VERSION                                                                      \
     4 /* 2 added the range [lo, hi], 3 a hub's listing, 4 its carried set; 1 to 3 are read */
 enum wire_type {
