@@ -726,6 +726,20 @@ START_TEST(test_a_restarted_neighbour_is_owed_a_replay_once)
 }
 END_TEST
 
+/* Node i takes a slot of 4 of replica "old" into counter `name`, and sends
+ * it to no one: a difference between it and its neighbours no stream shows. */
+static void hold_unsent(int i, const char *name)
+{
+    struct tally_counter *c;
+    uint32_t other;
+    ck_assert_int_eq(table_replica(&nodes[i].t, "old", strlen("old"), 1, &other), TALLY_OK);
+    ck_assert_int_eq(table_get(&nodes[i].t, name, strlen(name), TABLE_LOCAL, &c), TALLY_OK);
+    ck_assert_int_eq(table_merge_slot(&nodes[i].t, c, other, 4, 0, &changed), TALLY_OK);
+    ck_assert(changed);
+    while (table_pop_repl(&nodes[i].t))
+        ; /* never sent */
+}
+
 START_TEST(test_quiet_difference_is_repaired)
 {
     uint64_t dump[TALLY_BUCKETS / 64];
@@ -734,14 +748,7 @@ START_TEST(test_quiet_difference_is_repaired)
     meet();
     /* a difference no stream shows (a version 1 peer, say): n1 lacks a slot
      * n0 holds, and neither changes */
-    struct tally_counter *c;
-    uint32_t other;
-    ck_assert_int_eq(table_replica(&nodes[0].t, "old", strlen("old"), 1, &other), TALLY_OK);
-    ck_assert_int_eq(table_get(&nodes[0].t, "q", 1, TABLE_LOCAL, &c), TALLY_OK);
-    ck_assert_int_eq(table_merge_slot(&nodes[0].t, c, other, 4, 0, &changed), TALLY_OK);
-    ck_assert(changed);
-    while (table_pop_repl(&nodes[0].t))
-        ;                                        /* never sent */
+    hold_unsent(0, "q");
     ck_assert_uint_eq(digest_to(1, 0, dump), 0); /* the first sighting: not yet */
     inc(0, "q", 1);                              /* n0's bucket moves (not sent) */
     ck_assert_uint_eq(digest_to(1, 0, dump), 0); /* not quiet: it may be in flight */
@@ -774,13 +781,7 @@ START_TEST(test_a_delta_in_flight_however_long_is_not_repaired)
     ck_assert_int_eq(value(1, "x"), 1);
     ck_assert_uint_eq(digest_to(1, 0, dump), 0);
     /* Heard that far, a difference is one: a slot n0 holds and never sent. */
-    struct tally_counter *c;
-    uint32_t other;
-    ck_assert_int_eq(table_replica(&nodes[0].t, "old", strlen("old"), 1, &other), TALLY_OK);
-    ck_assert_int_eq(table_get(&nodes[0].t, "x", 1, TABLE_LOCAL, &c), TALLY_OK);
-    ck_assert_int_eq(table_merge_slot(&nodes[0].t, c, other, 4, 0, &changed), TALLY_OK);
-    while (table_pop_repl(&nodes[0].t))
-        ;
+    hold_unsent(0, "x");
     ck_assert_uint_eq(digest_to(1, 0, dump), 0); /* not quiet yet: n0's bucket moved */
     ck_assert_uint_eq(digest_to(1, 0, dump), 1);
     repair(0, dump);
