@@ -7,13 +7,13 @@
 #   FUZZ_SECONDS=20      seconds per fuzz target (0 skips fuzzing)
 #   TALLY_SANITIZE=1     0 skips the sanitizer pass
 #   PYTEST_ARGS=...      extra pytest arguments (e.g. -k cluster)
-#   TALLY_JOBS=6         integration tests run side by side
+#   TALLY_JOBS=4         integration tests run side by side
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 repo=$PWD
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 TALLY_SANITIZE=${TALLY_SANITIZE:-1}
-TALLY_JOBS=${TALLY_JOBS:-6}
+TALLY_JOBS=${TALLY_JOBS:-4}
 passed=0
 failed=0
 failures=()
