@@ -40,19 +40,20 @@ pytest_run() {
 
 # Integration tests wait on brokers far more than they compute, so they run
 # TALLY_JOBS at a time (pytest-xdist; each worker hands out its own ports,
-# conftest.py), and those marked nosan (timing-sensitive) alone after them.
-# A pass that selects nothing (pytest's 5, with PYTEST_ARGS=-k ...) is no
-# failure.
+# conftest.py; a module marked xdist_group runs in one worker), and those
+# marked alone (timing- or memory-sensitive) one at a time after them. The
+# sanitized pass leaves out those marked nosan. A pass that selects nothing
+# (pytest's 5, with PYTEST_ARGS=-k ...) is no failure.
 side_by_side() {
-  pytest_run -n "$TALLY_JOBS" -m "not nosan" tests/integration
+  pytest_run -n "$TALLY_JOBS" --dist loadgroup -m "$1" tests/integration
   local rc=$?
   ((rc == 0 || rc == 5))
 }
 
 integration() {
   local rc=0
-  side_by_side || rc=1
-  pytest_run -m nosan tests/integration
+  side_by_side "not alone" || rc=1
+  pytest_run -m alone tests/integration
   local alone=$?
   ((rc == 0 && (alone == 0 || alone == 5)))
 }
@@ -107,6 +108,7 @@ collect() {
     wait "${bg_pids[$i]}"
     stage "${bg_names[$i]}" ran_beside "${bg_logs[$i]}"
   done
+  bg_names=() bg_pids=() bg_logs=()
 }
 
 sanitized_integration() {
@@ -116,7 +118,7 @@ sanitized_integration() {
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=23 \
     LSAN_OPTIONS=suppressions=$repo/tests/lsan.supp:print_suppressions=0 \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    side_by_side
+    side_by_side "not nosan and not alone"
 }
 
 stage "install dependencies" scripts/install-deps.sh
@@ -132,11 +134,15 @@ stage "integration tests" integration
 stage "web unit tests" node --test clients/web/test/
 stage "browser end-to-end" node --test tests/e2e/
 collect
+# Fuzzing only computes too: beside the sanitized integration tests when
+# there are any, at nice 19, for the same wall-clock time a target.
+fuzzing=("fuzzing (${FUZZ_SECONDS} s a target)" tests/fuzz/run.sh "$FUZZ_SECONDS")
 if [[ $TALLY_SANITIZE == 1 ]]; then
+  [[ $FUZZ_SECONDS == 0 ]] || beside "${fuzzing[@]}"
   stage "integration tests (ASan+LSan+UBSan in the broker)" sanitized_integration
-fi
-if [[ $FUZZ_SECONDS != 0 ]]; then
-  stage "fuzzing (${FUZZ_SECONDS} s a target)" tests/fuzz/run.sh "$FUZZ_SECONDS"
+  collect
+elif [[ $FUZZ_SECONDS != 0 ]]; then
+  stage "${fuzzing[@]}"
 fi
 
 echo

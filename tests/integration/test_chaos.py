@@ -291,6 +291,7 @@ def state(node):
 
 
 @pytest.mark.nosan  # runs once, without sanitizers: its timeouts are tuned for native speed
+@pytest.mark.alone
 def test_chaos_every_node_counts_exactly(brokers, workdir):
     seconds = float(os.environ.get("TALLY_CHAOS_SECONDS", "45"))
     seed = int(os.environ.get("TALLY_CHAOS_SEED", str(random.randrange(1 << 30))))

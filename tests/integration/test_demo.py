@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, wait_for
 
-pytestmark = [pytest.mark.nosan, pytest.mark.slow]
+pytestmark = [pytest.mark.nosan, pytest.mark.alone, pytest.mark.slow]  # fixed ports
 PORTS = (11884, 11885, 11886, 18081, 18082, 18083)
 
 

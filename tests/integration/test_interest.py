@@ -239,6 +239,7 @@ def test_restored_persistent_session_is_unwatched_until_it_subscribes_again(brok
 
 
 @pytest.mark.nosan  # measures the broker's CPU time
+@pytest.mark.alone
 def test_toggling_a_wildcard_state_watch_does_not_rescan_the_table_each_time(brokers):
     """The first and the last watcher of every state document make tally scan
     the table. A client that subscribed to and unsubscribed from

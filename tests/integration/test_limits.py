@@ -100,6 +100,7 @@ def close_window(broker, client):
 # RSS bounds hold for the real allocator; under AddressSanitizer (quarantine,
 # redzones) RSS means something else, and leaks are LeakSanitizer's job there.
 @pytest.mark.nosan
+@pytest.mark.alone
 def test_a_flood_of_new_names_stops_at_max_counters(brokers):
     b = brokers("n1", options={"max_counters": "1000", "stats_interval_ms": "200"})
     fmt = "counters/base%u/inc"
@@ -318,6 +319,7 @@ def test_a_refused_view_is_logged_with_its_topic_and_counted(brokers):
 
 
 @pytest.mark.nosan
+@pytest.mark.alone
 @pytest.mark.xfail(strict=True, reason="known limit: each page ever viewed keeps a retained "
                    "'0' in Mosquitto (about 380 bytes) after its last viewer leaves")
 def test_views_of_many_distinct_pages_that_end_leave_memory_flat(brokers):
@@ -379,6 +381,7 @@ def malformed(i):
 # RSS bounds hold for the real allocator; under AddressSanitizer (quarantine,
 # redzones) RSS means something else, and leaks are LeakSanitizer's job there.
 @pytest.mark.nosan
+@pytest.mark.alone
 def test_a_flood_of_malformed_input_leaves_memory_flat(brokers):
     b = brokers("n1", options={"stats_interval_ms": "200"})
     c = RawClient(b.port, "flooder")
@@ -470,6 +473,7 @@ class Churn:
 # RSS bounds hold for the real allocator; under AddressSanitizer (quarantine,
 # redzones) RSS means something else, and leaks are LeakSanitizer's job there.
 @pytest.mark.nosan
+@pytest.mark.alone
 def test_churn_of_short_lived_clients_leaves_memory_flat(brokers):
     b = brokers("n1", options={"stats_interval_ms": "200"})
     churn = Churn(b)

@@ -25,6 +25,7 @@ from conftest import REPO, free_port, wait_for
 from metrics import Exporter, Prometheus, http_get
 
 pytestmark = [pytest.mark.nosan, pytest.mark.slow,
+              pytest.mark.xdist_group("package"),  # one build, one dpkg at a time
               pytest.mark.skipif(os.geteuid() != 0, reason="dpkg -i needs root")]
 DROPIN_DIR = "/etc/mosquitto/conf.d"
 DROPIN = os.path.join(DROPIN_DIR, "tally.conf")

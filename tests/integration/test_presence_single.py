@@ -220,6 +220,7 @@ class Subscriber:
 # subscription array per SUBSCRIBE copies it whole (ASan's realloc always
 # moves), 180 ms a batch at 80,000; tally's views are in the unit test there.
 @pytest.mark.nosan
+@pytest.mark.alone  # compares two timings
 def test_a_client_holding_many_views_adds_one_as_fast_as_at_first(brokers):
     """One anonymous client may hold every view max_views allows. Each new view
     used to walk the client's views: 80,000 pages took the broker 41 s (1.5 s
