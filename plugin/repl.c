@@ -115,15 +115,21 @@
  *    (both hashes equal to those at the previous digest from that neighbour)
  *    AND the neighbour heard our stream as far as the last SYNC that carried
  *    a change of that bucket (DIGEST version 6: for each stream it hears, the
- *    session and last seq it heard; r->bucket_sent). Without the last, a
- *    delta that took longer than an interval to arrive was taken for a loss,
- *    by timing alone: a broker far behind under load repaired every busy
- *    bucket every round while its deltas were on their way, and the repairs
- *    put it further behind (a star of 12 leaves under ASan, four at a time
- *    on 2 cores: 4,349 counters repaired by the hub in 6 s of load, none
- *    lost). A SYNC lost on the way is a gap, which rule 4 repairs; a digest
- *    that does not say how far (a sender before version 6, or one that no
- *    longer hears us) leaves quiet alone to decide, as before. A neighbour's
+ *    session and last seq it heard; r->bucket_sent), AND heard the stream of
+ *    each other neighbour j it lists as far as the last SYNC of j that
+ *    changed the bucket here (nb->bucket_learned): rule 2a left that change
+ *    to j's own SYNC, which may be slower to reach it than to us; AND it did
+ *    not hear any j's stream further than we did (j's SYNCs on their way to
+ *    us may be the difference, and it lacks nothing). Without
+ *    these, a delta that took longer than an interval to arrive was taken
+ *    for a loss, by timing alone: a broker far behind under load repaired
+ *    every busy bucket every round while its deltas were on their way, and
+ *    the repairs put it further behind (a star of 12 leaves under ASan, four
+ *    at a time on 2 cores: 4,349 counters repaired by the hub in 6 s of
+ *    load, none lost). A SYNC lost on the way is a gap, which rule 4
+ *    repairs; a digest that does not say how far (a sender before version
+ *    6, or one that no longer hears that stream) leaves quiet alone to
+ *    decide, as before. A neighbour's
  *    own deltas cannot be in flight behind its DIGEST: both go over the same
  *    bridge, in order, at QoS 1.
  * 6. A repair goes to the neighbour whose DIGEST asked for it, alone, where
@@ -184,7 +190,13 @@
  * other neighbours used to forward (in the simulator's full mesh of 8 hubs
  * at 2% loss, exact 2.2 s after the load stopped against 1.3). A removed
  * neighbour keeps the cover its last DIGEST gave: it listed the others, or
- * it leaves us forwarding.
+ * it leaves us forwarding. A repair (to one neighbour, outside the stream)
+ * has no seq to wait for: one still on its way when the next two digests
+ * come is sent again (only after a real loss). Rule 5 waits while a
+ * neighbour heard a third node's stream further than we did: where that
+ * stream keeps coming to us later than to it (a slower link) and never
+ * pauses, a difference no stream shows (a sender before version 6, a
+ * counter that could not be written for memory) waits for the pause.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -389,6 +401,7 @@ static void stream_seen(struct repl *r, struct repl_neighbour *k, uint64_t sessi
         k->session = session;
         k->seq = seq;
         k->map_cap = 0; /* its numbers were another stream's */
+        memset(k->bucket_learned, 0, sizeof(k->bucket_learned));
         k->nlack = 0;
         free(k->map);
         k->map = NULL;
@@ -563,9 +576,14 @@ int repl_apply_sync(struct repl *r, struct tally_table *t, struct persist *p,
      * others; the first reason is reported, and a repair sends it again. */
     bool registered = rc == TALLY_OK;
     for (uint32_t i = 0; i < s->ncounters && registered; i++) {
-        int one = apply_counter(r, t, p, s, &s->counters[i], reps, devs, REPL_FROM(k));
+        const struct wire_sync_counter *wc = &s->counters[i];
+        unsigned b = name_bucket(wc->name, wc->name_len);
+        uint64_t before = t->digest[b];
+        int one = apply_counter(r, t, p, s, wc, reps, devs, REPL_FROM(k));
         if (rc == TALLY_OK)
             rc = one;
+        if (same && s->seq && t->digest[b] != before)
+            nb->bucket_learned[b] = s->seq; /* rule 5 */
     }
     free(reps);
     free(devs);
@@ -612,21 +630,52 @@ static struct repl_span asked_span(const struct repl *r, const struct wire_node_
     return (struct repl_span){q->since, until};
 }
 
-/* How far d's sender heard our stream: the last seq of our session it
- * says it has, 0 if it heard another of our sessions (it asks for a repair
- * then), or UINT64_MAX if it does not say (a sender before version 6, or
- * one that no longer hears us): then rule 5 goes by quiet alone. */
-static uint64_t heard_of_us(const struct repl *r, const struct wire_digest *d, const char *self)
+/* How far d's sender heard the stream of node `id` in `session`: the last
+ * seq it says it has, 0 if it heard another session (it asks for a repair
+ * then, or we have yet to see the new one), or UINT64_MAX if it does not
+ * say (a sender before version 6, or one that does not hear that node):
+ * then rule 5 goes by quiet alone. */
+static uint64_t heard_of(const struct wire_digest *d, const char *id, uint64_t session)
 {
-    size_t len = strlen(self);
+    size_t len = strlen(id);
     for (uint32_t i = 0; i < d->nhears; i++) {
-        if (!name_same(d->hears[i].id, d->hears[i].len, self, len))
+        if (!name_same(d->hears[i].id, d->hears[i].len, id, len))
             continue;
         if (d->heard[i].session == 0)
             return UINT64_MAX;
-        return d->heard[i].session == r->session ? d->heard[i].seq : 0;
+        return d->heard[i].session == session ? d->heard[i].seq : 0;
     }
     return UINT64_MAX;
+}
+
+/* Rule 5: whether k, by its DIGEST d, heard every other neighbour j's stream
+ * as far as the last SYNC of j that changed bucket b here. A change learned
+ * from j that k hears itself is not sent on to k (rule 2a): until j's own
+ * SYNC reaches k, the bucket differs, and is no loss. */
+static bool heard_what_we_learned(const struct repl *r, uint16_t k, const struct wire_digest *d,
+                                  unsigned b)
+{
+    for (uint32_t j = 0; j < r->n; j++) {
+        const struct repl_neighbour *nb = r->nb[j];
+        if (j != k && nb->bucket_learned[b] &&
+            heard_of(d, nb->node, nb->session) < nb->bucket_learned[b])
+            return false;
+    }
+    return true;
+}
+
+/* Rule 5: whether k, by its DIGEST d, heard some other neighbour j's stream
+ * further than we have: j's SYNCs on their way to us may then be what the
+ * buckets differ by, and it is not k that lacks them. */
+static bool behind_it(const struct repl *r, uint16_t k, const struct wire_digest *d)
+{
+    for (uint32_t j = 0; j < r->n; j++) {
+        const struct repl_neighbour *nb = r->nb[j];
+        uint64_t heard = j == k || !nb->session ? 0 : heard_of(d, nb->node, nb->session);
+        if (heard != UINT64_MAX && heard > nb->seq)
+            return true;
+    }
+    return false;
 }
 
 unsigned repl_digest_seen(struct repl *r, uint16_t k, const struct wire_digest *d,
@@ -659,10 +708,12 @@ unsigned repl_digest_seen(struct repl *r, uint16_t k, const struct wire_digest *
     /* A digest sent early to ask someone else is no measure of quiet. */
     if (d->nrequests)
         return 0;
-    uint64_t heard = heard_of_us(r, d, self);
-    for (unsigned b = 0; b < TALLY_BUCKETS && nb->have_prev; b++) {
+    uint64_t heard = heard_of(d, self, r->session);
+    bool behind = behind_it(r, k, d);
+    for (unsigned b = 0; b < TALLY_BUCKETS && nb->have_prev && !behind; b++) {
         bool quiet = d->digest[b] == nb->prev_theirs[b] && ours[b] == nb->prev_ours[b];
-        if (quiet && d->digest[b] != ours[b] && r->bucket_sent[b] <= heard) {
+        if (quiet && d->digest[b] != ours[b] && r->bucket_sent[b] <= heard &&
+            heard_what_we_learned(r, k, d, b)) {
             set_bit(dump, b);
             n++;
         }

@@ -1247,6 +1247,10 @@ struct repl_neighbour {
     uint32_t nhears;
     uint64_t hears[WIRE_MAX_HEARS];
     uint64_t node_hash; /* of node */
+    /* Per bucket: the seq of its stream (this session) of the last SYNC that
+     * changed the bucket here. Rule 2a may have left that change to its own
+     * SYNC to our other neighbours (repl.c, rule 5). */
+    uint64_t bucket_learned[TALLY_BUCKETS];
     char conn[];
 };
 

@@ -203,11 +203,11 @@ def stats(watcher, node):
 
 # ---- cluster set-up ----------------------------------------------------------
 
-def make_cluster(brokers, links, options=None, proxied=()):
+def make_cluster(brokers, links, options=None, proxied=(), delay=0.0):
     """Nodes a, b, c; links maps a node to the nodes it bridges to; a
-    (src, dst) pair in proxied goes through a TcpProxy. Returns (nodes by
-    name, proxies by pair, watchers by name) once every node has heard from
-    every other."""
+    (src, dst) pair in proxied goes through a TcpProxy (holding every byte
+    `delay` seconds). Returns (nodes by name, proxies by pair, watchers by
+    name) once every node has heard from every other."""
     opts = dict(BASE_OPTIONS, **(options or {}))
     nodes = {n: brokers(n, options=dict(opts), start=False) for n in NODES}
     proxies = {}
@@ -215,7 +215,7 @@ def make_cluster(brokers, links, options=None, proxied=()):
         for dst in dsts:
             port = nodes[dst].port
             if (src, dst) in proxied:
-                proxies[(src, dst)] = TcpProxy(port)
+                proxies[(src, dst)] = TcpProxy(port, delay=delay)
                 port = proxies[(src, dst)].port
             nodes[src].bridges.append({"name": f"{src}-to-{dst}", "port": port})
     for n in NODES:

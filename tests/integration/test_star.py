@@ -1,14 +1,17 @@
 """A star of 12 leaves around a hub under steady writes (issue 12): every node ends with the
 exact totals, and no node repairs anything, since nothing was lost. Before replication
 numbered its streams, digests compared in the middle of the load differed (deltas in flight)
-and every busy bucket was resent whole, every round, by every node."""
+and every busy bucket was resent whole, every round, by every node. Deltas later than the sync
+interval, over a bridge or over a third node's slower link in a triangle, are no repairs
+either."""
 import json
 import threading
 import time
 
 from conftest import wait_for
 from tcpproxy import TcpProxy
-from test_cluster import Watcher, close, closing, publisher  # noqa: F401 (closing: a fixture)
+from test_cluster import (NODES, TOPOLOGIES, Watcher, close, closing,  # noqa: F401 (a fixture)
+                          cluster, publisher, stats)
 
 LEAVES = 12
 SECONDS = 6
@@ -138,3 +141,31 @@ def test_deltas_later_than_the_sync_interval_are_not_repaired(brokers, closing):
     asked = {n: after[n]["repairs_asked"] - before[n]["repairs_asked"] for n in names}
     assert repaired == {n: 0 for n in names}, f"late deltas repaired: {repaired}, asked {asked}"
     assert asked == {n: 0 for n in names}, asked
+
+
+def test_a_triangle_with_a_slow_link_repairs_nothing(brokers, closing):
+    """Every byte between a and c arrives 1.2 s late, more than two sync intervals (500 ms),
+    while a writes. b takes a's SYNCs at once and leaves them to a's own (rule 2a: c hears a),
+    so c's buckets differ from b's until a's SYNCs reach it, with neither side changing for an
+    interval: that is no loss. b waits until c's DIGEST says it heard a's stream that far
+    (repl.c, rule 5), and nothing is repaired; the totals are exact. Before, b repaired by
+    timing alone what a's SYNC was still bringing to c."""
+    nodes, _, watchers = cluster(brokers, closing, TOPOLOGIES["triangle"],
+                                 options={"sync_interval_ms": "500"}, proxied=[("a", "c")],
+                                 delay=1.2)
+    time.sleep(3)  # every DIGEST lists the neighbours its sender hears; first repairs answered
+    before = {n: stats(watchers[n], n)["repl"] for n in NODES}
+    load = steady_load([nodes["a"]], 4)
+
+    def exact():
+        return all(watchers[n].get(f"counters/{name}") == str(v).encode()
+                   for n in NODES for name, v in load.items())
+
+    wait_for(exact, 30, interval=0.2, what="exact totals on every node")
+    time.sleep(3)  # digests that crossed the last deltas on the way came, and more
+    after = {n: stats(watchers[n], n)["repl"] for n in NODES}
+    repaired = {n: after[n]["repaired"] - before[n]["repaired"] for n in NODES}
+    asked = {n: after[n]["repairs_asked"] - before[n]["repairs_asked"] for n in NODES}
+    print(f"a triangle, a-c 1.2 s late, 4 s of load at a: repaired {repaired}, asked {asked}")
+    assert repaired == {n: 0 for n in NODES}, f"late deltas repaired: {repaired}, asked {asked}"
+    assert asked == {n: 0 for n in NODES}, asked

@@ -115,12 +115,12 @@ static void send_deltas(int i)
     repl_send_deltas(&nodes[i].r, &nodes[i].t, &nodes[i].w, &o, 100000);
 }
 
-/* Delivers node i's outbox to its neighbours, except message `drop` (-1:
- * none); returns how many messages went. */
-static int deliver(int i, int drop)
+/* Delivers node i's outbox over the links it has now, except message
+ * `drop` (-1: none), and keeps it (for a copy slower to the others);
+ * returns how many messages it holds. */
+static int deliver_kept(int i, int drop)
 {
     struct node *n = &nodes[i];
-    int sent = n->nout;
     for (int m = 0; m < n->nout; m++) {
         for (int j = 0; j < nnodes && m != drop; j++) {
             struct wire_sync s;
@@ -131,8 +131,18 @@ static int deliver(int i, int drop)
                              TALLY_OK);
             wire_sync_free(&s);
         }
-        free(n->out[m].data);
     }
+    return n->nout;
+}
+
+/* Delivers node i's outbox to its neighbours, except message `drop` (-1:
+ * none); returns how many messages went. */
+static int deliver(int i, int drop)
+{
+    struct node *n = &nodes[i];
+    int sent = deliver_kept(i, drop);
+    for (int m = 0; m < n->nout; m++)
+        free(n->out[m].data);
     n->nout = 0;
     return sent;
 }
@@ -805,6 +815,65 @@ START_TEST(test_a_delta_in_flight_however_long_is_not_repaired)
 }
 END_TEST
 
+/* The same for a change n1 learned from n0 and did not send on, since n2
+ * hears n0 itself (rule 2a): n0's SYNC may be slower to n2 than it was to
+ * n1. n1 waits until n2's DIGEST says it heard n0's stream that far. */
+START_TEST(test_a_delta_rule_2a_left_to_its_writer_is_not_repaired_in_flight)
+{
+    uint64_t dump[TALLY_BUCKETS / 64];
+    full_mesh(3);
+    hear_each_other(1000);
+    inc(0, "x", 1);
+    send_deltas(0);
+    nodes[0].link[2] = false; /* its copy to n2 is slow */
+    ck_assert_int_eq(deliver_kept(0, -1), 1);
+    ck_assert_int_eq(value(1, "x"), 1);
+    send_deltas(1);
+    ck_assert_int_eq(nodes[1].nout, 0); /* n2 hears n0: nothing owed to it */
+    for (int round = 0; round < 5; round++)
+        ck_assert_uint_eq(digest_to(2, 1, dump), 0);
+    nodes[0].link[2] = true;
+    nodes[0].link[1] = false;
+    deliver(0, -1); /* at last */
+    nodes[0].link[1] = true;
+    ck_assert_int_eq(value(2, "x"), 1);
+    ck_assert_uint_eq(digest_to(2, 1, dump), 0);
+    /* Heard that far, a difference is one: a slot n1 holds and never sent. */
+    hold_unsent(1, "x");
+    ck_assert_uint_eq(digest_to(2, 1, dump), 0); /* not quiet yet: n1's bucket moved */
+    ck_assert_uint_eq(digest_to(2, 1, dump), 1);
+    repair(1, dump);
+    ck_assert_int_eq(value(2, "x"), 5);
+    teardown();
+}
+END_TEST
+
+/* And the other way: n1 has yet to take n0's SYNC, which n2 has. n2's
+ * buckets differ from n1's, and neither changes, but n2 lacks nothing: n1
+ * does not repair it while n2's DIGEST says it heard n0's stream further
+ * than n1 did. */
+START_TEST(test_a_node_behind_on_a_third_stream_does_not_repair)
+{
+    uint64_t dump[TALLY_BUCKETS / 64];
+    full_mesh(3);
+    hear_each_other(1000);
+    inc(0, "x", 1);
+    send_deltas(0);
+    nodes[0].link[1] = false; /* its copy to n1 is slow */
+    ck_assert_int_eq(deliver_kept(0, -1), 1);
+    ck_assert_int_eq(value(2, "x"), 1);
+    for (int round = 0; round < 5; round++)
+        ck_assert_uint_eq(digest_to(2, 1, dump), 0);
+    nodes[0].link[1] = true;
+    nodes[0].link[2] = false;
+    deliver(0, -1); /* at last */
+    nodes[0].link[2] = true;
+    ck_assert_int_eq(value(1, "x"), 1);
+    ck_assert_uint_eq(digest_to(2, 1, dump), 0);
+    teardown();
+}
+END_TEST
+
 /* ==== Replicas numbered per stream (SYNC version 5) ==== */
 
 START_TEST(test_a_stream_names_each_replica_once)
@@ -963,6 +1032,8 @@ Suite *repl_suite(void)
     tcase_add_test(tc, test_a_restarted_neighbour_is_owed_a_replay_once);
     tcase_add_test(tc, test_quiet_difference_is_repaired);
     tcase_add_test(tc, test_a_delta_in_flight_however_long_is_not_repaired);
+    tcase_add_test(tc, test_a_delta_rule_2a_left_to_its_writer_is_not_repaired_in_flight);
+    tcase_add_test(tc, test_a_node_behind_on_a_third_stream_does_not_repair);
     tcase_add_test(tc, test_repair_to_its_asker_alone_is_outside_the_stream);
     tcase_add_test(tc, test_a_stream_names_each_replica_once);
     tcase_add_test(tc, test_a_name_lost_is_asked_for_and_named_again);
