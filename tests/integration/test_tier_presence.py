@@ -134,28 +134,40 @@ def test_a_dead_edges_viewers_leave_within_peer_timeout_when_a_hub_restarts(brok
     as alive from the relay's arrival, another peer_timeout_ms: they must leave every hub
     within peer_timeout_ms of h1's last hearing of e1, as the listing's age says. (The
     simulator found it: with a hub restarted, a dead edge's viewers stayed 16 s where 5 were
-    due.) peer_timeout_ms is 6000 here, so that the two cases are far apart."""
+    due.) peer_timeout_ms is 6000 here, so that the two cases are far apart.
+    e1 has three viewers and the other edges two each, so an odd count is one that still
+    counts e1: the restarted h2 builds its count up again edge by edge (it read 6 about 4.3 s
+    after its restart, 7.85 s after the kill, on a quiet machine; later under ASan beside
+    other tests), and how soon it has learned the others is not what is asserted."""
     timeout_s = 6.0
+    bound = timeout_s + 2.0  # plus a heartbeat, a tick and this test's polling
     h1, h2, edges = tree(brokers, options={"peer_timeout_ms": "6000"})
     ws = readers([h1, h2], closing)
-    viewers(edges, closing)
-    wait_for(lambda: all_home(ws, "8"), 20, what="8 viewers of home at both hubs")
+    viewers(edges[:1], closing, per_edge=3)
+    viewers(edges[1:], closing)
+    wait_for(lambda: all_home(ws, "9"), 20, what="9 viewers of home at both hubs")
     edges[0].kill()
     killed = time.monotonic()
     time.sleep(3.5)
     h2.restart()
     at_h2 = readers([h2], closing)
-    wait_all_home([{"h1": ws["h1"]}, at_h2], "6", 4 * timeout_s,
-                  what="e1's viewers gone from h1 and the restarted h2")
-    took = time.monotonic() - killed
-    print(f"a dead edge's viewers left both hubs {took:.2f}s after it died, h2 restarted "
-          f"3.5 s after it (peer_timeout_ms 6000)")
-    # within the timeout, plus a heartbeat, a tick and this test's polling; the old code
-    # took the restart, the relay and a whole timeout more (about 10.5 s)
-    assert took <= timeout_s + 2.0, f"e1's viewers stayed {took:.2f}s"
-    time.sleep(2.0)
-    assert home(at_h2["h2"]) == "6" and home(ws["h1"]) == "6", \
-        f"counts after: h1 {home(ws['h1'])}, h2 {home(at_h2['h2'])}"
+    late, left = [], {}
+    while time.monotonic() - killed < 4 * timeout_s:
+        now = time.monotonic() - killed
+        counts = {"h1": home(ws["h1"]), "h2": home(at_h2["h2"])}
+        for hub, count in counts.items():
+            if count is not None and int(count) % 2:
+                left[hub] = now  # e1 still counted
+                if now > bound:
+                    late.append((round(now, 2), hub, count))
+        if set(counts.values()) == {"6"} and now > bound + 1.0:
+            break
+        time.sleep(0.02)
+    assert set(counts.values()) == {"6"}, f"counts at the end: {counts}"
+    print(f"a dead edge's viewers last counted {max(left.values(), default=0):.2f}s after it "
+          f"died ({left}), h2 restarted 3.5 s after it (peer_timeout_ms 6000)")
+    # the old code took the restart, the relay and a whole timeout more (about 10.5 s)
+    assert not late, f"e1's viewers counted past {bound}s: {late[:5]}"
 
 
 def test_a_hubs_heartbeat_at_rest_names_no_edge_and_its_carried_set_keeps_them_counted(
