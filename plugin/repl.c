@@ -120,17 +120,16 @@
  *    changed the bucket here (nb->bucket_learned): rule 2a left that change
  *    to j's own SYNC, which may be slower to reach it than to us; AND it did
  *    not hear any j's stream further than we did (j's SYNCs on their way to
- *    us may be the difference, and it lacks nothing). Without
- *    these, a delta that took longer than an interval to arrive was taken
- *    for a loss, by timing alone: a broker far behind under load repaired
- *    every busy bucket every round while its deltas were on their way, and
- *    the repairs put it further behind (a star of 12 leaves under ASan, four
- *    at a time on 2 cores: 4,349 counters repaired by the hub in 6 s of
- *    load, none lost). A SYNC lost on the way is a gap, which rule 4
- *    repairs; a digest that does not say how far (a sender before version
- *    6, or one that no longer hears that stream) leaves quiet alone to
- *    decide, as before. A neighbour's
- *    own deltas cannot be in flight behind its DIGEST: both go over the same
+ *    us may be the difference, and it lacks nothing). Without these, a delta
+ *    that took longer than an interval to arrive was taken for a loss, by
+ *    timing alone: a broker far behind under load repaired every busy bucket
+ *    every round while its deltas were on their way, and the repairs put it
+ *    further behind (a star of 12 leaves under ASan, four at a time on 2
+ *    cores: 4,349 counters repaired by the hub in 6 s of load, none lost). A
+ *    SYNC lost on the way is a gap, which rule 4 repairs; a digest that does
+ *    not say how far (a sender before version 6, or one that no longer hears
+ *    that stream) leaves quiet alone to decide, as before. A neighbour's own
+ *    deltas cannot be in flight behind its DIGEST: both go over the same
  *    bridge, in order, at QoS 1.
  * 6. A repair goes to the neighbour whose DIGEST asked for it, alone, where
  *    plugin.c can address it (Mosquitto's publish to the client id of its
@@ -182,25 +181,24 @@
  * quiet: the sync interval after the writes stop. A name lost on the way
  * costs more than the message that carried it: every message of that stream
  * that numbers the replica before the name comes back (a round trip) is not
- * applied, and the repair sends whole buckets (in the simulator at 2% loss,
- * a quarter more counters sent whole, for half the SYNC bytes). Rule 2a
- * trades a path for bytes: a change k sends that one neighbour loses on
- * the way reaches it by its repair from k (a round trip after the gap
- * shows, up to a sync interval for a lost tail), not by the copies its
- * other neighbours used to forward (in the simulator's full mesh of 8 hubs
- * at 2% loss, exact 2.2 s after the load stopped against 1.3). A removed
- * neighbour keeps the cover its last DIGEST gave: it listed the others, or
- * it leaves us forwarding. A repair (to one neighbour, outside the stream)
- * has no seq to wait for: one still on its way at the next digest is sent
- * again (only after a real loss). Holding its buckets one more interval
- * was tried: in the simulator's mesh of 8 hubs with delays of up to 2.5 s
- * and 2% loss, as many counters were repaired (1,774 against 1,768), and
- * totals were exact 9.0 s after the load against 7.2, since a repair lost
- * waited longer. Rule 5 waits while a
+ * applied, and the repair sends whole buckets (in the simulator at 2% loss, a
+ * quarter more counters sent whole, for half the SYNC bytes). Rule 2a trades
+ * a path for bytes: a change k sends that one neighbour loses on the way
+ * reaches it by its repair from k (a round trip after the gap shows, up to a
+ * sync interval for a lost tail), not by the copies its other neighbours used
+ * to forward (in the simulator's full mesh of 8 hubs at 2% loss, exact 2.2 s
+ * after the load stopped against 1.3). A removed neighbour keeps the cover
+ * its last DIGEST gave: it listed the others, or it leaves us forwarding. A
+ * repair (to one neighbour, outside the stream) has no seq to wait for: one
+ * still on its way at the next digest is sent again (only after a real loss).
+ * Holding its buckets one more interval was tried: in the simulator's mesh of
+ * 8 hubs with delays of up to 2.5 s and 2% loss, as many counters were
+ * repaired (1,774 against 1,768), and totals were exact 9.0 s after the load
+ * against 7.2, since a repair lost waited longer. Rule 5 waits while a
  * neighbour heard a third node's stream further than we did: where that
  * stream keeps coming to us later than to it (a slower link) and never
- * pauses, a difference no stream shows (a sender before version 6, a
- * counter that could not be written for memory) waits for the pause.
+ * pauses, a difference no stream shows (a sender before version 6, a counter
+ * that could not be written for memory) waits for the pause.
  */
 #include <stdlib.h>
 #include <string.h>
