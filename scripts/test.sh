@@ -45,9 +45,10 @@ pytest_run() {
 # Integration tests wait on brokers far more than they compute, so they run
 # TALLY_JOBS at a time (pytest-xdist; each worker hands out its own ports,
 # conftest.py; a module marked xdist_group runs in one worker), and those
-# marked alone (timing- or memory-sensitive) one at a time after them. The
-# sanitized pass leaves out those marked nosan. A pass that selects nothing
-# (pytest's 5, with PYTEST_ARGS=-k ...) is no failure.
+# marked alone (timing-, CPU- or memory-sensitive, or on fixed ports) one at
+# a time after them. The sanitized pass leaves out those marked nosan. A
+# pass that selects nothing (pytest's 5, with PYTEST_ARGS=-k ...) is no
+# failure.
 side_by_side() {
   pytest_run -n "$TALLY_JOBS" --dist loadgroup -m "$1" tests/integration
   local rc=$?
@@ -141,7 +142,7 @@ stage "web unit tests" node --test clients/web/test/
 stage "browser end-to-end" node --test tests/e2e/
 collect
 # Fuzzing only computes too: beside the sanitized integration tests when
-# there are any, at nice 19, for the same wall-clock time a target.
+# there are any, at nice 19 (FUZZ_SECONDS above), else alone.
 fuzzing=("fuzzing (${FUZZ_SECONDS} s a target)" tests/fuzz/run.sh "$FUZZ_SECONDS")
 if [[ $TALLY_SANITIZE == 1 ]]; then
   [[ $FUZZ_SECONDS == 0 ]] || beside "${fuzzing[@]}"
