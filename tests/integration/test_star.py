@@ -68,6 +68,13 @@ def steady_load(leaves, seconds):
     return expected
 
 
+def wait_exact(watchers, load):
+    """Until every watcher (one a node, counters/+) reads the totals of load."""
+    wait_for(lambda: all(w.get(f"counters/{name}") == str(v).encode()
+                         for w in watchers for name, v in load.items()),
+             30, interval=0.2, what="exact totals on every node")
+
+
 def test_star_steady_load_exact_without_repairs(brokers, closing):
     hub, leaves, everyone, names = star(brokers, closing)
     # Stats reach every node: each lists its neighbours only (the hub its leaves, a leaf its
@@ -91,12 +98,7 @@ def test_star_steady_load_exact_without_repairs(brokers, closing):
     t.start()
     t.join(SECONDS + 60)
     assert not t.is_alive(), "the load did not finish"
-
-    def exact():
-        return all(w.get(f"counters/{name}") == str(v).encode()
-                   for w in watchers for name, v in load.items())
-
-    wait_for(exact, 30, interval=0.2, what="exact totals on every node")
+    wait_exact(watchers, load)
     assert load["shared"] == LEAVES * SECONDS / TICK
     # Two more digest rounds after convergence: still nothing to repair.
     time.sleep(1.5)
@@ -110,6 +112,24 @@ def test_star_steady_load_exact_without_repairs(brokers, closing):
     assert sync_bytes["leaf0"] * 4 < sync_bytes["hub"], sync_bytes
 
 
+def late_load_repairs_nothing(writers, watchers, repl):
+    """4 s of steady_load at writers, once first meetings' repairs are behind: every watcher
+    (one a node, counters/+) ends with the exact totals, and no node repaired or asked anything
+    (repl(): each node's repl stats by name). Returns the totals."""
+    time.sleep(3)  # the repairs of first meetings answered, late as everything is
+    before = repl()
+    load = steady_load(writers, 4)
+    wait_exact(watchers, load)
+    time.sleep(3)  # digests that crossed the last deltas on the way came, and more
+    after = repl()
+    repaired = {n: after[n]["repaired"] - before[n]["repaired"] for n in after}
+    asked = {n: after[n]["repairs_asked"] - before[n]["repairs_asked"] for n in after}
+    print(f"{len(writers)} writers, 4 s: repaired {repaired}, asked {asked}")
+    assert repaired == {n: 0 for n in after}, f"late deltas repaired: {repaired}, asked {asked}"
+    assert asked == {n: 0 for n in after}, asked
+    return load
+
+
 def test_deltas_later_than_the_sync_interval_are_not_repaired(brokers, closing):
     """Every byte between the hub and its two leaves arrives 1.2 s late, more than two sync
     intervals (500 ms): each side's digests are made while the other's last deltas are still on
@@ -121,26 +141,10 @@ def test_deltas_later_than_the_sync_interval_are_not_repaired(brokers, closing):
     hub, leaves, everyone, names = star(brokers, closing, count=2, delay=1.2)
     watchers = [Watcher(n.port, ["counters/+"]) for n in [hub] + leaves]
     closing.extend(watchers)
-
-    def stats():
-        return {n: json.loads(everyone.get(f"$tally/stats/{n}")) for n in names}
-
-    time.sleep(3)  # the repairs of first meetings answered, late as everything is
-    before = {n: s["repl"] for n, s in stats().items()}
-    load = steady_load(leaves, 4)
+    load = late_load_repairs_nothing(
+        leaves, watchers,
+        lambda: {n: json.loads(everyone.get(f"$tally/stats/{n}"))["repl"] for n in names})
     assert load["shared"] == 2 * 4 / TICK
-
-    def exact():
-        return all(w.get(f"counters/{name}") == str(v).encode()
-                   for w in watchers for name, v in load.items())
-
-    wait_for(exact, 30, interval=0.2, what="exact totals on every node")
-    time.sleep(3)  # digests that crossed the last deltas on the way came, and more
-    after = {n: s["repl"] for n, s in stats().items()}
-    repaired = {n: after[n]["repaired"] - before[n]["repaired"] for n in names}
-    asked = {n: after[n]["repairs_asked"] - before[n]["repairs_asked"] for n in names}
-    assert repaired == {n: 0 for n in names}, f"late deltas repaired: {repaired}, asked {asked}"
-    assert asked == {n: 0 for n in names}, asked
 
 
 def test_a_triangle_with_a_slow_link_repairs_nothing(brokers, closing):
@@ -153,19 +157,5 @@ def test_a_triangle_with_a_slow_link_repairs_nothing(brokers, closing):
     nodes, _, watchers = cluster(brokers, closing, TOPOLOGIES["triangle"],
                                  options={"sync_interval_ms": "500"}, proxied=[("a", "c")],
                                  delay=1.2)
-    time.sleep(3)  # every DIGEST lists the neighbours its sender hears; first repairs answered
-    before = {n: stats(watchers[n], n)["repl"] for n in NODES}
-    load = steady_load([nodes["a"]], 4)
-
-    def exact():
-        return all(watchers[n].get(f"counters/{name}") == str(v).encode()
-                   for n in NODES for name, v in load.items())
-
-    wait_for(exact, 30, interval=0.2, what="exact totals on every node")
-    time.sleep(3)  # digests that crossed the last deltas on the way came, and more
-    after = {n: stats(watchers[n], n)["repl"] for n in NODES}
-    repaired = {n: after[n]["repaired"] - before[n]["repaired"] for n in NODES}
-    asked = {n: after[n]["repairs_asked"] - before[n]["repairs_asked"] for n in NODES}
-    print(f"a triangle, a-c 1.2 s late, 4 s of load at a: repaired {repaired}, asked {asked}")
-    assert repaired == {n: 0 for n in NODES}, f"late deltas repaired: {repaired}, asked {asked}"
-    assert asked == {n: 0 for n in NODES}, asked
+    late_load_repairs_nothing([nodes["a"]], watchers.values(),
+                              lambda: {n: stats(watchers[n], n)["repl"] for n in NODES})
