@@ -59,7 +59,9 @@ def package(tmp_path_factory):
     modules = os.path.join(REPO, "clients", "web", "node_modules")
     if os.path.isdir(modules):  # else clients/web/build.sh runs npm ci
         os.symlink(modules, src / "clients" / "web" / "node_modules")
-    run("dpkg-buildpackage", "-us", "-uc", "-b", cwd=src, timeout=900)
+    # At the lowest priority: the build runs beside other tests (scripts/test.sh), whose
+    # brokers it must not hold up (ci74: a timing bound of test_groups missed by 0.7 s).
+    run("nice", "-n", "19", "dpkg-buildpackage", "-us", "-uc", "-b", cwd=src, timeout=900)
     debs = glob.glob(str(top / "tally_*.deb"))
     assert len(debs) == 1, debs
     return debs[0]
