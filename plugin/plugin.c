@@ -770,7 +770,7 @@ static void emit_replay(const struct wire_buf *msg, void *to)
  * SYNC flowing (sync_interval_ms), as its own PRESENCE of a new incarnation
  * or its stats numbered from 1 again, straight over its bridge (anew).
  * repl_replay_due decides; replay_tick sends it. */
-static void replay_begin(int k, bool anew)
+static void replay_begin(int k, enum repl_anew anew)
 {
     if (k >= 0 && !g.edge)
         repl_replay_due(&g.repl, (uint16_t)k, anew, mono_ms(), (uint64_t)g.opt.peer_timeout_ms,
@@ -890,7 +890,7 @@ static int on_sync(const struct mosquitto_evt_message *ev, bool *route)
     }
     wire_sync_free(&s);
     if (peer && rc == TALLY_OK)
-        replay_begin(k, false);
+        replay_begin(k, REPL_ANEW_NO);
     return rc;
 }
 
@@ -925,7 +925,7 @@ static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
         struct repl_out out = repl_out(mosquitto_client_id(client));
         g.st.repair_counters += repl_send_buckets(&g.repl, &g.table, &g.writer, &out, dump, &span);
     }
-    replay_begin(k, false);
+    replay_begin(k, REPL_ANEW_NO);
     return TALLY_OK;
 }
 
@@ -978,6 +978,7 @@ static int take_presence(const struct mosquitto_evt_message *ev, bool *taken)
      * keepalive. Once its own entry lists it, it asks for them itself
      * (tier.c, "the heartbeat's pages"). */
     bool anew = !o->alive || o->incarnation != wp.incarnation;
+    bool restarted = o->incarnation && o->incarnation != wp.incarnation;
     /* its own heartbeat, straight over its bridge: a neighbour we hear */
     int k = repl_find(&g.repl, mosquitto_client_id(ev->client), wp.origin, wp.origin_len);
     if (k >= 0)
@@ -994,7 +995,7 @@ static int take_presence(const struct mosquitto_evt_message *ev, bool *taken)
         if (rc == TALLY_OK && !g.edge)
             scope_wants(g.scopes, &g.presence, &wp);
         if (rc == TALLY_OK && anew)
-            replay_begin(k, true);
+            replay_begin(k, restarted ? REPL_ANEW_RESTARTED : REPL_ANEW_HEARD);
         if (anew && group_on(&g.group))
             group_refresh_now(&g.group);
         if (anew && group_on(&g.region))
@@ -1115,7 +1116,8 @@ static int on_stats(const struct mosquitto_evt_message *ev, bool *route)
      * holds none of our viewer counts: our next heartbeat has them all. */
     if (o->stats_incarnation == inc && seq < o->stats_seq && tier_hub_says_alive(&g.tier_hub, o)) {
         tier_hub_owe_pages(&g.tier_hub);
-        replay_begin(repl_find(&g.repl, mosquitto_client_id(ev->client), id, idlen), true);
+        replay_begin(repl_find(&g.repl, mosquitto_client_id(ev->client), id, idlen),
+                     REPL_ANEW_RESTARTED);
     }
     o->stats_incarnation = inc;
     o->stats_time_ms = time_ms;

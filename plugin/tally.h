@@ -1229,7 +1229,8 @@ struct repl_neighbour {
     uint64_t session, seq;            /* its SYNC stream, as far as seen */
     bool want_repair;                 /* ask it in our next DIGEST */
     bool new_session;                 /* restarted (repl_replay_due) */
-    uint64_t replayed_ms;             /* when a replay to it last began */
+    uint64_t replayed_ms;             /* when a replay to it was last owed */
+    bool replayed_restart;            /* ... for a restart, not a first meeting */
     uint32_t replay_from;             /* the replay under way: presence_replay's *from */
     bool replaying;
     bool have_prev;
@@ -1307,6 +1308,13 @@ unsigned repl_digest_seen(struct repl *r, uint16_t k, const struct wire_digest *
                           const uint64_t *ours, const char *self, uint64_t *dump,
                           struct repl_span *span);
 bool repl_wants_repair(const struct repl *r);
+/* How the caller heard neighbour k anew (repl_replay_due). */
+enum repl_anew {
+    REPL_ANEW_NO,        /* it did not: only k's SYNC stream may tell */
+    REPL_ANEW_HEARD,     /* first heard, or heard again after it went silent */
+    REPL_ANEW_RESTARTED, /* a new life of a node we knew (a new incarnation,
+                          * its stats numbered from 1 again) */
+};
 /* Whether a replay of the viewer counts we hold (presence_replay) to
  * neighbour k begins now (replaying, from slot 0; the caller sends it on in
  * steps). It is owed when k has started another SYNC stream than the one we
@@ -1314,11 +1322,13 @@ bool repl_wants_repair(const struct repl *r);
  * node, which its own PRESENCE tells), or anew (the caller heard it restart
  * or appear another way: its own PRESENCE of a new incarnation or first
  * heard, its stats numbered from 1 again), and none was owed it within
- * every_ms (two signs of one restart). It begins only if we started
- * (started_ms) every_ms ago or more: before, every neighbour is new to us,
- * and what we hold they have just sent us. Clears the mark either way. */
-bool repl_replay_due(struct repl *r, uint16_t k, bool anew, uint64_t now_ms, uint64_t every_ms,
-                     uint64_t started_ms);
+ * every_ms (two signs of one restart), or only a first meeting was. A
+ * first meeting begins one only if we started (started_ms) every_ms ago or
+ * more: before, every neighbour is new to us, and what we hold they have
+ * just sent us. A restart begins one however young we are: k holds
+ * nothing, and we hold what it had sent us. Clears the mark either way. */
+bool repl_replay_due(struct repl *r, uint16_t k, enum repl_anew anew, uint64_t now_ms,
+                     uint64_t every_ms, uint64_t started_ms);
 /* The neighbour behind connection conn, if its node id is node (so that
  * what node sent itself came straight over its bridge): its index, or -1. */
 int repl_find(const struct repl *r, const char *conn, const char *node, size_t len);

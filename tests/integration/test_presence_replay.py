@@ -56,8 +56,9 @@ def chain_with_edges(brokers, closing):
 
 
 def stats_once_up(node, closing):
-    """A watcher of node's stats, once it has been up for peer_timeout_ms: a node replays only
-    then (before, what it holds it has just been sent)."""
+    """A watcher of node's stats, once it has been up for peer_timeout_ms: a node replays to a
+    neighbour it meets only then (before, what it holds it has just been sent), and to one that
+    restarted at any age (the test after next)."""
     w = Watcher(node.port, [f"$tally/stats/{node.name}"])
     closing.append(w)
     wait_for(lambda: stats(w, node.name).get("uptime_ms", 0) > TIMEOUT_S * 1000 + 500, 20,
@@ -71,33 +72,57 @@ def test_a_restarted_hub_has_the_edges_viewers_from_its_neighbour_and_no_carrier
     at_b = stats_once_up(b, closing)
 
     for restarted, lacked, carrier in ((a, "ec", c), (c, "ea", a)):
-        # the carrier's relays of the edge the restarted hub lacks, as its neighbours get them
-        spy = Watcher(carrier.port, [f"$tally/v1/presence/{lacked}"],
-                      client_id=f"spy-to-{carrier.name}", keep=True)
-        closing.append(spy)
-        time.sleep(0.5)  # the retained-free topic: nothing comes while nothing changes
-        mark = spy.count()
-        before = stats(at_b, "b")["repl"]["replayed"]
-        restarted.restart()
-        back = time.monotonic()
-        reader = Watcher(restarted.port, ["presence/+"], keep=True)  # not a viewer itself
-        closing.append(reader)
-        wait_for(lambda: home(reader) == "7", 10,
-                 what=f"7 viewers of home at the restarted {restarted.name}")
-        took = time.monotonic() - back
-        wait_for(lambda: stats(at_b, "b")["repl"]["replayed"] > before, 5,
-                 what=f"b's replay to {restarted.name} in its stats")
-        # the restarted hub's heartbeats, with any wants, go by: the carrier relays nothing
-        time.sleep(4 * HEARTBEAT_S)
-        relays = spy.messages()[mark:]
-        assert relays == [], f"{carrier.name} relayed {lacked} {len(relays)} times"
-        readers[restarted.name] = reader
-        counts = {n: home(w) for n, w in readers.items()}
-        assert all(v == "7" for v in counts.values()), \
-            f"counts {counts}; b saw {[p for _, p in readers['b'].messages()]}"
-        print(f"{restarted.name} restarted: 7 viewers there {took:.2f}s after its start, "
-              f"replayed by b ({stats(at_b, 'b')['repl']['replayed'] - before} origins), "
-              f"no relay of {lacked} by {carrier.name}")
+        restart_replayed(restarted, lacked, carrier, at_b, readers, closing)
+
+
+def restart_replayed(restarted, lacked, carrier, at_b, readers, closing):
+    """Restarts a hub next to b, and checks that b replays it the viewers of the edge it lacks
+    (lacked, carried by carrier): it counts every viewer, and carrier relays nothing."""
+    # the carrier's relays of the edge the restarted hub lacks, as its neighbours get them
+    spy = Watcher(carrier.port, [f"$tally/v1/presence/{lacked}"],
+                  client_id=f"spy-to-{carrier.name}", keep=True)
+    closing.append(spy)
+    time.sleep(0.5)  # the retained-free topic: nothing comes while nothing changes
+    mark = spy.count()
+    before = stats(at_b, "b")["repl"]["replayed"]
+    restarted.restart()
+    back = time.monotonic()
+    reader = Watcher(restarted.port, ["presence/+"], keep=True)  # not a viewer itself
+    closing.append(reader)
+    wait_for(lambda: home(reader) == "7", 10,
+             what=f"7 viewers of home at the restarted {restarted.name}")
+    took = time.monotonic() - back
+    wait_for(lambda: stats(at_b, "b")["repl"]["replayed"] > before, 5,
+             what=f"b's replay to {restarted.name} in its stats")
+    # the restarted hub's heartbeats, with any wants, go by: the carrier relays nothing
+    time.sleep(4 * HEARTBEAT_S)
+    relays = spy.messages()[mark:]
+    assert relays == [], f"{carrier.name} relayed {lacked} {len(relays)} times"
+    readers[restarted.name] = reader
+    counts = {n: home(w) for n, w in readers.items()}
+    assert all(v == "7" for v in counts.values()), \
+        f"counts {counts}; b saw {[p for _, p in readers['b'].messages()]}"
+    print(f"{restarted.name} restarted: 7 viewers there {took:.2f}s after its start, "
+          f"replayed by b ({stats(at_b, 'b')['repl']['replayed'] - before} origins), "
+          f"no relay of {lacked} by {carrier.name}")
+
+
+def test_a_hub_restarted_soon_after_its_neighbour_started_has_the_viewers_from_it(
+        brokers, closing):
+    """b began no replay before it had been up for peer_timeout_ms: every neighbour is new to a
+    young node, and what it holds they have just sent it. But c, restarted then, had met b
+    before and holds nothing: it wanted ea from its carrier a, which relayed it to every hub,
+    and counted ea's viewers 4.1 to 4.3 s after its start (three runs; 0.25 s now). A rolling
+    restart of hubs closer than peer_timeout_ms (15 s by default) hit that. b now replays to a
+    neighbour that restarted, however young b is."""
+    a, b, c, readers = chain_with_edges(brokers, closing)
+    at_b = Watcher(b.port, ["$tally/stats/b"])
+    closing.append(at_b)
+    time.sleep(HEARTBEAT_S + 0.5)  # a's listing of ea has reached b
+    wait_for(lambda: "repl" in stats(at_b, "b"), 5, what="b's stats")
+    uptime = stats(at_b, "b")["uptime_ms"]
+    assert uptime < TIMEOUT_S * 1000 - 1000, f"b was up {uptime} ms: not young"
+    restart_replayed(c, "ea", a, at_b, readers, closing)
 
 
 def test_a_restarted_hub_has_its_neighbours_own_edges_from_them_and_sends_no_replay_on(

@@ -136,9 +136,9 @@ def test_a_dead_edges_viewers_leave_within_peer_timeout_when_a_hub_restarts(brok
     simulator found it: with a hub restarted, a dead edge's viewers stayed 16 s where 5 were
     due.) peer_timeout_ms is 6000 here, so that the two cases are far apart.
     e1 has three viewers and the other edges two each, so an odd count is one that still
-    counts e1: the restarted h2 builds its count up again edge by edge (it read 6 about 4.3 s
-    after its restart, 7.85 s after the kill, on a quiet machine; later under ASan beside
-    other tests), and how soon it has learned the others is not what is asserted."""
+    counts e1. The restarted h2 has every edge from h1's replay (it read 9 about 0.7 s after
+    its restart; 4.3 s until 2026-12-06, when h1, up for less than peer_timeout_ms, replayed
+    nothing), and how soon it has learned the others is not what is asserted."""
     timeout_s = 6.0
     bound = timeout_s + 2.0  # plus a heartbeat, a tick and this test's polling
     h1, h2, edges = tree(brokers, options={"peer_timeout_ms": "6000"})

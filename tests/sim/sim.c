@@ -456,7 +456,7 @@ static uint16_t neighbour(struct node *n, uint32_t from)
     return k;
 }
 
-static void replay_to(struct node *n, uint16_t k, bool anew);
+static void replay_to(struct node *n, uint16_t k, enum repl_anew anew);
 
 static void hub_on_sync(struct node *n, const struct msg *m)
 {
@@ -468,7 +468,7 @@ static void hub_on_sync(struct node *n, const struct msg *m)
     if (repl_apply_sync(&n->repl, &n->t, NULL, &s, k) != TALLY_OK)
         abort();
     wire_sync_free(&s);
-    replay_to(n, k, false);
+    replay_to(n, k, REPL_ANEW_NO);
 }
 
 static void hub_on_digest(struct node *n, const struct msg *m)
@@ -484,7 +484,7 @@ static void hub_on_digest(struct node *n, const struct msg *m)
         struct repl_out out = repl_out((uint32_t)(n - nodes), m->from);
         repaired += repl_send_buckets(&n->repl, &n->t, &n->w, &out, dump, &span);
     }
-    replay_to(n, k, false);
+    replay_to(n, k, REPL_ANEW_NO);
 }
 
 static void origin_due(struct node *n, const struct tally_origin *o)
@@ -541,6 +541,7 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     }
     struct tally_origin *o = presence_origin(&n->pr, origin);
     bool taken, anew = !o->alive || o->incarnation != wp.incarnation;
+    bool restarted = o->incarnation && o->incarnation != wp.incarnation;
     int k = repl_find(&n->repl, nodes[m->from].id, wp.origin, wp.origin_len);
     if (k >= 0) /* its own heartbeat, straight over its link: as plugin.c's take_presence */
         repl_heard(&n->repl, (uint16_t)k, now);
@@ -562,7 +563,7 @@ static void hub_on_presence(struct node *n, const struct msg *m)
             abort();
         scope_wants(n->scs, &n->pr, &wp);
         if (anew && k >= 0)
-            replay_to(n, (uint16_t)k, true);
+            replay_to(n, (uint16_t)k, restarted ? REPL_ANEW_RESTARTED : REPL_ANEW_HEARD);
         /* a node heard anew may lack our group's sums: plugin.c's
          * take_presence has our next refresh come soon */
         if (anew && group_on(&n->gr))
@@ -660,7 +661,7 @@ static void route_part(const struct wire_buf *msg, void *ud)
  * viewer counts held here as their listings say (presence.c, "Replay to a
  * neighbour that restarted"; repl_replay_due decides). hub_replay_tick
  * sends it. */
-static void replay_to(struct node *n, uint16_t k, bool anew)
+static void replay_to(struct node *n, uint16_t k, enum repl_anew anew)
 {
     repl_replay_due(&n->repl, k, anew, now, PEER_TIMEOUT_MS, n->started);
 }

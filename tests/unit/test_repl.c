@@ -708,30 +708,67 @@ START_TEST(test_a_restarted_neighbour_is_owed_a_replay_once)
     ck_assert_int_eq(repl_find(&nodes[0].r, "n9", "n9", 2), -1); /* no such connection */
     /* our own start, every ms before these times: a young node begins none */
     const uint64_t up = 0, t = every;
-    ck_assert(!repl_replay_due(&nodes[0].r, k, true, t - 1, every, up));
+    ck_assert(!repl_replay_due(&nodes[0].r, k, REPL_ANEW_HEARD, t - 1, every, up));
     ck_assert(!nodes[0].r.nb[k]->replaying);
     /* first heard: a link that came up, not a restart (its own PRESENCE,
      * first heard, says if it is new: anew) */
-    ck_assert(!repl_replay_due(&nodes[0].r, k, false, t + 1000, every, up));
-    ck_assert(!repl_replay_due(&nodes[0].r, k, true, t + 1000, every, up)); /* owed at t - 1 */
-    ck_assert(repl_replay_due(&nodes[0].r, k, true, t + 15000, every, up));
+    ck_assert(!repl_replay_due(&nodes[0].r, k, REPL_ANEW_NO, t + 1000, every, up));
+    ck_assert(
+        !repl_replay_due(&nodes[0].r, k, REPL_ANEW_HEARD, t + 1000, every, up)); /* owed at t - 1 */
+    ck_assert(repl_replay_due(&nodes[0].r, k, REPL_ANEW_HEARD, t + 15000, every, up));
     ck_assert(nodes[0].r.nb[k]->replaying && nodes[0].r.nb[k]->replay_from == 0);
-    ck_assert(!repl_replay_due(&nodes[0].r, k, true, t + 16000, every, up)); /* the same start */
+    ck_assert(!repl_replay_due(&nodes[0].r, k, REPL_ANEW_HEARD, t + 16000, every,
+                               up)); /* the same start */
 
     /* n1 restarts: its PRESENCE of a new incarnation comes first, then its
      * new session: one replay. */
-    ck_assert(repl_replay_due(&nodes[0].r, k, true, t + 30000, every, up));
+    ck_assert(repl_replay_due(&nodes[0].r, k, REPL_ANEW_RESTARTED, t + 30000, every, up));
     repl_free(&nodes[1].r);
     repl_init(&nodes[1].r, 77);
     ck_assert_uint_eq(digest_to(1, 0, dump), 0);
-    ck_assert(!repl_replay_due(&nodes[0].r, k, false, t + 30500, every, up));
+    ck_assert(!repl_replay_due(&nodes[0].r, k, REPL_ANEW_NO, t + 30500, every, up));
     /* ... and once more, the new session alone, well after */
     repl_free(&nodes[1].r);
     repl_init(&nodes[1].r, 78);
     ck_assert_uint_eq(digest_to(1, 0, dump), 0);
-    ck_assert(repl_replay_due(&nodes[0].r, k, false, t + 60000, every, up));
-    ck_assert(!repl_replay_due(&nodes[0].r, k, false, t + 60001, every, up));
-    ck_assert(!repl_replay_due(&nodes[0].r, 9, true, t + 90000, every, up)); /* no such one */
+    ck_assert(repl_replay_due(&nodes[0].r, k, REPL_ANEW_NO, t + 60000, every, up));
+    ck_assert(!repl_replay_due(&nodes[0].r, k, REPL_ANEW_NO, t + 60001, every, up));
+    ck_assert(
+        !repl_replay_due(&nodes[0].r, 9, REPL_ANEW_HEARD, t + 90000, every, up)); /* no such one */
+    teardown();
+}
+END_TEST
+
+/* A node younger than every_ms begins no replay to a neighbour it meets (it
+ * has just been sent what it holds), but one to a neighbour that restarts
+ * after they met: it holds nothing. The first meeting's mark does not hide
+ * the restart, and two signs of one restart are still one replay. */
+START_TEST(test_a_young_node_replays_to_a_neighbour_that_restarted)
+{
+    uint64_t dump[TALLY_BUCKETS / 64];
+    const uint64_t every = 6000, up = 1000;
+    setup(2);
+    link_nodes(0, 1);
+    meet();
+    uint16_t k = nb(0, 1);
+    /* met at 1.5 s: young, no replay */
+    ck_assert(!repl_replay_due(&nodes[0].r, k, REPL_ANEW_HEARD, 1500, every, up));
+    ck_assert(!nodes[0].r.nb[k]->replaying);
+    /* n1 restarts at 4 s, 3 s after our start: its own PRESENCE of a new
+     * incarnation, then its new SYNC stream */
+    ck_assert(repl_replay_due(&nodes[0].r, k, REPL_ANEW_RESTARTED, 4000, every, up));
+    ck_assert(nodes[0].r.nb[k]->replaying && nodes[0].r.nb[k]->replay_from == 0);
+    repl_free(&nodes[1].r);
+    repl_init(&nodes[1].r, 77);
+    ck_assert_uint_eq(digest_to(1, 0, dump), 0);
+    ck_assert(!repl_replay_due(&nodes[0].r, k, REPL_ANEW_NO, 4300, every, up));
+    /* signs are matched by time: another new stream within every_ms of the
+     * replay is taken for the same restart; one every_ms later is not */
+    repl_free(&nodes[1].r);
+    repl_init(&nodes[1].r, 78);
+    ck_assert_uint_eq(digest_to(1, 0, dump), 0);
+    ck_assert(!repl_replay_due(&nodes[0].r, k, REPL_ANEW_NO, 5000, every, up));
+    ck_assert(repl_replay_due(&nodes[0].r, k, REPL_ANEW_RESTARTED, 10001, every, up));
     teardown();
 }
 END_TEST
@@ -1037,6 +1074,7 @@ Suite *repl_suite(void)
     tcase_add_test(tc, test_a_lost_repair_is_asked_for_again_at_the_next_gap);
     tcase_add_test(tc, test_restart_is_a_new_session);
     tcase_add_test(tc, test_a_restarted_neighbour_is_owed_a_replay_once);
+    tcase_add_test(tc, test_a_young_node_replays_to_a_neighbour_that_restarted);
     tcase_add_test(tc, test_quiet_difference_is_repaired);
     tcase_add_test(tc, test_a_delta_in_flight_however_long_is_not_repaired);
     tcase_add_test(tc, test_a_delta_rule_2a_left_to_its_writer_is_not_repaired_in_flight);
