@@ -220,7 +220,8 @@
  * counter rises in every unit each interval, so a hub takes s records of
  * it an interval, and s grows with the tree (10,200 nodes in 10 regions:
  * 389 MB of RSUMs in 20 s, three quarters of what hubs sent each other).
- * The budget (plugin_opt_sums_budget, records a second, 0 for none) bounds
+ * The budget (plugin_opt_sums_budget, records a second, 1000 by default;
+ * 0, the simulator's default, for none) bounds
  * what a hub takes of a level, whatever s: a speaker that hears s - 1
  * other speakers at its level (streams_heard: a GSUM or RSUM of another
  * unit new here within quiet_ms) sends at most budget / s records a second

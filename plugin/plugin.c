@@ -127,9 +127,9 @@ static const struct opt_spec opt_specs[] = {
     OPT_I(sums_interval_ms, 0, 1000,
           "an integer from 0 (publish_interval_ms) to 1000: how often a group's or region's "
           "speaker sends its sums to the other groups (README, Groups of hubs)"),
-    OPT_I(sums_budget, 0, 1000000,
-          "an integer from 0 (no bound) to 1000000: counters' sums a second a hub takes of "
-          "each level, the other groups' and the other regions' (README, Groups of hubs)"),
+    OPT_I(sums_budget, 1, 1000000,
+          "an integer from 1 to 1000000: counters' sums a second a hub takes of each level, "
+          "the other groups' and the other regions' (README, Groups of hubs)"),
     OPT_I(max_counters, 1, 1000000000, "an integer from 1 to 1000000000"),
     OPT_I(max_devices, 1, 100000000, "an integer from 1 to 100000000"),
     OPT_I(max_viewers, 1, 100000000, "an integer from 1 to 100000000"),
@@ -182,6 +182,7 @@ static void options_defaults(struct options *o)
     o->snapshot_interval_ms = 60000;
     o->log_rate = 20;
     o->unwatched_publish_budget = 2000;
+    o->sums_budget = 1000;
     o->presence_delivery_budget = 1000;
 }
 

@@ -403,6 +403,44 @@ def test_a_budget_of_sums_holds_the_other_groups_view_back_not_the_counts(broker
           f"node all of them {time.monotonic() - acked:.1f} s after")
 
 
+def test_sums_are_under_a_budget_by_default(brokers, closing):
+    """No option given, sums_budget is 1000 (a bound, never "0: none", as every bound of the
+    contract): 1,500 counters written at a2 at once rise faster than a1's share (500 a second,
+    hearing b1), so a1 holds sums back, and every hub ends exact."""
+    hubs, edges = two_groups(brokers, options={"stats_interval_ms": "1000"})
+    a1, a2, b1, b2 = hubs
+    wait_for(lambda: group_stats(b1).get("speaking") is True, 15, what="b1 to speak for g2")
+    b1.pub("counters/warm/inc", "1")  # a1 hears b1's stream: a share of two
+    exact_everywhere(hubs, {"warm": 1})
+    at_b1 = Watcher(b1.port, ["counters/+"])
+    closing.append(at_b1)
+    names = [f"n{i:04d}" for i in range(1500)]
+    increments_of(a2.port, names, 1)
+    acked = time.monotonic()
+    wait_for(lambda: all(at_b1.get(f"counters/{n}") == b"1" for n in names), 30, interval=0.05,
+             what="b1 to show all 1,500 counters")
+    took = time.monotonic() - acked
+    assert group_stats(a1).get("budget_held", 0) > 0, "a1 held no sums back"
+    expected = dict({n: "1" for n in names}, warm="1")
+    for h in hubs:
+        wait_for(lambda: retained_totals(h) == expected, 30, interval=0.5,
+                 what=f"{h.name} exact on all 1,501 counters")
+    print(f"default sums_budget: the other group's b1 showed all 1,500 counters {took:.2f} s "
+          f"after they were acknowledged")
+
+
+def retained_totals(node):
+    """Every retained total at node, {name: payload}, read by one subscription."""
+    r = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(node.port), "-t",
+                        "counters/+", "-v", "--retained-only", "-W", "1"],
+                       capture_output=True, text=True)
+    totals = {}
+    for line in r.stdout.splitlines():
+        topic, _, payload = line.partition(" ")
+        totals[topic.split("/", 1)[1]] = payload
+    return totals
+
+
 def test_sums_are_echoed_only_where_a_gap_shows_them_lost(brokers, closing):
     """The last sums again (plugin/group.c) go only where sums are lost on the way: a gap in
     another hub's stream of sums within a refresh interval (10 sync intervals). Over loopback

@@ -28,8 +28,8 @@ BAD_OPTIONS = [
     ("stats_interval_ms", "6000", "an integer from 100 to 5000"),
     ("sums_interval_ms", "1001", r"an integer from 0 \(publish_interval_ms\) to 1000"),
     ("sums_interval_ms", "-1", r"an integer from 0 \(publish_interval_ms\) to 1000"),
-    ("sums_budget", "1000001", r"an integer from 0 \(no bound\) to 1000000"),
-    ("sums_budget", "-1", r"an integer from 0 \(no bound\) to 1000000"),
+    ("sums_budget", "1000001", r"an integer from 1 to 1000000"),
+    ("sums_budget", "0", r"an integer from 1 to 1000000"),  # no "0 means unlimited"
     ("publish_qos", "3", "0, 1 or 2"),
     ("acl", "maybe", "'allow' .* or 'defer'"),
     ("prefix", "a/b", "a topic level without / \\+ #"),

@@ -65,7 +65,8 @@
  * (hubs' DOWNs and record expiry, edges' UPs), which widens that gap;
  * --sums-interval plugin_opt_sums_interval_ms (how often a speaker sends
  * its group's and region's sums), --sums-budget plugin_opt_sums_budget
- * (records a second a hub takes of each level's sums).
+ * (records a second a hub takes of each level's sums; 0, no bound, by
+ * default here, where the plugin's default is 1000).
  *
  * After the load stops and the faults heal, it waits until every hub and
  * every live edge shows the exact totals (every increment made, counted
@@ -187,7 +188,7 @@ static struct {
     uint32_t delay_ms, kill_hubs, kill_edges, restart_hubs, link_failures, freeze_edges;
     uint64_t publish_ms;  /* plugin_opt_publish_interval_ms */
     uint64_t sums_ms;     /* plugin_opt_sums_interval_ms (0: publish_ms) */
-    uint64_t sums_budget; /* plugin_opt_sums_budget (0: none) */
+    uint64_t sums_budget; /* plugin_opt_sums_budget (0: none, the default here; 1000 there) */
     bool check, quiet, mesh;
     bool reset;             /* --reset: once exact, a hub resets every counter (resetCounter) */
     uint32_t groups;        /* --groups: that many groups of hubs / groups hubs each (0: none) */
