@@ -152,9 +152,10 @@ def test_stateless_restarts_fold_back_to_live_slots(brokers, closing, workdir):
     # on disk, after the final compaction of a clean stop. c first: b bridges to a and c to b,
     # so neither stops while its bridge looks its peer up again. Mosquitto 2.0.11 can crash
     # stopping then, before the plugin's final compaction: in ci76 one of them exited with
-    # SIGSEGV, which the kernel logged in getaddrinfo on a thread's stack (glibc's lookup
-    # thread; the broker frees the request under it), most likely c, whose bridge to b
-    # retried 1 s after b stopped, while this test read b's files.
+    # SIGSEGV, which the kernel logged in getaddrinfo on a thread's stack: the lookup thread of
+    # Mosquitto's asynchronous address lookup for a bridge (getaddrinfo_a; the plugin has no
+    # thread and looks nothing up), most likely c's, whose bridge to b retried 1 s after b
+    # stopped, while this test read b's files. A stop during a slow lookup did not crash.
     for n in ("c", "b"):
         watchers[n].close()
         assert nodes[n].stop() == 0
