@@ -213,10 +213,15 @@ def test_a_hubs_heartbeat_at_rest_names_no_edge_and_its_carried_set_keeps_them_c
     assert took <= TIMEOUT_S + 1.5, f"e1's viewers stayed {took:.2f}s at h2"
     out = [m for m in heartbeats(since) if m["carried"]["count"] == 1]
     assert out, "h1's set never lost e1"
-    for m in out:
-        named = {e["id"]: e for e in m["listed"]}
-        assert "e1" in named, f"h1 did not name e1 out of its set: {m}"
-        assert named["e1"]["age_ms"] > m["carried"]["age_ms"], m
+    # h1 names e1 at every heartbeat from the first out of the set until it forgets e1, at its
+    # peer_timeout_ms (three heartbeats here, at ages of about 1.4, 2.0 and 2.6 s): h2 may
+    # drop e1's viewers just before or just after that (ci77 read one heartbeat after it)
+    named = [{e["id"]: e for e in m["listed"]}.get("e1") for m in out]
+    kept = next((i for i, e in enumerate(named) if e is None), len(named))
+    assert kept >= 1 and not any(named[kept:]), \
+        f"h1 did not name e1 at each heartbeat out of its set until it forgot it: {out}"
+    for m, e in zip(out[:kept], named):
+        assert e["age_ms"] > m["carried"]["age_ms"], m
     # h1 drops e1 at its own peer_timeout_ms, which may come after h2 saw it leave the set
     wait_for(lambda: home(ws["h1"]) == "6", TIMEOUT_S + 2.0, interval=0.05,
              what="e1's two viewers to leave h1")
