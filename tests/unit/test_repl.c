@@ -713,12 +713,12 @@ START_TEST(test_a_restarted_neighbour_is_owed_a_replay_once)
     /* first heard: a link that came up, not a restart (its own PRESENCE,
      * first heard, says if it is new: anew) */
     ck_assert(!repl_replay_due(&nodes[0].r, k, REPL_ANEW_NO, t + 1000, every, up));
-    ck_assert(
-        !repl_replay_due(&nodes[0].r, k, REPL_ANEW_HEARD, t + 1000, every, up)); /* owed at t - 1 */
+    /* owed at t - 1 */
+    ck_assert(!repl_replay_due(&nodes[0].r, k, REPL_ANEW_HEARD, t + 1000, every, up));
     ck_assert(repl_replay_due(&nodes[0].r, k, REPL_ANEW_HEARD, t + 15000, every, up));
     ck_assert(nodes[0].r.nb[k]->replaying && nodes[0].r.nb[k]->replay_from == 0);
-    ck_assert(!repl_replay_due(&nodes[0].r, k, REPL_ANEW_HEARD, t + 16000, every,
-                               up)); /* the same start */
+    /* the same start */
+    ck_assert(!repl_replay_due(&nodes[0].r, k, REPL_ANEW_HEARD, t + 16000, every, up));
 
     /* n1 restarts: its PRESENCE of a new incarnation comes first, then its
      * new session: one replay. */
@@ -733,8 +733,8 @@ START_TEST(test_a_restarted_neighbour_is_owed_a_replay_once)
     ck_assert_uint_eq(digest_to(1, 0, dump), 0);
     ck_assert(repl_replay_due(&nodes[0].r, k, REPL_ANEW_NO, t + 60000, every, up));
     ck_assert(!repl_replay_due(&nodes[0].r, k, REPL_ANEW_NO, t + 60001, every, up));
-    ck_assert(
-        !repl_replay_due(&nodes[0].r, 9, REPL_ANEW_HEARD, t + 90000, every, up)); /* no such one */
+    /* no such one */
+    ck_assert(!repl_replay_due(&nodes[0].r, 9, REPL_ANEW_HEARD, t + 90000, every, up));
     teardown();
 }
 END_TEST
