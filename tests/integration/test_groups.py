@@ -420,7 +420,9 @@ def test_sums_are_under_a_budget_by_default(brokers, closing):
     wait_for(lambda: all(at_b1.get(f"counters/{n}") == b"1" for n in names), 30, interval=0.05,
              what="b1 to show all 1,500 counters")
     took = time.monotonic() - acked
-    assert group_stats(a1).get("budget_held", 0) > 0, "a1 held no sums back"
+    # its stats, each second, say so
+    wait_for(lambda: group_stats(a1).get("budget_held", 0) > 0, 5,
+             what="a1 to hold sums back for the default budget")
     expected = dict({n: "1" for n in names}, warm="1")
     for h in hubs:
         wait_for(lambda: retained_totals(h) == expected, 30, interval=0.5,
