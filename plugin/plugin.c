@@ -978,8 +978,8 @@ static int take_presence(const struct mosquitto_evt_message *ev, bool *taken)
      * hold none of our counts: our next heartbeat has them all, not only a
      * keepalive. Once its own entry lists it, it asks for them itself
      * (tier.c, "the heartbeat's pages"). */
-    bool anew = !o->alive || o->incarnation != wp.incarnation;
-    bool restarted = o->incarnation && o->incarnation != wp.incarnation;
+    enum repl_anew how = repl_anew_of(o, wp.incarnation);
+    bool anew = how != REPL_ANEW_NO;
     /* its own heartbeat, straight over its bridge: a neighbour we hear */
     int k = repl_find(&g.repl, mosquitto_client_id(ev->client), wp.origin, wp.origin_len);
     if (k >= 0)
@@ -996,7 +996,7 @@ static int take_presence(const struct mosquitto_evt_message *ev, bool *taken)
         if (rc == TALLY_OK && !g.edge)
             scope_wants(g.scopes, &g.presence, &wp);
         if (rc == TALLY_OK && anew)
-            replay_begin(k, restarted ? REPL_ANEW_RESTARTED : REPL_ANEW_HEARD);
+            replay_begin(k, how);
         if (anew && group_on(&g.group))
             group_refresh_now(&g.group);
         if (anew && group_on(&g.region))

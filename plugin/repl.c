@@ -734,6 +734,13 @@ bool repl_wants_repair(const struct repl *r)
     return false;
 }
 
+enum repl_anew repl_anew_of(const struct tally_origin *o, uint64_t incarnation)
+{
+    if (o->incarnation && o->incarnation != incarnation)
+        return REPL_ANEW_RESTARTED;
+    return !o->alive || o->incarnation != incarnation ? REPL_ANEW_HEARD : REPL_ANEW_NO;
+}
+
 bool repl_replay_due(struct repl *r, uint16_t k, enum repl_anew anew, uint64_t now_ms,
                      uint64_t every_ms, uint64_t started_ms)
 {

@@ -1315,6 +1315,10 @@ enum repl_anew {
     REPL_ANEW_RESTARTED, /* a new life of a node we knew (a new incarnation,
                           * its stats numbered from 1 again) */
 };
+/* How a node's own PRESENCE of incarnation tells it anew, o being its
+ * origin as held before that PRESENCE: a new life of a node we knew, first
+ * heard or heard again after it expired, or neither. */
+enum repl_anew repl_anew_of(const struct tally_origin *o, uint64_t incarnation);
 /* Whether a replay of the viewer counts we hold (presence_replay) to
  * neighbour k begins now (replaying, from slot 0; the caller sends it on in
  * steps). It is owed when k has started another SYNC stream than the one we

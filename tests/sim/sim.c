@@ -541,8 +541,8 @@ static void hub_on_presence(struct node *n, const struct msg *m)
         return;
     }
     struct tally_origin *o = presence_origin(&n->pr, origin);
-    bool taken, anew = !o->alive || o->incarnation != wp.incarnation;
-    bool restarted = o->incarnation && o->incarnation != wp.incarnation;
+    enum repl_anew how = repl_anew_of(o, wp.incarnation);
+    bool taken, anew = how != REPL_ANEW_NO;
     int k = repl_find(&n->repl, nodes[m->from].id, wp.origin, wp.origin_len);
     if (k >= 0) /* its own heartbeat, straight over its link: as plugin.c's take_presence */
         repl_heard(&n->repl, (uint16_t)k, now);
@@ -564,7 +564,7 @@ static void hub_on_presence(struct node *n, const struct msg *m)
             abort();
         scope_wants(n->scs, &n->pr, &wp);
         if (anew && k >= 0)
-            replay_to(n, (uint16_t)k, restarted ? REPL_ANEW_RESTARTED : REPL_ANEW_HEARD);
+            replay_to(n, (uint16_t)k, how);
         /* a node heard anew may lack our group's sums: plugin.c's
          * take_presence has our next refresh come soon */
         if (anew && group_on(&n->gr))

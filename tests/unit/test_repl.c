@@ -747,6 +747,15 @@ START_TEST(test_a_young_node_replays_to_a_neighbour_that_restarted)
 {
     uint64_t dump[TALLY_BUCKETS / 64];
     const uint64_t every = 6000, up = 1000;
+    /* how a node's own PRESENCE tells it anew (repl_anew_of) */
+    struct tally_origin o = {0};
+    ck_assert_int_eq(repl_anew_of(&o, 5), REPL_ANEW_HEARD); /* first heard */
+    o.incarnation = 5;
+    o.alive = true;
+    ck_assert_int_eq(repl_anew_of(&o, 5), REPL_ANEW_NO);
+    o.alive = false;
+    ck_assert_int_eq(repl_anew_of(&o, 5), REPL_ANEW_HEARD); /* back after it expired */
+    ck_assert_int_eq(repl_anew_of(&o, 6), REPL_ANEW_RESTARTED);
     setup(2);
     link_nodes(0, 1);
     meet();
