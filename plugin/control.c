@@ -1012,7 +1012,9 @@ void node_stats_json(struct wire_buf *b, const struct stats_view *v)
     wbuf_str(b, ",\"persist\":");
     wbuf_json_str(b, v->persist, strlen(v->persist));
     unit_json(b, "group", v->group);
-    unit_json(b, "region", v->region);
+    static const char *const regions[TALLY_LEVELS - 1] = {"region", "region3", "region4"};
+    for (int k = 0; k < TALLY_LEVELS - 1; k++)
+        unit_json(b, regions[k], v->regions[k]);
     if (v->fold) {
         wbuf_str(b, ",\"fold\":");
         /* at most half the room left: the peers have the rest */

@@ -271,7 +271,7 @@
  * speaker, its queue, its refresh and its origins; the code above serves
  * both. What differs:
  *   - A region's sum is its hubs' part of the total below the other
- *     regions: our group's sum and the other groups' slots (region_sum),
+ *     regions: our group's sum and the other groups' slots (level_sum),
  *     monotone for the same reasons, a lower bound that only grows, exact
  *     once the region has converged; any hub of R may send it, and the first
  *     of R in order of node id that is alive does, as for a group.
@@ -295,6 +295,28 @@
  * slots of another region's groups beside that region's sum, so one whose
  * state_dir holds counts made outside its region does not start (plugin.c's
  * scope_start).
+ *
+ * ---- Regions of regions ----
+ *
+ * A hub holds one slot per other region, which grows with the regions of
+ * the tree (200 hubs in 10 regions: 1,700 slots a counter, against 900 for
+ * 40 hubs in 2). So the same again, up to TALLY_LEVELS: plugin_opt_region
+ * "r/z" puts region r in z, a unit of level 3, and "r/z/w" z in w, level
+ * 4. A unit of level k is a struct tally_group of level k that names the
+ * unit it is in (`up`), its replica k marks and its name; its sum is its
+ * level-(k - 1) unit's part and the other level-(k - 1) units' slots of it
+ * (level_sum, applied level by level from the group's), its base likewise.
+ * Its sums are an RSUM naming its unit past k - 2 marks (a region's, none),
+ * on $tally/v1/rsum<k>/ (plugin.c), and the unit it is in: a hub of
+ * another unit of level k + 1 refuses it as a GSUM of another region is
+ * refused, since that unit's sum counts it there. A message of level k
+ * carries the bases of replicas of level k and up, named past one mark. A
+ * hub then holds per counter its group's nodes, and at each level the
+ * other units of its unit one level up, not every unit of that level: a
+ * fan-out of f a level, g + (levels - 1) x (f - 1) slots, the logarithm of
+ * the tree in base f. No fixed number of levels makes it flat; each level
+ * costs a stream of sums that reaches every hub (README, "Regions of
+ * regions", measured).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -317,37 +339,68 @@ void group_init(struct tally_group *gr, const char *name, uint64_t session, uint
     gr->level = 1;
 }
 
-void group_scope(struct tally_group *gr, int level, const char *region)
+void group_scope(struct tally_group *gr, int level, const char *up)
 {
     gr->level = level;
-    gr->region_len = region ? strlen(region) : 0;
-    if (gr->region_len > GROUP_NAME_MAX)
-        gr->region_len = GROUP_NAME_MAX;
-    memcpy(gr->region, region ? region : "", gr->region_len);
-    gr->region[gr->region_len] = '\0';
+    gr->up_len = up ? strlen(up) : 0;
+    if (gr->up_len > GROUP_NAME_MAX)
+        gr->up_len = GROUP_NAME_MAX;
+    memcpy(gr->up, up ? up : "", gr->up_len);
+    gr->up[gr->up_len] = '\0';
 }
 
-/* A group's or a region's name (a region's replica takes one byte more). */
-int group_name_check(const char *name, size_t len)
+int unit_name_check(int level, const char *name, size_t len)
 {
-    if (len > GROUP_NAME_MAX)
+    if (level < 1 || level > TALLY_LEVELS || len + (size_t)level > TALLY_NODE_ID_MAX)
         return TALLY_E_NAME_TOO_LONG;
     return len && name[0] == GROUP_MARK ? TALLY_E_NAME_CHAR : node_id_check(name, len);
 }
 
+int group_name_check(const char *name, size_t len)
+{
+    return unit_name_check(1, name, len);
+}
+
 int region_name_check(const char *name, size_t len)
 {
-    return len >= GROUP_NAME_MAX ? TALLY_E_NAME_TOO_LONG : group_name_check(name, len);
+    return unit_name_check(2, name, len);
+}
+
+int region_path(const char *path, char names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1])
+{
+    int n = 0;
+    for (const char *at = path; *at; n++) {
+        const char *end = strchr(at, '/');
+        size_t len = end ? (size_t)(end - at) : strlen(at);
+        if (n == TALLY_LEVELS - 1 || unit_name_check(n + 2, at, len) != TALLY_OK || !len)
+            return -1;
+        memcpy(names[n], at, len);
+        names[n][len] = '\0';
+        at += len + (end ? 1 : 0);
+        if (end && !*at)
+            return -1; /* a trailing '/' */
+    }
+    return n;
+}
+
+/* How many marks `name` begins with, at most `most`. */
+static int marks_of(const char *name, size_t len, int most)
+{
+    int k = 0;
+    while (k < most && (size_t)k < len && name[k] == GROUP_MARK)
+        k++;
+    return k;
 }
 
 /* The replica standing for `name` in t: `marks` marks (1: a group, 2: a
- * region) and the name, one life. */
+ * region, and so on up) and the name, one life. */
 static int replica_of(struct tally_table *t, const char *name, size_t len, int marks,
                       uint32_t *replica)
 {
-    char id[TALLY_NODE_ID_MAX + 1] = {GROUP_MARK, GROUP_MARK};
+    char id[TALLY_NODE_ID_MAX + 1];
     if (len + (size_t)marks > TALLY_NODE_ID_MAX)
         return TALLY_E_NAME_TOO_LONG;
+    memset(id, GROUP_MARK, (size_t)marks);
     memcpy(id + marks, name, len);
     return table_replica(t, id, len + (size_t)marks, GROUP_INCARNATION, replica);
 }
@@ -356,9 +409,8 @@ int group_bind(const struct tally_group *gr, struct tally_table *t)
 {
     if (!group_on(gr))
         return TALLY_OK;
-    bool region = gr->level == 2;
-    int rc = replica_of(t, gr->name, gr->len, gr->level, region ? &t->region : &t->group);
-    *(region ? &t->has_region : &t->has_group) = rc == TALLY_OK;
+    int rc = replica_of(t, gr->name, gr->len, gr->level, &t->unit[gr->level]);
+    t->has_unit[gr->level] = rc == TALLY_OK;
     return rc;
 }
 
@@ -400,9 +452,10 @@ bool group_replica(const struct tally_table *t, uint32_t replica)
 
 int group_level(const struct tally_table *t, uint32_t replica)
 {
-    if (!group_replica(t, replica))
+    if (replica >= t->nreplicas)
         return 0;
-    return t->replicas[replica]->key[1] == GROUP_MARK ? 2 : 1;
+    const struct tally_replica *r = t->replicas[replica];
+    return marks_of(r->key, r->id_len, TALLY_LEVELS);
 }
 
 static uint64_t minus(uint64_t v, uint64_t by)
@@ -449,25 +502,26 @@ static uint64_t max64(uint64_t a, uint64_t b)
     return a > b ? a : b;
 }
 
-/* Our region's part of c: our group's, its base at least what resets in
- * other groups observed of it (t->group), and each other group of the
- * region's replica, its base at most its slot: what every hub of the
- * region finds once it has converged, whichever group it is in (reset.c,
- * "A reset in another region"). */
-static void region_sum(const struct tally_table *t, const struct tally_counter *c, uint64_t *p,
-                       uint64_t *n, uint64_t *bp, uint64_t *bn)
+/* Our level-k unit's part of c from our level-(k - 1) unit's (p, n, bp,
+ * bn): that part, its base at least what resets in other units observed of
+ * it (t->unit[k - 1]), and the slot of each other level-(k - 1) unit of
+ * ours, its base at most its slot: what every hub of our level-k unit
+ * finds once it has converged, whichever unit below it is in (reset.c, "A
+ * reset in another region"). Level 2, a region: our group's part and the
+ * other groups' slots. */
+static void level_sum(const struct tally_table *t, const struct tally_counter *c, int k,
+                      uint64_t *p, uint64_t *n, uint64_t *bp, uint64_t *bn)
 {
     const struct tally_base *b = table_base(t, c);
     uint64_t sp = 0, sn = 0;
-    group_sum(t, c, p, n, bp, bn);
-    if (b && t->has_group) {
-        base_slot(b, t->group, &sp, &sn);
+    if (b && t->has_unit[k - 1]) {
+        base_slot(b, t->unit[k - 1], &sp, &sn);
         *bp = max64(*bp, sp);
         *bn = max64(*bn, sn);
     }
     for (uint32_t i = 0; i < c->nslots; i++) {
         const struct tally_slot *s = &c->slots[i];
-        if (group_level(t, s->replica) != 1)
+        if (group_level(t, s->replica) != k - 1)
             continue;
         add_safe(p, s->p);
         add_safe(n, s->n);
@@ -479,15 +533,14 @@ static void region_sum(const struct tally_table *t, const struct tally_counter *
     }
 }
 
-/* The sums our GSUMs (level 1) or RSUMs (level 2) carry. */
+/* The sums our GSUMs (level 1) or RSUMs (level 2 and up) carry. */
 static void unit_sum(const struct tally_group *gr, const struct tally_table *t,
                      const struct tally_counter *c, uint64_t *p, uint64_t *n, uint64_t *bp,
                      uint64_t *bn)
 {
-    if (gr->level == 2)
-        region_sum(t, c, p, n, bp, bn);
-    else
-        group_sum(t, c, p, n, bp, bn);
+    group_sum(t, c, p, n, bp, bn);
+    for (int k = 2; k <= gr->level; k++)
+        level_sum(t, c, k, p, n, bp, bn);
 }
 
 static struct group_entry *entry_get(struct tally_group *gr, const char *name, size_t len,
@@ -632,22 +685,26 @@ static void put_varint4(uint8_t *at, uint32_t v)
 
 /* A message's head, up to what its type carries: sums take our stream's
  * next seq once they go, an ask none (0). Sums in no region are version 2,
- * as before regions; an ask is always version 3. */
+ * as before regions; an ask is always version 3. An RSUM of level k names
+ * its unit with k - 2 marks before the name (a region's, none). */
 static void head(struct wire_buf *b, const struct tally_group *gr, const char *self, bool want,
                  uint64_t seq)
 {
-    bool v3 = want || gr->level == 2 || gr->region_len;
-    uint8_t type =
-        gr->level == 2 ? (want ? WIRE_RWANT : WIRE_RSUM) : (want ? WIRE_GWANT : WIRE_GSUM);
+    bool up = gr->level >= 2, v3 = want || up || gr->up_len;
+    uint8_t type = up ? (want ? WIRE_RWANT : WIRE_RSUM) : (want ? WIRE_GWANT : WIRE_GSUM);
     const uint8_t h[4] = {'T', 'L', v3 ? WIRE_GSUM_VERSION : 2, type};
+    char name[TALLY_NODE_ID_MAX + 1];
+    size_t marks = up ? (size_t)gr->level - 2 : 0;
+    memset(name, GROUP_MARK, marks);
+    memcpy(name + marks, gr->name, gr->len);
     wbuf_reset(b);
     wbuf_bytes(b, h, sizeof(h));
     wbuf_str8(b, self, strlen(self));
     wbuf_u64(b, gr->session);
     wbuf_varint(b, seq);
-    wbuf_str8(b, gr->name, gr->len);
+    wbuf_str8(b, name, marks + gr->len);
     if (v3)
-        wbuf_str8(b, gr->region, gr->region_len);
+        wbuf_str8(b, gr->up, gr->up_len);
 }
 
 static void begin(struct gsum_out *o)
@@ -1231,21 +1288,22 @@ static bool read_counter(struct wire_reader *r, size_t len, int version, struct 
            value_ok(gc->bp) && value_ok(gc->bn) && nbases <= len;
 }
 
-/* What a message is: its version and type (GSUM or RSUM). */
+/* What a message is: its version, type (GSUM or RSUM) and level. */
 struct gsum_kind {
-    int version, type;
+    int version, type, level;
 };
 
 /* A group base names a group's replica past its mark, or (version 3) a
- * region's, one mark left: a GSUM in a region may carry both (its hubs
- * hold both), an RSUM a region's only (other regions hold no group's). */
+ * region's, one mark left (and so on up): a message of level k carries
+ * those of level k and up, which the hubs of its unit one level up all
+ * hold (a GSUM in a region, a group's and a region's; an RSUM of a region
+ * of no region above it, a region's: other regions hold no group's). */
 static bool base_name_ok(const char *name, size_t len, struct gsum_kind k)
 {
-    bool region = len && name[0] == GROUP_MARK;
-    if (region ? k.version < 3 : k.type == WIRE_RSUM)
+    int m = marks_of(name, len, TALLY_LEVELS - 1);
+    if ((m && k.version < 3) || m + 1 < k.level)
         return false;
-    return region ? region_name_check(name + 1, len - 1) == TALLY_OK
-                  : group_name_check(name, len) == TALLY_OK;
+    return unit_name_check(m + 1, name + m, len - (size_t)m) == TALLY_OK;
 }
 
 static bool read_base(struct wire_reader *r, struct gsum_kind k, const char **group, size_t *glen,
@@ -1462,31 +1520,35 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
      * device bases; taken, so that groups upgraded one by one go on.
      * Version 3 names the sender's region (an RSUM: ""). An ask is of
      * version 3 on. */
-    bool region_level = gr->level == 2;
-    int type = region_level ? WIRE_RSUM : WIRE_GSUM;
-    bool want = len >= 4 && h[3] == (region_level ? WIRE_RWANT : WIRE_GWANT);
+    bool up_level = gr->level >= 2;
+    int type = up_level ? WIRE_RSUM : WIRE_GSUM;
+    bool want = len >= 4 && h[3] == (up_level ? WIRE_RWANT : WIRE_GWANT);
     if (len < 4 || h[0] != 'T' || h[1] != 'L' || h[2] < 1 || h[2] > WIRE_GSUM_VERSION ||
-        (h[3] != type && !want) || ((region_level || want) && h[2] < 3))
+        (h[3] != type && !want) || ((up_level || want) && h[2] < 3))
         return TALLY_E_WIRE;
-    struct gsum_kind k = {h[2], type};
+    struct gsum_kind k = {h[2], type, gr->level};
     r.p += 4;
     size_t olen, glen, rlen = 0;
     const char *origin = wr_str8(&r, &olen);
     uint64_t session = wr_u64(&r), seq = wr_varint(&r);
     const char *group = wr_str8(&r, &glen), *region = k.version >= 3 ? wr_str8(&r, &rlen) : "";
+    /* an RSUM of level k names its unit past k - 2 marks: the level of the
+     * topic it came on (plugin.c), another is not this stream's */
+    int m = up_level ? marks_of(group, glen, TALLY_LEVELS) : 0;
+    group += m;
+    glen -= (size_t)m;
     struct gsum_want w;
     uint64_t ncounters = want ? 0 : wr_varint(&r);
-    if (r.bad || node_id_check(origin, olen) != TALLY_OK ||
-        (region_level ? region_name_check(group, glen) : group_name_check(group, glen)) !=
-            TALLY_OK ||
-        (rlen && (region_level || region_name_check(region, rlen) != TALLY_OK)) ||
+    if (r.bad || node_id_check(origin, olen) != TALLY_OK || (up_level && m != gr->level - 2) ||
+        unit_name_check(gr->level, group, glen) != TALLY_OK ||
+        (rlen && unit_name_check(gr->level + 1, region, rlen) != TALLY_OK) ||
         (want ? !read_want(r, seq, &w) : ncounters > len || !valid(r, len, k, ncounters)))
         return TALLY_E_WIRE;
     /* not ours to read, nor to flood: we are in no group (or region), or
-     * it is the sums of a group of another region (or none, or we are in
-     * none), which that region's RSUMs count */
-    if (!group_on(gr) ||
-        (!region_level && (rlen != gr->region_len || memcmp(region, gr->region, rlen) != 0))) {
+     * it is the sums of a unit of another unit one level up (or none, or
+     * we are in none: a group of another region), which that unit's RSUMs
+     * count */
+    if (!group_on(gr) || !name_same(region, rlen, gr->up, gr->up_len)) {
         gr->refused++;
         return TALLY_OK;
     }

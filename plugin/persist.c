@@ -40,7 +40,9 @@
  *                                               `by` (fold.c)
  *   'G' str8 group, str8 region                 the group and region the
  *                                               state is made in (an edge:
- *                                               the group its count is in)
+ *                                               the group its count is in;
+ *                                               region: plugin_opt_region,
+ *                                               "r/z" with those above it)
  *   'E' u64 records                             end of snapshot
  *
  * Records hold states, not deltas, so replaying one twice, or replaying the
@@ -494,8 +496,13 @@ static int apply_scope(struct wire_reader *r, struct tally_table *t)
 {
     size_t glen, rlen;
     const char *group = wr_str8(r, &glen), *region = wr_str8(r, &rlen);
+    char path[TALLY_NODE_ID_MAX + 1], names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1];
     if (r->bad || r->p != r->end || (glen && group_name_check(group, glen) != TALLY_OK) ||
-        (rlen && region_name_check(region, rlen) != TALLY_OK))
+        rlen >= sizeof(path))
+        return TALLY_E_WIRE;
+    memcpy(path, region, rlen);
+    path[rlen] = '\0';
+    if (region_path(path, names) < 0) /* a region, and those above it ("r/up") */
         return TALLY_E_WIRE;
     memcpy(t->scope.group, group, glen);
     t->scope.group[glen] = '\0';

@@ -121,7 +121,8 @@ static const struct opt_spec opt_specs[] = {
                  "node belongs to, whose edges fail over within it (README, Groups of hubs); "
                  "unset: no group"),
     OPT_S(region, "[A-Za-z0-9_.-], 1 to 62 bytes, not starting with '.': the region (a group of "
-                  "groups) this node's group belongs to (README, Regions); unset: none"),
+                  "groups) this node's group belongs to, then up to two regions each above the "
+                  "last, '/' between them, 63 bytes in all (README, Regions); unset: none"),
     OPT_S(state_dir, "a directory the broker can write"),
     OPT_I(publish_interval_ms, 1, 60000, "an integer from 1 to 60000"),
     OPT_I(sums_interval_ms, 0, 1000,
@@ -230,6 +231,7 @@ static const char *opt_help(const char *key)
 static int options_check(const struct options *o)
 {
     const char *bad = NULL, *help = NULL;
+    char names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1];
     if (node_id_check(o->node_id, strlen(o->node_id)) != TALLY_OK)
         bad = "node_id", help = opt_help(bad);
     else if (o->node_id[0] == GROUP_MARK)
@@ -238,7 +240,7 @@ static int options_check(const struct options *o)
         bad = "group", help = opt_help(bad);
     else if (o->group[0] && strcmp(o->role, "edge") == 0)
         bad = "group", help = "unset at an edge, which is in the group of its hubs";
-    else if (o->region[0] && region_name_check(o->region, strlen(o->region)) != TALLY_OK)
+    else if (region_path(o->region, names) < 0)
         bad = "region", help = opt_help(bad);
     else if (o->region[0] && !o->group[0])
         bad = "region", help = "set with group: a region is a group of groups of hubs";
@@ -284,12 +286,16 @@ static struct tally {
     struct persist *persist;
     struct wire_sync_writer writer;
     struct repl repl;
-    struct tally_group group;  /* plugin_opt_group (group.c) */
-    struct tally_group region; /* plugin_opt_region: the same one level up */
-    /* our group's and region's viewer sums, sent while we speak for them
-     * (scope.c); NULL where we are in none */
-    struct scope_stream scope[2];
-    struct scope_stream *scopes[2];
+    struct tally_group group; /* plugin_opt_group (group.c) */
+    /* plugin_opt_region: the same one level up (region[0]), and for each
+     * region above it (region[k - 2]: our unit of level k) */
+    struct tally_group region[TALLY_LEVELS - 1];
+    struct tally_group *units[TALLY_LEVELS]; /* our unit of level k at [k - 1] */
+    struct scope_name ours;                  /* their names (scope.c) */
+    /* our units' viewer sums, sent while we speak for them (scope.c); NULL
+     * where we are in none */
+    struct scope_stream scope[TALLY_LEVELS];
+    struct scope_stream *scopes[TALLY_LEVELS];
     uint64_t last_gsum_ms, last_sums_ms, group_log_ms, edge_log_ms;
     struct fold_gc fold;               /* collecting folded restarts (fold.c) */
     bool told_removed;                 /* logged that removeNode named this node */
@@ -706,17 +712,18 @@ static bool sendable(const char *topic, const struct wire_buf *b);
 /* ==== Replication in ==== */
 
 /* g.topic for viewer counts we publish: $tally/v1/<kind>/<id>, and the
- * group and region of origin ("@g@r"): ours, but a replay's of a group's or
- * region's sums names theirs. They tell a receiver whether it takes them
- * (scope.c). */
+ * units of origin ("@g@r", and the regions above r): ours, but a replay's
+ * of a group's or region's sums names theirs. They tell a receiver whether
+ * it takes them (scope.c). */
 static const char *presence_topic(const char *kind, const char *id, int len, const char *origin,
                                   size_t olen)
 {
     struct scope_name sn;
-    scope_of_origin(&g.group, origin, olen, &sn);
-    snprintf(g.topic, sizeof(g.topic), "$tally/v1/%s/%.*s%s%.*s%s%.*s", kind, len, id,
-             sn.glen ? "@" : "", (int)sn.glen, sn.group, sn.rlen ? "@" : "", (int)sn.rlen,
-             sn.region);
+    scope_of_origin(&g.ours, origin, olen, &sn);
+    int at = snprintf(g.topic, sizeof(g.topic), "$tally/v1/%s/%.*s", kind, len, id);
+    for (int k = 0; k < TALLY_LEVELS && sn.len[k] && at > 0 && (size_t)at < sizeof(g.topic); k++)
+        at += snprintf(g.topic + at, sizeof(g.topic) - (size_t)at, "@%.*s", (int)sn.len[k],
+                       sn.name[k]);
     return g.topic;
 }
 
@@ -797,22 +804,16 @@ static void replay_tick(uint64_t now)
     }
 }
 
-/* The group and region a topic names: a PRESENCE's (presence_topic), a
- * SYNC's or DIGEST's (replicate_stream: a group only). */
-static void topic_scope(const char *topic, const char **group, size_t *glen, const char **region,
-                        size_t *rlen)
+/* The units a topic names: a PRESENCE's (presence_topic), a SYNC's or
+ * DIGEST's (replicate_stream: a group only). */
+static void topic_scope(const char *topic, struct scope_name *sn)
 {
     const char *at = strchr(topic + strlen("$tally/v1/"), '@');
-    *group = *region = "";
-    *glen = *rlen = 0;
-    if (!at)
-        return;
-    *group = at + 1;
-    const char *next = strchr(*group, '@');
-    *glen = next ? (size_t)(next - *group) : strlen(*group);
-    if (next) {
-        *region = next + 1;
-        *rlen = strlen(*region);
+    for (int k = 0; k < TALLY_LEVELS; k++) {
+        sn->name[k] = at ? at + 1 : "";
+        const char *next = at ? strchr(at + 1, '@') : NULL;
+        sn->len[k] = at ? (next ? (size_t)(next - at - 1) : strlen(at + 1)) : 0;
+        at = next;
     }
 }
 
@@ -834,10 +835,9 @@ static bool group_refused(uint64_t *last_ms)
  * (group.c), and taking their slots too would count them twice. */
 static bool other_group(const char *topic)
 {
-    const char *group, *region;
-    size_t glen, rlen;
-    topic_scope(topic, &group, &glen, &region, &rlen);
-    if (name_same(group, glen, g.group.name, g.group.len))
+    struct scope_name sn;
+    topic_scope(topic, &sn);
+    if (name_same(sn.name[0], sn.len[0], g.group.name, g.group.len))
         return false;
     if (group_refused(&g.group_log_ms))
         mosquitto_log_printf(MOSQ_LOG_WARNING,
@@ -938,11 +938,9 @@ static int on_digest(const struct mosquitto_evt_message *ev, bool *route)
 static bool scope_counts(const struct mosquitto_evt_message *ev, const struct wire_presence *wp,
                          bool *taken)
 {
-    const char *group, *region;
-    size_t glen, rlen;
-    topic_scope(ev->topic, &group, &glen, &region, &rlen);
-    enum scope_take st =
-        scope_take(&g.group, &g.region, wp->origin, wp->origin_len, group, glen, region, rlen);
+    struct scope_name from;
+    topic_scope(ev->topic, &from);
+    enum scope_take st = scope_take(&g.ours, wp->origin, wp->origin_len, &from);
     if (!scope_topic_fits(ev->topic + strlen("$tally/v1/"), wp->origin, wp->origin_len))
         st = SCOPE_REFUSE; /* a group's sums on presence/, a node's on gviews/ */
     if (st == SCOPE_REFUSE) {
@@ -997,10 +995,9 @@ static int take_presence(const struct mosquitto_evt_message *ev, bool *taken)
             scope_wants(g.scopes, &g.presence, &wp);
         if (rc == TALLY_OK && anew)
             replay_begin(k, how);
-        if (anew && group_on(&g.group))
-            group_refresh_now(&g.group);
-        if (anew && group_on(&g.region))
-            group_refresh_now(&g.region);
+        for (int lv = 0; anew && lv < TALLY_LEVELS; lv++)
+            if (group_on(g.units[lv]))
+                group_refresh_now(g.units[lv]);
     }
 done:
     wire_presence_free(&wp);
@@ -1288,7 +1285,17 @@ static int on_gsum(const struct mosquitto_evt_message *ev, bool *route)
 
 static int on_rsum(const struct mosquitto_evt_message *ev, bool *route)
 {
-    return on_sums(&g.region, ev, route);
+    return on_sums(&g.region[0], ev, route);
+}
+
+static int on_rsum3(const struct mosquitto_evt_message *ev, bool *route)
+{
+    return on_sums(&g.region[1], ev, route);
+}
+
+static int on_rsum4(const struct mosquitto_evt_message *ev, bool *route)
+{
+    return on_sums(&g.region[2], ev, route);
 }
 
 /* Every replication topic and its handler: a new message type is one line
@@ -1303,9 +1310,13 @@ static const struct {
     {"$tally/v1/presence/", on_presence},
     {"$tally/v1/gviews/", on_presence},
     {"$tally/v1/rviews/", on_presence},
+    {"$tally/v1/rviews3/", on_presence},
+    {"$tally/v1/rviews4/", on_presence},
     {"$tally/v1/replay/", on_replay},
     {"$tally/v1/gsum/", on_gsum},
     {"$tally/v1/rsum/", on_rsum},
+    {"$tally/v1/rsum3/", on_rsum3},
+    {"$tally/v1/rsum4/", on_rsum4},
     {"$tally/stats/", on_stats},
     {"$tally/up/", on_up},
     {"$tally/down/", on_down},
@@ -1723,8 +1734,9 @@ static void show_count(const char *client, const char *page, size_t len)
 }
 
 /* Our own counts and our edges' listing, on our own topic; our group's
- * (ud "gviews") or region's ("rviews") sums when we speak for them
- * (scope.c), on theirs, which the bridges between groups (regions) carry. */
+ * (ud "gviews") or region's ("rviews", "rviews3" a level above, ...) sums
+ * when we speak for them (scope.c), on theirs, which the bridges between
+ * groups (regions) carry. */
 static void emit_presence(const struct wire_buf *msg, void *ud)
 {
     presence_topic(ud ? (const char *)ud : "presence", g.opt.node_id, -1, "", 0);
@@ -1743,9 +1755,10 @@ static uint64_t heartbeat_ms(void)
  * heartbeat, all of them or a keepalive), on their own topic. */
 static void scope_send(struct scope_stream *s, bool changes, uint64_t now)
 {
+    static const char *const kinds[TALLY_LEVELS] = {"gviews", "rviews", "rviews3", "rviews4"};
     int rc = scope_announce(s, changes, wall_ms() * 1000, now, (uint64_t)g.opt.peer_timeout_ms,
                             (size_t)g.opt.max_message_bytes, &g.buf, emit_presence,
-                            s->level == 1 ? "gviews" : "rviews");
+                            (void *)kinds[s->level - 1]);
     if (rc != TALLY_OK)
         mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot announce the viewers of %s: %s",
                              s->hub.node_id, tally_strerror(rc));
@@ -1755,14 +1768,13 @@ static void scope_send(struct scope_stream *s, bool changes, uint64_t now)
  * speaks, and what changed goes. */
 static void scope_tick(uint64_t now)
 {
-    const struct tally_group *level[2] = {&g.group, &g.region};
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < TALLY_LEVELS; k++) {
         struct scope_stream *s = g.scopes[k];
-        if (s && scope_follow(s, &g.presence, !level[k]->quiet) != TALLY_OK)
+        if (s && scope_follow(s, &g.presence, !g.units[k]->quiet) != TALLY_OK)
             mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory for viewer sums");
     }
     presence_scope_taken(&g.presence);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < TALLY_LEVELS; k++) {
         struct scope_stream *s = g.scopes[k];
         if (s && scope_due(s))
             scope_send(s, true, now); /* what a receiver lacks, or asks for, goes at once */
@@ -1786,7 +1798,7 @@ static void announce_presence(void)
     if (n)
         g.presence_seq = first + n - 1;
     g.last_announce_ms = now;
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < TALLY_LEVELS; k++)
         if (g.scopes[k] && g.scopes[k]->speaking)
             scope_send(g.scopes[k], false, now);
 }
@@ -1812,9 +1824,9 @@ static void publish_due(uint64_t now)
     size_t budget = FLUSH_BUDGET;
     for (struct tally_counter *c; budget && (c = g.table.dirty_head) && due(c, now16); budget--) {
         table_pop_dirty(&g.table);
-        if ((group_on(&g.group) && group_note(&g.group, &g.table, c) != TALLY_OK) ||
-            (group_on(&g.region) && group_note(&g.region, &g.table, c) != TALLY_OK))
-            mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory for group sums");
+        for (int k = 0; k < TALLY_LEVELS; k++)
+            if (group_on(g.units[k]) && group_note(g.units[k], &g.table, c) != TALLY_OK)
+                mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory for group sums");
         if (!wall)
             wall = wall_ms();
         publish_changed(c, wall);
@@ -1853,7 +1865,7 @@ static void flush_presence(uint64_t now)
 
 static void emit_sums(const struct wire_buf *msg, void *ud)
 {
-    replicate(ud, msg); /* "gsum" or "rsum" */
+    replicate(ud, msg); /* "gsum", "rsum", "rsum3" or "rsum4" */
 }
 
 /* Deltas: what was learned goes on at the next tick (repl.c), local changes
@@ -1882,12 +1894,12 @@ static void replicate_tick(uint64_t now)
     if (group_on(&g.group) && now - g.last_gsum_ms >= interval) {
         if (now - g.last_sums_ms >=
             group_sums_every(&g.group, (uint64_t)g.opt.sums_interval_ms, interval)) {
-            group_announce(&g.group, &g.table, g.opt.node_id, now, (size_t)g.opt.max_message_bytes,
-                           FLUSH_BUDGET / 10, &g.buf, emit_sums, "gsum");
-            if (group_on(&g.region))
-                group_announce(&g.region, &g.table, g.opt.node_id, now,
-                               (size_t)g.opt.max_message_bytes, FLUSH_BUDGET / 10, &g.buf,
-                               emit_sums, "rsum");
+            static const char *const kinds[TALLY_LEVELS] = {"gsum", "rsum", "rsum3", "rsum4"};
+            for (int k = 0; k < TALLY_LEVELS; k++)
+                if (group_on(g.units[k]))
+                    group_announce(g.units[k], &g.table, g.opt.node_id, now,
+                                   (size_t)g.opt.max_message_bytes, FLUSH_BUDGET / 10, &g.buf,
+                                   emit_sums, (void *)kinds[k]);
             g.last_sums_ms = now;
         }
         scope_tick(now);
@@ -1962,7 +1974,7 @@ static void publish_stats(uint64_t now)
     struct stats_view v = {
         .fold = g.edge ? NULL : &g.fold,
         .group = &g.group,
-        .region = &g.region,
+        .regions = {&g.region[0], &g.region[1], &g.region[2]},
         .node_id = g.opt.node_id,
         .persist = g.persist ? g.opt.state_dir : "memory",
         .incarnation = g.incarnation,
@@ -2463,14 +2475,20 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
         session = wall_ms() ^ (uint64_t)getpid() << 40;
     repl_init(&g.repl, session | 1); /* never 0, which means "version 1" */
     /* a session that grows from one start to the next: GSUMs are told new by it */
-    group_init(&g.group, g.opt.group, wall_ms(), 10 * (uint64_t)g.opt.sync_interval_ms);
-    group_scope(&g.group, 1, g.opt.region);
-    group_init(&g.region, g.opt.region, g.group.session, g.group.refresh_ms);
-    group_scope(&g.region, 2, NULL);
-    g.group.quiet_ms = g.region.quiet_ms = 3 * heartbeat_ms(); /* as repl.c stops hearing */
-    g.group.sums_budget = g.region.sums_budget = (uint64_t)g.opt.sums_budget;
-    if (group_bind(&g.group, &g.table) != TALLY_OK || group_bind(&g.region, &g.table) != TALLY_OK)
-        goto error;
+    char names[TALLY_LEVELS][GROUP_NAME_MAX + 1] = {{0}};
+    snprintf(names[0], sizeof(names[0]), "%s", g.opt.group);
+    region_path(g.opt.region, names + 1); /* checked with the options */
+    uint64_t grown = wall_ms();
+    for (int k = 0; k < TALLY_LEVELS; k++) {
+        struct tally_group *u = g.units[k] = k ? &g.region[k - 1] : &g.group;
+        group_init(u, names[k], grown, 10 * (uint64_t)g.opt.sync_interval_ms);
+        group_scope(u, k + 1, k + 1 < TALLY_LEVELS ? names[k + 1] : NULL);
+        u->quiet_ms = 3 * heartbeat_ms(); /* as repl.c stops hearing */
+        u->sums_budget = (uint64_t)g.opt.sums_budget;
+        if (group_bind(u, &g.table) != TALLY_OK)
+            goto error;
+    }
+    scope_name_of((const struct tally_group *const *)g.units, &g.ours);
     if ((g.edge && edge_start() != TALLY_OK) || scope_start() != TALLY_OK)
         goto error;
     if (!g.edge) {
@@ -2480,9 +2498,9 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     }
     if (!g.edge && group_on(&g.group)) {
         g.presence.track_scopes = true;
-        scope_init(g.scopes[0] = &g.scope[0], &g.group, &g.presence);
-        if (group_on(&g.region))
-            scope_init(g.scopes[1] = &g.scope[1], &g.region, &g.presence);
+        for (int k = 0; k < TALLY_LEVELS; k++)
+            if (group_on(g.units[k]))
+                scope_init(g.scopes[k] = &g.scope[k], g.units[k], &g.presence);
     }
     g.start_ms = mono_ms();
     table_set_clock(&g.table, 0); /* what was loaded is not a recent change */
@@ -2535,9 +2553,9 @@ TALLY_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *
     g.persist = NULL;
     sync_writer_free(&g.writer);
     repl_free(&g.repl);
-    group_free(&g.group);
-    group_free(&g.region);
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < TALLY_LEVELS; k++)
+        group_free(k ? &g.region[k - 1] : &g.group);
+    for (int k = 0; k < TALLY_LEVELS; k++)
         if (g.scopes[k])
             scope_free(g.scopes[k]);
     fold_gc_free(&g.fold);

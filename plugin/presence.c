@@ -93,9 +93,10 @@ struct tally_page {
     uint64_t local;
     struct page_cell *cells; /* origins counting it, sorted by slot */
     uint32_t ncells;
-    /* the sum of its cells of origins of level 0 (nodes of our group) and
-     * 1 (other groups of our region): what scope.c's sums are made of */
-    uint64_t part[2];
+    /* the sum of its cells of origins of each level below the top (0: nodes
+     * of our group, 1: other groups of our region, 2: other regions of the
+     * region above it, ...): what scope.c's sums are made of */
+    uint64_t part[TALLY_LEVELS];
     uint32_t scope_gen;   /* pr->scope_gen when its hash joined pr->scope_changed */
     uint64_t published;   /* UINT64_MAX until first published */
     uint64_t next_ms;     /* not published again before (presence_flush's clock) */
@@ -573,7 +574,8 @@ struct tally_origin *presence_origin(struct tally_presence *pr, const char *node
     if (!o)
         return NULL;
     strncpy(o->node_id, node_id, TALLY_NODE_ID_MAX);
-    o->level = node_id[0] != GROUP_MARK ? 0 : node_id[1] != GROUP_MARK ? 1 : 2;
+    while (o->level < TALLY_LEVELS && node_id[o->level] == GROUP_MARK)
+        o->level++;
     o->slot = pr->norigins++;
     HASH_ADD_STR(pr->origins, node_id, o);
     return o;
@@ -631,7 +633,7 @@ static int origin_count(struct tally_presence *pr, struct tally_origin *o, struc
     }
     o->digest +=
         presence_digest(pg->name, pg->name_len, n) - presence_digest(pg->name, pg->name_len, was);
-    if (o->level < 2) {
+    if (o->level < TALLY_LEVELS) {
         pg->part[o->level] += n - was; /* modulo 2^64: the sum comes right */
         scope_changed(pr, pg);
     }
@@ -934,11 +936,14 @@ uint64_t presence_total(const struct tally_presence *pr, const char *page, size_
 
 /* ==== Our group's and region's sums (scope.c) ==== */
 
-/* The viewers of pg in our group (level 1: ours and our group's nodes') or
- * region (2: and the other groups' of it). */
+/* The viewers of pg in our group (level 1: ours and our group's nodes'),
+ * region (2: and the other groups' of it), and so on up. */
 static uint64_t scope_count(const struct tally_page *pg, int level)
 {
-    return pg->local + pg->part[0] + (level == 2 ? pg->part[1] : 0);
+    uint64_t n = pg->local;
+    for (int k = 0; k < level; k++)
+        n += pg->part[k];
+    return n;
 }
 
 int presence_set_local(struct tally_presence *pr, const char *page, size_t len, uint64_t n)

@@ -217,7 +217,9 @@ static void taken(struct taken_walk *w, uint32_t replica, uint64_t *p, uint64_t 
  *     region part = min(own part + sum(other group's slot - base),
  *                       sum(slot - fold) + sum(other group's slot) - R)
  *
- * which is what S finds for R's replica, min(sum, max(base, R)). */
+ * which is what S finds for R's replica, min(sum, max(base, R)). Each level
+ * above (a region of regions, group.c) takes its part from the one below
+ * the same way, with its own replica's base. */
 static void own_base(const struct tally_base *b, bool has, uint32_t replica, uint64_t *p,
                      uint64_t *n)
 {
@@ -240,41 +242,45 @@ void table_sums(const struct tally_table *t, const struct tally_counter *c, stru
     /* Each part is at most the raw one, which counter_sums kept in range.
      * A slot loses what its base took away, or what a fold moved into its
      * node's running slot (fold.c), whichever is larger. */
-    uint64_t gp, gn, rp, rn;
-    own_base(b, t->has_group, t->group, &gp, &gn);
-    own_base(b, t->has_region, t->region, &rp, &rn);
-    bool grouped = gp || gn || rp || rn;
-    /* grouped: o, our group's nodes' part, and s, its raw sum; l, the other
-     * groups' part, and r, their raw sum (of our region, if in one) */
-    int64_t p = 0, n = 0, d = 0, op = 0, on = 0, sp = 0, sn = 0, lp = 0, ln = 0, rawp = 0, rawn = 0;
+    uint64_t gp[TALLY_LEVELS + 1], gn[TALLY_LEVELS + 1];
+    bool grouped = false;
+    for (int k = 1; k <= TALLY_LEVELS; k++) {
+        own_base(b, t->has_unit[k], t->unit[k], &gp[k], &gn[k]);
+        grouped = grouped || gp[k] || gn[k];
+    }
+    /* grouped, by level k of the replica (0: our group's nodes): l, their
+     * part, and raw, their raw sum (level 0: less folds) */
+    int64_t lp[TALLY_LEVELS + 1] = {0}, ln[TALLY_LEVELS + 1] = {0};
+    int64_t rawp[TALLY_LEVELS + 1] = {0}, rawn[TALLY_LEVELS + 1] = {0}, p, n, d = 0;
     struct taken_walk w = taken_walk(b, c->folded ? table_folds(t, c) : NULL);
     for (uint32_t i = 0; i < c->nslots; i++) {
         const struct tally_slot *s = &c->slots[i];
         uint64_t bp, bn, fp, fn;
         taken(&w, s->replica, &bp, &bn, &fp, &fn);
-        int level = grouped ? group_level(t, s->replica) : 2;
-        if (level == 0) {
-            op = plus(op, minus(s->p, bp));
-            on = plus(on, minus(s->n, bn));
-            sp = plus(sp, minus(s->p, fp));
-            sn = plus(sn, minus(s->n, fn));
-        } else if (level == 1) {
-            lp = plus(lp, minus(s->p, bp));
-            ln = plus(ln, minus(s->n, bn));
-            rawp = plus(rawp, s->p);
-            rawn = plus(rawn, s->n);
-        } else {
-            p = plus(p, minus(s->p, bp));
-            n = plus(n, minus(s->n, bn));
-        }
+        int k = grouped ? group_level(t, s->replica) : TALLY_LEVELS;
+        lp[k] = plus(lp[k], minus(s->p, bp));
+        ln[k] = plus(ln[k], minus(s->n, bn));
+        rawp[k] = plus(rawp[k], k ? s->p : minus(s->p, fp));
+        rawn[k] = plus(rawn[k], k ? s->n : minus(s->n, fn));
     }
+    p = lp[TALLY_LEVELS];
+    n = ln[TALLY_LEVELS];
     if (grouped) {
-        uint64_t own_p = least((uint64_t)op, minus((uint64_t)sp, gp));
-        uint64_t own_n = least((uint64_t)on, minus((uint64_t)sn, gn));
-        p = plus(p, least((uint64_t)plus((int64_t)own_p, (uint64_t)lp),
-                          minus((uint64_t)plus(sp, (uint64_t)rawp), rp)));
-        n = plus(n, least((uint64_t)plus((int64_t)own_n, (uint64_t)ln),
-                          minus((uint64_t)plus(sn, (uint64_t)rawn), rn)));
+        /* our unit's part at each level, from the one below (level 1: our
+         * group's own part; "A reset in another region", above) */
+        uint64_t part_p = least((uint64_t)lp[0], minus((uint64_t)rawp[0], gp[1]));
+        uint64_t part_n = least((uint64_t)ln[0], minus((uint64_t)rawn[0], gn[1]));
+        int64_t whole_p = rawp[0], whole_n = rawn[0];
+        for (int k = 2; k <= TALLY_LEVELS; k++) {
+            whole_p = plus(whole_p, (uint64_t)rawp[k - 1]);
+            whole_n = plus(whole_n, (uint64_t)rawn[k - 1]);
+            part_p = least((uint64_t)plus((int64_t)part_p, (uint64_t)lp[k - 1]),
+                           minus((uint64_t)whole_p, gp[k]));
+            part_n = least((uint64_t)plus((int64_t)part_n, (uint64_t)ln[k - 1]),
+                           minus((uint64_t)whole_n, gn[k]));
+        }
+        p = plus(p, part_p);
+        n = plus(n, part_n);
     }
     const struct tally_dev *dv = counter_devs(c);
     for (uint32_t i = 0; i < counter_ndevs(c); i++)

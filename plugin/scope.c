@@ -2,6 +2,9 @@
  * scope.c - viewers summed per group and per region, so that a hub hears
  * the viewers of its own group's nodes, and one count per page of each
  * other group of its region and of each other region, not every edge's.
+ * A region above regions (group.c, "Regions of regions") is one level more
+ * of the same: "...z", its sums on rviews3/ (level 4: "....w", rviews4/),
+ * taken by the other units of the unit above it, passed on by its own.
  *
  * ---- Why ----
  *
@@ -99,59 +102,74 @@
 static int marks(const char *id, size_t len)
 {
     int k = 0;
-    while (k < 2 && (size_t)k < len && id[k] == GROUP_MARK)
+    while (k < TALLY_LEVELS && (size_t)k < len && id[k] == GROUP_MARK)
         k++;
     return k;
 }
 
-enum scope_take scope_take(const struct tally_group *gr, const struct tally_group *rg,
-                           const char *origin, size_t len, const char *group, size_t glen,
-                           const char *region, size_t rlen)
+void scope_name_of(const struct tally_group *const units[TALLY_LEVELS], struct scope_name *out)
 {
-    if (!group_on(gr) && !glen && !rlen)
-        return marks(origin, len) ? SCOPE_REFUSE : SCOPE_TAKE;
-    bool our_group = name_same(group, glen, gr->name, gr->len);
-    bool our_region = name_same(region, rlen, gr->region, gr->region_len);
-    switch (marks(origin, len)) {
-    case 0:
-        return our_group && our_region ? SCOPE_TAKE : SCOPE_REFUSE;
-    case 1: /* ".g" from a hub of g */
-        if (!our_region || !name_same(origin + 1, len - 1, group, glen))
-            return SCOPE_REFUSE;
-        return our_group ? SCOPE_PASS : SCOPE_TAKE;
-    default: /* "..r" from a hub of r */
-        if (!group_on(rg) || !name_same(origin + 2, len - 2, region, rlen))
-            return SCOPE_REFUSE;
-        return our_region ? SCOPE_PASS : SCOPE_TAKE;
+    for (int k = 0; k < TALLY_LEVELS; k++) {
+        bool on = units[k] && group_on(units[k]);
+        out->name[k] = on ? units[k]->name : "";
+        out->len[k] = on ? units[k]->len : 0;
     }
+}
+
+static bool same_at(const struct scope_name *a, const struct scope_name *b, int level)
+{
+    return name_same(a->name[level - 1], a->len[level - 1], b->name[level - 1], b->len[level - 1]);
+}
+
+enum scope_take scope_take(const struct scope_name *ours, const char *origin, size_t len,
+                           const struct scope_name *from)
+{
+    int level = marks(origin, len);
+    bool named = false;
+    for (int k = 0; k < TALLY_LEVELS; k++)
+        named = named || from->len[k];
+    if (!ours->len[0] && !named)
+        return level ? SCOPE_REFUSE : SCOPE_TAKE;
+    /* from a hub of another unit above the origin's level: that unit's
+     * sums count it here (or none do: a tree grouped throughout, or not) */
+    for (int k = level + 1; k <= TALLY_LEVELS; k++)
+        if (!same_at(from, ours, k))
+            return SCOPE_REFUSE;
+    if (!level) /* a node's, of our group */
+        return same_at(from, ours, 1) ? SCOPE_TAKE : SCOPE_REFUSE;
+    /* "." x level and the name of a unit of the hub that published it */
+    if ((level >= 2 && !ours->len[level - 1]) ||
+        !name_same(origin + level, len - (size_t)level, from->name[level - 1],
+                   from->len[level - 1]))
+        return SCOPE_REFUSE;
+    return same_at(from, ours, level) ? SCOPE_PASS : SCOPE_TAKE;
 }
 
 bool scope_topic_fits(const char *kind, const char *origin, size_t len)
 {
-    static const char *const by_level[] = {"presence/", "gviews/", "rviews/"};
+    static const char *const by_level[TALLY_LEVELS + 1] = {"presence/", "gviews/", "rviews/",
+                                                           "rviews3/", "rviews4/"};
     const char *want = by_level[marks(origin, len)];
     return strncmp(kind, "replay/", 7) == 0 || strncmp(kind, want, strlen(want)) == 0;
 }
 
-void scope_of_origin(const struct tally_group *gr, const char *origin, size_t len,
+void scope_of_origin(const struct scope_name *ours, const char *origin, size_t len,
                      struct scope_name *out)
 {
     int level = marks(origin, len);
-    *out = (struct scope_name){gr->name, gr->len, gr->region, gr->region_len};
-    if (level == 1) {
-        out->group = origin + 1;
-        out->glen = len - 1;
-    } else if (level == 2) {
-        out->region = origin + 2;
-        out->rlen = len - 2;
+    *out = *ours;
+    if (level) {
+        out->name[level - 1] = origin + level;
+        out->len[level - 1] = len - (size_t)level;
     }
 }
 
 void scope_init(struct scope_stream *s, const struct tally_group *gr, struct tally_presence *main)
 {
-    char id[TALLY_NODE_ID_MAX + 1] = {GROUP_MARK, GROUP_MARK};
+    char id[TALLY_NODE_ID_MAX + 1];
     memset(s, 0, sizeof(*s));
     s->level = gr->level;
+    memset(id, GROUP_MARK, (size_t)gr->level);
     memcpy(id + gr->level, gr->name, gr->len);
     id[gr->level + gr->len] = '\0';
     presence_init(&s->pr, 0);
@@ -222,17 +240,18 @@ int scope_announce(struct scope_stream *s, bool changes, uint64_t clock_seq, uin
     return rc;
 }
 
-bool scope_pass(struct scope_stream *const streams[2], struct tally_presence *main,
+bool scope_pass(struct scope_stream *const streams[TALLY_LEVELS], struct tally_presence *main,
                 const struct wire_presence *wp)
 {
-    struct scope_stream *s = streams[marks(wp->origin, wp->origin_len) == 2];
+    int level = marks(wp->origin, wp->origin_len);
+    struct scope_stream *s = level ? streams[level - 1] : NULL;
     if (!s || !scope_seen(s, wp->seq))
         return false;
     scope_wants(streams, main, wp);
     return true;
 }
 
-void scope_wants(struct scope_stream *const streams[2], struct tally_presence *main,
+void scope_wants(struct scope_stream *const streams[TALLY_LEVELS], struct tally_presence *main,
                  const struct wire_presence *wp)
 {
     int from = marks(wp->origin, wp->origin_len);
@@ -249,12 +268,12 @@ void scope_wants(struct scope_stream *const streams[2], struct tally_presence *m
             tier_hub_owe_pages(&ours->hub); /* a receiver lacks some of our sums */
             continue;
         }
-        if (from >= 2)
-            continue; /* heard at the top: for its speaker only */
         struct tally_origin *o = NULL;
         HASH_FIND_STR(main->origins, id, o);
-        /* our streams of the levels above the message's, up to the origin's:
-         * a hub that speaks for its region too carries it there at once */
+        /* our streams of the levels above the message's, up to the origin's
+         * (none for one heard at the origin's level or above: for its
+         * speaker only, so none loops): a hub that speaks for its region
+         * too carries it there at once */
         for (int k = from + 1; o && k <= o->level; k++) {
             struct scope_stream *up = streams[k - 1];
             if (!up)

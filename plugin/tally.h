@@ -26,6 +26,9 @@
 #define TALLY_NAME_MAX 200
 #define TALLY_ID_MAX 64
 #define TALLY_NODE_ID_MAX 64
+/* A hub's units (group.c): its group (level 1), its region (2, a group of
+ * groups) and up to two levels above that (3, 4: regions of regions). */
+#define TALLY_LEVELS 4
 #define TALLY_DEVICE_MAX 128
 #define TALLY_PAYLOAD_MAX 1024
 
@@ -241,14 +244,13 @@ struct tally_table {
      * the slots of its node's earlier lives, once fold_ready. */
     uint32_t self;
     bool has_self, fold_ready;
-    /* At a hub in a group (group_bind): its own group's replica, which it
-     * holds no slot of, only the base a reset in another group observed of
-     * the group's sum (reset.c, table_sums). */
-    uint32_t group;
-    bool has_group;
-    /* The same for our region (a group of groups, group.c), if any. */
-    uint32_t region;
-    bool has_region;
+    /* At a hub in a group (group_bind): the replica of its own unit of each
+     * level (unit[1], its group; unit[2], its region, a group of groups;
+     * and so on up, group.c), which it holds no slot of, only the base a
+     * reset in another unit observed of the unit's sum (reset.c,
+     * table_sums). */
+    uint32_t unit[TALLY_LEVELS + 1];
+    bool has_unit[TALLY_LEVELS + 1];
     /* The group and region this state was made in (an edge's: the group
      * its count is in), as the state_dir records them (persist.c's 'G');
      * plugin.c keeps a hub from starting in others. */
@@ -1482,10 +1484,11 @@ struct tally_group {
     size_t len;
     /* 1: a group of hubs, whose sums go to the other groups (of its region,
      * if in one); 2: a region, a group of groups, whose sums go to the
-     * other regions. A replica of a level-k unit is k marks and its name. */
+     * other regions (of the region above it, if any); and so on up to
+     * TALLY_LEVELS. A replica of a level-k unit is k marks and its name. */
     int level;
-    char region[GROUP_NAME_MAX + 1]; /* level 1: the region it is in ("": none) */
-    size_t region_len;
+    char up[GROUP_NAME_MAX + 1]; /* the unit one level up it is in ("": none) */
+    size_t up_len;
     struct group_entry *entries, *cursor; /* cursor: the refresh under way */
     struct group_entry *queue, **queue_tail;
     struct group_entry *echo, **echo_tail;
@@ -1527,9 +1530,9 @@ struct tally_group {
 };
 
 void group_init(struct tally_group *gr, const char *name, uint64_t session, uint64_t refresh_ms);
-/* Puts a group in region `region`, or makes gr the region itself (level
- * 2, region NULL): before group_bind. */
-void group_scope(struct tally_group *gr, int level, const char *region);
+/* Makes gr the unit of level `level` (1: a group; 2: a region, ...), in
+ * unit `up` one level up (NULL: none): before group_bind. */
+void group_scope(struct tally_group *gr, int level, const char *up);
 /* Names our group's replica in t (t->group), once group_init named a group
  * and before t is summed: the base a reset elsewhere put on it lowers our
  * group's part of every total (reset.c). */
@@ -1539,6 +1542,14 @@ int group_bind(const struct tally_group *gr, struct tally_table *t);
 int group_name_check(const char *name, size_t len);
 /* A region's: the same, one byte shorter (its replica's id is ".." and it). */
 int region_name_check(const char *name, size_t len);
+/* A level-k unit's (1: a group, 2: a region, ...): k bytes shorter than a
+ * node id (its replica's id is k marks and it), not starting with a mark. */
+int unit_name_check(int level, const char *name, size_t len);
+/* plugin_opt_region: our region's name, then the names of the regions
+ * above it, '/' between them ("eu-west/eu"), into names (level 2 up).
+ * How many (0 for ""), or -1 if a name is empty or not a unit's of its
+ * level, or more than TALLY_LEVELS - 1 are given. */
+int region_path(const char *path, char names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1]);
 void group_free(struct tally_group *gr);
 static inline bool group_on(const struct tally_group *gr)
 {
@@ -1584,7 +1595,8 @@ static inline void group_refresh_now(struct tally_group *gr)
 bool seq_window_first(uint64_t *high, uint64_t *seen, uint64_t seq);
 /* True if replica stands for a whole group or region (an id starting with '.'). */
 bool group_replica(const struct tally_table *t, uint32_t replica);
-/* 0 for a node, 1 for a group's replica, 2 for a region's. */
+/* 0 for a node, 1 for a group's replica, 2 for a region's, and so on up:
+ * the marks its id starts with. */
 int group_level(const struct tally_table *t, uint32_t replica);
 /* Our group's part of c: the sum of every node's slot, less what folds moved
  * (fold.c), and of its bases (reset.c); group replicas and devices apart. */
@@ -1608,31 +1620,34 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
 
 /* ==== Viewers summed per group and region (scope.c) ==== */
 
-/* What a hub does with a PRESENCE, by its origin and the group and region
- * of the hub that published it (its topic). */
+/* The units of a hub, as the topic of what it publishes names them: its
+ * unit of level k at [k - 1] (its group, its region, ...), "" above its
+ * top (or all "": in no group). */
+struct scope_name {
+    const char *name[TALLY_LEVELS];
+    size_t len[TALLY_LEVELS];
+};
+/* Ours, from our units of level 1 up (NULL, or not on: none). */
+void scope_name_of(const struct tally_group *const units[TALLY_LEVELS], struct scope_name *out);
+
+/* What a hub does with a PRESENCE, by its origin and the units of the hub
+ * that published it (its topic). */
 enum scope_take {
     SCOPE_TAKE,   /* count it, flood it on if new */
     SCOPE_PASS,   /* our own group's or region's sums: flood it on if new */
     SCOPE_REFUSE, /* another scope's, which its sums count here */
 };
-enum scope_take scope_take(const struct tally_group *gr, const struct tally_group *rg,
-                           const char *origin, size_t len, const char *group, size_t glen,
-                           const char *region, size_t rlen);
+enum scope_take scope_take(const struct scope_name *ours, const char *origin, size_t len,
+                           const struct scope_name *from);
 
 /* Whether a PRESENCE of origin may come on topic $tally/v1/<kind>...: a
- * node's on presence/, a group's sums on gviews/, a region's on rviews/,
- * any on replay/ (scope.c). */
+ * node's on presence/, a group's sums on gviews/, a region's on rviews/
+ * (one of level k above it on rviews<k>/), any on replay/ (scope.c). */
 bool scope_topic_fits(const char *kind, const char *origin, size_t len);
-/* The group and region a PRESENCE of `origin` is published under, as a hub
- * of group gr holds it: gr's for a node's, g and gr's region for ".g", gr
- * and r for "..r" (a replay names the origin's scope, scope.c). */
-struct scope_name {
-    const char *group;
-    size_t glen;
-    const char *region;
-    size_t rlen;
-};
-void scope_of_origin(const struct tally_group *gr, const char *origin, size_t len,
+/* The units a PRESENCE of `origin` is published under, as a hub of units
+ * `ours` holds it: ours for a node's, ours with g for ".g", with r for
+ * "..r", and so on (a replay names the origin's scope, scope.c). */
+void scope_of_origin(const struct scope_name *ours, const char *origin, size_t len,
                      struct scope_name *out);
 
 /* Every speaker of a group's (region's) sums sends them under this one. */
@@ -1668,12 +1683,12 @@ int scope_announce(struct scope_stream *s, bool changes, uint64_t clock_seq, uin
 /* Our own group's (region's) sums from another of its hubs (SCOPE_PASS):
  * true the first time its seq is seen here (flood it on), and its wants
  * taken (scope_wants). */
-bool scope_pass(struct scope_stream *const streams[2], struct tally_presence *main,
+bool scope_pass(struct scope_stream *const streams[TALLY_LEVELS], struct tally_presence *main,
                 const struct wire_presence *wp);
 /* The wants of a taken or passed PRESENCE: of our stream (all its pages
  * owed), or of another scope's, owed in our stream one level up. streams:
  * our group's and region's (NULL: none). */
-void scope_wants(struct scope_stream *const streams[2], struct tally_presence *main,
+void scope_wants(struct scope_stream *const streams[TALLY_LEVELS], struct tally_presence *main,
                  const struct wire_presence *wp);
 
 /* ==== JSON views of the state and the control API (control.c) ==== */
@@ -1693,10 +1708,11 @@ struct tally_stats {
 
 /* Everything $tally/stats/<node> shows; all borrowed for the call. */
 struct stats_view {
-    const struct fold_gc *fold;       /* say what fold.c collects (NULL at an edge) */
-    const struct tally_group *group;  /* its figures, when this hub is in a group (group.c) */
-    const struct tally_group *region; /* ... and in a region */
-    const char *node_id, *persist;    /* persist: the state_dir, or "memory" */
+    const struct fold_gc *fold;      /* say what fold.c collects (NULL at an edge) */
+    const struct tally_group *group; /* its figures, when this hub is in a group (group.c) */
+    /* ... and in a region, and in each region above it (NULL: none) */
+    const struct tally_group *regions[TALLY_LEVELS - 1];
+    const char *node_id, *persist; /* persist: the state_dir, or "memory" */
     uint64_t incarnation, seq, time_ms, uptime_ms;
     const struct tally_stats *st;
     const struct tally_table *table;

@@ -198,7 +198,7 @@
  * times what 40 do, however edges hand off. Here the guarantees follow from
  * the maximum alone, at the cost above (a slot per edge).
  *
- * A cheaper road to the same bound (built: group.c, two levels of it) asks
+ * A cheaper road to the same bound (built: group.c, up to four levels) asks
  * one thing of the deployment: that an edge's failover list name the hubs
  * of one group only (a few hubs that share their edges, today's cluster
  * among themselves).
@@ -217,8 +217,8 @@
  * costs: a group whose hubs all die leaves its edges nowhere to go. group.c
  * builds the sums, their bridges, the device maxima and resets (a base on
  * a group's replica, taken from that group's own part at its hubs), and
- * groups of groups (regions, the same one level up); viewers are still
- * flooded between groups.
+ * groups of groups (regions, the same one level up, and regions of
+ * regions); viewers are summed per group and region too (scope.c).
  *
  * ---- Presence through the tree ----
  *

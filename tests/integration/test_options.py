@@ -39,6 +39,10 @@ BAD_OPTIONS = [
     ("group", ".g1", r"1 to 63 bytes"),  # ".g1" would be region g1's replica
     ("region", ".r1", r"1 to 62 bytes, not starting with '.'"),
     ("region", "r1", "set with group: a region is a group of groups"),
+    # A region and up to two above it, '/' between them (README, Regions of regions).
+    ("region", "r1/z1/w1/v1", r"then up to two regions each above the last, '/' between them"),
+    ("region", "r1//z1", r"'/' between them"),
+    ("region", "r1/.z1", r"'/' between them"),
     # No bridge username: no login could take the ids, the bridges' own neither.
     ("protect_clientids", "*-to-*", "needs plugin_opt_bridge_usernames"),
 ]

@@ -128,3 +128,144 @@ def test_a_bridge_that_carries_everything_between_regions_counts_nothing_twice(b
     wait_for(lambda: stats(b1, "group").get("refused", 0) > 0, 15,
              what="b1's stats to count the other region's GSUMs it refused")
     exact_everywhere(hubs + edges, expected, timeout=5)
+
+
+# ---- A region above regions: plugin_opt_region "r1/z1" (a zone, level 3) ----
+
+ZONE_SUMS = SUMS + ["topic $tally/v1/rsum3/# both 1", "topic $tally/v1/rviews3/# both 1"]
+BETWEEN_REGIONS_OF_A_ZONE = [t for t in ZONE_SUMS if "gsum" not in t and "gviews" not in t]
+BETWEEN_ZONES = ["topic $tally/v1/rsum3/# both 1", "topic $tally/v1/rviews3/# both 1",
+                 "topic $tally/stats/# both 1"]
+
+
+def two_zones(brokers, between=BETWEEN_ZONES):
+    """Hubs a1, a2 (g1) and c1 (g2) in region r1, b1 (g3) in region r2, both regions in zone
+    z1 (plugin_opt_region "r1/z1", "r2/z1"); d1 (g4) in region r3 in zone z2 ("r3/z2"). c1
+    bridged to g1 (a1, then a2) with every kind of sums, b1 to c1 (between the regions of z1:
+    no GSUM), d1 to b1 (between the zones: the zones' sums alone, or `between`). Edges e1
+    (a1, a2), e2 (c1), e3 (b1), e4 (d1)."""
+    def hub(name, group, region, **kw):
+        return brokers(name, options=dict(OPTIONS, group=group, region=region), **kw)
+    a1 = hub("a1", "g1", "r1/z1")
+    a2 = hub("a2", "g1", "r1/z1", bridges=[{"name": "a2-to-a1", "port": a1.port}])
+    c1 = hub("c1", "g2", "r1/z1", extra=bridge("c1-to-g1", (a1.port, a2.port), ZONE_SUMS))
+    b1 = hub("b1", "g3", "r2/z1",
+             extra=bridge("b1-to-r1", (c1.port,), BETWEEN_REGIONS_OF_A_ZONE))
+    d1 = hub("d1", "g4", "r3/z2", extra=bridge("d1-to-z1", (b1.port,), between))
+    edges = []
+    for i, hubs in enumerate([(a1, a2), (c1,), (b1,), (d1,)], start=1):
+        name = f"e{i}"
+        edges.append(brokers(name, options=dict(OPTIONS, role="edge"),
+                             extra=edge_bridge(name, hubs)))
+    return [a1, a2, c1, b1, d1], edges
+
+
+def test_two_zones_exact_with_a_slot_per_group_region_and_zone(brokers, closing):
+    """A hub holds its group's slots, one per other group of its region, one per other region
+    of its zone and one per other zone: d1, alone in z2, holds e4's slot and z1's sum."""
+    hubs, edges = two_zones(brokers)
+    a1, a2, c1, b1, d1 = hubs
+    viewers(edges, closing)
+    expected = {}
+    increments(edges, 30, expected)
+    exact_everywhere(hubs + edges, expected)
+    for h, held in ((a1, {"e1", ".g2", "..r2", "...z2"}), (a2, {"e1", ".g2", "..r2", "...z2"}),
+                    (c1, {"e2", ".g1", "..r2", "...z2"}), (b1, {"e3", "..r1", "...z2"}),
+                    (d1, {"e4", "...z1"})):
+        wait_for(lambda: state_nodes(h, "shared") == held, 10,
+                 what=f"{h.name}: shared held as {sorted(held)}, "
+                      f"is {sorted(state_nodes(h, 'shared'))}")
+    for n in hubs + edges:
+        wait_for(lambda: n.retained("presence/home") == "8", 20,
+                 what=f"{n.name}: presence/home == 8 (is {n.retained('presence/home')})")
+    # Viewers likewise, one sum per other unit at each level (scope.c).
+    for h, n in ((a1, 4), (a2, 4), (c1, 4), (b1, 3), (d1, 2)):
+        wait_for(lambda: stats(h, "nodes").get("counting") == n, 15,
+                 what=f"{h.name} to count {n} origins' viewers, "
+                      f"counts {stats(h, 'nodes').get('counting')}")
+    # One hub speaks for each zone: the first of it by node id.
+    for h, speaks in ((a1, True), (a2, False), (c1, False), (b1, False), (d1, True)):
+        wait_for(lambda: stats(h, "region3").get("speaking") is speaks, 15,
+                 what=f"{h.name} {'to speak' if speaks else 'to keep quiet'} for its zone")
+    for h, zone, region in ((b1, "z1", "r2"), (d1, "z2", "r3")):
+        assert stats(h, "region3").get("name") == zone and stats(h, "region").get("name") == region
+    wait_for(lambda: stats(d1, "region3").get("learned", 0) > 0, 10, what="d1 to learn z1's sums")
+    assert stats(d1, "region").get("learned", 0) == 0, "d1 took a region's sums from z1"
+
+
+def test_a_hub_killed_a_reset_and_a_delete_across_zones(brokers, closing):
+    """kill -9 of a1, which speaks for g1, r1 and z1: e1 fails over to a2, which takes over all
+    three; every live node exact, the watcher at d1 (the other zone) never sees `shared` go
+    down. A reset at d1 observes z1's sum; a delete at c1 clears `shared` in both zones."""
+    hubs, edges = two_zones(brokers)
+    a1, a2, c1, b1, d1 = hubs
+    watcher = Watcher(d1.port, ["counters/shared"], keep=True)
+    closing.append(watcher)
+    expected = {}
+    increments(edges, 15, expected)
+    exact_everywhere(hubs + edges, expected)
+    a1.kill()
+    increments(edges, 15, expected, pause=0.05)
+    live = [a2, c1, b1, d1]
+    exact_everywhere(live + edges, expected)
+    wait_for(lambda: stats(a2, "region3").get("speaking") is True, 15, what="a2 to speak for z1")
+    seen = [int(p) for t, p in watcher.messages() if t == "counters/shared"]
+    assert seen == sorted(seen), f"a total went down at d1: {seen}"
+
+    resp = control(d1, [{"command": "resetCounter", "name": "shared"}])
+    assert resp[0]["data"] == {"name": "shared", "value": 0, "deleted": False}, resp
+    expected["shared"] = 0
+    exact_everywhere(live + edges, expected)
+    increments(edges, 5, expected)
+    exact_everywhere(live + edges, expected)
+
+    (resp,) = control(c1, [{"command": "deleteCounter", "name": "shared"}])
+    assert resp["data"]["deleted"] is True, resp
+    for h in live:
+        wait_for(lambda: h.total("shared") is None, 20, what=f"{h.name}: shared deleted")
+    expected["shared"] = 0
+    increments(edges[3:], 3, expected)  # after the delete, in z2
+    a1.start()
+    exact_everywhere(hubs + edges, expected, timeout=60)
+
+
+def test_a_bridge_that_carries_everything_between_zones_counts_nothing_twice(brokers, closing):
+    """The contract's one-line bridge between the zones: the groups' and regions' sums of each
+    zone cross it and are refused (they name their region, and the zone above it)."""
+    hubs, edges = two_zones(brokers, between=["topic $tally/# both 1"])
+    a1, a2, c1, b1, d1 = hubs
+    viewers(edges, closing)
+    expected = {}
+    increments(edges, 20, expected)
+    exact_everywhere(hubs + edges, expected)
+    for h, held in ((b1, {"e3", "..r1", "...z2"}), (d1, {"e4", "...z1"})):
+        wait_for(lambda: state_nodes(h, "shared") == held, 10,
+                 what=f"{h.name}: shared held as {sorted(held)}, "
+                      f"is {sorted(state_nodes(h, 'shared'))}")
+    wait_for(lambda: stats(d1, "region").get("refused", 0) > 0, 15,
+             what="d1's stats to count the other zone's region sums it refused")
+    for n in hubs + edges:
+        wait_for(lambda: n.retained("presence/home") == "8", 20,
+                 what=f"{n.name}: presence/home == 8 (is {n.retained('presence/home')})")
+    exact_everywhere(hubs + edges, expected, timeout=5)
+
+
+def test_a_hub_whose_zone_changed_under_its_state_does_not_start(brokers, workdir):
+    """The state_dir records the whole region path: a hub made in r1/z1 and started again in
+    r1/z2 would have z1's sum and z2's count its group twice, so it does not start; under its
+    own path it starts and keeps its counts."""
+    import os
+    a1 = brokers("a1", options=dict(OPTIONS, group="g1", region="r1/z1",
+                                    state_dir=os.path.join(workdir, "state-a1")))
+    a1.pub("counters/shared/inc", "5")
+    a1.wait_total("shared", 5)
+    for changed in ("r1/z2", "r1"):
+        a1.stop()
+        a1.options.update(region=changed)
+        a1.start(wait=False)
+        assert a1.proc.wait(15) != 0, f"a1 started in {changed}"
+        wait_for(lambda: "holds counts made in group 'g1', region 'r1/z1'" in a1.read_log(), 5,
+                 what="a1 to say why it does not start")
+    a1.options.update(region="r1/z1")
+    a1.start()
+    a1.wait_total("shared", 5)

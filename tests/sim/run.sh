@@ -4,8 +4,8 @@
 # showing a total below one it showed before; tally_sim --check exits 1 if not.
 #   tests/sim/run.sh [build dir] [large]
 # "large" adds a tree of 2,040 nodes with every kind of fault, without
-# groups, with groups of hubs and with regions (10 to 20 s each here, the
-# plain build only: they would take minutes under ASan).
+# groups, with groups of hubs, with regions and with zones above them (10 to
+# 20 s each here, the plain build only: they would take minutes under ASan).
 #   TALLY_SIM_JOBS=N   schedules run N at a time (default: one a core)
 set -euo pipefail
 sim=${1:-build}/tests/tally_sim
@@ -140,6 +140,14 @@ run $regions --seed 1
 run $regions --seed 1 --reset
 run --hubs 40 --edges 10 --groups 10 --regions 2 --seconds 20 --loss 0.02 --kill-hubs 4 \
   --restart-hubs 4 --kill-edges 20 --link-failures 20 --seed 7 --reset
+# A level above the regions (plugin_opt_region "r/z": zones, group.c): a hub
+# holds one slot per other region of its zone and per other zone, and
+# refuses the RSUMs of another zone's regions; resets two levels up. Four
+# regions of two groups of two, in two zones, with every kind of fault.
+zones="--hubs 16 --edges 5 --groups 8 --regions 4 --zones 2 --seconds 30 --loss 0.2 --delay 200
+  --kill-hubs 1 --restart-hubs 1 --kill-edges 3 --link-failures 6"
+run $zones --seed 1
+run $zones --seed 1 --reset
 # Viewers summed per group and region (scope.c): a hub holds its group's
 # edges' counts and one sum per other group and region. With groups, every run
 # also fails if any hub shows more viewers than the live edges and those dead
@@ -157,22 +165,23 @@ run --hubs 40 --edges 10 --groups 10 --regions 2 --seconds 20 --loss 0.02 --kill
 # waits its turn): exact all the same, later.
 run $groups --seed 1 --sums-budget 50
 run $regions --seed 1 --sums-budget 50
+run $zones --seed 1 --sums-budget 50
 run --hubs 40 --edges 10 --groups 10 --regions 2 --seconds 20 --loss 0.02 --kill-hubs 4 \
   --restart-hubs 4 --kill-edges 20 --link-failures 20 --seed 7 --sums-budget 50
 failed=0
 for seed in $(seq 100 139); do
   for cfg in "$heavy" "$heavy --tier-bytes 110" "$mixed" "$thawing" "$mesh" "$meshcut" "$groups" \
     "$groups3" "$groupcut" "$heavy --reset" "$groups --reset" "$groups3 --reset" \
-    "$groupcut --reset" "$regions" "$regions --reset"; do
+    "$groupcut --reset" "$regions" "$regions --reset" "$zones" "$zones --reset"; do
     # shellcheck disable=SC2086
     echo $cfg --seed "$seed" # one line, one space between arguments
   done
 done | xargs -P "$jobs" -L 1 bash -c 'one "$@"' one || failed=1
-[ "$failed" = 0 ] && echo "== 600 more schedules (seeds 100-139, 15 fault mixes, $jobs at a time): all exact"
+[ "$failed" = 0 ] && echo "== 680 more schedules (seeds 100-139, 17 fault mixes, $jobs at a time): all exact"
 if [ "${2:-}" = large ]; then
   large="--hubs 40 --edges 50 --seconds 20 --loss 0.02 --kill-hubs 4 --restart-hubs 4
     --kill-edges 40 --link-failures 20 --seed 7"
-  # The three side by side, each printed whole in turn.
+  # The four side by side, each printed whole in turn.
   out=$(mktemp -d)
   export out
   # shellcheck disable=SC2317
@@ -183,8 +192,9 @@ if [ "${2:-}" = large ]; then
     echo 1 $large
     echo 2 $large --groups 10
     echo 3 $large --groups 10 --regions 2
+    echo 4 $large --groups 20 --regions 4 --zones 2
   } | xargs -P "$jobs" -L 1 bash -c 'large_one "$@"' large_one
-  cat "$out/1" "$out/2" "$out/3"
+  cat "$out/1" "$out/2" "$out/3" "$out/4"
   [ -e "$out/failed" ] && failed=1
   rm -rf "$out"
 fi

@@ -110,14 +110,17 @@ enum kind {
     K_RSUM,
     K_GVIEWS,
     K_RVIEWS,
+    K_ZSUM,   /* a zone's sums (--zones): an RSUM of level 3, on rsum3/ */
+    K_ZVIEWS, /* a zone's viewer sums, on rviews3/ */
     K__COUNT
 };
-static const char *kind_name[K__COUNT] = {"up",     "down", "sync", "digest", "presence",
-                                          "replay", "gsum", "rsum", "gviews", "rviews"};
+static const char *kind_name[K__COUNT] = {"up",       "down",   "sync",  "digest",
+                                          "presence", "replay", "gsum",  "rsum",
+                                          "gviews",   "rviews", "rsum3", "rviews3"};
 
 static bool flooded(enum kind k)
 {
-    return k == K_PRESENCE || k == K_GVIEWS || k == K_RVIEWS;
+    return k == K_PRESENCE || k == K_GVIEWS || k == K_RVIEWS || k == K_ZVIEWS;
 }
 
 struct msg {
@@ -155,13 +158,15 @@ struct node {
     struct tier_hub tier;
     struct repl repl;
     struct wire_sync_writer w;
-    struct tally_group gr;              /* its group (--groups), else off */
-    struct tally_group rg;              /* its region (--regions), else off */
-    struct scope_stream sc[2], *scs[2]; /* its group's and region's viewer sums (scope.c) */
-    uint64_t scope_seq;                 /* plugin.c's wall clock for them */
-    uint64_t last_group;                /* its last GSUM: at most once a publish interval */
-    uint64_t last_sums;                 /* ... and once a sums interval */
-    uint64_t gsession;                  /* the session of its GSUMs: grows at every start */
+    struct tally_group gr;                  /* its group (--groups), else off */
+    struct tally_group rg;                  /* its region (--regions), else off */
+    struct tally_group zg;                  /* its region's zone (--zones: level 3), else off */
+    struct scope_stream sc[3];              /* its group's, region's and zone's viewer sums */
+    struct scope_stream *scs[TALLY_LEVELS]; /* (scope.c): each, or NULL */
+    uint64_t scope_seq;                     /* plugin.c's wall clock for them */
+    uint64_t last_group;                    /* its last GSUM: at most once a publish interval */
+    uint64_t last_sums;                     /* ... and once a sums interval */
+    uint64_t gsession;                      /* the session of its GSUMs: grows at every start */
     struct link *links;
     uint32_t nlinks;
     uint64_t last_digest, revive_at, started;
@@ -194,6 +199,7 @@ static struct {
     uint32_t groups;        /* --groups: that many groups of hubs / groups hubs each (0: none) */
     uint32_t group_bridges; /* --group-bridges: between two neighbouring groups (0: a hub each) */
     uint32_t regions;       /* --regions: that many regions of groups / regions groups each */
+    uint32_t zones;         /* --zones: that many zones (level 3) of regions / zones each */
     double rate;            /* increments a second per edge */
     size_t tier_bytes; /* UP, DOWN and relays are cut at this (the plugin's max_message_bytes) */
 } opt = {.hubs = 40,
@@ -265,12 +271,28 @@ static void group_name(uint32_t h, char out[16])
     snprintf(out, 16, "g%u", group_of(h));
 }
 
-/* Hub h's region's name; "" with no regions. */
-static void region_name(uint32_t h, char out[16])
+/* Hub h's zone: zones of regions / zones consecutive regions. */
+static uint32_t zone_of(uint32_t h)
 {
-    out[0] = '\0';
+    return opt.zones ? region_of(h) / (opt.regions / opt.zones) : 0;
+}
+
+/* Hub h's region's name, "" with no regions, and its zone's: as
+ * plugin_opt_region would give them ("r1/z0"). */
+static void region_name(uint32_t h, char out[16], char zone[16])
+{
+    out[0] = zone[0] = '\0';
     if (opt.regions)
         snprintf(out, 16, "r%u", region_of(h));
+    if (opt.zones)
+        snprintf(zone, 16, "z%u", zone_of(h));
+}
+
+/* Hub n's units' names, as its topics give them (scope.c). */
+static void names_of(const struct node *n, struct scope_name *out)
+{
+    const struct tally_group *units[TALLY_LEVELS] = {&n->gr, &n->rg, &n->zg, NULL};
+    scope_name_of(units, out);
 }
 
 /* ==== Random numbers (xorshift64*, seeded: runs repeat exactly) ==== */
@@ -407,17 +429,21 @@ static void send(uint32_t from, uint32_t to, enum kind kind, const struct wire_b
 /* A hub's publish under $tally/: every bridge carries it, but SYNC, DIGEST
  * and a node's own PRESENCE only those inside its group (the bridges between
  * groups carry $tally/v1/gsum/# and gviews/#, never sync/# or presence/#:
- * plugin.c refuses another group's), and GSUM and a group's viewer sums only
- * those inside its region (between regions: rsum/# and rviews/#). */
+ * plugin.c refuses another group's), GSUM and a group's viewer sums only
+ * those inside its region (between regions: rsum/# and rviews/#), and RSUM
+ * and a region's viewer sums only those inside its zone (between zones:
+ * rsum3/# and rviews3/#). */
 static void broadcast(uint32_t from, enum kind kind, const struct wire_buf *b, uint32_t except)
 {
     struct node *n = &nodes[from];
     bool in_group = kind == K_SYNC || kind == K_DIGEST || kind == K_PRESENCE,
-         in_region = kind == K_GSUM || kind == K_GVIEWS;
+         in_region = kind == K_GSUM || kind == K_GVIEWS,
+         in_zone = kind == K_RSUM || kind == K_RVIEWS;
     for (uint32_t i = 0; i < n->nlinks; i++) {
         uint32_t to = n->links[i].to;
         if (to != except && !(in_group && group_of(to) != group_of(from)) &&
-            !(in_region && region_of(to) != region_of(from)))
+            !(in_region && region_of(to) != region_of(from)) &&
+            !(in_zone && zone_of(to) != zone_of(from)))
             send(from, to, kind, b);
     }
 }
@@ -509,21 +535,23 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     }
     /* plugin.c's scope_counts: another group's or region's stream, or our own
      * group's (region's) sums, sent on and not counted */
-    struct scope_name sn;
-    scope_of_origin(&nodes[m->pub].gr, m->kind == K_REPLAY ? wp.origin : "",
+    struct scope_name ours, pub, sn;
+    names_of(n, &ours);
+    names_of(&nodes[m->pub], &pub);
+    scope_of_origin(&pub, m->kind == K_REPLAY ? wp.origin : "",
                     m->kind == K_REPLAY ? wp.origin_len : 0, &sn);
-    enum scope_take st =
-        scope_take(&n->gr, &n->rg, wp.origin, wp.origin_len, sn.group, sn.glen, sn.region, sn.rlen);
+    enum scope_take st = scope_take(&ours, wp.origin, wp.origin_len, &sn);
     static const char *topic[K__COUNT] = {[K_PRESENCE] = "presence/",
                                           [K_REPLAY] = "replay/",
                                           [K_GVIEWS] = "gviews/",
-                                          [K_RVIEWS] = "rviews/"};
+                                          [K_RVIEWS] = "rviews/",
+                                          [K_ZVIEWS] = "rviews3/"};
     if (!scope_topic_fits(topic[m->kind], wp.origin, wp.origin_len))
         abort(); /* the simulator sends each on its own topic */
     /* plugin.c's on_presence: a sum's flood goes on to other groups, a
      * node's own counts stay in its group (repl.c, rules 2a and 2b) */
     const char *conn = nodes[m->from].id;
-    bool sums = m->kind == K_GVIEWS || m->kind == K_RVIEWS;
+    bool sums = m->kind == K_GVIEWS || m->kind == K_RVIEWS || m->kind == K_ZVIEWS;
     if (sums)
         repl_outer_heard(&n->repl, conn, now);
     bool flood_on =
@@ -591,7 +619,7 @@ static void hub_on_presence(struct node *n, const struct msg *m)
 static void hub_on_sums(struct node *n, const struct msg *m)
 {
     bool fresh;
-    struct tally_group *gr = m->kind == K_RSUM ? &n->rg : &n->gr;
+    struct tally_group *gr = m->kind == K_ZSUM ? &n->zg : m->kind == K_RSUM ? &n->rg : &n->gr;
     repl_outer_heard(&n->repl, nodes[m->from].id, now);
     if (group_apply(gr, &n->t, NULL, n->id, m->data, m->len, &fresh) != TALLY_OK)
         abort();
@@ -611,6 +639,11 @@ static void emit_rsum(const struct wire_buf *msg, void *ud)
     broadcast((uint32_t)(uintptr_t)ud, K_RSUM, msg, UINT32_MAX);
 }
 
+static void emit_zsum(const struct wire_buf *msg, void *ud)
+{
+    broadcast((uint32_t)(uintptr_t)ud, K_ZSUM, msg, UINT32_MAX);
+}
+
 /* As plugin.c's publish_due and its GSUM, once a publish interval: every
  * counter off the dirty list (outputs, here none) noted for our group's
  * sums (group_note), then the sums that rose, and the refresh's share,
@@ -625,7 +658,8 @@ static void hub_group_tick(uint32_t i)
     n->last_group = now;
     for (struct tally_counter *c; (c = table_pop_dirty(&n->t));)
         if (group_note(&n->gr, &n->t, c) != TALLY_OK ||
-            (group_on(&n->rg) && group_note(&n->rg, &n->t, c) != TALLY_OK))
+            (group_on(&n->rg) && group_note(&n->rg, &n->t, c) != TALLY_OK) ||
+            (group_on(&n->zg) && group_note(&n->zg, &n->t, c) != TALLY_OK))
             abort();
     struct wire_buf b = {0};
     if (now - n->last_sums >= group_sums_every(&n->gr, opt.sums_ms, opt.publish_ms)) {
@@ -633,6 +667,9 @@ static void hub_group_tick(uint32_t i)
                        (void *)(uintptr_t)i);
         if (group_on(&n->rg))
             group_announce(&n->rg, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_rsum,
+                           (void *)(uintptr_t)i);
+        if (group_on(&n->zg))
+            group_announce(&n->zg, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_zsum,
                            (void *)(uintptr_t)i);
         n->last_sums = now;
     }
@@ -705,7 +742,8 @@ static void scope_part(const struct wire_buf *msg, void *ud)
 static void scope_send(struct node *n, struct scope_stream *sc, bool changes)
 {
     struct wire_buf b = {0};
-    struct route r = {(uint32_t)(n - nodes), UINT32_MAX, sc->level == 1 ? K_GVIEWS : K_RVIEWS};
+    static const enum kind kinds[3] = {K_GVIEWS, K_RVIEWS, K_ZVIEWS};
+    struct route r = {(uint32_t)(n - nodes), UINT32_MAX, kinds[sc->level - 1]};
     if (scope_announce(sc, changes, now * 1000, now, PEER_TIMEOUT_MS, opt.tier_bytes, &b,
                        scope_part, &r) != TALLY_OK)
         abort();
@@ -715,12 +753,12 @@ static void scope_send(struct node *n, struct scope_stream *sc, bool changes)
 /* As plugin.c's scope_tick, after the sums. */
 static void hub_scope_tick(struct node *n)
 {
-    const struct tally_group *level[2] = {&n->gr, &n->rg};
-    for (int k = 0; k < 2; k++)
+    const struct tally_group *level[3] = {&n->gr, &n->rg, &n->zg};
+    for (int k = 0; k < 3; k++)
         if (n->scs[k] && scope_follow(n->scs[k], &n->pr, !level[k]->quiet) != TALLY_OK)
             abort();
     presence_scope_taken(&n->pr);
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < 3; k++)
         if (n->scs[k] && scope_due(n->scs[k]))
             scope_send(n, n->scs[k], true);
 }
@@ -739,7 +777,7 @@ static void hub_heartbeat(struct node *n)
     n->presence_seq += sent;
     n->last_heartbeat = now;
     wbuf_free(&b);
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < TALLY_LEVELS; k++)
         if (n->scs[k] && n->scs[k]->speaking)
             scope_send(n, n->scs[k], false);
 }
@@ -838,30 +876,34 @@ static void hub_start(uint32_t i)
     if (opt.groups) {
         /* plugin.c's session of its GSUMs: its incarnation, later than
          * every earlier life's (a receiver drops an earlier life's) */
-        char name[16], region[16];
+        char name[16], region[16], zone[16];
         group_name(i, name);
-        region_name(i, region);
+        region_name(i, region, zone);
         n->gsession = tally_incarnation_new(now + 1, i, n->gsession);
         n->last_group = n->last_sums = 0;
         group_init(&n->gr, name, n->gsession, GROUP_REFRESH_MS);
         group_scope(&n->gr, 1, region);
         group_init(&n->rg, region, n->gsession, GROUP_REFRESH_MS);
-        group_scope(&n->rg, 2, NULL);
-        n->gr.sums_budget = n->rg.sums_budget = opt.sums_budget;
+        group_scope(&n->rg, 2, zone);
+        group_init(&n->zg, zone, n->gsession, GROUP_REFRESH_MS);
+        group_scope(&n->zg, 3, NULL);
+        n->gr.sums_budget = n->rg.sums_budget = n->zg.sums_budget = opt.sums_budget;
         snprintf(n->tier.group, sizeof(n->tier.group), "%s", name); /* its DOWNs name it */
         n->pr.track_scopes = true;
-        scope_init(n->scs[0] = &n->sc[0], &n->gr, &n->pr);
-        n->scs[1] = NULL;
-        if (group_on(&n->rg))
-            scope_init(n->scs[1] = &n->sc[1], &n->rg, &n->pr);
-        if (group_bind(&n->gr, &n->t) != TALLY_OK || group_bind(&n->rg, &n->t) != TALLY_OK)
-            abort();
+        struct tally_group *units[3] = {&n->gr, &n->rg, &n->zg};
+        for (int k = 0; k < TALLY_LEVELS; k++) {
+            n->scs[k] = NULL;
+            if (k < 3 && group_on(units[k]))
+                scope_init(n->scs[k] = &n->sc[k], units[k], &n->pr);
+            if (k < 3 && group_bind(units[k], &n->t) != TALLY_OK)
+                abort();
+        }
         /* what it held at its stop is loaded dirty, and its first flush
          * notes it (plugin.c's start) */
         for (struct tally_counter *c = n->t.counters; c; c = c->hh.next)
-            if (group_note(&n->gr, &n->t, c) != TALLY_OK ||
-                (group_on(&n->rg) && group_note(&n->rg, &n->t, c) != TALLY_OK))
-                abort();
+            for (int k = 0; k < 3; k++)
+                if (group_on(units[k]) && group_note(units[k], &n->t, c) != TALLY_OK)
+                    abort();
     }
 }
 
@@ -870,10 +912,12 @@ static void hub_stop(struct node *n)
     n->alive = false;
     group_free(&n->gr);
     group_free(&n->rg);
-    for (int k = 0; k < 2; k++)
+    group_free(&n->zg);
+    for (int k = 0; k < TALLY_LEVELS; k++) {
         if (n->scs[k])
             scope_free(n->scs[k]);
-    n->scs[0] = n->scs[1] = NULL;
+        n->scs[k] = NULL;
+    }
     tier_hub_free(&n->tier);
     repl_free(&n->repl);
     presence_free(&n->pr);
@@ -1087,7 +1131,9 @@ static void build_groups(void)
 {
     uint32_t size = opt.hubs / opt.groups, bridges = opt.group_bridges ? opt.group_bridges : size;
     uint32_t regions = opt.regions ? opt.regions : 1, per = opt.groups / regions;
-    uint32_t chord = (uint32_t)sqrt((double)per), rchord = (uint32_t)sqrt((double)regions);
+    uint32_t zones = opt.zones ? opt.zones : 1, rper = regions / zones;
+    uint32_t chord = (uint32_t)sqrt((double)per), rchord = (uint32_t)sqrt((double)rper);
+    uint32_t zchord = (uint32_t)sqrt((double)zones);
     for (uint32_t k = 0; k < opt.groups; k++)
         for (uint32_t a = 0; a < size; a++)
             for (uint32_t b = a + 1; b < size; b++)
@@ -1100,12 +1146,20 @@ static void build_groups(void)
                 add_link(k * size + j, (first + (at + chord) % per) * size + j);
         }
     }
-    /* regions: a ring of them (and chords from 9 on), the second hub of each
-     * one's first group bridged to the next's (a hub that never dies) */
-    for (uint32_t r = 0; r < regions && regions > 1; r++) {
-        add_link(r * per * size + 1, (r + 1) % regions * per * size + 1);
-        if (regions >= 9)
-            add_link(r * per * size + 1, (r + rchord) % regions * per * size + 1);
+    /* regions: a ring of those of each zone (and chords from 9 on), the
+     * second hub of each one's first group bridged to the next's (a hub
+     * that never dies); zones: a ring of them the same way, by the second
+     * hub of each one's first group */
+    for (uint32_t r = 0; r < regions && rper > 1; r++) {
+        uint32_t first = r - r % rper, at = r % rper;
+        add_link(r * per * size + 1, (first + (at + 1) % rper) * per * size + 1);
+        if (rper >= 9)
+            add_link(r * per * size + 1, (first + (at + rchord) % rper) * per * size + 1);
+    }
+    for (uint32_t z = 0, span = rper * per * size; z < zones && zones > 1; z++) {
+        add_link(z * span + 1, (z + 1) % zones * span + 1);
+        if (zones >= 9)
+            add_link(z * span + 1, (z + zchord) % zones * span + 1);
     }
 }
 
@@ -1430,18 +1484,19 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
             opt.groups, opt.hubs / opt.groups, hubs.group_slots / hubs.n, announced, learned,
             stale);
         announced = learned = stale = 0;
-        uint32_t speaking[2] = {0, 0};
+        uint32_t speaking[3] = {0, 0, 0};
         uint64_t echoed = 0, holes = 0, held = 0, wants = 0, resent = 0, calls = 0;
         for (uint32_t h = 0; h < opt.hubs; h++) {
             const struct node *n = &nodes[h];
-            wants += n->alive ? n->gr.wants + n->rg.wants : 0;
-            resent += n->alive ? n->gr.resent + n->rg.resent : 0;
-            calls += n->alive ? n->gr.calls + n->rg.calls : 0;
-            speaking[0] += nodes[h].alive && !nodes[h].gr.quiet;
-            speaking[1] += nodes[h].alive && group_on(&nodes[h].rg) && !nodes[h].rg.quiet;
-            echoed += nodes[h].alive ? nodes[h].gr.echoed + nodes[h].rg.echoed : 0;
-            holes += nodes[h].alive ? nodes[h].gr.holes + nodes[h].rg.holes : 0;
-            held += nodes[h].alive ? nodes[h].gr.budget_held + nodes[h].rg.budget_held : 0;
+            wants += n->alive ? n->gr.wants + n->rg.wants + n->zg.wants : 0;
+            resent += n->alive ? n->gr.resent + n->rg.resent + n->zg.resent : 0;
+            calls += n->alive ? n->gr.calls + n->rg.calls + n->zg.calls : 0;
+            speaking[0] += n->alive && !n->gr.quiet;
+            speaking[1] += n->alive && group_on(&n->rg) && !n->rg.quiet;
+            speaking[2] += n->alive && group_on(&n->zg) && !n->zg.quiet;
+            echoed += n->alive ? n->gr.echoed + n->rg.echoed + n->zg.echoed : 0;
+            holes += n->alive ? n->gr.holes + n->rg.holes + n->zg.holes : 0;
+            held += n->alive ? n->gr.budget_held + n->rg.budget_held + n->zg.budget_held : 0;
         }
         printf("  speaking at the end: %u for groups, %u for regions; live hubs echoed %" PRIu64
                " counters' sums, and saw %" PRIu64 " gaps in others' sums; the sums budget"
@@ -1459,6 +1514,17 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
             printf("  regions: %u of %u groups each; live hubs announced %" PRIu64
                    " counters, learned %" PRIu64 ", dropped %" PRIu64 " RSUMs seen before\n",
                    opt.regions, opt.groups / opt.regions, announced, learned, stale);
+        announced = learned = stale = 0;
+        for (uint32_t h = 0; h < opt.hubs && opt.zones; h++) {
+            announced += nodes[h].alive ? nodes[h].zg.announced : 0;
+            learned += nodes[h].alive ? nodes[h].zg.learned : 0;
+            stale += nodes[h].alive ? nodes[h].zg.stale : 0;
+        }
+        if (opt.zones)
+            printf("  zones: %u of %u regions each, %u speaking at the end; live hubs announced "
+                   "%" PRIu64 " counters, learned %" PRIu64 ", dropped %" PRIu64
+                   " zones' RSUMs seen before\n",
+                   opt.zones, opt.regions / opt.zones, speaking[2], announced, learned, stale);
     }
     print_figures("edge", &edges);
     for (int k = 0; k < K__COUNT; k++)
@@ -1540,14 +1606,14 @@ static void reset_everything(void)
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: tally-sim [--hubs H] [--edges E per hub] [--counters K] [--pages P]\n"
-            "  [--seconds S of load] [--rate R inc/s an edge] [--loss L] [--delay MS]\n"
-            "  [--kill-hubs N] [--kill-edges N] [--restart-hubs N] [--link-failures N]\n"
-            "  [--freeze-edges N] [--publish-interval MS] [--tier-bytes B] [--seed X]\n"
-            "  [--mesh | --groups G [--group-bridges B] [--regions R] [--sums-interval MS]\n"
-            "  [--sums-budget RECORDS/S]]\n"
-            "  [--reset] [--check]\n");
+    fprintf(stderr, "usage: tally-sim [--hubs H] [--edges E per hub] [--counters K] [--pages P]\n"
+                    "  [--seconds S of load] [--rate R inc/s an edge] [--loss L] [--delay MS]\n"
+                    "  [--kill-hubs N] [--kill-edges N] [--restart-hubs N] [--link-failures N]\n"
+                    "  [--freeze-edges N] [--publish-interval MS] [--tier-bytes B] [--seed X]\n"
+                    "  [--mesh | --groups G [--group-bridges B] [--regions R [--zones Z]]\n"
+                    "  [--sums-interval MS]\n"
+                    "  [--sums-budget RECORDS/S]]\n"
+                    "  [--reset] [--check]\n");
     exit(2);
 }
 
@@ -1576,6 +1642,7 @@ static void options(int argc, char **argv)
                                           {"groups", 1, 0, 'G'},
                                           {"group-bridges", 1, 0, 'b'},
                                           {"regions", 1, 0, 'Q'},
+                                          {"zones", 1, 0, 'z'},
                                           {"reset", 0, 0, 'Z'},
                                           {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longs, NULL)) != -1;) {
@@ -1649,6 +1716,9 @@ static void options(int argc, char **argv)
         case 'Q':
             opt.regions = (uint32_t)atoi(optarg);
             break;
+        case 'z':
+            opt.zones = (uint32_t)atoi(optarg);
+            break;
         case 'Z':
             opt.reset = true;
             break;
@@ -1665,7 +1735,8 @@ static void options(int argc, char **argv)
          opt.kill_hubs + opt.restart_hubs > opt.groups * (opt.hubs / opt.groups / 2) ||
          opt.group_bridges > opt.hubs / opt.groups))
         usage();
-    if (opt.regions && (!opt.groups || opt.groups % opt.regions))
+    if ((opt.regions && (!opt.groups || opt.groups % opt.regions)) ||
+        (opt.zones && (!opt.regions || opt.regions % opt.zones)))
         usage();
     /* with fewer bridges than hubs, a hub that dies could cut its group off
      * (a bridge here has no address list to fail over with) */
@@ -1700,10 +1771,12 @@ static void deliver(const struct event *ev)
     case K_REPLAY:
     case K_GVIEWS:
     case K_RVIEWS:
+    case K_ZVIEWS:
         hub_on_presence(n, m);
         break;
     case K_GSUM:
     case K_RSUM:
+    case K_ZSUM:
         hub_on_sums(n, m);
         break;
     }

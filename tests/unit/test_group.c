@@ -33,9 +33,16 @@ struct outbox {
 struct hub {
     char id[16];
     struct tally_table t;
-    struct tally_group g, r; /* its group; its region (level 2), off unless in one */
+    struct tally_group g, r;  /* its group; its region (level 2), off unless in one */
+    struct tally_group up[2]; /* the regions above its region (levels 3, 4), off unless in them */
     struct wire_buf b;
 };
+
+/* h's unit of level k (1 to TALLY_LEVELS). */
+static struct tally_group *unit(struct hub *h, int k)
+{
+    return k == 1 ? &h->g : k == 2 ? &h->r : &h->up[k - 3];
+}
 
 static void collect(const struct wire_buf *b, void *ud)
 {
@@ -63,15 +70,17 @@ static void hub_init_in(struct hub *h, const char *id, const char *group, const 
     memset(h, 0, sizeof(*h));
     snprintf(h->id, sizeof(h->id), "%s", id);
     table_init(&h->t, 100000, 1000);
-    group_init(&h->g, group, session, REFRESH_MS);
-    group_scope(&h->g, 1, region);
-    group_init(&h->r, region, session, REFRESH_MS);
-    group_scope(&h->r, 2, NULL);
-    ck_assert_int_eq(group_bind(&h->g, &h->t), TALLY_OK);
-    ck_assert_int_eq(group_bind(&h->r, &h->t), TALLY_OK);
+    /* region: plugin_opt_region's path, "r1" or "r1/z1" ... */
+    char names[TALLY_LEVELS][GROUP_NAME_MAX + 1] = {{0}};
+    snprintf(names[0], sizeof(names[0]), "%s", group ? group : "");
+    ck_assert_int_ge(region_path(region ? region : "", names + 1), 0);
     struct outbox none = {0};
-    group_announce(&h->g, &h->t, h->id, 0, MAX_BYTES, 100, &h->b, collect, &none);
-    group_announce(&h->r, &h->t, h->id, 0, MAX_BYTES, 100, &h->b, collect, &none);
+    for (int k = 1; k <= TALLY_LEVELS; k++) {
+        group_init(unit(h, k), names[k - 1], session, REFRESH_MS);
+        group_scope(unit(h, k), k, k < TALLY_LEVELS ? names[k] : NULL);
+        ck_assert_int_eq(group_bind(unit(h, k), &h->t), TALLY_OK);
+        group_announce(unit(h, k), &h->t, h->id, 0, MAX_BYTES, 100, &h->b, collect, &none);
+    }
     ck_assert_int_eq(none.n, 0);
 }
 
@@ -82,8 +91,8 @@ static void hub_init(struct hub *h, const char *id, const char *group, uint64_t 
 
 static void hub_free(struct hub *h)
 {
-    group_free(&h->g);
-    group_free(&h->r);
+    for (int k = 1; k <= TALLY_LEVELS; k++)
+        group_free(unit(h, k));
     table_free(&h->t);
     wbuf_free(&h->b);
 }
@@ -157,9 +166,10 @@ static int announce_sized(struct hub *h, uint64_t now_ms, size_t max_bytes, size
                           struct outbox *out)
 {
     int before = out->n;
-    uint32_t wrote =
-        group_announce(&h->g, &h->t, h->id, now_ms, max_bytes, budget, &h->b, collect, out);
-    wrote += group_announce(&h->r, &h->t, h->id, now_ms, max_bytes, budget, &h->b, collect, out);
+    uint32_t wrote = 0;
+    for (int k = 1; k <= TALLY_LEVELS; k++)
+        wrote += group_announce(unit(h, k), &h->t, h->id, now_ms, max_bytes, budget, &h->b, collect,
+                                out);
     ck_assert_int_eq((int)wrote, out->n - before);
     return (int)wrote;
 }
@@ -170,11 +180,24 @@ static int announce(struct hub *h, struct outbox *out)
     return announce_sized(h, 1, MAX_BYTES, 100, out);
 }
 
+/* As plugin.c's on_gsum and on_rsum<k>: an RSUM of level k comes on the
+ * topic of its level, which the marks before its unit's name tell here. */
 static int apply_bytes(struct hub *h, const void *data, size_t len, bool *fresh)
 {
     uint8_t type = len >= 4 ? ((const uint8_t *)data)[3] : 0;
-    bool rsum = type == WIRE_RSUM || type == WIRE_RWANT;
-    return group_apply(rsum ? &h->r : &h->g, &h->t, NULL, h->id, data, len, fresh);
+    int level = 1;
+    if (type == WIRE_RSUM || type == WIRE_RWANT) {
+        struct wire_reader r = {(const uint8_t *)data + 4, (const uint8_t *)data + len, false};
+        size_t olen, glen;
+        wr_str8(&r, &olen);
+        wr_u64(&r);
+        wr_varint(&r);
+        const char *name = wr_str8(&r, &glen);
+        for (level = 2; !r.bad && level < TALLY_LEVELS && (size_t)(level - 2) < glen &&
+                        name[level - 2] == GROUP_MARK;)
+            level++;
+    }
+    return group_apply(unit(h, level), &h->t, NULL, h->id, data, len, fresh);
 }
 
 /* Applies a message that must be taken; returns its *fresh. */
@@ -1363,11 +1386,10 @@ END_TEST
 
 static void note_all(struct hub *h)
 {
-    for (struct tally_counter *c = h->t.counters; c; c = c->hh.next) {
-        ck_assert_int_eq(group_note(&h->g, &h->t, c), TALLY_OK);
-        if (group_on(&h->r))
-            ck_assert_int_eq(group_note(&h->r, &h->t, c), TALLY_OK);
-    }
+    for (struct tally_counter *c = h->t.counters; c; c = c->hh.next)
+        for (int k = 1; k <= TALLY_LEVELS; k++)
+            if (k == 1 || group_on(unit(h, k)))
+                ck_assert_int_eq(group_note(unit(h, k), &h->t, c), TALLY_OK);
 }
 
 /* Each hub in turn announces what it owes, and every other hub takes it.
@@ -1435,9 +1457,9 @@ START_TEST(test_a_reset_in_one_group_takes_every_groups_part_everywhere)
     ck_assert_int_eq(spread(all, 3), 1); /* a1's; b1 and c1 echo nothing */
     assert_values(all, 3, "x", 0, false);
     uint64_t p, n;
-    base_slot(table_base(&b.t, find(&b, "x")), b.t.group, &p, &n);
-    ck_assert(b.t.has_group && p == 14 && n == 1);              /* on b1's own group's replica */
-    ck_assert_ptr_null(counter_slot(find(&b, "x"), b.t.group)); /* and no slot of it */
+    base_slot(table_base(&b.t, find(&b, "x")), b.t.unit[1], &p, &n);
+    ck_assert(b.t.has_unit[1] && p == 14 && n == 1);              /* on b1's own group's replica */
+    ck_assert_ptr_null(counter_slot(find(&b, "x"), b.t.unit[1])); /* and no slot of it */
     slot(&a, "x", "e1", 4, 0);
     slot(&b, "x", "e3", 6, 1);
     slot(&c, "x", "c1", 3, 0);
@@ -1636,8 +1658,8 @@ START_TEST(test_a_reset_in_one_region_takes_every_part_everywhere)
     settle(all, 4);
     assert_values(all, 4, "x", 0, false);
     uint64_t p, n;
-    base_slot(table_base(&h[1].t, find(&h[1], "x")), h[1].t.region, &p, &n);
-    ck_assert(h[1].t.has_region && p == 18 && n == 0); /* on b1's own region's replica */
+    base_slot(table_base(&h[1].t, find(&h[1], "x")), h[1].t.unit[2], &p, &n);
+    ck_assert(h[1].t.has_unit[2] && p == 18 && n == 0); /* on b1's own region's replica */
     slot(&h[0], "x", "e1", 4, 0);
     slot(&h[1], "x", "b1", 12, 0);
     slot(&h[3], "x", "d1", 10, 1);
@@ -1685,19 +1707,164 @@ START_TEST(test_a_malformed_rsum_is_refused_whole)
     assert_refused(&c, w.data, w.len);
     write_sums(&w, 2, WIRE_RSUM, "a1", 1, 7, "r1", "", &ok, 1);
     assert_refused(&c, w.data, w.len);
-    write_sums(&w, 3, WIRE_RSUM, "a1", 1, 7, "r1", "r1", &ok, 1); /* a region in no region */
+    write_sums(&w, 3, WIRE_RSUM, "a1", 1, 7, "r1", ".z1", &ok, 1); /* a bad name above */
     assert_refused(&c, w.data, w.len);
-    write_sums(&w, 3, WIRE_RSUM, "a1", 1, 7, ".r1", "", &ok, 1);
+    write_sums(&w, 3, WIRE_RSUM, "a1", 1, 7, ".r1", "", &ok, 1); /* a level-3 unit's */
     assert_refused(&c, w.data, w.len);
     write_sums(&w, 3, WIRE_GSUM, "a1", 1, 7, "g4", "r 2", &ok, 1);
     assert_refused(&c, w.data, w.len);
-    bool fresh;
+    /* well formed, but of a region in a region above (a zone) where c's
+     * is in none: not ours to take, nor to flood on */
+    bool fresh = true;
+    write_sums(&w, 3, WIRE_RSUM, "a1", 1, 7, "r1", "z1", &ok, 1);
+    ck_assert_int_eq(apply_bytes(&c, w.data, w.len, &fresh), TALLY_OK);
+    ck_assert(!fresh && c.r.refused == 1 && HASH_COUNT(c.t.counters) == 0);
     ck_assert_int_eq(apply_bytes(&c, copy, good.len, &fresh), TALLY_OK);
     ck_assert(fresh);
     assert_group_slot(&c, "x", ".r1", 5, 0);
     free(copy);
     wbuf_free(&w);
     hub_free(&c);
+}
+END_TEST
+
+/* ==== Regions of regions ==== */
+
+/* plugin_opt_region: a region and up to two above it, each a unit name of
+ * its level (k marks and it fit a node id). */
+START_TEST(test_a_region_path_names_up_to_two_regions_above_it)
+{
+    char names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1];
+    char long61[62], long62[63];
+    memset(long61, 'a', 61);
+    long61[61] = '\0';
+    memset(long62, 'a', 62);
+    long62[62] = '\0';
+    ck_assert_int_eq(region_path("", names), 0);
+    ck_assert_int_eq(region_path("r1", names), 1);
+    ck_assert_int_eq(region_path("eu-west/eu", names), 2);
+    ck_assert_str_eq(names[0], "eu-west");
+    ck_assert_str_eq(names[1], "eu");
+    ck_assert_int_eq(region_path("r/z/w", names), 3);
+    ck_assert_str_eq(names[2], "w");
+    const char *bad[] = {"r/z/w/v", "/r", "r/", "r//z", ".r", "r/.z", "r z", "r/z@"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(region_path(bad[i], names) < 0, "%s", bad[i]);
+    ck_assert_int_eq(unit_name_check(2, long62, 62), TALLY_OK);
+    ck_assert_int_ne(unit_name_check(3, long62, 62), TALLY_OK); /* "..." and 62: 65 bytes */
+    ck_assert_int_eq(unit_name_check(3, long61, 61), TALLY_OK);
+    ck_assert_int_ne(unit_name_check(5, "w", 1), TALLY_OK);
+}
+END_TEST
+
+/* Zone z1: region r1 (a1 of g1, b1 of g2) and r2 (c1 of g3); zone z2:
+ * r3 (d1 of g4) and r4 (f1 of g5). x: 32 in all. */
+static void two_zones(struct hub h[5], struct hub *all[5])
+{
+    hub_init_in(&h[0], "a1", "g1", "r1/z1", 1);
+    hub_init_in(&h[1], "b1", "g2", "r1/z1", 1);
+    hub_init_in(&h[2], "c1", "g3", "r2/z1", 1);
+    hub_init_in(&h[3], "d1", "g4", "r3/z2", 1);
+    hub_init_in(&h[4], "f1", "g5", "r4/z2", 1);
+    for (int i = 0; i < 5; i++)
+        all[i] = &h[i];
+    slot(&h[0], "x", "a1", 5, 0);
+    slot(&h[0], "x", "e1", 3, 0);
+    slot(&h[1], "x", "b1", 10, 0);
+    slot(&h[2], "x", "c1", 2, 0);
+    slot(&h[3], "x", "d1", 9, 1);
+    slot(&h[4], "x", "f1", 4, 0);
+    settle(all, 5);
+    assert_values(all, 5, "x", 32, false);
+}
+
+/* A hub holds its group's nodes, one slot per other group of its region,
+ * per other region of its zone and per other zone: never a region of
+ * another zone's, whose RSUMs it refuses (they are in that zone's sum). */
+START_TEST(test_a_hub_in_a_zone_holds_a_slot_per_region_of_it_and_per_other_zone)
+{
+    struct hub h[5], *all[5];
+    two_zones(h, all);
+    assert_group_slot(&h[0], "x", "g2", 10, 0);
+    assert_group_slot(&h[0], "x", ".r2", 2, 0);
+    assert_group_slot(&h[0], "x", "..z2", 13, 1);
+    assert_group_slot(&h[3], "x", ".r4", 4, 0);
+    assert_group_slot(&h[3], "x", "..z1", 20, 0);
+    const char *never_at_a1[] = {"g3", "g4", "g5", ".r1", ".r3", ".r4", "..z1"};
+    for (size_t i = 0; i < sizeof(never_at_a1) / sizeof(never_at_a1[0]); i++)
+        ck_assert_msg(!group_slot(&h[0], "x", never_at_a1[i]), "a1 holds %s", never_at_a1[i]);
+    ck_assert_ptr_null(group_slot(&h[3], "x", ".r1"));
+    ck_assert_uint_gt(h[3].r.refused, 0); /* z1's regions' RSUMs */
+    ck_assert_uint_gt(h[3].up[0].learned, 0);
+    /* one of each zone speaks for it: a1 and d1, first in order */
+    ck_assert(!h[0].up[0].quiet && h[1].up[0].quiet && h[2].up[0].quiet);
+    ck_assert(!h[3].up[0].quiet && h[4].up[0].quiet);
+    /* a rise in z2 reaches z1 in z2's sum */
+    slot(&h[4], "x", "e9", 6, 0);
+    settle(all, 5);
+    assert_values(all, 5, "x", 38, false);
+    for (int i = 0; i < 5; i++)
+        hub_free(all[i]);
+}
+END_TEST
+
+/* A reset at d1 observes z1's sum: its zone RSUMs carry the base of z1,
+ * which z1's hubs take from their zone's part; a reset at b1 after more
+ * came in everywhere the other way; then a delete at f1. */
+START_TEST(test_a_reset_in_one_zone_takes_every_part_everywhere)
+{
+    struct hub h[5], *all[5];
+    two_zones(h, all);
+    ck_assert_int_eq(table_reset(&h[3].t, get(&h[3], "x"), false), TALLY_OK);
+    settle(all, 5);
+    assert_values(all, 5, "x", 0, false);
+    uint64_t p, n;
+    base_slot(table_base(&h[2].t, find(&h[2], "x")), h[2].t.unit[3], &p, &n);
+    ck_assert(h[2].t.has_unit[3] && p == 20 && n == 0); /* on c1's own zone's replica */
+    slot(&h[0], "x", "e1", 4, 0);
+    slot(&h[2], "x", "c1", 7, 0);
+    slot(&h[4], "x", "f1", 6, 0);
+    settle(all, 5);
+    assert_values(all, 5, "x", 8, false);
+    ck_assert_int_eq(table_reset(&h[1].t, get(&h[1], "x"), false), TALLY_OK);
+    settle(all, 5);
+    assert_values(all, 5, "x", 0, false);
+    slot(&h[3], "x", "d1", 12, 1);
+    settle(all, 5);
+    assert_values(all, 5, "x", 3, false);
+    ck_assert_int_eq(table_reset(&h[4].t, get(&h[4], "x"), true), TALLY_OK);
+    settle(all, 5);
+    assert_values(all, 5, "x", 0, true);
+    slot(&h[0], "x", "a1", 9, 0);
+    settle(all, 5);
+    assert_values(all, 5, "x", 4, false);
+    for (int i = 0; i < 5; i++)
+        hub_free(all[i]);
+}
+END_TEST
+
+/* Four levels: two hubs in two level-4 units hold each other's as one
+ * slot ("....w2") and refuse every sum below it. */
+START_TEST(test_four_levels_hold_one_slot_for_the_other_top_unit)
+{
+    struct hub h[2], *all[2] = {&h[0], &h[1]};
+    hub_init_in(&h[0], "a1", "g1", "r1/z1/w1", 1);
+    hub_init_in(&h[1], "b1", "g2", "r2/z2/w2", 1);
+    slot(&h[0], "x", "a1", 5, 0);
+    slot(&h[1], "x", "b1", 7, 2);
+    settle(all, 2);
+    assert_values(all, 2, "x", 10, false);
+    assert_group_slot(&h[0], "x", "...w2", 7, 2);
+    assert_group_slot(&h[1], "x", "...w1", 5, 0);
+    ck_assert(!group_slot(&h[0], "x", "g2") && !group_slot(&h[0], "x", ".r2") &&
+              !group_slot(&h[0], "x", "..z2"));
+    ck_assert(h[0].g.refused && h[0].r.refused && h[0].up[0].refused && !h[0].up[1].refused);
+    ck_assert_int_eq(table_reset(&h[1].t, get(&h[1], "x"), false), TALLY_OK);
+    slot(&h[0], "x", "a1", 6, 0);
+    settle(all, 2);
+    assert_values(all, 2, "x", 1, false);
+    hub_free(&h[0]);
+    hub_free(&h[1]);
 }
 END_TEST
 
@@ -2090,6 +2257,10 @@ Suite *group_suite(void)
     tcase_add_test(tc, test_a_reset_in_one_region_takes_every_part_everywhere);
     tcase_add_test(tc, test_a_delete_in_one_region_hides_the_counter_in_the_other);
     tcase_add_test(tc, test_a_malformed_rsum_is_refused_whole);
+    tcase_add_test(tc, test_a_region_path_names_up_to_two_regions_above_it);
+    tcase_add_test(tc, test_a_hub_in_a_zone_holds_a_slot_per_region_of_it_and_per_other_zone);
+    tcase_add_test(tc, test_a_reset_in_one_zone_takes_every_part_everywhere);
+    tcase_add_test(tc, test_four_levels_hold_one_slot_for_the_other_top_unit);
     tcase_add_test(tc, test_a_gsum_lost_on_the_way_is_asked_for_and_sent_again_as_it_was);
     tcase_add_test(tc, test_a_hub_asks_three_times_at_most_then_calls_for_the_refresh);
     tcase_add_test(tc, test_a_neighbour_that_holds_a_lost_message_sends_it_again);

@@ -614,7 +614,8 @@ START_TEST(test_a_malformed_scope_is_refused)
     struct wire_buf b = {0};
     table_init(&t, 100, 100);
     ck_assert_int_eq(dedup_init(&d, 10), TALLY_OK);
-    const char *bad[][2] = {{".g1", ""}, {"g 1", ""}, {"g1", ".r1"}, {"g1", "r/1"}};
+    const char *bad[][2] = {{".g1", ""},      {"g 1", ""},      {"g1", ".r1"},        {"g1", "r1/"},
+                            {"g1", "r1//z1"}, {"g1", "r1/.z1"}, {"g1", "r1/z1/w1/v1"}};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         wbuf_reset(&b);
         wbuf_u8(&b, 'G');

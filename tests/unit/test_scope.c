@@ -19,35 +19,64 @@ struct hub {
     char id[16];
     struct tally_presence pr;
     struct tier_hub tier;
-    struct tally_group g, r;
-    struct scope_stream sc[2], *scs[2];
+    struct tally_group g, r, z; /* its group, region, and the region above (a zone) */
+    struct scope_stream sc[3], *scs[TALLY_LEVELS];
 };
 
+/* region: plugin_opt_region's path ("r1", "r1/z1", or NULL) */
 static void hub_init(struct hub *h, const char *id, const char *group, const char *region)
 {
+    char names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1] = {{0}};
+    struct tally_group *units[3] = {&h->g, &h->r, &h->z};
     memset(h, 0, sizeof(*h));
     snprintf(h->id, sizeof(h->id), "%s", id);
     presence_init(&h->pr, 1000);
     tier_hub_init(&h->tier, id, 1);
-    group_init(&h->g, group, 1, 10000);
-    group_scope(&h->g, 1, region);
-    group_init(&h->r, region, 1, 10000);
-    group_scope(&h->r, 2, NULL);
+    ck_assert_int_ge(region_path(region ? region : "", names), 0);
+    for (int k = 0; k < 3; k++) {
+        group_init(units[k], k ? names[k - 1] : group, 1, 10000);
+        group_scope(units[k], k + 1, k < 2 ? names[k] : NULL);
+    }
     h->pr.track_scopes = true;
-    scope_init(h->scs[0] = &h->sc[0], &h->g, &h->pr);
-    if (group_on(&h->r))
-        scope_init(h->scs[1] = &h->sc[1], &h->r, &h->pr);
+    for (int k = 0; k < 3; k++)
+        if (group_on(units[k]))
+            scope_init(h->scs[k] = &h->sc[k], units[k], &h->pr);
 }
 
 static void hub_free(struct hub *h)
 {
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < TALLY_LEVELS; k++)
         if (h->scs[k])
             scope_free(h->scs[k]);
     tier_hub_free(&h->tier);
     group_free(&h->g);
     group_free(&h->r);
+    group_free(&h->z);
     presence_free(&h->pr);
+}
+
+/* The names of h's units, as its topics give them. */
+static struct scope_name names_of(const struct hub *h)
+{
+    const struct tally_group *units[TALLY_LEVELS] = {&h->g, &h->r, &h->z, NULL};
+    struct scope_name sn;
+    scope_name_of(units, &sn);
+    return sn;
+}
+
+/* What h does with a PRESENCE of origin published by pub. */
+static enum scope_take take(const struct hub *h, const char *origin, const struct hub *pub)
+{
+    struct scope_name ours = names_of(h), from = names_of(pub);
+    return scope_take(&ours, origin, strlen(origin), &from);
+}
+
+/* A topic's units, from their names ("" or NULL: none). */
+static struct scope_name named(const char *group, const char *region)
+{
+    struct scope_name sn = {{group ? group : "", region ? region : "", "", ""},
+                            {group ? strlen(group) : 0, region ? strlen(region) : 0, 0, 0}};
+    return sn;
 }
 
 /* Messages sent, each with the hub that published it (its topic). */
@@ -83,7 +112,7 @@ static void streams(struct hub *h, uint64_t now, bool heartbeat)
 {
     out.from = h;
     struct wire_buf b = {0};
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < TALLY_LEVELS; k++) {
         struct scope_stream *s = h->scs[k];
         if (s && (heartbeat ? s->speaking : scope_due(s)))
             ck_assert_int_eq(scope_announce(s, !heartbeat, now * 1000, now, TIMEOUT_MS, MAX_BYTES,
@@ -96,7 +125,7 @@ static void streams(struct hub *h, uint64_t now, bool heartbeat)
 /* plugin.c's scope_tick, with speaking as given. */
 static void scope_tick(struct hub *h, bool speaking, uint64_t now)
 {
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < TALLY_LEVELS; k++)
         if (h->scs[k])
             ck_assert_int_eq(scope_follow(h->scs[k], &h->pr, speaking), TALLY_OK);
     presence_scope_taken(&h->pr);
@@ -121,9 +150,8 @@ static bool hear(struct hub *h, int i, uint64_t now)
 {
     struct wire_presence wp;
     ck_assert_int_eq(wire_decode_presence(out.msg[i].data, out.msg[i].len, &wp), TALLY_OK);
-    const struct tally_group *pg = &out.pub[i]->g;
-    enum scope_take st = scope_take(&h->g, &h->r, wp.origin, wp.origin_len, pg->name, pg->len,
-                                    pg->region, pg->region_len);
+    struct scope_name ours = names_of(h), from = names_of(out.pub[i]);
+    enum scope_take st = scope_take(&ours, wp.origin, wp.origin_len, &from);
     bool taken = false;
     if (st == SCOPE_PASS) {
         taken = scope_pass(h->scs, &h->pr, &wp);
@@ -179,20 +207,17 @@ START_TEST(test_who_takes_which_stream)
         {"..r2", &c, SCOPE_TAKE},   {".g2", &a, SCOPE_REFUSE}, /* not published by g2 */
         {"..r2", &b, SCOPE_REFUSE},                            /* not published in r2 */
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        const struct tally_group *pg = &cases[i].pub->g;
-        ck_assert_msg(scope_take(&a.g, &a.r, cases[i].origin, strlen(cases[i].origin), pg->name,
-                                 pg->len, pg->region, pg->region_len) == cases[i].at_a,
-                      "%s from %s", cases[i].origin, cases[i].pub->id);
-    }
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        ck_assert_msg(take(&a, cases[i].origin, cases[i].pub) == cases[i].at_a, "%s from %s",
+                      cases[i].origin, cases[i].pub->id);
     /* A replay from a1 to a hub of its group names the scope of what it
      * carries: g2's sums are taken, r2's too, a1's own edge's as ever */
     const char *replayed[] = {".g2", "..r2", "e7"};
+    struct scope_name ours = names_of(&a);
     for (int i = 0; i < 3; i++) {
         struct scope_name sn;
-        scope_of_origin(&a.g, replayed[i], strlen(replayed[i]), &sn);
-        ck_assert_msg(scope_take(&a.g, &a.r, replayed[i], strlen(replayed[i]), sn.group, sn.glen,
-                                 sn.region, sn.rlen) == SCOPE_TAKE,
+        scope_of_origin(&ours, replayed[i], strlen(replayed[i]), &sn);
+        ck_assert_msg(scope_take(&ours, replayed[i], strlen(replayed[i]), &sn) == SCOPE_TAKE,
                       "replay of %s", replayed[i]);
     }
     /* Each on its own topic: a node's on presence/, a group's sums on
@@ -206,23 +231,19 @@ START_TEST(test_who_takes_which_stream)
     ck_assert(!scope_topic_fits("gviews/a1@g1@r1", "..r1", 4));
     ck_assert(!scope_topic_fits("rviews/a1@g1@r1", ".g1", 3));
     /* A hub in no group takes what hubs in none send, and nothing else. */
-    struct tally_group none, none_r;
-    group_init(&none, NULL, 1, 10000);
-    group_init(&none_r, NULL, 1, 10000);
-    group_scope(&none_r, 2, NULL);
-    ck_assert(scope_take(&none, &none_r, "n2", 2, "", 0, "", 0) == SCOPE_TAKE);
-    ck_assert(scope_take(&none, &none_r, "b1", 2, "g2", 2, "r1", 2) == SCOPE_REFUSE);
-    ck_assert(scope_take(&none, &none_r, ".g2", 3, "g2", 2, "r1", 2) == SCOPE_REFUSE);
-    ck_assert(scope_take(&a.g, &a.r, "n2", 2, "", 0, "", 0) == SCOPE_REFUSE);
+    struct scope_name none = named(NULL, NULL), g2 = named("g2", "r1"), g6 = named("g6", NULL);
+    ck_assert(scope_take(&none, "n2", 2, &none) == SCOPE_TAKE);
+    ck_assert(scope_take(&none, "b1", 2, &g2) == SCOPE_REFUSE);
+    ck_assert(scope_take(&none, ".g2", 3, &g2) == SCOPE_REFUSE);
+    ck_assert(scope_take(&ours, "n2", 2, &none) == SCOPE_REFUSE);
     /* Groups in no region take each other's sums. */
     struct hub p, q;
     hub_init(&p, "p1", "g5", NULL);
     hub_init(&q, "q1", "g6", NULL);
-    ck_assert(scope_take(&p.g, &p.r, ".g6", 3, "g6", 2, "", 0) == SCOPE_TAKE);
-    ck_assert(scope_take(&p.g, &p.r, "q1", 2, "g6", 2, "", 0) == SCOPE_REFUSE);
-    ck_assert(scope_take(&p.g, &p.r, "..r1", 4, "g6", 2, "", 0) == SCOPE_REFUSE);
-    group_free(&none);
-    group_free(&none_r);
+    struct scope_name at_p = names_of(&p);
+    ck_assert(scope_take(&at_p, ".g6", 3, &g6) == SCOPE_TAKE);
+    ck_assert(scope_take(&at_p, "q1", 2, &g6) == SCOPE_REFUSE);
+    ck_assert(scope_take(&at_p, "..r1", 4, &g6) == SCOPE_REFUSE);
     hub_free(&a);
     hub_free(&b);
     hub_free(&c);
