@@ -1534,9 +1534,11 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
     const char *group = wr_str8(&r, &glen), *region = k.version >= 3 ? wr_str8(&r, &rlen) : "";
     /* an RSUM of level k names its unit past k - 2 marks: the level of the
      * topic it came on (plugin.c), another is not this stream's */
-    int m = up_level ? marks_of(group, glen, TALLY_LEVELS) : 0;
-    group += m;
-    glen -= (size_t)m;
+    int m = up_level && !r.bad ? marks_of(group, glen, TALLY_LEVELS) : 0;
+    if (m) {
+        group += m;
+        glen -= (size_t)m;
+    }
     struct gsum_want w;
     uint64_t ncounters = want ? 0 : wr_varint(&r);
     if (r.bad || node_id_check(origin, olen) != TALLY_OK || (up_level && m != gr->level - 2) ||

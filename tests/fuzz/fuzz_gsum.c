@@ -2,7 +2,8 @@
  * fuzz_gsum.c - a GSUM or RSUM (group.c), or an ask for one (GWANT, RWANT),
  * from a hostile or broken hub of another group or region, or flooded over
  * many bridges, read by a hub of group g2 in no region, by one of g2 in
- * region r2, and by the region r2 itself (level 2). group_apply must refuse
+ * region r2, by the region r2 itself (level 2), in no region above it and
+ * in z2, and by z2 (level 3). group_apply must refuse
  * it whole or take only another group's (region's) sums: every counter it
  * makes holds one slot, of a group replica, and values in range; the same
  * bytes again are not fresh and change nothing; and the hub announces none
@@ -51,8 +52,9 @@ static void keepalive_only(const struct wire_buf *msg, void *ud)
     struct tally_group g3;
     bool fresh;
     table_init(&third, 1u << 20, 1);
-    group_init(&g3, from->level == 2 ? "r3" : "g3", 1, 1000);
-    group_scope(&g3, from->level, from->level == 2 ? NULL : from->region);
+    static const char *const third_unit[] = {"g3", "r3", "z3"};
+    group_init(&g3, third_unit[from->level - 1], 1, 1000);
+    group_scope(&g3, from->level, from->up);
     check(group_apply(&g3, &third, NULL, "c1", msg->data, msg->len, &fresh) == TALLY_OK);
     struct wire_reader r = {msg->data + 4, msg->data + msg->len, false};
     size_t olen;
@@ -77,10 +79,10 @@ static void announce(struct tally_group *g, struct tally_table *t)
     wbuf_free(&b);
 }
 
-/* The message at a hub of `name` (level 1: group g2, in `region` if not
- * NULL; level 2: region r2); returns group_apply's answer. */
-static int receive(int level, const char *name, const char *region, const uint8_t *data,
-                   size_t size)
+/* The message at a hub's unit of level `level` named `name` (1: group g2;
+ * 2: region r2; 3: z2), in unit `up` one level up if not NULL; returns
+ * group_apply's answer. */
+static int receive(int level, const char *name, const char *up, const uint8_t *data, size_t size)
 {
     static struct tally_table t;
     static struct tally_group g;
@@ -89,7 +91,7 @@ static int receive(int level, const char *name, const char *region, const uint8_
     struct wire_buf b = {0};
     table_init(&t, 1u << 20, 1);
     group_init(&g, name, 1, 1000);
-    group_scope(&g, level, region);
+    group_scope(&g, level, up);
     check(group_bind(&g, &t) == TALLY_OK); /* replica .g2: what resets elsewhere saw of us */
     /* nothing to say yet: the refresh is due at 1000 */
     check(group_announce(&g, &t, "b1", 0, 1024, 100, &b, keepalive_only, &g) == 0);
@@ -129,7 +131,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     int plain = receive(1, "g2", NULL, data, size);
     int in_region = receive(1, "g2", "r2", data, size);
-    receive(2, "r2", NULL, data, size);
+    int region = receive(2, "r2", NULL, data, size);
+    int in_zone = receive(2, "r2", "z2", data, size);
+    receive(3, "z2", NULL, data, size);
     check(plain == in_region); /* a GSUM reads alike; only what is taken differs */
+    check(region == in_zone);  /* an RSUM likewise */
     return 0;
 }

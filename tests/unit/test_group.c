@@ -1711,6 +1711,10 @@ START_TEST(test_a_malformed_rsum_is_refused_whole)
     assert_refused(&c, w.data, w.len);
     write_sums(&w, 3, WIRE_RSUM, "a1", 1, 7, ".r1", "", &ok, 1); /* a level-3 unit's */
     assert_refused(&c, w.data, w.len);
+    /* cut inside its unit's name: a length past the end */
+    size_t cut = 4 + 1 + 2 + 8 + 1 + 1;
+    write_sums(&w, 3, WIRE_RSUM, "a1", 1, 7, ".r1", "", &ok, 1);
+    assert_refused(&c, w.data, cut);
     write_sums(&w, 3, WIRE_GSUM, "a1", 1, 7, "g4", "r 2", &ok, 1);
     assert_refused(&c, w.data, w.len);
     /* well formed, but of a region in a region above (a zone) where c's
