@@ -549,7 +549,8 @@ struct tally_origin {
      * (presence_origin_listed) */
     uint64_t heard_listed_ms;
     uint32_t slot; /* its number: the key of its cells in the pages it counts */
-    /* 0: a node; 1: a group's sum (".g", scope.c); 2: a region's ("..r") */
+    /* 0: a node; 1: a group's sum (".g", scope.c); 2: a region's ("..r"),
+     * and so on up to TALLY_LEVELS: the marks its id starts with */
     uint8_t level;
     /* wants of it heard, owed in our stream of level k (bit k, scope.c) */
     uint8_t scope_wanted;
@@ -1653,8 +1654,9 @@ void scope_of_origin(const struct scope_name *ours, const char *origin, size_t l
 /* Every speaker of a group's (region's) sums sends them under this one. */
 #define SCOPE_INCARNATION 1
 
-/* Our group's (level 1) or region's (2) viewer sums as a PRESENCE stream of
- * origin ".g" ("..r"), sent while we speak for it (group.c). */
+/* Our group's (level 1), region's (2) or higher unit's viewer sums as a
+ * PRESENCE stream of origin ".g" ("..r", "...z"), sent while we speak for
+ * it (group.c). */
 struct scope_stream {
     struct tally_presence pr; /* the sums, as its own counts */
     struct tier_hub hub;      /* its heartbeat (no children) */
@@ -1687,7 +1689,7 @@ bool scope_pass(struct scope_stream *const streams[TALLY_LEVELS], struct tally_p
                 const struct wire_presence *wp);
 /* The wants of a taken or passed PRESENCE: of our stream (all its pages
  * owed), or of another scope's, owed in our stream one level up. streams:
- * our group's and region's (NULL: none). */
+ * our units' of level 1 up (NULL: none). */
 void scope_wants(struct scope_stream *const streams[TALLY_LEVELS], struct tally_presence *main,
                  const struct wire_presence *wp);
 
