@@ -269,3 +269,32 @@ def test_a_hub_whose_zone_changed_under_its_state_does_not_start(brokers, workdi
     a1.options.update(region="r1/z1")
     a1.start()
     a1.wait_total("shared", 5)
+
+
+def test_four_levels_two_hubs_in_two_top_regions(brokers, closing):
+    """plugin_opt_region "r1/z1/w1" and "r2/z2/w2": a1 and b1 are in no common unit below the
+    top, so each holds the other's level-4 sum ("....w2") and refuses every sum below it; the
+    bridge between them carries rsum4/# and rviews4/# (and stats) only."""
+    between = ["topic $tally/v1/rsum4/# both 1", "topic $tally/v1/rviews4/# both 1",
+               "topic $tally/stats/# both 1"]
+    a1 = brokers("a1", options=dict(OPTIONS, group="g1", region="r1/z1/w1"))
+    b1 = brokers("b1", options=dict(OPTIONS, group="g2", region="r2/z2/w2"),
+                 extra=bridge("b1-to-w1", (a1.port,), between))
+    edges = [brokers(f"e{i}", options=dict(OPTIONS, role="edge"),
+                     extra=edge_bridge(f"e{i}", (h,))) for i, h in ((1, a1), (2, b1))]
+    viewers(edges, closing)
+    expected = {}
+    increments(edges, 20, expected)
+    exact_everywhere([a1, b1] + edges, expected)
+    for h, held in ((a1, {"e1", "....w2"}), (b1, {"e2", "....w1"})):
+        wait_for(lambda: state_nodes(h, "shared") == held, 10,
+                 what=f"{h.name}: shared held as {sorted(held)}, "
+                      f"is {sorted(state_nodes(h, 'shared'))}")
+    for n in [a1, b1] + edges:
+        wait_for(lambda: n.retained("presence/home") == "4", 20,
+                 what=f"{n.name}: presence/home == 4 (is {n.retained('presence/home')})")
+    for h, unit in ((a1, "w1"), (b1, "w2")):
+        wait_for(lambda: stats(h, "region4").get("speaking") is True, 15,
+                 what=f"{h.name} to speak for {unit}")
+        assert stats(h, "region4").get("name") == unit
+    wait_for(lambda: stats(a1, "region4").get("learned", 0) > 0, 10, what="a1 to learn w2's sums")
