@@ -910,10 +910,10 @@ static void unit_json(struct wire_buf *b, const char *key, const struct tally_gr
                 ",\"refused\":%" PRIu64 ",\"viewers_refused\":%" PRIu64 ",\"echoed\":%" PRIu64
                 ",\"holes\":%" PRIu64 ",\"budget_held\":%" PRIu64 ",\"wants\":%" PRIu64
                 ",\"resent\":%" PRIu64 ",\"calls\":%" PRIu64 ",\"refresh_took_ms\":%" PRIu64
-                ",\"speaking\":%s}",
+                ",\"budget\":%" PRIu64 ",\"speaking\":%s}",
                 gr->announced, gr->learned, gr->stale, gr->refused, gr->viewers_refused, gr->echoed,
                 gr->holes, gr->budget_held, gr->wants, gr->resent, gr->calls, gr->refresh_took,
-                gr->quiet ? "false" : "true");
+                gr->sums_budget, gr->quiet ? "false" : "true");
 }
 
 /* The neighbours, as many as max_bytes leaves room for (a stats document is

@@ -383,6 +383,13 @@ int region_path(const char *path, char names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 
     return n;
 }
 
+uint64_t group_sums_budget(long long option, int levels)
+{
+    if (option > 0)
+        return (uint64_t)option;
+    return levels <= 2 ? 1000 : (2000 + (uint64_t)levels / 2) / (uint64_t)levels;
+}
+
 /* How many marks `name` begins with, at most `most`. */
 static int marks_of(const char *name, size_t len, int most)
 {

@@ -183,7 +183,7 @@ static void options_defaults(struct options *o)
     o->snapshot_interval_ms = 60000;
     o->log_rate = 20;
     o->unwatched_publish_budget = 2000;
-    o->sums_budget = 1000;
+    o->sums_budget = 0; /* unset: group_sums_budget's default, by the levels */
     o->presence_delivery_budget = 1000;
 }
 
@@ -2477,14 +2477,14 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     /* a session that grows from one start to the next: GSUMs are told new by it */
     char names[TALLY_LEVELS][GROUP_NAME_MAX + 1] = {{0}};
     snprintf(names[0], sizeof(names[0]), "%s", g.opt.group);
-    region_path(g.opt.region, names + 1); /* checked with the options */
+    int levels = 1 + region_path(g.opt.region, names + 1); /* checked with the options */
     uint64_t grown = wall_ms();
     for (int k = 0; k < TALLY_LEVELS; k++) {
         struct tally_group *u = g.units[k] = k ? &g.region[k - 1] : &g.group;
         group_init(u, names[k], grown, 10 * (uint64_t)g.opt.sync_interval_ms);
         group_scope(u, k + 1, k + 1 < TALLY_LEVELS ? names[k + 1] : NULL);
         u->quiet_ms = 3 * heartbeat_ms(); /* as repl.c stops hearing */
-        u->sums_budget = (uint64_t)g.opt.sums_budget;
+        u->sums_budget = group_sums_budget(g.opt.sums_budget, levels);
         if (group_bind(u, &g.table) != TALLY_OK)
             goto error;
     }

@@ -1551,6 +1551,11 @@ int unit_name_check(int level, const char *name, size_t len);
  * How many (0 for ""), or -1 if a name is empty or not a unit's of its
  * level, or more than TALLY_LEVELS - 1 are given. */
 int region_path(const char *path, char names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1]);
+/* The sums budget of each level (records a second a hub takes of it): the
+ * option, if set (> 0); by default 1,000 a level, and in a tree of more than
+ * two levels the 2,000 of two shared among them (667 at three, 500 at
+ * four), so that a level more costs a hub no more sums a second. */
+uint64_t group_sums_budget(long long option, int levels);
 void group_free(struct tally_group *gr);
 static inline bool group_on(const struct tally_group *gr)
 {

@@ -395,6 +395,7 @@ def test_a_budget_of_sums_holds_the_other_groups_view_back_not_the_counts(broker
     hubs = speaking_groups(brokers, {"sums_budget": "10", "stats_interval_ms": "1000",
                                      "sync_interval_ms": "3000"})
     a1, a2, b1, b2 = hubs
+    assert group_stats(a1)["budget"] == 10  # as set
     names = [f"n{i:02d}" for i in range(40)]
     increments_of(a2.port, names, 1)
     acked = time.monotonic()

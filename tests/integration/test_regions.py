@@ -70,6 +70,8 @@ def test_two_regions_exact_with_a_slot_per_group_and_per_region(brokers, closing
                  what=f"{h.name} {'to speak' if speaks else 'to keep quiet'} for its region")
     # b1 takes r1's RSUMs, and no group's of r1 (its bridge carries none).
     wait_for(lambda: stats(b1, "region").get("learned", 0) > 0, 10, what="b1 to learn r1's sums")
+    # No sums_budget given: 1,000 records a second at each of the two levels.
+    assert stats(b1, "group")["budget"] == stats(b1, "region")["budget"] == 1000
     (resp,) = control(a1, [{"command": "removeNode", "node": "..r2"}])
     assert "group" in resp.get("error", ""), resp
 
@@ -191,6 +193,8 @@ def test_two_zones_exact_with_a_slot_per_group_region_and_zone(brokers, closing)
         assert stats(h, "region3").get("name") == zone and stats(h, "region").get("name") == region
     wait_for(lambda: stats(d1, "region3").get("learned", 0) > 0, 10, what="d1 to learn z1's sums")
     assert stats(d1, "region").get("learned", 0) == 0, "d1 took a region's sums from z1"
+    # No sums_budget given: two levels' 2,000 records a second shared by the three.
+    assert [stats(d1, k)["budget"] for k in ("group", "region", "region3")] == [667] * 3
 
 
 def test_a_hub_killed_a_reset_and_a_delete_across_zones(brokers, closing):
@@ -298,3 +302,4 @@ def test_four_levels_two_hubs_in_two_top_regions(brokers, closing):
                  what=f"{h.name} to speak for {unit}")
         assert stats(h, "region4").get("name") == unit
     wait_for(lambda: stats(a1, "region4").get("learned", 0) > 0, 10, what="a1 to learn w2's sums")
+    assert [stats(a1, k)["budget"] for k in ("group", "region", "region3", "region4")] == [500] * 4

@@ -1758,6 +1758,13 @@ START_TEST(test_a_region_path_names_up_to_two_regions_above_it)
     ck_assert_int_ne(unit_name_check(3, long62, 62), TALLY_OK); /* "..." and 62: 65 bytes */
     ck_assert_int_eq(unit_name_check(3, long61, 61), TALLY_OK);
     ck_assert_int_ne(unit_name_check(5, "w", 1), TALLY_OK);
+    /* the sums budget of a level: as set, else 1,000, and two levels' worth
+     * shared by three or four */
+    ck_assert_uint_eq(group_sums_budget(0, 1), 1000);
+    ck_assert_uint_eq(group_sums_budget(0, 2), 1000);
+    ck_assert_uint_eq(group_sums_budget(0, 3), 667);
+    ck_assert_uint_eq(group_sums_budget(0, 4), 500);
+    ck_assert_uint_eq(group_sums_budget(50, 3), 50);
 }
 END_TEST
 
