@@ -191,9 +191,11 @@ static struct {
     uint64_t load_ms, max_ms, seed;
     double loss;
     uint32_t delay_ms, kill_hubs, kill_edges, restart_hubs, link_failures, freeze_edges;
-    uint64_t publish_ms;  /* plugin_opt_publish_interval_ms */
-    uint64_t sums_ms;     /* plugin_opt_sums_interval_ms (0: publish_ms) */
-    uint64_t sums_budget; /* plugin_opt_sums_budget (0: none, the default here; 1000 there) */
+    uint64_t publish_ms; /* plugin_opt_publish_interval_ms */
+    uint64_t sums_ms;    /* plugin_opt_sums_interval_ms (0: publish_ms) */
+    /* plugin_opt_sums_budget, a level (0: none, the default here; the
+     * plugin's is group_sums_budget's) */
+    uint64_t sums_budget;
     bool check, quiet, mesh;
     bool reset;             /* --reset: once exact, a hub resets every counter (resetCounter) */
     uint32_t groups;        /* --groups: that many groups of hubs / groups hubs each (0: none) */
