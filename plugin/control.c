@@ -907,13 +907,13 @@ static void unit_json(struct wire_buf *b, const char *key, const struct tally_gr
     wbuf_json_str(b, gr->name, gr->len);
     wbuf_printf(b,
                 ",\"announced\":%" PRIu64 ",\"learned\":%" PRIu64 ",\"stale\":%" PRIu64
-                ",\"refused\":%" PRIu64 ",\"viewers_refused\":%" PRIu64 ",\"echoed\":%" PRIu64
-                ",\"holes\":%" PRIu64 ",\"budget_held\":%" PRIu64 ",\"wants\":%" PRIu64
-                ",\"resent\":%" PRIu64 ",\"calls\":%" PRIu64 ",\"refresh_took_ms\":%" PRIu64
-                ",\"budget\":%" PRIu64 ",\"speaking\":%s}",
-                gr->announced, gr->learned, gr->stale, gr->refused, gr->viewers_refused, gr->echoed,
-                gr->holes, gr->budget_held, gr->wants, gr->resent, gr->calls, gr->refresh_took,
-                gr->sums_budget, gr->quiet ? "false" : "true");
+                ",\"refused\":%" PRIu64 ",\"mismatched\":%" PRIu64 ",\"viewers_refused\":%" PRIu64
+                ",\"echoed\":%" PRIu64 ",\"holes\":%" PRIu64 ",\"budget_held\":%" PRIu64
+                ",\"wants\":%" PRIu64 ",\"resent\":%" PRIu64 ",\"calls\":%" PRIu64
+                ",\"refresh_took_ms\":%" PRIu64 ",\"budget\":%" PRIu64 ",\"speaking\":%s}",
+                gr->announced, gr->learned, gr->stale, gr->refused, gr->mismatched,
+                gr->viewers_refused, gr->echoed, gr->holes, gr->budget_held, gr->wants, gr->resent,
+                gr->calls, gr->refresh_took, gr->sums_budget, gr->quiet ? "false" : "true");
 }
 
 /* The neighbours, as many as max_bytes leaves room for (a stats document is

@@ -1559,6 +1559,10 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
      * count */
     if (!group_on(gr) || !name_same(region, rlen, gr->up, gr->up_len)) {
         gr->refused++;
+        /* from a tree of other levels than ours: we are in no unit of this
+         * level, or one of us is in a unit above it and the other not */
+        if (!group_on(gr) || !rlen != !gr->up_len)
+            gr->mismatched++;
         return TALLY_OK;
     }
     if (want && !seq) { /* a neighbour's ask, for us alone: never flooded on */

@@ -296,7 +296,7 @@ static struct tally {
      * where we are in none */
     struct scope_stream scope[TALLY_LEVELS];
     struct scope_stream *scopes[TALLY_LEVELS];
-    uint64_t last_gsum_ms, last_sums_ms, group_log_ms, edge_log_ms;
+    uint64_t last_gsum_ms, last_sums_ms, group_log_ms, edge_log_ms, levels_log_ms;
     struct fold_gc fold;               /* collecting folded restarts (fold.c) */
     bool told_removed;                 /* logged that removeNode named this node */
     bool edge;                         /* role edge: tier.c's edge side instead of repl.c */
@@ -1271,10 +1271,20 @@ static int on_down(const struct mosquitto_evt_message *ev, bool *route)
  * another region's one level up (RSUM). */
 static int on_sums(struct tally_group *gr, const struct mosquitto_evt_message *ev, bool *route)
 {
-    repl_outer_heard(&g.repl, mosquitto_client_id(ev->client), mono_ms());
+    uint64_t mismatched = gr->mismatched, now = mono_ms();
+    repl_outer_heard(&g.repl, mosquitto_client_id(ev->client), now);
     int rc =
         group_apply(gr, &g.table, g.persist, g.opt.node_id, ev->payload, ev->payloadlen, route);
     flood_on(ev, true, route);
+    if (gr->mismatched > mismatched && (!g.levels_log_ms || now - g.levels_log_ms >= 60000)) {
+        g.levels_log_ms = now;
+        mosquitto_log_printf(MOSQ_LOG_WARNING,
+                             "tally: refused %s: its hub's units above its group are not as many "
+                             "as ours (plugin_opt_group '%s', plugin_opt_region '%s'; %" PRIu64
+                             " so far): every hub of a tree must name as many levels, or their "
+                             "counts never reach each other (README, Regions of regions)",
+                             ev->topic, g.opt.group, g.opt.region, gr->mismatched);
+    }
     return rc;
 }
 

@@ -1501,7 +1501,11 @@ struct tally_group {
     uint64_t quiet_ms, clock_ms, senior_ms, sent_ms;
     bool senior, quiet;                          /* heard one before us in order; not speaking */
     uint64_t announced, learned, stale, refused; /* counters sent and taken, messages dropped */
-    uint64_t echoed;                             /* counters sent again as they went still */
+    /* of those refused, the sums of a hub whose tree has other levels than
+     * ours (plugin_opt_group, plugin_opt_region): a misconfiguration, under
+     * which the two never count each other */
+    uint64_t mismatched;
+    uint64_t echoed; /* counters sent again as they went still */
     /* Gaps seen in the sums streams of other hubs, the last at hole_ms: the
      * evidence that sums are lost on the way, without which none is echoed */
     uint64_t holes, hole_ms;

@@ -41,6 +41,29 @@ def stats(hub, key):
     return json.loads(hub.retained(f"$tally/stats/{hub.name}") or "{}").get(key, {})
 
 
+def wait_held(held_by):
+    """Each (hub, nodes): the hub holds `shared` as exactly those slots (its state's nodes)."""
+    for h, held in held_by:
+        wait_for(lambda: state_nodes(h, "shared") == held, 10,
+                 what=f"{h.name}: shared held as {sorted(held)}, "
+                      f"is {sorted(state_nodes(h, 'shared'))}")
+
+
+def wait_counting(counts):
+    """Each (hub, n): the hub counts n origins' viewers (its stats' nodes.counting)."""
+    for h, n in counts:
+        wait_for(lambda: stats(h, "nodes").get("counting") == n, 15,
+                 what=f"{h.name} to count {n} origins' viewers, "
+                      f"counts {stats(h, 'nodes').get('counting')}")
+
+
+def wait_viewers(nodes, n):
+    """Every node shows n viewers of home."""
+    for node in nodes:
+        wait_for(lambda: node.retained("presence/home") == str(n), 20,
+                 what=f"{node.name}: presence/home == {n} (is {node.retained('presence/home')})")
+
+
 def test_two_regions_exact_with_a_slot_per_group_and_per_region(brokers, closing):
     hubs, edges = two_regions(brokers)
     a1, a2, c1, b1, d1 = hubs
@@ -49,21 +72,13 @@ def test_two_regions_exact_with_a_slot_per_group_and_per_region(brokers, closing
     increments(edges, 30, expected)
     exact_everywhere(hubs + edges, expected)
     # (the hubs' own clients wrote nothing: their edges' slots only)
-    for h, held in ((a1, {"e1", "e2", ".g2", "..r2"}), (a2, {"e1", "e2", ".g2", "..r2"}),
-                    (c1, {"e3", ".g1", "..r2"}), (b1, {"e4", ".g4", "..r1"}),
-                    (d1, {"e5", ".g3", "..r1"})):
-        wait_for(lambda: state_nodes(h, "shared") == held, 10,
-                 what=f"{h.name}: shared held as {sorted(held)}, "
-                      f"is {sorted(state_nodes(h, 'shared'))}")
-    for n in hubs + edges:
-        wait_for(lambda: n.retained("presence/home") == "10", 20,
-                 what=f"{n.name}: presence/home == 10 (is {n.retained('presence/home')})")
+    wait_held(((a1, {"e1", "e2", ".g2", "..r2"}), (a2, {"e1", "e2", ".g2", "..r2"}),
+               (c1, {"e3", ".g1", "..r2"}), (b1, {"e4", ".g4", "..r1"}),
+               (d1, {"e5", ".g3", "..r1"})))
+    wait_viewers(hubs + edges, 10)
     # Viewers likewise: each hub counts its own group's edges, one sum per other group of its
     # region and one per other region (plugin/scope.c): a1 and a2 count e1, e2, .g2 and ..r2.
-    for h, n in ((a1, 4), (a2, 4), (c1, 3), (b1, 3), (d1, 3)):
-        wait_for(lambda: stats(h, "nodes").get("counting") == n, 15,
-                 what=f"{h.name} to count {n} origins' viewers, "
-                      f"counts {stats(h, 'nodes').get('counting')}")
+    wait_counting(((a1, 4), (a2, 4), (c1, 3), (b1, 3), (d1, 3)))
     # One hub speaks for each region: the first by node id; the others keep quiet.
     for h, speaks in ((a1, True), (a2, False), (c1, False), (b1, True), (d1, False)):
         wait_for(lambda: stats(h, "region").get("speaking") is speaks, 15,
@@ -83,6 +98,14 @@ def test_a_hub_killed_a_reset_and_a_delete_across_regions(brokers, closing):
     came after; a delete at c1 (r1) clears `shared` everywhere, and an increment brings it back
     from zero."""
     hubs, edges = two_regions(brokers)
+    kill_reset_delete(hubs, edges, closing, "region", far_edges=edges[3:])
+
+
+def kill_reset_delete(hubs, edges, closing, top, far_edges):
+    """Hubs a1, a2, c1, b1, d1, a1 speaking for every unit it is in and d1 far from it: a1
+    killed under load, a2 speaking for its unit `top` in its place (a stats key), d1's watcher
+    seeing no step back; a reset at d1, a delete at c1, increments at far_edges (d1's side)
+    after it, and a1 back: exact everywhere at each step."""
     a1, a2, c1, b1, d1 = hubs
     watcher = Watcher(d1.port, ["counters/shared"], keep=True)
     closing.append(watcher)
@@ -93,7 +116,7 @@ def test_a_hub_killed_a_reset_and_a_delete_across_regions(brokers, closing):
     increments(edges, 15, expected, pause=0.05)
     live = [a2, c1, b1, d1]
     exact_everywhere(live + edges, expected)
-    wait_for(lambda: stats(a2, "region").get("speaking") is True, 15, what="a2 to speak for r1")
+    wait_for(lambda: stats(a2, top).get("speaking") is True, 15, what=f"a2 to speak for its {top}")
     seen = [int(p) for t, p in watcher.messages() if t == "counters/shared"]
     assert seen == sorted(seen), f"a total went down at d1: {seen}"
 
@@ -109,7 +132,7 @@ def test_a_hub_killed_a_reset_and_a_delete_across_regions(brokers, closing):
     for h in live:
         wait_for(lambda: h.total("shared") is None, 20, what=f"{h.name}: shared deleted")
     expected["shared"] = 0
-    increments(edges[3:], 3, expected)  # after the delete, in r2
+    increments(far_edges, 3, expected)  # after the delete
     a1.start()
     exact_everywhere(hubs + edges, expected, timeout=60)
 
@@ -123,10 +146,7 @@ def test_a_bridge_that_carries_everything_between_regions_counts_nothing_twice(b
     expected = {}
     increments(edges, 20, expected)
     exact_everywhere(hubs + edges, expected)
-    for h, held in ((c1, {"e3", ".g1", "..r2"}), (b1, {"e4", ".g4", "..r1"})):
-        wait_for(lambda: state_nodes(h, "shared") == held, 10,
-                 what=f"{h.name}: shared held as {sorted(held)}, "
-                      f"is {sorted(state_nodes(h, 'shared'))}")
+    wait_held(((c1, {"e3", ".g1", "..r2"}), (b1, {"e4", ".g4", "..r1"})))
     wait_for(lambda: stats(b1, "group").get("refused", 0) > 0, 15,
              what="b1's stats to count the other region's GSUMs it refused")
     exact_everywhere(hubs + edges, expected, timeout=5)
@@ -171,20 +191,12 @@ def test_two_zones_exact_with_a_slot_per_group_region_and_zone(brokers, closing)
     expected = {}
     increments(edges, 30, expected)
     exact_everywhere(hubs + edges, expected)
-    for h, held in ((a1, {"e1", ".g2", "..r2", "...z2"}), (a2, {"e1", ".g2", "..r2", "...z2"}),
-                    (c1, {"e2", ".g1", "..r2", "...z2"}), (b1, {"e3", "..r1", "...z2"}),
-                    (d1, {"e4", "...z1"})):
-        wait_for(lambda: state_nodes(h, "shared") == held, 10,
-                 what=f"{h.name}: shared held as {sorted(held)}, "
-                      f"is {sorted(state_nodes(h, 'shared'))}")
-    for n in hubs + edges:
-        wait_for(lambda: n.retained("presence/home") == "8", 20,
-                 what=f"{n.name}: presence/home == 8 (is {n.retained('presence/home')})")
+    wait_held(((a1, {"e1", ".g2", "..r2", "...z2"}), (a2, {"e1", ".g2", "..r2", "...z2"}),
+               (c1, {"e2", ".g1", "..r2", "...z2"}), (b1, {"e3", "..r1", "...z2"}),
+               (d1, {"e4", "...z1"})))
+    wait_viewers(hubs + edges, 8)
     # Viewers likewise, one sum per other unit at each level (scope.c).
-    for h, n in ((a1, 4), (a2, 4), (c1, 4), (b1, 3), (d1, 2)):
-        wait_for(lambda: stats(h, "nodes").get("counting") == n, 15,
-                 what=f"{h.name} to count {n} origins' viewers, "
-                      f"counts {stats(h, 'nodes').get('counting')}")
+    wait_counting(((a1, 4), (a2, 4), (c1, 4), (b1, 3), (d1, 2)))
     # One hub speaks for each zone: the first of it by node id.
     for h, speaks in ((a1, True), (a2, False), (c1, False), (b1, False), (d1, True)):
         wait_for(lambda: stats(h, "region3").get("speaking") is speaks, 15,
@@ -202,35 +214,7 @@ def test_a_hub_killed_a_reset_and_a_delete_across_zones(brokers, closing):
     three; every live node exact, the watcher at d1 (the other zone) never sees `shared` go
     down. A reset at d1 observes z1's sum; a delete at c1 clears `shared` in both zones."""
     hubs, edges = two_zones(brokers)
-    a1, a2, c1, b1, d1 = hubs
-    watcher = Watcher(d1.port, ["counters/shared"], keep=True)
-    closing.append(watcher)
-    expected = {}
-    increments(edges, 15, expected)
-    exact_everywhere(hubs + edges, expected)
-    a1.kill()
-    increments(edges, 15, expected, pause=0.05)
-    live = [a2, c1, b1, d1]
-    exact_everywhere(live + edges, expected)
-    wait_for(lambda: stats(a2, "region3").get("speaking") is True, 15, what="a2 to speak for z1")
-    seen = [int(p) for t, p in watcher.messages() if t == "counters/shared"]
-    assert seen == sorted(seen), f"a total went down at d1: {seen}"
-
-    resp = control(d1, [{"command": "resetCounter", "name": "shared"}])
-    assert resp[0]["data"] == {"name": "shared", "value": 0, "deleted": False}, resp
-    expected["shared"] = 0
-    exact_everywhere(live + edges, expected)
-    increments(edges, 5, expected)
-    exact_everywhere(live + edges, expected)
-
-    (resp,) = control(c1, [{"command": "deleteCounter", "name": "shared"}])
-    assert resp["data"]["deleted"] is True, resp
-    for h in live:
-        wait_for(lambda: h.total("shared") is None, 20, what=f"{h.name}: shared deleted")
-    expected["shared"] = 0
-    increments(edges[3:], 3, expected)  # after the delete, in z2
-    a1.start()
-    exact_everywhere(hubs + edges, expected, timeout=60)
+    kill_reset_delete(hubs, edges, closing, "region3", far_edges=edges[3:])
 
 
 def test_a_bridge_that_carries_everything_between_zones_counts_nothing_twice(brokers, closing):
@@ -242,15 +226,10 @@ def test_a_bridge_that_carries_everything_between_zones_counts_nothing_twice(bro
     expected = {}
     increments(edges, 20, expected)
     exact_everywhere(hubs + edges, expected)
-    for h, held in ((b1, {"e3", "..r1", "...z2"}), (d1, {"e4", "...z1"})):
-        wait_for(lambda: state_nodes(h, "shared") == held, 10,
-                 what=f"{h.name}: shared held as {sorted(held)}, "
-                      f"is {sorted(state_nodes(h, 'shared'))}")
+    wait_held(((b1, {"e3", "..r1", "...z2"}), (d1, {"e4", "...z1"})))
     wait_for(lambda: stats(d1, "region").get("refused", 0) > 0, 15,
              what="d1's stats to count the other zone's region sums it refused")
-    for n in hubs + edges:
-        wait_for(lambda: n.retained("presence/home") == "8", 20,
-                 what=f"{n.name}: presence/home == 8 (is {n.retained('presence/home')})")
+    wait_viewers(hubs + edges, 8)
     exact_everywhere(hubs + edges, expected, timeout=5)
 
 
@@ -290,16 +269,29 @@ def test_four_levels_two_hubs_in_two_top_regions(brokers, closing):
     expected = {}
     increments(edges, 20, expected)
     exact_everywhere([a1, b1] + edges, expected)
-    for h, held in ((a1, {"e1", "....w2"}), (b1, {"e2", "....w1"})):
-        wait_for(lambda: state_nodes(h, "shared") == held, 10,
-                 what=f"{h.name}: shared held as {sorted(held)}, "
-                      f"is {sorted(state_nodes(h, 'shared'))}")
-    for n in [a1, b1] + edges:
-        wait_for(lambda: n.retained("presence/home") == "4", 20,
-                 what=f"{n.name}: presence/home == 4 (is {n.retained('presence/home')})")
+    wait_held(((a1, {"e1", "....w2"}), (b1, {"e2", "....w1"})))
+    wait_viewers([a1, b1] + edges, 4)
     for h, unit in ((a1, "w1"), (b1, "w2")):
         wait_for(lambda: stats(h, "region4").get("speaking") is True, 15,
                  what=f"{h.name} to speak for {unit}")
         assert stats(h, "region4").get("name") == unit
     wait_for(lambda: stats(a1, "region4").get("learned", 0) > 0, 10, what="a1 to learn w2's sums")
     assert [stats(a1, k)["budget"] for k in ("group", "region", "region3", "region4")] == [500] * 4
+
+
+def test_hubs_that_name_other_levels_say_so(brokers):
+    """a1 names a level above its region (r1/z1) and b1 none (r2): each refuses the other's
+    sums, which name a unit above or none, so their counts never meet. Both say why in their
+    logs and stats (`mismatched`), where a legitimate refusal (another region's group) says
+    nothing."""
+    a1 = brokers("a1", options=dict(OPTIONS, group="g1", region="r1/z1"))
+    b1 = brokers("b1", options=dict(OPTIONS, group="g2", region="r2"),
+                 extra=bridge("b1-to-a1", (a1.port,), ["topic $tally/# both 1"]))
+    a1.pub("counters/x/inc", "1")
+    b1.pub("counters/x/inc", "1")
+    for h in (a1, b1):
+        wait_for(lambda: "are not as many as ours" in h.read_log(), 15,
+                 what=f"{h.name} to log the levels it does not share")
+        wait_for(lambda: stats(h, "region").get("mismatched", 0) > 0, 15,
+                 what=f"{h.name}'s stats to count the mismatched sums")
+        assert h.total("x") == 1  # never counted across

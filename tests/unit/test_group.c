@@ -1596,6 +1596,20 @@ static void settle(struct hub *hubs[], int n)
         ck_assert_int_lt(++rounds, 6);
 }
 
+/* Floods until every hub has nothing to say, then every hub shows x as
+ * `want` (hidden: deleted). */
+static void converge(struct hub *all[], int n, int64_t want, bool hidden)
+{
+    settle(all, n);
+    assert_values(all, n, "x", want, hidden);
+}
+
+static void all_free(struct hub *all[], int n)
+{
+    for (int i = 0; i < n; i++)
+        hub_free(all[i]);
+}
+
 /* Region r1: a1 (g1), b1 (g2); region r2: c1 (g3), d1 (g4). x: 28 in all. */
 static void two_regions(struct hub h[4], struct hub *all[4])
 {
@@ -1610,14 +1624,7 @@ static void two_regions(struct hub h[4], struct hub *all[4])
     slot(&h[1], "x", "b1", 10, 0);
     slot(&h[2], "x", "c1", 2, 0);
     slot(&h[3], "x", "d1", 9, 1);
-    settle(all, 4);
-    assert_values(all, 4, "x", 28, false);
-}
-
-static void regions_free(struct hub *all[4])
-{
-    for (int i = 0; i < 4; i++)
-        hub_free(all[i]);
+    converge(all, 4, 28, false);
 }
 
 /* A hub holds its group's nodes' slots, one per other group of its region,
@@ -1636,14 +1643,14 @@ START_TEST(test_a_hub_in_a_region_holds_a_slot_per_group_of_it_and_per_other_reg
     ck_assert_ptr_null(group_slot(&h[0], "x", ".r1")); /* its own region's: none */
     ck_assert_ptr_null(group_slot(&h[2], "x", "g1"));
     ck_assert_uint_gt(h[2].g.refused, 0);
+    ck_assert_uint_eq(h[2].g.mismatched, 0); /* refused as another region's, rightly */
     ck_assert_uint_eq(h[0].r.announced + h[1].r.announced > 0, 1);
     /* one of r1 speaks for it: b1 heard a1, before it in order */
     ck_assert(h[1].r.quiet && !h[0].r.quiet);
     /* a rise at d1's group reaches r1 in r2's sum */
     slot(&h[3], "x", "e9", 4, 0);
-    settle(all, 4);
-    assert_values(all, 4, "x", 32, false);
-    regions_free(all);
+    converge(all, 4, 32, false);
+    all_free(all, 4);
 }
 END_TEST
 
@@ -1655,23 +1662,19 @@ START_TEST(test_a_reset_in_one_region_takes_every_part_everywhere)
     struct hub h[4], *all[4];
     two_regions(h, all);
     ck_assert_int_eq(table_reset(&h[2].t, get(&h[2], "x"), false), TALLY_OK);
-    settle(all, 4);
-    assert_values(all, 4, "x", 0, false);
+    converge(all, 4, 0, false);
     uint64_t p, n;
     base_slot(table_base(&h[1].t, find(&h[1], "x")), h[1].t.unit[2], &p, &n);
     ck_assert(h[1].t.has_unit[2] && p == 18 && n == 0); /* on b1's own region's replica */
     slot(&h[0], "x", "e1", 4, 0);
     slot(&h[1], "x", "b1", 12, 0);
     slot(&h[3], "x", "d1", 10, 1);
-    settle(all, 4);
-    assert_values(all, 4, "x", 4, false);
+    converge(all, 4, 4, false);
     ck_assert_int_eq(table_reset(&h[0].t, get(&h[0], "x"), false), TALLY_OK);
-    settle(all, 4);
-    assert_values(all, 4, "x", 0, false);
+    converge(all, 4, 0, false);
     slot(&h[2], "x", "c1", 5, 0);
-    settle(all, 4);
-    assert_values(all, 4, "x", 3, false);
-    regions_free(all);
+    converge(all, 4, 3, false);
+    all_free(all, 4);
 }
 END_TEST
 
@@ -1681,12 +1684,10 @@ START_TEST(test_a_delete_in_one_region_hides_the_counter_in_the_other)
     struct hub h[4], *all[4];
     two_regions(h, all);
     ck_assert_int_eq(table_reset(&h[3].t, get(&h[3], "x"), true), TALLY_OK);
-    settle(all, 4);
-    assert_values(all, 4, "x", 0, true);
+    converge(all, 4, 0, true);
     slot(&h[1], "x", "b1", 16, 0);
-    settle(all, 4);
-    assert_values(all, 4, "x", 6, false);
-    regions_free(all);
+    converge(all, 4, 6, false);
+    all_free(all, 4);
 }
 END_TEST
 
@@ -1723,6 +1724,7 @@ START_TEST(test_a_malformed_rsum_is_refused_whole)
     write_sums(&w, 3, WIRE_RSUM, "a1", 1, 7, "r1", "z1", &ok, 1);
     ck_assert_int_eq(apply_bytes(&c, w.data, w.len, &fresh), TALLY_OK);
     ck_assert(!fresh && c.r.refused == 1 && HASH_COUNT(c.t.counters) == 0);
+    ck_assert_uint_eq(c.r.mismatched, 1); /* a tree of other levels: the plugin warns */
     ck_assert_int_eq(apply_bytes(&c, copy, good.len, &fresh), TALLY_OK);
     ck_assert(fresh);
     assert_group_slot(&c, "x", ".r1", 5, 0);
@@ -1785,8 +1787,7 @@ static void two_zones(struct hub h[5], struct hub *all[5])
     slot(&h[2], "x", "c1", 2, 0);
     slot(&h[3], "x", "d1", 9, 1);
     slot(&h[4], "x", "f1", 4, 0);
-    settle(all, 5);
-    assert_values(all, 5, "x", 32, false);
+    converge(all, 5, 32, false);
 }
 
 /* A hub holds its group's nodes, one slot per other group of its region,
@@ -1806,16 +1807,15 @@ START_TEST(test_a_hub_in_a_zone_holds_a_slot_per_region_of_it_and_per_other_zone
         ck_assert_msg(!group_slot(&h[0], "x", never_at_a1[i]), "a1 holds %s", never_at_a1[i]);
     ck_assert_ptr_null(group_slot(&h[3], "x", ".r1"));
     ck_assert_uint_gt(h[3].r.refused, 0); /* z1's regions' RSUMs */
+    ck_assert_uint_eq(h[3].r.mismatched + h[3].g.mismatched, 0);
     ck_assert_uint_gt(h[3].up[0].learned, 0);
     /* one of each zone speaks for it: a1 and d1, first in order */
     ck_assert(!h[0].up[0].quiet && h[1].up[0].quiet && h[2].up[0].quiet);
     ck_assert(!h[3].up[0].quiet && h[4].up[0].quiet);
     /* a rise in z2 reaches z1 in z2's sum */
     slot(&h[4], "x", "e9", 6, 0);
-    settle(all, 5);
-    assert_values(all, 5, "x", 38, false);
-    for (int i = 0; i < 5; i++)
-        hub_free(all[i]);
+    converge(all, 5, 38, false);
+    all_free(all, 5);
 }
 END_TEST
 
@@ -1827,30 +1827,23 @@ START_TEST(test_a_reset_in_one_zone_takes_every_part_everywhere)
     struct hub h[5], *all[5];
     two_zones(h, all);
     ck_assert_int_eq(table_reset(&h[3].t, get(&h[3], "x"), false), TALLY_OK);
-    settle(all, 5);
-    assert_values(all, 5, "x", 0, false);
+    converge(all, 5, 0, false);
     uint64_t p, n;
     base_slot(table_base(&h[2].t, find(&h[2], "x")), h[2].t.unit[3], &p, &n);
     ck_assert(h[2].t.has_unit[3] && p == 20 && n == 0); /* on c1's own zone's replica */
     slot(&h[0], "x", "e1", 4, 0);
     slot(&h[2], "x", "c1", 7, 0);
     slot(&h[4], "x", "f1", 6, 0);
-    settle(all, 5);
-    assert_values(all, 5, "x", 8, false);
+    converge(all, 5, 8, false);
     ck_assert_int_eq(table_reset(&h[1].t, get(&h[1], "x"), false), TALLY_OK);
-    settle(all, 5);
-    assert_values(all, 5, "x", 0, false);
+    converge(all, 5, 0, false);
     slot(&h[3], "x", "d1", 12, 1);
-    settle(all, 5);
-    assert_values(all, 5, "x", 3, false);
+    converge(all, 5, 3, false);
     ck_assert_int_eq(table_reset(&h[4].t, get(&h[4], "x"), true), TALLY_OK);
-    settle(all, 5);
-    assert_values(all, 5, "x", 0, true);
+    converge(all, 5, 0, true);
     slot(&h[0], "x", "a1", 9, 0);
-    settle(all, 5);
-    assert_values(all, 5, "x", 4, false);
-    for (int i = 0; i < 5; i++)
-        hub_free(all[i]);
+    converge(all, 5, 4, false);
+    all_free(all, 5);
 }
 END_TEST
 
@@ -1863,8 +1856,7 @@ START_TEST(test_four_levels_hold_one_slot_for_the_other_top_unit)
     hub_init_in(&h[1], "b1", "g2", "r2/z2/w2", 1);
     slot(&h[0], "x", "a1", 5, 0);
     slot(&h[1], "x", "b1", 7, 2);
-    settle(all, 2);
-    assert_values(all, 2, "x", 10, false);
+    converge(all, 2, 10, false);
     assert_group_slot(&h[0], "x", "...w2", 7, 2);
     assert_group_slot(&h[1], "x", "...w1", 5, 0);
     ck_assert(!group_slot(&h[0], "x", "g2") && !group_slot(&h[0], "x", ".r2") &&
@@ -1872,8 +1864,7 @@ START_TEST(test_four_levels_hold_one_slot_for_the_other_top_unit)
     ck_assert(h[0].g.refused && h[0].r.refused && h[0].up[0].refused && !h[0].up[1].refused);
     ck_assert_int_eq(table_reset(&h[1].t, get(&h[1], "x"), false), TALLY_OK);
     slot(&h[0], "x", "a1", 6, 0);
-    settle(all, 2);
-    assert_values(all, 2, "x", 1, false);
+    converge(all, 2, 1, false);
     hub_free(&h[0]);
     hub_free(&h[1]);
 }
