@@ -2484,14 +2484,15 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     if (getrandom(&session, sizeof(session), 0) != sizeof(session))
         session = wall_ms() ^ (uint64_t)getpid() << 40;
     repl_init(&g.repl, session | 1); /* never 0, which means "version 1" */
-    /* a session that grows from one start to the next: GSUMs are told new by it */
+    /* our units, group first, each in the next (plugin_opt_region's path) */
     char names[TALLY_LEVELS][GROUP_NAME_MAX + 1] = {{0}};
     snprintf(names[0], sizeof(names[0]), "%s", g.opt.group);
     int levels = 1 + region_path(g.opt.region, names + 1); /* checked with the options */
-    uint64_t grown = wall_ms();
+    /* a session that grows from one start to the next: sums are told new by it */
+    uint64_t sums_session = wall_ms();
     for (int k = 0; k < TALLY_LEVELS; k++) {
         struct tally_group *u = g.units[k] = k ? &g.region[k - 1] : &g.group;
-        group_init(u, names[k], grown, 10 * (uint64_t)g.opt.sync_interval_ms);
+        group_init(u, names[k], sums_session, 10 * (uint64_t)g.opt.sync_interval_ms);
         group_scope(u, k + 1, k + 1 < TALLY_LEVELS ? names[k + 1] : NULL);
         u->quiet_ms = 3 * heartbeat_ms(); /* as repl.c stops hearing */
         u->sums_budget = group_sums_budget(g.opt.sums_budget, levels);

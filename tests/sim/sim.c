@@ -38,7 +38,10 @@
  * R regions of G/R consecutive groups (group.c, "Regions"): the groups of a region in a ring as
  * above, the regions in a ring (chords from 9 on) joined by the second hub of each region's
  * first group (one that never dies); GSUMs stay inside a region, RSUMs (a region's sums, the
- * speaker of each region's) cross every bridge. Each edge's bridge lists
+ * speaker of each region's) cross every bridge. With --zones Z too, Z level-3 regions of R/Z
+ * consecutive regions (group.c, "Regions of regions"; plugin_opt_region "r/z"): the regions of
+ * each in a ring as above, the zones in a ring of their own joined the same way; RSUMs of
+ * regions stay inside a zone, the zones' (rsum3) cross every bridge. Each edge's bridge lists
  * two addresses: its home hub and the next one (of its group, with groups), and goes back to its
  * home once that is up again (Mosquitto's bridge with round_robin false). Each edge writes to the
  * counter every edge writes ("c0", a like button on the front page) and to one of K-1 others, which
