@@ -361,23 +361,18 @@ int group_name_check(const char *name, size_t len)
     return unit_name_check(1, name, len);
 }
 
-int region_name_check(const char *name, size_t len)
-{
-    return unit_name_check(2, name, len);
-}
-
-int region_path(const char *path, char names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1])
+int region_path(const char *path, size_t plen, char names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1])
 {
     int n = 0;
-    for (const char *at = path; *at; n++) {
-        const char *end = strchr(at, '/');
-        size_t len = end ? (size_t)(end - at) : strlen(at);
+    for (const char *at = path, *stop = path + plen; at < stop; n++) {
+        const char *end = memchr(at, '/', (size_t)(stop - at));
+        size_t len = end ? (size_t)(end - at) : (size_t)(stop - at);
         if (n == TALLY_LEVELS - 1 || unit_name_check(n + 2, at, len) != TALLY_OK || !len)
             return -1;
         memcpy(names[n], at, len);
         names[n][len] = '\0';
         at += len + (end ? 1 : 0);
-        if (end && !*at)
+        if (end && at == stop)
             return -1; /* a trailing '/' */
     }
     return n;
@@ -390,11 +385,10 @@ uint64_t group_sums_budget(long long option, int levels)
     return levels <= 2 ? 1000 : (2000 + (uint64_t)levels / 2) / (uint64_t)levels;
 }
 
-/* How many marks `name` begins with, at most `most`. */
-static int marks_of(const char *name, size_t len, int most)
+int unit_marks(const char *id, size_t len)
 {
     int k = 0;
-    while (k < most && (size_t)k < len && name[k] == GROUP_MARK)
+    while (k < TALLY_LEVELS && (size_t)k < len && id[k] == GROUP_MARK)
         k++;
     return k;
 }
@@ -462,7 +456,7 @@ int group_level(const struct tally_table *t, uint32_t replica)
     if (replica >= t->nreplicas)
         return 0;
     const struct tally_replica *r = t->replicas[replica];
-    return marks_of(r->key, r->id_len, TALLY_LEVELS);
+    return unit_marks(r->key, r->id_len);
 }
 
 static uint64_t minus(uint64_t v, uint64_t by)
@@ -1307,7 +1301,7 @@ struct gsum_kind {
  * of no region above it, a region's: other regions hold no group's). */
 static bool base_name_ok(const char *name, size_t len, struct gsum_kind k)
 {
-    int m = marks_of(name, len, TALLY_LEVELS - 1);
+    int m = unit_marks(name, len);
     if ((m && k.version < 3) || m + 1 < k.level)
         return false;
     return unit_name_check(m + 1, name + m, len - (size_t)m) == TALLY_OK;
@@ -1541,7 +1535,7 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
     const char *group = wr_str8(&r, &glen), *region = k.version >= 3 ? wr_str8(&r, &rlen) : "";
     /* an RSUM of level k names its unit past k - 2 marks: the level of the
      * topic it came on (plugin.c), another is not this stream's */
-    int m = up_level && !r.bad ? marks_of(group, glen, TALLY_LEVELS) : 0;
+    int m = up_level && !r.bad ? unit_marks(group, glen) : 0;
     if (m) {
         group += m;
         glen -= (size_t)m;

@@ -496,13 +496,10 @@ static int apply_scope(struct wire_reader *r, struct tally_table *t)
 {
     size_t glen, rlen;
     const char *group = wr_str8(r, &glen), *region = wr_str8(r, &rlen);
-    char path[TALLY_NODE_ID_MAX + 1], names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1];
+    char names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1];
+    /* a region, and those above it ("r/up"), as plugin_opt_region holds it */
     if (r->bad || r->p != r->end || (glen && group_name_check(group, glen) != TALLY_OK) ||
-        rlen >= sizeof(path))
-        return TALLY_E_WIRE;
-    memcpy(path, region, rlen);
-    path[rlen] = '\0';
-    if (region_path(path, names) < 0) /* a region, and those above it ("r/up") */
+        rlen >= sizeof(t->scope.region) || region_path(region, rlen, names) < 0)
         return TALLY_E_WIRE;
     memcpy(t->scope.group, group, glen);
     t->scope.group[glen] = '\0';

@@ -240,7 +240,7 @@ static int options_check(const struct options *o)
         bad = "group", help = opt_help(bad);
     else if (o->group[0] && strcmp(o->role, "edge") == 0)
         bad = "group", help = "unset at an edge, which is in the group of its hubs";
-    else if (region_path(o->region, names) < 0)
+    else if (region_path(o->region, strlen(o->region), names) < 0)
         bad = "region", help = opt_help(bad);
     else if (o->region[0] && !o->group[0])
         bad = "region", help = "set with group: a region is a group of groups of hubs";
@@ -1765,10 +1765,9 @@ static uint64_t heartbeat_ms(void)
  * heartbeat, all of them or a keepalive), on their own topic. */
 static void scope_send(struct scope_stream *s, bool changes, uint64_t now)
 {
-    static const char *const kinds[TALLY_LEVELS] = {"gviews", "rviews", "rviews3", "rviews4"};
     int rc = scope_announce(s, changes, wall_ms() * 1000, now, (uint64_t)g.opt.peer_timeout_ms,
                             (size_t)g.opt.max_message_bytes, &g.buf, emit_presence,
-                            (void *)kinds[s->level - 1]);
+                            (void *)scope_kinds[s->level]);
     if (rc != TALLY_OK)
         mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot announce the viewers of %s: %s",
                              s->hub.node_id, tally_strerror(rc));
@@ -2487,7 +2486,8 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     /* our units, group first, each in the next (plugin_opt_region's path) */
     char names[TALLY_LEVELS][GROUP_NAME_MAX + 1] = {{0}};
     snprintf(names[0], sizeof(names[0]), "%s", g.opt.group);
-    int levels = 1 + region_path(g.opt.region, names + 1); /* checked with the options */
+    /* checked with the options */
+    int levels = 1 + region_path(g.opt.region, strlen(g.opt.region), names + 1);
     /* a session that grows from one start to the next: sums are told new by it */
     uint64_t sums_session = wall_ms();
     for (int k = 0; k < TALLY_LEVELS; k++) {
@@ -2508,7 +2508,7 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
         g.tier_hub.persist = g.persist;
     }
     if (!g.edge && group_on(&g.group)) {
-        g.presence.track_scopes = true;
+        g.presence.scope_levels = (uint8_t)levels;
         for (int k = 0; k < TALLY_LEVELS; k++)
             if (group_on(g.units[k]))
                 scope_init(g.scopes[k] = &g.scope[k], g.units[k], &g.presence);

@@ -93,9 +93,10 @@ struct tally_page {
     uint64_t local;
     struct page_cell *cells; /* origins counting it, sorted by slot */
     uint32_t ncells;
-    /* the sum of its cells of origins of each level below the top (0: nodes
-     * of our group, 1: other groups of our region, 2: other regions of the
-     * region above it, ...): what scope.c's sums are made of */
+    /* the sum of its cells of origins of each level below our top
+     * (scope_levels; 0: nodes of our group, 1: other groups of our region,
+     * 2: other regions of the region above it, ...): what scope.c's sums
+     * are made of */
     uint64_t part[TALLY_LEVELS];
     uint32_t scope_gen;   /* pr->scope_gen when its hash joined pr->scope_changed */
     uint64_t published;   /* UINT64_MAX until first published */
@@ -279,7 +280,7 @@ static bool note_hash(uint64_t **list, uint32_t *n, uint32_t *cap, uint32_t max,
  * PRESENCE_SCOPE_MAX hashes (past that, every page). */
 static void scope_changed(struct tally_presence *pr, struct tally_page *pg)
 {
-    if (!pr->track_scopes || pr->scope_all || pg->scope_gen == pr->scope_gen)
+    if (!pr->scope_levels || pr->scope_all || pg->scope_gen == pr->scope_gen)
         return;
     pg->scope_gen = pr->scope_gen;
     if (!note_hash(&pr->scope_changed, &pr->nscope_changed, &pr->scope_changed_cap,
@@ -574,8 +575,7 @@ struct tally_origin *presence_origin(struct tally_presence *pr, const char *node
     if (!o)
         return NULL;
     strncpy(o->node_id, node_id, TALLY_NODE_ID_MAX);
-    while (o->level < TALLY_LEVELS && node_id[o->level] == GROUP_MARK)
-        o->level++;
+    o->level = (uint8_t)unit_marks(node_id, strlen(node_id));
     o->slot = pr->norigins++;
     HASH_ADD_STR(pr->origins, node_id, o);
     return o;
@@ -633,7 +633,7 @@ static int origin_count(struct tally_presence *pr, struct tally_origin *o, struc
     }
     o->digest +=
         presence_digest(pg->name, pg->name_len, n) - presence_digest(pg->name, pg->name_len, was);
-    if (o->level < TALLY_LEVELS) {
+    if (o->level < pr->scope_levels) {
         pg->part[o->level] += n - was; /* modulo 2^64: the sum comes right */
         scope_changed(pr, pg);
     }

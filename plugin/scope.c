@@ -99,14 +99,6 @@
 
 #include "tally.h"
 
-static int marks(const char *id, size_t len)
-{
-    int k = 0;
-    while (k < TALLY_LEVELS && (size_t)k < len && id[k] == GROUP_MARK)
-        k++;
-    return k;
-}
-
 void scope_name_of(const struct tally_group *const units[TALLY_LEVELS], struct scope_name *out)
 {
     for (int k = 0; k < TALLY_LEVELS; k++) {
@@ -124,7 +116,7 @@ static bool same_at(const struct scope_name *a, const struct scope_name *b, int 
 enum scope_take scope_take(const struct scope_name *ours, const char *origin, size_t len,
                            const struct scope_name *from)
 {
-    int level = marks(origin, len);
+    int level = unit_marks(origin, len);
     bool named = false;
     for (int k = 0; k < TALLY_LEVELS; k++)
         named = named || from->len[k];
@@ -145,18 +137,20 @@ enum scope_take scope_take(const struct scope_name *ours, const char *origin, si
     return same_at(from, ours, level) ? SCOPE_PASS : SCOPE_TAKE;
 }
 
+const char *const scope_kinds[TALLY_LEVELS + 1] = {"presence", "gviews", "rviews", "rviews3",
+                                                   "rviews4"};
+
 bool scope_topic_fits(const char *kind, const char *origin, size_t len)
 {
-    static const char *const by_level[TALLY_LEVELS + 1] = {"presence/", "gviews/", "rviews/",
-                                                           "rviews3/", "rviews4/"};
-    const char *want = by_level[marks(origin, len)];
-    return strncmp(kind, "replay/", 7) == 0 || strncmp(kind, want, strlen(want)) == 0;
+    const char *want = scope_kinds[unit_marks(origin, len)];
+    size_t n = strlen(want);
+    return strncmp(kind, "replay/", 7) == 0 || (strncmp(kind, want, n) == 0 && kind[n] == '/');
 }
 
 void scope_of_origin(const struct scope_name *ours, const char *origin, size_t len,
                      struct scope_name *out)
 {
-    int level = marks(origin, len);
+    int level = unit_marks(origin, len);
     *out = *ours;
     if (level) {
         out->name[level - 1] = origin + level;
@@ -243,7 +237,7 @@ int scope_announce(struct scope_stream *s, bool changes, uint64_t clock_seq, uin
 bool scope_pass(struct scope_stream *const streams[TALLY_LEVELS], struct tally_presence *main,
                 const struct wire_presence *wp)
 {
-    int level = marks(wp->origin, wp->origin_len);
+    int level = unit_marks(wp->origin, wp->origin_len);
     struct scope_stream *s = level ? streams[level - 1] : NULL;
     if (!s || !scope_seen(s, wp->seq))
         return false;
@@ -254,11 +248,11 @@ bool scope_pass(struct scope_stream *const streams[TALLY_LEVELS], struct tally_p
 void scope_wants(struct scope_stream *const streams[TALLY_LEVELS], struct tally_presence *main,
                  const struct wire_presence *wp)
 {
-    int from = marks(wp->origin, wp->origin_len);
+    int from = unit_marks(wp->origin, wp->origin_len);
     char id[TALLY_NODE_ID_MAX + 1];
     for (uint32_t i = 0; i < wp->nwants; i++) {
         size_t len = wp->wants[i].len;
-        int level = marks(wp->wants[i].id, len);
+        int level = unit_marks(wp->wants[i].id, len);
         if (!level)
             continue;
         memcpy(id, wp->wants[i].id, len);

@@ -606,12 +606,15 @@ struct tally_presence {
     uint64_t *changed;
     uint32_t nchanged, changed_cap, changed_gen;
     bool changed_all;
-    /* The presence_hash of each page whose sum for our group or region
-     * changed (scope.c), while track_scopes, until presence_scope_sync;
-     * scope_all: more than PRESENCE_SCOPE_MAX, every page. */
+    /* The presence_hash of each page whose sum for one of our units
+     * changed (scope.c), until presence_scope_sync; scope_all: more than
+     * PRESENCE_SCOPE_MAX, every page. Kept for our scope_levels units (0:
+     * none): a page's parts count the origins of the levels below the top
+     * one, which alone our units' sums are made of. */
     uint64_t *scope_changed;
     uint32_t nscope_changed, scope_changed_cap, scope_gen;
-    bool track_scopes, scope_all;
+    uint8_t scope_levels;
+    bool scope_all;
 };
 
 void presence_init(struct tally_presence *pr, uint64_t max_views);
@@ -1545,16 +1548,17 @@ int group_bind(const struct tally_group *gr, struct tally_table *t);
 /* A group's name: a node id of at most GROUP_NAME_MAX bytes (its replica's
  * id is "." and the name). TALLY_OK or the reason it is refused. */
 int group_name_check(const char *name, size_t len);
-/* A region's: the same, one byte shorter (its replica's id is ".." and it). */
-int region_name_check(const char *name, size_t len);
 /* A level-k unit's (1: a group, 2: a region, ...): k bytes shorter than a
  * node id (its replica's id is k marks and it), not starting with a mark. */
 int unit_name_check(int level, const char *name, size_t len);
-/* plugin_opt_region: our region's name, then the names of the regions
- * above it, '/' between them ("eu-west/eu"), into names (level 2 up).
- * How many (0 for ""), or -1 if a name is empty or not a unit's of its
- * level, or more than TALLY_LEVELS - 1 are given. */
-int region_path(const char *path, char names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1]);
+/* plugin_opt_region (plen bytes): our region's name, then the names of
+ * the regions above it, '/' between them ("eu-west/eu"), into names
+ * (level 2 up). How many (0 for ""), or -1 if a name is empty or not a
+ * unit's of its level, or more than TALLY_LEVELS - 1 are given. */
+int region_path(const char *path, size_t plen, char names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1]);
+/* How many marks an id begins with, at most TALLY_LEVELS: 0 for a node,
+ * k for the replica or viewer origin of a unit of level k. */
+int unit_marks(const char *id, size_t len);
 /* The sums budget of each level (records a second a hub takes of it): the
  * option, if set (> 0); by default 1,000 a level, and in a tree of more than
  * two levels the 2,000 of two shared among them (667 at three, 500 at
@@ -1650,9 +1654,12 @@ enum scope_take {
 enum scope_take scope_take(const struct scope_name *ours, const char *origin, size_t len,
                            const struct scope_name *from);
 
-/* Whether a PRESENCE of origin may come on topic $tally/v1/<kind>...: a
- * node's on presence/, a group's sums on gviews/, a region's on rviews/
- * (one of level k above it on rviews<k>/), any on replay/ (scope.c). */
+/* The topic kind of a PRESENCE of an origin of level k, $tally/v1/<kind>/:
+ * a node's on presence/, a group's sums on gviews/, a region's on rviews/
+ * (one of level k above it on rviews<k>/). */
+extern const char *const scope_kinds[TALLY_LEVELS + 1];
+/* Whether a PRESENCE of origin may come on topic $tally/v1/<kind>...: on
+ * its level's (scope_kinds), or replayed on replay/ (scope.c). */
 bool scope_topic_fits(const char *kind, const char *origin, size_t len);
 /* The units a PRESENCE of `origin` is published under, as a hub of units
  * `ours` holds it: ours for a node's, ours with g for ".g", with r for

@@ -41,7 +41,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (t.scope.known) {
         size_t glen = strlen(t.scope.group), rlen = strlen(t.scope.region);
         check(!glen || group_name_check(t.scope.group, glen) == TALLY_OK);
-        check(!rlen || region_name_check(t.scope.region, rlen) == TALLY_OK);
+        char names[TALLY_LEVELS - 1][GROUP_NAME_MAX + 1];
+        check(region_path(t.scope.region, rlen, names) >= 0); /* "r", or "r/up" */
     }
     struct tally_counter *c, *tmp;
     HASH_ITER(hh, t.counters, c, tmp)

@@ -894,7 +894,7 @@ static void hub_start(uint32_t i)
         group_scope(&n->zg, 3, NULL);
         n->gr.sums_budget = n->rg.sums_budget = n->zg.sums_budget = opt.sums_budget;
         snprintf(n->tier.group, sizeof(n->tier.group), "%s", name); /* its DOWNs name it */
-        n->pr.track_scopes = true;
+        n->pr.scope_levels = (uint8_t)(opt.zones ? 3 : opt.regions ? 2 : 1);
         struct tally_group *units[3] = {&n->gr, &n->rg, &n->zg};
         for (int k = 0; k < TALLY_LEVELS; k++) {
             n->scs[k] = NULL;

@@ -73,7 +73,7 @@ static void hub_init_in(struct hub *h, const char *id, const char *group, const 
     /* region: plugin_opt_region's path, "r1" or "r1/z1" ... */
     char names[TALLY_LEVELS][GROUP_NAME_MAX + 1] = {{0}};
     snprintf(names[0], sizeof(names[0]), "%s", group ? group : "");
-    ck_assert_int_ge(region_path(region ? region : "", names + 1), 0);
+    ck_assert_int_ge(region_path(region ? region : "", region ? strlen(region) : 0, names + 1), 0);
     struct outbox none = {0};
     for (int k = 1; k <= TALLY_LEVELS; k++) {
         group_init(unit(h, k), names[k - 1], session, REFRESH_MS);
@@ -193,9 +193,8 @@ static int apply_bytes(struct hub *h, const void *data, size_t len, bool *fresh)
         wr_u64(&r);
         wr_varint(&r);
         const char *name = wr_str8(&r, &glen);
-        for (level = 2; !r.bad && level < TALLY_LEVELS && (size_t)(level - 2) < glen &&
-                        name[level - 2] == GROUP_MARK;)
-            level++;
+        level = r.bad ? 2 : 2 + unit_marks(name, glen);
+        level = level < TALLY_LEVELS ? level : TALLY_LEVELS;
     }
     return group_apply(unit(h, level), &h->t, NULL, h->id, data, len, fresh);
 }
@@ -1746,16 +1745,16 @@ START_TEST(test_a_region_path_names_up_to_two_regions_above_it)
     long61[61] = '\0';
     memset(long62, 'a', 62);
     long62[62] = '\0';
-    ck_assert_int_eq(region_path("", names), 0);
-    ck_assert_int_eq(region_path("r1", names), 1);
-    ck_assert_int_eq(region_path("eu-west/eu", names), 2);
+    ck_assert_int_eq(region_path("", 0, names), 0);
+    ck_assert_int_eq(region_path("r1", 2, names), 1);
+    ck_assert_int_eq(region_path("eu-west/eu", 10, names), 2);
     ck_assert_str_eq(names[0], "eu-west");
     ck_assert_str_eq(names[1], "eu");
-    ck_assert_int_eq(region_path("r/z/w", names), 3);
+    ck_assert_int_eq(region_path("r/z/w", 5, names), 3);
     ck_assert_str_eq(names[2], "w");
     const char *bad[] = {"r/z/w/v", "/r", "r/", "r//z", ".r", "r/.z", "r z", "r/z@"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        ck_assert_msg(region_path(bad[i], names) < 0, "%s", bad[i]);
+        ck_assert_msg(region_path(bad[i], strlen(bad[i]), names) < 0, "%s", bad[i]);
     ck_assert_int_eq(unit_name_check(2, long62, 62), TALLY_OK);
     ck_assert_int_ne(unit_name_check(3, long62, 62), TALLY_OK); /* "..." and 62: 65 bytes */
     ck_assert_int_eq(unit_name_check(3, long61, 61), TALLY_OK);

@@ -32,12 +32,12 @@ static void hub_init(struct hub *h, const char *id, const char *group, const cha
     snprintf(h->id, sizeof(h->id), "%s", id);
     presence_init(&h->pr, 1000);
     tier_hub_init(&h->tier, id, 1);
-    ck_assert_int_ge(region_path(region ? region : "", names), 0);
+    ck_assert_int_ge(region_path(region ? region : "", region ? strlen(region) : 0, names), 0);
     for (int k = 0; k < 3; k++) {
         group_init(units[k], k ? names[k - 1] : group, 1, 10000);
         group_scope(units[k], k + 1, k < 2 ? names[k] : NULL);
     }
-    h->pr.track_scopes = true;
+    h->pr.scope_levels = (uint8_t)(1 + (group_on(&h->r) ? 1 : 0) + (group_on(&h->z) ? 1 : 0));
     for (int k = 0; k < 3; k++)
         if (group_on(units[k]))
             scope_init(h->scs[k] = &h->sc[k], units[k], &h->pr);
@@ -400,7 +400,7 @@ START_TEST(test_the_sums_follow_every_page_even_past_the_notes)
     struct tally_presence main, sums;
     presence_init(&main, 1000);
     presence_init(&sums, 0);
-    main.track_scopes = true;
+    main.scope_levels = 2;
     struct tally_origin *e = presence_origin(&main, "e1"), *g = presence_origin(&main, ".g2");
     char page[16];
     for (int i = 0; i < 70000; i++) { /* past PRESENCE_SCOPE_MAX notes */
