@@ -736,6 +736,12 @@ static const char *reset_counter(const cJSON *cmd, cJSON *data, struct control_r
     struct tally_counter *c = table_find(rq->t, name->valuestring, strlen(name->valuestring));
     if (!c || table_hidden(rq->t, c))
         return "counter not found";
+    /* it holds the rest of the tree as sums, which no base can name: a
+     * light hub passes resets to its group's speaker (group.c, "Light
+     * hubs"), and none runs here */
+    if (rq->t->light)
+        return "a light hub cannot reset or delete: send it to a full hub of its group "
+               "(plugin_opt_hub full)";
     struct tally_counter **grown = realloc(rq->changed, (rq->nchanged + 1) * sizeof(*rq->changed));
     if (!grown)
         return "out of memory";
@@ -899,7 +905,8 @@ char *control_error_all(const void *payload, size_t len, const char *error)
 /* ==== $tally/stats/<node> ==== */
 
 /* A group's or region's figures (group.c), when this hub is in one. */
-static void unit_json(struct wire_buf *b, const char *key, const struct tally_group *gr)
+static void unit_json(struct wire_buf *b, const char *key, const struct tally_group *gr,
+                      const struct tally_table *t)
 {
     if (!gr || !group_on(gr))
         return;
@@ -910,10 +917,13 @@ static void unit_json(struct wire_buf *b, const char *key, const struct tally_gr
                 ",\"refused\":%" PRIu64 ",\"mismatched\":%" PRIu64 ",\"viewers_refused\":%" PRIu64
                 ",\"echoed\":%" PRIu64 ",\"holes\":%" PRIu64 ",\"budget_held\":%" PRIu64
                 ",\"wants\":%" PRIu64 ",\"resent\":%" PRIu64 ",\"calls\":%" PRIu64
-                ",\"refresh_took_ms\":%" PRIu64 ",\"budget\":%" PRIu64 ",\"speaking\":%s}",
+                ",\"refresh_took_ms\":%" PRIu64 ",\"budget\":%" PRIu64 ",\"speaking\":%s",
                 gr->announced, gr->learned, gr->stale, gr->refused, gr->mismatched,
                 gr->viewers_refused, gr->echoed, gr->holes, gr->budget_held, gr->wants, gr->resent,
                 gr->calls, gr->refresh_took, gr->sums_budget, gr->quiet ? "false" : "true");
+    if (t) /* our group's: whether we are a light hub (group.c, "Light hubs") */
+        wbuf_printf(b, ",\"light\":%s", t->light ? "true" : "false");
+    wbuf_u8(b, '}');
 }
 
 /* The neighbours, as many as max_bytes leaves room for (a stats document is
@@ -1011,10 +1021,10 @@ void node_stats_json(struct wire_buf *b, const struct stats_view *v)
                 v->over_devices ? "\"max_devices\"" : "");
     wbuf_str(b, ",\"persist\":");
     wbuf_json_str(b, v->persist, strlen(v->persist));
-    unit_json(b, "group", v->group);
+    unit_json(b, "group", v->group, v->table);
     static const char *const regions[TALLY_LEVELS - 1] = {"region", "region3", "region4"};
     for (int k = 0; k < TALLY_LEVELS - 1; k++)
-        unit_json(b, regions[k], v->regions[k]);
+        unit_json(b, regions[k], v->regions[k], NULL);
     if (v->fold) {
         wbuf_str(b, ",\"fold\":");
         /* at most half the room left: the peers have the rest */
@@ -1024,4 +1034,22 @@ void node_stats_json(struct wire_buf *b, const struct stats_view *v)
     stats_nodes(b, v->presence);
     stats_peers(b, v);
     wbuf_str(b, "}");
+}
+
+bool control_resets(const void *payload, size_t len)
+{
+    cJSON *req = cJSON_ParseWithLength(payload, len);
+    const cJSON *cmd, *cmds = cJSON_GetObjectItemCaseSensitive(req, "commands");
+    bool resets = false;
+    if (!cJSON_IsArray(cmds))
+        cmds = NULL;
+    cJSON_ArrayForEach(cmd, cmds)
+    {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(cmd, "command");
+        resets =
+            resets || (cJSON_IsString(name) && (strcmp(name->valuestring, "resetCounter") == 0 ||
+                                                strcmp(name->valuestring, "deleteCounter") == 0));
+    }
+    cJSON_Delete(req);
+    return resets;
 }

@@ -317,6 +317,55 @@
  * the tree in base f. No fixed number of levels makes it flat; each level
  * costs a stream of sums that reaches every hub (README, "Regions of
  * regions", measured).
+ *
+ * ---- Light hubs ----
+ *
+ * A hub holds a slot per other unit at each level because it merges each
+ * unit's sum by maximum: the sum of several units only grows, but two hubs'
+ * figures of it cannot be merged without knowing its parts. One hub of the
+ * group can know them for the others. A light hub (plugin_opt_hub light)
+ * holds its group's nodes' slots and, per counter, one slot a level for
+ * the rest of the tree: rest k, the sum of the other units' slots of level
+ * k it would have held (the other groups of its region at level 1, the
+ * other regions of its level-3 region at level 2, ...), a replica named
+ * TALLY_LEVELS + 1 marks and k (REST_ID_LEN: no unit's name starts with a
+ * mark, so none is one). Its base is the sum of each such slot's
+ * min(slot, base): both sums only grow (a slot and its base each only
+ * rise), so a rest slot and its base merge by maximum like any, and slot -
+ * base is what the parts it sums are worth, sum(slot - min(slot, base)),
+ * the very term table_sums takes for level k. A light hub's total is the
+ * full hubs', part for part (reset.c's own-unit bases included, which it
+ * holds: they are our units' replicas, not another's).
+ *
+ * Our group's speaker, a full hub (plugin_opt_hub full: light hubs never
+ * speak), writes its rest slots (group_rest) as it notes a counter that
+ * changed, and every counter's as it takes over (took_over: the last
+ * speaker may have died with some unsent); they reach the group in its
+ * SYNCs, as the slots of any node, and a full hub counts none of them
+ * (table_raw, table_sums), holding what they sum. A light hub takes no slot
+ * of another unit, from a GSUM, a SYNC, a repair or its state_dir (table.c:
+ * table_foreign), and the digests of a group with light hubs (t->lean)
+ * leave those slots out, so that a full hub's and a light hub's agree. The
+ * bases of other units' replicas, which only a reset makes, a light hub
+ * holds and the digests count: left out, one a SYNC lost on its way to a
+ * full hub was lost to it for good, since a light hub relays the rest
+ * slot's base without it and the digests then agreed (tests/sim/run.sh,
+ * seed 26 of the light mix). A reset observes the parts of every slot it
+ * takes from, which a rest slot hides, so a light hub passes resetCounter
+ * and deleteCounter (its clients', its edges') to our group's speaker, the
+ * hub it last heard speak (gr->speaker), and relays the answer, as an edge
+ * passes its requests to its hub (plugin.c, control_forward; control.c
+ * refuses one that would run at a light hub); and a reset at a full hub
+ * leaves the rest slots' bases to the speaker's sums.
+ *
+ * So a light hub holds g + levels slots a counter, whatever the number of
+ * units at each level, and levels is at most TALLY_LEVELS: 600 slots for
+ * 100 counters at 2,040 nodes in two levels, 700 at 10,200 in three, where
+ * a full hub holds 1,100 and 1,600 (README, "Light hubs", measured). A full
+ * hub still holds every other unit of each level; what would make it flat
+ * too is a speaker per level, each holding only its level's units and
+ * taking the rest from the level above: a stream of rest slots down each
+ * unit, which SYNC (inside a group) cannot carry.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -456,7 +505,7 @@ int group_level(const struct tally_table *t, uint32_t replica)
     if (replica >= t->nreplicas)
         return 0;
     const struct tally_replica *r = t->replicas[replica];
-    return unit_marks(r->key, r->id_len);
+    return r->rest ? r->rest : unit_marks(r->key, r->id_len);
 }
 
 static uint64_t minus(uint64_t v, uint64_t by)
@@ -522,7 +571,7 @@ static void level_sum(const struct tally_table *t, const struct tally_counter *c
     }
     for (uint32_t i = 0; i < c->nslots; i++) {
         const struct tally_slot *s = &c->slots[i];
-        if (group_level(t, s->replica) != k - 1)
+        if (group_level(t, s->replica) != k - 1 || t->replicas[s->replica]->rest)
             continue;
         add_safe(p, s->p);
         add_safe(n, s->n);
@@ -532,6 +581,46 @@ static void level_sum(const struct tally_table *t, const struct tally_counter *c
             add_safe(bn, min64(sn, s->n));
         }
     }
+}
+
+int group_rest(struct tally_table *t, struct tally_counter *c)
+{
+    if (t->light || !t->lean)
+        return TALLY_OK;
+    uint64_t p[TALLY_LEVELS + 1] = {0}, n[TALLY_LEVELS + 1] = {0};
+    uint64_t bp[TALLY_LEVELS + 1] = {0}, bn[TALLY_LEVELS + 1] = {0};
+    const struct tally_base *b = table_base(t, c);
+    bool any = false;
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        const struct tally_slot *s = &c->slots[i];
+        if (!table_foreign(t, s->replica))
+            continue;
+        int k = group_level(t, s->replica);
+        uint64_t sp = 0, sn = 0;
+        base_slot(b, s->replica, &sp, &sn);
+        add_safe(&p[k], s->p);
+        add_safe(&n[k], s->n);
+        add_safe(&bp[k], min64(sp, s->p));
+        add_safe(&bn[k], min64(sn, s->n));
+        any = true;
+    }
+    for (int k = 1; any && k <= TALLY_LEVELS; k++) {
+        if (!p[k] && !n[k])
+            continue;
+        char id[REST_ID_LEN];
+        memset(id, GROUP_MARK, REST_ID_LEN - 1);
+        id[REST_ID_LEN - 1] = (char)('0' + k);
+        uint32_t r;
+        bool changed;
+        int rc = table_replica(t, id, REST_ID_LEN, GROUP_INCARNATION, &r);
+        if (rc == TALLY_OK)
+            rc = table_merge_slot(t, c, r, p[k], n[k], &changed);
+        if (rc == TALLY_OK)
+            rc = table_merge_base_slot(t, c, r, bp[k], bn[k], &changed);
+        if (rc != TALLY_OK)
+            return rc;
+    }
+    return TALLY_OK;
 }
 
 /* The sums our GSUMs (level 1) or RSUMs (level 2 and up) carry. */
@@ -599,8 +688,9 @@ static int note_resets(const struct tally_group *gr, struct group_entry *e,
     }
     for (uint32_t i = 0; i < b->nslots; i++) {
         const struct tally_base_slot *s = &b->slots[i];
-        /* a group's: those of our region's hubs hold it; a region's: all */
-        if (group_level(t, s->replica) < gr->level)
+        /* a group's: those of our region's hubs hold it; a region's: all
+         * (a rest slot's: our group's alone) */
+        if (group_level(t, s->replica) < gr->level || t->replicas[s->replica]->rest)
             continue;
         struct group_base *gb = entry_base(e, s->replica);
         if (!gb)
@@ -1138,7 +1228,7 @@ uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, con
         return 0;
     gr->clock_ms = now_ms;
     uint32_t repaired = repair(gr, self, now_ms, b, emit, ud);
-    if (gr->senior && now_ms - gr->senior_ms < gr->quiet_ms) {
+    if (t->light || (gr->senior && now_ms - gr->senior_ms < gr->quiet_ms)) {
         /* a hub of our group before us in order speaks: what rose here
          * reaches it in our SYNCs, and it sends the sums */
         for (struct group_entry *e; (e = gr->queue); gr->queue = e->next) {
@@ -1157,6 +1247,7 @@ uint32_t group_announce(struct tally_group *gr, const struct tally_table *t, con
     }
     if (gr->quiet) { /* we take over: every sum again, the last speaker may have lost some */
         gr->quiet = false;
+        gr->took_over = true; /* and every rest slot (group_rest) */
         gr->refresh_due = 0;
         gr->refresh_urgent = true;
     }
@@ -1382,6 +1473,8 @@ static int take_group_base(struct tally_table *t, struct persist *p, struct tall
     int rc = table_merge_base_slot(t, c, replica, bp, bn, &changed);
     if (rc == TALLY_OK && changed && p)
         persist_base(p, t, c);
+    if (t->light && table_foreign(t, replica))
+        return rc; /* never ours to announce */
     return rc == TALLY_OK ? heard_base(e, replica, bp, bn) : rc;
 }
 
@@ -1596,6 +1689,8 @@ int group_apply(struct tally_group *gr, struct tally_table *t, struct persist *p
     if (ours) {
         /* our own group's: we hold what it was summed from; from a hub
          * before us in order, it speaks for the group (group_announce) */
+        memcpy(gr->speaker, origin, olen);
+        gr->speaker[olen] = '\0';
         size_t slen = strlen(self);
         int order = memcmp(origin, self, olen < slen ? olen : slen);
         if (order < 0 || (order == 0 && olen < slen)) {

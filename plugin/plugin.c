@@ -57,6 +57,7 @@ struct options {
     char role[8];
     char group[GROUP_NAME_MAX + 1];
     char region[GROUP_NAME_MAX + 1];
+    char hub[8];
     char state_dir[512];
     long long publish_interval_ms;
     long long sums_interval_ms;
@@ -123,6 +124,9 @@ static const struct opt_spec opt_specs[] = {
     OPT_S(region, "[A-Za-z0-9_.-], 1 to 62 bytes, not starting with '.': the region (a group of "
                   "groups) this node's group belongs to, then up to two regions each above the "
                   "last, '/' between them, 63 bytes in all (README, Regions); unset: none"),
+    OPT_S(hub, "'light' (holds its group's slots and one a level for the rest of the tree, "
+               "never speaks for its group) or 'full' (a hub of a group with light hubs that "
+               "is not one); unset: the group has no light hubs (README, Light hubs)"),
     OPT_S(state_dir, "a directory the broker can write"),
     OPT_I(publish_interval_ms, 1, 60000, "an integer from 1 to 60000"),
     OPT_I(sums_interval_ms, 0, 1000,
@@ -244,6 +248,10 @@ static int options_check(const struct options *o)
         bad = "region", help = opt_help(bad);
     else if (o->region[0] && !o->group[0])
         bad = "region", help = "set with group: a region is a group of groups of hubs";
+    else if (o->hub[0] && strcmp(o->hub, "light") != 0 && strcmp(o->hub, "full") != 0)
+        bad = "hub", help = opt_help(bad);
+    else if (o->hub[0] && !o->group[0])
+        bad = "hub", help = "set with group: light hubs are hubs of a group";
     else if (name_check(o->prefix, strlen(o->prefix)) != TALLY_OK)
         bad = "prefix", help = opt_help(bad);
     else if (name_check(o->presence_prefix, strlen(o->presence_prefix)) != TALLY_OK ||
@@ -264,13 +272,19 @@ static int options_check(const struct options *o)
 
 /* ==== State ==== */
 
-/* An edge's control request waiting for its hub's answer (see on_control). */
+/* A control request waiting for the answer of the node that runs it (see
+ * on_control): an edge's, of its hub; a light hub's reset, of its group's
+ * speaker. */
 #define FORWARD_MAX 64
 #define FORWARD_TIMEOUT_MS 5000
 
 struct forwarded {
     uint64_t id, sent_ms; /* id 0: a free entry */
-    char *client;         /* who asked (owned) */
+    char *client;         /* who asked (owned): a client of ours, or an edge */
+    /* an edge's request (at a light hub): its id, and the connection its UP
+     * came over, which the answer goes back down */
+    uint64_t edge_id;
+    char *conn;
     struct wire_buf request, answer;
     uint32_t parts; /* of the answer, taken so far */
 };
@@ -302,7 +316,8 @@ static struct tally {
     bool edge;                         /* role edge: tier.c's edge side instead of repl.c */
     struct tier_edge tier_edge;        /* (role edge) */
     struct tier_hub tier_hub;          /* (role node) the edges bridged to us */
-    struct forwarded fwd[FORWARD_MAX]; /* (role edge) control requests asked of the hub */
+    struct forwarded fwd[FORWARD_MAX]; /* control requests asked of the hub (an edge's), or of
+                                          the group's speaker (a light hub's resets) */
     uint64_t fwd_seq;
     struct wire_buf buf;
     struct tally_stats st;
@@ -1211,6 +1226,8 @@ static int on_up(const struct mosquitto_evt_message *ev, bool *route)
 
 static int on_hub_answer(const void *payload, size_t len);
 static void forward_expire(uint64_t now);
+static int on_ctl(const struct mosquitto_evt_message *ev, bool *route);
+static int on_ctla(const struct mosquitto_evt_message *ev, bool *route);
 
 /* A watched counter whose total changed at the hub: published at the flush. */
 static void edge_view_changed(const char *name, size_t len, void *ud)
@@ -1330,6 +1347,8 @@ static const struct {
     {"$tally/stats/", on_stats},
     {"$tally/up/", on_up},
     {"$tally/down/", on_down},
+    {"$tally/v1/ctl/", on_ctl},
+    {"$tally/v1/ctla/", on_ctla},
 };
 
 static int on_replication(struct mosquitto_evt_message *ev)
@@ -1832,6 +1851,10 @@ static void publish_due(uint64_t now)
     uint64_t wall = 0;
     size_t budget = FLUSH_BUDGET;
     for (struct tally_counter *c; budget && (c = g.table.dirty_head) && due(c, now16); budget--) {
+        /* our group's speaker keeps its rest slots for its light hubs (all
+         * of them as it takes over: rest_all) */
+        if (!g.group.quiet && group_rest(&g.table, c) != TALLY_OK)
+            mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory for the rest of the tree");
         table_pop_dirty(&g.table);
         for (int k = 0; k < TALLY_LEVELS; k++)
             if (group_on(g.units[k]) && group_note(g.units[k], &g.table, c) != TALLY_OK)
@@ -1887,6 +1910,22 @@ static void emit_sums(const struct wire_buf *msg, void *ud)
  * slack is what a far end waits beyond the interval, so it is kept small. A
  * repair asked of a neighbour goes in a DIGEST sent at once, at most once a
  * publish interval. */
+/* As we take over our group's speaking, every counter's rest slots, which
+ * the last speaker may have died with unsent (publish_due keeps them after
+ * that, as counters change): once, a pass over the table (about 50 ns a
+ * slot). */
+static void rest_all(void)
+{
+    if (!g.group.took_over)
+        return;
+    g.group.took_over = false;
+    for (struct tally_counter *c = g.table.counters; c; c = c->hh.next)
+        if (group_rest(&g.table, c) != TALLY_OK) {
+            mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory for the rest of the tree");
+            return;
+        }
+}
+
 static void replicate_tick(uint64_t now)
 {
     static struct wire_digest d; /* 2 KB of hashes: off the stack */
@@ -1910,6 +1949,7 @@ static void replicate_tick(uint64_t now)
                                    (size_t)g.opt.max_message_bytes, FLUSH_BUDGET / 10, &g.buf,
                                    emit_sums, (void *)kinds[k]);
             g.last_sums_ms = now;
+            rest_all();
         }
         scope_tick(now);
         g.last_gsum_ms = now;
@@ -2129,9 +2169,10 @@ static int on_tick(int event, void *event_data, void *userdata)
         (g.presence.dirty_head || g.presence.local_changed))
         flush_presence(now);
     refresh(now);
+    if (g.edge || g.table.light)
+        forward_expire(now);
     if (g.edge) {
         edge_tick(now);
-        forward_expire(now);
     } else {
         if (now - g.last_announce_ms >= heartbeat_ms())
             announce_presence();
@@ -2188,32 +2229,59 @@ static void control_answer(const char *client, const char *resp)
                                   false, NULL);
 }
 
+static void answer_edge(const char *edge, const char *conn, uint64_t id, const char *resp);
+
 static void forward_done(struct forwarded *f, const char *error)
 {
     char *resp = error ? control_error_all(f->request.data, f->request.len, error) : NULL;
-    if (resp || !error)
-        control_answer(f->client, resp ? resp : (const char *)f->answer.data);
+    const char *text = resp ? resp : error ? NULL : (const char *)f->answer.data;
+    if (text && f->conn)
+        answer_edge(f->client, f->conn, f->edge_id, text);
+    else if (text)
+        control_answer(f->client, text);
     free(resp);
     free(f->client);
+    free(f->conn);
     wbuf_free(&f->request);
     wbuf_free(&f->answer);
     memset(f, 0, sizeof(*f));
 }
 
+/* What a light hub passes to its group's speaker: $tally/v1/ctl/<speaker>,
+ * to the hubs it is bridged to, and only the speaker takes it. */
+static void emit_to_speaker(const struct wire_buf *msg, void *ud)
+{
+    (void)ud;
+    snprintf(g.topic, sizeof(g.topic), "$tally/v1/ctl/%s", g.group.speaker);
+    send_repl(NULL, msg);
+}
+
 /* At an edge, a request goes to the hub, which runs it as if it had been
  * sent there (tier.c, "The control API through the tree"): a reset is the
- * cluster's, a listing the cluster's table. The edge answers when the hub
- * does, or with an error after FORWARD_TIMEOUT_MS. */
-static void control_forward(const struct mosquitto_evt_control *ev)
+ * cluster's, a listing the cluster's table. At a light hub, a request that
+ * resets or deletes goes to its group's speaker, a full hub, the same way
+ * (group.c, "Light hubs"): a light hub's own client's, or one of its edge's
+ * (edge: its id and the connection to answer it on). The answer goes back
+ * when the hub does, or an error after FORWARD_TIMEOUT_MS. */
+static void control_forward(const void *payload, size_t len, bool admin, const char *client,
+                            const struct tier_control *edge, const char *conn)
 {
     struct forwarded *f = NULL;
     for (size_t i = 0; i < FORWARD_MAX && !f; i++)
         f = g.fwd[i].id == 0 ? &g.fwd[i] : NULL;
-    const char *client = mosquitto_client_id(ev->client);
-    if (!f) {
-        char *resp = control_error_all(ev->payload, ev->payloadlen,
-                                       "too many requests waiting for the hub; try again");
-        if (resp)
+    struct forwarded none = {.client = (char *)client,
+                             .conn = (char *)conn,
+                             .edge_id = edge ? edge->id : 0,
+                             .request = {.data = (uint8_t *)payload, .len = len}};
+    if (!f || (!g.edge && !g.group.speaker[0])) {
+        none.id = 1; /* answered below, and never freed */
+        char *resp = control_error_all(payload, len,
+                                       !f ? "too many requests waiting for the hub; try again"
+                                          : "a light hub passes resets to its group's speaker, "
+                                            "and none was heard yet; try again");
+        if (resp && conn)
+            answer_edge(client, conn, none.edge_id, resp);
+        else if (resp)
             control_answer(client, resp);
         free(resp);
         return;
@@ -2226,19 +2294,22 @@ static void control_forward(const struct mosquitto_evt_control *ev)
     f->id = g.fwd_seq;
     f->sent_ms = mono_ms();
     f->client = strdup(client);
-    wbuf_bytes(&f->request, ev->payload, ev->payloadlen);
+    f->conn = conn ? strdup(conn) : NULL;
+    f->edge_id = none.edge_id;
+    wbuf_bytes(&f->request, payload, len);
     struct tier_control c = {.node = g.opt.node_id,
                              .node_len = strlen(g.opt.node_id),
                              .id = f->id,
-                             .flags = is_admin(ev->client) ? TIER_CONTROL_ADMIN : 0,
+                             .flags = admin ? TIER_CONTROL_ADMIN : 0,
                              .parts = 1,
-                             .data = ev->payload,
-                             .len = ev->payloadlen};
-    int rc = f->client && !f->request.failed ? TALLY_OK : TALLY_E_NOMEM;
-    if (rc == TALLY_OK && ev->payloadlen + 100 > (size_t)g.opt.max_message_bytes)
+                             .data = payload,
+                             .len = len};
+    int rc = f->client && (f->conn || !conn) && !f->request.failed ? TALLY_OK : TALLY_E_NOMEM;
+    if (rc == TALLY_OK && len + 100 > (size_t)g.opt.max_message_bytes)
         rc = TALLY_E_TOO_LARGE;
     if (rc == TALLY_OK)
-        rc = tier_control_write(&c, (size_t)g.opt.max_message_bytes, &g.buf, emit_up, NULL);
+        rc = tier_control_write(&c, (size_t)g.opt.max_message_bytes, &g.buf,
+                                g.edge ? emit_up : emit_to_speaker, NULL);
     if (rc != TALLY_OK)
         forward_done(f, rc == TALLY_E_TOO_LARGE
                             ? "request too large to pass to the hub (max_message_bytes)"
@@ -2250,7 +2321,9 @@ static void forward_expire(uint64_t now)
 {
     for (size_t i = 0; i < FORWARD_MAX; i++)
         if (g.fwd[i].id && now - g.fwd[i].sent_ms >= FORWARD_TIMEOUT_MS)
-            forward_done(&g.fwd[i], "the hub did not answer (is the edge's bridge up?)");
+            forward_done(&g.fwd[i], g.edge ? "the hub did not answer (is the edge's bridge up?)"
+                                           : "the group's speaker did not answer (is this light "
+                                             "hub bridged to it?)");
 }
 
 /* A part of the hub's answer: taken in order (one bridge keeps it), sent to
@@ -2279,17 +2352,56 @@ static int on_hub_answer(const void *payload, size_t len)
 }
 
 struct answer_to {
-    const char *edge, *conn;
+    const char *topic, *conn; /* the answer's topic, and the connection it goes to alone */
 };
 
 static void emit_answer(const struct wire_buf *msg, void *ud)
 {
     const struct answer_to *a = ud;
-    publish_up_down("down", a->edge, a->conn, msg);
+    snprintf(g.topic, sizeof(g.topic), "%s", a->topic);
+    send_repl(a->conn, msg);
+}
+
+/* resp as the answer to request `id` on topic, to the connection conn. */
+static int answer_on(const char *topic, const char *conn, uint64_t id, const char *resp)
+{
+    struct tier_control a = {.node = g.opt.node_id,
+                             .node_len = strlen(g.opt.node_id),
+                             .id = id,
+                             .flags = TIER_CONTROL_ANSWER,
+                             .data = (const uint8_t *)resp,
+                             .len = strlen(resp)};
+    struct answer_to to = {topic, conn};
+    return tier_control_write(&a, (size_t)g.opt.max_message_bytes, &g.buf, emit_answer, &to);
+}
+
+/* An edge's request answered on its DOWN topic, over the connection its UP
+ * came (conn). */
+static void answer_edge(const char *edge, const char *conn, uint64_t id, const char *resp)
+{
+    char topic[TALLY_NODE_ID_MAX + 32];
+    snprintf(topic, sizeof(topic), "$tally/down/%s", edge);
+    if (answer_on(topic, conn, id, resp) != TALLY_OK)
+        mosquitto_log_printf(MOSQ_LOG_ERR, "tally: cannot answer edge %s", edge);
+}
+
+/* A request of another node (c), run here unless it is stale: one queued on
+ * a bridge that was down (one that keeps its session delivers it when it
+ * reconnects) comes after the sender told its client that we did not
+ * answer. NULL when out of memory. */
+static char *run_remote(const struct tier_control *c, const char *who)
+{
+    bool stale = wall_ms() > (c->id >> 16) + FORWARD_TIMEOUT_MS / 2;
+    return stale ? control_error_all(c->data, c->len,
+                                     "the request reached the hub over 2.5 s after the "
+                                     "edge sent it (its bridge was down, or the two "
+                                     "clocks are apart); it was not run")
+                 : control_run(c->data, c->len, c->flags & TIER_CONTROL_ADMIN, who);
 }
 
 /* A hub runs an edge's request (the edge allowed it) and answers on the
- * edge's DOWN topic. */
+ * edge's DOWN topic; a light hub passes one that resets to its group's
+ * speaker, and answers when it does (control_forward). */
 static int on_edge_control(const struct mosquitto_evt_message *ev)
 {
     struct tier_control c;
@@ -2299,31 +2411,57 @@ static int on_edge_control(const struct mosquitto_evt_message *ev)
     if (rc != TALLY_OK || (c.flags & TIER_CONTROL_ANSWER) || c.parts != 1 ||
         edge_len != c.node_len || memcmp(edge, c.node, c.node_len) != 0)
         return rc != TALLY_OK ? rc : TALLY_E_WIRE;
-    char who[TALLY_NODE_ID_MAX + 64];
-    snprintf(who, sizeof(who), "(a client of edge %.*s)", (int)edge_len, edge);
-    /* A request queued on a bridge that was down (one that keeps its session
-     * delivers it when it reconnects) comes after the edge told its client
-     * that the hub did not answer: it is not run then. */
-    bool stale = wall_ms() > (c.id >> 16) + FORWARD_TIMEOUT_MS / 2;
-    char *resp = stale ? control_error_all(c.data, c.len,
-                                           "the request reached the hub over 2.5 s after the "
-                                           "edge sent it (its bridge was down, or the two "
-                                           "clocks are apart); it was not run")
-                       : control_run(c.data, c.len, c.flags & TIER_CONTROL_ADMIN, who);
+    char id[TALLY_NODE_ID_MAX + 1], who[TALLY_NODE_ID_MAX + 64];
+    snprintf(id, sizeof(id), "%.*s", (int)edge_len, edge);
+    snprintf(who, sizeof(who), "(a client of edge %s)", id);
+    const char *conn = mosquitto_client_id(ev->client);
+    if (g.table.light && control_resets(c.data, c.len) && conn) {
+        control_forward(c.data, c.len, c.flags & TIER_CONTROL_ADMIN, id, &c, conn);
+        return TALLY_OK;
+    }
+    char *resp = run_remote(&c, who);
     if (!resp)
         return TALLY_E_NOMEM;
-    struct tier_control a = {.node = g.opt.node_id,
-                             .node_len = strlen(g.opt.node_id),
-                             .id = c.id,
-                             .flags = TIER_CONTROL_ANSWER,
-                             .data = (const uint8_t *)resp,
-                             .len = strlen(resp)};
-    char id[TALLY_NODE_ID_MAX + 1];
-    snprintf(id, sizeof(id), "%.*s", (int)edge_len, edge);
-    struct answer_to to = {id, mosquitto_client_id(ev->client)};
-    rc = tier_control_write(&a, (size_t)g.opt.max_message_bytes, &g.buf, emit_answer, &to);
+    char topic[TALLY_NODE_ID_MAX + 32];
+    snprintf(topic, sizeof(topic), "$tally/down/%s", id);
+    rc = answer_on(topic, conn, c.id, resp);
     free(resp);
     return rc;
+}
+
+/* $tally/v1/ctl/<node>: a light hub's request that resets (control_forward),
+ * run by the speaker it names and answered on $tally/v1/ctla/<light hub>
+ * over the connection it came; a hub it does not name drops it (a light
+ * hub is bridged to its group's full hubs: README, Light hubs). */
+static int on_ctl(const struct mosquitto_evt_message *ev, bool *route)
+{
+    struct tier_control c;
+    (void)route;
+    if (strcmp(ev->topic + strlen("$tally/v1/ctl/"), g.opt.node_id) != 0 || g.edge)
+        return TALLY_OK;
+    int rc = tier_control_read(ev->payload, ev->payloadlen, &c);
+    if (rc != TALLY_OK || (c.flags & TIER_CONTROL_ANSWER) || c.parts != 1 ||
+        node_id_check(c.node, c.node_len) != TALLY_OK)
+        return rc != TALLY_OK ? rc : TALLY_E_WIRE;
+    char who[TALLY_NODE_ID_MAX + 64], topic[TALLY_NODE_ID_MAX + 32];
+    snprintf(who, sizeof(who), "(a client of light hub %.*s)", (int)c.node_len, c.node);
+    snprintf(topic, sizeof(topic), "$tally/v1/ctla/%.*s", (int)c.node_len, c.node);
+    char *resp = run_remote(&c, who);
+    if (!resp)
+        return TALLY_E_NOMEM;
+    rc = answer_on(topic, mosquitto_client_id(ev->client), c.id, resp);
+    free(resp);
+    return rc;
+}
+
+/* $tally/v1/ctla/<node>: the speaker's answer to our request, if we are
+ * <node>. */
+static int on_ctla(const struct mosquitto_evt_message *ev, bool *route)
+{
+    (void)route;
+    if (strcmp(ev->topic + strlen("$tally/v1/ctla/"), g.opt.node_id) != 0 || g.edge)
+        return TALLY_OK;
+    return on_hub_answer(ev->payload, ev->payloadlen);
 }
 
 /* $CONTROL/tally/v1: only admins, and readers asking only to read, get here
@@ -2334,11 +2472,11 @@ static int on_control(int event, void *event_data, void *userdata)
     struct mosquitto_evt_control *ev = event_data;
     (void)event;
     (void)userdata;
-    if (g.edge) {
-        control_forward(ev);
+    const char *client = mosquitto_client_id(ev->client);
+    if (g.edge || (g.table.light && control_resets(ev->payload, ev->payloadlen))) {
+        control_forward(ev->payload, ev->payloadlen, is_admin(ev->client), client, NULL, NULL);
         return MOSQ_ERR_SUCCESS;
     }
-    const char *client = mosquitto_client_id(ev->client);
     char *resp = control_run(ev->payload, ev->payloadlen, is_admin(ev->client), client);
     if (!resp)
         return MOSQ_ERR_NOMEM;
@@ -2471,19 +2609,12 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
     refresh_init(&g.refresh, (uint32_t)g.opt.unwatched_publish_budget, mono_ms());
     if (dedup_init(&g.dedup, (uint32_t)g.opt.dedup_window) != TALLY_OK)
         goto error;
-    if (load_state() != MOSQ_ERR_SUCCESS)
-        goto error;
-    if (table_replica(&g.table, g.opt.node_id, strlen(g.opt.node_id), g.incarnation, &g.self) !=
-        TALLY_OK)
-        goto error;
-    g.edge = strcmp(g.opt.role, "edge") == 0;
-    if (!g.edge && fold_start() != TALLY_OK)
-        goto error;
-    uint64_t session;
-    if (getrandom(&session, sizeof(session), 0) != sizeof(session))
-        session = wall_ms() ^ (uint64_t)getpid() << 40;
-    repl_init(&g.repl, session | 1); /* never 0, which means "version 1" */
-    /* our units, group first, each in the next (plugin_opt_region's path) */
+    /* our units, group first, each in the next (plugin_opt_region's path),
+     * bound before the state is loaded: a light hub's table, and a lean
+     * digest, tell our units' replicas from the others' (group.c, "Light
+     * hubs") */
+    g.table.light = strcmp(g.opt.hub, "light") == 0;
+    g.table.lean = g.opt.hub[0] != '\0';
     char names[TALLY_LEVELS][GROUP_NAME_MAX + 1] = {{0}};
     snprintf(names[0], sizeof(names[0]), "%s", g.opt.group);
     /* checked with the options */
@@ -2499,6 +2630,18 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
         if (group_bind(u, &g.table) != TALLY_OK)
             goto error;
     }
+    if (load_state() != MOSQ_ERR_SUCCESS)
+        goto error;
+    if (table_replica(&g.table, g.opt.node_id, strlen(g.opt.node_id), g.incarnation, &g.self) !=
+        TALLY_OK)
+        goto error;
+    g.edge = strcmp(g.opt.role, "edge") == 0;
+    if (!g.edge && fold_start() != TALLY_OK)
+        goto error;
+    uint64_t session;
+    if (getrandom(&session, sizeof(session), 0) != sizeof(session))
+        session = wall_ms() ^ (uint64_t)getpid() << 40;
+    repl_init(&g.repl, session | 1); /* never 0, which means "version 1" */
     scope_name_of((const struct tally_group *const *)g.units, &g.ours);
     if ((g.edge && edge_start() != TALLY_OK) || scope_start() != TALLY_OK)
         goto error;

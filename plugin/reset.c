@@ -236,7 +236,7 @@ static uint64_t least(uint64_t a, uint64_t b)
 void table_sums(const struct tally_table *t, const struct tally_counter *c, struct tally_sums *out)
 {
     const struct tally_base *b = table_base(t, c);
-    counter_sums(c, out);
+    table_raw(t, c, out);
     if (!b && !c->folded)
         return;
     /* Each part is at most the raw one, which counter_sums kept in range.
@@ -257,6 +257,8 @@ void table_sums(const struct tally_table *t, const struct tally_counter *c, stru
         const struct tally_slot *s = &c->slots[i];
         uint64_t bp, bn, fp, fn;
         taken(&w, s->replica, &bp, &bn, &fp, &fn);
+        if (!t->light && t->replicas[s->replica]->rest)
+            continue; /* it sums slots we hold (group.c, "Light hubs") */
         int k = grouped ? group_level(t, s->replica) : TALLY_LEVELS;
         lp[k] = plus(lp[k], minus(s->p, bp));
         ln[k] = plus(ln[k], minus(s->n, bn));
@@ -436,8 +438,9 @@ int table_reset(struct tally_table *t, struct tally_counter *c, bool delete)
         stamp += have->deleted > have->reset ? have->deleted : have->reset;
     bool rose;
     for (uint32_t i = 0; i < c->nslots; i++)
-        if (table_merge_base_slot(t, c, c->slots[i].replica, c->slots[i].p, c->slots[i].n, &rose) !=
-            TALLY_OK)
+        if (!t->replicas[c->slots[i].replica]->rest && /* their bases are sums (group.c) */
+            table_merge_base_slot(t, c, c->slots[i].replica, c->slots[i].p, c->slots[i].n, &rose) !=
+                TALLY_OK)
             return TALLY_E_NOMEM;
     for (uint32_t i = 0; i < counter_ndevs(c); i++)
         if (table_merge_base_device(t, c, counter_devs(c)[i].device, counter_devs(c)[i].total,

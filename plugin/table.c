@@ -254,6 +254,8 @@ uint64_t table_device_hash(const struct tally_table *t, uint32_t device)
 static void digest_slot(struct tally_table *t, const struct tally_counter *c, uint32_t replica,
                         const struct tally_slot *before, const struct tally_slot *after)
 {
+    if (t->lean && table_foreign(t, replica))
+        return; /* what a light hub of our group holds none of */
     uint64_t nh = tally_hash64(c->name, c->name_len, 0);
     uint64_t oh = table_replica_hash(t, replica);
     uint64_t *d = &t->digest[nh % TALLY_BUCKETS];
@@ -299,8 +301,9 @@ void table_drop_slot(struct tally_table *t, struct tally_counter *c, uint32_t re
     if (!counter_drop_slot(c, replica, &was))
         return;
     uint64_t nh = tally_hash64(c->name, c->name_len, 0);
-    t->digest[nh % TALLY_BUCKETS] -=
-        table_entry_hash(nh, table_replica_hash(t, replica), was.p, was.n);
+    if (!t->lean || !table_foreign(t, replica))
+        t->digest[nh % TALLY_BUCKETS] -=
+            table_entry_hash(nh, table_replica_hash(t, replica), was.p, was.n);
     t->replicas[replica]->held--;
     table_mark_dirty(t, c);
 }
@@ -320,6 +323,8 @@ int table_merge_slot_from(struct tally_table *t, struct tally_counter *c, uint32
                           uint64_t p, uint64_t n, uint16_t from, bool *changed)
 {
     *changed = false;
+    if (t->light && table_foreign(t, replica))
+        return TALLY_OK; /* counted in a rest slot (group.c, "Light hubs") */
     if (slot_folded(t, c, replica, p, n))
         return p > (uint64_t)TALLY_MAX_SAFE || n > (uint64_t)TALLY_MAX_SAFE ? TALLY_E_OVERFLOW
                                                                             : TALLY_OK;
@@ -329,6 +334,8 @@ int table_merge_slot_from(struct tally_table *t, struct tally_counter *c, uint32
     if (rc != TALLY_OK || !*changed)
         return rc;
     slot_changed(t, c, replica, s ? &before : NULL, from);
+    if (!t->light && t->replicas[replica]->rest)
+        return TALLY_OK; /* the rises it sums moved the total */
     /* P and N only rise: the total moved by the difference of the two rises */
     const struct tally_slot *after = counter_slot(c, replica);
     int64_t moved = (int64_t)(after->p - before.p) - (int64_t)(after->n - before.n);
@@ -402,8 +409,20 @@ static int grow(void *arrp, uint32_t *cap, uint32_t need)
     return TALLY_OK;
 }
 
+/* k for the id of the rest of the tree at level k (REST_ID_LEN), else 0. */
+static uint8_t rest_level(const char *id, size_t len)
+{
+    if (len != REST_ID_LEN || id[len - 1] < '1' || id[len - 1] > '0' + TALLY_LEVELS)
+        return 0;
+    for (size_t i = 0; i + 1 < len; i++)
+        if (id[i] != GROUP_MARK)
+            return 0;
+    return (uint8_t)(id[len - 1] - '0');
+}
+
 /* Interns (node_id, incarnation), node_id being len bytes (not necessarily
  * NUL-terminated: an id read from a message), and returns its index in *out. */
+
 int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64_t incarnation,
                   uint32_t *out)
 {
@@ -433,6 +452,8 @@ int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64
     r->held = r->folded = 0;
     r->retired = fold_is_retired(t, node_id, len, incarnation);
     r->adopted = fold_is_adopted(t, node_id, len, incarnation);
+    r->rest = rest_level(node_id, len);
+    t->rested = t->rested || r->rest;
     t->replicas[t->nreplicas++] = r;
     HASH_ADD(hh, t->replica_hash, key, keylen, r);
     *out = r->index;
@@ -442,6 +463,30 @@ int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64
 bool replica_is_node(const struct tally_replica *r, const char *node, size_t len)
 {
     return name_same(r->key, r->id_len, node, len);
+}
+
+bool table_foreign(const struct tally_table *t, uint32_t replica)
+{
+    const struct tally_replica *r = t->replicas[replica];
+    if (r->key[0] != GROUP_MARK || r->rest)
+        return false;
+    for (int k = 1; k <= TALLY_LEVELS; k++)
+        if (t->has_unit[k] && t->unit[k] == replica)
+            return false;
+    return true;
+}
+
+void table_raw(const struct tally_table *t, const struct tally_counter *c, struct tally_sums *out)
+{
+    counter_sums(c, out);
+    if (t->light || !t->rested)
+        return;
+    for (uint32_t i = 0; i < c->nslots; i++)
+        if (t->replicas[c->slots[i].replica]->rest) {
+            out->p -= (int64_t)c->slots[i].p;
+            out->n -= (int64_t)c->slots[i].n;
+        }
+    out->value = clamp_safe(out->p - out->n + out->devices);
 }
 
 /* Looks up, and unless mode is DEVICE_FIND interns, a device id. New devices

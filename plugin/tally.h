@@ -208,6 +208,7 @@ struct tally_replica {
     uint32_t folded; /* counters holding a fold entry for it (fold.c) */
     bool retired;    /* below its node's watermark: its slots are discarded (fold.c) */
     bool adopted;    /* a life adopted by this node: removed, or an edge's past (fold.c) */
+    uint8_t rest;    /* k for the rest of the tree at level k (group.c, "Light hubs"), or 0 */
     uint8_t id_len;
     char key[TALLY_NODE_ID_MAX + 1 + 8]; /* node id, NUL, incarnation: the hash key */
 };
@@ -251,6 +252,13 @@ struct tally_table {
      * table_sums). */
     uint32_t unit[TALLY_LEVELS + 1];
     bool has_unit[TALLY_LEVELS + 1];
+    /* Light hubs (group.c, "Light hubs"). light: this hub holds no slot of
+     * another unit (their bases, which only resets make, it does hold), and
+     * counts the rest of the tree from its rest slots. lean: a hub of a
+     * group with light hubs, light or not: its digest leaves other units'
+     * slots out, as a light hub holds none. rested: a rest slot's replica
+     * is named here, which only a light hub counts. */
+    bool light, lean, rested;
     /* The group and region this state was made in (an edge's: the group
      * its count is in), as the state_dir records them (persist.c's 'G');
      * plugin.c keeps a hub from starting in others. */
@@ -286,6 +294,12 @@ int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64
                   uint32_t *out);
 /* True if r is a life of the node named by node (len bytes). */
 bool replica_is_node(const struct tally_replica *r, const char *node, size_t len);
+/* A replica of another unit than ours (group.c): one a light hub holds no
+ * slot of, and a lean digest leaves its slot out of. */
+bool table_foreign(const struct tally_table *t, uint32_t replica);
+/* c's raw sums as counter_sums, less its rest slots where they do not count
+ * (at a hub that is not light: it holds what they sum). */
+void table_raw(const struct tally_table *t, const struct tally_counter *c, struct tally_sums *out);
 enum device_mode { DEVICE_FIND, DEVICE_LOCAL, DEVICE_PEER };
 int table_device(struct tally_table *t, const char *id, size_t len, enum device_mode mode,
                  uint32_t *out);
@@ -1382,6 +1396,10 @@ size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync
  * one life. */
 #define GROUP_MARK '.'
 #define GROUP_INCARNATION 1
+/* The rest of the tree at level k, at the hubs of a group with light hubs
+ * (group.c, "Light hubs"): TALLY_LEVELS + 1 marks and the digit k, which
+ * no unit's replica is (a unit's name does not start with a mark). */
+#define REST_ID_LEN (TALLY_LEVELS + 2)
 #define GROUP_NAME_MAX (TALLY_NODE_ID_MAX - 1)
 #define WIRE_GSUM 7
 #define WIRE_RSUM 8         /* a region's sums: a GSUM one level up */
@@ -1502,7 +1520,14 @@ struct tally_group {
      * the others have heard within quiet_ms (its GSUMs, at least three a
      * quiet_ms); clock_ms: group_announce's last now_ms. */
     uint64_t quiet_ms, clock_ms, senior_ms, sent_ms;
-    bool senior, quiet;                          /* heard one before us in order; not speaking */
+    bool senior, quiet; /* heard one before us in order; not speaking */
+    /* Our own unit's hub we last heard speak for it (its sums): where a
+     * light hub passes a reset (plugin.c). */
+    char speaker[TALLY_NODE_ID_MAX + 1];
+    /* Set as we begin to speak after keeping quiet: the last speaker may
+     * have died with rest slots unsent, so the caller brings every
+     * counter's up to date (group_rest) and clears it. */
+    bool took_over;
     uint64_t announced, learned, stale, refused; /* counters sent and taken, messages dropped */
     /* of those refused, the sums of a hub whose tree has other levels than
      * ours (plugin_opt_group, plugin_opt_region): a misconfiguration, under
@@ -1616,6 +1641,11 @@ int group_level(const struct tally_table *t, uint32_t replica);
  * (fold.c), and of its bases (reset.c); group replicas and devices apart. */
 void group_sum(const struct tally_table *t, const struct tally_counter *c, uint64_t *p, uint64_t *n,
                uint64_t *bp, uint64_t *bn);
+/* At a hub of a group with light hubs that is not one (t->lean, not
+ * t->light): c's rest slots from the other units' slots it holds, level by
+ * level, and their bases from those slots' (group.c, "Light hubs"). Call
+ * after c changed. TALLY_OK or a tally_err. */
+int group_rest(struct tally_table *t, struct tally_counter *c);
 /* After c changed: queues it for our next GSUM when our group's sum or one
  * of its device maxima rose. */
 int group_note(struct tally_group *gr, const struct tally_table *t, const struct tally_counter *c);
@@ -1813,5 +1843,8 @@ char *control_process(const void *payload, size_t len, struct control_req *rq);
 /* The response to a request none of whose commands could run: each gets
  * `error` (caller frees; NULL when out of memory). */
 char *control_error_all(const void *payload, size_t len, const char *error);
+/* Whether a request holds a resetCounter or deleteCounter: one a light hub
+ * passes to a full hub of its group (group.c, "Light hubs"). */
+bool control_resets(const void *payload, size_t len);
 
 #endif

@@ -1724,7 +1724,7 @@ static void watch_figures(struct tier_hub *h, struct tier_watch *w, struct tally
     struct tally_sums raw = {0}, after = {0};
     const struct tally_counter *c = table_find(t, w->name, w->len);
     if (c) {
-        counter_sums(c, &raw);
+        table_raw(t, c, &raw);
         table_sums(t, c, &after);
     }
     w->p = (uint64_t)raw.p;

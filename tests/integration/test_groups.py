@@ -17,6 +17,7 @@ from test_cluster import Watcher, close, publisher, str8, varint
 from test_presence_changes import Reader
 from test_reset import control
 from tcpproxy import TcpProxy
+from test_tier_faults import never_down
 from test_tiers import (bridged_to, edge_bridge, exact_everywhere, increments, increments_of,
                         viewers)
 
@@ -340,11 +341,7 @@ def test_a_hub_killed_its_edge_moves_within_its_group_exact(brokers, closing):
     a1.start()
     increments(edges, 20, expected, pause=0.05)
     exact_everywhere(hubs + edges, expected)
-    for w in watchers:
-        seen = [int(p) for t, p in w.messages() if t == "counters/shared"]
-        assert seen == sorted(seen), f"a total went down: {seen}"
-        wait_for(lambda: int(w.get("counters/shared")) == expected["shared"], 10,
-                 what="the watcher to see the last total")
+    never_down(watchers, "counters/shared", expected["shared"], wait=10)
 
 
 def test_the_bridge_between_groups_cut_and_healed_under_load(brokers, closing):

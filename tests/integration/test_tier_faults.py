@@ -21,8 +21,12 @@ def values_of(watcher, topic):
     return [int(p) for t, p in watcher.messages() if t == topic]
 
 
-def never_down(watchers, topic, final):
+def never_down(watchers, topic, final, wait=0):
+    """Each watcher saw topic's total rise only, to final (within `wait` s)."""
     for w in watchers:
+        if wait:
+            wait_for(lambda: values_of(w, topic)[-1:] == [final], wait,
+                     what=f"the watcher to see {topic} at {final}")
         values = values_of(w, topic)
         assert values == sorted(values), f"a total went down: {values}"
         assert values and values[-1] == final, f"last seen {values[-1:]} != {final}"

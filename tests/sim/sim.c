@@ -41,7 +41,10 @@
  * speaker of each region's) cross every bridge. With --zones Z too, Z level-3 regions of R/Z
  * consecutive regions (group.c, "Regions of regions"; plugin_opt_region "r/z"): the regions of
  * each in a ring as above, the zones in a ring of their own joined the same way; RSUMs of
- * regions stay inside a zone, the zones' (rsum3) cross every bridge. Each edge's bridge lists
+ * regions stay inside a zone, the zones' (rsum3) cross every bridge. With --light N, the last
+ * N hubs of each group are light (group.c, "Light hubs"): each holds its group's nodes' slots and
+ * one rest slot a level, which its group's speaker keeps (group_rest), and the report gives their
+ * figures apart; a reset (--reset) runs at a full hub. Each edge's bridge lists
  * two addresses: its home hub and the next one (of its group, with groups), and goes back to its
  * home once that is up again (Mosquitto's bridge with round_robin false). Each edge writes to the
  * counter every edge writes ("c0", a like button on the front page) and to one of K-1 others, which
@@ -205,6 +208,7 @@ static struct {
     uint32_t group_bridges; /* --group-bridges: between two neighbouring groups (0: a hub each) */
     uint32_t regions;       /* --regions: that many regions of groups / regions groups each */
     uint32_t zones;         /* --zones: that many zones (level 3) of regions / zones each */
+    uint32_t light;         /* --light: the last that many hubs of each group are light */
     double rate;            /* increments a second per edge */
     size_t tier_bytes; /* UP, DOWN and relays are cut at this (the plugin's max_message_bytes) */
 } opt = {.hubs = 40,
@@ -255,6 +259,14 @@ static uint32_t group_of(uint32_t h)
 }
 
 /* Hub h's region: regions of groups / regions consecutive groups. */
+/* A light hub (group.c, "Light hubs"): one of the last opt.light of its
+ * group. */
+static bool is_light(uint32_t h)
+{
+    uint32_t size = opt.groups ? opt.hubs / opt.groups : 0;
+    return opt.light && h < opt.hubs && h % size >= size - opt.light;
+}
+
 static uint32_t region_of(uint32_t h)
 {
     return opt.regions ? group_of(h) / (opt.groups / opt.regions) : 0;
@@ -661,8 +673,9 @@ static void hub_group_tick(uint32_t i)
     if (!group_on(&n->gr) || now - n->last_group < opt.publish_ms)
         return;
     n->last_group = now;
-    for (struct tally_counter *c; (c = table_pop_dirty(&n->t));)
-        if (group_note(&n->gr, &n->t, c) != TALLY_OK ||
+    for (struct tally_counter *c; (c = n->t.dirty_head);)
+        if ((!n->gr.quiet && group_rest(&n->t, c) != TALLY_OK) || !table_pop_dirty(&n->t) ||
+            group_note(&n->gr, &n->t, c) != TALLY_OK ||
             (group_on(&n->rg) && group_note(&n->rg, &n->t, c) != TALLY_OK) ||
             (group_on(&n->zg) && group_note(&n->zg, &n->t, c) != TALLY_OK))
             abort();
@@ -670,6 +683,11 @@ static void hub_group_tick(uint32_t i)
     if (now - n->last_sums >= group_sums_every(&n->gr, opt.sums_ms, opt.publish_ms)) {
         group_announce(&n->gr, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_gsum,
                        (void *)(uintptr_t)i);
+        /* plugin.c's rest_all */
+        for (struct tally_counter *c = n->t.counters; n->gr.took_over && c; c = c->hh.next)
+            if (group_rest(&n->t, c) != TALLY_OK)
+                abort();
+        n->gr.took_over = false;
         if (group_on(&n->rg))
             group_announce(&n->rg, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_rsum,
                            (void *)(uintptr_t)i);
@@ -905,10 +923,13 @@ static void hub_start(uint32_t i)
         }
         /* what it held at its stop is loaded dirty, and its first flush
          * notes it (plugin.c's start) */
-        for (struct tally_counter *c = n->t.counters; c; c = c->hh.next)
+        for (struct tally_counter *c = n->t.counters; c; c = c->hh.next) {
+            if (group_rest(&n->t, c) != TALLY_OK)
+                abort();
             for (int k = 0; k < 3; k++)
                 if (group_on(units[k]) && group_note(units[k], &n->t, c) != TALLY_OK)
                     abort();
+        }
     }
 }
 
@@ -1181,6 +1202,8 @@ static void build(void)
         snprintf(n->id, sizeof(n->id), n->hub ? "h%u" : "e%u", n->hub ? i : i - opt.hubs);
         table_init(&n->t, 1000000, 1000);
         table_set_clock(&n->t, 1);
+        n->t.lean = n->hub && opt.light;
+        n->t.light = is_light(i);
         if (n->hub)
             hub_start(i);
         else
@@ -1464,10 +1487,13 @@ static void print_figures(const char *what, const struct figures *f)
 
 static void report(double load_seconds, const int64_t converged_ms[2], const uint32_t wrong[2])
 {
-    struct figures hubs = {0}, edges = {0};
+    struct figures hubs = {0}, light = {0}, edges = {0};
     for (uint32_t i = 0; i < nnodes; i++)
         if (nodes[i].alive)
-            add_figures(nodes[i].hub ? &hubs : &edges, &nodes[i], load_seconds);
+            add_figures(nodes[i].t.light ? &light
+                        : nodes[i].hub   ? &hubs
+                                         : &edges,
+                        &nodes[i], load_seconds);
     uint64_t incs = 0;
     for (uint32_t k = 0; k < opt.counters; k++)
         incs += truth[k];
@@ -1475,6 +1501,7 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
            "seed %" PRIu64 "\n",
            nnodes, opt.hubs, opt.edges_per_hub, load_seconds, incs, opt.loss, opt.seed);
     print_figures("hub", &hubs);
+    print_figures("light", &light);
     if (opt.groups && hubs.n) {
         uint64_t announced = 0, learned = 0, stale = 0;
         for (uint32_t h = 0; h < opt.hubs; h++) {
@@ -1594,8 +1621,8 @@ static uint32_t edges_astray(void)
 static void reset_everything(void)
 {
     uint32_t h = (uint32_t)(rnd() % opt.hubs);
-    while (!nodes[h].alive)
-        h = (h + 1) % opt.hubs; /* a hub of every group lives */
+    while (!nodes[h].alive || nodes[h].t.light)
+        h = (h + 1) % opt.hubs; /* a hub of every group lives, the second: not light */
     for (struct tally_counter *c = nodes[h].t.counters; c; c = c->hh.next)
         if (table_reset(&nodes[h].t, c, false) != TALLY_OK)
             abort();
@@ -1617,7 +1644,7 @@ static void usage(void)
                     "  [--freeze-edges N] [--publish-interval MS] [--tier-bytes B] [--seed X]\n"
                     "  [--mesh | --groups G [--group-bridges B] [--regions R [--zones Z]]\n"
                     "  [--sums-interval MS]\n"
-                    "  [--sums-budget RECORDS/S]]\n"
+                    "  [--sums-budget RECORDS/S] [--light N of each group]]\n"
                     "  [--reset] [--check]\n");
     exit(2);
 }
@@ -1649,6 +1676,7 @@ static void options(int argc, char **argv)
                                           {"regions", 1, 0, 'Q'},
                                           {"zones", 1, 0, 'z'},
                                           {"reset", 0, 0, 'Z'},
+                                          {"light", 1, 0, 'W'},
                                           {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longs, NULL)) != -1;) {
         switch (c) {
@@ -1727,6 +1755,9 @@ static void options(int argc, char **argv)
         case 'Z':
             opt.reset = true;
             break;
+        case 'W':
+            opt.light = (uint32_t)atoi(optarg);
+            break;
         default:
             usage();
         }
@@ -1739,6 +1770,9 @@ static void options(int argc, char **argv)
         (opt.mesh || opt.hubs % opt.groups || opt.hubs / opt.groups < 2 ||
          opt.kill_hubs + opt.restart_hubs > opt.groups * (opt.hubs / opt.groups / 2) ||
          opt.group_bridges > opt.hubs / opt.groups))
+        usage();
+    /* light hubs: never the second of a group, which never dies */
+    if (opt.light && (!opt.groups || opt.light + 2 > opt.hubs / opt.groups))
         usage();
     if ((opt.regions && (!opt.groups || opt.groups % opt.regions)) ||
         (opt.zones && (!opt.regions || opt.regions % opt.zones)))

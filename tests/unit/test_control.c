@@ -790,6 +790,25 @@ START_TEST(test_get_counter_pages_folds)
 }
 END_TEST
 
+/* A light hub passes on a request that resets or deletes (group.c, "Light
+ * hubs"), and runs any other itself. */
+START_TEST(test_a_request_that_resets_is_told_apart)
+{
+    static const char *const resets[] = {
+        "{\"commands\":[{\"command\":\"resetCounter\",\"name\":\"x\"}]}",
+        "{\"commands\":[{\"command\":\"getCounter\",\"name\":\"x\"},"
+        "{\"command\":\"deleteCounter\",\"name\":\"x\"}]}"};
+    static const char *const others[] = {
+        "{\"commands\":[{\"command\":\"listCounters\"}]}",
+        "{\"commands\":{\"command\":\"resetCounter\"}}",
+        "{\"commands\":[{\"command\":\"resetCounterX\"},{\"command\":7}]}", "not json", ""};
+    for (size_t i = 0; i < sizeof(resets) / sizeof(resets[0]); i++)
+        ck_assert_msg(control_resets(resets[i], strlen(resets[i])), "%s", resets[i]);
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++)
+        ck_assert_msg(!control_resets(others[i], strlen(others[i])), "%s", others[i]);
+}
+END_TEST
+
 Suite *control_suite(void)
 {
     Suite *s = suite_create("control");
@@ -812,6 +831,7 @@ Suite *control_suite(void)
     tcase_add_test(tc, test_state_document_pages_cover_every_device_once);
     tcase_add_test(tc, test_get_counter_pages);
     tcase_add_test(tc, test_get_counter_pages_folds);
+    tcase_add_test(tc, test_a_request_that_resets_is_told_apart);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1869,6 +1869,114 @@ START_TEST(test_four_levels_hold_one_slot_for_the_other_top_unit)
 }
 END_TEST
 
+/* ==== Light hubs ==== */
+
+/* What replication within a group carries from one hub to another: every
+ * slot, base and stamp of every counter, merged as repl.c merges a SYNC
+ * (the other units' slots too, as a repair of a bucket would). */
+static void sync_to(struct hub *from, struct hub *to)
+{
+    bool changed;
+    for (struct tally_counter *c = from->t.counters; c; c = c->hh.next) {
+        struct tally_counter *d = get(to, c->name);
+        const struct tally_base *b = table_base(&from->t, c);
+        for (uint32_t i = 0; i < c->nslots; i++) {
+            const struct tally_replica *r = from->t.replicas[c->slots[i].replica];
+            uint32_t k = replica(to, r->key, r->incarnation);
+            ck_assert_int_eq(table_merge_slot(&to->t, d, k, c->slots[i].p, c->slots[i].n, &changed),
+                             TALLY_OK);
+        }
+        for (uint32_t i = 0; b && i < b->nslots; i++) {
+            const struct tally_replica *r = from->t.replicas[b->slots[i].replica];
+            uint32_t k = replica(to, r->key, r->incarnation);
+            ck_assert_int_eq(
+                table_merge_base_slot(&to->t, d, k, b->slots[i].p, b->slots[i].n, &changed),
+                TALLY_OK);
+        }
+        if (b)
+            ck_assert_int_eq(table_merge_stamps(&to->t, d, b->deleted, b->reset, &changed),
+                             TALLY_OK);
+    }
+}
+
+/* a1's group's speaker keeps its rest slots, and they reach light hub a0 */
+static void rest_to(struct hub *full, struct hub *light)
+{
+    for (struct tally_counter *c = full->t.counters; c; c = c->hh.next)
+        ck_assert_int_eq(group_rest(&full->t, c), TALLY_OK);
+    sync_to(full, light);
+}
+
+static const struct tally_slot *rest_slot(struct hub *h, const char *name, int level)
+{
+    char id[REST_ID_LEN + 1];
+    memset(id, GROUP_MARK, REST_ID_LEN - 1);
+    id[REST_ID_LEN - 1] = (char)('0' + level);
+    id[REST_ID_LEN] = '\0';
+    return counter_slot(find(h, name), replica(h, id, GROUP_INCARNATION));
+}
+
+/* two_zones, with light hub a0 in a1's group (g1, r1, z1): a0 holds g1's
+ * nodes' slots and one slot a level for the rest of the tree, never
+ * speaks (though first in order), and shows what every hub does; its digest
+ * is a1's. */
+START_TEST(test_a_light_hub_holds_its_groups_slots_and_one_a_level)
+{
+    struct hub h[6], *all[6];
+    const char *ids[] = {"a1", "b1", "c1", "d1", "f1", "a0"};
+    const char *groups[] = {"g1", "g2", "g3", "g4", "g5", "g1"};
+    const char *paths[] = {"r1/z1", "r1/z1", "r2/z1", "r3/z2", "r4/z2", "r1/z1"};
+    for (int i = 0; i < 6; i++) {
+        hub_init_in(&h[i], ids[i], groups[i], paths[i], 1);
+        all[i] = &h[i];
+    }
+    struct hub *a1 = &h[0], *a0 = &h[5];
+    a1->t.lean = a0->t.lean = a0->t.light = true;
+    slot(a1, "x", "a1", 5, 0);
+    slot(a1, "x", "e1", 3, 0);
+    slot(&h[1], "x", "b1", 10, 0);
+    slot(&h[2], "x", "c1", 2, 0);
+    slot(&h[3], "x", "d1", 9, 1);
+    slot(&h[4], "x", "f1", 4, 0);
+    settle(all, 6);
+    sync_to(a1, a0);                     /* g1's own slots */
+    ck_assert_int_eq(value(a0, "x"), 8); /* no rest slot yet: its group's part */
+    rest_to(a1, a0);
+    assert_values(all, 6, "x", 32, false);
+    /* g1's nodes, and the rest at levels 1, 2 and 3: g2's sum, r2's, z2's */
+    ck_assert_uint_eq(find(a0, "x")->nslots, 5);
+    const struct tally_slot *r1 = rest_slot(a0, "x", 1), *r2 = rest_slot(a0, "x", 2),
+                            *r3 = rest_slot(a0, "x", 3);
+    ck_assert(r1 && r1->p == 10 && r2 && r2->p == 2 && r3 && r3->p == 13 && r3->n == 1);
+    const char *never[] = {"g2", ".r2", "..z2"};
+    for (size_t i = 0; i < 3; i++)
+        ck_assert_msg(!group_slot(a0, "x", never[i]), "a0 holds %s", never[i]);
+    ck_assert(group_slot(a1, "x", "g2")); /* a1 holds them, and counts no rest slot */
+    ck_assert(a0->g.quiet && !a1->g.quiet && a0->g.announced == 0 && a0->r.announced == 0);
+    ck_assert_mem_eq(a0->t.digest, a1->t.digest, sizeof(a0->t.digest));
+    /* a reset in the other zone, rises, then a reset in a0's own group */
+    ck_assert_int_eq(table_reset(&h[3].t, get(&h[3], "x"), false), TALLY_OK);
+    settle(all, 6);
+    rest_to(a1, a0);
+    assert_values(all, 6, "x", 0, false);
+    slot(&h[1], "x", "b1", 15, 0);
+    slot(a1, "x", "e1", 4, 0);
+    settle(all, 6);
+    rest_to(a1, a0);
+    assert_values(all, 6, "x", 6, false);
+    ck_assert_int_eq(table_reset(&a1->t, get(a1, "x"), false), TALLY_OK);
+    settle(all, 6);
+    rest_to(a1, a0);
+    assert_values(all, 6, "x", 0, false);
+    ck_assert_mem_eq(a0->t.digest, a1->t.digest, sizeof(a0->t.digest));
+    slot(&h[4], "x", "f1", 7, 0);
+    settle(all, 6);
+    rest_to(a1, a0);
+    assert_values(all, 6, "x", 3, false);
+    all_free(all, 6);
+}
+END_TEST
+
 /* ==== Sums lost on the way ==== */
 
 /* A GWANT in its sender's stream: a call for a speaker's refresh. */
@@ -2262,6 +2370,7 @@ Suite *group_suite(void)
     tcase_add_test(tc, test_a_hub_in_a_zone_holds_a_slot_per_region_of_it_and_per_other_zone);
     tcase_add_test(tc, test_a_reset_in_one_zone_takes_every_part_everywhere);
     tcase_add_test(tc, test_four_levels_hold_one_slot_for_the_other_top_unit);
+    tcase_add_test(tc, test_a_light_hub_holds_its_groups_slots_and_one_a_level);
     tcase_add_test(tc, test_a_gsum_lost_on_the_way_is_asked_for_and_sent_again_as_it_was);
     tcase_add_test(tc, test_a_hub_asks_three_times_at_most_then_calls_for_the_refresh);
     tcase_add_test(tc, test_a_neighbour_that_holds_a_lost_message_sends_it_again);
