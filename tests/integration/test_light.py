@@ -98,7 +98,9 @@ def test_a_light_hub_holds_its_group_and_one_slot_a_level_and_counts_everything(
 def test_the_speaker_killed_the_other_full_hub_keeps_the_light_hubs_rest(brokers, closing):
     """kill -9 of a1, g1's speaker, under load: a2 speaks for g1 and keeps a3's rest slot, b1's
     bridge moves to a2, e2 fails over to a2; every live node exact, and the watchers at a3 and
-    its edge never see `shared` go down; a1 back without its state, exact again."""
+    its edge never see `shared` go down; a1 back without its state, exact again. Then kill -9
+    of a3, the light hub: e1 fails over to a1, a full hub, and back once a3 is up again (without
+    its state), exact, counted once, and e1's watcher never sees `shared` go down."""
     hubs, edges = light_group(brokers)
     a1, a2, a3, b1, b2 = hubs
     watchers = watch_shared(closing, (a3, edges[0]))
@@ -115,4 +117,11 @@ def test_the_speaker_killed_the_other_full_hub_keeps_the_light_hubs_rest(brokers
     increments(edges, 20, expected, pause=0.05)
     exact_everywhere(hubs + edges, expected)
     never_down(watchers, "counters/shared", expected["shared"], wait=10)
+    a3.kill()
+    increments(edges, 20, expected, pause=0.05)  # e1 over to a1
+    exact_everywhere([a1, a2, b1, b2] + edges, expected)
+    a3.start()
+    increments(edges, 20, expected, pause=0.05)
+    exact_everywhere(hubs + edges, expected)
+    never_down(watchers[1:], "counters/shared", expected["shared"], wait=10)
 
