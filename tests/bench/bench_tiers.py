@@ -35,7 +35,10 @@ bridge between groups), each edge listing its own hub alone: hub0, at the end of
 the sums of G - 1 groups. With --sums-budget N, every hub runs with plugin_opt_sums_budget N
 (README, "Groups of hubs"): what hub0 takes of the other groups' sums stays under N a second
 however many groups there are, and the totals come later. Printed besides: how long after the
-load every node was exact.
+load every node was exact. With --light too, one more hub in hub0's group, light
+(plugin_opt_hub light, README "Light hubs"; hub0 full), bridged to hub0, with its own edges
+(which fail over to hub0): printed for it too, with its RSS, CPU and slots of `shared`, which
+stay its group's nodes and one rest slot however long the line.
 
 With --churn R, viewers too: at each edge two clients view `presence/home`, and one more views
 and leaves one of ten pages R times a second (so that every edge's counts keep changing); hub0
@@ -64,15 +67,18 @@ HUBS = 3
 PLUGIN = common.PLUGIN  # --plugin
 OLD_BRIDGES = False  # --old-bridges
 SUMS_BUDGET = 0  # --sums-budget
+LIGHT = 0  # --light
 BETWEEN_GROUPS = ["topic $tally/v1/gsum/# both 1", "topic $tally/v1/gviews/# both 1",
                   "topic $tally/stats/# both 1"]
 BETWEEN_REGIONS = ["topic $tally/v1/rsum/# both 1", "topic $tally/v1/rviews/# both 1",
                    "topic $tally/stats/# both 1"]
 
 
-def opts(name, edge, group=None, region=None):
+def opts(name, edge, group=None, region=None, hub=None):
     o = {"node_id": name, "bridge_clientids": "*-to-*", "max_counters": 100000,
          "sync_interval_ms": 1000, "stats_interval_ms": 1000}
+    if hub:
+        o["hub"] = hub
     if edge:
         o["role"] = "edge"
     elif SUMS_BUDGET:
@@ -172,10 +178,16 @@ def line(stack, workdir, per_hub, n):
                      "clientid %s-to-%s" % (name, to)] + BETWEEN_GROUPS + [
                          "restart_timeout 1 1", "cleansession true", "try_private true"]
         hubs[name] = stack.enter_context(common.Broker(
-            workdir, "l%d-%s" % (per_hub, name), True, opts(name, False, "g%d" % h),
+            workdir, "l%d-%s" % (per_hub, name), True,
+            opts(name, False, "g%d" % h, hub="full" if LIGHT and not h else None),
             extra=extra, plugin=PLUGIN))
+    if LIGHT:  # hub<n>, light, in hub0's group, bridged to it; its edges fail over to hub0
+        name = "hub%d" % n
+        hubs[name] = stack.enter_context(common.Broker(
+            workdir, "l%d-%s" % (per_hub, name), True, opts(name, False, "g0", hub="light"),
+            extra=bc.bridge_lines("%s-to-hub0" % name, hubs["hub0"].port), plugin=PLUGIN))
     return hubs, edges_under(stack, workdir, "l", per_hub, hubs,
-                             lambda h: [hubs["hub%d" % h].port])
+                             lambda h: [hubs["hub%d" % k].port for k in (h, 0)[:1 + (h == n)]])
 
 
 def slots_held(hub, name):
@@ -253,13 +265,14 @@ def wait_connected(hubs, edges, timeout=120):
 
 
 def run(workdir, per_hub, args, table):
-    n_hubs = 4 if args.pairs else 6 if args.trios else args.line or HUBS
+    n_hubs = 4 if args.pairs else 6 if args.trios else args.line + LIGHT or HUBS
     n_edges = n_hubs * per_hub
     shape = (" in two regions of two groups of one" if args.regions else
              " in two groups of two" if args.groups else " in two pairs") if args.pairs else (
         " in two groups of three, each a full mesh" if args.trios else
-        ", each a group, in a line%s" % (
-            ", sums_budget %d" % SUMS_BUDGET if SUMS_BUDGET else "") if args.line else
+        ", each a group, in a line%s%s" % (
+            ", sums_budget %d" % SUMS_BUDGET if SUMS_BUDGET else "",
+            ", and a light hub in hub0's group" if LIGHT else "") if args.line else
         " in a full mesh" if args.mesh else "")
     print("\n== %d hubs%s, %d edges (%d a hub), %d inc/s an edge for %d s%s ==" % (
         n_hubs, shape, n_edges, per_hub,
@@ -275,6 +288,9 @@ def run(workdir, per_hub, args, table):
                       "edge0": own_stats(edges["edge0"], "edge0")}
         if args.trios:  # a hub with no bridge out of its group
             collectors["hub1"] = own_stats(hubs["hub1"], "hub1")
+        light = "hub%d" % args.line if LIGHT else None
+        if light:
+            collectors[light] = own_stats(hubs[light], light)
         for c in collectors.values():
             stack.callback(c.stop)
         recorders = {n: bc.TotalRecorder(b.port, "counters/shared", "bench-sub-" + n)
@@ -287,6 +303,7 @@ def run(workdir, per_hub, args, table):
         load = bs.PacedLoad(edges, edges, bs.LEAF_SHARED_RATE, bs.LEAF_OWN_RATE)
         stack.callback(load.close)
         cpu0 = hubs["hub0"].cpu_seconds()
+        light_cpu0 = hubs[light].cpu_seconds() if light else 0
         result = {}
         runner = threading.Thread(target=lambda: result.update(
             zip(("rate", "shared"), load.run(args.seconds))))
@@ -300,6 +317,7 @@ def run(workdir, per_hub, args, table):
         ended = time.monotonic()
         s2 = {n: c.get(n) for n, c in collectors.items()}
         cpu = hubs["hub0"].cpu_seconds() - cpu0
+        light_cpu = hubs[light].cpu_seconds() - light_cpu0 if light else 0
         rate = result["rate"]
         deadline = time.monotonic() + 60
         wrong = {}
@@ -334,6 +352,8 @@ def run(workdir, per_hub, args, table):
         shown = [("edge0", edge_r), ("hub0", hub_r)]
         if args.trios:
             shown.append(("hub1", bs.rates(s1["hub1"], s2["hub1"], rate)))
+        if light:
+            shown.append((light, bs.rates(s1[light], s2[light], rate)))
         for who, r in shown:
             print("%-6s in %6.0f msg/s %8.1f KB/s | out %6.0f msg/s %8.1f KB/s" % (
                 who, r["msgs_in"], r["bytes_in"] / 1000, r["msgs_out"], r["bytes_out"] / 1000))
@@ -350,6 +370,11 @@ def run(workdir, per_hub, args, table):
         print("RSS: edges %s MB, hub0 %.1f MB; hub0 CPU %.1f us per tree increment; hub0 holds "
               "%d slots of shared" % ("/".join("%.1f" % (v / 1e6) for v in rss_e), rss_h / 1e6,
                                       hub_cpu_us, held), flush=True)
+        if light:
+            print("light hub %s: RSS %.1f MB; CPU %.1f us per tree increment; holds %d slots of "
+                  "shared" % (light, hubs[light].settled_rss(10, 50) / 1e6,
+                              light_cpu / (rate * args.seconds) * 1e6,
+                              slots_held(hubs[light], "shared")), flush=True)
         table.append((n_edges, rate, edge_r, hub_r, statistics.median(rss_e), rss_h,
                       hub_cpu_us, not wrong))
 
@@ -390,14 +415,19 @@ def parse_args():
                    help="viewers at every edge, one page changing R times a second at each")
     p.add_argument("--line", type=int, default=0, metavar="G",
                    help="G hubs in a line, each a group of its own")
+    p.add_argument("--light", action="store_true",
+                   help="with --line: a light hub in hub0's group (plugin_opt_hub light)")
     p.add_argument("--sums-budget", type=int, default=0, metavar="N",
                    help="plugin_opt_sums_budget N at every hub")
     p.add_argument("--plugin", default=str(common.PLUGIN), help="the plugin to run")
     p.add_argument("--old-bridges", action="store_true",
                    help="bridges between groups carry presence/# (builds before 2026-12-05)")
     args = p.parse_args()
-    global PLUGIN, OLD_BRIDGES, SUMS_BUDGET
+    global PLUGIN, OLD_BRIDGES, SUMS_BUDGET, LIGHT
     PLUGIN, OLD_BRIDGES, SUMS_BUDGET = args.plugin, args.old_bridges, args.sums_budget
+    LIGHT = int(args.light)
+    if args.light and not args.line:
+        p.error("--light needs --line")
     if args.line and (args.line < 2 or args.pairs or args.trios or args.mesh or args.failover):
         p.error("--line G: G at least 2, alone (no --pairs, --trios, --mesh or --failover)")
     if args.trios and (args.pairs or args.mesh or args.failover):
