@@ -311,6 +311,7 @@ static struct tally {
     struct scope_stream scope[TALLY_LEVELS];
     struct scope_stream *scopes[TALLY_LEVELS];
     uint64_t last_gsum_ms, last_sums_ms, group_log_ms, edge_log_ms, levels_log_ms;
+    uint64_t rest_log_ms;              /* a light hub without rest slots said so (on_sums) */
     struct fold_gc fold;               /* collecting folded restarts (fold.c) */
     bool told_removed;                 /* logged that removeNode named this node */
     bool edge;                         /* role edge: tier.c's edge side instead of repl.c */
@@ -1910,6 +1911,23 @@ static void emit_sums(const struct wire_buf *msg, void *ud)
  * slack is what a far end waits beyond the interval, so it is kept small. A
  * repair asked of a neighbour goes in a DIGEST sent at once, at most once a
  * publish interval. */
+/* A light hub that other units' sums reached (it took no slot of them), and
+ * that no rest slot reached: its group's full hubs keep none (plugin_opt_hub
+ * unset there). Said once a minute, once the group had time to speak. */
+static void rest_check(uint64_t now)
+{
+    if (!g.table.light || !g.table.foreign_dropped || g.table.rested ||
+        now - g.start_ms < 2 * g.group.quiet_ms || (g.rest_log_ms && now - g.rest_log_ms < 60000))
+        return;
+    g.rest_log_ms = now;
+    mosquitto_log_printf(MOSQ_LOG_WARNING,
+                         "tally: this light hub takes the other groups' sums from its group's "
+                         "speaker as rest slots, and has none: set plugin_opt_hub full on the "
+                         "other hubs of group '%s' (README, Light hubs); until then its totals "
+                         "leave the other groups out",
+                         g.opt.group);
+}
+
 /* As we take over our group's speaking, every counter's rest slots, which
  * the last speaker may have died with unsent (publish_due keeps them after
  * that, as counters change): once, a pass over the table (about 50 ns a
@@ -1950,6 +1968,7 @@ static void replicate_tick(uint64_t now)
                                    emit_sums, (void *)kinds[k]);
             g.last_sums_ms = now;
             rest_all();
+            rest_check(now);
         }
         scope_tick(now);
         g.last_gsum_ms = now;

@@ -323,8 +323,10 @@ int table_merge_slot_from(struct tally_table *t, struct tally_counter *c, uint32
                           uint64_t p, uint64_t n, uint16_t from, bool *changed)
 {
     *changed = false;
-    if (t->light && table_foreign(t, replica))
+    if (t->light && table_foreign(t, replica)) {
+        t->foreign_dropped++;
         return TALLY_OK; /* counted in a rest slot (group.c, "Light hubs") */
+    }
     if (slot_folded(t, c, replica, p, n))
         return p > (uint64_t)TALLY_MAX_SAFE || n > (uint64_t)TALLY_MAX_SAFE ? TALLY_E_OVERFLOW
                                                                             : TALLY_OK;

@@ -257,8 +257,10 @@ struct tally_table {
      * counts the rest of the tree from its rest slots. lean: a hub of a
      * group with light hubs, light or not: its digest leaves other units'
      * slots out, as a light hub holds none. rested: a rest slot's replica
-     * is named here, which only a light hub counts. */
+     * is named here, which only a light hub counts. foreign_dropped: slots
+     * of other units a light hub did not take. */
     bool light, lean, rested;
+    uint64_t foreign_dropped;
     /* The group and region this state was made in (an edge's: the group
      * its count is in), as the state_dir records them (persist.c's 'G');
      * plugin.c keeps a hub from starting in others. */

@@ -66,6 +66,7 @@ def test_a_light_hub_holds_its_group_and_one_slot_a_level_and_counts_everything(
         wait_for(lambda: group_stats(h).get("speaking") is speaks, 15,
                  what=f"{h.name} {'to speak' if speaks else 'to keep quiet'} for g1")
     assert group_stats(a3).get("light") is True and group_stats(a1).get("light") is False
+    assert "set plugin_opt_hub full" not in a3.read_log()  # its rest slots came
     # a light hub's rest slot is a sum whose parts no reset it ran could name: a reset sent to
     # it goes on to g1's speaker, a1, which runs it and answers through a3; one sent to a3's
     # edge goes up to a3 and on to a1 the same way; a reset at a2, a full hub, runs there
@@ -125,3 +126,20 @@ def test_the_speaker_killed_the_other_full_hub_keeps_the_light_hubs_rest(brokers
     exact_everywhere(hubs + edges, expected)
     never_down(watchers[1:], "counters/shared", expected["shared"], wait=10)
 
+
+
+def test_a_light_hub_whose_group_keeps_no_rest_slot_says_so(brokers, closing):
+    """A light hub in a group whose other hub does not set `hub full` gets no rest slot: its
+    totals leave the other group out, and it says so in its log (once a minute)."""
+    a1 = brokers("a1", options=dict(OPTIONS, group="g1"))
+    a3 = brokers("a3", options=dict(OPTIONS, group="g1", hub="light"),
+                 bridges=[{"name": "a3-to-a1", "port": a1.port}])
+    b1 = brokers("b1", options=dict(OPTIONS, group="g2"),
+                 extra=bridge("b1-to-g1", (a1.port,), BETWEEN_GROUPS))
+    for h, n in ((a1, 2), (b1, 5)):
+        h.pub("counters/shared/inc", str(n))
+    a1.wait_total("shared", 7)
+    b1.wait_total("shared", 7)
+    wait_for(lambda: "set plugin_opt_hub full on the other hubs of group 'g1'" in a3.read_log(),
+             20, what="a3 to log that it gets no rest slot")
+    assert a3.total("shared") == 2  # g1's part alone
