@@ -6,7 +6,7 @@
 # "large" adds a tree of 2,040 nodes with every kind of fault, without
 # groups, with groups of hubs, with regions, with zones above them and with
 # light hubs (10 to 20 s each here, the plain build only: they would take
-# minutes under ASan), and the level-3 mixes' 160 schedules.
+# minutes under ASan), and the level-3 and level-4 mixes' 240 schedules.
 #   TALLY_SIM_JOBS=N   schedules run N at a time (default: one a core)
 set -euo pipefail
 sim=${1:-build}/tests/tally_sim
@@ -186,6 +186,16 @@ light3="--hubs 32 --edges 5 --groups 8 --regions 4 --zones 2 --seconds 30 --loss
 run $light --seed 8
 run $light --seed 26 --reset
 run $light3 --seed 1 --reset
+# Four levels (plugin_opt_region "r/z/w", TALLY_LEVELS): 16 groups of two in
+# 8 regions, 4 zones and 2 worlds, every kind of fault; and groups of four
+# with two light hubs each.
+worlds="--hubs 32 --edges 5 --groups 16 --regions 8 --zones 4 --worlds 2 --seconds 30 --loss 0.2
+  --delay 200 --kill-hubs 2 --restart-hubs 2 --kill-edges 3 --link-failures 8"
+light4="--hubs 64 --edges 3 --groups 16 --regions 8 --zones 4 --worlds 2 --seconds 30 --loss 0.2
+  --delay 200 --kill-hubs 2 --restart-hubs 2 --kill-edges 3 --link-failures 8 --light 2"
+run $worlds --seed 1
+run $worlds --seed 1 --reset
+run $light4 --seed 1 --reset
 failed=0
 for seed in $(seq 100 139); do
   for cfg in "$heavy" "$heavy --tier-bytes 110" "$mixed" "$thawing" "$mesh" "$meshcut" "$groups" \
@@ -197,17 +207,17 @@ for seed in $(seq 100 139); do
 done | xargs -P "$jobs" -L 1 bash -c 'one "$@"' one || failed=1
 [ "$failed" = 0 ] && echo "== 680 more schedules (seeds 100-139, 17 fault mixes, $jobs at a time): all exact"
 if [ "${2:-}" = large ]; then
-  # The level-3 mix's schedules, in the plain build only: under ASan they
-  # took 1.66 s each against 1.13 s for the regions mix (80 of them, some
-  # 4 minutes of CI beside the integration tests); the three runs above
-  # keep it in the sanitized pass.
+  # The level-3 and level-4 mixes' schedules, in the plain build only:
+  # under ASan the level-3 mix took 1.66 s each against 1.13 s for the
+  # regions mix (80 of them, some 4 minutes of CI beside the integration
+  # tests); the fixed runs above keep them in the sanitized pass.
   for seed in $(seq 100 139); do
-    for cfg in "$zones" "$zones --reset" "$light3" "$light3 --reset"; do
+    for cfg in "$zones" "$zones --reset" "$light3" "$light3 --reset" "$worlds" "$worlds --reset"; do
       # shellcheck disable=SC2086
       echo $cfg --seed "$seed"
     done
   done | xargs -P "$jobs" -L 1 bash -c 'one "$@"' one || failed=1
-  [ "$failed" = 0 ] && echo "== 160 more schedules of level-3 regions (seeds 100-139, 4 fault mixes): all exact"
+  [ "$failed" = 0 ] && echo "== 240 more schedules of three and four levels (seeds 100-139, 6 fault mixes): all exact"
   large="--hubs 40 --edges 50 --seconds 20 --loss 0.02 --kill-hubs 4 --restart-hubs 4
     --kill-edges 40 --link-failures 20 --seed 7"
   # The four side by side, each printed whole in turn.

@@ -41,7 +41,10 @@
  * speaker of each region's) cross every bridge. With --zones Z too, Z level-3 regions of R/Z
  * consecutive regions (group.c, "Regions of regions"; plugin_opt_region "r/z"): the regions of
  * each in a ring as above, the zones in a ring of their own joined the same way; RSUMs of
- * regions stay inside a zone, the zones' (rsum3) cross every bridge. With --light N, the last
+ * regions stay inside a zone, the zones' (rsum3) cross every bridge. With --worlds W too, W
+ * level-4 units of Z/W consecutive zones ("r/z/w"), the zones of each in a ring, the worlds in a
+ * ring of their own; a zone's RSUMs stay inside its world, the worlds' (rsum4) cross every
+ * bridge. With --light N, the last
  * N hubs of each group are light (group.c, "Light hubs"): each holds its group's nodes' slots and
  * one rest slot a level, which its group's speaker keeps (group_rest), and the report gives their
  * figures apart; a reset (--reset) runs at a full hub. Each edge's bridge lists
@@ -118,15 +121,17 @@ enum kind {
     K_RVIEWS,
     K_ZSUM,   /* a zone's sums (--zones): an RSUM of level 3, on rsum3/ */
     K_ZVIEWS, /* a zone's viewer sums, on rviews3/ */
+    K_WSUM,   /* a world's sums (--worlds): an RSUM of level 4, on rsum4/ */
+    K_WVIEWS, /* a world's viewer sums, on rviews4/ */
     K__COUNT
 };
-static const char *kind_name[K__COUNT] = {"up",       "down",   "sync",  "digest",
-                                          "presence", "replay", "gsum",  "rsum",
-                                          "gviews",   "rviews", "rsum3", "rviews3"};
+static const char *kind_name[K__COUNT] = {"up",     "down",    "sync",  "digest", "presence",
+                                          "replay", "gsum",    "rsum",  "gviews", "rviews",
+                                          "rsum3",  "rviews3", "rsum4", "rviews4"};
 
 static bool flooded(enum kind k)
 {
-    return k == K_PRESENCE || k == K_GVIEWS || k == K_RVIEWS || k == K_ZVIEWS;
+    return k == K_PRESENCE || k == K_GVIEWS || k == K_RVIEWS || k == K_ZVIEWS || k == K_WVIEWS;
 }
 
 struct msg {
@@ -167,7 +172,8 @@ struct node {
     struct tally_group gr;                  /* its group (--groups), else off */
     struct tally_group rg;                  /* its region (--regions), else off */
     struct tally_group zg;                  /* its region's zone (--zones: level 3), else off */
-    struct scope_stream sc[3];              /* its group's, region's and zone's viewer sums */
+    struct tally_group wg;                  /* its zone's world (--worlds: level 4), else off */
+    struct scope_stream sc[TALLY_LEVELS];   /* its group's, region's, ... viewer sums */
     struct scope_stream *scs[TALLY_LEVELS]; /* (scope.c): each, or NULL */
     uint64_t scope_seq;                     /* plugin.c's wall clock for them */
     uint64_t last_group;                    /* its last GSUM: at most once a publish interval */
@@ -208,6 +214,7 @@ static struct {
     uint32_t group_bridges; /* --group-bridges: between two neighbouring groups (0: a hub each) */
     uint32_t regions;       /* --regions: that many regions of groups / regions groups each */
     uint32_t zones;         /* --zones: that many zones (level 3) of regions / zones each */
+    uint32_t worlds;        /* --worlds: that many worlds (level 4) of zones / worlds each */
     uint32_t light;         /* --light: the last that many hubs of each group are light */
     double rate;            /* increments a second per edge */
     size_t tier_bytes; /* UP, DOWN and relays are cut at this (the plugin's max_message_bytes) */
@@ -294,21 +301,29 @@ static uint32_t zone_of(uint32_t h)
     return opt.zones ? region_of(h) / (opt.regions / opt.zones) : 0;
 }
 
-/* Hub h's region's name, "" with no regions, and its zone's: as
- * plugin_opt_region would give them ("r1/z0"). */
-static void region_name(uint32_t h, char out[16], char zone[16])
+/* Hub h's world: worlds of zones / worlds consecutive zones. */
+static uint32_t world_of(uint32_t h)
 {
-    out[0] = zone[0] = '\0';
+    return opt.worlds ? zone_of(h) / (opt.zones / opt.worlds) : 0;
+}
+
+/* Hub h's region's name, "" with no regions, its zone's and its world's:
+ * as plugin_opt_region would give them ("r1/z0/w0"). */
+static void region_name(uint32_t h, char out[16], char zone[16], char world[16])
+{
+    out[0] = zone[0] = world[0] = '\0';
     if (opt.regions)
         snprintf(out, 16, "r%u", region_of(h));
     if (opt.zones)
         snprintf(zone, 16, "z%u", zone_of(h));
+    if (opt.worlds)
+        snprintf(world, 16, "w%u", world_of(h));
 }
 
 /* Hub n's units' names, as its topics give them (scope.c). */
 static void names_of(const struct node *n, struct scope_name *out)
 {
-    const struct tally_group *units[TALLY_LEVELS] = {&n->gr, &n->rg, &n->zg, NULL};
+    const struct tally_group *units[TALLY_LEVELS] = {&n->gr, &n->rg, &n->zg, &n->wg};
     scope_name_of(units, out);
 }
 
@@ -449,18 +464,21 @@ static void send(uint32_t from, uint32_t to, enum kind kind, const struct wire_b
  * plugin.c refuses another group's), GSUM and a group's viewer sums only
  * those inside its region (between regions: rsum/# and rviews/#), and RSUM
  * and a region's viewer sums only those inside its zone (between zones:
- * rsum3/# and rviews3/#). */
+ * rsum3/# and rviews3/#), and a zone's only those inside its world (between
+ * worlds: rsum4/# and rviews4/#). */
 static void broadcast(uint32_t from, enum kind kind, const struct wire_buf *b, uint32_t except)
 {
     struct node *n = &nodes[from];
     bool in_group = kind == K_SYNC || kind == K_DIGEST || kind == K_PRESENCE,
          in_region = kind == K_GSUM || kind == K_GVIEWS,
-         in_zone = kind == K_RSUM || kind == K_RVIEWS;
+         in_zone = kind == K_RSUM || kind == K_RVIEWS,
+         in_world = kind == K_ZSUM || kind == K_ZVIEWS;
     for (uint32_t i = 0; i < n->nlinks; i++) {
         uint32_t to = n->links[i].to;
         if (to != except && !(in_group && group_of(to) != group_of(from)) &&
             !(in_region && region_of(to) != region_of(from)) &&
-            !(in_zone && zone_of(to) != zone_of(from)))
+            !(in_zone && zone_of(to) != zone_of(from)) &&
+            !(in_world && world_of(to) != world_of(from)))
             send(from, to, kind, b);
     }
 }
@@ -558,17 +576,16 @@ static void hub_on_presence(struct node *n, const struct msg *m)
     scope_of_origin(&pub, m->kind == K_REPLAY ? wp.origin : "",
                     m->kind == K_REPLAY ? wp.origin_len : 0, &sn);
     enum scope_take st = scope_take(&ours, wp.origin, wp.origin_len, &sn);
-    static const char *topic[K__COUNT] = {[K_PRESENCE] = "presence/",
-                                          [K_REPLAY] = "replay/",
-                                          [K_GVIEWS] = "gviews/",
-                                          [K_RVIEWS] = "rviews/",
-                                          [K_ZVIEWS] = "rviews3/"};
+    static const char *topic[K__COUNT] = {
+        [K_PRESENCE] = "presence/", [K_REPLAY] = "replay/",  [K_GVIEWS] = "gviews/",
+        [K_RVIEWS] = "rviews/",     [K_ZVIEWS] = "rviews3/", [K_WVIEWS] = "rviews4/"};
     if (!scope_topic_fits(topic[m->kind], wp.origin, wp.origin_len))
         abort(); /* the simulator sends each on its own topic */
     /* plugin.c's on_presence: a sum's flood goes on to other groups, a
      * node's own counts stay in its group (repl.c, rules 2a and 2b) */
     const char *conn = nodes[m->from].id;
-    bool sums = m->kind == K_GVIEWS || m->kind == K_RVIEWS || m->kind == K_ZVIEWS;
+    bool sums =
+        m->kind == K_GVIEWS || m->kind == K_RVIEWS || m->kind == K_ZVIEWS || m->kind == K_WVIEWS;
     if (sums)
         repl_outer_heard(&n->repl, conn, now);
     bool flood_on =
@@ -636,7 +653,10 @@ static void hub_on_presence(struct node *n, const struct msg *m)
 static void hub_on_sums(struct node *n, const struct msg *m)
 {
     bool fresh;
-    struct tally_group *gr = m->kind == K_ZSUM ? &n->zg : m->kind == K_RSUM ? &n->rg : &n->gr;
+    struct tally_group *gr = m->kind == K_WSUM   ? &n->wg
+                             : m->kind == K_ZSUM ? &n->zg
+                             : m->kind == K_RSUM ? &n->rg
+                                                 : &n->gr;
     repl_outer_heard(&n->repl, nodes[m->from].id, now);
     if (group_apply(gr, &n->t, NULL, n->id, m->data, m->len, &fresh) != TALLY_OK)
         abort();
@@ -661,6 +681,11 @@ static void emit_zsum(const struct wire_buf *msg, void *ud)
     broadcast((uint32_t)(uintptr_t)ud, K_ZSUM, msg, UINT32_MAX);
 }
 
+static void emit_wsum(const struct wire_buf *msg, void *ud)
+{
+    broadcast((uint32_t)(uintptr_t)ud, K_WSUM, msg, UINT32_MAX);
+}
+
 /* As plugin.c's publish_due and its GSUM, once a publish interval: every
  * counter off the dirty list (outputs, here none) noted for our group's
  * sums (group_note), then the sums that rose, and the refresh's share,
@@ -677,7 +702,8 @@ static void hub_group_tick(uint32_t i)
         if ((!n->gr.quiet && group_rest(&n->t, c) != TALLY_OK) || !table_pop_dirty(&n->t) ||
             group_note(&n->gr, &n->t, c) != TALLY_OK ||
             (group_on(&n->rg) && group_note(&n->rg, &n->t, c) != TALLY_OK) ||
-            (group_on(&n->zg) && group_note(&n->zg, &n->t, c) != TALLY_OK))
+            (group_on(&n->zg) && group_note(&n->zg, &n->t, c) != TALLY_OK) ||
+            (group_on(&n->wg) && group_note(&n->wg, &n->t, c) != TALLY_OK))
             abort();
     struct wire_buf b = {0};
     if (now - n->last_sums >= group_sums_every(&n->gr, opt.sums_ms, opt.publish_ms)) {
@@ -693,6 +719,9 @@ static void hub_group_tick(uint32_t i)
                            (void *)(uintptr_t)i);
         if (group_on(&n->zg))
             group_announce(&n->zg, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_zsum,
+                           (void *)(uintptr_t)i);
+        if (group_on(&n->wg))
+            group_announce(&n->wg, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_wsum,
                            (void *)(uintptr_t)i);
         n->last_sums = now;
     }
@@ -765,7 +794,7 @@ static void scope_part(const struct wire_buf *msg, void *ud)
 static void scope_send(struct node *n, struct scope_stream *sc, bool changes)
 {
     struct wire_buf b = {0};
-    static const enum kind kinds[3] = {K_GVIEWS, K_RVIEWS, K_ZVIEWS};
+    static const enum kind kinds[TALLY_LEVELS] = {K_GVIEWS, K_RVIEWS, K_ZVIEWS, K_WVIEWS};
     struct route r = {(uint32_t)(n - nodes), UINT32_MAX, kinds[sc->level - 1]};
     if (scope_announce(sc, changes, now * 1000, now, PEER_TIMEOUT_MS, opt.tier_bytes, &b,
                        scope_part, &r) != TALLY_OK)
@@ -776,12 +805,12 @@ static void scope_send(struct node *n, struct scope_stream *sc, bool changes)
 /* As plugin.c's scope_tick, after the sums. */
 static void hub_scope_tick(struct node *n)
 {
-    const struct tally_group *level[3] = {&n->gr, &n->rg, &n->zg};
-    for (int k = 0; k < 3; k++)
+    const struct tally_group *level[TALLY_LEVELS] = {&n->gr, &n->rg, &n->zg, &n->wg};
+    for (int k = 0; k < TALLY_LEVELS; k++)
         if (n->scs[k] && scope_follow(n->scs[k], &n->pr, !level[k]->quiet) != TALLY_OK)
             abort();
     presence_scope_taken(&n->pr);
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < TALLY_LEVELS; k++)
         if (n->scs[k] && scope_due(n->scs[k]))
             scope_send(n, n->scs[k], true);
 }
@@ -899,9 +928,9 @@ static void hub_start(uint32_t i)
     if (opt.groups) {
         /* plugin.c's session of its GSUMs: its incarnation, later than
          * every earlier life's (a receiver drops an earlier life's) */
-        char name[16], region[16], zone[16];
+        char name[16], region[16], zone[16], world[16];
         group_name(i, name);
-        region_name(i, region, zone);
+        region_name(i, region, zone, world);
         n->gsession = tally_incarnation_new(now + 1, i, n->gsession);
         n->last_group = n->last_sums = 0;
         group_init(&n->gr, name, n->gsession, GROUP_REFRESH_MS);
@@ -909,16 +938,19 @@ static void hub_start(uint32_t i)
         group_init(&n->rg, region, n->gsession, GROUP_REFRESH_MS);
         group_scope(&n->rg, 2, zone);
         group_init(&n->zg, zone, n->gsession, GROUP_REFRESH_MS);
-        group_scope(&n->zg, 3, NULL);
-        n->gr.sums_budget = n->rg.sums_budget = n->zg.sums_budget = opt.sums_budget;
+        group_scope(&n->zg, 3, world);
+        group_init(&n->wg, world, n->gsession, GROUP_REFRESH_MS);
+        group_scope(&n->wg, 4, NULL);
+        n->gr.sums_budget = n->rg.sums_budget = opt.sums_budget;
+        n->zg.sums_budget = n->wg.sums_budget = opt.sums_budget;
         snprintf(n->tier.group, sizeof(n->tier.group), "%s", name); /* its DOWNs name it */
-        n->pr.scope_levels = (uint8_t)(opt.zones ? 3 : opt.regions ? 2 : 1);
-        struct tally_group *units[3] = {&n->gr, &n->rg, &n->zg};
+        n->pr.scope_levels = (uint8_t)(opt.worlds ? 4 : opt.zones ? 3 : opt.regions ? 2 : 1);
+        struct tally_group *units[TALLY_LEVELS] = {&n->gr, &n->rg, &n->zg, &n->wg};
         for (int k = 0; k < TALLY_LEVELS; k++) {
             n->scs[k] = NULL;
-            if (k < 3 && group_on(units[k]))
+            if (group_on(units[k]))
                 scope_init(n->scs[k] = &n->sc[k], units[k], &n->pr);
-            if (k < 3 && group_bind(units[k], &n->t) != TALLY_OK)
+            if (group_bind(units[k], &n->t) != TALLY_OK)
                 abort();
         }
         /* what it held at its stop is loaded dirty, and its first flush
@@ -926,7 +958,7 @@ static void hub_start(uint32_t i)
         for (struct tally_counter *c = n->t.counters; c; c = c->hh.next) {
             if (group_rest(&n->t, c) != TALLY_OK)
                 abort();
-            for (int k = 0; k < 3; k++)
+            for (int k = 0; k < TALLY_LEVELS; k++)
                 if (group_on(units[k]) && group_note(units[k], &n->t, c) != TALLY_OK)
                     abort();
         }
@@ -939,6 +971,7 @@ static void hub_stop(struct node *n)
     group_free(&n->gr);
     group_free(&n->rg);
     group_free(&n->zg);
+    group_free(&n->wg);
     for (int k = 0; k < TALLY_LEVELS; k++) {
         if (n->scs[k])
             scope_free(n->scs[k]);
@@ -1158,8 +1191,9 @@ static void build_groups(void)
     uint32_t size = opt.hubs / opt.groups, bridges = opt.group_bridges ? opt.group_bridges : size;
     uint32_t regions = opt.regions ? opt.regions : 1, per = opt.groups / regions;
     uint32_t zones = opt.zones ? opt.zones : 1, rper = regions / zones;
+    uint32_t worlds = opt.worlds ? opt.worlds : 1, zper = zones / worlds;
     uint32_t chord = (uint32_t)sqrt((double)per), rchord = (uint32_t)sqrt((double)rper);
-    uint32_t zchord = (uint32_t)sqrt((double)zones);
+    uint32_t zchord = (uint32_t)sqrt((double)zper), wchord = (uint32_t)sqrt((double)worlds);
     for (uint32_t k = 0; k < opt.groups; k++)
         for (uint32_t a = 0; a < size; a++)
             for (uint32_t b = a + 1; b < size; b++)
@@ -1174,18 +1208,24 @@ static void build_groups(void)
     }
     /* regions: a ring of those of each zone (and chords from 9 on), the
      * second hub of each one's first group bridged to the next's (a hub
-     * that never dies); zones: a ring of them the same way, by the second
-     * hub of each one's first group */
+     * that never dies); zones: a ring of those of each world the same way,
+     * by the second hub of each one's first group; worlds: a ring of them */
     for (uint32_t r = 0; r < regions && rper > 1; r++) {
         uint32_t first = r - r % rper, at = r % rper;
         add_link(r * per * size + 1, (first + (at + 1) % rper) * per * size + 1);
         if (rper >= 9)
             add_link(r * per * size + 1, (first + (at + rchord) % rper) * per * size + 1);
     }
-    for (uint32_t z = 0, span = rper * per * size; z < zones && zones > 1; z++) {
-        add_link(z * span + 1, (z + 1) % zones * span + 1);
-        if (zones >= 9)
-            add_link(z * span + 1, (z + zchord) % zones * span + 1);
+    for (uint32_t z = 0, span = rper * per * size; z < zones && zper > 1; z++) {
+        uint32_t first = z - z % zper, at = z % zper; /* a ring of the zones of a world */
+        add_link(z * span + 1, (first + (at + 1) % zper) * span + 1);
+        if (zper >= 9)
+            add_link(z * span + 1, (first + (at + zchord) % zper) * span + 1);
+    }
+    for (uint32_t w = 0, span = zper * rper * per * size; w < worlds && worlds > 1; w++) {
+        add_link(w * span + 1, (w + 1) % worlds * span + 1);
+        if (worlds >= 9)
+            add_link(w * span + 1, (w + wchord) % worlds * span + 1);
     }
 }
 
@@ -1516,19 +1556,20 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
             opt.groups, opt.hubs / opt.groups, hubs.group_slots / hubs.n, announced, learned,
             stale);
         announced = learned = stale = 0;
-        uint32_t speaking[3] = {0, 0, 0};
+        uint32_t speaking[TALLY_LEVELS] = {0};
         uint64_t echoed = 0, holes = 0, held = 0, wants = 0, resent = 0, calls = 0;
         for (uint32_t h = 0; h < opt.hubs; h++) {
             const struct node *n = &nodes[h];
-            wants += n->alive ? n->gr.wants + n->rg.wants + n->zg.wants : 0;
-            resent += n->alive ? n->gr.resent + n->rg.resent + n->zg.resent : 0;
-            calls += n->alive ? n->gr.calls + n->rg.calls + n->zg.calls : 0;
-            speaking[0] += n->alive && !n->gr.quiet;
-            speaking[1] += n->alive && group_on(&n->rg) && !n->rg.quiet;
-            speaking[2] += n->alive && group_on(&n->zg) && !n->zg.quiet;
-            echoed += n->alive ? n->gr.echoed + n->rg.echoed + n->zg.echoed : 0;
-            holes += n->alive ? n->gr.holes + n->rg.holes + n->zg.holes : 0;
-            held += n->alive ? n->gr.budget_held + n->rg.budget_held + n->zg.budget_held : 0;
+            const struct tally_group *u[TALLY_LEVELS] = {&n->gr, &n->rg, &n->zg, &n->wg};
+            for (int k = 0; k < TALLY_LEVELS && n->alive; k++) {
+                wants += u[k]->wants;
+                resent += u[k]->resent;
+                calls += u[k]->calls;
+                speaking[k] += group_on(u[k]) && !u[k]->quiet;
+                echoed += u[k]->echoed;
+                holes += u[k]->holes;
+                held += u[k]->budget_held;
+            }
         }
         printf("  speaking at the end: %u for groups, %u for regions; live hubs echoed %" PRIu64
                " counters' sums, and saw %" PRIu64 " gaps in others' sums; the sums budget"
@@ -1557,6 +1598,17 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
                    "%" PRIu64 " counters, learned %" PRIu64 ", dropped %" PRIu64
                    " zones' RSUMs seen before\n",
                    opt.zones, opt.regions / opt.zones, speaking[2], announced, learned, stale);
+        announced = learned = stale = 0;
+        for (uint32_t h = 0; h < opt.hubs && opt.worlds; h++) {
+            announced += nodes[h].alive ? nodes[h].wg.announced : 0;
+            learned += nodes[h].alive ? nodes[h].wg.learned : 0;
+            stale += nodes[h].alive ? nodes[h].wg.stale : 0;
+        }
+        if (opt.worlds)
+            printf("  worlds: %u of %u zones each, %u speaking at the end; live hubs announced "
+                   "%" PRIu64 " counters, learned %" PRIu64 ", dropped %" PRIu64
+                   " worlds' RSUMs seen before\n",
+                   opt.worlds, opt.zones / opt.worlds, speaking[3], announced, learned, stale);
     }
     print_figures("edge", &edges);
     for (int k = 0; k < K__COUNT; k++)
@@ -1638,14 +1690,15 @@ static void reset_everything(void)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: tally-sim [--hubs H] [--edges E per hub] [--counters K] [--pages P]\n"
-                    "  [--seconds S of load] [--rate R inc/s an edge] [--loss L] [--delay MS]\n"
-                    "  [--kill-hubs N] [--kill-edges N] [--restart-hubs N] [--link-failures N]\n"
-                    "  [--freeze-edges N] [--publish-interval MS] [--tier-bytes B] [--seed X]\n"
-                    "  [--mesh | --groups G [--group-bridges B] [--regions R [--zones Z]]\n"
-                    "  [--sums-interval MS]\n"
-                    "  [--sums-budget RECORDS/S] [--light N of each group]]\n"
-                    "  [--reset] [--check]\n");
+    fprintf(stderr,
+            "usage: tally-sim [--hubs H] [--edges E per hub] [--counters K] [--pages P]\n"
+            "  [--seconds S of load] [--rate R inc/s an edge] [--loss L] [--delay MS]\n"
+            "  [--kill-hubs N] [--kill-edges N] [--restart-hubs N] [--link-failures N]\n"
+            "  [--freeze-edges N] [--publish-interval MS] [--tier-bytes B] [--seed X]\n"
+            "  [--mesh | --groups G [--group-bridges B] [--regions R [--zones Z [--worlds W]]]\n"
+            "  [--sums-interval MS]\n"
+            "  [--sums-budget RECORDS/S] [--light N of each group]]\n"
+            "  [--reset] [--check]\n");
     exit(2);
 }
 
@@ -1675,6 +1728,7 @@ static void options(int argc, char **argv)
                                           {"group-bridges", 1, 0, 'b'},
                                           {"regions", 1, 0, 'Q'},
                                           {"zones", 1, 0, 'z'},
+                                          {"worlds", 1, 0, 'X'},
                                           {"reset", 0, 0, 'Z'},
                                           {"light", 1, 0, 'W'},
                                           {0, 0, 0, 0}};
@@ -1752,6 +1806,9 @@ static void options(int argc, char **argv)
         case 'z':
             opt.zones = (uint32_t)atoi(optarg);
             break;
+        case 'X':
+            opt.worlds = (uint32_t)atoi(optarg);
+            break;
         case 'Z':
             opt.reset = true;
             break;
@@ -1775,7 +1832,8 @@ static void options(int argc, char **argv)
     if (opt.light && (!opt.groups || opt.light + 2 > opt.hubs / opt.groups))
         usage();
     if ((opt.regions && (!opt.groups || opt.groups % opt.regions)) ||
-        (opt.zones && (!opt.regions || opt.regions % opt.zones)))
+        (opt.zones && (!opt.regions || opt.regions % opt.zones)) ||
+        (opt.worlds && (!opt.zones || opt.zones % opt.worlds)))
         usage();
     /* with fewer bridges than hubs, a hub that dies could cut its group off
      * (a bridge here has no address list to fail over with) */
@@ -1811,11 +1869,13 @@ static void deliver(const struct event *ev)
     case K_GVIEWS:
     case K_RVIEWS:
     case K_ZVIEWS:
+    case K_WVIEWS:
         hub_on_presence(n, m);
         break;
     case K_GSUM:
     case K_RSUM:
     case K_ZSUM:
+    case K_WSUM:
         hub_on_sums(n, m);
         break;
     }
