@@ -1525,6 +1525,26 @@ static void print_figures(const char *what, const struct figures *f)
            what, f->load_msgs / f->n, f->load_bytes / f->n);
 }
 
+/* Hub n's unit of level k + 1 (0: its group). */
+static const struct tally_group *unit_of(const struct node *n, int k)
+{
+    const struct tally_group *u[TALLY_LEVELS] = {&n->gr, &n->rg, &n->zg, &n->wg};
+    return u[k];
+}
+
+/* The live hubs' counters of sums of level k + 1 sent and taken, and
+ * messages seen before. */
+static void unit_figures(int k, uint64_t *announced, uint64_t *learned, uint64_t *stale)
+{
+    *announced = *learned = *stale = 0;
+    for (uint32_t h = 0; h < opt.hubs; h++) {
+        const struct tally_group *u = unit_of(&nodes[h], k);
+        *announced += nodes[h].alive ? u->announced : 0;
+        *learned += nodes[h].alive ? u->learned : 0;
+        *stale += nodes[h].alive ? u->stale : 0;
+    }
+}
+
 static void report(double load_seconds, const int64_t converged_ms[2], const uint32_t wrong[2])
 {
     struct figures hubs = {0}, light = {0}, edges = {0};
@@ -1543,32 +1563,27 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
     print_figures("hub", &hubs);
     print_figures("light", &light);
     if (opt.groups && hubs.n) {
-        uint64_t announced = 0, learned = 0, stale = 0;
-        for (uint32_t h = 0; h < opt.hubs; h++) {
-            announced += nodes[h].alive ? nodes[h].gr.announced : 0;
-            learned += nodes[h].alive ? nodes[h].gr.learned : 0;
-            stale += nodes[h].alive ? nodes[h].gr.stale : 0;
-        }
+        uint64_t announced, learned, stale;
+        unit_figures(0, &announced, &learned, &stale);
         printf(
             "  groups: %u of %u hubs each; of a hub's slots %.0f are other groups' sums; live hubs "
             "announced %" PRIu64 " counters, learned %" PRIu64 ", dropped %" PRIu64
             " GSUMs seen before\n",
             opt.groups, opt.hubs / opt.groups, hubs.group_slots / hubs.n, announced, learned,
             stale);
-        announced = learned = stale = 0;
         uint32_t speaking[TALLY_LEVELS] = {0};
         uint64_t echoed = 0, holes = 0, held = 0, wants = 0, resent = 0, calls = 0;
         for (uint32_t h = 0; h < opt.hubs; h++) {
             const struct node *n = &nodes[h];
-            const struct tally_group *u[TALLY_LEVELS] = {&n->gr, &n->rg, &n->zg, &n->wg};
             for (int k = 0; k < TALLY_LEVELS && n->alive; k++) {
-                wants += u[k]->wants;
-                resent += u[k]->resent;
-                calls += u[k]->calls;
-                speaking[k] += group_on(u[k]) && !u[k]->quiet;
-                echoed += u[k]->echoed;
-                holes += u[k]->holes;
-                held += u[k]->budget_held;
+                const struct tally_group *u = unit_of(n, k);
+                wants += u->wants;
+                resent += u->resent;
+                calls += u->calls;
+                speaking[k] += group_on(u) && !u->quiet;
+                echoed += u->echoed;
+                holes += u->holes;
+                held += u->budget_held;
             }
         }
         printf("  speaking at the end: %u for groups, %u for regions; live hubs echoed %" PRIu64
@@ -1578,32 +1593,18 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
         printf("  sums lost on the way: live hubs asked their neighbours %" PRIu64
                " times, sent %" PRIu64 " messages again, and called for %" PRIu64 " refreshes\n",
                wants, resent, calls);
-        for (uint32_t h = 0; h < opt.hubs && opt.regions; h++) {
-            announced += nodes[h].alive ? nodes[h].rg.announced : 0;
-            learned += nodes[h].alive ? nodes[h].rg.learned : 0;
-            stale += nodes[h].alive ? nodes[h].rg.stale : 0;
-        }
+        unit_figures(1, &announced, &learned, &stale);
         if (opt.regions)
             printf("  regions: %u of %u groups each; live hubs announced %" PRIu64
                    " counters, learned %" PRIu64 ", dropped %" PRIu64 " RSUMs seen before\n",
                    opt.regions, opt.groups / opt.regions, announced, learned, stale);
-        announced = learned = stale = 0;
-        for (uint32_t h = 0; h < opt.hubs && opt.zones; h++) {
-            announced += nodes[h].alive ? nodes[h].zg.announced : 0;
-            learned += nodes[h].alive ? nodes[h].zg.learned : 0;
-            stale += nodes[h].alive ? nodes[h].zg.stale : 0;
-        }
+        unit_figures(2, &announced, &learned, &stale);
         if (opt.zones)
             printf("  zones: %u of %u regions each, %u speaking at the end; live hubs announced "
                    "%" PRIu64 " counters, learned %" PRIu64 ", dropped %" PRIu64
                    " zones' RSUMs seen before\n",
                    opt.zones, opt.regions / opt.zones, speaking[2], announced, learned, stale);
-        announced = learned = stale = 0;
-        for (uint32_t h = 0; h < opt.hubs && opt.worlds; h++) {
-            announced += nodes[h].alive ? nodes[h].wg.announced : 0;
-            learned += nodes[h].alive ? nodes[h].wg.learned : 0;
-            stale += nodes[h].alive ? nodes[h].wg.stale : 0;
-        }
+        unit_figures(3, &announced, &learned, &stale);
         if (opt.worlds)
             printf("  worlds: %u of %u zones each, %u speaking at the end; live hubs announced "
                    "%" PRIu64 " counters, learned %" PRIu64 ", dropped %" PRIu64
