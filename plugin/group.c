@@ -688,8 +688,8 @@ static int note_resets(const struct tally_group *gr, struct group_entry *e,
     }
     for (uint32_t i = 0; i < b->nslots; i++) {
         const struct tally_base_slot *s = &b->slots[i];
-        /* a group's: those of our region's hubs hold it; a region's: all
-         * (a rest slot's: our group's alone) */
+        /* a group's: those of our region's hubs hold it; a region's: all;
+         * a rest slot's never leaves our group (SYNC carries it) */
         if (group_level(t, s->replica) < gr->level || t->replicas[s->replica]->rest)
             continue;
         struct group_base *gb = entry_base(e, s->replica);

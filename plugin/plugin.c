@@ -311,7 +311,7 @@ static struct tally {
     struct scope_stream scope[TALLY_LEVELS];
     struct scope_stream *scopes[TALLY_LEVELS];
     uint64_t last_gsum_ms, last_sums_ms, group_log_ms, edge_log_ms, levels_log_ms;
-    uint64_t rest_log_ms;              /* a light hub without rest slots said so (on_sums) */
+    uint64_t rest_log_ms;              /* a light hub without rest slots said so (rest_check) */
     struct fold_gc fold;               /* collecting folded restarts (fold.c) */
     bool told_removed;                 /* logged that removeNode named this node */
     bool edge;                         /* role edge: tier.c's edge side instead of repl.c */
@@ -1901,16 +1901,6 @@ static void emit_sums(const struct wire_buf *msg, void *ud)
     replicate(ud, msg); /* "gsum", "rsum", "rsum3" or "rsum4" */
 }
 
-/* Deltas: what was learned goes on at the next tick (repl.c), local changes
- * a sixteenth of an interval less often than names are published: a peer
- * that gets them publishes each name at most once an interval, and deltas
- * that left just over an interval apart reach it a little closer or further
- * apart (a millisecond or two over bridges with set_tcp_nodelay; up to 40 ms
- * without, when Nagle's algorithm holds one back); one arriving early would
- * wait for the peer's next broker loop, up to 100 ms when it is idle. The
- * slack is what a far end waits beyond the interval, so it is kept small. A
- * repair asked of a neighbour goes in a DIGEST sent at once, at most once a
- * publish interval. */
 /* A light hub that other units' sums reached (it took no slot of them), and
  * that no rest slot reached: its group's full hubs keep none (plugin_opt_hub
  * unset there). Said once a minute, once the group had time to speak. */
@@ -1930,20 +1920,29 @@ static void rest_check(uint64_t now)
 
 /* As we take over our group's speaking, every counter's rest slots, which
  * the last speaker may have died with unsent (publish_due keeps them after
- * that, as counters change): once, a pass over the table (about 50 ns a
- * slot). */
+ * that, as counters change): once, a pass over the table. */
 static void rest_all(void)
 {
     if (!g.group.took_over)
         return;
     g.group.took_over = false;
-    for (struct tally_counter *c = g.table.counters; c; c = c->hh.next)
+    for (struct tally_counter *c = g.table.counters; g.table.lean && c; c = c->hh.next)
         if (group_rest(&g.table, c) != TALLY_OK) {
             mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory for the rest of the tree");
             return;
         }
 }
 
+/* Deltas: what was learned goes on at the next tick (repl.c), local changes
+ * a sixteenth of an interval less often than names are published: a peer
+ * that gets them publishes each name at most once an interval, and deltas
+ * that left just over an interval apart reach it a little closer or further
+ * apart (a millisecond or two over bridges with set_tcp_nodelay; up to 40 ms
+ * without, when Nagle's algorithm holds one back); one arriving early would
+ * wait for the peer's next broker loop, up to 100 ms when it is idle. The
+ * slack is what a far end waits beyond the interval, so it is kept small. A
+ * repair asked of a neighbour goes in a DIGEST sent at once, at most once a
+ * publish interval. */
 static void replicate_tick(uint64_t now)
 {
     static struct wire_digest d; /* 2 KB of hashes: off the stack */
@@ -2288,18 +2287,14 @@ static void control_forward(const void *payload, size_t len, bool admin, const c
     struct forwarded *f = NULL;
     for (size_t i = 0; i < FORWARD_MAX && !f; i++)
         f = g.fwd[i].id == 0 ? &g.fwd[i] : NULL;
-    struct forwarded none = {.client = (char *)client,
-                             .conn = (char *)conn,
-                             .edge_id = edge ? edge->id : 0,
-                             .request = {.data = (uint8_t *)payload, .len = len}};
+    uint64_t edge_id = edge ? edge->id : 0;
     if (!f || (!g.edge && !g.group.speaker[0])) {
-        none.id = 1; /* answered below, and never freed */
         char *resp = control_error_all(payload, len,
                                        !f ? "too many requests waiting for the hub; try again"
                                           : "a light hub passes resets to its group's speaker, "
                                             "and none was heard yet; try again");
         if (resp && conn)
-            answer_edge(client, conn, none.edge_id, resp);
+            answer_edge(client, conn, edge_id, resp);
         else if (resp)
             control_answer(client, resp);
         free(resp);
@@ -2314,7 +2309,7 @@ static void control_forward(const void *payload, size_t len, bool admin, const c
     f->sent_ms = mono_ms();
     f->client = strdup(client);
     f->conn = conn ? strdup(conn) : NULL;
-    f->edge_id = none.edge_id;
+    f->edge_id = edge_id;
     wbuf_bytes(&f->request, payload, len);
     struct tier_control c = {.node = g.opt.node_id,
                              .node_len = strlen(g.opt.node_id),
@@ -2412,9 +2407,9 @@ static char *run_remote(const struct tier_control *c, const char *who)
 {
     bool stale = wall_ms() > (c->id >> 16) + FORWARD_TIMEOUT_MS / 2;
     return stale ? control_error_all(c->data, c->len,
-                                     "the request reached the hub over 2.5 s after the "
-                                     "edge sent it (its bridge was down, or the two "
-                                     "clocks are apart); it was not run")
+                                     "the request reached the hub over 2.5 s after it was "
+                                     "sent (a bridge was down, or the two clocks are "
+                                     "apart); it was not run")
                  : control_run(c->data, c->len, c->flags & TIER_CONTROL_ADMIN, who);
 }
 
