@@ -590,7 +590,6 @@ int group_rest(struct tally_table *t, struct tally_counter *c)
     uint64_t p[TALLY_LEVELS + 1] = {0}, n[TALLY_LEVELS + 1] = {0};
     uint64_t bp[TALLY_LEVELS + 1] = {0}, bn[TALLY_LEVELS + 1] = {0};
     const struct tally_base *b = table_base(t, c);
-    bool any = false;
     for (uint32_t i = 0; i < c->nslots; i++) {
         const struct tally_slot *s = &c->slots[i];
         if (!table_foreign(t, s->replica))
@@ -602,11 +601,10 @@ int group_rest(struct tally_table *t, struct tally_counter *c)
         add_safe(&n[k], s->n);
         add_safe(&bp[k], min64(sp, s->p));
         add_safe(&bn[k], min64(sn, s->n));
-        any = true;
     }
-    for (int k = 1; any && k <= TALLY_LEVELS; k++) {
+    for (int k = 1; k <= TALLY_LEVELS; k++) {
         if (!p[k] && !n[k])
-            continue;
+            continue; /* no slot of that level (a base is at most its slot) */
         char id[REST_ID_LEN];
         memset(id, GROUP_MARK, REST_ID_LEN - 1);
         id[REST_ID_LEN - 1] = (char)('0' + k);

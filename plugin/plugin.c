@@ -2249,14 +2249,22 @@ static void control_answer(const char *client, const char *resp)
 
 static void answer_edge(const char *edge, const char *conn, uint64_t id, const char *resp);
 
+/* The answer to a request we passed on: to our client, or to the edge whose
+ * request it was (conn: the connection its UP came over, edge_id its id). */
+static void answer_asker(const char *client, const char *conn, uint64_t edge_id, const char *resp)
+{
+    if (conn)
+        answer_edge(client, conn, edge_id, resp);
+    else
+        control_answer(client, resp);
+}
+
 static void forward_done(struct forwarded *f, const char *error)
 {
     char *resp = error ? control_error_all(f->request.data, f->request.len, error) : NULL;
     const char *text = resp ? resp : error ? NULL : (const char *)f->answer.data;
-    if (text && f->conn)
-        answer_edge(f->client, f->conn, f->edge_id, text);
-    else if (text)
-        control_answer(f->client, text);
+    if (text)
+        answer_asker(f->client, f->conn, f->edge_id, text);
     free(resp);
     free(f->client);
     free(f->conn);
@@ -2279,24 +2287,21 @@ static void emit_to_speaker(const struct wire_buf *msg, void *ud)
  * cluster's, a listing the cluster's table. At a light hub, a request that
  * resets or deletes goes to its group's speaker, a full hub, the same way
  * (group.c, "Light hubs"): a light hub's own client's, or one of its edge's
- * (edge: its id and the connection to answer it on). The answer goes back
- * when the hub does, or an error after FORWARD_TIMEOUT_MS. */
+ * (client: the edge; conn and edge_id: as answer_asker's). The answer goes
+ * back when the hub does, or an error after FORWARD_TIMEOUT_MS. */
 static void control_forward(const void *payload, size_t len, bool admin, const char *client,
-                            const struct tier_control *edge, const char *conn)
+                            const char *conn, uint64_t edge_id)
 {
     struct forwarded *f = NULL;
     for (size_t i = 0; i < FORWARD_MAX && !f; i++)
         f = g.fwd[i].id == 0 ? &g.fwd[i] : NULL;
-    uint64_t edge_id = edge ? edge->id : 0;
     if (!f || (!g.edge && !g.group.speaker[0])) {
         char *resp = control_error_all(payload, len,
                                        !f ? "too many requests waiting for the hub; try again"
                                           : "a light hub passes resets to its group's speaker, "
                                             "and none was heard yet; try again");
-        if (resp && conn)
-            answer_edge(client, conn, edge_id, resp);
-        else if (resp)
-            control_answer(client, resp);
+        if (resp)
+            answer_asker(client, conn, edge_id, resp);
         free(resp);
         return;
     }
@@ -2430,7 +2435,7 @@ static int on_edge_control(const struct mosquitto_evt_message *ev)
     snprintf(who, sizeof(who), "(a client of edge %s)", id);
     const char *conn = mosquitto_client_id(ev->client);
     if (g.table.light && control_resets(c.data, c.len) && conn) {
-        control_forward(c.data, c.len, c.flags & TIER_CONTROL_ADMIN, id, &c, conn);
+        control_forward(c.data, c.len, c.flags & TIER_CONTROL_ADMIN, id, conn, c.id);
         return TALLY_OK;
     }
     char *resp = run_remote(&c, who);
@@ -2488,7 +2493,7 @@ static int on_control(int event, void *event_data, void *userdata)
     (void)userdata;
     const char *client = mosquitto_client_id(ev->client);
     if (g.edge || (g.table.light && control_resets(ev->payload, ev->payloadlen))) {
-        control_forward(ev->payload, ev->payloadlen, is_admin(ev->client), client, NULL, NULL);
+        control_forward(ev->payload, ev->payloadlen, is_admin(ev->client), client, NULL, 0);
         return MOSQ_ERR_SUCCESS;
     }
     char *resp = control_run(ev->payload, ev->payloadlen, is_admin(ev->client), client);

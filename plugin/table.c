@@ -251,11 +251,18 @@ uint64_t table_device_hash(const struct tally_table *t, uint32_t device)
     return t->devices[device]->hash ^ 0xd1b54a32d192ed03ULL;
 }
 
+/* Whether replica's slots count in the digest: not another unit's where a
+ * light hub of our group holds none (t->lean). */
+static bool digested(const struct tally_table *t, uint32_t replica)
+{
+    return !t->lean || !table_foreign(t, replica);
+}
+
 static void digest_slot(struct tally_table *t, const struct tally_counter *c, uint32_t replica,
                         const struct tally_slot *before, const struct tally_slot *after)
 {
-    if (t->lean && table_foreign(t, replica))
-        return; /* what a light hub of our group holds none of */
+    if (!digested(t, replica))
+        return;
     uint64_t nh = tally_hash64(c->name, c->name_len, 0);
     uint64_t oh = table_replica_hash(t, replica);
     uint64_t *d = &t->digest[nh % TALLY_BUCKETS];
@@ -301,7 +308,7 @@ void table_drop_slot(struct tally_table *t, struct tally_counter *c, uint32_t re
     if (!counter_drop_slot(c, replica, &was))
         return;
     uint64_t nh = tally_hash64(c->name, c->name_len, 0);
-    if (!t->lean || !table_foreign(t, replica))
+    if (digested(t, replica))
         t->digest[nh % TALLY_BUCKETS] -=
             table_entry_hash(nh, table_replica_hash(t, replica), was.p, was.n);
     t->replicas[replica]->held--;
@@ -424,7 +431,6 @@ static uint8_t rest_level(const char *id, size_t len)
 
 /* Interns (node_id, incarnation), node_id being len bytes (not necessarily
  * NUL-terminated: an id read from a message), and returns its index in *out. */
-
 int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64_t incarnation,
                   uint32_t *out)
 {

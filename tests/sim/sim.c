@@ -320,10 +320,23 @@ static void region_name(uint32_t h, char out[16], char zone[16], char world[16])
         snprintf(world, 16, "w%u", world_of(h));
 }
 
-/* Hub n's units' names, as its topics give them (scope.c). */
-static void names_of(const struct node *n, struct scope_name *out)
+/* Hub n's unit of level k + 1 (0: its group, 1: its region, ...). */
+static struct tally_group *unit_of(struct node *n, int k)
 {
-    const struct tally_group *units[TALLY_LEVELS] = {&n->gr, &n->rg, &n->zg, &n->wg};
+    struct tally_group *u[TALLY_LEVELS] = {&n->gr, &n->rg, &n->zg, &n->wg};
+    return u[k];
+}
+
+/* The kinds of each level's sums and viewer sums (k: unit_of's). */
+static const enum kind sums_kind[TALLY_LEVELS] = {K_GSUM, K_RSUM, K_ZSUM, K_WSUM};
+static const enum kind views_kind[TALLY_LEVELS] = {K_GVIEWS, K_RVIEWS, K_ZVIEWS, K_WVIEWS};
+
+/* Hub n's units' names, as its topics give them (scope.c). */
+static void names_of(struct node *n, struct scope_name *out)
+{
+    const struct tally_group *units[TALLY_LEVELS];
+    for (int k = 0; k < TALLY_LEVELS; k++)
+        units[k] = unit_of(n, k);
     scope_name_of(units, out);
 }
 
@@ -653,10 +666,10 @@ static void hub_on_presence(struct node *n, const struct msg *m)
 static void hub_on_sums(struct node *n, const struct msg *m)
 {
     bool fresh;
-    struct tally_group *gr = m->kind == K_WSUM   ? &n->wg
-                             : m->kind == K_ZSUM ? &n->zg
-                             : m->kind == K_RSUM ? &n->rg
-                                                 : &n->gr;
+    int k = 0;
+    while (sums_kind[k] != m->kind)
+        k++;
+    struct tally_group *gr = unit_of(n, k);
     repl_outer_heard(&n->repl, nodes[m->from].id, now);
     if (group_apply(gr, &n->t, NULL, n->id, m->data, m->len, &fresh) != TALLY_OK)
         abort();
@@ -666,24 +679,17 @@ static void hub_on_sums(struct node *n, const struct msg *m)
     }
 }
 
-static void emit_gsum(const struct wire_buf *msg, void *ud)
-{
-    broadcast((uint32_t)(uintptr_t)ud, K_GSUM, msg, UINT32_MAX);
-}
+/* Where a tier message's parts go: (from, to), or to every hub but from. */
+struct route {
+    uint32_t from, to;
+    enum kind kind;
+};
 
-static void emit_rsum(const struct wire_buf *msg, void *ud)
+/* Where a hub's sums go (ud: a struct route): to every bridge. */
+static void emit_sums(const struct wire_buf *msg, void *ud)
 {
-    broadcast((uint32_t)(uintptr_t)ud, K_RSUM, msg, UINT32_MAX);
-}
-
-static void emit_zsum(const struct wire_buf *msg, void *ud)
-{
-    broadcast((uint32_t)(uintptr_t)ud, K_ZSUM, msg, UINT32_MAX);
-}
-
-static void emit_wsum(const struct wire_buf *msg, void *ud)
-{
-    broadcast((uint32_t)(uintptr_t)ud, K_WSUM, msg, UINT32_MAX);
+    const struct route *r = ud;
+    broadcast(r->from, r->kind, msg, UINT32_MAX);
 }
 
 /* As plugin.c's publish_due and its GSUM, once a publish interval: every
@@ -698,42 +704,32 @@ static void hub_group_tick(uint32_t i)
     if (!group_on(&n->gr) || now - n->last_group < opt.publish_ms)
         return;
     n->last_group = now;
-    for (struct tally_counter *c; (c = n->t.dirty_head);)
-        if ((!n->gr.quiet && group_rest(&n->t, c) != TALLY_OK) || !table_pop_dirty(&n->t) ||
-            group_note(&n->gr, &n->t, c) != TALLY_OK ||
-            (group_on(&n->rg) && group_note(&n->rg, &n->t, c) != TALLY_OK) ||
-            (group_on(&n->zg) && group_note(&n->zg, &n->t, c) != TALLY_OK) ||
-            (group_on(&n->wg) && group_note(&n->wg, &n->t, c) != TALLY_OK))
+    for (struct tally_counter *c; (c = n->t.dirty_head);) {
+        if ((!n->gr.quiet && group_rest(&n->t, c) != TALLY_OK) || !table_pop_dirty(&n->t))
             abort();
+        for (int k = 0; k < TALLY_LEVELS; k++)
+            if (group_on(unit_of(n, k)) && group_note(unit_of(n, k), &n->t, c) != TALLY_OK)
+                abort();
+    }
     struct wire_buf b = {0};
     if (now - n->last_sums >= group_sums_every(&n->gr, opt.sums_ms, opt.publish_ms)) {
-        group_announce(&n->gr, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_gsum,
-                       (void *)(uintptr_t)i);
-        /* plugin.c's rest_all */
-        for (struct tally_counter *c = n->t.counters; n->gr.took_over && c; c = c->hh.next)
-            if (group_rest(&n->t, c) != TALLY_OK)
-                abort();
-        n->gr.took_over = false;
-        if (group_on(&n->rg))
-            group_announce(&n->rg, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_rsum,
-                           (void *)(uintptr_t)i);
-        if (group_on(&n->zg))
-            group_announce(&n->zg, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_zsum,
-                           (void *)(uintptr_t)i);
-        if (group_on(&n->wg))
-            group_announce(&n->wg, &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_wsum,
-                           (void *)(uintptr_t)i);
+        for (int k = 0; k < TALLY_LEVELS; k++) {
+            struct route r = {i, UINT32_MAX, sums_kind[k]};
+            if (group_on(unit_of(n, k)))
+                group_announce(unit_of(n, k), &n->t, n->id, now, MAX_MESSAGE, 1000, &b, emit_sums,
+                               &r);
+            /* plugin.c's rest_all, after our group's */
+            for (struct tally_counter *c = n->t.counters; !k && n->gr.took_over && c;
+                 c = c->hh.next)
+                if (group_rest(&n->t, c) != TALLY_OK)
+                    abort();
+            n->gr.took_over = false;
+        }
         n->last_sums = now;
     }
     wbuf_free(&b);
     hub_scope_tick(n);
 }
-
-/* Where a tier message's parts go: (from, to), or to every hub but from. */
-struct route {
-    uint32_t from, to;
-    enum kind kind;
-};
 
 static void route_part(const struct wire_buf *msg, void *ud)
 {
@@ -794,8 +790,7 @@ static void scope_part(const struct wire_buf *msg, void *ud)
 static void scope_send(struct node *n, struct scope_stream *sc, bool changes)
 {
     struct wire_buf b = {0};
-    static const enum kind kinds[TALLY_LEVELS] = {K_GVIEWS, K_RVIEWS, K_ZVIEWS, K_WVIEWS};
-    struct route r = {(uint32_t)(n - nodes), UINT32_MAX, kinds[sc->level - 1]};
+    struct route r = {(uint32_t)(n - nodes), UINT32_MAX, views_kind[sc->level - 1]};
     if (scope_announce(sc, changes, now * 1000, now, PEER_TIMEOUT_MS, opt.tier_bytes, &b,
                        scope_part, &r) != TALLY_OK)
         abort();
@@ -805,9 +800,8 @@ static void scope_send(struct node *n, struct scope_stream *sc, bool changes)
 /* As plugin.c's scope_tick, after the sums. */
 static void hub_scope_tick(struct node *n)
 {
-    const struct tally_group *level[TALLY_LEVELS] = {&n->gr, &n->rg, &n->zg, &n->wg};
     for (int k = 0; k < TALLY_LEVELS; k++)
-        if (n->scs[k] && scope_follow(n->scs[k], &n->pr, !level[k]->quiet) != TALLY_OK)
+        if (n->scs[k] && scope_follow(n->scs[k], &n->pr, !unit_of(n, k)->quiet) != TALLY_OK)
             abort();
     presence_scope_taken(&n->pr);
     for (int k = 0; k < TALLY_LEVELS; k++)
@@ -945,12 +939,11 @@ static void hub_start(uint32_t i)
         n->zg.sums_budget = n->wg.sums_budget = opt.sums_budget;
         snprintf(n->tier.group, sizeof(n->tier.group), "%s", name); /* its DOWNs name it */
         n->pr.scope_levels = (uint8_t)(opt.worlds ? 4 : opt.zones ? 3 : opt.regions ? 2 : 1);
-        struct tally_group *units[TALLY_LEVELS] = {&n->gr, &n->rg, &n->zg, &n->wg};
         for (int k = 0; k < TALLY_LEVELS; k++) {
             n->scs[k] = NULL;
-            if (group_on(units[k]))
-                scope_init(n->scs[k] = &n->sc[k], units[k], &n->pr);
-            if (group_bind(units[k], &n->t) != TALLY_OK)
+            if (group_on(unit_of(n, k)))
+                scope_init(n->scs[k] = &n->sc[k], unit_of(n, k), &n->pr);
+            if (group_bind(unit_of(n, k), &n->t) != TALLY_OK)
                 abort();
         }
         /* what it held at its stop is loaded dirty, and its first flush
@@ -959,7 +952,7 @@ static void hub_start(uint32_t i)
             if (group_rest(&n->t, c) != TALLY_OK)
                 abort();
             for (int k = 0; k < TALLY_LEVELS; k++)
-                if (group_on(units[k]) && group_note(units[k], &n->t, c) != TALLY_OK)
+                if (group_on(unit_of(n, k)) && group_note(unit_of(n, k), &n->t, c) != TALLY_OK)
                     abort();
         }
     }
@@ -1525,13 +1518,6 @@ static void print_figures(const char *what, const struct figures *f)
            what, f->load_msgs / f->n, f->load_bytes / f->n);
 }
 
-/* Hub n's unit of level k + 1 (0: its group). */
-static const struct tally_group *unit_of(const struct node *n, int k)
-{
-    const struct tally_group *u[TALLY_LEVELS] = {&n->gr, &n->rg, &n->zg, &n->wg};
-    return u[k];
-}
-
 /* The live hubs' counters of sums of level k + 1 sent and taken, and
  * messages seen before. */
 static void unit_figures(int k, uint64_t *announced, uint64_t *learned, uint64_t *stale)
@@ -1574,7 +1560,7 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
         uint32_t speaking[TALLY_LEVELS] = {0};
         uint64_t echoed = 0, holes = 0, held = 0, wants = 0, resent = 0, calls = 0;
         for (uint32_t h = 0; h < opt.hubs; h++) {
-            const struct node *n = &nodes[h];
+            struct node *n = &nodes[h];
             for (int k = 0; k < TALLY_LEVELS && n->alive; k++) {
                 const struct tally_group *u = unit_of(n, k);
                 wants += u->wants;
@@ -1593,23 +1579,23 @@ static void report(double load_seconds, const int64_t converged_ms[2], const uin
         printf("  sums lost on the way: live hubs asked their neighbours %" PRIu64
                " times, sent %" PRIu64 " messages again, and called for %" PRIu64 " refreshes\n",
                wants, resent, calls);
-        unit_figures(1, &announced, &learned, &stale);
-        if (opt.regions)
+        if (opt.regions) {
+            unit_figures(1, &announced, &learned, &stale);
             printf("  regions: %u of %u groups each; live hubs announced %" PRIu64
                    " counters, learned %" PRIu64 ", dropped %" PRIu64 " RSUMs seen before\n",
                    opt.regions, opt.groups / opt.regions, announced, learned, stale);
-        unit_figures(2, &announced, &learned, &stale);
-        if (opt.zones)
-            printf("  zones: %u of %u regions each, %u speaking at the end; live hubs announced "
+        }
+        /* levels 3 and 4: zones of regions, worlds of zones */
+        static const char *const name[TALLY_LEVELS] = {"groups", "regions", "zones", "worlds"};
+        const uint32_t count[TALLY_LEVELS] = {opt.groups, opt.regions, opt.zones, opt.worlds};
+        for (int k = 2; k < TALLY_LEVELS && count[k]; k++) {
+            unit_figures(k, &announced, &learned, &stale);
+            printf("  %s: %u of %u %s each, %u speaking at the end; live hubs announced "
                    "%" PRIu64 " counters, learned %" PRIu64 ", dropped %" PRIu64
-                   " zones' RSUMs seen before\n",
-                   opt.zones, opt.regions / opt.zones, speaking[2], announced, learned, stale);
-        unit_figures(3, &announced, &learned, &stale);
-        if (opt.worlds)
-            printf("  worlds: %u of %u zones each, %u speaking at the end; live hubs announced "
-                   "%" PRIu64 " counters, learned %" PRIu64 ", dropped %" PRIu64
-                   " worlds' RSUMs seen before\n",
-                   opt.worlds, opt.zones / opt.worlds, speaking[3], announced, learned, stale);
+                   " %s' RSUMs seen before\n",
+                   name[k], count[k], count[k - 1] / count[k], name[k - 1], speaking[k], announced,
+                   learned, stale, name[k]);
+        }
     }
     print_figures("edge", &edges);
     for (int k = 0; k < K__COUNT; k++)
