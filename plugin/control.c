@@ -921,8 +921,10 @@ static void unit_json(struct wire_buf *b, const char *key, const struct tally_gr
                 gr->announced, gr->learned, gr->stale, gr->refused, gr->mismatched,
                 gr->viewers_refused, gr->echoed, gr->holes, gr->budget_held, gr->wants, gr->resent,
                 gr->calls, gr->refresh_took, gr->sums_budget, gr->quiet ? "false" : "true");
-    if (t) /* our group's: whether we are a light hub (group.c, "Light hubs") */
-        wbuf_printf(b, ",\"light\":%s", t->light ? "true" : "false");
+    if (t) /* our group's: whether we are a light hub (group.c, "Light hubs"), a
+            * split one and the levels we hold ("Split hubs") */
+        wbuf_printf(b, ",\"light\":%s,\"split\":%s,\"holds\":%u", t->light ? "true" : "false",
+                    t->split ? "true" : "false", (unsigned)t->holds);
     wbuf_u8(b, '}');
 }
 

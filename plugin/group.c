@@ -362,10 +362,61 @@
  * units at each level, and levels is at most TALLY_LEVELS: 600 slots for
  * 100 counters at 2,040 nodes in two levels, 700 at 10,200 in three, where
  * a full hub holds 1,100 and 1,600 (README, "Light hubs", measured). A full
- * hub still holds every other unit of each level; what would make it flat
- * too is a speaker per level, each holding only its level's units and
- * taking the rest from the level above: a stream of rest slots down each
- * unit, which SYNC (inside a group) cannot carry.
+ * hub still holds every other unit of each level: split hubs, below, hold
+ * one level each.
+ *
+ * ---- Split hubs ----
+ *
+ * Rest slot k needs a hub that holds the other units of level k; it need
+ * not be the same hub for every level. In a group of split hubs
+ * (plugin_opt_hub split on each), every hub counts as a light hub does (its
+ * group's nodes' slots and the rest slots: table_counts), and the levels
+ * are given out among the hubs alive (group_holds): of the n we hear, in
+ * order of node id, the i-th holds each level k with (k - 1) mod n = i. A
+ * hub holds the other units' slots of its levels alone (table_unheld) and
+ * keeps their rest slots (group_rest); with as many hubs as levels, each
+ * holds g + levels slots a counter and one level's units: 1,000 slots for
+ * 100 counters at most at 2,040 nodes, 1,100 at 10,200 (README, "Split
+ * hubs"). Any split hub may speak: a unit's sum is our group's part and the
+ * rest slots below its level (level_sum), which every hub holds.
+ *
+ * Who is alive: the neighbours repl.c hears (a DIGEST a heartbeat; one
+ * unheard for three is not), a group being a mesh of bridges. Two hubs may
+ * see different sets a while (a hub dies, a link is cut): a level held by
+ * two costs bytes, never a count, since both write maxima of what each
+ * holds; a level held by none leaves its rest slot where it was until the
+ * sets agree again, a quiet time later. A hub that comes to hold a level
+ * calls for the refresh of every stream of it (group_call_all), so that it
+ * holds what the last holder did, and keeps every counter's rest slots as
+ * it takes what comes; until it holds as much as a rest slot sums, what it
+ * writes is below it, and the maximum keeps the rest slot where it is. A
+ * level's units heard from no stream any more (every hub of a unit lost
+ * for good) are not learned again by a new holder: the rest slot keeps
+ * their part only while it is above what the new holder sums. Levels a hub
+ * held before keep their slots (not counted, not sent: a holder takes them
+ * from the streams, REPL_NONE) until it stops; a hub starts holding none
+ * (the other units' slots in its state_dir are not taken), and takes its
+ * levels once it had time to hear its group (two quiet times).
+ *
+ * A reset at a split hub observes what it counts: its group's nodes' slots,
+ * and the rest slots, whose bases it sets to them, so that its totals
+ * show the reset at once. The parts of a rest slot it cannot name: it puts
+ * the same value on the level's request replica (REST_REQUEST), a base
+ * with no slot that only resets raise and that SYNCs carry through the
+ * group. The level's holder (rest_part) puts bases on the level's units'
+ * slots that take that much away, slot by slot, each base at most its slot,
+ * once it holds at least what the request names. So the reset takes away
+ * exactly what its hub counted, as anywhere; the units' parts of it are the
+ * holder's (what it held of each), not necessarily what each unit had at
+ * the reset, and those bases go to the other units in our GSUMs as any
+ * reset's. Their sum is the request, so every hub's total is the same; two
+ * resets made at once in two units take away at least the larger of the
+ * two parts they saw of a unit, and never more than its slot. A holder
+ * that has not heard the level's streams yet waits; two holders at once
+ * (the sets disagree) may each put the request on other units, so the
+ * reset can take away, at most, what the two held between them of a unit
+ * made after it (each puts its bases in order of the units' names, so two
+ * that hold the same put the same).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -571,8 +622,8 @@ static void level_sum(const struct tally_table *t, const struct tally_counter *c
     }
     for (uint32_t i = 0; i < c->nslots; i++) {
         const struct tally_slot *s = &c->slots[i];
-        if (group_level(t, s->replica) != k - 1 || t->replicas[s->replica]->rest)
-            continue;
+        if (group_level(t, s->replica) != k - 1 || !table_counts(t, s->replica))
+            continue; /* at a light or split hub, the rest slot of level k - 1 */
         add_safe(p, s->p);
         add_safe(n, s->n);
         if (b) {
@@ -583,42 +634,148 @@ static void level_sum(const struct tally_table *t, const struct tally_counter *c
     }
 }
 
-int group_rest(struct tally_table *t, struct tally_counter *c)
+/* A slot by its replica's name. */
+struct named {
+    const char *name;
+    uint32_t slot;
+};
+
+static int by_name(const void *a, const void *b)
 {
-    if (t->light || !t->lean)
-        return TALLY_OK;
-    uint64_t p[TALLY_LEVELS + 1] = {0}, n[TALLY_LEVELS + 1] = {0};
-    uint64_t bp[TALLY_LEVELS + 1] = {0}, bn[TALLY_LEVELS + 1] = {0};
+    return strcmp(((const struct named *)a)->name, ((const struct named *)b)->name);
+}
+
+/* A reset's part at level k, at a split hub that holds it (group.c, "Split
+ * hubs"): a reset at a hub of our group put on the level's request replica
+ * the rest slot it observed; we put bases on the level's slots that take
+ * that much away (sum: their slots' sums and their min(slot, base)'s),
+ * slot by slot, each at most its slot, once we hold that much (a holder
+ * that has not heard the level's streams yet waits for them). *took: a
+ * base rose. */
+static int rest_part(struct tally_table *t, struct persist *ps, struct tally_counter *c, int k,
+                     const uint64_t sum[4], bool *took)
+{
     const struct tally_base *b = table_base(t, c);
+    uint32_t q;
+    uint64_t want[2] = {0, 0};
+    *took = false;
+    if (!b || table_rest_replica(t, k, true, &q) != TALLY_OK)
+        return b ? TALLY_E_NOMEM : TALLY_OK;
+    base_slot(b, q, &want[0], &want[1]);
+    if (sum[0] < want[0] || sum[1] < want[1] || (want[0] <= sum[2] && want[1] <= sum[3]))
+        return TALLY_OK;
+    uint64_t owe[2] = {minus(want[0], sum[2]), minus(want[1], sum[3])};
+    /* in order of name, so that two holders that hold the same put the same */
+    struct named *order = malloc(c->nslots * sizeof(*order));
+    uint32_t n = 0;
+    if (!order)
+        return TALLY_E_NOMEM;
+    for (uint32_t i = 0; i < c->nslots; i++)
+        if (table_foreign(t, c->slots[i].replica) && group_level(t, c->slots[i].replica) == k)
+            order[n++] = (struct named){t->replicas[c->slots[i].replica]->key, i};
+    qsort(order, n, sizeof(*order), by_name);
+    int rc = TALLY_OK;
+    for (uint32_t o = 0; o < n && (owe[0] || owe[1]) && rc == TALLY_OK; o++) {
+        const struct tally_slot *s = &c->slots[order[o].slot];
+        uint64_t bp = 0, bn = 0;
+        base_slot(table_base(t, c), s->replica, &bp, &bn);
+        uint64_t has[2] = {min64(bp, s->p), min64(bn, s->n)}, to[2];
+        const uint64_t slot[2] = {s->p, s->n};
+        for (int j = 0; j < 2; j++) {
+            uint64_t take = min64(owe[j], slot[j] - has[j]);
+            to[j] = has[j] + take;
+            owe[j] -= take;
+        }
+        bool rose = false;
+        rc = table_merge_base_slot(t, c, s->replica, to[0], to[1], &rose);
+        *took = *took || rose;
+    }
+    free(order);
+    if (rc != TALLY_OK)
+        return rc;
+    if (*took && ps)
+        persist_base(ps, t, c);
+    return TALLY_OK;
+}
+
+/* Per level k, the sums of the other units' slots we hold and of their
+ * min(slot, base) (the rest slot of level k and its base). */
+static void rest_sums(const struct tally_table *t, const struct tally_counter *c,
+                      uint64_t sum[TALLY_LEVELS + 1][4])
+{
+    const struct tally_base *b = table_base(t, c);
+    memset(sum, 0, sizeof(uint64_t[TALLY_LEVELS + 1][4]));
     for (uint32_t i = 0; i < c->nslots; i++) {
         const struct tally_slot *s = &c->slots[i];
-        if (!table_foreign(t, s->replica))
+        int k = table_foreign(t, s->replica) ? group_level(t, s->replica) : 0;
+        if (!k || (t->split && !(t->holds & (1u << k))))
             continue;
-        int k = group_level(t, s->replica);
         uint64_t sp = 0, sn = 0;
         base_slot(b, s->replica, &sp, &sn);
-        add_safe(&p[k], s->p);
-        add_safe(&n[k], s->n);
-        add_safe(&bp[k], min64(sp, s->p));
-        add_safe(&bn[k], min64(sn, s->n));
+        add_safe(&sum[k][0], s->p);
+        add_safe(&sum[k][1], s->n);
+        add_safe(&sum[k][2], min64(sp, s->p));
+        add_safe(&sum[k][3], min64(sn, s->n));
     }
+}
+
+int group_rest(struct tally_table *t, struct persist *ps, struct tally_counter *c)
+{
+    if (t->light || !t->lean || (t->split && !t->holds))
+        return TALLY_OK;
+    uint64_t sum[TALLY_LEVELS + 1][4];
+    rest_sums(t, c, sum);
+    bool took = false;
+    for (int k = 1; k <= TALLY_LEVELS && t->split; k++) {
+        bool part = false;
+        int rc = sum[k][0] || sum[k][1] ? rest_part(t, ps, c, k, sum[k], &part) : TALLY_OK;
+        if (rc != TALLY_OK)
+            return rc;
+        took = took || part;
+    }
+    if (took)
+        rest_sums(t, c, sum); /* with the bases the parts put */
     for (int k = 1; k <= TALLY_LEVELS; k++) {
-        if (!p[k] && !n[k])
+        if (!sum[k][0] && !sum[k][1])
             continue; /* no slot of that level (a base is at most its slot) */
-        char id[REST_ID_LEN];
-        memset(id, GROUP_MARK, REST_ID_LEN - 1);
-        id[REST_ID_LEN - 1] = (char)('0' + k);
         uint32_t r;
         bool changed;
-        int rc = table_replica(t, id, REST_ID_LEN, GROUP_INCARNATION, &r);
+        int rc = table_rest_replica(t, k, false, &r);
         if (rc == TALLY_OK)
-            rc = table_merge_slot(t, c, r, p[k], n[k], &changed);
+            rc = table_merge_slot(t, c, r, sum[k][0], sum[k][1], &changed);
         if (rc == TALLY_OK)
-            rc = table_merge_base_slot(t, c, r, bp[k], bn[k], &changed);
+            rc = table_merge_base_slot(t, c, r, sum[k][2], sum[k][3], &changed);
         if (rc != TALLY_OK)
             return rc;
     }
     return TALLY_OK;
+}
+
+uint8_t group_holds(const char *self, const char *const *ids, uint32_t n, int levels)
+{
+    uint32_t rank = 0, hubs = 1;
+    for (uint32_t i = 0; i < n; i++) {
+        int order = strcmp(ids[i], self);
+        bool again = false; /* heard over two bridges: one hub */
+        for (uint32_t j = 0; j < i && !again; j++)
+            again = strcmp(ids[j], ids[i]) == 0;
+        if (order == 0 || again)
+            continue;
+        hubs++;
+        rank += order < 0;
+    }
+    uint8_t holds = 0;
+    for (int k = 1; k <= levels && k <= TALLY_LEVELS; k++)
+        if ((uint32_t)(k - 1) % hubs == rank)
+            holds |= (uint8_t)(1u << k);
+    return holds;
+}
+
+void group_call_all(struct tally_group *gr)
+{
+    for (struct group_origin *o = gr->origins; o; o = o->hh.next)
+        if (o->other && o->speaks && gr->clock_ms - o->heard_ms <= gr->quiet_ms)
+            o->call = true;
 }
 
 /* The sums our GSUMs (level 1) or RSUMs (level 2 and up) carry. */

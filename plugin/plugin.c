@@ -125,8 +125,10 @@ static const struct opt_spec opt_specs[] = {
                   "groups) this node's group belongs to, then up to two regions each above the "
                   "last, '/' between them, 63 bytes in all (README, Regions); unset: none"),
     OPT_S(hub, "'light' (holds its group's slots and one a level for the rest of the tree, "
-               "never speaks for its group) or 'full' (a hub of a group with light hubs that "
-               "is not one); unset: the group has no light hubs (README, Light hubs)"),
+               "never speaks for its group), 'full' (a hub of a group with light hubs that "
+               "is not one) or 'split' (every hub of the group: each holds its group's slots, "
+               "one a level for the rest of the tree, and the other units of the levels it is "
+               "given); unset: the group has no light hubs (README, Light hubs, Split hubs)"),
     OPT_S(state_dir, "a directory the broker can write"),
     OPT_I(publish_interval_ms, 1, 60000, "an integer from 1 to 60000"),
     OPT_I(sums_interval_ms, 0, 1000,
@@ -248,10 +250,11 @@ static int options_check(const struct options *o)
         bad = "region", help = opt_help(bad);
     else if (o->region[0] && !o->group[0])
         bad = "region", help = "set with group: a region is a group of groups of hubs";
-    else if (o->hub[0] && strcmp(o->hub, "light") != 0 && strcmp(o->hub, "full") != 0)
+    else if (o->hub[0] && strcmp(o->hub, "light") != 0 && strcmp(o->hub, "full") != 0 &&
+             strcmp(o->hub, "split") != 0)
         bad = "hub", help = opt_help(bad);
     else if (o->hub[0] && !o->group[0])
-        bad = "hub", help = "set with group: light hubs are hubs of a group";
+        bad = "hub", help = "set with group: light and split hubs are hubs of a group";
     else if (name_check(o->prefix, strlen(o->prefix)) != TALLY_OK)
         bad = "prefix", help = opt_help(bad);
     else if (name_check(o->presence_prefix, strlen(o->presence_prefix)) != TALLY_OK ||
@@ -1854,7 +1857,7 @@ static void publish_due(uint64_t now)
     for (struct tally_counter *c; budget && (c = g.table.dirty_head) && due(c, now16); budget--) {
         /* our group's speaker keeps its rest slots for its light hubs (all
          * of them as it takes over: rest_all) */
-        if (!g.group.quiet && group_rest(&g.table, c) != TALLY_OK)
+        if ((g.table.split || !g.group.quiet) && group_rest(&g.table, g.persist, c) != TALLY_OK)
             mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory for the rest of the tree");
         table_pop_dirty(&g.table);
         for (int k = 0; k < TALLY_LEVELS; k++)
@@ -1918,6 +1921,30 @@ static void rest_check(uint64_t now)
                          g.opt.group);
 }
 
+/* At a split hub (group.c, "Split hubs"): the levels we hold, given among
+ * the hubs of our group alive (the neighbours we hear: a group is a mesh),
+ * once they had time to be heard. A level we come to hold: we call for the
+ * refresh of its streams, and keep every counter's rest slots once more
+ * (rest_all), as a speaker that takes over does. */
+static void split_levels(uint64_t now)
+{
+    static const char *ids[REPL_MAX_NEIGHBOURS];
+    int levels = 0;
+    if (!g.table.split || now - g.start_ms < 2 * g.group.quiet_ms)
+        return;
+    while (levels < TALLY_LEVELS && group_on(g.units[levels]))
+        levels++;
+    uint32_t n = repl_alive(&g.repl, ids, REPL_MAX_NEIGHBOURS);
+    uint8_t holds = group_holds(g.opt.node_id, ids, n, levels);
+    uint8_t gained = holds & (uint8_t)~g.table.holds;
+    g.table.holds = holds;
+    for (int k = 1; k <= levels; k++)
+        if (gained & (1u << k))
+            group_call_all(g.units[k - 1]);
+    if (gained)
+        g.group.took_over = true;
+}
+
 /* As we take over our group's speaking, every counter's rest slots, which
  * the last speaker may have died with unsent (publish_due keeps them after
  * that, as counters change): once, a pass over the table. */
@@ -1927,7 +1954,7 @@ static void rest_all(void)
         return;
     g.group.took_over = false;
     for (struct tally_counter *c = g.table.counters; g.table.lean && c; c = c->hh.next)
-        if (group_rest(&g.table, c) != TALLY_OK) {
+        if (group_rest(&g.table, g.persist, c) != TALLY_OK) {
             mosquitto_log_printf(MOSQ_LOG_ERR, "tally: out of memory for the rest of the tree");
             return;
         }
@@ -1966,6 +1993,7 @@ static void replicate_tick(uint64_t now)
                                    (size_t)g.opt.max_message_bytes, FLUSH_BUDGET / 10, &g.buf,
                                    emit_sums, (void *)kinds[k]);
             g.last_sums_ms = now;
+            split_levels(now);
             rest_all();
             rest_check(now);
         }
@@ -2633,6 +2661,7 @@ TALLY_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void *
      * digest, tell our units' replicas from the others' (group.c, "Light
      * hubs") */
     g.table.light = strcmp(g.opt.hub, "light") == 0;
+    g.table.split = strcmp(g.opt.hub, "split") == 0;
     g.table.lean = g.opt.hub[0] != '\0';
     char names[TALLY_LEVELS][GROUP_NAME_MAX + 1] = {{0}};
     snprintf(names[0], sizeof(names[0]), "%s", g.opt.group);

@@ -774,6 +774,15 @@ int repl_find(const struct repl *r, const char *conn, const char *node, size_t l
     return k;
 }
 
+uint32_t repl_alive(const struct repl *r, const char **ids, uint32_t max)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < r->n && n < max; i++)
+        if (r->nb[i]->node[0] && r->nb[i]->heard_ms && !r->nb[i]->unheard)
+            ids[n++] = r->nb[i]->node;
+    return n;
+}
+
 void repl_digest(struct repl *r, struct wire_digest *d, const char *self, const uint64_t *digest)
 {
     memset(d, 0, sizeof(*d));

@@ -257,8 +257,8 @@ void table_sums(const struct tally_table *t, const struct tally_counter *c, stru
         const struct tally_slot *s = &c->slots[i];
         uint64_t bp, bn, fp, fn;
         taken(&w, s->replica, &bp, &bn, &fp, &fn);
-        if (!t->light && t->replicas[s->replica]->rest)
-            continue; /* it sums slots we hold (group.c, "Light hubs") */
+        if (!table_counts(t, s->replica))
+            continue; /* its part is in the rest slot, or the other way (group.c, "Light hubs") */
         int k = grouped ? group_level(t, s->replica) : TALLY_LEVELS;
         lp[k] = plus(lp[k], minus(s->p, bp));
         ln[k] = plus(ln[k], minus(s->n, bn));
@@ -437,11 +437,20 @@ int table_reset(struct tally_table *t, struct tally_counter *c, bool delete)
     if (have)
         stamp += have->deleted > have->reset ? have->deleted : have->reset;
     bool rose;
-    for (uint32_t i = 0; i < c->nslots; i++)
-        if (!t->replicas[c->slots[i].replica]->rest && /* their bases are sums (group.c) */
-            table_merge_base_slot(t, c, c->slots[i].replica, c->slots[i].p, c->slots[i].n, &rose) !=
-                TALLY_OK)
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        const struct tally_slot s = c->slots[i];
+        uint32_t q;
+        if (!table_counts(t, s.replica))
+            continue; /* its part is in a rest slot, or a rest slot's in the slots we hold */
+        if (table_merge_base_slot(t, c, s.replica, s.p, s.n, &rose) != TALLY_OK)
             return TALLY_E_NOMEM;
+        /* a rest slot at a split hub: its level's holder takes the parts,
+         * asked by the request's base (group.c, "Split hubs") */
+        if (t->split && t->replicas[s.replica]->rest &&
+            (table_rest_replica(t, t->replicas[s.replica]->rest, true, &q) != TALLY_OK ||
+             table_merge_base_slot(t, c, q, s.p, s.n, &rose) != TALLY_OK))
+            return TALLY_E_NOMEM;
+    }
     for (uint32_t i = 0; i < counter_ndevs(c); i++)
         if (table_merge_base_device(t, c, counter_devs(c)[i].device, counter_devs(c)[i].total,
                                     &rose) != TALLY_OK)

@@ -330,10 +330,12 @@ int table_merge_slot_from(struct tally_table *t, struct tally_counter *c, uint32
                           uint64_t p, uint64_t n, uint16_t from, bool *changed)
 {
     *changed = false;
-    if (t->light && table_foreign(t, replica)) {
+    if (table_unheld(t, replica)) {
         t->foreign_dropped++;
         return TALLY_OK; /* counted in a rest slot (group.c, "Light hubs") */
     }
+    if (t->split && table_foreign(t, replica))
+        from = REPL_NONE; /* a holder of its level takes it from its stream, not our SYNCs */
     if (slot_folded(t, c, replica, p, n))
         return p > (uint64_t)TALLY_MAX_SAFE || n > (uint64_t)TALLY_MAX_SAFE ? TALLY_E_OVERFLOW
                                                                             : TALLY_OK;
@@ -343,8 +345,8 @@ int table_merge_slot_from(struct tally_table *t, struct tally_counter *c, uint32
     if (rc != TALLY_OK || !*changed)
         return rc;
     slot_changed(t, c, replica, s ? &before : NULL, from);
-    if (!t->light && t->replicas[replica]->rest)
-        return TALLY_OK; /* the rises it sums moved the total */
+    if (!table_counts(t, replica))
+        return TALLY_OK; /* the total moved with what it sums, or not at all */
     /* P and N only rise: the total moved by the difference of the two rises */
     const struct tally_slot *after = counter_slot(c, replica);
     int64_t moved = (int64_t)(after->p - before.p) - (int64_t)(after->n - before.n);
@@ -418,15 +420,29 @@ static int grow(void *arrp, uint32_t *cap, uint32_t need)
     return TALLY_OK;
 }
 
-/* k for the id of the rest of the tree at level k (REST_ID_LEN), else 0. */
-static uint8_t rest_level(const char *id, size_t len)
+/* k for the id of the rest of the tree at level k (REST_ID_LEN), or of its
+ * request (*request: group.c, "Split hubs"), else 0. */
+static uint8_t rest_level(const char *id, size_t len, bool *request)
 {
-    if (len != REST_ID_LEN || id[len - 1] < '1' || id[len - 1] > '0' + TALLY_LEVELS)
+    *request = false;
+    if (len != REST_ID_LEN)
         return 0;
     for (size_t i = 0; i + 1 < len; i++)
         if (id[i] != GROUP_MARK)
             return 0;
-    return (uint8_t)(id[len - 1] - '0');
+    char last = id[len - 1];
+    if (last >= '1' && last <= '0' + TALLY_LEVELS)
+        return (uint8_t)(last - '0');
+    *request = last >= REST_REQUEST && last < REST_REQUEST + TALLY_LEVELS;
+    return *request ? (uint8_t)(last - REST_REQUEST + 1) : 0;
+}
+
+int table_rest_replica(struct tally_table *t, int k, bool request, uint32_t *out)
+{
+    char id[REST_ID_LEN];
+    memset(id, GROUP_MARK, REST_ID_LEN - 1);
+    id[REST_ID_LEN - 1] = (char)(request ? REST_REQUEST + k - 1 : '0' + k);
+    return table_replica(t, id, REST_ID_LEN, GROUP_INCARNATION, out);
 }
 
 /* Interns (node_id, incarnation), node_id being len bytes (not necessarily
@@ -460,7 +476,7 @@ int table_replica(struct tally_table *t, const char *node_id, size_t len, uint64
     r->held = r->folded = 0;
     r->retired = fold_is_retired(t, node_id, len, incarnation);
     r->adopted = fold_is_adopted(t, node_id, len, incarnation);
-    r->rest = rest_level(node_id, len);
+    r->rest = rest_level(node_id, len, &r->request);
     t->rested = t->rested || r->rest;
     t->replicas[t->nreplicas++] = r;
     HASH_ADD(hh, t->replica_hash, key, keylen, r);
@@ -484,13 +500,27 @@ bool table_foreign(const struct tally_table *t, uint32_t replica)
     return true;
 }
 
+bool table_counts(const struct tally_table *t, uint32_t replica)
+{
+    if (t->light || t->split)
+        return !table_foreign(t, replica);
+    return !t->replicas[replica]->rest;
+}
+
+bool table_unheld(const struct tally_table *t, uint32_t replica)
+{
+    if (!(t->light || t->split) || !table_foreign(t, replica))
+        return false;
+    return t->light || !(t->holds & (1u << group_level(t, replica)));
+}
+
 void table_raw(const struct tally_table *t, const struct tally_counter *c, struct tally_sums *out)
 {
     counter_sums(c, out);
-    if (t->light || !t->rested)
+    if (t->light || (!t->rested && !t->split))
         return;
     for (uint32_t i = 0; i < c->nslots; i++)
-        if (t->replicas[c->slots[i].replica]->rest) {
+        if (!table_counts(t, c->slots[i].replica)) {
             out->p -= (int64_t)c->slots[i].p;
             out->n -= (int64_t)c->slots[i].n;
         }

@@ -209,6 +209,7 @@ struct tally_replica {
     bool retired;    /* below its node's watermark: its slots are discarded (fold.c) */
     bool adopted;    /* a life adopted by this node: removed, or an edge's past (fold.c) */
     uint8_t rest;    /* k for the rest of the tree at level k (group.c, "Light hubs"), or 0 */
+    bool request;    /* ... a reset's request for its part (group.c, "Split hubs"): no slot */
     uint8_t id_len;
     char key[TALLY_NODE_ID_MAX + 1 + 8]; /* node id, NUL, incarnation: the hash key */
 };
@@ -258,8 +259,13 @@ struct tally_table {
      * group with light hubs, light or not: its digest leaves other units'
      * slots out, as a light hub holds none. rested: a rest slot's replica
      * is named here, which only a light hub counts. foreign_dropped: slots
-     * of other units a light hub did not take. */
-    bool light, lean, rested;
+     * of other units a light hub did not take.
+     * Split hubs (group.c, "Split hubs"): split, this hub counts the rest
+     * of the tree from its rest slots as a light hub does, and holds the
+     * other units' slots of the levels it keeps the rest slots of: bit k of
+     * holds for level k (group_holds). */
+    bool light, lean, rested, split;
+    uint8_t holds;
     uint64_t foreign_dropped;
     /* The group and region this state was made in (an edge's: the group
      * its count is in), as the state_dir records them (persist.c's 'G');
@@ -299,8 +305,17 @@ bool replica_is_node(const struct tally_replica *r, const char *node, size_t len
 /* A replica of another unit than ours (group.c): one a light hub holds no
  * slot of, and a lean digest leaves its slot out of. */
 bool table_foreign(const struct tally_table *t, uint32_t replica);
-/* c's raw sums as counter_sums, less its rest slots where they do not count
- * (at a hub that is not light: it holds what they sum). */
+/* The replica of our rest slot of level k (or, request, of the bases that
+ * ask its holder for a reset's part: group.c, "Split hubs"), named when new. */
+int table_rest_replica(struct tally_table *t, int k, bool request, uint32_t *out);
+/* Whether replica's slot counts in our totals: at a light or split hub, any
+ * but another unit's (its rest slots count them); at any other, any but a
+ * rest slot (it holds what they sum). */
+bool table_counts(const struct tally_table *t, uint32_t replica);
+/* Whether we take no slot of replica: another unit's, at a light hub, or at
+ * a split hub that does not hold its level. */
+bool table_unheld(const struct tally_table *t, uint32_t replica);
+/* c's raw sums as counter_sums, of the slots that count (table_counts). */
 void table_raw(const struct tally_table *t, const struct tally_counter *c, struct tally_sums *out);
 enum device_mode { DEVICE_FIND, DEVICE_LOCAL, DEVICE_PEER };
 int table_device(struct tally_table *t, const char *id, size_t len, enum device_mode mode,
@@ -1358,6 +1373,9 @@ bool repl_replay_due(struct repl *r, uint16_t k, enum repl_anew anew, uint64_t n
 /* The neighbour behind connection conn, if its node id is node (so that
  * what node sent itself came straight over its bridge): its index, or -1. */
 int repl_find(const struct repl *r, const char *conn, const char *node, size_t len);
+/* The node ids of the neighbours heard lately (repl_hearing), at most max
+ * of them, into ids; returns how many. */
+uint32_t repl_alive(const struct repl *r, const char **ids, uint32_t max);
 /* Our DIGEST into d, naming (and clearing) the repairs we ask for, and the
  * neighbours we hear (repl_hearing). d's strings borrow from r and self. */
 void repl_digest(struct repl *r, struct wire_digest *d, const char *self, const uint64_t *digest);
@@ -1402,6 +1420,7 @@ size_t repl_send_buckets(struct repl *r, struct tally_table *t, struct wire_sync
  * (group.c, "Light hubs"): TALLY_LEVELS + 1 marks and the digit k, which
  * no unit's replica is (a unit's name does not start with a mark). */
 #define REST_ID_LEN (TALLY_LEVELS + 2)
+#define REST_REQUEST 'a' /* a request's replica: the marks and 'a' + k - 1 */
 #define GROUP_NAME_MAX (TALLY_NODE_ID_MAX - 1)
 #define WIRE_GSUM 7
 #define WIRE_RSUM 8         /* a region's sums: a GSUM one level up */
@@ -1645,9 +1664,18 @@ void group_sum(const struct tally_table *t, const struct tally_counter *c, uint6
                uint64_t *bp, uint64_t *bn);
 /* At a hub of a group with light hubs that is not one (t->lean, not
  * t->light): c's rest slots from the other units' slots it holds, level by
- * level, and their bases from those slots' (group.c, "Light hubs"). Call
+ * level (a split hub: of the levels it holds), and their bases from those
+ * slots' (group.c, "Light hubs"); at a split hub, a reset's part at each
+ * level it holds (group.c, "Split hubs"), logged to p (NULL: none). Call
  * after c changed. TALLY_OK or a tally_err. */
-int group_rest(struct tally_table *t, struct tally_counter *c);
+int group_rest(struct tally_table *t, struct persist *p, struct tally_counter *c);
+/* Split hubs (group.c): the levels, of the first `levels`, that the hub
+ * self keeps among the n hubs alive of its group (ids, self among them or
+ * not), as bits 1 to TALLY_LEVELS. */
+uint8_t group_holds(const char *self, const char *const *ids, uint32_t n, int levels);
+/* Calls for the refresh of every stream of another unit heard within
+ * quiet_ms (a split hub that came to hold the level). */
+void group_call_all(struct tally_group *gr);
 /* After c changed: queues it for our next GSUM when our group's sum or one
  * of its device maxima rose. */
 int group_note(struct tally_group *gr, const struct tally_table *t, const struct tally_counter *c);

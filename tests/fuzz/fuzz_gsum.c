@@ -3,8 +3,10 @@
  * from a hostile or broken hub of another group or region, or flooded over
  * many bridges, read by a hub of group g2 in no region, by one of g2 in
  * region r2, by the region r2 itself (level 2), in no region above it and
- * in z2, and by z2 (level 3), and by a light hub of g2 in r2, which takes
- * no other group's slot at all. group_apply must refuse
+ * in z2, and by z2 (level 3), by a light hub of g2 in r2, which takes
+ * no other group's slot at all, and by split hubs of g2 in r2 that hold
+ * level 1 (as a plain hub) and level 2 alone (as a light one: group.c,
+ * "Split hubs"). group_apply must refuse
  * it whole or take only another group's (region's) sums: every counter it
  * makes holds one slot, of a group replica, and values in range; the same
  * bytes again are not fresh and change nothing; and the hub announces none
@@ -25,9 +27,11 @@ static void check_counters(const struct tally_table *t)
 {
     for (const struct tally_counter *c = t->counters; c; c = c->hh.next) {
         check(name_check(c->name, c->name_len) == TALLY_OK);
-        check(c->nslots <= (t->light ? 0u : 1u)); /* a light hub: no other unit's slot */
+        check(c->nslots <= 1u);
         for (uint32_t i = 0; i < c->nslots; i++) {
             check(group_replica(t, c->slots[i].replica));
+            /* none at a light hub, or a split hub that does not hold its level */
+            check(!table_unheld(t, c->slots[i].replica));
             check(t->replicas[c->slots[i].replica]->incarnation == GROUP_INCARNATION);
         }
         int64_t v = table_value(t, c);
@@ -80,10 +84,14 @@ static void announce(struct tally_group *g, struct tally_table *t)
     wbuf_free(&b);
 }
 
-/* The message at a hub's unit of level `level` named `name` (1: group g2;
- * 2: region r2; 3: z2), in unit `up` one level up if not NULL, a light hub
- * (group.c, "Light hubs") if light; returns group_apply's answer. */
-static int receive(int level, const char *name, const char *up, bool light, const uint8_t *data,
+/* A plain hub, a light one (group.c, "Light hubs"), or a split one that
+ * holds level 1, or level 2 alone ("Split hubs"). */
+enum kind { PLAIN, LIGHT, SPLIT_1, SPLIT_2 };
+
+/* The message at a hub of that kind, at its unit of level `level` named
+ * `name` (1: group g2; 2: region r2; 3: z2), in unit `up` one level up if
+ * not NULL; returns group_apply's answer. */
+static int receive(int level, const char *name, const char *up, enum kind kind, const uint8_t *data,
                    size_t size)
 {
     static struct tally_table t;
@@ -92,7 +100,10 @@ static int receive(int level, const char *name, const char *up, bool light, cons
     bool fresh = true, again = true;
     struct wire_buf b = {0};
     table_init(&t, 1u << 20, 1);
-    t.light = t.lean = light;
+    t.light = kind == LIGHT;
+    t.split = kind == SPLIT_1 || kind == SPLIT_2;
+    t.lean = kind != PLAIN;
+    t.holds = (uint8_t)(kind == SPLIT_1 ? 1u << 1 : 1u << 2);
     group_init(&g, name, 1, 1000);
     group_scope(&g, level, up);
     check(group_bind(&g, &t) == TALLY_OK); /* replica .g2: what resets elsewhere saw of us */
@@ -132,13 +143,16 @@ static int receive(int level, const char *name, const char *up, bool light, cons
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    int plain = receive(1, "g2", NULL, false, data, size);
-    int in_region = receive(1, "g2", "r2", false, data, size);
-    int light = receive(1, "g2", "r2", true, data, size);
-    int region = receive(2, "r2", NULL, false, data, size);
-    int in_zone = receive(2, "r2", "z2", false, data, size);
-    receive(3, "z2", NULL, false, data, size);
-    check(plain == in_region && light == in_region); /* a GSUM reads alike; what is taken differs */
-    check(region == in_zone);                        /* an RSUM likewise */
+    int plain = receive(1, "g2", NULL, PLAIN, data, size);
+    int in_region = receive(1, "g2", "r2", PLAIN, data, size);
+    int light = receive(1, "g2", "r2", LIGHT, data, size);
+    int split1 = receive(1, "g2", "r2", SPLIT_1, data, size);
+    int split2 = receive(1, "g2", "r2", SPLIT_2, data, size);
+    int region = receive(2, "r2", NULL, PLAIN, data, size);
+    int in_zone = receive(2, "r2", "z2", PLAIN, data, size);
+    receive(3, "z2", NULL, PLAIN, data, size);
+    /* a GSUM reads alike; what is taken differs */
+    check(plain == in_region && light == in_region && split1 == in_region && split2 == in_region);
+    check(region == in_zone); /* an RSUM likewise */
     return 0;
 }

@@ -82,18 +82,30 @@ def test_a_light_hub_holds_its_group_and_one_slot_a_level_and_counts_everything(
     assert resp[1]["data"]["counter"]["value"] == 0 and resp[1]["data"]["counter"]["node"] == "a1"
     expected["own-e1"] = 0
     exact_everywhere(hubs + edges, expected)
-    (resp,) = control(a2, [{"command": "resetCounter", "name": "shared"}])
-    assert resp["data"]["value"] == 0, resp
-    expected["shared"] = 0
-    exact_everywhere(hubs + edges, expected)
+    reset_at(a2, "shared", hubs + edges, expected)
     increments(edges, 10, expected)
     exact_everywhere(hubs + edges, expected)
-    (resp,) = control(a1, [{"command": "deleteCounter", "name": "own-e3"}])
+    delete_and_count_again(a1, "own-e3", (a3,), edges[2], hubs + edges, expected)
+
+
+def reset_at(node, name, nodes, expected):
+    """resetCounter of name at node answers 0, and every one of nodes comes to show 0."""
+    (resp,) = control(node, [{"command": "resetCounter", "name": name}])
+    assert resp["data"]["value"] == 0, resp
+    expected[name] = 0
+    exact_everywhere(nodes, expected)
+
+
+def delete_and_count_again(node, name, gone_at, writer, nodes, expected):
+    """deleteCounter of name at node: gone at each of gone_at; 4 more at writer count from 0,
+    at every one of nodes."""
+    (resp,) = control(node, [{"command": "deleteCounter", "name": name}])
     assert resp["data"]["deleted"] is True, resp
-    wait_for(lambda: a3.total("own-e3") is None, 20, what="a3: own-e3 deleted")
-    edges[2].pub("counters/own-e3/inc", "4")
-    expected["own-e3"] = 4
-    exact_everywhere(hubs + edges, expected)
+    for h in gone_at:
+        wait_for(lambda: h.total(name) is None, 20, what=f"{h.name}: {name} deleted")
+    writer.pub(f"counters/{name}/inc", "4")
+    expected[name] = 4
+    exact_everywhere(nodes, expected)
 
 
 def test_the_speaker_killed_the_other_full_hub_keeps_the_light_hubs_rest(brokers, closing):

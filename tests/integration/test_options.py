@@ -43,9 +43,11 @@ BAD_OPTIONS = [
     ("region", "r1/z1/w1/v1", r"then up to two regions each above the last, '/' between them"),
     ("region", "r1//z1", r"'/' between them"),
     ("region", "r1/.z1", r"'/' between them"),
-    # A light hub, or a full hub of a group with light hubs (README, Light hubs).
-    ("hub", "lite", r"'light' \(holds its group's slots"),
-    ("hub", "light", "set with group: light hubs are hubs of a group"),
+    # A light hub, a full hub of a group with light hubs, or a split hub (README, Light hubs,
+    # Split hubs).
+    ("hub", "lite", r"'light' \(holds its group's slots.*'split' \(every hub of the group"),
+    ("hub", "light", "set with group: light and split hubs are hubs of a group"),
+    ("hub", "split", "set with group: light and split hubs are hubs of a group"),
     # No bridge username: no login could take the ids, the bridges' own neither.
     ("protect_clientids", "*-to-*", "needs plugin_opt_bridge_usernames"),
 ]

@@ -18,12 +18,13 @@ SUMS = ["topic $tally/v1/gsum/# both 1", "topic $tally/v1/rsum/# both 1",
 BETWEEN_REGIONS = [t for t in SUMS if "gsum" not in t and "gviews" not in t]
 
 
-def two_regions(brokers, between=BETWEEN_REGIONS):
-    """Hubs a1, a2 (g1), c1 (g2) in r1; b1 (g3), d1 (g4) in r2; c1 bridged to g1 (a1, then a2),
-    d1 to b1, b1 to c1 (the one bridge between the regions). Edges e1 (a1, a2), e2 (a2, a1),
-    e3 (c1), e4 (b1), e5 (d1)."""
+def two_regions(brokers, between=BETWEEN_REGIONS, g1=None):
+    """Hubs a1, a2 (g1, with options g1 too), c1 (g2) in r1; b1 (g3), d1 (g4) in r2; c1 bridged
+    to g1 (a1, then a2), d1 to b1, b1 to c1 (the one bridge between the regions). Edges e1 (a1,
+    a2), e2 (a2, a1), e3 (c1), e4 (b1), e5 (d1)."""
     def hub(name, group, region, **kw):
-        return brokers(name, options=dict(OPTIONS, group=group, region=region), **kw)
+        more = g1 if g1 and group == "g1" else {}
+        return brokers(name, options=dict(OPTIONS, group=group, region=region, **more), **kw)
     a1 = hub("a1", "g1", "r1")
     a2 = hub("a2", "g1", "r1", bridges=[{"name": "a2-to-a1", "port": a1.port}])
     c1 = hub("c1", "g2", "r1", extra=bridge("c1-to-g1", (a1.port, a2.port), SUMS))

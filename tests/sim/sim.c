@@ -47,11 +47,13 @@
  * bridge. With --light N, the last
  * N hubs of each group are light (group.c, "Light hubs"): each holds its group's nodes' slots and
  * one rest slot a level, which its group's speaker keeps (group_rest), and the report gives their
- * figures apart; a reset (--reset) runs at a full hub. Each edge's bridge lists
- * two addresses: its home hub and the next one (of its group, with groups), and goes back to its
- * home once that is up again (Mosquitto's bridge with round_robin false). Each edge writes to the
- * counter every edge writes ("c0", a like button on the front page) and to one of K-1 others, which
- * it also watches; one viewer of "home" and two of one of P pages are connected to it.
+ * figures apart; a reset (--reset) runs at a full hub. With --split, every hub of each group is a
+ * split hub ("Split hubs"): the levels are given out among the hubs each hears (split_levels).
+ * The report gives, beside each kind's mean, the most one node holds and moves. Each edge's bridge
+ * lists two addresses: its home hub and the next one (of its group, with groups), and goes back to
+ * its home once that is up again (Mosquitto's bridge with round_robin false). Each edge writes to
+ * the counter every edge writes ("c0", a like button on the front page) and to one of K-1 others,
+ * which it also watches; one viewer of "home" and two of one of P pages are connected to it.
  *
  * Faults: every message is lost with probability --loss and delayed by 1 to
  * --delay ms; --kill-hubs hubs die for good in the middle of the load,
@@ -216,6 +218,7 @@ static struct {
     uint32_t zones;         /* --zones: that many zones (level 3) of regions / zones each */
     uint32_t worlds;        /* --worlds: that many worlds (level 4) of zones / worlds each */
     uint32_t light;         /* --light: the last that many hubs of each group are light */
+    bool split;             /* --split: every hub is a split hub (group.c, "Split hubs") */
     double rate;            /* increments a second per edge */
     size_t tier_bytes; /* UP, DOWN and relays are cut at this (the plugin's max_message_bytes) */
 } opt = {.hubs = 40,
@@ -698,14 +701,36 @@ static void emit_sums(const struct wire_buf *msg, void *ud)
  * to every bridge. */
 static void hub_scope_tick(struct node *n);
 
+/* plugin.c's split_levels: the levels a split hub holds, among the hubs of
+ * its group it hears. */
+static void split_levels(struct node *n)
+{
+    static const char *ids[REPL_MAX_NEIGHBOURS];
+    int levels = 0;
+    if (!n->t.split || now - n->started < 2 * n->gr.quiet_ms)
+        return;
+    while (levels < TALLY_LEVELS && group_on(unit_of(n, levels)))
+        levels++;
+    uint32_t k = repl_alive(&n->repl, ids, REPL_MAX_NEIGHBOURS);
+    uint8_t holds = group_holds(n->id, ids, k, levels);
+    uint8_t gained = holds & (uint8_t)~n->t.holds;
+    n->t.holds = holds;
+    for (int l = 1; l <= levels; l++)
+        if (gained & (1u << l))
+            group_call_all(unit_of(n, l - 1));
+    n->gr.took_over = n->gr.took_over || gained;
+}
+
 static void hub_group_tick(uint32_t i)
 {
     struct node *n = &nodes[i];
     if (!group_on(&n->gr) || now - n->last_group < opt.publish_ms)
         return;
     n->last_group = now;
+    split_levels(n);
     for (struct tally_counter *c; (c = n->t.dirty_head);) {
-        if ((!n->gr.quiet && group_rest(&n->t, c) != TALLY_OK) || !table_pop_dirty(&n->t))
+        if (((n->t.split || !n->gr.quiet) && group_rest(&n->t, NULL, c) != TALLY_OK) ||
+            !table_pop_dirty(&n->t))
             abort();
         for (int k = 0; k < TALLY_LEVELS; k++)
             if (group_on(unit_of(n, k)) && group_note(unit_of(n, k), &n->t, c) != TALLY_OK)
@@ -721,7 +746,7 @@ static void hub_group_tick(uint32_t i)
             /* plugin.c's rest_all, after our group's */
             for (struct tally_counter *c = n->t.counters; !k && n->gr.took_over && c;
                  c = c->hh.next)
-                if (group_rest(&n->t, c) != TALLY_OK)
+                if (group_rest(&n->t, NULL, c) != TALLY_OK)
                     abort();
             n->gr.took_over = false;
         }
@@ -914,6 +939,7 @@ static void hub_start(uint32_t i)
     struct node *n = &nodes[i];
     n->alive = true;
     n->started = now;
+    n->t.holds = 0; /* as a plugin that starts: it holds no level yet */
     n->last_tier = 0;
     n->origins_due = 0;
     tier_hub_init(&n->tier, n->id, (rnd() << 16) | 1);
@@ -949,7 +975,7 @@ static void hub_start(uint32_t i)
         /* what it held at its stop is loaded dirty, and its first flush
          * notes it (plugin.c's start) */
         for (struct tally_counter *c = n->t.counters; c; c = c->hh.next) {
-            if (group_rest(&n->t, c) != TALLY_OK)
+            if (group_rest(&n->t, NULL, c) != TALLY_OK)
                 abort();
             for (int k = 0; k < TALLY_LEVELS; k++)
                 if (group_on(unit_of(n, k)) && group_note(unit_of(n, k), &n->t, c) != TALLY_OK)
@@ -1235,7 +1261,8 @@ static void build(void)
         snprintf(n->id, sizeof(n->id), n->hub ? "h%u" : "e%u", n->hub ? i : i - opt.hubs);
         table_init(&n->t, 1000000, 1000);
         table_set_clock(&n->t, 1);
-        n->t.lean = n->hub && opt.light;
+        n->t.lean = n->hub && (opt.light || opt.split);
+        n->t.split = n->hub && opt.split;
         n->t.light = is_light(i);
         if (n->hub)
             hub_start(i);
@@ -1479,8 +1506,9 @@ static void late_viewers_seen(void)
 
 struct figures {
     double msgs, bytes, slots, counters, entries;
-    double load_msgs, load_bytes; /* a second of the load alone, without the tail after it */
-    double group_slots;           /* of slots: other groups' replicas (--groups) */
+    double load_msgs, load_bytes;       /* a second of the load alone, without the tail after it */
+    double group_slots;                 /* of slots: other groups' replicas (--groups) */
+    double most_slots, most_load_bytes; /* of the node that holds, or moves, the most */
     uint32_t n;
 };
 
@@ -1499,6 +1527,9 @@ static void add_figures(struct figures *f, const struct node *n, double seconds)
     f->load_msgs += (double)(n->at_load.msgs_in + n->at_load.msgs_out) / seconds;
     f->load_bytes += (double)(n->at_load.bytes_in + n->at_load.bytes_out) / seconds;
     f->slots += (double)slots;
+    f->most_slots = f->most_slots > (double)slots ? f->most_slots : (double)slots;
+    double load_bytes = (double)(n->at_load.bytes_in + n->at_load.bytes_out) / seconds;
+    f->most_load_bytes = f->most_load_bytes > load_bytes ? f->most_load_bytes : load_bytes;
     f->counters += (double)counters;
     f->entries += n->hub ? (double)(tier_hub_children(&n->tier) + HASH_COUNT(n->pr.origins))
                          : (double)tier_edge_entries(&n->edge);
@@ -1516,6 +1547,8 @@ static void print_figures(const char *what, const struct figures *f)
     printf("  %-5s        during the load %9.1f msg/s %11.0f B/s   (the line above: the whole run, "
            "the tail after the load too, over the load's seconds)\n",
            what, f->load_msgs / f->n, f->load_bytes / f->n);
+    printf("  %-5s        the most of one: %9.0f slots, %11.0f B/s during the load\n", what,
+           f->most_slots, f->most_load_bytes);
 }
 
 /* The live hubs' counters of sums of level k + 1 sent and taken, and
@@ -1684,7 +1717,7 @@ static void usage(void)
             "  [--freeze-edges N] [--publish-interval MS] [--tier-bytes B] [--seed X]\n"
             "  [--mesh | --groups G [--group-bridges B] [--regions R [--zones Z [--worlds W]]]\n"
             "  [--sums-interval MS]\n"
-            "  [--sums-budget RECORDS/S] [--light N of each group]]\n"
+            "  [--sums-budget RECORDS/S] [--light N of each group | --split]]\n"
             "  [--reset] [--check]\n");
     exit(2);
 }
@@ -1718,6 +1751,7 @@ static void options(int argc, char **argv)
                                           {"worlds", 1, 0, 'X'},
                                           {"reset", 0, 0, 'Z'},
                                           {"light", 1, 0, 'W'},
+                                          {"split", 0, 0, 'Y'},
                                           {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", longs, NULL)) != -1;) {
         switch (c) {
@@ -1802,6 +1836,9 @@ static void options(int argc, char **argv)
         case 'W':
             opt.light = (uint32_t)atoi(optarg);
             break;
+        case 'Y':
+            opt.split = true;
+            break;
         default:
             usage();
         }
@@ -1817,6 +1854,8 @@ static void options(int argc, char **argv)
         usage();
     /* light hubs: never the second of a group, which never dies */
     if (opt.light && (!opt.groups || opt.light + 2 > opt.hubs / opt.groups))
+        usage();
+    if (opt.split && (!opt.groups || opt.light))
         usage();
     if ((opt.regions && (!opt.groups || opt.groups % opt.regions)) ||
         (opt.zones && (!opt.regions || opt.regions % opt.zones)) ||

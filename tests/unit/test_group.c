@@ -1903,7 +1903,7 @@ static void sync_to(struct hub *from, struct hub *to)
 static void rest_to(struct hub *full, struct hub *light)
 {
     for (struct tally_counter *c = full->t.counters; c; c = c->hh.next)
-        ck_assert_int_eq(group_rest(&full->t, c), TALLY_OK);
+        ck_assert_int_eq(group_rest(&full->t, NULL, c), TALLY_OK);
     sync_to(full, light);
 }
 
@@ -1916,13 +1916,10 @@ static const struct tally_slot *rest_slot(struct hub *h, const char *name, int l
     return counter_slot(find(h, name), replica(h, id, GROUP_INCARNATION));
 }
 
-/* two_zones, with light hub a0 in a1's group (g1, r1, z1): a0 holds g1's
- * nodes' slots and one slot a level for the rest of the tree, never
- * speaks (though first in order), and shows what every hub does; its digest
- * is a1's. */
-START_TEST(test_a_light_hub_holds_its_groups_slots_and_one_a_level)
+/* two_zones with a0 in g1 beside a1 (r1, z1): a1, b1 (g2, r1), c1 (g3, r2),
+ * d1 (g4, r3, z2), f1 (g5, r4, z2), a0; all[i] = &h[i]. */
+static void g1_of_two(struct hub h[6], struct hub *all[6])
 {
-    struct hub h[6], *all[6];
     const char *ids[] = {"a1", "b1", "c1", "d1", "f1", "a0"};
     const char *groups[] = {"g1", "g2", "g3", "g4", "g5", "g1"};
     const char *paths[] = {"r1/z1", "r1/z1", "r2/z1", "r3/z2", "r4/z2", "r1/z1"};
@@ -1930,14 +1927,30 @@ START_TEST(test_a_light_hub_holds_its_groups_slots_and_one_a_level)
         hub_init_in(&h[i], ids[i], groups[i], paths[i], 1);
         all[i] = &h[i];
     }
-    struct hub *a1 = &h[0], *a0 = &h[5];
-    a1->t.lean = a0->t.lean = a0->t.light = true;
-    slot(a1, "x", "a1", 5, 0);
-    slot(a1, "x", "e1", 3, 0);
+}
+
+/* Each of g1_of_two's hubs writes x (a1 for itself and e1): 32 in all. */
+static void g1_of_two_write(struct hub h[6])
+{
+    slot(&h[0], "x", "a1", 5, 0);
+    slot(&h[0], "x", "e1", 3, 0);
     slot(&h[1], "x", "b1", 10, 0);
     slot(&h[2], "x", "c1", 2, 0);
     slot(&h[3], "x", "d1", 9, 1);
     slot(&h[4], "x", "f1", 4, 0);
+}
+
+/* two_zones, with light hub a0 in a1's group (g1, r1, z1): a0 holds g1's
+ * nodes' slots and one slot a level for the rest of the tree, never
+ * speaks (though first in order), and shows what every hub does; its digest
+ * is a1's. */
+START_TEST(test_a_light_hub_holds_its_groups_slots_and_one_a_level)
+{
+    struct hub h[6], *all[6];
+    g1_of_two(h, all);
+    struct hub *a1 = &h[0], *a0 = &h[5];
+    a1->t.lean = a0->t.lean = a0->t.light = true;
+    g1_of_two_write(h);
     settle(all, 6);
     sync_to(a1, a0);                     /* g1's own slots */
     ck_assert_int_eq(value(a0, "x"), 8); /* no rest slot yet: its group's part */
@@ -1973,6 +1986,87 @@ START_TEST(test_a_light_hub_holds_its_groups_slots_and_one_a_level)
     settle(all, 6);
     rest_to(a1, a0);
     assert_values(all, 6, "x", 3, false);
+    all_free(all, 6);
+}
+END_TEST
+
+/* ==== Split hubs ==== */
+
+/* g1's two split hubs keep their rest slots (and the parts of resets)
+ * and tell each other, as their SYNCs would, until nothing changes. */
+static void split_round(struct hub *x, struct hub *y)
+{
+    for (int i = 0; i < 3; i++) {
+        for (struct tally_counter *c = x->t.counters; c; c = c->hh.next)
+            ck_assert_int_eq(group_rest(&x->t, NULL, c), TALLY_OK);
+        for (struct tally_counter *c = y->t.counters; c; c = c->hh.next)
+            ck_assert_int_eq(group_rest(&y->t, NULL, c), TALLY_OK);
+        sync_to(x, y);
+        sync_to(y, x);
+    }
+}
+
+/* Floods, and g1's split hubs keep their rest slots, until all settle. */
+static void split_settle(struct hub *all[], int n, struct hub *x, struct hub *y)
+{
+    for (int i = 0; i < 3; i++) {
+        settle(all, n);
+        split_round(x, y);
+    }
+}
+
+/* two_zones, with a0 and a1 split hubs of g1 (g1, r1, z1): a0, first in
+ * order, holds levels 1 and 3 (g2, z2), a1 level 2 (r2); each holds its
+ * group's nodes' slots, one rest slot a level, and its levels' units, and
+ * shows what every hub does. A reset at a1 takes, through each level's
+ * holder, exactly what a1 saw; so does one in the other zone. */
+START_TEST(test_split_hubs_hold_a_level_each_and_take_a_resets_parts)
+{
+    struct hub h[6], *all[6];
+    g1_of_two(h, all);
+    struct hub *a1 = &h[0], *a0 = &h[5];
+    const char *hear_a0[] = {"a0"}, *hear_a1[] = {"a1"};
+    a1->t.lean = a0->t.lean = a1->t.split = a0->t.split = true;
+    a0->t.holds = group_holds("a0", hear_a1, 1, 3);
+    a1->t.holds = group_holds("a1", hear_a0, 1, 3);
+    ck_assert_uint_eq(a0->t.holds, (1u << 1) | (1u << 3));
+    ck_assert_uint_eq(a1->t.holds, 1u << 2);
+    ck_assert_uint_eq(group_holds("a1", NULL, 0, 3), (1u << 1) | (1u << 2) | (1u << 3));
+    const char *twice[] = {"a0", "a2", "a0", "a1"}; /* a0 over two bridges, ourselves */
+    ck_assert_uint_eq(group_holds("a1", twice, 4, 3), 1u << 2);
+    ck_assert_uint_eq(group_holds("a2", twice, 4, 4), 1u << 3);
+    g1_of_two_write(h);
+    split_settle(all, 6, a0, a1);
+    assert_values(all, 6, "x", 32, false);
+    /* each its level's units, and no other's */
+    ck_assert(group_slot(a0, "x", "g2") && group_slot(a0, "x", "..z2"));
+    ck_assert(!group_slot(a0, "x", ".r2") && group_slot(a1, "x", ".r2"));
+    ck_assert(!group_slot(a1, "x", "g2") && !group_slot(a1, "x", "..z2"));
+    const struct tally_slot *r1 = rest_slot(a1, "x", 1), *r2 = rest_slot(a0, "x", 2),
+                            *r3 = rest_slot(a1, "x", 3);
+    ck_assert(r1 && r1->p == 10 && r2 && r2->p == 2 && r3 && r3->p == 13 && r3->n == 1);
+    ck_assert_mem_eq(a0->t.digest, a1->t.digest, sizeof(a0->t.digest));
+    /* a reset at a1, then rises everywhere */
+    ck_assert_int_eq(table_reset(&a1->t, get(a1, "x"), false), TALLY_OK);
+    ck_assert_int_eq(value(a1, "x"), 0); /* at once, from its rest slots */
+    split_settle(all, 6, a0, a1);
+    assert_values(all, 6, "x", 0, false);
+    slot(&h[1], "x", "b1", 15, 0);
+    slot(&h[3], "x", "d1", 12, 1);
+    slot(a0, "x", "a0", 1, 0);
+    split_settle(all, 6, a0, a1);
+    assert_values(all, 6, "x", 9, false);
+    /* one in the other zone, and a delete at a0 */
+    ck_assert_int_eq(table_reset(&h[4].t, get(&h[4], "x"), false), TALLY_OK);
+    split_settle(all, 6, a0, a1);
+    assert_values(all, 6, "x", 0, false);
+    slot(&h[2], "x", "c1", 6, 0);
+    split_settle(all, 6, a0, a1);
+    assert_values(all, 6, "x", 4, false);
+    ck_assert_int_eq(table_reset(&a0->t, get(a0, "x"), true), TALLY_OK);
+    split_settle(all, 6, a0, a1);
+    assert_values(all, 6, "x", 0, true);
+    ck_assert_mem_eq(a0->t.digest, a1->t.digest, sizeof(a0->t.digest));
     all_free(all, 6);
 }
 END_TEST
@@ -2371,6 +2465,7 @@ Suite *group_suite(void)
     tcase_add_test(tc, test_a_reset_in_one_zone_takes_every_part_everywhere);
     tcase_add_test(tc, test_four_levels_hold_one_slot_for_the_other_top_unit);
     tcase_add_test(tc, test_a_light_hub_holds_its_groups_slots_and_one_a_level);
+    tcase_add_test(tc, test_split_hubs_hold_a_level_each_and_take_a_resets_parts);
     tcase_add_test(tc, test_a_gsum_lost_on_the_way_is_asked_for_and_sent_again_as_it_was);
     tcase_add_test(tc, test_a_hub_asks_three_times_at_most_then_calls_for_the_refresh);
     tcase_add_test(tc, test_a_neighbour_that_holds_a_lost_message_sends_it_again);
