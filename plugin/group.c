@@ -392,11 +392,12 @@
  * writes is below it, and the maximum keeps the rest slot where it is. A
  * level's units heard from no stream any more (every hub of a unit lost
  * for good) are not learned again by a new holder: the rest slot keeps
- * their part only while it is above what the new holder sums. Levels a hub
- * held before keep their slots (not counted, not sent: a holder takes them
- * from the streams, REPL_NONE) until it stops; a hub starts holding none
- * (the other units' slots in its state_dir are not taken), and takes its
- * levels once it had time to hear its group (two quiet times).
+ * their part only while it is above what the new holder sums. A hub that
+ * no longer holds a level drops its units' slots (group_drop_level); those
+ * it holds it never sends in SYNCs (REPL_NONE): a holder takes them from
+ * the streams. A hub starts holding none (the other units' slots in its
+ * state_dir are not taken), and takes its levels once it had time to hear
+ * its group (two quiet times).
  *
  * A reset at a split hub observes what it counts: its group's nodes' slots,
  * and the rest slots, whose bases it sets to them, so that its totals
@@ -776,6 +777,14 @@ void group_call_all(struct tally_group *gr)
     for (struct group_origin *o = gr->origins; o; o = o->hh.next)
         if (o->other && o->speaks && gr->clock_ms - o->heard_ms <= gr->quiet_ms)
             o->call = true;
+}
+
+void group_drop_level(struct tally_table *t, int k)
+{
+    for (struct tally_counter *c = t->counters; c; c = c->hh.next)
+        for (uint32_t i = c->nslots; i-- > 0;)
+            if (table_foreign(t, c->slots[i].replica) && group_level(t, c->slots[i].replica) == k)
+                table_drop_slot(t, c, c->slots[i].replica);
 }
 
 /* The sums our GSUMs (level 1) or RSUMs (level 2 and up) carry. */

@@ -1925,7 +1925,8 @@ static void rest_check(uint64_t now)
  * the hubs of our group alive (the neighbours we hear: a group is a mesh),
  * once they had time to be heard. A level we come to hold: we call for the
  * refresh of its streams, and keep every counter's rest slots once more
- * (rest_all), as a speaker that takes over does. */
+ * (rest_all), as a speaker that takes over does; one we no longer hold: we
+ * drop its units' slots. */
 static void split_levels(uint64_t now)
 {
     static const char *ids[REPL_MAX_NEIGHBOURS];
@@ -1936,11 +1937,14 @@ static void split_levels(uint64_t now)
         levels++;
     uint32_t n = repl_alive(&g.repl, ids, REPL_MAX_NEIGHBOURS);
     uint8_t holds = group_holds(g.opt.node_id, ids, n, levels);
-    uint8_t gained = holds & (uint8_t)~g.table.holds;
+    uint8_t gained = holds & (uint8_t)~g.table.holds, lost = g.table.holds & (uint8_t)~holds;
     g.table.holds = holds;
-    for (int k = 1; k <= levels; k++)
+    for (int k = 1; k <= levels; k++) {
         if (gained & (1u << k))
             group_call_all(g.units[k - 1]);
+        if (lost & (1u << k))
+            group_drop_level(&g.table, k);
+    }
     if (gained)
         g.group.took_over = true;
 }

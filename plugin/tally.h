@@ -1676,6 +1676,9 @@ uint8_t group_holds(const char *self, const char *const *ids, uint32_t n, int le
 /* Calls for the refresh of every stream of another unit heard within
  * quiet_ms (a split hub that came to hold the level). */
 void group_call_all(struct tally_group *gr);
+/* Drops every slot of another unit of level k (a split hub that no longer
+ * holds the level: its rest slot keeps their sum). */
+void group_drop_level(struct tally_table *t, int k);
 /* After c changed: queues it for our next GSUM when our group's sum or one
  * of its device maxima rose. */
 int group_note(struct tally_group *gr, const struct tally_table *t, const struct tally_counter *c);

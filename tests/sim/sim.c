@@ -713,11 +713,14 @@ static void split_levels(struct node *n)
         levels++;
     uint32_t k = repl_alive(&n->repl, ids, REPL_MAX_NEIGHBOURS);
     uint8_t holds = group_holds(n->id, ids, k, levels);
-    uint8_t gained = holds & (uint8_t)~n->t.holds;
+    uint8_t gained = holds & (uint8_t)~n->t.holds, lost = n->t.holds & (uint8_t)~holds;
     n->t.holds = holds;
-    for (int l = 1; l <= levels; l++)
+    for (int l = 1; l <= levels; l++) {
         if (gained & (1u << l))
             group_call_all(unit_of(n, l - 1));
+        if (lost & (1u << l))
+            group_drop_level(&n->t, l);
+    }
     n->gr.took_over = n->gr.took_over || gained;
 }
 
@@ -939,7 +942,10 @@ static void hub_start(uint32_t i)
     struct node *n = &nodes[i];
     n->alive = true;
     n->started = now;
-    n->t.holds = 0; /* as a plugin that starts: it holds no level yet */
+    for (int l = 1; l <= TALLY_LEVELS; l++) /* as a plugin that starts, from its state_dir */
+        if (n->t.holds & (1u << l))
+            group_drop_level(&n->t, l);
+    n->t.holds = 0; /* it holds no level yet */
     n->last_tier = 0;
     n->origins_due = 0;
     tier_hub_init(&n->tier, n->id, (rnd() << 16) | 1);

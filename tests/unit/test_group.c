@@ -2067,6 +2067,16 @@ START_TEST(test_split_hubs_hold_a_level_each_and_take_a_resets_parts)
     split_settle(all, 6, a0, a1);
     assert_values(all, 6, "x", 0, true);
     ck_assert_mem_eq(a0->t.digest, a1->t.digest, sizeof(a0->t.digest));
+    /* a0 gives level 3 to a1 (a third hub heard, say): it drops z2's slot,
+     * its rest slot keeps z2's part, and a1 takes z2's next sums */
+    a0->t.holds = 1u << 1;
+    a1->t.holds = (1u << 2) | (1u << 3);
+    group_drop_level(&a0->t, 3);
+    ck_assert(!group_slot(a0, "x", "..z2") && rest_slot(a0, "x", 3));
+    slot(&h[3], "x", "d1", 20, 1);
+    split_settle(all, 6, a0, a1);
+    ck_assert(group_slot(a1, "x", "..z2") && !group_slot(a0, "x", "..z2"));
+    assert_values(all, 6, "x", 8, false);
     all_free(all, 6);
 }
 END_TEST
