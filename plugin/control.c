@@ -921,10 +921,17 @@ static void unit_json(struct wire_buf *b, const char *key, const struct tally_gr
                 gr->announced, gr->learned, gr->stale, gr->refused, gr->mismatched,
                 gr->viewers_refused, gr->echoed, gr->holes, gr->budget_held, gr->wants, gr->resent,
                 gr->calls, gr->refresh_took, gr->sums_budget, gr->quiet ? "false" : "true");
-    if (t) /* our group's: whether we are a light hub (group.c, "Light hubs"), a
-            * split one and the levels we hold ("Split hubs") */
-        wbuf_printf(b, ",\"light\":%s,\"split\":%s,\"holds\":%u", t->light ? "true" : "false",
-                    t->split ? "true" : "false", (unsigned)t->holds);
+    if (t) { /* our group's: whether we are a light hub (group.c, "Light hubs"),
+              * a split one, and the levels we hold ("Split hubs") */
+        wbuf_printf(b, ",\"light\":%s,\"split\":%s,\"holds\":[", t->light ? "true" : "false",
+                    t->split ? "true" : "false");
+        for (int k = 1, first = 1; k <= TALLY_LEVELS; k++)
+            if (t->holds & (1u << k)) {
+                wbuf_printf(b, "%s%d", first ? "" : ",", k);
+                first = 0;
+            }
+        wbuf_u8(b, ']');
+    }
     wbuf_u8(b, '}');
 }
 

@@ -372,7 +372,8 @@
  * (plugin_opt_hub split on each), every hub counts as a light hub does (its
  * group's nodes' slots and the rest slots: table_counts), and the levels
  * are given out among the hubs alive (group_holds): of the n we hear, in
- * order of node id, the i-th holds each level k with (k - 1) mod n = i. A
+ * order of node id, the i-th (from 0) holds each level k with (k - 1) mod
+ * n = i. A
  * hub holds the other units' slots of its levels alone (table_unheld) and
  * keeps their rest slots (group_rest); with as many hubs as levels, each
  * holds g + levels slots a counter and one level's units: 1,000 slots for
@@ -390,9 +391,11 @@
  * holds what the last holder did, and keeps every counter's rest slots as
  * it takes what comes; until it holds as much as a rest slot sums, what it
  * writes is below it, and the maximum keeps the rest slot where it is. A
- * level's units heard from no stream any more (every hub of a unit lost
- * for good) are not learned again by a new holder: the rest slot keeps
- * their part only while it is above what the new holder sums. A hub that
+ * level's unit heard from no stream any more (every hub of it lost for
+ * good, which its edges do not survive either) is not learned again by a
+ * new holder: the rest slot keeps its last sum only while it is above what
+ * the new holder sums, and then leaves it out, where a full hub keeps it
+ * for good. A hub that
  * no longer holds a level drops its units' slots (group_drop_level); those
  * it holds it never sends in SYNCs (REPL_NONE): a holder takes them from
  * the streams. A hub starts holding none (the other units' slots in its
