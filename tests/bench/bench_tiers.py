@@ -38,7 +38,11 @@ however many groups there are, and the totals come later. Printed besides: how l
 load every node was exact. With --light too, one more hub in hub0's group, light
 (plugin_opt_hub light, README "Light hubs"; hub0 full), bridged to hub0, with its own edges
 (which fail over to hub0): printed for it too, with its RSS, CPU and slots of `shared`, which
-stay its group's nodes and one rest slot however long the line.
+stay its group's nodes and one rest slot however long the line. With --split instead, the line's
+groups go in regions of two consecutive groups (bridges inside a region carry GSUMs and RSUMs,
+between regions RSUMs), and hub0's group is two split hubs, hub0 and one more (plugin_opt_hub
+split, README "Split hubs"): hub0 holds level 1 (the other group of its region), the other hub
+level 2 (the other regions); printed for both, with the levels each holds.
 
 With --churn R, viewers too: at each edge two clients view `presence/home`, and one more views
 and leaves one of ten pages R times a second (so that every edge's counts keep changing); hub0
@@ -67,11 +71,13 @@ HUBS = 3
 PLUGIN = common.PLUGIN  # --plugin
 OLD_BRIDGES = False  # --old-bridges
 SUMS_BUDGET = 0  # --sums-budget
-LIGHT = 0  # --light
+LIGHT = 0  # --light or --split: one more hub in hub0's group
+SPLIT = False  # --split
 BETWEEN_GROUPS = ["topic $tally/v1/gsum/# both 1", "topic $tally/v1/gviews/# both 1",
                   "topic $tally/stats/# both 1"]
 BETWEEN_REGIONS = ["topic $tally/v1/rsum/# both 1", "topic $tally/v1/rviews/# both 1",
                    "topic $tally/stats/# both 1"]
+IN_REGION = BETWEEN_GROUPS + BETWEEN_REGIONS[:2]
 
 
 def opts(name, edge, group=None, region=None, hub=None):
@@ -167,27 +173,37 @@ def trios(stack, workdir, per_hub):
 
 
 def line(stack, workdir, per_hub, n):
-    """n hubs, each a group of its own, hub h bridged to hub h-1 with BETWEEN_GROUPS; per_hub
-    edges under each, listing their own hub alone (see the docstring)."""
+    """n hubs, each a group of its own, hub h bridged to hub h-1 with BETWEEN_GROUPS (with
+    --split, in regions of two groups); per_hub edges under each, listing their own hub alone
+    (see the docstring)."""
     hubs = {}
+    region = (lambda h: "r%d" % (h // 2)) if SPLIT else (lambda h: None)
     for h in range(n):
         name, extra = "hub%d" % h, []
         if h:
             to = "hub%d" % (h - 1)
+            topics = (IN_REGION if h % 2 else BETWEEN_REGIONS) if SPLIT else BETWEEN_GROUPS
             extra = ["connection %s-to-%s" % (name, to), "address 127.0.0.1:%d" % hubs[to].port,
-                     "clientid %s-to-%s" % (name, to)] + BETWEEN_GROUPS + [
+                     "clientid %s-to-%s" % (name, to)] + topics + [
                          "restart_timeout 1 1", "cleansession true", "try_private true"]
+        kind = ("split" if SPLIT else "full") if LIGHT and not h else None
         hubs[name] = stack.enter_context(common.Broker(
             workdir, "l%d-%s" % (per_hub, name), True,
-            opts(name, False, "g%d" % h, hub="full" if LIGHT and not h else None),
-            extra=extra, plugin=PLUGIN))
-    if LIGHT:  # hub<n>, light, in hub0's group, bridged to it; its edges fail over to hub0
+            opts(name, False, "g%d" % h, region(h), hub=kind), extra=extra, plugin=PLUGIN))
+    if LIGHT:  # hub<n>, light or split, in hub0's group, bridged to it; its edges fail over to hub0
         name = "hub%d" % n
         hubs[name] = stack.enter_context(common.Broker(
-            workdir, "l%d-%s" % (per_hub, name), True, opts(name, False, "g0", hub="light"),
+            workdir, "l%d-%s" % (per_hub, name), True,
+            opts(name, False, "g0", region(0), hub="split" if SPLIT else "light"),
             extra=bc.bridge_lines("%s-to-hub0" % name, hubs["hub0"].port), plugin=PLUGIN))
     return hubs, edges_under(stack, workdir, "l", per_hub, hubs,
                              lambda h: [hubs["hub%d" % k].port for k in (h, 0)[:1 + (h == n)]])
+
+
+def levels_held(stats, who):
+    """', levels [..]' a split hub holds (its stats' group.holds), else ''."""
+    g = stats.get(who, {}).get("group", {})
+    return ", levels %s" % g["holds"] if g.get("split") else ""
 
 
 def slots_held(hub, name):
@@ -272,6 +288,7 @@ def run(workdir, per_hub, args, table):
         " in two groups of three, each a full mesh" if args.trios else
         ", each a group, in a line%s%s" % (
             ", sums_budget %d" % SUMS_BUDGET if SUMS_BUDGET else "",
+            ", in regions of two, hub0's group two split hubs" if SPLIT else
             ", and a light hub in hub0's group" if LIGHT else "") if args.line else
         " in a full mesh" if args.mesh else "")
     print("\n== %d hubs%s, %d edges (%d a hub), %d inc/s an edge for %d s%s ==" % (
@@ -368,13 +385,15 @@ def run(workdir, per_hub, args, table):
                          g.get("holes", 0), g.get("budget_held", 0), g.get("wants", 0),
                          g.get("resent", 0)))
         print("RSS: edges %s MB, hub0 %.1f MB; hub0 CPU %.1f us per tree increment; hub0 holds "
-              "%d slots of shared" % ("/".join("%.1f" % (v / 1e6) for v in rss_e), rss_h / 1e6,
-                                      hub_cpu_us, held), flush=True)
+              "%d slots of shared%s" % ("/".join("%.1f" % (v / 1e6) for v in rss_e), rss_h / 1e6,
+                                        hub_cpu_us, held, levels_held(s2, "hub0")), flush=True)
         if light:
-            print("light hub %s: RSS %.1f MB; CPU %.1f us per tree increment; holds %d slots of "
-                  "shared" % (light, hubs[light].settled_rss(10, 50) / 1e6,
-                              light_cpu / (rate * args.seconds) * 1e6,
-                              slots_held(hubs[light], "shared")), flush=True)
+            print("%s hub %s: RSS %.1f MB; CPU %.1f us per tree increment; holds %d slots of "
+                  "shared%s" % ("split" if SPLIT else "light", light,
+                                hubs[light].settled_rss(10, 50) / 1e6,
+                                light_cpu / (rate * args.seconds) * 1e6,
+                                slots_held(hubs[light], "shared"), levels_held(s2, light)),
+                  flush=True)
         table.append((n_edges, rate, edge_r, hub_r, statistics.median(rss_e), rss_h,
                       hub_cpu_us, not wrong))
 
@@ -417,17 +436,21 @@ def parse_args():
                    help="G hubs in a line, each a group of its own")
     p.add_argument("--light", action="store_true",
                    help="with --line: a light hub in hub0's group (plugin_opt_hub light)")
+    p.add_argument("--split", action="store_true",
+                   help="with --line: regions of two groups, hub0's group two split hubs")
     p.add_argument("--sums-budget", type=int, default=0, metavar="N",
                    help="plugin_opt_sums_budget N at every hub")
     p.add_argument("--plugin", default=str(common.PLUGIN), help="the plugin to run")
     p.add_argument("--old-bridges", action="store_true",
                    help="bridges between groups carry presence/# (builds before 2026-12-05)")
     args = p.parse_args()
-    global PLUGIN, OLD_BRIDGES, SUMS_BUDGET, LIGHT
+    global PLUGIN, OLD_BRIDGES, SUMS_BUDGET, LIGHT, SPLIT
     PLUGIN, OLD_BRIDGES, SUMS_BUDGET = args.plugin, args.old_bridges, args.sums_budget
-    LIGHT = int(args.light)
-    if args.light and not args.line:
-        p.error("--light needs --line")
+    LIGHT, SPLIT = int(args.light or args.split), args.split
+    if (args.light or args.split) and not args.line:
+        p.error("--light and --split need --line")
+    if args.light and args.split:
+        p.error("--light or --split, not both")
     if args.line and (args.line < 2 or args.pairs or args.trios or args.mesh or args.failover):
         p.error("--line G: G at least 2, alone (no --pairs, --trios, --mesh or --failover)")
     if args.trios and (args.pairs or args.mesh or args.failover):
