@@ -258,7 +258,7 @@ struct tally_table {
      * counts the rest of the tree from its rest slots. lean: a hub of a
      * group with light hubs, light or not: its digest leaves other units'
      * slots out, as a light hub holds none. rested: a rest slot's replica
-     * is named here, which only a light hub counts. foreign_dropped: slots
+     * is named here, which a light or split hub counts. foreign_dropped: slots
      * of other units a light hub did not take.
      * Split hubs (group.c, "Split hubs"): split, this hub counts the rest
      * of the tree from its rest slots as a light hub does, and holds the
