@@ -387,7 +387,7 @@
  * two costs bytes, never a count, since both write maxima of what each
  * holds; a level held by none leaves its rest slot where it was until the
  * sets agree again, a quiet time later. A hub that comes to hold a level
- * calls for the refresh of every stream of it (group_call_all), so that it
+ * calls for the refresh of every stream of it (group_split_levels), so that it
  * holds what the last holder did, and keeps every counter's rest slots as
  * it takes what comes; until it holds as much as a rest slot sums, what it
  * writes is below it, and the maximum keeps the rest slot where it is. A
@@ -638,6 +638,12 @@ static void level_sum(const struct tally_table *t, const struct tally_counter *c
     }
 }
 
+/* The level of replica if it is another unit's (table_foreign), else 0. */
+static int foreign_level(const struct tally_table *t, uint32_t replica)
+{
+    return table_foreign(t, replica) ? group_level(t, replica) : 0;
+}
+
 /* A slot by its replica's name. */
 struct named {
     const char *name;
@@ -675,7 +681,7 @@ static int rest_part(struct tally_table *t, struct persist *ps, struct tally_cou
     if (!order)
         return TALLY_E_NOMEM;
     for (uint32_t i = 0; i < c->nslots; i++)
-        if (table_foreign(t, c->slots[i].replica) && group_level(t, c->slots[i].replica) == k)
+        if (foreign_level(t, c->slots[i].replica) == k)
             order[n++] = (struct named){t->replicas[c->slots[i].replica]->key, i};
     qsort(order, n, sizeof(*order), by_name);
     int rc = TALLY_OK;
@@ -711,8 +717,8 @@ static void rest_sums(const struct tally_table *t, const struct tally_counter *c
     memset(sum, 0, sizeof(uint64_t[TALLY_LEVELS + 1][4]));
     for (uint32_t i = 0; i < c->nslots; i++) {
         const struct tally_slot *s = &c->slots[i];
-        int k = table_foreign(t, s->replica) ? group_level(t, s->replica) : 0;
-        if (!k || (t->split && !(t->holds & (1u << k))))
+        int k = foreign_level(t, s->replica);
+        if (!k || table_unheld(t, s->replica))
             continue;
         uint64_t sp = 0, sn = 0;
         base_slot(b, s->replica, &sp, &sn);
@@ -775,18 +781,38 @@ uint8_t group_holds(const char *self, const char *const *ids, uint32_t n, int le
     return holds;
 }
 
-void group_call_all(struct tally_group *gr)
+/* Calls for the refresh of every stream of another unit heard within
+ * quiet_ms (a split hub that came to hold the level). */
+static void call_all(struct tally_group *gr)
 {
     for (struct group_origin *o = gr->origins; o; o = o->hh.next)
         if (o->other && o->speaks && gr->clock_ms - o->heard_ms <= gr->quiet_ms)
             o->call = true;
 }
 
+bool group_split_levels(struct tally_table *t, struct tally_group *const units[TALLY_LEVELS],
+                        const char *self, const char *const *alive, uint32_t n)
+{
+    int levels = 0;
+    while (levels < TALLY_LEVELS && group_on(units[levels]))
+        levels++;
+    uint8_t holds = group_holds(self, alive, n, levels);
+    uint8_t gained = holds & (uint8_t)~t->holds, lost = t->holds & (uint8_t)~holds;
+    t->holds = holds;
+    for (int k = 1; k <= levels; k++) {
+        if (gained & (1u << k))
+            call_all(units[k - 1]);
+        if (lost & (1u << k))
+            group_drop_level(t, k);
+    }
+    return gained != 0;
+}
+
 void group_drop_level(struct tally_table *t, int k)
 {
     for (struct tally_counter *c = t->counters; c; c = c->hh.next)
         for (uint32_t i = c->nslots; i-- > 0;)
-            if (table_foreign(t, c->slots[i].replica) && group_level(t, c->slots[i].replica) == k)
+            if (foreign_level(t, c->slots[i].replica) == k)
                 table_drop_slot(t, c, c->slots[i].replica);
 }
 

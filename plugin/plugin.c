@@ -1930,22 +1930,10 @@ static void rest_check(uint64_t now)
 static void split_levels(uint64_t now)
 {
     static const char *ids[REPL_MAX_NEIGHBOURS];
-    int levels = 0;
     if (!g.table.split || now - g.start_ms < 2 * g.group.quiet_ms)
         return;
-    while (levels < TALLY_LEVELS && group_on(g.units[levels]))
-        levels++;
     uint32_t n = repl_alive(&g.repl, ids, REPL_MAX_NEIGHBOURS);
-    uint8_t holds = group_holds(g.opt.node_id, ids, n, levels);
-    uint8_t gained = holds & (uint8_t)~g.table.holds, lost = g.table.holds & (uint8_t)~holds;
-    g.table.holds = holds;
-    for (int k = 1; k <= levels; k++) {
-        if (gained & (1u << k))
-            group_call_all(g.units[k - 1]);
-        if (lost & (1u << k))
-            group_drop_level(&g.table, k);
-    }
-    if (gained)
+    if (group_split_levels(&g.table, g.units, g.opt.node_id, ids, n))
         g.group.took_over = true;
 }
 

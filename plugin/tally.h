@@ -1673,12 +1673,16 @@ int group_rest(struct tally_table *t, struct persist *p, struct tally_counter *c
  * self keeps among the n hubs alive of its group (ids, self among them or
  * not), as bits 1 to TALLY_LEVELS. */
 uint8_t group_holds(const char *self, const char *const *ids, uint32_t n, int levels);
-/* Calls for the refresh of every stream of another unit heard within
- * quiet_ms (a split hub that came to hold the level). */
-void group_call_all(struct tally_group *gr);
 /* Drops every slot of another unit of level k (a split hub that no longer
  * holds the level: its rest slot keeps their sum). */
 void group_drop_level(struct tally_table *t, int k);
+/* A split hub's levels (t->holds) among the n hubs of its group alive
+ * (group_holds), its units of each level at units[k - 1] (as many as are
+ * on): for a level it comes to hold, a call for its streams' refresh; for
+ * one it no longer holds, its units' slots dropped. True when it came to
+ * hold one: every counter's rest slots are then owed (took_over). */
+bool group_split_levels(struct tally_table *t, struct tally_group *const units[TALLY_LEVELS],
+                        const char *self, const char *const *alive, uint32_t n);
 /* After c changed: queues it for our next GSUM when our group's sum or one
  * of its device maxima rose. */
 int group_note(struct tally_group *gr, const struct tally_table *t, const struct tally_counter *c);

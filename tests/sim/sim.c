@@ -706,22 +706,14 @@ static void hub_scope_tick(struct node *n);
 static void split_levels(struct node *n)
 {
     static const char *ids[REPL_MAX_NEIGHBOURS];
-    int levels = 0;
+    struct tally_group *units[TALLY_LEVELS];
     if (!n->t.split || now - n->started < 2 * n->gr.quiet_ms)
         return;
-    while (levels < TALLY_LEVELS && group_on(unit_of(n, levels)))
-        levels++;
-    uint32_t k = repl_alive(&n->repl, ids, REPL_MAX_NEIGHBOURS);
-    uint8_t holds = group_holds(n->id, ids, k, levels);
-    uint8_t gained = holds & (uint8_t)~n->t.holds, lost = n->t.holds & (uint8_t)~holds;
-    n->t.holds = holds;
-    for (int l = 1; l <= levels; l++) {
-        if (gained & (1u << l))
-            group_call_all(unit_of(n, l - 1));
-        if (lost & (1u << l))
-            group_drop_level(&n->t, l);
-    }
-    n->gr.took_over = n->gr.took_over || gained;
+    for (int k = 0; k < TALLY_LEVELS; k++)
+        units[k] = unit_of(n, k);
+    uint32_t alive = repl_alive(&n->repl, ids, REPL_MAX_NEIGHBOURS);
+    if (group_split_levels(&n->t, units, n->id, ids, alive))
+        n->gr.took_over = true;
 }
 
 static void hub_group_tick(uint32_t i)

@@ -1770,8 +1770,8 @@ START_TEST(test_a_region_path_names_up_to_two_regions_above_it)
 END_TEST
 
 /* Zone z1: region r1 (a1 of g1, b1 of g2) and r2 (c1 of g3); zone z2:
- * r3 (d1 of g4) and r4 (f1 of g5). x: 32 in all. */
-static void two_zones(struct hub h[5], struct hub *all[5])
+ * r3 (d1 of g4) and r4 (f1 of g5); all[i] = &h[i]. */
+static void two_zones_init(struct hub h[5], struct hub *all[5])
 {
     hub_init_in(&h[0], "a1", "g1", "r1/z1", 1);
     hub_init_in(&h[1], "b1", "g2", "r1/z1", 1);
@@ -1780,12 +1780,24 @@ static void two_zones(struct hub h[5], struct hub *all[5])
     hub_init_in(&h[4], "f1", "g5", "r4/z2", 1);
     for (int i = 0; i < 5; i++)
         all[i] = &h[i];
+}
+
+/* Each hub of two_zones_init writes x (a1 for itself and e1): 32 in all. */
+static void two_zones_write(struct hub h[5])
+{
     slot(&h[0], "x", "a1", 5, 0);
     slot(&h[0], "x", "e1", 3, 0);
     slot(&h[1], "x", "b1", 10, 0);
     slot(&h[2], "x", "c1", 2, 0);
     slot(&h[3], "x", "d1", 9, 1);
     slot(&h[4], "x", "f1", 4, 0);
+}
+
+/* two_zones_init, x written and converged: 32 at every hub. */
+static void two_zones(struct hub h[5], struct hub *all[5])
+{
+    two_zones_init(h, all);
+    two_zones_write(h);
     converge(all, 5, 32, false);
 }
 
@@ -1916,28 +1928,12 @@ static const struct tally_slot *rest_slot(struct hub *h, const char *name, int l
     return counter_slot(find(h, name), replica(h, id, GROUP_INCARNATION));
 }
 
-/* two_zones with a0 in g1 beside a1 (r1, z1): a1, b1 (g2, r1), c1 (g3, r2),
- * d1 (g4, r3, z2), f1 (g5, r4, z2), a0; all[i] = &h[i]. */
+/* two_zones_init, and a0 in g1 beside a1 (r1, z1): h[5]. */
 static void g1_of_two(struct hub h[6], struct hub *all[6])
 {
-    const char *ids[] = {"a1", "b1", "c1", "d1", "f1", "a0"};
-    const char *groups[] = {"g1", "g2", "g3", "g4", "g5", "g1"};
-    const char *paths[] = {"r1/z1", "r1/z1", "r2/z1", "r3/z2", "r4/z2", "r1/z1"};
-    for (int i = 0; i < 6; i++) {
-        hub_init_in(&h[i], ids[i], groups[i], paths[i], 1);
-        all[i] = &h[i];
-    }
-}
-
-/* Each of g1_of_two's hubs writes x (a1 for itself and e1): 32 in all. */
-static void g1_of_two_write(struct hub h[6])
-{
-    slot(&h[0], "x", "a1", 5, 0);
-    slot(&h[0], "x", "e1", 3, 0);
-    slot(&h[1], "x", "b1", 10, 0);
-    slot(&h[2], "x", "c1", 2, 0);
-    slot(&h[3], "x", "d1", 9, 1);
-    slot(&h[4], "x", "f1", 4, 0);
+    two_zones_init(h, all);
+    hub_init_in(&h[5], "a0", "g1", "r1/z1", 1);
+    all[5] = &h[5];
 }
 
 /* two_zones, with light hub a0 in a1's group (g1, r1, z1): a0 holds g1's
@@ -1950,7 +1946,7 @@ START_TEST(test_a_light_hub_holds_its_groups_slots_and_one_a_level)
     g1_of_two(h, all);
     struct hub *a1 = &h[0], *a0 = &h[5];
     a1->t.lean = a0->t.lean = a0->t.light = true;
-    g1_of_two_write(h);
+    two_zones_write(h);
     settle(all, 6);
     sync_to(a1, a0);                     /* g1's own slots */
     ck_assert_int_eq(value(a0, "x"), 8); /* no rest slot yet: its group's part */
@@ -2035,7 +2031,7 @@ START_TEST(test_split_hubs_hold_a_level_each_and_take_a_resets_parts)
     const char *twice[] = {"a0", "a2", "a0", "a1"}; /* a0 over two bridges, ourselves */
     ck_assert_uint_eq(group_holds("a1", twice, 4, 3), 1u << 2);
     ck_assert_uint_eq(group_holds("a2", twice, 4, 4), 1u << 3);
-    g1_of_two_write(h);
+    two_zones_write(h);
     split_settle(all, 6, a0, a1);
     assert_values(all, 6, "x", 32, false);
     /* each its level's units, and no other's */
